@@ -1,0 +1,332 @@
+"""Durable append: ours vs the `eventsourcing` library's recorders vs a raw-driver floor.
+
+Each contender writes the same realistic session events (streams of 100: a
+SessionStarted, steps of TurnStarted / ToolCallRequested / PermissionDecided /
+ToolCallStarted / FileChanged / ToolCallCompleted with 0.2-2 KB of output /
+TurnCompleted, and a SessionCompleted), one event per transaction and 100 per
+transaction, on SQLite (WAL, synchronous=FULL: every commit fsynced) and on
+PostgreSQL (synchronous_commit=on, the server default).
+
+- ours: `SqlEventStore.append(stream, batch, expected_seq)` with `NewEvent`s
+  built beforehand (as a caller has them) and an idempotency key per append,
+  as `orchestrator.runner` appends. Timed: everything `append` does (key
+  lookup, head read, envelope dump, canonical JSON, sha256 chain, INSERT ...
+  RETURNING, commit, decoding the stored events it returns).
+  "ours, no key" is the same without an idempotency key (one SELECT less).
+- eventsourcing: `SQLiteApplicationRecorder` / `PostgresApplicationRecorder`
+  `.insert_events([StoredEvent...])` (the recorders with a global order, like
+  our `position`), with `StoredEvent.state` = our canonical bytes of the same
+  event (same size). Its SQLite connections get `PRAGMA synchronous=FULL` (set
+  explicitly; it is also this build's default) and it sets WAL itself. It does
+  no chaining, no concurrency check beyond its primary key, and no idempotency
+  lookup: it is the lower-work peer.
+- raw floor: sqlite3 / psycopg on a table migrated by our own migrations
+  (same columns, indexes and triggers), same PRAGMAs, one commit per
+  transaction, doing the same essential work with no framework: BEGIN
+  IMMEDIATE (SQLite), the idempotency-key SELECT, the head SELECT, canonical
+  JSON (orjson, sorted keys) of a plain-dict envelope, the sha256 chain, one
+  multi-row INSERT, COMMIT. Its input is the envelope as plain JSON data
+  (what `payload.model_dump()` produces, prepared beforehand).
+
+Contenders run interleaved, round by round, each round on fresh SQLite files;
+the figure is the median of the rounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import (Options, Result, median, new_events, now, pg_available, pg_drop,
+                          pg_recreate, rm_sqlite, scratch_dir, session_payloads, show, x,
+                          PG_HOST, PG_PORT, PG_USER)
+
+STREAM_LEN = 100
+TOPIC = "bench.domain:SessionEvent"
+
+
+# -- the workload -----------------------------------------------------------------
+
+class Workload:
+    """One round's events, prepared outside the timed region for every contender."""
+
+    def __init__(self, seed: int, n_events: int) -> None:
+        from events.envelope import genesis_hash, seal
+        rng = random.Random(seed)
+        n_streams = max(1, n_events // STREAM_LEN)
+        self.streams: list[tuple[str, list[Any]]] = []     # ours: (stream_id, NewEvents)
+        self.plain: list[tuple[str, list[dict[str, Any]]]] = []   # floor: plain envelopes
+        self.stored: list[list[Any]] = []                  # eventsourcing: StoredEvents
+        from eventsourcing.persistence import StoredEvent
+        size = 0
+        for s in range(n_streams):
+            sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            news = new_events(session_payloads(rng, sid, STREAM_LEN), start=s * STREAM_LEN)
+            self.streams.append((sid, news))
+            self.plain.append((sid, [
+                {"event_id": e.event_id, "type": e.type, "schema_version": 1,
+                 "occurred_at": e.envelope(sid, 0, "")["occurred_at"], "actor": e.actor,
+                 "correlation_id": e.correlation_id, "causation_id": None,
+                 "payload": e.payload.model_dump(mode="json")} for e in news]))
+            bodies = [body for _, body, _ in seal(sid, news, 0, genesis_hash(sid))]
+            size += sum(len(b) for b in bodies)
+            self.stored.append([StoredEvent(originator_id=uuid.UUID(sid), originator_version=i,
+                                            topic=TOPIC, state=b)
+                                for i, b in enumerate(bodies, start=1)])
+        self.n = n_streams * STREAM_LEN
+        self.mean_bytes = size / self.n
+
+
+# -- contenders -------------------------------------------------------------------
+
+def run_ours(store: Any, w: Workload, per_txn: int, keyed: bool = True) -> float:
+    from events.envelope import NewEvent
+    # Keys are per append, as the runner's (`step:N:start`...). Re-key outside the timer.
+    jobs = []
+    for sid, news in w.streams:
+        for i in range(0, len(news), per_txn):
+            chunk = news[i:i + per_txn]
+            if keyed:
+                key = f"step:{i}"
+                chunk = [NewEvent.model_construct(**{**dict(e), "idempotency_key": key})
+                         for e in chunk]
+            jobs.append((sid, chunk, i))
+    t = now()
+    for sid, chunk, seq in jobs:
+        store.append(sid, chunk, seq)
+    return w.n / (now() - t)
+
+
+def run_es(recorder: Any, w: Workload, per_txn: int) -> float:
+    jobs = [stored[i:i + per_txn] for stored in w.stored
+            for i in range(0, len(stored), per_txn)]
+    t = now()
+    for chunk in jobs:
+        recorder.insert_events(chunk)
+    return w.n / (now() - t)
+
+
+def _seal_plain(sid: str, chunk: list[dict[str, Any]], seq: int, prev: str, key: str | None
+                ) -> list[tuple[Any, ...]]:
+    rows = []
+    dumps, sha, opt = orjson.dumps, hashlib.sha256, orjson.OPT_SORT_KEYS
+    for env in chunk:
+        seq += 1
+        env = {**env, "stream_id": sid, "seq": seq, "prev_hash": prev, "idempotency_key": key}
+        body = dumps(env, option=opt)
+        digest = sha(prev.encode() + body).hexdigest()
+        rows.append((sid, seq, env["event_id"], env["type"], env["correlation_id"], key,
+                     prev, digest, body))
+        prev = digest
+    return rows
+
+
+def _genesis(sid: str) -> str:
+    return hashlib.sha256(b"genesis:" + sid.encode()).hexdigest()
+
+
+def _floor_jobs(w: Workload, per_txn: int) -> list[tuple[str, list[dict[str, Any]], int, str]]:
+    return [(sid, plain[i:i + per_txn], i, f"step:{i}")
+            for sid, plain in w.plain for i in range(0, len(plain), per_txn)]
+
+
+def run_floor_sqlite(path: Path, w: Workload, per_txn: int) -> float:
+    import sqlite3
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=60000")
+    jobs = _floor_jobs(w, per_txn)
+    by_key = ("SELECT position, body, hash FROM events WHERE stream_id=? AND idempotency_key=? "
+              "ORDER BY seq")
+    head = "SELECT seq, hash FROM events WHERE stream_id=? ORDER BY seq DESC LIMIT 1"
+    ins = ("INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
+           "idempotency_key, prev_hash, hash, body) VALUES ")
+    one = "(?,?,?,?,?,?,?,?,?)"
+    t = now()
+    for sid, chunk, expected, key in jobs:
+        conn.execute("BEGIN IMMEDIATE")
+        if conn.execute(by_key, (sid, key)).fetchall():
+            raise RuntimeError("unexpected idempotent hit")
+        row = conn.execute(head, (sid,)).fetchone()
+        last, prev = (row[0], row[1]) if row else (0, _genesis(sid))
+        if last != expected:
+            raise RuntimeError("conflict")
+        rows = _seal_plain(sid, chunk, last, prev, key)
+        params = [v for r in rows for v in r]
+        conn.execute(ins + ",".join([one] * len(rows)) + " RETURNING position", params).fetchall()
+        conn.execute("COMMIT")
+    rate = w.n / (now() - t)
+    conn.close()
+    return rate
+
+
+def run_floor_pg(url: str, w: Workload, per_txn: int) -> float:
+    import psycopg
+    conn = psycopg.connect(url)
+    jobs = _floor_jobs(w, per_txn)
+    by_key = ("SELECT position, body, hash FROM events WHERE stream_id=%s AND idempotency_key=%s "
+              "ORDER BY seq")
+    head = "SELECT seq, hash FROM events WHERE stream_id=%s ORDER BY seq DESC LIMIT 1"
+    ins = ("INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
+           "idempotency_key, prev_hash, hash, body) VALUES ")
+    one = "(%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    t = now()
+    with conn.cursor() as cur:
+        for sid, chunk, expected, key in jobs:
+            cur.execute(by_key, (sid, key))
+            if cur.fetchall():
+                raise RuntimeError("unexpected idempotent hit")
+            cur.execute(head, (sid,))
+            row = cur.fetchone()
+            last, prev = (row[0], row[1]) if row else (0, _genesis(sid))
+            if last != expected:
+                raise RuntimeError("conflict")
+            rows = _seal_plain(sid, chunk, last, prev, key)
+            params = [v for r in rows for v in r]
+            cur.execute(ins + ",".join([one] * len(rows)) + " RETURNING position", params)
+            cur.fetchall()
+            conn.commit()
+    rate = w.n / (now() - t)
+    conn.close()
+    return rate
+
+
+def _es_sqlite(path: Path) -> Any:
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+    ds = SQLiteDatastore(str(path))
+    create = ds.pool._create_connection
+
+    def durable() -> Any:              # same durability as ours: fsync every commit
+        c = create()
+        c._sqlite_conn.execute("PRAGMA synchronous=FULL")
+        return c
+    ds.pool._create_connection = durable  # type: ignore[method-assign]
+    rec = SQLiteApplicationRecorder(ds)
+    rec.create_table()
+    return rec
+
+
+def _es_pg(db: str) -> Any:
+    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+    ds = PostgresDatastore(db, PG_HOST, PG_PORT, PG_USER, "")
+    rec = PostgresApplicationRecorder(ds)
+    rec.create_table()
+    return rec
+
+
+# -- the bench --------------------------------------------------------------------
+
+CONTENDERS = ("ours", "ours, no key", "eventsourcing", "raw floor")
+
+
+def bench_sqlite(w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
+                 ) -> dict[str, list[float]]:
+    from events.store import open_store
+    out: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    with scratch_dir("append") as d:
+        for r in range(n_rounds):
+            w = w_for(r)
+            for name in CONTENDERS:
+                db = d / f"{name.replace(' ', '_').replace(',', '')}-{r}.sqlite"
+                rm_sqlite(db)
+                if name == "eventsourcing":
+                    rec = _es_sqlite(db)
+                    out[name].append(run_es(rec, w, per_txn))
+                    rec.datastore.close()
+                    continue
+                store = open_store(f"sqlite:///{db}", upgrade=True)
+                if name == "raw floor":
+                    store.close()
+                    out[name].append(run_floor_sqlite(db, w, per_txn))
+                else:
+                    out[name].append(run_ours(store, w, per_txn, keyed=name == "ours"))
+                    store.close()
+                rm_sqlite(db)
+    return out
+
+
+def bench_pg(w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
+             ) -> dict[str, list[float]]:
+    from events.store import open_store
+    dbs = {"ours": "orch_bench_ours", "ours, no key": "orch_bench_ours_nokey",
+           "eventsourcing": "orch_bench_es", "raw floor": "orch_bench_raw"}
+    out: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    try:
+        urls = {k: pg_recreate(db) for k, db in dbs.items()}
+        stores = {k: open_store(urls[k], upgrade=True) for k in ("ours", "ours, no key")}
+        open_store(urls["raw floor"], upgrade=True).close()
+        rec = _es_pg(dbs["eventsourcing"])
+        for r in range(n_rounds):
+            w = w_for(r)
+            for name in CONTENDERS:
+                if name == "eventsourcing":
+                    out[name].append(run_es(rec, w, per_txn))
+                elif name == "raw floor":
+                    out[name].append(run_floor_pg(urls[name], w, per_txn))
+                else:
+                    out[name].append(run_ours(stores[name], w, per_txn, keyed=name == "ours"))
+        for s in stores.values():
+            s.close()
+        rec.datastore.close()
+    finally:
+        for db in dbs.values():
+            pg_drop(db)
+    return out
+
+
+def run(opts: Options) -> Result:
+    res = Result("append")
+    n_rounds = 3
+    sizes = {1: 500 if opts.quick else 2000, 100: 5000 if opts.quick else 20000}
+    cache: dict[tuple[int, int], Workload] = {}
+
+    def workload(per_txn: int) -> Callable[[int], Workload]:
+        def get(r: int) -> Workload:
+            # Fresh event ids every round (PostgreSQL databases persist across rounds).
+            key = (per_txn, r)
+            if key not in cache:
+                cache.clear()
+                cache[key] = Workload(seed=1000 * per_txn + r, n_events=sizes[per_txn])
+            return cache[key]
+        return get
+
+    backends: list[tuple[str, Callable[..., dict[str, list[float]]]]] = [("sqlite", bench_sqlite)]
+    if pg_available():
+        backends.append(("postgresql", bench_pg))
+    else:
+        res.notes.append("PostgreSQL unreachable: its rows are missing")
+    rows = []
+    for backend, fn in backends:
+        for per_txn in (1, 100):
+            samples = fn(workload(per_txn), per_txn, n_rounds)
+            mean_bytes = cache[next(iter(cache))].mean_bytes
+            med = {k: median(v) for k, v in samples.items()}
+            label = f"{backend}, {per_txn}/txn"
+            res.figures[label] = {"events_per_s": med, "samples": samples,
+                                  "events": sizes[per_txn], "rounds": n_rounds,
+                                  "mean_event_bytes": round(mean_bytes)}
+            show(f"[append] {label}: {sizes[per_txn]:,} events x {n_rounds} rounds, "
+                 f"mean body {mean_bytes:,.0f} B (median of rounds)",
+                 ("contender", "events/s", "us/event", "ours / this", "min..max events/s"),
+                 [(k, med[k], 1e6 / med[k], x(med["ours"] / med[k]),
+                   f"{min(v):,.0f}..{max(v):,.0f}") for k, v in samples.items()])
+            rows.append((label, med["ours"], med["eventsourcing"], med["raw floor"],
+                         x(med["ours"] / med["eventsourcing"]), x(med["ours"] / med["raw floor"])))
+            r_es = med["ours"] / med["eventsourcing"]
+            r_floor = med["ours"] / med["raw floor"]
+            if per_txn == 1:
+                res.target(f"{label}: ours vs eventsourcing", ">= 1.30x", x(r_es), r_es >= 1.3)
+            res.target(f"{label}: ours vs raw floor", ">= 0.85x (within 15%)", x(r_floor),
+                       r_floor >= 0.85)
+    show("[append] summary (events/s; ratio = ours / peer, > 1 means ours is faster)",
+         ("backend, events per transaction", "ours", "eventsourcing", "raw floor",
+          "ours/es", "ours/floor"), rows)
+    res.print_targets()
+    return res

@@ -1,0 +1,151 @@
+"""The event envelope (DESIGN.md, "The event envelope") and its canonical bytes.
+
+`NewEvent` is what a writer builds; the store assigns `stream_id`, `seq`,
+`prev_hash`, `hash` and `position` and returns `Event`s.
+
+    hash = sha256(prev_hash || canonical_json(envelope without hash and position))
+
+Canonical JSON is orjson with sorted keys and no whitespace; `occurred_at` is
+always UTC with microseconds (`2026-01-02T03:04:05.000006Z`). The exact bytes
+that were hashed are stored (`body`), so verification never depends on
+re-encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, TypeAdapter, field_serializer
+
+from events.payloads import SCHEMA_VERSIONS, Payload
+
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def genesis_hash(stream_id: str) -> str:
+    """The fixed value the first event of a stream chains from."""
+    return hashlib.sha256(b"genesis:" + stream_id.encode()).hexdigest()
+
+
+def chain_hash(prev_hash: str, body: bytes) -> str:
+    return hashlib.sha256(prev_hash.encode() + body).hexdigest()
+
+
+def uuid7(unix_ms: int, rand: bytes) -> str:
+    """UUIDv7 (RFC 9562) from a millisecond timestamp and 10 random bytes."""
+    value = (unix_ms & ((1 << 48) - 1)) << 80
+    r = int.from_bytes(rand[:10], "big")
+    value |= (0x7 << 76) | (((r >> 62) & 0xFFF) << 64) | (0b10 << 62) | (r & ((1 << 62) - 1))
+    return str(uuid.UUID(int=value))
+
+
+def new_id() -> str:
+    """A fresh UUIDv7 from the clock (shell code only: pure code gets ids passed in)."""
+    return uuid7(time.time_ns() // 1_000_000, os.urandom(10))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_ts(ts: datetime) -> str:
+    if ts.tzinfo is None:
+        raise ValueError("occurred_at must be timezone-aware")
+    return ts.astimezone(timezone.utc).strftime(_TS_FORMAT)
+
+
+class NewEvent(BaseModel):
+    """An event before the store has placed it in a stream."""
+
+    model_config = ConfigDict(frozen=True)
+
+    payload: Payload
+    event_id: str
+    occurred_at: datetime
+    actor: str
+    correlation_id: str
+    causation_id: str | None = None
+    idempotency_key: str | None = None
+
+    @classmethod
+    def create(cls, payload: Any, *, actor: str, correlation_id: str,
+               causation_id: str | None = None, idempotency_key: str | None = None,
+               occurred_at: datetime | None = None, event_id: str | None = None) -> NewEvent:
+        return cls(payload=payload, event_id=event_id or new_id(),
+                   occurred_at=occurred_at or utcnow(), actor=actor,
+                   correlation_id=correlation_id, causation_id=causation_id,
+                   idempotency_key=idempotency_key)
+
+    @property
+    def type(self) -> str:
+        return self.payload.type  # type: ignore[no-any-return]
+
+    def envelope(self, stream_id: str, seq: int, prev_hash: str) -> dict[str, Any]:
+        """The hashed part of the envelope, as plain JSON data."""
+        return {
+            "stream_id": stream_id,
+            "seq": seq,
+            "event_id": self.event_id,
+            "type": self.type,
+            "schema_version": SCHEMA_VERSIONS[self.type],
+            "occurred_at": format_ts(self.occurred_at),
+            "actor": self.actor,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "idempotency_key": self.idempotency_key,
+            "payload": self.payload.model_dump(mode="json"),
+            "prev_hash": prev_hash,
+        }
+
+
+def canonical_json(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+
+
+def seal(stream_id: str, batch: "list[NewEvent] | tuple[NewEvent, ...]", last_seq: int,
+         prev_hash: str) -> list[tuple[int, bytes, str]]:
+    """Place a batch after (last_seq, prev_hash): (seq, hashed bytes, hash) per event."""
+    sealed = []
+    for seq, new in enumerate(batch, start=last_seq + 1):
+        body = canonical_json(new.envelope(stream_id, seq, prev_hash))
+        prev_hash = chain_hash(prev_hash, body)
+        sealed.append((seq, body, prev_hash))
+    return sealed
+
+
+class Event(BaseModel):
+    """A stored event: the envelope plus its place (`position`) and `hash`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    position: int
+    stream_id: str
+    seq: int
+    event_id: str
+    type: str
+    schema_version: int
+    occurred_at: datetime
+    actor: str
+    correlation_id: str
+    causation_id: str | None
+    idempotency_key: str | None
+    payload: Payload
+    prev_hash: str
+    hash: str
+
+    @field_serializer("occurred_at")
+    def _ts(self, ts: datetime) -> str:
+        return format_ts(ts)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON data of the whole event (the export format, one line per event)."""
+        return self.model_dump(mode="json")
+
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

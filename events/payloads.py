@@ -1,0 +1,164 @@
+"""Typed event payloads: one frozen pydantic model per event type.
+
+The `type` literal is the discriminator of the `Payload` union; it is also the
+envelope's `type`. Adding a type: define the model, add it to `Payload`. Changing
+one: bump `SCHEMA_VERSIONS[type]` and register an upcaster in `events.upcast`.
+Payloads never hold secrets: callers mask before building them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Decision = Literal["allow", "deny", "ask"]
+
+
+class SessionRef(_Payload):
+    session_id: str
+    target: str
+
+
+class JobSubmitted(_Payload):
+    type: Literal["JobSubmitted"] = "JobSubmitted"
+    name: str
+    spec: dict[str, Any]
+    sessions: tuple[SessionRef, ...]
+
+
+class JobCompleted(_Payload):
+    type: Literal["JobCompleted"] = "JobCompleted"
+    status: Literal["completed", "failed"]
+    sessions_completed: int
+    sessions_failed: int
+
+
+class SessionStarted(_Payload):
+    type: Literal["SessionStarted"] = "SessionStarted"
+    job_id: str
+    target: str
+    steps: tuple[str, ...]
+    policy: str = "default-allow"
+
+
+class TurnStarted(_Payload):
+    type: Literal["TurnStarted"] = "TurnStarted"
+    turn: int
+    name: str
+    kind: str
+
+
+class TurnCompleted(_Payload):
+    type: Literal["TurnCompleted"] = "TurnCompleted"
+    turn: int
+    status: Literal["ok", "failed", "skipped"]
+
+
+class ToolCallRequested(_Payload):
+    type: Literal["ToolCallRequested"] = "ToolCallRequested"
+    call_id: str
+    turn: int
+    tool: str
+    args: dict[str, Any]
+
+
+class PermissionDecided(_Payload):
+    type: Literal["PermissionDecided"] = "PermissionDecided"
+    call_id: str
+    decision: Decision
+    rule_id: str
+    policy_hash: str
+    reason: str = ""
+
+
+class ToolCallStarted(_Payload):
+    type: Literal["ToolCallStarted"] = "ToolCallStarted"
+    call_id: str
+    planned_count: int = 0      # replacements a file step planned (its FileChanged follow)
+
+
+class ToolCallCompleted(_Payload):
+    type: Literal["ToolCallCompleted"] = "ToolCallCompleted"
+    call_id: str
+    tool: str
+    exit_code: int = 0
+    duration_s: float = 0.0
+    cpu_s: float = 0.0
+    output: str = ""
+    output_bytes: int = 0
+    output_digest: str = ""
+    bytes_written: int = 0
+    count: int = 0
+
+
+class ToolCallFailed(_Payload):
+    type: Literal["ToolCallFailed"] = "ToolCallFailed"
+    call_id: str
+    tool: str
+    error: str
+    message: str
+    duration_s: float = 0.0
+    cpu_s: float = 0.0
+    output: str = ""
+    output_bytes: int = 0
+    retryable: bool = False
+
+
+class FileChanged(_Payload):
+    """A file change a call makes. Appended with ToolCallStarted, before the
+    change is applied, so a redelivered task can compare the hashes with the
+    disk and finish (or refuse) instead of writing blindly again. It counts
+    once the call's ToolCallCompleted follows; a ToolCallFailed voids it."""
+
+    type: Literal["FileChanged"] = "FileChanged"
+    call_id: str
+    path: str
+    before_hash: str | None
+    after_hash: str | None
+    diff: str
+
+
+class SessionFinished(_Payload):
+    """On the job stream: one session of the job ended (job progress)."""
+
+    type: Literal["SessionFinished"] = "SessionFinished"
+    session_id: str
+    status: Literal["completed", "failed"]
+
+
+class SessionCompleted(_Payload):
+    type: Literal["SessionCompleted"] = "SessionCompleted"
+    files_changed: int
+
+
+class SessionFailed(_Payload):
+    type: Literal["SessionFailed"] = "SessionFailed"
+    error: str
+    message: str
+
+
+Payload = Annotated[
+    Union[
+        JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
+        ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
+        ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
+    ],
+    Field(discriminator="type"),
+]
+
+PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
+    m.model_fields["type"].default: m
+    for m in (JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
+              ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
+              ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed)
+}
+
+# The schema version each type is written at today. Older versions are upcast
+# on read (events.upcast); newer ones are refused.
+SCHEMA_VERSIONS: dict[str, int] = {name: 1 for name in PAYLOAD_TYPES}

@@ -1,0 +1,33 @@
+"""Table definitions the store queries. Migrations (events/migrations) own the
+DDL; these mirror revision head and must change together with a new revision."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("position", POSITION, primary_key=True, autoincrement=True),
+    sa.Column("stream_id", sa.String(200), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("type", sa.String(100), nullable=False),
+    sa.Column("correlation_id", sa.String(200), nullable=False),
+    sa.Column("idempotency_key", sa.String(300), nullable=True),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.UniqueConstraint("stream_id", "seq", name="uq_events_stream_seq"),
+)
+
+snapshots = sa.Table(
+    "snapshots", metadata,
+    sa.Column("stream_id", sa.String(200), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("state", sa.LargeBinary, nullable=False),
+)

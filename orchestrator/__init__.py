@@ -1,0 +1,1 @@
+"""The orchestration service: config, job specs, tools, policy, runner, CLI."""

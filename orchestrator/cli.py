@@ -1,0 +1,312 @@
+"""The `orchestrator` command line.
+
+This module is the composition root: it is the one place in orchestrator/
+that imports tasks/ (lazily, in the commands that talk to the queue).
+Exit codes: 0 ok, 1 job failed, 2 bad input or config, 3 denied by policy,
+4 infrastructure unavailable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import orjson
+import typer
+from rich.console import Console
+
+from events import migrate, verify as verify_mod
+from events.db import display_url
+from events.errors import EventError
+from events.replay import replay
+from events.store import SqlEventStore, open_store
+from orchestrator import render, workers
+from orchestrator.config import Settings, get_settings
+from orchestrator.errors import OrchestratorError
+
+app = typer.Typer(help=__doc__.split("\n\n")[0] + (
+    " Submit batch refactor jobs to a Celery queue, watch them, and replay or verify "
+    "their hash-chained audit log."), no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False)
+audit_app = typer.Typer(help="Replay, verify and export the audit log.", no_args_is_help=True)
+db_app = typer.Typer(help="Event store schema.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def store(*, for_writing: bool = False) -> SqlEventStore:
+    """The configured store. The embedded SQLite store is migrated on first use;
+    a server store must be upgraded explicitly (`orchestrator db upgrade`)."""
+    s = settings()
+    return open_store(s.effective_store_url, upgrade=s.embedded_store and for_writing)
+
+
+def _json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+# -- jobs ----------------------------------------------------------------------
+
+def _submit(spec_path: Path, base_dir: Path | None) -> tuple[SqlEventStore, str, Any, Any]:
+    from orchestrator import jobs
+    from orchestrator.jobspec import load_spec
+    spec = load_spec(spec_path)                     # SpecError (exit 2) before anything else
+    st = store(for_writing=True)
+    job_id, tickets = jobs.prepare(spec, (base_dir or Path.cwd()).resolve())
+    from tasks.dispatch import enqueue
+    jobs.record(st, spec, job_id, tickets, settings().submitter)
+    enqueue(tickets, spec.steps)
+    return st, job_id, spec, tickets
+
+
+@app.command()
+def submit(spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, dir_okay=False),
+           base_dir: Optional[Path] = typer.Option(
+               None, help="Resolve relative targets against this folder (default: cwd)"),
+           json: bool = typer.Option(False, "--json", help="Print {job_id, sessions} as JSON")
+           ) -> None:
+    """Enqueue a job and print its id; workers (`orchestrator worker`) run it."""
+    _, job_id, _, tickets = _submit(spec, base_dir)
+    if json:
+        _json({"job_id": job_id, "sessions": [t.model_dump() for t in tickets]})
+    else:
+        out.print(job_id)
+
+
+@app.command()
+def run(spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, dir_okay=False),
+        base_dir: Optional[Path] = typer.Option(
+            None, help="Resolve relative targets against this folder (default: cwd)"),
+        out_dir: Optional[Path] = typer.Option(None, "--out", help="Write one .patch per target"),
+        json: bool = typer.Option(False, "--json", help="Print a machine-readable result"),
+        keep_worker: bool = typer.Option(False, help="Leave a worker started here running"),
+        timeout: Optional[float] = typer.Option(None, help="Give up waiting after N seconds"),
+        ) -> None:
+    """Submit a job, start a worker if none runs, show live progress, then the
+    summary and one unified diff per target."""
+    s = settings()
+    st, job_id, job_spec, tickets = _submit(spec, base_dir)
+    proc = _ensure_worker(s)
+    try:
+        view = render.follow(st, job_id, job_spec, tickets, quiet=json, console=err,
+                             worker=proc, timeout=timeout)
+    finally:
+        if proc is not None and not keep_worker:
+            workers.stop_worker(proc)
+    _finish(st, job_id, out_dir, json)
+    raise typer.Exit(0 if view.job.status == "completed" else 1)
+
+
+def _ensure_worker(s: Settings) -> Any:
+    if s.embedded_broker:
+        if workers.embedded_worker_pid(s) is not None:
+            return None
+    else:
+        from tasks.app import app as celery_app
+        if workers.server_worker_running(lambda: celery_app.control.ping(timeout=1.0)):
+            return None
+    err.print(f"[dim]starting a worker (log: {workers.logfile(s)})[/]")
+    return workers.start_worker(s)
+
+
+def _finish(st: SqlEventStore, job_id: str, out_dir: Path | None, as_json: bool) -> None:
+    from orchestrator.watch import final_view, session_summary
+    view = final_view(st, job_id)
+    rows = session_summary(view)
+    if out_dir is not None:
+        written = render.write_patches(out_dir, rows)
+        if not as_json:
+            err.print(f"wrote {len(written)} patch file(s) to {out_dir}")
+    if as_json:
+        _json({"job_id": job_id, "name": view.job.name, "status": view.job.status,
+               "sessions": rows})
+    else:
+        render.summary(out, view, rows)
+
+
+@app.command()
+def status(job_id: str = typer.Argument(..., help="A job id from submit or run"),
+           json: bool = typer.Option(False, "--json")) -> None:
+    """Where a job stands: each target's status, steps and files changed."""
+    from orchestrator.watch import final_view, session_summary
+    st = store()
+    view = final_view(st, job_id)
+    if not view.job.sessions:
+        fail(f"no job {job_id} in the event store at {display_url(st.url)}; check the id "
+             "and ORCH_STORE_URL", 2)
+    rows = session_summary(view)
+    if json:
+        _json({"job_id": job_id, "name": view.job.name, "status": view.job.status,
+               "sessions": [{k: v for k, v in r.items() if k != "patch"} for r in rows]})
+    else:
+        render.summary(out, view, rows, diffs=False)
+
+
+@app.command()
+def worker(concurrency: Optional[int] = typer.Option(None, "-c", "--concurrency",
+                                                     help="Worker processes (default from config)"),
+           ) -> None:
+    """Run a Celery worker on the project's app in the foreground (production shape)."""
+    import os
+    s = settings()
+    if s.embedded_store:
+        open_store(s.effective_store_url, upgrade=True).close()
+    cmd = workers.worker_command(s, concurrency=concurrency, detach_files=False)
+    os.execv(cmd[0], cmd)
+
+
+@app.command()
+def demo(directory: Path = typer.Option(Path("demo"), "--dir",
+                                        help="Where to create the sample repositories"),
+         example: str = typer.Option("rename-function", help="Bundled example job to run"),
+         ) -> None:
+    """Create sample repositories, run a bundled example job on them through a real
+    worker, and show the replay of one session and the verified audit log."""
+    from importlib import resources
+    from orchestrator.sample_repos import create_sample_repos
+    repos = create_sample_repos(directory / "sample-repos")
+    err.print(f"created {len(repos)} sample repositories under {directory / 'sample-repos'}")
+    spec = Path(str(resources.files("orchestrator") / "examples" / f"{example}.yaml"))
+    if not spec.exists():
+        fail(f"no bundled example {example!r}; see orchestrator/examples/", 2)
+    s = settings()
+    st, job_id, job_spec, tickets = _submit(spec, directory)
+    proc = _ensure_worker(s)
+    try:
+        view = render.follow(st, job_id, job_spec, tickets, quiet=False, console=err,
+                             worker=proc, timeout=None)
+    finally:
+        if proc is not None:
+            workers.stop_worker(proc)
+    _finish(st, job_id, directory / "patches", False)
+    first = tickets[0].session_id
+    out.rule(f"orchestrator audit replay {first}")
+    render.replay(out, replay(st, first, use_snapshot=False))
+    report = verify_mod.verify_rows(st.rows())
+    out.rule("orchestrator audit verify")
+    render.verify(out, report)
+    raise typer.Exit(0 if view.job.status == "completed" and report.ok else 1)
+
+
+# -- audit ---------------------------------------------------------------------
+
+@audit_app.command("replay")
+def audit_replay(session_id: str, json: bool = typer.Option(False, "--json"),
+                 no_snapshot: bool = typer.Option(False, help="Fold every event from seq 1")
+                 ) -> None:
+    """Rebuild a session from its events alone: state, quota usage, permissions."""
+    st = store()
+    state = replay(st, session_id, use_snapshot=not no_snapshot)
+    if state.last_seq == 0:
+        fail(f"no events for session {session_id}; list sessions with "
+             "`orchestrator status JOB_ID`", 2)
+    if json:
+        _json(state.model_dump(mode="json"))
+    else:
+        render.replay(out, state)
+
+
+@audit_app.command("verify")
+def audit_verify(session_id: Optional[str] = typer.Argument(None, help="Only this stream"),
+                 input: Optional[Path] = typer.Option(None, "--input", "-i", exists=True,
+                                                      help="Verify an export (JSONL) instead"),
+                 json: bool = typer.Option(False, "--json")) -> None:
+    """Check every hash chain, sequence and stream boundary; list each problem."""
+    if input is not None:
+        with open(input, "rb") as fh:
+            report = verify_mod.verify_jsonl(fh)
+    else:
+        report = verify_mod.verify_rows(store().rows(session_id))
+    if json:
+        _json(report.to_json())
+    else:
+        render.verify(out, report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@audit_app.command("export")
+def audit_export(output: Path = typer.Option(Path("-"), "--output", "-o",
+                                             help="File to write (default: stdout)"),
+                 stream: Optional[str] = typer.Option(None, "--stream",
+                                                      help="Only this session or job stream"),
+                 ) -> None:
+    """Write events as JSONL (plus a closing manifest line) that `verify --input` checks."""
+    st = store()
+    rows = st.raw_stream_rows(stream) if stream else st.raw_all()
+    fh = sys.stdout.buffer if str(output) == "-" else open(output, "wb")
+    try:
+        for line in verify_mod.export_lines(rows):
+            fh.write(line)
+    finally:
+        if fh is not sys.stdout.buffer:
+            fh.close()
+
+
+# -- db ------------------------------------------------------------------------
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the event store schema (Alembic migrations)."""
+    st = SqlEventStore(settings().effective_store_url, check_schema=False)
+    before, after = migrate.upgrade(st.engine)
+    out.print(f"{display_url(st.url)}: schema {before or 'empty'} -> {after}")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show the store's schema revision and the newest this release knows."""
+    st = SqlEventStore(settings().effective_store_url, check_schema=False)
+    out.print(f"{display_url(st.url)}: at {migrate.current_revision(st.engine) or 'empty'}, "
+              f"head {migrate.head_revision()}")
+
+
+def main() -> None:
+    """Entry point: typed errors become their exit codes with their message."""
+    try:
+        # Without standalone mode click returns an Exit's code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (OrchestratorError, EventError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted; a submitted job keeps running on the workers "
+                  "(see `orchestrator status JOB_ID`)")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and the like
+        import click
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        if _is_unreachable(exc):
+            err.print(f"[bold red]error:[/] broker unavailable: {exc}. Check ORCH_BROKER_URL "
+                      "and that the broker is running.", highlight=False)
+            sys.exit(4)
+        raise
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    from kombu.exceptions import OperationalError as KombuOperationalError
+    return isinstance(exc, (KombuOperationalError, ConnectionError, OSError))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The one configuration object. Nothing else reads `os.environ`.
+
+Sources, strongest first: environment (`ORCH_` prefix, nested with `__`), a
+`.env` file, a TOML file named by `ORCH_CONFIG`, then defaults. Leaving the
+store, broker and result backend unset gives the embedded default: SQLite
+files under `state_dir` and a worker the CLI starts on demand.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
+                               TomlConfigSettingsSource)
+
+from orchestrator.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__",
+                                      env_file=".env", extra="ignore", frozen=True)
+
+    state_dir: Path = Field(default=Path(".orchestrator"),
+                            description="Folder of the embedded store, broker and worker files")
+    store_url: str | None = Field(default=None, description=(
+        "Event store: sqlite:///PATH or postgresql://USER@HOST/DB; unset = embedded SQLite"))
+    broker_url: str | None = Field(default=None, description=(
+        "Celery broker: redis://HOST:6379/0; unset = embedded SQLite broker"))
+    result_backend: str | None = Field(default=None, description=(
+        "Celery result backend: redis://...; unset = embedded SQLite results"))
+    worker_concurrency: int = Field(default=2, ge=1, le=256)
+    embedded_poll_interval_s: float = Field(default=0.005, gt=0, le=5)
+    visibility_timeout_s: float = Field(default=3600.0, gt=0, description=(
+        "Unacknowledged messages are redelivered after this long: keep it above the "
+        "longest step's timeout"))
+    task_max_retries: int = Field(default=5, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    actor: str | None = Field(default=None, description="Who submits (default user:LOGIN)")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings],
+                                   init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        toml = os.environ.get("ORCH_CONFIG")
+        if toml:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    # -- derived -------------------------------------------------------------
+
+    @property
+    def state(self) -> Path:
+        return self.state_dir.expanduser().resolve()
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.store_url is None
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def effective_store_url(self) -> str:
+        return self.store_url or f"sqlite:///{self.state / 'events.sqlite'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"orchsqla+sqlite:///{self.state / 'broker.sqlite'}"
+
+    @property
+    def effective_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_url and self.broker_url.startswith(("redis://", "rediss://")):
+            return self.broker_url
+        return f"db+sqlite:///{self.state / 'results.sqlite'}"
+
+    @property
+    def submitter(self) -> str:
+        return self.actor or f"user:{getpass.getuser()}"
+
+    @property
+    def worker_actor(self) -> str:
+        return f"worker:{socket.gethostname()}:{os.getpid()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings, read once per process; every problem listed at once."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  - ORCH_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']} "
+            f"(got {e.get('input')!r})" for e in exc.errors())
+        raise ConfigError(f"configuration is invalid:\n{problems}\n"
+                          "Fix the environment, .env or ORCH_CONFIG file and start again.") from exc

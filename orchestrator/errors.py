@@ -1,0 +1,81 @@
+"""Errors of the service, by what the user should do about them.
+
+    OrchestratorError
+    ├── UserError            bad input or configuration        exit 2
+    │   ├── SpecError        a job spec that does not validate
+    │   └── ConfigError      settings that do not validate
+    ├── PolicyDenied         refused by policy                 exit 3
+    ├── InfraUnavailable     broker, database or worker down   exit 4
+    └── ToolError            a tool invocation failed          exit 1
+        ├── ToolInputError   the step's arguments are wrong for this workspace
+        ├── ToolTimeout      ran past its time limit (killed)
+        └── CountMismatch    a replace/search count outside `expect`
+
+`events.errors` has the store's own family; the CLI maps both to exit codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrchestratorError(Exception):
+    exit_code = 1
+    transient = False
+
+
+class UserError(OrchestratorError):
+    exit_code = 2
+
+
+class SpecError(UserError):
+    """A job spec failed validation; `problems` lists every one, with YAML positions."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"job spec {source} is invalid ({len(problems)} problem"
+                         f"{'s' if len(problems) != 1 else ''}); nothing was enqueued:\n{lines}")
+        self.source, self.problems = source, problems
+
+
+class ConfigError(UserError):
+    pass
+
+
+class PolicyDenied(OrchestratorError):
+    exit_code = 3
+
+    def __init__(self, call_id: str, rule_id: str, why: str) -> None:
+        super().__init__(f"call {call_id} denied by rule {rule_id}: {why}. "
+                         "Request confirmation or change the session policy.")
+        self.call_id, self.rule_id = call_id, rule_id
+
+
+class InfraUnavailable(OrchestratorError):
+    exit_code = 4
+    transient = True
+
+
+class ToolError(OrchestratorError):
+    """A tool call that failed; `error` is the type name recorded in ToolCallFailed.
+    `result` carries what the call produced before failing (output, resources),
+    when it ran at all, so the failure event records it."""
+
+    exit_code = 1
+    result: Any = None
+
+    @property
+    def error(self) -> str:
+        return type(self).__name__
+
+
+class ToolInputError(ToolError):
+    pass
+
+
+class ToolTimeout(ToolError):
+    pass
+
+
+class CountMismatch(ToolError):
+    pass

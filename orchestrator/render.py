@@ -1,0 +1,177 @@
+"""What the CLI shows people: live progress, summaries, diffs, replays, reports."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.syntax import Syntax
+from rich.table import Table
+
+from events import payloads as p
+from events.envelope import Event
+from events.projections import Projections
+from events.store import SqlEventStore
+from events.verify import VerifyReport
+from orchestrator.errors import InfraUnavailable
+from orchestrator.watch import JobView
+
+POLL_S = 0.1
+MAX_BARS = 12      # more targets than this: one bar per running target only
+
+
+def _describe(e: Event) -> str | None:
+    pl = e.payload
+    if isinstance(pl, p.TurnStarted):
+        return f"step {pl.turn} {pl.name} ({pl.kind}) started"
+    if isinstance(pl, p.ToolCallCompleted):
+        extra = f", count {pl.count}" if pl.count else ""
+        return f"{pl.tool} ok in {pl.duration_s:.2f}s{extra}"
+    if isinstance(pl, p.ToolCallFailed):
+        return f"{pl.tool} FAILED: {pl.error}: {pl.message.splitlines()[0][:160]}"
+    if isinstance(pl, p.FileChanged):
+        return f"changes {pl.path}"
+    if isinstance(pl, p.SessionCompleted):
+        return f"completed, {pl.files_changed} file(s) changed"
+    if isinstance(pl, p.SessionFailed):
+        return f"FAILED: {pl.message[:200]}"
+    return None
+
+
+def follow(store: SqlEventStore, job_id: str, spec: Any, tickets: list[Any], *, quiet: bool,
+           console: Console, worker: Any, timeout: float | None) -> JobView:
+    """Poll the job's events until it completes, drawing a bar per target."""
+    view = JobView(job_id)
+    names = {t.session_id: t.target for t in tickets}
+    steps = len(spec.steps)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    progress = Progress(TextColumn("{task.description}", style="bold"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                        TimeElapsedColumn(), console=console, disable=quiet,
+                        transient=False)
+    bars: dict[str, Any] = {}
+    overall = progress.add_task(f"job {spec.name}", total=len(tickets), note="")
+    few = len(tickets) <= MAX_BARS
+    if few:
+        for t in tickets:
+            bars[t.session_id] = progress.add_task(t.target, total=steps, note="queued")
+    plain = not console.is_terminal
+    with progress:
+        while not view.done:
+            for e in view.poll(store):
+                sid = e.stream_id
+                note = _describe(e)
+                if sid in names and note is not None:
+                    if sid not in bars and not view.sessions[sid].finished:
+                        bars[sid] = progress.add_task(names[sid], total=steps, note="")
+                    if sid in bars:
+                        done = sum(1 for t in view.sessions[sid].turns
+                                   if t.status in ("ok", "failed"))
+                        progress.update(bars[sid], completed=done, note=note[:60])
+                        if view.sessions[sid].finished and not few:
+                            progress.remove_task(bars.pop(sid))
+                    if plain and not quiet:
+                        console.print(f"{names[sid]}: {note}", highlight=False)
+                progress.update(overall, completed=len(view.job.finished),
+                                note=f"{len(view.job.finished)}/{len(tickets)} targets done")
+            if view.done:
+                break
+            if worker is not None and worker.poll() is not None:
+                raise InfraUnavailable(
+                    f"the worker started for this run exited (code {worker.returncode}); "
+                    "see its log in the state folder (worker.log). The job is queued and "
+                    f"resumes when a worker runs: `orchestrator worker`, then "
+                    f"`orchestrator status {job_id}`")
+            if deadline is not None and time.monotonic() > deadline:
+                raise InfraUnavailable(
+                    f"job {job_id} did not finish within {timeout:g}s; it keeps running: "
+                    f"`orchestrator status {job_id}`")
+            time.sleep(POLL_S)
+    return view
+
+
+def summary(console: Console, view: JobView, rows: list[dict[str, Any]],
+            diffs: bool = True) -> None:
+    table = Table(title=f"job {view.job.name} ({view.job_id}): {view.job.status}")
+    for col in ("target", "status", "steps", "files", "session", "error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        style = {"completed": "green", "failed": "red"}.get(str(r["status"]), "yellow")
+        table.add_row(str(r["target"]), f"[{style}]{r['status']}[/]",
+                      f"{r['steps_ok']}/{r['steps']}", str(len(r["files_changed"])),
+                      str(r["session_id"]), str(r["error"] or ""))
+    console.print(table)
+    if not diffs:
+        return
+    for r in rows:
+        if r["patch"]:
+            console.rule(f"{r['target']}")
+            console.print(Syntax(str(r["patch"]), "diff", theme="ansi_dark",
+                                 background_color="default"))
+
+
+def patch_name(target: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", target).strip("_") or "target"
+
+
+def write_patches(out_dir: Path, rows: list[dict[str, Any]]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for r in rows:
+        if r["patch"]:
+            path = out_dir / f"{patch_name(str(r['target']))}.patch"
+            path.write_text(str(r["patch"]))
+            written.append(path)
+    return written
+
+
+def replay(console: Console, state: Projections) -> None:
+    s, q = state.session, state.quota
+    console.print(f"[bold]session[/] {s.session_id}  job {s.job_id}\n"
+                  f"  target {s.target}\n  status [bold]{s.status}[/]"
+                  + (f"  ({s.error})" if s.error else "") + f"  events {s.last_seq}")
+    turns = Table(title="turns")
+    for col in ("turn", "name", "kind", "status"):
+        turns.add_column(col)
+    for t in s.turns:
+        turns.add_row(str(t.turn), t.name, t.kind, t.status)
+    console.print(turns)
+    if s.files_changed:
+        files = Table(title="files changed")
+        for col in ("path", "before", "after"):
+            files.add_column(col)
+        for c in s.files_changed:
+            files.add_row(c.path, (c.before_hash or "(new)")[:12], (c.after_hash or "(deleted)")[:12])
+        console.print(files)
+    quota = Table(title="quota usage")
+    quota.add_column("measure")
+    quota.add_column("value", justify="right")
+    for tool, n in q.tool_calls:
+        quota.add_row(f"{tool} calls", str(n))
+    for name in ("tool_failures", "shell_cpu_s", "shell_wall_s", "bytes_written",
+                 "output_bytes", "tokens_in", "tokens_out"):
+        value = getattr(q, name)
+        quota.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
+    console.print(quota)
+    ledger = Table(title="permission decisions")
+    for col in ("seq", "call", "tool", "decision", "rule", "policy", "by"):
+        ledger.add_column(col, overflow="fold")
+    for x in state.ledger.entries:
+        ledger.add_row(str(x.seq), x.call_id.rsplit("/", 1)[-1], x.tool, str(x.decision),
+                       str(x.rule_id), (x.policy_hash or "")[:12], str(x.decided_by or ""))
+    console.print(ledger)
+
+
+def verify(console: Console, report: VerifyReport) -> None:
+    if report.ok:
+        console.print(f"[green]OK[/]: {report.events} events in {report.streams} streams; "
+                      "every hash chain, sequence and stream boundary checks out")
+        return
+    console.print(f"[red]FAILED[/]: {len(report.problems)} problem(s) in {report.events} "
+                  f"events, {report.streams} streams:")
+    for problem in report.problems:
+        console.print(f"  - {problem}", highlight=False)

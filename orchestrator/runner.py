@@ -1,0 +1,353 @@
+"""Running one step of one session: the events around a tool invocation.
+
+Tasks call this; it loads state from the store (never from memory), decides,
+runs the tool and appends what happened (DESIGN.md, "A tool invocation, step
+by step"). Each step is two appends:
+
+    1. TurnStarted, ToolCallRequested, PermissionDecided, ToolCallStarted,
+       FileChanged... (the planned effects)
+    2. ToolCallCompleted | ToolCallFailed, TurnCompleted [, SessionCompleted | SessionFailed]
+
+Idempotency keys are derived from the session and the step, so a redelivered
+task finds its batches stored and appends nothing twice. A task redelivered
+after phase 1 but before phase 2 (the worker died mid-call) compares the
+recorded file hashes with the disk: it finishes what was planned, re-runs a
+step marked idempotent, and otherwise fails the call as interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from events import payloads as p
+from events.envelope import Event, NewEvent
+from events.errors import SequenceConflict
+from events.projections import JobState, Projections, SessionState, apply_job, fold
+from events.replay import load
+from events.store import SqlEventStore
+from orchestrator import policy
+from orchestrator.errors import ToolError
+from orchestrator.steps import PatchStep, ReplaceStep, SearchStep, ShellStep, Step, WriteStep
+from orchestrator.tools import files, replace, search, shell
+from orchestrator.tools.base import FileEdit, ToolResult, content_hash
+
+CONFLICT_RETRIES = 20
+
+
+class Ticket(BaseModel):
+    """What a step task needs to start its session (sent in the task message)."""
+
+    model_config = ConfigDict(frozen=True)
+    job_id: str
+    session_id: str
+    target: str                 # display name
+    path: str | None            # absolute workspace path, None when it did not resolve
+    error: str | None = None    # why the target cannot run
+    steps: tuple[str, ...]
+    sessions_total: int = 0     # sessions in the job: the one that finishes last completes it
+
+
+class Interrupted(ToolError):
+    """The worker died while an effectful call was running."""
+
+
+@dataclass
+class Runner:
+    store: SqlEventStore
+    actor: str
+    policy: policy.Policy = policy.DEFAULT_POLICY
+
+    # -- helpers -----------------------------------------------------------
+
+    def _append(self, stream: str, payloads: Sequence[Any], expected: int | None, key: str,
+                correlation: str, causation: str | None) -> list[Event]:
+        batch = [NewEvent.create(pl, actor=self.actor, correlation_id=correlation,
+                                 causation_id=causation, idempotency_key=key)
+                 for pl in payloads]
+        return self.store.append(stream, batch, expected)
+
+    def _retrying(self, fn: Any, *args: Any) -> Any:
+        """Run fn; on a lost race reload and decide again (DESIGN.md, projections)."""
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return fn(*args)
+            except SequenceConflict:
+                time.sleep(0.01)
+        return fn(*args)
+
+    # -- the step ------------------------------------------------------------
+
+    def run_step(self, ticket: Ticket, index: int, step: Step, *, last: bool,
+                 task_id: str | None = None) -> str:
+        """Run step `index` of the session; returns the session status after it."""
+        return self._retrying(self._run_step, ticket, index, step, last, task_id)  # type: ignore[no-any-return]
+
+    def _run_step(self, ticket: Ticket, index: int, step: Step, last: bool,
+                  task_id: str | None) -> str:
+        sid = ticket.session_id
+        cause = f"task:{task_id}" if task_id else None
+        state = load(self.store, sid)
+
+        def advance(appended: list[Event]) -> Projections:
+            # Fold what we appended instead of reading the stream again. An
+            # idempotent hit returns events another delivery stored: fold only
+            # those this state has not seen.
+            return fold([e for e in appended if e.seq > state.last_seq], state)
+
+        if state.session.status == "new":
+            state = advance(self._start(ticket, state, cause))
+        s = state.session
+        if s.finished:
+            self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
+            return s.status
+        turn = index + 1
+        call_id = f"{sid}/{turn}"
+        call = s.call(call_id)
+        workspace = Path(s.target)
+        planned: Plan | None = None
+        if call is None:
+            planned, appended = self._phase1(ticket, state, turn, call_id, step, workspace,
+                                             last, cause)
+            state = advance(appended)
+            call = state.session.call(call_id)
+        if call is not None and call.status == "started":
+            state = advance(self._phase2(ticket, state, turn, call_id, step, workspace, last,
+                                         cause, planned))
+        s = state.session
+        if not s.finished and last:
+            state = advance(self._append(
+                sid, [p.SessionCompleted(files_changed=len(s.files_changed))],
+                s.last_seq, "session:completed", ticket.job_id, cause))
+            s = state.session
+        if s.finished:
+            self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
+        return s.status
+
+    def _start(self, ticket: Ticket, state: Projections, cause: str | None) -> list[Event]:
+        workspace = ticket.path or ticket.target
+        events: list[Any] = [p.SessionStarted(job_id=ticket.job_id, target=workspace,
+                                              steps=ticket.steps, policy=self.policy.name)]
+        error = ticket.error
+        if error is None and not Path(workspace).is_dir():
+            error = f"target {ticket.target} does not exist or is not a directory ({workspace})"
+        if error is not None:
+            events.append(p.SessionFailed(error="TargetNotFound",
+                                          message=f"{error}; fix the job's targets and resubmit"))
+        return self._append(ticket.session_id, events, state.last_seq, "session:started",
+                            ticket.job_id, cause)
+
+    def _phase1(self, ticket: Ticket, state: Projections, turn: int, call_id: str, step: Step,
+                workspace: Path, last: bool, cause: str | None,
+                ) -> tuple[Plan | None, list[Event]]:
+        args = summarize(step)
+        verdict = policy.decide(step.kind, args, self.policy)
+        events: list[Any] = [
+            p.TurnStarted(turn=turn, name=step.label, kind=step.kind),
+            p.ToolCallRequested(call_id=call_id, turn=turn, tool=step.kind, args=args),
+            p.PermissionDecided(call_id=call_id, decision=verdict.decision,  # type: ignore[arg-type]
+                                rule_id=verdict.rule_id, policy_hash=self.policy.hash,
+                                reason=verdict.reason),
+        ]
+        started = time.monotonic()
+        planned: Plan | None = None
+        try:
+            planned = plan(workspace, step)
+        except ToolError as exc:
+            events += self._failure(state.session, turn, call_id, step, exc,
+                                    time.monotonic() - started, last)
+        else:
+            events.append(p.ToolCallStarted(call_id=call_id, planned_count=planned.count))
+            events += [p.FileChanged(call_id=call_id, path=e.path, before_hash=e.before_hash,
+                                     after_hash=e.after_hash, diff=_diff(e))
+                       for e in planned.edits]
+        appended = self._append(ticket.session_id, events, state.last_seq,
+                                f"step:{turn}:start", ticket.job_id, cause)
+        return planned, appended
+
+    def _phase2(self, ticket: Ticket, state: Projections, turn: int, call_id: str, step: Step,
+                workspace: Path, last: bool, cause: str | None, planned: Plan | None,
+                ) -> list[Event]:
+        started = time.monotonic()
+        try:
+            result = execute(workspace, step, state.session, call_id, planned)
+        except ToolError as exc:
+            events = self._failure(state.session, turn, call_id, step, exc,
+                                   time.monotonic() - started, last)
+        else:
+            events = [
+                p.ToolCallCompleted(call_id=call_id, tool=step.kind, exit_code=result.exit_code,
+                                    duration_s=round(result.duration_s or
+                                                     time.monotonic() - started, 6),
+                                    cpu_s=round(result.cpu_s, 6), output=result.output,
+                                    output_bytes=result.output_bytes,
+                                    output_digest=_digest(result.output),
+                                    bytes_written=_written(result), count=result.count),
+                p.TurnCompleted(turn=turn, status="ok"),
+            ]
+        return self._append(ticket.session_id, events, state.last_seq, f"step:{turn}:end",
+                            ticket.job_id, cause)
+
+    def _failure(self, s: SessionState, turn: int, call_id: str, step: Step, exc: ToolError,
+                 elapsed: float, last: bool) -> list[Any]:
+        result: ToolResult | None = getattr(exc, "result", None)
+        events: list[Any] = [
+            p.ToolCallFailed(call_id=call_id, tool=step.kind, error=exc.error, message=str(exc),
+                             duration_s=round(result.duration_s if result else elapsed, 6),
+                             cpu_s=round(result.cpu_s, 6) if result else 0.0,
+                             output=result.output if result else "",
+                             output_bytes=result.output_bytes if result else 0,
+                             retryable=exc.transient),
+            p.TurnCompleted(turn=turn, status="failed"),
+        ]
+        if not step.continue_on_error:
+            events.append(p.SessionFailed(error=exc.error, message=(
+                f"step {turn} ({step.label}) failed: {exc}")))
+        elif last:
+            events.append(p.SessionCompleted(files_changed=len(s.files_changed)))
+        return events
+
+    # -- the job ---------------------------------------------------------------
+
+    def report(self, job_id: str, session_id: str, status: str, cause: str | None,
+               total: int = 0) -> None:
+        """Record on the job stream that a session ended; complete the job after the last."""
+        self._retrying(self._report, job_id, session_id, status, cause, total)
+
+    def _report(self, job_id: str, session_id: str, status: str, cause: str | None,
+                total: int) -> None:
+        # SessionFinished is keyed by session, so the job stream holds exactly
+        # one per session after JobSubmitted: whoever lands at seq total+1 was
+        # the last to finish and completes the job (no need to read it all).
+        stored = self._append(job_id, [p.SessionFinished(session_id=session_id,
+                                                         status=status)],  # type: ignore[arg-type]
+                              None, f"finished:{session_id}", job_id, cause)
+        if total and stored[-1].seq < total + 1:
+            return
+        job = job_state(self.store, job_id)
+        if job.all_finished and job.status == "running":
+            failed = job.failed
+            self._append(job_id, [p.JobCompleted(status="failed" if failed else "completed",
+                                                 sessions_completed=len(job.finished) - failed,
+                                                 sessions_failed=failed)],
+                         None, "job:completed", job_id, cause)
+
+
+def job_state(store: SqlEventStore, job_id: str) -> JobState:
+    state = JobState()
+    for e in store.read_stream(job_id):
+        state = apply_job(state, e)
+    return state
+
+
+# -- tools, by step kind -------------------------------------------------------
+
+def summarize(step: Step) -> dict[str, Any]:
+    """The request's arguments as recorded: bulky bodies replaced by digest and size."""
+    args = step.model_dump(mode="json", exclude_none=True)
+    for bulky in ("content", "diff"):
+        if bulky in args:
+            data = args.pop(bulky).encode()
+            args[f"{bulky}_sha256"] = hashlib.sha256(data).hexdigest()
+            args[f"{bulky}_bytes"] = len(data)
+    return args
+
+
+@dataclass(frozen=True)
+class Plan:
+    edits: list[FileEdit]
+    count: int
+
+
+def plan(workspace: Path, step: Step) -> Plan:
+    """The file edits an effectful step will make (reads only; raises ToolError)."""
+    if isinstance(step, ReplaceStep):
+        edits, count = replace.plan_replace(workspace, step)
+        return Plan(edits, count)
+    if isinstance(step, WriteStep):
+        edits = files.plan_write(workspace, step)
+    elif isinstance(step, PatchStep):
+        edits = files.plan_patch(workspace, step)
+    else:
+        return Plan([], 0)
+    return Plan(edits, len(edits))
+
+
+def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
+            planned: Plan | None) -> ToolResult:
+    """Carry out a started call. `planned` is None when this task is a redelivery
+    that found the call started by a worker that died."""
+    if isinstance(step, SearchStep):
+        return search.search(workspace, step)
+    if isinstance(step, ShellStep):
+        if planned is None and not step.idempotent:
+            raise Interrupted(
+                "the worker died while this command was running, so its effects are unknown; "
+                "inspect the target and resubmit, or mark the step `idempotent: true` to let "
+                "a redelivered task run it again")
+        return shell.run_shell(workspace, step)
+    start = time.monotonic()
+    edits = planned.edits if planned is not None else _resume(workspace, step, s, call_id)
+    files.apply_edits(workspace, edits)
+    call = s.call(call_id)
+    count = planned.count if planned is not None else (call.planned_count if call else 0)
+    changed = len([c for c in s.pending if c.call_id == call_id]) if planned is None \
+        else len(edits)
+    return ToolResult(output=f"{changed} file(s) changed, {count} replacement(s)"
+                      if isinstance(step, ReplaceStep) else f"{changed} file(s) changed",
+                      count=count, duration_s=time.monotonic() - start, edits=tuple(edits))
+
+
+def _resume(workspace: Path, step: Step, s: SessionState, call_id: str) -> list[FileEdit]:
+    """Edits of an interrupted call still to make. Edits already on disk are
+    skipped; the rest are re-planned and must reproduce the recorded after-hash.
+    A file matching neither recorded hash was changed by someone else: refuse."""
+    recorded = [c for c in s.pending if c.call_id == call_id]
+    fresh = {e.path: e for e in plan(workspace, step).edits} if recorded else {}
+    todo = []
+    for c in recorded:
+        target = workspace / c.path
+        current = content_hash(target.read_bytes()) if target.is_file() else None
+        if current == c.after_hash:
+            continue
+        edit = fresh.get(c.path)
+        if current != c.before_hash or edit is None or edit.after_hash != c.after_hash:
+            raise Interrupted(f"{c.path} changed since this call planned its edit (expected "
+                              f"content {c.before_hash} or {c.after_hash}, found {current}); "
+                              "inspect the target and resubmit the job")
+        todo.append(edit)
+    return todo
+
+
+def _diff(edit: FileEdit) -> str:
+    return files.unified_diff(edit)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _written(result: ToolResult) -> int:
+    return sum(len(e.after) for e in result.edits if e.after is not None)
+
+
+def fail_session(runner: Runner, ticket: Ticket, error: str, message: str,
+                 task_id: str | None = None) -> None:
+    """Record that a session cannot go on (an unexpected error in its task)."""
+    def _fail() -> None:
+        state = load(runner.store, ticket.session_id)
+        if state.session.status == "new":
+            runner._start(ticket, state, None)
+            state = load(runner.store, ticket.session_id)
+        if not state.session.finished:
+            runner._append(ticket.session_id, [p.SessionFailed(error=error, message=message)],
+                           state.last_seq, "session:failed", ticket.job_id,
+                           f"task:{task_id}" if task_id else None)
+        runner.report(ticket.job_id, ticket.session_id, "failed", None, ticket.sessions_total)
+    runner._retrying(_fail)

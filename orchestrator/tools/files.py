@@ -1,0 +1,557 @@
+"""File edits: planning writes and patches, applying them all-or-nothing, and
+rendering an edit as a git-style diff.
+
+Planning only reads, so the runner can record the planned hashes first; then
+`apply_edits` checks that nothing moved underneath, writes every new content
+to a temporary file next to its target, and only then renames them into place.
+A failure before the renames leaves the workspace as it was; a failure during
+them puts back what was already renamed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import secrets
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.errors import ToolError, ToolInputError
+from orchestrator.steps import PatchStep, WriteStep
+from orchestrator.tools.base import FileEdit, content_hash
+from orchestrator.tools.paths import normalize_rel, resolve_in_workspace
+
+__all__ = ["plan_write", "plan_patch", "apply_edits", "unified_diff"]
+
+
+# --- write ---------------------------------------------------------------------------
+
+def plan_write(workspace: Path, step: WriteStep) -> list[FileEdit]:
+    """One edit setting `step.path` to `step.content` (none if it already has it)."""
+    rel = normalize_rel(step.path)
+    before = _read(workspace, rel)
+    if before is not None and not step.overwrite:
+        raise ToolInputError(f"{rel} already exists and the write step has `overwrite: false`; "
+                             "nothing was written. Set `overwrite: true`, pick another path, "
+                             "or use a patch step to change the file.")
+    after = step.content.encode("utf-8")
+    return [] if before == after else [FileEdit(rel, before, after)]
+
+
+def _read(workspace: Path, rel: str) -> bytes | None:
+    """A workspace file's bytes, or None if it does not exist."""
+    path = resolve_in_workspace(workspace, rel)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ToolInputError(f"{rel} is a directory, not a file; give the path of a file "
+                             "inside it.") from None
+    except NotADirectoryError:
+        return None  # a parent is a file; writing there fails when the edit is applied
+
+
+# --- apply ---------------------------------------------------------------------------
+
+def apply_edits(workspace: Path, edits: Sequence[FileEdit]) -> int:
+    """Make every edit or none; returns the number of bytes written. Refuses
+    (ToolInputError) if any file no longer has its planned `before` content."""
+    targets: list[tuple[FileEdit, Path]] = []
+    seen: dict[Path, str] = {}
+    for edit in edits:
+        path = resolve_in_workspace(workspace, edit.path)
+        if path in seen:
+            raise ToolInputError(f"edits for {seen[path]} and {edit.path} name the same file; "
+                                 "plan one edit per file.")
+        seen[path] = edit.path
+        current = _read(workspace, edit.path)
+        if content_hash(current) != edit.before_hash:
+            raise ToolInputError(
+                f"{edit.path} changed since planned (expected {_short(edit.before_hash)}, "
+                f"found {_short(content_hash(current))}); nothing was written. Plan the "
+                "step again against the current files.")
+        if edit.before != edit.after:
+            targets.append((edit, path))
+
+    staged: list[tuple[Path, Path, FileEdit]] = []   # (temp, target, edit)
+    made_dirs: list[Path] = []
+
+    def undo_staging() -> None:
+        for tmp, _, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for d in reversed(made_dirs):
+            _rmdir_quietly(d)
+
+    try:
+        for edit, path in targets:
+            if edit.after is not None:
+                _make_parents(path, edit.path, made_dirs)
+                staged.append((_stage(path, edit.after), path, edit))
+    except OSError as err:
+        undo_staging()
+        raise ToolError(f"could not stage the new content of {err.filename}: {err.strerror}; "
+                        "nothing was changed. Fix the cause (disk space, permissions) and "
+                        "run the step again.") from err
+    except BaseException:
+        undo_staging()
+        raise
+
+    done: list[tuple[Path, FileEdit]] = []
+    try:
+        for tmp, path, edit in staged:
+            os.replace(tmp, path)
+            done.append((path, edit))
+        for edit, path in targets:
+            if edit.after is None:
+                path.unlink()
+                done.append((path, edit))
+    except OSError as err:
+        _restore(done)
+        undo_staging()
+        raise ToolError(f"applying the edits failed at {err.filename}: {err.strerror}; the files "
+                        "already changed were put back. Fix the cause and run the step "
+                        "again.") from err
+    root = workspace.resolve()
+    for edit, path in targets:
+        if edit.after is None:      # like git: a directory emptied by deletions goes too
+            parent = path.parent
+            while parent != root and parent.is_relative_to(root) and _rmdir_quietly(parent):
+                parent = parent.parent
+    for parent in {p.parent for p, _ in done}:
+        _fsync_dir(parent)
+    return sum(len(e.after) for e, _ in targets if e.after is not None)
+
+
+def _stage(path: Path, data: bytes) -> Path:
+    """Write `data` to a fresh temp file beside `path` (same mode), fsynced."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = None
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _make_parents(path: Path, rel: str, made: list[Path]) -> None:
+    """Create the missing parents of `path`, recording each in `made` (for undo)."""
+    missing: list[Path] = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ToolInputError(f"cannot write {rel}: {parent} is a file, not a directory; "
+                             "nothing was written. Fix the path or remove that file first.")
+    for d in reversed(missing):
+        d.mkdir()
+        made.append(d)
+
+
+def _restore(done: list[tuple[Path, FileEdit]]) -> None:
+    for path, edit in reversed(done):
+        try:
+            if edit.before is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(_stage(path, edit.before), path)
+        except OSError:
+            pass  # best effort: the original error is the one to report
+
+
+def _rmdir_quietly(path: Path) -> bool:
+    try:
+        path.rmdir()
+        return True
+    except OSError:
+        return False
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _short(digest: str | None) -> str:
+    return "no file" if digest is None else f"sha256 {digest[:12]}"
+
+
+# --- unified diff out ----------------------------------------------------------------
+
+def unified_diff(edit: FileEdit) -> str:
+    """A git-style diff of one edit, which `git apply` and `plan_patch` accept."""
+    if edit.before == edit.after:
+        return ""
+    a, b = _git_quote("a/" + edit.path), _git_quote("b/" + edit.path)
+    old = "/dev/null" if edit.before is None else a
+    new = "/dev/null" if edit.after is None else b
+    head = f"diff --git {a} {b}\n"
+    if edit.before is None:
+        head += "new file mode 100644\n"
+    if edit.after is None:
+        head += "deleted file mode 100644\n"
+    before, after = _text(edit.before), _text(edit.after)
+    if before is None or after is None:
+        return head + f"Binary files {old} and {new} differ\n"
+    if not before and not after:
+        return head   # an empty file created or deleted: the header says it all
+    out = [head, f"--- {old}\n", f"+++ {new}\n"]
+    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    for group in matcher.get_grouped_opcodes(3):
+        i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
+        out.append(f"@@ -{_range(i1, i2)} +{_range(j1, j2)} @@\n")
+        for tag, a1, a2, b1, b2 in group:
+            if tag == "equal":
+                out += [_line(" ", s) for s in before[a1:a2]]
+                continue
+            out += [_line("-", s) for s in before[a1:a2]]
+            out += [_line("+", s) for s in after[b1:b2]]
+    return "".join(out)
+
+
+def _text(data: bytes | None) -> list[str] | None:
+    """Lines with their `\\n` (the last may lack it), or None for binary data."""
+    if data is None:
+        return []
+    if b"\0" in data:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    parts = text.split("\n")
+    lines = [p + "\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _line(tag: str, s: str) -> str:
+    return f"{tag}{s}" if s.endswith("\n") else f"{tag}{s}\n\\ No newline at end of file\n"
+
+
+def _range(lo: int, hi: int) -> str:
+    n = hi - lo
+    if n == 1:
+        return f"{lo + 1}"
+    return f"{lo if n == 0 else lo + 1},{n}"
+
+
+_QUOTE = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f",
+          "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+
+
+def _git_quote(name: str) -> str:
+    """Quote a path the way git does when it has to (C escapes, octal bytes)."""
+    if not any(c in _QUOTE or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return name
+    out = []
+    for byte in os.fsencode(name):
+        c = chr(byte)
+        if c in _QUOTE:
+            out.append(_QUOTE[c])
+        elif byte < 0x20 or byte >= 0x7F:
+            out.append(f"\\{byte:03o}")
+        else:
+            out.append(c)
+    return '"' + "".join(out) + '"'
+
+
+def _git_unquote(s: str) -> str:
+    if not (len(s) >= 2 and s.startswith('"') and s.endswith('"')):
+        return s
+    raw = bytearray()
+    body = s[1:-1]
+    rev = {v[1]: k for k, v in _QUOTE.items()}
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt in "01234567" and re.fullmatch(r"[0-7]{3}", body[i + 1:i + 4]):
+                raw.append(int(body[i + 1:i + 4], 8))
+                i += 4
+                continue
+            raw += rev.get(nxt, nxt).encode("utf-8", "surrogateescape")
+            i += 2
+            continue
+        raw += c.encode("utf-8", "surrogateescape")
+        i += 1
+    return os.fsdecode(bytes(raw))
+
+
+# --- patch in ------------------------------------------------------------------------
+
+@dataclass
+class _Hunk:
+    header: str
+    old_start: int
+    new_start: int
+    old: list[bytes] = field(default_factory=list)
+    new: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class _FilePatch:
+    git_old: str | None = None       # paths from `diff --git` (still prefixed)
+    git_new: str | None = None
+    old: str | None = None           # from ---/+++, None for /dev/null
+    new: str | None = None
+    rename_from: str | None = None   # bare paths from `rename from`/`rename to`
+    rename_to: str | None = None
+    created: bool = False
+    deleted: bool = False
+    binary: bool = False
+    has_headers: bool = False
+    hunks: list[_Hunk] = field(default_factory=list)
+
+
+_HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def plan_patch(workspace: Path, step: PatchStep) -> list[FileEdit]:
+    """The edits a unified diff makes, computed in memory. Every hunk must match
+    exactly (it may sit at an offset from its stated line); otherwise nothing is
+    planned and ToolInputError names the file and hunk."""
+    patches = _parse(step.diff)
+    if not patches:
+        raise ToolInputError("the patch contains no file diffs (no `diff --git`, `---`/`+++` "
+                             "or `@@` lines); give a unified diff, e.g. the output of "
+                             "`git diff`.")
+    original: dict[str, bytes | None] = {}
+    state: dict[str, bytes | None] = {}
+
+    def load(rel: str) -> bytes | None:
+        if rel not in state:
+            original[rel] = state[rel] = _read(workspace, rel)
+        return state[rel]
+
+    for fp in patches:
+        src, dst = _paths(fp)
+        label = dst or src or "?"
+        if fp.binary:
+            raise ToolInputError(f"the patch changes {label} as a binary file; binary patches "
+                                 "cannot be applied here. Use a write step for that file.")
+        base = b"" if src is None else load(src)
+        if base is None:
+            raise ToolInputError(f"the patch changes {src}, which does not exist in the "
+                                 "workspace; check the path (relative to the target).")
+        if dst is not None and dst != src and load(dst) is not None:
+            verb = "creates" if src is None else f"renames {src} to"
+            raise ToolInputError(f"the patch {verb} {dst}, which already exists; patch the "
+                                 "existing file instead, or remove it first.")
+        result = _apply_hunks(label, base, fp.hunks)
+        if dst is None and result:
+            raise ToolInputError(f"the patch deletes {src}, but the file has content the "
+                                 "patch does not remove; regenerate the diff.")
+        if src is not None and src != dst:
+            state[src] = None
+        if dst is not None:
+            state[dst] = result
+    return [FileEdit(rel, original[rel], state[rel]) for rel in state
+            if state[rel] != original[rel]]
+
+
+def _paths(fp: _FilePatch) -> tuple[str | None, str | None]:
+    """(source, destination) relative paths; None where the file does not exist
+    (source of a creation, destination of a deletion). `a/` and `b/` prefixes
+    are dropped when both sides carry them, as git writes them."""
+    if fp.has_headers:
+        old, new = fp.old, fp.new
+        fp.created = fp.created or old is None
+        fp.deleted = fp.deleted or new is None
+    else:                                   # header-only git diff: empty file, rename
+        old, new = fp.git_old, fp.git_new
+    if (old is None or old.startswith("a/")) and (new is None or new.startswith("b/")):
+        old, new = old and old[2:], new and new[2:]
+    if fp.rename_from is not None and fp.rename_to is not None:
+        old, new = fp.rename_from, fp.rename_to
+    src = None if fp.created else old
+    dst = None if fp.deleted else new
+    if src is None and dst is None:
+        raise ToolInputError("a file diff in the patch names no file (both sides /dev/null).")
+    return (src and normalize_rel(src)), (dst and normalize_rel(dst))
+
+
+def _parse(diff: str) -> list[_FilePatch]:
+    lines = diff.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    patches: list[_FilePatch] = []
+    cur: _FilePatch | None = None
+    i = 0
+    while i < len(lines):
+        line = lines[i].rstrip("\r")
+        if line.startswith("diff --git "):
+            cur = _FilePatch()
+            cur.git_old, cur.git_new = _git_header_paths(line[len("diff --git "):])
+            patches.append(cur)
+        elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
+            if cur is None or cur.has_headers or cur.hunks:
+                cur = _FilePatch()
+                patches.append(cur)
+            cur.old = _header_path(line[4:])
+            cur.new = _header_path(lines[i + 1].rstrip("\r")[4:])
+            cur.has_headers = True
+            i += 1
+        elif line.startswith("@@ "):
+            if cur is None or not (cur.has_headers or cur.git_old):
+                raise ToolInputError(f"hunk {line!r} comes before any file header; a unified "
+                                     "diff needs `--- a/path` and `+++ b/path` lines first.")
+            i = _parse_hunk(lines, i, cur)
+            continue
+        elif cur is not None and not cur.hunks:
+            _extended_header(line, cur)
+        i += 1
+    return patches
+
+
+def _extended_header(line: str, cur: _FilePatch) -> None:
+    if line.startswith("new file mode"):
+        cur.created = True
+    elif line.startswith("deleted file mode"):
+        cur.deleted = True
+    elif line.startswith("rename from "):
+        cur.rename_from = _git_unquote(line[len("rename from "):])
+    elif line.startswith("rename to "):
+        cur.rename_to = _git_unquote(line[len("rename to "):])
+    elif line.startswith("Binary files ") or line == "GIT binary patch":
+        cur.binary = True
+
+
+def _parse_hunk(lines: list[str], i: int, cur: _FilePatch) -> int:
+    header = lines[i].rstrip("\r")
+    m = _HUNK.match(header)
+    if m is None:
+        raise ToolInputError(f"malformed hunk header {header!r}; expected `@@ -l,s +l,s @@`.")
+    old_left = int(m[2]) if m[2] is not None else 1
+    new_left = int(m[4]) if m[4] is not None else 1
+    hunk = _Hunk(header, int(m[1]), int(m[3]))
+    cur.hunks.append(hunk)
+    last = " "
+    i += 1
+    while old_left > 0 or new_left > 0 or (i < len(lines) and lines[i].startswith("\\")):
+        if i >= len(lines):
+            raise ToolInputError(f"hunk {header} ends early: {old_left} old and {new_left} new "
+                                 "lines are missing (was the diff cut off or edited by hand?).")
+        line = lines[i]
+        i += 1
+        if line.startswith("\\"):       # "\ No newline at end of file": about the line before
+            sides = {" ": (hunk.old, hunk.new), "-": (hunk.old,), "+": (hunk.new,)}[last]
+            for side in sides:
+                if side and side[-1].endswith(b"\n"):
+                    side[-1] = side[-1][:-1]
+            continue
+        tag, text = (line[0], line[1:]) if line else (" ", "")
+        data = text.encode("utf-8", "surrogateescape") + b"\n"
+        if tag == " " and old_left > 0 and new_left > 0:
+            hunk.old.append(data)
+            hunk.new.append(data)
+            old_left, new_left = old_left - 1, new_left - 1
+        elif tag == "-" and old_left > 0:
+            hunk.old.append(data)
+            old_left -= 1
+        elif tag == "+" and new_left > 0:
+            hunk.new.append(data)
+            new_left -= 1
+        else:
+            raise ToolInputError(f"hunk {header} has a line {line[:60]!r} that does not fit its "
+                                 "line counts; fix the counts in the `@@` header or the lines.")
+        last = tag
+    if i < len(lines) and lines[i][:1] in ("+", "-", " ") and not lines[i].startswith(
+            ("--- ", "+++ ", "-- ")):
+        raise ToolInputError(f"hunk {header} has more lines than its header counts "
+                             f"(next line: {lines[i][:60]!r}); fix the counts in the `@@` "
+                             "header.")
+    return i
+
+
+def _header_path(raw: str) -> str | None:
+    """The path of a `---`/`+++` line: unquoted, timestamp dropped; None for /dev/null."""
+    raw = raw.rstrip("\r")
+    name = _git_unquote(raw) if raw.startswith('"') else raw.split("\t", 1)[0]
+    return None if name == "/dev/null" else name
+
+
+def _git_header_paths(rest: str) -> tuple[str | None, str | None]:
+    """`a/x b/x` from a `diff --git` line (quoted or not; ambiguous names need ---/+++)."""
+    if rest.startswith('"'):
+        end = 1
+        while end < len(rest) and rest[end] != '"':
+            end += 2 if rest[end] == "\\" else 1
+        return _git_unquote(rest[:end + 1]), _git_unquote(rest[end + 2:])
+    half = (len(rest) - 1) // 2
+    if len(rest) % 2 == 1 and rest[half] == " " and rest[2:half] == rest[half + 3:]:
+        return rest[:half], rest[half + 1:]
+    first, _, second = rest.partition(" ")
+    return first, second or None
+
+
+def _split(data: bytes) -> list[bytes]:
+    parts = data.split(b"\n")
+    lines = [p + b"\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _apply_hunks(path: str, data: bytes, hunks: list[_Hunk]) -> bytes:
+    lines = _split(data)
+    out: list[bytes] = []
+    pos = offset = 0
+    for n, hunk in enumerate(hunks, 1):
+        stated = hunk.old_start - 1 if hunk.old else hunk.old_start
+        at = _find(lines, hunk.old, stated + offset, pos)
+        if at is None:
+            raise ToolInputError(_mismatch(path, hunk, n, len(hunks), lines, max(stated, pos)))
+        offset = at - stated
+        out += lines[pos:at]
+        out += hunk.new
+        pos = at + len(hunk.old)
+    out += lines[pos:]
+    return b"".join(out)
+
+
+def _find(lines: list[bytes], old: list[bytes], want: int, lo: int) -> int | None:
+    """The start nearest to `want` (not before `lo`) where `old` matches exactly."""
+    hi = len(lines) - len(old)
+    want = min(max(want, lo), max(hi, lo))
+    for d in range(0, max(want - lo, hi - want) + 1):
+        for at in (want + d, want - d) if d else (want,):
+            if lo <= at <= hi and lines[at:at + len(old)] == old:
+                return at
+    return None
+
+
+def _mismatch(path: str, hunk: _Hunk, n: int, total: int, lines: list[bytes], at: int) -> str:
+    detail = ""
+    for k, want in enumerate(hunk.old):
+        have = lines[at + k] if at + k < len(lines) else None
+        if have != want:
+            found = "the end of the file" if have is None else repr(have.decode("utf-8", "replace"))
+            detail = (f" At line {at + k + 1} the patch expects "
+                      f"{want.decode('utf-8', 'replace')!r} but the file has {found}.")
+            break
+    return (f"patch does not apply to {path}: hunk {n} of {total} ({hunk.header}) does not "
+            f"match the file at its line or at any offset after the previous hunk.{detail} "
+            "Nothing was changed; re-read the file and regenerate the diff.")

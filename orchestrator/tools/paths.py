@@ -1,0 +1,177 @@
+"""Workspace paths: every tool reaches files through here, so that no step can
+read or write outside its target, and both search backends see one file list.
+
+A path is resolved against the workspace when it is opened (not when the step
+was written), so a symlink planted after planning is still caught.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+
+from orchestrator.errors import ToolInputError
+
+__all__ = ["resolve_in_workspace", "iter_files", "glob_matcher", "display_path"]
+
+
+def resolve_in_workspace(workspace: Path, rel: str) -> Path:
+    """The real path of `rel` inside `workspace`, following symlinks; refuses
+    absolute paths and anything (`..`, a symlink) that ends up outside."""
+    root = workspace.resolve()
+    if "\x00" in rel:
+        raise ToolInputError(f"path {rel!r} contains a NUL byte; no file can have that name. "
+                             "Fix the path in the step.")
+    pure = PurePosixPath(rel)
+    if pure.is_absolute():
+        raise ToolInputError(f"path {rel!r} is absolute; tools only take paths relative to the "
+                             f"workspace {root}. Drop the leading '/'.")
+    if os.path.normpath(rel).split(os.sep)[0] == "..":
+        raise ToolInputError(f"path {rel!r} climbs out of the workspace with '..'; tools stay "
+                             "inside their target. Use a path below the workspace root.")
+    try:
+        real = (root / rel).resolve()
+    except (RuntimeError, OSError) as err:   # a symlink loop
+        raise ToolInputError(f"path {rel!r} cannot be resolved ({err}); remove the symlink "
+                             "loop or use another path.") from err
+    if not real.is_relative_to(root):
+        raise ToolInputError(f"path {rel!r} resolves to {real}, outside the workspace {root}, "
+                             "through a symlink; tools do not follow symlinks out of their "
+                             "target. Use the file's path inside the workspace.")
+    return real
+
+
+def normalize_rel(rel: str) -> str:
+    """`./a//b/../c` -> `a/c`: the one spelling an edit is recorded under."""
+    return PurePosixPath(os.path.normpath(rel)).as_posix()
+
+
+def display_path(rel: str) -> str:
+    """A file name as printable UTF-8 text (undecodable bytes as \\xNN)."""
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+# --- globs ---------------------------------------------------------------------------
+
+def _translate(glob: str) -> str:
+    """One glob as a regex over a relative POSIX path. `**` crosses `/`, `*` and
+    `?` do not, `[..]` is a class, `{a,b}` an alternation; a glob without `/`
+    matches the basename at any depth, and a trailing `/` means the whole tree."""
+    if glob.endswith("/"):
+        glob += "**"
+    anchored = "/" in glob
+    glob = glob.lstrip("/")
+    out: list[str] = []
+    i, n, depth = 0, len(glob), 0
+    while i < n:
+        c = glob[i]
+        if glob.startswith("**/", i) and (i == 0 or glob[i - 1] == "/"):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            start = i + 1
+            neg = glob[start:start + 1] in ("!", "^")
+            start += neg
+            j = glob.find("]", start + 1 if glob[start:start + 1] == "]" else start)
+            if j < 0:
+                out.append(re.escape(c))
+            else:
+                body = glob[start:j]
+                for special in ("\\", "^", "[", "]"):
+                    body = body.replace(special, "\\" + special)
+                out.append(f"[{'^/' if neg else ''}{body}]")
+                i = j + 1
+                continue
+        elif c == "{":
+            out.append("(?:")
+            depth += 1
+        elif c == "," and depth:
+            out.append("|")
+        elif c == "}" and depth:
+            out.append(")")
+            depth -= 1
+        elif c == "\\" and i + 1 < n:
+            out.append(re.escape(glob[i + 1]))
+            i += 1
+        else:
+            out.append(re.escape(c))
+        i += 1
+    out.extend(")" * depth)
+    body = "".join(out)
+    return body if anchored else f"(?:.*/)?{body}"
+
+
+@lru_cache(maxsize=256)
+def glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
+    """A predicate over relative POSIX paths. Globs starting with `!` exclude;
+    no include glob means every file."""
+    inc = [g for g in globs if not g.startswith("!")]
+    exc = [g[1:] for g in globs if g.startswith("!")]
+    try:
+        inc_rx = re.compile("|".join(f"(?:{_translate(g)})" for g in inc)) if inc else None
+        exc_rx = re.compile("|".join(f"(?:{_translate(g)})" for g in exc)) if exc else None
+    except re.error as err:
+        raise ToolInputError(f"glob list {list(globs)!r} is malformed ({err}); "
+                             "check brackets and braces.") from err
+
+    def match(path: str) -> bool:
+        if inc_rx is not None and inc_rx.fullmatch(path) is None:
+            return False
+        return exc_rx is None or exc_rx.fullmatch(path) is None
+
+    return match
+
+
+# --- listing -------------------------------------------------------------------------
+
+def iter_files(workspace: Path, globs: Iterable[str] = ()) -> list[str]:
+    """Sorted relative POSIX paths of the regular files under `workspace` that
+    match `globs`. Skips `.git`, does not descend into symlinked directories, and
+    keeps a symlinked file only if it points to a regular file inside."""
+    root = workspace.resolve()
+    match = glob_matcher(tuple(globs))
+    found: list[str] = []
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        try:
+            entries = list(os.scandir(os.path.join(root, prefix) if prefix else root))
+        except (NotADirectoryError, FileNotFoundError, PermissionError):
+            continue
+        for entry in entries:
+            if entry.name == ".git":
+                continue  # the repository itself (a directory, or a worktree's pointer file)
+            rel = f"{prefix}{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(rel + "/")
+                continue
+            if entry.is_symlink():
+                if not _symlink_ok(root, entry.path):
+                    continue
+            elif not entry.is_file(follow_symlinks=False):
+                continue  # fifo, socket, device: reading could block or mean nothing
+            if match(rel):
+                found.append(rel)
+    found.sort()
+    return found
+
+
+def _symlink_ok(root: Path, path: str) -> bool:
+    try:
+        real = Path(path).resolve(strict=True)
+        return real.is_relative_to(root) and stat.S_ISREG(real.stat().st_mode)
+    except (OSError, RuntimeError):
+        return False

@@ -1,0 +1,86 @@
+"""The replace tool's planning half: which files a pattern rewrites, and how.
+
+Nothing is written here; `files.apply_edits` does that, all-or-nothing, after
+the runner has recorded the plan. Bytes outside the replaced spans are kept
+exactly (line endings, BOM, trailing newline), so a file is only re-encoded
+where it really changed. Python's `re` is the one engine, with `re.MULTILINE`
+so `^` and `$` anchor at lines as they do in search.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator.errors import ToolInputError, ToolTimeout
+from orchestrator.steps import ReplaceStep
+from orchestrator.tools.base import FileEdit, ToolResult
+from orchestrator.tools.paths import iter_files
+from orchestrator.tools.search import check_count, compile_pattern
+
+__all__ = ["plan_replace"]
+
+
+def plan_replace(workspace: Path, step: ReplaceStep) -> tuple[list[FileEdit], int]:
+    """Edits for the files that change, and the number of replacements made.
+    Binary files (a NUL byte) and files that are not valid UTF-8 are skipped.
+    Raises CountMismatch before anything is written when `expect` is not met."""
+    deadline = time.monotonic() + step.timeout_s
+    rx = compile_pattern(step.pattern, literal=step.literal, ignore_case=step.ignore_case,
+                         flags=re.MULTILINE)
+    rewrite = _rewriter(rx, step)
+    # A cheap byte-level test that rules most files out before decoding them.
+    needle = step.pattern.encode("utf-8") if step.literal and not step.ignore_case else None
+    root = workspace.resolve()
+    edits: list[FileEdit] = []
+    total = 0
+    for rel in iter_files(root, step.glob):
+        if time.monotonic() > deadline:
+            raise ToolTimeout(f"replace ran past its time limit of {step.timeout_s:g} s while "
+                              "planning; nothing was changed. Narrow it with `glob`, or raise "
+                              "`timeout_s` on the step.")
+        try:
+            with open(os.path.join(root, rel), "rb") as fh:
+                data = fh.read()
+        except OSError:
+            continue
+        if needle is not None and needle not in data:
+            continue
+        if b"\0" in data:
+            continue  # binary
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # not text we can rewrite without changing other bytes
+        if needle is None and rx.search(text) is None:
+            continue
+        new, n = rewrite(text)
+        total += n
+        if new != text:
+            edits.append(FileEdit(rel, data, new.encode("utf-8")))
+    check_count("replace", step.pattern, step.expect,
+                ToolResult(count=total, edits=tuple(edits)), "occurrences")
+    return edits, total
+
+
+def _rewriter(rx: re.Pattern[str], step: ReplaceStep) -> Callable[[str], tuple[str, int]]:
+    """`text -> (new_text, count)`, with the replacement validated up front."""
+    if step.literal and not step.ignore_case:
+        old, new = step.pattern, step.replacement
+        return lambda text: (text.replace(old, new), text.count(old))
+    if step.literal:
+        # Backslashes are the only special characters of a template.
+        template = step.replacement.replace("\\", "\\\\")
+    else:
+        template = step.replacement
+        try:
+            rx.sub(template, "")      # parses the template and checks its group references
+        except (re.error, IndexError) as err:
+            raise ToolInputError(f"replacement {template!r} is not a valid template for pattern "
+                                 f"{step.pattern!r}: {err}. Refer only to groups the pattern "
+                                 "has (\\1 or \\g<name>), write a literal backslash as \\\\, "
+                                 "or set `literal: true`.") from err
+    return lambda text: rx.subn(template, text)

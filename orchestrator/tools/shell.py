@@ -1,0 +1,219 @@
+"""The shell tool: run one argv in the workspace, bounded in time and output.
+
+No shell is involved (policy has already checked every program in the argv).
+The command gets its own session, so on timeout, and once it exits, anything
+it left running is killed with it. Output (stdout and stderr, interleaved) is
+read as it comes and only its head and tail are kept, so a command printing
+gigabytes costs no memory; `output_bytes` still counts every byte.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shlex
+import selectors
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from orchestrator.errors import ToolError, ToolInputError, ToolTimeout
+from orchestrator.steps import ShellStep
+from orchestrator.tools.base import ToolResult
+from orchestrator.tools.paths import resolve_in_workspace
+
+__all__ = ["run_shell", "CommandFailed", "DEFAULT_PATH"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_CHUNK = 64 * 1024
+_DRAIN_AFTER_EXIT_S = 0.5   # output still in flight from children once the command exits
+
+
+class CommandFailed(ToolError):
+    """The command exited with a code outside `ok_exit_codes`; `.result` has
+    its (capped) output so the failure can be recorded and shown."""
+
+    def __init__(self, message: str, result: ToolResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def run_shell(workspace: Path, step: ShellStep, *,
+              env_base: Mapping[str, str] | None = None) -> ToolResult:
+    """Run `step.command` in `step.cwd` with a scrubbed environment: the
+    worker's PATH, HOME (the workspace), LANG=C.UTF-8, then `env_base`, then
+    `step.env`; nothing else of the worker's environment is passed on."""
+    root = workspace.resolve()
+    cwd = resolve_in_workspace(root, step.cwd)
+    if not cwd.is_dir():
+        raise ToolInputError(f"cwd {step.cwd!r} is not a directory in the workspace; "
+                             "use an existing directory relative to the target.")
+    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "HOME": str(root),
+           "LANG": "C.UTF-8", **(env_base or {}), **step.env}
+    argv = list(step.command)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    except FileNotFoundError:
+        raise ToolInputError(f"program {argv[0]!r} was not found on PATH {env['PATH']!r}; the "
+                             "environment is scrubbed (PATH, HOME, LANG and the step's `env` "
+                             "only), so only that PATH is searched. Use an absolute path, or "
+                             "set PATH in the step's `env`.") from None
+    except PermissionError:
+        raise ToolInputError(f"program {argv[0]!r} is not executable; check its mode, or run "
+                             "it through its interpreter (e.g. `python script.py`).") from None
+    except OSError as err:
+        raise ToolInputError(f"program {argv[0]!r} could not be started: {err.strerror}. "
+                             "Check that it is a program for this machine.") from None
+    capture = _Capture(step.max_output_bytes)
+    timed_out, status, usage = _supervise(proc, capture, started + step.timeout_s)
+    result = ToolResult(output=capture.text(), output_bytes=capture.total,
+                        exit_code=os.waitstatus_to_exitcode(status),
+                        cpu_s=usage.ru_utime + usage.ru_stime,
+                        duration_s=time.monotonic() - started)
+    shown = shlex.join(argv)
+    if timed_out:
+        err = ToolTimeout(f"command `{shown}` ran past its time limit of {step.timeout_s:g} s "
+                          "and was killed with everything it started. Make it faster, or "
+                          "raise `timeout_s` on the step.")
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    if result.exit_code not in step.ok_exit_codes:
+        why = (f"was killed by {signal.Signals(-result.exit_code).name}"
+               if result.exit_code < 0 else f"exited with code {result.exit_code}")
+        tail = result.output[-800:].strip()
+        raise CommandFailed(f"command `{shown}` {why}, not one of ok_exit_codes "
+                            f"{list(step.ok_exit_codes)}. Fix what it reports, or list the code "
+                            f"in `ok_exit_codes` if it means success."
+                            + (f"\nLast output:\n{tail}" if tail else ""), result)
+    return result
+
+
+def _supervise(proc: subprocess.Popen[bytes], capture: _Capture,
+               deadline: float) -> tuple[bool, int, resource.struct_rusage]:
+    """Read output until EOF and the command's exit (or the deadline), kill the
+    process group, then reap; returns (timed_out, wait status, resource usage).
+    The command is reaped only after the kill, so its pid (the group id) cannot
+    be reused by an unrelated process while we signal the group."""
+    assert proc.stdout is not None
+    out = proc.stdout.fileno()
+    os.set_blocking(out, False)
+    sel = selectors.DefaultSelector()
+    sel.register(out, selectors.EVENT_READ)
+    pidfd = _pidfd(proc.pid)
+    if pidfd is not None:
+        sel.register(pidfd, selectors.EVENT_READ)
+    eof = exited = timed_out = False
+    drain_until = deadline
+    try:
+        while not (eof and exited):
+            now = time.monotonic()
+            if now >= drain_until:
+                timed_out = not exited   # after an exit: a leftover child holds the pipe
+                break
+            wait = drain_until - now if pidfd is not None else min(drain_until - now, 0.05)
+            for key, _ in sel.select(wait):
+                if key.fd == out and _read_available(out, capture):
+                    eof = True
+                    sel.unregister(out)
+            if not exited and _has_exited(proc.pid):
+                exited = True
+                drain_until = min(deadline, time.monotonic() + _DRAIN_AFTER_EXIT_S)
+                if pidfd is not None:
+                    sel.unregister(pidfd)
+    finally:
+        _kill_group(proc.pid)
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
+    if not eof:
+        _read_available(out, capture)   # what was already in the pipe
+    proc.stdout.close()
+    return timed_out, status, usage
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child has exited, without reaping it."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _read_available(fd: int, capture: _Capture) -> bool:
+    """Read what the pipe holds without blocking (at most 1 MB, so a command
+    that never stops printing still meets its deadline); True at end of file."""
+    for _ in range(16):
+        try:
+            chunk = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return True
+        capture.add(chunk)
+    return False
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None   # no pidfd: poll for the exit every 50 ms instead
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class _Capture:
+    """Keeps the first and last `limit/2` bytes of a stream and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.head_cap = (limit + 1) // 2
+        self.tail_cap = limit - self.head_cap
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_cap - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk and self.tail_cap:
+            self.tail += chunk[-self.tail_cap:]
+            del self.tail[:-self.tail_cap]
+
+    def text(self) -> str:
+        head, tail = bytes(self.head), bytes(self.tail)
+        if self.total == len(head) + len(tail):
+            return (head + tail).decode("utf-8", "replace")
+        cut = utf8_prefix_len(head)
+        start = 0
+        while start < min(len(tail), 3) and (tail[start] & 0xC0) == 0x80:
+            start += 1     # the tail starts inside a character
+        dropped = self.total - cut - (len(tail) - start)
+        head_s = head[:cut].decode("utf-8", "replace")
+        sep = "" if not head_s or head_s.endswith("\n") else "\n"
+        return (f"{head_s}{sep}... [truncated {dropped} bytes] ...\n"
+                + tail[start:].decode("utf-8", "replace"))
+
+
+def utf8_prefix_len(data: bytes) -> int:
+    """Length of `data` without a UTF-8 character cut off at its end."""
+    for back in range(1, min(len(data), 4) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue                       # continuation: keep looking for the lead
+        if byte < 0xC0:
+            return len(data)               # ASCII (or stray byte): nothing cut
+        need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+        return len(data) - back if back < need else len(data)
+    return len(data)

@@ -1,0 +1,57 @@
+"""Following a job as its events land: the view `run` and `status` render."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from events.envelope import Event
+from events.projections import JobState, SessionState, apply_job, apply_session
+from events.replay import replay
+from events.store import SqlEventStore
+from orchestrator.runner import job_state
+
+
+@dataclass
+class JobView:
+    job_id: str
+    job: JobState = field(default_factory=JobState)
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    position: int = 0
+
+    def feed(self, e: Event) -> None:
+        if e.stream_id == self.job_id:
+            self.job = apply_job(self.job, e)
+        else:
+            self.sessions[e.stream_id] = apply_session(
+                self.sessions.get(e.stream_id, SessionState()), e)
+        self.position = max(self.position, e.position)
+
+    def poll(self, store: SqlEventStore) -> list[Event]:
+        new = list(store.read_correlation(self.job_id, self.position))
+        for e in new:
+            self.feed(e)
+        return new
+
+    @property
+    def done(self) -> bool:
+        return self.job.status in ("completed", "failed")
+
+
+def final_view(store: SqlEventStore, job_id: str) -> JobView:
+    """The job rebuilt from its streams (not from what a live poll saw)."""
+    view = JobView(job_id, job=job_state(store, job_id))
+    for ref in view.job.sessions:
+        view.sessions[ref.session_id] = replay(store, ref.session_id).session
+    return view
+
+
+def session_summary(view: JobView) -> list[dict[str, object]]:
+    rows = []
+    for ref in view.job.sessions:
+        s = view.sessions.get(ref.session_id, SessionState())
+        done = sum(1 for t in s.turns if t.status == "ok")
+        rows.append({"session_id": ref.session_id, "target": ref.target,
+                     "workspace": s.target, "status": s.status,
+                     "steps_ok": done, "steps": len(s.steps), "error": s.error,
+                     "files_changed": [c.path for c in s.files_changed], "patch": s.patch})
+    return rows

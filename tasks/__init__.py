@@ -1,0 +1,1 @@
+"""Celery app and its thin tasks: load state, call orchestrator/, append events."""

@@ -1,0 +1,47 @@
+"""The Celery app, configured from the one Settings object.
+
+Reliability settings follow DESIGN.md "Execution": late acks, reject on a lost
+worker (the message is redelivered), prefetch of one (a long step does not
+hold back others), and a visibility timeout above the longest step.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+import tasks.broker  # noqa: F401  (registers the orchsqla transport)
+from orchestrator.config import Settings, get_settings
+
+
+def make_app(settings: Settings) -> Celery:
+    if settings.embedded_broker:
+        settings.state.mkdir(parents=True, exist_ok=True)
+    app = Celery("orchestrator", broker=settings.effective_broker_url,
+                 backend=settings.effective_result_backend, include=["tasks.steps"])
+    transport_options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
+    if settings.embedded_broker:
+        transport_options["polling_interval"] = settings.embedded_poll_interval_s
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=False,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_expires=24 * 3600,
+        broker_transport_options=transport_options,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,     # Flower shows tasks live
+        task_send_sent_event=True,
+        task_default_queue="orchestrator",
+        database_engine_options={"connect_args": {"timeout": 60}},
+        database_short_lived_sessions=True,
+    )
+    return app
+
+
+app = make_app(get_settings())

@@ -1,0 +1,90 @@
+"""The example job end to end through a real worker, on both deployment shapes:
+SQLite store + embedded broker, and PostgreSQL store + Redis broker."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from events.store import SqlEventStore
+from orchestrator.sample_repos import create_sample_repos
+from tests.cli_helpers import ROOT, cli, cli_json, shape_env
+
+EXAMPLE = ROOT / "orchestrator" / "examples" / "rename-function.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["embedded", pytest.param("production",
+                                                 marks=[pytest.mark.postgres, pytest.mark.redis])])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    if request.param == "embedded":
+        return shape_env(tmp_path)
+    pg_url = request.getfixturevalue("pg_url")
+    redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/12"
+    return shape_env(tmp_path, store_url=pg_url, broker_url=redis_url,
+                     ORCH_WORKER_CONCURRENCY="2")
+
+
+def test_example_job_produces_patches_and_a_replay_that_matches(env, tmp_path: Path):
+    repos = create_sample_repos(tmp_path / "sample-repos")
+    result = cli(env, "run", str(EXAMPLE), "--base-dir", str(tmp_path), "--json",
+                 "--out", str(tmp_path / "patches"))
+    assert result.returncode == 0, result.stderr
+    import json
+    job = json.loads(result.stdout)
+    assert job["status"] == "completed"
+    assert {s["status"] for s in job["sessions"]} == {"completed"}
+    assert len(job["sessions"]) == len(repos)
+    for session in job["sessions"]:
+        assert "-" in session["patch"] and "+" in session["patch"]
+        assert "load_user" in session["patch"]
+        patch_file = tmp_path / "patches" / f"{Path(session['target']).name}.patch"
+        assert any(p.read_text() == session["patch"] for p in (tmp_path / "patches").iterdir()), \
+            patch_file
+        replayed = cli_json(env, "audit", "replay", session["session_id"])
+        assert replayed["session"]["status"] == "completed"
+        assert replayed["session"]["patch"] == session["patch"]
+        assert [c["path"] for c in replayed["session"]["files_changed"]] == \
+            session["files_changed"]
+        assert all(x["decision"] == "allow" for x in replayed["ledger"]["entries"])
+        assert len(replayed["ledger"]["entries"]) == len(replayed["session"]["turns"])
+    for repo in repos:
+        text = "".join(p.read_text() for p in repo.rglob("*.py"))
+        assert "fetch_user" not in text and "load_user" in text
+    verified = cli_json(env, "audit", "verify")
+    assert verified["ok"] and verified["events"] > 0
+    status = cli_json(env, "status", job["job_id"])
+    assert status["status"] == "completed"
+
+
+def test_missing_target_fails_alone_and_the_others_still_run(env, tmp_path: Path):
+    create_sample_repos(tmp_path / "sample-repos", count=2)
+    spec = tmp_path / "job.yaml"
+    spec.write_text(EXAMPLE.read_text().replace(
+        "targets:", "targets:\n  - no-such-repo", 1))
+    result = cli(env, "run", str(spec), "--base-dir", str(tmp_path), "--json")
+    assert result.returncode == 1, result.stderr
+    import json
+    job = json.loads(result.stdout)
+    by_target = {s["target"]: s for s in job["sessions"]}
+    assert by_target["no-such-repo"]["status"] == "failed"
+    assert "does not exist" in by_target["no-such-repo"]["error"]
+    others = [s for t, s in by_target.items() if t != "no-such-repo"]
+    assert len(others) == 2 and all(s["status"] == "completed" for s in others)
+
+
+def test_malformed_spec_is_refused_with_its_position_and_nothing_is_appended(env, tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("name: bad\ntargets: [x]\nsteps:\n  - kind: replace\n    pattern: a\n")
+    result = cli(env, "submit", str(spec))
+    assert result.returncode == 2
+    assert "replacement" in result.stderr and "line 4" in result.stderr
+    if "ORCH_STORE_URL" in env:
+        store = SqlEventStore(env["ORCH_STORE_URL"])
+        assert not [e for e in store.read_all()
+                    if e.type == "JobSubmitted" and e.payload.name == "bad"]
+    else:
+        assert not (Path(env["ORCH_STATE_DIR"]) / "events.sqlite").exists()

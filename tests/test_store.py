@@ -1,0 +1,129 @@
+"""The store contract, run on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from events import payloads as p
+from events.db import store_errors
+from events.envelope import canonical_json, chain_hash
+from events.errors import AppendOnlyViolation, SchemaNotReady, SequenceConflict, UnknownEvent
+from events.replay import SNAPSHOT_VERSION, load, replay
+from events.store import SqlEventStore, open_store
+from events.verify import verify_rows
+from tests.factories import new, session_payloads
+
+
+def test_append_numbers_events_from_one_and_chains_them(store: SqlEventStore, stream_id: str):
+    stored = store.append(stream_id, [new(x, i) for i, x in enumerate(session_payloads(2))], 0)
+    assert [e.seq for e in stored] == list(range(1, len(stored) + 1))
+    assert [e.prev_hash for e in stored[1:]] == [e.hash for e in stored[:-1]]
+    assert list(store.read_stream(stream_id)) == stored
+    assert verify_rows(store.rows(stream_id)).ok
+
+
+def test_stale_expected_seq_is_a_typed_conflict_and_appends_nothing(store, stream_id):
+    store.append(stream_id, [new(p.SessionCompleted(files_changed=0))], 0)
+    with pytest.raises(SequenceConflict) as info:
+        store.append(stream_id, [new(p.SessionCompleted(files_changed=1))], 0)
+    assert (info.value.expected_seq, info.value.actual_seq) == (0, 1)
+    assert "Reload the stream" in str(info.value)
+    assert store.last_seq(stream_id) == 1
+
+
+def test_repeated_idempotency_key_returns_the_stored_events(store, stream_id):
+    first = store.append(stream_id, [new(p.SessionCompleted(files_changed=0), key="k"),
+                                     new(p.SessionCompleted(files_changed=1), key="k")], 0)
+    again = store.append(stream_id, [new(p.SessionCompleted(files_changed=0), key="k"),
+                                     new(p.SessionCompleted(files_changed=1), key="k")], 0)
+    assert again == first
+    assert store.last_seq(stream_id) == 2
+
+
+def test_database_refuses_update_and_delete_of_events(store, stream_id):
+    store.append(stream_id, [new(p.SessionCompleted(files_changed=0))], 0)
+    for sql in ("UPDATE events SET seq = 7", "DELETE FROM events"):
+        with pytest.raises(AppendOnlyViolation, match="append-only"):
+            with store_errors(store.url), store.engine.begin() as conn:
+                conn.exec_driver_sql(sql)
+    assert store.last_seq(stream_id) == 1
+
+
+def test_unknown_event_type_on_read_is_a_clear_error(store, stream_id):
+    envelope = {"stream_id": stream_id, "seq": 1, "event_id": "0" * 36, "type": "FromTheFuture",
+                "schema_version": 1, "occurred_at": "2026-01-01T00:00:00.000000Z",
+                "actor": "x", "correlation_id": "j", "causation_id": None,
+                "idempotency_key": None, "payload": {"type": "FromTheFuture"}, "prev_hash": "0"}
+    body = canonical_json(envelope)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO events (stream_id, seq, event_id, type, correlation_id,"
+                             " prev_hash, hash, body) VALUES (:s, 1, :e, 'FromTheFuture', 'j',"
+                             " '0', :h, :b)"),
+                     {"s": stream_id, "e": "0" * 35 + stream_id[-1], "h": chain_hash("0", body),
+                      "b": body})
+    with pytest.raises(UnknownEvent, match="FromTheFuture"):
+        list(store.read_stream(stream_id))
+
+
+def test_unmigrated_store_refuses_to_start_and_names_the_command(tmp_path: Path):
+    with pytest.raises(SchemaNotReady, match="orchestrator db upgrade"):
+        SqlEventStore(str(tmp_path / "new.sqlite"))
+
+
+def test_newer_schema_than_known_is_refused(tmp_path: Path):
+    s = open_store(str(tmp_path / "e.sqlite"), upgrade=True)
+    with s.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(SchemaNotReady, match="9999"):
+        SqlEventStore(str(tmp_path / "e.sqlite"))
+
+
+def test_replay_from_snapshot_equals_replay_from_scratch(store, stream_id):
+    from events import replay as replay_mod
+    payloads = session_payloads(40)
+    store.append(stream_id, [new(x, i) for i, x in enumerate(payloads[:150])], 0)
+    old = replay_mod.SNAPSHOT_EVERY
+    replay_mod.SNAPSHOT_EVERY = 50
+    try:
+        load(store, stream_id)                      # writes a snapshot at seq 150
+    finally:
+        replay_mod.SNAPSHOT_EVERY = old
+    snap = store.load_snapshot(stream_id)
+    assert snap is not None and snap[:2] == (150, SNAPSHOT_VERSION)
+    store.append(stream_id, [new(x, i) for i, x in enumerate(payloads[150:])], 150)
+    assert replay(store, stream_id) == replay(store, stream_id, use_snapshot=False)
+
+
+def _race(url: str, stream_id: str, worker: int, rounds: int, q: "mp.Queue[tuple[int, int]]") -> None:
+    store = SqlEventStore(url)
+    won = lost = 0
+    for _ in range(rounds):
+        while True:
+            seq = store.last_seq(stream_id)
+            try:
+                store.append(stream_id, [new(p.SessionCompleted(files_changed=worker))], seq)
+                won += 1
+                break
+            except SequenceConflict:
+                lost += 1
+    q.put((won, lost))
+
+
+def test_processes_racing_on_one_stream_leave_it_gapless_and_unforked(store, stream_id):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(store.url, stream_id, w, 25, q)) for w in range(4)]
+    for proc in procs:
+        proc.start()
+    results = [q.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    events = list(store.read_stream(stream_id))
+    assert [e.seq for e in events] == list(range(1, 101))
+    assert sum(won for won, _ in results) == 100
+    assert sum(lost for _, lost in results) > 0          # losers got typed conflicts
+    assert verify_rows(store.rows(stream_id)).ok
