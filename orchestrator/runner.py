@@ -58,6 +58,22 @@ class Interrupted(ToolError):
     """The worker died while an effectful call was running."""
 
 
+class PolicyRefused(ToolError):
+    """The policy denied the call, or wants a confirmation that job sessions
+    cannot collect yet (`orchestrator approve` is not built): nothing ran."""
+
+    exit_code = 3
+
+    @classmethod
+    def of(cls, verdict: policy.Verdict) -> PolicyRefused:
+        if verdict.decision == "deny":
+            return cls(f"denied by rule {verdict.rule_id}: {verdict.reason}. Nothing ran; "
+                       "change the step, or the policy if it should be allowed")
+        return cls(f"needs confirmation (rule {verdict.rule_id}: {verdict.reason}). Nothing "
+                   "ran: job sessions cannot ask for confirmation yet, so change the step "
+                   "or the policy")
+
+
 @dataclass
 class Runner:
     store: SqlEventStore
@@ -157,6 +173,14 @@ class Runner:
         ]
         started = time.monotonic()
         planned: Plan | None = None
+        if verdict.decision != "allow":
+            # No ToolCallFailed: the call never started, so it costs no quota;
+            # the ledger and the session's error say why.
+            refused = PolicyRefused.of(verdict)
+            events += self._failure(state.session, turn, call_id, step, refused, 0.0,
+                                    last)[1:]
+            return None, self._append(ticket.session_id, events, state.last_seq,
+                                      f"step:{turn}:start", ticket.job_id, cause)
         try:
             planned = plan(workspace, step)
         except ToolError as exc:

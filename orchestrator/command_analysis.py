@@ -1,0 +1,554 @@
+"""Shell command analysis: every program a command line would run, and how.
+
+Pure: text in, an `Analysis` out; no I/O, no environment. The parser is
+tree-sitter-bash (bashlex raises on `$(( ))`, `[[ ]]` and `case`, which would
+deny ordinary commands; see shared/FACTS.md). Every `command` node anywhere in
+the tree is found (pipelines, lists, subshells, brace groups, command and
+process substitution, here-docs, functions, loops), and the wrappers that run
+another program are unwrapped: `sh -c`/`bash -c` (parsed again), `env`,
+`nice`, `nohup`, `setsid`, `timeout`, `time`, `stdbuf`, `ionice`, `command`,
+`builtin`, `exec`, `xargs` and `find -exec`.
+
+What cannot be judged is a `Refusal`, and policy denies any command that has
+one: a syntax error, a program name built at run time (`$CMD`, `$(...)`,
+globs, brace expansion, `$'..'`), `eval`, a shell or interpreter reading code
+from a pipe or here-doc, environment overrides that change what runs
+(`PATH=`, `LD_PRELOAD=`, `BASH_ENV=`...), and nesting deeper than `MAX_DEPTH`.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+__all__ = ["Analysis", "Invocation", "Redirect", "Refusal", "analyze", "analyze_argv",
+           "SHELLS", "INTERPRETERS"]
+
+MAX_DEPTH = 8
+SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox",
+                    "rbash", "tcsh", "csh"})
+INTERPRETERS = frozenset({"python", "python2", "python3", "perl", "ruby", "node", "nodejs",
+                          "php", "lua", "tclsh", "Rscript", "osascript", "deno", "bun"})
+# Variables that change which program runs or what it loads.
+DANGEROUS_ENV = re.compile(r"^(PATH|LD_\w+|BASH_ENV|ENV|BASH_FUNC_\w+.*|IFS|PS4|SHELLOPTS|"
+                           r"BASHOPTS|PROMPT_COMMAND|GIT_\w+|PYTHONPATH|PYTHONSTARTUP|"
+                           r"PYTHONHOME|PERL5LIB|PERL5OPT|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
+                           r"DYLD_\w+|GCONV_PATH|HOSTALIASES|LESSOPEN|LESSCLOSE|PAGER|EDITOR|"
+                           r"VISUAL|GIT_SSH_COMMAND)$")
+_STORED_CODE = re.compile(r"\$\(|`|\$\{")
+_RESERVED = frozenset({"{", "}", "(", ")", "!", "[[", "]]", "then", "fi", "do", "done", "esac",
+                       "elif", "else", "in", "function", "select", "until", "while", "if",
+                       "for", "case", "coproc"})
+_GLOB = re.compile(r"(?<!\\)[*?\[]")
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One program that would run. `argv[0]` is the name as written (a path
+    when it has a `/`); `dynamic` marks arguments only known at run time."""
+
+    argv: tuple[str, ...]
+    via: tuple[str, ...] = ()          # wrappers it was unwrapped from, outermost first
+    dynamic: frozenset[int] = frozenset()   # indexes of argv built at run time
+    globbed: frozenset[int] = frozenset()   # indexes of argv with unquoted glob characters
+    stdin: str = "inherit"             # inherit | pipe | heredoc | file
+    env: tuple[str, ...] = ()          # NAME=... prefixes (names only)
+
+    @property
+    def program(self) -> str:
+        return self.argv[0]
+
+    @property
+    def name(self) -> str:
+        """The program's base name (what rules are written against)."""
+        return self.argv[0].rsplit("/", 1)[-1]
+
+    def text(self) -> str:
+        return shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
+class Redirect:
+    op: str                    # > >> >| &> &>> < <> >& ...
+    target: str | None         # None: built at run time
+    fd: str | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Opens a file for writing (`2>&1` and `>&-` only move descriptors)."""
+        if self.op in (">&", "<&"):
+            return self.target is None or not (self.target.isdigit() or self.target == "-")
+        return ">" in self.op or self.op == "<>"
+
+    @property
+    def truncates(self) -> bool:
+        return self.op in (">", ">|", "&>", "<>")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    rule: str                  # unparseable | dynamic-program | eval | code-from-stdin |
+                               # env-override | too-deep | dynamic-shell-code
+    detail: str
+
+
+@dataclass(frozen=True)
+class Analysis:
+    command: str
+    invocations: tuple[Invocation, ...] = ()
+    redirects: tuple[Redirect, ...] = ()
+    refusals: tuple[Refusal, ...] = ()
+
+
+# -- parsing -------------------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _parser() -> Any:
+    import tree_sitter_bash
+    from tree_sitter import Language, Parser
+    return Parser(Language(tree_sitter_bash.language()))
+
+
+@dataclass
+class _Acc:
+    invocations: list[Invocation] = field(default_factory=list)
+    redirects: list[Redirect] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+
+    def refuse(self, rule: str, detail: str) -> None:
+        self.refusals.append(Refusal(rule, detail))
+
+
+def analyze(command: str) -> Analysis:
+    """Every program `command` would run, parsed as bash."""
+    acc = _Acc()
+    _analyze_text(command, acc, via=(), depth=0, stdin="inherit")
+    return Analysis(command, tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals))
+
+
+def analyze_argv(argv: Sequence[str]) -> Analysis:
+    """An argv run without a shell (a job's shell step): one invocation,
+    unwrapped like any other (so `sh -c '...'` inside it is still parsed)."""
+    acc = _Acc()
+    if not argv:
+        acc.refuse("unparseable", "the command is empty")
+    else:
+        _emit([_W(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
+    return Analysis(shlex.join(argv), tuple(acc.invocations), tuple(acc.redirects),
+                    tuple(acc.refusals))
+
+
+def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int,
+                  stdin: str) -> None:
+    if depth > MAX_DEPTH:
+        acc.refuse("too-deep", f"commands nested more than {MAX_DEPTH} levels deep")
+        return
+    if "\x00" in text:
+        acc.refuse("unparseable", "the command contains a NUL byte")
+        return
+    tree = _parser().parse(text.encode())
+    root = tree.root_node
+    if root.has_error:
+        acc.refuse("unparseable", f"bash syntax error near {_error_excerpt(root)!r}; "
+                   "the command cannot be judged, so it is not run")
+        return
+    _walk(root, acc, via=via, depth=depth, stdin=stdin)
+
+
+def _error_excerpt(node: Any) -> str:
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.type == "ERROR" or n.is_missing:
+            return n.text.decode(errors="replace")[:60] or n.parent.text.decode()[:60]
+        stack.extend(reversed(n.children))
+    return node.text.decode(errors="replace")[:60]
+
+
+# -- words -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _W:
+    """A shell word after quote removal, and whether run time decides it."""
+    text: str
+    dynamic: bool = False
+    glob: bool = False
+
+
+_DYNAMIC = {"simple_expansion", "expansion", "command_substitution", "process_substitution",
+            "arithmetic_expansion", "ansi_c_string"}
+_ESCAPE = re.compile(r"\\(.)", re.S)
+_DQ_ESCAPE = re.compile(r"\\([$`\"\\\n])")
+
+
+def _word(node: Any) -> _W:
+    t = node.type
+    text = node.text.decode(errors="replace")
+    if t == "word":
+        glob = bool(_GLOB.search(text)) or _is_brace(text)
+        return _W(_ESCAPE.sub(r"\1", text), glob=glob)
+    if t == "number":
+        return _W(text)
+    if t == "raw_string":
+        return _W(text[1:-1])
+    if t in ("string", "translated_string"):
+        parts, dynamic = [], False
+        for c in node.children:
+            if c.type == "string_content":
+                parts.append(_DQ_ESCAPE.sub(r"\1", c.text.decode(errors="replace")))
+            elif c.type in _DYNAMIC:
+                dynamic = True
+                parts.append(c.text.decode(errors="replace"))
+        return _W("".join(parts), dynamic=dynamic)
+    if t == "concatenation":
+        parts = [_word(c) for c in node.children]
+        joined = "".join(p.text for p in parts)
+        return _W(joined, dynamic=any(p.dynamic for p in parts),
+                  glob=any(p.glob for p in parts) or _is_brace(joined))
+    return _W(text, dynamic=True)
+
+
+def _is_brace(text: str) -> bool:
+    """Unquoted brace expansion (`{a,b}`, `{1..3}`) turns one word into several."""
+    return "{" in text and "}" in text and ("," in text or ".." in text)
+
+
+# -- the tree ----------------------------------------------------------------------------
+
+def _walk(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+    t = node.type
+    if t == "command":
+        _command(node, acc, via=via, depth=depth, stdin=stdin)
+        return
+    if t == "pipeline":
+        stage = 0
+        for c in node.children:
+            if c.is_named:
+                _walk(c, acc, via=via, depth=depth, stdin="pipe" if stage else stdin)
+                stage += 1
+        return
+    if t == "redirected_statement":
+        body_stdin = stdin
+        for c in node.children_by_field_name("redirect"):
+            body_stdin = _redirect(c, acc, via=via, depth=depth) or body_stdin
+        for c in node.children:
+            if c.type not in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+                _walk(c, acc, via=via, depth=depth, stdin=body_stdin)
+        return
+    if t in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+        _redirect(node, acc, via=via, depth=depth)
+        return
+    if t == "variable_assignment":
+        _assignment(node, acc, via=via, depth=depth, prefix=False)
+        return
+    for c in node.children:
+        _walk(c, acc, via=via, depth=depth, stdin=stdin)
+
+
+def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str | None:
+    """Record a redirect; returns the stdin it gives the command, if any."""
+    t = node.type
+    for c in node.children:            # substitutions inside targets and here-doc bodies
+        if c.type in ("heredoc_body", "string", "concatenation", "command_substitution",
+                      "process_substitution", "expansion", "simple_expansion"):
+            _walk(c, acc, via=via, depth=depth, stdin="inherit")
+    if t == "heredoc_redirect":
+        return "heredoc"
+    if t == "herestring_redirect":
+        return "heredoc"
+    op = next((c.text.decode() for c in node.children if not c.is_named), "")
+    dest = node.child_by_field_name("destination")
+    fd = node.child_by_field_name("descriptor")
+    target: str | None = None
+    if dest is not None:
+        w = _word(dest)
+        target = None if w.dynamic or w.glob else w.text
+    acc.redirects.append(Redirect(op, target, fd.text.decode() if fd is not None else None))
+    return "file" if op == "<" else None
+
+
+def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int,
+                prefix: bool) -> str:
+    name_node = node.child_by_field_name("name")
+    name = name_node.text.decode(errors="replace") if name_node is not None else ""
+    for c in node.children:
+        if c.type in _DYNAMIC or c.type in ("string", "concatenation", "array"):
+            _walk(c, acc, via=via, depth=depth, stdin="inherit")
+    if DANGEROUS_ENV.match(name):
+        acc.refuse("env-override", f"setting {name} changes which program runs or what it "
+                   "loads; set it in the step's `env` or the policy instead")
+    value = node.child_by_field_name("value")
+    if value is not None and _STORED_CODE.search(_word(value).text) and \
+            not _word(value).dynamic:
+        acc.refuse("stored-code", f"the value of {name} holds shell code ($(...), `...` or "
+                   "${...}) that arithmetic, `declare -i` or a later expansion could run; "
+                   "run the command directly instead of storing it")
+    return name
+
+
+def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+    env: list[str] = []
+    words: list[_W] = []
+    stdin_here = stdin
+    for c in node.children:
+        field_name = node.field_name_for_child(_index(node, c))
+        if c.type == "variable_assignment":
+            env.append(_assignment(c, acc, via=via, depth=depth, prefix=True))
+        elif c.type == "command_name":
+            inner = c.children[0] if c.children else c
+            _walk_dynamic(inner, acc, via=via, depth=depth)
+            words.append(_word(inner))
+        elif field_name == "argument":
+            _walk_dynamic(c, acc, via=via, depth=depth)
+            words.append(_word(c))
+        elif c.type in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+            stdin_here = _redirect(c, acc, via=via, depth=depth) or stdin_here
+        elif c.is_named and c.type != "comment":
+            # Anything else inside a command (tree-sitter accepts `env ( cmd )`,
+            # which bash would not): fail closed by judging what it contains.
+            _walk(c, acc, via=via, depth=depth, stdin=stdin)
+            acc.refuse("unparseable", f"unexpected {c.type} inside a command: "
+                       f"{node.text.decode(errors='replace')[:60]!r}")
+    if words:
+        _emit(words, acc, via=via, depth=depth, stdin=stdin_here, env=tuple(env))
+
+
+def _index(parent: Any, child: Any) -> int:
+    for i, c in enumerate(parent.children):
+        if c.id == child.id:
+            return i
+    return -1
+
+
+def _walk_dynamic(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> None:
+    """Commands hidden inside a word: `$(...)`, backticks, `<(...)`."""
+    if node.type in ("command_substitution", "process_substitution"):
+        for c in node.children:
+            _walk(c, acc, via=via, depth=depth, stdin="inherit")
+        return
+    for c in node.children:
+        _walk_dynamic(c, acc, via=via, depth=depth)
+
+
+# -- unwrapping ---------------------------------------------------------------------------
+
+def _emit(words: list[_W], acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str,
+          env: tuple[str, ...]) -> None:
+    head = words[0]
+    if head.dynamic or head.glob or not head.text or head.text.startswith("~"):
+        acc.refuse("dynamic-program", f"the program name {head.text!r} is only known at run "
+                   "time (a variable, substitution, glob or brace expansion); write the "
+                   "program's name literally")
+        return
+    if head.text in _RESERVED:
+        acc.refuse("unparseable", f"{head.text!r} is a shell reserved word, not a program; "
+                   "a wrapper cannot run it")
+        return
+    inv = Invocation(tuple(w.text for w in words), via=via,
+                     dynamic=frozenset(i for i, w in enumerate(words) if w.dynamic),
+                     globbed=frozenset(i for i, w in enumerate(words) if w.glob),
+                     stdin=stdin, env=env)
+    acc.invocations.append(inv)
+    name = inv.name
+    if name == "eval":
+        acc.refuse("eval", "`eval` runs a string built at run time; run the command directly")
+        return
+    handler = _WRAPPERS.get(name)
+    if handler is not None:
+        handler(inv, words, acc, depth)
+    elif name in SHELLS:
+        _shell(inv, words, acc, depth)
+    elif name in INTERPRETERS:
+        _interpreter(inv, words, acc)
+
+
+def _rest(inv: Invocation, words: list[_W], start: int, acc: _Acc, depth: int,
+          *, stdin: str | None = None, dynamic_args: bool = False) -> None:
+    """Analyze words[start:] as the command a wrapper runs."""
+    if start >= len(words):
+        return
+    inner = words[start:]
+    if dynamic_args:
+        inner = [*inner, _W("{}", dynamic=True)]
+    _emit(inner, acc, via=(*inv.via, inv.name), depth=depth + 1,
+          stdin=stdin if stdin is not None else inv.stdin, env=())
+
+
+def _skip_options(words: list[_W], start: int, with_value: frozenset[str],
+                  flags: frozenset[str] = frozenset(), *, stop_at_first: bool = True,
+                  long_with_value: frozenset[str] = frozenset()) -> int:
+    """Index of the first non-option word (the wrapped command)."""
+    i = start
+    while i < len(words):
+        w = words[i].text
+        if w == "--":
+            return i + 1
+        if not w.startswith("-") or w == "-":
+            return i
+        if w in with_value:
+            i += 2
+            continue
+        if w.startswith("--") and "=" not in w and w in long_with_value:
+            i += 2
+            continue
+        i += 1
+    return i
+
+
+def _env(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+    i = 1
+    while i < len(words):
+        w = words[i].text
+        if w in ("-u", "--unset", "-C", "--chdir"):
+            i += 2
+        elif w in ("-S", "--split-string") or w.startswith(("-S", "--split-string=")):
+            acc.refuse("dynamic-shell-code", "`env -S` splits a string into a command; "
+                       "write the command without it")
+            return
+        elif w == "--":
+            i += 1
+            break
+        elif w.startswith("-") and w != "-":
+            i += 1
+        elif "=" in w and not w.startswith("="):
+            name = w.split("=", 1)[0]
+            if DANGEROUS_ENV.match(name):
+                acc.refuse("env-override", f"`env {name}=...` changes which program runs or "
+                           "what it loads; set it in the step's `env` or the policy instead")
+            i += 1
+        else:
+            break
+    _rest(inv, words, i, acc, depth)
+
+
+def _simple(with_value: frozenset[str], positional: int = 0
+            ) -> Callable[[Invocation, list[_W], _Acc, int], None]:
+    """A wrapper `NAME [options] [N positional args] COMMAND...`."""
+    def handler(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+        i = _skip_options(words, 1, with_value)
+        _rest(inv, words, i + positional, acc, depth)
+    return handler
+
+
+def _xargs(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+    with_value = frozenset({"-a", "-d", "-E", "-I", "-L", "-n", "-P", "-s", "--arg-file",
+                            "--delimiter", "--eof", "--replace", "--max-lines", "--max-args",
+                            "--max-procs", "--max-chars", "--process-slot-var"})
+    i = _skip_options(words, 1, with_value, long_with_value=with_value)
+    if i >= len(words):
+        return                                   # xargs alone runs echo
+    _rest(inv, words, i, acc, depth, stdin="inherit", dynamic_args=True)
+
+
+_FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
+
+
+def _find(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+    i = 1
+    while i < len(words):
+        if words[i].text in _FIND_EXEC:
+            j = i + 1
+            while j < len(words) and words[j].text not in (";", "+"):
+                j += 1
+            inner = [w if w.text != "{}" else _W("{}", dynamic=True) for w in words[i + 1:j]]
+            if inner:
+                _emit(inner, acc, via=(*inv.via, inv.name), depth=depth + 1, stdin="inherit",
+                      env=())
+            i = j + 1
+        else:
+            i += 1
+
+
+def _shell(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+    """`sh -c CODE` is parsed again; a shell reading code from a pipe is refused."""
+    i, code_at, reads_stdin = 1, None, False
+    while i < len(words):
+        w = words[i].text
+        if w in ("-o", "+o", "-O", "+O", "--rcfile", "--init-file"):
+            i += 2
+            continue
+        if w == "--":
+            i += 1
+            break
+        if w.startswith(("-", "+")) and len(w) > 1 and not w.startswith("--"):
+            if "c" in w[1:]:
+                code_at = i + 1
+            if "s" in w[1:]:
+                reads_stdin = True
+            i += 1
+            continue
+        if w.startswith("--"):
+            i += 1
+            continue
+        break
+    if code_at is not None:
+        if code_at >= len(words):
+            acc.refuse("unparseable", f"`{inv.name} -c` without a command string")
+            return
+        code = words[code_at]
+        if code.dynamic:
+            acc.refuse("dynamic-shell-code", f"`{inv.name} -c` runs code built at run time "
+                       f"({code.text!r}); write the command literally")
+            return
+        _analyze_text(code.text, acc, via=(*inv.via, inv.name), depth=depth + 1,
+                      stdin=inv.stdin)
+        return
+    script = i < len(words) and not reads_stdin
+    if script and words[i].dynamic:
+        acc.refuse("dynamic-shell-code", f"`{inv.name}` would run a script whose name is only "
+                   "known at run time; name the script literally")
+        return
+    if not script and inv.stdin in ("pipe", "heredoc", "file"):
+        acc.refuse("code-from-stdin", f"`{inv.name}` would run code read from its input "
+                   f"({inv.stdin}); code that arrives through a pipe cannot be judged. "
+                   "Save it as a script in the workspace and run that")
+
+
+def _interpreter(inv: Invocation, words: list[_W], acc: _Acc) -> None:
+    args = [w.text for w in words[1:]]
+    inline = any(a in ("-c", "-e", "-E", "--eval", "-r") or a.startswith(("-c", "-e"))
+                 for a in args)
+    positional = [a for a in args if not a.startswith("-")]
+    from_stdin = not inline and (not positional or "-" in args)
+    if from_stdin and inv.stdin in ("pipe", "heredoc", "file"):
+        acc.refuse("code-from-stdin", f"`{inv.name}` would run code read from its input "
+                   f"({inv.stdin}); save it as a script in the workspace and run that")
+
+
+def _watch(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+    """`watch` hands its arguments, joined, to `sh -c`."""
+    i = _skip_options(words, 1, frozenset({"-n", "--interval", "-d", "--differences"}))
+    if i < len(words):
+        if any(w.dynamic for w in words[i:]):
+            acc.refuse("dynamic-shell-code", "`watch` runs code built at run time")
+            return
+        _analyze_text(" ".join(w.text for w in words[i:]), acc, via=(*inv.via, inv.name),
+                      depth=depth + 1, stdin="inherit")
+
+
+_NONE: frozenset[str] = frozenset()
+_WRAPPERS: dict[str, Callable[[Invocation, list[_W], _Acc, int], None]] = {
+    "env": _env,
+    "nice": _simple(frozenset({"-n", "--adjustment"})),
+    "nohup": _simple(_NONE),
+    "setsid": _simple(_NONE),
+    "timeout": _simple(frozenset({"-s", "--signal", "-k", "--kill-after"}), positional=1),
+    "time": _simple(frozenset({"-o", "--output", "-f", "--format"})),
+    "stdbuf": _simple(frozenset({"-i", "-o", "-e", "--input", "--output", "--error"})),
+    "ionice": _simple(frozenset({"-c", "--class", "-n", "--classdata", "-p", "-P", "-u"})),
+    "chrt": _simple(_NONE, positional=1),
+    "taskset": _simple(_NONE, positional=1),
+    "command": _simple(_NONE),
+    "builtin": _simple(_NONE),
+    "exec": _simple(frozenset({"-a"})),
+    "xargs": _xargs,
+    "find": _find,
+    "watch": _watch,
+    "flock": _simple(frozenset({"-w", "--timeout", "-E", "--conflict-exit-code"}),
+                     positional=1),
+}
+
