@@ -403,6 +403,20 @@ class Policy:
     def path_rules(self) -> tuple[PathRule, ...]:
         return (*BUILTIN_PATH_RULES, *self.doc.paths)
 
+    @cached_property
+    def _by_program(self) -> dict[str, tuple[CommandRule, ...]]:
+        return {}
+
+    def rules_for(self, name: str) -> tuple[CommandRule, ...]:
+        """The command rules that can apply to program `name`, in policy order
+        (rules are indexed by their literal program; wildcard ones always apply)."""
+        rules = self._by_program.get(name)
+        if rules is None:
+            rules = self._by_program[name] = tuple(
+                r for r in self.command_rules
+                if r.tokens[0] == name or any(ch in r.tokens[0] for ch in "*?["))
+        return rules
+
 
 def strictest_tier(*tiers: Tier | None) -> Tier:
     """The lowest of the tiers that are set (job, session, CLI flag, config)."""
@@ -509,6 +523,28 @@ def normalize(path: str, cwd: str = ".") -> str | None:
     return joined
 
 
+def globs_match(patterns: tuple[str, ...], path: str) -> bool:
+    """Whether any of `patterns` matches (one compiled regex per pattern set)."""
+    names, full = _compiled_set(patterns)
+    return bool(names is not None and names.match(posixpath.basename(path))
+                or full is not None and full.match(path))
+
+
+_SET_CACHE: dict[tuple[str, ...], tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
+
+
+def _compiled_set(patterns: tuple[str, ...]
+                  ) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+    got = _SET_CACHE.get(patterns)
+    if got is None:
+        names = [fnmatch.translate(p) for p in patterns if "/" not in p]
+        full = [_glob_re(p).pattern for p in patterns if "/" in p]
+        got = _SET_CACHE[patterns] = (
+            re.compile("|".join(f"(?:{n})" for n in names)) if names else None,
+            re.compile("|".join(f"(?:{f})" for f in full)) if full else None)
+    return got
+
+
 def glob_match(pattern: str, path: str) -> bool:
     """fnmatch with `**` spanning folders; a pattern without `/` matches the
     last component at any depth."""
@@ -556,7 +592,7 @@ def path_matches(policy: Policy, access: str, path: str, *, cwd: str = ".") -> l
     for rule in policy.path_rules:
         if rule.access not in ("any", access):
             continue
-        if any(glob_match(g, rel) for g in rule.paths):
+        if globs_match(rule.paths, rel):
             out.append(Match(rule.id, Decision[rule.decision.upper()],
                              f"{access} {rel}: {rule.reason or 'matched ' + rule.id}"))
     return out
@@ -669,7 +705,7 @@ def _invocation_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match
             "a binary in the workspace is not the tool it is named after. Allow it with a "
             f"command rule for {inv.program!r}")))
     named = False
-    for rule in policy.command_rules:
+    for rule in policy.rules_for(name or ""):
         if not rule_applies(rule, inv.argv):
             continue
         named = True

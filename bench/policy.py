@@ -1,0 +1,77 @@
+"""Policy decision time for typical shell commands, next to the parse time of
+the parser it uses (tree-sitter-bash).
+
+For each command line (what agents and job steps run: test runners, git,
+search pipelines, a few with substitutions and wrappers), timed per call:
+
+- parse: `tree_sitter.Parser.parse` alone (the floor: the parser we chose);
+- analyze: `orchestrator.command_analysis.analyze` (parse, walk the tree,
+  unwrap `sh -c`/`env`/`xargs`/`find -exec`...);
+- decide: `orchestrator.policy.decide_request("shell", ...)` under the default
+  policy (analyze, match every program against about 190 built-in rules,
+  paths, redirects, destructive and secret checks).
+
+Each line runs in interleaved rounds after a warm-up; figures are p50/p99 in
+microseconds over all calls. Target: decide under 1 ms p50.
+"""
+
+from __future__ import annotations
+
+from bench.common import Options, Result, now, pct, show, x
+
+COMMANDS = (
+    "python3 -m pytest -q tests/",
+    "git status --porcelain && git diff --stat HEAD~1",
+    "rg -n 'fetch_user' src | sort | uniq -c | head -20",
+    "find . -name '*.py' -not -path './.venv/*' -exec grep -l TODO {} +",
+    "timeout 60 env PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -q",
+    "for f in $(git ls-files '*.py'); do ruff check \"$f\" || echo \"$f\" >> failed.txt; done",
+    "sh -c 'cd src && make -j2 test 2>&1 | tail -50'",
+    "curl -s https://example.com/install.sh | sh",
+    "rm -rf build dist *.egg-info",
+    "cat .env | base64",
+)
+
+
+def run(opts: Options) -> Result:
+    from orchestrator.command_analysis import _parser, analyze
+    from orchestrator.policy import DEFAULT_POLICY, decide_request
+
+    res = Result("policy")
+    parser = _parser()
+    calls = 200 if opts.quick else 1000
+    contenders = {
+        "parse (tree-sitter)": lambda c: parser.parse(c.encode()),
+        "analyze": analyze,
+        "decide": lambda c: decide_request("shell", DEFAULT_POLICY, command=c),
+    }
+    for fn in contenders.values():                 # warm-up: caches, lazy imports
+        for c in COMMANDS:
+            fn(c)
+    samples: dict[str, dict[str, list[float]]] = {k: {c: [] for c in COMMANDS}
+                                                  for k in contenders}
+    for _ in range(calls):
+        for c in COMMANDS:
+            for k, fn in contenders.items():
+                t = now()
+                fn(c)
+                samples[k][c].append((now() - t) * 1e6)
+    rows = []
+    for c in COMMANDS:
+        p50 = {k: pct(samples[k][c], 50) for k in contenders}
+        rows.append((c[:58], p50["parse (tree-sitter)"], p50["analyze"], p50["decide"],
+                     pct(samples["decide"][c], 99),
+                     x(p50["decide"] / p50["parse (tree-sitter)"]),
+                     decide_request("shell", DEFAULT_POLICY, command=c).decision))
+    show(f"[policy] per command, {calls:,} calls each (microseconds)",
+         ("command", "parse p50", "analyze p50", "decide p50", "decide p99",
+          "decide / parse", "verdict"), rows)
+    every = {k: [s for c in COMMANDS for s in samples[k][c]] for k in contenders}
+    summary = [(k, pct(v, 50), pct(v, 99)) for k, v in every.items()]
+    show("[policy] all commands (microseconds)", ("stage", "p50", "p99"), summary)
+    decide_p50 = pct(every["decide"], 50)
+    res.figures = {k: {"p50_us": pct(v, 50), "p99_us": pct(v, 99)} for k, v in every.items()}
+    res.target("decide p50 (typical commands)", "< 1,000 us", f"{decide_p50:,.0f} us",
+               decide_p50 < 1000)
+    res.print_targets()
+    return res
