@@ -31,6 +31,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import SpecError
+from orchestrator.policy import PolicyDoc, Tier
 from orchestrator.steps import CountRange, Step
 
 __all__ = ["JobSpec", "ResolvedTarget", "STEP_KINDS", "load_spec", "parse_spec",
@@ -68,6 +69,10 @@ class JobSpec(BaseModel):
     steps: tuple[Step, ...] = Field(min_length=1)
     # At most this many targets run at once; None: as many as the workers take.
     concurrency: int | None = Field(default=None, ge=1)
+    # The job's own policy (docs/security.md); combined with `--policy` files
+    # and `--tier`, the strictest setting wins.
+    policy: PolicyDoc | None = None
+    tier: Tier | None = None
 
     @field_validator("name")
     @classmethod

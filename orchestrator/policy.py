@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.command_analysis import Analysis, Invocation, analyze, analyze_argv
 from orchestrator.errors import UserError
@@ -185,6 +185,15 @@ class PolicyDoc(_Model):
         for text in v.values():
             parse_rate(text)
         return v
+
+    @model_validator(mode="after")
+    def _examples_hold(self) -> PolicyDoc:
+        # A broken rule fails when the policy loads (job spec or file), not in
+        # production. Policy is defined below; this runs only on validation.
+        problems = check_examples(Policy(self.name, self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 # -- built-in rules (before the policy's own; deny wins, so they cannot be undone
@@ -808,11 +817,63 @@ def parse_policy(data: Any, source: str = "<policy>") -> Policy:
         raise PolicyError(source, [
             f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
             for e in exc.errors(include_url=False)]) from None
-    policy = Policy(doc.name, doc)
-    problems = check_examples(policy)
-    if problems:
-        raise PolicyError(source, problems)
-    return policy
+    return Policy(doc.name, doc)
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def combine(*docs: PolicyDoc | None) -> PolicyDoc:
+    """One policy from several that all apply (the job's, a `--policy` file,
+    the configuration's): the strictest of each setting wins. Tiers and limits
+    take the minimum, `commands.default` the strictest decision, rules are
+    all kept (deny wins anyway), network is on only if every policy allows
+    it (hosts: those all allow), elevation only if every policy grants it."""
+    given = [d for d in docs if d is not None]
+    if not given:
+        return DEFAULT_POLICY.doc
+    if len(given) == 1:
+        return given[0]
+    first = given[0]
+    limits = {f: min(getattr(d.limits, f) for d in given) for f in Limits.model_fields}
+    session: dict[str, Any] = {
+        f: _min_all([getattr(d.session_limits, f) for d in given])
+        for f in SessionLimits.model_fields if f != "tool_calls"}
+    calls: dict[str, int] = {}
+    for d in given:
+        for tool, cap in d.session_limits.tool_calls.items():
+            calls[tool] = min(cap, calls.get(tool, cap))
+    rates: dict[str, str] = {}
+    for d in given:
+        for tool, text in d.rate_limits.items():
+            if tool not in rates or _per_s(text) < _per_s(rates[tool]):
+                rates[tool] = text
+    hosts = set(first.network.allow_hosts)
+    for d in given[1:]:
+        hosts &= set(d.network.allow_hosts)
+    return PolicyDoc(
+        name="+".join(d.name for d in given), tier=strictest_tier(*(d.tier for d in given)),
+        allow_destructive=all(d.allow_destructive for d in given),
+        commands=Commands(default=max((Decision[d.commands.default.upper()] for d in given))
+                          .word, rules=tuple(r for d in given for r in d.commands.rules)),
+        paths=tuple(r for d in given for r in d.paths),
+        network=Network(enabled=all(d.network.enabled for d in given),
+                        allow_hosts=tuple(sorted(hosts))),
+        limits=Limits(**limits), session_limits=SessionLimits(tool_calls=calls, **session),
+        rate_limits=rates)
+
+
+def _min_all(values: list[Any]) -> Any:
+    out = None
+    for v in values:
+        out = _min(out, v)
+    return out
+
+
+def _per_s(rate: str) -> float:
+    count, window = parse_rate(rate)
+    return count / window
 
 
 def load_policy(path: Path) -> Policy:
