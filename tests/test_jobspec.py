@@ -155,7 +155,7 @@ unknown: 1
         "steps[1].command (line 8, column 14): command is empty",
         "steps[1].env.HOME (line 9, column 17): Input should be a valid string, got 1",
         "unknown (line 10, column 1): unknown field 'unknown'; allowed here: name, "
-        "description, targets, steps, concurrency",
+        "description, targets, steps, concurrency, policy, tier",
     ]
 
 
