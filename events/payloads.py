@@ -143,21 +143,38 @@ class SessionFailed(_Payload):
     message: str
 
 
+class StreamHead(_Payload):
+    stream_id: str
+    seq: int
+    hash: str
+
+
+class AuditDigest(_Payload):
+    """Stream heads signed with a key the database does not hold (events.digests)."""
+
+    type: Literal["AuditDigest"] = "AuditDigest"
+    heads: tuple[StreamHead, ...]
+    position: int                 # the global position the heads were read at
+    key_id: str
+    signature: str                # Ed25519, hex, over events.digests.signed_bytes
+
+
+_TYPES = (JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
+          ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
+          ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
+          AuditDigest)
+
 Payload = Annotated[
     Union[
         JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
         ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
         ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
+        AuditDigest,
     ],
     Field(discriminator="type"),
 ]
 
-PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
-    m.model_fields["type"].default: m
-    for m in (JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
-              ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
-              ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed)
-}
+PAYLOAD_TYPES: dict[str, type[BaseModel]] = {m.model_fields["type"].default: m for m in _TYPES}
 
 # The schema version each type is written at today. Older versions are upcast
 # on read (events.upcast); newer ones are refused.

@@ -224,18 +224,79 @@ def audit_replay(session_id: str, json: bool = typer.Option(False, "--json"),
 def audit_verify(session_id: Optional[str] = typer.Argument(None, help="Only this stream"),
                  input: Optional[Path] = typer.Option(None, "--input", "-i", exists=True,
                                                       help="Verify an export (JSONL) instead"),
+                 public_key: list[Path] = typer.Option(
+                     [], "--public-key", exists=True, dir_okay=False,
+                     help="Trust digests signed by this key (repeatable; rotation keeps old "
+                     "ones); ORCH_AUDIT_PUBLIC_KEYS and the signing key are trusted too"),
+                 digests_file: Optional[Path] = typer.Option(
+                     None, "--digests", exists=True, dir_okay=False,
+                     help="Digests kept outside the database (an export or `audit sign -o`)"),
+                 require_proof: bool = typer.Option(
+                     False, help="Fail (exit 1) when a stream's last events are not covered "
+                     "by a signed digest"),
                  json: bool = typer.Option(False, "--json")) -> None:
-    """Check every hash chain, sequence and stream boundary; list each problem."""
+    """Check every hash chain, sequence and stream boundary, and the signed
+    digests of stream heads (which catch recomputed chains and truncation);
+    list each problem and every stream no digest proves."""
+    from orchestrator import audit
+    trusted = audit.trusted_keys(settings(), public_key)
+    extra = audit.read_digest_file(digests_file) if digests_file is not None else []
     if input is not None:
         with open(input, "rb") as fh:
             report = verify_mod.verify_jsonl(fh)
+        proof = audit.prove_export(input, trusted, extra)
     else:
-        report = verify_mod.verify_rows(store().rows(session_id))
+        st = store()
+        report = verify_mod.verify_rows(st.rows(session_id))
+        proof = audit.prove_store(st, trusted, extra, session_id)
     if json:
-        _json(report.to_json())
+        _json({**report.to_json(), "proof": proof.to_json()})
     else:
-        render.verify(out, report)
-    raise typer.Exit(0 if report.ok else 1)
+        render.verify(out, report, proof)
+    ok = report.ok and proof.ok and not (require_proof and proof.unproven)
+    raise typer.Exit(0 if ok else 1)
+
+
+@audit_app.command("keygen")
+def audit_keygen(out_dir: Path = typer.Option(Path("."), "--out", help="Where to write the "
+                                              "key pair")) -> None:
+    """Make an Ed25519 key pair for signing digests of stream heads.
+
+    Keep the private key (audit-signing.pem) where the database cannot reach
+    it and point ORCH_AUDIT_KEY_FILE at it on the machines that sign; give the
+    public key (audit-signing.pub) to auditors for `audit verify --public-key`."""
+    from orchestrator import audit
+    private, public, kid = audit.keygen(out_dir)
+    out.print(f"key {kid}\n  private: {private} (mode 600; set ORCH_AUDIT_KEY_FILE={private})"
+              f"\n  public:  {public} (for `orchestrator audit verify --public-key {public}`)",
+              highlight=False)
+
+
+@audit_app.command("sign")
+def audit_sign(stream: Optional[str] = typer.Option(None, "--stream",
+                                                    help="Only this stream's head"),
+               output: Optional[Path] = typer.Option(
+                   None, "--output", "-o", help="Also append the digest (JSONL) to this file, "
+                   "to keep a copy outside the database"),
+               json: bool = typer.Option(False, "--json")) -> None:
+    """Sign a digest of the current stream heads with ORCH_AUDIT_KEY_FILE and
+    append it to the audit-digests stream (run it periodically, e.g. hourly)."""
+    from orchestrator import audit
+    key = audit.signing_key(settings())
+    if key is None:
+        fail("no signing key: set ORCH_AUDIT_KEY_FILE (make one with `orchestrator audit "
+             "keygen`)", 2)
+    event = audit.sign(store(for_writing=True), key, settings().submitter, stream)
+    if output is not None:
+        with open(output, "ab") as fh:
+            fh.write(orjson.dumps(event.to_record(), option=orjson.OPT_SORT_KEYS) + b"\n")
+    digest = event.payload
+    if json:
+        _json({"position": event.position, "seq": event.seq, "key_id": digest.key_id,
+               "streams": len(digest.heads), "covers_position": digest.position})
+    else:
+        out.print(f"signed {len(digest.heads)} stream head(s) up to position "
+                  f"{digest.position} with key {digest.key_id} (audit-digests seq {event.seq})")
 
 
 @audit_app.command("export")

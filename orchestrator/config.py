@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=5, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     actor: str | None = Field(default=None, description="Who submits (default user:LOGIN)")
+    audit_key_file: Path | None = Field(default=None, description=(
+        "Ed25519 private key (PEM) that signs digests of stream heads; keep it out of "
+        "the database's reach (`orchestrator audit keygen` makes one)"))
+    audit_public_keys: tuple[Path, ...] = Field(default=(), description=(
+        "Public keys (PEM) whose digests `audit verify` trusts, as a JSON list; the "
+        "signing key's own public key is always trusted"))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

@@ -16,6 +16,7 @@ from events import payloads as p
 from events.envelope import Event
 from events.projections import Projections
 from events.store import SqlEventStore
+from events.digests import ProofReport
 from events.verify import VerifyReport
 from orchestrator.errors import InfraUnavailable
 from orchestrator.watch import JobView
@@ -166,12 +167,30 @@ def replay(console: Console, state: Projections) -> None:
     console.print(ledger)
 
 
-def verify(console: Console, report: VerifyReport) -> None:
+def verify(console: Console, report: VerifyReport, proof: ProofReport | None = None) -> None:
     if report.ok:
-        console.print(f"[green]OK[/]: {report.events} events in {report.streams} streams; "
-                      "every hash chain, sequence and stream boundary checks out")
+        console.print(f"[green]chains intact[/]: {report.events} events in {report.streams} "
+                      "streams; every hash chain, sequence and stream boundary checks out")
+    else:
+        console.print(f"[red]FAILED[/]: {len(report.problems)} problem(s) in {report.events} "
+                      f"events, {report.streams} streams:")
+        for problem in report.problems:
+            console.print(f"  - {problem}", highlight=False)
+    if proof is None:
         return
-    console.print(f"[red]FAILED[/]: {len(report.problems)} problem(s) in {report.events} "
-                  f"events, {report.streams} streams:")
-    for problem in report.problems:
-        console.print(f"  - {problem}", highlight=False)
+    for problem in proof.problems:
+        console.print(f"  - [red]{problem}[/]", highlight=False)
+    streams = len(proof.proven)
+    proven = streams - len(proof.unproven)
+    console.print(f"{'[green]' if proof.ok else '[red]'}signed digests[/]: {proof.digests} "
+                  f"digest(s), {len(proof.problems)} problem(s); {proven} of {streams} "
+                  "stream(s) proven up to their last event")
+    if proof.unproven:
+        console.print(f"[yellow]UNPROVEN[/]: {len(proof.unproven)} stream(s) end after the "
+                      "last signed digest (a recomputed chain or a cut tail there would not "
+                      "show); sign with `orchestrator audit sign`", highlight=False)
+        for sid, (done, head) in list(sorted(proof.unproven.items()))[:10]:
+            console.print(f"  - {sid}: proven to seq {done}, head at seq {head}",
+                          highlight=False)
+        if len(proof.unproven) > 10:
+            console.print(f"  ... and {len(proof.unproven) - 10} more (--json lists all)")
