@@ -234,6 +234,11 @@ def audit_verify(session_id: Optional[str] = typer.Argument(None, help="Only thi
                  require_proof: bool = typer.Option(
                      False, help="Fail (exit 1) when a stream's last events are not covered "
                      "by a signed digest"),
+                 recheck_policy: Optional[str] = typer.Option(
+                     None, "--recheck-policy", metavar="POLICY_FILE|default",
+                     help="Re-decide every recorded request under this policy file (or "
+                     "`default`, today's built-in policy) and list each decision that would "
+                     "change"),
                  json: bool = typer.Option(False, "--json")) -> None:
     """Check every hash chain, sequence and stream boundary, and the signed
     digests of stream heads (which catch recomputed chains and truncation);
@@ -249,12 +254,40 @@ def audit_verify(session_id: Optional[str] = typer.Argument(None, help="Only thi
         st = store()
         report = verify_mod.verify_rows(st.rows(session_id))
         proof = audit.prove_store(st, trusted, extra, session_id)
+    rechecked = None
+    if recheck_policy is not None:
+        if input is not None:
+            fail("--recheck-policy reads the store; drop --input (or import the export first)", 2)
+        rechecked = _recheck(store(), recheck_policy, session_id)
     if json:
-        _json({**report.to_json(), "proof": proof.to_json()})
+        data = {**report.to_json(), "proof": proof.to_json()}
+        if rechecked is not None:
+            data["recheck"] = {"policy": rechecked[0], "decisions": rechecked[1],
+                               "changed": [c.to_json() for c in rechecked[2]]}
+        _json(data)
     else:
         render.verify(out, report, proof)
+        if rechecked is not None:
+            render.recheck(out, *rechecked)
     ok = report.ok and proof.ok and not (require_proof and proof.unproven)
     raise typer.Exit(0 if ok else 1)
+
+
+def _recheck(st: SqlEventStore, source: str, session_id: str | None) -> tuple[str, int, list]:
+    from events.digests import DIGEST_STREAM
+    from orchestrator import policy as policy_mod
+    from orchestrator.recheck import recheck_all
+    chosen = policy_mod.DEFAULT_POLICY if source == "default" \
+        else policy_mod.load_policy(Path(source))
+    streams = [session_id] if session_id else [
+        s for s in st.stream_ids() if s != DIGEST_STREAM]
+    ledgers = []
+    for sid in streams:
+        state = replay(st, sid)
+        if state.session.session_id:             # job streams have no ledger
+            ledgers.append((sid, state.ledger))
+    total, changes = recheck_all(ledgers, chosen)
+    return f"{chosen.name} ({chosen.hash[:12]})", total, changes
 
 
 @audit_app.command("keygen")

@@ -194,3 +194,18 @@ def verify(console: Console, report: VerifyReport, proof: ProofReport | None = N
                           highlight=False)
         if len(proof.unproven) > 10:
             console.print(f"  ... and {len(proof.unproven) - 10} more (--json lists all)")
+
+
+def recheck(console: Console, policy: str, decisions: int, changes: list[Any]) -> None:
+    """What `audit verify --recheck-policy` found."""
+    if not changes:
+        console.print(f"recheck under {policy}: all {decisions} recorded decision(s) would "
+                      "stay the same")
+        return
+    console.print(f"[yellow]recheck under {policy}[/]: {len(changes)} of {decisions} recorded "
+                  "decision(s) would change", highlight=False)
+    table = Table("session", "seq", "tool", "was", "now", "rule now", "why")
+    for c in changes:
+        table.add_row(c.stream_id[-12:], str(c.seq), c.tool, f"{c.was} ({c.was_rule})",
+                      c.now, c.now_rule, c.reason[:80])
+    console.print(table)
