@@ -16,7 +16,7 @@ import hashlib
 
 import orjson
 
-from events.envelope import canonical_json, chain_hash, genesis_hash
+from events.envelope import canonical_json, genesis_hash
 from events.errors import UnknownEvent
 from events.payloads import SCHEMA_VERSIONS
 from events.upcast import upcast
@@ -79,31 +79,41 @@ class Verifier:
         self.report = VerifyReport()
         self._positions = hashlib.sha256()
 
-    def add(self, row: Row) -> None:
+    def add(self, row: Row) -> dict[str, Any] | None:
+        """Check one row. Returns its body as JSON data when the row is sound (so
+        a caller can fold it without parsing it again), None when it is not (its
+        problem is then in `report`)."""
         r = self.report
         r.events += 1
-        self._positions.update(f"{row.position}\n".encode())
-        problem = self._check(row)
+        self._positions.update(b"%d\n" % row.position if row.position is not None
+                               else b"None\n")
+        problem, body = self._check(row)
         if problem is not None:
             r.problems.append(problem)
         r.heads[row.stream_id] = (row.seq, row.hash)
+        return body if problem is None else None
 
-    def _check(self, row: Row) -> Problem | None:
-        def bad(kind: str, detail: str) -> Problem:
-            return Problem(kind, row.stream_id, row.seq, row.position, detail)
+    def _check(self, row: Row) -> tuple[Problem | None, Any]:
+        def bad(kind: str, detail: str) -> tuple[Problem, None]:
+            return Problem(kind, row.stream_id, row.seq, row.position, detail), None
 
-        if chain_hash(row.prev_hash, row.body) != row.hash:
+        digest = hashlib.sha256(row.prev_hash.encode())
+        digest.update(row.body)
+        if digest.hexdigest() != row.hash:
             return bad("hash_mismatch", "the stored hash does not match the event's bytes: "
                        "the event was altered after it was written")
         try:
             body = orjson.loads(row.body)
         except orjson.JSONDecodeError as exc:
             return bad("undecodable", f"event body is not JSON: {exc}")
-        if body.get("stream_id") != row.stream_id or body.get("seq") != row.seq \
-                or body.get("prev_hash") != row.prev_hash:
+        if type(body) is not dict or body.get("stream_id") != row.stream_id \
+                or body.get("seq") != row.seq or body.get("prev_hash") != row.prev_hash:
+            written = body if type(body) is dict else {}
             return bad("stream_mismatch", f"the event was written as stream "
-                       f"{body.get('stream_id')} seq {body.get('seq')}: it was moved or spliced")
-        last_seq, last_hash = self.report.heads.get(row.stream_id, (0, genesis_hash(row.stream_id)))
+                       f"{written.get('stream_id')} seq {written.get('seq')}: "
+                       "it was moved or spliced")
+        head = self.report.heads.get(row.stream_id)
+        last_seq, last_hash = head if head is not None else (0, genesis_hash(row.stream_id))
         if row.seq != last_seq + 1:
             kind = "seq_gap" if row.seq > last_seq + 1 else "seq_repeat"
             return bad(kind, f"expected seq {last_seq + 1} after {last_seq}, found {row.seq}: "
@@ -116,7 +126,7 @@ class Verifier:
                 upcast(body)
         except (UnknownEvent, KeyError, TypeError) as exc:
             return bad("unknown_event", str(exc))
-        return None
+        return None, body
 
     def check_manifest(self, manifest: dict[str, Any]) -> None:
         """Compare the heads an export promised with what was read (catches truncation)."""

@@ -1,0 +1,497 @@
+"""Replay: rebuilding one long session, and auditing a whole log, against the
+`eventsourcing` library and a raw-driver floor.
+
+1. One session of 10,000 realistic events (the mix of bench.common's
+   session_payloads: ~1,600 steps of TurnStarted / ToolCallRequested /
+   PermissionDecided / ToolCallStarted / FileChanged / ToolCallCompleted with
+   0.2-2 KB of output / TurnCompleted), rebuilt from SQLite and from PostgreSQL.
+   - ours: `events.replay.replay(store, stream_id, use_snapshot=False)`: read the
+     stream's rows, decode and upcast each body, fold all three projections
+     (SessionState, QuotaUsage, PermissionLedger) into frozen models.
+     "ours, snapshot": `replay(store, stream_id)` with a snapshot at seq 9,900
+     (as `events.replay.load` leaves one): the snapshot plus a 100-event tail.
+   - eventsourcing: `Application.repository.get(aggregate_id)` of `PeerSession`,
+     an aggregate with the same 10,000 events (one `@event` method per event
+     type, the same fields as our payloads) that keeps the same state in
+     mutable attributes, on its SQLite and PostgreSQL persistence modules; no
+     aggregate cache, so every get reads and decodes every event.
+     "eventsourcing, snapshot": the same with its snapshot at version 9,900.
+2. A whole log of 1,000,000 events (10,000 sessions of 100, appended with
+   `store.append` in chunks of 10, sessions interleaved 20 at a time; cached
+   under bench/.cache/ by size), on SQLite.
+   - ours: `events.replay.audit(store)`: one pass over `store.rows()` that
+     verifies every hash chain, sequence and stream boundary and folds every
+     stream into all three projections. "ours, 2 processes" is
+     `audit(store, processes=2)`: two worker processes each read the rows and
+     take half of the streams (chains are per stream), so both cores work.
+   - eventsourcing: the same number of events (the PeerSession events of the
+     same sessions, its SQLite recorder) read with
+     `recorder.select_notifications` in pages of 2,000 and decoded into domain
+     events by its mapper: no verification and no projection, so less work.
+   - raw floor: sqlite3 reading our rows in position order and checking each
+     one's sha256 link (prev_hash + body == hash), nothing else.
+
+Contenders run interleaved, round by round; figures are medians of rounds.
+Other benchmarks may share the machine: compare lines of one run, not runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.domain import Aggregate, event
+
+from bench.common import (CACHE, Options, Result, median, new_events, now, pg_available,
+                          pg_drop, pg_recreate, rm_sqlite, rounds, scratch_dir,
+                          session_payloads, show, x, PG_HOST, PG_PORT, PG_USER)
+
+SESSION_EVENTS = 10_000
+SNAPSHOT_AT = 9_900
+STREAM_LEN = 100
+CHUNK = 10                   # events per append when generating the log
+ACTIVE = 20                  # sessions appended interleaved
+PAGE = 2000                  # rows per select for the peer (as our store pages)
+TARGET_SESSION = 5.0         # ours at least 5x faster than eventsourcing's get
+TARGET_LOG = 100_000         # events/s, audit of the whole log
+
+
+# -- the peer's aggregate -----------------------------------------------------------
+
+class PeerSession(Aggregate):
+    """The peer's session: the state our three projections keep (session status,
+    turns, calls, pending and confirmed file changes, patch; quota counters and
+    the recent-call window; the permission ledger), written the way the
+    eventsourcing docs model an aggregate: mutable attributes, one `@event`
+    method per event type, so `Repository.get` decodes each stored event and
+    calls its method. Its events carry the same fields as our payloads."""
+
+    @event("SessionStarted")
+    def __init__(self, job_id: str, target: str, steps: list[str], policy: str) -> None:
+        self.job_id, self.target, self.steps, self.policy = job_id, target, steps, policy
+        self.status = "running"
+        self.error: str | None = None
+        self.turns: list[dict[str, Any]] = []
+        self.calls: dict[str, dict[str, Any]] = {}
+        self.pending: list[dict[str, Any]] = []
+        self.files: dict[str, list[str | None]] = {}
+        self.patch: list[str] = []
+        self.tool_calls: dict[str, int] = {}
+        self.tool_failures = 0
+        self.shell_cpu_s = self.shell_wall_s = 0.0
+        self.bytes_written = self.output_bytes = 0
+        self.recent_calls: list[Any] = []
+        self.ledger: dict[str, dict[str, Any]] = {}
+
+    @event("TurnStarted")
+    def turn_started(self, turn: int, name: str, kind: str) -> None:
+        self.turns.append({"turn": turn, "name": name, "kind": kind, "status": "running"})
+
+    @event("TurnCompleted")
+    def turn_completed(self, turn: int, status: str) -> None:
+        for t in reversed(self.turns):
+            if t["turn"] == turn:
+                t["status"] = status
+                break
+
+    @event("ToolCallRequested")
+    def tool_call_requested(self, call_id: str, turn: int, tool: str,
+                            args: dict[str, Any]) -> None:
+        self.calls[call_id] = {"call_id": call_id, "turn": turn, "tool": tool,
+                               "status": "requested", "exit_code": None, "error": None,
+                               "output": "", "planned_count": 0}
+        self.ledger[call_id] = {"call_id": call_id, "seq": self.version + 1, "tool": tool,
+                                "args": args, "decision": None}
+
+    @event("PermissionDecided")
+    def permission_decided(self, call_id: str, decision: str, rule_id: str,
+                           policy_hash: str, reason: str) -> None:
+        self.calls[call_id]["status"] = {"allow": "allowed", "deny": "denied",
+                                         "ask": "asked"}[decision]
+        self.ledger[call_id].update(decision=decision, rule_id=rule_id, seq=self.version + 1,
+                                    policy_hash=policy_hash, reason=reason)
+
+    @event("ToolCallStarted")
+    def tool_call_started(self, call_id: str, planned_count: int) -> None:
+        self.calls[call_id].update(status="started", planned_count=planned_count)
+
+    @event("FileChanged")
+    def file_changed(self, call_id: str, path: str, before_hash: str | None,
+                     after_hash: str | None, diff: str) -> None:
+        self.pending.append({"call_id": call_id, "path": path, "before_hash": before_hash,
+                             "after_hash": after_hash, "diff": diff})
+
+    def _count(self, tool: str, output_bytes: int, cpu_s: float, duration_s: float) -> None:
+        self.tool_calls[tool] = self.tool_calls.get(tool, 0) + 1
+        self.recent_calls = (self.recent_calls + [self.modified_on])[-256:]
+        self.output_bytes += output_bytes
+        if tool == "shell":
+            self.shell_cpu_s += cpu_s
+            self.shell_wall_s += duration_s
+
+    @event("ToolCallCompleted")
+    def tool_call_completed(self, call_id: str, tool: str, exit_code: int, duration_s: float,
+                            cpu_s: float, output: str, output_bytes: int, output_digest: str,
+                            bytes_written: int, count: int) -> None:
+        self.calls[call_id].update(status="completed", exit_code=exit_code, output=output)
+        self._count(tool, output_bytes, cpu_s, duration_s)
+        self.bytes_written += bytes_written
+        mine = [c for c in self.pending if c["call_id"] == call_id]
+        for c in mine:
+            before = self.files[c["path"]][0] if c["path"] in self.files else c["before_hash"]
+            self.files[c["path"]] = [before, c["after_hash"]]
+            self.patch.append(c["diff"])
+        if mine:
+            self.pending = [c for c in self.pending if c["call_id"] != call_id]
+
+    @event("ToolCallFailed")
+    def tool_call_failed(self, call_id: str, tool: str, error: str, message: str,
+                         duration_s: float, cpu_s: float, output: str, output_bytes: int,
+                         retryable: bool) -> None:
+        self.calls[call_id].update(status="failed", error=error, output=output)
+        self._count(tool, output_bytes, cpu_s, duration_s)
+        self.tool_failures += 1
+        self.pending = [c for c in self.pending if c["call_id"] != call_id]
+
+    @event("SessionCompleted")
+    def session_completed(self, files_changed: int) -> None:
+        self.status = "completed"
+
+    @event("SessionFailed")
+    def session_failed(self, error: str, message: str) -> None:
+        self.status, self.error = "failed", f"{error}: {message}"
+
+
+PEER_METHODS = {"TurnStarted": "turn_started", "TurnCompleted": "turn_completed",
+                "ToolCallRequested": "tool_call_requested",
+                "PermissionDecided": "permission_decided",
+                "ToolCallStarted": "tool_call_started", "FileChanged": "file_changed",
+                "ToolCallCompleted": "tool_call_completed", "ToolCallFailed": "tool_call_failed",
+                "SessionCompleted": "session_completed", "SessionFailed": "session_failed"}
+
+
+def peer_session(payloads: list[Any], save: Callable[[PeerSession], Any] | None = None,
+                 every: int = 500) -> PeerSession:
+    """The peer aggregate with one event per payload (fields as JSON data),
+    saved every `every` events (its PostgreSQL recorder pipelines a whole save:
+    one of 10,000 events stalls psycopg's pipeline)."""
+    first, *rest = payloads
+    agg = PeerSession(**_fields(first))
+    for i, pl in enumerate(rest, start=2):
+        getattr(agg, PEER_METHODS[pl.type])(**_fields(pl))
+        if save is not None and i % every == 0:
+            save(agg)
+    if save is not None:
+        save(agg)
+    return agg
+
+
+def _fields(pl: Any) -> dict[str, Any]:
+    data = pl.model_dump(mode="json")
+    del data["type"]
+    return data
+
+
+def _peer_env(backend: str, where: str, snapshots: bool = True) -> dict[str, str]:
+    env = {"IS_SNAPSHOTTING_ENABLED": "y" if snapshots else "n",
+           "AGGREGATE_CACHE_MAXSIZE": ""}
+    if backend == "sqlite":
+        return env | {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": where}
+    return env | {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": where,
+                  "POSTGRES_HOST": PG_HOST, "POSTGRES_PORT": str(PG_PORT),
+                  "POSTGRES_USER": PG_USER, "POSTGRES_PASSWORD": ""}
+
+
+# -- 1. one long session -----------------------------------------------------------
+
+class SessionSetup:
+    """One backend's stores, each holding the 10,000-event session twice: plain,
+    and with a snapshot at 9,900."""
+
+    def __init__(self, backend: str, payloads: list[Any], our_url: str, peer_where: str
+                 ) -> None:
+        from eventsourcing.application import Application
+        from events.projections import fold_records
+        from events.replay import SNAPSHOT_VERSION
+        from events.store import open_store
+        from events.upcast import current
+        import orjson
+        self.backend = backend
+        self.store = open_store(our_url, upgrade=True)
+        self.plain, self.snapped = str(uuid.uuid4()), str(uuid.uuid4())
+        for sid in (self.plain, self.snapped):
+            news = new_events(payloads)
+            for i in range(0, len(news), STREAM_LEN):
+                self.store.append(sid, news[i:i + STREAM_LEN], i)
+        head = fold_records(current(orjson.loads(b)) for _, b, _ in
+                            self.store.raw_stream(self.snapped)[:SNAPSHOT_AT])
+        self.store.save_snapshot(self.snapped, head.last_seq, SNAPSHOT_VERSION,
+                                 head.model_dump_json().encode())
+        self.app = Application(env=_peer_env(backend, peer_where))
+        plain = peer_session(payloads, self.app.save)
+        snapped = peer_session(payloads, self.app.save)
+        self.app.take_snapshot(snapped.id, version=SNAPSHOT_AT)
+        self.peer_plain, self.peer_snapped = plain.id, snapped.id
+
+    def close(self) -> None:
+        self.store.close()
+        self.app.close()
+
+    def contenders(self) -> dict[str, Callable[[int], float]]:
+        from events.replay import replay
+        store, repo = self.store, self.app.repository
+
+        def timed(fn: Callable[[], Any]) -> Callable[[int], float]:
+            def run(_: int) -> float:
+                t = now()
+                fn()
+                return now() - t
+            return run
+        return {
+            "ours": timed(lambda: replay(store, self.plain, use_snapshot=False)),
+            "ours, snapshot": timed(lambda: replay(store, self.snapped)),
+            "eventsourcing": timed(lambda: repo.get(self.peer_plain)),
+            "eventsourcing, snapshot": timed(lambda: repo.get(self.peer_snapped)),
+        }
+
+    def same_work(self) -> dict[str, Any]:
+        """What both rebuilt, side by side: the peer must have done the same work."""
+        from events.replay import replay
+        ours, peer = replay(self.store, self.plain, use_snapshot=False), \
+            self.app.repository.get(self.peer_plain)
+        return {"ours": {"version": ours.last_seq, "turns": len(ours.session.turns),
+                         "calls": len(ours.session.calls),
+                         "files": len(ours.session.files_changed),
+                         "patch_bytes": len(ours.session.patch),
+                         "output_bytes": ours.quota.output_bytes},
+                "eventsourcing": {"version": peer.version, "turns": len(peer.turns),
+                                  "calls": len(peer.calls), "files": len(peer.files),
+                                  "patch_bytes": sum(map(len, peer.patch)),
+                                  "output_bytes": peer.output_bytes}}
+
+
+def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
+    from events.store import open_store  # noqa: F401  (import cost outside timers)
+    payloads = session_payloads(random.Random(7), "session-long", SESSION_EVENTS)
+    backends = [("sqlite", None)]
+    if pg_available():
+        backends.append(("postgresql", ("orch_bench_replay_ours", "orch_bench_replay_es")))
+    else:
+        res.notes.append("PostgreSQL unreachable: its session rows are missing")
+    summary = []
+    with scratch_dir("replay") as d:
+        for backend, dbs in backends:
+            if dbs is None:
+                ours_db, peer_db = d / "ours.sqlite", d / "es.sqlite"
+                rm_sqlite(ours_db), rm_sqlite(peer_db)
+                setup = SessionSetup(backend, payloads, f"sqlite:///{ours_db}", str(peer_db))
+            else:
+                pg_recreate(dbs[1])
+                setup = SessionSetup(backend, payloads, pg_recreate(dbs[0]), dbs[1])
+            try:
+                fns = setup.contenders()
+                for fn in fns.values():          # warm caches and connections once
+                    fn(-1)
+                samples = rounds(fns, n_rounds)
+                work = setup.same_work()
+            finally:
+                setup.close()
+                if dbs is not None:
+                    for db in dbs:
+                        pg_drop(db)
+            med = {k: median(v) for k, v in samples.items()}
+            label = f"{backend}, one session of {SESSION_EVENTS:,} events"
+            res.figures[f"session, {backend}"] = {
+                "seconds": med, "samples": samples, "rounds": n_rounds, "work": work}
+            show(f"[replay] {label} x {n_rounds} rounds (median)",
+                 ("contender", "ms per rebuild", "events/s", "speedup of ours", "min..max ms"),
+                 [(k, 1e3 * med[k], SESSION_EVENTS / med[k],
+                   x(med[k] / med["ours" if "snapshot" not in k else "ours, snapshot"]),
+                   f"{1e3 * min(v):,.1f}..{1e3 * max(v):,.1f}") for k, v in samples.items()])
+            if work["ours"]["calls"] != work["eventsourcing"]["calls"] or \
+                    work["ours"]["version"] != work["eventsourcing"]["version"]:
+                res.notes.append(f"{backend}: ours and the peer rebuilt different states: "
+                                 f"{work}")
+            speed = med["eventsourcing"] / med["ours"]
+            speed_snap = med["eventsourcing, snapshot"] / med["ours, snapshot"]
+            summary.append((f"{backend}: session rebuild, no snapshot", 1e3 * med["ours"],
+                            1e3 * med["eventsourcing"], x(speed)))
+            summary.append((f"{backend}: session rebuild, snapshot + 100", 
+                            1e3 * med["ours, snapshot"], 1e3 * med["eventsourcing, snapshot"],
+                            x(speed_snap)))
+            res.target(f"{backend}: rebuild {SESSION_EVENTS:,}-event session, ours vs "
+                       "eventsourcing get", f">= {TARGET_SESSION:.0f}x faster", x(speed),
+                       speed >= TARGET_SESSION)
+    return summary
+
+
+# -- 2. the whole log ----------------------------------------------------------------
+
+def _log_paths(n_events: int) -> tuple[Path, Path]:
+    return CACHE / f"replay-log-{n_events}.sqlite", CACHE / f"replay-log-{n_events}-es.sqlite"
+
+
+def _fast_sqlite(store: Any) -> None:
+    """Generation only: the cached log need not survive a power cut, so commits
+    skip fsync (the timed reads do not care how the rows were written)."""
+    from sqlalchemy import event as sa_event
+
+    @sa_event.listens_for(store.engine, "connect")
+    def _no_sync(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.execute("PRAGMA synchronous=OFF")
+    store.engine.dispose()
+
+
+def generate_log(n_events: int) -> tuple[Path, Path]:
+    """Both logs (ours and the peer's) of `n_events`, generated once and cached.
+    Files are written under a temporary name and renamed when complete."""
+    ours, peer = _log_paths(n_events)
+    if ours.exists() and peer.exists():
+        return ours, peer
+    from eventsourcing.application import Application
+    from events.store import open_store
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp_ours, tmp_peer = ours.with_suffix(".partial"), peer.with_suffix(".partial")
+    rm_sqlite(tmp_ours), rm_sqlite(tmp_peer)
+    store = open_store(f"sqlite:///{tmp_ours}", upgrade=True)
+    _fast_sqlite(store)
+    app = Application(env=_peer_env("sqlite", str(tmp_peer), snapshots=False))
+    app.recorder.datastore.pool._create_connection = _no_sync_es(app)  # type: ignore
+    rng = random.Random(42)
+    n_streams = n_events // STREAM_LEN
+    print(f"  generating a log of {n_events:,} events ({n_streams:,} sessions) once; "
+          f"cached as {ours.name}", flush=True)
+    t0, done, step = now(), 0, max(1, n_streams // 20)
+    for g in range(0, n_streams, ACTIVE):
+        group = []
+        for s in range(g, min(n_streams, g + ACTIVE)):
+            sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            payloads = session_payloads(rng, sid, STREAM_LEN, job_id=f"job-{s // 100}")
+            group.append((sid, new_events(payloads, correlation_id=f"job-{s // 100}",
+                                          start=s * STREAM_LEN)))
+            peer_session(payloads, app.save)
+        for i in range(0, STREAM_LEN, CHUNK):          # interleave the group's sessions
+            for sid, news in group:
+                store.append(sid, news[i:i + CHUNK], i)
+        for _ in group:
+            done += 1
+            if done % step == 0:
+                el = now() - t0
+                print(f"  ... {done * STREAM_LEN:,} events, {el:,.0f} s, "
+                      f"about {el * (n_streams - done) / done:,.0f} s left", flush=True)
+    store.close()
+    app.close()
+    for tmp, final in ((tmp_ours, ours), (tmp_peer, peer)):
+        for f in (tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            if f.exists():          # WAL left over: fold it into the file first
+                with sqlite3.connect(str(tmp)) as c:
+                    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                break
+        tmp.rename(final)
+    print(f"  generated in {now() - t0:,.0f} s", flush=True)
+    return ours, peer
+
+
+def _no_sync_es(app: Any) -> Callable[[], Any]:
+    create = app.recorder.datastore.pool._create_connection
+
+    def fast() -> Any:
+        c = create()
+        c._sqlite_conn.execute("PRAGMA synchronous=OFF")
+        return c
+    return fast
+
+
+def run_ours_audit(path: Path, processes: int) -> Callable[[int], float]:
+    from events.replay import audit
+    from events.store import open_store
+
+    def run(_: int) -> float:
+        store = open_store(f"sqlite:///{path}")
+        t = now()
+        a = audit(store, processes=processes)
+        el = now() - t
+        store.close()
+        if not a.report.ok or len(a.projections) != a.report.streams:
+            raise RuntimeError(f"the cached log did not verify: {a.report.problems[:3]}")
+        return el
+    return run
+
+
+def run_peer_read(path: Path, n_events: int) -> Callable[[int], float]:
+    from eventsourcing.application import Application
+
+    def run(_: int) -> float:
+        app = Application(env=_peer_env("sqlite", str(path), snapshots=False))
+        rec, to_event = app.recorder, app.mapper.to_domain_event
+        t, start, count = now(), 1, 0
+        while True:
+            page = rec.select_notifications(start, PAGE)
+            if not page:
+                break
+            for n in page:
+                to_event(n)
+            count += len(page)
+            start = page[-1].id + 1
+        el = now() - t
+        app.close()
+        if count != n_events:
+            raise RuntimeError(f"peer log has {count} events, expected {n_events}")
+        return el
+    return run
+
+
+def run_floor(path: Path) -> Callable[[int], float]:
+    def run(_: int) -> float:
+        conn = sqlite3.connect(str(path))
+        sha = hashlib.sha256
+        t, bad = now(), 0
+        for _pos, prev, digest, body in conn.execute(
+                "SELECT position, prev_hash, hash, body FROM events ORDER BY position"):
+            if sha(prev.encode() + body).hexdigest() != digest:
+                bad += 1
+        el = now() - t
+        conn.close()
+        if bad:
+            raise RuntimeError(f"{bad} rows of the cached log do not hash")
+        return el
+    return run
+
+
+def bench_log(res: Result, n_events: int, n_rounds: int) -> list[tuple[Any, ...]]:
+    ours, peer = generate_log(n_events)
+    fns = {"ours": run_ours_audit(ours, 1), "ours, 2 processes": run_ours_audit(ours, 2),
+           "eventsourcing (read + decode only)": run_peer_read(peer, n_events),
+           "raw floor (read + sha256 only)": run_floor(ours)}
+    samples = rounds(fns, n_rounds)
+    med = {k: median(v) for k, v in samples.items()}
+    rate = {k: n_events / v for k, v in med.items()}
+    res.figures["whole log"] = {"events": n_events, "seconds": med, "samples": samples,
+                                "rounds": n_rounds, "events_per_s": rate}
+    show(f"[replay] whole log: {n_events:,} events in {n_events // STREAM_LEN:,} sessions, "
+         f"verify + all projections x {n_rounds} rounds (median)",
+         ("contender", "seconds", "events/s", "us/event", "ours / this", "min..max s"),
+         [(k, med[k], rate[k], 1e6 / rate[k], x(rate["ours"] / rate[k]),
+           f"{min(v):,.2f}..{max(v):,.2f}") for k, v in samples.items()])
+    best = max(("ours", "ours, 2 processes"), key=lambda k: rate[k])
+    res.target(f"whole log: audit (verify + projections), {best}",
+               f">= {TARGET_LOG:,} events/s", f"{rate[best]:,.0f}", rate[best] >= TARGET_LOG)
+    return [(f"whole log: {k}", f"{rate[k]:,.0f} ev/s",
+             f"{rate['eventsourcing (read + decode only)']:,.0f} ev/s",
+             x(rate[k] / rate["eventsourcing (read + decode only)"]))
+            for k in ("ours", "ours, 2 processes")]
+
+
+def run(opts: Options) -> Result:
+    res = Result("replay")
+    summary = bench_session(res, 5 if opts.quick else 9)
+    summary += bench_log(res, 100_000 if opts.quick else 1_000_000, 2 if opts.quick else 3)
+    show("[replay] summary (session: ms per rebuild; log: events/s; ratio = how many "
+         "times faster ours is)", ("what", "ours", "eventsourcing", "ours vs es"), summary)
+    res.print_targets()
+    return res
