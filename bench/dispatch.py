@@ -1,0 +1,283 @@
+"""Dispatch latency: one no-op step through our whole path vs a bare Celery round trip.
+
+- ours: `orchestrator.run_step` sent to a real `celery worker` process of our
+  app (`tasks.app`, its production settings: late acks, prefetch 1, task
+  events for Flower) and waited for (`send_task(...).get()`). The worker loads
+  the session from the event store, asks the policy, plans and runs the step
+  and appends its events, as in a real job. The step is the cheapest real one:
+  a `replace` of a pattern that matches nothing in a one-file workspace (it
+  reads the file, finds nothing, changes nothing). Sessions are started
+  outside the timer and run 8 steps each (`last=False`), so a load reads a
+  realistic stream of up to 50 events, never a pathological one.
+- bare Celery: a no-op task (`noop.delay().get()`) on a stock Celery app with
+  the same broker and result backend, served by its own worker process.
+
+Both workers use the same pool (prefork with one child: the production pool,
+its pipe to the child included) and run side by side; the two contenders
+alternate round by round. Each round trip is timed from the client's send to
+its result, after a warm-up. Configurations: Redis broker and results (db
+13/14) with the event store on SQLite (WAL, every commit fsynced) and on
+PostgreSQL; and, for reference, the embedded default (our `orchsqla` SQLite
+broker, SQLite results, SQLite store).
+
+"in-process" rows time the step body alone (`Runner.run_step` called
+directly, no Celery) and its parts, to show where a worker's time goes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from bench.common import (REDIS_BACKEND, REDIS_BROKER, ROOT, Options, Result, median, now,
+                          pct, pg_available, pg_drop, pg_recreate, redis_available, rounds,
+                          scratch_dir, show, x)
+
+STEPS_PER_SESSION = 8
+QUEUE_BARE = "bench-bare"
+TARGET_RATIO = 1.4
+
+# -- the bare peer: a stock Celery app and its no-op task ----------------------
+# The worker imports this module (`celery -A bench.dispatch:bare`); its broker
+# and backend come from the environment the bench starts it with.
+
+import tasks.broker  # noqa: E402,F401  (the orchsqla transport, for the embedded row)
+
+bare = Celery("bench-bare", broker=os.environ.get("BENCH_BARE_BROKER", REDIS_BROKER),
+              backend=os.environ.get("BENCH_BARE_BACKEND", REDIS_BACKEND))
+bare.conf.update(task_default_queue=QUEUE_BARE, broker_connection_retry_on_startup=True,
+                 worker_hijack_root_logger=False,
+                 broker_transport_options={"polling_interval": 0.005}
+                 if os.environ.get("BENCH_BARE_BROKER", "").startswith("orchsqla") else {})
+
+
+@bare.task(name="bench.noop")
+def noop() -> None:
+    return None
+
+
+# -- worker processes ------------------------------------------------------------
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The bench's environment without any ORCH_* of the caller's, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "BENCH_BARE"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def celery_worker(app: str, queue: str, env: dict[str, str], log: Path, *,
+                  pool: str = "prefork", concurrency: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery worker` process (own process group), stopped warm, then killed."""
+    cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
+           "--concurrency", str(concurrency), "--queues", queue, "--loglevel", "WARNING",
+           "--hostname", f"bench-{uuid.uuid4().hex[:8]}@%h", "--without-mingle",
+           "--without-gossip", "--without-heartbeat"]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+                                stdout=fh, stderr=fh, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def flush_redis(*urls: str) -> None:
+    import redis
+    for url in urls:
+        redis.Redis.from_url(url).flushdb()
+
+
+# -- one configuration -------------------------------------------------------------
+
+class Shape:
+    """Where the broker, results and store of one configuration live."""
+
+    def __init__(self, name: str, d: Path, store_url: str, broker: str | None,
+                 backend: str | None) -> None:
+        self.name, self.dir, self.store_url = name, d, store_url
+        self.broker = broker or f"orchsqla+sqlite:///{d / 'broker.sqlite'}"
+        self.backend = backend or f"db+sqlite:///{d / 'results.sqlite'}"
+        self.embedded = broker is None
+
+    def ours_env(self) -> dict[str, str]:
+        return clean_env(ORCH_STATE_DIR=str(self.dir), ORCH_STORE_URL=self.store_url,
+                         ORCH_BROKER_URL=self.broker, ORCH_RESULT_BACKEND=self.backend,
+                         ORCH_LOG_LEVEL="WARNING")
+
+    def bare_env(self) -> dict[str, str]:
+        return clean_env(BENCH_BARE_BROKER=self.broker, BENCH_BARE_BACKEND=self.backend)
+
+
+def _workspace(d: Path) -> Path:
+    ws = d / "workspace"
+    ws.mkdir(exist_ok=True)
+    (ws / "mod.py").write_text("def load_user(uid):\n    return {'id': uid}\n")
+    return ws
+
+
+def _step() -> dict[str, Any]:
+    from orchestrator.steps import ReplaceStep
+    return ReplaceStep(name="noop", pattern=r"\bno_such_name\b",
+                       replacement="other_name").model_dump(mode="json")
+
+
+class Sessions:
+    """Started sessions (outside the timer), handed out one step at a time."""
+
+    def __init__(self, store_url: str, ws: Path) -> None:
+        from events.store import open_store
+        from orchestrator.runner import Runner
+        self.store = open_store(store_url, upgrade=True)
+        self.runner = Runner(self.store, "worker:bench:client")
+        self.ws = ws
+        self.job = f"job-{uuid.uuid4().hex}"
+        self.current: Any = None
+        self.index = STEPS_PER_SESSION
+
+    def next(self) -> tuple[dict[str, Any], int]:
+        from events.replay import load
+        from orchestrator.runner import Ticket
+        if self.index >= STEPS_PER_SESSION:
+            t = Ticket(job_id=self.job, session_id=str(uuid.uuid4()), target="ws",
+                       path=str(self.ws), steps=("noop",) * STEPS_PER_SESSION)
+            self.runner._start(t, load(self.store, t.session_id), None)
+            self.current, self.index = t, 0
+        self.index += 1
+        return self.current.model_dump(mode="json"), self.index - 1
+
+
+def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[float]]:
+    from orchestrator.config import Settings
+    from tasks.app import make_app
+    ours_app = make_app(Settings(state_dir=shape.dir, store_url=shape.store_url,
+                                 broker_url=shape.broker, result_backend=shape.backend))
+    client = Celery("bench-bare", broker=shape.broker, backend=shape.backend)
+    client.conf.update(task_default_queue=QUEUE_BARE, broker_transport_options=(
+        {"polling_interval": 0.005} if shape.embedded else {}))
+    bare_noop = client.task(name="bench.noop")(noop.run)
+    sessions = Sessions(shape.store_url, _workspace(shape.dir))
+    step = _step()
+    log = shape.dir / "workers.log"
+    poll = 0.001 if shape.embedded else 0.5      # the database backend polls; Redis pushes
+
+    def ours(_: int) -> float:
+        ticket, index = sessions.next()
+        t = now()
+        status = ours_app.send_task("orchestrator.run_step", args=[ticket, index, step, False],
+                                    queue="orchestrator").get(timeout=60, interval=poll)
+        dt = now() - t
+        if status != "running":
+            raise RuntimeError(f"step ended {status!r}; see {log}")
+        return dt
+
+    def peer(_: int) -> float:
+        t = now()
+        bare_noop.delay().get(timeout=60, interval=poll)
+        return now() - t
+
+    with celery_worker("tasks.app", "orchestrator", shape.ours_env(), log, pool=pool), \
+            celery_worker("bench.dispatch:bare", QUEUE_BARE, shape.bare_env(), log, pool=pool):
+        for _ in range(warm):
+            ours(0)
+            peer(0)
+        fns = {"ours": ours, "bare Celery": peer}
+        half = n // 2                               # alternate who goes first
+        a = rounds(fns, half)
+        b = rounds(dict(reversed(fns.items())), n - half)
+    sessions.store.close()
+    with contextlib.suppress(Exception):
+        ours_app.close()
+        client.close()
+    return {k: a[k] + b[k] for k in fns}
+
+
+def in_process(store_url: str, ws: Path, n: int) -> dict[str, list[float]]:
+    """The worker's step body without Celery, and its parts."""
+    from events.replay import load
+    from orchestrator.runner import Runner, Ticket
+    from orchestrator.steps import ReplaceStep
+    sessions = Sessions(store_url, ws)
+    runner = Runner(sessions.store, "worker:bench:inproc")
+    step = ReplaceStep.model_validate(_step())
+    out: dict[str, list[float]] = {"run_step": [], "load (full replay)": []}
+    for i in range(n):
+        ticket, index = sessions.next()
+        t = Ticket.model_validate(ticket)
+        s = now()
+        runner.run_step(t, index, step, last=False)
+        out["run_step"].append(now() - s)
+        s = now()
+        load(sessions.store, t.session_id)
+        out["load (full replay)"].append(now() - s)
+    sessions.store.close()
+    return out
+
+
+def run(opts: Options) -> Result:
+    res = Result("dispatch")
+    n, warm = (100, 20) if opts.quick else (400, 40)
+    pool = "prefork"
+    if not redis_available():
+        res.notes.append(f"Redis unreachable at {REDIS_BROKER}: only the embedded row runs")
+    rows, parts = [], []
+    with scratch_dir("dispatch") as d:
+        shapes: list[Shape] = []
+        if redis_available():
+            shapes.append(Shape("redis broker, sqlite store", d / "sqlite",
+                                f"sqlite:///{d / 'sqlite' / 'events.sqlite'}",
+                                REDIS_BROKER, REDIS_BACKEND))
+            if pg_available():
+                shapes.append(Shape("redis broker, postgresql store", d / "pg",
+                                    pg_recreate("orch_bench_dispatch"), REDIS_BROKER,
+                                    REDIS_BACKEND))
+            else:
+                res.notes.append("PostgreSQL unreachable: its row is missing")
+        shapes.append(Shape("embedded orchsqla broker, sqlite store", d / "embedded",
+                            f"sqlite:///{d / 'embedded' / 'events.sqlite'}", None, None))
+        try:
+            for shape in shapes:
+                shape.dir.mkdir(parents=True, exist_ok=True)
+                if not shape.embedded:
+                    flush_redis(REDIS_BROKER, REDIS_BACKEND)
+                samples = bench_shape(shape, n, warm, pool)
+                p50 = {k: median(v) * 1e3 for k, v in samples.items()}
+                p99 = {k: pct(v, 99) * 1e3 for k, v in samples.items()}
+                r = p50["ours"] / p50["bare Celery"]
+                res.figures[shape.name] = {"p50_ms": p50, "p99_ms": p99, "round_trips": n,
+                                           "pool": pool, "ratio_p50": r}
+                rows += [(f"{shape.name}: {k}", p50[k], p99[k], x(p50[k] / p50["bare Celery"]))
+                         for k in samples]
+                if not shape.embedded:
+                    res.target(f"{shape.name}: ours p50 vs bare Celery p50",
+                               f"<= {TARGET_RATIO:.2f}x", x(r), r <= TARGET_RATIO)
+                inproc = in_process(shape.store_url, _workspace(shape.dir), n // 2)
+                parts += [(f"{shape.name}: {k}", median(v) * 1e3, pct(v, 99) * 1e3)
+                          for k, v in inproc.items()]
+        finally:
+            pg_drop("orch_bench_dispatch")
+    show(f"[dispatch] round trip, send to result ({n} per contender after {warm} warm-up, "
+         f"{pool} pool with 1 child, interleaved)",
+         ("configuration: contender", "p50 ms", "p99 ms", "p50 / bare"), rows)
+    show("[dispatch] in-process step body (no Celery), for where the time goes",
+         ("configuration: part", "p50 ms", "p99 ms"), parts)
+    res.figures["in_process_ms"] = {name: {"p50": a, "p99": b} for name, a, b in parts}
+    res.print_targets()
+    return res
