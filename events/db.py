@@ -4,8 +4,11 @@ one place that translates driver errors into `events.errors`."""
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -64,6 +67,91 @@ def _sqlite_engine(url: str) -> sa.Engine:
 def writer(engine: sa.Engine) -> sa.Connection:
     """A connection whose transactions take the write lock first on SQLite."""
     return engine.connect().execution_options(sqlite_immediate=True)
+
+
+class WriterConnections:
+    """One DBAPI connection per (process, thread) for the append hot path.
+
+    A pool checkout per append costs more than the append's own SQL (and on
+    PostgreSQL `pool_pre_ping` adds a round trip), so each writing thread
+    keeps a connection of its own, made by the engine (its "connect" hooks
+    set the PRAGMAs once). On PostgreSQL it is in autocommit mode: every
+    statement is its own transaction unless the caller says BEGIN.
+
+    After a fork the child never touches, closes or garbage-collects the
+    parent's connection (closing would break the parent's session or locks);
+    it parks it and opens its own."""
+
+    _inherited: list[Any] = []     # parents' connections, kept alive, never used
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.dbapi: Any = engine.dialect.loaded_dbapi
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[tuple[int, Any]] = []
+
+    def get(self) -> Any:
+        """This thread's DBAPI connection (opened on first use)."""
+        held = getattr(self._local, "held", None)
+        if held is not None and held[0] == os.getpid():
+            return held[2]
+        if held is not None:
+            WriterConnections._inherited.append(held[1])
+        fairy = self.engine.raw_connection()
+        fairy.detach()                 # ours now: the pool neither resets nor recycles it
+        dbapi_conn = fairy.dbapi_connection
+        if self.dialect == "postgresql":
+            dbapi_conn.autocommit = True
+        self._local.held = (os.getpid(), fairy, dbapi_conn)
+        with self._lock:
+            self._open.append((os.getpid(), fairy))
+        return dbapi_conn
+
+    def discard(self) -> None:
+        """Drop this thread's connection (after a driver error left it unusable)."""
+        held = getattr(self._local, "held", None)
+        self._local.held = None
+        if held is not None and held[0] == os.getpid():
+            with self._lock:
+                self._open = [(p, f) for p, f in self._open if f is not held[1]]
+            with contextlib.suppress(Exception):
+                held[1].close()
+
+    def close(self) -> None:
+        """Close every connection this process opened (any thread's)."""
+        with self._lock:
+            mine = [f for p, f in self._open if p == os.getpid()]
+            self._open = []
+        for fairy in mine:
+            with contextlib.suppress(Exception):
+                fairy.close()
+
+    def param(self) -> str:
+        return "?" if self.dialect == "sqlite" else "%s"
+
+    def begin_sql(self) -> str:
+        # SQLite: take the write lock up front (a read-then-write transaction
+        # would otherwise deadlock into SQLITE_BUSY). PostgreSQL: plain BEGIN.
+        return "BEGIN IMMEDIATE" if self.dialect == "sqlite" else "BEGIN"
+
+
+@contextlib.contextmanager
+def driver_errors(url: str, dbapi: Any) -> Iterator[None]:
+    """`store_errors` for raw DBAPI calls. IntegrityError passes through untouched:
+    the store turns UNIQUE(stream_id, seq) into SequenceConflict itself."""
+    try:
+        yield
+    except dbapi.IntegrityError:
+        raise
+    except dbapi.Error as exc:
+        text = str(exc)
+        if "append-only" in text:
+            raise AppendOnlyViolation(text.splitlines()[0]) from exc
+        if isinstance(exc, (dbapi.OperationalError, dbapi.InterfaceError)):
+            raise StoreUnavailable(display_url(url), exc) from exc
+        raise
 
 
 @contextlib.contextmanager
