@@ -10,18 +10,14 @@ chain on the way.
 
 from __future__ import annotations
 
-import multiprocessing
-import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
 import orjson
 from pydantic import ValidationError
 
 from events.errors import UnknownEvent
 from events.projections import Folder, Projections, fold_records
-from events.store import SqlEventStore, open_store
+from events.store import SqlEventStore
 from events.upcast import current
 from events.verify import Problem, Row, Verifier, VerifyReport
 
@@ -62,19 +58,17 @@ class Audit:
     projections: dict[str, Projections] = field(default_factory=dict)
 
 
-def audit_rows(rows: Iterable[Row], share: tuple[int, int] | None = None) -> Audit:
-    """Verify and fold rows in position order, reading each body once.
+def audit_rows(rows: Iterable[Row]) -> Audit:
+    """Verify and fold rows in position order, parsing each body once.
 
-    Equal to `verify_rows` over the same rows plus `replay` of each stream.
-    With `share=(k, n)`, only the streams whose `stream_share` is k are taken
-    (so n processes can split a store); the others are skipped unread."""
+    Equal to `verify_rows` over the same rows plus `replay` of each stream that
+    verifies (a body that verifies but does not fit its model is one more
+    problem, "undecodable", which `verify_rows` does not look for)."""
     v = Verifier()
     folders: dict[str, Folder] = {}
     broken: set[str] = set()
     for row in rows:
         sid = row.stream_id
-        if share is not None and stream_share(sid, share[1]) != share[0]:
-            continue
         body = v.add(row)
         if sid in broken:
             continue
@@ -97,36 +91,7 @@ def audit_rows(rows: Iterable[Row], share: tuple[int, int] | None = None) -> Aud
     return Audit(v.report, {sid: f.result() for sid, f in folders.items()})
 
 
-def stream_share(stream_id: str, n: int) -> int:
-    """Which of n shares a stream belongs to (stable across processes and runs)."""
-    return zlib.crc32(stream_id.encode()) % n
-
-
-def audit(store: SqlEventStore, *, processes: int = 1) -> Audit:
-    """`audit_rows` over the whole store. With processes > 1, that many worker
-    processes each read the rows and take their share of the streams (chains
-    are per stream, so each is verified whole by one process); the results are
-    merged as one pass would have produced them."""
-    if processes <= 1:
-        return audit_rows(store.rows())
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(processes) as pool:
-        parts = pool.starmap(_audit_share, [(store.url, k, processes)
-                                            for k in range(processes)])
-    merged = Audit(VerifyReport())
-    for report, projections in parts:
-        merged.report.events += report.events
-        merged.report.heads.update(report.heads)
-        merged.report.problems += report.problems
-        merged.projections.update(projections)
-    merged.report.problems.sort(key=lambda p: p.position or 0)
-    return merged
-
-
-def _audit_share(url: str, k: int, n: int) -> tuple[VerifyReport, dict[str, Any]]:
-    store = open_store(url)
-    try:
-        a = audit_rows(store.rows(), (k, n))
-    finally:
-        store.close()
-    return a.report, a.projections
+def audit(store: SqlEventStore) -> Audit:
+    """`audit_rows` over the whole store: what `audit verify` reports, plus every
+    stream's projections, from one read of each row."""
+    return audit_rows(store.rows())

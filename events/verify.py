@@ -94,39 +94,41 @@ class Verifier:
         return body if problem is None else None
 
     def _check(self, row: Row) -> tuple[Problem | None, Any]:
-        def bad(kind: str, detail: str) -> tuple[Problem, None]:
-            return Problem(kind, row.stream_id, row.seq, row.position, detail), None
-
         digest = hashlib.sha256(row.prev_hash.encode())
         digest.update(row.body)
         if digest.hexdigest() != row.hash:
-            return bad("hash_mismatch", "the stored hash does not match the event's bytes: "
-                       "the event was altered after it was written")
+            return self._bad(row, "hash_mismatch", "the stored hash does not match the "
+                             "event's bytes: the event was altered after it was written")
         try:
             body = orjson.loads(row.body)
         except orjson.JSONDecodeError as exc:
-            return bad("undecodable", f"event body is not JSON: {exc}")
+            return self._bad(row, "undecodable", f"event body is not JSON: {exc}")
         if type(body) is not dict or body.get("stream_id") != row.stream_id \
                 or body.get("seq") != row.seq or body.get("prev_hash") != row.prev_hash:
             written = body if type(body) is dict else {}
-            return bad("stream_mismatch", f"the event was written as stream "
-                       f"{written.get('stream_id')} seq {written.get('seq')}: "
-                       "it was moved or spliced")
+            return self._bad(row, "stream_mismatch", f"the event was written as stream "
+                             f"{written.get('stream_id')} seq {written.get('seq')}: "
+                             "it was moved or spliced")
         head = self.report.heads.get(row.stream_id)
         last_seq, last_hash = head if head is not None else (0, genesis_hash(row.stream_id))
         if row.seq != last_seq + 1:
             kind = "seq_gap" if row.seq > last_seq + 1 else "seq_repeat"
-            return bad(kind, f"expected seq {last_seq + 1} after {last_seq}, found {row.seq}: "
-                       "events are missing, duplicated or out of order")
+            return self._bad(row, kind, f"expected seq {last_seq + 1} after {last_seq}, found "
+                             f"{row.seq}: events are missing, duplicated or out of order")
         if row.prev_hash != last_hash:
-            return bad("broken_link", "prev_hash does not match the hash of the event before it: "
-                       "an event before this one was removed, replaced or reordered")
+            return self._bad(row, "broken_link", "prev_hash does not match the hash of the "
+                             "event before it: an event before this one was removed, "
+                             "replaced or reordered")
         try:
             if SCHEMA_VERSIONS.get(body.get("type", "")) != body.get("schema_version"):
                 upcast(body)
         except (UnknownEvent, KeyError, TypeError) as exc:
-            return bad("unknown_event", str(exc))
+            return self._bad(row, "unknown_event", str(exc))
         return None, body
+
+    @staticmethod
+    def _bad(row: Row, kind: str, detail: str) -> tuple[Problem, None]:
+        return Problem(kind, row.stream_id, row.seq, row.position, detail), None
 
     def check_manifest(self, manifest: dict[str, Any]) -> None:
         """Compare the heads an export promised with what was read (catches truncation)."""

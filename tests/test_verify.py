@@ -110,3 +110,42 @@ def test_stored_rows_with_a_tampered_body_are_caught(store, stream_id):
             conn.exec_driver_sql("ALTER TABLE events ENABLE TRIGGER events_no_update_delete")
     report = verify_rows(store.rows(stream_id))
     assert [(pr.kind, pr.seq) for pr in report.problems] == [("hash_mismatch", 2)]
+
+
+def test_auditing_a_store_equals_verifying_it_and_replaying_each_stream(store, stream_id):
+    """`audit` reads each row once; it must agree with the slow paths: the verify
+    report, per-stream replay, and folding the decoded events. (The PostgreSQL
+    store is shared with other tests: look at this test's streams only.)"""
+    import sqlalchemy as sa
+
+    from events.projections import fold
+    from events.replay import audit, replay
+    streams = [f"{stream_id}-{i}" for i in range(3)]
+    seqs = dict.fromkeys(streams, 0)
+    for turn in range(1, 4):                       # interleaved, as live sessions write
+        for sid in streams:
+            payloads = session_payloads(3) if turn == 1 else \
+                [p for p in session_payloads(3)[1:-1] if p.type != "SessionStarted"]
+            store.append(sid, [new(x, i) for i, x in enumerate(payloads)], seqs[sid])
+            seqs[sid] += len(payloads)
+    result = audit(store)
+    assert result.report == verify_rows(store.rows())
+    assert not [pr for pr in result.report.problems if pr.stream_id in streams]
+    mine = {sid: result.projections[sid] for sid in streams}
+    assert mine == {sid: replay(store, sid, use_snapshot=False) for sid in streams}
+    assert mine == {sid: fold(store.read_stream(sid)) for sid in streams}
+
+    with store.engine.begin() as conn:             # tamper with one stream
+        if store.engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("DROP TRIGGER events_no_update")
+        else:
+            conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
+        conn.execute(sa.text("UPDATE events SET body = :b WHERE stream_id = :s AND seq = 5"),
+                     {"b": b'{"forged": true}', "s": streams[1]})
+        if store.engine.dialect.name != "sqlite":
+            conn.exec_driver_sql("ALTER TABLE events ENABLE TRIGGER events_no_update_delete")
+    tampered = audit(store)
+    assert tampered.report == verify_rows(store.rows())
+    assert [(pr.kind, pr.stream_id, pr.seq) for pr in tampered.report.problems
+            if pr.stream_id in streams] == [("hash_mismatch", streams[1], 5)]
+    assert [sid for sid in streams if sid in tampered.projections] == [streams[0], streams[2]]
