@@ -4,19 +4,24 @@ kills the whole process group, bounded output, failures carrying their output.""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from orchestrator.errors import ToolInputError, ToolTimeout
+from orchestrator.sandbox import GIT_ENV, probe
 from orchestrator.steps import ShellStep
 from orchestrator.tools.shell import CommandFailed, run_shell
 
-PY = sys.executable
+# The command runs as an unprivileged uid when the tests run as root, so it gets
+# the python it can reach on the sandbox's PATH (a pyenv under /root is not).
+PY = shutil.which("python3", path=probe().path) or sys.executable
 
 
 def alive(pid: int) -> bool:
@@ -28,26 +33,24 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def group_members(pgid: int) -> list[int]:
-    pids = []
+def running(token: str) -> list[int]:
+    """Live processes whose command line holds `token`. The sandbox gives the
+    command its own pid namespace, so pids it writes down mean nothing here."""
+    found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if token.encode() in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
+                    found.append(int(entry.name))
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(entry.name))
-    return pids
+    return found
 
 
-def wait_gone(check, timeout: float = 2.0) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
+def token_sleep() -> tuple[str, str]:
+    """A `sleep` argument no other process on the machine has: (argument, token)."""
+    digits = str(uuid.uuid4().int)[:12]
+    return f"30.{digits}", digits
 
 
 def test_command_output_exit_code_and_usage_are_reported(tmp_path: Path) -> None:
@@ -63,13 +66,18 @@ def test_stderr_is_merged_into_the_output(tmp_path: Path) -> None:
 
 
 def test_environment_is_scrubbed_to_path_home_lang_and_the_steps_env(tmp_path: Path) -> None:
+    """The sandbox gives a throwaway HOME (no longer the workspace), TMPDIR, git
+    hardening and the call's marker on top of PATH, LANG and the step's env."""
     assert "PYTEST_CURRENT_TEST" in os.environ      # set by pytest in this process
     result = run_shell(tmp_path, ShellStep(command=["env"], env={"FOO": "bar"}),
                        env_base={"CI": "1"})
     env = dict(line.split("=", 1) for line in result.output.splitlines())
     assert env.pop("PWD", None) in (None, str(tmp_path.resolve()))
-    assert env == {"PATH": os.environ["PATH"], "HOME": str(tmp_path.resolve()),
-                   "LANG": "C.UTF-8", "CI": "1", "FOO": "bar"}
+    home = env.pop("HOME")
+    assert home != str(tmp_path.resolve()) and not Path(home).exists()   # thrown away
+    assert len(env.pop("SANDBOX_CALL_ID")) == 32
+    assert env == {"PATH": probe().path, "LANG": "C.UTF-8", "TMPDIR": env["TMPDIR"],
+                   "CI": "1", "FOO": "bar", **GIT_ENV}
 
 
 def test_step_env_can_replace_path(tmp_path: Path) -> None:
@@ -133,17 +141,15 @@ def test_a_command_killed_by_a_signal_fails_naming_the_signal(tmp_path: Path) ->
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    script = "echo $$ > leader; sleep 30 & echo $! > child; echo started; wait"
+    arg, token = token_sleep()
+    script = f"sleep {arg} & echo started; wait"
     started = time.monotonic()
     with pytest.raises(ToolTimeout, match=r"time limit of 0.5 s .* raise `timeout_s`") as info:
         run_shell(tmp_path, ShellStep(command=["sh", "-c", script], timeout_s=0.5))
     assert time.monotonic() - started < 5
     assert info.value.result.output == "started\n"          # partial output is kept
     assert info.value.result.exit_code == -9
-    leader = int((tmp_path / "leader").read_text())
-    child = int((tmp_path / "child").read_text())
-    assert wait_gone(lambda: not group_members(leader))
-    assert not alive(child)
+    assert running(token) == []                              # gone when the call returns
 
 
 def test_timeout_holds_for_a_command_that_never_stops_printing(tmp_path: Path) -> None:
@@ -156,10 +162,11 @@ def test_timeout_holds_for_a_command_that_never_stops_printing(tmp_path: Path) -
 
 
 def test_children_left_behind_are_killed_when_the_command_exits(tmp_path: Path) -> None:
+    arg, token = token_sleep()
     result = run_shell(tmp_path, ShellStep(
-        command=["sh", "-c", "sleep 30 & echo $! > child; echo done"], timeout_s=10))
+        command=["sh", "-c", f"sleep {arg} & echo done"], timeout_s=10))
     assert result.output == "done\n" and result.duration_s < 10
-    assert wait_gone(lambda: not alive(int((tmp_path / "child").read_text())))
+    assert running(token) == []
 
 
 def test_output_keeps_head_and_tail_within_the_cap_and_counts_everything(tmp_path: Path) -> None:
@@ -178,7 +185,7 @@ def test_huge_output_does_not_use_memory(tmp_path: Path) -> None:
     """A command printing 100 MB: the output is capped, every byte counted, and
     the reading process stays small (measured in a fresh interpreter, by its own
     VmHWM: ru_maxrss would include the pytest process it was forked from)."""
-    probe = textwrap.dedent(f"""
+    script = textwrap.dedent(f"""
         import re
         from pathlib import Path
         from orchestrator.steps import ShellStep
@@ -189,7 +196,7 @@ def test_huge_output_does_not_use_memory(tmp_path: Path) -> None:
         rss_mb = int(re.search(r"VmHWM:\\s+(\\d+) kB", status)[1]) // 1024
         print(r.output_bytes, len(r.output.encode()), rss_mb)
     """)
-    proc = subprocess.run([PY, "-c", probe], capture_output=True, text=True, check=True,
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
     total, kept, rss_mb = map(int, proc.stdout.split())
     assert total == 100 * (1 << 20)

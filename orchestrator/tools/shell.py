@@ -1,25 +1,32 @@
-"""The shell tool: run one argv in the workspace, bounded in time and output.
+"""The shell tool: run one argv in the workspace, inside the sandbox, bounded
+in time and output.
 
 No shell is involved (policy has already checked every program in the argv).
-The command gets its own session, so on timeout, and once it exits, anything
-it left running is killed with it. Output (stdout and stderr, interleaved) is
+`orchestrator.sandbox` plans and sets up the sandbox (bubblewrap, or rlimits
+and a process group without it; see docs/security.md); this module runs the
+command in it and supervises it: on timeout, and once it exits, everything it
+left running is killed with it. Output (stdout and stderr, interleaved) is
 read as it comes and only its head and tail are kept, so a command printing
 gigabytes costs no memory; `output_bytes` still counts every byte.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import shlex
 import selectors
+import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from orchestrator.errors import ToolError, ToolInputError, ToolTimeout
+from orchestrator import sandbox
+from orchestrator.errors import InfraUnavailable, ToolError, ToolInputError, ToolTimeout
 from orchestrator.steps import ShellStep
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import resolve_in_workspace
@@ -41,56 +48,109 @@ class CommandFailed(ToolError):
 
 
 def run_shell(workspace: Path, step: ShellStep, *,
-              env_base: Mapping[str, str] | None = None) -> ToolResult:
-    """Run `step.command` in `step.cwd` with a scrubbed environment: the
-    worker's PATH, HOME (the workspace), LANG=C.UTF-8, then `env_base`, then
-    `step.env`; nothing else of the worker's environment is passed on."""
+              env_base: Mapping[str, str] | None = None,
+              limits: Any = None, network: Any = None,
+              mode: sandbox.Mode = "auto", host: sandbox.Host | None = None) -> ToolResult:
+    """Run `step.command` in `step.cwd` inside the sandbox.
+
+    The environment is scrubbed: the worker's PATH, a throwaway HOME, LANG,
+    TMPDIR, then `env_base`, then `step.env`, then git hardening; nothing else
+    of the worker's environment is passed on. `limits` is a
+    `policy.Limits` or `sandbox.SandboxLimits` (default: the policy's
+    defaults); the step's `timeout_s` and `max_output_bytes` apply too, the
+    smaller wins. `network` is a `policy.Network` or a bool (default: off).
+    `mode` forces `"bwrap"` or `"fallback"`; `host` replaces the probed
+    machine facts (tests)."""
     root = workspace.resolve()
     cwd = resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
         raise ToolInputError(f"cwd {step.cwd!r} is not a directory in the workspace; "
                              "use an existing directory relative to the target.")
-    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "HOME": str(root),
-           "LANG": "C.UTF-8", **(env_base or {}), **step.env}
+    lim = sandbox.SandboxLimits.of(limits)
+    net = bool(getattr(network, "enabled", network))
+    host = host or sandbox.probe()
+    timeout_s = min(step.timeout_s, lim.wall_s)
     argv = list(step.command)
-    started = time.monotonic()
-    try:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
-    except FileNotFoundError:
-        raise ToolInputError(f"program {argv[0]!r} was not found on PATH {env['PATH']!r}; the "
-                             "environment is scrubbed (PATH, HOME, LANG and the step's `env` "
-                             "only), so only that PATH is searched. Use an absolute path, or "
-                             "set PATH in the step's `env`.") from None
-    except PermissionError:
-        raise ToolInputError(f"program {argv[0]!r} is not executable; check its mode, or run "
-                             "it through its interpreter (e.g. `python script.py`).") from None
-    except OSError as err:
-        raise ToolInputError(f"program {argv[0]!r} could not be started: {err.strerror}. "
-                             "Check that it is a program for this machine.") from None
-    capture = _Capture(step.max_output_bytes)
-    timed_out, status, usage = _supervise(proc, capture, started + step.timeout_s)
+    extra = {**(env_base or {}), **step.env}
+    _check_program(argv[0], cwd, extra.get("PATH") or host.path)
+    with sandbox.prepare(root, host, mode, lim) as prep:
+        if prep.cgroup_error:
+            host = dataclasses.replace(host, cgroups=sandbox.Cgroups(why=prep.cgroup_error))
+        req = sandbox.Request(argv=tuple(argv), workspace=str(root), cwd=str(cwd), env=extra,
+                              limits=lim, network=net, mode=mode,
+                              ancestors=sandbox.ancestors_of(root),
+                              home=str(prep.home) if prep.home else None,
+                              call_id=prep.call_id)
+        planned = sandbox.plan(req, host)
+        started = time.monotonic()
+        try:
+            proc = sandbox.spawn(planned, prep)
+        except OSError as err:
+            raise InfraUnavailable(f"the sandbox could not start `{planned.argv[0]}`: "
+                                   f"{err.strerror}. Run `orchestrator doctor` to see what "
+                                   "the sandbox needs.") from None
+        capture = _Capture(min(step.max_output_bytes, lim.output_bytes))
+        timed_out, status, usage = _supervise(proc, capture, started + timeout_s)
     result = ToolResult(output=capture.text(), output_bytes=capture.total,
                         exit_code=os.waitstatus_to_exitcode(status),
                         cpu_s=usage.ru_utime + usage.ru_stime,
                         duration_s=time.monotonic() - started)
     shown = shlex.join(argv)
     if timed_out:
-        err = ToolTimeout(f"command `{shown}` ran past its time limit of {step.timeout_s:g} s "
+        err = ToolTimeout(f"command `{shown}` ran past its time limit of {timeout_s:g} s "
                           "and was killed with everything it started. Make it faster, or "
-                          "raise `timeout_s` on the step.")
+                          "raise `timeout_s` on the step (or the policy's `limits.wall_s`).")
         err.result = result  # type: ignore[attr-defined]
         raise err
     if result.exit_code not in step.ok_exit_codes:
-        why = (f"was killed by {signal.Signals(-result.exit_code).name}"
-               if result.exit_code < 0 else f"exited with code {result.exit_code}")
-        tail = result.output[-800:].strip()
-        raise CommandFailed(f"command `{shown}` {why}, not one of ok_exit_codes "
-                            f"{list(step.ok_exit_codes)}. Fix what it reports, or list the code "
-                            f"in `ok_exit_codes` if it means success."
-                            + (f"\nLast output:\n{tail}" if tail else ""), result)
+        raise CommandFailed(f"command `{shown}` {_why(result.exit_code, planned.mode)}, not "
+                            f"one of ok_exit_codes {list(step.ok_exit_codes)}. Fix what it "
+                            "reports, or list the code in `ok_exit_codes` if it means success."
+                            + _tail(result.output), result)
     return result
+
+
+def _why(code: int, mode: str) -> str:
+    if code < 0:
+        return f"was killed by {_signame(-code)}"
+    if mode == "bwrap" and 128 < code <= 128 + 64:
+        # bubblewrap's init reports a command killed by signal N as exit 128+N.
+        return (f"exited with code {code} (128 + {code - 128}: it was killed by "
+                f"{_signame(code - 128)}, or chose that code)")
+    return f"exited with code {code}"
+
+
+def _signame(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+def _tail(output: str) -> str:
+    tail = output[-800:].strip()
+    return f"\nLast output:\n{tail}" if tail else ""
+
+
+def _check_program(program: str, cwd: Path, path: str) -> None:
+    """Refuse a program that cannot start, with the reason, before any sandbox
+    is set up (inside it, the failure would only be an exit code)."""
+    if "/" in program:
+        target = cwd / program
+        if not target.exists():
+            raise ToolInputError(f"program {program!r} does not exist (relative paths are "
+                                 "relative to the step's cwd).")
+    else:
+        found = shutil.which(program, path=path) or shutil.which(program, os.F_OK, path)
+        if found is None:
+            raise ToolInputError(
+                f"program {program!r} was not found on PATH {path!r}; the environment is "
+                "scrubbed (PATH, HOME, LANG and the step's `env` only), so only that PATH "
+                "is searched. Use an absolute path, or set PATH in the step's `env`.")
+        target = Path(found)
+    if target.is_dir() or not os.access(target, os.X_OK):
+        raise ToolInputError(f"program {program!r} is not executable; check its mode, or run "
+                             "it through its interpreter (e.g. `python script.py`).")
 
 
 def _supervise(proc: subprocess.Popen[bytes], capture: _Capture,

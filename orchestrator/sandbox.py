@@ -1,0 +1,643 @@
+"""The sandbox every shell command runs in.
+
+Two modes, chosen per call from what the machine offers (`probe()`):
+
+- **bwrap**: bubblewrap gives the command its own mount, pid, network (unless
+  allowed), IPC and UTS namespaces: the system is bound read-only
+  (`--ro-bind / /`), the workspace read-write, `/tmp`, `/run` and `/dev/shm`
+  are private and empty, `/proc` shows only the sandbox's processes. When the
+  worker is root, the command runs as an unprivileged uid (`setpriv`) with no
+  capabilities and `no_new_privs`, because RLIMIT_NPROC is not enforced for
+  root (not even under a user namespace that maps back to root).
+- **fallback**: no namespaces; the same uid drop, rlimits, a new session and
+  process group, the same scrubbed environment and a throwaway HOME.
+
+In both, per-call limits come from `SandboxLimits` (built from the policy's
+`Limits`): rlimits set in the child (CPU, file size, open files, no core
+files; address space and process count when no cgroup does it better), a
+cgroup per call for processes and memory when the machine lets us create one
+(v1 `pids`/`memory`, or v2), and a sweep after the call that kills whatever
+the command left running.
+
+This module is split in two. The first half is pure: `plan()` turns a
+`Request` and the probed `Host` facts into the exact argv, environment,
+rlimits and cgroup limits, so it is unit-testable without running anything.
+The second half is the thin process part: probing, workspace ownership,
+cgroups, spawning and sweeping. `orchestrator.tools.shell` supervises the
+process (deadline, output cap) in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from orchestrator.errors import ToolInputError
+
+__all__ = ["SandboxLimits", "Host", "Cgroups", "Request", "Plan", "plan", "scrub_env",
+           "bwrap_argv", "forbidden_env", "probe", "Mode", "SANDBOX_UID", "GIT_ENV",
+           "Prepared", "prepare", "spawn", "describe", "ancestors_of"]
+
+Mode = Literal["auto", "bwrap", "fallback"]
+SANDBOX_UID = 65534          # nobody / nogroup
+SANDBOX_HOME = "/tmp/sandbox-home"      # inside bwrap's private /tmp
+CALL_ID_VAR = "SANDBOX_CALL_ID"         # marks the call's processes for the sweep
+MB = 1024 * 1024
+
+# git reads neither the machine's nor a user's configuration, runs no hooks and
+# no fsmonitor, whatever the repository's own config says (command-line
+# config, which GIT_CONFIG_COUNT is, wins over .git/config).
+GIT_ENV: dict[str, str] = {
+    "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_CONFIG_COUNT": "3",
+    "GIT_CONFIG_KEY_0": "core.hooksPath", "GIT_CONFIG_VALUE_0": "/dev/null",
+    "GIT_CONFIG_KEY_1": "core.fsmonitor", "GIT_CONFIG_VALUE_1": "false",
+    "GIT_CONFIG_KEY_2": "protocol.ext.allow", "GIT_CONFIG_VALUE_2": "never",
+}
+
+# Names a step may not set: they make a program load or run code it was not
+# asked to (LD_PRELOAD, BASH_ENV, exported bash functions) or undo GIT_ENV.
+_FORBIDDEN_PREFIXES = ("LD_", "GIT_", "BASH_FUNC_")
+_FORBIDDEN_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4",
+                              "PROMPT_COMMAND", CALL_ID_VAR})
+
+
+# -- inputs -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-call limits; `orchestrator.policy.Limits` maps onto it field by field."""
+
+    wall_s: float = 600.0
+    cpu_s: float = 600.0
+    memory_mb: int = 4096
+    processes: int = 256
+    open_files: int = 1024
+    file_size_mb: int = 512
+    output_bytes: int = 1_000_000
+
+    @classmethod
+    def of(cls, limits: object | None) -> SandboxLimits:
+        """From a `policy.Limits` (or anything with the same fields), None: defaults."""
+        if limits is None:
+            from orchestrator.policy import Limits
+            limits = Limits()
+        if isinstance(limits, SandboxLimits):
+            return limits
+        return cls(**{f: getattr(limits, f) for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Cgroups:
+    """Where per-call cgroups can be made: v1 (`pids` and `memory` hierarchies)
+    or v2 (one directory with both controllers enabled for its children)."""
+
+    version: Literal["v1", "v2"] | None = None
+    pids: str | None = None          # parent directory for the call's pids cgroup
+    memory: str | None = None        # ... memory cgroup (v2: the same as pids)
+    why: str = "not probed"
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the machine offers; `probe()` reads it, tests build it by hand."""
+
+    bwrap: str | None = None
+    bwrap_version: str | None = None
+    setpriv: str | None = None
+    setpriv_version: str | None = None
+    env_tool: str = "/usr/bin/env"
+    is_root: bool = False
+    cgroups: Cgroups = field(default_factory=Cgroups)
+    path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    def mode(self, wanted: Mode = "auto") -> Literal["bwrap", "fallback"]:
+        if wanted == "fallback" or (wanted == "auto" and self.bwrap is None):
+            return "fallback"
+        if self.bwrap is None:
+            raise ToolInputError("the bubblewrap sandbox was asked for but `bwrap` is not "
+                                 "installed; install it (apt-get install bubblewrap) or let "
+                                 "the sandbox choose its mode.")
+        return "bwrap"
+
+    @property
+    def drops_uid(self) -> bool:
+        return self.is_root and self.setpriv is not None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One command to run. `ancestors` are (path, mode, owner uid) of every
+    directory from `/` down to the workspace's parent, for deciding which
+    ones the unprivileged uid could not pass through."""
+
+    argv: tuple[str, ...]
+    workspace: str
+    cwd: str
+    env: Mapping[str, str] = field(default_factory=dict)   # env_base, then the step's env
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    network: bool = False
+    mode: Mode = "auto"
+    ancestors: tuple[tuple[str, int, int], ...] = ()
+    home: str | None = None          # fallback: the throwaway HOME made for this call
+    call_id: str = "call"
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: Literal["bwrap", "fallback"]
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    rlimits: tuple[tuple[int, int], ...]        # (resource.RLIMIT_*, value): soft = hard
+    cgroup_limits: dict[str, int]               # "pids" / "memory" (bytes); empty: none
+    uid: int | None                             # the uid the command runs as, when dropped
+
+
+# -- pure planning --------------------------------------------------------------------
+
+def forbidden_env(names: Sequence[str]) -> list[str]:
+    return sorted(n for n in names
+                  if n in _FORBIDDEN_NAMES or n.startswith(_FORBIDDEN_PREFIXES))
+
+
+def scrub_env(path: str, home: str, extra: Mapping[str, str], call_id: str) -> dict[str, str]:
+    """PATH, HOME (throwaway), LANG, TMPDIR, then `extra` (the caller's base and
+    the step's env), then GIT_ENV and the call marker, which nothing overrides.
+    Names that would inject code are refused, not silently dropped."""
+    bad = forbidden_env(list(extra))
+    if bad:
+        raise ToolInputError(f"the step's environment sets {', '.join(bad)}, which would make "
+                             "programs load or run other code (LD_*, BASH_ENV, exported "
+                             "functions) or change how git treats the repository (GIT_*); "
+                             "the sandbox refuses them. Remove them from the step's `env` "
+                             "(git options go on the command line).")
+    return {"PATH": path, "HOME": home, "LANG": "C.UTF-8", "TMPDIR": "/tmp"
+            if home == SANDBOX_HOME else home, **extra, **GIT_ENV, CALL_ID_VAR: call_id}
+
+
+def _under(path: str, top: str) -> bool:
+    return PurePosixPath(path).is_relative_to(top)
+
+
+def bwrap_argv(bwrap: str, req: Request, uid: int | None) -> list[str]:
+    """bubblewrap's arguments, in mount order: the system read-only, private
+    /tmp and /run, then (when the command runs as `uid`) a private empty
+    directory over the outermost ancestor `uid` could not pass through, the
+    workspace's ancestors recreated as plain 0755 directories, the workspace."""
+    masks = ["/tmp", "/run"]
+    args = [bwrap, "--ro-bind", "/", "/",
+            "--perms", "1777", "--tmpfs", "/tmp",
+            "--perms", "0755", "--tmpfs", "/run"]
+    if uid is not None:
+        for path, mode, owner in req.ancestors:
+            if path == "/" or any(_under(path, m) for m in masks):
+                continue
+            if not mode & stat.S_IXOTH and owner != uid:
+                masks.append(path)       # uid cannot get in: nothing below is lost to it
+                args += ["--perms", "0755", "--tmpfs", path]
+                break
+    for path, _, _ in req.ancestors:
+        if path != "/" and any(_under(path, m) and path != m for m in masks):
+            args += ["--perms", "0755", "--dir", path]
+    args += ["--bind", req.workspace, req.workspace,
+             "--perms", "0777", "--dir", SANDBOX_HOME,
+             "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
+             "--proc", "/proc",
+             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if not req.network:
+        args.append("--unshare-net")
+    args += ["--die-with-parent", "--new-session", "--chdir", req.cwd, "--"]
+    return args
+
+
+def setpriv_argv(setpriv: str, uid: int, env_tool: str) -> list[str]:
+    """Drop to `uid` with no capabilities, no set-id elevation. setpriv keeps
+    its capabilities until its own execve (measured: it execs with
+    CAP_DAC_OVERRIDE), so it execs the trusted `env`, which loses them, and
+    `env` looks the command up with the unprivileged uid's rights."""
+    return [setpriv, "--reuid", str(uid), "--regid", str(uid), "--clear-groups",
+            "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--", env_tool, "--"]
+
+
+def rlimits(limits: SandboxLimits, cgroup_limits: Mapping[str, int]
+            ) -> tuple[tuple[int, int], ...]:
+    """What the child sets before exec. Address space and process count only
+    when no cgroup holds them: RLIMIT_AS also counts reserved, untouched memory
+    (it breaks runtimes that reserve big heaps), and RLIMIT_NPROC counts every
+    process of the uid, so concurrent calls would share one budget."""
+    out = [(resource.RLIMIT_CPU, max(1, int(limits.cpu_s + 0.999))),
+           (resource.RLIMIT_FSIZE, limits.file_size_mb * MB),
+           (resource.RLIMIT_NOFILE, limits.open_files),
+           (resource.RLIMIT_CORE, 0)]
+    if "memory" not in cgroup_limits:
+        out.append((resource.RLIMIT_AS, limits.memory_mb * MB))
+    if "pids" not in cgroup_limits:
+        out.append((resource.RLIMIT_NPROC, limits.processes))
+    return tuple(out)
+
+
+def plan(req: Request, host: Host) -> Plan:
+    """The whole sandbox for one call, from its inputs alone."""
+    mode = host.mode(req.mode)
+    uid = SANDBOX_UID if host.drops_uid else None
+    cg = host.cgroups
+    cgroup_limits: dict[str, int] = {}
+    if cg.pids:
+        cgroup_limits["pids"] = req.limits.processes
+    if cg.memory:
+        cgroup_limits["memory"] = req.limits.memory_mb * MB
+    drop = setpriv_argv(host.setpriv, uid, host.env_tool) \
+        if uid is not None and host.setpriv else []
+    if drop and "=" in req.argv[0]:
+        raise ToolInputError(f"program {req.argv[0]!r} contains '=', which `env` would take "
+                             "for a variable; call it by a path without '='.")
+    if mode == "bwrap":
+        assert host.bwrap is not None
+        home = SANDBOX_HOME
+        argv = bwrap_argv(host.bwrap, req, uid) + drop + list(req.argv)
+    else:
+        if req.home is None:
+            raise ValueError("the fallback sandbox needs a throwaway home directory")
+        home = req.home
+        argv = drop + list(req.argv)
+    env = scrub_env(host.path, home, req.env, req.call_id)
+    return Plan(mode=mode, argv=argv, env=env, cwd=req.cwd,
+                rlimits=rlimits(req.limits, cgroup_limits), cgroup_limits=cgroup_limits,
+                uid=uid)
+
+
+def describe(host: Host) -> dict[str, object]:
+    """What `orchestrator doctor` reports: the active mode, its tools, and in
+    plain words what it protects against and what it does not."""
+    mode = host.mode("auto")
+    cg = host.cgroups
+    protects = [
+        "the worker's environment: commands see PATH, LANG, a throwaway HOME, the step's "
+        "env and git hardening only (no LD_*/BASH_ENV/GIT_* overrides)",
+        "git hooks, fsmonitor and system/global git config (core.hooksPath=/dev/null)",
+        "runaway commands: wall-clock timeout killing everything the command started, "
+        "output capped (head and tail kept), stdin closed",
+        "CPU seconds, file size and open files per process (rlimits)",
+    ]
+    gaps: list[str] = []
+    if host.drops_uid:
+        protects.append(f"privileges: the command runs as uid {SANDBOX_UID} with no "
+                        "capabilities and no_new_privs (setuid programs cannot elevate)")
+    elif host.is_root:
+        gaps.append("setpriv is missing: commands run as root, so the process limit does "
+                    "not hold and nothing stops writes the worker could make")
+    else:
+        gaps.append("the worker is not root: commands run as the worker's own user, and "
+                    "RLIMIT_NPROC counts all of that user's processes")
+    if cg.version:
+        protects.append(f"memory and process count for the whole call (cgroup {cg.version}), "
+                        "and a sweep of every process of the call afterwards")
+    else:
+        gaps.append(f"no usable cgroup ({cg.why}): memory is capped per process by address "
+                    "space, processes by RLIMIT_NPROC (shared by concurrent calls), and "
+                    f"leftover processes are found by their {CALL_ID_VAR} environment "
+                    "marker, which a process can erase")
+    if mode == "bwrap":
+        protects += [
+            "writes outside the workspace: the system is read-only, /tmp, /run and "
+            "/dev/shm are private and empty",
+            "the network (own network namespace) unless the policy enables it",
+            "other processes: own pid namespace, killing it kills everything inside "
+            "(daemons, TERM-trappers)",
+            "unix sockets under /run and /tmp (databases, brokers) are hidden",
+        ]
+        gaps += [
+            "reads: every world-readable file on the machine stays readable "
+            "(the system is bound read-only, not hidden)",
+            "with the network enabled there is no egress filter: allow_hosts is not "
+            "enforced, and the host's loopback services are reachable",
+            "unix sockets outside /run and /tmp stay connectable (read-only mounts do not "
+            "stop connect())",
+            "the kernel is shared: a kernel exploit escapes (no seccomp filter)",
+        ]
+    else:
+        gaps += [
+            "no namespaces (bubblewrap is not installed): the command can write wherever "
+            f"{'uid ' + str(SANDBOX_UID) if host.drops_uid else 'the worker'} can "
+            "(e.g. /tmp, /var/tmp, /dev/shm), read every file that uid can, see and "
+            "signal that uid's processes, and use the network and any unix socket",
+            "a process that double-forks out of the process group is found only by the "
+            "cgroup or the environment marker",
+        ]
+    return {"mode": mode,
+            "bwrap": {"path": host.bwrap, "version": host.bwrap_version},
+            "setpriv": {"path": host.setpriv, "version": host.setpriv_version},
+            "runs_as": SANDBOX_UID if host.drops_uid else ("root" if host.is_root
+                                                           else "the worker's user"),
+            "cgroups": {"usable": cg.version is not None, "version": cg.version,
+                        "pids": cg.pids, "memory": cg.memory, "detail": cg.why},
+            "protects_against": protects, "does_not_protect_against": gaps}
+
+
+# -- the process part -------------------------------------------------------------------
+
+_CG_PARENT = "orchestrator-sandbox"
+
+
+@lru_cache(maxsize=1)
+def probe() -> Host:
+    """Read the machine once per process: tools, versions, uid, cgroups."""
+    bwrap = shutil.which("bwrap")
+    setpriv = shutil.which("setpriv")
+    is_root = os.geteuid() == 0
+    path = os.environ.get("PATH") or Host.path
+    if is_root and setpriv:
+        # Entries the unprivileged uid cannot enter would only shadow usable ones
+        # (a pyenv shim under /root before /usr/bin/python3).
+        path = ":".join(d for d in path.split(":") if d and _enterable(d, SANDBOX_UID))
+    return Host(bwrap=bwrap, bwrap_version=_version([bwrap, "--version"]) if bwrap else None,
+                setpriv=setpriv,
+                setpriv_version=_version([setpriv, "--version"]) if setpriv else None,
+                env_tool=shutil.which("env") or "/usr/bin/env",
+                is_root=is_root, cgroups=_probe_cgroups(), path=path or Host.path)
+
+
+def _enterable(directory: str, uid: int) -> bool:
+    """Whether `uid` (with no groups) can search `directory` and every parent."""
+    p = Path(directory)
+    if not p.is_absolute():
+        return False
+    for d in (p, *p.parents):
+        try:
+            st = d.stat()
+        except OSError:
+            return False
+        bit = stat.S_IXUSR if st.st_uid == uid else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _version(argv: list[str]) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=5,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else None
+
+
+def _probe_cgroups(root: str = "/sys/fs/cgroup") -> Cgroups:
+    """Detect what is mounted (never assume), and check we can make a child."""
+    v2 = Path(root, "cgroup.controllers")
+    if v2.is_file():
+        wanted = {"pids", "memory"}
+        if not wanted <= set(v2.read_text().split()):
+            return Cgroups(why=f"cgroup v2 at {root} lacks the pids or memory controller")
+        parent = Path(root, _CG_PARENT)
+        try:
+            parent.mkdir(exist_ok=True)
+            (parent / "cgroup.subtree_control").write_text("+pids +memory")
+            _probe_child(parent)
+        except OSError as err:
+            return Cgroups(why=f"cannot create cgroups under {parent}: {err.strerror}")
+        return Cgroups("v2", str(parent), str(parent), f"cgroup v2 under {parent}")
+    dirs = {c: Path(root, c) for c in ("pids", "memory")}
+    if not all((d / "cgroup.procs").is_file() for d in dirs.values()):
+        return Cgroups(why=f"neither cgroup v2 nor v1 pids+memory are mounted at {root}")
+    parents = {c: d / _CG_PARENT for c, d in dirs.items()}
+    try:
+        for p in parents.values():
+            p.mkdir(exist_ok=True)
+            _probe_child(p)
+    except OSError as err:
+        return Cgroups(why=f"cannot create cgroups under {root}/{{pids,memory}}: "
+                           f"{err.strerror}")
+    return Cgroups("v1", str(parents["pids"]), str(parents["memory"]),
+                   f"cgroup v1 under {parents['pids']} and {parents['memory']}")
+
+
+def _probe_child(parent: Path) -> None:
+    child = parent / f"probe-{os.getpid()}"
+    child.mkdir(exist_ok=True)
+    child.rmdir()
+
+
+@dataclass
+class Prepared:
+    """What a call set up and `finish()` undoes: cgroups, throwaway home,
+    workspace ownership."""
+
+    call_id: str
+    cgroups: list[Path] = field(default_factory=list)
+    home: Path | None = None
+    owners: dict[bytes, tuple[int, int]] | None = None   # relative path -> (uid, gid)
+    root_owner: tuple[int, int] = (0, 0)
+    workspace: Path | None = None
+    cgroup_error: str | None = None     # set: run with rlimits only
+
+
+def ancestors_of(workspace: Path) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for p in reversed(workspace.parents):
+        st = p.stat()
+        out.append((str(p), st.st_mode, st.st_uid))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def prepare(workspace: Path, host: Host, mode: Mode, limits: SandboxLimits
+            ) -> Iterator[Prepared]:
+    """Set up one call and always undo it: on exit the workspace (and only the
+    workspace) gets its owners back, files the command created belong to the
+    workspace's owner, the throwaway home and the cgroups are gone."""
+    prep = Prepared(call_id=uuid.uuid4().hex, workspace=workspace)
+    try:
+        if host.mode(mode) == "fallback":
+            prep.home = Path(tempfile.mkdtemp(prefix="orch-sandbox-home-"))
+            if host.drops_uid:
+                os.chown(prep.home, SANDBOX_UID, SANDBOX_UID)
+        if host.drops_uid:
+            st = workspace.lstat()
+            prep.root_owner = (st.st_uid, st.st_gid)
+            prep.owners = {}
+            _give(workspace, SANDBOX_UID, prep.owners)
+        try:
+            prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits)
+        except OSError as err:
+            prep.cgroup_error = f"cannot create the call's cgroup: {err}"
+        yield prep
+    finally:
+        _sweep(prep)
+        for cg in prep.cgroups:
+            with contextlib.suppress(OSError):
+                cg.rmdir()
+        if prep.home is not None:
+            shutil.rmtree(prep.home, ignore_errors=True)
+        if prep.owners is not None:
+            _restore(workspace, prep.owners, prep.root_owner)
+
+
+def _give(workspace: Path, uid: int, owners: dict[bytes, tuple[int, int]]) -> None:
+    """chown the workspace tree to `uid`, recording every entry's owner in
+    `owners` as it goes (so a failure half-way is still undone). Never follows
+    a symlink, and skips files with other hard links: chowning one of those
+    would hand a file outside the workspace to the sandbox."""
+    top = os.fsencode(workspace)
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(top):
+        rel = os.path.relpath(dirpath, top)
+        st = os.stat(dirfd)
+        owners[rel] = (st.st_uid, st.st_gid)
+        if st.st_uid != uid:
+            os.chown(dirfd, uid, uid)
+        for name in filenames + dirnames:
+            try:
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                continue       # directories: done as dirpath; symlinks: nothing to write
+            owners[os.path.normpath(os.path.join(rel, name))] = (st.st_uid, st.st_gid)
+            if st.st_uid != uid and st.st_nlink == 1:
+                os.chown(name, uid, uid, dir_fd=dirfd, follow_symlinks=False)
+
+
+def _restore(workspace: Path, owners: dict[bytes, tuple[int, int]],
+             root_owner: tuple[int, int]) -> None:
+    """Give every entry its recorded owner back; entries the command made go to
+    the workspace's owner. Set-id bits are cleared on every file that changes
+    hands (the kernel does it on chown too): the command could have written
+    the file, so it must not come back as a set-id program of the worker."""
+    top = os.fsencode(workspace)
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(top):
+        rel = os.path.relpath(dirpath, top)
+        want = owners.get(rel, root_owner)
+        st = os.stat(dirfd)
+        if (st.st_uid, st.st_gid) != want:
+            os.chown(dirfd, *want)
+        for name in filenames + dirnames:
+            try:
+                st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            key = os.path.normpath(os.path.join(rel, name))
+            if key not in owners and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                continue       # a hard link the command made: never chown through it
+            want = owners.get(key, root_owner)
+            if (st.st_uid, st.st_gid) == want:
+                continue
+            os.chown(name, *want, dir_fd=dirfd, follow_symlinks=False)
+            setid = stat.S_ISUID | stat.S_ISGID
+            if stat.S_ISREG(st.st_mode) and st.st_mode & setid:
+                os.chmod(name, stat.S_IMODE(st.st_mode) & ~setid, dir_fd=dirfd)
+
+
+def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path]:
+    made: list[Path] = []
+    try:
+        if cg.version == "v2" and cg.pids:
+            d = Path(cg.pids, call_id)
+            d.mkdir()
+            made.append(d)
+            (d / "pids.max").write_text(str(limits.processes))
+            (d / "memory.max").write_text(str(limits.memory_mb * MB))
+            with contextlib.suppress(OSError):
+                (d / "memory.swap.max").write_text("0")
+        elif cg.version == "v1" and cg.pids and cg.memory:
+            p = Path(cg.pids, call_id)
+            p.mkdir()
+            made.append(p)
+            (p / "pids.max").write_text(str(limits.processes))
+            m = Path(cg.memory, call_id)
+            m.mkdir()
+            made.append(m)
+            (m / "memory.limit_in_bytes").write_text(str(limits.memory_mb * MB))
+            with contextlib.suppress(OSError):
+                (m / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_mb * MB))
+    except OSError:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    return made
+
+
+def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
+    """Start the planned argv: stdin closed, stdout+stderr into one pipe, a
+    new session; in the child, before exec, join the call's cgroups (so every
+    descendant is counted from its first instruction) and set the rlimits."""
+    procs = [os.fsencode(cg / "cgroup.procs") for cg in prep.cgroups]
+    limits = p.rlimits
+
+    def child() -> None:          # runs between fork and exec: syscalls only
+        for path in procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        for res, value in limits:
+            resource.setrlimit(res, (value, value))
+
+    return subprocess.Popen(p.argv, cwd=p.cwd, env=p.env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, close_fds=True, preexec_fn=child)
+
+
+def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
+    """SIGKILL every process of the call until none is left: the cgroup's
+    members when there is one (exact), else every process whose environment
+    carries the call's marker (a process can erase it; namespaces and the
+    process group catch most of the rest)."""
+    marker = f"{CALL_ID_VAR}={prep.call_id}".encode()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids = _cgroup_members(prep.cgroups) if prep.cgroups else _marked(marker)
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
+
+
+def _cgroup_members(cgroups: list[Path]) -> set[int]:
+    pids: set[int] = set()
+    for cg in cgroups:
+        with contextlib.suppress(OSError):
+            pids.update(int(x) for x in (cg / "cgroup.procs").read_text().split())
+    return pids
+
+
+def _marked(marker: bytes) -> set[int]:
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if marker + b"\0" in f.read() + b"\0":
+                    if not _zombie(entry.name):
+                        found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _zombie(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
