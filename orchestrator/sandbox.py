@@ -273,12 +273,26 @@ def plan(req: Request, host: Host) -> Plan:
     else:
         if req.home is None:
             raise ValueError("the fallback sandbox needs a throwaway home directory")
+        if uid is not None:
+            _check_enterable(req.ancestors, uid)
         home = req.home
         argv = drop + list(req.argv)
     env = scrub_env(host.path, home, req.env, req.call_id)
     return Plan(mode=mode, argv=argv, env=env, cwd=req.cwd,
                 rlimits=rlimits(req.limits, cgroup_limits), cgroup_limits=cgroup_limits,
                 uid=uid)
+
+
+def _check_enterable(ancestors: Sequence[tuple[str, int, int]], uid: int) -> None:
+    """Without bubblewrap nothing can be remounted: the workspace's parents
+    must let `uid` through, or every absolute path into it fails."""
+    for path, mode, owner in ancestors:
+        if not mode & (stat.S_IXUSR if owner == uid else stat.S_IXOTH):
+            raise ToolInputError(
+                f"the fallback sandbox runs commands as uid {uid}, which cannot enter {path} "
+                f"(mode {stat.S_IMODE(mode):04o}), a parent of the workspace. Keep workspaces "
+                "under folders others may search (chmod o+x), or install bubblewrap, which "
+                "rebuilds the path inside its sandbox.")
 
 
 def describe(host: Host) -> dict[str, object]:
