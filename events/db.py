@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -90,23 +91,27 @@ class WriterConnections:
         self.dbapi: Any = engine.dialect.loaded_dbapi
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: list[tuple[int, Any]] = []
+        self._open: list[tuple[int, weakref.ref[Any]]] = []
+        self._generation = 0           # bumped by close(): every thread then reopens
 
     def get(self) -> Any:
         """This thread's DBAPI connection (opened on first use)."""
         held = getattr(self._local, "held", None)
-        if held is not None and held[0] == os.getpid():
+        if held is not None and held[0] == os.getpid() and held[3] == self._generation:
             return held[2]
-        if held is not None:
+        if held is not None and held[0] != os.getpid():
             WriterConnections._inherited.append(held[1])
         fairy = self.engine.raw_connection()
         fairy.detach()                 # ours now: the pool neither resets nor recycles it
         dbapi_conn = fairy.dbapi_connection
         if self.dialect == "postgresql":
             dbapi_conn.autocommit = True
-        self._local.held = (os.getpid(), fairy, dbapi_conn)
+        self._local.held = (os.getpid(), fairy, dbapi_conn, self._generation)
         with self._lock:
-            self._open.append((os.getpid(), fairy))
+            # Weakly: a finished thread's connection goes (and closes) with its
+            # thread-local slot instead of piling up here until close().
+            self._open = [(p, r) for p, r in self._open if r() is not None]
+            self._open.append((os.getpid(), weakref.ref(fairy)))
         return dbapi_conn
 
     def discard(self) -> None:
@@ -115,18 +120,20 @@ class WriterConnections:
         self._local.held = None
         if held is not None and held[0] == os.getpid():
             with self._lock:
-                self._open = [(p, f) for p, f in self._open if f is not held[1]]
+                self._open = [(p, r) for p, r in self._open if r() is not held[1]]
             with contextlib.suppress(Exception):
-                held[1].close()
+                held[2].close()        # the driver's own close: no pool reset of a dead link
 
     def close(self) -> None:
         """Close every connection this process opened (any thread's)."""
         with self._lock:
-            mine = [f for p, f in self._open if p == os.getpid()]
+            mine = [r() for p, r in self._open if p == os.getpid()]
             self._open = []
+            self._generation += 1
         for fairy in mine:
-            with contextlib.suppress(Exception):
-                fairy.close()
+            if fairy is not None:
+                with contextlib.suppress(Exception):
+                    fairy.dbapi_connection.close()
 
     def param(self) -> str:
         return "?" if self.dialect == "sqlite" else "%s"

@@ -49,6 +49,10 @@ def _trusted_event(fields: dict[str, object]) -> Event:
 assert not Event.__pydantic_post_init__ and not Event.__private_attributes__
 
 
+class _Reconnect(Exception):
+    """The writer connection was dead before anything was written."""
+
+
 class EventStore(Protocol):
     def append(self, stream_id: str, batch: Sequence[NewEvent],
                expected_seq: int | None) -> list[Event]:
@@ -96,10 +100,17 @@ class SqlEventStore:
         key = batch[0].idempotency_key
         if any(e.idempotency_key != key for e in batch):
             raise ValueError("all events of one append must share its idempotency key")
+        dbapi = self._writers.dbapi
         try:
-            with driver_errors(self.url, self._writers.dbapi):
-                return self._append(stream_id, batch, expected_seq, key)
-        except self._writers.dbapi.IntegrityError as exc:
+            with driver_errors(self.url, dbapi):
+                try:
+                    return self._append(stream_id, batch, expected_seq, key)
+                except _Reconnect:
+                    # The server dropped our idle connection before we sent a
+                    # write (pool_pre_ping's job, without its round trip per
+                    # append): nothing happened, so try once on a new one.
+                    return self._append(stream_id, batch, expected_seq, key)
+        except dbapi.IntegrityError as exc:
             # Lost a race for the same seq: either a duplicate delivery of this
             # very batch (same key, now stored) or a real conflict.
             if key is not None:
@@ -127,6 +138,7 @@ class SqlEventStore:
         conn = self._fresh_connection()
         cur = conn.cursor()
         explicit = w.dialect == "sqlite" or len(batch) > INSERT_CHUNK
+        wrote = False
         try:
             if explicit:
                 cur.execute(w.begin_sql())
@@ -159,13 +171,16 @@ class SqlEventStore:
                            before, digest, body)
                 before = digest
                 if i % INSERT_CHUNK == 0 or i == len(batch):
+                    wrote = True
                     cur.execute(self._sql_insert(len(params) // 9), params)
                     positions.update((s, p) for p, s in cur.fetchall())
                     params = []
             if explicit:
                 cur.execute("COMMIT")
-        except BaseException:
-            self._rollback(conn, cur, explicit)
+        except BaseException as exc:
+            broken = self._rollback(conn, cur, explicit)
+            if broken and not wrote and isinstance(exc, w.dbapi.OperationalError):
+                raise _Reconnect from exc
             raise
         finally:
             cur.close()
@@ -180,16 +195,19 @@ class SqlEventStore:
             conn = self._writers.get()
         return conn
 
-    def _rollback(self, conn, cur, explicit: bool) -> None:  # type: ignore[no-untyped-def]
-        """Leave the connection idle after a failure, or drop it if it cannot be."""
+    def _rollback(self, conn, cur, explicit: bool) -> bool:  # type: ignore[no-untyped-def]
+        """Leave the connection idle after a failure, or drop it if it cannot be
+        (returns True then)."""
         try:
             if explicit:
                 cur.execute("ROLLBACK")
         except Exception:  # noqa: BLE001 - the original error is what matters
             self._writers.discard()
-            return
+            return True
         if getattr(conn, "closed", False) or getattr(conn, "broken", False):
             self._writers.discard()
+            return True
+        return False
 
     def _sql_insert(self, n: int) -> str:
         sql = self._insert_sql.get(n)
