@@ -2,11 +2,14 @@
 
 Tasks call this; it loads state from the store (never from memory), decides,
 runs the tool and appends what happened (DESIGN.md, "A tool invocation, step
-by step"). Each step is two appends:
+by step"). A step with effects is two appends:
 
     1. TurnStarted, ToolCallRequested, PermissionDecided, ToolCallStarted,
        FileChanged... (the planned effects)
     2. ToolCallCompleted | ToolCallFailed, TurnCompleted [, SessionCompleted | SessionFailed]
+
+A step with nothing to protect (a search, a file step that changes no file)
+is one append of both, keyed as the first; nothing of it can be half done.
 
 Idempotency keys are derived from the session and the step, so a redelivered
 task finds its batches stored and appends nothing twice. A task redelivered
@@ -19,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +34,7 @@ from events import payloads as p
 from events.envelope import Event, NewEvent
 from events.errors import SequenceConflict
 from events.projections import JobState, Projections, SessionState, apply_job, fold
-from events.replay import load
+from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
 from events.store import SqlEventStore
 from orchestrator import policy
 from orchestrator.errors import ToolError
@@ -39,6 +43,7 @@ from orchestrator.tools import files, replace, search, shell
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 
 CONFLICT_RETRIES = 20
+MEMO_SESSIONS = 1024      # folds kept per runner (one per worker process)
 
 
 class Ticket(BaseModel):
@@ -82,12 +87,54 @@ class Runner:
 
     # -- helpers -----------------------------------------------------------
 
+    _memo: OrderedDict[str, Projections] = field(default_factory=OrderedDict, init=False, repr=False)
+    _snapshot_at: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+
     def _append(self, stream: str, payloads: Sequence[Any], expected: int | None, key: str,
                 correlation: str, causation: str | None) -> list[Event]:
+        return self._append_fresh(stream, payloads, expected, key, correlation, causation)[0]
+
+    def _append_fresh(self, stream: str, payloads: Sequence[Any], expected: int | None,
+                      key: str, correlation: str, causation: str | None,
+                      ) -> tuple[list[Event], bool]:
+        """The stored events, and whether they are ours (False: an idempotent hit
+        returned what another delivery of this task stored under the key)."""
         batch = [NewEvent.create(pl, actor=self.actor, correlation_id=correlation,
                                  causation_id=causation, idempotency_key=key)
                  for pl in payloads]
-        return self.store.append(stream, batch, expected)
+        stored = self.store.append(stream, batch, expected)
+        return stored, bool(stored) and stored[0].event_id == batch[0].event_id
+
+    def load(self, session_id: str) -> Projections:
+        """The session's projections: always the whole stream as stored now.
+
+        Events are immutable, so the fold of a stream's first n events never
+        changes: the runner keeps the last fold of each session it touched
+        (bounded) and reads only the tail after it, one query instead of a
+        snapshot lookup plus a replay. Decisions still come from the store:
+        whatever another worker appended is in the tail."""
+        memo = self._memo.get(session_id)
+        if memo is None:
+            state = load(self.store, session_id)
+            self._snapshot_at[session_id] = state.last_seq   # load refreshed it if needed
+        else:
+            tail = list(self.store.read_stream(session_id, memo.last_seq))
+            state = fold(tail, memo) if tail else memo
+        return self._remember(session_id, state)
+
+    def _remember(self, session_id: str, state: Projections) -> Projections:
+        memo = self._memo
+        memo[session_id] = state
+        memo.move_to_end(session_id)
+        while len(memo) > MEMO_SESSIONS:
+            old, _ = memo.popitem(last=False)
+            self._snapshot_at.pop(old, None)
+        base = self._snapshot_at.get(session_id, 0)
+        if state.last_seq - base >= SNAPSHOT_EVERY:     # as `events.replay.load` does
+            self.store.save_snapshot(session_id, state.last_seq, SNAPSHOT_VERSION,
+                                     state.model_dump_json().encode())
+            self._snapshot_at[session_id] = state.last_seq
+        return state
 
     def _retrying(self, fn: Any, *args: Any) -> Any:
         """Run fn; on a lost race reload and decide again (DESIGN.md, projections)."""
@@ -109,13 +156,17 @@ class Runner:
                   task_id: str | None) -> str:
         sid = ticket.session_id
         cause = f"task:{task_id}" if task_id else None
-        state = load(self.store, sid)
+        state = self.load(sid)
 
         def advance(appended: list[Event]) -> Projections:
             # Fold what we appended instead of reading the stream again. An
             # idempotent hit returns events another delivery stored: fold only
-            # those this state has not seen.
-            return fold([e for e in appended if e.seq > state.last_seq], state)
+            # those this state has not seen, and read the stream if they do
+            # not follow on from it (that delivery went further).
+            new = [e for e in appended if e.seq > state.last_seq]
+            if new and new[0].seq != state.last_seq + 1:
+                return self.load(sid)
+            return self._remember(sid, fold(new, state)) if new else state
 
         if state.session.status == "new":
             state = advance(self._start(ticket, state, cause))
@@ -129,8 +180,10 @@ class Runner:
         workspace = Path(s.target)
         planned: Plan | None = None
         if call is None:
-            planned, appended = self._phase1(ticket, state, turn, call_id, step, workspace,
-                                             last, cause)
+            planned, appended, fresh = self._phase1(ticket, state, turn, call_id, step,
+                                                    workspace, last, cause)
+            if not fresh:
+                planned = None      # another delivery's plan is the one recorded: resume it
             state = advance(appended)
             call = state.session.call(call_id)
         if call is not None and call.status == "started":
@@ -161,7 +214,12 @@ class Runner:
 
     def _phase1(self, ticket: Ticket, state: Projections, turn: int, call_id: str, step: Step,
                 workspace: Path, last: bool, cause: str | None,
-                ) -> tuple[Plan | None, list[Event]]:
+                ) -> tuple[Plan | None, list[Event], bool]:
+        """TurnStarted ... ToolCallStarted and the planned FileChanged events. A
+        call with nothing to protect (a read-only tool, or a file step whose
+        plan changes no file) also runs here and its outcome joins the same
+        append: one transaction for the whole step, nothing half done to
+        recover if the worker dies (the redelivery just runs it again)."""
         args = summarize(step)
         verdict = policy.decide(step.kind, args, self.policy)
         events: list[Any] = [
@@ -179,8 +237,8 @@ class Runner:
             refused = PolicyRefused.of(verdict)
             events += self._failure(state.session, turn, call_id, step, refused, 0.0,
                                     last)[1:]
-            return None, self._append(ticket.session_id, events, state.last_seq,
-                                      f"step:{turn}:start", ticket.job_id, cause)
+            return (None, *self._append_fresh(ticket.session_id, events, state.last_seq,
+                                              f"step:{turn}:start", ticket.job_id, cause))
         try:
             planned = plan(workspace, step)
         except ToolError as exc:
@@ -191,21 +249,30 @@ class Runner:
             events += [p.FileChanged(call_id=call_id, path=e.path, before_hash=e.before_hash,
                                      after_hash=e.after_hash, diff=_diff(e))
                        for e in planned.edits]
-        appended = self._append(ticket.session_id, events, state.last_seq,
-                                f"step:{turn}:start", ticket.job_id, cause)
-        return planned, appended
+            if effect_free(step, planned):
+                events += self._outcome(state.session, turn, call_id, step, workspace, last,
+                                        planned)
+        appended, fresh = self._append_fresh(ticket.session_id, events, state.last_seq,
+                                             f"step:{turn}:start", ticket.job_id, cause)
+        return planned, appended, fresh
 
     def _phase2(self, ticket: Ticket, state: Projections, turn: int, call_id: str, step: Step,
                 workspace: Path, last: bool, cause: str | None, planned: Plan | None,
                 ) -> list[Event]:
+        events = self._outcome(state.session, turn, call_id, step, workspace, last, planned)
+        return self._append(ticket.session_id, events, state.last_seq, f"step:{turn}:end",
+                            ticket.job_id, cause)
+
+    def _outcome(self, s: SessionState, turn: int, call_id: str, step: Step, workspace: Path,
+                 last: bool, planned: Plan | None) -> list[Any]:
+        """Run the started call: ToolCallCompleted or ToolCallFailed, TurnCompleted,
+        and on the last step the session's end (same transaction)."""
         started = time.monotonic()
         try:
-            result = execute(workspace, step, state.session, call_id, planned)
+            result = execute(workspace, step, s, call_id, planned)
         except ToolError as exc:
-            events = self._failure(state.session, turn, call_id, step, exc,
-                                   time.monotonic() - started, last)
-        else:
-            events = [
+            return self._failure(s, turn, call_id, step, exc, time.monotonic() - started, last)
+        events: list[Any] = [
                 p.ToolCallCompleted(call_id=call_id, tool=step.kind, exit_code=result.exit_code,
                                     duration_s=round(result.duration_s or
                                                      time.monotonic() - started, 6),
@@ -214,9 +281,14 @@ class Runner:
                                     output_digest=_digest(result.output),
                                     bytes_written=_written(result), count=result.count),
                 p.TurnCompleted(turn=turn, status="ok"),
-            ]
-        return self._append(ticket.session_id, events, state.last_seq, f"step:{turn}:end",
-                            ticket.job_id, cause)
+        ]
+        if last:
+            # What the fold of ToolCallCompleted will make of files_changed.
+            mine = {c.path for c in s.pending if c.call_id == call_id}
+            if planned is not None:
+                mine |= {e.path for e in planned.edits}
+            events.append(p.SessionCompleted(files_changed=len(s.changed_paths | mine)))
+        return events
 
     def _failure(self, s: SessionState, turn: int, call_id: str, step: Step, exc: ToolError,
                  elapsed: float, last: bool) -> list[Any]:
@@ -287,6 +359,14 @@ def summarize(step: Step) -> dict[str, Any]:
 class Plan:
     edits: list[FileEdit]
     count: int
+
+
+def effect_free(step: Step, planned: Plan) -> bool:
+    """Whether running the call can leave nothing half done: a read-only tool,
+    or a file step whose plan changes no file. Shell commands never are."""
+    if isinstance(step, SearchStep):
+        return True
+    return not isinstance(step, ShellStep) and not planned.edits
 
 
 def plan(workspace: Path, step: Step) -> Plan:

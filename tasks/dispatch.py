@@ -1,27 +1,59 @@
-"""Enqueueing a job: a Celery group of one chain per target, a task per step."""
+"""Enqueueing a job: a Celery group of chains, one link per step.
+
+A chain runs one target's steps in order. With many targets and only fast
+file steps (search, replace, write, patch: milliseconds each), a task per
+target and step costs more than the step (a broker round trip, a result, a
+worker-side setup): targets are then cut into chunks, and each link of a
+chunk's chain is one `run_steps` task running that step for the chunk's
+sessions one after another. A job with a shell step keeps a chain per target
+(`run_step`): commands take seconds to minutes, and every worker should get
+its share of them.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-from celery import chain, group
+from celery import Celery, chain, group
 
 from orchestrator.runner import Ticket
-from orchestrator.steps import Step
-from tasks.steps import run_step
+from orchestrator.steps import ShellStep, Step
 
 # Headroom on top of a step's own timeout for loading state and appending events.
 TASK_LIMIT_MARGIN_S = 60
+# Chunks: at least this many tasks per step (spread over the workers), at most
+# this many sessions per task.
+MIN_TASKS_PER_STEP = 16
+MAX_CHUNK = 32
+RUN_STEP = "orchestrator.run_step"
+RUN_STEPS = "orchestrator.run_steps"
 
 
-def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step]) -> None:
+def chunk_size(targets: int, steps: Sequence[Step]) -> int:
+    """Sessions per task: 1 (a chain per target) unless every step is fast."""
+    if targets <= MIN_TASKS_PER_STEP or any(isinstance(s, ShellStep) for s in steps):
+        return 1
+    return min(MAX_CHUNK, math.ceil(targets / MIN_TASKS_PER_STEP))
+
+
+def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None = None) -> None:
+    """Send the job's canvas on `app` (default: the configured `tasks.app.app`)."""
+    if app is None:
+        from tasks.app import app
     last = len(steps) - 1
-    chains = [
-        chain(*(
-            run_step.si(t.model_dump(mode="json"), i, step.model_dump(mode="json"), i == last)
-            .set(soft_time_limit=step.timeout_s + TASK_LIMIT_MARGIN_S,
-                 time_limit=step.timeout_s + 2 * TASK_LIMIT_MARGIN_S)
-            for i, step in enumerate(steps)))
-        for t in tickets
-    ]
-    group(chains).apply_async()
+    size = chunk_size(len(tickets), steps)
+    chunks = [tickets[i:i + size] for i in range(0, len(tickets), size)]
+
+    def link(chunk: Sequence[Ticket], i: int, step: Step) -> object:
+        dumped = [t.model_dump(mode="json") for t in chunk]
+        name, first = (RUN_STEP, dumped[0]) if size == 1 else (RUN_STEPS, dumped)
+        # A chunk's backstop allows every session its full step timeout.
+        budget = step.timeout_s * len(chunk)
+        return (app.signature(name, args=(first, i, step.model_dump(mode="json"), i == last),
+                              immutable=True)
+                .set(soft_time_limit=budget + TASK_LIMIT_MARGIN_S,
+                     time_limit=budget + 2 * TASK_LIMIT_MARGIN_S))
+
+    chains = [chain(*(link(c, i, step) for i, step in enumerate(steps))) for c in chunks]
+    group(chains, app=app).apply_async()

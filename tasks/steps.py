@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
 from pydantic import TypeAdapter
 
 from events.store import SqlEventStore
@@ -21,6 +22,7 @@ from orchestrator.steps import Step
 from tasks.app import app
 
 STEP = TypeAdapter(Step)
+log = get_task_logger(__name__)
 _runner: tuple[int, Runner] | None = None
 
 
@@ -34,22 +36,60 @@ def runner() -> Runner:
     return _runner[1]
 
 
+def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
+    """One session's step; an error that is not transient fails that session only."""
+    try:
+        return runner().run_step(t, index, step, last=last, task_id=task.request.id)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as exc:
+        if getattr(exc, "transient", False) and task.request.retries < task.max_retries:
+            raise task.retry(exc=exc, countdown=min(2 ** task.request.retries, 30)) from exc
+        log.exception("step %s of session %s failed: %s", index + 1, t.session_id, exc)
+        fail_session(runner(), t, type(exc).__name__,
+                     f"step {index + 1} could not run: {exc}", task.request.id)
+        return "failed"
+
+
+def _time_limit(t: Ticket, index: int, task_id: str, chunk: int = 1) -> None:
+    what = f"a chunk of {chunk} sessions" if chunk > 1 else "the task"
+    fail_session(runner(), t, "TaskTimeLimit",
+                 f"step {index + 1} ran past the time limit of {what}; raise the step's "
+                 "timeout_s", task_id)
+
+
 @app.task(bind=True, name="orchestrator.run_step", acks_late=True,
           max_retries=get_settings().task_max_retries)
 def run_step(self: Any, ticket: dict[str, Any], index: int, step: dict[str, Any],
              last: bool) -> str:
     t = Ticket.model_validate(ticket)
     try:
-        return runner().run_step(t, index, STEP.validate_python(step), last=last,
-                                 task_id=self.request.id)
+        return _run_one(self, t, index, STEP.validate_python(step), last)
     except SoftTimeLimitExceeded:
-        fail_session(runner(), t, "TaskTimeLimit",
-                     f"step {index + 1} ran past the task time limit; raise the step's "
-                     "timeout_s", self.request.id)
+        _time_limit(t, index, self.request.id)
         return "failed"
-    except Exception as exc:
-        if getattr(exc, "transient", False) and self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
-        fail_session(runner(), t, type(exc).__name__,
-                     f"step {index + 1} could not run: {exc}", self.request.id)
-        return "failed"
+
+
+@app.task(bind=True, name="orchestrator.run_steps", acks_late=True,
+          max_retries=get_settings().task_max_retries)
+def run_steps(self: Any, tickets: list[dict[str, Any]], index: int, step: dict[str, Any],
+              last: bool) -> list[str]:
+    """Step `index` of each session of a chunk, one session after another.
+
+    Chunked fan-out (`tasks.dispatch`) for fast steps: one message, one
+    worker-side setup and one result for several sessions. Each session is
+    still its own stream with its own events and idempotency keys, so a retry
+    or redelivery of the whole chunk re-runs nothing that was recorded."""
+    parsed = STEP.validate_python(step)
+    ts = [Ticket.model_validate(raw) for raw in tickets]
+    out: list[str] = []
+    for k, t in enumerate(ts):
+        try:
+            out.append(_run_one(self, t, index, parsed, last))
+        except SoftTimeLimitExceeded:
+            # The backstop fired (the tools' own limits did not): the hard
+            # limit follows soon, so fail this session and those not yet run.
+            for rest in ts[k:]:
+                _time_limit(rest, index, self.request.id, len(ts))
+            return out + ["failed"] * (len(ts) - k)
+    return out

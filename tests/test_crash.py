@@ -26,7 +26,7 @@ targets: ["repos/*"]
 steps:
   - kind: shell
     name: slow-check
-    command: python -c "import time; time.sleep(1.0)"
+    command: python3 -c "import time; time.sleep(1.0)"
     idempotent: true
   - kind: replace
     pattern: 'old_name'
@@ -34,7 +34,7 @@ steps:
     expect: {min: 1}
   - kind: shell
     name: verify
-    command: python -c "import pathlib, sys; sys.exit('old_name' in pathlib.Path('mod.py').read_text())"
+    command: python3 -c "import pathlib, sys; sys.exit('old_name' in pathlib.Path('mod.py').read_text())"
     idempotent: true
 """
 

@@ -217,6 +217,13 @@ def unified_diff(edit: FileEdit) -> str:
         return head   # an empty file created or deleted: the header says it all
     out = [head, f"--- {old}\n", f"+++ {new}\n"]
     matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
+    if edit.before is not None and edit.after is not None and len(before) == len(after):
+        # An edit that keeps the line count (what a replace within lines
+        # makes): pairing line i with line i is a correct diff, and skips the
+        # matcher, which is quadratic in repeated lines (blank, `return`): 25 ms
+        # on a 2,000-line module, ten times the rest of a replace step.
+        # get_grouped_opcodes reads `opcodes` when it is set.
+        matcher.opcodes = _paired_opcodes(before, after)
     for group in matcher.get_grouped_opcodes(3):
         i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
         out.append(f"@@ -{_range(i1, i2)} +{_range(j1, j2)} @@\n")
@@ -227,6 +234,20 @@ def unified_diff(edit: FileEdit) -> str:
             out += [_line("-", s) for s in before[a1:a2]]
             out += [_line("+", s) for s in after[b1:b2]]
     return "".join(out)
+
+
+def _paired_opcodes(before: list[str], after: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """difflib opcodes for two equally long line lists, line i against line i."""
+    opcodes: list[tuple[str, int, int, int, int]] = []
+    i, n = 0, len(before)
+    while i < n:
+        same = before[i] == after[i]
+        j = i + 1
+        while j < n and (before[j] == after[j]) == same:
+            j += 1
+        opcodes.append(("equal" if same else "replace", i, j, i, j))
+        i = j
+    return opcodes
 
 
 def _text(data: bytes | None) -> list[str] | None:
