@@ -143,6 +143,34 @@ class SessionFailed(_Payload):
     message: str
 
 
+class PolicyAttached(_Payload):
+    """The policy a session runs under, recorded whole (with the session's tier
+    and who elevated it), so decisions and audits rebuild from the log alone."""
+
+    type: Literal["PolicyAttached"] = "PolicyAttached"
+    name: str
+    hash: str
+    document: dict[str, Any]
+    tier: str
+    elevated_by: str | None = None     # who granted --allow-destructive, if anyone
+
+
+class QuotaExceeded(_Payload):
+    type: Literal["QuotaExceeded"] = "QuotaExceeded"
+    call_id: str
+    tool: str
+    rule_id: str
+    detail: str                        # the limit and the usage, in words
+
+
+class RateLimited(_Payload):
+    type: Literal["RateLimited"] = "RateLimited"
+    call_id: str
+    tool: str
+    rate: str                          # e.g. "30/minute"
+    retry_after_s: float
+
+
 class StreamHead(_Payload):
     stream_id: str
     seq: int
@@ -162,14 +190,14 @@ class AuditDigest(_Payload):
 _TYPES = (JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
           ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
           ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
-          AuditDigest)
+          PolicyAttached, QuotaExceeded, RateLimited, AuditDigest)
 
 Payload = Annotated[
     Union[
         JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
         ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
         ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
-        AuditDigest,
+        PolicyAttached, QuotaExceeded, RateLimited, AuditDigest,
     ],
     Field(discriminator="type"),
 ]

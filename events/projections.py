@@ -68,6 +68,12 @@ class SessionState(_Frozen):
     pending: tuple[PendingChange, ...] = ()   # of calls started but not yet completed
     patch: str = ""
     last_seq: int = 0
+    # The policy the session runs under (PolicyAttached): the whole document,
+    # so a worker decides from the log, not from what a message carried.
+    policy: dict[str, Any] | None = None
+    policy_hash: str = ""
+    tier: str | None = None
+    elevated_by: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -110,6 +116,12 @@ def _session(payload: object, s: SessionState, e: Event) -> SessionState:
 def _(pl: p.SessionStarted, s: SessionState, e: Event) -> SessionState:
     return s.model_copy(update={"session_id": e.stream_id, "job_id": pl.job_id,
                                 "target": pl.target, "steps": pl.steps, "status": "running"})
+
+
+@_session.register
+def _(pl: p.PolicyAttached, s: SessionState, e: Event) -> SessionState:
+    return s.model_copy(update={"policy": pl.document, "policy_hash": pl.hash,
+                                "tier": pl.tier, "elevated_by": pl.elevated_by})
 
 
 @_session.register
@@ -245,6 +257,7 @@ class QuotaUsage(_Frozen):
     bytes_written: int = 0
     output_bytes: int = 0
     recent_calls: tuple[datetime, ...] = ()
+    recent_tools: tuple[str, ...] = ()             # the tool of each of recent_calls
 
     def calls_of(self, tool: str) -> int:
         return dict(self.tool_calls).get(tool, 0)
@@ -252,12 +265,20 @@ class QuotaUsage(_Frozen):
     def calls_since(self, since: datetime) -> int:
         return sum(1 for t in self.recent_calls if t >= since)
 
+    def recent_by_tool(self) -> dict[str, tuple[datetime, ...]]:
+        """The kept call times per tool (what per-tool rate limits count)."""
+        out: dict[str, list[datetime]] = {}
+        for tool, at in zip(self.recent_tools, self.recent_calls):
+            out.setdefault(tool, []).append(at)
+        return {k: tuple(v) for k, v in out.items()}
+
 
 def _count_call(s: QuotaUsage, tool: str, at: datetime) -> dict[str, object]:
     counts = dict(s.tool_calls)
     counts[tool] = counts.get(tool, 0) + 1
     return {"tool_calls": tuple(sorted(counts.items())),
-            "recent_calls": (*s.recent_calls, at)[-RATE_WINDOW:]}
+            "recent_calls": (*s.recent_calls, at)[-RATE_WINDOW:],
+            "recent_tools": (*s.recent_tools, tool)[-RATE_WINDOW:]}
 
 
 @singledispatch
@@ -427,7 +448,8 @@ class Folder:
 
     __slots__ = ("_session", "last_seq", "_scalars", "_turns", "_turn_at", "_calls",
                  "_call_at", "_files", "_changed", "_pending", "_patch", "_quota", "_counts",
-                 "_recent", "_sums", "_quota_changed", "_entries", "_entry_at")
+                 "_recent", "_recent_tools", "_sums", "_quota_changed", "_entries",
+                 "_entry_at")
 
     def __init__(self, start: Projections | None = None) -> None:
         st = start if start is not None else Projections()
@@ -446,6 +468,7 @@ class Folder:
         self._quota = q
         self._counts = dict(q.tool_calls)
         self._recent = list(q.recent_calls)
+        self._recent_tools = list(q.recent_tools)
         self._sums = {"tool_failures": q.tool_failures, "shell_cpu_s": q.shell_cpu_s,
                       "shell_wall_s": q.shell_wall_s, "bytes_written": q.bytes_written,
                       "output_bytes": q.output_bytes}
@@ -466,6 +489,10 @@ class Folder:
     def _session_started(self, pl: Mapping[str, Any], e: Mapping[str, Any]) -> None:
         self._scalars.update(session_id=e["stream_id"], job_id=pl["job_id"], target=pl["target"],
                              steps=tuple(pl["steps"]), status="running")
+
+    def _policy_attached(self, pl: Mapping[str, Any], *_: Any) -> None:
+        self._scalars.update(policy=pl["document"], policy_hash=pl["hash"], tier=pl["tier"],
+                             elevated_by=pl["elevated_by"])
 
     def _turn_started(self, pl: Mapping[str, Any], *_: Any) -> None:
         self._turn_at[pl["turn"]] = len(self._turns)
@@ -566,10 +593,12 @@ class Folder:
     def _count(self, tool: str, at: datetime | str) -> None:
         self._quota_changed = True
         self._counts[tool] = self._counts.get(tool, 0) + 1
-        recent = self._recent
+        recent, tools = self._recent, self._recent_tools
         recent.append(_ts(at))
+        tools.append(tool)
         if len(recent) > 2 * RATE_WINDOW:
             del recent[:-RATE_WINDOW]
+            del tools[:-RATE_WINDOW]
 
     def _session_completed(self, pl: Mapping[str, Any], *_: Any) -> None:
         self._scalars["status"] = "completed"
@@ -591,12 +620,14 @@ class Folder:
         if self._quota_changed:
             quota = QuotaUsage.model_construct(**{
                 **quota.__dict__, **self._sums, "tool_calls": tuple(sorted(self._counts.items())),
-                "recent_calls": tuple(self._recent[-RATE_WINDOW:])})
+                "recent_calls": tuple(self._recent[-RATE_WINDOW:]),
+                "recent_tools": tuple(self._recent_tools[-RATE_WINDOW:])})
         ledger = PermissionLedger.model_construct(entries=_frozen(LedgerEntry, self._entries))
         return Projections.model_construct(session=session, quota=quota, ledger=ledger)
 
 
 _ON: dict[str, Callable[..., None]] = {
+    "PolicyAttached": Folder._policy_attached,
     "SessionStarted": Folder._session_started, "TurnStarted": Folder._turn_started,
     "TurnCompleted": Folder._turn_completed, "ToolCallRequested": Folder._requested,
     "PermissionDecided": Folder._decided, "ToolCallStarted": Folder._started,

@@ -61,12 +61,32 @@ def _json(data: Any) -> None:
 
 # -- jobs ----------------------------------------------------------------------
 
-def _submit(spec_path: Path, base_dir: Path | None) -> tuple[SqlEventStore, str, Any, Any]:
+POLICY_OPT = typer.Option(None, "--policy", exists=True, dir_okay=False,
+                          help="A policy YAML (docs/security.md) combined with the job's own; "
+                          "the strictest setting wins")
+TIER_OPT = typer.Option(None, "--tier", help="read-only | read-write | exec: the highest tier "
+                        "this job gets (the strictest of this, the job's and the config's)")
+ELEVATE_OPT = typer.Option(False, "--allow-destructive",
+                           help="Let destructive operations (rm, mv, git reset --hard, ...) run "
+                           "without confirmation; recorded with your identity")
+
+
+def _submit(spec_path: Path, base_dir: Path | None, policy_file: Path | None = None,
+            tier: str | None = None, allow_destructive: bool = False,
+            ) -> tuple[SqlEventStore, str, Any, Any]:
     from orchestrator import jobs
     from orchestrator.jobspec import load_spec
+    from orchestrator.policy import TIERS, load_policy
     spec = load_spec(spec_path)                     # SpecError (exit 2) before anything else
+    if tier is not None and tier not in TIERS:
+        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
+    s = settings()
+    docs = [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
     st = store(for_writing=True)
-    job_id, tickets = jobs.prepare(spec, (base_dir or Path.cwd()).resolve())
+    job_id, tickets = jobs.prepare(
+        spec, (base_dir or Path.cwd()).resolve(), policy_files=docs,
+        tier=tier or s.tier,  # type: ignore[arg-type]
+        elevated_by=s.submitter if allow_destructive else None)
     from tasks.dispatch import enqueue
     jobs.record(st, spec, job_id, tickets, settings().submitter)
     enqueue(tickets, spec.steps)
@@ -77,10 +97,12 @@ def _submit(spec_path: Path, base_dir: Path | None) -> tuple[SqlEventStore, str,
 def submit(spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, dir_okay=False),
            base_dir: Optional[Path] = typer.Option(
                None, help="Resolve relative targets against this folder (default: cwd)"),
-           json: bool = typer.Option(False, "--json", help="Print {job_id, sessions} as JSON")
+           json: bool = typer.Option(False, "--json", help="Print {job_id, sessions} as JSON"),
+           policy: Optional[Path] = POLICY_OPT, tier: Optional[str] = TIER_OPT,
+           allow_destructive: bool = ELEVATE_OPT,
            ) -> None:
     """Enqueue a job and print its id; workers (`orchestrator worker`) run it."""
-    _, job_id, _, tickets = _submit(spec, base_dir)
+    _, job_id, _, tickets = _submit(spec, base_dir, policy, tier, allow_destructive)
     if json:
         _json({"job_id": job_id, "sessions": [t.model_dump() for t in tickets]})
     else:
@@ -95,11 +117,13 @@ def run(spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, di
         json: bool = typer.Option(False, "--json", help="Print a machine-readable result"),
         keep_worker: bool = typer.Option(False, help="Leave a worker started here running"),
         timeout: Optional[float] = typer.Option(None, help="Give up waiting after N seconds"),
+        policy: Optional[Path] = POLICY_OPT, tier: Optional[str] = TIER_OPT,
+        allow_destructive: bool = ELEVATE_OPT,
         ) -> None:
     """Submit a job, start a worker if none runs, show live progress, then the
     summary and one unified diff per target."""
     s = settings()
-    st, job_id, job_spec, tickets = _submit(spec, base_dir)
+    st, job_id, job_spec, tickets = _submit(spec, base_dir, policy, tier, allow_destructive)
     proc = _ensure_worker(s)
     try:
         view = render.follow(st, job_id, job_spec, tickets, quiet=json, console=err,
@@ -108,7 +132,17 @@ def run(spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, di
         if proc is not None and not keep_worker:
             workers.stop_worker(proc)
     _finish(st, job_id, out_dir, json)
-    raise typer.Exit(0 if view.job.status == "completed" else 1)
+    raise typer.Exit(_job_exit(st, job_id))
+
+
+def _job_exit(st: SqlEventStore, job_id: str) -> int:
+    """0 completed; 3 when every failed session was refused by policy; else 1."""
+    from orchestrator.watch import final_view
+    view = final_view(st, job_id)
+    if view.job.status == "completed":
+        return 0
+    errors = [s.error or "" for s in view.sessions.values() if s.status == "failed"]
+    return 3 if errors and all(e.startswith("PolicyRefused") for e in errors) else 1
 
 
 def _ensure_worker(s: Settings) -> Any:
@@ -366,6 +400,34 @@ def db_status() -> None:
     st = SqlEventStore(settings().effective_store_url, check_schema=False)
     out.print(f"{display_url(st.url)}: at {migrate.current_revision(st.engine) or 'empty'}, "
               f"head {migrate.head_revision()}")
+
+
+# -- doctor --------------------------------------------------------------------
+
+@app.command()
+def doctor(json: bool = typer.Option(False, "--json", help="Print the report as JSON")) -> None:
+    """Say which sandbox shell commands run in, what it contains and what it does not."""
+    from orchestrator import sandbox
+    report = sandbox.describe(sandbox.probe())
+    if json:
+        _json(report)
+        return
+    bw, sp, cg = report["bwrap"], report["setpriv"], report["cgroups"]
+    mode = ("bubblewrap" if report["mode"] == "bwrap" else
+            "fallback (rlimits and a process group; bubblewrap is not installed)")
+    out.print(f"sandbox: {mode}", highlight=False)
+    out.print(f"  bwrap:   {bw['version'] or 'not installed'}"
+              f"{' (' + bw['path'] + ')' if bw['path'] else ''}", highlight=False)
+    out.print(f"  setpriv: {sp['version'] or 'not installed'}", highlight=False)
+    out.print(f"  runs as: {report['runs_as']}", highlight=False)
+    out.print(f"  cgroups: {'usable' if cg['usable'] else 'not usable'}: {cg['detail']}",
+              highlight=False)
+    out.print("protects against:", highlight=False)
+    for line in report["protects_against"]:
+        out.print(f"  + {line}", highlight=False)
+    out.print("does not protect against:", highlight=False)
+    for line in report["does_not_protect_against"]:
+        out.print(f"  - {line}", highlight=False)
 
 
 def main() -> None:

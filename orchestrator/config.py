@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(default=5, ge=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     actor: str | None = Field(default=None, description="Who submits (default user:LOGIN)")
+    policy_file: Path | None = Field(default=None, description=(
+        "A policy YAML every job runs under, combined with the job's own and `--policy` "
+        "(the strictest setting wins); docs/security.md"))
+    tier: Literal["read-only", "read-write", "exec"] | None = Field(default=None, description=(
+        "The highest tier any job gets here (the strictest of this, the job's and --tier)"))
     audit_key_file: Path | None = Field(default=None, description=(
         "Ed25519 private key (PEM) that signs digests of stream heads; keep it out of "
         "the database's reach (`orchestrator audit keygen` makes one)"))

@@ -441,8 +441,9 @@ def _verdict(matches: list[Match], elevated: bool, retry_after: float | None = N
             m = Match(m.rule_id, Decision.ALLOW, m.reason + " (allowed: session elevated "
                       "with --allow-destructive)", destructive=True)
         final.append(m)
-    worst = max(final, key=lambda m: m.decision)
-    # Among equally strict matches, the first (most specific, built-in first) decides.
+    # Among equally strict matches the first decides, except that an elevated
+    # (destructive) one goes first: the ledger then shows what elevation allowed.
+    worst = max(final, key=lambda m: (m.decision, m.destructive))
     return Verdict(worst.decision.word, worst.rule_id, worst.reason, tuple(final),
                    retry_after if worst.decision == Decision.DENY else None)
 
@@ -890,10 +891,11 @@ def load_policy(path: Path) -> Policy:
 DEFAULT_POLICY = parse_policy({"name": "default"}, "<built-in default>")
 
 
-def decide(tool: str, args: dict[str, Any], policy: Policy = DEFAULT_POLICY, **kw: Any
-           ) -> Verdict:
-    """The verdict for a job step's request (its recorded arguments)."""
-    paths: list[tuple[str, str]] = []
+def decide(tool: str, args: dict[str, Any], policy: Policy = DEFAULT_POLICY, *,
+           extra_paths: Iterable[tuple[str, str]] = (), **kw: Any) -> Verdict:
+    """The verdict for a job step's request (its recorded arguments), plus the
+    paths its plan would touch (`extra_paths`, (access, path) pairs)."""
+    paths: list[tuple[str, str]] = list(extra_paths)
     if tool in ("write", "delete") and "path" in args:
         paths.append(("write", str(args["path"])))
     if tool == "shell":

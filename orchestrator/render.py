@@ -134,7 +134,12 @@ def replay(console: Console, state: Projections) -> None:
     s, q = state.session, state.quota
     console.print(f"[bold]session[/] {s.session_id}  job {s.job_id}\n"
                   f"  target {s.target}\n  status [bold]{s.status}[/]"
-                  + (f"  ({s.error})" if s.error else "") + f"  events {s.last_seq}")
+                  + (f"  ({s.error})" if s.error else "") + f"  events {s.last_seq}",
+                  highlight=False)
+    if s.policy is not None:
+        console.print(f"  policy {s.policy.get('name', '?')} ({s.policy_hash[:12]})  tier "
+                      f"{s.tier}" + (f"  elevated by {s.elevated_by}" if s.elevated_by else ""),
+                      highlight=False)
     turns = Table(title="turns")
     for col in ("turn", "name", "kind", "status"):
         turns.add_column(col)

@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from events import payloads as p
-from events.envelope import Event, NewEvent
+from events.envelope import Event, NewEvent, utcnow
 from events.errors import SequenceConflict
 from events.projections import JobState, Projections, SessionState, apply_job, fold
 from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
@@ -57,10 +57,27 @@ class Ticket(BaseModel):
     error: str | None = None    # why the target cannot run
     steps: tuple[str, ...]
     sessions_total: int = 0     # sessions in the job: the one that finishes last completes it
+    # The session's policy (a PolicyDoc as JSON data, already combined from the
+    # job spec, `--policy` and configuration), the caller's tier, and who
+    # elevated the session. Recorded as PolicyAttached when the session starts;
+    # later steps decide from that event, not from this message.
+    policy: dict[str, Any] | None = None
+    tier: str | None = None
+    elevated_by: str | None = None
 
 
 class Interrupted(ToolError):
     """The worker died while an effectful call was running."""
+
+
+class RateLimitedStep(ToolError):
+    """A rate limit says not yet: the task retries after `retry_after_s`."""
+
+    transient = True
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PolicyRefused(ToolError):
@@ -88,14 +105,31 @@ class Runner:
     # -- helpers -----------------------------------------------------------
 
     _memo: OrderedDict[str, Projections] = field(default_factory=OrderedDict, init=False, repr=False)
+    _policies: dict[str, policy.Policy] = field(default_factory=dict, init=False, repr=False)
+
+    def policy_of(self, s: SessionState) -> policy.Policy:
+        """The policy recorded for the session (PolicyAttached); sessions
+        recorded before policies were attached fall back to the runner's."""
+        if s.policy is None:
+            return self.policy
+        found = self._policies.get(s.policy_hash)
+        if found is None:
+            found = self._policies[s.policy_hash] = policy.parse_policy(
+                s.policy, f"session {s.session_id}")
+        return found
+
+    def hidden(self, s: SessionState) -> Any:
+        """What globbing tools must not see under the session's policy."""
+        pol = self.policy_of(s)
+        return lambda rel: not policy.visible(pol, rel)
     _snapshot_at: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
-    def _append(self, stream: str, payloads: Sequence[Any], expected: int | None, key: str,
-                correlation: str, causation: str | None) -> list[Event]:
+    def _append(self, stream: str, payloads: Sequence[Any], expected: int | None,
+                key: str | None, correlation: str, causation: str | None) -> list[Event]:
         return self._append_fresh(stream, payloads, expected, key, correlation, causation)[0]
 
     def _append_fresh(self, stream: str, payloads: Sequence[Any], expected: int | None,
-                      key: str, correlation: str, causation: str | None,
+                      key: str | None, correlation: str, causation: str | None,
                       ) -> tuple[list[Event], bool]:
         """The stored events, and whether they are ours (False: an idempotent hit
         returned what another delivery of this task stored under the key)."""
@@ -201,8 +235,14 @@ class Runner:
 
     def _start(self, ticket: Ticket, state: Projections, cause: str | None) -> list[Event]:
         workspace = ticket.path or ticket.target
-        events: list[Any] = [p.SessionStarted(job_id=ticket.job_id, target=workspace,
-                                              steps=ticket.steps, policy=self.policy.name)]
+        pol = (policy.parse_policy(ticket.policy, f"job {ticket.job_id}")
+               if ticket.policy is not None else self.policy)
+        tier = policy.strictest_tier(pol.doc.tier, ticket.tier)  # type: ignore[arg-type]
+        events: list[Any] = [
+            p.SessionStarted(job_id=ticket.job_id, target=workspace, steps=ticket.steps,
+                             policy=pol.name),
+            p.PolicyAttached(name=pol.name, hash=pol.hash, document=pol.document, tier=tier,
+                             elevated_by=ticket.elevated_by)]
         error = ticket.error
         if error is None and not Path(workspace).is_dir():
             error = f"target {ticket.target} does not exist or is not a directory ({workspace})"
@@ -221,26 +261,51 @@ class Runner:
         append: one transaction for the whole step, nothing half done to
         recover if the worker dies (the redelivery just runs it again)."""
         args = summarize(step)
-        verdict = policy.decide(step.kind, args, self.policy)
+        s = state.session
+        pol = self.policy_of(s)
+        hidden = self.hidden(s)
+        started = time.monotonic()
+        # File steps are planned first (reads only), so the decision sees every
+        # path they would write.
+        planned: Plan | None = None
+        plan_error: ToolError | None = None
+        if isinstance(step, (ReplaceStep, WriteStep, PatchStep)):
+            try:
+                planned = plan(workspace, step, hidden)
+            except ToolError as exc:
+                plan_error = exc
+        verdict = policy.decide(
+            step.kind, args, pol, tier=s.tier, elevated=s.elevated_by is not None,
+            usage=usage_of(state), now=utcnow(),
+            extra_paths=[("write", e.path) for e in planned.edits] if planned else ())
+        if verdict.rule_id.startswith("rate:"):
+            self._append(ticket.session_id, [p.RateLimited(
+                call_id=call_id, tool=step.kind, rate=pol.doc.rate_limits.get(step.kind, ""),
+                retry_after_s=verdict.retry_after_s or 0.0)], None, None, ticket.job_id, cause)
+            raise RateLimitedStep(verdict.reason, verdict.retry_after_s or 1.0)
         events: list[Any] = [
             p.TurnStarted(turn=turn, name=step.label, kind=step.kind),
             p.ToolCallRequested(call_id=call_id, turn=turn, tool=step.kind, args=args),
             p.PermissionDecided(call_id=call_id, decision=verdict.decision,  # type: ignore[arg-type]
-                                rule_id=verdict.rule_id, policy_hash=self.policy.hash,
+                                rule_id=verdict.rule_id, policy_hash=pol.hash,
                                 reason=verdict.reason),
         ]
-        started = time.monotonic()
-        planned: Plan | None = None
         if verdict.decision != "allow":
             # No ToolCallFailed: the call never started, so it costs no quota;
             # the ledger and the session's error say why.
+            if verdict.rule_id.startswith("quota:"):
+                events.append(p.QuotaExceeded(call_id=call_id, tool=step.kind,
+                                              rule_id=verdict.rule_id, detail=verdict.reason))
             refused = PolicyRefused.of(verdict)
             events += self._failure(state.session, turn, call_id, step, refused, 0.0,
                                     last)[1:]
             return (None, *self._append_fresh(ticket.session_id, events, state.last_seq,
                                               f"step:{turn}:start", ticket.job_id, cause))
         try:
-            planned = plan(workspace, step)
+            if plan_error is not None:
+                raise plan_error
+            if planned is None:
+                planned = plan(workspace, step, hidden)
         except ToolError as exc:
             events += self._failure(state.session, turn, call_id, step, exc,
                                     time.monotonic() - started, last)
@@ -269,7 +334,7 @@ class Runner:
         and on the last step the session's end (same transaction)."""
         started = time.monotonic()
         try:
-            result = execute(workspace, step, s, call_id, planned)
+            result = execute(workspace, step, s, call_id, planned, self.hidden(s))
         except ToolError as exc:
             return self._failure(s, turn, call_id, step, exc, time.monotonic() - started, last)
         events: list[Any] = [
@@ -369,10 +434,20 @@ def effect_free(step: Step, planned: Plan) -> bool:
     return not isinstance(step, ShellStep) and not planned.edits
 
 
-def plan(workspace: Path, step: Step) -> Plan:
-    """The file edits an effectful step will make (reads only; raises ToolError)."""
+def usage_of(state: Projections) -> policy.Usage:
+    """What quotas and rate limits are decided on, from the projections."""
+    q = state.quota
+    return policy.Usage(tool_calls=dict(q.tool_calls), cpu_s=q.shell_cpu_s,
+                        wall_s=q.shell_wall_s, bytes_written=q.bytes_written,
+                        files_changed=len(state.session.files_changed),
+                        recent=q.recent_by_tool())
+
+
+def plan(workspace: Path, step: Step, hidden: Any = None) -> Plan:
+    """The file edits an effectful step will make (reads only; raises ToolError).
+    `hidden`: files the policy denies, which a glob never picks."""
     if isinstance(step, ReplaceStep):
-        edits, count = replace.plan_replace(workspace, step)
+        edits, count = replace.plan_replace(workspace, step, hidden)
         return Plan(edits, count)
     if isinstance(step, WriteStep):
         edits = files.plan_write(workspace, step)
@@ -384,11 +459,11 @@ def plan(workspace: Path, step: Step) -> Plan:
 
 
 def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
-            planned: Plan | None) -> ToolResult:
+            planned: Plan | None, hidden: Any = None) -> ToolResult:
     """Carry out a started call. `planned` is None when this task is a redelivery
     that found the call started by a worker that died."""
     if isinstance(step, SearchStep):
-        return search.search(workspace, step)
+        return search.search(workspace, step, hidden=hidden)
     if isinstance(step, ShellStep):
         if planned is None and not step.idempotent:
             raise Interrupted(
@@ -397,7 +472,8 @@ def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
                 "a redelivered task run it again")
         return shell.run_shell(workspace, step)
     start = time.monotonic()
-    edits = planned.edits if planned is not None else _resume(workspace, step, s, call_id)
+    edits = planned.edits if planned is not None else _resume(workspace, step, s, call_id,
+                                                               hidden)
     files.apply_edits(workspace, edits)
     call = s.call(call_id)
     count = planned.count if planned is not None else (call.planned_count if call else 0)
@@ -408,12 +484,13 @@ def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
                       count=count, duration_s=time.monotonic() - start, edits=tuple(edits))
 
 
-def _resume(workspace: Path, step: Step, s: SessionState, call_id: str) -> list[FileEdit]:
+def _resume(workspace: Path, step: Step, s: SessionState, call_id: str,
+            hidden: Any = None) -> list[FileEdit]:
     """Edits of an interrupted call still to make. Edits already on disk are
     skipped; the rest are re-planned and must reproduce the recorded after-hash.
     A file matching neither recorded hash was changed by someone else: refuse."""
     recorded = [c for c in s.pending if c.call_id == call_id]
-    fresh = {e.path: e for e in plan(workspace, step).edits} if recorded else {}
+    fresh = {e.path: e for e in plan(workspace, step, hidden).edits} if recorded else {}
     todo = []
     for c in recorded:
         target = workspace / c.path

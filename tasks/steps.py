@@ -44,7 +44,9 @@ def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
         raise
     except Exception as exc:
         if getattr(exc, "transient", False) and task.request.retries < task.max_retries:
-            raise task.retry(exc=exc, countdown=min(2 ** task.request.retries, 30)) from exc
+            # Retrying is a property of the error: a rate limit says when.
+            delay = getattr(exc, "retry_after_s", None) or min(2 ** task.request.retries, 30)
+            raise task.retry(exc=exc, countdown=delay) from exc
         log.exception("step %s of session %s failed: %s", index + 1, t.session_id, exc)
         fail_session(runner(), t, type(exc).__name__,
                      f"step {index + 1} could not run: {exc}", task.request.id)

@@ -14,6 +14,10 @@ from tests.factories import place, session_payloads, step_payloads
 def sessions(draw: st.DrawFn) -> list[object]:
     """Any valid session: steps that succeed, fail or stop half-way (a crash)."""
     out: list[object] = [p.SessionStarted(job_id="j", target="/w", steps=("s",))]
+    if draw(st.booleans()):
+        out.append(p.PolicyAttached(name="team", hash="h" * 64, document={"tier": "exec"},
+                                    tier=draw(st.sampled_from(["read-only", "exec"])),
+                                    elevated_by=draw(st.sampled_from([None, "user:ops"]))))
     turns = draw(st.integers(0, 12))
     for turn in range(1, turns + 1):
         tool = draw(st.sampled_from(["search", "replace", "write", "patch", "shell"]))

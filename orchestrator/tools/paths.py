@@ -137,10 +137,12 @@ def glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
 
 # --- listing -------------------------------------------------------------------------
 
-def iter_files(workspace: Path, globs: Iterable[str] = ()) -> list[str]:
+def iter_files(workspace: Path, globs: Iterable[str] = (),
+               hidden: Callable[[str], bool] | None = None) -> list[str]:
     """Sorted relative POSIX paths of the regular files under `workspace` that
     match `globs`. Skips `.git`, does not descend into symlinked directories, and
-    keeps a symlinked file only if it points to a regular file inside."""
+    keeps a symlinked file only if it points to a regular file inside. Files
+    for which `hidden(rel)` is true (the policy's denied paths) are left out."""
     root = workspace.resolve()
     match = glob_matcher(tuple(globs))
     found: list[str] = []
@@ -163,7 +165,7 @@ def iter_files(workspace: Path, globs: Iterable[str] = ()) -> list[str]:
                     continue
             elif not entry.is_file(follow_symlinks=False):
                 continue  # fifo, socket, device: reading could block or mean nothing
-            if match(rel):
+            if match(rel) and not (hidden is not None and hidden(rel)):
                 found.append(rel)
     found.sort()
     return found

@@ -24,9 +24,11 @@ from orchestrator.tools.search import check_count, compile_pattern
 __all__ = ["plan_replace"]
 
 
-def plan_replace(workspace: Path, step: ReplaceStep) -> tuple[list[FileEdit], int]:
+def plan_replace(workspace: Path, step: ReplaceStep,
+                 hidden: Callable[[str], bool] | None = None) -> tuple[list[FileEdit], int]:
     """Edits for the files that change, and the number of replacements made.
-    Binary files (a NUL byte) and files that are not valid UTF-8 are skipped.
+    Binary files (a NUL byte) and files that are not valid UTF-8 are skipped,
+    and so are the files `hidden` says the policy denies.
     Raises CountMismatch before anything is written when `expect` is not met."""
     deadline = time.monotonic() + step.timeout_s
     rx = compile_pattern(step.pattern, literal=step.literal, ignore_case=step.ignore_case,
@@ -37,7 +39,7 @@ def plan_replace(workspace: Path, step: ReplaceStep) -> tuple[list[FileEdit], in
     root = workspace.resolve()
     edits: list[FileEdit] = []
     total = 0
-    for rel in iter_files(root, step.glob):
+    for rel in iter_files(root, step.glob, hidden):
         if time.monotonic() > deadline:
             raise ToolTimeout(f"replace ran past its time limit of {step.timeout_s:g} s while "
                               "planning; nothing was changed. Narrow it with `glob`, or raise "

@@ -16,7 +16,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from re import _constants as _C  # Python's own regex parser: private, stable since 3.11
@@ -34,9 +34,11 @@ _RG_ARGV_BYTES = 256 * 1024   # well under ARG_MAX, so one chunk is one exec
 _RG_ARGV_FILES = 4096
 
 
-def search(workspace: Path, step: SearchStep, *, use_rg: bool | None = None) -> ToolResult:
+def search(workspace: Path, step: SearchStep, *, use_rg: bool | None = None,
+           hidden: Callable[[str], bool] | None = None) -> ToolResult:
     """Lines matching `step.pattern` as `path:lineno:line`, sorted by path and
-    line. `use_rg=None` uses ripgrep when installed; the result is identical."""
+    line. `use_rg=None` uses ripgrep when installed; the result is identical.
+    Files `hidden` says the policy denies are not searched."""
     started = time.monotonic()
     deadline = started + step.timeout_s
     rx = compile_pattern(step.pattern, literal=step.literal, ignore_case=step.ignore_case)
@@ -45,7 +47,7 @@ def search(workspace: Path, step: SearchStep, *, use_rg: bool | None = None) -> 
                              "matches within one line, so it could never match. Search for "
                              "one line of it, or use a replace step for multi-line edits.")
     root = workspace.resolve()
-    files = iter_files(root, step.glob)
+    files = iter_files(root, step.glob, hidden)
     rg = ripgrep() if use_rg is not False else None
     if use_rg and rg is None:
         raise ToolInputError("use_rg=True but no ripgrep with PCRE2 support is on PATH; "
