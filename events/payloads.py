@@ -155,6 +155,33 @@ class PolicyAttached(_Payload):
     elevated_by: str | None = None     # who granted --allow-destructive, if anyone
 
 
+class ConfirmationRequested(_Payload):
+    """The policy said `ask`: nothing runs until an operator answers."""
+
+    type: Literal["ConfirmationRequested"] = "ConfirmationRequested"
+    call_id: str
+    turn: int
+    tool: str
+    rule_id: str
+    reason: str
+
+
+class ConfirmationGranted(_Payload):
+    """Exactly that request may run (never "any curl from now on")."""
+
+    type: Literal["ConfirmationGranted"] = "ConfirmationGranted"
+    call_id: str
+    by: str
+    reason: str = ""
+
+
+class ConfirmationDenied(_Payload):
+    type: Literal["ConfirmationDenied"] = "ConfirmationDenied"
+    call_id: str
+    by: str
+    reason: str = ""
+
+
 class QuotaExceeded(_Payload):
     type: Literal["QuotaExceeded"] = "QuotaExceeded"
     call_id: str
@@ -190,14 +217,16 @@ class AuditDigest(_Payload):
 _TYPES = (JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
           ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
           ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
-          PolicyAttached, QuotaExceeded, RateLimited, AuditDigest)
+          PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
+          QuotaExceeded, RateLimited, AuditDigest)
 
 Payload = Annotated[
     Union[
         JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
         ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
         ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
-        PolicyAttached, QuotaExceeded, RateLimited, AuditDigest,
+        PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
+        QuotaExceeded, RateLimited, AuditDigest,
     ],
     Field(discriminator="type"),
 ]

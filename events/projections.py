@@ -54,6 +54,17 @@ class PendingChange(FileChange):
     diff: str
 
 
+class Confirmation(_Frozen):
+    call_id: str
+    turn: int
+    tool: str
+    rule_id: str
+    reason: str
+    status: Literal["pending", "granted", "denied"] = "pending"
+    by: str | None = None
+    answer: str = ""                  # the approver's reason
+
+
 class SessionState(_Frozen):
     session_id: str = ""
     job_id: str = ""
@@ -74,6 +85,18 @@ class SessionState(_Frozen):
     policy_hash: str = ""
     tier: str | None = None
     elevated_by: str | None = None
+    confirmations: tuple[Confirmation, ...] = ()
+
+    @property
+    def waiting(self) -> tuple[Confirmation, ...]:
+        """Confirmations nobody has answered yet: the session waits for them."""
+        return tuple(c for c in self.confirmations if c.status == "pending")
+
+    def confirmation(self, call_id: str) -> Confirmation | None:
+        for c in reversed(self.confirmations):
+            if c.call_id == call_id:
+                return c
+        return None
 
     @property
     def finished(self) -> bool:
@@ -122,6 +145,30 @@ def _(pl: p.SessionStarted, s: SessionState, e: Event) -> SessionState:
 def _(pl: p.PolicyAttached, s: SessionState, e: Event) -> SessionState:
     return s.model_copy(update={"policy": pl.document, "policy_hash": pl.hash,
                                 "tier": pl.tier, "elevated_by": pl.elevated_by})
+
+
+@_session.register
+def _(pl: p.ConfirmationRequested, s: SessionState, e: Event) -> SessionState:
+    c = Confirmation(call_id=pl.call_id, turn=pl.turn, tool=pl.tool, rule_id=pl.rule_id,
+                     reason=pl.reason)
+    return s.model_copy(update={"confirmations": (*s.confirmations, c)})
+
+
+def _answer(s: SessionState, call_id: str, status: str, by: str, answer: str) -> SessionState:
+    found = _update_last(s.confirmations,
+                         lambda c: c.call_id == call_id and c.status == "pending",
+                         {"status": status, "by": by, "answer": answer})
+    return s if found is None else s.model_copy(update={"confirmations": found})
+
+
+@_session.register
+def _(pl: p.ConfirmationGranted, s: SessionState, e: Event) -> SessionState:
+    return _answer(s, pl.call_id, "granted", pl.by, pl.reason)
+
+
+@_session.register
+def _(pl: p.ConfirmationDenied, s: SessionState, e: Event) -> SessionState:
+    return _answer(s, pl.call_id, "denied", pl.by, pl.reason)
 
 
 @_session.register
@@ -327,6 +374,7 @@ class LedgerEntry(_Frozen):
     reason: str = ""
     decided_by: str | None = None
     confirmed_by: str | None = None
+    confirmation: Literal["granted", "denied"] | None = None
 
 
 class PermissionLedger(_Frozen):
@@ -350,6 +398,22 @@ def _(pl: p.PermissionDecided, s: PermissionLedger, e: Event) -> PermissionLedge
         "decision": pl.decision, "rule_id": pl.rule_id, "seq": e.seq,
         "policy_hash": pl.policy_hash, "reason": pl.reason, "decided_by": e.actor})
     return s if entries is None else s.model_copy(update={"entries": entries})
+
+
+def _confirmed(s: PermissionLedger, call_id: str, answer: str, by: str) -> PermissionLedger:
+    entries = _update_last(s.entries, lambda x: x.call_id == call_id,
+                           {"confirmation": answer, "confirmed_by": by})
+    return s if entries is None else s.model_copy(update={"entries": entries})
+
+
+@_ledger.register
+def _(pl: p.ConfirmationGranted, s: PermissionLedger, e: Event) -> PermissionLedger:
+    return _confirmed(s, pl.call_id, "granted", pl.by)
+
+
+@_ledger.register
+def _(pl: p.ConfirmationDenied, s: PermissionLedger, e: Event) -> PermissionLedger:
+    return _confirmed(s, pl.call_id, "denied", pl.by)
 
 
 def apply_ledger(s: PermissionLedger, e: Event) -> PermissionLedger:
@@ -449,7 +513,7 @@ class Folder:
     __slots__ = ("_session", "last_seq", "_scalars", "_turns", "_turn_at", "_calls",
                  "_call_at", "_files", "_changed", "_pending", "_patch", "_quota", "_counts",
                  "_recent", "_recent_tools", "_sums", "_quota_changed", "_entries",
-                 "_entry_at")
+                 "_entry_at", "_confirmations")
 
     def __init__(self, start: Projections | None = None) -> None:
         st = start if start is not None else Projections()
@@ -475,6 +539,7 @@ class Folder:
         self._quota_changed = False
         self._entries: list[_Item] = list(led.entries)
         self._entry_at = {x.call_id: i for i, x in enumerate(led.entries)}
+        self._confirmations: list[_Item] = list(s.confirmations)
 
     def add(self, type_: str, pl: Mapping[str, Any], e: Mapping[str, Any]) -> None:
         """One event: its type, its payload's field values, and its envelope's
@@ -493,6 +558,31 @@ class Folder:
     def _policy_attached(self, pl: Mapping[str, Any], *_: Any) -> None:
         self._scalars.update(policy=pl["document"], policy_hash=pl["hash"], tier=pl["tier"],
                              elevated_by=pl["elevated_by"])
+
+    def _confirmation_requested(self, pl: Mapping[str, Any], *_: Any) -> None:
+        self._confirmations.append({"call_id": pl["call_id"], "turn": pl["turn"],
+                                    "tool": pl["tool"], "rule_id": pl["rule_id"],
+                                    "reason": pl["reason"], "status": "pending", "by": None,
+                                    "answer": ""})
+
+    def _answered(self, status: str, pl: Mapping[str, Any]) -> None:
+        items = self._confirmations
+        for i in range(len(items) - 1, -1, -1):
+            item = items[i]
+            pending = (item["status"] if isinstance(item, dict) else item.status) == "pending"
+            call = item["call_id"] if isinstance(item, dict) else item.call_id
+            if call == pl["call_id"] and pending:
+                _mutable(items, i).update(status=status, by=pl["by"], answer=pl["reason"])
+                break
+        j = self._entry_at.get(pl["call_id"])
+        if j is not None:
+            _mutable(self._entries, j).update(confirmation=status, confirmed_by=pl["by"])
+
+    def _granted(self, pl: Mapping[str, Any], *_: Any) -> None:
+        self._answered("granted", pl)
+
+    def _denied(self, pl: Mapping[str, Any], *_: Any) -> None:
+        self._answered("denied", pl)
 
     def _turn_started(self, pl: Mapping[str, Any], *_: Any) -> None:
         self._turn_at[pl["turn"]] = len(self._turns)
@@ -518,7 +608,7 @@ class Folder:
         self._entries.append({"call_id": call_id, "seq": e["seq"], "tool": pl["tool"],
                               "args": pl["args"], "decision": None, "rule_id": None,
                               "policy_hash": None, "reason": "", "decided_by": None,
-                              "confirmed_by": None})
+                              "confirmed_by": None, "confirmation": None})
 
     def _decided(self, pl: Mapping[str, Any], e: Mapping[str, Any]) -> None:
         status = _DECIDED[pl["decision"]]
@@ -615,6 +705,7 @@ class Folder:
             "turns": _frozen(Turn, self._turns), "calls": _frozen(ToolCall, self._calls),
             "files_changed": tuple(self._files), "changed_paths": frozenset(self._changed),
             "pending": tuple(self._pending), "patch": "".join(self._patch),
+            "confirmations": _frozen(Confirmation, self._confirmations),
             "last_seq": self.last_seq})
         quota = self._quota
         if self._quota_changed:
@@ -628,6 +719,8 @@ class Folder:
 
 _ON: dict[str, Callable[..., None]] = {
     "PolicyAttached": Folder._policy_attached,
+    "ConfirmationRequested": Folder._confirmation_requested,
+    "ConfirmationGranted": Folder._granted, "ConfirmationDenied": Folder._denied,
     "SessionStarted": Folder._session_started, "TurnStarted": Folder._turn_started,
     "TurnCompleted": Folder._turn_completed, "ToolCallRequested": Folder._requested,
     "PermissionDecided": Folder._decided, "ToolCallStarted": Folder._started,

@@ -136,13 +136,21 @@ def run(spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, di
 
 
 def _job_exit(st: SqlEventStore, job_id: str) -> int:
-    """0 completed; 3 when every failed session was refused by policy; else 1."""
+    """0 completed; 3 when policy holds or refused what did not complete
+    (confirmations waiting, refused sessions); else 1."""
     from orchestrator.watch import final_view
     view = final_view(st, job_id)
     if view.job.status == "completed":
         return 0
+    waiting = [c for s in view.sessions.values() if not s.finished for c in s.waiting]
+    for c in waiting:
+        err.print(f"[yellow]waiting for confirmation[/] {c.call_id}: {c.reason} (rule "
+                  f"{c.rule_id}); answer with `orchestrator approve {c.call_id}` or "
+                  f"`orchestrator deny {c.call_id} --reason ...`", highlight=False)
     errors = [s.error or "" for s in view.sessions.values() if s.status == "failed"]
-    return 3 if errors and all(e.startswith("PolicyRefused") for e in errors) else 1
+    if any(not e.startswith("PolicyRefused") for e in errors):
+        return 1
+    return 3 if waiting or errors else 1
 
 
 def _ensure_worker(s: Settings) -> Any:
@@ -234,6 +242,74 @@ def demo(directory: Path = typer.Option(Path("demo"), "--dir",
     out.rule("orchestrator audit verify")
     render.verify(out, report)
     raise typer.Exit(0 if view.job.status == "completed" and report.ok else 1)
+
+
+# -- confirmations ---------------------------------------------------------------
+
+@app.command("pending")
+def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:
+    """List the confirmations that wait for an answer, oldest first."""
+    from orchestrator import confirmations
+    waiting = confirmations.pending(store())
+    if json:
+        _json([w.to_json() for w in waiting])
+        return
+    render.pending(out, waiting)
+
+
+def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
+    from orchestrator import confirmations
+    from orchestrator.watch import final_view
+    from tasks.dispatch import continue_session
+    st = store(for_writing=True)
+    w = confirmations.find(st, ident)
+    ours, ticket, start, steps = confirmations.answer(st, w, grant=grant,
+                                                      by=settings().submitter, reason=reason)
+    if not ours:
+        fail(f"{w.call_id} was answered by someone else first; see "
+             f"`orchestrator audit replay {w.session_id}`", 1)
+    continue_session(ticket, start, steps)
+    verb = "approved" if grant else "denied"
+    err.print(f"{verb} {w.call_id} ({w.tool}: {w.reason}); the session continues from step "
+              f"{start + 1}", highlight=False)
+    if not wait:
+        err.print(f"follow it with `orchestrator status {w.job_id}` (a worker must run: "
+                  "`orchestrator worker`)")
+        return
+    view = final_view(st, w.job_id)
+    spec = type("Spec", (), {"name": view.job.name, "steps": steps})
+    tickets = [type("T", (), {"session_id": r.session_id, "target": r.target})
+               for r in view.job.sessions]
+    proc = _ensure_worker(settings())
+    try:
+        render.follow(st, w.job_id, spec, tickets, quiet=False, console=err, worker=proc,
+                      timeout=None)
+    finally:
+        if proc is not None:
+            workers.stop_worker(proc)
+    _finish(st, w.job_id, None, False)
+    raise typer.Exit(_job_exit(st, w.job_id))
+
+
+@app.command()
+def approve(ident: str = typer.Argument(..., help="The confirmation's id (from `pending`), "
+                                        "or a unique prefix of it"),
+            reason: str = typer.Option("", "--reason", help="Why (recorded)"),
+            wait: bool = typer.Option(False, "--wait", help="Start a worker if needed and "
+                                      "follow the job until it settles")) -> None:
+    """Allow exactly that one waiting request, and continue its session."""
+    _answer(ident, True, reason, wait)
+
+
+@app.command()
+def deny(ident: str = typer.Argument(..., help="The confirmation's id (from `pending`), or "
+                                     "a unique prefix of it"),
+         reason: str = typer.Option("", "--reason", help="Why (recorded)"),
+         wait: bool = typer.Option(False, "--wait", help="Follow the job until it settles"),
+         ) -> None:
+    """Refuse a waiting request: its step fails (the session goes on only if
+    the step is `continue_on_error`)."""
+    _answer(ident, False, reason, wait)
 
 
 # -- audit ---------------------------------------------------------------------

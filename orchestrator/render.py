@@ -45,7 +45,8 @@ def _describe(e: Event) -> str | None:
 
 def follow(store: SqlEventStore, job_id: str, spec: Any, tickets: list[Any], *, quiet: bool,
            console: Console, worker: Any, timeout: float | None) -> JobView:
-    """Poll the job's events until it completes, drawing a bar per target."""
+    """Poll the job's events until it completes (or all that is left waits for
+    a confirmation), drawing a bar per target."""
     view = JobView(job_id)
     names = {t.session_id: t.target for t in tickets}
     steps = len(spec.steps)
@@ -62,7 +63,7 @@ def follow(store: SqlEventStore, job_id: str, spec: Any, tickets: list[Any], *, 
             bars[t.session_id] = progress.add_task(t.target, total=steps, note="queued")
     plain = not console.is_terminal
     with progress:
-        while not view.done:
+        while not view.settled:
             for e in view.poll(store):
                 sid = e.stream_id
                 note = _describe(e)
@@ -79,7 +80,7 @@ def follow(store: SqlEventStore, job_id: str, spec: Any, tickets: list[Any], *, 
                         console.print(f"{names[sid]}: {note}", highlight=False)
                 progress.update(overall, completed=len(view.job.finished),
                                 note=f"{len(view.job.finished)}/{len(tickets)} targets done")
-            if view.done:
+            if view.settled:
                 break
             if worker is not None and worker.poll() is not None:
                 raise InfraUnavailable(
@@ -214,3 +215,20 @@ def recheck(console: Console, policy: str, decisions: int, changes: list[Any]) -
         table.add_row(c.stream_id[-12:], str(c.seq), c.tool, f"{c.was} ({c.was_rule})",
                       c.now, c.now_rule, c.reason[:80])
     console.print(table)
+
+
+def pending(console: Console, waiting: list[Any]) -> None:
+    """What `orchestrator pending` shows."""
+    if not waiting:
+        console.print("no confirmations are waiting")
+        return
+    table = Table(title=f"{len(waiting)} confirmation(s) waiting, oldest first")
+    for col in ("id", "target", "step", "request", "rule", "why", "asked"):
+        table.add_column(col, overflow="fold")
+    for w in waiting:
+        request = " ".join(w.args["command"]) if isinstance(w.args.get("command"), list) \
+            else w.tool
+        table.add_row(w.call_id, w.target.rsplit("/", 1)[-1], f"{w.turn} {w.step}", request,
+                      w.rule_id, w.reason, w.asked_at.strftime("%Y-%m-%d %H:%M:%S"))
+    console.print(table)
+    console.print("answer with `orchestrator approve ID` or `orchestrator deny ID --reason ...`")

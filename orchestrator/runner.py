@@ -81,19 +81,15 @@ class RateLimitedStep(ToolError):
 
 
 class PolicyRefused(ToolError):
-    """The policy denied the call, or wants a confirmation that job sessions
-    cannot collect yet (`orchestrator approve` is not built): nothing ran."""
+    """The policy denied the call, or an operator denied its confirmation:
+    nothing ran."""
 
     exit_code = 3
 
     @classmethod
     def of(cls, verdict: policy.Verdict) -> PolicyRefused:
-        if verdict.decision == "deny":
-            return cls(f"denied by rule {verdict.rule_id}: {verdict.reason}. Nothing ran; "
-                       "change the step, or the policy if it should be allowed")
-        return cls(f"needs confirmation (rule {verdict.rule_id}: {verdict.reason}). Nothing "
-                   "ran: job sessions cannot ask for confirmation yet, so change the step "
-                   "or the policy")
+        return cls(f"denied by rule {verdict.rule_id}: {verdict.reason}. Nothing ran; "
+                   "change the step, or the policy if it should be allowed")
 
 
 @dataclass
@@ -209,6 +205,8 @@ class Runner:
             self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
             return s.status
         turn = index + 1
+        if any(c.turn < turn for c in s.waiting):
+            return "waiting"        # an earlier step waits; its answer continues from there
         call_id = f"{sid}/{turn}"
         call = s.call(call_id)
         workspace = Path(s.target)
@@ -218,6 +216,16 @@ class Runner:
                                                     workspace, last, cause)
             if not fresh:
                 planned = None      # another delivery's plan is the one recorded: resume it
+            state = advance(appended)
+            call = state.session.call(call_id)
+        if call is not None and call.status == "asked":
+            answered = self._answered(ticket, state, turn, call_id, step, workspace, last,
+                                      cause)
+            if answered is None:
+                return "waiting"
+            planned, appended, fresh = answered
+            if not fresh:
+                planned = None
             state = advance(appended)
             call = state.session.call(call_id)
         if call is not None and call.status == "started":
@@ -290,6 +298,14 @@ class Runner:
                                 rule_id=verdict.rule_id, policy_hash=pol.hash,
                                 reason=verdict.reason),
         ]
+        if verdict.decision == "ask":
+            # Nothing runs: the session waits for an operator's answer
+            # (`orchestrator approve|deny`), which enqueues the continuation.
+            events.append(p.ConfirmationRequested(call_id=call_id, turn=turn, tool=step.kind,
+                                                  rule_id=verdict.rule_id,
+                                                  reason=verdict.reason))
+            return (None, *self._append_fresh(ticket.session_id, events, state.last_seq,
+                                              f"step:{turn}:start", ticket.job_id, cause))
         if verdict.decision != "allow":
             # No ToolCallFailed: the call never started, so it costs no quota;
             # the ledger and the session's error say why.
@@ -301,25 +317,54 @@ class Runner:
                                     last)[1:]
             return (None, *self._append_fresh(ticket.session_id, events, state.last_seq,
                                               f"step:{turn}:start", ticket.job_id, cause))
+        planned, begun = self._begin(s, turn, call_id, step, workspace, last, planned,
+                                     plan_error, started)
+        appended, fresh = self._append_fresh(ticket.session_id, events + begun, state.last_seq,
+                                             f"step:{turn}:start", ticket.job_id, cause)
+        return planned, appended, fresh
+
+    def _begin(self, s: SessionState, turn: int, call_id: str, step: Step, workspace: Path,
+               last: bool, planned: Plan | None, plan_error: ToolError | None,
+               started: float) -> tuple[Plan | None, list[Any]]:
+        """An allowed call starts: ToolCallStarted and its planned FileChanged
+        events, and for a call with nothing to protect its outcome too."""
         try:
             if plan_error is not None:
                 raise plan_error
             if planned is None:
-                planned = plan(workspace, step, hidden)
+                planned = plan(workspace, step, self.hidden(s))
         except ToolError as exc:
-            events += self._failure(state.session, turn, call_id, step, exc,
-                                    time.monotonic() - started, last)
-        else:
-            events.append(p.ToolCallStarted(call_id=call_id, planned_count=planned.count))
-            events += [p.FileChanged(call_id=call_id, path=e.path, before_hash=e.before_hash,
-                                     after_hash=e.after_hash, diff=_diff(e))
-                       for e in planned.edits]
-            if effect_free(step, planned):
-                events += self._outcome(state.session, turn, call_id, step, workspace, last,
-                                        planned)
-        appended, fresh = self._append_fresh(ticket.session_id, events, state.last_seq,
-                                             f"step:{turn}:start", ticket.job_id, cause)
-        return planned, appended, fresh
+            return None, self._failure(s, turn, call_id, step, exc, time.monotonic() - started,
+                                       last)
+        events: list[Any] = [p.ToolCallStarted(call_id=call_id, planned_count=planned.count)]
+        events += [p.FileChanged(call_id=call_id, path=e.path, before_hash=e.before_hash,
+                                 after_hash=e.after_hash, diff=_diff(e))
+                   for e in planned.edits]
+        if effect_free(step, planned):
+            events += self._outcome(s, turn, call_id, step, workspace, last, planned)
+        return planned, events
+
+    def _answered(self, ticket: Ticket, state: Projections, turn: int, call_id: str,
+                  step: Step, workspace: Path, last: bool, cause: str | None,
+                  ) -> tuple[Plan | None, list[Event], bool] | None:
+        """A call that asked: None while nobody answered; else the events of
+        the answer (a grant starts exactly this call, a denial fails the step)."""
+        s = state.session
+        answer = s.confirmation(call_id)
+        if answer is None or answer.status == "pending":
+            return None
+        key = f"step:{turn}:answered"
+        if answer.status == "denied":
+            refused = PolicyRefused(f"denied by {answer.by}" + (
+                f" ({answer.answer})" if answer.answer else "") + f" when asked under rule "
+                f"{answer.rule_id}: {answer.reason}. Nothing ran")
+            events = self._failure(s, turn, call_id, step, refused, 0.0, last)[1:]
+            return (None, *self._append_fresh(ticket.session_id, events, state.last_seq, key,
+                                              ticket.job_id, cause))
+        planned, events = self._begin(s, turn, call_id, step, workspace, last, None, None,
+                                      time.monotonic())
+        return (planned, *self._append_fresh(ticket.session_id, events, state.last_seq, key,
+                                             ticket.job_id, cause))
 
     def _phase2(self, ticket: Ticket, state: Projections, turn: int, call_id: str, step: Step,
                 workspace: Path, last: bool, cause: str | None, planned: Plan | None,

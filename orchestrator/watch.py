@@ -36,6 +36,21 @@ class JobView:
     def done(self) -> bool:
         return self.job.status in ("completed", "failed")
 
+    @property
+    def waiting(self) -> list[str]:
+        """Sessions that wait for a confirmation."""
+        return [sid for sid, s in self.sessions.items() if s.waiting and not s.finished]
+
+    @property
+    def settled(self) -> bool:
+        """Done, or every session not finished waits for an operator."""
+        if self.done:
+            return True
+        finished = {sid for sid, _ in self.job.finished}
+        return bool(self.job.sessions) and all(
+            ref.session_id in finished or ref.session_id in self.waiting
+            for ref in self.job.sessions)
+
 
 def final_view(store: SqlEventStore, job_id: str) -> JobView:
     """The job rebuilt from its streams (not from what a live poll saw)."""
@@ -51,7 +66,9 @@ def session_summary(view: JobView) -> list[dict[str, object]]:
         s = view.sessions.get(ref.session_id, SessionState())
         done = sum(1 for t in s.turns if t.status == "ok")
         rows.append({"session_id": ref.session_id, "target": ref.target,
-                     "workspace": s.target, "status": s.status,
+                     "workspace": s.target,
+                     "status": "waiting" if s.waiting and not s.finished else s.status,
+                     "waiting": [c.call_id for c in s.waiting],
                      "steps_ok": done, "steps": len(s.steps), "error": s.error,
                      "files_changed": [c.path for c in s.files_changed], "patch": s.patch})
     return rows

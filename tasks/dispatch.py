@@ -57,3 +57,19 @@ def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None
 
     chains = [chain(*(link(c, i, step) for i, step in enumerate(steps))) for c in chunks]
     group(chains, app=app).apply_async()
+
+
+def continue_session(ticket: Ticket, start: int, steps: Sequence[Step],
+                     app: Celery | None = None) -> None:
+    """Enqueue one session's steps from `start` on (after a confirmation was
+    answered): the same tasks, keys and limits as the job's own chain."""
+    if app is None:
+        from tasks.app import app
+    last = len(steps) - 1
+    links = [app.signature(RUN_STEP, args=(ticket.model_dump(mode="json"), i,
+                                           steps[i].model_dump(mode="json"), i == last),
+                           immutable=True)
+             .set(soft_time_limit=steps[i].timeout_s + TASK_LIMIT_MARGIN_S,
+                  time_limit=steps[i].timeout_s + 2 * TASK_LIMIT_MARGIN_S)
+             for i in range(start, len(steps))]
+    chain(*links).apply_async()

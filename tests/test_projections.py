@@ -23,9 +23,20 @@ def sessions(draw: st.DrawFn) -> list[object]:
         tool = draw(st.sampled_from(["search", "replace", "write", "patch", "shell"]))
         files = draw(st.lists(st.sampled_from(["a.py", "b.py", "c/d.py"]), max_size=3,
                               unique=True))
-        outcome = draw(st.sampled_from(["ok", "failed", "interrupted"]))
-        steps = step_payloads(turn, tool, ok=outcome == "ok")
+        outcome = draw(st.sampled_from(["ok", "failed", "interrupted", "asked"]))
+        steps = step_payloads(turn, tool, ok=outcome != "failed")
         head, tail = steps[:4], steps[4:]
+        if outcome == "asked":          # the call waits for an operator, then goes on
+            answer = draw(st.sampled_from(["granted", "denied", "pending"]))
+            out += head[:3] + [p.ConfirmationRequested(call_id=f"c{turn}", turn=turn, tool=tool,
+                                                       rule_id="destructive-rm", reason="r")]
+            if answer == "pending":
+                break
+            cls = p.ConfirmationGranted if answer == "granted" else p.ConfirmationDenied
+            out.append(cls(call_id=f"c{turn}", by="user:ops", reason="checked"))
+            if answer == "denied":
+                continue
+            head = head[3:]
         changes = [p.FileChanged(call_id=f"c{turn}", path=f, before_hash=f"h{turn - 1}",
                                  after_hash=f"h{turn}", diff=f"diff {f} {turn}\n")
                    for f in files]

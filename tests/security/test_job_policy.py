@@ -34,16 +34,35 @@ def _repo(tmp_path: Path) -> Path:
     return repo
 
 
-def test_a_destructive_step_is_refused_until_the_job_is_elevated(tmp_path: Path):
+def test_a_destructive_step_waits_for_approval_and_runs_once_approved(tmp_path: Path):
     repo = _repo(tmp_path)
     env = shape_env(tmp_path)
-    refused = cli(env, "run", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path), "--json")
-    assert refused.returncode == 3, refused.stderr
-    [session] = json.loads(refused.stdout)["sessions"]
-    assert "destructive-rm" in session["error"] and "Nothing ran" in session["error"]
-    assert (repo / "junk.txt").exists()
+    held = cli(env, "run", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path), "--json")
+    assert held.returncode == 3, held.stderr
+    [session] = json.loads(held.stdout)["sessions"]
+    assert session["status"] == "waiting" and (repo / "junk.txt").exists()
+    assert "orchestrator approve" in held.stderr
+    [waiting] = cli_json(env, "pending")
+    assert (waiting["rule_id"], waiting["turn"]) == ("destructive-rm", 2)
+    assert waiting["args"]["command"] == ["sh", "-c", "rm -f junk.txt"]
 
-    (repo / "mod.py").write_text("old_name = 1\n")
+    approved = cli(env, "approve", waiting["call_id"][:30], "--reason", "junk is junk",
+                   "--wait")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert not (repo / "junk.txt").exists()
+    assert cli_json(env, "pending") == []
+    state = cli_json(env, "audit", "replay", session["session_id"])
+    assert state["session"]["status"] == "completed"
+    rm = state["ledger"]["entries"][-1]
+    assert (rm["decision"], rm["confirmation"]) == ("ask", "granted")
+    assert rm["confirmed_by"].startswith("user:")
+    again = cli(env, "approve", waiting["call_id"])
+    assert again.returncode == 2 and "no confirmation" in again.stderr
+
+
+def test_an_elevated_job_runs_destructive_steps_without_asking(tmp_path: Path):
+    repo = _repo(tmp_path)
+    env = shape_env(tmp_path)
     elevated = cli(env, "run", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path),
                    "--json", "--allow-destructive")
     assert elevated.returncode == 0, elevated.stdout + elevated.stderr
