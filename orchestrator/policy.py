@@ -898,6 +898,8 @@ def decide(tool: str, args: dict[str, Any], policy: Policy = DEFAULT_POLICY, *,
     paths: list[tuple[str, str]] = list(extra_paths)
     if tool in ("write", "delete") and "path" in args:
         paths.append(("write", str(args["path"])))
+    if tool in ("read", "list") and "path" in args:
+        paths.append(("read", str(args["path"])))
     if tool == "shell":
         command = args.get("command")
         argv = command if isinstance(command, list) else None

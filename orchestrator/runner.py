@@ -38,7 +38,8 @@ from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
 from events.store import SqlEventStore
 from orchestrator import policy
 from orchestrator.errors import ToolError
-from orchestrator.steps import PatchStep, ReplaceStep, SearchStep, ShellStep, Step, WriteStep
+from orchestrator.steps import (DeleteStep, ListStep, PatchStep, ReadStep, ReplaceStep,
+                                SearchStep, ShellStep, Step, WriteStep)
 from orchestrator.tools import files, replace, search, shell
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 
@@ -277,7 +278,7 @@ class Runner:
         # path they would write.
         planned: Plan | None = None
         plan_error: ToolError | None = None
-        if isinstance(step, (ReplaceStep, WriteStep, PatchStep)):
+        if isinstance(step, (ReplaceStep, WriteStep, PatchStep, DeleteStep)):
             try:
                 planned = plan(workspace, step, hidden)
             except ToolError as exc:
@@ -474,7 +475,7 @@ class Plan:
 def effect_free(step: Step, planned: Plan) -> bool:
     """Whether running the call can leave nothing half done: a read-only tool,
     or a file step whose plan changes no file. Shell commands never are."""
-    if isinstance(step, SearchStep):
+    if isinstance(step, (SearchStep, ReadStep, ListStep)):
         return True
     return not isinstance(step, ShellStep) and not planned.edits
 
@@ -498,6 +499,8 @@ def plan(workspace: Path, step: Step, hidden: Any = None) -> Plan:
         edits = files.plan_write(workspace, step)
     elif isinstance(step, PatchStep):
         edits = files.plan_patch(workspace, step)
+    elif isinstance(step, DeleteStep):
+        edits = files.plan_delete(workspace, step.path)
     else:
         return Plan([], 0)
     return Plan(edits, len(edits))
@@ -509,6 +512,10 @@ def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
     that found the call started by a worker that died."""
     if isinstance(step, SearchStep):
         return search.search(workspace, step, hidden=hidden)
+    if isinstance(step, ReadStep):
+        return files.read_file(workspace, step.path, step.max_output_bytes)
+    if isinstance(step, ListStep):
+        return files.list_files(workspace, step.path, step.glob, step.max_output_bytes, hidden)
     if isinstance(step, ShellStep):
         if planned is None and not step.idempotent:
             raise Interrupted(

@@ -91,6 +91,32 @@ class PatchStep(_Step):
     diff: str = Field(min_length=1)     # a unified diff, paths relative to the target (a/ b/ ok)
 
 
+class ReadStep(_Step):
+    """A file's text (capped), for agents and for checking what a policy lets through."""
+
+    kind: Literal["read"] = "read"
+    path: str = Field(min_length=1)
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class ListStep(_Step):
+    """The files under a folder of the target (the policy's denied files left out)."""
+
+    kind: Literal["list"] = "list"
+    path: str = "."
+    glob: tuple[str, ...] = ()
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class DeleteStep(_Step):
+    """Delete one file (destructive: asks unless the session is elevated)."""
+
+    kind: Literal["delete"] = "delete"
+    path: str = Field(min_length=1)
+
+
 class ShellStep(_Step):
     kind: Literal["shell"] = "shell"
     # argv list, or a command string split with shlex (no shell is involved).
@@ -122,6 +148,7 @@ class ShellStep(_Step):
 
 
 Step = Annotated[
-    Union[SearchStep, ReplaceStep, WriteStep, PatchStep, ShellStep],
+    Union[SearchStep, ReplaceStep, WriteStep, PatchStep, ReadStep, ListStep, DeleteStep,
+          ShellStep],
     Field(discriminator="kind"),
 ]

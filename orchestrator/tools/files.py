@@ -15,14 +15,15 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.steps import PatchStep, WriteStep
-from orchestrator.tools.base import FileEdit, content_hash
-from orchestrator.tools.paths import normalize_rel, resolve_in_workspace
+from orchestrator.tools.base import FileEdit, ToolResult, content_hash
+from orchestrator.tools.paths import iter_files, normalize_rel, resolve_in_workspace
+from orchestrator.tools.search import cap_output
 
 __all__ = ["plan_write", "plan_patch", "apply_edits", "unified_diff"]
 
@@ -39,6 +40,42 @@ def plan_write(workspace: Path, step: WriteStep) -> list[FileEdit]:
                              "or use a patch step to change the file.")
     after = step.content.encode("utf-8")
     return [] if before == after else [FileEdit(rel, before, after)]
+
+
+def plan_delete(workspace: Path, rel: str) -> list[FileEdit]:
+    """One edit removing `rel`, which must exist."""
+    rel = normalize_rel(rel)
+    before = _read(workspace, rel)
+    if before is None:
+        raise ToolInputError(f"{rel} does not exist, so there is nothing to delete; check "
+                             "the path (relative to the workspace)")
+    return [FileEdit(rel, before, None)]
+
+
+def read_file(workspace: Path, rel: str, max_bytes: int) -> ToolResult:
+    """A file's text, capped (head and tail kept, the cut marked)."""
+    rel = normalize_rel(rel)
+    data = _read(workspace, rel)
+    if data is None:
+        raise ToolInputError(f"{rel} does not exist in the workspace; check the path")
+    if b"\0" in data:
+        raise ToolInputError(f"{rel} is a binary file; read text files only")
+    return ToolResult(output=cap_output(data, max_bytes), output_bytes=len(data), count=1)
+
+
+def list_files(workspace: Path, rel: str, globs: Sequence[str], max_bytes: int,
+               hidden: Callable[[str], bool] | None = None) -> ToolResult:
+    """The files under `rel`, one path (relative to the workspace) a line."""
+    rel = normalize_rel(rel) if rel not in ("", ".") else "."
+    base = resolve_in_workspace(workspace, rel)
+    if not base.is_dir():
+        raise ToolInputError(f"{rel} is not a folder in the workspace")
+    prefix = "" if rel == "." else rel.rstrip("/") + "/"
+    names = [prefix + f for f in iter_files(base, globs,
+                                            (lambda r: hidden(prefix + r)) if hidden else None)]
+    text = "".join(n + "\n" for n in names).encode()
+    return ToolResult(output=cap_output(text, max_bytes), output_bytes=len(text),
+                      count=len(names))
 
 
 def _read(workspace: Path, rel: str) -> bytes | None:
