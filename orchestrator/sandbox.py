@@ -30,8 +30,10 @@ process (deadline, output cap) in between.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
+import select
 import shutil
 import signal
 import stat
@@ -121,6 +123,7 @@ class Host:
     setpriv: str | None = None
     setpriv_version: str | None = None
     env_tool: str = "/usr/bin/env"
+    prlimit: str | None = None
     is_root: bool = False
     cgroups: Cgroups = field(default_factory=Cgroups)
     path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -155,6 +158,8 @@ class Request:
     ancestors: tuple[tuple[str, int, int], ...] = ()
     home: str | None = None          # fallback: the throwaway HOME made for this call
     call_id: str = "call"
+    info_fd: int | None = None       # bwrap writes its sandbox init's pid here
+    block_fd: int | None = None      # bwrap waits on it (until the init joined the cgroups)
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,12 @@ class Plan:
     rlimits: tuple[tuple[int, int], ...]        # (resource.RLIMIT_*, value): soft = hard
     cgroup_limits: dict[str, int]               # "pids" / "memory" (bytes); empty: none
     uid: int | None                             # the uid the command runs as, when dropped
+    # What the child must do between fork and exec (Python's preexec_fn, which
+    # costs a full fork instead of a vfork): set `rlimits` when no `prlimit`
+    # sets them in the chain, join the cgroups in the fallback (bwrap's init
+    # joins them while it waits on `block_fd`).
+    preexec_rlimits: bool = False
+    preexec_cgroups: bool = False
 
 
 # -- pure planning --------------------------------------------------------------------
@@ -218,20 +229,34 @@ def bwrap_argv(bwrap: str, req: Request, uid: int | None) -> list[str]:
              "--perms", "0777", "--dir", SANDBOX_HOME,
              "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
              "--proc", "/proc",
-             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+             "--unshare-pid", "--unshare-ipc"]
     if not req.network:
         args.append("--unshare-net")
+    if req.info_fd is not None:
+        args += ["--info-fd", str(req.info_fd)]
+    if req.block_fd is not None:
+        args += ["--block-fd", str(req.block_fd)]
     args += ["--die-with-parent", "--new-session", "--chdir", req.cwd, "--"]
     return args
 
 
-def setpriv_argv(setpriv: str, uid: int, env_tool: str) -> list[str]:
+def setpriv_argv(setpriv: str, uid: int) -> list[str]:
     """Drop to `uid` with no capabilities, no set-id elevation. setpriv keeps
     its capabilities until its own execve (measured: it execs with
-    CAP_DAC_OVERRIDE), so it execs the trusted `env`, which loses them, and
-    `env` looks the command up with the unprivileged uid's rights."""
+    CAP_DAC_OVERRIDE), so what it execs must be a trusted program (`prlimit`
+    or `env`), which loses them and looks the command up with the
+    unprivileged uid's rights."""
     return [setpriv, "--reuid", str(uid), "--regid", str(uid), "--clear-groups",
-            "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--", env_tool, "--"]
+            "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+
+
+_PRLIMIT_NAMES = {resource.RLIMIT_CPU: "cpu", resource.RLIMIT_FSIZE: "fsize",
+                  resource.RLIMIT_NOFILE: "nofile", resource.RLIMIT_CORE: "core",
+                  resource.RLIMIT_AS: "as", resource.RLIMIT_NPROC: "nproc"}
+
+
+def prlimit_argv(prlimit: str, limits: Sequence[tuple[int, int]]) -> list[str]:
+    return [prlimit, *(f"--{_PRLIMIT_NAMES[r]}={v}:{v}" for r, v in limits), "--"]
 
 
 def rlimits(limits: SandboxLimits, cgroup_limits: Mapping[str, int]
@@ -261,26 +286,31 @@ def plan(req: Request, host: Host) -> Plan:
         cgroup_limits["pids"] = req.limits.processes
     if cg.memory:
         cgroup_limits["memory"] = req.limits.memory_mb * MB
-    drop = setpriv_argv(host.setpriv, uid, host.env_tool) \
-        if uid is not None and host.setpriv else []
-    if drop and "=" in req.argv[0]:
-        raise ToolInputError(f"program {req.argv[0]!r} contains '=', which `env` would take "
-                             "for a variable; call it by a path without '='.")
+    limits = rlimits(req.limits, cgroup_limits)
+    chain = prlimit_argv(host.prlimit, limits) if host.prlimit else []
+    if uid is not None and host.setpriv:
+        if not chain:
+            chain = [host.env_tool, "--"]
+            if "=" in req.argv[0]:
+                raise ToolInputError(f"program {req.argv[0]!r} contains '=', which `env` would "
+                                     "take for a variable; call it by a path without '='.")
+        chain = setpriv_argv(host.setpriv, uid) + chain
     if mode == "bwrap":
         assert host.bwrap is not None
         home = SANDBOX_HOME
-        argv = bwrap_argv(host.bwrap, req, uid) + drop + list(req.argv)
+        argv = bwrap_argv(host.bwrap, req, uid) + chain + list(req.argv)
     else:
         if req.home is None:
             raise ValueError("the fallback sandbox needs a throwaway home directory")
         if uid is not None:
             _check_enterable(req.ancestors, uid)
         home = req.home
-        argv = drop + list(req.argv)
+        argv = chain + list(req.argv)
     env = scrub_env(host.path, home, req.env, req.call_id)
-    return Plan(mode=mode, argv=argv, env=env, cwd=req.cwd,
-                rlimits=rlimits(req.limits, cgroup_limits), cgroup_limits=cgroup_limits,
-                uid=uid)
+    return Plan(mode=mode, argv=argv, env=env, cwd=req.cwd, rlimits=limits,
+                cgroup_limits=cgroup_limits, uid=uid, preexec_rlimits=host.prlimit is None,
+                preexec_cgroups=bool(cgroup_limits) and (mode == "fallback"
+                                                         or req.block_fd is None))
 
 
 def _check_enterable(ancestors: Sequence[tuple[str, int, int]], uid: int) -> None:
@@ -356,7 +386,7 @@ def describe(host: Host) -> dict[str, object]:
     return {"mode": mode,
             "bwrap": {"path": host.bwrap, "version": host.bwrap_version},
             "setpriv": {"path": host.setpriv, "version": host.setpriv_version},
-            "runs_as": SANDBOX_UID if host.drops_uid else ("root" if host.is_root
+            "runs_as": f"uid {SANDBOX_UID}" if host.drops_uid else ("root" if host.is_root
                                                            else "the worker's user"),
             "cgroups": {"usable": cg.version is not None, "version": cg.version,
                         "pids": cg.pids, "memory": cg.memory, "detail": cg.why},
@@ -382,7 +412,7 @@ def probe() -> Host:
     return Host(bwrap=bwrap, bwrap_version=_version([bwrap, "--version"]) if bwrap else None,
                 setpriv=setpriv,
                 setpriv_version=_version([setpriv, "--version"]) if setpriv else None,
-                env_tool=shutil.which("env") or "/usr/bin/env",
+                env_tool=shutil.which("env") or "/usr/bin/env", prlimit=shutil.which("prlimit"),
                 is_root=is_root, cgroups=_probe_cgroups(), path=path or Host.path)
 
 
@@ -459,6 +489,9 @@ class Prepared:
     root_owner: tuple[int, int] = (0, 0)
     workspace: Path | None = None
     cgroup_error: str | None = None     # set: run with rlimits only
+    info: tuple[int, int] | None = None     # pipe (read, write): bwrap's --info-fd
+    block: tuple[int, int] | None = None    # pipe (read, write): bwrap's --block-fd
+    init_pidfd: int | None = None           # bwrap's sandbox init, once started
 
 
 def ancestors_of(workspace: Path) -> tuple[tuple[str, int, int], ...]:
@@ -490,9 +523,17 @@ def prepare(workspace: Path, host: Host, mode: Mode, limits: SandboxLimits
             prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits)
         except OSError as err:
             prep.cgroup_error = f"cannot create the call's cgroup: {err}"
+        if host.mode(mode) == "bwrap":
+            prep.info = os.pipe()
+            if prep.cgroups:
+                prep.block = os.pipe()
         yield prep
     finally:
         _sweep(prep)
+        for fd in [*(prep.info or ()), *(prep.block or ()),
+                   *([prep.init_pidfd] if prep.init_pidfd is not None else [])]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         for cg in prep.cgroups:
             with contextlib.suppress(OSError):
                 cg.rmdir()
@@ -590,10 +631,13 @@ def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path
 
 def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
     """Start the planned argv: stdin closed, stdout+stderr into one pipe, a
-    new session; in the child, before exec, join the call's cgroups (so every
-    descendant is counted from its first instruction) and set the rlimits."""
-    procs = [os.fsencode(cg / "cgroup.procs") for cg in prep.cgroups]
-    limits = p.rlimits
+    new session. Every process of the command is in the call's cgroups from
+    its first instruction: bubblewrap's init is moved in while it waits on
+    its block fd, before it starts the command; the fallback joins in the
+    child before exec. Without `prlimit` the child also sets the rlimits."""
+    procs = [os.fsencode(cg / "cgroup.procs") for cg in prep.cgroups] \
+        if p.preexec_cgroups else []
+    limits = p.rlimits if p.preexec_rlimits else ()
 
     def child() -> None:          # runs between fork and exec: syscalls only
         for path in procs:
@@ -605,18 +649,63 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
         for res, value in limits:
             resource.setrlimit(res, (value, value))
 
-    return subprocess.Popen(p.argv, cwd=p.cwd, env=p.env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, close_fds=True, preexec_fn=child)
+    keep = tuple(fd for fd in (prep.info[1] if prep.info else None,
+                               prep.block[0] if prep.block else None) if fd is not None)
+    try:
+        proc = subprocess.Popen(p.argv, cwd=p.cwd, env=p.env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, pass_fds=keep,
+                                preexec_fn=child if procs or limits else None)
+    finally:
+        for fd in keep:
+            os.close(fd)
+        prep.info = (prep.info[0], -1) if prep.info else None
+        prep.block = (-1, prep.block[1]) if prep.block else None
+    if prep.info is not None:
+        init = _read_child_pid(prep.info[0])
+        if init is not None:
+            with contextlib.suppress(OSError):
+                prep.init_pidfd = os.pidfd_open(init)
+            if prep.block is not None:
+                for cg in prep.cgroups:
+                    (cg / "cgroup.procs").write_text(str(init))
+    if prep.block is not None:
+        with contextlib.suppress(OSError):
+            os.write(prep.block[1], b"go")
+    return proc
+
+
+def _read_child_pid(fd: int) -> int | None:
+    """bubblewrap's --info-fd JSON, up to its closing brace (or EOF: it failed)."""
+    data = b""
+    while b"}" not in data:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError):
+        return None
 
 
 def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
-    """SIGKILL every process of the call until none is left: the cgroup's
-    members when there is one (exact), else every process whose environment
-    carries the call's marker (a process can erase it; namespaces and the
-    process group catch most of the rest)."""
-    marker = f"{CALL_ID_VAR}={prep.call_id}".encode()
+    """Make sure no process of the call is left. bubblewrap: wait for its
+    sandbox init to be gone (the kernel kills and reaps everything in a pid
+    namespace before its init finishes exiting; bwrap itself may exit a
+    moment earlier). Then SIGKILL the cgroup's members until none is left
+    (exact), or, in the fallback without a cgroup, every process whose
+    environment carries the call's marker (a process can erase it)."""
     deadline = time.monotonic() + timeout_s
+    if prep.init_pidfd is not None:
+        ready, _, _ = select.select([prep.init_pidfd], [], [], timeout_s)
+        if not ready:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(prep.init_pidfd, signal.SIGKILL)
+            select.select([prep.init_pidfd], [], [], timeout_s)
+        if not prep.cgroups:
+            return
+    marker = f"{CALL_ID_VAR}={prep.call_id}".encode()
     while True:
         pids = _cgroup_members(prep.cgroups) if prep.cgroups else _marked(marker)
         if not pids or time.monotonic() > deadline:
@@ -624,7 +713,7 @@ def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        time.sleep(0.005)
+        time.sleep(0.001)
 
 
 def _cgroup_members(cgroups: list[Path]) -> set[int]:

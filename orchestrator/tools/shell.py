@@ -80,7 +80,9 @@ def run_shell(workspace: Path, step: ShellStep, *,
                               limits=lim, network=net, mode=mode,
                               ancestors=sandbox.ancestors_of(root),
                               home=str(prep.home) if prep.home else None,
-                              call_id=prep.call_id)
+                              call_id=prep.call_id,
+                              info_fd=prep.info[1] if prep.info else None,
+                              block_fd=prep.block[0] if prep.block else None)
         planned = sandbox.plan(req, host)
         started = time.monotonic()
         try:

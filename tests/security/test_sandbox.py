@@ -10,6 +10,7 @@ Tests needing bubblewrap skip without it, and FAIL when ORCH_REQUIRE_SERVICES=1
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -34,6 +35,7 @@ from orchestrator.sandbox import (GIT_ENV, SANDBOX_HOME, SANDBOX_UID, Cgroups, H
                                   SandboxLimits, bwrap_argv, describe, plan, scrub_env)
 from orchestrator.steps import ShellStep
 from orchestrator.tools.shell import CommandFailed, run_shell
+from tests.cli_helpers import cli, shape_env
 
 REQUIRE = os.environ.get("ORCH_REQUIRE_SERVICES") == "1"
 MB = 1024 * 1024
@@ -77,6 +79,19 @@ def test_bwrap_plan_binds_the_system_read_only_then_the_workspace_read_write() -
     assert rest == ["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534",
                     "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
                     "--", "/usr/bin/env", "--", "make", "test"]
+
+
+def test_with_prlimit_the_rlimits_are_set_in_the_chain_not_in_a_forked_child() -> None:
+    host = dataclasses.replace(ROOT_HOST, prlimit="/usr/bin/prlimit")
+    lim = SandboxLimits(cpu_s=2, file_size_mb=1, open_files=64)
+    p = plan(request(limits=lim, info_fd=7, block_fd=8), host)
+    rest = p.argv[p.argv.index("--bounding-set=-all") + 2:]
+    assert rest == ["/usr/bin/prlimit", "--cpu=2:2", f"--fsize={MB}:{MB}", "--nofile=64:64",
+                    "--core=0:0", "--", "make", "test"]
+    assert pairs(p.argv, "--info-fd") == ["7"] and pairs(p.argv, "--block-fd") == ["8"]
+    assert (p.preexec_rlimits, p.preexec_cgroups) == (False, False)   # a vfork spawn
+    fallback = plan(request(mode="fallback", home="/h", ancestors=(("/", 0o40755, 0),)), host)
+    assert (fallback.preexec_rlimits, fallback.preexec_cgroups) == (False, True)
 
 
 def test_network_enabled_keeps_the_hosts_network_namespace() -> None:
@@ -406,7 +421,6 @@ def test_nothing_outside_the_workspace_can_be_written(box: Box, mode: str) -> No
     """
     try:
         result = box.run(mode, py(code, box.token))
-        import json
         got = json.loads(result.output)
         assert got["inside"] == "written" and (box.ws / "inside.txt").read_text() == "pwned"
         for name in ("etc", "usr", "canary", "sibling", "next-to-ws"):
@@ -529,3 +543,12 @@ def test_no_cgroup_is_left_behind(box: Box, mode: str) -> None:
     box.run(mode, ["sh", "-c", "sleep 100 & sleep 100"], wall_s=0.5)
     assert {p: sorted(os.listdir(p)) for p in parents} == before
     box.assert_contained()
+
+
+def test_doctor_says_which_sandbox_is_active(tmp_path: Path) -> None:
+    env = shape_env(tmp_path)
+    report = json.loads(cli(env, "doctor", "--json").stdout)
+    assert report == json.loads(json.dumps(describe(HOST)))
+    text = cli(env, "doctor").stdout
+    assert ("sandbox: bubblewrap" if HOST.bwrap else "sandbox: fallback") in text
+    assert "does not protect against:" in text
