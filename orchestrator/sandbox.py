@@ -475,6 +475,7 @@ def _probe_child(parent: Path) -> None:
     child = parent / f"probe-{os.getpid()}"
     child.mkdir(exist_ok=True)
     child.rmdir()
+    _remove_stale(parent)
 
 
 @dataclass
@@ -518,7 +519,14 @@ def prepare(workspace: Path, host: Host, mode: Mode, limits: SandboxLimits
             st = workspace.lstat()
             prep.root_owner = (st.st_uid, st.st_gid)
             prep.owners = {}
-            _give(workspace, SANDBOX_UID, prep.owners)
+            try:
+                _give(workspace, SANDBOX_UID, prep.owners)
+            except OSError as err:
+                raise ToolInputError(
+                    f"cannot hand the workspace {workspace} to the sandbox's uid {SANDBOX_UID} "
+                    f"({err}); commands run as that uid so that process limits hold. Use a "
+                    "workspace on a filesystem where root may chown (not a root-squashed "
+                    "network share).") from err
         try:
             prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits)
         except OSError as err:
@@ -535,8 +543,7 @@ def prepare(workspace: Path, host: Host, mode: Mode, limits: SandboxLimits
             with contextlib.suppress(OSError):
                 os.close(fd)
         for cg in prep.cgroups:
-            with contextlib.suppress(OSError):
-                cg.rmdir()
+            _rmdir_cgroup(cg)
         if prep.home is not None:
             shutil.rmtree(prep.home, ignore_errors=True)
         if prep.owners is not None:
@@ -599,11 +606,37 @@ def _restore(workspace: Path, owners: dict[bytes, tuple[int, int]],
                 os.chmod(name, stat.S_IMODE(st.st_mode) & ~setid, dir_fd=dirfd)
 
 
+def _rmdir_cgroup(cg: Path, timeout_s: float = 1.0) -> None:
+    """rmdir is refused (EBUSY) while a member is still leaving: retry briefly."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cg.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return          # left for the next probe's clean-up (`_remove_stale`)
+            time.sleep(0.001)
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove the cgroups of calls whose worker died before cleaning up (their
+    name starts with its pid). A cgroup that still has members refuses rmdir."""
+    for child in parent.iterdir():
+        owner = child.name.split("-", 1)[0]
+        if child.is_dir() and owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            with contextlib.suppress(OSError):
+                child.rmdir()
+
+
 def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path]:
     made: list[Path] = []
     try:
+        name = f"{os.getpid()}-{call_id}"
         if cg.version == "v2" and cg.pids:
-            d = Path(cg.pids, call_id)
+            d = Path(cg.pids, name)
             d.mkdir()
             made.append(d)
             (d / "pids.max").write_text(str(limits.processes))
@@ -611,11 +644,11 @@ def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path
             with contextlib.suppress(OSError):
                 (d / "memory.swap.max").write_text("0")
         elif cg.version == "v1" and cg.pids and cg.memory:
-            p = Path(cg.pids, call_id)
+            p = Path(cg.pids, name)
             p.mkdir()
             made.append(p)
             (p / "pids.max").write_text(str(limits.processes))
-            m = Path(cg.memory, call_id)
+            m = Path(cg.memory, name)
             m.mkdir()
             made.append(m)
             (m / "memory.limit_in_bytes").write_text(str(limits.memory_mb * MB))

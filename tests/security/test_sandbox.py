@@ -552,3 +552,16 @@ def test_doctor_says_which_sandbox_is_active(tmp_path: Path) -> None:
     text = cli(env, "doctor").stdout
     assert ("sandbox: bubblewrap" if HOST.bwrap else "sandbox: fallback") in text
     assert "does not protect against:" in text
+
+
+def test_cgroups_of_a_worker_that_died_are_removed_at_the_next_probe() -> None:
+    if HOST.cgroups.version is None:
+        pytest.skip(f"no usable cgroup here: {HOST.cgroups.why}")
+    dead = subprocess.Popen(["true"])
+    dead.wait()                                   # a pid no process has now
+    stale = [Path(p, f"{dead.pid}-leftover") for p in {HOST.cgroups.pids, HOST.cgroups.memory}
+             if p]
+    for d in stale:
+        d.mkdir()
+    assert sandbox._probe_cgroups().version == HOST.cgroups.version
+    assert [d for d in stale if d.exists()] == []
