@@ -380,7 +380,8 @@ class Runner:
         and on the last step the session's end (same transaction)."""
         started = time.monotonic()
         try:
-            result = execute(workspace, step, s, call_id, planned, self.hidden(s))
+            result = execute(workspace, step, s, call_id, planned, self.hidden(s),
+                             self.policy_of(s))
         except ToolError as exc:
             return self._failure(s, turn, call_id, step, exc, time.monotonic() - started, last)
         events: list[Any] = [
@@ -507,9 +508,11 @@ def plan(workspace: Path, step: Step, hidden: Any = None) -> Plan:
 
 
 def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
-            planned: Plan | None, hidden: Any = None) -> ToolResult:
+            planned: Plan | None, hidden: Any = None,
+            pol: policy.Policy = policy.DEFAULT_POLICY) -> ToolResult:
     """Carry out a started call. `planned` is None when this task is a redelivery
-    that found the call started by a worker that died."""
+    that found the call started by a worker that died. Shell commands run in
+    the sandbox with the session policy's limits and network setting."""
     if isinstance(step, SearchStep):
         return search.search(workspace, step, hidden=hidden)
     if isinstance(step, ReadStep):
@@ -522,7 +525,8 @@ def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
                 "the worker died while this command was running, so its effects are unknown; "
                 "inspect the target and resubmit, or mark the step `idempotent: true` to let "
                 "a redelivered task run it again")
-        return shell.run_shell(workspace, step)
+        return shell.run_shell(workspace, step, limits=pol.doc.limits,
+                               network=pol.doc.network)
     start = time.monotonic()
     edits = planned.edits if planned is not None else _resume(workspace, step, s, call_id,
                                                                hidden)

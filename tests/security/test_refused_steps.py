@@ -101,3 +101,21 @@ def test_a_denied_confirmation_fails_the_step_and_runs_nothing(tmp_path: Path):
     assert "denied by user:ops (not on prod)" in state.session.error
     assert (work / "junk.txt").exists()
     assert state.quota.tool_calls == ()
+
+
+def test_shell_steps_get_the_session_policys_limits(tmp_path: Path):
+    """A policy's per-call wall limit stops a command its step would let run longer."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    work.chmod(0o755)
+    tmp_path.chmod(0o755)
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    step = ShellStep(command=["sleep", "30"], timeout_s=60)
+    sid = new_id()
+    from orchestrator.policy import parse_policy
+    ticket = Ticket(job_id=new_id(), session_id=sid, target="repo", path=str(work),
+                    steps=(step.label,), sessions_total=1,
+                    policy=parse_policy({"limits": {"wall_s": 1}}).document)
+    assert Runner(store, "worker:test").run_step(ticket, 0, step, last=True) == "failed"
+    [call] = replay(store, sid).session.calls
+    assert call.error == "ToolTimeout"
