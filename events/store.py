@@ -114,12 +114,20 @@ class SqlEventStore:
             # Lost a race for the same seq: either a duplicate delivery of this
             # very batch (same key, now stored) or a real conflict.
             if key is not None:
-                with writer(self.engine) as conn:
-                    stored = self._by_key(conn, stream_id, key)
+                stored = self._by_key(stream_id, key)
                 if stored:
                     return stored
             raise SequenceConflict(stream_id, expected_seq if expected_seq is not None else -1,
                                    self.last_seq(stream_id)) from exc
+
+    def _by_key(self, stream_id: str, key: str) -> list[Event]:
+        """The events stored under `key` (after losing a race to their writer)."""
+        with store_errors(self.url), self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(T.c.position, T.c.body, T.c.hash)
+                .where(T.c.stream_id == stream_id, T.c.idempotency_key == key)
+                .order_by(T.c.seq)).all()
+        return [decode(r[0], bytes(r[1]), r[2]) for r in rows]
 
     def _append(self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None,
                 key: str | None) -> list[Event]:

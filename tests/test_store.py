@@ -134,3 +134,35 @@ def test_processes_racing_on_one_stream_leave_it_gapless_and_unforked(store, str
     assert sum(won for won, _ in results) == rounds
     assert sum(lost for _, lost in results) == rounds * (workers - 1)   # typed conflicts
     assert verify_rows(store.rows(stream_id)).ok
+
+
+@pytest.mark.postgres
+def test_a_redelivery_that_loses_the_insert_race_returns_the_winners_events(pg_url, stream_id):
+    """Two deliveries of one batch: the second reads the head before the first
+    commits, then its INSERT hits UNIQUE(stream_id, seq). It must get the
+    stored events back (same key), not an error."""
+    import threading
+    import psycopg
+    from events.envelope import genesis_hash, seal
+    store = SqlEventStore(pg_url)
+    mine = [new(p.SessionCompleted(files_changed=1), key="step:1:end")]
+    theirs = [new(p.SessionCompleted(files_changed=1), key="step:1:end")]
+    [(seq, body, digest)] = seal(stream_id, theirs, 0, genesis_hash(stream_id))
+    other = psycopg.connect(pg_url)              # the first delivery, mid-transaction
+    other.execute(
+        "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, idempotency_key,"
+        " prev_hash, hash, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (stream_id, seq, theirs[0].event_id, theirs[0].type, theirs[0].correlation_id,
+         "step:1:end", genesis_hash(stream_id), digest, body))
+    result: list[object] = []
+    racer = threading.Thread(target=lambda: result.append(store.append(stream_id, mine, 0)))
+    racer.start()
+    racer.join(timeout=1.0)
+    assert racer.is_alive()                      # blocked on the uncommitted row's seq
+    other.commit()
+    racer.join(timeout=30)
+    other.close()
+    [stored] = result[0]                         # type: ignore[misc]
+    assert stored.event_id == theirs[0].event_id
+    assert [e.event_id for e in store.read_stream(stream_id)] == [theirs[0].event_id]
+    store.close()
