@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import IntEnum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.command_analysis import Analysis, Invocation, analyze, analyze_argv
 from orchestrator.errors import UserError
+from orchestrator.sandbox import SandboxLimits as Limits  # one definition: the sandbox's
+from orchestrator.tools.paths import glob_matcher
 
 Tier = Literal["read-only", "read-write", "exec"]
 TIERS: tuple[Tier, ...] = ("read-only", "read-write", "exec")
@@ -129,18 +131,6 @@ class Commands(_Model):
 class Network(_Model):
     enabled: bool = False
     allow_hosts: tuple[str, ...] = ()
-
-
-class Limits(_Model):
-    """Per call (the sandbox enforces them)."""
-
-    wall_s: float = Field(default=600.0, gt=0)
-    cpu_s: float = Field(default=600.0, gt=0)
-    memory_mb: int = Field(default=4096, gt=0)
-    processes: int = Field(default=256, gt=0)
-    open_files: int = Field(default=1024, gt=0)
-    file_size_mb: int = Field(default=512, gt=0)
-    output_bytes: int = Field(default=1_000_000, gt=0)
 
 
 class SessionLimits(_Model):
@@ -399,9 +389,7 @@ class Policy:
 
     @cached_property
     def hash(self) -> str:
-        data = {"doc": self.document,
-                "builtin": [r.model_dump(mode="json") for r in BUILTIN_COMMAND_RULES]
-                + [r.model_dump(mode="json") for r in BUILTIN_PATH_RULES]}
+        data = {"doc": self.document, "builtin": _builtin_digest()}
         return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     @cached_property
@@ -425,6 +413,13 @@ class Policy:
                 r for r in self.command_rules
                 if r.tokens[0] == name or any(ch in r.tokens[0] for ch in "*?["))
         return rules
+
+
+@lru_cache(maxsize=1)
+def _builtin_digest() -> str:
+    """The built-in rules' digest: part of every policy's hash."""
+    rules = [r.model_dump(mode="json") for r in (*BUILTIN_COMMAND_RULES, *BUILTIN_PATH_RULES)]
+    return hashlib.sha256(orjson.dumps(rules, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def strictest_tier(*tiers: Tier | None) -> Tier:
@@ -533,63 +528,6 @@ def normalize(path: str, cwd: str = ".") -> str | None:
     return joined
 
 
-def globs_match(patterns: tuple[str, ...], path: str) -> bool:
-    """Whether any of `patterns` matches (one compiled regex per pattern set)."""
-    names, full = _compiled_set(patterns)
-    return bool(names is not None and names.match(posixpath.basename(path))
-                or full is not None and full.match(path))
-
-
-_SET_CACHE: dict[tuple[str, ...], tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
-
-
-def _compiled_set(patterns: tuple[str, ...]
-                  ) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
-    got = _SET_CACHE.get(patterns)
-    if got is None:
-        names = [fnmatch.translate(p) for p in patterns if "/" not in p]
-        full = [_glob_re(p).pattern for p in patterns if "/" in p]
-        got = _SET_CACHE[patterns] = (
-            re.compile("|".join(f"(?:{n})" for n in names)) if names else None,
-            re.compile("|".join(f"(?:{f})" for f in full)) if full else None)
-    return got
-
-
-def glob_match(pattern: str, path: str) -> bool:
-    """fnmatch with `**` spanning folders; a pattern without `/` matches the
-    last component at any depth."""
-    if "/" not in pattern:
-        return fnmatch.fnmatchcase(posixpath.basename(path), pattern)
-    return _glob_re(pattern).match(path) is not None
-
-
-_GLOB_CACHE: dict[str, re.Pattern[str]] = {}
-
-
-def _glob_re(pattern: str) -> re.Pattern[str]:
-    rx = _GLOB_CACHE.get(pattern)
-    if rx is None:
-        out, i = [], 0
-        while i < len(pattern):
-            if pattern.startswith("**/", i):
-                out.append("(?:.*/)?")
-                i += 3
-            elif pattern.startswith("**", i):
-                out.append(".*")
-                i += 2
-            elif pattern[i] == "*":
-                out.append("[^/]*")
-                i += 1
-            elif pattern[i] == "?":
-                out.append("[^/]")
-                i += 1
-            else:
-                out.append(re.escape(pattern[i]))
-                i += 1
-        rx = _GLOB_CACHE[pattern] = re.compile("".join(out) + r"\Z")
-    return rx
-
-
 def path_matches(policy: Policy, access: str, path: str, *, cwd: str = ".") -> list[Match]:
     rel = normalize(path, cwd)
     if rel is None:
@@ -602,7 +540,7 @@ def path_matches(policy: Policy, access: str, path: str, *, cwd: str = ".") -> l
     for rule in policy.path_rules:
         if rule.access not in ("any", access):
             continue
-        if globs_match(rule.paths, rel):
+        if glob_matcher(rule.paths)(rel):
             out.append(Match(rule.id, Decision[rule.decision.upper()],
                              f"{access} {rel}: {rule.reason or 'matched ' + rule.id}"))
     return out
@@ -783,9 +721,22 @@ def _sed_scripts(inv: Invocation) -> list[str]:
 # -- loading --------------------------------------------------------------------------
 
 def check_examples(policy: Policy) -> list[str]:
-    """Each rule's `match` examples must match it and `not_match` ones must not."""
+    """The policy's own rules: each `match` example must match its rule and
+    each `not_match` one must not; rule ids are unique. (The built-in rules
+    are checked once, when this module loads.)"""
+    problems = _example_problems(policy.doc.commands.rules, policy.doc.paths)
+    ids = [r.id for r in (*policy.doc.commands.rules, *policy.doc.paths)]
+    builtin = {r.id for r in (*BUILTIN_COMMAND_RULES, *BUILTIN_PATH_RULES)}
+    for rid in sorted({i for i in ids if ids.count(i) > 1 or i in builtin}):
+        problems.append(f"rule id {rid!r} is used more than once (or by a built-in rule); "
+                        "rule ids must be unique so the audit log names one rule")
+    return problems
+
+
+def _example_problems(command_rules: Iterable[CommandRule], path_rules: Iterable[PathRule]
+                      ) -> list[str]:
     problems = []
-    for rule in policy.command_rules:
+    for rule in command_rules:
         for ex in rule.match:
             if not rule_applies(rule, shlex.split(ex)):
                 problems.append(f"commands rule {rule.id}: example {ex!r} should match "
@@ -794,21 +745,21 @@ def check_examples(policy: Policy) -> list[str]:
             if rule_applies(rule, shlex.split(ex)):
                 problems.append(f"commands rule {rule.id}: example {ex!r} should not match "
                                 f"{rule.command!r} but does")
-    for prule in policy.path_rules:
+    for prule in path_rules:
         for ex in prule.match:
-            if not any(glob_match(g, ex) for g in prule.paths):
+            if not glob_matcher(prule.paths)(ex):
                 problems.append(f"paths rule {prule.id}: example {ex!r} matches none of "
                                 f"{list(prule.paths)}")
         for ex in prule.not_match:
-            if any(glob_match(g, ex) for g in prule.paths):
+            if glob_matcher(prule.paths)(ex):
                 problems.append(f"paths rule {prule.id}: example {ex!r} should not match "
                                 f"{list(prule.paths)} but does")
-    ids = [r.id for r in (*policy.doc.commands.rules, *policy.doc.paths)]
-    builtin = {r.id for r in (*BUILTIN_COMMAND_RULES, *BUILTIN_PATH_RULES)}
-    for rid in sorted({i for i in ids if ids.count(i) > 1 or i in builtin}):
-        problems.append(f"rule id {rid!r} is used more than once (or by a built-in rule); "
-                        "rule ids must be unique so the audit log names one rule")
     return problems
+
+
+_BROKEN_BUILTINS = _example_problems(BUILTIN_COMMAND_RULES, BUILTIN_PATH_RULES)
+if _BROKEN_BUILTINS:      # a release with a broken built-in rule must not start
+    raise RuntimeError("built-in policy rules fail their examples: " + "; ".join(_BROKEN_BUILTINS))
 
 
 def parse_policy(data: Any, source: str = "<policy>") -> Policy:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 from events import payloads as p
@@ -113,6 +114,16 @@ class Runner:
         if found is None:
             found = self._policies[s.policy_hash] = policy.parse_policy(
                 s.policy, f"session {s.session_id}")
+        return found
+
+    def _policy_doc(self, doc: dict[str, Any] | None, job_id: str) -> policy.Policy:
+        """A ticket's policy, parsed once per job (every session carries it)."""
+        if doc is None:
+            return self.policy
+        key = "doc:" + hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        found = self._policies.get(key)
+        if found is None:
+            found = self._policies[key] = policy.parse_policy(doc, f"job {job_id}")
         return found
 
     def hidden(self, s: SessionState) -> Any:
@@ -244,8 +255,7 @@ class Runner:
 
     def _start(self, ticket: Ticket, state: Projections, cause: str | None) -> list[Event]:
         workspace = ticket.path or ticket.target
-        pol = (policy.parse_policy(ticket.policy, f"job {ticket.job_id}")
-               if ticket.policy is not None else self.policy)
+        pol = self._policy_doc(ticket.policy, ticket.job_id)
         tier = policy.strictest_tier(pol.doc.tier, ticket.tier)  # type: ignore[arg-type]
         events: list[Any] = [
             p.SessionStarted(job_id=ticket.job_id, target=workspace, steps=ticket.steps,

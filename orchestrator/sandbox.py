@@ -47,6 +47,8 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from orchestrator.errors import ToolInputError
 
 __all__ = ["SandboxLimits", "Host", "Cgroups", "Request", "Plan", "plan", "scrub_env",
@@ -80,27 +82,28 @@ _FORBIDDEN_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4",
 
 # -- inputs -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Per-call limits; `orchestrator.policy.Limits` maps onto it field by field."""
+class SandboxLimits(BaseModel):
+    """Per-call limits: the policy's `limits:` (orchestrator.policy.Limits is
+    this model), enforced by the sandbox."""
 
-    wall_s: float = 600.0
-    cpu_s: float = 600.0
-    memory_mb: int = 4096
-    processes: int = 256
-    open_files: int = 1024
-    file_size_mb: int = 512
-    output_bytes: int = 1_000_000
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    wall_s: float = Field(default=600.0, gt=0)
+    cpu_s: float = Field(default=600.0, gt=0)
+    memory_mb: int = Field(default=4096, gt=0)
+    processes: int = Field(default=256, gt=0)
+    open_files: int = Field(default=1024, gt=0)
+    file_size_mb: int = Field(default=512, gt=0)
+    output_bytes: int = Field(default=1_000_000, gt=0)
 
     @classmethod
     def of(cls, limits: object | None) -> SandboxLimits:
-        """From a `policy.Limits` (or anything with the same fields), None: defaults."""
+        """From the policy's limits (or anything with the same fields); None: defaults."""
         if limits is None:
-            from orchestrator.policy import Limits
-            limits = Limits()
+            return cls()
         if isinstance(limits, SandboxLimits):
             return limits
-        return cls(**{f: getattr(limits, f) for f in cls.__dataclass_fields__})
+        return cls(**{f: getattr(limits, f) for f in cls.model_fields})
 
 
 @dataclass(frozen=True)
