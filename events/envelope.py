@@ -59,6 +59,22 @@ def format_ts(ts: datetime) -> str:
     return ts.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+_set = object.__setattr__
+
+
+def construct_trusted(model: type[Any], values: dict[str, Any]) -> Any:
+    """`model.model_construct(**values)` for values that are complete and of the
+    right types (every field, as our own code built them), at a third of its
+    cost: what pydantic's `model_construct` and `model_copy` store, directly.
+    Only for models without validators, post-init or private attributes."""
+    m = model.__new__(model)
+    _set(m, "__dict__", values)
+    _set(m, "__pydantic_fields_set__", set(values))
+    _set(m, "__pydantic_extra__", None)
+    _set(m, "__pydantic_private__", None)
+    return m
+
+
 class NewEvent(BaseModel):
     """An event before the store has placed it in a stream."""
 

@@ -4,6 +4,7 @@ ORCH_REQUIRE_SERVICES=1 (as .ci/run sets), so CI never goes green by skipping.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -25,27 +26,33 @@ def unavailable(what: str, exc: BaseException) -> None:
     pytest.skip(msg)
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A database of its own for this test run, dropped at the end."""
+@contextlib.contextmanager
+def fresh_pg_database(prefix: str = "orch_test") -> Iterator[str]:
+    """A PostgreSQL database of its own, migrated, dropped at the end."""
     import sqlalchemy as sa
     from events.db import normalize_url
-    name = f"orch_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = sa.create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except Exception as exc:  # noqa: BLE001
         unavailable("PostgreSQL", exc)
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
+    url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     open_store(url, upgrade=True).close()
-    yield url
-    with admin.connect() as conn:
-        conn.exec_driver_sql(
-            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
-    admin.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A database of its own for this test run, dropped at the end."""
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

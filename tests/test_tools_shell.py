@@ -18,33 +18,13 @@ from orchestrator.errors import ToolInputError, ToolTimeout
 from orchestrator.sandbox import GIT_ENV, probe
 from orchestrator.steps import ShellStep
 from orchestrator.tools.shell import CommandFailed, run_shell
+from tests.processes import running
 
 # The command runs as an unprivileged uid when the tests run as root, so it gets
 # the python it can reach on the sandbox's PATH (a pyenv under /root is not).
 PY = shutil.which("python3", path=probe().path) or sys.executable
 
 
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie waiting for its reaper does not count)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def running(token: str) -> list[int]:
-    """Live processes whose command line holds `token`. The sandbox gives the
-    command its own pid namespace, so pids it writes down mean nothing here."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            try:
-                if token.encode() in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def token_sleep() -> tuple[str, str]:

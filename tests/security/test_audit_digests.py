@@ -20,7 +20,7 @@ from events.envelope import NewEvent, canonical_json, chain_hash, genesis_hash
 from events.store import SqlEventStore, open_store
 from events.verify import verify_rows
 from orchestrator import audit
-from tests.conftest import PG_ADMIN_URL, unavailable
+from tests.conftest import fresh_pg_database
 
 
 def new(payload: object) -> NewEvent:
@@ -68,20 +68,10 @@ def own_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlEve
         yield s
         s.close()
         return
-    from events.db import normalize_url
-    name = f"orch_test_tamper_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = sa.create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # noqa: BLE001
-        unavailable("PostgreSQL", exc)
-    s = open_store(f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}", upgrade=True)
-    yield s
-    s.close()
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.dispose()
+    with fresh_pg_database("orch_test_tamper") as url:
+        s = SqlEventStore(url)
+        yield s
+        s.close()
 
 
 def _tamper(store: SqlEventStore, *statements: tuple[str, dict]) -> None:

@@ -36,6 +36,7 @@ from orchestrator.sandbox import (GIT_ENV, SANDBOX_HOME, SANDBOX_UID, Cgroups, H
 from orchestrator.steps import ShellStep
 from orchestrator.tools.shell import CommandFailed, run_shell
 from tests.cli_helpers import cli, shape_env
+from tests.processes import alive, running
 
 REQUIRE = os.environ.get("ORCH_REQUIRE_SERVICES") == "1"
 MB = 1024 * 1024
@@ -267,27 +268,6 @@ def box(tmp_path: Path) -> Iterator[Box]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def running(token: str) -> list[int]:
-    """Live processes whose command line or environment holds `token` (pids
-    written inside the sandbox are namespace pids: they mean nothing here)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if token.encode() in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def py(code: str, token: str) -> list[str]:
