@@ -119,3 +119,26 @@ def test_shell_steps_get_the_session_policys_limits(tmp_path: Path):
     assert Runner(store, "worker:test").run_step(ticket, 0, step, last=True) == "failed"
     [call] = replay(store, sid).session.calls
     assert call.error == "ToolTimeout"
+
+
+def test_a_rate_limited_step_records_it_and_asks_to_be_retried_later(tmp_path: Path):
+    from orchestrator.policy import parse_policy
+    from orchestrator.runner import RateLimitedStep
+    from orchestrator.steps import SearchStep
+    work = tmp_path / "repo"
+    work.mkdir()
+    (work / "a.py").write_text("x = 1\n")
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    step = SearchStep(pattern="x")
+    sid = new_id()
+    ticket = Ticket(job_id=new_id(), session_id=sid, target="repo", path=str(work),
+                    steps=("s1", "s2"), sessions_total=1,
+                    policy=parse_policy({"rate_limits": {"search": "1/minute"}}).document)
+    runner = Runner(store, "worker:test")
+    assert runner.run_step(ticket, 0, step, last=False) == "running"
+    with pytest.raises(RateLimitedStep) as limited:
+        runner.run_step(ticket, 1, step, last=True)
+    assert limited.value.transient and 50 < limited.value.retry_after_s <= 60
+    events = list(store.read_stream(sid))
+    assert events[-1].type == "RateLimited" and events[-1].payload.rate == "1/minute"
+    assert replay(store, sid).session.call(f"{sid}/2") is None     # nothing decided or ran
