@@ -9,7 +9,6 @@ Exit codes: 0 ok, 1 job failed, 2 bad input or config, 3 denied by policy,
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -126,8 +125,9 @@ def run(spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, di
     st, job_id, job_spec, tickets = _submit(spec, base_dir, policy, tier, allow_destructive)
     proc = _ensure_worker(s)
     try:
-        view = render.follow(st, job_id, job_spec, tickets, quiet=json, console=err,
-                             worker=proc, timeout=timeout)
+        render.follow(st, job_id, job_spec.name, len(job_spec.steps),
+                      {t.session_id: t.target for t in tickets}, quiet=json,
+                      console=err, worker=proc, timeout=timeout)
     finally:
         if proc is not None and not keep_worker:
             workers.stop_worker(proc)
@@ -229,8 +229,9 @@ def demo(directory: Path = typer.Option(Path("demo"), "--dir",
     st, job_id, job_spec, tickets = _submit(spec, directory)
     proc = _ensure_worker(s)
     try:
-        view = render.follow(st, job_id, job_spec, tickets, quiet=False, console=err,
-                             worker=proc, timeout=None)
+        view = render.follow(st, job_id, job_spec.name, len(job_spec.steps),
+                             {t.session_id: t.target for t in tickets}, quiet=False,
+                             console=err, worker=proc, timeout=None)
     finally:
         if proc is not None:
             workers.stop_worker(proc)
@@ -381,13 +382,11 @@ def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
                   "`orchestrator worker`)")
         return
     view = final_view(st, w.job_id)
-    spec = type("Spec", (), {"name": view.job.name, "steps": steps})
-    tickets = [type("T", (), {"session_id": r.session_id, "target": r.target})
-               for r in view.job.sessions]
     proc = _ensure_worker(settings())
     try:
-        render.follow(st, w.job_id, spec, tickets, quiet=False, console=err, worker=proc,
-                      timeout=None)
+        render.follow(st, w.job_id, view.job.name, len(steps),
+                      {r.session_id: r.target for r in view.job.sessions}, quiet=False,
+                      console=err, worker=proc, timeout=None)
     finally:
         if proc is not None:
             workers.stop_worker(proc)

@@ -43,24 +43,22 @@ def _describe(e: Event) -> str | None:
     return None
 
 
-def follow(store: SqlEventStore, job_id: str, spec: Any, tickets: list[Any], *, quiet: bool,
-           console: Console, worker: Any, timeout: float | None) -> JobView:
+def follow(store: SqlEventStore, job_id: str, name: str, steps: int, names: dict[str, str],
+           *, quiet: bool, console: Console, worker: Any, timeout: float | None) -> JobView:
     """Poll the job's events until it completes (or all that is left waits for
     a confirmation), drawing a bar per target."""
     view = JobView(job_id)
-    names = {t.session_id: t.target for t in tickets}
-    steps = len(spec.steps)
     deadline = None if timeout is None else time.monotonic() + timeout
     progress = Progress(TextColumn("{task.description}", style="bold"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                         TimeElapsedColumn(), console=console, disable=quiet,
                         transient=False)
     bars: dict[str, Any] = {}
-    overall = progress.add_task(f"job {spec.name}", total=len(tickets), note="")
-    few = len(tickets) <= MAX_BARS
+    overall = progress.add_task(f"job {name}", total=len(names), note="")
+    few = len(names) <= MAX_BARS
     if few:
-        for t in tickets:
-            bars[t.session_id] = progress.add_task(t.target, total=steps, note="queued")
+        for sid, target in names.items():
+            bars[sid] = progress.add_task(target, total=steps, note="queued")
     plain = not console.is_terminal
     with progress:
         while not view.settled:
@@ -79,7 +77,7 @@ def follow(store: SqlEventStore, job_id: str, spec: Any, tickets: list[Any], *, 
                     if plain and not quiet:
                         console.print(f"{names[sid]}: {note}", highlight=False)
                 progress.update(overall, completed=len(view.job.finished),
-                                note=f"{len(view.job.finished)}/{len(tickets)} targets done")
+                                note=f"{len(view.job.finished)}/{len(names)} targets done")
             if view.settled:
                 break
             if worker is not None and worker.poll() is not None:
