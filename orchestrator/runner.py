@@ -43,6 +43,7 @@ from orchestrator.steps import (DeleteStep, ListStep, PatchStep, ReadStep, Repla
                                 SearchStep, ShellStep, Step, WriteStep)
 from orchestrator.tools import files, replace, search, shell
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
+from orchestrator.tools.jail import real_paths
 
 CONFLICT_RETRIES = 20
 MEMO_SESSIONS = 1024      # folds kept per runner (one per worker process)
@@ -295,8 +296,7 @@ class Runner:
                 plan_error = exc
         verdict = policy.decide(
             step.kind, args, pol, tier=s.tier, elevated=s.elevated_by is not None,
-            usage=usage_of(state), now=utcnow(),
-            extra_paths=[("write", e.path) for e in planned.edits] if planned else ())
+            usage=usage_of(state), now=utcnow(), extra_paths=_touched(workspace, step, planned))
         if verdict.rule_id.startswith("rate:"):
             self._append(ticket.session_id, [p.RateLimited(
                 call_id=call_id, tool=step.kind, rate=pol.doc.rate_limits.get(step.kind, ""),
@@ -515,6 +515,18 @@ def plan(workspace: Path, step: Step, hidden: Any = None) -> Plan:
     else:
         return Plan([], 0)
     return Plan(edits, len(edits))
+
+
+def _touched(workspace: Path, step: Step, planned: Plan | None) -> list[tuple[str, str]]:
+    """The paths beyond the step's own arguments that policy must judge: the
+    files its plan writes, and where symlinks among them really lead."""
+    writes = [e.path for e in planned.edits] if planned else []
+    reads = [step.path] if isinstance(step, (ReadStep, ListStep)) else []
+    if isinstance(step, (WriteStep, DeleteStep)):
+        writes.append(step.path)
+    return ([("write", w) for w in writes]
+            + [("write", r) for r in real_paths(workspace, writes)]
+            + [("read", r) for r in real_paths(workspace, reads)])
 
 
 def execute(workspace: Path, step: Step, s: SessionState, call_id: str,

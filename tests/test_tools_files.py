@@ -78,18 +78,19 @@ def test_symlink_escapes_are_refused(ws: Path, tmp_path: Path) -> None:
     (tmp_path / "outside").mkdir()
     (ws / "out").symlink_to(tmp_path / "outside", target_is_directory=True)
     (ws / "passwd").symlink_to("/etc/passwd")
-    with pytest.raises(ToolInputError, match=r"path 'out/x' resolves to .* through a symlink"):
+    with pytest.raises(ToolInputError, match=r"path 'out/x' goes through the symlink out -> "
+                       r".*outside, outside the workspace"):
         resolve_in_workspace(ws, "out/x")
-    with pytest.raises(ToolInputError, match="through a symlink"):
+    with pytest.raises(ToolInputError, match="symlink passwd -> /etc/passwd, outside"):
         plan_write(ws, WriteStep(path="passwd", content="x"))
-    with pytest.raises(ToolInputError, match="through a symlink"):
+    with pytest.raises(ToolInputError, match="outside the workspace"):
         apply_edits(ws, [FileEdit("out/new.txt", None, b"x")])
     assert list((tmp_path / "outside").iterdir()) == []
 
 
 def test_symlink_loops_are_refused(ws: Path) -> None:
     (ws / "loop").symlink_to("loop")
-    with pytest.raises(ToolInputError, match="cannot be resolved"):
+    with pytest.raises(ToolInputError, match="more than 40 symlinks"):
         resolve_in_workspace(ws, "loop/x")
 
 
@@ -173,7 +174,7 @@ def test_apply_is_all_or_nothing_when_one_target_cannot_be_written(ws: Path) -> 
              FileEdit("noeol.txt", b"first\nlast", None),
              FileEdit("src/mod.py/child.txt", None, b"parent is a regular file\n")]
     before = snapshot(ws)
-    with pytest.raises(ToolInputError, match=r"cannot write src/mod.py/child.txt: .* is a file"):
+    with pytest.raises(ToolInputError, match=r"cannot use .src/mod.py/child.txt.: src/mod.py is a file"):
         apply_edits(ws, edits)
     assert snapshot(ws) == before          # no content, no temp file, no new directory
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.steps import PatchStep, WriteStep
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
-from orchestrator.tools.paths import iter_files, normalize_rel, resolve_in_workspace
+from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot
+from orchestrator.tools.paths import iter_files, normalize_rel
 from orchestrator.tools.search import cap_output
 
 __all__ = ["plan_write", "plan_patch", "apply_edits", "unified_diff"]
@@ -67,12 +68,15 @@ def list_files(workspace: Path, rel: str, globs: Sequence[str], max_bytes: int,
                hidden: Callable[[str], bool] | None = None) -> ToolResult:
     """The files under `rel`, one path (relative to the workspace) a line."""
     rel = normalize_rel(rel) if rel not in ("", ".") else "."
-    base = resolve_in_workspace(workspace, rel)
-    if not base.is_dir():
+    with Jail(workspace) as jail:
+        spot = jail.resolve(rel)
+    if spot.st is None or not stat.S_ISDIR(spot.st.st_mode):
         raise ToolInputError(f"{rel} is not a folder in the workspace")
     prefix = "" if rel == "." else rel.rstrip("/") + "/"
-    names = [prefix + f for f in iter_files(base, globs,
-                                            (lambda r: hidden(prefix + r)) if hidden else None)]
+    real = "" if spot.rel == "." else spot.rel + "/"   # what policy judges, through symlinks
+    names = [prefix + f for f in iter_files(jail.root / spot.rel, globs,
+                                            (lambda r: hidden(prefix + r) or hidden(real + r))
+                                            if hidden else None)]
     text = "".join(n + "\n" for n in names).encode()
     return ToolResult(output=cap_output(text, max_bytes), output_bytes=len(text),
                       count=len(names))
@@ -80,97 +84,97 @@ def list_files(workspace: Path, rel: str, globs: Sequence[str], max_bytes: int,
 
 def _read(workspace: Path, rel: str) -> bytes | None:
     """A workspace file's bytes, or None if it does not exist."""
-    path = resolve_in_workspace(workspace, rel)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise ToolInputError(f"{rel} is a directory, not a file; give the path of a file "
-                             "inside it.") from None
-    except NotADirectoryError:
-        return None  # a parent is a file; writing there fails when the edit is applied
+    with Jail(workspace) as jail:
+        return jail.read(rel)
 
 
 # --- apply ---------------------------------------------------------------------------
 
 def apply_edits(workspace: Path, edits: Sequence[FileEdit]) -> int:
     """Make every edit or none; returns the number of bytes written. Refuses
-    (ToolInputError) if any file no longer has its planned `before` content."""
-    targets: list[tuple[FileEdit, Path]] = []
-    seen: dict[Path, str] = {}
+    (ToolInputError) if any file no longer has its planned `before` content.
+    Every file is reached through the jail's directory descriptors."""
+    with Jail(workspace) as jail:
+        return _apply(jail, edits)
+
+
+def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
+    targets: list[tuple[FileEdit, Spot]] = []
+    seen: dict[tuple[int, int, str], str] = {}
     for edit in edits:
-        path = resolve_in_workspace(workspace, edit.path)
-        if path in seen:
-            raise ToolInputError(f"edits for {seen[path]} and {edit.path} name the same file; "
+        spot = jail.resolve(edit.path)
+        parent = os.fstat(spot.dirfd) if spot.dirfd is not None else None
+        key = (parent.st_dev, parent.st_ino, spot.name) if parent else (-1, -1, spot.rel)
+        if key in seen:
+            raise ToolInputError(f"edits for {seen[key]} and {edit.path} name the same file; "
                                  "plan one edit per file.")
-        seen[path] = edit.path
-        current = _read(workspace, edit.path)
+        seen[key] = edit.path
+        current = jail.read_spot(spot, edit.path)
         if content_hash(current) != edit.before_hash:
             raise ToolInputError(
                 f"{edit.path} changed since planned (expected {_short(edit.before_hash)}, "
                 f"found {_short(content_hash(current))}); nothing was written. Plan the "
                 "step again against the current files.")
         if edit.before != edit.after:
-            targets.append((edit, path))
+            targets.append((edit, spot))
 
-    staged: list[tuple[Path, Path, FileEdit]] = []   # (temp, target, edit)
-    made_dirs: list[Path] = []
+    staged: list[tuple[str, Spot, FileEdit]] = []   # (temp name, target, edit)
+    made_dirs: list[tuple[int, str]] = []
 
     def undo_staging() -> None:
-        for tmp, _, _ in staged:
-            tmp.unlink(missing_ok=True)
-        for d in reversed(made_dirs):
-            _rmdir_quietly(d)
+        for tmp, spot, _ in staged:
+            _unlink_quietly(spot.dirfd, tmp)
+        for dirfd, name in reversed(made_dirs):
+            _rmdir_quietly(dirfd, name)
 
     try:
-        for edit, path in targets:
+        for i, (edit, spot) in enumerate(targets):
             if edit.after is not None:
-                _make_parents(path, edit.path, made_dirs)
-                staged.append((_stage(path, edit.after), path, edit))
+                if spot.dirfd is None:   # a new file in a new folder
+                    spot = jail.resolve(edit.path, make_parents=made_dirs)
+                    targets[i] = (edit, spot)
+                staged.append((_stage(spot, edit.after), spot, edit))
     except OSError as err:
         undo_staging()
-        raise ToolError(f"could not stage the new content of {err.filename}: {err.strerror}; "
-                        "nothing was changed. Fix the cause (disk space, permissions) and "
-                        "run the step again.") from err
+        raise ToolError(f"could not stage the new content of {err.filename or edit.path}: "
+                        f"{err.strerror}; nothing was changed. Fix the cause (disk space, "
+                        "permissions) and run the step again.") from err
     except BaseException:
         undo_staging()
         raise
 
-    done: list[tuple[Path, FileEdit]] = []
+    done: list[tuple[Spot, FileEdit]] = []
     try:
-        for tmp, path, edit in staged:
-            os.replace(tmp, path)
-            done.append((path, edit))
-        for edit, path in targets:
+        for tmp, spot, edit in staged:
+            os.replace(tmp, spot.name, src_dir_fd=spot.dirfd, dst_dir_fd=spot.dirfd)
+            done.append((spot, edit))
+        for edit, spot in targets:
             if edit.after is None:
-                path.unlink()
-                done.append((path, edit))
+                os.unlink(spot.name, dir_fd=spot.dirfd)
+                done.append((spot, edit))
     except OSError as err:
         _restore(done)
         undo_staging()
-        raise ToolError(f"applying the edits failed at {err.filename}: {err.strerror}; the files "
+        raise ToolError(f"applying the edits failed at {edit.path}: {err.strerror}; the files "
                         "already changed were put back. Fix the cause and run the step "
                         "again.") from err
-    root = workspace.resolve()
-    for edit, path in targets:
+    for edit, spot in targets:
         if edit.after is None:      # like git: a directory emptied by deletions goes too
-            parent = path.parent
-            while parent != root and parent.is_relative_to(root) and _rmdir_quietly(parent):
-                parent = parent.parent
-    for parent in {p.parent for p, _ in done}:
-        _fsync_dir(parent)
+            for dirfd, name in reversed(spot.chain):
+                if not _rmdir_quietly(dirfd, name):
+                    break
+    for dirfd in {spot.dirfd for spot, _ in done}:
+        _fsync_dir(dirfd)
     return sum(len(e.after) for e, _ in targets if e.after is not None)
 
 
-def _stage(path: Path, data: bytes) -> Path:
-    """Write `data` to a fresh temp file beside `path` (same mode), fsynced."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mode = None
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+def _stage(spot: Spot, data: bytes) -> str:
+    """Write `data` to a fresh temp file beside the target (same mode), fsynced;
+    returns its name in the target's directory."""
+    tmp = f".{spot.name}.{secrets.token_hex(6)}.tmp"[-MAX_NAME_BYTES:]
+    mode = stat.S_IMODE(spot.st.st_mode) if spot.st is not None else None
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o666, dir_fd=spot.dirfd)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -179,48 +183,43 @@ def _stage(path: Path, data: bytes) -> Path:
                 os.fchmod(fh.fileno(), mode)
             os.fsync(fh.fileno())
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _unlink_quietly(spot.dirfd, tmp)
         raise
     return tmp
 
 
-def _make_parents(path: Path, rel: str, made: list[Path]) -> None:
-    """Create the missing parents of `path`, recording each in `made` (for undo)."""
-    missing: list[Path] = []
-    parent = path.parent
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ToolInputError(f"cannot write {rel}: {parent} is a file, not a directory; "
-                             "nothing was written. Fix the path or remove that file first.")
-    for d in reversed(missing):
-        d.mkdir()
-        made.append(d)
-
-
-def _restore(done: list[tuple[Path, FileEdit]]) -> None:
-    for path, edit in reversed(done):
+def _restore(done: list[tuple[Spot, FileEdit]]) -> None:
+    for spot, edit in reversed(done):
         try:
             if edit.before is None:
-                path.unlink(missing_ok=True)
+                _unlink_quietly(spot.dirfd, spot.name)
             else:
-                os.replace(_stage(path, edit.before), path)
+                os.replace(_stage(spot, edit.before), spot.name, src_dir_fd=spot.dirfd,
+                           dst_dir_fd=spot.dirfd)
         except OSError:
             pass  # best effort: the original error is the one to report
 
 
-def _rmdir_quietly(path: Path) -> bool:
+def _unlink_quietly(dirfd: int | None, name: str) -> None:
     try:
-        path.rmdir()
+        os.unlink(name, dir_fd=dirfd)
+    except OSError:
+        pass
+
+
+def _rmdir_quietly(dirfd: int, name: str) -> bool:
+    try:
+        os.rmdir(name, dir_fd=dirfd)
         return True
     except OSError:
         return False
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(dirfd: int | None) -> None:
+    """Make the renames durable: fsync needs a readable descriptor, not the
+    jail's O_PATH one."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
     except OSError:
         return
     try:

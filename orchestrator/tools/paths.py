@@ -1,8 +1,9 @@
 """Workspace paths: every tool reaches files through here, so that no step can
 read or write outside its target, and both search backends see one file list.
 
-A path is resolved against the workspace when it is opened (not when the step
-was written), so a symlink planted after planning is still caught.
+Opening, writing and deleting go through `orchestrator.tools.jail`, which
+walks a path component by component under the workspace root at the moment
+of use, so a symlink planted after planning (or mid-walk) is still caught.
 """
 
 from __future__ import annotations
@@ -15,34 +16,18 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from orchestrator.errors import ToolInputError
+from orchestrator.tools.jail import Jail
 
 __all__ = ["resolve_in_workspace", "iter_files", "glob_matcher", "display_path"]
 
 
 def resolve_in_workspace(workspace: Path, rel: str) -> Path:
-    """The real path of `rel` inside `workspace`, following symlinks; refuses
-    absolute paths and anything (`..`, a symlink) that ends up outside."""
-    root = workspace.resolve()
-    if "\x00" in rel:
-        raise ToolInputError(f"path {rel!r} contains a NUL byte; no file can have that name. "
-                             "Fix the path in the step.")
-    pure = PurePosixPath(rel)
-    if pure.is_absolute():
-        raise ToolInputError(f"path {rel!r} is absolute; tools only take paths relative to the "
-                             f"workspace {root}. Drop the leading '/'.")
-    if os.path.normpath(rel).split(os.sep)[0] == "..":
-        raise ToolInputError(f"path {rel!r} climbs out of the workspace with '..'; tools stay "
-                             "inside their target. Use a path below the workspace root.")
-    try:
-        real = (root / rel).resolve()
-    except (RuntimeError, OSError) as err:   # a symlink loop
-        raise ToolInputError(f"path {rel!r} cannot be resolved ({err}); remove the symlink "
-                             "loop or use another path.") from err
-    if not real.is_relative_to(root):
-        raise ToolInputError(f"path {rel!r} resolves to {real}, outside the workspace {root}, "
-                             "through a symlink; tools do not follow symlinks out of their "
-                             "target. Use the file's path inside the workspace.")
-    return real
+    """The real path of `rel` inside `workspace`, symlinks followed by the
+    jail's walk; refuses absolute paths and anything (`..`, a symlink) that
+    ends up outside. For naming a place (a cwd), not for opening: open
+    through `Jail`, which holds the directories it walked."""
+    with Jail(workspace) as jail:
+        return jail.root / jail.resolve(rel).rel
 
 
 def normalize_rel(rel: str) -> str:

@@ -9,7 +9,6 @@ so `^` and `$` anchor at lines as they do in search.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from pathlib import Path
 from orchestrator.errors import ToolInputError, ToolTimeout
 from orchestrator.steps import ReplaceStep
 from orchestrator.tools.base import FileEdit, ToolResult
+from orchestrator.tools.jail import Jail
 from orchestrator.tools.paths import iter_files
 from orchestrator.tools.search import check_count, compile_pattern
 
@@ -39,30 +39,32 @@ def plan_replace(workspace: Path, step: ReplaceStep,
     root = workspace.resolve()
     edits: list[FileEdit] = []
     total = 0
-    for rel in iter_files(root, step.glob, hidden):
-        if time.monotonic() > deadline:
-            raise ToolTimeout(f"replace ran past its time limit of {step.timeout_s:g} s while "
-                              "planning; nothing was changed. Narrow it with `glob`, or raise "
-                              "`timeout_s` on the step.")
-        try:
-            with open(os.path.join(root, rel), "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        if needle is not None and needle not in data:
-            continue
-        if b"\0" in data:
-            continue  # binary
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            continue  # not text we can rewrite without changing other bytes
-        if needle is None and rx.search(text) is None:
-            continue
-        new, n = rewrite(text)
-        total += n
-        if new != text:
-            edits.append(FileEdit(rel, data, new.encode("utf-8")))
+    with Jail(root) as jail:
+        for rel in iter_files(root, step.glob, hidden):
+            if time.monotonic() > deadline:
+                raise ToolTimeout(f"replace ran past its time limit of {step.timeout_s:g} s "
+                                  "while planning; nothing was changed. Narrow it with `glob`, "
+                                  "or raise `timeout_s` on the step.")
+            try:
+                data = jail.read(rel)
+            except (OSError, ToolInputError):
+                continue   # vanished, or swapped for a symlink out, since listing
+            if data is None:
+                continue
+            if needle is not None and needle not in data:
+                continue
+            if b"\0" in data:
+                continue  # binary
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue  # not text we can rewrite without changing other bytes
+            if needle is None and rx.search(text) is None:
+                continue
+            new, n = rewrite(text)
+            total += n
+            if new != text:
+                edits.append(FileEdit(rel, data, new.encode("utf-8")))
     check_count("replace", step.pattern, step.expect,
                 ToolResult(count=total, edits=tuple(edits)), "occurrences")
     return edits, total

@@ -26,6 +26,7 @@ from typing import Any
 from orchestrator.errors import CountMismatch, ToolInputError, ToolTimeout
 from orchestrator.steps import CountRange, SearchStep
 from orchestrator.tools.base import ToolResult
+from orchestrator.tools.jail import Jail
 from orchestrator.tools.paths import display_path, iter_files
 
 __all__ = ["search", "ripgrep", "compile_pattern", "cap_output", "decode_text", "check_count"]
@@ -127,14 +128,21 @@ def _scan(root: Path, files: list[str], rx: re.Pattern[str], deadline: float,
           timeout_s: float) -> Iterator[str]:
     """`path:lineno:line\n` for every matching line, in file-list order."""
     find = rx.search
+    with Jail(root) as jail:
+        yield from _scan_in(jail, files, find, deadline, timeout_s)
+
+
+def _scan_in(jail: Jail, files: list[str], find: Callable[[str], object], deadline: float,
+             timeout_s: float) -> Iterator[str]:
     for rel in files:
         if time.monotonic() > deadline:
             raise _timeout(timeout_s)
         try:
-            with open(os.path.join(root, rel), "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue  # vanished or unreadable since listing: nothing to match
+            data = jail.read(rel)
+        except (OSError, ToolInputError):
+            continue  # vanished, swapped for a symlink out, or unreadable since listing
+        if data is None:
+            continue
         if b"\0" in data:
             continue  # binary
         lines = decode_text(data).split("\n")

@@ -1,0 +1,279 @@
+"""The filesystem jail: every file tool opens, writes and deletes through
+directory file descriptors walked from the workspace root, one component at a
+time, never following a symlink the kernel resolves on its own.
+
+Why not `realpath` then `open`: between the two a symlink can be swapped in
+and the open follows it out of the workspace. Here each component is opened
+with `O_NOFOLLOW` relative to the directory before it; a symlink is read and
+its target walked the same way, and `..` pops a directory we already hold, so
+the walk can never rise above the root however the tree changes meanwhile.
+The final name is acted on relative to its parent's descriptor (`openat`,
+`renameat`, `unlinkat`), so a name swapped for a symlink after the walk is
+refused (reads) or replaced as a link (writes), never followed.
+
+Refused with a typed error (ToolInputError): NUL bytes, absolute paths,
+absurd lengths, `..` or symlinks that leave the workspace, symlink loops, and
+reading FIFOs, sockets and devices.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+
+from orchestrator.errors import ToolInputError
+
+__all__ = ["Jail", "Spot", "MAX_PATH_BYTES", "MAX_NAME_BYTES", "MAX_SYMLINKS"]
+
+MAX_PATH_BYTES = 4096     # PATH_MAX
+MAX_NAME_BYTES = 255      # NAME_MAX
+MAX_SYMLINKS = 40         # what the kernel allows in one resolution
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class Spot:
+    """Where a path lands: the name `name` in the directory open as `dirfd`.
+
+    `rel` is the real path relative to the workspace (symlinks resolved), the
+    one policy judges. `chain` holds (parent fd, name) for every directory
+    from the root down to `dirfd`, so emptied parents can be removed without
+    walking by name again. `dirfd` is None when a parent does not exist yet.
+    """
+
+    dirfd: int | None
+    name: str
+    rel: str
+    chain: tuple[tuple[int, str], ...] = ()
+    st: os.stat_result | None = None    # lstat of the name at walk time; None: missing
+
+
+class Jail:
+    """A workspace opened for walking. Use as a context manager: it holds
+    directory descriptors until closed. Not shared between threads."""
+
+    def __init__(self, workspace: Path | str) -> None:
+        self.root = Path(workspace).resolve()
+        self._root_fd = os.open(self.root, _DIR_FLAGS)
+        self._fds: list[int] = []
+        # Directories already walked, by their lexical path: a replace over a
+        # thousand files in one folder walks that folder once.
+        self._dirs: dict[str, tuple[int, tuple[str, ...], tuple[tuple[int, str], ...]]] = {}
+
+    def __enter__(self) -> Jail:
+        return self
+
+    def __exit__(self, *exc: object | TracebackType) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in (*self._fds, self._root_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+        self._dirs.clear()
+
+    # --- resolving --------------------------------------------------------------
+
+    def resolve(self, rel: str, *, make_parents: list[tuple[int, str]] | None = None) -> Spot:
+        """Walk `rel` from the root. With `make_parents`, missing directories are
+        created (and recorded there as (parent fd, name), for undo)."""
+        parts = _components(rel)
+        fd, names, chain = self._root_fd, (), ()
+        dirpart = "/".join(parts[:-1])
+        if dirpart in self._dirs and ".." not in parts:
+            fd, names, chain = self._dirs[dirpart]
+            parts = parts[-1:]
+        todo = deque(parts)
+        links = 0
+        plain = True   # no symlink or `..` met yet: what was walked can be cached by name
+        while todo:
+            comp = todo.popleft()
+            if comp == "..":
+                plain = False
+                if not names:
+                    raise _escape(rel, "climbs out of the workspace with '..'" if not links
+                                  else "follows a symlink out of the workspace")
+                fd, names, chain = chain[-1][0], names[:-1], chain[:-1]
+                continue
+            if not todo:   # the last component: looked at, not opened
+                st = _lstat(fd, comp)
+                if st is not None and stat.S_ISLNK(st.st_mode):
+                    links += 1
+                    fd, names, chain = self._follow(fd, comp, rel, links, todo, names, chain)
+                    plain = False
+                    continue
+                return Spot(fd, comp, "/".join((*names, comp)), chain, st)
+            try:
+                sub = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if make_parents is None:
+                    return _missing(rel, names, comp, todo)
+                os.mkdir(comp, 0o777, dir_fd=fd)
+                make_parents.append((fd, comp))
+                sub = os.open(comp, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = _lstat(fd, comp)
+                if st is None:
+                    return _missing(rel, names, comp, todo)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise ToolInputError(
+                        f"cannot use {rel!r}: {'/'.join((*names, comp))} is a file, not a "
+                        "directory. Fix the path, or remove that file first.") from None
+                links += 1
+                fd, names, chain = self._follow(fd, comp, rel, links, todo, names, chain)
+                plain = False
+                continue
+            self._fds.append(sub)
+            fd, names, chain = sub, (*names, comp), (*chain, (fd, comp))
+            if plain:
+                self._dirs["/".join(names)] = (fd, names, chain)
+        # `rel` named a directory through `..` or is the root itself
+        if not names:
+            return Spot(self._root_fd, ".", ".", (), os.fstat(self._root_fd))
+        return Spot(chain[-1][0], names[-1], "/".join(names), chain[:-1], os.fstat(fd))
+
+    def _follow(self, fd: int, comp: str, rel: str, links: int, todo: deque[str],
+                names: tuple[str, ...], chain: tuple[tuple[int, str], ...],
+                ) -> tuple[int, tuple[str, ...], tuple[tuple[int, str], ...]]:
+        """Splice the target of the symlink `comp` into the walk. An absolute
+        target is walked from the root again, if it points inside at all."""
+        if links > MAX_SYMLINKS:
+            raise ToolInputError(f"path {rel!r} goes through more than {MAX_SYMLINKS} symlinks "
+                                 "(a symlink loop?); remove the loop or use the file's real "
+                                 "path.")
+        try:
+            target = os.readlink(comp, dir_fd=fd)
+        except OSError as err:
+            raise ToolInputError(f"cannot read the symlink {comp!r} in {rel!r}: {err.strerror}; "
+                                 "it changed while being resolved. Run the step again.") from err
+        if target.startswith("/"):
+            inside = PurePosixPath(os.path.normpath(target))
+            if not inside.is_relative_to(self.root):
+                raise _escape(rel, f"goes through the symlink {'/'.join((*names, comp))} -> "
+                              f"{target}, outside the workspace")
+            todo.extendleft(reversed(_split(str(inside.relative_to(self.root)))))
+            return self._root_fd, (), ()
+        todo.extendleft(reversed(_split(target)))
+        return fd, names, chain
+
+    # --- acting -----------------------------------------------------------------
+
+    def read(self, rel: str) -> bytes | None:
+        """The bytes of the regular file `rel`, or None if it does not exist."""
+        spot = self.resolve(rel)
+        return self.read_spot(spot, rel)
+
+    def read_spot(self, spot: Spot, rel: str) -> bytes | None:
+        if spot.dirfd is None or spot.st is None:
+            return None
+        if stat.S_ISDIR(spot.st.st_mode):
+            raise ToolInputError(f"{rel} is a directory, not a file; give the path of a file "
+                                 "inside it.")
+        _require_regular(spot.st, rel)
+        try:
+            fd = os.open(spot.name, _READ_FLAGS, dir_fd=spot.dirfd)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ToolInputError(f"{rel} was replaced by a symlink while it was being "
+                                     "opened; refused. Run the step again.") from None
+            raise
+        try:
+            now = os.fstat(fd)
+            _require_regular(now, rel)
+            if (now.st_dev, now.st_ino) != (spot.st.st_dev, spot.st.st_ino):
+                raise ToolInputError(f"{rel} was replaced while it was being opened; refused. "
+                                     "Run the step again.")
+            os.set_blocking(fd, True)
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+
+# --- pure helpers ------------------------------------------------------------------
+
+def _components(rel: str) -> list[str]:
+    """The checked components of a workspace path ("." for the root itself)."""
+    if "\x00" in rel:
+        raise ToolInputError(f"path {rel!r} contains a NUL byte; no file can have that name. "
+                             "Fix the path in the step.")
+    size = len(os.fsencode(rel))
+    if size > MAX_PATH_BYTES:
+        raise ToolInputError(f"path {rel[:60]!r}... is {size} bytes long, more than any file "
+                             f"system allows ({MAX_PATH_BYTES}); fix the path in the step.")
+    if rel.startswith("/"):
+        raise ToolInputError(f"path {rel!r} is absolute; tools only take paths relative to the "
+                             "workspace. Drop the leading '/'.")
+    parts = _split(rel)
+    for part in parts:
+        if len(os.fsencode(part)) > MAX_NAME_BYTES:
+            raise ToolInputError(f"path {rel[:60]!r} has a name longer than {MAX_NAME_BYTES} "
+                                 "bytes, which no file system allows; fix the path.")
+    return parts or ["."]
+
+
+def _split(path: str) -> list[str]:
+    return [c for c in path.split("/") if c not in ("", ".")]
+
+
+def _lstat(fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _missing(rel: str, names: tuple[str, ...], comp: str, todo: deque[str]) -> Spot:
+    """A path below a directory that does not exist: nothing to open, but its
+    lexical rest still names the file that policy judges."""
+    joined = os.path.normpath("/".join((*names, comp, *todo)))
+    if joined == ".." or joined.startswith("../"):
+        raise _escape(rel, "climbs out of the workspace with '..'")
+    return Spot(None, PurePosixPath(joined).name, joined)
+
+
+def _require_regular(st: os.stat_result, rel: str) -> None:
+    if stat.S_ISREG(st.st_mode):
+        return
+    kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+            else "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file")
+    raise ToolInputError(f"{rel} is {kind}; file tools read and write regular files only "
+                         "(reading it could block or mean nothing). Use a regular file.")
+
+
+def _escape(rel: str, how: str) -> ToolInputError:
+    return ToolInputError(f"path {rel!r} {how}; tools stay inside their target and do not "
+                          "follow symlinks out of it. Use the file's path inside the workspace.")
+
+
+def real_paths(workspace: Path | str, rels: list[str]) -> list[str]:
+    """Where each of `rels` really is (symlinks resolved), for those that are
+    elsewhere: policy judges both names, so `notes -> .env` is read as `.env`.
+    A path the jail refuses is left out; the tool refuses it when it runs."""
+    out: list[str] = []
+    with Jail(workspace) as jail:
+        for rel in rels:
+            try:
+                real = jail.resolve(rel).rel
+            except (ToolInputError, OSError):
+                continue
+            if real != os.path.normpath(rel):
+                out.append(real)
+    return out
