@@ -22,6 +22,9 @@ events = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.UniqueConstraint("stream_id", "seq", name="uq_events_stream_seq"),
+    sa.Index("ix_events_correlation", "correlation_id", "position"),
+    sa.Index("ix_events_idempotency", "stream_id", "idempotency_key"),
+    sa.Index("ix_events_type_position", "type", "position"),      # 0002
 )
 
 snapshots = sa.Table(
