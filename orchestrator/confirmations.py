@@ -10,13 +10,14 @@ target, the steps, the policy) is rebuilt from the events.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from events import payloads as p
-from events.envelope import NewEvent
-from events.projections import JobState, SessionState, apply_job
+from events.envelope import Event, NewEvent
+from events.projections import JobState, Projections, SessionState, apply_job
 from events.replay import replay
 from events.store import SqlEventStore
 from orchestrator.errors import UserError
@@ -43,20 +44,32 @@ class Waiting:
         return {**self.__dict__, "asked_at": self.asked_at.isoformat()}
 
 
-def pending(store: SqlEventStore) -> list[Waiting]:
-    """Every unanswered confirmation, oldest first (scans the log)."""
-    asked: dict[str, tuple[Any, Any]] = {}
+CONFIRMATION_TYPES = ("ConfirmationRequested", "ConfirmationGranted", "ConfirmationDenied")
+
+
+def unanswered(events: Iterable[Event]) -> dict[str, Event]:
+    """The ConfirmationRequested events no Granted/Denied answers, by call id."""
+    asked: dict[str, Event] = {}
     answered: set[str] = set()
-    for e in store.read_all():
+    for e in events:
         if isinstance(e.payload, p.ConfirmationRequested):
-            asked[e.payload.call_id] = (e, e.payload)
+            asked[e.payload.call_id] = e
         elif isinstance(e.payload, (p.ConfirmationGranted, p.ConfirmationDenied)):
             answered.add(e.payload.call_id)
+    return {c: e for c, e in asked.items() if c not in answered}
+
+
+def pending(store: SqlEventStore) -> list[Waiting]:
+    """Every unanswered confirmation, oldest first. Reads only the three
+    confirmation types (an index, not the whole log) and replays only the
+    sessions that still wait."""
     out = []
-    for call_id, (e, pl) in asked.items():
-        if call_id in answered:
-            continue
-        state = replay(store, e.stream_id)
+    states: dict[str, Projections] = {}
+    for call_id, e in unanswered(store.read_types(CONFIRMATION_TYPES)).items():
+        pl = e.payload
+        state = states.get(e.stream_id)
+        if state is None:
+            state = states[e.stream_id] = replay(store, e.stream_id)
         s = state.session
         call = s.call(call_id)
         args = next((x.args for x in state.ledger.entries if x.call_id == call_id), {})
