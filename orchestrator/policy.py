@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from orchestrator.command_analysis import Analysis, Invocation, analyze, analyze_argv
 from orchestrator.errors import UserError
@@ -129,8 +129,17 @@ class Commands(_Model):
 
 
 class Network(_Model):
+    """`allow_hosts` empty means any host. The network tools hold a request to
+    the list; a shell command cannot be held to it (the sandbox gives a
+    process the whole network or none), so a host list keeps shell commands
+    off the network altogether rather than letting them reach everything."""
+
     enabled: bool = False
     allow_hosts: tuple[str, ...] = ()
+
+    @property
+    def for_shell(self) -> bool:
+        return self.enabled and not self.allow_hosts
 
 
 class SessionLimits(_Model):
@@ -661,6 +670,12 @@ def _invocation_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match
             out.append(Match("network-off", Decision.DENY, (
                 f"`{shown}`: {rule.reason}, and the session's network is off; enable it "
                 "with `network: {enabled: true}` in the policy")))
+        elif rule.network and not policy.doc.network.for_shell:
+            out.append(Match("network-hosts-shell", Decision.DENY, (
+                f"`{shown}`: {rule.reason}, and the policy limits the network to "
+                f"{', '.join(policy.doc.network.allow_hosts)}, which the sandbox cannot hold "
+                "a shell command to (it gets the whole network or none); remove "
+                "`network.allow_hosts` to let shell commands reach any host")))
         out.append(Match(rule.id, Decision[rule.decision.upper()],
                          f"`{shown}`: {rule.reason or 'matched ' + rule.id}",
                          destructive=rule.destructive))
@@ -787,7 +802,6 @@ def combine(*docs: PolicyDoc | None) -> PolicyDoc:
         return DEFAULT_POLICY.doc
     if len(given) == 1:
         return given[0]
-    first = given[0]
     limits = {f: min(getattr(d.limits, f) for d in given) for f in Limits.model_fields}
     session: dict[str, Any] = {
         f: _min_all([getattr(d.session_limits, f) for d in given])
@@ -801,17 +815,18 @@ def combine(*docs: PolicyDoc | None) -> PolicyDoc:
         for tool, text in d.rate_limits.items():
             if tool not in rates or _per_s(text) < _per_s(rates[tool]):
                 rates[tool] = text
-    hosts = set(first.network.allow_hosts)
-    for d in given[1:]:
-        hosts &= set(d.network.allow_hosts)
+    # An empty host list means any host: only the non-empty lists narrow, and
+    # lists with no host in common leave no network at all.
+    lists = [set(d.network.allow_hosts) for d in given if d.network.allow_hosts]
+    hosts = set.intersection(*lists) if lists else set()
+    network_on = all(d.network.enabled for d in given) and not (lists and not hosts)
     return PolicyDoc(
         name="+".join(d.name for d in given), tier=strictest_tier(*(d.tier for d in given)),
         allow_destructive=all(d.allow_destructive for d in given),
         commands=Commands(default=max((Decision[d.commands.default.upper()] for d in given))
                           .word, rules=tuple(r for d in given for r in d.commands.rules)),
         paths=tuple(r for d in given for r in d.paths),
-        network=Network(enabled=all(d.network.enabled for d in given),
-                        allow_hosts=tuple(sorted(hosts))),
+        network=Network(enabled=network_on, allow_hosts=tuple(sorted(hosts))),
         limits=Limits(**limits), session_limits=SessionLimits(tool_calls=calls, **session),
         rate_limits=rates)
 

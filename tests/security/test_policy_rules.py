@@ -142,3 +142,27 @@ def test_combining_policies_keeps_the_strictest_of_each_setting():
 def test_the_policy_hash_changes_with_the_policy():
     assert parse_policy({"tier": "read-only"}).hash != DEFAULT_POLICY.hash
     assert parse_policy({}).hash == parse_policy({}).hash
+
+
+def test_an_empty_host_list_means_any_host_so_only_real_lists_narrow():
+    anyhost = parse_policy({"name": "a", "network": {"enabled": True}}).doc
+    pypi = parse_policy({"name": "b", "network": {"enabled": True,
+                                                  "allow_hosts": ["pypi.org"]}}).doc
+    github = parse_policy({"name": "c", "network": {"enabled": True,
+                                                    "allow_hosts": ["github.com"]}}).doc
+    assert combine(anyhost, pypi).network.allow_hosts == ("pypi.org",)
+    assert combine(pypi, anyhost).network.enabled
+    disjoint = combine(pypi, github).network
+    assert not disjoint.enabled, "no host in common must leave no network, not any host"
+
+
+def test_a_host_list_keeps_shell_commands_off_the_network():
+    """The sandbox cannot hold a process to a host list, so it fails closed."""
+    listed = parse_policy({"name": "p", "tier": "exec", "network": {
+        "enabled": True, "allow_hosts": ["github.com"]}})
+    open_net = parse_policy({"name": "p", "tier": "exec", "network": {"enabled": True}})
+    assert not listed.doc.network.for_shell and open_net.doc.network.for_shell
+    v = decide_request("shell", listed, command="git fetch origin")
+    assert (v.decision, v.rule_id) == ("deny", "network-hosts-shell")
+    assert "remove `network.allow_hosts`" in v.reason
+    assert decide_request("shell", open_net, command="git fetch origin").decision == "allow"
