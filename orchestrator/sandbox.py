@@ -5,12 +5,15 @@ Two modes, chosen per call from what the machine offers (`probe()`):
 - **bwrap**: bubblewrap gives the command its own mount, pid, network (unless
   allowed), IPC and UTS namespaces: the system is bound read-only
   (`--ro-bind / /`), the workspace read-write, `/tmp`, `/run` and `/dev/shm`
-  are private and empty, `/proc` shows only the sandbox's processes. When the
+  are private and empty, `/proc` shows only the sandbox's processes, and every
+  workspace file the session policy denies reading is shown empty and
+  read-only (`workspace_masks()` finds them, `mask_args()` mounts). When the
   worker is root, the command runs as an unprivileged uid (`setpriv`) with no
   capabilities and `no_new_privs`, because RLIMIT_NPROC is not enforced for
   root (not even under a user namespace that maps back to root).
 - **fallback**: no namespaces; the same uid drop, rlimits, a new session and
-  process group, the same scrubbed environment and a throwaway HOME.
+  process group, the same scrubbed environment and a throwaway HOME. Nothing
+  can be mounted, so denied workspace files are not hidden.
 
 In both, per-call limits come from `SandboxLimits` (built from the policy's
 `Limits`): rlimits set in the child (CPU, file size, open files, no core
@@ -29,6 +32,7 @@ process (deadline, output cap) in between.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -41,11 +45,13 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -53,7 +59,8 @@ from orchestrator.errors import ToolInputError
 
 __all__ = ["SandboxLimits", "Host", "Cgroups", "Request", "Plan", "plan", "scrub_env",
            "bwrap_argv", "forbidden_env", "probe", "Mode", "SANDBOX_UID", "GIT_ENV",
-           "Prepared", "prepare", "spawn", "describe", "ancestors_of"]
+           "Prepared", "prepare", "spawn", "describe", "ancestors_of", "Mask", "MaskRules",
+           "Masker", "masker", "workspace_masks", "empty_file"]
 
 Mode = Literal["auto", "bwrap", "fallback"]
 SANDBOX_UID = 65534          # nobody / nogroup
@@ -145,6 +152,20 @@ class Host:
         return self.is_root and self.setpriv is not None
 
 
+class Mask(NamedTuple):
+    """A workspace path (absolute) the policy denies reading: bubblewrap binds
+    an empty read-only file over a file, an empty read-only tmpfs over a
+    directory."""
+
+    path: str
+    dir: bool = False
+
+
+# The path globs of each policy rule that denies reading, one tuple per rule
+# (a rule's `!` globs exclude within that rule only).
+MaskRules = tuple[tuple[str, ...], ...]
+
+
 @dataclass(frozen=True)
 class Request:
     """One command to run. `ancestors` are (path, mode, owner uid) of every
@@ -163,6 +184,8 @@ class Request:
     call_id: str = "call"
     info_fd: int | None = None       # bwrap writes its sandbox init's pid here
     block_fd: int | None = None      # bwrap waits on it (until the init joined the cgroups)
+    masks: tuple[Mask, ...] = ()     # bwrap: denied workspace paths, shown empty and read-only
+    empty_file: str | None = None    # bwrap: the empty read-only file bound over masked files
 
 
 @dataclass(frozen=True)
@@ -228,8 +251,9 @@ def bwrap_argv(bwrap: str, req: Request, uid: int | None) -> list[str]:
     for path, _, _ in req.ancestors:
         if path != "/" and any(_under(path, m) and path != m for m in masks):
             args += ["--perms", "0755", "--dir", path]
-    args += ["--bind", req.workspace, req.workspace,
-             "--perms", "0777", "--dir", SANDBOX_HOME,
+    args += ["--bind", req.workspace, req.workspace]
+    args += mask_args(req.masks, req.empty_file)
+    args += ["--perms", "0777", "--dir", SANDBOX_HOME,
              "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
              "--proc", "/proc",
              "--unshare-pid", "--unshare-ipc"]
@@ -241,6 +265,154 @@ def bwrap_argv(bwrap: str, req: Request, uid: int | None) -> list[str]:
         args += ["--block-fd", str(req.block_fd)]
     args += ["--die-with-parent", "--new-session", "--chdir", req.cwd, "--"]
     return args
+
+
+def mask_args(masks: Sequence[Mask], empty: str | None) -> list[str]:
+    """Mounts hiding denied workspace paths, after the workspace's own bind: a
+    file gets the empty file bound read-only over it (reads see nothing,
+    writes, renames and hard links fail), a directory an empty tmpfs that is
+    then made read-only. Parents come before what is below them."""
+    masks = tidy_masks(masks)
+    if any(not m.dir for m in masks) and empty is None:
+        raise ValueError("masking files needs the empty file to bind over them")
+    args: list[str] = []
+    for m in masks:
+        if m.dir:
+            args += ["--perms", "0555", "--tmpfs", m.path, "--remount-ro", m.path]
+        else:
+            args += ["--ro-bind", str(empty), m.path]
+    return args
+
+
+def tidy_masks(masks: Sequence[Mask]) -> tuple[Mask, ...]:
+    """Sorted (parents first), without duplicates or anything below a masked
+    directory (it is hidden already, and nothing can be mounted there)."""
+    out: list[Mask] = []
+    dirs: list[str] = []
+    for m in sorted(set(masks)):
+        if any(_under(m.path, d) for d in dirs):
+            continue
+        out.append(m)
+        if m.dir:
+            dirs.append(m.path)
+    return tuple(out)
+
+
+class Masker:
+    """Which workspace paths a command must not see, from the policy's denied
+    read globs, made cheap enough to ask for every file of a big tree:
+
+    - a rule's `P/**` (or `P/`) glob is asked once per directory: a directory
+      matching P is masked whole and not walked (every path below it matches);
+    - globs without `/` (and `**/NAME`, the same regex) only look at the file
+      name, and only names passing a literal prefix/suffix test reach the regex;
+    - other globs run on the whole path, but only for names matching their
+      last component (a cheap gate), when they have one.
+
+    Each answer is exactly `glob_matcher(rule)(rel)` of some rule (files below
+    a masked directory aside); rules with `!` exclusions are run whole."""
+
+    def __init__(self, rules: MaskRules) -> None:
+        from orchestrator.tools.paths import glob_matcher   # tools import the sandbox
+        dirs: list[str] = []
+        names: list[str] = []
+        gates: list[str] = []
+        gated: list[str] = []
+        whole: list[Callable[[str], bool]] = []
+        for rule in rules:
+            if any(g.startswith("!") for g in rule):
+                whole.append(glob_matcher(tuple(rule)))
+                continue
+            for g in rule:
+                g = g + "**" if g.endswith("/") else g
+                last = g.rsplit("/", 1)[-1]
+                prefix = g[:-3]
+                if g.endswith("/**") and prefix.strip("/") and not prefix.endswith("**") \
+                        and "{" not in prefix:
+                    dirs.append(prefix if "/" in prefix else "/" + prefix)  # stays anchored
+                elif g.startswith("**/") and "/" not in g[3:] and "**" not in g[3:]:
+                    names.append(g[3:])
+                elif "/" not in g and "**" not in g:
+                    names.append(g)
+                elif "/" in g and "**" not in last and not any(c in g for c in "{[\\"):
+                    gates.append(last)
+                    gated.append(g)
+                else:
+                    whole.append(glob_matcher((g,)))
+        self._dir = glob_matcher(tuple(dirs)) if dirs else None
+        self._name = _prefiltered(names, glob_matcher(tuple(names))) if names else None
+        self._gate = _prefiltered(gates, glob_matcher(tuple(gates))) if gates else None
+        self._gated = glob_matcher(tuple(gated)) if gated else None
+        self._whole = tuple(whole)
+
+    def whole_dir(self, rel: str) -> bool:
+        """Whether every path below directory `rel` is denied."""
+        return self._dir is not None and self._dir(rel)
+
+    def file(self, rel: str) -> bool:
+        """Whether file `rel` (outside the directories `whole_dir` masks) is denied."""
+        name = rel.rpartition("/")[2]
+        if self._name is not None and self._name(name):
+            return True
+        if self._gate is not None and self._gate(name) and self._gated(rel):  # type: ignore[misc]
+            return True
+        return bool(self._whole) and any(m(rel) for m in self._whole)
+
+
+def _literals(glob: str) -> tuple[str, str, str] | None:
+    """(literal prefix, literal suffix, longest literal run) every name matching
+    the one-component `glob` must have; None when braces or escapes make that
+    hard to say."""
+    if any(c in glob for c in "{}\\"):
+        return None
+    runs, run, i = [], "", 0
+    while i < len(glob):
+        c = glob[i]
+        if c in "*?[":
+            runs.append(run)
+            run = ""
+            if c == "[":          # up to the last `]`: no need to parse classes exactly
+                end = glob.rfind("]")
+                if end <= i:
+                    return None
+                i = end
+        else:
+            run += c
+        i += 1
+    runs.append(run)
+    return runs[0], runs[-1], max(runs, key=len)
+
+
+def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[[str], bool]:
+    """`full` (name globs), asked only for names that have some glob's literal
+    prefix, suffix or middle: two C string calls reject almost every name."""
+    prefixes, suffixes, middles, always = [], [], [], False
+    for g in globs:
+        lit = _literals(g)
+        if lit is None or not any(lit):
+            always = True
+        elif lit[0]:
+            prefixes.append(lit[0])
+        elif lit[1]:
+            suffixes.append(lit[1])
+        else:
+            middles.append(lit[2])
+    if always:
+        return full
+    pre, suf = tuple(prefixes), tuple(suffixes)
+
+    def match(name: str) -> bool:
+        if not (name.startswith(pre) or name.endswith(suf)
+                or middles and any(m in name for m in middles)):
+            return False
+        return full(name)
+
+    return match
+
+
+@lru_cache(maxsize=64)
+def masker(rules: MaskRules) -> Masker:
+    return Masker(rules)
 
 
 def setpriv_argv(setpriv: str, uid: int) -> list[str]:
@@ -367,10 +539,17 @@ def describe(host: Host) -> dict[str, object]:
             "other processes: own pid namespace, killing it kills everything inside "
             "(daemons, TERM-trappers)",
             "unix sockets under /run and /tmp (databases, brokers) are hidden",
+            "workspace files the session policy denies reading (.env*, *.pem, .ssh/, "
+            ".git/config, ... and the policy's own denied read paths): each is shown empty "
+            "and read-only, however the command reaches it (cat *, grep -r, a script, a "
+            "symlink or hard link inside the workspace)",
         ]
         gaps += [
             "reads: every world-readable file on the machine stays readable "
             "(the system is bound read-only, not hidden)",
+            "a secret committed to git stays readable through the repository's objects "
+            "(git show HEAD:.env); links leading out of the workspace reach what uid "
+            f"{SANDBOX_UID} may read there",
             "with the network enabled there is no egress filter: allow_hosts is not "
             "enforced, and the host's loopback services are reachable",
             "unix sockets outside /run and /tmp stay connectable (read-only mounts do not "
@@ -383,6 +562,10 @@ def describe(host: Host) -> dict[str, object]:
             f"{'uid ' + str(SANDBOX_UID) if host.drops_uid else 'the worker'} can "
             "(e.g. /tmp, /var/tmp, /dev/shm), read every file that uid can, see and "
             "signal that uid's processes, and use the network and any unix socket",
+            "files the policy denies inside the workspace (.env, keys, .ssh/, "
+            ".git/config) are NOT hidden: without bubblewrap nothing can be mounted over "
+            "them, so `cat *`, `grep -r` or a script reads them; only a command naming "
+            "one is refused by the policy. Install bubblewrap to hide them",
             "a process that double-forks out of the process group is found only by the "
             "cgroup or the environment marker",
         ]
@@ -504,6 +687,194 @@ def ancestors_of(workspace: Path) -> tuple[tuple[str, int, int], ...]:
         st = p.stat()
         out.append((str(p), st.st_mode, st.st_uid))
     return tuple(out)
+
+
+# -- masks: the workspace paths the policy denies reading ---------------------------------
+
+_RACY_NS = 2_000_000_000    # a directory this recent may change again within one timestamp tick
+_MASK_CACHE_SIZE = 32       # workspaces (with their rules) whose walk is kept
+
+
+@dataclass(frozen=True)
+class _Dir:
+    """One directory's part of the walk, reused while the directory keeps its
+    inode and mtime (any entry created, removed or renamed in it changes its
+    mtime; chown, which the ownership hand-over does every call, does not)."""
+
+    ino: int
+    mtime_ns: int
+    kept: bool                          # False: changed too recently to trust; read again
+    masks: tuple[Mask, ...]
+    subdirs: tuple[str, ...]            # relative paths still to walk
+    files: tuple[str, ...]              # names of its regular files (for hard links)
+    linked: tuple[tuple[int, int], ...]  # (device, inode) of masked files with other links
+
+
+_mask_cache: OrderedDict[tuple[str, MaskRules], dict[str, _Dir]] = OrderedDict()
+_mask_lock = threading.Lock()
+
+
+class _Stale(Exception):
+    """A kept directory's listing no longer matches its subdirectories."""
+
+
+def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
+    """Every path under `root` that `rules` deny reading, for bubblewrap to
+    hide. Walks the tree without following symlinks and without descending
+    into `.git` (its own files, such as `.git/config`, are checked); masks a
+    directory whole when everything below it is denied; for a symlink with a
+    denied name, masks where it leads (when that is inside the workspace);
+    masks other hard links of a denied file. A symlink with an allowed name
+    pointing at a denied file needs nothing: the mount sits on the target.
+
+    The walk is kept per workspace and rules, and a directory is read again
+    only when its inode or mtime changed (or it changed within the last 2 s,
+    when a second change could keep the same mtime), so a call on an
+    unchanged tree costs one lstat per directory. A command can set a
+    directory's mtime back (it owns the workspace during the call): then the
+    subdirectories of the kept listing are checked to be the same inodes, and
+    any difference (a folder renamed, replaced, gone) drops the kept walk."""
+    top = str(root)
+    key = (top, rules)
+    with _mask_lock:
+        old = _mask_cache.get(key, {})
+    match = masker(rules)
+    try:
+        walked = _walk(top, old, match)
+    except _Stale:
+        walked = _walk(top, {}, match)
+    with _mask_lock:
+        _mask_cache[key] = walked
+        _mask_cache.move_to_end(key)
+        while len(_mask_cache) > _MASK_CACHE_SIZE:
+            _mask_cache.popitem(last=False)
+    masks = [m for d in walked.values() for m in d.masks]
+    linked = {ln for d in walked.values() for ln in d.linked}
+    if linked:
+        masks += _other_links(top, walked, linked)
+    return tidy_masks(masks)
+
+
+def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
+    now = time.time_ns()
+    walked: dict[str, _Dir] = {}
+    stack: list[tuple[str, bool]] = [("", False)]       # (path, listed by a kept parent)
+    while stack:
+        rel, vouched = stack.pop()
+        path = os.path.join(top, rel) if rel else top
+        before = old.get(rel)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            if vouched:
+                raise _Stale(rel)
+            continue                      # gone since its parent was read
+        if vouched and (before is None or before.ino != st.st_ino):
+            raise _Stale(rel)
+        keep = (before is not None and before.kept
+                and (before.ino, before.mtime_ns) == (st.st_ino, st.st_mtime_ns))
+        d = before if keep and before is not None else _read_dir(top, rel, st, match, now)
+        walked[rel] = d
+        stack.extend((sub, keep) for sub in d.subdirs)
+    return walked
+
+
+def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -> _Dir:
+    prefix = rel + "/" if rel else ""
+    in_git = rel.rpartition("/")[2] == ".git"     # the repository: its own files only
+    masks: list[Mask] = []
+    subdirs: list[str] = []
+    files: list[str] = []
+    linked: list[tuple[int, int]] = []
+    cacheable = st.st_mtime_ns < now - _RACY_NS
+    try:
+        entries = list(os.scandir(os.path.join(top, rel) if rel else top))
+    except OSError:
+        entries = []
+        cacheable = False
+    for e in entries:
+        r = prefix + e.name
+        if e.is_dir(follow_symlinks=False):
+            if match.whole_dir(r):
+                masks.append(Mask(e.path, True))
+            elif not in_git:
+                subdirs.append(r)
+        elif e.is_file(follow_symlinks=False):
+            files.append(e.name)
+            if match.file(r):
+                masks.append(Mask(e.path))
+                with contextlib.suppress(OSError):
+                    est = e.stat(follow_symlinks=False)
+                    if est.st_nlink > 1:
+                        linked.append((est.st_dev, est.st_ino))
+        elif e.is_symlink() and (match.file(r) or match.whole_dir(r)):
+            cacheable = False             # where it leads can change without this folder
+            target = _link_target(top, e.path)
+            if target is not None:
+                masks.append(target[0])
+                if target[1] is not None:
+                    linked.append(target[1])
+    return _Dir(st.st_ino, st.st_mtime_ns, cacheable, tuple(masks), tuple(subdirs),
+                tuple(files), tuple(linked))
+
+
+def _link_target(top: str, link: str) -> tuple[Mask, tuple[int, int] | None] | None:
+    """The mask for where a denied-named symlink leads, when that is a file or
+    directory inside the workspace (outside it, the system's permissions
+    decide, as for every other file there)."""
+    try:
+        real = os.path.realpath(link, strict=True)
+        st = os.stat(real)
+    except (OSError, RuntimeError):
+        return None
+    if not _under(real, top) or real == top:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return Mask(real, True), None
+    if stat.S_ISREG(st.st_mode):
+        return Mask(real), (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+    return None
+
+
+def _other_links(top: str, walked: Mapping[str, _Dir], linked: set[tuple[int, int]]
+                 ) -> list[Mask]:
+    """Files that are hard links of a masked file under another name: the
+    rare case, so it may stat every file."""
+    out = []
+    for rel, d in walked.items():
+        for name in d.files:
+            path = os.path.join(top, rel, name) if rel else os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) in linked:
+                    out.append(Mask(path))
+    return out
+
+
+_empty: str | None = None
+
+
+def empty_file() -> str:
+    """The empty, read-only (0444, the worker's own) file bubblewrap binds over
+    masked files: made once per process in a private directory, and again if
+    something removed or changed it."""
+    global _empty
+    with _mask_lock:
+        if _empty is not None:
+            with contextlib.suppress(OSError):
+                st = os.lstat(_empty)
+                if (stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_uid == os.geteuid()
+                        and stat.S_IMODE(st.st_mode) == 0o444):
+                    return _empty
+        d = tempfile.mkdtemp(prefix="orch-sandbox-empty-")
+        path = os.path.join(d, "empty")
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        os.chmod(path, 0o444)
+        atexit.register(shutil.rmtree, d, True)
+        _empty = path
+        return path
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from orchestrator.steps import ShellStep
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import resolve_in_workspace
 
-__all__ = ["run_shell", "CommandFailed", "DEFAULT_PATH"]
+__all__ = ["run_shell", "CommandFailed", "DEFAULT_PATH", "denied_reads"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHUNK = 64 * 1024
@@ -49,7 +49,7 @@ class CommandFailed(ToolError):
 
 def run_shell(workspace: Path, step: ShellStep, *,
               env_base: Mapping[str, str] | None = None,
-              limits: Any = None, network: Any = None,
+              limits: Any = None, network: Any = None, policy: Any = None,
               mode: sandbox.Mode = "auto", host: sandbox.Host | None = None) -> ToolResult:
     """Run `step.command` in `step.cwd` inside the sandbox.
 
@@ -59,6 +59,9 @@ def run_shell(workspace: Path, step: ShellStep, *,
     `policy.Limits` or `sandbox.SandboxLimits` (default: the policy's
     defaults); the step's `timeout_s` and `max_output_bytes` apply too, the
     smaller wins. `network` is a `policy.Network` or a bool (default: off).
+    Under bubblewrap, every workspace file the session `policy` (a
+    `policy.Policy`; default: the built-in rules alone) denies reading is
+    shown empty and read-only (the fallback cannot hide files).
     `mode` forces `"bwrap"` or `"fallback"`; `host` replaces the probed
     machine facts (tests)."""
     root = workspace.resolve()
@@ -73,6 +76,8 @@ def run_shell(workspace: Path, step: ShellStep, *,
     argv = list(step.command)
     extra = {**(env_base or {}), **step.env}
     _check_program(argv[0], cwd, extra.get("PATH") or host.path)
+    masks = sandbox.workspace_masks(root, denied_reads(policy)) \
+        if host.mode(mode) == "bwrap" else ()
     with sandbox.prepare(root, host, mode, lim) as prep:
         if prep.cgroup_error:
             host = dataclasses.replace(host, cgroups=sandbox.Cgroups(why=prep.cgroup_error))
@@ -82,7 +87,9 @@ def run_shell(workspace: Path, step: ShellStep, *,
                               home=str(prep.home) if prep.home else None,
                               call_id=prep.call_id,
                               info_fd=prep.info[1] if prep.info else None,
-                              block_fd=prep.block[0] if prep.block else None)
+                              block_fd=prep.block[0] if prep.block else None,
+                              masks=masks,
+                              empty_file=sandbox.empty_file() if masks else None)
         planned = sandbox.plan(req, host)
         started = time.monotonic()
         try:
@@ -110,6 +117,16 @@ def run_shell(workspace: Path, step: ShellStep, *,
                             "reports, or list the code in `ok_exit_codes` if it means success."
                             + _tail(result.output), result)
     return result
+
+
+def denied_reads(pol: Any = None) -> sandbox.MaskRules:
+    """The globs of every path rule of `pol` (default: the built-in rules)
+    that denies reading: what the sandbox hides from the command."""
+    if pol is None:
+        from orchestrator.policy import DEFAULT_POLICY   # policy imports the tools
+        pol = DEFAULT_POLICY
+    return tuple(tuple(r.paths) for r in pol.path_rules
+                 if r.decision == "deny" and r.access in ("read", "any"))
 
 
 def _why(code: int, mode: str) -> str:
