@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import json
 import os
 import resource
@@ -154,11 +155,13 @@ class Host:
 
 class Mask(NamedTuple):
     """A workspace path (absolute) the policy denies reading: bubblewrap binds
-    an empty read-only file over a file, an empty read-only tmpfs over a
-    directory."""
+    an empty read-only file over a file (or `source`, a file the worker made:
+    the format part of a repository's `.git/config`), an empty read-only
+    tmpfs over a directory."""
 
     path: str
     dir: bool = False
+    source: str | None = None
 
 
 # The path globs of each policy rule that denies reading, one tuple per rule
@@ -273,15 +276,43 @@ def mask_args(masks: Sequence[Mask], empty: str | None) -> list[str]:
     writes, renames and hard links fail), a directory an empty tmpfs that is
     then made read-only. Parents come before what is below them."""
     masks = tidy_masks(masks)
-    if any(not m.dir for m in masks) and empty is None:
+    if any(not m.dir and m.source is None for m in masks) and empty is None:
         raise ValueError("masking files needs the empty file to bind over them")
     args: list[str] = []
     for m in masks:
         if m.dir:
             args += ["--perms", "0555", "--tmpfs", m.path, "--remount-ro", m.path]
         else:
-            args += ["--ro-bind", str(empty), m.path]
+            args += ["--ro-bind", str(m.source or empty), m.path]
     return args
+
+
+# What of a repository's .git/config a masked copy keeps: how to read the
+# repository (object format, worktree layout, line endings), nothing that
+# names a remote, holds a credential, includes a file or runs a program.
+GIT_FORMAT_KEYS = frozenset({
+    "core.repositoryformatversion", "core.bare", "core.worktree", "core.filemode",
+    "core.symlinks", "core.ignorecase", "core.precomposeunicode", "core.logallrefupdates",
+    "core.autocrlf", "core.eol", "core.safecrlf", "core.checkstat", "core.trustctime",
+    "core.sparsecheckout", "core.sparsecheckoutcone", "core.splitindex",
+    "core.untrackedcache"})
+
+
+def git_format_config(listing: bytes) -> str:
+    """The copy of a `.git/config` shown in its place, from `git config
+    --null --list` of it: the GIT_FORMAT_KEYS and every `extensions.*` key
+    (a sha256 or worktree-config repository read with an empty config is
+    misread, and a write through it corrupts the index), nothing else."""
+    sections: dict[str, list[str]] = {}
+    for item in listing.decode("utf-8", "replace").split("\0"):
+        key, newline, value = item.partition("\n")
+        key = key.lower()
+        section, _, name = key.partition(".")
+        if key in GIT_FORMAT_KEYS or (section == "extensions" and name.isalnum()):
+            quoted = (value if newline else "true").replace("\\", "\\\\") \
+                .replace('"', '\\"').replace("\n", "\\n")
+            sections.setdefault(section, []).append(f'\t{name} = "{quoted}"\n')
+    return "".join(f"[{sec}]\n" + "".join(lines) for sec, lines in sections.items())
 
 
 def tidy_masks(masks: Sequence[Mask]) -> tuple[Mask, ...]:
@@ -752,7 +783,7 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
     linked = {ln for d in walked.values() for ln in d.linked}
     if linked:
         masks += _other_links(top, walked, linked)
-    return tidy_masks(masks)
+    return tuple(_with_source(m) for m in tidy_masks(masks))
 
 
 def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
@@ -853,28 +884,84 @@ def _other_links(top: str, walked: Mapping[str, _Dir], linked: set[tuple[int, in
     return out
 
 
-_empty: str | None = None
+_private: str | None = None
+_git_copies: dict[tuple[int, int, int, int], str] = {}
+
+
+def _private_dir() -> str:
+    """A folder only the worker may enter, for the files bound over masked
+    ones: made once per process (removed at exit), again if it was removed."""
+    global _private
+    if _private is None or not os.path.isdir(_private):
+        _private = tempfile.mkdtemp(prefix="orch-sandbox-masks-")
+        atexit.register(shutil.rmtree, _private, True)
+    return _private
+
+
+def _read_only_file(name: str, data: bytes) -> str:
+    """`name` in the private folder with `data`, mode 0444, the worker's own;
+    made again when missing or changed."""
+    path = os.path.join(_private_dir(), name)
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if (stat.S_ISREG(st.st_mode) and st.st_size == len(data) and st.st_uid == os.geteuid()
+                and stat.S_IMODE(st.st_mode) == 0o444):
+            return path
+    tmp = f"{path}.{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
 
 
 def empty_file() -> str:
-    """The empty, read-only (0444, the worker's own) file bubblewrap binds over
-    masked files: made once per process in a private directory, and again if
-    something removed or changed it."""
-    global _empty
+    """The empty, read-only file bubblewrap binds over masked files."""
     with _mask_lock:
-        if _empty is not None:
-            with contextlib.suppress(OSError):
-                st = os.lstat(_empty)
-                if (stat.S_ISREG(st.st_mode) and st.st_size == 0 and st.st_uid == os.geteuid()
-                        and stat.S_IMODE(st.st_mode) == 0o444):
-                    return _empty
-        d = tempfile.mkdtemp(prefix="orch-sandbox-empty-")
-        path = os.path.join(d, "empty")
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
-        os.chmod(path, 0o444)
-        atexit.register(shutil.rmtree, d, True)
-        _empty = path
-        return path
+        return _read_only_file("empty", b"")
+
+
+def _git_config_copy(path: str) -> str | None:
+    """The file shown instead of the repository config at `path`: its format
+    part (`git_format_config`), kept while the config keeps its inode, mtime
+    and size. None (show it empty) when git cannot read it or nothing is kept."""
+    git = shutil.which("git")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if git is None or not stat.S_ISREG(st.st_mode):
+        return None
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    with _mask_lock:
+        known = _git_copies.get(key)
+        if known is not None and os.path.isfile(known):
+            return known
+    try:     # parsing only: --file reads no includes, runs nothing
+        out = subprocess.run([git, "config", "--file", path, "--null", "--list"],
+                             capture_output=True, timeout=5, stdin=subprocess.DEVNULL,
+                             env={"PATH": os.defpath, "GIT_CONFIG_NOSYSTEM": "1",
+                                  "GIT_CONFIG_GLOBAL": "/dev/null"})
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = git_format_config(out.stdout) if out.returncode == 0 else ""
+    if not text:
+        return None
+    data = text.encode()
+    with _mask_lock:
+        copy = _read_only_file(f"gitconfig-{hashlib.sha256(data).hexdigest()[:24]}", data)
+        _git_copies[key] = copy
+    return copy
+
+
+def _with_source(m: Mask) -> Mask:
+    parent, _, name = m.path.rpartition("/")
+    if m.dir or name != "config" or not parent.endswith("/.git"):
+        return m
+    return m._replace(source=_git_config_copy(m.path))
 
 
 @contextlib.contextmanager

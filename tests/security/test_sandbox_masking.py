@@ -49,6 +49,28 @@ def test_masks_are_mounted_after_the_workspace_parents_first() -> None:
     assert f"{WS}/.ssh/id_rsa" not in argv          # hidden with its folder already
 
 
+def test_a_masked_repository_config_shows_its_format_copy() -> None:
+    mask = Mask(f"{WS}/.git/config", source="/run/masks/gitconfig-1")
+    argv = plan(request(masks=(mask,)), ROOT_HOST).argv       # no empty file needed
+    assert argv[argv.index("--bind") + 3:][:3] == ["--ro-bind", "/run/masks/gitconfig-1",
+                                                  f"{WS}/.git/config"]
+
+
+def test_the_config_copy_keeps_how_to_read_the_repository_and_nothing_else() -> None:
+    listing = b"\0".join([
+        b"core.repositoryformatversion\n1", b"core.bare\nfalse", b"core.filemode",
+        b"extensions.objectformat\nsha256", b"extensions.worktreeConfig\ntrue",
+        b"remote.origin.url\nhttps://bot:TOKEN@example.com/r.git",
+        b"credential.helper\nstore", b"include.path\n../../x", b"alias.st\n!sh -c id",
+        b"filter.x.clean\nsh -c id", b"core.sshcommand\nsh -c id", b"core.pager\nsh",
+        b"http.extraheader\nAuthorization: TOKEN", b"core.worktree\n../w \"q\"\\", b""])
+    assert sandbox.git_format_config(listing) == (
+        '[core]\n\trepositoryformatversion = "1"\n\tbare = "false"\n\tfilemode = "true"\n'
+        '\tworktree = "../w \\"q\\"\\\\"\n'
+        '[extensions]\n\tobjectformat = "sha256"\n\tworktreeconfig = "true"\n')
+    assert sandbox.git_format_config(b"remote.origin.url\nx\0") == ""
+
+
 def test_file_masks_need_the_empty_file() -> None:
     with pytest.raises(ValueError, match="empty file"):
         plan(request(masks=(Mask(f"{WS}/.env"),)), ROOT_HOST)
@@ -346,6 +368,7 @@ def test_git_works_with_its_config_hidden(box: Box) -> None:
             ([git, "rev-parse", "--is-bare-repository"], "false"),
             ([git, *ident, "commit", "-qam", "second"], ""),
             ([git, "log", "--oneline"], "second"),
+            ([git, "config", "--list", "--show-origin"], "repositoryformatversion=0"),
             ([git, "config", "--list", "--show-origin"], "core.hookspath")):
         out = _output(_run(box, command))
         assert expect in out and CANARY not in out, (command, out)
@@ -353,4 +376,43 @@ def test_git_works_with_its_config_hidden(box: Box) -> None:
     log = subprocess.run([git, "-C", str(box.ws), "log", "--format=%s"], capture_output=True,
                          text=True, check=True, env=env)
     assert log.stdout == "second\nfirst\n"
+    box.assert_contained()
+
+
+def test_a_sha256_repository_with_a_hostile_config_works_and_stays_sound(box: Box) -> None:
+    """Its config hidden, git must still know the object format (read with an
+    empty config, a commit writes a sha1 index into it), and nothing of the
+    config runs or shows: filter drivers, aliases, remotes with tokens."""
+    _need_bwrap()
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    env = {"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(box.tmp / "sibling"), "PATH": os.defpath}
+    marker = box.tmp / "sibling" / "FILTER_RAN"
+
+    def host_git(*args: str) -> str:
+        return subprocess.run([git, "-C", str(box.ws), *args], check=True, env=env,
+                              capture_output=True, text=True).stdout
+
+    host_git("init", "-q", "--object-format=sha256", "-b", "main")
+    host_git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty",
+             "-m", "first")
+    for key, value in (("remote.origin.url", f"https://bot:{CANARY}@example.com/r.git"),
+                       ("filter.evil.clean", f"touch {marker}; cat"),
+                       ("alias.st", f"!echo {CANARY}")):
+        host_git("config", key, value)
+    (box.ws / ".gitattributes").write_text("* filter=evil\n")
+    config = (box.ws / ".git/config").read_bytes()
+    ident = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["bash", "-c", "cat .git/config; git status --short; git add -A"],
+                    [git, *ident, "commit", "-qm", "second"],
+                    [git, "log", "--format=%s"]):
+        out = _output(_run(box, command))
+        assert CANARY not in out and "fatal" not in out and "error" not in out, (command, out)
+    assert out == "second\nfirst\n"
+    assert not marker.exists()
+    assert (box.ws / ".git/config").read_bytes() == config
+    subprocess.run([git, "-C", str(box.ws), "fsck", "--strict"], check=True, env=env,
+                   capture_output=True)
+    assert host_git("rev-parse", "--show-object-format") == "sha256\n"
     box.assert_contained()
