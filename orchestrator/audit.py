@@ -5,7 +5,9 @@ read from the store or a JSONL export."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -14,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from events import digests
 from events.digests import DIGEST_STREAM, ProofReport
 from events.envelope import Event, NewEvent
+from events.errors import SequenceConflict
 from events.payloads import AuditDigest
 from events.store import SqlEventStore
 from events.verify import MANIFEST_KEY
@@ -66,12 +69,9 @@ def trusted_keys(settings: Settings, extra: Sequence[Path] = ()) -> list[Ed25519
 def heads(store: SqlEventStore, stream_id: str | None = None
           ) -> tuple[dict[str, tuple[int, str]], int]:
     """Every stream's (seq, hash) head and the last global position read."""
-    found: dict[str, tuple[int, str]] = {}
-    last = 0
-    for row in store.rows(stream_id):
-        found[row.stream_id] = (row.seq, row.hash)
-        last = max(last, row.position or 0)
-    return found, last
+    found = store.heads(stream_ids=None if stream_id is None else [stream_id])
+    return ({s: (seq, h) for s, (seq, h, _) in found.items()},
+            max((pos for _, _, pos in found.values()), default=0))
 
 
 def sign(store: SqlEventStore, key: Ed25519PrivateKey, actor: str,
@@ -81,6 +81,61 @@ def sign(store: SqlEventStore, key: Ed25519PrivateKey, actor: str,
     digest = digests.sign(key, current, position)
     event = NewEvent.create(digest, actor=actor, correlation_id=DIGEST_STREAM)
     return store.append(DIGEST_STREAM, [event], None)[0]
+
+
+# -- signing what changed (session ends, the periodic task) ---------------------------
+
+SIGN_ATTEMPTS = 20
+
+
+def read_after(tail: Sequence[AuditDigest]) -> int:
+    """Where to look for changed streams, given the last two digests: after
+    the older one's position, not the newest's. An append whose position is
+    below the newest digest's may commit after that digest read the heads
+    (PostgreSQL numbers rows before commit); reading one digest further back
+    signs it now instead of leaving it unproven."""
+    return min((d.position for d in tail), default=0) if len(tail) > 1 else 0
+
+
+def unsigned(candidates: Mapping[str, tuple[int, str, int]], newest: AuditDigest | None
+             ) -> dict[str, tuple[int, str]]:
+    """The heads a new digest must sign: every candidate but the digest stream
+    itself and the heads the newest digest already signed as they are."""
+    done = {(h.stream_id, h.seq, h.hash) for h in newest.heads} if newest else set()
+    return {s: (seq, h) for s, (seq, h, _) in candidates.items()
+            if s != DIGEST_STREAM and (s, seq, h) not in done}
+
+
+def sign_changed(store: SqlEventStore, key: Ed25519PrivateKey, actor: str,
+                 streams: Iterable[str] = ()) -> Event | None:
+    """Sign the head of every stream changed since the last digests, and of
+    `streams` (a session and its job, when the session ended); None when every
+    head is signed already, so an idle store gets no new digests.
+
+    The digest is appended right after the digest stream's head as read: a
+    concurrent signer makes the append conflict, and this one reads again
+    (usually to find its heads signed by the other). SequenceConflict after
+    SIGN_ATTEMPTS: the caller may retry later."""
+    wanted = list(dict.fromkeys(streams))
+    for attempt in range(SIGN_ATTEMPTS):
+        last_seq = store.last_seq(DIGEST_STREAM)
+        tail = [e.payload for e in store.read_stream(DIGEST_STREAM, max(0, last_seq - 2))
+                if isinstance(e.payload, AuditDigest)]
+        candidates = {**store.heads(after_position=read_after(tail)),
+                      **store.heads(stream_ids=wanted)}
+        todo = unsigned(candidates, tail[-1] if tail else None)
+        if not todo:
+            return None
+        position = max(pos for _, _, pos in candidates.values())
+        event = NewEvent.create(digests.sign(key, todo, position), actor=actor,
+                                correlation_id=DIGEST_STREAM)
+        try:
+            return store.append(DIGEST_STREAM, [event], last_seq)[0]
+        except SequenceConflict:
+            if attempt == SIGN_ATTEMPTS - 1:
+                raise
+            time.sleep(random.uniform(0.001, 0.02))
+    return None
 
 
 def _digests_of(records: Iterable[dict]) -> list[AuditDigest]:
