@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     audit_key_file: Path | None = Field(default=None, description=(
         "Ed25519 private key (PEM) that signs digests of stream heads; keep it out of "
         "the database's reach (`orchestrator audit keygen` makes one)"))
+    audit_sign_interval_s: float = Field(default=300.0, ge=0, description=(
+        "With audit_key_file: sign a digest of the stream heads changed since the last "
+        "one this often (celery beat on a server broker, the worker itself on the "
+        "embedded one); 0 = only when sessions end and workers stop"))
     audit_public_keys: tuple[Path, ...] = Field(default=(), description=(
         "Public keys (PEM) whose digests `audit verify` trusts, as a JSON list; the "
         "signing key's own public key is always trusted"))

@@ -17,7 +17,8 @@ def make_app(settings: Settings) -> Celery:
     if settings.embedded_broker:
         settings.state.mkdir(parents=True, exist_ok=True)
     app = Celery("orchestrator", broker=settings.effective_broker_url,
-                 backend=settings.effective_result_backend, include=["tasks.steps"])
+                 backend=settings.effective_result_backend,
+                 include=["tasks.steps", "tasks.audit"])
     transport_options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
     if settings.embedded_broker:
         transport_options["polling_interval"] = settings.embedded_poll_interval_s
@@ -41,7 +42,20 @@ def make_app(settings: Settings) -> Celery:
         database_engine_options={"connect_args": {"timeout": 60}},
         database_short_lived_sessions=True,
     )
+    every = sign_interval(settings)
+    if every is not None:
+        # For `celery -A tasks.app beat` (server brokers; tasks.audit explains).
+        app.conf.beat_schedule = {"audit-sign-heads": {
+            "task": "orchestrator.audit.sign_heads", "schedule": every,
+            "options": {"expires": every}}}
     return app
+
+
+def sign_interval(settings: Settings) -> float | None:
+    """Seconds between periodic digests, or None when nothing would sign them."""
+    if settings.audit_key_file is None or not settings.audit_sign_interval_s:
+        return None
+    return settings.audit_sign_interval_s
 
 
 app = make_app(get_settings())

@@ -8,6 +8,11 @@ chunk's chain is one `run_steps` task running that step for the chunk's
 sessions one after another. A job with a shell step keeps a chain per target
 (`run_step`): commands take seconds to minutes, and every worker should get
 its share of them.
+
+With an audit signing key configured, each chain ends with
+`orchestrator.audit.sign_heads` for its sessions and their job (tasks.audit):
+a digest signed when the sessions end, in a task of its own, so signing
+never fails a step.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import math
 from collections.abc import Sequence
 
 from celery import Celery, chain, group
+from celery.canvas import Signature
 
+from orchestrator.config import get_settings
 from orchestrator.runner import Ticket
 from orchestrator.steps import ShellStep, Step
 
@@ -28,6 +35,7 @@ MIN_TASKS_PER_STEP = 16
 MAX_CHUNK = 32
 RUN_STEP = "orchestrator.run_step"
 RUN_STEPS = "orchestrator.run_steps"
+SIGN_HEADS = "orchestrator.audit.sign_heads"
 
 
 def chunk_size(targets: int, steps: Sequence[Step]) -> int:
@@ -37,10 +45,26 @@ def chunk_size(targets: int, steps: Sequence[Step]) -> int:
     return min(MAX_CHUNK, math.ceil(targets / MIN_TASKS_PER_STEP))
 
 
-def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None = None) -> None:
-    """Send the job's canvas on `app` (default: the configured `tasks.app.app`)."""
+def signing() -> bool:
+    """Whether chains end with a digest: an audit key is configured (workers
+    sign with their own; one without a key signs nothing)."""
+    return get_settings().audit_key_file is not None
+
+
+def sign_link(app: Celery, tickets: Sequence[Ticket]) -> Signature:
+    """The last link of a chain: sign the heads of its sessions and their job."""
+    streams = [*(t.session_id for t in tickets), *dict.fromkeys(t.job_id for t in tickets)]
+    return app.signature(SIGN_HEADS, args=(streams,), immutable=True)
+
+
+def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None = None,
+            sign: bool | None = None) -> None:
+    """Send the job's canvas on `app` (default: the configured `tasks.app.app`);
+    `sign` (default: `signing()`) ends each chain with a digest."""
     if app is None:
         from tasks.app import app
+    if sign is None:
+        sign = signing()
     last = len(steps) - 1
     size = chunk_size(len(tickets), steps)
     chunks = [tickets[i:i + size] for i in range(0, len(tickets), size)]
@@ -55,7 +79,8 @@ def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None
                 .set(soft_time_limit=budget + TASK_LIMIT_MARGIN_S,
                      time_limit=budget + 2 * TASK_LIMIT_MARGIN_S))
 
-    chains = [chain(*(link(c, i, step) for i, step in enumerate(steps))) for c in chunks]
+    chains = [chain(*(link(c, i, step) for i, step in enumerate(steps)),
+                    *([sign_link(app, c)] if sign else [])) for c in chunks]
     group(chains, app=app).apply_async()
 
 
@@ -72,4 +97,6 @@ def continue_session(ticket: Ticket, start: int, steps: Sequence[Step],
              .set(soft_time_limit=steps[i].timeout_s + TASK_LIMIT_MARGIN_S,
                   time_limit=steps[i].timeout_s + 2 * TASK_LIMIT_MARGIN_S)
              for i in range(start, len(steps))]
+    if signing():
+        links.append(sign_link(app, [ticket]))
     chain(*links).apply_async()
