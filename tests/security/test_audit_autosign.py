@@ -262,3 +262,32 @@ def test_a_key_the_worker_cannot_load_signs_nothing_and_fails_no_step(tmp_path):
     store.close()
     log = (tmp_path / "state" / "worker.log").read_text()
     assert "not signing digests" in log and "ORCH_AUDIT_KEY_FILE" in log
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_celery_beat_schedules_the_periodic_digest_on_a_server_broker(keys, redis_url,
+                                                                      tmp_path):
+    import redis
+    private, public = keys
+    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    redis.Redis.from_url(broker).flushdb()
+    with fresh_pg_database("orch_test_autosign") as url:
+        env = shape_env(tmp_path, store_url=url, broker_url=broker,
+                        ORCH_AUDIT_KEY_FILE=str(private), ORCH_AUDIT_SIGN_INTERVAL_S="0.5")
+        (tmp_path / "state").mkdir()
+        worker = _foreground_worker(env)
+        beat = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--schedule",
+             str(tmp_path / "state" / "beat-schedule")], env=env, cwd=ROOT,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "state" / "beat.log", "ab"), start_new_session=True)
+        try:
+            store = SqlEventStore(url)
+            store.append("adhoc-1", turns(2), 0)
+            assert _until_proven(env, public)["proof"]["unproven"] == []
+            store.close()
+        finally:
+            workers.stop_worker(beat)
+            workers.stop_worker(worker)
