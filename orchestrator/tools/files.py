@@ -133,6 +133,9 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                 if spot.dirfd is None:   # a new file in a new folder
                     spot = jail.resolve(edit.path, make_parents=made_dirs)
                     targets[i] = (edit, spot)
+                if spot.dirfd is None:   # never let dir_fd=None mean "the worker's cwd"
+                    raise ToolError(f"the folder of {edit.path} changed while it was being "
+                                    "written; nothing was changed. Run the step again.")
                 staged.append((_stage(spot, edit.after), spot, edit))
     except OSError as err:
         undo_staging()
@@ -149,7 +152,7 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
             os.replace(tmp, spot.name, src_dir_fd=spot.dirfd, dst_dir_fd=spot.dirfd)
             done.append((spot, edit))
         for edit, spot in targets:
-            if edit.after is None:
+            if edit.after is None and spot.dirfd is not None:
                 os.unlink(spot.name, dir_fd=spot.dirfd)
                 done.append((spot, edit))
     except OSError as err:
@@ -201,6 +204,8 @@ def _restore(done: list[tuple[Spot, FileEdit]]) -> None:
 
 
 def _unlink_quietly(dirfd: int | None, name: str) -> None:
+    if dirfd is None:       # dir_fd=None would mean the worker's cwd
+        return
     try:
         os.unlink(name, dir_fd=dirfd)
     except OSError:

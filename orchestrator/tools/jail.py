@@ -125,8 +125,13 @@ class Jail:
                 if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
                 st = _lstat(fd, comp)
-                if st is None:
-                    return _missing(rel, names, comp, todo)
+                if st is None:           # it vanished since the open: look again
+                    links += 1
+                    if links > MAX_SYMLINKS:
+                        raise ToolInputError(f"{rel!r} keeps changing while it is resolved; "
+                                             "refused. Run the step again.") from None
+                    todo.appendleft(comp)
+                    continue
                 if not stat.S_ISLNK(st.st_mode):
                     raise ToolInputError(
                         f"cannot use {rel!r}: {'/'.join((*names, comp))} is a file, not a "

@@ -25,17 +25,22 @@ CANARY = "CANARY-outside-the-workspace"
 
 
 @pytest.fixture
-def box(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """(workspace, outside): `outside` holds a canary no tool may read or touch."""
-    ws, out = tmp_path / "ws", tmp_path / "outside"
+def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    """(workspace, outside): `outside` holds a canary no tool may read or touch.
+    The process runs in an empty folder of its own, which must stay empty: a
+    descriptor left unset (`dir_fd=None`) would mean "relative to the cwd"."""
+    ws, out, cwd = tmp_path / "ws", tmp_path / "outside", tmp_path / "cwd"
     (ws / "d").mkdir(parents=True)
     out.mkdir()
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     (ws / "d" / "secret.txt").write_text("inside\n")
     (ws / "f.txt").write_text("inside\n")
     (out / "secret.txt").write_text(CANARY)
     before = _tree(out)
     yield ws, out
     assert _tree(out) == before, "something outside the workspace changed"
+    assert list(cwd.iterdir()) == [], "something was written to the worker's cwd"
 
 
 def _tree(root: Path) -> dict[str, bytes]:
