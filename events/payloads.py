@@ -214,11 +214,91 @@ class AuditDigest(_Payload):
     signature: str                # Ed25519, hex, over events.digests.signed_bytes
 
 
+# -- the agent (orchestrator.agent) ----------------------------------------------
+
+class AgentStarted(_Payload):
+    """A session's agent begins: what it was asked and what may answer. The
+    prompt text is not stored: it is rendered from the versioned template
+    (`prompt_version`) and the session's events, so replay rebuilds it."""
+
+    type: Literal["AgentStarted"] = "AgentStarted"
+    instruction: str                   # masked; "" in digest mode
+    instruction_digest: str
+    mode: Literal["job", "chat"] = "job"
+    provider: str
+    model: str
+    max_turns: int
+    max_invalid_calls: int
+    token_budget: int | None = None
+    prompt_version: str
+    tools: tuple[str, ...]
+
+
+class UserMessage(_Payload):
+    """A message typed in `orchestrator chat`: the next model turn answers it."""
+
+    type: Literal["UserMessage"] = "UserMessage"
+    text: str                          # masked; "" in digest mode
+    digest: str
+
+
+class ModelRequested(_Payload):
+    type: Literal["ModelRequested"] = "ModelRequested"
+    model_turn: int
+    provider: str
+    model: str
+    messages: int                      # how many messages were sent
+    prompt_digest: str                 # sha256 of the canonical JSON of the messages
+
+
+class ModelToolCall(_Payload):
+    id: str                            # the model's id for the call
+    name: str
+    arguments: str                     # the JSON text the model wrote (masked)
+    turn: int = 0                      # the session turn it runs as; 0: it cannot run
+    error: str | None = None           # why it cannot run, as the model will read it
+
+
+class ModelResponded(_Payload):
+    type: Literal["ModelResponded"] = "ModelResponded"
+    model_turn: int
+    model: str
+    latency_s: float
+    attempts: int = 1
+    finish_reason: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int | None = None
+    content: str | None = None         # masked; None in digest mode or when empty
+    content_digest: str = ""
+    tool_calls: tuple[ModelToolCall, ...] = ()
+
+
+class ModelFailed(_Payload):
+    type: Literal["ModelFailed"] = "ModelFailed"
+    model_turn: int
+    error: str
+    message: str
+    attempts: int = 1
+    transient: bool = False
+
+
+class AgentTurnCancelled(_Payload):
+    """Ctrl-C in chat: the model turn in flight is dropped; tool calls it
+    asked for and that did not start never will."""
+
+    type: Literal["AgentTurnCancelled"] = "AgentTurnCancelled"
+    model_turn: int
+    by: str
+    reason: str = ""
+
+
 _TYPES = (JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
           ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
           ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
           PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
-          QuotaExceeded, RateLimited, AuditDigest)
+          QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
+          ModelResponded, ModelFailed, AgentTurnCancelled)
 
 Payload = Annotated[
     Union[
@@ -226,7 +306,8 @@ Payload = Annotated[
         ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
         ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
         PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
-        QuotaExceeded, RateLimited, AuditDigest,
+        QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
+        ModelResponded, ModelFailed, AgentTurnCancelled,
     ],
     Field(discriminator="type"),
 ]

@@ -39,6 +39,7 @@ class ToolCall(_Frozen):
                     "completed", "failed"] = "requested"
     exit_code: int | None = None
     error: str | None = None
+    message: str = ""                 # a failure's message (what an agent is told)
     output: str = ""
     planned_count: int = 0
 
@@ -65,6 +66,87 @@ class Confirmation(_Frozen):
     answer: str = ""                  # the approver's reason
 
 
+class AgentCall(_Frozen):
+    """A tool call the model asked for; it runs as session turn `turn` (0:
+    it could not run, and `error` is what the model is told)."""
+
+    id: str
+    name: str
+    arguments: str
+    turn: int = 0
+    error: str | None = None
+
+
+class AgentEntry(_Frozen):
+    """One message of the conversation, as the events hold it."""
+
+    role: Literal["user", "assistant", "cancelled"]
+    text: str | None = None
+    calls: tuple[AgentCall, ...] = ()
+    model_turn: int = 0
+
+
+class AgentState(_Frozen):
+    mode: Literal["job", "chat"] = "job"
+    instruction: str = ""
+    provider: str = ""
+    model: str = ""
+    max_turns: int = 0
+    max_invalid_calls: int = 0
+    token_budget: int | None = None
+    prompt_version: str = ""
+    tools: tuple[str, ...] = ()
+    entries: tuple[AgentEntry, ...] = ()
+    model_turns: int = 0              # model calls answered
+    requested: int = 0                # the model turn asked for last (> model_turns: in flight)
+    invalid_calls: int = 0
+    failure: str | None = None        # the last ModelFailed, "error: message"
+
+    @property
+    def last_reply(self) -> AgentEntry | None:
+        for entry in reversed(self.entries):
+            if entry.role == "assistant":
+                return entry
+        return None
+
+
+def fold_agent(a: AgentState | None, pl: object) -> AgentState | None:
+    """The agent part of a session, one agent event at a time (pure)."""
+    if isinstance(pl, p.AgentStarted):
+        return AgentState(mode=pl.mode, instruction=pl.instruction, provider=pl.provider,
+                          model=pl.model, max_turns=pl.max_turns,
+                          max_invalid_calls=pl.max_invalid_calls, token_budget=pl.token_budget,
+                          prompt_version=pl.prompt_version, tools=pl.tools,
+                          entries=(AgentEntry(role="user", text=pl.instruction),)
+                          if pl.instruction else ())
+    if a is None:
+        return None
+    if isinstance(pl, p.UserMessage):
+        return a.model_copy(update={"entries": (*a.entries, AgentEntry(role="user",
+                                                                       text=pl.text))})
+    if isinstance(pl, p.ModelRequested):
+        return a.model_copy(update={"requested": pl.model_turn, "failure": None})
+    if isinstance(pl, p.ModelResponded):
+        calls = tuple(AgentCall(id=c.id, name=c.name, arguments=c.arguments, turn=c.turn,
+                                error=c.error) for c in pl.tool_calls)
+        entry = AgentEntry(role="assistant", text=pl.content, calls=calls,
+                           model_turn=pl.model_turn)
+        return a.model_copy(update={
+            "entries": (*a.entries, entry), "model_turns": max(a.model_turns, pl.model_turn),
+            "invalid_calls": a.invalid_calls + sum(1 for c in calls if c.error)})
+    if isinstance(pl, p.ModelFailed):
+        return a.model_copy(update={"failure": f"{pl.error}: {pl.message}"})
+    if isinstance(pl, p.AgentTurnCancelled):
+        return a.model_copy(update={
+            "entries": (*a.entries, AgentEntry(role="cancelled", model_turn=pl.model_turn)),
+            "requested": a.model_turns})
+    return a
+
+
+_AGENT_EVENTS = ("AgentStarted", "UserMessage", "ModelRequested", "ModelResponded",
+                 "ModelFailed", "AgentTurnCancelled")
+
+
 class SessionState(_Frozen):
     session_id: str = ""
     job_id: str = ""
@@ -86,6 +168,7 @@ class SessionState(_Frozen):
     tier: str | None = None
     elevated_by: str | None = None
     confirmations: tuple[Confirmation, ...] = ()
+    agent: AgentState | None = None
 
     @property
     def waiting(self) -> tuple[Confirmation, ...]:
@@ -238,7 +321,8 @@ def _(pl: p.ToolCallCompleted, s: SessionState, e: Event) -> SessionState:
 
 @_session.register
 def _(pl: p.ToolCallFailed, s: SessionState, e: Event) -> SessionState:
-    s = _replace_call(s, pl.call_id, status="failed", error=pl.error, output=pl.output)
+    s = _replace_call(s, pl.call_id, status="failed", error=pl.error, message=pl.message,
+                      output=pl.output)
     return s.model_copy(update={"pending": tuple(c for c in s.pending if c.call_id != pl.call_id)})
 
 
@@ -250,6 +334,14 @@ def _(pl: p.SessionCompleted, s: SessionState, e: Event) -> SessionState:
 @_session.register
 def _(pl: p.SessionFailed, s: SessionState, e: Event) -> SessionState:
     return s.model_copy(update={"status": "failed", "error": f"{pl.error}: {pl.message}"})
+
+
+def _agent_event(pl: object, s: SessionState, e: Event) -> SessionState:
+    return s.model_copy(update={"agent": fold_agent(s.agent, pl)})
+
+
+for _t in _AGENT_EVENTS:
+    _session.register(getattr(p, _t), _agent_event)
 
 
 def apply_session(s: SessionState, e: Event) -> SessionState:
@@ -299,6 +391,8 @@ class QuotaUsage(_Frozen):
     tool_failures: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_cached: int = 0
+    model_calls: int = 0
     shell_cpu_s: float = 0.0
     shell_wall_s: float = 0.0
     bytes_written: int = 0
@@ -355,6 +449,14 @@ def _(pl: p.ToolCallFailed, s: QuotaUsage, e: Event) -> QuotaUsage:
         update["shell_cpu_s"] = s.shell_cpu_s + pl.cpu_s
         update["shell_wall_s"] = s.shell_wall_s + pl.duration_s
     return s.model_copy(update=update)
+
+
+@_quota.register
+def _(pl: p.ModelResponded, s: QuotaUsage, e: Event) -> QuotaUsage:
+    return s.model_copy(update={"tokens_in": s.tokens_in + pl.input_tokens,
+                                "tokens_out": s.tokens_out + pl.output_tokens,
+                                "tokens_cached": s.tokens_cached + (pl.cached_tokens or 0),
+                                "model_calls": s.model_calls + 1})
 
 
 def apply_quota(s: QuotaUsage, e: Event) -> QuotaUsage:
@@ -523,7 +625,9 @@ class Folder:
         self._recent_tools = list(q.recent_tools)
         self._sums = {"tool_failures": q.tool_failures, "shell_cpu_s": q.shell_cpu_s,
                       "shell_wall_s": q.shell_wall_s, "bytes_written": q.bytes_written,
-                      "output_bytes": q.output_bytes}
+                      "output_bytes": q.output_bytes, "tokens_in": q.tokens_in,
+                      "tokens_out": q.tokens_out, "tokens_cached": q.tokens_cached,
+                      "model_calls": q.model_calls}
         self._quota_changed = False
         self._entries: list[_Item] = list(led.entries)
         self._entry_at = {x.call_id: i for i, x in enumerate(led.entries)}
@@ -591,7 +695,7 @@ class Folder:
         self._call_at[call_id] = len(self._calls)
         self._calls.append({"call_id": call_id, "turn": pl["turn"], "tool": pl["tool"],
                             "status": "requested", "exit_code": None, "error": None,
-                            "output": "", "planned_count": 0})
+                            "message": "", "output": "", "planned_count": 0})
         self._entry_at[call_id] = len(self._entries)
         self._entries.append({"call_id": call_id, "seq": e["seq"], "tool": pl["tool"],
                               "args": pl["args"], "decision": None, "rule_id": None,
@@ -657,7 +761,8 @@ class Folder:
     def _failed(self, pl: Mapping[str, Any], e: Mapping[str, Any]) -> None:
         call = self._call(pl["call_id"])
         if call is not None:
-            call.update(status="failed", error=pl["error"], output=pl["output"])
+            call.update(status="failed", error=pl["error"], message=pl["message"],
+                        output=pl["output"])
         if self._pending:
             self._pending = [c for c in self._pending if c.call_id != pl["call_id"]]
         sums = self._sums
@@ -680,6 +785,20 @@ class Folder:
 
     def _session_completed(self, pl: Mapping[str, Any], *_: Any) -> None:
         self._scalars["status"] = "completed"
+
+    def _agent(self, type_: str, pl: Mapping[str, Any]) -> None:
+        """Agent events are few (one per model call): fold them with the
+        definition itself instead of a second implementation."""
+        payload = p.PAYLOAD_TYPES[type_].model_validate(dict(pl))
+        current = self._scalars.get("agent", self._session.agent)
+        self._scalars["agent"] = fold_agent(current, payload)
+        if type_ == "ModelResponded":
+            sums = self._sums
+            self._quota_changed = True
+            sums["tokens_in"] += payload.input_tokens          # type: ignore[attr-defined]
+            sums["tokens_out"] += payload.output_tokens        # type: ignore[attr-defined]
+            sums["tokens_cached"] += payload.cached_tokens or 0  # type: ignore[attr-defined]
+            sums["model_calls"] += 1
 
     def _session_failed(self, pl: Mapping[str, Any], *_: Any) -> None:
         self._scalars.update(status="failed", error=f"{pl['error']}: {pl['message']}")
@@ -715,4 +834,5 @@ _ON: dict[str, Callable[..., None]] = {
     "FileChanged": Folder._file_changed, "ToolCallCompleted": Folder._completed,
     "ToolCallFailed": Folder._failed, "SessionCompleted": Folder._session_completed,
     "SessionFailed": Folder._session_failed,
+    **{t: (lambda f, pl, e, _t=t: f._agent(_t, pl)) for t in _AGENT_EVENTS},
 }

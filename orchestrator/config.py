@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
@@ -57,6 +57,30 @@ class Settings(BaseSettings):
     audit_public_keys: tuple[Path, ...] = Field(default=(), description=(
         "Public keys (PEM) whose digests `audit verify` trusts, as a JSON list; the "
         "signing key's own public key is always trusted"))
+
+    # -- the model (orchestrator.providers) ----------------------------------
+    model_provider: Literal["scripted", "openai"] = Field(default="scripted", description=(
+        "scripted: replays `model_script` (tests, demos, offline); openai: any "
+        "OpenAI-compatible chat-completions endpoint at `model_base_url`"))
+    model_name: str = Field(default="gpt-4o-mini", description="Model the agent calls")
+    model_base_url: str | None = Field(default=None, description=(
+        "Chat-completions endpoint, e.g. http://127.0.0.1:11434/v1 for Ollama; "
+        "unset = api.openai.com"))
+    model_api_key: SecretStr | None = Field(default=None, description=(
+        "API key (a secret: never logged, never in an event)"))
+    model_api_key_file: Path | None = Field(default=None, description=(
+        "File holding the API key (a mounted secret); read when the provider starts"))
+    model_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    model_max_attempts: int = Field(default=5, ge=1, le=20, description=(
+        "Tries per model call; 429, 5xx and timeouts are retried, honouring Retry-After"))
+    model_retry_budget_s: float = Field(default=120.0, gt=0, description=(
+        "Give up retrying a model call after this long"))
+    model_stream: bool = Field(default=False, description="Stream responses from the endpoint")
+    model_script: Path | None = Field(default=None, description=(
+        "The scripted provider's YAML file of assistant turns"))
+    prompt_storage: Literal["masked", "digest"] = Field(default="masked", description=(
+        "masked: events keep prompts and replies with secrets masked; digest: only "
+        "their sha256, for teams that must not retain content"))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

@@ -34,7 +34,8 @@ def prepare(spec: JobSpec, base_dir: Path, *, policy_files: Sequence[PolicyDoc] 
     tickets = [Ticket(job_id=job_id, session_id=new_id(), target=name,
                       path=str(path) if path is not None else None, error=error, steps=labels,
                       sessions_total=len(targets), policy=doc.model_dump(mode="json"),
-                      tier=chosen, elevated_by=elevated_by)
+                      tier=chosen, elevated_by=elevated_by,
+                      agent=spec.agent.model_dump(mode="json") if spec.agent else None)
                for name, path, error in targets]
     return job_id, tickets
 

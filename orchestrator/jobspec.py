@@ -24,13 +24,14 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      ValidationInfo, field_validator, model_validator)
 from pydantic_core import PydanticCustomError
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import ConfigError, SpecError
 from orchestrator.policy import PolicyDoc, Tier
 from orchestrator.steps import CountRange, Step
 
@@ -55,8 +56,35 @@ def _target_entry(value: str) -> str:
     return value
 
 
+class AgentSpec(BaseModel):
+    """The agent part of a job: a model works on each target until it is done,
+    after the recipe steps (if any). `provider` and `model` default to the
+    configuration's; the scripted provider's turns come inline (`turns`) or
+    from a YAML file (`script`, relative to the spec), which submitting reads
+    into `turns` so the recorded job holds everything a worker needs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instruction: str = ""                # what to do; a chat session has none
+    provider: Literal["scripted", "openai"] | None = None
+    model: str | None = None
+    script: str | None = None
+    turns: tuple[dict[str, Any], ...] | None = None
+    max_turns: int = Field(default=30, ge=1, le=1000)
+    max_invalid_calls: int = Field(default=5, ge=0, le=1000)
+    token_budget: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_script(self) -> AgentSpec:
+        if self.script is not None and self.turns is not None:
+            raise ValueError("give the scripted model's turns inline (`turns`) or in a file "
+                             "(`script`), not both")
+        return self
+
+
 class JobSpec(BaseModel):
-    """A batch refactor job: the same chain of steps run on every target."""
+    """A batch refactor job: the same chain of steps (and/or an agent) run on
+    every target."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -65,8 +93,11 @@ class JobSpec(BaseModel):
     # Directories, or globs of directories (`repos/*`), in order. Relative ones
     # resolve against the base directory given to `resolve_targets`.
     targets: tuple[Annotated[str, AfterValidator(_target_entry)], ...] = Field(min_length=1)
+    # An agent that works on each target after the steps (declared first, so
+    # the check that there is something to do can see it).
+    agent: AgentSpec | None = None
     # The refactor chain, run in order on each target.
-    steps: tuple[Step, ...] = Field(min_length=1)
+    steps: tuple[Step, ...] = ()
     # At most this many targets run at once; None: as many as the workers take.
     concurrency: int | None = Field(default=None, ge=1)
     # The job's own policy (docs/security.md); combined with `--policy` files
@@ -87,9 +118,19 @@ class JobSpec(BaseModel):
     def _one_target(cls, value: object) -> object:
         return (value,) if isinstance(value, str) else value   # `targets: repos/*`
 
+    @field_validator("agent")
+    @classmethod
+    def _instructed(cls, agent: AgentSpec | None) -> AgentSpec | None:
+        if agent is not None and not agent.instruction.strip():
+            raise ValueError("a job's agent needs an `instruction`: what to do on each target")
+        return agent
+
     @field_validator("steps")
     @classmethod
-    def _unique_names(cls, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    def _unique_names(cls, steps: tuple[Step, ...], info: ValidationInfo) -> tuple[Step, ...]:
+        if not steps and info.data.get("agent") is None:
+            raise PydanticCustomError("no_work", "a job needs at least one step, or an "
+                                      "`agent` block")
         dups = _duplicate_step_names(steps)
         if dups:
             listed = "; ".join(f"steps[{i}] repeats {name!r} of steps[{first}]"
@@ -128,7 +169,22 @@ def load_spec(path: Path) -> JobSpec:
                                  "as UTF-8"]) from None
     except OSError as exc:
         raise SpecError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
-    return parse_spec(text, source)
+    return with_script(parse_spec(text, source), Path(path).parent, source)
+
+
+def with_script(spec: JobSpec, base_dir: Path, source: str = "<string>") -> JobSpec:
+    """The spec with its agent's `script` file (relative to the spec) read into
+    `turns`: the recorded job then holds all a worker on another machine needs."""
+    agent = spec.agent
+    if agent is None or agent.script is None:
+        return spec
+    from orchestrator.providers.scripted import load_script
+    try:
+        turns = load_script(base_dir / agent.script)
+    except ConfigError as exc:
+        raise SpecError(source, [f"agent.script: {exc}"]) from None
+    return spec.model_copy(update={"agent": agent.model_copy(
+        update={"script": None, "turns": tuple(turns)})})
 
 
 def parse_spec(text: str, source: str = "<string>") -> JobSpec:

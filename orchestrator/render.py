@@ -36,6 +36,15 @@ def _describe(e: Event) -> str | None:
         return f"{pl.tool} FAILED: {pl.error}: {pl.message.splitlines()[0][:160]}"
     if isinstance(pl, p.FileChanged):
         return f"changes {pl.path}"
+    if isinstance(pl, p.AgentStarted):
+        return f"agent started: {pl.provider} model {pl.model}, tools {', '.join(pl.tools)}"
+    if isinstance(pl, p.ModelResponded):
+        said = (pl.content or "").strip().splitlines()
+        calls = ", ".join(c.name if c.turn else f"{c.name} (invalid)" for c in pl.tool_calls)
+        return (f"model turn {pl.model_turn}: {said[0][:100] if said else '(no text)'}"
+                + (f" -> {calls}" if calls else ""))
+    if isinstance(pl, p.ModelFailed):
+        return f"MODEL FAILED: {pl.error}: {pl.message[:160]}"
     if isinstance(pl, p.SessionCompleted):
         return f"completed, {pl.files_changed} file(s) changed"
     if isinstance(pl, p.SessionFailed):
@@ -58,7 +67,7 @@ def follow(store: SqlEventStore, job_id: str, name: str, steps: int, names: dict
     few = len(names) <= MAX_BARS
     if few:
         for sid, target in names.items():
-            bars[sid] = progress.add_task(target, total=steps, note="queued")
+            bars[sid] = progress.add_task(target, total=steps or None, note="queued")
     plain = not console.is_terminal
     with progress:
         while not view.settled:
@@ -67,7 +76,7 @@ def follow(store: SqlEventStore, job_id: str, name: str, steps: int, names: dict
                 note = _describe(e)
                 if sid in names and note is not None:
                     if sid not in bars and not view.sessions[sid].finished:
-                        bars[sid] = progress.add_task(names[sid], total=steps, note="")
+                        bars[sid] = progress.add_task(names[sid], total=steps or None, note="")
                     if sid in bars:
                         done = sum(1 for t in view.sessions[sid].turns
                                    if t.status in ("ok", "failed"))
@@ -102,11 +111,16 @@ def summary(console: Console, view: JobView, rows: list[dict[str, Any]],
     for r in rows:
         style = {"completed": "green", "failed": "red"}.get(str(r["status"]), "yellow")
         table.add_row(str(r["target"]), f"[{style}]{r['status']}[/]",
-                      f"{r['steps_ok']}/{r['steps']}", str(len(r["files_changed"])),
+                      f"{r['steps_ok']}/{r['steps']}" if not r.get("agent")
+                      else f"{r['steps_ok']} ({r['agent']['model_turns']} model turns)",
+                      str(len(r["files_changed"])),
                       str(r["session_id"]), str(r["error"] or ""))
     console.print(table)
     if not diffs:
         return
+    for r in rows:
+        if r.get("agent") and r["agent"]["message"]:
+            console.print(f"[bold]{r['target']}[/]: {r['agent']['message']}", highlight=False)
     for r in rows:
         if r["patch"]:
             console.rule(f"{r['target']}")

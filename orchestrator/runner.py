@@ -67,6 +67,9 @@ class Ticket(BaseModel):
     policy: dict[str, Any] | None = None
     tier: str | None = None
     elevated_by: str | None = None
+    # The job's `agent:` block (jobspec.AgentSpec as JSON data, its script
+    # read into `turns`): the agent works on the target after the steps.
+    agent: dict[str, Any] | None = None
 
 
 class Interrupted(ToolError):

@@ -69,6 +69,20 @@ def session_summary(view: JobView) -> list[dict[str, object]]:
                      "workspace": s.target,
                      "status": "waiting" if s.waiting and not s.finished else s.status,
                      "waiting": [c.call_id for c in s.waiting],
-                     "steps_ok": done, "steps": len(s.steps), "error": s.error,
-                     "files_changed": [c.path for c in s.files_changed], "patch": s.patch})
+                     "steps_ok": done, "steps": max(len(s.steps), len(s.turns)),
+                     "error": s.error,
+                     "files_changed": [c.path for c in s.files_changed], "patch": s.patch,
+                     "agent": _agent_summary(s)})
     return rows
+
+
+def _agent_summary(s: SessionState) -> dict[str, object] | None:
+    """For an agent session: its model, how many model turns and tool calls it
+    took, and its last message (the summary a job's agent ends with)."""
+    a = s.agent
+    if a is None:
+        return None
+    last = a.last_reply
+    return {"model": a.model, "model_turns": a.model_turns,
+            "tool_calls": sum(1 for e in a.entries for c in e.calls if c.turn),
+            "invalid_calls": a.invalid_calls, "message": last.text if last else None}

@@ -18,7 +18,7 @@ def make_app(settings: Settings) -> Celery:
         settings.state.mkdir(parents=True, exist_ok=True)
     app = Celery("orchestrator", broker=settings.effective_broker_url,
                  backend=settings.effective_result_backend,
-                 include=["tasks.steps", "tasks.audit"])
+                 include=["tasks.steps", "tasks.audit", "tasks.agent"])
     transport_options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
     if settings.embedded_broker:
         transport_options["polling_interval"] = settings.embedded_poll_interval_s

@@ -36,6 +36,7 @@ MAX_CHUNK = 32
 RUN_STEP = "orchestrator.run_step"
 RUN_STEPS = "orchestrator.run_steps"
 SIGN_HEADS = "orchestrator.audit.sign_heads"
+AGENT_ADVANCE = "orchestrator.agent_advance"
 
 
 def chunk_size(targets: int, steps: Sequence[Step]) -> int:
@@ -65,8 +66,10 @@ def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None
         from tasks.app import app
     if sign is None:
         sign = signing()
-    last = len(steps) - 1
-    size = chunk_size(len(tickets), steps)
+    agent = any(t.agent for t in tickets)
+    # With an agent after the steps, the agent ends the session, not the last step.
+    last = -1 if agent else len(steps) - 1
+    size = 1 if agent else chunk_size(len(tickets), steps)
     chunks = [tickets[i:i + size] for i in range(0, len(tickets), size)]
 
     def link(chunk: Sequence[Ticket], i: int, step: Step) -> object:
@@ -79,9 +82,20 @@ def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None
                 .set(soft_time_limit=budget + TASK_LIMIT_MARGIN_S,
                      time_limit=budget + 2 * TASK_LIMIT_MARGIN_S))
 
-    chains = [chain(*(link(c, i, step) for i, step in enumerate(steps)),
-                    *([sign_link(app, c)] if sign else [])) for c in chunks]
+    def tail(chunk: Sequence[Ticket]) -> list[Signature]:
+        # The agent task enqueues itself until it is done, and signs then.
+        if agent:
+            return [agent_link(app, chunk[0])]
+        return [sign_link(app, chunk)] if sign else []
+
+    chains = [chain(*(link(c, i, step) for i, step in enumerate(steps)), *tail(c))
+              for c in chunks]
     group(chains, app=app).apply_async()
+
+
+def agent_link(app: Celery, ticket: Ticket) -> Signature:
+    """The agent's first unit of work (`tasks.agent`)."""
+    return app.signature(AGENT_ADVANCE, args=(ticket.model_dump(mode="json"),), immutable=True)
 
 
 def continue_session(ticket: Ticket, start: int, steps: Sequence[Step],
@@ -90,13 +104,15 @@ def continue_session(ticket: Ticket, start: int, steps: Sequence[Step],
     answered): the same tasks, keys and limits as the job's own chain."""
     if app is None:
         from tasks.app import app
-    last = len(steps) - 1
+    last = -1 if ticket.agent else len(steps) - 1
     links = [app.signature(RUN_STEP, args=(ticket.model_dump(mode="json"), i,
                                            steps[i].model_dump(mode="json"), i == last),
                            immutable=True)
              .set(soft_time_limit=steps[i].timeout_s + TASK_LIMIT_MARGIN_S,
                   time_limit=steps[i].timeout_s + 2 * TASK_LIMIT_MARGIN_S)
              for i in range(start, len(steps))]
-    if signing():
+    if ticket.agent:
+        links.append(agent_link(app, ticket))
+    elif signing():
         links.append(sign_link(app, [ticket]))
     chain(*links).apply_async()

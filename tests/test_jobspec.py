@@ -29,7 +29,12 @@ def problems(text: str) -> list[str]:
 def test_every_shipped_example_validates(example: Path):
     spec = load_spec(example)
     assert spec.targets == ("sample-repos/*",)
-    assert spec.steps[-1].kind == "shell"
+    if spec.agent is None:
+        assert spec.steps[-1].kind == "shell"
+    else:   # the agent's script was read into the spec, and it runs the tests
+        assert spec.agent.turns and spec.agent.script is None
+        assert any(c["name"] == "shell" for t in spec.agent.turns
+                   for c in t.get("tool_calls") or ())
 
 
 def test_there_are_examples_and_the_examples_readme_lists_each_one():
@@ -131,7 +136,7 @@ def test_a_name_with_other_characters_is_refused():
 def test_a_job_needs_a_target_and_a_step():
     assert problems("name: n\ntargets: []\nsteps: []\n") == [
         "targets (line 2, column 10): a job needs at least one target",
-        "steps (line 3, column 8): a job needs at least one step"]
+        "steps (line 3, column 8): a job needs at least one step, or an `agent` block"]
 
 
 def test_every_problem_is_listed_at_once_in_file_order():
@@ -155,7 +160,7 @@ unknown: 1
         "steps[1].command (line 8, column 14): command is empty",
         "steps[1].env.HOME (line 9, column 17): Input should be a valid string, got 1",
         "unknown (line 10, column 1): unknown field 'unknown'; allowed here: name, "
-        "description, targets, steps, concurrency, policy, tier",
+        "description, targets, agent, steps, concurrency, policy, tier",
     ]
 
 

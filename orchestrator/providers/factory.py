@@ -1,0 +1,43 @@
+"""The provider the settings (and a job's `agent:` block) name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.config import Settings
+from orchestrator.errors import ConfigError
+from orchestrator.providers.base import Provider
+from orchestrator.providers.openai_compat import OpenAIProvider
+from orchestrator.providers.scripted import ScriptedProvider
+
+
+def make_provider(settings: Settings, *, provider: str | None = None,
+                  script: Path | None = None) -> Provider:
+    kind = provider or settings.model_provider
+    if kind == "scripted":
+        path = script or settings.model_script
+        if path is None:
+            raise ConfigError("the scripted model needs a script: set `agent.script` in the "
+                              "job spec or ORCH_MODEL_SCRIPT to a YAML file of assistant turns "
+                              "(see orchestrator/examples/), or use ORCH_MODEL_PROVIDER=openai")
+        return ScriptedProvider.from_file(path)
+    if kind == "openai":
+        return OpenAIProvider(base_url=settings.model_base_url, api_key=api_key(settings),
+                              timeout_s=settings.model_timeout_s,
+                              max_attempts=settings.model_max_attempts,
+                              retry_budget_s=settings.model_retry_budget_s,
+                              stream=settings.model_stream)
+    raise ConfigError(f"unknown model provider {kind!r}; use scripted or openai")
+
+
+def api_key(settings: Settings) -> str | None:
+    """The key from the settings or its file; never logged."""
+    if settings.model_api_key is not None:
+        return settings.model_api_key.get_secret_value()
+    if settings.model_api_key_file is not None:
+        try:
+            return settings.model_api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read model_api_key_file {settings.model_api_key_file}: "
+                              f"{exc.strerror}") from None
+    return None
