@@ -138,6 +138,9 @@ class Host:
     is_root: bool = False
     cgroups: Cgroups = field(default_factory=Cgroups)
     path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    # The host setting that spares a cgroup migration its RCU grace period
+    # ("rcu_expedited=1", "favordynmods"), or None when neither is set.
+    fast_migration: str | None = None
 
     def mode(self, wanted: Mode = "auto") -> Literal["bwrap", "fallback"]:
         if wanted == "fallback" or (wanted == "auto" and self.bwrap is None):
@@ -606,8 +609,22 @@ def describe(host: Host) -> dict[str, object]:
             "runs_as": f"uid {SANDBOX_UID}" if host.drops_uid else ("root" if host.is_root
                                                            else "the worker's user"),
             "cgroups": {"usable": cg.version is not None, "version": cg.version,
-                        "pids": cg.pids, "memory": cg.memory, "detail": cg.why},
+                        "pids": cg.pids, "memory": cg.memory,
+                        "detail": cg.why + migration_note(host),
+                        "fast_migration": host.fast_migration},
             "protects_against": protects, "does_not_protect_against": gaps}
+
+
+def migration_note(host: Host) -> str:
+    """What moving each call into its cgroup costs on this host, and the host
+    settings that make it cheap (measured in bench/README.md)."""
+    if host.cgroups.version is None:
+        return ""
+    if host.fast_migration:
+        return f"; migrations into it are fast ({host.fast_migration})"
+    return ("; each call's move into its cgroup waits for an RCU grace period (5-15 ms "
+            "measured): set /sys/kernel/rcu_expedited=1 or mount a cgroup hierarchy with "
+            "-o favordynmods to bring it under 1 ms (see docs/security.md for the trade-offs)")
 
 
 # -- the process part -------------------------------------------------------------------
@@ -630,7 +647,22 @@ def probe() -> Host:
                 setpriv=setpriv,
                 setpriv_version=_version([setpriv, "--version"]) if setpriv else None,
                 env_tool=shutil.which("env") or "/usr/bin/env", prlimit=shutil.which("prlimit"),
-                is_root=is_root, cgroups=_probe_cgroups(), path=path or Host.path)
+                is_root=is_root, cgroups=_probe_cgroups(), path=path or Host.path,
+                fast_migration=_fast_migration())
+
+
+def _fast_migration() -> str | None:
+    """Which host setting makes cgroup migrations skip the RCU grace period."""
+    with contextlib.suppress(OSError):
+        if Path("/sys/kernel/rcu_expedited").read_text().strip() not in ("", "0"):
+            return "rcu_expedited=1"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[2].startswith("cgroup") \
+                    and "favordynmods" in fields[3].split(","):
+                return f"favordynmods on {fields[1]}"
+    return None
 
 
 def _enterable(directory: str, uid: int) -> bool:

@@ -181,6 +181,16 @@ def test_doctor_report_says_what_the_fallback_does_not_contain() -> None:
     assert "own network namespace" in " ".join(describe(ROOT_HOST)["protects_against"])
 
 
+def test_doctor_says_what_a_cgroup_migration_costs_and_which_host_setting_helps() -> None:
+    def detail(host: Host) -> str:
+        return str(describe(host)["cgroups"]["detail"])  # type: ignore[index]
+
+    assert "RCU grace period" in detail(ROOT_HOST) and "rcu_expedited=1" in detail(ROOT_HOST)
+    assert detail(dataclasses.replace(ROOT_HOST, fast_migration="rcu_expedited=1")).endswith(
+        "fast (rcu_expedited=1)")
+    assert "grace period" not in detail(USER_HOST)
+
+
 # -- real processes --------------------------------------------------------------------
 
 HOST = sandbox.probe()

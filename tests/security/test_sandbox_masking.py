@@ -313,7 +313,8 @@ def test_no_command_reads_a_denied_file(box: Box, name: str) -> None:
 def test_no_command_writes_moves_or_links_a_denied_file(box: Box) -> None:
     _need_bwrap()
     before = _secret_box(box)
-    script = ("exec 2>/dev/null; for t in .env deploy/key.pem config/.env.production data/private/dump.csv; do "
+    script = ("exec 2>/dev/null; "
+              "for t in .env deploy/key.pem config/.env.production data/private/dump.csv; do "
               "  echo x > $t; echo x >> $t; rm -f $t; mv $t moved; ln $t hard; truncate -s0 $t; "
               "done; echo new > .ssh/new; chmod 666 .env; ls .ssh; echo done")
     out = _output(_run(box, ["bash", "-c", script]))
