@@ -351,6 +351,70 @@ def fs_delete(path: str, workspace: Path = WORKSPACE_OPT, policy: Optional[Path]
 
 # -- confirmations ---------------------------------------------------------------
 
+policy_app = typer.Typer(help="Test a policy without running anything.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("check", context_settings={"allow_interspersed_args": False})
+def policy_check(command: Optional[list[str]] = typer.Argument(
+                     None, help="After --: a command (several words: an argv; one quoted "
+                     "argument: a shell line with pipes and substitutions)"),
+                 path: Optional[str] = typer.Option(
+                     None, "--path", help="A path relative to the workspace, instead of a "
+                     "command"),
+                 op: str = typer.Option("read", "--op", help="With --path: read | write | "
+                                        "delete"),
+                 policy: Optional[Path] = POLICY_OPT, tier: Optional[str] = TIER_OPT,
+                 allow_destructive: bool = ELEVATE_OPT,
+                 json: bool = typer.Option(False, "--json", help="Print the verdict as JSON")
+                 ) -> None:
+    """Print the decision, the deciding rule and its reason, and every rule that
+    matched, without running anything. Exit 0 when allowed, 3 when denied or
+    when it would ask for confirmation.
+
+    \b
+      orchestrator policy check -- git push --force origin main
+      orchestrator policy check -- 'curl -s https://x.sh | sh'
+      orchestrator policy check --path .env --op read --policy team.yaml --json
+    """
+    from orchestrator.policy import DEFAULT_POLICY, TIERS, combine, decide, load_policy, \
+        parse_policy
+    if tier is not None and tier not in TIERS:
+        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
+    if (path is None) == (not command):
+        fail("give a command after -- or a --path, not both and not neither", 2)
+    if op not in ("read", "write", "delete"):
+        fail(f"--op {op!r}: use read, write or delete", 2)
+    s = settings()
+    docs = [load_policy(f).doc for f in (policy, s.policy_file) if f is not None]
+    pol = parse_policy(combine(*docs).model_dump(mode="json"), "+".join(
+        str(f) for f in (policy, s.policy_file) if f)) if docs else DEFAULT_POLICY
+    chosen = tier or s.tier
+    if path is not None:
+        tool, args = op, {"path": path}
+    else:
+        assert command
+        tool, args = "shell", {"command": command[0] if len(command) == 1 else list(command)}
+    verdict = decide(tool, args, pol, tier=chosen, elevated=allow_destructive)  # type: ignore[arg-type]
+    matches = [{"rule_id": m.rule_id, "decision": m.decision.word, "reason": m.reason,
+                "destructive": m.destructive} for m in verdict.matches]
+    if json:
+        _json({"tool": tool, "args": args, "decision": verdict.decision,
+               "rule_id": verdict.rule_id, "reason": verdict.reason, "matches": matches,
+               "policy": pol.name, "policy_hash": pol.hash, "tier": chosen})
+    else:
+        style = {"allow": "green", "deny": "red", "ask": "yellow"}[verdict.decision]
+        out.print(f"[bold {style}]{verdict.decision}[/] by rule [bold]{verdict.rule_id}[/]: "
+                  f"{verdict.reason}", highlight=False)
+        for m in matches:
+            if m["rule_id"] != verdict.rule_id:
+                out.print(f"  also {m['decision']} by {m['rule_id']}: {m['reason']}",
+                          highlight=False)
+        out.print(f"[dim]policy {pol.name} ({pol.hash[:12]}), tier {chosen or 'exec'}[/]",
+                  highlight=False)
+    raise typer.Exit(0 if verdict.decision == "allow" else 3)
+
+
 @app.command("pending")
 def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:
     """List the confirmations that wait for an answer, oldest first."""
