@@ -101,6 +101,7 @@ class AgentState(_Frozen):
     requested: int = 0                # the model turn asked for last (> model_turns: in flight)
     invalid_calls: int = 0
     failure: str | None = None        # the last ModelFailed, "error: message"
+    cancelled_turn: int = 0           # model turns up to this one were cancelled (chat Ctrl-C)
 
     @property
     def last_reply(self) -> AgentEntry | None:
@@ -127,6 +128,8 @@ def fold_agent(a: AgentState | None, pl: object) -> AgentState | None:
     if isinstance(pl, p.ModelRequested):
         return a.model_copy(update={"requested": pl.model_turn, "failure": None})
     if isinstance(pl, p.ModelResponded):
+        if pl.model_turn <= a.cancelled_turn:
+            return a     # the answer to a cancelled turn arrived late: recorded, not acted on
         calls = tuple(AgentCall(id=c.id, name=c.name, arguments=c.arguments, turn=c.turn,
                                 error=c.error) for c in pl.tool_calls)
         entry = AgentEntry(role="assistant", text=pl.content, calls=calls,
@@ -137,9 +140,13 @@ def fold_agent(a: AgentState | None, pl: object) -> AgentState | None:
     if isinstance(pl, p.ModelFailed):
         return a.model_copy(update={"failure": f"{pl.error}: {pl.message}"})
     if isinstance(pl, p.AgentTurnCancelled):
+        # The cancelled turn's number is used up: the next model turn gets a
+        # new one (and new idempotency keys).
+        done = max(a.model_turns, pl.model_turn)
         return a.model_copy(update={
             "entries": (*a.entries, AgentEntry(role="cancelled", model_turn=pl.model_turn)),
-            "requested": a.model_turns})
+            "requested": done, "model_turns": done,
+            "cancelled_turn": max(a.cancelled_turn, pl.model_turn)})
     return a
 
 
