@@ -149,7 +149,7 @@ def result_text(state: Projections, call: AgentCall) -> str:
     if tc is None:
         return "not run: the turn was cancelled"
     if tc.status == "completed":
-        code = f"exit code {tc.exit_code}\n" if tc.exit_code is not None else ""
+        code = f"exit code {tc.exit_code}\n" if tc.tool == "shell" else ""
         return code + (tc.output or "(no output)")
     if tc.status == "failed":
         return f"failed ({tc.error}): {tc.message}" + (f"\n{tc.output}" if tc.output else "")
