@@ -673,6 +673,10 @@ def doctor(json: bool = typer.Option(False, "--json", help="Print the report as 
         out.print(f"  - {line}", highlight=False)
 
 
+from orchestrator import cli_chat  # noqa: E402
+cli_chat.register(app)
+
+
 def main() -> None:
     """Entry point: typed errors become their exit codes with their message."""
     try:
