@@ -439,8 +439,9 @@ def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
              f"`orchestrator audit replay {w.session_id}`", 1)
     continue_session(ticket, start, steps)
     verb = "approved" if grant else "denied"
-    err.print(f"{verb} {w.call_id} ({w.tool}: {w.reason}); the session continues from step "
-              f"{start + 1}", highlight=False)
+    where = (f"step {start + 1}" if start < len(steps) else "its agent")
+    err.print(f"{verb} {w.call_id} ({w.tool}: {w.reason}); the session continues from "
+              f"{where}", highlight=False)
     if not wait:
         err.print(f"follow it with `orchestrator status {w.job_id}` (a worker must run: "
                   "`orchestrator worker`)")
@@ -492,7 +493,11 @@ def audit_replay(session_id: str, json: bool = typer.Option(False, "--json"),
         fail(f"no events for session {session_id}; list sessions with "
              "`orchestrator status JOB_ID`", 2)
     if json:
-        _json(state.model_dump(mode="json"))
+        data = state.model_dump(mode="json")
+        # A frozenset dumps in hash order, which differs from process to
+        # process: sorted, the same store replays to the same bytes.
+        data["session"]["changed_paths"].sort()
+        _json(data)
     else:
         render.replay(out, state)
 

@@ -118,5 +118,6 @@ def continuation(store: SqlEventStore, session_id: str) -> tuple[Ticket, tuple[S
     target = next((r.target for r in job.sessions if r.session_id == session_id), s.target)
     ticket = Ticket(job_id=s.job_id, session_id=session_id, target=target, path=s.target,
                     steps=s.steps, sessions_total=len(job.sessions), policy=s.policy,
-                    tier=s.tier, elevated_by=s.elevated_by)
+                    tier=s.tier, elevated_by=s.elevated_by,
+                    agent=spec.agent.model_dump(mode="json") if spec.agent else None)
     return ticket, spec.steps
