@@ -73,11 +73,12 @@ class ModelError(OrchestratorError):
     something (key, model name, request), which the message says."""
 
     def __init__(self, message: str, *, error: str, transient: bool,
-                 retry_after_s: float | None = None) -> None:
+                 retry_after_s: float | None = None, attempts: int = 1) -> None:
         super().__init__(message)
         self.error = error
         self.transient = transient
         self.retry_after_s = retry_after_s
+        self.attempts = attempts        # set by the provider when its retries gave up
 
 
 class Provider(Protocol):
@@ -91,22 +92,32 @@ class Provider(Protocol):
 
 def parse_completion(completion: ChatCompletion, attempts: int = 1) -> ModelReply:
     """The agent loop's view of a response: first choice, its text and tool
-    calls, why it stopped and what it cost."""
-    if not completion.choices:
-        raise ModelError(f"the model {completion.model!r} returned no choices; the endpoint "
-                         "is not behaving like chat-completions. Check `model_base_url`.",
+    calls, why it stopped and what it cost. Empty text is no text (streamed
+    replies start with `content: ""`, the same reply unstreamed has null)."""
+    if not getattr(completion, "choices", None):
+        said = getattr(completion, "error", None)
+        raise ModelError(f"the model {getattr(completion, 'model', None)!r} returned no "
+                         f"choices{f' ({str(said)[:300]})' if said else ''}; the endpoint is "
+                         "not behaving like chat-completions. Check `model_base_url`.",
                          error="EmptyResponse", transient=True)
-    choice = completion.choices[0]
-    message = choice.message
-    calls = tuple(ModelToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments
-                                or "")
-                  for c in (message.tool_calls or ()) if getattr(c, "function", None))
-    usage = TokenUsage()
-    if completion.usage is not None:
-        details = completion.usage.prompt_tokens_details
-        usage = TokenUsage(input_tokens=completion.usage.prompt_tokens or 0,
-                           output_tokens=completion.usage.completion_tokens or 0,
-                           cached_tokens=details.cached_tokens if details else None)
-    return ModelReply(model=completion.model, content=message.content, tool_calls=calls,
+    try:
+        choice = completion.choices[0]
+        message = choice.message
+        calls = tuple(ModelToolCall(id=c.id, name=c.function.name,
+                                    arguments=c.function.arguments or "")
+                      for c in (message.tool_calls or ()) if getattr(c, "function", None))
+        usage = TokenUsage()
+        if completion.usage is not None:
+            details = completion.usage.prompt_tokens_details
+            usage = TokenUsage(input_tokens=completion.usage.prompt_tokens or 0,
+                               output_tokens=completion.usage.completion_tokens or 0,
+                               cached_tokens=details.cached_tokens if details else None)
+        content = message.content or None
+    except (AttributeError, TypeError) as exc:   # the SDK does not validate what it is sent
+        raise ModelError(f"the model {getattr(completion, 'model', None)!r} returned a "
+                         f"completion that is missing parts ({exc}); check that "
+                         "`model_base_url` speaks chat-completions.",
+                         error="MalformedResponse", transient=True) from exc
+    return ModelReply(model=completion.model, content=content, tool_calls=calls,
                       finish_reason=choice.finish_reason or ("tool_calls" if calls else "stop"),
                       usage=usage, attempts=attempts)
