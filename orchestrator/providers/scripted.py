@@ -21,6 +21,7 @@ overrides the token estimate (4 characters a token).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,10 @@ from openai.types.chat import ChatCompletion
 from orchestrator.errors import ConfigError
 from orchestrator.providers.base import ModelReply, ModelRequest, parse_completion
 
-__all__ = ["ScriptedProvider", "load_script"]
+__all__ = ["ScriptedProvider", "load_script", "check_turns"]
+
+
+FINISH_REASONS = ("stop", "length", "tool_calls", "content_filter", "function_call")
 
 
 def load_script(path: Path) -> list[dict[str, Any]]:
@@ -41,6 +45,9 @@ def load_script(path: Path) -> list[dict[str, Any]]:
     except OSError as exc:
         raise ConfigError(f"cannot read the model script {path}: {exc.strerror}; set "
                           "`model_script` to a YAML file of assistant turns") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"the model script {path} is not UTF-8 text ({exc.reason} at byte "
+                          f"{exc.start}); save it as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"the model script {path} is not valid YAML: {exc}") from None
     if isinstance(data, dict):
@@ -48,15 +55,42 @@ def load_script(path: Path) -> list[dict[str, Any]]:
     if not isinstance(data, list) or not all(isinstance(t, dict) for t in data):
         raise ConfigError(f"the model script {path} must be a list of turns (mappings with "
                           "`content` and/or `tool_calls`), or a mapping with `turns:`")
-    for i, turn in enumerate(data, 1):
+    check_turns(data, str(path))
+    return data
+
+
+def check_turns(turns: Sequence[Mapping[str, Any]], source: str) -> None:
+    """Raise ConfigError naming the first turn (1-based) that would fail when
+    it is replayed, and what to write instead."""
+    for i, turn in enumerate(turns, 1):
+        where = f"turn {i} of the model script {source}"
         unknown = set(turn) - {"content", "tool_calls", "usage", "finish_reason"}
         if unknown:
-            raise ConfigError(f"turn {i} of the model script {path} has unknown keys "
-                              f"{sorted(unknown)}; use content, tool_calls, usage, finish_reason")
-        for call in turn.get("tool_calls") or ():
-            if not isinstance(call, dict) or "name" not in call:
-                raise ConfigError(f"turn {i} of {path}: every tool call needs a `name`")
-    return data
+            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; use content, "
+                              "tool_calls, usage, finish_reason")
+        if turn.get("content") is not None and not isinstance(turn["content"], str):
+            raise ConfigError(f"{where}: `content` must be text; quote it")
+        if turn.get("finish_reason") is not None and turn["finish_reason"] not in FINISH_REASONS:
+            raise ConfigError(f"{where}: `finish_reason` {turn['finish_reason']!r} is not one of "
+                              f"{', '.join(FINISH_REASONS)}")
+        usage = turn.get("usage")
+        if usage is not None and (not isinstance(usage, Mapping)
+                                  or set(usage) - {"input", "output"}
+                                  or not all(type(v) is int and v >= 0 for v in usage.values())):
+            raise ConfigError(f"{where}: `usage` must be a mapping like "
+                              "{input: 120, output: 30} of token counts")
+        calls = turn.get("tool_calls")
+        if calls is not None and not isinstance(calls, (list, tuple)):
+            raise ConfigError(f"{where}: `tool_calls` must be a list of "
+                              "{name: ..., arguments: ...} mappings")
+        for k, call in enumerate(calls or (), 1):
+            if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
+                raise ConfigError(f"{where}: tool call {k} needs a `name` (the tool to call), "
+                                  "as in {name: search, arguments: {pattern: x}}")
+            if set(call) - {"name", "arguments"}:
+                raise ConfigError(f"{where}: tool call {k} has unknown keys "
+                                  f"{sorted(set(call) - {'name', 'arguments'})}; use name "
+                                  "and arguments")
 
 
 class ScriptedProvider:
