@@ -551,7 +551,7 @@ def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
                 "inspect the target and resubmit, or mark the step `idempotent: true` to let "
                 "a redelivered task run it again")
         return shell.run_shell(workspace, step, limits=pol.doc.limits,
-                               network=pol.doc.network.for_shell)
+                               network=pol.doc.network.for_shell, policy=pol)
     start = time.monotonic()
     edits = planned.edits if planned is not None else _resume(workspace, step, s, call_id,
                                                                hidden)
