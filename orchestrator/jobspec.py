@@ -79,6 +79,12 @@ class AgentSpec(BaseModel):
         if self.script is not None and self.turns is not None:
             raise ValueError("give the scripted model's turns inline (`turns`) or in a file "
                              "(`script`), not both")
+        if self.turns is not None:      # the same checks a script file gets, at submit
+            from orchestrator.providers.scripted import check_turns
+            try:
+                check_turns(self.turns, "agent.turns")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 
