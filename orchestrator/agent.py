@@ -157,6 +157,10 @@ def result_text(state: Projections, call: AgentCall) -> str:
         entry = next((x for x in state.ledger.entries if x.call_id == tc.call_id), None)
         why = f" by rule {entry.rule_id}: {entry.reason}" if entry else ""
         return f"denied{why}. Nothing ran."
+    refused = s.confirmation(tc.call_id) if tc.status == "asked" else None
+    if refused is not None and refused.status == "denied":
+        return (f"denied by {refused.by} when asked (rule {refused.rule_id}: {refused.reason})"
+                + (f": {refused.answer}" if refused.answer else "") + ". Nothing ran.")
     return f"not finished ({tc.status})"
 
 
@@ -253,6 +257,12 @@ def next_action(state: Projections) -> Action:
 
 def _settled(s: SessionState, turn: int) -> bool:
     call = s.call(f"{s.session_id}/{turn}")
+    if call is not None and call.status == "asked":
+        # A denied confirmation settles the call once its turn is recorded as
+        # failed (the runner does that, nothing runs); it stays "asked".
+        answer, t = s.confirmation(call.call_id), s.turn(turn)
+        return (answer is not None and answer.status == "denied" and t is not None
+                and t.status != "running")
     return call is not None and call.status in ("completed", "failed", "denied")
 
 
