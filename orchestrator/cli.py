@@ -680,6 +680,8 @@ def doctor(json: bool = typer.Option(False, "--json", help="Print the report as 
 
 from orchestrator import cli_chat  # noqa: E402
 cli_chat.register(app)
+from orchestrator import cli_diagnose  # noqa: E402
+cli_diagnose.register(app)
 
 
 def main() -> None:
