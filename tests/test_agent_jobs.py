@@ -162,3 +162,41 @@ def test_a_redelivered_model_turn_is_recorded_once(tmp_path: Path) -> None:
     assert types.count("ModelRequested") == 2 and types.count("ModelResponded") == 2
     assert state.session.agent is not None and state.session.agent.model_turns == 2
     assert state.session.call("sess/1").output == "x\n"
+
+
+# --- the openai provider, through a worker, against a real wire format ------------------
+
+def test_an_agent_job_on_an_openai_compatible_endpoint(tmp_path: Path) -> None:
+    """The SDK path for real: a 429 with Retry-After, then a tool call, then
+    the answer; the key reaches the endpoint and nothing else."""
+    from tests.fake_chat_server import FakeChatServer, Reply, error, tool_call
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "README.md").write_text("hello from the readme\n")
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps({"name": "agent-openai", "targets": [str(ws)],
+                                "tier": "read-only",
+                                "agent": {"instruction": "What does the README say?"}}))
+    with FakeChatServer() as server:
+        server.push(error(429, "slow down", type="rate_limit_error",
+                          headers={"Retry-After": "0"}),
+                    Reply(content="Reading it.", cached_tokens=3,
+                          tool_calls=[tool_call("call_a", "read", {"path": "README.md"})]),
+                    Reply(content="It says hello."))
+        env = shape_env(tmp_path, ORCH_MODEL_PROVIDER="openai", ORCH_MODEL_BASE_URL=server.url,
+                        ORCH_MODEL_NAME="fake-model", ORCH_MODEL_API_KEY="sk-test-key-123456")
+        result = cli(env, "run", str(spec), "--json")
+        assert result.returncode == 0, result.stderr
+        sent = server.requests
+    [session] = json.loads(result.stdout)["sessions"]
+    assert session["agent"]["message"] == "It says hello."
+    assert len(sent) == 3 and all(r.headers.get("authorization") == "Bearer sk-test-key-123456"
+                                  for r in sent)
+    tools = {t["function"]["name"] for t in sent[1].body["tools"]}
+    assert tools == {"read", "list", "search"}                 # the read-only tier's tools
+    assert sent[2].body["messages"][-1] == {"role": "tool", "tool_call_id": "call_a",
+                                            "content": "hello from the readme\n"}
+    replayed = cli_json(env, "audit", "replay", session["session_id"])
+    assert replayed["quota"]["tokens_cached"] == 3 and replayed["quota"]["model_calls"] == 2
+    store_dump = cli(env, "audit", "export")
+    assert "sk-test-key-123456" not in store_dump.stdout + result.stdout + result.stderr
