@@ -277,11 +277,20 @@ def _model_or_stop(state: Projections, a: AgentState) -> Action:
             f"{a.max_invalid_calls} allowed); check that the model supports tool calling, "
             "or raise `agent.max_invalid_calls`"))
     used = state.quota.tokens_in + state.quota.tokens_out
-    if a.token_budget is not None and used >= a.token_budget:
+    budget = token_budget(state.session, a)
+    if budget is not None and used >= budget:
         return Action("fail", error="TokenQuota", message=(
-            f"the session used {used} model tokens, its budget is {a.token_budget}; raise "
-            "`agent.token_budget` (or session_limits.tokens in the policy)"))
+            f"the session used {used} model tokens, its budget is {budget}; raise "
+            "`agent.token_budget` in the job spec or `session_limits.tokens` in the policy, "
+            "whichever is lower"))
     return Action("model", model_turn=a.model_turns + 1)
+
+
+def token_budget(s: SessionState, a: AgentState) -> int | None:
+    """The smaller of the agent's budget and the recorded policy's limit."""
+    limits = (s.policy or {}).get("session_limits") or {}
+    found = [b for b in (a.token_budget, limits.get("tokens")) if b is not None]
+    return min(found) if found else None
 
 
 def digest(data: Any) -> str:

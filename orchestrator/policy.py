@@ -150,6 +150,7 @@ class SessionLimits(_Model):
     wall_s: float | None = None
     bytes_written: int | None = None
     files_changed: int | None = None
+    tokens: int | None = None       # model tokens in + out (the agent's budget is the smaller)
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*(second|minute|hour|s|m|h)\s*$")

@@ -107,6 +107,11 @@ def test_limits_stop_the_session_with_what_to_raise() -> None:
     stop = agent.next_action(state(*rich))
     assert (stop.kind, stop.error) == ("fail", "TokenQuota")
     assert state(*rich).quota.tokens_in == 20 and state(*rich).quota.model_calls == 1
+    policed = [*started(), *rich[3:]]
+    policed[1] = p.PolicyAttached(name="team", hash="h" * 64, tier="exec",
+                                  document={"session_limits": {"tokens": 25}})
+    stop = agent.next_action(state(*policed))
+    assert (stop.kind, stop.error) == ("fail", "TokenQuota") and "budget is 25" in stop.message
 
 
 def test_a_waiting_confirmation_holds_the_loop() -> None:
