@@ -653,29 +653,27 @@ def db_status() -> None:
 # -- doctor --------------------------------------------------------------------
 
 @app.command()
-def doctor(json: bool = typer.Option(False, "--json", help="Print the report as JSON")) -> None:
-    """Say which sandbox shell commands run in, what it contains and what it does not."""
-    from orchestrator import sandbox
-    report = sandbox.describe(sandbox.probe())
+def doctor(json: bool = typer.Option(False, "--json", help="Print the report as JSON "
+                                     "(docs/schemas/doctor.schema.json)")) -> None:
+    """Check this installation: configuration, store, broker, worker, sandbox,
+    Chromium and the model endpoint, each with what to do when it fails; and
+    which sandbox shell commands run in, what it contains and what it does not.
+    Exit 0 when every required check passes, 2 bad configuration, 4 a service
+    cannot be reached."""
+    from orchestrator import doctor as doctor_mod, sandbox
+
+    def ping() -> list[object]:
+        from tasks.app import app as celery_app
+        return list(celery_app.control.ping(timeout=1.0) or [])
+
+    box = sandbox.describe(sandbox.probe())
+    data = doctor_mod.report(doctor_mod.run_checks(get_settings, sandbox_report=box,
+                                                   ping=ping), box)
     if json:
-        _json(report)
-        return
-    bw, sp, cg = report["bwrap"], report["setpriv"], report["cgroups"]
-    mode = ("bubblewrap" if report["mode"] == "bwrap" else
-            "fallback (rlimits and a process group; bubblewrap is not installed)")
-    out.print(f"sandbox: {mode}", highlight=False)
-    out.print(f"  bwrap:   {bw['version'] or 'not installed'}"
-              f"{' (' + bw['path'] + ')' if bw['path'] else ''}", highlight=False)
-    out.print(f"  setpriv: {sp['version'] or 'not installed'}", highlight=False)
-    out.print(f"  runs as: {report['runs_as']}", highlight=False)
-    out.print(f"  cgroups: {'usable' if cg['usable'] else 'not usable'}: {cg['detail']}",
-              highlight=False)
-    out.print("protects against:", highlight=False)
-    for line in report["protects_against"]:
-        out.print(f"  + {line}", highlight=False)
-    out.print("does not protect against:", highlight=False)
-    for line in report["does_not_protect_against"]:
-        out.print(f"  - {line}", highlight=False)
+        _json(data)
+    else:
+        doctor_mod.render(out, data)
+    raise typer.Exit(data["exit_code"])
 
 
 from orchestrator import cli_chat  # noqa: E402
@@ -692,6 +690,13 @@ def main() -> None:
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except typer.TyperException as exc:       # a usage error: a missing argument, a bad value
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(getattr(exc, "exit_code", 2))
     except (OrchestratorError, EventError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)

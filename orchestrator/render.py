@@ -153,6 +153,8 @@ def replay(console: Console, state: Projections) -> None:
         console.print(f"  policy {s.policy.get('name', '?')} ({s.policy_hash[:12]})  tier "
                       f"{s.tier}" + (f"  elevated by {s.elevated_by}" if s.elevated_by else ""),
                       highlight=False)
+    if s.agent is not None:
+        _conversation(console, s.agent)
     turns = Table(title="turns")
     for col in ("turn", "name", "kind", "status"):
         turns.add_column(col)
@@ -172,7 +174,7 @@ def replay(console: Console, state: Projections) -> None:
     for tool, n in q.tool_calls:
         quota.add_row(f"{tool} calls", str(n))
     for name in ("tool_failures", "shell_cpu_s", "shell_wall_s", "bytes_written",
-                 "output_bytes", "tokens_in", "tokens_out"):
+                 "output_bytes", "model_calls", "tokens_in", "tokens_out", "tokens_cached"):
         value = getattr(q, name)
         quota.add_row(name, f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(quota)
@@ -183,6 +185,23 @@ def replay(console: Console, state: Projections) -> None:
         ledger.add_row(str(x.seq), x.call_id.rsplit("/", 1)[-1], x.tool, str(x.decision),
                        str(x.rule_id), (x.policy_hash or "")[:12], str(x.decided_by or ""))
     console.print(ledger)
+
+
+def _conversation(console: Console, a: Any) -> None:
+    """An agent session's messages: who said what, and which tools it called."""
+    console.print(f"  agent {a.provider} model {a.model} ({a.mode}), {a.model_turns} model "
+                  f"turns of {a.max_turns}, prompt {a.prompt_version}", highlight=False)
+    for entry in a.entries:
+        if entry.role == "cancelled":
+            console.print(f"  [yellow]turn {entry.model_turn} cancelled[/]", highlight=False)
+            continue
+        who = "user" if entry.role == "user" else f"model {entry.model_turn}"
+        text = (entry.text or "").strip()
+        console.print(f"  [bold]{who}[/]: {text[:300] if text else '(no text)'}",
+                      highlight=False)
+        for c in entry.calls:
+            where = f"turn {c.turn}" if c.turn else f"[red]not run: {c.error}[/]"
+            console.print(f"    -> {c.name} {c.arguments[:120]}  ({where})", highlight=False)
 
 
 def verify(console: Console, report: VerifyReport, proof: ProofReport | None = None) -> None:
