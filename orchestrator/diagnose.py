@@ -622,7 +622,7 @@ def _check_result(check: Check, call: ToolCall | None, state: Projections, root:
         return row, []
     missing = _missing_tool(check, call)
     findings: list[Finding] = []
-    if call.status == "denied":
+    if call.status in ("denied", "asked"):       # asked: the confirmation was refused
         entry = next((x for x in state.ledger.entries if x.call_id == call.call_id), None)
         why = f"rule {entry.rule_id}: {entry.reason}" if entry else "the policy"
         row.update(status="denied", detail=f"denied by {why}")
@@ -644,11 +644,11 @@ def _check_result(check: Check, call: ToolCall | None, state: Projections, root:
                                 f"hand (`{shlex.join(check.argv)}`) to see why"))
     elif call.status == "completed" or (call.status == "failed" and call.exit_code is not None
                                         and call.error == "CommandFailed"):
-        row.update(status="ran", exit_code=call.exit_code)
+        row.update(status="ran", exit_code=_exit(call))
         findings = parse_check(check, call.output, root, mypy_configured=mypy_configured)
         if call.status == "failed" and not any(f.severity == "error" for f in findings):
             findings.append(Finding(severity="warning", check=check.name, evidence=_clip(
-                f"{check.tool} exited with code {call.exit_code}: "
+                f"{check.tool} exited with code {_exit(call)}: "
                 + "\n".join(call.output.strip().splitlines()[-5:])),
                 next_step=f"run `{shlex.join(check.argv)}` by hand to see what it reports"))
     else:
@@ -660,6 +660,15 @@ def _check_result(check: Check, call: ToolCall | None, state: Projections, root:
     findings = findings[:MAX_FINDINGS_PER_CHECK]
     row["findings"] = len(findings)
     return row, findings
+
+
+def _exit(call: ToolCall) -> int | None:
+    """The exit code of a call, also of one that failed on it (CommandFailed
+    records it in the message only)."""
+    if call.exit_code is not None:
+        return call.exit_code
+    m = re.search(r"exited with code (-?\d+)", call.message)
+    return int(m.group(1)) if m else None
 
 
 def _dedupe(findings: Iterable[Finding]) -> list[Finding]:
@@ -703,7 +712,7 @@ def report(state: Projections, *, job_id: str, target: str, mode: str,
             rows.append(row)
             findings += found
     else:
-        rows = _agent_rows(s, checks)
+        rows = _agent_rows(s, state.ledger.entries, checks)
         last = s.agent.last_reply if s.agent else None
         if s.status == "completed" and last is not None:
             agent_summary, findings = parse_agent_answer(last.text or "")
@@ -727,7 +736,8 @@ def report(state: Projections, *, job_id: str, target: str, mode: str,
     return data
 
 
-def _agent_rows(s: SessionState, checks: Sequence[Check]) -> list[dict[str, Any]]:
+def _agent_rows(s: SessionState, ledger: Sequence[Any],
+                checks: Sequence[Check]) -> list[dict[str, Any]]:
     """The shell commands the model ran, named after the check they are."""
     rows = []
     for c in s.calls:
@@ -736,7 +746,7 @@ def _agent_rows(s: SessionState, checks: Sequence[Check]) -> list[dict[str, Any]
         argv = _call_argv(s, c)
         check = next((k for k in checks if argv[:len(k.words)] == k.words), None)
         status: CheckStatus = "ran"
-        if c.status == "denied":
+        if c.status in ("denied", "asked"):
             status = "denied"
         elif check is not None and _missing_tool(check, c):
             status = "skipped"
@@ -744,9 +754,15 @@ def _agent_rows(s: SessionState, checks: Sequence[Check]) -> list[dict[str, Any]
             status = "timeout"
         elif c.status == "failed" and c.error != "CommandFailed":
             status = "error"
+        detail = c.message if status != "ran" else ""
+        if status == "denied":
+            entry = next((x for x in ledger if x.call_id == c.call_id), None)
+            detail = f"denied by rule {entry.rule_id}: {entry.reason}" if entry else "denied"
+        elif check is not None and status == "skipped":
+            detail = _missing_tool(check, c) or ""
         rows.append({"name": check.name if check else "shell", "command": shlex.join(argv),
-                     "status": status, "exit_code": c.exit_code, "findings": 0,
-                     "call_id": c.call_id, "detail": c.message if status != "ran" else ""})
+                     "status": status, "exit_code": _exit(c), "findings": 0,
+                     "call_id": c.call_id, "detail": detail})
     return rows
 
 
