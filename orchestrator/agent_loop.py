@@ -66,8 +66,9 @@ class AgentLoop:
             return "waiting" if action.kind == "wait" else "idle"
         if action.kind == "tool":
             assert action.step is not None
-            status = r.run_step(ticket, action.turn - 1, action.step, last=False,
-                                task_id=task_id)
+            # Not run_step, whose retry on a lost race runs this step again: the
+            # loser must decide again (a chat's Ctrl-C may have cancelled the turn).
+            status = r._run_step(ticket, action.turn - 1, action.step, False, task_id)
             return "continue" if status == "running" else status
         if action.kind == "model":
             self._model_turn(ticket, state, action.model_turn, cause)
