@@ -55,6 +55,8 @@ WORKER_CHECK_S = 1.0
 OUTPUT_LINES = 8               # of a tool's output, shown under the call
 LINE_CHARS = 160
 CANCEL_REASON = "Ctrl-C in orchestrator chat"
+CHAT_INSTRUCTION = ("(orchestrator chat: no instruction; the person's messages are the "
+                    "session's UserMessage events)")
 
 HELP = """\
 Type a message for the agent. Commands:
@@ -334,8 +336,13 @@ def start_session(store: SqlEventStore, runner: Runner, started: Callable[..., p
                   tier: Any = None, elevated_by: str | None = None, actor: str) -> Ticket:
     """Record a new chat: JobSubmitted for a one-target job with this agent,
     then the session's start (SessionStarted, PolicyAttached) and AgentStarted
-    in chat mode (`started` is `AgentLoop.started`)."""
-    job = JobSpec(name="chat", targets=(glob.escape(str(workspace)),), agent=spec)
+    in chat mode (`started` is `AgentLoop.started`).
+
+    A job spec's agent must have an instruction, and a chat has none: the
+    job records `CHAT_INSTRUCTION` (what the job is, for whoever reads the
+    log), and AgentStarted the empty instruction the model really got."""
+    job = JobSpec(name="chat", targets=(glob.escape(str(workspace)),),
+                  agent=spec.model_copy(update={"instruction": CHAT_INSTRUCTION}))
     job_id, tickets = jobs.prepare(job, workspace, policy_files=policy_files, tier=tier,
                                    elevated_by=elevated_by)
     [ticket] = tickets
@@ -346,7 +353,8 @@ def start_session(store: SqlEventStore, runner: Runner, started: Callable[..., p
     if state.session.finished:
         runner.report(job_id, sid, state.session.status, None, 1)
         raise UserError(f"cannot chat in {workspace}: {state.session.error}")
-    runner._append(sid, [started(spec, state, ticket.tier, mode="chat")], state.last_seq,
+    chat = spec.model_copy(update={"instruction": ""})
+    runner._append(sid, [started(chat, state, ticket.tier, mode="chat")], state.last_seq,
                    "agent:started", job_id, None)
     return ticket
 
@@ -486,7 +494,7 @@ class Chat:
 
     def show(self, lines: Iterable[str]) -> None:
         for line in lines:
-            self.console.print(line, highlight=False, soft_wrap=True)
+            self.console.print(line, highlight=False)
 
     # -- the loop ------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from events.store import SqlEventStore, open_store
 from orchestrator import workers
 from orchestrator.config import Settings, get_settings
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 OPENAI_URL = "https://api.openai.com/v1"
 CONNECT_TIMEOUT_S = 3.0
 
@@ -94,7 +94,7 @@ def chat(workspace: Path = typer.Option(Path("."), "--workspace", "-w", exists=T
         if sys.stdin.isatty():
             import readline  # noqa: F401  (line editing and history for input())
     try:
-        code = Chat(st, runner, _backend(s, proc), ticket, s.submitter, Console(),
+        code = Chat(st, runner, _backend(s, proc), ticket, s.submitter, Console(soft_wrap=True),
                     secrets=(key,) if key else (),
                     store_content=s.prompt_storage == "masked").run(resumed=session is not None)
     finally:
