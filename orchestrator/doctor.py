@@ -318,9 +318,11 @@ def run_checks(load: Callable[[], Settings], *, sandbox_report: dict[str, Any],
     """Every check, in order; with invalid settings the rest are skipped."""
     config, s = check_config(load)
     if s is None:
-        rest = ("policy-file", "store", "broker", "worker", "model-endpoint", "model-script")
-        return [config, *(Result(n, "skip", False, "the configuration is invalid")
-                          for n in rest), check_sandbox(sandbox_report), check_chromium()]
+        def skipped(name: str) -> Result:
+            return Result(name, "skip", False, "the configuration is invalid")
+        return [config, skipped("policy-file"), skipped("store"), skipped("broker"),
+                skipped("worker"), check_sandbox(sandbox_report), check_chromium(),
+                skipped("model-endpoint"), skipped("model-script")]
     broker = check_broker(s)
     return [config, check_policy_file(s), check_store(s), broker,
             check_worker(s, ping if broker.status == "ok" else None),
