@@ -152,7 +152,8 @@ def result_text(state: Projections, call: AgentCall) -> str:
         code = f"exit code {tc.exit_code}\n" if tc.tool == "shell" else ""
         return code + (tc.output or "(no output)")
     if tc.status == "failed":
-        return f"failed ({tc.error}): {tc.message}" + (f"\n{tc.output}" if tc.output else "")
+        shown = tc.output if tc.output and tc.output.strip() not in tc.message else ""
+        return f"failed ({tc.error}): {tc.message}" + (f"\n{shown}" if shown else "")
     if tc.status == "denied":
         entry = next((x for x in state.ledger.entries if x.call_id == tc.call_id), None)
         why = f" by rule {entry.rule_id}: {entry.reason}" if entry else ""

@@ -35,7 +35,7 @@ class AgentLoop:
     default_provider: str = "scripted"
     default_model: str = "gpt-4o-mini"     # for providers other than scripted
     secrets: tuple[str, ...] = ()
-    store_content: bool = True          # False: prompt_storage = digest
+    store_content: bool = True          # False: prompt_storage = digest (replies as digests)
     _providers: dict[str, Provider] = field(default_factory=dict, init=False, repr=False)
 
     def advance(self, ticket: Ticket, task_id: str | None = None) -> str:
@@ -87,7 +87,9 @@ class AgentLoop:
         s = state.session
         instruction = mask(spec.instruction, self.secrets)
         return p.AgentStarted(
-            instruction=instruction if self.store_content else "",
+            # Kept in digest mode too: the next model turn needs it (and the
+            # job's own JobSubmitted holds it anyway); only replies are digested.
+            instruction=instruction,
             instruction_digest=agent.digest(spec.instruction), mode=mode,  # type: ignore[arg-type]
             provider=(kind := spec.provider or self.default_provider),
             model=spec.model or (self.default_model if kind != "scripted" else "scripted"),
