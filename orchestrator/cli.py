@@ -378,7 +378,7 @@ def policy_check(command: Optional[list[str]] = typer.Argument(
       orchestrator policy check --path .env --op read --policy team.yaml --json
     """
     from orchestrator.policy import DEFAULT_POLICY, TIERS, combine, decide, load_policy, \
-        parse_policy
+        parse_policy, strictest_tier
     if tier is not None and tier not in TIERS:
         fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
     if (path is None) == (not command):
@@ -396,12 +396,15 @@ def policy_check(command: Optional[list[str]] = typer.Argument(
         assert command
         tool, args = "shell", {"command": command[0] if len(command) == 1 else list(command)}
     verdict = decide(tool, args, pol, tier=chosen, elevated=allow_destructive)  # type: ignore[arg-type]
-    matches = [{"rule_id": m.rule_id, "decision": m.decision.word, "reason": m.reason,
-                "destructive": m.destructive} for m in verdict.matches]
+    effective = strictest_tier(pol.doc.tier, chosen)  # type: ignore[arg-type]
+    matches = list({(m.rule_id, m.decision.word, m.reason): {
+        "rule_id": m.rule_id, "decision": m.decision.word, "reason": m.reason,
+        "destructive": m.destructive} for m in verdict.matches}.values())
     if json:
         _json({"tool": tool, "args": args, "decision": verdict.decision,
                "rule_id": verdict.rule_id, "reason": verdict.reason, "matches": matches,
-               "policy": pol.name, "policy_hash": pol.hash, "tier": chosen})
+               "policy": pol.name, "policy_hash": pol.hash, "tier": chosen,
+               "effective_tier": effective, "elevated": allow_destructive})
     else:
         style = {"allow": "green", "deny": "red", "ask": "yellow"}[verdict.decision]
         out.print(f"[bold {style}]{verdict.decision}[/] by rule [bold]{verdict.rule_id}[/]: "
@@ -410,8 +413,8 @@ def policy_check(command: Optional[list[str]] = typer.Argument(
             if m["rule_id"] != verdict.rule_id:
                 out.print(f"  also {m['decision']} by {m['rule_id']}: {m['reason']}",
                           highlight=False)
-        out.print(f"[dim]policy {pol.name} ({pol.hash[:12]}), tier {chosen or 'exec'}[/]",
-                  highlight=False)
+        out.print(f"[dim]policy {pol.name} ({pol.hash[:12]}), tier {effective}"
+                  + (", elevated" if allow_destructive else "") + "[/]", highlight=False)
     raise typer.Exit(0 if verdict.decision == "allow" else 3)
 
 
