@@ -770,7 +770,6 @@ class _Dir:
     masks: tuple[Mask, ...]
     subdirs: tuple[str, ...]            # relative paths still to walk
     files: tuple[str, ...]              # names of its regular files (for hard links)
-    linked: tuple[tuple[int, int], ...]  # (device, inode) of masked files with other links
 
 
 _mask_cache: OrderedDict[tuple[str, MaskRules], dict[str, _Dir]] = OrderedDict()
@@ -811,11 +810,11 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
         _mask_cache.move_to_end(key)
         while len(_mask_cache) > _MASK_CACHE_SIZE:
             _mask_cache.popitem(last=False)
-    masks = [m for d in walked.values() for m in d.masks]
-    linked = {ln for d in walked.values() for ln in d.linked}
+    masks = tidy_masks([m for d in walked.values() for m in d.masks])
+    linked = _linked(masks)          # asked every call: a link can be made in another folder
     if linked:
-        masks += _other_links(top, walked, linked)
-    return tuple(_with_source(m) for m in tidy_masks(masks))
+        masks = tidy_masks([*masks, *_other_links(top, walked, linked)])
+    return tuple(_with_source(m) for m in masks)
 
 
 def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
@@ -850,7 +849,6 @@ def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -
     masks: list[Mask] = []
     subdirs: list[str] = []
     files: list[str] = []
-    linked: list[tuple[int, int]] = []
     cacheable = st.st_mtime_ns < now - _RACY_NS
     try:
         entries = list(os.scandir(os.path.join(top, rel) if rel else top))
@@ -868,22 +866,16 @@ def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -
             files.append(e.name)
             if match.file(r):
                 masks.append(Mask(e.path))
-                with contextlib.suppress(OSError):
-                    est = e.stat(follow_symlinks=False)
-                    if est.st_nlink > 1:
-                        linked.append((est.st_dev, est.st_ino))
         elif e.is_symlink() and (match.file(r) or match.whole_dir(r)):
             cacheable = False             # where it leads can change without this folder
             target = _link_target(top, e.path)
             if target is not None:
-                masks.append(target[0])
-                if target[1] is not None:
-                    linked.append(target[1])
+                masks.append(target)
     return _Dir(st.st_ino, st.st_mtime_ns, cacheable, tuple(masks), tuple(subdirs),
-                tuple(files), tuple(linked))
+                tuple(files))
 
 
-def _link_target(top: str, link: str) -> tuple[Mask, tuple[int, int] | None] | None:
+def _link_target(top: str, link: str) -> Mask | None:
     """The mask for where a denied-named symlink leads, when that is a file or
     directory inside the workspace (outside it, the system's permissions
     decide, as for every other file there)."""
@@ -895,10 +887,20 @@ def _link_target(top: str, link: str) -> tuple[Mask, tuple[int, int] | None] | N
     if not _under(real, top) or real == top:
         return None
     if stat.S_ISDIR(st.st_mode):
-        return Mask(real, True), None
-    if stat.S_ISREG(st.st_mode):
-        return Mask(real), (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-    return None
+        return Mask(real, True)
+    return Mask(real) if stat.S_ISREG(st.st_mode) else None
+
+
+def _linked(masks: Sequence[Mask]) -> set[tuple[int, int]]:
+    """(device, inode) of the masked files that have other hard links."""
+    out = set()
+    for m in masks:
+        if not m.dir:
+            with contextlib.suppress(OSError):
+                st = os.lstat(m.path)
+                if st.st_nlink > 1:
+                    out.add((st.st_dev, st.st_ino))
+    return out
 
 
 def _other_links(top: str, walked: Mapping[str, _Dir], linked: set[tuple[int, int]]

@@ -225,6 +225,16 @@ def test_a_kept_walk_sees_every_change_of_names(tmp_path: Path) -> None:
                                                         "x/y2/.env"]
 
 
+def test_a_hard_link_made_later_in_another_folder_is_masked(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    _tree(ws, {"conf/.env": "S", "docs/readme.md": "ok"})
+    _age(ws)
+    root = ws.resolve()
+    assert _rels(ws, workspace_masks(root, BUILTIN)) == ["conf/.env"]
+    (ws / "docs/copy.txt").hardlink_to(ws / "conf/.env")      # conf/ itself is unchanged
+    assert _rels(ws, workspace_masks(root, BUILTIN)) == ["conf/.env", "docs/copy.txt"]
+
+
 def test_a_folder_changed_just_now_is_read_again_next_time(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     _tree(ws, {"a/x.txt": "ok"})
