@@ -179,8 +179,10 @@ def test_a_job_run_with_a_key_is_proven_and_a_later_rewrite_is_caught(shape, key
     code, verified = _verify(shape, public)
     assert code == 1
     assert verified["ok"]                                  # the chains alone are fooled
-    assert [(x["kind"], x["stream_id"]) for x in verified["proof"]["problems"]] == \
-        [("digest_mismatch", victim)]
+    # Every digest that saw the victim after the edited event catches it (one
+    # or more, as chains ended while it ran); nothing else is reported.
+    assert {(x["kind"], x["stream_id"]) for x in verified["proof"]["problems"]} == \
+        {("digest_mismatch", victim)}
 
 
 @pytest.mark.slow
