@@ -711,6 +711,12 @@ def report(state: Projections, *, job_id: str, target: str, mode: str,
             row, found = _check_result(check, calls.get(i + 3), state, root, mypy_configured)
             rows.append(row)
             findings += found
+        if s.status == "completed" and not any(r["status"] == "ran" for r in rows):
+            findings.append(Finding(
+                severity="warning", check="diagnose",
+                evidence="no check could run, so nothing was verified",
+                next_step="see each check's status: install the tools (skipped), or allow "
+                "the shell tier where ORCH_TIER or ORCH_POLICY_FILE is stricter (denied)"))
     else:
         rows = _agent_rows(s, state.ledger.entries, checks)
         last = s.agent.last_reply if s.agent else None

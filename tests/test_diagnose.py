@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -419,8 +418,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     settings = Settings(state_dir=tmp / "state")
     open_store(settings.effective_store_url, upgrade=True).close()
     log = open(workers.logfile(settings), "ab")
-    proc = subprocess.Popen(workers.worker_command(settings, concurrency=3), env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(workers.worker_command(settings, concurrency=3), env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while workers.embedded_worker_pid(settings) is None:
@@ -558,3 +558,68 @@ def test_the_table_shows_each_check_and_each_finding(runs) -> None:
         assert c["name"] in text
     assert f"tests/test_invoices.py:{runs['lines']['assert']}" in text
     assert f"orchestrator audit replay {data['session_id']}" in text
+
+
+# -- the report, from folded events --------------------------------------------------------
+
+def _step(turn: int, outcome: str, output: str = "", message: str = "") -> list[object]:
+    """One recipe step as the runner records it: completed, failed or denied."""
+    from events import payloads as p
+    call = f"s1/{turn}"
+    out: list[object] = [
+        p.TurnStarted(turn=turn, name=f"step{turn}", kind="shell"),
+        p.ToolCallRequested(call_id=call, turn=turn, tool="shell", args={}),
+        p.PermissionDecided(call_id=call, decision="deny" if outcome == "denied" else "allow",
+                            rule_id="tier" if outcome == "denied" else "allow-python3",
+                            policy_hash="h" * 64, reason="tool shell needs tier exec")]
+    if outcome == "completed":
+        out += [p.ToolCallStarted(call_id=call),
+                p.ToolCallCompleted(call_id=call, tool="shell", exit_code=1, output=output)]
+    elif outcome == "failed":
+        out += [p.ToolCallStarted(call_id=call),
+                p.ToolCallFailed(call_id=call, tool="shell", error=message.split(":")[0],
+                                 message=message.split(": ", 1)[1], output=output)]
+    out.append(p.TurnCompleted(turn=turn, status="ok" if outcome == "completed" else "failed"))
+    return out
+
+
+def _session(steps: dict[int, list[object]]) -> Any:
+    from events import payloads as p
+    from events.projections import fold
+    from tests.factories import place
+    payloads: list[object] = [p.SessionStarted(job_id="j1", target=ROOT_DIR, steps=())]
+    for turn in sorted(steps):
+        payloads += steps[turn]
+    payloads.append(p.SessionCompleted(files_changed=0))
+    return fold(place("s1", payloads))
+
+
+def test_each_check_is_read_by_its_outcome() -> None:
+    not_found = "ToolInputError: program 'ruff' was not found on PATH '/usr/bin'; ..."
+    state = _session({
+        1: _step(1, "completed", "setup.py\ntests/test_invoices.py\n"),
+        2: _step(2, "completed", ""),
+        3: _step(3, "completed", "/usr/bin/python3: No module named pytest\n"),
+        4: _step(4, "failed", "", "ToolTimeout: command ran past its time limit of 600 s"),
+        5: _step(5, "completed", UNITTEST_RUN.replace("/work/repo", ROOT_DIR)),
+        6: _step(6, "denied"),
+        7: _step(7, "failed", "", not_found)})           # mypy never ran: the session ended
+    data = dg.report(state, job_id="j1", target=ROOT_DIR, mode="recipe")
+    assert [(c["name"], c["status"]) for c in data["checks"]] == [
+        ("pytest-collect", "skipped"), ("pytest", "timeout"), ("unittest", "ran"),
+        ("compileall", "denied"), ("ruff", "skipped"), ("mypy", "not-run")]
+    assert data["files"] == 2 and data["summary"] == {"errors": 2, "warnings": 3, "info": 2}
+    assert [(f["severity"], f["check"]) for f in data["findings"]] == [
+        ("error", "unittest"), ("error", "unittest"), ("warning", "pytest"),
+        ("warning", "unittest"), ("warning", "compileall"), ("info", "pytest-collect"),
+        ("info", "ruff")]
+    assert data["exit_code"] == 1
+
+
+def test_a_session_where_no_check_could_run_says_nothing_was_verified() -> None:
+    state = _session({1: _step(1, "completed", "setup.py\n"), 2: _step(2, "completed"),
+                      **{t: _step(t, "denied") for t in range(3, 9)}})
+    data = dg.report(state, job_id="j1", target=ROOT_DIR, mode="recipe")
+    assert {c["status"] for c in data["checks"]} == {"denied"}
+    assert data["findings"][-1]["evidence"] == "no check could run, so nothing was verified"
+    assert (data["summary"]["errors"], data["exit_code"]) == (0, 0)
