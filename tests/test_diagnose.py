@@ -1,13 +1,17 @@
 """`orchestrator diagnose`: the allowlist policy, the parsers on captured
 check output, and whole sessions through a real embedded worker.
 
-The end-to-end part runs three diagnose sessions side by side on one worker:
+The end-to-end part runs four diagnose sessions side by side on one worker:
 the recipe on a sample repository broken on purpose (a failing test, a
 module that does not import, a syntax error, an unused import), the recipe
-on an intact one, and the agent path on a scripted model that also tries
-what a read-only session must refuse. Its reports are validated against
-docs/schemas/diagnose.schema.json (every object closed) and the broken
-one is pinned as a snapshot with ids and paths replaced.
+on an intact one, the agent path on a scripted model that also tries what a
+read-only session must refuse, and the agent path on the OpenAI provider
+against a local chat-completions server (tests/fake_chat_server.py). Each
+session gets its own copy of a repository: two sessions in one workspace at
+once would race on the sandbox's hand-over of file ownership. The reports
+are validated against docs/schemas/diagnose.schema.json (every object
+closed) and the broken one is pinned as a snapshot with ids and paths
+replaced.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from orchestrator.config import Settings
 from orchestrator.policy import Usage, decide, parse_policy
 from orchestrator.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, shape_env
+from tests.fake_chat_server import FakeChatServer, Reply, tool_call
 
 SCHEMA = json.loads((ROOT / "docs" / "schemas" / "diagnose.schema.json").read_text())
 SANDBOX_PATH = "/usr/bin:/bin"
+PROSE = "The suite has one failing test (the VAT rate) and one module that does not import."
 
 
 # -- the policy ------------------------------------------------------------------------
@@ -410,11 +416,19 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     lines = _break(broken)
     # The agent gets a copy: two sessions on one workspace at once would race
     # on the sandbox's hand-over of the files' ownership.
-    shutil.copytree(broken, tmp / "agent" / broken.name, symlinks=True)
-    agent_repo = tmp / "agent" / broken.name
+    agent_repo, openai_repo = (Path(shutil.copytree(broken, tmp / kind / broken.name,
+                                                    symlinks=True))
+                               for kind in ("agent", "openai"))
     script = tmp / "agent.yaml"
     script.write_text(AGENT_SCRIPT)
-    env = shape_env(tmp, PATH=SANDBOX_PATH)
+    # A real model's path: the OpenAI provider against a local chat-completions
+    # server; the model runs one check, then answers in prose, not the JSON.
+    server = FakeChatServer().start()
+    server.push(Reply(tool_calls=[tool_call("c1", "shell",
+                                            {"command": "python3 -B -m unittest discover"})]),
+                Reply(content=PROSE))
+    env = shape_env(tmp, PATH=SANDBOX_PATH, ORCH_MODEL_BASE_URL=server.url,
+                    ORCH_MODEL_API_KEY="sk-test", ORCH_MODEL_NAME="fake-model")
     settings = Settings(state_dir=tmp / "state")
     open_store(settings.effective_store_url, upgrade=True).close()
     log = open(workers.logfile(settings), "ab")
@@ -426,20 +440,25 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         while workers.embedded_worker_pid(settings) is None:
             assert proc.poll() is None and time.monotonic() < deadline, "the worker did not start"
             time.sleep(0.1)
-        before = {"broken": _tree(broken), "clean": _tree(clean), "agent": _tree(agent_repo)}
+        repos = {"broken": broken, "clean": clean, "agent": agent_repo, "openai": openai_repo}
+        before = {name: _tree(repo) for name, repo in repos.items()}
         commands = {"broken": ("diagnose", str(broken), "--json"),
                     "clean": ("diagnose", str(clean), "--json"),
                     "agent": ("diagnose", str(agent_repo), "--json", "--script", str(script)),
+                    "openai": ("diagnose", str(openai_repo), "--json"),
                     "missing": ("diagnose", str(tmp / "no-such-repo"))}
+        envs = {name: {**env, "ORCH_MODEL_PROVIDER": "openai"} if name == "openai" else env
+                for name in commands}
         with ThreadPoolExecutor(len(commands)) as pool:
-            done = dict(zip(commands, pool.map(lambda args: cli(env, *args, timeout=180),
-                                               commands.values())))
-        after = {"broken": _tree(broken), "clean": _tree(clean), "agent": _tree(agent_repo)}
+            done = dict(zip(commands, pool.map(
+                lambda name: cli(envs[name], *commands[name], timeout=180), commands)))
+        after = {name: _tree(repo) for name, repo in repos.items()}
     finally:
         workers.stop_worker(proc)
         log.close()
+        server.stop()
     return {"done": done, "before": before, "after": after, "lines": lines,
-            "broken": broken, "agent": agent_repo, "env": env}
+            "broken": broken, "agent": agent_repo, "env": env, "requests": server.requests}
 
 
 def closed(schema: Any) -> Any:
@@ -523,6 +542,24 @@ def test_the_agent_writes_the_findings_and_what_is_not_a_check_is_refused(runs) 
         ("list", "allow", "tier"), ("shell", "allow", "allow"), ("shell", "deny", "diagnose"),
         ("write", "deny", "quota:tool_calls:write"), ("shell", "ask", "untrusted")]
     assert ledger[-1]["confirmation"] == "denied"
+
+
+def test_a_real_models_prose_answer_is_kept_as_one_finding(runs) -> None:
+    data = report_of(runs, "openai", 0)
+    assert (data["mode"], data["provider"], data["model"]) == ("agent", "openai", "fake-model")
+    assert data["findings"] == [{"severity": "info", "file": None, "line": None,
+                                 "check": "agent", "evidence": PROSE, "next_step": (
+                                     "the model did not answer in the report's JSON shape; "
+                                     "read its analysis here, or run diagnose again")}]
+    assert [(c["name"], c["status"], c["exit_code"]) for c in data["checks"]] == [
+        ("unittest", "ran", 1)]
+    chats = [r.body for r in runs["requests"] if r.path.endswith("/chat/completions")]
+    assert len(chats) == 2
+    instruction = next(m["content"] for m in chats[0]["messages"] if m["role"] == "user")
+    assert instruction == dg.instruction()
+    for check in dg.CHECKS:
+        assert shlex.join(check.argv) in instruction
+    assert dg.REPORT_SHAPE in instruction
 
 
 def _pinned_machine() -> bool:
