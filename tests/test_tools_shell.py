@@ -83,7 +83,7 @@ def test_cwd_outside_the_workspace_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ToolInputError, match="climbs out"):
         run_shell(ws, ShellStep(command=["pwd"], cwd=".."))
     (ws / "up").symlink_to(tmp_path, target_is_directory=True)
-    with pytest.raises(ToolInputError, match="through a symlink"):
+    with pytest.raises(ToolInputError, match="goes through the symlink .* outside the workspace"):
         run_shell(ws, ShellStep(command=["pwd"], cwd="up"))
     with pytest.raises(ToolInputError, match="not a directory"):
         run_shell(ws, ShellStep(command=["pwd"], cwd="missing"))
