@@ -67,6 +67,22 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+@pytest.fixture(params=["embedded", pytest.param("production",
+                                                 marks=[pytest.mark.postgres, pytest.mark.redis])])
+def deployment_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment for each deployment shape: the embedded default
+    (SQLite store and broker), and PostgreSQL + Redis (the Redis db number is
+    the module's REDIS_DB, so modules never share one)."""
+    from tests.cli_helpers import shape_env
+    if request.param == "embedded":
+        return shape_env(tmp_path)
+    pg_url = request.getfixturevalue("pg_url")
+    db = getattr(request.module, "REDIS_DB", 12)
+    redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + f"/{db}"
+    return shape_env(tmp_path, store_url=pg_url, broker_url=redis_url,
+                     ORCH_WORKER_CONCURRENCY="2")
+
+
 def sqlite_store(tmp_path: Path) -> SqlEventStore:
     return open_store(str(tmp_path / "events.sqlite"), upgrade=True)
 

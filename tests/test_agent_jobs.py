@@ -25,15 +25,12 @@ SCRIPTS = Path(__file__).parent / "agent_scripts"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["embedded", pytest.param("production",
-                                                 marks=[pytest.mark.postgres, pytest.mark.redis])])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    if request.param == "embedded":
-        return shape_env(tmp_path)
-    pg_url = request.getfixturevalue("pg_url")
-    redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/13"
-    return shape_env(tmp_path, store_url=pg_url, broker_url=redis_url,
-                     ORCH_WORKER_CONCURRENCY="2")
+REDIS_DB = 13
+
+
+@pytest.fixture
+def env(deployment_env: dict[str, str]) -> dict[str, str]:
+    return deployment_env
 
 
 def _events(env: dict[str, str], session_id: str) -> list[dict]:

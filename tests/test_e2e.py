@@ -3,29 +3,25 @@ SQLite store + embedded broker, and PostgreSQL store + Redis broker."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 
 from events.store import SqlEventStore
 from orchestrator.sample_repos import create_sample_repos
-from tests.cli_helpers import ROOT, cli, cli_json, shape_env
+from tests.cli_helpers import ROOT, cli, cli_json
 
 EXAMPLE = ROOT / "orchestrator" / "examples" / "rename-function.yaml"
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["embedded", pytest.param("production",
-                                                 marks=[pytest.mark.postgres, pytest.mark.redis])])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    if request.param == "embedded":
-        return shape_env(tmp_path)
-    pg_url = request.getfixturevalue("pg_url")
-    redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/12"
-    return shape_env(tmp_path, store_url=pg_url, broker_url=redis_url,
-                     ORCH_WORKER_CONCURRENCY="2")
+REDIS_DB = 12
+
+
+@pytest.fixture
+def env(deployment_env: dict[str, str]) -> dict[str, str]:
+    return deployment_env
 
 
 def test_example_job_produces_patches_and_a_replay_that_matches(env, tmp_path: Path):
