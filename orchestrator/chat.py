@@ -421,14 +421,29 @@ def _is_pool_process(pid: int) -> bool:
     return all(b"celery" in c and b"worker" in c for c in (own, parent))
 
 
-def terminate_task_process(actor: str, still_running: Callable[[], bool],
+def _in_workspace(pid: int, workspace: str) -> bool:
+    """Whether a process works in the workspace: bubblewrap names it in its
+    arguments, and every process of a call starts in it."""
+    if os.fsencode(workspace) in _cmdline(pid):
+        return True
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    return cwd == workspace or cwd.startswith(workspace.rstrip("/") + "/")
+
+
+def terminate_task_process(actor: str, workspace: str, still_running: Callable[[], bool],
                            hostname: str | None = None, wait_s: float = 5.0) -> bool:
-    """Kill the worker process a task runs in (what `revoke(terminate=True)`
+    """Kill the worker process a tool call runs in (what `revoke(terminate=True)`
     does), found by the actor of the events it appended (`worker:HOST:PID`),
     and every process it started: the sandbox's bubblewrap dies with its
     parent and takes the command's whole pid namespace with it; in the
-    fallback sandbox the command's process group is killed here. Only a
-    Celery pool process on this host, and only while `still_running()`."""
+    fallback sandbox the command's process group is killed here.
+
+    Only a Celery pool process on this host, running a process in the
+    session's workspace, while `still_running()`: a pool process that has
+    moved on to other work is left alone."""
     kind, _, rest = actor.partition(":")
     host, _, pid_text = rest.rpartition(":")
     if kind != "worker" or host != (hostname or socket.gethostname()) or not pid_text.isdigit():
@@ -437,7 +452,9 @@ def terminate_task_process(actor: str, still_running: Callable[[], bool],
     if not _is_pool_process(pid):
         return False
     tree = _descendants(pid)
-    if not still_running():      # re-checked last: the process may have moved on
+    if not any(_in_workspace(t, workspace) for t in tree):
+        return False
+    if not still_running():      # re-checked last: the call may have ended meanwhile
         return False
     for target in (pid, *tree):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -462,7 +479,9 @@ class Backend:
     continue_after: Callable[[Ticket, int, tuple[Step, ...]], None]   # after an answer
     revoke: Callable[[str], None]                              # a task id, terminate
     worker_problem: Callable[[], str | None] = lambda: None    # why no worker serves us
-    kill_local: bool = False     # no remote control (embedded broker): kill it ourselves
+    # Kill a task running on this host ourselves: the embedded broker has no
+    # remote control, and on others it makes sure before the prompt returns.
+    kill_local: bool = True
     on_end: Callable[[Ticket], None] = lambda ticket: None     # e.g. sign the heads
 
 
@@ -600,7 +619,7 @@ class Chat:
                     signal.signal(signal.SIGINT, old)     # input() raises KeyboardInterrupt
                     try:
                         self.confirm()
-                    except KeyboardInterrupt:
+                    except (KeyboardInterrupt, EOFError):    # Ctrl-C or Ctrl-D: no, and stop
                         self.console.print()
                         self.cancel(deny_waiting=True)
                     finally:
@@ -676,8 +695,9 @@ class Chat:
 
     def cancel(self, deny_waiting: bool = False) -> None:
         """Ctrl-C: AgentTurnCancelled first (so whatever runs next does nothing),
-        then stop what still runs: revoke its task, kill its process where
-        no remote control reaches the worker, record a killed call as failed."""
+        then stop what still runs: revoke its task, kill a running tool call's
+        process on this host (the embedded broker has no remote control), and
+        record that call as failed."""
         self.poll()
         before = self.state
         if before.session.finished or before.session.agent is None:
@@ -698,19 +718,21 @@ class Chat:
             task = (e.causation_id or "").removeprefix("task:")
             if task:
                 self.backend.revoke(task)
-            if self.backend.kill_local:
-                terminate_task_process(e.actor, lambda: self._unsettled(e))
+        # A model call left running finishes on the worker and its answer is
+        # ignored; a tool call is killed, and recorded as stopped.
+        calls = [e.payload.call_id for e in units if isinstance(e.payload, p.ToolCallStarted)]
         for e in units:
-            if isinstance(e.payload, p.ToolCallStarted):
-                self._record_killed(e.payload.call_id)
+            if isinstance(e.payload, p.ToolCallStarted) and self.backend.kill_local:
+                call_id = e.payload.call_id
+                terminate_task_process(e.actor, after.session.target,
+                                       lambda: self._started(call_id))
+        for call_id in calls:
+            self._record_killed(call_id)
         self.poll()
 
-    def _unsettled(self, e: Event) -> bool:
-        state = self.runner.load(self.sid)
-        if isinstance(e.payload, p.ToolCallStarted):
-            call = state.session.call(e.payload.call_id)
-            return call is not None and call.status == "started"
-        return not state.session.finished
+    def _started(self, call_id: str) -> bool:
+        call = self.runner.load(self.sid).session.call(call_id)
+        return call is not None and call.status == "started"
 
     def _record_killed(self, call_id: str) -> None:
         def events(state: Projections) -> list[Any]:

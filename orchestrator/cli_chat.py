@@ -9,6 +9,7 @@ runs that module as `__main__`) from loading it twice.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import socket
 import sys
 from pathlib import Path
@@ -90,9 +91,9 @@ def chat(workspace: Path = typer.Option(Path("."), "--workspace", "-w", exists=T
                                elevated_by=s.submitter if allow_destructive else None,
                                actor=s.submitter)
     proc = _ensure_worker(s)
-    with contextlib.suppress(ImportError):
-        if sys.stdin.isatty():
-            import readline  # noqa: F401  (line editing and history for input())
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            importlib.import_module("readline")      # line editing and history for input()
     try:
         code = Chat(st, runner, _backend(s, proc), ticket, s.submitter, Console(soft_wrap=True),
                     secrets=(key,) if key else (),
@@ -179,17 +180,20 @@ def _backend(s: Settings, proc: Any) -> Any:
     from tasks.dispatch import agent_link, continue_session, sign_link, signing
 
     def worker_problem() -> str | None:
-        if proc is not None and proc.poll() is not None:
+        serving = s.embedded_broker and workers.embedded_worker_pid(s) is not None
+        if proc is not None and proc.poll() is not None and not serving:
+            # (One started here exits at once when another came up first.)
             return (f"the worker started for this chat exited (code {proc.returncode}); see "
                     f"{workers.logfile(s)}, and start one with `orchestrator worker`")
-        if proc is None and s.embedded_broker and workers.embedded_worker_pid(s) is None:
+        if proc is None and s.embedded_broker and not serving:
             return ("the worker of this state folder stopped; start one with `orchestrator "
                     "worker`")
         return None
 
     def revoke(task_id: str) -> None:
         # Remote control needs a broker with broadcast (Redis); the embedded
-        # one has none, and the chat kills the task's process itself there.
+        # one has none: there the chat kills the task's process itself (it
+        # does on this host in any case, see Chat.cancel).
         if not s.embedded_broker:
             celery_app.control.revoke(task_id, terminate=True, signal="SIGKILL")
 
@@ -199,5 +203,4 @@ def _backend(s: Settings, proc: Any) -> Any:
 
     return Backend(enqueue=lambda t: agent_link(celery_app, t).apply_async(),
                    continue_after=lambda t, start, steps: continue_session(t, start, steps),
-                   revoke=revoke, worker_problem=worker_problem,
-                   kill_local=s.embedded_broker, on_end=on_end)
+                   revoke=revoke, worker_problem=worker_problem, on_end=on_end)

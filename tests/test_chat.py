@@ -33,6 +33,7 @@ SCRIPTS = Path(__file__).parent / "chat_scripts"
 PROMPT = "you> "
 USER = f"user:{getpass.getuser()}"
 SLEEP = "sleep\x0029.123"          # the scripted shell call's argv, as /proc shows it
+KEY = "sk-proj-" + "a1B2" * 8        # looks like an API key: masked before it is recorded
 
 pytestmark = pytest.mark.slow
 
@@ -122,22 +123,77 @@ def children() -> Iterator[list[pexpect.spawn]]:
             child.kill(signal.SIGHUP)
             child.expect(pexpect.EOF, timeout=60)
         child.close(force=True)
+        print(child.logfile_read.getvalue())        # shown when the test failed
+
+
+class _Worker:
+    """A worker process started for chats to share (each would otherwise
+    start and stop its own), killed at the end."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.settings = Settings(state_dir=Path(env["ORCH_STATE_DIR"]),
+                                 broker_url=env.get("ORCH_BROKER_URL"))
+        open_store(self.settings.effective_store_url, upgrade=True).close()
+        saved = dict(os.environ)
+        os.environ.update(env)                # what start_worker passes on to the worker
+        try:
+            self.proc = workers.start_worker(self.settings)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def ready(self) -> dict[str, str]:
+        """Its env, once it is up: a chat then finds it instead of starting its own."""
+        until(lambda: b" ready." in workers.logfile(self.settings).read_bytes(),
+              "the shared worker to be ready", limit_s=60)
+        return self.env
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        until(lambda: not alive(self.proc.pid), "the shared worker to go")
+
+
+def _with_worker(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    worker = _Worker(env)
+    try:
+        yield worker.ready()
+    finally:
+        worker.kill()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _embedded_worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Worker]:
+    """Started with the module, so it boots while the first test runs."""
+    worker = _Worker(shape_env(tmp_path_factory.mktemp("chat"), TERM="dumb"))
+    try:
+        yield worker
+    finally:
+        worker.kill()
+
+
+@pytest.fixture
+def shared(_embedded_worker: _Worker) -> dict[str, str]:
+    """The state folder of the module's embedded worker."""
+    return _embedded_worker.ready()
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """One state folder and one running embedded worker for the chats below
-    (each would otherwise start and stop its own); killed at the end."""
-    env = shape_env(tmp_path_factory.mktemp("chat"), TERM="dumb")
-    settings = Settings(state_dir=Path(env["ORCH_STATE_DIR"]))
-    open_store(settings.effective_store_url, upgrade=True).close()
-    proc = workers.start_worker(settings)
-    try:
-        yield env
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        until(lambda: not alive(proc.pid), "the shared worker to go")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory,
+                 redis_url: str) -> Iterator[dict[str, str]]:
+    """The same on a Redis broker (db 9, this file's own), where Ctrl-C also
+    revokes the task through Celery's remote control."""
+    import redis
+    url = redis_url.rsplit("/", 1)[0] + "/9"
+    redis.Redis.from_url(url).flushdb()
+    yield from _with_worker(shape_env(tmp_path_factory.mktemp("chat-redis"), broker_url=url,
+                                      TERM="dumb"))
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def any_broker(request: pytest.FixtureRequest) -> dict[str, str]:
+    return request.getfixturevalue("shared" if request.param == "embedded" else "shared_redis")
 
 
 # -- a conversation ---------------------------------------------------------------------
@@ -149,7 +205,7 @@ def test_a_chat_reads_a_file_answers_and_reports_status_quota_and_pending(
     children.append(child)
     sid = session_id(child)
     child.expect(PROMPT)
-    answer = said(child, "what does the README say?")
+    answer = said(child, f"what does the README say? (my key: {KEY})")
     assert "→ read README.md" in answer
     assert "Invoices for the example users." in answer          # the tool's output
     assert "agent> The README says: invoices for the example users." in answer
@@ -171,8 +227,10 @@ def test_a_chat_reads_a_file_answers_and_reports_status_quota_and_pending(
     s = state(env, sid)
     assert s.session.status == "completed" and s.session.agent.mode == "chat"
     assert (s.quota.tokens_in, s.quota.tokens_out) == (tokens_in, tokens_out)
-    kinds = [e.type for e in events(env, sid)]
+    log = events(env, sid)
+    kinds = [e.type for e in log]
     assert kinds[:4] == ["SessionStarted", "PolicyAttached", "AgentStarted", "UserMessage"]
+    assert log[3].payload.text == "what does the README say? (my key: ***)"
     assert kinds[-1] == "SessionCompleted"
     assert job_status(env, sid) == "completed"
     # The worker the chat started for itself is gone with it.
@@ -273,7 +331,8 @@ def test_a_detached_chat_resumes_with_its_conversation_and_goes_on(
 # -- Ctrl-C ---------------------------------------------------------------------------------
 
 def test_ctrl_c_cancels_a_running_command_and_leaves_no_process_behind(
-        tmp_path: Path, shared: dict[str, str], children: list[pexpect.spawn]) -> None:
+        tmp_path: Path, any_broker: dict[str, str], children: list[pexpect.spawn]) -> None:
+    shared = any_broker
     assert not running(SLEEP), "a sleep 29.123 from elsewhere would confuse this test"
     child = chat(shared, repo(tmp_path), "--script", str(SCRIPTS / "sleeps.yaml"),
                  "--tier", "exec")
@@ -294,6 +353,8 @@ def test_ctrl_c_cancels_a_running_command_and_leaves_no_process_behind(
     [failed] = [e for e in log if isinstance(e.payload, p.ToolCallFailed)]
     assert (failed.payload.tool, failed.payload.error) == ("shell", "Cancelled")
     assert not any(isinstance(e.payload, p.ToolCallCompleted) for e in log)
+    brief = said(child, "/replay")
+    assert re.search(r"AgentTurnCancelled\s+" + re.escape(USER) + " turn 1", brief)
 
     child.sendintr()                                    # Ctrl-C at the prompt ends the chat
     assert ended(child) == 0
@@ -303,24 +364,24 @@ def test_ctrl_c_cancels_a_running_command_and_leaves_no_process_behind(
 
 # -- what goes wrong, in one line -------------------------------------------------------------
 
-def test_a_missing_or_broken_script_or_a_dead_endpoint_is_one_line_saying_what_to_do(
+def test_a_missing_script_a_dead_endpoint_or_an_unknown_session_is_one_line_saying_what_to_do(
         tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
     env = shape_env(tmp_path)
-    missing = cli(env, "chat", "--script", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    runs = {"missing": (env, "chat", "--script", str(tmp_path / "nope.yaml")),
+            "down": ({**env, "ORCH_MODEL_BASE_URL": "http://127.0.0.1:9/v1"}, "chat",
+                     "--provider", "openai"),
+            "unknown": (env, "chat", "--session", "no-such-session")}
+    with ThreadPoolExecutor(len(runs)) as pool:
+        done = {k: pool.submit(cli, *args, cwd=tmp_path) for k, args in runs.items()}
+    missing, down, unknown = (done[k].result() for k in runs)
     assert missing.returncode == 2
     assert "no such file; give a YAML list of assistant turns" in _flat(missing.stderr)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("- content: [unclosed\n")
-    broken = cli(env, "chat", "--script", str(bad), cwd=tmp_path)
-    assert broken.returncode == 2 and "is not valid YAML" in _flat(broken.stderr)
-    down = cli({**env, "ORCH_MODEL_BASE_URL": "http://127.0.0.1:9/v1"}, "chat", "--provider",
-               "openai", cwd=tmp_path)
     assert down.returncode == 4
     assert "the model endpoint http://127.0.0.1:9/v1 is not reachable" in _flat(down.stderr)
-    unknown = cli(env, "chat", "--session", "no-such-session", cwd=tmp_path)
     assert unknown.returncode == 2 and "no session no-such-session" in _flat(unknown.stderr)
-    for result in (missing, broken, down, unknown):
-        assert "Traceback" not in result.stderr
+    for result in (missing, down, unknown):
+        assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 # -- the pure parts, on real folded events ------------------------------------------------
