@@ -16,6 +16,7 @@ so this module does not import `tasks`.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import urllib.error
 import urllib.parse
@@ -143,7 +144,6 @@ def check_broker(s: Settings) -> Result:
     if s.embedded_broker:
         state = s.state
         parent = next((p for p in (state, *state.parents) if p.exists()), None)
-        import os
         if parent is None or not os.access(parent, os.W_OK | os.X_OK):
             return Result("broker", "fail", True, f"embedded SQLite broker: the state folder "
                           f"{state} cannot be created or written", "point ORCH_STATE_DIR at "
@@ -239,7 +239,6 @@ def check_sandbox(sandbox_report: dict[str, Any]) -> Result:
 
 def check_chromium(which: Callable[[str], str | None] = shutil.which,
                    exists: Callable[[str], bool] | None = None) -> Result:
-    import os
     exists = exists or os.path.exists
     found = next((p for p in map(which, CHROMIUM_NAMES) if p), None) or next(
         (p for p in CHROMIUM_PATHS if exists(p)), None)

@@ -1,6 +1,7 @@
 """`orchestrator doctor`: the installation's checks, run by the real CLI on
 real configurations (a healthy embedded one, a PostgreSQL database that does
-not exist, a Redis port nobody listens on, invalid settings), the model
+not exist with a Redis port nobody listens on, invalid settings, and a
+migrated PostgreSQL store with a real Redis broker), the model
 endpoint check against a real local HTTP server, and the pure parts.
 Every JSON report is validated against docs/schemas/doctor.schema.json
 with every object closed; the healthy one is pinned as a snapshot."""
@@ -45,10 +46,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     envs = {
         "healthy": shape_env(tmp / "healthy"),
         "text": shape_env(tmp / "text"),
-        "no-database": shape_env(tmp / "pg", store_url=f"postgresql://postgres@127.0.0.1:5432/"
-                                 f"{missing_db}"),
-        "closed-redis": shape_env(tmp / "redis",
-                                  broker_url=f"redis://127.0.0.1:{_closed_port()}/0"),
+        # Both services down at once: each check says so on its own.
+        "down": shape_env(tmp / "down", store_url=f"postgresql://postgres@127.0.0.1:5432/"
+                          f"{missing_db}", broker_url=f"redis://127.0.0.1:{_closed_port()}/0"),
         "invalid": shape_env(tmp / "invalid", ORCH_WORKER_CONCURRENCY="0"),
     }
     args = {name: ("doctor",) if name == "text" else ("doctor", "--json") for name in envs}
@@ -89,7 +89,7 @@ def test_a_healthy_embedded_installation_passes_and_doctor_creates_nothing(runs,
 
 
 def test_a_store_database_that_does_not_exist_fails_with_exit_4_and_a_remedy(runs) -> None:
-    by = checks(report_of(runs, "no-database", 4))
+    by = checks(report_of(runs, "down", 4))
     store = by["store"]
     assert store["status"] == "fail" and store["required"] and store["remedy"]
     assert "cannot connect" in store["detail"]
@@ -99,7 +99,7 @@ def test_a_store_database_that_does_not_exist_fails_with_exit_4_and_a_remedy(run
 
 def test_a_redis_broker_on_a_closed_port_fails_with_exit_4_and_the_worker_is_not_asked(
         runs) -> None:
-    by = checks(report_of(runs, "closed-redis", 4))
+    by = checks(report_of(runs, "down", 4))
     assert by["broker"]["status"] == "fail" and "PING" in by["broker"]["detail"]
     assert "ORCH_BROKER_URL" in by["broker"]["remedy"]
     assert by["worker"]["status"] == "skip"
@@ -207,3 +207,17 @@ def test_passwords_in_service_urls_are_hidden() -> None:
 def test_a_missing_state_folder_that_can_be_created_is_fine(tmp_path: Path) -> None:
     found = doctor.check_broker(Settings(state_dir=tmp_path / "new" / "state"))
     assert found.status == "ok" and "created by the first job" in found.detail
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_migrated_postgresql_store_and_a_redis_broker_pass_and_a_missing_worker_warns(
+        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    done = cli(shape_env(tmp_path, store_url=pg_url, broker_url=broker), "doctor", "--json")
+    assert done.returncode == 0, done.stderr
+    by = checks(json.loads(done.stdout))
+    assert by["store"]["status"] == "ok" and "(current)" in by["store"]["detail"]
+    assert by["broker"] == {"name": "broker", "status": "ok", "required": True,
+                            "detail": f"{broker}: reachable", "remedy": ""}
+    assert by["worker"]["status"] == "warn" and "no worker answered" in by["worker"]["detail"]
