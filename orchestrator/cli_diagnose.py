@@ -19,7 +19,6 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import diagnose as dg
 from orchestrator import render, workers
 from orchestrator.config import Settings, get_settings
 
@@ -53,6 +52,7 @@ def diagnose(directory: Optional[Path] = typer.Argument(
              ) -> None:
     """Run a repository's checks (tests, compile, ruff, mypy) in a read-only session
     and report findings: severity, file, line, evidence and a next step."""
+    from orchestrator import diagnose as dg      # its policy is built on first use
     if print_policy:
         sys.stdout.write(yaml.safe_dump(dg.diagnose_policy().model_dump(mode="json"),
                                         sort_keys=False, width=100))
@@ -89,6 +89,7 @@ def _mode(mode: str, s: Settings, script: Path | None) -> str:
 
 
 def _spec(mode: str, target: Path, s: Settings, script: Path | None) -> Any:
+    from orchestrator import diagnose as dg
     if mode == "recipe":
         return dg.recipe_spec(target)
     from orchestrator.providers.scripted import load_script
@@ -106,7 +107,7 @@ def _run(s: Settings, spec: Any, target: Path, mode: str, *, quiet: bool,
          timeout: float | None, keep_worker: bool) -> dict[str, Any]:
     from events.replay import replay
     from events.store import open_store
-    from orchestrator import jobs
+    from orchestrator import diagnose as dg, jobs
     from orchestrator.policy import load_policy
     from tasks.dispatch import enqueue
     docs = [load_policy(s.policy_file).doc] if s.policy_file is not None else []
