@@ -66,8 +66,6 @@ def chat(workspace: Path = typer.Option(Path("."), "--workspace", "-w", exists=T
     from orchestrator.providers.factory import api_key
     from orchestrator.runner import Runner
     s = get_settings()
-    st = open_store(s.effective_store_url, upgrade=s.embedded_store)
-    runner = Runner(st, s.submitter)
     key = api_key(s)
     if session is not None:
         given = [n for n, v in (("--model", model), ("--provider", provider),
@@ -77,10 +75,14 @@ def chat(workspace: Path = typer.Option(Path("."), "--workspace", "-w", exists=T
         if given:
             _fail(f"--session resumes with the session's own model, tier and policy; drop "
                   f"{', '.join(given)}", 2)
-        ticket = _resumable(st, session, chat_ticket)
-    else:
+    else:       # bad input fails before anything is opened or recorded
         spec = _agent_spec(s, provider, model, script)
         docs = _policies(s, policy, tier)
+    st = open_store(s.effective_store_url, upgrade=s.embedded_store)
+    runner = Runner(st, s.submitter)
+    if session is not None:
+        ticket = _resumable(st, session, chat_ticket)
+    else:
         from orchestrator.agent_loop import AgentLoop
         from tasks.agent import provider_for
         loop = AgentLoop(runner, provider_for(s), default_provider=s.model_provider,

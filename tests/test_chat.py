@@ -9,6 +9,7 @@ import io
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -134,14 +135,14 @@ class _Worker:
         self.env = env
         self.settings = Settings(state_dir=Path(env["ORCH_STATE_DIR"]),
                                  broker_url=env.get("ORCH_BROKER_URL"))
+        self.settings.state.mkdir(parents=True, exist_ok=True)
         open_store(self.settings.effective_store_url, upgrade=True).close()
-        saved = dict(os.environ)
-        os.environ.update(env)                # what start_worker passes on to the worker
-        try:
-            self.proc = workers.start_worker(self.settings)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
+        log = open(workers.logfile(self.settings), "ab")
+        # As workers.start_worker does, with the test's environment.
+        self.proc = subprocess.Popen(workers.worker_command(self.settings), env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=log, start_new_session=True)
+        log.close()
 
     def ready(self) -> dict[str, str]:
         """Its env, once it is up: a chat then finds it instead of starting its own."""
@@ -382,6 +383,12 @@ def test_a_missing_script_a_dead_endpoint_or_an_unknown_session_is_one_line_sayi
     assert unknown.returncode == 2 and "no session no-such-session" in _flat(unknown.stderr)
     for result in (missing, down, unknown):
         assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+    # Refused input records nothing (the one store opened is the unknown session's look-up).
+    st = store_of(env)
+    try:
+        assert list(st.read_all()) == []
+    finally:
+        st.close()
 
 
 # -- the pure parts, on real folded events ------------------------------------------------
