@@ -74,6 +74,8 @@ class SqlEventStore:
             + p + " ORDER BY seq DESC LIMIT 1) AS head UNION ALL "
             "SELECT seq, hash, position, body FROM events WHERE stream_id = " + p
             + " AND idempotency_key = " + p)
+        self._sql_stream = ("SELECT position, body, hash FROM events WHERE stream_id = " + p
+                            + " AND seq > " + p + " ORDER BY seq")
         self._insert_sql: dict[int, str] = {}
         if check_schema:
             migrate.check(self.engine)
@@ -249,10 +251,30 @@ class SqlEventStore:
             yield decode(position, body, hash_)
 
     def raw_stream(self, stream_id: str, after_seq: int = 0) -> list[tuple[int, bytes, str]]:
-        with store_errors(self.url), self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(  # type: ignore[misc]
-                sa.select(T.c.position, T.c.body, T.c.hash)
-                .where(T.c.stream_id == stream_id, T.c.seq > after_seq).order_by(T.c.seq))]
+        """A stream's rows after `after_seq`, on this thread's own connection
+        (autocommit on PostgreSQL): one round trip. Every task reads its
+        session's tail; through the pool that was four (pre-ping, BEGIN,
+        SELECT, ROLLBACK), 0.9 ms against 0.14 ms (bench/README.md, agent)."""
+        dbapi = self._writers.dbapi
+        with driver_errors(self.url, dbapi):
+            try:
+                return self._raw_stream(stream_id, after_seq)
+            except _Reconnect:
+                return self._raw_stream(stream_id, after_seq)
+
+    def _raw_stream(self, stream_id: str, after_seq: int) -> list[tuple[int, bytes, str]]:
+        conn = self._fresh_connection()
+        cur = conn.cursor()
+        try:
+            cur.execute(self._sql_stream, (stream_id, after_seq))
+            return [(r[0], bytes(r[1]), r[2]) for r in cur.fetchall()]
+        except BaseException as exc:
+            if self._rollback(conn, cur, False) and isinstance(exc,
+                                                               self._writers.dbapi.OperationalError):
+                raise _Reconnect from exc
+            raise
+        finally:
+            cur.close()
 
     def read_all(self, after_position: int = 0) -> Iterator[Event]:
         for position, body, hash_ in self.raw_all(after_position):

@@ -49,13 +49,12 @@ class AgentLoop:
         cause = f"task:{task_id}" if task_id else None
         state = r.load(sid)
         if state.session.status == "new":
-            r._start(ticket, state, cause)
-            state = r.load(sid)
+            state = r.absorb(sid, state, r._start(ticket, state, cause))
         if state.session.agent is None and not state.session.finished:
             spec = AgentSpec.model_validate(ticket.agent or {})
-            r._append(sid, [self.started(spec, state, ticket.tier)], state.last_seq,
-                      "agent:started", ticket.job_id, cause)
-            state = r.load(sid)
+            state = r.absorb(sid, state, r._append(
+                sid, [self.started(spec, state, ticket.tier)], state.last_seq,
+                "agent:started", ticket.job_id, cause))
         action = agent.next_action(state)
         if action.kind == "done":
             s = state.session

@@ -168,6 +168,17 @@ class Runner:
             state = fold(tail, memo) if tail else memo
         return self._remember(session_id, state)
 
+    def absorb(self, session_id: str, state: Projections, appended: list[Event]
+               ) -> Projections:
+        """`state` with what we just appended folded in, instead of reading the
+        stream again. An idempotent hit returns events another delivery stored:
+        fold only those this state has not seen, and read the stream if they
+        do not follow on from it (that delivery went further)."""
+        new = [e for e in appended if e.seq > state.last_seq]
+        if new and new[0].seq != state.last_seq + 1:
+            return self.load(session_id)
+        return self._remember(session_id, fold(new, state)) if new else state
+
     def _remember(self, session_id: str, state: Projections) -> Projections:
         memo = self._memo
         memo[session_id] = state
@@ -205,14 +216,7 @@ class Runner:
         state = self.load(sid)
 
         def advance(appended: list[Event]) -> Projections:
-            # Fold what we appended instead of reading the stream again. An
-            # idempotent hit returns events another delivery stored: fold only
-            # those this state has not seen, and read the stream if they do
-            # not follow on from it (that delivery went further).
-            new = [e for e in appended if e.seq > state.last_seq]
-            if new and new[0].seq != state.last_seq + 1:
-                return self.load(sid)
-            return self._remember(sid, fold(new, state)) if new else state
+            return self.absorb(sid, state, appended)
 
         if state.session.status == "new":
             state = advance(self._start(ticket, state, cause))

@@ -56,7 +56,8 @@ def test_the_agent_example_renames_runs_the_tests_and_replays(env, tmp_path: Pat
     for repo in repos:
         text = "".join(p.read_text() for p in repo.rglob("*.py"))
         assert "fetch_user" not in text
-    assert cli_json(env, "audit", "verify")["ok"]
+    for session in job["sessions"]:      # the PostgreSQL database is shared by the run
+        assert cli_json(env, "audit", "verify", session["session_id"])["ok"]
 
 
 def _agent_job(tmp_path: Path, script: str, **agent: object) -> Path:
