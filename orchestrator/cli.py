@@ -123,7 +123,7 @@ def run(spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, di
     summary and one unified diff per target."""
     s = settings()
     st, job_id, job_spec, tickets = _submit(spec, base_dir, policy, tier, allow_destructive)
-    proc = _ensure_worker(s)
+    proc = ensure_worker(s)
     try:
         render.follow(st, job_id, job_spec.name, len(job_spec.steps),
                       {t.session_id: t.target for t in tickets}, quiet=json,
@@ -153,7 +153,9 @@ def _job_exit(st: SqlEventStore, job_id: str) -> int:
     return 3 if waiting or errors else 1
 
 
-def _ensure_worker(s: Settings) -> Any:
+def ensure_worker(s: Settings) -> Any:
+    """A running worker is used, else one is started (its process, or None);
+    `run`, `approve --wait`, `chat` and `diagnose` all go through here."""
     if s.embedded_broker:
         if workers.embedded_worker_pid(s) is not None:
             return None
@@ -227,7 +229,7 @@ def demo(directory: Path = typer.Option(Path("demo"), "--dir",
         fail(f"no bundled example {example!r}; see orchestrator/examples/", 2)
     s = settings()
     st, job_id, job_spec, tickets = _submit(spec, directory)
-    proc = _ensure_worker(s)
+    proc = ensure_worker(s)
     try:
         view = render.follow(st, job_id, job_spec.name, len(job_spec.steps),
                              {t.session_id: t.target for t in tickets}, quiet=False,
@@ -450,7 +452,7 @@ def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
                   "`orchestrator worker`)")
         return
     view = final_view(st, w.job_id)
-    proc = _ensure_worker(settings())
+    proc = ensure_worker(settings())
     try:
         render.follow(st, w.job_id, view.job.name, len(steps),
                       {r.session_id: r.target for r in view.job.sessions}, quiet=False,

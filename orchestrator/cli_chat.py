@@ -92,7 +92,8 @@ def chat(workspace: Path = typer.Option(Path("."), "--workspace", "-w", exists=T
                                policy_files=docs, tier=tier or s.tier,
                                elevated_by=s.submitter if allow_destructive else None,
                                actor=s.submitter)
-    proc = _ensure_worker(s)
+    from orchestrator.cli import ensure_worker     # cli.py registers this module
+    proc = ensure_worker(s)
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
             importlib.import_module("readline")      # line editing and history for input()
@@ -161,19 +162,6 @@ def _policies(s: Settings, policy_file: Path | None, tier: str | None) -> list[A
     if tier is not None and tier not in TIERS:
         _fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
     return [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
-
-
-def _ensure_worker(s: Settings) -> Any:
-    """As `orchestrator run` does: a running worker is used, else one is started."""
-    if s.embedded_broker:
-        if workers.embedded_worker_pid(s) is not None:
-            return None
-    else:
-        from tasks.app import app as celery_app
-        if workers.server_worker_running(lambda: celery_app.control.ping(timeout=1.0)):
-            return None
-    err.print(f"[dim]starting a worker (log: {workers.logfile(s)})[/]", highlight=False)
-    return workers.start_worker(s)
 
 
 def _backend(s: Settings, proc: Any) -> Any:

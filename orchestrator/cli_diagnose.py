@@ -117,7 +117,8 @@ def _run(s: Settings, spec: Any, target: Path, mode: str, *, quiet: bool,
     jobs.record(st, spec, job_id, tickets, s.submitter)
     enqueue(tickets, spec.steps)
     ticket = tickets[0]
-    proc = _ensure_worker(s)
+    from orchestrator.cli import ensure_worker     # cli.py registers this module
+    proc = ensure_worker(s)
     try:
         for _ in range(MAX_AUTO_DENIALS + 1):
             view = render.follow(st, job_id, spec.name, len(spec.steps),
@@ -146,18 +147,6 @@ def _deny_waiting(st: Any, s: Settings, session_id: str) -> bool:
         if ours:
             continue_session(ticket, start, steps)
     return bool(waiting)
-
-
-def _ensure_worker(s: Settings) -> Any:
-    if s.embedded_broker:
-        if workers.embedded_worker_pid(s) is not None:
-            return None
-    else:
-        from tasks.app import app as celery_app
-        if workers.server_worker_running(lambda: celery_app.control.ping(timeout=1.0)):
-            return None
-    err.print(f"[dim]starting a worker (log: {workers.logfile(s)})[/]")
-    return workers.start_worker(s)
 
 
 _STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
