@@ -118,7 +118,7 @@ class AgentLoop:
         except ModelError as exc:
             if exc.transient:
                 raise                    # the task retries it later (countdown: Retry-After)
-            self.fail_model(ticket, n, exc, seq, cause)
+            self.fail_model(ticket, n, exc, cause)
             return
         latency = time.monotonic() - started
         base = max([len(s.steps), *(t.turn for t in s.turns)])
@@ -134,8 +134,7 @@ class AgentLoop:
             tool_calls=tuple(p.ModelToolCall(**c) for c in calls))],
             seq, f"model:{n}:responded", ticket.job_id, cause)
 
-    def fail_model(self, ticket: Ticket, n: int, exc: ModelError, expected: int | None,
-                   cause: str | None) -> None:
+    def fail_model(self, ticket: Ticket, n: int, exc: ModelError, cause: str | None) -> None:
         """A model call that cannot succeed (or ran out of retries) ends the session."""
         attempts = getattr(exc, "attempts", 1)
         state = self.runner.load(ticket.session_id)

@@ -69,7 +69,7 @@ def agent_advance(self: Any, ticket: dict[str, Any]) -> str:
         if isinstance(exc, ModelError):
             state = loop().runner.load(t.session_id)
             a = state.session.agent
-            loop().fail_model(t, a.requested if a else 0, exc, None, f"task:{self.request.id}")
+            loop().fail_model(t, a.requested if a else 0, exc, f"task:{self.request.id}")
         else:
             fail_session(runner(), t, type(exc).__name__,
                          f"the agent could not go on: {exc}", self.request.id)

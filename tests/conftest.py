@@ -27,8 +27,9 @@ def unavailable(what: str, exc: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def fresh_pg_database(prefix: str = "orch_test") -> Iterator[str]:
-    """A PostgreSQL database of its own, migrated, dropped at the end."""
+def fresh_pg_database(prefix: str = "orch_test", migrate: bool = True) -> Iterator[str]:
+    """A PostgreSQL database of its own, migrated (unless `migrate` is False),
+    dropped at the end."""
     import sqlalchemy as sa
     from events.db import normalize_url
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
@@ -39,7 +40,8 @@ def fresh_pg_database(prefix: str = "orch_test") -> Iterator[str]:
     except Exception as exc:  # noqa: BLE001
         unavailable("PostgreSQL", exc)
     url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    open_store(url, upgrade=True).close()
+    if migrate:
+        open_store(url, upgrade=True).close()
     try:
         yield url
     finally:
@@ -81,6 +83,21 @@ def deployment_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, 
     redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + f"/{db}"
     return shape_env(tmp_path, store_url=pg_url, broker_url=redis_url,
                      ORCH_WORKER_CONCURRENCY="2")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def own_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlEventStore]:
+    """A store in a database of this test's own (tampering and flushing tests
+    must not leak into others): SQLite, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        s = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+        yield s
+        s.close()
+        return
+    with fresh_pg_database("orch_test_own") as url:
+        s = SqlEventStore(url)
+        yield s
+        s.close()
 
 
 def sqlite_store(tmp_path: Path) -> SqlEventStore:

@@ -5,8 +5,6 @@ PostgreSQL databases of each test's own."""
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,28 +22,8 @@ from events.store import SqlEventStore, open_store
 from orchestrator import confirmations
 from orchestrator.runner import Runner, Ticket
 from orchestrator.steps import ShellStep
-from events.db import normalize_url
-from tests.conftest import PG_ADMIN_URL, unavailable
+from tests.conftest import fresh_pg_database
 from tests.factories import new
-
-
-@contextlib.contextmanager
-def _empty_pg_database() -> Iterator[str]:
-    """A PostgreSQL database of its own with no schema (fresh_pg_database migrates)."""
-    import sqlalchemy as sa
-    name = f"orch_test_pending_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = sa.create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except Exception as exc:  # noqa: BLE001
-        unavailable("PostgreSQL", exc)
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -54,7 +32,7 @@ def own_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'events.sqlite'}"
         return
-    with _empty_pg_database() as url:
+    with fresh_pg_database("orch_test_pending", migrate=False) as url:
         yield url
 
 

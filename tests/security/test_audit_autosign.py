@@ -55,19 +55,6 @@ def turns(n: int) -> list[NewEvent]:
                             actor="user:test", correlation_id="job-1") for i in range(1, n + 1)]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def own_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlEventStore]:
-    if request.param == "sqlite":
-        s = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
-        yield s
-        s.close()
-        return
-    with fresh_pg_database("orch_test_autosign") as url:
-        s = SqlEventStore(url)
-        yield s
-        s.close()
-
-
 def _digests(store: SqlEventStore) -> list[p.AuditDigest]:
     return [e.payload for e in store.read_stream(DIGEST_STREAM)]
 

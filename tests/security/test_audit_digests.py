@@ -7,20 +7,15 @@ PostgreSQL databases of the test's own."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import sqlalchemy as sa
 
 from events import digests
 from events import payloads as p
 from events.digests import DIGEST_STREAM
 from events.envelope import NewEvent, canonical_json, chain_hash, genesis_hash
-from events.store import SqlEventStore, open_store
+from events.store import SqlEventStore
 from events.verify import verify_rows
 from orchestrator import audit
-from tests.conftest import fresh_pg_database
 
 
 def new(payload: object) -> NewEvent:
@@ -59,20 +54,6 @@ def test_forged_edited_and_foreign_digests_are_reported():
 
 
 # -- against real databases ---------------------------------------------------------------
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def own_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlEventStore]:
-    """A store in a database of this test's own: tampering must not leak into others."""
-    if request.param == "sqlite":
-        s = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
-        yield s
-        s.close()
-        return
-    with fresh_pg_database("orch_test_tamper") as url:
-        s = SqlEventStore(url)
-        yield s
-        s.close()
-
 
 def _tamper(store: SqlEventStore, *statements: tuple[str, dict]) -> None:
     """Run SQL with the append-only triggers out of the way, as an attacker would."""
