@@ -58,6 +58,16 @@ class Settings(BaseSettings):
         "Public keys (PEM) whose digests `audit verify` trusts, as a JSON list; the "
         "signing key's own public key is always trusted"))
 
+    # -- worker heartbeats (orchestrator.heartbeat, orchestrator.health) -------
+    worker_heartbeat_interval_s: float = Field(default=10.0, gt=0, le=600, description=(
+        "How often each worker checks its store and publishes a heartbeat (a file in "
+        "state_dir/heartbeats and, on a Redis broker, a Redis key)"))
+    worker_heartbeat_max_age_s: float = Field(default=30.0, gt=0, le=3600, description=(
+        "A heartbeat older than this does not count: readiness needs one fresh worker"))
+    worker_probe_port: int | None = Field(default=None, ge=1, le=65535, description=(
+        "Serve the worker's /healthz, /readyz and /metrics on this port (Kubernetes "
+        "probes, Prometheus); unset = no HTTP endpoint, the heartbeat file only"))
+
     # -- the model (orchestrator.providers) ----------------------------------
     model_provider: Literal["scripted", "openai"] = Field(default="scripted", description=(
         "scripted: replays `model_script` (tests, demos, offline); openai: any "
