@@ -92,6 +92,20 @@ class Settings(BaseSettings):
         "masked: events keep prompts and replies with secrets masked; digest: only "
         "their sha256, for teams that must not retain content"))
 
+    # -- browser (orchestrator.browser_pool, orchestrator.tools.browser) -------
+    browser_executable: Path = Field(default=Path("/usr/bin/chromium"), description=(
+        "The system Chromium Playwright drives; a browser is never downloaded"))
+    browser_pool_size: int = Field(default=2, ge=1, le=32, description=(
+        "Chromium instances per worker process; a call waits for a free one"))
+    browser_max_uses: int = Field(default=50, ge=1, le=100000, description=(
+        "Recycle an instance after this many calls (memory, leaked state)"))
+    browser_call_timeout_s: float = Field(default=30.0, gt=0, le=600, description=(
+        "One browser call, from waiting for an instance to the last action"))
+    browser_launch_timeout_s: float = Field(default=20.0, gt=0, le=300, description=(
+        "Starting one Chromium; a launch that takes longer counts as a crash"))
+    browser_artifacts_dir: Path | None = Field(default=None, description=(
+        "Where screenshots are kept as <sha256>.png; unset = state_dir/artifacts"))
+
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],
                                    init_settings: PydanticBaseSettingsSource,
@@ -138,6 +152,11 @@ class Settings(BaseSettings):
     @property
     def submitter(self) -> str:
         return self.actor or f"user:{getpass.getuser()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return (self.browser_artifacts_dir.expanduser().resolve()
+                if self.browser_artifacts_dir else self.state / "artifacts")
 
     @property
     def worker_actor(self) -> str:
