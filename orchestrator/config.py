@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         "Serve the worker's /healthz, /readyz and /metrics on this port (Kubernetes "
         "probes, Prometheus); unset = no HTTP endpoint, the heartbeat file only"))
 
+    # -- workers and Flower (tasks.worker_probe, orchestrator.cli_ops) --------
+    worker_probe_address: str = Field(default="0.0.0.0", description=(
+        "Interface the worker's probe endpoint listens on (0.0.0.0: the pod's IP, "
+        "for the kubelet)"))
+    flower_port: int = Field(default=5555, ge=1, le=65535, description=(
+        "`orchestrator flower` listens on this port"))
+    flower_address: str = Field(default="127.0.0.1", description=(
+        "`orchestrator flower` listens on this interface (0.0.0.0 to reach it from "
+        "other machines: then set flower_basic_auth)"))
+    flower_basic_auth: SecretStr | None = Field(default=None, description=(
+        "user:password[,user2:password2] Flower asks for (a secret: passed to Flower "
+        "in its environment, never on its command line)"))
+    flower_url_prefix: str | None = Field(default=None, description=(
+        "Serve Flower under this path (behind a reverse proxy), e.g. flower"))
+
     # -- the model (orchestrator.providers) ----------------------------------
     model_provider: Literal["scripted", "openai"] = Field(default="scripted", description=(
         "scripted: replays `model_script` (tests, demos, offline); openai: any "

@@ -18,6 +18,7 @@ def make_app(settings: Settings) -> Celery:
         settings.state.mkdir(parents=True, exist_ok=True)
     app = Celery("orchestrator", broker=settings.effective_broker_url,
                  backend=settings.effective_result_backend,
+                 amqp="tasks.summary:SummarizingAMQP",   # masked argument summaries
                  include=["tasks.steps", "tasks.audit", "tasks.agent"])
     transport_options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
     if settings.embedded_broker:
@@ -59,3 +60,4 @@ def sign_interval(settings: Settings) -> float | None:
 
 
 app = make_app(get_settings())
+import tasks.worker_probe  # noqa: E402,F401  (heartbeat and probes, on worker_ready)

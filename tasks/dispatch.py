@@ -26,6 +26,7 @@ from celery.canvas import Signature
 from orchestrator.config import get_settings
 from orchestrator.runner import Ticket
 from orchestrator.steps import ShellStep, Step
+from tasks.summary import summarized
 
 # Headroom on top of a step's own timeout for loading state and appending events.
 TASK_LIMIT_MARGIN_S = 60
@@ -55,7 +56,7 @@ def signing() -> bool:
 def sign_link(app: Celery, tickets: Sequence[Ticket]) -> Signature:
     """The last link of a chain: sign the heads of its sessions and their job."""
     streams = [*(t.session_id for t in tickets), *dict.fromkeys(t.job_id for t in tickets)]
-    return app.signature(SIGN_HEADS, args=(streams,), immutable=True)
+    return summarized(app.signature(SIGN_HEADS, args=(streams,), immutable=True))
 
 
 def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None = None,
@@ -77,8 +78,8 @@ def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None
         name, first = (RUN_STEP, dumped[0]) if size == 1 else (RUN_STEPS, dumped)
         # A chunk's backstop allows every session its full step timeout.
         budget = step.timeout_s * len(chunk)
-        return (app.signature(name, args=(first, i, step.model_dump(mode="json"), i == last),
-                              immutable=True)
+        return (summarized(app.signature(name, args=(first, i, step.model_dump(mode="json"),
+                                                     i == last), immutable=True))
                 .set(soft_time_limit=budget + TASK_LIMIT_MARGIN_S,
                      time_limit=budget + 2 * TASK_LIMIT_MARGIN_S))
 
@@ -95,7 +96,8 @@ def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None
 
 def agent_link(app: Celery, ticket: Ticket) -> Signature:
     """The agent's first unit of work (`tasks.agent`)."""
-    return app.signature(AGENT_ADVANCE, args=(ticket.model_dump(mode="json"),), immutable=True)
+    return summarized(app.signature(AGENT_ADVANCE, args=(ticket.model_dump(mode="json"),),
+                                    immutable=True))
 
 
 def continue_session(ticket: Ticket, start: int, steps: Sequence[Step],
@@ -105,9 +107,9 @@ def continue_session(ticket: Ticket, start: int, steps: Sequence[Step],
     if app is None:
         from tasks.app import app
     last = -1 if ticket.agent else len(steps) - 1
-    links = [app.signature(RUN_STEP, args=(ticket.model_dump(mode="json"), i,
-                                           steps[i].model_dump(mode="json"), i == last),
-                           immutable=True)
+    links = [summarized(app.signature(RUN_STEP, args=(ticket.model_dump(mode="json"), i,
+                                                      steps[i].model_dump(mode="json"),
+                                                      i == last), immutable=True))
              .set(soft_time_limit=steps[i].timeout_s + TASK_LIMIT_MARGIN_S,
                   time_limit=steps[i].timeout_s + 2 * TASK_LIMIT_MARGIN_S)
              for i in range(start, len(steps))]

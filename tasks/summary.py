@@ -1,0 +1,117 @@
+"""What Flower, the worker log and task events show of a task's arguments.
+
+Celery puts `argsrepr`/`kwargsrepr` in every message, in the `task-sent` and
+`task-received` events and in the worker's log lines; by default they are a
+`repr` of the arguments, which for this project's tasks means the ticket's
+whole policy, an agent's scripted turns and a write step's file content.
+Instead each `orchestrator.*` task shows a short, masked summary: the job,
+the session (or how many), the target and the step or tool.
+
+Two places set it: the signatures `tasks.dispatch` builds (`summarized`),
+and `SummarizingAMQP`, the app's message factory, for every message sent
+without one (a task re-enqueueing itself, a retry, a `send_task` from a
+shell). An `orchestrator.*` task this module does not know shows only how
+many arguments it got: nothing is shown that was not chosen to be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from celery.app.amqp import AMQP
+from celery.canvas import Signature
+
+from orchestrator.masking import mask
+
+__all__ = ["describe", "options", "summarized", "SummarizingAMQP"]
+
+PREFIX = "orchestrator."
+MAX_FIELD = 80            # a target or step name longer than this is cut
+MAX_SESSIONS_SHOWN = 3
+
+
+def _short(value: object) -> str:
+    text = " ".join(str(value).split())
+    return text if len(text) <= MAX_FIELD else text[:MAX_FIELD - 1] + "…"
+
+
+def _ticket(t: Any) -> list[str]:
+    if not isinstance(t, Mapping):
+        return ["ticket=?"]
+    return [f"job={_short(t.get('job_id'))}", f"session={_short(t.get('session_id'))}",
+            f"target={_short(t.get('target'))}"]
+
+
+def _step(index: Any, step: Any) -> str:
+    kind = step.get("kind", "?") if isinstance(step, Mapping) else "?"
+    name = step.get("name") if isinstance(step, Mapping) else None
+    number = index + 1 if isinstance(index, int) else "?"
+    return f"step={number} {kind}" + (f" ({_short(name)})" if name else "")
+
+
+def _run_steps(tickets: Any) -> list[str]:
+    if not isinstance(tickets, Sequence) or not tickets:
+        return ["sessions=?"]
+    ids = [_short(t.get("session_id")) if isinstance(t, Mapping) else "?" for t in tickets]
+    shown = ", ".join(ids[:MAX_SESSIONS_SHOWN]) + (", …" if len(ids) > MAX_SESSIONS_SHOWN else "")
+    job = tickets[0].get("job_id") if isinstance(tickets[0], Mapping) else "?"
+    return [f"job={_short(job)}", f"sessions={len(ids)} [{shown}]"]
+
+
+def _parts(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[str] | None:
+    a = list(args)
+    if name == "orchestrator.run_step" and len(a) >= 3:
+        return [*_ticket(a[0]), _step(a[1], a[2])]
+    if name == "orchestrator.run_steps" and len(a) >= 3:
+        return [*_run_steps(a[0]), _step(a[1], a[2])]
+    if name == "orchestrator.agent_advance" and a:
+        return [*_ticket(a[0]), "agent turn"]
+    if name == "orchestrator.audit.sign_heads":
+        streams = a[0] if a else kwargs.get("streams")
+        return [f"streams={len(streams) if isinstance(streams, Sequence) else 'changed'}"]
+    return None
+
+
+def describe(name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+             secrets: Sequence[str] = ()) -> tuple[str, str]:
+    """(argsrepr, kwargsrepr) for task `name`: a masked summary (pure)."""
+    args, kwargs = args or (), kwargs or {}
+    parts = _parts(name, args, kwargs)
+    if parts is None:
+        shown = f"{len(args)} argument(s) not shown"
+        return shown, (f"{len(kwargs)} keyword argument(s) not shown" if kwargs else "{}")
+    return mask(" ".join(parts), secrets), "{}"
+
+
+def _secrets() -> tuple[str, ...]:
+    from orchestrator.config import get_settings
+    key = get_settings().model_api_key
+    return (key.get_secret_value(),) if key is not None else ()
+
+
+def options(name: str, args: Sequence[Any] | None,
+            kwargs: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """`argsrepr`/`kwargsrepr` options for sending task `name`."""
+    argsrepr, kwargsrepr = describe(name, args, kwargs, _secrets())
+    return {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
+
+
+def summarized(sig: Signature) -> Signature:
+    """`sig` with its summary in its options (kept through chains and groups)."""
+    return sig.set(**options(sig.task, sig.args, sig.kwargs))
+
+
+class SummarizingAMQP(AMQP):
+    """The app's message factory: `orchestrator.*` messages sent without a
+    summary get one, so no send path shows whole arguments."""
+
+    def as_task_v2(self, task_id: str, name: str, args: Any = None, kwargs: Any = None,
+                   *rest: Any, argsrepr: str | None = None, kwargsrepr: str | None = None,
+                   **more: Any) -> Any:
+        if name.startswith(PREFIX) and (argsrepr is None or kwargsrepr is None):
+            summary = options(name, args, kwargs)
+            argsrepr = summary["argsrepr"] if argsrepr is None else argsrepr
+            kwargsrepr = summary["kwargsrepr"] if kwargsrepr is None else kwargsrepr
+        return super().as_task_v2(task_id, name, args, kwargs, *rest, argsrepr=argsrepr,
+                                  kwargsrepr=kwargsrepr, **more)
