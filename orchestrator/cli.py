@@ -685,6 +685,8 @@ from orchestrator import cli_chat  # noqa: E402
 cli_chat.register(app)
 from orchestrator import cli_diagnose  # noqa: E402
 cli_diagnose.register(app)
+from orchestrator import cli_ops  # noqa: E402
+cli_ops.register(app)
 
 
 def main() -> None:
