@@ -66,7 +66,11 @@ TOOL_TIER: dict[str, Tier] = {
     "search": "read-only", "read": "read-only", "list": "read-only", "fetch": "read-only",
     "replace": "read-write", "write": "read-write", "patch": "read-write",
     "delete": "read-write", "shell": "exec",
+    # Network tools change nothing in the workspace; `network.enabled` and the
+    # egress rules are what hold them (docs/network.md).
+    "web_search": "read-only", "browser": "read-only",
 }
+NETWORK_TOOLS = frozenset({"fetch", "web_search", "browser"})
 
 
 class PolicyError(UserError):
@@ -130,16 +134,32 @@ class Commands(_Model):
 
 class Network(_Model):
     """`allow_hosts` empty means any host. The network tools hold a request to
-    the list; a shell command cannot be held to it (the sandbox gives a
+    the lists; a shell command cannot be held to them (the sandbox gives a
     process the whole network or none), so a host list keeps shell commands
-    off the network altogether rather than letting them reach everything."""
+    off the network altogether rather than letting them reach everything.
+
+    Entries are host patterns (`example.com`, `*.example.com`, `*`),
+    addresses or CIDRs, each with an optional `:port`. `deny_hosts` wins over
+    everything. Private, loopback, link-local and metadata addresses are
+    refused to the network tools unless `allow_private` names them (a CIDR,
+    an address, or a host whose addresses it allows); docs/network.md."""
 
     enabled: bool = False
     allow_hosts: tuple[str, ...] = ()
+    deny_hosts: tuple[str, ...] = ()
+    allow_private: tuple[str, ...] = ()
+
+    @field_validator("allow_hosts", "deny_hosts", "allow_private")
+    @classmethod
+    def _host_entries(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from orchestrator.net.egress import host_rule
+        for entry in v:
+            host_rule(entry)        # ValueError names what is wrong with the entry
+        return v
 
     @property
     def for_shell(self) -> bool:
-        return self.enabled and not self.allow_hosts
+        return self.enabled and not self.allow_hosts and not self.deny_hosts
 
 
 class SessionLimits(_Model):
@@ -457,10 +477,12 @@ def decide_request(tool: str, policy: Policy, *, command: str | None = None,
                    argv: Sequence[str] | None = None, paths: Iterable[tuple[str, str]] = (),
                    tier: Tier | None = None, usage: Usage | None = None,
                    now: datetime | None = None, elevated: bool = False,
-                   cwd: str = ".") -> Verdict:
+                   cwd: str = ".", url: str | None = None) -> Verdict:
     """Decide one tool request. `paths` are (access, path relative to the
     workspace) pairs the tool will touch; `command` (a bash line) or `argv`
-    for the shell tool; `cwd` is relative to the workspace."""
+    for the shell tool; `cwd` is relative to the workspace; `url` the
+    address a network tool requests (its egress rules, from the URL alone:
+    the tool checks the resolved addresses again when it connects)."""
     elevated = elevated or policy.doc.allow_destructive
     matches: list[Match] = []
     effective = strictest_tier(policy.doc.tier, tier)
@@ -483,6 +505,8 @@ def decide_request(tool: str, policy: Policy, *, command: str | None = None,
     if tool == "shell":
         analysis = analyze(command) if command is not None else analyze_argv(argv or ())
         matches += command_matches(policy, analysis, cwd=cwd)
+    if tool in NETWORK_TOOLS:
+        matches += network_matches(policy, url)
     if not matches:
         matches.append(Match(f"tier-{effective}", Decision.ALLOW,
                              f"{tool} is allowed at tier {effective}"))
@@ -521,6 +545,25 @@ def _quota_matches(tool: str, policy: Policy, usage: Usage, now: datetime | None
                              f"rate limit {rate}; retry in {retry_after:.1f} s or raise "
                              f"rate_limits.{tool} in the policy"))
     return out, retry_after
+
+
+def network_matches(policy: Policy, url: str | None) -> list[Match]:
+    """A network tool's request: the session's network must be on, and the
+    URL (when the request names one) pass the egress rules."""
+    from orchestrator.net.egress import EgressDenied, check_url
+    net = policy.doc.network
+    if not net.enabled:
+        return [Match("egress-network-off", Decision.DENY, "network tools need the "
+                      "session's network; enable it with `network: {enabled: true}` in the "
+                      "policy")]
+    if url is None:
+        return []
+    try:
+        check_url(url, net, secrets=())
+    except EgressDenied as exc:
+        return [Match(exc.rule_id, Decision.DENY, f"{exc.target}: {exc.reason}")]
+    return [Match("egress-allowed", Decision.ALLOW, f"{url} passes the egress rules (its "
+                  "addresses are checked again when the tool connects)")]
 
 
 # -- paths ------------------------------------------------------------------------------
@@ -821,13 +864,18 @@ def combine(*docs: PolicyDoc | None) -> PolicyDoc:
     lists = [set(d.network.allow_hosts) for d in given if d.network.allow_hosts]
     hosts = set.intersection(*lists) if lists else set()
     network_on = all(d.network.enabled for d in given) and not (lists and not hosts)
+    # Denials add up; private addresses stay reachable only where every policy
+    # allows them (an empty allow_private allows none, unlike allow_hosts).
+    deny_hosts = sorted({h for d in given for h in d.network.deny_hosts})
+    private = set.intersection(*(set(d.network.allow_private) for d in given))
     return PolicyDoc(
         name="+".join(d.name for d in given), tier=strictest_tier(*(d.tier for d in given)),
         allow_destructive=all(d.allow_destructive for d in given),
         commands=Commands(default=max((Decision[d.commands.default.upper()] for d in given))
                           .word, rules=tuple(r for d in given for r in d.commands.rules)),
         paths=tuple(r for d in given for r in d.paths),
-        network=Network(enabled=network_on, allow_hosts=tuple(sorted(hosts))),
+        network=Network(enabled=network_on, allow_hosts=tuple(sorted(hosts)),
+                        deny_hosts=tuple(deny_hosts), allow_private=tuple(sorted(private))),
         limits=Limits(**limits), session_limits=SessionLimits(tool_calls=calls, **session),
         rate_limits=rates)
 
@@ -867,6 +915,10 @@ def decide(tool: str, args: dict[str, Any], policy: Policy = DEFAULT_POLICY, *,
         paths.append(("write", str(args["path"])))
     if tool in ("read", "list") and "path" in args:
         paths.append(("read", str(args["path"])))
+    if tool in NETWORK_TOOLS:
+        target = args.get("url")
+        return decide_request(tool, policy, paths=paths,
+                              url=str(target) if target is not None else None, **kw)
     if tool == "shell":
         command = args.get("command")
         argv = command if isinstance(command, list) else None
