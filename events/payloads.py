@@ -39,6 +39,16 @@ class JobCompleted(_Payload):
     sessions_failed: int
 
 
+class JobCancelRequested(_Payload):
+    """On the job stream: someone asked the job to stop. Workers end each of
+    its sessions before that session's next step (a step already running
+    finishes first); sessions waiting for a confirmation end at once."""
+
+    type: Literal["JobCancelRequested"] = "JobCancelRequested"
+    by: str
+    reason: str = ""
+
+
 class SessionStarted(_Payload):
     type: Literal["SessionStarted"] = "SessionStarted"
     job_id: str
@@ -293,8 +303,8 @@ class AgentTurnCancelled(_Payload):
     reason: str = ""
 
 
-_TYPES = (JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
-          ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
+_TYPES = (JobSubmitted, JobCompleted, JobCancelRequested, SessionStarted, TurnStarted,
+          TurnCompleted, ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
           ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
           PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
           QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
@@ -302,8 +312,8 @@ _TYPES = (JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted
 
 Payload = Annotated[
     Union[
-        JobSubmitted, JobCompleted, SessionStarted, TurnStarted, TurnCompleted,
-        ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
+        JobSubmitted, JobCompleted, JobCancelRequested, SessionStarted, TurnStarted,
+        TurnCompleted, ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
         ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
         PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
         QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,

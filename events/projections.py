@@ -364,6 +364,8 @@ class JobState(_Frozen):
     finished: tuple[tuple[str, str], ...] = ()     # (session_id, status) in finishing order
     status: Literal["new", "running", "completed", "failed"] = "new"
     spec: dict[str, object] = {}
+    cancelled_by: str | None = None                # JobCancelRequested: who, and why
+    cancel_reason: str = ""
 
     @property
     def all_finished(self) -> bool:
@@ -385,6 +387,8 @@ def apply_job(s: JobState, e: Event) -> JobState:
         return s.model_copy(update={"finished": (*s.finished, (pl.session_id, pl.status))})
     if isinstance(pl, p.JobCompleted):
         return s.model_copy(update={"status": pl.status})
+    if isinstance(pl, p.JobCancelRequested) and s.cancelled_by is None:
+        return s.model_copy(update={"cancelled_by": pl.by, "cancel_reason": pl.reason})
     return s
 
 

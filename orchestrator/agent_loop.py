@@ -50,6 +50,7 @@ class AgentLoop:
         state = r.load(sid)
         if state.session.status == "new":
             state = r.absorb(sid, state, r._start(ticket, state, cause))
+        state = r.stop_if_cancelled(ticket, state, cause)
         if state.session.agent is None and not state.session.finished:
             spec = AgentSpec.model_validate(ticket.agent or {})
             state = r.absorb(sid, state, r._append(

@@ -20,7 +20,7 @@ from events.envelope import Event, NewEvent
 from events.projections import JobState, Projections, SessionState, apply_job
 from events.replay import replay
 from events.store import SqlEventStore
-from orchestrator.errors import UserError
+from orchestrator.errors import NotFound, UserError
 from orchestrator.jobspec import JobSpec
 from orchestrator.runner import Ticket
 from orchestrator.steps import Step
@@ -71,6 +71,8 @@ def pending(store: SqlEventStore) -> list[Waiting]:
         if state is None:
             state = states[e.stream_id] = replay(store, e.stream_id)
         s = state.session
+        if s.finished:          # e.g. its job was cancelled: nothing waits any more
+            continue
         call = s.call(call_id)
         args = next((x.args for x in state.ledger.entries if x.call_id == call_id), {})
         turn = s.turn(pl.turn)
@@ -88,7 +90,7 @@ def find(store: SqlEventStore, ident: str) -> Waiting:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise UserError(f"no confirmation {ident!r} is waiting; list them with "
+        raise NotFound(f"no confirmation {ident!r} is waiting; list them with "
                         "`orchestrator pending` (it may have been answered already)")
     raise UserError(f"{ident!r} matches {len(found)} waiting confirmations; give more of the "
                     "id: " + ", ".join(w.call_id for w in found))

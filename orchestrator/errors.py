@@ -3,7 +3,9 @@
     OrchestratorError
     ├── UserError            bad input or configuration        exit 2
     │   ├── SpecError        a job spec that does not validate
-    │   └── ConfigError      settings that do not validate
+    │   ├── ConfigError      settings that do not validate
+    │   ├── NotFound         no job, session or confirmation by that id
+    │   └── Conflict         too late: the job already ended
     ├── PolicyDenied         refused by policy                 exit 3
     ├── InfraUnavailable     broker, database or worker down   exit 4
     └── ToolError            a tool invocation failed          exit 1
@@ -40,6 +42,14 @@ class SpecError(UserError):
 
 class ConfigError(UserError):
     pass
+
+
+class NotFound(UserError):
+    """An id that names nothing in the store (the API answers 404)."""
+
+
+class Conflict(UserError):
+    """A request the current state no longer allows (the API answers 409)."""
 
 
 class PolicyDenied(OrchestratorError):

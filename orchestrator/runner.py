@@ -46,6 +46,7 @@ from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.jail import real_paths
 
 CONFLICT_RETRIES = 20
+CANCELLED = "JobCancelled"    # the error of a session its job's cancellation ended
 MEMO_SESSIONS = 1024      # folds kept per runner (one per worker process)
 
 
@@ -135,6 +136,39 @@ class Runner:
         pol = self.policy_of(s)
         return lambda rel: not policy.visible(pol, rel)
     _snapshot_at: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    # Per job: the job stream's seq read so far, and (by, reason) once cancelled.
+    _jobs: dict[str, tuple[int, tuple[str, str] | None]] = field(
+        default_factory=dict, init=False, repr=False)
+
+    def cancellation(self, job_id: str) -> tuple[str, str] | None:
+        """(by, reason) when the job's cancellation was requested, else None.
+
+        Asked before every step, so it reads only the job stream's tail after
+        what this runner saw last (one indexed query, usually empty); a
+        cancellation, once seen, is remembered: it cannot be taken back."""
+        seen, found = self._jobs.get(job_id, (0, None))
+        if found is None:
+            for e in self.store.read_stream(job_id, seen):
+                seen = e.seq
+                if isinstance(e.payload, p.JobCancelRequested) and found is None:
+                    found = (e.payload.by, e.payload.reason)
+            self._jobs[job_id] = (seen, found)
+        return found
+
+    def stop_if_cancelled(self, ticket: Ticket, state: Projections, cause: str | None
+                          ) -> Projections:
+        """The session ended (SessionFailed "cancelled by X: reason") when its
+        job was cancelled and it has not finished; else `state` unchanged."""
+        if state.session.finished:
+            return state
+        cancel = self.cancellation(ticket.job_id)
+        if cancel is None:
+            return state
+        by, reason = cancel
+        appended = self._append(ticket.session_id, [p.SessionFailed(
+            error=CANCELLED, message=f"cancelled by {by}: {reason or 'no reason given'}")],
+            state.last_seq, "session:cancelled", ticket.job_id, cause)
+        return self.absorb(ticket.session_id, state, appended)
 
     def _append(self, stream: str, payloads: Sequence[Any], expected: int | None,
                 key: str | None, correlation: str, causation: str | None) -> list[Event]:
@@ -220,6 +254,7 @@ class Runner:
 
         if state.session.status == "new":
             state = advance(self._start(ticket, state, cause))
+        state = self.stop_if_cancelled(ticket, state, cause)
         s = state.session
         if s.finished:
             self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
