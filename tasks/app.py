@@ -10,6 +10,7 @@ from __future__ import annotations
 from celery import Celery
 
 import tasks.broker  # noqa: F401  (registers the orchsqla transport)
+import tasks.browser_hooks  # noqa: F401  (closes browsers on task end and worker exit)
 from orchestrator.config import Settings, get_settings
 
 
