@@ -91,6 +91,7 @@ class ToolCallStarted(_Payload):
     type: Literal["ToolCallStarted"] = "ToolCallStarted"
     call_id: str
     planned_count: int = 0      # replacements a file step planned (its FileChanged follow)
+    trace_id: str | None = None     # the OpenTelemetry trace it ran in (v2; None: no tracing)
 
 
 class ToolCallCompleted(_Payload):
@@ -259,6 +260,7 @@ class ModelRequested(_Payload):
     model: str
     messages: int                      # how many messages were sent
     prompt_digest: str                 # sha256 of the canonical JSON of the messages
+    trace_id: str | None = None        # the OpenTelemetry trace of the call (v2)
 
 
 class ModelToolCall(_Payload):
@@ -326,4 +328,6 @@ PAYLOAD_TYPES: dict[str, type[BaseModel]] = {m.model_fields["type"].default: m f
 
 # The schema version each type is written at today. Older versions are upcast
 # on read (events.upcast); newer ones are refused.
-SCHEMA_VERSIONS: dict[str, int] = {name: 1 for name in PAYLOAD_TYPES}
+SCHEMA_VERSIONS: dict[str, int] = {name: 1 for name in PAYLOAD_TYPES} | {
+    "ToolCallStarted": 2, "ModelRequested": 2,      # v2: trace_id
+}

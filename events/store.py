@@ -8,7 +8,8 @@ There is no update or delete path, and triggers refuse them in the database.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timezone
 from typing import Protocol
 
@@ -27,6 +28,11 @@ from events.verify import Row
 
 PAGE = 2000
 INSERT_CHUNK = 1000     # rows per INSERT: 9 parameters each, well under both drivers' limits
+
+# Observers of appends: fn(stream_id, events_stored, seconds), called after each
+# append that returned (an idempotent hit stores 0). orchestrator.metrics
+# registers one; events/ itself knows no metrics library.
+APPEND_HOOKS: list[Callable[[str, int, float], None]] = []
 
 
 def _trusted_event(fields: dict[str, object]) -> Event:
@@ -93,6 +99,18 @@ class SqlEventStore:
         key = batch[0].idempotency_key
         if any(e.idempotency_key != key for e in batch):
             raise ValueError("all events of one append must share its idempotency key")
+        if not APPEND_HOOKS:
+            return self._append_keyed(stream_id, batch, expected_seq, key)
+        started = time.perf_counter()
+        stored = self._append_keyed(stream_id, batch, expected_seq, key)
+        elapsed = time.perf_counter() - started
+        n = len(stored) if stored and stored[0].event_id == batch[0].event_id else 0
+        for hook in APPEND_HOOKS:
+            hook(stream_id, n, elapsed)
+        return stored
+
+    def _append_keyed(self, stream_id: str, batch: Sequence[NewEvent],
+                      expected_seq: int | None, key: str | None) -> list[Event]:
         dbapi = self._writers.dbapi
         try:
             with driver_errors(self.url, dbapi):

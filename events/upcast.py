@@ -29,6 +29,13 @@ def upcaster(type_: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
     return register
 
 
+@upcaster("ToolCallStarted", 1)
+@upcaster("ModelRequested", 1)
+def _no_trace(payload: dict[str, Any]) -> dict[str, Any]:
+    """v1 -> v2: written before traces were recorded."""
+    return {**payload, "trace_id": None}
+
+
 def upcast(record: dict[str, Any]) -> dict[str, Any]:
     """Bring a decoded envelope to today's schema version of its type."""
     type_, version = record["type"], record["schema_version"]

@@ -19,13 +19,14 @@ from typing import Any
 from events import payloads as p
 from events.envelope import Event
 from events.projections import Projections
-from orchestrator import agent
+from orchestrator import agent, logs, metrics, tracing
 from orchestrator.jobspec import AgentSpec
 from orchestrator.masking import mask
 from orchestrator.providers.base import ModelError, ModelRequest, Provider
 from orchestrator.runner import Runner, Ticket
 
 __all__ = ["AgentLoop"]
+_log = logs.get_logger(__name__)
 
 
 @dataclass
@@ -46,6 +47,7 @@ class AgentLoop:
     def _advance(self, ticket: Ticket, task_id: str | None) -> str:
         r = self.runner
         sid = ticket.session_id
+        logs.bind(job_id=ticket.job_id, session_id=sid)
         cause = f"task:{task_id}" if task_id else None
         state = r.load(sid)
         if state.session.status == "new":
@@ -109,19 +111,35 @@ class AgentLoop:
         request = ModelRequest(model=a.model, messages=msgs, tools=agent.tool_specs(a.tools))
         stored = r._append(sid, [p.ModelRequested(model_turn=n, provider=a.provider,
                                                   model=a.model, messages=len(msgs),
-                                                  prompt_digest=agent.digest(msgs))],
+                                                  prompt_digest=agent.digest(msgs),
+                                                  trace_id=tracing.current_trace_id())],
                            state.last_seq, f"model:{n}:requested", ticket.job_id, cause)
         seq = stored[-1].seq
         provider = self._provider(ticket)
         started = time.monotonic()
         try:
-            reply = provider.complete(request)
+            with tracing.span(f"model {a.model}", **{
+                    "gen_ai.system": a.provider, "gen_ai.request.model": a.model,
+                    "orchestrator.model_turn": n}) as span:
+                reply = provider.complete(request)
+                if span is not None:
+                    span.set_attributes({"gen_ai.usage.input_tokens": reply.usage.input_tokens,
+                                         "gen_ai.usage.output_tokens": reply.usage.output_tokens})
         except ModelError as exc:
+            metrics.model_call(a.model, "error", time.monotonic() - started)
+            _log.warning("model call failed", model=a.model, model_turn=n, error=exc.error,
+                         transient=exc.transient)
             if exc.transient:
                 raise                    # the task retries it later (countdown: Retry-After)
             self.fail_model(ticket, n, exc, cause)
             return
         latency = time.monotonic() - started
+        metrics.model_call(a.model, "ok", latency)
+        metrics.model_tokens(a.model, "input", reply.usage.input_tokens)
+        metrics.model_tokens(a.model, "output", reply.usage.output_tokens)
+        metrics.model_tokens(a.model, "cached", reply.usage.cached_tokens or 0)
+        _log.info("model call", model=a.model, model_turn=n, seconds=round(latency, 6),
+                  input_tokens=reply.usage.input_tokens, output_tokens=reply.usage.output_tokens)
         base = max([len(s.steps), *(t.turn for t in s.turns)])
         calls, _ = agent.tool_calls_of(reply, a.tools, base, self.secrets)
         content = mask(reply.content, self.secrets) if reply.content else None

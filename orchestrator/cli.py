@@ -86,9 +86,14 @@ def _submit(spec_path: Path, base_dir: Path | None, policy_file: Path | None = N
         spec, (base_dir or Path.cwd()).resolve(), policy_files=docs,
         tier=tier or s.tier,  # type: ignore[arg-type]
         elevated_by=s.submitter if allow_destructive else None)
+    from orchestrator import logs, tracing
     from tasks.dispatch import enqueue
-    jobs.record(st, spec, job_id, tickets, settings().submitter)
-    enqueue(tickets, spec.steps)
+    logs.bind(job_id=job_id)
+    with tracing.span("orchestrator.submit", **{"orchestrator.job_id": job_id}):
+        jobs.record(st, spec, job_id, tickets, settings().submitter)
+        enqueue(tickets, spec.steps)
+        logs.get_logger("orchestrator.cli").info(
+            "job submitted", name=spec.name, sessions=[t.session_id for t in tickets])
     return st, job_id, spec, tickets
 
 
@@ -210,7 +215,7 @@ def worker(concurrency: Optional[int] = typer.Option(None, "-c", "--concurrency"
     if s.embedded_store:
         open_store(s.effective_store_url, upgrade=True).close()
     cmd = workers.worker_command(s, concurrency=concurrency, detach_files=False)
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, workers.worker_env(s))
 
 
 @app.command()
@@ -692,6 +697,7 @@ cli_ops.register(app)
 def main() -> None:
     """Entry point: typed errors become their exit codes with their message."""
     try:
+        _observe()
         # Without standalone mode click returns an Exit's code instead of exiting.
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
@@ -723,6 +729,19 @@ def main() -> None:
                       "and that the broker is running.", highlight=False)
             sys.exit(4)
         raise
+
+
+def _observe() -> None:
+    """Logs (and traces, when configured) for this process; a bad configuration
+    still gets default logging, and the command reports the problem itself."""
+    from orchestrator import logs, tracing
+    try:
+        s = get_settings()
+    except OrchestratorError:
+        logs.configure()
+        return
+    logs.configure(s)
+    tracing.setup(s, celery=True)
 
 
 def _is_unreachable(exc: BaseException) -> bool:

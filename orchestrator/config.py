@@ -107,6 +107,29 @@ class Settings(BaseSettings):
         "masked: events keep prompts and replies with secrets masked; digest: only "
         "their sha256, for teams that must not retain content"))
 
+    # -- observability (orchestrator.logs, .metrics, .tracing) ----------------
+    log_format: Literal["auto", "json", "console"] = Field(default="auto", description=(
+        "Log lines as JSON (one object a line) or for people; auto = console on a "
+        "terminal, JSON otherwise (files, pipes, containers)"))
+    metrics_reporters: tuple[Literal["prometheus", "otlp", "stdout"], ...] = Field(
+        default=("prometheus",), description=(
+            "Where metrics go, as a JSON list: prometheus (GET /metrics and the worker's "
+            "probe port; multiprocess files under metrics_dir), otlp (pushed to "
+            "otlp_endpoint), stdout (JSON lines every metrics_interval_s); [] = off"))
+    metrics_dir: Path | None = Field(default=None, description=(
+        "The Prometheus multiprocess folder a worker and its prefork children write; "
+        "unset = state_dir/metrics"))
+    metrics_interval_s: float = Field(default=15.0, gt=0, le=3600, description=(
+        "How often the otlp and stdout reporters push"))
+    otlp_endpoint: str | None = Field(default=None, description=(
+        "OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318 (/v1/traces and "
+        "/v1/metrics are appended)"))
+    otel_service_name: str = Field(default="orchestrator", description=(
+        "service.name on traces and OTLP metrics"))
+    trace_exporter: Literal["none", "otlp", "console"] = Field(default="none", description=(
+        "none: no spans; otlp: spans to otlp_endpoint; console: spans printed to "
+        "stderr (debugging)"))
+
     # -- browser (orchestrator.browser_pool, orchestrator.tools.browser) -------
     browser_executable: Path = Field(default=Path("/usr/bin/chromium"), description=(
         "The system Chromium Playwright drives; a browser is never downloaded"))
@@ -139,6 +162,11 @@ class Settings(BaseSettings):
     @property
     def state(self) -> Path:
         return self.state_dir.expanduser().resolve()
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        return (self.metrics_dir.expanduser().resolve() if self.metrics_dir
+                else self.state / "metrics")
 
     @property
     def embedded_store(self) -> bool:

@@ -37,7 +37,7 @@ from events.errors import SequenceConflict
 from events.projections import JobState, Projections, SessionState, apply_job, fold
 from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
 from events.store import SqlEventStore
-from orchestrator import policy
+from orchestrator import logs, metrics, policy, tracing
 from orchestrator.errors import ToolError
 from orchestrator.steps import (DeleteStep, ListStep, PatchStep, ReadStep, ReplaceStep,
                                 SearchStep, ShellStep, Step, WriteStep)
@@ -46,6 +46,7 @@ from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.jail import real_paths
 
 CONFLICT_RETRIES = 20
+_log = logs.get_logger(__name__)
 CANCELLED = "JobCancelled"    # the error of a session its job's cancellation ended
 MEMO_SESSIONS = 1024      # folds kept per runner (one per worker process)
 
@@ -263,6 +264,7 @@ class Runner:
         if any(c.turn < turn for c in s.waiting):
             return "waiting"        # an earlier step waits; its answer continues from there
         call_id = f"{sid}/{turn}"
+        logs.bind(job_id=ticket.job_id, session_id=sid, turn_id=turn, tool_call_id=call_id)
         call = s.call(call_id)
         workspace = Path(s.target)
         planned: Plan | None = None
@@ -339,6 +341,9 @@ class Runner:
         verdict = policy.decide(
             step.kind, args, pol, tier=s.tier, elevated=s.elevated_by is not None,
             usage=usage_of(state), now=utcnow(), extra_paths=_touched(workspace, step, planned))
+        metrics.permission(verdict.decision, verdict.rule_id)
+        if verdict.rule_id.startswith(("rate:", "quota:")) and verdict.decision != "allow":
+            metrics.quota_denied(step.kind, verdict.rule_id)
         if verdict.rule_id.startswith("rate:"):
             self._append(ticket.session_id, [p.RateLimited(
                 call_id=call_id, tool=step.kind, rate=pol.doc.rate_limits.get(step.kind, ""),
@@ -387,9 +392,11 @@ class Runner:
             if planned is None:
                 planned = plan(workspace, step, self.hidden(s))
         except ToolError as exc:
+            _observed(step.kind, "failed", time.monotonic() - started, exc.error)
             return None, self._failure(s, turn, call_id, step, exc, time.monotonic() - started,
                                        last)
-        events: list[Any] = [p.ToolCallStarted(call_id=call_id, planned_count=planned.count)]
+        events: list[Any] = [p.ToolCallStarted(call_id=call_id, planned_count=planned.count,
+                                               trace_id=tracing.current_trace_id())]
         events += [p.FileChanged(call_id=call_id, path=e.path, before_hash=e.before_hash,
                                  after_hash=e.after_hash, diff=_diff(e))
                    for e in planned.edits]
@@ -432,10 +439,15 @@ class Runner:
         and on the last step the session's end (same transaction)."""
         started = time.monotonic()
         try:
-            result = execute(workspace, step, s, call_id, planned, self.hidden(s),
-                             self.policy_of(s))
+            with tracing.span(f"tool {step.kind}", **{"orchestrator.tool": step.kind,
+                                                     "orchestrator.tool_call_id": call_id}):
+                result = execute(workspace, step, s, call_id, planned, self.hidden(s),
+                                 self.policy_of(s))
         except ToolError as exc:
+            _observed(step.kind, "failed", time.monotonic() - started, exc.error)
             return self._failure(s, turn, call_id, step, exc, time.monotonic() - started, last)
+        _observed(step.kind, "ok" if result.exit_code == 0 else "error",
+                  time.monotonic() - started)
         events: list[Any] = [
                 p.ToolCallCompleted(call_id=call_id, tool=step.kind, exit_code=result.exit_code,
                                     duration_s=round(result.duration_s or
@@ -497,6 +509,14 @@ class Runner:
                                                  sessions_completed=len(job.finished) - failed,
                                                  sessions_failed=failed)],
                          None, "job:completed", job_id, cause)
+
+
+def _observed(tool: str, outcome: str, seconds: float, error: str | None = None) -> None:
+    """A tool call ran (or failed to): its metrics and its log line."""
+    metrics.tool_call(tool, outcome, seconds)
+    if error is not None:
+        metrics.tool_error(tool, error)
+    _log.info("tool call", tool=tool, outcome=outcome, seconds=round(seconds, 6), error=error)
 
 
 def job_state(store: SqlEventStore, job_id: str) -> JobState:

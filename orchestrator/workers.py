@@ -57,13 +57,24 @@ def worker_command(settings: Settings, *, concurrency: int | None = None,
     return cmd
 
 
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The worker's environment: ours, plus prometheus-client's multiprocess
+    folder (read by the library when first imported, so it must be there
+    before the worker starts; orchestrator.metrics explains)."""
+    env = dict(os.environ)
+    if "prometheus" in settings.metrics_reporters and "PROMETHEUS_MULTIPROC_DIR" not in env:
+        from orchestrator.metrics import prepare_dir
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_dir(settings.effective_metrics_dir))
+    return env
+
+
 def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     """A real Celery worker process on the project's app, logging to the state folder."""
     settings.state.mkdir(parents=True, exist_ok=True)
     stale = pidfile(settings)
     if stale.exists() and embedded_worker_pid(settings) is None:
         stale.unlink()
-    env = {**os.environ, "ORCH_STATE_DIR": str(settings.state)}
+    env = {**worker_env(settings), "ORCH_STATE_DIR": str(settings.state)}
     return subprocess.Popen(worker_command(settings), env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=open(logfile(settings), "ab"),
                             start_new_session=True)

@@ -15,6 +15,7 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
+from orchestrator import logs
 from orchestrator.agent_loop import AgentLoop
 from orchestrator.config import Settings, get_settings
 from orchestrator.jobspec import AgentSpec
@@ -59,6 +60,7 @@ def loop() -> AgentLoop:
           time_limit=HARD_LIMIT_S, max_retries=get_settings().task_max_retries)
 def agent_advance(self: Any, ticket: dict[str, Any]) -> str:
     t = Ticket.model_validate(ticket)
+    logs.bind(job_id=t.job_id, session_id=t.session_id)
     try:
         outcome = loop().advance(t, task_id=self.request.id)
     except Exception as exc:

@@ -11,6 +11,7 @@ from celery import Celery
 
 import tasks.broker  # noqa: F401  (registers the orchsqla transport)
 import tasks.browser_hooks  # noqa: F401  (closes browsers on task end and worker exit)
+import tasks.observe  # noqa: F401  (logs, metrics and traces on Celery's signals)
 from orchestrator.config import Settings, get_settings
 
 

@@ -16,6 +16,7 @@ from celery.utils.log import get_task_logger
 from pydantic import TypeAdapter
 
 from events.store import SqlEventStore
+from orchestrator import logs
 from orchestrator.config import get_settings
 from orchestrator.runner import Runner, Ticket, fail_session
 from orchestrator.steps import Step
@@ -38,6 +39,7 @@ def runner() -> Runner:
 
 def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
     """One session's step; an error that is not transient fails that session only."""
+    logs.bind(job_id=t.job_id, session_id=t.session_id)
     try:
         return runner().run_step(t, index, step, last=last, task_id=task.request.id)
     except SoftTimeLimitExceeded:
