@@ -57,6 +57,7 @@ from orchestrator.errors import ToolError, ToolTimeout
 
 __all__ = ["PoolConfig", "PoolState", "Lease", "BrowserPool", "BrowserUnavailable",
            "get_pool", "close_pool", "settle_pool", "pool_state", "read_states", "reap_orphans",
+           "orphans", "describe",
            "marked_processes", "MARKER_VAR", "CHROMIUM_ARGS"]
 
 T = TypeVar("T")
@@ -161,15 +162,20 @@ def _kill(pids: dict[int, str]) -> int:
     return killed
 
 
-def reap_orphans() -> int:
-    """Kill marked browser processes whose owning process is gone; how many."""
-    orphans = {}
+def orphans() -> dict[int, str]:
+    """Marked browser processes whose owning process is gone."""
+    found = {}
     for pid, value in marked_processes().items():
         owner, _, rest = value.partition(".")
         start = rest.split(".", 1)[0]
         if not owner.isdigit() or _start_time(int(owner)) != start:
-            orphans[pid] = value
-    return _kill(orphans)
+            found[pid] = value
+    return found
+
+
+def reap_orphans() -> int:
+    """Kill marked browser processes whose owning process is gone; how many."""
+    return _kill(orphans())
 
 
 # -- the pool ------------------------------------------------------------------------
@@ -385,7 +391,8 @@ class BrowserPool:
         try:
             context = await inst.browser.new_context(
                 proxy={"server": proxy}, service_workers="block", accept_downloads=False,
-                ignore_https_errors=False, java_script_enabled=True)
+                ignore_https_errors=False, java_script_enabled=True,
+                viewport={"width": 1280, "height": 800})
             await context.route("**/*", guard.route)
             page = await context.new_page()
         except BaseException:
@@ -492,7 +499,8 @@ def _write_state(state_dir: Path | None, state: PoolState) -> None:
 
 
 def read_states(state_dir: Path) -> list[PoolState]:
-    """The pools of live processes under `state_dir` (files of dead ones are removed)."""
+    """The pools of live processes under `state_dir` (read only: files of
+    dead processes are skipped, not removed)."""
     folder = _state_folder(state_dir)
     states: list[PoolState] = []
     if folder is None or not folder.is_dir():
@@ -503,11 +511,27 @@ def read_states(state_dir: Path) -> list[PoolState]:
         except (OSError, ValueError, TypeError):
             continue
         if _start_time(state.pid) is None:
-            with contextlib.suppress(OSError):
-                path.unlink()
             continue
         states.append(state)
     return states
+
+
+def describe(state_dir: Path) -> tuple[str, int]:
+    """One line on the pools of the workers under `state_dir`, and how many
+    orphaned browser processes run on this machine (for doctor)."""
+    states = read_states(state_dir)
+    left = len(orphans())
+    if states:
+        t = {k: sum(getattr(st, k) for st in states) for k in
+             ("size", "launched", "in_use", "calls", "waits", "crashes", "recycles", "timeouts")}
+        line = (f"{len(states)} worker pool(s): {t['launched']}/{t['size']} running, "
+                f"{t['in_use']} in use, {t['calls']} calls, {t['waits']} waited, "
+                f"{t['crashes']} crashes, {t['recycles']} recycles, {t['timeouts']} timeouts")
+    else:
+        line = "no worker has started a browser pool yet"
+    if left:
+        line += f"; {left} orphaned browser process(es)"
+    return line, left
 
 
 def _metrics(state: PoolState) -> None:

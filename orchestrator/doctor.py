@@ -238,12 +238,24 @@ def check_sandbox(sandbox_report: dict[str, Any]) -> Result:
 
 
 def check_chromium(which: Callable[[str], str | None] = shutil.which,
-                   exists: Callable[[str], bool] | None = None) -> Result:
+                   exists: Callable[[str], bool] | None = None,
+                   s: Settings | None = None) -> Result:
+    """With settings, also the browser pools of the workers under state_dir
+    (orchestrator.browser_pool) and any browser left behind by a dead worker."""
     exists = exists or os.path.exists
     found = next((p for p in map(which, CHROMIUM_NAMES) if p), None) or next(
         (p for p in CHROMIUM_PATHS if exists(p)), None)
     if found:
-        return _ok("chromium", False, f"found at {found} (for the browser tool)")
+        detail = f"found at {found} (for the browser tool)"
+        if s is not None:
+            from orchestrator import browser_pool
+            pools, left = browser_pool.describe(s.state)
+            detail += f"; {pools}"
+            if left:
+                return Result("chromium", "warn", False, detail, "a worker died without "
+                              "closing its browsers; the next worker start kills them, or "
+                              "kill the processes carrying ORCH_BROWSER_OWNER now")
+        return _ok("chromium", False, detail)
     return Result("chromium", "warn", False, "no Chromium on PATH or at /usr/bin/chromium; "
                   "only the browser tool needs it", "apt-get install chromium, if jobs "
                   "scrape pages with the browser tool")
@@ -325,7 +337,7 @@ def run_checks(load: Callable[[], Settings], *, sandbox_report: dict[str, Any],
     broker = check_broker(s)
     return [config, check_policy_file(s), check_store(s), broker,
             check_worker(s, ping if broker.status == "ok" else None),
-            check_sandbox(sandbox_report), check_chromium(), check_model_endpoint(s),
+            check_sandbox(sandbox_report), check_chromium(s=s), check_model_endpoint(s),
             check_model_script(s)]
 
 

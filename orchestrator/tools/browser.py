@@ -155,7 +155,8 @@ async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None
                  ) -> BrowserResult:
     from playwright.async_api import Error as PlaywrightError
     page = lease.page
-    await page.set_viewport_size({"width": req.viewport[0], "height": req.viewport[1]})
+    if req.viewport != (1280, 800):      # the pool's contexts start at 1280x800
+        await page.set_viewport_size({"width": req.viewport[0], "height": req.viewport[1]})
     try:
         response = await page.goto(req.url, wait_until=req.wait_until, timeout=0)
     except PlaywrightError as exc:
