@@ -215,6 +215,8 @@ _running: dict[str, Any] = {}
 
 @signals.worker_ready.connect
 def _start(sender: Any, **_: Any) -> None:
+    if "probe" in _running:           # the consumer restarted (a broker came back)
+        return
     settings = get_settings()
     consumer = getattr(sender, "task_consumer", None)
     queues = tuple(sorted(q.name for q in getattr(consumer, "queues", None) or ()))
