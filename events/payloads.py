@@ -305,12 +305,23 @@ class AgentTurnCancelled(_Payload):
     reason: str = ""
 
 
+class SecretAccessed(_Payload):
+    """A secret was read (orchestrator.secrets): which, from where, by whom.
+    Never the value. On the reading host's `secrets:<host>` stream, or on the
+    session stream of the session that read it."""
+
+    type: Literal["SecretAccessed"] = "SecretAccessed"
+    name: str
+    source: str                   # env:ORCH_X, file:PATH, keyring:SERVICE, vault:MOUNT/PATH
+    reader: str                   # the component that asked, e.g. provider:openai
+
+
 _TYPES = (JobSubmitted, JobCompleted, JobCancelRequested, SessionStarted, TurnStarted,
           TurnCompleted, ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
           ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
           PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
           QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
-          ModelResponded, ModelFailed, AgentTurnCancelled)
+          ModelResponded, ModelFailed, AgentTurnCancelled, SecretAccessed)
 
 Payload = Annotated[
     Union[
@@ -319,7 +330,7 @@ Payload = Annotated[
         ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
         PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
         QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
-        ModelResponded, ModelFailed, AgentTurnCancelled,
+        ModelResponded, ModelFailed, AgentTurnCancelled, SecretAccessed,
     ],
     Field(discriminator="type"),
 ]

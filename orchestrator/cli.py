@@ -34,12 +34,22 @@ db_app = typer.Typer(help="Event store schema.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 
+
+@app.callback()
+def _global_options(config: Optional[Path] = typer.Option(
+        None, "--config", dir_okay=False, help="A TOML configuration file (the same as "
+        "ORCH_CONFIG; environment and .env still win); docs/configuration.md")) -> None:
+    if config is not None:
+        import os
+        os.environ["ORCH_CONFIG"] = str(config.expanduser().absolute())
+        get_settings.cache_clear()
+
 out = Console()
 err = Console(stderr=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {_masked(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -631,15 +641,29 @@ def audit_export(output: Path = typer.Option(Path("-"), "--output", "-o",
                                                       help="Only this session or job stream"),
                  ) -> None:
     """Write events as JSONL (plus a closing manifest line) that `verify --input` checks."""
+    from orchestrator.masking import mask
+    from orchestrator.secrets import known_values
     st = store()
     rows = st.raw_stream_rows(stream) if stream else st.raw_all()
+    known = known_values()
+    leaked = 0
     fh = sys.stdout.buffer if str(output) == "-" else open(output, "wb")
     try:
         for line in verify_mod.export_lines(rows):
+            if known:       # events are masked when built; this catches what slipped past
+                text = line.decode()
+                safe = mask(text, known, patterns=False)
+                if safe != text:
+                    leaked += 1
+                    line = safe.encode()
             fh.write(line)
     finally:
         if fh is not sys.stdout.buffer:
             fh.close()
+    if leaked:
+        err.print(f"[bold yellow]warning:[/] {leaked} event(s) held a known secret value; it "
+                  "is masked in this export, so their hashes no longer verify. The store "
+                  "still holds it: rotate the secret.", highlight=False)
 
 
 # -- db ------------------------------------------------------------------------
@@ -690,6 +714,8 @@ from orchestrator import cli_chat  # noqa: E402
 cli_chat.register(app)
 from orchestrator import cli_diagnose  # noqa: E402
 cli_diagnose.register(app)
+from orchestrator import cli_config  # noqa: E402
+cli_config.register(app)
 from orchestrator import cli_ops  # noqa: E402
 cli_ops.register(app)
 
@@ -708,10 +734,10 @@ def main() -> None:
         if show is not None:
             show()
         else:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {_masked(exc)}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
     except (OrchestratorError, EventError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {_masked(exc)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted; a submitted job keeps running on the workers "
@@ -725,10 +751,20 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(130)
         if _is_unreachable(exc):
-            err.print(f"[bold red]error:[/] broker unavailable: {exc}. Check ORCH_BROKER_URL "
+            err.print(f"[bold red]error:[/] broker unavailable: {_masked(exc)}. Check "
+                      "ORCH_BROKER_URL "
                       "and that the broker is running.", highlight=False)
             sys.exit(4)
-        raise
+        import traceback                          # a bug: the traceback, secrets masked
+        sys.stderr.write(_masked("".join(traceback.format_exception(exc))))
+        sys.exit(1)
+
+
+def _masked(text: object) -> str:
+    """Text for the terminal: every known secret and credential shape masked."""
+    from orchestrator.masking import mask
+    from orchestrator.secrets import known_values
+    return mask(str(text), known_values())
 
 
 def _observe() -> None:

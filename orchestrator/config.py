@@ -107,6 +107,26 @@ class Settings(BaseSettings):
         "masked: events keep prompts and replies with secrets masked; digest: only "
         "their sha256, for teams that must not retain content"))
 
+    # -- secrets (orchestrator.secrets, docs/security.md) ----------------------
+    secret_sources: tuple[Literal["env", "file", "keyring", "vault"], ...] = Field(
+        default=("env", "file"), description=(
+            "Where a named secret is looked for, in order, as a JSON list: env (a "
+            "SecretStr setting, or ORCH_SECRET_<NAME>), file (secrets_dir/<name>), "
+            "keyring (the OS keychain; pip install 'agent-orchestrator[keyring]'), vault "
+            "(HashiCorp Vault KV v2; pip install 'agent-orchestrator[vault]')"))
+    secrets_dir: Path = Field(default=Path("/run/secrets"), description=(
+        "Folder of secret files, one per name (Docker and Kubernetes mount them here)"))
+    keyring_service: str = Field(default="agent-orchestrator", min_length=1, description=(
+        "The keychain service secrets are stored under (keyring set SERVICE NAME)"))
+    vault_addr: str | None = Field(default=None, pattern=r"^https?://", description=(
+        "Vault server, e.g. https://vault.internal:8200"))
+    vault_token: SecretStr | None = Field(default=None, description=(
+        "Vault token (a secret: never logged, never in an event)"))
+    vault_mount: str = Field(default="secret", min_length=1, description=(
+        "Mount point of the KV v2 engine"))
+    vault_path: str = Field(default="agent-orchestrator", min_length=1, description=(
+        "The KV v2 secret whose keys are the secret names"))
+
     # -- observability (orchestrator.logs, .metrics, .tracing) ----------------
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description=(
         "Log lines as JSON (one object a line) or for people; auto = console on a "
@@ -208,12 +228,8 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings, read once per process; every problem listed at once."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "\n".join(
-            f"  - ORCH_{'__'.join(str(p) for p in e['loc']).upper()}: {e['msg']} "
-            f"(got {e.get('input')!r})" for e in exc.errors())
-        raise ConfigError(f"configuration is invalid:\n{problems}\n"
-                          "Fix the environment, .env or ORCH_CONFIG file and start again.") from exc
+    """Settings, read once per process; every problem listed at once, each with
+    where it was read from (orchestrator.config_report); unknown ORCH_* names
+    are warned about."""
+    from orchestrator.config_report import load
+    return load()  # type: ignore[no-any-return]

@@ -45,6 +45,15 @@ from orchestrator.tools import files, replace, search, shell
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.jail import real_paths
 
+
+def _masked(text: str) -> str:
+    """Tool output and error text as it may enter an event: every secret this
+    process knows (orchestrator.secrets) and every credential shape masked."""
+    from orchestrator.masking import mask
+    from orchestrator.secrets import known_values
+    return mask(text, known_values()) if text else text
+
+
 CONFLICT_RETRIES = 20
 _log = logs.get_logger(__name__)
 CANCELLED = "JobCancelled"    # the error of a session its job's cancellation ended
@@ -452,9 +461,9 @@ class Runner:
                 p.ToolCallCompleted(call_id=call_id, tool=step.kind, exit_code=result.exit_code,
                                     duration_s=round(result.duration_s or
                                                      time.monotonic() - started, 6),
-                                    cpu_s=round(result.cpu_s, 6), output=result.output,
+                                    cpu_s=round(result.cpu_s, 6), output=_masked(result.output),
                                     output_bytes=result.output_bytes,
-                                    output_digest=_digest(result.output),
+                                    output_digest=_digest(_masked(result.output)),
                                     bytes_written=_written(result), count=result.count),
                 p.TurnCompleted(turn=turn, status="ok"),
         ]
@@ -470,16 +479,17 @@ class Runner:
                  elapsed: float, last: bool) -> list[Any]:
         result: ToolResult | None = getattr(exc, "result", None)
         events: list[Any] = [
-            p.ToolCallFailed(call_id=call_id, tool=step.kind, error=exc.error, message=str(exc),
+            p.ToolCallFailed(call_id=call_id, tool=step.kind, error=exc.error,
+                             message=_masked(str(exc)),
                              duration_s=round(result.duration_s if result else elapsed, 6),
                              cpu_s=round(result.cpu_s, 6) if result else 0.0,
-                             output=result.output if result else "",
+                             output=_masked(result.output) if result else "",
                              output_bytes=result.output_bytes if result else 0,
                              retryable=exc.transient),
             p.TurnCompleted(turn=turn, status="failed"),
         ]
         if not step.continue_on_error:
-            events.append(p.SessionFailed(error=exc.error, message=(
+            events.append(p.SessionFailed(error=exc.error, message=_masked(
                 f"step {turn} ({step.label}) failed: {exc}")))
         elif last:
             events.append(p.SessionCompleted(files_changed=len(s.files_changed)))

@@ -30,14 +30,11 @@ def make_provider(settings: Settings, *, provider: str | None = None,
     raise ConfigError(f"unknown model provider {kind!r}; use scripted or openai")
 
 
-def api_key(settings: Settings) -> str | None:
-    """The key from the settings or its file; never logged."""
-    if settings.model_api_key is not None:
-        return settings.model_api_key.get_secret_value()
-    if settings.model_api_key_file is not None:
-        try:
-            return settings.model_api_key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read model_api_key_file {settings.model_api_key_file}: "
-                              f"{exc.strerror}") from None
-    return None
+def api_key(settings: Settings, *, reader: str = "provider:openai") -> str | None:
+    """The key, through the secret store (orchestrator.secrets): the setting,
+    its file, secrets_dir/model_api_key, the keychain or Vault, as
+    `secret_sources` lists them. The read is recorded (SecretAccessed);
+    the value is never logged."""
+    from orchestrator.secrets import SecretStore
+    found = SecretStore(settings).get("model_api_key", reader=reader)
+    return found.get_secret_value() if found is not None else None
