@@ -35,8 +35,9 @@ from urllib.parse import urlsplit
 
 from orchestrator.net.egress import EgressDenied, check_url, resolve_checked, url_port
 
-__all__ = ["Guard", "Blocked", "DEAD_PROXY"]
+__all__ = ["Guard", "Blocked", "DEAD_PROXY", "DENIED_HEADER"]
 
+DENIED_HEADER = "X-Orchestrator-Egress"
 DEAD_PROXY = "http://127.0.0.1:9"   # the launch-wide proxy: discard port, nothing listens
 _HEAD_LIMIT = 64 * 1024
 _HOP_HEADERS = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
@@ -81,6 +82,9 @@ class Guard:
     def _deny(self, url: str, rule_id: str, reason: str) -> None:
         if not any(b.url == url and b.rule_id == rule_id for b in self.blocked):
             self.blocked.append(Blocked(url, rule_id, reason))
+
+    def refusal(self, url: str) -> Blocked | None:
+        return next((b for b in self.blocked if b.url == url), None)
 
     def check(self, url: str) -> bool:
         """The URL part of the egress check, recording a refusal."""
@@ -151,8 +155,9 @@ class Guard:
                     writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
                     return
                 addrs = await self._addresses(target, parts.hostname, url_port(parts))
-                if addrs is None:
-                    writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                if addrs is None:     # the tool turns this into EgressDenied (a navigation)
+                    writer.write(b"HTTP/1.1 403 Forbidden\r\n" + DENIED_HEADER.encode()
+                                 + b": denied\r\nContent-Length: 0\r\n\r\n")
                     return
                 ureader, upstream = await _connect(addrs, url_port(parts))
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

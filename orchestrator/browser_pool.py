@@ -64,7 +64,10 @@ T = TypeVar("T")
 MARKER_VAR = "ORCH_BROWSER_OWNER"
 CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage", "--disable-features=Translate,MediaRouter",
+                 "--disable-dev-shm-usage", "--disable-client-side-phishing-detection",
+                 "--disable-domain-reliability",
+                 "--disable-features=Translate,MediaRouter,AutofillServerCommunication,"
+                 "OptimizationHints,InterestFeedContentSuggestions",
                  "--no-default-browser-check")
 _CLOSE_TIMEOUT_S = 5.0
 
@@ -350,6 +353,15 @@ class BrowserPool:
                 return await spare
             except Exception:
                 pass      # a broken spare: make a context now
+        try:
+            return await self._new_lease(inst)
+        except Exception:
+            if _alive(inst):
+                raise
+        # Chromium died since the last call (before its disconnect event came).
+        self.state.crashes += 1
+        await self._recycle(inst)
+        await self._launch(inst)
         return await self._new_lease(inst)
 
     async def _launch(self, inst: _Instance) -> None:

@@ -40,10 +40,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from orchestrator.browser_guard import Blocked
+from orchestrator.browser_guard import DENIED_HEADER, Blocked
 from orchestrator.browser_pool import BrowserPool, Lease, get_pool
 from orchestrator.errors import ToolInputError
-from orchestrator.net.egress import check_url
+from orchestrator.net.egress import EgressDenied, check_url
 from orchestrator.tools.base import ToolResult
 
 __all__ = ["BrowserRequest", "BrowserResult", "Artifact", "Click", "Fill", "WaitFor", "run",
@@ -160,11 +160,16 @@ async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None
     try:
         response = await page.goto(req.url, wait_until=req.wait_until, timeout=0)
     except PlaywrightError as exc:
-        blocked = lease.guard.blocked
-        why = (f"; refused by egress: {blocked[0].url} ({blocked[0].rule_id}: "
-               f"{blocked[0].reason})" if blocked else "")
+        if lease.guard.blocked:
+            # The document failed and the guard refused a request on the way: a
+            # redirect hop to somewhere the policy forbids.
+            b = lease.guard.blocked[-1]
+            raise EgressDenied(b.url, b.rule_id, b.reason.rstrip("."),
+                               f"The page {req.url} redirected there and was not "
+                               "opened") from None
         raise ToolInputError(f"the browser could not load {req.url}: "
-                             f"{_first_line(exc)}{why}") from None
+                             f"{_first_line(exc)}") from None
+    _refused_navigation(lease, response)
     for n, act in enumerate(req.actions, 1):
         try:
             if isinstance(act, Click):
@@ -176,6 +181,7 @@ async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None
         except PlaywrightError as exc:
             raise ToolInputError(f"browser action {n} ({act.action} {act.selector!r}) "
                                  f"failed: {_first_line(exc)}") from None
+    _refused_navigation(lease, None)
     if not page.url.lower().startswith(("http://", "https://")):
         raise ToolInputError(f"the page navigated to {page.url[:80]!r}, which the browser "
                              "does not read (only http and https pages are)")
@@ -202,6 +208,17 @@ async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None
     data = text.encode("utf-8")
     return BrowserResult(output=_cap(data, req.max_output_bytes), output_bytes=len(data),
                          **base)
+
+
+def _refused_navigation(lease: Lease, response: Any) -> None:
+    """EgressDenied when the page's document is the guard's refusal (a
+    redirect hop to a forbidden address, or a navigation by an action)."""
+    url = response.url if response is not None else lease.page.url
+    if response is not None and response.headers.get(DENIED_HEADER.lower()) is None:
+        return
+    b = lease.guard.refusal(url)
+    if b is not None:
+        raise EgressDenied(url, b.rule_id, b.reason.rstrip("."), "The page was not opened")
 
 
 def _cap(data: bytes, limit: int) -> str:
