@@ -316,12 +316,40 @@ class SecretAccessed(_Payload):
     reader: str                   # the component that asked, e.g. provider:openai
 
 
+
+class ToolCallRetried(_Payload):
+    """A network tool's attempt failed transiently and will be tried again
+    after `delay_s` (connect error, timeout, 429, 502-504; Retry-After
+    honoured). Recorded with the call's outcome; a retry costs no quota."""
+
+    type: Literal["ToolCallRetried"] = "ToolCallRetried"
+    call_id: str
+    attempt: int                  # the attempt that failed, from 1
+    reason: str                   # e.g. "HTTP 503", "ConnectError", "ReadTimeout"
+    delay_s: float
+    host: str = ""
+
+
+class CircuitChanged(_Payload):
+    """A destination host's circuit breaker changed state, on the host's
+    `circuit:<host>` stream (shared by every worker). `retry_at` is when an
+    open circuit lets a probe through."""
+
+    type: Literal["CircuitChanged"] = "CircuitChanged"
+    host: str
+    state: Literal["open", "half-open", "closed"]
+    previous: Literal["open", "half-open", "closed"]
+    failures: int = 0
+    retry_at: str | None = None   # ISO 8601 UTC, for state open
+    reason: str = ""
+
 _TYPES = (JobSubmitted, JobCompleted, JobCancelRequested, SessionStarted, TurnStarted,
           TurnCompleted, ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
           ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
           PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
           QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
-          ModelResponded, ModelFailed, AgentTurnCancelled, SecretAccessed)
+          ModelResponded, ModelFailed, AgentTurnCancelled, SecretAccessed,
+          ToolCallRetried, CircuitChanged)
 
 Payload = Annotated[
     Union[
@@ -331,6 +359,7 @@ Payload = Annotated[
         PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
         QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
         ModelResponded, ModelFailed, AgentTurnCancelled, SecretAccessed,
+        ToolCallRetried, CircuitChanged,
     ],
     Field(discriminator="type"),
 ]

@@ -23,8 +23,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from events.projections import AgentCall, AgentState, Projections, SessionState
 from orchestrator.masking import mask
 from orchestrator.providers.base import ModelReply, ToolSpec
-from orchestrator.steps import (DeleteStep, ListStep, PatchStep, ReadStep, ReplaceStep,
-                                SearchStep, ShellStep, Step, WriteStep)
+from orchestrator.steps import (BrowserStep, DeleteStep, FetchStep, ListStep, PatchStep,
+                                ReadStep, ReplaceStep, SearchStep, ShellStep, Step,
+                                WebSearchStep, WriteStep)
 
 __all__ = ["TOOLS", "tools_for_tier", "tool_specs", "prompt_version", "system_prompt",
            "messages", "tool_calls_of", "step_of", "next_action", "Action", "digest"]
@@ -39,6 +40,7 @@ class Tool:
     model: type[BaseModel]
     description: str
     fields: tuple[str, ...]         # the arguments the model may set; the rest keep defaults
+    kind: str = ""                  # the step kind, when it is not the tool's name
 
 
 TOOLS: dict[str, Tool] = {
@@ -60,7 +62,16 @@ TOOLS: dict[str, Tool] = {
     "shell": Tool(ShellStep, "Run one command in the workspace sandbox. `command` is split "
                   "like a shell would, but no shell runs it: no pipes or redirects. Returns "
                   "the exit code and output.", ("command", "cwd")),
+    "web_fetch": Tool(FetchStep, "GET an http(s) URL: status, final URL, content type and the "
+                      "body as text (HTML as Markdown), capped. Only hosts the session's "
+                      "network policy allows.", ("url",), kind="fetch"),
+    "web_search": Tool(WebSearchStep, "Search the web: numbered results with title, URL and "
+                       "snippet.", ("query", "limit")),
+    "browser": Tool(BrowserStep, "Open a URL in a real browser (JavaScript runs) and return "
+                    "its rendered text, or a screenshot; `actions` (click, fill, wait_for a "
+                    "selector) run first.", ("url", "output", "actions", "selector")),
 }
+NETWORK_TOOLS = ("web_fetch", "web_search", "browser")
 _TIER_TOOLS = {
     "read-only": ("read", "list", "search"),
     "read-write": ("read", "list", "search", "replace", "write", "patch", "delete"),
@@ -69,8 +80,11 @@ _TIER_TOOLS = {
 _STEP: TypeAdapter[Any] = TypeAdapter(Step)
 
 
-def tools_for_tier(tier: str | None) -> tuple[str, ...]:
-    return _TIER_TOOLS.get(tier or "exec", _TIER_TOOLS["read-only"])
+def tools_for_tier(tier: str | None, network: bool = False) -> tuple[str, ...]:
+    """The tools a session at `tier` gets; the network tools (read-only: they
+    change nothing in the workspace) only when its policy enables the network."""
+    tools = _TIER_TOOLS.get(tier or "exec", _TIER_TOOLS["read-only"])
+    return (*tools, *NETWORK_TOOLS) if network else tools
 
 
 @lru_cache(maxsize=16)
@@ -209,7 +223,7 @@ def step_of(name: str, arguments: str, allowed: tuple[str, ...]) -> Step | str:
     if unknown:
         return (f"{name} takes no argument {', '.join(map(repr, unknown))}; its arguments "
                 f"are: {', '.join(tool.fields)}")
-    fields: dict[str, Any] = {"kind": name, **args, "continue_on_error": True}
+    fields: dict[str, Any] = {"kind": tool.kind or name, **args, "continue_on_error": True}
     if "max_output_bytes" in tool.model.model_fields:
         fields["max_output_bytes"] = AGENT_OUTPUT_BYTES
     try:

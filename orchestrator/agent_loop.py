@@ -98,7 +98,8 @@ class AgentLoop:
             max_turns=spec.max_turns,
             max_invalid_calls=spec.max_invalid_calls, token_budget=spec.token_budget,
             prompt_version=agent.prompt_version(),
-            tools=agent.tools_for_tier(s.tier or tier))
+            tools=agent.tools_for_tier(s.tier or tier,
+                                       network=self.runner.policy_of(s).doc.network.enabled))
 
     def _model_turn(self, ticket: Ticket, state: Projections, n: int, cause: str | None) -> None:
         r = self.runner

@@ -15,11 +15,30 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict,
                                TomlConfigSettingsSource)
 
 from orchestrator.errors import ConfigError
+
+
+class ApiToken(BaseModel):
+    """One bearer token of the HTTP API (docs/api.md): whose it is, its roles,
+    and either the token's sha256 (hex) or the name of a secret-store entry
+    holding the token. The token itself is never configured in the clear."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    principal: str = Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")
+    roles: tuple[Literal["submitter", "operator", "auditor", "admin"], ...] = Field(min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    secret: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiToken:
+        if (self.sha256 is None) == (self.secret is None):
+            raise ValueError(f"api token of {self.principal!r}: give exactly one of "
+                             "`sha256` (from `orchestrator api token`) or `secret`")
+        return self
 
 
 class Settings(BaseSettings):
@@ -163,6 +182,48 @@ class Settings(BaseSettings):
         "Starting one Chromium; a launch that takes longer counts as a crash"))
     browser_artifacts_dir: Path | None = Field(default=None, description=(
         "Where screenshots are kept as <sha256>.png; unset = state_dir/artifacts"))
+
+    # -- network tools (orchestrator.net, docs/network.md) ----------------------
+    fetch_max_bytes: int = Field(default=2 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024,
+                                 description=(
+        "web_fetch reads at most this many body bytes after decompression (a gzip "
+        "bomb stops here); a step's max_bytes can only lower it"))
+    fetch_timeout_s: float = Field(default=20.0, gt=0, le=600, description=(
+        "One web_fetch attempt, connect to last byte"))
+    fetch_max_redirects: int = Field(default=5, ge=0, le=30, description=(
+        "Redirects web_fetch follows, each one egress-checked again"))
+    fetch_user_agent: str = Field(default="agent-orchestrator/0.1 (+web_fetch)")
+    net_retry_attempts: int = Field(default=3, ge=1, le=10, description=(
+        "Tries per network request; connect errors, timeouts, 429 and 502-504 are retried"))
+    net_retry_budget_s: float = Field(default=30.0, gt=0, le=600, description=(
+        "Give up retrying a network request after this long (Retry-After included)"))
+    net_retry_base_s: float = Field(default=0.5, ge=0, le=60, description=(
+        "First backoff delay; doubled per attempt, with full jitter"))
+    breaker_failure_threshold: int = Field(default=5, ge=1, le=1000, description=(
+        "Consecutive failed requests to one host that open its circuit"))
+    breaker_reset_timeout_s: float = Field(default=30.0, gt=0, le=3600, description=(
+        "How long an open circuit fails fast before one probe is let through"))
+    search_provider: Literal["searxng", "brave"] = Field(default="searxng", description=(
+        "web_search backend: a SearxNG instance's JSON API, or the Brave Search API"))
+    search_url: str | None = Field(default=None, description=(
+        "SearxNG base URL (e.g. http://searx.internal:8888) or a Brave endpoint override"))
+    search_api_key: SecretStr | None = Field(default=None, description=(
+        "Brave's X-Subscription-Token (a secret: never logged, never in an event)"))
+    search_max_results: int = Field(default=10, ge=1, le=50)
+
+    # -- HTTP API (orchestrator.api, docs/api.md) ------------------------------
+    api_tokens: tuple[ApiToken, ...] = Field(default=(), description=(
+        "Bearer tokens, a JSON list of {principal, roles, sha256 | secret}; "
+        "`orchestrator api token` makes one. None: only /healthz and /readyz answer"))
+    api_workspace_root: Path | None = Field(default=None, description=(
+        "Targets of jobs submitted over HTTP resolve against this folder and must stay "
+        "inside it (symlinks resolved); unset = POST /jobs is refused"))
+    api_max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024,
+                                    description="Larger request bodies get 413, unread")
+    api_metrics_public: bool = Field(default=False, description=(
+        "GET /metrics without a token (for a scraper on a private network)"))
+    api_sse_poll_s: float = Field(default=0.2, gt=0, le=10, description=(
+        "How often an event stream (SSE) looks for a session's new events"))
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings],

@@ -39,8 +39,9 @@ from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
 from events.store import SqlEventStore
 from orchestrator import logs, metrics, policy, tracing
 from orchestrator.errors import ToolError
-from orchestrator.steps import (DeleteStep, ListStep, PatchStep, ReadStep, ReplaceStep,
-                                SearchStep, ShellStep, Step, WriteStep)
+from orchestrator.steps import (NETWORK_STEPS, DeleteStep, ListStep, PatchStep, ReadStep,
+                                ReplaceStep, SearchStep, ShellStep, Step, WriteStep)
+from orchestrator.net import run as net_run
 from orchestrator.tools import files, replace, search, shell
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.jail import real_paths
@@ -451,13 +452,14 @@ class Runner:
             with tracing.span(f"tool {step.kind}", **{"orchestrator.tool": step.kind,
                                                      "orchestrator.tool_call_id": call_id}):
                 result = execute(workspace, step, s, call_id, planned, self.hidden(s),
-                                 self.policy_of(s))
+                                 self.policy_of(s), store=self.store, actor=self.actor)
         except ToolError as exc:
             _observed(step.kind, "failed", time.monotonic() - started, exc.error)
             return self._failure(s, turn, call_id, step, exc, time.monotonic() - started, last)
         _observed(step.kind, "ok" if result.exit_code == 0 else "error",
                   time.monotonic() - started)
         events: list[Any] = [
+                *net_run.retry_events(call_id, result),
                 p.ToolCallCompleted(call_id=call_id, tool=step.kind, exit_code=result.exit_code,
                                     duration_s=round(result.duration_s or
                                                      time.monotonic() - started, 6),
@@ -479,6 +481,7 @@ class Runner:
                  elapsed: float, last: bool) -> list[Any]:
         result: ToolResult | None = getattr(exc, "result", None)
         events: list[Any] = [
+            *net_run.retry_events(call_id, result),
             p.ToolCallFailed(call_id=call_id, tool=step.kind, error=exc.error,
                              message=_masked(str(exc)),
                              duration_s=round(result.duration_s if result else elapsed, 6),
@@ -558,7 +561,7 @@ class Plan:
 def effect_free(step: Step, planned: Plan) -> bool:
     """Whether running the call can leave nothing half done: a read-only tool,
     or a file step whose plan changes no file. Shell commands never are."""
-    if isinstance(step, (SearchStep, ReadStep, ListStep)):
+    if isinstance(step, (SearchStep, ReadStep, ListStep, *NETWORK_STEPS)):
         return True
     return not isinstance(step, ShellStep) and not planned.edits
 
@@ -603,12 +606,15 @@ def _touched(workspace: Path, step: Step, planned: Plan | None) -> list[tuple[st
 
 def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
             planned: Plan | None, hidden: Any = None,
-            pol: policy.Policy = policy.DEFAULT_POLICY) -> ToolResult:
+            pol: policy.Policy = policy.DEFAULT_POLICY, *, store: Any = None,
+            actor: str = "worker") -> ToolResult:
     """Carry out a started call. `planned` is None when this task is a redelivery
     that found the call started by a worker that died. Shell commands run in
     the sandbox with the session policy's limits and network setting."""
     if isinstance(step, SearchStep):
         return search.search(workspace, step, hidden=hidden)
+    if isinstance(step, NETWORK_STEPS):
+        return net_run.run_step(step, pol.doc.network, store=store, actor=actor)
     if isinstance(step, ReadStep):
         return files.read_file(workspace, step.path, step.max_output_bytes)
     if isinstance(step, ListStep):

@@ -4,7 +4,7 @@ tool adapter takes. A step is one turn of a recipe session."""
 from __future__ import annotations
 
 import shlex
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -147,8 +147,60 @@ class ShellStep(_Step):
         return value
 
 
+class FetchStep(_Step):
+    """An HTTP(S) GET under the session's egress rules (docs/network.md): the
+    status, the headers that matter and the body as text (HTML as Markdown)."""
+
+    kind: Literal["fetch"] = "fetch"
+    url: str = Field(min_length=1, max_length=8192)
+    max_bytes: int | None = Field(default=None, gt=0)       # body cap; settings bound it
+    max_redirects: int | None = Field(default=None, ge=0, le=30)
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class WebSearchStep(_Step):
+    """A web search through the configured provider (SearxNG or Brave)."""
+
+    kind: Literal["web_search"] = "web_search"
+    query: str = Field(min_length=1, max_length=2000)
+    limit: int = Field(default=10, ge=1, le=50)
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class BrowserStep(_Step):
+    """A page rendered by Chromium (orchestrator.tools.browser): its text, a
+    screenshot kept as an artifact, after a few allowed actions."""
+
+    kind: Literal["browser"] = "browser"
+    url: str = Field(min_length=1, max_length=8192)
+    output: Literal["text", "screenshot"] = "text"
+    actions: tuple[dict[str, Any], ...] = ()
+    selector: str | None = None
+    wait_until: Literal["load", "domcontentloaded", "networkidle"] = "load"
+    full_page: bool = False
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+    def request_fields(self) -> dict[str, Any]:
+        return self.model_dump(include={"url", "output", "actions", "selector", "wait_until",
+                                        "full_page", "max_output_bytes"}, exclude_none=True)
+
+    @model_validator(mode="after")
+    def _request_valid(self) -> BrowserStep:
+        try:
+            from orchestrator.tools.browser import BrowserRequest
+        except ImportError:
+            return self          # checked when the step runs (the tool says it is missing)
+        BrowserRequest.model_validate(self.request_fields())
+        return self
+
+
+NETWORK_STEPS = (FetchStep, WebSearchStep, BrowserStep)
+
 Step = Annotated[
     Union[SearchStep, ReplaceStep, WriteStep, PatchStep, ReadStep, ListStep, DeleteStep,
-          ShellStep],
+          ShellStep, FetchStep, WebSearchStep, BrowserStep],
     Field(discriminator="kind"),
 ]

@@ -14,7 +14,7 @@ from orchestrator.steps import CountRange, ReplaceStep, SearchStep, ShellStep
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "orchestrator" / "examples").glob("*.yaml"))
-KINDS = "search, replace, write, patch, read, list, delete, shell"
+KINDS = "search, replace, write, patch, read, list, delete, shell, fetch, web_search, browser"
 
 
 def problems(text: str) -> list[str]:
