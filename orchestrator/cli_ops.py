@@ -119,6 +119,9 @@ def worker_probe(hostname: Optional[str] = typer.Option(
 
 # -- flower ------------------------------------------------------------------------
 
+FLOWER_COLUMNS = "name,uuid,state,args,result,received,runtime,worker"
+
+
 def flower_command(settings: Settings, *, port: int | None = None, address: str | None = None,
                    extra: list[str] | tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
     """Flower's argv and environment: the project's app on the configured
@@ -128,6 +131,9 @@ def flower_command(settings: Settings, *, port: int | None = None, address: str 
            f"--address={address or settings.flower_address}"]
     if settings.flower_url_prefix:
         cmd.append(f"--url_prefix={settings.flower_url_prefix}")
+    if not any(a.startswith("--tasks_columns") for a in extra):
+        # Flower hides args by default; here they are the masked summary.
+        cmd.append(f"--tasks_columns={FLOWER_COLUMNS}")
     cmd += list(extra)
     env = {k: v for k, v in os.environ.items() if k != "FLOWER_BASIC_AUTH"}
     env["ORCH_STATE_DIR"] = str(settings.state)

@@ -31,23 +31,25 @@ MAX_FIELD = 80            # a target or step name longer than this is cut
 MAX_SESSIONS_SHOWN = 3
 
 
-def _short(value: object) -> str:
-    text = " ".join(str(value).split())
+def _short(value: object, secrets: Sequence[str] = ()) -> str:
+    """One field: masked on its own (so a mask never swallows what follows it),
+    on one line, cut to MAX_FIELD."""
+    text = mask(" ".join(str(value).split()), secrets)
     return text if len(text) <= MAX_FIELD else text[:MAX_FIELD - 1] + "…"
 
 
-def _ticket(t: Any) -> list[str]:
+def _ticket(t: Any, secrets: Sequence[str]) -> list[str]:
     if not isinstance(t, Mapping):
         return ["ticket=?"]
     return [f"job={_short(t.get('job_id'))}", f"session={_short(t.get('session_id'))}",
-            f"target={_short(t.get('target'))}"]
+            f"target={_short(t.get('target'), secrets)}"]
 
 
-def _step(index: Any, step: Any) -> str:
+def _step(index: Any, step: Any, secrets: Sequence[str]) -> str:
     kind = step.get("kind", "?") if isinstance(step, Mapping) else "?"
     name = step.get("name") if isinstance(step, Mapping) else None
     number = index + 1 if isinstance(index, int) else "?"
-    return f"step={number} {kind}" + (f" ({_short(name)})" if name else "")
+    return f"step={number} {_short(kind)}" + (f" ({_short(name, secrets)})" if name else "")
 
 
 def _run_steps(tickets: Any) -> list[str]:
@@ -59,14 +61,15 @@ def _run_steps(tickets: Any) -> list[str]:
     return [f"job={_short(job)}", f"sessions={len(ids)} [{shown}]"]
 
 
-def _parts(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[str] | None:
+def _parts(name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+           secrets: Sequence[str]) -> list[str] | None:
     a = list(args)
     if name == "orchestrator.run_step" and len(a) >= 3:
-        return [*_ticket(a[0]), _step(a[1], a[2])]
+        return [*_ticket(a[0], secrets), _step(a[1], a[2], secrets)]
     if name == "orchestrator.run_steps" and len(a) >= 3:
-        return [*_run_steps(a[0]), _step(a[1], a[2])]
+        return [*_run_steps(a[0]), _step(a[1], a[2], secrets)]
     if name == "orchestrator.agent_advance" and a:
-        return [*_ticket(a[0]), "agent turn"]
+        return [*_ticket(a[0], secrets), "agent turn"]
     if name == "orchestrator.audit.sign_heads":
         streams = a[0] if a else kwargs.get("streams")
         return [f"streams={len(streams) if isinstance(streams, Sequence) else 'changed'}"]
@@ -77,11 +80,11 @@ def describe(name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | 
              secrets: Sequence[str] = ()) -> tuple[str, str]:
     """(argsrepr, kwargsrepr) for task `name`: a masked summary (pure)."""
     args, kwargs = args or (), kwargs or {}
-    parts = _parts(name, args, kwargs)
+    parts = _parts(name, args, kwargs, secrets)
     if parts is None:
         shown = f"{len(args)} argument(s) not shown"
         return shown, (f"{len(kwargs)} keyword argument(s) not shown" if kwargs else "{}")
-    return mask(" ".join(parts), secrets), "{}"
+    return " ".join(parts), "{}"
 
 
 def _secrets() -> tuple[str, ...]:
