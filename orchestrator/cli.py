@@ -714,6 +714,8 @@ from orchestrator import cli_chat  # noqa: E402
 cli_chat.register(app)
 from orchestrator import cli_diagnose  # noqa: E402
 cli_diagnose.register(app)
+from orchestrator import cli_api  # noqa: E402
+cli_api.register(app)
 from orchestrator import cli_config  # noqa: E402
 cli_config.register(app)
 from orchestrator import cli_ops  # noqa: E402

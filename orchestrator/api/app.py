@@ -1,0 +1,60 @@
+"""The HTTP API's application: `create_app(settings)`.
+
+Like the CLI, this is a composition root: routes call orchestrator/ and
+enqueue through `tasks.dispatch` (imported lazily, in the routes that send
+work to the workers). `orchestrator api` serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from orchestrator.api import confirmations, jobs, ops, problems, sessions
+from orchestrator.api.deps import Services
+from orchestrator.config import Settings
+
+DESCRIPTION = """Submit batch refactor jobs, follow their sessions' events, answer
+confirmations, and replay or verify the hash-chained audit log.
+
+Every route but /healthz and /readyz (and /metrics when `api_metrics_public`)
+needs `Authorization: Bearer <token>`; the token's roles decide what it may do
+(docs/api.md). Errors are `{"error", "detail", "problems"}` with the CLI's
+messages: 400/404/409/422 bad input, 401/403 authentication and roles,
+413 a body over the limit, 503 the store or broker is unavailable."""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API for one configuration. The store is opened on the first request
+    that needs it; token secrets are read now (a missing one fails at start)."""
+    svc = Services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        svc.close()
+
+    app = FastAPI(title="orchestrator", version=_version(), description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.services = svc
+    problems.install(app)
+    app.add_middleware(problems.BodyLimit, limit=settings.api_max_body_bytes)
+    for module in (jobs, sessions, confirmations, ops):
+        app.include_router(module.router)
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("agent-orchestrator")
+    except PackageNotFoundError:
+        return "0"
+
+
+def from_environment() -> FastAPI:
+    """The factory `uvicorn --factory` calls in each of its worker processes."""
+    from orchestrator.config import get_settings
+    return create_app(get_settings())
