@@ -127,7 +127,7 @@ class SecretStore:
                     log.warning("secret %s read by %s could not be recorded: %s",
                                 name, reader, type(exc).__name__)
                 return SecretStr(value)
-        log.info("secret %s not found (sources %s) for %s", name,
+        log.debug("secret %s not found (sources %s) for %s", name,
                  ", ".join(self.settings.secret_sources), reader)
         return None
 
