@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean deploy-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# Validates the Dockerfile, compose stack, Helm chart and systemd units
+# (docker-compose config, Helm lint/render via helm-python-sdk, systemd-analyze).
+deploy-check: $(STAMP)
+	$(BIN)/pytest -q tests/test_deploy_compose.py tests/test_helm_chart.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
