@@ -23,8 +23,11 @@ COPY orchestrator ./orchestrator
 COPY tasks ./tasks
 # EXTRAS: optional-dependency groups of pyproject.toml to include (comma-separated).
 ARG EXTRAS=""
+# Playwright's Python package drives the system Chromium (browser tools).
+ARG EXTRA_PACKAGES="playwright>=1.45"
 RUN pip install --upgrade pip \
- && if [ -n "$EXTRAS" ]; then pip install ".[${EXTRAS}]"; else pip install .; fi \
+ && if [ -n "$EXTRAS" ]; then pip install ".[${EXTRAS}]" $EXTRA_PACKAGES; \
+    else pip install . $EXTRA_PACKAGES; fi \
  && pip check
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -52,6 +52,18 @@ case "$mode" in
 esac
 export PATH
 
+# Connection URLs carry passwords, so they come as secret files too: a file
+# named after the setting (store_url, broker_url, result_backend) in the
+# secrets folder sets ORCH_<NAME> unless the environment already does.
+secrets_dir="${ORCH_SECRETS_DIR:-/run/secrets}"
+for name in store_url broker_url result_backend; do
+    var="ORCH_$(printf '%s' "$name" | tr '[:lower:]' '[:upper:]')"
+    if [ -r "$secrets_dir/$name" ] && [ -z "$(printenv "$var" || true)" ]; then
+        value="$(cat "$secrets_dir/$name")"
+        export "$var=$value"
+    fi
+done
+
 role="${1:-api}"
 [ "$#" -gt 0 ] && shift
 # The image's HEALTHCHECK reads the role to know which endpoint to ask.
