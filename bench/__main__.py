@@ -16,7 +16,7 @@ import orjson
 
 from bench.common import CACHE, Options, banner, show
 
-BENCHES = ("append", "replay", "dispatch", "batch", "policy", "sandbox", "agent")
+BENCHES = ("append", "replay", "dispatch", "batch", "policy", "sandbox", "agent", "browser")
 
 
 def main(argv: list[str] | None = None) -> int:
