@@ -195,7 +195,10 @@ def with_script(spec: JobSpec, base_dir: Path, source: str = "<string>") -> JobS
 
 def parse_spec(text: str, source: str = "<string>") -> JobSpec:
     """Validate a job spec given as YAML text. `source` names it in errors."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:        # a character YAML does not allow (ReaderError)
+        raise SpecError(source, [_yaml_problem(exc)]) from None
     try:
         try:
             root = loader.get_single_node()

@@ -353,3 +353,36 @@ def test_readiness_turns_ready_once_a_worker_beats(tmp_path: Path):
             ready = wait_for(lambda: (r := httpx.get(base + "/readyz")).status_code == 200 and r,
                              timeout=60, every=0.3)
         assert ready.json()["ok"] and ready.json()["failed"] == []
+
+
+def test_a_token_can_come_from_the_secret_store(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("ORCH_SECRET_API_OPS_TOKEN", "ops-token-from-the-secret-store")
+    settings = Settings(_env_file=None, state_dir=tmp_path / "state",  # type: ignore[call-arg]
+                        api_tokens=[{"principal": "ops", "roles": ["operator"],
+                                     "secret": "api_ops_token"}])
+    with TestClient(create_app(settings)) as client:
+        ok = client.get("/confirmations",
+                        headers={"Authorization": "Bearer ops-token-from-the-secret-store"})
+        assert ok.status_code == 200 and ok.json() == []
+        assert client.get("/confirmations", headers=auth("operator")).status_code == 401
+    st = open_store(settings.effective_store_url)
+    [read] = [e for e in st.read_all() if e.type == "SecretAccessed"]
+    assert read.payload.name == "api_ops_token" and read.payload.reader == "api:token:ops"
+
+
+def test_a_token_naming_a_missing_secret_fails_at_start(tmp_path: Path):
+    from orchestrator.errors import ConfigError
+    settings = Settings(_env_file=None, state_dir=tmp_path / "state",  # type: ignore[call-arg]
+                        api_tokens=[{"principal": "ops", "roles": ["operator"],
+                                     "secret": "no_such_secret_here"}])
+    with pytest.raises(ConfigError, match="no entry 'no_such_secret_here'"):
+        create_app(settings)
+
+
+@pytest.mark.parametrize("body,kind", [("name: a\x89b\n", "application/yaml"),
+                                       ('{"name": "a\\u0089b"}', "application/json")])
+def test_a_character_yaml_does_not_allow_is_a_422_not_a_crash(local, body, kind):
+    r = local["client"].post("/jobs", content=body.encode(),
+                             headers={**auth("submitter"), "Content-Type": kind})
+    assert r.status_code == 422, r.text
+    assert "unacceptable character #x0089" in r.json()["problems"][0]["reason"]

@@ -91,21 +91,10 @@ def _hash_of(t: ApiToken, settings: Settings) -> str:
     if t.sha256 is not None:
         return t.sha256
     assert t.secret is not None
-    value = _secret(t.secret, settings)
+    from orchestrator import secrets      # only when a token names a secret
+    # The API's own settings decide the sources, and where SecretAccessed goes.
+    value = secrets.SecretStore(settings).get(t.secret, reader=f"api:token:{t.principal}")
     if value is None:
         raise ConfigError(f"api token of {t.principal!r}: the secret store has no entry "
                           f"{t.secret!r}; add it or give the token's `sha256` instead")
-    return token_hash(value)
-
-
-def _secret(name: str, settings: Settings) -> str | None:
-    """The secret-store entry's value (orchestrator.secrets, imported only
-    when a token names a secret)."""
-    try:
-        from orchestrator import secrets
-    except ImportError as exc:
-        raise ConfigError(f"api token secret {name!r}: no secret store in this release "
-                          f"({exc}); give the token's `sha256` instead") from None
-    reader = secrets.reader(settings) if hasattr(secrets, "reader") else None
-    found = secrets.get(name, reader=reader)
-    return found.get_secret_value() if found is not None else None
+    return token_hash(value.get_secret_value())
