@@ -111,6 +111,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, body, headers={"Content-Encoding": "gzip"})
         elif path == "/search":
             self._searx(q)
+        elif path == "/brave":
+            import json
+            if self.headers.get("X-Subscription-Token") != "brave-test-key-123":
+                self._send(401, b'{"error": "bad token"}', "application/json")
+                return
+            results = [{"title": "Brave one", "url": "https://brave.example/1",
+                        "description": f"about {q.get('q', '')}"}]
+            self._send(200, json.dumps({"web": {"results": results}}).encode(),
+                       "application/json")
         elif path == "/headers":
             self._send(200, "\n".join(f"{k}: {v}" for k, v in self.headers.items()).encode())
         else:

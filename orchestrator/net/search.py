@@ -11,7 +11,7 @@ circuit breakers apply to the provider's host like to any fetch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -68,7 +68,7 @@ class SearxNG:
 
 @dataclass(frozen=True)
 class Brave:
-    api_key: str
+    api_key: str = field(repr=False)     # a secret: never in a repr or log
     base_url: str = BRAVE_URL
     name: str = "brave"
 
