@@ -125,19 +125,23 @@ def run(settings: Settings, deps: Deps, *, api: str | None = None, timeout: floa
     pre = {c.name: c for c in before.checks}
     rows = [_from_check(pre["broker"]), _from_check(pre["store"])]
     job_id: str | None = None
+
+    def after() -> list[Row]:
+        return _api(api.rstrip("/"), deps) if api else []
+
     if pre["broker"].ok and pre["store"].ok:
-        job_rows, job_id = _job(settings, deps, timeout, workspace_root)
+        job_rows, job_id = _job(settings, deps, timeout, workspace_root, after)
         rows += job_rows
     else:
         rows.append(Row("job", False, "not run: the broker or the store is down",
                         "fix the rows above first", infra=True))
-    if api:
-        rows += _api(api.rstrip("/"), deps)
+        rows += after()
     return Report(tuple(rows), job_id)
 
 
-def _job(settings: Settings, deps: Deps, timeout: float,
-         workspace_root: Path | None) -> tuple[list[Row], str | None]:
+def _job(settings: Settings, deps: Deps, timeout: float, workspace_root: Path | None,
+         after: Callable[[], list[Row]]) -> tuple[list[Row], str | None]:
+    """The job's rows, then `after`'s (the API's), while a worker started here runs."""
     base = Path(tempfile.mkdtemp(prefix="orchestrator-smoke-", dir=workspace_root))
     try:
         (base / "workspace").mkdir()
@@ -152,10 +156,11 @@ def _job(settings: Settings, deps: Deps, timeout: float,
             return [Row("job", False, f"could not submit the job: {exc}",
                         "check the broker and the store (`orchestrator health`)" if infra
                         else "check the configured policy and tier (docs/security.md)",
-                        infra=infra)], None
+                        infra=infra), *after()], None
         proc = deps.ensure_worker(settings)
         try:
             rows = _wait_and_check(settings, deps, store, job_id, tickets, proc, timeout, base)
+            rows += after()
         finally:
             if proc is not None:
                 deps.stop_worker(proc)
