@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import ROOT, cli, shape_env
+from tests.conftest import unavailable
 from tests.ops_helpers import free_port, get, start_worker, stop, wait_until
 from tests.processes import running
 
@@ -68,6 +69,8 @@ def flower(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
 
 
 def test_flower_lists_the_jobs_tasks_with_masked_summaries_only(env, flower, tmp_path):
+    if not Path(CHROMIUM).exists():
+        unavailable("Chromium", FileNotFoundError(f"{CHROMIUM} (apt-get install chromium)"))
     from playwright.sync_api import sync_playwright
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "mod.py").write_text("def old_name():\n    return 1\n")
@@ -129,3 +132,17 @@ def _api_tasks(base: str) -> dict[str, dict[str, object]]:
         "Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()})
     with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
+
+
+def test_flower_gets_basic_auth_in_its_environment_never_on_its_command_line(tmp_path):
+    from pydantic import SecretStr
+
+    from orchestrator.cli_ops import flower_command
+    from orchestrator.config import Settings
+    s = Settings(state_dir=tmp_path, broker_url="redis://127.0.0.1:6379/7",
+                 flower_basic_auth=SecretStr(f"{USER}:{PASSWORD}"), flower_port=5566)
+    cmd, env = flower_command(s, extra=["--purge_offline_workers=60"])
+    assert cmd[4:] == ["tasks.app", "flower", "--port=5566", "--address=127.0.0.1",
+                       "--tasks_columns=name,uuid,state,args,result,received,runtime,worker",
+                       "--purge_offline_workers=60"]
+    assert PASSWORD not in " ".join(cmd) and env["FLOWER_BASIC_AUTH"] == f"{USER}:{PASSWORD}"
