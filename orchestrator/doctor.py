@@ -231,6 +231,12 @@ def check_sandbox(sandbox_report: dict[str, Any]) -> Result:
     if sandbox_report["mode"] == "bwrap":
         return _ok("sandbox", False, f"{bw['version'] or 'bubblewrap'} ({bw['path']}); "
                    + "; ".join(parts))
+    if bw.get("problem"):
+        return Result("sandbox", "warn", False, f"fallback: bubblewrap is installed but "
+                      f"cannot start ({bw['problem']}); " + "; ".join(parts),
+                      "allow user namespaces for this container or host (the compose "
+                      "bwrap override, the Helm worker.sandbox.bubblewrap switch; "
+                      "docs/deployment.md), or accept the fallback")
     return Result("sandbox", "warn", False, "fallback (rlimits and a process group): "
                   + "; ".join(parts) + "; workspace files the policy denies are not hidden",
                   "install bubblewrap (apt-get install bubblewrap) for namespaces, a "

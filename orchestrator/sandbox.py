@@ -131,6 +131,9 @@ class Host:
 
     bwrap: str | None = None
     bwrap_version: str | None = None
+    # Why an installed `bwrap` cannot be used (a container without user
+    # namespaces, a seccomp profile that refuses them); None when it works.
+    bwrap_problem: str | None = None
     setpriv: str | None = None
     setpriv_version: str | None = None
     env_tool: str = "/usr/bin/env"
@@ -145,6 +148,10 @@ class Host:
     def mode(self, wanted: Mode = "auto") -> Literal["bwrap", "fallback"]:
         if wanted == "fallback" or (wanted == "auto" and self.bwrap is None):
             return "fallback"
+        if self.bwrap is None and self.bwrap_problem:
+            raise ToolInputError(f"the bubblewrap sandbox was asked for but `bwrap` cannot "
+                                 f"start here: {self.bwrap_problem}. Allow user namespaces "
+                                 "(docs/deployment.md) or let the sandbox choose its mode.")
         if self.bwrap is None:
             raise ToolInputError("the bubblewrap sandbox was asked for but `bwrap` is not "
                                  "installed; install it (apt-get install bubblewrap) or let "
@@ -592,7 +599,9 @@ def describe(host: Host) -> dict[str, object]:
         ]
     else:
         gaps += [
-            "no namespaces (bubblewrap is not installed): the command can write wherever "
+            "no namespaces (" + (f"bubblewrap cannot start: {host.bwrap_problem}"
+                                 if host.bwrap_problem else "bubblewrap is not installed")
+            + "): the command can write wherever "
             f"{'uid ' + str(SANDBOX_UID) if host.drops_uid else 'the worker'} can "
             "(e.g. /tmp, /var/tmp, /dev/shm), read every file that uid can, see and "
             "signal that uid's processes, and use the network and any unix socket",
@@ -604,7 +613,8 @@ def describe(host: Host) -> dict[str, object]:
             "cgroup or the environment marker",
         ]
     return {"mode": mode,
-            "bwrap": {"path": host.bwrap, "version": host.bwrap_version},
+            "bwrap": {"path": host.bwrap, "version": host.bwrap_version,
+                      "problem": host.bwrap_problem},
             "setpriv": {"path": host.setpriv, "version": host.setpriv_version},
             "runs_as": f"uid {SANDBOX_UID}" if host.drops_uid else ("root" if host.is_root
                                                            else "the worker's user"),
@@ -636,6 +646,9 @@ _CG_PARENT = "orchestrator-sandbox"
 def probe() -> Host:
     """Read the machine once per process: tools, versions, uid, cgroups."""
     bwrap = shutil.which("bwrap")
+    problem = _bwrap_problem(bwrap) if bwrap else None
+    if problem is not None:
+        bwrap = None
     setpriv = shutil.which("setpriv")
     is_root = os.geteuid() == 0
     path = os.environ.get("PATH") or Host.path
@@ -644,11 +657,28 @@ def probe() -> Host:
         # (a pyenv shim under /root before /usr/bin/python3).
         path = ":".join(d for d in path.split(":") if d and _enterable(d, SANDBOX_UID))
     return Host(bwrap=bwrap, bwrap_version=_version([bwrap, "--version"]) if bwrap else None,
+                bwrap_problem=problem,
                 setpriv=setpriv,
                 setpriv_version=_version([setpriv, "--version"]) if setpriv else None,
                 env_tool=shutil.which("env") or "/usr/bin/env", prlimit=shutil.which("prlimit"),
                 is_root=is_root, cgroups=_probe_cgroups(), path=path or Host.path,
                 fast_migration=_fast_migration())
+
+
+def _bwrap_problem(bwrap: str) -> str | None:
+    """Why `bwrap` cannot start the namespaces a call needs, or None when it can.
+    Installed is not enough: a default container has the binary but refuses
+    user namespaces, and every shell call would then fail instead of falling back."""
+    try:
+        done = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+                               "--unshare-pid", "--unshare-net", "--die-with-parent", "true"],
+                              capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{bwrap} did not run ({exc})"
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip().splitlines()
+        return f"{bwrap} exited {done.returncode}: {why[0] if why else 'no message'}"
+    return None
 
 
 def _fast_migration() -> str | None:
