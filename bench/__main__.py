@@ -16,7 +16,8 @@ import orjson
 
 from bench.common import CACHE, Options, banner, show
 
-BENCHES = ("append", "replay", "dispatch", "batch", "policy", "sandbox", "agent", "browser")
+BENCHES = ("append", "replay", "dispatch", "batch", "policy", "sandbox", "agent", "browser",
+           "fetch")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,9 @@ class SqliteStorage(pybreaker.CircuitBreakerStorage):
             db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=30000")
+            # Breaker state may lose its last change on a power cut (the next
+            # failures rebuild it): no fsync per request.
+            db.execute("PRAGMA synchronous=NORMAL")
             self._local.db = db
         return db
 
@@ -112,7 +115,9 @@ class SqliteStorage(pybreaker.CircuitBreakerStorage):
         self._set("fails = fails + 1")
 
     def reset_counter(self) -> None:
-        self._set("fails = 0")
+        # Every success resets the count: write only when there is one to reset.
+        self._db().execute("UPDATE breaker SET fails = 0 WHERE name = ? AND fails != 0",
+                           (self._key,))
 
     def increment_success_counter(self) -> None:
         self._set("successes = successes + 1")

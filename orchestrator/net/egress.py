@@ -517,8 +517,18 @@ def egress_transport(net: NetworkRules, *, verify: bool = True) -> httpx.HTTPTra
     otherwise carry requests past the backend."""
     import httpcore
     import httpx
-    transport = httpx.HTTPTransport(verify=verify, retries=0)
+    ctx = _ssl_context(verify)
+    transport = httpx.HTTPTransport(verify=ctx, retries=0)
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(verify=verify), http1=True, http2=False,
-        retries=0, network_backend=EgressBackend(net))
+        ssl_context=ctx, http1=True, http2=False, retries=0,
+        network_backend=EgressBackend(net))
     return transport
+
+
+@lru_cache(maxsize=2)
+def _ssl_context(verify: bool) -> Any:
+    """One TLS context per process: loading the CA bundle costs tens of
+    milliseconds, more than a whole local GET (an SSLContext is safe to share
+    between connections and threads)."""
+    import httpx
+    return httpx.create_ssl_context(verify=verify)
