@@ -17,7 +17,7 @@ import orjson
 from bench.common import CACHE, Options, banner, show
 
 BENCHES = ("append", "replay", "dispatch", "batch", "policy", "sandbox", "agent", "browser",
-           "fetch")
+           "fetch", "api")
 
 
 def main(argv: list[str] | None = None) -> int:
