@@ -68,7 +68,8 @@ def token(principal: str = typer.Option(..., "--principal", help="Who the token 
         raise typer.Exit(2)
     value = new_token()
     try:
-        entry = ApiToken(principal=principal, roles=tuple(dict.fromkeys(role)),  # type: ignore[arg-type]
+        roles = tuple(dict.fromkeys(role))
+        entry = ApiToken(principal=principal, roles=roles,  # type: ignore[arg-type]
                          sha256=token_hash(value))
     except ValueError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)

@@ -81,7 +81,7 @@ def test_each_role_is_allowed_or_refused_per_route(local, method, path, body, al
             assert r.status_code not in (401, 403), (role, r.text)
         else:
             assert r.status_code == 403, (role, r.text)
-            assert r.json()["error"] == "Forbidden" and f"api:" in r.json()["detail"]
+            assert r.json()["error"] == "Forbidden" and "api:" in r.json()["detail"]
     missing = _call(client, method, url, body, {})
     assert missing.status_code == 401 and missing.headers["www-authenticate"].startswith("Bearer")
     wrong = _call(client, method, url, body, {"Authorization": "Bearer not-a-token-at-all"})

@@ -7,8 +7,6 @@ runs here), not a server error; test_api covers it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings

@@ -48,8 +48,9 @@ def services(request: Request) -> Services:
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     challenge = {"WWW-Authenticate": 'Bearer realm="orchestrator"'}
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(401, "this route needs an Authorization header with a bearer token; make a "
-                            "token with `orchestrator api token` (docs/api.md)", challenge)
+        raise HTTPException(401, "this route needs an Authorization header with a bearer "
+                            "token; make one with `orchestrator api token` (docs/api.md)",
+                            challenge)
     principal = services(request).tokens.find(credentials.credentials)
     if principal is None:
         raise HTTPException(401, "the bearer token is not one this server knows (check "

@@ -4,7 +4,7 @@ followed live as Server-Sent Events), its replay, and the verified log.
 Following polls the session's stream tail every `api_sse_poll_s` (one
 indexed query, usually empty) in a worker thread, and stops when the session
 has ended and everything up to its end was sent, or when the client leaves
-(Starlette cancels the generator on disconnect).
+(checked between polls, so an abandoned stream costs at most one more query).
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def get_session(session_id: SessionId, request: Request,
                 who: Principal = Depends(need("read_audit"))) -> dict[str, Any]:
     """The session's state rebuilt from its events (the `session` part of
     `orchestrator audit replay --json`)."""
-    return _replay_json(_session(services(request), session_id))["session"]  # type: ignore[no-any-return]
+    data: dict[str, Any] = _replay_json(_session(services(request), session_id))["session"]
+    return data
 
 
 @router.get("/sessions/{session_id}/replay", responses=error_responses(401, 403, 404, 422, 503))
@@ -118,12 +119,13 @@ async def get_events(session_id: SessionId, request: Request,
                     "next_after_seq": records[-1]["seq"] if records else after_seq,
                     "finished": finished}
         return await run_in_threadpool(page)
-    return StreamingResponse(_follow(svc, session_id, after_seq),
+    return StreamingResponse(_follow(request, svc, session_id, after_seq),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-async def _follow(svc: Services, session_id: str, after: int) -> AsyncIterator[bytes]:
+async def _follow(request: Request, svc: Services, session_id: str, after: int
+                  ) -> AsyncIterator[bytes]:
     def ended_before() -> bool:
         return bool(after) and replay(svc.store, session_id).session.finished
 
@@ -146,6 +148,8 @@ async def _follow(svc: Services, session_id: str, after: int) -> AsyncIterator[b
             yield b": keepalive\n\n"
             quiet_since = time.monotonic()
         await asyncio.sleep(svc.settings.api_sse_poll_s)
+        if await request.is_disconnected():     # gone: stop polling for them
+            return
 
 
 @router.get("/audit/verify", responses=error_responses(401, 403, 422, 503))
