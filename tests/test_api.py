@@ -386,3 +386,21 @@ def test_a_character_yaml_does_not_allow_is_a_422_not_a_crash(local, body, kind)
                              headers={**auth("submitter"), "Content-Type": kind})
     assert r.status_code == 422, r.text
     assert "unacceptable character #x0089" in r.json()["problems"][0]["reason"]
+
+
+def test_every_error_type_has_its_status_code():
+    """A new error class must be placed here (and in problems.status_of) on purpose."""
+    import events.errors as ee
+    import orchestrator.errors as oe
+    from orchestrator.api.problems import status_of
+    expected = {"UserError": 400, "SpecError": 422, "ConfigError": 400, "NotFound": 404,
+                "Conflict": 409, "PolicyDenied": 403, "InfraUnavailable": 503,
+                "OrchestratorError": 500, "ToolError": 500, "ToolInputError": 500,
+                "ToolTimeout": 500, "CountMismatch": 500,
+                "EventError": 500, "SequenceConflict": 409, "UnknownEvent": 500,
+                "StoreUnavailable": 503, "SchemaNotReady": 503, "AppendOnlyViolation": 500}
+    found = {name: status_of(cls.__new__(cls)) for mod in (oe, ee)
+             for name, cls in vars(mod).items()
+             if isinstance(cls, type) and issubclass(cls, Exception)
+             and cls.__module__ == mod.__name__}
+    assert found == expected
