@@ -404,3 +404,14 @@ def test_every_error_type_has_its_status_code():
              if isinstance(cls, type) and issubclass(cls, Exception)
              and cls.__module__ == mod.__name__}
     assert found == expected
+
+
+def test_metrics_can_be_opened_to_a_scraper(tmp_path: Path):
+    closed = Settings(_env_file=None, state_dir=tmp_path / "a")  # type: ignore[call-arg]
+    public = Settings(_env_file=None, state_dir=tmp_path / "b",  # type: ignore[call-arg]
+                      api_metrics_public=True)
+    with TestClient(create_app(closed)) as c:
+        assert c.get("/metrics").status_code == 401
+    with TestClient(create_app(public)) as c:
+        r = c.get("/metrics")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
