@@ -67,18 +67,41 @@ def process_values() -> list[str]:
 
 
 def known_values() -> list[str]:
-    """Every secret value read in this process, plus every SecretStr setting."""
+    """Every secret value read in this process, plus every SecretStr setting
+    and the passwords in the store, broker and result backend URLs."""
     values = set(process_values())
     try:
         from orchestrator.config import get_settings
         s = get_settings()
     except ConfigError:
         return sorted(values)
+    return sorted(values | _setting_values(s))
+
+
+_settings_values: tuple[int, frozenset[str]] | None = None
+
+
+def _setting_values(s: Any) -> frozenset[str]:
+    """The settings' secrets, worked out once per settings object (every log
+    line asks)."""
+    global _settings_values
+    if _settings_values is not None and _settings_values[0] == id(s):
+        return _settings_values[1]
+    from urllib.parse import unquote, urlsplit
+    found: set[str] = set()
     for name in type(s).model_fields:
         v = getattr(s, name)
         if isinstance(v, SecretStr) and v.get_secret_value():
-            values.add(v.get_secret_value())
-    return sorted(values)
+            found.add(v.get_secret_value())
+    for url in (s.store_url, s.broker_url, s.result_backend):
+        try:
+            password = urlsplit(url).password if url else None
+        except ValueError:
+            password = None
+        if password:
+            found |= {password, unquote(password)}
+    _settings_values = (id(s), frozenset(found))
+    return _settings_values[1]
 
 
 def store_recorder(settings: Any, actor: str | None = None) -> Recorder:

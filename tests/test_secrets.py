@@ -188,3 +188,19 @@ def test_tool_output_in_events_is_masked_in_every_encoding(tmp_path: Path) -> No
     assert "ToolCallCompleted" in stored and "***" in stored
     for form in (key, base64.b64encode(b"z" + key.encode()).decode()[2:-2], key.encode().hex()):
         assert form not in stored and form not in run.stdout + run.stderr
+
+
+def test_passwords_in_service_urls_are_known_secrets(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    from orchestrator.config import get_settings
+    from orchestrator.masking import mask
+    monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("ORCH_STORE_URL", "postgresql://app:pg%2Fpass-7781@db/orch")
+    monkeypatch.setenv("ORCH_BROKER_URL", "redis://:redispass-4410@cache:6379/0")
+    get_settings.cache_clear()
+    try:
+        known = secrets.known_values()
+        assert {"pg/pass-7781", "redispass-4410"} <= set(known)
+        assert "pg/pass-7781" not in mask("connect failed: password pg/pass-7781", known)
+    finally:
+        get_settings.cache_clear()
