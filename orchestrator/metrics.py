@@ -40,7 +40,7 @@ import orjson
 
 __all__ = ["METRICS", "SCRAPED", "setup", "shutdown", "exposition", "tool_call", "tool_error",
            "model_call", "model_tokens", "permission", "quota_denied", "events_appended",
-           "browser_pool", "prepare_dir", "mark_dead"]
+           "circuit_changed", "browser_pool", "prepare_dir", "mark_dead"]
 
 Kind = Literal["counter", "histogram", "gauge"]
 # Tool calls run from a millisecond (read) to minutes (a test suite).
@@ -77,6 +77,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "idempotent hit appends none)"),
     Metric("orch_event_append_seconds", "histogram", "Latency of one store append (one "
            "transaction, any number of events)", buckets=APPEND_BUCKETS, unit="s"),
+    Metric("orch_circuit_transitions_total", "counter", "Circuit breaker transitions by "
+           "destination host and the state entered (open, half_open, closed)",
+           ("host", "state")),
     Metric("orch_browser_pool", "gauge", "Browser instances by state (idle, busy, starting), "
            "summed over the live worker processes", ("state",)),
 )}
@@ -142,6 +145,12 @@ def events_appended(n: int, seconds: float) -> None:
         if n:
             _record("orch_events_appended_total", (), n)
         _record("orch_event_append_seconds", (), seconds)
+
+
+def circuit_changed(host: str, state: str) -> None:
+    """A breaker for `host` entered `state` (the worker that saw it records it)."""
+    if _reporters:
+        _record("orch_circuit_transitions_total", (host, state), 1)
 
 
 def browser_pool(state: str, n: int) -> None:
