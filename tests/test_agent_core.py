@@ -203,3 +203,15 @@ def test_tool_schemas_come_from_the_step_models() -> None:
     assert specs["shell"].parameters["properties"]["command"]["type"] == "string"
     assert all(s.parameters["additionalProperties"] is False for s in specs.values())
     assert all("continue_on_error" not in s.parameters["properties"] for s in specs.values())
+
+
+def test_the_prompt_tells_a_session_with_web_tools_how_it_reaches_the_web() -> None:
+    tools = agent.tools_for_tier("exec", network=True)
+    events = [*started()[:2], p.AgentStarted(
+        instruction="read the docs", instruction_digest="d", mode="job", provider="scripted",
+        model="scripted", max_turns=5, max_invalid_calls=1, token_budget=None,
+        prompt_version=agent.prompt_version(), tools=tools)]
+    with_web = agent.system_prompt(state(*events).session, has_network=False)
+    assert "Use web_fetch" in with_web and "The network is off" not in with_web
+    without = agent.system_prompt(state(*started()).session, has_network=False)
+    assert "The network is off" in without and "web_fetch" not in without
