@@ -68,18 +68,6 @@ def health(json: bool = typer.Option(False, "--json", help="Print the report as 
 
 # -- worker-probe ----------------------------------------------------------------
 
-def local_beats(settings: Settings) -> list[heartbeat.Beat]:
-    """The heartbeat files of this machine's state folder (also on Redis, where
-    `heartbeat.read_all` reads the keys: an exec probe asks about its own pod)."""
-    beats = []
-    for path in sorted(heartbeat.folder(settings).glob("*.json")):
-        try:
-            beats.append(heartbeat.Beat.from_json(jsonlib.loads(path.read_text())))
-        except (OSError, ValueError, KeyError):
-            continue
-    return beats
-
-
 def probe_verdict(beats: list[heartbeat.Beat], hostname: str | None, now: float,
                   max_age_s: float) -> tuple[bool, str]:
     """(ready, why) for an exec probe (pure)."""
@@ -91,9 +79,11 @@ def probe_verdict(beats: list[heartbeat.Beat], hostname: str | None, now: float,
     if not live:
         age = min(now - b.at for b in mine)
         return False, f"the newest heartbeat is {age:.0f} s old (limit {max_age_s:g} s)"
-    ready = [b for b in live if b.store_ok]
+    ready = [b for b in live if b.store_ok and b.broker_ok]
     if not ready:
-        return False, "; ".join(f"{b.hostname}: store unreachable: {b.detail}" for b in live)
+        return False, "; ".join(
+            f"{b.hostname}: {'store' if not b.store_ok else 'broker'} unreachable: {b.detail}"
+            for b in live)
     return True, ", ".join(f"{b.hostname} (pid {b.pid}) beat {now - b.at:.1f} s ago"
                            for b in ready)
 
@@ -108,7 +98,7 @@ def worker_probe(hostname: Optional[str] = typer.Option(
     heartbeat and reached its store, 1 otherwise. Reads only the local
     heartbeat file (no broker, no database)."""
     s = get_settings()
-    ok, why = probe_verdict(local_beats(s), hostname, time.time(),
+    ok, why = probe_verdict(heartbeat.read_files(s), hostname, time.time(),
                             max_age if max_age is not None else s.worker_heartbeat_max_age_s)
     if json:
         _json({"ok": ok, "detail": why, "folder": str(heartbeat.folder(s))})

@@ -59,14 +59,17 @@ def workers_check(settings: Settings, beats: list[heartbeat.Beat] | None, now: f
         return Check("workers", False, f"cannot read worker heartbeats: {problem}",
                      "fix the broker first (the heartbeats live there)")
     live = heartbeat.fresh(beats, now, settings.worker_heartbeat_max_age_s)
-    ready = [b for b in live if b.store_ok]
+    ready = [b for b in live if b.store_ok and b.broker_ok]
     if ready:
         names = ", ".join(sorted(b.hostname for b in ready))
         return Check("workers", True, f"{len(ready)} worker(s) with a fresh heartbeat: {names}")
     if live:
-        why = "; ".join(f"{b.hostname}: {b.detail or 'store unreachable'}" for b in live)
-        return Check("workers", False, f"workers are alive but cannot reach the store: {why}",
-                     "check ORCH_STORE_URL on the workers and that the database is up")
+        what = "store" if any(not b.store_ok for b in live) else "broker"
+        why = "; ".join(f"{b.hostname}: {b.detail or what + ' unreachable'}" for b in live)
+        return Check("workers", False, f"workers are alive but cannot reach the {what}: {why}",
+                     f"check ORCH_{'STORE' if what == 'store' else 'BROKER'}_URL on the "
+                     f"workers and that the {'database' if what == 'store' else 'broker'} "
+                     "is up")
     stale = f" ({len(beats)} stale heartbeat(s))" if beats else ""
     return Check("workers", False, "no worker heartbeat in the last "
                  f"{settings.worker_heartbeat_max_age_s:g} s{stale}",

@@ -24,7 +24,7 @@ from typing import Any
 
 from orchestrator.config import Settings
 
-__all__ = ["Beat", "publish", "withdraw", "read_all", "fresh", "folder", "REDIS_PREFIX"]
+__all__ = ["Beat", "publish", "withdraw", "read_all", "read_files", "fresh", "folder", "REDIS_PREFIX"]
 
 REDIS_PREFIX = "orchestrator:heartbeat:"
 
@@ -35,8 +35,9 @@ class Beat:
     pid: int
     at: float               # unix time of the check this beat reports
     store_ok: bool          # the worker reached its event store at `at`
-    detail: str = ""        # why not, when store_ok is False
+    detail: str = ""        # why not, when store_ok or broker_ok is False
     queues: tuple[str, ...] = ()
+    broker_ok: bool = True  # the worker reached its broker at `at`
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -47,7 +48,8 @@ class Beat:
     def from_json(cls, data: dict[str, Any]) -> Beat:
         return cls(hostname=str(data["hostname"]), pid=int(data["pid"]), at=float(data["at"]),
                    store_ok=bool(data["store_ok"]), detail=str(data.get("detail", "")),
-                   queues=tuple(data.get("queues", ())))
+                   queues=tuple(data.get("queues", ())),
+                   broker_ok=bool(data.get("broker_ok", True)))
 
 
 def fresh(beats: Iterable[Beat], now: float, max_age_s: float) -> list[Beat]:
@@ -124,6 +126,12 @@ def read_all(settings: Settings) -> list[Beat]:
         finally:
             client.close()
         return [Beat.from_json(json.loads(b)) for b in bodies if b]
+    return read_files(settings)
+
+
+def read_files(settings: Settings) -> list[Beat]:
+    """The beats in this machine's state folder only (an exec probe asks about
+    its own pod or host, without the broker)."""
     beats = []
     for path in sorted(folder(settings).glob("*.json")):
         try:

@@ -102,7 +102,9 @@ class Probe:
         self.store = _guarded(self.store_check, self.settings)
         self.broker = _guarded(self.broker_check, self.settings)
         beat = heartbeat.Beat(hostname=self.hostname, pid=os.getpid(), at=self.clock(),
-                              store_ok=self.store[0], detail=self.store[1],
+                              store_ok=self.store[0], broker_ok=self.broker[0],
+                              detail="; ".join(v[1] for v in (self.store, self.broker)
+                                               if not v[0]),
                               queues=self.queues)
         try:
             heartbeat.publish(self.settings, beat)

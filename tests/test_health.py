@@ -73,3 +73,14 @@ def test_an_unreachable_redis_broker_fails_broker_and_workers_checks(tmp_path: P
     report = health.readiness(s)
     assert not report.ok
     assert {"broker", "workers"} <= set(report.to_json()["failed"])
+
+
+def test_a_worker_that_lost_its_broker_is_not_ready() -> None:
+    s = Settings(state_dir=Path("/nonexistent"))
+    lost = heartbeat.Beat(hostname="w@a", pid=1, at=100.0, store_ok=True, broker_ok=False,
+                          detail="no answer to PING")
+    check = health.workers_check(s, [lost], now=101.0)
+    assert not check.ok and "cannot reach the broker" in check.detail
+    assert "ORCH_BROKER_URL" in check.remedy
+    old_file = {"hostname": "w@a", "pid": 1, "at": 1.0, "store_ok": True}   # before broker_ok
+    assert heartbeat.Beat.from_json(old_file).broker_ok
