@@ -104,6 +104,7 @@ class WriterConnections:
         fairy = self.engine.raw_connection()
         fairy.detach()                 # ours now: the pool neither resets nor recycles it
         dbapi_conn = fairy.dbapi_connection
+        assert dbapi_conn is not None   # None only once invalidated; this one is fresh
         if self.dialect == "postgresql":
             dbapi_conn.autocommit = True
         self._local.held = (os.getpid(), fairy, dbapi_conn, self._generation)

@@ -591,8 +591,8 @@ _Item = BaseModel | dict[str, Any]
 def _mutable(items: list[_Item], i: int) -> dict[str, Any]:
     item = items[i]
     if type(item) is not dict:
-        item = items[i] = dict(item.__dict__)  # type: ignore[union-attr]
-    return item  # type: ignore[return-value]
+        item = items[i] = dict(item.__dict__)
+    return item
 
 
 def _frozen(model: type[BaseModel], items: list[_Item]) -> tuple[Any, ...]:
@@ -671,7 +671,7 @@ class Folder:
     def _answered(self, status: str, pl: Mapping[str, Any]) -> None:
         items = self._confirmations
         for i in range(len(items) - 1, -1, -1):
-            item = items[i]
+            item: Any = items[i]
             pending = (item["status"] if isinstance(item, dict) else item.status) == "pending"
             call = item["call_id"] if isinstance(item, dict) else item.call_id
             if call == pl["call_id"] and pending:

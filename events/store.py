@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import timezone
-from typing import Protocol
+from datetime import UTC
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -205,7 +205,7 @@ class SqlEventStore:
             cur.close()
         return self._placed(stream_id, batch, sealed, prev, positions)
 
-    def _fresh_connection(self):  # type: ignore[no-untyped-def]
+    def _fresh_connection(self) -> Any:   # a DB-API connection of the dialect's driver
         """This thread's writer, replaced first if the server dropped it (the
         job `pool_pre_ping` did for pooled connections, without its round trip)."""
         conn = self._writers.get()
@@ -250,7 +250,7 @@ class SqlEventStore:
             out.append(_trusted_event({
                 "position": positions[seq], "stream_id": stream_id, "seq": seq,
                 "event_id": e.event_id, "type": type_, "schema_version": SCHEMA_VERSIONS[type_],
-                "occurred_at": e.occurred_at.astimezone(timezone.utc), "actor": e.actor,
+                "occurred_at": e.occurred_at.astimezone(UTC), "actor": e.actor,
                 "correlation_id": e.correlation_id, "causation_id": e.causation_id,
                 "idempotency_key": e.idempotency_key, "payload": e.payload,
                 "prev_hash": prev, "hash": digest}))
@@ -261,8 +261,8 @@ class SqlEventStore:
 
     def last_seq(self, stream_id: str) -> int:
         with store_errors(self.url), self.engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.coalesce(sa.func.max(T.c.seq), 0))
-                                .where(T.c.stream_id == stream_id)).scalar_one()
+            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(T.c.seq), 0))
+                                    .where(T.c.stream_id == stream_id)).scalar_one())
 
     def read_stream(self, stream_id: str, after_seq: int = 0) -> Iterator[Event]:
         for position, body, hash_ in self.raw_stream(stream_id, after_seq):
@@ -381,10 +381,8 @@ class SqlEventStore:
 
     def save_snapshot(self, stream_id: str, seq: int, version: int, state: bytes) -> None:
         dialect = self.engine.dialect.name
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+        insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
         stmt = insert(S).values(stream_id=stream_id, seq=seq, version=version, state=state)
         stmt = stmt.on_conflict_do_update(
             index_elements=[S.c.stream_id],

@@ -55,11 +55,13 @@ class Decision(IntEnum):
     DENY = 2
 
     @property
-    def word(self) -> str:
-        return self.name.lower()
+    def word(self) -> DecisionWord:
+        return _WORDS[self]
 
 
 DecisionWord = Literal["allow", "ask", "deny"]
+_WORDS: dict[Decision, DecisionWord] = {
+    Decision.ALLOW: "allow", Decision.ASK: "ask", Decision.DENY: "deny"}
 
 # The tier each tool needs.
 TOOL_TIER: dict[str, Tier] = {
@@ -784,8 +786,8 @@ def check_examples(policy: Policy) -> list[str]:
     each `not_match` one must not; rule ids are unique. (The built-in rules
     are checked once, when this module loads.)"""
     problems = _example_problems(policy.doc.commands.rules, policy.doc.paths)
-    ids = [r.id for r in (*policy.doc.commands.rules, *policy.doc.paths)]
-    builtin = {r.id for r in (*BUILTIN_COMMAND_RULES, *BUILTIN_PATH_RULES)}
+    ids = [*(r.id for r in policy.doc.commands.rules), *(r.id for r in policy.doc.paths)]
+    builtin = {*(r.id for r in BUILTIN_COMMAND_RULES), *(r.id for r in BUILTIN_PATH_RULES)}
     for rid in sorted({i for i in ids if ids.count(i) > 1 or i in builtin}):
         problems.append(f"rule id {rid!r} is used more than once (or by a built-in rule); "
                         "rule ids must be unique so the audit log names one rule")
@@ -871,7 +873,7 @@ def combine(*docs: PolicyDoc | None) -> PolicyDoc:
     return PolicyDoc(
         name="+".join(d.name for d in given), tier=strictest_tier(*(d.tier for d in given)),
         allow_destructive=all(d.allow_destructive for d in given),
-        commands=Commands(default=max((Decision[d.commands.default.upper()] for d in given))
+        commands=Commands(default=max(Decision[d.commands.default.upper()] for d in given)
                           .word, rules=tuple(r for d in given for r in d.commands.rules)),
         paths=tuple(r for d in given for r in d.paths),
         network=Network(enabled=network_on, allow_hosts=tuple(sorted(hosts)),
