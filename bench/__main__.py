@@ -9,7 +9,7 @@ import platform
 import sys
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import orjson
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     # Importing tasks.app reads settings: keep any embedded state out of the cwd.
     os.environ.setdefault("ORCH_STATE_DIR", str(CACHE / "state"))
     opts = Options(quick=args.quick, verbose=args.verbose)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     print(f"bench {'--quick ' if args.quick else ''}{','.join(chosen)} on "
           f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
           f"{started:%Y-%m-%d %H:%M} UTC", flush=True)

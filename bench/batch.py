@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import sysconfig
 import time
 from concurrent.futures import ProcessPoolExecutor

@@ -16,7 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
 REDIS_BROKER = os.environ.get("BENCH_REDIS_BROKER", "redis://127.0.0.1:6379/13")
 REDIS_BACKEND = os.environ.get("BENCH_REDIS_BACKEND", "redis://127.0.0.1:6379/14")
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -164,7 +164,7 @@ def text_blob(rng: random.Random, nbytes: int) -> str:
 
 def diff_blob(rng: random.Random, path: str, hunks: int = 2) -> str:
     out = [f"--- a/{path}", f"+++ b/{path}"]
-    for h in range(hunks):
+    for _ in range(hunks):
         start = rng.randint(1, 400)
         out.append(f"@@ -{start},7 +{start},7 @@")
         for _ in range(3):

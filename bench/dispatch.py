@@ -31,7 +31,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,7 +217,7 @@ def in_process(store_url: str, ws: Path, n: int) -> dict[str, list[float]]:
     runner = Runner(sessions.store, "worker:bench:inproc")
     step = ReplaceStep.model_validate(_step())
     out: dict[str, list[float]] = {"run_step": [], "load (full replay)": []}
-    for i in range(n):
+    for _ in range(n):
         ticket, index = sessions.next()
         t = Ticket.model_validate(ticket)
         s = now()

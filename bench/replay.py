@@ -319,7 +319,7 @@ def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
             speed_snap = med["eventsourcing, snapshot"] / med["ours, snapshot"]
             summary.append((f"{backend}: session rebuild, no snapshot", 1e3 * med["ours"],
                             1e3 * med["eventsourcing"], x(speed)))
-            summary.append((f"{backend}: session rebuild, snapshot + 100", 
+            summary.append((f"{backend}: session rebuild, snapshot + 100",
                             1e3 * med["ours, snapshot"], 1e3 * med["eventsourcing, snapshot"],
                             x(speed_snap)))
             res.target(f"{backend}: rebuild {SESSION_EVENTS:,}-event session, ours vs "

@@ -210,6 +210,6 @@ async def _connect(addrs: list[str], port: int
     for addr in addrs:
         try:
             return await asyncio.wait_for(asyncio.open_connection(addr, port), 10.0)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             last = exc if isinstance(exc, OSError) else OSError(f"connect to {addr} timed out")
     raise last or OSError("no address")

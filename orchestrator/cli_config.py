@@ -92,7 +92,7 @@ def show(json: bool = typer.Option(False, "--json", help="Print {settings: {name
     if json:
         _json({"settings": rows, "warnings": [cr.to_json(u) for u in cr.unknown(src)]})
         return
-    for name, row in rows.items():
+    for row in rows.values():
         value = row["value"]
         text = "unset" if value is None else cr.env_text(value)
         print(f"{row['variable']}={text}    # {row['source']}")

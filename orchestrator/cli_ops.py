@@ -8,7 +8,6 @@ infrastructure down, 1 anything else; `flower` Flower's own.
 
 from __future__ import annotations
 
-import json as jsonlib
 import os
 import sys
 import time

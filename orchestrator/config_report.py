@@ -152,7 +152,7 @@ def unknown(src: Sources, names: list[str] | None = None) -> list[Unknown]:
             top = var.split("__", 1)[0]
             if top in variables or var in NOT_SETTINGS or var.startswith(NOT_SETTINGS_PREFIXES):
                 continue
-            where = f"environment" if kind == "env" else f".env file {path}"
+            where = "environment" if kind == "env" else f".env file {path}"
             found.append(Unknown(var, where, suggest(top, list(variables))))
     for key in sorted(src.toml):
         if key not in names:

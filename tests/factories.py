@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 from events import payloads as p
 from events.envelope import Event, NewEvent
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def new(payload: object, i: int = 0, key: str | None = None, corr: str = "job-1") -> NewEvent:
@@ -48,9 +48,9 @@ def session_payloads(turns: int = 3) -> list[object]:
 
 
 def place(stream_id: str, payloads: list[object], start_position: int = 1,
-          corr: str = "job-1") -> list["Event"]:
+          corr: str = "job-1") -> list[Event]:
     """Events as the store would return them, built purely (no database)."""
-    from events.envelope import Event, genesis_hash, seal
+    from events.envelope import genesis_hash, seal
     from events.upcast import decode
     batch = [new(x, i, corr=corr) for i, x in enumerate(payloads)]
     return [decode(start_position + i, body, digest)

@@ -100,7 +100,7 @@ def test_replay_from_snapshot_equals_replay_from_scratch(store, stream_id):
 
 
 def _race(url: str, stream_id: str, worker: int, rounds: int, barrier: Any,
-          q: "mp.Queue[tuple[int, int]]") -> None:
+          q: mp.Queue[tuple[int, int]]) -> None:
     """Every round, all workers read the head, then all append after it: exactly
     one wins and the others get a typed conflict (no timing luck involved)."""
     store = SqlEventStore(url)

@@ -24,7 +24,7 @@ requires_rg = pytest.mark.skipif(ripgrep() is None, reason="no ripgrep with PCRE
 
 def make_corpus(root: Path) -> Path:
     files: dict[str, bytes] = {
-        "README.md": "# Fetch users\nCall fetch_user(id) to get one.\n".encode(),
+        "README.md": b"# Fetch users\nCall fetch_user(id) to get one.\n",
         "src/app.py": b"import os\n\ndef fetch_user(uid):\n"
                       b"    return db.get(uid)  # $1.50 (a+b)*\n",
         "src/deep/er/mod.py": b"from app import fetch_user\nFETCH_USER = fetch_user\n",

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Mapping
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 import openai
@@ -208,7 +208,7 @@ def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float
     except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
         return None
     if when.tzinfo is None:             # "-0000": UTC with no zone named, not local time
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from events.replay import replay
 from tests.cli_helpers import cli, cli_json, shape_env
 
 pytestmark = pytest.mark.slow

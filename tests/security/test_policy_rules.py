@@ -3,7 +3,7 @@ pure decisions, compared whole. No fixture, no mock."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 import pytest
 
@@ -12,7 +12,7 @@ from orchestrator.errors import SpecError
 from orchestrator.policy import (DEFAULT_POLICY, PolicyError, Usage, combine, decide,
                                  decide_request, load_policy, parse_policy, visible)
 
-T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("tier", "tool", "decision"), [
