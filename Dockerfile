@@ -21,6 +21,10 @@ COPY pyproject.toml README.md ./
 COPY events ./events
 COPY orchestrator ./orchestrator
 COPY tasks ./tasks
+# VERSION: the package version; the context has no .git for setuptools-scm to
+# read, so CI and release.yml pass the tag's version (docs/releasing.md).
+ARG VERSION=0.0.0
+ENV SETUPTOOLS_SCM_PRETEND_VERSION_FOR_AGENT_ORCHESTRATOR=${VERSION}
 # EXTRAS: optional-dependency groups of pyproject.toml to include (comma-separated).
 ARG EXTRAS=""
 # Playwright's Python package drives the system Chromium (browser tools).

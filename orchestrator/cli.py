@@ -35,10 +35,19 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from orchestrator import __version__
+        out.print(f"orchestrator {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global_options(config: Optional[Path] = typer.Option(
         None, "--config", dir_okay=False, help="A TOML configuration file (the same as "
-        "ORCH_CONFIG; environment and .env still win); docs/configuration.md")) -> None:
+        "ORCH_CONFIG; environment and .env still win); docs/configuration.md"),
+        version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                     help="Print the installed version and exit.")) -> None:
     if config is not None:
         import os
         os.environ["ORCH_CONFIG"] = str(config.expanduser().absolute())
