@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean deploy-check lint lock release-check
+.PHONY: demo test bench install clean deploy-check lint lock release-check runbooks-check
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
@@ -64,3 +64,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .orchestrator demo
+
+# Every command in runbooks/*.md and docs/troubleshooting.md resolves to a real
+# CLI command and option; the read-only ones run on a real embedded deployment
+# (convention: runbooks/README.md). Also loads compose/config/ samples.
+runbooks-check: $(STAMP)
+	$(BIN)/pytest -q tests/test_runbooks.py
