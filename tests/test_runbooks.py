@@ -39,10 +39,24 @@ CONFIG_DIR = ROOT / "compose" / "config"
 # Commands the test runs for real: they only read, or only touch the
 # temporary deployment (keygen into a temporary folder, sign, an idempotent
 # migration of the embedded store).
-RUN = {("status",), ("pending",), ("health",), ("doctor",), ("smoke",), ("worker-probe",),
-       ("audit", "verify"), ("audit", "replay"), ("audit", "export"), ("audit", "keygen"),
-       ("audit", "sign"), ("config", "check"), ("config", "show"), ("db", "status"),
-       ("db", "upgrade"), ("policy", "check")}
+RUN = {
+    ("status",),
+    ("pending",),
+    ("health",),
+    ("doctor",),
+    ("smoke",),
+    ("worker-probe",),
+    ("audit", "verify"),
+    ("audit", "replay"),
+    ("audit", "export"),
+    ("audit", "keygen"),
+    ("audit", "sign"),
+    ("config", "check"),
+    ("config", "show"),
+    ("db", "status"),
+    ("db", "upgrade"),
+    ("policy", "check"),
+}
 
 PLACEHOLDER = re.compile(r"(?<![$\w])[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*(?![\w=])")
 # ALL_CAPS words in sh blocks that are not placeholders.
@@ -54,12 +68,13 @@ SEPARATORS = {"|", "||", "&&", ";", "&"}
 
 # -- reading the documents ----------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Line:
     doc: Path
     lineno: int
-    block: str          # "sh" or "elsewhere"
-    text: str           # continuations joined, comment kept
+    block: str  # "sh" or "elsewhere"
+    text: str  # continuations joined, comment kept
     expect: int
 
     @property
@@ -131,6 +146,7 @@ def split_assignments(words: list[str]) -> tuple[dict[str, str], list[str]]:
 
 # -- the real CLI ---------------------------------------------------------------
 
+
 def _help_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env.update(COLUMNS="250", TERM="dumb", NO_COLOR="1")
@@ -139,8 +155,14 @@ def _help_env() -> dict[str, str]:
 
 @functools.cache
 def cli_help(path: tuple[str, ...]) -> tuple[int, str]:
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *path, "--help"],
-                       env=_help_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *path, "--help"],
+        env=_help_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return r.returncode, r.stdout + r.stderr
 
 
@@ -187,8 +209,13 @@ def resolve(args: list[str]) -> Resolved:
             if name not in options(path):
                 problems.append(f"`{name}` is not an option of `orchestrator {' '.join(path)}`")
             # a group-level option's value (`--config FILE`) is not a subcommand
-            if subs and "=" not in w and i + 1 < len(args) and args[i + 1] not in subs \
-                    and not args[i + 1].startswith("-"):
+            if (
+                subs
+                and "=" not in w
+                and i + 1 < len(args)
+                and args[i + 1] not in subs
+                and not args[i + 1].startswith("-")
+            ):
                 i += 1
         elif subs and w in subs:
             path += (w,)
@@ -214,20 +241,32 @@ def orchestrator_commands(line: Line) -> list[tuple[dict[str, str], list[str]]]:
             found.append((env, words[1:]))
             continue
         for i, w in enumerate(words[1:], 1):
-            if w == "orchestrator" and i + 1 < len(words) and words[i - 1] not in \
-                    ("-n", "--namespace", "-u", "-p", "--project-name") \
-                    and (words[i + 1] in top or words[i + 1].startswith("--config")):
-                found.append(({}, words[i + 1:]))
+            if (
+                w == "orchestrator"
+                and i + 1 < len(words)
+                and words[i - 1] not in ("-n", "--namespace", "-u", "-p", "--project-name")
+                and (words[i + 1] in top or words[i + 1].startswith("--config"))
+            ):
+                found.append(({}, words[i + 1 :]))
                 break
     return found
 
 
 # -- (a) every command resolves -----------------------------------------------------
 
+
 def test_the_documents_exist_and_hold_commands():
     names = {p.name for p in DOCS}
-    assert {"README.md", "deployment.md", "upgrade.md", "rollback.md", "diagnostics.md",
-            "oncall.md", "audit.md", "troubleshooting.md"} <= names
+    assert {
+        "README.md",
+        "deployment.md",
+        "upgrade.md",
+        "rollback.md",
+        "diagnostics.md",
+        "oncall.md",
+        "audit.md",
+        "troubleshooting.md",
+    } <= names
     for doc in DOCS:
         assert doc.exists(), doc
         if doc.name != "README.md":
@@ -257,8 +296,10 @@ def test_sh_blocks_hold_only_orchestrator_commands_with_known_placeholders(tmp_p
             if words[:1] == ["export"]:
                 continue
             if words[:1] != ["orchestrator"]:
-                problems.append(f"{line.where}: `{' '.join(words)}` is not an orchestrator "
-                                "command: put it in a ```sh elsewhere block")
+                problems.append(
+                    f"{line.where}: `{' '.join(words)}` is not an orchestrator "
+                    "command: put it in a ```sh elsewhere block"
+                )
         text = EXIT.sub("", line.text.split(" #")[0])
         for word in PLACEHOLDER.findall(text):
             if len(word) > 2 and word not in known and word not in NOT_PLACEHOLDERS:
@@ -269,12 +310,14 @@ def test_sh_blocks_hold_only_orchestrator_commands_with_known_placeholders(tmp_p
 def test_every_non_orchestrator_command_names_real_things():
     from orchestrator import heartbeat
     from tasks.app import app
+
     queue = app.conf.task_default_queue
     assert queue == "orchestrator"
     compose = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())
     services = set(compose["services"])
-    templates = "".join(p.read_text() for p in
-                        (ROOT / "helm" / "agent-orchestrator" / "templates").glob("*.yaml"))
+    templates = "".join(
+        p.read_text() for p in (ROOT / "helm" / "agent-orchestrator" / "templates").glob("*.yaml")
+    )
     celery_cmds = {kind: celery_list(kind) for kind in ("control", "inspect")}
     tables = {"events", "snapshots", "alembic_version"}
     problems: list[str] = []
@@ -294,10 +337,16 @@ def test_every_non_orchestrator_command_names_real_things():
                 continue
             count += 1
             for w in words:
-                m = re.match(r"^(?:\.\./)?((?:compose|helm|docs|runbooks|events|orchestrator|"
-                             r"tasks)/[\w./-]+)", w)
-                if m and not (ROOT / m.group(1)).exists() and \
-                        not (ROOT / "compose" / m.group(1)).exists():
+                m = re.match(
+                    r"^(?:\.\./)?((?:compose|helm|docs|runbooks|events|orchestrator|"
+                    r"tasks)/[\w./-]+)",
+                    w,
+                )
+                if (
+                    m
+                    and not (ROOT / m.group(1)).exists()
+                    and not (ROOT / "compose" / m.group(1)).exists()
+                ):
                     bad(line, f"{m.group(1)} does not exist")
             prog = words[0]
             if prog == "docker" and words[1:2] == ["compose"]:
@@ -340,20 +389,24 @@ def test_every_non_orchestrator_command_names_real_things():
                 upper = [w.upper() for w in words]
                 if "LLEN" in upper and words[upper.index("LLEN") + 1] != queue:
                     bad(line, f"the queue list is `{queue}`")
-                if "--pattern" in words and not words[words.index("--pattern") + 1] \
-                        .startswith(heartbeat.REDIS_PREFIX):
+                if "--pattern" in words and not words[words.index("--pattern") + 1].startswith(
+                    heartbeat.REDIS_PREFIX
+                ):
                     bad(line, f"heartbeat keys start with {heartbeat.REDIS_PREFIX}")
             elif prog == "psql":
                 sql = " ".join(words)
-                named = set(re.findall(r"\bFROM\s+(\w+)", sql)) | \
-                    set(re.findall(r"relation_size\('(\w+)'\)", sql))
+                named = set(re.findall(r"\bFROM\s+(\w+)", sql)) | set(
+                    re.findall(r"relation_size\('(\w+)'\)", sql)
+                )
                 if not named or named - tables:
                     bad(line, f"psql must name tables of events/schema.py ({named - tables})")
             elif prog in ("systemctl", "journalctl", "systemd-analyze"):
                 for w in words[1:]:
                     unit = Path(w).name.removesuffix(".service")
-                    if unit.startswith("orchestrator-") and \
-                            not (ROOT / "compose" / "systemd" / f"{unit}.service").exists():
+                    if (
+                        unit.startswith("orchestrator-")
+                        and not (ROOT / "compose" / "systemd" / f"{unit}.service").exists()
+                    ):
                         bad(line, f"no unit compose/systemd/{unit}.service")
             elif prog == "kubectl":
                 for w in words:
@@ -366,8 +419,14 @@ def test_every_non_orchestrator_command_names_real_things():
 
 @functools.cache
 def celery_list(kind: str) -> frozenset[str]:
-    r = subprocess.run([sys.executable, "-m", "celery", "-A", "tasks.app", kind, "--list"],
-                       env=_help_env(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks.app", kind, "--list"],
+        env=_help_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     return frozenset(re.findall(r"^  ([a-z_]+)", r.stdout, re.M))
 
@@ -375,8 +434,9 @@ def celery_list(kind: str) -> frozenset[str]:
 def test_every_shipped_alert_has_an_oncall_section():
     rules = yaml.safe_load((ROOT / "compose" / "prometheus" / "alerts.yml").read_text())
     alerts = [r["alert"] for g in rules["groups"] for r in g["rules"]]
-    headings = set(re.findall(r"^## (\S+)\s*$", (ROOT / "runbooks" / "oncall.md").read_text(),
-                              re.M))
+    headings = set(
+        re.findall(r"^## (\S+)\s*$", (ROOT / "runbooks" / "oncall.md").read_text(), re.M)
+    )
     assert alerts and set(alerts) <= headings, set(alerts) - headings
 
 
@@ -390,11 +450,13 @@ def test_metrics_named_in_runbooks_are_documented():
 
 # -- the sample production configuration -------------------------------------------
 
+
 def test_the_production_toml_loads_into_settings_strictly(tmp_path):
     env = shape_env(tmp_path, ORCH_CONFIG=str(CONFIG_DIR / "production.toml"))
     r = cli(env, "config", "check", "--strict", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
     from orchestrator.config import Settings
+
     os_env = {k: v for k, v in os.environ.items()}
     try:
         for k in [k for k in os.environ if k.startswith("ORCH_")]:
@@ -410,20 +472,35 @@ def test_the_production_toml_loads_into_settings_strictly(tmp_path):
 
 def test_the_production_policy_loads_and_decides(tmp_path):
     from orchestrator.policy import load_policy
-    loaded = load_policy(CONFIG_DIR / "policy.yaml")         # every rule's examples checked
+
+    loaded = load_policy(CONFIG_DIR / "policy.yaml")  # every rule's examples checked
     assert loaded.name == "production"
     env = shape_env(tmp_path)
     p = str(CONFIG_DIR / "policy.yaml")
     assert cli(env, "policy", "check", "--policy", p, "--", "git", "status").returncode == 0
-    denied = cli(env, "policy", "check", "--policy", p, "--json", "--",
-                 "git", "push", "--force", "origin", "main")
+    denied = cli(
+        env,
+        "policy",
+        "check",
+        "--policy",
+        p,
+        "--json",
+        "--",
+        "git",
+        "push",
+        "--force",
+        "origin",
+        "main",
+    )
     assert denied.returncode == 3 and '"decision": "deny"' in denied.stdout
-    ci = cli(env, "policy", "check", "--policy", p, "--path", ".github/workflows/ci.yml",
-             "--op", "write")
+    ci = cli(
+        env, "policy", "check", "--policy", p, "--path", ".github/workflows/ci.yml", "--op", "write"
+    )
     assert ci.returncode == 3 and "no-ci-config" in ci.stdout
 
 
 # -- (b) the runnable ones run ------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -464,11 +541,14 @@ def deployment(tmp_path: Path) -> Iterator[tuple[Deployment, dict]]:
     try:
         assert r.returncode == 0, r.stdout + r.stderr
         import json
+
         job = json.loads(r.stdout)
         assert {s["status"] for s in job["sessions"]} == {"completed"}, job
-        for _ in range(100):        # the last session's task completes the job right after
-            if json.loads(cli(env, "status", job["job_id"], "--json").stdout)["status"] \
-                    == "completed":
+        for _ in range(100):  # the last session's task completes the job right after
+            if (
+                json.loads(cli(env, "status", job["job_id"], "--json").stdout)["status"]
+                == "completed"
+            ):
                 break
             time.sleep(0.1)
         yield Deployment(job["job_id"], job["sessions"][0]["session_id"], root), env
@@ -476,7 +556,7 @@ def deployment(tmp_path: Path) -> Iterator[tuple[Deployment, dict]]:
         if pidfile.exists():
             pid = int(pidfile.read_text().strip())
             try:
-                os.kill(pid, signal.SIGTERM)       # warm shutdown of the worker `run` left
+                os.kill(pid, signal.SIGTERM)  # warm shutdown of the worker `run` left
                 for _ in range(300):
                     os.kill(pid, 0)
                     time.sleep(0.1)
@@ -535,9 +615,11 @@ def test_runnable_commands_run_against_a_real_deployment(doc: Path, deployment, 
             print(f"{line.where}: {time.monotonic() - started:.1f} s  {' '.join(words)}")
             ran += 1
             if r.returncode != line.expect:
-                problems.append(f"{line.where}: `{' '.join(words)}` exited {r.returncode}, "
-                                f"the runbook says {line.expect}\n{r.stdout[-1500:]}"
-                                f"{r.stderr[-1500:]}")
+                problems.append(
+                    f"{line.where}: `{' '.join(words)}` exited {r.returncode}, "
+                    f"the runbook says {line.expect}\n{r.stdout[-1500:]}"
+                    f"{r.stderr[-1500:]}"
+                )
     if doc.name != "README.md":
         assert ran > 0, f"{doc}: nothing ran"
     assert not problems, "\n".join(problems)
