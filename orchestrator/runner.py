@@ -271,8 +271,13 @@ class Runner:
             self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
             return s.status
         turn = index + 1
-        if any(c.turn < turn for c in s.waiting):
-            return "waiting"        # an earlier step waits; its answer continues from there
+        if any(c.turn < turn for c in s.waiting) or any(
+                c.turn < turn and c.status == "asked" for c in s.calls):
+            # An earlier step waits for its answer, or was answered and the
+            # continuation the answer enqueued has not run it yet: that
+            # continuation goes on from there. (This chain's later links may
+            # run after the answer but before the continuation.)
+            return "waiting"
         call_id = f"{sid}/{turn}"
         logs.bind(job_id=ticket.job_id, session_id=sid, turn_id=turn, tool_call_id=call_id)
         call = s.call(call_id)
