@@ -41,10 +41,16 @@ from orchestrator import logs, metrics, policy, tracing
 from orchestrator.errors import ToolError
 from orchestrator.steps import (NETWORK_STEPS, DeleteStep, ListStep, PatchStep, ReadStep,
                                 ReplaceStep, SearchStep, ShellStep, Step, WriteStep)
-from orchestrator.net import run as net_run
 from orchestrator.tools import files, replace, search, shell
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.jail import real_paths
+
+
+def _retry_events(call_id: str, result: Any) -> list[Any]:
+    """ToolCallRetried for every retry a network call made (none for others)."""
+    return [p.ToolCallRetried(call_id=call_id, attempt=r.attempt, reason=r.reason,
+                              delay_s=r.delay_s, host=r.host)
+            for r in getattr(result, "retries", ())]
 
 
 def _masked(text: str) -> str:
@@ -464,7 +470,7 @@ class Runner:
         _observed(step.kind, "ok" if result.exit_code == 0 else "error",
                   time.monotonic() - started)
         events: list[Any] = [
-                *net_run.retry_events(call_id, result),
+                *_retry_events(call_id, result),
                 p.ToolCallCompleted(call_id=call_id, tool=step.kind, exit_code=result.exit_code,
                                     duration_s=round(result.duration_s or
                                                      time.monotonic() - started, 6),
@@ -486,7 +492,7 @@ class Runner:
                  elapsed: float, last: bool) -> list[Any]:
         result: ToolResult | None = getattr(exc, "result", None)
         events: list[Any] = [
-            *net_run.retry_events(call_id, result),
+            *_retry_events(call_id, result),
             p.ToolCallFailed(call_id=call_id, tool=step.kind, error=exc.error,
                              message=_masked(str(exc)),
                              duration_s=round(result.duration_s if result else elapsed, 6),
@@ -619,6 +625,7 @@ def execute(workspace: Path, step: Step, s: SessionState, call_id: str,
     if isinstance(step, SearchStep):
         return search.search(workspace, step, hidden=hidden)
     if isinstance(step, NETWORK_STEPS):
+        from orchestrator.net import run as net_run   # httpx, pybreaker: only when used
         return net_run.run_step(step, pol.doc.network, store=store, actor=actor)
     if isinstance(step, ReadStep):
         return files.read_file(workspace, step.path, step.max_output_bytes)

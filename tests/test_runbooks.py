@@ -16,6 +16,7 @@ The convention is documented at the top of runbooks/README.md:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,45 +149,33 @@ def split_assignments(words: list[str]) -> tuple[dict[str, str], list[str]]:
 # -- the real CLI ---------------------------------------------------------------
 
 
-def _help_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env.update(COLUMNS="250", TERM="dumb", NO_COLOR="1")
-    return env
-
-
 @functools.cache
-def cli_help(path: tuple[str, ...]) -> tuple[int, str]:
-    r = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *path, "--help"],
-        env=_help_env(),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return r.returncode, r.stdout + r.stderr
+def _command(path: tuple[str, ...]) -> Any:
+    """The real CLI's click command at `path` (typer builds the same tree that
+    `--help` prints), or None when there is no such command."""
+    import typer.main
+
+    from orchestrator.cli import app
+
+    cmd: Any = typer.main.get_command(app)
+    for name in path:
+        cmd = getattr(cmd, "commands", {}).get(name)
+        if cmd is None:
+            return None
+    return cmd
 
 
 def subcommands(path: tuple[str, ...]) -> set[str]:
-    rc, text = cli_help(path)
-    names: set[str] = set()
-    in_commands = False
-    for line in text.splitlines():
-        if "Commands" in line and line.lstrip().startswith("╭"):
-            in_commands = True
-            continue
-        if in_commands:
-            if line.lstrip().startswith("╰"):
-                break
-            m = re.match(r"\s*│ ([a-z][\w-]*)\s", line)
-            if m:
-                names.add(m.group(1))
-    return names
+    cmd = _command(path)
+    return set(getattr(cmd, "commands", {})) if cmd is not None else set()
 
 
 def options(path: tuple[str, ...]) -> set[str]:
-    _, text = cli_help(path)
-    return set(re.findall(r"(?<![\w-])(--[a-z0-9][\w-]*|-[a-zA-Z])(?![\w-])", text))
+    cmd = _command(path)
+    found = {"--help"}
+    for param in getattr(cmd, "params", ()):
+        found |= set(getattr(param, "opts", ())) | set(getattr(param, "secondary_opts", ()))
+    return {o for o in found if o.startswith("-")}
 
 
 @dataclass(frozen=True)
@@ -223,11 +213,10 @@ def resolve(args: list[str]) -> Resolved:
             problems.append(f"`{w}` is not an orchestrator command")
             break
         i += 1
-    rc, _ = cli_help(path)
     if not path:
         problems.append("no command")
-    elif rc != 0:
-        problems.append(f"`orchestrator {' '.join(path)} --help` exits {rc}")
+    elif _command(path) is None:
+        problems.append(f"`orchestrator {' '.join(path)}` is not a command")
     return Resolved(path, tuple(problems))
 
 
@@ -421,7 +410,7 @@ def test_every_non_orchestrator_command_names_real_things():
 def celery_list(kind: str) -> frozenset[str]:
     r = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks.app", kind, "--list"],
-        env=_help_env(),
+        env={k: v for k, v in os.environ.items() if not k.startswith("ORCH_")},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -526,11 +515,29 @@ steps:
 """
 
 
+@pytest.fixture(scope="module")
+def shared_deployment(tmp_path_factory: pytest.TempPathFactory
+                      ) -> Iterator[tuple[Deployment, dict]]:
+    """One deployment the pages that only read share."""
+    with _deployed(tmp_path_factory.mktemp("shared") / "deployment") as found:
+        yield found
+
+
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[tuple[Deployment, dict]]:
-    """A deployment of each page's own: the audit page signs with keys of its
+def deployment(request: pytest.FixtureRequest, doc: Path, tmp_path: Path
+               ) -> Iterator[tuple[Deployment, dict]]:
+    """The audit page gets a deployment of its own: it signs with keys of its
     own, which a later page's `audit verify` would rightly call untrusted."""
-    root = tmp_path / "deployment"
+    if doc.name != "audit.md":
+        yield request.getfixturevalue("shared_deployment")
+        return
+    with _deployed(tmp_path / "deployment") as found:
+        yield found
+
+
+@contextlib.contextmanager
+def _deployed(root: Path) -> Iterator[tuple[Deployment, dict]]:
+    """A tiny real job run on an embedded deployment at `root`, its worker kept."""
     env = shape_env(root)
     (root / "repos" / "app").mkdir(parents=True)
     (root / "repos" / "app" / "STATUS.txt").write_text("status: before\n")

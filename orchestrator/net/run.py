@@ -1,7 +1,7 @@
 """The network steps as the runner and the agent call them: `run_step`
 turns a FetchStep, WebSearchStep or BrowserStep into a ToolResult under the
 session's network policy, with this process's circuit breakers; the
-retries it made become ToolCallRetried payloads (`retry_events`), and the
+retries it made become ToolCallRetried payloads (the runner's `_retry_events`), and the
 breaker transitions CircuitChanged events on `circuit:<host>`.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from events import payloads as p
 from orchestrator.errors import ToolError
 from orchestrator.net import fetch as web
 from orchestrator.net import search as websearch
@@ -18,7 +17,7 @@ from orchestrator.net.breaker import Breakers, breakers_for, record_transition
 from orchestrator.steps import BrowserStep, FetchStep, WebSearchStep
 from orchestrator.tools.base import ToolResult
 
-__all__ = ["run_step", "retry_events", "BrowserUnavailableError"]
+__all__ = ["run_step", "BrowserUnavailableError"]
 
 
 class BrowserUnavailableError(ToolError):
@@ -88,10 +87,3 @@ def run_step(step: FetchStep | WebSearchStep | BrowserStep, net: Any, *,
 def _with_output(result: web.FetchResult, text: str, size: int) -> web.FetchResult:
     from dataclasses import replace
     return replace(result, output=text, output_bytes=size, count=result.status)
-
-
-def retry_events(call_id: str, result: Any) -> list[Any]:
-    """ToolCallRetried for every retry a network call made (none for others)."""
-    return [p.ToolCallRetried(call_id=call_id, attempt=r.attempt, reason=r.reason,
-                              delay_s=r.delay_s, host=r.host)
-            for r in getattr(result, "retries", ())]
