@@ -25,8 +25,10 @@ def stream():
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
     buf = io.StringIO()
+    logs.clear()              # ids an in-process runner test bound earlier in this process
     logs.configure(Settings(log_format="json", log_level="INFO"), stream=buf, force=True)
     yield buf
+    logs.clear()
     for h in list(root.handlers):
         root.removeHandler(h)
     for h in saved:
