@@ -9,23 +9,35 @@ import platform
 import sys
 import time
 import traceback
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
 from bench.common import CACHE, Options, banner, show
 
-BENCHES = ("append", "replay", "dispatch", "batch", "policy", "sandbox", "agent", "browser",
-           "fetch", "api")
+BENCHES = (
+    "append",
+    "replay",
+    "dispatch",
+    "batch",
+    "policy",
+    "sandbox",
+    "agent",
+    "browser",
+    "fetch",
+    "api",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--quick", action="store_true",
-                    help="smaller sizes (about a quarter of the time)")
-    ap.add_argument("--only", default=",".join(BENCHES),
-                    help=f"comma-separated subset of {','.join(BENCHES)}")
+    ap.add_argument(
+        "--quick", action="store_true", help="smaller sizes (about a quarter of the time)"
+    )
+    ap.add_argument(
+        "--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}"
+    )
     ap.add_argument("--json", type=Path, default=None, help="also write all figures here")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -37,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ORCH_STATE_DIR", str(CACHE / "state"))
     opts = Options(quick=args.quick, verbose=args.verbose)
     started = datetime.now(UTC)
-    print(f"bench {'--quick ' if args.quick else ''}{','.join(chosen)} on "
-          f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
-          f"{started:%Y-%m-%d %H:%M} UTC", flush=True)
+    print(
+        f"bench {'--quick ' if args.quick else ''}{','.join(chosen)} on "
+        f"{platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()}), "
+        f"{started:%Y-%m-%d %H:%M} UTC",
+        flush=True,
+    )
     results = {}
     for name in chosen:
         banner(f"bench: {name}")
@@ -52,18 +67,28 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             print(f"bench {name} failed; the others go on", file=sys.stderr)
         print(f"\n({name}: {time.perf_counter() - t:,.1f} s)", flush=True)
-    rows = [(f"{n}: {t.name}", t.wanted, t.measured, t.verdict)
-            for n, r in results.items() for t in r.targets]
+    rows = [
+        (f"{n}: {t.name}", t.wanted, t.measured, t.verdict)
+        for n, r in results.items()
+        for t in r.targets
+    ]
     if rows:
         banner("all targets")
         show("", ("target", "wanted", "measured", "verdict"), rows)
     if args.json is not None:
-        data = {"started": started.isoformat(), "quick": args.quick,
-                "machine": {"node": platform.node(), "cpus": os.cpu_count(),
-                            "python": platform.python_version()},
-                "benches": {n: r.to_json() for n, r in results.items()}}
-        args.json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2
-                                           | orjson.OPT_SERIALIZE_NUMPY))
+        data = {
+            "started": started.isoformat(),
+            "quick": args.quick,
+            "machine": {
+                "node": platform.node(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            },
+            "benches": {n: r.to_json() for n, r in results.items()},
+        }
+        args.json.write_bytes(
+            orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+        )
         print(f"\nwrote {args.json}")
     return 0 if len(results) == len(chosen) else 1
 

@@ -66,8 +66,20 @@ from typing import Any
 
 from celery import Celery
 
-from bench.common import (CACHE, Options, Result, median, now, pct, pg_available, pg_drop,
-                          pg_recreate, redis_available, show, x)
+from bench.common import (
+    CACHE,
+    Options,
+    Result,
+    median,
+    now,
+    pct,
+    pg_available,
+    pg_drop,
+    pg_recreate,
+    redis_available,
+    show,
+    x,
+)
 
 DB = "orch_bench_agent"
 # A Redis db of our own for broker and results: the other benches use 13/14,
@@ -76,20 +88,31 @@ DB = "orch_bench_agent"
 REDIS_URL = os.environ.get("BENCH_AGENT_REDIS", "redis://127.0.0.1:6379/6")
 CHANNEL = "bench_agent"
 QUEUE_BARE = "bench-agent-bare"
-TARGET_MS = 10.0              # p50 added per tool call
+TARGET_MS = 10.0  # p50 added per tool call
 FILES = 5
 INSTRUCTION = "Explain what load_user returns."
 
 # -- the bare peer: our Celery settings, a no-op task that re-enqueues itself ------
 # The worker imports this module (`celery -A bench.agent:bare`).
 
-bare = Celery("bench-agent-bare", broker=os.environ.get("BENCH_BARE_BROKER", REDIS_URL),
-              backend=os.environ.get("BENCH_BARE_BACKEND", REDIS_URL))
-bare.conf.update(task_default_queue=QUEUE_BARE, broker_connection_retry_on_startup=True,
-                 worker_hijack_root_logger=False, task_acks_late=True,
-                 task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
-                 worker_send_task_events=True, task_send_sent_event=True,
-                 task_serializer="json", result_serializer="json", accept_content=["json"])
+bare = Celery(
+    "bench-agent-bare",
+    broker=os.environ.get("BENCH_BARE_BROKER", REDIS_URL),
+    backend=os.environ.get("BENCH_BARE_BACKEND", REDIS_URL),
+)
+bare.conf.update(
+    task_default_queue=QUEUE_BARE,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+)
 _notify: tuple[int, Any] | None = None
 
 
@@ -101,6 +124,7 @@ def hop(left: int, stream: str) -> str:
     global _notify
     if _notify is None or _notify[0] != os.getpid():
         import psycopg
+
         _notify = (os.getpid(), psycopg.connect(os.environ["BENCH_AGENT_PG"], autocommit=True))
     _notify[1].execute("SELECT pg_notify(%s, %s)", (CHANNEL, f"BareDone {stream}"))
     return "completed"
@@ -120,8 +144,10 @@ def _note(kind: str, ticket: Any) -> None:
     if not isinstance(ticket, dict) or "session_id" not in ticket:
         return
     if _probe_fd is None or _probe_fd[0] != os.getpid():
-        _probe_fd = (os.getpid(), os.open(os.environ["BENCH_AGENT_PROBE"],
-                                          os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
+        _probe_fd = (
+            os.getpid(),
+            os.open(os.environ["BENCH_AGENT_PROBE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644),
+        )
     os.write(_probe_fd[1], f"{time.time():.6f} {kind} {ticket['session_id']}\n".encode())
 
 
@@ -133,23 +159,22 @@ def _probed() -> Celery:
     from celery import signals
 
     from tasks.app import app
-    if _probed_app is not None:         # looked up more than once: connect once
+
+    if _probed_app is not None:  # looked up more than once: connect once
         return _probed_app
     _probed_app = app
 
     def first_arg(args: Any) -> Any:
         return args[0] if args else None
 
-    signals.task_prerun.connect(
-        lambda args=None, **_: _note("start", first_arg(args)), weak=False)
-    signals.task_postrun.connect(
-        lambda args=None, **_: _note("end", first_arg(args)), weak=False)
+    signals.task_prerun.connect(lambda args=None, **_: _note("start", first_arg(args)), weak=False)
+    signals.task_postrun.connect(lambda args=None, **_: _note("end", first_arg(args)), weak=False)
     signals.before_task_publish.connect(
-        lambda body=None, **_: _note("publish", first_arg(body[0]) if body else None),
-        weak=False)
+        lambda body=None, **_: _note("publish", first_arg(body[0]) if body else None), weak=False
+    )
     signals.after_task_publish.connect(
-        lambda body=None, **_: _note("published", first_arg(body[0]) if body else None),
-        weak=False)
+        lambda body=None, **_: _note("published", first_arg(body[0]) if body else None), weak=False
+    )
     return app
 
 
@@ -161,11 +186,18 @@ def __getattr__(name: str) -> Any:
 
 # -- the scripts and the workspace ---------------------------------------------------
 
+
 def script(calls: int) -> list[dict[str, Any]]:
-    return [{"content": "Reading the modules first.",
-             "tool_calls": [{"name": "read", "arguments": {"path": f"pkg/mod_{i % FILES}.py"}}
-                            for i in range(calls)]},
-            {"content": "load_user returns a dict with the user's id and name."}]
+    return [
+        {
+            "content": "Reading the modules first.",
+            "tool_calls": [
+                {"name": "read", "arguments": {"path": f"pkg/mod_{i % FILES}.py"}}
+                for i in range(calls)
+            ],
+        },
+        {"content": "load_user returns a dict with the user's id and name."},
+    ]
 
 
 def workspace(base: Path) -> Path:
@@ -176,15 +208,19 @@ def workspace(base: Path) -> Path:
             f'"""Module {i}."""\n\n\ndef load_user(uid):\n'
             f'    """The user {i} knows by id."""\n'
             "    return {'id': uid, 'name': f'user-{uid}'}\n\n\n"
-            "def fetch_all(ids):\n    return [load_user(i) for i in ids]\n" * 4)
+            "def fetch_all(ids):\n    return [load_user(i) for i in ids]\n" * 4
+        )
     return ws
 
 
 def job_spec(calls: int) -> Any:
     from orchestrator.jobspec import AgentSpec, JobSpec
-    return JobSpec(name=f"bench agent {calls}", targets=("repo",),
-                   agent=AgentSpec(instruction=INSTRUCTION, provider="scripted",
-                                   turns=tuple(script(calls))))
+
+    return JobSpec(
+        name=f"bench agent {calls}",
+        targets=("repo",),
+        agent=AgentSpec(instruction=INSTRUCTION, provider="scripted", turns=tuple(script(calls))),
+    )
 
 
 # -- the store: a NOTIFY on the rows the client waits for ----------------------------
@@ -207,6 +243,7 @@ class Waiter:
 
     def __init__(self, url: str) -> None:
         import psycopg
+
         self.conn = psycopg.connect(url, autocommit=True)
         self.conn.execute(f"LISTEN {CHANNEL}")
         self.seen: set[str] = set()
@@ -230,13 +267,14 @@ class Waiter:
 
 # -- the contenders ---------------------------------------------------------------------
 
+
 class Ours:
     """Agent jobs through the real worker."""
 
     def __init__(self, store: Any, app: Celery, waiter: Waiter, base: Path) -> None:
         self.store, self.app, self.waiter, self.base = store, app, waiter, base
         self.specs = {k: job_spec(k) for k in (1, 5)}
-        self.timeout = 120.0            # the first session waits for the worker to start
+        self.timeout = 120.0  # the first session waits for the worker to start
         self.enqueue_s: list[float] = []
         self.last: dict[int, str] = {}
         self.walls: dict[int, list[tuple[str, float, float, float]]] = {1: [], 5: []}
@@ -244,6 +282,7 @@ class Ours:
     def __call__(self, calls: int) -> float:
         from orchestrator import jobs
         from tasks.dispatch import enqueue
+
         spec = self.specs[calls]
         job_id, tickets = jobs.prepare(spec, self.base)
         jobs.record(self.store, spec, job_id, tickets, "cli:bench")
@@ -253,12 +292,13 @@ class Ours:
         enqueue(tickets, (), app=self.app, sign=False)
         e = now()
         try:
-            kind = self.waiter.wait(sid, "SessionCompleted", "SessionFailed",
-                                    timeout=self.timeout)
+            kind = self.waiter.wait(sid, "SessionCompleted", "SessionFailed", timeout=self.timeout)
         except TimeoutError:
             stored = [e.type for e in self.store.read_stream(sid)]
-            raise RuntimeError(f"session {sid} not finished after {self.timeout:.0f} s; "
-                               f"stored so far: {stored or 'nothing'}") from None
+            raise RuntimeError(
+                f"session {sid} not finished after {self.timeout:.0f} s; "
+                f"stored so far: {stored or 'nothing'}"
+            ) from None
         dt = now() - t
         self.walls[calls].append((sid, wall, wall + (e - t), wall + dt))
         if kind != "SessionCompleted":
@@ -278,6 +318,7 @@ class Direct:
 
     def __init__(self, ws: Path) -> None:
         from orchestrator.providers.scripted import ScriptedProvider
+
         self.ws = ws
         self.providers = {k: ScriptedProvider(script(k)) for k in (1, 5)}
         self.requests: dict[int, tuple[Any, Any]] = {}
@@ -287,12 +328,13 @@ class Direct:
         from events.replay import load
         from orchestrator import agent
         from orchestrator.providers.base import ModelRequest
+
         state = load(store, sid)
         msgs = agent.messages(state, False)
         a = state.session.agent
         tools = agent.tool_specs(a.tools)
         first = ModelRequest(model=a.model, messages=msgs[:2], tools=tools)
-        second = ModelRequest(model=a.model, messages=msgs[:3 + calls], tools=tools)
+        second = ModelRequest(model=a.model, messages=msgs[: 3 + calls], tools=tools)
         assert [m["role"] for m in second.messages][-calls:] == ["tool"] * calls
         self.requests[calls] = (first, second)
 
@@ -301,6 +343,7 @@ class Direct:
 
         from orchestrator.agent import AGENT_OUTPUT_BYTES
         from orchestrator.tools.files import read_file
+
         provider = self.providers[calls]
         first, second = self.requests[calls]
         t = now()
@@ -319,7 +362,7 @@ class BareChain:
         self.client.conf.update(task_default_queue=QUEUE_BARE, task_send_sent_event=True)
         self.hop = self.client.task(name="bench.agent.hop")(hop.run)
         self.waiter = waiter
-        self.timeout = 120.0            # the first chain waits for the worker to start
+        self.timeout = 120.0  # the first chain waits for the worker to start
 
     def __call__(self, tasks: int) -> float:
         stream = uuid.uuid4().hex
@@ -333,6 +376,7 @@ class BareChain:
 
 
 # -- the worker's bodies in process, their parts timed ----------------------------------
+
 
 class Parts:
     """Exclusive time per part: a wrapped call's time minus its wrapped callees'."""
@@ -355,6 +399,7 @@ class Parts:
                 self.count[name] = self.count.get(name, 0) + 1
                 if self.stack:
                     self.stack[-1] += dt
+
         return timed
 
 
@@ -367,6 +412,7 @@ def instrumented(parts: Parts) -> Iterator[None]:
     import orchestrator.runner as runner_mod
     from events.store import SqlEventStore
     from orchestrator.providers.scripted import ScriptedProvider
+
     targets = [
         (SqlEventStore, "append", "store: append (one transaction)"),
         (SqlEventStore, "raw_stream", "store: read the stream's tail"),
@@ -380,19 +426,22 @@ def instrumented(parts: Parts) -> Iterator[None]:
     ]
     with contextlib.ExitStack() as stack:
         for owner, attr, name in targets:
-            stack.enter_context(mock.patch.object(owner, attr, parts.wrap(name,
-                                                                         getattr(owner, attr))))
+            stack.enter_context(
+                mock.patch.object(owner, attr, parts.wrap(name, getattr(owner, attr)))
+            )
         yield
 
 
 class RoundTrips:
     """PostgreSQL round trips by kind, timed at the driver (psycopg 3)."""
 
-    KINDS = (("; ", "read: pool_pre_ping (`;`)"),
-             ("SELECT snapshots", "read: snapshot lookup (+ its BEGIN)"),
-             ("SELECT events", "read: stream tail (+ its BEGIN)"),
-             ("SELECT seq, hash", "append: head + idempotency-key lookup"),
-             ("INSERT INTO events", "append: INSERT ... RETURNING (autocommit, WAL flush)"))
+    KINDS = (
+        ("; ", "read: pool_pre_ping (`;`)"),
+        ("SELECT snapshots", "read: snapshot lookup (+ its BEGIN)"),
+        ("SELECT events", "read: stream tail (+ its BEGIN)"),
+        ("SELECT seq, hash", "append: head + idempotency-key lookup"),
+        ("INSERT INTO events", "append: INSERT ... RETURNING (autocommit, WAL flush)"),
+    )
 
     def __init__(self) -> None:
         self.total: dict[str, float] = {}
@@ -413,6 +462,7 @@ class RoundTrips:
 
         import psycopg
         import psycopg._connection_base as base
+
         execute, rollback = psycopg.Cursor.execute, psycopg.Connection.rollback
         command = base.BaseConnection._exec_command
         rts = self
@@ -429,18 +479,23 @@ class RoundTrips:
             try:
                 rollback(conn)
             finally:
-                rts.add("read: ROLLBACK when the pool takes the connection back",
-                        time.perf_counter() - t)
+                rts.add(
+                    "read: ROLLBACK when the pool takes the connection back",
+                    time.perf_counter() - t,
+                )
 
         def counted_command(conn: Any, cmd: Any, *a: Any, **kw: Any) -> Any:
-            if bytes(cmd if isinstance(cmd, (bytes, bytearray)) else str(cmd).encode()
-                     ).startswith(b"BEGIN"):
+            if bytes(cmd if isinstance(cmd, (bytes, bytearray)) else str(cmd).encode()).startswith(
+                b"BEGIN"
+            ):
                 rts.begins += 1
             return command(conn, cmd, *a, **kw)
 
-        with mock.patch.object(psycopg.Cursor, "execute", timed_execute), \
-                mock.patch.object(psycopg.Connection, "rollback", timed_rollback), \
-                mock.patch.object(base.BaseConnection, "_exec_command", counted_command):
+        with (
+            mock.patch.object(psycopg.Cursor, "execute", timed_execute),
+            mock.patch.object(psycopg.Connection, "rollback", timed_rollback),
+            mock.patch.object(base.BaseConnection, "_exec_command", counted_command),
+        ):
             yield
 
 
@@ -458,11 +513,15 @@ class InProcess:
         from orchestrator.config import Settings
         from orchestrator.runner import Runner
         from tasks.agent import provider_for
+
         self.store = SqlEventStore(store_url)
         self.base = base
         settings = Settings(state_dir=base / "inproc", store_url=store_url)
-        self.loop = AgentLoop(Runner(self.store, "worker:bench:inproc"), provider_for(settings),
-                              default_provider="scripted")
+        self.loop = AgentLoop(
+            Runner(self.store, "worker:bench:inproc"),
+            provider_for(settings),
+            default_provider="scripted",
+        )
         self.specs = {k: job_spec(k) for k in (1, 5)}
         self.parts = {k: Parts() for k in (1, 5)}
         self.rts = {k: RoundTrips() for k in (1, 5)}
@@ -473,6 +532,7 @@ class InProcess:
 
     def _ticket(self, calls: int) -> Any:
         from orchestrator import jobs
+
         spec = self.specs[calls]
         job_id, tickets = jobs.prepare(spec, self.base)
         jobs.record(self.store, spec, job_id, tickets, "cli:bench")
@@ -488,15 +548,17 @@ class InProcess:
                 return units, outcome
 
     def __call__(self, calls: int) -> float:
-        from events.store import SqlEventStore
         from unittest import mock
+
+        from events.store import SqlEventStore
+
         t = self._ticket(calls)
         done: list[float] = []
         with contextlib.ExitStack() as stack:
             if self.measuring:
                 stack.enter_context(instrumented(self.parts[calls]))
                 stack.enter_context(self.rts[calls].counting())
-            append = SqlEventStore.append           # the timed one while measuring
+            append = SqlEventStore.append  # the timed one while measuring
 
             def noting(store: Any, stream: str, batch: Any, expected: Any) -> Any:
                 out = append(store, stream, batch, expected)
@@ -531,8 +593,10 @@ class InProcess:
         self.store.close()
 
 
-def timeline(probe: Path, sessions: list[tuple[str, float, float, float]],
-             ) -> dict[str, list[float]]:
+def timeline(
+    probe: Path,
+    sessions: list[tuple[str, float, float, float]],
+) -> dict[str, list[float]]:
     """Where a real worker's time goes, per session, from the probe's notes
     (same clock as the client's): the client's enqueue call, its delivery to
     the worker's child, each task's body (start to publishing its successor;
@@ -563,14 +627,22 @@ def timeline(probe: Path, sessions: list[tuple[str, float, float, float]],
         add("client: enqueue() (group, chain, publish)", returned - sent)
         add("delivery: enqueue() returned -> task 1 starts", starts[0] - returned)
         bodies = sum(pubs[i] - starts[i] for i in range(n - 1)) + (seen - starts[-1])
-        add(f"task bodies: {n - 1} x start -> publish next, + last start -> "
-            "SessionCompleted seen", bodies)
-        add(f"re-enqueue: {n - 1} x publish -> published", sum(pubd[i] - pubs[i]
-                                                               for i in range(n - 1)))
-        add(f"task return: {n - 1} x published -> task end (result stored)",
-            sum(ends[i] - pubd[i] for i in range(n - 1)))
-        add(f"hops: {n - 1} x task end -> next task starts", sum(starts[i + 1] - ends[i]
-                                                                 for i in range(n - 1)))
+        add(
+            f"task bodies: {n - 1} x start -> publish next, + last start -> SessionCompleted seen",
+            bodies,
+        )
+        add(
+            f"re-enqueue: {n - 1} x publish -> published",
+            sum(pubd[i] - pubs[i] for i in range(n - 1)),
+        )
+        add(
+            f"task return: {n - 1} x published -> task end (result stored)",
+            sum(ends[i] - pubd[i] for i in range(n - 1)),
+        )
+        add(
+            f"hops: {n - 1} x task end -> next task starts",
+            sum(starts[i + 1] - ends[i] for i in range(n - 1)),
+        )
         for i in range(n - 1):
             add(f"  task {i + 1} body (start -> publish next)", pubs[i] - starts[i])
         add(f"  task {n} body (start -> SessionCompleted seen)", seen - starts[-1])
@@ -583,11 +655,13 @@ def read_paths(store: Any, url: str, sid: str, n: int) -> dict[str, list[float]]
     pre-ping, BEGIN, SELECT, ROLLBACK) and the same SELECT on an autocommit
     connection (one round trip), alternating."""
     import psycopg
+
     last = store.last_seq(sid)
-    sql = ("SELECT position, body, hash FROM events WHERE stream_id = %s AND seq > %s "
-           "ORDER BY seq")
-    out: dict[str, list[float]] = {"store.raw_stream (its own connection)": [],
-                                   "same SELECT, a separate autocommit connection": []}
+    sql = "SELECT position, body, hash FROM events WHERE stream_id = %s AND seq > %s ORDER BY seq"
+    out: dict[str, list[float]] = {
+        "store.raw_stream (its own connection)": [],
+        "same SELECT, a separate autocommit connection": [],
+    }
     with psycopg.connect(url, autocommit=True, prepare_threshold=0) as conn:
         for i in range(n + 10):
             t = now()
@@ -603,9 +677,11 @@ def read_paths(store: Any, url: str, sid: str, n: int) -> dict[str, list[float]]
 
 # -- running it ---------------------------------------------------------------------------
 
+
 def redis_db_in_use(url: str) -> int:
     """How many other clients are connected to the db of `url`."""
     import redis
+
     r = redis.Redis.from_url(url)
     db = r.connection_pool.connection_kwargs.get("db", 0)
     me = r.client_id()
@@ -620,6 +696,7 @@ def _tasks_per_session(store: Any, sid: str) -> int:
 
 def run(opts: Options) -> Result:
     from bench.dispatch import celery_worker, clean_env, flush_redis
+
     res = Result("agent")
     if not (pg_available() and redis_available(REDIS_URL)):
         res.notes.append("PostgreSQL or Redis unreachable: nothing measured")
@@ -627,8 +704,9 @@ def run(opts: Options) -> Result:
         res.print_targets()
         return res
     if redis_db_in_use(REDIS_URL):
-        res.notes.append(f"another client is connected to {REDIS_URL}; set BENCH_AGENT_REDIS "
-                         "to a free db")
+        res.notes.append(
+            f"another client is connected to {REDIS_URL}; set BENCH_AGENT_REDIS to a free db"
+        )
         res.target("added p50 per tool call, 1 call/turn", f"< {TARGET_MS:.0f} ms", "-", None)
         res.print_targets()
         return res
@@ -643,25 +721,40 @@ def run(opts: Options) -> Result:
         from events.store import open_store
         from orchestrator.config import Settings
         from tasks.app import make_app
+
         store = open_store(url, upgrade=True)
         with store.engine.begin() as conn:
             conn.exec_driver_sql(TRIGGER)
         flush_redis(REDIS_URL)
         probe = base / "probe.log"
-        ours_env = clean_env(ORCH_STATE_DIR=str(base / "state"), ORCH_STORE_URL=url,
-                             ORCH_BROKER_URL=REDIS_URL, ORCH_RESULT_BACKEND=REDIS_URL,
-                             ORCH_LOG_LEVEL="WARNING", BENCH_AGENT_PROBE=str(probe))
-        bare_env = clean_env(BENCH_BARE_BROKER=REDIS_URL, BENCH_BARE_BACKEND=REDIS_URL,
-                             BENCH_AGENT_PG=url)
-        app = make_app(Settings(state_dir=base / "state", store_url=url,
-                                broker_url=REDIS_URL, result_backend=REDIS_URL))
+        ours_env = clean_env(
+            ORCH_STATE_DIR=str(base / "state"),
+            ORCH_STORE_URL=url,
+            ORCH_BROKER_URL=REDIS_URL,
+            ORCH_RESULT_BACKEND=REDIS_URL,
+            ORCH_LOG_LEVEL="WARNING",
+            BENCH_AGENT_PROBE=str(probe),
+        )
+        bare_env = clean_env(
+            BENCH_BARE_BROKER=REDIS_URL, BENCH_BARE_BACKEND=REDIS_URL, BENCH_AGENT_PG=url
+        )
+        app = make_app(
+            Settings(
+                state_dir=base / "state",
+                store_url=url,
+                broker_url=REDIS_URL,
+                result_backend=REDIS_URL,
+            )
+        )
         waiter = Waiter(url)
         ours, direct, chain = Ours(store, app, waiter, base), Direct(ws), BareChain(waiter)
         bodies = InProcess(url, base)
         samples: dict[str, list[float]] = {}
-        with celery_worker("bench.agent:probed", "orchestrator", ours_env, log), \
-                celery_worker("bench.agent:bare", QUEUE_BARE, bare_env, log):
-            for calls in (1, 5):            # warm-up, and the requests the peer replays
+        with (
+            celery_worker("bench.agent:probed", "orchestrator", ours_env, log),
+            celery_worker("bench.agent:bare", QUEUE_BARE, bare_env, log),
+        ):
+            for calls in (1, 5):  # warm-up, and the requests the peer replays
                 for _ in range(warm):
                     ours(calls)
                 direct.learn(store, calls, ours.last[calls])
@@ -676,12 +769,14 @@ def run(opts: Options) -> Result:
             ours.walls = {1: [], 5: []}
             fns: list[tuple[str, Callable[[], float]]] = []
             for k in (1, 5):
-                fns += [(f"{k}: ours", lambda k=k: ours(k)),
-                        (f"{k}: direct", lambda k=k: direct(k)),
-                        (f"{k}: bare", lambda k=k: chain(tasks[k])),
-                        (f"{k}: bodies", lambda k=k: bodies(k))]
-            for r in range(n):              # alternate who goes first
-                for name, fn in (fns if r % 2 == 0 else list(reversed(fns))):
+                fns += [
+                    (f"{k}: ours", lambda k=k: ours(k)),
+                    (f"{k}: direct", lambda k=k: direct(k)),
+                    (f"{k}: bare", lambda k=k: chain(tasks[k])),
+                    (f"{k}: bodies", lambda k=k: bodies(k)),
+                ]
+            for r in range(n):  # alternate who goes first
+                for name, fn in fns if r % 2 == 0 else list(reversed(fns)):
                     samples.setdefault(name, []).append(fn())
         waiter.close()
         enqueue_ms = median(ours.enqueue_s) * 1e3
@@ -707,9 +802,18 @@ def run(opts: Options) -> Result:
     return res
 
 
-def report(res: Result, n: int, warm: int, samples: dict[str, list[float]],
-           tasks: dict[int, int], enqueue_ms: float, lines: dict[int, dict[str, list[float]]],
-           bodies: InProcess, profile: str, reads: dict[str, list[float]]) -> None:
+def report(
+    res: Result,
+    n: int,
+    warm: int,
+    samples: dict[str, list[float]],
+    tasks: dict[int, int],
+    enqueue_ms: float,
+    lines: dict[int, dict[str, list[float]]],
+    bodies: InProcess,
+    profile: str,
+    reads: dict[str, list[float]],
+) -> None:
     ms = lambda v: [s * 1e3 for s in v]  # noqa: E731
     rows, figs = [], {}
     for k in (1, 5):
@@ -718,75 +822,160 @@ def report(res: Result, n: int, warm: int, samples: dict[str, list[float]],
         added = [a - c for a, c in zip(o, d)]
         rest = [a - c for a, c in zip(o, w)]
         f: dict[str, Any] = {
-            "calls": k, "tasks_per_session": tasks[k], "sessions": n,
-            "ours_p50_ms": median(o), "ours_p99_ms": pct(o, 99),
-            "direct_p50_ms": median(d), "direct_p99_ms": pct(d, 99),
-            "bare_chain_p50_ms": median(b), "bare_chain_p99_ms": pct(b, 99),
-            "bodies_p50_ms": median(w), "bodies_p99_ms": pct(w, 99),
+            "calls": k,
+            "tasks_per_session": tasks[k],
+            "sessions": n,
+            "ours_p50_ms": median(o),
+            "ours_p99_ms": pct(o, 99),
+            "direct_p50_ms": median(d),
+            "direct_p99_ms": pct(d, 99),
+            "bare_chain_p50_ms": median(b),
+            "bare_chain_p99_ms": pct(b, 99),
+            "bodies_p50_ms": median(w),
+            "bodies_p99_ms": pct(w, 99),
             "rest_p50_ms": median(rest),
             "ratio_p50": median(o) / median(d),
-            "added_p50_ms": median(added), "added_p99_ms": pct(added, 99),
-            "added_per_call_p50_ms": median(added) / k, "added_per_call_p99_ms": pct(added, 99) / k}
+            "added_p50_ms": median(added),
+            "added_p99_ms": pct(added, 99),
+            "added_per_call_p50_ms": median(added) / k,
+            "added_per_call_p99_ms": pct(added, 99) / k,
+        }
         figs[k] = f
-        rows += [(f"{k} call/turn: ours, Celery worker ({tasks[k]} tasks)", median(o), pct(o, 99),
-                  x(f["ratio_p50"]), "", ""),
-                 (f"{k} call/turn: direct, one process", median(d), pct(d, 99), "1.00x", "", ""),
-                 (f"{k} call/turn: added (ours - direct, per round)", f["added_p50_ms"],
-                  f["added_p99_ms"], "", f["added_per_call_p50_ms"], f["added_per_call_p99_ms"]),
-                 (f"{k} call/turn:   of which: our task bodies in process, no Celery",
-                  median(w), pct(w, 99), x(median(w) / median(d)), "", ""),
-                 (f"{k} call/turn:   of which: the rest (ours - bodies, per round)",
-                  median(rest), pct(rest, 99), "", "", ""),
-                 (f"{k} call/turn:   for the rest: bare Celery chain of {tasks[k]} no-op tasks",
-                  median(b), pct(b, 99), x(median(b) / median(d)), "", "")]
+        rows += [
+            (
+                f"{k} call/turn: ours, Celery worker ({tasks[k]} tasks)",
+                median(o),
+                pct(o, 99),
+                x(f["ratio_p50"]),
+                "",
+                "",
+            ),
+            (f"{k} call/turn: direct, one process", median(d), pct(d, 99), "1.00x", "", ""),
+            (
+                f"{k} call/turn: added (ours - direct, per round)",
+                f["added_p50_ms"],
+                f["added_p99_ms"],
+                "",
+                f["added_per_call_p50_ms"],
+                f["added_per_call_p99_ms"],
+            ),
+            (
+                f"{k} call/turn:   of which: our task bodies in process, no Celery",
+                median(w),
+                pct(w, 99),
+                x(median(w) / median(d)),
+                "",
+                "",
+            ),
+            (
+                f"{k} call/turn:   of which: the rest (ours - bodies, per round)",
+                median(rest),
+                pct(rest, 99),
+                "",
+                "",
+                "",
+            ),
+            (
+                f"{k} call/turn:   for the rest: bare Celery chain of {tasks[k]} no-op tasks",
+                median(b),
+                pct(b, 99),
+                x(median(b) / median(d)),
+                "",
+                "",
+            ),
+        ]
     marginal = (figs[5]["added_p50_ms"] - figs[1]["added_p50_ms"]) / 4
     fixed = figs[1]["added_p50_ms"] - marginal
-    show(f"[agent] one agent session, enqueue to SessionCompleted committed, ms ({n} rounds "
-         f"after {warm} warm-up, interleaved; Redis broker, PostgreSQL store, prefork 1 child)",
-         ("contender", "p50", "p99", "p50 / direct", "added/call p50", "added/call p99"), rows)
-    show("[agent] added p50 split by the two scripts (5 calls - 1 call = 4 more tool-call tasks)",
-         ("what", "ms"),
-         [("per extra tool call (marginal)", marginal),
-          ("per session besides its tool calls (2 model turns, start, finish)", fixed),
-          ("bare Celery hop, per task (chain p50 / tasks, 1-call script)",
-           figs[1]["bare_chain_p50_ms"] / tasks[1]),
-          ("client: enqueue() call (in the figure)", enqueue_ms)])
+    show(
+        f"[agent] one agent session, enqueue to SessionCompleted committed, ms ({n} rounds "
+        f"after {warm} warm-up, interleaved; Redis broker, PostgreSQL store, prefork 1 child)",
+        ("contender", "p50", "p99", "p50 / direct", "added/call p50", "added/call p99"),
+        rows,
+    )
+    show(
+        "[agent] added p50 split by the two scripts (5 calls - 1 call = 4 more tool-call tasks)",
+        ("what", "ms"),
+        [
+            ("per extra tool call (marginal)", marginal),
+            ("per session besides its tool calls (2 model turns, start, finish)", fixed),
+            (
+                "bare Celery hop, per task (chain p50 / tasks, 1-call script)",
+                figs[1]["bare_chain_p50_ms"] / tasks[1],
+            ),
+            ("client: enqueue() call (in the figure)", enqueue_ms),
+        ],
+    )
 
     trow = []
     for k in (1, 5):
         for name, v in lines[k].items():
             trow.append((f"{k}: {name}", median(ms(v)), pct(ms(v), 99)))
         figs[k]["worker_timeline_p50_ms"] = {name: median(ms(v)) for name, v in lines[k].items()}
-    show("[agent] the real worker's timeline per session, from Celery signals in the worker "
-         "(task start, publish, return), ms", ("script: segment", "p50", "p99"), trow)
+    show(
+        "[agent] the real worker's timeline per session, from Celery signals in the worker "
+        "(task start, publish, return), ms",
+        ("script: segment", "p50", "p99"),
+        trow,
+    )
 
     prow, rrow = [], []
     for k in (1, 5):
         units, sess = bodies.units[k], bodies.sessions[k]
         whole = ms(bodies.whole[k])
-        prow.append((f"{k} call/turn: all {len(units[0])} task bodies, job report included",
-                     median(whole), pct(whole, 99), ""))
+        prow.append(
+            (
+                f"{k} call/turn: all {len(units[0])} task bodies, job report included",
+                median(whole),
+                pct(whole, 99),
+                "",
+            )
+        )
         for i in range(len(units[0])):
             u = ms([us[i] for us in units])
-            what = ("start + AgentStarted + model turn 1" if i == 0 else
-                    "finish: SessionCompleted + job report" if i == len(units[0]) - 1 else
-                    "model turn 2" if i == len(units[0]) - 2 else f"tool call {i}")
+            what = (
+                "start + AgentStarted + model turn 1"
+                if i == 0
+                else "finish: SessionCompleted + job report"
+                if i == len(units[0]) - 1
+                else "model turn 2"
+                if i == len(units[0]) - 2
+                else f"tool call {i}"
+            )
             prow.append((f"{k}:   task {i + 1}: {what}", median(u), pct(u, 99), ""))
         parts = bodies.parts[k]
         accounted = sum(parts.total.values())
         for name in sorted(parts.total, key=lambda m: -parts.total[m]):
-            prow.append((f"{k}:   part: {name}", parts.total[name] / sess * 1e3, "",
-                         f"{parts.count[name] / sess:.1f}"))
-        prow.append((f"{k}:   part: everything else (loop, runner, pydantic, events)",
-                     (sum(bodies.whole[k]) - accounted) / sess * 1e3, "", ""))
+            prow.append(
+                (
+                    f"{k}:   part: {name}",
+                    parts.total[name] / sess * 1e3,
+                    "",
+                    f"{parts.count[name] / sess:.1f}",
+                )
+            )
+        prow.append(
+            (
+                f"{k}:   part: everything else (loop, runner, pydantic, events)",
+                (sum(bodies.whole[k]) - accounted) / sess * 1e3,
+                "",
+                "",
+            )
+        )
         rts = bodies.rts[k]
         n_rt = sum(rts.count.values()) + rts.begins
         for name in sorted(rts.total, key=lambda m: -rts.total[m]):
-            rrow.append((f"{k}: {name}", rts.count[name] / sess, rts.total[name] / sess * 1e3,
-                         rts.total[name] / rts.count[name] * 1e3))
+            rrow.append(
+                (
+                    f"{k}: {name}",
+                    rts.count[name] / sess,
+                    rts.total[name] / sess * 1e3,
+                    rts.total[name] / rts.count[name] * 1e3,
+                )
+            )
         rrow.append((f"{k}: BEGIN (sent inside the reads above)", rts.begins / sess, "", ""))
-        rrow.append((f"{k}: all round trips", n_rt / sess, sum(rts.total.values()) / sess * 1e3,
-                     ""))
+        rrow.append(
+            (f"{k}: all round trips", n_rt / sess, sum(rts.total.values()) / sess * 1e3, "")
+        )
         figs[k]["in_process"] = {
             "whole_p50_ms": median(whole),
             "task_p50_ms": [median(ms([us[i] for us in units])) for i in range(len(units[0]))],
@@ -794,23 +983,49 @@ def report(res: Result, n: int, warm: int, samples: dict[str, list[float]],
             "calls_per_session": {m: parts.count[m] / sess for m in parts.count},
             "pg_round_trips_per_session": n_rt / sess,
             "pg_ms_per_session": {m: rts.total[m] / sess * 1e3 for m in rts.total},
-            "pg_count_per_session": {m: rts.count[m] / sess for m in rts.count}}
-    show("[agent] in process: the task bodies without Celery (AgentLoop.advance), same store, "
-         "ms per session (parts exclusive)", ("what", "p50", "p99", "calls/session"), prow)
-    show("[agent] in process: PostgreSQL round trips per session, by kind",
-         ("script: kind", "per session", "ms per session", "ms each"), rrow)
-    show("[agent] one stream-tail read, two ways (200 each, alternating), ms",
-         ("path", "p50", "p99"), [(k, median(ms(v)), pct(ms(v), 99)) for k, v in reads.items()])
+            "pg_count_per_session": {m: rts.count[m] / sess for m in rts.count},
+        }
+    show(
+        "[agent] in process: the task bodies without Celery (AgentLoop.advance), same store, "
+        "ms per session (parts exclusive)",
+        ("what", "p50", "p99", "calls/session"),
+        prow,
+    )
+    show(
+        "[agent] in process: PostgreSQL round trips per session, by kind",
+        ("script: kind", "per session", "ms per session", "ms each"),
+        rrow,
+    )
+    show(
+        "[agent] one stream-tail read, two ways (200 each, alternating), ms",
+        ("path", "p50", "p99"),
+        [(k, median(ms(v)), pct(ms(v), 99)) for k, v in reads.items()],
+    )
     res.figures["read_ms_p50"] = {k: median(ms(v)) for k, v in reads.items()}
     if profile:
         print(profile)
 
-    res.figures.update({"1_call": figs[1], "5_calls": figs[5], "marginal_per_call_ms": marginal,
-                        "fixed_per_session_ms": fixed, "enqueue_ms": enqueue_ms})
+    res.figures.update(
+        {
+            "1_call": figs[1],
+            "5_calls": figs[5],
+            "marginal_per_call_ms": marginal,
+            "fixed_per_session_ms": fixed,
+            "enqueue_ms": enqueue_ms,
+        }
+    )
     for k in (1, 5):
         v = figs[k]["added_per_call_p50_ms"]
-        res.target(f"added p50 per tool call, {k} call/turn (added / calls)",
-                   f"< {TARGET_MS:.0f} ms", f"{v:.1f} ms", v < TARGET_MS)
-    res.target("marginal cost of one more tool call (p50)", f"< {TARGET_MS:.0f} ms",
-               f"{marginal:.1f} ms", marginal < TARGET_MS)
+        res.target(
+            f"added p50 per tool call, {k} call/turn (added / calls)",
+            f"< {TARGET_MS:.0f} ms",
+            f"{v:.1f} ms",
+            v < TARGET_MS,
+        )
+    res.target(
+        "marginal cost of one more tool call (p50)",
+        f"< {TARGET_MS:.0f} ms",
+        f"{marginal:.1f} ms",
+        marginal < TARGET_MS,
+    )
     res.print_targets()

@@ -25,8 +25,22 @@ import threading
 import time
 from typing import Any
 
-from bench.common import ROOT, Options, Result, median, now, pct, pg_available, pg_drop, \
-    pg_recreate, redis_available, rounds, scratch_dir, show, x
+from bench.common import (
+    ROOT,
+    Options,
+    Result,
+    median,
+    now,
+    pct,
+    pg_available,
+    pg_drop,
+    pg_recreate,
+    redis_available,
+    rounds,
+    scratch_dir,
+    show,
+    x,
+)
 
 REDIS = "redis://127.0.0.1:6379/8"
 TOKEN = "bench-api-token-0123456789"
@@ -35,10 +49,24 @@ SPEC = {"name": "bench", "targets": ["repo"], "steps": [{"kind": "search", "patt
 
 def _server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     import httpx
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "api", "--port",
-                             str(port), "--log-level", "warning"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "api",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -78,17 +106,32 @@ def run(opts: Options) -> Result:
         (d / "ws" / "repo" / "a.py").write_text("x = 1\n")
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-        env.update(ORCH_STATE_DIR=str(d / "state"), ORCH_STORE_URL=url, ORCH_BROKER_URL=REDIS,
-                   ORCH_API_WORKSPACE_ROOT=str(d / "ws"), ORCH_API_TOKENS=json.dumps([
-                       {"principal": "bench", "roles": ["admin"],
-                        "sha256": hashlib.sha256(TOKEN.encode()).hexdigest()}]))
+        env.update(
+            ORCH_STATE_DIR=str(d / "state"),
+            ORCH_STORE_URL=url,
+            ORCH_BROKER_URL=REDIS,
+            ORCH_API_WORKSPACE_ROOT=str(d / "ws"),
+            ORCH_API_TOKENS=json.dumps(
+                [
+                    {
+                        "principal": "bench",
+                        "roles": ["admin"],
+                        "sha256": hashlib.sha256(TOKEN.encode()).hexdigest(),
+                    }
+                ]
+            ),
+        )
         proc = _server(env, port)
         store = open_store(url)
         broker = Celery("bench-api", broker=REDIS, backend=REDIS)
-        client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                              headers={"Authorization": f"Bearer {TOKEN}"})
+        client = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
         jobs_seen: list[str] = []
         try:
+
             def api_submit(_: int) -> float:
                 t = now()
                 r = client.post("/jobs", json=SPEC)
@@ -115,13 +158,15 @@ def run(opts: Options) -> Result:
                 session_summary(final_view(store, jobs_seen[r % len(jobs_seen)]))
                 return now() - t
 
-            for fn in (api_submit, local_submit):            # warm-up
+            for fn in (api_submit, local_submit):  # warm-up
                 for i in range(10):
                     fn(i)
-            submit = rounds({"POST /jobs (uvicorn)": api_submit,
-                             "in-process submit": local_submit}, n)
-            status = rounds({"GET /jobs/{id} (uvicorn)": api_status,
-                             "in-process status": local_status}, n)
+            submit = rounds(
+                {"POST /jobs (uvicorn)": api_submit, "in-process submit": local_submit}, n
+            )
+            status = rounds(
+                {"GET /jobs/{id} (uvicorn)": api_status, "in-process status": local_status}, n
+            )
             sse = _sse_delays(client, store, jobs_seen[0], sse_n, NewEvent, TurnStarted)
         finally:
             client.close()
@@ -133,24 +178,33 @@ def run(opts: Options) -> Result:
     rows = []
     for pair in (submit, status):
         (a, sa), (b, sb) = pair.items()
-        rows += [(a, median(sa) * 1e3, pct(sa, 99) * 1e3, x(median(sa) / median(sb))),
-                 (b, median(sb) * 1e3, pct(sb, 99) * 1e3, "1.00x")]
+        rows += [
+            (a, median(sa) * 1e3, pct(sa, 99) * 1e3, x(median(sa) / median(sb))),
+            (b, median(sb) * 1e3, pct(sb, 99) * 1e3, "1.00x"),
+        ]
         res.figures[a] = {"p50_ms": median(sa) * 1e3, "p99_ms": pct(sa, 99) * 1e3}
         res.figures[b] = {"p50_ms": median(sb) * 1e3, "p99_ms": pct(sb, 99) * 1e3}
-    rows.append(("SSE: append -> client (poll 0.2 s)", median(sse) * 1e3, pct(sse, 99) * 1e3,
-                 ""))
-    res.figures["sse_delay"] = {"p50_ms": median(sse) * 1e3, "p99_ms": pct(sse, 99) * 1e3,
-                                "poll_s": 0.2}
-    show(f"[api] PostgreSQL store, Redis broker; {n} rounds, ms",
-         ("what", "p50", "p99", "vs in-process"), rows)
+    rows.append(("SSE: append -> client (poll 0.2 s)", median(sse) * 1e3, pct(sse, 99) * 1e3, ""))
+    res.figures["sse_delay"] = {
+        "p50_ms": median(sse) * 1e3,
+        "p99_ms": pct(sse, 99) * 1e3,
+        "poll_s": 0.2,
+    }
+    show(
+        f"[api] PostgreSQL store, Redis broker; {n} rounds, ms",
+        ("what", "p50", "p99", "vs in-process"),
+        rows,
+    )
     return res
 
 
-def _sse_delays(client: Any, store: Any, job_id: str, count: int, NewEvent: Any,
-                TurnStarted: Any) -> list[float]:
+def _sse_delays(
+    client: Any, store: Any, job_id: str, count: int, NewEvent: Any, TurnStarted: Any
+) -> list[float]:
     """Follow a session of `job_id` and append `count` events to it, one at a
     time; each delay is from the append's return to the client's read."""
     from orchestrator.runner import job_state
+
     sid = job_state(store, job_id).sessions[0].session_id
     got: dict[int, float] = {}
     ready = threading.Event()
@@ -163,13 +217,23 @@ def _sse_delays(client: Any, store: Any, job_id: str, count: int, NewEvent: Any,
                     got[int(line[4:])] = now()
                     if len(got) >= count:
                         return
+
     reader = threading.Thread(target=follow, daemon=True)
     reader.start()
     ready.wait(10)
     sent: dict[int, float] = {}
     for i in range(count):
-        [e] = store.append(sid, [NewEvent.create(TurnStarted(turn=i + 1, name="b", kind="b"),
-                                                 actor="bench", correlation_id=job_id)], i)
+        [e] = store.append(
+            sid,
+            [
+                NewEvent.create(
+                    TurnStarted(turn=i + 1, name="b", kind="b"),
+                    actor="bench",
+                    correlation_id=job_id,
+                )
+            ],
+            i,
+        )
         sent[e.seq] = now()
         deadline = time.monotonic() + 5
         while e.seq not in got and time.monotonic() < deadline:

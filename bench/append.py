@@ -49,9 +49,24 @@ from typing import Any
 
 import orjson
 
-from bench.common import (Options, Result, median, new_events, now, pg_available, pg_drop,
-                          pg_recreate, rm_sqlite, scratch_dir, session_payloads, show, x,
-                          PG_HOST, PG_PORT, PG_USER)
+from bench.common import (
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    Options,
+    Result,
+    median,
+    new_events,
+    now,
+    pg_available,
+    pg_drop,
+    pg_recreate,
+    rm_sqlite,
+    scratch_dir,
+    session_payloads,
+    show,
+    x,
+)
 
 STREAM_LEN = 100
 TOPIC = "bench.domain:SessionEvent"
@@ -59,51 +74,75 @@ TOPIC = "bench.domain:SessionEvent"
 
 # -- the workload -----------------------------------------------------------------
 
+
 class Workload:
     """One round's events, prepared outside the timed region for every contender."""
 
     def __init__(self, seed: int, n_events: int) -> None:
         from events.envelope import genesis_hash, seal
+
         rng = random.Random(seed)
         n_streams = max(1, n_events // STREAM_LEN)
-        self.streams: list[tuple[str, list[Any]]] = []     # ours: (stream_id, NewEvents)
-        self.plain: list[tuple[str, list[dict[str, Any]]]] = []   # floor: plain envelopes
-        self.stored: list[list[Any]] = []                  # eventsourcing: StoredEvents
+        self.streams: list[tuple[str, list[Any]]] = []  # ours: (stream_id, NewEvents)
+        self.plain: list[tuple[str, list[dict[str, Any]]]] = []  # floor: plain envelopes
+        self.stored: list[list[Any]] = []  # eventsourcing: StoredEvents
         from eventsourcing.persistence import StoredEvent
+
         size = 0
         for s in range(n_streams):
             sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             news = new_events(session_payloads(rng, sid, STREAM_LEN), start=s * STREAM_LEN)
             self.streams.append((sid, news))
-            self.plain.append((sid, [
-                {"event_id": e.event_id, "type": e.type, "schema_version": 1,
-                 "occurred_at": e.envelope(sid, 0, "")["occurred_at"], "actor": e.actor,
-                 "correlation_id": e.correlation_id, "causation_id": None,
-                 "payload": e.payload.model_dump(mode="json")} for e in news]))
+            self.plain.append(
+                (
+                    sid,
+                    [
+                        {
+                            "event_id": e.event_id,
+                            "type": e.type,
+                            "schema_version": 1,
+                            "occurred_at": e.envelope(sid, 0, "")["occurred_at"],
+                            "actor": e.actor,
+                            "correlation_id": e.correlation_id,
+                            "causation_id": None,
+                            "payload": e.payload.model_dump(mode="json"),
+                        }
+                        for e in news
+                    ],
+                )
+            )
             bodies = [body for _, body, _ in seal(sid, news, 0, genesis_hash(sid))]
             size += sum(len(b) for b in bodies)
-            self.stored.append([StoredEvent(originator_id=uuid.UUID(sid), originator_version=i,
-                                            topic=TOPIC, state=b)
-                                for i, b in enumerate(bodies, start=1)])
+            self.stored.append(
+                [
+                    StoredEvent(
+                        originator_id=uuid.UUID(sid), originator_version=i, topic=TOPIC, state=b
+                    )
+                    for i, b in enumerate(bodies, start=1)
+                ]
+            )
         self.n = n_streams * STREAM_LEN
         self.mean_bytes = size / self.n
 
 
 # -- contenders -------------------------------------------------------------------
 
+
 def run_ours(store: Any, w: Workload, per_txn: int, keyed: bool = True) -> float:
     from events.envelope import NewEvent
+
     # Keys are per append, as the runner's (`step:N:start`...). Re-key outside the timer.
     jobs = []
     for sid, news in w.streams:
         for i in range(0, len(news), per_txn):
-            chunk = news[i:i + per_txn]
+            chunk = news[i : i + per_txn]
             if keyed:
                 key = f"step:{i}"
-                chunk = [NewEvent.model_construct(**{**dict(e), "idempotency_key": key})
-                         for e in chunk]
+                chunk = [
+                    NewEvent.model_construct(**{**dict(e), "idempotency_key": key}) for e in chunk
+                ]
             jobs.append((sid, chunk, i))
-    gc.collect()        # start every contender with no collector debt from the setup
+    gc.collect()  # start every contender with no collector debt from the setup
     t = now()
     for sid, chunk, seq in jobs:
         store.append(sid, chunk, seq)
@@ -111,17 +150,17 @@ def run_ours(store: Any, w: Workload, per_txn: int, keyed: bool = True) -> float
 
 
 def run_es(recorder: Any, w: Workload, per_txn: int) -> float:
-    jobs = [stored[i:i + per_txn] for stored in w.stored
-            for i in range(0, len(stored), per_txn)]
-    gc.collect()        # start every contender with no collector debt from the setup
+    jobs = [stored[i : i + per_txn] for stored in w.stored for i in range(0, len(stored), per_txn)]
+    gc.collect()  # start every contender with no collector debt from the setup
     t = now()
     for chunk in jobs:
         recorder.insert_events(chunk)
     return w.n / (now() - t)
 
 
-def _seal_plain(sid: str, chunk: list[dict[str, Any]], seq: int, prev: str, key: str | None
-                ) -> list[tuple[Any, ...]]:
+def _seal_plain(
+    sid: str, chunk: list[dict[str, Any]], seq: int, prev: str, key: str | None
+) -> list[tuple[Any, ...]]:
     rows = []
     dumps, sha, opt = orjson.dumps, hashlib.sha256, orjson.OPT_SORT_KEYS
     for env in chunk:
@@ -129,8 +168,9 @@ def _seal_plain(sid: str, chunk: list[dict[str, Any]], seq: int, prev: str, key:
         env = {**env, "stream_id": sid, "seq": seq, "prev_hash": prev, "idempotency_key": key}
         body = dumps(env, option=opt)
         digest = sha(prev.encode() + body).hexdigest()
-        rows.append((sid, seq, env["event_id"], env["type"], env["correlation_id"], key,
-                     prev, digest, body))
+        rows.append(
+            (sid, seq, env["event_id"], env["type"], env["correlation_id"], key, prev, digest, body)
+        )
         prev = digest
     return rows
 
@@ -140,24 +180,32 @@ def _genesis(sid: str) -> str:
 
 
 def _floor_jobs(w: Workload, per_txn: int) -> list[tuple[str, list[dict[str, Any]], int, str]]:
-    return [(sid, plain[i:i + per_txn], i, f"step:{i}")
-            for sid, plain in w.plain for i in range(0, len(plain), per_txn)]
+    return [
+        (sid, plain[i : i + per_txn], i, f"step:{i}")
+        for sid, plain in w.plain
+        for i in range(0, len(plain), per_txn)
+    ]
 
 
 def run_floor_sqlite(path: Path, w: Workload, per_txn: int) -> float:
     import sqlite3
+
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=60000")
     jobs = _floor_jobs(w, per_txn)
-    by_key = ("SELECT position, body, hash FROM events WHERE stream_id=? AND idempotency_key=? "
-              "ORDER BY seq")
+    by_key = (
+        "SELECT position, body, hash FROM events WHERE stream_id=? AND idempotency_key=? "
+        "ORDER BY seq"
+    )
     head = "SELECT seq, hash FROM events WHERE stream_id=? ORDER BY seq DESC LIMIT 1"
-    ins = ("INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
-           "idempotency_key, prev_hash, hash, body) VALUES ")
+    ins = (
+        "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
+        "idempotency_key, prev_hash, hash, body) VALUES "
+    )
     one = "(?,?,?,?,?,?,?,?,?)"
-    gc.collect()        # start every contender with no collector debt from the setup
+    gc.collect()  # start every contender with no collector debt from the setup
     t = now()
     for sid, chunk, expected, key in jobs:
         conn.execute("BEGIN IMMEDIATE")
@@ -178,15 +226,20 @@ def run_floor_sqlite(path: Path, w: Workload, per_txn: int) -> float:
 
 def run_floor_pg(url: str, w: Workload, per_txn: int) -> float:
     import psycopg
+
     conn = psycopg.connect(url)
     jobs = _floor_jobs(w, per_txn)
-    by_key = ("SELECT position, body, hash FROM events WHERE stream_id=%s AND idempotency_key=%s "
-              "ORDER BY seq")
+    by_key = (
+        "SELECT position, body, hash FROM events WHERE stream_id=%s AND idempotency_key=%s "
+        "ORDER BY seq"
+    )
     head = "SELECT seq, hash FROM events WHERE stream_id=%s ORDER BY seq DESC LIMIT 1"
-    ins = ("INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
-           "idempotency_key, prev_hash, hash, body) VALUES ")
+    ins = (
+        "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
+        "idempotency_key, prev_hash, hash, body) VALUES "
+    )
     one = "(%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-    gc.collect()        # start every contender with no collector debt from the setup
+    gc.collect()  # start every contender with no collector debt from the setup
     t = now()
     with conn.cursor() as cur:
         for sid, chunk, expected, key in jobs:
@@ -210,13 +263,15 @@ def run_floor_pg(url: str, w: Workload, per_txn: int) -> float:
 
 def _es_sqlite(path: Path) -> Any:
     from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
     ds = SQLiteDatastore(str(path))
     create = ds.pool._create_connection
 
-    def durable() -> Any:              # same durability as ours: fsync every commit
+    def durable() -> Any:  # same durability as ours: fsync every commit
         c = create()
         c._sqlite_conn.execute("PRAGMA synchronous=FULL")
         return c
+
     ds.pool._create_connection = durable  # type: ignore[method-assign]
     rec = SQLiteApplicationRecorder(ds)
     rec.create_table()
@@ -225,6 +280,7 @@ def _es_sqlite(path: Path) -> Any:
 
 def _es_pg(db: str) -> Any:
     from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
     ds = PostgresDatastore(db, PG_HOST, PG_PORT, PG_USER, "")
     rec = PostgresApplicationRecorder(ds)
     rec.create_table()
@@ -236,9 +292,11 @@ def _es_pg(db: str) -> Any:
 CONTENDERS = ("ours", "ours, no key", "eventsourcing", "raw floor")
 
 
-def bench_sqlite(w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
-                 ) -> dict[str, list[float]]:
+def bench_sqlite(
+    w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
+) -> dict[str, list[float]]:
     from events.store import open_store
+
     out: dict[str, list[float]] = {k: [] for k in CONTENDERS}
     with scratch_dir("append") as d:
         for r in range(n_rounds):
@@ -262,11 +320,17 @@ def bench_sqlite(w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
     return out
 
 
-def bench_pg(w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
-             ) -> dict[str, list[float]]:
+def bench_pg(
+    w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
+) -> dict[str, list[float]]:
     from events.store import open_store
-    dbs = {"ours": "orch_bench_ours", "ours, no key": "orch_bench_ours_nokey",
-           "eventsourcing": "orch_bench_es", "raw floor": "orch_bench_raw"}
+
+    dbs = {
+        "ours": "orch_bench_ours",
+        "ours, no key": "orch_bench_ours_nokey",
+        "eventsourcing": "orch_bench_es",
+        "raw floor": "orch_bench_raw",
+    }
     out: dict[str, list[float]] = {k: [] for k in CONTENDERS}
     try:
         urls = {k: pg_recreate(db) for k, db in dbs.items()}
@@ -305,6 +369,7 @@ def run(opts: Options) -> Result:
                 cache.clear()
                 cache[key] = Workload(seed=1000 * per_txn + r, n_events=sizes[per_txn])
             return cache[key]
+
         return get
 
     backends: list[tuple[str, Callable[..., dict[str, list[float]]]]] = [("sqlite", bench_sqlite)]
@@ -319,24 +384,56 @@ def run(opts: Options) -> Result:
             mean_bytes = cache[next(iter(cache))].mean_bytes
             med = {k: median(v) for k, v in samples.items()}
             label = f"{backend}, {per_txn}/txn"
-            res.figures[label] = {"events_per_s": med, "samples": samples,
-                                  "events": sizes[per_txn], "rounds": n_rounds,
-                                  "mean_event_bytes": round(mean_bytes)}
-            show(f"[append] {label}: {sizes[per_txn]:,} events x {n_rounds} rounds, "
-                 f"mean body {mean_bytes:,.0f} B (median of rounds)",
-                 ("contender", "events/s", "us/event", "ours / this", "min..max events/s"),
-                 [(k, med[k], 1e6 / med[k], x(med["ours"] / med[k]),
-                   f"{min(v):,.0f}..{max(v):,.0f}") for k, v in samples.items()])
-            rows.append((label, med["ours"], med["eventsourcing"], med["raw floor"],
-                         x(med["ours"] / med["eventsourcing"]), x(med["ours"] / med["raw floor"])))
+            res.figures[label] = {
+                "events_per_s": med,
+                "samples": samples,
+                "events": sizes[per_txn],
+                "rounds": n_rounds,
+                "mean_event_bytes": round(mean_bytes),
+            }
+            show(
+                f"[append] {label}: {sizes[per_txn]:,} events x {n_rounds} rounds, "
+                f"mean body {mean_bytes:,.0f} B (median of rounds)",
+                ("contender", "events/s", "us/event", "ours / this", "min..max events/s"),
+                [
+                    (
+                        k,
+                        med[k],
+                        1e6 / med[k],
+                        x(med["ours"] / med[k]),
+                        f"{min(v):,.0f}..{max(v):,.0f}",
+                    )
+                    for k, v in samples.items()
+                ],
+            )
+            rows.append(
+                (
+                    label,
+                    med["ours"],
+                    med["eventsourcing"],
+                    med["raw floor"],
+                    x(med["ours"] / med["eventsourcing"]),
+                    x(med["ours"] / med["raw floor"]),
+                )
+            )
             r_es = med["ours"] / med["eventsourcing"]
             r_floor = med["ours"] / med["raw floor"]
             if per_txn == 1:
                 res.target(f"{label}: ours vs eventsourcing", ">= 1.30x", x(r_es), r_es >= 1.3)
-            res.target(f"{label}: ours vs raw floor", ">= 0.85x (within 15%)", x(r_floor),
-                       r_floor >= 0.85)
-    show("[append] summary (events/s; ratio = ours / peer, > 1 means ours is faster)",
-         ("backend, events per transaction", "ours", "eventsourcing", "raw floor",
-          "ours/es", "ours/floor"), rows)
+            res.target(
+                f"{label}: ours vs raw floor", ">= 0.85x (within 15%)", x(r_floor), r_floor >= 0.85
+            )
+    show(
+        "[append] summary (events/s; ratio = ours / peer, > 1 means ours is faster)",
+        (
+            "backend, events per transaction",
+            "ours",
+            "eventsourcing",
+            "raw floor",
+            "ours/es",
+            "ours/floor",
+        ),
+        rows,
+    )
     res.print_targets()
     return res

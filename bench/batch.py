@@ -46,8 +46,21 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.common import (CACHE, REDIS_BACKEND, REDIS_BROKER, Options, Result, median, now,
-                          pg_available, pg_drop, pg_recreate, redis_available, show, x)
+from bench.common import (
+    CACHE,
+    REDIS_BACKEND,
+    REDIS_BROKER,
+    Options,
+    Result,
+    median,
+    now,
+    pg_available,
+    pg_drop,
+    pg_recreate,
+    redis_available,
+    show,
+    x,
+)
 from bench.dispatch import celery_worker, clean_env, flush_redis
 
 PATTERN = r"\bgetattr\("
@@ -62,6 +75,7 @@ BATCH = CACHE / "batch"
 
 
 # -- the corpus ---------------------------------------------------------------------
+
 
 def _stdlib_files() -> list[tuple[str, bytes]]:
     root = Path(sysconfig.get_paths()["stdlib"])
@@ -94,7 +108,7 @@ def corpus(copies: int) -> Path:
     for c in range(copies):
         for k in range(0, len(files), FILES_PER_REPO):
             repo = pristine / f"repo-{c:02d}-{k // FILES_PER_REPO:03d}"
-            for rel, data in files[k:k + FILES_PER_REPO]:
+            for rel, data in files[k : k + FILES_PER_REPO]:
                 dest = repo / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(data)
@@ -155,32 +169,42 @@ def run_pool(work: Path) -> tuple[float, int]:
 
 # -- contender: rg | xargs sed --------------------------------------------------------
 
+
 def run_rg_sed(work: Path) -> tuple[float, int]:
     t = now()
-    cmd = (f"rg -l0 --hidden --no-ignore -g '*.py' -e '{PATTERN}' '{work}' "
-           f"| LC_ALL=C.UTF-8 xargs -0 -r sed -i -E '{SED_SCRIPT}'")
+    cmd = (
+        f"rg -l0 --hidden --no-ignore -g '*.py' -e '{PATTERN}' '{work}' "
+        f"| LC_ALL=C.UTF-8 xargs -0 -r sed -i -E '{SED_SCRIPT}'"
+    )
     subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True)
     return now() - t, -1
 
 
 # -- contender: ours ------------------------------------------------------------------
 
+
 class Ours:
     """One deployment shape: its store and a Celery app to submit with."""
 
-    def __init__(self, name: str, state: Path, store_url: str, broker: str | None,
-                 backend: str | None) -> None:
+    def __init__(
+        self, name: str, state: Path, store_url: str, broker: str | None, backend: str | None
+    ) -> None:
         from events.store import open_store
         from orchestrator.config import Settings
         from tasks.app import make_app
+
         self.name, self.state = name, state
         state.mkdir(parents=True, exist_ok=True)
-        self.settings = Settings(state_dir=state, store_url=store_url, broker_url=broker,
-                                 result_backend=backend)
+        self.settings = Settings(
+            state_dir=state, store_url=store_url, broker_url=broker, result_backend=backend
+        )
         self.store = open_store(self.settings.effective_store_url, upgrade=True)
         self.app = make_app(self.settings)
-        env = {"ORCH_STATE_DIR": str(state), "ORCH_LOG_LEVEL": "WARNING",
-               "ORCH_WORKER_CONCURRENCY": str(WORKER_PROCS)}
+        env = {
+            "ORCH_STATE_DIR": str(state),
+            "ORCH_LOG_LEVEL": "WARNING",
+            "ORCH_WORKER_CONCURRENCY": str(WORKER_PROCS),
+        }
         if store_url:
             env["ORCH_STORE_URL"] = store_url
         if broker:
@@ -194,10 +218,22 @@ class Ours:
         from orchestrator import jobs
         from orchestrator.jobspec import JobSpec
         from tasks.dispatch import enqueue
-        spec = JobSpec.model_validate({
-            "name": "bench-rename-getattr", "targets": [f"{repos}/*"],
-            "steps": [{"kind": "replace", "name": "rename", "pattern": PATTERN,
-                       "replacement": REPLACEMENT, "glob": ["**/*.py"]}]})
+
+        spec = JobSpec.model_validate(
+            {
+                "name": "bench-rename-getattr",
+                "targets": [f"{repos}/*"],
+                "steps": [
+                    {
+                        "kind": "replace",
+                        "name": "rename",
+                        "pattern": PATTERN,
+                        "replacement": REPLACEMENT,
+                        "glob": ["**/*.py"],
+                    }
+                ],
+            }
+        )
         t = now()
         job_id, tickets = jobs.prepare(spec, repos)
         jobs.record(self.store, spec, job_id, tickets, "user:bench")
@@ -211,17 +247,25 @@ class Ours:
                     status = e.payload.status
             if status is None:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"job {job_id} did not complete in {timeout:.0f} s; "
-                                       f"see {self.state / 'worker.log'}")
+                    raise RuntimeError(
+                        f"job {job_id} did not complete in {timeout:.0f} s; "
+                        f"see {self.state / 'worker.log'}"
+                    )
                 time.sleep(0.005)
         return now() - t, status, tickets
 
     def worker(self) -> Any:
-        return celery_worker("tasks.app", "orchestrator", self.env, self.state / "worker.log",
-                             concurrency=WORKER_PROCS)
+        return celery_worker(
+            "tasks.app",
+            "orchestrator",
+            self.env,
+            self.state / "worker.log",
+            concurrency=WORKER_PROCS,
+        )
 
     def replacements(self, tickets: Any) -> int:
         from events.replay import replay
+
         total = 0
         for t in tickets:
             s = replay(self.store, t.session_id, use_snapshot=False).session
@@ -239,16 +283,17 @@ def run_ours(shape: Ours, pristine: Path) -> tuple[float, int]:
     if shape.redis:
         flush_redis(REDIS_BROKER, REDIS_BACKEND)
     with shape.worker():
-        shape.submit_and_wait(warm, timeout=120)          # started and warm
+        shape.submit_and_wait(warm, timeout=120)  # started and warm
         work = fresh_copy(pristine)
         dt, status, tickets = shape.submit_and_wait(work)
     if status != "completed":
-        shape.replacements(tickets)        # raises with the first failed session's error
+        shape.replacements(tickets)  # raises with the first failed session's error
         raise RuntimeError(f"our job ended {status}; see {shape.state / 'worker.log'}")
     return dt, shape.replacements(tickets)
 
 
 # -- the bench ------------------------------------------------------------------------
+
 
 def run(opts: Options) -> Result:
     res = Result("batch")
@@ -259,12 +304,20 @@ def run(opts: Options) -> Result:
     n_repos = sum(1 for p in pristine.iterdir() if p.is_dir())
     print(f"corpus: {n_files:,} files in {n_repos} repositories ({now() - t:.1f} s to ready)")
 
-    shapes: list[Ours] = [Ours("ours, embedded (sqlite store + broker)", BATCH / "state-embedded",
-                               None, None, None)]  # type: ignore[arg-type]
+    shapes: list[Ours] = [
+        Ours("ours, embedded (sqlite store + broker)", BATCH / "state-embedded", None, None, None)
+    ]  # type: ignore[arg-type]
     pg_db = "orch_bench_batch"
     if redis_available() and pg_available():
-        shapes.append(Ours("ours, redis broker + postgresql store", BATCH / "state-pg",
-                           pg_recreate(pg_db), REDIS_BROKER, REDIS_BACKEND))
+        shapes.append(
+            Ours(
+                "ours, redis broker + postgresql store",
+                BATCH / "state-pg",
+                pg_recreate(pg_db),
+                REDIS_BROKER,
+                REDIS_BACKEND,
+            )
+        )
     else:
         res.notes.append("Redis or PostgreSQL unreachable: the production shape is missing")
     contenders: dict[str, Any] = {s.name: (lambda s=s: run_ours(s, pristine)) for s in shapes}
@@ -283,7 +336,7 @@ def run(opts: Options) -> Result:
                     continue
                 try:
                     dt, count = contenders[name]()
-                except Exception as exc:        # report it, let the others run
+                except Exception as exc:  # report it, let the others run
                     failed[name] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
                     print(f"  round {r + 1}: {name} FAILED: {failed[name]}", flush=True)
                     continue
@@ -303,14 +356,33 @@ def run(opts: Options) -> Result:
     all_digests = set().union(*digests.values())
     identical = len(all_digests) == 1
     pool = median(times["process pool (2)"])
-    rows = [(k, median(v), min(v), max(v), x(median(v) / pool), counts.get(k, "-"),
-             next(iter(digests[k]))[:12] if len(digests[k]) == 1 else "DIFFERS")
-            for k, v in times.items() if v]
-    show(f"[batch] {n_files:,} files in {n_repos} repos, {PATTERN} -> {REPLACEMENT} "
-         f"(median of {n_rounds} rounds, wall s)",
-         ("contender", "wall s", "min", "max", "/ pool", "replacements", "tree digest"), rows)
-    res.figures = {"files": n_files, "repos": n_repos, "rounds": n_rounds,
-                   "wall_s": times, "replacements": counts, "identical": identical}
+    rows = [
+        (
+            k,
+            median(v),
+            min(v),
+            max(v),
+            x(median(v) / pool),
+            counts.get(k, "-"),
+            next(iter(digests[k]))[:12] if len(digests[k]) == 1 else "DIFFERS",
+        )
+        for k, v in times.items()
+        if v
+    ]
+    show(
+        f"[batch] {n_files:,} files in {n_repos} repos, {PATTERN} -> {REPLACEMENT} "
+        f"(median of {n_rounds} rounds, wall s)",
+        ("contender", "wall s", "min", "max", "/ pool", "replacements", "tree digest"),
+        rows,
+    )
+    res.figures = {
+        "files": n_files,
+        "repos": n_repos,
+        "rounds": n_rounds,
+        "wall_s": times,
+        "replacements": counts,
+        "identical": identical,
+    }
     if not identical:
         res.notes.append("the contenders left DIFFERENT trees: the figures do not compare")
     for s in shapes:
@@ -318,7 +390,11 @@ def run(opts: Options) -> Result:
             res.target(f"{s.name} vs process pool", f"<= {TARGET_RATIO:.2f}x", "failed", None)
             continue
         r = median(times[s.name]) / pool
-        res.target(f"{s.name} vs process pool", f"<= {TARGET_RATIO:.2f}x", x(r),
-                   (r <= TARGET_RATIO) and identical)
+        res.target(
+            f"{s.name} vs process pool",
+            f"<= {TARGET_RATIO:.2f}x",
+            x(r),
+            (r <= TARGET_RATIO) and identical,
+        )
     res.print_targets()
     return res

@@ -18,8 +18,10 @@ from pathlib import Path
 
 from bench.common import Options, Result, now, pct, rounds, show, x
 
-PAGE = ("<title>bench</title><div id=out></div><script>document.getElementById('out')"
-        ".textContent = Array.from({length: 50}, (_, i) => 'line ' + i).join('\\n')</script>")
+PAGE = (
+    "<title>bench</title><div id=out></div><script>document.getElementById('out')"
+    ".textContent = Array.from({length: 50}, (_, i) => 'line ' + i).join('\\n')</script>"
+)
 
 
 def run(opts: Options) -> Result:
@@ -34,8 +36,11 @@ def run(opts: Options) -> Result:
     res = Result("browser")
     n = 10 if opts.quick else 30
     net = Network(enabled=True, allow_private=("127.0.0.1",))
-    with serve("127.0.0.1", {"/": html(PAGE)}) as site, \
-            tempfile.TemporaryDirectory() as state, sync_playwright() as pw:
+    with (
+        serve("127.0.0.1", {"/": html(PAGE)}) as site,
+        tempfile.TemporaryDirectory() as state,
+        sync_playwright() as pw,
+    ):
         url = site.url("/")
         pool = BrowserPool(PoolConfig(size=2, state_dir=Path(state)))
         request = BrowserRequest(url=url)
@@ -48,26 +53,33 @@ def run(opts: Options) -> Result:
 
         def cold(_: int) -> float:
             t = now()
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
-                                         args=list(CHROMIUM_ARGS))
+            browser = pw.chromium.launch(
+                executable_path="/usr/bin/chromium", args=list(CHROMIUM_ARGS)
+            )
             page = browser.new_page()
             page.goto(url)
             out = page.inner_text("body")
             browser.close()
             assert out.startswith("line 0"), out[:80]
             return (now() - t) * 1000
+
         try:
-            rounds({"pooled": pooled, "cold": cold}, 2)           # warm-up: both launched
+            rounds({"pooled": pooled, "cold": cold}, 2)  # warm-up: both launched
             samples = rounds({"pooled": pooled, "cold": cold}, n)
             state_after = pool.snapshot()
         finally:
             pool.close()
     p = {k: (pct(v, 50), pct(v, 99)) for k, v in samples.items()}
     speedup = p["cold"][0] / p["pooled"][0]
-    show(f"[browser] read a JavaScript-built page, {n} calls each (ms)",
-         ("contender", "p50", "p99"), [(k, *v) for k, v in p.items()])
+    show(
+        f"[browser] read a JavaScript-built page, {n} calls each (ms)",
+        ("contender", "p50", "p99"),
+        [(k, *v) for k, v in p.items()],
+    )
     res.figures = {k: {"p50_ms": v[0], "p99_ms": v[1]} for k, v in p.items()} | {
-        "speedup_p50": speedup, "pool": state_after.__dict__}
+        "speedup_p50": speedup,
+        "pool": state_after.__dict__,
+    }
     res.target("pooled vs cold launch, p50", ">= 5x faster", x(speedup), speedup >= 5)
     res.print_targets()
     return res

@@ -16,13 +16,13 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-CACHE = BENCH_DIR / ".cache"            # gitignored: generated logs, corpora, scratch dbs
+CACHE = BENCH_DIR / ".cache"  # gitignored: generated logs, corpora, scratch dbs
 
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_HOST, PG_PORT, PG_USER = "127.0.0.1", 5432, "postgres"
@@ -39,6 +39,7 @@ class Options:
 
 
 # -- timing ---------------------------------------------------------------------
+
 
 def now() -> float:
     return time.perf_counter()
@@ -58,6 +59,7 @@ def median(xs: Sequence[float]) -> float:
 
 
 # -- tables ---------------------------------------------------------------------
+
 
 def fmt(x: Any, digits: int = 0) -> str:
     if isinstance(x, str):
@@ -81,8 +83,9 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(r: Sequence[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        )
 
     out = [title, line(cells[0]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells[1:]]
@@ -107,7 +110,7 @@ class Target:
     name: str
     wanted: str
     measured: str
-    met: bool | None          # None: could not be measured
+    met: bool | None  # None: could not be measured
 
     @property
     def verdict(self) -> str:
@@ -117,6 +120,7 @@ class Target:
 @dataclass
 class Result:
     """What one bench reports: its tables (as data) and its targets."""
+
     name: str
     figures: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
@@ -127,15 +131,20 @@ class Result:
 
     def print_targets(self) -> None:
         if self.targets:
-            show(f"[{self.name}] targets", ("target", "wanted", "measured", "verdict"),
-                 [(t.name, t.wanted, t.measured, t.verdict) for t in self.targets])
+            show(
+                f"[{self.name}] targets",
+                ("target", "wanted", "measured", "verdict"),
+                [(t.name, t.wanted, t.measured, t.verdict) for t in self.targets],
+            )
         for n in self.notes:
             print(f"  note: {n}")
 
     def to_json(self) -> dict[str, Any]:
-        return {"figures": self.figures,
-                "targets": [t.__dict__ | {"verdict": t.verdict} for t in self.targets],
-                "notes": self.notes}
+        return {
+            "figures": self.figures,
+            "targets": [t.__dict__ | {"verdict": t.verdict} for t in self.targets],
+            "notes": self.notes,
+        }
 
 
 def banner(text: str) -> None:
@@ -147,9 +156,31 @@ def banner(text: str) -> None:
 
 # -- realistic session events ---------------------------------------------------
 
-_WORDS = ("import", "def", "return", "self", "value", "config", "path", "error", "items",
-          "result", "test", "passed", "failed", "warning", "module", "fetch_user",
-          "load_user", "request", "response", "None", "True", "assert", "data")
+_WORDS = (
+    "import",
+    "def",
+    "return",
+    "self",
+    "value",
+    "config",
+    "path",
+    "error",
+    "items",
+    "result",
+    "test",
+    "passed",
+    "failed",
+    "warning",
+    "module",
+    "fetch_user",
+    "load_user",
+    "request",
+    "response",
+    "None",
+    "True",
+    "assert",
+    "data",
+)
 
 
 def text_blob(rng: random.Random, nbytes: int) -> str:
@@ -180,65 +211,120 @@ def step_payloads(rng: random.Random, session: str, turn: int) -> list[Any]:
     """The events of one realistic step: 5 to 9 events, like orchestrator.runner
     appends them (request, decision, start, planned file changes, completion)."""
     from events import payloads as p
+
     tool = ("replace", "search", "shell")[turn % 3]
     call = f"{session}/{turn}"
-    files = [f"src/pkg/module_{turn}_{i}.py" for i in range(rng.randint(0, 2))] \
-        if tool == "replace" else []
+    files = (
+        [f"src/pkg/module_{turn}_{i}.py" for i in range(rng.randint(0, 2))]
+        if tool == "replace"
+        else []
+    )
     if tool == "shell":
-        args: dict[str, Any] = {"kind": "shell", "command": ["pytest", "-q", "tests/"],
-                                "cwd": ".", "timeout_s": 300.0}
+        args: dict[str, Any] = {
+            "kind": "shell",
+            "command": ["pytest", "-q", "tests/"],
+            "cwd": ".",
+            "timeout_s": 300.0,
+        }
     else:
-        args = {"kind": tool, "pattern": r"\bfetch_user\b", "replacement": "load_user",
-                "glob": ["**/*.py"], "timeout_s": 300.0}
+        args = {
+            "kind": tool,
+            "pattern": r"\bfetch_user\b",
+            "replacement": "load_user",
+            "glob": ["**/*.py"],
+            "timeout_s": 300.0,
+        }
     out: list[Any] = [
         p.TurnStarted(turn=turn, name=f"step-{turn}", kind=tool),
         p.ToolCallRequested(call_id=call, turn=turn, tool=tool, args=args),
-        p.PermissionDecided(call_id=call, decision="allow", rule_id="default-allow",
-                            policy_hash=hashlib.sha256(b"policy").hexdigest(),
-                            reason="tier exec allows " + tool),
+        p.PermissionDecided(
+            call_id=call,
+            decision="allow",
+            rule_id="default-allow",
+            policy_hash=hashlib.sha256(b"policy").hexdigest(),
+            reason="tier exec allows " + tool,
+        ),
         p.ToolCallStarted(call_id=call, planned_count=len(files)),
     ]
-    out += [p.FileChanged(call_id=call, path=f,
-                          before_hash=hashlib.sha256(f.encode()).hexdigest(),
-                          after_hash=hashlib.sha256(f.encode() + b"!").hexdigest(),
-                          diff=diff_blob(rng, f)) for f in files]
+    out += [
+        p.FileChanged(
+            call_id=call,
+            path=f,
+            before_hash=hashlib.sha256(f.encode()).hexdigest(),
+            after_hash=hashlib.sha256(f.encode() + b"!").hexdigest(),
+            diff=diff_blob(rng, f),
+        )
+        for f in files
+    ]
     output = text_blob(rng, rng.randint(200, 2000))
-    out.append(p.ToolCallCompleted(
-        call_id=call, tool=tool, exit_code=0, duration_s=round(rng.uniform(0.01, 3), 6),
-        cpu_s=round(rng.uniform(0.0, 2), 6), output=output, output_bytes=len(output) * 3,
-        output_digest=hashlib.sha256(output.encode()).hexdigest(),
-        bytes_written=sum(len(f) for f in files) * 40, count=len(files)))
+    out.append(
+        p.ToolCallCompleted(
+            call_id=call,
+            tool=tool,
+            exit_code=0,
+            duration_s=round(rng.uniform(0.01, 3), 6),
+            cpu_s=round(rng.uniform(0.0, 2), 6),
+            output=output,
+            output_bytes=len(output) * 3,
+            output_digest=hashlib.sha256(output.encode()).hexdigest(),
+            bytes_written=sum(len(f) for f in files) * 40,
+            count=len(files),
+        )
+    )
     out.append(p.TurnCompleted(turn=turn, status="ok"))
     return out
 
 
-def session_payloads(rng: random.Random, session: str, n_events: int,
-                     job_id: str = "job-bench") -> list[Any]:
+def session_payloads(
+    rng: random.Random, session: str, n_events: int, job_id: str = "job-bench"
+) -> list[Any]:
     """Exactly `n_events` payloads of one realistic session: SessionStarted, steps,
     SessionCompleted (the last step is cut to fit)."""
     from events import payloads as p
+
     body: list[Any] = []
     turn = 0
     while len(body) < n_events - 2:
         turn += 1
         body += step_payloads(rng, session, turn)
-    body = body[:max(0, n_events - 2)]
-    return ([p.SessionStarted(job_id=job_id, target=f"/work/repos/{session}",
-                              steps=tuple(f"step-{i}" for i in range(1, turn + 1)))]
-            + body + [p.SessionCompleted(files_changed=turn)])[:n_events]
+    body = body[: max(0, n_events - 2)]
+    return (
+        [
+            p.SessionStarted(
+                job_id=job_id,
+                target=f"/work/repos/{session}",
+                steps=tuple(f"step-{i}" for i in range(1, turn + 1)),
+            )
+        ]
+        + body
+        + [p.SessionCompleted(files_changed=turn)]
+    )[:n_events]
 
 
-def new_events(payloads: Sequence[Any], *, correlation_id: str = "job-bench",
-               key: str | None = None, start: int = 0) -> list[Any]:
+def new_events(
+    payloads: Sequence[Any],
+    *,
+    correlation_id: str = "job-bench",
+    key: str | None = None,
+    start: int = 0,
+) -> list[Any]:
     """NewEvents with deterministic timestamps (one ms apart) and fresh UUIDv7 ids."""
     from events.envelope import NewEvent
-    return [NewEvent.create(pl, actor="worker:bench:1", correlation_id=correlation_id,
-                            idempotency_key=key,
-                            occurred_at=T0 + timedelta(milliseconds=start + i))
-            for i, pl in enumerate(payloads)]
+
+    return [
+        NewEvent.create(
+            pl,
+            actor="worker:bench:1",
+            correlation_id=correlation_id,
+            idempotency_key=key,
+            occurred_at=T0 + timedelta(milliseconds=start + i),
+        )
+        for i, pl in enumerate(payloads)
+    ]
 
 
 # -- databases --------------------------------------------------------------------
+
 
 def pg_url(db: str) -> str:
     return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
@@ -247,6 +333,7 @@ def pg_url(db: str) -> str:
 def pg_available() -> bool:
     try:
         import psycopg
+
         with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
             return True
     except Exception:
@@ -255,6 +342,7 @@ def pg_available() -> bool:
 
 def pg_recreate(db: str) -> str:
     import psycopg
+
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{db}"')
@@ -263,6 +351,7 @@ def pg_recreate(db: str) -> str:
 
 def pg_drop(db: str) -> None:
     import psycopg
+
     with contextlib.suppress(Exception), psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
@@ -280,6 +369,7 @@ def rm_sqlite(path: Path) -> None:
 def redis_available(url: str = REDIS_BROKER) -> bool:
     try:
         import redis
+
         redis.Redis.from_url(url, socket_connect_timeout=2).ping()
         return True
     except Exception:
@@ -290,6 +380,7 @@ def redis_available(url: str = REDIS_BROKER) -> bool:
 def scratch_dir(name: str) -> Iterator[Path]:
     """A fresh folder under bench/.cache (on disk, not tmpfs: fsync must cost)."""
     import shutil
+
     d = CACHE / "scratch" / name
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)

@@ -38,9 +38,24 @@ from typing import Any
 
 from celery import Celery
 
-from bench.common import (REDIS_BACKEND, REDIS_BROKER, ROOT, Options, Result, median, now,
-                          pct, pg_available, pg_drop, pg_recreate, redis_available, rounds,
-                          scratch_dir, show, x)
+from bench.common import (
+    REDIS_BACKEND,
+    REDIS_BROKER,
+    ROOT,
+    Options,
+    Result,
+    median,
+    now,
+    pct,
+    pg_available,
+    pg_drop,
+    pg_recreate,
+    redis_available,
+    rounds,
+    scratch_dir,
+    show,
+    x,
+)
 
 STEPS_PER_SESSION = 8
 QUEUE_BARE = "bench-bare"
@@ -52,12 +67,19 @@ TARGET_RATIO = 1.4
 
 import tasks.broker  # noqa: E402,F401  (the orchsqla transport, for the embedded row)
 
-bare = Celery("bench-bare", broker=os.environ.get("BENCH_BARE_BROKER", REDIS_BROKER),
-              backend=os.environ.get("BENCH_BARE_BACKEND", REDIS_BACKEND))
-bare.conf.update(task_default_queue=QUEUE_BARE, broker_connection_retry_on_startup=True,
-                 worker_hijack_root_logger=False,
-                 broker_transport_options={"polling_interval": 0.005}
-                 if os.environ.get("BENCH_BARE_BROKER", "").startswith("orchsqla") else {})
+bare = Celery(
+    "bench-bare",
+    broker=os.environ.get("BENCH_BARE_BROKER", REDIS_BROKER),
+    backend=os.environ.get("BENCH_BARE_BACKEND", REDIS_BACKEND),
+)
+bare.conf.update(
+    task_default_queue=QUEUE_BARE,
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+    broker_transport_options={"polling_interval": 0.005}
+    if os.environ.get("BENCH_BARE_BROKER", "").startswith("orchsqla")
+    else {},
+)
 
 
 @bare.task(name="bench.noop")
@@ -66,6 +88,7 @@ def noop() -> None:
 
 
 # -- worker processes ------------------------------------------------------------
+
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The bench's environment without any ORCH_* of the caller's, plus `extra`."""
@@ -76,16 +99,47 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def celery_worker(app: str, queue: str, env: dict[str, str], log: Path, *,
-                  pool: str = "prefork", concurrency: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+def celery_worker(
+    app: str,
+    queue: str,
+    env: dict[str, str],
+    log: Path,
+    *,
+    pool: str = "prefork",
+    concurrency: int = 1,
+) -> Iterator[subprocess.Popen[bytes]]:
     """A real `celery worker` process (own process group), stopped warm, then killed."""
-    cmd = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
-           "--concurrency", str(concurrency), "--queues", queue, "--loglevel", "WARNING",
-           "--hostname", f"bench-{uuid.uuid4().hex[:8]}@%h", "--without-mingle",
-           "--without-gossip", "--without-heartbeat"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--queues",
+        queue,
+        "--loglevel",
+        "WARNING",
+        "--hostname",
+        f"bench-{uuid.uuid4().hex[:8]}@%h",
+        "--without-mingle",
+        "--without-gossip",
+        "--without-heartbeat",
+    ]
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                                stdout=fh, stderr=fh, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=fh,
+            stderr=fh,
+            start_new_session=True,
+        )
     try:
         yield proc
     finally:
@@ -100,26 +154,33 @@ def celery_worker(app: str, queue: str, env: dict[str, str], log: Path, *,
 
 def flush_redis(*urls: str) -> None:
     import redis
+
     for url in urls:
         redis.Redis.from_url(url).flushdb()
 
 
 # -- one configuration -------------------------------------------------------------
 
+
 class Shape:
     """Where the broker, results and store of one configuration live."""
 
-    def __init__(self, name: str, d: Path, store_url: str, broker: str | None,
-                 backend: str | None) -> None:
+    def __init__(
+        self, name: str, d: Path, store_url: str, broker: str | None, backend: str | None
+    ) -> None:
         self.name, self.dir, self.store_url = name, d, store_url
         self.broker = broker or f"orchsqla+sqlite:///{d / 'broker.sqlite'}"
         self.backend = backend or f"db+sqlite:///{d / 'results.sqlite'}"
         self.embedded = broker is None
 
     def ours_env(self) -> dict[str, str]:
-        return clean_env(ORCH_STATE_DIR=str(self.dir), ORCH_STORE_URL=self.store_url,
-                         ORCH_BROKER_URL=self.broker, ORCH_RESULT_BACKEND=self.backend,
-                         ORCH_LOG_LEVEL="WARNING")
+        return clean_env(
+            ORCH_STATE_DIR=str(self.dir),
+            ORCH_STORE_URL=self.store_url,
+            ORCH_BROKER_URL=self.broker,
+            ORCH_RESULT_BACKEND=self.backend,
+            ORCH_LOG_LEVEL="WARNING",
+        )
 
     def bare_env(self) -> dict[str, str]:
         return clean_env(BENCH_BARE_BROKER=self.broker, BENCH_BARE_BACKEND=self.backend)
@@ -134,8 +195,10 @@ def _workspace(d: Path) -> Path:
 
 def _step() -> dict[str, Any]:
     from orchestrator.steps import ReplaceStep
-    return ReplaceStep(name="noop", pattern=r"\bno_such_name\b",
-                       replacement="other_name").model_dump(mode="json")
+
+    return ReplaceStep(
+        name="noop", pattern=r"\bno_such_name\b", replacement="other_name"
+    ).model_dump(mode="json")
 
 
 class Sessions:
@@ -144,6 +207,7 @@ class Sessions:
     def __init__(self, store_url: str, ws: Path) -> None:
         from events.store import open_store
         from orchestrator.runner import Runner
+
         self.store = open_store(store_url, upgrade=True)
         self.runner = Runner(self.store, "worker:bench:client")
         self.ws = ws
@@ -154,9 +218,15 @@ class Sessions:
     def next(self) -> tuple[dict[str, Any], int]:
         from events.replay import load
         from orchestrator.runner import Ticket
+
         if self.index >= STEPS_PER_SESSION:
-            t = Ticket(job_id=self.job, session_id=str(uuid.uuid4()), target="ws",
-                       path=str(self.ws), steps=("noop",) * STEPS_PER_SESSION)
+            t = Ticket(
+                job_id=self.job,
+                session_id=str(uuid.uuid4()),
+                target="ws",
+                path=str(self.ws),
+                steps=("noop",) * STEPS_PER_SESSION,
+            )
             self.runner._start(t, load(self.store, t.session_id), None)
             self.current, self.index = t, 0
         self.index += 1
@@ -166,22 +236,32 @@ class Sessions:
 def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[float]]:
     from orchestrator.config import Settings
     from tasks.app import make_app
-    ours_app = make_app(Settings(state_dir=shape.dir, store_url=shape.store_url,
-                                 broker_url=shape.broker, result_backend=shape.backend))
+
+    ours_app = make_app(
+        Settings(
+            state_dir=shape.dir,
+            store_url=shape.store_url,
+            broker_url=shape.broker,
+            result_backend=shape.backend,
+        )
+    )
     client = Celery("bench-bare", broker=shape.broker, backend=shape.backend)
-    client.conf.update(task_default_queue=QUEUE_BARE, broker_transport_options=(
-        {"polling_interval": 0.005} if shape.embedded else {}))
+    client.conf.update(
+        task_default_queue=QUEUE_BARE,
+        broker_transport_options=({"polling_interval": 0.005} if shape.embedded else {}),
+    )
     bare_noop = client.task(name="bench.noop")(noop.run)
     sessions = Sessions(shape.store_url, _workspace(shape.dir))
     step = _step()
     log = shape.dir / "workers.log"
-    poll = 0.001 if shape.embedded else 0.5      # the database backend polls; Redis pushes
+    poll = 0.001 if shape.embedded else 0.5  # the database backend polls; Redis pushes
 
     def ours(_: int) -> float:
         ticket, index = sessions.next()
         t = now()
-        status = ours_app.send_task("orchestrator.run_step", args=[ticket, index, step, False],
-                                    queue="orchestrator").get(timeout=60, interval=poll)
+        status = ours_app.send_task(
+            "orchestrator.run_step", args=[ticket, index, step, False], queue="orchestrator"
+        ).get(timeout=60, interval=poll)
         dt = now() - t
         if status != "running":
             raise RuntimeError(f"step ended {status!r}; see {log}")
@@ -192,13 +272,15 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
         bare_noop.delay().get(timeout=60, interval=poll)
         return now() - t
 
-    with celery_worker("tasks.app", "orchestrator", shape.ours_env(), log, pool=pool), \
-            celery_worker("bench.dispatch:bare", QUEUE_BARE, shape.bare_env(), log, pool=pool):
+    with (
+        celery_worker("tasks.app", "orchestrator", shape.ours_env(), log, pool=pool),
+        celery_worker("bench.dispatch:bare", QUEUE_BARE, shape.bare_env(), log, pool=pool),
+    ):
         for _ in range(warm):
             ours(0)
             peer(0)
         fns = {"ours": ours, "bare Celery": peer}
-        half = n // 2                               # alternate who goes first
+        half = n // 2  # alternate who goes first
         a = rounds(fns, half)
         b = rounds(dict(reversed(fns.items())), n - half)
     sessions.store.close()
@@ -213,6 +295,7 @@ def in_process(store_url: str, ws: Path, n: int) -> dict[str, list[float]]:
     from events.replay import load
     from orchestrator.runner import Runner, Ticket
     from orchestrator.steps import ReplaceStep
+
     sessions = Sessions(store_url, ws)
     runner = Runner(sessions.store, "worker:bench:inproc")
     step = ReplaceStep.model_validate(_step())
@@ -240,17 +323,36 @@ def run(opts: Options) -> Result:
     with scratch_dir("dispatch") as d:
         shapes: list[Shape] = []
         if redis_available():
-            shapes.append(Shape("redis broker, sqlite store", d / "sqlite",
-                                f"sqlite:///{d / 'sqlite' / 'events.sqlite'}",
-                                REDIS_BROKER, REDIS_BACKEND))
+            shapes.append(
+                Shape(
+                    "redis broker, sqlite store",
+                    d / "sqlite",
+                    f"sqlite:///{d / 'sqlite' / 'events.sqlite'}",
+                    REDIS_BROKER,
+                    REDIS_BACKEND,
+                )
+            )
             if pg_available():
-                shapes.append(Shape("redis broker, postgresql store", d / "pg",
-                                    pg_recreate("orch_bench_dispatch"), REDIS_BROKER,
-                                    REDIS_BACKEND))
+                shapes.append(
+                    Shape(
+                        "redis broker, postgresql store",
+                        d / "pg",
+                        pg_recreate("orch_bench_dispatch"),
+                        REDIS_BROKER,
+                        REDIS_BACKEND,
+                    )
+                )
             else:
                 res.notes.append("PostgreSQL unreachable: its row is missing")
-        shapes.append(Shape("embedded orchsqla broker, sqlite store", d / "embedded",
-                            f"sqlite:///{d / 'embedded' / 'events.sqlite'}", None, None))
+        shapes.append(
+            Shape(
+                "embedded orchsqla broker, sqlite store",
+                d / "embedded",
+                f"sqlite:///{d / 'embedded' / 'events.sqlite'}",
+                None,
+                None,
+            )
+        )
         try:
             for shape in shapes:
                 shape.dir.mkdir(parents=True, exist_ok=True)
@@ -260,23 +362,42 @@ def run(opts: Options) -> Result:
                 p50 = {k: median(v) * 1e3 for k, v in samples.items()}
                 p99 = {k: pct(v, 99) * 1e3 for k, v in samples.items()}
                 r = p50["ours"] / p50["bare Celery"]
-                res.figures[shape.name] = {"p50_ms": p50, "p99_ms": p99, "round_trips": n,
-                                           "pool": pool, "ratio_p50": r}
-                rows += [(f"{shape.name}: {k}", p50[k], p99[k], x(p50[k] / p50["bare Celery"]))
-                         for k in samples]
+                res.figures[shape.name] = {
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "round_trips": n,
+                    "pool": pool,
+                    "ratio_p50": r,
+                }
+                rows += [
+                    (f"{shape.name}: {k}", p50[k], p99[k], x(p50[k] / p50["bare Celery"]))
+                    for k in samples
+                ]
                 if not shape.embedded:
-                    res.target(f"{shape.name}: ours p50 vs bare Celery p50",
-                               f"<= {TARGET_RATIO:.2f}x", x(r), r <= TARGET_RATIO)
+                    res.target(
+                        f"{shape.name}: ours p50 vs bare Celery p50",
+                        f"<= {TARGET_RATIO:.2f}x",
+                        x(r),
+                        r <= TARGET_RATIO,
+                    )
                 inproc = in_process(shape.store_url, _workspace(shape.dir), n // 2)
-                parts += [(f"{shape.name}: {k}", median(v) * 1e3, pct(v, 99) * 1e3)
-                          for k, v in inproc.items()]
+                parts += [
+                    (f"{shape.name}: {k}", median(v) * 1e3, pct(v, 99) * 1e3)
+                    for k, v in inproc.items()
+                ]
         finally:
             pg_drop("orch_bench_dispatch")
-    show(f"[dispatch] round trip, send to result ({n} per contender after {warm} warm-up, "
-         f"{pool} pool with 1 child, interleaved)",
-         ("configuration: contender", "p50 ms", "p99 ms", "p50 / bare"), rows)
-    show("[dispatch] in-process step body (no Celery), for where the time goes",
-         ("configuration: part", "p50 ms", "p99 ms"), parts)
+    show(
+        f"[dispatch] round trip, send to result ({n} per contender after {warm} warm-up, "
+        f"{pool} pool with 1 child, interleaved)",
+        ("configuration: contender", "p50 ms", "p99 ms", "p50 / bare"),
+        rows,
+    )
+    show(
+        "[dispatch] in-process step body (no Celery), for where the time goes",
+        ("configuration: part", "p50 ms", "p99 ms"),
+        parts,
+    )
     res.figures["in_process_ms"] = {name: {"p50": a, "p99": b} for name, a, b in parts}
     res.print_targets()
     return res

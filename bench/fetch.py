@@ -16,21 +16,37 @@ import http.server
 import threading
 from typing import Any
 
-from bench.common import Options, REDIS_BROKER, Result, pct, ratio, redis_available, \
-    rounds, scratch_dir, show, x, now
+from bench.common import (
+    REDIS_BROKER,
+    Options,
+    Result,
+    now,
+    pct,
+    ratio,
+    redis_available,
+    rounds,
+    scratch_dir,
+    show,
+    x,
+)
 
-BODY = b"plain text line for the benchmark\n" * 600          # about 20 KB
-HTML = (b"<html><head><title>Bench</title></head><body>" +
-        b"<h2>Section</h2><p>Some <b>bold</b> text and a <a href='/x'>link</a>.</p>" * 120 +
-        b"</body></html>")
+BODY = b"plain text line for the benchmark\n" * 600  # about 20 KB
+HTML = (
+    b"<html><head><title>Bench</title></head><body>"
+    + b"<h2>Section</h2><p>Some <b>bold</b> text and a <a href='/x'>link</a>.</p>" * 120
+    + b"</body></html>"
+)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
-        body, ctype = (HTML, "text/html; charset=utf-8") if self.path == "/html" \
+        body, ctype = (
+            (HTML, "text/html; charset=utf-8")
+            if self.path == "/html"
             else (BODY, "text/plain; charset=utf-8")
+        )
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -63,23 +79,28 @@ def run(opts: Options) -> Result:
             contenders: dict[str, Any] = {
                 # The strictest peer: httpx.get with one shared TLS context (a plain
                 # httpx.get loads the CA bundle on every call, tens of ms).
-                "bare httpx.get": lambda url: httpx.get(url, verify=shared_tls)
-                .raise_for_status(),
-                "bare httpx.get, new TLS context": lambda url: httpx.get(url)
-                .raise_for_status(),
-                "web_fetch (no breaker)": lambda url: fetch(url, net, limits=limits,
-                                                            secrets=(), convert=False),
+                "bare httpx.get": lambda url: httpx.get(url, verify=shared_tls).raise_for_status(),
+                "bare httpx.get, new TLS context": lambda url: httpx.get(url).raise_for_status(),
+                "web_fetch (no breaker)": lambda url: fetch(
+                    url, net, limits=limits, secrets=(), convert=False
+                ),
                 "web_fetch + state-folder breaker": lambda url: fetch(
-                    url, net, limits=limits, secrets=(), breakers=folder, convert=False),
+                    url, net, limits=limits, secrets=(), breakers=folder, convert=False
+                ),
             }
             if redis_available(REDIS_BROKER):
                 import pybreaker
                 import redis
+
                 client = redis.Redis.from_url(REDIS_BROKER)
-                on_redis = Breakers(lambda h: pybreaker.CircuitRedisStorage(
-                    pybreaker.STATE_CLOSED, client, namespace=f"bench:breaker:{h}"))
+                on_redis = Breakers(
+                    lambda h: pybreaker.CircuitRedisStorage(
+                        pybreaker.STATE_CLOSED, client, namespace=f"bench:breaker:{h}"
+                    )
+                )
                 contenders["web_fetch + Redis breaker"] = lambda url: fetch(
-                    url, net, limits=limits, secrets=(), breakers=on_redis, convert=False)
+                    url, net, limits=limits, secrets=(), breakers=on_redis, convert=False
+                )
             contenders["web_fetch HTML -> Markdown"] = None
             text_url, html_url = f"{base}/text", f"{base}/html"
 
@@ -88,22 +109,29 @@ def run(opts: Options) -> Result:
                     t = now()
                     fn(url)
                     return (now() - t) * 1000
+
                 return one
+
             fns = {k: timed(fn, text_url) for k, fn in contenders.items() if fn is not None}
             fns["web_fetch HTML -> Markdown"] = timed(
-                lambda url: fetch(url, net, limits=limits, secrets=(), breakers=folder), html_url)
+                lambda url: fetch(url, net, limits=limits, secrets=(), breakers=folder), html_url
+            )
             fns["bare httpx.get (HTML)"] = timed(
-                lambda url: httpx.get(url, verify=shared_tls).raise_for_status(), html_url)
-            rounds(fns, 20)                                # warm-up
+                lambda url: httpx.get(url, verify=shared_tls).raise_for_status(), html_url
+            )
+            rounds(fns, 20)  # warm-up
             samples = rounds(fns, n_rounds)
     finally:
         server.shutdown()
         server.server_close()
     bare = pct(samples["bare httpx.get"], 50)
-    rows = [(k, pct(v, 50), pct(v, 99), x(ratio(pct(v, 50), bare)))
-            for k, v in samples.items()]
-    show(f"[fetch] one GET of a local page, {n_rounds} rounds (milliseconds; ratio to the "
-         "bare text GET's p50)", ("contender", "p50", "p99", "p50 / bare"), rows)
+    rows = [(k, pct(v, 50), pct(v, 99), x(ratio(pct(v, 50), bare))) for k, v in samples.items()]
+    show(
+        f"[fetch] one GET of a local page, {n_rounds} rounds (milliseconds; ratio to the "
+        "bare text GET's p50)",
+        ("contender", "p50", "p99", "p50 / bare"),
+        rows,
+    )
     res.figures = {k: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99)} for k, v in samples.items()}
     tool = pct(samples["web_fetch + state-folder breaker"], 50)
     r = ratio(tool, bare)

@@ -45,21 +45,39 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
-from bench.common import (CACHE, Options, Result, median, new_events, now, pg_available,
-                          pg_drop, pg_recreate, rm_sqlite, rounds, scratch_dir,
-                          session_payloads, show, x, PG_HOST, PG_PORT, PG_USER)
+from bench.common import (
+    CACHE,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    Options,
+    Result,
+    median,
+    new_events,
+    now,
+    pg_available,
+    pg_drop,
+    pg_recreate,
+    rm_sqlite,
+    rounds,
+    scratch_dir,
+    session_payloads,
+    show,
+    x,
+)
 
 SESSION_EVENTS = 10_000
 SNAPSHOT_AT = 9_900
 STREAM_LEN = 100
-CHUNK = 10                   # events per append when generating the log
-ACTIVE = 20                  # sessions appended interleaved
-PAGE = 2000                  # rows per select for the peer (as our store pages)
-TARGET_SESSION = 5.0         # ours at least 5x faster than eventsourcing's get
-TARGET_LOG = 100_000         # events/s, audit of the whole log
+CHUNK = 10  # events per append when generating the log
+ACTIVE = 20  # sessions appended interleaved
+PAGE = 2000  # rows per select for the peer (as our store pages)
+TARGET_SESSION = 5.0  # ours at least 5x faster than eventsourcing's get
+TARGET_LOG = 100_000  # events/s, audit of the whole log
 
 
 # -- the peer's aggregate -----------------------------------------------------------
+
 
 class PeerSession(Aggregate):
     """The peer's session: the state our three projections keep (session status,
@@ -98,31 +116,57 @@ class PeerSession(Aggregate):
                 break
 
     @event("ToolCallRequested")
-    def tool_call_requested(self, call_id: str, turn: int, tool: str,
-                            args: dict[str, Any]) -> None:
-        self.calls[call_id] = {"call_id": call_id, "turn": turn, "tool": tool,
-                               "status": "requested", "exit_code": None, "error": None,
-                               "output": "", "planned_count": 0}
-        self.ledger[call_id] = {"call_id": call_id, "seq": self.version + 1, "tool": tool,
-                                "args": args, "decision": None}
+    def tool_call_requested(self, call_id: str, turn: int, tool: str, args: dict[str, Any]) -> None:
+        self.calls[call_id] = {
+            "call_id": call_id,
+            "turn": turn,
+            "tool": tool,
+            "status": "requested",
+            "exit_code": None,
+            "error": None,
+            "output": "",
+            "planned_count": 0,
+        }
+        self.ledger[call_id] = {
+            "call_id": call_id,
+            "seq": self.version + 1,
+            "tool": tool,
+            "args": args,
+            "decision": None,
+        }
 
     @event("PermissionDecided")
-    def permission_decided(self, call_id: str, decision: str, rule_id: str,
-                           policy_hash: str, reason: str) -> None:
-        self.calls[call_id]["status"] = {"allow": "allowed", "deny": "denied",
-                                         "ask": "asked"}[decision]
-        self.ledger[call_id].update(decision=decision, rule_id=rule_id, seq=self.version + 1,
-                                    policy_hash=policy_hash, reason=reason)
+    def permission_decided(
+        self, call_id: str, decision: str, rule_id: str, policy_hash: str, reason: str
+    ) -> None:
+        self.calls[call_id]["status"] = {"allow": "allowed", "deny": "denied", "ask": "asked"}[
+            decision
+        ]
+        self.ledger[call_id].update(
+            decision=decision,
+            rule_id=rule_id,
+            seq=self.version + 1,
+            policy_hash=policy_hash,
+            reason=reason,
+        )
 
     @event("ToolCallStarted")
     def tool_call_started(self, call_id: str, planned_count: int) -> None:
         self.calls[call_id].update(status="started", planned_count=planned_count)
 
     @event("FileChanged")
-    def file_changed(self, call_id: str, path: str, before_hash: str | None,
-                     after_hash: str | None, diff: str) -> None:
-        self.pending.append({"call_id": call_id, "path": path, "before_hash": before_hash,
-                             "after_hash": after_hash, "diff": diff})
+    def file_changed(
+        self, call_id: str, path: str, before_hash: str | None, after_hash: str | None, diff: str
+    ) -> None:
+        self.pending.append(
+            {
+                "call_id": call_id,
+                "path": path,
+                "before_hash": before_hash,
+                "after_hash": after_hash,
+                "diff": diff,
+            }
+        )
 
     def _count(self, tool: str, output_bytes: int, cpu_s: float, duration_s: float) -> None:
         self.tool_calls[tool] = self.tool_calls.get(tool, 0) + 1
@@ -133,9 +177,19 @@ class PeerSession(Aggregate):
             self.shell_wall_s += duration_s
 
     @event("ToolCallCompleted")
-    def tool_call_completed(self, call_id: str, tool: str, exit_code: int, duration_s: float,
-                            cpu_s: float, output: str, output_bytes: int, output_digest: str,
-                            bytes_written: int, count: int) -> None:
+    def tool_call_completed(
+        self,
+        call_id: str,
+        tool: str,
+        exit_code: int,
+        duration_s: float,
+        cpu_s: float,
+        output: str,
+        output_bytes: int,
+        output_digest: str,
+        bytes_written: int,
+        count: int,
+    ) -> None:
         self.calls[call_id].update(status="completed", exit_code=exit_code, output=output)
         self._count(tool, output_bytes, cpu_s, duration_s)
         self.bytes_written += bytes_written
@@ -148,9 +202,18 @@ class PeerSession(Aggregate):
             self.pending = [c for c in self.pending if c["call_id"] != call_id]
 
     @event("ToolCallFailed")
-    def tool_call_failed(self, call_id: str, tool: str, error: str, message: str,
-                         duration_s: float, cpu_s: float, output: str, output_bytes: int,
-                         retryable: bool) -> None:
+    def tool_call_failed(
+        self,
+        call_id: str,
+        tool: str,
+        error: str,
+        message: str,
+        duration_s: float,
+        cpu_s: float,
+        output: str,
+        output_bytes: int,
+        retryable: bool,
+    ) -> None:
         self.calls[call_id].update(status="failed", error=error, output=output)
         self._count(tool, output_bytes, cpu_s, duration_s)
         self.tool_failures += 1
@@ -165,16 +228,23 @@ class PeerSession(Aggregate):
         self.status, self.error = "failed", f"{error}: {message}"
 
 
-PEER_METHODS = {"TurnStarted": "turn_started", "TurnCompleted": "turn_completed",
-                "ToolCallRequested": "tool_call_requested",
-                "PermissionDecided": "permission_decided",
-                "ToolCallStarted": "tool_call_started", "FileChanged": "file_changed",
-                "ToolCallCompleted": "tool_call_completed", "ToolCallFailed": "tool_call_failed",
-                "SessionCompleted": "session_completed", "SessionFailed": "session_failed"}
+PEER_METHODS = {
+    "TurnStarted": "turn_started",
+    "TurnCompleted": "turn_completed",
+    "ToolCallRequested": "tool_call_requested",
+    "PermissionDecided": "permission_decided",
+    "ToolCallStarted": "tool_call_started",
+    "FileChanged": "file_changed",
+    "ToolCallCompleted": "tool_call_completed",
+    "ToolCallFailed": "tool_call_failed",
+    "SessionCompleted": "session_completed",
+    "SessionFailed": "session_failed",
+}
 
 
-def peer_session(payloads: list[Any], save: Callable[[PeerSession], Any] | None = None,
-                 every: int = 500) -> PeerSession:
+def peer_session(
+    payloads: list[Any], save: Callable[[PeerSession], Any] | None = None, every: int = 500
+) -> PeerSession:
     """The peer aggregate with one event per payload (fields as JSON data),
     saved every `every` events (its PostgreSQL recorder pipelines a whole save:
     one of 10,000 events stalls psycopg's pipeline)."""
@@ -196,40 +266,49 @@ def _fields(pl: Any) -> dict[str, Any]:
 
 
 def _peer_env(backend: str, where: str, snapshots: bool = True) -> dict[str, str]:
-    env = {"IS_SNAPSHOTTING_ENABLED": "y" if snapshots else "n",
-           "AGGREGATE_CACHE_MAXSIZE": ""}
+    env = {"IS_SNAPSHOTTING_ENABLED": "y" if snapshots else "n", "AGGREGATE_CACHE_MAXSIZE": ""}
     if backend == "sqlite":
         return env | {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": where}
-    return env | {"PERSISTENCE_MODULE": "eventsourcing.postgres", "POSTGRES_DBNAME": where,
-                  "POSTGRES_HOST": PG_HOST, "POSTGRES_PORT": str(PG_PORT),
-                  "POSTGRES_USER": PG_USER, "POSTGRES_PASSWORD": ""}
+    return env | {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": where,
+        "POSTGRES_HOST": PG_HOST,
+        "POSTGRES_PORT": str(PG_PORT),
+        "POSTGRES_USER": PG_USER,
+        "POSTGRES_PASSWORD": "",
+    }
 
 
 # -- 1. one long session -----------------------------------------------------------
+
 
 class SessionSetup:
     """One backend's stores, each holding the 10,000-event session twice: plain,
     and with a snapshot at 9,900."""
 
-    def __init__(self, backend: str, payloads: list[Any], our_url: str, peer_where: str
-                 ) -> None:
+    def __init__(self, backend: str, payloads: list[Any], our_url: str, peer_where: str) -> None:
+        import orjson
         from eventsourcing.application import Application
+
         from events.projections import fold_records
         from events.replay import SNAPSHOT_VERSION
         from events.store import open_store
         from events.upcast import current
-        import orjson
+
         self.backend = backend
         self.store = open_store(our_url, upgrade=True)
         self.plain, self.snapped = str(uuid.uuid4()), str(uuid.uuid4())
         for sid in (self.plain, self.snapped):
             news = new_events(payloads)
             for i in range(0, len(news), STREAM_LEN):
-                self.store.append(sid, news[i:i + STREAM_LEN], i)
-        head = fold_records(current(orjson.loads(b)) for _, b, _ in
-                            self.store.raw_stream(self.snapped)[:SNAPSHOT_AT])
-        self.store.save_snapshot(self.snapped, head.last_seq, SNAPSHOT_VERSION,
-                                 head.model_dump_json().encode())
+                self.store.append(sid, news[i : i + STREAM_LEN], i)
+        head = fold_records(
+            current(orjson.loads(b))
+            for _, b, _ in self.store.raw_stream(self.snapped)[:SNAPSHOT_AT]
+        )
+        self.store.save_snapshot(
+            self.snapped, head.last_seq, SNAPSHOT_VERSION, head.model_dump_json().encode()
+        )
         self.app = Application(env=_peer_env(backend, peer_where))
         plain = peer_session(payloads, self.app.save)
         snapped = peer_session(payloads, self.app.save)
@@ -242,6 +321,7 @@ class SessionSetup:
 
     def contenders(self) -> dict[str, Callable[[int], float]]:
         from events.replay import replay
+
         store, repo = self.store, self.app.repository
 
         def timed(fn: Callable[[], Any]) -> Callable[[int], float]:
@@ -249,7 +329,9 @@ class SessionSetup:
                 t = now()
                 fn()
                 return now() - t
+
             return run
+
         return {
             "ours": timed(lambda: replay(store, self.plain, use_snapshot=False)),
             "ours, snapshot": timed(lambda: replay(store, self.snapped)),
@@ -260,21 +342,34 @@ class SessionSetup:
     def same_work(self) -> dict[str, Any]:
         """What both rebuilt, side by side: the peer must have done the same work."""
         from events.replay import replay
-        ours, peer = replay(self.store, self.plain, use_snapshot=False), \
-            self.app.repository.get(self.peer_plain)
-        return {"ours": {"version": ours.last_seq, "turns": len(ours.session.turns),
-                         "calls": len(ours.session.calls),
-                         "files": len(ours.session.files_changed),
-                         "patch_bytes": len(ours.session.patch),
-                         "output_bytes": ours.quota.output_bytes},
-                "eventsourcing": {"version": peer.version, "turns": len(peer.turns),
-                                  "calls": len(peer.calls), "files": len(peer.files),
-                                  "patch_bytes": sum(map(len, peer.patch)),
-                                  "output_bytes": peer.output_bytes}}
+
+        ours, peer = (
+            replay(self.store, self.plain, use_snapshot=False),
+            self.app.repository.get(self.peer_plain),
+        )
+        return {
+            "ours": {
+                "version": ours.last_seq,
+                "turns": len(ours.session.turns),
+                "calls": len(ours.session.calls),
+                "files": len(ours.session.files_changed),
+                "patch_bytes": len(ours.session.patch),
+                "output_bytes": ours.quota.output_bytes,
+            },
+            "eventsourcing": {
+                "version": peer.version,
+                "turns": len(peer.turns),
+                "calls": len(peer.calls),
+                "files": len(peer.files),
+                "patch_bytes": sum(map(len, peer.patch)),
+                "output_bytes": peer.output_bytes,
+            },
+        }
 
 
 def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
     from events.store import open_store  # noqa: F401  (import cost outside timers)
+
     payloads = session_payloads(random.Random(7), "session-long", SESSION_EVENTS)
     backends = [("sqlite", None)]
     if pg_available():
@@ -293,7 +388,7 @@ def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
                 setup = SessionSetup(backend, payloads, pg_recreate(dbs[0]), dbs[1])
             try:
                 fns = setup.contenders()
-                for fn in fns.values():          # warm caches and connections once
+                for fn in fns.values():  # warm caches and connections once
                     fn(-1)
                 samples = rounds(fns, n_rounds)
                 work = setup.same_work()
@@ -305,30 +400,59 @@ def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
             med = {k: median(v) for k, v in samples.items()}
             label = f"{backend}, one session of {SESSION_EVENTS:,} events"
             res.figures[f"session, {backend}"] = {
-                "seconds": med, "samples": samples, "rounds": n_rounds, "work": work}
-            show(f"[replay] {label} x {n_rounds} rounds (median)",
-                 ("contender", "ms per rebuild", "events/s", "speedup of ours", "min..max ms"),
-                 [(k, 1e3 * med[k], SESSION_EVENTS / med[k],
-                   x(med[k] / med["ours" if "snapshot" not in k else "ours, snapshot"]),
-                   f"{1e3 * min(v):,.1f}..{1e3 * max(v):,.1f}") for k, v in samples.items()])
-            if work["ours"]["calls"] != work["eventsourcing"]["calls"] or \
-                    work["ours"]["version"] != work["eventsourcing"]["version"]:
-                res.notes.append(f"{backend}: ours and the peer rebuilt different states: "
-                                 f"{work}")
+                "seconds": med,
+                "samples": samples,
+                "rounds": n_rounds,
+                "work": work,
+            }
+            show(
+                f"[replay] {label} x {n_rounds} rounds (median)",
+                ("contender", "ms per rebuild", "events/s", "speedup of ours", "min..max ms"),
+                [
+                    (
+                        k,
+                        1e3 * med[k],
+                        SESSION_EVENTS / med[k],
+                        x(med[k] / med["ours" if "snapshot" not in k else "ours, snapshot"]),
+                        f"{1e3 * min(v):,.1f}..{1e3 * max(v):,.1f}",
+                    )
+                    for k, v in samples.items()
+                ],
+            )
+            if (
+                work["ours"]["calls"] != work["eventsourcing"]["calls"]
+                or work["ours"]["version"] != work["eventsourcing"]["version"]
+            ):
+                res.notes.append(f"{backend}: ours and the peer rebuilt different states: {work}")
             speed = med["eventsourcing"] / med["ours"]
             speed_snap = med["eventsourcing, snapshot"] / med["ours, snapshot"]
-            summary.append((f"{backend}: session rebuild, no snapshot", 1e3 * med["ours"],
-                            1e3 * med["eventsourcing"], x(speed)))
-            summary.append((f"{backend}: session rebuild, snapshot + 100",
-                            1e3 * med["ours, snapshot"], 1e3 * med["eventsourcing, snapshot"],
-                            x(speed_snap)))
-            res.target(f"{backend}: rebuild {SESSION_EVENTS:,}-event session, ours vs "
-                       "eventsourcing get", f">= {TARGET_SESSION:.0f}x faster", x(speed),
-                       speed >= TARGET_SESSION)
+            summary.append(
+                (
+                    f"{backend}: session rebuild, no snapshot",
+                    1e3 * med["ours"],
+                    1e3 * med["eventsourcing"],
+                    x(speed),
+                )
+            )
+            summary.append(
+                (
+                    f"{backend}: session rebuild, snapshot + 100",
+                    1e3 * med["ours, snapshot"],
+                    1e3 * med["eventsourcing, snapshot"],
+                    x(speed_snap),
+                )
+            )
+            res.target(
+                f"{backend}: rebuild {SESSION_EVENTS:,}-event session, ours vs eventsourcing get",
+                f">= {TARGET_SESSION:.0f}x faster",
+                x(speed),
+                speed >= TARGET_SESSION,
+            )
     return summary
 
 
 # -- 2. the whole log ----------------------------------------------------------------
+
 
 def _log_paths(n_events: int) -> tuple[Path, Path]:
     return CACHE / f"replay-log-{n_events}.sqlite", CACHE / f"replay-log-{n_events}-es.sqlite"
@@ -342,6 +466,7 @@ def _fast_sqlite(store: Any) -> None:
     @sa_event.listens_for(store.engine, "connect")
     def _no_sync(dbapi_conn, _record):  # type: ignore[no-untyped-def]
         dbapi_conn.execute("PRAGMA synchronous=OFF")
+
     store.engine.dispose()
 
 
@@ -352,7 +477,9 @@ def generate_log(n_events: int) -> tuple[Path, Path]:
     if ours.exists() and peer.exists():
         return ours, peer
     from eventsourcing.application import Application
+
     from events.store import open_store
+
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp_ours, tmp_peer = ours.with_suffix(".partial"), peer.with_suffix(".partial")
     rm_sqlite(tmp_ours), rm_sqlite(tmp_peer)
@@ -362,31 +489,38 @@ def generate_log(n_events: int) -> tuple[Path, Path]:
     app.recorder.datastore.pool._create_connection = _no_sync_es(app)  # type: ignore
     rng = random.Random(42)
     n_streams = n_events // STREAM_LEN
-    print(f"  generating a log of {n_events:,} events ({n_streams:,} sessions) once; "
-          f"cached as {ours.name}", flush=True)
+    print(
+        f"  generating a log of {n_events:,} events ({n_streams:,} sessions) once; "
+        f"cached as {ours.name}",
+        flush=True,
+    )
     t0, done, step = now(), 0, max(1, n_streams // 20)
     for g in range(0, n_streams, ACTIVE):
         group = []
         for s in range(g, min(n_streams, g + ACTIVE)):
             sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             payloads = session_payloads(rng, sid, STREAM_LEN, job_id=f"job-{s // 100}")
-            group.append((sid, new_events(payloads, correlation_id=f"job-{s // 100}",
-                                          start=s * STREAM_LEN)))
+            group.append(
+                (sid, new_events(payloads, correlation_id=f"job-{s // 100}", start=s * STREAM_LEN))
+            )
             peer_session(payloads, app.save)
-        for i in range(0, STREAM_LEN, CHUNK):          # interleave the group's sessions
+        for i in range(0, STREAM_LEN, CHUNK):  # interleave the group's sessions
             for sid, news in group:
-                store.append(sid, news[i:i + CHUNK], i)
+                store.append(sid, news[i : i + CHUNK], i)
         for _ in group:
             done += 1
             if done % step == 0:
                 el = now() - t0
-                print(f"  ... {done * STREAM_LEN:,} events, {el:,.0f} s, "
-                      f"about {el * (n_streams - done) / done:,.0f} s left", flush=True)
+                print(
+                    f"  ... {done * STREAM_LEN:,} events, {el:,.0f} s, "
+                    f"about {el * (n_streams - done) / done:,.0f} s left",
+                    flush=True,
+                )
     store.close()
     app.close()
     for tmp, final in ((tmp_ours, ours), (tmp_peer, peer)):
         for f in (tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
-            if f.exists():          # WAL left over: fold it into the file first
+            if f.exists():  # WAL left over: fold it into the file first
                 with sqlite3.connect(str(tmp)) as c:
                     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 break
@@ -402,6 +536,7 @@ def _no_sync_es(app: Any) -> Callable[[], Any]:
         c = create()
         c._sqlite_conn.execute("PRAGMA synchronous=OFF")
         return c
+
     return fast
 
 
@@ -418,6 +553,7 @@ def run_ours_audit(path: Path) -> Callable[[int], float]:
         if not a.report.ok or len(a.projections) != a.report.streams:
             raise RuntimeError(f"the cached log did not verify: {a.report.problems[:3]}")
         return el
+
     return run
 
 
@@ -441,6 +577,7 @@ def run_peer_read(path: Path, n_events: int) -> Callable[[int], float]:
         if count != n_events:
             raise RuntimeError(f"peer log has {count} events, expected {n_events}")
         return el
+
     return run
 
 
@@ -450,7 +587,8 @@ def run_floor(path: Path) -> Callable[[int], float]:
         sha = hashlib.sha256
         t, bad = now(), 0
         for _pos, prev, digest, body in conn.execute(
-                "SELECT position, prev_hash, hash, body FROM events ORDER BY position"):
+            "SELECT position, prev_hash, hash, body FROM events ORDER BY position"
+        ):
             if sha(prev.encode() + body).hexdigest() != digest:
                 bad += 1
         el = now() - t
@@ -458,36 +596,69 @@ def run_floor(path: Path) -> Callable[[int], float]:
         if bad:
             raise RuntimeError(f"{bad} rows of the cached log do not hash")
         return el
+
     return run
 
 
 def bench_log(res: Result, n_events: int, n_rounds: int) -> list[tuple[Any, ...]]:
     ours, peer = generate_log(n_events)
-    fns = {"ours": run_ours_audit(ours),
-           "eventsourcing (read + decode only)": run_peer_read(peer, n_events),
-           "raw floor (read + sha256 only)": run_floor(ours)}
+    fns = {
+        "ours": run_ours_audit(ours),
+        "eventsourcing (read + decode only)": run_peer_read(peer, n_events),
+        "raw floor (read + sha256 only)": run_floor(ours),
+    }
     samples = rounds(fns, n_rounds)
     med = {k: median(v) for k, v in samples.items()}
     rate = {k: n_events / v for k, v in med.items()}
-    res.figures["whole log"] = {"events": n_events, "seconds": med, "samples": samples,
-                                "rounds": n_rounds, "events_per_s": rate}
-    show(f"[replay] whole log: {n_events:,} events in {n_events // STREAM_LEN:,} sessions, "
-         f"verify + all projections x {n_rounds} rounds (median)",
-         ("contender", "seconds", "events/s", "us/event", "ours / this", "min..max s"),
-         [(k, med[k], rate[k], 1e6 / rate[k], x(rate["ours"] / rate[k]),
-           f"{min(v):,.2f}..{max(v):,.2f}") for k, v in samples.items()])
-    res.target("whole log: audit (verify + all projections), one process",
-               f">= {TARGET_LOG:,} events/s", f"{rate['ours']:,.0f}", rate["ours"] >= TARGET_LOG)
+    res.figures["whole log"] = {
+        "events": n_events,
+        "seconds": med,
+        "samples": samples,
+        "rounds": n_rounds,
+        "events_per_s": rate,
+    }
+    show(
+        f"[replay] whole log: {n_events:,} events in {n_events // STREAM_LEN:,} sessions, "
+        f"verify + all projections x {n_rounds} rounds (median)",
+        ("contender", "seconds", "events/s", "us/event", "ours / this", "min..max s"),
+        [
+            (
+                k,
+                med[k],
+                rate[k],
+                1e6 / rate[k],
+                x(rate["ours"] / rate[k]),
+                f"{min(v):,.2f}..{max(v):,.2f}",
+            )
+            for k, v in samples.items()
+        ],
+    )
+    res.target(
+        "whole log: audit (verify + all projections), one process",
+        f">= {TARGET_LOG:,} events/s",
+        f"{rate['ours']:,.0f}",
+        rate["ours"] >= TARGET_LOG,
+    )
     peer = rate["eventsourcing (read + decode only)"]
-    return [("whole log: audit, events/s", f"{rate['ours']:,.0f}", f"{peer:,.0f}",
-             x(rate["ours"] / peer))]
+    return [
+        (
+            "whole log: audit, events/s",
+            f"{rate['ours']:,.0f}",
+            f"{peer:,.0f}",
+            x(rate["ours"] / peer),
+        )
+    ]
 
 
 def run(opts: Options) -> Result:
     res = Result("replay")
     summary = bench_session(res, 5 if opts.quick else 9)
     summary += bench_log(res, 100_000 if opts.quick else 1_000_000, 2 if opts.quick else 3)
-    show("[replay] summary (session: ms per rebuild; log: events/s; ratio = how many "
-         "times faster ours is)", ("what", "ours", "eventsourcing", "ours vs es"), summary)
+    show(
+        "[replay] summary (session: ms per rebuild; log: events/s; ratio = how many "
+        "times faster ours is)",
+        ("what", "ours", "eventsourcing", "ours vs es"),
+        summary,
+    )
     res.print_targets()
     return res

@@ -74,57 +74,84 @@ def run(opts: Options) -> Result:
             step = ShellStep(command=argv, timeout_s=30)
 
             def bare(argv: list[str] = argv) -> None:
-                subprocess.run(argv, cwd=ws, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, check=True)
+                subprocess.run(
+                    argv,
+                    cwd=ws,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                )
 
-            def boxed(mode: sandbox.Mode, h: sandbox.Host = host,
-                      step: ShellStep = step) -> Callable[[], None]:
+            def boxed(
+                mode: sandbox.Mode, h: sandbox.Host = host, step: ShellStep = step
+            ) -> Callable[[], None]:
                 return lambda: (run_shell(ws, step, mode=mode, host=h), None)[1]
 
             def floor(argv: list[str] = argv) -> Callable[[], None]:
                 # The planned bwrap+setpriv argv alone: no cgroup, no ownership
                 # hand-over, no supervision. What the namespaces cost by themselves.
-                req = sandbox.Request(argv=tuple(argv), workspace=str(ws), cwd=str(ws),
-                                      ancestors=sandbox.ancestors_of(ws))
+                req = sandbox.Request(
+                    argv=tuple(argv),
+                    workspace=str(ws),
+                    cwd=str(ws),
+                    ancestors=sandbox.ancestors_of(ws),
+                )
                 planned = sandbox.plan(req, no_cgroup)
-                return lambda: (subprocess.run(planned.argv, env=planned.env, cwd=ws,
-                                               stdin=subprocess.DEVNULL,
-                                               stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT), None)[1]
+                return lambda: (
+                    subprocess.run(
+                        planned.argv,
+                        env=planned.env,
+                        cwd=ws,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                    ),
+                    None,
+                )[1]
 
             contenders: dict[str, Callable[[], None]] = {
-                "bare subprocess.run": bare, f"sandbox ({active})": boxed("auto")}
+                "bare subprocess.run": bare,
+                f"sandbox ({active})": boxed("auto"),
+            }
             if host.cgroups.version:
                 contenders[f"sandbox ({active}), no cgroup"] = boxed("auto", no_cgroup)
             if active == "bwrap":
                 contenders["sandbox (fallback)"] = boxed("fallback")
                 contenders["bwrap argv alone"] = floor()
             samples: dict[str, list[float]] = {k: [] for k in contenders}
-            for fn in contenders.values():           # warm caches, probe, imports
+            for fn in contenders.values():  # warm caches, probe, imports
                 fn()
             names = list(contenders)
             for i in range(n):
-                for k in names[i % len(names):] + names[:i % len(names)]:
+                for k in names[i % len(names) :] + names[: i % len(names)]:
                     t = time.perf_counter()
                     contenders[k]()
                     samples[k].append((time.perf_counter() - t) * 1000)
             base50, base99 = pct(samples[names[0]], 50), pct(samples[names[0]], 99)
             for k, v in samples.items():
                 p50, p99 = pct(v, 50), pct(v, 99)
-                rows.append((f"{label}: {k}", p50, p99, x(p50 / base50), p50 - base50,
-                             x(p99 / base99)))
+                rows.append(
+                    (f"{label}: {k}", p50, p99, x(p50 / base50), p50 - base50, x(p99 / base99))
+                )
             p50 = pct(samples[names[1]], 50)
             allowed = max(1.5 * base50, base50 + 15.0)
-            res.figures[label] = {"calls": n, "p50_ms": {k: pct(v, 50) for k, v in samples.items()},
-                                  "p99_ms": {k: pct(v, 99) for k, v in samples.items()}}
-            res.target(f"{label}: sandbox p50 vs bare",
-                       f"<= max(1.5x, +15 ms) = {allowed:.1f} ms",
-                       f"{p50:.1f} ms ({x(p50 / base50)}, +{p50 - base50:.1f} ms)",
-                       p50 <= allowed)
-    show(f"[sandbox] per shell call, {n} calls each, interleaved (ms)",
-         ("command: contender", "p50 ms", "p99 ms", "p50 / bare", "p50 extra ms",
-          "p99 / bare"),
-         [(r[0], f"{r[1]:.2f}", f"{r[2]:.2f}", r[3], f"{r[4]:+.2f}", r[5]) for r in rows])
+            res.figures[label] = {
+                "calls": n,
+                "p50_ms": {k: pct(v, 50) for k, v in samples.items()},
+                "p99_ms": {k: pct(v, 99) for k, v in samples.items()},
+            }
+            res.target(
+                f"{label}: sandbox p50 vs bare",
+                f"<= max(1.5x, +15 ms) = {allowed:.1f} ms",
+                f"{p50:.1f} ms ({x(p50 / base50)}, +{p50 - base50:.1f} ms)",
+                p50 <= allowed,
+            )
+    show(
+        f"[sandbox] per shell call, {n} calls each, interleaved (ms)",
+        ("command: contender", "p50 ms", "p99 ms", "p50 / bare", "p50 extra ms", "p99 / bare"),
+        [(r[0], f"{r[1]:.2f}", f"{r[2]:.2f}", r[3], f"{r[4]:+.2f}", r[5]) for r in rows],
+    )
     if host.cgroups.version:
         _migration(opts, res, host)
     if active == "bwrap":
@@ -158,11 +185,17 @@ def _migration(opts: Options, res: Result, host: object) -> None:
             for d in made:
                 sandbox._rmdir_cgroup(d)
     setting = host.fast_migration or "neither rcu_expedited=1 nor favordynmods"
-    res.figures["migration"] = {"first_ms": median(first), "next_ms": median(rest) if rest
-                                else None, "host_setting": setting}
-    show(f"[sandbox] cgroup migration after 50 ms idle ({setting}), median (ms)",
-         ("move", "ms"), [("first hierarchy", f"{median(first):.2f}")]
-         + ([("second hierarchy, right after", f"{median(rest):.2f}")] if rest else []))
+    res.figures["migration"] = {
+        "first_ms": median(first),
+        "next_ms": median(rest) if rest else None,
+        "host_setting": setting,
+    }
+    show(
+        f"[sandbox] cgroup migration after 50 ms idle ({setting}), median (ms)",
+        ("move", "ms"),
+        [("first hierarchy", f"{median(first):.2f}")]
+        + ([("second hierarchy, right after", f"{median(rest):.2f}")] if rest else []),
+    )
 
 
 def _mask_tree(root: Path, limit: int) -> tuple[Path, int, int]:
@@ -187,7 +220,7 @@ def _mask_tree(root: Path, limit: int) -> tuple[Path, int, int]:
     for rel in (".env", "deploy/key.pem", ".ssh/id_rsa", ".git/config", "config/.env.prod"):
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)
         (ws / rel).write_text("SECRET=x\n")
-    old = time.time() - 3600          # folders old enough for the walk to keep them
+    old = time.time() - 3600  # folders old enough for the walk to keep them
     folders = 0
     for dirpath, _, _ in os.walk(ws):
         os.utime(dirpath, (old, old))
@@ -220,7 +253,7 @@ def _masks(opts: Options, res: Result, host: object) -> None:
 
         def one_change(i: list[int] = [0]) -> float:
             i[0] += 1
-            (ws / "json" / f"new{i[0]}.py").write_text("x = 1\n")   # one folder re-read
+            (ws / "json" / f"new{i[0]}.py").write_text("x = 1\n")  # one folder re-read
             return kept()
 
         def hand_over() -> float:
@@ -236,15 +269,25 @@ def _masks(opts: Options, res: Result, host: object) -> None:
 
         (ws / "json").mkdir(exist_ok=True)
         figures = {}
-        for name, fn in (("first walk (cold)", cold), ("kept walk, tree unchanged", kept),
-                         ("kept walk, one folder changed", one_change),
-                         ("ownership hand-over (prepare + undo)", hand_over),
-                         ("run_shell `true` on the tree", call)):
+        for name, fn in (
+            ("first walk (cold)", cold),
+            ("kept walk, tree unchanged", kept),
+            ("kept walk, one folder changed", one_change),
+            ("ownership hand-over (prepare + undo)", hand_over),
+            ("run_shell `true` on the tree", call),
+        ):
             fn()
             figures[name] = median([fn() for _ in range(reps)])
         masks = sandbox.workspace_masks(root, rules)
-    res.figures["masks"] = {"files": files, "folders": folders, "masks": len(masks),
-                            "median_ms": figures}
-    show(f"[sandbox] masks on {files:,} files in {folders} folders ({len(masks)} masked), "
-         f"median of {reps} (ms)", ("what", "ms"),
-         [(k, f"{v:.1f}") for k, v in figures.items()])
+    res.figures["masks"] = {
+        "files": files,
+        "folders": folders,
+        "masks": len(masks),
+        "median_ms": figures,
+    }
+    show(
+        f"[sandbox] masks on {files:,} files in {folders} folders ({len(masks)} masked), "
+        f"median of {reps} (ms)",
+        ("what", "ms"),
+        [(k, f"{v:.1f}") for k, v in figures.items()],
+    )

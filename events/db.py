@@ -83,7 +83,7 @@ class WriterConnections:
     parent's connection (closing would break the parent's session or locks);
     it parks it and opens its own."""
 
-    _inherited: list[Any] = []     # parents' connections, kept alive, never used
+    _inherited: list[Any] = []  # parents' connections, kept alive, never used
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -92,7 +92,7 @@ class WriterConnections:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: list[tuple[int, weakref.ref[Any]]] = []
-        self._generation = 0           # bumped by close(): every thread then reopens
+        self._generation = 0  # bumped by close(): every thread then reopens
 
     def get(self) -> Any:
         """This thread's DBAPI connection (opened on first use)."""
@@ -102,9 +102,9 @@ class WriterConnections:
         if held is not None and held[0] != os.getpid():
             WriterConnections._inherited.append(held[1])
         fairy = self.engine.raw_connection()
-        fairy.detach()                 # ours now: the pool neither resets nor recycles it
+        fairy.detach()  # ours now: the pool neither resets nor recycles it
         dbapi_conn = fairy.dbapi_connection
-        assert dbapi_conn is not None   # None only once invalidated; this one is fresh
+        assert dbapi_conn is not None  # None only once invalidated; this one is fresh
         if self.dialect == "postgresql":
             dbapi_conn.autocommit = True
         self._local.held = (os.getpid(), fairy, dbapi_conn, self._generation)
@@ -123,7 +123,7 @@ class WriterConnections:
             with self._lock:
                 self._open = [(p, r) for p, r in self._open if r() is not held[1]]
             with contextlib.suppress(Exception):
-                held[2].close()        # the driver's own close: no pool reset of a dead link
+                held[2].close()  # the driver's own close: no pool reset of a dead link
 
     def close(self) -> None:
         """Close every connection this process opened (any thread's)."""

@@ -33,21 +33,26 @@ DIGEST_STREAM = "audit-digests"
 
 # -- keys --------------------------------------------------------------------------
 
+
 def generate_key() -> tuple[bytes, bytes]:
     """A new key pair as (private PEM, public PEM)."""
     key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return private, public
 
 
 def load_private(pem: bytes) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError("the audit signing key must be an Ed25519 private key "
-                         "(`orchestrator audit keygen` makes one)")
+        raise ValueError(
+            "the audit signing key must be an Ed25519 private key "
+            "(`orchestrator audit keygen` makes one)"
+        )
     return key
 
 
@@ -59,8 +64,9 @@ def load_public(pem: bytes) -> Ed25519PublicKey:
 
 
 def public_pem(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -71,19 +77,30 @@ def key_id(public: Ed25519PublicKey) -> str:
 
 # -- signing -------------------------------------------------------------------------
 
+
 def signed_bytes(heads: Sequence[StreamHead], position: int, kid: str) -> bytes:
     """What a signature covers: the heads (sorted by stream), the global
     position they were read at, and the key id."""
-    return canonical_json({"heads": [[h.stream_id, h.seq, h.hash]
-                                     for h in sorted(heads, key=lambda h: h.stream_id)],
-                           "position": position, "key_id": kid})
+    return canonical_json(
+        {
+            "heads": [
+                [h.stream_id, h.seq, h.hash] for h in sorted(heads, key=lambda h: h.stream_id)
+            ],
+            "position": position,
+            "key_id": kid,
+        }
+    )
 
 
-def sign(key: Ed25519PrivateKey, heads: Mapping[str, tuple[int, str]], position: int
-         ) -> AuditDigest:
+def sign(
+    key: Ed25519PrivateKey, heads: Mapping[str, tuple[int, str]], position: int
+) -> AuditDigest:
     """A digest of `heads` (stream -> (seq, hash)) signed with `key`."""
-    listed = tuple(StreamHead(stream_id=s, seq=seq, hash=h)
-                   for s, (seq, h) in sorted(heads.items()) if s != DIGEST_STREAM)
+    listed = tuple(
+        StreamHead(stream_id=s, seq=seq, hash=h)
+        for s, (seq, h) in sorted(heads.items())
+        if s != DIGEST_STREAM
+    )
     kid = key_id(key.public_key())
     signature = key.sign(signed_bytes(listed, position, kid)).hex()
     return AuditDigest(heads=listed, position=position, key_id=kid, signature=signature)
@@ -91,9 +108,10 @@ def sign(key: Ed25519PrivateKey, heads: Mapping[str, tuple[int, str]], position:
 
 # -- checking ------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class DigestProblem:
-    kind: str          # bad_signature | untrusted_key | digest_mismatch | truncated
+    kind: str  # bad_signature | untrusted_key | digest_mismatch | truncated
     stream_id: str
     seq: int | None
     detail: str
@@ -106,7 +124,7 @@ class DigestProblem:
 @dataclass
 class ProofReport:
     digests: int = 0
-    proven: dict[str, int] = field(default_factory=dict)    # stream -> highest proven seq
+    proven: dict[str, int] = field(default_factory=dict)  # stream -> highest proven seq
     unproven: dict[str, tuple[int, int]] = field(default_factory=dict)  # stream -> (proven, head)
     problems: list[DigestProblem] = field(default_factory=list)
 
@@ -115,11 +133,16 @@ class ProofReport:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"digests": self.digests, "ok": self.ok,
-                "proven_streams": len(self.proven) - len(self.unproven),
-                "unproven": [{"stream_id": s, "proven_to_seq": p, "head_seq": h}
-                             for s, (p, h) in sorted(self.unproven.items())],
-                "problems": [p.__dict__ for p in self.problems]}
+        return {
+            "digests": self.digests,
+            "ok": self.ok,
+            "proven_streams": len(self.proven) - len(self.unproven),
+            "unproven": [
+                {"stream_id": s, "proven_to_seq": p, "head_seq": h}
+                for s, (p, h) in sorted(self.unproven.items())
+            ],
+            "problems": [p.__dict__ for p in self.problems],
+        }
 
 
 def needed(digests: Iterable[AuditDigest]) -> set[tuple[str, int]]:
@@ -127,9 +150,13 @@ def needed(digests: Iterable[AuditDigest]) -> set[tuple[str, int]]:
     return {(h.stream_id, h.seq) for d in digests for h in d.heads}
 
 
-def check(digests: Sequence[AuditDigest], trusted: Sequence[Ed25519PublicKey],
-          hashes: Mapping[tuple[str, int], str], heads: Mapping[str, tuple[int, str]],
-          only: str | None = None) -> ProofReport:
+def check(
+    digests: Sequence[AuditDigest],
+    trusted: Sequence[Ed25519PublicKey],
+    hashes: Mapping[tuple[str, int], str],
+    heads: Mapping[str, tuple[int, str]],
+    only: str | None = None,
+) -> ProofReport:
     """Check `digests` against the stored hashes at their (stream, seq) and the
     current `heads` of every stream. Only digests signed by a `trusted` key
     prove anything; a stream is proven up to the highest seq a valid digest
@@ -141,33 +168,53 @@ def check(digests: Sequence[AuditDigest], trusted: Sequence[Ed25519PublicKey],
     for d in digests:
         key = keys.get(d.key_id)
         if key is None:
-            report.problems.append(DigestProblem(
-                "untrusted_key", DIGEST_STREAM, None,
-                f"a digest at position {d.position} is signed by key {d.key_id}, which is not "
-                "among the trusted public keys; pass it with --public-key if it is yours"))
+            report.problems.append(
+                DigestProblem(
+                    "untrusted_key",
+                    DIGEST_STREAM,
+                    None,
+                    f"a digest at position {d.position} is signed by key {d.key_id}, which is not "
+                    "among the trusted public keys; pass it with --public-key if it is yours",
+                )
+            )
             continue
         try:
             key.verify(bytes.fromhex(d.signature), signed_bytes(d.heads, d.position, d.key_id))
         except (InvalidSignature, ValueError):
-            report.problems.append(DigestProblem(
-                "bad_signature", DIGEST_STREAM, None,
-                f"the digest at position {d.position} does not match its signature: it was "
-                "forged or edited"))
+            report.problems.append(
+                DigestProblem(
+                    "bad_signature",
+                    DIGEST_STREAM,
+                    None,
+                    f"the digest at position {d.position} does not match its signature: it was "
+                    "forged or edited",
+                )
+            )
             continue
         for h in d.heads:
             if only is not None and h.stream_id != only:
                 continue
             stored = hashes.get((h.stream_id, h.seq))
             if stored is None:
-                report.problems.append(DigestProblem(
-                    "truncated", h.stream_id, h.seq,
-                    f"a signed digest saw this stream at seq {h.seq}, which is no longer "
-                    "stored: events were removed"))
+                report.problems.append(
+                    DigestProblem(
+                        "truncated",
+                        h.stream_id,
+                        h.seq,
+                        f"a signed digest saw this stream at seq {h.seq}, which is no longer "
+                        "stored: events were removed",
+                    )
+                )
             elif stored != h.hash:
-                report.problems.append(DigestProblem(
-                    "digest_mismatch", h.stream_id, h.seq,
-                    "the stored hash differs from the one a signed digest recorded: events "
-                    "were changed and the chain recomputed after the digest was signed"))
+                report.problems.append(
+                    DigestProblem(
+                        "digest_mismatch",
+                        h.stream_id,
+                        h.seq,
+                        "the stored hash differs from the one a signed digest recorded: events "
+                        "were changed and the chain recomputed after the digest was signed",
+                    )
+                )
             else:
                 proven[h.stream_id] = max(proven.get(h.stream_id, 0), h.seq)
     for stream_id, (seq, _) in heads.items():

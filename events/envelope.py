@@ -17,13 +17,14 @@ import hashlib
 import os
 import time
 import uuid
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, field_serializer
 
 from events.payloads import SCHEMA_VERSIONS, Payload
+
 
 def genesis_hash(stream_id: str) -> str:
     """The fixed value the first event of a stream chains from."""
@@ -67,7 +68,7 @@ def construct_trusted(model: type[Any], values: dict[str, Any]) -> Any:
     right types (every field, as our own code built them), at a third of its
     cost: what pydantic's `model_construct` and `model_copy` store, directly.
     Only for models without validators, post-init or private attributes."""
-    new: Any = model.__new__      # object.__new__: no validation, no __init__
+    new: Any = model.__new__  # object.__new__: no validation, no __init__
     m = new(model)
     _set(m, "__dict__", values)
     _set(m, "__pydantic_fields_set__", set(values))
@@ -90,13 +91,26 @@ class NewEvent(BaseModel):
     idempotency_key: str | None = None
 
     @classmethod
-    def create(cls, payload: Any, *, actor: str, correlation_id: str,
-               causation_id: str | None = None, idempotency_key: str | None = None,
-               occurred_at: datetime | None = None, event_id: str | None = None) -> NewEvent:
-        return cls(payload=payload, event_id=event_id or new_id(),
-                   occurred_at=occurred_at or utcnow(), actor=actor,
-                   correlation_id=correlation_id, causation_id=causation_id,
-                   idempotency_key=idempotency_key)
+    def create(
+        cls,
+        payload: Any,
+        *,
+        actor: str,
+        correlation_id: str,
+        causation_id: str | None = None,
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+        event_id: str | None = None,
+    ) -> NewEvent:
+        return cls(
+            payload=payload,
+            event_id=event_id or new_id(),
+            occurred_at=occurred_at or utcnow(),
+            actor=actor,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            idempotency_key=idempotency_key,
+        )
 
     @property
     def type(self) -> str:
@@ -124,8 +138,9 @@ def canonical_json(data: Any) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
 
 
-def seal(stream_id: str, batch: list[NewEvent] | tuple[NewEvent, ...], last_seq: int,
-         prev_hash: str) -> list[tuple[int, bytes, str]]:
+def seal(
+    stream_id: str, batch: list[NewEvent] | tuple[NewEvent, ...], last_seq: int, prev_hash: str
+) -> list[tuple[int, bytes, str]]:
     """Place a batch after (last_seq, prev_hash): (seq, hashed bytes, hash) per event."""
     sealed = []
     for seq, new in enumerate(batch, start=last_seq + 1):

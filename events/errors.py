@@ -59,12 +59,16 @@ class StoreUnavailable(EventError):
 class SchemaNotReady(EventError):
     def __init__(self, url: str, found: str | None, expected: str) -> None:
         if found is None:
-            msg = (f"event store at {url} has no schema yet. "
-                   "Run `orchestrator db upgrade` to create it.")
+            msg = (
+                f"event store at {url} has no schema yet. "
+                "Run `orchestrator db upgrade` to create it."
+            )
         else:
-            msg = (f"event store at {url} is at schema revision {found}, but this release "
-                   f"knows up to {expected}. Run `orchestrator db upgrade` if it is older, "
-                   "or upgrade this installation if the database is newer.")
+            msg = (
+                f"event store at {url} is at schema revision {found}, but this release "
+                f"knows up to {expected}. Run `orchestrator db upgrade` if it is older, "
+                "or upgrade this installation if the database is newer."
+            )
         super().__init__(msg)
         self.found, self.expected = found, expected
 

@@ -90,8 +90,8 @@ class PermissionDecided(_Payload):
 class ToolCallStarted(_Payload):
     type: Literal["ToolCallStarted"] = "ToolCallStarted"
     call_id: str
-    planned_count: int = 0      # replacements a file step planned (its FileChanged follow)
-    trace_id: str | None = None     # the OpenTelemetry trace it ran in (v2; None: no tracing)
+    planned_count: int = 0  # replacements a file step planned (its FileChanged follow)
+    trace_id: str | None = None  # the OpenTelemetry trace it ran in (v2; None: no tracing)
 
 
 class ToolCallCompleted(_Payload):
@@ -163,7 +163,7 @@ class PolicyAttached(_Payload):
     hash: str
     document: dict[str, Any]
     tier: str
-    elevated_by: str | None = None     # who granted --allow-destructive, if anyone
+    elevated_by: str | None = None  # who granted --allow-destructive, if anyone
 
 
 class ConfirmationRequested(_Payload):
@@ -198,14 +198,14 @@ class QuotaExceeded(_Payload):
     call_id: str
     tool: str
     rule_id: str
-    detail: str                        # the limit and the usage, in words
+    detail: str  # the limit and the usage, in words
 
 
 class RateLimited(_Payload):
     type: Literal["RateLimited"] = "RateLimited"
     call_id: str
     tool: str
-    rate: str                          # e.g. "30/minute"
+    rate: str  # e.g. "30/minute"
     retry_after_s: float
 
 
@@ -220,12 +220,13 @@ class AuditDigest(_Payload):
 
     type: Literal["AuditDigest"] = "AuditDigest"
     heads: tuple[StreamHead, ...]
-    position: int                 # the global position the heads were read at
+    position: int  # the global position the heads were read at
     key_id: str
-    signature: str                # Ed25519, hex, over events.digests.signed_bytes
+    signature: str  # Ed25519, hex, over events.digests.signed_bytes
 
 
 # -- the agent (orchestrator.agent) ----------------------------------------------
+
 
 class AgentStarted(_Payload):
     """A session's agent begins: what it was asked and what may answer. The
@@ -233,7 +234,7 @@ class AgentStarted(_Payload):
     (`prompt_version`) and the session's events, so replay rebuilds it."""
 
     type: Literal["AgentStarted"] = "AgentStarted"
-    instruction: str                   # masked; "" in digest mode
+    instruction: str  # masked; "" in digest mode
     instruction_digest: str
     mode: Literal["job", "chat"] = "job"
     provider: str
@@ -249,7 +250,7 @@ class UserMessage(_Payload):
     """A message typed in `orchestrator chat`: the next model turn answers it."""
 
     type: Literal["UserMessage"] = "UserMessage"
-    text: str                          # masked; "" in digest mode
+    text: str  # masked; "" in digest mode
     digest: str
 
 
@@ -258,17 +259,17 @@ class ModelRequested(_Payload):
     model_turn: int
     provider: str
     model: str
-    messages: int                      # how many messages were sent
-    prompt_digest: str                 # sha256 of the canonical JSON of the messages
-    trace_id: str | None = None        # the OpenTelemetry trace of the call (v2)
+    messages: int  # how many messages were sent
+    prompt_digest: str  # sha256 of the canonical JSON of the messages
+    trace_id: str | None = None  # the OpenTelemetry trace of the call (v2)
 
 
 class ModelToolCall(_Payload):
-    id: str                            # the model's id for the call
+    id: str  # the model's id for the call
     name: str
-    arguments: str                     # the JSON text the model wrote (masked)
-    turn: int = 0                      # the session turn it runs as; 0: it cannot run
-    error: str | None = None           # why it cannot run, as the model will read it
+    arguments: str  # the JSON text the model wrote (masked)
+    turn: int = 0  # the session turn it runs as; 0: it cannot run
+    error: str | None = None  # why it cannot run, as the model will read it
 
 
 class ModelResponded(_Payload):
@@ -281,7 +282,7 @@ class ModelResponded(_Payload):
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int | None = None
-    content: str | None = None         # masked; None in digest mode or when empty
+    content: str | None = None  # masked; None in digest mode or when empty
     content_digest: str = ""
     tool_calls: tuple[ModelToolCall, ...] = ()
 
@@ -312,9 +313,8 @@ class SecretAccessed(_Payload):
 
     type: Literal["SecretAccessed"] = "SecretAccessed"
     name: str
-    source: str                   # env:ORCH_X, file:PATH, keyring:SERVICE, vault:MOUNT/PATH
-    reader: str                   # the component that asked, e.g. provider:openai
-
+    source: str  # env:ORCH_X, file:PATH, keyring:SERVICE, vault:MOUNT/PATH
+    reader: str  # the component that asked, e.g. provider:openai
 
 
 class ToolCallRetried(_Payload):
@@ -324,8 +324,8 @@ class ToolCallRetried(_Payload):
 
     type: Literal["ToolCallRetried"] = "ToolCallRetried"
     call_id: str
-    attempt: int                  # the attempt that failed, from 1
-    reason: str                   # e.g. "HTTP 503", "ConnectError", "ReadTimeout"
+    attempt: int  # the attempt that failed, from 1
+    reason: str  # e.g. "HTTP 503", "ConnectError", "ReadTimeout"
     delay_s: float
     host: str = ""
 
@@ -340,26 +340,77 @@ class CircuitChanged(_Payload):
     state: Literal["open", "half-open", "closed"]
     previous: Literal["open", "half-open", "closed"]
     failures: int = 0
-    retry_at: str | None = None   # ISO 8601 UTC, for state open
+    retry_at: str | None = None  # ISO 8601 UTC, for state open
     reason: str = ""
 
-_TYPES = (JobSubmitted, JobCompleted, JobCancelRequested, SessionStarted, TurnStarted,
-          TurnCompleted, ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
-          ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
-          PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
-          QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
-          ModelResponded, ModelFailed, AgentTurnCancelled, SecretAccessed,
-          ToolCallRetried, CircuitChanged)
+
+_TYPES = (
+    JobSubmitted,
+    JobCompleted,
+    JobCancelRequested,
+    SessionStarted,
+    TurnStarted,
+    TurnCompleted,
+    ToolCallRequested,
+    PermissionDecided,
+    ToolCallStarted,
+    ToolCallCompleted,
+    ToolCallFailed,
+    FileChanged,
+    SessionFinished,
+    SessionCompleted,
+    SessionFailed,
+    PolicyAttached,
+    ConfirmationRequested,
+    ConfirmationGranted,
+    ConfirmationDenied,
+    QuotaExceeded,
+    RateLimited,
+    AuditDigest,
+    AgentStarted,
+    UserMessage,
+    ModelRequested,
+    ModelResponded,
+    ModelFailed,
+    AgentTurnCancelled,
+    SecretAccessed,
+    ToolCallRetried,
+    CircuitChanged,
+)
 
 Payload = Annotated[
     Union[
-        JobSubmitted, JobCompleted, JobCancelRequested, SessionStarted, TurnStarted,
-        TurnCompleted, ToolCallRequested, PermissionDecided, ToolCallStarted, ToolCallCompleted,
-        ToolCallFailed, FileChanged, SessionFinished, SessionCompleted, SessionFailed,
-        PolicyAttached, ConfirmationRequested, ConfirmationGranted, ConfirmationDenied,
-        QuotaExceeded, RateLimited, AuditDigest, AgentStarted, UserMessage, ModelRequested,
-        ModelResponded, ModelFailed, AgentTurnCancelled, SecretAccessed,
-        ToolCallRetried, CircuitChanged,
+        JobSubmitted,
+        JobCompleted,
+        JobCancelRequested,
+        SessionStarted,
+        TurnStarted,
+        TurnCompleted,
+        ToolCallRequested,
+        PermissionDecided,
+        ToolCallStarted,
+        ToolCallCompleted,
+        ToolCallFailed,
+        FileChanged,
+        SessionFinished,
+        SessionCompleted,
+        SessionFailed,
+        PolicyAttached,
+        ConfirmationRequested,
+        ConfirmationGranted,
+        ConfirmationDenied,
+        QuotaExceeded,
+        RateLimited,
+        AuditDigest,
+        AgentStarted,
+        UserMessage,
+        ModelRequested,
+        ModelResponded,
+        ModelFailed,
+        AgentTurnCancelled,
+        SecretAccessed,
+        ToolCallRetried,
+        CircuitChanged,
     ],
     Field(discriminator="type"),
 ]
@@ -369,5 +420,6 @@ PAYLOAD_TYPES: dict[str, type[BaseModel]] = {m.model_fields["type"].default: m f
 # The schema version each type is written at today. Older versions are upcast
 # on read (events.upcast); newer ones are refused.
 SCHEMA_VERSIONS: dict[str, int] = {name: 1 for name in PAYLOAD_TYPES} | {
-    "ToolCallStarted": 2, "ModelRequested": 2,      # v2: trace_id
+    "ToolCallStarted": 2,
+    "ModelRequested": 2,  # v2: trace_id
 }

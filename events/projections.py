@@ -24,6 +24,7 @@ class _Frozen(BaseModel):
 
 # -- SessionState ------------------------------------------------------------
 
+
 class Turn(_Frozen):
     turn: int
     name: str
@@ -35,11 +36,12 @@ class ToolCall(_Frozen):
     call_id: str
     turn: int
     tool: str
-    status: Literal["requested", "allowed", "denied", "asked", "started",
-                    "completed", "failed"] = "requested"
+    status: Literal["requested", "allowed", "denied", "asked", "started", "completed", "failed"] = (
+        "requested"
+    )
     exit_code: int | None = None
     error: str | None = None
-    message: str = ""                 # a failure's message (what an agent is told)
+    message: str = ""  # a failure's message (what an agent is told)
     output: str = ""
     planned_count: int = 0
 
@@ -63,7 +65,7 @@ class Confirmation(_Frozen):
     reason: str
     status: Literal["pending", "granted", "denied"] = "pending"
     by: str | None = None
-    answer: str = ""                  # the approver's reason
+    answer: str = ""  # the approver's reason
 
 
 class AgentCall(_Frozen):
@@ -97,11 +99,11 @@ class AgentState(_Frozen):
     prompt_version: str = ""
     tools: tuple[str, ...] = ()
     entries: tuple[AgentEntry, ...] = ()
-    model_turns: int = 0              # model calls answered
-    requested: int = 0                # the model turn asked for last (> model_turns: in flight)
+    model_turns: int = 0  # model calls answered
+    requested: int = 0  # the model turn asked for last (> model_turns: in flight)
     invalid_calls: int = 0
-    failure: str | None = None        # the last ModelFailed, "error: message"
-    cancelled_turn: int = 0           # model turns up to this one were cancelled (chat Ctrl-C)
+    failure: str | None = None  # the last ModelFailed, "error: message"
+    cancelled_turn: int = 0  # model turns up to this one were cancelled (chat Ctrl-C)
 
     @property
     def last_reply(self) -> AgentEntry | None:
@@ -114,44 +116,64 @@ class AgentState(_Frozen):
 def fold_agent(a: AgentState | None, pl: object) -> AgentState | None:
     """The agent part of a session, one agent event at a time (pure)."""
     if isinstance(pl, p.AgentStarted):
-        return AgentState(mode=pl.mode, instruction=pl.instruction, provider=pl.provider,
-                          model=pl.model, max_turns=pl.max_turns,
-                          max_invalid_calls=pl.max_invalid_calls, token_budget=pl.token_budget,
-                          prompt_version=pl.prompt_version, tools=pl.tools,
-                          entries=(AgentEntry(role="user", text=pl.instruction),)
-                          if pl.instruction else ())
+        return AgentState(
+            mode=pl.mode,
+            instruction=pl.instruction,
+            provider=pl.provider,
+            model=pl.model,
+            max_turns=pl.max_turns,
+            max_invalid_calls=pl.max_invalid_calls,
+            token_budget=pl.token_budget,
+            prompt_version=pl.prompt_version,
+            tools=pl.tools,
+            entries=(AgentEntry(role="user", text=pl.instruction),) if pl.instruction else (),
+        )
     if a is None:
         return None
     if isinstance(pl, p.UserMessage):
-        return a.model_copy(update={"entries": (*a.entries, AgentEntry(role="user",
-                                                                       text=pl.text))})
+        return a.model_copy(update={"entries": (*a.entries, AgentEntry(role="user", text=pl.text))})
     if isinstance(pl, p.ModelRequested):
         return a.model_copy(update={"requested": pl.model_turn, "failure": None})
     if isinstance(pl, p.ModelResponded):
         if pl.model_turn <= a.cancelled_turn:
-            return a     # the answer to a cancelled turn arrived late: recorded, not acted on
-        calls = tuple(AgentCall(id=c.id, name=c.name, arguments=c.arguments, turn=c.turn,
-                                error=c.error) for c in pl.tool_calls)
-        entry = AgentEntry(role="assistant", text=pl.content, calls=calls,
-                           model_turn=pl.model_turn)
-        return a.model_copy(update={
-            "entries": (*a.entries, entry), "model_turns": max(a.model_turns, pl.model_turn),
-            "invalid_calls": a.invalid_calls + sum(1 for c in calls if c.error)})
+            return a  # the answer to a cancelled turn arrived late: recorded, not acted on
+        calls = tuple(
+            AgentCall(id=c.id, name=c.name, arguments=c.arguments, turn=c.turn, error=c.error)
+            for c in pl.tool_calls
+        )
+        entry = AgentEntry(role="assistant", text=pl.content, calls=calls, model_turn=pl.model_turn)
+        return a.model_copy(
+            update={
+                "entries": (*a.entries, entry),
+                "model_turns": max(a.model_turns, pl.model_turn),
+                "invalid_calls": a.invalid_calls + sum(1 for c in calls if c.error),
+            }
+        )
     if isinstance(pl, p.ModelFailed):
         return a.model_copy(update={"failure": f"{pl.error}: {pl.message}"})
     if isinstance(pl, p.AgentTurnCancelled):
         # The cancelled turn's number is used up: the next model turn gets a
         # new one (and new idempotency keys).
         done = max(a.model_turns, pl.model_turn)
-        return a.model_copy(update={
-            "entries": (*a.entries, AgentEntry(role="cancelled", model_turn=pl.model_turn)),
-            "requested": done, "model_turns": done,
-            "cancelled_turn": max(a.cancelled_turn, pl.model_turn)})
+        return a.model_copy(
+            update={
+                "entries": (*a.entries, AgentEntry(role="cancelled", model_turn=pl.model_turn)),
+                "requested": done,
+                "model_turns": done,
+                "cancelled_turn": max(a.cancelled_turn, pl.model_turn),
+            }
+        )
     return a
 
 
-_AGENT_EVENTS = ("AgentStarted", "UserMessage", "ModelRequested", "ModelResponded",
-                 "ModelFailed", "AgentTurnCancelled")
+_AGENT_EVENTS = (
+    "AgentStarted",
+    "UserMessage",
+    "ModelRequested",
+    "ModelResponded",
+    "ModelFailed",
+    "AgentTurnCancelled",
+)
 
 
 class SessionState(_Frozen):
@@ -165,7 +187,7 @@ class SessionState(_Frozen):
     calls: tuple[ToolCall, ...] = ()
     files_changed: tuple[FileChange, ...] = ()
     changed_paths: frozenset[str] = frozenset()
-    pending: tuple[PendingChange, ...] = ()   # of calls started but not yet completed
+    pending: tuple[PendingChange, ...] = ()  # of calls started but not yet completed
     patch: str = ""
     last_seq: int = 0
     # The policy the session runs under (PolicyAttached): the whole document,
@@ -205,13 +227,14 @@ class SessionState(_Frozen):
         return None
 
 
-def _update_last(items: tuple[Any, ...], match: Callable[[Any], bool],
-                 update: dict[str, object]) -> tuple[Any, ...] | None:
+def _update_last(
+    items: tuple[Any, ...], match: Callable[[Any], bool], update: dict[str, object]
+) -> tuple[Any, ...] | None:
     """`items` with the last match updated, or None. The item an event updates is
     nearly always the newest, so searching from the end keeps folds linear."""
     for i in range(len(items) - 1, -1, -1):
         if match(items[i]):
-            return (*items[:i], items[i].model_copy(update=update), *items[i + 1:])
+            return (*items[:i], items[i].model_copy(update=update), *items[i + 1 :])
     return None
 
 
@@ -227,27 +250,43 @@ def _session(payload: object, s: SessionState, e: Event) -> SessionState:
 
 @_session.register
 def _(pl: p.SessionStarted, s: SessionState, e: Event) -> SessionState:
-    return s.model_copy(update={"session_id": e.stream_id, "job_id": pl.job_id,
-                                "target": pl.target, "steps": pl.steps, "status": "running"})
+    return s.model_copy(
+        update={
+            "session_id": e.stream_id,
+            "job_id": pl.job_id,
+            "target": pl.target,
+            "steps": pl.steps,
+            "status": "running",
+        }
+    )
 
 
 @_session.register
 def _(pl: p.PolicyAttached, s: SessionState, e: Event) -> SessionState:
-    return s.model_copy(update={"policy": pl.document, "policy_hash": pl.hash,
-                                "tier": pl.tier, "elevated_by": pl.elevated_by})
+    return s.model_copy(
+        update={
+            "policy": pl.document,
+            "policy_hash": pl.hash,
+            "tier": pl.tier,
+            "elevated_by": pl.elevated_by,
+        }
+    )
 
 
 @_session.register
 def _(pl: p.ConfirmationRequested, s: SessionState, e: Event) -> SessionState:
-    c = Confirmation(call_id=pl.call_id, turn=pl.turn, tool=pl.tool, rule_id=pl.rule_id,
-                     reason=pl.reason)
+    c = Confirmation(
+        call_id=pl.call_id, turn=pl.turn, tool=pl.tool, rule_id=pl.rule_id, reason=pl.reason
+    )
     return s.model_copy(update={"confirmations": (*s.confirmations, c)})
 
 
 def _answer(s: SessionState, call_id: str, status: str, by: str, answer: str) -> SessionState:
-    found = _update_last(s.confirmations,
-                         lambda c: c.call_id == call_id and c.status == "pending",
-                         {"status": status, "by": by, "answer": answer})
+    found = _update_last(
+        s.confirmations,
+        lambda c: c.call_id == call_id and c.status == "pending",
+        {"status": status, "by": by, "answer": answer},
+    )
     return s if found is None else s.model_copy(update={"confirmations": found})
 
 
@@ -263,8 +302,9 @@ def _(pl: p.ConfirmationDenied, s: SessionState, e: Event) -> SessionState:
 
 @_session.register
 def _(pl: p.TurnStarted, s: SessionState, e: Event) -> SessionState:
-    return s.model_copy(update={"turns": (*s.turns, Turn(turn=pl.turn, name=pl.name,
-                                                         kind=pl.kind))})
+    return s.model_copy(
+        update={"turns": (*s.turns, Turn(turn=pl.turn, name=pl.name, kind=pl.kind))}
+    )
 
 
 @_session.register
@@ -275,8 +315,9 @@ def _(pl: p.TurnCompleted, s: SessionState, e: Event) -> SessionState:
 
 @_session.register
 def _(pl: p.ToolCallRequested, s: SessionState, e: Event) -> SessionState:
-    return s.model_copy(update={"calls": (*s.calls, ToolCall(call_id=pl.call_id, turn=pl.turn,
-                                                             tool=pl.tool))})
+    return s.model_copy(
+        update={"calls": (*s.calls, ToolCall(call_id=pl.call_id, turn=pl.turn, tool=pl.tool))}
+    )
 
 
 _DECIDED = {"allow": "allowed", "deny": "denied", "ask": "asked"}
@@ -294,8 +335,13 @@ def _(pl: p.ToolCallStarted, s: SessionState, e: Event) -> SessionState:
 
 @_session.register
 def _(pl: p.FileChanged, s: SessionState, e: Event) -> SessionState:
-    change = PendingChange(call_id=pl.call_id, path=pl.path, before_hash=pl.before_hash,
-                           after_hash=pl.after_hash, diff=pl.diff)
+    change = PendingChange(
+        call_id=pl.call_id,
+        path=pl.path,
+        before_hash=pl.before_hash,
+        after_hash=pl.after_hash,
+        diff=pl.diff,
+    )
     return s.model_copy(update={"pending": (*s.pending, change)})
 
 
@@ -309,27 +355,31 @@ def _confirm(s: SessionState, call_id: str) -> dict[str, object]:
     for c in mine:
         change = FileChange(path=c.path, before_hash=c.before_hash, after_hash=c.after_hash)
         if c.path in s.changed_paths:
-            files = tuple(change.model_copy(update={"before_hash": f.before_hash})
-                          if f.path == c.path else f for f in files)
+            files = tuple(
+                change.model_copy(update={"before_hash": f.before_hash}) if f.path == c.path else f
+                for f in files
+            )
         else:
             files = (*files, change)
-    return {"files_changed": files,
-            "changed_paths": s.changed_paths | {c.path for c in mine},
-            "pending": tuple(c for c in s.pending if c.call_id != call_id),
-            "patch": s.patch + "".join(c.diff for c in mine)}
+    return {
+        "files_changed": files,
+        "changed_paths": s.changed_paths | {c.path for c in mine},
+        "pending": tuple(c for c in s.pending if c.call_id != call_id),
+        "patch": s.patch + "".join(c.diff for c in mine),
+    }
 
 
 @_session.register
 def _(pl: p.ToolCallCompleted, s: SessionState, e: Event) -> SessionState:
-    s = _replace_call(s, pl.call_id, status="completed", exit_code=pl.exit_code,
-                      output=pl.output)
+    s = _replace_call(s, pl.call_id, status="completed", exit_code=pl.exit_code, output=pl.output)
     return s.model_copy(update=_confirm(s, pl.call_id))
 
 
 @_session.register
 def _(pl: p.ToolCallFailed, s: SessionState, e: Event) -> SessionState:
-    s = _replace_call(s, pl.call_id, status="failed", error=pl.error, message=pl.message,
-                      output=pl.output)
+    s = _replace_call(
+        s, pl.call_id, status="failed", error=pl.error, message=pl.message, output=pl.output
+    )
     return s.model_copy(update={"pending": tuple(c for c in s.pending if c.call_id != pl.call_id)})
 
 
@@ -357,14 +407,15 @@ def apply_session(s: SessionState, e: Event) -> SessionState:
 
 # -- JobState (the job's own stream) ----------------------------------------
 
+
 class JobState(_Frozen):
     job_id: str = ""
     name: str = ""
     sessions: tuple[p.SessionRef, ...] = ()
-    finished: tuple[tuple[str, str], ...] = ()     # (session_id, status) in finishing order
+    finished: tuple[tuple[str, str], ...] = ()  # (session_id, status) in finishing order
     status: Literal["new", "running", "completed", "failed"] = "new"
     spec: dict[str, object] = {}
-    cancelled_by: str | None = None                # JobCancelRequested: who, and why
+    cancelled_by: str | None = None  # JobCancelRequested: who, and why
     cancel_reason: str = ""
 
     @property
@@ -379,8 +430,15 @@ class JobState(_Frozen):
 def apply_job(s: JobState, e: Event) -> JobState:
     pl = e.payload
     if isinstance(pl, p.JobSubmitted):
-        return s.model_copy(update={"job_id": e.stream_id, "name": pl.name, "spec": pl.spec,
-                                    "sessions": pl.sessions, "status": "running"})
+        return s.model_copy(
+            update={
+                "job_id": e.stream_id,
+                "name": pl.name,
+                "spec": pl.spec,
+                "sessions": pl.sessions,
+                "status": "running",
+            }
+        )
     if isinstance(pl, p.SessionFinished):
         if any(sid == pl.session_id for sid, _ in s.finished):
             return s
@@ -398,7 +456,7 @@ RATE_WINDOW = 256  # most recent tool-call times kept for sliding-window rate li
 
 
 class QuotaUsage(_Frozen):
-    tool_calls: tuple[tuple[str, int], ...] = ()   # (tool, count), sorted by tool
+    tool_calls: tuple[tuple[str, int], ...] = ()  # (tool, count), sorted by tool
     tool_failures: int = 0
     tokens_in: int = 0
     tokens_out: int = 0
@@ -409,7 +467,7 @@ class QuotaUsage(_Frozen):
     bytes_written: int = 0
     output_bytes: int = 0
     recent_calls: tuple[datetime, ...] = ()
-    recent_tools: tuple[str, ...] = ()             # the tool of each of recent_calls
+    recent_tools: tuple[str, ...] = ()  # the tool of each of recent_calls
 
     def calls_of(self, tool: str) -> int:
         return dict(self.tool_calls).get(tool, 0)
@@ -428,9 +486,11 @@ class QuotaUsage(_Frozen):
 def _count_call(s: QuotaUsage, tool: str, at: datetime) -> dict[str, object]:
     counts = dict(s.tool_calls)
     counts[tool] = counts.get(tool, 0) + 1
-    return {"tool_calls": tuple(sorted(counts.items())),
-            "recent_calls": (*s.recent_calls, at)[-RATE_WINDOW:],
-            "recent_tools": (*s.recent_tools, tool)[-RATE_WINDOW:]}
+    return {
+        "tool_calls": tuple(sorted(counts.items())),
+        "recent_calls": (*s.recent_calls, at)[-RATE_WINDOW:],
+        "recent_tools": (*s.recent_tools, tool)[-RATE_WINDOW:],
+    }
 
 
 @singledispatch
@@ -464,10 +524,14 @@ def _(pl: p.ToolCallFailed, s: QuotaUsage, e: Event) -> QuotaUsage:
 
 @_quota.register
 def _(pl: p.ModelResponded, s: QuotaUsage, e: Event) -> QuotaUsage:
-    return s.model_copy(update={"tokens_in": s.tokens_in + pl.input_tokens,
-                                "tokens_out": s.tokens_out + pl.output_tokens,
-                                "tokens_cached": s.tokens_cached + (pl.cached_tokens or 0),
-                                "model_calls": s.model_calls + 1})
+    return s.model_copy(
+        update={
+            "tokens_in": s.tokens_in + pl.input_tokens,
+            "tokens_out": s.tokens_out + pl.output_tokens,
+            "tokens_cached": s.tokens_cached + (pl.cached_tokens or 0),
+            "model_calls": s.model_calls + 1,
+        }
+    )
 
 
 def apply_quota(s: QuotaUsage, e: Event) -> QuotaUsage:
@@ -476,9 +540,10 @@ def apply_quota(s: QuotaUsage, e: Event) -> QuotaUsage:
 
 # -- PermissionLedger --------------------------------------------------------
 
+
 class LedgerEntry(_Frozen):
     call_id: str
-    seq: int                      # of the PermissionDecided event
+    seq: int  # of the PermissionDecided event
     tool: str
     args: dict[str, object]
     decision: p.Decision | None = None
@@ -507,15 +572,25 @@ def _(pl: p.ToolCallRequested, s: PermissionLedger, e: Event) -> PermissionLedge
 
 @_ledger.register
 def _(pl: p.PermissionDecided, s: PermissionLedger, e: Event) -> PermissionLedger:
-    entries = _update_last(s.entries, lambda x: x.call_id == pl.call_id, {
-        "decision": pl.decision, "rule_id": pl.rule_id, "seq": e.seq,
-        "policy_hash": pl.policy_hash, "reason": pl.reason, "decided_by": e.actor})
+    entries = _update_last(
+        s.entries,
+        lambda x: x.call_id == pl.call_id,
+        {
+            "decision": pl.decision,
+            "rule_id": pl.rule_id,
+            "seq": e.seq,
+            "policy_hash": pl.policy_hash,
+            "reason": pl.reason,
+            "decided_by": e.actor,
+        },
+    )
     return s if entries is None else s.model_copy(update={"entries": entries})
 
 
 def _confirmed(s: PermissionLedger, call_id: str, answer: str, by: str) -> PermissionLedger:
-    entries = _update_last(s.entries, lambda x: x.call_id == call_id,
-                           {"confirmation": answer, "confirmed_by": by})
+    entries = _update_last(
+        s.entries, lambda x: x.call_id == call_id, {"confirmation": answer, "confirmed_by": by}
+    )
     return s if entries is None else s.model_copy(update={"entries": entries})
 
 
@@ -535,6 +610,7 @@ def apply_ledger(s: PermissionLedger, e: Event) -> PermissionLedger:
 
 # -- all three ---------------------------------------------------------------
 
+
 class Projections(_Frozen):
     session: SessionState = SessionState()
     quota: QuotaUsage = QuotaUsage()
@@ -546,9 +622,11 @@ class Projections(_Frozen):
 
 
 def apply(state: Projections, e: Event) -> Projections:
-    return Projections(session=apply_session(state.session, e),
-                       quota=apply_quota(state.quota, e),
-                       ledger=apply_ledger(state.ledger, e))
+    return Projections(
+        session=apply_session(state.session, e),
+        quota=apply_quota(state.quota, e),
+        ledger=apply_ledger(state.ledger, e),
+    )
 
 
 def fold(events: Iterable[Event], state: Projections | None = None) -> Projections:
@@ -562,8 +640,9 @@ def fold(events: Iterable[Event], state: Projections | None = None) -> Projectio
     return f.result()
 
 
-def fold_records(records: Iterable[dict[str, Any]],
-                 state: Projections | None = None) -> Projections:
+def fold_records(
+    records: Iterable[dict[str, Any]], state: Projections | None = None
+) -> Projections:
     """`fold` over envelopes as plain JSON data at today's schema version (what
     `events.upcast.current` returns): no `Event` is built."""
     f = Folder(state)
@@ -611,10 +690,28 @@ class Folder:
     and the result depends on the events only. Events come as mappings, so
     both an `Event` (its and its payload's `__dict__`) and JSON data fit."""
 
-    __slots__ = ("_session", "last_seq", "_scalars", "_turns", "_turn_at", "_calls",
-                 "_call_at", "_files", "_changed", "_pending", "_patch", "_quota", "_counts",
-                 "_recent", "_recent_tools", "_sums", "_quota_changed", "_entries",
-                 "_entry_at", "_confirmations")
+    __slots__ = (
+        "_session",
+        "last_seq",
+        "_scalars",
+        "_turns",
+        "_turn_at",
+        "_calls",
+        "_call_at",
+        "_files",
+        "_changed",
+        "_pending",
+        "_patch",
+        "_quota",
+        "_counts",
+        "_recent",
+        "_recent_tools",
+        "_sums",
+        "_quota_changed",
+        "_entries",
+        "_entry_at",
+        "_confirmations",
+    )
 
     def __init__(self, start: Projections | None = None) -> None:
         st = start if start is not None else Projections()
@@ -634,11 +731,17 @@ class Folder:
         self._counts = dict(q.tool_calls)
         self._recent = list(q.recent_calls)
         self._recent_tools = list(q.recent_tools)
-        self._sums = {"tool_failures": q.tool_failures, "shell_cpu_s": q.shell_cpu_s,
-                      "shell_wall_s": q.shell_wall_s, "bytes_written": q.bytes_written,
-                      "output_bytes": q.output_bytes, "tokens_in": q.tokens_in,
-                      "tokens_out": q.tokens_out, "tokens_cached": q.tokens_cached,
-                      "model_calls": q.model_calls}
+        self._sums = {
+            "tool_failures": q.tool_failures,
+            "shell_cpu_s": q.shell_cpu_s,
+            "shell_wall_s": q.shell_wall_s,
+            "bytes_written": q.bytes_written,
+            "output_bytes": q.output_bytes,
+            "tokens_in": q.tokens_in,
+            "tokens_out": q.tokens_out,
+            "tokens_cached": q.tokens_cached,
+            "model_calls": q.model_calls,
+        }
         self._quota_changed = False
         self._entries: list[_Item] = list(led.entries)
         self._entry_at = {x.call_id: i for i, x in enumerate(led.entries)}
@@ -655,18 +758,35 @@ class Folder:
     # -- session ----------------------------------------------------------------
 
     def _session_started(self, pl: Mapping[str, Any], e: Mapping[str, Any]) -> None:
-        self._scalars.update(session_id=e["stream_id"], job_id=pl["job_id"], target=pl["target"],
-                             steps=tuple(pl["steps"]), status="running")
+        self._scalars.update(
+            session_id=e["stream_id"],
+            job_id=pl["job_id"],
+            target=pl["target"],
+            steps=tuple(pl["steps"]),
+            status="running",
+        )
 
     def _policy_attached(self, pl: Mapping[str, Any], *_: Any) -> None:
-        self._scalars.update(policy=pl["document"], policy_hash=pl["hash"], tier=pl["tier"],
-                             elevated_by=pl["elevated_by"])
+        self._scalars.update(
+            policy=pl["document"],
+            policy_hash=pl["hash"],
+            tier=pl["tier"],
+            elevated_by=pl["elevated_by"],
+        )
 
     def _confirmation_requested(self, pl: Mapping[str, Any], *_: Any) -> None:
-        self._confirmations.append({"call_id": pl["call_id"], "turn": pl["turn"],
-                                    "tool": pl["tool"], "rule_id": pl["rule_id"],
-                                    "reason": pl["reason"], "status": "pending", "by": None,
-                                    "answer": ""})
+        self._confirmations.append(
+            {
+                "call_id": pl["call_id"],
+                "turn": pl["turn"],
+                "tool": pl["tool"],
+                "rule_id": pl["rule_id"],
+                "reason": pl["reason"],
+                "status": "pending",
+                "by": None,
+                "answer": "",
+            }
+        )
 
     def _answered(self, status: str, pl: Mapping[str, Any]) -> None:
         items = self._confirmations
@@ -689,8 +809,9 @@ class Folder:
 
     def _turn_started(self, pl: Mapping[str, Any], *_: Any) -> None:
         self._turn_at[pl["turn"]] = len(self._turns)
-        self._turns.append({"turn": pl["turn"], "name": pl["name"], "kind": pl["kind"],
-                            "status": "running"})
+        self._turns.append(
+            {"turn": pl["turn"], "name": pl["name"], "kind": pl["kind"], "status": "running"}
+        )
 
     def _turn_completed(self, pl: Mapping[str, Any], *_: Any) -> None:
         i = self._turn_at.get(pl["turn"])
@@ -704,14 +825,35 @@ class Folder:
     def _requested(self, pl: Mapping[str, Any], e: Mapping[str, Any]) -> None:
         call_id = pl["call_id"]
         self._call_at[call_id] = len(self._calls)
-        self._calls.append({"call_id": call_id, "turn": pl["turn"], "tool": pl["tool"],
-                            "status": "requested", "exit_code": None, "error": None,
-                            "message": "", "output": "", "planned_count": 0})
+        self._calls.append(
+            {
+                "call_id": call_id,
+                "turn": pl["turn"],
+                "tool": pl["tool"],
+                "status": "requested",
+                "exit_code": None,
+                "error": None,
+                "message": "",
+                "output": "",
+                "planned_count": 0,
+            }
+        )
         self._entry_at[call_id] = len(self._entries)
-        self._entries.append({"call_id": call_id, "seq": e["seq"], "tool": pl["tool"],
-                              "args": pl["args"], "decision": None, "rule_id": None,
-                              "policy_hash": None, "reason": "", "decided_by": None,
-                              "confirmed_by": None, "confirmation": None})
+        self._entries.append(
+            {
+                "call_id": call_id,
+                "seq": e["seq"],
+                "tool": pl["tool"],
+                "args": pl["args"],
+                "decision": None,
+                "rule_id": None,
+                "policy_hash": None,
+                "reason": "",
+                "decided_by": None,
+                "confirmed_by": None,
+                "confirmation": None,
+            }
+        )
 
     def _decided(self, pl: Mapping[str, Any], e: Mapping[str, Any]) -> None:
         status = _DECIDED[pl["decision"]]
@@ -721,8 +863,13 @@ class Folder:
         i = self._entry_at.get(pl["call_id"])
         if i is not None:
             _mutable(self._entries, i).update(
-                decision=pl["decision"], rule_id=pl["rule_id"], seq=e["seq"],
-                policy_hash=pl["policy_hash"], reason=pl["reason"], decided_by=e["actor"])
+                decision=pl["decision"],
+                rule_id=pl["rule_id"],
+                seq=e["seq"],
+                policy_hash=pl["policy_hash"],
+                reason=pl["reason"],
+                decided_by=e["actor"],
+            )
 
     def _started(self, pl: Mapping[str, Any], *_: Any) -> None:
         call = self._call(pl["call_id"])
@@ -731,9 +878,15 @@ class Folder:
             call["planned_count"] = pl["planned_count"]
 
     def _file_changed(self, pl: Mapping[str, Any], *_: Any) -> None:
-        self._pending.append(PendingChange(
-            call_id=pl["call_id"], path=pl["path"], before_hash=pl["before_hash"],
-            after_hash=pl["after_hash"], diff=pl["diff"]))
+        self._pending.append(
+            PendingChange(
+                call_id=pl["call_id"],
+                path=pl["path"],
+                before_hash=pl["before_hash"],
+                after_hash=pl["after_hash"],
+                diff=pl["diff"],
+            )
+        )
 
     def _confirm(self, call_id: str) -> None:
         """As `_confirm` above: a path changed before keeps its first `before`."""
@@ -744,11 +897,14 @@ class Folder:
             return
         before, files = self._changed, self._files
         for c in mine:
-            change = FileChange(path=c.path, before_hash=c.before_hash,
-                                after_hash=c.after_hash)
+            change = FileChange(path=c.path, before_hash=c.before_hash, after_hash=c.after_hash)
             if c.path in before:
-                files = [change.model_copy(update={"before_hash": f.before_hash})
-                         if f.path == c.path else f for f in files]
+                files = [
+                    change.model_copy(update={"before_hash": f.before_hash})
+                    if f.path == c.path
+                    else f
+                    for f in files
+                ]
             else:
                 files.append(change)
         self._files = files
@@ -772,8 +928,9 @@ class Folder:
     def _failed(self, pl: Mapping[str, Any], e: Mapping[str, Any]) -> None:
         call = self._call(pl["call_id"])
         if call is not None:
-            call.update(status="failed", error=pl["error"], message=pl["message"],
-                        output=pl["output"])
+            call.update(
+                status="failed", error=pl["error"], message=pl["message"], output=pl["output"]
+            )
         if self._pending:
             self._pending = [c for c in self._pending if c.call_id != pl["call_id"]]
         sums = self._sums
@@ -806,8 +963,8 @@ class Folder:
         if type_ == "ModelResponded":
             sums = self._sums
             self._quota_changed = True
-            sums["tokens_in"] += payload.input_tokens          # type: ignore[attr-defined]
-            sums["tokens_out"] += payload.output_tokens        # type: ignore[attr-defined]
+            sums["tokens_in"] += payload.input_tokens  # type: ignore[attr-defined]
+            sums["tokens_out"] += payload.output_tokens  # type: ignore[attr-defined]
             sums["tokens_cached"] += payload.cached_tokens or 0  # type: ignore[attr-defined]
             sums["model_calls"] += 1
 
@@ -818,19 +975,31 @@ class Folder:
 
     def result(self) -> Projections:
         s = self._session
-        session = SessionState.model_construct(**{
-            **s.__dict__, **self._scalars,
-            "turns": _frozen(Turn, self._turns), "calls": _frozen(ToolCall, self._calls),
-            "files_changed": tuple(self._files), "changed_paths": frozenset(self._changed),
-            "pending": tuple(self._pending), "patch": "".join(self._patch),
-            "confirmations": _frozen(Confirmation, self._confirmations),
-            "last_seq": self.last_seq})
+        session = SessionState.model_construct(
+            **{
+                **s.__dict__,
+                **self._scalars,
+                "turns": _frozen(Turn, self._turns),
+                "calls": _frozen(ToolCall, self._calls),
+                "files_changed": tuple(self._files),
+                "changed_paths": frozenset(self._changed),
+                "pending": tuple(self._pending),
+                "patch": "".join(self._patch),
+                "confirmations": _frozen(Confirmation, self._confirmations),
+                "last_seq": self.last_seq,
+            }
+        )
         quota = self._quota
         if self._quota_changed:
-            quota = QuotaUsage.model_construct(**{
-                **quota.__dict__, **self._sums, "tool_calls": tuple(sorted(self._counts.items())),
-                "recent_calls": tuple(self._recent[-RATE_WINDOW:]),
-                "recent_tools": tuple(self._recent_tools[-RATE_WINDOW:])})
+            quota = QuotaUsage.model_construct(
+                **{
+                    **quota.__dict__,
+                    **self._sums,
+                    "tool_calls": tuple(sorted(self._counts.items())),
+                    "recent_calls": tuple(self._recent[-RATE_WINDOW:]),
+                    "recent_tools": tuple(self._recent_tools[-RATE_WINDOW:]),
+                }
+            )
         ledger = PermissionLedger.model_construct(entries=_frozen(LedgerEntry, self._entries))
         return Projections.model_construct(session=session, quota=quota, ledger=ledger)
 
@@ -838,12 +1007,18 @@ class Folder:
 _ON: dict[str, Callable[..., None]] = {
     "PolicyAttached": Folder._policy_attached,
     "ConfirmationRequested": Folder._confirmation_requested,
-    "ConfirmationGranted": Folder._granted, "ConfirmationDenied": Folder._denied,
-    "SessionStarted": Folder._session_started, "TurnStarted": Folder._turn_started,
-    "TurnCompleted": Folder._turn_completed, "ToolCallRequested": Folder._requested,
-    "PermissionDecided": Folder._decided, "ToolCallStarted": Folder._started,
-    "FileChanged": Folder._file_changed, "ToolCallCompleted": Folder._completed,
-    "ToolCallFailed": Folder._failed, "SessionCompleted": Folder._session_completed,
+    "ConfirmationGranted": Folder._granted,
+    "ConfirmationDenied": Folder._denied,
+    "SessionStarted": Folder._session_started,
+    "TurnStarted": Folder._turn_started,
+    "TurnCompleted": Folder._turn_completed,
+    "ToolCallRequested": Folder._requested,
+    "PermissionDecided": Folder._decided,
+    "ToolCallStarted": Folder._started,
+    "FileChanged": Folder._file_changed,
+    "ToolCallCompleted": Folder._completed,
+    "ToolCallFailed": Folder._failed,
+    "SessionCompleted": Folder._session_completed,
     "SessionFailed": Folder._session_failed,
     **{t: (lambda f, pl, e, _t=t: f._agent(_t, pl)) for t in _AGENT_EVENTS},
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
 import orjson
 from pydantic import ValidationError
 
@@ -33,8 +34,9 @@ def replay(store: SqlEventStore, stream_id: str, *, use_snapshot: bool = True) -
     if snap is not None and snap[1] == SNAPSHOT_VERSION:
         state, after = Projections.model_validate_json(snap[2]), snap[0]
     loads = orjson.loads
-    return fold_records((current(loads(body)) for _, body, _ in
-                         store.raw_stream(stream_id, after)), state)
+    return fold_records(
+        (current(loads(body)) for _, body, _ in store.raw_stream(stream_id, after)), state
+    )
 
 
 def load(store: SqlEventStore, stream_id: str) -> Projections:
@@ -43,17 +45,20 @@ def load(store: SqlEventStore, stream_id: str) -> Projections:
     state = replay(store, stream_id)
     base = snap[0] if snap is not None and snap[1] == SNAPSHOT_VERSION else 0
     if state.last_seq - base >= SNAPSHOT_EVERY:
-        store.save_snapshot(stream_id, state.last_seq, SNAPSHOT_VERSION,
-                            state.model_dump_json().encode())
+        store.save_snapshot(
+            stream_id, state.last_seq, SNAPSHOT_VERSION, state.model_dump_json().encode()
+        )
     return state
 
 
 # -- the whole store -------------------------------------------------------------
 
+
 @dataclass
 class Audit:
     """Every chain verified, and the projections of every stream that verified.
     A stream with a problem has no projections: its state cannot be trusted."""
+
     report: VerifyReport
     projections: dict[str, Projections] = field(default_factory=dict)
 
@@ -83,9 +88,15 @@ def audit_rows(rows: Iterable[Row]) -> Audit:
             r = current(body)
             f.add(r["type"], r["payload"], r)
         except (UnknownEvent, ValidationError, KeyError, TypeError, ValueError) as exc:
-            v.report.problems.append(Problem(
-                "undecodable", sid, row.seq, row.position,
-                f"the event does not fit its type's model: {exc}".splitlines()[0]))
+            v.report.problems.append(
+                Problem(
+                    "undecodable",
+                    sid,
+                    row.seq,
+                    row.position,
+                    f"the event does not fit its type's model: {exc}".splitlines()[0],
+                )
+            )
             broken.add(sid)
             del folders[sid]
     return Audit(v.report, {sid: f.result() for sid, f in folders.items()})

@@ -10,7 +10,8 @@ metadata = sa.MetaData()
 POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 events = sa.Table(
-    "events", metadata,
+    "events",
+    metadata,
     sa.Column("position", POSITION, primary_key=True, autoincrement=True),
     sa.Column("stream_id", sa.String(200), nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
@@ -24,11 +25,12 @@ events = sa.Table(
     sa.UniqueConstraint("stream_id", "seq", name="uq_events_stream_seq"),
     sa.Index("ix_events_correlation", "correlation_id", "position"),
     sa.Index("ix_events_idempotency", "stream_id", "idempotency_key"),
-    sa.Index("ix_events_type_position", "type", "position"),      # 0002
+    sa.Index("ix_events_type_position", "type", "position"),  # 0002
 )
 
 snapshots = sa.Table(
-    "snapshots", metadata,
+    "snapshots",
+    metadata,
     sa.Column("stream_id", sa.String(200), primary_key=True),
     sa.Column("seq", sa.Integer, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),

@@ -16,8 +16,14 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 
 from events import migrate
-from events.db import (WriterConnections, create_engine, driver_errors, normalize_url,
-                       store_errors, writer)
+from events.db import (
+    WriterConnections,
+    create_engine,
+    driver_errors,
+    normalize_url,
+    store_errors,
+    writer,
+)
 from events.envelope import Event, NewEvent, construct_trusted, genesis_hash, seal
 from events.errors import SequenceConflict
 from events.payloads import SCHEMA_VERSIONS
@@ -27,7 +33,7 @@ from events.upcast import decode
 from events.verify import Row
 
 PAGE = 2000
-INSERT_CHUNK = 1000     # rows per INSERT: 9 parameters each, well under both drivers' limits
+INSERT_CHUNK = 1000  # rows per INSERT: 9 parameters each, well under both drivers' limits
 
 # Observers of appends: fn(stream_id, events_stored, seconds), called after each
 # append that returned (an idempotent hit stores 0). orchestrator.metrics
@@ -51,8 +57,9 @@ class _Reconnect(Exception):
 
 
 class EventStore(Protocol):
-    def append(self, stream_id: str, batch: Sequence[NewEvent],
-               expected_seq: int | None) -> list[Event]:
+    def append(
+        self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None
+    ) -> list[Event]:
         """Append `batch` atomically after `expected_seq` (the last seq the caller
         saw; 0 for a new stream, None for "wherever the stream ends").
 
@@ -71,17 +78,27 @@ class SqlEventStore:
         self.engine = create_engine(self.url)
         self._writers = WriterConnections(self.engine)
         p = self._writers.param()
-        self._sql_head = ("SELECT seq, hash FROM events WHERE stream_id = " + p
-                          + " ORDER BY seq DESC LIMIT 1")
+        self._sql_head = (
+            "SELECT seq, hash FROM events WHERE stream_id = " + p + " ORDER BY seq DESC LIMIT 1"
+        )
         # The head and, if the key was seen before, its rows, in one round trip
         # (head rows have no position; a key's rows come with their bodies).
         self._sql_head_or_key = (
             "SELECT seq, hash, NULL, NULL FROM (SELECT seq, hash FROM events WHERE stream_id = "
-            + p + " ORDER BY seq DESC LIMIT 1) AS head UNION ALL "
-            "SELECT seq, hash, position, body FROM events WHERE stream_id = " + p
-            + " AND idempotency_key = " + p)
-        self._sql_stream = ("SELECT position, body, hash FROM events WHERE stream_id = " + p
-                            + " AND seq > " + p + " ORDER BY seq")
+            + p
+            + " ORDER BY seq DESC LIMIT 1) AS head UNION ALL "
+            "SELECT seq, hash, position, body FROM events WHERE stream_id = "
+            + p
+            + " AND idempotency_key = "
+            + p
+        )
+        self._sql_stream = (
+            "SELECT position, body, hash FROM events WHERE stream_id = "
+            + p
+            + " AND seq > "
+            + p
+            + " ORDER BY seq"
+        )
         self._insert_sql: dict[int, str] = {}
         if check_schema:
             migrate.check(self.engine)
@@ -92,8 +109,9 @@ class SqlEventStore:
 
     # -- writing -----------------------------------------------------------
 
-    def append(self, stream_id: str, batch: Sequence[NewEvent],
-               expected_seq: int | None) -> list[Event]:
+    def append(
+        self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None
+    ) -> list[Event]:
         if not batch:
             return []
         key = batch[0].idempotency_key
@@ -109,8 +127,9 @@ class SqlEventStore:
             hook(stream_id, n, elapsed)
         return stored
 
-    def _append_keyed(self, stream_id: str, batch: Sequence[NewEvent],
-                      expected_seq: int | None, key: str | None) -> list[Event]:
+    def _append_keyed(
+        self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None, key: str | None
+    ) -> list[Event]:
         dbapi = self._writers.dbapi
         try:
             with driver_errors(self.url, dbapi):
@@ -128,8 +147,11 @@ class SqlEventStore:
                 stored = self._by_key(stream_id, key)
                 if stored:
                     return stored
-            raise SequenceConflict(stream_id, expected_seq if expected_seq is not None else -1,
-                                   self.last_seq(stream_id)) from exc
+            raise SequenceConflict(
+                stream_id,
+                expected_seq if expected_seq is not None else -1,
+                self.last_seq(stream_id),
+            ) from exc
 
     def _by_key(self, stream_id: str, key: str) -> list[Event]:
         """The events stored under `key` (after losing a race to their writer)."""
@@ -137,11 +159,13 @@ class SqlEventStore:
             rows = conn.execute(
                 sa.select(T.c.position, T.c.body, T.c.hash)
                 .where(T.c.stream_id == stream_id, T.c.idempotency_key == key)
-                .order_by(T.c.seq)).all()
+                .order_by(T.c.seq)
+            ).all()
         return [decode(r[0], bytes(r[1]), r[2]) for r in rows]
 
-    def _append(self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None,
-                key: str | None) -> list[Event]:
+    def _append(
+        self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None, key: str | None
+    ) -> list[Event]:
         """The hot path, on this thread's own DBAPI connection with fixed SQL texts
         (the drivers cache and, on PostgreSQL, prepare them).
 
@@ -176,8 +200,9 @@ class SqlEventStore:
                     if explicit:
                         cur.execute("COMMIT")
                     stored.sort()
-                    return [decode(position, bytes(body), hash_)
-                            for _, hash_, position, body in stored]
+                    return [
+                        decode(position, bytes(body), hash_) for _, hash_, position, body in stored
+                    ]
             last_seq, prev = (head[0], head[1]) if head else (0, genesis_hash(stream_id))
             if expected_seq is not None and expected_seq != last_seq:
                 raise SequenceConflict(stream_id, expected_seq, last_seq)
@@ -186,8 +211,17 @@ class SqlEventStore:
             before = prev
             params: list[object] = []
             for i, (e, (seq, body, digest)) in enumerate(zip(batch, sealed), start=1):
-                params += (stream_id, seq, e.event_id, e.type, e.correlation_id, key,
-                           before, digest, body)
+                params += (
+                    stream_id,
+                    seq,
+                    e.event_id,
+                    e.type,
+                    e.correlation_id,
+                    key,
+                    before,
+                    digest,
+                    body,
+                )
                 before = digest
                 if i % INSERT_CHUNK == 0 or i == len(batch):
                     wrote = True
@@ -205,7 +239,7 @@ class SqlEventStore:
             cur.close()
         return self._placed(stream_id, batch, sealed, prev, positions)
 
-    def _fresh_connection(self) -> Any:   # a DB-API connection of the dialect's driver
+    def _fresh_connection(self) -> Any:  # a DB-API connection of the dialect's driver
         """This thread's writer, replaced first if the server dropped it (the
         job `pool_pre_ping` did for pooled connections, without its round trip)."""
         conn = self._writers.get()
@@ -235,25 +269,45 @@ class SqlEventStore:
             sql = self._insert_sql[n] = (
                 "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
                 "idempotency_key, prev_hash, hash, body) VALUES "
-                + ",".join([one] * n) + " RETURNING position, seq")
+                + ",".join([one] * n)
+                + " RETURNING position, seq"
+            )
         return sql
 
     @staticmethod
-    def _placed(stream_id: str, batch: Sequence[NewEvent], sealed: list[tuple[int, bytes, str]],
-                prev: str, positions: dict[int, int]) -> list[Event]:
+    def _placed(
+        stream_id: str,
+        batch: Sequence[NewEvent],
+        sealed: list[tuple[int, bytes, str]],
+        prev: str,
+        positions: dict[int, int],
+    ) -> list[Event]:
         """The stored events, built from what we just wrote: the NewEvents were
         validated when they were made, and `body` is exactly their envelope, so
         parsing it back would only re-check our own data."""
         out = []
         for e, (seq, _, digest) in zip(batch, sealed):
             type_ = e.type
-            out.append(_trusted_event({
-                "position": positions[seq], "stream_id": stream_id, "seq": seq,
-                "event_id": e.event_id, "type": type_, "schema_version": SCHEMA_VERSIONS[type_],
-                "occurred_at": e.occurred_at.astimezone(UTC), "actor": e.actor,
-                "correlation_id": e.correlation_id, "causation_id": e.causation_id,
-                "idempotency_key": e.idempotency_key, "payload": e.payload,
-                "prev_hash": prev, "hash": digest}))
+            out.append(
+                _trusted_event(
+                    {
+                        "position": positions[seq],
+                        "stream_id": stream_id,
+                        "seq": seq,
+                        "event_id": e.event_id,
+                        "type": type_,
+                        "schema_version": SCHEMA_VERSIONS[type_],
+                        "occurred_at": e.occurred_at.astimezone(UTC),
+                        "actor": e.actor,
+                        "correlation_id": e.correlation_id,
+                        "causation_id": e.causation_id,
+                        "idempotency_key": e.idempotency_key,
+                        "payload": e.payload,
+                        "prev_hash": prev,
+                        "hash": digest,
+                    }
+                )
+            )
             prev = digest
         return out
 
@@ -261,8 +315,13 @@ class SqlEventStore:
 
     def last_seq(self, stream_id: str) -> int:
         with store_errors(self.url), self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(T.c.seq), 0))
-                                    .where(T.c.stream_id == stream_id)).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.max(T.c.seq), 0)).where(
+                        T.c.stream_id == stream_id
+                    )
+                ).scalar_one()
+            )
 
     def read_stream(self, stream_id: str, after_seq: int = 0) -> Iterator[Event]:
         for position, body, hash_ in self.raw_stream(stream_id, after_seq):
@@ -287,8 +346,9 @@ class SqlEventStore:
             cur.execute(self._sql_stream, (stream_id, after_seq))
             return [(r[0], bytes(r[1]), r[2]) for r in cur.fetchall()]
         except BaseException as exc:
-            if self._rollback(conn, cur, False) and isinstance(exc,
-                                                               self._writers.dbapi.OperationalError):
+            if self._rollback(conn, cur, False) and isinstance(
+                exc, self._writers.dbapi.OperationalError
+            ):
                 raise _Reconnect from exc
             raise
         finally:
@@ -298,8 +358,12 @@ class SqlEventStore:
         for position, body, hash_ in self.raw_all(after_position):
             yield decode(position, body, hash_)
 
-    def raw_all(self, after_position: int = 0, correlation_id: str | None = None,
-                types: Sequence[str] | None = None) -> Iterator[tuple[int, bytes, str]]:
+    def raw_all(
+        self,
+        after_position: int = 0,
+        correlation_id: str | None = None,
+        types: Sequence[str] | None = None,
+    ) -> Iterator[tuple[int, bytes, str]]:
         """Stored rows in position order, a page at a time (bodies as stored);
         only one job's, or only events of `types`, when given."""
         if types is not None and not types:
@@ -349,21 +413,24 @@ class SqlEventStore:
         for r in self.rows(stream_id):
             yield r.position or 0, r.body, r.hash
 
-    def heads(self, after_position: int = 0, stream_ids: Sequence[str] | None = None
-              ) -> dict[str, tuple[int, str, int]]:
+    def heads(
+        self, after_position: int = 0, stream_ids: Sequence[str] | None = None
+    ) -> dict[str, tuple[int, str, int]]:
         """The last (seq, hash, position) of every stream with an event after
         `after_position`, or of each of `stream_ids`: what a digest signs, in
         one GROUP BY over the position key (or the (stream_id, seq) index),
         without reading any body."""
         if stream_ids is not None and not stream_ids:
             return {}
-        last = (sa.select(T.c.stream_id, sa.func.max(T.c.seq).label("seq"))
-                .where(T.c.position > after_position))
+        last = sa.select(T.c.stream_id, sa.func.max(T.c.seq).label("seq")).where(
+            T.c.position > after_position
+        )
         if stream_ids is not None:
             last = last.where(T.c.stream_id.in_(stream_ids))
         sub = last.group_by(T.c.stream_id).subquery()
-        q = (sa.select(T.c.stream_id, T.c.seq, T.c.hash, T.c.position)
-             .join(sub, sa.and_(T.c.stream_id == sub.c.stream_id, T.c.seq == sub.c.seq)))
+        q = sa.select(T.c.stream_id, T.c.seq, T.c.hash, T.c.position).join(
+            sub, sa.and_(T.c.stream_id == sub.c.stream_id, T.c.seq == sub.c.seq)
+        )
         with store_errors(self.url), self.engine.connect() as conn:
             return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(q)}
 
@@ -375,19 +442,22 @@ class SqlEventStore:
 
     def load_snapshot(self, stream_id: str) -> tuple[int, int, bytes] | None:
         with store_errors(self.url), self.engine.connect() as conn:
-            row = conn.execute(sa.select(S.c.seq, S.c.version, S.c.state)
-                               .where(S.c.stream_id == stream_id)).first()
+            row = conn.execute(
+                sa.select(S.c.seq, S.c.version, S.c.state).where(S.c.stream_id == stream_id)
+            ).first()
         return (row[0], row[1], bytes(row[2])) if row else None
 
     def save_snapshot(self, stream_id: str, seq: int, version: int, state: bytes) -> None:
         dialect = self.engine.dialect.name
         from sqlalchemy.dialects import postgresql, sqlite
+
         insert: Any = sqlite.insert if dialect == "sqlite" else postgresql.insert
         stmt = insert(S).values(stream_id=stream_id, seq=seq, version=version, state=state)
         stmt = stmt.on_conflict_do_update(
             index_elements=[S.c.stream_id],
             set_={"seq": seq, "version": version, "state": state},
-            where=S.c.seq < seq)
+            where=S.c.seq < seq,
+        )
         with store_errors(self.url), writer(self.engine) as conn, conn.begin():
             conn.execute(stmt)
 

@@ -26,6 +26,7 @@ def upcaster(type_: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
     def register(fn: Upcaster) -> Upcaster:
         UPCASTERS[(type_, from_version)] = fn
         return fn
+
     return register
 
 
@@ -54,8 +55,9 @@ def upcast(record: dict[str, Any]) -> dict[str, Any]:
 
 # The fields each payload type has today: a stored payload with exactly these
 # keys at today's version was written by today's model.
-_FIELDS: dict[str, frozenset[str]] = {t: frozenset(m.model_fields) for t, m in
-                                      PAYLOAD_TYPES.items()}
+_FIELDS: dict[str, frozenset[str]] = {
+    t: frozenset(m.model_fields) for t, m in PAYLOAD_TYPES.items()
+}
 
 
 def current(record: dict[str, Any]) -> dict[str, Any]:
@@ -71,8 +73,12 @@ def current(record: dict[str, Any]) -> dict[str, Any]:
     type_ = record["type"]
     fields = _FIELDS.get(type_)
     payload = record["payload"]
-    if fields is not None and SCHEMA_VERSIONS[type_] == record["schema_version"] \
-            and type(payload) is dict and payload.keys() == fields:
+    if (
+        fields is not None
+        and SCHEMA_VERSIONS[type_] == record["schema_version"]
+        and type(payload) is dict
+        and payload.keys() == fields
+    ):
         return record
     record = upcast(record)
     model = PAYLOAD_TYPES[record["type"]].model_validate(record["payload"])
@@ -85,8 +91,17 @@ def decode(position: int, body: bytes, hash_: str) -> Event:
     (or not valid as today's model) takes the upcasting path."""
     try:
         event = Event.model_validate_json(
-            b"".join((body[:-1], b',"position":', str(position).encode(),
-                      b',"hash":"', hash_.encode(), b'"}')))
+            b"".join(
+                (
+                    body[:-1],
+                    b',"position":',
+                    str(position).encode(),
+                    b',"hash":"',
+                    hash_.encode(),
+                    b'"}',
+                )
+            )
+        )
         if SCHEMA_VERSIONS.get(event.type) == event.schema_version:
             return event
     except ValidationError:

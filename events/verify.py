@@ -8,11 +8,10 @@ replayer, and says exactly where each one is.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import hashlib
 
 import orjson
 
@@ -26,8 +25,8 @@ MANIFEST_KEY = "manifest"
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str             # hash_mismatch | broken_link | seq_gap | seq_repeat | stream_mismatch
-                          # | unknown_event | undecodable | truncated | manifest_mismatch
+    kind: str  # hash_mismatch | broken_link | seq_gap | seq_repeat | stream_mismatch
+    # | unknown_event | undecodable | truncated | manifest_mismatch
     stream_id: str
     seq: int | None
     position: int | None
@@ -45,7 +44,7 @@ class Problem:
 @dataclass
 class VerifyReport:
     events: int = 0
-    heads: dict[str, tuple[int, str]] = field(default_factory=dict)   # stream -> (seq, hash)
+    heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # stream -> (seq, hash)
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -57,13 +56,18 @@ class VerifyReport:
         return len(self.heads)
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "events": self.events, "streams": self.streams,
-                "problems": [p.__dict__ for p in self.problems]}
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "streams": self.streams,
+            "problems": [p.__dict__ for p in self.problems],
+        }
 
 
 @dataclass(frozen=True)
 class Row:
     """One stored event as verify sees it: the columns and the hashed bytes."""
+
     position: int | None
     stream_id: str
     seq: int
@@ -85,8 +89,7 @@ class Verifier:
         problem is then in `report`)."""
         r = self.report
         r.events += 1
-        self._positions.update(b"%d\n" % row.position if row.position is not None
-                               else b"None\n")
+        self._positions.update(b"%d\n" % row.position if row.position is not None else b"None\n")
         problem, body = self._check(row)
         if problem is not None:
             r.problems.append(problem)
@@ -97,28 +100,48 @@ class Verifier:
         digest = hashlib.sha256(row.prev_hash.encode())
         digest.update(row.body)
         if digest.hexdigest() != row.hash:
-            return self._bad(row, "hash_mismatch", "the stored hash does not match the "
-                             "event's bytes: the event was altered after it was written")
+            return self._bad(
+                row,
+                "hash_mismatch",
+                "the stored hash does not match the "
+                "event's bytes: the event was altered after it was written",
+            )
         try:
             body = orjson.loads(row.body)
         except orjson.JSONDecodeError as exc:
             return self._bad(row, "undecodable", f"event body is not JSON: {exc}")
-        if type(body) is not dict or body.get("stream_id") != row.stream_id \
-                or body.get("seq") != row.seq or body.get("prev_hash") != row.prev_hash:
+        if (
+            type(body) is not dict
+            or body.get("stream_id") != row.stream_id
+            or body.get("seq") != row.seq
+            or body.get("prev_hash") != row.prev_hash
+        ):
             written = body if type(body) is dict else {}
-            return self._bad(row, "stream_mismatch", f"the event was written as stream "
-                             f"{written.get('stream_id')} seq {written.get('seq')}: "
-                             "it was moved or spliced")
+            return self._bad(
+                row,
+                "stream_mismatch",
+                f"the event was written as stream "
+                f"{written.get('stream_id')} seq {written.get('seq')}: "
+                "it was moved or spliced",
+            )
         head = self.report.heads.get(row.stream_id)
         last_seq, last_hash = head if head is not None else (0, genesis_hash(row.stream_id))
         if row.seq != last_seq + 1:
             kind = "seq_gap" if row.seq > last_seq + 1 else "seq_repeat"
-            return self._bad(row, kind, f"expected seq {last_seq + 1} after {last_seq}, found "
-                             f"{row.seq}: events are missing, duplicated or out of order")
+            return self._bad(
+                row,
+                kind,
+                f"expected seq {last_seq + 1} after {last_seq}, found "
+                f"{row.seq}: events are missing, duplicated or out of order",
+            )
         if row.prev_hash != last_hash:
-            return self._bad(row, "broken_link", "prev_hash does not match the hash of the "
-                             "event before it: an event before this one was removed, "
-                             "replaced or reordered")
+            return self._bad(
+                row,
+                "broken_link",
+                "prev_hash does not match the hash of the "
+                "event before it: an event before this one was removed, "
+                "replaced or reordered",
+            )
         try:
             if SCHEMA_VERSIONS.get(body.get("type", "")) != body.get("schema_version"):
                 upcast(body)
@@ -137,24 +160,48 @@ class Verifier:
             head = self.report.heads.get(stream_id)
             if head is None or head[0] != seq or head[1] != hash_:
                 found = f"seq {head[0]}" if head else "nothing"
-                self.report.problems.append(Problem(
-                    "truncated", stream_id, seq, None,
-                    f"the export's manifest says the stream ends at seq {seq}, found {found}: "
-                    "events were removed from the end"))
+                self.report.problems.append(
+                    Problem(
+                        "truncated",
+                        stream_id,
+                        seq,
+                        None,
+                        f"the export's manifest says the stream ends at seq {seq}, found {found}: "
+                        "events were removed from the end",
+                    )
+                )
         for stream_id in self.report.heads.keys() - promised.keys():
-            self.report.problems.append(Problem(
-                "manifest_mismatch", stream_id, None, None,
-                "stream is not listed in the export's manifest: it was added afterwards"))
+            self.report.problems.append(
+                Problem(
+                    "manifest_mismatch",
+                    stream_id,
+                    None,
+                    None,
+                    "stream is not listed in the export's manifest: it was added afterwards",
+                )
+            )
         if manifest.get("positions_sha256") != self._positions.hexdigest():
-            self.report.problems.append(Problem(
-                "manifest_mismatch", "*", None, None,
-                "the global positions or the order of lines differ from the export's manifest: "
-                "lines were reordered or positions edited"))
+            self.report.problems.append(
+                Problem(
+                    "manifest_mismatch",
+                    "*",
+                    None,
+                    None,
+                    "the global positions or the order of lines differ from the export's manifest: "
+                    "lines were reordered or positions edited",
+                )
+            )
         if manifest.get("events") != self.report.events:
-            self.report.problems.append(Problem(
-                "manifest_mismatch", "*", None, None,
-                f"manifest counts {manifest.get('events')} events, the file has "
-                f"{self.report.events}"))
+            self.report.problems.append(
+                Problem(
+                    "manifest_mismatch",
+                    "*",
+                    None,
+                    None,
+                    f"manifest counts {manifest.get('events')} events, the file has "
+                    f"{self.report.events}",
+                )
+            )
 
 
 def verify_rows(rows: Iterable[Row]) -> VerifyReport:
@@ -167,8 +214,14 @@ def verify_rows(rows: Iterable[Row]) -> VerifyReport:
 def record_row(record: dict[str, Any]) -> Row:
     """An exported record back to the row it came from (canonical re-encoding)."""
     envelope = {k: v for k, v in record.items() if k not in ("position", "hash")}
-    return Row(record.get("position"), str(record["stream_id"]), int(record["seq"]),
-               str(record["prev_hash"]), str(record["hash"]), canonical_json(envelope))
+    return Row(
+        record.get("position"),
+        str(record["stream_id"]),
+        int(record["seq"]),
+        str(record["prev_hash"]),
+        str(record["hash"]),
+        canonical_json(envelope),
+    )
 
 
 def verify_jsonl(lines: Iterable[bytes | str]) -> VerifyReport:
@@ -183,16 +236,32 @@ def verify_jsonl(lines: Iterable[bytes | str]) -> VerifyReport:
                 manifest = record[MANIFEST_KEY]
                 continue
             if manifest is not None:
-                v.report.problems.append(Problem(
-                    "manifest_mismatch", "*", None, None,
-                    f"line {lineno} follows the manifest, which must be the last line"))
+                v.report.problems.append(
+                    Problem(
+                        "manifest_mismatch",
+                        "*",
+                        None,
+                        None,
+                        f"line {lineno} follows the manifest, which must be the last line",
+                    )
+                )
             v.add(record_row(record))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            v.report.problems.append(Problem("undecodable", "?", None, None,
-                                             f"line {lineno} is not an exported event: {exc}"))
+            v.report.problems.append(
+                Problem(
+                    "undecodable", "?", None, None, f"line {lineno} is not an exported event: {exc}"
+                )
+            )
     if manifest is None:
-        v.report.problems.append(Problem("truncated", "*", None, None,
-                                         "no manifest line at the end: the export is incomplete"))
+        v.report.problems.append(
+            Problem(
+                "truncated",
+                "*",
+                None,
+                None,
+                "no manifest line at the end: the export is incomplete",
+            )
+        )
     else:
         v.check_manifest(manifest)
     return v.report

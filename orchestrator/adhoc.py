@@ -23,7 +23,7 @@ from orchestrator.steps import Step
 @dataclass(frozen=True)
 class Outcome:
     session_id: str
-    status: str                 # completed | failed | waiting
+    status: str  # completed | failed | waiting
     state: Projections
 
     @property
@@ -31,8 +31,7 @@ class Outcome:
         """As for jobs: 0 ok, 1 the call failed, 3 refused or waiting for confirmation."""
         if self.status == "completed":
             return 0
-        if self.status == "waiting" or (self.state.session.error or "").startswith(
-                "PolicyRefused"):
+        if self.status == "waiting" or (self.state.session.error or "").startswith("PolicyRefused"):
             return 3
         return 1
 
@@ -42,13 +41,20 @@ class Outcome:
         return calls[-1].output if calls else ""
 
 
-def run_one(store: SqlEventStore, workspace: Path, step: Step, *, actor: str,
-            policy_files: list[PolicyDoc], tier: Tier | None, elevated_by: str | None
-            ) -> Outcome:
-    spec = JobSpec(name=f"adhoc {step.kind}", targets=(str(workspace.resolve()),),
-                   steps=(step,))
-    job_id, tickets = jobs.prepare(spec, Path.cwd(), policy_files=policy_files, tier=tier,
-                                   elevated_by=elevated_by)
+def run_one(
+    store: SqlEventStore,
+    workspace: Path,
+    step: Step,
+    *,
+    actor: str,
+    policy_files: list[PolicyDoc],
+    tier: Tier | None,
+    elevated_by: str | None,
+) -> Outcome:
+    spec = JobSpec(name=f"adhoc {step.kind}", targets=(str(workspace.resolve()),), steps=(step,))
+    job_id, tickets = jobs.prepare(
+        spec, Path.cwd(), policy_files=policy_files, tier=tier, elevated_by=elevated_by
+    )
     jobs.record(store, spec, job_id, tickets, actor)
     [ticket] = tickets
     status = Runner(store, actor).run_step(ticket, 0, step, last=True)

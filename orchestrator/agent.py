@@ -23,53 +23,106 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from events.projections import AgentCall, AgentState, Projections, SessionState
 from orchestrator.masking import mask
 from orchestrator.providers.base import ModelReply, ToolSpec
-from orchestrator.steps import (BrowserStep, DeleteStep, FetchStep, ListStep, PatchStep,
-                                ReadStep, ReplaceStep, SearchStep, ShellStep, Step,
-                                WebSearchStep, WriteStep)
+from orchestrator.steps import (
+    BrowserStep,
+    DeleteStep,
+    FetchStep,
+    ListStep,
+    PatchStep,
+    ReadStep,
+    ReplaceStep,
+    SearchStep,
+    ShellStep,
+    Step,
+    WebSearchStep,
+    WriteStep,
+)
 
-__all__ = ["TOOLS", "tools_for_tier", "tool_specs", "prompt_version", "system_prompt",
-           "messages", "tool_calls_of", "step_of", "next_action", "Action", "digest"]
+__all__ = [
+    "TOOLS",
+    "tools_for_tier",
+    "tool_specs",
+    "prompt_version",
+    "system_prompt",
+    "messages",
+    "tool_calls_of",
+    "step_of",
+    "next_action",
+    "Action",
+    "digest",
+]
 
 PROMPTS = Path(__file__).parent / "prompts"
 TEMPLATE = "agent_system.j2"
-AGENT_OUTPUT_BYTES = 16 * 1024    # per tool result shown to the model
+AGENT_OUTPUT_BYTES = 16 * 1024  # per tool result shown to the model
 
 
 @dataclass(frozen=True)
 class Tool:
     model: type[BaseModel]
     description: str
-    fields: tuple[str, ...]         # the arguments the model may set; the rest keep defaults
-    kind: str = ""                  # the step kind, when it is not the tool's name
+    fields: tuple[str, ...]  # the arguments the model may set; the rest keep defaults
+    kind: str = ""  # the step kind, when it is not the tool's name
 
 
 TOOLS: dict[str, Tool] = {
     "read": Tool(ReadStep, "Read a text file of the workspace.", ("path",)),
-    "list": Tool(ListStep, "List the files under a folder of the workspace, one path a "
-                 "line; `glob` filters (e.g. ['**/*.py']).", ("path", "glob")),
-    "search": Tool(SearchStep, "Search the workspace's files for a regular expression "
-                   "(Python syntax), one `path:line:text` a match; `literal` for plain text, "
-                   "`glob` to narrow the files.", ("pattern", "literal", "ignore_case", "glob")),
-    "replace": Tool(ReplaceStep, "Replace every match of a regular expression in the files "
-                    "`glob` selects (all files if empty); `replacement` may use \\1 groups.",
-                    ("pattern", "replacement", "literal", "ignore_case", "glob")),
-    "write": Tool(WriteStep, "Create or overwrite a file with `content`.",
-                  ("path", "content", "overwrite")),
-    "patch": Tool(PatchStep, "Apply a unified diff (git style, paths relative to the "
-                  "workspace); all files change or none.", ("diff",)),
-    "delete": Tool(DeleteStep, "Delete one file (a person may have to approve it).",
-                   ("path",)),
-    "shell": Tool(ShellStep, "Run one command in the workspace sandbox. `command` is split "
-                  "like a shell would, but no shell runs it: no pipes or redirects. Returns "
-                  "the exit code and output.", ("command", "cwd")),
-    "web_fetch": Tool(FetchStep, "GET an http(s) URL: status, final URL, content type and the "
-                      "body as text (HTML as Markdown), capped. Only hosts the session's "
-                      "network policy allows.", ("url",), kind="fetch"),
-    "web_search": Tool(WebSearchStep, "Search the web: numbered results with title, URL and "
-                       "snippet.", ("query", "limit")),
-    "browser": Tool(BrowserStep, "Open a URL in a real browser (JavaScript runs) and return "
-                    "its rendered text, or a screenshot; `actions` (click, fill, wait_for a "
-                    "selector) run first.", ("url", "output", "actions", "selector")),
+    "list": Tool(
+        ListStep,
+        "List the files under a folder of the workspace, one path a "
+        "line; `glob` filters (e.g. ['**/*.py']).",
+        ("path", "glob"),
+    ),
+    "search": Tool(
+        SearchStep,
+        "Search the workspace's files for a regular expression "
+        "(Python syntax), one `path:line:text` a match; `literal` for plain text, "
+        "`glob` to narrow the files.",
+        ("pattern", "literal", "ignore_case", "glob"),
+    ),
+    "replace": Tool(
+        ReplaceStep,
+        "Replace every match of a regular expression in the files "
+        "`glob` selects (all files if empty); `replacement` may use \\1 groups.",
+        ("pattern", "replacement", "literal", "ignore_case", "glob"),
+    ),
+    "write": Tool(
+        WriteStep, "Create or overwrite a file with `content`.", ("path", "content", "overwrite")
+    ),
+    "patch": Tool(
+        PatchStep,
+        "Apply a unified diff (git style, paths relative to the "
+        "workspace); all files change or none.",
+        ("diff",),
+    ),
+    "delete": Tool(DeleteStep, "Delete one file (a person may have to approve it).", ("path",)),
+    "shell": Tool(
+        ShellStep,
+        "Run one command in the workspace sandbox. `command` is split "
+        "like a shell would, but no shell runs it: no pipes or redirects. Returns "
+        "the exit code and output.",
+        ("command", "cwd"),
+    ),
+    "web_fetch": Tool(
+        FetchStep,
+        "GET an http(s) URL: status, final URL, content type and the "
+        "body as text (HTML as Markdown), capped. Only hosts the session's "
+        "network policy allows.",
+        ("url",),
+        kind="fetch",
+    ),
+    "web_search": Tool(
+        WebSearchStep,
+        "Search the web: numbered results with title, URL and snippet.",
+        ("query", "limit"),
+    ),
+    "browser": Tool(
+        BrowserStep,
+        "Open a URL in a real browser (JavaScript runs) and return "
+        "its rendered text, or a screenshot; `actions` (click, fill, wait_for a "
+        "selector) run first.",
+        ("url", "output", "actions", "selector"),
+    ),
 }
 NETWORK_TOOLS = ("web_fetch", "web_search", "browser")
 _TIER_TOOLS = {
@@ -95,12 +148,17 @@ def tool_specs(names: tuple[str, ...]) -> tuple[ToolSpec, ...]:
         tool = TOOLS[name]
         schema = tool.model.model_json_schema()
         props = {k: _plain(v) for k, v in schema["properties"].items() if k in tool.fields}
-        if name == "shell":     # a string is what a model writes; ShellStep splits it
-            props["command"] = {"type": "string",
-                                "description": "the command line, e.g. `pytest -q tests/`"}
+        if name == "shell":  # a string is what a model writes; ShellStep splits it
+            props["command"] = {
+                "type": "string",
+                "description": "the command line, e.g. `pytest -q tests/`",
+            }
         required = [k for k in schema.get("required", []) if k in tool.fields]
-        params: dict[str, Any] = {"type": "object", "properties": props,
-                                  "additionalProperties": False}
+        params: dict[str, Any] = {
+            "type": "object",
+            "properties": props,
+            "additionalProperties": False,
+        }
         if required:
             params["required"] = required
         out.append(ToolSpec(name, tool.description, params))
@@ -115,8 +173,9 @@ def _plain(prop: dict[str, Any]) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def _template() -> tuple[jinja2.Template, str]:
     text = (PROMPTS / TEMPLATE).read_text(encoding="utf-8")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
-                             keep_trailing_newline=True)
+    env = jinja2.Environment(
+        undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
+    )
     return env.from_string(text), f"{TEMPLATE}@{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -128,11 +187,21 @@ def prompt_version() -> str:
 
 def system_prompt(s: SessionState, has_network: bool) -> str:
     a = s.agent or AgentState()
-    return _template()[0].render(workspace=s.target, tier=s.tier or "exec", mode=a.mode,
-                                 tools=list(a.tools), has_network=has_network).strip()
+    return (
+        _template()[0]
+        .render(
+            workspace=s.target,
+            tier=s.tier or "exec",
+            mode=a.mode,
+            tools=list(a.tools),
+            has_network=has_network,
+        )
+        .strip()
+    )
 
 
 # -- what the model is shown ---------------------------------------------------------
+
 
 def messages(state: Projections, has_network: bool) -> list[dict[str, Any]]:
     """The conversation as chat-completions messages, rebuilt from events."""
@@ -145,12 +214,19 @@ def messages(state: Projections, has_network: bool) -> list[dict[str, Any]]:
         elif entry.role == "assistant":
             msg: dict[str, Any] = {"role": "assistant", "content": entry.text}
             if entry.calls:
-                msg["tool_calls"] = [{"id": c.id, "type": "function",
-                                      "function": {"name": c.name, "arguments": c.arguments}}
-                                     for c in entry.calls]
+                msg["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    }
+                    for c in entry.calls
+                ]
             out.append(msg)
-            out += [{"role": "tool", "tool_call_id": c.id, "content": result_text(state, c)}
-                    for c in entry.calls]
+            out += [
+                {"role": "tool", "tool_call_id": c.id, "content": result_text(state, c)}
+                for c in entry.calls
+            ]
     return out
 
 
@@ -174,15 +250,20 @@ def result_text(state: Projections, call: AgentCall) -> str:
         return f"denied{why}. Nothing ran."
     refused = s.confirmation(tc.call_id) if tc.status == "asked" else None
     if refused is not None and refused.status == "denied":
-        return (f"denied by {refused.by} when asked (rule {refused.rule_id}: {refused.reason})"
-                + (f": {refused.answer}" if refused.answer else "") + ". Nothing ran.")
+        return (
+            f"denied by {refused.by} when asked (rule {refused.rule_id}: {refused.reason})"
+            + (f": {refused.answer}" if refused.answer else "")
+            + ". Nothing ran."
+        )
     return f"not finished ({tc.status})"
 
 
 # -- what the model asked for ---------------------------------------------------------
 
-def tool_calls_of(reply: ModelReply, allowed: tuple[str, ...], base_turn: int,
-                  secrets: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], int]:
+
+def tool_calls_of(
+    reply: ModelReply, allowed: tuple[str, ...], base_turn: int, secrets: tuple[str, ...] = ()
+) -> tuple[list[dict[str, Any]], int]:
     """The reply's tool calls as ModelToolCall payload fields, each either
     given the next session turn or an error the model will read; and the
     last turn given. A call whose arguments hold a secret is refused: what
@@ -193,15 +274,24 @@ def tool_calls_of(reply: ModelReply, allowed: tuple[str, ...], base_turn: int,
         masked = mask(call.arguments, secrets)
         error = None
         if masked != call.arguments:
-            error = ("the arguments contain what looks like a secret (masked in the log); "
-                     "secrets may not be written by the agent. Leave them out.")
+            error = (
+                "the arguments contain what looks like a secret (masked in the log); "
+                "secrets may not be written by the agent. Leave them out."
+            )
         else:
             step = step_of(call.name, call.arguments, allowed)
             error = step if isinstance(step, str) else None
         if error is None:
             turn += 1
-        out.append({"id": call.id or f"call_{len(out) + 1}", "name": call.name,
-                    "arguments": masked, "turn": 0 if error else turn, "error": error})
+        out.append(
+            {
+                "id": call.id or f"call_{len(out) + 1}",
+                "name": call.name,
+                "arguments": masked,
+                "turn": 0 if error else turn,
+                "error": error,
+            }
+        )
     return out, turn
 
 
@@ -210,8 +300,10 @@ def step_of(name: str, arguments: str, allowed: tuple[str, ...]) -> Step | str:
     if name not in TOOLS:
         return f"there is no tool {name!r}; the tools are: {', '.join(allowed)}"
     if name not in allowed:
-        return (f"the tool {name!r} is above this session's permission tier; use one of: "
-                f"{', '.join(allowed)}")
+        return (
+            f"the tool {name!r} is above this session's permission tier; use one of: "
+            f"{', '.join(allowed)}"
+        )
     try:
         args = orjson.loads(arguments or "{}")
     except orjson.JSONDecodeError as exc:
@@ -221,20 +313,24 @@ def step_of(name: str, arguments: str, allowed: tuple[str, ...]) -> Step | str:
     tool = TOOLS[name]
     unknown = sorted(set(args) - set(tool.fields))
     if unknown:
-        return (f"{name} takes no argument {', '.join(map(repr, unknown))}; its arguments "
-                f"are: {', '.join(tool.fields)}")
+        return (
+            f"{name} takes no argument {', '.join(map(repr, unknown))}; its arguments "
+            f"are: {', '.join(tool.fields)}"
+        )
     fields: dict[str, Any] = {"kind": tool.kind or name, **args, "continue_on_error": True}
     if "max_output_bytes" in tool.model.model_fields:
         fields["max_output_bytes"] = AGENT_OUTPUT_BYTES
     try:
         return _STEP.validate_python(fields)  # type: ignore[no-any-return]
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or name}: {e['msg']}"
-                             for e in exc.errors())
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'][1:])) or name}: {e['msg']}" for e in exc.errors()
+        )
         return f"invalid arguments for {name}: {problems}"
 
 
 # -- what happens next ------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Action:
@@ -276,28 +372,47 @@ def _settled(s: SessionState, turn: int) -> bool:
         # A denied confirmation settles the call once its turn is recorded as
         # failed (the runner does that, nothing runs); it stays "asked".
         answer, t = s.confirmation(call.call_id), s.turn(turn)
-        return (answer is not None and answer.status == "denied" and t is not None
-                and t.status != "running")
+        return (
+            answer is not None
+            and answer.status == "denied"
+            and t is not None
+            and t.status != "running"
+        )
     return call is not None and call.status in ("completed", "failed", "denied")
 
 
 def _model_or_stop(state: Projections, a: AgentState) -> Action:
     if a.model_turns >= a.max_turns:
-        return Action("fail", error="MaxTurns", message=(
-            f"the agent used all {a.max_turns} model turns without finishing; raise "
-            "`agent.max_turns` in the job spec, or narrow the instruction"))
+        return Action(
+            "fail",
+            error="MaxTurns",
+            message=(
+                f"the agent used all {a.max_turns} model turns without finishing; raise "
+                "`agent.max_turns` in the job spec, or narrow the instruction"
+            ),
+        )
     if a.invalid_calls > a.max_invalid_calls:
-        return Action("fail", error="InvalidToolCalls", message=(
-            f"the model made {a.invalid_calls} tool calls that could not run (more than "
-            f"{a.max_invalid_calls} allowed); check that the model supports tool calling, "
-            "or raise `agent.max_invalid_calls`"))
+        return Action(
+            "fail",
+            error="InvalidToolCalls",
+            message=(
+                f"the model made {a.invalid_calls} tool calls that could not run (more than "
+                f"{a.max_invalid_calls} allowed); check that the model supports tool calling, "
+                "or raise `agent.max_invalid_calls`"
+            ),
+        )
     used = state.quota.tokens_in + state.quota.tokens_out
     budget = token_budget(state.session, a)
     if budget is not None and used >= budget:
-        return Action("fail", error="TokenQuota", message=(
-            f"the session used {used} model tokens, its budget is {budget}; raise "
-            "`agent.token_budget` in the job spec or `session_limits.tokens` in the policy, "
-            "whichever is lower"))
+        return Action(
+            "fail",
+            error="TokenQuota",
+            message=(
+                f"the session used {used} model tokens, its budget is {budget}; raise "
+                "`agent.token_budget` in the job spec or `session_limits.tokens` in the policy, "
+                "whichever is lower"
+            ),
+        )
     return Action("model", model_turn=a.model_turns + 1)
 
 
@@ -310,6 +425,7 @@ def token_budget(s: SessionState, a: AgentState) -> int | None:
 
 def digest(data: Any) -> str:
     """sha256 of canonical JSON (or of the text itself)."""
-    raw = data.encode() if isinstance(data, str) else orjson.dumps(
-        data, option=orjson.OPT_SORT_KEYS)
+    raw = (
+        data.encode() if isinstance(data, str) else orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    )
     return hashlib.sha256(raw).hexdigest()

@@ -32,8 +32,10 @@ def keygen(directory: Path) -> tuple[Path, Path, str]:
     private, public = digests.generate_key()
     priv_path, pub_path = directory / PRIVATE_NAME, directory / PUBLIC_NAME
     if priv_path.exists():
-        raise ConfigError(f"{priv_path} exists; move it away first (rotating keys: keep the "
-                          "old public key so old digests still verify, see docs/audit.md)")
+        raise ConfigError(
+            f"{priv_path} exists; move it away first (rotating keys: keep the "
+            "old public key so old digests still verify, see docs/audit.md)"
+        )
     fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(private)
@@ -48,8 +50,10 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey | None:
     try:
         return digests.load_private(Path(path).expanduser().read_bytes())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"ORCH_AUDIT_KEY_FILE={path}: cannot load the audit signing key "
-                          f"({exc}); point it at the PEM `orchestrator audit keygen` wrote") from None
+        raise ConfigError(
+            f"ORCH_AUDIT_KEY_FILE={path}: cannot load the audit signing key "
+            f"({exc}); point it at the PEM `orchestrator audit keygen` wrote"
+        ) from None
 
 
 def trusted_keys(settings: Settings, extra: Sequence[Path] = ()) -> list[Ed25519PublicKey]:
@@ -58,24 +62,30 @@ def trusted_keys(settings: Settings, extra: Sequence[Path] = ()) -> list[Ed25519
         try:
             keys.append(digests.load_public(Path(path).expanduser().read_bytes()))
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"audit public key {path} cannot be loaded ({exc}); give the "
-                              "PEM `orchestrator audit keygen` wrote as .pub") from None
+            raise ConfigError(
+                f"audit public key {path} cannot be loaded ({exc}); give the "
+                "PEM `orchestrator audit keygen` wrote as .pub"
+            ) from None
     own = signing_key(settings)
     if own is not None:
         keys.append(own.public_key())
     return keys
 
 
-def heads(store: SqlEventStore, stream_id: str | None = None
-          ) -> tuple[dict[str, tuple[int, str]], int]:
+def heads(
+    store: SqlEventStore, stream_id: str | None = None
+) -> tuple[dict[str, tuple[int, str]], int]:
     """Every stream's (seq, hash) head and the last global position read."""
     found = store.heads(stream_ids=None if stream_id is None else [stream_id])
-    return ({s: (seq, h) for s, (seq, h, _) in found.items()},
-            max((pos for _, _, pos in found.values()), default=0))
+    return (
+        {s: (seq, h) for s, (seq, h, _) in found.items()},
+        max((pos for _, _, pos in found.values()), default=0),
+    )
 
 
-def sign(store: SqlEventStore, key: Ed25519PrivateKey, actor: str,
-         stream_id: str | None = None) -> Event:
+def sign(
+    store: SqlEventStore, key: Ed25519PrivateKey, actor: str, stream_id: str | None = None
+) -> Event:
     """Append a digest of the current heads (all streams, or one) to DIGEST_STREAM."""
     current, position = heads(store, stream_id)
     digest = digests.sign(key, current, position)
@@ -97,17 +107,22 @@ def read_after(tail: Sequence[AuditDigest]) -> int:
     return min((d.position for d in tail), default=0) if len(tail) > 1 else 0
 
 
-def unsigned(candidates: Mapping[str, tuple[int, str, int]], newest: AuditDigest | None
-             ) -> dict[str, tuple[int, str]]:
+def unsigned(
+    candidates: Mapping[str, tuple[int, str, int]], newest: AuditDigest | None
+) -> dict[str, tuple[int, str]]:
     """The heads a new digest must sign: every candidate but the digest stream
     itself and the heads the newest digest already signed as they are."""
     done = {(h.stream_id, h.seq, h.hash) for h in newest.heads} if newest else set()
-    return {s: (seq, h) for s, (seq, h, _) in candidates.items()
-            if s != DIGEST_STREAM and (s, seq, h) not in done}
+    return {
+        s: (seq, h)
+        for s, (seq, h, _) in candidates.items()
+        if s != DIGEST_STREAM and (s, seq, h) not in done
+    }
 
 
-def sign_changed(store: SqlEventStore, key: Ed25519PrivateKey, actor: str,
-                 streams: Iterable[str] = ()) -> Event | None:
+def sign_changed(
+    store: SqlEventStore, key: Ed25519PrivateKey, actor: str, streams: Iterable[str] = ()
+) -> Event | None:
     """Sign the head of every stream changed since the last digests, and of
     `streams` (a session and its job, when the session ended); None when every
     head is signed already, so an idle store gets no new digests.
@@ -119,16 +134,22 @@ def sign_changed(store: SqlEventStore, key: Ed25519PrivateKey, actor: str,
     wanted = list(dict.fromkeys(streams))
     for attempt in range(SIGN_ATTEMPTS):
         last_seq = store.last_seq(DIGEST_STREAM)
-        tail = [e.payload for e in store.read_stream(DIGEST_STREAM, max(0, last_seq - 2))
-                if isinstance(e.payload, AuditDigest)]
-        candidates = {**store.heads(after_position=read_after(tail)),
-                      **store.heads(stream_ids=wanted)}
+        tail = [
+            e.payload
+            for e in store.read_stream(DIGEST_STREAM, max(0, last_seq - 2))
+            if isinstance(e.payload, AuditDigest)
+        ]
+        candidates = {
+            **store.heads(after_position=read_after(tail)),
+            **store.heads(stream_ids=wanted),
+        }
         todo = unsigned(candidates, tail[-1] if tail else None)
         if not todo:
             return None
         position = max(pos for _, _, pos in candidates.values())
-        event = NewEvent.create(digests.sign(key, todo, position), actor=actor,
-                                correlation_id=DIGEST_STREAM)
+        event = NewEvent.create(
+            digests.sign(key, todo, position), actor=actor, correlation_id=DIGEST_STREAM
+        )
         try:
             return store.append(DIGEST_STREAM, [event], last_seq)[0]
         except SequenceConflict:
@@ -139,8 +160,11 @@ def sign_changed(store: SqlEventStore, key: Ed25519PrivateKey, actor: str,
 
 
 def _digests_of(records: Iterable[dict]) -> list[AuditDigest]:
-    return [AuditDigest.model_validate(r["payload"]) for r in records
-            if r.get("stream_id") == DIGEST_STREAM and r.get("type") == "AuditDigest"]
+    return [
+        AuditDigest.model_validate(r["payload"])
+        for r in records
+        if r.get("stream_id") == DIGEST_STREAM and r.get("type") == "AuditDigest"
+    ]
 
 
 def read_digest_file(path: Path) -> list[AuditDigest]:
@@ -154,10 +178,15 @@ def read_digest_file(path: Path) -> list[AuditDigest]:
     return _digests_of(records)
 
 
-def prove_store(store: SqlEventStore, trusted: Sequence[Ed25519PublicKey],
-                extra: Sequence[AuditDigest] = (), stream_id: str | None = None) -> ProofReport:
-    stored = [e.payload for e in store.read_stream(DIGEST_STREAM)
-              if isinstance(e.payload, AuditDigest)]
+def prove_store(
+    store: SqlEventStore,
+    trusted: Sequence[Ed25519PublicKey],
+    extra: Sequence[AuditDigest] = (),
+    stream_id: str | None = None,
+) -> ProofReport:
+    stored = [
+        e.payload for e in store.read_stream(DIGEST_STREAM) if isinstance(e.payload, AuditDigest)
+    ]
     found = [*stored, *extra]
     want = digests.needed(found)
     hashes: dict[tuple[str, int], str] = {}
@@ -169,15 +198,16 @@ def prove_store(store: SqlEventStore, trusted: Sequence[Ed25519PublicKey],
     return digests.check(found, trusted, hashes, current, only=stream_id)
 
 
-def prove_export(path: Path, trusted: Sequence[Ed25519PublicKey],
-                 extra: Sequence[AuditDigest] = ()) -> ProofReport:
+def prove_export(
+    path: Path, trusted: Sequence[Ed25519PublicKey], extra: Sequence[AuditDigest] = ()
+) -> ProofReport:
     records = []
     for line in Path(path).read_bytes().splitlines():
         if line.strip():
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                continue                      # verify_jsonl reports it
+                continue  # verify_jsonl reports it
             if MANIFEST_KEY not in record:
                 records.append(record)
     found = [*_digests_of(records), *extra]

@@ -38,7 +38,7 @@ from orchestrator.net.egress import EgressDenied, check_url, resolve_checked, ur
 __all__ = ["Guard", "Blocked", "DEAD_PROXY", "DENIED_HEADER"]
 
 DENIED_HEADER = "X-Orchestrator-Egress"
-DEAD_PROXY = "http://127.0.0.1:9"   # the launch-wide proxy: discard port, nothing listens
+DEAD_PROXY = "http://127.0.0.1:9"  # the launch-wide proxy: discard port, nothing listens
 _HEAD_LIMIT = 64 * 1024
 _HOP_HEADERS = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
 
@@ -102,7 +102,7 @@ class Guard:
         if not self.check(url):
             return None
         loop = asyncio.get_running_loop()
-        try:   # getaddrinfo blocks: off the pool's loop
+        try:  # getaddrinfo blocks: off the pool's loop
             found = await loop.run_in_executor(None, resolve_checked, host, port, self.net)
         except EgressDenied as exc:
             self._deny(url, exc.rule_id, exc.reason)
@@ -114,7 +114,7 @@ class Guard:
         check refuses, before any connection."""
         url = request.url
         if url.startswith(("data:", "blob:")) and not request.is_navigation_request():
-            await route.continue_()      # inline content: no network
+            await route.continue_()  # inline content: no network
             return
         if self.check(url):
             await route.continue_()
@@ -155,16 +155,25 @@ class Guard:
                     writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
                     return
                 addrs = await self._addresses(target, parts.hostname, url_port(parts))
-                if addrs is None:     # the tool turns this into EgressDenied (a navigation)
-                    writer.write(b"HTTP/1.1 403 Forbidden\r\n" + DENIED_HEADER.encode()
-                                 + b": denied\r\nContent-Length: 0\r\n\r\n")
+                if addrs is None:  # the tool turns this into EgressDenied (a navigation)
+                    writer.write(
+                        b"HTTP/1.1 403 Forbidden\r\n"
+                        + DENIED_HEADER.encode()
+                        + b": denied\r\nContent-Length: 0\r\n\r\n"
+                    )
                     return
                 ureader, upstream = await _connect(addrs, url_port(parts))
                 path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-                headers = [h for h in rest.split(b"\r\n")
-                           if h and h.split(b":", 1)[0].strip().lower() not in _HOP_HEADERS]
-                upstream.write(f"{method} {path} {version}\r\n".encode("latin-1")
-                               + b"\r\n".join(headers) + b"\r\nConnection: close\r\n\r\n")
+                headers = [
+                    h
+                    for h in rest.split(b"\r\n")
+                    if h and h.split(b":", 1)[0].strip().lower() not in _HOP_HEADERS
+                ]
+                upstream.write(
+                    f"{method} {path} {version}\r\n".encode("latin-1")
+                    + b"\r\n".join(headers)
+                    + b"\r\nConnection: close\r\n\r\n"
+                )
             self._conns.add(upstream)
             # The response direction decides: when the site is done, so is the
             # connection (the request direction may idle on a keep-alive).
@@ -182,15 +191,19 @@ class Guard:
                     with contextlib.suppress(Exception):
                         w.close()
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *,
-                    count: bool) -> None:
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, count: bool
+    ) -> None:
         try:
             while data := await src.read(65536):
                 if count:
                     self.received += len(data)
                     if self.received > self.max_bytes:
-                        self._deny("(response bytes)", "browser-bytes",
-                                   f"the call received more than {self.max_bytes} bytes")
+                        self._deny(
+                            "(response bytes)",
+                            "browser-bytes",
+                            f"the call received more than {self.max_bytes} bytes",
+                        )
                         dst.transport.abort()
                         return
                 dst.write(data)
@@ -203,8 +216,9 @@ class Guard:
                     dst.write_eof()
 
 
-async def _connect(addrs: list[str], port: int
-                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _connect(
+    addrs: list[str], port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """The first of the checked addresses that accepts a connection."""
     last: OSError | None = None
     for addr in addrs:

@@ -55,20 +55,41 @@ from typing import Any, TypeVar
 
 from orchestrator.errors import ToolError, ToolTimeout
 
-__all__ = ["PoolConfig", "PoolState", "Lease", "BrowserPool", "BrowserUnavailable",
-           "get_pool", "close_pool", "settle_pool", "pool_state", "read_states", "reap_orphans",
-           "orphans", "describe",
-           "marked_processes", "MARKER_VAR", "CHROMIUM_ARGS"]
+__all__ = [
+    "PoolConfig",
+    "PoolState",
+    "Lease",
+    "BrowserPool",
+    "BrowserUnavailable",
+    "get_pool",
+    "close_pool",
+    "settle_pool",
+    "pool_state",
+    "read_states",
+    "reap_orphans",
+    "orphans",
+    "describe",
+    "marked_processes",
+    "MARKER_VAR",
+    "CHROMIUM_ARGS",
+]
 
 T = TypeVar("T")
 MARKER_VAR = "ORCH_BROWSER_OWNER"
-CHROMIUM_ARGS = ("--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-dev-shm-usage", "--disable-client-side-phishing-detection",
-                 "--disable-domain-reliability",
-                 "--disable-features=Translate,MediaRouter,AutofillServerCommunication,"
-                 "OptimizationHints,InterestFeedContentSuggestions",
-                 "--no-default-browser-check")
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--disable-client-side-phishing-detection",
+    "--disable-domain-reliability",
+    "--disable-features=Translate,MediaRouter,AutofillServerCommunication,"
+    "OptimizationHints,InterestFeedContentSuggestions",
+    "--no-default-browser-check",
+)
 _CLOSE_TIMEOUT_S = 5.0
 
 
@@ -86,27 +107,32 @@ class PoolConfig:
     max_uses: int = 50
     call_timeout_s: float = 30.0
     launch_timeout_s: float = 20.0
-    state_dir: Path | None = None      # where pool states are written for doctor
+    state_dir: Path | None = None  # where pool states are written for doctor
 
     @classmethod
     def from_settings(cls, s: Any) -> PoolConfig:
-        return cls(executable=s.browser_executable, size=s.browser_pool_size,
-                   max_uses=s.browser_max_uses, call_timeout_s=s.browser_call_timeout_s,
-                   launch_timeout_s=s.browser_launch_timeout_s, state_dir=s.state)
+        return cls(
+            executable=s.browser_executable,
+            size=s.browser_pool_size,
+            max_uses=s.browser_max_uses,
+            call_timeout_s=s.browser_call_timeout_s,
+            launch_timeout_s=s.browser_launch_timeout_s,
+            state_dir=s.state,
+        )
 
 
 @dataclass
 class PoolState:
     pid: int
     size: int
-    launched: int = 0        # instances running now
+    launched: int = 0  # instances running now
     in_use: int = 0
     calls: int = 0
-    waits: int = 0           # calls that found every instance busy
-    wait_s: float = 0.0      # total time spent waiting for an instance
+    waits: int = 0  # calls that found every instance busy
+    wait_s: float = 0.0  # total time spent waiting for an instance
     launches: int = 0
-    crashes: int = 0         # disconnects and failed launches
-    recycles: int = 0        # instances closed after max uses, a timeout or a crash
+    crashes: int = 0  # disconnects and failed launches
+    recycles: int = 0  # instances closed after max uses, a timeout or a crash
     timeouts: int = 0
     updated_at: float = 0.0
 
@@ -122,6 +148,7 @@ class Lease:
 
 
 # -- processes we started ------------------------------------------------------------
+
 
 def _start_time(pid: int) -> str | None:
     try:
@@ -183,13 +210,14 @@ def reap_orphans() -> int:
 
 # -- the pool ------------------------------------------------------------------------
 
+
 @dataclass
 class _Instance:
     index: int
     browser: Any = None
     marker: str = ""
     uses: int = 0
-    tainted: bool = False       # recycle at release (timeout, crash, close failure)
+    tainted: bool = False  # recycle at release (timeout, crash, close failure)
     closing: bool = False
     spare: asyncio.Task[Lease] | None = None
 
@@ -220,8 +248,14 @@ class BrowserPool:
 
     # -- the caller's side (any thread) ----------------------------------------------
 
-    def run(self, fn: Callable[[Lease], Awaitable[T]], *, net: Any,
-            timeout_s: float | None = None, max_bytes: int = 50 * 1024 * 1024) -> T:
+    def run(
+        self,
+        fn: Callable[[Lease], Awaitable[T]],
+        *,
+        net: Any,
+        timeout_s: float | None = None,
+        max_bytes: int = 50 * 1024 * 1024,
+    ) -> T:
         """`fn(lease)` on a fresh context of a free instance, within `timeout_s`
         (default: browser_call_timeout_s) counted from now, waiting included.
         ToolTimeout past it; BrowserUnavailable when Chromium does not start."""
@@ -229,18 +263,19 @@ class BrowserPool:
         runner = self._ensure_loop()
         if threading.current_thread() is runner.thread:
             raise RuntimeError("BrowserPool.run was called from the pool's own loop")
-        fut = asyncio.run_coroutine_threadsafe(self._call(fn, net, timeout, max_bytes),
-                                               runner.loop)
+        fut = asyncio.run_coroutine_threadsafe(self._call(fn, net, timeout, max_bytes), runner.loop)
         try:
             # The loop enforces the deadline; the margin covers a loop that is late.
             return fut.result(timeout=timeout + _CLOSE_TIMEOUT_S)
         except concurrent.futures.TimeoutError:
             fut.cancel()
-            raise ToolTimeout(f"browser call did not finish within {timeout:g} s; the page "
-                              "was closed. Raise the step's timeout_s or simplify the "
-                              "page's actions.") from None
+            raise ToolTimeout(
+                f"browser call did not finish within {timeout:g} s; the page "
+                "was closed. Raise the step's timeout_s or simplify the "
+                "page's actions."
+            ) from None
         except BaseException:
-            fut.cancel()       # Celery's soft time limit lands here: stop the call too
+            fut.cancel()  # Celery's soft time limit lands here: stop the call too
             raise
 
     def settle(self, timeout_s: float = _CLOSE_TIMEOUT_S) -> None:
@@ -282,15 +317,15 @@ class BrowserPool:
                 raise BrowserUnavailable("the browser pool is closed (the worker is stopping)")
             if self._runner is None:
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(target=loop.run_forever, name="browser-pool",
-                                          daemon=True)
+                thread = threading.Thread(target=loop.run_forever, name="browser-pool", daemon=True)
                 thread.start()
                 self._runner = _Loop(loop, thread)
                 reap_orphans()
             return self._runner
 
-    async def _call(self, fn: Callable[[Lease], Awaitable[T]], net: Any, timeout: float,
-                    max_bytes: int) -> T:
+    async def _call(
+        self, fn: Callable[[Lease], Awaitable[T]], net: Any, timeout: float, max_bytes: int
+    ) -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         self.state.calls += 1
@@ -306,10 +341,12 @@ class BrowserPool:
             self.state.timeouts += 1
             if inst is not None:
                 inst.tainted = True
-            raise ToolTimeout(f"browser call did not finish within {timeout:g} s (waiting "
-                              "for a browser, loading or an action); the instance is "
-                              "recycled. Raise the step's timeout_s, or wait for a selector "
-                              "that appears sooner.") from None
+            raise ToolTimeout(
+                f"browser call did not finish within {timeout:g} s (waiting "
+                "for a browser, loading or an action); the instance is "
+                "recycled. Raise the step's timeout_s, or wait for a selector "
+                "that appears sooner."
+            ) from None
         except Exception:
             if inst is not None and not _connected(inst):
                 inst.tainted = True
@@ -343,7 +380,7 @@ class BrowserPool:
 
     async def _take(self, inst: _Instance, deadline: float) -> Lease:
         if not _connected(inst):
-            if inst.browser is not None:        # died while idle
+            if inst.browser is not None:  # died while idle
                 self.state.crashes += 1
                 await self._recycle(inst)
             await self._launch(inst)
@@ -352,7 +389,7 @@ class BrowserPool:
             try:
                 return await spare
             except Exception:
-                pass      # a broken spare: make a context now
+                pass  # a broken spare: make a context now
         try:
             return await self._new_lease(inst)
         except Exception:
@@ -367,18 +404,28 @@ class BrowserPool:
     async def _launch(self, inst: _Instance) -> None:
         if self._pw is None:
             from playwright.async_api import async_playwright
+
             self._pw = await async_playwright().start()
         inst.marker = f"{self._tag}.{inst.index}.{next(self._gen)}"
         env = {k: v for k, v in os.environ.items() if k != MARKER_VAR}
         env[MARKER_VAR] = inst.marker
         from orchestrator.browser_guard import DEAD_PROXY
+
         self.state.launches += 1
         try:
-            browser = await asyncio.wait_for(self._pw.chromium.launch(
-                executable_path=str(self.config.executable), args=list(CHROMIUM_ARGS),
-                env=env, proxy={"server": DEAD_PROXY}, handle_sigint=False,
-                handle_sigterm=False, handle_sighup=False,
-                timeout=self.config.launch_timeout_s * 1000), self.config.launch_timeout_s + 2)
+            browser = await asyncio.wait_for(
+                self._pw.chromium.launch(
+                    executable_path=str(self.config.executable),
+                    args=list(CHROMIUM_ARGS),
+                    env=env,
+                    proxy={"server": DEAD_PROXY},
+                    handle_sigint=False,
+                    handle_sigterm=False,
+                    handle_sighup=False,
+                    timeout=self.config.launch_timeout_s * 1000,
+                ),
+                self.config.launch_timeout_s + 2,
+            )
         except Exception as exc:
             self.state.crashes += 1
             _kill(marked_processes(inst.marker))
@@ -386,25 +433,32 @@ class BrowserPool:
                 f"Chromium at {self.config.executable} did not start: "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. Install "
                 "it (apt-get install chromium) or set ORCH_BROWSER_EXECUTABLE; the "
-                "browser is never downloaded.") from None
+                "browser is never downloaded."
+            ) from None
         inst.browser, inst.uses, inst.tainted, inst.closing = browser, 0, False, False
 
         def disconnected(_: Any, inst: _Instance = inst, browser: Any = browser) -> None:
             if inst.browser is browser and not inst.closing:
                 inst.tainted = True
+
         browser.on("disconnected", disconnected)
         self.state.launched += 1
         self._publish()
 
     async def _new_lease(self, inst: _Instance) -> Lease:
         from orchestrator.browser_guard import Guard
+
         guard = Guard()
         proxy = await guard.start()
         try:
             context = await inst.browser.new_context(
-                proxy={"server": proxy}, service_workers="block", accept_downloads=False,
-                ignore_https_errors=False, java_script_enabled=True,
-                viewport={"width": 1280, "height": 800})
+                proxy={"server": proxy},
+                service_workers="block",
+                accept_downloads=False,
+                ignore_https_errors=False,
+                java_script_enabled=True,
+                viewport={"width": 1280, "height": 800},
+            )
             await context.route("**/*", guard.route)
             page = await context.new_page()
         except BaseException:
@@ -424,8 +478,9 @@ class BrowserPool:
                 finally:
                     await lease.guard.close()
             inst.uses += 1
-            if inst.browser is not None and (inst.tainted or not _connected(inst)
-                                             or inst.uses >= self.config.max_uses):
+            if inst.browser is not None and (
+                inst.tainted or not _connected(inst) or inst.uses >= self.config.max_uses
+            ):
                 if not _alive(inst):
                     self.state.crashes += 1
                 await self._recycle(inst)
@@ -449,7 +504,7 @@ class BrowserPool:
         self.state.launched -= 1
         with contextlib.suppress(Exception):
             await asyncio.wait_for(browser.close(), _CLOSE_TIMEOUT_S)
-        _kill(marked_processes(marker))      # a hung renderer ignores Browser.close
+        _kill(marked_processes(marker))  # a hung renderer ignores Browser.close
         self._publish()
 
     async def _settle(self) -> None:
@@ -495,6 +550,7 @@ async def _close_quietly(page: Any) -> None:
 
 # -- state for doctor and metrics ----------------------------------------------------
 
+
 def _state_folder(state_dir: Path | None) -> Path | None:
     return None if state_dir is None else state_dir / "browser_pool"
 
@@ -534,11 +590,24 @@ def describe(state_dir: Path) -> tuple[str, int]:
     states = read_states(state_dir)
     left = len(orphans())
     if states:
-        t = {k: sum(getattr(st, k) for st in states) for k in
-             ("size", "launched", "in_use", "calls", "waits", "crashes", "recycles", "timeouts")}
-        line = (f"{len(states)} worker pool(s): {t['launched']}/{t['size']} running, "
-                f"{t['in_use']} in use, {t['calls']} calls, {t['waits']} waited, "
-                f"{t['crashes']} crashes, {t['recycles']} recycles, {t['timeouts']} timeouts")
+        t = {
+            k: sum(getattr(st, k) for st in states)
+            for k in (
+                "size",
+                "launched",
+                "in_use",
+                "calls",
+                "waits",
+                "crashes",
+                "recycles",
+                "timeouts",
+            )
+        }
+        line = (
+            f"{len(states)} worker pool(s): {t['launched']}/{t['size']} running, "
+            f"{t['in_use']} in use, {t['calls']} calls, {t['waits']} waited, "
+            f"{t['crashes']} crashes, {t['recycles']} recycles, {t['timeouts']} timeouts"
+        )
     else:
         line = "no worker has started a browser pool yet"
     if left:
@@ -553,7 +622,8 @@ def _metrics(state: PoolState) -> None:
     except Exception:
         return
     publish = getattr(metrics, "browser_pool", None) or getattr(
-        metrics, "observe_browser_pool", None)
+        metrics, "observe_browser_pool", None
+    )
     if publish is not None:
         with contextlib.suppress(Exception):
             publish(asdict(state))
@@ -572,6 +642,7 @@ def get_pool() -> BrowserPool:
     with _pool_lock:
         if _pool is None or _pool.pid != os.getpid() or _pool._closed:
             from orchestrator.config import get_settings
+
             _pool = BrowserPool(PoolConfig.from_settings(get_settings()))
         return _pool
 

@@ -45,18 +45,34 @@ from orchestrator.masking import mask
 from orchestrator.runner import Runner, Ticket
 from orchestrator.steps import Step
 
-__all__ = ["Backend", "Chat", "start_session", "chat_ticket", "phase", "in_flight_turn",
-           "args_summary", "describe", "conversation", "status_lines", "quota_lines",
-           "replay_lines", "parse_answer", "terminate_task_process", "HELP"]
+__all__ = [
+    "Backend",
+    "Chat",
+    "start_session",
+    "chat_ticket",
+    "phase",
+    "in_flight_turn",
+    "args_summary",
+    "describe",
+    "conversation",
+    "status_lines",
+    "quota_lines",
+    "replay_lines",
+    "parse_answer",
+    "terminate_task_process",
+    "HELP",
+]
 
-CHAT_MAX_TURNS = 1000          # model turns in one chat (AgentSpec's ceiling)
+CHAT_MAX_TURNS = 1000  # model turns in one chat (AgentSpec's ceiling)
 POLL_S = 0.05
 WORKER_CHECK_S = 1.0
-OUTPUT_LINES = 8               # of a tool's output, shown under the call
+OUTPUT_LINES = 8  # of a tool's output, shown under the call
 LINE_CHARS = 160
 CANCEL_REASON = "Ctrl-C in orchestrator chat"
-CHAT_INSTRUCTION = ("(orchestrator chat: no instruction; the person's messages are the "
-                    "session's UserMessage events)")
+CHAT_INSTRUCTION = (
+    "(orchestrator chat: no instruction; the person's messages are the "
+    "session's UserMessage events)"
+)
 
 HELP = """\
 Type a message for the agent. Commands:
@@ -74,6 +90,7 @@ Phase = Literal["idle", "busy", "waiting", "finished"]
 
 
 # -- pure: where a session stands ------------------------------------------------------
+
 
 def phase(state: Projections) -> Phase:
     """idle: the agent answered (or its turn was cancelled) and waits for the
@@ -101,8 +118,9 @@ def in_flight_turn(state: Projections) -> int:
     return a.model_turns
 
 
-def in_flight_units(events: Iterable[Event], before: Projections,
-                    after: Projections) -> list[Event]:
+def in_flight_units(
+    events: Iterable[Event], before: Projections, after: Projections
+) -> list[Event]:
     """The events that started work still running: ToolCallStarted of calls
     neither completed nor failed (in `after`), and the ModelRequested of a
     model turn that was unanswered (in `before`, the state before the cancel).
@@ -114,23 +132,29 @@ def in_flight_units(events: Iterable[Event], before: Projections,
         pl = e.payload
         if isinstance(pl, p.ToolCallStarted) and pl.call_id in started:
             out.append(e)
-        elif (isinstance(pl, p.ModelRequested) and a.requested > a.model_turns
-              and pl.model_turn == a.requested):
+        elif (
+            isinstance(pl, p.ModelRequested)
+            and a.requested > a.model_turns
+            and pl.model_turn == a.requested
+        ):
             out.append(e)
     return out
 
 
 # -- pure: what the person sees ----------------------------------------------------------
 
+
 def _clip(text: str, limit: int = LINE_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def args_summary(tool: str, args: dict[str, Any]) -> str:
     """A call's arguments in a few words: the command line, the path, the pattern."""
+
     def globs() -> str:
         g = args.get("glob") or ()
         return f" in {', '.join(g)}" if g else ""
+
     if tool == "shell":
         cmd = args.get("command") or ()
         line = shlex.join(cmd) if isinstance(cmd, (list, tuple)) else str(cmd)
@@ -190,13 +214,16 @@ def describe(e: Event, state: Projections) -> list[str]:
     if isinstance(pl, p.PermissionDecided) and pl.decision == "deny":
         return [f"    [red]denied[/] by rule [bold]{escape(pl.rule_id)}[/]: {escape(pl.reason)}"]
     if isinstance(pl, p.ConfirmationRequested):
-        return [f"    [yellow]needs confirmation[/] (rule {escape(pl.rule_id)}): "
-                f"{escape(pl.reason)}"]
+        return [
+            f"    [yellow]needs confirmation[/] (rule {escape(pl.rule_id)}): {escape(pl.reason)}"
+        ]
     if isinstance(pl, p.ConfirmationGranted):
         return [f"    [green]allowed[/] by {escape(pl.by)}"]
     if isinstance(pl, p.ConfirmationDenied):
-        return [f"    [red]refused[/] by {escape(pl.by)}"
-                + (f": {escape(pl.reason)}" if pl.reason else "")]
+        return [
+            f"    [red]refused[/] by {escape(pl.by)}"
+            + (f": {escape(pl.reason)}" if pl.reason else "")
+        ]
     if isinstance(pl, p.QuotaExceeded):
         return [f"    [red]quota[/] {escape(pl.rule_id)}: {escape(pl.detail)}"]
     if isinstance(pl, p.RateLimited):
@@ -206,13 +233,16 @@ def describe(e: Event, state: Projections) -> list[str]:
         return [f"    [green]ok[/] ({code}{pl.duration_s:.2f}s)", *_output(pl.output)]
     if isinstance(pl, p.ToolCallFailed):
         first = (pl.message.splitlines() or [""])[0]
-        return [f"    [red]failed[/] ({escape(pl.error)}): {escape(_clip(first, 300))}",
-                *_output(pl.output)]
+        return [
+            f"    [red]failed[/] ({escape(pl.error)}): {escape(_clip(first, 300))}",
+            *_output(pl.output),
+        ]
     if isinstance(pl, p.AgentTurnCancelled):
         return [f"[yellow]turn {pl.model_turn} cancelled[/] by {escape(pl.by)}"]
     if isinstance(pl, p.ModelFailed):
-        return [f"[red]model turn {pl.model_turn} failed ({escape(pl.error)}):[/] "
-                f"{escape(pl.message)}"]
+        return [
+            f"[red]model turn {pl.model_turn} failed ({escape(pl.error)}):[/] {escape(pl.message)}"
+        ]
     if isinstance(pl, p.SessionFailed):
         return [f"[bold red]session failed ({escape(pl.error)}):[/] {escape(pl.message)}"]
     return []
@@ -238,9 +268,11 @@ def conversation(state: Projections) -> list[str]:
                 call_id = f"{s.session_id}/{c.turn}"
                 tc = s.call(call_id)
                 status = tc.status if tc is not None else "not run"
-                out.append(f"  [bold]→ {c.name}[/] "
-                           f"{escape(args_summary(c.name, _ledger_args(state, call_id)))}"
-                           f" [dim]({status})[/]")
+                out.append(
+                    f"  [bold]→ {c.name}[/] "
+                    f"{escape(args_summary(c.name, _ledger_args(state, call_id)))}"
+                    f" [dim]({status})[/]"
+                )
     return out
 
 
@@ -249,20 +281,26 @@ def status_lines(state: Projections) -> list[str]:
     a = s.agent or AgentState()
     shown = "waiting for a confirmation" if s.waiting and not s.finished else s.status
     calls = sum(1 for e in a.entries for c in e.calls if c.turn)
-    out = [f"session [bold]{s.session_id}[/] ({shown})  job {s.job_id}",
-           f"  workspace {escape(s.target)}  tier {s.tier or 'exec'}",
-           f"  model {escape(a.provider)}/{escape(a.model)}: {a.model_turns} model turn(s), "
-           f"{calls} tool call(s)"]
+    out = [
+        f"session [bold]{s.session_id}[/] ({shown})  job {s.job_id}",
+        f"  workspace {escape(s.target)}  tier {s.tier or 'exec'}",
+        f"  model {escape(a.provider)}/{escape(a.model)}: {a.model_turns} model turn(s), "
+        f"{calls} tool call(s)",
+    ]
     if s.policy is not None:
-        out.append(f"  policy {escape(str(s.policy.get('name', '?')))} ({s.policy_hash[:12]})"
-                   + (f", elevated by {escape(s.elevated_by)}" if s.elevated_by else ""))
+        out.append(
+            f"  policy {escape(str(s.policy.get('name', '?')))} ({s.policy_hash[:12]})"
+            + (f", elevated by {escape(s.elevated_by)}" if s.elevated_by else "")
+        )
     if s.error:
         out.append(f"  [red]{escape(s.error)}[/]")
     if s.files_changed:
         out.append(f"  files changed ({len(s.files_changed)}):")
-        out += [f"    {escape(c.path)}"
-                + (" (deleted)" if c.after_hash is None else " (new)" if c.before_hash is None
-                   else "") for c in s.files_changed]
+        out += [
+            f"    {escape(c.path)}"
+            + (" (deleted)" if c.after_hash is None else " (new)" if c.before_hash is None else "")
+            for c in s.files_changed
+        ]
     else:
         out.append("  files changed: none")
     return out
@@ -274,11 +312,13 @@ def quota_lines(state: Projections) -> list[str]:
     used = q.tokens_in + q.tokens_out
     budget = f" of a budget of {a.token_budget}" if a.token_budget else ""
     by_kind = ", ".join(f"{tool} {n}" for tool, n in q.tool_calls) or "none"
-    return [f"tokens: {q.tokens_in} in, {q.tokens_out} out ({used}{budget}), "
-            f"{q.tokens_cached} cached; {q.model_calls} model call(s)",
-            f"tool calls: {by_kind}" + (f"; {q.tool_failures} failed" if q.tool_failures else ""),
-            f"shell: {q.shell_cpu_s:.2f}s cpu, {q.shell_wall_s:.2f}s wall; "
-            f"{q.bytes_written} byte(s) written, {q.output_bytes} byte(s) of output"]
+    return [
+        f"tokens: {q.tokens_in} in, {q.tokens_out} out ({used}{budget}), "
+        f"{q.tokens_cached} cached; {q.model_calls} model call(s)",
+        f"tool calls: {by_kind}" + (f"; {q.tool_failures} failed" if q.tool_failures else ""),
+        f"shell: {q.shell_cpu_s:.2f}s cpu, {q.shell_wall_s:.2f}s wall; "
+        f"{q.bytes_written} byte(s) written, {q.output_bytes} byte(s) of output",
+    ]
 
 
 def _brief(pl: Any) -> str:
@@ -286,8 +326,11 @@ def _brief(pl: Any) -> str:
         return _clip(pl.text or f"(digest {pl.digest[:12]})", 80)
     if isinstance(pl, p.ModelResponded):
         calls = ", ".join(c.name for c in pl.tool_calls)
-        return f"turn {pl.model_turn}: " + _clip((pl.content or "").strip().replace("\n", " "),
-                                                 60) + (f" -> {calls}" if calls else "")
+        return (
+            f"turn {pl.model_turn}: "
+            + _clip((pl.content or "").strip().replace("\n", " "), 60)
+            + (f" -> {calls}" if calls else "")
+        )
     if isinstance(pl, p.ToolCallRequested):
         return f"{pl.tool} {args_summary(pl.tool, pl.args)}"
     if isinstance(pl, p.PermissionDecided):
@@ -312,8 +355,10 @@ def _brief(pl: Any) -> str:
 
 
 def replay_lines(events: Iterable[Event]) -> list[str]:
-    return [f"{e.seq:>4} {e.type:<22} [dim]{escape(e.actor)}[/] {escape(_brief(e.payload))}"
-            for e in events]
+    return [
+        f"{e.seq:>4} {e.type:<22} [dim]{escape(e.actor)}[/] {escape(_brief(e.payload))}"
+        for e in events
+    ]
 
 
 def parse_answer(text: str) -> tuple[Literal["y", "n", "details"] | None, str]:
@@ -331,9 +376,19 @@ def parse_answer(text: str) -> tuple[Literal["y", "n", "details"] | None, str]:
 
 # -- starting and resuming ---------------------------------------------------------------
 
-def start_session(store: SqlEventStore, runner: Runner, started: Callable[..., p.AgentStarted],
-                  workspace: Path, spec: AgentSpec, *, policy_files: Sequence[Any] = (),
-                  tier: Any = None, elevated_by: str | None = None, actor: str) -> Ticket:
+
+def start_session(
+    store: SqlEventStore,
+    runner: Runner,
+    started: Callable[..., p.AgentStarted],
+    workspace: Path,
+    spec: AgentSpec,
+    *,
+    policy_files: Sequence[Any] = (),
+    tier: Any = None,
+    elevated_by: str | None = None,
+    actor: str,
+) -> Ticket:
     """Record a new chat: JobSubmitted for a one-target job with this agent,
     then the session's start (SessionStarted, PolicyAttached) and AgentStarted
     in chat mode (`started` is `AgentLoop.started`).
@@ -341,10 +396,14 @@ def start_session(store: SqlEventStore, runner: Runner, started: Callable[..., p
     A job spec's agent must have an instruction, and a chat has none: the
     job records `CHAT_INSTRUCTION` (what the job is, for whoever reads the
     log), and AgentStarted the empty instruction the model really got."""
-    job = JobSpec(name="chat", targets=(glob.escape(str(workspace)),),
-                  agent=spec.model_copy(update={"instruction": CHAT_INSTRUCTION}))
-    job_id, tickets = jobs.prepare(job, workspace, policy_files=policy_files, tier=tier,
-                                   elevated_by=elevated_by)
+    job = JobSpec(
+        name="chat",
+        targets=(glob.escape(str(workspace)),),
+        agent=spec.model_copy(update={"instruction": CHAT_INSTRUCTION}),
+    )
+    job_id, tickets = jobs.prepare(
+        job, workspace, policy_files=policy_files, tier=tier, elevated_by=elevated_by
+    )
     [ticket] = tickets
     jobs.record(store, job, job_id, tickets, actor)
     sid = ticket.session_id
@@ -354,8 +413,14 @@ def start_session(store: SqlEventStore, runner: Runner, started: Callable[..., p
         runner.report(job_id, sid, state.session.status, None, 1)
         raise UserError(f"cannot chat in {workspace}: {state.session.error}")
     chat = spec.model_copy(update={"instruction": ""})
-    runner._append(sid, [started(chat, state, ticket.tier, mode="chat")], state.last_seq,
-                   "agent:started", job_id, None)
+    runner._append(
+        sid,
+        [started(chat, state, ticket.tier, mode="chat")],
+        state.last_seq,
+        "agent:started",
+        job_id,
+        None,
+    )
     return ticket
 
 
@@ -374,6 +439,7 @@ def chat_ticket(store: SqlEventStore, session_id: str) -> Ticket:
 
 
 # -- the task's process (Ctrl-C on a broker without remote control) -----------------------
+
 
 def _cmdline(pid: int) -> bytes:
     try:
@@ -433,8 +499,13 @@ def _in_workspace(pid: int, workspace: str) -> bool:
     return cwd == workspace or cwd.startswith(workspace.rstrip("/") + "/")
 
 
-def terminate_task_process(actor: str, workspace: str, still_running: Callable[[], bool],
-                           hostname: str | None = None, wait_s: float = 5.0) -> bool:
+def terminate_task_process(
+    actor: str,
+    workspace: str,
+    still_running: Callable[[], bool],
+    hostname: str | None = None,
+    wait_s: float = 5.0,
+) -> bool:
     """Kill the worker process a tool call runs in (what `revoke(terminate=True)`
     does), found by the actor of the events it appended (`worker:HOST:PID`),
     and every process it started: the sandbox's bubblewrap dies with its
@@ -454,7 +525,7 @@ def terminate_task_process(actor: str, workspace: str, still_running: Callable[[
     tree = _descendants(pid)
     if not any(_in_workspace(t, workspace) for t in tree):
         return False
-    if not still_running():      # re-checked last: the call may have ended meanwhile
+    if not still_running():  # re-checked last: the call may have ended meanwhile
         return False
     for target in (pid, *tree):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -470,19 +541,20 @@ def terminate_task_process(actor: str, workspace: str, still_running: Callable[[
 
 # -- the REPL ------------------------------------------------------------------------------
 
+
 @dataclass
 class Backend:
     """What the REPL needs from the queue; `orchestrator.cli_chat` builds it
     from `tasks/` (orchestrator never imports tasks)."""
 
-    enqueue: Callable[[Ticket], None]                          # one agent_advance
-    continue_after: Callable[[Ticket, int, tuple[Step, ...]], None]   # after an answer
-    revoke: Callable[[str], None]                              # a task id, terminate
-    worker_problem: Callable[[], str | None] = lambda: None    # why no worker serves us
+    enqueue: Callable[[Ticket], None]  # one agent_advance
+    continue_after: Callable[[Ticket, int, tuple[Step, ...]], None]  # after an answer
+    revoke: Callable[[str], None]  # a task id, terminate
+    worker_problem: Callable[[], str | None] = lambda: None  # why no worker serves us
     # Kill a task running on this host ourselves: the embedded broker has no
     # remote control, and on others it makes sure before the prompt returns.
     kill_local: bool = True
-    on_end: Callable[[Ticket], None] = lambda ticket: None     # e.g. sign the heads
+    on_end: Callable[[Ticket], None] = lambda ticket: None  # e.g. sign the heads
 
 
 class Hangup(Exception):
@@ -538,7 +610,9 @@ class Chat:
         self.console.print(
             f"[bold]chat[/] session {self.sid} in {escape(s.target)} ({escape(a.provider)}/"
             f"{escape(a.model)}, tier {s.tier or 'exec'}). /help lists commands; Ctrl-C "
-            "cancels a turn, Ctrl-D ends the chat.", highlight=False)
+            "cancels a turn, Ctrl-D ends the chat.",
+            highlight=False,
+        )
         if resumed:
             self.show(conversation(self.state))
         while True:
@@ -579,14 +653,15 @@ class Chat:
             if not mine:
                 self.console.print("no confirmations are waiting in this session")
             for w in mine:
-                self.console.print(f"{w.call_id}: {w.tool} {escape(args_summary(w.tool, w.args))}"
-                                   f" (rule {escape(w.rule_id)}: {escape(w.reason)})",
-                                   highlight=False)
+                self.console.print(
+                    f"{w.call_id}: {w.tool} {escape(args_summary(w.tool, w.args))}"
+                    f" (rule {escape(w.rule_id)}: {escape(w.reason)})",
+                    highlight=False,
+                )
         elif name == "/replay":
             self.show(replay_lines(self.store.read_stream(self.sid)))
         else:
-            self.console.print(f"unknown command {escape(name)}; /help lists them",
-                               highlight=False)
+            self.console.print(f"unknown command {escape(name)}; /help lists them", highlight=False)
         return None
 
     # -- a turn ------------------------------------------------------------------------
@@ -594,8 +669,7 @@ class Chat:
     def say(self, text: str) -> None:
         """Append the message (masked) and enqueue the session's next unit."""
         masked = mask(text, self.secrets)
-        event = p.UserMessage(text=masked if self.store_content else "",
-                              digest=agent.digest(text))
+        event = p.UserMessage(text=masked if self.store_content else "", digest=agent.digest(text))
         self._append(lambda state: [event])
         self.backend.enqueue(self.ticket)
         self.poll()
@@ -616,10 +690,10 @@ class Chat:
                     self.cancel()
                     continue
                 if now == "waiting":
-                    signal.signal(signal.SIGINT, old)     # input() raises KeyboardInterrupt
+                    signal.signal(signal.SIGINT, old)  # input() raises KeyboardInterrupt
                     try:
                         self.confirm()
-                    except (KeyboardInterrupt, EOFError):    # Ctrl-C or Ctrl-D: no, and stop
+                    except (KeyboardInterrupt, EOFError):  # Ctrl-C or Ctrl-D: no, and stop
                         self.console.print()
                         self.cancel(deny_waiting=True)
                     finally:
@@ -640,8 +714,10 @@ class Chat:
         self._checked_worker = now
         problem = self.backend.worker_problem()
         if problem:
-            raise InfraUnavailable(f"{problem}; the chat is kept: resume it with "
-                                   f"`orchestrator chat --session {self.sid}`")
+            raise InfraUnavailable(
+                f"{problem}; the chat is kept: resume it with "
+                f"`orchestrator chat --session {self.sid}`"
+            )
 
     def poll(self, quiet: bool = False) -> None:
         for e in list(self.store.read_stream(self.sid, self.state.last_seq)):
@@ -664,13 +740,19 @@ class Chat:
                 if word == "details":
                     self.console.print(
                         f"  call {c.call_id}, turn {c.turn}\n  rule [bold]{escape(c.rule_id)}"
-                        f"[/]: {escape(c.reason)}\n  arguments:\n" + escape(orjson.dumps(
-                            args, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()),
-                        highlight=False)
+                        f"[/]: {escape(c.reason)}\n  arguments:\n"
+                        + escape(
+                            orjson.dumps(
+                                args, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+                            ).decode()
+                        ),
+                        highlight=False,
+                    )
                     continue
                 if word is None:
-                    self.console.print("answer y, n or details (a reason may follow: "
-                                       "`n not that file`)")
+                    self.console.print(
+                        "answer y, n or details (a reason may follow: `n not that file`)"
+                    )
                     continue
                 self.answer(c.call_id, word == "y", reason)
                 break
@@ -682,11 +764,11 @@ class Chat:
         except UserError:
             self.console.print(f"{call_id} was answered elsewhere", highlight=False)
             return False
-        ours, _, start, steps = confirmations.answer(self.store, w, grant=grant, by=self.actor,
-                                                     reason=reason)
+        ours, _, start, steps = confirmations.answer(
+            self.store, w, grant=grant, by=self.actor, reason=reason
+        )
         if not ours:
-            self.console.print(f"{call_id} was answered by someone else first",
-                               highlight=False)
+            self.console.print(f"{call_id} was answered by someone else first", highlight=False)
             return False
         # The job's agent block rides on the ticket: the continuation ends
         # with the agent's next unit.
@@ -705,12 +787,22 @@ class Chat:
         if deny_waiting:
             for c in before.session.waiting:
                 with contextlib.suppress(UserError):
-                    confirmations.answer(self.store, confirmations.find(self.store, c.call_id),
-                                         grant=False, by=self.actor, reason=CANCEL_REASON)
+                    confirmations.answer(
+                        self.store,
+                        confirmations.find(self.store, c.call_id),
+                        grant=False,
+                        by=self.actor,
+                        reason=CANCEL_REASON,
+                    )
             self.poll()
             before = self.state
-        self._append(lambda state: [p.AgentTurnCancelled(
-            model_turn=in_flight_turn(state), by=self.actor, reason=CANCEL_REASON)])
+        self._append(
+            lambda state: [
+                p.AgentTurnCancelled(
+                    model_turn=in_flight_turn(state), by=self.actor, reason=CANCEL_REASON
+                )
+            ]
+        )
         self.poll()
         after = self.state
         units = in_flight_units(self.store.read_stream(self.sid), before, after)
@@ -724,8 +816,9 @@ class Chat:
         for e in units:
             if isinstance(e.payload, p.ToolCallStarted) and self.backend.kill_local:
                 call_id = e.payload.call_id
-                terminate_task_process(e.actor, after.session.target,
-                                       lambda: self._started(call_id))
+                terminate_task_process(
+                    e.actor, after.session.target, lambda: self._started(call_id)
+                )
         for call_id in calls:
             self._record_killed(call_id)
         self.poll()
@@ -738,11 +831,18 @@ class Chat:
         def events(state: Projections) -> list[Any]:
             call = state.session.call(call_id)
             if call is None or call.status != "started":
-                return []            # it ended on its own first
-            return [p.ToolCallFailed(call_id=call_id, tool=call.tool, error="Cancelled",
-                                     message=f"stopped by {self.actor} ({CANCEL_REASON}) "
-                                     "while it ran; what it did before that is not known"),
-                    p.TurnCompleted(turn=call.turn, status="failed")]
+                return []  # it ended on its own first
+            return [
+                p.ToolCallFailed(
+                    call_id=call_id,
+                    tool=call.tool,
+                    error="Cancelled",
+                    message=f"stopped by {self.actor} ({CANCEL_REASON}) "
+                    "while it ran; what it did before that is not known",
+                ),
+                p.TurnCompleted(turn=call.turn, status="failed"),
+            ]
+
         self._append(events)
 
     # -- the end -----------------------------------------------------------------------
@@ -751,31 +851,44 @@ class Chat:
         """/exit: the session completes (and with it its one-session job)."""
         state = self.fresh()
         if not state.session.finished:
-            stored = self._append(lambda st: [] if st.session.finished else [
-                p.SessionCompleted(files_changed=len(st.session.files_changed))],
-                key="session:completed")
+            stored = self._append(
+                lambda st: (
+                    []
+                    if st.session.finished
+                    else [p.SessionCompleted(files_changed=len(st.session.files_changed))]
+                ),
+                key="session:completed",
+            )
             if stored:
-                self.runner.report(self.ticket.job_id, self.sid, "completed", None,
-                                   self.ticket.sessions_total)
+                self.runner.report(
+                    self.ticket.job_id, self.sid, "completed", None, self.ticket.sessions_total
+                )
                 self.backend.on_end(self.ticket)
         return self.ended()
 
     def ended(self) -> int:
         s = self.fresh().session
         colour = "green" if s.status == "completed" else "red"
-        self.console.print(f"session {self.sid} [{colour}]{s.status}[/], "
-                           f"{len(s.files_changed)} file(s) changed; see `orchestrator audit "
-                           f"replay {self.sid}`", highlight=False)
+        self.console.print(
+            f"session {self.sid} [{colour}]{s.status}[/], "
+            f"{len(s.files_changed)} file(s) changed; see `orchestrator audit "
+            f"replay {self.sid}`",
+            highlight=False,
+        )
         return 0 if s.status == "completed" else 1
 
     def detach(self) -> int:
         with contextlib.suppress(OSError):
-            self.console.print(f"left session {self.sid} open; resume it with `orchestrator "
-                               f"chat --session {self.sid}`", highlight=False)
+            self.console.print(
+                f"left session {self.sid} open; resume it with `orchestrator "
+                f"chat --session {self.sid}`",
+                highlight=False,
+            )
         return 0
 
-    def _append(self, build: Callable[[Projections], list[Any]],
-                key: str | None = None) -> list[Event]:
+    def _append(
+        self, build: Callable[[Projections], list[Any]], key: str | None = None
+    ) -> list[Event]:
         """Append what `build` makes of the current state, deciding again when
         the worker appended first (optimistic concurrency, as workers do)."""
         for _ in range(50):
@@ -784,9 +897,11 @@ class Chat:
             if not events:
                 return []
             try:
-                return self.runner._append(self.sid, events, state.last_seq, key,
-                                           self.ticket.job_id, None)
+                return self.runner._append(
+                    self.sid, events, state.last_seq, key, self.ticket.job_id, None
+                )
             except SequenceConflict:
                 time.sleep(0.01)
-        raise InfraUnavailable(f"session {self.sid} kept changing while recording "
-                               "(50 tries); try again")
+        raise InfraUnavailable(
+            f"session {self.sid} kept changing while recording (50 tries); try again"
+        )

@@ -38,44 +38,74 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def chat(workspace: Path = typer.Option(Path("."), "--workspace", "-w", exists=True,
-                                        file_okay=False, help="The folder the agent works in "
-                                        "(default: cwd)"),
-         model: Optional[str] = typer.Option(None, "--model", help="Model name (default: "
-                                             "ORCH_MODEL_NAME)"),
-         provider: Optional[str] = typer.Option(None, "--provider", help="scripted | openai "
-                                                "(default: scripted with --script, else "
-                                                "ORCH_MODEL_PROVIDER)"),
-         script: Optional[Path] = typer.Option(None, "--script", dir_okay=False,
-                                               help="The scripted model's YAML turns"),
-         tier: Optional[str] = typer.Option(None, "--tier", help="read-only | read-write | "
-                                            "exec: the highest tier the agent gets"),
-         policy: Optional[Path] = typer.Option(None, "--policy", exists=True, dir_okay=False,
-                                               help="A policy YAML (docs/security.md) "
-                                               "combined with the configured one"),
-         session: Optional[str] = typer.Option(None, "--session", help="Resume this chat "
-                                               "session (its id) from its events"),
-         allow_destructive: bool = typer.Option(False, "--allow-destructive",
-                                                help="Let destructive calls run without "
-                                                "asking; recorded with your identity"),
-         keep_worker: bool = typer.Option(False, help="Leave a worker started here running"),
-         ) -> None:
+def chat(
+    workspace: Path = typer.Option(
+        Path("."),
+        "--workspace",
+        "-w",
+        exists=True,
+        file_okay=False,
+        help="The folder the agent works in (default: cwd)",
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model name (default: ORCH_MODEL_NAME)"
+    ),
+    provider: Optional[str] = typer.Option(
+        None,
+        "--provider",
+        help="scripted | openai (default: scripted with --script, else ORCH_MODEL_PROVIDER)",
+    ),
+    script: Optional[Path] = typer.Option(
+        None, "--script", dir_okay=False, help="The scripted model's YAML turns"
+    ),
+    tier: Optional[str] = typer.Option(
+        None, "--tier", help="read-only | read-write | exec: the highest tier the agent gets"
+    ),
+    policy: Optional[Path] = typer.Option(
+        None,
+        "--policy",
+        exists=True,
+        dir_okay=False,
+        help="A policy YAML (docs/security.md) combined with the configured one",
+    ),
+    session: Optional[str] = typer.Option(
+        None, "--session", help="Resume this chat session (its id) from its events"
+    ),
+    allow_destructive: bool = typer.Option(
+        False,
+        "--allow-destructive",
+        help="Let destructive calls run without asking; recorded with your identity",
+    ),
+    keep_worker: bool = typer.Option(False, help="Leave a worker started here running"),
+) -> None:
     """Talk to the agent in a terminal: each message is a turn of a recorded
     session (replay, pending and approve work on it). See docs/chat.md."""
     from orchestrator.chat import Chat, chat_ticket, start_session
     from orchestrator.providers.factory import api_key
     from orchestrator.runner import Runner
+
     s = get_settings()
     key = api_key(s)
     if session is not None:
-        given = [n for n, v in (("--model", model), ("--provider", provider),
-                                ("--script", script), ("--tier", tier), ("--policy", policy),
-                                ("--allow-destructive", allow_destructive or None))
-                 if v is not None]
+        given = [
+            n
+            for n, v in (
+                ("--model", model),
+                ("--provider", provider),
+                ("--script", script),
+                ("--tier", tier),
+                ("--policy", policy),
+                ("--allow-destructive", allow_destructive or None),
+            )
+            if v is not None
+        ]
         if given:
-            _fail(f"--session resumes with the session's own model, tier and policy; drop "
-                  f"{', '.join(given)}", 2)
-    else:       # bad input fails before anything is opened or recorded
+            _fail(
+                f"--session resumes with the session's own model, tier and policy; drop "
+                f"{', '.join(given)}",
+                2,
+            )
+    else:  # bad input fails before anything is opened or recorded
         spec = _agent_spec(s, provider, model, script)
         docs = _policies(s, policy, tier)
     st = open_store(s.effective_store_url, upgrade=s.embedded_store)
@@ -85,22 +115,43 @@ def chat(workspace: Path = typer.Option(Path("."), "--workspace", "-w", exists=T
     else:
         from orchestrator.agent_loop import AgentLoop
         from tasks.agent import provider_for
-        loop = AgentLoop(runner, provider_for(s), default_provider=s.model_provider,
-                         default_model=s.model_name, secrets=(key,) if key else (),
-                         store_content=s.prompt_storage == "masked")
-        ticket = start_session(st, runner, loop.started, workspace.resolve(), spec,
-                               policy_files=docs, tier=tier or s.tier,
-                               elevated_by=s.submitter if allow_destructive else None,
-                               actor=s.submitter)
-    from orchestrator.cli import ensure_worker     # cli.py registers this module
+
+        loop = AgentLoop(
+            runner,
+            provider_for(s),
+            default_provider=s.model_provider,
+            default_model=s.model_name,
+            secrets=(key,) if key else (),
+            store_content=s.prompt_storage == "masked",
+        )
+        ticket = start_session(
+            st,
+            runner,
+            loop.started,
+            workspace.resolve(),
+            spec,
+            policy_files=docs,
+            tier=tier or s.tier,
+            elevated_by=s.submitter if allow_destructive else None,
+            actor=s.submitter,
+        )
+    from orchestrator.cli import ensure_worker  # cli.py registers this module
+
     proc = ensure_worker(s)
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
-            importlib.import_module("readline")      # line editing and history for input()
+            importlib.import_module("readline")  # line editing and history for input()
     try:
-        code = Chat(st, runner, _backend(s, proc), ticket, s.submitter, Console(soft_wrap=True),
-                    secrets=(key,) if key else (),
-                    store_content=s.prompt_storage == "masked").run(resumed=session is not None)
+        code = Chat(
+            st,
+            runner,
+            _backend(s, proc),
+            ticket,
+            s.submitter,
+            Console(soft_wrap=True),
+            secrets=(key,) if key else (),
+            store_content=s.prompt_storage == "masked",
+        ).run(resumed=session is not None)
     finally:
         if proc is not None and not keep_worker:
             workers.stop_worker(proc)
@@ -110,20 +161,26 @@ def chat(workspace: Path = typer.Option(Path("."), "--workspace", "-w", exists=T
 def _resumable(st: SqlEventStore, session_id: str, chat_ticket: Any) -> Any:
     state = replay(st, session_id)
     if state.last_seq == 0:
-        _fail(f"no session {session_id} in the event store; the id is printed when a chat "
-              "starts (or see `orchestrator status JOB_ID`)", 2)
+        _fail(
+            f"no session {session_id} in the event store; the id is printed when a chat "
+            "starts (or see `orchestrator status JOB_ID`)",
+            2,
+        )
     a = state.session.agent
     if a is None or a.mode != "chat":
-        _fail(f"session {session_id} is not a chat but a job's session; follow it with "
-              f"`orchestrator status {state.session.job_id}`", 2)
+        _fail(
+            f"session {session_id} is not a chat but a job's session; follow it with "
+            f"`orchestrator status {state.session.job_id}`",
+            2,
+        )
     return chat_ticket(st, session_id)
 
 
-def _agent_spec(s: Settings, provider: str | None, model: str | None,
-                script: Path | None) -> Any:
+def _agent_spec(s: Settings, provider: str | None, model: str | None, script: Path | None) -> Any:
     from orchestrator.chat import CHAT_MAX_TURNS
     from orchestrator.jobspec import AgentSpec
     from orchestrator.providers.scripted import load_script
+
     kind = provider or ("scripted" if script is not None else s.model_provider)
     if kind not in ("scripted", "openai"):
         _fail(f"--provider {kind!r}: use scripted or openai", 2)
@@ -131,18 +188,29 @@ def _agent_spec(s: Settings, provider: str | None, model: str | None,
     if kind == "scripted":
         path = script or s.model_script
         if path is None:
-            _fail("the scripted model needs its turns: pass --script FILE (a YAML list of "
-                  "assistant turns, see docs/chat.md), or use --provider openai", 2)
+            _fail(
+                "the scripted model needs its turns: pass --script FILE (a YAML list of "
+                "assistant turns, see docs/chat.md), or use --provider openai",
+                2,
+            )
         if not path.is_file():
-            _fail(f"--script {path}: no such file; give a YAML list of assistant turns "
-                  "(docs/chat.md)", 2)
-        turns = tuple(load_script(path))          # ConfigError (exit 2) says what is wrong
+            _fail(
+                f"--script {path}: no such file; give a YAML list of assistant turns "
+                "(docs/chat.md)",
+                2,
+            )
+        turns = tuple(load_script(path))  # ConfigError (exit 2) says what is wrong
     elif script is not None:
         _fail("--script is for the scripted model; drop it, or use --provider scripted", 2)
     else:
         _check_endpoint(s.model_base_url or OPENAI_URL)
-    return AgentSpec(instruction="", provider=kind, model=model, turns=turns,  # type: ignore[arg-type]
-                     max_turns=CHAT_MAX_TURNS)
+    return AgentSpec(
+        instruction="",
+        provider=kind,
+        model=model,
+        turns=turns,  # type: ignore[arg-type]
+        max_turns=CHAT_MAX_TURNS,
+    )
 
 
 def _check_endpoint(url: str) -> None:
@@ -152,13 +220,17 @@ def _check_endpoint(url: str) -> None:
     try:
         socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        _fail(f"the model endpoint {url} is not reachable ({exc.strerror or exc}); start it, "
-              "or set ORCH_MODEL_BASE_URL (e.g. http://127.0.0.1:11434/v1 for Ollama), or "
-              "chat offline with --script FILE", 4)
+        _fail(
+            f"the model endpoint {url} is not reachable ({exc.strerror or exc}); start it, "
+            "or set ORCH_MODEL_BASE_URL (e.g. http://127.0.0.1:11434/v1 for Ollama), or "
+            "chat offline with --script FILE",
+            4,
+        )
 
 
 def _policies(s: Settings, policy_file: Path | None, tier: str | None) -> list[Any]:
     from orchestrator.policy import TIERS, load_policy
+
     if tier is not None and tier not in TIERS:
         _fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
     return [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
@@ -173,11 +245,12 @@ def _backend(s: Settings, proc: Any) -> Any:
         serving = s.embedded_broker and workers.embedded_worker_pid(s) is not None
         if proc is not None and proc.poll() is not None and not serving:
             # (One started here exits at once when another came up first.)
-            return (f"the worker started for this chat exited (code {proc.returncode}); see "
-                    f"{workers.logfile(s)}, and start one with `orchestrator worker`")
+            return (
+                f"the worker started for this chat exited (code {proc.returncode}); see "
+                f"{workers.logfile(s)}, and start one with `orchestrator worker`"
+            )
         if proc is None and s.embedded_broker and not serving:
-            return ("the worker of this state folder stopped; start one with `orchestrator "
-                    "worker`")
+            return "the worker of this state folder stopped; start one with `orchestrator worker`"
         return None
 
     def revoke(task_id: str) -> None:
@@ -191,6 +264,10 @@ def _backend(s: Settings, proc: Any) -> Any:
         if signing():
             sign_link(celery_app, [ticket]).apply_async()
 
-    return Backend(enqueue=lambda t: agent_link(celery_app, t).apply_async(),
-                   continue_after=lambda t, start, steps: continue_session(t, start, steps),
-                   revoke=revoke, worker_problem=worker_problem, on_end=on_end)
+    return Backend(
+        enqueue=lambda t: agent_link(celery_app, t).apply_async(),
+        continue_after=lambda t, start, steps: continue_session(t, start, steps),
+        revoke=revoke,
+        worker_problem=worker_problem,
+        on_end=on_end,
+    )

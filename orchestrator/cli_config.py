@@ -19,8 +19,9 @@ from orchestrator import config_report as cr
 out = Console()
 err = Console(stderr=True)
 
-config_app = typer.Typer(help="Validate, show and document the configuration.",
-                         no_args_is_help=True)
+config_app = typer.Typer(
+    help="Validate, show and document the configuration.", no_args_is_help=True
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -32,20 +33,27 @@ def _json(data: Any) -> None:
 
 
 @config_app.command("check")
-def check(json: bool = typer.Option(False, "--json", help="Print {ok, problems, warnings}"),
-          strict: bool = typer.Option(False, "--strict", help="Unknown ORCH_* variables and "
-                                      "TOML keys are errors too"),
-          ) -> None:
+def check(
+    json: bool = typer.Option(False, "--json", help="Print {ok, problems, warnings}"),
+    strict: bool = typer.Option(
+        False, "--strict", help="Unknown ORCH_* variables and TOML keys are errors too"
+    ),
+) -> None:
     """Validate the configuration (environment, .env, TOML file) and list every
     problem at once, with where each value came from. Starts nothing."""
     _, src, problems = cr.build()
     unknown = cr.unknown(src)
     ok = not problems and not (strict and unknown)
     if json:
-        _json({"ok": ok, "problems": [cr.to_json(p) for p in problems],
-               "warnings": [cr.to_json(u) for u in unknown],
-               "config_file": str(src.toml_path) if src.toml_path else None,
-               "dotenv_file": str(src.dotenv_path) if src.dotenv_path else None})
+        _json(
+            {
+                "ok": ok,
+                "problems": [cr.to_json(p) for p in problems],
+                "warnings": [cr.to_json(u) for u in unknown],
+                "config_file": str(src.toml_path) if src.toml_path else None,
+                "dotenv_file": str(src.dotenv_path) if src.dotenv_path else None,
+            }
+        )
     else:
         for p in problems:
             print(f"error: {p}", file=sys.stderr)
@@ -66,8 +74,11 @@ def _where(src: cr.Sources) -> str:
 
 
 @config_app.command("show")
-def show(json: bool = typer.Option(False, "--json", help="Print {settings: {name: {value, "
-                                   "source, secret}}} as JSON")) -> None:
+def show(
+    json: bool = typer.Option(
+        False, "--json", help="Print {settings: {name: {value, source, secret}}} as JSON"
+    ),
+) -> None:
     """The effective configuration, each value with its source; secrets masked."""
     settings, src, problems = cr.build()
     if problems:
@@ -87,8 +98,12 @@ def show(json: bool = typer.Option(False, "--json", help="Print {settings: {name
                 shown = cr.shown(shown)
             elif shown is not None and not isinstance(shown, (bool, int, float)):
                 shown = orjson.loads(cr.shown(orjson.dumps(shown).decode()))
-        rows[name] = {"value": shown, "source": str(where), "secret": name in secret,
-                      "variable": cr.PREFIX + name.upper()}
+        rows[name] = {
+            "value": shown,
+            "source": str(where),
+            "secret": name in secret,
+            "variable": cr.PREFIX + name.upper(),
+        }
     if json:
         _json({"settings": rows, "warnings": [cr.to_json(u) for u in cr.unknown(src)]})
         return
@@ -102,6 +117,7 @@ def _plain(value: Any) -> Any:
     from pathlib import Path
 
     from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (tuple, list)):
@@ -112,13 +128,17 @@ def _plain(value: Any) -> Any:
 
 
 @config_app.command("docs")
-def docs(fmt: str = typer.Option("markdown", "--format", help="env (.env.example) or "
-                                 "markdown (docs/configuration.md)"),
-         write: bool = typer.Option(False, "--write", help="Regenerate .env.example and "
-                                    "docs/configuration.md in the source tree"),
-         check_: bool = typer.Option(False, "--check", help="Exit 2 if either committed "
-                                     "file is stale"),
-         ) -> None:
+def docs(
+    fmt: str = typer.Option(
+        "markdown", "--format", help="env (.env.example) or markdown (docs/configuration.md)"
+    ),
+    write: bool = typer.Option(
+        False,
+        "--write",
+        help="Regenerate .env.example and docs/configuration.md in the source tree",
+    ),
+    check_: bool = typer.Option(False, "--check", help="Exit 2 if either committed file is stale"),
+) -> None:
     """The configuration reference, generated from the Settings model."""
     if write or check_:
         stale = []

@@ -25,24 +25,75 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["Analysis", "Invocation", "Redirect", "Refusal", "analyze", "analyze_argv",
-           "SHELLS", "INTERPRETERS"]
+__all__ = [
+    "Analysis",
+    "Invocation",
+    "Redirect",
+    "Refusal",
+    "analyze",
+    "analyze_argv",
+    "SHELLS",
+    "INTERPRETERS",
+]
 
 MAX_DEPTH = 8
-SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox",
-                    "rbash", "tcsh", "csh"})
-INTERPRETERS = frozenset({"python", "python2", "python3", "perl", "ruby", "node", "nodejs",
-                          "php", "lua", "tclsh", "Rscript", "osascript", "deno", "bun"})
+SHELLS = frozenset(
+    {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash", "tcsh", "csh"}
+)
+INTERPRETERS = frozenset(
+    {
+        "python",
+        "python2",
+        "python3",
+        "perl",
+        "ruby",
+        "node",
+        "nodejs",
+        "php",
+        "lua",
+        "tclsh",
+        "Rscript",
+        "osascript",
+        "deno",
+        "bun",
+    }
+)
 # Variables that change which program runs or what it loads.
-DANGEROUS_ENV = re.compile(r"^(PATH|LD_\w+|BASH_ENV|ENV|BASH_FUNC_\w+.*|IFS|PS4|SHELLOPTS|"
-                           r"BASHOPTS|PROMPT_COMMAND|GIT_\w+|PYTHONPATH|PYTHONSTARTUP|"
-                           r"PYTHONHOME|PERL5LIB|PERL5OPT|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
-                           r"DYLD_\w+|GCONV_PATH|HOSTALIASES|LESSOPEN|LESSCLOSE|PAGER|EDITOR|"
-                           r"VISUAL|GIT_SSH_COMMAND)$")
+DANGEROUS_ENV = re.compile(
+    r"^(PATH|LD_\w+|BASH_ENV|ENV|BASH_FUNC_\w+.*|IFS|PS4|SHELLOPTS|"
+    r"BASHOPTS|PROMPT_COMMAND|GIT_\w+|PYTHONPATH|PYTHONSTARTUP|"
+    r"PYTHONHOME|PERL5LIB|PERL5OPT|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
+    r"DYLD_\w+|GCONV_PATH|HOSTALIASES|LESSOPEN|LESSCLOSE|PAGER|EDITOR|"
+    r"VISUAL|GIT_SSH_COMMAND)$"
+)
 _STORED_CODE = re.compile(r"\$\(|`|\$\{")
-_RESERVED = frozenset({"{", "}", "(", ")", "!", "[[", "]]", "then", "fi", "do", "done", "esac",
-                       "elif", "else", "in", "function", "select", "until", "while", "if",
-                       "for", "case", "coproc"})
+_RESERVED = frozenset(
+    {
+        "{",
+        "}",
+        "(",
+        ")",
+        "!",
+        "[[",
+        "]]",
+        "then",
+        "fi",
+        "do",
+        "done",
+        "esac",
+        "elif",
+        "else",
+        "in",
+        "function",
+        "select",
+        "until",
+        "while",
+        "if",
+        "for",
+        "case",
+        "coproc",
+    }
+)
 _GLOB = re.compile(r"(?<!\\)[*?\[]")
 
 
@@ -52,11 +103,11 @@ class Invocation:
     when it has a `/`); `dynamic` marks arguments only known at run time."""
 
     argv: tuple[str, ...]
-    via: tuple[str, ...] = ()          # wrappers it was unwrapped from, outermost first
-    dynamic: frozenset[int] = frozenset()   # indexes of argv built at run time
-    globbed: frozenset[int] = frozenset()   # indexes of argv with unquoted glob characters
-    stdin: str = "inherit"             # inherit | pipe | heredoc | file
-    env: tuple[str, ...] = ()          # NAME=... prefixes (names only)
+    via: tuple[str, ...] = ()  # wrappers it was unwrapped from, outermost first
+    dynamic: frozenset[int] = frozenset()  # indexes of argv built at run time
+    globbed: frozenset[int] = frozenset()  # indexes of argv with unquoted glob characters
+    stdin: str = "inherit"  # inherit | pipe | heredoc | file
+    env: tuple[str, ...] = ()  # NAME=... prefixes (names only)
 
     @property
     def program(self) -> str:
@@ -73,8 +124,8 @@ class Invocation:
 
 @dataclass(frozen=True)
 class Redirect:
-    op: str                    # > >> >| &> &>> < <> >& ...
-    target: str | None         # None: built at run time
+    op: str  # > >> >| &> &>> < <> >& ...
+    target: str | None  # None: built at run time
     fd: str | None = None
 
     @property
@@ -91,8 +142,8 @@ class Redirect:
 
 @dataclass(frozen=True)
 class Refusal:
-    rule: str                  # unparseable | dynamic-program | eval | code-from-stdin |
-                               # env-override | too-deep | dynamic-shell-code
+    rule: str  # unparseable | dynamic-program | eval | code-from-stdin |
+    # env-override | too-deep | dynamic-shell-code
     detail: str
 
 
@@ -106,10 +157,12 @@ class Analysis:
 
 # -- parsing -------------------------------------------------------------------------
 
+
 @lru_cache(maxsize=1)
 def _parser() -> Any:
     import tree_sitter_bash
     from tree_sitter import Language, Parser
+
     return Parser(Language(tree_sitter_bash.language()))
 
 
@@ -138,12 +191,12 @@ def analyze_argv(argv: Sequence[str]) -> Analysis:
         acc.refuse("unparseable", "the command is empty")
     else:
         _emit([_W(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
-    return Analysis(shlex.join(argv), tuple(acc.invocations), tuple(acc.redirects),
-                    tuple(acc.refusals))
+    return Analysis(
+        shlex.join(argv), tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals)
+    )
 
 
-def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int,
-                  stdin: str) -> None:
+def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     if depth > MAX_DEPTH:
         acc.refuse("too-deep", f"commands nested more than {MAX_DEPTH} levels deep")
         return
@@ -153,8 +206,11 @@ def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int,
     tree = _parser().parse(text.encode())
     root = tree.root_node
     if root.has_error:
-        acc.refuse("unparseable", f"bash syntax error near {_error_excerpt(root)!r}; "
-                   "the command cannot be judged, so it is not run")
+        acc.refuse(
+            "unparseable",
+            f"bash syntax error near {_error_excerpt(root)!r}; "
+            "the command cannot be judged, so it is not run",
+        )
         return
     _walk(root, acc, via=via, depth=depth, stdin=stdin)
 
@@ -171,16 +227,24 @@ def _error_excerpt(node: Any) -> str:
 
 # -- words -----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class _W:
     """A shell word after quote removal, and whether run time decides it."""
+
     text: str
     dynamic: bool = False
     glob: bool = False
 
 
-_DYNAMIC = {"simple_expansion", "expansion", "command_substitution", "process_substitution",
-            "arithmetic_expansion", "ansi_c_string"}
+_DYNAMIC = {
+    "simple_expansion",
+    "expansion",
+    "command_substitution",
+    "process_substitution",
+    "arithmetic_expansion",
+    "ansi_c_string",
+}
 _ESCAPE = re.compile(r"\\(.)", re.S)
 _DQ_ESCAPE = re.compile(r"\\([$`\"\\\n])")
 
@@ -207,8 +271,11 @@ def _word(node: Any) -> _W:
     if t == "concatenation":
         parts = [_word(c) for c in node.children]
         joined = "".join(p.text for p in parts)
-        return _W(joined, dynamic=any(p.dynamic for p in parts),
-                  glob=any(p.glob for p in parts) or _is_brace(joined))
+        return _W(
+            joined,
+            dynamic=any(p.dynamic for p in parts),
+            glob=any(p.glob for p in parts) or _is_brace(joined),
+        )
     return _W(text, dynamic=True)
 
 
@@ -218,6 +285,7 @@ def _is_brace(text: str) -> bool:
 
 
 # -- the tree ----------------------------------------------------------------------------
+
 
 def _walk(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     t = node.type
@@ -252,9 +320,16 @@ def _walk(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str)
 def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str | None:
     """Record a redirect; returns the stdin it gives the command, if any."""
     t = node.type
-    for c in node.children:            # substitutions inside targets and here-doc bodies
-        if c.type in ("heredoc_body", "string", "concatenation", "command_substitution",
-                      "process_substitution", "expansion", "simple_expansion"):
+    for c in node.children:  # substitutions inside targets and here-doc bodies
+        if c.type in (
+            "heredoc_body",
+            "string",
+            "concatenation",
+            "command_substitution",
+            "process_substitution",
+            "expansion",
+            "simple_expansion",
+        ):
             _walk(c, acc, via=via, depth=depth, stdin="inherit")
     if t == "heredoc_redirect":
         return "heredoc"
@@ -271,22 +346,26 @@ def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str 
     return "file" if op == "<" else None
 
 
-def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int,
-                prefix: bool) -> str:
+def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefix: bool) -> str:
     name_node = node.child_by_field_name("name")
     name = name_node.text.decode(errors="replace") if name_node is not None else ""
     for c in node.children:
         if c.type in _DYNAMIC or c.type in ("string", "concatenation", "array"):
             _walk(c, acc, via=via, depth=depth, stdin="inherit")
     if DANGEROUS_ENV.match(name):
-        acc.refuse("env-override", f"setting {name} changes which program runs or what it "
-                   "loads; set it in the step's `env` or the policy instead")
+        acc.refuse(
+            "env-override",
+            f"setting {name} changes which program runs or what it "
+            "loads; set it in the step's `env` or the policy instead",
+        )
     value = node.child_by_field_name("value")
-    if value is not None and _STORED_CODE.search(_word(value).text) and \
-            not _word(value).dynamic:
-        acc.refuse("stored-code", f"the value of {name} holds shell code ($(...), `...` or "
-                   "${...}) that arithmetic, `declare -i` or a later expansion could run; "
-                   "run the command directly instead of storing it")
+    if value is not None and _STORED_CODE.search(_word(value).text) and not _word(value).dynamic:
+        acc.refuse(
+            "stored-code",
+            f"the value of {name} holds shell code ($(...), `...` or "
+            "${...}) that arithmetic, `declare -i` or a later expansion could run; "
+            "run the command directly instead of storing it",
+        )
     return name
 
 
@@ -311,8 +390,11 @@ def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: s
             # Anything else inside a command (tree-sitter accepts `env ( cmd )`,
             # which bash would not): fail closed by judging what it contains.
             _walk(c, acc, via=via, depth=depth, stdin=stdin)
-            acc.refuse("unparseable", f"unexpected {c.type} inside a command: "
-                       f"{node.text.decode(errors='replace')[:60]!r}")
+            acc.refuse(
+                "unparseable",
+                f"unexpected {c.type} inside a command: "
+                f"{node.text.decode(errors='replace')[:60]!r}",
+            )
     if words:
         _emit(words, acc, via=via, depth=depth, stdin=stdin_here, env=tuple(env))
 
@@ -336,22 +418,39 @@ def _walk_dynamic(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> 
 
 # -- unwrapping ---------------------------------------------------------------------------
 
-def _emit(words: list[_W], acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str,
-          env: tuple[str, ...]) -> None:
+
+def _emit(
+    words: list[_W],
+    acc: _Acc,
+    *,
+    via: tuple[str, ...],
+    depth: int,
+    stdin: str,
+    env: tuple[str, ...],
+) -> None:
     head = words[0]
     if head.dynamic or head.glob or not head.text or head.text.startswith("~"):
-        acc.refuse("dynamic-program", f"the program name {head.text!r} is only known at run "
-                   "time (a variable, substitution, glob or brace expansion); write the "
-                   "program's name literally")
+        acc.refuse(
+            "dynamic-program",
+            f"the program name {head.text!r} is only known at run "
+            "time (a variable, substitution, glob or brace expansion); write the "
+            "program's name literally",
+        )
         return
     if head.text in _RESERVED:
-        acc.refuse("unparseable", f"{head.text!r} is a shell reserved word, not a program; "
-                   "a wrapper cannot run it")
+        acc.refuse(
+            "unparseable",
+            f"{head.text!r} is a shell reserved word, not a program; a wrapper cannot run it",
+        )
         return
-    inv = Invocation(tuple(w.text for w in words), via=via,
-                     dynamic=frozenset(i for i, w in enumerate(words) if w.dynamic),
-                     globbed=frozenset(i for i, w in enumerate(words) if w.glob),
-                     stdin=stdin, env=env)
+    inv = Invocation(
+        tuple(w.text for w in words),
+        via=via,
+        dynamic=frozenset(i for i, w in enumerate(words) if w.dynamic),
+        globbed=frozenset(i for i, w in enumerate(words) if w.glob),
+        stdin=stdin,
+        env=env,
+    )
     acc.invocations.append(inv)
     name = inv.name
     if name == "eval":
@@ -366,21 +465,41 @@ def _emit(words: list[_W], acc: _Acc, *, via: tuple[str, ...], depth: int, stdin
         _interpreter(inv, words, acc)
 
 
-def _rest(inv: Invocation, words: list[_W], start: int, acc: _Acc, depth: int,
-          *, stdin: str | None = None, dynamic_args: bool = False) -> None:
+def _rest(
+    inv: Invocation,
+    words: list[_W],
+    start: int,
+    acc: _Acc,
+    depth: int,
+    *,
+    stdin: str | None = None,
+    dynamic_args: bool = False,
+) -> None:
     """Analyze words[start:] as the command a wrapper runs."""
     if start >= len(words):
         return
     inner = words[start:]
     if dynamic_args:
         inner = [*inner, _W("{}", dynamic=True)]
-    _emit(inner, acc, via=(*inv.via, inv.name), depth=depth + 1,
-          stdin=stdin if stdin is not None else inv.stdin, env=())
+    _emit(
+        inner,
+        acc,
+        via=(*inv.via, inv.name),
+        depth=depth + 1,
+        stdin=stdin if stdin is not None else inv.stdin,
+        env=(),
+    )
 
 
-def _skip_options(words: list[_W], start: int, with_value: frozenset[str],
-                  flags: frozenset[str] = frozenset(), *, stop_at_first: bool = True,
-                  long_with_value: frozenset[str] = frozenset()) -> int:
+def _skip_options(
+    words: list[_W],
+    start: int,
+    with_value: frozenset[str],
+    flags: frozenset[str] = frozenset(),
+    *,
+    stop_at_first: bool = True,
+    long_with_value: frozenset[str] = frozenset(),
+) -> int:
     """Index of the first non-option word (the wrapped command)."""
     i = start
     while i < len(words):
@@ -406,8 +525,10 @@ def _env(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
         if w in ("-u", "--unset", "-C", "--chdir"):
             i += 2
         elif w in ("-S", "--split-string") or w.startswith(("-S", "--split-string=")):
-            acc.refuse("dynamic-shell-code", "`env -S` splits a string into a command; "
-                       "write the command without it")
+            acc.refuse(
+                "dynamic-shell-code",
+                "`env -S` splits a string into a command; write the command without it",
+            )
             return
         elif w == "--":
             i += 1
@@ -417,30 +538,54 @@ def _env(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
         elif "=" in w and not w.startswith("="):
             name = w.split("=", 1)[0]
             if DANGEROUS_ENV.match(name):
-                acc.refuse("env-override", f"`env {name}=...` changes which program runs or "
-                           "what it loads; set it in the step's `env` or the policy instead")
+                acc.refuse(
+                    "env-override",
+                    f"`env {name}=...` changes which program runs or "
+                    "what it loads; set it in the step's `env` or the policy instead",
+                )
             i += 1
         else:
             break
     _rest(inv, words, i, acc, depth)
 
 
-def _simple(with_value: frozenset[str], positional: int = 0
-            ) -> Callable[[Invocation, list[_W], _Acc, int], None]:
+def _simple(
+    with_value: frozenset[str], positional: int = 0
+) -> Callable[[Invocation, list[_W], _Acc, int], None]:
     """A wrapper `NAME [options] [N positional args] COMMAND...`."""
+
     def handler(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
         i = _skip_options(words, 1, with_value)
         _rest(inv, words, i + positional, acc, depth)
+
     return handler
 
 
 def _xargs(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
-    with_value = frozenset({"-a", "-d", "-E", "-I", "-L", "-n", "-P", "-s", "--arg-file",
-                            "--delimiter", "--eof", "--replace", "--max-lines", "--max-args",
-                            "--max-procs", "--max-chars", "--process-slot-var"})
+    with_value = frozenset(
+        {
+            "-a",
+            "-d",
+            "-E",
+            "-I",
+            "-L",
+            "-n",
+            "-P",
+            "-s",
+            "--arg-file",
+            "--delimiter",
+            "--eof",
+            "--replace",
+            "--max-lines",
+            "--max-args",
+            "--max-procs",
+            "--max-chars",
+            "--process-slot-var",
+        }
+    )
     i = _skip_options(words, 1, with_value, long_with_value=with_value)
     if i >= len(words):
-        return                                   # xargs alone runs echo
+        return  # xargs alone runs echo
     _rest(inv, words, i, acc, depth, stdin="inherit", dynamic_args=True)
 
 
@@ -454,10 +599,11 @@ def _find(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
             j = i + 1
             while j < len(words) and words[j].text not in (";", "+"):
                 j += 1
-            inner = [w if w.text != "{}" else _W("{}", dynamic=True) for w in words[i + 1:j]]
+            inner = [w if w.text != "{}" else _W("{}", dynamic=True) for w in words[i + 1 : j]]
             if inner:
-                _emit(inner, acc, via=(*inv.via, inv.name), depth=depth + 1, stdin="inherit",
-                      env=())
+                _emit(
+                    inner, acc, via=(*inv.via, inv.name), depth=depth + 1, stdin="inherit", env=()
+                )
             i = j + 1
         else:
             i += 1
@@ -491,32 +637,44 @@ def _shell(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
             return
         code = words[code_at]
         if code.dynamic:
-            acc.refuse("dynamic-shell-code", f"`{inv.name} -c` runs code built at run time "
-                       f"({code.text!r}); write the command literally")
+            acc.refuse(
+                "dynamic-shell-code",
+                f"`{inv.name} -c` runs code built at run time "
+                f"({code.text!r}); write the command literally",
+            )
             return
-        _analyze_text(code.text, acc, via=(*inv.via, inv.name), depth=depth + 1,
-                      stdin=inv.stdin)
+        _analyze_text(code.text, acc, via=(*inv.via, inv.name), depth=depth + 1, stdin=inv.stdin)
         return
     script = i < len(words) and not reads_stdin
     if script and words[i].dynamic:
-        acc.refuse("dynamic-shell-code", f"`{inv.name}` would run a script whose name is only "
-                   "known at run time; name the script literally")
+        acc.refuse(
+            "dynamic-shell-code",
+            f"`{inv.name}` would run a script whose name is only "
+            "known at run time; name the script literally",
+        )
         return
     if not script and inv.stdin in ("pipe", "heredoc", "file"):
-        acc.refuse("code-from-stdin", f"`{inv.name}` would run code read from its input "
-                   f"({inv.stdin}); code that arrives through a pipe cannot be judged. "
-                   "Save it as a script in the workspace and run that")
+        acc.refuse(
+            "code-from-stdin",
+            f"`{inv.name}` would run code read from its input "
+            f"({inv.stdin}); code that arrives through a pipe cannot be judged. "
+            "Save it as a script in the workspace and run that",
+        )
 
 
 def _interpreter(inv: Invocation, words: list[_W], acc: _Acc) -> None:
     args = [w.text for w in words[1:]]
-    inline = any(a in ("-c", "-e", "-E", "--eval", "-r") or a.startswith(("-c", "-e"))
-                 for a in args)
+    inline = any(
+        a in ("-c", "-e", "-E", "--eval", "-r") or a.startswith(("-c", "-e")) for a in args
+    )
     positional = [a for a in args if not a.startswith("-")]
     from_stdin = not inline and (not positional or "-" in args)
     if from_stdin and inv.stdin in ("pipe", "heredoc", "file"):
-        acc.refuse("code-from-stdin", f"`{inv.name}` would run code read from its input "
-                   f"({inv.stdin}); save it as a script in the workspace and run that")
+        acc.refuse(
+            "code-from-stdin",
+            f"`{inv.name}` would run code read from its input "
+            f"({inv.stdin}); save it as a script in the workspace and run that",
+        )
 
 
 def _watch(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
@@ -526,8 +684,13 @@ def _watch(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
         if any(w.dynamic for w in words[i:]):
             acc.refuse("dynamic-shell-code", "`watch` runs code built at run time")
             return
-        _analyze_text(" ".join(w.text for w in words[i:]), acc, via=(*inv.via, inv.name),
-                      depth=depth + 1, stdin="inherit")
+        _analyze_text(
+            " ".join(w.text for w in words[i:]),
+            acc,
+            via=(*inv.via, inv.name),
+            depth=depth + 1,
+            stdin="inherit",
+        )
 
 
 _NONE: frozenset[str] = frozenset()
@@ -548,7 +711,5 @@ _WRAPPERS: dict[str, Callable[[Invocation, list[_W], _Acc, int], None]] = {
     "xargs": _xargs,
     "find": _find,
     "watch": _watch,
-    "flock": _simple(frozenset({"-w", "--timeout", "-E", "--conflict-exit-code"}),
-                     positional=1),
+    "flock": _simple(frozenset({"-w", "--timeout", "-E", "--conflict-exit-code"}), positional=1),
 }
-

@@ -44,34 +44,38 @@ REGENERATE = "orchestrator config docs --write"
 @dataclass(frozen=True)
 class Origin:
     kind: Literal["env", "dotenv", "toml", "default"]
-    path: str = ""          # the .env or TOML file
-    key: str = ""           # the variable or TOML key
+    path: str = ""  # the .env or TOML file
+    key: str = ""  # the variable or TOML key
 
     def __str__(self) -> str:
-        return {"env": f"environment variable {self.key}",
-                "dotenv": f".env file {self.path} ({self.key})",
-                "toml": f"TOML file {self.path} (key {self.key})",
-                "default": "default"}[self.kind]
+        return {
+            "env": f"environment variable {self.key}",
+            "dotenv": f".env file {self.path} ({self.key})",
+            "toml": f"TOML file {self.path} (key {self.key})",
+            "default": "default",
+        }[self.kind]
 
 
 @dataclass(frozen=True)
 class Problem:
-    setting: str            # dotted path: model_timeout_s, api_tokens.0.principal
-    variable: str           # ORCH_MODEL_TIMEOUT_S
+    setting: str  # dotted path: model_timeout_s, api_tokens.0.principal
+    variable: str  # ORCH_MODEL_TIMEOUT_S
     message: str
-    got: str                # shown masked; "(hidden)" for secrets
+    got: str  # shown masked; "(hidden)" for secrets
     example: str
     source: str
 
     def __str__(self) -> str:
         got = f" (got {self.got})" if self.got else ""
-        return (f"{self.variable}: {self.message}{got}; from {self.source}; "
-                f"example of a valid value: {self.example}")
+        return (
+            f"{self.variable}: {self.message}{got}; from {self.source}; "
+            f"example of a valid value: {self.example}"
+        )
 
 
 @dataclass(frozen=True)
 class Unknown:
-    name: str               # as written: ORCH_MODEL_NAEM or model_naem
+    name: str  # as written: ORCH_MODEL_NAEM or model_naem
     source: str
     suggestion: str | None
 
@@ -82,7 +86,7 @@ class Unknown:
 
 @dataclass
 class Sources:
-    env: dict[str, str]                                 # ORCH_* variables, upper-cased names
+    env: dict[str, str]  # ORCH_* variables, upper-cased names
     dotenv_path: Path | None = None
     dotenv: dict[str, str] = field(default_factory=dict)
     toml_path: Path | None = None
@@ -92,6 +96,7 @@ class Sources:
 
 def _settings_cls() -> type[BaseModel]:
     from orchestrator.config import Settings
+
     return Settings
 
 
@@ -102,9 +107,13 @@ def gather(environ: Mapping[str, str] | None = None, cwd: Path | None = None) ->
     dotenv = (cwd or Path.cwd()) / ".env"
     if dotenv.is_file():
         from dotenv import dotenv_values
+
         src.dotenv_path = dotenv.resolve()
-        src.dotenv = {k.upper(): v or "" for k, v in dotenv_values(dotenv).items()
-                      if k.upper().startswith(PREFIX)}
+        src.dotenv = {
+            k.upper(): v or ""
+            for k, v in dotenv_values(dotenv).items()
+            if k.upper().startswith(PREFIX)
+        }
     toml = src.env.get("ORCH_CONFIG")
     if toml:
         path = Path(toml).expanduser()
@@ -112,17 +121,38 @@ def gather(environ: Mapping[str, str] | None = None, cwd: Path | None = None) ->
         try:
             src.toml = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            src.errors.append(Problem("config", "ORCH_CONFIG", "the configuration file does "
-                                      "not exist", toml, "/etc/orchestrator/config.toml",
-                                      "environment variable ORCH_CONFIG (or --config)"))
+            src.errors.append(
+                Problem(
+                    "config",
+                    "ORCH_CONFIG",
+                    "the configuration file does not exist",
+                    toml,
+                    "/etc/orchestrator/config.toml",
+                    "environment variable ORCH_CONFIG (or --config)",
+                )
+            )
         except (OSError, UnicodeDecodeError) as exc:
-            src.errors.append(Problem("config", "ORCH_CONFIG", f"cannot read the file: {exc}",
-                                      toml, "/etc/orchestrator/config.toml",
-                                      "environment variable ORCH_CONFIG (or --config)"))
+            src.errors.append(
+                Problem(
+                    "config",
+                    "ORCH_CONFIG",
+                    f"cannot read the file: {exc}",
+                    toml,
+                    "/etc/orchestrator/config.toml",
+                    "environment variable ORCH_CONFIG (or --config)",
+                )
+            )
         except tomllib.TOMLDecodeError as exc:
-            src.errors.append(Problem("config", "ORCH_CONFIG", f"not valid TOML: {exc}",
-                                      toml, 'model_name = "gpt-4o-mini"',
-                                      f"TOML file {src.toml_path}"))
+            src.errors.append(
+                Problem(
+                    "config",
+                    "ORCH_CONFIG",
+                    f"not valid TOML: {exc}",
+                    toml,
+                    'model_name = "gpt-4o-mini"',
+                    f"TOML file {src.toml_path}",
+                )
+            )
     return src
 
 
@@ -162,6 +192,7 @@ def unknown(src: Sources, names: list[str] | None = None) -> list[Unknown]:
 
 # -- describing fields -----------------------------------------------------------
 
+
 def _is_secret(annotation: Any) -> bool:
     return annotation is SecretStr or any(_is_secret(a) for a in typing.get_args(annotation))
 
@@ -184,13 +215,26 @@ def _type_text(annotation: Any) -> str:
         return "JSON object"
     if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
         return f"object ({', '.join(annotation.model_fields)})"
-    return {bool: "boolean", int: "integer", float: "number", str: "string", Path: "path",
-            SecretStr: "secret"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        Path: "path",
+        SecretStr: "secret",
+    }.get(annotation, getattr(annotation, "__name__", str(annotation)))
 
 
 def _constraints(info: FieldInfo) -> str:
-    words = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >=",
-             "max_length": "length <=", "pattern": "matching"}
+    words = {
+        "gt": ">",
+        "ge": ">=",
+        "lt": "<",
+        "le": "<=",
+        "min_length": "length >=",
+        "max_length": "length <=",
+        "pattern": "matching",
+    }
     parts = []
     for meta in info.metadata:
         for attr, word in words.items():
@@ -213,8 +257,14 @@ def _json_default(info: FieldInfo) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (tuple, list)):
-        return [v.model_dump(mode="json") if isinstance(v, BaseModel) else
-                str(v) if isinstance(v, Path) else v for v in value]
+        return [
+            v.model_dump(mode="json")
+            if isinstance(v, BaseModel)
+            else str(v)
+            if isinstance(v, Path)
+            else v
+            for v in value
+        ]
     if isinstance(value, Path):
         return str(value)
     return value
@@ -238,8 +288,11 @@ def example(info: FieldInfo) -> str:
         return str(extra["example"])
     ann = info.annotation
     args = [a for a in typing.get_args(ann) if a is not type(None)]
-    core = args[0] if typing.get_origin(ann) in (typing.Union, types.UnionType) and \
-        len(args) == 1 else ann
+    core = (
+        args[0]
+        if typing.get_origin(ann) in (typing.Union, types.UnionType) and len(args) == 1
+        else ann
+    )
     if _is_secret(ann):
         return "a secret value (prefer a secret file: docs/configuration.md)"
     if typing.get_origin(core) is Literal:
@@ -256,11 +309,11 @@ def example(info: FieldInfo) -> str:
         if typing.get_origin(item) is Literal:
             return json.dumps([typing.get_args(item)[0]])
         if inspect.isclass(item) and issubclass(item, BaseModel):
-            return json.dumps([{n: "..." for n, f in item.model_fields.items()
-                                if f.is_required()}])
+            return json.dumps([{n: "..." for n, f in item.model_fields.items() if f.is_required()}])
         return '["/path/one", "/path/two"]' if item is Path else '["value"]'
-    return {bool: "true", int: "1", float: "1.5", Path: "/path/to/file",
-            str: "text"}.get(core, "see docs/configuration.md")
+    return {bool: "true", int: "1", float: "1.5", Path: "/path/to/file", str: "text"}.get(
+        core, "see docs/configuration.md"
+    )
 
 
 # -- loading -----------------------------------------------------------------------
@@ -273,6 +326,7 @@ def shown(value: Any, secret: bool = False) -> str:
     if secret:
         return "(hidden)"
     from orchestrator.masking import mask
+
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return mask(_URL_PASSWORD.sub(r"\1:***@", text), _known())
 
@@ -280,8 +334,9 @@ def shown(value: Any, secret: bool = False) -> str:
 def _known() -> list[str]:
     try:
         from orchestrator.secrets import process_values
+
         return process_values()
-    except ImportError:         # pragma: no cover - the module is part of this package
+    except ImportError:  # pragma: no cover - the module is part of this package
         return []
 
 
@@ -304,8 +359,10 @@ def problems_of(exc: ValidationError, src: Sources) -> list[Problem]:
     return found
 
 
-def build(environ: Mapping[str, str] | None = None, cwd: Path | None = None,
-          ) -> tuple[Any, Sources, list[Problem]]:
+def build(
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> tuple[Any, Sources, list[Problem]]:
     """(settings or None, the sources, every problem)."""
     src = gather(environ, cwd)
     if src.errors:
@@ -320,9 +377,12 @@ def load() -> Any:
     """`Settings`, or a ConfigError listing every problem; warns about unknown names."""
     settings, src, problems = build()
     if problems:
-        raise ConfigError("configuration is invalid:\n" + "\n".join(
-            f"  - {p}" for p in problems) + "\nFix these and start again "
-            "(`orchestrator config check` lists them without starting anything).")
+        raise ConfigError(
+            "configuration is invalid:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\nFix these and start again "
+            "(`orchestrator config check` lists them without starting anything)."
+        )
     for u in unknown(src):
         log.warning("%s", u)
     return settings
@@ -333,6 +393,7 @@ def to_json(p: Problem | Unknown) -> dict[str, Any]:
 
 
 # -- the generated reference ----------------------------------------------------------
+
 
 def sections() -> list[tuple[str, list[str]]]:
     """The fields of Settings grouped by the `# -- area --` comments of its source."""
@@ -363,19 +424,21 @@ def _default_text(info: FieldInfo) -> str:
 
 def render_env() -> str:
     fields = _settings_cls().model_fields
-    lines = ["# Every setting of the orchestrator, with its default. GENERATED from",
-             f"# orchestrator/config.py by `{REGENERATE}`: do not edit by hand.",
-             "# Copy to .env (or export the variables; a TOML file named by ORCH_CONFIG or",
-             "# --config takes the same names in lower case, without ORCH_).",
-             "# Sources, strongest first: environment, .env, TOML file, default.", ""]
+    lines = [
+        "# Every setting of the orchestrator, with its default. GENERATED from",
+        f"# orchestrator/config.py by `{REGENERATE}`: do not edit by hand.",
+        "# Copy to .env (or export the variables; a TOML file named by ORCH_CONFIG or",
+        "# --config takes the same names in lower case, without ORCH_).",
+        "# Sources, strongest first: environment, .env, TOML file, default.",
+        "",
+    ]
     for title, names in sections():
         lines += [f"# -- {title} " + "-" * max(3, 74 - len(title)), ""]
         for name in names:
             info = fields[name]
             for chunk in _wrap(info.description or "", 76):
                 lines.append(f"# {chunk}")
-            secret = " A SECRET: prefer secrets_dir/" + name if _is_secret(info.annotation) \
-                else ""
+            secret = " A SECRET: prefer secrets_dir/" + name if _is_secret(info.annotation) else ""
             lines.append(f"# Type: {type_text(info)}. Default: {_default_text(info)}.{secret}")
             default = _json_default(info)
             value = "" if default is None or _is_secret(info.annotation) else env_text(default)
@@ -385,39 +448,51 @@ def render_env() -> str:
 
 def render_markdown() -> str:
     fields = _settings_cls().model_fields
-    out = ["# Configuration", "",
-           f"<!-- GENERATED from orchestrator/config.py by `{REGENERATE}`; "
-           "do not edit by hand. -->", "",
-           "Every setting is read, strongest first, from the environment (`ORCH_` + the "
-           "name in upper case; nested values with `__`), a `.env` file in the current "
-           "folder, a TOML file (named by `ORCH_CONFIG` or the global `--config PATH` "
-           "option; keys are the names below in lower case), then the default. Lists "
-           "and objects are written as JSON in the environment and as TOML arrays and "
-           "tables in the file.", "",
-           "- `orchestrator config check [--json] [--strict]` validates without starting "
-           "anything: every problem at once, each with its variable, what is wrong, an "
-           "example and where it was read from; unknown `ORCH_*` variables and TOML keys "
-           "are warned about with a suggestion (`--strict`: they fail too). Exit 0 or 2.",
-           "- `orchestrator config show [--json]` prints the effective configuration, each "
-           "value with its source; secrets are masked.",
-           "- Secrets (type *secret*) are better kept out of the environment: see "
-           "[Secrets in docs/security.md](security.md#secrets) for files, the keychain "
-           "and Vault.", ""]
+    out = [
+        "# Configuration",
+        "",
+        f"<!-- GENERATED from orchestrator/config.py by `{REGENERATE}`; do not edit by hand. -->",
+        "",
+        "Every setting is read, strongest first, from the environment (`ORCH_` + the "
+        "name in upper case; nested values with `__`), a `.env` file in the current "
+        "folder, a TOML file (named by `ORCH_CONFIG` or the global `--config PATH` "
+        "option; keys are the names below in lower case), then the default. Lists "
+        "and objects are written as JSON in the environment and as TOML arrays and "
+        "tables in the file.",
+        "",
+        "- `orchestrator config check [--json] [--strict]` validates without starting "
+        "anything: every problem at once, each with its variable, what is wrong, an "
+        "example and where it was read from; unknown `ORCH_*` variables and TOML keys "
+        "are warned about with a suggestion (`--strict`: they fail too). Exit 0 or 2.",
+        "- `orchestrator config show [--json]` prints the effective configuration, each "
+        "value with its source; secrets are masked.",
+        "- Secrets (type *secret*) are better kept out of the environment: see "
+        "[Secrets in docs/security.md](security.md#secrets) for files, the keychain "
+        "and Vault.",
+        "",
+    ]
     for title, names in sections():
-        out += [f"## {title[0].upper() + title[1:]}", "",
-                "| Variable | Type | Default | Description |", "| --- | --- | --- | --- |"]
+        out += [
+            f"## {title[0].upper() + title[1:]}",
+            "",
+            "| Variable | Type | Default | Description |",
+            "| --- | --- | --- | --- |",
+        ]
         for name in names:
             info = fields[name]
             desc = (info.description or "").replace("|", "\\|").replace("\n", " ")
             default = _default_text(info).replace("|", "\\|")
-            out.append(f"| `{PREFIX}{name.upper()}` | {type_text(info).replace('|', '/')} "
-                       f"| `{default}` | {desc} |")
+            out.append(
+                f"| `{PREFIX}{name.upper()}` | {type_text(info).replace('|', '/')} "
+                f"| `{default}` | {desc} |"
+            )
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
 def _wrap(text: str, width: int) -> list[str]:
     import textwrap
+
     return textwrap.wrap(text, width) or []
 
 

@@ -71,14 +71,26 @@ def pending(store: SqlEventStore) -> list[Waiting]:
         if state is None:
             state = states[e.stream_id] = replay(store, e.stream_id)
         s = state.session
-        if s.finished:          # e.g. its job was cancelled: nothing waits any more
+        if s.finished:  # e.g. its job was cancelled: nothing waits any more
             continue
         call = s.call(call_id)
         args = next((x.args for x in state.ledger.entries if x.call_id == call_id), {})
         turn = s.turn(pl.turn)
-        out.append(Waiting(call_id, e.stream_id, s.job_id, s.target, pl.turn,
-                           turn.name if turn else "", call.tool if call else pl.tool,
-                           pl.rule_id, pl.reason, e.occurred_at, dict(args)))
+        out.append(
+            Waiting(
+                call_id,
+                e.stream_id,
+                s.job_id,
+                s.target,
+                pl.turn,
+                turn.name if turn else "",
+                call.tool if call else pl.tool,
+                pl.rule_id,
+                pl.reason,
+                e.occurred_at,
+                dict(args),
+            )
+        )
     return sorted(out, key=lambda w: w.asked_at)
 
 
@@ -90,20 +102,27 @@ def find(store: SqlEventStore, ident: str) -> Waiting:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise NotFound(f"no confirmation {ident!r} is waiting; list them with "
-                        "`orchestrator pending` (it may have been answered already)")
-    raise UserError(f"{ident!r} matches {len(found)} waiting confirmations; give more of the "
-                    "id: " + ", ".join(w.call_id for w in found))
+        raise NotFound(
+            f"no confirmation {ident!r} is waiting; list them with "
+            "`orchestrator pending` (it may have been answered already)"
+        )
+    raise UserError(
+        f"{ident!r} matches {len(found)} waiting confirmations; give more of the "
+        "id: " + ", ".join(w.call_id for w in found)
+    )
 
 
-def answer(store: SqlEventStore, w: Waiting, *, grant: bool, by: str, reason: str
-           ) -> tuple[bool, Ticket, int, tuple[Step, ...]]:
+def answer(
+    store: SqlEventStore, w: Waiting, *, grant: bool, by: str, reason: str
+) -> tuple[bool, Ticket, int, tuple[Step, ...]]:
     """Record the answer. Returns (whether ours is the answer that counts,
     the session's ticket, the step index to continue from, the job's steps)."""
     payload = (p.ConfirmationGranted if grant else p.ConfirmationDenied)(
-        call_id=w.call_id, by=by, reason=reason)
-    event = NewEvent.create(payload, actor=by, correlation_id=w.job_id,
-                            idempotency_key=f"confirm:{w.call_id}")
+        call_id=w.call_id, by=by, reason=reason
+    )
+    event = NewEvent.create(
+        payload, actor=by, correlation_id=w.job_id, idempotency_key=f"confirm:{w.call_id}"
+    )
     stored = store.append(w.session_id, [event], None)
     ours = stored[0].event_id == event.event_id
     ticket, steps = continuation(store, w.session_id)
@@ -118,8 +137,16 @@ def continuation(store: SqlEventStore, session_id: str) -> tuple[Ticket, tuple[S
         job = apply_job(job, e)
     spec = JobSpec.model_validate(job.spec)
     target = next((r.target for r in job.sessions if r.session_id == session_id), s.target)
-    ticket = Ticket(job_id=s.job_id, session_id=session_id, target=target, path=s.target,
-                    steps=s.steps, sessions_total=len(job.sessions), policy=s.policy,
-                    tier=s.tier, elevated_by=s.elevated_by,
-                    agent=spec.agent.model_dump(mode="json") if spec.agent else None)
+    ticket = Ticket(
+        job_id=s.job_id,
+        session_id=session_id,
+        target=target,
+        path=s.target,
+        steps=s.steps,
+        sessions_total=len(job.sessions),
+        policy=s.policy,
+        tier=s.tier,
+        elevated_by=s.elevated_by,
+        agent=spec.agent.model_dump(mode="json") if spec.agent else None,
+    )
     return ticket, spec.steps

@@ -37,13 +37,29 @@ from orchestrator.jobspec import AgentSpec, JobSpec
 from orchestrator.policy import CommandRule, PolicyDoc, parse_policy
 from orchestrator.steps import ListStep, SearchStep, ShellStep
 
-__all__ = ["Finding", "Check", "CHECKS", "diagnose_policy", "allowlist_rules", "complement",
-           "recipe_spec", "agent_spec", "instruction", "report", "parse_check",
-           "parse_pytest", "parse_unittest", "parse_compileall", "parse_ruff", "parse_mypy",
-           "parse_agent_answer", "exit_code"]
+__all__ = [
+    "Finding",
+    "Check",
+    "CHECKS",
+    "diagnose_policy",
+    "allowlist_rules",
+    "complement",
+    "recipe_spec",
+    "agent_spec",
+    "instruction",
+    "report",
+    "parse_check",
+    "parse_pytest",
+    "parse_unittest",
+    "parse_compileall",
+    "parse_ruff",
+    "parse_mypy",
+    "parse_agent_answer",
+    "exit_code",
+]
 
 POLICY_FILE = Path(__file__).parent / "policies" / "diagnose.yaml"
-OUTPUT_BYTES = 256 * 1024            # per check: the head and tail are kept
+OUTPUT_BYTES = 256 * 1024  # per check: the head and tail are kept
 MAX_FINDINGS_PER_CHECK = 200
 Severity = Literal["error", "warning", "info"]
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
@@ -58,7 +74,7 @@ class Finding(_Frozen):
     output that shows it, and what to do next."""
 
     severity: Severity
-    file: str | None = None          # relative to the target when inside it
+    file: str | None = None  # relative to the target when inside it
     line: int | None = Field(default=None, ge=0)
     check: str
     evidence: str
@@ -70,8 +86,8 @@ class Check(_Frozen):
 
     name: str = Field(pattern=r"^[a-z0-9-]+$")
     tool: Literal["pytest", "unittest", "compileall", "ruff", "mypy"]
-    command: str                     # the allowed words; paths may follow, options not
-    args: tuple[str, ...] = ()       # what the recipe puts after them
+    command: str  # the allowed words; paths may follow, options not
+    args: tuple[str, ...] = ()  # what the recipe puts after them
     ok_exit_codes: tuple[int, ...] = (0, 1)
     timeout_s: float = Field(default=300.0, gt=0)
     description: str = ""
@@ -101,7 +117,7 @@ CHECKS: tuple[Check, ...] = _config().checks
 
 # -- the policy -----------------------------------------------------------------------
 
-_END = ""      # marks where a word list ends in the tries below (no word is empty)
+_END = ""  # marks where a word list ends in the tries below (no word is empty)
 
 
 def _literal(text: str) -> str:
@@ -145,8 +161,9 @@ def complement(words: Iterable[str]) -> list[str]:
     return out
 
 
-def allowlist_rules(commands: Sequence[tuple[str, ...]], *, prefix: str = "diagnose",
-                    reason: str = "") -> tuple[CommandRule, ...]:
+def allowlist_rules(
+    commands: Sequence[tuple[str, ...]], *, prefix: str = "diagnose", reason: str = ""
+) -> tuple[CommandRule, ...]:
     """Command rules allowing exactly `commands` (argv word lists), each
     followed by arguments that are not options (paths, test ids), and denying
     everything else: other programs, other words where a command's words are
@@ -155,10 +172,12 @@ def allowlist_rules(commands: Sequence[tuple[str, ...]], *, prefix: str = "diagn
     whatever their arguments, so `commands.default: deny` never applies to them."""
     for a in commands:
         for b in commands:
-            if a != b and b[:len(a)] == a:
-                raise ValueError(f"allowlisted command {shlex.join(a)!r} is a prefix of "
-                                 f"{shlex.join(b)!r}; paths may follow the first, so the "
-                                 "second could not be told apart")
+            if a != b and b[: len(a)] == a:
+                raise ValueError(
+                    f"allowlisted command {shlex.join(a)!r} is a prefix of "
+                    f"{shlex.join(b)!r}; paths may follow the first, so the "
+                    "second could not be told apart"
+                )
     trie: dict[str, Any] = {}
     for argv in commands:
         node = trie
@@ -169,8 +188,15 @@ def allowlist_rules(commands: Sequence[tuple[str, ...]], *, prefix: str = "diagn
     rules: list[CommandRule] = []
 
     def deny(words: list[str], note: str, **kw: Any) -> None:
-        rules.append(CommandRule(id=f"{prefix}-deny-{len(rules) + 1}", decision="deny",
-                                 command=shlex.join(words), reason=f"{note}: {why}", **kw))
+        rules.append(
+            CommandRule(
+                id=f"{prefix}-deny-{len(rules) + 1}",
+                decision="deny",
+                command=shlex.join(words),
+                reason=f"{note}: {why}",
+                **kw,
+            )
+        )
 
     def walk(node: dict[str, Any], path: list[str]) -> None:
         words = [_literal(w) for w in path]
@@ -185,10 +211,16 @@ def allowlist_rules(commands: Sequence[tuple[str, ...]], *, prefix: str = "diagn
             walk(node[k], [*path, k])
 
     walk(trie, [])
-    allows = tuple(CommandRule(id=f"{prefix}-allow-{i + 1}", decision="allow",
-                               command=shlex.join(_literal(w) for w in argv),
-                               reason="an allowlisted diagnose check", match=(shlex.join(argv),))
-                   for i, argv in enumerate(commands))
+    allows = tuple(
+        CommandRule(
+            id=f"{prefix}-allow-{i + 1}",
+            decision="allow",
+            command=shlex.join(_literal(w) for w in argv),
+            reason="an allowlisted diagnose check",
+            match=(shlex.join(argv),),
+        )
+        for i, argv in enumerate(commands)
+    )
     return (*allows, *rules)
 
 
@@ -198,8 +230,9 @@ def diagnose_policy() -> PolicyDoc:
     cfg = _config()
     doc = dict(cfg.policy)
     commands = dict(doc.get("commands") or {})
-    commands["rules"] = [r.model_dump(mode="json") for r in allowlist_rules(
-        [c.words for c in cfg.checks])] + list(commands.get("rules") or ())
+    commands["rules"] = [
+        r.model_dump(mode="json") for r in allowlist_rules([c.words for c in cfg.checks])
+    ] + list(commands.get("rules") or ())
     doc["commands"] = commands
     return parse_policy(doc, str(POLICY_FILE)).doc
 
@@ -215,22 +248,37 @@ def recipe_spec(target: Path, checks: Sequence[Check] = CHECKS) -> JobSpec:
     configuration, run every check; each step goes on after a failure."""
     steps: list[Any] = [
         ListStep(name="files", max_output_bytes=OUTPUT_BYTES, continue_on_error=True),
-        SearchStep(name="mypy-config", pattern=_MYPY_CONFIG, glob=_MYPY_FILES,
-                   continue_on_error=True),
+        SearchStep(
+            name="mypy-config", pattern=_MYPY_CONFIG, glob=_MYPY_FILES, continue_on_error=True
+        ),
     ]
-    steps += [ShellStep(name=c.name, command=c.argv, ok_exit_codes=c.ok_exit_codes,
-                        timeout_s=c.timeout_s, max_output_bytes=OUTPUT_BYTES,
-                        continue_on_error=True)
-              for c in checks]
-    return JobSpec(name="diagnose", description=f"diagnostics of {target.name}",
-                   targets=(str(target),), steps=tuple(steps), tier="exec",
-                   policy=diagnose_policy())
+    steps += [
+        ShellStep(
+            name=c.name,
+            command=c.argv,
+            ok_exit_codes=c.ok_exit_codes,
+            timeout_s=c.timeout_s,
+            max_output_bytes=OUTPUT_BYTES,
+            continue_on_error=True,
+        )
+        for c in checks
+    ]
+    return JobSpec(
+        name="diagnose",
+        description=f"diagnostics of {target.name}",
+        targets=(str(target),),
+        steps=tuple(steps),
+        tier="exec",
+        policy=diagnose_policy(),
+    )
 
 
-REPORT_SHAPE = ('{"summary": "one paragraph", "findings": [{"severity": "error" | "warning" '
-                '| "info", "file": "path relative to the workspace, or null", "line": '
-                'number or null, "check": "the command or \\"review\\"", "evidence": '
-                '"the output or code that shows it", "next_step": "what to do about it"}]}')
+REPORT_SHAPE = (
+    '{"summary": "one paragraph", "findings": [{"severity": "error" | "warning" '
+    '| "info", "file": "path relative to the workspace, or null", "line": '
+    'number or null, "check": "the command or \\"review\\"", "evidence": '
+    '"the output or code that shows it", "next_step": "what to do about it"}]}'
+)
 
 
 def instruction(checks: Sequence[Check] = CHECKS) -> str:
@@ -247,21 +295,39 @@ def instruction(checks: Sequence[Check] = CHECKS) -> str:
         f"{REPORT_SHAPE}\n"
         "One finding per distinct problem, most severe first; `error` for what is broken "
         "(failing tests, syntax or type errors, imports that fail), `warning` for what will "
-        "break or hides problems, `info` for the rest.")
+        "break or hides problems, `info` for the rest."
+    )
 
 
-def agent_spec(target: Path, *, provider: str | None = None, model: str | None = None,
-               turns: Sequence[dict[str, Any]] | None = None, max_turns: int = 20,
-               checks: Sequence[Check] = CHECKS) -> JobSpec:
+def agent_spec(
+    target: Path,
+    *,
+    provider: str | None = None,
+    model: str | None = None,
+    turns: Sequence[dict[str, Any]] | None = None,
+    max_turns: int = 20,
+    checks: Sequence[Check] = CHECKS,
+) -> JobSpec:
     """A job whose agent investigates and answers with a JSON report."""
-    agent = AgentSpec(instruction=instruction(checks), provider=provider,  # type: ignore[arg-type]
-                      model=model, turns=tuple(turns) if turns is not None else None,
-                      max_turns=max_turns)
-    return JobSpec(name="diagnose", description=f"diagnostics of {target.name} by a model",
-                   targets=(str(target),), agent=agent, tier="exec", policy=diagnose_policy())
+    agent = AgentSpec(
+        instruction=instruction(checks),
+        provider=provider,  # type: ignore[arg-type]
+        model=model,
+        turns=tuple(turns) if turns is not None else None,
+        max_turns=max_turns,
+    )
+    return JobSpec(
+        name="diagnose",
+        description=f"diagnostics of {target.name} by a model",
+        targets=(str(target),),
+        agent=agent,
+        tier="exec",
+        policy=diagnose_policy(),
+    )
 
 
 # -- parsing check output --------------------------------------------------------------
+
 
 def _rel(path: str, root: str) -> str:
     """A path as printed by a tool, relative to the workspace when inside it."""
@@ -281,12 +347,14 @@ def _inside(path: str) -> bool:
 
 def _clip(text: str, limit: int = 600) -> str:
     text = text.strip()
-    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 # unittest's progress dots share stderr with the warnings: `E./path/x.py:3: ...`.
-_WARNING = re.compile(r"^\s*(?:[.EFsxu]+(?=/))?(?P<path>[^\s:][^:\n]*\.py):(?P<line>\d+): "
-                      r"(?P<cat>[A-Za-z_]*Warning): (?P<msg>.+)$")
+_WARNING = re.compile(
+    r"^\s*(?:[.EFsxu]+(?=/))?(?P<path>[^\s:][^:\n]*\.py):(?P<line>\d+): "
+    r"(?P<cat>[A-Za-z_]*Warning): (?P<msg>.+)$"
+)
 
 
 def _warnings(output: str, root: str, check: str) -> list[Finding]:
@@ -301,10 +369,21 @@ def _warnings(output: str, root: str, check: str) -> list[Finding]:
         if key in seen:
             continue
         seen.add(key)
-        step = ("move off the deprecated API before it is removed" if "Deprecat" in m["cat"]
-                else f"look at the {m['cat']} and fix its cause")
-        out.append(Finding(severity="warning", file=path, line=int(m["line"]), check=check,
-                           evidence=f"{m['cat']}: {m['msg'].strip()}", next_step=step))
+        step = (
+            "move off the deprecated API before it is removed"
+            if "Deprecat" in m["cat"]
+            else f"look at the {m['cat']} and fix its cause"
+        )
+        out.append(
+            Finding(
+                severity="warning",
+                file=path,
+                line=int(m["line"]),
+                check=check,
+                evidence=f"{m['cat']}: {m['msg'].strip()}",
+                next_step=step,
+            )
+        )
     return out
 
 
@@ -347,16 +426,23 @@ def parse_pytest(output: str, root: str = "", check: str = "pytest") -> list[Fin
         block.append(line)
     flush()
     findings += _warnings(output, root, check)
-    if re.search(r"^(no tests ran|collected 0 items)|^\d* ?no tests ran", output, re.M) or \
-            re.search(r"\bno tests (ran|collected)\b", output):
-        findings.append(Finding(severity="info", check=check, evidence="pytest found no tests",
-                                next_step="add tests, or check pytest's testpaths and "
-                                "python_files settings"))
+    if re.search(
+        r"^(no tests ran|collected 0 items)|^\d* ?no tests ran", output, re.M
+    ) or re.search(r"\bno tests (ran|collected)\b", output):
+        findings.append(
+            Finding(
+                severity="info",
+                check=check,
+                evidence="pytest found no tests",
+                next_step="add tests, or check pytest's testpaths and python_files settings",
+            )
+        )
     return findings
 
 
-def _pytest_block(title: str, block: list[str], root: str, check: str,
-                  nodes: dict[str, str]) -> Finding:
+def _pytest_block(
+    title: str, block: list[str], root: str, check: str, nodes: dict[str, str]
+) -> Finding:
     # Frames: `path:line: in func` (short and long tracebacks), the long
     # format's `path:line: ExcName`, and `File "path", line N` of a syntax
     # error inside the E lines. The deepest one inside the repository is where
@@ -366,8 +452,7 @@ def _pytest_block(title: str, block: list[str], root: str, check: str,
     for text in block:
         if text.startswith("E "):
             errors.append(text[1:].strip())
-        m = _PYTEST_FRAME.match(text) or _TRACE_FRAME.match(text[1:] if text[:1] == "E"
-                                                            else text)
+        m = _PYTEST_FRAME.match(text) or _TRACE_FRAME.match(text[1:] if text[:1] == "E" else text)
         if m:
             frames.append((_rel(m["path"], root), int(m["line"])))
     local = [f for f in frames if _inside(f[0])]
@@ -377,15 +462,25 @@ def _pytest_block(title: str, block: list[str], root: str, check: str,
         module = title.removeprefix("ERROR collecting ").strip()
         file = file or module
         what = f"{module} cannot be collected"
-        step = (f"fix the error in {file}{f':{line_no}' if line_no else ''}: none of the "
-                "module's tests run until it imports")
+        step = (
+            f"fix the error in {file}{f':{line_no}' if line_no else ''}: none of the "
+            "module's tests run until it imports"
+        )
     else:
         what = node or title
-        step = (f"run `python3 -m pytest {node}` and fix the code or the test's expectation"
-                if node else "run the failing test alone and fix the code or the expectation")
-    return Finding(severity="error", file=file, line=line_no, check=check,
-                   evidence=_clip(f"{what}: {_exception(errors) or _clip(' '.join(block[-3:]))}"),
-                   next_step=step)
+        step = (
+            f"run `python3 -m pytest {node}` and fix the code or the test's expectation"
+            if node
+            else "run the failing test alone and fix the code or the expectation"
+        )
+    return Finding(
+        severity="error",
+        file=file,
+        line=line_no,
+        check=check,
+        evidence=_clip(f"{what}: {_exception(errors) or _clip(' '.join(block[-3:]))}"),
+        next_step=step,
+    )
 
 
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Failure|Exit|Interrupt|Warning)?: \S")
@@ -426,8 +521,9 @@ def parse_unittest(output: str, root: str = "", check: str = "unittest") -> list
             continue
         j = i + 1
         body: list[str] = []
-        while j < len(lines) and not (_RULE.match(lines[j]) and j + 1 < len(lines)
-                                      and _UNITTEST_HEADER.match(lines[j + 1])):
+        while j < len(lines) and not (
+            _RULE.match(lines[j]) and j + 1 < len(lines) and _UNITTEST_HEADER.match(lines[j + 1])
+        ):
             if lines[j].startswith("Ran ") and body and _RULE.match(body[-1]):
                 body.pop()
                 break
@@ -437,34 +533,52 @@ def parse_unittest(output: str, root: str = "", check: str = "unittest") -> list
         i = j
     findings += _warnings(output, root, check)
     if re.search(r"^Ran 0 tests", output, re.M):
-        findings.append(Finding(severity="info", check=check,
-                                evidence="unittest discovered no tests",
-                                next_step="tests under unittest are test*.py files with "
-                                "TestCase classes; plain test functions need pytest"))
+        findings.append(
+            Finding(
+                severity="info",
+                check=check,
+                evidence="unittest discovered no tests",
+                next_step="tests under unittest are test*.py files with "
+                "TestCase classes; plain test functions need pytest",
+            )
+        )
     return findings
 
 
 def _unittest_block(m: re.Match[str], body: list[str], root: str, check: str) -> Finding:
-    frames = [(_rel(f["path"], root), int(f["line"]))
-              for f in map(_TRACE_FRAME.match, body) if f]
+    frames = [(_rel(f["path"], root), int(f["line"])) for f in map(_TRACE_FRAME.match, body) if f]
     local = [f for f in frames if _inside(f[0])]
     file, line_no = (local or frames or [(None, None)])[-1]
     text = [b for b in body if b.strip() and not _RULE.match(b)]
-    exc = next((b.strip() for b in reversed(text)
-                if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failure|Exit|Interrupt)\b", b)
-                or b.startswith("AssertionError")), text[-1].strip() if text else "")
+    exc = next(
+        (
+            b.strip()
+            for b in reversed(text)
+            if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failure|Exit|Interrupt)\b", b)
+            or b.startswith("AssertionError")
+        ),
+        text[-1].strip() if text else "",
+    )
     where = m["where"] or m["test"]
     dotted = where.split(" ")[0]
     if dotted.startswith("unittest.loader._FailedTest."):
         dotted = dotted.removeprefix("unittest.loader._FailedTest.")
-        step = (f"fix the import error in {file or dotted}: unittest cannot load the module, "
-                "so none of its tests run")
+        step = (
+            f"fix the import error in {file or dotted}: unittest cannot load the module, "
+            "so none of its tests run"
+        )
         what = f"{m['test']} cannot be imported"
     else:
         step = f"run `python3 -m unittest {dotted}` and fix the code or the test's expectation"
         what = f"{m['kind']} {m['test']}"
-    return Finding(severity="error", file=file, line=line_no, check=check,
-                   evidence=_clip(f"{what}: {exc}"), next_step=step)
+    return Finding(
+        severity="error",
+        file=file,
+        line=line_no,
+        check=check,
+        evidence=_clip(f"{what}: {exc}"),
+        next_step=step,
+    )
 
 
 _COMPILE_HEADER = re.compile(r"^\*\*\* Error compiling '(?P<path>.+)'\.\.\.$")
@@ -480,24 +594,35 @@ def parse_compileall(output: str, root: str = "", check: str = "compileall") -> 
         if not m:
             continue
         body: list[str] = []
-        for nxt in lines[i + 1:]:
+        for nxt in lines[i + 1 :]:
             if _COMPILE_HEADER.match(nxt):
                 break
             body.append(nxt)
         frame = next((f for f in map(_TRACE_FRAME.match, body) if f), None)
-        message = next((b.strip() for b in body
-                        if re.match(r"^\s*\w*(Error|Warning)\b", b)), "does not compile")
+        message = next(
+            (b.strip() for b in body if re.match(r"^\s*\w*(Error|Warning)\b", b)),
+            "does not compile",
+        )
         path = _rel(frame["path"] if frame else m["path"], root)
         line_no = int(frame["line"]) if frame else None
-        findings.append(Finding(
-            severity="error", file=path, line=line_no, check=check,
-            evidence=_clip(message), next_step=f"fix the syntax at {path}"
-            f"{f':{line_no}' if line_no else ''}; Python cannot import the module at all"))
+        findings.append(
+            Finding(
+                severity="error",
+                file=path,
+                line=line_no,
+                check=check,
+                evidence=_clip(message),
+                next_step=f"fix the syntax at {path}"
+                f"{f':{line_no}' if line_no else ''}; Python cannot import the module at all",
+            )
+        )
     return findings
 
 
-_RUFF = re.compile(r"^(?P<path>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+): "
-                   r"(?:(?P<code>[A-Z]+[0-9]+) )?(?P<fix>\[\*\] )?(?P<msg>.+)$")
+_RUFF = re.compile(
+    r"^(?P<path>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+): "
+    r"(?:(?P<code>[A-Z]+[0-9]+) )?(?P<fix>\[\*\] )?(?P<msg>.+)$"
+)
 _RUFF_ARROW = re.compile(r"^\s*--> (?P<path>.+?):(?P<line>\d+):(?P<col>\d+)$")
 _RUFF_HEAD = re.compile(r"^(?:(?P<code>[A-Z]+[0-9]+) )?(?P<fix>\[\*\] )?(?P<msg>\S.*)$")
 _RUFF_ERRORS = re.compile(r"^(E9|F63|F7|F82)")
@@ -515,8 +640,14 @@ def parse_ruff(output: str, root: str = "", check: str = "ruff") -> list[Finding
         m = _RUFF.match(text)
         if m is None:
             arrow = _RUFF_ARROW.match(text)
-            head = next((_RUFF_HEAD.match(h) for h in reversed(lines[max(0, i - 2):i])
-                         if h.strip()), None) if arrow else None
+            head = (
+                next(
+                    (_RUFF_HEAD.match(h) for h in reversed(lines[max(0, i - 2) : i]) if h.strip()),
+                    None,
+                )
+                if arrow
+                else None
+            )
             if arrow is None or head is None:
                 continue
             code, fix, msg = head["code"] or "", head["fix"], head["msg"]
@@ -530,24 +661,35 @@ def parse_ruff(output: str, root: str = "", check: str = "ruff") -> list[Finding
         if syntax:
             step = f"fix the syntax at {path}:{line_no}"
         elif fix:
-            step = (f"`ruff check --fix {path}` fixes it (outside diagnose); "
-                    f"`ruff rule {code}` explains the rule")
+            step = (
+                f"`ruff check --fix {path}` fixes it (outside diagnose); "
+                f"`ruff rule {code}` explains the rule"
+            )
         else:
             step = f"`ruff rule {code}` explains the rule; fix it by hand"
         error = syntax or bool(_RUFF_ERRORS.match(code))
-        findings.append(Finding(severity="error" if error else "warning", file=path,
-                                line=int(line_no), check=check,
-                                evidence=_clip(f"{code} {msg}" if code else msg),
-                                next_step=step))
+        findings.append(
+            Finding(
+                severity="error" if error else "warning",
+                file=path,
+                line=int(line_no),
+                check=check,
+                evidence=_clip(f"{code} {msg}" if code else msg),
+                next_step=step,
+            )
+        )
     return findings
 
 
-_MYPY = re.compile(r"^(?P<path>[^\s:][^:\n]*):(?P<line>\d+):(?:(?P<col>\d+):)? "
-                   r"(?P<level>error|warning|note): (?P<msg>.+?)(?:  \[(?P<code>[\w-]+)\])?$")
+_MYPY = re.compile(
+    r"^(?P<path>[^\s:][^:\n]*):(?P<line>\d+):(?:(?P<col>\d+):)? "
+    r"(?P<level>error|warning|note): (?P<msg>.+?)(?:  \[(?P<code>[\w-]+)\])?$"
+)
 
 
-def parse_mypy(output: str, root: str = "", check: str = "mypy", *,
-               configured: bool = True) -> list[Finding]:
+def parse_mypy(
+    output: str, root: str = "", check: str = "mypy", *, configured: bool = True
+) -> list[Finding]:
     """`path:line[:col]: error: message  [code]`. Errors are errors where the
     repository configures mypy, warnings where it does not (it never asked
     for types to be checked); notes are added to the finding before them."""
@@ -559,8 +701,9 @@ def parse_mypy(output: str, root: str = "", check: str = "mypy", *,
         if m["level"] == "note":
             if findings and findings[-1].file == _rel(m["path"], root):
                 last = findings[-1]
-                findings[-1] = last.model_copy(update={
-                    "evidence": _clip(f"{last.evidence} (note: {m['msg'].strip()})")})
+                findings[-1] = last.model_copy(
+                    update={"evidence": _clip(f"{last.evidence} (note: {m['msg'].strip()})")}
+                )
             continue
         code = m["code"]
         severity = "error" if m["level"] == "error" and configured else "warning"
@@ -570,15 +713,22 @@ def parse_mypy(output: str, root: str = "", check: str = "mypy", *,
             step += f"; `# type: ignore[{code}]` only if it is deliberate"
         if not configured:
             step += " (the repository does not configure mypy: this is advice)"
-        findings.append(Finding(severity=severity, file=path, line=int(m["line"]),
-                                check=check, evidence=_clip(
-                                    m["msg"].strip() + (f" [{code}]" if code else "")),
-                                next_step=step))
+        findings.append(
+            Finding(
+                severity=severity,
+                file=path,
+                line=int(m["line"]),
+                check=check,
+                evidence=_clip(m["msg"].strip() + (f" [{code}]" if code else "")),
+                next_step=step,
+            )
+        )
     return findings
 
 
-def parse_check(check: Check, output: str, root: str = "", *,
-                mypy_configured: bool = True) -> list[Finding]:
+def parse_check(
+    check: Check, output: str, root: str = "", *, mypy_configured: bool = True
+) -> list[Finding]:
     """The findings in a check's output, by the check's tool."""
     if check.tool == "pytest":
         return parse_pytest(output, root, check.name)
@@ -600,63 +750,98 @@ CheckStatus = Literal["ran", "skipped", "denied", "timeout", "error", "not-run"]
 def _missing_tool(check: Check, call: ToolCall) -> str | None:
     """Why the check's tool is not there (program not found, `No module
     named X` for `python3 -m X`), or None when it ran."""
-    if call.status == "failed" and call.error == "ToolInputError" and \
-            "was not found on PATH" in call.message:
+    if (
+        call.status == "failed"
+        and call.error == "ToolInputError"
+        and "was not found on PATH" in call.message
+    ):
         return f"{check.words[0]} is not installed where the sandbox looks (not on its PATH)"
     module = next((w for w in check.words[1:] if w in _MODULE.values()), None)
     if module is None and check.tool in _MODULE and check.words[0].startswith("python"):
         module = check.tool
-    if module and re.search(rf"^\S*: No module named {re.escape(module)}\s*$", call.output,
-                            re.M):
+    if module and re.search(rf"^\S*: No module named {re.escape(module)}\s*$", call.output, re.M):
         return f"{module} is not installed for {check.words[0]} in the sandbox"
     return None
 
 
-def _check_result(check: Check, call: ToolCall | None, state: Projections, root: str,
-                  mypy_configured: bool) -> tuple[dict[str, Any], list[Finding]]:
-    row: dict[str, Any] = {"name": check.name, "command": shlex.join(check.argv),
-                           "status": "not-run", "exit_code": None, "findings": 0,
-                           "call_id": call.call_id if call else None, "detail": ""}
+def _check_result(
+    check: Check, call: ToolCall | None, state: Projections, root: str, mypy_configured: bool
+) -> tuple[dict[str, Any], list[Finding]]:
+    row: dict[str, Any] = {
+        "name": check.name,
+        "command": shlex.join(check.argv),
+        "status": "not-run",
+        "exit_code": None,
+        "findings": 0,
+        "call_id": call.call_id if call else None,
+        "detail": "",
+    }
     if call is None:
         row["detail"] = "the session ended before this check"
         return row, []
     missing = _missing_tool(check, call)
     findings: list[Finding] = []
-    if call.status in ("denied", "asked"):       # asked: the confirmation was refused
+    if call.status in ("denied", "asked"):  # asked: the confirmation was refused
         entry = next((x for x in state.ledger.entries if x.call_id == call.call_id), None)
         why = f"rule {entry.rule_id}: {entry.reason}" if entry else "the policy"
         row.update(status="denied", detail=f"denied by {why}")
-        findings.append(Finding(severity="warning", check=check.name,
-                                evidence=f"not run: denied by {why}",
-                                next_step="a policy stricter than diagnose's (ORCH_POLICY_FILE, "
-                                "ORCH_TIER) refused the check; allow it there to include it"))
+        findings.append(
+            Finding(
+                severity="warning",
+                check=check.name,
+                evidence=f"not run: denied by {why}",
+                next_step="a policy stricter than diagnose's (ORCH_POLICY_FILE, "
+                "ORCH_TIER) refused the check; allow it there to include it",
+            )
+        )
     elif missing:
         row.update(status="skipped", detail=missing, exit_code=call.exit_code)
-        findings.append(Finding(severity="info", check=check.name,
-                                evidence=f"skipped: {missing}",
-                                next_step=f"install {check.tool} where the worker runs to "
-                                "include its findings"))
+        findings.append(
+            Finding(
+                severity="info",
+                check=check.name,
+                evidence=f"skipped: {missing}",
+                next_step=f"install {check.tool} where the worker runs to include its findings",
+            )
+        )
     elif call.status == "failed" and call.error == "ToolTimeout":
         row.update(status="timeout", detail=call.message)
-        findings.append(Finding(severity="warning", check=check.name,
-                                evidence=_clip(f"timed out: {call.message}"),
-                                next_step="the check ran past its time limit; run it by "
-                                f"hand (`{shlex.join(check.argv)}`) to see why"))
-    elif call.status == "completed" or (call.status == "failed" and call.exit_code is not None
-                                        and call.error == "CommandFailed"):
+        findings.append(
+            Finding(
+                severity="warning",
+                check=check.name,
+                evidence=_clip(f"timed out: {call.message}"),
+                next_step="the check ran past its time limit; run it by "
+                f"hand (`{shlex.join(check.argv)}`) to see why",
+            )
+        )
+    elif call.status == "completed" or (
+        call.status == "failed" and call.exit_code is not None and call.error == "CommandFailed"
+    ):
         row.update(status="ran", exit_code=_exit(call))
         findings = parse_check(check, call.output, root, mypy_configured=mypy_configured)
         if call.status == "failed" and not any(f.severity == "error" for f in findings):
-            findings.append(Finding(severity="warning", check=check.name, evidence=_clip(
-                f"{check.tool} exited with code {_exit(call)}: "
-                + "\n".join(call.output.strip().splitlines()[-5:])),
-                next_step=f"run `{shlex.join(check.argv)}` by hand to see what it reports"))
+            findings.append(
+                Finding(
+                    severity="warning",
+                    check=check.name,
+                    evidence=_clip(
+                        f"{check.tool} exited with code {_exit(call)}: "
+                        + "\n".join(call.output.strip().splitlines()[-5:])
+                    ),
+                    next_step=f"run `{shlex.join(check.argv)}` by hand to see what it reports",
+                )
+            )
     else:
         row.update(status="error", detail=call.message or call.error or call.status)
-        findings.append(Finding(severity="warning", check=check.name,
-                                evidence=_clip(f"could not run: {call.message or call.status}"),
-                                next_step="see the session's events "
-                                "(`orchestrator audit replay SESSION`)"))
+        findings.append(
+            Finding(
+                severity="warning",
+                check=check.name,
+                evidence=_clip(f"could not run: {call.message or call.status}"),
+                next_step="see the session's events (`orchestrator audit replay SESSION`)",
+            )
+        )
     findings = findings[:MAX_FINDINGS_PER_CHECK]
     row["findings"] = len(findings)
     return row, findings
@@ -692,8 +877,9 @@ def _files(call: ToolCall | None) -> int | None:
     return sum(1 for line in call.output.splitlines() if line.strip())
 
 
-def report(state: Projections, *, job_id: str, target: str, mode: str,
-           checks: Sequence[Check] = CHECKS) -> dict[str, Any]:
+def report(
+    state: Projections, *, job_id: str, target: str, mode: str, checks: Sequence[Check] = CHECKS
+) -> dict[str, Any]:
     """The diagnose report of a finished session: the checks as they ran,
     their findings (or the model's), counts and the exit code."""
     s = state.session
@@ -712,45 +898,57 @@ def report(state: Projections, *, job_id: str, target: str, mode: str,
             rows.append(row)
             findings += found
         if s.status == "completed" and not any(r["status"] == "ran" for r in rows):
-            findings.append(Finding(
-                severity="warning", check="diagnose",
-                evidence="no check could run, so nothing was verified",
-                next_step="see each check's status: install the tools (skipped), or allow "
-                "the shell tier where ORCH_TIER or ORCH_POLICY_FILE is stricter (denied)"))
+            findings.append(
+                Finding(
+                    severity="warning",
+                    check="diagnose",
+                    evidence="no check could run, so nothing was verified",
+                    next_step="see each check's status: install the tools (skipped), or allow "
+                    "the shell tier where ORCH_TIER or ORCH_POLICY_FILE is stricter (denied)",
+                )
+            )
     else:
         rows = _agent_rows(s, state.ledger.entries, checks)
         last = s.agent.last_reply if s.agent else None
         if s.status == "completed" and last is not None:
             agent_summary, findings = parse_agent_answer(last.text or "")
     findings = _dedupe(findings)
-    findings.sort(key=lambda f: _SEVERITY_ORDER[f.severity])     # stable: check order kept
-    counts = {k: sum(1 for f in findings if f.severity == k) for k in ("error", "warning",
-                                                                          "info")}
+    findings.sort(key=lambda f: _SEVERITY_ORDER[f.severity])  # stable: check order kept
+    counts = {k: sum(1 for f in findings if f.severity == k) for k in ("error", "warning", "info")}
     status = "waiting" if s.waiting and not s.finished else s.status
     data: dict[str, Any] = {
-        "target": target, "mode": mode,
+        "target": target,
+        "mode": mode,
         "provider": s.agent.provider if s.agent else "scripted",
         "model": s.agent.model if s.agent else None,
-        "job_id": job_id, "session_id": s.session_id, "status": status,
-        "error": s.error, "files": files, "checks": rows,
+        "job_id": job_id,
+        "session_id": s.session_id,
+        "status": status,
+        "error": s.error,
+        "files": files,
+        "checks": rows,
         "findings": [f.model_dump() for f in findings],
-        "summary": {"errors": counts["error"], "warnings": counts["warning"],
-                    "info": counts["info"]},
+        "summary": {
+            "errors": counts["error"],
+            "warnings": counts["warning"],
+            "info": counts["info"],
+        },
         "agent_summary": agent_summary,
     }
     data["exit_code"] = exit_code(data)
     return data
 
 
-def _agent_rows(s: SessionState, ledger: Sequence[Any],
-                checks: Sequence[Check]) -> list[dict[str, Any]]:
+def _agent_rows(
+    s: SessionState, ledger: Sequence[Any], checks: Sequence[Check]
+) -> list[dict[str, Any]]:
     """The shell commands the model ran, named after the check they are."""
     rows = []
     for c in s.calls:
         if c.tool != "shell":
             continue
         argv = _call_argv(s, c)
-        check = next((k for k in checks if argv[:len(k.words)] == k.words), None)
+        check = next((k for k in checks if argv[: len(k.words)] == k.words), None)
         status: CheckStatus = "ran"
         if c.status in ("denied", "asked"):
             status = "denied"
@@ -766,21 +964,30 @@ def _agent_rows(s: SessionState, ledger: Sequence[Any],
             detail = f"denied by rule {entry.rule_id}: {entry.reason}" if entry else "denied"
         elif check is not None and status == "skipped":
             detail = _missing_tool(check, c) or ""
-        rows.append({"name": check.name if check else "shell", "command": shlex.join(argv),
-                     "status": status, "exit_code": _exit(c), "findings": 0,
-                     "call_id": c.call_id, "detail": detail})
+        rows.append(
+            {
+                "name": check.name if check else "shell",
+                "command": shlex.join(argv),
+                "status": status,
+                "exit_code": _exit(c),
+                "findings": 0,
+                "call_id": c.call_id,
+                "detail": detail,
+            }
+        )
     return rows
 
 
 def _call_argv(s: SessionState, c: ToolCall) -> tuple[str, ...]:
     a = s.agent
-    for entry in (a.entries if a else ()):
+    for entry in a.entries if a else ():
         for call in entry.calls:
             if call.turn == c.turn:
                 try:
                     command = orjson.loads(call.arguments or "{}").get("command", "")
-                    return tuple(shlex.split(command)) if isinstance(command, str) \
-                        else tuple(command)
+                    return (
+                        tuple(shlex.split(command)) if isinstance(command, str) else tuple(command)
+                    )
                 except (orjson.JSONDecodeError, ValueError, AttributeError):
                     return ()
     return ()
@@ -798,7 +1005,7 @@ def parse_agent_answer(text: str) -> tuple[str | None, list[Finding]]:
     candidates = [m.group(1) for m in re.finditer(r"```(?:json)?\s*\n(.*?)```", text, re.S)]
     start, end = text.find("{"), text.rfind("}")
     if start != -1 and end > start:
-        candidates.append(text[start:end + 1])
+        candidates.append(text[start : end + 1])
     for raw in candidates:
         try:
             data = orjson.loads(raw)
@@ -811,10 +1018,15 @@ def parse_agent_answer(text: str) -> tuple[str | None, list[Finding]]:
         except ValidationError:
             continue
         return answer.summary or None, answer.findings
-    return None, [Finding(severity="info", check="agent", evidence=_clip(text, 4000) or
-                          "(the model gave no answer)",
-                          next_step="the model did not answer in the report's JSON shape; "
-                          "read its analysis here, or run diagnose again")]
+    return None, [
+        Finding(
+            severity="info",
+            check="agent",
+            evidence=_clip(text, 4000) or "(the model gave no answer)",
+            next_step="the model did not answer in the report's JSON shape; "
+            "read its analysis here, or run diagnose again",
+        )
+    ]
 
 
 def _lenient(item: Any) -> Any:
@@ -822,8 +1034,7 @@ def _lenient(item: Any) -> Any:
     an unknown severity (read as info)."""
     if not isinstance(item, dict):
         return item
-    out = {k: item.get(k) for k in ("severity", "file", "line", "check", "evidence",
-                                    "next_step")}
+    out = {k: item.get(k) for k in ("severity", "file", "line", "check", "evidence", "next_step")}
     sev = str(out["severity"] or "info").lower()
     out["severity"] = sev if sev in _SEVERITY_ORDER else "info"
     line = out["line"]

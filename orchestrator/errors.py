@@ -35,8 +35,10 @@ class SpecError(UserError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"job spec {source} is invalid ({len(problems)} problem"
-                         f"{'s' if len(problems) != 1 else ''}); nothing was enqueued:\n{lines}")
+        super().__init__(
+            f"job spec {source} is invalid ({len(problems)} problem"
+            f"{'s' if len(problems) != 1 else ''}); nothing was enqueued:\n{lines}"
+        )
         self.source, self.problems = source, problems
 
 
@@ -56,8 +58,10 @@ class PolicyDenied(OrchestratorError):
     exit_code = 3
 
     def __init__(self, call_id: str, rule_id: str, why: str) -> None:
-        super().__init__(f"call {call_id} denied by rule {rule_id}: {why}. "
-                         "Request confirmation or change the session policy.")
+        super().__init__(
+            f"call {call_id} denied by rule {rule_id}: {why}. "
+            "Request confirmation or change the session policy."
+        )
         self.call_id, self.rule_id = call_id, rule_id
 
 

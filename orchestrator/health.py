@@ -39,8 +39,11 @@ class Report:
         return [c for c in self.checks if not c.ok]
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "failed": [c.name for c in self.failed],
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "ok": self.ok,
+            "failed": [c.name for c in self.failed],
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 def liveness() -> dict[str, Any]:
@@ -52,12 +55,17 @@ def _from_doctor(result: doctor.Result) -> Check:
     return Check(result.name, result.status in ("ok", "warn"), result.detail, result.remedy)
 
 
-def workers_check(settings: Settings, beats: list[heartbeat.Beat] | None, now: float,
-                  problem: str | None = None) -> Check:
+def workers_check(
+    settings: Settings, beats: list[heartbeat.Beat] | None, now: float, problem: str | None = None
+) -> Check:
     """Pure: a verdict on the beats read (None with `problem` when they could not be)."""
     if beats is None:
-        return Check("workers", False, f"cannot read worker heartbeats: {problem}",
-                     "fix the broker first (the heartbeats live there)")
+        return Check(
+            "workers",
+            False,
+            f"cannot read worker heartbeats: {problem}",
+            "fix the broker first (the heartbeats live there)",
+        )
     live = heartbeat.fresh(beats, now, settings.worker_heartbeat_max_age_s)
     ready = [b for b in live if b.store_ok and b.broker_ok]
     if ready:
@@ -66,21 +74,28 @@ def workers_check(settings: Settings, beats: list[heartbeat.Beat] | None, now: f
     if live:
         what = "store" if any(not b.store_ok for b in live) else "broker"
         why = "; ".join(f"{b.hostname}: {b.detail or what + ' unreachable'}" for b in live)
-        return Check("workers", False, f"workers are alive but cannot reach the {what}: {why}",
-                     f"check ORCH_{'STORE' if what == 'store' else 'BROKER'}_URL on the "
-                     f"workers and that the {'database' if what == 'store' else 'broker'} "
-                     "is up")
+        return Check(
+            "workers",
+            False,
+            f"workers are alive but cannot reach the {what}: {why}",
+            f"check ORCH_{'STORE' if what == 'store' else 'BROKER'}_URL on the "
+            f"workers and that the {'database' if what == 'store' else 'broker'} "
+            "is up",
+        )
     stale = f" ({len(beats)} stale heartbeat(s))" if beats else ""
-    return Check("workers", False, "no worker heartbeat in the last "
-                 f"{settings.worker_heartbeat_max_age_s:g} s{stale}",
-                 "start workers (`orchestrator worker`, the systemd unit or the Helm "
-                 "worker deployment) and check their logs")
+    return Check(
+        "workers",
+        False,
+        f"no worker heartbeat in the last {settings.worker_heartbeat_max_age_s:g} s{stale}",
+        "start workers (`orchestrator worker`, the systemd unit or the Helm "
+        "worker deployment) and check their logs",
+    )
 
 
 def _read_beats(settings: Settings) -> tuple[list[heartbeat.Beat] | None, str | None]:
     try:
         return heartbeat.read_all(settings), None
-    except Exception as exc:      # noqa: BLE001  (redis raises per failure mode)
+    except Exception as exc:  # noqa: BLE001  (redis raises per failure mode)
         return None, str(exc)
 
 

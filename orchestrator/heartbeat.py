@@ -24,18 +24,27 @@ from typing import Any
 
 from orchestrator.config import Settings
 
-__all__ = ["Beat", "publish", "withdraw", "read_all", "read_files", "fresh", "folder", "REDIS_PREFIX"]
+__all__ = [
+    "Beat",
+    "publish",
+    "withdraw",
+    "read_all",
+    "read_files",
+    "fresh",
+    "folder",
+    "REDIS_PREFIX",
+]
 
 REDIS_PREFIX = "orchestrator:heartbeat:"
 
 
 @dataclass(frozen=True)
 class Beat:
-    hostname: str           # the Celery worker's node name (worker@host)
+    hostname: str  # the Celery worker's node name (worker@host)
     pid: int
-    at: float               # unix time of the check this beat reports
-    store_ok: bool          # the worker reached its event store at `at`
-    detail: str = ""        # why not, when store_ok or broker_ok is False
+    at: float  # unix time of the check this beat reports
+    store_ok: bool  # the worker reached its event store at `at`
+    detail: str = ""  # why not, when store_ok or broker_ok is False
     queues: tuple[str, ...] = ()
     broker_ok: bool = True  # the worker reached its broker at `at`
 
@@ -46,10 +55,15 @@ class Beat:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Beat:
-        return cls(hostname=str(data["hostname"]), pid=int(data["pid"]), at=float(data["at"]),
-                   store_ok=bool(data["store_ok"]), detail=str(data.get("detail", "")),
-                   queues=tuple(data.get("queues", ())),
-                   broker_ok=bool(data.get("broker_ok", True)))
+        return cls(
+            hostname=str(data["hostname"]),
+            pid=int(data["pid"]),
+            at=float(data["at"]),
+            store_ok=bool(data["store_ok"]),
+            detail=str(data.get("detail", "")),
+            queues=tuple(data.get("queues", ())),
+            broker_ok=bool(data.get("broker_ok", True)),
+        )
 
 
 def fresh(beats: Iterable[Beat], now: float, max_age_s: float) -> list[Beat]:
@@ -75,6 +89,7 @@ def _redis_url(settings: Settings) -> str | None:
 
 def _redis(url: str) -> Any:
     import redis
+
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
@@ -90,10 +105,14 @@ def publish(settings: Settings, beat: Beat) -> None:
     url = _redis_url(settings)
     if url is not None:
         import redis
+
         try:
             client = _redis(url)
-            client.set(REDIS_PREFIX + beat.hostname, body,
-                       px=int(settings.worker_heartbeat_max_age_s * 1000))
+            client.set(
+                REDIS_PREFIX + beat.hostname,
+                body,
+                px=int(settings.worker_heartbeat_max_age_s * 1000),
+            )
             client.close()
         except redis.RedisError:
             pass
@@ -105,6 +124,7 @@ def withdraw(settings: Settings, hostname: str) -> None:
     url = _redis_url(settings)
     if url is not None:
         import redis
+
         try:
             client = _redis(url)
             client.delete(REDIS_PREFIX + hostname)
@@ -137,5 +157,5 @@ def read_files(settings: Settings) -> list[Beat]:
         try:
             beats.append(Beat.from_json(json.loads(path.read_text())))
         except (OSError, ValueError, KeyError):
-            continue          # a half-written or foreign file is not a heartbeat
+            continue  # a half-written or foreign file is not a heartbeat
     return beats

@@ -27,19 +27,27 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import ConfigError, SpecError
 from orchestrator.policy import PolicyDoc, Tier
 from orchestrator.steps import CountRange, Step
 
-__all__ = ["JobSpec", "ResolvedTarget", "STEP_KINDS", "load_spec", "parse_spec",
-           "resolve_targets"]
+__all__ = ["JobSpec", "ResolvedTarget", "STEP_KINDS", "load_spec", "parse_spec", "resolve_targets"]
 
 _STEP_MODELS: dict[str, type[BaseModel]] = {
-    model.model_fields["kind"].default: model for model in get_args(get_args(Step)[0])}
+    model.model_fields["kind"].default: model for model in get_args(get_args(Step)[0])
+}
 STEP_KINDS: tuple[str, ...] = tuple(_STEP_MODELS)
 _KINDS = ", ".join(STEP_KINDS)
 
@@ -65,7 +73,7 @@ class AgentSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    instruction: str = ""                # what to do; a chat session has none
+    instruction: str = ""  # what to do; a chat session has none
     provider: Literal["scripted", "openai"] | None = None
     model: str | None = None
     script: str | None = None
@@ -77,10 +85,12 @@ class AgentSpec(BaseModel):
     @model_validator(mode="after")
     def _one_script(self) -> AgentSpec:
         if self.script is not None and self.turns is not None:
-            raise ValueError("give the scripted model's turns inline (`turns`) or in a file "
-                             "(`script`), not both")
-        if self.turns is not None:      # the same checks a script file gets, at submit
+            raise ValueError(
+                "give the scripted model's turns inline (`turns`) or in a file (`script`), not both"
+            )
+        if self.turns is not None:  # the same checks a script file gets, at submit
             from orchestrator.providers.scripted import check_turns
+
             try:
                 check_turns(self.turns, "agent.turns")
             except ConfigError as exc:
@@ -115,14 +125,15 @@ class JobSpec(BaseModel):
     @classmethod
     def _name(cls, value: str) -> str:
         if not _NAME.fullmatch(value):
-            raise ValueError("use only letters, digits, '.', '_', '-' and single spaces "
-                             "between words")
+            raise ValueError(
+                "use only letters, digits, '.', '_', '-' and single spaces between words"
+            )
         return value
 
     @field_validator("targets", mode="before")
     @classmethod
     def _one_target(cls, value: object) -> object:
-        return (value,) if isinstance(value, str) else value   # `targets: repos/*`
+        return (value,) if isinstance(value, str) else value  # `targets: repos/*`
 
     @field_validator("agent")
     @classmethod
@@ -135,15 +146,19 @@ class JobSpec(BaseModel):
     @classmethod
     def _unique_names(cls, steps: tuple[Step, ...], info: ValidationInfo) -> tuple[Step, ...]:
         if not steps and info.data.get("agent") is None:
-            raise PydanticCustomError("no_work", "a job needs at least one step, or an "
-                                      "`agent` block")
+            raise PydanticCustomError(
+                "no_work", "a job needs at least one step, or an `agent` block"
+            )
         dups = _duplicate_step_names(steps)
         if dups:
-            listed = "; ".join(f"steps[{i}] repeats {name!r} of steps[{first}]"
-                               for i, name, first in dups)
-            raise PydanticCustomError(_DUPLICATE_STEP_NAME,
-                                      "step names must be unique within a job: {listed}",
-                                      {"listed": listed})
+            listed = "; ".join(
+                f"steps[{i}] repeats {name!r} of steps[{first}]" for i, name, first in dups
+            )
+            raise PydanticCustomError(
+                _DUPLICATE_STEP_NAME,
+                "step names must be unique within a job: {listed}",
+                {"listed": listed},
+            )
         return steps
 
 
@@ -165,14 +180,16 @@ def _duplicate_step_names(steps: Iterable[Any]) -> list[tuple[int, str, int]]:
 
 # --- loading -------------------------------------------------------------------------
 
+
 def load_spec(path: Path) -> JobSpec:
     """Read and validate a job spec file; SpecError lists every problem."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise SpecError(source, [f"the file is not UTF-8 text (byte {exc.start}); save it "
-                                 "as UTF-8"]) from None
+        raise SpecError(
+            source, [f"the file is not UTF-8 text (byte {exc.start}); save it as UTF-8"]
+        ) from None
     except OSError as exc:
         raise SpecError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
     return with_script(parse_spec(text, source), Path(path).parent, source)
@@ -185,19 +202,21 @@ def with_script(spec: JobSpec, base_dir: Path, source: str = "<string>") -> JobS
     if agent is None or agent.script is None:
         return spec
     from orchestrator.providers.scripted import load_script
+
     try:
         turns = load_script(base_dir / agent.script)
     except ConfigError as exc:
         raise SpecError(source, [f"agent.script: {exc}"]) from None
-    return spec.model_copy(update={"agent": agent.model_copy(
-        update={"script": None, "turns": tuple(turns)})})
+    return spec.model_copy(
+        update={"agent": agent.model_copy(update={"script": None, "turns": tuple(turns)})}
+    )
 
 
 def parse_spec(text: str, source: str = "<string>") -> JobSpec:
     """Validate a job spec given as YAML text. `source` names it in errors."""
     try:
         loader = yaml.SafeLoader(text)
-    except yaml.YAMLError as exc:        # a character YAML does not allow (ReaderError)
+    except yaml.YAMLError as exc:  # a character YAML does not allow (ReaderError)
         raise SpecError(source, [_yaml_problem(exc)]) from None
     try:
         try:
@@ -207,21 +226,29 @@ def parse_spec(text: str, source: str = "<string>") -> JobSpec:
         except RecursionError:
             raise SpecError(source, ["the YAML is nested too deeply to read"]) from None
         if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
-            raise SpecError(source, ["the spec is empty; a job spec is a mapping with "
-                                     "`name`, `targets` and `steps`"])
+            raise SpecError(
+                source,
+                ["the spec is empty; a job spec is a mapping with `name`, `targets` and `steps`"],
+            )
         try:
             data = loader.construct_document(root)
         except yaml.YAMLError as exc:
             raise SpecError(source, [_yaml_problem(exc)]) from None
-        except (ValueError, TypeError) as exc:       # e.g. `!!int abc`
-            raise SpecError(source, [f"a value cannot be read ({exc}); check the explicit "
-                                     "`!!` tags in the spec"]) from None
+        except (ValueError, TypeError) as exc:  # e.g. `!!int abc`
+            raise SpecError(
+                source,
+                [f"a value cannot be read ({exc}); check the explicit `!!` tags in the spec"],
+            ) from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
-        raise SpecError(source, [
-            f"(top level) {_at(root)}: a job spec is a mapping with `name`, `targets` and "
-            f"`steps`, not {_node_kind(root)}"])
+        raise SpecError(
+            source,
+            [
+                f"(top level) {_at(root)}: a job spec is a mapping with `name`, `targets` and "
+                f"`steps`, not {_node_kind(root)}"
+            ],
+        )
 
     located = _duplicate_keys(root)
     try:
@@ -238,15 +265,21 @@ def parse_spec(text: str, source: str = "<string>") -> JobSpec:
     if isinstance(raw_steps, list):
         for i, name, first in _duplicate_step_names(raw_steps):
             node, _, shown = _walk(root, ("steps", i, "name"))
-            located.append((node.start_mark, f"{_dotted(shown)} {_at(node)}: step name "
-                            f"{name!r} is already used by steps[{first}]; step names must be "
-                            "unique within a job"))
+            located.append(
+                (
+                    node.start_mark,
+                    f"{_dotted(shown)} {_at(node)}: step name "
+                    f"{name!r} is already used by steps[{first}]; step names must be "
+                    "unique within a job",
+                )
+            )
     located.sort(key=lambda item: (item[0].line, item[0].column))
     problems = list(dict.fromkeys(text for _, text in located))
     raise SpecError(source, problems)
 
 
 # --- positions -----------------------------------------------------------------------
+
 
 def _at(node: yaml.Node) -> str:
     return _mark(node.start_mark)
@@ -266,8 +299,11 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
         since = ""
         if exc.context_mark is not None and exc.context_mark is not mark:
             since = f" {_mark(exc.context_mark)}"
-        problem = (f"{exc.context}{since}, {problem}" if problem.startswith("but ")
-                   else f"{problem} ({exc.context}{since})")
+        problem = (
+            f"{exc.context}{since}, {problem}"
+            if problem.startswith("but ")
+            else f"{problem} ({exc.context}{since})"
+        )
     if "'\\t'" in problem:
         problem += "; indent with spaces, YAML does not allow tabs there"
     return f"YAML syntax error{where}: {problem}"
@@ -277,7 +313,7 @@ def _node_kind(node: yaml.Node) -> str:
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     if isinstance(node, yaml.MappingNode):
-        return f"a mapping tagged {node.tag}"     # `!!set {a, b}` and the like
+        return f"a mapping tagged {node.tag}"  # `!!set {a, b}` and the like
     return f"the scalar {node.value!r}"
 
 
@@ -287,7 +323,7 @@ def _duplicate_keys(root: yaml.Node) -> list[tuple[yaml.Mark, str]]:
     seen: set[int] = set()
 
     def visit(node: yaml.Node, path: list[str | int]) -> None:
-        if id(node) in seen:        # an alias: its anchor was already visited
+        if id(node) in seen:  # an alias: its anchor was already visited
             return
         seen.add(id(node))
         if isinstance(node, yaml.SequenceNode):
@@ -299,10 +335,16 @@ def _duplicate_keys(root: yaml.Node) -> list[tuple[yaml.Mark, str]]:
                 if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
                     ident = (key.tag, key.value)
                     if ident in first:
-                        found.append((key.start_mark, (
-                            f"{_dotted(path + [key.value])} {_at(key)}: duplicate key "
-                            f"{key.value!r}, first at line {first[ident].start_mark.line + 1}; "
-                            "YAML keeps only the last value, so remove or rename one")))
+                        found.append(
+                            (
+                                key.start_mark,
+                                (
+                                    f"{_dotted(path + [key.value])} {_at(key)}: duplicate key "
+                                    f"{key.value!r}, first at line {first[ident].start_mark.line + 1}; "
+                                    "YAML keeps only the last value, so remove or rename one"
+                                ),
+                            )
+                        )
                     else:
                         first[ident] = key
                     visit(value, path + [key.value])
@@ -316,7 +358,7 @@ def _duplicate_keys(root: yaml.Node) -> list[tuple[yaml.Mark, str]]:
 def _lookup(node: yaml.MappingNode, part: object) -> tuple[yaml.Node, yaml.Node] | None:
     """The (key, value) nodes of `part` in a mapping, following `<<` merges."""
     merges = []
-    for key, value in reversed(node.value):       # PyYAML keeps the last of duplicates
+    for key, value in reversed(node.value):  # PyYAML keeps the last of duplicates
         if not isinstance(key, yaml.ScalarNode):
             continue
         if key.tag == "tag:yaml.org,2002:merge":
@@ -334,8 +376,9 @@ def _kind_of(node: yaml.MappingNode) -> str | None:
     return pair[1].value if pair and isinstance(pair[1], yaml.ScalarNode) else None
 
 
-def _walk(root: yaml.Node, loc: Sequence[str | int]
-          ) -> tuple[yaml.Node, yaml.Node | None, list[str | int]]:
+def _walk(
+    root: yaml.Node, loc: Sequence[str | int]
+) -> tuple[yaml.Node, yaml.Node | None, list[str | int]]:
     """The node a pydantic error location points at, the key node when the
     location ends at a key present in the file, and the path as written there.
 
@@ -344,25 +387,28 @@ def _walk(root: yaml.Node, loc: Sequence[str | int]
     not the last one is such a tag and is dropped. A last part that names no
     key is a missing field: the mapping that lacks it is the position."""
     node: yaml.Node = root
-    key_node: yaml.Node | None = None       # the key of the last part, if present
+    key_node: yaml.Node | None = None  # the key of the last part, if present
     shown: list[str | int] = []
     for i, part in enumerate(loc):
         last = i == len(loc) - 1
-        if part == "[key]":                 # the error is about the mapping key itself
+        if part == "[key]":  # the error is about the mapping key itself
             node = key_node or node
             continue
         key_node = None
         if isinstance(node, yaml.MappingNode):
             if not last and part == _kind_of(node) and part in _STEP_MODELS:
-                continue                    # the discriminator tag, not a key
+                continue  # the discriminator tag, not a key
             pair = _lookup(node, part)
             if pair is None and not last:
-                continue                    # another part pydantic inserted
+                continue  # another part pydantic inserted
             if pair is not None:
                 key_node, node = pair
-            part = str(part)                # a key, even one that looks like a number
-        elif (isinstance(node, yaml.SequenceNode) and isinstance(part, int)
-              and 0 <= part < len(node.value)):
+            part = str(part)  # a key, even one that looks like a number
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
             node = node.value[part]
         shown.append(part)
     return node, key_node, shown
@@ -377,20 +423,23 @@ def _dotted(parts: Sequence[str | int]) -> str:
 
 # --- messages ------------------------------------------------------------------------
 
+
 def _redundant(err: dict[str, Any], errors: list[dict[str, Any]]) -> bool:
     """A too-short error for a list whose items failed too: pydantic counts only
     the valid items; the items' own errors say what to fix."""
     loc = err["loc"]
     return err["type"] == "too_short" and any(
-        e["loc"][:len(loc)] == loc and len(e["loc"]) > len(loc) for e in errors)
+        e["loc"][: len(loc)] == loc and len(e["loc"]) > len(loc) for e in errors
+    )
 
 
-def _locate(root: yaml.Node, err: dict[str, Any],
-            errors: list[dict[str, Any]]) -> tuple[yaml.Mark, str]:
+def _locate(
+    root: yaml.Node, err: dict[str, Any], errors: list[dict[str, Any]]
+) -> tuple[yaml.Mark, str]:
     loc = tuple(err["loc"])
     kind = err["type"]
     if kind == "union_tag_invalid":
-        loc += ("kind",)                    # point at the bad value itself
+        loc += ("kind",)  # point at the bad value itself
     node, key_node, shown = _walk(root, loc)
     if kind in ("extra_forbidden", "invalid_key") and key_node is not None:
         node = key_node
@@ -405,8 +454,10 @@ def _message(err: dict[str, Any], loc: tuple[str | int, ...]) -> str:
     if kind == "union_tag_not_found":
         return f"the step has no `kind`; add `kind:` with one of: {_KINDS}"
     if kind == "model_attributes_type" and is_step and len(loc) == 2:
-        return (f"a step is a mapping with a `kind` ({_KINDS}) and that kind's fields, "
-                f"not {_describe(value)}")
+        return (
+            f"a step is a mapping with a `kind` ({_KINDS}) and that kind's fields, "
+            f"not {_describe(value)}"
+        )
     if kind == "extra_forbidden":
         return _unknown_field(loc)
     if kind == "too_short" and loc in (("steps",), ("targets",)):
@@ -414,7 +465,7 @@ def _message(err: dict[str, Any], loc: tuple[str | int, ...]) -> str:
     msg: str = err["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
-            msg = msg[len(prefix):]
+            msg = msg[len(prefix) :]
     if kind.endswith(("_type", "_parsing")):
         msg += f", got {_describe(value)}"
     return msg
@@ -461,6 +512,7 @@ def _describe(value: object) -> str:
 
 # --- targets -------------------------------------------------------------------------
 
+
 class ResolvedTarget(NamedTuple):
     """One workspace of a job. `path` is absolute with symlinks resolved (None
     when a glob matched nothing); `error` says why the target cannot run."""
@@ -488,8 +540,9 @@ def resolve_targets(spec: JobSpec, base_dir: Path) -> list[ResolvedTarget]:
     seen: set[object] = set()
     names: set[str] = set()
 
-    def add(identity: object, lexical: str | None, path: Path | None, error: str | None,
-            label: str) -> None:
+    def add(
+        identity: object, lexical: str | None, path: Path | None, error: str | None, label: str
+    ) -> None:
         if identity in seen:
             return
         seen.add(identity)
@@ -505,12 +558,19 @@ def resolve_targets(spec: JobSpec, base_dir: Path) -> list[ResolvedTarget]:
         relative_note = "" if os.path.isabs(expanded) else f" (relative to {base})"
         if _GLOB_CHARS.intersection(entry):
             matches = sorted(
-                lexical for m in glob.glob(expanded, root_dir=base, recursive=True)
-                if os.path.isdir(lexical := os.path.normpath(os.path.join(base, m))))
+                lexical
+                for m in glob.glob(expanded, root_dir=base, recursive=True)
+                if os.path.isdir(lexical := os.path.normpath(os.path.join(base, m)))
+            )
             if not matches:
-                add(("glob", entry), None, None,
+                add(
+                    ("glob", entry),
+                    None,
+                    None,
                     f"glob {entry!r} matched no directory{relative_note}; check the pattern "
-                    "and the base directory", entry)
+                    "and the base directory",
+                    entry,
+                )
             for lexical in matches:
                 real = Path(os.path.realpath(lexical))
                 add(real, lexical, real, None, entry)

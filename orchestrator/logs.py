@@ -37,13 +37,20 @@ from structlog.types import EventDict, Processor, WrappedLogger
 
 from orchestrator.masking import mask
 
-__all__ = ["CORRELATION_IDS", "configure", "get_logger", "bind", "bound", "clear",
-           "correlation_ids"]
+__all__ = [
+    "CORRELATION_IDS",
+    "configure",
+    "get_logger",
+    "bind",
+    "bound",
+    "clear",
+    "correlation_ids",
+]
 
 # The ids a line carries when the context has them (DESIGN.md, Conventions).
 CORRELATION_IDS = ("job_id", "session_id", "turn_id", "tool_call_id", "task_id")
 
-_configured: tuple[int, str] | None = None      # (pid, what) of the last configure
+_configured: tuple[int, str] | None = None  # (pid, what) of the last configure
 
 
 def get_logger(name: str | None = None) -> Any:
@@ -53,15 +60,15 @@ def get_logger(name: str | None = None) -> Any:
 
 def bind(**ids: Any) -> None:
     """Bind correlation ids (None values are skipped) for the rest of this context."""
-    structlog.contextvars.bind_contextvars(**{k: str(v) for k, v in ids.items()
-                                              if v is not None})
+    structlog.contextvars.bind_contextvars(**{k: str(v) for k, v in ids.items() if v is not None})
 
 
 @contextmanager
 def bound(**ids: Any) -> Iterator[None]:
     """Ids bound for a unit of work; what was bound before comes back after."""
-    with structlog.contextvars.bound_contextvars(**{k: str(v) for k, v in ids.items()
-                                                    if v is not None}):
+    with structlog.contextvars.bound_contextvars(
+        **{k: str(v) for k, v in ids.items() if v is not None}
+    ):
         yield
 
 
@@ -76,6 +83,7 @@ def correlation_ids() -> dict[str, str]:
 
 
 # -- processors ------------------------------------------------------------------
+
 
 def add_trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """trace_id and span_id of the active span (hex, as OTLP backends show them).
@@ -100,7 +108,8 @@ def known_secrets() -> tuple[str, ...]:
     if not _known_loaded:
         _known_loaded = True
         try:
-            from orchestrator import secrets as secrets_mod     # type: ignore[attr-defined]
+            from orchestrator import secrets as secrets_mod  # type: ignore[attr-defined]
+
             _known = getattr(secrets_mod, "known_values", None)
         except ImportError:
             _known = None
@@ -108,7 +117,7 @@ def known_secrets() -> tuple[str, ...]:
         return ()
     try:
         return tuple(_known())
-    except Exception:       # a log line must never fail because a secret store did
+    except Exception:  # a log line must never fail because a secret store did
         return ()
 
 
@@ -146,19 +155,32 @@ def _pre_chain() -> list[Processor]:
 
 def formatter(fmt: str) -> logging.Formatter:
     """The ProcessorFormatter rendering both kinds of record: `fmt` is json or console."""
-    renderer: Processor = (structlog.processors.JSONRenderer(serializer=_json)
-                           if fmt == "json" else
-                           structlog.dev.ConsoleRenderer(colors=True,
-                                                         exception_formatter=structlog.dev.plain_traceback))
+    renderer: Processor = (
+        structlog.processors.JSONRenderer(serializer=_json)
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(
+            colors=True, exception_formatter=structlog.dev.plain_traceback
+        )
+    )
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=_pre_chain(),
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info, mask_secrets, renderer])
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            mask_secrets,
+            renderer,
+        ],
+    )
 
 
-def configure(settings: Any = None, *, logfile: str | Path | None = None,
-              level: str | int | None = None, stream: IO[str] | None = None,
-              force: bool = False) -> None:
+def configure(
+    settings: Any = None,
+    *,
+    logfile: str | Path | None = None,
+    level: str | int | None = None,
+    stream: IO[str] | None = None,
+    force: bool = False,
+) -> None:
     """Set up structlog and the root logger for this process.
 
     Lines go to `logfile` (appended, as Celery's `--logfile`) or else to
@@ -171,7 +193,8 @@ def configure(settings: Any = None, *, logfile: str | Path | None = None,
         return
     if settings is None:
         from orchestrator.config import Settings
-        settings = Settings.model_construct()       # defaults: a bad config still logs
+
+        settings = Settings.model_construct()  # defaults: a bad config still logs
     fmt = settings.log_format
     if logfile:
         handler: logging.Handler = logging.handlers.WatchedFileHandler(logfile, encoding="utf-8")
@@ -191,8 +214,9 @@ def configure(settings: Any = None, *, logfile: str | Path | None = None,
     lvl = level if level is not None else settings.log_level
     root.setLevel(lvl if isinstance(lvl, int) else logging.getLevelName(str(lvl).upper()))
     # Migrations narrate every run at INFO; a person running a job wants none of it.
-    logging.getLogger("alembic").setLevel(logging.WARNING if root.level > logging.DEBUG
-                                          else logging.NOTSET)
+    logging.getLogger("alembic").setLevel(
+        logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    )
     _configured = (os.getpid(), target)
 
 
@@ -202,13 +226,17 @@ def _route_to_stdlib() -> None:
     `configure` (a test, a benchmark) prints nothing below WARNING instead of
     structlog's default of printing everything to stdout."""
     structlog.configure(
-        processors=[structlog.stdlib.filter_by_level, *_pre_chain(),
-                    structlog.stdlib.PositionalArgumentsFormatter(),
-                    structlog.processors.StackInfoRenderer(),
-                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *_pre_chain(),
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True)
+        cache_logger_on_first_use=True,
+    )
 
 
 _route_to_stdlib()

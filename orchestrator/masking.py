@@ -52,8 +52,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from urllib.parse import quote, quote_plus
 
-__all__ = ["mask", "MASK", "MIN_SECRET_LEN", "variants", "StreamMasker", "mask_streams",
-           "maskable"]
+__all__ = ["mask", "MASK", "MIN_SECRET_LEN", "variants", "StreamMasker", "mask_streams", "maskable"]
 
 MASK = "***"
 # Shorter values are too likely to be ordinary words to mask everywhere.
@@ -72,9 +71,12 @@ _PATTERNS = [
 _ASSIGNED = re.compile(
     r"(?i)(\b(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
     r"client[_-]?secret|auth)[\w-]*[\"']?\s*[:=]\s*[\"']?)(?!(?:bearer|basic|token)\s)"
-    r"([^\s\"',;]{4,})")
-_BEARER = re.compile(r"(?i)(\bauthorization:\s*(?:bearer|basic|token)\s+)([^\s\"']+)|(\bbearer\s+)"
-                     r"([A-Za-z0-9._~+/=-]{12,})")
+    r"([^\s\"',;]{4,})"
+)
+_BEARER = re.compile(
+    r"(?i)(\bauthorization:\s*(?:bearer|basic|token)\s+)([^\s\"']+)|(\bbearer\s+)"
+    r"([A-Za-z0-9._~+/=-]{12,})"
+)
 
 
 def maskable(value: str) -> bool:
@@ -92,7 +94,7 @@ def _b64_inner(data: bytes, urlsafe: bool) -> list[str]:
         text = enc(b"\0" * k + data).decode().rstrip("=")
         start, end = (8 * k + 5) // 6, (8 * k + 8 * n) // 6
         out.append(text[start:end])
-    out.append(enc(data).decode())          # the value encoded alone, padding included
+    out.append(enc(data).decode())  # the value encoded alone, padding included
     return out
 
 
@@ -107,8 +109,11 @@ def variants(secret: str) -> frozenset[str]:
         escaped = json.dumps(secret, ensure_ascii=ascii_only)[1:-1]
         forms |= {escaped, escaped.replace("/", "\\/")}
     pct = quote(raw, safe="")
-    forms |= {pct, re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), pct),
-              quote_plus(raw, safe="")}
+    forms |= {
+        pct,
+        re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), pct),
+        quote_plus(raw, safe=""),
+    }
     forms |= {raw.hex(), raw.hex().upper()}
     forms.update(_b64_inner(raw, urlsafe=False))
     forms.update(_b64_inner(raw, urlsafe=True))
@@ -124,8 +129,13 @@ class _Matcher:
             if s:
                 forms |= variants(s)
         self.longest = max((len(f) for f in forms), default=0)
-        self._rx = re.compile("(?=(" + "|".join(
-            re.escape(f) for f in sorted(forms, key=len, reverse=True)) + "))") if forms else None
+        self._rx = (
+            re.compile(
+                "(?=(" + "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True)) + "))"
+            )
+            if forms
+            else None
+        )
 
     def runs(self, text: str) -> list[list[int]]:
         """Maximal runs [start, end) of overlapping occurrences, in order."""
@@ -180,18 +190,21 @@ def mask(text: str, secrets: Iterable[str] = (), *, patterns: bool = True) -> st
     return mask_patterns(text) if patterns else text
 
 
-def mask_streams(stdout: str, stderr: str, secrets: Iterable[str] = (), *,
-                 patterns: bool = True) -> tuple[str, str]:
+def mask_streams(
+    stdout: str, stderr: str, secrets: Iterable[str] = (), *, patterns: bool = True
+) -> tuple[str, str]:
     """Both streams masked, including a secret split between them (the tail
     of one followed by the head of the other, in either order)."""
     m = _matcher(frozenset(secrets))
-    spans: dict[str, list[Sequence[int]]] = {"out": list(m.runs(stdout)),
-                                              "err": list(m.runs(stderr))}
+    spans: dict[str, list[Sequence[int]]] = {
+        "out": list(m.runs(stdout)),
+        "err": list(m.runs(stderr)),
+    }
     for first, a, second, b in (("out", stdout, "err", stderr), ("err", stderr, "out", stdout)):
         if not a or not b or not m.longest:
             continue
-        left = a[-(m.longest - 1):] if m.longest > 1 else ""
-        right = b[:m.longest - 1]
+        left = a[-(m.longest - 1) :] if m.longest > 1 else ""
+        right = b[: m.longest - 1]
         offset = len(a) - len(left)
         for start, end in m.runs(left + right):
             if start < len(left) < end:
@@ -211,8 +224,8 @@ class StreamMasker:
         self._m = _Matcher(secrets)
         self.hold = max(self._m.longest - 1, 0)
         self._patterns = patterns
-        self._ctx = ""          # the last `hold` raw characters seen
-        self._emitted = 0       # how many of them were already shown (masked or not)
+        self._ctx = ""  # the last `hold` raw characters seen
+        self._emitted = 0  # how many of them were already shown (masked or not)
 
     def feed(self, chunk: str) -> str:
         return self._step(chunk, final=False)
@@ -228,10 +241,10 @@ class StreamMasker:
         at = done
         for start, end in self._m.runs(buf):
             if end <= done:
-                continue                 # shown already
+                continue  # shown already
             if start >= cut:
-                break                    # may still grow: held back
-            if start < done:             # continues the run the last piece ended in
+                break  # may still grow: held back
+            if start < done:  # continues the run the last piece ended in
                 at = end
             else:
                 parts += [buf[at:start], MASK]

@@ -38,14 +38,47 @@ from typing import IO, Any, Literal, Protocol
 
 import orjson
 
-__all__ = ["METRICS", "SCRAPED", "setup", "shutdown", "exposition", "tool_call", "tool_error",
-           "model_call", "model_tokens", "permission", "quota_denied", "events_appended",
-           "circuit_changed", "browser_pool", "prepare_dir", "mark_dead"]
+__all__ = [
+    "METRICS",
+    "SCRAPED",
+    "setup",
+    "shutdown",
+    "exposition",
+    "tool_call",
+    "tool_error",
+    "model_call",
+    "model_tokens",
+    "permission",
+    "quota_denied",
+    "events_appended",
+    "circuit_changed",
+    "browser_pool",
+    "prepare_dir",
+    "mark_dead",
+]
 
 Kind = Literal["counter", "histogram", "gauge"]
 # Tool calls run from a millisecond (read) to minutes (a test suite).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
-                   30, 60, 120, 300, 900)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    900,
+)
 APPEND_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 
 
@@ -59,37 +92,90 @@ class Metric:
     unit: str = ""
 
 
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("orch_tool_call_seconds", "histogram", "Tool call latency by tool and outcome "
-           "(ok; error: it ran and exited non-zero; failed: it raised a tool error)",
-           ("tool", "outcome"), unit="s"),
-    Metric("orch_tool_errors_total", "counter", "Failed tool calls by tool and error kind "
-           "(the ToolCallFailed error, e.g. Timeout, PolicyRefused)", ("tool", "kind")),
-    Metric("orch_model_call_seconds", "histogram", "Model call latency, retries included, by "
-           "model and outcome (ok, error)", ("model", "outcome"), unit="s"),
-    Metric("orch_model_tokens_total", "counter", "Model tokens by model and direction "
-           "(input, output, cached)", ("model", "direction")),
-    Metric("orch_permission_decisions_total", "counter", "Policy decisions on tool requests "
-           "by decision (allow, ask, deny) and the rule that decided", ("decision", "rule")),
-    Metric("orch_quota_denials_total", "counter", "Tool requests refused by a quota or a "
-           "rate limit, by tool and rule", ("tool", "rule")),
-    Metric("orch_events_appended_total", "counter", "Events appended to the store (an "
-           "idempotent hit appends none)"),
-    Metric("orch_event_append_seconds", "histogram", "Latency of one store append (one "
-           "transaction, any number of events)", buckets=APPEND_BUCKETS, unit="s"),
-    Metric("orch_circuit_transitions_total", "counter", "Circuit breaker transitions by "
-           "destination host and the state entered (open, half_open, closed)",
-           ("host", "state")),
-    Metric("orch_browser_pool", "gauge", "Browser instances by state (idle, busy, starting), "
-           "summed over the live worker processes", ("state",)),
-)}
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "orch_tool_call_seconds",
+            "histogram",
+            "Tool call latency by tool and outcome "
+            "(ok; error: it ran and exited non-zero; failed: it raised a tool error)",
+            ("tool", "outcome"),
+            unit="s",
+        ),
+        Metric(
+            "orch_tool_errors_total",
+            "counter",
+            "Failed tool calls by tool and error kind "
+            "(the ToolCallFailed error, e.g. Timeout, PolicyRefused)",
+            ("tool", "kind"),
+        ),
+        Metric(
+            "orch_model_call_seconds",
+            "histogram",
+            "Model call latency, retries included, by model and outcome (ok, error)",
+            ("model", "outcome"),
+            unit="s",
+        ),
+        Metric(
+            "orch_model_tokens_total",
+            "counter",
+            "Model tokens by model and direction (input, output, cached)",
+            ("model", "direction"),
+        ),
+        Metric(
+            "orch_permission_decisions_total",
+            "counter",
+            "Policy decisions on tool requests "
+            "by decision (allow, ask, deny) and the rule that decided",
+            ("decision", "rule"),
+        ),
+        Metric(
+            "orch_quota_denials_total",
+            "counter",
+            "Tool requests refused by a quota or a rate limit, by tool and rule",
+            ("tool", "rule"),
+        ),
+        Metric(
+            "orch_events_appended_total",
+            "counter",
+            "Events appended to the store (an idempotent hit appends none)",
+        ),
+        Metric(
+            "orch_event_append_seconds",
+            "histogram",
+            "Latency of one store append (one transaction, any number of events)",
+            buckets=APPEND_BUCKETS,
+            unit="s",
+        ),
+        Metric(
+            "orch_circuit_transitions_total",
+            "counter",
+            "Circuit breaker transitions by "
+            "destination host and the state entered (open, half_open, closed)",
+            ("host", "state"),
+        ),
+        Metric(
+            "orch_browser_pool",
+            "gauge",
+            "Browser instances by state (idle, busy, starting), "
+            "summed over the live worker processes",
+            ("state",),
+        ),
+    )
+}
 # Computed by `exposition()` when scraped, not recorded by any process.
-SCRAPED: dict[str, Metric] = {m.name: m for m in (
-    Metric("orch_confirmations_waiting", "gauge", "Tool calls waiting for an operator's "
-           "answer (the store's confirmation index)"),
-    Metric("orch_queue_depth", "gauge", "Messages waiting in the broker, by queue",
-           ("queue",)),
-)}
+SCRAPED: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric(
+            "orch_confirmations_waiting",
+            "gauge",
+            "Tool calls waiting for an operator's answer (the store's confirmation index)",
+        ),
+        Metric("orch_queue_depth", "gauge", "Messages waiting in the broker, by queue", ("queue",)),
+    )
+}
 QUEUES = ("orchestrator",)
 
 
@@ -109,6 +195,7 @@ def _record(name: str, labels: tuple[str, ...], value: float) -> None:
 
 
 # -- the facade --------------------------------------------------------------------
+
 
 def tool_call(tool: str, outcome: str, seconds: float) -> None:
     if _reporters:
@@ -161,6 +248,7 @@ def browser_pool(state: str, n: int) -> None:
 
 # -- set up --------------------------------------------------------------------------
 
+
 def setup(settings: Any, *, stream: IO[str] | None = None) -> None:
     """The reporters `settings.metrics_reporters` names, for this process
     (again after a fork), and the store's append hook."""
@@ -177,6 +265,7 @@ def setup(settings: Any, *, stream: IO[str] | None = None) -> None:
             made.append(StdoutReporter(settings.metrics_interval_s, stream))
     _reporters, _pid = tuple(made), os.getpid()
     from events import store
+
     if made and _on_append not in store.APPEND_HOOKS:
         store.APPEND_HOOKS.append(_on_append)
 
@@ -191,7 +280,7 @@ def shutdown() -> None:
     for r in _reporters:
         try:
             r.shutdown()
-        except Exception:       # the collector went away; the process ends anyway
+        except Exception:  # the collector went away; the process ends anyway
             pass
     _reporters, _pid = (), None
 
@@ -222,6 +311,7 @@ def mark_dead(pid: int) -> None:
     path = _multiproc_dir()
     if path and "prometheus_client" in sys.modules:
         from prometheus_client import multiprocess
+
         multiprocess.mark_process_dead(pid, path)
 
 
@@ -234,15 +324,18 @@ def _multiproc_dir() -> str | None:
 
 # -- exposition ------------------------------------------------------------------------
 
+
 def exposition() -> tuple[bytes, str]:
     """The Prometheus text of this process's metrics, or, in multiprocess mode,
     of every process writing PROMETHEUS_MULTIPROC_DIR; plus the scrape-time
     gauges. (body, content type) for GET /metrics and the worker's probe."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     path = _multiproc_dir()
     if path:
         from prometheus_client import multiprocess
+
         multiprocess.MultiProcessCollector(registry, path=path)
     else:
         own = next((r for r in _reporters if isinstance(r, PrometheusReporter)), None)
@@ -268,6 +361,7 @@ class _Scraped:
         from prometheus_client.core import GaugeMetricFamily
 
         from orchestrator.config import get_settings
+
         settings = get_settings()
         m = SCRAPED["orch_confirmations_waiting"]
         waiting = _try(lambda: confirmations_waiting(settings))
@@ -287,6 +381,7 @@ def _try(fn: Callable[[], Any]) -> Any:
         return fn()
     except Exception as exc:
         from orchestrator.logs import get_logger
+
         get_logger(__name__).debug("scrape-time metric unavailable", error=str(exc))
         return None
 
@@ -299,6 +394,7 @@ def confirmations_waiting(settings: Any) -> int | None:
     global _store
     from events.store import SqlEventStore
     from orchestrator.confirmations import CONFIRMATION_TYPES, unanswered
+
     url = settings.effective_store_url
     if settings.embedded_store and not (settings.state / "events.sqlite").exists():
         return 0
@@ -313,6 +409,7 @@ def queue_depths(settings: Any) -> dict[str, int]:
     url = settings.effective_broker_url
     if url.startswith(("redis://", "rediss://")):
         import redis
+
         client = redis.Redis.from_url(url, socket_timeout=2)
         try:
             return {q: int(client.llen(q)) for q in QUEUES}
@@ -320,15 +417,19 @@ def queue_depths(settings: Any) -> dict[str, int]:
             client.close()
     if settings.embedded_broker:
         import sqlite3
+
         db = settings.state / "broker.sqlite"
         if not db.exists():
             return {q: 0 for q in QUEUES}
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            rows = dict(conn.execute(
-                "SELECT q.name, count(m.id) FROM kombu_queue q LEFT JOIN kombu_message m "
-                "ON m.queue_id = q.id AND m.visible GROUP BY q.name").fetchall())
-        except sqlite3.OperationalError:       # no table yet: nothing was ever sent
+            rows = dict(
+                conn.execute(
+                    "SELECT q.name, count(m.id) FROM kombu_queue q LEFT JOIN kombu_message m "
+                    "ON m.queue_id = q.id AND m.visible GROUP BY q.name"
+                ).fetchall()
+            )
+        except sqlite3.OperationalError:  # no table yet: nothing was ever sent
             rows = {}
         finally:
             conn.close()
@@ -338,24 +439,29 @@ def queue_depths(settings: Any) -> dict[str, int]:
 
 # -- reporters ---------------------------------------------------------------------------
 
+
 class PrometheusReporter:
     """prometheus-client metrics on an own registry (multiprocess files when
     PROMETHEUS_MULTIPROC_DIR was set before the first import)."""
 
     def __init__(self) -> None:
         import prometheus_client as pc
+
         self.registry = pc.CollectorRegistry(auto_describe=True)
         self._m: dict[str, Any] = {}
         for m in METRICS.values():
             if m.kind == "counter":
-                self._m[m.name] = pc.Counter(m.name.removesuffix("_total"), m.help, m.labels,
-                                             registry=self.registry)
+                self._m[m.name] = pc.Counter(
+                    m.name.removesuffix("_total"), m.help, m.labels, registry=self.registry
+                )
             elif m.kind == "histogram":
-                self._m[m.name] = pc.Histogram(m.name, m.help, m.labels, buckets=m.buckets,
-                                               registry=self.registry)
+                self._m[m.name] = pc.Histogram(
+                    m.name, m.help, m.labels, buckets=m.buckets, registry=self.registry
+                )
             else:
-                self._m[m.name] = pc.Gauge(m.name, m.help, m.labels, registry=self.registry,
-                                           multiprocess_mode="livesum")
+                self._m[m.name] = pc.Gauge(
+                    m.name, m.help, m.labels, registry=self.registry, multiprocess_mode="livesum"
+                )
 
     def record(self, metric: Metric, labels: tuple[str, ...], value: float) -> None:
         found = self._m[metric.name]
@@ -379,12 +485,18 @@ class OtlpReporter:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
         from opentelemetry.sdk.resources import Resource
+
         endpoint = (settings.otlp_endpoint or "http://127.0.0.1:4318").rstrip("/")
         reader = PeriodicExportingMetricReader(
             OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"),
-            export_interval_millis=settings.metrics_interval_s * 1000)
-        self.provider = MeterProvider(metric_readers=[reader], resource=Resource.create({
-            "service.name": settings.otel_service_name, "process.pid": os.getpid()}))
+            export_interval_millis=settings.metrics_interval_s * 1000,
+        )
+        self.provider = MeterProvider(
+            metric_readers=[reader],
+            resource=Resource.create(
+                {"service.name": settings.otel_service_name, "process.pid": os.getpid()}
+            ),
+        )
         meter = self.provider.get_meter("orchestrator")
         self._m: dict[str, Any] = {}
         for m in METRICS.values():
@@ -392,8 +504,11 @@ class OtlpReporter:
                 self._m[m.name] = meter.create_counter(m.name, unit=m.unit, description=m.help)
             elif m.kind == "histogram":
                 self._m[m.name] = meter.create_histogram(
-                    m.name, unit=m.unit, description=m.help,
-                    explicit_bucket_boundaries_advisory=list(m.buckets))
+                    m.name,
+                    unit=m.unit,
+                    description=m.help,
+                    explicit_bucket_boundaries_advisory=list(m.buckets),
+                )
             else:
                 self._m[m.name] = meter.create_gauge(m.name, unit=m.unit, description=m.help)
 
@@ -454,8 +569,13 @@ class StdoutReporter:
         out = []
         for (name, labels), (count, total) in series:
             m = METRICS[name]
-            row: dict[str, Any] = {"ts": ts, "pid": os.getpid(), "metric": name,
-                                   "kind": m.kind, "labels": dict(zip(m.labels, labels))}
+            row: dict[str, Any] = {
+                "ts": ts,
+                "pid": os.getpid(),
+                "metric": name,
+                "kind": m.kind,
+                "labels": dict(zip(m.labels, labels)),
+            }
             if m.kind == "histogram":
                 row.update(count=int(count), sum=round(total, 6))
             else:
@@ -469,7 +589,7 @@ class StdoutReporter:
             try:
                 self.stream.write(b"\n".join(lines).decode() + "\n")
                 self.stream.flush()
-            except (ValueError, OSError):      # stdout closed at exit
+            except (ValueError, OSError):  # stdout closed at exit
                 pass
 
     def shutdown(self) -> None:

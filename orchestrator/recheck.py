@@ -20,7 +20,7 @@ from orchestrator.policy import Policy, decide
 @dataclass(frozen=True)
 class Change:
     stream_id: str
-    seq: int                 # of the recorded PermissionDecided
+    seq: int  # of the recorded PermissionDecided
     call_id: str
     tool: str
     was: str
@@ -41,14 +41,25 @@ def recheck(stream_id: str, ledger: PermissionLedger, policy: Policy) -> list[Ch
             continue
         verdict = decide(entry.tool, dict(entry.args), policy)
         if verdict.decision != entry.decision:
-            changes.append(Change(stream_id, entry.seq, entry.call_id, entry.tool,
-                                  entry.decision, entry.rule_id or "", verdict.decision,
-                                  verdict.rule_id, verdict.reason))
+            changes.append(
+                Change(
+                    stream_id,
+                    entry.seq,
+                    entry.call_id,
+                    entry.tool,
+                    entry.decision,
+                    entry.rule_id or "",
+                    verdict.decision,
+                    verdict.rule_id,
+                    verdict.reason,
+                )
+            )
     return changes
 
 
-def recheck_all(ledgers: Iterable[tuple[str, PermissionLedger]], policy: Policy
-                ) -> tuple[int, list[Change]]:
+def recheck_all(
+    ledgers: Iterable[tuple[str, PermissionLedger]], policy: Policy
+) -> tuple[int, list[Change]]:
     """(decisions rechecked, changes) over many sessions."""
     total, changes = 0, []
     for stream_id, ledger in ledgers:

@@ -30,13 +30,18 @@ __all__ = ["create_sample_repos", "MARKER"]
 MARKER = ".orchestrator-sample"
 
 _GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Sample Repos", "GIT_AUTHOR_EMAIL": "sample-repos@example.com",
-    "GIT_COMMITTER_NAME": "Sample Repos", "GIT_COMMITTER_EMAIL": "sample-repos@example.com",
+    "GIT_AUTHOR_NAME": "Sample Repos",
+    "GIT_AUTHOR_EMAIL": "sample-repos@example.com",
+    "GIT_COMMITTER_NAME": "Sample Repos",
+    "GIT_COMMITTER_EMAIL": "sample-repos@example.com",
     "GIT_AUTHOR_DATE": "2025-01-01T12:00:00+00:00",
     "GIT_COMMITTER_DATE": "2025-01-01T12:00:00+00:00",
     # Neither the machine's nor the user's git configuration applies.
-    "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull,
-    "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C", "PATH": os.defpath,
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_TERMINAL_PROMPT": "0",
+    "LC_ALL": "C",
+    "PATH": os.defpath,
 }
 
 
@@ -55,9 +60,11 @@ def create_sample_repos(dest: Path, count: int = 3) -> list[Path]:
     for name in names:
         path = dest / name
         if path.is_symlink() or (path.exists() and not (path / MARKER).is_file()):
-            raise UserError(f"refusing to replace {path}: it was not created by "
-                            f"create_sample_repos (no {MARKER} file in it). Move it away or "
-                            "choose another destination.")
+            raise UserError(
+                f"refusing to replace {path}: it was not created by "
+                f"create_sample_repos (no {MARKER} file in it). Move it away or "
+                "choose another destination."
+            )
     dest.mkdir(parents=True, exist_ok=True)
     for child in sorted(dest.iterdir()):
         if child.is_dir() and not child.is_symlink() and (child / MARKER).is_file():
@@ -85,29 +92,44 @@ def _files(name: str, i: int) -> dict[str, str]:
     _, description, own = _TEMPLATES[i % len(_TEMPLATES)]
     pkg = name.replace("-", "_")
     files = {**_COMMON, **own}
-    return {rel.replace("{pkg}", pkg): text.replace("{pkg}", pkg).replace("{repo}", name)
-            .replace("{description}", description) for rel, text in files.items()}
+    return {
+        rel.replace("{pkg}", pkg): text.replace("{pkg}", pkg)
+        .replace("{repo}", name)
+        .replace("{description}", description)
+        for rel, text in files.items()
+    }
 
 
 def _commit(git: str, repo: Path) -> None:
     env = {**_GIT_ENV, "HOME": str(repo)}
-    for args in (["-c", "init.defaultBranch=main", "init", "-q"], ["add", "-A"],
-                 ["-c", "commit.gpgsign=false", "commit", "-q", "-m", "Initial commit"]):
+    for args in (
+        ["-c", "init.defaultBranch=main", "init", "-q"],
+        ["add", "-A"],
+        ["-c", "commit.gpgsign=false", "commit", "-q", "-m", "Initial commit"],
+    ):
         # `-C repo` after `init` finds repo/.git first, never an enclosing repository.
-        proc = subprocess.run([git, "-C", str(repo), *args], env=env, capture_output=True,
-                              text=True, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            [git, "-C", str(repo), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+        )
         if proc.returncode != 0:
             raise OrchestratorError(
                 f"`git {' '.join(args)}` failed in {repo} (exit {proc.returncode}): "
                 f"{proc.stderr.strip()}. The files are written; remove PATH's git or fix it "
-                "to get the initial commit.")
+                "to get the initial commit."
+            )
 
 
 # --- the repositories ----------------------------------------------------------------
 
 _COMMON = {
-    MARKER: ("Created by orchestrator.sample_repos for the example jobs. "
-             "create_sample_repos replaces folders that carry this file.\n"),
+    MARKER: (
+        "Created by orchestrator.sample_repos for the example jobs. "
+        "create_sample_repos replaces folders that carry this file.\n"
+    ),
     ".gitignore": "__pycache__/\n*.pyc\n",
     "README.md": """\
 # {repo}
@@ -158,7 +180,7 @@ def fetch_user(user_id: int) -> dict:
     except KeyError:
         raise UnknownUser(user_id) from None
 ''',
-    "tests/__init__.py": '''\
+    "tests/__init__.py": """\
 import unittest
 
 # assertEquals and assertNotEquals were deprecated aliases, removed in Python
@@ -167,7 +189,7 @@ import unittest
 for _old, _new in (("assertEquals", "assertEqual"), ("assertNotEquals", "assertNotEqual")):
     if not hasattr(unittest.TestCase, _old):
         setattr(unittest.TestCase, _old, getattr(unittest.TestCase, _new))
-''',
+""",
     "tests/test_packaging.py": '''\
 """The license file and the package metadata must agree."""
 
@@ -210,7 +232,7 @@ def invoice_total(user_id: int, amounts: list[float]) -> float:
         return 0.0
     return round(sum(amounts) * (1 + VAT_RATE), 2)
 ''',
-    "tests/test_invoices.py": '''\
+    "tests/test_invoices.py": """\
 import unittest
 
 from {pkg}.invoices import invoice_header, invoice_total
@@ -230,7 +252,7 @@ class InvoiceTest(unittest.TestCase):
     def test_an_unknown_user_is_an_error(self):
         with self.assertRaises(UnknownUser):
             fetch_user(99)
-''',
+""",
 }
 
 _ACCOUNTS = {
@@ -270,7 +292,7 @@ def is_admin(user_id: int) -> bool:
     user = fetch_user(user_id)
     return user["active"] and user["id"] in ADMINS
 ''',
-    "tests/test_accounts.py": '''\
+    "tests/test_accounts.py": """\
 import unittest
 
 from {pkg}.permissions import can_log_in, is_admin
@@ -297,7 +319,7 @@ class PermissionTest(unittest.TestCase):
     def test_only_listed_users_are_admins(self):
         self.assertTrue(is_admin(1))
         self.assertFalse(is_admin(2))
-''',
+""",
 }
 
 _NOTIFICATIONS = {
@@ -354,7 +376,7 @@ def sms_target(user_id: int) -> str | None:
     user = fetch_user(user_id)
     return PHONES.get(user["id"]) if user["active"] else None
 ''',
-    "tests/test_notifications.py": '''\
+    "tests/test_notifications.py": """\
 import unittest
 
 from {pkg}.digest import digest_greeting, digest_recipients, digest_subject
@@ -385,7 +407,7 @@ class SmsTest(unittest.TestCase):
         self.assertEqual(sms_target(1), "+44 20 7946 0000")
         self.assertIsNone(sms_target(2))
         self.assertTrue(fetch_user(2)["active"])
-''',
+""",
 }
 
 # (repository name, description, its own files); the rest is _COMMON.
@@ -397,11 +419,18 @@ _TEMPLATES: list[tuple[str, str, dict[str, str]]] = [
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.sample_repos",
-                                     description="Create the sample repositories the example "
-                                                 "jobs in orchestrator/examples/ refactor.")
-    parser.add_argument("dest", nargs="?", default="sample-repos", type=Path,
-                        help="folder to create them in (default: ./sample-repos)")
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.sample_repos",
+        description="Create the sample repositories the example "
+        "jobs in orchestrator/examples/ refactor.",
+    )
+    parser.add_argument(
+        "dest",
+        nargs="?",
+        default="sample-repos",
+        type=Path,
+        help="folder to create them in (default: ./sample-repos)",
+    )
     parser.add_argument("--count", type=int, default=3, help="how many (default: 3)")
     args = parser.parse_args(argv)
     for repo in create_sample_repos(args.dest, args.count):

@@ -44,9 +44,9 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,37 +58,65 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import ToolInputError
 
-__all__ = ["SandboxLimits", "Host", "Cgroups", "Request", "Plan", "plan", "scrub_env",
-           "bwrap_argv", "forbidden_env", "probe", "Mode", "SANDBOX_UID", "GIT_ENV",
-           "Prepared", "prepare", "spawn", "describe", "ancestors_of", "Mask", "MaskRules",
-           "Masker", "masker", "workspace_masks", "empty_file"]
+__all__ = [
+    "SandboxLimits",
+    "Host",
+    "Cgroups",
+    "Request",
+    "Plan",
+    "plan",
+    "scrub_env",
+    "bwrap_argv",
+    "forbidden_env",
+    "probe",
+    "Mode",
+    "SANDBOX_UID",
+    "GIT_ENV",
+    "Prepared",
+    "prepare",
+    "spawn",
+    "describe",
+    "ancestors_of",
+    "Mask",
+    "MaskRules",
+    "Masker",
+    "masker",
+    "workspace_masks",
+    "empty_file",
+]
 
 Mode = Literal["auto", "bwrap", "fallback"]
-SANDBOX_UID = 65534          # nobody / nogroup
-SANDBOX_HOME = "/tmp/sandbox-home"      # inside bwrap's private /tmp
-CALL_ID_VAR = "SANDBOX_CALL_ID"         # marks the call's processes for the sweep
+SANDBOX_UID = 65534  # nobody / nogroup
+SANDBOX_HOME = "/tmp/sandbox-home"  # inside bwrap's private /tmp
+CALL_ID_VAR = "SANDBOX_CALL_ID"  # marks the call's processes for the sweep
 MB = 1024 * 1024
 
 # git reads neither the machine's nor a user's configuration, runs no hooks and
 # no fsmonitor, whatever the repository's own config says (command-line
 # config, which GIT_CONFIG_COUNT is, wins over .git/config).
 GIT_ENV: dict[str, str] = {
-    "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_CONFIG_COUNT": "3",
-    "GIT_CONFIG_KEY_0": "core.hooksPath", "GIT_CONFIG_VALUE_0": "/dev/null",
-    "GIT_CONFIG_KEY_1": "core.fsmonitor", "GIT_CONFIG_VALUE_1": "false",
-    "GIT_CONFIG_KEY_2": "protocol.ext.allow", "GIT_CONFIG_VALUE_2": "never",
+    "GIT_CONFIG_KEY_0": "core.hooksPath",
+    "GIT_CONFIG_VALUE_0": "/dev/null",
+    "GIT_CONFIG_KEY_1": "core.fsmonitor",
+    "GIT_CONFIG_VALUE_1": "false",
+    "GIT_CONFIG_KEY_2": "protocol.ext.allow",
+    "GIT_CONFIG_VALUE_2": "never",
 }
 
 # Names a step may not set: they make a program load or run code it was not
 # asked to (LD_PRELOAD, BASH_ENV, exported bash functions) or undo GIT_ENV.
 _FORBIDDEN_PREFIXES = ("LD_", "GIT_", "BASH_FUNC_")
-_FORBIDDEN_NAMES = frozenset({"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4",
-                              "PROMPT_COMMAND", CALL_ID_VAR})
+_FORBIDDEN_NAMES = frozenset(
+    {"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", CALL_ID_VAR}
+)
 
 
 # -- inputs -------------------------------------------------------------------------
+
 
 class SandboxLimits(BaseModel):
     """Per-call limits: the policy's `limits:` (orchestrator.policy.Limits is
@@ -120,8 +148,8 @@ class Cgroups:
     or v2 (one directory with both controllers enabled for its children)."""
 
     version: Literal["v1", "v2"] | None = None
-    pids: str | None = None          # parent directory for the call's pids cgroup
-    memory: str | None = None        # ... memory cgroup (v2: the same as pids)
+    pids: str | None = None  # parent directory for the call's pids cgroup
+    memory: str | None = None  # ... memory cgroup (v2: the same as pids)
     why: str = "not probed"
 
 
@@ -149,13 +177,17 @@ class Host:
         if wanted == "fallback" or (wanted == "auto" and self.bwrap is None):
             return "fallback"
         if self.bwrap is None and self.bwrap_problem:
-            raise ToolInputError(f"the bubblewrap sandbox was asked for but `bwrap` cannot "
-                                 f"start here: {self.bwrap_problem}. Allow user namespaces "
-                                 "(docs/deployment.md) or let the sandbox choose its mode.")
+            raise ToolInputError(
+                f"the bubblewrap sandbox was asked for but `bwrap` cannot "
+                f"start here: {self.bwrap_problem}. Allow user namespaces "
+                "(docs/deployment.md) or let the sandbox choose its mode."
+            )
         if self.bwrap is None:
-            raise ToolInputError("the bubblewrap sandbox was asked for but `bwrap` is not "
-                                 "installed; install it (apt-get install bubblewrap) or let "
-                                 "the sandbox choose its mode.")
+            raise ToolInputError(
+                "the bubblewrap sandbox was asked for but `bwrap` is not "
+                "installed; install it (apt-get install bubblewrap) or let "
+                "the sandbox choose its mode."
+            )
         return "bwrap"
 
     @property
@@ -188,17 +220,17 @@ class Request:
     argv: tuple[str, ...]
     workspace: str
     cwd: str
-    env: Mapping[str, str] = field(default_factory=dict)   # env_base, then the step's env
+    env: Mapping[str, str] = field(default_factory=dict)  # env_base, then the step's env
     limits: SandboxLimits = field(default_factory=SandboxLimits)
     network: bool = False
     mode: Mode = "auto"
     ancestors: tuple[tuple[str, int, int], ...] = ()
-    home: str | None = None          # fallback: the throwaway HOME made for this call
+    home: str | None = None  # fallback: the throwaway HOME made for this call
     call_id: str = "call"
-    info_fd: int | None = None       # bwrap writes its sandbox init's pid here
-    block_fd: int | None = None      # bwrap waits on it (until the init joined the cgroups)
-    masks: tuple[Mask, ...] = ()     # bwrap: denied workspace paths, shown empty and read-only
-    empty_file: str | None = None    # bwrap: the empty read-only file bound over masked files
+    info_fd: int | None = None  # bwrap writes its sandbox init's pid here
+    block_fd: int | None = None  # bwrap waits on it (until the init joined the cgroups)
+    masks: tuple[Mask, ...] = ()  # bwrap: denied workspace paths, shown empty and read-only
+    empty_file: str | None = None  # bwrap: the empty read-only file bound over masked files
 
 
 @dataclass(frozen=True)
@@ -207,9 +239,9 @@ class Plan:
     argv: list[str]
     env: dict[str, str]
     cwd: str
-    rlimits: tuple[tuple[int, int], ...]        # (resource.RLIMIT_*, value): soft = hard
-    cgroup_limits: dict[str, int]               # "pids" / "memory" (bytes); empty: none
-    uid: int | None                             # the uid the command runs as, when dropped
+    rlimits: tuple[tuple[int, int], ...]  # (resource.RLIMIT_*, value): soft = hard
+    cgroup_limits: dict[str, int]  # "pids" / "memory" (bytes); empty: none
+    uid: int | None  # the uid the command runs as, when dropped
     # What the child must do between fork and exec (Python's preexec_fn, which
     # costs a full fork instead of a vfork): set `rlimits` when no `prlimit`
     # sets them in the chain, join the cgroups in the fallback (bwrap's init
@@ -220,9 +252,9 @@ class Plan:
 
 # -- pure planning --------------------------------------------------------------------
 
+
 def forbidden_env(names: Sequence[str]) -> list[str]:
-    return sorted(n for n in names
-                  if n in _FORBIDDEN_NAMES or n.startswith(_FORBIDDEN_PREFIXES))
+    return sorted(n for n in names if n in _FORBIDDEN_NAMES or n.startswith(_FORBIDDEN_PREFIXES))
 
 
 def scrub_env(path: str, home: str, extra: Mapping[str, str], call_id: str) -> dict[str, str]:
@@ -231,13 +263,22 @@ def scrub_env(path: str, home: str, extra: Mapping[str, str], call_id: str) -> d
     Names that would inject code are refused, not silently dropped."""
     bad = forbidden_env(list(extra))
     if bad:
-        raise ToolInputError(f"the step's environment sets {', '.join(bad)}, which would make "
-                             "programs load or run other code (LD_*, BASH_ENV, exported "
-                             "functions) or change how git treats the repository (GIT_*); "
-                             "the sandbox refuses them. Remove them from the step's `env` "
-                             "(git options go on the command line).")
-    return {"PATH": path, "HOME": home, "LANG": "C.UTF-8", "TMPDIR": "/tmp"
-            if home == SANDBOX_HOME else home, **extra, **GIT_ENV, CALL_ID_VAR: call_id}
+        raise ToolInputError(
+            f"the step's environment sets {', '.join(bad)}, which would make "
+            "programs load or run other code (LD_*, BASH_ENV, exported "
+            "functions) or change how git treats the repository (GIT_*); "
+            "the sandbox refuses them. Remove them from the step's `env` "
+            "(git options go on the command line)."
+        )
+    return {
+        "PATH": path,
+        "HOME": home,
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp" if home == SANDBOX_HOME else home,
+        **extra,
+        **GIT_ENV,
+        CALL_ID_VAR: call_id,
+    }
 
 
 def _under(path: str, top: str) -> bool:
@@ -250,15 +291,26 @@ def bwrap_argv(bwrap: str, req: Request, uid: int | None) -> list[str]:
     directory over the outermost ancestor `uid` could not pass through, the
     workspace's ancestors recreated as plain 0755 directories, the workspace."""
     masks = ["/tmp", "/run"]
-    args = [bwrap, "--ro-bind", "/", "/",
-            "--perms", "1777", "--tmpfs", "/tmp",
-            "--perms", "0755", "--tmpfs", "/run"]
+    args = [
+        bwrap,
+        "--ro-bind",
+        "/",
+        "/",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/tmp",
+        "--perms",
+        "0755",
+        "--tmpfs",
+        "/run",
+    ]
     if uid is not None:
         for path, mode, owner in req.ancestors:
             if path == "/" or any(_under(path, m) for m in masks):
                 continue
             if not mode & stat.S_IXOTH and owner != uid:
-                masks.append(path)       # uid cannot get in: nothing below is lost to it
+                masks.append(path)  # uid cannot get in: nothing below is lost to it
                 args += ["--perms", "0755", "--tmpfs", path]
                 break
     for path, _, _ in req.ancestors:
@@ -266,10 +318,22 @@ def bwrap_argv(bwrap: str, req: Request, uid: int | None) -> list[str]:
             args += ["--perms", "0755", "--dir", path]
     args += ["--bind", req.workspace, req.workspace]
     args += mask_args(req.masks, req.empty_file)
-    args += ["--perms", "0777", "--dir", SANDBOX_HOME,
-             "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm",
-             "--proc", "/proc",
-             "--unshare-pid", "--unshare-ipc"]
+    args += [
+        "--perms",
+        "0777",
+        "--dir",
+        SANDBOX_HOME,
+        "--dev",
+        "/dev",
+        "--perms",
+        "1777",
+        "--tmpfs",
+        "/dev/shm",
+        "--proc",
+        "/proc",
+        "--unshare-pid",
+        "--unshare-ipc",
+    ]
     if not req.network:
         args.append("--unshare-net")
     if req.info_fd is not None:
@@ -300,12 +364,27 @@ def mask_args(masks: Sequence[Mask], empty: str | None) -> list[str]:
 # What of a repository's .git/config a masked copy keeps: how to read the
 # repository (object format, worktree layout, line endings), nothing that
 # names a remote, holds a credential, includes a file or runs a program.
-GIT_FORMAT_KEYS = frozenset({
-    "core.repositoryformatversion", "core.bare", "core.worktree", "core.filemode",
-    "core.symlinks", "core.ignorecase", "core.precomposeunicode", "core.logallrefupdates",
-    "core.autocrlf", "core.eol", "core.safecrlf", "core.checkstat", "core.trustctime",
-    "core.sparsecheckout", "core.sparsecheckoutcone", "core.splitindex",
-    "core.untrackedcache"})
+GIT_FORMAT_KEYS = frozenset(
+    {
+        "core.repositoryformatversion",
+        "core.bare",
+        "core.worktree",
+        "core.filemode",
+        "core.symlinks",
+        "core.ignorecase",
+        "core.precomposeunicode",
+        "core.logallrefupdates",
+        "core.autocrlf",
+        "core.eol",
+        "core.safecrlf",
+        "core.checkstat",
+        "core.trustctime",
+        "core.sparsecheckout",
+        "core.sparsecheckoutcone",
+        "core.splitindex",
+        "core.untrackedcache",
+    }
+)
 
 
 def git_format_config(listing: bytes) -> str:
@@ -319,8 +398,12 @@ def git_format_config(listing: bytes) -> str:
         key = key.lower()
         section, _, name = key.partition(".")
         if key in GIT_FORMAT_KEYS or (section == "extensions" and name.isalnum()):
-            quoted = (value if newline else "true").replace("\\", "\\\\") \
-                .replace('"', '\\"').replace("\n", "\\n")
+            quoted = (
+                (value if newline else "true")
+                .replace("\\", "\\\\")
+                .replace('"', '\\"')
+                .replace("\n", "\\n")
+            )
             sections.setdefault(section, []).append(f'\t{name} = "{quoted}"\n')
     return "".join(f"[{sec}]\n" + "".join(lines) for sec, lines in sections.items())
 
@@ -354,7 +437,8 @@ class Masker:
     a masked directory aside); rules with `!` exclusions are run whole."""
 
     def __init__(self, rules: MaskRules) -> None:
-        from orchestrator.tools.paths import glob_matcher   # tools import the sandbox
+        from orchestrator.tools.paths import glob_matcher  # tools import the sandbox
+
         dirs: list[str] = []
         names: list[str] = []
         gates: list[str] = []
@@ -368,8 +452,12 @@ class Masker:
                 g = g + "**" if g.endswith("/") else g
                 last = g.rsplit("/", 1)[-1]
                 prefix = g[:-3]
-                if g.endswith("/**") and prefix.strip("/") and not prefix.endswith("**") \
-                        and "{" not in prefix:
+                if (
+                    g.endswith("/**")
+                    and prefix.strip("/")
+                    and not prefix.endswith("**")
+                    and "{" not in prefix
+                ):
                     dirs.append(prefix if "/" in prefix else "/" + prefix)  # stays anchored
                 elif g.startswith("**/") and "/" not in g[3:] and "**" not in g[3:]:
                     names.append(g[3:])
@@ -412,7 +500,7 @@ def _literals(glob: str) -> tuple[str, str, str] | None:
         if c in "*?[":
             runs.append(run)
             run = ""
-            if c == "[":          # up to the last `]`: no need to parse classes exactly
+            if c == "[":  # up to the last `]`: no need to parse classes exactly
                 end = glob.rfind("]")
                 if end <= i:
                     return None
@@ -443,8 +531,12 @@ def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[
     pre, suf = tuple(prefixes), tuple(suffixes)
 
     def match(name: str) -> bool:
-        if not (name.startswith(pre) or name.endswith(suf)
-                or middles and any(m in name for m in middles)):
+        if not (
+            name.startswith(pre)
+            or name.endswith(suf)
+            or middles
+            and any(m in name for m in middles)
+        ):
             return False
         return full(name)
 
@@ -462,29 +554,45 @@ def setpriv_argv(setpriv: str, uid: int) -> list[str]:
     CAP_DAC_OVERRIDE), so what it execs must be a trusted program (`prlimit`
     or `env`), which loses them and looks the command up with the
     unprivileged uid's rights."""
-    return [setpriv, "--reuid", str(uid), "--regid", str(uid), "--clear-groups",
-            "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
+    return [
+        setpriv,
+        "--reuid",
+        str(uid),
+        "--regid",
+        str(uid),
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+    ]
 
 
-_PRLIMIT_NAMES = {resource.RLIMIT_CPU: "cpu", resource.RLIMIT_FSIZE: "fsize",
-                  resource.RLIMIT_NOFILE: "nofile", resource.RLIMIT_CORE: "core",
-                  resource.RLIMIT_AS: "as", resource.RLIMIT_NPROC: "nproc"}
+_PRLIMIT_NAMES = {
+    resource.RLIMIT_CPU: "cpu",
+    resource.RLIMIT_FSIZE: "fsize",
+    resource.RLIMIT_NOFILE: "nofile",
+    resource.RLIMIT_CORE: "core",
+    resource.RLIMIT_AS: "as",
+    resource.RLIMIT_NPROC: "nproc",
+}
 
 
 def prlimit_argv(prlimit: str, limits: Sequence[tuple[int, int]]) -> list[str]:
     return [prlimit, *(f"--{_PRLIMIT_NAMES[r]}={v}:{v}" for r, v in limits), "--"]
 
 
-def rlimits(limits: SandboxLimits, cgroup_limits: Mapping[str, int]
-            ) -> tuple[tuple[int, int], ...]:
+def rlimits(limits: SandboxLimits, cgroup_limits: Mapping[str, int]) -> tuple[tuple[int, int], ...]:
     """What the child sets before exec. Address space and process count only
     when no cgroup holds them: RLIMIT_AS also counts reserved, untouched memory
     (it breaks runtimes that reserve big heaps), and RLIMIT_NPROC counts every
     process of the uid, so concurrent calls would share one budget."""
-    out = [(resource.RLIMIT_CPU, max(1, int(limits.cpu_s + 0.999))),
-           (resource.RLIMIT_FSIZE, limits.file_size_mb * MB),
-           (resource.RLIMIT_NOFILE, limits.open_files),
-           (resource.RLIMIT_CORE, 0)]
+    out = [
+        (resource.RLIMIT_CPU, max(1, int(limits.cpu_s + 0.999))),
+        (resource.RLIMIT_FSIZE, limits.file_size_mb * MB),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_CORE, 0),
+    ]
     if "memory" not in cgroup_limits:
         out.append((resource.RLIMIT_AS, limits.memory_mb * MB))
     if "pids" not in cgroup_limits:
@@ -508,8 +616,10 @@ def plan(req: Request, host: Host) -> Plan:
         if not chain:
             chain = [host.env_tool, "--"]
             if "=" in req.argv[0]:
-                raise ToolInputError(f"program {req.argv[0]!r} contains '=', which `env` would "
-                                     "take for a variable; call it by a path without '='.")
+                raise ToolInputError(
+                    f"program {req.argv[0]!r} contains '=', which `env` would "
+                    "take for a variable; call it by a path without '='."
+                )
         chain = setpriv_argv(host.setpriv, uid) + chain
     if mode == "bwrap":
         assert host.bwrap is not None
@@ -523,10 +633,17 @@ def plan(req: Request, host: Host) -> Plan:
         home = req.home
         argv = chain + list(req.argv)
     env = scrub_env(host.path, home, req.env, req.call_id)
-    return Plan(mode=mode, argv=argv, env=env, cwd=req.cwd, rlimits=limits,
-                cgroup_limits=cgroup_limits, uid=uid, preexec_rlimits=host.prlimit is None,
-                preexec_cgroups=bool(cgroup_limits) and (mode == "fallback"
-                                                         or req.block_fd is None))
+    return Plan(
+        mode=mode,
+        argv=argv,
+        env=env,
+        cwd=req.cwd,
+        rlimits=limits,
+        cgroup_limits=cgroup_limits,
+        uid=uid,
+        preexec_rlimits=host.prlimit is None,
+        preexec_cgroups=bool(cgroup_limits) and (mode == "fallback" or req.block_fd is None),
+    )
 
 
 def _check_enterable(ancestors: Sequence[tuple[str, int, int]], uid: int) -> None:
@@ -538,7 +655,8 @@ def _check_enterable(ancestors: Sequence[tuple[str, int, int]], uid: int) -> Non
                 f"the fallback sandbox runs commands as uid {uid}, which cannot enter {path} "
                 f"(mode {stat.S_IMODE(mode):04o}), a parent of the workspace. Keep workspaces "
                 "under folders others may search (chmod o+x), or install bubblewrap, which "
-                "rebuilds the path inside its sandbox.")
+                "rebuilds the path inside its sandbox."
+            )
 
 
 def describe(host: Host) -> dict[str, object]:
@@ -556,22 +674,32 @@ def describe(host: Host) -> dict[str, object]:
     ]
     gaps: list[str] = []
     if host.drops_uid:
-        protects.append(f"privileges: the command runs as uid {SANDBOX_UID} with no "
-                        "capabilities and no_new_privs (setuid programs cannot elevate)")
+        protects.append(
+            f"privileges: the command runs as uid {SANDBOX_UID} with no "
+            "capabilities and no_new_privs (setuid programs cannot elevate)"
+        )
     elif host.is_root:
-        gaps.append("setpriv is missing: commands run as root, so the process limit does "
-                    "not hold and nothing stops writes the worker could make")
+        gaps.append(
+            "setpriv is missing: commands run as root, so the process limit does "
+            "not hold and nothing stops writes the worker could make"
+        )
     else:
-        gaps.append("the worker is not root: commands run as the worker's own user, and "
-                    "RLIMIT_NPROC counts all of that user's processes")
+        gaps.append(
+            "the worker is not root: commands run as the worker's own user, and "
+            "RLIMIT_NPROC counts all of that user's processes"
+        )
     if cg.version:
-        protects.append(f"memory and process count for the whole call (cgroup {cg.version}), "
-                        "and a sweep of every process of the call afterwards")
+        protects.append(
+            f"memory and process count for the whole call (cgroup {cg.version}), "
+            "and a sweep of every process of the call afterwards"
+        )
     else:
-        gaps.append(f"no usable cgroup ({cg.why}): memory is capped per process by address "
-                    "space, processes by RLIMIT_NPROC (shared by concurrent calls), and "
-                    f"leftover processes are found by their {CALL_ID_VAR} environment "
-                    "marker, which a process can erase")
+        gaps.append(
+            f"no usable cgroup ({cg.why}): memory is capped per process by address "
+            "space, processes by RLIMIT_NPROC (shared by concurrent calls), and "
+            f"leftover processes are found by their {CALL_ID_VAR} environment "
+            "marker, which a process can erase"
+        )
     if mode == "bwrap":
         protects += [
             "writes outside the workspace: the system is read-only, /tmp, /run and "
@@ -599,8 +727,12 @@ def describe(host: Host) -> dict[str, object]:
         ]
     else:
         gaps += [
-            "no namespaces (" + (f"bubblewrap cannot start: {host.bwrap_problem}"
-                                 if host.bwrap_problem else "bubblewrap is not installed")
+            "no namespaces ("
+            + (
+                f"bubblewrap cannot start: {host.bwrap_problem}"
+                if host.bwrap_problem
+                else "bubblewrap is not installed"
+            )
             + "): the command can write wherever "
             f"{'uid ' + str(SANDBOX_UID) if host.drops_uid else 'the worker'} can "
             "(e.g. /tmp, /var/tmp, /dev/shm), read every file that uid can, see and "
@@ -612,17 +744,24 @@ def describe(host: Host) -> dict[str, object]:
             "a process that double-forks out of the process group is found only by the "
             "cgroup or the environment marker",
         ]
-    return {"mode": mode,
-            "bwrap": {"path": host.bwrap, "version": host.bwrap_version,
-                      "problem": host.bwrap_problem},
-            "setpriv": {"path": host.setpriv, "version": host.setpriv_version},
-            "runs_as": f"uid {SANDBOX_UID}" if host.drops_uid else ("root" if host.is_root
-                                                           else "the worker's user"),
-            "cgroups": {"usable": cg.version is not None, "version": cg.version,
-                        "pids": cg.pids, "memory": cg.memory,
-                        "detail": cg.why + migration_note(host),
-                        "fast_migration": host.fast_migration},
-            "protects_against": protects, "does_not_protect_against": gaps}
+    return {
+        "mode": mode,
+        "bwrap": {"path": host.bwrap, "version": host.bwrap_version, "problem": host.bwrap_problem},
+        "setpriv": {"path": host.setpriv, "version": host.setpriv_version},
+        "runs_as": f"uid {SANDBOX_UID}"
+        if host.drops_uid
+        else ("root" if host.is_root else "the worker's user"),
+        "cgroups": {
+            "usable": cg.version is not None,
+            "version": cg.version,
+            "pids": cg.pids,
+            "memory": cg.memory,
+            "detail": cg.why + migration_note(host),
+            "fast_migration": host.fast_migration,
+        },
+        "protects_against": protects,
+        "does_not_protect_against": gaps,
+    }
 
 
 def migration_note(host: Host) -> str:
@@ -632,9 +771,11 @@ def migration_note(host: Host) -> str:
         return ""
     if host.fast_migration:
         return f"; migrations into it are fast ({host.fast_migration})"
-    return ("; each call's move into its cgroup waits for an RCU grace period (5-15 ms "
-            "measured): set /sys/kernel/rcu_expedited=1 or mount a cgroup hierarchy with "
-            "-o favordynmods to bring it under 1 ms (see docs/security.md for the trade-offs)")
+    return (
+        "; each call's move into its cgroup waits for an RCU grace period (5-15 ms "
+        "measured): set /sys/kernel/rcu_expedited=1 or mount a cgroup hierarchy with "
+        "-o favordynmods to bring it under 1 ms (see docs/security.md for the trade-offs)"
+    )
 
 
 # -- the process part -------------------------------------------------------------------
@@ -656,13 +797,19 @@ def probe() -> Host:
         # Entries the unprivileged uid cannot enter would only shadow usable ones
         # (a pyenv shim under /root before /usr/bin/python3).
         path = ":".join(d for d in path.split(":") if d and _enterable(d, SANDBOX_UID))
-    return Host(bwrap=bwrap, bwrap_version=_version([bwrap, "--version"]) if bwrap else None,
-                bwrap_problem=problem,
-                setpriv=setpriv,
-                setpriv_version=_version([setpriv, "--version"]) if setpriv else None,
-                env_tool=shutil.which("env") or "/usr/bin/env", prlimit=shutil.which("prlimit"),
-                is_root=is_root, cgroups=_probe_cgroups(), path=path or Host.path,
-                fast_migration=_fast_migration())
+    return Host(
+        bwrap=bwrap,
+        bwrap_version=_version([bwrap, "--version"]) if bwrap else None,
+        bwrap_problem=problem,
+        setpriv=setpriv,
+        setpriv_version=_version([setpriv, "--version"]) if setpriv else None,
+        env_tool=shutil.which("env") or "/usr/bin/env",
+        prlimit=shutil.which("prlimit"),
+        is_root=is_root,
+        cgroups=_probe_cgroups(),
+        path=path or Host.path,
+        fast_migration=_fast_migration(),
+    )
 
 
 def _bwrap_problem(bwrap: str) -> str | None:
@@ -670,9 +817,24 @@ def _bwrap_problem(bwrap: str) -> str | None:
     Installed is not enough: a default container has the binary but refuses
     user namespaces, and every shell call would then fail instead of falling back."""
     try:
-        done = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                               "--unshare-pid", "--unshare-net", "--die-with-parent", "true"],
-                              capture_output=True, timeout=10)
+        done = subprocess.run(
+            [
+                bwrap,
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--unshare-pid",
+                "--unshare-net",
+                "--die-with-parent",
+                "true",
+            ],
+            capture_output=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{bwrap} did not run ({exc})"
     if done.returncode != 0:
@@ -689,8 +851,11 @@ def _fast_migration() -> str | None:
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mounts").read_text().splitlines():
             fields = line.split()
-            if len(fields) > 3 and fields[2].startswith("cgroup") \
-                    and "favordynmods" in fields[3].split(","):
+            if (
+                len(fields) > 3
+                and fields[2].startswith("cgroup")
+                and "favordynmods" in fields[3].split(",")
+            ):
                 return f"favordynmods on {fields[1]}"
     return None
 
@@ -713,8 +878,9 @@ def _enterable(directory: str, uid: int) -> bool:
 
 def _version(argv: list[str]) -> str | None:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=5,
-                             stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            argv, capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return (out.stdout or out.stderr).strip().splitlines()[0] if out.returncode == 0 else None
@@ -744,10 +910,13 @@ def _probe_cgroups(root: str = "/sys/fs/cgroup") -> Cgroups:
             p.mkdir(exist_ok=True)
             _probe_child(p)
     except OSError as err:
-        return Cgroups(why=f"cannot create cgroups under {root}/{{pids,memory}}: "
-                           f"{err.strerror}")
-    return Cgroups("v1", str(parents["pids"]), str(parents["memory"]),
-                   f"cgroup v1 under {parents['pids']} and {parents['memory']}")
+        return Cgroups(why=f"cannot create cgroups under {root}/{{pids,memory}}: {err.strerror}")
+    return Cgroups(
+        "v1",
+        str(parents["pids"]),
+        str(parents["memory"]),
+        f"cgroup v1 under {parents['pids']} and {parents['memory']}",
+    )
 
 
 def _probe_child(parent: Path) -> None:
@@ -765,13 +934,13 @@ class Prepared:
     call_id: str
     cgroups: list[Path] = field(default_factory=list)
     home: Path | None = None
-    owners: dict[bytes, tuple[int, int]] | None = None   # relative path -> (uid, gid)
+    owners: dict[bytes, tuple[int, int]] | None = None  # relative path -> (uid, gid)
     root_owner: tuple[int, int] = (0, 0)
     workspace: Path | None = None
-    cgroup_error: str | None = None     # set: run with rlimits only
-    info: tuple[int, int] | None = None     # pipe (read, write): bwrap's --info-fd
-    block: tuple[int, int] | None = None    # pipe (read, write): bwrap's --block-fd
-    init_pidfd: int | None = None           # bwrap's sandbox init, once started
+    cgroup_error: str | None = None  # set: run with rlimits only
+    info: tuple[int, int] | None = None  # pipe (read, write): bwrap's --info-fd
+    block: tuple[int, int] | None = None  # pipe (read, write): bwrap's --block-fd
+    init_pidfd: int | None = None  # bwrap's sandbox init, once started
 
 
 def ancestors_of(workspace: Path) -> tuple[tuple[str, int, int], ...]:
@@ -784,8 +953,8 @@ def ancestors_of(workspace: Path) -> tuple[tuple[str, int, int], ...]:
 
 # -- masks: the workspace paths the policy denies reading ---------------------------------
 
-_RACY_NS = 2_000_000_000    # a directory this recent may change again within one timestamp tick
-_MASK_CACHE_SIZE = 32       # workspaces (with their rules) whose walk is kept
+_RACY_NS = 2_000_000_000  # a directory this recent may change again within one timestamp tick
+_MASK_CACHE_SIZE = 32  # workspaces (with their rules) whose walk is kept
 
 
 @dataclass(frozen=True)
@@ -796,10 +965,10 @@ class _Dir:
 
     ino: int
     mtime_ns: int
-    kept: bool                          # False: changed too recently to trust; read again
+    kept: bool  # False: changed too recently to trust; read again
     masks: tuple[Mask, ...]
-    subdirs: tuple[str, ...]            # relative paths still to walk
-    files: tuple[str, ...]              # names of its regular files (for hard links)
+    subdirs: tuple[str, ...]  # relative paths still to walk
+    files: tuple[str, ...]  # names of its regular files (for hard links)
 
 
 _mask_cache: OrderedDict[tuple[str, MaskRules], dict[str, _Dir]] = OrderedDict()
@@ -841,7 +1010,7 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
         while len(_mask_cache) > _MASK_CACHE_SIZE:
             _mask_cache.popitem(last=False)
     masks = tidy_masks([m for d in walked.values() for m in d.masks])
-    linked = _linked(masks)          # asked every call: a link can be made in another folder
+    linked = _linked(masks)  # asked every call: a link can be made in another folder
     if linked:
         masks = tidy_masks([*masks, *_other_links(top, walked, linked)])
     return tuple(_with_source(m) for m in masks)
@@ -850,7 +1019,7 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
 def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
     now = time.time_ns()
     walked: dict[str, _Dir] = {}
-    stack: list[tuple[str, bool]] = [("", False)]       # (path, listed by a kept parent)
+    stack: list[tuple[str, bool]] = [("", False)]  # (path, listed by a kept parent)
     while stack:
         rel, vouched = stack.pop()
         path = os.path.join(top, rel) if rel else top
@@ -862,11 +1031,14 @@ def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
         if st is None or not stat.S_ISDIR(st.st_mode):
             if vouched:
                 raise _Stale(rel)
-            continue                      # gone since its parent was read
+            continue  # gone since its parent was read
         if vouched and (before is None or before.ino != st.st_ino):
             raise _Stale(rel)
-        keep = (before is not None and before.kept
-                and (before.ino, before.mtime_ns) == (st.st_ino, st.st_mtime_ns))
+        keep = (
+            before is not None
+            and before.kept
+            and (before.ino, before.mtime_ns) == (st.st_ino, st.st_mtime_ns)
+        )
         d = before if keep and before is not None else _read_dir(top, rel, st, match, now)
         walked[rel] = d
         stack.extend((sub, keep) for sub in d.subdirs)
@@ -875,7 +1047,7 @@ def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
 
 def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -> _Dir:
     prefix = rel + "/" if rel else ""
-    in_git = rel.rpartition("/")[2] == ".git"     # the repository: its own files only
+    in_git = rel.rpartition("/")[2] == ".git"  # the repository: its own files only
     masks: list[Mask] = []
     subdirs: list[str] = []
     files: list[str] = []
@@ -897,12 +1069,11 @@ def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -
             if match.file(r):
                 masks.append(Mask(e.path))
         elif e.is_symlink() and (match.file(r) or match.whole_dir(r)):
-            cacheable = False             # where it leads can change without this folder
+            cacheable = False  # where it leads can change without this folder
             target = _link_target(top, e.path)
             if target is not None:
                 masks.append(target)
-    return _Dir(st.st_ino, st.st_mtime_ns, cacheable, tuple(masks), tuple(subdirs),
-                tuple(files))
+    return _Dir(st.st_ino, st.st_mtime_ns, cacheable, tuple(masks), tuple(subdirs), tuple(files))
 
 
 def _link_target(top: str, link: str) -> Mask | None:
@@ -933,8 +1104,7 @@ def _linked(masks: Sequence[Mask]) -> set[tuple[int, int]]:
     return out
 
 
-def _other_links(top: str, walked: Mapping[str, _Dir], linked: set[tuple[int, int]]
-                 ) -> list[Mask]:
+def _other_links(top: str, walked: Mapping[str, _Dir], linked: set[tuple[int, int]]) -> list[Mask]:
     """Files that are hard links of a masked file under another name: the
     rare case, so it may stat every file."""
     out = []
@@ -968,8 +1138,12 @@ def _read_only_file(name: str, data: bytes) -> str:
     path = os.path.join(_private_dir(), name)
     with contextlib.suppress(OSError):
         st = os.lstat(path)
-        if (stat.S_ISREG(st.st_mode) and st.st_size == len(data) and st.st_uid == os.geteuid()
-                and stat.S_IMODE(st.st_mode) == 0o444):
+        if (
+            stat.S_ISREG(st.st_mode)
+            and st.st_size == len(data)
+            and st.st_uid == os.geteuid()
+            and stat.S_IMODE(st.st_mode) == 0o444
+        ):
             return path
     tmp = f"{path}.{uuid.uuid4().hex}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
@@ -1004,11 +1178,14 @@ def _git_config_copy(path: str) -> str | None:
         known = _git_copies.get(key)
         if known is not None and os.path.isfile(known):
             return known
-    try:     # parsing only: --file reads no includes, runs nothing
-        out = subprocess.run([git, "config", "--file", path, "--null", "--list"],
-                             capture_output=True, timeout=5, stdin=subprocess.DEVNULL,
-                             env={"PATH": os.defpath, "GIT_CONFIG_NOSYSTEM": "1",
-                                  "GIT_CONFIG_GLOBAL": "/dev/null"})
+    try:  # parsing only: --file reads no includes, runs nothing
+        out = subprocess.run(
+            [git, "config", "--file", path, "--null", "--list"],
+            capture_output=True,
+            timeout=5,
+            stdin=subprocess.DEVNULL,
+            env={"PATH": os.defpath, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"},
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     text = git_format_config(out.stdout) if out.returncode == 0 else ""
@@ -1029,8 +1206,7 @@ def _with_source(m: Mask) -> Mask:
 
 
 @contextlib.contextmanager
-def prepare(workspace: Path, host: Host, mode: Mode, limits: SandboxLimits
-            ) -> Iterator[Prepared]:
+def prepare(workspace: Path, host: Host, mode: Mode, limits: SandboxLimits) -> Iterator[Prepared]:
     """Set up one call and always undo it: on exit the workspace (and only the
     workspace) gets its owners back, files the command created belong to the
     workspace's owner, the throwaway home and the cgroups are gone."""
@@ -1051,7 +1227,8 @@ def prepare(workspace: Path, host: Host, mode: Mode, limits: SandboxLimits
                     f"cannot hand the workspace {workspace} to the sandbox's uid {SANDBOX_UID} "
                     f"({err}); commands run as that uid so that process limits hold. Use a "
                     "workspace on a filesystem where root may chown (not a root-squashed "
-                    "network share).") from err
+                    "network share)."
+                ) from err
         try:
             prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits)
         except OSError as err:
@@ -1063,8 +1240,11 @@ def prepare(workspace: Path, host: Host, mode: Mode, limits: SandboxLimits
         yield prep
     finally:
         _sweep(prep)
-        for fd in [*(prep.info or ()), *(prep.block or ()),
-                   *([prep.init_pidfd] if prep.init_pidfd is not None else [])]:
+        for fd in [
+            *(prep.info or ()),
+            *(prep.block or ()),
+            *([prep.init_pidfd] if prep.init_pidfd is not None else []),
+        ]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         for cg in prep.cgroups:
@@ -1093,14 +1273,15 @@ def _give(workspace: Path, uid: int, owners: dict[bytes, tuple[int, int]]) -> No
             except FileNotFoundError:
                 continue
             if stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                continue       # directories: done as dirpath; symlinks: nothing to write
+                continue  # directories: done as dirpath; symlinks: nothing to write
             owners[os.path.normpath(os.path.join(rel, name))] = (st.st_uid, st.st_gid)
             if st.st_uid != uid and st.st_nlink == 1:
                 os.chown(name, uid, uid, dir_fd=dirfd, follow_symlinks=False)
 
 
-def _restore(workspace: Path, owners: dict[bytes, tuple[int, int]],
-             root_owner: tuple[int, int]) -> None:
+def _restore(
+    workspace: Path, owners: dict[bytes, tuple[int, int]], root_owner: tuple[int, int]
+) -> None:
     """Give every entry its recorded owner back; entries the command made go to
     the workspace's owner. Set-id bits are cleared on every file that changes
     hands (the kernel does it on chown too): the command could have written
@@ -1121,7 +1302,7 @@ def _restore(workspace: Path, owners: dict[bytes, tuple[int, int]],
                 continue
             key = os.path.normpath(os.path.join(rel, name))
             if key not in owners and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                continue       # a hard link the command made: never chown through it
+                continue  # a hard link the command made: never chown through it
             want = owners.get(key, root_owner)
             if (st.st_uid, st.st_gid) == want:
                 continue
@@ -1142,7 +1323,7 @@ def _rmdir_cgroup(cg: Path, timeout_s: float = 1.0) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                return          # left for the next probe's clean-up (`_remove_stale`)
+                return  # left for the next probe's clean-up (`_remove_stale`)
             time.sleep(0.001)
 
 
@@ -1193,11 +1374,10 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
     its first instruction: bubblewrap's init is moved in while it waits on
     its block fd, before it starts the command; the fallback joins in the
     child before exec. Without `prlimit` the child also sets the rlimits."""
-    procs = [os.fsencode(cg / "cgroup.procs") for cg in prep.cgroups] \
-        if p.preexec_cgroups else []
+    procs = [os.fsencode(cg / "cgroup.procs") for cg in prep.cgroups] if p.preexec_cgroups else []
     limits = p.rlimits if p.preexec_rlimits else ()
 
-    def child() -> None:          # runs between fork and exec: syscalls only
+    def child() -> None:  # runs between fork and exec: syscalls only
         for path in procs:
             fd = os.open(path, os.O_WRONLY)
             try:
@@ -1207,13 +1387,24 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
         for res, value in limits:
             resource.setrlimit(res, (value, value))
 
-    keep = tuple(fd for fd in (prep.info[1] if prep.info else None,
-                               prep.block[0] if prep.block else None) if fd is not None)
+    keep = tuple(
+        fd
+        for fd in (prep.info[1] if prep.info else None, prep.block[0] if prep.block else None)
+        if fd is not None
+    )
     try:
-        proc = subprocess.Popen(p.argv, cwd=p.cwd, env=p.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, pass_fds=keep,
-                                preexec_fn=child if procs or limits else None)
+        proc = subprocess.Popen(
+            p.argv,
+            cwd=p.cwd,
+            env=p.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=keep,
+            preexec_fn=child if procs or limits else None,
+        )
     finally:
         for fd in keep:
             os.close(fd)

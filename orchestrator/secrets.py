@@ -43,16 +43,22 @@ from pydantic import SecretStr
 
 from orchestrator.errors import ConfigError
 
-__all__ = ["SecretStore", "get", "known_values", "process_values", "store_recorder",
-           "STREAM_PREFIX"]
+__all__ = [
+    "SecretStore",
+    "get",
+    "known_values",
+    "process_values",
+    "store_recorder",
+    "STREAM_PREFIX",
+]
 
 log = logging.getLogger("orchestrator.secrets")
 STREAM_PREFIX = "secrets:"
 
-Recorder = Callable[[str, str, str, str | None], None]   # (name, source, reader, stream)
+Recorder = Callable[[str, str, str, str | None], None]  # (name, source, reader, stream)
 
 _lock = threading.Lock()
-_read: set[str] = set()              # every value read in this process
+_read: set[str] = set()  # every value read in this process
 
 
 def _remember(value: str) -> None:
@@ -72,6 +78,7 @@ def known_values() -> list[str]:
     values = set(process_values())
     try:
         from orchestrator.config import get_settings
+
         s = get_settings()
     except ConfigError:
         return sorted(values)
@@ -88,6 +95,7 @@ def _setting_values(s: Any) -> frozenset[str]:
     if _settings_values is not None and _settings_values[0] == id(s):
         return _settings_values[1]
     from urllib.parse import unquote, urlsplit
+
     found: set[str] = set()
     for name in type(s).model_fields:
         v = getattr(s, name)
@@ -106,31 +114,44 @@ def _setting_values(s: Any) -> frozenset[str]:
 
 def store_recorder(settings: Any, actor: str | None = None) -> Recorder:
     """Records SecretAccessed on the configured event store (opened on first use)."""
+
     def record(name: str, source: str, reader: str, stream: str | None) -> None:
         from events.envelope import NewEvent
         from events.payloads import SecretAccessed
         from events.store import open_store
+
         url = settings.effective_store_url
         with _lock:
-            store = _stores.get((os.getpid(), url))      # engines do not survive a fork
+            store = _stores.get((os.getpid(), url))  # engines do not survive a fork
             if store is None:
                 store = _stores[(os.getpid(), url)] = open_store(
-                    url, upgrade=settings.embedded_store)
+                    url, upgrade=settings.embedded_store
+                )
         stream_id = stream or STREAM_PREFIX + socket.gethostname()
-        event = NewEvent.create(SecretAccessed(name=name, source=source, reader=reader),
-                                actor=actor or settings.worker_actor, correlation_id=stream_id)
+        event = NewEvent.create(
+            SecretAccessed(name=name, source=source, reader=reader),
+            actor=actor or settings.worker_actor,
+            correlation_id=stream_id,
+        )
         store.append(stream_id, [event], None)
+
     return record
 
 
-_stores: dict[tuple[int, str], Any] = {}    # (pid, url): the recorder's stores
+_stores: dict[tuple[int, str], Any] = {}  # (pid, url): the recorder's stores
 
 
 class SecretStore:
     """Reads named secrets from the sources the settings list."""
 
-    def __init__(self, settings: Any, *, environ: Mapping[str, str] | None = None,
-                 recorder: Recorder | None = None, keyring_backend: Any = None) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        environ: Mapping[str, str] | None = None,
+        recorder: Recorder | None = None,
+        keyring_backend: Any = None,
+    ) -> None:
         self.settings = settings
         self.environ = os.environ if environ is None else environ
         self.recorder = recorder if recorder is not None else store_recorder(settings)
@@ -147,11 +168,19 @@ class SecretStore:
                 try:
                     self.recorder(name, source, reader, stream)
                 except Exception as exc:  # noqa: BLE001 - the audit store may be down
-                    log.warning("secret %s read by %s could not be recorded: %s",
-                                name, reader, type(exc).__name__)
+                    log.warning(
+                        "secret %s read by %s could not be recorded: %s",
+                        name,
+                        reader,
+                        type(exc).__name__,
+                    )
                 return SecretStr(value)
-        log.debug("secret %s not found (sources %s) for %s", name,
-                 ", ".join(self.settings.secret_sources), reader)
+        log.debug(
+            "secret %s not found (sources %s) for %s",
+            name,
+            ", ".join(self.settings.secret_sources),
+            reader,
+        )
         return None
 
     # -- sources: each returns (value, source) or None ------------------------------
@@ -161,10 +190,17 @@ class SecretStore:
         fields = type(s).model_fields
         if name in fields and isinstance(getattr(s, name), SecretStr):
             from orchestrator.config_report import gather, origin
+
             where = origin(gather(self.environ), name)
-            src = f"env:{where.key}" if where.kind == "env" else \
-                f"dotenv:{where.path}" if where.kind == "dotenv" else \
-                f"toml:{where.path}#{name}" if where.kind == "toml" else "settings"
+            src = (
+                f"env:{where.key}"
+                if where.kind == "env"
+                else f"dotenv:{where.path}"
+                if where.kind == "dotenv"
+                else f"toml:{where.path}#{name}"
+                if where.kind == "toml"
+                else "settings"
+            )
             return getattr(s, name).get_secret_value(), src
         path = getattr(s, f"{name}_file", None) if f"{name}_file" in fields else None
         if path is not None:
@@ -188,9 +224,10 @@ class SecretStore:
             try:
                 import keyring
             except ImportError:
-                raise ConfigError("secret_sources lists keyring but the keyring package is "
-                                  "not installed: pip install 'agent-orchestrator[keyring]'"
-                                  ) from None
+                raise ConfigError(
+                    "secret_sources lists keyring but the keyring package is "
+                    "not installed: pip install 'agent-orchestrator[keyring]'"
+                ) from None
             backend = keyring.get_keyring()
         service = self.settings.keyring_service
         value = backend.get_password(service, name)
@@ -199,18 +236,23 @@ class SecretStore:
     def _from_vault(self, name: str) -> tuple[str, str] | None:
         s = self.settings
         if not s.vault_addr:
-            raise ConfigError("secret_sources lists vault but vault_addr is unset: set "
-                              "ORCH_VAULT_ADDR, e.g. https://vault.internal:8200")
+            raise ConfigError(
+                "secret_sources lists vault but vault_addr is unset: set "
+                "ORCH_VAULT_ADDR, e.g. https://vault.internal:8200"
+            )
         try:
             import hvac
         except ImportError:
-            raise ConfigError("secret_sources lists vault but the hvac package is not "
-                              "installed: pip install 'agent-orchestrator[vault]'") from None
+            raise ConfigError(
+                "secret_sources lists vault but the hvac package is not "
+                "installed: pip install 'agent-orchestrator[vault]'"
+            ) from None
         token = s.vault_token.get_secret_value() if s.vault_token else None
         client = hvac.Client(url=s.vault_addr, token=token)
         try:
             data = client.secrets.kv.v2.read_secret_version(
-                path=s.vault_path, mount_point=s.vault_mount, raise_on_deleted_version=True)
+                path=s.vault_path, mount_point=s.vault_mount, raise_on_deleted_version=True
+            )
         except hvac.exceptions.InvalidPath:
             return None
         value = data["data"]["data"].get(name)
@@ -221,8 +263,9 @@ def _read_file(path: Path, setting: str) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(f"cannot read the secret file {path} ({setting}): "
-                          f"{exc.strerror}") from None
+        raise ConfigError(
+            f"cannot read the secret file {path} ({setting}): {exc.strerror}"
+        ) from None
 
 
 _default: SecretStore | None = None
@@ -232,6 +275,7 @@ def default_store() -> SecretStore:
     global _default
     if _default is None:
         from orchestrator.config import get_settings
+
         _default = SecretStore(get_settings())
     return _default
 

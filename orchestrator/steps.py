@@ -63,8 +63,8 @@ class SearchStep(_Step):
     pattern: str = Field(min_length=1)
     literal: bool = False
     ignore_case: bool = False
-    glob: tuple[str, ...] = ()          # include globs relative to the target; empty = all files
-    expect: CountRange | None = None    # fail the step if the match count is outside
+    glob: tuple[str, ...] = ()  # include globs relative to the target; empty = all files
+    expect: CountRange | None = None  # fail the step if the match count is outside
     max_output_bytes: int = Field(default=64 * 1024, gt=0)
     idempotent: bool = True
 
@@ -76,7 +76,7 @@ class ReplaceStep(_Step):
     literal: bool = False
     ignore_case: bool = False
     glob: tuple[str, ...] = ()
-    expect: CountRange | None = None    # replacements across all files
+    expect: CountRange | None = None  # replacements across all files
 
 
 class WriteStep(_Step):
@@ -88,7 +88,7 @@ class WriteStep(_Step):
 
 class PatchStep(_Step):
     kind: Literal["patch"] = "patch"
-    diff: str = Field(min_length=1)     # a unified diff, paths relative to the target (a/ b/ ok)
+    diff: str = Field(min_length=1)  # a unified diff, paths relative to the target (a/ b/ ok)
 
 
 class ReadStep(_Step):
@@ -153,7 +153,7 @@ class FetchStep(_Step):
 
     kind: Literal["fetch"] = "fetch"
     url: str = Field(min_length=1, max_length=8192)
-    max_bytes: int | None = Field(default=None, gt=0)       # body cap; settings bound it
+    max_bytes: int | None = Field(default=None, gt=0)  # body cap; settings bound it
     max_redirects: int | None = Field(default=None, ge=0, le=30)
     max_output_bytes: int = Field(default=64 * 1024, gt=0)
     idempotent: bool = True
@@ -184,15 +184,25 @@ class BrowserStep(_Step):
     idempotent: bool = True
 
     def request_fields(self) -> dict[str, Any]:
-        return self.model_dump(include={"url", "output", "actions", "selector", "wait_until",
-                                        "full_page", "max_output_bytes"}, exclude_none=True)
+        return self.model_dump(
+            include={
+                "url",
+                "output",
+                "actions",
+                "selector",
+                "wait_until",
+                "full_page",
+                "max_output_bytes",
+            },
+            exclude_none=True,
+        )
 
     @model_validator(mode="after")
     def _request_valid(self) -> BrowserStep:
         try:
             from orchestrator.tools.browser import BrowserRequest
         except ImportError:
-            return self          # checked when the step runs (the tool says it is missing)
+            return self  # checked when the step runs (the tool says it is missing)
         BrowserRequest.model_validate(self.request_fields())
         return self
 
@@ -200,7 +210,18 @@ class BrowserStep(_Step):
 NETWORK_STEPS = (FetchStep, WebSearchStep, BrowserStep)
 
 Step = Annotated[
-    Union[SearchStep, ReplaceStep, WriteStep, PatchStep, ReadStep, ListStep, DeleteStep,
-          ShellStep, FetchStep, WebSearchStep, BrowserStep],
+    Union[
+        SearchStep,
+        ReplaceStep,
+        WriteStep,
+        PatchStep,
+        ReadStep,
+        ListStep,
+        DeleteStep,
+        ShellStep,
+        FetchStep,
+        WebSearchStep,
+        BrowserStep,
+    ],
     Field(discriminator="kind"),
 ]

@@ -28,7 +28,7 @@ from typing import Any
 
 __all__ = ["setup", "span", "current_ids", "current_trace_id", "shutdown", "active"]
 
-_tracer: Any = None              # None: tracing is off in this process
+_tracer: Any = None  # None: tracing is off in this process
 _provider: Any = None
 _pid: int | None = None
 _celery_instrumented = False
@@ -49,26 +49,37 @@ def setup(settings: Any, *, celery: bool = False) -> None:
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (BatchSpanProcessor, ConsoleSpanExporter,
-                                                SimpleSpanProcessor)
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SimpleSpanProcessor,
+    )
 
-    provider = TracerProvider(resource=Resource.create({
-        "service.name": settings.otel_service_name, "process.pid": os.getpid()}))
+    provider = TracerProvider(
+        resource=Resource.create(
+            {"service.name": settings.otel_service_name, "process.pid": os.getpid()}
+        )
+    )
     if settings.trace_exporter == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
         endpoint = (settings.otlp_endpoint or "http://127.0.0.1:4318").rstrip("/")
-        provider.add_span_processor(BatchSpanProcessor(
-            OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"), schedule_delay_millis=1000))
+        provider.add_span_processor(
+            BatchSpanProcessor(
+                OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"), schedule_delay_millis=1000
+            )
+        )
     else:
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
     # The global provider can be set once per process; a forked child has its
     # parent's, whose exporter thread did not survive: replace it outright.
-    trace._TRACER_PROVIDER_SET_ONCE._done = False      # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER_SET_ONCE._done = False  # type: ignore[attr-defined]
     trace.set_tracer_provider(provider)
     _provider, _pid = provider, os.getpid()
     _tracer = provider.get_tracer("orchestrator")
     if celery and not _celery_instrumented:
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
         CeleryInstrumentor().instrument(tracer_provider=provider)
         _celery_instrumented = True
 
@@ -90,6 +101,7 @@ def current_ids() -> tuple[str, str] | None:
     if _tracer is None:
         return None
     from opentelemetry import trace
+
     ctx = trace.get_current_span().get_span_context()
     if not ctx.is_valid:
         return None

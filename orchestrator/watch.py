@@ -23,7 +23,8 @@ class JobView:
             self.job = apply_job(self.job, e)
         else:
             self.sessions[e.stream_id] = apply_session(
-                self.sessions.get(e.stream_id, SessionState()), e)
+                self.sessions.get(e.stream_id, SessionState()), e
+            )
         self.position = max(self.position, e.position)
 
     def poll(self, store: SqlEventStore) -> list[Event]:
@@ -49,7 +50,8 @@ class JobView:
         finished = {sid for sid, _ in self.job.finished}
         return bool(self.job.sessions) and all(
             ref.session_id in finished or ref.session_id in self.waiting
-            for ref in self.job.sessions)
+            for ref in self.job.sessions
+        )
 
 
 def final_view(store: SqlEventStore, job_id: str) -> JobView:
@@ -65,14 +67,21 @@ def session_summary(view: JobView) -> list[dict[str, object]]:
     for ref in view.job.sessions:
         s = view.sessions.get(ref.session_id, SessionState())
         done = sum(1 for t in s.turns if t.status == "ok")
-        rows.append({"session_id": ref.session_id, "target": ref.target,
-                     "workspace": s.target,
-                     "status": "waiting" if s.waiting and not s.finished else s.status,
-                     "waiting": [c.call_id for c in s.waiting],
-                     "steps_ok": done, "steps": max(len(s.steps), len(s.turns)),
-                     "error": s.error,
-                     "files_changed": [c.path for c in s.files_changed], "patch": s.patch,
-                     "agent": _agent_summary(s)})
+        rows.append(
+            {
+                "session_id": ref.session_id,
+                "target": ref.target,
+                "workspace": s.target,
+                "status": "waiting" if s.waiting and not s.finished else s.status,
+                "waiting": [c.call_id for c in s.waiting],
+                "steps_ok": done,
+                "steps": max(len(s.steps), len(s.turns)),
+                "error": s.error,
+                "files_changed": [c.path for c in s.files_changed],
+                "patch": s.patch,
+                "agent": _agent_summary(s),
+            }
+        )
     return rows
 
 
@@ -83,6 +92,10 @@ def _agent_summary(s: SessionState) -> dict[str, object] | None:
     if a is None:
         return None
     last = a.last_reply
-    return {"model": a.model, "model_turns": a.model_turns,
-            "tool_calls": sum(1 for e in a.entries for c in e.calls if c.turn),
-            "invalid_calls": a.invalid_calls, "message": last.text if last else None}
+    return {
+        "model": a.model,
+        "model_turns": a.model_turns,
+        "tool_calls": sum(1 for e in a.entries for c in e.calls if c.turn),
+        "invalid_calls": a.invalid_calls,
+        "message": last.text if last else None,
+    }

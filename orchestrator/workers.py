@@ -45,13 +45,29 @@ def embedded_worker_pid(settings: Settings) -> int | None:
     return pid if _alive(pid) else None
 
 
-def worker_command(settings: Settings, *, concurrency: int | None = None,
-                   detach_files: bool = True) -> list[str]:
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker",
-           "--pool", "prefork", "--concurrency", str(concurrency or settings.worker_concurrency),
-           "--queues", "orchestrator", "--loglevel", settings.log_level,
-           "--hostname", f"orchestrator-{os.getpid()}@%h", "--without-mingle",
-           "--without-gossip"]
+def worker_command(
+    settings: Settings, *, concurrency: int | None = None, detach_files: bool = True
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(concurrency or settings.worker_concurrency),
+        "--queues",
+        "orchestrator",
+        "--loglevel",
+        settings.log_level,
+        "--hostname",
+        f"orchestrator-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     if detach_files:
         cmd += ["--pidfile", str(pidfile(settings)), "--logfile", str(logfile(settings))]
     return cmd
@@ -64,6 +80,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     if "prometheus" in settings.metrics_reporters and "PROMETHEUS_MULTIPROC_DIR" not in env:
         from orchestrator.metrics import prepare_dir
+
         env["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_dir(settings.effective_metrics_dir))
     return env
 
@@ -75,9 +92,14 @@ def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     if stale.exists() and embedded_worker_pid(settings) is None:
         stale.unlink()
     env = {**worker_env(settings), "ORCH_STATE_DIR": str(settings.state)}
-    return subprocess.Popen(worker_command(settings), env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=open(logfile(settings), "ab"),
-                            start_new_session=True)
+    return subprocess.Popen(
+        worker_command(settings),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(logfile(settings), "ab"),
+        start_new_session=True,
+    )
 
 
 def server_worker_running(ping: Callable[[], list[object]]) -> bool:

@@ -39,6 +39,7 @@ def provider_for(settings: Settings) -> Any:
         if kind == "scripted" and spec.turns is not None:
             return ScriptedProvider(list(spec.turns), model=spec.model or "scripted")
         return make_provider(settings, provider=kind)
+
     return make
 
 
@@ -48,16 +49,28 @@ def loop() -> AgentLoop:
     if _loop is None or _loop[0] != os.getpid():
         s = get_settings()
         key = api_key(s)
-        _loop = (os.getpid(), AgentLoop(runner(), provider_for(s),
-                                        default_provider=s.model_provider,
-                                        default_model=s.model_name,
-                                        secrets=(key,) if key else (),
-                                        store_content=s.prompt_storage == "masked"))
+        _loop = (
+            os.getpid(),
+            AgentLoop(
+                runner(),
+                provider_for(s),
+                default_provider=s.model_provider,
+                default_model=s.model_name,
+                secrets=(key,) if key else (),
+                store_content=s.prompt_storage == "masked",
+            ),
+        )
     return _loop[1]
 
 
-@app.task(bind=True, name=AGENT_ADVANCE, acks_late=True, soft_time_limit=SOFT_LIMIT_S,
-          time_limit=HARD_LIMIT_S, max_retries=get_settings().task_max_retries)
+@app.task(
+    bind=True,
+    name=AGENT_ADVANCE,
+    acks_late=True,
+    soft_time_limit=SOFT_LIMIT_S,
+    time_limit=HARD_LIMIT_S,
+    max_retries=get_settings().task_max_retries,
+)
 def agent_advance(self: Any, ticket: dict[str, Any]) -> str:
     t = Ticket.model_validate(ticket)
     logs.bind(job_id=t.job_id, session_id=t.session_id)
@@ -65,7 +78,7 @@ def agent_advance(self: Any, ticket: dict[str, Any]) -> str:
         outcome = loop().advance(t, task_id=self.request.id)
     except Exception as exc:
         if getattr(exc, "transient", False) and self.request.retries < self.max_retries:
-            delay = getattr(exc, "retry_after_s", None) or min(2 ** self.request.retries, 60)
+            delay = getattr(exc, "retry_after_s", None) or min(2**self.request.retries, 60)
             raise self.retry(exc=exc, countdown=delay) from exc
         log.exception("agent session %s stopped: %s", t.session_id, exc)
         if isinstance(exc, ModelError):
@@ -73,8 +86,13 @@ def agent_advance(self: Any, ticket: dict[str, Any]) -> str:
             a = state.session.agent
             loop().fail_model(t, a.requested if a else 0, exc, f"task:{self.request.id}")
         else:
-            fail_session(runner(), t, type(exc).__name__,
-                         f"the agent could not go on: {exc}", self.request.id)
+            fail_session(
+                runner(),
+                t,
+                type(exc).__name__,
+                f"the agent could not go on: {exc}",
+                self.request.id,
+            )
         outcome = "failed"
     if outcome == "continue":
         agent_advance.apply_async((ticket,))

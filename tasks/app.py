@@ -18,10 +18,13 @@ from orchestrator.config import Settings, get_settings
 def make_app(settings: Settings) -> Celery:
     if settings.embedded_broker:
         settings.state.mkdir(parents=True, exist_ok=True)
-    app = Celery("orchestrator", broker=settings.effective_broker_url,
-                 backend=settings.effective_result_backend,
-                 amqp="tasks.summary:SummarizingAMQP",   # masked argument summaries
-                 include=["tasks.steps", "tasks.audit", "tasks.agent"])
+    app = Celery(
+        "orchestrator",
+        broker=settings.effective_broker_url,
+        backend=settings.effective_result_backend,
+        amqp="tasks.summary:SummarizingAMQP",  # masked argument summaries
+        include=["tasks.steps", "tasks.audit", "tasks.agent"],
+    )
     transport_options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
     if settings.embedded_broker:
         transport_options["polling_interval"] = settings.embedded_poll_interval_s
@@ -39,7 +42,7 @@ def make_app(settings: Settings) -> Celery:
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,     # Flower shows tasks live
+        worker_send_task_events=True,  # Flower shows tasks live
         task_send_sent_event=True,
         task_default_queue="orchestrator",
         database_engine_options={"connect_args": {"timeout": 60}},
@@ -48,9 +51,13 @@ def make_app(settings: Settings) -> Celery:
     every = sign_interval(settings)
     if every is not None:
         # For `celery -A tasks.app beat` (server brokers; tasks.audit explains).
-        app.conf.beat_schedule = {"audit-sign-heads": {
-            "task": "orchestrator.audit.sign_heads", "schedule": every,
-            "options": {"expires": every}}}
+        app.conf.beat_schedule = {
+            "audit-sign-heads": {
+                "task": "orchestrator.audit.sign_heads",
+                "schedule": every,
+                "options": {"expires": every},
+            }
+        }
     return app
 
 

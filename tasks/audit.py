@@ -30,7 +30,7 @@ from tasks.app import app, sign_interval
 
 SIGN_HEADS = "orchestrator.audit.sign_heads"
 log = get_task_logger(__name__)
-worker_log = get_logger(__name__)         # outside tasks (the worker's main process)
+worker_log = get_logger(__name__)  # outside tasks (the worker's main process)
 
 
 def _key(settings: Settings) -> Any:
@@ -53,16 +53,24 @@ def _sign(store: SqlEventStore, settings: Settings, streams: Sequence[str]) -> s
     return f"signed {len(event.payload.heads)} stream head(s) (audit-digests seq {event.seq})"
 
 
-@app.task(bind=True, name=SIGN_HEADS, acks_late=True, ignore_result=True, max_retries=5,
-          soft_time_limit=120, time_limit=180)
+@app.task(
+    bind=True,
+    name=SIGN_HEADS,
+    acks_late=True,
+    ignore_result=True,
+    max_retries=5,
+    soft_time_limit=120,
+    time_limit=180,
+)
 def sign_heads(self: Any, streams: list[str] | None = None) -> str:
     """Sign the heads of every stream changed since the last digest, and of `streams`."""
-    from tasks.steps import runner          # the worker process's one store
+    from tasks.steps import runner  # the worker process's one store
+
     try:
         return _sign(runner().store, get_settings(), streams or ())
     except Exception as exc:
         if getattr(exc, "transient", False) and self.request.retries < self.max_retries:
-            raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
+            raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from exc
         log.exception("signing a digest of stream heads failed: %s", exc)
         return "failed"
 

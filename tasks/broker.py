@@ -37,21 +37,34 @@ class Channel(kombu_sqla.Channel):
         super().__init__(connection, **kwargs)
         opts = connection.client.transport_options
         self.visibility_timeout = float(opts.get("visibility_timeout", 3600.0))
-        self._taken: dict[str, int] = {}     # delivery tag -> message row id
+        self._taken: dict[str, int] = {}  # delivery tag -> message row id
         self._next_restore_check = 0.0
 
     def _engine_from_config(self) -> sa.Engine:
         conninfo = self.connection.client
-        options = {k: v for k, v in conninfo.transport_options.items()
-                   if k not in _OWN_OPTIONS and k not in (
-                       "queue_tablename", "message_tablename", "callback", "errback",
-                       "max_retries", "interval_start", "interval_step", "interval_max",
-                       "retry_errors")}
+        options = {
+            k: v
+            for k, v in conninfo.transport_options.items()
+            if k not in _OWN_OPTIONS
+            and k
+            not in (
+                "queue_tablename",
+                "message_tablename",
+                "callback",
+                "errback",
+                "max_retries",
+                "interval_start",
+                "interval_step",
+                "interval_max",
+                "retry_errors",
+            )
+        }
         url = conninfo.hostname
         if url.startswith("sqlite"):
             options.setdefault("connect_args", {"timeout": 60, "check_same_thread": False})
         engine = sa.create_engine(url, **options)
         if url.startswith("sqlite"):
+
             @sa_event.listens_for(engine, "connect")
             def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
                 cur = dbapi_conn.cursor()
@@ -59,6 +72,7 @@ class Channel(kombu_sqla.Channel):
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA busy_timeout=60000")
                 cur.close()
+
         return engine
 
     @property
@@ -74,9 +88,11 @@ class Channel(kombu_sqla.Channel):
         # whenever the row is updated, i.e. when it was taken.
         cutoff = datetime.datetime.now() - datetime.timedelta(seconds=self.visibility_timeout)
         t = self._table
-        self.session.execute(sa.update(t).where(t.c.visible == sa.false(),
-                                                t.c.timestamp < cutoff)
-                             .values(visible=True))
+        self.session.execute(
+            sa.update(t)
+            .where(t.c.visible == sa.false(), t.c.timestamp < cutoff)
+            .values(visible=True)
+        )
         self.session.commit()
 
     def _get(self, queue: str) -> Any:
@@ -85,11 +101,16 @@ class Channel(kombu_sqla.Channel):
         if self.session.bind.name == "sqlite":
             self.session.execute(sa.text("BEGIN IMMEDIATE TRANSACTION"))
         try:
-            msg = (self.session.query(self.message_cls).with_for_update()
-                   .filter(self.message_cls.queue_id == obj.id)
-                   .filter(self.message_cls.visible != False)  # noqa: E712
-                   .order_by(self.message_cls.sent_at).order_by(self.message_cls.id)
-                   .limit(1).first())
+            msg = (
+                self.session.query(self.message_cls)
+                .with_for_update()
+                .filter(self.message_cls.queue_id == obj.id)
+                .filter(self.message_cls.visible != False)  # noqa: E712
+                .order_by(self.message_cls.sent_at)
+                .order_by(self.message_cls.id)
+                .limit(1)
+                .first()
+            )
             if msg is None:
                 raise kombu_sqla.Empty()
             msg.visible = False
@@ -132,7 +153,7 @@ class Channel(kombu_sqla.Channel):
 
 class Transport(kombu_sqla.Transport):
     Channel = Channel
-    polling_interval = 0.005   # kombu's virtual transport reads the option too
+    polling_interval = 0.005  # kombu's virtual transport reads the option too
 
 
 TRANSPORT_ALIASES["orchsqla"] = "tasks.broker:Transport"

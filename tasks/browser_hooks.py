@@ -14,7 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import task_postrun, worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import (
+    task_postrun,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from orchestrator import browser_pool
 

@@ -59,8 +59,12 @@ def sign_link(app: Celery, tickets: Sequence[Ticket]) -> Signature:
     return summarized(app.signature(SIGN_HEADS, args=(streams,), immutable=True))
 
 
-def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None = None,
-            sign: bool | None = None) -> None:
+def enqueue(
+    tickets: Sequence[Ticket],
+    steps: Sequence[Step],
+    app: Celery | None = None,
+    sign: bool | None = None,
+) -> None:
     """Send the job's canvas on `app` (default: the configured `tasks.app.app`);
     `sign` (default: `signing()`) ends each chain with a digest."""
     if app is None:
@@ -71,17 +75,21 @@ def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None
     # With an agent after the steps, the agent ends the session, not the last step.
     last = -1 if agent else len(steps) - 1
     size = 1 if agent else chunk_size(len(tickets), steps)
-    chunks = [tickets[i:i + size] for i in range(0, len(tickets), size)]
+    chunks = [tickets[i : i + size] for i in range(0, len(tickets), size)]
 
     def link(chunk: Sequence[Ticket], i: int, step: Step) -> object:
         dumped = [t.model_dump(mode="json") for t in chunk]
         name, first = (RUN_STEP, dumped[0]) if size == 1 else (RUN_STEPS, dumped)
         # A chunk's backstop allows every session its full step timeout.
         budget = step.timeout_s * len(chunk)
-        return (summarized(app.signature(name, args=(first, i, step.model_dump(mode="json"),
-                                                     i == last), immutable=True))
-                .set(soft_time_limit=budget + TASK_LIMIT_MARGIN_S,
-                     time_limit=budget + 2 * TASK_LIMIT_MARGIN_S))
+        return summarized(
+            app.signature(
+                name, args=(first, i, step.model_dump(mode="json"), i == last), immutable=True
+            )
+        ).set(
+            soft_time_limit=budget + TASK_LIMIT_MARGIN_S,
+            time_limit=budget + 2 * TASK_LIMIT_MARGIN_S,
+        )
 
     def tail(chunk: Sequence[Ticket]) -> list[Signature]:
         # The agent task enqueues itself until it is done, and signs then.
@@ -89,30 +97,43 @@ def enqueue(tickets: Sequence[Ticket], steps: Sequence[Step], app: Celery | None
             return [agent_link(app, chunk[0])]
         return [sign_link(app, chunk)] if sign else []
 
-    chains = [chain(*(link(c, i, step) for i, step in enumerate(steps)), *tail(c))
-              for c in chunks]
+    chains = [chain(*(link(c, i, step) for i, step in enumerate(steps)), *tail(c)) for c in chunks]
     group(chains, app=app).apply_async()
 
 
 def agent_link(app: Celery, ticket: Ticket) -> Signature:
     """The agent's first unit of work (`tasks.agent`)."""
-    return summarized(app.signature(AGENT_ADVANCE, args=(ticket.model_dump(mode="json"),),
-                                    immutable=True))
+    return summarized(
+        app.signature(AGENT_ADVANCE, args=(ticket.model_dump(mode="json"),), immutable=True)
+    )
 
 
-def continue_session(ticket: Ticket, start: int, steps: Sequence[Step],
-                     app: Celery | None = None) -> None:
+def continue_session(
+    ticket: Ticket, start: int, steps: Sequence[Step], app: Celery | None = None
+) -> None:
     """Enqueue one session's steps from `start` on (after a confirmation was
     answered): the same tasks, keys and limits as the job's own chain."""
     if app is None:
         from tasks.app import app
     last = -1 if ticket.agent else len(steps) - 1
-    links = [summarized(app.signature(RUN_STEP, args=(ticket.model_dump(mode="json"), i,
-                                                      steps[i].model_dump(mode="json"),
-                                                      i == last), immutable=True))
-             .set(soft_time_limit=steps[i].timeout_s + TASK_LIMIT_MARGIN_S,
-                  time_limit=steps[i].timeout_s + 2 * TASK_LIMIT_MARGIN_S)
-             for i in range(start, len(steps))]
+    links = [
+        summarized(
+            app.signature(
+                RUN_STEP,
+                args=(
+                    ticket.model_dump(mode="json"),
+                    i,
+                    steps[i].model_dump(mode="json"),
+                    i == last,
+                ),
+                immutable=True,
+            )
+        ).set(
+            soft_time_limit=steps[i].timeout_s + TASK_LIMIT_MARGIN_S,
+            time_limit=steps[i].timeout_s + 2 * TASK_LIMIT_MARGIN_S,
+        )
+        for i in range(start, len(steps))
+    ]
     if ticket.agent:
         links.append(agent_link(app, ticket))
     elif signing():

@@ -49,9 +49,11 @@ def _worker_main(**_: Any) -> None:
     path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not path:
         if "prometheus_client" in sys.modules:
-            log.warning("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was "
-                        "set: each prefork child will count alone. Start workers with "
-                        "`orchestrator worker`, or set PROMETHEUS_MULTIPROC_DIR")
+            log.warning(
+                "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was "
+                "set: each prefork child will count alone. Start workers with "
+                "`orchestrator worker`, or set PROMETHEUS_MULTIPROC_DIR"
+            )
             return
         path = str(s.effective_metrics_dir)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
@@ -80,8 +82,12 @@ def _publish(headers: dict[str, Any] | None = None, body: Any = None, **_: Any) 
     ids = {**_ticket_ids(body), **ids} if not ids.get("session_id") else ids
     if ids:
         headers[HEADER] = ids
-    log.debug("task published", task=headers.get("task"), published_task_id=headers.get("id"),
-              carried=ids or None)
+    log.debug(
+        "task published",
+        task=headers.get("task"),
+        published_task_id=headers.get("id"),
+        carried=ids or None,
+    )
 
 
 def _ticket_ids(body: Any) -> dict[str, str]:
@@ -99,19 +105,32 @@ def _prerun(task_id: str | None = None, task: Any = None, **_: Any) -> None:
     logs.clear()
     request = getattr(task, "request", None)
     carried = getattr(request, HEADER, None) or (getattr(request, "headers", None) or {}).get(
-        HEADER)
+        HEADER
+    )
     logs.bind(**logs.ids_from(carried), task_id=task_id)
     if task_id:
         _started[task_id] = time.perf_counter()
-    log.info("task started", task=getattr(task, "name", None),
-             retries=getattr(request, "retries", 0) or None)
+    log.info(
+        "task started",
+        task=getattr(task, "name", None),
+        retries=getattr(request, "retries", 0) or None,
+    )
 
 
 @signals.task_postrun.connect(weak=False)
-def _postrun(task_id: str | None = None, task: Any = None, state: str | None = None,
-             retval: Any = None, **_: Any) -> None:
+def _postrun(
+    task_id: str | None = None,
+    task: Any = None,
+    state: str | None = None,
+    retval: Any = None,
+    **_: Any,
+) -> None:
     began = _started.pop(task_id or "", None)
-    log.info("task finished", task=getattr(task, "name", None), state=state,
-             outcome=retval if isinstance(retval, str) else None,
-             seconds=round(time.perf_counter() - began, 6) if began is not None else None)
+    log.info(
+        "task finished",
+        task=getattr(task, "name", None),
+        state=state,
+        outcome=retval if isinstance(retval, str) else None,
+        seconds=round(time.perf_counter() - began, 6) if began is not None else None,
+    )
     logs.clear()

@@ -32,8 +32,10 @@ def runner() -> Runner:
     global _runner
     if _runner is None or _runner[0] != os.getpid():
         settings = get_settings()
-        _runner = (os.getpid(), Runner(SqlEventStore(settings.effective_store_url),
-                                       settings.worker_actor))
+        _runner = (
+            os.getpid(),
+            Runner(SqlEventStore(settings.effective_store_url), settings.worker_actor),
+        )
     return _runner[1]
 
 
@@ -47,25 +49,39 @@ def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
     except Exception as exc:
         if getattr(exc, "transient", False) and task.request.retries < task.max_retries:
             # Retrying is a property of the error: a rate limit says when.
-            delay = getattr(exc, "retry_after_s", None) or min(2 ** task.request.retries, 30)
+            delay = getattr(exc, "retry_after_s", None) or min(2**task.request.retries, 30)
             raise task.retry(exc=exc, countdown=delay) from exc
         log.exception("step %s of session %s failed: %s", index + 1, t.session_id, exc)
-        fail_session(runner(), t, type(exc).__name__,
-                     f"step {index + 1} could not run: {exc}", task.request.id)
+        fail_session(
+            runner(),
+            t,
+            type(exc).__name__,
+            f"step {index + 1} could not run: {exc}",
+            task.request.id,
+        )
         return "failed"
 
 
 def _time_limit(t: Ticket, index: int, task_id: str, chunk: int = 1) -> None:
     what = f"a chunk of {chunk} sessions" if chunk > 1 else "the task"
-    fail_session(runner(), t, "TaskTimeLimit",
-                 f"step {index + 1} ran past the time limit of {what}; raise the step's "
-                 "timeout_s", task_id)
+    fail_session(
+        runner(),
+        t,
+        "TaskTimeLimit",
+        f"step {index + 1} ran past the time limit of {what}; raise the step's timeout_s",
+        task_id,
+    )
 
 
-@app.task(bind=True, name="orchestrator.run_step", acks_late=True,
-          max_retries=get_settings().task_max_retries)
-def run_step(self: Any, ticket: dict[str, Any], index: int, step: dict[str, Any],
-             last: bool) -> str:
+@app.task(
+    bind=True,
+    name="orchestrator.run_step",
+    acks_late=True,
+    max_retries=get_settings().task_max_retries,
+)
+def run_step(
+    self: Any, ticket: dict[str, Any], index: int, step: dict[str, Any], last: bool
+) -> str:
     t = Ticket.model_validate(ticket)
     try:
         return _run_one(self, t, index, STEP.validate_python(step), last)
@@ -74,10 +90,15 @@ def run_step(self: Any, ticket: dict[str, Any], index: int, step: dict[str, Any]
         return "failed"
 
 
-@app.task(bind=True, name="orchestrator.run_steps", acks_late=True,
-          max_retries=get_settings().task_max_retries)
-def run_steps(self: Any, tickets: list[dict[str, Any]], index: int, step: dict[str, Any],
-              last: bool) -> list[str]:
+@app.task(
+    bind=True,
+    name="orchestrator.run_steps",
+    acks_late=True,
+    max_retries=get_settings().task_max_retries,
+)
+def run_steps(
+    self: Any, tickets: list[dict[str, Any]], index: int, step: dict[str, Any], last: bool
+) -> list[str]:
     """Step `index` of each session of a chunk, one session after another.
 
     Chunked fan-out (`tasks.dispatch`) for fast steps: one message, one

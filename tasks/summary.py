@@ -27,7 +27,7 @@ from orchestrator.masking import mask
 __all__ = ["describe", "options", "summarized", "SummarizingAMQP"]
 
 PREFIX = "orchestrator."
-MAX_FIELD = 80            # a target or step name longer than this is cut
+MAX_FIELD = 80  # a target or step name longer than this is cut
 MAX_SESSIONS_SHOWN = 3
 
 
@@ -35,14 +35,17 @@ def _short(value: object, secrets: Sequence[str] = ()) -> str:
     """One field: masked on its own (so a mask never swallows what follows it),
     on one line, cut to MAX_FIELD."""
     text = mask(" ".join(str(value).split()), secrets)
-    return text if len(text) <= MAX_FIELD else text[:MAX_FIELD - 1] + "…"
+    return text if len(text) <= MAX_FIELD else text[: MAX_FIELD - 1] + "…"
 
 
 def _ticket(t: Any, secrets: Sequence[str]) -> list[str]:
     if not isinstance(t, Mapping):
         return ["ticket=?"]
-    return [f"job={_short(t.get('job_id'))}", f"session={_short(t.get('session_id'))}",
-            f"target={_short(t.get('target'), secrets)}"]
+    return [
+        f"job={_short(t.get('job_id'))}",
+        f"session={_short(t.get('session_id'))}",
+        f"target={_short(t.get('target'), secrets)}",
+    ]
 
 
 def _step(index: Any, step: Any, secrets: Sequence[str]) -> str:
@@ -61,8 +64,9 @@ def _run_steps(tickets: Any) -> list[str]:
     return [f"job={_short(job)}", f"sessions={len(ids)} [{shown}]"]
 
 
-def _parts(name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
-           secrets: Sequence[str]) -> list[str] | None:
+def _parts(
+    name: str, args: Sequence[Any], kwargs: Mapping[str, Any], secrets: Sequence[str]
+) -> list[str] | None:
     a = list(args)
     if name == "orchestrator.run_step" and len(a) >= 3:
         return [*_ticket(a[0], secrets), _step(a[1], a[2], secrets)]
@@ -76,8 +80,12 @@ def _parts(name: str, args: Sequence[Any], kwargs: Mapping[str, Any],
     return None
 
 
-def describe(name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
-             secrets: Sequence[str] = ()) -> tuple[str, str]:
+def describe(
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    secrets: Sequence[str] = (),
+) -> tuple[str, str]:
     """(argsrepr, kwargsrepr) for task `name`: a masked summary (pure)."""
     args, kwargs = args or (), kwargs or {}
     parts = _parts(name, args, kwargs, secrets)
@@ -89,12 +97,14 @@ def describe(name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | 
 
 def _secrets() -> tuple[str, ...]:
     from orchestrator.config import get_settings
+
     key = get_settings().model_api_key
     return (key.get_secret_value(),) if key is not None else ()
 
 
-def options(name: str, args: Sequence[Any] | None,
-            kwargs: Mapping[str, Any] | None = None) -> dict[str, str]:
+def options(
+    name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None = None
+) -> dict[str, str]:
     """`argsrepr`/`kwargsrepr` options for sending task `name`."""
     argsrepr, kwargsrepr = describe(name, args, kwargs, _secrets())
     return {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
@@ -109,12 +119,21 @@ class SummarizingAMQP(AMQP):
     """The app's message factory: `orchestrator.*` messages sent without a
     summary get one, so no send path shows whole arguments."""
 
-    def as_task_v2(self, task_id: str, name: str, args: Any = None, kwargs: Any = None,
-                   *rest: Any, argsrepr: str | None = None, kwargsrepr: str | None = None,
-                   **more: Any) -> Any:
+    def as_task_v2(
+        self,
+        task_id: str,
+        name: str,
+        args: Any = None,
+        kwargs: Any = None,
+        *rest: Any,
+        argsrepr: str | None = None,
+        kwargsrepr: str | None = None,
+        **more: Any,
+    ) -> Any:
         if name.startswith(PREFIX) and (argsrepr is None or kwargsrepr is None):
             summary = options(name, args, kwargs)
             argsrepr = summary["argsrepr"] if argsrepr is None else argsrepr
             kwargsrepr = summary["kwargsrepr"] if kwargsrepr is None else kwargsrepr
-        return super().as_task_v2(task_id, name, args, kwargs, *rest, argsrepr=argsrepr,
-                                  kwargsrepr=kwargsrepr, **more)
+        return super().as_task_v2(
+            task_id, name, args, kwargs, *rest, argsrepr=argsrepr, kwargsrepr=kwargsrepr, **more
+        )

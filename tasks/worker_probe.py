@@ -40,8 +40,8 @@ from orchestrator.config import Settings, get_settings
 __all__ = ["Probe", "check_store", "check_broker", "serve"]
 
 log = get_logger(__name__)
-STORE_TIMEOUT_S = 3           # connect and statement timeout of the store check
-Verdict = tuple[bool, str]    # (ok, why not)
+STORE_TIMEOUT_S = 3  # connect and statement timeout of the store check
+Verdict = tuple[bool, str]  # (ok, why not)
 
 
 def check_store(settings: Settings) -> Verdict:
@@ -51,12 +51,15 @@ def check_store(settings: Settings) -> Verdict:
 
     from events.db import display_url, normalize_url, store_errors
     from events.errors import EventError
+
     if settings.embedded_store and not (settings.state / "events.sqlite").exists():
         return True, "embedded store not created yet (the first job creates it)"
     url = normalize_url(settings.effective_store_url)
     if url.startswith("postgresql"):
-        args: dict[str, Any] = {"connect_timeout": STORE_TIMEOUT_S,
-                                "options": f"-c statement_timeout={STORE_TIMEOUT_S * 1000}"}
+        args: dict[str, Any] = {
+            "connect_timeout": STORE_TIMEOUT_S,
+            "options": f"-c statement_timeout={STORE_TIMEOUT_S * 1000}",
+        }
     else:
         args = {"timeout": STORE_TIMEOUT_S}
     engine = sa.create_engine(url, connect_args=args, poolclass=sa.pool.NullPool)
@@ -66,16 +69,16 @@ def check_store(settings: Settings) -> Verdict:
         return True, ""
     except EventError as exc:
         return False, str(exc)
-    except sa.exc.SQLAlchemyError as exc:     # e.g. no events table: not migrated
+    except sa.exc.SQLAlchemyError as exc:  # e.g. no events table: not migrated
         cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        return False, (f"event store {display_url(url)}: {cause}; run `orchestrator db "
-                       "upgrade`")
+        return False, (f"event store {display_url(url)}: {cause}; run `orchestrator db upgrade`")
     finally:
         engine.dispose()
 
 
 def check_broker(settings: Settings) -> Verdict:
     from orchestrator import doctor
+
     result = doctor.check_broker(settings)
     return result.status != "fail", "" if result.status != "fail" else result.detail
 
@@ -101,22 +104,27 @@ class Probe:
         """Check the store and the broker once and publish the beat."""
         self.store = _guarded(self.store_check, self.settings)
         self.broker = _guarded(self.broker_check, self.settings)
-        beat = heartbeat.Beat(hostname=self.hostname, pid=os.getpid(), at=self.clock(),
-                              store_ok=self.store[0], broker_ok=self.broker[0],
-                              detail="; ".join(v[1] for v in (self.store, self.broker)
-                                               if not v[0]),
-                              queues=self.queues)
+        beat = heartbeat.Beat(
+            hostname=self.hostname,
+            pid=os.getpid(),
+            at=self.clock(),
+            store_ok=self.store[0],
+            broker_ok=self.broker[0],
+            detail="; ".join(v[1] for v in (self.store, self.broker) if not v[0]),
+            queues=self.queues,
+        )
         try:
             heartbeat.publish(self.settings, beat)
-        except OSError as exc:        # a full or read-only state folder
+        except OSError as exc:  # a full or read-only state folder
             log.error("cannot write the heartbeat file: %s", exc)
         self.last_round = self.clock()
         return beat
 
     def start(self) -> None:
-        self.round()                  # the first beat before the worker takes tasks
-        self._thread = threading.Thread(target=self._loop, name="orchestrator-heartbeat",
-                                        daemon=True)
+        self.round()  # the first beat before the worker takes tasks
+        self._thread = threading.Thread(
+            target=self._loop, name="orchestrator-heartbeat", daemon=True
+        )
         self._thread.start()
 
     def _loop(self) -> None:
@@ -141,26 +149,37 @@ class Probe:
         limit = 2 * self.settings.worker_heartbeat_interval_s + 4 * STORE_TIMEOUT_S
         age = None if self.last_round is None else self.clock() - self.last_round
         ok = alive and age is not None and age <= limit
-        body: dict[str, Any] = {"ok": ok, "worker": self.hostname, "pid": os.getpid(),
-                                "heartbeat_thread": alive,
-                                "last_round_age_s": None if age is None else round(age, 3)}
+        body: dict[str, Any] = {
+            "ok": ok,
+            "worker": self.hostname,
+            "pid": os.getpid(),
+            "heartbeat_thread": alive,
+            "last_round_age_s": None if age is None else round(age, 3),
+        }
         if not ok:
-            body["detail"] = ("the heartbeat thread is not running" if not alive else
-                              f"the heartbeat thread has not finished a round for {age:.0f} s")
+            body["detail"] = (
+                "the heartbeat thread is not running"
+                if not alive
+                else f"the heartbeat thread has not finished a round for {age:.0f} s"
+            )
         return (200 if ok else 503), body
 
     def readyz(self) -> tuple[int, dict[str, Any]]:
         checks = {"store": self.store, "broker": self.broker}
         failed = [name for name, (ok, _) in checks.items() if not ok]
-        body = {"ok": not failed, "worker": self.hostname, "failed": failed,
-                "checks": [{"name": n, "ok": ok, "detail": d} for n, (ok, d) in checks.items()]}
+        body = {
+            "ok": not failed,
+            "worker": self.hostname,
+            "failed": failed,
+            "checks": [{"name": n, "ok": ok, "detail": d} for n, (ok, d) in checks.items()],
+        }
         return (503 if failed else 200), body
 
 
 def _guarded(check: Callable[[Settings], Verdict], settings: Settings) -> Verdict:
     try:
         return check(settings)
-    except Exception as exc:          # noqa: BLE001 - a check that crashes says "not ok"
+    except Exception as exc:  # noqa: BLE001 - a check that crashes says "not ok"
         return False, f"{type(exc).__name__}: {exc}"
 
 
@@ -169,8 +188,11 @@ def metrics() -> tuple[int, bytes, str]:
     try:
         from orchestrator.metrics import exposition
     except ImportError as exc:
-        return 501, (f"metrics are not available in this installation: {exc}\n").encode(), \
-            "text/plain; charset=utf-8"
+        return (
+            501,
+            (f"metrics are not available in this installation: {exc}\n").encode(),
+            "text/plain; charset=utf-8",
+        )
     body, content_type = exposition()
     return 200, body, content_type
 
@@ -187,8 +209,9 @@ def serve(probe: Probe, address: str, port: int) -> ThreadingHTTPServer:
                 return
             answer = {"/healthz": probe.healthz, "/readyz": probe.readyz}.get(path)
             if answer is None:
-                self._send(404, b'{"error": "try /healthz, /readyz or /metrics"}\n',
-                           "application/json")
+                self._send(
+                    404, b'{"error": "try /healthz, /readyz or /metrics"}\n', "application/json"
+                )
                 return
             status, data = answer()
             self._send(status, json.dumps(data).encode() + b"\n", "application/json")
@@ -200,13 +223,12 @@ def serve(probe: Probe, address: str, port: int) -> ThreadingHTTPServer:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:   # probes every few seconds: no log line
+        def log_message(self, *args: Any) -> None:  # probes every few seconds: no log line
             pass
 
     server = ThreadingHTTPServer((address, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="orchestrator-probe",
-                     daemon=True).start()
+    threading.Thread(target=server.serve_forever, name="orchestrator-probe", daemon=True).start()
     return server
 
 
@@ -217,7 +239,7 @@ _running: dict[str, Any] = {}
 
 @signals.worker_ready.connect
 def _start(sender: Any, **_: Any) -> None:
-    if "probe" in _running:           # the consumer restarted (a broker came back)
+    if "probe" in _running:  # the consumer restarted (a broker came back)
         return
     settings = get_settings()
     consumer = getattr(sender, "task_consumer", None)
@@ -227,13 +249,21 @@ def _start(sender: Any, **_: Any) -> None:
     _running["probe"] = probe
     if settings.worker_probe_port is not None:
         try:
-            _running["server"] = serve(probe, settings.worker_probe_address,
-                                       settings.worker_probe_port)
-            log.info("worker probes on http://%s:%s/healthz, /readyz, /metrics",
-                     settings.worker_probe_address, settings.worker_probe_port)
-        except OSError as exc:        # the port is taken: beat on, without the endpoint
-            log.error("cannot serve the worker probes on port %s: %s; set "
-                      "ORCH_WORKER_PROBE_PORT to a free port", settings.worker_probe_port, exc)
+            _running["server"] = serve(
+                probe, settings.worker_probe_address, settings.worker_probe_port
+            )
+            log.info(
+                "worker probes on http://%s:%s/healthz, /readyz, /metrics",
+                settings.worker_probe_address,
+                settings.worker_probe_port,
+            )
+        except OSError as exc:  # the port is taken: beat on, without the endpoint
+            log.error(
+                "cannot serve the worker probes on port %s: %s; set "
+                "ORCH_WORKER_PROBE_PORT to a free port",
+                settings.worker_probe_port,
+                exc,
+            )
 
 
 @signals.worker_shutdown.connect

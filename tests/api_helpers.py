@@ -18,14 +18,22 @@ import httpx
 
 from tests.cli_helpers import ROOT
 
-TOKENS = {role: f"test-{role}-token-0123456789" for role in
-          ("submitter", "operator", "auditor", "admin")}
+TOKENS = {
+    role: f"test-{role}-token-0123456789" for role in ("submitter", "operator", "auditor", "admin")
+}
 
 
 def tokens_setting() -> str:
-    return json.dumps([{"principal": role[:3] if role != "admin" else "root", "roles": [role],
-                        "sha256": hashlib.sha256(token.encode()).hexdigest()}
-                       for role, token in TOKENS.items()])
+    return json.dumps(
+        [
+            {
+                "principal": role[:3] if role != "admin" else "root",
+                "roles": [role],
+                "sha256": hashlib.sha256(token.encode()).hexdigest(),
+            }
+            for role, token in TOKENS.items()
+        ]
+    )
 
 
 def auth(role: str) -> dict[str, str]:
@@ -33,9 +41,13 @@ def auth(role: str) -> dict[str, str]:
 
 
 def api_env(env: dict[str, str], workspace: Path) -> dict[str, str]:
-    return {**env, "ORCH_API_TOKENS": tokens_setting(),
-            "ORCH_API_WORKSPACE_ROOT": str(workspace), "ORCH_API_SSE_POLL_S": "0.05",
-            "ORCH_WORKER_HEARTBEAT_INTERVAL_S": "1"}
+    return {
+        **env,
+        "ORCH_API_TOKENS": tokens_setting(),
+        "ORCH_API_WORKSPACE_ROOT": str(workspace),
+        "ORCH_API_SSE_POLL_S": "0.05",
+        "ORCH_WORKER_HEARTBEAT_INTERVAL_S": "1",
+    }
 
 
 def free_port() -> int:
@@ -59,10 +71,23 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
 def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
     """`orchestrator api` on a free port; yields its base URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "api", "--port",
-                             str(port), "--log-level", "warning"], env=env, cwd=ROOT,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "api",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -83,9 +108,14 @@ def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
 @contextlib.contextmanager
 def worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`orchestrator worker` (a real Celery worker) until the block ends."""
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "worker"], env=env,
-                            cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:

@@ -26,10 +26,15 @@ class Site:
 
 
 def html(body: str, *, headers: dict[str, str] | None = None) -> Page:
-    def page(site: Site, req: http.server.BaseHTTPRequestHandler
-             ) -> tuple[int, dict[str, str], bytes]:
-        return 200, {"Content-Type": "text/html; charset=utf-8", **(headers or {})}, \
-            body.replace("{base}", site.url("")).encode()
+    def page(
+        site: Site, req: http.server.BaseHTTPRequestHandler
+    ) -> tuple[int, dict[str, str], bytes]:
+        return (
+            200,
+            {"Content-Type": "text/html; charset=utf-8", **(headers or {})},
+            body.replace("{base}", site.url("")).encode(),
+        )
+
     return page
 
 
@@ -46,8 +51,9 @@ def serve(host: str, pages: dict[str, Page]) -> Iterator[Site]:
         def do_GET(self) -> None:
             site.hits.append(self.path)
             page = site.pages.get(self.path.split("?")[0])
-            status, headers, body = (page(site, self) if page else
-                                     (404, {"Content-Type": "text/plain"}, b"not found"))
+            status, headers, body = (
+                page(site, self) if page else (404, {"Content-Type": "text/plain"}, b"not found")
+            )
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)

@@ -13,10 +13,10 @@ from celery import Celery
 
 import tasks.browser_hooks  # noqa: F401  (the hooks under test)
 
-app = Celery("browser-test", broker="redis://127.0.0.1:6379/4",
-             backend="redis://127.0.0.1:6379/4")
-app.conf.update(task_acks_late=True, worker_prefetch_multiplier=1,
-                broker_connection_retry_on_startup=True)
+app = Celery("browser-test", broker="redis://127.0.0.1:6379/4", backend="redis://127.0.0.1:6379/4")
+app.conf.update(
+    task_acks_late=True, worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True
+)
 
 
 @app.task(name="browser_test.hold")
@@ -24,15 +24,21 @@ def hold(url: str, seconds: float, browsers: int) -> list[str]:
     """Open `url` in `browsers` pooled browsers at once and keep them open."""
     from orchestrator.browser_pool import get_pool
     from orchestrator.policy import Network
+
     net = Network(enabled=True, allow_private=("127.0.0.1",))
 
     async def keep(lease: object) -> str:
-        await lease.page.goto(url)            # type: ignore[attr-defined]
+        await lease.page.goto(url)  # type: ignore[attr-defined]
         await asyncio.sleep(seconds)
         return "held"
+
     out: list[str] = []
-    threads = [threading.Thread(target=lambda: out.append(
-        get_pool().run(keep, net=net, timeout_s=seconds + 30))) for _ in range(browsers)]
+    threads = [
+        threading.Thread(
+            target=lambda: out.append(get_pool().run(keep, net=net, timeout_s=seconds + 30))
+        )
+        for _ in range(browsers)
+    ]
     for t in threads:
         t.start()
     for t in threads:

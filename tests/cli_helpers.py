@@ -12,11 +12,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def shape_env(tmp_path: Path, *, store_url: str | None = None, broker_url: str | None = None,
-              **extra: str) -> dict[str, str]:
+def shape_env(
+    tmp_path: Path, *, store_url: str | None = None, broker_url: str | None = None, **extra: str
+) -> dict[str, str]:
     """Environment for one deployment shape; nothing leaks in from the caller's ORCH_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")
-           or k in ("ORCH_REQUIRE_SERVICES", "ORCH_TEST_PG_URL", "ORCH_TEST_REDIS_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ORCH_")
+        or k in ("ORCH_REQUIRE_SERVICES", "ORCH_TEST_PG_URL", "ORCH_TEST_REDIS_URL")
+    }
     env["ORCH_STATE_DIR"] = str(tmp_path / "state")
     if store_url:
         env["ORCH_STORE_URL"] = store_url
@@ -26,13 +31,20 @@ def shape_env(tmp_path: Path, *, store_url: str | None = None, broker_url: str |
     return env
 
 
-def cli(env: dict[str, str], *args: str, cwd: Path | None = None,
-        timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env,
-                          cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout)
+def cli(
+    env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env=env,
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def cli_json(env: dict[str, str], *args: str, cwd: Path | None = None) -> Any:
     result = cli(env, *args, "--json", cwd=cwd)
-    assert result.returncode in (0, 1, 3), result.stderr      # 3: refused or waiting
+    assert result.returncode in (0, 1, 3), result.stderr  # 3: refused or waiting
     return json.loads(result.stdout)

@@ -31,7 +31,9 @@ def fresh_pg_database(prefix: str = "orch_test", migrate: bool = True) -> Iterat
     """A PostgreSQL database of its own, migrated (unless `migrate` is False),
     dropped at the end."""
     import sqlalchemy as sa
+
     from events.db import normalize_url
+
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = sa.create_engine(normalize_url(PG_ADMIN_URL), isolation_level="AUTOCOMMIT")
@@ -60,6 +62,7 @@ def pg_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     import redis
+
     try:
         client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
         client.ping()
@@ -69,20 +72,21 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-@pytest.fixture(params=["embedded", pytest.param("production",
-                                                 marks=[pytest.mark.postgres, pytest.mark.redis])])
+@pytest.fixture(
+    params=["embedded", pytest.param("production", marks=[pytest.mark.postgres, pytest.mark.redis])]
+)
 def deployment_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     """The CLI's environment for each deployment shape: the embedded default
     (SQLite store and broker), and PostgreSQL + Redis (the Redis db number is
     the module's REDIS_DB, so modules never share one)."""
     from tests.cli_helpers import shape_env
+
     if request.param == "embedded":
         return shape_env(tmp_path)
     pg_url = request.getfixturevalue("pg_url")
     db = getattr(request.module, "REDIS_DB", 12)
     redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + f"/{db}"
-    return shape_env(tmp_path, store_url=pg_url, broker_url=redis_url,
-                     ORCH_WORKER_CONCURRENCY="2")
+    return shape_env(tmp_path, store_url=pg_url, broker_url=redis_url, ORCH_WORKER_CONCURRENCY="2")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

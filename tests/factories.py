@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, UTC
+from datetime import UTC, datetime, timedelta
 
 from events import payloads as p
 from events.envelope import Event, NewEvent
@@ -11,30 +11,56 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def new(payload: object, i: int = 0, key: str | None = None, corr: str = "job-1") -> NewEvent:
-    return NewEvent.create(payload, actor="test", correlation_id=corr, idempotency_key=key,
-                           occurred_at=T0 + timedelta(seconds=i))
+    return NewEvent.create(
+        payload,
+        actor="test",
+        correlation_id=corr,
+        idempotency_key=key,
+        occurred_at=T0 + timedelta(seconds=i),
+    )
 
 
-def step_payloads(turn: int, tool: str = "replace", path: str | None = None,
-                  ok: bool = True) -> list[object]:
+def step_payloads(
+    turn: int, tool: str = "replace", path: str | None = None, ok: bool = True
+) -> list[object]:
     call = f"c{turn}"
     out: list[object] = [
         p.TurnStarted(turn=turn, name=f"step{turn}", kind=tool),
         p.ToolCallRequested(call_id=call, turn=turn, tool=tool, args={"pattern": "x"}),
-        p.PermissionDecided(call_id=call, decision="allow", rule_id="default-allow",
-                            policy_hash="h" * 64),
+        p.PermissionDecided(
+            call_id=call, decision="allow", rule_id="default-allow", policy_hash="h" * 64
+        ),
         p.ToolCallStarted(call_id=call, planned_count=1),
     ]
     if path:
-        out.append(p.FileChanged(call_id=call, path=path, before_hash="a", after_hash="b",
-                                 diff=f"--- a/{path}\n+++ b/{path}\n"))
+        out.append(
+            p.FileChanged(
+                call_id=call,
+                path=path,
+                before_hash="a",
+                after_hash="b",
+                diff=f"--- a/{path}\n+++ b/{path}\n",
+            )
+        )
     if ok:
-        out.append(p.ToolCallCompleted(call_id=call, tool=tool, count=1, cpu_s=0.25,
-                                       duration_s=0.5, output_bytes=10, bytes_written=5))
+        out.append(
+            p.ToolCallCompleted(
+                call_id=call,
+                tool=tool,
+                count=1,
+                cpu_s=0.25,
+                duration_s=0.5,
+                output_bytes=10,
+                bytes_written=5,
+            )
+        )
         out.append(p.TurnCompleted(turn=turn, status="ok"))
     else:
-        out.append(p.ToolCallFailed(call_id=call, tool=tool, error="CommandFailed",
-                                    message="exit 1", output_bytes=3))
+        out.append(
+            p.ToolCallFailed(
+                call_id=call, tool=tool, error="CommandFailed", message="exit 1", output_bytes=3
+            )
+        )
         out.append(p.TurnCompleted(turn=turn, status="failed"))
     return out
 
@@ -47,12 +73,15 @@ def session_payloads(turns: int = 3) -> list[object]:
     return out
 
 
-def place(stream_id: str, payloads: list[object], start_position: int = 1,
-          corr: str = "job-1") -> list[Event]:
+def place(
+    stream_id: str, payloads: list[object], start_position: int = 1, corr: str = "job-1"
+) -> list[Event]:
     """Events as the store would return them, built purely (no database)."""
     from events.envelope import genesis_hash, seal
     from events.upcast import decode
+
     batch = [new(x, i, corr=corr) for i, x in enumerate(payloads)]
-    return [decode(start_position + i, body, digest)
-            for i, (_, body, digest) in enumerate(seal(stream_id, batch, 0,
-                                                       genesis_hash(stream_id)))]
+    return [
+        decode(start_position + i, body, digest)
+        for i, (_, body, digest) in enumerate(seal(stream_id, batch, 0, genesis_hash(stream_id)))
+    ]

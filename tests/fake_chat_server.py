@@ -48,11 +48,11 @@ class Reply:
 
     content: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
-    finish_reason: str | None = None     # None: "tool_calls" if there are any, else "stop"
+    finish_reason: str | None = None  # None: "tool_calls" if there are any, else "stop"
     model: str = "fake-model"
     prompt_tokens: int = 11
     completion_tokens: int = 7
-    cached_tokens: int | None = None     # None: no prompt_tokens_details at all
+    cached_tokens: int | None = None  # None: no prompt_tokens_details at all
     id: str = "chatcmpl-fake"
     # Streaming only: split into pieces this long; stop before the finish chunk
     # (a connection that ends early); stall this long after the first chunk.
@@ -64,34 +64,49 @@ class Reply:
         return self.finish_reason or ("tool_calls" if self.tool_calls else "stop")
 
     def usage(self) -> dict[str, Any]:
-        usage: dict[str, Any] = {"prompt_tokens": self.prompt_tokens,
-                                 "completion_tokens": self.completion_tokens,
-                                 "total_tokens": self.prompt_tokens + self.completion_tokens}
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
         if self.cached_tokens is not None:
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens,
-                                              "audio_tokens": 0}
+            usage["prompt_tokens_details"] = {
+                "cached_tokens": self.cached_tokens,
+                "audio_tokens": 0,
+            }
         return usage
 
     def completion(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.content,
-                                   "refusal": None}
+        message: dict[str, Any] = {"role": "assistant", "content": self.content, "refusal": None}
         if self.tool_calls:
             message["tool_calls"] = self.tool_calls
-        return {"id": self.id, "object": "chat.completion", "created": 1_700_000_000,
-                "model": self.model, "system_fingerprint": "fp_fake",
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": self.finish()}],
-                "usage": self.usage()}
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": self.model,
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish()}
+            ],
+            "usage": self.usage(),
+        }
 
     def chunks(self, include_usage: bool) -> Iterator[dict[str, Any]]:
         """The completion as chat.completion.chunk objects. The role chunk
         carries `content: ""`, as vLLM and llama.cpp send it."""
+
         def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
             body: dict[str, Any] = {
-                "id": self.id, "object": "chat.completion.chunk", "created": 1_700_000_000,
-                "model": self.model, "system_fingerprint": "fp_fake",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish}]}
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": self.model,
+                "system_fingerprint": "fp_fake",
+                "choices": [
+                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                ],
+            }
             if include_usage:
                 body["usage"] = None
             return body
@@ -99,22 +114,43 @@ class Reply:
         yield chunk({"role": "assistant", "content": ""})
         text = self.content or ""
         for i in range(0, len(text), self.piece):
-            yield chunk({"content": text[i:i + self.piece]})
+            yield chunk({"content": text[i : i + self.piece]})
         for index, call in enumerate(self.tool_calls):
             fn = call["function"]
-            yield chunk({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
-                                         "function": {"name": fn["name"], "arguments": ""}}]})
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": index,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": fn["name"], "arguments": ""},
+                        }
+                    ]
+                }
+            )
             args = fn["arguments"]
             for i in range(0, len(args), self.piece):
-                yield chunk({"tool_calls": [{"index": index,
-                                             "function": {"arguments": args[i:i + self.piece]}}]})
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {"index": index, "function": {"arguments": args[i : i + self.piece]}}
+                        ]
+                    }
+                )
         if self.truncate:
             return
         yield chunk({}, self.finish())
         if include_usage:
-            yield {"id": self.id, "object": "chat.completion.chunk", "created": 1_700_000_000,
-                   "model": self.model, "system_fingerprint": "fp_fake", "choices": [],
-                   "usage": self.usage()}
+            yield {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": 1_700_000_000,
+                "model": self.model,
+                "system_fingerprint": "fp_fake",
+                "choices": [],
+                "usage": self.usage(),
+            }
 
 
 @dataclass
@@ -135,9 +171,15 @@ class Hang:
     seconds: float = 30.0
 
 
-def error(status: int, message: str, *, type: str = "invalid_request_error",
-          code: str | None = None, param: str | None = None,
-          headers: Mapping[str, str] | None = None) -> Raw:
+def error(
+    status: int,
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Raw:
     """An OpenAI-style error response."""
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return Raw(json.dumps(body), status=status, headers=dict(headers or {}))
@@ -150,7 +192,7 @@ class Recorded:
     method: str
     path: str
     headers: dict[str, str]
-    body: Any                           # parsed JSON, or the text when it is not JSON
+    body: Any  # parsed JSON, or the text when it is not JSON
 
 
 class FakeChatServer:
@@ -159,11 +201,12 @@ class FakeChatServer:
     def __init__(self) -> None:
         self._queue: deque[Reply | Raw | Hang] = deque()
         self._lock = threading.Lock()
-        self._release = threading.Event()   # set to wake the handlers that hang now
+        self._release = threading.Event()  # set to wake the handlers that hang now
         self.requests: list[Recorded] = []
         self._httpd = _QuietServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.01}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
 
     @property
     def root(self) -> str:
@@ -206,7 +249,7 @@ class FakeChatServer:
 
     def stop(self) -> None:
         with self._lock:
-            self._release.set()         # wakes handlers that hang
+            self._release.set()  # wakes handlers that hang
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
@@ -227,12 +270,12 @@ class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        pass                            # a client that timed out and hung up is expected
+        pass  # a client that timed out and hung up is expected
 
 
 def _handler_for(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"   # keep-alive and chunked streams, as real servers
+        protocol_version = "HTTP/1.1"  # keep-alive and chunked streams, as real servers
         disable_nagle_algorithm = True  # headers and body go as separate writes
 
         def log_message(self, format: str, *args: Any) -> None:
@@ -251,8 +294,13 @@ def _handler_for(server: FakeChatServer) -> type[BaseHTTPRequestHandler]:
                 if self.path != CHAT_PATH:
                     self._raw(error(404, f"Not Found: {self.path}", type="not_found"))
                 elif response is None:
-                    self._raw(error(418, "the fake chat server has no response queued for "
-                                    "this request; push() one more"))
+                    self._raw(
+                        error(
+                            418,
+                            "the fake chat server has no response queued for "
+                            "this request; push() one more",
+                        )
+                    )
                 elif isinstance(response, Hang):
                     server._hang(response.seconds)
                     self._raw(error(504, "the fake chat server hung on purpose"))

@@ -21,7 +21,7 @@ class NetServer(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.hits: Counter[str] = Counter()
         self.sequences: dict[str, list[tuple[int, dict[str, str]]]] = {}
-        self.down = False                # /flaky answers 503 while set
+        self.down = False  # /flaky answers 503 while set
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -46,9 +46,11 @@ class NetServer(http.server.ThreadingHTTPServer):
             return seq.pop(0) if len(seq) > 1 else seq[0]
 
 
-_HTML = (b"<html><head><title>Doc</title><script>var hidden = 1;</script></head><body>"
-         b"<h1>Heading</h1><p>Some <b>bold</b> text and a <a href='/next'>link</a>.</p>"
-         b"<ul><li>one</li><li>two</li></ul></body></html>")
+_HTML = (
+    b"<html><head><title>Doc</title><script>var hidden = 1;</script></head><body>"
+    b"<h1>Heading</h1><p>Some <b>bold</b> text and a <a href='/next'>link</a>.</p>"
+    b"<ul><li>one</li><li>two</li></ul></body></html>"
+)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -58,8 +60,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
-    def _send(self, status: int, body: bytes, ctype: str = "text/plain; charset=utf-8",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        ctype: str = "text/plain; charset=utf-8",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -85,8 +92,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, b"late")
         elif path == "/reset":
             # RST instead of an answer: SO_LINGER with a zero timeout.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                       struct.pack("ii", 1, 0))
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
         elif path.startswith("/seq/"):
@@ -113,13 +119,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._searx(q)
         elif path == "/brave":
             import json
+
             if self.headers.get("X-Subscription-Token") != "brave-test-key-123":
                 self._send(401, b'{"error": "bad token"}', "application/json")
                 return
-            results = [{"title": "Brave one", "url": "https://brave.example/1",
-                        "description": f"about {q.get('q', '')}"}]
-            self._send(200, json.dumps({"web": {"results": results}}).encode(),
-                       "application/json")
+            results = [
+                {
+                    "title": "Brave one",
+                    "url": "https://brave.example/1",
+                    "description": f"about {q.get('q', '')}",
+                }
+            ]
+            self._send(200, json.dumps({"web": {"results": results}}).encode(), "application/json")
         elif path == "/headers":
             self._send(200, "\n".join(f"{k}: {v}" for k, v in self.headers.items()).encode())
         else:
@@ -127,12 +138,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _searx(self, q: dict[str, str]) -> None:
         import json
+
         if q.get("format") != "json":
             self._send(403, b"format not allowed")
             return
         term = q.get("q", "")
-        results = [{"title": f"{term} result {i}", "url": f"https://example.org/{i}",
-                    "content": f"snippet {i} about {term}", "engine": "test"}
-                   for i in range(1, 4)]
-        self._send(200, json.dumps({"query": term, "results": results}).encode(),
-                   "application/json")
+        results = [
+            {
+                "title": f"{term} result {i}",
+                "url": f"https://example.org/{i}",
+                "content": f"snippet {i} about {term}",
+                "engine": "test",
+            }
+            for i in range(1, 4)
+        ]
+        self._send(
+            200, json.dumps({"query": term, "results": results}).encode(), "application/json"
+        )

@@ -37,8 +37,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(what: str, predicate: Callable[[], Any], timeout: float = 60.0,
-               every: float = 0.2) -> Any:
+def wait_until(
+    what: str, predicate: Callable[[], Any], timeout: float = 60.0, every: float = 0.2
+) -> Any:
     """`predicate()`'s first truthy value; fails the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -72,12 +73,35 @@ def get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 def start_worker(env: dict[str, str], log: Path, name: str = "probe") -> subprocess.Popen[bytes]:
     """A real Celery worker on the project's app (prefork, 1 process), in a
     process group of its own."""
-    cmd = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--pool", "prefork",
-           "--concurrency", "1", "--queues", "orchestrator", "--loglevel", "INFO",
-           "--hostname", f"{name}-{os.getpid()}@%h", "--without-mingle", "--without-gossip"]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        "1",
+        "--queues",
+        "orchestrator",
+        "--loglevel",
+        "INFO",
+        "--hostname",
+        f"{name}-{os.getpid()}@%h",
+        "--without-mingle",
+        "--without-gossip",
+    ]
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
@@ -108,12 +132,28 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([REDIS_SERVER, "--port", str(self.port), "--bind",
-                                      "127.0.0.1", "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         import redis
-        wait_until("the private redis-server", lambda: redis.Redis(
-            port=self.port, socket_connect_timeout=1).ping(), timeout=20)
+
+        wait_until(
+            "the private redis-server",
+            lambda: redis.Redis(port=self.port, socket_connect_timeout=1).ping(),
+            timeout=20,
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -143,8 +183,18 @@ class PrivatePostgres:
         # Not under pytest's tmp_path: its parents are closed to other users.
         self.dir = Path(tempfile.mkdtemp(prefix="orch-pg-"))
         shutil.chown(self.dir, "postgres", "postgres")
-        self._as_postgres(PG_BIN / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
-                          "--no-sync", "-E", "UTF8")
+        self._as_postgres(
+            PG_BIN / "initdb",
+            "-D",
+            self.data,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
 
     @property
     def data(self) -> str:
@@ -156,19 +206,31 @@ class PrivatePostgres:
 
     def _as_postgres(self, *cmd: object) -> None:
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        result = subprocess.run([*prefix, *map(str, cmd)], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [*prefix, *map(str, cmd)], capture_output=True, text=True, timeout=60
+        )
         if result.returncode != 0:
             pytest.fail(f"{cmd[0]} failed: {result.stdout}{result.stderr}")
 
     def start(self) -> None:
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.dir / "log", "-w",
-                          "-t", "30", "-o", f"-p {self.port} -k {self.dir} "
-                          "-c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._as_postgres(
+            PG_BIN / "pg_ctl",
+            "-D",
+            self.data,
+            "-l",
+            self.dir / "log",
+            "-w",
+            "-t",
+            "30",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
 
     def stop(self) -> None:
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30",
-                          "stop")
+        self._as_postgres(
+            PG_BIN / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30", "stop"
+        )
 
     def remove(self) -> None:
         with contextlib.suppress(Exception):

@@ -15,7 +15,7 @@ from schemathesis.checks import not_a_server_error
 from tests.api_helpers import api_env, api_server, auth
 from tests.cli_helpers import shape_env
 
-EXAMPLES = 25           # per operation: the whole run stays well under a minute
+EXAMPLES = 25  # per operation: the whole run stays well under a minute
 
 
 @pytest.fixture(scope="module")
@@ -32,20 +32,27 @@ def _fuzz(base: str, headers: dict[str, str], examples: int) -> list[str]:
     """Each operation's generated cases (valid and invalid data: schemathesis
     generates both), sent to the server; the failures, described."""
     from hypothesis import given
+
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json").exclude(path="/readyz")
     failures: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=examples, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case) -> None:  # type: ignore[no-untyped-def]
-            case.call_and_validate(base_url=base, headers=headers,
-                                   checks=[not_a_server_error], timeout=30)
+            case.call_and_validate(
+                base_url=base, headers=headers, checks=[not_a_server_error], timeout=30
+            )
+
         try:
             run()
-        except Exception as exc:     # noqa: BLE001  (collect every operation's failure)
+        except Exception as exc:  # noqa: BLE001  (collect every operation's failure)
             failures.append(f"{operation.label}: {str(exc)[:2000]}")
     return failures
 

@@ -53,8 +53,12 @@ for line in sys.stdin:
 class Worker:
     def __init__(self, name: str, args: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", WORKER, json.dumps({**args, "name": name})], cwd=ROOT,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-c", WORKER, json.dumps({**args, "name": name})],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def get(self, url: str) -> dict[str, str]:
         assert self.proc.stdin and self.proc.stdout
@@ -73,23 +77,29 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     broker = ""
     if request.param == "redis":
         import redis
+
         client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
         try:
             client.ping()
         except Exception as exc:  # noqa: BLE001
             from tests.conftest import unavailable
+
             unavailable("Redis", exc)
         for key in client.scan_iter("pybreaker:orch:breaker:*"):
             client.delete(key)
         broker = REDIS_URL
     store_path = tmp_path / "events.sqlite"
     open_store(str(store_path), upgrade=True).close()
-    return {"state": str(tmp_path / "state"), "broker": broker or None,  # type: ignore[dict-item]
-            "store": str(store_path)}
+    return {
+        "state": str(tmp_path / "state"),
+        "broker": broker or None,  # type: ignore[dict-item]
+        "store": str(store_path),
+    }
 
 
-def test_a_breaker_opens_and_closes_across_two_worker_processes(shared: dict[str, str],
-                                                                tmp_path: Path) -> None:
+def test_a_breaker_opens_and_closes_across_two_worker_processes(
+    shared: dict[str, str], tmp_path: Path
+) -> None:
     with NetServer() as server:
         url = server.url("/flaky")
         a, b = Worker("worker:a", shared), Worker("worker:b", shared)
@@ -97,14 +107,14 @@ def test_a_breaker_opens_and_closes_across_two_worker_processes(shared: dict[str
             assert a.get(url)["outcome"] == "ok" and b.get(url)["outcome"] == "ok"
             server.down = True
             assert [a.get(url)["outcome"] for _ in range(2)] == ["failed", "failed"]
-            third = b.get(url)                 # the third failure in a row, in the other process
+            third = b.get(url)  # the third failure in a row, in the other process
             assert third["outcome"] == "failed" and third["state"] == "open"
             hits = server.hits["/flaky"]
-            fast = a.get(url)                  # open for worker a too: no request is sent
+            fast = a.get(url)  # open for worker a too: no request is sent
             assert fast["outcome"] == "open" and server.hits["/flaky"] == hits
             assert "one probe will be let through at" in fast["message"]
             server.down = False
-            time.sleep(3.1)                    # past the 2 s reset timeout (Redis keeps seconds)
+            time.sleep(3.1)  # past the 2 s reset timeout (Redis keeps seconds)
             probe = b.get(url)
             assert probe["outcome"] == "ok" and probe["state"] == "closed"
             assert a.get(url) == {"outcome": "ok", "status": 200, "state": "closed"}
@@ -113,8 +123,9 @@ def test_a_breaker_opens_and_closes_across_two_worker_processes(shared: dict[str
             b.close()
     store = open_store(shared["store"])
     try:
-        changes = [(e.payload.previous, e.payload.state)
-                   for e in store.read_stream("circuit:127.0.0.1")]
+        changes = [
+            (e.payload.previous, e.payload.state) for e in store.read_stream("circuit:127.0.0.1")
+        ]
     finally:
         store.close()
     assert changes == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")]
@@ -122,13 +133,18 @@ def test_a_breaker_opens_and_closes_across_two_worker_processes(shared: dict[str
 
 def test_an_open_circuit_fails_fast_and_says_when_it_retries(tmp_path: Path) -> None:
     from orchestrator.net.breaker import Breakers, CircuitOpen, SqliteStorage
+
     seen: list[tuple[str, str]] = []
-    breakers = Breakers(lambda h: SqliteStorage(tmp_path / "b.sqlite", h), fail_max=2,
-                        reset_timeout_s=60,
-                        on_change=lambda h, old, new, n, at: seen.append((old, new)))
+    breakers = Breakers(
+        lambda h: SqliteStorage(tmp_path / "b.sqlite", h),
+        fail_max=2,
+        reset_timeout_s=60,
+        on_change=lambda h, old, new, n, at: seen.append((old, new)),
+    )
 
     def boom() -> None:
         raise ConnectionError("refused")
+
     for _ in range(2):
         with pytest.raises(ConnectionError):
             breakers.call("example.test", boom)

@@ -24,24 +24,32 @@ from orchestrator.policy import Network
 from orchestrator.tools.browser import BrowserRequest, run
 from tests.browser_helpers import Site, html, serve
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"),
-                                reason="needs the system Chromium")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/usr/bin/chromium"), reason="needs the system Chromium"
+)
 
 NET = Network(enabled=True, allow_private=("127.0.0.1",))
 
-JS_PAGE = html("<title>js</title><div id=out>not yet</div><script>"
-               "document.getElementById('out').textContent = ['rendered', 'by', 'js'].join(' ')"
-               "</script>")
-FORM = html("<input id=name><button id=go onclick=\"setTimeout(() => {"
-            "const p = document.createElement('p'); p.id = 'hello';"
-            "p.textContent = 'hello ' + document.getElementById('name').value;"
-            "document.body.appendChild(p)}, 200)\">go</button>")
-COOKIE_SET = html("<script>document.cookie = 'js_cookie=1; path=/';"
-                  "localStorage.setItem('k', 'v')</script>set",
-                  headers={"Set-Cookie": "server_cookie=1; Path=/"})
-COOKIE_READ = html("<div id=c></div><script>document.getElementById('c').textContent = "
-                   "'cookies=[' + document.cookie + '] storage=[' + "
-                   "(localStorage.getItem('k') || '') + ']'</script>")
+JS_PAGE = html(
+    "<title>js</title><div id=out>not yet</div><script>"
+    "document.getElementById('out').textContent = ['rendered', 'by', 'js'].join(' ')"
+    "</script>"
+)
+FORM = html(
+    '<input id=name><button id=go onclick="setTimeout(() => {'
+    "const p = document.createElement('p'); p.id = 'hello';"
+    "p.textContent = 'hello ' + document.getElementById('name').value;"
+    'document.body.appendChild(p)}, 200)">go</button>'
+)
+COOKIE_SET = html(
+    "<script>document.cookie = 'js_cookie=1; path=/';localStorage.setItem('k', 'v')</script>set",
+    headers={"Set-Cookie": "server_cookie=1; Path=/"},
+)
+COOKIE_READ = html(
+    "<div id=c></div><script>document.getElementById('c').textContent = "
+    "'cookies=[' + document.cookie + '] storage=[' + "
+    "(localStorage.getItem('k') || '') + ']'</script>"
+)
 HANG = html("<p>before</p><script>while (true) {}</script>")
 
 
@@ -58,17 +66,28 @@ def site(forbidden: Site) -> Iterator[Site]:
 
     def to_js(s: Site, _: object) -> tuple[int, dict[str, str], bytes]:
         return 302, {"Location": "/js"}, b""
-    pages = {"/js": JS_PAGE, "/form": FORM, "/set": COOKIE_SET, "/read": COOKIE_READ,
-             "/hang": HANG, "/redirect-out": redirect, "/redirect-in": to_js,
-             "/subresource": html(f"<p>page</p><img src='{forbidden.url('/pixel.png')}'>")}
+
+    pages = {
+        "/js": JS_PAGE,
+        "/form": FORM,
+        "/set": COOKIE_SET,
+        "/read": COOKIE_READ,
+        "/hang": HANG,
+        "/redirect-out": redirect,
+        "/redirect-in": to_js,
+        "/subresource": html(f"<p>page</p><img src='{forbidden.url('/pixel.png')}'>"),
+    }
     with serve("127.0.0.1", pages) as s:
         yield s
 
 
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserPool]:
-    p = BrowserPool(PoolConfig(size=2, max_uses=50, call_timeout_s=20,
-                               state_dir=tmp_path_factory.mktemp("state")))
+    p = BrowserPool(
+        PoolConfig(
+            size=2, max_uses=50, call_timeout_s=20, state_dir=tmp_path_factory.mktemp("state")
+        )
+    )
     yield p
     p.close()
     assert not marked_processes(f"{os.getpid()}."), "a browser outlived the pool"
@@ -85,8 +104,12 @@ def test_a_redirect_inside_the_allowed_site_is_followed(site, pool) -> None:
 
 
 def test_a_screenshot_is_stored_under_its_digest(site, pool, tmp_path: Path) -> None:
-    r = run(BrowserRequest(url=site.url("/js"), output="screenshot"), net=NET, pool=pool,
-            artifacts_dir=tmp_path)
+    r = run(
+        BrowserRequest(url=site.url("/js"), output="screenshot"),
+        net=NET,
+        pool=pool,
+        artifacts_dir=tmp_path,
+    )
     assert r.artifact is not None
     data = Path(r.artifact.path).read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
@@ -96,17 +119,25 @@ def test_a_screenshot_is_stored_under_its_digest(site, pool, tmp_path: Path) -> 
 
 
 def test_fill_click_and_wait_for_run_in_order(site, pool) -> None:
-    r = run(BrowserRequest(url=site.url("/form"), selector="#hello", actions=[
-        {"action": "fill", "selector": "#name", "value": "world"},
-        {"action": "click", "selector": "#go"},
-        {"action": "wait_for", "selector": "#hello"}]), net=NET, pool=pool)
+    r = run(
+        BrowserRequest(
+            url=site.url("/form"),
+            selector="#hello",
+            actions=[
+                {"action": "fill", "selector": "#name", "value": "world"},
+                {"action": "click", "selector": "#go"},
+                {"action": "wait_for", "selector": "#hello"},
+            ],
+        ),
+        net=NET,
+        pool=pool,
+    )
     assert r.output == "hello world"
 
 
 def test_an_action_outside_the_list_is_refused_before_any_browser_runs() -> None:
     with pytest.raises(ValidationError, match="evaluate"):
-        BrowserRequest(url="http://127.0.0.1/", actions=[{"action": "evaluate",
-                                                          "selector": "x"}])
+        BrowserRequest(url="http://127.0.0.1/", actions=[{"action": "evaluate", "selector": "x"}])
     for url in ("file:///etc/passwd", "data:text/html,<p>x", "javascript:alert(1)"):
         with pytest.raises(ValidationError, match="http:// and https:// URLs only"):
             BrowserRequest(url=url)
@@ -126,20 +157,19 @@ def test_a_url_the_policy_refuses_fails_before_a_browser_is_touched(forbidden, p
     assert pool.snapshot().calls == calls and forbidden.hits == []
 
 
-def test_a_redirect_to_a_forbidden_address_is_refused_and_never_sent(site, forbidden,
-                                                                     pool) -> None:
+def test_a_redirect_to_a_forbidden_address_is_refused_and_never_sent(site, forbidden, pool) -> None:
     with pytest.raises(EgressDenied) as exc:
         run(BrowserRequest(url=site.url("/redirect-out")), net=NET, pool=pool)
     assert exc.value.rule_id == "egress-private-address"
     assert "/secret" not in forbidden.hits
 
 
-def test_a_subresource_on_a_forbidden_address_is_blocked_and_listed(site, forbidden,
-                                                                    pool) -> None:
+def test_a_subresource_on_a_forbidden_address_is_blocked_and_listed(site, forbidden, pool) -> None:
     r = run(BrowserRequest(url=site.url("/subresource")), net=NET, pool=pool)
     assert r.output.startswith("page")
     assert [(b.url, b.rule_id) for b in r.blocked] == [
-        (forbidden.url("/pixel.png"), "egress-private-address")]
+        (forbidden.url("/pixel.png"), "egress-private-address")
+    ]
     assert "/pixel.png" not in forbidden.hits
 
 

@@ -47,9 +47,14 @@ def submitted(store: SqlEventStore, base: Path, text: str = TWO_STEPS):
 
 
 def test_the_first_cancel_request_is_the_one_the_job_keeps() -> None:
-    events = place("job", [p.JobSubmitted(name="j", spec={}, sessions=()),
-                           p.JobCancelRequested(by="api:ops", reason="wrong targets"),
-                           p.JobCancelRequested(by="api:root", reason="again")])
+    events = place(
+        "job",
+        [
+            p.JobSubmitted(name="j", spec={}, sessions=()),
+            p.JobCancelRequested(by="api:ops", reason="wrong targets"),
+            p.JobCancelRequested(by="api:root", reason="again"),
+        ],
+    )
     state = JobState()
     for e in events:
         state = apply_job(state, e)
@@ -86,11 +91,15 @@ def test_an_unknown_job_cannot_be_cancelled(store) -> None:
 
 
 def test_a_session_waiting_for_a_confirmation_ends_at_once(store, tmp_path) -> None:
-    spec, job_id, [t] = submitted(store, tmp_path, """
+    spec, job_id, [t] = submitted(
+        store,
+        tmp_path,
+        """
 name: tidy
 targets: [repo]
 steps: [{kind: delete, path: a.py}]
-""")
+""",
+    )
     assert Runner(store, "worker:a").run_step(t, 0, spec.steps[0], last=True) == "waiting"
     assert [w.call_id for w in pending(store)] == [f"{t.session_id}/1"]
     done = jobs.cancel(store, job_id, by="api:ops", reason="keep the file")
@@ -105,19 +114,24 @@ steps: [{kind: delete, path: a.py}]
 def test_an_agent_session_of_a_cancelled_job_asks_the_model_nothing(store, tmp_path) -> None:
     provider = ScriptedProvider([{"content": "done"}])
     loop = AgentLoop(Runner(store, "worker:a"), lambda _: provider)
-    _, job_id, [t] = submitted(store, tmp_path, """
+    _, job_id, [t] = submitted(
+        store,
+        tmp_path,
+        """
 name: agent
 targets: [repo]
 steps: []
 agent: {instruction: look around, turns: [{content: done}]}
-""")
+""",
+    )
     assert t.agent is not None
     jobs.cancel(store, job_id, by="api:ops", reason="not today")
     assert loop.advance(t) == "failed"
     types = [e.type for e in store.read_stream(t.session_id)]
     assert "ModelRequested" not in types and types[-1] == "SessionFailed"
-    assert replay(store, t.session_id).session.error == \
-        "JobCancelled: cancelled by api:ops: not today"
+    assert (
+        replay(store, t.session_id).session.error == "JobCancelled: cancelled by api:ops: not today"
+    )
     assert job_state(store, job_id).status == "failed"
 
 
@@ -125,7 +139,7 @@ def test_a_runner_reads_only_the_job_streams_new_events(store, tmp_path) -> None
     _, job_id, [t] = submitted(store, tmp_path)
     runner = Runner(store, "worker:a")
     assert runner.cancellation(job_id) is None
-    assert runner._jobs[job_id] == (1, None)          # JobSubmitted read once
+    assert runner._jobs[job_id] == (1, None)  # JobSubmitted read once
     jobs.cancel(store, job_id, by="api:ops", reason="")
     assert runner.cancellation(job_id) == ("api:ops", "")
     assert isinstance(list(store.read_stream(job_id))[-1].payload, p.JobCancelRequested)

@@ -33,19 +33,26 @@ from tests.processes import alive, running
 SCRIPTS = Path(__file__).parent / "chat_scripts"
 PROMPT = "you> "
 USER = f"user:{getpass.getuser()}"
-SLEEP = "sleep\x0029.123"          # the scripted shell call's argv, as /proc shows it
-KEY = "sk-proj-" + "a1B2" * 8        # looks like an API key: masked before it is recorded
+SLEEP = "sleep\x0029.123"  # the scripted shell call's argv, as /proc shows it
+KEY = "sk-proj-" + "a1B2" * 8  # looks like an API key: masked before it is recorded
 
 pytestmark = pytest.mark.slow
 
 
 # -- helpers --------------------------------------------------------------------------
 
+
 def chat(env: dict[str, str], cwd: Path, *args: str) -> pexpect.spawn:
-    child = pexpect.spawn(sys.executable, ["-m", "orchestrator.cli", "chat", *args],
-                          cwd=str(cwd), env=env, encoding="utf-8", timeout=30,
-                          dimensions=(50, 250))
-    child.logfile_read = io.StringIO()          # the whole transcript, for failures
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "orchestrator.cli", "chat", *args],
+        cwd=str(cwd),
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(50, 250),
+    )
+    child.logfile_read = io.StringIO()  # the whole transcript, for failures
     return child
 
 
@@ -124,7 +131,7 @@ def children() -> Iterator[list[pexpect.spawn]]:
             child.kill(signal.SIGHUP)
             child.expect(pexpect.EOF, timeout=60)
         child.close(force=True)
-        print(child.logfile_read.getvalue())        # shown when the test failed
+        print(child.logfile_read.getvalue())  # shown when the test failed
 
 
 class _Worker:
@@ -133,21 +140,30 @@ class _Worker:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.settings = Settings(state_dir=Path(env["ORCH_STATE_DIR"]),
-                                 broker_url=env.get("ORCH_BROKER_URL"))
+        self.settings = Settings(
+            state_dir=Path(env["ORCH_STATE_DIR"]), broker_url=env.get("ORCH_BROKER_URL")
+        )
         self.settings.state.mkdir(parents=True, exist_ok=True)
         open_store(self.settings.effective_store_url, upgrade=True).close()
         log = open(workers.logfile(self.settings), "ab")
         # As workers.start_worker does, with the test's environment.
-        self.proc = subprocess.Popen(workers.worker_command(self.settings), env=env,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=log, start_new_session=True)
+        self.proc = subprocess.Popen(
+            workers.worker_command(self.settings),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+        )
         log.close()
 
     def ready(self) -> dict[str, str]:
         """Its env, once it is up: a chat then finds it instead of starting its own."""
-        until(lambda: b" ready." in workers.logfile(self.settings).read_bytes(),
-              "the shared worker to be ready", limit_s=60)
+        until(
+            lambda: b" ready." in workers.logfile(self.settings).read_bytes(),
+            "the shared worker to be ready",
+            limit_s=60,
+        )
         return self.env
 
     def kill(self) -> None:
@@ -181,15 +197,18 @@ def shared(_embedded_worker: _Worker) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def shared_redis(tmp_path_factory: pytest.TempPathFactory,
-                 redis_url: str) -> Iterator[dict[str, str]]:
+def shared_redis(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[dict[str, str]]:
     """The same on a Redis broker (db 9, this file's own), where Ctrl-C also
     revokes the task through Celery's remote control."""
     import redis
+
     url = redis_url.rsplit("/", 1)[0] + "/9"
     redis.Redis.from_url(url).flushdb()
-    yield from _with_worker(shape_env(tmp_path_factory.mktemp("chat-redis"), broker_url=url,
-                                      TERM="dumb"))
+    yield from _with_worker(
+        shape_env(tmp_path_factory.mktemp("chat-redis"), broker_url=url, TERM="dumb")
+    )
 
 
 @pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
@@ -199,16 +218,18 @@ def any_broker(request: pytest.FixtureRequest) -> dict[str, str]:
 
 # -- a conversation ---------------------------------------------------------------------
 
+
 def test_a_chat_reads_a_file_answers_and_reports_status_quota_and_pending(
-        tmp_path: Path, children: list[pexpect.spawn]) -> None:
-    env = shape_env(tmp_path, TERM="dumb")          # no worker runs: the chat starts one
+    tmp_path: Path, children: list[pexpect.spawn]
+) -> None:
+    env = shape_env(tmp_path, TERM="dumb")  # no worker runs: the chat starts one
     child = chat(env, repo(tmp_path), "--script", str(SCRIPTS / "reads.yaml"))
     children.append(child)
     sid = session_id(child)
     child.expect(PROMPT)
     answer = said(child, f"what does the README say? (my key: {KEY})")
     assert "→ read README.md" in answer
-    assert "Invoices for the example users." in answer          # the tool's output
+    assert "Invoices for the example users." in answer  # the tool's output
     assert "agent> The README says: invoices for the example users." in answer
 
     status = said(child, "/status")
@@ -240,8 +261,10 @@ def test_a_chat_reads_a_file_answers_and_reports_status_quota_and_pending(
 
 # -- confirmations ---------------------------------------------------------------------
 
+
 def test_a_delete_allowed_at_the_prompt_runs_and_the_log_names_who_allowed_it(
-        tmp_path: Path, shared: dict[str, str], children: list[pexpect.spawn]) -> None:
+    tmp_path: Path, shared: dict[str, str], children: list[pexpect.spawn]
+) -> None:
     ws = repo(tmp_path)
     (ws / "obsolete.txt").write_text("old\n")
     child = chat(shared, ws, "--script", str(SCRIPTS / "deletes.yaml"))
@@ -266,13 +289,18 @@ def test_a_delete_allowed_at_the_prompt_runs_and_the_log_names_who_allowed_it(
     [granted] = [e for e in events(shared, sid) if isinstance(e.payload, p.ConfirmationGranted)]
     assert granted.payload.by == USER and granted.actor == USER
     [entry] = s.ledger.entries
-    assert (entry.tool, entry.decision, entry.confirmation, entry.confirmed_by) == \
-        ("delete", "ask", "granted", USER)
+    assert (entry.tool, entry.decision, entry.confirmation, entry.confirmed_by) == (
+        "delete",
+        "ask",
+        "granted",
+        USER,
+    )
     assert [c.path for c in s.session.files_changed] == ["obsolete.txt"]
 
 
 def test_a_delete_refused_at_the_prompt_changes_nothing_and_the_model_is_told(
-        tmp_path: Path, shared: dict[str, str], children: list[pexpect.spawn]) -> None:
+    tmp_path: Path, shared: dict[str, str], children: list[pexpect.spawn]
+) -> None:
     ws = repo(tmp_path)
     (ws / "obsolete.txt").write_text("old\n")
     child = chat(shared, ws, "--script", str(SCRIPTS / "deletes.yaml"))
@@ -285,7 +313,7 @@ def test_a_delete_refused_at_the_prompt_changes_nothing_and_the_model_is_told(
     child.expect(PROMPT)
     assert f"refused by {USER}: keep it for now" in child.before
     assert (ws / "obsolete.txt").read_text() == "old\n"
-    child.sendeof()                                     # Ctrl-D ends the chat like /exit
+    child.sendeof()  # Ctrl-D ends the chat like /exit
     assert ended(child) == 0
 
     s = state(shared, sid)
@@ -293,15 +321,19 @@ def test_a_delete_refused_at_the_prompt_changes_nothing_and_the_model_is_told(
     [entry] = s.ledger.entries
     assert (entry.confirmation, entry.confirmed_by) == ("denied", USER)
     told = [m["content"] for m in agent.messages(s, False) if m["role"] == "tool"]
-    assert told == [f"denied by {USER} when asked (rule destructive-delete: deleting a file): "
-                    "keep it for now. Nothing ran."]
-    assert s.session.agent.model_turns == 2             # and it answered after reading that
+    assert told == [
+        f"denied by {USER} when asked (rule destructive-delete: deleting a file): "
+        "keep it for now. Nothing ran."
+    ]
+    assert s.session.agent.model_turns == 2  # and it answered after reading that
 
 
 # -- resuming -----------------------------------------------------------------------------
 
+
 def test_a_detached_chat_resumes_with_its_conversation_and_goes_on(
-        tmp_path: Path, shared: dict[str, str], children: list[pexpect.spawn]) -> None:
+    tmp_path: Path, shared: dict[str, str], children: list[pexpect.spawn]
+) -> None:
     ws = repo(tmp_path)
     first = chat(shared, ws, "--script", str(SCRIPTS / "reads.yaml"))
     children.append(first)
@@ -319,24 +351,29 @@ def test_a_detached_chat_resumes_with_its_conversation_and_goes_on(
     assert "you> what does the README say?" in second.before
     assert "→ read README.md (completed)" in second.before
     second.expect(PROMPT)
-    assert "agent> You asked again: the README is still about billing." in \
-        said(second, "and now?")
+    assert "agent> You asked again: the README is still about billing." in said(second, "and now?")
     second.sendline("/exit")
     assert ended(second) == 0
     s = state(shared, sid)
     assert s.session.status == "completed"
-    assert [e.role for e in s.session.agent.entries] == ["user", "assistant", "assistant",
-                                                         "user", "assistant"]
+    assert [e.role for e in s.session.agent.entries] == [
+        "user",
+        "assistant",
+        "assistant",
+        "user",
+        "assistant",
+    ]
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------------
 
+
 def test_ctrl_c_cancels_a_running_command_and_leaves_no_process_behind(
-        tmp_path: Path, any_broker: dict[str, str], children: list[pexpect.spawn]) -> None:
+    tmp_path: Path, any_broker: dict[str, str], children: list[pexpect.spawn]
+) -> None:
     shared = any_broker
     assert not running(SLEEP), "a sleep 29.123 from elsewhere would confuse this test"
-    child = chat(shared, repo(tmp_path), "--script", str(SCRIPTS / "sleeps.yaml"),
-                 "--tier", "exec")
+    child = chat(shared, repo(tmp_path), "--script", str(SCRIPTS / "sleeps.yaml"), "--tier", "exec")
     children.append(child)
     sid = session_id(child)
     child.expect(PROMPT)
@@ -357,7 +394,7 @@ def test_ctrl_c_cancels_a_running_command_and_leaves_no_process_behind(
     brief = said(child, "/replay")
     assert re.search(r"AgentTurnCancelled\s+" + re.escape(USER) + " turn 1", brief)
 
-    child.sendintr()                                    # Ctrl-C at the prompt ends the chat
+    child.sendintr()  # Ctrl-C at the prompt ends the chat
     assert ended(child) == 0
     assert state(shared, sid).session.status == "completed"
     assert job_status(shared, sid) == "completed"
@@ -365,14 +402,23 @@ def test_ctrl_c_cancels_a_running_command_and_leaves_no_process_behind(
 
 # -- what goes wrong, in one line -------------------------------------------------------------
 
+
 def test_a_missing_script_a_dead_endpoint_or_an_unknown_session_is_one_line_saying_what_to_do(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
+
     env = shape_env(tmp_path)
-    runs = {"missing": (env, "chat", "--script", str(tmp_path / "nope.yaml")),
-            "down": ({**env, "ORCH_MODEL_BASE_URL": "http://127.0.0.1:9/v1"}, "chat",
-                     "--provider", "openai"),
-            "unknown": (env, "chat", "--session", "no-such-session")}
+    runs = {
+        "missing": (env, "chat", "--script", str(tmp_path / "nope.yaml")),
+        "down": (
+            {**env, "ORCH_MODEL_BASE_URL": "http://127.0.0.1:9/v1"},
+            "chat",
+            "--provider",
+            "openai",
+        ),
+        "unknown": (env, "chat", "--session", "no-such-session"),
+    }
     with ThreadPoolExecutor(len(runs)) as pool:
         done = {k: pool.submit(cli, *args, cwd=tmp_path) for k, args in runs.items()}
     missing, down, unknown = (done[k].result() for k in runs)
@@ -393,73 +439,113 @@ def test_a_missing_script_a_dead_endpoint_or_an_unknown_session_is_one_line_sayi
 
 # -- the pure parts, on real folded events ------------------------------------------------
 
+
 def _folded(*payloads: object) -> Projections:
     from events.projections import fold
     from tests.factories import place
+
     return fold(place("s-1", list(payloads)), Projections())
 
 
-_START = [p.SessionStarted(job_id="j", target="/w", steps=()),
-          p.PolicyAttached(name="default", hash="h" * 64, document={}, tier="exec"),
-          p.AgentStarted(instruction="", instruction_digest="d", mode="chat",
-                         provider="scripted", model="scripted", max_turns=10,
-                         max_invalid_calls=1, prompt_version="v", tools=("read", "shell")),
-          p.UserMessage(text="run it", digest="d")]
-_ASKED = p.ModelRequested(model_turn=1, provider="scripted", model="scripted", messages=2,
-                          prompt_digest="x")
-_ANSWERED = p.ModelResponded(model_turn=1, model="scripted", latency_s=0.0,
-                             finish_reason="tool_calls", tool_calls=(p.ModelToolCall(
-                                 id="c1", name="shell", arguments='{"command": "sleep 9"}',
-                                 turn=1),))
-_STARTED = [p.TurnStarted(turn=1, name="shell", kind="shell"),
-            p.ToolCallRequested(call_id="s-1/1", turn=1, tool="shell",
-                                args={"command": ["sleep", "9"], "cwd": "."}),
-            p.PermissionDecided(call_id="s-1/1", decision="allow", rule_id="tier-exec",
-                                policy_hash="h" * 64),
-            p.ToolCallStarted(call_id="s-1/1")]
+_START = [
+    p.SessionStarted(job_id="j", target="/w", steps=()),
+    p.PolicyAttached(name="default", hash="h" * 64, document={}, tier="exec"),
+    p.AgentStarted(
+        instruction="",
+        instruction_digest="d",
+        mode="chat",
+        provider="scripted",
+        model="scripted",
+        max_turns=10,
+        max_invalid_calls=1,
+        prompt_version="v",
+        tools=("read", "shell"),
+    ),
+    p.UserMessage(text="run it", digest="d"),
+]
+_ASKED = p.ModelRequested(
+    model_turn=1, provider="scripted", model="scripted", messages=2, prompt_digest="x"
+)
+_ANSWERED = p.ModelResponded(
+    model_turn=1,
+    model="scripted",
+    latency_s=0.0,
+    finish_reason="tool_calls",
+    tool_calls=(
+        p.ModelToolCall(id="c1", name="shell", arguments='{"command": "sleep 9"}', turn=1),
+    ),
+)
+_STARTED = [
+    p.TurnStarted(turn=1, name="shell", kind="shell"),
+    p.ToolCallRequested(
+        call_id="s-1/1", turn=1, tool="shell", args={"command": ["sleep", "9"], "cwd": "."}
+    ),
+    p.PermissionDecided(
+        call_id="s-1/1", decision="allow", rule_id="tier-exec", policy_hash="h" * 64
+    ),
+    p.ToolCallStarted(call_id="s-1/1"),
+]
 
 
 def test_ctrl_c_cancels_the_turn_in_flight_whatever_it_is_doing() -> None:
     from orchestrator.chat import in_flight_turn, in_flight_units, phase
     from tests.factories import place
+
     assert (in_flight_turn(_folded(*_START)), phase(_folded(*_START))) == (1, "busy")
-    assert in_flight_turn(_folded(*_START, _ASKED)) == 1             # the model is thinking
+    assert in_flight_turn(_folded(*_START, _ASKED)) == 1  # the model is thinking
     running = [*_START, _ASKED, _ANSWERED, *_STARTED]
-    assert in_flight_turn(_folded(*running)) == 1                    # its command runs
+    assert in_flight_turn(_folded(*running)) == 1  # its command runs
     before = _folded(*running)
     after = _folded(*running, p.AgentTurnCancelled(model_turn=1, by="user:a"))
     assert phase(after) == "idle"
     [unit] = in_flight_units(place("s-1", running), before, after)
     assert unit.type == "ToolCallStarted"
     thinking = [*_START, _ASKED]
-    [unit] = in_flight_units(place("s-1", thinking), _folded(*thinking),
-                             _folded(*thinking, p.AgentTurnCancelled(model_turn=1, by="u")))
+    [unit] = in_flight_units(
+        place("s-1", thinking),
+        _folded(*thinking),
+        _folded(*thinking, p.AgentTurnCancelled(model_turn=1, by="u")),
+    )
     assert unit.type == "ModelRequested"
 
 
 def test_a_refused_call_settles_once_its_turn_is_recorded_and_the_model_hears_why() -> None:
     from orchestrator.chat import phase
-    asked = [*_START, _ASKED, _ANSWERED, *_STARTED[:2],
-             p.PermissionDecided(call_id="s-1/1", decision="ask", rule_id="destructive",
-                                 policy_hash="h" * 64),
-             p.ConfirmationRequested(call_id="s-1/1", turn=1, tool="shell",
-                                     rule_id="destructive", reason="deletes files")]
+
+    asked = [
+        *_START,
+        _ASKED,
+        _ANSWERED,
+        *_STARTED[:2],
+        p.PermissionDecided(
+            call_id="s-1/1", decision="ask", rule_id="destructive", policy_hash="h" * 64
+        ),
+        p.ConfirmationRequested(
+            call_id="s-1/1", turn=1, tool="shell", rule_id="destructive", reason="deletes files"
+        ),
+    ]
     assert phase(_folded(*asked)) == "waiting"
     denied = [*asked, p.ConfirmationDenied(call_id="s-1/1", by="user:a", reason="no")]
-    assert agent.next_action(_folded(*denied)).kind == "tool"      # the runner records it
+    assert agent.next_action(_folded(*denied)).kind == "tool"  # the runner records it
     done = _folded(*denied, p.TurnCompleted(turn=1, status="failed"))
     assert agent.next_action(done).kind == "model"
     assert agent.messages(done, False)[-1]["content"] == (
-        "denied by user:a when asked (rule destructive: deletes files): no. Nothing ran.")
+        "denied by user:a when asked (rule destructive: deletes files): no. Nothing ran."
+    )
 
 
 def test_a_persons_answers_and_a_calls_arguments_read_as_written() -> None:
     from orchestrator.chat import args_summary, parse_answer
+
     assert parse_answer(" Y ") == ("y", "")
     assert parse_answer("n not that file") == ("n", "not that file")
     assert parse_answer("details") == ("details", "")
     assert parse_answer("maybe") == (None, "")
-    assert args_summary("shell", {"command": ["git", "commit", "-m", "a b"], "cwd": "."}) == \
-        "git commit -m 'a b'"
-    assert args_summary("replace", {"pattern": "old", "replacement": "new",
-                                    "glob": ["*.py"]}) == "'old' -> 'new' in *.py"
+    assert (
+        args_summary("shell", {"command": ["git", "commit", "-m", "a b"], "cwd": "."})
+        == "git commit -m 'a b'"
+    )
+    assert (
+        args_summary("replace", {"pattern": "old", "replacement": "new", "glob": ["*.py"]})
+        == "'old' -> 'new' in *.py"
+    )

@@ -43,7 +43,7 @@ def test_many_targets_run_in_chunks_with_a_stream_per_session(tmp_path: Path):
     (tmp_path / "job.yaml").write_text(SPEC)
     env = shape_env(tmp_path)
     result = cli(env, "run", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path), "--json")
-    assert result.returncode == 1, result.stderr          # the missing target fails the job
+    assert result.returncode == 1, result.stderr  # the missing target fails the job
     job = json.loads(result.stdout)
     by_target = {s["target"]: s for s in job["sessions"]}
     assert "does not exist" in by_target.pop("no-such-repo")["error"]
@@ -54,8 +54,12 @@ def test_many_targets_run_in_chunks_with_a_stream_per_session(tmp_path: Path):
         events = list(store.read_stream(s["session_id"]))
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
         assert Counter(e.type for e in events)["ToolCallCompleted"] == 2
-        assert {e.idempotency_key for e in events} == {"session:started", "step:1:start",
-                                                      "step:1:end", "step:2:start"}
+        assert {e.idempotency_key for e in events} == {
+            "session:started",
+            "step:1:start",
+            "step:1:end",
+            "step:2:start",
+        }
     for i in range(n):
         assert "old_name" not in (tmp_path / "repos" / f"r{i:02d}" / "mod.py").read_text()
 
@@ -65,6 +69,7 @@ def test_jobs_with_a_shell_step_or_few_targets_keep_a_chain_per_target():
     assert chunk_size(MIN_TASKS_PER_STEP, [search]) == 1
     assert chunk_size(200, [search]) > 1
     from orchestrator.steps import ShellStep
+
     assert chunk_size(200, [search, ShellStep(command=("true",))]) == 1
 
 
@@ -72,8 +77,14 @@ def test_a_search_step_is_one_append_and_a_redelivery_appends_nothing(tmp_path: 
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "a.py").write_text("needle\n")
     store = sqlite_store(tmp_path)
-    t = Ticket(job_id="job-1", session_id="s-1", target="ws", path=str(tmp_path / "ws"),
-               steps=("find",), sessions_total=1)
+    t = Ticket(
+        job_id="job-1",
+        session_id="s-1",
+        target="ws",
+        path=str(tmp_path / "ws"),
+        steps=("find",),
+        sessions_total=1,
+    )
     step = SearchStep(name="find", pattern="needle", literal=True)
     assert Runner(store, "worker:a").run_step(t, 0, step, last=True) == "completed"
     first = list(store.read_stream("s-1"))
@@ -82,5 +93,11 @@ def test_a_search_step_is_one_append_and_a_redelivery_appends_nothing(tmp_path: 
     keys = Counter(e.idempotency_key for e in first)
     assert set(keys) == {"session:started", "step:1:start"}
     assert [e.type for e in first if e.idempotency_key == "step:1:start"] == [
-        "TurnStarted", "ToolCallRequested", "PermissionDecided", "ToolCallStarted",
-        "ToolCallCompleted", "TurnCompleted", "SessionCompleted"]
+        "TurnStarted",
+        "ToolCallRequested",
+        "PermissionDecided",
+        "ToolCallStarted",
+        "ToolCallCompleted",
+        "TurnCompleted",
+        "SessionCompleted",
+    ]

@@ -26,20 +26,26 @@ def test_every_bad_value_is_named_with_its_source_all_at_once(tmp_path: Path) ->
     assert result.returncode == 2, result.stderr
     data = json.loads(result.stdout)
     by_var = {p["variable"]: p for p in data["problems"]}
-    assert set(by_var) == {"ORCH_TIER", "ORCH_WORKER_CONCURRENCY", "ORCH_MODEL_TIMEOUT_S",
-                           "ORCH_LOG_LEVEL"}
+    assert set(by_var) == {
+        "ORCH_TIER",
+        "ORCH_WORKER_CONCURRENCY",
+        "ORCH_MODEL_TIMEOUT_S",
+        "ORCH_LOG_LEVEL",
+    }
     assert by_var["ORCH_TIER"]["source"] == "environment variable ORCH_TIER"
     assert by_var["ORCH_TIER"]["example"] == "read-only | read-write | exec"
     assert by_var["ORCH_WORKER_CONCURRENCY"]["source"] == (
-        f".env file {(tmp_path / '.env').resolve()} (ORCH_WORKER_CONCURRENCY)")
+        f".env file {(tmp_path / '.env').resolve()} (ORCH_WORKER_CONCURRENCY)"
+    )
     assert by_var["ORCH_MODEL_TIMEOUT_S"]["source"] == (
-        f"TOML file {toml.resolve()} (key model_timeout_s)")
+        f"TOML file {toml.resolve()} (key model_timeout_s)"
+    )
     assert by_var["ORCH_MODEL_TIMEOUT_S"]["got"] == "-1"
     assert all(p["message"] and p["example"] for p in data["problems"])
     assert SECRET not in result.stdout + result.stderr
     text = cli(env, "config", "check", cwd=tmp_path)
     assert text.returncode == 2 and text.stderr.count("error: ") == 4
-    started = cli(env, "status", "nope", cwd=tmp_path)       # any command refuses to start
+    started = cli(env, "status", "nope", cwd=tmp_path)  # any command refuses to start
     assert started.returncode == 2 and "ORCH_TIER" in started.stderr
     assert "TOML file" in started.stderr and SECRET not in started.stderr
 
@@ -61,7 +67,7 @@ def test_unknown_names_are_warned_about_with_a_suggestion(tmp_path: Path) -> Non
     assert "ORCH_LOG_LEVL" in ok.stderr and "did you mean ORCH_LOG_LEVEL?" in ok.stderr
     assert "modle_name" in ok.stderr and "did you mean model_name?" in ok.stderr
     assert cli(env, "config", "check", "--strict").returncode == 2
-    started = cli(env, "config", "show")                   # warned at start, not refused
+    started = cli(env, "config", "show")  # warned at start, not refused
     assert started.returncode == 0 and "did you mean ORCH_LOG_LEVEL?" in started.stderr
 
 
@@ -83,10 +89,13 @@ def test_show_gives_each_value_its_source_and_masks_secrets(tmp_path: Path) -> N
     result = cli(env, "--config", str(toml), "config", "show", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["settings"]
-    assert rows["model_name"] == {"value": "from-toml", "secret": False,
-                                  "source": f"TOML file {toml.resolve()} (key model_name)",
-                                  "variable": "ORCH_MODEL_NAME"}
-    assert rows["model_timeout_s"]["value"] == 30.0                  # .env beats TOML
+    assert rows["model_name"] == {
+        "value": "from-toml",
+        "secret": False,
+        "source": f"TOML file {toml.resolve()} (key model_name)",
+        "variable": "ORCH_MODEL_NAME",
+    }
+    assert rows["model_timeout_s"]["value"] == 30.0  # .env beats TOML
     assert rows["model_timeout_s"]["source"].startswith(".env file")
     assert rows["model_api_key"]["value"] == "***" and rows["model_api_key"]["secret"]
     assert rows["model_api_key"]["source"] == "environment variable ORCH_MODEL_API_KEY"
@@ -98,6 +107,7 @@ def test_show_gives_each_value_its_source_and_masks_secrets(tmp_path: Path) -> N
 
 def test_every_setting_has_an_example_and_a_type() -> None:
     from orchestrator.config import Settings
+
     for name, info in Settings.model_fields.items():
         assert cr.example(info), name
         assert cr.type_text(info), name
@@ -106,8 +116,10 @@ def test_every_setting_has_an_example_and_a_type() -> None:
 def test_generated_reference_files_are_fresh() -> None:
     for kind, path in cr.GENERATED.items():
         assert path.exists() and path.read_text(encoding="utf-8") == cr.render(kind), (
-            f"{path} is stale: run `{cr.REGENERATE}` and commit it")
+            f"{path} is stale: run `{cr.REGENERATE}` and commit it"
+        )
     from orchestrator.config import Settings
+
     env_example = cr.GENERATED["env"].read_text()
     for name in Settings.model_fields:
         assert f"#ORCH_{name.upper()}=" in env_example

@@ -18,16 +18,17 @@ def test_a_later_step_waits_for_a_granted_step_its_continuation_has_not_run(tmp_
     (tmp_path / "repo").mkdir()
     (tmp_path / "repo" / "notes.txt").write_text("scratch\n")
     store = open_store(f"sqlite:///{tmp_path / 'events.sqlite'}", upgrade=True)
-    spec = parse_spec("name: tidy\ntargets: [repo]\nsteps:\n"
-                      "  - {kind: delete, path: notes.txt}\n"
-                      "  - {kind: search, pattern: scratch}\n")
+    spec = parse_spec(
+        "name: tidy\ntargets: [repo]\nsteps:\n"
+        "  - {kind: delete, path: notes.txt}\n"
+        "  - {kind: search, pattern: scratch}\n"
+    )
     job_id, [t] = jobs.prepare(spec, tmp_path)
     jobs.record(store, spec, job_id, [t], "user:sub")
     runner = Runner(store, "worker:a")
     assert runner.run_step(t, 0, spec.steps[0], last=False) == "waiting"
     [w] = confirmations.pending(store)
-    ours, ticket, start, steps = confirmations.answer(store, w, grant=True, by="api:ope",
-                                                      reason="")
+    ours, ticket, start, steps = confirmations.answer(store, w, grant=True, by="api:ope", reason="")
     assert ours and start == 0
     # The job's own chain, link 2, runs before the continuation:
     assert runner.run_step(t, 1, spec.steps[1], last=True) == "waiting"

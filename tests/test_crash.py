@@ -40,9 +40,13 @@ steps:
 
 
 def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "worker", "-c", "2"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "worker", "-c", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:
@@ -74,8 +78,8 @@ def test_job_survives_kill_9_of_its_worker(tmp_path: Path):
     while not any(e.type == "ToolCallStarted" for e in store.read_correlation(job_id)):
         assert time.monotonic() < deadline, "the first worker never started a step"
         time.sleep(0.05)
-    time.sleep(0.3)                                  # mid-step: the sleep is running
-    os.killpg(first.pid, signal.SIGKILL)             # the worker and its pool children
+    time.sleep(0.3)  # mid-step: the sleep is running
+    os.killpg(first.pid, signal.SIGKILL)  # the worker and its pool children
     first.wait()
 
     second = _worker(env)
@@ -92,13 +96,17 @@ def test_job_survives_kill_9_of_its_worker(tmp_path: Path):
     assert verify_rows(store.rows()).ok
     events = list(store.read_correlation(job_id))
     per_stream = Counter((e.stream_id, e.seq) for e in events)
-    assert max(per_stream.values()) == 1                       # no duplicates
+    assert max(per_stream.values()) == 1  # no duplicates
     for ref in job.sessions:
         seqs = sorted(e.seq for e in events if e.stream_id == ref.session_id)
-        assert seqs == list(range(1, len(seqs) + 1))            # no gaps
-        done = Counter(e.payload.call_id for e in events
-                       if e.stream_id == ref.session_id and e.type == "ToolCallCompleted")
-        assert sorted(done.values()) == [1, 1, 1]               # each step once
+        assert seqs == list(range(1, len(seqs) + 1))  # no gaps
+        done = Counter(
+            e.payload.call_id
+            for e in events
+            if e.stream_id == ref.session_id and e.type == "ToolCallCompleted"
+        )
+        assert sorted(done.values()) == [1, 1, 1]  # each step once
     for i in range(4):
-        assert (tmp_path / "repos" / f"r{i}" / "mod.py").read_text() == \
-            "def new_name():\n    return 1\n\nnew_name()\n"
+        assert (
+            tmp_path / "repos" / f"r{i}" / "mod.py"
+        ).read_text() == "def new_name():\n    return 1\n\nnew_name()\n"

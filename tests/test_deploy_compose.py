@@ -38,6 +38,7 @@ NOT_FIELDS = {"ORCH_CONFIG"}
 
 # -- shared with tests/test_helm_chart.py ----------------------------------
 
+
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
     for arg in (annotation, *typing.get_args(annotation)):
         if isinstance(arg, type) and issubclass(arg, BaseModel):
@@ -92,8 +93,7 @@ def missing_commands(argvs: list[list[str]]) -> list[str]:
     for argv in argvs:
         assert argv[0] == "orchestrator", argv
         words = tuple(w for w in argv[1:3] if not w.startswith("-"))
-        path = next((words[:n] for n in (2, 1) if len(words) >= n and words[:n] in commands),
-                    None)
+        path = next((words[:n] for n in (2, 1) if len(words) >= n and words[:n] in commands), None)
         flags = {w.split("=", 1)[0] for w in argv if w.startswith("--")}
         if path is None or not flags <= commands[path]:
             missing.append(" ".join(argv))
@@ -108,6 +108,7 @@ def deployment_files() -> list[Path]:
 
 
 # -- the compose stack -----------------------------------------------------
+
 
 def docker_compose() -> list[str]:
     exe = shutil.which("docker-compose")
@@ -125,8 +126,9 @@ def compose_config(*files: str) -> dict[str, Any]:
         args += ["-f", str(COMPOSE / f)]
     quiet = subprocess.run([*args, "config", "-q"], capture_output=True, text=True, cwd=COMPOSE)
     assert quiet.returncode == 0, quiet.stderr
-    full = subprocess.run([*args, "config"], capture_output=True, text=True, cwd=COMPOSE,
-                          check=True)
+    full = subprocess.run(
+        [*args, "config"], capture_output=True, text=True, cwd=COMPOSE, check=True
+    )
     return yaml.safe_load(full.stdout)
 
 
@@ -141,8 +143,17 @@ def stack() -> dict[str, Any]:
 
 def test_the_stack_has_every_service_of_a_production_like_deployment(stack):
     assert set(stack["services"]) == {
-        "redis", "postgres", "migrate", "api", "worker-1", "worker-2", "flower",
-        "otel-collector", "blackbox", "prometheus"}
+        "redis",
+        "postgres",
+        "migrate",
+        "api",
+        "worker-1",
+        "worker-2",
+        "flower",
+        "otel-collector",
+        "blackbox",
+        "prometheus",
+    }
 
 
 def test_every_service_has_a_health_check_and_a_restart_policy(stack):
@@ -185,20 +196,24 @@ def test_secrets_are_files_mounted_at_run_secrets_and_never_inline(stack):
             value = str(value)
             assert not re.search(r"://[^/@\s]*:[^/@\s]+@", value), f"{name}: {key} has a password"
             if re.search(r"PASSWORD|SECRET|TOKEN|API_KEY|BASIC_AUTH", key):
-                if key == "ORCH_API_TOKENS":   # by reference: names of secret files
+                if key == "ORCH_API_TOKENS":  # by reference: names of secret files
                     tokens = json.loads(value)
                     assert all(set(t) <= {"principal", "roles", "secret"} for t in tokens)
                     assert {t["secret"] for t in tokens} <= secret_names(svc)
                 elif key not in ("ORCH_SECRET_SOURCES", "ORCH_SECRETS_DIR"):
-                    assert value.startswith("/run/secrets/") and key.endswith("_FILE"), \
+                    assert value.startswith("/run/secrets/") and key.endswith("_FILE"), (
                         f"{name}: {key}={value!r} looks like an inline secret"
+                    )
     # What the services read from /run/secrets is mounted where they read it.
     for name in ("api", "worker-1", "worker-2", "flower", "migrate"):
         assert "store_url" in secret_names(stack["services"][name])
     for w in ("worker-1", "worker-2"):
         assert "model_api_key" in secret_names(stack["services"][w])
     assert "flower_basic_auth" in secret_names(stack["services"]["flower"])
-    assert (COMPOSE / "secrets" / ".gitignore").read_text().splitlines()[-2:] == ["*", "!.gitignore"]
+    assert (COMPOSE / "secrets" / ".gitignore").read_text().splitlines()[-2:] == [
+        "*",
+        "!.gitignore",
+    ]
 
 
 def test_each_services_environment_is_a_valid_configuration(stack, monkeypatch):
@@ -209,7 +224,7 @@ def test_each_services_environment_is_a_valid_configuration(stack, monkeypatch):
             for key, value in stack["services"][name]["environment"].items():
                 if key.startswith("ORCH_"):
                     m.setenv(key, str(value))
-            Settings(_env_file=None)   # raises, listing every problem, when invalid
+            Settings(_env_file=None)  # raises, listing every problem, when invalid
 
 
 def test_app_containers_run_read_only_without_capabilities(stack):
@@ -218,8 +233,9 @@ def test_app_containers_run_read_only_without_capabilities(stack):
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
         assert "no-new-privileges:true" in svc["security_opt"], name
         assert any(t.startswith("/tmp") for t in svc["tmpfs"]), name
-        mounts = {v["target"] if isinstance(v, dict) else v.split(":")[1]
-                  for v in svc.get("volumes", [])}
+        mounts = {
+            v["target"] if isinstance(v, dict) else v.split(":")[1] for v in svc.get("volumes", [])
+        }
         assert "/var/lib/orchestrator" in mounts, name
     assert "seccomp=unconfined" not in stack["services"]["worker-1"]["security_opt"]
 
@@ -229,8 +245,12 @@ def test_the_bubblewrap_override_lifts_only_what_bubblewrap_needs_for_the_worker
     for name, svc in stack["services"].items():
         opts = set(svc.get("security_opt", []))
         if name in ("worker-1", "worker-2"):
-            assert {"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined",
-                    "no-new-privileges:true"} <= opts
+            assert {
+                "seccomp=unconfined",
+                "apparmor=unconfined",
+                "systempaths=unconfined",
+                "no-new-privileges:true",
+            } <= opts
             assert svc["environment"]["ORCHESTRATOR_SANDBOX"] == "bwrap"
             assert svc["cap_drop"] == ["ALL"]
         else:
@@ -246,15 +266,20 @@ def test_prometheus_scrapes_the_api_and_every_workers_probe_port(stack):
     token = Path(api["authorization"]["credentials_file"]).name
     assert token in secret_names(stack["services"]["prometheus"])
     workers = jobs["orchestrator-workers"]
-    expected = sorted(f"{w}:{stack['services'][w]['environment']['ORCH_WORKER_PROBE_PORT']}"
-                      for w in ("worker-1", "worker-2"))
+    expected = sorted(
+        f"{w}:{stack['services'][w]['environment']['ORCH_WORKER_PROBE_PORT']}"
+        for w in ("worker-1", "worker-2")
+    )
     assert workers["metrics_path"] == "/metrics"
     assert sorted(workers["static_configs"][0]["targets"]) == expected
     ready = jobs["orchestrator-readyz"]["static_configs"][0]["targets"]
-    assert sorted(ready) == sorted(["http://api:8000/readyz"]
-                                   + [f"http://{t}/readyz" for t in expected])
-    mounted = {v["target"] if isinstance(v, dict) else v.split(":")[1]
-               for v in stack["services"]["prometheus"]["volumes"]}
+    assert sorted(ready) == sorted(
+        ["http://api:8000/readyz"] + [f"http://{t}/readyz" for t in expected]
+    )
+    mounted = {
+        v["target"] if isinstance(v, dict) else v.split(":")[1]
+        for v in stack["services"]["prometheus"]["volumes"]
+    }
     assert set(prom["rule_files"]) <= mounted
 
 
@@ -289,13 +314,20 @@ def test_alert_rules_are_well_formed_and_use_metrics_the_service_exports():
             assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
             for metric in re.findall(r"\borch_[a-z_]+", rule["expr"]):
                 assert metric in known, f"{rule['alert']}: {metric} is not exported"
-    assert {"OrchestratorWorkerDown", "OrchestratorNoWorkers", "OrchestratorReadinessFailing",
-            "OrchestratorQueueGrowing", "OrchestratorConfirmationsWaiting",
-            "OrchestratorToolErrorRate", "OrchestratorBreakerOpen"} <= seen
+    assert {
+        "OrchestratorWorkerDown",
+        "OrchestratorNoWorkers",
+        "OrchestratorReadinessFailing",
+        "OrchestratorQueueGrowing",
+        "OrchestratorConfirmationsWaiting",
+        "OrchestratorToolErrorRate",
+        "OrchestratorBreakerOpen",
+    } <= seen
     promtool = shutil.which("promtool")
     if promtool:
-        run = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True,
-                             text=True)
+        run = subprocess.run(
+            [promtool, "check", "rules", str(path)], capture_output=True, text=True
+        )
         assert run.returncode == 0, run.stdout + run.stderr
 
 
@@ -310,9 +342,13 @@ def test_the_collector_pipelines_use_only_components_it_defines():
 
 # -- the image -------------------------------------------------------------
 
+
 def test_the_image_is_multi_stage_slim_non_root_with_the_system_tools():
-    text = "\n".join(line for line in (ROOT / "Dockerfile").read_text().splitlines()
-                     if not line.lstrip().startswith("#"))
+    text = "\n".join(
+        line
+        for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if not line.lstrip().startswith("#")
+    )
     assert len(re.findall(r"^FROM ", text, re.M)) >= 2
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
     apt = re.search(r"apt-get install[^\n]*\n(?:[^\n]*\\\n)*[^\n]*", text)
@@ -326,24 +362,30 @@ def test_the_image_is_multi_stage_slim_non_root_with_the_system_tools():
     assert "playwright install" not in text and "PLAYWRIGHT_BROWSERS_PATH" not in text
     # The context keeps to what the image needs.
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    assert ignore[ignore.index("**") + 1:][:1] == ["!pyproject.toml"]
+    assert ignore[ignore.index("**") + 1 :][:1] == ["!pyproject.toml"]
     for copied in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
-        assert f"!{copied.rstrip('/')}" in ignore or f"!{copied.split('/')[0]}/**" in ignore \
-            or f"!{copied.rsplit('/', 1)[0]}/**" in ignore, copied
+        assert (
+            f"!{copied.rstrip('/')}" in ignore
+            or f"!{copied.split('/')[0]}/**" in ignore
+            or f"!{copied.rsplit('/', 1)[0]}/**" in ignore
+        ), copied
 
 
 def test_the_entrypoint_maps_each_role_to_its_command():
     script = COMPOSE / "image" / "entrypoint.sh"
     assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    for role, command in {"api": "orchestrator api --host 0.0.0.0 --port",
-                          "worker": "orchestrator worker",
-                          "flower": "orchestrator flower --port",
-                          "migrate": "orchestrator db upgrade"}.items():
+    for role, command in {
+        "api": "orchestrator api --host 0.0.0.0 --port",
+        "worker": "orchestrator worker",
+        "flower": "orchestrator flower --port",
+        "migrate": "orchestrator db upgrade",
+    }.items():
         assert re.search(rf"^\s*{role}\)\s+exec {command}", text, re.M), role
 
 
 # -- systemd ----------------------------------------------------------------
+
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
     """A unit file as {section: {key: [values...]}} (keys may repeat)."""
@@ -370,9 +412,13 @@ def test_each_systemd_unit_is_hardened_and_restarts(unit):
     s = parse_unit(SYSTEMD / f"orchestrator-{unit}.service")
     svc = s["Service"]
     assert svc["User"] == ["orchestrator"] and svc["Group"] == ["orchestrator"]
-    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict",
-                       "ProtectHome": "yes", "PrivateTmp": "yes",
-                       "Restart": "on-failure"}.items():
+    for key, value in {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "Restart": "on-failure",
+    }.items():
         assert svc[key] == [value], key
     assert "/var/lib/agent-orchestrator" in svc["ReadWritePaths"]
     assert svc["EnvironmentFile"] == ["/etc/agent-orchestrator/orchestrator.env"]
@@ -390,11 +436,13 @@ def test_systemd_units_verify():
     if not analyze:
         pytest.skip("systemd-analyze is not installed")
     units = [str(SYSTEMD / f"orchestrator-{u}.service") for u in UNITS]
-    run = subprocess.run([analyze, "verify", "--man=no", *units], capture_output=True,
-                         text=True)
+    run = subprocess.run([analyze, "verify", "--man=no", *units], capture_output=True, text=True)
     # The venv is not installed on this machine; everything else must be clean.
-    problems = [line for line in (run.stdout + run.stderr).splitlines()
-                if line.strip() and "is not executable" not in line]
+    problems = [
+        line
+        for line in (run.stdout + run.stderr).splitlines()
+        if line.strip() and "is not executable" not in line
+    ]
     assert problems == []
 
 
@@ -418,13 +466,17 @@ def test_the_compose_env_example_names_only_real_settings():
 
 # -- across every deployment file --------------------------------------------
 
+
 def test_deployment_files_name_only_real_settings():
     assert unknown_orch_vars(deployment_files()) == {}
 
 
 def test_deployment_files_run_only_real_commands(stack):
-    argvs = [svc["command"] for svc in stack["services"].values()
-             if isinstance(svc.get("command"), list) and svc["command"][0] == "orchestrator"]
+    argvs = [
+        svc["command"]
+        for svc in stack["services"].values()
+        if isinstance(svc.get("command"), list) and svc["command"][0] == "orchestrator"
+    ]
     for unit in UNITS:
         exec_start = parse_unit(SYSTEMD / f"orchestrator-{unit}.service")["Service"]["ExecStart"]
         argvs.append(["orchestrator", *exec_start[0].split()[1:]])

@@ -49,8 +49,10 @@ PROSE = "The suite has one failing test (the VAT rate) and one module that does 
 
 # -- the policy ------------------------------------------------------------------------
 
+
 def test_complement_patterns_match_every_string_except_the_words() -> None:
     import fnmatch
+
     words = ["-m", "-B", "ab", "a]", "a-", "[x", "*"]
     patterns = dg.complement(words)
     alphabet = "ab-mB]*[x!"
@@ -71,34 +73,55 @@ ALLOWED = [
     "/usr/bin/python3 -B -m unittest discover",
 ]
 DENIED = [
-    "python3", "python3 -c pass", "python3 x.py", "python3 -m pip install x",
-    "python3 -B -m pytest",                                   # cut short
-    "python3 -B -m pytest -q",                                # not a check's words
-    "python3 -B -m pytest -p no:cacheprovider --co -q --basetemp=.",   # pytest empties it
+    "python3",
+    "python3 -c pass",
+    "python3 x.py",
+    "python3 -m pip install x",
+    "python3 -B -m pytest",  # cut short
+    "python3 -B -m pytest -q",  # not a check's words
+    "python3 -B -m pytest -p no:cacheprovider --co -q --basetemp=.",  # pytest empties it
     "python3 -B -m pytest -p evil --co -q",
     "python3 -B -m unittest discover @args.txt",
-    "python3 -mpytest", "python3.11 -m pytest", "python", "pytest",
-    "ruff format .", "ruff check --fix .", "ruff check -n --fix .", "ruff check .",
-    "mypy .", "mypyc x.py", "cat setup.py", "ls", "git status", "rm -rf .",
-    "sh -c 'python3 -B -m unittest discover'", "env python3 -B -m unittest discover",
+    "python3 -mpytest",
+    "python3.11 -m pytest",
+    "python",
+    "pytest",
+    "ruff format .",
+    "ruff check --fix .",
+    "ruff check -n --fix .",
+    "ruff check .",
+    "mypy .",
+    "mypyc x.py",
+    "cat setup.py",
+    "ls",
+    "git status",
+    "rm -rf .",
+    "sh -c 'python3 -B -m unittest discover'",
+    "env python3 -B -m unittest discover",
 ]
 
 
 def test_the_diagnose_policy_allows_exactly_the_checks_with_paths_after_them() -> None:
-    decided = {c: decide("shell", {"command": shlex.split(c)}, POLICY, tier="exec").decision
-               for c in ALLOWED + DENIED}
+    decided = {
+        c: decide("shell", {"command": shlex.split(c)}, POLICY, tier="exec").decision
+        for c in ALLOWED + DENIED
+    }
     assert decided == {**{c: "allow" for c in ALLOWED}, **{c: "deny" for c in DENIED}}
 
 
 def test_the_diagnose_policy_refuses_every_write_whatever_the_path() -> None:
     usage = Usage()
-    verdicts = {(tool, path): decide(tool, {"path": path}, POLICY, tier="exec", usage=usage)
-                for tool in ("write", "delete") for path in ("notes.txt", "/etc/motd")}
+    verdicts = {
+        (tool, path): decide(tool, {"path": path}, POLICY, tier="exec", usage=usage)
+        for tool in ("write", "delete")
+        for path in ("notes.txt", "/etc/motd")
+    }
     assert {k: (v.decision, v.rule_id) for k, v in verdicts.items()} == {
         ("write", "notes.txt"): ("deny", "quota:tool_calls:write"),
         ("write", "/etc/motd"): ("deny", "quota:tool_calls:write"),
         ("delete", "notes.txt"): ("deny", "quota:tool_calls:delete"),
-        ("delete", "/etc/motd"): ("deny", "quota:tool_calls:delete")}
+        ("delete", "/etc/motd"): ("deny", "quota:tool_calls:delete"),
+    }
     assert decide("read", {"path": "setup.py"}, POLICY, tier="exec").decision == "allow"
     assert decide("read", {"path": ".env"}, POLICY, tier="exec").decision == "deny"
 
@@ -196,9 +219,13 @@ def where(findings: list[dg.Finding]) -> list[tuple[str, str | None, int | None]
 def test_pytest_failures_are_found_at_the_deepest_frame_inside_the_repository() -> None:
     found = dg.parse_pytest(PYTEST_RUN, ROOT_DIR)
     assert where(found) == [
-        ("error", "tests/test_imports.py", 3), ("error", "tests/test_syntax.py", 1),
-        ("error", "tests/test_invoices.py", 23), ("error", "tests/test_invoices.py", 27),
-        ("error", "billing/users.py", 21), ("warning", "tests/test_invoices.py", 12)]
+        ("error", "tests/test_imports.py", 3),
+        ("error", "tests/test_syntax.py", 1),
+        ("error", "tests/test_invoices.py", 23),
+        ("error", "tests/test_invoices.py", 27),
+        ("error", "billing/users.py", 21),
+        ("warning", "tests/test_invoices.py", 12),
+    ]
     assert [f.evidence for f in found[:5]] == [
         "tests/test_imports.py cannot be collected: ModuleNotFoundError: No module named "
         "'billing.nonexistent'",
@@ -207,10 +234,12 @@ def test_pytest_failures_are_found_at_the_deepest_frame_inside_the_repository() 
         "AssertionError: 0.2 != 0.25",
         "tests/test_invoices.py::test_plain_assert: assert 1.2 == 2.0; +  where 1.2 = "
         "invoice_total(1, [1.0])",
-        "tests/test_invoices.py::test_unknown_user_header: billing.users.UnknownUser: 42"]
+        "tests/test_invoices.py::test_unknown_user_header: billing.users.UnknownUser: 42",
+    ]
     assert found[2].next_step.startswith(
         "run `python3 -m pytest tests/test_invoices.py::InvoiceTest::"
-        "test_vat_rate_is_twenty_percent`")
+        "test_vat_rate_is_twenty_percent`"
+    )
 
 
 def test_pytest_finding_no_tests_is_information() -> None:
@@ -251,15 +280,24 @@ FAILED (failures=1, errors=1)
 
 def test_unittest_failures_and_import_errors_are_findings_with_their_line() -> None:
     found = dg.parse_unittest(UNITTEST_RUN, ROOT_DIR)
-    assert where(found) == [("error", "tests/test_imports.py", 3),
-                            ("error", "tests/test_invoices.py", 23),
-                            ("warning", "tests/test_invoices.py", 15)]
+    assert where(found) == [
+        ("error", "tests/test_imports.py", 3),
+        ("error", "tests/test_invoices.py", 23),
+        ("warning", "tests/test_invoices.py", 15),
+    ]
     assert found[1].evidence == "FAIL test_vat_rate_is_twenty_percent: AssertionError: 0.2 != 0.25"
-    assert "python3 -m unittest tests.test_invoices.InvoiceTest." \
-           "test_vat_rate_is_twenty_percent" in found[1].next_step
+    assert (
+        "python3 -m unittest tests.test_invoices.InvoiceTest."
+        "test_vat_rate_is_twenty_percent" in found[1].next_step
+    )
     assert dg.parse_unittest("\n----\nRan 0 tests in 0.000s\n\nNO TESTS RAN\n") == [
-        dg.Finding(severity="info", check="unittest", evidence="unittest discovered no tests",
-                   next_step=dg.parse_unittest("Ran 0 tests")[0].next_step)]
+        dg.Finding(
+            severity="info",
+            check="unittest",
+            evidence="unittest discovered no tests",
+            next_step=dg.parse_unittest("Ran 0 tests")[0].next_step,
+        )
+    ]
 
 
 COMPILEALL = """\
@@ -308,8 +346,11 @@ Found 2 errors.
 
 def test_ruff_diagnostics_in_either_format_are_findings() -> None:
     concise = dg.parse_ruff(RUFF_CONCISE, ROOT_DIR)
-    assert where(concise) == [("warning", "billing/unused.py", 1),
-                              ("error", "billing/api.py", 4), ("error", "billing/broken.py", 4)]
+    assert where(concise) == [
+        ("warning", "billing/unused.py", 1),
+        ("error", "billing/api.py", 4),
+        ("error", "billing/broken.py", 4),
+    ]
     assert concise[0].evidence == "F401 `os` imported but unused"
     assert "ruff check --fix billing/unused.py" in concise[0].next_step
     full = dg.parse_ruff(RUFF_FULL, ROOT_DIR)
@@ -327,30 +368,46 @@ Found 2 errors in 2 files (checked 4 source files)
 
 def test_mypy_errors_are_errors_only_where_the_repository_configures_mypy() -> None:
     configured = dg.parse_mypy(MYPY, ROOT_DIR, configured=True)
-    assert where(configured) == [("error", "billing/invoices.py", 12),
-                                 ("error", "billing/users.py", 3)]
-    assert configured[0].evidence == ('Incompatible return value type (got "int", expected '
-                                      '"str") [return-value] (note: Revealed type is '
-                                      '"builtins.int")')
-    assert [f.severity for f in dg.parse_mypy(MYPY, ROOT_DIR, configured=False)] == \
-        ["warning", "warning"]
+    assert where(configured) == [
+        ("error", "billing/invoices.py", 12),
+        ("error", "billing/users.py", 3),
+    ]
+    assert configured[0].evidence == (
+        'Incompatible return value type (got "int", expected '
+        '"str") [return-value] (note: Revealed type is '
+        '"builtins.int")'
+    )
+    assert [f.severity for f in dg.parse_mypy(MYPY, ROOT_DIR, configured=False)] == [
+        "warning",
+        "warning",
+    ]
 
 
 def test_a_model_answer_is_read_from_json_in_a_fence_or_bare_and_else_kept_as_text() -> None:
-    fenced = ('Here is the report.\n```json\n{"summary": "One test fails.", "findings": '
-              '[{"severity": "error", "file": "t.py", "line": "7", "check": "unittest", '
-              '"evidence": "AssertionError", "next_step": "fix it"}, {"severity": "urgent", '
-              '"evidence": "no place"}]}\n```')
+    fenced = (
+        'Here is the report.\n```json\n{"summary": "One test fails.", "findings": '
+        '[{"severity": "error", "file": "t.py", "line": "7", "check": "unittest", '
+        '"evidence": "AssertionError", "next_step": "fix it"}, {"severity": "urgent", '
+        '"evidence": "no place"}]}\n```'
+    )
     summary, found = dg.parse_agent_answer(fenced)
     assert summary == "One test fails."
     assert found == [
-        dg.Finding(severity="error", file="t.py", line=7, check="unittest",
-                   evidence="AssertionError", next_step="fix it"),
-        dg.Finding(severity="info", check="review", evidence="no place", next_step="")]
+        dg.Finding(
+            severity="error",
+            file="t.py",
+            line=7,
+            check="unittest",
+            evidence="AssertionError",
+            next_step="fix it",
+        ),
+        dg.Finding(severity="info", check="review", evidence="no place", next_step=""),
+    ]
     assert dg.parse_agent_answer('{"findings": []}') == (None, [])
     summary, found = dg.parse_agent_answer("Everything looks fine to me.")
     assert summary is None and [(f.severity, f.check, f.evidence) for f in found] == [
-        ("info", "agent", "Everything looks fine to me.")]
+        ("info", "agent", "Everything looks fine to me.")
+    ]
 
 
 # -- whole sessions through a real worker ------------------------------------------------
@@ -382,11 +439,14 @@ def _break(repo: Path) -> dict[str, int]:
     """A failing test, a test module that cannot import, a syntax error, an
     unused import and a script in the workspace; the lines they are on."""
     test = repo / "tests" / "test_invoices.py"
-    test.write_text(test.read_text() + "\n    def test_vat_rate_is_twenty_percent(self):\n"
-                    "        from billing.invoices import VAT_RATE\n"
-                    "        self.assertEqual(VAT_RATE, 0.25)\n")
+    test.write_text(
+        test.read_text() + "\n    def test_vat_rate_is_twenty_percent(self):\n"
+        "        from billing.invoices import VAT_RATE\n"
+        "        self.assertEqual(VAT_RATE, 0.25)\n"
+    )
     (repo / "tests" / "test_imports.py").write_text(
-        "import unittest\n\nfrom billing.nonexistent import thing\n")
+        "import unittest\n\nfrom billing.nonexistent import thing\n"
+    )
     (repo / "billing" / "broken.py").write_text("import os\n\n\ndef broken(:\n    return 1\n")
     (repo / "billing" / "unused.py").write_text("import os\n")
     (repo / "tools").mkdir()
@@ -402,8 +462,13 @@ def _tree(repo: Path) -> dict[str, tuple[Any, ...]]:
     for path in sorted(repo.rglob("*")):
         st = path.lstat()
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-        out[str(path.relative_to(repo))] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns,
-                                            digest)
+        out[str(path.relative_to(repo))] = (
+            st.st_mode,
+            st.st_uid,
+            st.st_gid,
+            st.st_mtime_ns,
+            digest,
+        )
     return out
 
 
@@ -416,25 +481,39 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     lines = _break(broken)
     # The agent gets a copy: two sessions on one workspace at once would race
     # on the sandbox's hand-over of the files' ownership.
-    agent_repo, openai_repo = (Path(shutil.copytree(broken, tmp / kind / broken.name,
-                                                    symlinks=True))
-                               for kind in ("agent", "openai"))
+    agent_repo, openai_repo = (
+        Path(shutil.copytree(broken, tmp / kind / broken.name, symlinks=True))
+        for kind in ("agent", "openai")
+    )
     script = tmp / "agent.yaml"
     script.write_text(AGENT_SCRIPT)
     # A real model's path: the OpenAI provider against a local chat-completions
     # server; the model runs one check, then answers in prose, not the JSON.
     server = FakeChatServer().start()
-    server.push(Reply(tool_calls=[tool_call("c1", "shell",
-                                            {"command": "python3 -B -m unittest discover"})]),
-                Reply(content=PROSE))
-    env = shape_env(tmp, PATH=SANDBOX_PATH, ORCH_MODEL_BASE_URL=server.url,
-                    ORCH_MODEL_API_KEY="sk-test", ORCH_MODEL_NAME="fake-model")
+    server.push(
+        Reply(
+            tool_calls=[tool_call("c1", "shell", {"command": "python3 -B -m unittest discover"})]
+        ),
+        Reply(content=PROSE),
+    )
+    env = shape_env(
+        tmp,
+        PATH=SANDBOX_PATH,
+        ORCH_MODEL_BASE_URL=server.url,
+        ORCH_MODEL_API_KEY="sk-test",
+        ORCH_MODEL_NAME="fake-model",
+    )
     settings = Settings(state_dir=tmp / "state")
     open_store(settings.effective_store_url, upgrade=True).close()
     log = open(workers.logfile(settings), "ab")
-    proc = subprocess.Popen(workers.worker_command(settings, concurrency=3), env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        workers.worker_command(settings, concurrency=3),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while workers.embedded_worker_pid(settings) is None:
@@ -442,22 +521,38 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             time.sleep(0.1)
         repos = {"broken": broken, "agent": agent_repo, "openai": openai_repo}
         before = {name: _tree(repo) for name, repo in repos.items()}
-        commands = {"broken": ("diagnose", str(broken), "--json"),
-                    "agent": ("diagnose", str(agent_repo), "--json", "--script", str(script)),
-                    "openai": ("diagnose", str(openai_repo), "--json"),
-                    "missing": ("diagnose", str(tmp / "no-such-repo"))}
-        envs = {name: {**env, "ORCH_MODEL_PROVIDER": "openai"} if name == "openai" else env
-                for name in commands}
+        commands = {
+            "broken": ("diagnose", str(broken), "--json"),
+            "agent": ("diagnose", str(agent_repo), "--json", "--script", str(script)),
+            "openai": ("diagnose", str(openai_repo), "--json"),
+            "missing": ("diagnose", str(tmp / "no-such-repo")),
+        }
+        envs = {
+            name: {**env, "ORCH_MODEL_PROVIDER": "openai"} if name == "openai" else env
+            for name in commands
+        }
         with ThreadPoolExecutor(len(commands)) as pool:
-            done = dict(zip(commands, pool.map(
-                lambda name: cli(envs[name], *commands[name], timeout=180), commands)))
+            done = dict(
+                zip(
+                    commands,
+                    pool.map(lambda name: cli(envs[name], *commands[name], timeout=180), commands),
+                )
+            )
         after = {name: _tree(repo) for name, repo in repos.items()}
     finally:
         workers.stop_worker(proc)
         log.close()
         server.stop()
-    return {"done": done, "before": before, "after": after, "lines": lines,
-            "broken": broken, "agent": agent_repo, "env": env, "requests": server.requests}
+    return {
+        "done": done,
+        "before": before,
+        "after": after,
+        "lines": lines,
+        "broken": broken,
+        "agent": agent_repo,
+        "env": env,
+        "requests": server.requests,
+    }
 
 
 def closed(schema: Any) -> Any:
@@ -487,8 +582,11 @@ def test_a_broken_repository_gets_error_findings_at_their_file_and_line(runs) ->
     data = report_of(runs, "broken", 1)
     assert data["status"] == "completed" and data["mode"] == "recipe"
     found = {(f["severity"], f["file"], f["line"]) for f in data["findings"]}
-    assert {("error", "tests/test_invoices.py", runs["lines"]["assert"]),
-            ("error", "tests/test_imports.py", 3), ("error", "billing/broken.py", 4)} <= found
+    assert {
+        ("error", "tests/test_invoices.py", runs["lines"]["assert"]),
+        ("error", "tests/test_imports.py", 3),
+        ("error", "billing/broken.py", 4),
+    } <= found
     assert data["summary"]["errors"] == sum(f["severity"] == "error" for f in data["findings"])
     assert [c["name"] for c in data["checks"]] == [c.name for c in dg.CHECKS]
     statuses = {c["name"]: c["status"] for c in data["checks"]}
@@ -503,8 +601,11 @@ def test_a_check_whose_tool_is_missing_is_a_skipped_finding_not_a_failure(runs) 
     for tool in ("ruff", "mypy"):
         if not shutil.which(tool, path=SANDBOX_PATH):
             assert tool in [c["name"] for c in skipped]
-    notes = {(f["check"], f["severity"]) for f in data["findings"]
-             if f["evidence"].startswith("skipped: ")}
+    notes = {
+        (f["check"], f["severity"])
+        for f in data["findings"]
+        if f["evidence"].startswith("skipped: ")
+    }
     assert notes == {(c["name"], "info") for c in skipped}
 
 
@@ -522,9 +623,14 @@ def test_the_agent_writes_the_findings_and_what_is_not_a_check_is_refused(runs) 
     assert data["mode"] == "agent" and data["provider"] == "scripted"
     assert data["agent_summary"] == "One unittest test fails and one module does not compile."
     assert [(f["severity"], f["file"], f["line"]) for f in data["findings"]] == [
-        ("error", "tests/test_invoices.py", 23), ("warning", "billing/unused.py", 1)]
+        ("error", "tests/test_invoices.py", 23),
+        ("warning", "billing/unused.py", 1),
+    ]
     assert [(c["name"], c["status"]) for c in data["checks"]] == [
-        ("unittest", "ran"), ("shell", "denied"), ("shell", "denied")]
+        ("unittest", "ran"),
+        ("shell", "denied"),
+        ("shell", "denied"),
+    ]
     assert data["checks"][0]["exit_code"] == 1
     assert "not a check" in data["checks"][1]["detail"]
     assert "untrusted-program" in data["checks"][2]["detail"]
@@ -532,20 +638,34 @@ def test_the_agent_writes_the_findings_and_what_is_not_a_check_is_refused(runs) 
     replay = cli(runs["env"], "audit", "replay", data["session_id"], "--json")
     ledger = json.loads(replay.stdout)["ledger"]["entries"]
     assert [(e["tool"], e["decision"], e["rule_id"].split("-")[0]) for e in ledger] == [
-        ("list", "allow", "tier"), ("shell", "allow", "allow"), ("shell", "deny", "diagnose"),
-        ("write", "deny", "quota:tool_calls:write"), ("shell", "ask", "untrusted")]
+        ("list", "allow", "tier"),
+        ("shell", "allow", "allow"),
+        ("shell", "deny", "diagnose"),
+        ("write", "deny", "quota:tool_calls:write"),
+        ("shell", "ask", "untrusted"),
+    ]
     assert ledger[-1]["confirmation"] == "denied"
 
 
 def test_a_real_models_prose_answer_is_kept_as_one_finding(runs) -> None:
     data = report_of(runs, "openai", 0)
     assert (data["mode"], data["provider"], data["model"]) == ("agent", "openai", "fake-model")
-    assert data["findings"] == [{"severity": "info", "file": None, "line": None,
-                                 "check": "agent", "evidence": PROSE, "next_step": (
-                                     "the model did not answer in the report's JSON shape; "
-                                     "read its analysis here, or run diagnose again")}]
+    assert data["findings"] == [
+        {
+            "severity": "info",
+            "file": None,
+            "line": None,
+            "check": "agent",
+            "evidence": PROSE,
+            "next_step": (
+                "the model did not answer in the report's JSON shape; "
+                "read its analysis here, or run diagnose again"
+            ),
+        }
+    ]
     assert [(c["name"], c["status"], c["exit_code"]) for c in data["checks"]] == [
-        ("unittest", "ran", 1)]
+        ("unittest", "ran", 1)
+    ]
     chats = [r.body for r in runs["requests"] if r.path.endswith("/chat/completions")]
     assert len(chats) == 2
     instruction = next(m["content"] for m in chats[0]["messages"] if m["role"] == "user")
@@ -558,10 +678,11 @@ def test_a_real_models_prose_answer_is_kept_as_one_finding(runs) -> None:
 def _pinned_machine() -> bool:
     """The snapshot pins a sandbox with unittest and compileall only: no
     pytest for /usr/bin/python3, no ruff or mypy on its PATH."""
-    has_pytest = subprocess.run(["/usr/bin/python3", "-c", "import pytest"],
-                                capture_output=True).returncode == 0
-    return not has_pytest and not any(shutil.which(t, path=SANDBOX_PATH)
-                                      for t in ("ruff", "mypy"))
+    has_pytest = (
+        subprocess.run(["/usr/bin/python3", "-c", "import pytest"], capture_output=True).returncode
+        == 0
+    )
+    return not has_pytest and not any(shutil.which(t, path=SANDBOX_PATH) for t in ("ruff", "mypy"))
 
 
 def normalized(data: dict[str, Any], repo: Path) -> dict[str, Any]:
@@ -592,23 +713,39 @@ def test_the_table_shows_each_check_and_each_finding(runs) -> None:
 
 # -- the report, from folded events --------------------------------------------------------
 
+
 def _step(turn: int, outcome: str, output: str = "", message: str = "") -> list[object]:
     """One recipe step as the runner records it: completed, failed or denied."""
     from events import payloads as p
+
     call = f"s1/{turn}"
     out: list[object] = [
         p.TurnStarted(turn=turn, name=f"step{turn}", kind="shell"),
         p.ToolCallRequested(call_id=call, turn=turn, tool="shell", args={}),
-        p.PermissionDecided(call_id=call, decision="deny" if outcome == "denied" else "allow",
-                            rule_id="tier" if outcome == "denied" else "allow-python3",
-                            policy_hash="h" * 64, reason="tool shell needs tier exec")]
+        p.PermissionDecided(
+            call_id=call,
+            decision="deny" if outcome == "denied" else "allow",
+            rule_id="tier" if outcome == "denied" else "allow-python3",
+            policy_hash="h" * 64,
+            reason="tool shell needs tier exec",
+        ),
+    ]
     if outcome == "completed":
-        out += [p.ToolCallStarted(call_id=call),
-                p.ToolCallCompleted(call_id=call, tool="shell", exit_code=1, output=output)]
+        out += [
+            p.ToolCallStarted(call_id=call),
+            p.ToolCallCompleted(call_id=call, tool="shell", exit_code=1, output=output),
+        ]
     elif outcome == "failed":
-        out += [p.ToolCallStarted(call_id=call),
-                p.ToolCallFailed(call_id=call, tool="shell", error=message.split(":")[0],
-                                 message=message.split(": ", 1)[1], output=output)]
+        out += [
+            p.ToolCallStarted(call_id=call),
+            p.ToolCallFailed(
+                call_id=call,
+                tool="shell",
+                error=message.split(":")[0],
+                message=message.split(": ", 1)[1],
+                output=output,
+            ),
+        ]
     out.append(p.TurnCompleted(turn=turn, status="ok" if outcome == "completed" else "failed"))
     return out
 
@@ -617,6 +754,7 @@ def _session(steps: dict[int, list[object]]) -> Any:
     from events import payloads as p
     from events.projections import fold
     from tests.factories import place
+
     payloads: list[object] = [p.SessionStarted(job_id="j1", target=ROOT_DIR, steps=())]
     for turn in sorted(steps):
         payloads += steps[turn]
@@ -626,29 +764,47 @@ def _session(steps: dict[int, list[object]]) -> Any:
 
 def test_each_check_is_read_by_its_outcome() -> None:
     not_found = "ToolInputError: program 'ruff' was not found on PATH '/usr/bin'; ..."
-    state = _session({
-        1: _step(1, "completed", "setup.py\ntests/test_invoices.py\n"),
-        2: _step(2, "completed", ""),
-        3: _step(3, "completed", "/usr/bin/python3: No module named pytest\n"),
-        4: _step(4, "failed", "", "ToolTimeout: command ran past its time limit of 600 s"),
-        5: _step(5, "completed", UNITTEST_RUN.replace("/work/repo", ROOT_DIR)),
-        6: _step(6, "denied"),
-        7: _step(7, "failed", "", not_found)})           # mypy never ran: the session ended
+    state = _session(
+        {
+            1: _step(1, "completed", "setup.py\ntests/test_invoices.py\n"),
+            2: _step(2, "completed", ""),
+            3: _step(3, "completed", "/usr/bin/python3: No module named pytest\n"),
+            4: _step(4, "failed", "", "ToolTimeout: command ran past its time limit of 600 s"),
+            5: _step(5, "completed", UNITTEST_RUN.replace("/work/repo", ROOT_DIR)),
+            6: _step(6, "denied"),
+            7: _step(7, "failed", "", not_found),
+        }
+    )  # mypy never ran: the session ended
     data = dg.report(state, job_id="j1", target=ROOT_DIR, mode="recipe")
     assert [(c["name"], c["status"]) for c in data["checks"]] == [
-        ("pytest-collect", "skipped"), ("pytest", "timeout"), ("unittest", "ran"),
-        ("compileall", "denied"), ("ruff", "skipped"), ("mypy", "not-run")]
+        ("pytest-collect", "skipped"),
+        ("pytest", "timeout"),
+        ("unittest", "ran"),
+        ("compileall", "denied"),
+        ("ruff", "skipped"),
+        ("mypy", "not-run"),
+    ]
     assert data["files"] == 2 and data["summary"] == {"errors": 2, "warnings": 3, "info": 2}
     assert [(f["severity"], f["check"]) for f in data["findings"]] == [
-        ("error", "unittest"), ("error", "unittest"), ("warning", "pytest"),
-        ("warning", "unittest"), ("warning", "compileall"), ("info", "pytest-collect"),
-        ("info", "ruff")]
+        ("error", "unittest"),
+        ("error", "unittest"),
+        ("warning", "pytest"),
+        ("warning", "unittest"),
+        ("warning", "compileall"),
+        ("info", "pytest-collect"),
+        ("info", "ruff"),
+    ]
     assert data["exit_code"] == 1
 
 
 def test_a_session_where_no_check_could_run_says_nothing_was_verified() -> None:
-    state = _session({1: _step(1, "completed", "setup.py\n"), 2: _step(2, "completed"),
-                      **{t: _step(t, "denied") for t in range(3, 9)}})
+    state = _session(
+        {
+            1: _step(1, "completed", "setup.py\n"),
+            2: _step(2, "completed"),
+            **{t: _step(t, "denied") for t in range(3, 9)},
+        }
+    )
     data = dg.report(state, job_id="j1", target=ROOT_DIR, mode="recipe")
     assert {c["status"] for c in data["checks"]} == {"denied"}
     assert data["findings"][-1]["evidence"] == "no check could run, so nothing was verified"

@@ -28,8 +28,17 @@ from tests.cli_helpers import ROOT, cli, shape_env
 from tests.test_diagnose import closed
 
 SCHEMA = json.loads((ROOT / "docs" / "schemas" / "doctor.schema.json").read_text())
-NAMES = ["config", "policy-file", "store", "broker", "worker", "sandbox", "chromium",
-         "model-endpoint", "model-script"]
+NAMES = [
+    "config",
+    "policy-file",
+    "store",
+    "broker",
+    "worker",
+    "sandbox",
+    "chromium",
+    "model-endpoint",
+    "model-script",
+]
 
 
 def _closed_port() -> int:
@@ -47,8 +56,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "healthy": shape_env(tmp / "healthy"),
         "text": shape_env(tmp / "text"),
         # Both services down at once: each check says so on its own.
-        "down": shape_env(tmp / "down", store_url=f"postgresql://postgres@127.0.0.1:5432/"
-                          f"{missing_db}", broker_url=f"redis://127.0.0.1:{_closed_port()}/0"),
+        "down": shape_env(
+            tmp / "down",
+            store_url=f"postgresql://postgres@127.0.0.1:5432/{missing_db}",
+            broker_url=f"redis://127.0.0.1:{_closed_port()}/0",
+        ),
         "invalid": shape_env(tmp / "invalid", ORCH_WORKER_CONCURRENCY="0"),
     }
     args = {name: ("doctor",) if name == "text" else ("doctor", "--json") for name in envs}
@@ -73,8 +85,7 @@ def checks(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["name"]: c for c in data["checks"]}
 
 
-def test_a_healthy_embedded_installation_passes_and_doctor_creates_nothing(runs,
-                                                                          snapshot) -> None:
+def test_a_healthy_embedded_installation_passes_and_doctor_creates_nothing(runs, snapshot) -> None:
     data = report_of(runs, "healthy", 0)
     by = checks(data)
     assert by["store"]["status"] == by["broker"]["status"] == by["config"]["status"] == "ok"
@@ -83,9 +94,11 @@ def test_a_healthy_embedded_installation_passes_and_doctor_creates_nothing(runs,
     assert by["model-endpoint"]["status"] == "skip"
     assert data["sandbox"] == json.loads(json.dumps(describe(probe())))
     assert not (runs["tmp"] / "healthy" / "state").exists()
-    host = {"sandbox", "chromium"}        # what this machine has
-    assert [(c["name"], "<host>" if c["name"] in host else c["status"], c["required"])
-            for c in data["checks"]] == snapshot
+    host = {"sandbox", "chromium"}  # what this machine has
+    assert [
+        (c["name"], "<host>" if c["name"] in host else c["status"], c["required"])
+        for c in data["checks"]
+    ] == snapshot
 
 
 def test_a_store_database_that_does_not_exist_fails_with_exit_4_and_a_remedy(runs) -> None:
@@ -93,12 +106,13 @@ def test_a_store_database_that_does_not_exist_fails_with_exit_4_and_a_remedy(run
     store = by["store"]
     assert store["status"] == "fail" and store["required"] and store["remedy"]
     assert "cannot connect" in store["detail"]
-    if "does not exist" in store["detail"]:           # the server runs; the database does not
+    if "does not exist" in store["detail"]:  # the server runs; the database does not
         assert runs["missing_db"] in store["detail"] and "createdb" in store["remedy"]
 
 
 def test_a_redis_broker_on_a_closed_port_fails_with_exit_4_and_the_worker_is_not_asked(
-        runs) -> None:
+    runs,
+) -> None:
     by = checks(report_of(runs, "down", 4))
     assert by["broker"]["status"] == "fail" and "PING" in by["broker"]["detail"]
     assert "ORCH_BROKER_URL" in by["broker"]["remedy"]
@@ -109,8 +123,10 @@ def test_invalid_settings_exit_2_and_skip_what_needs_them(runs) -> None:
     by = checks(report_of(runs, "invalid", 2))
     assert by["config"]["status"] == "fail"
     assert "ORCH_WORKER_CONCURRENCY" in by["config"]["detail"]
-    assert {by[n]["status"] for n in ("policy-file", "store", "broker", "worker",
-                                      "model-endpoint", "model-script")} == {"skip"}
+    assert {
+        by[n]["status"]
+        for n in ("policy-file", "store", "broker", "worker", "model-endpoint", "model-script")
+    } == {"skip"}
 
 
 def test_the_text_report_lists_the_checks_and_keeps_the_sandbox_details(runs) -> None:
@@ -124,6 +140,7 @@ def test_the_text_report_lists_the_checks_and_keeps_the_sandbox_details(runs) ->
 
 
 # -- the model endpoint, against a real HTTP server --------------------------------------
+
 
 class _Models(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
@@ -152,8 +169,12 @@ def endpoint() -> Any:
 
 
 def _openai(base_url: str, key: str, model: str = "qwen2.5-coder") -> Settings:
-    return Settings(model_provider="openai", model_base_url=base_url, model_name=model,
-                    model_api_key=SecretStr(key))
+    return Settings(
+        model_provider="openai",
+        model_base_url=base_url,
+        model_name=model,
+        model_api_key=SecretStr(key),
+    )
 
 
 def test_the_model_endpoint_lists_the_configured_model(endpoint) -> None:
@@ -178,29 +199,38 @@ def test_an_endpoint_nobody_listens_on_fails_with_exit_4() -> None:
 
 # -- pure parts ---------------------------------------------------------------------------
 
+
 def test_chromium_is_looked_for_on_path_then_in_its_usual_place() -> None:
     def none(_: str) -> str | None:
         return None
 
     assert doctor.check_chromium(none, lambda p: False).status == "warn"
     assert doctor.check_chromium(none, lambda p: p == "/usr/bin/chromium").detail.startswith(
-        "found at /usr/bin/chromium")
+        "found at /usr/bin/chromium"
+    )
     on_path = doctor.check_chromium(lambda n: f"/opt/bin/{n}" if n == "chromium" else None)
     assert (on_path.status, on_path.detail.split(" (")[0]) == ("ok", "found at /opt/bin/chromium")
 
 
 def test_the_first_required_failure_decides_the_exit_code() -> None:
     R = doctor.Result
-    assert doctor.exit_code([R("config", "fail", True, "", "", 2),
-                             R("store", "fail", True, "", "", 4)]) == 2
-    assert doctor.exit_code([R("worker", "fail", False, "", "", 4),
-                             R("store", "warn", True, "")]) == 0
+    assert (
+        doctor.exit_code(
+            [R("config", "fail", True, "", "", 2), R("store", "fail", True, "", "", 4)]
+        )
+        == 2
+    )
+    assert (
+        doctor.exit_code([R("worker", "fail", False, "", "", 4), R("store", "warn", True, "")]) == 0
+    )
     assert doctor.exit_code([R("store", "fail", True, "", "", 4)]) == 4
 
 
 def test_passwords_in_service_urls_are_hidden() -> None:
-    assert doctor._hide("redis://:s3cret@redis.internal:6380/0") == \
-        "redis://:***@redis.internal:6380/0"
+    assert (
+        doctor._hide("redis://:s3cret@redis.internal:6380/0")
+        == "redis://:***@redis.internal:6380/0"
+    )
     assert doctor._hide("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
 
 
@@ -212,12 +242,18 @@ def test_a_missing_state_folder_that_can_be_created_is_fine(tmp_path: Path) -> N
 @pytest.mark.postgres
 @pytest.mark.redis
 def test_a_migrated_postgresql_store_and_a_redis_broker_pass_and_a_missing_worker_warns(
-        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
     broker = redis_url.rsplit("/", 1)[0] + "/13"
     done = cli(shape_env(tmp_path, store_url=pg_url, broker_url=broker), "doctor", "--json")
     assert done.returncode == 0, done.stderr
     by = checks(json.loads(done.stdout))
     assert by["store"]["status"] == "ok" and "(current)" in by["store"]["detail"]
-    assert by["broker"] == {"name": "broker", "status": "ok", "required": True,
-                            "detail": f"{broker}: reachable", "remedy": ""}
+    assert by["broker"] == {
+        "name": "broker",
+        "status": "ok",
+        "required": True,
+        "detail": f"{broker}: reachable",
+        "remedy": "",
+    }
     assert by["worker"]["status"] == "warn" and "no worker answered" in by["worker"]["detail"]

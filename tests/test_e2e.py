@@ -26,10 +26,19 @@ def env(deployment_env: dict[str, str]) -> dict[str, str]:
 
 def test_example_job_produces_patches_and_a_replay_that_matches(env, tmp_path: Path):
     repos = create_sample_repos(tmp_path / "sample-repos")
-    result = cli(env, "run", str(EXAMPLE), "--base-dir", str(tmp_path), "--json",
-                 "--out", str(tmp_path / "patches"))
+    result = cli(
+        env,
+        "run",
+        str(EXAMPLE),
+        "--base-dir",
+        str(tmp_path),
+        "--json",
+        "--out",
+        str(tmp_path / "patches"),
+    )
     assert result.returncode == 0, result.stderr
     import json
+
     job = json.loads(result.stdout)
     assert job["status"] == "completed"
     assert {s["status"] for s in job["sessions"]} == {"completed"}
@@ -38,13 +47,13 @@ def test_example_job_produces_patches_and_a_replay_that_matches(env, tmp_path: P
         assert "-" in session["patch"] and "+" in session["patch"]
         assert "load_user" in session["patch"]
         patch_file = tmp_path / "patches" / f"{Path(session['target']).name}.patch"
-        assert any(p.read_text() == session["patch"] for p in (tmp_path / "patches").iterdir()), \
+        assert any(p.read_text() == session["patch"] for p in (tmp_path / "patches").iterdir()), (
             patch_file
+        )
         replayed = cli_json(env, "audit", "replay", session["session_id"])
         assert replayed["session"]["status"] == "completed"
         assert replayed["session"]["patch"] == session["patch"]
-        assert [c["path"] for c in replayed["session"]["files_changed"]] == \
-            session["files_changed"]
+        assert [c["path"] for c in replayed["session"]["files_changed"]] == session["files_changed"]
         assert all(x["decision"] == "allow" for x in replayed["ledger"]["entries"])
         assert len(replayed["ledger"]["entries"]) == len(replayed["session"]["turns"])
     for repo in repos:
@@ -59,11 +68,11 @@ def test_example_job_produces_patches_and_a_replay_that_matches(env, tmp_path: P
 def test_missing_target_fails_alone_and_the_others_still_run(env, tmp_path: Path):
     create_sample_repos(tmp_path / "sample-repos", count=2)
     spec = tmp_path / "job.yaml"
-    spec.write_text(EXAMPLE.read_text().replace(
-        "targets:", "targets:\n  - no-such-repo", 1))
+    spec.write_text(EXAMPLE.read_text().replace("targets:", "targets:\n  - no-such-repo", 1))
     result = cli(env, "run", str(spec), "--base-dir", str(tmp_path), "--json")
     assert result.returncode == 1, result.stderr
     import json
+
     job = json.loads(result.stdout)
     by_target = {s["target"]: s for s in job["sessions"]}
     assert by_target["no-such-repo"]["status"] == "failed"
@@ -80,7 +89,8 @@ def test_malformed_spec_is_refused_with_its_position_and_nothing_is_appended(env
     assert "replacement" in result.stderr and "line 4" in result.stderr
     if "ORCH_STORE_URL" in env:
         store = SqlEventStore(env["ORCH_STORE_URL"])
-        assert not [e for e in store.read_all()
-                    if e.type == "JobSubmitted" and e.payload.name == "bad"]
+        assert not [
+            e for e in store.read_all() if e.type == "JobSubmitted" and e.payload.name == "bad"
+        ]
     else:
         assert not (Path(env["ORCH_STATE_DIR"]) / "events.sqlite").exists()

@@ -22,12 +22,18 @@ from tests.processes import running
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 REDIS_DB = 7
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 USER, PASSWORD = "ops", "flower-pass-7d1e"
-MARKER = "SPEC-CONTENT-9f3b1c"          # in the replacement text only
-SECRET = "hunter2hunter2"               # after password=, in the step's replacement
-NAME_SECRET = "abcd1234efgh5678"        # after token=, in a step's name
+MARKER = "SPEC-CONTENT-9f3b1c"  # in the replacement text only
+SECRET = "hunter2hunter2"  # after password=, in the step's replacement
+NAME_SECRET = "abcd1234efgh5678"  # after token=, in a step's name
 
 SPEC = f"""\
 name: flower-visible
@@ -48,6 +54,7 @@ steps:
 @pytest.fixture
 def env(tmp_path: Path, redis_url: str) -> dict[str, str]:
     import redis
+
     url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     redis.Redis.from_url(url).flushdb()
     return shape_env(tmp_path, broker_url=url, ORCH_FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
@@ -56,10 +63,23 @@ def env(tmp_path: Path, redis_url: str) -> dict[str, str]:
 @pytest.fixture
 def flower(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "flower", "--port",
-                             str(port), "--address", "127.0.0.1"], env=env, cwd=ROOT,
-                            stdout=open(tmp_path / "flower.log", "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "flower",
+            "--port",
+            str(port),
+            "--address",
+            "127.0.0.1",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=open(tmp_path / "flower.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until("Flower", lambda: get(base + "/healthcheck")[0] == 200, timeout=60)
@@ -72,24 +92,27 @@ def test_flower_lists_the_jobs_tasks_with_masked_summaries_only(env, flower, tmp
     if not Path(CHROMIUM).exists():
         unavailable("Chromium", FileNotFoundError(f"{CHROMIUM} (apt-get install chromium)"))
     from playwright.sync_api import sync_playwright
+
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "mod.py").write_text("def old_name():\n    return 1\n")
     spec = tmp_path / "job.yaml"
     spec.write_text(SPEC)
     worker = start_worker(env, tmp_path / "worker.log", name="flower")
     try:
-        result = cli(env, "run", str(spec), "--base-dir", str(tmp_path), "--json",
-                     "--timeout", "120")
+        result = cli(
+            env, "run", str(spec), "--base-dir", str(tmp_path), "--json", "--timeout", "120"
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         job = json.loads(result.stdout)
         job_id, session_id = job["job_id"], job["sessions"][0]["session_id"]
-        tag = f"--orch-test-{uuid.uuid4().hex}"        # finds this test's browser
+        tag = f"--orch-test-{uuid.uuid4().hex}"  # finds this test's browser
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, tag])
             profiles = _profiles(tag)
             try:
-                page = browser.new_context(http_credentials={
-                    "username": USER, "password": PASSWORD}).new_page()
+                page = browser.new_context(
+                    http_credentials={"username": USER, "password": PASSWORD}
+                ).new_page()
 
                 def listed() -> str | None:
                     page.goto(flower + "/tasks", timeout=30_000)
@@ -110,9 +133,11 @@ def test_flower_lists_the_jobs_tasks_with_masked_summaries_only(env, flower, tmp
     for secret in (MARKER, SECRET, NAME_SECRET, "old_name", "policy"):
         assert secret not in html and secret not in table and secret not in shown, secret
     assert {t["name"] for t in api.values()} >= {"orchestrator.run_step"}
-    assert wait_until("the browser's processes to exit",
-                      lambda: not any(running(p) for p in profiles) and not running(tag),
-                      timeout=30)
+    assert wait_until(
+        "the browser's processes to exit",
+        lambda: not any(running(p) for p in profiles) and not running(tag),
+        timeout=30,
+    )
 
 
 def _profiles(tag: str) -> list[str]:
@@ -120,16 +145,20 @@ def _profiles(tag: str) -> list[str]:
     found = []
     for pid in running(tag):
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        found += [a.decode().split("=", 1)[1] for a in cmdline
-                  if a.startswith(b"--user-data-dir=")]
+        found += [a.decode().split("=", 1)[1] for a in cmdline if a.startswith(b"--user-data-dir=")]
     return found
 
 
 def _api_tasks(base: str) -> dict[str, dict[str, object]]:
     import base64
     import urllib.request
-    request = urllib.request.Request(base + "/api/tasks", headers={
-        "Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()})
+
+    request = urllib.request.Request(
+        base + "/api/tasks",
+        headers={
+            "Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        },
+    )
     with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 
@@ -139,10 +168,20 @@ def test_flower_gets_basic_auth_in_its_environment_never_on_its_command_line(tmp
 
     from orchestrator.cli_ops import flower_command
     from orchestrator.config import Settings
-    s = Settings(state_dir=tmp_path, broker_url="redis://127.0.0.1:6379/7",
-                 flower_basic_auth=SecretStr(f"{USER}:{PASSWORD}"), flower_port=5566)
+
+    s = Settings(
+        state_dir=tmp_path,
+        broker_url="redis://127.0.0.1:6379/7",
+        flower_basic_auth=SecretStr(f"{USER}:{PASSWORD}"),
+        flower_port=5566,
+    )
     cmd, env = flower_command(s, extra=["--purge_offline_workers=60"])
-    assert cmd[4:] == ["tasks.app", "flower", "--port=5566", "--address=127.0.0.1",
-                       "--tasks_columns=name,uuid,state,args,result,received,runtime,worker",
-                       "--purge_offline_workers=60"]
+    assert cmd[4:] == [
+        "tasks.app",
+        "flower",
+        "--port=5566",
+        "--address=127.0.0.1",
+        "--tasks_columns=name,uuid,state,args,result,received,runtime,worker",
+        "--purge_offline_workers=60",
+    ]
     assert PASSWORD not in " ".join(cmd) and env["FLOWER_BASIC_AUTH"] == f"{USER}:{PASSWORD}"

@@ -20,8 +20,11 @@ from tests.test_deploy_compose import settings_env_names
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "agent-orchestrator"
 PROD = yaml.safe_load((CHART / "values-production.yaml").read_text())
-PROBE_PATHS = {"api": {"/healthz", "/readyz"}, "worker": {"/healthz", "/readyz"},
-               "flower": {"/healthcheck", "/flower/healthcheck"}}
+PROBE_PATHS = {
+    "api": {"/healthz", "/readyz"},
+    "worker": {"/healthz", "/readyz"},
+    "flower": {"/healthcheck", "/flower/healthcheck"},
+}
 
 
 def render(values: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -40,8 +43,11 @@ def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
 
 
 def pod_templates(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["name"]: d["spec"]["template"] for d in docs
-            if d["kind"] in ("Deployment", "Job")}
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]
+        for d in docs
+        if d["kind"] in ("Deployment", "Job")
+    }
 
 
 @pytest.fixture(scope="module", params=["default", "production"])
@@ -57,25 +63,44 @@ def test_helm_lint_strict_finds_nothing(values):
 
 def test_the_default_values_render_every_component():
     kinds = sorted(d["kind"] for d in render(None))
-    assert kinds == sorted(["ConfigMap", "Secret", "Secret", "ServiceAccount",
-                            "Deployment", "Deployment", "Deployment",
-                            "Service", "Service", "Service", "Job",
-                            "HorizontalPodAutoscaler", "PodDisruptionBudget",
-                            "PodDisruptionBudget", "NetworkPolicy", "NetworkPolicy",
-                            "NetworkPolicy"])
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Secret",
+            "Secret",
+            "ServiceAccount",
+            "Deployment",
+            "Deployment",
+            "Deployment",
+            "Service",
+            "Service",
+            "Service",
+            "Job",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            "NetworkPolicy",
+            "NetworkPolicy",
+        ]
+    )
 
 
 def test_the_production_example_scales_on_queue_length_with_an_existing_secret():
     docs = render(PROD)
     kinds = {d["kind"] for d in docs}
     assert "ScaledObject" in kinds and "HorizontalPodAutoscaler" not in kinds
-    assert "Secret" not in kinds          # existingSecret: managed outside the chart
+    assert "Secret" not in kinds  # existingSecret: managed outside the chart
     assert "PersistentVolumeClaim" in kinds
     (so,) = by_kind(docs, "ScaledObject").values()
     assert so["spec"]["scaleTargetRef"]["name"] == "orch-agent-orchestrator-worker"
     assert so["spec"]["triggers"][0]["metadata"]["listName"] == "orchestrator"
-    secret_vols = [v["secret"]["secretName"] for t in pod_templates(docs).values()
-                   for v in t["spec"]["volumes"] if "secret" in v]
+    secret_vols = [
+        v["secret"]["secretName"]
+        for t in pod_templates(docs).values()
+        for v in t["spec"]["volumes"]
+        if "secret" in v
+    ]
     assert set(secret_vols) == {"agent-orchestrator-secrets"}
 
 
@@ -85,7 +110,10 @@ def test_the_migration_runs_as_a_pre_install_and_pre_upgrade_hook(rendered):
     notes = job["metadata"]["annotations"]
     assert notes["helm.sh/hook"] == "pre-install,pre-upgrade"
     assert job["spec"]["template"]["spec"]["containers"][0]["args"] == [
-        "orchestrator", "db", "upgrade"]
+        "orchestrator",
+        "db",
+        "upgrade",
+    ]
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     # Its settings and secrets exist before the release's own resources do.
     assert "envFrom" not in job["spec"]["template"]["spec"]["containers"][0]
@@ -102,8 +130,9 @@ def test_probes_point_at_real_paths_and_container_ports(rendered):
         component = tpl["metadata"]["labels"]["app.kubernetes.io/component"]
         for c in tpl["spec"]["containers"]:
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-            probes = {k: c[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")
-                      if k in c}
+            probes = {
+                k: c[k] for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in c
+            }
             if component == "migration":
                 assert probes == {}
                 continue
@@ -125,12 +154,12 @@ def test_services_select_pods_and_target_their_ports(rendered):
     templates = list(pod_templates(docs).values())
     for name, svc in by_kind(docs, "Service").items():
         sel = svc["spec"]["selector"]
-        pods = [t for t in templates
-                if sel.items() <= t["metadata"]["labels"].items()]
+        pods = [t for t in templates if sel.items() <= t["metadata"]["labels"].items()]
         assert pods, name
         for port in svc["spec"]["ports"]:
-            names = {p["name"] for t in pods for c in t["spec"]["containers"]
-                     for p in c.get("ports", [])}
+            names = {
+                p["name"] for t in pods for c in t["spec"]["containers"] for p in c.get("ports", [])
+            }
             assert port["targetPort"] in names, name
     for name, pdb in by_kind(docs, "PodDisruptionBudget").items():
         sel = pdb["spec"]["selector"]["matchLabels"]
@@ -147,8 +176,10 @@ def test_every_pod_runs_restricted_with_resources(rendered):
         if bwrap_worker:
             # The documented switch: user namespaces and a profile that allows them.
             assert spec["hostUsers"] is False
-            assert psc["seccompProfile"] == {"type": "Localhost",
-                                             "localhostProfile": "profiles/orchestrator-bwrap.json"}
+            assert psc["seccompProfile"] == {
+                "type": "Localhost",
+                "localhostProfile": "profiles/orchestrator-bwrap.json",
+            }
         else:
             assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
             assert "hostUsers" not in spec
@@ -175,9 +206,12 @@ def test_workers_autoscale_and_drain_one_at_a_time():
     docs = render(None)
     (hpa,) = by_kind(docs, "HorizontalPodAutoscaler").values()
     worker = by_kind(docs, "Deployment")["orch-agent-orchestrator-worker"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": worker["metadata"]["name"]}
-    assert "replicas" not in worker["spec"]     # the HPA owns it
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": worker["metadata"]["name"],
+    }
+    assert "replicas" not in worker["spec"]  # the HPA owns it
     assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     pdb = by_kind(docs, "PodDisruptionBudget")["orch-agent-orchestrator-worker"]
     assert pdb["spec"]["maxUnavailable"] == 1
@@ -188,8 +222,7 @@ def test_network_policies_open_only_the_service_ports(rendered):
     templates = pod_templates(docs)
     for name, pol in by_kind(docs, "NetworkPolicy").items():
         sel = pol["spec"]["podSelector"]["matchLabels"]
-        (tpl,) = [t for n, t in templates.items()
-                  if sel.items() <= t["metadata"]["labels"].items()]
+        (tpl,) = [t for n, t in templates.items() if sel.items() <= t["metadata"]["labels"].items()]
         ports = {p["name"] for c in tpl["spec"]["containers"] for p in c.get("ports", [])}
         for rule in pol["spec"]["ingress"]:
             assert {p["port"] for p in rule["ports"]} <= ports, name
@@ -218,15 +251,19 @@ def test_every_values_file_validates_against_the_schema():
         for path in CHART.glob("values-*.yaml"):
             values = yaml.safe_load(path.read_text())
             jsonschema.validate(chart.merge_values(values), schema)
-            chart.validate_schema(values)        # Helm's own validation agrees
+            chart.validate_schema(values)  # Helm's own validation agrees
 
 
-@pytest.mark.parametrize("bad", [
-    {"config": {"orch_log_level": "INFO"}},              # not an ORCH_ variable
-    {"podSecurityContext": {"runAsNonRoot": False}},
-    {"worker": {"probePort": 0}},
-    {"secrets": {"existingSecert": "typo"}},
-], ids=["lowercase-setting", "root", "port", "typo"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"config": {"orch_log_level": "INFO"}},  # not an ORCH_ variable
+        {"podSecurityContext": {"runAsNonRoot": False}},
+        {"worker": {"probePort": 0}},
+        {"secrets": {"existingSecert": "typo"}},
+    ],
+    ids=["lowercase-setting", "root", "port", "typo"],
+)
 def test_the_schema_refuses_values_that_would_deploy_wrongly(bad):
     with helm_python.Chart.load(CHART) as chart:
         with pytest.raises(helm_python.HelmValuesError):

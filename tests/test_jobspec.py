@@ -25,16 +25,18 @@ def problems(text: str) -> list[str]:
 
 # --- the shipped examples ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
 def test_every_shipped_example_validates(example: Path):
     spec = load_spec(example)
     assert spec.targets == ("sample-repos/*",)
     if spec.agent is None:
         assert spec.steps[-1].kind == "shell"
-    else:   # the agent's script was read into the spec, and it runs the tests
+    else:  # the agent's script was read into the spec, and it runs the tests
         assert spec.agent.turns and spec.agent.script is None
-        assert any(c["name"] == "shell" for t in spec.agent.turns
-                   for c in t.get("tool_calls") or ())
+        assert any(
+            c["name"] == "shell" for t in spec.agent.turns for c in t.get("tool_calls") or ()
+        )
 
 
 def test_there_are_examples_and_the_examples_readme_lists_each_one():
@@ -45,6 +47,7 @@ def test_there_are_examples_and_the_examples_readme_lists_each_one():
 
 
 # --- a good spec ---------------------------------------------------------------------
+
 
 def test_a_valid_spec_becomes_a_frozen_job_with_typed_steps():
     spec = parse_spec("""\
@@ -64,11 +67,20 @@ steps:
     command: python3 -m unittest discover -q
 """)
     assert spec == JobSpec(
-        name="rename fetch_user", targets=("repos/*",), concurrency=4,
-        steps=(ReplaceStep(name="rename", pattern="fetch_user", replacement="load_user",
-                           expect=CountRange(min=1, max=40)),
-               SearchStep(pattern="fetch_user", expect=CountRange(min=0, max=0)),
-               ShellStep(command=("python3", "-m", "unittest", "discover", "-q"))))
+        name="rename fetch_user",
+        targets=("repos/*",),
+        concurrency=4,
+        steps=(
+            ReplaceStep(
+                name="rename",
+                pattern="fetch_user",
+                replacement="load_user",
+                expect=CountRange(min=1, max=40),
+            ),
+            SearchStep(pattern="fetch_user", expect=CountRange(min=0, max=0)),
+            ShellStep(command=("python3", "-m", "unittest", "discover", "-q")),
+        ),
+    )
     with pytest.raises(Exception):
         spec.name = "other"  # type: ignore[misc]
 
@@ -80,14 +92,16 @@ def test_a_spec_survives_the_json_round_trip_the_job_event_makes():
 
 def test_a_bad_regular_expression_is_left_for_the_tool_to_report():
     spec = parse_spec("name: n\ntargets: [a]\nsteps:\n  - kind: search\n    pattern: '(('\n")
-    assert spec.steps[0].pattern == "(("   # type: ignore[union-attr]
+    assert spec.steps[0].pattern == "(("  # type: ignore[union-attr]
 
 
 # --- mistakes, each with its position ------------------------------------------------
 
+
 def test_a_missing_field_points_at_the_step_that_lacks_it():
     assert problems("name: bad\ntargets: [x]\nsteps:\n  - kind: replace\n    pattern: a\n") == [
-        "steps[0].replacement (line 4, column 5): Field required"]
+        "steps[0].replacement (line 4, column 5): Field required"
+    ]
 
 
 def test_an_unknown_field_is_named_at_its_key_with_the_closest_allowed_one():
@@ -95,48 +109,57 @@ def test_an_unknown_field_is_named_at_its_key_with_the_closest_allowed_one():
         "steps[0].pattern (line 4, column 5): Field required",
         "steps[0].patern (line 5, column 5): unknown field 'patern'; did you mean 'pattern'? "
         "allowed here: name, continue_on_error, timeout_s, idempotent, pattern, literal, "
-        "ignore_case, glob, expect, max_output_bytes"]
+        "ignore_case, glob, expect, max_output_bytes",
+    ]
 
 
 def test_a_value_of_the_wrong_type_points_at_the_value_and_shows_it():
-    assert problems("name: n\ntargets: [a]\nsteps:\n"
-                    "  - kind: shell\n    command: [ls]\n    timeout_s: soon\n") == [
+    assert problems(
+        "name: n\ntargets: [a]\nsteps:\n  - kind: shell\n    command: [ls]\n    timeout_s: soon\n"
+    ) == [
         "steps[0].timeout_s (line 6, column 16): Input should be a valid number, unable to "
-        "parse string as a number, got 'soon'"]
+        "parse string as a number, got 'soon'"
+    ]
 
 
 def test_an_unknown_step_kind_points_at_it_and_lists_the_kinds():
     assert problems("name: n\ntargets: [a]\nsteps:\n  - kind: grep\n    pattern: x\n") == [
-        f"steps[0].kind (line 4, column 11): unknown step kind 'grep'; use one of: {KINDS}"]
+        f"steps[0].kind (line 4, column 11): unknown step kind 'grep'; use one of: {KINDS}"
+    ]
 
 
 def test_a_step_without_a_kind_lists_the_kinds():
     assert problems("name: n\ntargets: [a]\nsteps:\n  - pattern: x\n") == [
-        f"steps[0] (line 4, column 5): the step has no `kind`; add `kind:` with one of: {KINDS}"]
+        f"steps[0] (line 4, column 5): the step has no `kind`; add `kind:` with one of: {KINDS}"
+    ]
 
 
 def test_a_step_that_is_not_a_mapping_says_what_a_step_is():
     assert problems("name: n\ntargets: [a]\nsteps:\n  - search\n") == [
         f"steps[0] (line 4, column 5): a step is a mapping with a `kind` ({KINDS}) and that "
-        "kind's fields, not 'search'"]
+        "kind's fields, not 'search'"
+    ]
 
 
 def test_expect_with_min_above_max_is_refused_at_the_range():
-    assert problems("name: n\ntargets: [a]\nsteps:\n  - kind: search\n    pattern: x\n"
-                    "    expect: {min: 5, max: 1}\n") == [
-        "steps[0].expect (line 6, column 13): min (5) is greater than max (1)"]
+    assert problems(
+        "name: n\ntargets: [a]\nsteps:\n  - kind: search\n    pattern: x\n"
+        "    expect: {min: 5, max: 1}\n"
+    ) == ["steps[0].expect (line 6, column 13): min (5) is greater than max (1)"]
 
 
 def test_a_name_with_other_characters_is_refused():
-    assert problems("name: 'rename/all!'\ntargets: [a]\nsteps: [{kind: search, pattern: x}]\n"
-                    ) == ["name (line 1, column 7): use only letters, digits, '.', '_', '-' "
-                          "and single spaces between words"]
+    assert problems("name: 'rename/all!'\ntargets: [a]\nsteps: [{kind: search, pattern: x}]\n") == [
+        "name (line 1, column 7): use only letters, digits, '.', '_', '-' "
+        "and single spaces between words"
+    ]
 
 
 def test_a_job_needs_a_target_and_a_step():
     assert problems("name: n\ntargets: []\nsteps: []\n") == [
         "targets (line 2, column 10): a job needs at least one target",
-        "steps (line 3, column 8): a job needs at least one step, or an `agent` block"]
+        "steps (line 3, column 8): a job needs at least one step, or an `agent` block",
+    ]
 
 
 def test_every_problem_is_listed_at_once_in_file_order():
@@ -175,28 +198,36 @@ steps:
     assert found == [
         "steps[1].pattern (line 5, column 5): Field required",
         "steps[1].name (line 5, column 26): step name 'check' is already used by steps[0]; "
-        "step names must be unique within a job"]
+        "step names must be unique within a job",
+    ]
 
 
 def test_duplicate_step_names_are_refused_when_built_in_python_too():
     with pytest.raises(Exception, match="steps\\[1\\] repeats 'a' of steps\\[0\\]"):
-        JobSpec(name="n", targets=("a",), steps=(SearchStep(name="a", pattern="x"),
-                                                 SearchStep(name="a", pattern="y")))
+        JobSpec(
+            name="n",
+            targets=("a",),
+            steps=(SearchStep(name="a", pattern="x"), SearchStep(name="a", pattern="y")),
+        )
 
 
 def test_a_duplicate_key_is_refused_although_yaml_would_keep_the_last():
-    assert problems("name: n\ntargets: [a]\nsteps:\n  - kind: search\n    pattern: x\n"
-                    "    pattern: y\n") == [
+    assert problems(
+        "name: n\ntargets: [a]\nsteps:\n  - kind: search\n    pattern: x\n    pattern: y\n"
+    ) == [
         "steps[0].pattern (line 6, column 5): duplicate key 'pattern', first at line 5; "
-        "YAML keeps only the last value, so remove or rename one"]
+        "YAML keeps only the last value, so remove or rename one"
+    ]
 
 
 def test_a_yaml_syntax_error_gives_its_line_and_column():
     assert problems("name: n\n  targets: [a]\n") == [
-        "YAML syntax error (line 2, column 10): mapping values are not allowed here"]
+        "YAML syntax error (line 2, column 10): mapping values are not allowed here"
+    ]
     assert problems("name: n\ntargets: [a\nsteps: []\n") == [
         "YAML syntax error (line 3, column 6): expected ',' or ']', but got ':' (while "
-        "parsing a flow sequence (line 2, column 10))"]
+        "parsing a flow sequence (line 2, column 10))"
+    ]
 
 
 def test_a_tab_in_the_indentation_says_to_use_spaces():
@@ -207,20 +238,23 @@ def test_a_tab_in_the_indentation_says_to_use_spaces():
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "~\n"])
 def test_an_empty_spec_is_refused_with_what_a_spec_needs(text: str):
-    assert problems(text) == ["the spec is empty; a job spec is a mapping with `name`, "
-                              "`targets` and `steps`"]
+    assert problems(text) == [
+        "the spec is empty; a job spec is a mapping with `name`, `targets` and `steps`"
+    ]
 
 
 def test_a_top_level_list_is_refused():
     assert problems("- name: n\n") == [
         "(top level) (line 1, column 1): a job spec is a mapping with `name`, `targets` and "
-        "`steps`, not a list"]
+        "`steps`, not a list"
+    ]
 
 
 def test_python_tags_are_not_executed_but_refused():
     [found] = problems("name: !!python/object/apply:os.system ['true']\n")
-    assert found.startswith("YAML syntax error (line 1, column 7): could not determine a "
-                            "constructor for the tag")
+    assert found.startswith(
+        "YAML syntax error (line 1, column 7): could not determine a constructor for the tag"
+    )
 
 
 def test_the_error_names_the_file_counts_the_problems_and_exits_2(tmp_path: Path):
@@ -230,8 +264,10 @@ def test_the_error_names_the_file_counts_the_problems_and_exits_2(tmp_path: Path
         load_spec(path)
     assert info.value.exit_code == 2
     assert info.value.source == str(path)
-    assert str(info.value).startswith(f"job spec {path} is invalid (2 problems); nothing was "
-                                      "enqueued:\n  - steps[0].pattern (line 4, column 5)")
+    assert str(info.value).startswith(
+        f"job spec {path} is invalid (2 problems); nothing was "
+        "enqueued:\n  - steps[0].pattern (line 4, column 5)"
+    )
 
 
 def test_an_unreadable_file_is_a_spec_error(tmp_path: Path):
@@ -244,6 +280,7 @@ def test_an_unreadable_file_is_a_spec_error(tmp_path: Path):
 
 
 # --- targets -------------------------------------------------------------------------
+
 
 def spec_for(*targets: str) -> JobSpec:
     return JobSpec(name="n", targets=targets, steps=(SearchStep(pattern="x"),))
@@ -259,30 +296,44 @@ def test_a_glob_expands_to_its_directories_sorted_and_skips_files(tmp_path: Path
     (tmp_path / "repos" / "notes.txt").write_text("x")
     assert resolve_targets(spec_for("repos/*"), tmp_path) == [
         ResolvedTarget("repos/a", tmp_path / "repos" / "a", None),
-        ResolvedTarget("repos/b", tmp_path / "repos" / "b", None)]
+        ResolvedTarget("repos/b", tmp_path / "repos" / "b", None),
+    ]
 
 
 def test_a_glob_matching_no_directory_is_one_failed_target(tmp_path: Path):
     make_dirs(tmp_path, "repos")
     (tmp_path / "repos" / "file.py").write_text("x")
     assert resolve_targets(spec_for("repos/*", "nothing-*"), tmp_path) == [
-        ResolvedTarget("repos/*", None, f"glob 'repos/*' matched no directory (relative to "
-                                        f"{tmp_path}); check the pattern and the base directory"),
-        ResolvedTarget("nothing-*", None, f"glob 'nothing-*' matched no directory (relative "
-                                          f"to {tmp_path}); check the pattern and the base "
-                                          "directory")]
+        ResolvedTarget(
+            "repos/*",
+            None,
+            f"glob 'repos/*' matched no directory (relative to "
+            f"{tmp_path}); check the pattern and the base directory",
+        ),
+        ResolvedTarget(
+            "nothing-*",
+            None,
+            f"glob 'nothing-*' matched no directory (relative "
+            f"to {tmp_path}); check the pattern and the base "
+            "directory",
+        ),
+    ]
 
 
 def test_a_missing_directory_or_a_file_fails_alone_and_the_others_resolve(tmp_path: Path):
     make_dirs(tmp_path, "ok")
     (tmp_path / "file").write_text("x")
     assert resolve_targets(spec_for("gone", "file", "ok"), tmp_path) == [
-        ResolvedTarget("gone", tmp_path / "gone",
-                       f"target 'gone' does not exist: {tmp_path / 'gone'} (relative to "
-                       f"{tmp_path})"),
-        ResolvedTarget("file", tmp_path / "file",
-                       f"target 'file' is not a directory: {tmp_path / 'file'}"),
-        ResolvedTarget("ok", tmp_path / "ok", None)]
+        ResolvedTarget(
+            "gone",
+            tmp_path / "gone",
+            f"target 'gone' does not exist: {tmp_path / 'gone'} (relative to {tmp_path})",
+        ),
+        ResolvedTarget(
+            "file", tmp_path / "file", f"target 'file' is not a directory: {tmp_path / 'file'}"
+        ),
+        ResolvedTarget("ok", tmp_path / "ok", None),
+    ]
 
 
 def test_relative_targets_resolve_against_the_base_dir_not_the_spec_file(tmp_path: Path):
@@ -290,33 +341,37 @@ def test_relative_targets_resolve_against_the_base_dir_not_the_spec_file(tmp_pat
     spec_file = tmp_path / "specs" / "job.yaml"
     spec_file.write_text("name: n\ntargets: [repos/*]\nsteps: [{kind: search, pattern: x}]\n")
     assert resolve_targets(load_spec(spec_file), tmp_path / "work") == [
-        ResolvedTarget("repos/one", tmp_path / "work" / "repos" / "one", None)]
+        ResolvedTarget("repos/one", tmp_path / "work" / "repos" / "one", None)
+    ]
 
 
 def test_a_directory_named_twice_is_kept_once_at_its_first_place(tmp_path: Path):
     make_dirs(tmp_path, "repos/a", "repos/b")
     os.symlink(tmp_path / "repos" / "a", tmp_path / "link-to-a")
-    targets = resolve_targets(spec_for("repos/b", "repos/*", "link-to-a", "./repos/b/"),
-                              tmp_path)
-    assert targets == [ResolvedTarget("repos/b", tmp_path / "repos" / "b", None),
-                       ResolvedTarget("repos/a", tmp_path / "repos" / "a", None)]
+    targets = resolve_targets(spec_for("repos/b", "repos/*", "link-to-a", "./repos/b/"), tmp_path)
+    assert targets == [
+        ResolvedTarget("repos/b", tmp_path / "repos" / "b", None),
+        ResolvedTarget("repos/a", tmp_path / "repos" / "a", None),
+    ]
 
 
 def test_a_symlinked_target_runs_in_the_real_directory_under_its_own_name(tmp_path: Path):
     make_dirs(tmp_path, "elsewhere/real", "base")
     os.symlink(tmp_path / "elsewhere" / "real", tmp_path / "base" / "linked")
     assert resolve_targets(spec_for("linked"), tmp_path / "base") == [
-        ResolvedTarget("linked", tmp_path / "elsewhere" / "real", None)]
+        ResolvedTarget("linked", tmp_path / "elsewhere" / "real", None)
+    ]
 
 
 def test_targets_outside_the_base_dir_keep_their_absolute_path_as_name(tmp_path: Path):
     make_dirs(tmp_path, "outside/x", "outside/y", "base")
-    targets = resolve_targets(spec_for(str(tmp_path / "outside" / "*"), "../outside/x"),
-                              tmp_path / "base")
-    assert targets == [ResolvedTarget(str(tmp_path / "outside" / "x"),
-                                      tmp_path / "outside" / "x", None),
-                       ResolvedTarget(str(tmp_path / "outside" / "y"),
-                                      tmp_path / "outside" / "y", None)]
+    targets = resolve_targets(
+        spec_for(str(tmp_path / "outside" / "*"), "../outside/x"), tmp_path / "base"
+    )
+    assert targets == [
+        ResolvedTarget(str(tmp_path / "outside" / "x"), tmp_path / "outside" / "x", None),
+        ResolvedTarget(str(tmp_path / "outside" / "y"), tmp_path / "outside" / "y", None),
+    ]
 
 
 def test_display_names_stay_unique_when_two_targets_would_share_one(tmp_path: Path):
@@ -324,14 +379,16 @@ def test_display_names_stay_unique_when_two_targets_would_share_one(tmp_path: Pa
     make_dirs(base, "work")
     assert resolve_targets(spec_for(".", "work"), base) == [
         ResolvedTarget("work", base, None),
-        ResolvedTarget("work (2)", base / "work", None)]
+        ResolvedTarget("work (2)", base / "work", None),
+    ]
 
 
 def test_a_base_dir_with_glob_characters_is_taken_literally(tmp_path: Path):
     base = tmp_path / "odd[1]"
     make_dirs(base, "repos/a")
     assert resolve_targets(spec_for("repos/*"), base) == [
-        ResolvedTarget("repos/a", base / "repos" / "a", None)]
+        ResolvedTarget("repos/a", base / "repos" / "a", None)
+    ]
 
 
 def test_a_relative_base_dir_is_taken_from_the_current_directory(tmp_path: Path):

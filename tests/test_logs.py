@@ -25,7 +25,7 @@ def stream():
     root = logging.getLogger()
     saved, level = list(root.handlers), root.level
     buf = io.StringIO()
-    logs.clear()              # ids an in-process runner test bound earlier in this process
+    logs.clear()  # ids an in-process runner test bound earlier in this process
     logs.configure(Settings(log_format="json", log_level="INFO"), stream=buf, force=True)
     yield buf
     logs.clear()
@@ -56,8 +56,12 @@ def test_our_lines_and_library_lines_carry_the_bound_ids(stream):
     logs.get_logger("orchestrator.test").info("after the call")
     ours, theirs, after = lines(stream.getvalue())
     assert ours["event"] == "tool call" and ours["tool"] == "read"
-    assert {k: ours[k] for k in ("job_id", "session_id", "turn_id", "tool_call_id")} == \
-        {"job_id": "J1", "session_id": "S1", "turn_id": "3", "tool_call_id": "S1/3"}
+    assert {k: ours[k] for k in ("job_id", "session_id", "turn_id", "tool_call_id")} == {
+        "job_id": "J1",
+        "session_id": "S1",
+        "turn_id": "3",
+        "tool_call_id": "S1/3",
+    }
     assert theirs["event"] == "a library speaks plainly" and theirs["logger"] == "kombu.test"
     assert theirs["tool_call_id"] == "S1/3" and theirs["level"] == "warning"
     assert "tool_call_id" not in after and after["session_id"] == "S1"
@@ -97,14 +101,15 @@ def test_a_jobs_ids_cross_from_the_submitting_cli_to_the_worker_processes(tmp_pa
     submitted = next(x for x in submitter if x["event"] == "job submitted")
     assert submitted["job_id"] == job["job_id"]
     assert sorted(submitted["sessions"]) == sorted(s["session_id"] for s in job["sessions"])
-    published = {x["published_task_id"]: x["carried"] for x in submitter
-                 if x["event"] == "task published"}
-    assert len(published) == 2      # the first step of each session's chain
+    published = {
+        x["published_task_id"]: x["carried"] for x in submitter if x["event"] == "task published"
+    }
+    assert len(published) == 2  # the first step of each session's chain
 
     worker = lines((tmp_path / "state" / "worker.log").read_text())
     started = {x["task_id"]: x for x in worker if x["event"] == "task started"}
     for task_id, carried in published.items():
-        line = started[task_id]           # the worker child that ran it says so
+        line = started[task_id]  # the worker child that ran it says so
         assert line["job_id"] == job["job_id"] == carried["job_id"]
         assert line["session_id"] == carried["session_id"]
     # Every tool call's line names its job, session, turn, call and task.

@@ -8,16 +8,28 @@ import json
 import re
 from urllib.parse import quote
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from orchestrator.masking import (MASK, MIN_SECRET_LEN, StreamMasker, mask, mask_streams,
-                                  maskable, variants)
+from orchestrator.masking import (
+    MASK,
+    MIN_SECRET_LEN,
+    StreamMasker,
+    mask,
+    mask_streams,
+    maskable,
+    variants,
+)
 
 SECRET = "s3cr3t/Value+with=odd&chars"
-secrets_st = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)),
-                     min_size=MIN_SECRET_LEN, max_size=40).filter(maskable)
-ascii_secrets = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/+=",
-                        min_size=MIN_SECRET_LEN, max_size=40).filter(maskable)
+secrets_st = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=MIN_SECRET_LEN, max_size=40
+).filter(maskable)
+ascii_secrets = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/+=",
+    min_size=MIN_SECRET_LEN,
+    max_size=40,
+).filter(maskable)
 filler = st.text("abc XYZ\n:=", max_size=30)
 
 
@@ -28,9 +40,15 @@ def test_plain_value_and_existing_callers_signature() -> None:
 
 def test_every_encoding_is_masked() -> None:
     raw = SECRET.encode()
-    forms = [json.dumps(SECRET)[1:-1], quote(SECRET, safe=""), re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(SECRET, safe="")),
-             raw.hex(), raw.hex().upper(), base64.b64encode(raw).decode(),
-             base64.urlsafe_b64encode(raw).decode()]
+    forms = [
+        json.dumps(SECRET)[1:-1],
+        quote(SECRET, safe=""),
+        re.sub("%[0-9A-F]{2}", lambda m: m[0].lower(), quote(SECRET, safe="")),
+        raw.hex(),
+        raw.hex().upper(),
+        base64.b64encode(raw).decode(),
+        base64.urlsafe_b64encode(raw).decode(),
+    ]
     for form in forms:
         out = mask(f"<{form}>", [SECRET], patterns=False)
         assert out == f"<{MASK}>", (form, out)
@@ -44,10 +62,15 @@ def test_json_escaping_of_quotes_backslashes_and_unicode() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(secret=secrets_st, before=st.binary(max_size=12), after=st.binary(max_size=12),
-       urlsafe=st.booleans())
+@given(
+    secret=secrets_st,
+    before=st.binary(max_size=12),
+    after=st.binary(max_size=12),
+    urlsafe=st.booleans(),
+)
 def test_base64_at_every_alignment_leaves_no_secret_bits_but_the_edges(
-        secret: str, before: bytes, after: bytes, urlsafe: bool) -> None:
+    secret: str, before: bytes, after: bytes, urlsafe: bool
+) -> None:
     enc = base64.urlsafe_b64encode if urlsafe else base64.b64encode
     blob = enc(before + secret.encode() + after).decode()
     out = mask(blob, [secret], patterns=False)
@@ -67,10 +90,10 @@ def test_random_secrets_never_survive_in_any_form(secret: str, before: str, afte
 
 
 @settings(max_examples=150, deadline=None)
-@given(secrets=st.lists(ascii_secrets, min_size=1, max_size=3), text=filler,
-       data=st.data())
-def test_streaming_equals_whole_text_for_any_chunking(secrets: list[str], text: str,
-                                                      data: st.DataObject) -> None:
+@given(secrets=st.lists(ascii_secrets, min_size=1, max_size=3), text=filler, data=st.data())
+def test_streaming_equals_whole_text_for_any_chunking(
+    secrets: list[str], text: str, data: st.DataObject
+) -> None:
     whole = text + secrets[0] + text + "".join(secrets) + text
     cuts = sorted(data.draw(st.lists(st.integers(0, len(whole)), max_size=6)))
     pieces = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)])]
@@ -117,7 +140,7 @@ def test_a_secret_split_between_stdout_and_stderr_is_masked_in_both_orders() -> 
 def test_empty_one_char_and_short_secrets_never_crash_or_over_mask() -> None:
     text = "a b c 12345 ------ ======"
     assert mask(text, ["", "a", "1", "12345"]) == text
-    assert mask(text, ["------", "="]) == text            # one repeated character
+    assert mask(text, ["------", "="]) == text  # one repeated character
     assert StreamMasker(["", "x"]).feed(text) == text
     s = StreamMasker([])
     assert s.hold == 0 and s.feed("abc") == "abc" and s.flush() == ""

@@ -32,10 +32,13 @@ def samples(text: str) -> dict[str, float]:
 def exposition_of(env: dict[str, str]) -> tuple[str, str]:
     """`metrics.exposition()` in a process of its own, as the API or the
     worker's probe would call it."""
-    code = ("import sys; from orchestrator import metrics; body, ctype = metrics.exposition(); "
-            "sys.stdout.write(ctype + '\\n' + body.decode())")
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; from orchestrator import metrics; body, ctype = metrics.exposition(); "
+        "sys.stdout.write(ctype + '\\n' + body.decode())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     ctype, body = result.stdout.split("\n", 1)
     return ctype, body
@@ -57,8 +60,14 @@ def test_a_prefork_workers_tool_calls_add_up_across_its_children(tmp_path: Path)
     # 3 sessions x (replace, search, shell): summed over every child that ran one.
     assert got['orch_tool_call_seconds_count{outcome="ok",tool="replace"}'] == 3
     assert got['orch_tool_call_seconds_count{outcome="ok",tool="search"}'] == 3
-    assert sum(v for k, v in got.items() if k.startswith("orch_permission_decisions_total")
-               and 'decision="allow"' in k) == 9
+    assert (
+        sum(
+            v
+            for k, v in got.items()
+            if k.startswith("orch_permission_decisions_total") and 'decision="allow"' in k
+        )
+        == 9
+    )
     assert got["orch_events_appended_total"] > 9 * 3
     assert got["orch_event_append_seconds_count"] > 0
     # Computed when scraped: nothing waits, nothing is queued any more.
@@ -71,7 +80,7 @@ def test_scraping_a_process_without_a_folder_shows_its_own_metrics_and_the_gauge
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     _, body = exposition_of(env)
     got = samples(body)
-    assert got["orch_confirmations_waiting"] == 0           # no store yet: nothing waits
+    assert got["orch_confirmations_waiting"] == 0  # no store yet: nothing waits
     assert got['orch_queue_depth{queue="orchestrator"}'] == 0
 
 
@@ -96,14 +105,18 @@ def test_the_stdout_reporter_writes_totals_as_json_lines():
 
 
 def test_the_stdout_reporter_configured_by_settings_prints_when_the_process_ends(tmp_path):
-    code = ("from orchestrator import metrics; from orchestrator.config import get_settings; "
-            "metrics.setup(get_settings()); metrics.tool_call('shell', 'error', 1.5); "
-            "metrics.quota_denied('shell', 'quota:tool_calls')")
+    code = (
+        "from orchestrator import metrics; from orchestrator.config import get_settings; "
+        "metrics.setup(get_settings()); metrics.tool_call('shell', 'error', 1.5); "
+        "metrics.quota_denied('shell', 'quota:tool_calls')"
+    )
     env = {**shape_env(tmp_path), "ORCH_METRICS_REPORTERS": '["stdout"]'}
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert {(x["metric"], x.get("count", x.get("value"))) for x in rows} == {
-        ("orch_tool_call_seconds", 1), ("orch_quota_denials_total", 1)}
-
+        ("orch_tool_call_seconds", 1),
+        ("orch_quota_denials_total", 1),
+    }

@@ -50,14 +50,27 @@ def test_the_schema_mirror_is_what_the_migrations_build(own_url):
 
 def test_read_types_returns_only_those_types_in_position_order(own_url):
     store = _own_store(own_url)
-    store.append("s-a", [new(p.TurnStarted(turn=i, name="x", kind="shell")) for i in range(3)]
-                 + [new(p.ConfirmationGranted(call_id="c1", by="user:ops"))], 0)
-    store.append("s-b", [new(p.ConfirmationDenied(call_id="c2", by="user:ops")),
-                         new(p.SessionCompleted(files_changed=0)),
-                         new(p.ConfirmationGranted(call_id="c3", by="user:ops"))], 0)
+    store.append(
+        "s-a",
+        [new(p.TurnStarted(turn=i, name="x", kind="shell")) for i in range(3)]
+        + [new(p.ConfirmationGranted(call_id="c1", by="user:ops"))],
+        0,
+    )
+    store.append(
+        "s-b",
+        [
+            new(p.ConfirmationDenied(call_id="c2", by="user:ops")),
+            new(p.SessionCompleted(files_changed=0)),
+            new(p.ConfirmationGranted(call_id="c3", by="user:ops")),
+        ],
+        0,
+    )
     got = list(store.read_types(("ConfirmationGranted", "ConfirmationDenied")))
-    assert [(e.stream_id, e.payload.call_id) for e in got] == [("s-a", "c1"), ("s-b", "c2"),
-                                                               ("s-b", "c3")]
+    assert [(e.stream_id, e.payload.call_id) for e in got] == [
+        ("s-a", "c1"),
+        ("s-b", "c2"),
+        ("s-b", "c3"),
+    ]
     assert [e.position for e in got] == sorted(e.position for e in got)
     after = list(store.read_types(("ConfirmationGranted",), after_position=got[0].position))
     assert [e.payload.call_id for e in after] == ["c3"]
@@ -67,25 +80,40 @@ def test_read_types_returns_only_those_types_in_position_order(own_url):
 
 def _asking_session(store: SqlEventStore, work: Path) -> Ticket:
     rm = ShellStep(command=["sh", "-c", "rm -f junk.txt"])
-    t = Ticket(job_id=new_id(), session_id=new_id(), target="repo", path=str(work),
-               steps=(rm.label,), sessions_total=1)
+    t = Ticket(
+        job_id=new_id(),
+        session_id=new_id(),
+        target="repo",
+        path=str(work),
+        steps=(rm.label,),
+        sessions_total=1,
+    )
     assert Runner(store, "worker:test").run_step(t, 0, rm, last=True) == "waiting"
     return t
 
 
-def test_pending_lists_exactly_the_unanswered_confirmations_among_other_events(own_url,
-                                                                               tmp_path):
+def test_pending_lists_exactly_the_unanswered_confirmations_among_other_events(own_url, tmp_path):
     store = _own_store(own_url)
     work = tmp_path / "repo"
     work.mkdir()
     (work / "junk.txt").write_text("junk")
-    store.append("noise", [new(p.TurnStarted(turn=i, name="x", kind="shell"))
-                           for i in range(2500)], 0)        # more than a page of reads
+    store.append(
+        "noise", [new(p.TurnStarted(turn=i, name="x", kind="shell")) for i in range(2500)], 0
+    )  # more than a page of reads
     first, answered, last = (_asking_session(store, work) for _ in range(3))
     [asked] = [w for w in confirmations.pending(store) if w.session_id == answered.session_id]
-    store.append(answered.session_id, [NewEvent.create(
-        p.ConfirmationDenied(call_id=asked.call_id, by="user:ops"), actor="user:ops",
-        correlation_id=answered.job_id, idempotency_key=f"confirm:{asked.call_id}")], None)
+    store.append(
+        answered.session_id,
+        [
+            NewEvent.create(
+                p.ConfirmationDenied(call_id=asked.call_id, by="user:ops"),
+                actor="user:ops",
+                correlation_id=answered.job_id,
+                idempotency_key=f"confirm:{asked.call_id}",
+            )
+        ],
+        None,
+    )
     waiting = confirmations.pending(store)
     assert [w.session_id for w in waiting] == [first.session_id, last.session_id]
     assert {(w.rule_id, w.turn, w.tool) for w in waiting} == {("destructive-rm", 1, "shell")}
@@ -94,8 +122,7 @@ def test_pending_lists_exactly_the_unanswered_confirmations_among_other_events(o
     store.close()
 
 
-def test_a_store_made_before_the_index_upgrades_and_keeps_its_confirmations(own_url,
-                                                                           tmp_path):
+def test_a_store_made_before_the_index_upgrades_and_keeps_its_confirmations(own_url, tmp_path):
     old = SqlEventStore(own_url, check_schema=False)
     with old.engine.begin() as conn:
         cfg = migrate._config()

@@ -15,8 +15,17 @@ from events.store import open_store
 from orchestrator import health
 from orchestrator.config import Settings
 from tests.cli_helpers import shape_env
-from tests.ops_helpers import (PrivatePostgres, PrivateRedis, free_port, get, private_postgres,
-                               private_redis, start_worker, stop, wait_until)
+from tests.ops_helpers import (
+    PrivatePostgres,
+    PrivateRedis,
+    free_port,
+    get,
+    private_postgres,
+    private_redis,
+    start_worker,
+    stop,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow]
 MAX_AGE_S = "3"
@@ -26,13 +35,21 @@ class Deployment:
     def __init__(self, tmp_path: Path, redis: PrivateRedis, pg: PrivatePostgres) -> None:
         self.redis, self.pg = redis, pg
         self.port = free_port()
-        self.settings = Settings(state_dir=tmp_path / "state", broker_url=redis.url,
-                                 store_url=pg.url, worker_heartbeat_max_age_s=float(MAX_AGE_S))
-        self.env = shape_env(tmp_path, store_url=pg.url, broker_url=redis.url,
-                             ORCH_WORKER_PROBE_PORT=str(self.port),
-                             ORCH_WORKER_PROBE_ADDRESS="127.0.0.1",
-                             ORCH_WORKER_HEARTBEAT_INTERVAL_S="0.3",
-                             ORCH_WORKER_HEARTBEAT_MAX_AGE_S=MAX_AGE_S)
+        self.settings = Settings(
+            state_dir=tmp_path / "state",
+            broker_url=redis.url,
+            store_url=pg.url,
+            worker_heartbeat_max_age_s=float(MAX_AGE_S),
+        )
+        self.env = shape_env(
+            tmp_path,
+            store_url=pg.url,
+            broker_url=redis.url,
+            ORCH_WORKER_PROBE_PORT=str(self.port),
+            ORCH_WORKER_PROBE_ADDRESS="127.0.0.1",
+            ORCH_WORKER_HEARTBEAT_INTERVAL_S="0.3",
+            ORCH_WORKER_HEARTBEAT_MAX_AGE_S=MAX_AGE_S,
+        )
 
     def readyz(self) -> tuple[int, Any]:
         return get(f"http://127.0.0.1:{self.port}/readyz", timeout=10)
@@ -68,7 +85,8 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 
 def test_stopping_redis_makes_the_deployment_and_the_worker_not_ready_until_it_is_back(
-        deployment: Deployment) -> None:
+    deployment: Deployment,
+) -> None:
     deployment.wait_ready()
     deployment.redis.stop()
     deployment.wait_not_ready("broker")
@@ -80,7 +98,8 @@ def test_stopping_redis_makes_the_deployment_and_the_worker_not_ready_until_it_i
 
 
 def test_stopping_postgresql_makes_the_deployment_and_the_worker_not_ready_until_it_is_back(
-        deployment: Deployment) -> None:
+    deployment: Deployment,
+) -> None:
     deployment.wait_ready()
     deployment.pg.stop()
     deployment.wait_not_ready("store")
@@ -88,9 +107,15 @@ def test_stopping_postgresql_makes_the_deployment_and_the_worker_not_ready_until
     store = next(c for c in report.checks if c.name == "store")
     assert "cannot connect" in store.detail and "start the database" in store.remedy
     # The worker says so in its heartbeat too, once its next round ran.
-    workers = wait_until("the workers check to fail", lambda: next(
-        c for c in health.readiness(deployment.settings).checks
-        if c.name == "workers" and not c.ok), timeout=60)
+    workers = wait_until(
+        "the workers check to fail",
+        lambda: next(
+            c
+            for c in health.readiness(deployment.settings).checks
+            if c.name == "workers" and not c.ok
+        ),
+        timeout=60,
+    )
     assert "cannot reach the store" in workers.detail
     deployment.pg.start()
     deployment.wait_ready()

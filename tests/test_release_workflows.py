@@ -65,9 +65,19 @@ def tag_rule() -> re.Pattern[str]:
     return re.compile(re.search(r'"\$TAG" =~ (\S+) \]\]', run).group(1))
 
 
-@pytest.mark.parametrize("tag,ok", [("v1.2.3", True), ("v1.2.3-rc.1", True), ("v10.0.12-rc.7", True),
-                                    ("1.2.3", False), ("v1.2", False), ("v1.2.3rc1", False),
-                                    ("v1.2.3-beta.1", False), ("v1.2.3-rc", False)])
+@pytest.mark.parametrize(
+    "tag,ok",
+    [
+        ("v1.2.3", True),
+        ("v1.2.3-rc.1", True),
+        ("v10.0.12-rc.7", True),
+        ("1.2.3", False),
+        ("v1.2", False),
+        ("v1.2.3rc1", False),
+        ("v1.2.3-beta.1", False),
+        ("v1.2.3-rc", False),
+    ],
+)
 def test_release_tags_are_semantic_versions(tag: str, ok: bool) -> None:
     assert bool(tag_rule().fullmatch(tag)) is ok
 
@@ -86,6 +96,10 @@ def test_workflows_validate_against_the_github_schema() -> None:
     exe = Path(sys.executable).parent / "check-jsonschema"
     if not exe.exists():
         pytest.skip("check-jsonschema is not installed (the `lint` extra)")
-    r = subprocess.run([str(exe), "--builtin-schema", "vendor.github-workflows",
-                        *map(str, WORKFLOWS)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(exe), "--builtin-schema", "vendor.github-workflows", *map(str, WORKFLOWS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -26,9 +26,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -516,16 +516,18 @@ steps:
 
 
 @pytest.fixture(scope="module")
-def shared_deployment(tmp_path_factory: pytest.TempPathFactory
-                      ) -> Iterator[tuple[Deployment, dict]]:
+def shared_deployment(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Deployment, dict]]:
     """One deployment the pages that only read share."""
     with _deployed(tmp_path_factory.mktemp("shared") / "deployment") as found:
         yield found
 
 
 @pytest.fixture
-def deployment(request: pytest.FixtureRequest, doc: Path, tmp_path: Path
-               ) -> Iterator[tuple[Deployment, dict]]:
+def deployment(
+    request: pytest.FixtureRequest, doc: Path, tmp_path: Path
+) -> Iterator[tuple[Deployment, dict]]:
     """The audit page gets a deployment of its own: it signs with keys of its
     own, which a later page's `audit verify` would rightly call untrusted."""
     if doc.name != "audit.md":

@@ -28,9 +28,14 @@ OLD_ASSERT = re.compile(r"\.assert(Not)?Equals\(")
 
 
 def run_tests(repo: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "unittest", "discover", "-q"], cwd=repo,
-                          capture_output=True, text=True, timeout=120,
-                          env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "unittest", "discover", "-q"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def run_steps(workspace: Path, steps: tuple[Step, ...]) -> None:
@@ -49,8 +54,11 @@ def python_text(repo: Path) -> str:
 
 
 def snapshot(repo: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(repo)): p.read_bytes() for p in sorted(repo.rglob("*"))
-            if p.is_file() and ".git" not in p.parts}
+    return {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".git" not in p.parts
+    }
 
 
 def test_each_sample_repo_passes_its_own_tests(tmp_path: Path):
@@ -65,15 +73,18 @@ def test_each_sample_repo_passes_its_own_tests(tmp_path: Path):
 def test_the_sample_repos_hold_what_the_examples_change(tmp_path: Path):
     repos = create_sample_repos(tmp_path / "sample-repos")
     counts = [len(FETCH_USER.findall(python_text(r))) for r in repos]
-    assert all(1 <= n <= 100 for n in counts)            # rename-function's expect range
-    assert len(set(counts)) == len(counts)                # each repo has its own count
+    assert all(1 <= n <= 100 for n in counts)  # rename-function's expect range
+    assert len(set(counts)) == len(counts)  # each repo has its own count
     for repo in repos:
         tests = "".join(p.read_text() for p in (repo / "tests").glob("test_*.py"))
-        assert "fetch_user" in tests                      # the rename must rewrite tests too
+        assert "fetch_user" in tests  # the rename must rewrite tests too
         assert OLD_ASSERT.search(tests)
         lines = (repo / "pyproject.toml").read_text().splitlines()
-        assert lines[3:6] == ['version = "0.1.0"', 'requires-python = ">=3.9"',
-                              "dependencies = []"]        # add-license's patch context
+        assert lines[3:6] == [
+            'version = "0.1.0"',
+            'requires-python = ">=3.9"',
+            "dependencies = []",
+        ]  # add-license's patch context
         assert not (repo / "LICENSE").exists()
 
 
@@ -83,17 +94,21 @@ RECIPES = [e for e in sorted(EXAMPLES.glob("*.yaml")) if load_spec(e).agent is N
 
 
 @pytest.mark.parametrize("example", RECIPES, ids=lambda p: p.stem)
-def test_each_example_runs_on_fresh_sample_repos_and_their_tests_pass(example: Path,
-                                                                       tmp_path: Path):
+def test_each_example_runs_on_fresh_sample_repos_and_their_tests_pass(
+    example: Path, tmp_path: Path
+):
     create_sample_repos(tmp_path / "sample-repos")
     spec = load_spec(example)
     targets = resolve_targets(spec, tmp_path)
     assert [name for name, _, _ in targets] == [
-        "sample-repos/accounts", "sample-repos/billing", "sample-repos/notifications"]
+        "sample-repos/accounts",
+        "sample-repos/billing",
+        "sample-repos/notifications",
+    ]
     for _, repo, error in targets:
         assert error is None and repo is not None
         before = snapshot(repo)
-        run_steps(repo, spec.steps)                       # ends with the repo's tests
+        run_steps(repo, spec.steps)  # ends with the repo's tests
         assert snapshot(repo) != before
         assert run_tests(repo).returncode == 0
 
@@ -111,7 +126,8 @@ def test_the_examples_do_what_they_say(tmp_path: Path):
 
 @pytest.mark.parametrize("example", RECIPES, ids=lambda p: p.stem)
 def test_a_second_run_of_an_example_fails_at_its_first_step_and_changes_nothing(
-        example: Path, tmp_path: Path):
+    example: Path, tmp_path: Path
+):
     [repo] = create_sample_repos(tmp_path / "sample-repos", count=1)
     steps = load_spec(example).steps
     run_steps(repo, steps)
@@ -130,8 +146,7 @@ def test_creating_again_resets_the_repos_and_leaves_other_files_alone(tmp_path: 
     (dest / "mine").mkdir()
     second = create_sample_repos(dest, count=2)
     assert snapshot(second[0]) == fresh
-    assert sorted(p.name for p in dest.iterdir()) == ["accounts", "billing", "mine",
-                                                      "notes.txt"]
+    assert sorted(p.name for p in dest.iterdir()) == ["accounts", "billing", "mine", "notes.txt"]
 
 
 def test_a_folder_it_did_not_create_is_refused_and_nothing_changes(tmp_path: Path):
@@ -154,8 +169,9 @@ def test_more_repos_than_templates_get_their_own_names_and_packages(tmp_path: Pa
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_with_git_each_repo_is_one_clean_commit_with_the_same_id_every_time(tmp_path: Path):
     def git(repo: Path, *args: str) -> str:
-        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     one = create_sample_repos(tmp_path / "one", count=1)[0]
     two = create_sample_repos(tmp_path / "two", count=1)[0]

@@ -28,8 +28,9 @@ def _settings(tmp_path: Path, **kw: object) -> Settings:
 def _accesses(s: Settings) -> list[tuple[str, str, object]]:
     st = open_store(s.effective_store_url)
     try:
-        return [(e.stream_id, e.actor, e.payload) for e in st.read_all()
-                if e.type == "SecretAccessed"]
+        return [
+            (e.stream_id, e.actor, e.payload) for e in st.read_all() if e.type == "SecretAccessed"
+        ]
     finally:
         st.close()
 
@@ -42,11 +43,14 @@ def test_from_the_environment_and_recorded_without_the_value(tmp_path: Path) -> 
     [(stream, _, payload)] = _accesses(s)
     assert stream.startswith(secrets.STREAM_PREFIX)
     assert (payload.name, payload.source, payload.reader) == (
-        "deploy_token", "env:ORCH_SECRET_DEPLOY_TOKEN", "test:deploy")
+        "deploy_token",
+        "env:ORCH_SECRET_DEPLOY_TOKEN",
+        "test:deploy",
+    )
     assert "tok-123456789" not in payload.model_dump_json()
     assert "tok-123456789" in secrets.process_values()
     assert store.get("missing_one", reader="test") is None
-    assert len(_accesses(s)) == 1                            # misses are logged, not recorded
+    assert len(_accesses(s)) == 1  # misses are logged, not recorded
 
 
 def test_a_secret_setting_wins_and_its_source_is_named(tmp_path: Path, monkeypatch) -> None:
@@ -61,13 +65,14 @@ def test_from_a_secret_file_on_the_session_stream(tmp_path: Path) -> None:
     s = _settings(tmp_path)
     s.secrets_dir.mkdir()
     (s.secrets_dir / "db_password").write_text("  pg-pass-987654\n")
-    got = secrets.SecretStore(s, environ={}).get("db_password", reader="store",
-                                                 stream="session-xyz")
+    got = secrets.SecretStore(s, environ={}).get(
+        "db_password", reader="store", stream="session-xyz"
+    )
     assert got is not None and got.get_secret_value() == "pg-pass-987654"
     [(stream, _, payload)] = _accesses(s)
     assert stream == "session-xyz" and payload.source == f"file:{s.secrets_dir / 'db_password'}"
     st = open_store(s.effective_store_url)
-    assert replay(st, "session-xyz").session.status == "new"   # replay accepts the new type
+    assert replay(st, "session-xyz").session.status == "new"  # replay accepts the new type
     st.close()
     with pytest.raises(ConfigError, match="plain file name"):
         secrets.SecretStore(s, environ={}).get("../etc/passwd", reader="x")
@@ -75,12 +80,14 @@ def test_from_a_secret_file_on_the_session_stream(tmp_path: Path) -> None:
 
 def test_from_the_keychain(tmp_path: Path) -> None:
     from keyrings.alt.file import PlaintextKeyring
+
     ring = PlaintextKeyring()
     ring.file_path = str(tmp_path / "keyring.cfg")
     ring.set_password("agent-orchestrator", "github_token", "ghp-keychain-value-42")
     s = _settings(tmp_path, secret_sources=("env", "keyring"))
-    got = secrets.SecretStore(s, environ={}, keyring_backend=ring).get("github_token",
-                                                                      reader="test")
+    got = secrets.SecretStore(s, environ={}, keyring_backend=ring).get(
+        "github_token", reader="test"
+    )
     assert got is not None and got.get_secret_value() == "ghp-keychain-value-42"
     assert _accesses(s)[0][2].source == "keyring:agent-orchestrator"
 
@@ -88,6 +95,7 @@ def test_from_the_keychain(tmp_path: Path) -> None:
 def test_the_keychain_through_the_keyring_package_api(tmp_path: Path) -> None:
     import keyring
     from keyrings.alt.file import PlaintextKeyring
+
     before = keyring.get_keyring()
     ring = PlaintextKeyring()
     ring.file_path = str(tmp_path / "keyring.cfg")
@@ -108,14 +116,23 @@ def test_vault_without_an_address_is_a_config_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("vault") is None, reason="no vault binary to run a dev server")
-def test_vault_kv_v2(tmp_path: Path) -> None:      # pragma: no cover - needs a vault binary
+def test_vault_kv_v2(tmp_path: Path) -> None:  # pragma: no cover - needs a vault binary
     import subprocess
     import time
 
     import hvac
-    proc = subprocess.Popen(["vault", "server", "-dev", "-dev-root-token-id=root",
-                             "-dev-listen-address=127.0.0.1:18200"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    proc = subprocess.Popen(
+        [
+            "vault",
+            "server",
+            "-dev",
+            "-dev-root-token-id=root",
+            "-dev-listen-address=127.0.0.1:18200",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = hvac.Client(url="http://127.0.0.1:18200", token="root")
         for _ in range(50):
@@ -124,10 +141,15 @@ def test_vault_kv_v2(tmp_path: Path) -> None:      # pragma: no cover - needs a 
                     break
             except Exception:  # noqa: BLE001
                 time.sleep(0.1)
-        client.secrets.kv.v2.create_or_update_secret(path="agent-orchestrator",
-                                                     secret={"db_pass": "vault-val-123"})
-        s = _settings(tmp_path, secret_sources=("vault",), vault_addr="http://127.0.0.1:18200",
-                      vault_token=SecretStr("root"))
+        client.secrets.kv.v2.create_or_update_secret(
+            path="agent-orchestrator", secret={"db_pass": "vault-val-123"}
+        )
+        s = _settings(
+            tmp_path,
+            secret_sources=("vault",),
+            vault_addr="http://127.0.0.1:18200",
+            vault_token=SecretStr("root"),
+        )
         got = secrets.SecretStore(s, environ={}).get("db_pass", reader="test")
         assert got is not None and got.get_secret_value() == "vault-val-123"
     finally:
@@ -137,6 +159,7 @@ def test_vault_kv_v2(tmp_path: Path) -> None:      # pragma: no cover - needs a 
 
 def test_known_values_include_settings_secrets(monkeypatch) -> None:
     from orchestrator.config import get_settings
+
     monkeypatch.setenv("ORCH_VAULT_TOKEN", "hvs-known-value-0001")
     get_settings.cache_clear()
     try:
@@ -148,6 +171,7 @@ def test_known_values_include_settings_secrets(monkeypatch) -> None:
 
 def test_the_model_api_key_is_read_through_the_store(tmp_path: Path) -> None:
     from orchestrator.providers.factory import api_key
+
     s = _settings(tmp_path)
     s.secrets_dir.mkdir()
     (s.secrets_dir / "model_api_key").write_text("sk-file-key-55555\n")
@@ -179,8 +203,17 @@ def test_tool_output_in_events_is_masked_in_every_encoding(tmp_path: Path) -> No
     ws.mkdir()
     (ws / "k.txt").write_text(key)
     (ws / "k.b64").write_text("xy" + base64.b64encode(b"z" + key.encode()).decode())
-    run = cli(env, "sandbox", "run", "-w", str(ws), "--", "sh", "-c",
-              "cat k.txt; echo; cat k.b64; echo; od -An -tx1 k.txt | tr -d ' \\n'; echo")
+    run = cli(
+        env,
+        "sandbox",
+        "run",
+        "-w",
+        str(ws),
+        "--",
+        "sh",
+        "-c",
+        "cat k.txt; echo; cat k.b64; echo; od -An -tx1 k.txt | tr -d ' \\n'; echo",
+    )
     assert run.returncode == 0, run.stderr
     exported = cli(env, "audit", "export")
     assert exported.returncode == 0
@@ -190,10 +223,12 @@ def test_tool_output_in_events_is_masked_in_every_encoding(tmp_path: Path) -> No
         assert form not in stored and form not in run.stdout + run.stderr
 
 
-def test_passwords_in_service_urls_are_known_secrets(monkeypatch: pytest.MonkeyPatch,
-                                                      tmp_path: Path) -> None:
+def test_passwords_in_service_urls_are_known_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from orchestrator.config import get_settings
     from orchestrator.masking import mask
+
     monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("ORCH_STORE_URL", "postgresql://app:pg%2Fpass-7781@db/orch")
     monkeypatch.setenv("ORCH_BROKER_URL", "redis://:redispass-4410@cache:6379/0")

@@ -16,8 +16,17 @@ from tests.cli_helpers import ROOT, cli, shape_env
 from tests.ops_helpers import free_port, get, stop, wait_until
 
 REDIS_DB = 7
-ROWS = ["broker", "store", "job", "result", "replay", "verify", "workers",
-        "api /healthz", "api /readyz"]
+ROWS = [
+    "broker",
+    "store",
+    "job",
+    "result",
+    "replay",
+    "verify",
+    "workers",
+    "api /healthz",
+    "api /readyz",
+]
 
 
 def test_exit_code_is_zero_four_for_infrastructure_else_one() -> None:
@@ -30,10 +39,14 @@ def test_exit_code_is_zero_four_for_infrastructure_else_one() -> None:
 def api(deployment_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """The real HTTP API on this deployment, on a free port."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "api", "--port",
-                             str(port)], env=deployment_env, cwd=ROOT,
-                            stdout=open(tmp_path / "api.log", "ab"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "api", "--port", str(port)],
+        env=deployment_env,
+        cwd=ROOT,
+        stdout=open(tmp_path / "api.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until("the API", lambda: get(base + "/healthz")[0] == 200, timeout=60)

@@ -37,10 +37,22 @@ def test_stale_expected_seq_is_a_typed_conflict_and_appends_nothing(store, strea
 
 
 def test_repeated_idempotency_key_returns_the_stored_events(store, stream_id):
-    first = store.append(stream_id, [new(p.SessionCompleted(files_changed=0), key="k"),
-                                     new(p.SessionCompleted(files_changed=1), key="k")], 0)
-    again = store.append(stream_id, [new(p.SessionCompleted(files_changed=0), key="k"),
-                                     new(p.SessionCompleted(files_changed=1), key="k")], 0)
+    first = store.append(
+        stream_id,
+        [
+            new(p.SessionCompleted(files_changed=0), key="k"),
+            new(p.SessionCompleted(files_changed=1), key="k"),
+        ],
+        0,
+    )
+    again = store.append(
+        stream_id,
+        [
+            new(p.SessionCompleted(files_changed=0), key="k"),
+            new(p.SessionCompleted(files_changed=1), key="k"),
+        ],
+        0,
+    )
     assert again == first
     assert store.last_seq(stream_id) == 2
 
@@ -55,17 +67,30 @@ def test_database_refuses_update_and_delete_of_events(store, stream_id):
 
 
 def test_unknown_event_type_on_read_is_a_clear_error(store, stream_id):
-    envelope = {"stream_id": stream_id, "seq": 1, "event_id": "0" * 36, "type": "FromTheFuture",
-                "schema_version": 1, "occurred_at": "2026-01-01T00:00:00.000000Z",
-                "actor": "x", "correlation_id": "j", "causation_id": None,
-                "idempotency_key": None, "payload": {"type": "FromTheFuture"}, "prev_hash": "0"}
+    envelope = {
+        "stream_id": stream_id,
+        "seq": 1,
+        "event_id": "0" * 36,
+        "type": "FromTheFuture",
+        "schema_version": 1,
+        "occurred_at": "2026-01-01T00:00:00.000000Z",
+        "actor": "x",
+        "correlation_id": "j",
+        "causation_id": None,
+        "idempotency_key": None,
+        "payload": {"type": "FromTheFuture"},
+        "prev_hash": "0",
+    }
     body = canonical_json(envelope)
     with store.engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO events (stream_id, seq, event_id, type, correlation_id,"
-                             " prev_hash, hash, body) VALUES (:s, 1, :e, 'FromTheFuture', 'j',"
-                             " '0', :h, :b)"),
-                     {"s": stream_id, "e": "0" * 35 + stream_id[-1], "h": chain_hash("0", body),
-                      "b": body})
+        conn.execute(
+            sa.text(
+                "INSERT INTO events (stream_id, seq, event_id, type, correlation_id,"
+                " prev_hash, hash, body) VALUES (:s, 1, :e, 'FromTheFuture', 'j',"
+                " '0', :h, :b)"
+            ),
+            {"s": stream_id, "e": "0" * 35 + stream_id[-1], "h": chain_hash("0", body), "b": body},
+        )
     with pytest.raises(UnknownEvent, match="FromTheFuture"):
         list(store.read_stream(stream_id))
 
@@ -85,12 +110,13 @@ def test_newer_schema_than_known_is_refused(tmp_path: Path):
 
 def test_replay_from_snapshot_equals_replay_from_scratch(store, stream_id):
     from events import replay as replay_mod
+
     payloads = session_payloads(40)
     store.append(stream_id, [new(x, i) for i, x in enumerate(payloads[:150])], 0)
     old = replay_mod.SNAPSHOT_EVERY
     replay_mod.SNAPSHOT_EVERY = 50
     try:
-        load(store, stream_id)                      # writes a snapshot at seq 150
+        load(store, stream_id)  # writes a snapshot at seq 150
     finally:
         replay_mod.SNAPSHOT_EVERY = old
     snap = store.load_snapshot(stream_id)
@@ -99,8 +125,9 @@ def test_replay_from_snapshot_equals_replay_from_scratch(store, stream_id):
     assert replay(store, stream_id) == replay(store, stream_id, use_snapshot=False)
 
 
-def _race(url: str, stream_id: str, worker: int, rounds: int, barrier: Any,
-          q: mp.Queue[tuple[int, int]]) -> None:
+def _race(
+    url: str, stream_id: str, worker: int, rounds: int, barrier: Any, q: mp.Queue[tuple[int, int]]
+) -> None:
     """Every round, all workers read the head, then all append after it: exactly
     one wins and the others get a typed conflict (no timing luck involved)."""
     store = SqlEventStore(url)
@@ -122,8 +149,10 @@ def test_processes_racing_on_one_stream_leave_it_gapless_and_unforked(store, str
     q = ctx.Queue()
     workers, rounds = 4, 25
     barrier = ctx.Barrier(workers, timeout=120)
-    procs = [ctx.Process(target=_race, args=(store.url, stream_id, w, rounds, barrier, q))
-             for w in range(workers)]
+    procs = [
+        ctx.Process(target=_race, args=(store.url, stream_id, w, rounds, barrier, q))
+        for w in range(workers)
+    ]
     for proc in procs:
         proc.start()
     results = [q.get(timeout=180) for _ in procs]
@@ -132,7 +161,7 @@ def test_processes_racing_on_one_stream_leave_it_gapless_and_unforked(store, str
     events = list(store.read_stream(stream_id))
     assert [e.seq for e in events] == list(range(1, rounds + 1))
     assert sum(won for won, _ in results) == rounds
-    assert sum(lost for _, lost in results) == rounds * (workers - 1)   # typed conflicts
+    assert sum(lost for _, lost in results) == rounds * (workers - 1)  # typed conflicts
     assert verify_rows(store.rows(stream_id)).ok
 
 
@@ -142,27 +171,40 @@ def test_a_redelivery_that_loses_the_insert_race_returns_the_winners_events(pg_u
     commits, then its INSERT hits UNIQUE(stream_id, seq). It must get the
     stored events back (same key), not an error."""
     import threading
+
     import psycopg
+
     from events.envelope import genesis_hash, seal
+
     store = SqlEventStore(pg_url)
     mine = [new(p.SessionCompleted(files_changed=1), key="step:1:end")]
     theirs = [new(p.SessionCompleted(files_changed=1), key="step:1:end")]
     [(seq, body, digest)] = seal(stream_id, theirs, 0, genesis_hash(stream_id))
-    other = psycopg.connect(pg_url)              # the first delivery, mid-transaction
+    other = psycopg.connect(pg_url)  # the first delivery, mid-transaction
     other.execute(
         "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, idempotency_key,"
         " prev_hash, hash, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (stream_id, seq, theirs[0].event_id, theirs[0].type, theirs[0].correlation_id,
-         "step:1:end", genesis_hash(stream_id), digest, body))
+        (
+            stream_id,
+            seq,
+            theirs[0].event_id,
+            theirs[0].type,
+            theirs[0].correlation_id,
+            "step:1:end",
+            genesis_hash(stream_id),
+            digest,
+            body,
+        ),
+    )
     result: list[object] = []
     racer = threading.Thread(target=lambda: result.append(store.append(stream_id, mine, 0)))
     racer.start()
     racer.join(timeout=1.0)
-    assert racer.is_alive()                      # blocked on the uncommitted row's seq
+    assert racer.is_alive()  # blocked on the uncommitted row's seq
     other.commit()
     racer.join(timeout=30)
     other.close()
-    [stored] = result[0]                         # type: ignore[misc]
+    [stored] = result[0]  # type: ignore[misc]
     assert stored.event_id == theirs[0].event_id
     assert [e.event_id for e in store.read_stream(stream_id)] == [theirs[0].event_id]
     store.close()

@@ -39,24 +39,33 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
         for name in dirnames + filenames:
             p = Path(dirpath, name)
             rel = p.relative_to(root).as_posix()
-            out[rel] = (f"link->{os.readlink(p)}" if p.is_symlink()
-                        else "dir" if p.is_dir() else p.read_bytes())
+            out[rel] = (
+                f"link->{os.readlink(p)}"
+                if p.is_symlink()
+                else "dir"
+                if p.is_dir()
+                else p.read_bytes()
+            )
     return out
 
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
     root = tmp_path / "ws"
-    write(root, {
-        "a.txt": b"".join(b"line %d\n" % i for i in range(1, 21)),
-        "src/mod.py": b"def f():\n    return 1\n",
-        "noeol.txt": b"first\nlast",
-        "crlf.txt": b"one\r\ntwo\r\n",
-    })
+    write(
+        root,
+        {
+            "a.txt": b"".join(b"line %d\n" % i for i in range(1, 21)),
+            "src/mod.py": b"def f():\n    return 1\n",
+            "noeol.txt": b"first\nlast",
+            "crlf.txt": b"one\r\ntwo\r\n",
+        },
+    )
     return root
 
 
 # --- paths ---------------------------------------------------------------------------
+
 
 def test_paths_resolve_inside_the_workspace(ws: Path) -> None:
     assert resolve_in_workspace(ws, "src/../a.txt") == (ws / "a.txt").resolve()
@@ -78,8 +87,11 @@ def test_symlink_escapes_are_refused(ws: Path, tmp_path: Path) -> None:
     (tmp_path / "outside").mkdir()
     (ws / "out").symlink_to(tmp_path / "outside", target_is_directory=True)
     (ws / "passwd").symlink_to("/etc/passwd")
-    with pytest.raises(ToolInputError, match=r"path 'out/x' goes through the symlink out -> "
-                       r".*outside, outside the workspace"):
+    with pytest.raises(
+        ToolInputError,
+        match=r"path 'out/x' goes through the symlink out -> "
+        r".*outside, outside the workspace",
+    ):
         resolve_in_workspace(ws, "out/x")
     with pytest.raises(ToolInputError, match="symlink passwd -> /etc/passwd, outside"):
         plan_write(ws, WriteStep(path="passwd", content="x"))
@@ -96,14 +108,17 @@ def test_symlink_loops_are_refused(ws: Path) -> None:
 
 # --- write ---------------------------------------------------------------------------
 
+
 def test_write_plans_a_new_file(ws: Path) -> None:
     assert plan_write(ws, WriteStep(path="docs/new.md", content="héllo\n")) == [
-        FileEdit("docs/new.md", None, "héllo\n".encode())]
+        FileEdit("docs/new.md", None, "héllo\n".encode())
+    ]
 
 
 def test_write_overwrites_by_default(ws: Path) -> None:
     assert plan_write(ws, WriteStep(path="./src/mod.py", content="x = 1\n")) == [
-        FileEdit("src/mod.py", b"def f():\n    return 1\n", b"x = 1\n")]
+        FileEdit("src/mod.py", b"def f():\n    return 1\n", b"x = 1\n")
+    ]
 
 
 def test_write_without_overwrite_refuses_an_existing_file(ws: Path) -> None:
@@ -122,10 +137,13 @@ def test_write_onto_a_directory_is_refused(ws: Path) -> None:
 
 # --- apply ---------------------------------------------------------------------------
 
+
 def test_apply_writes_creates_and_deletes_and_counts_bytes(ws: Path) -> None:
-    edits = [*plan_write(ws, WriteStep(path="src/mod.py", content="x = 2\n")),
-             FileEdit("deep/new/dir/f.txt", None, b"new\n"),
-             FileEdit("noeol.txt", b"first\nlast", None)]
+    edits = [
+        *plan_write(ws, WriteStep(path="src/mod.py", content="x = 2\n")),
+        FileEdit("deep/new/dir/f.txt", None, b"new\n"),
+        FileEdit("noeol.txt", b"first\nlast", None),
+    ]
     assert apply_edits(ws, edits) == len(b"x = 2\n") + len(b"new\n")
     snap = snapshot(ws)
     assert snap["src/mod.py"] == b"x = 2\n"
@@ -151,8 +169,10 @@ def test_apply_writes_through_a_symlink_inside_the_workspace(ws: Path) -> None:
 
 
 def test_apply_refuses_files_changed_since_planned_and_writes_nothing(ws: Path) -> None:
-    edits = [*plan_write(ws, WriteStep(path="a.txt", content="A\n")),
-             *plan_write(ws, WriteStep(path="src/mod.py", content="B\n"))]
+    edits = [
+        *plan_write(ws, WriteStep(path="a.txt", content="A\n")),
+        *plan_write(ws, WriteStep(path="src/mod.py", content="B\n")),
+    ]
     (ws / "src/mod.py").write_bytes(b"someone else\n")
     before = snapshot(ws)
     with pytest.raises(ToolInputError, match=r"src/mod.py changed since planned"):
@@ -169,14 +189,18 @@ def test_apply_refuses_a_created_file_that_appeared_meanwhile(ws: Path) -> None:
 
 
 def test_apply_is_all_or_nothing_when_one_target_cannot_be_written(ws: Path) -> None:
-    edits = [FileEdit("a.txt", (ws / "a.txt").read_bytes(), b"changed\n"),
-             FileEdit("brand/new/file.txt", None, b"new\n"),
-             FileEdit("noeol.txt", b"first\nlast", None),
-             FileEdit("src/mod.py/child.txt", None, b"parent is a regular file\n")]
+    edits = [
+        FileEdit("a.txt", (ws / "a.txt").read_bytes(), b"changed\n"),
+        FileEdit("brand/new/file.txt", None, b"new\n"),
+        FileEdit("noeol.txt", b"first\nlast", None),
+        FileEdit("src/mod.py/child.txt", None, b"parent is a regular file\n"),
+    ]
     before = snapshot(ws)
-    with pytest.raises(ToolInputError, match=r"cannot use .src/mod.py/child.txt.: src/mod.py is a file"):
+    with pytest.raises(
+        ToolInputError, match=r"cannot use .src/mod.py/child.txt.: src/mod.py is a file"
+    ):
         apply_edits(ws, edits)
-    assert snapshot(ws) == before          # no content, no temp file, no new directory
+    assert snapshot(ws) == before  # no content, no temp file, no new directory
 
 
 def test_apply_with_no_edits_does_nothing(ws: Path) -> None:
@@ -192,6 +216,7 @@ def test_apply_refuses_two_edits_of_one_file(ws: Path) -> None:
 
 
 # --- patch in ------------------------------------------------------------------------
+
 
 def patch(ws: Path, diff: str) -> dict[str, bytes | None]:
     return {e.path: e.after for e in plan_patch(ws, PatchStep(diff=diff))}
@@ -223,10 +248,14 @@ diff --git a/src/mod.py b/src/mod.py
 +    return 2
 """
     result = patch(ws, diff)
-    expected = (ws / "a.txt").read_bytes().replace(b"line 2\n", b"LINE 2\n").replace(
-        b"line 16\n", b"line 16\ninserted\n")
+    expected = (
+        (ws / "a.txt")
+        .read_bytes()
+        .replace(b"line 2\n", b"LINE 2\n")
+        .replace(b"line 16\n", b"line 16\ninserted\n")
+    )
     assert result == {"a.txt": expected, "src/mod.py": b"def f():\n    return 2\n"}
-    assert (ws / "src/mod.py").read_bytes() == b"def f():\n    return 1\n"   # nothing written
+    assert (ws / "src/mod.py").read_bytes() == b"def f():\n    return 1\n"  # nothing written
 
 
 def test_patch_finds_hunks_at_an_offset(ws: Path) -> None:
@@ -236,9 +265,12 @@ def test_patch_finds_hunks_at_an_offset(ws: Path) -> None:
 
 def test_patch_that_does_not_apply_names_file_and_hunk(ws: Path) -> None:
     diff = "--- a/a.txt\n+++ b/a.txt\n@@ -2,3 +2,3 @@\n line 2\n-line 3 changed\n+x\n line 4\n"
-    with pytest.raises(ToolInputError, match=r"patch does not apply to a.txt: hunk 1 of 1 "
-                                             r"\(@@ -2,3 \+2,3 @@\).*expects 'line 3 changed\\n' "
-                                             r"but the file has 'line 3\\n'"):
+    with pytest.raises(
+        ToolInputError,
+        match=r"patch does not apply to a.txt: hunk 1 of 1 "
+        r"\(@@ -2,3 \+2,3 @@\).*expects 'line 3 changed\\n' "
+        r"but the file has 'line 3\\n'",
+    ):
         plan_patch(ws, PatchStep(diff=diff))
 
 
@@ -269,8 +301,10 @@ deleted file mode 100644
 
 
 def test_patch_handles_missing_newline_at_end_of_file(ws: Path) -> None:
-    diff = ("--- a/noeol.txt\n+++ b/noeol.txt\n@@ -1,2 +1,3 @@\n first\n-last\n"
-            "\\ No newline at end of file\n+last\n+more\n\\ No newline at end of file\n")
+    diff = (
+        "--- a/noeol.txt\n+++ b/noeol.txt\n@@ -1,2 +1,3 @@\n first\n-last\n"
+        "\\ No newline at end of file\n+last\n+more\n\\ No newline at end of file\n"
+    )
     assert patch(ws, diff) == {"noeol.txt": b"first\nlast\nmore"}
 
 
@@ -280,31 +314,40 @@ def test_patch_keeps_crlf_line_endings(ws: Path) -> None:
 
 
 def test_patch_accepts_plain_diff_headers_with_timestamps(ws: Path) -> None:
-    diff = ("--- src/mod.py\t2024-01-01 00:00:00.000000000 +0000\n"
-            "+++ src/mod.py\t2024-01-02 00:00:00.000000000 +0000\n"
-            "@@ -2 +2 @@\n-    return 1\n+    return 3\n")
+    diff = (
+        "--- src/mod.py\t2024-01-01 00:00:00.000000000 +0000\n"
+        "+++ src/mod.py\t2024-01-02 00:00:00.000000000 +0000\n"
+        "@@ -2 +2 @@\n-    return 1\n+    return 3\n"
+    )
     assert patch(ws, diff) == {"src/mod.py": b"def f():\n    return 3\n"}
 
 
 def test_patch_renames_a_file(ws: Path) -> None:
-    diff = ("diff --git a/src/mod.py b/src/renamed.py\nsimilarity index 60%\n"
-            "rename from src/mod.py\nrename to src/renamed.py\n--- a/src/mod.py\n"
-            "+++ b/src/renamed.py\n@@ -1,2 +1,2 @@\n def f():\n-    return 1\n+    return 4\n")
+    diff = (
+        "diff --git a/src/mod.py b/src/renamed.py\nsimilarity index 60%\n"
+        "rename from src/mod.py\nrename to src/renamed.py\n--- a/src/mod.py\n"
+        "+++ b/src/renamed.py\n@@ -1,2 +1,2 @@\n def f():\n-    return 1\n+    return 4\n"
+    )
     assert patch(ws, diff) == {"src/mod.py": None, "src/renamed.py": b"def f():\n    return 4\n"}
 
 
-@pytest.mark.parametrize(("diff", "problem"), [
-    ("--- a/missing.txt\n+++ b/missing.txt\n@@ -1 +1 @@\n-a\n+b\n",
-     "missing.txt, which does not exist"),
-    ("--- /dev/null\n+++ b/a.txt\n@@ -0,0 +1 @@\n+x\n", "creates a.txt, which already exists"),
-    ("diff --git a/x.png b/x.png\nBinary files a/x.png and b/x.png differ\n", "binary"),
-    ("just some words\n", "no file diffs"),
-    ("--- a/a.txt\n+++ b/a.txt\n@@ -1,3 +1,3 @@\n line 1\n-line 2\n", "ends early"),
-    ("--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-line 1\n+one\n+two\n", "more lines than"),
-    ("@@ -1 +1 @@\n-a\n+b\n", "before any file header"),
-    ("--- a/../etc/passwd\n+++ b/../etc/passwd\n@@ -1 +1 @@\n-a\n+b\n", "climbs out"),
-    ("--- a/a.txt\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-line 1\n-line 2\n", "does not remove"),
-])
+@pytest.mark.parametrize(
+    ("diff", "problem"),
+    [
+        (
+            "--- a/missing.txt\n+++ b/missing.txt\n@@ -1 +1 @@\n-a\n+b\n",
+            "missing.txt, which does not exist",
+        ),
+        ("--- /dev/null\n+++ b/a.txt\n@@ -0,0 +1 @@\n+x\n", "creates a.txt, which already exists"),
+        ("diff --git a/x.png b/x.png\nBinary files a/x.png and b/x.png differ\n", "binary"),
+        ("just some words\n", "no file diffs"),
+        ("--- a/a.txt\n+++ b/a.txt\n@@ -1,3 +1,3 @@\n line 1\n-line 2\n", "ends early"),
+        ("--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-line 1\n+one\n+two\n", "more lines than"),
+        ("@@ -1 +1 @@\n-a\n+b\n", "before any file header"),
+        ("--- a/../etc/passwd\n+++ b/../etc/passwd\n@@ -1 +1 @@\n-a\n+b\n", "climbs out"),
+        ("--- a/a.txt\n+++ /dev/null\n@@ -1,2 +0,0 @@\n-line 1\n-line 2\n", "does not remove"),
+    ],
+)
 def test_bad_patches_are_input_errors(ws: Path, diff: str, problem: str) -> None:
     with pytest.raises(ToolInputError, match=problem):
         plan_patch(ws, PatchStep(diff=diff))
@@ -312,30 +355,34 @@ def test_bad_patches_are_input_errors(ws: Path, diff: str, problem: str) -> None
 
 # --- unified diff out ----------------------------------------------------------------
 
+
 def test_unified_diff_is_git_style(ws: Path) -> None:
     edit = FileEdit("noeol.txt", b"first\nlast", b"first\nLAST\n")
     assert unified_diff(edit) == (
         "diff --git a/noeol.txt b/noeol.txt\n--- a/noeol.txt\n+++ b/noeol.txt\n"
-        "@@ -1,2 +1,2 @@\n first\n-last\n\\ No newline at end of file\n+LAST\n")
+        "@@ -1,2 +1,2 @@\n first\n-last\n\\ No newline at end of file\n+LAST\n"
+    )
     assert unified_diff(FileEdit("n.txt", None, b"x\n")) == (
         "diff --git a/n.txt b/n.txt\nnew file mode 100644\n--- /dev/null\n+++ b/n.txt\n"
-        "@@ -0,0 +1 @@\n+x\n")
+        "@@ -0,0 +1 @@\n+x\n"
+    )
     assert unified_diff(FileEdit("n.txt", b"same", b"same")) == ""
 
 
 def test_unified_diff_of_binary_content_says_so() -> None:
     assert unified_diff(FileEdit("img.png", b"\x89PNG\x00", b"\x89PNG\x00\x01")) == (
-        "diff --git a/img.png b/img.png\nBinary files a/img.png and b/img.png differ\n")
+        "diff --git a/img.png b/img.png\nBinary files a/img.png and b/img.png differ\n"
+    )
     assert unified_diff(FileEdit("x.bin", None, b"\xff\xfe")).endswith(
-        "Binary files /dev/null and b/x.bin differ\n")
+        "Binary files /dev/null and b/x.bin differ\n"
+    )
 
 
 def roundtrip_edits(root: Path) -> list[FileEdit]:
     rb = lambda rel: (root / rel).read_bytes()  # noqa: E731
     a = rb("a.txt")
     return [
-        FileEdit("a.txt", a, a.replace(b"line 2\n", b"two\n").replace(b"line 19\n", b"")
-                 + b"tail"),
+        FileEdit("a.txt", a, a.replace(b"line 2\n", b"two\n").replace(b"line 19\n", b"") + b"tail"),
         FileEdit("noeol.txt", rb("noeol.txt"), b"first\nlast\n"),
         FileEdit("crlf.txt", rb("crlf.txt"), b"one\r\n2\r\n"),
         FileEdit("src/mod.py", rb("src/mod.py"), None),
@@ -346,15 +393,26 @@ def roundtrip_edits(root: Path) -> list[FileEdit]:
 
 
 def git(root: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(root),
-           "GIT_CONFIG_NOSYSTEM": "1"}
-    return subprocess.run([GIT or "git", *args], cwd=root, input=stdin, text=True,
-                          capture_output=True, env=env, check=True)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(root),
+        "GIT_CONFIG_NOSYSTEM": "1",
+    }
+    return subprocess.run(
+        [GIT or "git", *args],
+        cwd=root,
+        input=stdin,
+        text=True,
+        capture_output=True,
+        env=env,
+        check=True,
+    )
 
 
 @requires_git
 def test_diffs_of_edits_reproduce_the_edits_with_git_apply_and_plan_patch(
-        ws: Path, tmp_path: Path) -> None:
+    ws: Path, tmp_path: Path
+) -> None:
     edits = roundtrip_edits(ws)
     diff = "".join(unified_diff(e) for e in edits)
     expected = {e.path: e.after for e in edits}
@@ -371,9 +429,27 @@ def test_diffs_of_edits_reproduce_the_edits_with_git_apply_and_plan_patch(
     assert snapshot(ws) == {k: v for k, v in snapshot(repo).items() if not k.startswith(".git")}
 
 
-_LINES = st.lists(st.sampled_from(["a\n", "b\n", "c\n", "a", "b", "\r\n", "x\r\n", "é\n", "\n",
-                                   " \n", "-a\n", "+b\n", "\\ x\n", "@@ -1 +1 @@\n"]),
-                  max_size=14)
+_LINES = st.lists(
+    st.sampled_from(
+        [
+            "a\n",
+            "b\n",
+            "c\n",
+            "a",
+            "b",
+            "\r\n",
+            "x\r\n",
+            "é\n",
+            "\n",
+            " \n",
+            "-a\n",
+            "+b\n",
+            "\\ x\n",
+            "@@ -1 +1 @@\n",
+        ]
+    ),
+    max_size=14,
+)
 
 
 def _content(lines: list[str]) -> bytes:
@@ -385,10 +461,14 @@ def _content(lines: list[str]) -> bytes:
 @requires_git
 @settings(max_examples=60, deadline=None)
 @given(before=_LINES, after=_LINES, exists=st.booleans(), kept=st.booleans())
-def test_any_text_edit_round_trips_through_its_diff(before: list[str], after: list[str],
-                                                    exists: bool, kept: bool) -> None:
-    edit = FileEdit("f.txt", _content(before) if exists else None,
-                    _content(after) if kept or not exists else None)
+def test_any_text_edit_round_trips_through_its_diff(
+    before: list[str], after: list[str], exists: bool, kept: bool
+) -> None:
+    edit = FileEdit(
+        "f.txt",
+        _content(before) if exists else None,
+        _content(after) if kept or not exists else None,
+    )
     diff = unified_diff(edit)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -397,7 +477,8 @@ def test_any_text_edit_round_trips_through_its_diff(before: list[str], after: li
         if not diff:
             return
         assert {e.path: e.after for e in plan_patch(root, PatchStep(diff=diff))} == (
-            {} if edit.before == edit.after else {"f.txt": edit.after})
+            {} if edit.before == edit.after else {"f.txt": edit.after}
+        )
         git(root, "init", "-q")
         git(root, "apply", "--whitespace=nowarn", "-", stdin=diff)
         path = root / "f.txt"

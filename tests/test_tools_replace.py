@@ -23,81 +23,108 @@ def write(root: Path, files: dict[str, bytes]) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    return write(tmp_path, {
-        "app.py": b"def fetch_user(uid):\n    return fetch_user_raw(uid)\n",
-        "pkg/use.py": b"from app import fetch_user\r\nx = fetch_user(1)\r\n",
-        "bom.py": b"\xef\xbb\xbffetch_user()",
-        "binary.bin": b"fetch_user\x00",
-        "latin1.py": b"# caf\xe9\nfetch_user()\n",
-        "other.py": b"nothing here\n",
-        ".git/HEAD": b"fetch_user\n",
-    })
+    return write(
+        tmp_path,
+        {
+            "app.py": b"def fetch_user(uid):\n    return fetch_user_raw(uid)\n",
+            "pkg/use.py": b"from app import fetch_user\r\nx = fetch_user(1)\r\n",
+            "bom.py": b"\xef\xbb\xbffetch_user()",
+            "binary.bin": b"fetch_user\x00",
+            "latin1.py": b"# caf\xe9\nfetch_user()\n",
+            "other.py": b"nothing here\n",
+            ".git/HEAD": b"fetch_user\n",
+        },
+    )
 
 
 def test_replace_plans_edits_only_for_files_that_change(ws: Path) -> None:
-    edits, count = plan_replace(ws, ReplaceStep(pattern=r"\bfetch_user\b",
-                                                replacement="load_user"))
+    edits, count = plan_replace(ws, ReplaceStep(pattern=r"\bfetch_user\b", replacement="load_user"))
     assert count == 4
     assert edits == [
-        FileEdit("app.py", b"def fetch_user(uid):\n    return fetch_user_raw(uid)\n",
-                 b"def load_user(uid):\n    return fetch_user_raw(uid)\n"),
+        FileEdit(
+            "app.py",
+            b"def fetch_user(uid):\n    return fetch_user_raw(uid)\n",
+            b"def load_user(uid):\n    return fetch_user_raw(uid)\n",
+        ),
         FileEdit("bom.py", b"\xef\xbb\xbffetch_user()", b"\xef\xbb\xbfload_user()"),
-        FileEdit("pkg/use.py", b"from app import fetch_user\r\nx = fetch_user(1)\r\n",
-                 b"from app import load_user\r\nx = load_user(1)\r\n"),
+        FileEdit(
+            "pkg/use.py",
+            b"from app import fetch_user\r\nx = fetch_user(1)\r\n",
+            b"from app import load_user\r\nx = load_user(1)\r\n",
+        ),
     ]
-    assert snapshot(ws)["app.py"].startswith(b"def fetch_user")   # planning writes nothing
+    assert snapshot(ws)["app.py"].startswith(b"def fetch_user")  # planning writes nothing
 
 
 def test_replace_skips_binary_and_non_utf8_files(ws: Path) -> None:
-    edits, count = plan_replace(ws, ReplaceStep(pattern="fetch_user", replacement="x",
-                                                literal=True))
+    edits, count = plan_replace(
+        ws, ReplaceStep(pattern="fetch_user", replacement="x", literal=True)
+    )
     assert {e.path for e in edits} == {"app.py", "pkg/use.py", "bom.py"}
     assert count == 5
 
 
 def test_regex_replacement_expands_groups(ws: Path) -> None:
-    edits, count = plan_replace(ws, ReplaceStep(pattern=r"fetch_(\w+)\((?P<arg>\w*)\)",
-                                                replacement=r"load_\1(\g<arg>, cache=True)",
-                                                glob=("app.py",)))
+    edits, count = plan_replace(
+        ws,
+        ReplaceStep(
+            pattern=r"fetch_(\w+)\((?P<arg>\w*)\)",
+            replacement=r"load_\1(\g<arg>, cache=True)",
+            glob=("app.py",),
+        ),
+    )
     assert count == 2
-    assert edits[0].after == (b"def load_user(uid, cache=True):\n"
-                              b"    return load_user_raw(uid, cache=True)\n")
+    assert edits[0].after == (
+        b"def load_user(uid, cache=True):\n    return load_user_raw(uid, cache=True)\n"
+    )
 
 
 def test_literal_mode_inserts_backslashes_and_group_syntax_as_written(tmp_path: Path) -> None:
     write(tmp_path, {"a.txt": b"price: $1.50 (a+b)*\n"})
     for ignore_case in (False, True):
-        edits, count = plan_replace(tmp_path, ReplaceStep(
-            pattern="$1.50 (A+B)*" if ignore_case else "$1.50 (a+b)*",
-            replacement=r"\1 \g<0> C:\new", literal=True, ignore_case=ignore_case))
+        edits, count = plan_replace(
+            tmp_path,
+            ReplaceStep(
+                pattern="$1.50 (A+B)*" if ignore_case else "$1.50 (a+b)*",
+                replacement=r"\1 \g<0> C:\new",
+                literal=True,
+                ignore_case=ignore_case,
+            ),
+        )
         assert count == 1
         assert edits[0].after == b"price: \\1 \\g<0> C:\\new\n"
 
 
 def test_caret_and_dollar_anchor_at_every_line(tmp_path: Path) -> None:
     write(tmp_path, {"a.py": b"import os\nimport sys\n  import re\n"})
-    edits, count = plan_replace(tmp_path, ReplaceStep(pattern=r"^import (\w+)$",
-                                                      replacement=r"import \1 as _\1"))
+    edits, count = plan_replace(
+        tmp_path, ReplaceStep(pattern=r"^import (\w+)$", replacement=r"import \1 as _\1")
+    )
     assert count == 2
     assert edits[0].after == b"import os as _os\nimport sys as _sys\n  import re\n"
 
 
 def test_ignore_case_replaces_every_spelling(tmp_path: Path) -> None:
     write(tmp_path, {"a.py": b"Fetch FETCH fetch"})
-    edits, count = plan_replace(tmp_path, ReplaceStep(pattern="fetch", replacement="load",
-                                                      ignore_case=True))
+    edits, count = plan_replace(
+        tmp_path, ReplaceStep(pattern="fetch", replacement="load", ignore_case=True)
+    )
     assert (count, edits[0].after) == (3, b"load load load")
 
 
 def test_globs_limit_the_files_replaced(ws: Path) -> None:
-    edits, _ = plan_replace(ws, ReplaceStep(pattern="fetch_user", replacement="x",
-                                            glob=("pkg/**",)))
+    edits, _ = plan_replace(
+        ws, ReplaceStep(pattern="fetch_user", replacement="x", glob=("pkg/**",))
+    )
     assert [e.path for e in edits] == ["pkg/use.py"]
 
 
@@ -115,13 +142,17 @@ def test_bad_regex_is_an_input_error(ws: Path) -> None:
         plan_replace(ws, ReplaceStep(pattern="fetch_(user", replacement="x"))
 
 
-@pytest.mark.parametrize(("pattern", "replacement", "problem"), [
-    ("fetch_(user)", r"\9", "invalid group reference 9"),
-    ("fetch_(?P<name>user)", r"\g<nope>", "unknown group name 'nope'"),
-    ("fetch", "trailing\\", "bad escape"),
-])
-def test_bad_replacement_template_is_an_input_error(ws: Path, pattern: str, replacement: str,
-                                                    problem: str) -> None:
+@pytest.mark.parametrize(
+    ("pattern", "replacement", "problem"),
+    [
+        ("fetch_(user)", r"\9", "invalid group reference 9"),
+        ("fetch_(?P<name>user)", r"\g<nope>", "unknown group name 'nope'"),
+        ("fetch", "trailing\\", "bad escape"),
+    ],
+)
+def test_bad_replacement_template_is_an_input_error(
+    ws: Path, pattern: str, replacement: str, problem: str
+) -> None:
     with pytest.raises(ToolInputError, match=problem):
         plan_replace(ws, ReplaceStep(pattern=pattern, replacement=replacement))
 
@@ -129,18 +160,24 @@ def test_bad_replacement_template_is_an_input_error(ws: Path, pattern: str, repl
 def test_count_mismatch_is_raised_before_anything_is_written(ws: Path) -> None:
     before = snapshot(ws)
     with pytest.raises(CountMismatch, match=r"found 4 occurrences, expected between 1 and 3"):
-        plan_replace(ws, ReplaceStep(pattern=r"\bfetch_user\b", replacement="load_user",
-                                     expect={"min": 1, "max": 3}))
+        plan_replace(
+            ws,
+            ReplaceStep(
+                pattern=r"\bfetch_user\b", replacement="load_user", expect={"min": 1, "max": 3}
+            ),
+        )
     assert snapshot(ws) == before
-    _, count = plan_replace(ws, ReplaceStep(pattern=r"\bfetch_user\b", replacement="load_user",
-                                            expect=4))
+    _, count = plan_replace(
+        ws, ReplaceStep(pattern=r"\bfetch_user\b", replacement="load_user", expect=4)
+    )
     assert count == 4
 
 
 def test_applied_replacement_changes_only_the_replaced_bytes(ws: Path) -> None:
     before = snapshot(ws)
-    edits, _ = plan_replace(ws, ReplaceStep(pattern="fetch_user", replacement="load_user",
-                                            literal=True))
+    edits, _ = plan_replace(
+        ws, ReplaceStep(pattern="fetch_user", replacement="load_user", literal=True)
+    )
     apply_edits(ws, edits)
     after = snapshot(ws)
     assert {k for k in after if after[k] != before[k]} == {"app.py", "pkg/use.py", "bom.py"}
@@ -153,6 +190,7 @@ def test_thousands_of_files_are_planned_in_one_pass(tmp_path: Path) -> None:
         d = tmp_path / f"pkg{i % 30}"
         d.mkdir(exist_ok=True)
         (d / f"m{i}.py").write_bytes(b"x = fetch_user()\n" if i % 10 == 0 else b"x = 1\n")
-    edits, count = plan_replace(tmp_path, ReplaceStep(pattern=r"fetch_(\w+)",
-                                                      replacement=r"load_\1"))
+    edits, count = plan_replace(
+        tmp_path, ReplaceStep(pattern=r"fetch_(\w+)", replacement=r"load_\1")
+    )
     assert (len(edits), count) == (300, 300)

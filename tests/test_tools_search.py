@@ -26,11 +26,11 @@ def make_corpus(root: Path) -> Path:
     files: dict[str, bytes] = {
         "README.md": b"# Fetch users\nCall fetch_user(id) to get one.\n",
         "src/app.py": b"import os\n\ndef fetch_user(uid):\n"
-                      b"    return db.get(uid)  # $1.50 (a+b)*\n",
+        b"    return db.get(uid)  # $1.50 (a+b)*\n",
         "src/deep/er/mod.py": b"from app import fetch_user\nFETCH_USER = fetch_user\n",
         "src/crlf.py": b"def fetch_user():\r\n    pass\r\n\r\nend = 1\r\n",
         "unicode.txt": "Straße ſ K İ ı é\nnaïve café — “quotes”\nΣίσυφος ΣΊΣΥΦΟΣ\n"
-                       "tab\there\x1cfs\n".encode(),
+        "tab\there\x1cfs\n".encode(),
         "binary.bin": b"fetch_user\x00\x01\x02fetch_user\n",
         "late-nul.txt": b"fetch_user is here\n" * 50 + b"\x00",
         "empty.txt": b"",
@@ -125,7 +125,8 @@ def test_search_lists_path_line_and_text_sorted_by_path_and_line(corpus: Path) -
         "src/app.py:3:def fetch_user(uid):\n"
         "src/crlf.py:1:def fetch_user():\n"
         "src/deep/er/mod.py:1:from app import fetch_user\n"
-        "src/deep/er/mod.py:2:FETCH_USER = fetch_user\n")
+        "src/deep/er/mod.py:2:FETCH_USER = fetch_user\n"
+    )
     assert result.count == 6
     assert result.output_bytes == len(result.output.encode())
 
@@ -133,7 +134,7 @@ def test_search_lists_path_line_and_text_sorted_by_path_and_line(corpus: Path) -
 def test_search_skips_binary_files_on_both_backends(corpus: Path) -> None:
     result = both(corpus, SearchStep(pattern="fetch_user"))
     assert "binary.bin" not in result.output
-    assert "late-nul.txt" not in result.output     # a NUL anywhere makes the file binary
+    assert "late-nul.txt" not in result.output  # a NUL anywhere makes the file binary
 
 
 def test_search_reads_invalid_utf8_with_replacement_characters(corpus: Path) -> None:
@@ -159,15 +160,19 @@ def test_search_never_leaves_the_workspace_or_enters_git(corpus: Path) -> None:
 
 def test_search_with_no_match_returns_empty_output(corpus: Path) -> None:
     result = both(corpus, SearchStep(pattern="zzz_nowhere"))
-    assert dataclasses.replace(result, duration_s=0) == ToolResult(output="", output_bytes=0,
-                                                                   count=0)
+    assert dataclasses.replace(result, duration_s=0) == ToolResult(
+        output="", output_bytes=0, count=0
+    )
 
 
 @pytest.mark.parametrize("use_rg", [False, pytest.param(True, marks=requires_rg)])
 def test_bad_regex_is_an_input_error_naming_the_position(corpus: Path, use_rg: bool) -> None:
-    with pytest.raises(ToolInputError, match=r"'fetch_\(user' is not a valid regular "
-                                               r"expression: missing \), unterminated "
-                                               r"subpattern at position 6"):
+    with pytest.raises(
+        ToolInputError,
+        match=r"'fetch_\(user' is not a valid regular "
+        r"expression: missing \), unterminated "
+        r"subpattern at position 6",
+    ):
         search(corpus, SearchStep(pattern="fetch_(user"), use_rg=use_rg)
 
 
@@ -181,11 +186,16 @@ def test_a_pattern_that_needs_a_newline_is_refused(corpus: Path) -> None:
 
 def test_count_outside_expect_raises_count_mismatch_carrying_the_result(corpus: Path) -> None:
     with pytest.raises(CountMismatch, match="found 6 matching lines, expected exactly 2") as info:
-        search(corpus, SearchStep(pattern="fetch_user", glob=("src/**", "*.md", "bom.txt"),
-                                  expect=2))
+        search(
+            corpus, SearchStep(pattern="fetch_user", glob=("src/**", "*.md", "bom.txt"), expect=2)
+        )
     assert info.value.result.count == 6  # type: ignore[attr-defined]
-    assert both(corpus, SearchStep(pattern="fetch_user", glob=("src/**",),
-                                   expect={"min": 1, "max": 4})).count == 4
+    assert (
+        both(
+            corpus, SearchStep(pattern="fetch_user", glob=("src/**",), expect={"min": 1, "max": 4})
+        ).count
+        == 4
+    )
 
 
 def test_output_is_capped_on_a_character_boundary_with_a_marker(tmp_path: Path) -> None:
@@ -209,6 +219,7 @@ def test_ripgrep_runs_in_batches_over_thousands_of_files(tmp_path: Path) -> None
 
 # --- the file list -------------------------------------------------------------------
 
+
 def test_file_list_is_sorted_relative_and_skips_git_escapes_and_linked_dirs(corpus: Path) -> None:
     files = iter_files(corpus, ())
     assert files == sorted(files)
@@ -217,17 +228,29 @@ def test_file_list_is_sorted_relative_and_skips_git_escapes_and_linked_dirs(corp
     assert not any(f.startswith((".git/", "linked-dir")) or f == "escape.py" for f in files)
 
 
-@pytest.mark.parametrize(("glob", "expected"), [
-    ("*.py", ["-flaglike.py", ".hidden/h.py", "link-inside.py", "src/app.py", "src/crlf.py",
-              "src/deep/er/mod.py"]),
-    ("src/*.py", ["src/app.py", "src/crlf.py"]),
-    ("src/**/*.py", ["src/app.py", "src/crlf.py", "src/deep/er/mod.py"]),
-    ("src/", ["src/app.py", "src/crlf.py", "src/deep/er/mod.py"]),
-    ("*.{md,bin}", ["README.md", "binary.bin"]),
-    ("[bl]*.txt", ["bom.txt", "late-nul.txt", "latin1.txt", "lone-cr.txt"]),
-    ("/*.md", ["README.md"]),
-    ("**/name with spaces.txt", ["sp ace/name with spaces.txt"]),
-])
+@pytest.mark.parametrize(
+    ("glob", "expected"),
+    [
+        (
+            "*.py",
+            [
+                "-flaglike.py",
+                ".hidden/h.py",
+                "link-inside.py",
+                "src/app.py",
+                "src/crlf.py",
+                "src/deep/er/mod.py",
+            ],
+        ),
+        ("src/*.py", ["src/app.py", "src/crlf.py"]),
+        ("src/**/*.py", ["src/app.py", "src/crlf.py", "src/deep/er/mod.py"]),
+        ("src/", ["src/app.py", "src/crlf.py", "src/deep/er/mod.py"]),
+        ("*.{md,bin}", ["README.md", "binary.bin"]),
+        ("[bl]*.txt", ["bom.txt", "late-nul.txt", "latin1.txt", "lone-cr.txt"]),
+        ("/*.md", ["README.md"]),
+        ("**/name with spaces.txt", ["sp ace/name with spaces.txt"]),
+    ],
+)
 def test_globs_match_like_ripgrep(corpus: Path, glob: str, expected: list[str]) -> None:
     assert iter_files(corpus, (glob,)) == expected
 
@@ -242,17 +265,55 @@ def test_exclusion_globs_remove_files() -> None:
 # --- the two backends on generated corpora -------------------------------------------
 
 _ALPHABET = "aAbBiIkKsSß_ 0123456789.-()\t\r\x1cİıſKéÉΣσς\ufffd“"
-_ATOMS = ["a", "b", "i", "k", "s", "ß", "é", "σ", "İ", ".", r"\w", r"\W", r"\d", r"\s", r"\S",
-          r"\b", "^", "$", "[a-c]", "[^a ]", r"[\s\d]", r"[^\w]", "K", "(a|b)", r"\.", r"\r",
-          r"(?i:k)", r"(?-i:s)", r"(?=a)", r"(?<!b)", r"(?!\s)", r"(?<=\d)", "(?>a|ab)", r"\B"]
+_ATOMS = [
+    "a",
+    "b",
+    "i",
+    "k",
+    "s",
+    "ß",
+    "é",
+    "σ",
+    "İ",
+    ".",
+    r"\w",
+    r"\W",
+    r"\d",
+    r"\s",
+    r"\S",
+    r"\b",
+    "^",
+    "$",
+    "[a-c]",
+    "[^a ]",
+    r"[\s\d]",
+    r"[^\w]",
+    "K",
+    "(a|b)",
+    r"\.",
+    r"\r",
+    r"(?i:k)",
+    r"(?-i:s)",
+    r"(?=a)",
+    r"(?<!b)",
+    r"(?!\s)",
+    r"(?<=\d)",
+    "(?>a|ab)",
+    r"\B",
+]
 _ZERO_WIDTH = {"^", "$", r"\b", r"\B", r"(?=a)", r"(?<!b)", r"(?!\s)", r"(?<=\d)"}
 
 
 @st.composite
 def regexes(draw: st.DrawFn) -> str:
     parts = draw(st.lists(st.sampled_from(_ATOMS), min_size=1, max_size=4))
-    quant = draw(st.lists(st.sampled_from(["", "", "*", "+", "?", "{1,2}", "+?"]),
-                          min_size=len(parts), max_size=len(parts)))
+    quant = draw(
+        st.lists(
+            st.sampled_from(["", "", "*", "+", "?", "{1,2}", "+?"]),
+            min_size=len(parts),
+            max_size=len(parts),
+        )
+    )
     out = ""
     for atom, q in zip(parts, quant):
         out += atom if atom in _ZERO_WIDTH else atom + q
@@ -261,11 +322,15 @@ def regexes(draw: st.DrawFn) -> str:
 
 @requires_rg
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(files=st.lists(st.lists(st.text(_ALPHABET, max_size=12), max_size=5), min_size=1,
-                      max_size=4),
-       pattern=regexes(), ignore_case=st.booleans(), crlf=st.booleans())
+@given(
+    files=st.lists(st.lists(st.text(_ALPHABET, max_size=12), max_size=5), min_size=1, max_size=4),
+    pattern=regexes(),
+    ignore_case=st.booleans(),
+    crlf=st.booleans(),
+)
 def test_backends_agree_on_generated_files_and_patterns(
-        files: list[list[str]], pattern: str, ignore_case: bool, crlf: bool) -> None:
+    files: list[list[str]], pattern: str, ignore_case: bool, crlf: bool
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ws = Path(tmp)
         for i, lines in enumerate(files):
@@ -277,8 +342,10 @@ def test_backends_agree_on_generated_files_and_patterns(
 
 @requires_rg
 @settings(max_examples=60, deadline=None)
-@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
-       ignore_case=st.booleans())
+@given(
+    text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+    ignore_case=st.booleans(),
+)
 def test_backends_agree_on_literal_searches_for_any_text(text: str, ignore_case: bool) -> None:
     if not text or "\n" in text or "\0" in text:
         return  # a newline is refused; a NUL makes the file binary
@@ -293,6 +360,9 @@ def test_only_four_non_ascii_characters_fold_to_ascii_in_python() -> None:
     """The translation relies on this list; a new Python or Unicode version that
     changes it must fail here, not give different search results."""
     letters = re.compile("[a-z]", re.IGNORECASE)
-    found = tuple(c for c in range(0x80, sys.maxunicode + 1)
-                  if not 0xD800 <= c <= 0xDFFF and letters.fullmatch(chr(c)))
+    found = tuple(
+        c
+        for c in range(0x80, sys.maxunicode + 1)
+        if not 0xD800 <= c <= 0xDFFF and letters.fullmatch(chr(c))
+    )
     assert found == FOLDS_TO_ASCII

@@ -25,8 +25,6 @@ from tests.processes import running
 PY = shutil.which("python3", path=probe().path) or sys.executable
 
 
-
-
 def token_sleep() -> tuple[str, str]:
     """A `sleep` argument no other process on the machine has: (argument, token)."""
     digits = str(uuid.uuid4().int)[:12]
@@ -34,8 +32,7 @@ def token_sleep() -> tuple[str, str]:
 
 
 def test_command_output_exit_code_and_usage_are_reported(tmp_path: Path) -> None:
-    result = run_shell(tmp_path, ShellStep(command=[PY, "-c", "print('hi'); "
-                                                   "sum(range(10**6))"]))
+    result = run_shell(tmp_path, ShellStep(command=[PY, "-c", "print('hi'); sum(range(10**6))"]))
     assert (result.output, result.output_bytes, result.exit_code) == ("hi\n", 3, 0)
     assert result.cpu_s > 0 and result.duration_s > 0
 
@@ -48,16 +45,23 @@ def test_stderr_is_merged_into_the_output(tmp_path: Path) -> None:
 def test_environment_is_scrubbed_to_path_home_lang_and_the_steps_env(tmp_path: Path) -> None:
     """The sandbox gives a throwaway HOME (no longer the workspace), TMPDIR, git
     hardening and the call's marker on top of PATH, LANG and the step's env."""
-    assert "PYTEST_CURRENT_TEST" in os.environ      # set by pytest in this process
-    result = run_shell(tmp_path, ShellStep(command=["env"], env={"FOO": "bar"}),
-                       env_base={"CI": "1"})
+    assert "PYTEST_CURRENT_TEST" in os.environ  # set by pytest in this process
+    result = run_shell(
+        tmp_path, ShellStep(command=["env"], env={"FOO": "bar"}), env_base={"CI": "1"}
+    )
     env = dict(line.split("=", 1) for line in result.output.splitlines())
     assert env.pop("PWD", None) in (None, str(tmp_path.resolve()))
     home = env.pop("HOME")
-    assert home != str(tmp_path.resolve()) and not Path(home).exists()   # thrown away
+    assert home != str(tmp_path.resolve()) and not Path(home).exists()  # thrown away
     assert len(env.pop("SANDBOX_CALL_ID")) == 32
-    assert env == {"PATH": probe().path, "LANG": "C.UTF-8", "TMPDIR": env["TMPDIR"],
-                   "CI": "1", "FOO": "bar", **GIT_ENV}
+    assert env == {
+        "PATH": probe().path,
+        "LANG": "C.UTF-8",
+        "TMPDIR": env["TMPDIR"],
+        "CI": "1",
+        "FOO": "bar",
+        **GIT_ENV,
+    }
 
 
 def test_step_env_can_replace_path(tmp_path: Path) -> None:
@@ -90,8 +94,11 @@ def test_cwd_outside_the_workspace_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_program_says_path_was_scrubbed(tmp_path: Path) -> None:
-    with pytest.raises(ToolInputError, match=r"program 'no-such-tool' was not found on PATH .* "
-                                             r"environment is scrubbed \(PATH, HOME, LANG"):
+    with pytest.raises(
+        ToolInputError,
+        match=r"program 'no-such-tool' was not found on PATH .* "
+        r"environment is scrubbed \(PATH, HOME, LANG",
+    ):
         run_shell(tmp_path, ShellStep(command="no-such-tool --version"))
 
 
@@ -102,8 +109,11 @@ def test_non_executable_program_is_an_input_error(tmp_path: Path) -> None:
 
 
 def test_non_zero_exit_raises_command_failed_carrying_the_output(tmp_path: Path) -> None:
-    with pytest.raises(CommandFailed, match=r"(?s)exited with code 3, not one of ok_exit_codes "
-                                            r"\[0\].*Last output:\nbroken") as info:
+    with pytest.raises(
+        CommandFailed,
+        match=r"(?s)exited with code 3, not one of ok_exit_codes "
+        r"\[0\].*Last output:\nbroken",
+    ) as info:
         run_shell(tmp_path, ShellStep(command=["sh", "-c", "echo broken; exit 3"]))
     assert info.value.result.exit_code == 3
     assert info.value.result.output == "broken\n"
@@ -127,9 +137,9 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     with pytest.raises(ToolTimeout, match=r"time limit of 0.5 s .* raise `timeout_s`") as info:
         run_shell(tmp_path, ShellStep(command=["sh", "-c", script], timeout_s=0.5))
     assert time.monotonic() - started < 5
-    assert info.value.result.output == "started\n"          # partial output is kept
+    assert info.value.result.output == "started\n"  # partial output is kept
     assert info.value.result.exit_code == -9
-    assert running(token) == []                              # gone when the call returns
+    assert running(token) == []  # gone when the call returns
 
 
 def test_timeout_holds_for_a_command_that_never_stops_printing(tmp_path: Path) -> None:
@@ -143,8 +153,9 @@ def test_timeout_holds_for_a_command_that_never_stops_printing(tmp_path: Path) -
 
 def test_children_left_behind_are_killed_when_the_command_exits(tmp_path: Path) -> None:
     arg, token = token_sleep()
-    result = run_shell(tmp_path, ShellStep(
-        command=["sh", "-c", f"sleep {arg} & echo done"], timeout_s=10))
+    result = run_shell(
+        tmp_path, ShellStep(command=["sh", "-c", f"sleep {arg} & echo done"], timeout_s=10)
+    )
     assert result.output == "done\n" and result.duration_s < 10
     assert running(token) == []
 
@@ -176,8 +187,13 @@ def test_huge_output_does_not_use_memory(tmp_path: Path) -> None:
         rss_mb = int(re.search(r"VmHWM:\\s+(\\d+) kB", status)[1]) // 1024
         print(r.output_bytes, len(r.output.encode()), rss_mb)
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     total, kept, rss_mb = map(int, proc.stdout.split())
     assert total == 100 * (1 << 20)
     assert kept < 64 * 1024 + 100

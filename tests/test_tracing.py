@@ -44,18 +44,31 @@ class _Handler(BaseHTTPRequestHandler):
         server: Receiver = self.server  # type: ignore[assignment]
         if self.path == "/v1/traces":
             req = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
-            got = [{"name": s.name, "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
-                    "attributes": {a.key: a.value.string_value or a.value.int_value
-                                   for a in s.attributes}}
-                   for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            got = [
+                {
+                    "name": s.name,
+                    "trace_id": s.trace_id.hex(),
+                    "span_id": s.span_id.hex(),
+                    "attributes": {
+                        a.key: a.value.string_value or a.value.int_value for a in s.attributes
+                    },
+                }
+                for rs in req.resource_spans
+                for ss in rs.scope_spans
+                for s in ss.spans
+            ]
             with server.lock:
                 server.spans += got
             reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
         else:
             req = metrics_service_pb2.ExportMetricsServiceRequest.FromString(body)
             with server.lock:
-                server.metric_names |= {m.name for rm in req.resource_metrics
-                                        for sm in rm.scope_metrics for m in sm.metrics}
+                server.metric_names |= {
+                    m.name
+                    for rm in req.resource_metrics
+                    for sm in rm.scope_metrics
+                    for m in sm.metrics
+                }
             reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
@@ -77,12 +90,18 @@ def receiver():
     server.server_close()
 
 
-def test_task_and_tool_spans_share_the_trace_the_logs_and_events_name(tmp_path: Path,
-                                                                      receiver: Receiver):
+def test_task_and_tool_spans_share_the_trace_the_logs_and_events_name(
+    tmp_path: Path, receiver: Receiver
+):
     create_sample_repos(tmp_path / "sample-repos", count=1)
-    env = shape_env(tmp_path, ORCH_LOG_FORMAT="json", ORCH_TRACE_EXPORTER="otlp",
-                    ORCH_OTLP_ENDPOINT=receiver.url, ORCH_METRICS_REPORTERS='["otlp"]',
-                    ORCH_METRICS_INTERVAL_S="1")
+    env = shape_env(
+        tmp_path,
+        ORCH_LOG_FORMAT="json",
+        ORCH_TRACE_EXPORTER="otlp",
+        ORCH_OTLP_ENDPOINT=receiver.url,
+        ORCH_METRICS_REPORTERS='["otlp"]',
+        ORCH_METRICS_INTERVAL_S="1",
+    )
     result = cli(env, "run", str(EXAMPLE), "--base-dir", str(tmp_path), "--json")
     assert result.returncode == 0, result.stderr
     job = json.loads(result.stdout)
@@ -109,8 +128,7 @@ def test_task_and_tool_spans_share_the_trace_the_logs_and_events_name(tmp_path: 
     assert call_lines[0]["span_id"] in {s["span_id"] for s in runs}
 
     store = SqlEventStore(f"sqlite:///{tmp_path / 'state' / 'events.sqlite'}")
-    started = [e.payload for e in store.read_stream(session_id)
-               if e.type == "ToolCallStarted"]
+    started = [e.payload for e in store.read_stream(session_id) if e.type == "ToolCallStarted"]
     assert [pl.trace_id for pl in started] == [tool["trace_id"]] * 3
     store.close()
     # The OTLP metrics reporter pushed the same calls.

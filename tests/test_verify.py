@@ -17,13 +17,14 @@ def exported() -> bytes:
     """Two interleaved streams of one job, exported as the CLI does."""
     a = place("stream-a", session_payloads(2))
     b = place("stream-b", session_payloads(2))
-    merged = [e for pair in zip(a, b) for e in pair] + a[len(b):] + b[len(a):]
+    merged = [e for pair in zip(a, b) for e in pair] + a[len(b) :] + b[len(a) :]
     rows = [(i, _body(e), e.hash) for i, e in enumerate(merged, start=1)]
     return b"".join(export_lines(rows))
 
 
 def _body(e) -> bytes:
     from events.envelope import canonical_json
+
     record = e.model_dump(mode="json")
     del record["position"], record["hash"]
     return canonical_json(record)
@@ -45,7 +46,7 @@ def test_any_single_byte_change_is_caught(data):
     original = exported()
     i = data.draw(st.integers(0, len(original) - 1))
     value = data.draw(st.integers(0, 255).filter(lambda v: v != original[i]))
-    assert not check(original[:i] + bytes([value]) + original[i + 1:]).ok
+    assert not check(original[:i] + bytes([value]) + original[i + 1 :]).ok
 
 
 @settings(max_examples=100, deadline=None)
@@ -53,7 +54,7 @@ def test_any_single_byte_change_is_caught(data):
 def test_deleting_any_line_is_caught(data):
     lines = exported().splitlines(keepends=True)
     i = data.draw(st.integers(0, len(lines) - 1))
-    assert not check(b"".join(lines[:i] + lines[i + 1:])).ok
+    assert not check(b"".join(lines[:i] + lines[i + 1 :])).ok
 
 
 @settings(max_examples=100, deadline=None)
@@ -84,10 +85,12 @@ def test_splicing_an_event_into_another_stream_is_caught(data):
 
 def test_problems_say_what_is_wrong_and_where():
     lines = exported().splitlines(keepends=True)
-    del lines[2]                                  # stream-a seq 2
+    del lines[2]  # stream-a seq 2
     problems = [str(pr) for pr in check(b"".join(lines)).problems]
-    assert problems[0] == ("stream stream-a seq 3 (position 5): seq_gap: expected seq 2 after 1, "
-                           "found 3: events are missing, duplicated or out of order")
+    assert problems[0] == (
+        "stream stream-a seq 3 (position 5): seq_gap: expected seq 2 after 1, "
+        "found 3: events are missing, duplicated or out of order"
+    )
 
 
 def test_an_export_without_manifest_is_reported_as_truncated():
@@ -97,14 +100,17 @@ def test_an_export_without_manifest_is_reported_as_truncated():
 
 def test_stored_rows_with_a_tampered_body_are_caught(store, stream_id):
     import sqlalchemy as sa
+
     store.append(stream_id, [new(x) for x in session_payloads(1)], 0)
-    with store.engine.begin() as conn:             # a privileged attacker drops the trigger
+    with store.engine.begin() as conn:  # a privileged attacker drops the trigger
         if store.engine.dialect.name == "sqlite":
             conn.exec_driver_sql("DROP TRIGGER events_no_update")
         else:
             conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
-        conn.execute(sa.text("UPDATE events SET body = :b WHERE stream_id = :s AND seq = 2"),
-                     {"b": b'{"forged": true}', "s": stream_id})
+        conn.execute(
+            sa.text("UPDATE events SET body = :b WHERE stream_id = :s AND seq = 2"),
+            {"b": b'{"forged": true}', "s": stream_id},
+        )
         if store.engine.dialect.name != "sqlite":
             conn.exec_driver_sql("ALTER TABLE events ENABLE TRIGGER events_no_update_delete")
     report = verify_rows(store.rows(stream_id))
@@ -119,12 +125,16 @@ def test_auditing_a_store_equals_verifying_it_and_replaying_each_stream(store, s
 
     from events.projections import fold
     from events.replay import audit, replay
+
     streams = [f"{stream_id}-{i}" for i in range(3)]
     seqs = dict.fromkeys(streams, 0)
-    for turn in range(1, 4):                       # interleaved, as live sessions write
+    for turn in range(1, 4):  # interleaved, as live sessions write
         for sid in streams:
-            payloads = session_payloads(3) if turn == 1 else \
-                [p for p in session_payloads(3)[1:-1] if p.type != "SessionStarted"]
+            payloads = (
+                session_payloads(3)
+                if turn == 1
+                else [p for p in session_payloads(3)[1:-1] if p.type != "SessionStarted"]
+            )
             store.append(sid, [new(x, i) for i, x in enumerate(payloads)], seqs[sid])
             seqs[sid] += len(payloads)
     result = audit(store)
@@ -134,17 +144,22 @@ def test_auditing_a_store_equals_verifying_it_and_replaying_each_stream(store, s
     assert mine == {sid: replay(store, sid, use_snapshot=False) for sid in streams}
     assert mine == {sid: fold(store.read_stream(sid)) for sid in streams}
 
-    with store.engine.begin() as conn:             # tamper with one stream
+    with store.engine.begin() as conn:  # tamper with one stream
         if store.engine.dialect.name == "sqlite":
             conn.exec_driver_sql("DROP TRIGGER events_no_update")
         else:
             conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
-        conn.execute(sa.text("UPDATE events SET body = :b WHERE stream_id = :s AND seq = 5"),
-                     {"b": b'{"forged": true}', "s": streams[1]})
+        conn.execute(
+            sa.text("UPDATE events SET body = :b WHERE stream_id = :s AND seq = 5"),
+            {"b": b'{"forged": true}', "s": streams[1]},
+        )
         if store.engine.dialect.name != "sqlite":
             conn.exec_driver_sql("ALTER TABLE events ENABLE TRIGGER events_no_update_delete")
     tampered = audit(store)
     assert tampered.report == verify_rows(store.rows())
-    assert [(pr.kind, pr.stream_id, pr.seq) for pr in tampered.report.problems
-            if pr.stream_id in streams] == [("hash_mismatch", streams[1], 5)]
+    assert [
+        (pr.kind, pr.stream_id, pr.seq)
+        for pr in tampered.report.problems
+        if pr.stream_id in streams
+    ] == [("hash_mismatch", streams[1], 5)]
     assert [sid for sid in streams if sid in tampered.projections] == [streams[0], streams[2]]

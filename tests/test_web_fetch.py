@@ -29,15 +29,19 @@ def test_html_comes_back_as_markdown_with_what_matters(server: NetServer) -> Non
     r = fetch(server.url("/html"), LOOPBACK, limits=FAST, secrets=())
     assert r.status == 200 and r.content_type.startswith("text/html")
     assert "# Heading" in r.text and "**bold**" in r.text and "[link](/next)" in r.text
-    assert "hidden" not in r.text          # script contents are not text
+    assert "hidden" not in r.text  # script contents are not text
     assert r.final_url == server.url("/html") and r.redirects == ()
 
 
 def test_a_slow_answer_times_out_after_its_attempts(server: NetServer) -> None:
     start = time.monotonic()
     with pytest.raises(ToolTimeout, match="timed out .* after 2 attempt"):
-        fetch(server.url("/slow?s=3"), LOOPBACK, secrets=(),
-              limits=FetchLimits(timeout_s=0.3, attempts=2, backoff_base_s=0.01))
+        fetch(
+            server.url("/slow?s=3"),
+            LOOPBACK,
+            secrets=(),
+            limits=FetchLimits(timeout_s=0.3, attempts=2, backoff_base_s=0.01),
+        )
     assert time.monotonic() - start < 2.5
 
 
@@ -71,32 +75,39 @@ def test_retries_stop_at_the_time_budget(server: NetServer) -> None:
     server.sequences["r3"] = [(503, {"Retry-After": "30"}), (200, {})]
     start = time.monotonic()
     with pytest.raises(FetchFailed, match="HTTP 503"):
-        fetch(server.url("/seq/r3"), LOOPBACK, secrets=(),
-              limits=FetchLimits(budget_s=2, attempts=5, backoff_base_s=0.01))
+        fetch(
+            server.url("/seq/r3"),
+            LOOPBACK,
+            secrets=(),
+            limits=FetchLimits(budget_s=2, attempts=5, backoff_base_s=0.01),
+        )
     assert time.monotonic() - start < 2
 
 
-def test_a_redirect_to_loopback_is_refused_when_only_a_name_is_allowed(server: NetServer
-                                                                     ) -> None:
-    net = Network(enabled=True, allow_hosts=(f"localhost:{server.port}",),
-                  allow_private=("localhost",))
+def test_a_redirect_to_loopback_is_refused_when_only_a_name_is_allowed(server: NetServer) -> None:
+    net = Network(
+        enabled=True, allow_hosts=(f"localhost:{server.port}",), allow_private=("localhost",)
+    )
     assert fetch(server.url("/ok", host="localhost"), net, limits=FAST, secrets=()).status == 200
     target = server.url("/ok")
     before = server.hits["/ok"]
     with pytest.raises(EgressDenied) as info:
-        fetch(server.url(f"/redirect?to={target}", host="localhost"), net, limits=FAST,
-              secrets=())
+        fetch(server.url(f"/redirect?to={target}", host="localhost"), net, limits=FAST, secrets=())
     assert info.value.rule_id == "egress-host-not-allowed"
-    assert server.hits["/ok"] == before          # the forbidden hop was never requested
+    assert server.hits["/ok"] == before  # the forbidden hop was never requested
 
 
-@pytest.mark.parametrize("target,rule", [
-    ("http://169.254.169.254/latest/meta-data/", "egress-metadata"),
-    ("http://0x7f000002:1/", "egress-private-address"),   # 127.0.0.2: not allowed
-    ("file:///etc/passwd", "egress-scheme"),
-])
-def test_redirects_to_forbidden_targets_are_refused(server: NetServer, target: str,
-                                                    rule: str) -> None:
+@pytest.mark.parametrize(
+    "target,rule",
+    [
+        ("http://169.254.169.254/latest/meta-data/", "egress-metadata"),
+        ("http://0x7f000002:1/", "egress-private-address"),  # 127.0.0.2: not allowed
+        ("file:///etc/passwd", "egress-scheme"),
+    ],
+)
+def test_redirects_to_forbidden_targets_are_refused(
+    server: NetServer, target: str, rule: str
+) -> None:
     with pytest.raises(EgressDenied) as info:
         fetch(server.url(f"/redirect?to={target}"), LOOPBACK, limits=FAST, secrets=())
     assert info.value.rule_id == rule
@@ -110,14 +121,15 @@ def test_redirects_are_followed_and_capped(server: NetServer) -> None:
 
 
 def test_an_oversized_body_stops_at_the_cap(server: NetServer) -> None:
-    r = fetch(server.url("/big?n=500000"), LOOPBACK, secrets=(),
-              limits=FetchLimits(max_bytes=10_000))
+    r = fetch(
+        server.url("/big?n=500000"), LOOPBACK, secrets=(), limits=FetchLimits(max_bytes=10_000)
+    )
     assert r.truncated and r.body_bytes == 10_000
 
 
 def test_a_gzip_bomb_stops_at_the_cap_not_at_its_size(server: NetServer) -> None:
     r = fetch(server.url("/bomb"), LOOPBACK, secrets=(), limits=FetchLimits(max_bytes=100_000))
-    assert r.truncated and r.body_bytes == 100_000        # of 64 MiB inflated
+    assert r.truncated and r.body_bytes == 100_000  # of 64 MiB inflated
     small = fetch(server.url("/gzip"), LOOPBACK, secrets=(), limits=FAST)
     assert not small.truncated and small.text.startswith("compressed text")
 
@@ -127,12 +139,14 @@ def test_no_proxy_or_credentials_leak_in_requests(server: NetServer) -> None:
     assert "agent-orchestrator" in r.text and "authorization" not in r.text.lower()
 
 
-def test_a_job_fetch_step_runs_end_to_end_through_a_real_worker(tmp_path: Path,
-                                                                server: NetServer) -> None:
+def test_a_job_fetch_step_runs_end_to_end_through_a_real_worker(
+    tmp_path: Path, server: NetServer
+) -> None:
     import json
 
     from events.store import open_store
     from tests.cli_helpers import cli, shape_env
+
     target = tmp_path / "repo"
     target.mkdir()
     (target / "README.md").write_text("x\n")
@@ -147,9 +161,9 @@ policy:
              allow_private: ["127.0.0.1"]}}
 steps:
   - kind: fetch
-    url: {server.url('/html')}
+    url: {server.url("/html")}
   - kind: fetch
-    url: {server.url('/redirect?to=http://169.254.169.254/')}
+    url: {server.url("/redirect?to=http://169.254.169.254/")}
     continue_on_error: true
 """)
     env = shape_env(tmp_path)

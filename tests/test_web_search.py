@@ -27,10 +27,13 @@ def server() -> NetServer:
 def test_searxng_results_are_title_url_and_snippet(server: NetServer) -> None:
     results = SearxNG(server.url("")).search("celery retries", LOOPBACK, limit=2)
     assert results == [
-        SearchResult("celery retries result 1", "https://example.org/1",
-                     "snippet 1 about celery retries"),
-        SearchResult("celery retries result 2", "https://example.org/2",
-                     "snippet 2 about celery retries")]
+        SearchResult(
+            "celery retries result 1", "https://example.org/1", "snippet 1 about celery retries"
+        ),
+        SearchResult(
+            "celery retries result 2", "https://example.org/2", "snippet 2 about celery retries"
+        ),
+    ]
     assert render("celery retries", results).startswith("1. celery retries result 1\n")
 
 

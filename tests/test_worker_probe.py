@@ -19,49 +19,64 @@ from tasks.worker_probe import Probe, serve
 from tests.cli_helpers import cli, shape_env
 from tests.ops_helpers import free_port, get, start_worker, stop, wait_until
 
-TICKET = {"job_id": "job-1", "session_id": "sess-1", "target": "repos/a",
-          "policy": {"rules": [{"id": "no-curl"}]}, "agent": {"turns": ["hello model"]}}
+TICKET = {
+    "job_id": "job-1",
+    "session_id": "sess-1",
+    "target": "repos/a",
+    "policy": {"rules": [{"id": "no-curl"}]},
+    "agent": {"turns": ["hello model"]},
+}
 
 
 # -- summaries (pure) ----------------------------------------------------------------
 
+
 def test_a_step_task_shows_job_session_target_and_step_but_no_step_body() -> None:
-    step = {"kind": "write", "name": "license", "path": "LICENSE",
-            "content": "the whole file content"}
+    step = {
+        "kind": "write",
+        "name": "license",
+        "path": "LICENSE",
+        "content": "the whole file content",
+    }
     argsrepr, kwargsrepr = describe("orchestrator.run_step", [TICKET, 1, step, True], {})
     assert (argsrepr, kwargsrepr) == (
-        "job=job-1 session=sess-1 target=repos/a step=2 write (license)", "{}")
+        "job=job-1 session=sess-1 target=repos/a step=2 write (license)",
+        "{}",
+    )
 
 
 def test_a_chunk_names_its_first_sessions_and_how_many() -> None:
     tickets = [{**TICKET, "session_id": f"s{i}"} for i in range(5)]
-    argsrepr, _ = describe("orchestrator.run_steps", [tickets, 0, {"kind": "replace"}, False],
-                           {})
+    argsrepr, _ = describe("orchestrator.run_steps", [tickets, 0, {"kind": "replace"}, False], {})
     assert argsrepr == "job=job-1 sessions=5 [s0, s1, s2, …] step=1 replace"
 
 
 def test_secrets_in_a_target_or_step_name_are_masked() -> None:
     ticket = {**TICKET, "target": "token=abcd1234efgh repo-hunter22"}
-    step = {"kind": "shell", "name": "with sk-abcdefghijklmnopqrstuvwxyz0123",
-            "command": ["curl"]}
-    argsrepr, _ = describe("orchestrator.run_step", [ticket, 0, step, True], {},
-                           secrets=("hunter22",))
+    step = {"kind": "shell", "name": "with sk-abcdefghijklmnopqrstuvwxyz0123", "command": ["curl"]}
+    argsrepr, _ = describe(
+        "orchestrator.run_step", [ticket, 0, step, True], {}, secrets=("hunter22",)
+    )
     assert argsrepr == "job=job-1 session=sess-1 target=token=*** repo-*** step=1 shell (with ***)"
 
 
 def test_an_unknown_orchestrator_task_shows_only_how_many_arguments_it_got() -> None:
     assert describe("orchestrator.future_task", ["secret payload", 2], {"k": "v"}) == (
-        "2 argument(s) not shown", "1 keyword argument(s) not shown")
+        "2 argument(s) not shown",
+        "1 keyword argument(s) not shown",
+    )
 
 
 def test_agent_and_signing_tasks_have_their_own_summaries() -> None:
     assert describe("orchestrator.agent_advance", [TICKET], {})[0] == (
-        "job=job-1 session=sess-1 target=repos/a agent turn")
+        "job=job-1 session=sess-1 target=repos/a agent turn"
+    )
     assert describe("orchestrator.audit.sign_heads", [["a", "b", "c"]], {})[0] == "streams=3"
 
 
 def test_messages_sent_without_a_summary_get_one_from_the_app() -> None:
     from tasks.app import app
+
     message = app.amqp.create_task_message("id-1", "orchestrator.agent_advance", (TICKET,), {})
     assert message.headers["argsrepr"] == "job=job-1 session=sess-1 target=repos/a agent turn"
     assert "hello model" not in json.dumps(message.headers)
@@ -70,6 +85,7 @@ def test_messages_sent_without_a_summary_get_one_from_the_app() -> None:
 
 
 # -- the exec probe's verdict (pure) -------------------------------------------------
+
 
 def beat(host: str, at: float, store_ok: bool = True, detail: str = "") -> heartbeat.Beat:
     return heartbeat.Beat(hostname=host, pid=7, at=at, store_ok=store_ok, detail=detail)
@@ -87,21 +103,34 @@ def test_probe_verdict_needs_a_fresh_beat_that_reached_the_store() -> None:
 
 # -- the probe endpoint, in this process --------------------------------------------
 
+
 def test_probe_endpoint_answers_from_the_last_round(tmp_path: Path) -> None:
     s = Settings(state_dir=tmp_path, worker_heartbeat_interval_s=60)
     verdicts = {"store": (True, ""), "broker": (True, "")}
-    probe = Probe(s, "w1@test", store_check=lambda _: verdicts["store"],
-                  broker_check=lambda _: verdicts["broker"])
+    probe = Probe(
+        s,
+        "w1@test",
+        store_check=lambda _: verdicts["store"],
+        broker_check=lambda _: verdicts["broker"],
+    )
     port = free_port()
     server = serve(probe, "127.0.0.1", port)
     try:
-        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 503     # no thread yet
+        assert get(f"http://127.0.0.1:{port}/healthz")[0] == 503  # no thread yet
         probe.start()
         assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200
-        assert get(f"http://127.0.0.1:{port}/readyz") == (200, {
-            "ok": True, "worker": "w1@test", "failed": [],
-            "checks": [{"name": "store", "ok": True, "detail": ""},
-                       {"name": "broker", "ok": True, "detail": ""}]})
+        assert get(f"http://127.0.0.1:{port}/readyz") == (
+            200,
+            {
+                "ok": True,
+                "worker": "w1@test",
+                "failed": [],
+                "checks": [
+                    {"name": "store", "ok": True, "detail": ""},
+                    {"name": "broker", "ok": True, "detail": ""},
+                ],
+            },
+        )
         verdicts["broker"] = (False, "broker redis://x: no answer to PING")
         probe.round()
         status, body = get(f"http://127.0.0.1:{port}/readyz")
@@ -109,20 +138,22 @@ def test_probe_endpoint_answers_from_the_last_round(tmp_path: Path) -> None:
         assert body["checks"][1]["detail"] == "broker redis://x: no answer to PING"
         assert [b.hostname for b in heartbeat.read_all(s)] == ["w1@test"]
         status, text = get(f"http://127.0.0.1:{port}/metrics")
-        assert status in (200, 501), text        # 501 only where orchestrator.metrics is absent
+        assert status in (200, 501), text  # 501 only where orchestrator.metrics is absent
         assert get(f"http://127.0.0.1:{port}/nope")[0] == 404
     finally:
         server.shutdown()
         server.server_close()
         probe.stop()
-    assert heartbeat.read_all(s) == []            # withdrawn: readiness flips at once
+    assert heartbeat.read_all(s) == []  # withdrawn: readiness flips at once
 
 
 def test_a_check_that_raises_makes_the_worker_not_ready(tmp_path: Path) -> None:
     def boom(_: Settings) -> tuple[bool, str]:
         raise RuntimeError("driver exploded")
-    probe = Probe(Settings(state_dir=tmp_path), "w@t", store_check=boom,
-                  broker_check=lambda _: (True, ""))
+
+    probe = Probe(
+        Settings(state_dir=tmp_path), "w@t", store_check=boom, broker_check=lambda _: (True, "")
+    )
     b = probe.round()
     assert (b.store_ok, b.detail) == (False, "RuntimeError: driver exploded")
     assert probe.readyz()[0] == 503
@@ -130,16 +161,23 @@ def test_a_check_that_raises_makes_the_worker_not_ready(tmp_path: Path) -> None:
 
 # -- a real worker on the embedded default ---------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_real_worker_beats_serves_its_probes_and_withdraws_when_it_stops(tmp_path: Path):
     port = free_port()
-    env = shape_env(tmp_path, ORCH_WORKER_PROBE_PORT=str(port),
-                    ORCH_WORKER_PROBE_ADDRESS="127.0.0.1",
-                    ORCH_WORKER_HEARTBEAT_INTERVAL_S="0.5")
+    env = shape_env(
+        tmp_path,
+        ORCH_WORKER_PROBE_PORT=str(port),
+        ORCH_WORKER_PROBE_ADDRESS="127.0.0.1",
+        ORCH_WORKER_HEARTBEAT_INTERVAL_S="0.5",
+    )
     proc = start_worker(env, tmp_path / "worker.log")
     try:
-        wait_until("the worker's /readyz", lambda: get(f"http://127.0.0.1:{port}/readyz")[0]
-                   == 200, timeout=60)
+        wait_until(
+            "the worker's /readyz",
+            lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200,
+            timeout=60,
+        )
         status, body = get(f"http://127.0.0.1:{port}/healthz")
         assert status == 200 and body["heartbeat_thread"] is True
         probe = cli(env, "worker-probe", "--json", timeout=60)

@@ -36,8 +36,9 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         svc.close()
 
-    app = FastAPI(title="orchestrator", version=_version(), description=DESCRIPTION,
-                  lifespan=lifespan)
+    app = FastAPI(
+        title="orchestrator", version=_version(), description=DESCRIPTION, lifespan=lifespan
+    )
     app.state.services = svc
     problems.install(app)
     app.add_middleware(problems.BodyLimit, limit=settings.api_max_body_bytes)
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("agent-orchestrator")
     except PackageNotFoundError:
@@ -57,4 +59,5 @@ def _version() -> str:
 def from_environment() -> FastAPI:
     """The factory `uvicorn --factory` calls in each of its worker processes."""
     from orchestrator.config import get_settings
+
     return create_app(get_settings())

@@ -35,7 +35,7 @@ CAPABILITIES: dict[str, frozenset[str]] = {
     "read_audit": frozenset({"operator", "auditor"}),
     "answer": frozenset({"operator"}),
     "cancel": frozenset({"operator"}),
-    "elevate": frozenset({"operator"}),          # submit with allow_destructive
+    "elevate": frozenset({"operator"}),  # submit with allow_destructive
     "metrics": frozenset({"submitter", "operator", "auditor"}),
 }
 
@@ -72,8 +72,10 @@ class TokenTable:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenTable:
-        return cls((_hash_of(t, settings), Principal(t.principal, frozenset(t.roles)))
-                   for t in settings.api_tokens)
+        return cls(
+            (_hash_of(t, settings), Principal(t.principal, frozenset(t.roles)))
+            for t in settings.api_tokens
+        )
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -91,10 +93,13 @@ def _hash_of(t: ApiToken, settings: Settings) -> str:
     if t.sha256 is not None:
         return t.sha256
     assert t.secret is not None
-    from orchestrator import secrets      # only when a token names a secret
+    from orchestrator import secrets  # only when a token names a secret
+
     # The API's own settings decide the sources, and where SecretAccessed goes.
     value = secrets.SecretStore(settings).get(t.secret, reader=f"api:token:{t.principal}")
     if value is None:
-        raise ConfigError(f"api token of {t.principal!r}: the secret store has no entry "
-                          f"{t.secret!r}; add it or give the token's `sha256` instead")
+        raise ConfigError(
+            f"api token of {t.principal!r}: the secret store has no entry "
+            f"{t.secret!r}; add it or give the token's `sha256` instead"
+        )
     return token_hash(value.get_secret_value())

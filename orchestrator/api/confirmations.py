@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 
 from orchestrator.api.auth import Principal
 from orchestrator.api.deps import need, services
@@ -18,38 +19,59 @@ from orchestrator.api.schemas import CALL_ID_PATTERN, Answer, Answered, Waiting,
 from orchestrator.errors import Conflict
 
 router = APIRouter(tags=["confirmations"])
-CallId = Annotated[str, PathParam(description="A confirmation's call id (GET /confirmations,"
-                                  " `<session>/<turn>`), or a unique prefix of it",
-                                  pattern=CALL_ID_PATTERN)]
+CallId = Annotated[
+    str,
+    PathParam(
+        description="A confirmation's call id (GET /confirmations,"
+        " `<session>/<turn>`), or a unique prefix of it",
+        pattern=CALL_ID_PATTERN,
+    ),
+]
 
 
-@router.get("/confirmations", response_model=list[Waiting],
-            responses=error_responses(401, 403, 503))
-def list_waiting(request: Request,
-                 who: Principal = Depends(need("answer"))) -> list[dict[str, Any]]:
+@router.get(
+    "/confirmations", response_model=list[Waiting], responses=error_responses(401, 403, 503)
+)
+def list_waiting(
+    request: Request, who: Principal = Depends(need("answer"))
+) -> list[dict[str, Any]]:
     """Every confirmation that waits for an answer, oldest first (`orchestrator
     pending --json`)."""
     from orchestrator import confirmations
+
     return [w.to_json() for w in confirmations.pending(services(request).store)]
 
 
-@router.post("/confirmations/{call_id:path}", response_model=Answered,
-             responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503))
-def answer(call_id: CallId, body: Answer, request: Request,
-           who: Principal = Depends(need("answer"))) -> dict[str, Any]:
+@router.post(
+    "/confirmations/{call_id:path}",
+    response_model=Answered,
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 503),
+)
+def answer(
+    call_id: CallId, body: Answer, request: Request, who: Principal = Depends(need("answer"))
+) -> dict[str, Any]:
     """Approve exactly that one request, or deny it (its step fails), and
     continue the session on the workers."""
     from orchestrator import confirmations
     from tasks.dispatch import continue_session
+
     st = services(request).store
     w = confirmations.find(st, call_id)
     grant = body.decision == "approve"
-    ours, ticket, start, steps = confirmations.answer(st, w, grant=grant, by=who.actor,
-                                                      reason=body.reason)
+    ours, ticket, start, steps = confirmations.answer(
+        st, w, grant=grant, by=who.actor, reason=body.reason
+    )
     if not ours:
-        raise Conflict(f"{w.call_id} was answered by someone else first; see GET "
-                       f"/sessions/{w.session_id}/replay")
+        raise Conflict(
+            f"{w.call_id} was answered by someone else first; see GET "
+            f"/sessions/{w.session_id}/replay"
+        )
     continue_session(ticket, start, steps)
-    return {"call_id": w.call_id, "decision": body.decision, "by": who.actor,
-            "session_id": w.session_id, "job_id": w.job_id,
-            "continues_from": f"step {start + 1}" if start < len(steps) else "its agent"}
+    return {
+        "call_id": w.call_id,
+        "decision": body.decision,
+        "by": who.actor,
+        "session_id": w.session_id,
+        "job_id": w.job_id,
+        "continues_from": f"step {start + 1}" if start < len(steps) else "its agent",
+    }

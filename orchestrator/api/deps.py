@@ -48,13 +48,19 @@ def services(request: Request) -> Services:
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     challenge = {"WWW-Authenticate": 'Bearer realm="orchestrator"'}
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(401, "this route needs an Authorization header with a bearer "
-                            "token; make one with `orchestrator api token` (docs/api.md)",
-                            challenge)
+        raise HTTPException(
+            401,
+            "this route needs an Authorization header with a bearer "
+            "token; make one with `orchestrator api token` (docs/api.md)",
+            challenge,
+        )
     principal = services(request).tokens.find(credentials.credentials)
     if principal is None:
-        raise HTTPException(401, "the bearer token is not one this server knows (check "
-                            "api_tokens in the configuration)", challenge)
+        raise HTTPException(
+            401,
+            "the bearer token is not one this server knows (check api_tokens in the configuration)",
+            challenge,
+        )
     return principal
 
 
@@ -63,23 +69,28 @@ def need(capability: str) -> Callable[..., Principal]:
     `capability`; else 401 (no or unknown token) or 403 (wrong role)."""
     allowed = sorted(CAPABILITIES[capability] | {"admin"})
 
-    def dependency(request: Request,
-                   credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-                   ) -> Principal:
+    def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+    ) -> Principal:
         principal = authenticate(request, credentials)
         if not principal.may(capability):
-            raise HTTPException(403, f"{principal.actor} has role(s) "
-                                f"{', '.join(sorted(principal.roles))}; this needs one of "
-                                f"{', '.join(allowed)}")
+            raise HTTPException(
+                403,
+                f"{principal.actor} has role(s) "
+                f"{', '.join(sorted(principal.roles))}; this needs one of "
+                f"{', '.join(allowed)}",
+            )
         return principal
 
     dependency.__name__ = f"need_{capability}"
     return dependency
 
 
-def optional_metrics_auth(request: Request,
-                          credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
-                          ) -> Any:
+def optional_metrics_auth(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),
+) -> Any:
     if services(request).settings.api_metrics_public:
         return None
     return need("metrics")(request, credentials)

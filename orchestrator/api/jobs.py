@@ -18,20 +18,27 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Body, Depends, HTTPException, Path as PathParam, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
 from orchestrator.api.auth import Principal
 from orchestrator.api.deps import Services, need, services
-from orchestrator.api.schemas import (ID_PATTERN, CancelRequest, Cancelled, JobStatus, Patches,
-                                      Submitted, error_responses)
+from orchestrator.api.schemas import (
+    ID_PATTERN,
+    Cancelled,
+    CancelRequest,
+    JobStatus,
+    Patches,
+    Submitted,
+    error_responses,
+)
 from orchestrator.errors import NotFound, SpecError, UserError
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="A job id from POST /jobs")]
 SOURCE = "request body"
-YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml",
-              "text/plain")
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
 
 
 def _spec_text(raw: bytes, content_type: str) -> tuple[str, bool]:
@@ -39,8 +46,9 @@ def _spec_text(raw: bytes, content_type: str) -> tuple[str, bool]:
     counted in our re-rendering, would mislead)."""
     kind = content_type.split(";")[0].strip().lower()
     if kind not in ("application/json", "", *YAML_TYPES):
-        raise HTTPException(415, f"a job spec is sent as application/json or application/yaml,"
-                            f" not {kind}")
+        raise HTTPException(
+            415, f"a job spec is sent as application/json or application/yaml, not {kind}"
+        )
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -70,122 +78,191 @@ def _inside(root: Path, spec: Any) -> None:
         if why:
             problems.append(f"targets[{i}]: {entry!r} {why}")
     if spec.agent is not None and spec.agent.script is not None:
-        problems.append("agent.script: a script file cannot be read over HTTP; give the "
-                        "turns inline (`agent.turns`)")
+        problems.append(
+            "agent.script: a script file cannot be read over HTTP; give the "
+            "turns inline (`agent.turns`)"
+        )
     if problems:
         raise SpecError(SOURCE, problems)
 
 
-def submit(svc: Services, raw: bytes, content_type: str, who: Principal, tier: str | None,
-           allow_destructive: bool) -> Submitted:
+def submit(
+    svc: Services,
+    raw: bytes,
+    content_type: str,
+    who: Principal,
+    tier: str | None,
+    allow_destructive: bool,
+) -> Submitted:
     from orchestrator import jobs
     from orchestrator.jobspec import parse_spec
     from orchestrator.policy import TIERS, load_policy
+
     s = svc.settings
     if s.api_workspace_root is None:
-        raise UserError("this server takes no jobs: api_workspace_root is not configured "
-                        "(set ORCH_API_WORKSPACE_ROOT to the folder targets live under)")
+        raise UserError(
+            "this server takes no jobs: api_workspace_root is not configured "
+            "(set ORCH_API_WORKSPACE_ROOT to the folder targets live under)"
+        )
     root = Path(os.path.realpath(s.api_workspace_root.expanduser()))
     text, from_json = _spec_text(raw, content_type)
     try:
         spec = parse_spec(text, SOURCE)
     except SpecError as exc:
-        if from_json:       # positions count lines of our rendering: drop them
+        if from_json:  # positions count lines of our rendering: drop them
             raise SpecError(SOURCE, [_no_position(p) for p in exc.problems]) from None
         raise
     _inside(root, spec)
     if tier is not None and tier not in TIERS:
-        raise SpecError(SOURCE, [f"tier (query): {tier!r} is not a tier; use one of "
-                                 f"{', '.join(TIERS)}"])
+        raise SpecError(
+            SOURCE, [f"tier (query): {tier!r} is not a tier; use one of {', '.join(TIERS)}"]
+        )
     job_id, tickets = jobs.prepare(
-        spec, root, policy_files=[load_policy(s.policy_file).doc] if s.policy_file else [],
+        spec,
+        root,
+        policy_files=[load_policy(s.policy_file).doc] if s.policy_file else [],
         tier=tier or s.tier,  # type: ignore[arg-type]
-        elevated_by=who.actor if allow_destructive else None)
-    escaped = [f"targets: {t.target!r} leads outside the API workspace root {root} "
-               "(through a symlink)" for t in tickets
-               if t.path is not None and not Path(t.path).is_relative_to(root)]
+        elevated_by=who.actor if allow_destructive else None,
+    )
+    escaped = [
+        f"targets: {t.target!r} leads outside the API workspace root {root} (through a symlink)"
+        for t in tickets
+        if t.path is not None and not Path(t.path).is_relative_to(root)
+    ]
     if escaped:
         raise SpecError(SOURCE, escaped)
     from tasks.dispatch import enqueue
+
     jobs.record(svc.store, spec, job_id, tickets, who.actor)
     enqueue(tickets, spec.steps)
-    return Submitted(job_id=job_id, name=spec.name, sessions=[
-        {"session_id": t.session_id, "target": t.target, "path": t.path, "error": t.error}
-        for t in tickets])
+    return Submitted(
+        job_id=job_id,
+        name=spec.name,
+        sessions=[
+            {"session_id": t.session_id, "target": t.target, "path": t.path, "error": t.error}
+            for t in tickets
+        ],
+    )
 
 
 def _no_position(problem: str) -> str:
     return re.sub(r" \(line \d+, column \d+\)", "", problem, count=1)
 
 
-@router.post("/jobs", status_code=201, response_model=Submitted,
-             responses=error_responses(400, 401, 403, 413, 415, 422, 503),
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/yaml": {"schema": {"type": "string"}},
-                 "application/json": {"schema": {"type": "object"}}}}})
-async def post_job(request: Request,
-                   who: Principal = Depends(need("submit")),
-                   tier: str | None = Query(None, description="read-only | read-write | exec:"
-                                            " the highest tier this job gets"),
-                   allow_destructive: bool = Query(False, description="Run destructive "
-                                                   "operations without confirmation (operators"
-                                                   " only; recorded with your identity)"),
-                   ) -> Submitted:
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=Submitted,
+    responses=error_responses(400, 401, 403, 413, 415, 422, 503),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/yaml": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    },
+)
+async def post_job(
+    request: Request,
+    who: Principal = Depends(need("submit")),
+    tier: str | None = Query(
+        None, description="read-only | read-write | exec: the highest tier this job gets"
+    ),
+    allow_destructive: bool = Query(
+        False,
+        description="Run destructive "
+        "operations without confirmation (operators"
+        " only; recorded with your identity)",
+    ),
+) -> Submitted:
     """Submit a job spec (docs/jobs: the YAML `orchestrator submit` reads, or
     the same as JSON); workers run it. 422 lists each problem with its field."""
     if allow_destructive and not who.may("elevate"):
-        raise HTTPException(403, f"{who.actor} may not pass allow_destructive; it needs the "
-                            "operator or admin role")
+        raise HTTPException(
+            403, f"{who.actor} may not pass allow_destructive; it needs the operator or admin role"
+        )
     raw = await request.body()
     svc = services(request)
-    return await run_in_threadpool(submit, svc, raw, request.headers.get("content-type", ""),
-                                   who, tier, allow_destructive)
+    return await run_in_threadpool(
+        submit, svc, raw, request.headers.get("content-type", ""), who, tier, allow_destructive
+    )
 
 
 def _view(svc: Services, job_id: str) -> Any:
     from orchestrator.watch import final_view
+
     view = final_view(svc.store, job_id)
     if not view.job.sessions:
         raise NotFound(f"no job {job_id}; check the id (from POST /jobs)")
     return view
 
 
-@router.get("/jobs/{job_id}", response_model=JobStatus,
-            responses=error_responses(401, 403, 404, 422, 503))
-def get_job(job_id: JobId, request: Request,
-            who: Principal = Depends(need("read_jobs"))) -> dict[str, Any]:
+@router.get(
+    "/jobs/{job_id}", response_model=JobStatus, responses=error_responses(401, 403, 404, 422, 503)
+)
+def get_job(
+    job_id: JobId, request: Request, who: Principal = Depends(need("read_jobs"))
+) -> dict[str, Any]:
     """Where a job stands: each target's status, steps and files changed (the
     JSON of `orchestrator status --json`, plus `cancel` once requested)."""
     from orchestrator.watch import session_summary
+
     view = _view(services(request), job_id)
     job = view.job
-    return {"job_id": job_id, "name": job.name, "status": job.status,
-            "cancel": {"by": job.cancelled_by, "reason": job.cancel_reason}
-            if job.cancelled_by else None,
-            "sessions": [{k: v for k, v in r.items() if k != "patch"}
-                         for r in session_summary(view)]}
+    return {
+        "job_id": job_id,
+        "name": job.name,
+        "status": job.status,
+        "cancel": {"by": job.cancelled_by, "reason": job.cancel_reason}
+        if job.cancelled_by
+        else None,
+        "sessions": [{k: v for k, v in r.items() if k != "patch"} for r in session_summary(view)],
+    }
 
 
-@router.get("/jobs/{job_id}/patches", response_model=Patches,
-            responses=error_responses(401, 403, 404, 422, 503))
-def get_patches(job_id: JobId, request: Request,
-                who: Principal = Depends(need("read_jobs"))) -> dict[str, Any]:
+@router.get(
+    "/jobs/{job_id}/patches",
+    response_model=Patches,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+def get_patches(
+    job_id: JobId, request: Request, who: Principal = Depends(need("read_jobs"))
+) -> dict[str, Any]:
     """One unified diff per target (what `orchestrator run --out` writes)."""
     from orchestrator.watch import session_summary
+
     rows = session_summary(_view(services(request), job_id))
-    return {"job_id": job_id, "patches": [
-        {"session_id": r["session_id"], "target": r["target"], "status": r["status"],
-         "files_changed": r["files_changed"], "patch": r["patch"]} for r in rows]}
+    return {
+        "job_id": job_id,
+        "patches": [
+            {
+                "session_id": r["session_id"],
+                "target": r["target"],
+                "status": r["status"],
+                "files_changed": r["files_changed"],
+                "patch": r["patch"],
+            }
+            for r in rows
+        ],
+    }
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=Cancelled,
-             responses=error_responses(401, 403, 404, 409, 413, 422, 503))
-def cancel_job(job_id: JobId, request: Request,
-               body: CancelRequest = Body(default_factory=CancelRequest),
-               who: Principal = Depends(need("cancel"))) -> dict[str, Any]:
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=Cancelled,
+    responses=error_responses(401, 403, 404, 409, 413, 422, 503),
+)
+def cancel_job(
+    job_id: JobId,
+    request: Request,
+    body: CancelRequest = Body(default_factory=CancelRequest),
+    who: Principal = Depends(need("cancel")),
+) -> dict[str, Any]:
     """Stop a job: each session ends before its next step, with the status
     "cancelled by <you>: <reason>"; sessions waiting for a confirmation end
     now. 409 when the job already ended."""
     from orchestrator import jobs
-    return jobs.cancel(services(request).store, job_id, by=who.actor,
-                       reason=body.reason).to_json()
+
+    return jobs.cancel(services(request).store, job_id, by=who.actor, reason=body.reason).to_json()

@@ -22,32 +22,49 @@ router = APIRouter(tags=["operations"])
 def healthz() -> dict[str, Any]:
     """The process answers (no store, broker or worker is asked)."""
     from orchestrator import health
+
     return health.liveness()
 
 
-@router.get("/readyz", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "Not ready: `failed` names "
-                             "the checks, each with what to do"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "Not ready: `failed` names the checks, each with what to do",
+        }
+    },
+)
 def readyz(request: Request) -> JSONResponse:
     """Whether work submitted now would run: broker, store (reachable and
     migrated) and at least one worker with a fresh heartbeat."""
     from orchestrator import health
+
     report = health.readiness(services(request).settings)
     return JSONResponse(report.to_json(), status_code=200 if report.ok else 503)
 
 
-@router.get("/metrics", responses={**error_responses(401, 403, 503), 200: {
-    "description": "Prometheus text exposition",
-    "content": {"text/plain": {"schema": {"type": "string"}}}}})
+@router.get(
+    "/metrics",
+    responses={
+        **error_responses(401, 403, 503),
+        200: {
+            "description": "Prometheus text exposition",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+    },
+)
 def metrics(_: Any = Depends(optional_metrics_auth)) -> Response:
     """Prometheus metrics of the API and (multiprocess) workers on this host;
     needs a token of any role unless api_metrics_public."""
     try:
         from orchestrator import metrics as metrics_mod
+
         exposition = metrics_mod.exposition
     except (ImportError, AttributeError) as exc:
         from orchestrator.errors import InfraUnavailable
-        raise InfraUnavailable(f"metrics are not available in this installation ({exc})") \
-            from None
+
+        raise InfraUnavailable(f"metrics are not available in this installation ({exc})") from None
     body, content_type = exposition()
     return Response(body, media_type=content_type)

@@ -21,8 +21,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.errors import EventError, SchemaNotReady, SequenceConflict, StoreUnavailable
-from orchestrator.errors import (Conflict, InfraUnavailable, NotFound, OrchestratorError,
-                                 PolicyDenied, SpecError, UserError)
+from orchestrator.errors import (
+    Conflict,
+    InfraUnavailable,
+    NotFound,
+    OrchestratorError,
+    PolicyDenied,
+    SpecError,
+    UserError,
+)
 from orchestrator.masking import mask
 
 __all__ = ["problem", "status_of", "install", "BodyLimit", "spec_problems"]
@@ -32,14 +39,19 @@ def known_secrets() -> tuple[str, ...]:
     """The secret values this service knows, when the secret store can say."""
     try:
         from orchestrator import secrets
+
         return tuple(secrets.known_values())
-    except Exception:       # noqa: BLE001  (no store configured, or none in this release)
+    except Exception:  # noqa: BLE001  (no store configured, or none in this release)
         return ()
 
 
-def problem(status: int, error: str, detail: str,
-            problems: list[dict[str, str]] | None = None,
-            headers: dict[str, str] | None = None) -> JSONResponse:
+def problem(
+    status: int,
+    error: str,
+    detail: str,
+    problems: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     secrets = known_secrets()
     body: dict[str, Any] = {"error": error, "detail": mask(detail, secrets)}
     if problems is not None:
@@ -66,8 +78,11 @@ def status_of(exc: BaseException) -> int:
 
 
 # "steps[0].kind (line 3, column 5): unknown step kind" -> field, at, reason
-_SPEC_PROBLEM = re.compile(r"^(?P<field>[^\s(]+|\(top level\))"
-                           r"(?: \((?P<at>line \d+, column \d+)\))?: (?P<reason>.*)$", re.S)
+_SPEC_PROBLEM = re.compile(
+    r"^(?P<field>[^\s(]+|\(top level\))"
+    r"(?: \((?P<at>line \d+, column \d+)\))?: (?P<reason>.*)$",
+    re.S,
+)
 
 
 def spec_problems(exc: SpecError, *, positions: bool = True) -> list[dict[str, str]]:
@@ -109,28 +124,46 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [{"field": _loc(tuple(e["loc"])), "reason": e["msg"]} for e in exc.errors()]
-        return problem(422, "RequestInvalid", "the request does not validate: " + "; ".join(
-            f"{p['field']}: {p['reason']}" for p in problems), problems)
+        return problem(
+            422,
+            "RequestInvalid",
+            "the request does not validate: "
+            + "; ".join(f"{p['field']}: {p['reason']}" for p in problems),
+            problems,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-                 405: "MethodNotAllowed", 413: "BodyTooLarge", 415: "UnsupportedMediaType",
-                 }.get(exc.status_code, "HTTPError")
-        return problem(exc.status_code, error, str(exc.detail),
-                       headers=getattr(exc, "headers", None))
+        error = {
+            401: "Unauthorized",
+            403: "Forbidden",
+            404: "NotFound",
+            405: "MethodNotAllowed",
+            413: "BodyTooLarge",
+            415: "UnsupportedMediaType",
+        }.get(exc.status_code, "HTTPError")
+        return problem(
+            exc.status_code, error, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if _unreachable(exc):
-            return problem(503, "InfraUnavailable", f"broker unavailable: {exc}. Check "
-                           "ORCH_BROKER_URL and that the broker is running.")
-        return problem(500, "InternalError", f"{type(exc).__name__}: {exc}. This is a bug; "
-                       "the server log has the traceback.")
+            return problem(
+                503,
+                "InfraUnavailable",
+                f"broker unavailable: {exc}. Check ORCH_BROKER_URL and that the broker is running.",
+            )
+        return problem(
+            500,
+            "InternalError",
+            f"{type(exc).__name__}: {exc}. This is a bug; the server log has the traceback.",
+        )
 
 
 def _unreachable(exc: BaseException) -> bool:
     from kombu.exceptions import OperationalError as KombuOperationalError
+
     return isinstance(exc, (KombuOperationalError, ConnectionError))
 
 
@@ -189,14 +222,23 @@ class BodyLimit:
                 await self._refuse(send, 413, "BodyTooLarge", self._why(seen))
 
     def _why(self, size: int) -> str:
-        return (f"the request body has {size} bytes or more, over the limit of {self.limit} "
-                "(api_max_body_bytes); split the job or raise the limit")
+        return (
+            f"the request body has {size} bytes or more, over the limit of {self.limit} "
+            "(api_max_body_bytes); split the job or raise the limit"
+        )
 
     @staticmethod
     async def _refuse(send: Send, status: int, error: str, detail: str) -> None:
         body = orjson.dumps({"error": error, "detail": detail})
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
-CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,191}$"      # `<session id>/<turn>`
+CALL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,191}$"  # `<session id>/<turn>`
 
 
 class Problem(BaseModel):
@@ -83,17 +83,18 @@ class Cancelled(BaseModel):
     job_id: str
     cancelled_by: str
     reason: str
-    first_request: bool = Field(description="False when someone had asked already "
-                                "(their request is the one shown)")
-    stopped: list[str] = Field(description="Sessions ended now (they waited for a "
-                               "confirmation)")
+    first_request: bool = Field(
+        description="False when someone had asked already (their request is the one shown)"
+    )
+    stopped: list[str] = Field(description="Sessions ended now (they waited for a confirmation)")
     running: list[str] = Field(description="Sessions workers end before their next step")
 
 
 class EventPage(BaseModel):
     session_id: str
-    events: list[dict[str, Any]] = Field(description="Events as exported (envelope, "
-                                         "payload, prev_hash, hash), in seq order")
+    events: list[dict[str, Any]] = Field(
+        description="Events as exported (envelope, payload, prev_hash, hash), in seq order"
+    )
     next_after_seq: int = Field(description="Pass as after_seq for the next page")
     more: bool = Field(description="Whether events after this page exist already")
     finished: bool = Field(description="Whether the session has ended")
@@ -143,10 +144,15 @@ class Liveness(BaseModel):
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error answers a route can give."""
-    words = {400: "Bad input", 401: "No or unknown bearer token",
-             403: "The token's roles do not allow this", 404: "No such id",
-             409: "Too late for this (already answered or ended)",
-             413: "Body over api_max_body_bytes", 415: "Body type not accepted",
-             422: "Input that does not validate, each field with its reason",
-             503: "Store or broker unavailable"}
+    words = {
+        400: "Bad input",
+        401: "No or unknown bearer token",
+        403: "The token's roles do not allow this",
+        404: "No such id",
+        409: "Too late for this (already answered or ended)",
+        413: "Body over api_max_body_bytes",
+        415: "Body type not accepted",
+        422: "Input that does not validate, each field with its reason",
+        503: "Store or broker unavailable",
+    }
     return {c: {"model": ErrorBody, "description": words[c]} for c in codes}

@@ -31,8 +31,14 @@ import pybreaker
 
 from orchestrator.errors import ToolError
 
-__all__ = ["Breakers", "CircuitOpen", "SqliteStorage", "HostFailure", "record_transition",
-           "breakers_for"]
+__all__ = [
+    "Breakers",
+    "CircuitOpen",
+    "SqliteStorage",
+    "HostFailure",
+    "record_transition",
+    "breakers_for",
+]
 
 T = TypeVar("T")
 Change = Callable[[str, str, str, int, "datetime | None"], None]
@@ -53,17 +59,22 @@ class CircuitOpen(ToolError):
     transient = True
 
     def __init__(self, host: str, retry_at: datetime | None, failures: int) -> None:
-        when = (f"at {retry_at.isoformat(timespec='seconds')} (in "
-                f"{max(0.0, (retry_at - datetime.now(UTC)).total_seconds()):.0f} s)"
-                if retry_at else "after the reset timeout")
+        when = (
+            f"at {retry_at.isoformat(timespec='seconds')} (in "
+            f"{max(0.0, (retry_at - datetime.now(UTC)).total_seconds()):.0f} s)"
+            if retry_at
+            else "after the reset timeout"
+        )
         super().__init__(
             f"{host} failed {failures or 'too many'} time(s) in a row, so its circuit is "
             f"open and requests to it fail fast; one probe will be let through {when}, "
             "and a success closes the circuit. Retry then, or raise "
-            "ORCH_BREAKER_FAILURE_THRESHOLD if the host is only slow")
+            "ORCH_BREAKER_FAILURE_THRESHOLD if the host is only slow"
+        )
         self.host, self.retry_at = host, retry_at
-        self.retry_after_s = (max(0.0, (retry_at - datetime.now(UTC)).total_seconds())
-                              if retry_at else None)
+        self.retry_after_s = (
+            max(0.0, (retry_at - datetime.now(UTC)).total_seconds()) if retry_at else None
+        )
 
 
 class SqliteStorage(pybreaker.CircuitBreakerStorage):
@@ -75,11 +86,15 @@ class SqliteStorage(pybreaker.CircuitBreakerStorage):
         self._path, self._key = Path(path), name
         self._local = threading.local()
         with self._db() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS breaker (name TEXT PRIMARY KEY, "
-                       "state TEXT NOT NULL, fails INTEGER NOT NULL DEFAULT 0, "
-                       "successes INTEGER NOT NULL DEFAULT 0, opened_at REAL)")
-            db.execute("INSERT OR IGNORE INTO breaker (name, state) VALUES (?, ?)",
-                       (name, pybreaker.STATE_CLOSED))
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS breaker (name TEXT PRIMARY KEY, "
+                "state TEXT NOT NULL, fails INTEGER NOT NULL DEFAULT 0, "
+                "successes INTEGER NOT NULL DEFAULT 0, opened_at REAL)"
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO breaker (name, state) VALUES (?, ?)",
+                (name, pybreaker.STATE_CLOSED),
+            )
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -95,13 +110,21 @@ class SqliteStorage(pybreaker.CircuitBreakerStorage):
         return db
 
     def _get(self, column: str) -> Any:
-        row = self._db().execute(f"SELECT {column} FROM breaker WHERE name = ?",  # noqa: S608
-                                 (self._key,)).fetchone()
+        row = (
+            self._db()
+            .execute(
+                f"SELECT {column} FROM breaker WHERE name = ?",  # noqa: S608
+                (self._key,),
+            )
+            .fetchone()
+        )
         return row[0] if row else None
 
     def _set(self, sql: str, *args: Any) -> None:
-        self._db().execute(f"UPDATE breaker SET {sql} WHERE name = ?",  # noqa: S608
-                           (*args, self._key))
+        self._db().execute(
+            f"UPDATE breaker SET {sql} WHERE name = ?",  # noqa: S608
+            (*args, self._key),
+        )
 
     @property
     def state(self) -> str:
@@ -116,8 +139,9 @@ class SqliteStorage(pybreaker.CircuitBreakerStorage):
 
     def reset_counter(self) -> None:
         # Every success resets the count: write only when there is one to reset.
-        self._db().execute("UPDATE breaker SET fails = 0 WHERE name = ? AND fails != 0",
-                           (self._key,))
+        self._db().execute(
+            "UPDATE breaker SET fails = 0 WHERE name = ? AND fails != 0", (self._key,)
+        )
 
     def increment_success_counter(self) -> None:
         self._set("successes = successes + 1")
@@ -152,8 +176,9 @@ class _Listener(pybreaker.CircuitBreakerListener):
             return
         storage = cb._state_storage
         try:
-            self.owner.on_change(str(cb.name), old.name, new.name, storage.counter,
-                                 storage.opened_at)
+            self.owner.on_change(
+                str(cb.name), old.name, new.name, storage.counter, storage.opened_at
+            )
         except Exception:  # noqa: BLE001 - recording must never break the request
             pass
 
@@ -161,9 +186,14 @@ class _Listener(pybreaker.CircuitBreakerListener):
 class Breakers:
     """One breaker per host, state in `storage(host)` (shared across workers)."""
 
-    def __init__(self, storage: Callable[[str], pybreaker.CircuitBreakerStorage], *,
-                 fail_max: int = 5, reset_timeout_s: float = 30.0,
-                 on_change: Change | None = None) -> None:
+    def __init__(
+        self,
+        storage: Callable[[str], pybreaker.CircuitBreakerStorage],
+        *,
+        fail_max: int = 5,
+        reset_timeout_s: float = 30.0,
+        on_change: Change | None = None,
+    ) -> None:
         self._storage, self.fail_max, self.reset_timeout_s = storage, fail_max, reset_timeout_s
         self.on_change = on_change
         self._by_host: dict[str, pybreaker.CircuitBreaker] = {}
@@ -174,9 +204,13 @@ class Breakers:
             cb = self._by_host.get(host)
             if cb is None:
                 cb = self._by_host[host] = pybreaker.CircuitBreaker(
-                    fail_max=self.fail_max, reset_timeout=self.reset_timeout_s,
-                    state_storage=self._storage(host), listeners=[_Listener(self)],
-                    name=host, throw_new_error_on_trip=False)
+                    fail_max=self.fail_max,
+                    reset_timeout=self.reset_timeout_s,
+                    state_storage=self._storage(host),
+                    listeners=[_Listener(self)],
+                    name=host,
+                    throw_new_error_on_trip=False,
+                )
             return cb
 
     def state(self, host: str) -> str:
@@ -200,35 +234,58 @@ def breakers_for(settings: Any, on_change: Change | None = None) -> Breakers:
     url = settings.broker_url or ""
     if url.startswith(("redis://", "rediss://")):
         import redis
+
         client = redis.Redis.from_url(url)
 
         def storage(host: str) -> pybreaker.CircuitBreakerStorage:
-            return pybreaker.CircuitRedisStorage(pybreaker.STATE_CLOSED, client,
-                                                 namespace=f"orch:breaker:{host}")
+            return pybreaker.CircuitRedisStorage(
+                pybreaker.STATE_CLOSED, client, namespace=f"orch:breaker:{host}"
+            )
     else:
         path = settings.state / "breakers.sqlite"
 
         def storage(host: str) -> pybreaker.CircuitBreakerStorage:
             return SqliteStorage(path, host)
-    return Breakers(storage, fail_max=settings.breaker_failure_threshold,
-                    reset_timeout_s=settings.breaker_reset_timeout_s, on_change=on_change)
+
+    return Breakers(
+        storage,
+        fail_max=settings.breaker_failure_threshold,
+        reset_timeout_s=settings.breaker_reset_timeout_s,
+        on_change=on_change,
+    )
 
 
-def record_transition(store: Any, actor: str, host: str, previous: str, state: str,
-                      failures: int, opened_at: datetime | None, reset_timeout_s: float
-                      ) -> bool:
+def record_transition(
+    store: Any,
+    actor: str,
+    host: str,
+    previous: str,
+    state: str,
+    failures: int,
+    opened_at: datetime | None,
+    reset_timeout_s: float,
+) -> bool:
     """One CircuitChanged on `circuit:<host>` unless the stream already ends
     in that state (another worker recorded it); a metric either way.
     Returns whether this call appended."""
     from events import payloads as p
     from events.envelope import NewEvent
     from events.errors import SequenceConflict
+
     _metric(host, state)
     stream = f"circuit:{host}"
-    retry_at = (opened_at + timedelta(seconds=reset_timeout_s)).isoformat() \
-        if state == "open" and opened_at else None
-    payload = p.CircuitChanged(host=host, state=state, previous=previous,  # type: ignore[arg-type]
-                               failures=failures, retry_at=retry_at)
+    retry_at = (
+        (opened_at + timedelta(seconds=reset_timeout_s)).isoformat()
+        if state == "open" and opened_at
+        else None
+    )
+    payload = p.CircuitChanged(
+        host=host,
+        state=state,
+        previous=previous,  # type: ignore[arg-type]
+        failures=failures,
+        retry_at=retry_at,
+    )
     for _ in range(10):
         last, seq = None, 0
         for e in store.read_stream(stream):
@@ -236,8 +293,9 @@ def record_transition(store: Any, actor: str, host: str, previous: str, state: s
         if (last is None and state == "closed") or (last is not None and last.state == state):
             return False
         try:
-            store.append(stream, [NewEvent.create(payload, actor=actor, correlation_id=stream)],
-                         seq)
+            store.append(
+                stream, [NewEvent.create(payload, actor=actor, correlation_id=stream)], seq
+            )
             return True
         except SequenceConflict:
             continue

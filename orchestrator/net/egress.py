@@ -44,8 +44,16 @@ if TYPE_CHECKING:
     import httpcore
     import httpx
 
-__all__ = ["EgressDenied", "check_url", "resolve_checked", "check_address", "parse_host",
-           "EgressBackend", "egress_transport", "RULES"]
+__all__ = [
+    "EgressDenied",
+    "check_url",
+    "resolve_checked",
+    "check_address",
+    "parse_host",
+    "EgressBackend",
+    "egress_transport",
+    "RULES",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 ALLOWED_SCHEMES = ("http", "https")
@@ -53,12 +61,28 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Cloud metadata services: named apart from "private" because reaching one
 # hands out the machine's credentials.
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254", "169.254.170.2", "169.254.169.253", "fd00:ec2::254",
-    "100.100.100.200", "fd20:ce::254"))
-METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata",
-                            "instance-data", "instance-data.ec2.internal",
-                            "metadata.azure.com", "metadata.tencentyun.com"})
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",
+        "169.254.170.2",
+        "169.254.169.253",
+        "fd00:ec2::254",
+        "100.100.100.200",
+        "fd20:ce::254",
+    )
+)
+METADATA_HOSTS = frozenset(
+    {
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.azure.com",
+        "metadata.tencentyun.com",
+    }
+)
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -76,7 +100,7 @@ RULES = {
     "egress-host-not-allowed": "network.allow_hosts does not name the host",
     "egress-metadata": "cloud metadata services hand out the machine's credentials",
     "egress-private-address": "private, loopback, link-local and reserved addresses are "
-                              "inside the operator's network",
+    "inside the operator's network",
     "egress-unresolvable": "the host has no address",
 }
 
@@ -110,6 +134,7 @@ class EgressDenied(ToolError):
 
 # -- host names and IP literals --------------------------------------------------------
 
+
 def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None | bool:
     """The address a resolver (inet_aton) or a browser (WHATWG URL) reads in
     `host`: 1 to 4 dot-separated numbers, each decimal, 0x-hex or 0-octal, the
@@ -130,7 +155,7 @@ def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None | bool:
         except ValueError:
             numbers.append(None)
     if numbers[-1] is None:
-        return None              # a name (its last label is not a number)
+        return None  # a name (its last label is not a number)
     if None in numbers or len(numbers) > 4:
         return False
     values = [n for n in numbers if n is not None]
@@ -150,29 +175,45 @@ def parse_host(host: str) -> tuple[str, IPAddress | None]:
     Raises EgressDenied for a host that no request should carry."""
     raw = host.strip("[]")
     if not raw or any(c in raw for c in "%\\/@ \t\r\n\x00") and not _scoped_v6(raw):
-        raise EgressDenied(host or "(no host)", "egress-bad-url",
-                           f"host {host!r} is empty or holds characters no host name has",
-                           "Write the URL with a plain host name or address")
+        raise EgressDenied(
+            host or "(no host)",
+            "egress-bad-url",
+            f"host {host!r} is empty or holds characters no host name has",
+            "Write the URL with a plain host name or address",
+        )
     if ":" in raw:
         try:
             return raw.lower(), ipaddress.IPv6Address(raw)
         except ValueError:
-            raise EgressDenied(host, "egress-bad-url", f"host {host!r} is not an IPv6 address",
-                               "Write the URL with a plain host name or address") from None
+            raise EgressDenied(
+                host,
+                "egress-bad-url",
+                f"host {host!r} is not an IPv6 address",
+                "Write the URL with a plain host name or address",
+            ) from None
     name = raw.lower()
     if name.endswith(".") and len(name) > 1:
         name = name[:-1]
     if not name.isascii():
         try:
-            import idna     # httpx's own IDNA 2008 encoder: match what it will send
+            import idna  # httpx's own IDNA 2008 encoder: match what it will send
+
             name = idna.encode(name, uts46=True).decode("ascii")
-        except Exception:   # noqa: BLE001 - every idna failure means the same thing
-            raise EgressDenied(host, "egress-bad-url", f"host {host!r} is not a valid "
-                               "internationalized name", "Check the URL") from None
+        except Exception:  # noqa: BLE001 - every idna failure means the same thing
+            raise EgressDenied(
+                host,
+                "egress-bad-url",
+                f"host {host!r} is not a valid internationalized name",
+                "Check the URL",
+            ) from None
     v4 = _legacy_ipv4(name)
     if v4 is False:
-        raise EgressDenied(host, "egress-bad-url", f"host {host!r} looks like an IPv4 "
-                           "address but is not a valid one", "Check the URL")
+        raise EgressDenied(
+            host,
+            "egress-bad-url",
+            f"host {host!r} looks like an IPv4 address but is not a valid one",
+            "Check the URL",
+        )
     return name, v4 if isinstance(v4, ipaddress.IPv4Address) else None
 
 
@@ -237,7 +278,7 @@ def _kind(ip: IPAddress) -> str | None:
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
         return "carrier-grade NAT (shared)"
     if isinstance(ip, ipaddress.IPv4Address) and int(ip) >> 24 == 0:
-        return "\"this network\" (0.0.0.0/8)"
+        return '"this network" (0.0.0.0/8)'
     if ip.is_private:
         return "private"
     if ip.is_reserved:
@@ -248,6 +289,7 @@ def _kind(ip: IPAddress) -> str | None:
 
 
 # -- host rules ---------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class HostRule:
@@ -302,8 +344,9 @@ def host_rule(text: str) -> HostRule:
     except ValueError:
         pass
     if entry != "*" and ("*" in entry[2:] or "*" in entry and not entry.startswith("*.")):
-        raise ValueError(f"host entry {text!r}: a wildcard may only start the name "
-                         "(`*.example.com`)")
+        raise ValueError(
+            f"host entry {text!r}: a wildcard may only start the name (`*.example.com`)"
+        )
     try:
         name, ip = parse_host(entry[2:] if entry.startswith("*.") else entry)
     except EgressDenied as exc:
@@ -313,8 +356,7 @@ def host_rule(text: str) -> HostRule:
     return HostRule(text, name=("*." + name) if entry.startswith("*.") else name, port=port)
 
 
-def _matching(entries: Iterable[str], name: str, ip: IPAddress | None, port: int
-              ) -> str | None:
+def _matching(entries: Iterable[str], name: str, ip: IPAddress | None, port: int) -> str | None:
     for entry in entries:
         if host_rule(entry).matches(name, ip, port):
             return entry
@@ -325,35 +367,60 @@ def _shown(name: str, port: int) -> str:
     return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
 
 
-def _check_host(name: str, ip: IPAddress | None, port: int, net: NetworkRules,
-                target: str) -> None:
+def _check_host(name: str, ip: IPAddress | None, port: int, net: NetworkRules, target: str) -> None:
     """The host lists and, for an address or a metadata name, the private ban."""
     if not net.enabled:
-        raise EgressDenied(target, "egress-network-off", RULES["egress-network-off"],
-                           "Enable it with `network: {enabled: true}` in the policy")
+        raise EgressDenied(
+            target,
+            "egress-network-off",
+            RULES["egress-network-off"],
+            "Enable it with `network: {enabled: true}` in the policy",
+        )
     denied = _matching(net.deny_hosts, name, ip, port)
     if denied is not None:
-        raise EgressDenied(target, "egress-host-denied",
-                           f"network.deny_hosts entry {denied!r} matches {_shown(name, port)}",
-                           "Deny wins over every allowance; remove the entry to allow it")
+        raise EgressDenied(
+            target,
+            "egress-host-denied",
+            f"network.deny_hosts entry {denied!r} matches {_shown(name, port)}",
+            "Deny wins over every allowance; remove the entry to allow it",
+        )
     if net.allow_hosts and _matching(net.allow_hosts, name, ip, port) is None:
-        raise EgressDenied(target, "egress-host-not-allowed", (
-            f"{_shown(name, port)} is not in network.allow_hosts "
-            f"({', '.join(net.allow_hosts)})"),
-            f"Add {name!r}" + (f" (or a pattern such as '*.{name.split('.', 1)[1]}')"
-                               if ip is None and "." in name else "")
-            + " to network.allow_hosts")
-    if ip is None and name in METADATA_HOSTS and \
-            _matching(net.allow_private, name, None, port) is None:
-        raise EgressDenied(target, "egress-metadata",
-                           f"{name} is a cloud metadata service name",
-                           f"Allow it explicitly with network.allow_private: [{name!r}]")
+        raise EgressDenied(
+            target,
+            "egress-host-not-allowed",
+            (f"{_shown(name, port)} is not in network.allow_hosts ({', '.join(net.allow_hosts)})"),
+            f"Add {name!r}"
+            + (
+                f" (or a pattern such as '*.{name.split('.', 1)[1]}')"
+                if ip is None and "." in name
+                else ""
+            )
+            + " to network.allow_hosts",
+        )
+    if (
+        ip is None
+        and name in METADATA_HOSTS
+        and _matching(net.allow_private, name, None, port) is None
+    ):
+        raise EgressDenied(
+            target,
+            "egress-metadata",
+            f"{name} is a cloud metadata service name",
+            f"Allow it explicitly with network.allow_private: [{name!r}]",
+        )
     if ip is not None:
         check_address(ip, port, net, name=name, target=target)
 
 
-def check_address(ip: IPAddress, port: int, net: NetworkRules, *, name: str = "",
-                  target: str = "", resolved: bool = False) -> None:
+def check_address(
+    ip: IPAddress,
+    port: int,
+    net: NetworkRules,
+    *,
+    name: str = "",
+    target: str = "",
+    resolved: bool = False,
+) -> None:
     """Refuse a non-public address unless network.allow_private names it (by
     address or CIDR, or by the host name it was resolved from)."""
     problem = address_problem(ip)
@@ -368,12 +435,19 @@ def check_address(ip: IPAddress, port: int, net: NetworkRules, *, name: str = ""
     elif name and name != str(ip).lower():
         via = f" (written {name!r})"
     allow = embedded_ipv4(ip) or ip
-    raise EgressDenied(target or _shown(str(ip), port), rule_id, why + via, (
-        f"Allow it explicitly with network.allow_private: ['{allow}'] (or a CIDR that "
-        "contains it) in the policy, if the session should reach it"))
+    raise EgressDenied(
+        target or _shown(str(ip), port),
+        rule_id,
+        why + via,
+        (
+            f"Allow it explicitly with network.allow_private: ['{allow}'] (or a CIDR that "
+            "contains it) in the policy, if the session should reach it"
+        ),
+    )
 
 
 # -- URLs -------------------------------------------------------------------------------
+
 
 def _known_secrets() -> tuple[str, ...]:
     try:
@@ -390,8 +464,7 @@ def _show_url(url: str) -> str:
     return url if len(url) <= 200 else url[:200] + "..."
 
 
-def check_url(url: str, net: NetworkRules, *, secrets: Sequence[str] | None = None
-              ) -> SplitResult:
+def check_url(url: str, net: NetworkRules, *, secrets: Sequence[str] | None = None) -> SplitResult:
     """The URL split, when a network tool may request it under `net`;
     otherwise EgressDenied naming the rule. Looks at the URL only: the
     connection checks the addresses it resolves to (`resolve_checked`).
@@ -399,39 +472,60 @@ def check_url(url: str, net: NetworkRules, *, secrets: Sequence[str] | None = No
     `orchestrator.secrets` knows); pass () for a pure check."""
     shown = _show_url(url)
     if any(ord(c) < 0x21 or c == "\x7f" for c in url):
-        raise EgressDenied(repr(shown), "egress-bad-url", "the URL holds whitespace or "
-                           "control characters", "Percent-encode them")
+        raise EgressDenied(
+            repr(shown),
+            "egress-bad-url",
+            "the URL holds whitespace or control characters",
+            "Percent-encode them",
+        )
     if not net.enabled:
-        raise EgressDenied(shown, "egress-network-off", RULES["egress-network-off"],
-                           "Enable it with `network: {enabled: true}` in the policy")
+        raise EgressDenied(
+            shown,
+            "egress-network-off",
+            RULES["egress-network-off"],
+            "Enable it with `network: {enabled: true}` in the policy",
+        )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise EgressDenied(shown, "egress-bad-url", f"the URL does not parse ({exc})",
-                           "Check the URL") from None
+        raise EgressDenied(
+            shown, "egress-bad-url", f"the URL does not parse ({exc})", "Check the URL"
+        ) from None
     scheme = parts.scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
-        raise EgressDenied(shown, "egress-scheme", (
-            f"scheme {parts.scheme or '(none)'}: is not fetched; only http and https are"),
+        raise EgressDenied(
+            shown,
+            "egress-scheme",
+            (f"scheme {parts.scheme or '(none)'}: is not fetched; only http and https are"),
             "Use an http:// or https:// URL (file, data, ftp, gopher and the rest are "
-            "refused in every policy)")
+            "refused in every policy)",
+        )
     if "@" in parts.netloc or parts.username is not None:
-        raise EgressDenied(shown.replace(parts.netloc, parts.netloc.rpartition("@")[2]),
-                           "egress-userinfo", RULES["egress-userinfo"] +
-                           " (user:password@ in the URL)",
-                           "Remove the credentials from the URL; a search provider's key "
-                           "goes in the settings as a secret")
+        raise EgressDenied(
+            shown.replace(parts.netloc, parts.netloc.rpartition("@")[2]),
+            "egress-userinfo",
+            RULES["egress-userinfo"] + " (user:password@ in the URL)",
+            "Remove the credentials from the URL; a search provider's key "
+            "goes in the settings as a secret",
+        )
     if not parts.hostname:
-        raise EgressDenied(shown, "egress-bad-url", "the URL names no host",
-                           "Write an absolute URL such as https://example.com/page")
-    from orchestrator.masking import mask    # lazily: masking is not needed for pure checks
+        raise EgressDenied(
+            shown,
+            "egress-bad-url",
+            "the URL names no host",
+            "Write an absolute URL such as https://example.com/page",
+        )
+    from orchestrator.masking import mask  # lazily: masking is not needed for pure checks
+
     known = _known_secrets() if secrets is None else secrets
     if known and mask(url, known, patterns=False) != url:
-        raise EgressDenied(mask(shown, known, patterns=False), "egress-secret-in-url",
-                           RULES["egress-secret-in-url"],
-                           "Send the secret in a header from the settings instead, or "
-                           "remove it from the request")
+        raise EgressDenied(
+            mask(shown, known, patterns=False),
+            "egress-secret-in-url",
+            RULES["egress-secret-in-url"],
+            "Send the secret in a header from the settings instead, or remove it from the request",
+        )
     name, ip = parse_host(parts.hostname)
     _check_host(name, ip, port or DEFAULT_PORTS[scheme], net, shown)
     return parts
@@ -451,19 +545,20 @@ def resolve_checked(host: str, port: int, net: NetworkRules) -> list[IPAddress]:
         return [ip]
     _check_host(name, None, port, net, target)
     try:
-        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM,
-                                   proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(name, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
-        raise EgressDenied(target, "egress-unresolvable", f"{name} does not resolve ({exc})",
-                           "Check the host name") from None
+        raise EgressDenied(
+            target, "egress-unresolvable", f"{name} does not resolve ({exc})", "Check the host name"
+        ) from None
     addresses: list[IPAddress] = []
     for *_, sockaddr in infos:
         found = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if found not in addresses:
             addresses.append(found)
     if not addresses:
-        raise EgressDenied(target, "egress-unresolvable", f"{name} has no address",
-                           "Check the host name")
+        raise EgressDenied(
+            target, "egress-unresolvable", f"{name} has no address", "Check the host name"
+        )
     for found in addresses:
         check_address(found, port, net, name=name, target=target, resolved=True)
     return addresses
@@ -471,8 +566,10 @@ def resolve_checked(host: str, port: int, net: NetworkRules) -> list[IPAddress]:
 
 # -- the connection -------------------------------------------------------------------------
 
+
 def _backend_base() -> type:
     import httpcore
+
     return httpcore.SyncBackend
 
 
@@ -487,24 +584,38 @@ class EgressBackend(_backend_base()):  # type: ignore[misc]
         super().__init__()
         self.net = net
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                    local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
         import httpcore
+
         last: Exception | None = None
         for ip in resolve_checked(host, port, self.net):
             try:
-                return super().connect_tcp(str(ip), port, timeout=timeout,
-                                           local_address=local_address,
-                                           socket_options=socket_options)
+                return super().connect_tcp(
+                    str(ip),
+                    port,
+                    timeout=timeout,
+                    local_address=local_address,
+                    socket_options=socket_options,
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None
         raise last
 
     def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        raise EgressDenied("a unix socket", "egress-scheme", "network tools connect over "
-                           "TCP only", "Use an http(s) URL")
+        raise EgressDenied(
+            "a unix socket",
+            "egress-scheme",
+            "network tools connect over TCP only",
+            "Use an http(s) URL",
+        )
 
 
 def egress_transport(net: NetworkRules, *, verify: bool = True) -> httpx.HTTPTransport:
@@ -517,11 +628,12 @@ def egress_transport(net: NetworkRules, *, verify: bool = True) -> httpx.HTTPTra
     otherwise carry requests past the backend."""
     import httpcore
     import httpx
+
     ctx = _ssl_context(verify)
     transport = httpx.HTTPTransport(verify=ctx, retries=0)
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=ctx, http1=True, http2=False, retries=0,
-        network_backend=EgressBackend(net))
+        ssl_context=ctx, http1=True, http2=False, retries=0, network_backend=EgressBackend(net)
+    )
     return transport
 
 
@@ -531,4 +643,5 @@ def _ssl_context(verify: bool) -> Any:
     milliseconds, more than a whole local GET (an SSLContext is safe to share
     between connections and threads)."""
     import httpx
+
     return httpx.create_ssl_context(verify=verify)

@@ -39,11 +39,23 @@ __all__ = ["FetchLimits", "FetchResult", "Retry", "fetch", "FetchFailed", "limit
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-TEXT_TYPES = ("text/", "application/json", "application/xml", "application/xhtml+xml",
-              "application/javascript", "application/ld+json", "application/rss+xml",
-              "application/atom+xml")
-TRANSIENT = (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError,
-             httpx.ReadError, httpx.WriteError)
+TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/xhtml+xml",
+    "application/javascript",
+    "application/ld+json",
+    "application/rss+xml",
+    "application/atom+xml",
+)
+TRANSIENT = (
+    httpx.ConnectError,
+    httpx.TimeoutException,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
 MAX_BACKOFF_S = 30.0
 
 
@@ -74,11 +86,18 @@ def limits_from(settings: Any, **override: Any) -> FetchLimits:
     given = {k: v for k, v in override.items() if v is not None}
     if "max_bytes" in given:
         given["max_bytes"] = min(given["max_bytes"], settings.fetch_max_bytes)
-    return FetchLimits(**{
-        "max_bytes": settings.fetch_max_bytes, "timeout_s": settings.fetch_timeout_s,
-        "max_redirects": settings.fetch_max_redirects, "attempts": settings.net_retry_attempts,
-        "budget_s": settings.net_retry_budget_s, "backoff_base_s": settings.net_retry_base_s,
-        "user_agent": settings.fetch_user_agent} | given)
+    return FetchLimits(
+        **{
+            "max_bytes": settings.fetch_max_bytes,
+            "timeout_s": settings.fetch_timeout_s,
+            "max_redirects": settings.fetch_max_redirects,
+            "attempts": settings.net_retry_attempts,
+            "budget_s": settings.net_retry_budget_s,
+            "backoff_base_s": settings.net_retry_base_s,
+            "user_agent": settings.fetch_user_agent,
+        }
+        | given
+    )
 
 
 @dataclass(frozen=True)
@@ -95,8 +114,8 @@ class FetchResult(ToolResult):
     url: str = ""
     final_url: str = ""
     content_type: str = ""
-    content_length: int | None = None     # as declared by the server
-    body_bytes: int = 0                   # decoded bytes read (at most max_bytes)
+    content_length: int | None = None  # as declared by the server
+    body_bytes: int = 0  # decoded bytes read (at most max_bytes)
     truncated: bool = False
     redirects: tuple[str, ...] = ()
     retries: tuple[Retry, ...] = field(default=())
@@ -119,6 +138,7 @@ class _StatusFailure(HostFailure):
 
 # -- reading a body under a cap ------------------------------------------------------------
 
+
 def _decoder(encoding: str) -> Any:
     enc = encoding.strip().lower()
     if enc in ("", "identity"):
@@ -126,13 +146,16 @@ def _decoder(encoding: str) -> Any:
     if enc in ("gzip", "x-gzip"):
         return zlib.decompressobj(16 + zlib.MAX_WBITS)
     if enc == "deflate":
-        return zlib.decompressobj(zlib.MAX_WBITS)     # zlib-wrapped; raw deflate below
-    raise FetchFailed(f"the server answered with Content-Encoding {encoding!r}, which "
-                      "web_fetch does not decode (it asks for gzip or deflate only)")
+        return zlib.decompressobj(zlib.MAX_WBITS)  # zlib-wrapped; raw deflate below
+    raise FetchFailed(
+        f"the server answered with Content-Encoding {encoding!r}, which "
+        "web_fetch does not decode (it asks for gzip or deflate only)"
+    )
 
 
-def read_capped(chunks: Iterator[bytes], encoding: str, cap: int,
-                deadline: float) -> tuple[bytes, bool]:
+def read_capped(
+    chunks: Iterator[bytes], encoding: str, cap: int, deadline: float
+) -> tuple[bytes, bool]:
     """The decoded body, at most `cap` bytes, and whether there was more.
     Decompression is bounded by `max_length`, never by the compressed size."""
     out = bytearray()
@@ -143,10 +166,12 @@ def read_capped(chunks: Iterator[bytes], encoding: str, cap: int,
     first = True
     for raw in chunks:
         if time.monotonic() > deadline:
-            raise ToolTimeout("the body kept arriving past the fetch's time limit; raise "
-                              "timeout_s or ORCH_FETCH_TIMEOUT_S")
+            raise ToolTimeout(
+                "the body kept arriving past the fetch's time limit; raise "
+                "timeout_s or ORCH_FETCH_TIMEOUT_S"
+            )
         if dec is None:
-            out += raw[:cap + 1 - len(out)]
+            out += raw[: cap + 1 - len(out)]
         else:
             data = raw
             while data and len(out) <= cap:
@@ -154,11 +179,12 @@ def read_capped(chunks: Iterator[bytes], encoding: str, cap: int,
                     piece = dec.decompress(data, cap + 1 - len(out))
                 except zlib.error:
                     if first and encodings[0].strip().lower() == "deflate":
-                        dec = zlib.decompressobj(-zlib.MAX_WBITS)   # raw deflate
+                        dec = zlib.decompressobj(-zlib.MAX_WBITS)  # raw deflate
                         first = False
                         continue
-                    raise FetchFailed("the body does not decompress as its Content-Encoding "
-                                      "says") from None
+                    raise FetchFailed(
+                        "the body does not decompress as its Content-Encoding says"
+                    ) from None
                 first = False
                 out += piece
                 data = dec.unconsumed_tail
@@ -172,8 +198,9 @@ def _one(client: httpx.Client, url: str, limits: FetchLimits, deadline: float) -
         if r.status_code in REDIRECTS:
             body, truncated = b"", False
         else:
-            body, truncated = read_capped(r.iter_raw(), r.headers.get("content-encoding", ""),
-                                          limits.max_bytes, deadline)
+            body, truncated = read_capped(
+                r.iter_raw(), r.headers.get("content-encoding", ""), limits.max_bytes, deadline
+            )
         answer = _Answer(r.status_code, r.headers, body, truncated)
     if answer.status == 429 or answer.status >= 500:
         raise _StatusFailure(answer)
@@ -181,6 +208,7 @@ def _one(client: httpx.Client, url: str, limits: FetchLimits, deadline: float) -
 
 
 # -- retries ---------------------------------------------------------------------------------
+
 
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, _StatusFailure):
@@ -210,9 +238,16 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _attempts(client: httpx.Client, url: str, host: str, limits: FetchLimits,
-              breakers: Breakers | None, retries: list[Retry], start: float,
-              sleep: Callable[[float], None]) -> _Answer:
+def _attempts(
+    client: httpx.Client,
+    url: str,
+    host: str,
+    limits: FetchLimits,
+    breakers: Breakers | None,
+    retries: list[Retry],
+    start: float,
+    sleep: Callable[[float], None],
+) -> _Answer:
     budget_end = start + limits.budget_s
 
     def attempt() -> _Answer:
@@ -224,7 +259,7 @@ def _attempts(client: httpx.Client, url: str, host: str, limits: FetchLimits,
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         backoff = min(MAX_BACKOFF_S, limits.backoff_base_s * 2 ** (state.attempt_number - 1))
-        delay = random.uniform(0, backoff)          # full jitter
+        delay = random.uniform(0, backoff)  # full jitter
         if isinstance(exc, _StatusFailure):
             after = retry_after_s(exc.answer.headers)
             if after is not None:
@@ -239,19 +274,31 @@ def _attempts(client: httpx.Client, url: str, host: str, limits: FetchLimits,
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        retries.append(Retry(state.attempt_number, _reason(exc) if exc else "?",
-                             round(state.upcoming_sleep, 3), host))
+        retries.append(
+            Retry(
+                state.attempt_number,
+                _reason(exc) if exc else "?",
+                round(state.upcoming_sleep, 3),
+                host,
+            )
+        )
 
-    retrying = Retrying(retry=retry_if_exception(_transient), wait=wait,
-                        stop=stop,
-                        before_sleep=before_sleep, sleep=sleep, reraise=True)
+    retrying = Retrying(
+        retry=retry_if_exception(_transient),
+        wait=wait,
+        stop=stop,
+        before_sleep=before_sleep,
+        sleep=sleep,
+        reraise=True,
+    )
     try:
         return retrying(attempt)
     except _StatusFailure as exc:
-        return exc.answer       # a 5xx/429 after the retries: the caller reports it
+        return exc.answer  # a 5xx/429 after the retries: the caller reports it
 
 
 # -- the tool ------------------------------------------------------------------------------
+
 
 def to_text(body: bytes, content_type: str, charset: str | None) -> str:
     """What the agent reads: Markdown for HTML, text as is, a note for binary."""
@@ -259,9 +306,11 @@ def to_text(body: bytes, content_type: str, charset: str | None) -> str:
     if kind and not kind.startswith(TEXT_TYPES):
         return f"({len(body)} bytes of {kind}; not text, not shown)"
     text = body.decode(charset or "utf-8", errors="replace")
-    if kind in ("text/html", "application/xhtml+xml") or (not kind and "<html" in text[:512]
-                                                             .lower()):
+    if kind in ("text/html", "application/xhtml+xml") or (
+        not kind and "<html" in text[:512].lower()
+    ):
         from markdownify import markdownify
+
         text = markdownify(text, heading_style="ATX", strip=["img"])
         text = "\n".join(line.rstrip() for line in text.splitlines())
         while "\n\n\n" in text:
@@ -270,47 +319,67 @@ def to_text(body: bytes, content_type: str, charset: str | None) -> str:
     return text
 
 
-def fetch(url: str, net: NetworkRules, *, limits: FetchLimits = FetchLimits(),
-          breakers: Breakers | None = None, sleep: Callable[[float], None] = time.sleep,
-          secrets: tuple[str, ...] | None = None, convert: bool = True,
-          transport: httpx.BaseTransport | None = None) -> FetchResult:
+def fetch(
+    url: str,
+    net: NetworkRules,
+    *,
+    limits: FetchLimits = FetchLimits(),
+    breakers: Breakers | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    secrets: tuple[str, ...] | None = None,
+    convert: bool = True,
+    transport: httpx.BaseTransport | None = None,
+) -> FetchResult:
     """GET `url` under `net`'s egress rules; raises EgressDenied, CircuitOpen,
     FetchFailed or ToolTimeout (each a ToolError)."""
     start = time.monotonic()
     retries: list[Retry] = []
     redirects: list[str] = []
     current = url
-    headers = {"User-Agent": limits.user_agent, "Accept-Encoding": "gzip, deflate",
-               "Accept": "text/html,application/xhtml+xml,text/plain,application/json;q=0.9,"
-                         "*/*;q=0.5"}
-    with httpx.Client(transport=transport or egress_transport(net), trust_env=False,
-                      timeout=limits.timeout_s, follow_redirects=False, headers=headers) as client:
+    headers = {
+        "User-Agent": limits.user_agent,
+        "Accept-Encoding": "gzip, deflate",
+        "Accept": "text/html,application/xhtml+xml,text/plain,application/json;q=0.9,*/*;q=0.5",
+    }
+    with httpx.Client(
+        transport=transport or egress_transport(net),
+        trust_env=False,
+        timeout=limits.timeout_s,
+        follow_redirects=False,
+        headers=headers,
+    ) as client:
         while True:
             parts = check_url(current, net, secrets=secrets)
             host = parts.hostname or ""
             try:
-                answer = _attempts(client, current, host, limits, breakers, retries, start,
-                                   sleep)
+                answer = _attempts(client, current, host, limits, breakers, retries, start, sleep)
             except EgressDenied:
                 raise
             except CircuitOpen:
                 raise
             except httpx.TimeoutException as exc:
-                raise ToolTimeout(f"GET {current} timed out ({type(exc).__name__}) after "
-                                  f"{len(retries) + 1} attempt(s) within "
-                                  f"{time.monotonic() - start:.1f} s; the host is slow or "
-                                  "down. Raise ORCH_FETCH_TIMEOUT_S if it is only slow") from None
+                raise ToolTimeout(
+                    f"GET {current} timed out ({type(exc).__name__}) after "
+                    f"{len(retries) + 1} attempt(s) within "
+                    f"{time.monotonic() - start:.1f} s; the host is slow or "
+                    "down. Raise ORCH_FETCH_TIMEOUT_S if it is only slow"
+                ) from None
             except TRANSIENT as exc:
-                raise FetchFailed(f"GET {current} failed: {type(exc).__name__}: {exc} (after "
-                                  f"{len(retries) + 1} attempt(s)); the host refused or "
-                                  "dropped the connection", transient=True) from None
+                raise FetchFailed(
+                    f"GET {current} failed: {type(exc).__name__}: {exc} (after "
+                    f"{len(retries) + 1} attempt(s)); the host refused or "
+                    "dropped the connection",
+                    transient=True,
+                ) from None
             location = answer.headers.get("location")
             if answer.status in REDIRECTS and location:
                 if len(redirects) >= limits.max_redirects:
-                    raise TooManyRedirects(f"GET {url} redirected more than "
-                                           f"{limits.max_redirects} times (last to "
-                                           f"{location}); raise max_redirects if that is "
-                                           "expected")
+                    raise TooManyRedirects(
+                        f"GET {url} redirected more than "
+                        f"{limits.max_redirects} times (last to "
+                        f"{location}); raise max_redirects if that is "
+                        "expected"
+                    )
                 current = urljoin(current, location)
                 redirects.append(current)
                 continue
@@ -320,21 +389,34 @@ def fetch(url: str, net: NetworkRules, *, limits: FetchLimits = FetchLimits(),
     if "charset=" in ctype.lower():
         charset = ctype.lower().split("charset=", 1)[1].split(";")[0].strip().strip('"') or None
     try:
-        text = to_text(answer.body, ctype, charset) if convert else \
-            answer.body.decode(charset or "utf-8", errors="replace")
+        text = (
+            to_text(answer.body, ctype, charset)
+            if convert
+            else answer.body.decode(charset or "utf-8", errors="replace")
+        )
     except LookupError:
         text = answer.body.decode("utf-8", errors="replace")
     declared = answer.headers.get("content-length")
     result = FetchResult(
-        status=answer.status, url=url, final_url=current, content_type=ctype,
+        status=answer.status,
+        url=url,
+        final_url=current,
+        content_type=ctype,
         content_length=int(declared) if declared and declared.isdigit() else None,
-        body_bytes=len(answer.body), truncated=answer.truncated, redirects=tuple(redirects),
-        retries=tuple(retries), text=text, duration_s=time.monotonic() - start,
-        exit_code=0 if answer.status < 400 else answer.status)
+        body_bytes=len(answer.body),
+        truncated=answer.truncated,
+        redirects=tuple(redirects),
+        retries=tuple(retries),
+        text=text,
+        duration_s=time.monotonic() - start,
+        exit_code=0 if answer.status < 400 else answer.status,
+    )
     if answer.status >= 400:
-        raise FetchFailed(f"GET {current} answered HTTP {answer.status} (after "
-                          f"{len(retries) + 1} attempt(s))",
-                          transient=answer.status in RETRY_STATUSES, result=result)
+        raise FetchFailed(
+            f"GET {current} answered HTTP {answer.status} (after {len(retries) + 1} attempt(s))",
+            transient=answer.status in RETRY_STATUSES,
+            result=result,
+        )
     return result
 
 
@@ -345,8 +427,9 @@ def render(result: FetchResult, max_output_bytes: int) -> tuple[str, int]:
     if result.redirects:
         meta.append(f"redirects: {len(result.redirects)} ({' -> '.join(result.redirects)})")
     meta.append(f"content-type: {result.content_type or '(none)'}")
-    meta.append(f"bytes: {result.body_bytes}" + (" (truncated at the cap)"
-                                                   if result.truncated else ""))
+    meta.append(
+        f"bytes: {result.body_bytes}" + (" (truncated at the cap)" if result.truncated else "")
+    )
     if result.retries:
         meta.append(f"retries: {len(result.retries)}")
     text = "\n".join(meta) + "\n\n" + result.text

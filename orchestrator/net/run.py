@@ -35,27 +35,44 @@ def set_event_store(store: Any, actor: str) -> None:
 @lru_cache(maxsize=1)
 def _breakers() -> Breakers:
     from orchestrator.config import get_settings
+
     settings = get_settings()
 
     def changed(host: str, previous: str, state: str, failures: int, opened_at: Any) -> None:
         store = _sink.get("store")
         if store is not None:
-            record_transition(store, _sink["actor"], host, previous, state, failures,
-                              opened_at, settings.breaker_reset_timeout_s)
+            record_transition(
+                store,
+                _sink["actor"],
+                host,
+                previous,
+                state,
+                failures,
+                opened_at,
+                settings.breaker_reset_timeout_s,
+            )
+
     return breakers_for(settings, on_change=changed)
 
 
-def run_step(step: FetchStep | WebSearchStep | BrowserStep, net: Any, *,
-             store: Any = None, actor: str = "worker") -> ToolResult:
+def run_step(
+    step: FetchStep | WebSearchStep | BrowserStep,
+    net: Any,
+    *,
+    store: Any = None,
+    actor: str = "worker",
+) -> ToolResult:
     """Run one network step; raises ToolError (EgressDenied, CircuitOpen,
     FetchFailed, ToolTimeout, ...). Output is masked by the caller."""
     from orchestrator.config import get_settings
+
     settings = get_settings()
     if store is not None:
         set_event_store(store, actor)
     if isinstance(step, FetchStep):
-        limits = web.limits_from(settings, max_bytes=step.max_bytes,
-                                 max_redirects=step.max_redirects)
+        limits = web.limits_from(
+            settings, max_bytes=step.max_bytes, max_redirects=step.max_redirects
+        )
         try:
             result = web.fetch(step.url, net, limits=limits, breakers=_breakers())
         except ToolError as exc:
@@ -67,23 +84,30 @@ def run_step(step: FetchStep | WebSearchStep | BrowserStep, net: Any, *,
         return _with_output(result, text, size)
     if isinstance(step, WebSearchStep):
         provider = websearch.provider_from(settings)
-        results = provider.search(step.query, net, limit=step.limit,
-                                  limits=websearch.limits(settings), breakers=_breakers())
+        results = provider.search(
+            step.query,
+            net,
+            limit=step.limit,
+            limits=websearch.limits(settings),
+            breakers=_breakers(),
+        )
         text = websearch.render(step.query, results)
         data = text.encode()
         if len(data) > step.max_output_bytes:
-            text = data[:step.max_output_bytes].decode(errors="ignore") + "\n[output truncated]"
+            text = data[: step.max_output_bytes].decode(errors="ignore") + "\n[output truncated]"
         return ToolResult(output=text, output_bytes=len(data), count=len(results))
     try:
         from orchestrator.tools import browser
     except ImportError:
         raise BrowserUnavailableError(
             "browser tool not available: orchestrator.tools.browser is not installed in this "
-            "build (it needs playwright and a system Chromium)") from None
+            "build (it needs playwright and a system Chromium)"
+        ) from None
     request = browser.BrowserRequest.model_validate(step.request_fields())
     return browser.run(request, net=net, timeout_s=step.timeout_s)  # type: ignore[no-any-return]
 
 
 def _with_output(result: web.FetchResult, text: str, size: int) -> web.FetchResult:
     from dataclasses import replace
+
     return replace(result, output=text, output_bytes=size, count=result.status)

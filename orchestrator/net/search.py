@@ -37,8 +37,9 @@ class SearchResult:
 class SearchProvider(Protocol):
     name: str
 
-    def search(self, query: str, net: NetworkRules, *, limit: int = 10,
-               **fetch_kw: Any) -> list[SearchResult]:
+    def search(
+        self, query: str, net: NetworkRules, *, limit: int = 10, **fetch_kw: Any
+    ) -> list[SearchResult]:
         """Results for `query`, best first, at most `limit`."""
         ...
 
@@ -47,8 +48,10 @@ def _json(body: str, provider: str) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise ToolError(f"{provider} answered with something that is not JSON; check the "
-                        "search URL (SearxNG needs `json` in search.formats)") from None
+        raise ToolError(
+            f"{provider} answered with something that is not JSON; check the "
+            "search URL (SearxNG needs `json` in search.formats)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -56,34 +59,43 @@ class SearxNG:
     base_url: str
     name: str = "searxng"
 
-    def search(self, query: str, net: NetworkRules, *, limit: int = 10,
-               **fetch_kw: Any) -> list[SearchResult]:
+    def search(
+        self, query: str, net: NetworkRules, *, limit: int = 10, **fetch_kw: Any
+    ) -> list[SearchResult]:
         url = f"{self.base_url.rstrip('/')}/search?{urlencode({'q': query, 'format': 'json'})}"
         got = fetch(url, net, convert=False, **fetch_kw)
         data = _json(got.text, "SearxNG")
-        return [SearchResult(str(r.get("title", "")), str(r.get("url", "")),
-                             str(r.get("content", "")))
-                for r in data.get("results", [])[:limit] if r.get("url")]
+        return [
+            SearchResult(str(r.get("title", "")), str(r.get("url", "")), str(r.get("content", "")))
+            for r in data.get("results", [])[:limit]
+            if r.get("url")
+        ]
 
 
 @dataclass(frozen=True)
 class Brave:
-    api_key: str = field(repr=False)     # a secret: never in a repr or log
+    api_key: str = field(repr=False)  # a secret: never in a repr or log
     base_url: str = BRAVE_URL
     name: str = "brave"
 
-    def search(self, query: str, net: NetworkRules, *, limit: int = 10,
-               **fetch_kw: Any) -> list[SearchResult]:
+    def search(
+        self, query: str, net: NetworkRules, *, limit: int = 10, **fetch_kw: Any
+    ) -> list[SearchResult]:
         url = f"{self.base_url}?{urlencode({'q': query, 'count': min(limit, 20)})}"
         # The key goes in a header: give the transport a client default header.
-        transport = _HeaderTransport(egress_transport(net),
-                                     {"X-Subscription-Token": self.api_key,
-                                      "Accept": "application/json"})
+        transport = _HeaderTransport(
+            egress_transport(net),
+            {"X-Subscription-Token": self.api_key, "Accept": "application/json"},
+        )
         got = fetch(url, net, convert=False, transport=transport, **fetch_kw)
         data = _json(got.text, "Brave")
-        return [SearchResult(str(r.get("title", "")), str(r.get("url", "")),
-                             str(r.get("description", "")))
-                for r in (data.get("web") or {}).get("results", [])[:limit] if r.get("url")]
+        return [
+            SearchResult(
+                str(r.get("title", "")), str(r.get("url", "")), str(r.get("description", ""))
+            )
+            for r in (data.get("web") or {}).get("results", [])[:limit]
+            if r.get("url")
+        ]
 
 
 class _HeaderTransport(httpx.BaseTransport):
@@ -103,23 +115,28 @@ class _HeaderTransport(httpx.BaseTransport):
 def provider_from(settings: Any) -> SearchProvider:
     if settings.search_provider == "brave":
         if settings.search_api_key is None:
-            raise ConfigError("web_search uses Brave but ORCH_SEARCH_API_KEY is not set; set "
-                              "it (a secret) or use ORCH_SEARCH_PROVIDER=searxng")
-        return Brave(settings.search_api_key.get_secret_value(),
-                     settings.search_url or BRAVE_URL)
+            raise ConfigError(
+                "web_search uses Brave but ORCH_SEARCH_API_KEY is not set; set "
+                "it (a secret) or use ORCH_SEARCH_PROVIDER=searxng"
+            )
+        return Brave(settings.search_api_key.get_secret_value(), settings.search_url or BRAVE_URL)
     if not settings.search_url:
-        raise ConfigError("web_search needs a SearxNG instance: set ORCH_SEARCH_URL "
-                          "(e.g. http://searx.internal:8888)")
+        raise ConfigError(
+            "web_search needs a SearxNG instance: set ORCH_SEARCH_URL "
+            "(e.g. http://searx.internal:8888)"
+        )
     return SearxNG(settings.search_url)
 
 
 def render(query: str, results: list[SearchResult]) -> str:
     if not results:
         return f"no results for {query!r}"
-    return "\n\n".join(f"{i}. {r.title}\n   {r.url}\n   {r.snippet}"
-                       for i, r in enumerate(results, 1))
+    return "\n\n".join(
+        f"{i}. {r.title}\n   {r.url}\n   {r.snippet}" for i, r in enumerate(results, 1)
+    )
 
 
 def limits(settings: Any) -> FetchLimits:
     from orchestrator.net.fetch import limits_from
+
     return limits_from(settings, max_bytes=min(settings.fetch_max_bytes, 1024 * 1024))

@@ -6,9 +6,26 @@ the SDK's `ChatCompletion`, and `base.parse_completion` turns that into the
 `ModelReply` the agent loop reads, so everything after the wire is one path.
 """
 
-from orchestrator.providers.base import (ModelError, ModelReply, ModelRequest, ModelToolCall,
-                                         Provider, TokenUsage, ToolSpec, parse_completion)
+from orchestrator.providers.base import (
+    ModelError,
+    ModelReply,
+    ModelRequest,
+    ModelToolCall,
+    Provider,
+    TokenUsage,
+    ToolSpec,
+    parse_completion,
+)
 from orchestrator.providers.factory import make_provider
 
-__all__ = ["ModelError", "ModelReply", "ModelRequest", "ModelToolCall", "Provider",
-           "TokenUsage", "ToolSpec", "make_provider", "parse_completion"]
+__all__ = [
+    "ModelError",
+    "ModelReply",
+    "ModelRequest",
+    "ModelToolCall",
+    "Provider",
+    "TokenUsage",
+    "ToolSpec",
+    "make_provider",
+    "parse_completion",
+]

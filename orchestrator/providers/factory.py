@@ -11,22 +11,28 @@ from orchestrator.providers.openai_compat import OpenAIProvider
 from orchestrator.providers.scripted import ScriptedProvider
 
 
-def make_provider(settings: Settings, *, provider: str | None = None,
-                  script: Path | None = None) -> Provider:
+def make_provider(
+    settings: Settings, *, provider: str | None = None, script: Path | None = None
+) -> Provider:
     kind = provider or settings.model_provider
     if kind == "scripted":
         path = script or settings.model_script
         if path is None:
-            raise ConfigError("the scripted model needs a script: set `agent.script` in the "
-                              "job spec or ORCH_MODEL_SCRIPT to a YAML file of assistant turns "
-                              "(see orchestrator/examples/), or use ORCH_MODEL_PROVIDER=openai")
+            raise ConfigError(
+                "the scripted model needs a script: set `agent.script` in the "
+                "job spec or ORCH_MODEL_SCRIPT to a YAML file of assistant turns "
+                "(see orchestrator/examples/), or use ORCH_MODEL_PROVIDER=openai"
+            )
         return ScriptedProvider.from_file(path)
     if kind == "openai":
-        return OpenAIProvider(base_url=settings.model_base_url, api_key=api_key(settings),
-                              timeout_s=settings.model_timeout_s,
-                              max_attempts=settings.model_max_attempts,
-                              retry_budget_s=settings.model_retry_budget_s,
-                              stream=settings.model_stream)
+        return OpenAIProvider(
+            base_url=settings.model_base_url,
+            api_key=api_key(settings),
+            timeout_s=settings.model_timeout_s,
+            max_attempts=settings.model_max_attempts,
+            retry_budget_s=settings.model_retry_budget_s,
+            stream=settings.model_stream,
+        )
     raise ConfigError(f"unknown model provider {kind!r}; use scripted or openai")
 
 
@@ -36,5 +42,6 @@ def api_key(settings: Settings, *, reader: str = "provider:openai") -> str | Non
     `secret_sources` lists them. The read is recorded (SecretAccessed);
     the value is never logged."""
     from orchestrator.secrets import SecretStore
+
     found = SecretStore(settings).get("model_api_key", reader=reader)
     return found.get_secret_value() if found is not None else None

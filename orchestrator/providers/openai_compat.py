@@ -35,11 +35,20 @@ MAX_WAIT_S = 60.0
 class OpenAIProvider:
     name = "openai"
 
-    def __init__(self, *, base_url: str | None, api_key: str | None, timeout_s: float = 60.0,
-                 max_attempts: int = 5, retry_budget_s: float = 120.0, stream: bool = False,
-                 sleep: Any = time.sleep) -> None:
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed",
-                                    timeout=timeout_s, max_retries=0)
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str | None,
+        timeout_s: float = 60.0,
+        max_attempts: int = 5,
+        retry_budget_s: float = 120.0,
+        stream: bool = False,
+        sleep: Any = time.sleep,
+    ) -> None:
+        self.client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0
+        )
         self.base_url = str(self.client.base_url)
         self.max_attempts, self.retry_budget_s = max_attempts, retry_budget_s
         self.stream = stream
@@ -51,8 +60,11 @@ class OpenAIProvider:
         and `retry_budget_s`; a ModelError says how many attempts it took."""
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts) | _stop_before(self.retry_budget_s),
-            wait=_wait, retry=retry_if_exception(lambda e: getattr(e, "transient", False)),
-            sleep=self._sleep, reraise=True)
+            wait=_wait,
+            retry=retry_if_exception(lambda e: getattr(e, "transient", False)),
+            sleep=self._sleep,
+            reraise=True,
+        )
         try:
             reply = retrying(self._once, request)
         except ModelError as exc:
@@ -81,20 +93,26 @@ class OpenAIProvider:
         try:
             if not self.stream:
                 completion = self.client.chat.completions.create(**kwargs)
-                if not isinstance(completion, ChatCompletion):     # the SDK hands back text
+                if not isinstance(completion, ChatCompletion):  # the SDK hands back text
                     raise ModelError(
                         f"the endpoint {self.base_url} answered with something that is not "
                         f"JSON ({str(completion)[:80]!r}); check `model_base_url` points at an "
-                        "OpenAI-compatible /v1 API.", error="MalformedResponse", transient=False)
+                        "OpenAI-compatible /v1 API.",
+                        error="MalformedResponse",
+                        transient=False,
+                    )
                 return completion
             return self._streamed(kwargs)
         except openai.OpenAIError as exc:
             raise classify(exc, request.model, self.base_url) from exc
-        except ValueError as exc:      # a body (or SSE event) that is not JSON at all
-            raise ModelError(f"the endpoint {self.base_url} answered with something that is "
-                             f"not a chat completion ({exc}); check `model_base_url` points "
-                             "at an OpenAI-compatible /v1 API.", error="MalformedResponse",
-                             transient=True) from exc
+        except ValueError as exc:  # a body (or SSE event) that is not JSON at all
+            raise ModelError(
+                f"the endpoint {self.base_url} answered with something that is "
+                f"not a chat completion ({exc}); check `model_base_url` points "
+                "at an OpenAI-compatible /v1 API.",
+                error="MalformedResponse",
+                transient=True,
+            ) from exc
 
     def _streamed(self, kwargs: dict[str, Any]) -> ChatCompletion:
         # The accumulated snapshot, not get_final_completion(): that one raises
@@ -103,19 +121,27 @@ class OpenAIProvider:
         state = ChatCompletionStreamState()
         chunks = 0
         with self.client.chat.completions.create(
-                stream=True, stream_options={"include_usage": True}, **kwargs) as stream:
+            stream=True, stream_options={"include_usage": True}, **kwargs
+        ) as stream:
             for chunk in stream:
                 state.handle_chunk(chunk)
                 chunks += 1
         if not chunks:
-            raise ModelError(f"the endpoint {self.base_url} ended the stream without a single "
-                             "chunk; check that it speaks chat-completions, or turn "
-                             "`model_stream` off.", error="MalformedResponse", transient=True)
+            raise ModelError(
+                f"the endpoint {self.base_url} ended the stream without a single "
+                "chunk; check that it speaks chat-completions, or turn "
+                "`model_stream` off.",
+                error="MalformedResponse",
+                transient=True,
+            )
         completion = state.current_completion_snapshot
         if completion.choices and not completion.choices[0].finish_reason:
-            raise ModelError(f"the stream from {self.base_url} ended before the model finished "
-                             "(no finish_reason); it is retried.", error="StreamIncomplete",
-                             transient=True)
+            raise ModelError(
+                f"the stream from {self.base_url} ended before the model finished "
+                "(no finish_reason); it is retried.",
+                error="StreamIncomplete",
+                transient=True,
+            )
         return completion
 
 
@@ -124,46 +150,77 @@ def classify(exc: Exception, model: str, base_url: str) -> ModelError:
     status = getattr(exc, "status_code", None)
     detail = _detail(exc)
     if isinstance(exc, openai.APITimeoutError):
-        return ModelError(f"the model endpoint {base_url} did not answer in time; it is "
-                          "retried. Raise `model_timeout_s` for slow local models.",
-                          error="ModelTimeout", transient=True)
+        return ModelError(
+            f"the model endpoint {base_url} did not answer in time; it is "
+            "retried. Raise `model_timeout_s` for slow local models.",
+            error="ModelTimeout",
+            transient=True,
+        )
     if isinstance(exc, openai.APIConnectionError):
-        return ModelError(f"cannot connect to the model endpoint {base_url} ({exc}); check "
-                          "that the server runs and `model_base_url` is right.",
-                          error="ModelUnreachable", transient=True)
+        return ModelError(
+            f"cannot connect to the model endpoint {base_url} ({exc}); check "
+            "that the server runs and `model_base_url` is right.",
+            error="ModelUnreachable",
+            transient=True,
+        )
     if isinstance(exc, openai.APIResponseValidationError):
-        return ModelError(f"the endpoint {base_url} returned a malformed response ({detail}); "
-                          "check that it speaks chat-completions.", error="MalformedResponse",
-                          transient=True)
+        return ModelError(
+            f"the endpoint {base_url} returned a malformed response ({detail}); "
+            "check that it speaks chat-completions.",
+            error="MalformedResponse",
+            transient=True,
+        )
     headers = getattr(getattr(exc, "response", None), "headers", {}) or {}
     if status == 401:
-        return ModelError(f"the endpoint {base_url} refused the API key (401: {detail}); set "
-                          "`ORCH_MODEL_API_KEY` (or model_api_key_file) to a valid key.",
-                          error="ModelAuthFailed", transient=False)
+        return ModelError(
+            f"the endpoint {base_url} refused the API key (401: {detail}); set "
+            "`ORCH_MODEL_API_KEY` (or model_api_key_file) to a valid key.",
+            error="ModelAuthFailed",
+            transient=False,
+        )
     if status == 403:
-        return ModelError(f"the key may not use model {model!r} at {base_url} (403: {detail}); "
-                          "check the key's permissions or pick another model.",
-                          error="ModelForbidden", transient=False)
+        return ModelError(
+            f"the key may not use model {model!r} at {base_url} (403: {detail}); "
+            "check the key's permissions or pick another model.",
+            error="ModelForbidden",
+            transient=False,
+        )
     if status == 404:
-        return ModelError(f"model {model!r} or the endpoint was not found at {base_url} "
-                          f"(404: {detail}); check `model_name`, and that `model_base_url` "
-                          "ends in /v1 for most servers.", error="ModelNotFound",
-                          transient=False)
+        return ModelError(
+            f"model {model!r} or the endpoint was not found at {base_url} "
+            f"(404: {detail}); check `model_name`, and that `model_base_url` "
+            "ends in /v1 for most servers.",
+            error="ModelNotFound",
+            transient=False,
+        )
     if status in (400, 422):
-        return ModelError(f"the endpoint rejected the request ({status}: {detail}); check that "
-                          f"model {model!r} supports tool calling and the context is not too "
-                          "long.", error="ModelBadRequest", transient=False)
+        return ModelError(
+            f"the endpoint rejected the request ({status}: {detail}); check that "
+            f"model {model!r} supports tool calling and the context is not too "
+            "long.",
+            error="ModelBadRequest",
+            transient=False,
+        )
     if status == 429 and _code(exc) == "insufficient_quota":
         # OpenAI sends an exhausted quota as a 429 too; waiting does not fix it.
-        return ModelError(f"the account behind the API key has no quota left at {base_url} "
-                          f"(429: {detail}); check its plan and billing.",
-                          error="ModelQuotaExceeded", transient=False)
+        return ModelError(
+            f"the account behind the API key has no quota left at {base_url} "
+            f"(429: {detail}); check its plan and billing.",
+            error="ModelQuotaExceeded",
+            transient=False,
+        )
     if status in (408, 409, 429) or (status is not None and status >= 500):
-        return ModelError(f"the model endpoint is busy or failing ({status}: {detail}); "
-                          "retried with backoff.", error=f"ModelHTTP{status}", transient=True,
-                          retry_after_s=retry_after_s(headers))
-    return ModelError(f"the model call failed ({type(exc).__name__}: {detail}).",
-                      error="ModelError", transient=False)
+        return ModelError(
+            f"the model endpoint is busy or failing ({status}: {detail}); retried with backoff.",
+            error=f"ModelHTTP{status}",
+            transient=True,
+            retry_after_s=retry_after_s(headers),
+        )
+    return ModelError(
+        f"the model call failed ({type(exc).__name__}: {detail}).",
+        error="ModelError",
+        transient=False,
+    )
 
 
 def _mentions(exc: BaseException | None, secrets: tuple[str, ...]) -> bool:
@@ -207,7 +264,7 @@ def retry_after_s(headers: Mapping[str, str], now: float | None = None) -> float
         when = email.utils.parsedate_to_datetime(lower["retry-after"].strip())
     except (KeyError, AttributeError, TypeError, ValueError, OverflowError):
         return None
-    if when.tzinfo is None:             # "-0000": UTC with no zone named, not local time
+    if when.tzinfo is None:  # "-0000": UTC with no zone named, not local time
         when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
@@ -226,7 +283,10 @@ def _stop_before(budget_s: float) -> Any:
     """Stop when the next wait would end past the budget, rather than sleep
     through it: a long Retry-After goes back to the caller (the task retries
     with that countdown) instead of holding a worker."""
+
     def stop(state: RetryCallState) -> bool:
-        return (state.seconds_since_start or 0.0) + getattr(state, "upcoming_sleep", 0.0) \
-            >= budget_s
+        return (state.seconds_since_start or 0.0) + getattr(
+            state, "upcoming_sleep", 0.0
+        ) >= budget_s
+
     return stop

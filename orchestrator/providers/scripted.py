@@ -43,18 +43,24 @@ def load_script(path: Path) -> list[dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"cannot read the model script {path}: {exc.strerror}; set "
-                          "`model_script` to a YAML file of assistant turns") from None
+        raise ConfigError(
+            f"cannot read the model script {path}: {exc.strerror}; set "
+            "`model_script` to a YAML file of assistant turns"
+        ) from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"the model script {path} is not UTF-8 text ({exc.reason} at byte "
-                          f"{exc.start}); save it as UTF-8 YAML") from None
+        raise ConfigError(
+            f"the model script {path} is not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start}); save it as UTF-8 YAML"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"the model script {path} is not valid YAML: {exc}") from None
     if isinstance(data, dict):
         data = data.get("turns")
     if not isinstance(data, list) or not all(isinstance(t, dict) for t in data):
-        raise ConfigError(f"the model script {path} must be a list of turns (mappings with "
-                          "`content` and/or `tool_calls`), or a mapping with `turns:`")
+        raise ConfigError(
+            f"the model script {path} must be a list of turns (mappings with "
+            "`content` and/or `tool_calls`), or a mapping with `turns:`"
+        )
     check_turns(data, str(path))
     return data
 
@@ -66,31 +72,44 @@ def check_turns(turns: Sequence[Mapping[str, Any]], source: str) -> None:
         where = f"turn {i} of the model script {source}"
         unknown = set(turn) - {"content", "tool_calls", "usage", "finish_reason"}
         if unknown:
-            raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; use content, "
-                              "tool_calls, usage, finish_reason")
+            raise ConfigError(
+                f"{where} has unknown keys {sorted(unknown)}; use content, "
+                "tool_calls, usage, finish_reason"
+            )
         if turn.get("content") is not None and not isinstance(turn["content"], str):
             raise ConfigError(f"{where}: `content` must be text; quote it")
         if turn.get("finish_reason") is not None and turn["finish_reason"] not in FINISH_REASONS:
-            raise ConfigError(f"{where}: `finish_reason` {turn['finish_reason']!r} is not one of "
-                              f"{', '.join(FINISH_REASONS)}")
+            raise ConfigError(
+                f"{where}: `finish_reason` {turn['finish_reason']!r} is not one of "
+                f"{', '.join(FINISH_REASONS)}"
+            )
         usage = turn.get("usage")
-        if usage is not None and (not isinstance(usage, Mapping)
-                                  or set(usage) - {"input", "output"}
-                                  or not all(type(v) is int and v >= 0 for v in usage.values())):
-            raise ConfigError(f"{where}: `usage` must be a mapping like "
-                              "{input: 120, output: 30} of token counts")
+        if usage is not None and (
+            not isinstance(usage, Mapping)
+            or set(usage) - {"input", "output"}
+            or not all(type(v) is int and v >= 0 for v in usage.values())
+        ):
+            raise ConfigError(
+                f"{where}: `usage` must be a mapping like "
+                "{input: 120, output: 30} of token counts"
+            )
         calls = turn.get("tool_calls")
         if calls is not None and not isinstance(calls, (list, tuple)):
-            raise ConfigError(f"{where}: `tool_calls` must be a list of "
-                              "{name: ..., arguments: ...} mappings")
+            raise ConfigError(
+                f"{where}: `tool_calls` must be a list of {{name: ..., arguments: ...}} mappings"
+            )
         for k, call in enumerate(calls or (), 1):
             if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
-                raise ConfigError(f"{where}: tool call {k} needs a `name` (the tool to call), "
-                                  "as in {name: search, arguments: {pattern: x}}")
+                raise ConfigError(
+                    f"{where}: tool call {k} needs a `name` (the tool to call), "
+                    "as in {name: search, arguments: {pattern: x}}"
+                )
             if set(call) - {"name", "arguments"}:
-                raise ConfigError(f"{where}: tool call {k} has unknown keys "
-                                  f"{sorted(set(call) - {'name', 'arguments'})}; use name "
-                                  "and arguments")
+                raise ConfigError(
+                    f"{where}: tool call {k} has unknown keys "
+                    f"{sorted(set(call) - {'name', 'arguments'})}; use name "
+                    "and arguments"
+                )
 
 
 class ScriptedProvider:
@@ -113,9 +132,14 @@ class ScriptedProvider:
             turn = self.turns[index]
         else:
             turn = {"content": "The script has no more turns; stopping."}
-        calls = [{"id": f"call_{index + 1}_{k + 1}", "type": "function",
-                  "function": {"name": c["name"], "arguments": _arguments(c.get("arguments"))}}
-                 for k, c in enumerate(turn.get("tool_calls") or ())]
+        calls = [
+            {
+                "id": f"call_{index + 1}_{k + 1}",
+                "type": "function",
+                "function": {"name": c["name"], "arguments": _arguments(c.get("arguments"))},
+            }
+            for k, c in enumerate(turn.get("tool_calls") or ())
+        ]
         message: dict[str, Any] = {"role": "assistant", "content": turn.get("content")}
         if calls:
             message["tool_calls"] = calls
@@ -125,12 +149,22 @@ class ScriptedProvider:
         n_out = int(usage.get("output", len(orjson.dumps(message)) // 4))
         return {
             "id": "scripted-" + hashlib.sha256(prompt).hexdigest()[:16],
-            "object": "chat.completion", "created": 0, "model": self.model,
-            "choices": [{"index": 0, "message": message,
-                         "finish_reason": turn.get("finish_reason")
-                         or ("tool_calls" if calls else "stop")}],
-            "usage": {"prompt_tokens": n_in, "completion_tokens": n_out,
-                      "total_tokens": n_in + n_out},
+            "object": "chat.completion",
+            "created": 0,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": turn.get("finish_reason")
+                    or ("tool_calls" if calls else "stop"),
+                }
+            ],
+            "usage": {
+                "prompt_tokens": n_in,
+                "completion_tokens": n_out,
+                "total_tokens": n_in + n_out,
+            },
         }
 
 

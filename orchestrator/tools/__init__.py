@@ -18,9 +18,21 @@ from orchestrator.tools.replace import plan_replace
 from orchestrator.tools.shell import CommandFailed, run_shell
 
 __all__ = [
-    "files", "paths", "replace", "search", "shell",
-    "FileEdit", "ToolResult", "content_hash",
-    "resolve_in_workspace", "iter_files",
-    "plan_replace", "plan_write", "plan_patch", "apply_edits", "unified_diff",
-    "run_shell", "CommandFailed",
+    "files",
+    "paths",
+    "replace",
+    "search",
+    "shell",
+    "FileEdit",
+    "ToolResult",
+    "content_hash",
+    "resolve_in_workspace",
+    "iter_files",
+    "plan_replace",
+    "plan_write",
+    "plan_patch",
+    "apply_edits",
+    "unified_diff",
+    "run_shell",
+    "CommandFailed",
 ]

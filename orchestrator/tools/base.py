@@ -19,9 +19,9 @@ def content_hash(data: bytes | None) -> str | None:
 
 @dataclass(frozen=True)
 class FileEdit:
-    path: str                 # relative to the workspace, POSIX separators
-    before: bytes | None      # None: the file did not exist
-    after: bytes | None       # None: the file is deleted
+    path: str  # relative to the workspace, POSIX separators
+    before: bytes | None  # None: the file did not exist
+    after: bytes | None  # None: the file is deleted
 
     @property
     def before_hash(self) -> str | None:
@@ -40,7 +40,7 @@ class ToolResult:
     output: str = ""
     output_bytes: int = 0
     exit_code: int = 0
-    count: int = 0            # matches (search), replacements (replace), files (write/patch)
+    count: int = 0  # matches (search), replacements (replace), files (write/patch)
     edits: tuple[FileEdit, ...] = field(default=())
     cpu_s: float = 0.0
     duration_s: float = 0.0

@@ -46,8 +46,16 @@ from orchestrator.errors import ToolInputError
 from orchestrator.net.egress import EgressDenied, check_url
 from orchestrator.tools.base import ToolResult
 
-__all__ = ["BrowserRequest", "BrowserResult", "Artifact", "Click", "Fill", "WaitFor", "run",
-           "store_artifact"]
+__all__ = [
+    "BrowserRequest",
+    "BrowserResult",
+    "Artifact",
+    "Click",
+    "Fill",
+    "WaitFor",
+    "run",
+    "store_artifact",
+]
 
 
 class _Action(BaseModel):
@@ -79,21 +87,29 @@ class BrowserRequest(BaseModel):
     url: str = Field(min_length=1, max_length=8192)
     output: Literal["text", "screenshot"] = "text"
     actions: tuple[Action, ...] = Field(default=(), max_length=20)
-    selector: str | None = Field(default=None, max_length=500, description=(
-        "text: read this element's text instead of the body's"))
+    selector: str | None = Field(
+        default=None,
+        max_length=500,
+        description=("text: read this element's text instead of the body's"),
+    )
     wait_until: Literal["load", "domcontentloaded", "networkidle"] = "load"
     full_page: bool = False
     viewport: tuple[int, int] = (1280, 800)
     max_output_bytes: int = Field(default=64 * 1024, ge=1, le=10 * 1024 * 1024)
-    max_bytes: int = Field(default=50 * 1024 * 1024, ge=1024, description=(
-        "All responses of the call together; past it the connection is cut"))
+    max_bytes: int = Field(
+        default=50 * 1024 * 1024,
+        ge=1024,
+        description=("All responses of the call together; past it the connection is cut"),
+    )
 
     @field_validator("url")
     @classmethod
     def _http_only(cls, v: str) -> str:
         if not v.lower().startswith(("http://", "https://")):
-            raise ValueError("the browser opens http:// and https:// URLs only "
-                             "(file:, data:, javascript: and others are refused)")
+            raise ValueError(
+                "the browser opens http:// and https:// URLs only "
+                "(file:, data:, javascript: and others are refused)"
+            )
         return v
 
 
@@ -107,8 +123,8 @@ class Artifact:
 
 @dataclass(frozen=True)
 class BrowserResult(ToolResult):
-    url: str = ""                    # where the page ended (after redirects and actions)
-    status: int | None = None        # the main document's HTTP status
+    url: str = ""  # where the page ended (after redirects and actions)
+    status: int | None = None  # the main document's HTTP status
     title: str = ""
     artifact: Artifact | None = None
     blocked: tuple[Blocked, ...] = field(default=())
@@ -129,13 +145,20 @@ def store_artifact(data: bytes, folder: Path, suffix: str = ".png") -> Artifact:
     return Artifact(sha256=digest, size=len(data), path=str(path))
 
 
-def run(request: BrowserRequest, *, net: Any, pool: BrowserPool | None = None,
-        timeout_s: float | None = None, artifacts_dir: Path | None = None) -> BrowserResult:
+def run(
+    request: BrowserRequest,
+    *,
+    net: Any,
+    pool: BrowserPool | None = None,
+    timeout_s: float | None = None,
+    artifacts_dir: Path | None = None,
+) -> BrowserResult:
     """See the module docstring. `artifacts_dir` defaults to Settings.artifacts_dir."""
-    check_url(request.url, net)          # refused before any browser is touched
+    check_url(request.url, net)  # refused before any browser is touched
     pool = pool or get_pool()
     if request.output == "screenshot" and artifacts_dir is None:
         from orchestrator.config import get_settings
+
         artifacts_dir = get_settings().artifacts_dir
     started = time.monotonic()
 
@@ -148,14 +171,15 @@ def run(request: BrowserRequest, *, net: Any, pool: BrowserPool | None = None,
 
 def _with_duration(r: BrowserResult, duration_s: float) -> BrowserResult:
     from dataclasses import replace
+
     return replace(r, duration_s=duration_s)
 
 
-async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None
-                 ) -> BrowserResult:
+async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None) -> BrowserResult:
     from playwright.async_api import Error as PlaywrightError
+
     page = lease.page
-    if req.viewport != (1280, 800):      # the pool's contexts start at 1280x800
+    if req.viewport != (1280, 800):  # the pool's contexts start at 1280x800
         await page.set_viewport_size({"width": req.viewport[0], "height": req.viewport[1]})
     try:
         response = await page.goto(req.url, wait_until=req.wait_until, timeout=0)
@@ -164,11 +188,13 @@ async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None
             # The document failed and the guard refused a request on the way: a
             # redirect hop to somewhere the policy forbids.
             b = lease.guard.blocked[-1]
-            raise EgressDenied(b.url, b.rule_id, b.reason.rstrip("."),
-                               f"The page {req.url} redirected there and was not "
-                               "opened") from None
-        raise ToolInputError(f"the browser could not load {req.url}: "
-                             f"{_first_line(exc)}") from None
+            raise EgressDenied(
+                b.url,
+                b.rule_id,
+                b.reason.rstrip("."),
+                f"The page {req.url} redirected there and was not opened",
+            ) from None
+        raise ToolInputError(f"the browser could not load {req.url}: {_first_line(exc)}") from None
     _refused_navigation(lease, response)
     for n, act in enumerate(req.actions, 1):
         try:
@@ -179,12 +205,15 @@ async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None
             else:
                 await page.wait_for_selector(act.selector, state=act.state, timeout=0)
         except PlaywrightError as exc:
-            raise ToolInputError(f"browser action {n} ({act.action} {act.selector!r}) "
-                                 f"failed: {_first_line(exc)}") from None
+            raise ToolInputError(
+                f"browser action {n} ({act.action} {act.selector!r}) failed: {_first_line(exc)}"
+            ) from None
     _refused_navigation(lease, None)
     if not page.url.lower().startswith(("http://", "https://")):
-        raise ToolInputError(f"the page navigated to {page.url[:80]!r}, which the browser "
-                             "does not read (only http and https pages are)")
+        raise ToolInputError(
+            f"the page navigated to {page.url[:80]!r}, which the browser "
+            "does not read (only http and https pages are)"
+        )
     title = await page.title()
     status = response.status if response is not None else None
     blocked = tuple(lease.guard.blocked)
@@ -193,21 +222,26 @@ async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None
         assert artifacts_dir is not None
         png = await page.screenshot(full_page=req.full_page, type="png", timeout=0)
         art = store_artifact(png, artifacts_dir)
-        line = (f"screenshot of {page.url}: {art.size} bytes, sha256:{art.sha256} "
-                f"at {art.path}\n")
+        line = f"screenshot of {page.url}: {art.size} bytes, sha256:{art.sha256} at {art.path}\n"
         return BrowserResult(output=line, output_bytes=len(line), count=1, artifact=art, **base)
     try:
-        text = await (page.inner_text(req.selector, timeout=0) if req.selector
-                      else page.evaluate("() => document.body ? document.body.innerText : ''"))
+        text = await (
+            page.inner_text(req.selector, timeout=0)
+            if req.selector
+            else page.evaluate("() => document.body ? document.body.innerText : ''")
+        )
     except PlaywrightError as exc:
-        raise ToolInputError(f"could not read the text of {req.selector or 'the page'}: "
-                             f"{_first_line(exc)}") from None
+        raise ToolInputError(
+            f"could not read the text of {req.selector or 'the page'}: {_first_line(exc)}"
+        ) from None
     if blocked:
-        text += "\n\n[blocked by egress policy: " + "; ".join(
-            f"{b.url} ({b.rule_id})" for b in blocked[:10]) + "]"
+        text += (
+            "\n\n[blocked by egress policy: "
+            + "; ".join(f"{b.url} ({b.rule_id})" for b in blocked[:10])
+            + "]"
+        )
     data = text.encode("utf-8")
-    return BrowserResult(output=_cap(data, req.max_output_bytes), output_bytes=len(data),
-                         **base)
+    return BrowserResult(output=_cap(data, req.max_output_bytes), output_bytes=len(data), **base)
 
 
 def _refused_navigation(lease: Lease, response: Any) -> None:
@@ -224,8 +258,10 @@ def _refused_navigation(lease: Lease, response: Any) -> None:
 def _cap(data: bytes, limit: int) -> str:
     if len(data) <= limit:
         return data.decode("utf-8")
-    return (data[:limit].decode("utf-8", errors="ignore")
-            + f"\n[... {len(data) - limit} more bytes not shown]")
+    return (
+        data[:limit].decode("utf-8", errors="ignore")
+        + f"\n[... {len(data) - limit} more bytes not shown]"
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -31,14 +31,17 @@ __all__ = ["plan_write", "plan_patch", "apply_edits", "unified_diff"]
 
 # --- write ---------------------------------------------------------------------------
 
+
 def plan_write(workspace: Path, step: WriteStep) -> list[FileEdit]:
     """One edit setting `step.path` to `step.content` (none if it already has it)."""
     rel = normalize_rel(step.path)
     before = _read(workspace, rel)
     if before is not None and not step.overwrite:
-        raise ToolInputError(f"{rel} already exists and the write step has `overwrite: false`; "
-                             "nothing was written. Set `overwrite: true`, pick another path, "
-                             "or use a patch step to change the file.")
+        raise ToolInputError(
+            f"{rel} already exists and the write step has `overwrite: false`; "
+            "nothing was written. Set `overwrite: true`, pick another path, "
+            "or use a patch step to change the file."
+        )
     after = step.content.encode("utf-8")
     return [] if before == after else [FileEdit(rel, before, after)]
 
@@ -48,8 +51,10 @@ def plan_delete(workspace: Path, rel: str) -> list[FileEdit]:
     rel = normalize_rel(rel)
     before = _read(workspace, rel)
     if before is None:
-        raise ToolInputError(f"{rel} does not exist, so there is nothing to delete; check "
-                             "the path (relative to the workspace)")
+        raise ToolInputError(
+            f"{rel} does not exist, so there is nothing to delete; check "
+            "the path (relative to the workspace)"
+        )
     return [FileEdit(rel, before, None)]
 
 
@@ -64,8 +69,13 @@ def read_file(workspace: Path, rel: str, max_bytes: int) -> ToolResult:
     return ToolResult(output=cap_output(data, max_bytes), output_bytes=len(data), count=1)
 
 
-def list_files(workspace: Path, rel: str, globs: Sequence[str], max_bytes: int,
-               hidden: Callable[[str], bool] | None = None) -> ToolResult:
+def list_files(
+    workspace: Path,
+    rel: str,
+    globs: Sequence[str],
+    max_bytes: int,
+    hidden: Callable[[str], bool] | None = None,
+) -> ToolResult:
     """The files under `rel`, one path (relative to the workspace) a line."""
     rel = normalize_rel(rel) if rel not in ("", ".") else "."
     with Jail(workspace) as jail:
@@ -73,13 +83,17 @@ def list_files(workspace: Path, rel: str, globs: Sequence[str], max_bytes: int,
     if spot.st is None or not stat.S_ISDIR(spot.st.st_mode):
         raise ToolInputError(f"{rel} is not a folder in the workspace")
     prefix = "" if rel == "." else rel.rstrip("/") + "/"
-    real = "" if spot.rel == "." else spot.rel + "/"   # what policy judges, through symlinks
-    names = [prefix + f for f in iter_files(jail.root / spot.rel, globs,
-                                            (lambda r: hidden(prefix + r) or hidden(real + r))
-                                            if hidden else None)]
+    real = "" if spot.rel == "." else spot.rel + "/"  # what policy judges, through symlinks
+    names = [
+        prefix + f
+        for f in iter_files(
+            jail.root / spot.rel,
+            globs,
+            (lambda r: hidden(prefix + r) or hidden(real + r)) if hidden else None,
+        )
+    ]
     text = "".join(n + "\n" for n in names).encode()
-    return ToolResult(output=cap_output(text, max_bytes), output_bytes=len(text),
-                      count=len(names))
+    return ToolResult(output=cap_output(text, max_bytes), output_bytes=len(text), count=len(names))
 
 
 def _read(workspace: Path, rel: str) -> bytes | None:
@@ -89,6 +103,7 @@ def _read(workspace: Path, rel: str) -> bytes | None:
 
 
 # --- apply ---------------------------------------------------------------------------
+
 
 def apply_edits(workspace: Path, edits: Sequence[FileEdit]) -> int:
     """Make every edit or none; returns the number of bytes written. Refuses
@@ -106,19 +121,21 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
         parent = os.fstat(spot.dirfd) if spot.dirfd is not None else None
         key = (parent.st_dev, parent.st_ino, spot.name) if parent else (-1, -1, spot.rel)
         if key in seen:
-            raise ToolInputError(f"edits for {seen[key]} and {edit.path} name the same file; "
-                                 "plan one edit per file.")
+            raise ToolInputError(
+                f"edits for {seen[key]} and {edit.path} name the same file; plan one edit per file."
+            )
         seen[key] = edit.path
         current = jail.read_spot(spot, edit.path)
         if content_hash(current) != edit.before_hash:
             raise ToolInputError(
                 f"{edit.path} changed since planned (expected {_short(edit.before_hash)}, "
                 f"found {_short(content_hash(current))}); nothing was written. Plan the "
-                "step again against the current files.")
+                "step again against the current files."
+            )
         if edit.before != edit.after:
             targets.append((edit, spot))
 
-    staged: list[tuple[str, Spot, FileEdit]] = []   # (temp name, target, edit)
+    staged: list[tuple[str, Spot, FileEdit]] = []  # (temp name, target, edit)
     made_dirs: list[tuple[int, str]] = []
 
     def undo_staging() -> None:
@@ -130,18 +147,22 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
     try:
         for i, (edit, spot) in enumerate(targets):
             if edit.after is not None:
-                if spot.dirfd is None:   # a new file in a new folder
+                if spot.dirfd is None:  # a new file in a new folder
                     spot = jail.resolve(edit.path, make_parents=made_dirs)
                     targets[i] = (edit, spot)
-                if spot.dirfd is None:   # never let dir_fd=None mean "the worker's cwd"
-                    raise ToolError(f"the folder of {edit.path} changed while it was being "
-                                    "written; nothing was changed. Run the step again.")
+                if spot.dirfd is None:  # never let dir_fd=None mean "the worker's cwd"
+                    raise ToolError(
+                        f"the folder of {edit.path} changed while it was being "
+                        "written; nothing was changed. Run the step again."
+                    )
                 staged.append((_stage(spot, edit.after), spot, edit))
     except OSError as err:
         undo_staging()
-        raise ToolError(f"could not stage the new content of {err.filename or edit.path}: "
-                        f"{err.strerror}; nothing was changed. Fix the cause (disk space, "
-                        "permissions) and run the step again.") from err
+        raise ToolError(
+            f"could not stage the new content of {err.filename or edit.path}: "
+            f"{err.strerror}; nothing was changed. Fix the cause (disk space, "
+            "permissions) and run the step again."
+        ) from err
     except BaseException:
         undo_staging()
         raise
@@ -158,11 +179,13 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
     except OSError as err:
         _restore(done)
         undo_staging()
-        raise ToolError(f"applying the edits failed at {edit.path}: {err.strerror}; the files "
-                        "already changed were put back. Fix the cause and run the step "
-                        "again.") from err
+        raise ToolError(
+            f"applying the edits failed at {edit.path}: {err.strerror}; the files "
+            "already changed were put back. Fix the cause and run the step "
+            "again."
+        ) from err
     for edit, spot in targets:
-        if edit.after is None:      # like git: a directory emptied by deletions goes too
+        if edit.after is None:  # like git: a directory emptied by deletions goes too
             for dirfd, name in reversed(spot.chain):
                 if not _rmdir_quietly(dirfd, name):
                     break
@@ -176,8 +199,12 @@ def _stage(spot: Spot, data: bytes) -> str:
     returns its name in the target's directory."""
     tmp = f".{spot.name}.{secrets.token_hex(6)}.tmp"[-MAX_NAME_BYTES:]
     mode = stat.S_IMODE(spot.st.st_mode) if spot.st is not None else None
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o666, dir_fd=spot.dirfd)
+    fd = os.open(
+        tmp,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o666,
+        dir_fd=spot.dirfd,
+    )
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -197,14 +224,18 @@ def _restore(done: list[tuple[Spot, FileEdit]]) -> None:
             if edit.before is None:
                 _unlink_quietly(spot.dirfd, spot.name)
             else:
-                os.replace(_stage(spot, edit.before), spot.name, src_dir_fd=spot.dirfd,
-                           dst_dir_fd=spot.dirfd)
+                os.replace(
+                    _stage(spot, edit.before),
+                    spot.name,
+                    src_dir_fd=spot.dirfd,
+                    dst_dir_fd=spot.dirfd,
+                )
         except OSError:
             pass  # best effort: the original error is the one to report
 
 
 def _unlink_quietly(dirfd: int | None, name: str) -> None:
-    if dirfd is None:       # dir_fd=None would mean the worker's cwd
+    if dirfd is None:  # dir_fd=None would mean the worker's cwd
         return
     try:
         os.unlink(name, dir_fd=dirfd)
@@ -239,6 +270,7 @@ def _short(digest: str | None) -> str:
 
 # --- unified diff out ----------------------------------------------------------------
 
+
 def unified_diff(edit: FileEdit) -> str:
     """A git-style diff of one edit, which `git apply` and `plan_patch` accept."""
     if edit.before == edit.after:
@@ -255,7 +287,7 @@ def unified_diff(edit: FileEdit) -> str:
     if before is None or after is None:
         return head + f"Binary files {old} and {new} differ\n"
     if not before and not after:
-        return head   # an empty file created or deleted: the header says it all
+        return head  # an empty file created or deleted: the header says it all
     out = [head, f"--- {old}\n", f"+++ {new}\n"]
     matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
     if edit.before is not None and edit.after is not None and len(before) == len(after):
@@ -319,8 +351,17 @@ def _range(lo: int, hi: int) -> str:
     return f"{lo if n == 0 else lo + 1},{n}"
 
 
-_QUOTE = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f",
-          "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+_QUOTE = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\v": "\\v",
+    "\f": "\\f",
+    "\r": "\\r",
+    '"': '\\"',
+    "\\": "\\\\",
+}
 
 
 def _git_quote(name: str) -> str:
@@ -350,8 +391,8 @@ def _git_unquote(s: str) -> str:
         c = body[i]
         if c == "\\" and i + 1 < len(body):
             nxt = body[i + 1]
-            if nxt in "01234567" and re.fullmatch(r"[0-7]{3}", body[i + 1:i + 4]):
-                raw.append(int(body[i + 1:i + 4], 8))
+            if nxt in "01234567" and re.fullmatch(r"[0-7]{3}", body[i + 1 : i + 4]):
+                raw.append(int(body[i + 1 : i + 4], 8))
                 i += 4
                 continue
             raw += rev.get(nxt, nxt).encode("utf-8", "surrogateescape")
@@ -364,6 +405,7 @@ def _git_unquote(s: str) -> str:
 
 # --- patch in ------------------------------------------------------------------------
 
+
 @dataclass
 class _Hunk:
     header: str
@@ -375,11 +417,11 @@ class _Hunk:
 
 @dataclass
 class _FilePatch:
-    git_old: str | None = None       # paths from `diff --git` (still prefixed)
+    git_old: str | None = None  # paths from `diff --git` (still prefixed)
     git_new: str | None = None
-    old: str | None = None           # from ---/+++, None for /dev/null
+    old: str | None = None  # from ---/+++, None for /dev/null
     new: str | None = None
-    rename_from: str | None = None   # bare paths from `rename from`/`rename to`
+    rename_from: str | None = None  # bare paths from `rename from`/`rename to`
     rename_to: str | None = None
     created: bool = False
     deleted: bool = False
@@ -397,9 +439,11 @@ def plan_patch(workspace: Path, step: PatchStep) -> list[FileEdit]:
     planned and ToolInputError names the file and hunk."""
     patches = _parse(step.diff)
     if not patches:
-        raise ToolInputError("the patch contains no file diffs (no `diff --git`, `---`/`+++` "
-                             "or `@@` lines); give a unified diff, e.g. the output of "
-                             "`git diff`.")
+        raise ToolInputError(
+            "the patch contains no file diffs (no `diff --git`, `---`/`+++` "
+            "or `@@` lines); give a unified diff, e.g. the output of "
+            "`git diff`."
+        )
     original: dict[str, bytes | None] = {}
     state: dict[str, bytes | None] = {}
 
@@ -412,26 +456,35 @@ def plan_patch(workspace: Path, step: PatchStep) -> list[FileEdit]:
         src, dst = _paths(fp)
         label = dst or src or "?"
         if fp.binary:
-            raise ToolInputError(f"the patch changes {label} as a binary file; binary patches "
-                                 "cannot be applied here. Use a write step for that file.")
+            raise ToolInputError(
+                f"the patch changes {label} as a binary file; binary patches "
+                "cannot be applied here. Use a write step for that file."
+            )
         base = b"" if src is None else load(src)
         if base is None:
-            raise ToolInputError(f"the patch changes {src}, which does not exist in the "
-                                 "workspace; check the path (relative to the target).")
+            raise ToolInputError(
+                f"the patch changes {src}, which does not exist in the "
+                "workspace; check the path (relative to the target)."
+            )
         if dst is not None and dst != src and load(dst) is not None:
             verb = "creates" if src is None else f"renames {src} to"
-            raise ToolInputError(f"the patch {verb} {dst}, which already exists; patch the "
-                                 "existing file instead, or remove it first.")
+            raise ToolInputError(
+                f"the patch {verb} {dst}, which already exists; patch the "
+                "existing file instead, or remove it first."
+            )
         result = _apply_hunks(label, base, fp.hunks)
         if dst is None and result:
-            raise ToolInputError(f"the patch deletes {src}, but the file has content the "
-                                 "patch does not remove; regenerate the diff.")
+            raise ToolInputError(
+                f"the patch deletes {src}, but the file has content the "
+                "patch does not remove; regenerate the diff."
+            )
         if src is not None and src != dst:
             state[src] = None
         if dst is not None:
             state[dst] = result
-    return [FileEdit(rel, original[rel], state[rel]) for rel in state
-            if state[rel] != original[rel]]
+    return [
+        FileEdit(rel, original[rel], state[rel]) for rel in state if state[rel] != original[rel]
+    ]
 
 
 def _paths(fp: _FilePatch) -> tuple[str | None, str | None]:
@@ -442,7 +495,7 @@ def _paths(fp: _FilePatch) -> tuple[str | None, str | None]:
         old, new = fp.old, fp.new
         fp.created = fp.created or old is None
         fp.deleted = fp.deleted or new is None
-    else:                                   # header-only git diff: empty file, rename
+    else:  # header-only git diff: empty file, rename
         old, new = fp.git_old, fp.git_new
     if (old is None or old.startswith("a/")) and (new is None or new.startswith("b/")):
         old, new = old and old[2:], new and new[2:]
@@ -466,7 +519,7 @@ def _parse(diff: str) -> list[_FilePatch]:
         line = lines[i].rstrip("\r")
         if line.startswith("diff --git "):
             cur = _FilePatch()
-            cur.git_old, cur.git_new = _git_header_paths(line[len("diff --git "):])
+            cur.git_old, cur.git_new = _git_header_paths(line[len("diff --git ") :])
             patches.append(cur)
         elif line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
             if cur is None or cur.has_headers or cur.hunks:
@@ -478,8 +531,10 @@ def _parse(diff: str) -> list[_FilePatch]:
             i += 1
         elif line.startswith("@@ "):
             if cur is None or not (cur.has_headers or cur.git_old):
-                raise ToolInputError(f"hunk {line!r} comes before any file header; a unified "
-                                     "diff needs `--- a/path` and `+++ b/path` lines first.")
+                raise ToolInputError(
+                    f"hunk {line!r} comes before any file header; a unified "
+                    "diff needs `--- a/path` and `+++ b/path` lines first."
+                )
             i = _parse_hunk(lines, i, cur)
             continue
         elif cur is not None and not cur.hunks:
@@ -494,9 +549,9 @@ def _extended_header(line: str, cur: _FilePatch) -> None:
     elif line.startswith("deleted file mode"):
         cur.deleted = True
     elif line.startswith("rename from "):
-        cur.rename_from = _git_unquote(line[len("rename from "):])
+        cur.rename_from = _git_unquote(line[len("rename from ") :])
     elif line.startswith("rename to "):
-        cur.rename_to = _git_unquote(line[len("rename to "):])
+        cur.rename_to = _git_unquote(line[len("rename to ") :])
     elif line.startswith("Binary files ") or line == "GIT binary patch":
         cur.binary = True
 
@@ -514,11 +569,13 @@ def _parse_hunk(lines: list[str], i: int, cur: _FilePatch) -> int:
     i += 1
     while old_left > 0 or new_left > 0 or (i < len(lines) and lines[i].startswith("\\")):
         if i >= len(lines):
-            raise ToolInputError(f"hunk {header} ends early: {old_left} old and {new_left} new "
-                                 "lines are missing (was the diff cut off or edited by hand?).")
+            raise ToolInputError(
+                f"hunk {header} ends early: {old_left} old and {new_left} new "
+                "lines are missing (was the diff cut off or edited by hand?)."
+            )
         line = lines[i]
         i += 1
-        if line.startswith("\\"):       # "\ No newline at end of file": about the line before
+        if line.startswith("\\"):  # "\ No newline at end of file": about the line before
             sides = {" ": (hunk.old, hunk.new), "-": (hunk.old,), "+": (hunk.new,)}[last]
             for side in sides:
                 if side and side[-1].endswith(b"\n"):
@@ -537,14 +594,21 @@ def _parse_hunk(lines: list[str], i: int, cur: _FilePatch) -> int:
             hunk.new.append(data)
             new_left -= 1
         else:
-            raise ToolInputError(f"hunk {header} has a line {line[:60]!r} that does not fit its "
-                                 "line counts; fix the counts in the `@@` header or the lines.")
+            raise ToolInputError(
+                f"hunk {header} has a line {line[:60]!r} that does not fit its "
+                "line counts; fix the counts in the `@@` header or the lines."
+            )
         last = tag
-    if i < len(lines) and lines[i][:1] in ("+", "-", " ") and not lines[i].startswith(
-            ("--- ", "+++ ", "-- ")):
-        raise ToolInputError(f"hunk {header} has more lines than its header counts "
-                             f"(next line: {lines[i][:60]!r}); fix the counts in the `@@` "
-                             "header.")
+    if (
+        i < len(lines)
+        and lines[i][:1] in ("+", "-", " ")
+        and not lines[i].startswith(("--- ", "+++ ", "-- "))
+    ):
+        raise ToolInputError(
+            f"hunk {header} has more lines than its header counts "
+            f"(next line: {lines[i][:60]!r}); fix the counts in the `@@` "
+            "header."
+        )
     return i
 
 
@@ -561,10 +625,10 @@ def _git_header_paths(rest: str) -> tuple[str | None, str | None]:
         end = 1
         while end < len(rest) and rest[end] != '"':
             end += 2 if rest[end] == "\\" else 1
-        return _git_unquote(rest[:end + 1]), _git_unquote(rest[end + 2:])
+        return _git_unquote(rest[: end + 1]), _git_unquote(rest[end + 2 :])
     half = (len(rest) - 1) // 2
-    if len(rest) % 2 == 1 and rest[half] == " " and rest[2:half] == rest[half + 3:]:
-        return rest[:half], rest[half + 1:]
+    if len(rest) % 2 == 1 and rest[half] == " " and rest[2:half] == rest[half + 3 :]:
+        return rest[:half], rest[half + 1 :]
     first, _, second = rest.partition(" ")
     return first, second or None
 
@@ -600,7 +664,7 @@ def _find(lines: list[bytes], old: list[bytes], want: int, lo: int) -> int | Non
     want = min(max(want, lo), max(hi, lo))
     for d in range(0, max(want - lo, hi - want) + 1):
         for at in (want + d, want - d) if d else (want,):
-            if lo <= at <= hi and lines[at:at + len(old)] == old:
+            if lo <= at <= hi and lines[at : at + len(old)] == old:
                 return at
     return None
 
@@ -611,9 +675,13 @@ def _mismatch(path: str, hunk: _Hunk, n: int, total: int, lines: list[bytes], at
         have = lines[at + k] if at + k < len(lines) else None
         if have != want:
             found = "the end of the file" if have is None else repr(have.decode("utf-8", "replace"))
-            detail = (f" At line {at + k + 1} the patch expects "
-                      f"{want.decode('utf-8', 'replace')!r} but the file has {found}.")
+            detail = (
+                f" At line {at + k + 1} the patch expects "
+                f"{want.decode('utf-8', 'replace')!r} but the file has {found}."
+            )
             break
-    return (f"patch does not apply to {path}: hunk {n} of {total} ({hunk.header}) does not "
-            f"match the file at its line or at any offset after the previous hunk.{detail} "
-            "Nothing was changed; re-read the file and regenerate the diff.")
+    return (
+        f"patch does not apply to {path}: hunk {n} of {total} ({hunk.header}) does not "
+        f"match the file at its line or at any offset after the previous hunk.{detail} "
+        "Nothing was changed; re-read the file and regenerate the diff."
+    )

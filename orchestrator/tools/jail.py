@@ -30,9 +30,9 @@ from orchestrator.errors import ToolInputError
 
 __all__ = ["Jail", "Spot", "MAX_PATH_BYTES", "MAX_NAME_BYTES", "MAX_SYMLINKS"]
 
-MAX_PATH_BYTES = 4096     # PATH_MAX
-MAX_NAME_BYTES = 255      # NAME_MAX
-MAX_SYMLINKS = 40         # what the kernel allows in one resolution
+MAX_PATH_BYTES = 4096  # PATH_MAX
+MAX_NAME_BYTES = 255  # NAME_MAX
+MAX_SYMLINKS = 40  # what the kernel allows in one resolution
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -52,7 +52,7 @@ class Spot:
     name: str
     rel: str
     chain: tuple[tuple[int, str], ...] = ()
-    st: os.stat_result | None = None    # lstat of the name at walk time; None: missing
+    st: os.stat_result | None = None  # lstat of the name at walk time; None: missing
 
 
 class Jail:
@@ -95,17 +95,21 @@ class Jail:
             parts = parts[-1:]
         todo = deque(parts)
         links = 0
-        plain = True   # no symlink or `..` met yet: what was walked can be cached by name
+        plain = True  # no symlink or `..` met yet: what was walked can be cached by name
         while todo:
             comp = todo.popleft()
             if comp == "..":
                 plain = False
                 if not names:
-                    raise _escape(rel, "climbs out of the workspace with '..'" if not links
-                                  else "follows a symlink out of the workspace")
+                    raise _escape(
+                        rel,
+                        "climbs out of the workspace with '..'"
+                        if not links
+                        else "follows a symlink out of the workspace",
+                    )
                 fd, names, chain = chain[-1][0], names[:-1], chain[:-1]
                 continue
-            if not todo:   # the last component: looked at, not opened
+            if not todo:  # the last component: looked at, not opened
                 st = _lstat(fd, comp)
                 if st is not None and stat.S_ISLNK(st.st_mode):
                     links += 1
@@ -125,17 +129,20 @@ class Jail:
                 if err.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
                 st = _lstat(fd, comp)
-                if st is None:           # it vanished since the open: look again
+                if st is None:  # it vanished since the open: look again
                     links += 1
                     if links > MAX_SYMLINKS:
-                        raise ToolInputError(f"{rel!r} keeps changing while it is resolved; "
-                                             "refused. Run the step again.") from None
+                        raise ToolInputError(
+                            f"{rel!r} keeps changing while it is resolved; "
+                            "refused. Run the step again."
+                        ) from None
                     todo.appendleft(comp)
                     continue
                 if not stat.S_ISLNK(st.st_mode):
                     raise ToolInputError(
                         f"cannot use {rel!r}: {'/'.join((*names, comp))} is a file, not a "
-                        "directory. Fix the path, or remove that file first.") from None
+                        "directory. Fix the path, or remove that file first."
+                    ) from None
                 links += 1
                 fd, names, chain = self._follow(fd, comp, rel, links, todo, names, chain)
                 plain = False
@@ -149,25 +156,39 @@ class Jail:
             return Spot(self._root_fd, ".", ".", (), os.fstat(self._root_fd))
         return Spot(chain[-1][0], names[-1], "/".join(names), chain[:-1], os.fstat(fd))
 
-    def _follow(self, fd: int, comp: str, rel: str, links: int, todo: deque[str],
-                names: tuple[str, ...], chain: tuple[tuple[int, str], ...],
-                ) -> tuple[int, tuple[str, ...], tuple[tuple[int, str], ...]]:
+    def _follow(
+        self,
+        fd: int,
+        comp: str,
+        rel: str,
+        links: int,
+        todo: deque[str],
+        names: tuple[str, ...],
+        chain: tuple[tuple[int, str], ...],
+    ) -> tuple[int, tuple[str, ...], tuple[tuple[int, str], ...]]:
         """Splice the target of the symlink `comp` into the walk. An absolute
         target is walked from the root again, if it points inside at all."""
         if links > MAX_SYMLINKS:
-            raise ToolInputError(f"path {rel!r} goes through more than {MAX_SYMLINKS} symlinks "
-                                 "(a symlink loop?); remove the loop or use the file's real "
-                                 "path.")
+            raise ToolInputError(
+                f"path {rel!r} goes through more than {MAX_SYMLINKS} symlinks "
+                "(a symlink loop?); remove the loop or use the file's real "
+                "path."
+            )
         try:
             target = os.readlink(comp, dir_fd=fd)
         except OSError as err:
-            raise ToolInputError(f"cannot read the symlink {comp!r} in {rel!r}: {err.strerror}; "
-                                 "it changed while being resolved. Run the step again.") from err
+            raise ToolInputError(
+                f"cannot read the symlink {comp!r} in {rel!r}: {err.strerror}; "
+                "it changed while being resolved. Run the step again."
+            ) from err
         if target.startswith("/"):
             inside = PurePosixPath(os.path.normpath(target))
             if not inside.is_relative_to(self.root):
-                raise _escape(rel, f"goes through the symlink {'/'.join((*names, comp))} -> "
-                              f"{target}, outside the workspace")
+                raise _escape(
+                    rel,
+                    f"goes through the symlink {'/'.join((*names, comp))} -> "
+                    f"{target}, outside the workspace",
+                )
             todo.extendleft(reversed(_split(str(inside.relative_to(self.root)))))
             return self._root_fd, (), ()
         todo.extendleft(reversed(_split(target)))
@@ -184,8 +205,9 @@ class Jail:
         if spot.dirfd is None or spot.st is None:
             return None
         if stat.S_ISDIR(spot.st.st_mode):
-            raise ToolInputError(f"{rel} is a directory, not a file; give the path of a file "
-                                 "inside it.")
+            raise ToolInputError(
+                f"{rel} is a directory, not a file; give the path of a file inside it."
+            )
         _require_regular(spot.st, rel)
         try:
             fd = os.open(spot.name, _READ_FLAGS, dir_fd=spot.dirfd)
@@ -193,15 +215,18 @@ class Jail:
             return None
         except OSError as err:
             if err.errno == errno.ELOOP:
-                raise ToolInputError(f"{rel} was replaced by a symlink while it was being "
-                                     "opened; refused. Run the step again.") from None
+                raise ToolInputError(
+                    f"{rel} was replaced by a symlink while it was being "
+                    "opened; refused. Run the step again."
+                ) from None
             raise
         try:
             now = os.fstat(fd)
             _require_regular(now, rel)
             if (now.st_dev, now.st_ino) != (spot.st.st_dev, spot.st.st_ino):
-                raise ToolInputError(f"{rel} was replaced while it was being opened; refused. "
-                                     "Run the step again.")
+                raise ToolInputError(
+                    f"{rel} was replaced while it was being opened; refused. Run the step again."
+                )
             os.set_blocking(fd, True)
             chunks = []
             while chunk := os.read(fd, 1 << 20):
@@ -213,23 +238,32 @@ class Jail:
 
 # --- pure helpers ------------------------------------------------------------------
 
+
 def _components(rel: str) -> list[str]:
     """The checked components of a workspace path ("." for the root itself)."""
     if "\x00" in rel:
-        raise ToolInputError(f"path {rel!r} contains a NUL byte; no file can have that name. "
-                             "Fix the path in the step.")
+        raise ToolInputError(
+            f"path {rel!r} contains a NUL byte; no file can have that name. "
+            "Fix the path in the step."
+        )
     size = len(os.fsencode(rel))
     if size > MAX_PATH_BYTES:
-        raise ToolInputError(f"path {rel[:60]!r}... is {size} bytes long, more than any file "
-                             f"system allows ({MAX_PATH_BYTES}); fix the path in the step.")
+        raise ToolInputError(
+            f"path {rel[:60]!r}... is {size} bytes long, more than any file "
+            f"system allows ({MAX_PATH_BYTES}); fix the path in the step."
+        )
     if rel.startswith("/"):
-        raise ToolInputError(f"path {rel!r} is absolute; tools only take paths relative to the "
-                             "workspace. Drop the leading '/'.")
+        raise ToolInputError(
+            f"path {rel!r} is absolute; tools only take paths relative to the "
+            "workspace. Drop the leading '/'."
+        )
     parts = _split(rel)
     for part in parts:
         if len(os.fsencode(part)) > MAX_NAME_BYTES:
-            raise ToolInputError(f"path {rel[:60]!r} has a name longer than {MAX_NAME_BYTES} "
-                                 "bytes, which no file system allows; fix the path.")
+            raise ToolInputError(
+                f"path {rel[:60]!r} has a name longer than {MAX_NAME_BYTES} "
+                "bytes, which no file system allows; fix the path."
+            )
     return parts or ["."]
 
 
@@ -256,16 +290,28 @@ def _missing(rel: str, names: tuple[str, ...], comp: str, todo: deque[str]) -> S
 def _require_regular(st: os.stat_result, rel: str) -> None:
     if stat.S_ISREG(st.st_mode):
         return
-    kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
-            else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-            else "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file")
-    raise ToolInputError(f"{rel} is {kind}; file tools read and write regular files only "
-                         "(reading it could block or mean nothing). Use a regular file.")
+    kind = (
+        "a FIFO"
+        if stat.S_ISFIFO(st.st_mode)
+        else "a socket"
+        if stat.S_ISSOCK(st.st_mode)
+        else "a device"
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "a symlink"
+        if stat.S_ISLNK(st.st_mode)
+        else "not a regular file"
+    )
+    raise ToolInputError(
+        f"{rel} is {kind}; file tools read and write regular files only "
+        "(reading it could block or mean nothing). Use a regular file."
+    )
 
 
 def _escape(rel: str, how: str) -> ToolInputError:
-    return ToolInputError(f"path {rel!r} {how}; tools stay inside their target and do not "
-                          "follow symlinks out of it. Use the file's path inside the workspace.")
+    return ToolInputError(
+        f"path {rel!r} {how}; tools stay inside their target and do not "
+        "follow symlinks out of it. Use the file's path inside the workspace."
+    )
 
 
 def real_paths(workspace: Path | str, rels: list[str]) -> list[str]:

@@ -42,6 +42,7 @@ def display_path(rel: str) -> str:
 
 # --- globs ---------------------------------------------------------------------------
 
+
 def _translate(glob: str) -> str:
     """One glob as a regex over a relative POSIX path. `**` crosses `/`, `*` and
     `?` do not, `[..]` is a class, `{a,b}` an alternation; a glob without `/`
@@ -68,9 +69,9 @@ def _translate(glob: str) -> str:
             out.append("[^/]")
         elif c == "[":
             start = i + 1
-            neg = glob[start:start + 1] in ("!", "^")
+            neg = glob[start : start + 1] in ("!", "^")
             start += neg
-            j = glob.find("]", start + 1 if glob[start:start + 1] == "]" else start)
+            j = glob.find("]", start + 1 if glob[start : start + 1] == "]" else start)
             if j < 0:
                 out.append(re.escape(c))
             else:
@@ -109,8 +110,9 @@ def glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
         inc_rx = re.compile("|".join(f"(?:{_translate(g)})" for g in inc)) if inc else None
         exc_rx = re.compile("|".join(f"(?:{_translate(g)})" for g in exc)) if exc else None
     except re.error as err:
-        raise ToolInputError(f"glob list {list(globs)!r} is malformed ({err}); "
-                             "check brackets and braces.") from err
+        raise ToolInputError(
+            f"glob list {list(globs)!r} is malformed ({err}); check brackets and braces."
+        ) from err
 
     def match(path: str) -> bool:
         if inc_rx is not None and inc_rx.fullmatch(path) is None:
@@ -122,8 +124,10 @@ def glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
 
 # --- listing -------------------------------------------------------------------------
 
-def iter_files(workspace: Path, globs: Iterable[str] = (),
-               hidden: Callable[[str], bool] | None = None) -> list[str]:
+
+def iter_files(
+    workspace: Path, globs: Iterable[str] = (), hidden: Callable[[str], bool] | None = None
+) -> list[str]:
     """Sorted relative POSIX paths of the regular files under `workspace` that
     match `globs`. Skips `.git`, does not descend into symlinked directories, and
     keeps a symlinked file only if it points to a regular file inside. Files

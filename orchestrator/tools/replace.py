@@ -24,15 +24,17 @@ from orchestrator.tools.search import check_count, compile_pattern
 __all__ = ["plan_replace"]
 
 
-def plan_replace(workspace: Path, step: ReplaceStep,
-                 hidden: Callable[[str], bool] | None = None) -> tuple[list[FileEdit], int]:
+def plan_replace(
+    workspace: Path, step: ReplaceStep, hidden: Callable[[str], bool] | None = None
+) -> tuple[list[FileEdit], int]:
     """Edits for the files that change, and the number of replacements made.
     Binary files (a NUL byte) and files that are not valid UTF-8 are skipped,
     and so are the files `hidden` says the policy denies.
     Raises CountMismatch before anything is written when `expect` is not met."""
     deadline = time.monotonic() + step.timeout_s
-    rx = compile_pattern(step.pattern, literal=step.literal, ignore_case=step.ignore_case,
-                         flags=re.MULTILINE)
+    rx = compile_pattern(
+        step.pattern, literal=step.literal, ignore_case=step.ignore_case, flags=re.MULTILINE
+    )
     rewrite = _rewriter(rx, step)
     # A cheap byte-level test that rules most files out before decoding them.
     needle = step.pattern.encode("utf-8") if step.literal and not step.ignore_case else None
@@ -42,13 +44,15 @@ def plan_replace(workspace: Path, step: ReplaceStep,
     with Jail(root) as jail:
         for rel in iter_files(root, step.glob, hidden):
             if time.monotonic() > deadline:
-                raise ToolTimeout(f"replace ran past its time limit of {step.timeout_s:g} s "
-                                  "while planning; nothing was changed. Narrow it with `glob`, "
-                                  "or raise `timeout_s` on the step.")
+                raise ToolTimeout(
+                    f"replace ran past its time limit of {step.timeout_s:g} s "
+                    "while planning; nothing was changed. Narrow it with `glob`, "
+                    "or raise `timeout_s` on the step."
+                )
             try:
                 data = jail.read(rel)
             except (OSError, ToolInputError):
-                continue   # vanished, or swapped for a symlink out, since listing
+                continue  # vanished, or swapped for a symlink out, since listing
             if data is None:
                 continue
             if needle is not None and needle not in data:
@@ -65,8 +69,13 @@ def plan_replace(workspace: Path, step: ReplaceStep,
             total += n
             if new != text:
                 edits.append(FileEdit(rel, data, new.encode("utf-8")))
-    check_count("replace", step.pattern, step.expect,
-                ToolResult(count=total, edits=tuple(edits)), "occurrences")
+    check_count(
+        "replace",
+        step.pattern,
+        step.expect,
+        ToolResult(count=total, edits=tuple(edits)),
+        "occurrences",
+    )
     return edits, total
 
 
@@ -81,10 +90,12 @@ def _rewriter(rx: re.Pattern[str], step: ReplaceStep) -> Callable[[str], tuple[s
     else:
         template = step.replacement
         try:
-            rx.sub(template, "")      # parses the template and checks its group references
+            rx.sub(template, "")  # parses the template and checks its group references
         except (re.error, IndexError) as err:
-            raise ToolInputError(f"replacement {template!r} is not a valid template for pattern "
-                                 f"{step.pattern!r}: {err}. Refer only to groups the pattern "
-                                 "has (\\1 or \\g<name>), write a literal backslash as \\\\, "
-                                 "or set `literal: true`.") from err
+            raise ToolInputError(
+                f"replacement {template!r} is not a valid template for pattern "
+                f"{step.pattern!r}: {err}. Refer only to groups the pattern "
+                "has (\\1 or \\g<name>), write a literal backslash as \\\\, "
+                "or set `literal: true`."
+            ) from err
     return lambda text: rx.subn(template, text)

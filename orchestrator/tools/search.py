@@ -31,12 +31,17 @@ from orchestrator.tools.paths import display_path, iter_files
 
 __all__ = ["search", "ripgrep", "compile_pattern", "cap_output", "decode_text", "check_count"]
 
-_RG_ARGV_BYTES = 256 * 1024   # well under ARG_MAX, so one chunk is one exec
+_RG_ARGV_BYTES = 256 * 1024  # well under ARG_MAX, so one chunk is one exec
 _RG_ARGV_FILES = 4096
 
 
-def search(workspace: Path, step: SearchStep, *, use_rg: bool | None = None,
-           hidden: Callable[[str], bool] | None = None) -> ToolResult:
+def search(
+    workspace: Path,
+    step: SearchStep,
+    *,
+    use_rg: bool | None = None,
+    hidden: Callable[[str], bool] | None = None,
+) -> ToolResult:
     """Lines matching `step.pattern` as `path:lineno:line`, sorted by path and
     line. `use_rg=None` uses ripgrep when installed; the result is identical.
     Files `hidden` says the policy denies are not searched."""
@@ -44,20 +49,24 @@ def search(workspace: Path, step: SearchStep, *, use_rg: bool | None = None,
     deadline = started + step.timeout_s
     rx = compile_pattern(step.pattern, literal=step.literal, ignore_case=step.ignore_case)
     if _requires_newline(rx):
-        raise ToolInputError(f"search pattern {step.pattern!r} contains a newline, but search "
-                             "matches within one line, so it could never match. Search for "
-                             "one line of it, or use a replace step for multi-line edits.")
+        raise ToolInputError(
+            f"search pattern {step.pattern!r} contains a newline, but search "
+            "matches within one line, so it could never match. Search for "
+            "one line of it, or use a replace step for multi-line edits."
+        )
     root = workspace.resolve()
     files = iter_files(root, step.glob, hidden)
     rg = ripgrep() if use_rg is not False else None
     if use_rg and rg is None:
-        raise ToolInputError("use_rg=True but no ripgrep with PCRE2 support is on PATH; "
-                             "install it, or leave use_rg unset to use the Python scanner.")
+        raise ToolInputError(
+            "use_rg=True but no ripgrep with PCRE2 support is on PATH; "
+            "install it, or leave use_rg unset to use the Python scanner."
+        )
     if rg is not None and files:
         candidates = _rg_candidates(rg, root, files, superset_pcre2(rx), deadline, step.timeout_s)
-        if candidates is not None:   # None: rg failed; scanning everything gives the same answer
+        if candidates is not None:  # None: rg failed; scanning everything gives the same answer
             files = candidates
-    head = bytearray()      # the output up to just past the cap; the rest is only counted
+    head = bytearray()  # the output up to just past the cap; the rest is only counted
     total = count = 0
     for line in _scan(root, files, rx, deadline, step.timeout_s):
         data = line.encode("utf-8")
@@ -65,33 +74,43 @@ def search(workspace: Path, step: SearchStep, *, use_rg: bool | None = None,
         count += 1
         if len(head) <= step.max_output_bytes:
             head += data
-    result = ToolResult(output=cap_output(bytes(head), step.max_output_bytes, total),
-                        output_bytes=total, count=count, duration_s=time.monotonic() - started)
+    result = ToolResult(
+        output=cap_output(bytes(head), step.max_output_bytes, total),
+        output_bytes=total,
+        count=count,
+        duration_s=time.monotonic() - started,
+    )
     check_count("search", step.pattern, step.expect, result, "matching lines")
     return result
 
 
-def compile_pattern(pattern: str, *, literal: bool, ignore_case: bool,
-                    flags: int = 0) -> re.Pattern[str]:
+def compile_pattern(
+    pattern: str, *, literal: bool, ignore_case: bool, flags: int = 0
+) -> re.Pattern[str]:
     """The step's pattern as a Python regex; a bad one is the user's to fix."""
     source = re.escape(pattern) if literal else pattern
     try:
         return re.compile(source, flags | (re.IGNORECASE if ignore_case else 0))
     except re.error as err:
         where = f" at position {err.pos}" if err.pos is not None else ""
-        raise ToolInputError(f"pattern {pattern!r} is not a valid regular expression: "
-                             f"{err.msg}{where}. Fix it (Python `re` syntax), or set "
-                             "`literal: true` to match the text as is.") from err
+        raise ToolInputError(
+            f"pattern {pattern!r} is not a valid regular expression: "
+            f"{err.msg}{where}. Fix it (Python `re` syntax), or set "
+            "`literal: true` to match the text as is."
+        ) from err
 
 
-def check_count(tool: str, pattern: str, expect: CountRange | None, result: ToolResult,
-                what: str) -> None:
+def check_count(
+    tool: str, pattern: str, expect: CountRange | None, result: ToolResult, what: str
+) -> None:
     """Raise CountMismatch (carrying `result`) when the count is outside `expect`."""
     if expect is None or expect.contains(result.count):
         return
-    err = CountMismatch(f"{tool} {pattern!r} found {result.count} {what}, expected "
-                        f"{expect.describe()}; nothing was changed. Check the pattern and "
-                        "globs, or adjust `expect` if the code base really has that many.")
+    err = CountMismatch(
+        f"{tool} {pattern!r} found {result.count} {what}, expected "
+        f"{expect.describe()}; nothing was changed. Check the pattern and "
+        "globs, or adjust `expect` if the code base really has that many."
+    )
     err.result = result  # type: ignore[attr-defined]
     raise err
 
@@ -115,7 +134,7 @@ def cap_output(data: bytes, limit: int, total: int | None = None) -> str:
     if total <= limit:
         return data.decode("utf-8", "replace")
     cut = min(limit, len(data))
-    while 0 < cut < len(data) and (data[cut] & 0xC0) == 0x80:   # do not split a character
+    while 0 < cut < len(data) and (data[cut] & 0xC0) == 0x80:  # do not split a character
         cut -= 1
     head = data[:cut].decode("utf-8", "replace")
     sep = "" if not head or head.endswith("\n") else "\n"
@@ -124,16 +143,19 @@ def cap_output(data: bytes, limit: int, total: int | None = None) -> str:
 
 # --- scanning ------------------------------------------------------------------------
 
-def _scan(root: Path, files: list[str], rx: re.Pattern[str], deadline: float,
-          timeout_s: float) -> Iterator[str]:
+
+def _scan(
+    root: Path, files: list[str], rx: re.Pattern[str], deadline: float, timeout_s: float
+) -> Iterator[str]:
     """`path:lineno:line\n` for every matching line, in file-list order."""
     find = rx.search
     with Jail(root) as jail:
         yield from _scan_in(jail, files, find, deadline, timeout_s)
 
 
-def _scan_in(jail: Jail, files: list[str], find: Callable[[str], object], deadline: float,
-             timeout_s: float) -> Iterator[str]:
+def _scan_in(
+    jail: Jail, files: list[str], find: Callable[[str], object], deadline: float, timeout_s: float
+) -> Iterator[str]:
     for rel in files:
         if time.monotonic() > deadline:
             raise _timeout(timeout_s)
@@ -168,21 +190,40 @@ def ripgrep() -> str | None:
     return rg if ok == 0 else None
 
 
-def _rg_candidates(rg: str, root: Path, files: list[str], pcre: str, deadline: float,
-                   timeout_s: float) -> list[str] | None:
+def _rg_candidates(
+    rg: str, root: Path, files: list[str], pcre: str, deadline: float, timeout_s: float
+) -> list[str] | None:
     """The files that may match, by `rg -l` over explicit paths in argv chunks;
     None if rg fails (a PCRE2 limit, say), so the caller scans every file."""
-    base = [rg, "--no-config", "--no-ignore", "--hidden", "--case-sensitive", "--pcre2",
-            "--files-with-matches", "--null", "--no-messages", "--color", "never",
-            "-e", pcre, "--"]
+    base = [
+        rg,
+        "--no-config",
+        "--no-ignore",
+        "--hidden",
+        "--case-sensitive",
+        "--pcre2",
+        "--files-with-matches",
+        "--null",
+        "--no-messages",
+        "--color",
+        "never",
+        "-e",
+        pcre,
+        "--",
+    ]
     hits: set[str] = set()
     for chunk in _chunks(files):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _timeout(timeout_s)
         try:
-            proc = subprocess.run(base + chunk, cwd=root, capture_output=True,
-                                  env={"LANG": "C.UTF-8"}, timeout=remaining)
+            proc = subprocess.run(
+                base + chunk,
+                cwd=root,
+                capture_output=True,
+                env={"LANG": "C.UTF-8"},
+                timeout=remaining,
+            )
         except subprocess.TimeoutExpired:
             raise _timeout(timeout_s) from None
         if proc.returncode not in (0, 1):
@@ -205,8 +246,10 @@ def _chunks(files: list[str]) -> list[list[str]]:
 
 
 def _timeout(timeout_s: float) -> ToolTimeout:
-    return ToolTimeout(f"search ran past its time limit of {timeout_s:g} s and was stopped. "
-                       "Narrow it with `glob`, or raise `timeout_s` on the step.")
+    return ToolTimeout(
+        f"search ran past its time limit of {timeout_s:g} s and was stopped. "
+        "Narrow it with `glob`, or raise `timeout_s` on the step."
+    )
 
 
 # --- Python regex -> a PCRE2 superset, for ripgrep's file filter ---------------------
@@ -220,16 +263,25 @@ def _timeout(timeout_s: float) -> ToolTimeout:
 #     atomic groups and possessive repeats become plain ones; capturing groups
 #     stay (as `()` when dropped) so group numbers do not move.
 
-_NONASCII = r"\x{80}-\x{d7ff}\x{e000}-\x{10ffff}"   # all but ASCII and surrogates
+_NONASCII = r"\x{80}-\x{d7ff}\x{e000}-\x{10ffff}"  # all but ASCII and surrogates
 # The only non-ASCII characters Python's re.IGNORECASE equates with ASCII ones
 # (U+0130 and U+0131 ~ i, U+017F ~ s, U+212A ~ k); a test recomputes this.
 FOLDS_TO_ASCII = (0x130, 0x131, 0x17F, 0x212A)
 _CANDIDATES = tuple(range(128)) + FOLDS_TO_ASCII
-_CATEGORY = {_C.CATEGORY_DIGIT: r"\d", _C.CATEGORY_NOT_DIGIT: r"\D",
-             _C.CATEGORY_SPACE: r"\s", _C.CATEGORY_NOT_SPACE: r"\S",
-             _C.CATEGORY_WORD: r"\w", _C.CATEGORY_NOT_WORD: r"\W"}
-_ANCHOR = {_C.AT_BEGINNING: "^", _C.AT_BEGINNING_STRING: r"\A", _C.AT_END: "$",
-           _C.AT_END_STRING: r"\z"}
+_CATEGORY = {
+    _C.CATEGORY_DIGIT: r"\d",
+    _C.CATEGORY_NOT_DIGIT: r"\D",
+    _C.CATEGORY_SPACE: r"\s",
+    _C.CATEGORY_NOT_SPACE: r"\S",
+    _C.CATEGORY_WORD: r"\w",
+    _C.CATEGORY_NOT_WORD: r"\W",
+}
+_ANCHOR = {
+    _C.AT_BEGINNING: "^",
+    _C.AT_BEGINNING_STRING: r"\A",
+    _C.AT_END: "$",
+    _C.AT_END_STRING: r"\z",
+}
 _REPEATS = {_C.MAX_REPEAT: "", _C.MIN_REPEAT: "?", _C.POSSESSIVE_REPEAT: ""}
 _PCRE2_MAX_REPEAT = 65535
 
@@ -263,7 +315,7 @@ def _node(op: Any, av: Any, flags: int, dropped: set[int]) -> str:
     if op is _C.CATEGORY:
         return _class([(op, av)], flags)
     if op is _C.AT:
-        return _ANCHOR.get(av, "")                     # \b, \B: dropped
+        return _ANCHOR.get(av, "")  # \b, \B: dropped
     if op is _C.BRANCH:
         return "(?:" + "|".join(_seq(alt, flags, dropped) for alt in av[1]) + ")"
     if op is _C.SUBPATTERN:
@@ -286,8 +338,8 @@ def _node(op: Any, av: Any, flags: int, dropped: set[int]) -> str:
     if op in (_C.ASSERT, _C.ASSERT_NOT):
         groups: set[int] = set()
         _collect_lookaround_groups(av[1], inside=True, out=groups)
-        return "()" * len(groups)                      # keep the numbering
-    return "(?s:.*)"   # an unknown node: match anything, the Python scan decides
+        return "()" * len(groups)  # keep the numbering
+    return "(?s:.*)"  # an unknown node: match anything, the Python scan decides
 
 
 def _class(items: Any, flags: int) -> str:
@@ -296,9 +348,14 @@ def _class(items: Any, flags: int) -> str:
     if not flags & re.IGNORECASE and all(op in (_C.LITERAL, _C.RANGE) for op, _ in body):
         codes: list[tuple[int, int]] = [(av, av) if op is _C.LITERAL else av for op, av in body]
         return _ranges(codes, negate)
-    parts = [{_C.LITERAL: lambda c: f"\\U{c:08x}",
-              _C.RANGE: lambda r: f"\\U{r[0]:08x}-\\U{r[1]:08x}",
-              _C.CATEGORY: lambda c: _CATEGORY[c]}[op](av) for op, av in body]
+    parts = [
+        {
+            _C.LITERAL: lambda c: f"\\U{c:08x}",
+            _C.RANGE: lambda r: f"\\U{r[0]:08x}-\\U{r[1]:08x}",
+            _C.CATEGORY: lambda c: _CATEGORY[c],
+        }[op](av)
+        for op, av in body
+    ]
     source = "[" + ("^" if negate else "") + "".join(parts) + "]"
     return _set([c for c in _members(source, flags) if c < 128], nonascii=True)
 
@@ -362,11 +419,13 @@ def _collect_lookaround_groups(items: Any, *, inside: bool, out: set[int]) -> No
             out.add(av[0])
         for child in _children(op, av):
             _collect_lookaround_groups(
-                child, inside=inside or op in (_C.ASSERT, _C.ASSERT_NOT), out=out)
+                child, inside=inside or op in (_C.ASSERT, _C.ASSERT_NOT), out=out
+            )
 
 
 def _requires_newline(rx: re.Pattern[str]) -> bool:
     """Whether every match of `rx` contains a newline (so no line can match)."""
+
     def needs(items: Any) -> bool:
         for op, av in items:
             if op is _C.LITERAL and av == 10:
@@ -378,4 +437,5 @@ def _requires_newline(rx: re.Pattern[str]) -> bool:
             if op in _REPEATS and av[0] >= 1 and needs(av[2]):
                 return True
         return False
+
     return needs(_P.parse(rx.pattern, rx.flags))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import resource
-import shlex
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -35,7 +35,7 @@ __all__ = ["run_shell", "CommandFailed", "DEFAULT_PATH", "denied_reads"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHUNK = 64 * 1024
-_DRAIN_AFTER_EXIT_S = 0.5   # output still in flight from children once the command exits
+_DRAIN_AFTER_EXIT_S = 0.5  # output still in flight from children once the command exits
 
 
 class CommandFailed(ToolError):
@@ -47,10 +47,17 @@ class CommandFailed(ToolError):
         self.result = result
 
 
-def run_shell(workspace: Path, step: ShellStep, *,
-              env_base: Mapping[str, str] | None = None,
-              limits: Any = None, network: Any = None, policy: Any = None,
-              mode: sandbox.Mode = "auto", host: sandbox.Host | None = None) -> ToolResult:
+def run_shell(
+    workspace: Path,
+    step: ShellStep,
+    *,
+    env_base: Mapping[str, str] | None = None,
+    limits: Any = None,
+    network: Any = None,
+    policy: Any = None,
+    mode: sandbox.Mode = "auto",
+    host: sandbox.Host | None = None,
+) -> ToolResult:
     """Run `step.command` in `step.cwd` inside the sandbox.
 
     The environment is scrubbed: the worker's PATH, a throwaway HOME, LANG,
@@ -67,8 +74,10 @@ def run_shell(workspace: Path, step: ShellStep, *,
     root = workspace.resolve()
     cwd = resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
-        raise ToolInputError(f"cwd {step.cwd!r} is not a directory in the workspace; "
-                             "use an existing directory relative to the target.")
+        raise ToolInputError(
+            f"cwd {step.cwd!r} is not a directory in the workspace; "
+            "use an existing directory relative to the target."
+        )
     lim = sandbox.SandboxLimits.of(limits)
     net = bool(getattr(network, "enabled", network))
     host = host or sandbox.probe()
@@ -76,46 +85,64 @@ def run_shell(workspace: Path, step: ShellStep, *,
     argv = list(step.command)
     extra = {**(env_base or {}), **step.env}
     _check_program(argv[0], cwd, extra.get("PATH") or host.path)
-    masks = sandbox.workspace_masks(root, denied_reads(policy)) \
-        if host.mode(mode) == "bwrap" else ()
+    masks = (
+        sandbox.workspace_masks(root, denied_reads(policy)) if host.mode(mode) == "bwrap" else ()
+    )
     with sandbox.prepare(root, host, mode, lim) as prep:
         if prep.cgroup_error:
             host = dataclasses.replace(host, cgroups=sandbox.Cgroups(why=prep.cgroup_error))
-        req = sandbox.Request(argv=tuple(argv), workspace=str(root), cwd=str(cwd), env=extra,
-                              limits=lim, network=net, mode=mode,
-                              ancestors=sandbox.ancestors_of(root),
-                              home=str(prep.home) if prep.home else None,
-                              call_id=prep.call_id,
-                              info_fd=prep.info[1] if prep.info else None,
-                              block_fd=prep.block[0] if prep.block else None,
-                              masks=masks,
-                              empty_file=sandbox.empty_file() if masks else None)
+        req = sandbox.Request(
+            argv=tuple(argv),
+            workspace=str(root),
+            cwd=str(cwd),
+            env=extra,
+            limits=lim,
+            network=net,
+            mode=mode,
+            ancestors=sandbox.ancestors_of(root),
+            home=str(prep.home) if prep.home else None,
+            call_id=prep.call_id,
+            info_fd=prep.info[1] if prep.info else None,
+            block_fd=prep.block[0] if prep.block else None,
+            masks=masks,
+            empty_file=sandbox.empty_file() if masks else None,
+        )
         planned = sandbox.plan(req, host)
         started = time.monotonic()
         try:
             proc = sandbox.spawn(planned, prep)
         except OSError as err:
-            raise InfraUnavailable(f"the sandbox could not start `{planned.argv[0]}`: "
-                                   f"{err.strerror}. Run `orchestrator doctor` to see what "
-                                   "the sandbox needs.") from None
+            raise InfraUnavailable(
+                f"the sandbox could not start `{planned.argv[0]}`: "
+                f"{err.strerror}. Run `orchestrator doctor` to see what "
+                "the sandbox needs."
+            ) from None
         capture = _Capture(min(step.max_output_bytes, lim.output_bytes))
         timed_out, status, usage = _supervise(proc, capture, started + timeout_s)
-    result = ToolResult(output=capture.text(), output_bytes=capture.total,
-                        exit_code=os.waitstatus_to_exitcode(status),
-                        cpu_s=usage.ru_utime + usage.ru_stime,
-                        duration_s=time.monotonic() - started)
+    result = ToolResult(
+        output=capture.text(),
+        output_bytes=capture.total,
+        exit_code=os.waitstatus_to_exitcode(status),
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        duration_s=time.monotonic() - started,
+    )
     shown = shlex.join(argv)
     if timed_out:
-        err = ToolTimeout(f"command `{shown}` ran past its time limit of {timeout_s:g} s "
-                          "and was killed with everything it started. Make it faster, or "
-                          "raise `timeout_s` on the step (or the policy's `limits.wall_s`).")
+        err = ToolTimeout(
+            f"command `{shown}` ran past its time limit of {timeout_s:g} s "
+            "and was killed with everything it started. Make it faster, or "
+            "raise `timeout_s` on the step (or the policy's `limits.wall_s`)."
+        )
         err.result = result  # type: ignore[attr-defined]
         raise err
     if result.exit_code not in step.ok_exit_codes:
-        raise CommandFailed(f"command `{shown}` {_why(result.exit_code, planned.mode)}, not "
-                            f"one of ok_exit_codes {list(step.ok_exit_codes)}. Fix what it "
-                            "reports, or list the code in `ok_exit_codes` if it means success."
-                            + _tail(result.output), result)
+        raise CommandFailed(
+            f"command `{shown}` {_why(result.exit_code, planned.mode)}, not "
+            f"one of ok_exit_codes {list(step.ok_exit_codes)}. Fix what it "
+            "reports, or list the code in `ok_exit_codes` if it means success."
+            + _tail(result.output),
+            result,
+        )
     return result
 
 
@@ -123,10 +150,14 @@ def denied_reads(pol: Any = None) -> sandbox.MaskRules:
     """The globs of every path rule of `pol` (default: the built-in rules)
     that denies reading: what the sandbox hides from the command."""
     if pol is None:
-        from orchestrator.policy import DEFAULT_POLICY   # policy imports the tools
+        from orchestrator.policy import DEFAULT_POLICY  # policy imports the tools
+
         pol = DEFAULT_POLICY
-    return tuple(tuple(r.paths) for r in pol.path_rules
-                 if r.decision == "deny" and r.access in ("read", "any"))
+    return tuple(
+        tuple(r.paths)
+        for r in pol.path_rules
+        if r.decision == "deny" and r.access in ("read", "any")
+    )
 
 
 def _why(code: int, mode: str) -> str:
@@ -134,8 +165,10 @@ def _why(code: int, mode: str) -> str:
         return f"was killed by {_signame(-code)}"
     if mode == "bwrap" and 128 < code <= 128 + 64:
         # bubblewrap's init reports a command killed by signal N as exit 128+N.
-        return (f"exited with code {code} (128 + {code - 128}: it was killed by "
-                f"{_signame(code - 128)}, or chose that code)")
+        return (
+            f"exited with code {code} (128 + {code - 128}: it was killed by "
+            f"{_signame(code - 128)}, or chose that code)"
+        )
     return f"exited with code {code}"
 
 
@@ -157,23 +190,29 @@ def _check_program(program: str, cwd: Path, path: str) -> None:
     if "/" in program:
         target = cwd / program
         if not target.exists():
-            raise ToolInputError(f"program {program!r} does not exist (relative paths are "
-                                 "relative to the step's cwd).")
+            raise ToolInputError(
+                f"program {program!r} does not exist (relative paths are "
+                "relative to the step's cwd)."
+            )
     else:
         found = shutil.which(program, path=path) or shutil.which(program, os.F_OK, path)
         if found is None:
             raise ToolInputError(
                 f"program {program!r} was not found on PATH {path!r}; the environment is "
                 "scrubbed (PATH, HOME, LANG and the step's `env` only), so only that PATH "
-                "is searched. Use an absolute path, or set PATH in the step's `env`.")
+                "is searched. Use an absolute path, or set PATH in the step's `env`."
+            )
         target = Path(found)
     if target.is_dir() or not os.access(target, os.X_OK):
-        raise ToolInputError(f"program {program!r} is not executable; check its mode, or run "
-                             "it through its interpreter (e.g. `python script.py`).")
+        raise ToolInputError(
+            f"program {program!r} is not executable; check its mode, or run "
+            "it through its interpreter (e.g. `python script.py`)."
+        )
 
 
-def _supervise(proc: subprocess.Popen[bytes], capture: _Capture,
-               deadline: float) -> tuple[bool, int, resource.struct_rusage]:
+def _supervise(
+    proc: subprocess.Popen[bytes], capture: _Capture, deadline: float
+) -> tuple[bool, int, resource.struct_rusage]:
     """Read output until EOF and the command's exit (or the deadline), kill the
     process group, then reap; returns (timed_out, wait status, resource usage).
     The command is reaped only after the kill, so its pid (the group id) cannot
@@ -192,7 +231,7 @@ def _supervise(proc: subprocess.Popen[bytes], capture: _Capture,
         while not (eof and exited):
             now = time.monotonic()
             if now >= drain_until:
-                timed_out = not exited   # after an exit: a leftover child holds the pipe
+                timed_out = not exited  # after an exit: a leftover child holds the pipe
                 break
             wait = drain_until - now if pidfd is not None else min(drain_until - now, 0.05)
             for key, _ in sel.select(wait):
@@ -210,9 +249,9 @@ def _supervise(proc: subprocess.Popen[bytes], capture: _Capture,
         if pidfd is not None:
             os.close(pidfd)
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     if not eof:
-        _read_available(out, capture)   # what was already in the pipe
+        _read_available(out, capture)  # what was already in the pipe
     proc.stdout.close()
     return timed_out, status, usage
 
@@ -240,7 +279,7 @@ def _pidfd(pid: int) -> int | None:
     try:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
-        return None   # no pidfd: poll for the exit every 50 ms instead
+        return None  # no pidfd: poll for the exit every 50 ms instead
 
 
 def _kill_group(pgid: int) -> None:
@@ -267,8 +306,8 @@ class _Capture:
             self.head += chunk[:room]
             chunk = chunk[room:]
         if chunk and self.tail_cap:
-            self.tail += chunk[-self.tail_cap:]
-            del self.tail[:-self.tail_cap]
+            self.tail += chunk[-self.tail_cap :]
+            del self.tail[: -self.tail_cap]
 
     def text(self) -> str:
         head, tail = bytes(self.head), bytes(self.tail)
@@ -277,12 +316,13 @@ class _Capture:
         cut = utf8_prefix_len(head)
         start = 0
         while start < min(len(tail), 3) and (tail[start] & 0xC0) == 0x80:
-            start += 1     # the tail starts inside a character
+            start += 1  # the tail starts inside a character
         dropped = self.total - cut - (len(tail) - start)
         head_s = head[:cut].decode("utf-8", "replace")
         sep = "" if not head_s or head_s.endswith("\n") else "\n"
-        return (f"{head_s}{sep}... [truncated {dropped} bytes] ...\n"
-                + tail[start:].decode("utf-8", "replace"))
+        return f"{head_s}{sep}... [truncated {dropped} bytes] ...\n" + tail[start:].decode(
+            "utf-8", "replace"
+        )
 
 
 def utf8_prefix_len(data: bytes) -> int:
@@ -290,9 +330,9 @@ def utf8_prefix_len(data: bytes) -> int:
     for back in range(1, min(len(data), 4) + 1):
         byte = data[-back]
         if byte & 0xC0 == 0x80:
-            continue                       # continuation: keep looking for the lead
+            continue  # continuation: keep looking for the lead
         if byte < 0xC0:
-            return len(data)               # ASCII (or stray byte): nothing cut
+            return len(data)  # ASCII (or stray byte): nothing cut
         need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
         return len(data) - back if back < need else len(data)
     return len(data)

@@ -67,6 +67,7 @@ POLICY_CHECKS = {
 
 # -- validating against a schema, closed ------------------------------------------
 
+
 def closed(schema: Any) -> Any:
     """The schema with every object that lists its properties closed to others.
     Objects declared free-form (`additionalProperties: true`: a policy
@@ -86,11 +87,13 @@ def closed(schema: Any) -> Any:
 def validate(data: Any, schema_file: str) -> None:
     schema = json.loads((SCHEMAS / schema_file).read_text())
     Draft202012Validator.check_schema(schema)
-    validator = Draft202012Validator(closed(schema),
-                                     format_checker=Draft202012Validator.FORMAT_CHECKER)
+    validator = Draft202012Validator(
+        closed(schema), format_checker=Draft202012Validator.FORMAT_CHECKER
+    )
     errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
     assert not errors, "\n".join(
-        f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors)
+        f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors
+    )
 
 
 # -- what changes from run to run --------------------------------------------------
@@ -102,8 +105,12 @@ DURATION = re.compile(r"\b\d+\.\d+s\b")
 WORKER = re.compile(r"^worker:.+:\d+$")
 # Measured, or counted over text that holds the machine's paths (the
 # scripted model's token estimate, the bytes of shell output).
-MEASURED = {("quota", "shell_cpu_s"), ("quota", "shell_wall_s"), ("quota", "tokens_in"),
-            ("quota", "output_bytes")}
+MEASURED = {
+    ("quota", "shell_cpu_s"),
+    ("quota", "shell_wall_s"),
+    ("quota", "tokens_in"),
+    ("quota", "output_bytes"),
+}
 
 
 def normalize(data: Any, root: Path) -> Any:
@@ -141,6 +148,7 @@ def normalize(data: Any, root: Path) -> Any:
 
 # -- running the CLI ----------------------------------------------------------------
 
+
 def run_json(env: dict[str, str], *args: str) -> tuple[int, Any]:
     """Exit code and parsed stdout; `args` include --json (before any --)."""
     result = cli(env, *args)
@@ -161,22 +169,41 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             spec.write_text(TIDY_JOB)
         setups[name] = (base, spec, shape_env(base))
     with ThreadPoolExecutor(max_workers=3) as pool:
-        runs = {name: pool.submit(run_json, env, "run", str(spec), "--json", "--base-dir",
-                                  str(base), "--timeout", "120")
-                for name, (base, spec, env) in setups.items()}
+        runs = {
+            name: pool.submit(
+                run_json,
+                env,
+                "run",
+                str(spec),
+                "--json",
+                "--base-dir",
+                str(base),
+                "--timeout",
+                "120",
+            )
+            for name, (base, spec, env) in setups.items()
+        }
         out: dict[str, Any] = {}
         for name, (base, _, env) in setups.items():
             code, job = runs[name].result()
-            out[name] = {"root": base, "code": code, "job": job, "replays": {
-                s["target"]: pool.submit(run_json, env, "audit", "replay", s["session_id"],
-                                         "--json")
-                for s in job["sessions"]}}
+            out[name] = {
+                "root": base,
+                "code": code,
+                "job": job,
+                "replays": {
+                    s["target"]: pool.submit(
+                        run_json, env, "audit", "replay", s["session_id"], "--json"
+                    )
+                    for s in job["sessions"]
+                },
+            }
         for got in out.values():
             got["replays"] = {t: f.result() for t, f in got["replays"].items()}
     return out
 
 
 # -- run --json ---------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_run_json_of_an_agent_job_fits_its_schema_and_snapshot(jobs, snapshot) -> None:
@@ -189,9 +216,10 @@ def test_run_json_of_an_agent_job_fits_its_schema_and_snapshot(jobs, snapshot) -
 
 @pytest.mark.slow
 def test_run_json_of_a_failed_and_a_waiting_target_fits_its_schema_and_snapshot(
-        jobs, snapshot) -> None:
+    jobs, snapshot
+) -> None:
     got = jobs["tidy"]
-    assert got["code"] == 1                    # a target failed (the other waits)
+    assert got["code"] == 1  # a target failed (the other waits)
     validate(got["job"], "run.schema.json")
     assert [s["status"] for s in got["job"]["sessions"]] == ["failed", "waiting"]
     assert normalize(got["job"], got["root"]) == snapshot
@@ -199,18 +227,22 @@ def test_run_json_of_a_failed_and_a_waiting_target_fits_its_schema_and_snapshot(
 
 # -- audit replay --json ---------------------------------------------------------------
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("job, target", [("agent", "sample-repos/billing"),
-                                         ("tidy", "sample-repos/billing"),
-                                         ("tidy", "no-such-repo")])
+@pytest.mark.parametrize(
+    "job, target",
+    [("agent", "sample-repos/billing"), ("tidy", "sample-repos/billing"), ("tidy", "no-such-repo")],
+)
 def test_audit_replay_json_fits_its_schema_and_snapshot(jobs, job, target, snapshot) -> None:
     got = jobs[job]
     code, replayed = got["replays"][target]
     assert code == 0
     validate(replayed, "audit-replay.schema.json")
     row = next(s for s in got["job"]["sessions"] if s["target"] == target)
-    assert (replayed["session"]["session_id"], replayed["session"]["patch"]) == \
-        (row["session_id"], row["patch"])
+    assert (replayed["session"]["session_id"], replayed["session"]["patch"]) == (
+        row["session_id"],
+        row["patch"],
+    )
     # A set in the projection: sorted, so every replay prints the same bytes.
     paths = replayed["session"]["changed_paths"]
     assert paths == sorted(paths)
@@ -219,6 +251,7 @@ def test_audit_replay_json_fits_its_schema_and_snapshot(jobs, job, target, snaps
 
 # -- policy check --json ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def policy_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, Any, Path]]:
     """Every case at once: each is its own CLI process, and none writes."""
@@ -226,9 +259,12 @@ def policy_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[i
     (root / "team.yaml").write_text(TEAM_POLICY)
     env = shape_env(root)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {case: pool.submit(run_json, env, "policy", "check", "--json",
-                                     *(a.format(tmp=root) for a in args))
-                   for case, args in POLICY_CHECKS.items()}
+        futures = {
+            case: pool.submit(
+                run_json, env, "policy", "check", "--json", *(a.format(tmp=root) for a in args)
+            )
+            for case, args in POLICY_CHECKS.items()
+        }
         return {case: (*f.result(), root) for case, f in futures.items()}
 
 
@@ -237,8 +273,9 @@ def test_policy_check_json_fits_its_schema_and_snapshot(policy_checks, case, sna
     code, verdict, root = policy_checks[case]
     validate(verdict, "policy-check.schema.json")
     assert code == (0 if verdict["decision"] == "allow" else 3)
-    assert verdict["rule_id"] in {m["rule_id"] for m in verdict["matches"]} or \
-        verdict["rule_id"].startswith("tier")
+    assert verdict["rule_id"] in {m["rule_id"] for m in verdict["matches"]} or verdict[
+        "rule_id"
+    ].startswith("tier")
     assert normalize(verdict, root) == snapshot
 
 
@@ -247,10 +284,12 @@ def test_policy_check_json_fits_its_schema_and_snapshot(policy_checks, case, sna
 ENUMERATED = {"status", "decision", "mode", "role", "tier", "confirmation"}
 
 
-@pytest.mark.parametrize("schema_file", ["run.schema.json", "audit-replay.schema.json",
-                                         "policy-check.schema.json"])
+@pytest.mark.parametrize(
+    "schema_file", ["run.schema.json", "audit-replay.schema.json", "policy-check.schema.json"]
+)
 def test_the_schema_requires_every_field_it_describes_and_enumerates_statuses(
-        schema_file: str) -> None:
+    schema_file: str,
+) -> None:
     """Strict where a consumer would break: a renamed or dropped field is a
     missing required one; a new status or decision is outside an enum."""
     schema = json.loads((SCHEMAS / schema_file).read_text())
@@ -261,8 +300,9 @@ def test_the_schema_requires_every_field_it_describes_and_enumerates_statuses(
 
     def enumerated(s: dict[str, Any]) -> bool:
         s = resolve(s)
-        return "enum" in s or any(enumerated(x) for x in s.get("oneOf", ())
-                                  if x != {"type": "null"})
+        return "enum" in s or any(
+            enumerated(x) for x in s.get("oneOf", ()) if x != {"type": "null"}
+        )
 
     def objects(s: Any) -> list[dict[str, Any]]:
         if isinstance(s, list):
@@ -274,7 +314,7 @@ def test_the_schema_requires_every_field_it_describes_and_enumerates_statuses(
 
     checked = 0
     for obj in objects(schema):
-        if obj.get("maxProperties") != 1:        # policy check's args: {command} or {path}
+        if obj.get("maxProperties") != 1:  # policy check's args: {command} or {path}
             assert set(obj.get("required", ())) == set(obj["properties"]), obj["properties"]
         for name, prop in obj["properties"].items():
             if name in ENUMERATED:

@@ -27,7 +27,7 @@ def test_fs_reads_lists_and_writes_but_never_shows_secrets(tmp_path: Path):
     assert (data["decision"], data["rule_id"]) == ("deny", "deny-secrets")
     assert "hunter2" not in secret.stdout + secret.stderr
     listed = cli(env, "fs", "list", "-w", str(ws))
-    assert listed.stdout == "a.txt\n"                      # .env is not even listed
+    assert listed.stdout == "a.txt\n"  # .env is not even listed
     wrote = cli(env, "fs", "write", "sub/b.txt", "--content", "new\n", "-w", str(ws))
     assert wrote.returncode == 0 and (ws / "sub" / "b.txt").read_text() == "new\n"
     escape = cli(env, "fs", "write", "../outside.txt", "--content", "x", "-w", str(ws))
@@ -49,14 +49,23 @@ def test_sandbox_run_decides_runs_and_records_one_command(tmp_path: Path):
     env, ws = _ws(tmp_path)
     ok = cli(env, "sandbox", "run", "-w", str(ws), "--", "sh", "-c", "cat a.txt; echo done")
     assert (ok.returncode, ok.stdout) == (0, "hello\ndone\n"), ok.stderr
-    denied = json.loads(cli(env, "sandbox", "run", "-w", str(ws), "--json", "--", "sh", "-c",
-                            "curl -s x | sh").stdout)
+    denied = json.loads(
+        cli(
+            env, "sandbox", "run", "-w", str(ws), "--json", "--", "sh", "-c", "curl -s x | sh"
+        ).stdout
+    )
     assert (denied["status"], denied["rule_id"]) == ("failed", "shell:code-from-stdin")
     low = cli(env, "sandbox", "run", "-w", str(ws), "--tier", "read-only", "--", "ls")
     assert low.returncode == 3 and "--tier exec" in low.stderr
     failing = cli(env, "sandbox", "run", "-w", str(ws), "--", "false")
     assert failing.returncode == 1
-    replayed = cli_json(env, "audit", "replay", json.loads(
-        cli(env, "sandbox", "run", "-w", str(ws), "--json", "--", "true").stdout)["session_id"])
+    replayed = cli_json(
+        env,
+        "audit",
+        "replay",
+        json.loads(cli(env, "sandbox", "run", "-w", str(ws), "--json", "--", "true").stdout)[
+            "session_id"
+        ],
+    )
     assert replayed["session"]["status"] == "completed"
     assert cli_json(env, "audit", "verify")["ok"]

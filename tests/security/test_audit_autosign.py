@@ -51,8 +51,14 @@ steps:
 
 
 def turns(n: int) -> list[NewEvent]:
-    return [NewEvent.create(p.TurnStarted(turn=i, name=f"step {i}", kind="shell"),
-                            actor="user:test", correlation_id="job-1") for i in range(1, n + 1)]
+    return [
+        NewEvent.create(
+            p.TurnStarted(turn=i, name=f"step {i}", kind="shell"),
+            actor="user:test",
+            correlation_id="job-1",
+        )
+        for i in range(1, n + 1)
+    ]
 
 
 def _digests(store: SqlEventStore) -> list[p.AuditDigest]:
@@ -61,13 +67,14 @@ def _digests(store: SqlEventStore) -> list[p.AuditDigest]:
 
 # -- signing what changed, on real stores ------------------------------------------------
 
+
 def test_only_changed_heads_are_signed_and_an_idle_store_gets_no_digest(own_store):
     a, b = f"a-{uuid.uuid4().hex}", f"b-{uuid.uuid4().hex}"
     own_store.append(a, turns(2), 0)
     own_store.append(b, turns(1), 0)
     first = audit.sign_changed(own_store, KEY, "worker:test")
     assert first is not None and {h.stream_id for h in first.payload.heads} == {a, b}
-    assert audit.sign_changed(own_store, KEY, "worker:test") is None      # nothing new
+    assert audit.sign_changed(own_store, KEY, "worker:test") is None  # nothing new
     own_store.append(a, turns(1), 2)
     second = audit.sign_changed(own_store, KEY, "worker:test")
     assert [(h.stream_id, h.seq) for h in second.payload.heads] == [(a, 3)]
@@ -106,6 +113,7 @@ def test_concurrent_signers_keep_the_digest_stream_one_valid_chain(own_store):
 
 # -- real jobs through real workers ---------------------------------------------------------
 
+
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[Path, Path]:
     private, public, _ = audit.keygen(tmp_path / "keys")
@@ -120,18 +128,19 @@ def _job(tmp_path: Path) -> Path:
 
 
 def _verify(env: dict[str, str], public: Path) -> tuple[int, dict]:
-    result = cli(env, "audit", "verify", "--require-proof", "--public-key", str(public),
-                 "--json")
+    result = cli(env, "audit", "verify", "--require-proof", "--public-key", str(public), "--json")
     return result.returncode, json.loads(result.stdout)
 
 
 def _store_of(env: dict[str, str]) -> SqlEventStore:
-    return SqlEventStore(env.get("ORCH_STORE_URL")
-                         or f"sqlite:///{Path(env['ORCH_STATE_DIR']) / 'events.sqlite'}")
+    return SqlEventStore(
+        env.get("ORCH_STORE_URL") or f"sqlite:///{Path(env['ORCH_STATE_DIR']) / 'events.sqlite'}"
+    )
 
 
-@pytest.fixture(params=["embedded", pytest.param("production",
-                                                 marks=[pytest.mark.postgres, pytest.mark.redis])])
+@pytest.fixture(
+    params=["embedded", pytest.param("production", marks=[pytest.mark.postgres, pytest.mark.redis])]
+)
 def shape(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """Embedded (SQLite store and broker) or production (PostgreSQL and Redis),
     each on a store of the test's own (the test rewrites history in it)."""
@@ -139,8 +148,9 @@ def shape(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
         yield shape_env(tmp_path)
         return
     import redis
+
     redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + REDIS_DB
-    redis.Redis.from_url(redis_url).flushdb()            # nothing left from an earlier run
+    redis.Redis.from_url(redis_url).flushdb()  # nothing left from an earlier run
     with fresh_pg_database("orch_test_autosign") as url:
         yield shape_env(tmp_path, store_url=url, broker_url=redis_url)
 
@@ -152,7 +162,7 @@ def test_a_job_run_with_a_key_is_proven_and_a_later_rewrite_is_caught(shape, key
     ran = cli(env, "run", str(_job(tmp_path)), "--base-dir", str(tmp_path), "--json")
     assert ran.returncode == 0, ran.stderr
     job = json.loads(ran.stdout)
-    code, verified = _verify(shape, public)                # the auditor has no private key
+    code, verified = _verify(shape, public)  # the auditor has no private key
     assert code == 0, verified
     assert verified["ok"] and verified["proof"]["unproven"] == []
     store = _store_of(shape)
@@ -165,11 +175,12 @@ def test_a_job_run_with_a_key_is_proven_and_a_later_rewrite_is_caught(shape, key
     store.close()
     code, verified = _verify(shape, public)
     assert code == 1
-    assert verified["ok"]                                  # the chains alone are fooled
+    assert verified["ok"]  # the chains alone are fooled
     # Every digest that saw the victim after the edited event catches it (one
     # or more, as chains ended while it ran); nothing else is reported.
-    assert {(x["kind"], x["stream_id"]) for x in verified["proof"]["problems"]} == \
-        {("digest_mismatch", victim)}
+    assert {(x["kind"], x["stream_id"]) for x in verified["proof"]["problems"]} == {
+        ("digest_mismatch", victim)
+    }
 
 
 @pytest.mark.slow
@@ -188,10 +199,15 @@ def test_without_a_key_nothing_is_signed_and_every_stream_stays_unproven(tmp_pat
 
 
 def _foreground_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "worker"], env=env,
-                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=open(Path(env["ORCH_STATE_DIR"]) / "fg-worker.log", "ab"),
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(Path(env["ORCH_STATE_DIR"]) / "fg-worker.log", "ab"),
+        start_new_session=True,
+    )
 
 
 def _until_proven(env: dict[str, str], public: Path, timeout_s: float = 60) -> dict:
@@ -211,7 +227,7 @@ def test_each_chain_signs_its_sessions_when_they_end_while_the_worker_runs(keys,
     submitted = cli_json(env, "submit", str(_job(tmp_path)), "--base-dir", str(tmp_path))
     worker = _foreground_worker(env)
     try:
-        verified = _until_proven(env, public)          # no periodic digest, no stop yet
+        verified = _until_proven(env, public)  # no periodic digest, no stop yet
         assert verified["proof"]["unproven"] == [], verified
         store = _store_of(env)
         by_digest = [{h.stream_id for h in d.heads} for d in _digests(store)]
@@ -229,10 +245,10 @@ def test_the_embedded_worker_signs_periodically_what_no_session_end_covers(keys,
     store = open_store(str(tmp_path / "state" / "events.sqlite"), upgrade=True)
     worker = _foreground_worker(env)
     try:
-        store.append("adhoc-1", turns(3), 0)            # no chain ends for this stream
+        store.append("adhoc-1", turns(3), 0)  # no chain ends for this stream
         assert _until_proven(env, public)["proof"]["unproven"] == []
         count = len(_digests(store))
-        time.sleep(1.5)                                  # idle: three intervals, no digest
+        time.sleep(1.5)  # idle: three intervals, no digest
         assert len(_digests(store)) == count
         store.append("adhoc-1", turns(1), 3)
         assert _until_proven(env, public)["proof"]["unproven"] == []
@@ -246,8 +262,14 @@ def test_a_key_the_worker_cannot_load_signs_nothing_and_fails_no_step(tmp_path):
     bad = tmp_path / "not-a-key.pem"
     bad.write_text("this is not a PEM\n")
     env = shape_env(tmp_path)
-    ran = cli({**env, "ORCH_AUDIT_KEY_FILE": str(bad)}, "run", str(_job(tmp_path)),
-              "--base-dir", str(tmp_path), "--json")
+    ran = cli(
+        {**env, "ORCH_AUDIT_KEY_FILE": str(bad)},
+        "run",
+        str(_job(tmp_path)),
+        "--base-dir",
+        str(tmp_path),
+        "--json",
+    )
     assert ran.returncode == 0, ran.stderr
     assert {s["status"] for s in json.loads(ran.stdout)["sessions"]} == {"completed"}
     store = _store_of(env)
@@ -260,22 +282,40 @@ def test_a_key_the_worker_cannot_load_signs_nothing_and_fails_no_step(tmp_path):
 @pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_celery_beat_schedules_the_periodic_digest_on_a_server_broker(keys, redis_url,
-                                                                      tmp_path):
+def test_celery_beat_schedules_the_periodic_digest_on_a_server_broker(keys, redis_url, tmp_path):
     import redis
+
     private, public = keys
     broker = redis_url.rsplit("/", 1)[0] + REDIS_DB
     redis.Redis.from_url(broker).flushdb()
     with fresh_pg_database("orch_test_autosign") as url:
-        env = shape_env(tmp_path, store_url=url, broker_url=broker,
-                        ORCH_AUDIT_KEY_FILE=str(private), ORCH_AUDIT_SIGN_INTERVAL_S="0.5")
+        env = shape_env(
+            tmp_path,
+            store_url=url,
+            broker_url=broker,
+            ORCH_AUDIT_KEY_FILE=str(private),
+            ORCH_AUDIT_SIGN_INTERVAL_S="0.5",
+        )
         (tmp_path / "state").mkdir()
         worker = _foreground_worker(env)
         beat = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks.app", "beat", "--schedule",
-             str(tmp_path / "state" / "beat-schedule")], env=env, cwd=ROOT,
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "state" / "beat.log", "ab"), start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks.app",
+                "beat",
+                "--schedule",
+                str(tmp_path / "state" / "beat-schedule"),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "state" / "beat.log", "ab"),
+            start_new_session=True,
+        )
         try:
             store = SqlEventStore(url)
             store.append("adhoc-1", turns(2), 0)

@@ -20,17 +20,25 @@ def test_keygen_sign_export_and_verify_with_the_public_key(tmp_path: Path):
     private = keys / "audit-signing.pem"
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     store = open_store(str(tmp_path / "state" / "events.sqlite"), upgrade=True)
-    store.append("s-1", [NewEvent.create(p.TurnStarted(turn=1, name="a", kind="shell"),
-                                         actor="user:t", correlation_id="j")], 0)
+    store.append(
+        "s-1",
+        [
+            NewEvent.create(
+                p.TurnStarted(turn=1, name="a", kind="shell"), actor="user:t", correlation_id="j"
+            )
+        ],
+        0,
+    )
 
     unsigned = cli(env, "audit", "verify", "--json")
     assert unsigned.returncode == 0
     assert json.loads(unsigned.stdout)["proof"]["unproven"] == [
-        {"stream_id": "s-1", "proven_to_seq": 0, "head_seq": 1}]
+        {"stream_id": "s-1", "proven_to_seq": 0, "head_seq": 1}
+    ]
     assert cli(env, "audit", "verify", "--require-proof").returncode == 1
     assert "UNPROVEN" in cli(env, "audit", "verify").stdout
 
-    assert cli(env, "audit", "sign").returncode == 2           # no key configured: says how
+    assert cli(env, "audit", "sign").returncode == 2  # no key configured: says how
     signer = {**env, "ORCH_AUDIT_KEY_FILE": str(private)}
     signed = cli(signer, "audit", "sign", "--json")
     assert signed.returncode == 0, signed.stderr
@@ -43,8 +51,9 @@ def test_keygen_sign_export_and_verify_with_the_public_key(tmp_path: Path):
 
     export = tmp_path / "log.jsonl"
     assert cli(env, "audit", "export", "-o", str(export)).returncode == 0
-    offline = cli(env, "audit", "verify", "--input", str(export), "--public-key", public,
-                  "--require-proof")
+    offline = cli(
+        env, "audit", "verify", "--input", str(export), "--public-key", public, "--require-proof"
+    )
     assert offline.returncode == 0, offline.stdout
     # Without the auditor's key the digest proves nothing, and says whose key it wants.
     foreign = cli(env, "audit", "verify", "--input", str(export), "--json")

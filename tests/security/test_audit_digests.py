@@ -7,6 +7,7 @@ PostgreSQL databases of the test's own."""
 from __future__ import annotations
 
 import uuid
+
 import sqlalchemy as sa
 
 from events import digests
@@ -31,6 +32,7 @@ KEY = digests.load_private(digests.generate_key()[0])
 
 # -- pure -------------------------------------------------------------------------------
 
+
 def test_a_digest_proves_exactly_the_heads_it_signed():
     heads = {"s1": (3, "a" * 64), "s2": (1, "b" * 64)}
     d = digests.sign(KEY, heads, position=4)
@@ -50,10 +52,11 @@ def test_forged_edited_and_foreign_digests_are_reported():
     foreign = digests.sign(other, heads, position=4)
     report = digests.check([edited, foreign], [KEY.public_key()], {("s1", 3): "a" * 64}, heads)
     assert [x.kind for x in report.problems] == ["bad_signature", "untrusted_key"]
-    assert report.unproven == {"s1": (0, 3)}          # nothing valid proves s1
+    assert report.unproven == {"s1": (0, 3)}  # nothing valid proves s1
 
 
 # -- against real databases ---------------------------------------------------------------
+
 
 def _tamper(store: SqlEventStore, *statements: tuple[str, dict]) -> None:
     """Run SQL with the append-only triggers out of the way, as an attacker would."""
@@ -74,15 +77,20 @@ def _recompute(store: SqlEventStore, stream_id: str, edit_seq: int) -> list[tupl
     out = []
     for r in rows:
         import orjson
+
         body = orjson.loads(r.body)
         if r.seq == edit_seq:
             body["payload"]["name"] = "rm -rf / (history rewritten)"
         body["prev_hash"] = prev
         data = canonical_json(body)
         digest = chain_hash(prev, data)
-        out.append(("UPDATE events SET body = :b, prev_hash = :p, hash = :h "
-                    "WHERE stream_id = :s AND seq = :q",
-                    {"b": data, "p": prev, "h": digest, "s": stream_id, "q": r.seq}))
+        out.append(
+            (
+                "UPDATE events SET body = :b, prev_hash = :p, hash = :h "
+                "WHERE stream_id = :s AND seq = :q",
+                {"b": data, "p": prev, "h": digest, "s": stream_id, "q": r.seq},
+            )
+        )
         prev = digest
     return out
 
@@ -94,10 +102,9 @@ def test_a_recomputed_chain_verifies_but_the_signed_digest_catches_it(own_store)
     trusted = [KEY.public_key()]
     assert audit.prove_store(own_store, trusted).ok
     _tamper(own_store, *_recompute(own_store, sid, edit_seq=2))
-    assert verify_rows(own_store.rows()).ok            # the chain alone is fooled
+    assert verify_rows(own_store.rows()).ok  # the chain alone is fooled
     report = audit.prove_store(own_store, trusted)
-    assert [(x.kind, x.stream_id, x.seq) for x in report.problems] == \
-        [("digest_mismatch", sid, 6)]
+    assert [(x.kind, x.stream_id, x.seq) for x in report.problems] == [("digest_mismatch", sid, 6)]
 
 
 def test_a_cut_tail_is_caught_as_truncation(own_store):
@@ -121,17 +128,22 @@ def test_streams_after_the_last_digest_are_unproven_not_ok(own_store):
 
 
 def test_digests_kept_outside_the_database_still_prove_after_the_digest_stream_is_cut(
-        own_store, tmp_path):
+    own_store, tmp_path
+):
     sid = f"s-{uuid.uuid4().hex}"
     own_store.append(sid, turns(4), 0)
     event = audit.sign(own_store, KEY, "user:auditor")
     kept = tmp_path / "digests.jsonl"
     import orjson
+
     kept.write_bytes(orjson.dumps(event.to_record()) + b"\n")
-    _tamper(own_store, *_recompute(own_store, sid, edit_seq=1),
-            ("DELETE FROM events WHERE stream_id = :s", {"s": DIGEST_STREAM}))
+    _tamper(
+        own_store,
+        *_recompute(own_store, sid, edit_seq=1),
+        ("DELETE FROM events WHERE stream_id = :s", {"s": DIGEST_STREAM}),
+    )
     assert verify_rows(own_store.rows()).ok
     blind = audit.prove_store(own_store, [KEY.public_key()])
-    assert blind.ok and blind.unproven == {sid: (0, 4)}      # unproven, never "ok"
+    assert blind.ok and blind.unproven == {sid: (0, 4)}  # unproven, never "ok"
     report = audit.prove_store(own_store, [KEY.public_key()], audit.read_digest_file(kept))
     assert [x.kind for x in report.problems] == ["digest_mismatch"]

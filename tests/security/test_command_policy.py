@@ -26,7 +26,7 @@ CASES = [
     ("rg -n fetch_user src | head -20", ALLOW, "allow-rg"),
     ("echo $((1 + 2)); [[ -f setup.py ]] && echo yes", ALLOW, "allow-echo"),
     ("case $x in a) ls;; *) pwd;; esac", ALLOW, "allow-ls"),
-    ("for f in src/*.py; do wc -l \"$f\"; done", ALLOW, "allow-wc"),
+    ('for f in src/*.py; do wc -l "$f"; done', ALLOW, "allow-wc"),
     ("cat <<'EOF' >> notes.txt\n$(rm -rf /)\nEOF", ALLOW, "allow-cat"),
     ("git grep -c foo", ALLOW, "allow-git"),
     ("cp -n a.txt b.txt", ALLOW, "allow-cp"),
@@ -48,13 +48,13 @@ CASES = [
     ("x=$(sudo id) ls", DENY, "deny-sudo"),
     ("export A=$(sudo id)", DENY, "deny-sudo"),
     ("cat <<EOF\n$(sudo id)\nEOF", DENY, "deny-sudo"),
-    ("echo \"$(sudo id)\"", DENY, "deny-sudo"),
+    ('echo "$(sudo id)"', DENY, "deny-sudo"),
     ("[[ $(sudo id) == x ]]", DENY, "deny-sudo"),
     ("! sudo id", DENY, "deny-sudo"),
     ("ls & sudo id", DENY, "deny-sudo"),
     # -- wrappers are unwrapped ---------------------------------------------------------
     ("sh -c 'sudo id'", DENY, "deny-sudo"),
-    ("bash -lc \"ls; sudo id\"", DENY, "deny-sudo"),
+    ('bash -lc "ls; sudo id"', DENY, "deny-sudo"),
     ("sh -c \"bash -c 'sudo id'\"", DENY, "deny-sudo"),
     ("env -i FOO=1 sudo id", DENY, "deny-sudo"),
     ("nice -n 10 sudo id", DENY, "deny-sudo"),
@@ -76,8 +76,8 @@ CASES = [
     ("/bin/r? -rf x", DENY, "shell:dynamic-program"),
     ("$'\\x73udo' id", DENY, "shell:dynamic-program"),
     ("{sudo,id}", DENY, "shell:unparseable"),
-    ("eval \"sudo id\"", DENY, "shell:eval"),
-    ("sh -c \"$PAYLOAD\"", DENY, "shell:dynamic-shell-code"),
+    ('eval "sudo id"', DENY, "shell:eval"),
+    ('sh -c "$PAYLOAD"', DENY, "shell:dynamic-shell-code"),
     ("echo 'unterminated", DENY, "shell:unparseable"),
     ("ls )(", DENY, "shell:unparseable"),
     ("env -S 'sudo id'", DENY, "shell:dynamic-shell-code"),
@@ -165,8 +165,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("command", "decision", "rule"), CASES,
-                         ids=[c[0][:50] for c in CASES])
+@pytest.mark.parametrize(("command", "decision", "rule"), CASES, ids=[c[0][:50] for c in CASES])
 def test_default_policy_decides_adversarial_commands(command: str, decision: str, rule: str):
     v = decide_request("shell", DEFAULT_POLICY, command=command)
     assert (v.decision, v.rule_id) == (decision, rule), v.matches
@@ -180,10 +179,13 @@ def test_elevation_turns_destructive_asks_into_allows_and_nothing_else():
     v = decide_request("shell", DEFAULT_POLICY, command="rm -rf build", elevated=True)
     assert v.decision == ALLOW and v.rule_id == "destructive-rm"
     assert "allow-destructive" in v.reason
-    assert decide_request("shell", DEFAULT_POLICY, command="terraform apply",
-                          elevated=True).decision == ASK
-    assert decide_request("shell", DEFAULT_POLICY, command="rm .env",
-                          elevated=True).decision == DENY
+    assert (
+        decide_request("shell", DEFAULT_POLICY, command="terraform apply", elevated=True).decision
+        == ASK
+    )
+    assert (
+        decide_request("shell", DEFAULT_POLICY, command="rm .env", elevated=True).decision == DENY
+    )
 
 
 def test_network_rules_apply_once_the_policy_enables_network():
@@ -209,13 +211,37 @@ def test_the_verdict_keeps_every_matching_rule_with_its_reason():
 
 # -- property: denied programs never come out allowed -----------------------------------------
 
-ALLOWED = ["ls", "cat README.md", "git status", "python3 -m pytest", "echo hi", "wc -l x",
-           "rg foo", "true"]
+ALLOWED = [
+    "ls",
+    "cat README.md",
+    "git status",
+    "python3 -m pytest",
+    "echo hi",
+    "wc -l x",
+    "rg foo",
+    "true",
+]
 DENIED = ["sudo id", "su root", "crontab -e", "pkexec id", "kill 1"]
 # "$( {} )" keeps its spaces: "$((" would start arithmetic, where nothing runs.
-WRAPPERS = ["{}", "$( {} )", "`{}`", "( {} )", "{{ {}; }}", "sh -c '{}'", "env {}", "nice {}",
-            "timeout 5 {}", "time {}", "nohup {}", "! {}", "echo \"$( {} )\"", "cat <({})",
-            "x=$( {} ) true", "stdbuf -oL {}", "command {}"]
+WRAPPERS = [
+    "{}",
+    "$( {} )",
+    "`{}`",
+    "( {} )",
+    "{{ {}; }}",
+    "sh -c '{}'",
+    "env {}",
+    "nice {}",
+    "timeout 5 {}",
+    "time {}",
+    "nohup {}",
+    "! {}",
+    'echo "$( {} )"',
+    "cat <({})",
+    "x=$( {} ) true",
+    "stdbuf -oL {}",
+    "command {}",
+]
 JOINERS = [" && ", " || ", "; ", " | ", " & ", "\n"]
 
 
@@ -243,8 +269,10 @@ def test_any_composition_with_a_denied_program_is_denied(command: str):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(ALLOWED), min_size=1, max_size=4),
-       st.lists(st.sampled_from(JOINERS), min_size=3, max_size=3))
+@given(
+    st.lists(st.sampled_from(ALLOWED), min_size=1, max_size=4),
+    st.lists(st.sampled_from(JOINERS), min_size=3, max_size=3),
+)
 def test_compositions_of_allowed_programs_stay_allowed(parts: list[str], joiners: list[str]):
     command = parts[0] + "".join(j + p for j, p in zip(joiners, parts[1:]))
     assert decide_request("shell", DEFAULT_POLICY, command=command).decision == ALLOW, command

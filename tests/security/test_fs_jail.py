@@ -44,8 +44,9 @@ def box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path,
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def _refused(fn: Callable[[], object], match: str) -> None:
@@ -55,11 +56,21 @@ def _refused(fn: Callable[[], object], match: str) -> None:
 
 # --- planted before the call ---------------------------------------------------------
 
-@pytest.mark.parametrize("target", ["../outside/secret.txt", "{out}/secret.txt",
-                                    "/proc/self/root{out}/secret.txt", "/proc/self/cwd",
-                                    "/proc/1/root/etc/passwd", "d/../../outside/secret.txt"])
-def test_symlinks_out_are_refused_for_read_write_and_delete(box: tuple[Path, Path],
-                                                            target: str) -> None:
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "../outside/secret.txt",
+        "{out}/secret.txt",
+        "/proc/self/root{out}/secret.txt",
+        "/proc/self/cwd",
+        "/proc/1/root/etc/passwd",
+        "d/../../outside/secret.txt",
+    ],
+)
+def test_symlinks_out_are_refused_for_read_write_and_delete(
+    box: tuple[Path, Path], target: str
+) -> None:
     ws, out = box
     (ws / "link").symlink_to(target.format(out=out))
     why = "outside the workspace|out of the workspace"
@@ -81,8 +92,13 @@ def test_a_symlinked_parent_out_is_refused_even_for_new_files(box: tuple[Path, P
 def test_dot_dot_never_rises_above_the_root(box: tuple[Path, Path]) -> None:
     ws, _ = box
     (ws / "inner").symlink_to("d", target_is_directory=True)
-    for rel in ("../outside/secret.txt", "d/../../outside/secret.txt", "inner/../../x",
-                "missing/../../outside/secret.txt", "d/../d/../.."):
+    for rel in (
+        "../outside/secret.txt",
+        "d/../../outside/secret.txt",
+        "inner/../../x",
+        "missing/../../outside/secret.txt",
+        "d/../d/../..",
+    ):
         _refused(lambda: read_file(ws, rel, 100), r"climbs out|out of the workspace")
 
 
@@ -97,8 +113,7 @@ def test_symlinks_that_stay_inside_work(box: tuple[Path, Path]) -> None:
     assert read_file(ws, "dl/../f.txt", 100).output == "inside\n"
     apply_edits(ws, [FileEdit("dl/new.txt", None, b"new\n")])
     assert (ws / "d" / "new.txt").read_text() == "new\n"
-    assert sorted(real_paths(ws, ["a", "dl/new.txt", "f.txt"])) == ["d/new.txt",
-                                                                   "d/secret.txt"]
+    assert sorted(real_paths(ws, ["a", "dl/new.txt", "f.txt"])) == ["d/new.txt", "d/secret.txt"]
 
 
 def test_symlink_loops_are_refused(box: tuple[Path, Path]) -> None:
@@ -129,10 +144,15 @@ def test_fifos_sockets_and_devices_are_refused_without_blocking(box: tuple[Path,
         sock.close()
 
 
-@pytest.mark.parametrize("rel, why", [
-    ("a\x00b", "NUL byte"), ("/etc/passwd", "is absolute"), ("x" * 256, "longer than 255"),
-    ("/".join(["d"] * 2100), "more than any file system allows"),
-])
+@pytest.mark.parametrize(
+    "rel, why",
+    [
+        ("a\x00b", "NUL byte"),
+        ("/etc/passwd", "is absolute"),
+        ("x" * 256, "longer than 255"),
+        ("/".join(["d"] * 2100), "more than any file system allows"),
+    ],
+)
 def test_malformed_paths_are_refused(box: tuple[Path, Path], rel: str, why: str) -> None:
     ws, _ = box
     _refused(lambda: read_file(ws, rel, 100), why)
@@ -143,10 +163,17 @@ def test_a_patch_with_one_refused_file_changes_nothing(box: tuple[Path, Path]) -
     ws, out = box
     (ws / "up").symlink_to(out, target_is_directory=True)
     before = _tree(ws)
-    _refused(lambda: apply_edits(ws, [FileEdit("f.txt", b"inside\n", b"changed\n"),
-                                      FileEdit("new/dir/file.txt", None, b"new\n"),
-                                      FileEdit("up/secret.txt", CANARY.encode(), b"x")]),
-             "outside")
+    _refused(
+        lambda: apply_edits(
+            ws,
+            [
+                FileEdit("f.txt", b"inside\n", b"changed\n"),
+                FileEdit("new/dir/file.txt", None, b"new\n"),
+                FileEdit("up/secret.txt", CANARY.encode(), b"x"),
+            ],
+        ),
+        "outside",
+    )
     assert _tree(ws) == before and not (ws / "new").exists()
 
 
@@ -154,18 +181,19 @@ def test_the_policy_sees_where_a_symlink_leads(tmp_path: Path) -> None:
     """`notes -> .env`: a read of `notes` is judged as a read of `.env`."""
     from orchestrator.policy import DEFAULT_POLICY, decide
     from orchestrator.runner import _touched
+
     ws = tmp_path
     (ws / ".env").write_text("TOKEN=x\n")
     (ws / "notes").symlink_to(".env")
     paths = _touched(ws, ReadStep(path="notes"), None)
-    verdict = decide("read", {"path": "notes"}, DEFAULT_POLICY, tier="read-only",
-                     extra_paths=paths)
+    verdict = decide("read", {"path": "notes"}, DEFAULT_POLICY, tier="read-only", extra_paths=paths)
     assert verdict.decision == "deny" and verdict.rule_id == "deny-secrets"
     paths = _touched(ws, DeleteStep(path="notes"), None)
     assert ("write", ".env") in paths
 
 
 # --- swapped in while the tool works, in a loop -----------------------------------------
+
 
 class Swapper(threading.Thread):
     """Flips `name` between what it is and a symlink out, as fast as it can."""
@@ -185,12 +213,12 @@ class Swapper(threading.Thread):
                 os.unlink(real)
                 os.rename(aside, real)
                 self.flips += 1
-            except OSError:   # the tool created `name` in the gap: let it be, go on
+            except OSError:  # the tool created `name` in the gap: let it be, go on
                 self._settle(real, aside)
 
     @staticmethod
     def _settle(real: Path, aside: Path) -> None:
-        for _ in range(100):   # the tool may still be writing into what it made
+        for _ in range(100):  # the tool may still be writing into what it made
             if not aside.exists():
                 return
             if real.is_symlink() or real.is_file():
@@ -263,14 +291,19 @@ def test_reads_racing_a_swapped_file_never_leave(box: tuple[Path, Path]) -> None
 def test_writes_racing_a_swapped_directory_never_leave(box: tuple[Path, Path]) -> None:
     ws, out = box
     with Swapper(ws, "d", out):
-        _race(lambda: apply_edits(ws, [FileEdit("d/new.txt", None, b"x")])
-              if not (ws / "d" / "new.txt").exists()
-              else apply_edits(ws, [FileEdit("d/new.txt", b"x", None)]))
-    assert not (out / "new.txt").exists()   # the fixture checks the rest of `outside`
+        _race(
+            lambda: (
+                apply_edits(ws, [FileEdit("d/new.txt", None, b"x")])
+                if not (ws / "d" / "new.txt").exists()
+                else apply_edits(ws, [FileEdit("d/new.txt", b"x", None)])
+            )
+        )
+    assert not (out / "new.txt").exists()  # the fixture checks the rest of `outside`
 
 
 def test_writes_racing_a_swapped_file_replace_the_link_not_its_target(
-        box: tuple[Path, Path]) -> None:
+    box: tuple[Path, Path],
+) -> None:
     ws, out = box
 
     def write() -> None:

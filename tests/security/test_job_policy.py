@@ -45,8 +45,7 @@ def test_a_destructive_step_waits_for_approval_and_runs_once_approved(tmp_path: 
     assert (waiting["rule_id"], waiting["turn"]) == ("destructive-rm", 2)
     assert waiting["args"]["command"] == ["sh", "-c", "rm -f junk.txt"]
 
-    approved = cli(env, "approve", waiting["call_id"][:30], "--reason", "junk is junk",
-                   "--wait")
+    approved = cli(env, "approve", waiting["call_id"][:30], "--reason", "junk is junk", "--wait")
     assert approved.returncode == 0, approved.stdout + approved.stderr
     assert not (repo / "junk.txt").exists()
     assert cli_json(env, "pending") == []
@@ -62,8 +61,15 @@ def test_a_destructive_step_waits_for_approval_and_runs_once_approved(tmp_path: 
 def test_an_elevated_job_runs_destructive_steps_without_asking(tmp_path: Path):
     repo = _repo(tmp_path)
     env = shape_env(tmp_path)
-    elevated = cli(env, "run", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path),
-                   "--json", "--allow-destructive")
+    elevated = cli(
+        env,
+        "run",
+        str(tmp_path / "job.yaml"),
+        "--base-dir",
+        str(tmp_path),
+        "--json",
+        "--allow-destructive",
+    )
     assert elevated.returncode == 0, elevated.stdout + elevated.stderr
     [session] = json.loads(elevated.stdout)["sessions"]
     assert not (repo / "junk.txt").exists()
@@ -77,8 +83,16 @@ def test_an_elevated_job_runs_destructive_steps_without_asking(tmp_path: Path):
 def test_tier_flag_and_job_policy_are_recorded_and_enforced(tmp_path: Path):
     _repo(tmp_path)
     env = shape_env(tmp_path)
-    result = cli(env, "run", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path), "--json",
-                 "--tier", "read-only")
+    result = cli(
+        env,
+        "run",
+        str(tmp_path / "job.yaml"),
+        "--base-dir",
+        str(tmp_path),
+        "--json",
+        "--tier",
+        "read-only",
+    )
     assert result.returncode == 3
     [session] = json.loads(result.stdout)["sessions"]
     assert "tier read-only" in session["error"] and "--tier read-write" in session["error"]
@@ -88,8 +102,16 @@ def test_tier_flag_and_job_policy_are_recorded_and_enforced(tmp_path: Path):
 
     policy = tmp_path / "team.yaml"
     policy.write_text("name: team\nsession_limits: {tool_calls: {replace: 0}}\n")
-    limited = cli(env, "run", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path),
-                  "--json", "--policy", str(policy))
+    limited = cli(
+        env,
+        "run",
+        str(tmp_path / "job.yaml"),
+        "--base-dir",
+        str(tmp_path),
+        "--json",
+        "--policy",
+        str(policy),
+    )
     assert limited.returncode == 3
     [session] = json.loads(limited.stdout)["sessions"]
     assert "quota:tool_calls:replace" in session["error"]
@@ -101,10 +123,12 @@ def test_a_broken_policy_file_is_refused_before_anything_is_enqueued(tmp_path: P
     _repo(tmp_path)
     env = shape_env(tmp_path)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("commands:\n  rules:\n    - {id: x, decision: allow, command: ls, "
-                   "match: [cat x]}\n")
-    result = cli(env, "submit", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path),
-                 "--policy", str(bad))
+    bad.write_text(
+        "commands:\n  rules:\n    - {id: x, decision: allow, command: ls, match: [cat x]}\n"
+    )
+    result = cli(
+        env, "submit", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path), "--policy", str(bad)
+    )
     assert result.returncode == 2
     assert "example 'cat x' should match" in result.stderr
     assert not (tmp_path / "state" / "events.sqlite").exists()

@@ -31,8 +31,19 @@ import pytest
 from orchestrator import sandbox
 from orchestrator.errors import ToolError, ToolInputError, ToolTimeout
 from orchestrator.policy import Limits, Network
-from orchestrator.sandbox import (GIT_ENV, SANDBOX_HOME, SANDBOX_UID, Cgroups, Host, Request,
-                                  SandboxLimits, bwrap_argv, describe, plan, scrub_env)
+from orchestrator.sandbox import (
+    GIT_ENV,
+    SANDBOX_HOME,
+    SANDBOX_UID,
+    Cgroups,
+    Host,
+    Request,
+    SandboxLimits,
+    bwrap_argv,
+    describe,
+    plan,
+    scrub_env,
+)
 from orchestrator.steps import ShellStep
 from orchestrator.tools.shell import CommandFailed, run_shell
 from tests.cli_helpers import cli, shape_env
@@ -43,17 +54,30 @@ MB = 1024 * 1024
 
 # -- pure planning ---------------------------------------------------------------------
 
-ROOT_HOST = Host(bwrap="/usr/bin/bwrap", setpriv="/usr/bin/setpriv", is_root=True,
-                 cgroups=Cgroups("v1", "/cg/pids/o", "/cg/memory/o", "test"), path="/usr/bin:/bin")
+ROOT_HOST = Host(
+    bwrap="/usr/bin/bwrap",
+    setpriv="/usr/bin/setpriv",
+    is_root=True,
+    cgroups=Cgroups("v1", "/cg/pids/o", "/cg/memory/o", "test"),
+    path="/usr/bin:/bin",
+)
 USER_HOST = dataclasses.replace(ROOT_HOST, is_root=False, cgroups=Cgroups(why="none"))
-ANCESTORS_TMP = (("/", 0o40755, 0), ("/tmp", 0o41777, 0), ("/tmp/pytest-of-root", 0o40700, 0),
-                 ("/tmp/pytest-of-root/t0", 0o40755, 0))
+ANCESTORS_TMP = (
+    ("/", 0o40755, 0),
+    ("/tmp", 0o41777, 0),
+    ("/tmp/pytest-of-root", 0o40700, 0),
+    ("/tmp/pytest-of-root/t0", 0o40755, 0),
+)
 
 
 def request(**kw: Any) -> Request:
-    base: dict[str, Any] = dict(argv=("make", "test"), workspace="/tmp/pytest-of-root/t0/ws",
-                                cwd="/tmp/pytest-of-root/t0/ws/src", ancestors=ANCESTORS_TMP,
-                                call_id="c1")
+    base: dict[str, Any] = dict(
+        argv=("make", "test"),
+        workspace="/tmp/pytest-of-root/t0/ws",
+        cwd="/tmp/pytest-of-root/t0/ws/src",
+        ancestors=ANCESTORS_TMP,
+        call_id="c1",
+    )
     return Request(**{**base, **kw})
 
 
@@ -65,32 +89,58 @@ def pairs(argv: list[str], flag: str) -> list[str]:
 def test_bwrap_plan_binds_the_system_read_only_then_the_workspace_read_write() -> None:
     p = plan(request(), ROOT_HOST)
     sep = p.argv.index("--")
-    box, rest = p.argv[:sep], p.argv[sep + 1:]
+    box, rest = p.argv[:sep], p.argv[sep + 1 :]
     assert box[:4] == ["/usr/bin/bwrap", "--ro-bind", "/", "/"]
     assert pairs(box, "--tmpfs") == ["/tmp", "/run", "/dev/shm"]
     assert pairs(box, "--dir") == ["/tmp/pytest-of-root", "/tmp/pytest-of-root/t0", SANDBOX_HOME]
     ws = "/tmp/pytest-of-root/t0/ws"
-    assert box[box.index("--bind"):box.index("--bind") + 3] == ["--bind", ws, ws]
-    assert box.index("--bind") > box.index("/run")          # mounted after the masks
-    for flag in ("--unshare-pid", "--unshare-net", "--die-with-parent", "--new-session",
-                 "--unshare-ipc"):
+    assert box[box.index("--bind") : box.index("--bind") + 3] == ["--bind", ws, ws]
+    assert box.index("--bind") > box.index("/run")  # mounted after the masks
+    for flag in (
+        "--unshare-pid",
+        "--unshare-net",
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-ipc",
+    ):
         assert flag in box
     assert pairs(box, "--chdir") == ["/tmp/pytest-of-root/t0/ws/src"]
     assert pairs(box, "--dev") == ["/dev"] and pairs(box, "--proc") == ["/proc"]
-    assert rest == ["/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534",
-                    "--clear-groups", "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all",
-                    "--", "/usr/bin/env", "--", "make", "test"]
+    assert rest == [
+        "/usr/bin/setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+        "/usr/bin/env",
+        "--",
+        "make",
+        "test",
+    ]
 
 
 def test_with_prlimit_the_rlimits_are_set_in_the_chain_not_in_a_forked_child() -> None:
     host = dataclasses.replace(ROOT_HOST, prlimit="/usr/bin/prlimit")
     lim = SandboxLimits(cpu_s=2, file_size_mb=1, open_files=64)
     p = plan(request(limits=lim, info_fd=7, block_fd=8), host)
-    rest = p.argv[p.argv.index("--bounding-set=-all") + 2:]
-    assert rest == ["/usr/bin/prlimit", "--cpu=2:2", f"--fsize={MB}:{MB}", "--nofile=64:64",
-                    "--core=0:0", "--", "make", "test"]
+    rest = p.argv[p.argv.index("--bounding-set=-all") + 2 :]
+    assert rest == [
+        "/usr/bin/prlimit",
+        "--cpu=2:2",
+        f"--fsize={MB}:{MB}",
+        "--nofile=64:64",
+        "--core=0:0",
+        "--",
+        "make",
+        "test",
+    ]
     assert pairs(p.argv, "--info-fd") == ["7"] and pairs(p.argv, "--block-fd") == ["8"]
-    assert (p.preexec_rlimits, p.preexec_cgroups) == (False, False)   # a vfork spawn
+    assert (p.preexec_rlimits, p.preexec_cgroups) == (False, False)  # a vfork spawn
     fallback = plan(request(mode="fallback", home="/h", ancestors=(("/", 0o40755, 0),)), host)
     assert (fallback.preexec_rlimits, fallback.preexec_cgroups) == (False, True)
 
@@ -101,8 +151,11 @@ def test_network_enabled_keeps_the_hosts_network_namespace() -> None:
 
 def test_an_ancestor_the_sandbox_uid_cannot_enter_is_masked_and_rebuilt() -> None:
     ancestors = (("/", 0o40755, 0), ("/root", 0o40700, 0), ("/root/repos", 0o40755, 0))
-    argv = bwrap_argv("bwrap", request(workspace="/root/repos/ws", cwd="/root/repos/ws",
-                                       ancestors=ancestors), SANDBOX_UID)
+    argv = bwrap_argv(
+        "bwrap",
+        request(workspace="/root/repos/ws", cwd="/root/repos/ws", ancestors=ancestors),
+        SANDBOX_UID,
+    )
     assert pairs(argv, "--tmpfs") == ["/tmp", "/run", "/root", "/dev/shm"]
     assert pairs(argv, "--dir") == ["/root/repos", SANDBOX_HOME]
     assert argv.index("/root") < argv.index("--bind")
@@ -112,14 +165,13 @@ def test_a_worker_that_is_not_root_keeps_its_uid_and_masks_nothing_more() -> Non
     ancestors = (("/", 0o40755, 0), ("/home/u", 0o40700, 1000))
     p = plan(request(workspace="/home/u/ws", cwd="/home/u/ws", ancestors=ancestors), USER_HOST)
     assert "setpriv" not in " ".join(p.argv) and p.uid is None
-    assert p.argv[p.argv.index("--") + 1:] == ["make", "test"]
+    assert p.argv[p.argv.index("--") + 1 :] == ["make", "test"]
     assert pairs(p.argv, "--tmpfs") == ["/tmp", "/run", "/dev/shm"]
 
 
 def test_fallback_plan_is_the_uid_drop_and_the_command_with_a_throwaway_home() -> None:
     open_parents = tuple((p, m | 0o111, u) for p, m, u in ANCESTORS_TMP)
-    p = plan(request(mode="fallback", home="/tmp/orch-home-x", ancestors=open_parents),
-             ROOT_HOST)
+    p = plan(request(mode="fallback", home="/tmp/orch-home-x", ancestors=open_parents), ROOT_HOST)
     assert p.mode == "fallback"
     assert p.argv[0] == "/usr/bin/setpriv" and p.argv[-2:] == ["make", "test"]
     assert "bwrap" not in " ".join(p.argv)
@@ -136,21 +188,41 @@ def test_fallback_refuses_a_workspace_the_sandbox_uid_cannot_reach() -> None:
 def test_asking_for_bubblewrap_without_it_is_an_input_error() -> None:
     with pytest.raises(ToolInputError, match="bwrap` is not installed"):
         plan(request(mode="bwrap"), dataclasses.replace(ROOT_HOST, bwrap=None))
-    assert plan(request(home="/h"), dataclasses.replace(ROOT_HOST, bwrap=None, is_root=False)
-                ).mode == "fallback"
+    assert (
+        plan(request(home="/h"), dataclasses.replace(ROOT_HOST, bwrap=None, is_root=False)).mode
+        == "fallback"
+    )
 
 
 def test_environment_is_built_from_inputs_only_and_git_hardening_wins() -> None:
     env = scrub_env("/usr/bin", SANDBOX_HOME, {"CI": "1", "PATH": "/opt/bin"}, "c1")
-    assert env == {"PATH": "/opt/bin", "HOME": SANDBOX_HOME, "LANG": "C.UTF-8", "TMPDIR": "/tmp",
-                   "CI": "1", **GIT_ENV, "SANDBOX_CALL_ID": "c1"}
+    assert env == {
+        "PATH": "/opt/bin",
+        "HOME": SANDBOX_HOME,
+        "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
+        "CI": "1",
+        **GIT_ENV,
+        "SANDBOX_CALL_ID": "c1",
+    }
     assert env["GIT_CONFIG_KEY_0"] == "core.hooksPath" and env["GIT_CONFIG_VALUE_0"] == "/dev/null"
     assert env["GIT_CONFIG_KEY_1"] == "core.fsmonitor" and env["GIT_CONFIG_VALUE_1"] == "false"
 
 
-@pytest.mark.parametrize("name", ["LD_PRELOAD", "LD_LIBRARY_PATH", "BASH_ENV", "ENV",
-                                  "GIT_DIR", "GIT_CONFIG_COUNT", "BASH_FUNC_ls%%", "SHELLOPTS",
-                                  "SANDBOX_CALL_ID"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "BASH_ENV",
+        "ENV",
+        "GIT_DIR",
+        "GIT_CONFIG_COUNT",
+        "BASH_FUNC_ls%%",
+        "SHELLOPTS",
+        "SANDBOX_CALL_ID",
+    ],
+)
 def test_variables_that_inject_code_are_refused(name: str) -> None:
     with pytest.raises(ToolInputError, match=f"sets {name}.*Remove them"):
         scrub_env("/usr/bin", SANDBOX_HOME, {name: "x"}, "c1")
@@ -159,17 +231,19 @@ def test_variables_that_inject_code_are_refused(name: str) -> None:
 def test_rlimits_leave_memory_and_processes_to_the_cgroup_when_there_is_one() -> None:
     lim = SandboxLimits(cpu_s=2.5, memory_mb=100, processes=64, open_files=50, file_size_mb=3)
     with_cg = dict(plan(request(limits=lim), ROOT_HOST).rlimits)
-    assert with_cg == {resource.RLIMIT_CPU: 3, resource.RLIMIT_FSIZE: 3 * MB,
-                       resource.RLIMIT_NOFILE: 50, resource.RLIMIT_CORE: 0}
-    assert plan(request(limits=lim), ROOT_HOST).cgroup_limits == {"pids": 64,
-                                                                   "memory": 100 * MB}
+    assert with_cg == {
+        resource.RLIMIT_CPU: 3,
+        resource.RLIMIT_FSIZE: 3 * MB,
+        resource.RLIMIT_NOFILE: 50,
+        resource.RLIMIT_CORE: 0,
+    }
+    assert plan(request(limits=lim), ROOT_HOST).cgroup_limits == {"pids": 64, "memory": 100 * MB}
     without = dict(plan(request(limits=lim), USER_HOST).rlimits)
     assert without[resource.RLIMIT_AS] == 100 * MB and without[resource.RLIMIT_NPROC] == 64
 
 
 def test_limits_come_from_the_policy_model_field_by_field() -> None:
-    assert SandboxLimits.of(Limits(wall_s=5, processes=9)) == SandboxLimits(wall_s=5,
-                                                                            processes=9)
+    assert SandboxLimits.of(Limits(wall_s=5, processes=9)) == SandboxLimits(wall_s=5, processes=9)
     assert SandboxLimits.of(None) == SandboxLimits()
 
 
@@ -187,7 +261,8 @@ def test_doctor_says_what_a_cgroup_migration_costs_and_which_host_setting_helps(
 
     assert "RCU grace period" in detail(ROOT_HOST) and "rcu_expedited=1" in detail(ROOT_HOST)
     assert detail(dataclasses.replace(ROOT_HOST, fast_migration="rcu_expedited=1")).endswith(
-        "fast (rcu_expedited=1)")
+        "fast (rcu_expedited=1)"
+    )
     assert "grace period" not in detail(USER_HOST)
 
 
@@ -244,16 +319,31 @@ class Box:
                 continue
             st = p.lstat()
             found[str(p.relative_to(self.tmp))] = (
-                st.st_mode, st.st_uid, p.read_bytes() if p.is_file() else None)
+                st.st_mode,
+                st.st_uid,
+                p.read_bytes() if p.is_file() else None,
+            )
         return found
 
-    def run(self, mode: str, command: list[str] | str, host: Host | None = None,
-            network: Any = None, **limits: Any) -> Any:
+    def run(
+        self,
+        mode: str,
+        command: list[str] | str,
+        host: Host | None = None,
+        network: Any = None,
+        **limits: Any,
+    ) -> Any:
         """The result, or the ToolError the call raised."""
         step = ShellStep(command=command, timeout_s=limits.pop("timeout_s", 20))
         try:
-            return run_shell(self.ws, step, limits=Limits(**limits), network=network,
-                             mode=mode, host=host or HOST)  # type: ignore[arg-type]
+            return run_shell(
+                self.ws,
+                step,
+                limits=Limits(**limits),
+                network=network,
+                mode=mode,
+                host=host or HOST,
+            )  # type: ignore[arg-type]
         except ToolError as err:
             return err
 
@@ -261,7 +351,7 @@ class Box:
         assert self.canary.read_text() == "canary: do not touch\n"
         assert self.outside() == self.before
         assert running(self.token) == []
-        for p in [self.ws, *self.ws.rglob("*")]:     # everything usable by the worker again
+        for p in [self.ws, *self.ws.rglob("*")]:  # everything usable by the worker again
             assert p.lstat().st_uid == os.geteuid(), p
 
 
@@ -278,16 +368,14 @@ def box(tmp_path: Path) -> Iterator[Box]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-
-
 def py(code: str, token: str) -> list[str]:
     return [PY, "-c", textwrap.dedent(code) + f"\n# {token}\n"]
 
 
-def test_a_fork_bomb_is_stopped_by_the_process_limit(box: Box, variant: tuple[str, Host]
-                                                     ) -> None:
+def test_a_fork_bomb_is_stopped_by_the_process_limit(box: Box, variant: tuple[str, Host]) -> None:
     mode, host = variant
-    counting = py("""
+    counting = py(
+        """
         import os, time
         n = 0
         try:
@@ -298,23 +386,30 @@ def test_a_fork_bomb_is_stopped_by_the_process_limit(box: Box, variant: tuple[st
                 n += 1
         except OSError as err:
             print("stopped after", n, err.errno)
-    """, box.token)
+    """,
+        box.token,
+    )
     result = box.run(mode, counting, host=host, processes=64, wall_s=10)
     words = result.output.split()
     assert words[:2] == ["stopped", "after"] and int(words[2]) < 64 and int(words[3]) == 11
     started = time.monotonic()
-    bomb = box.run(mode, ["bash", "-c", f"b() {{ b | b & }}; b; sleep 3 # {box.token}"],
-                   host=host, processes=64, wall_s=3)
+    bomb = box.run(
+        mode,
+        ["bash", "-c", f"b() {{ b | b & }}; b; sleep 3 # {box.token}"],
+        host=host,
+        processes=64,
+        wall_s=3,
+    )
     assert time.monotonic() - started < 10
     assert isinstance(bomb, (ToolTimeout, CommandFailed)) or bomb.exit_code == 0
     box.assert_contained()
 
 
-def test_a_memory_hog_fails_without_hurting_the_worker(box: Box, variant: tuple[str, Host]
-                                                      ) -> None:
+def test_a_memory_hog_fails_without_hurting_the_worker(box: Box, variant: tuple[str, Host]) -> None:
     mode, host = variant
-    result = box.run(mode, py("x = b'x' * (1 << 30)\nprint('allocated')", box.token),
-                     host=host, memory_mb=200)
+    result = box.run(
+        mode, py("x = b'x' * (1 << 30)\nprint('allocated')", box.token), host=host, memory_mb=200
+    )
     assert isinstance(result, CommandFailed)
     assert "allocated" not in result.result.output
     box.assert_contained()
@@ -340,7 +435,8 @@ def test_a_command_sleeping_forever_is_killed_at_the_wall_limit(box: Box, mode: 
 
 def test_a_daemon_does_not_outlive_the_call(box: Box, variant: tuple[str, Host]) -> None:
     mode, host = variant
-    daemon = py("""
+    daemon = py(
+        """
         import os, sys, time
         if os.fork() == 0:
             os.setsid()
@@ -357,13 +453,15 @@ def test_a_daemon_does_not_outlive_the_call(box: Box, variant: tuple[str, Host])
         while not os.path.exists("daemon.pid"):
             time.sleep(0.01)
         print("daemon started")
-    """, box.token)
+    """,
+        box.token,
+    )
     result = box.run(mode, daemon, host=host, wall_s=10)
     assert result.output == "daemon started\n" and result.exit_code == 0
     pid = int((box.ws / "daemon.pid").read_text())
     assert running(box.token) == []
-    if mode == "fallback":            # no pid namespace: the pid it wrote is ours to check
-        assert not alive(pid)         # killed; the machine's init reaps it soon after
+    if mode == "fallback":  # no pid namespace: the pid it wrote is ours to check
+        assert not alive(pid)  # killed; the machine's init reaps it soon after
         deadline = time.monotonic() + 5
         with pytest.raises(ProcessLookupError):
             while time.monotonic() < deadline:
@@ -373,8 +471,10 @@ def test_a_daemon_does_not_outlive_the_call(box: Box, variant: tuple[str, Host])
 
 
 def test_a_command_trapping_term_is_killed_anyway(box: Box, mode: str) -> None:
-    script = (f"trap '' TERM HUP INT; (trap '' TERM HUP INT; while :; do sleep 0.1; done) & "
-              f"while :; do sleep 0.1; done # {box.token}")
+    script = (
+        f"trap '' TERM HUP INT; (trap '' TERM HUP INT; while :; do sleep 0.1; done) & "
+        f"while :; do sleep 0.1; done # {box.token}"
+    )
     started = time.monotonic()
     result = box.run(mode, ["sh", "-c", script], wall_s=1)
     assert isinstance(result, ToolTimeout) and time.monotonic() - started < 6
@@ -382,21 +482,27 @@ def test_a_command_trapping_term_is_killed_anyway(box: Box, mode: str) -> None:
 
 
 def test_a_huge_file_stops_at_the_file_size_limit(box: Box, mode: str) -> None:
-    result = box.run(mode, ["dd", "if=/dev/zero", "of=big", "bs=1M", "count=50"],
-                     file_size_mb=2)
+    result = box.run(mode, ["dd", "if=/dev/zero", "of=big", "bs=1M", "count=50"], file_size_mb=2)
     assert isinstance(result, CommandFailed) and "SIGXFSZ" in str(result)
     assert (box.ws / "big").stat().st_size <= 2 * MB
     box.assert_contained()
 
 
 def test_nothing_outside_the_workspace_can_be_written(box: Box, mode: str) -> None:
-    shared = {"tmp": Path(f"/tmp/orch-sandbox-probe-{box.token}"),
-              "var-tmp": Path(f"/var/tmp/orch-sandbox-probe-{box.token}"),
-              "dev-shm": Path(f"/dev/shm/orch-sandbox-probe-{box.token}")}
-    targets = {"etc": "/etc/orch-sandbox-probe", "usr": "/usr/orch-sandbox-probe",
-               "canary": str(box.canary), "sibling": str(box.tmp / "sibling" / "data"),
-               "next-to-ws": str(box.tmp / "new-file"), "inside": "inside.txt",
-               **{k: str(v) for k, v in shared.items()}}
+    shared = {
+        "tmp": Path(f"/tmp/orch-sandbox-probe-{box.token}"),
+        "var-tmp": Path(f"/var/tmp/orch-sandbox-probe-{box.token}"),
+        "dev-shm": Path(f"/dev/shm/orch-sandbox-probe-{box.token}"),
+    }
+    targets = {
+        "etc": "/etc/orch-sandbox-probe",
+        "usr": "/usr/orch-sandbox-probe",
+        "canary": str(box.canary),
+        "sibling": str(box.tmp / "sibling" / "data"),
+        "next-to-ws": str(box.tmp / "new-file"),
+        "inside": "inside.txt",
+        **{k: str(v) for k, v in shared.items()},
+    }
     code = f"""
         import json
         out = {{}}
@@ -416,10 +522,10 @@ def test_nothing_outside_the_workspace_can_be_written(box: Box, mode: str) -> No
         for name in ("etc", "usr", "canary", "sibling", "next-to-ws"):
             assert got[name] != "written", name
         assert not Path("/etc/orch-sandbox-probe").exists()
-        if mode == "bwrap":        # private /tmp and /dev/shm, read-only /var/tmp
+        if mode == "bwrap":  # private /tmp and /dev/shm, read-only /var/tmp
             assert got["var-tmp"] == "Read-only file system"
             assert [p for p in shared.values() if p.exists()] == []
-        else:                      # documented: the fallback shares world-writable folders
+        else:  # documented: the fallback shares world-writable folders
             assert all(p.stat().st_uid == SANDBOX_UID for p in shared.values() if p.exists())
     finally:
         for p in shared.values():
@@ -427,16 +533,23 @@ def test_nothing_outside_the_workspace_can_be_written(box: Box, mode: str) -> No
     box.assert_contained()
 
 
-def test_the_workers_secrets_are_not_visible(box: Box, mode: str,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_workers_secrets_are_not_visible(
+    box: Box, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     secret = f"s3cret-{box.token}"
     monkeypatch.setenv("ORCH_SECRET", secret)
     # A process started now carries the secret in its environment, as a worker would.
     holder = subprocess.Popen(["sleep", "30"], env=dict(os.environ))
     try:
-        result = box.run(mode, ["sh", "-c", f"env; cat /proc/*/environ /proc/{holder.pid}/"
-                                            "environ 2>/dev/null | tr '\\0' '\\n'"],
-                         timeout_s=10)
+        result = box.run(
+            mode,
+            [
+                "sh",
+                "-c",
+                f"env; cat /proc/*/environ /proc/{holder.pid}/environ 2>/dev/null | tr '\\0' '\\n'",
+            ],
+            timeout_s=10,
+        )
         output = result.result.output if isinstance(result, CommandFailed) else result.output
         assert "HOME=" in output and secret not in output and "ORCH_SECRET" not in output
     finally:
@@ -465,7 +578,7 @@ def test_the_network_is_off_unless_the_policy_enables_it(box: Box) -> None:
     try:
         socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
     except OSError:
-        pass                         # nothing listens here: only the "off" half is shown
+        pass  # nothing listens here: only the "off" half is shown
     else:
         on = box.run("bwrap", py(_connect(6379), box.token), network=Network(enabled=True))
         assert on.output == "connected\n"
@@ -477,7 +590,7 @@ def test_git_runs_no_hooks_and_no_fsmonitor(box: Box, mode: str) -> None:
     if git is None:
         pytest.skip("git is not installed")
     subprocess.run([git, "init", "-q", str(box.ws)], check=True)
-    hook = "#!/bin/sh\ntouch \"$(git rev-parse --show-toplevel)/HOOK_RAN_$(basename $0)\"\n"
+    hook = '#!/bin/sh\ntouch "$(git rev-parse --show-toplevel)/HOOK_RAN_$(basename $0)"\n'
     hooks = box.ws / ".git" / "hooks"
     custom = box.ws / "myhooks"
     custom.mkdir()
@@ -486,41 +599,67 @@ def test_git_runs_no_hooks_and_no_fsmonitor(box: Box, mode: str) -> None:
             (d / name).write_text(hook)
             (d / name).chmod(0o755)
     monitor = box.ws / "monitor.sh"
-    monitor.write_text("#!/bin/sh\ntouch \"$PWD/FSMONITOR_RAN\"\n")
+    monitor.write_text('#!/bin/sh\ntouch "$PWD/FSMONITOR_RAN"\n')
     monitor.chmod(0o755)
     subprocess.run([git, "-C", str(box.ws), "config", "core.hooksPath", str(custom)], check=True)
-    subprocess.run([git, "-C", str(box.ws), "config", "core.fsmonitor", str(monitor)],
-                   check=True)
-    commit = box.run(mode, [git, "-c", "user.name=t", "-c", "user.email=t@example.com",
-                            "commit", "-q", "--allow-empty", "-m", f"x {box.token}"])
+    subprocess.run([git, "-C", str(box.ws), "config", "core.fsmonitor", str(monitor)], check=True)
+    commit = box.run(
+        mode,
+        [
+            git,
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            f"x {box.token}",
+        ],
+    )
     assert not isinstance(commit, ToolError), commit
     status = box.run(mode, [git, "status", "--porcelain"])
     assert not isinstance(status, ToolError), status
-    log = subprocess.run([git, "-C", str(box.ws), "log", "--format=%s"], capture_output=True,
-                         text=True, check=True, env={"GIT_CONFIG_NOSYSTEM": "1",
-                                                     "HOME": str(box.tmp / "sibling")})
+    log = subprocess.run(
+        [git, "-C", str(box.ws), "log", "--format=%s"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(box.tmp / "sibling")},
+    )
     assert log.stdout == f"x {box.token}\n"
-    assert sorted(p.name for p in box.ws.iterdir()
-                  if p.name.startswith(("HOOK_RAN", "FSMONITOR"))) == []
+    assert (
+        sorted(p.name for p in box.ws.iterdir() if p.name.startswith(("HOOK_RAN", "FSMONITOR")))
+        == []
+    )
     box.assert_contained()
 
 
 def test_the_workspace_gets_its_owners_back_and_new_files_belong_to_the_worker(
-        box: Box, mode: str) -> None:
+    box: Box, mode: str
+) -> None:
     if not HOST.drops_uid:
         pytest.skip("the worker is not root: commands run as the worker's own user")
     other = box.ws / "owned-by-1234"
     other.write_text("x")
     os.chown(other, 1234, 1234)
-    result = box.run(mode, ["sh", "-c", "id -u > uid; mkdir -p new/deep; echo hi > new/deep/f; "
-                                        "cp /bin/true tool; chmod u+s tool; echo ok"])
+    result = box.run(
+        mode,
+        [
+            "sh",
+            "-c",
+            "id -u > uid; mkdir -p new/deep; echo hi > new/deep/f; "
+            "cp /bin/true tool; chmod u+s tool; echo ok",
+        ],
+    )
     assert result.output == "ok\n"
     assert (box.ws / "uid").read_text() == f"{SANDBOX_UID}\n"
     st = other.lstat()
     assert (st.st_uid, st.st_gid) == (1234, 1234)
     for p in ("uid", "new", "new/deep", "new/deep/f", "tool"):
         assert (box.ws / p).lstat().st_uid == os.geteuid(), p
-    assert not (box.ws / "tool").stat().st_mode & stat.S_ISUID     # no set-id program of ours
+    assert not (box.ws / "tool").stat().st_mode & stat.S_ISUID  # no set-id program of ours
     os.chown(other, os.geteuid(), os.getegid())
     box.assert_contained()
 
@@ -548,9 +687,8 @@ def test_cgroups_of_a_worker_that_died_are_removed_at_the_next_probe() -> None:
     if HOST.cgroups.version is None:
         pytest.skip(f"no usable cgroup here: {HOST.cgroups.why}")
     dead = subprocess.Popen(["true"])
-    dead.wait()                                   # a pid no process has now
-    stale = [Path(p, f"{dead.pid}-leftover") for p in {HOST.cgroups.pids, HOST.cgroups.memory}
-             if p]
+    dead.wait()  # a pid no process has now
+    stale = [Path(p, f"{dead.pid}-leftover") for p in {HOST.cgroups.pids, HOST.cgroups.memory} if p]
     for d in stale:
         d.mkdir()
     assert sandbox._probe_cgroups().version == HOST.cgroups.version

@@ -27,8 +27,7 @@ from orchestrator.sandbox import Mask, Masker, describe, plan, workspace_masks
 from orchestrator.steps import ShellStep
 from orchestrator.tools.paths import glob_matcher
 from orchestrator.tools.shell import CommandFailed, denied_reads, run_shell
-from tests.security.test_sandbox import (HOST, PY, ROOT_HOST, Box, _need_bwrap,  # noqa: F401
-                                         box, request)
+from tests.security.test_sandbox import HOST, PY, ROOT_HOST, Box, _need_bwrap, box, request  # noqa: F401
 
 BUILTIN = denied_reads(DEFAULT_POLICY)
 EMPTY = "/run/empty-file"
@@ -38,50 +37,85 @@ WS = "/tmp/pytest-of-root/t0/ws"
 
 
 def test_masks_are_mounted_after_the_workspace_parents_first() -> None:
-    masks = (Mask(f"{WS}/deploy/key.pem"), Mask(f"{WS}/.ssh", dir=True),
-             Mask(f"{WS}/.ssh/id_rsa"), Mask(f"{WS}/.env"), Mask(f"{WS}/.env"))
+    masks = (
+        Mask(f"{WS}/deploy/key.pem"),
+        Mask(f"{WS}/.ssh", dir=True),
+        Mask(f"{WS}/.ssh/id_rsa"),
+        Mask(f"{WS}/.env"),
+        Mask(f"{WS}/.env"),
+    )
     argv = plan(request(masks=masks, empty_file=EMPTY), ROOT_HOST).argv
     start = argv.index("--bind") + 3
-    assert argv[start:start + 12] == [
-        "--ro-bind", EMPTY, f"{WS}/.env",
-        "--perms", "0555", "--tmpfs", f"{WS}/.ssh", "--remount-ro", f"{WS}/.ssh",
-        "--ro-bind", EMPTY, f"{WS}/deploy/key.pem"]
-    assert f"{WS}/.ssh/id_rsa" not in argv          # hidden with its folder already
+    assert argv[start : start + 12] == [
+        "--ro-bind",
+        EMPTY,
+        f"{WS}/.env",
+        "--perms",
+        "0555",
+        "--tmpfs",
+        f"{WS}/.ssh",
+        "--remount-ro",
+        f"{WS}/.ssh",
+        "--ro-bind",
+        EMPTY,
+        f"{WS}/deploy/key.pem",
+    ]
+    assert f"{WS}/.ssh/id_rsa" not in argv  # hidden with its folder already
 
 
 def test_a_masked_repository_config_shows_its_format_copy() -> None:
     mask = Mask(f"{WS}/.git/config", source="/run/masks/gitconfig-1")
-    argv = plan(request(masks=(mask,)), ROOT_HOST).argv       # no empty file needed
-    assert argv[argv.index("--bind") + 3:][:3] == ["--ro-bind", "/run/masks/gitconfig-1",
-                                                  f"{WS}/.git/config"]
+    argv = plan(request(masks=(mask,)), ROOT_HOST).argv  # no empty file needed
+    assert argv[argv.index("--bind") + 3 :][:3] == [
+        "--ro-bind",
+        "/run/masks/gitconfig-1",
+        f"{WS}/.git/config",
+    ]
 
 
 def test_the_config_copy_keeps_how_to_read_the_repository_and_nothing_else() -> None:
-    listing = b"\0".join([
-        b"core.repositoryformatversion\n1", b"core.bare\nfalse", b"core.filemode",
-        b"extensions.objectformat\nsha256", b"extensions.worktreeConfig\ntrue",
-        b"remote.origin.url\nhttps://bot:TOKEN@example.com/r.git",
-        b"credential.helper\nstore", b"include.path\n../../x", b"alias.st\n!sh -c id",
-        b"filter.x.clean\nsh -c id", b"core.sshcommand\nsh -c id", b"core.pager\nsh",
-        b"http.extraheader\nAuthorization: TOKEN", b"core.worktree\n../w \"q\"\\", b""])
+    listing = b"\0".join(
+        [
+            b"core.repositoryformatversion\n1",
+            b"core.bare\nfalse",
+            b"core.filemode",
+            b"extensions.objectformat\nsha256",
+            b"extensions.worktreeConfig\ntrue",
+            b"remote.origin.url\nhttps://bot:TOKEN@example.com/r.git",
+            b"credential.helper\nstore",
+            b"include.path\n../../x",
+            b"alias.st\n!sh -c id",
+            b"filter.x.clean\nsh -c id",
+            b"core.sshcommand\nsh -c id",
+            b"core.pager\nsh",
+            b"http.extraheader\nAuthorization: TOKEN",
+            b'core.worktree\n../w "q"\\',
+            b"",
+        ]
+    )
     assert sandbox.git_format_config(listing) == (
         '[core]\n\trepositoryformatversion = "1"\n\tbare = "false"\n\tfilemode = "true"\n'
         '\tworktree = "../w \\"q\\"\\\\"\n'
-        '[extensions]\n\tobjectformat = "sha256"\n\tworktreeconfig = "true"\n')
+        '[extensions]\n\tobjectformat = "sha256"\n\tworktreeconfig = "true"\n'
+    )
     assert sandbox.git_format_config(b"remote.origin.url\nx\0") == ""
 
 
 def test_file_masks_need_the_empty_file() -> None:
     with pytest.raises(ValueError, match="empty file"):
         plan(request(masks=(Mask(f"{WS}/.env"),)), ROOT_HOST)
-    plan(request(masks=(Mask(f"{WS}/.ssh", dir=True),)), ROOT_HOST)   # a tmpfs needs none
+    plan(request(masks=(Mask(f"{WS}/.ssh", dir=True),)), ROOT_HOST)  # a tmpfs needs none
 
 
 def test_the_fallback_cannot_mask_and_doctor_says_so() -> None:
     fallback = dataclasses.replace(ROOT_HOST, bwrap=None)
     open_parents = tuple((p, m | 0o111, u) for p, m, u in request().ancestors)
-    p = plan(request(masks=(Mask(f"{WS}/.env"),), empty_file=EMPTY, home="/tmp/h",
-                     ancestors=open_parents), fallback)
+    p = plan(
+        request(
+            masks=(Mask(f"{WS}/.env"),), empty_file=EMPTY, home="/tmp/h", ancestors=open_parents
+        ),
+        fallback,
+    )
     assert f"{WS}/.env" not in p.argv
     gaps = " ".join(describe(fallback)["does_not_protect_against"])  # type: ignore[arg-type]
     assert "are NOT hidden" in gaps and ".env" in gaps
@@ -90,10 +124,20 @@ def test_the_fallback_cannot_mask_and_doctor_says_so() -> None:
 
 
 def test_denied_reads_are_the_deny_rules_for_reading_only() -> None:
-    pol = parse_policy({"paths": [
-        {"id": "no-private", "decision": "deny", "access": "read", "paths": ["data/private/**"]},
-        {"id": "no-gen-writes", "decision": "deny", "access": "write", "paths": ["gen/**"]},
-        {"id": "ok-docs", "decision": "allow", "paths": ["docs/**"]}]})
+    pol = parse_policy(
+        {
+            "paths": [
+                {
+                    "id": "no-private",
+                    "decision": "deny",
+                    "access": "read",
+                    "paths": ["data/private/**"],
+                },
+                {"id": "no-gen-writes", "decision": "deny", "access": "write", "paths": ["gen/**"]},
+                {"id": "ok-docs", "decision": "allow", "paths": ["docs/**"]},
+            ]
+        }
+    )
     rules = denied_reads(pol)
     assert rules[0] == BUILTIN[0] and ("data/private/**",) in rules
     assert all("gen/**" not in r and "docs/**" not in r for r in rules)
@@ -102,37 +146,64 @@ def test_denied_reads_are_the_deny_rules_for_reading_only() -> None:
 
 # -- pure: which paths -----------------------------------------------------------------
 
+
 def _masked(masker: Masker, rel: str) -> bool:
     """What the walk decides for file `rel`: below a whole masked folder, or itself."""
     parts = rel.split("/")
-    return any(masker.whole_dir("/".join(parts[:i])) for i in range(1, len(parts))) \
-        or masker.file(rel)
+    return any(masker.whole_dir("/".join(parts[:i])) for i in range(1, len(parts))) or masker.file(
+        rel
+    )
 
 
 def _denied(rules: sandbox.MaskRules, rel: str) -> bool:
     return any(glob_matcher(r)(rel) for r in rules)
 
 
-COMPONENTS = ["a", "src", ".env", ".env.local", "env", "x.pem", "pem", "key.pem.txt", ".ssh",
-              "id_rsa", "id_rsa.pub", ".git", "config", "secrets", ".aws", "credentials",
-              "x.tfstate.1", "service-account-ci.json", ".kube", "b.c", "data", "private",
-              "notes.md", "f.sqlite"]
+COMPONENTS = [
+    "a",
+    "src",
+    ".env",
+    ".env.local",
+    "env",
+    "x.pem",
+    "pem",
+    "key.pem.txt",
+    ".ssh",
+    "id_rsa",
+    "id_rsa.pub",
+    ".git",
+    "config",
+    "secrets",
+    ".aws",
+    "credentials",
+    "x.tfstate.1",
+    "service-account-ci.json",
+    ".kube",
+    "b.c",
+    "data",
+    "private",
+    "notes.md",
+    "f.sqlite",
+]
 EXTRA_RULES: sandbox.MaskRules = (
-    ("data/private/**", "!data/private/README"),      # exclusions: run whole
-    ("*.{sqlite,db}", "[a-c].c", "src/*/config"),     # braces, classes, gated
-    ("**/b.c/**", "a/**/notes.md", "**.pem"),         # ** inside a component
+    ("data/private/**", "!data/private/README"),  # exclusions: run whole
+    ("*.{sqlite,db}", "[a-c].c", "src/*/config"),  # braces, classes, gated
+    ("**/b.c/**", "a/**/notes.md", "**.pem"),  # ** inside a component
 )
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=5),
-       st.sampled_from([BUILTIN, BUILTIN + EXTRA_RULES, EXTRA_RULES]))
-def test_the_masker_hides_exactly_what_the_policy_denies(parts: list[str],
-                                                         rules: sandbox.MaskRules) -> None:
+@given(
+    st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=5),
+    st.sampled_from([BUILTIN, BUILTIN + EXTRA_RULES, EXTRA_RULES]),
+)
+def test_the_masker_hides_exactly_what_the_policy_denies(
+    parts: list[str], rules: sandbox.MaskRules
+) -> None:
     rel = "/".join(parts)
     masker = sandbox.masker(rules)
     assert _masked(masker, rel) == _denied(rules, rel), rel
-    if masker.file(rel):                 # never a file the policy lets the command read
+    if masker.file(rel):  # never a file the policy lets the command read
         assert _denied(rules, rel)
 
 
@@ -145,6 +216,7 @@ def test_whole_folders_are_only_those_everything_below_is_denied() -> None:
 
 
 # -- the walk over real trees ----------------------------------------------------------
+
 
 def _tree(ws: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
@@ -167,38 +239,77 @@ def _rels(ws: Path, masks: tuple[Mask, ...]) -> list[str]:
     return [os.path.relpath(m.path, ws) + ("/" if m.dir else "") for m in masks]
 
 
-def test_the_walk_finds_denied_files_folders_links_and_repository_config(tmp_path: Path
-                                                                          ) -> None:
+def test_the_walk_finds_denied_files_folders_links_and_repository_config(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
-    _tree(ws, {"README": "ok", ".env": "S", "config/.env.production": "S",
-               "deploy/key.pem": "S", ".ssh/id_rsa": "S", ".ssh/sub/x": "S",
-               ".git/config": "S", ".git/HEAD": "ref", ".git/objects/ab/x.pem": "blob",
-               "vendor/lib/.git/config": "S", "src/app.py": "ok", "envs/prod": "S",
-               "keys/k": "S", "outside-link-ok": "ok"})
+    _tree(
+        ws,
+        {
+            "README": "ok",
+            ".env": "S",
+            "config/.env.production": "S",
+            "deploy/key.pem": "S",
+            ".ssh/id_rsa": "S",
+            ".ssh/sub/x": "S",
+            ".git/config": "S",
+            ".git/HEAD": "ref",
+            ".git/objects/ab/x.pem": "blob",
+            "vendor/lib/.git/config": "S",
+            "src/app.py": "ok",
+            "envs/prod": "S",
+            "keys/k": "S",
+            "outside-link-ok": "ok",
+        },
+    )
     (ws / "hard-link").hardlink_to(ws / "deploy/key.pem")
-    (ws / "alias").symlink_to("deploy/key.pem")                     # allowed name -> secret
+    (ws / "alias").symlink_to("deploy/key.pem")  # allowed name -> secret
     (ws / "app.env").symlink_to(".env")
     (ws / "sub").mkdir()
-    (ws / "sub/.env").symlink_to("../envs/prod")                     # denied name -> elsewhere
-    (ws / ".aws").symlink_to("keys")                                 # denied folder name
-    (ws / "linked-dir").symlink_to("deploy")                         # not walked twice
-    (ws / "sub/.netrc").symlink_to("/etc/hostname")                  # leads out: left alone
+    (ws / "sub/.env").symlink_to("../envs/prod")  # denied name -> elsewhere
+    (ws / ".aws").symlink_to("keys")  # denied folder name
+    (ws / "linked-dir").symlink_to("deploy")  # not walked twice
+    (ws / "sub/.netrc").symlink_to("/etc/hostname")  # leads out: left alone
     masks = workspace_masks(ws.resolve(), BUILTIN)
-    assert _rels(ws, masks) == [".env", ".git/config", ".ssh/", "config/.env.production",
-                                "deploy/key.pem", "envs/prod", "hard-link", "keys/",
-                                "vendor/lib/.git/config"]
+    assert _rels(ws, masks) == [
+        ".env",
+        ".git/config",
+        ".ssh/",
+        "config/.env.production",
+        "deploy/key.pem",
+        "envs/prod",
+        "hard-link",
+        "keys/",
+        "vendor/lib/.git/config",
+    ]
 
 
 def test_policy_rules_of_its_own_are_walked_too(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
-    _tree(ws, {"data/private/a.csv": "S", "data/private/README": "ok", "data/public.csv": "ok",
-               "db/app.sqlite": "S"})
-    pol = parse_policy({"paths": [
-        {"id": "no-private", "decision": "deny", "access": "read",
-         "paths": ["data/private/**", "!data/private/README"]},
-        {"id": "no-db", "decision": "deny", "access": "any", "paths": ["*.sqlite"]}]})
+    _tree(
+        ws,
+        {
+            "data/private/a.csv": "S",
+            "data/private/README": "ok",
+            "data/public.csv": "ok",
+            "db/app.sqlite": "S",
+        },
+    )
+    pol = parse_policy(
+        {
+            "paths": [
+                {
+                    "id": "no-private",
+                    "decision": "deny",
+                    "access": "read",
+                    "paths": ["data/private/**", "!data/private/README"],
+                },
+                {"id": "no-db", "decision": "deny", "access": "any", "paths": ["*.sqlite"]},
+            ]
+        }
+    )
     assert _rels(ws, workspace_masks(ws.resolve(), denied_reads(pol))) == [
-        "data/private/a.csv", "db/app.sqlite"]
+        "data/private/a.csv",
+        "db/app.sqlite",
+    ]
 
 
 def test_a_kept_walk_sees_every_change_of_names(tmp_path: Path) -> None:
@@ -208,21 +319,23 @@ def test_a_kept_walk_sees_every_change_of_names(tmp_path: Path) -> None:
     root = ws.resolve()
     first = workspace_masks(root, BUILTIN)
     kept = sandbox._mask_cache[(str(root), BUILTIN)]
-    assert all(d.kept for d in kept.values())                   # old folders are kept
+    assert all(d.kept for d in kept.values())  # old folders are kept
     assert workspace_masks(root, BUILTIN) == first
-    (ws / "a/b/new.pem").write_text("S")                         # a new name, deep down
-    (ws / "deploy").rename(ws / "moved")                         # a folder renamed
+    (ws / "a/b/new.pem").write_text("S")  # a new name, deep down
+    (ws / "deploy").rename(ws / "moved")  # a folder renamed
     (ws / "x/y").rename(ws / "x/y2")
     (ws / "x/y2/.env").write_text("S")
-    assert _rels(ws, workspace_masks(root, BUILTIN)) == ["a/b/new.pem", "moved/key.pem",
-                                                        "x/y2/.env"]
+    assert _rels(ws, workspace_masks(root, BUILTIN)) == [
+        "a/b/new.pem",
+        "moved/key.pem",
+        "x/y2/.env",
+    ]
     shutil.rmtree(ws / "moved")
-    (ws / "moved").mkdir()                                       # same name, new folder
+    (ws / "moved").mkdir()  # same name, new folder
     (ws / "moved" / "id_rsa").write_text("S")
     old = time.time() - 3600
     os.utime(ws / "moved", (old, old))
-    assert _rels(ws, workspace_masks(root, BUILTIN)) == ["a/b/new.pem", "moved/id_rsa",
-                                                        "x/y2/.env"]
+    assert _rels(ws, workspace_masks(root, BUILTIN)) == ["a/b/new.pem", "moved/id_rsa", "x/y2/.env"]
 
 
 def test_a_hard_link_made_later_in_another_folder_is_masked(tmp_path: Path) -> None:
@@ -231,7 +344,7 @@ def test_a_hard_link_made_later_in_another_folder_is_masked(tmp_path: Path) -> N
     _age(ws)
     root = ws.resolve()
     assert _rels(ws, workspace_masks(root, BUILTIN)) == ["conf/.env"]
-    (ws / "docs/copy.txt").hardlink_to(ws / "conf/.env")      # conf/ itself is unchanged
+    (ws / "docs/copy.txt").hardlink_to(ws / "conf/.env")  # conf/ itself is unchanged
     assert _rels(ws, workspace_masks(root, BUILTIN)) == ["conf/.env", "docs/copy.txt"]
 
 
@@ -240,8 +353,8 @@ def test_a_folder_changed_just_now_is_read_again_next_time(tmp_path: Path) -> No
     _tree(ws, {"a/x.txt": "ok"})
     root = ws.resolve()
     workspace_masks(root, BUILTIN)
-    assert not sandbox._mask_cache[(str(root), BUILTIN)]["a"].kept    # within 2 s
-    (ws / "a/y.pem").write_text("S")          # may keep the folder's mtime (same tick)
+    assert not sandbox._mask_cache[(str(root), BUILTIN)]["a"].kept  # within 2 s
+    (ws / "a/y.pem").write_text("S")  # may keep the folder's mtime (same tick)
     assert _rels(ws, workspace_masks(root, BUILTIN)) == ["a/y.pem"]
 
 
@@ -258,11 +371,25 @@ def test_the_empty_file_is_remade_when_it_is_gone() -> None:
 # -- real commands under bubblewrap ----------------------------------------------------
 
 CANARY = "CANARY-7f3a9c"
-SECRETS = {".env": f"SECRET={CANARY}\n", "deploy/key.pem": f"-----{CANARY}-----\n",
-           ".ssh/id_rsa": f"{CANARY}\n", "config/.env.production": f"TOKEN={CANARY}\n",
-           "data/private/dump.csv": f"{CANARY}\n"}
-POLICY = parse_policy({"paths": [{"id": "no-private-data", "decision": "deny",
-                                  "access": "read", "paths": ["data/private/**"]}]})
+SECRETS = {
+    ".env": f"SECRET={CANARY}\n",
+    "deploy/key.pem": f"-----{CANARY}-----\n",
+    ".ssh/id_rsa": f"{CANARY}\n",
+    "config/.env.production": f"TOKEN={CANARY}\n",
+    "data/private/dump.csv": f"{CANARY}\n",
+}
+POLICY = parse_policy(
+    {
+        "paths": [
+            {
+                "id": "no-private-data",
+                "decision": "deny",
+                "access": "read",
+                "paths": ["data/private/**"],
+            }
+        ]
+    }
+)
 
 
 def _secret_box(box: Box) -> dict[str, tuple[bytes, int]]:
@@ -273,8 +400,7 @@ def _secret_box(box: Box) -> dict[str, tuple[bytes, int]]:
 
 
 def _state(box: Box) -> dict[str, tuple[bytes, int]]:
-    return {rel: ((box.ws / rel).read_bytes(), (box.ws / rel).stat().st_mode)
-            for rel in SECRETS}
+    return {rel: ((box.ws / rel).read_bytes(), (box.ws / rel).stat().st_mode) for rel in SECRETS}
 
 
 def _output(result: Any) -> str:
@@ -287,8 +413,9 @@ def _output(result: Any) -> str:
 def _run(box: Box, command: list[str] | str, **kw: Any) -> Any:
     step = ShellStep(command=command, timeout_s=20)
     try:
-        return run_shell(box.ws, step, limits=Limits(), policy=POLICY, mode="bwrap",
-                         host=HOST, **kw)
+        return run_shell(
+            box.ws, step, limits=Limits(), policy=POLICY, mode="bwrap", host=HOST, **kw
+        )
     except ToolError as err:
         return err
 
@@ -299,9 +426,13 @@ READERS = {
     "grep -r": ["grep", "-r", "-a", "SECRET\\|CANARY\\|TOKEN", "."],
     "tar | strings": ["bash", "-c", "tar c . 2>/dev/null | strings"],
     "cp .env x": ["bash", "-c", "cp .env x && cp deploy/key.pem y && cat x y; ls -la"],
-    "python walk": [PY, "-c", "import os\nfor d, _, fs in os.walk('.'):\n for f in fs:\n"
-                              "  p = os.path.join(d, f)\n  try: print(p, open(p).read())\n"
-                              "  except OSError as e: print(p, e)"],
+    "python walk": [
+        PY,
+        "-c",
+        "import os\nfor d, _, fs in os.walk('.'):\n for f in fs:\n"
+        "  p = os.path.join(d, f)\n  try: print(p, open(p).read())\n"
+        "  except OSError as e: print(p, e)",
+    ],
     "find -exec": ["find", ".", "-type", "f", "-exec", "cat", "{}", "+"],
 }
 
@@ -313,7 +444,7 @@ def test_no_command_reads_a_denied_file(box: Box, name: str) -> None:
     out = _output(_run(box, READERS[name]))
     assert CANARY not in out, out
     if name in ("cat *", "python walk", "find -exec"):
-        assert "allowed" in out                    # an allowed file reads fine
+        assert "allowed" in out  # an allowed file reads fine
     assert _state(box) == before
     for leftover in ("x", "y"):
         (box.ws / leftover).unlink(missing_ok=True)
@@ -323,10 +454,12 @@ def test_no_command_reads_a_denied_file(box: Box, name: str) -> None:
 def test_no_command_writes_moves_or_links_a_denied_file(box: Box) -> None:
     _need_bwrap()
     before = _secret_box(box)
-    script = ("exec 2>/dev/null; "
-              "for t in .env deploy/key.pem config/.env.production data/private/dump.csv; do "
-              "  echo x > $t; echo x >> $t; rm -f $t; mv $t moved; ln $t hard; truncate -s0 $t; "
-              "done; echo new > .ssh/new; chmod 666 .env; ls .ssh; echo done")
+    script = (
+        "exec 2>/dev/null; "
+        "for t in .env deploy/key.pem config/.env.production data/private/dump.csv; do "
+        "  echo x > $t; echo x >> $t; rm -f $t; mv $t moved; ln $t hard; truncate -s0 $t; "
+        "done; echo new > .ssh/new; chmod 666 .env; ls .ssh; echo done"
+    )
     out = _output(_run(box, ["bash", "-c", script]))
     assert out.endswith("done\n") and "new" not in out.split("done")[0]
     assert _state(box) == before
@@ -336,17 +469,25 @@ def test_no_command_writes_moves_or_links_a_denied_file(box: Box) -> None:
 
 
 @pytest.mark.parametrize("forge", ["old mtime", "same mtime"])
-def test_a_denied_folder_renamed_in_one_call_stays_hidden_in_the_next(box: Box, forge: str
-                                                                      ) -> None:
+def test_a_denied_folder_renamed_in_one_call_stays_hidden_in_the_next(box: Box, forge: str) -> None:
     """The command owns the workspace: it can rename folders holding masked
     files and set the folders' mtimes back to what the kept walk saw."""
     _need_bwrap()
     before = _secret_box(box)
     _age(box.ws)
-    assert CANARY not in _output(_run(box, ["cat", "src/app.py"]))     # the walk is kept
+    assert CANARY not in _output(_run(box, ["cat", "src/app.py"]))  # the walk is kept
     stamp = f"@{OLD}" if forge == "same mtime" else "2001-01-01"
-    _output(_run(box, ["bash", "-c", "mv deploy elsewhere && mv config cfg && mkdir config && "
-                                     f"touch -d {stamp} . elsewhere cfg config"]))
+    _output(
+        _run(
+            box,
+            [
+                "bash",
+                "-c",
+                "mv deploy elsewhere && mv config cfg && mkdir config && "
+                f"touch -d {stamp} . elsewhere cfg config",
+            ],
+        )
+    )
     assert (box.ws / "elsewhere/key.pem").read_text() == SECRETS["deploy/key.pem"]
     out = _output(_run(box, ["bash", "-c", "cat elsewhere/* cfg/.env.production"]))
     assert CANARY not in out
@@ -365,27 +506,36 @@ def test_git_works_with_its_config_hidden(box: Box) -> None:
     env = {"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(box.tmp / "sibling"), "PATH": os.defpath}
     _secret_box(box)
     (box.ws / ".gitignore").write_text(".env\n")
-    for args in (["init", "-q", "-b", "main"], ["add", "README", "src", ".gitignore"],
-                 ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "first"],
-                 ["remote", "add", "origin", f"https://bot:{CANARY}@example.com/r.git"]):
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["add", "README", "src", ".gitignore"],
+        ["-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "first"],
+        ["remote", "add", "origin", f"https://bot:{CANARY}@example.com/r.git"],
+    ):
         subprocess.run([git, "-C", str(box.ws), *args], check=True, env=env)
     config = (box.ws / ".git/config").read_bytes()
     (box.ws / "README").write_text("inside\nchanged\n")
     ident = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
     for command, expect in (
-            ([git, "status", "--porcelain"], " M README"),
-            ([git, "log", "--format=%s"], "first"),
-            ([git, "diff"], "+changed"),
-            ([git, "rev-parse", "--is-bare-repository"], "false"),
-            ([git, *ident, "commit", "-qam", "second"], ""),
-            ([git, "log", "--oneline"], "second"),
-            ([git, "config", "--list", "--show-origin"], "repositoryformatversion=0"),
-            ([git, "config", "--list", "--show-origin"], "core.hookspath")):
+        ([git, "status", "--porcelain"], " M README"),
+        ([git, "log", "--format=%s"], "first"),
+        ([git, "diff"], "+changed"),
+        ([git, "rev-parse", "--is-bare-repository"], "false"),
+        ([git, *ident, "commit", "-qam", "second"], ""),
+        ([git, "log", "--oneline"], "second"),
+        ([git, "config", "--list", "--show-origin"], "repositoryformatversion=0"),
+        ([git, "config", "--list", "--show-origin"], "core.hookspath"),
+    ):
         out = _output(_run(box, command))
         assert expect in out and CANARY not in out, (command, out)
     assert (box.ws / ".git/config").read_bytes() == config
-    log = subprocess.run([git, "-C", str(box.ws), "log", "--format=%s"], capture_output=True,
-                         text=True, check=True, env=env)
+    log = subprocess.run(
+        [git, "-C", str(box.ws), "log", "--format=%s"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     assert log.stdout == "second\nfirst\n"
     box.assert_contained()
 
@@ -402,28 +552,35 @@ def test_a_sha256_repository_with_a_hostile_config_works_and_stays_sound(box: Bo
     marker = box.tmp / "sibling" / "FILTER_RAN"
 
     def host_git(*args: str) -> str:
-        return subprocess.run([git, "-C", str(box.ws), *args], check=True, env=env,
-                              capture_output=True, text=True).stdout
+        return subprocess.run(
+            [git, "-C", str(box.ws), *args], check=True, env=env, capture_output=True, text=True
+        ).stdout
 
     host_git("init", "-q", "--object-format=sha256", "-b", "main")
-    host_git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty",
-             "-m", "first")
-    for key, value in (("remote.origin.url", f"https://bot:{CANARY}@example.com/r.git"),
-                       ("filter.evil.clean", f"touch {marker}; cat"),
-                       ("alias.st", f"!echo {CANARY}")):
+    host_git(
+        "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "first"
+    )
+    for key, value in (
+        ("remote.origin.url", f"https://bot:{CANARY}@example.com/r.git"),
+        ("filter.evil.clean", f"touch {marker}; cat"),
+        ("alias.st", f"!echo {CANARY}"),
+    ):
         host_git("config", key, value)
     (box.ws / ".gitattributes").write_text("* filter=evil\n")
     config = (box.ws / ".git/config").read_bytes()
     ident = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
-    for command in (["bash", "-c", "cat .git/config; git status --short; git add -A"],
-                    [git, *ident, "commit", "-qm", "second"],
-                    [git, "log", "--format=%s"]):
+    for command in (
+        ["bash", "-c", "cat .git/config; git status --short; git add -A"],
+        [git, *ident, "commit", "-qm", "second"],
+        [git, "log", "--format=%s"],
+    ):
         out = _output(_run(box, command))
         assert CANARY not in out and "fatal" not in out and "error" not in out, (command, out)
     assert out == "second\nfirst\n"
     assert not marker.exists()
     assert (box.ws / ".git/config").read_bytes() == config
-    subprocess.run([git, "-C", str(box.ws), "fsck", "--strict"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        [git, "-C", str(box.ws), "fsck", "--strict"], check=True, env=env, capture_output=True
+    )
     assert host_git("rev-parse", "--show-object-format") == "sha256\n"
     box.assert_contained()
