@@ -22,13 +22,12 @@ demo: $(STAMP)
 # The suite runs under coverage, worker and CLI subprocesses included
 # (pyproject [tool.coverage]); the build fails below the thresholds: overall
 # (fail_under in pyproject) and per package (COVER_EVENTS, COVER_POLICY).
-# The issue asks 95 for both. Measured 2026-12-02 on clean runs of the event,
-# store and security tests alone: events/ 93.4%, the policy 93.3% (the full
-# suite adds what workers and the CLI run; its own figures, 95.6% and 93.1%, were
-# skewed by edits made during that run). Raise both to 95 once a full
-# `make test` shows they hold.
-COVER_EVENTS ?= 93
-COVER_POLICY ?= 93
+# The issue asks 95 for both. Measured 2026-12-02 on the event, store, upcast,
+# verify, audit-digest and policy tests alone (tests/test_events_edges.py and
+# tests/security/test_policy_edges.py included): events/ 95.7%, the policy
+# 99.8%. The full suite runs those tests too, so it can only add to them.
+COVER_EVENTS ?= 95
+COVER_POLICY ?= 95
 test: $(STAMP)
 	$(BIN)/coverage erase
 	$(BIN)/coverage run -m pytest -q
