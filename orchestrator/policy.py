@@ -1210,9 +1210,39 @@ def rule_applies(rule: CommandRule, argv: Sequence[str]) -> bool:
     return not any(fnmatch.fnmatchcase(a, p) for a in rest for p in rule.unless_any)
 
 
-_SED_EXEC = re.compile(
-    r"(?:^|[;\n{}])\s*[0-9,$/!~]*\s*[ewW](?:\s|$)|s(.).*?\1.*?\1[gpiImM0-9]*[ew]", re.S
+# One sed address: a line number (with ~step), $, /regex/ or \cregexc (with
+# I/M flags); a range adds another address or +N/~N; then an optional !.
+def _sed_address(g: str) -> str:
+    return (
+        rf"(?:\d+(?:~\d+)?|\$|/(?:\\.|[^/\\\n])*/[IM]*|"
+        rf"\\(?P<{g}>\S)(?:\\.|(?!(?P={g})).)*?(?P={g})[IM]*)"
+    )
+
+
+_SED_ADDRESS = re.compile(
+    rf"\s*(?:{_sed_address('a')}(?:\s*,\s*(?:{_sed_address('b')}|[+~]\d+))?)?\s*!?\s*", re.S
 )
+# The s command's flags with w (write) or e (execute); the filename of w may
+# follow with or without a space (GNU sed takes `s/a/b/wout`).
+_SED_S_FLAGS = re.compile(r"s(.)(?:\\.|(?!\1).)*\1(?:\\.|(?!\1).)*\1[gpiImM0-9]*[ew]", re.S)
+
+
+def _sed_runs_or_writes(script: str) -> bool:
+    """Whether a sed script has an e, w or W command, or an s command with the
+    w or e flag. Commands are split on ; newline { and }: a split inside a
+    regex or a replacement can only find more, so this errs on denying.
+    GNU sed takes w's filename straight after it (`1w/tmp/x`), so no space
+    is needed after the letter."""
+    if _SED_S_FLAGS.search(script):
+        return True
+    for part in re.split(r"[;\n{}]", script):
+        m = _SED_ADDRESS.match(part)
+        rest = part[m.end() :] if m else part.lstrip()
+        if rest[:1] in ("e", "w", "W"):
+            return True
+    return False
+
+
 _AWK_EXEC = re.compile(r"system\s*\(|\|\s*getline|print[^;]*\|\s*\"|\|&")
 _WRITERS = frozenset(
     {
@@ -1336,14 +1366,16 @@ def _invocation_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match
                 ),
             )
         )
-    if inv.name in ("sed", "gsed") and any(_SED_EXEC.search(a) for a in _sed_scripts(inv)):
+    if inv.name in ("sed", "gsed") and (
+        any(_sed_runs_or_writes(a) for a in _sed_scripts(inv)) or _sed_reads_script(inv)
+    ):
         out.append(
             Match(
                 "sed-exec",
                 Decision.DENY,
                 "a sed script with the e (execute) or w "
-                "(write file) command runs programs or writes files the policy "
-                "cannot see",
+                "(write file) command, or a script read from a file (-f), runs "
+                "programs or writes files the policy cannot see",
             )
         )
     if inv.name in ("awk", "gawk", "mawk", "nawk") and any(
@@ -1378,6 +1410,14 @@ def _invocation_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match
                 )
             )
     return out
+
+
+def _sed_reads_script(inv: Invocation) -> bool:
+    """`sed -f FILE`: the script is in a file the policy cannot read."""
+    return any(
+        a == "--file" or a.startswith("--file=") or re.fullmatch(r"-[nrEsuz]*f.*", a)
+        for a in inv.argv[1:]
+    )
 
 
 def _sed_scripts(inv: Invocation) -> list[str]:

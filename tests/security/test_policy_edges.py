@@ -65,7 +65,7 @@ def test_normalize_cleans_a_path_inside_the_workspace():
         ("sed -e 's/a/b/;e id' f.txt", "deny", "sed-exec"),
         ("sed --expression='1e id' f.txt", "deny", "sed-exec"),
         ("sed -e1e\\ id f.txt", "deny", "sed-exec"),
-        ("sed -f script.sed f.txt", "allow", "allow-sed"),  # the script file is not read
+        ("sed -f script.sed f.txt", "deny", "sed-exec"),  # a script the policy cannot read
         ("sed -n 's/a/b/p' f.txt", "allow", "allow-sed"),
         ("awk 'BEGIN{system(\"id\")}'", "deny", "awk-exec"),
         ("./bin/tool x", "ask", "untrusted-program"),
@@ -164,3 +164,25 @@ def test_combined_per_tool_call_caps_take_the_smaller():
     a = parse_policy({"session_limits": {"tool_calls": {"shell": 10, "write": 5}}}).doc
     b = parse_policy({"session_limits": {"tool_calls": {"shell": 3}}}).doc
     assert combine(a, b).session_limits.tool_calls == {"shell": 3, "write": 5}
+
+
+@pytest.mark.parametrize(
+    ("script", "verdict"),
+    [
+        ("sed -e1w/tmp/x f.txt", "deny"),  # GNU sed: the filename right after w
+        ("sed '/foo/w /tmp/x' f.txt", "deny"),  # a regex address
+        ("sed '\\%foo%W /tmp/x' f.txt", "deny"),  # a custom-delimiter address
+        ("sed '1,5!e id' f.txt", "deny"),
+        ("sed 's/a/b/w/tmp/x' f.txt", "deny"),
+        ("sed -f prog.sed f.txt", "deny"),  # a script the policy cannot read
+        ("sed -nf prog.sed f.txt", "deny"),
+        ("sed -n '/warn/p' f.txt", "allow"),
+        ("sed 's/e/w/g;s|/usr|/opt|' f.txt", "allow"),
+        ("sed -i.conf 's/a/b/' f.txt", "ask"),  # in place: asks, not sed-exec
+    ],
+)
+def test_sed_writes_and_executes_are_seen_in_every_spelling(script: str, verdict: str) -> None:
+    v = decide_request("shell", DEFAULT_POLICY, command=script)
+    assert v.decision == verdict, (script, v.reason)
+    if verdict == "deny":
+        assert v.rule_id == "sed-exec" and "writes files the policy cannot see" in v.reason
