@@ -85,14 +85,15 @@ def known_values() -> list[str]:
     return sorted(values | _setting_values(s))
 
 
-_settings_values: tuple[int, frozenset[str]] | None = None
+# The settings object itself (not its id: a new object can reuse a freed id).
+_settings_values: tuple[Any, frozenset[str]] | None = None
 
 
 def _setting_values(s: Any) -> frozenset[str]:
     """The settings' secrets, worked out once per settings object (every log
     line asks)."""
     global _settings_values
-    if _settings_values is not None and _settings_values[0] == id(s):
+    if _settings_values is not None and _settings_values[0] is s:
         return _settings_values[1]
     from urllib.parse import unquote, urlsplit
 
@@ -108,7 +109,7 @@ def _setting_values(s: Any) -> frozenset[str]:
             password = None
         if password:
             found |= {password, unquote(password)}
-    _settings_values = (id(s), frozenset(found))
+    _settings_values = (s, frozenset(found))
     return _settings_values[1]
 
 
