@@ -63,7 +63,7 @@ COPY compose/image/entrypoint.sh /usr/local/bin/orchestrator-entrypoint
 COPY compose/image/healthcheck.py /usr/local/bin/orchestrator-healthcheck
 RUN chmod 0755 /usr/local/bin/orchestrator-entrypoint /usr/local/bin/orchestrator-healthcheck
 
-# Settings are ORCH_* (orchestrator/config.py). The root filesystem may be
+# Settings are ORCH_* (orchestrator/config/settings.py). The root filesystem may be
 # read-only: everything written goes to the state folder (a volume) or /tmp.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

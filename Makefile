@@ -35,8 +35,8 @@ test: $(STAMP)
 	$(BIN)/coverage report
 	@echo "events/ (at least $(COVER_EVENTS)%):"
 	$(BIN)/coverage report --include='events/*' --fail-under=$(COVER_EVENTS)
-	@echo "orchestrator/policy.py (at least $(COVER_POLICY)%):"
-	$(BIN)/coverage report --include='orchestrator/policy.py' --fail-under=$(COVER_POLICY)
+	@echo "orchestrator/guard/policy.py (at least $(COVER_POLICY)%):"
+	$(BIN)/coverage report --include='orchestrator/guard/policy.py' --fail-under=$(COVER_POLICY)
 
 # ruff (lint and format check), mypy (strict on events/ and the policy) and the
 # workflow schemas: the checks .ci/run and ci.yml run besides the tests.

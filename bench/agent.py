@@ -214,7 +214,7 @@ def workspace(base: Path) -> Path:
 
 
 def job_spec(calls: int) -> Any:
-    from orchestrator.jobspec import AgentSpec, JobSpec
+    from orchestrator.run.jobspec import AgentSpec, JobSpec
 
     return JobSpec(
         name=f"bench agent {calls}",
@@ -280,7 +280,7 @@ class Ours:
         self.walls: dict[int, list[tuple[str, float, float, float]]] = {1: [], 5: []}
 
     def __call__(self, calls: int) -> float:
-        from orchestrator import jobs
+        from orchestrator.run import jobs
         from tasks.dispatch import enqueue
 
         spec = self.specs[calls]
@@ -317,7 +317,7 @@ class Direct:
     """The same model calls and tool calls, in this process."""
 
     def __init__(self, ws: Path) -> None:
-        from orchestrator.providers.scripted import ScriptedProvider
+        from orchestrator.agent.providers.scripted import ScriptedProvider
 
         self.ws = ws
         self.providers = {k: ScriptedProvider(script(k)) for k in (1, 5)}
@@ -326,8 +326,8 @@ class Direct:
     def learn(self, store: Any, calls: int, sid: str) -> None:
         """The two requests the worker sent, rebuilt from a finished session."""
         from events.replay import load
-        from orchestrator import agent
-        from orchestrator.providers.base import ModelRequest
+        from orchestrator.agent import core as agent
+        from orchestrator.agent.providers.base import ModelRequest
 
         state = load(store, sid)
         msgs = agent.messages(state, False)
@@ -341,7 +341,7 @@ class Direct:
     def __call__(self, calls: int) -> float:
         import orjson
 
-        from orchestrator.agent import AGENT_OUTPUT_BYTES
+        from orchestrator.agent.core import AGENT_OUTPUT_BYTES
         from orchestrator.tools.files import read_file
 
         provider = self.providers[calls]
@@ -407,11 +407,11 @@ class Parts:
 def instrumented(parts: Parts) -> Iterator[None]:
     from unittest import mock
 
-    import orchestrator.agent as agent_mod
-    import orchestrator.policy as policy_mod
-    import orchestrator.runner as runner_mod
+    import orchestrator.agent.core as agent_mod
+    import orchestrator.guard.policy as policy_mod
+    import orchestrator.run.runner as runner_mod
     from events.store import SqlEventStore
-    from orchestrator.providers.scripted import ScriptedProvider
+    from orchestrator.agent.providers.scripted import ScriptedProvider
 
     targets = [
         (SqlEventStore, "append", "store: append (one transaction)"),
@@ -509,9 +509,9 @@ class InProcess:
 
     def __init__(self, store_url: str, base: Path) -> None:
         from events.store import SqlEventStore
-        from orchestrator.agent_loop import AgentLoop
-        from orchestrator.config import Settings
-        from orchestrator.runner import Runner
+        from orchestrator.agent.loop import AgentLoop
+        from orchestrator.config.settings import Settings
+        from orchestrator.run.runner import Runner
         from tasks.agent import provider_for
 
         self.store = SqlEventStore(store_url)
@@ -531,7 +531,7 @@ class InProcess:
         self.measuring = False
 
     def _ticket(self, calls: int) -> Any:
-        from orchestrator import jobs
+        from orchestrator.run import jobs
 
         spec = self.specs[calls]
         job_id, tickets = jobs.prepare(spec, self.base)
@@ -719,7 +719,7 @@ def run(opts: Options) -> Result:
     url = pg_recreate(DB)
     try:
         from events.store import open_store
-        from orchestrator.config import Settings
+        from orchestrator.config.settings import Settings
         from tasks.app import make_app
 
         store = open_store(url, upgrade=True)

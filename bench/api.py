@@ -54,7 +54,7 @@ def _server(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "orchestrator.cli",
+            "orchestrator.cli.main",
             "api",
             "--port",
             str(port),
@@ -86,9 +86,9 @@ def run(opts: Options) -> Result:
     from events.envelope import NewEvent
     from events.payloads import TurnStarted
     from events.store import open_store
-    from orchestrator import jobs
-    from orchestrator.jobspec import parse_spec
-    from orchestrator.watch import final_view, session_summary
+    from orchestrator.run import jobs
+    from orchestrator.run.jobspec import parse_spec
+    from orchestrator.run.watch import final_view, session_summary
     from tasks.dispatch import enqueue
     from tests.api_helpers import free_port
 
@@ -203,7 +203,7 @@ def _sse_delays(
 ) -> list[float]:
     """Follow a session of `job_id` and append `count` events to it, one at a
     time; each delay is from the append's return to the client's read."""
-    from orchestrator.runner import job_state
+    from orchestrator.run.runner import job_state
 
     sid = job_state(store, job_id).sessions[0].session_id
     got: dict[int, float] = {}

@@ -9,7 +9,7 @@ PostgreSQL (synchronous_commit=on, the server default).
 
 - ours: `SqlEventStore.append(stream, batch, expected_seq)` with `NewEvent`s
   built beforehand (as a caller has them) and an idempotency key per append,
-  as `orchestrator.runner` appends. Timed: everything `append` does (key
+  as `orchestrator.run.runner` appends. Timed: everything `append` does (key
   lookup, head read, envelope dump, canonical JSON, sha256 chain, INSERT ...
   RETURNING, commit, decoding the stored events it returns).
   "ours, no key" is the same without an idempotency key (one SELECT less).

@@ -190,7 +190,7 @@ class Ours:
         self, name: str, state: Path, store_url: str, broker: str | None, backend: str | None
     ) -> None:
         from events.store import open_store
-        from orchestrator.config import Settings
+        from orchestrator.config.settings import Settings
         from tasks.app import make_app
 
         self.name, self.state = name, state
@@ -215,8 +215,8 @@ class Ours:
         self.redis = broker is not None and broker.startswith("redis")
 
     def submit_and_wait(self, repos: Path, timeout: float = 600.0) -> tuple[float, str, Any]:
-        from orchestrator import jobs
-        from orchestrator.jobspec import JobSpec
+        from orchestrator.run import jobs
+        from orchestrator.run.jobspec import JobSpec
         from tasks.dispatch import enqueue
 
         spec = JobSpec.model_validate(

@@ -3,7 +3,7 @@
 Both read the same local page, whose text is built by JavaScript, in
 interleaved rounds of the same run:
 
-- pooled: `orchestrator.tools.browser.run` on a BrowserPool of 2 (a fresh
+- pooled: `orchestrator.tools.web.browser.run` on a BrowserPool of 2 (a fresh
   context per call, the call's egress proxy and route checks included);
 - cold: Playwright's driver already running, then per call: launch the system
   Chromium with the same arguments, open a page, read its text, close.
@@ -27,10 +27,10 @@ PAGE = (
 def run(opts: Options) -> Result:
     from playwright.sync_api import sync_playwright
 
-    from orchestrator.browser_pool import CHROMIUM_ARGS, BrowserPool, PoolConfig
-    from orchestrator.policy import Network
-    from orchestrator.tools.browser import BrowserRequest
-    from orchestrator.tools.browser import run as browse
+    from orchestrator.guard.policy import Network
+    from orchestrator.tools.web.browser import BrowserRequest
+    from orchestrator.tools.web.browser import run as browse
+    from orchestrator.tools.web.browser_pool import CHROMIUM_ARGS, BrowserPool, PoolConfig
     from tests.browser_helpers import html, serve
 
     res = Result("browser")

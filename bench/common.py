@@ -208,7 +208,7 @@ def diff_blob(rng: random.Random, path: str, hunks: int = 2) -> str:
 
 
 def step_payloads(rng: random.Random, session: str, turn: int) -> list[Any]:
-    """The events of one realistic step: 5 to 9 events, like orchestrator.runner
+    """The events of one realistic step: 5 to 9 events, like orchestrator.run.runner
     appends them (request, decision, start, planned file changes, completion)."""
     from events import payloads as p
 

@@ -194,7 +194,7 @@ def _workspace(d: Path) -> Path:
 
 
 def _step() -> dict[str, Any]:
-    from orchestrator.steps import ReplaceStep
+    from orchestrator.run.steps import ReplaceStep
 
     return ReplaceStep(
         name="noop", pattern=r"\bno_such_name\b", replacement="other_name"
@@ -206,7 +206,7 @@ class Sessions:
 
     def __init__(self, store_url: str, ws: Path) -> None:
         from events.store import open_store
-        from orchestrator.runner import Runner
+        from orchestrator.run.runner import Runner
 
         self.store = open_store(store_url, upgrade=True)
         self.runner = Runner(self.store, "worker:bench:client")
@@ -217,7 +217,7 @@ class Sessions:
 
     def next(self) -> tuple[dict[str, Any], int]:
         from events.replay import load
-        from orchestrator.runner import Ticket
+        from orchestrator.run.runner import Ticket
 
         if self.index >= STEPS_PER_SESSION:
             t = Ticket(
@@ -234,7 +234,7 @@ class Sessions:
 
 
 def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[float]]:
-    from orchestrator.config import Settings
+    from orchestrator.config.settings import Settings
     from tasks.app import make_app
 
     ours_app = make_app(
@@ -293,8 +293,8 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
 def in_process(store_url: str, ws: Path, n: int) -> dict[str, list[float]]:
     """The worker's step body without Celery, and its parts."""
     from events.replay import load
-    from orchestrator.runner import Runner, Ticket
-    from orchestrator.steps import ReplaceStep
+    from orchestrator.run.runner import Runner, Ticket
+    from orchestrator.run.steps import ReplaceStep
 
     sessions = Sessions(store_url, ws)
     runner = Runner(sessions.store, "worker:bench:inproc")

@@ -60,9 +60,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def run(opts: Options) -> Result:
     import httpx
 
-    from orchestrator.net.breaker import Breakers, SqliteStorage
-    from orchestrator.net.fetch import FetchLimits, fetch
-    from orchestrator.policy import Network
+    from orchestrator.guard.policy import Network
+    from orchestrator.tools.web.breaker import Breakers, SqliteStorage
+    from orchestrator.tools.web.fetch import FetchLimits, fetch
 
     res = Result("fetch")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)

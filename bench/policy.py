@@ -5,9 +5,9 @@ For each command line (what agents and job steps run: test runners, git,
 search pipelines, a few with substitutions and wrappers), timed per call:
 
 - parse: `tree_sitter.Parser.parse` alone (the floor: the parser we chose);
-- analyze: `orchestrator.command_analysis.analyze` (parse, walk the tree,
+- analyze: `orchestrator.guard.commands.analyze` (parse, walk the tree,
   unwrap `sh -c`/`env`/`xargs`/`find -exec`...);
-- decide: `orchestrator.policy.decide_request("shell", ...)` under the default
+- decide: `orchestrator.guard.policy.decide_request("shell", ...)` under the default
   policy (analyze, match every program against about 190 built-in rules,
   paths, redirects, destructive and secret checks).
 
@@ -34,8 +34,8 @@ COMMANDS = (
 
 
 def run(opts: Options) -> Result:
-    from orchestrator.command_analysis import _parser, analyze
-    from orchestrator.policy import DEFAULT_POLICY, decide_request
+    from orchestrator.guard.commands import _parser, analyze
+    from orchestrator.guard.policy import DEFAULT_POLICY, decide_request
 
     res = Result("policy")
     parser = _parser()

@@ -54,8 +54,8 @@ def _workspace(root: Path) -> Path:
 
 
 def run(opts: Options) -> Result:
-    from orchestrator import sandbox
-    from orchestrator.steps import ShellStep
+    from orchestrator.run.steps import ShellStep
+    from orchestrator.sandbox import runtime as sandbox
     from orchestrator.tools.shell import run_shell
 
     res = Result("sandbox")
@@ -161,7 +161,7 @@ def run(opts: Options) -> Result:
 
 
 def _migration(opts: Options, res: Result, host: object) -> None:
-    from orchestrator import sandbox
+    from orchestrator.sandbox import runtime as sandbox
 
     assert isinstance(host, sandbox.Host)
     cg = host.cgroups
@@ -229,8 +229,8 @@ def _mask_tree(root: Path, limit: int) -> tuple[Path, int, int]:
 
 
 def _masks(opts: Options, res: Result, host: object) -> None:
-    from orchestrator import sandbox
-    from orchestrator.steps import ShellStep
+    from orchestrator.run.steps import ShellStep
+    from orchestrator.sandbox import runtime as sandbox
     from orchestrator.tools.shell import denied_reads, run_shell
 
     rules = denied_reads()

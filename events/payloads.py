@@ -225,7 +225,7 @@ class AuditDigest(_Payload):
     signature: str  # Ed25519, hex, over events.digests.signed_bytes
 
 
-# -- the agent (orchestrator.agent) ----------------------------------------------
+# -- the agent (orchestrator.agent.core) ----------------------------------------------
 
 
 class AgentStarted(_Payload):
@@ -307,7 +307,7 @@ class AgentTurnCancelled(_Payload):
 
 
 class SecretAccessed(_Payload):
-    """A secret was read (orchestrator.secrets): which, from where, by whom.
+    """A secret was read (orchestrator.config.secrets): which, from where, by whom.
     Never the value. On the reading host's `secrets:<host>` stream, or on the
     session stream of the session that read it."""
 

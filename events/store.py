@@ -36,7 +36,7 @@ PAGE = 2000
 INSERT_CHUNK = 1000  # rows per INSERT: 9 parameters each, well under both drivers' limits
 
 # Observers of appends: fn(stream_id, events_stored, seconds), called after each
-# append that returned (an idempotent hit stores 0). orchestrator.metrics
+# append that returned (an idempotent hit stores 0). orchestrator.ops.metrics
 # registers one; events/ itself knows no metrics library.
 APPEND_HOOKS: list[Callable[[str, int, float], None]] = []
 

@@ -15,14 +15,14 @@ from typing import Any
 
 from celery.utils.log import get_task_logger
 
-from orchestrator import logs
-from orchestrator.agent_loop import AgentLoop
-from orchestrator.config import Settings, get_settings
-from orchestrator.jobspec import AgentSpec
-from orchestrator.providers.base import ModelError, Provider
-from orchestrator.providers.factory import api_key, make_provider
-from orchestrator.providers.scripted import ScriptedProvider
-from orchestrator.runner import Ticket, fail_session
+from orchestrator.agent.loop import AgentLoop
+from orchestrator.agent.providers.base import ModelError, Provider
+from orchestrator.agent.providers.factory import api_key, make_provider
+from orchestrator.agent.providers.scripted import ScriptedProvider
+from orchestrator.config.settings import Settings, get_settings
+from orchestrator.ops import logs
+from orchestrator.run.jobspec import AgentSpec
+from orchestrator.run.runner import Ticket, fail_session
 from tasks.app import app
 from tasks.dispatch import AGENT_ADVANCE, sign_link, signing
 from tasks.steps import runner

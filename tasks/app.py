@@ -12,7 +12,7 @@ from celery import Celery
 import tasks.broker  # noqa: F401  (registers the orchsqla transport)
 import tasks.browser_hooks  # noqa: F401  (closes browsers on task end and worker exit)
 import tasks.observe  # noqa: F401  (logs, metrics and traces on Celery's signals)
-from orchestrator.config import Settings, get_settings
+from orchestrator.config.settings import Settings, get_settings
 
 
 def make_app(settings: Settings) -> Celery:

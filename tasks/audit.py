@@ -1,6 +1,6 @@
 """Signing digests of stream heads from the workers (`orchestrator.audit.sign_heads`).
 
-Three triggers, one task body (`orchestrator.audit.sign_changed`):
+Three triggers, one task body (`orchestrator.audit.digests.sign_changed`):
 - the last link of every job chain (`tasks.dispatch`), when its sessions
   ended: their streams and the job's;
 - every `audit_sign_interval_s`: by celery beat on a server broker
@@ -23,8 +23,8 @@ from celery import signals
 from celery.utils.log import get_logger, get_task_logger
 
 from events.store import SqlEventStore
-from orchestrator import audit
-from orchestrator.config import Settings, get_settings
+from orchestrator.audit import digests as audit
+from orchestrator.config.settings import Settings, get_settings
 from orchestrator.errors import ConfigError
 from tasks.app import app, sign_interval
 

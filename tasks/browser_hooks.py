@@ -6,7 +6,7 @@
 - worker_process_shutdown (a child stopping) and worker_shutdown (the main
   process, after its children): close this process's pool, then reap.
 
-orchestrator.browser_pool explains the markers and the atexit hook; tasks.app
+orchestrator.tools.web.browser_pool explains the markers and the atexit hook; tasks.app
 imports this module so every worker connects the hooks.
 """
 
@@ -21,7 +21,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from orchestrator import browser_pool
+from orchestrator.tools.web import browser_pool
 
 
 @task_postrun.connect(weak=False)

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from celery import Celery, chain, group
 from celery.canvas import Signature
 
-from orchestrator.config import get_settings
-from orchestrator.runner import Ticket
-from orchestrator.steps import ShellStep, Step
+from orchestrator.config.settings import get_settings
+from orchestrator.run.runner import Ticket
+from orchestrator.run.steps import ShellStep, Step
 from tasks.summary import summarized
 
 # Headroom on top of a step's own timeout for loading state and appending events.

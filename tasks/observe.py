@@ -27,8 +27,8 @@ from typing import Any
 
 from celery import signals
 
-from orchestrator import logs, metrics, tracing
-from orchestrator.config import get_settings
+from orchestrator.config.settings import get_settings
+from orchestrator.ops import logs, metrics, tracing
 
 HEADER = "orch_ids"
 CARRIED = ("job_id", "session_id")

@@ -1,4 +1,4 @@
-"""Step tasks: thin shells around `orchestrator.runner`.
+"""Step tasks: thin shells around `orchestrator.run.runner`.
 
 A job is a Celery group of one chain per target; each link is `run_step`.
 Retries happen only for errors that say they are transient (a database or
@@ -16,10 +16,10 @@ from celery.utils.log import get_task_logger
 from pydantic import TypeAdapter
 
 from events.store import SqlEventStore
-from orchestrator import logs
-from orchestrator.config import get_settings
-from orchestrator.runner import Runner, Ticket, fail_session
-from orchestrator.steps import Step
+from orchestrator.config.settings import get_settings
+from orchestrator.ops import logs
+from orchestrator.run.runner import Runner, Ticket, fail_session
+from orchestrator.run.steps import Step
 from tasks.app import app
 
 STEP = TypeAdapter(Step)

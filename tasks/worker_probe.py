@@ -14,7 +14,7 @@ With `worker_probe_port` set, the main process also serves:
   checks' timeouts ago): a liveness probe;
 - `/readyz`: the last store and broker checks passed (503 and which failed
   otherwise): a readiness probe;
-- `/metrics`: `orchestrator.metrics.exposition()` for Prometheus.
+- `/metrics`: `orchestrator.ops.metrics.exposition()` for Prometheus.
 
 Only the main process does this: pool processes fork from it before
 `worker_ready`, and the probes speak for the whole worker.
@@ -34,8 +34,8 @@ from typing import Any
 from celery import signals
 from celery.utils.log import get_logger
 
-from orchestrator import heartbeat
-from orchestrator.config import Settings, get_settings
+from orchestrator.config.settings import Settings, get_settings
+from orchestrator.ops import heartbeat
 
 __all__ = ["Probe", "check_store", "check_broker", "serve"]
 
@@ -77,7 +77,7 @@ def check_store(settings: Settings) -> Verdict:
 
 
 def check_broker(settings: Settings) -> Verdict:
-    from orchestrator import doctor
+    from orchestrator.ops import doctor
 
     result = doctor.check_broker(settings)
     return result.status != "fail", "" if result.status != "fail" else result.detail
@@ -186,7 +186,7 @@ def _guarded(check: Callable[[Settings], Verdict], settings: Settings) -> Verdic
 def metrics() -> tuple[int, bytes, str]:
     """(status, body, content type) of `/metrics`."""
     try:
-        from orchestrator.metrics import exposition
+        from orchestrator.ops.metrics import exposition
     except ImportError as exc:
         return (
             501,

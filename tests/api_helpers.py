@@ -75,7 +75,7 @@ def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "orchestrator.cli",
+            "orchestrator.cli.main",
             "api",
             "--port",
             str(port),
@@ -109,7 +109,7 @@ def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
 def worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     """`orchestrator worker` (a real Celery worker) until the block ends."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "worker"],
+        [sys.executable, "-m", "orchestrator.cli.main", "worker"],
         env=env,
         cwd=ROOT,
         stdout=open(log, "ab"),

@@ -22,8 +22,8 @@ app.conf.update(
 @app.task(name="browser_test.hold")
 def hold(url: str, seconds: float, browsers: int) -> list[str]:
     """Open `url` in `browsers` pooled browsers at once and keep them open."""
-    from orchestrator.browser_pool import get_pool
-    from orchestrator.policy import Network
+    from orchestrator.guard.policy import Network
+    from orchestrator.tools.web.browser_pool import get_pool
 
     net = Network(enabled=True, allow_private=("127.0.0.1",))
 

@@ -35,7 +35,7 @@ def cli(
     env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
+        [sys.executable, "-m", "orchestrator.cli.main", *args],
         env=env,
         cwd=cwd or ROOT,
         capture_output=True,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from events import payloads as p
 from events.projections import Folder, Projections, fold
-from orchestrator import agent
-from orchestrator.providers.base import ModelReply, ModelToolCall, TokenUsage
-from orchestrator.steps import ReadStep, ShellStep
+from orchestrator.agent import core as agent
+from orchestrator.agent.providers.base import ModelReply, ModelToolCall, TokenUsage
+from orchestrator.run.steps import ReadStep, ShellStep
 from tests.factories import place
 
 SID = "s-1"

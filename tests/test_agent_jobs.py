@@ -11,12 +11,12 @@ import pytest
 from events.projections import Projections
 from events.replay import replay
 from events.store import open_store
-from orchestrator.agent_loop import AgentLoop
-from orchestrator.jobspec import AgentSpec
-from orchestrator.providers.base import ModelError, ModelReply, ModelRequest
-from orchestrator.providers.scripted import ScriptedProvider
-from orchestrator.runner import Runner, Ticket
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.agent.loop import AgentLoop
+from orchestrator.agent.providers.base import ModelError, ModelReply, ModelRequest
+from orchestrator.agent.providers.scripted import ScriptedProvider
+from orchestrator.run.jobspec import AgentSpec
+from orchestrator.run.runner import Runner, Ticket
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, cli_json, shape_env
 
 EXAMPLE = ROOT / "orchestrator" / "examples" / "agent-rename.yaml"

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from events.store import open_store
 from orchestrator.api import create_app
-from orchestrator.config import Settings
-from orchestrator.jobspec import parse_spec
+from orchestrator.config.settings import Settings
+from orchestrator.run.jobspec import parse_spec
 from tests.api_helpers import TOKENS, api_env, api_server, auth, tokens_setting, wait_for, worker
 from tests.cli_helpers import cli
 
@@ -30,7 +30,7 @@ ALL = ("submitter", "operator", "auditor", "admin")
 @pytest.fixture
 def local(tmp_path: Path) -> dict[str, Any]:
     """An app on an embedded store with one recorded job (not enqueued)."""
-    from orchestrator import jobs
+    from orchestrator.run import jobs
 
     (tmp_path / "ws" / "repo").mkdir(parents=True)
     settings = Settings(

@@ -23,10 +23,10 @@ WORKER = r"""
 import json, sys
 from pathlib import Path
 from events.store import open_store
-from orchestrator.config import Settings
-from orchestrator.net.breaker import breakers_for, record_transition, CircuitOpen
-from orchestrator.net.fetch import fetch, FetchLimits, FetchFailed
-from orchestrator.policy import Network
+from orchestrator.config.settings import Settings
+from orchestrator.tools.web.breaker import breakers_for, record_transition, CircuitOpen
+from orchestrator.tools.web.fetch import fetch, FetchLimits, FetchFailed
+from orchestrator.guard.policy import Network
 
 args = json.loads(sys.argv[1])
 settings = Settings(state_dir=Path(args["state"]), broker_url=args["broker"],
@@ -132,7 +132,7 @@ def test_a_breaker_opens_and_closes_across_two_worker_processes(
 
 
 def test_an_open_circuit_fails_fast_and_says_when_it_retries(tmp_path: Path) -> None:
-    from orchestrator.net.breaker import Breakers, CircuitOpen, SqliteStorage
+    from orchestrator.tools.web.breaker import Breakers, CircuitOpen, SqliteStorage
 
     seen: list[tuple[str, str]] = []
     breakers = Breakers(

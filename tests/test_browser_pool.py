@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from orchestrator.browser_pool import (
+from orchestrator.guard.policy import Network
+from orchestrator.tools.web.browser_pool import (
     BrowserPool,
     PoolConfig,
     marked_processes,
     read_states,
     reap_orphans,
 )
-from orchestrator.policy import Network
 from tests.browser_helpers import html, serve
 
 pytestmark = pytest.mark.skipif(
@@ -100,7 +100,7 @@ def test_an_instance_is_recycled_after_max_uses(tmp_path: Path) -> None:
 
 
 def test_a_chromium_that_cannot_start_is_a_clear_transient_error(tmp_path: Path) -> None:
-    from orchestrator.browser_pool import BrowserUnavailable
+    from orchestrator.tools.web.browser_pool import BrowserUnavailable
 
     pool = BrowserPool(PoolConfig(size=1, executable=tmp_path / "no-chromium", state_dir=tmp_path))
     try:

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.browser_pool import BrowserPool, PoolConfig, marked_processes
 from orchestrator.errors import ToolTimeout
-from orchestrator.net.egress import EgressDenied
-from orchestrator.policy import Network
-from orchestrator.tools.browser import BrowserRequest, run
+from orchestrator.guard.egress import EgressDenied
+from orchestrator.guard.policy import Network
+from orchestrator.tools.web.browser import BrowserRequest, run
+from orchestrator.tools.web.browser_pool import BrowserPool, PoolConfig, marked_processes
 from tests.browser_helpers import Site, html, serve
 
 pytestmark = pytest.mark.skipif(

@@ -12,13 +12,13 @@ from events import payloads as p
 from events.projections import JobState, apply_job
 from events.replay import replay
 from events.store import SqlEventStore, open_store
-from orchestrator import jobs
-from orchestrator.agent_loop import AgentLoop
-from orchestrator.confirmations import pending
+from orchestrator.agent.loop import AgentLoop
+from orchestrator.agent.providers.scripted import ScriptedProvider
 from orchestrator.errors import Conflict, NotFound
-from orchestrator.jobspec import parse_spec
-from orchestrator.providers.scripted import ScriptedProvider
-from orchestrator.runner import Runner, job_state
+from orchestrator.run import jobs
+from orchestrator.run.confirmations import pending
+from orchestrator.run.jobspec import parse_spec
+from orchestrator.run.runner import Runner, job_state
 from tests.factories import place
 
 TWO_STEPS = """

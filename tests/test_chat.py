@@ -23,10 +23,11 @@ from events.envelope import Event
 from events.projections import Projections
 from events.replay import replay
 from events.store import SqlEventStore, open_store
-from orchestrator import agent, workers
-from orchestrator.config import Settings
-from orchestrator.runner import job_state
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.agent import core as agent
+from orchestrator.config.settings import Settings
+from orchestrator.ops import workers
+from orchestrator.run.runner import job_state
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import cli, shape_env
 from tests.processes import alive, running
 
@@ -45,7 +46,7 @@ pytestmark = pytest.mark.slow
 def chat(env: dict[str, str], cwd: Path, *args: str) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "orchestrator.cli", "chat", *args],
+        ["-m", "orchestrator.cli.main", "chat", *args],
         cwd=str(cwd),
         env=env,
         encoding="utf-8",
@@ -488,7 +489,7 @@ _STARTED = [
 
 
 def test_ctrl_c_cancels_the_turn_in_flight_whatever_it_is_doing() -> None:
-    from orchestrator.chat import in_flight_turn, in_flight_units, phase
+    from orchestrator.agent.chat import in_flight_turn, in_flight_units, phase
     from tests.factories import place
 
     assert (in_flight_turn(_folded(*_START)), phase(_folded(*_START))) == (1, "busy")
@@ -510,7 +511,7 @@ def test_ctrl_c_cancels_the_turn_in_flight_whatever_it_is_doing() -> None:
 
 
 def test_a_refused_call_settles_once_its_turn_is_recorded_and_the_model_hears_why() -> None:
-    from orchestrator.chat import phase
+    from orchestrator.agent.chat import phase
 
     asked = [
         *_START,
@@ -535,7 +536,7 @@ def test_a_refused_call_settles_once_its_turn_is_recorded_and_the_model_hears_wh
 
 
 def test_a_persons_answers_and_a_calls_arguments_read_as_written() -> None:
-    from orchestrator.chat import args_summary, parse_answer
+    from orchestrator.agent.chat import args_summary, parse_answer
 
     assert parse_answer(" Y ") == ("y", "")
     assert parse_answer("n not that file") == ("n", "not that file")

@@ -12,8 +12,8 @@ import pytest
 
 from events.store import SqlEventStore
 from events.verify import verify_rows
-from orchestrator.runner import Runner, Ticket
-from orchestrator.steps import SearchStep
+from orchestrator.run.runner import Runner, Ticket
+from orchestrator.run.steps import SearchStep
 from tasks.dispatch import MIN_TASKS_PER_STEP, chunk_size
 from tests.cli_helpers import cli, shape_env
 from tests.conftest import sqlite_store
@@ -68,7 +68,7 @@ def test_jobs_with_a_shell_step_or_few_targets_keep_a_chain_per_target():
     search = SearchStep(pattern="x")
     assert chunk_size(MIN_TASKS_PER_STEP, [search]) == 1
     assert chunk_size(200, [search]) > 1
-    from orchestrator.steps import ShellStep
+    from orchestrator.run.steps import ShellStep
 
     assert chunk_size(200, [search, ShellStep(command=("true",))]) == 1
 

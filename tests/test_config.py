@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from orchestrator import config_report as cr
+from orchestrator.config import report as cr
 from tests.cli_helpers import cli, shape_env
 
 SECRET = "sk-very-secret-config-value-0001"
@@ -106,7 +106,7 @@ def test_show_gives_each_value_its_source_and_masks_secrets(tmp_path: Path) -> N
 
 
 def test_every_setting_has_an_example_and_a_type() -> None:
-    from orchestrator.config import Settings
+    from orchestrator.config.settings import Settings
 
     for name, info in Settings.model_fields.items():
         assert cr.example(info), name
@@ -118,7 +118,7 @@ def test_generated_reference_files_are_fresh() -> None:
         assert path.exists() and path.read_text(encoding="utf-8") == cr.render(kind), (
             f"{path} is stale: run `{cr.REGENERATE}` and commit it"
         )
-    from orchestrator.config import Settings
+    from orchestrator.config.settings import Settings
 
     env_example = cr.GENERATED["env"].read_text()
     for name in Settings.model_fields:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from events.replay import replay
 from events.store import open_store
-from orchestrator import confirmations, jobs
-from orchestrator.jobspec import parse_spec
-from orchestrator.runner import Runner
+from orchestrator.run import confirmations, jobs
+from orchestrator.run.jobspec import parse_spec
+from orchestrator.run.runner import Runner
 
 
 def test_a_later_step_waits_for_a_granted_step_its_continuation_has_not_run(tmp_path: Path):

@@ -15,7 +15,7 @@ import pytest
 
 from events.store import SqlEventStore
 from events.verify import verify_rows
-from orchestrator.runner import job_state
+from orchestrator.run.runner import job_state
 from tests.cli_helpers import cli, shape_env
 
 pytestmark = pytest.mark.slow
@@ -41,7 +41,7 @@ steps:
 
 def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "worker", "-c", "2"],
+        [sys.executable, "-m", "orchestrator.cli.main", "worker", "-c", "2"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from orchestrator.config import Settings
+from orchestrator.config.settings import Settings
 from tests.conftest import REQUIRE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +32,7 @@ SYSTEMD = COMPOSE / "systemd"
 HELM = ROOT / "helm"
 LONG_RUNNING = {"api", "worker-1", "worker-2", "flower"}
 ORCH_VAR = re.compile(r"\bORCH_[A-Z0-9_]*[A-Z0-9]\b")
-# Read by orchestrator/config.py itself (the TOML file), not a field.
+# Read by orchestrator/config/settings.py itself (the TOML file), not a field.
 NOT_FIELDS = {"ORCH_CONFIG"}
 
 
@@ -73,7 +73,7 @@ def cli_commands() -> dict[tuple[str, ...], set[str]]:
     command path of the CLI with the options it takes."""
     import typer
 
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     paths: dict[tuple[str, ...], set[str]] = {}
 
@@ -284,7 +284,7 @@ def test_prometheus_scrapes_the_api_and_every_workers_probe_port(stack):
 
 
 def _metric_names() -> set[str]:
-    from orchestrator import metrics
+    from orchestrator.ops import metrics
 
     names: set[str] = set()
     for m in (*metrics.METRICS.values(), *metrics.SCRAPED.values()):

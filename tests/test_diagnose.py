@@ -33,12 +33,12 @@ from jsonschema import Draft202012Validator
 from rich.console import Console
 
 from events.store import open_store
-from orchestrator import diagnose as dg
-from orchestrator import workers
-from orchestrator.cli_diagnose import table
-from orchestrator.config import Settings
-from orchestrator.policy import Usage, decide, parse_policy
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.cli.diagnose import table
+from orchestrator.config.settings import Settings
+from orchestrator.guard.policy import Usage, decide, parse_policy
+from orchestrator.ops import workers
+from orchestrator.run import diagnose as dg
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.fake_chat_server import FakeChatServer, Reply, tool_call
 

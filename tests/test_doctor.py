@@ -21,9 +21,9 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import SecretStr
 
-from orchestrator import doctor
-from orchestrator.config import Settings
-from orchestrator.sandbox import describe, probe
+from orchestrator.config.settings import Settings
+from orchestrator.ops import doctor
+from orchestrator.sandbox.runtime import describe, probe
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.test_diagnose import closed
 

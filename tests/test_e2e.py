@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from events.store import SqlEventStore
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, cli_json
 
 EXAMPLE = ROOT / "orchestrator" / "examples" / "rename-function.yaml"

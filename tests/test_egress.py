@@ -10,14 +10,14 @@ import threading
 import httpx
 import pytest
 
-from orchestrator.net.egress import (
+from orchestrator.guard.egress import (
     EgressDenied,
     check_url,
     egress_transport,
     host_rule,
     resolve_checked,
 )
-from orchestrator.policy import Network, combine, decide, parse_policy
+from orchestrator.guard.policy import Network, combine, decide, parse_policy
 
 OPEN = Network(enabled=True)
 

@@ -67,7 +67,7 @@ def flower(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "orchestrator.cli",
+            "orchestrator.cli.main",
             "flower",
             "--port",
             str(port),
@@ -166,8 +166,8 @@ def _api_tasks(base: str) -> dict[str, dict[str, object]]:
 def test_flower_gets_basic_auth_in_its_environment_never_on_its_command_line(tmp_path):
     from pydantic import SecretStr
 
-    from orchestrator.cli_ops import flower_command
-    from orchestrator.config import Settings
+    from orchestrator.cli.ops import flower_command
+    from orchestrator.config.settings import Settings
 
     s = Settings(
         state_dir=tmp_path,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import health, heartbeat
-from orchestrator.config import Settings
+from orchestrator.config.settings import Settings
+from orchestrator.ops import health, heartbeat
 
 REDIS_DB = 14
 

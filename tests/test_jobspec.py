@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.jobspec import JobSpec, ResolvedTarget, load_spec, parse_spec, resolve_targets
-from orchestrator.steps import CountRange, ReplaceStep, SearchStep, ShellStep
+from orchestrator.run.jobspec import JobSpec, ResolvedTarget, load_spec, parse_spec, resolve_targets
+from orchestrator.run.steps import CountRange, ReplaceStep, SearchStep, ShellStep
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "orchestrator" / "examples").glob("*.yaml"))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import logs
-from orchestrator.config import Settings
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.config.settings import Settings
+from orchestrator.ops import logs
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, shape_env
 
 EXAMPLE = ROOT / "orchestrator" / "examples" / "rename-function.yaml"

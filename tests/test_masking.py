@@ -11,7 +11,7 @@ from urllib.parse import quote
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.masking import (
+from orchestrator.guard.masking import (
     MASK,
     MIN_SECRET_LEN,
     StreamMasker,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import metrics
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.ops import metrics
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, shape_env
 
 EXAMPLE = ROOT / "orchestrator" / "examples" / "rename-function.yaml"
@@ -106,7 +106,7 @@ def test_the_stdout_reporter_writes_totals_as_json_lines():
 
 def test_the_stdout_reporter_configured_by_settings_prints_when_the_process_ends(tmp_path):
     code = (
-        "from orchestrator import metrics; from orchestrator.config import get_settings; "
+        "from orchestrator import metrics; from orchestrator.config.settings import get_settings; "
         "metrics.setup(get_settings()); metrics.tool_call('shell', 'error', 1.5); "
         "metrics.quota_denied('shell', 'quota:tool_calls')"
     )

@@ -19,9 +19,9 @@ from events.envelope import NewEvent, new_id
 from events.errors import SchemaNotReady
 from events.schema import metadata
 from events.store import SqlEventStore, open_store
-from orchestrator import confirmations
-from orchestrator.runner import Runner, Ticket
-from orchestrator.steps import ShellStep
+from orchestrator.run import confirmations
+from orchestrator.run.runner import Runner, Ticket
+from orchestrator.run.steps import ShellStep
 from tests.conftest import fresh_pg_database
 from tests.factories import new
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.providers.base import (
+from orchestrator.agent.providers.base import (
     ModelError,
     ModelReply,
     ModelRequest,
@@ -21,7 +21,7 @@ from orchestrator.providers.base import (
     TokenUsage,
     ToolSpec,
 )
-from orchestrator.providers.openai_compat import OpenAIProvider, retry_after_s
+from orchestrator.agent.providers.openai_compat import OpenAIProvider, retry_after_s
 from tests.fake_chat_server import FakeChatServer, Hang, Raw, Reply, error, tool_call
 
 KEY = "sk-test-0123456789abcdefNeverInAMessage"

@@ -11,16 +11,16 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion
 
-from orchestrator.errors import ConfigError
-from orchestrator.providers.base import (
+from orchestrator.agent.providers.base import (
     ModelReply,
     ModelRequest,
     ModelToolCall,
     TokenUsage,
     parse_completion,
 )
-from orchestrator.providers.openai_compat import OpenAIProvider
-from orchestrator.providers.scripted import ScriptedProvider, check_turns, load_script
+from orchestrator.agent.providers.openai_compat import OpenAIProvider
+from orchestrator.agent.providers.scripted import ScriptedProvider, check_turns, load_script
+from orchestrator.errors import ConfigError
 from tests.fake_chat_server import FakeChatServer, Reply, tool_call
 
 TURNS: list[dict[str, Any]] = [

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from events.store import open_store
-from orchestrator import health
-from orchestrator.config import Settings
+from orchestrator.config.settings import Settings
+from orchestrator.ops import health
 from tests.cli_helpers import shape_env
 from tests.ops_helpers import (
     PrivatePostgres,

@@ -155,7 +155,7 @@ def _command(path: tuple[str, ...]) -> Any:
     `--help` prints), or None when there is no such command."""
     import typer.main
 
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     cmd: Any = typer.main.get_command(app)
     for name in path:
@@ -297,7 +297,7 @@ def test_sh_blocks_hold_only_orchestrator_commands_with_known_placeholders(tmp_p
 
 
 def test_every_non_orchestrator_command_names_real_things():
-    from orchestrator import heartbeat
+    from orchestrator.ops import heartbeat
     from tasks.app import app
 
     queue = app.conf.task_default_queue
@@ -444,7 +444,7 @@ def test_the_production_toml_loads_into_settings_strictly(tmp_path):
     env = shape_env(tmp_path, ORCH_CONFIG=str(CONFIG_DIR / "production.toml"))
     r = cli(env, "config", "check", "--strict", "--json")
     assert r.returncode == 0, r.stdout + r.stderr
-    from orchestrator.config import Settings
+    from orchestrator.config.settings import Settings
 
     os_env = {k: v for k, v in os.environ.items()}
     try:
@@ -460,7 +460,7 @@ def test_the_production_toml_loads_into_settings_strictly(tmp_path):
 
 
 def test_the_production_policy_loads_and_decides(tmp_path):
-    from orchestrator.policy import load_policy
+    from orchestrator.guard.policy import load_policy
 
     loaded = load_policy(CONFIG_DIR / "policy.yaml")  # every rule's examples checked
     assert loaded.name == "production"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ToolError, UserError
-from orchestrator.jobspec import load_spec, resolve_targets
-from orchestrator.runner import plan
-from orchestrator.sample_repos import MARKER, create_sample_repos
-from orchestrator.steps import SearchStep, ShellStep, Step
+from orchestrator.run.jobspec import load_spec, resolve_targets
+from orchestrator.run.runner import plan
+from orchestrator.run.sample_repos import MARKER, create_sample_repos
+from orchestrator.run.steps import SearchStep, ShellStep, Step
 from orchestrator.tools.files import apply_edits
 from orchestrator.tools.search import search
 from orchestrator.tools.shell import run_shell

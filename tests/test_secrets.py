@@ -13,10 +13,10 @@ from pydantic import SecretStr
 
 from events.replay import replay
 from events.store import open_store
-from orchestrator import secrets
-from orchestrator.config import Settings
+from orchestrator.config import secrets
+from orchestrator.config.settings import Settings
 from orchestrator.errors import ConfigError
-from orchestrator.steps import ShellStep
+from orchestrator.run.steps import ShellStep
 from orchestrator.tools.shell import run_shell
 from tests.cli_helpers import cli, shape_env
 
@@ -158,7 +158,7 @@ def test_vault_kv_v2(tmp_path: Path) -> None:  # pragma: no cover - needs a vaul
 
 
 def test_known_values_include_settings_secrets(monkeypatch) -> None:
-    from orchestrator.config import get_settings
+    from orchestrator.config.settings import get_settings
 
     monkeypatch.setenv("ORCH_VAULT_TOKEN", "hvs-known-value-0001")
     get_settings.cache_clear()
@@ -170,7 +170,7 @@ def test_known_values_include_settings_secrets(monkeypatch) -> None:
 
 
 def test_the_model_api_key_is_read_through_the_store(tmp_path: Path) -> None:
-    from orchestrator.providers.factory import api_key
+    from orchestrator.agent.providers.factory import api_key
 
     s = _settings(tmp_path)
     s.secrets_dir.mkdir()
@@ -226,8 +226,8 @@ def test_tool_output_in_events_is_masked_in_every_encoding(tmp_path: Path) -> No
 def test_passwords_in_service_urls_are_known_secrets(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from orchestrator.config import get_settings
-    from orchestrator.masking import mask
+    from orchestrator.config.settings import get_settings
+    from orchestrator.guard.masking import mask
 
     monkeypatch.setenv("ORCH_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("ORCH_STORE_URL", "postgresql://app:pg%2Fpass-7781@db/orch")

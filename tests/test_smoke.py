@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.smoke import Row, exit_code
+from orchestrator.ops.smoke import Row, exit_code
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.ops_helpers import free_port, get, stop, wait_until
 
@@ -40,7 +40,7 @@ def api(deployment_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """The real HTTP API on this deployment, on a free port."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "api", "--port", str(port)],
+        [sys.executable, "-m", "orchestrator.cli.main", "api", "--port", str(port)],
         env=deployment_env,
         cwd=ROOT,
         stdout=open(tmp_path / "api.log", "ab"),

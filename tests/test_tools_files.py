@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import ToolInputError
-from orchestrator.steps import PatchStep, WriteStep
+from orchestrator.run.steps import PatchStep, WriteStep
 from orchestrator.tools.base import FileEdit
 from orchestrator.tools.files import apply_edits, plan_patch, plan_write, unified_diff
 from orchestrator.tools.paths import resolve_in_workspace

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import CountMismatch, ToolInputError
-from orchestrator.steps import ReplaceStep
+from orchestrator.run.steps import ReplaceStep
 from orchestrator.tools.base import FileEdit
 from orchestrator.tools.files import apply_edits
 from orchestrator.tools.replace import plan_replace

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import CountMismatch, ToolInputError
-from orchestrator.steps import SearchStep
+from orchestrator.run.steps import SearchStep
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import iter_files
 from orchestrator.tools.search import FOLDS_TO_ASCII, ripgrep, search

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ToolInputError, ToolTimeout
-from orchestrator.sandbox import GIT_ENV, probe
-from orchestrator.steps import ShellStep
+from orchestrator.run.steps import ShellStep
+from orchestrator.sandbox.runtime import GIT_ENV, probe
 from orchestrator.tools.shell import CommandFailed, run_shell
 from tests.processes import running
 
@@ -179,7 +179,7 @@ def test_huge_output_does_not_use_memory(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import re
         from pathlib import Path
-        from orchestrator.steps import ShellStep
+        from orchestrator.run.steps import ShellStep
         from orchestrator.tools.shell import run_shell
         code = "import sys\\nfor _ in range(100): sys.stdout.buffer.write(b'x' * (1 << 20))"
         r = run_shell(Path({str(tmp_path)!r}), ShellStep(command=[{PY!r}, "-c", code]))

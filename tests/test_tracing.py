@@ -15,7 +15,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from events.store import SqlEventStore
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.test_logs import lines
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ToolTimeout
-from orchestrator.net.egress import EgressDenied
-from orchestrator.net.fetch import FetchFailed, FetchLimits, TooManyRedirects, fetch
-from orchestrator.policy import Network
+from orchestrator.guard.egress import EgressDenied
+from orchestrator.guard.policy import Network
+from orchestrator.tools.web.fetch import FetchFailed, FetchLimits, TooManyRedirects, fetch
 from tests.netserver import NetServer
 
 LOOPBACK = Network(enabled=True, allow_private=("127.0.0.1",))

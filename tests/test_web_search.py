@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Settings
+from orchestrator.config.settings import Settings
 from orchestrator.errors import ConfigError
-from orchestrator.net.egress import EgressDenied
-from orchestrator.net.fetch import FetchFailed
-from orchestrator.net.search import Brave, SearchResult, SearxNG, provider_from, render
-from orchestrator.policy import Network
+from orchestrator.guard.egress import EgressDenied
+from orchestrator.guard.policy import Network
+from orchestrator.tools.web.fetch import FetchFailed
+from orchestrator.tools.web.search import Brave, SearchResult, SearxNG, provider_from, render
 from tests.netserver import NetServer
 
 LOOPBACK = Network(enabled=True, allow_private=("127.0.0.1",))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import heartbeat
-from orchestrator.cli_ops import probe_verdict
-from orchestrator.config import Settings
+from orchestrator.cli.ops import probe_verdict
+from orchestrator.config.settings import Settings
+from orchestrator.ops import heartbeat
 from tasks.summary import describe
 from tasks.worker_probe import Probe, serve
 from tests.cli_helpers import cli, shape_env
@@ -138,7 +138,7 @@ def test_probe_endpoint_answers_from_the_last_round(tmp_path: Path) -> None:
         assert body["checks"][1]["detail"] == "broker redis://x: no answer to PING"
         assert [b.hostname for b in heartbeat.read_all(s)] == ["w1@test"]
         status, text = get(f"http://127.0.0.1:{port}/metrics")
-        assert status in (200, 501), text  # 501 only where orchestrator.metrics is absent
+        assert status in (200, 501), text  # 501 only where orchestrator.ops.metrics is absent
         assert get(f"http://127.0.0.1:{port}/nope")[0] == 404
     finally:
         server.shutdown()

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from orchestrator.api import confirmations, jobs, ops, problems, sessions
 from orchestrator.api.deps import Services
-from orchestrator.config import Settings
+from orchestrator.config.settings import Settings
 
 DESCRIPTION = """Submit batch refactor jobs, follow their sessions' events, answer
 confirmations, and replay or verify the hash-chained audit log.
@@ -58,6 +58,6 @@ def _version() -> str:
 
 def from_environment() -> FastAPI:
     """The factory `uvicorn --factory` calls in each of its worker processes."""
-    from orchestrator.config import get_settings
+    from orchestrator.config.settings import get_settings
 
     return create_app(get_settings())

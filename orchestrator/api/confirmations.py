@@ -37,7 +37,7 @@ def list_waiting(
 ) -> list[dict[str, Any]]:
     """Every confirmation that waits for an answer, oldest first (`orchestrator
     pending --json`)."""
-    from orchestrator import confirmations
+    from orchestrator.run import confirmations
 
     return [w.to_json() for w in confirmations.pending(services(request).store)]
 
@@ -52,7 +52,7 @@ def answer(
 ) -> dict[str, Any]:
     """Approve exactly that one request, or deny it (its step fails), and
     continue the session on the workers."""
-    from orchestrator import confirmations
+    from orchestrator.run import confirmations
     from tasks.dispatch import continue_session
 
     st = services(request).store

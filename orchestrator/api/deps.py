@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from events.store import SqlEventStore, open_store
 from orchestrator.api.auth import CAPABILITIES, Principal, TokenTable
-from orchestrator.config import Settings
+from orchestrator.config.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `orchestrator api token`")
 

@@ -94,9 +94,9 @@ def submit(
     tier: str | None,
     allow_destructive: bool,
 ) -> Submitted:
-    from orchestrator import jobs
-    from orchestrator.jobspec import parse_spec
-    from orchestrator.policy import TIERS, load_policy
+    from orchestrator.guard.policy import TIERS, load_policy
+    from orchestrator.run import jobs
+    from orchestrator.run.jobspec import parse_spec
 
     s = svc.settings
     if s.api_workspace_root is None:
@@ -191,7 +191,7 @@ async def post_job(
 
 
 def _view(svc: Services, job_id: str) -> Any:
-    from orchestrator.watch import final_view
+    from orchestrator.run.watch import final_view
 
     view = final_view(svc.store, job_id)
     if not view.job.sessions:
@@ -207,7 +207,7 @@ def get_job(
 ) -> dict[str, Any]:
     """Where a job stands: each target's status, steps and files changed (the
     JSON of `orchestrator status --json`, plus `cancel` once requested)."""
-    from orchestrator.watch import session_summary
+    from orchestrator.run.watch import session_summary
 
     view = _view(services(request), job_id)
     job = view.job
@@ -231,7 +231,7 @@ def get_patches(
     job_id: JobId, request: Request, who: Principal = Depends(need("read_jobs"))
 ) -> dict[str, Any]:
     """One unified diff per target (what `orchestrator run --out` writes)."""
-    from orchestrator.watch import session_summary
+    from orchestrator.run.watch import session_summary
 
     rows = session_summary(_view(services(request), job_id))
     return {
@@ -263,6 +263,6 @@ def cancel_job(
     """Stop a job: each session ends before its next step, with the status
     "cancelled by <you>: <reason>"; sessions waiting for a confirmation end
     now. 409 when the job already ended."""
-    from orchestrator import jobs
+    from orchestrator.run import jobs
 
     return jobs.cancel(services(request).store, job_id, by=who.actor, reason=body.reason).to_json()

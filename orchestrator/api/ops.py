@@ -1,6 +1,6 @@
 """/healthz, /readyz and /metrics: for load balancers, probes and scrapers.
 
-Liveness does no I/O. Readiness is `orchestrator.health.readiness` (broker,
+Liveness does no I/O. Readiness is `orchestrator.ops.health.readiness` (broker,
 store and migrations, a fresh worker heartbeat), the same verdict `health`
 and `smoke` give; 503 names the check that failed.
 """
@@ -21,7 +21,7 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz", response_model=Liveness)
 def healthz() -> dict[str, Any]:
     """The process answers (no store, broker or worker is asked)."""
-    from orchestrator import health
+    from orchestrator.ops import health
 
     return health.liveness()
 
@@ -39,7 +39,7 @@ def healthz() -> dict[str, Any]:
 def readyz(request: Request) -> JSONResponse:
     """Whether work submitted now would run: broker, store (reachable and
     migrated) and at least one worker with a fresh heartbeat."""
-    from orchestrator import health
+    from orchestrator.ops import health
 
     report = health.readiness(services(request).settings)
     return JSONResponse(report.to_json(), status_code=200 if report.ok else 503)
@@ -59,7 +59,7 @@ def metrics(_: Any = Depends(optional_metrics_auth)) -> Response:
     """Prometheus metrics of the API and (multiprocess) workers on this host;
     needs a token of any role unless api_metrics_public."""
     try:
-        from orchestrator import metrics as metrics_mod
+        from orchestrator.ops import metrics as metrics_mod
 
         exposition = metrics_mod.exposition
     except (ImportError, AttributeError) as exc:

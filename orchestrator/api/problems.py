@@ -30,7 +30,7 @@ from orchestrator.errors import (
     SpecError,
     UserError,
 )
-from orchestrator.masking import mask
+from orchestrator.guard.masking import mask
 
 __all__ = ["problem", "status_of", "install", "BodyLimit", "spec_problems"]
 
@@ -38,7 +38,7 @@ __all__ = ["problem", "status_of", "install", "BodyLimit", "spec_problems"]
 def known_secrets() -> tuple[str, ...]:
     """The secret values this service knows, when the secret store can say."""
     try:
-        from orchestrator import secrets
+        from orchestrator.config import secrets
 
         return tuple(secrets.known_values())
     except Exception:  # noqa: BLE001  (no store configured, or none in this release)

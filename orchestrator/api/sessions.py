@@ -196,7 +196,7 @@ def audit_verify(
     of stream heads: the JSON of `orchestrator audit verify --json` (200 with
     `ok: false` when something does not verify)."""
     from events import verify as verify_mod
-    from orchestrator import audit
+    from orchestrator.audit import digests as audit
 
     svc = services(request)
     trusted = audit.trusted_keys(svc.settings, [])

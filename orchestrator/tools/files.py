@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import ToolError, ToolInputError
-from orchestrator.steps import PatchStep, WriteStep
+from orchestrator.run.steps import PatchStep, WriteStep
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot
 from orchestrator.tools.paths import iter_files, normalize_rel

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.errors import ToolInputError, ToolTimeout
-from orchestrator.steps import ReplaceStep
+from orchestrator.run.steps import ReplaceStep
 from orchestrator.tools.base import FileEdit, ToolResult
 from orchestrator.tools.jail import Jail
 from orchestrator.tools.paths import iter_files

@@ -24,7 +24,7 @@ from re import _parser as _P
 from typing import Any
 
 from orchestrator.errors import CountMismatch, ToolInputError, ToolTimeout
-from orchestrator.steps import CountRange, SearchStep
+from orchestrator.run.steps import CountRange, SearchStep
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.jail import Jail
 from orchestrator.tools.paths import display_path, iter_files

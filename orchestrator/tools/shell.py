@@ -2,7 +2,7 @@
 in time and output.
 
 No shell is involved (policy has already checked every program in the argv).
-`orchestrator.sandbox` plans and sets up the sandbox (bubblewrap, or rlimits
+`orchestrator.sandbox.runtime` plans and sets up the sandbox (bubblewrap, or rlimits
 and a process group without it; see docs/security.md); this module runs the
 command in it and supervises it: on timeout, and once it exits, everything it
 left running is killed with it. Output (stdout and stderr, interleaved) is
@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from orchestrator import sandbox
 from orchestrator.errors import InfraUnavailable, ToolError, ToolInputError, ToolTimeout
-from orchestrator.steps import ShellStep
+from orchestrator.run.steps import ShellStep
+from orchestrator.sandbox import runtime as sandbox
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import resolve_in_workspace
 
@@ -150,7 +150,7 @@ def denied_reads(pol: Any = None) -> sandbox.MaskRules:
     """The globs of every path rule of `pol` (default: the built-in rules)
     that denies reading: what the sandbox hides from the command."""
     if pol is None:
-        from orchestrator.policy import DEFAULT_POLICY  # policy imports the tools
+        from orchestrator.guard.policy import DEFAULT_POLICY  # policy imports the tools
 
         pol = DEFAULT_POLICY
     return tuple(

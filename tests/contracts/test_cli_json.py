@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, shape_env
 
 SCHEMAS = ROOT / "docs" / "schemas"

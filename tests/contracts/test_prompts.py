@@ -18,10 +18,10 @@ from jsonschema import Draft202012Validator
 
 from events import payloads as p
 from events.projections import Projections, fold
-from orchestrator import agent
-from orchestrator.policy import DEFAULT_POLICY, decide
-from orchestrator.providers.base import ModelReply, ModelToolCall, TokenUsage
-from orchestrator.runner import summarize
+from orchestrator.agent import core as agent
+from orchestrator.agent.providers.base import ModelReply, ModelToolCall, TokenUsage
+from orchestrator.guard.policy import DEFAULT_POLICY, decide
+from orchestrator.run.runner import summarize
 from tests.factories import place
 
 SID = "session-1"

@@ -23,8 +23,9 @@ from events.digests import DIGEST_STREAM
 from events.envelope import NewEvent
 from events.store import SqlEventStore, open_store
 from events.verify import verify_rows
-from orchestrator import audit, workers
-from orchestrator.sample_repos import create_sample_repos
+from orchestrator.audit import digests as audit
+from orchestrator.ops import workers
+from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, cli_json, shape_env
 from tests.conftest import fresh_pg_database
 from tests.security.test_audit_digests import _recompute, _tamper
@@ -200,7 +201,7 @@ def test_without_a_key_nothing_is_signed_and_every_stream_stays_unproven(tmp_pat
 
 def _foreground_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "worker"],
+        [sys.executable, "-m", "orchestrator.cli.main", "worker"],
         env=env,
         cwd=ROOT,
         stdin=subprocess.DEVNULL,

@@ -16,7 +16,7 @@ from events.digests import DIGEST_STREAM
 from events.envelope import NewEvent, canonical_json, chain_hash, genesis_hash
 from events.store import SqlEventStore
 from events.verify import verify_rows
-from orchestrator import audit
+from orchestrator.audit import digests as audit
 
 
 def new(payload: object) -> NewEvent:

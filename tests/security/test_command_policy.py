@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.command_analysis import analyze
-from orchestrator.policy import DEFAULT_POLICY, Decision, decide_request, parse_policy
+from orchestrator.guard.commands import analyze
+from orchestrator.guard.policy import DEFAULT_POLICY, Decision, decide_request, parse_policy
 
 ALLOW, ASK, DENY = "allow", "ask", "deny"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ToolError, ToolInputError
-from orchestrator.steps import DeleteStep, ReadStep, WriteStep
+from orchestrator.run.steps import DeleteStep, ReadStep, WriteStep
 from orchestrator.tools.base import FileEdit
 from orchestrator.tools.files import apply_edits, plan_delete, plan_write, read_file
 from orchestrator.tools.jail import Jail, real_paths
@@ -179,8 +179,8 @@ def test_a_patch_with_one_refused_file_changes_nothing(box: tuple[Path, Path]) -
 
 def test_the_policy_sees_where_a_symlink_leads(tmp_path: Path) -> None:
     """`notes -> .env`: a read of `notes` is judged as a read of `.env`."""
-    from orchestrator.policy import DEFAULT_POLICY, decide
-    from orchestrator.runner import _touched
+    from orchestrator.guard.policy import DEFAULT_POLICY, decide
+    from orchestrator.run.runner import _touched
 
     ws = tmp_path
     (ws / ".env").write_text("TOKEN=x\n")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.policy import (
+from orchestrator.guard.policy import (
     DEFAULT_POLICY,
     Decision,
     PolicyError,

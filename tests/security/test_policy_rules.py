@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orchestrator.errors import SpecError
-from orchestrator.jobspec import parse_spec
-from orchestrator.policy import (
+from orchestrator.guard.policy import (
     DEFAULT_POLICY,
     PolicyError,
     Usage,
@@ -20,6 +19,7 @@ from orchestrator.policy import (
     parse_policy,
     visible,
 )
+from orchestrator.run.jobspec import parse_spec
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

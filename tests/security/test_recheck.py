@@ -10,8 +10,8 @@ from events import payloads as p
 from events.envelope import NewEvent
 from events.projections import fold
 from events.store import open_store
-from orchestrator.policy import DEFAULT_POLICY, decide, parse_policy
-from orchestrator.recheck import Change, recheck
+from orchestrator.audit.recheck import Change, recheck
+from orchestrator.guard.policy import DEFAULT_POLICY, decide, parse_policy
 from tests.cli_helpers import cli, shape_env
 
 

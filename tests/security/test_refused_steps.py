@@ -10,8 +10,8 @@ import pytest
 from events.envelope import new_id
 from events.replay import replay
 from events.store import open_store
-from orchestrator.runner import Runner, Ticket
-from orchestrator.steps import ShellStep
+from orchestrator.run.runner import Runner, Ticket
+from orchestrator.run.steps import ShellStep
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ def test_shell_steps_get_the_session_policys_limits(tmp_path: Path):
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
     step = ShellStep(command=["sleep", "30"], timeout_s=60)
     sid = new_id()
-    from orchestrator.policy import parse_policy
+    from orchestrator.guard.policy import parse_policy
 
     ticket = Ticket(
         job_id=new_id(),
@@ -170,9 +170,9 @@ def test_shell_steps_get_the_session_policys_limits(tmp_path: Path):
 
 
 def test_a_rate_limited_step_records_it_and_asks_to_be_retried_later(tmp_path: Path):
-    from orchestrator.policy import parse_policy
-    from orchestrator.runner import RateLimitedStep
-    from orchestrator.steps import SearchStep
+    from orchestrator.guard.policy import parse_policy
+    from orchestrator.run.runner import RateLimitedStep
+    from orchestrator.run.steps import SearchStep
 
     work = tmp_path / "repo"
     work.mkdir()

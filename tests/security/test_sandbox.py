@@ -28,10 +28,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator import sandbox
 from orchestrator.errors import ToolError, ToolInputError, ToolTimeout
-from orchestrator.policy import Limits, Network
-from orchestrator.sandbox import (
+from orchestrator.guard.policy import Limits, Network
+from orchestrator.run.steps import ShellStep
+from orchestrator.sandbox import runtime as sandbox
+from orchestrator.sandbox.runtime import (
     GIT_ENV,
     SANDBOX_HOME,
     SANDBOX_UID,
@@ -44,7 +45,6 @@ from orchestrator.sandbox import (
     plan,
     scrub_env,
 )
-from orchestrator.steps import ShellStep
 from orchestrator.tools.shell import CommandFailed, run_shell
 from tests.cli_helpers import cli, shape_env
 from tests.processes import alive, running

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator import sandbox
 from orchestrator.errors import ToolError
-from orchestrator.policy import DEFAULT_POLICY, Limits, parse_policy
-from orchestrator.sandbox import Mask, Masker, describe, plan, workspace_masks
-from orchestrator.steps import ShellStep
+from orchestrator.guard.policy import DEFAULT_POLICY, Limits, parse_policy
+from orchestrator.run.steps import ShellStep
+from orchestrator.sandbox import runtime as sandbox
+from orchestrator.sandbox.runtime import Mask, Masker, describe, plan, workspace_masks
 from orchestrator.tools.paths import glob_matcher
 from orchestrator.tools.shell import CommandFailed, denied_reads, run_shell
 from tests.security.test_sandbox import HOST, PY, ROOT_HOST, Box, _need_bwrap, box, request  # noqa: F401

@@ -1,0 +1,1 @@
+"""Audits over the store: signed digests of stream heads, and re-deciding recorded requests."""

@@ -1,0 +1,1 @@
+"""The `orchestrator` command line: one module per command group, rendering in `render`."""

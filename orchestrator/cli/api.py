@@ -1,0 +1,133 @@
+"""`orchestrator api` (serve the HTTP API with uvicorn), `orchestrator api
+token` (make a bearer token and its configuration entry), and `orchestrator
+cancel JOB_ID` (the same cancellation as `POST /jobs/{id}/cancel`)."""
+
+from __future__ import annotations
+
+import json as jsonlib
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from orchestrator.config.settings import get_settings
+
+out = Console()
+err = Console(stderr=True)
+api_app = typer.Typer(
+    help="The HTTP API (docs/api.md): run with no subcommand to serve it.",
+    invoke_without_command=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(api_app, name="api")
+    app.command("cancel")(cancel)
+
+
+@api_app.callback()
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on"),
+    port: int = typer.Option(8000, "--port", help="Port to listen on"),
+    workers: int = typer.Option(1, "--workers", help="uvicorn worker processes"),
+    log_level: Optional[str] = typer.Option(
+        None, "--log-level", help="uvicorn's (default from config)"
+    ),
+) -> None:
+    """Serve the API (OpenAPI at /openapi.json, docs at /docs). It enqueues
+    jobs for Celery workers (`orchestrator worker`); it runs none itself."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    s = get_settings()
+    if not s.api_tokens:
+        err.print(
+            "[yellow]no api_tokens configured: every route but /healthz and /readyz "
+            "will answer 401; make one with `orchestrator api token`[/]"
+        )
+    if s.api_workspace_root is None:
+        err.print("[yellow]api_workspace_root is not set: POST /jobs is refused[/]")
+    level = (log_level or s.log_level).lower()
+    if workers > 1:
+        uvicorn.run(
+            "orchestrator.api.app:from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=level,
+        )
+        return
+    from orchestrator.api import create_app
+
+    uvicorn.run(create_app(s), host=host, port=port, log_level=level)
+
+
+@api_app.command("token")
+def token(
+    principal: str = typer.Option(
+        ..., "--principal", help="Who the token is for (events they cause are by `api:PRINCIPAL`)"
+    ),
+    role: list[str] = typer.Option(
+        ..., "--role", help="submitter | operator | auditor | admin (repeatable)"
+    ),
+) -> None:
+    """Make a new token: prints the token once (give it to its owner) and the
+    `api_tokens` entry with its sha256 (put that in the configuration)."""
+    from orchestrator.api.auth import ROLES, new_token, token_hash
+    from orchestrator.config.settings import ApiToken
+
+    bad = [r for r in role if r not in ROLES]
+    if bad:
+        err.print(
+            f"[bold red]error:[/] unknown role(s) {', '.join(bad)}; use {', '.join(ROLES)}",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    value = new_token()
+    try:
+        roles = tuple(dict.fromkeys(role))
+        entry = ApiToken(
+            principal=principal,
+            roles=roles,  # type: ignore[arg-type]
+            sha256=token_hash(value),
+        )
+    except ValueError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    line = jsonlib.dumps(entry.model_dump(exclude_none=True))
+    out.print(f"token (shown once): {value}", highlight=False, soft_wrap=True)
+    out.print(f"config entry: {line}", highlight=False, soft_wrap=True)
+    out.print(
+        f"e.g. ORCH_API_TOKENS='[{line}]' (a JSON list; one entry per token)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def cancel(
+    job_id: str = typer.Argument(..., help="A job id from submit or run"),
+    reason: str = typer.Option(
+        "", "--reason", help="Why (recorded, and shown in each session's status)"
+    ),
+    json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Stop a job: each session ends before its next step ("cancelled by YOU:
+    REASON"); sessions waiting for a confirmation end now."""
+    from orchestrator.cli.main import store
+    from orchestrator.run import jobs
+
+    s = get_settings()
+    done = jobs.cancel(store(for_writing=True), job_id, by=s.submitter, reason=reason)
+    if json:
+        out.print_json(data=done.to_json())
+        return
+    first = "" if done.ours else f" (already requested by {done.by}: {done.reason})"
+    err.print(
+        f"cancelling job {job_id}{first}: {len(done.stopped)} waiting session(s) "
+        f"ended, {len(done.running)} end before their next step; follow with "
+        f"`orchestrator status {job_id}`",
+        highlight=False,
+    )

@@ -1,0 +1,273 @@
+"""`orchestrator chat`: the command, composed from `orchestrator.agent.chat` (the
+REPL) and `tasks/` (the queue), like the rest of the CLI in orchestrator.cli.main,
+which calls `register` once its own commands are defined.
+
+Not importing orchestrator.cli.main keeps `python -m orchestrator.cli.main` (which
+runs that module as `__main__`) from loading it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import socket
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+from urllib.parse import urlsplit
+
+import typer
+from rich.console import Console
+
+from events.replay import replay
+from events.store import SqlEventStore, open_store
+from orchestrator.config.settings import Settings, get_settings
+from orchestrator.ops import workers
+
+err = Console(stderr=True, soft_wrap=True)
+OPENAI_URL = "https://api.openai.com/v1"
+CONNECT_TIMEOUT_S = 3.0
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat")(chat)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def chat(
+    workspace: Path = typer.Option(
+        Path("."),
+        "--workspace",
+        "-w",
+        exists=True,
+        file_okay=False,
+        help="The folder the agent works in (default: cwd)",
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Model name (default: ORCH_MODEL_NAME)"
+    ),
+    provider: Optional[str] = typer.Option(
+        None,
+        "--provider",
+        help="scripted | openai (default: scripted with --script, else ORCH_MODEL_PROVIDER)",
+    ),
+    script: Optional[Path] = typer.Option(
+        None, "--script", dir_okay=False, help="The scripted model's YAML turns"
+    ),
+    tier: Optional[str] = typer.Option(
+        None, "--tier", help="read-only | read-write | exec: the highest tier the agent gets"
+    ),
+    policy: Optional[Path] = typer.Option(
+        None,
+        "--policy",
+        exists=True,
+        dir_okay=False,
+        help="A policy YAML (docs/security.md) combined with the configured one",
+    ),
+    session: Optional[str] = typer.Option(
+        None, "--session", help="Resume this chat session (its id) from its events"
+    ),
+    allow_destructive: bool = typer.Option(
+        False,
+        "--allow-destructive",
+        help="Let destructive calls run without asking; recorded with your identity",
+    ),
+    keep_worker: bool = typer.Option(False, help="Leave a worker started here running"),
+) -> None:
+    """Talk to the agent in a terminal: each message is a turn of a recorded
+    session (replay, pending and approve work on it). See docs/chat.md."""
+    from orchestrator.agent.chat import Chat, chat_ticket, start_session
+    from orchestrator.agent.providers.factory import api_key
+    from orchestrator.run.runner import Runner
+
+    s = get_settings()
+    key = api_key(s)
+    if session is not None:
+        given = [
+            n
+            for n, v in (
+                ("--model", model),
+                ("--provider", provider),
+                ("--script", script),
+                ("--tier", tier),
+                ("--policy", policy),
+                ("--allow-destructive", allow_destructive or None),
+            )
+            if v is not None
+        ]
+        if given:
+            _fail(
+                f"--session resumes with the session's own model, tier and policy; drop "
+                f"{', '.join(given)}",
+                2,
+            )
+    else:  # bad input fails before anything is opened or recorded
+        spec = _agent_spec(s, provider, model, script)
+        docs = _policies(s, policy, tier)
+    st = open_store(s.effective_store_url, upgrade=s.embedded_store)
+    runner = Runner(st, s.submitter)
+    if session is not None:
+        ticket = _resumable(st, session, chat_ticket)
+    else:
+        from orchestrator.agent.loop import AgentLoop
+        from tasks.agent import provider_for
+
+        loop = AgentLoop(
+            runner,
+            provider_for(s),
+            default_provider=s.model_provider,
+            default_model=s.model_name,
+            secrets=(key,) if key else (),
+            store_content=s.prompt_storage == "masked",
+        )
+        ticket = start_session(
+            st,
+            runner,
+            loop.started,
+            workspace.resolve(),
+            spec,
+            policy_files=docs,
+            tier=tier or s.tier,
+            elevated_by=s.submitter if allow_destructive else None,
+            actor=s.submitter,
+        )
+    from orchestrator.cli.main import ensure_worker  # cli.py registers this module
+
+    proc = ensure_worker(s)
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            importlib.import_module("readline")  # line editing and history for input()
+    try:
+        code = Chat(
+            st,
+            runner,
+            _backend(s, proc),
+            ticket,
+            s.submitter,
+            Console(soft_wrap=True),
+            secrets=(key,) if key else (),
+            store_content=s.prompt_storage == "masked",
+        ).run(resumed=session is not None)
+    finally:
+        if proc is not None and not keep_worker:
+            workers.stop_worker(proc)
+    raise typer.Exit(code)
+
+
+def _resumable(st: SqlEventStore, session_id: str, chat_ticket: Any) -> Any:
+    state = replay(st, session_id)
+    if state.last_seq == 0:
+        _fail(
+            f"no session {session_id} in the event store; the id is printed when a chat "
+            "starts (or see `orchestrator status JOB_ID`)",
+            2,
+        )
+    a = state.session.agent
+    if a is None or a.mode != "chat":
+        _fail(
+            f"session {session_id} is not a chat but a job's session; follow it with "
+            f"`orchestrator status {state.session.job_id}`",
+            2,
+        )
+    return chat_ticket(st, session_id)
+
+
+def _agent_spec(s: Settings, provider: str | None, model: str | None, script: Path | None) -> Any:
+    from orchestrator.agent.chat import CHAT_MAX_TURNS
+    from orchestrator.agent.providers.scripted import load_script
+    from orchestrator.run.jobspec import AgentSpec
+
+    kind = provider or ("scripted" if script is not None else s.model_provider)
+    if kind not in ("scripted", "openai"):
+        _fail(f"--provider {kind!r}: use scripted or openai", 2)
+    turns = None
+    if kind == "scripted":
+        path = script or s.model_script
+        if path is None:
+            _fail(
+                "the scripted model needs its turns: pass --script FILE (a YAML list of "
+                "assistant turns, see docs/chat.md), or use --provider openai",
+                2,
+            )
+        if not path.is_file():
+            _fail(
+                f"--script {path}: no such file; give a YAML list of assistant turns "
+                "(docs/chat.md)",
+                2,
+            )
+        turns = tuple(load_script(path))  # ConfigError (exit 2) says what is wrong
+    elif script is not None:
+        _fail("--script is for the scripted model; drop it, or use --provider scripted", 2)
+    else:
+        _check_endpoint(s.model_base_url or OPENAI_URL)
+    return AgentSpec(
+        instruction="",
+        provider=kind,
+        model=model,
+        turns=turns,  # type: ignore[arg-type]
+        max_turns=CHAT_MAX_TURNS,
+    )
+
+
+def _check_endpoint(url: str) -> None:
+    """A model endpoint nobody listens on fails here, not minutes of retries later."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        _fail(
+            f"the model endpoint {url} is not reachable ({exc.strerror or exc}); start it, "
+            "or set ORCH_MODEL_BASE_URL (e.g. http://127.0.0.1:11434/v1 for Ollama), or "
+            "chat offline with --script FILE",
+            4,
+        )
+
+
+def _policies(s: Settings, policy_file: Path | None, tier: str | None) -> list[Any]:
+    from orchestrator.guard.policy import TIERS, load_policy
+
+    if tier is not None and tier not in TIERS:
+        _fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
+    return [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
+
+
+def _backend(s: Settings, proc: Any) -> Any:
+    from orchestrator.agent.chat import Backend
+    from tasks.app import app as celery_app
+    from tasks.dispatch import agent_link, continue_session, sign_link, signing
+
+    def worker_problem() -> str | None:
+        serving = s.embedded_broker and workers.embedded_worker_pid(s) is not None
+        if proc is not None and proc.poll() is not None and not serving:
+            # (One started here exits at once when another came up first.)
+            return (
+                f"the worker started for this chat exited (code {proc.returncode}); see "
+                f"{workers.logfile(s)}, and start one with `orchestrator worker`"
+            )
+        if proc is None and s.embedded_broker and not serving:
+            return "the worker of this state folder stopped; start one with `orchestrator worker`"
+        return None
+
+    def revoke(task_id: str) -> None:
+        # Remote control needs a broker with broadcast (Redis); the embedded
+        # one has none: there the chat kills the task's process itself (it
+        # does on this host in any case, see Chat.cancel).
+        if not s.embedded_broker:
+            celery_app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+
+    def on_end(ticket: Any) -> None:
+        if signing():
+            sign_link(celery_app, [ticket]).apply_async()
+
+    return Backend(
+        enqueue=lambda t: agent_link(celery_app, t).apply_async(),
+        continue_after=lambda t, start, steps: continue_session(t, start, steps),
+        revoke=revoke,
+        worker_problem=worker_problem,
+        on_end=on_end,
+    )

@@ -1,0 +1,1 @@
+"""Guardrails as pure decisions: the permission policy, shell command analysis, egress, masking."""

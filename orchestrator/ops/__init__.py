@@ -1,0 +1,1 @@
+"""Operations: health, heartbeats, doctor, smoke, metrics, logs, traces and worker processes."""

@@ -1,0 +1,161 @@
+"""Worker heartbeats: how readiness knows a worker is alive and can reach its store.
+
+Each worker publishes a `Beat` every `worker_heartbeat_interval_s`:
+
+- always as a file, `state_dir/heartbeats/<hostname>.json`, so a Kubernetes
+  exec probe or systemd watchdog on the worker's own machine can read it;
+- on a Redis broker, also as a Redis key `orchestrator:heartbeat:<hostname>`
+  that expires after `worker_heartbeat_max_age_s`, so the API on another
+  machine sees every worker.
+
+Celery's own worker heartbeats need an event receiver running for a while
+before they say anything; a file and a key with a TTL answer at once.
+`fresh` is pure; `publish`, `read_all` and `withdraw` are the thin I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config.settings import Settings
+
+__all__ = [
+    "Beat",
+    "publish",
+    "withdraw",
+    "read_all",
+    "read_files",
+    "fresh",
+    "folder",
+    "REDIS_PREFIX",
+]
+
+REDIS_PREFIX = "orchestrator:heartbeat:"
+
+
+@dataclass(frozen=True)
+class Beat:
+    hostname: str  # the Celery worker's node name (worker@host)
+    pid: int
+    at: float  # unix time of the check this beat reports
+    store_ok: bool  # the worker reached its event store at `at`
+    detail: str = ""  # why not, when store_ok or broker_ok is False
+    queues: tuple[str, ...] = ()
+    broker_ok: bool = True  # the worker reached its broker at `at`
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["queues"] = list(self.queues)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Beat:
+        return cls(
+            hostname=str(data["hostname"]),
+            pid=int(data["pid"]),
+            at=float(data["at"]),
+            store_ok=bool(data["store_ok"]),
+            detail=str(data.get("detail", "")),
+            queues=tuple(data.get("queues", ())),
+            broker_ok=bool(data.get("broker_ok", True)),
+        )
+
+
+def fresh(beats: Iterable[Beat], now: float, max_age_s: float) -> list[Beat]:
+    """The beats no older than `max_age_s` at `now` (pure)."""
+    return [b for b in beats if now - b.at <= max_age_s]
+
+
+def folder(settings: Settings) -> Path:
+    return settings.state / "heartbeats"
+
+
+def _file(settings: Settings, hostname: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in hostname)
+    return folder(settings) / f"{safe}.json"
+
+
+def _redis_url(settings: Settings) -> str | None:
+    for url in (settings.broker_url, settings.result_backend):
+        if url and url.startswith(("redis://", "rediss://")):
+            return url
+    return None
+
+
+def _redis(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+
+
+def publish(settings: Settings, beat: Beat) -> None:
+    """Write the beat's file (atomically) and, on Redis, its expiring key.
+    A Redis that is down is not an error here: readiness reports the broker."""
+    body = json.dumps(beat.to_json())
+    path = _file(settings, beat.hostname)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(body)
+    os.replace(tmp, path)
+    url = _redis_url(settings)
+    if url is not None:
+        import redis
+
+        try:
+            client = _redis(url)
+            client.set(
+                REDIS_PREFIX + beat.hostname,
+                body,
+                px=int(settings.worker_heartbeat_max_age_s * 1000),
+            )
+            client.close()
+        except redis.RedisError:
+            pass
+
+
+def withdraw(settings: Settings, hostname: str) -> None:
+    """A stopping worker removes its beat, so readiness flips at once."""
+    _file(settings, hostname).unlink(missing_ok=True)
+    url = _redis_url(settings)
+    if url is not None:
+        import redis
+
+        try:
+            client = _redis(url)
+            client.delete(REDIS_PREFIX + hostname)
+            client.close()
+        except redis.RedisError:
+            pass
+
+
+def read_all(settings: Settings) -> list[Beat]:
+    """Every published beat: the Redis keys on a Redis broker (all machines),
+    else the files in this machine's state folder. Raises redis.RedisError
+    when Redis cannot be read (the caller reports it)."""
+    url = _redis_url(settings)
+    if url is not None:
+        client = _redis(url)
+        try:
+            keys = list(client.scan_iter(match=REDIS_PREFIX + "*", count=500))
+            bodies = client.mget(keys) if keys else []
+        finally:
+            client.close()
+        return [Beat.from_json(json.loads(b)) for b in bodies if b]
+    return read_files(settings)
+
+
+def read_files(settings: Settings) -> list[Beat]:
+    """The beats in this machine's state folder only (an exec probe asks about
+    its own pod or host, without the broker)."""
+    beats = []
+    for path in sorted(folder(settings).glob("*.json")):
+        try:
+            beats.append(Beat.from_json(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError):
+            continue  # a half-written or foreign file is not a heartbeat
+    return beats

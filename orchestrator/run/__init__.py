@@ -1,0 +1,1 @@
+"""Running jobs: specs and steps, submission, the step runner, confirmations, watching a job."""

@@ -1,0 +1,227 @@
+"""The steps of a refactor chain: what a job spec says, and the arguments each
+tool adapter takes. A step is one turn of a recipe session."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class CountRange(BaseModel):
+    """`expect: 3` (exactly), or `expect: {min: 1, max: 40}` (either bound optional)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exact(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"min": value, "max": value}
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CountRange:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+    def contains(self, n: int) -> bool:
+        return (self.min is None or n >= self.min) and (self.max is None or n <= self.max)
+
+    def describe(self) -> str:
+        if self.min == self.max:
+            return f"exactly {self.min}"
+        if self.max is None:
+            return f"at least {self.min}"
+        if self.min is None:
+            return f"at most {self.max}"
+        return f"between {self.min} and {self.max}"
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str | None = None
+    continue_on_error: bool = False
+    timeout_s: float = Field(default=300.0, gt=0, le=86400)
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind  # type: ignore[attr-defined,no-any-return]
+
+    # Whether running the step twice is harmless. A redelivered task re-runs an
+    # interrupted idempotent step; a non-idempotent one is recovered from its
+    # recorded plan (file steps) or surfaced as interrupted (shell).
+    idempotent: bool = False
+
+
+class SearchStep(_Step):
+    kind: Literal["search"] = "search"
+    pattern: str = Field(min_length=1)
+    literal: bool = False
+    ignore_case: bool = False
+    glob: tuple[str, ...] = ()  # include globs relative to the target; empty = all files
+    expect: CountRange | None = None  # fail the step if the match count is outside
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class ReplaceStep(_Step):
+    kind: Literal["replace"] = "replace"
+    pattern: str = Field(min_length=1)
+    replacement: str
+    literal: bool = False
+    ignore_case: bool = False
+    glob: tuple[str, ...] = ()
+    expect: CountRange | None = None  # replacements across all files
+
+
+class WriteStep(_Step):
+    kind: Literal["write"] = "write"
+    path: str = Field(min_length=1)
+    content: str
+    overwrite: bool = True
+
+
+class PatchStep(_Step):
+    kind: Literal["patch"] = "patch"
+    diff: str = Field(min_length=1)  # a unified diff, paths relative to the target (a/ b/ ok)
+
+
+class ReadStep(_Step):
+    """A file's text (capped), for agents and for checking what a policy lets through."""
+
+    kind: Literal["read"] = "read"
+    path: str = Field(min_length=1)
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class ListStep(_Step):
+    """The files under a folder of the target (the policy's denied files left out)."""
+
+    kind: Literal["list"] = "list"
+    path: str = "."
+    glob: tuple[str, ...] = ()
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class DeleteStep(_Step):
+    """Delete one file (destructive: asks unless the session is elevated)."""
+
+    kind: Literal["delete"] = "delete"
+    path: str = Field(min_length=1)
+
+
+class ShellStep(_Step):
+    kind: Literal["shell"] = "shell"
+    # argv list, or a command string split with shlex (no shell is involved).
+    command: tuple[str, ...]
+    cwd: str = "."
+    env: dict[str, str] = {}
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    ok_exit_codes: tuple[int, ...] = (0,)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                parts = shlex.split(value)
+            except ValueError as exc:
+                raise ValueError(f"cannot split command {value!r}: {exc}") from exc
+            if not parts:
+                raise ValueError("command is empty")
+            return tuple(parts)
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _nonempty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("command is empty")
+        return value
+
+
+class FetchStep(_Step):
+    """An HTTP(S) GET under the session's egress rules (docs/network.md): the
+    status, the headers that matter and the body as text (HTML as Markdown)."""
+
+    kind: Literal["fetch"] = "fetch"
+    url: str = Field(min_length=1, max_length=8192)
+    max_bytes: int | None = Field(default=None, gt=0)  # body cap; settings bound it
+    max_redirects: int | None = Field(default=None, ge=0, le=30)
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class WebSearchStep(_Step):
+    """A web search through the configured provider (SearxNG or Brave)."""
+
+    kind: Literal["web_search"] = "web_search"
+    query: str = Field(min_length=1, max_length=2000)
+    limit: int = Field(default=10, ge=1, le=50)
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+
+class BrowserStep(_Step):
+    """A page rendered by Chromium (orchestrator.tools.web.browser): its text, a
+    screenshot kept as an artifact, after a few allowed actions."""
+
+    kind: Literal["browser"] = "browser"
+    url: str = Field(min_length=1, max_length=8192)
+    output: Literal["text", "screenshot"] = "text"
+    actions: tuple[dict[str, Any], ...] = ()
+    selector: str | None = None
+    wait_until: Literal["load", "domcontentloaded", "networkidle"] = "load"
+    full_page: bool = False
+    max_output_bytes: int = Field(default=64 * 1024, gt=0)
+    idempotent: bool = True
+
+    def request_fields(self) -> dict[str, Any]:
+        return self.model_dump(
+            include={
+                "url",
+                "output",
+                "actions",
+                "selector",
+                "wait_until",
+                "full_page",
+                "max_output_bytes",
+            },
+            exclude_none=True,
+        )
+
+    @model_validator(mode="after")
+    def _request_valid(self) -> BrowserStep:
+        try:
+            from orchestrator.tools.web.browser import BrowserRequest
+        except ImportError:
+            return self  # checked when the step runs (the tool says it is missing)
+        BrowserRequest.model_validate(self.request_fields())
+        return self
+
+
+NETWORK_STEPS = (FetchStep, WebSearchStep, BrowserStep)
+
+Step = Annotated[
+    Union[
+        SearchStep,
+        ReplaceStep,
+        WriteStep,
+        PatchStep,
+        ReadStep,
+        ListStep,
+        DeleteStep,
+        ShellStep,
+        FetchStep,
+        WebSearchStep,
+        BrowserStep,
+    ],
+    Field(discriminator="kind"),
+]

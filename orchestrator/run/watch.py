@@ -1,0 +1,101 @@
+"""Following a job as its events land: the view `run` and `status` render."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from events.envelope import Event
+from events.projections import JobState, SessionState, apply_job, apply_session
+from events.replay import replay
+from events.store import SqlEventStore
+from orchestrator.run.runner import job_state
+
+
+@dataclass
+class JobView:
+    job_id: str
+    job: JobState = field(default_factory=JobState)
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    position: int = 0
+
+    def feed(self, e: Event) -> None:
+        if e.stream_id == self.job_id:
+            self.job = apply_job(self.job, e)
+        else:
+            self.sessions[e.stream_id] = apply_session(
+                self.sessions.get(e.stream_id, SessionState()), e
+            )
+        self.position = max(self.position, e.position)
+
+    def poll(self, store: SqlEventStore) -> list[Event]:
+        new = list(store.read_correlation(self.job_id, self.position))
+        for e in new:
+            self.feed(e)
+        return new
+
+    @property
+    def done(self) -> bool:
+        return self.job.status in ("completed", "failed")
+
+    @property
+    def waiting(self) -> list[str]:
+        """Sessions that wait for a confirmation."""
+        return [sid for sid, s in self.sessions.items() if s.waiting and not s.finished]
+
+    @property
+    def settled(self) -> bool:
+        """Done, or every session not finished waits for an operator."""
+        if self.done:
+            return True
+        finished = {sid for sid, _ in self.job.finished}
+        return bool(self.job.sessions) and all(
+            ref.session_id in finished or ref.session_id in self.waiting
+            for ref in self.job.sessions
+        )
+
+
+def final_view(store: SqlEventStore, job_id: str) -> JobView:
+    """The job rebuilt from its streams (not from what a live poll saw)."""
+    view = JobView(job_id, job=job_state(store, job_id))
+    for ref in view.job.sessions:
+        view.sessions[ref.session_id] = replay(store, ref.session_id).session
+    return view
+
+
+def session_summary(view: JobView) -> list[dict[str, object]]:
+    rows = []
+    for ref in view.job.sessions:
+        s = view.sessions.get(ref.session_id, SessionState())
+        done = sum(1 for t in s.turns if t.status == "ok")
+        rows.append(
+            {
+                "session_id": ref.session_id,
+                "target": ref.target,
+                "workspace": s.target,
+                "status": "waiting" if s.waiting and not s.finished else s.status,
+                "waiting": [c.call_id for c in s.waiting],
+                "steps_ok": done,
+                "steps": max(len(s.steps), len(s.turns)),
+                "error": s.error,
+                "files_changed": [c.path for c in s.files_changed],
+                "patch": s.patch,
+                "agent": _agent_summary(s),
+            }
+        )
+    return rows
+
+
+def _agent_summary(s: SessionState) -> dict[str, object] | None:
+    """For an agent session: its model, how many model turns and tool calls it
+    took, and its last message (the summary a job's agent ends with)."""
+    a = s.agent
+    if a is None:
+        return None
+    last = a.last_reply
+    return {
+        "model": a.model,
+        "model_turns": a.model_turns,
+        "tool_calls": sum(1 for e in a.entries for c in e.calls if c.turn),
+        "invalid_calls": a.invalid_calls,
+        "message": last.text if last else None,
+    }

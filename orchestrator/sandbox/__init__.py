@@ -1,0 +1,1 @@
+"""The sandbox every shell command runs in."""
