@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from orchestrator.errors import UserError
 from orchestrator.guard.commands import Analysis, Invocation, analyze, analyze_argv
-from orchestrator.sandbox.runtime import SandboxLimits as Limits  # one definition: the sandbox's
+from orchestrator.sandbox.limits import SandboxLimits as Limits  # one definition: the sandbox's
 from orchestrator.tools.paths import glob_matcher
 
 Tier = Literal["read-only", "read-write", "exec"]

@@ -54,8 +54,6 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from orchestrator.errors import ToolInputError
 
 __all__ = [
@@ -84,6 +82,8 @@ __all__ = [
     "workspace_masks",
     "empty_file",
 ]
+
+from orchestrator.sandbox.limits import SandboxLimits
 
 Mode = Literal["auto", "bwrap", "fallback"]
 SANDBOX_UID = 65534  # nobody / nogroup
@@ -116,30 +116,6 @@ _FORBIDDEN_NAMES = frozenset(
 
 
 # -- inputs -------------------------------------------------------------------------
-
-
-class SandboxLimits(BaseModel):
-    """Per-call limits: the policy's `limits:` (orchestrator.guard.policy.Limits is
-    this model), enforced by the sandbox."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    wall_s: float = Field(default=600.0, gt=0)
-    cpu_s: float = Field(default=600.0, gt=0)
-    memory_mb: int = Field(default=4096, gt=0)
-    processes: int = Field(default=256, gt=0)
-    open_files: int = Field(default=1024, gt=0)
-    file_size_mb: int = Field(default=512, gt=0)
-    output_bytes: int = Field(default=1_000_000, gt=0)
-
-    @classmethod
-    def of(cls, limits: object | None) -> SandboxLimits:
-        """From the policy's limits (or anything with the same fields); None: defaults."""
-        if limits is None:
-            return cls()
-        if isinstance(limits, SandboxLimits):
-            return limits
-        return cls(**{f: getattr(limits, f) for f in cls.model_fields})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,47 @@
+"""Deferred imports: the one place code imports a module on first use.
+
+Two reasons to defer, and no others:
+
+- start-up time: `orchestrator --help` must start as fast as `celery --help`
+  (`bench/cli_startup.py`), so a command module names its heavy dependencies
+  (SQLAlchemy, Alembic, the runner, the payload models) with `module()`; the
+  import happens when an attribute is first read, inside the command that
+  needs it;
+- wiring: a composition root names an implementation that lives above
+  `orchestrator/` (the Celery dispatcher in `tasks/`) with `attr()`, the way
+  `celery -A` names an app, so `orchestrator/` never imports `tasks/`.
+
+Anything else imports at the top of the module, where a reader looks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from types import ModuleType
+from typing import Any
+
+
+def module(name: str) -> ModuleType:
+    """`name`, imported when one of its attributes is first read."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(f"no module named {name!r}", name=name)
+    loader = importlib.util.LazyLoader(spec.loader)
+    spec.loader = loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    loader.exec_module(mod)
+    return mod
+
+
+def attr(ref: str) -> Any:
+    """The object `ref` names, as "package.module:Name" (imported now)."""
+    mod, _, name = ref.partition(":")
+    obj: Any = importlib.import_module(mod)
+    for part in filter(None, name.split(".")):
+        obj = getattr(obj, part)
+    return obj
