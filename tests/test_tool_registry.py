@@ -10,12 +10,16 @@ import pytest
 
 from events.envelope import new_id
 from events.store import open_store
+from orchestrator.config.settings import Settings
 from orchestrator.errors import ToolInputError
+from orchestrator.guard.egress import EgressDenied
+from orchestrator.guard.policy import Network as NetRules
 from orchestrator.run.runner import Runner, Ticket
-from orchestrator.run.steps import ReadStep, Step
+from orchestrator.run.steps import FetchStep, ReadStep, Step
 from orchestrator.tools.base import Plan, ToolResult
 from orchestrator.tools.interface import BaseTool, ToolCall
 from orchestrator.tools.registry import TOOLS, Registry
+from orchestrator.tools.web.steps import Network
 
 
 def test_every_step_kind_has_exactly_one_tool() -> None:
@@ -67,3 +71,17 @@ def test_a_registered_tool_runs_its_kind_and_the_observer_hears_of_it(tmp_path: 
     assert (done.tool, done.output) == ("read", "QUIET")
     assert [name for name, _ in seen.calls] == ["permission", "tool_call"]
     assert seen.calls[1][1][:2] == ("read", "ok")
+
+
+def test_a_circuit_that_opens_is_reported_and_recorded_once(tmp_path: Path) -> None:
+    """The network tools report breaker transitions to their observer and
+    record them on `circuit:<host>`; no metrics module is involved."""
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    seen = Recorder()
+    net = Network(Settings(state_dir=tmp_path / "state", broker_url=""), seen)
+    with pytest.raises(EgressDenied):  # sets where transitions go, sends nothing
+        net.run_step(FetchStep(url="http://127.0.0.1:9/"), NetRules(), store=store, actor="w")
+    net._changed("example.org", "closed", "open", 5, None)
+    [changed] = [e.payload for e in store.read_stream("circuit:example.org")]
+    assert (changed.previous, changed.state, changed.failures) == ("closed", "open", 5)
+    assert seen.calls == [("circuit_changed", ("example.org", "open"))]

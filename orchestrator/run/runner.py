@@ -45,14 +45,13 @@ from orchestrator.run import calls
 from orchestrator.run.calls import Call, PolicyRefused, RateLimitedStep
 from orchestrator.run.steps import Step
 from orchestrator.run.ticket import Ticket
-from orchestrator.tools.base import Interrupted, Plan
+from orchestrator.tools.base import Plan
 from orchestrator.tools.interface import ToolCall, summarize
 from orchestrator.tools.registry import TOOLS, Registry
 
 # Names callers import from here since before the split.
 __all__ = [
     "CANCELLED",
-    "Interrupted",
     "Plan",
     "PolicyRefused",
     "RateLimitedStep",
