@@ -412,6 +412,7 @@ def instrumented(parts: Parts) -> Iterator[None]:
     import orchestrator.run.runner as runner_mod
     from events.store import SqlEventStore
     from orchestrator.agent.providers.scripted import ScriptedProvider
+    from orchestrator.tools.kinds.files import ReadTool
 
     targets = [
         (SqlEventStore, "append", "store: append (one transaction)"),
@@ -421,7 +422,7 @@ def instrumented(parts: Parts) -> Iterator[None]:
         (runner_mod, "job_state", "job report: read + fold the job stream"),
         (agent_mod, "messages", "build the prompt (messages, system template)"),
         (policy_mod, "decide", "policy decision"),
-        (runner_mod, "execute", "tool: read_file (the work)"),
+        (ReadTool, "run", "tool: read_file (the work)"),
         (ScriptedProvider, "complete", "model: ScriptedProvider.complete (the work)"),
     ]
     with contextlib.ExitStack() as stack:

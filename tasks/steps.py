@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 
 from events.store import SqlEventStore
 from orchestrator.config.settings import get_settings
-from orchestrator.ops import logs
+from orchestrator.ops import logs, metrics
 from orchestrator.run.runner import Runner, Ticket, fail_session
 from orchestrator.run.steps import Step
 from tasks.app import app
@@ -34,7 +34,12 @@ def runner() -> Runner:
         settings = get_settings()
         _runner = (
             os.getpid(),
-            Runner(SqlEventStore(settings.effective_store_url), settings.worker_actor),
+            Runner(
+                SqlEventStore(settings.effective_store_url),
+                settings.worker_actor,
+                observer=metrics.OBSERVER,
+                settings=settings,
+            ),
         )
     return _runner[1]
 

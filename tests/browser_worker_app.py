@@ -22,8 +22,9 @@ app.conf.update(
 @app.task(name="browser_test.hold")
 def hold(url: str, seconds: float, browsers: int) -> list[str]:
     """Open `url` in `browsers` pooled browsers at once and keep them open."""
+    from orchestrator.config.settings import get_settings
     from orchestrator.guard.policy import Network
-    from orchestrator.tools.web.browser_pool import get_pool
+    from orchestrator.tools.web.browser_pool import PoolConfig, get_pool
 
     net = Network(enabled=True, allow_private=("127.0.0.1",))
 
@@ -35,7 +36,11 @@ def hold(url: str, seconds: float, browsers: int) -> list[str]:
     out: list[str] = []
     threads = [
         threading.Thread(
-            target=lambda: out.append(get_pool().run(keep, net=net, timeout_s=seconds + 30))
+            target=lambda: out.append(
+                get_pool(PoolConfig.from_settings(get_settings())).run(
+                    keep, net=net, timeout_s=seconds + 30
+                )
+            )
         )
         for _ in range(browsers)
     ]

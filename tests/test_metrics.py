@@ -33,7 +33,7 @@ def exposition_of(env: dict[str, str]) -> tuple[str, str]:
     """`metrics.exposition()` in a process of its own, as the API or the
     worker's probe would call it."""
     code = (
-        "import sys; from orchestrator import metrics; body, ctype = metrics.exposition(); "
+        "import sys; from orchestrator.ops import metrics; body, ctype = metrics.exposition(); "
         "sys.stdout.write(ctype + '\\n' + body.decode())"
     )
     result = subprocess.run(
@@ -106,7 +106,7 @@ def test_the_stdout_reporter_writes_totals_as_json_lines():
 
 def test_the_stdout_reporter_configured_by_settings_prints_when_the_process_ends(tmp_path):
     code = (
-        "from orchestrator import metrics; from orchestrator.config.settings import get_settings; "
+        "from orchestrator.ops import metrics; from orchestrator.config.settings import get_settings; "
         "metrics.setup(get_settings()); metrics.tool_call('shell', 'error', 1.5); "
         "metrics.quota_denied('shell', 'quota:tool_calls')"
     )

@@ -22,7 +22,7 @@ from events.projections import Projections
 from orchestrator.agent import core as agent
 from orchestrator.agent.providers.base import ModelError, ModelRequest, Provider
 from orchestrator.guard.masking import mask
-from orchestrator.ops import logs, metrics, tracing
+from orchestrator.ops import logs, tracing
 from orchestrator.run.jobspec import AgentSpec
 from orchestrator.run.runner import Runner, Ticket
 
@@ -173,7 +173,7 @@ class AgentLoop:
                         }
                     )
         except ModelError as exc:
-            metrics.model_call(a.model, "error", time.monotonic() - started)
+            self.runner.observer.model_call(a.model, "error", time.monotonic() - started)
             _log.warning(
                 "model call failed",
                 model=a.model,
@@ -186,10 +186,10 @@ class AgentLoop:
             self.fail_model(ticket, n, exc, cause)
             return
         latency = time.monotonic() - started
-        metrics.model_call(a.model, "ok", latency)
-        metrics.model_tokens(a.model, "input", reply.usage.input_tokens)
-        metrics.model_tokens(a.model, "output", reply.usage.output_tokens)
-        metrics.model_tokens(a.model, "cached", reply.usage.cached_tokens or 0)
+        self.runner.observer.model_call(a.model, "ok", latency)
+        self.runner.observer.model_tokens(a.model, "input", reply.usage.input_tokens)
+        self.runner.observer.model_tokens(a.model, "output", reply.usage.output_tokens)
+        self.runner.observer.model_tokens(a.model, "cached", reply.usage.cached_tokens or 0)
         _log.info(
             "model call",
             model=a.model,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -37,6 +38,10 @@ from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
 import orjson
+
+from orchestrator import lazy
+from orchestrator.config.settings import get_settings
+from orchestrator.ops.logs import get_logger
 
 __all__ = [
     "METRICS",
@@ -246,6 +251,38 @@ def browser_pool(state: str, n: int) -> None:
         _record("orch_browser_pool", (state,), n)
 
 
+class MetricsObserver:
+    """The `Observer` (orchestrator.ops.observer) that records into this
+    process's reporters: what composition roots pass to the runner, the
+    agent loop and the web tools."""
+
+    def tool_call(self, tool: str, outcome: str, seconds: float, error: str | None = None) -> None:
+        tool_call(tool, outcome, seconds)
+        if error is not None:
+            tool_error(tool, error)
+
+    def permission(self, decision: str, rule: str) -> None:
+        permission(decision, rule)
+
+    def quota_denied(self, tool: str, rule: str) -> None:
+        quota_denied(tool, rule)
+
+    def model_call(self, model: str, outcome: str, seconds: float) -> None:
+        model_call(model, outcome, seconds)
+
+    def model_tokens(self, model: str, direction: str, n: int) -> None:
+        model_tokens(model, direction, n)
+
+    def circuit_changed(self, host: str, state: str) -> None:
+        circuit_changed(host, state)
+
+    def browser_pool(self, state: str, n: int) -> None:
+        browser_pool(state, n)
+
+
+OBSERVER = MetricsObserver()
+
+
 # -- set up --------------------------------------------------------------------------
 
 
@@ -264,8 +301,7 @@ def setup(settings: Any, *, stream: IO[str] | None = None) -> None:
         elif kind == "stdout":
             made.append(StdoutReporter(settings.metrics_interval_s, stream))
     _reporters, _pid = tuple(made), os.getpid()
-    from events import store
-
+    store = lazy.module("events.store")  # SQLAlchemy: not for a CLI that only asks --help
     if made and _on_append not in store.APPEND_HOOKS:
         store.APPEND_HOOKS.append(_on_append)
 
@@ -310,9 +346,7 @@ def mark_dead(pid: int) -> None:
     """A prefork child ended: its live gauges stop counting."""
     path = _multiproc_dir()
     if path and "prometheus_client" in sys.modules:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid, path)
+        lazy.module("prometheus_client.multiprocess").mark_process_dead(pid, path)
 
 
 def _multiproc_dir() -> str | None:
@@ -329,20 +363,17 @@ def exposition() -> tuple[bytes, str]:
     """The Prometheus text of this process's metrics, or, in multiprocess mode,
     of every process writing PROMETHEUS_MULTIPROC_DIR; plus the scrape-time
     gauges. (body, content type) for GET /metrics and the worker's probe."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-
-    registry = CollectorRegistry(auto_describe=False)
+    pc = lazy.module("prometheus_client")  # after PROMETHEUS_MULTIPROC_DIR is set
+    registry = pc.CollectorRegistry(auto_describe=False)
     path = _multiproc_dir()
     if path:
-        from prometheus_client import multiprocess
-
-        multiprocess.MultiProcessCollector(registry, path=path)
+        lazy.module("prometheus_client.multiprocess").MultiProcessCollector(registry, path=path)
     else:
         own = next((r for r in _reporters if isinstance(r, PrometheusReporter)), None)
         if own is not None:
             registry.register(_Forward(own.registry))
     registry.register(_Scraped())
-    return generate_latest(registry), CONTENT_TYPE_LATEST
+    return pc.generate_latest(registry), pc.CONTENT_TYPE_LATEST
 
 
 class _Forward:
@@ -358,10 +389,7 @@ class _Scraped:
     broker that cannot be read leaves its gauge out (the scrape still works)."""
 
     def collect(self) -> Any:
-        from prometheus_client.core import GaugeMetricFamily
-
-        from orchestrator.config.settings import get_settings
-
+        GaugeMetricFamily = lazy.module("prometheus_client.core").GaugeMetricFamily  # noqa: N806
         settings = get_settings()
         m = SCRAPED["orch_confirmations_waiting"]
         waiting = _try(lambda: confirmations_waiting(settings))
@@ -380,8 +408,6 @@ def _try(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except Exception as exc:
-        from orchestrator.ops.logs import get_logger
-
         get_logger(__name__).debug("scrape-time metric unavailable", error=str(exc))
         return None
 
@@ -392,15 +418,14 @@ _store: tuple[str, Any] | None = None
 def confirmations_waiting(settings: Any) -> int | None:
     """Unanswered ConfirmationRequested events (the confirmation-type index)."""
     global _store
-    from events.store import SqlEventStore
-    from orchestrator.run.confirmations import CONFIRMATION_TYPES, unanswered
-
+    confirmations = lazy.module("orchestrator.run.confirmations")
     url = settings.effective_store_url
     if settings.embedded_store and not (settings.state / "events.sqlite").exists():
         return 0
     if _store is None or _store[0] != url:
-        _store = (url, SqlEventStore(url))
-    return len(unanswered(_store[1].read_types(CONFIRMATION_TYPES)))
+        _store = (url, lazy.module("events.store").SqlEventStore(url))
+    found = _store[1].read_types(confirmations.CONFIRMATION_TYPES)
+    return len(confirmations.unanswered(found))
 
 
 def queue_depths(settings: Any) -> dict[str, int]:
@@ -408,16 +433,12 @@ def queue_depths(settings: Any) -> dict[str, int]:
     rows of kombu's message table on the embedded broker."""
     url = settings.effective_broker_url
     if url.startswith(("redis://", "rediss://")):
-        import redis
-
-        client = redis.Redis.from_url(url, socket_timeout=2)
+        client = lazy.module("redis").Redis.from_url(url, socket_timeout=2)
         try:
             return {q: int(client.llen(q)) for q in QUEUES}
         finally:
             client.close()
     if settings.embedded_broker:
-        import sqlite3
-
         db = settings.state / "broker.sqlite"
         if not db.exists():
             return {q: 0 for q in QUEUES}
@@ -445,8 +466,7 @@ class PrometheusReporter:
     PROMETHEUS_MULTIPROC_DIR was set before the first import)."""
 
     def __init__(self) -> None:
-        import prometheus_client as pc
-
+        pc = lazy.module("prometheus_client")  # after PROMETHEUS_MULTIPROC_DIR is set
         self.registry = pc.CollectorRegistry(auto_describe=True)
         self._m: dict[str, Any] = {}
         for m in METRICS.values():
@@ -481,19 +501,18 @@ class OtlpReporter:
     """OpenTelemetry SDK instruments pushed to `otlp_endpoint` every interval."""
 
     def __init__(self, settings: Any) -> None:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import Resource
-
+        exporter = lazy.module("opentelemetry.exporter.otlp.proto.http.metric_exporter")
+        sdk = lazy.module("opentelemetry.sdk.metrics")
+        export = lazy.module("opentelemetry.sdk.metrics.export")
+        resources = lazy.module("opentelemetry.sdk.resources")
         endpoint = (settings.otlp_endpoint or "http://127.0.0.1:4318").rstrip("/")
-        reader = PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"),
+        reader = export.PeriodicExportingMetricReader(
+            exporter.OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"),
             export_interval_millis=settings.metrics_interval_s * 1000,
         )
-        self.provider = MeterProvider(
+        self.provider = sdk.MeterProvider(
             metric_readers=[reader],
-            resource=Resource.create(
+            resource=resources.Resource.create(
                 {"service.name": settings.otel_service_name, "process.pid": os.getpid()}
             ),
         )

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict
 
 from events import payloads as p
 from events.envelope import Event, NewEvent, utcnow
@@ -39,42 +38,30 @@ from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
 from events.store import SqlEventStore
 from orchestrator.errors import ToolError
 from orchestrator.guard import policy
-from orchestrator.ops import logs, metrics, tracing
-from orchestrator.run.steps import (
-    NETWORK_STEPS,
-    DeleteStep,
-    ListStep,
-    PatchStep,
-    ReadStep,
-    ReplaceStep,
-    SearchStep,
-    ShellStep,
-    Step,
-    WriteStep,
-)
-from orchestrator.tools import files, replace, search, shell
-from orchestrator.tools.base import FileEdit, ToolResult, content_hash
-from orchestrator.tools.jail import real_paths
+from orchestrator.guard.policy import Policy, Verdict
+from orchestrator.ops import logs, tracing
+from orchestrator.ops.observer import NO_OBSERVER, Observer
+from orchestrator.run import calls
+from orchestrator.run.calls import Call, PolicyRefused, RateLimitedStep
+from orchestrator.run.steps import Step
+from orchestrator.run.ticket import Ticket
+from orchestrator.tools.base import Plan
+from orchestrator.tools.interface import ToolCall, summarize
+from orchestrator.tools.registry import TOOLS, Registry
 
-
-def _retry_events(call_id: str, result: Any) -> list[Any]:
-    """ToolCallRetried for every retry a network call made (none for others)."""
-    return [
-        p.ToolCallRetried(
-            call_id=call_id, attempt=r.attempt, reason=r.reason, delay_s=r.delay_s, host=r.host
-        )
-        for r in getattr(result, "retries", ())
-    ]
-
-
-def _masked(text: str) -> str:
-    """Tool output and error text as it may enter an event: every secret this
-    process knows (orchestrator.config.secrets) and every credential shape masked."""
-    from orchestrator.config.secrets import known_values
-    from orchestrator.guard.masking import mask
-
-    return mask(text, known_values()) if text else text
-
+# Names callers import from here since before the split.
+__all__ = [
+    "CANCELLED",
+    "Plan",
+    "PolicyRefused",
+    "RateLimitedStep",
+    "Runner",
+    "Ticket",
+    "fail_session",
+    "job_state",
+    "plan",
+    "summarize",
+]
 
 CONFLICT_RETRIES = 20
 _log = logs.get_logger(__name__)
@@ -82,71 +69,26 @@ CANCELLED = "JobCancelled"  # the error of a session its job's cancellation ende
 MEMO_SESSIONS = 1024  # folds kept per runner (one per worker process)
 
 
-class Ticket(BaseModel):
-    """What a step task needs to start its session (sent in the task message)."""
-
-    model_config = ConfigDict(frozen=True)
-    job_id: str
-    session_id: str
-    target: str  # display name
-    path: str | None  # absolute workspace path, None when it did not resolve
-    error: str | None = None  # why the target cannot run
-    steps: tuple[str, ...]
-    sessions_total: int = 0  # sessions in the job: the one that finishes last completes it
-    # The session's policy (a PolicyDoc as JSON data, already combined from the
-    # job spec, `--policy` and configuration), the caller's tier, and who
-    # elevated the session. Recorded as PolicyAttached when the session starts;
-    # later steps decide from that event, not from this message.
-    policy: dict[str, Any] | None = None
-    tier: str | None = None
-    elevated_by: str | None = None
-    # The job's `agent:` block (jobspec.AgentSpec as JSON data, its script
-    # read into `turns`): the agent works on the target after the steps.
-    agent: dict[str, Any] | None = None
-
-
-class Interrupted(ToolError):
-    """The worker died while an effectful call was running."""
-
-
-class RateLimitedStep(ToolError):
-    """A rate limit says not yet: the task retries after `retry_after_s`."""
-
-    transient = True
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class PolicyRefused(ToolError):
-    """The policy denied the call, or an operator denied its confirmation:
-    nothing ran."""
-
-    exit_code = 3
-
-    @classmethod
-    def of(cls, verdict: policy.Verdict) -> PolicyRefused:
-        return cls(
-            f"denied by rule {verdict.rule_id}: {verdict.reason}. Nothing ran; "
-            "change the step, or the policy if it should be allowed"
-        )
-
-
 @dataclass
 class Runner:
     store: SqlEventStore
     actor: str
-    policy: policy.Policy = policy.DEFAULT_POLICY
+    policy: Policy = policy.DEFAULT_POLICY
+    # Keyword-only, so `Runner(store, actor[, policy])` keeps working: what
+    # the runner reports to (a composition root passes the metrics), which
+    # tool runs which step kind, and the settings values the tools need.
+    observer: Observer = field(default=NO_OBSERVER, kw_only=True)
+    tools: Registry = field(default=TOOLS, kw_only=True)
+    settings: Any = field(default=None, kw_only=True)  # what the network tools read
 
     # -- helpers -----------------------------------------------------------
 
     _memo: OrderedDict[str, Projections] = field(
         default_factory=OrderedDict, init=False, repr=False
     )
-    _policies: dict[str, policy.Policy] = field(default_factory=dict, init=False, repr=False)
+    _policies: dict[str, Policy] = field(default_factory=dict, init=False, repr=False)
 
-    def policy_of(self, s: SessionState) -> policy.Policy:
+    def policy_of(self, s: SessionState) -> Policy:
         """The policy recorded for the session (PolicyAttached); sessions
         recorded before policies were attached fall back to the runner's."""
         if s.policy is None:
@@ -158,7 +100,7 @@ class Runner:
             )
         return found
 
-    def _policy_doc(self, doc: dict[str, Any] | None, job_id: str) -> policy.Policy:
+    def _policy_doc(self, doc: dict[str, Any] | None, job_id: str) -> Policy:
         """A ticket's policy, parsed once per job (every session carries it)."""
         if doc is None:
             return self.policy
@@ -320,11 +262,8 @@ class Runner:
         cause = f"task:{task_id}" if task_id else None
         state = self.load(sid)
 
-        def advance(appended: list[Event]) -> Projections:
-            return self.absorb(sid, state, appended)
-
         if state.session.status == "new":
-            state = advance(self._start(ticket, state, cause))
+            state = self.absorb(sid, state, self._start(ticket, state, cause))
         state = self.stop_if_cancelled(ticket, state, cause)
         s = state.session
         if s.finished:
@@ -339,35 +278,17 @@ class Runner:
             # continuation goes on from there. (This chain's later links may
             # run after the answer but before the continuation.)
             return "waiting"
-        call_id = f"{sid}/{turn}"
-        logs.bind(job_id=ticket.job_id, session_id=sid, turn_id=turn, tool_call_id=call_id)
-        call = s.call(call_id)
-        workspace = Path(s.target)
-        planned: Plan | None = None
-        if call is None:
-            planned, appended, fresh = self._phase1(
-                ticket, state, turn, call_id, step, workspace, last, cause
-            )
-            if not fresh:
-                planned = None  # another delivery's plan is the one recorded: resume it
-            state = advance(appended)
-            call = state.session.call(call_id)
-        if call is not None and call.status == "asked":
-            answered = self._answered(ticket, state, turn, call_id, step, workspace, last, cause)
-            if answered is None:
-                return "waiting"
-            planned, appended, fresh = answered
-            if not fresh:
-                planned = None
-            state = advance(appended)
-            call = state.session.call(call_id)
-        if call is not None and call.status == "started":
-            state = advance(
-                self._phase2(ticket, state, turn, call_id, step, workspace, last, cause, planned)
-            )
+        call = Call(ticket, turn, step, self.tools[step.kind], Path(s.target), last, cause)
+        logs.bind(job_id=ticket.job_id, session_id=sid, turn_id=turn, tool_call_id=call.call_id)
+        called = self._run_call(call, state)
+        if called is None:
+            return "waiting"
+        state = called
         s = state.session
         if not s.finished and last:
-            state = advance(
+            state = self.absorb(
+                sid,
+                state,
                 self._append(
                     sid,
                     [p.SessionCompleted(files_changed=len(s.files_changed))],
@@ -375,12 +296,37 @@ class Runner:
                     "session:completed",
                     ticket.job_id,
                     cause,
-                )
+                ),
             )
             s = state.session
         if s.finished:
             self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
         return s.status
+
+    def _run_call(self, call: Call, state: Projections) -> Projections | None:
+        """The call's phases from wherever the session's record says it is:
+        requested and decided, answered, run. None while it waits for an answer."""
+        sid = call.ticket.session_id
+        recorded = state.session.call(call.call_id)
+        planned: Plan | None = None
+        if recorded is None:
+            planned, appended, fresh = self._phase1(call, state)
+            if not fresh:
+                planned = None  # another delivery's plan is the one recorded: resume it
+            state = self.absorb(sid, state, appended)
+            recorded = state.session.call(call.call_id)
+        if recorded is not None and recorded.status == "asked":
+            answered = self._answered(call, state)
+            if answered is None:
+                return None
+            planned, appended, fresh = answered
+            if not fresh:
+                planned = None
+            state = self.absorb(sid, state, appended)
+            recorded = state.session.call(call.call_id)
+        if recorded is not None and recorded.status == "started":
+            state = self.absorb(sid, state, self._phase2(call, state, planned))
+        return state
 
     def _start(self, ticket: Ticket, state: Projections, cause: str | None) -> list[Event]:
         workspace = ticket.path or ticket.target
@@ -411,146 +357,93 @@ class Runner:
             ticket.session_id, events, state.last_seq, "session:started", ticket.job_id, cause
         )
 
-    def _phase1(
-        self,
-        ticket: Ticket,
-        state: Projections,
-        turn: int,
-        call_id: str,
-        step: Step,
-        workspace: Path,
-        last: bool,
-        cause: str | None,
-    ) -> tuple[Plan | None, list[Event], bool]:
+    def _phase1(self, call: Call, state: Projections) -> tuple[Plan | None, list[Event], bool]:
         """TurnStarted ... ToolCallStarted and the planned FileChanged events. A
         call with nothing to protect (a read-only tool, or a file step whose
         plan changes no file) also runs here and its outcome joins the same
         append: one transaction for the whole step, nothing half done to
         recover if the worker dies (the redelivery just runs it again)."""
-        args = summarize(step)
+        args = call.tool.request(call.step)
         s = state.session
         pol = self.policy_of(s)
-        hidden = self.hidden(s)
         started = time.monotonic()
-        # File steps are planned first (reads only), so the decision sees every
+        # Steps are planned first (reads only), so the decision sees every
         # path they would write.
         planned: Plan | None = None
         plan_error: ToolError | None = None
-        if isinstance(step, (ReplaceStep, WriteStep, PatchStep, DeleteStep)):
-            try:
-                planned = plan(workspace, step, hidden)
-            except ToolError as exc:
-                plan_error = exc
+        try:
+            planned = call.tool.plan(call.workspace, call.step, self.hidden(s))
+        except ToolError as exc:
+            plan_error = exc
+        verdict = self._decide(call, state, pol, args, planned)
+        events = calls.requested(call, args, verdict, pol.hash)
+        if verdict.decision == "ask":
+            # Nothing runs: the session waits for an operator's answer
+            # (`orchestrator approve|deny`), which enqueues the continuation.
+            events.append(calls.asked(call, verdict))
+            planned = None
+        elif verdict.decision != "allow":
+            events += calls.refused(call, s, verdict)
+            planned = None
+        else:
+            planned, begun = self._begin(call, s, planned, plan_error, started)
+            events += begun
+        return (planned, *self._append_call(call, state, "start", events))
+
+    def _decide(
+        self,
+        call: Call,
+        state: Projections,
+        pol: Policy,
+        args: dict[str, Any],
+        planned: Plan | None,
+    ) -> Verdict:
+        """The policy's verdict on the call; a rate limit's "not yet" is
+        recorded (RateLimited) and raised for the task to retry later."""
+        s = state.session
         verdict = policy.decide(
-            step.kind,
+            call.kind,
             args,
             pol,
             tier=s.tier,
             elevated=s.elevated_by is not None,
-            usage=usage_of(state),
+            usage=calls.usage_of(state),
             now=utcnow(),
-            extra_paths=_touched(workspace, step, planned),
+            extra_paths=calls.touched(call.tool, call.workspace, call.step, planned),
         )
-        metrics.permission(verdict.decision, verdict.rule_id)
+        self.observer.permission(verdict.decision, verdict.rule_id)
         if verdict.rule_id.startswith(("rate:", "quota:")) and verdict.decision != "allow":
-            metrics.quota_denied(step.kind, verdict.rule_id)
+            self.observer.quota_denied(call.kind, verdict.rule_id)
         if verdict.rule_id.startswith("rate:"):
+            limited = p.RateLimited(
+                call_id=call.call_id,
+                tool=call.kind,
+                rate=pol.doc.rate_limits.get(call.kind, ""),
+                retry_after_s=verdict.retry_after_s or 0.0,
+            )
             self._append(
-                ticket.session_id,
-                [
-                    p.RateLimited(
-                        call_id=call_id,
-                        tool=step.kind,
-                        rate=pol.doc.rate_limits.get(step.kind, ""),
-                        retry_after_s=verdict.retry_after_s or 0.0,
-                    )
-                ],
-                None,
-                None,
-                ticket.job_id,
-                cause,
+                call.ticket.session_id, [limited], None, None, call.ticket.job_id, call.cause
             )
             raise RateLimitedStep(verdict.reason, verdict.retry_after_s or 1.0)
-        events: list[Any] = [
-            p.TurnStarted(turn=turn, name=step.label, kind=step.kind),
-            p.ToolCallRequested(call_id=call_id, turn=turn, tool=step.kind, args=args),
-            p.PermissionDecided(
-                call_id=call_id,
-                decision=verdict.decision,  # type: ignore[arg-type]
-                rule_id=verdict.rule_id,
-                policy_hash=pol.hash,
-                reason=verdict.reason,
-            ),
-        ]
-        if verdict.decision == "ask":
-            # Nothing runs: the session waits for an operator's answer
-            # (`orchestrator approve|deny`), which enqueues the continuation.
-            events.append(
-                p.ConfirmationRequested(
-                    call_id=call_id,
-                    turn=turn,
-                    tool=step.kind,
-                    rule_id=verdict.rule_id,
-                    reason=verdict.reason,
-                )
-            )
-            return (
-                None,
-                *self._append_fresh(
-                    ticket.session_id,
-                    events,
-                    state.last_seq,
-                    f"step:{turn}:start",
-                    ticket.job_id,
-                    cause,
-                ),
-            )
-        if verdict.decision != "allow":
-            # No ToolCallFailed: the call never started, so it costs no quota;
-            # the ledger and the session's error say why.
-            if verdict.rule_id.startswith("quota:"):
-                events.append(
-                    p.QuotaExceeded(
-                        call_id=call_id,
-                        tool=step.kind,
-                        rule_id=verdict.rule_id,
-                        detail=verdict.reason,
-                    )
-                )
-            refused = PolicyRefused.of(verdict)
-            events += self._failure(state.session, turn, call_id, step, refused, 0.0, last)[1:]
-            return (
-                None,
-                *self._append_fresh(
-                    ticket.session_id,
-                    events,
-                    state.last_seq,
-                    f"step:{turn}:start",
-                    ticket.job_id,
-                    cause,
-                ),
-            )
-        planned, begun = self._begin(
-            s, turn, call_id, step, workspace, last, planned, plan_error, started
-        )
-        appended, fresh = self._append_fresh(
-            ticket.session_id,
-            events + begun,
+        return verdict
+
+    def _append_call(
+        self, call: Call, state: Projections, phase: str, events: list[Any]
+    ) -> tuple[list[Event], bool]:
+        """The call's events of `phase`, appended after `state` under its key."""
+        return self._append_fresh(
+            call.ticket.session_id,
+            events,
             state.last_seq,
-            f"step:{turn}:start",
-            ticket.job_id,
-            cause,
+            call.key(phase),
+            call.ticket.job_id,
+            call.cause,
         )
-        return planned, appended, fresh
 
     def _begin(
         self,
+        call: Call,
         s: SessionState,
-        turn: int,
-        call_id: str,
-        step: Step,
-        workspace: Path,
-        last: bool,
         planned: Plan | None,
         plan_error: ToolError | None,
         started: float,
@@ -561,182 +454,69 @@ class Runner:
             if plan_error is not None:
                 raise plan_error
             if planned is None:
-                planned = plan(workspace, step, self.hidden(s))
+                planned = call.tool.plan(call.workspace, call.step, self.hidden(s))
         except ToolError as exc:
-            _observed(step.kind, "failed", time.monotonic() - started, exc.error)
-            return None, self._failure(
-                s, turn, call_id, step, exc, time.monotonic() - started, last
-            )
-        events: list[Any] = [
-            p.ToolCallStarted(
-                call_id=call_id, planned_count=planned.count, trace_id=tracing.current_trace_id()
-            )
-        ]
-        events += [
-            p.FileChanged(
-                call_id=call_id,
-                path=e.path,
-                before_hash=e.before_hash,
-                after_hash=e.after_hash,
-                diff=_diff(e),
-            )
-            for e in planned.edits
-        ]
-        if effect_free(step, planned):
-            events += self._outcome(s, turn, call_id, step, workspace, last, planned)
+            self._observed(call.kind, "failed", time.monotonic() - started, exc.error)
+            return None, calls.failed(call, s, exc, time.monotonic() - started)
+        events = calls.started(call, planned)
+        if call.tool.effect_free(call.step, planned):
+            events += self._outcome(call, s, planned)
         return planned, events
 
     def _answered(
-        self,
-        ticket: Ticket,
-        state: Projections,
-        turn: int,
-        call_id: str,
-        step: Step,
-        workspace: Path,
-        last: bool,
-        cause: str | None,
+        self, call: Call, state: Projections
     ) -> tuple[Plan | None, list[Event], bool] | None:
         """A call that asked: None while nobody answered; else the events of
         the answer (a grant starts exactly this call, a denial fails the step)."""
         s = state.session
-        answer = s.confirmation(call_id)
+        answer = s.confirmation(call.call_id)
         if answer is None or answer.status == "pending":
             return None
-        key = f"step:{turn}:answered"
+        planned: Plan | None = None
         if answer.status == "denied":
-            refused = PolicyRefused(
-                f"denied by {answer.by}"
-                + (f" ({answer.answer})" if answer.answer else "")
-                + f" when asked under rule "
-                f"{answer.rule_id}: {answer.reason}. Nothing ran"
-            )
-            events = self._failure(s, turn, call_id, step, refused, 0.0, last)[1:]
-            return (
-                None,
-                *self._append_fresh(
-                    ticket.session_id, events, state.last_seq, key, ticket.job_id, cause
-                ),
-            )
-        planned, events = self._begin(
-            s, turn, call_id, step, workspace, last, None, None, time.monotonic()
-        )
-        return (
-            planned,
-            *self._append_fresh(
-                ticket.session_id, events, state.last_seq, key, ticket.job_id, cause
-            ),
-        )
+            events = calls.failed(call, s, calls.answer_refused(answer), 0.0)[1:]
+        else:
+            planned, events = self._begin(call, s, None, None, time.monotonic())
+        return (planned, *self._append_call(call, state, "answered", events))
 
-    def _phase2(
-        self,
-        ticket: Ticket,
-        state: Projections,
-        turn: int,
-        call_id: str,
-        step: Step,
-        workspace: Path,
-        last: bool,
-        cause: str | None,
-        planned: Plan | None,
-    ) -> list[Event]:
-        events = self._outcome(state.session, turn, call_id, step, workspace, last, planned)
-        return self._append(
-            ticket.session_id, events, state.last_seq, f"step:{turn}:end", ticket.job_id, cause
-        )
+    def _phase2(self, call: Call, state: Projections, planned: Plan | None) -> list[Event]:
+        events = self._outcome(call, state.session, planned)
+        return self._append_call(call, state, "end", events)[0]
 
-    def _outcome(
-        self,
-        s: SessionState,
-        turn: int,
-        call_id: str,
-        step: Step,
-        workspace: Path,
-        last: bool,
-        planned: Plan | None,
-    ) -> list[Any]:
+    def _outcome(self, call: Call, s: SessionState, planned: Plan | None) -> list[Any]:
         """Run the started call: ToolCallCompleted or ToolCallFailed, TurnCompleted,
         and on the last step the session's end (same transaction)."""
         started = time.monotonic()
         try:
             with tracing.span(
-                f"tool {step.kind}",
-                **{"orchestrator.tool": step.kind, "orchestrator.tool_call_id": call_id},
+                f"tool {call.kind}",
+                **{"orchestrator.tool": call.kind, "orchestrator.tool_call_id": call.call_id},
             ):
-                result = execute(
-                    workspace,
-                    step,
-                    s,
-                    call_id,
-                    planned,
-                    self.hidden(s),
-                    self.policy_of(s),
-                    store=self.store,
-                    actor=self.actor,
-                )
+                result = call.tool.run(self._tool_call(call, s), call.step, planned)
         except ToolError as exc:
-            _observed(step.kind, "failed", time.monotonic() - started, exc.error)
-            return self._failure(s, turn, call_id, step, exc, time.monotonic() - started, last)
-        _observed(step.kind, "ok" if result.exit_code == 0 else "error", time.monotonic() - started)
-        events: list[Any] = [
-            *_retry_events(call_id, result),
-            p.ToolCallCompleted(
-                call_id=call_id,
-                tool=step.kind,
-                exit_code=result.exit_code,
-                duration_s=round(result.duration_s or time.monotonic() - started, 6),
-                cpu_s=round(result.cpu_s, 6),
-                output=_masked(result.output),
-                output_bytes=result.output_bytes,
-                output_digest=_digest(_masked(result.output)),
-                bytes_written=_written(result),
-                count=result.count,
-            ),
-            p.TurnCompleted(turn=turn, status="ok"),
-        ]
-        if last:
-            # What the fold of ToolCallCompleted will make of files_changed.
-            mine = {c.path for c in s.pending if c.call_id == call_id}
-            if planned is not None:
-                mine |= {e.path for e in planned.edits}
-            events.append(p.SessionCompleted(files_changed=len(s.changed_paths | mine)))
-        return events
+            self._observed(call.kind, "failed", time.monotonic() - started, exc.error)
+            return calls.failed(call, s, exc, time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        self._observed(call.kind, "ok" if result.exit_code == 0 else "error", elapsed)
+        return calls.completed(call, s, planned, result, time.monotonic() - started)
 
-    def _failure(
-        self,
-        s: SessionState,
-        turn: int,
-        call_id: str,
-        step: Step,
-        exc: ToolError,
-        elapsed: float,
-        last: bool,
-    ) -> list[Any]:
-        result: ToolResult | None = getattr(exc, "result", None)
-        events: list[Any] = [
-            *_retry_events(call_id, result),
-            p.ToolCallFailed(
-                call_id=call_id,
-                tool=step.kind,
-                error=exc.error,
-                message=_masked(str(exc)),
-                duration_s=round(result.duration_s if result else elapsed, 6),
-                cpu_s=round(result.cpu_s, 6) if result else 0.0,
-                output=_masked(result.output) if result else "",
-                output_bytes=result.output_bytes if result else 0,
-                retryable=exc.transient,
-            ),
-            p.TurnCompleted(turn=turn, status="failed"),
-        ]
-        if not step.continue_on_error:
-            events.append(
-                p.SessionFailed(
-                    error=exc.error, message=_masked(f"step {turn} ({step.label}) failed: {exc}")
-                )
-            )
-        elif last:
-            events.append(p.SessionCompleted(files_changed=len(s.files_changed)))
-        return events
+    def _tool_call(self, call: Call, s: SessionState) -> ToolCall:
+        return ToolCall(
+            workspace=call.workspace,
+            call_id=call.call_id,
+            session=s,
+            policy=self.policy_of(s),
+            hidden=self.hidden(s),
+            store=self.store,
+            actor=self.actor,
+            observer=self.observer,
+            settings=self.settings,
+        )
+
+    def _observed(self, tool: str, outcome: str, seconds: float, error: str | None = None) -> None:
+        """A tool call ran (or failed to): its metrics and its log line."""
+        self.observer.tool_call(tool, outcome, seconds, error)
+        _log.info("tool call", tool=tool, outcome=outcome, seconds=round(seconds, 6), error=error)
 
     # -- the job ---------------------------------------------------------------
 
@@ -781,14 +561,6 @@ class Runner:
             )
 
 
-def _observed(tool: str, outcome: str, seconds: float, error: str | None = None) -> None:
-    """A tool call ran (or failed to): its metrics and its log line."""
-    metrics.tool_call(tool, outcome, seconds)
-    if error is not None:
-        metrics.tool_error(tool, error)
-    _log.info("tool call", tool=tool, outcome=outcome, seconds=round(seconds, 6), error=error)
-
-
 def job_state(store: SqlEventStore, job_id: str) -> JobState:
     state = JobState()
     for e in store.read_stream(job_id):
@@ -796,164 +568,10 @@ def job_state(store: SqlEventStore, job_id: str) -> JobState:
     return state
 
 
-# -- tools, by step kind -------------------------------------------------------
-
-
-def summarize(step: Step) -> dict[str, Any]:
-    """The request's arguments as recorded: bulky bodies replaced by digest and size."""
-    args = step.model_dump(mode="json", exclude_none=True)
-    for bulky in ("content", "diff"):
-        if bulky in args:
-            data = args.pop(bulky).encode()
-            args[f"{bulky}_sha256"] = hashlib.sha256(data).hexdigest()
-            args[f"{bulky}_bytes"] = len(data)
-    return args
-
-
-@dataclass(frozen=True)
-class Plan:
-    edits: list[FileEdit]
-    count: int
-
-
-def effect_free(step: Step, planned: Plan) -> bool:
-    """Whether running the call can leave nothing half done: a read-only tool,
-    or a file step whose plan changes no file. Shell commands never are."""
-    if isinstance(step, (SearchStep, ReadStep, ListStep, *NETWORK_STEPS)):
-        return True
-    return not isinstance(step, ShellStep) and not planned.edits
-
-
-def usage_of(state: Projections) -> policy.Usage:
-    """What quotas and rate limits are decided on, from the projections."""
-    q = state.quota
-    return policy.Usage(
-        tool_calls=dict(q.tool_calls),
-        cpu_s=q.shell_cpu_s,
-        wall_s=q.shell_wall_s,
-        bytes_written=q.bytes_written,
-        files_changed=len(state.session.files_changed),
-        recent=q.recent_by_tool(),
-    )
-
-
-def plan(workspace: Path, step: Step, hidden: Any = None) -> Plan:
-    """The file edits an effectful step will make (reads only; raises ToolError).
+def plan(workspace: Path, step: Step, hidden: Any = None, tools: Registry = TOOLS) -> Plan:
+    """The file edits a step will make (reads only; raises ToolError).
     `hidden`: files the policy denies, which a glob never picks."""
-    if isinstance(step, ReplaceStep):
-        edits, count = replace.plan_replace(workspace, step, hidden)
-        return Plan(edits, count)
-    if isinstance(step, WriteStep):
-        edits = files.plan_write(workspace, step)
-    elif isinstance(step, PatchStep):
-        edits = files.plan_patch(workspace, step)
-    elif isinstance(step, DeleteStep):
-        edits = files.plan_delete(workspace, step.path)
-    else:
-        return Plan([], 0)
-    return Plan(edits, len(edits))
-
-
-def _touched(workspace: Path, step: Step, planned: Plan | None) -> list[tuple[str, str]]:
-    """The paths beyond the step's own arguments that policy must judge: the
-    files its plan writes, and where symlinks among them really lead."""
-    writes = [e.path for e in planned.edits] if planned else []
-    reads = [step.path] if isinstance(step, (ReadStep, ListStep)) else []
-    if isinstance(step, (WriteStep, DeleteStep)):
-        writes.append(step.path)
-    return (
-        [("write", w) for w in writes]
-        + [("write", r) for r in real_paths(workspace, writes)]
-        + [("read", r) for r in real_paths(workspace, reads)]
-    )
-
-
-def execute(
-    workspace: Path,
-    step: Step,
-    s: SessionState,
-    call_id: str,
-    planned: Plan | None,
-    hidden: Any = None,
-    pol: policy.Policy = policy.DEFAULT_POLICY,
-    *,
-    store: Any = None,
-    actor: str = "worker",
-) -> ToolResult:
-    """Carry out a started call. `planned` is None when this task is a redelivery
-    that found the call started by a worker that died. Shell commands run in
-    the sandbox with the session policy's limits and network setting."""
-    if isinstance(step, SearchStep):
-        return search.search(workspace, step, hidden=hidden)
-    if isinstance(step, NETWORK_STEPS):
-        from orchestrator.tools.web import steps as net_run  # httpx, pybreaker: only when used
-
-        return net_run.run_step(step, pol.doc.network, store=store, actor=actor)
-    if isinstance(step, ReadStep):
-        return files.read_file(workspace, step.path, step.max_output_bytes)
-    if isinstance(step, ListStep):
-        return files.list_files(workspace, step.path, step.glob, step.max_output_bytes, hidden)
-    if isinstance(step, ShellStep):
-        if planned is None and not step.idempotent:
-            raise Interrupted(
-                "the worker died while this command was running, so its effects are unknown; "
-                "inspect the target and resubmit, or mark the step `idempotent: true` to let "
-                "a redelivered task run it again"
-            )
-        return shell.run_shell(
-            workspace, step, limits=pol.doc.limits, network=pol.doc.network.for_shell, policy=pol
-        )
-    start = time.monotonic()
-    edits = planned.edits if planned is not None else _resume(workspace, step, s, call_id, hidden)
-    files.apply_edits(workspace, edits)
-    call = s.call(call_id)
-    count = planned.count if planned is not None else (call.planned_count if call else 0)
-    changed = len([c for c in s.pending if c.call_id == call_id]) if planned is None else len(edits)
-    return ToolResult(
-        output=f"{changed} file(s) changed, {count} replacement(s)"
-        if isinstance(step, ReplaceStep)
-        else f"{changed} file(s) changed",
-        count=count,
-        duration_s=time.monotonic() - start,
-        edits=tuple(edits),
-    )
-
-
-def _resume(
-    workspace: Path, step: Step, s: SessionState, call_id: str, hidden: Any = None
-) -> list[FileEdit]:
-    """Edits of an interrupted call still to make. Edits already on disk are
-    skipped; the rest are re-planned and must reproduce the recorded after-hash.
-    A file matching neither recorded hash was changed by someone else: refuse."""
-    recorded = [c for c in s.pending if c.call_id == call_id]
-    fresh = {e.path: e for e in plan(workspace, step, hidden).edits} if recorded else {}
-    todo = []
-    for c in recorded:
-        target = workspace / c.path
-        current = content_hash(target.read_bytes()) if target.is_file() else None
-        if current == c.after_hash:
-            continue
-        edit = fresh.get(c.path)
-        if current != c.before_hash or edit is None or edit.after_hash != c.after_hash:
-            raise Interrupted(
-                f"{c.path} changed since this call planned its edit (expected "
-                f"content {c.before_hash} or {c.after_hash}, found {current}); "
-                "inspect the target and resubmit the job"
-            )
-        todo.append(edit)
-    return todo
-
-
-def _diff(edit: FileEdit) -> str:
-    return files.unified_diff(edit)
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _written(result: ToolResult) -> int:
-    return sum(len(e.after) for e in result.edits if e.after is not None)
+    return tools[step.kind].plan(workspace, step, hidden)
 
 
 def fail_session(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from orchestrator.errors import ToolError
+
 
 def content_hash(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
@@ -44,3 +46,16 @@ class ToolResult:
     edits: tuple[FileEdit, ...] = field(default=())
     cpu_s: float = 0.0
     duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The file edits a step will make, planned before the policy decides
+    (reads only), and its count (replacements for replace, else files)."""
+
+    edits: list[FileEdit]
+    count: int
+
+
+class Interrupted(ToolError):
+    """The worker died while an effectful call was running."""

@@ -180,15 +180,16 @@ def test_a_patch_with_one_refused_file_changes_nothing(box: tuple[Path, Path]) -
 def test_the_policy_sees_where_a_symlink_leads(tmp_path: Path) -> None:
     """`notes -> .env`: a read of `notes` is judged as a read of `.env`."""
     from orchestrator.guard.policy import DEFAULT_POLICY, decide
-    from orchestrator.run.runner import _touched
+    from orchestrator.run.calls import touched
+    from orchestrator.tools.registry import TOOLS
 
     ws = tmp_path
     (ws / ".env").write_text("TOKEN=x\n")
     (ws / "notes").symlink_to(".env")
-    paths = _touched(ws, ReadStep(path="notes"), None)
+    paths = touched(TOOLS["read"], ws, ReadStep(path="notes"), None)
     verdict = decide("read", {"path": "notes"}, DEFAULT_POLICY, tier="read-only", extra_paths=paths)
     assert verdict.decision == "deny" and verdict.rule_id == "deny-secrets"
-    paths = _touched(ws, DeleteStep(path="notes"), None)
+    paths = touched(TOOLS["delete"], ws, DeleteStep(path="notes"), None)
     assert ("write", ".env") in paths
 
 

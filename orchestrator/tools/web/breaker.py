@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pybreaker
+import redis
 
+from events import payloads as p
+from events.envelope import NewEvent
+from events.errors import SequenceConflict
 from orchestrator.errors import ToolError
 
 __all__ = [
@@ -233,8 +237,6 @@ def breakers_for(settings: Any, on_change: Change | None = None) -> Breakers:
     """Redis-backed breakers on a Redis broker, the state folder's otherwise."""
     url = settings.broker_url or ""
     if url.startswith(("redis://", "rediss://")):
-        import redis
-
         client = redis.Redis.from_url(url)
 
         def storage(host: str) -> pybreaker.CircuitBreakerStorage:
@@ -266,13 +268,8 @@ def record_transition(
     reset_timeout_s: float,
 ) -> bool:
     """One CircuitChanged on `circuit:<host>` unless the stream already ends
-    in that state (another worker recorded it); a metric either way.
-    Returns whether this call appended."""
-    from events import payloads as p
-    from events.envelope import NewEvent
-    from events.errors import SequenceConflict
-
-    _metric(host, state)
+    in that state (another worker recorded it). Returns whether this call
+    appended."""
     stream = f"circuit:{host}"
     retry_at = (
         (opened_at + timedelta(seconds=reset_timeout_s)).isoformat()
@@ -281,7 +278,7 @@ def record_transition(
     )
     payload = p.CircuitChanged(
         host=host,
-        state=state,
+        state=state,  # type: ignore[arg-type]
         previous=previous,  # type: ignore[arg-type]
         failures=failures,
         retry_at=retry_at,
@@ -300,16 +297,3 @@ def record_transition(
         except SequenceConflict:
             continue
     return False
-
-
-def _metric(host: str, state: str) -> None:
-    try:
-        from orchestrator.ops import metrics
-    except ImportError:
-        return
-    fn = getattr(metrics, "circuit_changed", None)
-    if fn is not None:
-        try:
-            fn(host, state)
-        except Exception:  # noqa: BLE001 - metrics never break a request
-            pass

@@ -34,12 +34,13 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from orchestrator import lazy
 from orchestrator.errors import ToolInputError
 from orchestrator.guard.egress import EgressDenied, check_url
 from orchestrator.tools.base import ToolResult
@@ -153,13 +154,16 @@ def run(
     timeout_s: float | None = None,
     artifacts_dir: Path | None = None,
 ) -> BrowserResult:
-    """See the module docstring. `artifacts_dir` defaults to Settings.artifacts_dir."""
+    """See the module docstring. A screenshot needs `artifacts_dir` (the
+    runner passes Settings.artifacts_dir); `pool` defaults to this process's,
+    made with the pool's defaults."""
     check_url(request.url, net)  # refused before any browser is touched
-    pool = pool or get_pool()
     if request.output == "screenshot" and artifacts_dir is None:
-        from orchestrator.config.settings import get_settings
-
-        artifacts_dir = get_settings().artifacts_dir
+        raise ToolInputError(
+            "a screenshot needs a folder to keep it in: pass artifacts_dir "
+            "(Settings.artifacts_dir, ORCH_BROWSER_ARTIFACTS_DIR)"
+        )
+    pool = pool or get_pool()
     started = time.monotonic()
 
     async def call(lease: Lease) -> BrowserResult:
@@ -170,13 +174,11 @@ def run(
 
 
 def _with_duration(r: BrowserResult, duration_s: float) -> BrowserResult:
-    from dataclasses import replace
-
     return replace(r, duration_s=duration_s)
 
 
 async def _drive(lease: Lease, req: BrowserRequest, artifacts_dir: Path | None) -> BrowserResult:
-    from playwright.async_api import Error as PlaywrightError
+    PlaywrightError = lazy.module("playwright.async_api").Error  # noqa: N806 - a class
 
     page = lease.page
     if req.viewport != (1280, 800):  # the pool's contexts start at 1280x800

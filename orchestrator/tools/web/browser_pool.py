@@ -1,6 +1,6 @@
 """A bounded pool of Chromium instances per worker process.
 
-    pool = get_pool()                         # this process's pool, from Settings
+    pool = get_pool(PoolConfig.from_settings(settings))  # this process's pool
     text = pool.run(read_body, net=session_net, timeout_s=20)
 
 `run(fn, net=..., timeout_s=...)` waits for a free instance, gives `fn` a
@@ -53,7 +53,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from orchestrator import lazy
 from orchestrator.errors import ToolError, ToolTimeout
+from orchestrator.ops.observer import NO_OBSERVER, Observer
+from orchestrator.tools.web.browser_proxy import DEAD_PROXY, Guard
 
 __all__ = [
     "PoolConfig",
@@ -231,8 +234,9 @@ class _Loop:
 class BrowserPool:
     """See the module docstring. Thread-safe; one per process (`get_pool`)."""
 
-    def __init__(self, config: PoolConfig) -> None:
+    def __init__(self, config: PoolConfig, observer: Observer = NO_OBSERVER) -> None:
         self.config = config
+        self.observer = observer
         self.pid = os.getpid()
         self._tag = _owner_tag(self.pid)
         self._gen = itertools.count(1)
@@ -403,14 +407,11 @@ class BrowserPool:
 
     async def _launch(self, inst: _Instance) -> None:
         if self._pw is None:
-            from playwright.async_api import async_playwright
-
-            self._pw = await async_playwright().start()
+            # playwright is optional: a build without it has no browser tool.
+            self._pw = await lazy.module("playwright.async_api").async_playwright().start()
         inst.marker = f"{self._tag}.{inst.index}.{next(self._gen)}"
         env = {k: v for k, v in os.environ.items() if k != MARKER_VAR}
         env[MARKER_VAR] = inst.marker
-        from orchestrator.tools.web.browser_proxy import DEAD_PROXY
-
         self.state.launches += 1
         try:
             browser = await asyncio.wait_for(
@@ -446,8 +447,6 @@ class BrowserPool:
         self._publish()
 
     async def _new_lease(self, inst: _Instance) -> Lease:
-        from orchestrator.tools.web.browser_proxy import Guard
-
         guard = Guard()
         proxy = await guard.start()
         try:
@@ -529,7 +528,7 @@ class BrowserPool:
     def _publish(self) -> None:
         self.state.updated_at = time.time()
         _write_state(self.config.state_dir, self.state)
-        _metrics(self.state)
+        _report(self.observer, self.state)
 
 
 def _alive(inst: _Instance) -> bool:
@@ -615,18 +614,11 @@ def describe(state_dir: Path) -> tuple[str, int]:
     return line, left
 
 
-def _metrics(state: PoolState) -> None:
-    """The metrics facade's browser-pool gauge, when orchestrator.ops.metrics has one."""
-    try:
-        from orchestrator.ops import metrics
-    except Exception:
-        return
-    publish = getattr(metrics, "browser_pool", None) or getattr(
-        metrics, "observe_browser_pool", None
-    )
-    if publish is not None:
-        with contextlib.suppress(Exception):
-            publish(asdict(state))
+def _report(observer: Observer, state: PoolState) -> None:
+    """The browser-pool gauge: instances in use and idle in this process."""
+    with contextlib.suppress(Exception):  # metrics never break a browser call
+        observer.browser_pool("in_use", state.in_use)
+        observer.browser_pool("idle", state.launched - state.in_use)
 
 
 # -- the process's pool ---------------------------------------------------------------
@@ -635,15 +627,14 @@ _pool: BrowserPool | None = None
 _pool_lock = threading.Lock()
 
 
-def get_pool() -> BrowserPool:
-    """This process's pool (made from Settings on first use; a forked child
-    gets its own, never its parent's)."""
+def get_pool(config: PoolConfig | None = None, observer: Observer = NO_OBSERVER) -> BrowserPool:
+    """This process's pool, made with `config` (PoolConfig.from_settings; the
+    defaults without) on first use; a forked child gets its own, never its
+    parent's."""
     global _pool
     with _pool_lock:
         if _pool is None or _pool.pid != os.getpid() or _pool._closed:
-            from orchestrator.config.settings import get_settings
-
-            _pool = BrowserPool(PoolConfig.from_settings(get_settings()))
+            _pool = BrowserPool(config or PoolConfig(), observer)
         return _pool
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import httpx
+from markdownify import markdownify
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from orchestrator.errors import ToolError, ToolTimeout
@@ -309,14 +310,18 @@ def to_text(body: bytes, content_type: str, charset: str | None) -> str:
     if kind in ("text/html", "application/xhtml+xml") or (
         not kind and "<html" in text[:512].lower()
     ):
-        from markdownify import markdownify
-
         text = markdownify(text, heading_style="ATX", strip=["img"])
         text = "\n".join(line.rstrip() for line in text.splitlines())
         while "\n\n\n" in text:
             text = text.replace("\n\n\n", "\n\n")
         text = text.strip()
     return text
+
+
+_HEADERS = {
+    "Accept-Encoding": "gzip, deflate",
+    "Accept": "text/html,application/xhtml+xml,text/plain,application/json;q=0.9,*/*;q=0.5",
+}
 
 
 def fetch(
@@ -335,42 +340,17 @@ def fetch(
     start = time.monotonic()
     retries: list[Retry] = []
     redirects: list[str] = []
-    current = url
-    headers = {
-        "User-Agent": limits.user_agent,
-        "Accept-Encoding": "gzip, deflate",
-        "Accept": "text/html,application/xhtml+xml,text/plain,application/json;q=0.9,*/*;q=0.5",
-    }
     with httpx.Client(
         transport=transport or egress_transport(net),
         trust_env=False,
         timeout=limits.timeout_s,
         follow_redirects=False,
-        headers=headers,
+        headers={"User-Agent": limits.user_agent, **_HEADERS},
     ) as client:
+        hop = _Hop(client, net, limits, breakers, sleep, secrets, start, retries)
+        current = url
         while True:
-            parts = check_url(current, net, secrets=secrets)
-            host = parts.hostname or ""
-            try:
-                answer = _attempts(client, current, host, limits, breakers, retries, start, sleep)
-            except EgressDenied:
-                raise
-            except CircuitOpen:
-                raise
-            except httpx.TimeoutException as exc:
-                raise ToolTimeout(
-                    f"GET {current} timed out ({type(exc).__name__}) after "
-                    f"{len(retries) + 1} attempt(s) within "
-                    f"{time.monotonic() - start:.1f} s; the host is slow or "
-                    "down. Raise ORCH_FETCH_TIMEOUT_S if it is only slow"
-                ) from None
-            except TRANSIENT as exc:
-                raise FetchFailed(
-                    f"GET {current} failed: {type(exc).__name__}: {exc} (after "
-                    f"{len(retries) + 1} attempt(s)); the host refused or "
-                    "dropped the connection",
-                    transient=True,
-                ) from None
+            answer = hop.get(current)
             location = answer.headers.get("location")
             if answer.status in REDIRECTS and location:
                 if len(redirects) >= limits.max_redirects:
@@ -385,17 +365,6 @@ def fetch(
                 continue
             break
     ctype = answer.headers.get("content-type", "")
-    charset = None
-    if "charset=" in ctype.lower():
-        charset = ctype.lower().split("charset=", 1)[1].split(";")[0].strip().strip('"') or None
-    try:
-        text = (
-            to_text(answer.body, ctype, charset)
-            if convert
-            else answer.body.decode(charset or "utf-8", errors="replace")
-        )
-    except LookupError:
-        text = answer.body.decode("utf-8", errors="replace")
     declared = answer.headers.get("content-length")
     result = FetchResult(
         status=answer.status,
@@ -407,7 +376,7 @@ def fetch(
         truncated=answer.truncated,
         redirects=tuple(redirects),
         retries=tuple(retries),
-        text=text,
+        text=_decoded(answer.body, ctype, convert),
         duration_s=time.monotonic() - start,
         exit_code=0 if answer.status < 400 else answer.status,
     )
@@ -418,6 +387,61 @@ def fetch(
             result=result,
         )
     return result
+
+
+@dataclass
+class _Hop:
+    """One GET of a fetch (a redirect is another), with its retries, and the
+    transport's errors as ToolErrors that say what to do."""
+
+    client: httpx.Client
+    net: NetworkRules
+    limits: FetchLimits
+    breakers: Breakers | None
+    sleep: Callable[[float], None]
+    secrets: tuple[str, ...] | None
+    start: float
+    retries: list[Retry]
+
+    def get(self, url: str) -> _Answer:
+        host = check_url(url, self.net, secrets=self.secrets).hostname or ""
+        tries = self.retries
+        try:
+            return _attempts(
+                self.client, url, host, self.limits, self.breakers, tries, self.start, self.sleep
+            )
+        except (EgressDenied, CircuitOpen):
+            raise
+        except httpx.TimeoutException as exc:
+            raise ToolTimeout(
+                f"GET {url} timed out ({type(exc).__name__}) after "
+                f"{len(tries) + 1} attempt(s) within "
+                f"{time.monotonic() - self.start:.1f} s; the host is slow or "
+                "down. Raise ORCH_FETCH_TIMEOUT_S if it is only slow"
+            ) from None
+        except TRANSIENT as exc:
+            raise FetchFailed(
+                f"GET {url} failed: {type(exc).__name__}: {exc} (after "
+                f"{len(tries) + 1} attempt(s)); the host refused or "
+                "dropped the connection",
+                transient=True,
+            ) from None
+
+
+def _decoded(body: bytes, ctype: str, convert: bool) -> str:
+    """The body as text in its declared charset (UTF-8 when unknown); HTML as
+    Markdown when `convert`."""
+    charset = None
+    if "charset=" in ctype.lower():
+        charset = ctype.lower().split("charset=", 1)[1].split(";")[0].strip().strip('"') or None
+    try:
+        return (
+            to_text(body, ctype, charset)
+            if convert
+            else body.decode(charset or "utf-8", errors="replace")
+        )
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
 
 
 def render(result: FetchResult, max_output_bytes: int) -> tuple[str, int]:

@@ -20,7 +20,7 @@ import orjson
 
 from orchestrator.errors import ConfigError, ToolError
 from orchestrator.guard.egress import NetworkRules, egress_transport
-from orchestrator.tools.web.fetch import FetchLimits, fetch
+from orchestrator.tools.web.fetch import FetchLimits, fetch, limits_from
 
 __all__ = ["SearchResult", "SearchProvider", "SearxNG", "Brave", "provider_from", "render"]
 
@@ -137,6 +137,4 @@ def render(query: str, results: list[SearchResult]) -> str:
 
 
 def limits(settings: Any) -> FetchLimits:
-    from orchestrator.tools.web.fetch import limits_from
-
     return limits_from(settings, max_bytes=min(settings.fetch_max_bytes, 1024 * 1024))
