@@ -58,7 +58,16 @@ class _Step(BaseModel):
     idempotent: bool = False
 
 
-class SearchStep(_Step):
+class _Walking(_Step):
+    """A step that walks the target's files the way ripgrep does: what
+    `.gitignore`, `.ignore`, `.rgignore` and hidden names hide is skipped
+    (orchestrator.tools.ignore) unless these say otherwise (rg's flags)."""
+
+    hidden: bool = False  # rg --hidden: also files and folders named `.x`
+    no_ignore: bool = False  # rg --no-ignore: ignore files do not apply
+
+
+class SearchStep(_Walking):
     kind: Literal["search"] = "search"
     pattern: str = Field(min_length=1)
     literal: bool = False
@@ -69,7 +78,7 @@ class SearchStep(_Step):
     idempotent: bool = True
 
 
-class ReplaceStep(_Step):
+class ReplaceStep(_Walking):
     kind: Literal["replace"] = "replace"
     pattern: str = Field(min_length=1)
     replacement: str
@@ -100,7 +109,7 @@ class ReadStep(_Step):
     idempotent: bool = True
 
 
-class ListStep(_Step):
+class ListStep(_Walking):
     """The files under a folder of the target (the policy's denied files left out)."""
 
     kind: Literal["list"] = "list"

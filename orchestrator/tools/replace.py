@@ -28,8 +28,10 @@ def plan_replace(
     workspace: Path, step: ReplaceStep, hidden: Callable[[str], bool] | None = None
 ) -> tuple[list[FileEdit], int]:
     """Edits for the files that change, and the number of replacements made.
-    Binary files (a NUL byte) and files that are not valid UTF-8 are skipped,
-    and so are the files `hidden` says the policy denies.
+    Only the files ripgrep would walk are read (`iter_files`: an ignored
+    `.venv/` or `node_modules/` is left alone unless the step says
+    `no_ignore` / `hidden`). Binary files (a NUL byte) and files that are not
+    valid UTF-8 are skipped, and so are the files `hidden` says the policy denies.
     Raises CountMismatch before anything is written when `expect` is not met."""
     deadline = time.monotonic() + step.timeout_s
     rx = compile_pattern(
@@ -42,7 +44,10 @@ def plan_replace(
     edits: list[FileEdit] = []
     total = 0
     with Jail(root) as jail:
-        for rel in iter_files(root, step.glob, hidden):
+        walk = iter_files(
+            root, step.glob, hidden, show_hidden=step.hidden, no_ignore=step.no_ignore
+        )
+        for rel in walk:
             if time.monotonic() > deadline:
                 raise ToolTimeout(
                     f"replace ran past its time limit of {step.timeout_s:g} s "

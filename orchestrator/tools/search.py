@@ -43,8 +43,10 @@ def search(
     hidden: Callable[[str], bool] | None = None,
 ) -> ToolResult:
     """Lines matching `step.pattern` as `path:lineno:line`, sorted by path and
-    line. `use_rg=None` uses ripgrep when installed; the result is identical.
-    Files `hidden` says the policy denies are not searched."""
+    line. `use_rg=None` uses ripgrep when installed; the result is identical:
+    both scan the one file list of `iter_files` (the files `rg --files` walks,
+    widened by the step's `hidden` / `no_ignore`). Files `hidden` says the
+    policy denies are not searched."""
     started = time.monotonic()
     deadline = started + step.timeout_s
     rx = compile_pattern(step.pattern, literal=step.literal, ignore_case=step.ignore_case)
@@ -55,7 +57,7 @@ def search(
             "one line of it, or use a replace step for multi-line edits."
         )
     root = workspace.resolve()
-    files = iter_files(root, step.glob, hidden)
+    files = iter_files(root, step.glob, hidden, show_hidden=step.hidden, no_ignore=step.no_ignore)
     rg = ripgrep() if use_rg is not False else None
     if use_rg and rg is None:
         raise ToolInputError(
