@@ -3,10 +3,32 @@ tool adapter takes. A step is one turn of a recipe session."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A `{{ ... vars ... }}` or `{% ... vars ... %}` span stays inside one word when
+# a command string is split, so `sed s/{{ vars.old }}/x/` keeps its template
+# whole for the per-target substitution (orchestrator.run.templates).
+_SPAN = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+_VARS = re.compile(r"\bvars\b")
+
+
+def _split_command(value: str) -> tuple[str, ...]:
+    """shlex's split, with template spans that use `vars` kept whole."""
+    spans: list[str] = []
+
+    def hold(m: re.Match[str]) -> str:
+        if not _VARS.search(m[0]):
+            return m[0]
+        spans.append(m[0])
+        return f"\ue000{len(spans) - 1}\ue001"
+
+    parts = shlex.split(_SPAN.sub(hold, value))
+    held = re.compile("\ue000(\\d+)\ue001")
+    return tuple(held.sub(lambda m: spans[int(m[1])], part) for part in parts)
 
 
 class CountRange(BaseModel):
@@ -140,7 +162,7 @@ class ShellStep(_Step):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             try:
-                parts = shlex.split(value)
+                parts = _split_command(value)
             except ValueError as exc:
                 raise ValueError(f"cannot split command {value!r}: {exc}") from exc
             if not parts:

@@ -21,7 +21,7 @@ from orchestrator.tools.jail import Jail
 from orchestrator.tools.paths import iter_files
 from orchestrator.tools.search import check_count, compile_pattern
 
-__all__ = ["plan_replace"]
+__all__ = ["plan_replace", "compile_replace"]
 
 
 def plan_replace(
@@ -34,10 +34,7 @@ def plan_replace(
     valid UTF-8 are skipped, and so are the files `hidden` says the policy denies.
     Raises CountMismatch before anything is written when `expect` is not met."""
     deadline = time.monotonic() + step.timeout_s
-    rx = compile_pattern(
-        step.pattern, literal=step.literal, ignore_case=step.ignore_case, flags=re.MULTILINE
-    )
-    rewrite = _rewriter(rx, step)
+    rx, rewrite = compile_replace(step)
     # A cheap byte-level test that rules most files out before decoding them.
     needle = step.pattern.encode("utf-8") if step.literal and not step.ignore_case else None
     root = workspace.resolve()
@@ -82,6 +79,15 @@ def plan_replace(
         "occurrences",
     )
     return edits, total
+
+
+def compile_replace(step: ReplaceStep) -> tuple[re.Pattern[str], Callable[[str], tuple[str, int]]]:
+    """The step's pattern and its `text -> (new_text, count)` rewriter;
+    ToolInputError for an invalid pattern or replacement template."""
+    rx = compile_pattern(
+        step.pattern, literal=step.literal, ignore_case=step.ignore_case, flags=re.MULTILINE
+    )
+    return rx, _rewriter(rx, step)
 
 
 def _rewriter(rx: re.Pattern[str], step: ReplaceStep) -> Callable[[str], tuple[str, int]]:
