@@ -518,6 +518,9 @@ def test_a_value_that_breaks_its_step_is_reported_at_submission():
     [
         ("pattern: '{{ vars.old '", "is not a valid template"),
         ("pattern: '{{ target }}{{ vars.old }}'", "a step template knows only `vars`"),
+        ("pattern: '{{ vars.old * 99999999 }}'", "uses a mul; a step template may only"),
+        ("pattern: '{{ vars.old | center(99999999) }}'", "uses the filter 'center'"),
+        ("pattern: '{% for i in range(9) %}{{ vars.old }}{% endfor %}'", "uses a for"),
     ],
 )
 def test_a_broken_template_is_refused_at_its_step(field: str, expected: str):

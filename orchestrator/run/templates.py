@@ -5,8 +5,11 @@ A string field of a step is a template when it refers to `vars` inside
 shell command (`-f '{{.State}}'`) or a Helm chart a `write` step writes stays
 exactly as written. Rendering is Jinja2's sandbox with `StrictUndefined`:
 no attribute or file access, and a missing variable is an error, never an
-empty string. Every target's rendering is checked when the job is
-submitted (orchestrator.run.jobspec), so a run never meets a bad one.
+empty string. A template may only look variables up, join text and apply a
+few string filters: no loops, calls or arithmetic, so a submitted spec cannot
+make the service spin or fill its memory while its templates are checked.
+Every target's rendering is checked when the job is submitted
+(orchestrator.run.jobspec), so a run never meets a bad one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,20 @@ _ENV = ImmutableSandboxedEnvironment(
     undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False
 )
 _ENV.filters["regex_escape"] = re.escape  # `{{ vars.old | regex_escape }}` in a pattern
+# What a template may contain: lookups, text, `~` and these filters (each one's
+# output bounded by its input).
+_NODES = (
+    nodes.Template,
+    nodes.Output,
+    nodes.TemplateData,
+    nodes.Name,
+    nodes.Getattr,
+    nodes.Getitem,
+    nodes.Const,
+    nodes.Concat,
+    nodes.Filter,
+)
+FILTERS = frozenset({"regex_escape", "lower", "upper", "title", "capitalize", "trim", "replace"})
 
 
 class TemplateProblem(ValueError):
@@ -74,6 +91,19 @@ def _variables(text: str) -> frozenset[str] | None:
             f"{text!r} uses {', '.join(sorted(free - {'vars'}))}; a step template "
             "knows only `vars` (the target's variables, as vars.NAME)"
         )
+    for node in tree.find_all(nodes.Node):
+        if not isinstance(node, _NODES) or (
+            isinstance(node, nodes.Filter) and node.name not in FILTERS
+        ):
+            what = (
+                f"the filter {node.name!r}"
+                if isinstance(node, nodes.Filter)
+                else (f"a {type(node).__name__.lower()}")
+            )
+            raise TemplateProblem(
+                f"{text!r} uses {what}; a step template may only say {{{{ vars.NAME }}}}, "
+                f"join with ~ and apply the filters {', '.join(sorted(FILTERS))}"
+            )
     names = {n.attr for n in tree.find_all(nodes.Getattr) if _is_vars(n.node)}
     names |= {
         n.arg.value
