@@ -138,7 +138,7 @@ class IgnoreRules:
         here = self.root / rel if rel else self.root
         if self.no_ignore:
             return Level(rel, parent, (None, None, None, None), False, False)
-        has_git = os.path.lexists(here / ".git")
+        has_git = os.path.exists(here / ".git")
         files = (
             _read(here / ".rgignore", rel),
             _read(here / ".ignore", rel),
