@@ -84,6 +84,15 @@ _PATTERNS = [
     "keep/",
     "/x.py",
     "b/*",
+    "a/**/",
+    "**/",
+    "*/",
+    "/*",
+    "a/*/b",
+    "keep   ",
+    "\\#x",
+    "x.py\\ ",
+    "!",
 ]
 _LINES = st.builds(
     lambda neg, pat: ("!" if neg and pat and not pat.startswith("#") else "") + pat,

@@ -48,6 +48,7 @@ __all__ = ["IgnoreRules", "Level"]
 # a parent of the path) with this group; such a match is about the parent.
 _DIR_MARK = "ps_d"
 _MAX_IGNORE_BYTES = 1 << 20  # a bigger ignore file is read up to here
+_EVERYTHING = re.compile("")
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,11 @@ def _parse(text: str, base: str) -> _File:
         ignore = True
         if raw.startswith("!"):
             ignore, raw = False, raw[1:]
+        if not raw and not ignore:
+            # A lone `!`: the ignore crate reads an empty glob that matches
+            # every entry, so it re-includes everything (hidden names too).
+            lines.append(_Line(_EVERYTHING, False, False))
+            continue
         dir_only = raw.endswith("/")
         if dir_only:
             raw = raw[:-1]
