@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import SpecError
+from orchestrator.errors import SpecError, ToolInputError
 from orchestrator.run.jobspec import (
     JobSpec,
     ResolvedTarget,
@@ -578,5 +578,5 @@ def test_toolchains_resolve_per_target_and_a_target_may_name_its_own(tmp_path: P
     (base / "repos" / "a" / ".venv").rmdir()
     [missing, *_] = resolve(spec, base)
     assert missing.error is not None and "toolchain '.venv' is not a directory" in missing.error
-    with pytest.raises(ValueError, match="is not a directory"):
+    with pytest.raises(ToolInputError, match="is not a directory"):
         spec.toolchains_for(base / "repos" / "a")

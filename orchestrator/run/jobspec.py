@@ -48,7 +48,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from orchestrator.errors import ConfigError, SpecError
+from orchestrator.errors import ConfigError, SpecError, ToolInputError
 from orchestrator.guard.policy import PolicyDoc, Tier
 from orchestrator.run.steps import CountRange, Step
 from orchestrator.run.targets import TargetEntry, TargetSpec, Toolchain, resolve_toolchains
@@ -211,12 +211,12 @@ class JobSpec(BaseModel):
 
     def toolchains_for(self, target_path: Path, entry: TargetSpec | None = None) -> tuple[str, ...]:
         """The toolchains of a target (`entry`'s own, else the job's) as
-        absolute directories; ValueError says which one is missing or leads
-        out of the target."""
+        absolute directories; ToolInputError says which one is missing or
+        leads out of the target."""
         wanted = entry.toolchains if entry and entry.toolchains is not None else self.toolchains
         dirs, error = resolve_toolchains(wanted, target_path)
         if error is not None:
-            raise ValueError(error)
+            raise ToolInputError(error)
         return dirs
 
 
