@@ -113,6 +113,12 @@ def _variables(text: str) -> frozenset[str] | None:
     return frozenset(names)
 
 
+@lru_cache(maxsize=1024)
+def _compiled(text: str) -> jinja2.Template:
+    """A template compiled once, however many targets render it."""
+    return _ENV.from_string(text)
+
+
 def _is_vars(node: nodes.Node) -> bool:
     return isinstance(node, nodes.Name) and node.name == "vars"
 
@@ -151,7 +157,7 @@ def render_step(step: Step, variables: Mapping[str, str]) -> Step:
         if isinstance(value, str):
             if _variables(value) is None:
                 return value
-            return _ENV.from_string(value).render(context)
+            return _compiled(value).render(context)
         if isinstance(value, list):
             return [render(v) for v in value]
         if isinstance(value, dict):
