@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # whole for the per-target substitution (orchestrator.run.templates).
 _SPAN = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
 _VARS = re.compile(r"\bvars\b")
+_HELD = re.compile("\ue000(\\d+)\ue001")  # a span's stand-in while shlex splits
 
 
 def _split_command(value: str) -> tuple[str, ...]:
@@ -27,8 +28,7 @@ def _split_command(value: str) -> tuple[str, ...]:
         return f"\ue000{len(spans) - 1}\ue001"
 
     parts = shlex.split(_SPAN.sub(hold, value))
-    held = re.compile("\ue000(\\d+)\ue001")
-    return tuple(held.sub(lambda m: spans[int(m[1])], part) for part in parts)
+    return tuple(_HELD.sub(lambda m: spans[int(m[1])], part) for part in parts)
 
 
 class CountRange(BaseModel):
