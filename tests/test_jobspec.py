@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import SpecError
-from orchestrator.run.jobspec import JobSpec, ResolvedTarget, load_spec, parse_spec, resolve_targets
+from orchestrator.errors import SpecError, ToolInputError
+from orchestrator.run.jobspec import (
+    JobSpec,
+    ResolvedTarget,
+    load_spec,
+    parse_spec,
+    resolve,
+    resolve_targets,
+)
 from orchestrator.run.steps import CountRange, ReplaceStep, SearchStep, ShellStep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +115,7 @@ def test_an_unknown_field_is_named_at_its_key_with_the_closest_allowed_one():
     assert problems("name: n\ntargets: [a]\nsteps:\n  - kind: search\n    patern: x\n") == [
         "steps[0].pattern (line 4, column 5): Field required",
         "steps[0].patern (line 5, column 5): unknown field 'patern'; did you mean 'pattern'? "
-        "allowed here: name, continue_on_error, timeout_s, idempotent, pattern, literal, "
+        "allowed here: name, continue_on_error, timeout_s, idempotent, hidden, no_ignore, pattern, literal, "
         "ignore_case, glob, expect, max_output_bytes",
     ]
 
@@ -183,7 +190,7 @@ unknown: 1
         "steps[1].command (line 8, column 14): command is empty",
         "steps[1].env.HOME (line 9, column 17): Input should be a valid string, got 1",
         "unknown (line 10, column 1): unknown field 'unknown'; allowed here: name, "
-        "description, targets, agent, steps, concurrency, policy, tier",
+        "description, targets, toolchains, agent, steps, concurrency, policy, tier",
     ]
 
 
@@ -396,3 +403,180 @@ def test_a_relative_base_dir_is_taken_from_the_current_directory(tmp_path: Path)
     relative = Path(os.path.relpath(tmp_path))
     [target] = resolve_targets(spec_for("repos/*"), relative)
     assert target == ResolvedTarget("repos/a", tmp_path / "repos" / "a", None)
+
+
+# --- per-target variables ------------------------------------------------------------
+
+THREE_RENAMES = """\
+name: three renames
+targets:
+  - path: repos/a
+    vars: {old: fetch_user, new: load_user}
+  - path: repos/b
+    vars: {old: get_account, new: load_account}
+  - path: repos/c
+    vars: {old: "user.name", new: display_name}
+steps:
+  - kind: replace
+    name: rename
+    pattern: '\\b{{ vars.old | regex_escape }}\\b'
+    replacement: '{{ vars.new }}'
+  - kind: shell
+    name: check
+    command: grep -rn "{{ vars.old }} is gone" . --format '{{.State}}'
+  - kind: write
+    name: chart
+    path: values.yaml
+    content: "name: {{ .Values.name }}\\n"
+"""
+
+
+def repos(tmp_path: Path, *names: str) -> Path:
+    for name in names:
+        (tmp_path / "repos" / name).mkdir(parents=True)
+    return tmp_path
+
+
+def test_each_target_runs_the_steps_with_its_own_variables(tmp_path: Path):
+    spec = parse_spec(THREE_RENAMES, "job.yaml")
+    targets = resolve(spec, repos(tmp_path, "a", "b", "c"))
+    assert [t.name for t in targets] == ["repos/a", "repos/b", "repos/c"]
+    assert [(t.steps[0].pattern, t.steps[0].replacement) for t in targets] == [  # type: ignore[union-attr]
+        (r"\bfetch_user\b", "load_user"),
+        (r"\bget_account\b", "load_account"),
+        (r"\buser\.name\b", "display_name"),
+    ]
+    # A template span is one word however it is spaced, and its value one argument;
+    # braces of other languages (Go, Helm) are left as written.
+    assert targets[0].steps[1].command == (  # type: ignore[union-attr]
+        "grep",
+        "-rn",
+        "fetch_user is gone",
+        ".",
+        "--format",
+        "{{.State}}",
+    )
+    assert targets[2].steps[2].content == "name: {{ .Values.name }}\n"  # type: ignore[union-attr]
+    assert spec.steps[0].pattern == r"\b{{ vars.old | regex_escape }}\b"  # type: ignore[union-attr]
+    assert JobSpec.model_validate(spec.model_dump(mode="json")) == spec
+    assert resolve_targets(spec, tmp_path)[1] == ResolvedTarget(
+        "repos/b", tmp_path / "repos" / "b", None
+    )
+
+
+def test_a_glob_target_shares_its_variables(tmp_path: Path):
+    spec = parse_spec(
+        "name: n\ntargets:\n  - path: 'repos/*'\n    vars: {old: x}\n"
+        "steps:\n  - kind: search\n    pattern: '{{ vars.old }}'\n",
+        "job.yaml",
+    )
+    targets = resolve(spec, repos(tmp_path, "a", "b"))
+    assert [t.steps[0].pattern for t in targets] == ["x", "x"]  # type: ignore[union-attr]
+    assert [t.vars for t in targets] == [{"old": "x"}, {"old": "x"}]
+
+
+def test_a_variable_a_target_lacks_is_named_with_the_target_and_the_step():
+    found = problems("""\
+name: n
+targets:
+  - path: repos/a
+    vars: {old: fetch_user, new: load_user}
+  - path: repos/b
+    vars: {old: get_account}
+  - repos/c
+steps:
+  - kind: replace
+    name: rename
+    pattern: '{{ vars.old }}'
+    replacement: '{{ vars.new }}'
+""")
+    hint = "add it under that target's `vars`"
+    assert found == [
+        f"steps[0] (line 9, column 5): targets[1] (repos/b) has no variable 'new', "
+        f"which steps[0] (rename) uses in `replacement`; {hint}",
+        f"steps[0] (line 9, column 5): targets[2] (repos/c) has no variable 'old', "
+        f"which steps[0] (rename) uses in `pattern`; {hint}",
+        f"steps[0] (line 9, column 5): targets[2] (repos/c) has no variable 'new', "
+        f"which steps[0] (rename) uses in `replacement`; {hint}",
+    ]
+
+
+def test_a_value_that_breaks_its_step_is_reported_at_submission():
+    found = problems(
+        THREE_RENAMES.replace("old: fetch_user", "old: 'fetch_('").replace(" | regex_escape", "")
+    )
+    assert found == [
+        "steps[0] (line 10, column 5): targets[0] (repos/a): steps[0] (rename) with this "
+        "target's vars: pattern '\\\\bfetch_(\\\\b' is not a valid regular expression: "
+        "missing ), unterminated subpattern at position 8. Fix it (Python `re` syntax), "
+        "or set `literal: true` to match the text as is."
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("pattern: '{{ vars.old '", "is not a valid template"),
+        ("pattern: '{{ target }}{{ vars.old }}'", "a step template knows only `vars`"),
+        ("pattern: '{{ vars.old * 99999999 }}'", "uses a mul; a step template may only"),
+        ("pattern: '{{ vars.old | center(99999999) }}'", "uses the filter 'center'"),
+        ("pattern: '{% for i in range(9) %}{{ vars.old }}{% endfor %}'", "uses a for"),
+    ],
+)
+def test_a_broken_template_is_refused_at_its_step(field: str, expected: str):
+    [found] = problems(
+        f"name: n\ntargets:\n  - path: a\n    vars: {{old: x}}\nsteps:\n  - kind: search\n    {field}\n"
+    )
+    assert found.startswith("steps[0] (line 6, column 5): ") and expected in found
+
+
+def test_variable_names_are_identifiers_and_values_strings():
+    found = problems(
+        "name: n\ntargets:\n  - path: a\n    vars: {'bad-name': x, n: 3}\nsteps:\n  - kind: search\n    pattern: p\n"
+    )
+    assert any("variable name 'bad-name' is not an identifier" in p for p in found)
+    assert any("targets[0].vars.n" in p and "valid string" in p for p in found)
+
+
+# --- toolchains ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("../shared/venv", "contains `..`"),
+        ("/opt/py/../../etc", "contains `..`"),
+        ('"bin\\tdir"', "control character"),
+        ("'~/.pyenv'", "starts with ~"),
+        ("''", "toolchain is empty"),
+    ],
+)
+def test_a_toolchain_must_be_absolute_or_inside_the_target(entry: str, expected: str):
+    [found] = problems(
+        f"name: n\ntargets: [a]\ntoolchains: [{entry}]\nsteps:\n  - kind: search\n    pattern: p\n"
+    )
+    assert found.startswith("toolchains[0] (line 3, column 14): ") and expected in found
+
+
+def test_toolchains_resolve_per_target_and_a_target_may_name_its_own(tmp_path: Path):
+    base = repos(tmp_path, "a", "b", "c")
+    (base / "repos" / "a" / ".venv" / "bin").mkdir(parents=True)
+    (base / "node").mkdir()
+    (base / "repos" / "c" / ".venv").symlink_to(base / "node")  # a symlink out
+    spec = parse_spec(
+        f"name: n\ntoolchains: [.venv, {base / 'node'}]\ntargets:\n  - repos/a\n"
+        "  - path: repos/b\n    toolchains: []\n  - repos/c\nsteps:\n  - kind: search\n"
+        "    pattern: p\n",
+        "job.yaml",
+    )
+    a, b, c = resolve(spec, base)
+    assert a.toolchains == (str(base / "repos" / "a" / ".venv"), str(base / "node"))
+    assert a.error is None and b.toolchains == () and b.error is None
+    assert c.toolchains == () and "toolchain '.venv' leads out of the target" in (c.error or "")
+    assert spec.toolchains_for(base / "repos" / "a") == a.toolchains
+    (base / "repos" / "a" / ".venv" / "bin").rmdir()
+    (base / "repos" / "a" / ".venv").rmdir()
+    [missing, *_] = resolve(spec, base)
+    assert missing.error is not None and "toolchain '.venv' is not a directory" in missing.error
+    with pytest.raises(ToolInputError, match="is not a directory"):
+        spec.toolchains_for(base / "repos" / "a")

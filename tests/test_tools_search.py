@@ -40,7 +40,7 @@ def make_corpus(root: Path) -> Path:
         "latin1.txt": b"caf\xe9 fetch_user\n\xff\xfe broken\n",
         "dash-file.txt": b"-e fetch_user in a file named like a flag\n",
         "sp ace/name with spaces.txt": b"fetch_user\n",
-        ".hidden/h.py": b"fetch_user hidden but searched\n",
+        ".hidden/h.py": b"fetch_user hidden: searched with hidden: true only\n",
         ".git/config": b"fetch_user must never be listed\n",
         "regex.txt": b"a.b a+b (x) [y] {z} ^start end$ back\\slash\n",
     }
@@ -153,7 +153,9 @@ def test_search_never_leaves_the_workspace_or_enters_git(corpus: Path) -> None:
     result = both(corpus, SearchStep(pattern="fetch_user"))
     assert "secret" not in result.output
     assert ".git/" not in result.output
-    assert "link-inside.py:3:def fetch_user(uid):" in result.output
+    assert "link-inside.py" not in result.output  # rg follows no symlink either
+    assert ".hidden/" not in result.output
+    assert ".hidden/h.py:1:" in both(corpus, SearchStep(pattern="fetch_user", hidden=True)).output
     assert "-flaglike.py:1:fetch_user" in result.output
     assert "sp ace/name with spaces.txt:1:fetch_user" in result.output
 
@@ -220,11 +222,12 @@ def test_ripgrep_runs_in_batches_over_thousands_of_files(tmp_path: Path) -> None
 # --- the file list -------------------------------------------------------------------
 
 
-def test_file_list_is_sorted_relative_and_skips_git_escapes_and_linked_dirs(corpus: Path) -> None:
+def test_file_list_is_sorted_relative_and_skips_git_hidden_and_symlinks(corpus: Path) -> None:
     files = iter_files(corpus, ())
     assert files == sorted(files)
-    assert "src/deep/er/mod.py" in files and ".hidden/h.py" in files
-    assert "link-inside.py" in files
+    assert "src/deep/er/mod.py" in files and ".hidden/h.py" not in files
+    assert ".hidden/h.py" in iter_files(corpus, (), show_hidden=True)
+    assert "link-inside.py" not in files
     assert not any(f.startswith((".git/", "linked-dir")) or f == "escape.py" for f in files)
 
 
@@ -235,8 +238,6 @@ def test_file_list_is_sorted_relative_and_skips_git_escapes_and_linked_dirs(corp
             "*.py",
             [
                 "-flaglike.py",
-                ".hidden/h.py",
-                "link-inside.py",
                 "src/app.py",
                 "src/crlf.py",
                 "src/deep/er/mod.py",

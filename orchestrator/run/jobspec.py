@@ -10,7 +10,15 @@ is parsed once and each pydantic error location is walked down the same tree
 the values were built from. What pydantic cannot see is checked on the tree
 too: duplicate keys (PyYAML silently keeps the last one).
 
-`resolve_targets` turns the spec's targets into workspaces. Relative targets
+A target is a directory (or a glob of them), or a mapping
+`{path, vars, toolchains}`: step strings that say `{{ vars.NAME }}` are
+rendered per target (orchestrator.run.templates), and every target's
+rendering is checked here, at submission: a variable a target lacks, or a
+value that breaks its step (a bad regex), is a spec error naming the target,
+the step and the variable.
+
+`resolve` turns the spec's targets into workspaces, each with its steps and
+toolchains; `resolve_targets` is its (name, path, error) view. Relative targets
 resolve against a base directory the caller chooses: the CLI passes the
 current working directory, or `--base-dir`. A target that does not resolve is
 returned with its error instead of raising, so it fails alone at run time.
@@ -22,16 +30,17 @@ import difflib
 import glob
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, NamedTuple, Union, get_args
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -39,11 +48,23 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from orchestrator.errors import ConfigError, SpecError
+from orchestrator.errors import ConfigError, SpecError, ToolInputError
 from orchestrator.guard.policy import PolicyDoc, Tier
 from orchestrator.run.steps import CountRange, Step
+from orchestrator.run.targets import TargetEntry, TargetSpec, Toolchain, resolve_toolchains
+from orchestrator.run.templates import render_step, template_problems
 
-__all__ = ["JobSpec", "ResolvedTarget", "STEP_KINDS", "load_spec", "parse_spec", "resolve_targets"]
+__all__ = [
+    "JobSpec",
+    "ResolvedTarget",
+    "STEP_KINDS",
+    "Target",
+    "TargetSpec",
+    "load_spec",
+    "parse_spec",
+    "resolve",
+    "resolve_targets",
+]
 
 _STEP_MODELS: dict[str, type[BaseModel]] = {
     model.model_fields["kind"].default: model for model in get_args(get_args(Step)[0])
@@ -54,14 +75,13 @@ _KINDS = ", ".join(STEP_KINDS)
 _NAME = re.compile(r"[A-Za-z0-9._-]+(?: +[A-Za-z0-9._-]+)*")
 _GLOB_CHARS = frozenset("*?[")
 _DUPLICATE_STEP_NAME = "duplicate_step_name"
+_STEP_TEMPLATES = "step_templates"
 
 
-def _target_entry(value: str) -> str:
-    if not value.strip():
-        raise ValueError("target is empty; give a directory or a glob of directories")
-    if "\x00" in value:
-        raise ValueError("target contains a NUL byte; no path can have that name")
-    return value
+_Target = Annotated[
+    Union[Annotated[TargetEntry, Tag("path")], Annotated[TargetSpec, Tag("mapping")]],
+    Discriminator(lambda v: "path" if isinstance(v, str) else "mapping"),
+]
 
 
 class AgentSpec(BaseModel):
@@ -106,9 +126,14 @@ class JobSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     description: str = ""
-    # Directories, or globs of directories (`repos/*`), in order. Relative ones
-    # resolve against the base directory given to `resolve_targets`.
-    targets: tuple[Annotated[str, AfterValidator(_target_entry)], ...] = Field(min_length=1)
+    # Directories, or globs of directories (`repos/*`), in order; or mappings
+    # `{path, vars, toolchains}`. Relative ones resolve against the base
+    # directory given to `resolve`.
+    targets: tuple[_Target, ...] = Field(min_length=1)
+    # Directories (a venv, a pyenv version, a node install) a sandboxed command
+    # gets read-only with their bin/ first on PATH; relative ones are inside
+    # each target (`.venv`). A target's own `toolchains` replace these.
+    toolchains: tuple[Toolchain, ...] = ()
     # An agent that works on each target after the steps (declared first, so
     # the check that there is something to do can see it).
     agent: AgentSpec | None = None
@@ -160,6 +185,43 @@ class JobSpec(BaseModel):
                 {"listed": listed},
             )
         return steps
+
+    @field_validator("steps")
+    @classmethod
+    def _templates(cls, steps: tuple[Step, ...], info: ValidationInfo) -> tuple[Step, ...]:
+        targets = info.data.get("targets")
+        if targets is not None:
+            found = template_problems(steps, [_as_mapping(t) for t in targets])
+            if found:
+                raise PydanticCustomError(
+                    _STEP_TEMPLATES,
+                    "{joined}",
+                    {"joined": "; ".join(text for _, text in found), "found": found},
+                )
+        return steps
+
+    def target_specs(self) -> tuple[TargetSpec, ...]:
+        """Every `targets` entry as a mapping (a plain one has no vars)."""
+        return tuple(_as_mapping(t) for t in self.targets)
+
+    def steps_for(self, variables: Mapping[str, str]) -> tuple[Step, ...]:
+        """The steps with a target's variables substituted (checked at
+        validation for every target of the spec)."""
+        return tuple(render_step(s, variables) for s in self.steps)
+
+    def toolchains_for(self, target_path: Path, entry: TargetSpec | None = None) -> tuple[str, ...]:
+        """The toolchains of a target (`entry`'s own, else the job's) as
+        absolute directories; ToolInputError says which one is missing or
+        leads out of the target."""
+        wanted = entry.toolchains if entry and entry.toolchains is not None else self.toolchains
+        dirs, error = resolve_toolchains(wanted, target_path)
+        if error is not None:
+            raise ToolInputError(error)
+        return dirs
+
+
+def _as_mapping(target: str | TargetSpec) -> TargetSpec:
+    return TargetSpec(path=target) if isinstance(target, str) else target
 
 
 def _duplicate_step_names(steps: Iterable[Any]) -> list[tuple[int, str, int]]:
@@ -255,7 +317,15 @@ def parse_spec(text: str, source: str = "<string>") -> JobSpec:
         spec = JobSpec.model_validate(data)
     except ValidationError as exc:
         errors = [e for e in exc.errors(include_url=False) if e["type"] != _DUPLICATE_STEP_NAME]
-        located += [_locate(root, e, errors) for e in errors if not _redundant(e, errors)]
+        located += [
+            _locate(root, e, errors)
+            for e in errors
+            if not _redundant(e, errors) and e["type"] != _STEP_TEMPLATES
+        ]
+        for e in errors:  # one problem per target and step, at the step
+            for index, text in e["ctx"]["found"] if e["type"] == _STEP_TEMPLATES else ():
+                node, _, shown = _walk(root, ("steps", index))
+                located.append((node.start_mark, f"{_dotted(shown)} {_at(node)}: {text}"))
     else:
         if not located:
             return spec
@@ -410,6 +480,8 @@ def _walk(
             and 0 <= part < len(node.value)
         ):
             node = node.value[part]
+        elif isinstance(node, yaml.ScalarNode) and isinstance(part, str):
+            continue  # a union's tag (a plain target): a scalar has no keys
         shown.append(part)
     return node, key_node, shown
 
@@ -522,68 +594,100 @@ class ResolvedTarget(NamedTuple):
     error: str | None
 
 
+class Target(NamedTuple):
+    """One workspace of a job with what runs there: its entry's variables,
+    the steps rendered with them, and its toolchains as absolute directories
+    (empty when `error` is set: the target cannot run)."""
+
+    name: str
+    path: Path | None
+    error: str | None
+    vars: Mapping[str, str]
+    steps: tuple[Step, ...]
+    toolchains: tuple[str, ...]
+
+
 def resolve_targets(spec: JobSpec, base_dir: Path) -> list[ResolvedTarget]:
-    """The spec's targets, in order, as (display name, path, error).
+    """`resolve` as (display name, path, error)."""
+    return [ResolvedTarget(t.name, t.path, t.error) for t in resolve(spec, base_dir)]
+
+
+def resolve(spec: JobSpec, base_dir: Path) -> list[Target]:
+    """The spec's targets, in order, each with its steps and toolchains.
 
     Relative entries resolve against `base_dir` (the CLI passes the current
     directory, or `--base-dir`); `~` is expanded. An entry with `*`, `?` or `[`
     is a glob: it expands to the directories it matches, sorted (files are
     ignored, hidden names match only an explicit leading dot, `**` crosses
-    folders). Nothing here raises for a bad target: a missing path, a file or a
-    glob matching no directory comes back with its error, so that target fails
-    at run time and the others still run. A directory named twice (directly,
-    through two globs or through a symlink) is kept once, at its first place.
-    Display names are relative to `base_dir` when inside it, else absolute,
-    and unique."""
+    folders); every match shares the entry's vars and toolchains. Nothing
+    here raises for a bad target: a missing path, a file, a glob matching no
+    directory or a missing toolchain comes back with its error, so that target
+    fails at run time and the others still run. A directory named twice
+    (directly, through two globs or through a symlink) is kept once, at its
+    first place. Display names are relative to `base_dir` when inside it,
+    else absolute, and unique."""
     base = Path(os.path.abspath(base_dir))
-    out: list[ResolvedTarget] = []
+    out: list[Target] = []
     seen: set[object] = set()
     names: set[str] = set()
 
     def add(
-        identity: object, lexical: str | None, path: Path | None, error: str | None, label: str
+        entry: TargetSpec,
+        identity: object,
+        lexical: str | None,
+        path: Path | None,
+        error: str | None,
     ) -> None:
         if identity in seen:
             return
         seen.add(identity)
-        name = _display(base, lexical) if lexical is not None else label
+        name = _display(base, lexical) if lexical is not None else entry.path
         unique, n = name, 2
         while unique in names:
             unique, n = f"{name} ({n})", n + 1
         names.add(unique)
-        out.append(ResolvedTarget(unique, path, error))
+        toolchains: tuple[str, ...] = ()
+        if path is not None and error is None:
+            wanted = spec.toolchains if entry.toolchains is None else entry.toolchains
+            toolchains, error = resolve_toolchains(wanted, path)
+        steps = spec.steps_for(entry.vars)
+        out.append(Target(unique, path, error, entry.vars, steps, toolchains))
 
-    for entry in spec.targets:
-        expanded = os.path.expanduser(entry)
-        relative_note = "" if os.path.isabs(expanded) else f" (relative to {base})"
-        if _GLOB_CHARS.intersection(entry):
-            matches = sorted(
-                lexical
-                for m in glob.glob(expanded, root_dir=base, recursive=True)
-                if os.path.isdir(lexical := os.path.normpath(os.path.join(base, m)))
-            )
-            if not matches:
-                add(
-                    ("glob", entry),
-                    None,
-                    None,
-                    f"glob {entry!r} matched no directory{relative_note}; check the pattern "
-                    "and the base directory",
-                    entry,
-                )
-            for lexical in matches:
-                real = Path(os.path.realpath(lexical))
-                add(real, lexical, real, None, entry)
-            continue
-        lexical = os.path.normpath(os.path.join(base, expanded))
-        real = Path(os.path.realpath(lexical))
-        error = None
-        if not os.path.exists(real):
-            error = f"target {entry!r} does not exist: {lexical}{relative_note}"
-        elif not os.path.isdir(real):
-            error = f"target {entry!r} is not a directory: {lexical}"
-        add(real, lexical, real, error, entry)
+    for entry in spec.target_specs():
+        for identity, lexical, path, error in _expand(entry.path, base):
+            add(entry, identity, lexical, path, error)
     return out
+
+
+def _expand(entry: str, base: Path) -> list[tuple[object, str | None, Path | None, str | None]]:
+    """(identity, lexical path, real path, error) for each directory `entry` names."""
+    expanded = os.path.expanduser(entry)
+    relative_note = "" if os.path.isabs(expanded) else f" (relative to {base})"
+    if _GLOB_CHARS.intersection(entry):
+        matches = sorted(
+            lexical
+            for m in glob.glob(expanded, root_dir=base, recursive=True)
+            if os.path.isdir(lexical := os.path.normpath(os.path.join(base, m)))
+        )
+        if not matches:
+            error = (
+                f"glob {entry!r} matched no directory{relative_note}; check the pattern "
+                "and the base directory"
+            )
+            return [(("glob", entry), None, None, error)]
+        return [
+            (real, lexical, real, None)
+            for lexical in matches
+            for real in [Path(os.path.realpath(lexical))]
+        ]
+    lexical = os.path.normpath(os.path.join(base, expanded))
+    real = Path(os.path.realpath(lexical))
+    error = None
+    if not os.path.exists(real):
+        error = f"target {entry!r} does not exist: {lexical}{relative_note}"
+    elif not os.path.isdir(real):
+        error = f"target {entry!r} is not a directory: {lexical}"
+    return [(real, lexical, real, error)]
 
 
 def _display(base: Path, lexical: str) -> str:

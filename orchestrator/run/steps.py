@@ -3,10 +3,32 @@ tool adapter takes. A step is one turn of a recipe session."""
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A `{{ ... vars ... }}` or `{% ... vars ... %}` span stays inside one word when
+# a command string is split, so `sed s/{{ vars.old }}/x/` keeps its template
+# whole for the per-target substitution (orchestrator.run.templates).
+_SPAN = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
+_VARS = re.compile(r"\bvars\b")
+_HELD = re.compile("\ue000(\\d+)\ue001")  # a span's stand-in while shlex splits
+
+
+def _split_command(value: str) -> tuple[str, ...]:
+    """shlex's split, with template spans that use `vars` kept whole."""
+    spans: list[str] = []
+
+    def hold(m: re.Match[str]) -> str:
+        if not _VARS.search(m[0]):
+            return m[0]
+        spans.append(m[0])
+        return f"\ue000{len(spans) - 1}\ue001"
+
+    parts = shlex.split(_SPAN.sub(hold, value))
+    return tuple(_HELD.sub(lambda m: spans[int(m[1])], part) for part in parts)
 
 
 class CountRange(BaseModel):
@@ -58,7 +80,16 @@ class _Step(BaseModel):
     idempotent: bool = False
 
 
-class SearchStep(_Step):
+class _Walking(_Step):
+    """A step that walks the target's files the way ripgrep does: what
+    `.gitignore`, `.ignore`, `.rgignore` and hidden names hide is skipped
+    (orchestrator.tools.ignore) unless these say otherwise (rg's flags)."""
+
+    hidden: bool = False  # rg --hidden: also files and folders named `.x`
+    no_ignore: bool = False  # rg --no-ignore: ignore files do not apply
+
+
+class SearchStep(_Walking):
     kind: Literal["search"] = "search"
     pattern: str = Field(min_length=1)
     literal: bool = False
@@ -69,7 +100,7 @@ class SearchStep(_Step):
     idempotent: bool = True
 
 
-class ReplaceStep(_Step):
+class ReplaceStep(_Walking):
     kind: Literal["replace"] = "replace"
     pattern: str = Field(min_length=1)
     replacement: str
@@ -100,7 +131,7 @@ class ReadStep(_Step):
     idempotent: bool = True
 
 
-class ListStep(_Step):
+class ListStep(_Walking):
     """The files under a folder of the target (the policy's denied files left out)."""
 
     kind: Literal["list"] = "list"
@@ -131,7 +162,7 @@ class ShellStep(_Step):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             try:
-                parts = shlex.split(value)
+                parts = _split_command(value)
             except ValueError as exc:
                 raise ValueError(f"cannot split command {value!r}: {exc}") from exc
             if not parts:

@@ -75,8 +75,14 @@ def list_files(
     globs: Sequence[str],
     max_bytes: int,
     hidden: Callable[[str], bool] | None = None,
+    *,
+    show_hidden: bool = False,
+    no_ignore: bool = False,
 ) -> ToolResult:
-    """The files under `rel`, one path (relative to the workspace) a line."""
+    """The files under `rel`, one path (relative to the workspace) a line: what
+    `rg --files` lists there (`show_hidden`, `no_ignore`: rg's `--hidden`,
+    `--no-ignore`). The workspace's ignore files apply to a subfolder too;
+    naming an ignored folder lists it, as naming it to rg does."""
     rel = normalize_rel(rel) if rel not in ("", ".") else "."
     with Jail(workspace) as jail:
         spot = jail.resolve(rel)
@@ -87,9 +93,12 @@ def list_files(
     names = [
         prefix + f
         for f in iter_files(
-            jail.root / spot.rel,
+            jail.root,
             globs,
             (lambda r: hidden(prefix + r) or hidden(real + r)) if hidden else None,
+            under=real,
+            show_hidden=show_hidden,
+            no_ignore=no_ignore,
         )
     ]
     text = "".join(n + "\n" for n in names).encode()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 from orchestrator.errors import ToolInputError
+from orchestrator.tools.ignore import IgnoreRules
 from orchestrator.tools.jail import Jail
 
 __all__ = ["resolve_in_workspace", "iter_files", "glob_matcher", "display_path"]
@@ -126,43 +126,47 @@ def glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
 
 
 def iter_files(
-    workspace: Path, globs: Iterable[str] = (), hidden: Callable[[str], bool] | None = None
+    workspace: Path,
+    globs: Iterable[str] = (),
+    hidden: Callable[[str], bool] | None = None,
+    *,
+    under: str = "",
+    show_hidden: bool = False,
+    no_ignore: bool = False,
 ) -> list[str]:
-    """Sorted relative POSIX paths of the regular files under `workspace` that
-    match `globs`. Skips `.git`, does not descend into symlinked directories, and
-    keeps a symlinked file only if it points to a regular file inside. Files
-    for which `hidden(rel)` is true (the policy's denied paths) are left out."""
+    """Sorted relative POSIX paths of the regular files under `workspace` (or
+    its folder `under`, paths then relative to it) that match `globs`: the
+    files `rg --files` lists there (orchestrator.tools.ignore says which:
+    ignore files and hidden names apply unless `show_hidden` / `no_ignore`).
+    `.git` is never entered and, as rg without `--follow`, no symlink is
+    listed or followed. Files for which `hidden(rel)` is true (the policy's
+    denied paths) are left out."""
     root = workspace.resolve()
     match = glob_matcher(tuple(globs))
+    rules = IgnoreRules(root, hidden=show_hidden, no_ignore=no_ignore)
+    start = "" if under in ("", ".") else under.strip("/") + "/"
     found: list[str] = []
-    stack = [""]
+    stack = [rules.top(start)]
     while stack:
-        prefix = stack.pop()
+        level = stack.pop()
         try:
-            entries = list(os.scandir(os.path.join(root, prefix) if prefix else root))
+            entries = list(os.scandir(root / level.rel if level.rel else root))
         except (NotADirectoryError, FileNotFoundError, PermissionError):
             continue
         for entry in entries:
             if entry.name == ".git":
                 continue  # the repository itself (a directory, or a worktree's pointer file)
-            rel = f"{prefix}{entry.name}"
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(rel + "/")
+            rel = f"{level.rel}{entry.name}"
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if not is_dir and not entry.is_file(follow_symlinks=False):
+                continue  # a symlink, fifo, socket or device: rg lists none of them
+            if rules.skips(level, rel, entry.name, is_dir):
                 continue
-            if entry.is_symlink():
-                if not _symlink_ok(root, entry.path):
-                    continue
-            elif not entry.is_file(follow_symlinks=False):
-                continue  # fifo, socket, device: reading could block or mean nothing
-            if match(rel) and not (hidden is not None and hidden(rel)):
-                found.append(rel)
+            if is_dir:
+                stack.append(rules.enter(level, rel + "/"))
+                continue
+            shown = rel[len(start) :]
+            if match(shown) and not (hidden is not None and hidden(shown)):
+                found.append(shown)
     found.sort()
     return found
-
-
-def _symlink_ok(root: Path, path: str) -> bool:
-    try:
-        real = Path(path).resolve(strict=True)
-        return real.is_relative_to(root) and stat.S_ISREG(real.stat().st_mode)
-    except (OSError, RuntimeError):
-        return False

@@ -21,28 +21,30 @@ from orchestrator.tools.jail import Jail
 from orchestrator.tools.paths import iter_files
 from orchestrator.tools.search import check_count, compile_pattern
 
-__all__ = ["plan_replace"]
+__all__ = ["plan_replace", "compile_replace"]
 
 
 def plan_replace(
     workspace: Path, step: ReplaceStep, hidden: Callable[[str], bool] | None = None
 ) -> tuple[list[FileEdit], int]:
     """Edits for the files that change, and the number of replacements made.
-    Binary files (a NUL byte) and files that are not valid UTF-8 are skipped,
-    and so are the files `hidden` says the policy denies.
+    Only the files ripgrep would walk are read (`iter_files`: an ignored
+    `.venv/` or `node_modules/` is left alone unless the step says
+    `no_ignore` / `hidden`). Binary files (a NUL byte) and files that are not
+    valid UTF-8 are skipped, and so are the files `hidden` says the policy denies.
     Raises CountMismatch before anything is written when `expect` is not met."""
     deadline = time.monotonic() + step.timeout_s
-    rx = compile_pattern(
-        step.pattern, literal=step.literal, ignore_case=step.ignore_case, flags=re.MULTILINE
-    )
-    rewrite = _rewriter(rx, step)
+    rx, rewrite = compile_replace(step)
     # A cheap byte-level test that rules most files out before decoding them.
     needle = step.pattern.encode("utf-8") if step.literal and not step.ignore_case else None
     root = workspace.resolve()
     edits: list[FileEdit] = []
     total = 0
     with Jail(root) as jail:
-        for rel in iter_files(root, step.glob, hidden):
+        walk = iter_files(
+            root, step.glob, hidden, show_hidden=step.hidden, no_ignore=step.no_ignore
+        )
+        for rel in walk:
             if time.monotonic() > deadline:
                 raise ToolTimeout(
                     f"replace ran past its time limit of {step.timeout_s:g} s "
@@ -77,6 +79,15 @@ def plan_replace(
         "occurrences",
     )
     return edits, total
+
+
+def compile_replace(step: ReplaceStep) -> tuple[re.Pattern[str], Callable[[str], tuple[str, int]]]:
+    """The step's pattern and its `text -> (new_text, count)` rewriter;
+    ToolInputError for an invalid pattern or replacement template."""
+    rx = compile_pattern(
+        step.pattern, literal=step.literal, ignore_case=step.ignore_case, flags=re.MULTILINE
+    )
+    return rx, _rewriter(rx, step)
 
 
 def _rewriter(rx: re.Pattern[str], step: ReplaceStep) -> Callable[[str], tuple[str, int]]:

@@ -29,7 +29,15 @@ from orchestrator.tools.base import ToolResult
 from orchestrator.tools.jail import Jail
 from orchestrator.tools.paths import display_path, iter_files
 
-__all__ = ["search", "ripgrep", "compile_pattern", "cap_output", "decode_text", "check_count"]
+__all__ = [
+    "search",
+    "search_pattern",
+    "ripgrep",
+    "compile_pattern",
+    "cap_output",
+    "decode_text",
+    "check_count",
+]
 
 _RG_ARGV_BYTES = 256 * 1024  # well under ARG_MAX, so one chunk is one exec
 _RG_ARGV_FILES = 4096
@@ -43,19 +51,15 @@ def search(
     hidden: Callable[[str], bool] | None = None,
 ) -> ToolResult:
     """Lines matching `step.pattern` as `path:lineno:line`, sorted by path and
-    line. `use_rg=None` uses ripgrep when installed; the result is identical.
-    Files `hidden` says the policy denies are not searched."""
+    line. `use_rg=None` uses ripgrep when installed; the result is identical:
+    both scan the one file list of `iter_files` (the files `rg --files` walks,
+    widened by the step's `hidden` / `no_ignore`). Files `hidden` says the
+    policy denies are not searched."""
     started = time.monotonic()
     deadline = started + step.timeout_s
-    rx = compile_pattern(step.pattern, literal=step.literal, ignore_case=step.ignore_case)
-    if _requires_newline(rx):
-        raise ToolInputError(
-            f"search pattern {step.pattern!r} contains a newline, but search "
-            "matches within one line, so it could never match. Search for "
-            "one line of it, or use a replace step for multi-line edits."
-        )
+    rx = search_pattern(step)
     root = workspace.resolve()
-    files = iter_files(root, step.glob, hidden)
+    files = iter_files(root, step.glob, hidden, show_hidden=step.hidden, no_ignore=step.no_ignore)
     rg = ripgrep() if use_rg is not False else None
     if use_rg and rg is None:
         raise ToolInputError(
@@ -82,6 +86,19 @@ def search(
     )
     check_count("search", step.pattern, step.expect, result, "matching lines")
     return result
+
+
+def search_pattern(step: SearchStep) -> re.Pattern[str]:
+    """The step's pattern compiled; ToolInputError for one that is invalid or
+    could never match a line."""
+    rx = compile_pattern(step.pattern, literal=step.literal, ignore_case=step.ignore_case)
+    if _requires_newline(rx):
+        raise ToolInputError(
+            f"search pattern {step.pattern!r} contains a newline, but search "
+            "matches within one line, so it could never match. Search for "
+            "one line of it, or use a replace step for multi-line edits."
+        )
+    return rx
 
 
 def compile_pattern(
