@@ -35,7 +35,8 @@ COMMANDS = (
 
 def run(opts: Options) -> Result:
     from orchestrator.guard.commands import _parser, analyze
-    from orchestrator.guard.policy import DEFAULT_POLICY, decide_request
+    from orchestrator.guard.decision import decide_request
+    from orchestrator.guard.policy import DEFAULT_POLICY
 
     res = Result("policy")
     parser = _parser()

@@ -35,7 +35,8 @@ from rich.console import Console
 from events.store import open_store
 from orchestrator.cli.diagnose import table
 from orchestrator.config.settings import Settings
-from orchestrator.guard.policy import Usage, decide, parse_policy
+from orchestrator.guard.decision import Usage, decide
+from orchestrator.guard.policy import parse_policy
 from orchestrator.ops import workers
 from orchestrator.run import diagnose as dg
 from orchestrator.run.sample_repos import create_sample_repos

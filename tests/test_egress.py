@@ -10,6 +10,7 @@ import threading
 import httpx
 import pytest
 
+from orchestrator.guard.decision import decide
 from orchestrator.guard.egress import (
     EgressDenied,
     check_url,
@@ -17,7 +18,7 @@ from orchestrator.guard.egress import (
     host_rule,
     resolve_checked,
 )
-from orchestrator.guard.policy import Network, combine, decide, parse_policy
+from orchestrator.guard.policy import Network, combine, parse_policy
 
 OPEN = Network(enabled=True)
 

@@ -33,7 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from events.projections import Projections, SessionState, ToolCall
-from orchestrator.guard.policy import CommandRule, PolicyDoc, parse_policy
+from orchestrator.guard.policy import PolicyDoc, parse_policy
+from orchestrator.guard.rules import CommandRule
 from orchestrator.run.jobspec import AgentSpec, JobSpec
 from orchestrator.run.steps import ListStep, SearchStep, ShellStep
 

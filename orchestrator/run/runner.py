@@ -38,7 +38,7 @@ from events.projections import JobState, Projections, SessionState, apply_job, f
 from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
 from events.store import SqlEventStore
 from orchestrator.errors import ToolError
-from orchestrator.guard import policy
+from orchestrator.guard import decision, policy
 from orchestrator.ops import logs, metrics, tracing
 from orchestrator.run.steps import (
     NETWORK_STEPS,
@@ -126,7 +126,7 @@ class PolicyRefused(ToolError):
     exit_code = 3
 
     @classmethod
-    def of(cls, verdict: policy.Verdict) -> PolicyRefused:
+    def of(cls, verdict: decision.Verdict) -> PolicyRefused:
         return cls(
             f"denied by rule {verdict.rule_id}: {verdict.reason}. Nothing ran; "
             "change the step, or the policy if it should be allowed"
@@ -171,7 +171,7 @@ class Runner:
     def hidden(self, s: SessionState) -> Any:
         """What globbing tools must not see under the session's policy."""
         pol = self.policy_of(s)
-        return lambda rel: not policy.visible(pol, rel)
+        return lambda rel: not decision.visible(pol, rel)
 
     _snapshot_at: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     # Per job: the job stream's seq read so far, and (by, reason) once cancelled.
@@ -441,7 +441,7 @@ class Runner:
                 planned = plan(workspace, step, hidden)
             except ToolError as exc:
                 plan_error = exc
-        verdict = policy.decide(
+        verdict = decision.decide(
             step.kind,
             args,
             pol,
@@ -824,10 +824,10 @@ def effect_free(step: Step, planned: Plan) -> bool:
     return not isinstance(step, ShellStep) and not planned.edits
 
 
-def usage_of(state: Projections) -> policy.Usage:
+def usage_of(state: Projections) -> decision.Usage:
     """What quotas and rate limits are decided on, from the projections."""
     q = state.quota
-    return policy.Usage(
+    return decision.Usage(
         tool_calls=dict(q.tool_calls),
         cpu_s=q.shell_cpu_s,
         wall_s=q.shell_wall_s,

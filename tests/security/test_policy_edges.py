@@ -8,17 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.guard.decision import decide, decide_request, normalize
 from orchestrator.guard.policy import (
     DEFAULT_POLICY,
-    Decision,
     PolicyError,
     combine,
-    decide,
-    decide_request,
     load_policy,
-    normalize,
     parse_policy,
 )
+from orchestrator.guard.rules import Decision
 
 
 def test_an_unknown_tool_is_denied_by_name():
