@@ -22,7 +22,9 @@ The layers, in order (all are evaluated; the strictest decision wins):
 
 from __future__ import annotations
 
+import json
 import posixpath
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -44,6 +46,7 @@ from orchestrator.guard.rules import (
     CommandRule,
     Decision,
     program_identity,
+    program_path,
     rule_applies,
 )
 from orchestrator.guard.sed_awk import awk_runs_programs, sed_runs_or_writes
@@ -391,8 +394,9 @@ def _invocation_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match
     match it (or the policy's default), what its own script does (sed,
     awk), and the files its arguments name."""
     name = program_identity(inv.program)
-    out = [] if name is not None else [_untrusted(inv)]
-    out += _rule_matches(policy, inv, name)
+    out = _rule_matches(policy, inv, name, cwd)
+    if name is None and not out:  # no rule names the program by its path
+        out = [_untrusted(inv, cwd)]
     if sed_runs_or_writes(inv):
         out.append(
             Match(
@@ -415,26 +419,38 @@ def _invocation_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match
     return out + _argument_matches(policy, inv, cwd)
 
 
-def _untrusted(inv: Invocation) -> Match:
+def _untrusted(inv: Invocation, cwd: str) -> Match:
+    """A program run by a path outside the trusted directories, that no rule
+    names; the reason carries a rule that allows it (a YAML mapping for the
+    policy's `commands.rules`)."""
+    path = program_path(inv.program, cwd)
+    rule = (
+        f"{{id: {json.dumps('allow-' + path)}, decision: allow, "
+        f"command: {json.dumps(shlex.quote(path))}}}"
+    )
     return Match(
         "untrusted-program",
         Decision.ASK,
         (
             f"`{inv.program}` is not a system program (trusted: {', '.join(TRUSTED_DIRS)}); "
-            "a binary in the workspace is not the tool it is named after. Allow it with a "
-            f"command rule for {inv.program!r}"
+            "a binary in the workspace is not the tool it is named after. Allow it with this "
+            f"rule in the policy's commands.rules: {rule}"
         ),
     )
 
 
-def _rule_matches(policy: Policy, inv: Invocation, name: str | None) -> list[Match]:
-    """Every command rule that applies to `inv`; none: `commands.default`
-    (for a trusted program; an untrusted one already asks)."""
+def _rule_matches(policy: Policy, inv: Invocation, name: str | None, cwd: str) -> list[Match]:
+    """Every command rule that applies to `inv`, by the program's name (a
+    trusted one) or its path; none: `commands.default` for a trusted program
+    (an untrusted one asks instead)."""
     out: list[Match] = []
     shown = inv.text()
     named = False
-    for rule in policy.rules_for(name or ""):
-        if not rule_applies(rule, inv.argv):
+    candidates = policy.rules_for(name) if name is not None else ()
+    if "/" in inv.program:
+        candidates = (*candidates, *policy.rules_for_path(program_path(inv.program, cwd)))
+    for rule in candidates:
+        if not rule_applies(rule, inv.argv, cwd):
             continue
         named = True
         if rule.network:

@@ -171,17 +171,38 @@ class Policy:
     def _by_program(self) -> dict[str, tuple[CommandRule, ...]]:
         return {}
 
+    @cached_property
+    def _by_path(self) -> dict[str, tuple[CommandRule, ...]]:
+        return {}
+
     def rules_for(self, name: str) -> tuple[CommandRule, ...]:
-        """The command rules that can apply to program `name`, in policy order
-        (rules are indexed by their literal program; wildcard ones always apply)."""
+        """The rules naming a program by name that can apply to program `name`,
+        in policy order (rules are indexed by their literal program; wildcard
+        ones always apply)."""
         rules = self._by_program.get(name)
         if rules is None:
             rules = self._by_program[name] = tuple(
                 r
                 for r in self.command_rules
-                if r.tokens[0] == name or any(ch in r.tokens[0] for ch in "*?[")
+                if r.path is None and (r.tokens[0] == name or _wildcard(r.tokens[0]))
             )
         return rules
+
+    def rules_for_path(self, path: str) -> tuple[CommandRule, ...]:
+        """The rules naming a program by path that can apply to the program at
+        `path` (`rules.program_path`), in policy order."""
+        rules = self._by_path.get(path)
+        if rules is None:
+            rules = self._by_path[path] = tuple(
+                r
+                for r in self.command_rules
+                if r.path is not None and (r.path == path or _wildcard(r.path))
+            )
+        return rules
+
+
+def _wildcard(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
 
 
 def strictest_tier(*tiers: Tier | None) -> Tier:

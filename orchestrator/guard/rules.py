@@ -71,6 +71,14 @@ class CommandRule(Frozen):
     def tokens(self) -> tuple[str, ...]:
         return tuple(shlex.split(self.command))
 
+    @cached_property
+    def path(self) -> str | None:
+        """The program as a path when the rule names one (`.venv/bin/python`,
+        `/opt/tool/bin/x`), normalized; a relative one is relative to the
+        workspace. None when the rule names a program by name."""
+        first = self.tokens[0]
+        return posixpath.normpath(first) if "/" in first else None
+
 
 class PathRule(Frozen):
     """Globs relative to the workspace (`**` spans folders, a pattern without a
@@ -122,12 +130,29 @@ def program_identity(program: str) -> str | None:
     return name if posixpath.normpath(head) in TRUSTED_DIRS else None
 
 
-def rule_applies(rule: CommandRule, argv: Sequence[str]) -> bool:
-    if not argv:
+def program_path(program: str, cwd: str = ".") -> str:
+    """A program run by path, as rules name it: absolute, or relative to the
+    workspace root (`cwd` is relative to that root), normalized."""
+    if program.startswith("/"):
+        return posixpath.normpath(program)
+    return posixpath.normpath(posixpath.join(cwd, program))
+
+
+def _names_program(rule: CommandRule, program: str, cwd: str) -> bool:
+    """A rule naming a path matches a program run by that path (trusted or
+    not); a rule naming a name matches a trusted program of that name."""
+    if rule.path is not None:
+        return "/" in program and fnmatch.fnmatchcase(program_path(program, cwd), rule.path)
+    name = program_identity(program)
+    return name is not None and fnmatch.fnmatchcase(name, rule.tokens[0])
+
+
+def rule_applies(rule: CommandRule, argv: Sequence[str], cwd: str = ".") -> bool:
+    """Whether `rule` matches this argv (run from `cwd`, relative to the
+    workspace): its program, leading arguments and flag conditions."""
+    if not argv or not _names_program(rule, argv[0], cwd):
         return False
     name = program_identity(argv[0])
-    if name is None or not fnmatch.fnmatchcase(name, rule.tokens[0]):
-        return False
     args = tuple(argv[1:])
     globals_: tuple[str, ...] = ()
     if name == "git":
