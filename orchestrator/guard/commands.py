@@ -25,6 +25,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import tree_sitter_bash
+from tree_sitter import Language, Parser
+
 from orchestrator.guard.shell_words import DYNAMIC_NODES, Word, word
 
 __all__ = [
@@ -161,9 +164,6 @@ class Analysis:
 
 @lru_cache(maxsize=1)
 def _parser() -> Any:
-    import tree_sitter_bash
-    from tree_sitter import Language, Parser
-
     return Parser(Language(tree_sitter_bash.language()))
 
 
