@@ -14,8 +14,10 @@ The layers, in order (all are evaluated; the strictest decision wins):
    to `.git/`; leaving the workspace is destructive;
 4. commands (shell): `orchestrator.guard.commands` finds every program that
    would run; anything it refuses is denied; each program is matched against
-   the command rules (built-in ones first, then the policy's), programs no
-   rule names get `commands.default`;
+   the command rules (built-in ones first, then the policy's; by name for a
+   trusted program, by path for one run by path), trusted programs no rule
+   names get `commands.default`, untrusted ones ask (`untrusted-program`);
+   sed and awk scripts are read too (`orchestrator.guard.sed_awk`);
 5. destructive operations are `ask` in every tier unless the session was
    elevated (`--allow-destructive`), which turns exactly those asks into allows.
 """
