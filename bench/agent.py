@@ -408,7 +408,7 @@ def instrumented(parts: Parts) -> Iterator[None]:
     from unittest import mock
 
     import orchestrator.agent.core as agent_mod
-    import orchestrator.guard.policy as policy_mod
+    import orchestrator.guard.decision as decision_mod
     import orchestrator.run.runner as runner_mod
     from events.store import SqlEventStore
     from orchestrator.agent.providers.scripted import ScriptedProvider
@@ -421,7 +421,7 @@ def instrumented(parts: Parts) -> Iterator[None]:
         (runner_mod, "fold", "fold events into projections"),
         (runner_mod, "job_state", "job report: read + fold the job stream"),
         (agent_mod, "messages", "build the prompt (messages, system template)"),
-        (policy_mod, "decide", "policy decision"),
+        (decision_mod, "decide", "policy decision"),
         (ReadTool, "run", "tool: read_file (the work)"),
         (ScriptedProvider, "complete", "model: ScriptedProvider.complete (the work)"),
     ]

@@ -7,7 +7,7 @@ search pipelines, a few with substitutions and wrappers), timed per call:
 - parse: `tree_sitter.Parser.parse` alone (the floor: the parser we chose);
 - analyze: `orchestrator.guard.commands.analyze` (parse, walk the tree,
   unwrap `sh -c`/`env`/`xargs`/`find -exec`...);
-- decide: `orchestrator.guard.policy.decide_request("shell", ...)` under the default
+- decide: `orchestrator.guard.decision.decide_request("shell", ...)` under the default
   policy (analyze, match every program against about 190 built-in rules,
   paths, redirects, destructive and secret checks).
 
@@ -35,7 +35,8 @@ COMMANDS = (
 
 def run(opts: Options) -> Result:
     from orchestrator.guard.commands import _parser, analyze
-    from orchestrator.guard.policy import DEFAULT_POLICY, decide_request
+    from orchestrator.guard.decision import decide_request
+    from orchestrator.guard.policy import DEFAULT_POLICY
 
     res = Result("policy")
     parser = _parser()

@@ -35,8 +35,10 @@ from rich.console import Console
 from events.store import open_store
 from orchestrator.cli.diagnose import table
 from orchestrator.config.settings import Settings
-from orchestrator.guard.policy import Usage, decide, parse_policy
+from orchestrator.guard.decision import Usage, decide
+from orchestrator.guard.policy import parse_policy
 from orchestrator.ops import workers
+from orchestrator.run import check_output as co
 from orchestrator.run import diagnose as dg
 from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, shape_env
@@ -212,12 +214,12 @@ ERROR tests/test_syntax.py
 """
 
 
-def where(findings: list[dg.Finding]) -> list[tuple[str, str | None, int | None]]:
+def where(findings: list[co.Finding]) -> list[tuple[str, str | None, int | None]]:
     return [(f.severity, f.file, f.line) for f in findings]
 
 
 def test_pytest_failures_are_found_at_the_deepest_frame_inside_the_repository() -> None:
-    found = dg.parse_pytest(PYTEST_RUN, ROOT_DIR)
+    found = co.parse_pytest(PYTEST_RUN, ROOT_DIR)
     assert where(found) == [
         ("error", "tests/test_imports.py", 3),
         ("error", "tests/test_syntax.py", 1),
@@ -244,7 +246,7 @@ def test_pytest_failures_are_found_at_the_deepest_frame_inside_the_repository() 
 
 def test_pytest_finding_no_tests_is_information() -> None:
     out = "\nno tests ran in 0.01s\n"
-    assert where(dg.parse_pytest(out, ROOT_DIR)) == [("info", None, None)]
+    assert where(co.parse_pytest(out, ROOT_DIR)) == [("info", None, None)]
 
 
 UNITTEST_RUN = """\
@@ -279,7 +281,7 @@ FAILED (failures=1, errors=1)
 
 
 def test_unittest_failures_and_import_errors_are_findings_with_their_line() -> None:
-    found = dg.parse_unittest(UNITTEST_RUN, ROOT_DIR)
+    found = co.parse_unittest(UNITTEST_RUN, ROOT_DIR)
     assert where(found) == [
         ("error", "tests/test_imports.py", 3),
         ("error", "tests/test_invoices.py", 23),
@@ -290,12 +292,12 @@ def test_unittest_failures_and_import_errors_are_findings_with_their_line() -> N
         "python3 -m unittest tests.test_invoices.InvoiceTest."
         "test_vat_rate_is_twenty_percent" in found[1].next_step
     )
-    assert dg.parse_unittest("\n----\nRan 0 tests in 0.000s\n\nNO TESTS RAN\n") == [
-        dg.Finding(
+    assert co.parse_unittest("\n----\nRan 0 tests in 0.000s\n\nNO TESTS RAN\n") == [
+        co.Finding(
             severity="info",
             check="unittest",
             evidence="unittest discovered no tests",
-            next_step=dg.parse_unittest("Ran 0 tests")[0].next_step,
+            next_step=co.parse_unittest("Ran 0 tests")[0].next_step,
         )
     ]
 
@@ -311,7 +313,7 @@ SyntaxError: invalid syntax
 
 
 def test_compileall_reports_each_file_that_does_not_compile() -> None:
-    found = dg.parse_compileall(COMPILEALL, ROOT_DIR)
+    found = co.parse_compileall(COMPILEALL, ROOT_DIR)
     assert where(found) == [("error", "billing/broken.py", 4)]
     assert found[0].evidence == "SyntaxError: invalid syntax"
 
@@ -345,7 +347,7 @@ Found 2 errors.
 
 
 def test_ruff_diagnostics_in_either_format_are_findings() -> None:
-    concise = dg.parse_ruff(RUFF_CONCISE, ROOT_DIR)
+    concise = co.parse_ruff(RUFF_CONCISE, ROOT_DIR)
     assert where(concise) == [
         ("warning", "billing/unused.py", 1),
         ("error", "billing/api.py", 4),
@@ -353,7 +355,7 @@ def test_ruff_diagnostics_in_either_format_are_findings() -> None:
     ]
     assert concise[0].evidence == "F401 `os` imported but unused"
     assert "ruff check --fix billing/unused.py" in concise[0].next_step
-    full = dg.parse_ruff(RUFF_FULL, ROOT_DIR)
+    full = co.parse_ruff(RUFF_FULL, ROOT_DIR)
     assert where(full) == [("warning", "billing/unused.py", 1), ("warning", "billing/api.py", 9)]
     assert full[1].evidence == "E741 Ambiguous variable name: `l`"
 
@@ -367,7 +369,7 @@ Found 2 errors in 2 files (checked 4 source files)
 
 
 def test_mypy_errors_are_errors_only_where_the_repository_configures_mypy() -> None:
-    configured = dg.parse_mypy(MYPY, ROOT_DIR, configured=True)
+    configured = co.parse_mypy(MYPY, ROOT_DIR, configured=True)
     assert where(configured) == [
         ("error", "billing/invoices.py", 12),
         ("error", "billing/users.py", 3),
@@ -377,7 +379,7 @@ def test_mypy_errors_are_errors_only_where_the_repository_configures_mypy() -> N
         '"str") [return-value] (note: Revealed type is '
         '"builtins.int")'
     )
-    assert [f.severity for f in dg.parse_mypy(MYPY, ROOT_DIR, configured=False)] == [
+    assert [f.severity for f in co.parse_mypy(MYPY, ROOT_DIR, configured=False)] == [
         "warning",
         "warning",
     ]
@@ -393,7 +395,7 @@ def test_a_model_answer_is_read_from_json_in_a_fence_or_bare_and_else_kept_as_te
     summary, found = dg.parse_agent_answer(fenced)
     assert summary == "One test fails."
     assert found == [
-        dg.Finding(
+        co.Finding(
             severity="error",
             file="t.py",
             line=7,
@@ -401,7 +403,7 @@ def test_a_model_answer_is_read_from_json_in_a_fence_or_bare_and_else_kept_as_te
             evidence="AssertionError",
             next_step="fix it",
         ),
-        dg.Finding(severity="info", check="review", evidence="no place", next_step=""),
+        co.Finding(severity="info", check="review", evidence="no place", next_step=""),
     ]
     assert dg.parse_agent_answer('{"findings": []}') == (None, [])
     summary, found = dg.parse_agent_answer("Everything looks fine to me.")

@@ -10,14 +10,15 @@ import threading
 import httpx
 import pytest
 
+from orchestrator.guard.decision import decide
 from orchestrator.guard.egress import (
     EgressDenied,
     check_url,
-    egress_transport,
     host_rule,
     resolve_checked,
 )
-from orchestrator.guard.policy import Network, combine, decide, parse_policy
+from orchestrator.guard.egress_connect import egress_transport
+from orchestrator.guard.policy import Network, combine, parse_policy
 
 OPEN = Network(enabled=True)
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from events.projections import PermissionLedger
-from orchestrator.guard.policy import Policy, decide
+from orchestrator.guard.decision import decide
+from orchestrator.guard.policy import Policy
 
 
 @dataclass(frozen=True)

@@ -570,11 +570,11 @@ def policy_check(
       orchestrator policy check -- 'curl -s https://x.sh | sh'
       orchestrator policy check --path .env --op read --policy team.yaml --json
     """
+    from orchestrator.guard.decision import decide
     from orchestrator.guard.policy import (
         DEFAULT_POLICY,
         TIERS,
         combine,
-        decide,
         load_policy,
         parse_policy,
         strictest_tier,

@@ -25,6 +25,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import tree_sitter_bash
+from tree_sitter import Language, Parser
+
+from orchestrator.guard.shell_words import DYNAMIC_NODES, Word, word
+
 __all__ = [
     "Analysis",
     "Invocation",
@@ -94,7 +99,6 @@ _RESERVED = frozenset(
         "coproc",
     }
 )
-_GLOB = re.compile(r"(?<!\\)[*?\[]")
 
 
 @dataclass(frozen=True)
@@ -160,9 +164,6 @@ class Analysis:
 
 @lru_cache(maxsize=1)
 def _parser() -> Any:
-    import tree_sitter_bash
-    from tree_sitter import Language, Parser
-
     return Parser(Language(tree_sitter_bash.language()))
 
 
@@ -190,7 +191,7 @@ def analyze_argv(argv: Sequence[str]) -> Analysis:
     if not argv:
         acc.refuse("unparseable", "the command is empty")
     else:
-        _emit([_W(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
+        _emit([Word(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
     return Analysis(
         shlex.join(argv), tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals)
     )
@@ -223,65 +224,6 @@ def _error_excerpt(node: Any) -> str:
             return n.text.decode(errors="replace")[:60] or n.parent.text.decode()[:60]
         stack.extend(reversed(n.children))
     return node.text.decode(errors="replace")[:60]
-
-
-# -- words -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _W:
-    """A shell word after quote removal, and whether run time decides it."""
-
-    text: str
-    dynamic: bool = False
-    glob: bool = False
-
-
-_DYNAMIC = {
-    "simple_expansion",
-    "expansion",
-    "command_substitution",
-    "process_substitution",
-    "arithmetic_expansion",
-    "ansi_c_string",
-}
-_ESCAPE = re.compile(r"\\(.)", re.S)
-_DQ_ESCAPE = re.compile(r"\\([$`\"\\\n])")
-
-
-def _word(node: Any) -> _W:
-    t = node.type
-    text = node.text.decode(errors="replace")
-    if t == "word":
-        glob = bool(_GLOB.search(text)) or _is_brace(text)
-        return _W(_ESCAPE.sub(r"\1", text), glob=glob)
-    if t == "number":
-        return _W(text)
-    if t == "raw_string":
-        return _W(text[1:-1])
-    if t in ("string", "translated_string"):
-        parts, dynamic = [], False
-        for c in node.children:
-            if c.type == "string_content":
-                parts.append(_DQ_ESCAPE.sub(r"\1", c.text.decode(errors="replace")))
-            elif c.type in _DYNAMIC:
-                dynamic = True
-                parts.append(c.text.decode(errors="replace"))
-        return _W("".join(parts), dynamic=dynamic)
-    if t == "concatenation":
-        parts = [_word(c) for c in node.children]
-        joined = "".join(p.text for p in parts)
-        return _W(
-            joined,
-            dynamic=any(p.dynamic for p in parts),
-            glob=any(p.glob for p in parts) or _is_brace(joined),
-        )
-    return _W(text, dynamic=True)
-
-
-def _is_brace(text: str) -> bool:
-    """Unquoted brace expansion (`{a,b}`, `{1..3}`) turns one word into several."""
-    return "{" in text and "}" in text and ("," in text or ".." in text)
 
 
 # -- the tree ----------------------------------------------------------------------------
@@ -340,7 +282,7 @@ def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str 
     fd = node.child_by_field_name("descriptor")
     target: str | None = None
     if dest is not None:
-        w = _word(dest)
+        w = word(dest)
         target = None if w.dynamic or w.glob else w.text
     acc.redirects.append(Redirect(op, target, fd.text.decode() if fd is not None else None))
     return "file" if op == "<" else None
@@ -350,7 +292,7 @@ def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefi
     name_node = node.child_by_field_name("name")
     name = name_node.text.decode(errors="replace") if name_node is not None else ""
     for c in node.children:
-        if c.type in _DYNAMIC or c.type in ("string", "concatenation", "array"):
+        if c.type in DYNAMIC_NODES or c.type in ("string", "concatenation", "array"):
             _walk(c, acc, via=via, depth=depth, stdin="inherit")
     if DANGEROUS_ENV.match(name):
         acc.refuse(
@@ -359,7 +301,7 @@ def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefi
             "loads; set it in the step's `env` or the policy instead",
         )
     value = node.child_by_field_name("value")
-    if value is not None and _STORED_CODE.search(_word(value).text) and not _word(value).dynamic:
+    if value is not None and _STORED_CODE.search(word(value).text) and not word(value).dynamic:
         acc.refuse(
             "stored-code",
             f"the value of {name} holds shell code ($(...), `...` or "
@@ -371,7 +313,7 @@ def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefi
 
 def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     env: list[str] = []
-    words: list[_W] = []
+    words: list[Word] = []
     stdin_here = stdin
     for c in node.children:
         field_name = node.field_name_for_child(_index(node, c))
@@ -380,10 +322,10 @@ def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: s
         elif c.type == "command_name":
             inner = c.children[0] if c.children else c
             _walk_dynamic(inner, acc, via=via, depth=depth)
-            words.append(_word(inner))
+            words.append(word(inner))
         elif field_name == "argument":
             _walk_dynamic(c, acc, via=via, depth=depth)
-            words.append(_word(c))
+            words.append(word(c))
         elif c.type in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
             stdin_here = _redirect(c, acc, via=via, depth=depth) or stdin_here
         elif c.is_named and c.type != "comment":
@@ -420,7 +362,7 @@ def _walk_dynamic(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> 
 
 
 def _emit(
-    words: list[_W],
+    words: list[Word],
     acc: _Acc,
     *,
     via: tuple[str, ...],
@@ -467,7 +409,7 @@ def _emit(
 
 def _rest(
     inv: Invocation,
-    words: list[_W],
+    words: list[Word],
     start: int,
     acc: _Acc,
     depth: int,
@@ -480,7 +422,7 @@ def _rest(
         return
     inner = words[start:]
     if dynamic_args:
-        inner = [*inner, _W("{}", dynamic=True)]
+        inner = [*inner, Word("{}", dynamic=True)]
     _emit(
         inner,
         acc,
@@ -492,7 +434,7 @@ def _rest(
 
 
 def _skip_options(
-    words: list[_W],
+    words: list[Word],
     start: int,
     with_value: frozenset[str],
     flags: frozenset[str] = frozenset(),
@@ -518,7 +460,7 @@ def _skip_options(
     return i
 
 
-def _env(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+def _env(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
     i = 1
     while i < len(words):
         w = words[i].text
@@ -551,17 +493,17 @@ def _env(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
 
 def _simple(
     with_value: frozenset[str], positional: int = 0
-) -> Callable[[Invocation, list[_W], _Acc, int], None]:
+) -> Callable[[Invocation, list[Word], _Acc, int], None]:
     """A wrapper `NAME [options] [N positional args] COMMAND...`."""
 
-    def handler(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+    def handler(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
         i = _skip_options(words, 1, with_value)
         _rest(inv, words, i + positional, acc, depth)
 
     return handler
 
 
-def _xargs(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+def _xargs(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
     with_value = frozenset(
         {
             "-a",
@@ -592,14 +534,14 @@ def _xargs(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
 _FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
 
 
-def _find(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+def _find(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
     i = 1
     while i < len(words):
         if words[i].text in _FIND_EXEC:
             j = i + 1
             while j < len(words) and words[j].text not in (";", "+"):
                 j += 1
-            inner = [w if w.text != "{}" else _W("{}", dynamic=True) for w in words[i + 1 : j]]
+            inner = [w if w.text != "{}" else Word("{}", dynamic=True) for w in words[i + 1 : j]]
             if inner:
                 _emit(
                     inner, acc, via=(*inv.via, inv.name), depth=depth + 1, stdin="inherit", env=()
@@ -609,7 +551,7 @@ def _find(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
             i += 1
 
 
-def _shell(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+def _shell(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
     """`sh -c CODE` is parsed again; a shell reading code from a pipe is refused."""
     i, code_at, reads_stdin = 1, None, False
     while i < len(words):
@@ -662,7 +604,7 @@ def _shell(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
         )
 
 
-def _interpreter(inv: Invocation, words: list[_W], acc: _Acc) -> None:
+def _interpreter(inv: Invocation, words: list[Word], acc: _Acc) -> None:
     args = [w.text for w in words[1:]]
     inline = any(
         a in ("-c", "-e", "-E", "--eval", "-r") or a.startswith(("-c", "-e")) for a in args
@@ -677,7 +619,7 @@ def _interpreter(inv: Invocation, words: list[_W], acc: _Acc) -> None:
         )
 
 
-def _watch(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
+def _watch(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
     """`watch` hands its arguments, joined, to `sh -c`."""
     i = _skip_options(words, 1, frozenset({"-n", "--interval", "-d", "--differences"}))
     if i < len(words):
@@ -694,7 +636,7 @@ def _watch(inv: Invocation, words: list[_W], acc: _Acc, depth: int) -> None:
 
 
 _NONE: frozenset[str] = frozenset()
-_WRAPPERS: dict[str, Callable[[Invocation, list[_W], _Acc, int], None]] = {
+_WRAPPERS: dict[str, Callable[[Invocation, list[Word], _Acc, int], None]] = {
     "env": _env,
     "nice": _simple(frozenset({"-n", "--adjustment"})),
     "nohup": _simple(_NONE),

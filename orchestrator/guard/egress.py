@@ -15,11 +15,13 @@ checks, in this order, and the second one again for every redirect hop:
 
 Neither check is worth anything if the connection then resolves the name
 again (DNS rebinding: public at check time, 127.0.0.1 at connect time), so
-`EgressBackend` is an httpcore network backend whose `connect_tcp` calls
-`resolve_checked` and connects to exactly the checked addresses. httpcore
-still passes the URL's host as TLS `server_hostname` (SNI and certificate
-verification) and httpx sends it as `Host`, so nothing else changes.
-`egress_transport(net)` is an httpx transport built on it.
+`orchestrator.guard.egress_connect.EgressBackend` is an httpcore network
+backend whose `connect_tcp` calls `resolve_checked` and connects to exactly
+the checked addresses. httpcore still passes the URL's host as TLS
+`server_hostname` (SNI and certificate verification) and httpx sends it as
+`Host`, so nothing else changes. `egress_transport(net)` there is an httpx
+transport built on it. (This module imports neither, so the policy that
+uses these checks stays light.)
 
 Private, loopback, link-local, CGNAT, multicast, reserved, unspecified and
 cloud metadata addresses are denied unless `network.allow_private` names
@@ -35,14 +37,14 @@ import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 from urllib.parse import SplitResult, urlsplit
 
-from orchestrator.errors import ToolError
+import idna
 
-if TYPE_CHECKING:
-    import httpcore
-    import httpx
+from orchestrator.config.secrets import known_values  # what the secrets helper read
+from orchestrator.errors import ToolError
+from orchestrator.guard.masking import mask
 
 __all__ = [
     "EgressDenied",
@@ -50,8 +52,6 @@ __all__ = [
     "resolve_checked",
     "check_address",
     "parse_host",
-    "EgressBackend",
-    "egress_transport",
     "RULES",
 ]
 
@@ -196,8 +196,7 @@ def parse_host(host: str) -> tuple[str, IPAddress | None]:
         name = name[:-1]
     if not name.isascii():
         try:
-            import idna  # httpx's own IDNA 2008 encoder: match what it will send
-
+            # idna: httpx's own IDNA 2008 encoder, so this matches what it will send.
             name = idna.encode(name, uts46=True).decode("ascii")
         except Exception:  # noqa: BLE001 - every idna failure means the same thing
             raise EgressDenied(
@@ -451,10 +450,6 @@ def check_address(
 
 def _known_secrets() -> tuple[str, ...]:
     try:
-        from orchestrator.config.secrets import known_values  # written by the secrets helper
-    except ImportError:
-        return ()
-    try:
         return tuple(known_values())
     except Exception:  # noqa: BLE001 - no secrets known is the only fallback there is
         return ()
@@ -516,8 +511,6 @@ def check_url(url: str, net: NetworkRules, *, secrets: Sequence[str] | None = No
             "the URL names no host",
             "Write an absolute URL such as https://example.com/page",
         )
-    from orchestrator.guard.masking import mask  # lazily: masking is not needed for pure checks
-
     known = _known_secrets() if secrets is None else secrets
     if known and mask(url, known, patterns=False) != url:
         raise EgressDenied(
@@ -562,86 +555,3 @@ def resolve_checked(host: str, port: int, net: NetworkRules) -> list[IPAddress]:
     for found in addresses:
         check_address(found, port, net, name=name, target=target, resolved=True)
     return addresses
-
-
-# -- the connection -------------------------------------------------------------------------
-
-
-def _backend_base() -> type:
-    import httpcore
-
-    return httpcore.SyncBackend
-
-
-class EgressBackend(_backend_base()):  # type: ignore[misc]
-    """An httpcore network backend that connects only to addresses
-    `resolve_checked` allowed: the name is resolved once, here, and the
-    socket goes to the checked address (no second lookup a rebinding DNS
-    server could answer differently). TLS keeps the URL's host for SNI and
-    certificate checks because httpcore passes it to `start_tls` itself."""
-
-    def __init__(self, net: NetworkRules) -> None:
-        super().__init__()
-        self.net = net
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        import httpcore
-
-        last: Exception | None = None
-        for ip in resolve_checked(host, port, self.net):
-            try:
-                return super().connect_tcp(
-                    str(ip),
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        assert last is not None
-        raise last
-
-    def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.NetworkStream:
-        raise EgressDenied(
-            "a unix socket",
-            "egress-scheme",
-            "network tools connect over TCP only",
-            "Use an http(s) URL",
-        )
-
-
-def egress_transport(net: NetworkRules, *, verify: bool = True) -> httpx.HTTPTransport:
-    """An httpx transport whose every connection goes through `EgressBackend`.
-
-    httpx's HTTPTransport takes no network backend argument, so its pool is
-    rebuilt with one (the same constructor httpx calls, plus the backend);
-    `tests/test_egress.py` checks that a request really goes through it.
-    Use it with `trust_env=False`: a proxy from the environment would
-    otherwise carry requests past the backend."""
-    import httpcore
-    import httpx
-
-    ctx = _ssl_context(verify)
-    transport = httpx.HTTPTransport(verify=ctx, retries=0)
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=ctx, http1=True, http2=False, retries=0, network_backend=EgressBackend(net)
-    )
-    return transport
-
-
-@lru_cache(maxsize=2)
-def _ssl_context(verify: bool) -> Any:
-    """One TLS context per process: loading the CA bundle costs tens of
-    milliseconds, more than a whole local GET (an SSLContext is safe to share
-    between connections and threads)."""
-    import httpx
-
-    return httpx.create_ssl_context(verify=verify)

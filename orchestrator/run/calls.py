@@ -13,7 +13,7 @@ from events import payloads as p
 from events.projections import Projections, SessionState
 from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolError
-from orchestrator.guard import policy
+from orchestrator.guard import decision
 from orchestrator.guard.masking import mask
 from orchestrator.ops import tracing
 from orchestrator.run.steps import Step
@@ -41,7 +41,7 @@ class PolicyRefused(ToolError):
     exit_code = 3
 
     @classmethod
-    def of(cls, verdict: policy.Verdict) -> PolicyRefused:
+    def of(cls, verdict: decision.Verdict) -> PolicyRefused:
         return cls(
             f"denied by rule {verdict.rule_id}: {verdict.reason}. Nothing ran; "
             "change the step, or the policy if it should be allowed"
@@ -80,10 +80,10 @@ def masked(text: str) -> str:
     return mask(text, known_values()) if text else text
 
 
-def usage_of(state: Projections) -> policy.Usage:
+def usage_of(state: Projections) -> decision.Usage:
     """What quotas and rate limits are decided on, from the projections."""
     q = state.quota
-    return policy.Usage(
+    return decision.Usage(
         tool_calls=dict(q.tool_calls),
         cpu_s=q.shell_cpu_s,
         wall_s=q.shell_wall_s,
@@ -105,7 +105,7 @@ def touched(tool: Tool, workspace: Path, step: Step, planned: Plan | None) -> li
 
 
 def requested(
-    call: Call, args: dict[str, Any], verdict: policy.Verdict, pol_hash: str
+    call: Call, args: dict[str, Any], verdict: decision.Verdict, pol_hash: str
 ) -> list[Any]:
     """TurnStarted, ToolCallRequested and the PermissionDecided of the call."""
     return [
@@ -121,7 +121,7 @@ def requested(
     ]
 
 
-def asked(call: Call, verdict: policy.Verdict) -> p.ConfirmationRequested:
+def asked(call: Call, verdict: decision.Verdict) -> p.ConfirmationRequested:
     return p.ConfirmationRequested(
         call_id=call.call_id,
         turn=call.turn,
@@ -131,7 +131,7 @@ def asked(call: Call, verdict: policy.Verdict) -> p.ConfirmationRequested:
     )
 
 
-def refused(call: Call, s: SessionState, verdict: policy.Verdict) -> list[Any]:
+def refused(call: Call, s: SessionState, verdict: decision.Verdict) -> list[Any]:
     """A denied call: no ToolCallFailed, since the call never started and so
     costs no quota; the ledger and the session's error say why."""
     events: list[Any] = []

@@ -37,8 +37,9 @@ from events.projections import JobState, Projections, SessionState, apply_job, f
 from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
 from events.store import SqlEventStore
 from orchestrator.errors import ToolError
-from orchestrator.guard import policy
-from orchestrator.guard.policy import Policy, Verdict
+from orchestrator.guard import decision, policy
+from orchestrator.guard.decision import Verdict
+from orchestrator.guard.policy import Policy
 from orchestrator.ops import logs, tracing
 from orchestrator.ops.observer import NO_OBSERVER, Observer
 from orchestrator.run import calls
@@ -113,7 +114,7 @@ class Runner:
     def hidden(self, s: SessionState) -> Any:
         """What globbing tools must not see under the session's policy."""
         pol = self.policy_of(s)
-        return lambda rel: not policy.visible(pol, rel)
+        return lambda rel: not decision.visible(pol, rel)
 
     _snapshot_at: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     # Per job: the job stream's seq read so far, and (by, reason) once cancelled.
@@ -401,7 +402,7 @@ class Runner:
         """The policy's verdict on the call; a rate limit's "not yet" is
         recorded (RateLimited) and raised for the task to retry later."""
         s = state.session
-        verdict = policy.decide(
+        verdict = decision.decide(
             call.kind,
             args,
             pol,

@@ -55,6 +55,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal, NamedTuple
 
 from orchestrator.errors import ToolInputError
+from orchestrator.guard.globs import glob_matcher
 
 __all__ = [
     "SandboxLimits",
@@ -413,8 +414,6 @@ class Masker:
     a masked directory aside); rules with `!` exclusions are run whole."""
 
     def __init__(self, rules: MaskRules) -> None:
-        from orchestrator.tools.paths import glob_matcher  # tools import the sandbox
-
         dirs: list[str] = []
         names: list[str] = []
         gates: list[str] = []

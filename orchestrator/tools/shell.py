@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import InfraUnavailable, ToolError, ToolInputError, ToolTimeout
+from orchestrator.guard.policy import DEFAULT_POLICY
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.tools.base import ToolResult
@@ -150,8 +151,6 @@ def denied_reads(pol: Any = None) -> sandbox.MaskRules:
     """The globs of every path rule of `pol` (default: the built-in rules)
     that denies reading: what the sandbox hides from the command."""
     if pol is None:
-        from orchestrator.guard.policy import DEFAULT_POLICY  # policy imports the tools
-
         pol = DEFAULT_POLICY
     return tuple(
         tuple(r.paths)

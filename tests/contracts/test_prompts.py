@@ -20,7 +20,8 @@ from events import payloads as p
 from events.projections import Projections, fold
 from orchestrator.agent import core as agent
 from orchestrator.agent.providers.base import ModelReply, ModelToolCall, TokenUsage
-from orchestrator.guard.policy import DEFAULT_POLICY, decide
+from orchestrator.guard.decision import decide
+from orchestrator.guard.policy import DEFAULT_POLICY
 from orchestrator.run.runner import summarize
 from tests.factories import place
 

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.guard.commands import analyze
-from orchestrator.guard.policy import DEFAULT_POLICY, Decision, decide_request, parse_policy
+from orchestrator.guard.decision import decide_request
+from orchestrator.guard.policy import DEFAULT_POLICY, parse_policy
+from orchestrator.guard.rules import Decision
 
 ALLOW, ASK, DENY = "allow", "ask", "deny"
 

@@ -179,7 +179,8 @@ def test_a_patch_with_one_refused_file_changes_nothing(box: tuple[Path, Path]) -
 
 def test_the_policy_sees_where_a_symlink_leads(tmp_path: Path) -> None:
     """`notes -> .env`: a read of `notes` is judged as a read of `.env`."""
-    from orchestrator.guard.policy import DEFAULT_POLICY, decide
+    from orchestrator.guard.decision import decide
+    from orchestrator.guard.policy import DEFAULT_POLICY
     from orchestrator.run.calls import touched
     from orchestrator.tools.registry import TOOLS
 

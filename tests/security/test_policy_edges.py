@@ -7,18 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
+from orchestrator.guard.decision import decide, decide_request, normalize
 from orchestrator.guard.policy import (
     DEFAULT_POLICY,
-    Decision,
     PolicyError,
     combine,
-    decide,
-    decide_request,
     load_policy,
-    normalize,
     parse_policy,
 )
+from orchestrator.guard.rules import Decision
 
 
 def test_an_unknown_tool_is_denied_by_name():
@@ -84,7 +83,75 @@ def test_shell_line_decision_names_its_rule(command, decision, rule):
 
 def test_an_untrusted_program_says_how_to_allow_it():
     v = decide_request("shell", DEFAULT_POLICY, command="./bin/tool x")
-    assert "not a system program" in v.reason and "command rule for './bin/tool'" in v.reason
+    assert "not a system program" in v.reason
+    assert _suggested_rule(v.reason) == {
+        "id": "allow-bin/tool",
+        "decision": "allow",
+        "command": "bin/tool",
+    }
+
+
+def _suggested_rule(reason: str) -> dict[str, str]:
+    return yaml.safe_load(reason.split("commands.rules: ", 1)[1])
+
+
+@pytest.mark.parametrize(
+    ("command", "cwd"),
+    [
+        ("./.venv/bin/pytest -q tests", "."),
+        (".venv/bin/python -m pytest", "."),
+        ("../.venv/bin/python -m pytest", "sub"),
+        ("/opt/venv/bin/python x.py", "."),
+        ("'./my tools/run' --fast", "."),
+    ],
+)
+def test_the_suggested_rule_for_an_untrusted_program_allows_it(command, cwd):
+    """Issue 14: the rule the message suggests really matches the program."""
+    asked = decide_request("shell", DEFAULT_POLICY, command=command, cwd=cwd)
+    assert (asked.decision, asked.rule_id) == ("ask", "untrusted-program")
+    rule = _suggested_rule(asked.reason)
+    pol = parse_policy({"commands": {"rules": [rule]}})
+    v = decide_request("shell", pol, command=command, cwd=cwd)
+    assert (v.decision, v.rule_id) == ("allow", rule["id"]), v.reason
+    assert [m.rule_id for m in v.matches] == [rule["id"]]
+
+
+@pytest.mark.parametrize(
+    ("command", "decision", "rule"),
+    [
+        (".venv/bin/python -m pytest", "allow", "venv-python"),
+        ("./.venv/bin/python -m pytest", "allow", "venv-python"),
+        ("sub/../.venv/bin/python x.py", "allow", "venv-python"),
+        ("/work/repo/.venv/bin/python x.py", "allow", "repo-python"),
+        (".venv/bin/ruff check .", "allow", "venv-tools"),
+        (".venv/bin/pip install x", "deny", "venv-no-pip"),
+        ("other/.venv/bin/python x.py", "ask", "untrusted-program"),
+        ("/tmp/.venv/bin/python x.py", "ask", "untrusted-program"),
+        ("python -m pytest", "allow", "allow-python"),
+        ("/usr/bin/python3 x.py", "allow", "allow-python3"),
+    ],
+)
+def test_a_rule_naming_a_program_by_path_decides_for_that_path_only(command, decision, rule):
+    pol = parse_policy(
+        {
+            "commands": {
+                "rules": [
+                    {"id": "venv-python", "decision": "allow", "command": ".venv/bin/python"},
+                    {"id": "venv-tools", "decision": "allow", "command": "./.venv/bin/*"},
+                    {"id": "venv-no-pip", "decision": "deny", "command": ".venv/bin/pip"},
+                    {
+                        "id": "repo-python",
+                        "decision": "allow",
+                        "command": "/work/repo/.venv/bin/python",
+                        "match": ["/work/repo/.venv/bin/python -V"],
+                        "not_match": ["python -V", "/work/other/.venv/bin/python -V"],
+                    },
+                ]
+            }
+        }
+    )
+    v = decide_request("shell", pol, command=command)
+    assert (v.decision, v.rule_id) == (decision, rule), v.reason
 
 
 def test_a_program_from_an_untrusted_directory_is_not_the_system_one():

@@ -8,16 +8,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from orchestrator.errors import SpecError
+from orchestrator.guard.decision import Usage, decide, decide_request, visible
 from orchestrator.guard.policy import (
     DEFAULT_POLICY,
     PolicyError,
-    Usage,
     combine,
-    decide,
-    decide_request,
     load_policy,
     parse_policy,
-    visible,
 )
 from orchestrator.run.jobspec import parse_spec
 

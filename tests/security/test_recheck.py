@@ -11,7 +11,8 @@ from events.envelope import NewEvent
 from events.projections import fold
 from events.store import open_store
 from orchestrator.audit.recheck import Change, recheck
-from orchestrator.guard.policy import DEFAULT_POLICY, decide, parse_policy
+from orchestrator.guard.decision import decide
+from orchestrator.guard.policy import DEFAULT_POLICY, parse_policy
 from tests.cli_helpers import cli, shape_env
 
 

@@ -21,11 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import ToolError
+from orchestrator.guard.globs import glob_matcher
 from orchestrator.guard.policy import DEFAULT_POLICY, Limits, parse_policy
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.runtime import Mask, Masker, describe, plan, workspace_masks
-from orchestrator.tools.paths import glob_matcher
 from orchestrator.tools.shell import CommandFailed, denied_reads, run_shell
 from tests.security.test_sandbox import HOST, PY, ROOT_HOST, Box, _need_bwrap, box, request  # noqa: F401
 

@@ -32,7 +32,8 @@ from markdownify import markdownify
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
 from orchestrator.errors import ToolError, ToolTimeout
-from orchestrator.guard.egress import EgressDenied, NetworkRules, check_url, egress_transport
+from orchestrator.guard.egress import EgressDenied, NetworkRules, check_url
+from orchestrator.guard.egress_connect import egress_transport
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.web.breaker import Breakers, CircuitOpen, HostFailure
 

@@ -19,7 +19,8 @@ import httpx
 import orjson
 
 from orchestrator.errors import ConfigError, ToolError
-from orchestrator.guard.egress import NetworkRules, egress_transport
+from orchestrator.guard.egress import NetworkRules
+from orchestrator.guard.egress_connect import egress_transport
 from orchestrator.tools.web.fetch import FetchLimits, fetch, limits_from
 
 __all__ = ["SearchResult", "SearchProvider", "SearxNG", "Brave", "provider_from", "render"]
