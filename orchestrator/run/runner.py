@@ -45,6 +45,7 @@ from orchestrator.ops.observer import NO_OBSERVER, Observer
 from orchestrator.run import calls
 from orchestrator.run.calls import Call, PolicyRefused, RateLimitedStep
 from orchestrator.run.steps import Step
+from orchestrator.run.templates import render_step
 from orchestrator.run.ticket import Ticket
 from orchestrator.tools.base import Plan
 from orchestrator.tools.interface import ToolCall, summarize
@@ -279,6 +280,7 @@ class Runner:
             # continuation goes on from there. (This chain's later links may
             # run after the answer but before the continuation.)
             return "waiting"
+        step = render_step(step, ticket.vars)
         call = Call(ticket, turn, step, self.tools[step.kind], Path(s.target), last, cause)
         logs.bind(job_id=ticket.job_id, session_id=sid, turn_id=turn, tool_call_id=call.call_id)
         called = self._run_call(call, state)

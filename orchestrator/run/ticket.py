@@ -29,3 +29,9 @@ class Ticket(BaseModel):
     # The job's `agent:` block (jobspec.AgentSpec as JSON data, its script
     # read into `turns`): the agent works on the target after the steps.
     agent: dict[str, Any] | None = None
+    # The target's own variables (`targets: [{path, vars}]`): each step's
+    # `{{ vars.NAME }}` is rendered with them just before it runs.
+    vars: dict[str, str] = {}
+    # Directories (venvs, interpreters) the sandbox mounts read-only, their
+    # bin/ first on PATH, in order (`toolchains:` in the job spec).
+    toolchains: tuple[str, ...] = ()

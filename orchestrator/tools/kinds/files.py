@@ -32,7 +32,13 @@ class ListTool(BaseTool):
 
     def run(self, call: ToolCall, step: ListStep, planned: Plan | None) -> ToolResult:
         return files.list_files(
-            call.workspace, step.path, step.glob, step.max_output_bytes, call.hidden
+            call.workspace,
+            step.path,
+            step.glob,
+            step.max_output_bytes,
+            call.hidden,
+            show_hidden=step.hidden,
+            no_ignore=step.no_ignore,
         )
 
 
