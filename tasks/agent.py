@@ -16,12 +16,10 @@ from typing import Any
 from celery.utils.log import get_task_logger
 
 from orchestrator.agent.loop import AgentLoop
-from orchestrator.agent.providers.base import ModelError, Provider
-from orchestrator.agent.providers.factory import api_key, make_provider
-from orchestrator.agent.providers.scripted import ScriptedProvider
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator.agent.providers.base import ModelError
+from orchestrator.agent.providers.factory import api_key, providers_for
+from orchestrator.config.settings import get_settings
 from orchestrator.ops import logs
-from orchestrator.run.jobspec import AgentSpec
 from orchestrator.run.runner import Ticket, fail_session
 from tasks.app import app
 from tasks.dispatch import AGENT_ADVANCE, sign_link, signing
@@ -31,16 +29,6 @@ from tasks.steps import runner
 SOFT_LIMIT_S, HARD_LIMIT_S = 900, 960
 log = get_task_logger(__name__)
 _loop: tuple[int, AgentLoop] | None = None
-
-
-def provider_for(settings: Settings) -> Any:
-    def make(spec: AgentSpec) -> Provider:
-        kind = spec.provider or settings.model_provider
-        if kind == "scripted" and spec.turns is not None:
-            return ScriptedProvider(list(spec.turns), model=spec.model or "scripted")
-        return make_provider(settings, provider=kind)
-
-    return make
 
 
 def loop() -> AgentLoop:
@@ -53,7 +41,7 @@ def loop() -> AgentLoop:
             os.getpid(),
             AgentLoop(
                 runner(),
-                provider_for(s),
+                providers_for(s),
                 default_provider=s.model_provider,
                 default_model=s.model_name,
                 secrets=(key,) if key else (),

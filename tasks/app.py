@@ -13,6 +13,7 @@ import tasks.broker  # noqa: F401  (registers the orchsqla transport)
 import tasks.browser_hooks  # noqa: F401  (closes browsers on task end and worker exit)
 import tasks.observe  # noqa: F401  (logs, metrics and traces on Celery's signals)
 from orchestrator.config.settings import Settings, get_settings
+from tasks.dispatch import CeleryDispatcher
 
 
 def make_app(settings: Settings) -> Celery:
@@ -66,6 +67,15 @@ def sign_interval(settings: Settings) -> float | None:
     if settings.audit_key_file is None or not settings.audit_sign_interval_s:
         return None
     return settings.audit_sign_interval_s
+
+
+def dispatcher(settings: Settings) -> CeleryDispatcher:
+    """The dispatcher the CLI and the API use (`orchestrator.service.dispatch`
+    names this function): the app of this process, configured from the same
+    settings, so jobs go where the workers listen."""
+    return CeleryDispatcher(
+        app, sign=settings.audit_key_file is not None, broadcast=not settings.embedded_broker
+    )
 
 
 app = make_app(get_settings())

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from orchestrator.config.settings import get_settings
+from orchestrator.cli.root import current
 
 out = Console()
 err = Console(stderr=True)
@@ -41,7 +41,7 @@ def serve(
         return
     import uvicorn
 
-    s = get_settings()
+    s = current().settings
     if not s.api_tokens:
         err.print(
             "[yellow]no api_tokens configured: every route but /healthz and /readyz "
@@ -116,11 +116,12 @@ def cancel(
 ) -> None:
     """Stop a job: each session ends before its next step ("cancelled by YOU:
     REASON"); sessions waiting for a confirmation end now."""
-    from orchestrator.cli.main import store
-    from orchestrator.run import jobs
+    from orchestrator.service import workflows
 
-    s = get_settings()
-    done = jobs.cancel(store(for_writing=True), job_id, by=s.submitter, reason=reason)
+    root = current()
+    done = workflows.cancel(
+        root.store(for_writing=True), job_id, by=root.settings.submitter, reason=reason
+    )
     if json:
         out.print_json(data=done.to_json())
         return

@@ -21,10 +21,15 @@ from rich.console import Console
 
 from events.replay import replay
 from events.store import SqlEventStore, open_store
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator import lazy
+from orchestrator.cli.root import current
+from orchestrator.config.settings import Settings
 from orchestrator.ops import workers
+from orchestrator.service.dispatch import Dispatcher
 
 err = Console(stderr=True, soft_wrap=True)
+# The runner and the payload models load when a chat starts, not for `--help`.
+_workflows = lazy.module("orchestrator.service.workflows")
 OPENAI_URL = "https://api.openai.com/v1"
 CONNECT_TIMEOUT_S = 3.0
 
@@ -84,7 +89,8 @@ def chat(
     from orchestrator.agent.providers.factory import api_key
     from orchestrator.run.runner import Runner
 
-    s = get_settings()
+    root = current()
+    s = root.settings
     key = api_key(s)
     if session is not None:
         given = [
@@ -114,11 +120,11 @@ def chat(
         ticket = _resumable(st, session, chat_ticket)
     else:
         from orchestrator.agent.loop import AgentLoop
-        from tasks.agent import provider_for
+        from orchestrator.agent.providers.factory import providers_for
 
         loop = AgentLoop(
             runner,
-            provider_for(s),
+            providers_for(s),
             default_provider=s.model_provider,
             default_model=s.model_name,
             secrets=(key,) if key else (),
@@ -135,9 +141,7 @@ def chat(
             elevated_by=s.submitter if allow_destructive else None,
             actor=s.submitter,
         )
-    from orchestrator.cli.main import ensure_worker  # cli.py registers this module
-
-    proc = ensure_worker(s)
+    proc = root.ensure_worker(err)
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
             importlib.import_module("readline")  # line editing and history for input()
@@ -145,7 +149,7 @@ def chat(
         code = Chat(
             st,
             runner,
-            _backend(s, proc),
+            _backend(s, root.dispatcher, proc),
             ticket,
             s.submitter,
             Console(soft_wrap=True),
@@ -236,10 +240,8 @@ def _policies(s: Settings, policy_file: Path | None, tier: str | None) -> list[A
     return [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
 
 
-def _backend(s: Settings, proc: Any) -> Any:
+def _backend(s: Settings, dispatcher: Dispatcher, proc: Any) -> Any:
     from orchestrator.agent.chat import Backend
-    from tasks.app import app as celery_app
-    from tasks.dispatch import agent_link, continue_session, sign_link, signing
 
     def worker_problem() -> str | None:
         serving = s.embedded_broker and workers.embedded_worker_pid(s) is not None
@@ -253,21 +255,15 @@ def _backend(s: Settings, proc: Any) -> Any:
             return "the worker of this state folder stopped; start one with `orchestrator worker`"
         return None
 
-    def revoke(task_id: str) -> None:
-        # Remote control needs a broker with broadcast (Redis); the embedded
-        # one has none: there the chat kills the task's process itself (it
-        # does on this host in any case, see Chat.cancel).
-        if not s.embedded_broker:
-            celery_app.control.revoke(task_id, terminate=True, signal="SIGKILL")
-
-    def on_end(ticket: Any) -> None:
-        if signing():
-            sign_link(celery_app, [ticket]).apply_async()
-
+    # Remote control needs a broker with broadcast (Redis); the embedded one
+    # has none: there the dispatcher's revoke does nothing and the chat kills
+    # the task's process itself (it does on this host in any case, see Chat.cancel).
     return Backend(
-        enqueue=lambda t: agent_link(celery_app, t).apply_async(),
-        continue_after=lambda t, start, steps: continue_session(t, start, steps),
-        revoke=revoke,
+        enqueue=dispatcher.start_agent,
+        continue_after=lambda t, start, steps: _workflows.continue_session(
+            dispatcher, t, start, steps
+        ),
+        revoke=dispatcher.revoke,
         worker_problem=worker_problem,
-        on_end=on_end,
+        on_end=lambda ticket: dispatcher.seal([ticket]),
     )

@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.cli import render
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator.cli.root import current
+from orchestrator.config.settings import Settings
 from orchestrator.ops import workers
 
 out = Console()
@@ -76,7 +77,7 @@ def diagnose(
     target = directory.expanduser().resolve()
     if not target.is_dir():
         _fail(f"{directory} is not a directory; give the repository's folder", 2)
-    s = get_settings()
+    s = current().settings
     chosen = _mode(mode, s, script)
     spec = _spec(chosen, target, s, script)
     report = _run(s, spec, target, chosen, quiet=json, timeout=timeout, keep_worker=keep_worker)
@@ -136,18 +137,22 @@ def _run(
     from events.store import open_store
     from orchestrator.guard.policy import load_policy
     from orchestrator.run import diagnose as dg
-    from orchestrator.run import jobs
-    from tasks.dispatch import enqueue
+    from orchestrator.service import workflows
 
+    root = current()
     docs = [load_policy(s.policy_file).doc] if s.policy_file is not None else []
     st = open_store(s.effective_store_url, upgrade=s.embedded_store)
-    job_id, tickets = jobs.prepare(spec, target.parent, policy_files=docs, tier=s.tier)  # type: ignore[arg-type]
-    jobs.record(st, spec, job_id, tickets, s.submitter)
-    enqueue(tickets, spec.steps)
+    job_id, tickets = workflows.submit(
+        st,
+        root.dispatcher,
+        spec,
+        target.parent,
+        actor=s.submitter,
+        policy_files=docs,
+        tier=s.tier,  # type: ignore[arg-type]
+    )
     ticket = tickets[0]
-    from orchestrator.cli.main import ensure_worker  # cli.py registers this module
-
-    proc = ensure_worker(s)
+    proc = root.ensure_worker(err)
     try:
         for _ in range(MAX_AUTO_DENIALS + 1):
             view = render.follow(
@@ -174,19 +179,18 @@ def _deny_waiting(st: Any, s: Settings, session_id: str) -> bool:
     program outside the system folders asks instead of being denied), so a
     read-only session never waits for a person. True if it goes on."""
     from orchestrator.run import confirmations
-    from tasks.dispatch import continue_session
+    from orchestrator.service import workflows
 
     waiting = [w for w in confirmations.pending(st) if w.session_id == session_id]
     for w in waiting:
-        ours, ticket, start, steps = confirmations.answer(
+        workflows.answer(
             st,
+            current().dispatcher,
             w,
             grant=False,
             by=s.submitter,
             reason="diagnose sessions are read-only: nothing that needs approval runs",
         )
-        if ours:
-            continue_session(ticket, start, steps)
     return bool(waiting)
 
 

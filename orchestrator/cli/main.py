@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import orjson
 import typer
-from rich.console import Console
 
 from events import migrate
 from events import verify as verify_mod
@@ -23,7 +22,9 @@ from events.errors import EventError
 from events.replay import replay
 from events.store import SqlEventStore, open_store
 from orchestrator.cli import render
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator.cli.common import emit_json, err, fail, finish, job_exit, masked, out, submit_job
+from orchestrator.cli.root import begin, current
+from orchestrator.config.settings import get_settings
 from orchestrator.errors import OrchestratorError
 from orchestrator.ops import workers
 
@@ -73,30 +74,7 @@ def _global_options(
 
         os.environ["ORCH_CONFIG"] = str(config.expanduser().absolute())
         get_settings.cache_clear()
-
-
-out = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {_masked(message)}", highlight=False)
-    raise typer.Exit(code)
-
-
-def settings() -> Settings:
-    return get_settings()
-
-
-def store(*, for_writing: bool = False) -> SqlEventStore:
-    """The configured store. The embedded SQLite store is migrated on first use;
-    a server store must be upgraded explicitly (`orchestrator db upgrade`)."""
-    s = settings()
-    return open_store(s.effective_store_url, upgrade=s.embedded_store and for_writing)
-
-
-def _json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    begin()
 
 
 # -- jobs ----------------------------------------------------------------------
@@ -122,43 +100,6 @@ ELEVATE_OPT = typer.Option(
 )
 
 
-def _submit(
-    spec_path: Path,
-    base_dir: Path | None,
-    policy_file: Path | None = None,
-    tier: str | None = None,
-    allow_destructive: bool = False,
-) -> tuple[SqlEventStore, str, Any, Any]:
-    from orchestrator.guard.policy import TIERS, load_policy
-    from orchestrator.run import jobs
-    from orchestrator.run.jobspec import load_spec
-
-    spec = load_spec(spec_path)  # SpecError (exit 2) before anything else
-    if tier is not None and tier not in TIERS:
-        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
-    s = settings()
-    docs = [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
-    st = store(for_writing=True)
-    job_id, tickets = jobs.prepare(
-        spec,
-        (base_dir or Path.cwd()).resolve(),
-        policy_files=docs,
-        tier=tier or s.tier,  # type: ignore[arg-type]
-        elevated_by=s.submitter if allow_destructive else None,
-    )
-    from orchestrator.ops import logs, tracing
-    from tasks.dispatch import enqueue
-
-    logs.bind(job_id=job_id)
-    with tracing.span("orchestrator.submit", **{"orchestrator.job_id": job_id}):
-        jobs.record(st, spec, job_id, tickets, settings().submitter)
-        enqueue(tickets, spec.steps)
-        logs.get_logger("orchestrator.cli.main").info(
-            "job submitted", name=spec.name, sessions=[t.session_id for t in tickets]
-        )
-    return st, job_id, spec, tickets
-
-
 @app.command()
 def submit(
     spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, dir_okay=False),
@@ -171,9 +112,9 @@ def submit(
     allow_destructive: bool = ELEVATE_OPT,
 ) -> None:
     """Enqueue a job and print its id; workers (`orchestrator worker`) run it."""
-    _, job_id, _, tickets = _submit(spec, base_dir, policy, tier, allow_destructive)
+    _, job_id, _, tickets = submit_job(spec, base_dir, policy, tier, allow_destructive)
     if json:
-        _json({"job_id": job_id, "sessions": [t.model_dump() for t in tickets]})
+        emit_json({"job_id": job_id, "sessions": [t.model_dump() for t in tickets]})
     else:
         out.print(job_id)
 
@@ -194,9 +135,8 @@ def run(
 ) -> None:
     """Submit a job, start a worker if none runs, show live progress, then the
     summary and one unified diff per target."""
-    s = settings()
-    st, job_id, job_spec, tickets = _submit(spec, base_dir, policy, tier, allow_destructive)
-    proc = ensure_worker(s)
+    st, job_id, job_spec, tickets = submit_job(spec, base_dir, policy, tier, allow_destructive)
+    proc = current().ensure_worker(err)
     try:
         render.follow(
             st,
@@ -212,62 +152,8 @@ def run(
     finally:
         if proc is not None and not keep_worker:
             workers.stop_worker(proc)
-    _finish(st, job_id, out_dir, json)
-    raise typer.Exit(_job_exit(st, job_id))
-
-
-def _job_exit(st: SqlEventStore, job_id: str) -> int:
-    """0 completed; 3 when policy holds or refused what did not complete
-    (confirmations waiting, refused sessions); else 1."""
-    from orchestrator.run.watch import final_view
-
-    view = final_view(st, job_id)
-    if view.job.status == "completed":
-        return 0
-    waiting = [c for s in view.sessions.values() if not s.finished for c in s.waiting]
-    for c in waiting:
-        err.print(
-            f"[yellow]waiting for confirmation[/] {c.call_id}: {c.reason} (rule "
-            f"{c.rule_id}); answer with `orchestrator approve {c.call_id}` or "
-            f"`orchestrator deny {c.call_id} --reason ...`",
-            highlight=False,
-        )
-    errors = [s.error or "" for s in view.sessions.values() if s.status == "failed"]
-    if any(not e.startswith("PolicyRefused") for e in errors):
-        return 1
-    return 3 if waiting or errors else 1
-
-
-def ensure_worker(s: Settings) -> Any:
-    """A running worker is used, else one is started (its process, or None);
-    `run`, `approve --wait`, `chat` and `diagnose` all go through here."""
-    if s.embedded_broker:
-        if workers.embedded_worker_pid(s) is not None:
-            return None
-    else:
-        from tasks.app import app as celery_app
-
-        if workers.server_worker_running(lambda: celery_app.control.ping(timeout=1.0)):
-            return None
-    err.print(f"[dim]starting a worker (log: {workers.logfile(s)})[/]")
-    return workers.start_worker(s)
-
-
-def _finish(st: SqlEventStore, job_id: str, out_dir: Path | None, as_json: bool) -> None:
-    from orchestrator.run.watch import final_view, session_summary
-
-    view = final_view(st, job_id)
-    rows = session_summary(view)
-    if out_dir is not None:
-        written = render.write_patches(out_dir, rows)
-        if not as_json:
-            err.print(f"wrote {len(written)} patch file(s) to {out_dir}")
-    if as_json:
-        _json(
-            {"job_id": job_id, "name": view.job.name, "status": view.job.status, "sessions": rows}
-        )
-    else:
-        render.summary(out, view, rows)
+    finish(st, job_id, out_dir, json)
+    raise typer.Exit(job_exit(st, job_id))
 
 
 @app.command()
@@ -278,7 +164,7 @@ def status(
     """Where a job stands: each target's status, steps and files changed."""
     from orchestrator.run.watch import final_view, session_summary
 
-    st = store()
+    st = current().store()
     view = final_view(st, job_id)
     if not view.job.sessions:
         fail(
@@ -288,7 +174,7 @@ def status(
         )
     rows = session_summary(view)
     if json:
-        _json(
+        emit_json(
             {
                 "job_id": job_id,
                 "name": view.job.name,
@@ -309,7 +195,7 @@ def worker(
     """Run a Celery worker on the project's app in the foreground (production shape)."""
     import os
 
-    s = settings()
+    s = current().settings
     if s.embedded_store:
         open_store(s.effective_store_url, upgrade=True).close()
     cmd = workers.worker_command(s, concurrency=concurrency, detach_files=False)
@@ -334,9 +220,8 @@ def demo(
     spec = Path(str(resources.files("orchestrator") / "examples" / f"{example}.yaml"))
     if not spec.exists():
         fail(f"no bundled example {example!r}; see orchestrator/examples/", 2)
-    s = settings()
-    st, job_id, job_spec, tickets = _submit(spec, directory)
-    proc = ensure_worker(s)
+    st, job_id, job_spec, tickets = submit_job(spec, directory)
+    proc = current().ensure_worker(err)
     try:
         view = render.follow(
             st,
@@ -352,7 +237,7 @@ def demo(
     finally:
         if proc is not None:
             workers.stop_worker(proc)
-    _finish(st, job_id, directory / "patches", False)
+    finish(st, job_id, directory / "patches", False)
     first = tickets[0].session_id
     out.rule(f"orchestrator audit replay {first}")
     render.replay(out, replay(st, first, use_snapshot=False))
@@ -399,10 +284,10 @@ def _one(
 
     if tier is not None and tier not in TIERS:
         fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
-    s = settings()
+    s = current().settings
     docs = [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
     result = adhoc.run_one(
-        store(for_writing=True),
+        current().store(for_writing=True),
         workspace,
         step,
         actor=s.submitter,
@@ -413,7 +298,7 @@ def _one(
     session = result.state.session
     entry = result.state.ledger.entries[-1] if result.state.ledger.entries else None
     if as_json:
-        _json(
+        emit_json(
             {
                 "session_id": result.session_id,
                 "status": result.status,
@@ -586,7 +471,7 @@ def policy_check(
         fail("give a command after -- or a --path, not both and not neither", 2)
     if op not in ("read", "write", "delete"):
         fail(f"--op {op!r}: use read, write or delete", 2)
-    s = settings()
+    s = current().settings
     docs = [load_policy(f).doc for f in (policy, s.policy_file) if f is not None]
     pol = (
         parse_policy(
@@ -616,7 +501,7 @@ def policy_check(
         }.values()
     )
     if json:
-        _json(
+        emit_json(
             {
                 "tool": tool,
                 "args": args,
@@ -657,9 +542,9 @@ def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:
     """List the confirmations that wait for an answer, oldest first."""
     from orchestrator.run import confirmations
 
-    waiting = confirmations.pending(store())
+    waiting = confirmations.pending(current().store())
     if json:
-        _json([w.to_json() for w in waiting])
+        emit_json([w.to_json() for w in waiting])
         return
     render.pending(out, waiting)
 
@@ -667,24 +552,25 @@ def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:
 def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
     from orchestrator.run import confirmations
     from orchestrator.run.watch import final_view
-    from tasks.dispatch import continue_session
+    from orchestrator.service import workflows
 
-    st = store(for_writing=True)
+    root = current()
+    st = root.store(for_writing=True)
     w = confirmations.find(st, ident)
-    ours, ticket, start, steps = confirmations.answer(
-        st, w, grant=grant, by=settings().submitter, reason=reason
+    done = workflows.answer(
+        st, root.dispatcher, w, grant=grant, by=root.settings.submitter, reason=reason
     )
-    if not ours:
+    if not done.ours:
         fail(
             f"{w.call_id} was answered by someone else first; see "
             f"`orchestrator audit replay {w.session_id}`",
             1,
         )
-    continue_session(ticket, start, steps)
+    steps = done.steps
     verb = "approved" if grant else "denied"
-    where = f"step {start + 1}" if start < len(steps) else "its agent"
     err.print(
-        f"{verb} {w.call_id} ({w.tool}: {w.reason}); the session continues from {where}",
+        f"{verb} {w.call_id} ({w.tool}: {w.reason}); the session continues from "
+        f"{done.continues_from}",
         highlight=False,
     )
     if not wait:
@@ -694,7 +580,7 @@ def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
         )
         return
     view = final_view(st, w.job_id)
-    proc = ensure_worker(settings())
+    proc = current().ensure_worker(err)
     try:
         render.follow(
             st,
@@ -710,8 +596,8 @@ def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
     finally:
         if proc is not None:
             workers.stop_worker(proc)
-    _finish(st, w.job_id, None, False)
-    raise typer.Exit(_job_exit(st, w.job_id))
+    finish(st, w.job_id, None, False)
+    raise typer.Exit(job_exit(st, w.job_id))
 
 
 @app.command()
@@ -751,7 +637,7 @@ def audit_replay(
     no_snapshot: bool = typer.Option(False, help="Fold every event from seq 1"),
 ) -> None:
     """Rebuild a session from its events alone: state, quota usage, permissions."""
-    st = store()
+    st = current().store()
     state = replay(st, session_id, use_snapshot=not no_snapshot)
     if state.last_seq == 0:
         fail(
@@ -763,7 +649,7 @@ def audit_replay(
         # A frozenset dumps in hash order, which differs from process to
         # process: sorted, the same store replays to the same bytes.
         data["session"]["changed_paths"].sort()
-        _json(data)
+        emit_json(data)
     else:
         render.replay(out, state)
 
@@ -807,21 +693,21 @@ def audit_verify(
     list each problem and every stream no digest proves."""
     from orchestrator.audit import digests as audit
 
-    trusted = audit.trusted_keys(settings(), public_key)
+    trusted = audit.trusted_keys(current().settings, public_key)
     extra = audit.read_digest_file(digests_file) if digests_file is not None else []
     if input is not None:
         with open(input, "rb") as fh:
             report = verify_mod.verify_jsonl(fh)
         proof = audit.prove_export(input, trusted, extra)
     else:
-        st = store()
+        st = current().store()
         report = verify_mod.verify_rows(st.rows(session_id))
         proof = audit.prove_store(st, trusted, extra, session_id)
     rechecked = None
     if recheck_policy is not None:
         if input is not None:
             fail("--recheck-policy reads the store; drop --input (or import the export first)", 2)
-        rechecked = _recheck(store(), recheck_policy, session_id)
+        rechecked = _recheck(current().store(), recheck_policy, session_id)
     if json:
         data = {**report.to_json(), "proof": proof.to_json()}
         if rechecked is not None:
@@ -830,7 +716,7 @@ def audit_verify(
                 "decisions": rechecked[1],
                 "changed": [c.to_json() for c in rechecked[2]],
             }
-        _json(data)
+        emit_json(data)
     else:
         render.verify(out, report, proof)
         if rechecked is not None:
@@ -891,18 +777,18 @@ def audit_sign(
     append it to the audit-digests stream (run it periodically, e.g. hourly)."""
     from orchestrator.audit import digests as audit
 
-    key = audit.signing_key(settings())
+    key = audit.signing_key(current().settings)
     if key is None:
         fail(
             "no signing key: set ORCH_AUDIT_KEY_FILE (make one with `orchestrator audit keygen`)", 2
         )
-    event = audit.sign(store(for_writing=True), key, settings().submitter, stream)
+    event = audit.sign(current().store(for_writing=True), key, current().settings.submitter, stream)
     if output is not None:
         with open(output, "ab") as fh:
             fh.write(orjson.dumps(event.to_record(), option=orjson.OPT_SORT_KEYS) + b"\n")
     digest = event.payload
     if json:
-        _json(
+        emit_json(
             {
                 "position": event.position,
                 "seq": event.seq,
@@ -929,7 +815,7 @@ def audit_export(
     from orchestrator.config.secrets import known_values
     from orchestrator.guard.masking import mask
 
-    st = store()
+    st = current().store()
     rows = st.raw_stream_rows(stream) if stream else st.raw_all()
     known = known_values()
     leaked = 0
@@ -961,7 +847,7 @@ def audit_export(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or upgrade the event store schema (Alembic migrations)."""
-    st = SqlEventStore(settings().effective_store_url, check_schema=False)
+    st = SqlEventStore(current().settings.effective_store_url, check_schema=False)
     before, after = migrate.upgrade(st.engine)
     out.print(f"{display_url(st.url)}: schema {before or 'empty'} -> {after}")
 
@@ -969,7 +855,7 @@ def db_upgrade() -> None:
 @db_app.command("status")
 def db_status() -> None:
     """Show the store's schema revision and the newest this release knows."""
-    st = SqlEventStore(settings().effective_store_url, check_schema=False)
+    st = SqlEventStore(current().settings.effective_store_url, check_schema=False)
     out.print(
         f"{display_url(st.url)}: at {migrate.current_revision(st.engine) or 'empty'}, "
         f"head {migrate.head_revision()}"
@@ -993,17 +879,16 @@ def doctor(
     from orchestrator.ops import doctor as doctor_mod
     from orchestrator.sandbox import runtime as sandbox
 
-    def ping() -> list[object]:
-        from tasks.app import app as celery_app
-
-        return list(celery_app.control.ping(timeout=1.0) or [])
-
+    root = current()
     box = sandbox.describe(sandbox.probe())
     data = doctor_mod.report(
-        doctor_mod.run_checks(get_settings, sandbox_report=box, ping=ping), box
+        doctor_mod.run_checks(
+            lambda: root.settings, sandbox_report=box, ping=lambda: root.dispatcher.ping()
+        ),
+        box,
     )
     if json:
-        _json(data)
+        emit_json(data)
     else:
         doctor_mod.render(out, data)
     raise typer.Exit(data["exit_code"])
@@ -1040,10 +925,10 @@ def main() -> None:
         if show is not None:
             show()
         else:
-            err.print(f"[bold red]error:[/] {_masked(exc)}", highlight=False)
+            err.print(f"[bold red]error:[/] {masked(exc)}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
     except (OrchestratorError, EventError) as exc:
-        err.print(f"[bold red]error:[/] {_masked(exc)}", highlight=False)
+        err.print(f"[bold red]error:[/] {masked(exc)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print(
@@ -1061,7 +946,7 @@ def main() -> None:
             sys.exit(130)
         if _is_unreachable(exc):
             err.print(
-                f"[bold red]error:[/] broker unavailable: {_masked(exc)}. Check "
+                f"[bold red]error:[/] broker unavailable: {masked(exc)}. Check "
                 "ORCH_BROKER_URL "
                 "and that the broker is running.",
                 highlight=False,
@@ -1069,16 +954,8 @@ def main() -> None:
             sys.exit(4)
         import traceback  # a bug: the traceback, secrets masked
 
-        sys.stderr.write(_masked("".join(traceback.format_exception(exc))))
+        sys.stderr.write(masked("".join(traceback.format_exception(exc))))
         sys.exit(1)
-
-
-def _masked(text: object) -> str:
-    """Text for the terminal: every known secret and credential shape masked."""
-    from orchestrator.config.secrets import known_values
-    from orchestrator.guard.masking import mask
-
-    return mask(str(text), known_values())
 
 
 def _observe() -> None:

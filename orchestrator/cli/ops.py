@@ -19,7 +19,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator.cli import render
+from orchestrator.cli.common import submit_job
+from orchestrator.cli.root import current
+from orchestrator.config.settings import Settings
 from orchestrator.ops import health as health_mod
 from orchestrator.ops import heartbeat
 
@@ -64,7 +67,7 @@ def health(
     """Readiness of the configured deployment: the broker and the store answer
     (at the schema this release needs) and a worker published a fresh
     heartbeat. Exit 0 ready, 4 not."""
-    report = health_mod.readiness(get_settings())
+    report = health_mod.readiness(current().settings)
     if json:
         _json(report.to_json())
     else:
@@ -116,7 +119,7 @@ def worker_probe(
     """For exec probes: exit 0 when this machine's worker published a fresh
     heartbeat and reached its store, 1 otherwise. Reads only the local
     heartbeat file (no broker, no database)."""
-    s = get_settings()
+    s = current().settings
     ok, why = probe_verdict(
         heartbeat.read_files(s),
         hostname,
@@ -177,7 +180,7 @@ def flower(
     """Run Flower on the project's app and configured broker (as `celery -A
     tasks.app flower`): workers, queues and every task with a short masked
     summary of its arguments. Options after `--` go to Flower."""
-    s = get_settings()
+    s = current().settings
     if s.embedded_broker:
         err.print(
             "[yellow]warning:[/] the embedded SQLite broker carries no task events: "
@@ -225,15 +228,14 @@ def smoke(
     default), replay and verify its events, and check readiness. Prints a
     pass/fail table with a remedy per failed row; exit 0 all passed, 4
     infrastructure down, 1 otherwise."""
-    from orchestrator.cli import render
-    from orchestrator.cli.main import _submit, ensure_worker  # cli.py registers this module
     from orchestrator.ops import smoke as smoke_mod
     from orchestrator.ops import workers
 
-    s = get_settings()
+    root = current()
+    s = root.settings
 
     def submit(spec: Path, base: Path) -> tuple[Any, str, list[Any]]:
-        st, job_id, _, tickets = _submit(spec, base)
+        st, job_id, _, tickets = submit_job(spec, base)
         return st, job_id, tickets
 
     def follow(st: Any, job_id: str, names: dict[str, str], proc: Any, limit: float) -> Any:
@@ -250,7 +252,10 @@ def smoke(
         )
 
     deps = smoke_mod.Deps(
-        submit=submit, ensure_worker=ensure_worker, stop_worker=workers.stop_worker, follow=follow
+        submit=submit,
+        ensure_worker=lambda _settings: root.ensure_worker(err),
+        stop_worker=workers.stop_worker,
+        follow=follow,
     )
     report = smoke_mod.run(s, deps, api=api, timeout=timeout, workspace_root=workspace_root)
     if json:
