@@ -39,6 +39,26 @@ _tracing = lazy.module("orchestrator.ops.tracing")
 out = Console()
 err = Console(stderr=True)
 
+POLICY_OPT = typer.Option(
+    None,
+    "--policy",
+    exists=True,
+    dir_okay=False,
+    help="A policy YAML (docs/security.md) combined with the job's own; the strictest setting wins",
+)
+TIER_OPT = typer.Option(
+    None,
+    "--tier",
+    help="read-only | read-write | exec: the highest tier "
+    "this job gets (the strictest of this, the job's and the config's)",
+)
+ELEVATE_OPT = typer.Option(
+    False,
+    "--allow-destructive",
+    help="Let destructive operations (rm, mv, git reset --hard, ...) run "
+    "without confirmation; recorded with your identity",
+)
+
 
 def masked(text: object) -> str:
     """Text for the terminal: every known secret and credential shape masked."""

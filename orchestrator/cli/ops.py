@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         "flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
     )(flower)
     app.command("smoke")(smoke)
+    app.command("doctor")(doctor)
 
 
 def _json(data: Any) -> None:
@@ -267,3 +268,31 @@ def smoke(
             [(r.name, r.ok, r.detail, r.remedy) for r in report.rows],
         )
     raise typer.Exit(report.exit_code)
+
+
+def doctor(
+    json: bool = typer.Option(
+        False, "--json", help="Print the report as JSON (docs/schemas/doctor.schema.json)"
+    ),
+) -> None:
+    """Check this installation: configuration, store, broker, worker, sandbox,
+    Chromium and the model endpoint, each with what to do when it fails; and
+    which sandbox shell commands run in, what it contains and what it does not.
+    Exit 0 when every required check passes, 2 bad configuration, 4 a service
+    cannot be reached."""
+    from orchestrator.ops import doctor as doctor_mod
+    from orchestrator.sandbox import runtime as sandbox
+
+    root = current()
+    box = sandbox.describe(sandbox.probe())
+    data = doctor_mod.report(
+        doctor_mod.run_checks(
+            lambda: root.settings, sandbox_report=box, ping=lambda: root.dispatcher.ping()
+        ),
+        box,
+    )
+    if json:
+        _json(data)
+    else:
+        doctor_mod.render(out, data)
+    raise typer.Exit(data["exit_code"])
