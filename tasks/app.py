@@ -78,5 +78,7 @@ def dispatcher(settings: Settings) -> CeleryDispatcher:
     )
 
 
-app = make_app(get_settings())
+# The worker's settings, read once: tasks take them from here (tasks.deps).
+settings = get_settings()
+app = make_app(settings)
 import tasks.worker_probe  # noqa: E402,F401  (heartbeat and probes, on worker_ready)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
 from orchestrator.api import confirmations, jobs, ops, problems, sessions
 from orchestrator.api.deps import Services
-from orchestrator.config.settings import Settings
+from orchestrator.config.settings import Settings, get_settings
 from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
 
 DESCRIPTION = """Submit batch refactor jobs, follow their sessions' events, answer
@@ -52,8 +53,6 @@ def create_app(
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("agent-orchestrator")
     except PackageNotFoundError:
@@ -62,6 +61,4 @@ def _version() -> str:
 
 def from_environment() -> FastAPI:
     """The factory `uvicorn --factory` calls in each of its worker processes."""
-    from orchestrator.config.settings import get_settings
-
     return create_app(get_settings())

@@ -17,6 +17,8 @@ from orchestrator.api.auth import Principal
 from orchestrator.api.deps import need, services
 from orchestrator.api.schemas import CALL_ID_PATTERN, Answer, Answered, Waiting, error_responses
 from orchestrator.errors import Conflict
+from orchestrator.run import confirmations
+from orchestrator.service import workflows
 
 router = APIRouter(tags=["confirmations"])
 CallId = Annotated[
@@ -37,8 +39,6 @@ def list_waiting(
 ) -> list[dict[str, Any]]:
     """Every confirmation that waits for an answer, oldest first (`orchestrator
     pending --json`)."""
-    from orchestrator.run import confirmations
-
     return [w.to_json() for w in confirmations.pending(services(request).store)]
 
 
@@ -52,9 +52,6 @@ def answer(
 ) -> dict[str, Any]:
     """Approve exactly that one request, or deny it (its step fails), and
     continue the session on the workers."""
-    from orchestrator.run import confirmations
-    from orchestrator.service import workflows
-
     svc = services(request)
     w = confirmations.find(svc.store, call_id)
     done = workflows.answer(

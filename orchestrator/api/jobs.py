@@ -35,6 +35,11 @@ from orchestrator.api.schemas import (
     error_responses,
 )
 from orchestrator.errors import NotFound, SpecError, UserError
+from orchestrator.guard.policy import TIERS, load_policy
+from orchestrator.run.jobspec import parse_spec
+from orchestrator.run.runner import Ticket
+from orchestrator.run.watch import final_view, session_summary
+from orchestrator.service import workflows
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="A job id from POST /jobs")]
@@ -95,11 +100,6 @@ def submit(
     tier: str | None,
     allow_destructive: bool,
 ) -> Submitted:
-    from orchestrator.guard.policy import TIERS, load_policy
-    from orchestrator.run.jobspec import parse_spec
-    from orchestrator.run.runner import Ticket
-    from orchestrator.service import workflows
-
     s = svc.settings
     if s.api_workspace_root is None:
         raise UserError(
@@ -196,8 +196,6 @@ async def post_job(
 
 
 def _view(svc: Services, job_id: str) -> Any:
-    from orchestrator.run.watch import final_view
-
     view = final_view(svc.store, job_id)
     if not view.job.sessions:
         raise NotFound(f"no job {job_id}; check the id (from POST /jobs)")
@@ -212,8 +210,6 @@ def get_job(
 ) -> dict[str, Any]:
     """Where a job stands: each target's status, steps and files changed (the
     JSON of `orchestrator status --json`, plus `cancel` once requested)."""
-    from orchestrator.run.watch import session_summary
-
     view = _view(services(request), job_id)
     job = view.job
     return {
@@ -236,8 +232,6 @@ def get_patches(
     job_id: JobId, request: Request, who: Principal = Depends(need("read_jobs"))
 ) -> dict[str, Any]:
     """One unified diff per target (what `orchestrator run --out` writes)."""
-    from orchestrator.run.watch import session_summary
-
     rows = session_summary(_view(services(request), job_id))
     return {
         "job_id": job_id,
@@ -268,7 +262,5 @@ def cancel_job(
     """Stop a job: each session ends before its next step, with the status
     "cancelled by <you>: <reason>"; sessions waiting for a confirmation end
     now. 409 when the job already ended."""
-    from orchestrator.service import workflows
-
     done = workflows.cancel(services(request).store, job_id, by=who.actor, reason=body.reason)
     return done.to_json()

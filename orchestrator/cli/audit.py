@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import orjson
 import typer
 
-from events import migrate
-from events import verify as verify_mod
-from events.db import display_url
-from events.replay import replay
-from events.store import SqlEventStore
-from orchestrator.cli import render
+from orchestrator import lazy
 from orchestrator.cli.common import emit_json, err, fail, out
 from orchestrator.cli.root import current
+
+if TYPE_CHECKING:
+    from events.store import SqlEventStore
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+migrate = lazy.module("events.migrate")
+verify_mod = lazy.module("events.verify")
+_db = lazy.module("events.db")
+_replay = lazy.module("events.replay")
+_store = lazy.module("events.store")
+render = lazy.module("orchestrator.cli.render")
+_digests = lazy.module("events.digests")
+_masking = lazy.module("orchestrator.guard.masking")
+_recheck_mod = lazy.module("orchestrator.audit.recheck")
+_secrets = lazy.module("orchestrator.config.secrets")
+audit = lazy.module("orchestrator.audit.digests")
+policy_mod = lazy.module("orchestrator.guard.policy")
+
 
 # -- audit ---------------------------------------------------------------------
 
@@ -33,7 +47,7 @@ def audit_replay(
 ) -> None:
     """Rebuild a session from its events alone: state, quota usage, permissions."""
     st = current().store()
-    state = replay(st, session_id, use_snapshot=not no_snapshot)
+    state = _replay.replay(st, session_id, use_snapshot=not no_snapshot)
     if state.last_seq == 0:
         fail(
             f"no events for session {session_id}; list sessions with `orchestrator status JOB_ID`",
@@ -86,8 +100,6 @@ def audit_verify(
     """Check every hash chain, sequence and stream boundary, and the signed
     digests of stream heads (which catch recomputed chains and truncation);
     list each problem and every stream no digest proves."""
-    from orchestrator.audit import digests as audit
-
     trusted = audit.trusted_keys(current().settings, public_key)
     extra = audit.read_digest_file(digests_file) if digests_file is not None else []
     if input is not None:
@@ -121,20 +133,18 @@ def audit_verify(
 
 
 def _recheck(st: SqlEventStore, source: str, session_id: str | None) -> tuple[str, int, list]:
-    from events.digests import DIGEST_STREAM
-    from orchestrator.audit.recheck import recheck_all
-    from orchestrator.guard import policy as policy_mod
-
     chosen = (
         policy_mod.DEFAULT_POLICY if source == "default" else policy_mod.load_policy(Path(source))
     )
-    streams = [session_id] if session_id else [s for s in st.stream_ids() if s != DIGEST_STREAM]
+    streams = (
+        [session_id] if session_id else [s for s in st.stream_ids() if s != _digests.DIGEST_STREAM]
+    )
     ledgers = []
     for sid in streams:
-        state = replay(st, sid)
+        state = _replay.replay(st, sid)
         if state.session.session_id:  # job streams have no ledger
             ledgers.append((sid, state.ledger))
-    total, changes = recheck_all(ledgers, chosen)
+    total, changes = _recheck_mod.recheck_all(ledgers, chosen)
     return f"{chosen.name} ({chosen.hash[:12]})", total, changes
 
 
@@ -147,8 +157,6 @@ def audit_keygen(
     Keep the private key (audit-signing.pem) where the database cannot reach
     it and point ORCH_AUDIT_KEY_FILE at it on the machines that sign; give the
     public key (audit-signing.pub) to auditors for `audit verify --public-key`."""
-    from orchestrator.audit import digests as audit
-
     private, public, kid = audit.keygen(out_dir)
     out.print(
         f"key {kid}\n  private: {private} (mode 600; set ORCH_AUDIT_KEY_FILE={private})"
@@ -170,8 +178,6 @@ def audit_sign(
 ) -> None:
     """Sign a digest of the current stream heads with ORCH_AUDIT_KEY_FILE and
     append it to the audit-digests stream (run it periodically, e.g. hourly)."""
-    from orchestrator.audit import digests as audit
-
     key = audit.signing_key(current().settings)
     if key is None:
         fail(
@@ -207,19 +213,16 @@ def audit_export(
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this session or job stream"),
 ) -> None:
     """Write events as JSONL (plus a closing manifest line) that `verify --input` checks."""
-    from orchestrator.config.secrets import known_values
-    from orchestrator.guard.masking import mask
-
     st = current().store()
     rows = st.raw_stream_rows(stream) if stream else st.raw_all()
-    known = known_values()
+    known = _secrets.known_values()
     leaked = 0
     fh = sys.stdout.buffer if str(output) == "-" else open(output, "wb")
     try:
         for line in verify_mod.export_lines(rows):
             if known:  # events are masked when built; this catches what slipped past
                 text = line.decode()
-                safe = mask(text, known, patterns=False)
+                safe = _masking.mask(text, known, patterns=False)
                 if safe != text:
                     leaked += 1
                     line = safe.encode()
@@ -242,17 +245,17 @@ def audit_export(
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or upgrade the event store schema (Alembic migrations)."""
-    st = SqlEventStore(current().settings.effective_store_url, check_schema=False)
+    st = _store.SqlEventStore(current().settings.effective_store_url, check_schema=False)
     before, after = migrate.upgrade(st.engine)
-    out.print(f"{display_url(st.url)}: schema {before or 'empty'} -> {after}")
+    out.print(f"{_db.display_url(st.url)}: schema {before or 'empty'} -> {after}")
 
 
 @db_app.command("status")
 def db_status() -> None:
     """Show the store's schema revision and the newest this release knows."""
-    st = SqlEventStore(current().settings.effective_store_url, check_schema=False)
+    st = _store.SqlEventStore(current().settings.effective_store_url, check_schema=False)
     out.print(
-        f"{display_url(st.url)}: at {migrate.current_revision(st.engine) or 'empty'}, "
+        f"{_db.display_url(st.url)}: at {migrate.current_revision(st.engine) or 'empty'}, "
         f"head {migrate.head_revision()}"
     )
 

@@ -18,8 +18,12 @@ import typer
 from rich.console import Console
 
 from orchestrator import lazy
-from orchestrator.cli import render
 from orchestrator.cli.root import current
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+render = lazy.module("orchestrator.cli.render")
+
 
 if TYPE_CHECKING:
     from events.store import SqlEventStore

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from orchestrator.cli import render
+from orchestrator import lazy
 from orchestrator.cli.common import (
     ELEVATE_OPT,
     POLICY_OPT,
@@ -21,6 +21,15 @@ from orchestrator.cli.common import (
 )
 from orchestrator.cli.root import current
 from orchestrator.ops import workers
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+render = lazy.module("orchestrator.cli.render")
+_policy = lazy.module("orchestrator.guard.policy")
+_watch = lazy.module("orchestrator.run.watch")
+confirmations = lazy.module("orchestrator.run.confirmations")
+workflows = lazy.module("orchestrator.service.workflows")
+
 
 # -- confirmations ---------------------------------------------------------------
 
@@ -52,31 +61,21 @@ def policy_check(
       orchestrator policy check -- 'curl -s https://x.sh | sh'
       orchestrator policy check --path .env --op read --policy team.yaml --json
     """
-    from orchestrator.guard.policy import (
-        DEFAULT_POLICY,
-        TIERS,
-        combine,
-        decide,
-        load_policy,
-        parse_policy,
-        strictest_tier,
-    )
-
-    if tier is not None and tier not in TIERS:
-        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
+    if tier is not None and tier not in _policy.TIERS:
+        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(_policy.TIERS)}", 2)
     if (path is None) == (not command):
         fail("give a command after -- or a --path, not both and not neither", 2)
     if op not in ("read", "write", "delete"):
         fail(f"--op {op!r}: use read, write or delete", 2)
     s = current().settings
-    docs = [load_policy(f).doc for f in (policy, s.policy_file) if f is not None]
+    docs = [_policy.load_policy(f).doc for f in (policy, s.policy_file) if f is not None]
     pol = (
-        parse_policy(
-            combine(*docs).model_dump(mode="json"),
+        _policy.parse_policy(
+            _policy.combine(*docs).model_dump(mode="json"),
             "+".join(str(f) for f in (policy, s.policy_file) if f),
         )
         if docs
-        else DEFAULT_POLICY
+        else _policy.DEFAULT_POLICY
     )
     chosen = tier or s.tier
     if path is not None:
@@ -84,8 +83,8 @@ def policy_check(
     else:
         assert command
         tool, args = "shell", {"command": command[0] if len(command) == 1 else list(command)}
-    verdict = decide(tool, args, pol, tier=chosen, elevated=allow_destructive)  # type: ignore[arg-type]
-    effective = strictest_tier(pol.doc.tier, chosen)  # type: ignore[arg-type]
+    verdict = _policy.decide(tool, args, pol, tier=chosen, elevated=allow_destructive)  # type: ignore[arg-type]
+    effective = _policy.strictest_tier(pol.doc.tier, chosen)  # type: ignore[arg-type]
     matches = list(
         {
             (m.rule_id, m.decision.word, m.reason): {
@@ -136,8 +135,6 @@ def policy_check(
 
 def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:
     """List the confirmations that wait for an answer, oldest first."""
-    from orchestrator.run import confirmations
-
     waiting = confirmations.pending(current().store())
     if json:
         emit_json([w.to_json() for w in waiting])
@@ -146,10 +143,6 @@ def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:
 
 
 def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
-    from orchestrator.run import confirmations
-    from orchestrator.run.watch import final_view
-    from orchestrator.service import workflows
-
     root = current()
     st = root.store(for_writing=True)
     w = confirmations.find(st, ident)
@@ -175,7 +168,7 @@ def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
             "`orchestrator worker`)"
         )
         return
-    view = final_view(st, w.job_id)
+    view = _watch.final_view(st, w.job_id)
     proc = current().ensure_worker(err)
     try:
         render.follow(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from importlib import resources
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from events import verify as verify_mod
-from events.db import display_url
-from events.replay import replay
-from events.store import open_store
-from orchestrator.cli import render
+from orchestrator import lazy
 from orchestrator.cli.common import (
     ELEVATE_OPT,
     POLICY_OPT,
@@ -26,6 +24,16 @@ from orchestrator.cli.common import (
 )
 from orchestrator.cli.root import current
 from orchestrator.ops import workers
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+verify_mod = lazy.module("events.verify")
+_db = lazy.module("events.db")
+_replay = lazy.module("events.replay")
+_store = lazy.module("events.store")
+render = lazy.module("orchestrator.cli.render")
+_sample_repos = lazy.module("orchestrator.run.sample_repos")
+_watch = lazy.module("orchestrator.run.watch")
 
 
 def submit(
@@ -87,17 +95,15 @@ def status(
     json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Where a job stands: each target's status, steps and files changed."""
-    from orchestrator.run.watch import final_view, session_summary
-
     st = current().store()
-    view = final_view(st, job_id)
+    view = _watch.final_view(st, job_id)
     if not view.job.sessions:
         fail(
-            f"no job {job_id} in the event store at {display_url(st.url)}; check the id "
+            f"no job {job_id} in the event store at {_db.display_url(st.url)}; check the id "
             "and ORCH_STORE_URL",
             2,
         )
-    rows = session_summary(view)
+    rows = _watch.session_summary(view)
     if json:
         emit_json(
             {
@@ -117,11 +123,9 @@ def worker(
     ),
 ) -> None:
     """Run a Celery worker on the project's app in the foreground (production shape)."""
-    import os
-
     s = current().settings
     if s.embedded_store:
-        open_store(s.effective_store_url, upgrade=True).close()
+        _store.open_store(s.effective_store_url, upgrade=True).close()
     cmd = workers.worker_command(s, concurrency=concurrency, detach_files=False)
     os.execve(cmd[0], cmd, workers.worker_env(s))
 
@@ -134,11 +138,7 @@ def demo(
 ) -> None:
     """Create sample repositories, run a bundled example job on them through a real
     worker, and show the replay of one session and the verified audit log."""
-    from importlib import resources
-
-    from orchestrator.run.sample_repos import create_sample_repos
-
-    repos = create_sample_repos(directory / "sample-repos")
+    repos = _sample_repos.create_sample_repos(directory / "sample-repos")
     err.print(f"created {len(repos)} sample repositories under {directory / 'sample-repos'}")
     spec = Path(str(resources.files("orchestrator") / "examples" / f"{example}.yaml"))
     if not spec.exists():
@@ -163,7 +163,7 @@ def demo(
     finish(st, job_id, directory / "patches", False)
     first = tickets[0].session_id
     out.rule(f"orchestrator audit replay {first}")
-    render.replay(out, replay(st, first, use_snapshot=False))
+    render.replay(out, _replay.replay(st, first, use_snapshot=False))
     report = verify_mod.verify_rows(st.rows())
     out.rule("orchestrator audit verify")
     render.verify(out, report)

@@ -9,13 +9,17 @@ its commands here. Exit codes: 0 ok, 1 job failed, 2 bad input or config, 3 deni
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 
 from events.errors import EventError
+from orchestrator import __version__, lazy
 from orchestrator.cli import api as cli_api
 from orchestrator.cli import audit as cli_audit
 from orchestrator.cli import chat as cli_chat
@@ -29,6 +33,11 @@ from orchestrator.cli.common import err, masked, out
 from orchestrator.cli.root import begin
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import OrchestratorError
+
+# Loaded in the commands that use them, not for `--help` (bench/cli_startup.py).
+_exceptions = lazy.module("kombu.exceptions")
+logs = lazy.module("orchestrator.ops.logs")
+tracing = lazy.module("orchestrator.ops.tracing")
 
 app = typer.Typer(
     help=__doc__.split("\n\n")[0]
@@ -44,8 +53,6 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from orchestrator import __version__
-
         out.print(f"orchestrator {__version__}", highlight=False)
         raise typer.Exit(0)
 
@@ -68,8 +75,6 @@ def _global_options(
     ),
 ) -> None:
     if config is not None:
-        import os
-
         os.environ["ORCH_CONFIG"] = str(config.expanduser().absolute())
         get_settings.cache_clear()
     begin()
@@ -116,8 +121,6 @@ def main() -> None:
         )
         sys.exit(130)
     except Exception as exc:  # click usage errors and the like
-        import click
-
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(2)
@@ -131,7 +134,6 @@ def main() -> None:
                 highlight=False,
             )
             sys.exit(4)
-        import traceback  # a bug: the traceback, secrets masked
 
         sys.stderr.write(masked("".join(traceback.format_exception(exc))))
         sys.exit(1)
@@ -140,8 +142,6 @@ def main() -> None:
 def _observe() -> None:
     """Logs (and traces, when configured) for this process; a bad configuration
     still gets default logging, and the command reports the problem itself."""
-    from orchestrator.ops import logs, tracing
-
     try:
         s = get_settings()
     except OrchestratorError:
@@ -152,9 +152,7 @@ def _observe() -> None:
 
 
 def _is_unreachable(exc: BaseException) -> bool:
-    from kombu.exceptions import OperationalError as KombuOperationalError
-
-    return isinstance(exc, (KombuOperationalError, ConnectionError, OSError))
+    return isinstance(exc, (_exceptions.OperationalError, ConnectionError, OSError))
 
 
 if __name__ == "__main__":

@@ -19,12 +19,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import render
+from orchestrator import lazy
 from orchestrator.cli.common import submit_job
 from orchestrator.cli.root import current
 from orchestrator.config.settings import Settings
 from orchestrator.ops import health as health_mod
 from orchestrator.ops import heartbeat
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+render = lazy.module("orchestrator.cli.render")
+doctor_mod = lazy.module("orchestrator.ops.doctor")
+sandbox = lazy.module("orchestrator.sandbox.runtime")
+smoke_mod = lazy.module("orchestrator.ops.smoke")
+workers = lazy.module("orchestrator.ops.workers")
+
 
 out = Console()
 err = Console(stderr=True)
@@ -229,9 +238,6 @@ def smoke(
     default), replay and verify its events, and check readiness. Prints a
     pass/fail table with a remedy per failed row; exit 0 all passed, 4
     infrastructure down, 1 otherwise."""
-    from orchestrator.ops import smoke as smoke_mod
-    from orchestrator.ops import workers
-
     root = current()
     s = root.settings
 
@@ -280,9 +286,6 @@ def doctor(
     which sandbox shell commands run in, what it contains and what it does not.
     Exit 0 when every required check passes, 2 bad configuration, 4 a service
     cannot be reached."""
-    from orchestrator.ops import doctor as doctor_mod
-    from orchestrator.sandbox import runtime as sandbox
-
     root = current()
     box = sandbox.describe(sandbox.probe())
     data = doctor_mod.report(

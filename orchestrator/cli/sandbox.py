@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 
+from orchestrator import lazy
 from orchestrator.cli.common import (
     ELEVATE_OPT,
     POLICY_OPT,
@@ -18,6 +19,11 @@ from orchestrator.cli.common import (
     fail,
 )
 from orchestrator.cli.root import current
+
+# Loaded in the commands that use them, not for `--help` (bench/cli_startup.py).
+_policy = lazy.module("orchestrator.guard.policy")
+_steps = lazy.module("orchestrator.run.steps")
+adhoc = lazy.module("orchestrator.run.adhoc")
 
 # -- one call: sandbox run, fs ------------------------------------------------------
 
@@ -49,13 +55,10 @@ def _one(
     as_json: bool,
     show_output: bool = True,
 ) -> None:
-    from orchestrator.guard.policy import TIERS, load_policy
-    from orchestrator.run import adhoc
-
-    if tier is not None and tier not in TIERS:
-        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
+    if tier is not None and tier not in _policy.TIERS:
+        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(_policy.TIERS)}", 2)
     s = current().settings
-    docs = [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
+    docs = [_policy.load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
     result = adhoc.run_one(
         current().store(for_writing=True),
         workspace,
@@ -115,11 +118,9 @@ def sandbox_run(
 ) -> None:
     """Decide and run one command as a job's shell step would, e.g.
     `orchestrator sandbox run -w repo -- python3 -m pytest -q`."""
-    from orchestrator.run.steps import ShellStep
-
     _one(
         workspace,
-        ShellStep(command=tuple(command), timeout_s=timeout),
+        _steps.ShellStep(command=tuple(command), timeout_s=timeout),
         policy,
         tier,
         allow_destructive,
@@ -136,9 +137,7 @@ def fs_read(
     json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Print a file of the workspace (policy decides; `.env` and keys are denied)."""
-    from orchestrator.run.steps import ReadStep
-
-    _one(workspace, ReadStep(path=path), policy, tier, False, json)
+    _one(workspace, _steps.ReadStep(path=path), policy, tier, False, json)
 
 
 @fs_app.command("list")
@@ -151,9 +150,7 @@ def fs_list(
     json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List the files under a folder (files the policy denies are not shown)."""
-    from orchestrator.run.steps import ListStep
-
-    _one(workspace, ListStep(path=path, glob=tuple(glob)), policy, tier, False, json)
+    _one(workspace, _steps.ListStep(path=path, glob=tuple(glob)), policy, tier, False, json)
 
 
 @fs_app.command("write")
@@ -170,12 +167,12 @@ def fs_write(
     json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write a file atomically (temp file, fsync, rename), recorded with its diff."""
-    from orchestrator.run.steps import WriteStep
-
     if (content is None) == (source is None):
         fail("give the content with exactly one of --content TEXT or --from FILE", 2)
     text = content if content is not None else source.read_text(encoding="utf-8")  # type: ignore[union-attr]
-    _one(workspace, WriteStep(path=path, content=text), policy, tier, allow_destructive, json)
+    _one(
+        workspace, _steps.WriteStep(path=path, content=text), policy, tier, allow_destructive, json
+    )
 
 
 @fs_app.command("delete")
@@ -189,9 +186,7 @@ def fs_delete(
 ) -> None:
     """Delete a file: destructive, so it waits for `orchestrator approve` unless
     --allow-destructive is given."""
-    from orchestrator.run.steps import DeleteStep
-
-    _one(workspace, DeleteStep(path=path), policy, tier, allow_destructive, json)
+    _one(workspace, _steps.DeleteStep(path=path), policy, tier, allow_destructive, json)
 
 
 def register(app: typer.Typer) -> None:
