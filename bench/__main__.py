@@ -27,6 +27,7 @@ BENCHES = (
     "browser",
     "fetch",
     "api",
+    "cli_startup",
 )
 
 

@@ -511,16 +511,16 @@ class InProcess:
     def __init__(self, store_url: str, base: Path) -> None:
         from events.store import SqlEventStore
         from orchestrator.agent.loop import AgentLoop
+        from orchestrator.agent.providers.factory import providers_for
         from orchestrator.config.settings import Settings
         from orchestrator.run.runner import Runner
-        from tasks.agent import provider_for
 
         self.store = SqlEventStore(store_url)
         self.base = base
         settings = Settings(state_dir=base / "inproc", store_url=store_url)
         self.loop = AgentLoop(
             Runner(self.store, "worker:bench:inproc"),
-            provider_for(settings),
+            providers_for(settings),
             default_provider="scripted",
         )
         self.specs = {k: job_spec(k) for k in (1, 5)}

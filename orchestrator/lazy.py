@@ -17,25 +17,26 @@ Anything else imports at the top of the module, where a reader looks.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 from types import ModuleType
 from typing import Any
 
 
 def module(name: str) -> ModuleType:
-    """`name`, imported when one of its attributes is first read."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None:
-        raise ModuleNotFoundError(f"no module named {name!r}", name=name)
-    loader = importlib.util.LazyLoader(spec.loader)
-    spec.loader = loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    loader.exec_module(mod)
-    return mod
+    """`name`, imported when one of its attributes is first read.
+
+    The import is the ordinary one, parents first, so a package's `__init__`
+    runs before its submodule as always; nothing at all runs before then
+    (finding a submodule would already run its package's `__init__`)."""
+    return sys.modules.get(name) or _Deferred(name)
+
+
+class _Deferred(ModuleType):
+    """Stands for a module until an attribute is read; then imports it and
+    hands out the real module's attributes."""
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self.__name__), attr)
 
 
 def attr(ref: str) -> Any:

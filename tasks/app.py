@@ -13,6 +13,7 @@ import tasks.broker  # noqa: F401  (registers the orchsqla transport)
 import tasks.browser_hooks  # noqa: F401  (closes browsers on task end and worker exit)
 import tasks.observe  # noqa: F401  (logs, metrics and traces on Celery's signals)
 from orchestrator.config.settings import Settings, get_settings
+from tasks.dispatch import CeleryDispatcher
 
 
 def make_app(settings: Settings) -> Celery:
@@ -68,5 +69,16 @@ def sign_interval(settings: Settings) -> float | None:
     return settings.audit_sign_interval_s
 
 
-app = make_app(get_settings())
+def dispatcher(settings: Settings) -> CeleryDispatcher:
+    """The dispatcher the CLI and the API use (`orchestrator.service.dispatch`
+    names this function): the app of this process, configured from the same
+    settings, so jobs go where the workers listen."""
+    return CeleryDispatcher(
+        app, sign=settings.audit_key_file is not None, broadcast=not settings.embedded_broker
+    )
+
+
+# The worker's settings, read once: tasks take them from here (tasks.deps).
+settings = get_settings()
+app = make_app(settings)
 import tasks.worker_probe  # noqa: E402,F401  (heartbeat and probes, on worker_ready)

@@ -24,9 +24,10 @@ from celery.utils.log import get_logger, get_task_logger
 
 from events.store import SqlEventStore
 from orchestrator.audit import digests as audit
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator.config.settings import Settings
 from orchestrator.errors import ConfigError
 from tasks.app import app, sign_interval
+from tasks.deps import deps
 
 SIGN_HEADS = "orchestrator.audit.sign_heads"
 log = get_task_logger(__name__)
@@ -64,10 +65,8 @@ def _sign(store: SqlEventStore, settings: Settings, streams: Sequence[str]) -> s
 )
 def sign_heads(self: Any, streams: list[str] | None = None) -> str:
     """Sign the heads of every stream changed since the last digest, and of `streams`."""
-    from tasks.steps import runner  # the worker process's one store
-
     try:
-        return _sign(runner().store, get_settings(), streams or ())
+        return _sign(deps().store, deps().settings, streams or ())
     except Exception as exc:
         if getattr(exc, "transient", False) and self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=min(2**self.request.retries, 30)) from exc
@@ -78,7 +77,7 @@ def sign_heads(self: Any, streams: list[str] | None = None) -> str:
 @signals.worker_ready.connect
 def _embedded_schedule(sender: Any, **_: Any) -> None:
     """On the embedded broker the worker enqueues the periodic task itself."""
-    settings = get_settings()
+    settings = deps().settings
     every = sign_interval(settings)
     if settings.embedded_broker and every is not None:
         sender.timer.call_repeatedly(every, lambda: sign_heads.apply_async(expires=every))
@@ -87,7 +86,7 @@ def _embedded_schedule(sender: Any, **_: Any) -> None:
 @signals.worker_shutdown.connect
 def _sign_on_stop(**_: Any) -> None:
     """Sign what changed as the worker stops (after its last task finished)."""
-    settings = get_settings()
+    settings = deps().settings
     if settings.audit_key_file is None:
         return
     try:

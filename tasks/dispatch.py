@@ -13,12 +13,16 @@ With an audit signing key configured, each chain ends with
 `orchestrator.audit.sign_heads` for its sessions and their job (tasks.audit):
 a digest signed when the sessions end, in a task of its own, so signing
 never fails a step.
+
+`CeleryDispatcher` is orchestrator's `Dispatcher` (orchestrator.service.dispatch)
+around one Celery app: the CLI and the API get it from `tasks.app.dispatcher`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from celery import Celery, chain, group
 from celery.canvas import Signature
@@ -62,13 +66,11 @@ def sign_link(app: Celery, tickets: Sequence[Ticket]) -> Signature:
 def enqueue(
     tickets: Sequence[Ticket],
     steps: Sequence[Step],
-    app: Celery | None = None,
+    app: Celery,
     sign: bool | None = None,
 ) -> None:
-    """Send the job's canvas on `app` (default: the configured `tasks.app.app`);
-    `sign` (default: `signing()`) ends each chain with a digest."""
-    if app is None:
-        from tasks.app import app
+    """Send the job's canvas on `app`; `sign` (default: `signing()`) ends each
+    chain with a digest."""
     if sign is None:
         sign = signing()
     agent = any(t.agent for t in tickets)
@@ -109,12 +111,12 @@ def agent_link(app: Celery, ticket: Ticket) -> Signature:
 
 
 def continue_session(
-    ticket: Ticket, start: int, steps: Sequence[Step], app: Celery | None = None
+    ticket: Ticket, start: int, steps: Sequence[Step], app: Celery, sign: bool | None = None
 ) -> None:
     """Enqueue one session's steps from `start` on (after a confirmation was
     answered): the same tasks, keys and limits as the job's own chain."""
-    if app is None:
-        from tasks.app import app
+    if sign is None:
+        sign = signing()
     last = -1 if ticket.agent else len(steps) - 1
     links = [
         summarized(
@@ -136,6 +138,37 @@ def continue_session(
     ]
     if ticket.agent:
         links.append(agent_link(app, ticket))
-    elif signing():
+    elif sign:
         links.append(sign_link(app, [ticket]))
     chain(*links).apply_async()
+
+
+class CeleryDispatcher:
+    """The `Dispatcher` on one Celery app. `sign`: chains end with a digest
+    (an audit key is configured); `broadcast`: the broker carries remote
+    control (a server broker; the embedded one has none)."""
+
+    def __init__(self, app: Celery, *, sign: bool, broadcast: bool) -> None:
+        self.app = app
+        self.sign = sign
+        self.broadcast = broadcast
+
+    def enqueue(self, tickets: Sequence[Ticket], steps: Sequence[Step]) -> None:
+        enqueue(tickets, steps, self.app, sign=self.sign)
+
+    def continue_session(self, ticket: Ticket, start: int, steps: Sequence[Step]) -> None:
+        continue_session(ticket, start, steps, self.app, sign=self.sign)
+
+    def start_agent(self, ticket: Ticket) -> None:
+        agent_link(self.app, ticket).apply_async()
+
+    def seal(self, tickets: Sequence[Ticket]) -> None:
+        if self.sign:
+            sign_link(self.app, tickets).apply_async()
+
+    def revoke(self, task_id: str) -> None:
+        if self.broadcast:
+            self.app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+
+    def ping(self) -> list[Any]:
+        return list(self.app.control.ping(timeout=1.0) or [])

@@ -8,47 +8,27 @@ error recorded, so the chain, the job and the operator never hang.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from pydantic import TypeAdapter
 
-from events.store import SqlEventStore
-from orchestrator.config.settings import get_settings
-from orchestrator.ops import logs, metrics
-from orchestrator.run.runner import Runner, Ticket, fail_session
+from orchestrator.ops import logs
+from orchestrator.run.runner import Ticket, fail_session
 from orchestrator.run.steps import Step
-from tasks.app import app
+from tasks.app import app, settings
+from tasks.deps import deps
 
 STEP = TypeAdapter(Step)
 log = get_task_logger(__name__)
-_runner: tuple[int, Runner] | None = None
-
-
-def runner() -> Runner:
-    """One store per worker process, opened after the fork."""
-    global _runner
-    if _runner is None or _runner[0] != os.getpid():
-        settings = get_settings()
-        _runner = (
-            os.getpid(),
-            Runner(
-                SqlEventStore(settings.effective_store_url),
-                settings.worker_actor,
-                observer=metrics.OBSERVER,
-                settings=settings,
-            ),
-        )
-    return _runner[1]
 
 
 def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
     """One session's step; an error that is not transient fails that session only."""
     logs.bind(job_id=t.job_id, session_id=t.session_id)
     try:
-        return runner().run_step(t, index, step, last=last, task_id=task.request.id)
+        return deps().runner.run_step(t, index, step, last=last, task_id=task.request.id)
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:
@@ -58,7 +38,7 @@ def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
             raise task.retry(exc=exc, countdown=delay) from exc
         log.exception("step %s of session %s failed: %s", index + 1, t.session_id, exc)
         fail_session(
-            runner(),
+            deps().runner,
             t,
             type(exc).__name__,
             f"step {index + 1} could not run: {exc}",
@@ -70,7 +50,7 @@ def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
 def _time_limit(t: Ticket, index: int, task_id: str, chunk: int = 1) -> None:
     what = f"a chunk of {chunk} sessions" if chunk > 1 else "the task"
     fail_session(
-        runner(),
+        deps().runner,
         t,
         "TaskTimeLimit",
         f"step {index + 1} ran past the time limit of {what}; raise the step's timeout_s",
@@ -82,7 +62,7 @@ def _time_limit(t: Ticket, index: int, task_id: str, chunk: int = 1) -> None:
     bind=True,
     name="orchestrator.run_step",
     acks_late=True,
-    max_retries=get_settings().task_max_retries,
+    max_retries=settings.task_max_retries,
 )
 def run_step(
     self: Any, ticket: dict[str, Any], index: int, step: dict[str, Any], last: bool
@@ -99,7 +79,7 @@ def run_step(
     bind=True,
     name="orchestrator.run_steps",
     acks_late=True,
-    max_retries=get_settings().task_max_retries,
+    max_retries=settings.task_max_retries,
 )
 def run_steps(
     self: Any, tickets: list[dict[str, Any]], index: int, step: dict[str, Any], last: bool

@@ -22,6 +22,7 @@ from typing import Any
 from celery.app.amqp import AMQP
 from celery.canvas import Signature
 
+from orchestrator.config.settings import get_settings
 from orchestrator.guard.masking import mask
 
 __all__ = ["describe", "options", "summarized", "SummarizingAMQP"]
@@ -96,8 +97,6 @@ def describe(
 
 
 def _secrets() -> tuple[str, ...]:
-    from orchestrator.config.settings import get_settings
-
     key = get_settings().model_api_key
     return (key.get_secret_value(),) if key is not None else ()
 

@@ -1,20 +1,23 @@
 """The HTTP API's application: `create_app(settings)`.
 
-Like the CLI, this is a composition root: routes call orchestrator/ and
-enqueue through `tasks.dispatch` (imported lazily, in the routes that send
-work to the workers). `orchestrator api` serves it with uvicorn.
+Like the CLI, this is a composition root: `create_app` builds the services
+(settings, store, dispatcher) once, and routes call the application layer
+(`orchestrator.service.workflows`) with them; the Celery dispatcher is named
+through `orchestrator.service.dispatch`, never imported from `tasks/`. `orchestrator api` serves it with uvicorn.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
 
 from orchestrator.api import confirmations, jobs, ops, problems, sessions
 from orchestrator.api.deps import Services
-from orchestrator.config.settings import Settings
+from orchestrator.config.settings import Settings, get_settings
+from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
 
 DESCRIPTION = """Submit batch refactor jobs, follow their sessions' events, answer
 confirmations, and replay or verify the hash-chained audit log.
@@ -26,10 +29,12 @@ messages: 400/404/409/422 bad input, 401/403 authentication and roles,
 413 a body over the limit, 503 the store or broker is unavailable."""
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(
+    settings: Settings, dispatcher: Callable[[Settings], Dispatcher] = celery_dispatcher
+) -> FastAPI:
     """The API for one configuration. The store is opened on the first request
     that needs it; token secrets are read now (a missing one fails at start)."""
-    svc = Services(settings)
+    svc = Services(settings, dispatcher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,8 +53,6 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("agent-orchestrator")
     except PackageNotFoundError:
@@ -58,6 +61,4 @@ def _version() -> str:
 
 def from_environment() -> FastAPI:
     """The factory `uvicorn --factory` calls in each of its worker processes."""
-    from orchestrator.config.settings import get_settings
-
     return create_app(get_settings())

@@ -19,6 +19,7 @@ import secrets as _random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from orchestrator.config import secrets
 from orchestrator.config.settings import ApiToken, Settings
 from orchestrator.errors import ConfigError
 
@@ -93,8 +94,6 @@ def _hash_of(t: ApiToken, settings: Settings) -> str:
     if t.sha256 is not None:
         return t.sha256
     assert t.secret is not None
-    from orchestrator.config import secrets  # only when a token names a secret
-
     # The API's own settings decide the sources, and where SecretAccessed goes.
     value = secrets.SecretStore(settings).get(t.secret, reader=f"api:token:{t.principal}")
     if value is None:

@@ -3,7 +3,7 @@
 Answering is the code path of `orchestrator approve/deny`: find the waiting
 request, record ConfirmationGranted or ConfirmationDenied under the call's
 idempotency key (two operators at once record one answer; the second gets
-409), then enqueue the session's continuation (`tasks.dispatch`).
+409), then enqueue the session's continuation (the application's `workflows.answer`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from orchestrator.api.auth import Principal
 from orchestrator.api.deps import need, services
 from orchestrator.api.schemas import CALL_ID_PATTERN, Answer, Answered, Waiting, error_responses
 from orchestrator.errors import Conflict
+from orchestrator.run import confirmations
+from orchestrator.service import workflows
 
 router = APIRouter(tags=["confirmations"])
 CallId = Annotated[
@@ -37,8 +39,6 @@ def list_waiting(
 ) -> list[dict[str, Any]]:
     """Every confirmation that waits for an answer, oldest first (`orchestrator
     pending --json`)."""
-    from orchestrator.run import confirmations
-
     return [w.to_json() for w in confirmations.pending(services(request).store)]
 
 
@@ -52,26 +52,26 @@ def answer(
 ) -> dict[str, Any]:
     """Approve exactly that one request, or deny it (its step fails), and
     continue the session on the workers."""
-    from orchestrator.run import confirmations
-    from tasks.dispatch import continue_session
-
-    st = services(request).store
-    w = confirmations.find(st, call_id)
-    grant = body.decision == "approve"
-    ours, ticket, start, steps = confirmations.answer(
-        st, w, grant=grant, by=who.actor, reason=body.reason
+    svc = services(request)
+    w = confirmations.find(svc.store, call_id)
+    done = workflows.answer(
+        svc.store,
+        svc.dispatcher,
+        w,
+        grant=body.decision == "approve",
+        by=who.actor,
+        reason=body.reason,
     )
-    if not ours:
+    if not done.ours:
         raise Conflict(
             f"{w.call_id} was answered by someone else first; see GET "
             f"/sessions/{w.session_id}/replay"
         )
-    continue_session(ticket, start, steps)
     return {
         "call_id": w.call_id,
         "decision": body.decision,
         "by": who.actor,
         "session_id": w.session_id,
         "job_id": w.job_id,
-        "continues_from": f"step {start + 1}" if start < len(steps) else "its agent",
+        "continues_from": done.continues_from,
     }

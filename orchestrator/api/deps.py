@@ -1,4 +1,4 @@
-"""What routes share: the settings, the store (opened on first use, so
+"""What routes share: the settings, the store and the dispatcher (opened on first use, so
 /healthz does no I/O), the token table, and the `need(capability)`
 dependency that authenticates the caller."""
 
@@ -14,16 +14,34 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from events.store import SqlEventStore, open_store
 from orchestrator.api.auth import CAPABILITIES, Principal, TokenTable
 from orchestrator.config.settings import Settings
+from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `orchestrator api token`")
 
 
 class Services:
-    def __init__(self, settings: Settings) -> None:
+    """The API's object graph, built by `create_app`. `dispatcher` makes the
+    Dispatcher the routes enqueue on (default: the Celery one, built on the
+    first route that sends work, so serving /healthz never imports Celery)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        dispatcher: Callable[[Settings], Dispatcher] = celery_dispatcher,
+    ) -> None:
         self.settings = settings
         self.tokens = TokenTable.from_settings(settings)
         self._store: SqlEventStore | None = None
+        self._make_dispatcher = dispatcher
+        self._dispatcher: Dispatcher | None = None
         self._lock = threading.Lock()
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        with self._lock:
+            if self._dispatcher is None:
+                self._dispatcher = self._make_dispatcher(self.settings)
+        return self._dispatcher
 
     @property
     def store(self) -> SqlEventStore:

@@ -1,8 +1,9 @@
 """/jobs: submit a job spec, see where it stands, collect its patches, cancel it.
 
 A submitted spec goes through the same validation as `orchestrator submit`
-(`jobspec.parse_spec`), then the same `jobs.prepare`, `jobs.record` and
-`tasks.dispatch.enqueue`: workers run it, the API never does.
+(`jobspec.parse_spec`), then the same application workflow
+(`workflows.submit`: prepare, record, enqueue on the dispatcher): workers
+run it, the API never does.
 
 Targets resolve against `api_workspace_root`, and every target must stay
 inside it: an absolute path elsewhere, a `~` or a `..` that leaves it, or a
@@ -34,6 +35,11 @@ from orchestrator.api.schemas import (
     error_responses,
 )
 from orchestrator.errors import NotFound, SpecError, UserError
+from orchestrator.guard.policy import TIERS, load_policy
+from orchestrator.run.jobspec import parse_spec
+from orchestrator.run.runner import Ticket
+from orchestrator.run.watch import final_view, session_summary
+from orchestrator.service import workflows
 
 router = APIRouter(tags=["jobs"])
 JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="A job id from POST /jobs")]
@@ -94,10 +100,6 @@ def submit(
     tier: str | None,
     allow_destructive: bool,
 ) -> Submitted:
-    from orchestrator.guard.policy import TIERS, load_policy
-    from orchestrator.run import jobs
-    from orchestrator.run.jobspec import parse_spec
-
     s = svc.settings
     if s.api_workspace_root is None:
         raise UserError(
@@ -117,24 +119,27 @@ def submit(
         raise SpecError(
             SOURCE, [f"tier (query): {tier!r} is not a tier; use one of {', '.join(TIERS)}"]
         )
-    job_id, tickets = jobs.prepare(
+
+    def vet(tickets: list[Ticket]) -> None:
+        escaped = [
+            f"targets: {t.target!r} leads outside the API workspace root {root} (through a symlink)"
+            for t in tickets
+            if t.path is not None and not Path(t.path).is_relative_to(root)
+        ]
+        if escaped:
+            raise SpecError(SOURCE, escaped)
+
+    job_id, tickets = workflows.submit(
+        svc.store,
+        svc.dispatcher,
         spec,
         root,
+        actor=who.actor,
         policy_files=[load_policy(s.policy_file).doc] if s.policy_file else [],
         tier=tier or s.tier,  # type: ignore[arg-type]
         elevated_by=who.actor if allow_destructive else None,
+        vet=vet,
     )
-    escaped = [
-        f"targets: {t.target!r} leads outside the API workspace root {root} (through a symlink)"
-        for t in tickets
-        if t.path is not None and not Path(t.path).is_relative_to(root)
-    ]
-    if escaped:
-        raise SpecError(SOURCE, escaped)
-    from tasks.dispatch import enqueue
-
-    jobs.record(svc.store, spec, job_id, tickets, who.actor)
-    enqueue(tickets, spec.steps)
     return Submitted(
         job_id=job_id,
         name=spec.name,
@@ -191,8 +196,6 @@ async def post_job(
 
 
 def _view(svc: Services, job_id: str) -> Any:
-    from orchestrator.run.watch import final_view
-
     view = final_view(svc.store, job_id)
     if not view.job.sessions:
         raise NotFound(f"no job {job_id}; check the id (from POST /jobs)")
@@ -207,8 +210,6 @@ def get_job(
 ) -> dict[str, Any]:
     """Where a job stands: each target's status, steps and files changed (the
     JSON of `orchestrator status --json`, plus `cancel` once requested)."""
-    from orchestrator.run.watch import session_summary
-
     view = _view(services(request), job_id)
     job = view.job
     return {
@@ -231,8 +232,6 @@ def get_patches(
     job_id: JobId, request: Request, who: Principal = Depends(need("read_jobs"))
 ) -> dict[str, Any]:
     """One unified diff per target (what `orchestrator run --out` writes)."""
-    from orchestrator.run.watch import session_summary
-
     rows = session_summary(_view(services(request), job_id))
     return {
         "job_id": job_id,
@@ -263,6 +262,5 @@ def cancel_job(
     """Stop a job: each session ends before its next step, with the status
     "cancelled by <you>: <reason>"; sessions waiting for a confirmation end
     now. 409 when the job already ended."""
-    from orchestrator.run import jobs
-
-    return jobs.cancel(services(request).store, job_id, by=who.actor, reason=body.reason).to_json()
+    done = workflows.cancel(services(request).store, job_id, by=who.actor, reason=body.reason)
+    return done.to_json()

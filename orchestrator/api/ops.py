@@ -14,6 +14,9 @@ from fastapi.responses import JSONResponse, Response
 
 from orchestrator.api.deps import optional_metrics_auth, services
 from orchestrator.api.schemas import Liveness, Readiness, error_responses
+from orchestrator.errors import InfraUnavailable
+from orchestrator.ops import health
+from orchestrator.ops import metrics as metrics_mod
 
 router = APIRouter(tags=["operations"])
 
@@ -21,8 +24,6 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz", response_model=Liveness)
 def healthz() -> dict[str, Any]:
     """The process answers (no store, broker or worker is asked)."""
-    from orchestrator.ops import health
-
     return health.liveness()
 
 
@@ -39,8 +40,6 @@ def healthz() -> dict[str, Any]:
 def readyz(request: Request) -> JSONResponse:
     """Whether work submitted now would run: broker, store (reachable and
     migrated) and at least one worker with a fresh heartbeat."""
-    from orchestrator.ops import health
-
     report = health.readiness(services(request).settings)
     return JSONResponse(report.to_json(), status_code=200 if report.ok else 503)
 
@@ -59,12 +58,8 @@ def metrics(_: Any = Depends(optional_metrics_auth)) -> Response:
     """Prometheus metrics of the API and (multiprocess) workers on this host;
     needs a token of any role unless api_metrics_public."""
     try:
-        from orchestrator.ops import metrics as metrics_mod
-
         exposition = metrics_mod.exposition
-    except (ImportError, AttributeError) as exc:
-        from orchestrator.errors import InfraUnavailable
-
+    except AttributeError as exc:
         raise InfraUnavailable(f"metrics are not available in this installation ({exc})") from None
     body, content_type = exposition()
     return Response(body, media_type=content_type)

@@ -17,10 +17,12 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as KombuOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from events.errors import EventError, SchemaNotReady, SequenceConflict, StoreUnavailable
+from orchestrator.config import secrets
 from orchestrator.errors import (
     Conflict,
     InfraUnavailable,
@@ -38,8 +40,6 @@ __all__ = ["problem", "status_of", "install", "BodyLimit", "spec_problems"]
 def known_secrets() -> tuple[str, ...]:
     """The secret values this service knows, when the secret store can say."""
     try:
-        from orchestrator.config import secrets
-
         return tuple(secrets.known_values())
     except Exception:  # noqa: BLE001  (no store configured, or none in this release)
         return ()
@@ -162,8 +162,6 @@ def install(app: FastAPI) -> None:
 
 
 def _unreachable(exc: BaseException) -> bool:
-    from kombu.exceptions import OperationalError as KombuOperationalError
-
     return isinstance(exc, (KombuOperationalError, ConnectionError))
 
 

@@ -21,11 +21,13 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from events import payloads as p
+from events import verify as verify_mod
 from events.envelope import Event
 from events.replay import replay
 from orchestrator.api.auth import Principal
 from orchestrator.api.deps import Services, need, services
 from orchestrator.api.schemas import ID_PATTERN, EventPage, error_responses
+from orchestrator.audit import digests as audit
 from orchestrator.errors import NotFound
 
 router = APIRouter(tags=["sessions", "audit"])
@@ -195,9 +197,6 @@ def audit_verify(
     """Every hash chain, sequence and stream boundary, and the signed digests
     of stream heads: the JSON of `orchestrator audit verify --json` (200 with
     `ok: false` when something does not verify)."""
-    from events import verify as verify_mod
-    from orchestrator.audit import digests as audit
-
     svc = services(request)
     trusted = audit.trusted_keys(svc.settings, [])
     report = verify_mod.verify_rows(svc.store.rows(stream))
@@ -224,8 +223,6 @@ def audit_export(
     who: Principal = Depends(need("read_audit")),
 ) -> StreamingResponse:
     """The events as `orchestrator audit export` writes them."""
-    from events import verify as verify_mod
-
     st = services(request).store
     rows = st.raw_stream_rows(stream) if stream else st.raw_all()
 

@@ -10,7 +10,15 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from orchestrator.config.settings import get_settings
+from orchestrator import lazy
+from orchestrator.cli.root import current
+from orchestrator.config.settings import ApiToken
+
+# Loaded in the commands that use them, not for `--help` (bench/cli_startup.py).
+_api = lazy.module("orchestrator.api")
+uvicorn = lazy.module("uvicorn")
+_auth = lazy.module("orchestrator.api.auth")
+workflows = lazy.module("orchestrator.service.workflows")
 
 out = Console()
 err = Console(stderr=True)
@@ -39,9 +47,8 @@ def serve(
     jobs for Celery workers (`orchestrator worker`); it runs none itself."""
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn
 
-    s = get_settings()
+    s = current().settings
     if not s.api_tokens:
         err.print(
             "[yellow]no api_tokens configured: every route but /healthz and /readyz "
@@ -60,9 +67,8 @@ def serve(
             log_level=level,
         )
         return
-    from orchestrator.api import create_app
 
-    uvicorn.run(create_app(s), host=host, port=port, log_level=level)
+    uvicorn.run(_api.create_app(s), host=host, port=port, log_level=level)
 
 
 @api_app.command("token")
@@ -76,23 +82,20 @@ def token(
 ) -> None:
     """Make a new token: prints the token once (give it to its owner) and the
     `api_tokens` entry with its sha256 (put that in the configuration)."""
-    from orchestrator.api.auth import ROLES, new_token, token_hash
-    from orchestrator.config.settings import ApiToken
-
-    bad = [r for r in role if r not in ROLES]
+    bad = [r for r in role if r not in _auth.ROLES]
     if bad:
         err.print(
-            f"[bold red]error:[/] unknown role(s) {', '.join(bad)}; use {', '.join(ROLES)}",
+            f"[bold red]error:[/] unknown role(s) {', '.join(bad)}; use {', '.join(_auth.ROLES)}",
             highlight=False,
         )
         raise typer.Exit(2)
-    value = new_token()
+    value = _auth.new_token()
     try:
         roles = tuple(dict.fromkeys(role))
         entry = ApiToken(
             principal=principal,
             roles=roles,  # type: ignore[arg-type]
-            sha256=token_hash(value),
+            sha256=_auth.token_hash(value),
         )
     except ValueError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
@@ -116,11 +119,10 @@ def cancel(
 ) -> None:
     """Stop a job: each session ends before its next step ("cancelled by YOU:
     REASON"); sessions waiting for a confirmation end now."""
-    from orchestrator.cli.main import store
-    from orchestrator.run import jobs
-
-    s = get_settings()
-    done = jobs.cancel(store(for_writing=True), job_id, by=s.submitter, reason=reason)
+    root = current()
+    done = workflows.cancel(
+        root.store(for_writing=True), job_id, by=root.settings.submitter, reason=reason
+    )
     if json:
         out.print_json(data=done.to_json())
         return

@@ -13,18 +13,37 @@ import importlib
 import socket
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 
-from events.replay import replay
-from events.store import SqlEventStore, open_store
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator import lazy
+from orchestrator.cli.root import current
+from orchestrator.config.settings import Settings
 from orchestrator.ops import workers
+from orchestrator.service.dispatch import Dispatcher
+
+if TYPE_CHECKING:
+    from events.store import SqlEventStore
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+_replay = lazy.module("events.replay")
+_store = lazy.module("events.store")
+
 
 err = Console(stderr=True, soft_wrap=True)
+# The runner and the payload models load when a chat starts, not for `--help`.
+_workflows = lazy.module("orchestrator.service.workflows")
+_chat = lazy.module("orchestrator.agent.chat")
+_factory = lazy.module("orchestrator.agent.providers.factory")
+_jobspec = lazy.module("orchestrator.run.jobspec")
+_loop = lazy.module("orchestrator.agent.loop")
+_policy = lazy.module("orchestrator.guard.policy")
+_runner = lazy.module("orchestrator.run.runner")
+_scripted = lazy.module("orchestrator.agent.providers.scripted")
 OPENAI_URL = "https://api.openai.com/v1"
 CONNECT_TIMEOUT_S = 3.0
 
@@ -80,12 +99,9 @@ def chat(
 ) -> None:
     """Talk to the agent in a terminal: each message is a turn of a recorded
     session (replay, pending and approve work on it). See docs/chat.md."""
-    from orchestrator.agent.chat import Chat, chat_ticket, start_session
-    from orchestrator.agent.providers.factory import api_key
-    from orchestrator.run.runner import Runner
-
-    s = get_settings()
-    key = api_key(s)
+    root = current()
+    s = root.settings
+    key = _factory.api_key(s)
     if session is not None:
         given = [
             n
@@ -108,23 +124,20 @@ def chat(
     else:  # bad input fails before anything is opened or recorded
         spec = _agent_spec(s, provider, model, script)
         docs = _policies(s, policy, tier)
-    st = open_store(s.effective_store_url, upgrade=s.embedded_store)
-    runner = Runner(st, s.submitter)
+    st = _store.open_store(s.effective_store_url, upgrade=s.embedded_store)
+    runner = _runner.Runner(st, s.submitter)
     if session is not None:
-        ticket = _resumable(st, session, chat_ticket)
+        ticket = _resumable(st, session, _chat.chat_ticket)
     else:
-        from orchestrator.agent.loop import AgentLoop
-        from tasks.agent import provider_for
-
-        loop = AgentLoop(
+        loop = _loop.AgentLoop(
             runner,
-            provider_for(s),
+            _factory.providers_for(s),
             default_provider=s.model_provider,
             default_model=s.model_name,
             secrets=(key,) if key else (),
             store_content=s.prompt_storage == "masked",
         )
-        ticket = start_session(
+        ticket = _chat.start_session(
             st,
             runner,
             loop.started,
@@ -135,17 +148,15 @@ def chat(
             elevated_by=s.submitter if allow_destructive else None,
             actor=s.submitter,
         )
-    from orchestrator.cli.main import ensure_worker  # cli.py registers this module
-
-    proc = ensure_worker(s)
+    proc = root.ensure_worker(err)
     if sys.stdin.isatty():
         with contextlib.suppress(ImportError):
             importlib.import_module("readline")  # line editing and history for input()
     try:
-        code = Chat(
+        code = _chat.Chat(
             st,
             runner,
-            _backend(s, proc),
+            _backend(s, root.dispatcher, proc),
             ticket,
             s.submitter,
             Console(soft_wrap=True),
@@ -159,7 +170,7 @@ def chat(
 
 
 def _resumable(st: SqlEventStore, session_id: str, chat_ticket: Any) -> Any:
-    state = replay(st, session_id)
+    state = _replay.replay(st, session_id)
     if state.last_seq == 0:
         _fail(
             f"no session {session_id} in the event store; the id is printed when a chat "
@@ -177,10 +188,6 @@ def _resumable(st: SqlEventStore, session_id: str, chat_ticket: Any) -> Any:
 
 
 def _agent_spec(s: Settings, provider: str | None, model: str | None, script: Path | None) -> Any:
-    from orchestrator.agent.chat import CHAT_MAX_TURNS
-    from orchestrator.agent.providers.scripted import load_script
-    from orchestrator.run.jobspec import AgentSpec
-
     kind = provider or ("scripted" if script is not None else s.model_provider)
     if kind not in ("scripted", "openai"):
         _fail(f"--provider {kind!r}: use scripted or openai", 2)
@@ -199,17 +206,17 @@ def _agent_spec(s: Settings, provider: str | None, model: str | None, script: Pa
                 "(docs/chat.md)",
                 2,
             )
-        turns = tuple(load_script(path))  # ConfigError (exit 2) says what is wrong
+        turns = tuple(_scripted.load_script(path))  # ConfigError (exit 2) says what is wrong
     elif script is not None:
         _fail("--script is for the scripted model; drop it, or use --provider scripted", 2)
     else:
         _check_endpoint(s.model_base_url or OPENAI_URL)
-    return AgentSpec(
+    return _jobspec.AgentSpec(
         instruction="",
         provider=kind,
         model=model,
         turns=turns,  # type: ignore[arg-type]
-        max_turns=CHAT_MAX_TURNS,
+        max_turns=_chat.CHAT_MAX_TURNS,
     )
 
 
@@ -229,18 +236,12 @@ def _check_endpoint(url: str) -> None:
 
 
 def _policies(s: Settings, policy_file: Path | None, tier: str | None) -> list[Any]:
-    from orchestrator.guard.policy import TIERS, load_policy
-
-    if tier is not None and tier not in TIERS:
-        _fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
-    return [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
+    if tier is not None and tier not in _policy.TIERS:
+        _fail(f"--tier {tier!r} is not a tier; use one of {', '.join(_policy.TIERS)}", 2)
+    return [_policy.load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
 
 
-def _backend(s: Settings, proc: Any) -> Any:
-    from orchestrator.agent.chat import Backend
-    from tasks.app import app as celery_app
-    from tasks.dispatch import agent_link, continue_session, sign_link, signing
-
+def _backend(s: Settings, dispatcher: Dispatcher, proc: Any) -> Any:
     def worker_problem() -> str | None:
         serving = s.embedded_broker and workers.embedded_worker_pid(s) is not None
         if proc is not None and proc.poll() is not None and not serving:
@@ -253,21 +254,15 @@ def _backend(s: Settings, proc: Any) -> Any:
             return "the worker of this state folder stopped; start one with `orchestrator worker`"
         return None
 
-    def revoke(task_id: str) -> None:
-        # Remote control needs a broker with broadcast (Redis); the embedded
-        # one has none: there the chat kills the task's process itself (it
-        # does on this host in any case, see Chat.cancel).
-        if not s.embedded_broker:
-            celery_app.control.revoke(task_id, terminate=True, signal="SIGKILL")
-
-    def on_end(ticket: Any) -> None:
-        if signing():
-            sign_link(celery_app, [ticket]).apply_async()
-
-    return Backend(
-        enqueue=lambda t: agent_link(celery_app, t).apply_async(),
-        continue_after=lambda t, start, steps: continue_session(t, start, steps),
-        revoke=revoke,
+    # Remote control needs a broker with broadcast (Redis); the embedded one
+    # has none: there the dispatcher's revoke does nothing and the chat kills
+    # the task's process itself (it does on this host in any case, see Chat.cancel).
+    return _chat.Backend(
+        enqueue=dispatcher.start_agent,
+        continue_after=lambda t, start, steps: _workflows.continue_session(
+            dispatcher, t, start, steps
+        ),
+        revoke=dispatcher.revoke,
         worker_problem=worker_problem,
-        on_end=on_end,
+        on_end=lambda ticket: dispatcher.seal([ticket]),
     )

@@ -8,10 +8,12 @@ or, with `docs --check`, stale generated files).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 
 from orchestrator.config import report as cr
@@ -114,10 +116,6 @@ def show(
 
 
 def _plain(value: Any) -> Any:
-    from pathlib import Path
-
-    from pydantic import BaseModel
-
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, (tuple, list)):

@@ -19,9 +19,22 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.cli import render
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator import lazy
+from orchestrator.cli.root import current
+from orchestrator.config.settings import Settings
 from orchestrator.ops import workers
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+render = lazy.module("orchestrator.cli.render")
+_policy = lazy.module("orchestrator.guard.policy")
+_replay = lazy.module("events.replay")
+_scripted = lazy.module("orchestrator.agent.providers.scripted")
+_store = lazy.module("events.store")
+confirmations = lazy.module("orchestrator.run.confirmations")
+dg = lazy.module("orchestrator.run.diagnose")
+workflows = lazy.module("orchestrator.service.workflows")
+
 
 out = Console()
 err = Console(stderr=True)
@@ -64,8 +77,6 @@ def diagnose(
 ) -> None:
     """Run a repository's checks (tests, compile, ruff, mypy) in a read-only session
     and report findings: severity, file, line, evidence and a next step."""
-    from orchestrator.run import diagnose as dg  # its policy is built on first use
-
     if print_policy:
         sys.stdout.write(
             yaml.safe_dump(dg.diagnose_policy().model_dump(mode="json"), sort_keys=False, width=100)
@@ -76,7 +87,7 @@ def diagnose(
     target = directory.expanduser().resolve()
     if not target.is_dir():
         _fail(f"{directory} is not a directory; give the repository's folder", 2)
-    s = get_settings()
+    s = current().settings
     chosen = _mode(mode, s, script)
     spec = _spec(chosen, target, s, script)
     report = _run(s, spec, target, chosen, quiet=json, timeout=timeout, keep_worker=keep_worker)
@@ -103,14 +114,11 @@ def _mode(mode: str, s: Settings, script: Path | None) -> str:
 
 
 def _spec(mode: str, target: Path, s: Settings, script: Path | None) -> Any:
-    from orchestrator.run import diagnose as dg
-
     if mode == "recipe":
         return dg.recipe_spec(target)
-    from orchestrator.agent.providers.scripted import load_script
 
     if script is not None:
-        return dg.agent_spec(target, provider="scripted", turns=load_script(script))
+        return dg.agent_spec(target, provider="scripted", turns=_scripted.load_script(script))
     if s.model_provider == "scripted":
         if s.model_script is None:
             _fail(
@@ -118,7 +126,9 @@ def _spec(mode: str, target: Path, s: Settings, script: Path | None) -> Any:
                 "ORCH_MODEL_SCRIPT (or ORCH_MODEL_PROVIDER=openai for a real model)",
                 2,
             )
-        return dg.agent_spec(target, provider="scripted", turns=load_script(s.model_script))
+        return dg.agent_spec(
+            target, provider="scripted", turns=_scripted.load_script(s.model_script)
+        )
     return dg.agent_spec(target, provider="openai")
 
 
@@ -132,22 +142,20 @@ def _run(
     timeout: float | None,
     keep_worker: bool,
 ) -> dict[str, Any]:
-    from events.replay import replay
-    from events.store import open_store
-    from orchestrator.guard.policy import load_policy
-    from orchestrator.run import diagnose as dg
-    from orchestrator.run import jobs
-    from tasks.dispatch import enqueue
-
-    docs = [load_policy(s.policy_file).doc] if s.policy_file is not None else []
-    st = open_store(s.effective_store_url, upgrade=s.embedded_store)
-    job_id, tickets = jobs.prepare(spec, target.parent, policy_files=docs, tier=s.tier)  # type: ignore[arg-type]
-    jobs.record(st, spec, job_id, tickets, s.submitter)
-    enqueue(tickets, spec.steps)
+    root = current()
+    docs = [_policy.load_policy(s.policy_file).doc] if s.policy_file is not None else []
+    st = _store.open_store(s.effective_store_url, upgrade=s.embedded_store)
+    job_id, tickets = workflows.submit(
+        st,
+        root.dispatcher,
+        spec,
+        target.parent,
+        actor=s.submitter,
+        policy_files=docs,
+        tier=s.tier,  # type: ignore[arg-type]
+    )
     ticket = tickets[0]
-    from orchestrator.cli.main import ensure_worker  # cli.py registers this module
-
-    proc = ensure_worker(s)
+    proc = root.ensure_worker(err)
     try:
         for _ in range(MAX_AUTO_DENIALS + 1):
             view = render.follow(
@@ -166,27 +174,25 @@ def _run(
     finally:
         if proc is not None and not keep_worker:
             workers.stop_worker(proc)
-    return dg.report(replay(st, ticket.session_id), job_id=job_id, target=str(target), mode=mode)
+    return dg.report(
+        _replay.replay(st, ticket.session_id), job_id=job_id, target=str(target), mode=mode
+    )
 
 
 def _deny_waiting(st: Any, s: Settings, session_id: str) -> bool:
     """Refuse, on the record, what the session waits to have approved (a
     program outside the system folders asks instead of being denied), so a
     read-only session never waits for a person. True if it goes on."""
-    from orchestrator.run import confirmations
-    from tasks.dispatch import continue_session
-
     waiting = [w for w in confirmations.pending(st) if w.session_id == session_id]
     for w in waiting:
-        ours, ticket, start, steps = confirmations.answer(
+        workflows.answer(
             st,
+            current().dispatcher,
             w,
             grant=False,
             by=s.submitter,
             reason="diagnose sessions are read-only: nothing that needs approval runs",
         )
-        if ours:
-            continue_session(ticket, start, steps)
     return bool(waiting)
 
 

@@ -1,31 +1,43 @@
 """The `orchestrator` command line.
 
-This module is the composition root: it is the one place in orchestrator/
-that imports tasks/ (lazily, in the commands that talk to the queue).
-Exit codes: 0 ok, 1 job failed, 2 bad input or config, 3 denied by policy,
+The entry point: `main()` maps typed errors to exit codes, the callback
+builds the command's composition root (`cli.root`: settings, store,
+dispatcher), and each command group (`cli.jobs`, `cli.audit`, ...) registers
+its commands here. Exit codes: 0 ok, 1 job failed, 2 bad input or config, 3 denied by policy,
 4 infrastructure unavailable.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Optional
 
-import orjson
+import click
 import typer
-from rich.console import Console
 
-from events import migrate
-from events import verify as verify_mod
-from events.db import display_url
 from events.errors import EventError
-from events.replay import replay
-from events.store import SqlEventStore, open_store
-from orchestrator.cli import render
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator import __version__, lazy
+from orchestrator.cli import api as cli_api
+from orchestrator.cli import audit as cli_audit
+from orchestrator.cli import chat as cli_chat
+from orchestrator.cli import config as cli_config
+from orchestrator.cli import confirm as cli_confirm
+from orchestrator.cli import diagnose as cli_diagnose
+from orchestrator.cli import jobs as cli_jobs
+from orchestrator.cli import ops as cli_ops
+from orchestrator.cli import sandbox as cli_sandbox
+from orchestrator.cli.common import err, masked, out
+from orchestrator.cli.root import begin
+from orchestrator.config.settings import get_settings
 from orchestrator.errors import OrchestratorError
-from orchestrator.ops import workers
+
+# Loaded in the commands that use them, not for `--help` (bench/cli_startup.py).
+_exceptions = lazy.module("kombu.exceptions")
+logs = lazy.module("orchestrator.ops.logs")
+tracing = lazy.module("orchestrator.ops.tracing")
 
 app = typer.Typer(
     help=__doc__.split("\n\n")[0]
@@ -37,16 +49,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-audit_app = typer.Typer(help="Replay, verify and export the audit log.", no_args_is_help=True)
-db_app = typer.Typer(help="Event store schema.", no_args_is_help=True)
-app.add_typer(audit_app, name="audit")
-app.add_typer(db_app, name="db")
 
 
 def _print_version(value: bool) -> None:
     if value:
-        from orchestrator import __version__
-
         out.print(f"orchestrator {__version__}", highlight=False)
         raise typer.Exit(0)
 
@@ -69,961 +75,24 @@ def _global_options(
     ),
 ) -> None:
     if config is not None:
-        import os
-
         os.environ["ORCH_CONFIG"] = str(config.expanduser().absolute())
         get_settings.cache_clear()
-
-
-out = Console()
-err = Console(stderr=True)
-
-
-def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {_masked(message)}", highlight=False)
-    raise typer.Exit(code)
-
-
-def settings() -> Settings:
-    return get_settings()
-
-
-def store(*, for_writing: bool = False) -> SqlEventStore:
-    """The configured store. The embedded SQLite store is migrated on first use;
-    a server store must be upgraded explicitly (`orchestrator db upgrade`)."""
-    s = settings()
-    return open_store(s.effective_store_url, upgrade=s.embedded_store and for_writing)
-
-
-def _json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-# -- jobs ----------------------------------------------------------------------
-
-POLICY_OPT = typer.Option(
-    None,
-    "--policy",
-    exists=True,
-    dir_okay=False,
-    help="A policy YAML (docs/security.md) combined with the job's own; the strictest setting wins",
-)
-TIER_OPT = typer.Option(
-    None,
-    "--tier",
-    help="read-only | read-write | exec: the highest tier "
-    "this job gets (the strictest of this, the job's and the config's)",
-)
-ELEVATE_OPT = typer.Option(
-    False,
-    "--allow-destructive",
-    help="Let destructive operations (rm, mv, git reset --hard, ...) run "
-    "without confirmation; recorded with your identity",
-)
-
-
-def _submit(
-    spec_path: Path,
-    base_dir: Path | None,
-    policy_file: Path | None = None,
-    tier: str | None = None,
-    allow_destructive: bool = False,
-) -> tuple[SqlEventStore, str, Any, Any]:
-    from orchestrator.guard.policy import TIERS, load_policy
-    from orchestrator.run import jobs
-    from orchestrator.run.jobspec import load_spec
-
-    spec = load_spec(spec_path)  # SpecError (exit 2) before anything else
-    if tier is not None and tier not in TIERS:
-        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
-    s = settings()
-    docs = [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
-    st = store(for_writing=True)
-    job_id, tickets = jobs.prepare(
-        spec,
-        (base_dir or Path.cwd()).resolve(),
-        policy_files=docs,
-        tier=tier or s.tier,  # type: ignore[arg-type]
-        elevated_by=s.submitter if allow_destructive else None,
-    )
-    from orchestrator.ops import logs, tracing
-    from tasks.dispatch import enqueue
-
-    logs.bind(job_id=job_id)
-    with tracing.span("orchestrator.submit", **{"orchestrator.job_id": job_id}):
-        jobs.record(st, spec, job_id, tickets, settings().submitter)
-        enqueue(tickets, spec.steps)
-        logs.get_logger("orchestrator.cli.main").info(
-            "job submitted", name=spec.name, sessions=[t.session_id for t in tickets]
-        )
-    return st, job_id, spec, tickets
-
-
-@app.command()
-def submit(
-    spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, dir_okay=False),
-    base_dir: Optional[Path] = typer.Option(
-        None, help="Resolve relative targets against this folder (default: cwd)"
-    ),
-    json: bool = typer.Option(False, "--json", help="Print {job_id, sessions} as JSON"),
-    policy: Optional[Path] = POLICY_OPT,
-    tier: Optional[str] = TIER_OPT,
-    allow_destructive: bool = ELEVATE_OPT,
-) -> None:
-    """Enqueue a job and print its id; workers (`orchestrator worker`) run it."""
-    _, job_id, _, tickets = _submit(spec, base_dir, policy, tier, allow_destructive)
-    if json:
-        _json({"job_id": job_id, "sessions": [t.model_dump() for t in tickets]})
-    else:
-        out.print(job_id)
-
-
-@app.command()
-def run(
-    spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, dir_okay=False),
-    base_dir: Optional[Path] = typer.Option(
-        None, help="Resolve relative targets against this folder (default: cwd)"
-    ),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write one .patch per target"),
-    json: bool = typer.Option(False, "--json", help="Print a machine-readable result"),
-    keep_worker: bool = typer.Option(False, help="Leave a worker started here running"),
-    timeout: Optional[float] = typer.Option(None, help="Give up waiting after N seconds"),
-    policy: Optional[Path] = POLICY_OPT,
-    tier: Optional[str] = TIER_OPT,
-    allow_destructive: bool = ELEVATE_OPT,
-) -> None:
-    """Submit a job, start a worker if none runs, show live progress, then the
-    summary and one unified diff per target."""
-    s = settings()
-    st, job_id, job_spec, tickets = _submit(spec, base_dir, policy, tier, allow_destructive)
-    proc = ensure_worker(s)
-    try:
-        render.follow(
-            st,
-            job_id,
-            job_spec.name,
-            len(job_spec.steps),
-            {t.session_id: t.target for t in tickets},
-            quiet=json,
-            console=err,
-            worker=proc,
-            timeout=timeout,
-        )
-    finally:
-        if proc is not None and not keep_worker:
-            workers.stop_worker(proc)
-    _finish(st, job_id, out_dir, json)
-    raise typer.Exit(_job_exit(st, job_id))
-
-
-def _job_exit(st: SqlEventStore, job_id: str) -> int:
-    """0 completed; 3 when policy holds or refused what did not complete
-    (confirmations waiting, refused sessions); else 1."""
-    from orchestrator.run.watch import final_view
-
-    view = final_view(st, job_id)
-    if view.job.status == "completed":
-        return 0
-    waiting = [c for s in view.sessions.values() if not s.finished for c in s.waiting]
-    for c in waiting:
-        err.print(
-            f"[yellow]waiting for confirmation[/] {c.call_id}: {c.reason} (rule "
-            f"{c.rule_id}); answer with `orchestrator approve {c.call_id}` or "
-            f"`orchestrator deny {c.call_id} --reason ...`",
-            highlight=False,
-        )
-    errors = [s.error or "" for s in view.sessions.values() if s.status == "failed"]
-    if any(not e.startswith("PolicyRefused") for e in errors):
-        return 1
-    return 3 if waiting or errors else 1
-
-
-def ensure_worker(s: Settings) -> Any:
-    """A running worker is used, else one is started (its process, or None);
-    `run`, `approve --wait`, `chat` and `diagnose` all go through here."""
-    if s.embedded_broker:
-        if workers.embedded_worker_pid(s) is not None:
-            return None
-    else:
-        from tasks.app import app as celery_app
-
-        if workers.server_worker_running(lambda: celery_app.control.ping(timeout=1.0)):
-            return None
-    err.print(f"[dim]starting a worker (log: {workers.logfile(s)})[/]")
-    return workers.start_worker(s)
-
-
-def _finish(st: SqlEventStore, job_id: str, out_dir: Path | None, as_json: bool) -> None:
-    from orchestrator.run.watch import final_view, session_summary
-
-    view = final_view(st, job_id)
-    rows = session_summary(view)
-    if out_dir is not None:
-        written = render.write_patches(out_dir, rows)
-        if not as_json:
-            err.print(f"wrote {len(written)} patch file(s) to {out_dir}")
-    if as_json:
-        _json(
-            {"job_id": job_id, "name": view.job.name, "status": view.job.status, "sessions": rows}
-        )
-    else:
-        render.summary(out, view, rows)
-
-
-@app.command()
-def status(
-    job_id: str = typer.Argument(..., help="A job id from submit or run"),
-    json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Where a job stands: each target's status, steps and files changed."""
-    from orchestrator.run.watch import final_view, session_summary
-
-    st = store()
-    view = final_view(st, job_id)
-    if not view.job.sessions:
-        fail(
-            f"no job {job_id} in the event store at {display_url(st.url)}; check the id "
-            "and ORCH_STORE_URL",
-            2,
-        )
-    rows = session_summary(view)
-    if json:
-        _json(
-            {
-                "job_id": job_id,
-                "name": view.job.name,
-                "status": view.job.status,
-                "sessions": [{k: v for k, v in r.items() if k != "patch"} for r in rows],
-            }
-        )
-    else:
-        render.summary(out, view, rows, diffs=False)
-
-
-@app.command()
-def worker(
-    concurrency: Optional[int] = typer.Option(
-        None, "-c", "--concurrency", help="Worker processes (default from config)"
-    ),
-) -> None:
-    """Run a Celery worker on the project's app in the foreground (production shape)."""
-    import os
-
-    s = settings()
-    if s.embedded_store:
-        open_store(s.effective_store_url, upgrade=True).close()
-    cmd = workers.worker_command(s, concurrency=concurrency, detach_files=False)
-    os.execve(cmd[0], cmd, workers.worker_env(s))
-
-
-@app.command()
-def demo(
-    directory: Path = typer.Option(
-        Path("demo"), "--dir", help="Where to create the sample repositories"
-    ),
-    example: str = typer.Option("rename-function", help="Bundled example job to run"),
-) -> None:
-    """Create sample repositories, run a bundled example job on them through a real
-    worker, and show the replay of one session and the verified audit log."""
-    from importlib import resources
-
-    from orchestrator.run.sample_repos import create_sample_repos
-
-    repos = create_sample_repos(directory / "sample-repos")
-    err.print(f"created {len(repos)} sample repositories under {directory / 'sample-repos'}")
-    spec = Path(str(resources.files("orchestrator") / "examples" / f"{example}.yaml"))
-    if not spec.exists():
-        fail(f"no bundled example {example!r}; see orchestrator/examples/", 2)
-    s = settings()
-    st, job_id, job_spec, tickets = _submit(spec, directory)
-    proc = ensure_worker(s)
-    try:
-        view = render.follow(
-            st,
-            job_id,
-            job_spec.name,
-            len(job_spec.steps),
-            {t.session_id: t.target for t in tickets},
-            quiet=False,
-            console=err,
-            worker=proc,
-            timeout=None,
-        )
-    finally:
-        if proc is not None:
-            workers.stop_worker(proc)
-    _finish(st, job_id, directory / "patches", False)
-    first = tickets[0].session_id
-    out.rule(f"orchestrator audit replay {first}")
-    render.replay(out, replay(st, first, use_snapshot=False))
-    report = verify_mod.verify_rows(st.rows())
-    out.rule("orchestrator audit verify")
-    render.verify(out, report)
-    raise typer.Exit(0 if view.job.status == "completed" and report.ok else 1)
-
-
-# -- one call: sandbox run, fs ------------------------------------------------------
-
-sandbox_app = typer.Typer(
-    help="Run one command through policy, sandbox and the event store, "
-    "exactly as a job step would.",
-    no_args_is_help=True,
-)
-fs_app = typer.Typer(
-    help="The filesystem tool through policy and the event store, exactly as a job step would.",
-    no_args_is_help=True,
-)
-app.add_typer(sandbox_app, name="sandbox")
-app.add_typer(fs_app, name="fs")
-WORKSPACE_OPT = typer.Option(
-    Path("."),
-    "--workspace",
-    "-w",
-    exists=True,
-    file_okay=False,
-    help="The folder the call is confined to (default: cwd)",
-)
-
-
-def _one(
-    workspace: Path,
-    step: Any,
-    policy_file: Path | None,
-    tier: str | None,
-    allow_destructive: bool,
-    as_json: bool,
-    show_output: bool = True,
-) -> None:
-    from orchestrator.guard.policy import TIERS, load_policy
-    from orchestrator.run import adhoc
-
-    if tier is not None and tier not in TIERS:
-        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
-    s = settings()
-    docs = [load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
-    result = adhoc.run_one(
-        store(for_writing=True),
-        workspace,
-        step,
-        actor=s.submitter,
-        policy_files=docs,
-        tier=tier or s.tier,  # type: ignore[arg-type]
-        elevated_by=s.submitter if allow_destructive else None,
-    )
-    session = result.state.session
-    entry = result.state.ledger.entries[-1] if result.state.ledger.entries else None
-    if as_json:
-        _json(
-            {
-                "session_id": result.session_id,
-                "status": result.status,
-                "decision": entry.decision if entry else None,
-                "rule_id": entry.rule_id if entry else None,
-                "output": result.output,
-                "error": session.error,
-            }
-        )
-    else:
-        if show_output and result.output:
-            sys.stdout.write(
-                result.output if result.output.endswith("\n") else result.output + "\n"
-            )
-        if entry is not None:
-            err.print(
-                f"[dim]{entry.decision} by rule {entry.rule_id}: {entry.reason}[/]", highlight=False
-            )
-        for c in session.waiting:
-            err.print(
-                f"[yellow]waiting for confirmation[/] {c.call_id}: approve with "
-                f"`orchestrator approve {c.call_id}`",
-                highlight=False,
-            )
-        if session.error:
-            err.print(f"[red]{session.error}[/]", highlight=False)
-        err.print(
-            f"[dim]session {result.session_id} ({result.status}); see "
-            f"`orchestrator audit replay {result.session_id}`[/]",
-            highlight=False,
-        )
-    raise typer.Exit(result.exit_code)
-
-
-@sandbox_app.command("run", context_settings={"allow_interspersed_args": False})
-def sandbox_run(
-    command: list[str] = typer.Argument(..., help="The command and its arguments (after --)"),
-    workspace: Path = WORKSPACE_OPT,
-    policy: Optional[Path] = POLICY_OPT,
-    tier: Optional[str] = TIER_OPT,
-    allow_destructive: bool = ELEVATE_OPT,
-    timeout: float = typer.Option(300.0, help="Wall-clock limit in seconds"),
-    json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Decide and run one command as a job's shell step would, e.g.
-    `orchestrator sandbox run -w repo -- python3 -m pytest -q`."""
-    from orchestrator.run.steps import ShellStep
-
-    _one(
-        workspace,
-        ShellStep(command=tuple(command), timeout_s=timeout),
-        policy,
-        tier,
-        allow_destructive,
-        json,
-    )
-
-
-@fs_app.command("read")
-def fs_read(
-    path: str,
-    workspace: Path = WORKSPACE_OPT,
-    policy: Optional[Path] = POLICY_OPT,
-    tier: Optional[str] = TIER_OPT,
-    json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Print a file of the workspace (policy decides; `.env` and keys are denied)."""
-    from orchestrator.run.steps import ReadStep
-
-    _one(workspace, ReadStep(path=path), policy, tier, False, json)
-
-
-@fs_app.command("list")
-def fs_list(
-    path: str = typer.Argument(".", help="A folder of the workspace"),
-    glob: list[str] = typer.Option([], "--glob", help="Only paths matching (repeatable)"),
-    workspace: Path = WORKSPACE_OPT,
-    policy: Optional[Path] = POLICY_OPT,
-    tier: Optional[str] = TIER_OPT,
-    json: bool = typer.Option(False, "--json"),
-) -> None:
-    """List the files under a folder (files the policy denies are not shown)."""
-    from orchestrator.run.steps import ListStep
-
-    _one(workspace, ListStep(path=path, glob=tuple(glob)), policy, tier, False, json)
-
-
-@fs_app.command("write")
-def fs_write(
-    path: str,
-    content: Optional[str] = typer.Option(None, "--content"),
-    source: Optional[Path] = typer.Option(
-        None, "--from", exists=True, dir_okay=False, help="Take the content from this file"
-    ),
-    workspace: Path = WORKSPACE_OPT,
-    policy: Optional[Path] = POLICY_OPT,
-    tier: Optional[str] = TIER_OPT,
-    allow_destructive: bool = ELEVATE_OPT,
-    json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Write a file atomically (temp file, fsync, rename), recorded with its diff."""
-    from orchestrator.run.steps import WriteStep
-
-    if (content is None) == (source is None):
-        fail("give the content with exactly one of --content TEXT or --from FILE", 2)
-    text = content if content is not None else source.read_text(encoding="utf-8")  # type: ignore[union-attr]
-    _one(workspace, WriteStep(path=path, content=text), policy, tier, allow_destructive, json)
-
-
-@fs_app.command("delete")
-def fs_delete(
-    path: str,
-    workspace: Path = WORKSPACE_OPT,
-    policy: Optional[Path] = POLICY_OPT,
-    tier: Optional[str] = TIER_OPT,
-    allow_destructive: bool = ELEVATE_OPT,
-    json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Delete a file: destructive, so it waits for `orchestrator approve` unless
-    --allow-destructive is given."""
-    from orchestrator.run.steps import DeleteStep
-
-    _one(workspace, DeleteStep(path=path), policy, tier, allow_destructive, json)
-
-
-# -- confirmations ---------------------------------------------------------------
-
-policy_app = typer.Typer(help="Test a policy without running anything.", no_args_is_help=True)
-app.add_typer(policy_app, name="policy")
-
-
-@policy_app.command("check", context_settings={"allow_interspersed_args": False})
-def policy_check(
-    command: Optional[list[str]] = typer.Argument(
-        None,
-        help="After --: a command (several words: an argv; one quoted "
-        "argument: a shell line with pipes and substitutions)",
-    ),
-    path: Optional[str] = typer.Option(
-        None, "--path", help="A path relative to the workspace, instead of a command"
-    ),
-    op: str = typer.Option("read", "--op", help="With --path: read | write | delete"),
-    policy: Optional[Path] = POLICY_OPT,
-    tier: Optional[str] = TIER_OPT,
-    allow_destructive: bool = ELEVATE_OPT,
-    json: bool = typer.Option(False, "--json", help="Print the verdict as JSON"),
-) -> None:
-    """Print the decision, the deciding rule and its reason, and every rule that
-    matched, without running anything. Exit 0 when allowed, 3 when denied or
-    when it would ask for confirmation.
-
-    \b
-      orchestrator policy check -- git push --force origin main
-      orchestrator policy check -- 'curl -s https://x.sh | sh'
-      orchestrator policy check --path .env --op read --policy team.yaml --json
-    """
-    from orchestrator.guard.decision import decide
-    from orchestrator.guard.policy import (
-        DEFAULT_POLICY,
-        TIERS,
-        combine,
-        load_policy,
-        parse_policy,
-        strictest_tier,
-    )
-
-    if tier is not None and tier not in TIERS:
-        fail(f"--tier {tier!r} is not a tier; use one of {', '.join(TIERS)}", 2)
-    if (path is None) == (not command):
-        fail("give a command after -- or a --path, not both and not neither", 2)
-    if op not in ("read", "write", "delete"):
-        fail(f"--op {op!r}: use read, write or delete", 2)
-    s = settings()
-    docs = [load_policy(f).doc for f in (policy, s.policy_file) if f is not None]
-    pol = (
-        parse_policy(
-            combine(*docs).model_dump(mode="json"),
-            "+".join(str(f) for f in (policy, s.policy_file) if f),
-        )
-        if docs
-        else DEFAULT_POLICY
-    )
-    chosen = tier or s.tier
-    if path is not None:
-        tool, args = op, {"path": path}
-    else:
-        assert command
-        tool, args = "shell", {"command": command[0] if len(command) == 1 else list(command)}
-    verdict = decide(tool, args, pol, tier=chosen, elevated=allow_destructive)  # type: ignore[arg-type]
-    effective = strictest_tier(pol.doc.tier, chosen)  # type: ignore[arg-type]
-    matches = list(
-        {
-            (m.rule_id, m.decision.word, m.reason): {
-                "rule_id": m.rule_id,
-                "decision": m.decision.word,
-                "reason": m.reason,
-                "destructive": m.destructive,
-            }
-            for m in verdict.matches
-        }.values()
-    )
-    if json:
-        _json(
-            {
-                "tool": tool,
-                "args": args,
-                "decision": verdict.decision,
-                "rule_id": verdict.rule_id,
-                "reason": verdict.reason,
-                "matches": matches,
-                "policy": pol.name,
-                "policy_hash": pol.hash,
-                "tier": chosen,
-                "effective_tier": effective,
-                "elevated": allow_destructive,
-            }
-        )
-    else:
-        style = {"allow": "green", "deny": "red", "ask": "yellow"}[verdict.decision]
-        out.print(
-            f"[bold {style}]{verdict.decision}[/] by rule [bold]{verdict.rule_id}[/]: "
-            f"{verdict.reason}",
-            highlight=False,
-        )
-        for m in matches:
-            if m["rule_id"] != verdict.rule_id:
-                out.print(
-                    f"  also {m['decision']} by {m['rule_id']}: {m['reason']}", highlight=False
-                )
-        out.print(
-            f"[dim]policy {pol.name} ({pol.hash[:12]}), tier {effective}"
-            + (", elevated" if allow_destructive else "")
-            + "[/]",
-            highlight=False,
-        )
-    raise typer.Exit(0 if verdict.decision == "allow" else 3)
-
-
-@app.command("pending")
-def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:
-    """List the confirmations that wait for an answer, oldest first."""
-    from orchestrator.run import confirmations
-
-    waiting = confirmations.pending(store())
-    if json:
-        _json([w.to_json() for w in waiting])
-        return
-    render.pending(out, waiting)
-
-
-def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
-    from orchestrator.run import confirmations
-    from orchestrator.run.watch import final_view
-    from tasks.dispatch import continue_session
-
-    st = store(for_writing=True)
-    w = confirmations.find(st, ident)
-    ours, ticket, start, steps = confirmations.answer(
-        st, w, grant=grant, by=settings().submitter, reason=reason
-    )
-    if not ours:
-        fail(
-            f"{w.call_id} was answered by someone else first; see "
-            f"`orchestrator audit replay {w.session_id}`",
-            1,
-        )
-    continue_session(ticket, start, steps)
-    verb = "approved" if grant else "denied"
-    where = f"step {start + 1}" if start < len(steps) else "its agent"
-    err.print(
-        f"{verb} {w.call_id} ({w.tool}: {w.reason}); the session continues from {where}",
-        highlight=False,
-    )
-    if not wait:
-        err.print(
-            f"follow it with `orchestrator status {w.job_id}` (a worker must run: "
-            "`orchestrator worker`)"
-        )
-        return
-    view = final_view(st, w.job_id)
-    proc = ensure_worker(settings())
-    try:
-        render.follow(
-            st,
-            w.job_id,
-            view.job.name,
-            len(steps),
-            {r.session_id: r.target for r in view.job.sessions},
-            quiet=False,
-            console=err,
-            worker=proc,
-            timeout=None,
-        )
-    finally:
-        if proc is not None:
-            workers.stop_worker(proc)
-    _finish(st, w.job_id, None, False)
-    raise typer.Exit(_job_exit(st, w.job_id))
-
-
-@app.command()
-def approve(
-    ident: str = typer.Argument(
-        ..., help="The confirmation's id (from `pending`), or a unique prefix of it"
-    ),
-    reason: str = typer.Option("", "--reason", help="Why (recorded)"),
-    wait: bool = typer.Option(
-        False, "--wait", help="Start a worker if needed and follow the job until it settles"
-    ),
-) -> None:
-    """Allow exactly that one waiting request, and continue its session."""
-    _answer(ident, True, reason, wait)
-
-
-@app.command()
-def deny(
-    ident: str = typer.Argument(
-        ..., help="The confirmation's id (from `pending`), or a unique prefix of it"
-    ),
-    reason: str = typer.Option("", "--reason", help="Why (recorded)"),
-    wait: bool = typer.Option(False, "--wait", help="Follow the job until it settles"),
-) -> None:
-    """Refuse a waiting request: its step fails (the session goes on only if
-    the step is `continue_on_error`)."""
-    _answer(ident, False, reason, wait)
-
-
-# -- audit ---------------------------------------------------------------------
-
-
-@audit_app.command("replay")
-def audit_replay(
-    session_id: str,
-    json: bool = typer.Option(False, "--json"),
-    no_snapshot: bool = typer.Option(False, help="Fold every event from seq 1"),
-) -> None:
-    """Rebuild a session from its events alone: state, quota usage, permissions."""
-    st = store()
-    state = replay(st, session_id, use_snapshot=not no_snapshot)
-    if state.last_seq == 0:
-        fail(
-            f"no events for session {session_id}; list sessions with `orchestrator status JOB_ID`",
-            2,
-        )
-    if json:
-        data = state.model_dump(mode="json")
-        # A frozenset dumps in hash order, which differs from process to
-        # process: sorted, the same store replays to the same bytes.
-        data["session"]["changed_paths"].sort()
-        _json(data)
-    else:
-        render.replay(out, state)
-
-
-@audit_app.command("verify")
-def audit_verify(
-    session_id: Optional[str] = typer.Argument(None, help="Only this stream"),
-    input: Optional[Path] = typer.Option(
-        None, "--input", "-i", exists=True, help="Verify an export (JSONL) instead"
-    ),
-    public_key: list[Path] = typer.Option(
-        [],
-        "--public-key",
-        exists=True,
-        dir_okay=False,
-        help="Trust digests signed by this key (repeatable; rotation keeps old "
-        "ones); ORCH_AUDIT_PUBLIC_KEYS and the signing key are trusted too",
-    ),
-    digests_file: Optional[Path] = typer.Option(
-        None,
-        "--digests",
-        exists=True,
-        dir_okay=False,
-        help="Digests kept outside the database (an export or `audit sign -o`)",
-    ),
-    require_proof: bool = typer.Option(
-        False, help="Fail (exit 1) when a stream's last events are not covered by a signed digest"
-    ),
-    recheck_policy: Optional[str] = typer.Option(
-        None,
-        "--recheck-policy",
-        metavar="POLICY_FILE|default",
-        help="Re-decide every recorded request under this policy file (or "
-        "`default`, today's built-in policy) and list each decision that would "
-        "change",
-    ),
-    json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Check every hash chain, sequence and stream boundary, and the signed
-    digests of stream heads (which catch recomputed chains and truncation);
-    list each problem and every stream no digest proves."""
-    from orchestrator.audit import digests as audit
-
-    trusted = audit.trusted_keys(settings(), public_key)
-    extra = audit.read_digest_file(digests_file) if digests_file is not None else []
-    if input is not None:
-        with open(input, "rb") as fh:
-            report = verify_mod.verify_jsonl(fh)
-        proof = audit.prove_export(input, trusted, extra)
-    else:
-        st = store()
-        report = verify_mod.verify_rows(st.rows(session_id))
-        proof = audit.prove_store(st, trusted, extra, session_id)
-    rechecked = None
-    if recheck_policy is not None:
-        if input is not None:
-            fail("--recheck-policy reads the store; drop --input (or import the export first)", 2)
-        rechecked = _recheck(store(), recheck_policy, session_id)
-    if json:
-        data = {**report.to_json(), "proof": proof.to_json()}
-        if rechecked is not None:
-            data["recheck"] = {
-                "policy": rechecked[0],
-                "decisions": rechecked[1],
-                "changed": [c.to_json() for c in rechecked[2]],
-            }
-        _json(data)
-    else:
-        render.verify(out, report, proof)
-        if rechecked is not None:
-            render.recheck(out, *rechecked)
-    ok = report.ok and proof.ok and not (require_proof and proof.unproven)
-    raise typer.Exit(0 if ok else 1)
-
-
-def _recheck(st: SqlEventStore, source: str, session_id: str | None) -> tuple[str, int, list]:
-    from events.digests import DIGEST_STREAM
-    from orchestrator.audit.recheck import recheck_all
-    from orchestrator.guard import policy as policy_mod
-
-    chosen = (
-        policy_mod.DEFAULT_POLICY if source == "default" else policy_mod.load_policy(Path(source))
-    )
-    streams = [session_id] if session_id else [s for s in st.stream_ids() if s != DIGEST_STREAM]
-    ledgers = []
-    for sid in streams:
-        state = replay(st, sid)
-        if state.session.session_id:  # job streams have no ledger
-            ledgers.append((sid, state.ledger))
-    total, changes = recheck_all(ledgers, chosen)
-    return f"{chosen.name} ({chosen.hash[:12]})", total, changes
-
-
-@audit_app.command("keygen")
-def audit_keygen(
-    out_dir: Path = typer.Option(Path("."), "--out", help="Where to write the key pair"),
-) -> None:
-    """Make an Ed25519 key pair for signing digests of stream heads.
-
-    Keep the private key (audit-signing.pem) where the database cannot reach
-    it and point ORCH_AUDIT_KEY_FILE at it on the machines that sign; give the
-    public key (audit-signing.pub) to auditors for `audit verify --public-key`."""
-    from orchestrator.audit import digests as audit
-
-    private, public, kid = audit.keygen(out_dir)
-    out.print(
-        f"key {kid}\n  private: {private} (mode 600; set ORCH_AUDIT_KEY_FILE={private})"
-        f"\n  public:  {public} (for `orchestrator audit verify --public-key {public}`)",
-        highlight=False,
-    )
-
-
-@audit_app.command("sign")
-def audit_sign(
-    stream: Optional[str] = typer.Option(None, "--stream", help="Only this stream's head"),
-    output: Optional[Path] = typer.Option(
-        None,
-        "--output",
-        "-o",
-        help="Also append the digest (JSONL) to this file, to keep a copy outside the database",
-    ),
-    json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Sign a digest of the current stream heads with ORCH_AUDIT_KEY_FILE and
-    append it to the audit-digests stream (run it periodically, e.g. hourly)."""
-    from orchestrator.audit import digests as audit
-
-    key = audit.signing_key(settings())
-    if key is None:
-        fail(
-            "no signing key: set ORCH_AUDIT_KEY_FILE (make one with `orchestrator audit keygen`)", 2
-        )
-    event = audit.sign(store(for_writing=True), key, settings().submitter, stream)
-    if output is not None:
-        with open(output, "ab") as fh:
-            fh.write(orjson.dumps(event.to_record(), option=orjson.OPT_SORT_KEYS) + b"\n")
-    digest = event.payload
-    if json:
-        _json(
-            {
-                "position": event.position,
-                "seq": event.seq,
-                "key_id": digest.key_id,
-                "streams": len(digest.heads),
-                "covers_position": digest.position,
-            }
-        )
-    else:
-        out.print(
-            f"signed {len(digest.heads)} stream head(s) up to position "
-            f"{digest.position} with key {digest.key_id} (audit-digests seq {event.seq})"
-        )
-
-
-@audit_app.command("export")
-def audit_export(
-    output: Path = typer.Option(
-        Path("-"), "--output", "-o", help="File to write (default: stdout)"
-    ),
-    stream: Optional[str] = typer.Option(None, "--stream", help="Only this session or job stream"),
-) -> None:
-    """Write events as JSONL (plus a closing manifest line) that `verify --input` checks."""
-    from orchestrator.config.secrets import known_values
-    from orchestrator.guard.masking import mask
-
-    st = store()
-    rows = st.raw_stream_rows(stream) if stream else st.raw_all()
-    known = known_values()
-    leaked = 0
-    fh = sys.stdout.buffer if str(output) == "-" else open(output, "wb")
-    try:
-        for line in verify_mod.export_lines(rows):
-            if known:  # events are masked when built; this catches what slipped past
-                text = line.decode()
-                safe = mask(text, known, patterns=False)
-                if safe != text:
-                    leaked += 1
-                    line = safe.encode()
-            fh.write(line)
-    finally:
-        if fh is not sys.stdout.buffer:
-            fh.close()
-    if leaked:
-        err.print(
-            f"[bold yellow]warning:[/] {leaked} event(s) held a known secret value; it "
-            "is masked in this export, so their hashes no longer verify. The store "
-            "still holds it: rotate the secret.",
-            highlight=False,
-        )
-
-
-# -- db ------------------------------------------------------------------------
-
-
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Create or upgrade the event store schema (Alembic migrations)."""
-    st = SqlEventStore(settings().effective_store_url, check_schema=False)
-    before, after = migrate.upgrade(st.engine)
-    out.print(f"{display_url(st.url)}: schema {before or 'empty'} -> {after}")
-
-
-@db_app.command("status")
-def db_status() -> None:
-    """Show the store's schema revision and the newest this release knows."""
-    st = SqlEventStore(settings().effective_store_url, check_schema=False)
-    out.print(
-        f"{display_url(st.url)}: at {migrate.current_revision(st.engine) or 'empty'}, "
-        f"head {migrate.head_revision()}"
-    )
-
-
-# -- doctor --------------------------------------------------------------------
-
-
-@app.command()
-def doctor(
-    json: bool = typer.Option(
-        False, "--json", help="Print the report as JSON (docs/schemas/doctor.schema.json)"
-    ),
-) -> None:
-    """Check this installation: configuration, store, broker, worker, sandbox,
-    Chromium and the model endpoint, each with what to do when it fails; and
-    which sandbox shell commands run in, what it contains and what it does not.
-    Exit 0 when every required check passes, 2 bad configuration, 4 a service
-    cannot be reached."""
-    from orchestrator.ops import doctor as doctor_mod
-    from orchestrator.sandbox import runtime as sandbox
-
-    def ping() -> list[object]:
-        from tasks.app import app as celery_app
-
-        return list(celery_app.control.ping(timeout=1.0) or [])
-
-    box = sandbox.describe(sandbox.probe())
-    data = doctor_mod.report(
-        doctor_mod.run_checks(get_settings, sandbox_report=box, ping=ping), box
-    )
-    if json:
-        _json(data)
-    else:
-        doctor_mod.render(out, data)
-    raise typer.Exit(data["exit_code"])
-
-
-from orchestrator.cli import chat as cli_chat  # noqa: E402
-
-cli_chat.register(app)
-from orchestrator.cli import diagnose as cli_diagnose  # noqa: E402
-
-cli_diagnose.register(app)
-from orchestrator.cli import api as cli_api  # noqa: E402
-
-cli_api.register(app)
-from orchestrator.cli import config as cli_config  # noqa: E402
-
-cli_config.register(app)
-from orchestrator.cli import ops as cli_ops  # noqa: E402
-
-cli_ops.register(app)
+    begin()
+
+
+# Each command group registers its commands, in the order `--help` lists them.
+for group in (
+    cli_jobs,
+    cli_sandbox,
+    cli_confirm,
+    cli_audit,
+    cli_chat,
+    cli_diagnose,
+    cli_api,
+    cli_config,
+    cli_ops,
+):
+    group.register(app)
 
 
 def main() -> None:
@@ -1040,10 +109,10 @@ def main() -> None:
         if show is not None:
             show()
         else:
-            err.print(f"[bold red]error:[/] {_masked(exc)}", highlight=False)
+            err.print(f"[bold red]error:[/] {masked(exc)}", highlight=False)
         sys.exit(getattr(exc, "exit_code", 2))
     except (OrchestratorError, EventError) as exc:
-        err.print(f"[bold red]error:[/] {_masked(exc)}", highlight=False)
+        err.print(f"[bold red]error:[/] {masked(exc)}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err.print(
@@ -1052,8 +121,6 @@ def main() -> None:
         )
         sys.exit(130)
     except Exception as exc:  # click usage errors and the like
-        import click
-
         if isinstance(exc, click.exceptions.ClickException):
             exc.show()
             sys.exit(2)
@@ -1061,31 +128,20 @@ def main() -> None:
             sys.exit(130)
         if _is_unreachable(exc):
             err.print(
-                f"[bold red]error:[/] broker unavailable: {_masked(exc)}. Check "
+                f"[bold red]error:[/] broker unavailable: {masked(exc)}. Check "
                 "ORCH_BROKER_URL "
                 "and that the broker is running.",
                 highlight=False,
             )
             sys.exit(4)
-        import traceback  # a bug: the traceback, secrets masked
 
-        sys.stderr.write(_masked("".join(traceback.format_exception(exc))))
+        sys.stderr.write(masked("".join(traceback.format_exception(exc))))
         sys.exit(1)
-
-
-def _masked(text: object) -> str:
-    """Text for the terminal: every known secret and credential shape masked."""
-    from orchestrator.config.secrets import known_values
-    from orchestrator.guard.masking import mask
-
-    return mask(str(text), known_values())
 
 
 def _observe() -> None:
     """Logs (and traces, when configured) for this process; a bad configuration
     still gets default logging, and the command reports the problem itself."""
-    from orchestrator.ops import logs, tracing
-
     try:
         s = get_settings()
     except OrchestratorError:
@@ -1096,9 +152,7 @@ def _observe() -> None:
 
 
 def _is_unreachable(exc: BaseException) -> bool:
-    from kombu.exceptions import OperationalError as KombuOperationalError
-
-    return isinstance(exc, (KombuOperationalError, ConnectionError, OSError))
+    return isinstance(exc, (_exceptions.OperationalError, ConnectionError, OSError))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.config.settings import Settings, get_settings
+from orchestrator import lazy
+from orchestrator.cli.common import submit_job
+from orchestrator.cli.root import current
+from orchestrator.config.settings import Settings
 from orchestrator.ops import health as health_mod
 from orchestrator.ops import heartbeat
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+render = lazy.module("orchestrator.cli.render")
+doctor_mod = lazy.module("orchestrator.ops.doctor")
+sandbox = lazy.module("orchestrator.sandbox.runtime")
+smoke_mod = lazy.module("orchestrator.ops.smoke")
+workers = lazy.module("orchestrator.ops.workers")
+
 
 out = Console()
 err = Console(stderr=True)
@@ -34,6 +46,7 @@ def register(app: typer.Typer) -> None:
         "flower", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
     )(flower)
     app.command("smoke")(smoke)
+    app.command("doctor")(doctor)
 
 
 def _json(data: Any) -> None:
@@ -64,7 +77,7 @@ def health(
     """Readiness of the configured deployment: the broker and the store answer
     (at the schema this release needs) and a worker published a fresh
     heartbeat. Exit 0 ready, 4 not."""
-    report = health_mod.readiness(get_settings())
+    report = health_mod.readiness(current().settings)
     if json:
         _json(report.to_json())
     else:
@@ -116,7 +129,7 @@ def worker_probe(
     """For exec probes: exit 0 when this machine's worker published a fresh
     heartbeat and reached its store, 1 otherwise. Reads only the local
     heartbeat file (no broker, no database)."""
-    s = get_settings()
+    s = current().settings
     ok, why = probe_verdict(
         heartbeat.read_files(s),
         hostname,
@@ -177,7 +190,7 @@ def flower(
     """Run Flower on the project's app and configured broker (as `celery -A
     tasks.app flower`): workers, queues and every task with a short masked
     summary of its arguments. Options after `--` go to Flower."""
-    s = get_settings()
+    s = current().settings
     if s.embedded_broker:
         err.print(
             "[yellow]warning:[/] the embedded SQLite broker carries no task events: "
@@ -225,15 +238,11 @@ def smoke(
     default), replay and verify its events, and check readiness. Prints a
     pass/fail table with a remedy per failed row; exit 0 all passed, 4
     infrastructure down, 1 otherwise."""
-    from orchestrator.cli import render
-    from orchestrator.cli.main import _submit, ensure_worker  # cli.py registers this module
-    from orchestrator.ops import smoke as smoke_mod
-    from orchestrator.ops import workers
-
-    s = get_settings()
+    root = current()
+    s = root.settings
 
     def submit(spec: Path, base: Path) -> tuple[Any, str, list[Any]]:
-        st, job_id, _, tickets = _submit(spec, base)
+        st, job_id, _, tickets = submit_job(spec, base)
         return st, job_id, tickets
 
     def follow(st: Any, job_id: str, names: dict[str, str], proc: Any, limit: float) -> Any:
@@ -250,7 +259,10 @@ def smoke(
         )
 
     deps = smoke_mod.Deps(
-        submit=submit, ensure_worker=ensure_worker, stop_worker=workers.stop_worker, follow=follow
+        submit=submit,
+        ensure_worker=lambda _settings: root.ensure_worker(err),
+        stop_worker=workers.stop_worker,
+        follow=follow,
     )
     report = smoke_mod.run(s, deps, api=api, timeout=timeout, workspace_root=workspace_root)
     if json:
@@ -262,3 +274,28 @@ def smoke(
             [(r.name, r.ok, r.detail, r.remedy) for r in report.rows],
         )
     raise typer.Exit(report.exit_code)
+
+
+def doctor(
+    json: bool = typer.Option(
+        False, "--json", help="Print the report as JSON (docs/schemas/doctor.schema.json)"
+    ),
+) -> None:
+    """Check this installation: configuration, store, broker, worker, sandbox,
+    Chromium and the model endpoint, each with what to do when it fails; and
+    which sandbox shell commands run in, what it contains and what it does not.
+    Exit 0 when every required check passes, 2 bad configuration, 4 a service
+    cannot be reached."""
+    root = current()
+    box = sandbox.describe(sandbox.probe())
+    data = doctor_mod.report(
+        doctor_mod.run_checks(
+            lambda: root.settings, sandbox_report=box, ping=lambda: root.dispatcher.ping()
+        ),
+        box,
+    )
+    if json:
+        _json(data)
+    else:
+        doctor_mod.render(out, data)
+    raise typer.Exit(data["exit_code"])

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
+from orchestrator.config.seen import process_values
 from orchestrator.errors import ConfigError
 
 log = logging.getLogger("orchestrator.config.settings")
@@ -94,10 +95,20 @@ class Sources:
     errors: list[Problem] = field(default_factory=list)  # files that cannot be read
 
 
-def _settings_cls() -> type[BaseModel]:
-    from orchestrator.config.settings import Settings
+_model: type[BaseModel] | None = None
 
-    return Settings
+
+def use_model(model: type[BaseModel]) -> None:
+    """The settings model this module reports on: `config.settings` hands
+    `Settings` over when it is defined, so it can call `load()` here while
+    this module never imports it (no import cycle)."""
+    global _model
+    _model = model
+
+
+def _settings_cls() -> type[BaseModel]:
+    assert _model is not None, "orchestrator.config.settings registers the model on import"
+    return _model
 
 
 def gather(environ: Mapping[str, str] | None = None, cwd: Path | None = None) -> Sources:
@@ -332,12 +343,7 @@ def shown(value: Any, secret: bool = False) -> str:
 
 
 def _known() -> list[str]:
-    try:
-        from orchestrator.config.secrets import process_values
-
-        return process_values()
-    except ImportError:  # pragma: no cover - the module is part of this package
-        return []
+    return process_values()
 
 
 def problems_of(exc: ValidationError, src: Sources) -> list[Problem]:

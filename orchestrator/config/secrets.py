@@ -41,6 +41,9 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from orchestrator.config.report import gather, origin
+from orchestrator.config.seen import process_values, remember
+from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConfigError
 
 __all__ = [
@@ -58,18 +61,6 @@ STREAM_PREFIX = "secrets:"
 Recorder = Callable[[str, str, str, str | None], None]  # (name, source, reader, stream)
 
 _lock = threading.Lock()
-_read: set[str] = set()  # every value read in this process
-
-
-def _remember(value: str) -> None:
-    with _lock:
-        _read.add(value)
-
-
-def process_values() -> list[str]:
-    """Every secret value read in this process so far."""
-    with _lock:
-        return sorted(_read)
 
 
 def known_values() -> list[str]:
@@ -77,8 +68,6 @@ def known_values() -> list[str]:
     and the passwords in the store, broker and result backend URLs."""
     values = set(process_values())
     try:
-        from orchestrator.config.settings import get_settings
-
         s = get_settings()
     except ConfigError:
         return sorted(values)
@@ -164,7 +153,7 @@ class SecretStore:
             found = getattr(self, f"_from_{kind}")(name)
             if found is not None:
                 value, source = found
-                _remember(value)
+                remember(value)
                 log.info("secret %s read from %s by %s", name, source, reader)
                 try:
                     self.recorder(name, source, reader, stream)
@@ -190,8 +179,6 @@ class SecretStore:
         s = self.settings
         fields = type(s).model_fields
         if name in fields and isinstance(getattr(s, name), SecretStr):
-            from orchestrator.config.report import gather, origin
-
             where = origin(gather(self.environ), name)
             src = (
                 f"env:{where.key}"
@@ -275,8 +262,6 @@ _default: SecretStore | None = None
 def default_store() -> SecretStore:
     global _default
     if _default is None:
-        from orchestrator.config.settings import get_settings
-
         _default = SecretStore(get_settings())
     return _default
 

@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from orchestrator.config import report
+
 
 class ApiToken(BaseModel):
     """One bearer token of the HTTP API (docs/api.md): whose it is, its roles,
@@ -512,6 +514,7 @@ def get_settings() -> Settings:
     """Settings, read once per process; every problem listed at once, each with
     where it was read from (orchestrator.config.report); unknown ORCH_* names
     are warned about."""
-    from orchestrator.config.report import load
+    return report.load()  # type: ignore[no-any-return]
 
-    return load()  # type: ignore[no-any-return]
+
+report.use_model(Settings)

@@ -1,7 +1,8 @@
 """Submitting a job: validate, resolve targets, record JobSubmitted.
 
-Enqueueing the canvas is `tasks.dispatch` (tasks depend on orchestrator, never
-the reverse); the CLI composes the two.
+Enqueueing is the dispatcher's (`orchestrator.service.dispatch`, implemented
+in `tasks/`); `orchestrator.service.workflows.submit` composes the two for the
+CLI, the API and `diagnose`.
 """
 
 from __future__ import annotations

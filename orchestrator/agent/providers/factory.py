@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.agent.providers.base import Provider
 from orchestrator.agent.providers.openai_compat import OpenAIProvider
 from orchestrator.agent.providers.scripted import ScriptedProvider
 from orchestrator.config.settings import Settings
 from orchestrator.errors import ConfigError
+
+if TYPE_CHECKING:
+    from orchestrator.run.jobspec import AgentSpec
 
 
 def make_provider(
@@ -34,6 +39,20 @@ def make_provider(
             stream=settings.model_stream,
         )
     raise ConfigError(f"unknown model provider {kind!r}; use scripted or openai")
+
+
+def providers_for(settings: Settings) -> Callable[[AgentSpec], Provider]:
+    """The provider for each session's `agent:` block: its own scripted turns,
+    else the kind it names (default: the settings'). The worker's agent loop
+    and the chat REPL both use it."""
+
+    def make(spec: AgentSpec) -> Provider:
+        kind = spec.provider or settings.model_provider
+        if kind == "scripted" and spec.turns is not None:
+            return ScriptedProvider(list(spec.turns), model=spec.model or "scripted")
+        return make_provider(settings, provider=kind)
+
+    return make
 
 
 def api_key(settings: Settings, *, reader: str = "provider:openai") -> str | None:

@@ -1,0 +1,117 @@
+"""CLI start-up: `orchestrator --help` and `orchestrator status JOB` against
+`celery --help`, the peer a user of this tool already waits for.
+
+Each contender is a fresh process (the console scripts of this environment),
+run once per round, interleaved, so a slow phase of the machine hurts all
+alike. `status` reads a job recorded in an embedded state folder made here
+(no broker, no worker). Target: each of ours at most 1.0x celery's median.
+
+`python -m bench --only cli_startup`, or `python -m bench.cli_startup
+[--quick] [--json]` on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from bench.common import Options, Result, now, pct, rounds, scratch_dir, show, x
+from events.store import open_store
+from orchestrator.config.settings import get_settings
+from orchestrator.run import jobs
+from orchestrator.run.jobspec import load_spec
+from orchestrator.run.sample_repos import create_sample_repos
+
+TARGET = 1.0
+EXAMPLES = Path(__file__).resolve().parents[1] / "orchestrator" / "examples"
+
+
+def _script(name: str) -> str:
+    """A console script of this environment (next to the interpreter)."""
+    return str(Path(sys.executable).with_name(name))
+
+
+def _recorded_job(state: Path) -> str:
+    """A job recorded (not run) in an embedded store under `state`; its id."""
+    os.environ["ORCH_STATE_DIR"] = str(state)
+    get_settings.cache_clear()  # read again, with this state folder
+    s = get_settings()
+    create_sample_repos(state / "sample-repos")
+    spec = load_spec(EXAMPLES / "rename-function.yaml")
+    job_id, tickets = jobs.prepare(spec, state)
+    st = open_store(s.effective_store_url, upgrade=True)
+    jobs.record(st, spec, job_id, tickets, "bench")
+    st.close()
+    return job_id
+
+
+def _timed(argv: list[str], env: dict[str, str]) -> Callable[[int], float]:
+    def once(_round: int) -> float:
+        t = now()
+        done = subprocess.run(argv, env=env, capture_output=True, check=False)
+        took = now() - t
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr[-500:]!r}")
+        return took * 1000
+
+    return once
+
+
+def run(opts: Options) -> Result:
+    res = Result("cli_startup")
+    n = 5 if opts.quick else 15
+    with scratch_dir("cli_startup") as d:
+        job_id = _recorded_job(d / "state")
+        env = {**os.environ, "ORCH_STATE_DIR": str(d / "state"), "NO_COLOR": "1"}
+        contenders = {
+            "orchestrator --help": _timed([_script("orchestrator"), "--help"], env),
+            "orchestrator status": _timed([_script("orchestrator"), "status", job_id], env),
+            "celery --help": _timed([_script("celery"), "--help"], env),
+        }
+        for fn in contenders.values():  # warm-up: the page cache, .pyc files
+            fn(-1)
+        samples = rounds(contenders, n)
+    peer = samples["celery --help"]
+    rows = []
+    for name, ms in samples.items():
+        ratios = [a / b for a, b in zip(ms, peer, strict=True)]
+        rows.append((name, pct(ms, 50), min(ms), max(ms), x(pct(ratios, 50)), ratios))
+        res.figures[name] = {"median_ms": pct(ms, 50), "samples_ms": ms}
+    show(
+        f"[cli_startup] wall time of a fresh process, {n} interleaved rounds (ms)",
+        ("contender", "median", "min", "max", "ratio to celery (median)"),
+        [r[:5] for r in rows],
+    )
+    for name, *_rest, ratios in rows:
+        if name == "celery --help":
+            continue
+        med = pct(ratios, 50)
+        res.target(
+            f"{name} vs celery --help",
+            f"<= {TARGET:.1f}x",
+            f"{x(med)} (spread {x(min(ratios))}-{x(max(ratios))})",
+            med <= TARGET,
+        )
+    res.print_targets()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.cli_startup", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="5 rounds instead of 15")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args(argv)
+    res = run(Options(quick=args.quick))
+    if args.json:
+        sys.stdout.write(orjson.dumps(res.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0 if all(t.met for t in res.targets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Jobs: `submit`, `run`, `status`, `worker` and `demo`."""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from orchestrator import lazy
+from orchestrator.cli.common import (
+    ELEVATE_OPT,
+    POLICY_OPT,
+    TIER_OPT,
+    emit_json,
+    err,
+    fail,
+    finish,
+    job_exit,
+    out,
+    submit_job,
+)
+from orchestrator.cli.root import current
+from orchestrator.ops import workers
+
+# Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
+# the commands that use them, not for `--help` (bench/cli_startup.py).
+verify_mod = lazy.module("events.verify")
+_db = lazy.module("events.db")
+_replay = lazy.module("events.replay")
+_store = lazy.module("events.store")
+render = lazy.module("orchestrator.cli.render")
+_sample_repos = lazy.module("orchestrator.run.sample_repos")
+_watch = lazy.module("orchestrator.run.watch")
+
+
+def submit(
+    spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, dir_okay=False),
+    base_dir: Optional[Path] = typer.Option(
+        None, help="Resolve relative targets against this folder (default: cwd)"
+    ),
+    json: bool = typer.Option(False, "--json", help="Print {job_id, sessions} as JSON"),
+    policy: Optional[Path] = POLICY_OPT,
+    tier: Optional[str] = TIER_OPT,
+    allow_destructive: bool = ELEVATE_OPT,
+) -> None:
+    """Enqueue a job and print its id; workers (`orchestrator worker`) run it."""
+    _, job_id, _, tickets = submit_job(spec, base_dir, policy, tier, allow_destructive)
+    if json:
+        emit_json({"job_id": job_id, "sessions": [t.model_dump() for t in tickets]})
+    else:
+        out.print(job_id)
+
+
+def run(
+    spec: Path = typer.Argument(..., help="Job spec (YAML)", exists=True, dir_okay=False),
+    base_dir: Optional[Path] = typer.Option(
+        None, help="Resolve relative targets against this folder (default: cwd)"
+    ),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write one .patch per target"),
+    json: bool = typer.Option(False, "--json", help="Print a machine-readable result"),
+    keep_worker: bool = typer.Option(False, help="Leave a worker started here running"),
+    timeout: Optional[float] = typer.Option(None, help="Give up waiting after N seconds"),
+    policy: Optional[Path] = POLICY_OPT,
+    tier: Optional[str] = TIER_OPT,
+    allow_destructive: bool = ELEVATE_OPT,
+) -> None:
+    """Submit a job, start a worker if none runs, show live progress, then the
+    summary and one unified diff per target."""
+    st, job_id, job_spec, tickets = submit_job(spec, base_dir, policy, tier, allow_destructive)
+    proc = current().ensure_worker(err)
+    try:
+        render.follow(
+            st,
+            job_id,
+            job_spec.name,
+            len(job_spec.steps),
+            {t.session_id: t.target for t in tickets},
+            quiet=json,
+            console=err,
+            worker=proc,
+            timeout=timeout,
+        )
+    finally:
+        if proc is not None and not keep_worker:
+            workers.stop_worker(proc)
+    finish(st, job_id, out_dir, json)
+    raise typer.Exit(job_exit(st, job_id))
+
+
+def status(
+    job_id: str = typer.Argument(..., help="A job id from submit or run"),
+    json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Where a job stands: each target's status, steps and files changed."""
+    st = current().store()
+    view = _watch.final_view(st, job_id)
+    if not view.job.sessions:
+        fail(
+            f"no job {job_id} in the event store at {_db.display_url(st.url)}; check the id "
+            "and ORCH_STORE_URL",
+            2,
+        )
+    rows = _watch.session_summary(view)
+    if json:
+        emit_json(
+            {
+                "job_id": job_id,
+                "name": view.job.name,
+                "status": view.job.status,
+                "sessions": [{k: v for k, v in r.items() if k != "patch"} for r in rows],
+            }
+        )
+    else:
+        render.summary(out, view, rows, diffs=False)
+
+
+def worker(
+    concurrency: Optional[int] = typer.Option(
+        None, "-c", "--concurrency", help="Worker processes (default from config)"
+    ),
+) -> None:
+    """Run a Celery worker on the project's app in the foreground (production shape)."""
+    s = current().settings
+    if s.embedded_store:
+        _store.open_store(s.effective_store_url, upgrade=True).close()
+    cmd = workers.worker_command(s, concurrency=concurrency, detach_files=False)
+    os.execve(cmd[0], cmd, workers.worker_env(s))
+
+
+def demo(
+    directory: Path = typer.Option(
+        Path("demo"), "--dir", help="Where to create the sample repositories"
+    ),
+    example: str = typer.Option("rename-function", help="Bundled example job to run"),
+) -> None:
+    """Create sample repositories, run a bundled example job on them through a real
+    worker, and show the replay of one session and the verified audit log."""
+    repos = _sample_repos.create_sample_repos(directory / "sample-repos")
+    err.print(f"created {len(repos)} sample repositories under {directory / 'sample-repos'}")
+    spec = Path(str(resources.files("orchestrator") / "examples" / f"{example}.yaml"))
+    if not spec.exists():
+        fail(f"no bundled example {example!r}; see orchestrator/examples/", 2)
+    st, job_id, job_spec, tickets = submit_job(spec, directory)
+    proc = current().ensure_worker(err)
+    try:
+        view = render.follow(
+            st,
+            job_id,
+            job_spec.name,
+            len(job_spec.steps),
+            {t.session_id: t.target for t in tickets},
+            quiet=False,
+            console=err,
+            worker=proc,
+            timeout=None,
+        )
+    finally:
+        if proc is not None:
+            workers.stop_worker(proc)
+    finish(st, job_id, directory / "patches", False)
+    first = tickets[0].session_id
+    out.rule(f"orchestrator audit replay {first}")
+    render.replay(out, _replay.replay(st, first, use_snapshot=False))
+    report = verify_mod.verify_rows(st.rows())
+    out.rule("orchestrator audit verify")
+    render.verify(out, report)
+    raise typer.Exit(0 if view.job.status == "completed" and report.ok else 1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this group's commands to the main app."""
+    app.command("submit")(submit)
+    app.command("run")(run)
+    app.command("status")(status)
+    app.command("worker")(worker)
+    app.command("demo")(demo)
