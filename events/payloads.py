@@ -23,6 +23,10 @@ Decision = Literal["allow", "deny", "ask"]
 class SessionRef(_Payload):
     session_id: str
     target: str
+    # The target's own variables and toolchains (job spec `targets:`), so a
+    # continuation rebuilds the same ticket from the job's stream alone.
+    vars: dict[str, str] = {}
+    toolchains: tuple[str, ...] = ()
 
 
 class JobSubmitted(_Payload):

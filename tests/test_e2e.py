@@ -94,3 +94,47 @@ def test_malformed_spec_is_refused_with_its_position_and_nothing_is_appended(env
         ]
     else:
         assert not (Path(env["ORCH_STATE_DIR"]) / "events.sqlite").exists()
+
+
+def test_each_target_runs_its_own_rename_from_its_vars(env, tmp_path: Path):
+    """Three repositories, three different renames, one step: `{{ vars.* }}`
+    is rendered per target, and the patches and replays say what ran where."""
+    renames = {"a": ("alpha", "first"), "b": ("beta", "second"), "c": ("gamma", "third")}
+    for name, (old, _) in renames.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mod.py").write_text(f"def {old}():\n    return 1\n\nx = {old}()\n")
+    targets = "\n".join(
+        f"  - path: {n}\n    vars: {{old: {o}, new: {w}}}" for n, (o, w) in renames.items()
+    )
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: renames\ntargets:\n"
+        + targets
+        + "\nsteps:\n  - kind: replace\n    pattern: '\\b{{ vars.old }}\\b'\n"
+        "    replacement: '{{ vars.new }}'\n    glob: ['**/*.py']\n    expect: {min: 2}\n"
+    )
+    result = cli(env, "run", str(spec), "--base-dir", str(tmp_path), "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    job = json.loads(result.stdout)
+    assert {s["status"] for s in job["sessions"]} == {"completed"}
+    for name, (old, new) in renames.items():
+        text = (tmp_path / name / "mod.py").read_text()
+        assert text == f"def {new}():\n    return 1\n\nx = {new}()\n"
+    by_target = {s["target"]: s for s in job["sessions"]}
+    replayed = cli_json(env, "audit", "replay", by_target["b"]["session_id"])
+    assert replayed["session"]["patch"] == by_target["b"]["patch"]
+    assert "+def second():" in by_target["b"]["patch"]
+
+
+def test_a_target_missing_a_variable_is_refused_at_submission(env, tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: renames\ntargets:\n  - path: a\n    vars: {old: x}\nsteps:\n"
+        "  - kind: replace\n    pattern: '{{ vars.old }}'\n    replacement: '{{ vars.new }}'\n"
+    )
+    result = cli(env, "submit", str(spec))
+    assert result.returncode == 2
+    assert "new" in result.stderr and "a" in result.stderr

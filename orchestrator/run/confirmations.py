@@ -136,11 +136,11 @@ def continuation(store: SqlEventStore, session_id: str) -> tuple[Ticket, tuple[S
     for e in store.read_stream(s.job_id):
         job = apply_job(job, e)
     spec = JobSpec.model_validate(job.spec)
-    target = next((r.target for r in job.sessions if r.session_id == session_id), s.target)
+    ref = next((r for r in job.sessions if r.session_id == session_id), None)
     ticket = Ticket(
         job_id=s.job_id,
         session_id=session_id,
-        target=target,
+        target=ref.target if ref else s.target,
         path=s.target,
         steps=s.steps,
         sessions_total=len(job.sessions),
@@ -148,5 +148,7 @@ def continuation(store: SqlEventStore, session_id: str) -> tuple[Ticket, tuple[S
         tier=s.tier,
         elevated_by=s.elevated_by,
         agent=spec.agent.model_dump(mode="json") if spec.agent else None,
+        vars=ref.vars if ref else {},
+        toolchains=ref.toolchains if ref else (),
     )
     return ticket, spec.steps

@@ -16,7 +16,7 @@ from events.envelope import NewEvent, new_id
 from events.store import SqlEventStore
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.guard.policy import PolicyDoc, Tier, combine, strictest_tier
-from orchestrator.run.jobspec import JobSpec, resolve_targets
+from orchestrator.run.jobspec import JobSpec, resolve
 from orchestrator.run.runner import Ticket
 
 
@@ -36,24 +36,26 @@ def prepare(
     `elevated_by` names who passed `--allow-destructive`."""
     job_id = new_id()
     labels = tuple(s.label for s in spec.steps)
-    targets = resolve_targets(spec, base_dir)
+    targets = resolve(spec, base_dir)
     doc = combine(spec.policy, *policy_files)
     chosen = strictest_tier(spec.tier, tier) if (spec.tier or tier) else None
     tickets = [
         Ticket(
             job_id=job_id,
             session_id=new_id(),
-            target=name,
-            path=str(path) if path is not None else None,
-            error=error,
+            target=t.name,
+            path=str(t.path) if t.path is not None else None,
+            error=t.error,
             steps=labels,
             sessions_total=len(targets),
             policy=doc.model_dump(mode="json"),
             tier=chosen,
             elevated_by=elevated_by,
             agent=spec.agent.model_dump(mode="json") if spec.agent else None,
+            vars=dict(t.vars),
+            toolchains=t.toolchains,
         )
-        for name, path, error in targets
+        for t in targets
     ]
     return job_id, tickets
 
@@ -66,7 +68,12 @@ def record(
         p.JobSubmitted(
             name=spec.name,
             spec=spec.model_dump(mode="json"),
-            sessions=tuple(p.SessionRef(session_id=t.session_id, target=t.target) for t in tickets),
+            sessions=tuple(
+                p.SessionRef(
+                    session_id=t.session_id, target=t.target, vars=t.vars, toolchains=t.toolchains
+                )
+                for t in tickets
+            ),
         ),
         actor=actor,
         correlation_id=job_id,
