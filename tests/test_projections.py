@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from datetime import timedelta
+from pathlib import Path
 
 import orjson
 import pytest
@@ -23,6 +24,7 @@ from events.upcast import current, decode
 from tests.factories import T0, new, place, session_payloads, step_payloads
 from tests.projection_streams import NAMED, random_session
 
+SNAPSHOTS = Path(__file__).parent / "__snapshots__" / "test_projections"
 GOLDEN = {name: make() for name, make in NAMED.items()}
 GOLDEN.update({f"random-{seed}": random_session(random.Random(seed)) for seed in range(1, 9)})
 
@@ -59,6 +61,18 @@ def test_golden_streams_fold_to_their_recorded_states(name, snapshot):
     assert dumped == snapshot(extension_class=JSONSnapshotExtension)
     assert Projections.model_validate_json(whole.model_dump_json()) == whole  # types, too
     assert every_way(events, records, len(events) // 2) == [whole] * 4
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_states_recorded_before_load_as_snapshots_and_fold_on(name):
+    """The recorded states are what snapshots of the frozen fold held: they load,
+    equal today's fold, and a tail folds onto them."""
+    recorded = SNAPSHOTS / f"test_golden_streams_fold_to_their_recorded_states[{name}].json"
+    state = Projections.model_validate_json(recorded.read_bytes())
+    events, _ = stored("s1", GOLDEN[name])
+    assert state == fold(events)
+    tail = [e.model_copy(update={"seq": e.seq + len(events)}) for e in events]
+    assert fold(tail, state) == fold(events + tail)
 
 
 @settings(max_examples=150, deadline=None)
