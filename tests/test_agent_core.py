@@ -4,7 +4,7 @@ events, tool calls validated into steps. Real events, folded; no mocks."""
 from __future__ import annotations
 
 from events import payloads as p
-from events.projections import Folder, Projections, fold
+from events.projections import Projections, fold
 from orchestrator.agent import core as agent
 from orchestrator.agent.providers.base import ModelReply, ModelToolCall, TokenUsage
 from orchestrator.run.steps import ReadStep, ShellStep
@@ -15,13 +15,7 @@ TOOLS = agent.tools_for_tier("exec")
 
 
 def state(*payloads: object) -> Projections:
-    events = place(SID, list(payloads))
-    folded = fold(events, Projections())
-    fast = Folder()
-    for e in events:
-        fast.add(e.type, e.payload.__dict__, e.__dict__)
-    assert fast.result() == folded, "the fast fold must equal the definition"
-    return folded
+    return fold(place(SID, list(payloads)), Projections())
 
 
 def started(

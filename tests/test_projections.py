@@ -1,84 +1,99 @@
-"""Projections are pure folds: no store, no clock, no mocks."""
+"""Projections are pure folds: no store, no clock, no mocks.
+
+The golden states under __snapshots__/test_projections/ were recorded from
+the frozen fold that `apply` once was (before the one fold replaced it), so
+they pin what every handler did; update them (`--snapshot-update`) only for
+a change of behaviour you mean, and say so in the commit."""
 
 from __future__ import annotations
 
+import random
+from datetime import timedelta
+from pathlib import Path
+
+import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from syrupy.extensions.json import JSONSnapshotExtension
 
 from events import payloads as p
-from events.projections import Projections, QuotaUsage, apply, fold
-from tests.factories import place, session_payloads, step_payloads
+from events.envelope import Event, genesis_hash, seal
+from events.projections import RATE_WINDOW, Projections, QuotaUsage, apply, fold, fold_records
+from events.upcast import current, decode
+from tests.factories import T0, new, place, session_payloads, step_payloads
+from tests.projection_streams import NAMED, random_session
+
+SNAPSHOTS = Path(__file__).parent / "__snapshots__" / "test_projections"
+GOLDEN = {name: make() for name, make in NAMED.items()}
+GOLDEN.update({f"random-{seed}": random_session(random.Random(seed)) for seed in range(1, 9)})
 
 
-@st.composite
-def sessions(draw: st.DrawFn) -> list[object]:
-    """Any valid session: steps that succeed, fail or stop half-way (a crash)."""
-    out: list[object] = [p.SessionStarted(job_id="j", target="/w", steps=("s",))]
-    if draw(st.booleans()):
-        out.append(
-            p.PolicyAttached(
-                name="team",
-                hash="h" * 64,
-                document={"tier": "exec"},
-                tier=draw(st.sampled_from(["read-only", "exec"])),
-                elevated_by=draw(st.sampled_from([None, "user:ops"])),
-            )
-        )
-    turns = draw(st.integers(0, 12))
-    for turn in range(1, turns + 1):
-        tool = draw(st.sampled_from(["search", "replace", "write", "patch", "shell"]))
-        files = draw(st.lists(st.sampled_from(["a.py", "b.py", "c/d.py"]), max_size=3, unique=True))
-        outcome = draw(st.sampled_from(["ok", "failed", "interrupted", "asked"]))
-        steps = step_payloads(turn, tool, ok=outcome != "failed")
-        head, tail = steps[:4], steps[4:]
-        if outcome == "asked":  # the call waits for an operator, then goes on
-            answer = draw(st.sampled_from(["granted", "denied", "pending"]))
-            out += head[:3] + [
-                p.ConfirmationRequested(
-                    call_id=f"c{turn}", turn=turn, tool=tool, rule_id="destructive-rm", reason="r"
-                )
-            ]
-            if answer == "pending":
-                break
-            cls = p.ConfirmationGranted if answer == "granted" else p.ConfirmationDenied
-            out.append(cls(call_id=f"c{turn}", by="user:ops", reason="checked"))
-            if answer == "denied":
-                continue
-            head = head[3:]
-        changes = [
-            p.FileChanged(
-                call_id=f"c{turn}",
-                path=f,
-                before_hash=f"h{turn - 1}",
-                after_hash=f"h{turn}",
-                diff=f"diff {f} {turn}\n",
-            )
-            for f in files
-        ]
-        out += head + changes + ([] if outcome == "interrupted" else tail)
-        if outcome == "interrupted":
-            break
-    end = draw(st.sampled_from(["completed", "failed", "open"]))
-    if end == "completed":
-        out.append(p.SessionCompleted(files_changed=0))
-    elif end == "failed":
-        out.append(p.SessionFailed(error="X", message="y"))
-    return out
+def stored(stream_id: str, payloads: list[object]) -> tuple[list[Event], list[dict[str, object]]]:
+    """The events as the store returns them, and as replay reads their bodies."""
+    batch = [new(x, i) for i, x in enumerate(payloads)]
+    sealed = seal(stream_id, batch, 0, genesis_hash(stream_id))
+    events = [decode(seq, body, digest) for seq, body, digest in sealed]
+    return events, [current(orjson.loads(body)) for _, body, _ in sealed]
 
 
-@settings(max_examples=150, deadline=None)
-@given(sessions(), st.data())
-def test_replaying_any_session_equals_folding_it_incrementally(payloads, data):
-    events = place("s1", payloads)
-    whole = fold(events)
-    cut = data.draw(st.integers(0, len(events)))
-    # The incremental path: a snapshot (serialized state) of a prefix, then the tail.
-    snapshot = Projections.model_validate_json(fold(events[:cut]).model_dump_json())
-    assert fold(events[cut:], snapshot) == whole
+def every_way(events: list[Event], records: list[dict[str, object]], cut: int) -> list[Projections]:
+    """One stream folded each way the product folds it: in one go, from the
+    stored JSON, event by event (live), and from a snapshot of a prefix."""
     step_by_step = Projections()
     for e in events:
         step_by_step = apply(step_by_step, e)
-    assert step_by_step == whole
+    snapshot = Projections.model_validate_json(fold(events[:cut]).model_dump_json())
+    return [
+        fold_records(records),
+        step_by_step,
+        fold(events[cut:], snapshot),
+        fold_records(records[cut:], fold_records(records[:cut])),
+    ]
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_golden_streams_fold_to_their_recorded_states(name, snapshot):
+    events, records = stored("s1", GOLDEN[name])
+    whole = fold(events)
+    dumped = whole.model_dump(mode="json")
+    dumped["session"]["changed_paths"].sort()  # a set: its order changes from run to run
+    assert dumped == snapshot(extension_class=JSONSnapshotExtension)
+    assert Projections.model_validate_json(whole.model_dump_json()) == whole  # types, too
+    assert every_way(events, records, len(events) // 2) == [whole] * 4
+
+
+@pytest.mark.parametrize("name", list(GOLDEN))
+def test_states_recorded_before_load_as_snapshots_and_fold_on(name):
+    """The recorded states are what snapshots of the frozen fold held: they load,
+    equal today's fold, and a tail folds onto them."""
+    recorded = SNAPSHOTS / f"test_golden_streams_fold_to_their_recorded_states[{name}].json"
+    state = Projections.model_validate_json(recorded.read_bytes())
+    events, _ = stored("s1", GOLDEN[name])
+    assert state == fold(events)
+    tail = [e.model_copy(update={"seq": e.seq + len(events)}) for e in events]
+    assert fold(tail, state) == fold(events + tail)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.randoms(use_true_random=False), st.data())
+def test_replaying_any_session_equals_folding_it_incrementally(rng, data):
+    events, records = stored("s1", random_session(rng))
+    whole = fold(events)
+    cut = data.draw(st.integers(0, len(events)))
+    assert every_way(events, records, cut) == [whole] * 4
+
+
+def test_rate_limits_see_the_most_recent_calls_only():
+    calls = [
+        p.ToolCallCompleted(call_id=f"c{i}", tool="search" if i % 3 else "shell")
+        for i in range(2 * RATE_WINDOW + 5)
+    ]
+    quota = fold(place("s1", calls)).quota
+    kept = range(len(calls) - RATE_WINDOW, len(calls))
+    assert quota.recent_calls == tuple(T0 + timedelta(seconds=i) for i in kept)
+    assert quota.recent_tools == tuple("search" if i % 3 else "shell" for i in kept)
+    assert quota.calls_of("shell") == (2 * RATE_WINDOW + 5 + 2) // 3
 
 
 def test_session_state_tracks_turns_files_and_patch():

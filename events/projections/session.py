@@ -1,0 +1,325 @@
+"""SessionState: status, turns, tool calls, confirmations, files changed and
+the patch so far, folded by `SessionFold` (its agent part is in `agent`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from events.envelope import construct_trusted
+from events.projections.agent import AgentState
+from events.projections.frozen import Fields, Frozen, Handler, Items
+
+
+class Turn(Frozen):
+    turn: int
+    name: str
+    kind: str
+    status: Literal["running", "ok", "failed", "skipped"] = "running"
+
+
+class ToolCall(Frozen):
+    call_id: str
+    turn: int
+    tool: str
+    status: Literal["requested", "allowed", "denied", "asked", "started", "completed", "failed"] = (
+        "requested"
+    )
+    exit_code: int | None = None
+    error: str | None = None
+    message: str = ""  # a failure's message (what an agent is told)
+    output: str = ""
+    planned_count: int = 0
+
+
+class FileChange(Frozen):
+    path: str
+    before_hash: str | None
+    after_hash: str | None
+
+
+class PendingChange(FileChange):
+    call_id: str
+    diff: str
+
+
+class Confirmation(Frozen):
+    call_id: str
+    turn: int
+    tool: str
+    rule_id: str
+    reason: str
+    status: Literal["pending", "granted", "denied"] = "pending"
+    by: str | None = None
+    answer: str = ""  # the approver's reason
+
+
+class SessionState(Frozen):
+    session_id: str = ""
+    job_id: str = ""
+    target: str = ""
+    steps: tuple[str, ...] = ()
+    status: Literal["new", "running", "completed", "failed"] = "new"
+    error: str | None = None
+    turns: tuple[Turn, ...] = ()
+    calls: tuple[ToolCall, ...] = ()
+    files_changed: tuple[FileChange, ...] = ()
+    changed_paths: frozenset[str] = frozenset()
+    pending: tuple[PendingChange, ...] = ()  # of calls started but not yet completed
+    patch: str = ""
+    last_seq: int = 0
+    # The policy the session runs under (PolicyAttached): the whole document,
+    # so a worker decides from the log, not from what a message carried.
+    policy: dict[str, Any] | None = None
+    policy_hash: str = ""
+    tier: str | None = None
+    elevated_by: str | None = None
+    confirmations: tuple[Confirmation, ...] = ()
+    agent: AgentState | None = None
+
+    @property
+    def waiting(self) -> tuple[Confirmation, ...]:
+        """Confirmations nobody has answered yet: the session waits for them."""
+        return tuple(c for c in self.confirmations if c.status == "pending")
+
+    def confirmation(self, call_id: str) -> Confirmation | None:
+        for c in reversed(self.confirmations):
+            if c.call_id == call_id:
+                return c
+        return None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed")
+
+    def call(self, call_id: str) -> ToolCall | None:
+        for c in reversed(self.calls):
+            if c.call_id == call_id:
+                return c
+        return None
+
+    def turn(self, number: int) -> Turn | None:
+        for t in reversed(self.turns):
+            if t.turn == number:
+                return t
+        return None
+
+
+_DECIDED = {"allow": "allowed", "deny": "denied", "ask": "asked"}
+
+
+class SessionFold:
+    """A SessionState in progress: handlers update working copies in place,
+    `result` freezes them. Events update the newest turn or call of a number
+    or id, so indexes map each to its last occurrence."""
+
+    __slots__ = (
+        "_start",
+        "_scalars",
+        "_turns",
+        "_calls",
+        "_confirmations",
+        "_files",
+        "_changed",
+        "_pending",
+        "_patch",
+    )
+
+    def __init__(self, start: SessionState) -> None:
+        self._start = start
+        self._scalars: dict[str, Any] = {}
+        self._turns = Items(Turn, start.turns, "turn")
+        self._calls = Items(ToolCall, start.calls, "call_id")
+        self._confirmations = Items(Confirmation, start.confirmations, "call_id")
+        self._files = list(start.files_changed)
+        self._changed = set(start.changed_paths)
+        self._pending = list(start.pending)
+        self._patch = [start.patch]
+
+    def started(self, pl: Fields, e: Fields) -> None:
+        self._scalars.update(
+            session_id=e["stream_id"],
+            job_id=pl["job_id"],
+            target=pl["target"],
+            steps=tuple(pl["steps"]),
+            status="running",
+        )
+
+    def policy_attached(self, pl: Fields, e: Fields) -> None:
+        self._scalars.update(
+            policy=pl["document"],
+            policy_hash=pl["hash"],
+            tier=pl["tier"],
+            elevated_by=pl["elevated_by"],
+        )
+
+    def completed(self, pl: Fields, e: Fields) -> None:
+        self._scalars["status"] = "completed"
+
+    def failed(self, pl: Fields, e: Fields) -> None:
+        self._scalars.update(status="failed", error=f"{pl['error']}: {pl['message']}")
+
+    # -- confirmations ---------------------------------------------------------
+
+    def confirmation_requested(self, pl: Fields, e: Fields) -> None:
+        self._confirmations.append(
+            {
+                "call_id": pl["call_id"],
+                "turn": pl["turn"],
+                "tool": pl["tool"],
+                "rule_id": pl["rule_id"],
+                "reason": pl["reason"],
+                "status": "pending",
+                "by": None,
+                "answer": "",
+            }
+        )
+
+    def _answer(self, status: str, pl: Fields) -> None:
+        """The newest pending confirmation of the call gets the answer; a second
+        answer (a redelivered command) finds none pending and changes nothing."""
+        call_id = pl["call_id"]
+        c = self._confirmations.last(lambda c: c["call_id"] == call_id and c["status"] == "pending")
+        if c is not None:
+            c.update(status=status, by=pl["by"], answer=pl["reason"])
+
+    def granted(self, pl: Fields, e: Fields) -> None:
+        self._answer("granted", pl)
+
+    def denied(self, pl: Fields, e: Fields) -> None:
+        self._answer("denied", pl)
+
+    # -- turns and calls -------------------------------------------------------
+
+    def turn_started(self, pl: Fields, e: Fields) -> None:
+        self._turns.append(
+            {"turn": pl["turn"], "name": pl["name"], "kind": pl["kind"], "status": "running"}
+        )
+
+    def turn_completed(self, pl: Fields, e: Fields) -> None:
+        turn = self._turns.newest(pl["turn"])
+        if turn is not None:
+            turn["status"] = pl["status"]
+
+    def requested(self, pl: Fields, e: Fields) -> None:
+        self._calls.append(
+            {
+                "call_id": pl["call_id"],
+                "turn": pl["turn"],
+                "tool": pl["tool"],
+                "status": "requested",
+                "exit_code": None,
+                "error": None,
+                "message": "",
+                "output": "",
+                "planned_count": 0,
+            }
+        )
+
+    def decided(self, pl: Fields, e: Fields) -> None:
+        call = self._calls.newest(pl["call_id"])
+        if call is not None:
+            call["status"] = _DECIDED[pl["decision"]]
+
+    def call_started(self, pl: Fields, e: Fields) -> None:
+        call = self._calls.newest(pl["call_id"])
+        if call is not None:
+            call.update(status="started", planned_count=pl["planned_count"])
+
+    def call_completed(self, pl: Fields, e: Fields) -> None:
+        call = self._calls.newest(pl["call_id"])
+        if call is not None:
+            call.update(status="completed", exit_code=pl["exit_code"], output=pl["output"])
+        if self._pending:
+            self._confirm(pl["call_id"])
+
+    def call_failed(self, pl: Fields, e: Fields) -> None:
+        """A failed call's planned changes are void: dropped, never in the patch."""
+        call_id = pl["call_id"]
+        call = self._calls.newest(call_id)
+        if call is not None:
+            call.update(
+                status="failed", error=pl["error"], message=pl["message"], output=pl["output"]
+            )
+        if self._pending:
+            self._pending = [c for c in self._pending if c.call_id != call_id]
+
+    # -- files -----------------------------------------------------------------
+
+    def file_changed(self, pl: Fields, e: Fields) -> None:
+        self._pending.append(
+            construct_trusted(
+                PendingChange,
+                {
+                    "path": pl["path"],
+                    "before_hash": pl["before_hash"],
+                    "after_hash": pl["after_hash"],
+                    "call_id": pl["call_id"],
+                    "diff": pl["diff"],
+                },
+            )
+        )
+
+    def _confirm(self, call_id: str) -> None:
+        """Move a completed call's pending changes into the session's changes and
+        patch. A path changed before this call keeps its first `before` and takes
+        this call's `after`."""
+        mine = [c for c in self._pending if c.call_id == call_id]
+        if not mine:
+            return
+        before, files = self._changed, self._files
+        for c in mine:
+            change = construct_trusted(
+                FileChange,
+                {"path": c.path, "before_hash": c.before_hash, "after_hash": c.after_hash},
+            )
+            if c.path in before:
+                files = [
+                    change.model_copy(update={"before_hash": f.before_hash})
+                    if f.path == c.path
+                    else f
+                    for f in files
+                ]
+            else:
+                files.append(change)
+        self._files = files
+        self._changed = before | {c.path for c in mine}
+        self._pending = [c for c in self._pending if c.call_id != call_id]
+        self._patch.extend(c.diff for c in mine)
+
+    # -- the frozen result -----------------------------------------------------
+
+    def result(self, last_seq: int, agent: AgentState | None) -> SessionState:
+        values: dict[str, Any] = {
+            **self._start.__dict__,
+            **self._scalars,
+            "turns": self._turns.freeze(),
+            "calls": self._calls.freeze(),
+            "files_changed": tuple(self._files),
+            "changed_paths": frozenset(self._changed),
+            "pending": tuple(self._pending),
+            "patch": "".join(self._patch),
+            "confirmations": self._confirmations.freeze(),
+            "last_seq": last_seq,
+            "agent": agent,
+        }
+        state: SessionState = construct_trusted(SessionState, values)
+        return state
+
+
+ON: dict[str, Handler] = {
+    "SessionStarted": SessionFold.started,
+    "PolicyAttached": SessionFold.policy_attached,
+    "ConfirmationRequested": SessionFold.confirmation_requested,
+    "ConfirmationGranted": SessionFold.granted,
+    "ConfirmationDenied": SessionFold.denied,
+    "TurnStarted": SessionFold.turn_started,
+    "TurnCompleted": SessionFold.turn_completed,
+    "ToolCallRequested": SessionFold.requested,
+    "PermissionDecided": SessionFold.decided,
+    "ToolCallStarted": SessionFold.call_started,
+    "FileChanged": SessionFold.file_changed,
+    "ToolCallCompleted": SessionFold.call_completed,
+    "ToolCallFailed": SessionFold.call_failed,
+    "SessionCompleted": SessionFold.completed,
+    "SessionFailed": SessionFold.failed,
+}
