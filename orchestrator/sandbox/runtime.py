@@ -23,6 +23,7 @@ from orchestrator.sandbox.masks import (
 )
 from orchestrator.sandbox.plan import (
     GIT_ENV,
+    SANDBOX_HOME,
     Plan,
     Request,
     bwrap_argv,
@@ -51,6 +52,7 @@ __all__ = [
     "Mode",
     "ViewKind",
     "GIT_ENV",
+    "SANDBOX_HOME",
     "Prepared",
     "prepare",
     "spawn",
