@@ -196,6 +196,9 @@ def _walk_copy(copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Chang
         )
         if not untouched:
             yield from _entry(entry.path, st, low_path, low, r)
+    low_dir = _lstat(old_top)
+    if low_dir is None or not stat.S_ISDIR(low_dir.st_mode):
+        return  # a folder the command made: nothing was there before
     for entry in os.scandir(old_top):
         if entry.name not in seen:
             r = f"{rel}/{entry.name}" if rel else entry.name
