@@ -11,7 +11,9 @@ __all__ = ["describe", "migration_note"]
 
 def describe(host: Host) -> dict[str, object]:
     """What `orchestrator doctor` reports: the active mode, its tools, and in
-    plain words what it protects against and what it does not."""
+    plain words what it protects against and what it does not.
+    Long because each guarantee and gap is a sentence an operator reads,
+    chosen by mode, view and cgroups; split up, they would read out of order."""
     mode = host.mode("auto")
     view = host.view("auto")
     why_copy = host.overlay_problem or "asked for"

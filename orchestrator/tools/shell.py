@@ -50,6 +50,7 @@ __all__ = [
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHUNK = 64 * 1024
+_CWD_HINT = "use an existing directory relative to the target."
 _DRAIN_AFTER_EXIT_S = 0.5  # output still in flight from children once the command exits
 
 
@@ -96,29 +97,24 @@ def run_shell(
     Without `apply`, the caller judges (`guard.changeset.judge`) and applies
     (`sandbox.apply`). After a timeout nothing is applied either way.
 
-    The environment is scrubbed: the worker's PATH (after each toolchain's
-    `bin/`), a throwaway HOME, LANG, TMPDIR, then `env_base`, then
-    `step.env`, then git hardening. `limits` is a `policy.Limits` or
-    `sandbox.SandboxLimits`; the step's `timeout_s` and `max_output_bytes`
-    apply too, the smaller wins. `network` is a `policy.Network` or a bool
-    (default: off). Under bubblewrap, every workspace file the `policy`
-    denies reading is shown empty and read-only. `toolchains` are folders
-    bound read-only at their own paths. `mode` forces `"bwrap"` or
-    `"fallback"`, `view` `"overlay"` or `"copy"`; `host` replaces the probed
-    machine facts (tests)."""
+    The environment is scrubbed: PATH (each toolchain's `bin/` first), a
+    throwaway HOME, LANG, TMPDIR, `env_base`, `step.env`, git hardening.
+    `limits` (`policy.Limits` or `SandboxLimits`) and the step's caps: the
+    smaller wins. `network`: a `policy.Network` or a bool (default off).
+    Files the `policy` denies reading are shown empty (bubblewrap only).
+    `toolchains`: folders bound read-only at their own paths. `mode`,
+    `view` and `host` force a mode, a view, machine facts (tests)."""
     root = workspace.resolve()
     cwd = resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
-        raise ToolInputError(
-            f"cwd {step.cwd!r} is not a directory in the workspace; "
-            "use an existing directory relative to the target."
-        )
+        raise ToolInputError(f"cwd {step.cwd!r} is not a directory in the workspace; {_CWD_HINT}")
     host = host or sandbox.probe()
     tools = _toolchains(toolchains)
     lim = sandbox.SandboxLimits.of(limits)
     extra = {**(env_base or {}), **step.env}
-    search_path = extra.get("PATH") or sandbox.toolchain_path(tools, host.path)
-    _check_program(step.command[0], cwd, search_path, tools)
+    _check_program(
+        step.command[0], cwd, extra.get("PATH") or sandbox.toolchain_path(tools, host.path), tools
+    )
     req = sandbox.Request(
         argv=tuple(step.command),
         workspace=str(root),
