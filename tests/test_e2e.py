@@ -119,7 +119,7 @@ def test_each_target_runs_its_own_rename_from_its_vars(env, tmp_path: Path):
 
     job = json.loads(result.stdout)
     assert {s["status"] for s in job["sessions"]} == {"completed"}
-    for name, (old, new) in renames.items():
+    for name, (_, new) in renames.items():
         text = (tmp_path / name / "mod.py").read_text()
         assert text == f"def {new}():\n    return 1\n\nx = {new}()\n"
     by_target = {s["target"]: s for s in job["sessions"]}

@@ -568,6 +568,9 @@ def render(console: Console, data: dict[str, Any]) -> None:
     )
     console.print(f"  setpriv: {sp['version'] or 'not installed'}", highlight=False)
     console.print(f"  runs as: {sb['runs_as']}", highlight=False)
+    view = sb["view"]
+    why = f" ({view['overlay_problem']})" if view["overlay_problem"] else ""
+    console.print(f"  view:    {view['kind']}{why}: {view['guarantee']}", highlight=False)
     console.print(
         f"  cgroups: {'usable' if cg['usable'] else 'not usable'}: {cg['detail']}", highlight=False
     )

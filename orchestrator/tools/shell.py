@@ -3,8 +3,9 @@ in time and output.
 
 No shell is involved (policy has already checked every program in the argv).
 `orchestrator.sandbox.runtime` plans and sets up the sandbox (bubblewrap, or rlimits
-and a process group without it; see docs/security.md); this module runs the
-command in it and supervises it: on timeout, and once it exits, everything it
+and a process group without it; a copy-on-write view of the workspace either
+way; see docs/security.md); this module runs the command in it, supervises it,
+and returns what it changed (a `Changeset`, applied here only when asked): on timeout, and once it exits, everything it
 left running is killed with it. Output (stdout and stderr, interleaved) is
 read as it comes and only its head and tail are kept, so a command printing
 gigabytes costs no memory; `output_bytes` still counts every byte.
@@ -21,21 +22,37 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import InfraUnavailable, ToolError, ToolInputError, ToolTimeout
+from orchestrator.errors import (
+    InfraUnavailable,
+    PolicyDenied,
+    ToolError,
+    ToolInputError,
+    ToolTimeout,
+)
+from orchestrator.guard.changeset import judge, shell_denials
 from orchestrator.guard.policy import DEFAULT_POLICY
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import runtime as sandbox
+from orchestrator.sandbox.changeset import Changeset
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import resolve_in_workspace
 
-__all__ = ["run_shell", "CommandFailed", "DEFAULT_PATH", "denied_reads"]
+__all__ = [
+    "run_shell",
+    "ShellResult",
+    "CommandFailed",
+    "DEFAULT_PATH",
+    "denied_reads",
+]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHUNK = 64 * 1024
+_CWD_HINT = "use an existing directory relative to the target."
 _DRAIN_AFTER_EXIT_S = 0.5  # output still in flight from children once the command exits
 
 
@@ -48,6 +65,15 @@ class CommandFailed(ToolError):
         self.result = result
 
 
+@dataclass(frozen=True)
+class ShellResult(ToolResult):
+    """A shell call's result and what the command changed. `applied` says
+    whether `changeset` is already in the workspace (run_shell's `apply`)."""
+
+    changeset: Changeset = field(default_factory=Changeset)
+    applied: bool = False
+
+
 def run_shell(
     workspace: Path,
     step: ShellStep,
@@ -58,55 +84,98 @@ def run_shell(
     policy: Any = None,
     mode: sandbox.Mode = "auto",
     host: sandbox.Host | None = None,
-) -> ToolResult:
-    """Run `step.command` in `step.cwd` inside the sandbox.
+    toolchains: Sequence[str] = (),
+    view: sandbox.ViewKind = "auto",
+    apply: bool = True,
+) -> ShellResult:
+    """Run `step.command` in `step.cwd` inside the sandbox, against a
+    copy-on-write view of the workspace, and return what it changed.
 
-    The environment is scrubbed: the worker's PATH, a throwaway HOME, LANG,
-    TMPDIR, then `env_base`, then `step.env`, then git hardening; nothing else
-    of the worker's environment is passed on. `limits` is a
-    `policy.Limits` or `sandbox.SandboxLimits` (default: the policy's
-    defaults); the step's `timeout_s` and `max_output_bytes` apply too, the
-    smaller wins. `network` is a `policy.Network` or a bool (default: off).
-    Under bubblewrap, every workspace file the session `policy` (a
-    `policy.Policy`; default: the built-in rules alone) denies reading is
-    shown empty and read-only (the fallback cannot hide files).
-    `mode` forces `"bwrap"` or `"fallback"`; `host` replaces the probed
-    machine facts (tests)."""
+    The workspace is not written while the command runs. With `apply` (the
+    default, for callers that do not handle changesets) the changeset is
+    judged against the session `policy`'s write denials (`shell_denials`)
+    and, when allowed, applied before returning, also when the command
+    failed; a denied changeset raises PolicyDenied and nothing is applied.
+    Without `apply`, the caller judges (`guard.changeset.judge`) and applies
+    (`sandbox.apply`). After a timeout nothing is applied either way.
+
+    The environment is scrubbed: PATH (each toolchain's `bin/` first), a
+    throwaway HOME, LANG, TMPDIR, `env_base`, `step.env`, git hardening.
+    `limits` (`policy.Limits` or `SandboxLimits`) and the step's caps: the
+    smaller wins. `network`: a `policy.Network` or a bool (default off).
+    Files the `policy` denies reading are shown empty (bubblewrap only).
+    `toolchains`: folders bound read-only at their own paths. `mode`,
+    `view` and `host` force a mode, a view, machine facts (tests)."""
     root = workspace.resolve()
     cwd = resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
-        raise ToolInputError(
-            f"cwd {step.cwd!r} is not a directory in the workspace; "
-            "use an existing directory relative to the target."
-        )
-    lim = sandbox.SandboxLimits.of(limits)
-    net = bool(getattr(network, "enabled", network))
+        raise ToolInputError(f"cwd {step.cwd!r} is not a directory in the workspace; {_CWD_HINT}")
     host = host or sandbox.probe()
-    timeout_s = min(step.timeout_s, lim.wall_s)
-    argv = list(step.command)
+    tools = _toolchains(toolchains)
+    lim = sandbox.SandboxLimits.of(limits)
     extra = {**(env_base or {}), **step.env}
-    _check_program(argv[0], cwd, extra.get("PATH") or host.path)
-    masks = (
-        sandbox.workspace_masks(root, denied_reads(policy)) if host.mode(mode) == "bwrap" else ()
+    _check_program(
+        step.command[0], cwd, extra.get("PATH") or sandbox.toolchain_path(tools, host.path), tools
     )
-    with sandbox.prepare(root, host, mode, lim) as prep:
+    req = sandbox.Request(
+        argv=tuple(step.command),
+        workspace=str(root),
+        cwd=str(cwd),
+        env=extra,
+        limits=lim,
+        network=bool(getattr(network, "enabled", network)),
+        mode=mode,
+        toolchains=tools,
+        masks=sandbox.workspace_masks(root, denied_reads(policy))
+        if host.mode(mode) == "bwrap"
+        else (),
+    )
+    timeout_s = min(step.timeout_s, lim.wall_s)
+    result, changes, timed_out, planned = _run(root, req, host, view, step, timeout_s)
+    shown = shlex.join(step.command)
+    if timed_out:
+        err = ToolTimeout(
+            f"command `{shown}` ran past its time limit of {timeout_s:g} s "
+            "and was killed with everything it started; nothing it changed was kept. "
+            "Make it faster, or raise `timeout_s` on the step (or the policy's `limits.wall_s`)."
+        )
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    if apply and changes:
+        _judge_and_apply(root, changes, policy, shown)
+    result = dataclasses.replace(result, changeset=changes, applied=apply and bool(changes))
+    if result.exit_code not in step.ok_exit_codes:
+        raise CommandFailed(
+            f"command `{shown}` {_why(result.exit_code, planned)}, not "
+            f"one of ok_exit_codes {list(step.ok_exit_codes)}. Fix what it "
+            "reports, or list the code in `ok_exit_codes` if it means success."
+            + _tail(result.output),
+            result,
+        )
+    return result
+
+
+def _run(
+    root: Path,
+    req: sandbox.Request,
+    host: sandbox.Host,
+    view: sandbox.ViewKind,
+    step: ShellStep,
+    timeout_s: float,
+) -> tuple[ShellResult, Changeset, bool, str]:
+    """Set up the call, run and supervise it, read its changeset; returns
+    (result, changeset, timed out, the sandbox mode)."""
+    with sandbox.prepare(root, host, req.mode, req.limits, view) as prep:
         if prep.cgroup_error:
             host = dataclasses.replace(host, cgroups=sandbox.Cgroups(why=prep.cgroup_error))
-        req = sandbox.Request(
-            argv=tuple(argv),
-            workspace=str(root),
-            cwd=str(cwd),
-            env=extra,
-            limits=lim,
-            network=net,
-            mode=mode,
-            ancestors=sandbox.ancestors_of(root),
+        req = dataclasses.replace(
+            req,
+            view=prep.view,
             home=str(prep.home) if prep.home else None,
             call_id=prep.call_id,
             info_fd=prep.info[1] if prep.info else None,
             block_fd=prep.block[0] if prep.block else None,
-            masks=masks,
-            empty_file=sandbox.empty_file() if masks else None,
+            empty_file=sandbox.empty_file() if req.masks else None,
         )
         planned = sandbox.plan(req, host)
         started = time.monotonic()
@@ -118,43 +187,53 @@ def run_shell(
                 f"{err.strerror}. Run `orchestrator doctor` to see what "
                 "the sandbox needs."
             ) from None
-        capture = _Capture(min(step.max_output_bytes, lim.output_bytes))
+        capture = _Capture(min(step.max_output_bytes, req.limits.output_bytes))
         timed_out, status, usage = _supervise(proc, capture, started + timeout_s)
-    result = ToolResult(
+        changes = Changeset() if timed_out else sandbox.changes(prep, root)
+    result = ShellResult(
         output=capture.text(),
         output_bytes=capture.total,
         exit_code=os.waitstatus_to_exitcode(status),
         cpu_s=usage.ru_utime + usage.ru_stime,
         duration_s=time.monotonic() - started,
     )
-    shown = shlex.join(argv)
-    if timed_out:
-        err = ToolTimeout(
-            f"command `{shown}` ran past its time limit of {timeout_s:g} s "
-            "and was killed with everything it started. Make it faster, or "
-            "raise `timeout_s` on the step (or the policy's `limits.wall_s`)."
-        )
-        err.result = result  # type: ignore[attr-defined]
-        raise err
-    if result.exit_code not in step.ok_exit_codes:
-        raise CommandFailed(
-            f"command `{shown}` {_why(result.exit_code, planned.mode)}, not "
-            f"one of ok_exit_codes {list(step.ok_exit_codes)}. Fix what it "
-            "reports, or list the code in `ok_exit_codes` if it means success."
-            + _tail(result.output),
-            result,
-        )
-    return result
+    return result, changes, timed_out, planned.mode
+
+
+def _judge_and_apply(root: Path, changes: Changeset, policy: Any, shown: str) -> None:
+    """run_shell's own `apply`: the command itself was already judged (an `rm`
+    asked before it ran), so no tracked set is needed here; what the
+    changeset does to denied paths, links and special files is judged."""
+    verdict = judge(changes, shell_denials(_policy(policy)), (), str(root))
+    if verdict.decision == "deny":
+        raise PolicyDenied(shown, verdict.rule_id or "changeset", verdict.reason)
+    sandbox.apply(root, changes)
+
+
+def _policy(pol: Any) -> Any:
+    return DEFAULT_POLICY if pol is None else pol
+
+
+def _toolchains(toolchains: Sequence[str]) -> tuple[str, ...]:
+    """Absolute, existing folders, or a ToolInputError naming the setting."""
+    out = []
+    for t in toolchains:
+        p = Path(t)
+        if not p.is_absolute() or not p.is_dir():
+            raise ToolInputError(
+                f"toolchain {t!r} is not an existing folder given by its absolute path; "
+                "fix the `toolchains:` setting (a venv, a pyenv version, a node install)."
+            )
+        out.append(str(p.resolve()))
+    return tuple(out)
 
 
 def denied_reads(pol: Any = None) -> sandbox.MaskRules:
     """The globs of every path rule of `pol` (default: the built-in rules)
     that denies reading: what the sandbox hides from the command."""
-    if pol is None:
-        pol = DEFAULT_POLICY
     return tuple(
         tuple(r.paths)
-        for r in pol.path_rules
+        for r in _policy(pol).path_rules
         if r.decision == "deny" and r.access in ("read", "any")
     )
 
@@ -183,7 +262,7 @@ def _tail(output: str) -> str:
     return f"\nLast output:\n{tail}" if tail else ""
 
 
-def _check_program(program: str, cwd: Path, path: str) -> None:
+def _check_program(program: str, cwd: Path, path: str, toolchains: Sequence[str]) -> None:
     """Refuse a program that cannot start, with the reason, before any sandbox
     is set up (inside it, the failure would only be an exit code)."""
     if "/" in program:
@@ -199,7 +278,9 @@ def _check_program(program: str, cwd: Path, path: str) -> None:
             raise ToolInputError(
                 f"program {program!r} was not found on PATH {path!r}; the environment is "
                 "scrubbed (PATH, HOME, LANG and the step's `env` only), so only that PATH "
-                "is searched. Use an absolute path, or set PATH in the step's `env`."
+                "is searched. Use an absolute path, set PATH in the step's `env`, or name "
+                "the folder that has it in `toolchains:` (a venv, a pyenv version)"
+                + (f"; the toolchains given are {', '.join(toolchains)}." if toolchains else ".")
             )
         target = Path(found)
     if target.is_dir() or not os.access(target, os.X_OK):

@@ -1,0 +1,164 @@
+"""Judging what a shell call changed, as a whole, before any of it reaches
+the workspace. Pure: the changeset, the path denials, the tracked files and
+the workspace path come in as arguments; nothing is read.
+
+Per change, every rule that matches is kept and the strictest wins (deny >
+ask > allow), the first such change in path order deciding:
+
+- a write (create, modify, delete, mode change, link) to a path a denial
+  covers: deny with that rule. Paths are also matched lower-cased, so
+  `.ENV` or `.Git/hooks/x` cannot slip past rules written for `.env` and
+  `.git` on a case-insensitive checkout;
+- a symlink whose target leads out of the workspace (`symlink-escape`), a
+  hard link (`hardlink`: it could alias a protected or hidden file), a
+  device, FIFO or socket (`special-file`): deny;
+- a delete of a tracked file: ask, under rm's rule (`destructive-rm`);
+- anything else: allow.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from orchestrator.guard.globs import glob_matcher
+from orchestrator.sandbox.changeset import Change, Changeset, Kind
+
+__all__ = ["PathDenial", "Verdict", "judge", "shell_denials", "DELETE_RULE", "GIT_HOOKS"]
+
+DELETE_RULE = "destructive-rm"  # the rule `rm` asks under: a delete needs the same confirmation
+_RANK = {"allow": 0, "ask": 1, "deny": 2}
+
+
+@dataclass(frozen=True)
+class PathDenial:
+    """A path rule that denies writing: its id, globs (relative to the
+    workspace, as the policy writes them) and why."""
+
+    rule_id: str
+    globs: tuple[str, ...]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Literal["allow", "ask", "deny"]
+    rule_id: str | None = None
+    reason: str = ""
+    path: str | None = None
+
+
+GIT_INTERNALS = "deny-git-internals-write"
+GIT_HOOKS = PathDenial(
+    "deny-git-hooks",
+    (".git/hooks/**", "**/.git/hooks/**", "!.git/hooks/*.sample", "!**/.git/hooks/*.sample"),
+    "a git hook runs code at the next git command",
+)
+
+
+def shell_denials(policy: Any) -> tuple[PathDenial, ...]:
+    """What a shell changeset may not write, from a policy's path rules: every
+    rule denying writes, except that git's own writes into `.git/` (a commit,
+    a fetch) are allowed and only its hooks refused (a hook runs code at the
+    next git command; git init's `*.sample` files run nothing)."""
+    return (
+        *(
+            PathDenial(r.id, tuple(r.paths), r.reason)
+            for r in policy.path_rules
+            if r.decision == "deny" and r.access in ("write", "any") and r.id != GIT_INTERNALS
+        ),
+        GIT_HOOKS,
+    )
+
+
+ALLOW = Verdict("allow", None, "every change stays inside the workspace's path rules")
+
+
+def judge(
+    changeset: Changeset,
+    denials: Sequence[PathDenial],
+    tracked: Iterable[str] = (),
+    workspace: str = "/",
+) -> Verdict:
+    """The verdict on the whole changeset (see the module's docstring)."""
+    matchers = [(d, glob_matcher(d.globs)) for d in denials]
+    known = frozenset(tracked)
+    worst = ALLOW
+    for change in changeset.changes:
+        for v in _verdicts(change, matchers, known, workspace):
+            if _RANK[v.decision] > _RANK[worst.decision]:
+                worst = v
+    return worst
+
+
+def _verdicts(
+    c: Change,
+    matchers: list[tuple[PathDenial, Callable[[str], bool]]],
+    tracked: frozenset[str],
+    workspace: str,
+) -> list[Verdict]:
+    out = []
+    for denial, match in matchers:
+        if match(c.path) or match(c.path.lower()):
+            why = denial.reason or f"matched {denial.rule_id}"
+            out.append(Verdict("deny", denial.rule_id, f"{_verb(c)} {c.path}: {why}", c.path))
+    if c.kind is Kind.SYMLINK and _escapes(c.path, c.target or "", workspace):
+        out.append(
+            Verdict(
+                "deny",
+                "symlink-escape",
+                f"the symlink {c.path} -> {c.target} leads out of the workspace",
+                c.path,
+            )
+        )
+    if c.kind is Kind.HARDLINK:
+        out.append(
+            Verdict(
+                "deny",
+                "hardlink",
+                f"{c.path} is a hard link; it could alias a file the policy protects or hides",
+                c.path,
+            )
+        )
+    if c.kind is Kind.SPECIAL:
+        out.append(
+            Verdict(
+                "deny",
+                "special-file",
+                f"{c.path} is a {c.detail or 'special file'}; only files, folders and "
+                "symlinks may be made",
+                c.path,
+            )
+        )
+    if c.kind is Kind.DELETED and c.path in tracked:
+        out.append(Verdict("ask", DELETE_RULE, f"deletes the tracked file {c.path}", c.path))
+    return out
+
+
+def _verb(c: Change) -> str:
+    return {
+        Kind.CREATED: "create",
+        Kind.MODIFIED: "write",
+        Kind.DELETED: "delete",
+        Kind.MODE: "change the mode of",
+        Kind.SYMLINK: "make the symlink",
+        Kind.HARDLINK: "make the hard link",
+        Kind.SPECIAL: "make the special file",
+        Kind.DIRECTORY: "make the folder",
+    }[c.kind]
+
+
+def _escapes(path: str, target: str, workspace: str) -> bool:
+    """Whether `target` of the symlink at `path` leads out, read lexically
+    (a target through another symlink is refused later by the jail when
+    anything is read or written through it)."""
+    if not target:
+        return True
+    if target.startswith("/"):
+        top = posixpath.normpath(workspace)
+        full = posixpath.normpath(target)
+        return top == "/" or not (full == top or full.startswith(top.rstrip("/") + "/"))
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    return joined == ".." or joined.startswith("../")

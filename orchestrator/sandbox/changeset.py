@@ -1,0 +1,287 @@
+"""What a shell call changed, as a value: read from the overlay's upper
+directory (`from_upper`, proportional to what changed) or from comparing a
+copy with the workspace (`from_copy`, the fallback). Nothing here writes the
+workspace: `orchestrator.sandbox.apply` does, once the changeset is judged
+(`orchestrator.guard.changeset.judge`).
+
+Renames show as a delete and a create. A directory the command replaced
+(an overlay "opaque" directory) shows as the deletes of what it held and the
+creates of what it holds now. A regular file with more than one link is a
+`hardlink` change, whatever its content: a hard link in the changeset could
+alias a file the policy hides or protects.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from orchestrator.tools.base import FileEdit, content_hash
+
+__all__ = ["Change", "Changeset", "Kind", "from_upper", "from_copy"]
+
+_OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+class Kind(StrEnum):
+    CREATED = "created"  # a regular file that did not exist
+    MODIFIED = "modified"  # a regular file's content (and maybe mode)
+    DELETED = "deleted"  # a file, symlink or (is_dir) directory
+    MODE = "mode-changed"  # same content, other permission bits
+    SYMLINK = "symlink"  # a symlink made or changed (target)
+    HARDLINK = "hardlink"  # a regular file with other links
+    SPECIAL = "special"  # a device, FIFO or socket
+    DIRECTORY = "directory"  # a directory made
+
+
+@dataclass(frozen=True)
+class Change:
+    """One path's change. `before`/`after` are the full bytes of a regular
+    file (None: no regular file there); modes are permission bits."""
+
+    path: str  # relative to the workspace, POSIX separators
+    kind: Kind
+    before: bytes | None = None
+    after: bytes | None = None
+    mode_before: int | None = None
+    mode_after: int | None = None
+    target: str | None = None  # symlink: where it points
+    target_before: str | None = None  # a symlink replaced or deleted: where it pointed
+    is_dir: bool = False
+    detail: str = ""  # special: what it is ("fifo", "socket", "char device 1:3")
+
+    @property
+    def before_hash(self) -> str | None:
+        return content_hash(self.before)
+
+    @property
+    def after_hash(self) -> str | None:
+        return content_hash(self.after)
+
+    @property
+    def size(self) -> int:
+        return len(self.after or b"")
+
+
+@dataclass(frozen=True)
+class Changeset:
+    changes: tuple[Change, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.changes)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(c.path for c in self.changes)
+
+    def edits(self) -> tuple[FileEdit, ...]:
+        """The regular-file content changes as FileEdits (what diffs, hashes and
+        `apply_edits` take); modes, symlinks and directories are not in them."""
+        return tuple(
+            FileEdit(c.path, c.before, c.after)
+            for c in self.changes
+            if not c.is_dir
+            and (c.before is not None or c.after is not None)
+            and c.before != c.after
+        )
+
+
+def from_upper(upper: Path, workspace: Path) -> Changeset:
+    """The changeset an overlay's upper directory holds, against its lower
+    layer (the untouched workspace)."""
+    return Changeset(tuple(sorted(_walk_upper(str(upper), str(workspace), ""), key=_order)))
+
+
+def from_copy(copy: Path, workspace: Path, since_ns: int) -> Changeset:
+    """The changeset between the workspace and a copy of it the command ran
+    against. A regular file whose ctime is before `since_ns` (the end of the
+    copy) was not touched; others are compared byte for byte."""
+    return Changeset(tuple(sorted(_walk_copy(str(copy), str(workspace), "", since_ns), key=_order)))
+
+
+def _order(c: Change) -> tuple[str, int]:
+    return (c.path, 0 if c.kind is Kind.DELETED else 1)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _opaque(path: str) -> bool:
+    for name in _OPAQUE:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _walk_upper(upper: str, lower: str, rel: str) -> Iterator[Change]:
+    for entry in os.scandir(os.path.join(upper, rel)):
+        r = f"{rel}/{entry.name}" if rel else entry.name
+        st = entry.stat(follow_symlinks=False)
+        low_path = os.path.join(lower, r)
+        low = _lstat(low_path)
+        if _whiteout(st):
+            if low is not None:
+                yield from _deleted(low_path, r, low)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            if low is not None and stat.S_ISDIR(low.st_mode):
+                if stat.S_IMODE(low.st_mode) != stat.S_IMODE(st.st_mode):
+                    yield _mode(r, low, st, is_dir=True)
+                if _opaque(entry.path):
+                    yield from _opaque_deletes(entry.path, low_path, r)
+            else:
+                if low is not None:
+                    yield from _deleted(low_path, r, low)
+                yield Change(r, Kind.DIRECTORY, mode_after=stat.S_IMODE(st.st_mode), is_dir=True)
+            yield from _walk_upper(upper, lower, r)
+            continue
+        yield from _entry(entry.path, st, low_path, low, r)
+
+
+def _opaque_deletes(path: str, low_path: str, rel: str) -> Iterator[Change]:
+    """A replaced directory: what the lower one held that the upper one lacks."""
+    kept = set(os.listdir(path))
+    for entry in os.scandir(low_path):
+        if entry.name not in kept:
+            yield from _deleted(
+                entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
+            )
+
+
+def _walk_copy(copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Change]:
+    new_top, old_top = os.path.join(copy, rel), os.path.join(lower, rel)
+    seen = set()
+    for entry in os.scandir(new_top):
+        r = f"{rel}/{entry.name}" if rel else entry.name
+        seen.add(entry.name)
+        st = entry.stat(follow_symlinks=False)
+        low_path = os.path.join(old_top, entry.name)
+        low = _lstat(low_path)
+        if stat.S_ISDIR(st.st_mode):
+            if low is not None and stat.S_ISDIR(low.st_mode):
+                if stat.S_IMODE(low.st_mode) != stat.S_IMODE(st.st_mode):
+                    yield _mode(r, low, st, is_dir=True)
+            else:
+                if low is not None:
+                    yield from _deleted(low_path, r, low)
+                yield Change(r, Kind.DIRECTORY, mode_after=stat.S_IMODE(st.st_mode), is_dir=True)
+            yield from _walk_copy(copy, lower, r, since_ns)
+            continue
+        untouched = (
+            low is not None
+            and stat.S_ISREG(st.st_mode)
+            and stat.S_ISREG(low.st_mode)
+            and st.st_nlink == 1
+            and st.st_ctime_ns < since_ns
+        )
+        if not untouched:
+            yield from _entry(entry.path, st, low_path, low, r)
+    low_dir = _lstat(old_top)
+    if low_dir is None or not stat.S_ISDIR(low_dir.st_mode):
+        return  # a folder the command made: nothing was there before
+    for entry in os.scandir(old_top):
+        if entry.name not in seen:
+            r = f"{rel}/{entry.name}" if rel else entry.name
+            yield from _deleted(entry.path, r, entry.stat(follow_symlinks=False))
+
+
+def _entry(
+    path: str, st: os.stat_result, low_path: str, low: os.stat_result | None, rel: str
+) -> Iterator[Change]:
+    """A non-directory in the command's view against what was there before."""
+    if low is not None and stat.S_ISDIR(low.st_mode):
+        yield from _deleted(low_path, rel, low)
+        low = None
+    before = _read(low_path) if low is not None and stat.S_ISREG(low.st_mode) else None
+    was_link = os.readlink(low_path) if low is not None and stat.S_ISLNK(low.st_mode) else None
+    mode_before = stat.S_IMODE(low.st_mode) if low is not None else None
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path)
+        if target != was_link:
+            yield Change(
+                rel,
+                Kind.SYMLINK,
+                before=before,
+                mode_before=mode_before,
+                target=target,
+                target_before=was_link,
+            )
+        return
+    if not stat.S_ISREG(st.st_mode):
+        yield Change(rel, Kind.SPECIAL, before=before, target_before=was_link, detail=_what(st))
+        return
+    after = _read(path)
+    if st.st_nlink > 1:
+        yield Change(rel, Kind.HARDLINK, before=before, after=after, mode_after=mode)
+    elif low is None or was_link is not None:
+        yield Change(rel, Kind.CREATED, after=after, mode_after=mode, target_before=was_link)
+    elif before != after:
+        yield Change(rel, Kind.MODIFIED, before, after, mode_before, mode)
+    elif mode_before != mode:
+        yield _mode(rel, low, st, before=before)
+
+
+def _mode(
+    rel: str,
+    low: os.stat_result,
+    st: os.stat_result,
+    *,
+    is_dir: bool = False,
+    before: bytes | None = None,
+) -> Change:
+    return Change(
+        rel,
+        Kind.MODE,
+        before=before,
+        after=before,
+        mode_before=stat.S_IMODE(low.st_mode),
+        mode_after=stat.S_IMODE(st.st_mode),
+        is_dir=is_dir,
+    )
+
+
+def _deleted(path: str, rel: str, st: os.stat_result) -> Iterator[Change]:
+    """Deletes of `path` and, for a directory, of everything below it
+    (deepest last in the sort: apply removes directories bottom-up)."""
+    if stat.S_ISDIR(st.st_mode):
+        for entry in os.scandir(path):
+            yield from _deleted(
+                entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
+            )
+        yield Change(rel, Kind.DELETED, mode_before=stat.S_IMODE(st.st_mode), is_dir=True)
+        return
+    before = _read(path) if stat.S_ISREG(st.st_mode) else None
+    target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+    yield Change(
+        rel, Kind.DELETED, before=before, mode_before=stat.S_IMODE(st.st_mode), target_before=target
+    )
+
+
+def _what(st: os.stat_result) -> str:
+    if stat.S_ISFIFO(st.st_mode):
+        return "fifo"
+    if stat.S_ISSOCK(st.st_mode):
+        return "socket"
+    kind = "char" if stat.S_ISCHR(st.st_mode) else "block"
+    return f"{kind} device {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"

@@ -1,0 +1,514 @@
+"""The workspace files the session policy denies reading, and how bubblewrap
+hides them: `workspace_masks()` finds them (a walk kept per workspace and
+re-read only where a directory changed), `mask_args()` mounts an empty
+read-only file over each file (or, for a repository's `.git/config`, a copy
+of its format part) and an empty read-only tmpfs over each directory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+
+from orchestrator.guard.globs import glob_matcher
+
+__all__ = [
+    "Mask",
+    "MaskRules",
+    "Masker",
+    "masker",
+    "mask_args",
+    "tidy_masks",
+    "git_format_config",
+    "workspace_masks",
+    "empty_file",
+]
+
+
+def _under(path: str, top: str) -> bool:
+    return PurePosixPath(path).is_relative_to(top)
+
+
+class Mask(NamedTuple):
+    """A workspace path (absolute) the policy denies reading: bubblewrap binds
+    an empty read-only file over a file (or `source`, a file the worker made:
+    the format part of a repository's `.git/config`), an empty read-only
+    tmpfs over a directory."""
+
+    path: str
+    dir: bool = False
+    source: str | None = None
+
+
+# The path globs of each policy rule that denies reading, one tuple per rule
+# (a rule's `!` globs exclude within that rule only).
+MaskRules = tuple[tuple[str, ...], ...]
+
+
+def mask_args(masks: Sequence[Mask], empty: str | None) -> list[str]:
+    """Mounts hiding denied workspace paths, after the workspace's own bind: a
+    file gets the empty file bound read-only over it (reads see nothing,
+    writes, renames and hard links fail), a directory an empty tmpfs that is
+    then made read-only. Parents come before what is below them."""
+    masks = tidy_masks(masks)
+    if any(not m.dir and m.source is None for m in masks) and empty is None:
+        raise ValueError("masking files needs the empty file to bind over them")
+    args: list[str] = []
+    for m in masks:
+        if m.dir:
+            args += ["--perms", "0555", "--tmpfs", m.path, "--remount-ro", m.path]
+        else:
+            args += ["--ro-bind", str(m.source or empty), m.path]
+    return args
+
+
+# What of a repository's .git/config a masked copy keeps: how to read the
+# repository (object format, worktree layout, line endings), nothing that
+# names a remote, holds a credential, includes a file or runs a program.
+GIT_FORMAT_KEYS = frozenset(
+    {
+        "core.repositoryformatversion",
+        "core.bare",
+        "core.worktree",
+        "core.filemode",
+        "core.symlinks",
+        "core.ignorecase",
+        "core.precomposeunicode",
+        "core.logallrefupdates",
+        "core.autocrlf",
+        "core.eol",
+        "core.safecrlf",
+        "core.checkstat",
+        "core.trustctime",
+        "core.sparsecheckout",
+        "core.sparsecheckoutcone",
+        "core.splitindex",
+        "core.untrackedcache",
+    }
+)
+
+
+def git_format_config(listing: bytes) -> str:
+    """The copy of a `.git/config` shown in its place, from `git config
+    --null --list` of it: the GIT_FORMAT_KEYS and every `extensions.*` key
+    (a sha256 or worktree-config repository read with an empty config is
+    misread, and a write through it corrupts the index), nothing else."""
+    sections: dict[str, list[str]] = {}
+    for item in listing.decode("utf-8", "replace").split("\0"):
+        key, newline, value = item.partition("\n")
+        key = key.lower()
+        section, _, name = key.partition(".")
+        if key in GIT_FORMAT_KEYS or (section == "extensions" and name.isalnum()):
+            quoted = (
+                (value if newline else "true")
+                .replace("\\", "\\\\")
+                .replace('"', '\\"')
+                .replace("\n", "\\n")
+            )
+            sections.setdefault(section, []).append(f'\t{name} = "{quoted}"\n')
+    return "".join(f"[{sec}]\n" + "".join(lines) for sec, lines in sections.items())
+
+
+def tidy_masks(masks: Sequence[Mask]) -> tuple[Mask, ...]:
+    """Sorted (parents first), without duplicates or anything below a masked
+    directory (it is hidden already, and nothing can be mounted there)."""
+    out: list[Mask] = []
+    dirs: list[str] = []
+    for m in sorted(set(masks)):
+        if any(_under(m.path, d) for d in dirs):
+            continue
+        out.append(m)
+        if m.dir:
+            dirs.append(m.path)
+    return tuple(out)
+
+
+class Masker:
+    """Which workspace paths a command must not see, from the policy's denied
+    read globs, made cheap enough to ask for every file of a big tree:
+
+    - a rule's `P/**` (or `P/`) glob is asked once per directory: a directory
+      matching P is masked whole and not walked (every path below it matches);
+    - globs without `/` (and `**/NAME`, the same regex) only look at the file
+      name, and only names passing a literal prefix/suffix test reach the regex;
+    - other globs run on the whole path, but only for names matching their
+      last component (a cheap gate), when they have one.
+
+    Each answer is exactly `glob_matcher(rule)(rel)` of some rule (files below
+    a masked directory aside); rules with `!` exclusions are run whole."""
+
+    def __init__(self, rules: MaskRules) -> None:
+        dirs: list[str] = []
+        names: list[str] = []
+        gates: list[str] = []
+        gated: list[str] = []
+        whole: list[Callable[[str], bool]] = []
+        for rule in rules:
+            if any(g.startswith("!") for g in rule):
+                whole.append(glob_matcher(tuple(rule)))
+                continue
+            for g in rule:
+                g = g + "**" if g.endswith("/") else g
+                last = g.rsplit("/", 1)[-1]
+                prefix = g[:-3]
+                if (
+                    g.endswith("/**")
+                    and prefix.strip("/")
+                    and not prefix.endswith("**")
+                    and "{" not in prefix
+                ):
+                    dirs.append(prefix if "/" in prefix else "/" + prefix)  # stays anchored
+                elif g.startswith("**/") and "/" not in g[3:] and "**" not in g[3:]:
+                    names.append(g[3:])
+                elif "/" not in g and "**" not in g:
+                    names.append(g)
+                elif "/" in g and "**" not in last and not any(c in g for c in "{[\\"):
+                    gates.append(last)
+                    gated.append(g)
+                else:
+                    whole.append(glob_matcher((g,)))
+        self._dir = glob_matcher(tuple(dirs)) if dirs else None
+        self._name = _prefiltered(names, glob_matcher(tuple(names))) if names else None
+        self._gate = _prefiltered(gates, glob_matcher(tuple(gates))) if gates else None
+        self._gated = glob_matcher(tuple(gated)) if gated else None
+        self._whole = tuple(whole)
+
+    def whole_dir(self, rel: str) -> bool:
+        """Whether every path below directory `rel` is denied."""
+        return self._dir is not None and self._dir(rel)
+
+    def file(self, rel: str) -> bool:
+        """Whether file `rel` (outside the directories `whole_dir` masks) is denied."""
+        name = rel.rpartition("/")[2]
+        if self._name is not None and self._name(name):
+            return True
+        if self._gate is not None and self._gate(name) and self._gated(rel):  # type: ignore[misc]
+            return True
+        return bool(self._whole) and any(m(rel) for m in self._whole)
+
+
+def _literals(glob: str) -> tuple[str, str, str] | None:
+    """(literal prefix, literal suffix, longest literal run) every name matching
+    the one-component `glob` must have; None when braces or escapes make that
+    hard to say."""
+    if any(c in glob for c in "{}\\"):
+        return None
+    runs, run, i = [], "", 0
+    while i < len(glob):
+        c = glob[i]
+        if c in "*?[":
+            runs.append(run)
+            run = ""
+            if c == "[":  # up to the last `]`: no need to parse classes exactly
+                end = glob.rfind("]")
+                if end <= i:
+                    return None
+                i = end
+        else:
+            run += c
+        i += 1
+    runs.append(run)
+    return runs[0], runs[-1], max(runs, key=len)
+
+
+def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[[str], bool]:
+    """`full` (name globs), asked only for names that have some glob's literal
+    prefix, suffix or middle: two C string calls reject almost every name."""
+    prefixes, suffixes, middles, always = [], [], [], False
+    for g in globs:
+        lit = _literals(g)
+        if lit is None or not any(lit):
+            always = True
+        elif lit[0]:
+            prefixes.append(lit[0])
+        elif lit[1]:
+            suffixes.append(lit[1])
+        else:
+            middles.append(lit[2])
+    if always:
+        return full
+    pre, suf = tuple(prefixes), tuple(suffixes)
+
+    def match(name: str) -> bool:
+        if not (
+            name.startswith(pre)
+            or name.endswith(suf)
+            or middles
+            and any(m in name for m in middles)
+        ):
+            return False
+        return full(name)
+
+    return match
+
+
+@lru_cache(maxsize=64)
+def masker(rules: MaskRules) -> Masker:
+    return Masker(rules)
+
+
+_RACY_NS = 2_000_000_000  # a directory this recent may change again within one timestamp tick
+_MASK_CACHE_SIZE = 32  # workspaces (with their rules) whose walk is kept
+
+
+@dataclass(frozen=True)
+class _Dir:
+    """One directory's part of the walk, reused while the directory keeps its
+    inode and mtime (any entry created, removed or renamed in it changes its
+    mtime; chown and chmod do not)."""
+
+    ino: int
+    mtime_ns: int
+    kept: bool  # False: changed too recently to trust; read again
+    masks: tuple[Mask, ...]
+    subdirs: tuple[str, ...]  # relative paths still to walk
+    files: tuple[str, ...]  # names of its regular files (for hard links)
+
+
+_mask_cache: OrderedDict[tuple[str, MaskRules], dict[str, _Dir]] = OrderedDict()
+_mask_lock = threading.Lock()
+
+
+class _Stale(Exception):
+    """A kept directory's listing no longer matches its subdirectories."""
+
+
+def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
+    """Every path under `root` that `rules` deny reading, for bubblewrap to
+    hide. Walks the tree without following symlinks and without descending
+    into `.git` (its own files, such as `.git/config`, are checked); masks a
+    directory whole when everything below it is denied; for a symlink with a
+    denied name, masks where it leads (when that is inside the workspace);
+    masks other hard links of a denied file. A symlink with an allowed name
+    pointing at a denied file needs nothing: the mount sits on the target.
+
+    The walk is kept per workspace and rules, and a directory is read again
+    only when its inode or mtime changed (or it changed within the last 2 s,
+    when a second change could keep the same mtime), so a call on an
+    unchanged tree costs one lstat per directory. Something can set a
+    directory's mtime back (a checkout, a restore): then the
+    subdirectories of the kept listing are checked to be the same inodes, and
+    any difference (a folder renamed, replaced, gone) drops the kept walk."""
+    top = str(root)
+    key = (top, rules)
+    with _mask_lock:
+        old = _mask_cache.get(key, {})
+    match = masker(rules)
+    try:
+        walked = _walk(top, old, match)
+    except _Stale:
+        walked = _walk(top, {}, match)
+    with _mask_lock:
+        _mask_cache[key] = walked
+        _mask_cache.move_to_end(key)
+        while len(_mask_cache) > _MASK_CACHE_SIZE:
+            _mask_cache.popitem(last=False)
+    masks = tidy_masks([m for d in walked.values() for m in d.masks])
+    linked = _linked(masks)  # asked every call: a link can be made in another folder
+    if linked:
+        masks = tidy_masks([*masks, *_other_links(top, walked, linked)])
+    return tuple(_with_source(m) for m in masks)
+
+
+def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
+    now = time.time_ns()
+    walked: dict[str, _Dir] = {}
+    stack: list[tuple[str, bool]] = [("", False)]  # (path, listed by a kept parent)
+    while stack:
+        rel, vouched = stack.pop()
+        path = os.path.join(top, rel) if rel else top
+        before = old.get(rel)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            if vouched:
+                raise _Stale(rel)
+            continue  # gone since its parent was read
+        if vouched and (before is None or before.ino != st.st_ino):
+            raise _Stale(rel)
+        keep = (
+            before is not None
+            and before.kept
+            and (before.ino, before.mtime_ns) == (st.st_ino, st.st_mtime_ns)
+        )
+        d = before if keep and before is not None else _read_dir(top, rel, st, match, now)
+        walked[rel] = d
+        stack.extend((sub, keep) for sub in d.subdirs)
+    return walked
+
+
+def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -> _Dir:
+    prefix = rel + "/" if rel else ""
+    in_git = rel.rpartition("/")[2] == ".git"  # the repository: its own files only
+    masks: list[Mask] = []
+    subdirs: list[str] = []
+    files: list[str] = []
+    cacheable = st.st_mtime_ns < now - _RACY_NS
+    try:
+        entries = list(os.scandir(os.path.join(top, rel) if rel else top))
+    except OSError:
+        entries = []
+        cacheable = False
+    for e in entries:
+        r = prefix + e.name
+        if e.is_dir(follow_symlinks=False):
+            if match.whole_dir(r):
+                masks.append(Mask(e.path, True))
+            elif not in_git:
+                subdirs.append(r)
+        elif e.is_file(follow_symlinks=False):
+            files.append(e.name)
+            if match.file(r):
+                masks.append(Mask(e.path))
+        elif e.is_symlink() and (match.file(r) or match.whole_dir(r)):
+            cacheable = False  # where it leads can change without this folder
+            target = _link_target(top, e.path)
+            if target is not None:
+                masks.append(target)
+    return _Dir(st.st_ino, st.st_mtime_ns, cacheable, tuple(masks), tuple(subdirs), tuple(files))
+
+
+def _link_target(top: str, link: str) -> Mask | None:
+    """The mask for where a denied-named symlink leads, when that is a file or
+    directory inside the workspace (outside it, the system's permissions
+    decide, as for every other file there)."""
+    try:
+        real = os.path.realpath(link, strict=True)
+        st = os.stat(real)
+    except (OSError, RuntimeError):
+        return None
+    if not _under(real, top) or real == top:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return Mask(real, True)
+    return Mask(real) if stat.S_ISREG(st.st_mode) else None
+
+
+def _linked(masks: Sequence[Mask]) -> set[tuple[int, int]]:
+    """(device, inode) of the masked files that have other hard links."""
+    out = set()
+    for m in masks:
+        if not m.dir:
+            with contextlib.suppress(OSError):
+                st = os.lstat(m.path)
+                if st.st_nlink > 1:
+                    out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def _other_links(top: str, walked: Mapping[str, _Dir], linked: set[tuple[int, int]]) -> list[Mask]:
+    """Files that are hard links of a masked file under another name: the
+    rare case, so it may stat every file."""
+    out = []
+    for rel, d in walked.items():
+        for name in d.files:
+            path = os.path.join(top, rel, name) if rel else os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) in linked:
+                    out.append(Mask(path))
+    return out
+
+
+_private: str | None = None
+_git_copies: dict[tuple[int, int, int, int], str] = {}
+
+
+def _private_dir() -> str:
+    """A folder only the worker may enter, for the files bound over masked
+    ones: made once per process (removed at exit), again if it was removed."""
+    global _private
+    if _private is None or not os.path.isdir(_private):
+        _private = tempfile.mkdtemp(prefix="orch-sandbox-masks-")
+        atexit.register(shutil.rmtree, _private, True)
+    return _private
+
+
+def _read_only_file(name: str, data: bytes) -> str:
+    """`name` in the private folder with `data`, mode 0444, the worker's own;
+    made again when missing or changed."""
+    path = os.path.join(_private_dir(), name)
+    with contextlib.suppress(OSError):
+        st = os.lstat(path)
+        if (
+            stat.S_ISREG(st.st_mode)
+            and st.st_size == len(data)
+            and st.st_uid == os.geteuid()
+            and stat.S_IMODE(st.st_mode) == 0o444
+        ):
+            return path
+    tmp = f"{path}.{uuid.uuid4().hex}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o444)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    return path
+
+
+def empty_file() -> str:
+    """The empty, read-only file bubblewrap binds over masked files."""
+    with _mask_lock:
+        return _read_only_file("empty", b"")
+
+
+def _git_config_copy(path: str) -> str | None:
+    """The file shown instead of the repository config at `path`: its format
+    part (`git_format_config`), kept while the config keeps its inode, mtime
+    and size. None (show it empty) when git cannot read it or nothing is kept."""
+    git = shutil.which("git")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if git is None or not stat.S_ISREG(st.st_mode):
+        return None
+    key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    with _mask_lock:
+        known = _git_copies.get(key)
+        if known is not None and os.path.isfile(known):
+            return known
+    try:  # parsing only: --file reads no includes, runs nothing
+        out = subprocess.run(
+            [git, "config", "--file", path, "--null", "--list"],
+            capture_output=True,
+            timeout=5,
+            stdin=subprocess.DEVNULL,
+            env={"PATH": os.defpath, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null"},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = git_format_config(out.stdout) if out.returncode == 0 else ""
+    if not text:
+        return None
+    data = text.encode()
+    with _mask_lock:
+        copy = _read_only_file(f"gitconfig-{hashlib.sha256(data).hexdigest()[:24]}", data)
+        _git_copies[key] = copy
+    return copy
+
+
+def _with_source(m: Mask) -> Mask:
+    parent, _, name = m.path.rpartition("/")
+    if m.dir or name != "config" or not parent.endswith("/.git"):
+        return m
+    return m._replace(source=_git_config_copy(m.path))

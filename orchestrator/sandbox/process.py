@@ -1,0 +1,297 @@
+"""The process half of the sandbox: set up a call (`prepare`: the view,
+cgroups, a throwaway home), start the planned argv (`spawn`), read what it
+changed (`changes`), and make sure nothing of it is left running (`_sweep`).
+`orchestrator.tools.shell` supervises the process in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from orchestrator.errors import InfraUnavailable, ToolInputError
+from orchestrator.sandbox.changeset import Changeset, from_copy, from_upper
+from orchestrator.sandbox.host import Cgroups, Host, Mode, ViewKind
+from orchestrator.sandbox.limits import SandboxLimits
+from orchestrator.sandbox.plan import CALL_ID_VAR, MB, Plan
+from orchestrator.sandbox.view import View, close_view, open_view, overlay_refused
+
+__all__ = ["Prepared", "prepare", "spawn", "changes", "view_kind"]
+
+
+@dataclass
+class Prepared:
+    """What a call set up and `prepare()` undoes: cgroups, throwaway home,
+    the copy-on-write view."""
+
+    call_id: str
+    cgroups: list[Path] = field(default_factory=list)
+    home: Path | None = None
+    view: View | None = None
+    cgroup_error: str | None = None  # set: run with rlimits only
+    info: tuple[int, int] | None = None  # pipe (read, write): bwrap's --info-fd
+    block: tuple[int, int] | None = None  # pipe (read, write): bwrap's --block-fd
+    init_pidfd: int | None = None  # bwrap's sandbox init, once started
+
+
+@contextlib.contextmanager
+def prepare(
+    workspace: Path,
+    host: Host,
+    mode: Mode,
+    limits: SandboxLimits,
+    view: ViewKind = "auto",
+    view_base: str | None = None,
+) -> Iterator[Prepared]:
+    """Set up one call and always undo it: the view (an overlay's upper and
+    work directories, or a copy of the workspace, in a private folder under
+    `view_base`), the cgroups, the throwaway home. Nothing here writes the
+    workspace or changes who owns it."""
+    prep = Prepared(call_id=uuid.uuid4().hex)
+    try:
+        if host.mode(mode) == "fallback":
+            prep.home = Path(tempfile.mkdtemp(prefix="orch-sandbox-home-"))
+        prep.view = open_view(workspace, view_kind(host, view, workspace), view_base)
+        try:
+            prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits)
+        except OSError as err:
+            prep.cgroup_error = f"cannot create the call's cgroup: {err}"
+        if host.mode(mode) == "bwrap":
+            prep.info = os.pipe()
+            if prep.cgroups:
+                prep.block = os.pipe()
+        yield prep
+    finally:
+        _sweep(prep)
+        for fd in [
+            *(prep.info or ()),
+            *(prep.block or ()),
+            *([prep.init_pidfd] if prep.init_pidfd is not None else []),
+        ]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for cg in prep.cgroups:
+            _rmdir_cgroup(cg)
+        if prep.home is not None:
+            shutil.rmtree(prep.home, ignore_errors=True)
+        if prep.view is not None:
+            close_view(prep.view)
+
+
+def view_kind(host: Host, wanted: ViewKind, workspace: Path) -> Literal["overlay", "copy"]:
+    """The view this workspace gets: an overlay when the machine and the
+    workspace's filesystem allow one, else the copy (unless asked for)."""
+    kind = host.view(wanted)
+    if kind == "overlay" and host.unshare is not None:
+        why = overlay_refused(host.unshare, host.shell, str(workspace), host.is_root)
+        if why is None:
+            return "overlay"
+        if wanted == "overlay":
+            raise ToolInputError(
+                f"the overlay view was asked for but {workspace} cannot be its lower "
+                f"layer: {why}. Let the sandbox choose its view (it copies the "
+                "workspace instead)."
+            )
+    return "copy"
+
+
+def changes(prep: Prepared, workspace: Path) -> Changeset:
+    """What the command changed, read from the call's view (still open)."""
+    view = prep.view
+    if view is None:
+        return Changeset()
+    if view.kind == "overlay":
+        if not view.marker.exists():
+            raise InfraUnavailable(
+                f"the overlay over {workspace} could not be mounted, so the command "
+                "did not run. Run `orchestrator doctor` to see which view the "
+                "sandbox can use."
+            )
+        return from_upper(view.upper, workspace)
+    return from_copy(view.copy, workspace, view.started_ns)
+
+
+def _rmdir_cgroup(cg: Path, timeout_s: float = 1.0) -> None:
+    """rmdir is refused (EBUSY) while a member is still leaving: retry briefly."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cg.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                return  # left for the next probe's clean-up (`_remove_stale`)
+            time.sleep(0.001)
+
+
+def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path]:
+    made: list[Path] = []
+    try:
+        name = f"{os.getpid()}-{call_id}"
+        if cg.version == "v2" and cg.pids:
+            d = Path(cg.pids, name)
+            d.mkdir()
+            made.append(d)
+            (d / "pids.max").write_text(str(limits.processes))
+            (d / "memory.max").write_text(str(limits.memory_mb * MB))
+            with contextlib.suppress(OSError):
+                (d / "memory.swap.max").write_text("0")
+        elif cg.version == "v1" and cg.pids and cg.memory:
+            p = Path(cg.pids, name)
+            p.mkdir()
+            made.append(p)
+            (p / "pids.max").write_text(str(limits.processes))
+            m = Path(cg.memory, name)
+            m.mkdir()
+            made.append(m)
+            (m / "memory.limit_in_bytes").write_text(str(limits.memory_mb * MB))
+            with contextlib.suppress(OSError):
+                (m / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_mb * MB))
+    except OSError:
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
+    return made
+
+
+def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
+    """Start the planned argv: stdin closed, stdout+stderr into one pipe, a
+    new session. Every process of the command is in the call's cgroups from
+    its first instruction: bubblewrap's init is moved in while it waits on
+    its block fd, before it starts the command; the fallback joins in the
+    child before exec. Without `prlimit` the child also sets the rlimits."""
+    procs = [os.fsencode(cg / "cgroup.procs") for cg in prep.cgroups] if p.preexec_cgroups else []
+    limits = p.rlimits if p.preexec_rlimits else ()
+
+    def child() -> None:  # runs between fork and exec: syscalls only
+        for path in procs:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        for res, value in limits:
+            resource.setrlimit(res, (value, value))
+
+    keep = tuple(
+        fd
+        for fd in (prep.info[1] if prep.info else None, prep.block[0] if prep.block else None)
+        if fd is not None
+    )
+    try:
+        proc = subprocess.Popen(
+            p.argv,
+            cwd=p.cwd,
+            env=p.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=keep,
+            preexec_fn=child if procs or limits else None,
+        )
+    finally:
+        for fd in keep:
+            os.close(fd)
+        prep.info = (prep.info[0], -1) if prep.info else None
+        prep.block = (-1, prep.block[1]) if prep.block else None
+    if prep.info is not None:
+        init = _read_child_pid(prep.info[0])
+        if init is not None:
+            with contextlib.suppress(OSError):
+                prep.init_pidfd = os.pidfd_open(init)
+            if prep.block is not None:
+                for cg in prep.cgroups:
+                    (cg / "cgroup.procs").write_text(str(init))
+    if prep.block is not None:
+        with contextlib.suppress(OSError):
+            os.write(prep.block[1], b"go")
+    return proc
+
+
+def _read_child_pid(fd: int) -> int | None:
+    """bubblewrap's --info-fd JSON, up to its closing brace (or EOF: it failed)."""
+    data = b""
+    while b"}" not in data:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        return int(json.loads(data)["child-pid"])
+    except (ValueError, KeyError):
+        return None
+
+
+def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
+    """Make sure no process of the call is left. bubblewrap: wait for its
+    sandbox init to be gone (the kernel kills and reaps everything in a pid
+    namespace before its init finishes exiting; bwrap itself may exit a
+    moment earlier). Then SIGKILL the cgroup's members until none is left
+    (exact), or, in the fallback without a cgroup, every process whose
+    environment carries the call's marker (a process can erase it)."""
+    deadline = time.monotonic() + timeout_s
+    if prep.init_pidfd is not None:
+        ready, _, _ = select.select([prep.init_pidfd], [], [], timeout_s)
+        if not ready:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(prep.init_pidfd, signal.SIGKILL)
+            select.select([prep.init_pidfd], [], [], timeout_s)
+        if not prep.cgroups:
+            return
+    marker = f"{CALL_ID_VAR}={prep.call_id}".encode()
+    while True:
+        pids = _cgroup_members(prep.cgroups) if prep.cgroups else _marked(marker)
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.001)
+
+
+def _cgroup_members(cgroups: list[Path]) -> set[int]:
+    pids: set[int] = set()
+    for cg in cgroups:
+        with contextlib.suppress(OSError):
+            pids.update(int(x) for x in (cg / "cgroup.procs").read_text().split())
+    return pids
+
+
+def _marked(marker: bytes) -> set[int]:
+    found = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if marker + b"\0" in f.read() + b"\0":
+                    if not _zombie(entry.name):
+                        found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _zombie(pid: str) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
