@@ -200,6 +200,7 @@ def completed(
         mine = {c.path for c in s.pending if c.call_id == call.call_id}
         if planned is not None:
             mine |= {e.path for e in planned.edits}
+        mine |= {e.path for e in result.edits}  # recorded with the completion (shell)
         events.append(p.SessionCompleted(files_changed=len(s.changed_paths | mine)))
     return events
 

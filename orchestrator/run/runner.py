@@ -47,7 +47,7 @@ from orchestrator.run.calls import Call, PolicyRefused, RateLimitedStep
 from orchestrator.run.steps import Step
 from orchestrator.run.templates import render_step
 from orchestrator.run.ticket import Ticket
-from orchestrator.tools.base import Plan
+from orchestrator.tools.base import Plan, ToolResult
 from orchestrator.tools.interface import ToolCall, summarize
 from orchestrator.tools.registry import TOOLS, Registry
 
@@ -463,7 +463,7 @@ class Runner:
             return None, calls.failed(call, s, exc, time.monotonic() - started)
         events = calls.started(call, planned)
         if call.tool.effect_free(call.step, planned):
-            events += self._outcome(call, s, planned)
+            events += self._outcome(call, s, planned)[0]
         return planned, events
 
     def _answered(
@@ -483,12 +483,22 @@ class Runner:
         return (planned, *self._append_call(call, state, "answered", events))
 
     def _phase2(self, call: Call, state: Projections, planned: Plan | None) -> list[Event]:
-        events = self._outcome(call, state.session, planned)
-        return self._append_call(call, state, "end", events)[0]
+        """Run the started call and record its outcome; then let the tool
+        commit what it held back until the record was stored (the shell's
+        changeset). A stale append (another delivery recorded the end first)
+        commits nothing: its own changeset is the one recorded."""
+        events, result = self._outcome(call, state.session, planned)
+        appended, fresh = self._append_call(call, state, "end", events)
+        if fresh and result is not None:
+            call.tool.commit(self._tool_call(call, state.session), result)
+        return appended
 
-    def _outcome(self, call: Call, s: SessionState, planned: Plan | None) -> list[Any]:
+    def _outcome(
+        self, call: Call, s: SessionState, planned: Plan | None
+    ) -> tuple[list[Any], ToolResult | None]:
         """Run the started call: ToolCallCompleted or ToolCallFailed, TurnCompleted,
-        and on the last step the session's end (same transaction)."""
+        and on the last step the session's end (same transaction); with the
+        result when the call completed."""
         started = time.monotonic()
         try:
             with tracing.span(
@@ -498,10 +508,10 @@ class Runner:
                 result = call.tool.run(self._tool_call(call, s), call.step, planned)
         except ToolError as exc:
             self._observed(call.kind, "failed", time.monotonic() - started, exc.error)
-            return calls.failed(call, s, exc, time.monotonic() - started)
+            return calls.failed(call, s, exc, time.monotonic() - started), None
         elapsed = time.monotonic() - started
         self._observed(call.kind, "ok" if result.exit_code == 0 else "error", elapsed)
-        return calls.completed(call, s, planned, result, time.monotonic() - started)
+        return calls.completed(call, s, planned, result, time.monotonic() - started), result
 
     def _tool_call(self, call: Call, s: SessionState) -> ToolCall:
         return ToolCall(
@@ -514,6 +524,7 @@ class Runner:
             actor=self.actor,
             observer=self.observer,
             settings=self.settings,
+            toolchains=call.ticket.toolchains,
         )
 
     def _observed(self, tool: str, outcome: str, seconds: float, error: str | None = None) -> None:

@@ -10,6 +10,7 @@ in order:
     effect_free(step, planned)     whether running it can leave nothing half done
     run(call, step, planned)       do it (planned is None on a redelivery)
     record(call_id, result)        events that precede its ToolCallCompleted/Failed
+    commit(call, result)           after that append: apply what was recorded (shell)
 
 `BaseTool` gives the answers of a read-only tool; a tool overrides what it
 does differently. The implementations stay in the tool modules
@@ -45,6 +46,7 @@ class ToolCall:
     actor: str = "worker"
     observer: Observer = NO_OBSERVER
     settings: Any = None  # the settings values the network tools need (None: the process's)
+    toolchains: tuple[str, ...] = ()  # read-only directories the shell puts first on PATH
 
 
 class Tool(Protocol):
@@ -56,6 +58,7 @@ class Tool(Protocol):
     def effect_free(self, step: Any, planned: Plan) -> bool: ...
     def run(self, call: ToolCall, step: Any, planned: Plan | None) -> ToolResult: ...
     def record(self, call_id: str, result: Any) -> list[Any]: ...
+    def commit(self, call: ToolCall, result: Any) -> None: ...
 
 
 def summarize(step: Any) -> dict[str, Any]:
@@ -94,3 +97,7 @@ class BaseTool:
 
     def record(self, call_id: str, result: Any) -> list[Any]:
         return []
+
+    def commit(self, call: ToolCall, result: Any) -> None:
+        """After the call's completion is stored: effects held back until
+        they were recorded (the shell's changeset). Nothing for most tools."""

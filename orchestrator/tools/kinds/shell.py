@@ -1,12 +1,65 @@
-"""The shell tool: one argv in the sandbox, with the session policy's limits
-and network setting. Never effect-free: its effects are unknown until it ran."""
+"""The shell tool: one argv in the sandbox, as a transaction.
+
+The command runs against a copy-on-write view of the workspace
+(orchestrator.sandbox.view); what it changed comes back as a `Changeset`,
+is judged as a whole (orchestrator.guard.changeset), recorded as one
+FileChanged per file in the same append as the call's completion, and only
+then applied (`commit`, after the runner's append). So:
+
+- a refused changeset is a recorded `PermissionDecided(deny)` with its rule,
+  the call fails with exit 3, and nothing reaches the workspace;
+- a command that fails (an exit code not in `ok_exit_codes`) is rolled
+  back: its writes are discarded with the view, as its ToolCallFailed voids
+  any FileChanged;
+- a worker killed while the command runs leaves the workspace as it was, so
+  a redelivered call simply runs again, recorded as a ToolCallRetried. A
+  command with network access may have had outside effects: it still needs
+  `idempotent: true` to be run again.
+"""
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from events import payloads as p
+from orchestrator.errors import ToolError
+from orchestrator.guard.changeset import Verdict, judge, shell_denials
 from orchestrator.run.steps import ShellStep
-from orchestrator.tools import shell
-from orchestrator.tools.base import Interrupted, Plan, ToolResult
+from orchestrator.sandbox import runtime as sandbox
+from orchestrator.sandbox.changeset import Changeset
+from orchestrator.sandbox.plan import GIT_ENV
+from orchestrator.tools import files, shell
+from orchestrator.tools.base import Interrupted, Plan
 from orchestrator.tools.interface import BaseTool, ToolCall
+from orchestrator.tools.shell import ShellResult
+from orchestrator.tools.web.fetch import Retry
+
+
+@dataclass(frozen=True)
+class ShellCallResult(ShellResult):
+    """A judged shell call: what to record before its completion."""
+
+    retries: tuple[Retry, ...] = field(default=())
+    decided: p.PermissionDecided | None = None  # the changeset's refusal
+
+
+class ChangesetRefused(ToolError):
+    """The command ran, but what it changed may not reach the workspace: the
+    policy refused it (exit 3), recorded as PermissionDecided(deny)."""
+
+    exit_code = 3
+
+    def __init__(self, verdict: Verdict, result: ShellCallResult) -> None:
+        super().__init__(
+            f"denied by rule {verdict.rule_id or 'changeset'}: {verdict.reason}. The command "
+            "ran in a copy-on-write view; nothing it changed reached the workspace"
+        )
+        self.rule_id = verdict.rule_id
+        self.result = result
 
 
 class ShellTool(BaseTool):
@@ -15,18 +68,111 @@ class ShellTool(BaseTool):
     def effect_free(self, step: ShellStep, planned: Plan) -> bool:
         return False
 
-    def run(self, call: ToolCall, step: ShellStep, planned: Plan | None) -> ToolResult:
-        if planned is None and not step.idempotent:
-            raise Interrupted(
-                "the worker died while this command was running, so its effects are unknown; "
-                "inspect the target and resubmit, or mark the step `idempotent: true` to let "
-                "a redelivered task run it again"
-            )
+    def run(self, call: ToolCall, step: ShellStep, planned: Plan | None) -> ShellCallResult:
         pol = call.policy
-        return shell.run_shell(
+        network = pol.doc.network.for_shell
+        retries: tuple[Retry, ...] = ()
+        if planned is None:
+            # A redelivery: an earlier attempt started and never finished.
+            if getattr(network, "enabled", False) and not step.idempotent:
+                raise Interrupted(
+                    "the worker died while this command was running with network access, so "
+                    "it may have had effects outside the workspace (the workspace itself is "
+                    "untouched); inspect them and resubmit, or mark the step `idempotent: true` "
+                    "to let a redelivered task run it again"
+                )
+            retries = (
+                Retry(
+                    attempt=1,
+                    reason=f"interrupted: the worker died mid-call; {call.actor} runs it again "
+                    "on an untouched workspace",
+                    delay_s=0.0,
+                    host="",
+                ),
+            )
+        ran = shell.run_shell(
             call.workspace,
             step,
             limits=pol.doc.limits,
-            network=pol.doc.network.for_shell,
+            network=network,
             policy=pol,
+            toolchains=call.toolchains,
+            apply=False,
         )
+        result = ShellCallResult(**vars(ran), retries=retries)
+        verdict = self.judge(call, result.changeset)
+        if verdict.decision != "allow":
+            decided = p.PermissionDecided(
+                call_id=call.call_id,
+                decision="deny",
+                rule_id=verdict.rule_id or "changeset",
+                policy_hash=pol.hash,
+                reason=verdict.reason,
+            )
+            raise ChangesetRefused(verdict, replace(result, decided=decided))
+        return replace(result, edits=result.changeset.edits())
+
+    def judge(self, call: ToolCall, changes: Changeset) -> Verdict:
+        """The changeset's verdict; deleting tracked files asks, as `rm` does,
+        which a changeset cannot do after the fact: it is allowed when the
+        call was granted or the session elevated, refused otherwise."""
+        deletes = [c.path for c in changes.changes if c.kind == "deleted"]
+        tracked = _tracked(call.workspace, deletes) if deletes else ()
+        verdict = judge(changes, shell_denials(call.policy), tracked, str(call.workspace))
+        if verdict.decision != "ask":
+            return verdict
+        answer = call.session.confirmation(call.call_id)
+        if call.session.elevated_by is not None or (answer and answer.status == "granted"):
+            return Verdict("allow")
+        return Verdict(
+            "deny",
+            verdict.rule_id,
+            f"{verdict.reason}. Nothing was applied: run it as a `delete` step, get this "
+            "command approved, or pass --allow-destructive",
+            verdict.path,
+        )
+
+    def record(self, call_id: str, result: Any) -> list[Any]:
+        """ToolCallRetried for an interrupted earlier attempt; the changeset's
+        refusal, or one FileChanged per file it changes."""
+        if result is None:
+            return []
+        events: list[Any] = [
+            p.ToolCallRetried(
+                call_id=call_id, attempt=r.attempt, reason=r.reason, delay_s=r.delay_s
+            )
+            for r in getattr(result, "retries", ())
+        ]
+        decided = getattr(result, "decided", None)
+        if decided is not None:
+            return [*events, decided]
+        return events + [
+            p.FileChanged(
+                call_id=call_id,
+                path=e.path,
+                before_hash=e.before_hash,
+                after_hash=e.after_hash,
+                diff=files.unified_diff(e),
+            )
+            for e in result.edits
+        ]
+
+    def commit(self, call: ToolCall, result: Any) -> None:
+        """After the completion is stored: make the recorded changeset real."""
+        changes = getattr(result, "changeset", None)
+        if changes is not None and changes.changes and not getattr(result, "applied", False):
+            sandbox.apply(call.workspace, changes)
+
+
+def _tracked(workspace: Path, paths: Iterable[str]) -> tuple[str, ...]:
+    """Which of `paths` git tracks in `workspace` (none outside a repository)."""
+    if not (workspace / ".git").exists():
+        return ()
+    done = subprocess.run(
+        ["git", "-C", str(workspace), "ls-files", "-z", "--", *paths],
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", **GIT_ENV},
+        timeout=60,
+        check=False,
+    )
+    return tuple(x.decode() for x in done.stdout.split(b"\0") if x)
