@@ -82,8 +82,13 @@ def _targets(current: str, node: ast.Import | ast.ImportFrom, is_pkg: bool, know
     for name in names:
         while name and name not in known:
             name = name.rpartition(".")[0]
-        if name and name != current:
-            out.add(name)
+        # Importing a.b.c runs the __init__ of a and a.b first: edges too,
+        # except to the packages `current` itself is in (already running).
+        while name:
+            inside = current == name or current.startswith(name + ".")
+            if not inside and name in known:
+                out.add(name)
+            name = name.rpartition(".")[0]
     return out
 
 

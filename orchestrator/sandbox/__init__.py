@@ -1,8 +1,6 @@
 """The sandbox every shell command runs in (`runtime` is its public face).
 
 Its modules build on the file tools (`tools.base`, `tools.files`,
-`tools.jail`, `tools.paths`) and `tools.shell` builds on them; importing the
-tools package first keeps that order whichever side a program imports first.
+`tools.jail`), and `tools.shell` builds on them; neither package's
+`__init__` imports anything, so either side can be imported first.
 """
-
-import orchestrator.tools  # noqa: F401

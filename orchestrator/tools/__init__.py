@@ -14,30 +14,3 @@ plans, names its paths for the policy, runs and records through them, and
 `search` here is the module (callers write `search.search(...)`), so the
 function is not re-exported under its own name.
 """
-
-from orchestrator.tools import files, paths, replace, search, shell
-from orchestrator.tools.base import FileEdit, ToolResult, content_hash
-from orchestrator.tools.files import apply_edits, plan_patch, plan_write, unified_diff
-from orchestrator.tools.paths import iter_files, resolve_in_workspace
-from orchestrator.tools.replace import plan_replace
-from orchestrator.tools.shell import CommandFailed, run_shell
-
-__all__ = [
-    "files",
-    "paths",
-    "replace",
-    "search",
-    "shell",
-    "FileEdit",
-    "ToolResult",
-    "content_hash",
-    "resolve_in_workspace",
-    "iter_files",
-    "plan_replace",
-    "plan_write",
-    "plan_patch",
-    "apply_edits",
-    "unified_diff",
-    "run_shell",
-    "CommandFailed",
-]

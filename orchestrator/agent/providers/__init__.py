@@ -16,7 +16,6 @@ from orchestrator.agent.providers.base import (
     ToolSpec,
     parse_completion,
 )
-from orchestrator.agent.providers.factory import make_provider
 
 __all__ = [
     "ModelError",
@@ -26,6 +25,5 @@ __all__ = [
     "Provider",
     "TokenUsage",
     "ToolSpec",
-    "make_provider",
     "parse_completion",
 ]
