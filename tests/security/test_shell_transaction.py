@@ -1,0 +1,176 @@
+"""Shell steps are transactions (issue 14): what a command changes is judged,
+recorded as FileChanged with the call's completion and only then applied; a
+refused or failed command leaves the workspace as it was; a call interrupted
+by a dying worker runs again and both attempts are in the log. Real store,
+real runner, real sandbox."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from events import payloads as p
+from events.envelope import NewEvent, new_id
+from events.replay import replay
+from events.store import SqlEventStore, open_store
+from orchestrator.run.runner import Runner, Ticket
+from orchestrator.run.steps import ShellStep
+
+SCRIPTS = {
+    "create": "printf 'new\\n' > made.txt",
+    "modify": "printf 'changed\\n' >> keep.txt",
+    "delete-untracked": "rm scratch.txt",
+    "mode": "chmod +x keep.txt",
+    "nested": "mkdir -p pkg/sub && printf 'x = 1\\n' > pkg/sub/mod.py",
+    "binary": "printf '\\000\\001\\002' > blob.bin",
+    "many": "printf 1 > f1.txt; printf 2 > f2.txt; printf 3 > f3.txt; rm scratch.txt",
+}
+
+
+def _workspace(tmp_path: Path) -> Path:
+    work = tmp_path / "repo"
+    work.mkdir()
+    (work / "keep.txt").write_text("kept\n")
+    (work / "scratch.txt").write_text("scratch\n")
+    return work
+
+
+def _run(store: SqlEventStore, work: Path, step: ShellStep, **ticket: object) -> tuple[str, str]:
+    sid = new_id()
+    t = Ticket(
+        job_id=new_id(),
+        session_id=sid,
+        target="repo",
+        path=str(work),
+        steps=(step.label,),
+        sessions_total=1,
+        **ticket,  # type: ignore[arg-type]
+    )
+    return sid, Runner(store, "worker:test").run_step(t, 0, step, last=True)
+
+
+def _tree(root: Path) -> dict[str, tuple[str, int]]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            out[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode)
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(SCRIPTS))
+def test_every_change_a_command_makes_is_recorded_and_replays_to_the_workspace(
+    tmp_path: Path, kind: str
+):
+    work = _workspace(tmp_path)
+    before = _tree(work)
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    # Elevated: the command-level policy would ask before `rm`/`chmod` run.
+    sid, status = _run(store, work, ShellStep(command=["sh", "-c", SCRIPTS[kind]]), elevated_by="t")
+    assert status == "completed", replay(store, sid).session.error
+    after = _tree(work)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    content = {k for k in changed if (before.get(k) or (None,))[0] != (after.get(k) or (None,))[0]}
+    state = replay(store, sid)
+    recorded = {c.path: c for c in state.session.files_changed}
+    assert set(recorded) == content
+    for path in content:
+        want = after[path][0] if path in after else None
+        assert recorded[path].after_hash == want
+    assert state.session.status == "completed"
+    assert os.stat(work).st_uid == os.getuid()
+    assert {os.stat(work / k).st_uid for k in after} <= {os.getuid()}
+
+
+def test_a_refused_changeset_is_a_recorded_deny_and_nothing_reaches_the_workspace(
+    tmp_path: Path,
+):
+    work = _workspace(tmp_path)
+    before = _tree(work)
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    script = "printf 'x\\n' > ok.txt && printf 'TOKEN=1\\n' > .ENV"
+    sid, status = _run(store, work, ShellStep(command=["sh", "-c", script]), elevated_by="t")
+    assert status == "failed"
+    assert _tree(work) == before
+    state = replay(store, sid)
+    [entry] = state.ledger.entries
+    assert entry.decision == "deny" and entry.rule_id
+    [call] = state.session.calls
+    assert call.error == "ChangesetRefused"
+    assert state.session.files_changed == ()
+
+
+def test_a_failed_command_is_rolled_back(tmp_path: Path):
+    work = _workspace(tmp_path)
+    before = _tree(work)
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    step = ShellStep(command=["sh", "-c", "echo x > half.txt; exit 3"])
+    sid, status = _run(store, work, step, elevated_by="t")
+    assert status == "failed"
+    assert _tree(work) == before
+    assert replay(store, sid).session.files_changed == ()
+
+
+def test_deleting_a_tracked_file_needs_elevation(tmp_path: Path):
+    import subprocess
+
+    work = _workspace(tmp_path)
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    subprocess.run(["git", "-C", str(work), "add", "keep.txt"], check=True)
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    step = ShellStep(command=["python3", "-c", "import os; os.remove('keep.txt')"])
+    sid, status = _run(store, work, step)
+    assert status == "failed" and (work / "keep.txt").exists()
+    assert replay(store, sid).ledger.entries[0].rule_id == "destructive-rm"
+    sid, status = _run(store, work, step, elevated_by="alice")
+    assert status == "completed" and not (work / "keep.txt").exists()
+    assert [c.after_hash for c in replay(store, sid).session.files_changed] == [None]
+
+
+def test_an_interrupted_attempt_runs_again_and_both_are_in_the_log(tmp_path: Path):
+    """A worker died after ToolCallStarted: the workspace is untouched (the
+    command wrote into its own view), so the redelivery runs the command
+    again, without `idempotent: true`, and records the interrupted attempt."""
+    work = _workspace(tmp_path)
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    step = ShellStep(command=["sh", "-c", "printf 'once\\n' >> keep.txt"])
+    sid = new_id()
+    ticket = Ticket(
+        job_id=new_id(),
+        session_id=sid,
+        target="repo",
+        path=str(work),
+        steps=(step.label,),
+        sessions_total=1,
+    )
+    runner = Runner(store, "worker:test")
+    call_id = f"{sid}/1"
+    # What the first attempt recorded before its worker died.
+    runner._start(ticket, runner.load(sid), None)
+    events = [
+        p.TurnStarted(turn=1, name=step.label, kind="shell"),
+        p.ToolCallRequested(call_id=call_id, turn=1, tool="shell", args={}),
+        p.PermissionDecided(
+            call_id=call_id, decision="allow", rule_id="r", policy_hash="h", reason=""
+        ),
+        p.ToolCallStarted(call_id=call_id),
+    ]
+    last = replay(store, sid).session
+    seq = sum(1 for _ in store.read_stream(sid))
+    store.append(
+        sid,
+        [NewEvent.create(e, actor="worker:dead", correlation_id=ticket.job_id) for e in events],
+        seq,
+    )
+    assert last is not None
+    status = Runner(store, "worker:second").run_step(ticket, 0, step, last=True)
+    assert status == "completed"
+    assert (work / "keep.txt").read_text() == "kept\nonce\n"
+    types = [e.type for e in store.read_stream(sid)]
+    assert types.count("ToolCallStarted") == 1
+    assert "ToolCallRetried" in types
+    assert types.index("ToolCallRetried") < types.index("ToolCallCompleted")
