@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from events.errors import UnknownEvent
 from events.projections import Folder, Projections, fold_records
-from events.store import SqlEventStore
+from events.store import EventStore
 from events.upcast import current
 from events.verify import Problem, Row, Verifier, VerifyReport
 
@@ -27,7 +27,7 @@ SNAPSHOT_VERSION = 4
 SNAPSHOT_EVERY = 200
 
 
-def replay(store: SqlEventStore, stream_id: str, *, use_snapshot: bool = True) -> Projections:
+def replay(store: EventStore, stream_id: str, *, use_snapshot: bool = True) -> Projections:
     """State, quota usage and permission ledger of one stream, from its events."""
     state, after = Projections(), 0
     snap = store.load_snapshot(stream_id) if use_snapshot else None
@@ -39,7 +39,7 @@ def replay(store: SqlEventStore, stream_id: str, *, use_snapshot: bool = True) -
     )
 
 
-def load(store: SqlEventStore, stream_id: str) -> Projections:
+def load(store: EventStore, stream_id: str) -> Projections:
     """`replay`, then refresh the snapshot when the tail has grown long."""
     snap = store.load_snapshot(stream_id)
     state = replay(store, stream_id)
@@ -102,7 +102,7 @@ def audit_rows(rows: Iterable[Row]) -> Audit:
     return Audit(v.report, {sid: f.result() for sid, f in folders.items()})
 
 
-def audit(store: SqlEventStore) -> Audit:
+def audit(store: EventStore) -> Audit:
     """`audit_rows` over the whole store: what `audit verify` reports, plus every
     stream's projections, from one read of each row."""
     return audit_rows(store.rows())

@@ -22,7 +22,7 @@ from typing import Any
 from celery import signals
 from celery.utils.log import get_logger, get_task_logger
 
-from events.store import SqlEventStore
+from events.store import EventStore, SqlEventStore
 from orchestrator.audit import digests as audit
 from orchestrator.config.settings import Settings
 from orchestrator.errors import ConfigError
@@ -44,7 +44,7 @@ def _key(settings: Settings) -> Any:
         return None
 
 
-def _sign(store: SqlEventStore, settings: Settings, streams: Sequence[str]) -> str:
+def _sign(store: EventStore, settings: Settings, streams: Sequence[str]) -> str:
     key = _key(settings)
     if key is None:
         return "no signing key"

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 
-from events.store import SqlEventStore
+from events.store import EventStore, SqlEventStore
 from orchestrator.agent.loop import AgentLoop
 from orchestrator.agent.providers.factory import api_key, providers_for
 from orchestrator.config.settings import Settings
@@ -29,7 +29,7 @@ class WorkerDeps:
     settings: Settings
 
     @cached_property
-    def store(self) -> SqlEventStore:
+    def store(self) -> EventStore:
         return SqlEventStore(self.settings.effective_store_url)
 
     @cached_property

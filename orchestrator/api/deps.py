@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from events.store import SqlEventStore, open_store
+from events.store import EventStore, open_store
 from orchestrator.api.auth import CAPABILITIES, Principal, TokenTable
 from orchestrator.config.settings import Settings
 from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
@@ -31,7 +31,7 @@ class Services:
     ) -> None:
         self.settings = settings
         self.tokens = TokenTable.from_settings(settings)
-        self._store: SqlEventStore | None = None
+        self._store: EventStore | None = None
         self._make_dispatcher = dispatcher
         self._dispatcher: Dispatcher | None = None
         self._lock = threading.Lock()
@@ -44,7 +44,7 @@ class Services:
         return self._dispatcher
 
     @property
-    def store(self) -> SqlEventStore:
+    def store(self) -> EventStore:
         """The configured store. The embedded SQLite store is migrated on
         first use, as the CLI does; a server store must be upgraded already."""
         if self._store is None:

@@ -18,7 +18,7 @@ from events.digests import DIGEST_STREAM, ProofReport
 from events.envelope import Event, NewEvent
 from events.errors import SequenceConflict
 from events.payloads import AuditDigest
-from events.store import SqlEventStore
+from events.store import EventStore
 from events.verify import MANIFEST_KEY
 from orchestrator.config.settings import Settings
 from orchestrator.errors import ConfigError
@@ -73,7 +73,7 @@ def trusted_keys(settings: Settings, extra: Sequence[Path] = ()) -> list[Ed25519
 
 
 def heads(
-    store: SqlEventStore, stream_id: str | None = None
+    store: EventStore, stream_id: str | None = None
 ) -> tuple[dict[str, tuple[int, str]], int]:
     """Every stream's (seq, hash) head and the last global position read."""
     found = store.heads(stream_ids=None if stream_id is None else [stream_id])
@@ -84,7 +84,7 @@ def heads(
 
 
 def sign(
-    store: SqlEventStore, key: Ed25519PrivateKey, actor: str, stream_id: str | None = None
+    store: EventStore, key: Ed25519PrivateKey, actor: str, stream_id: str | None = None
 ) -> Event:
     """Append a digest of the current heads (all streams, or one) to DIGEST_STREAM."""
     current, position = heads(store, stream_id)
@@ -121,7 +121,7 @@ def unsigned(
 
 
 def sign_changed(
-    store: SqlEventStore, key: Ed25519PrivateKey, actor: str, streams: Iterable[str] = ()
+    store: EventStore, key: Ed25519PrivateKey, actor: str, streams: Iterable[str] = ()
 ) -> Event | None:
     """Sign the head of every stream changed since the last digests, and of
     `streams` (a session and its job, when the session ended); None when every
@@ -179,7 +179,7 @@ def read_digest_file(path: Path) -> list[AuditDigest]:
 
 
 def prove_store(
-    store: SqlEventStore,
+    store: EventStore,
     trusted: Sequence[Ed25519PublicKey],
     extra: Sequence[AuditDigest] = (),
     stream_id: str | None = None,

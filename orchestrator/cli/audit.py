@@ -14,7 +14,7 @@ from orchestrator.cli.common import emit_json, err, fail, out
 from orchestrator.cli.root import current
 
 if TYPE_CHECKING:
-    from events.store import SqlEventStore
+    from events.store import EventStore
 
 # Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
 # the commands that use them, not for `--help` (bench/cli_startup.py).
@@ -132,7 +132,7 @@ def audit_verify(
     raise typer.Exit(0 if ok else 1)
 
 
-def _recheck(st: SqlEventStore, source: str, session_id: str | None) -> tuple[str, int, list]:
+def _recheck(st: EventStore, source: str, session_id: str | None) -> tuple[str, int, list]:
     chosen = (
         policy_mod.DEFAULT_POLICY if source == "default" else policy_mod.load_policy(Path(source))
     )

@@ -26,7 +26,7 @@ render = lazy.module("orchestrator.cli.render")
 
 
 if TYPE_CHECKING:
-    from events.store import SqlEventStore
+    from events.store import EventStore
     from orchestrator.run.jobspec import JobSpec
     from orchestrator.run.runner import Ticket
 
@@ -84,7 +84,7 @@ def submit_job(
     policy_file: Path | None = None,
     tier: str | None = None,
     allow_destructive: bool = False,
-) -> tuple[SqlEventStore, str, JobSpec, list[Ticket]]:
+) -> tuple[EventStore, str, JobSpec, list[Ticket]]:
     """`submit`, `run` and `smoke`: load the spec, then the application's
     submit (prepare, record, enqueue) with this command's settings."""
     spec = _jobspec.load_spec(spec_path)  # SpecError (exit 2) before anything else
@@ -119,7 +119,7 @@ def _submit_span(job_id: str) -> AbstractContextManager[object]:
     return _tracing.span("orchestrator.submit", **{"orchestrator.job_id": job_id})  # type: ignore[no-any-return]
 
 
-def job_exit(st: SqlEventStore, job_id: str) -> int:
+def job_exit(st: EventStore, job_id: str) -> int:
     """0 completed; 3 when policy holds or refused what did not complete
     (confirmations waiting, refused sessions); else 1."""
     view = _watch.final_view(st, job_id)
@@ -139,7 +139,7 @@ def job_exit(st: SqlEventStore, job_id: str) -> int:
     return 3 if waiting or errors else 1
 
 
-def finish(st: SqlEventStore, job_id: str, out_dir: Path | None, as_json: bool) -> None:
+def finish(st: EventStore, job_id: str, out_dir: Path | None, as_json: bool) -> None:
     """The job's summary (or JSON), and its patches written to `out_dir`."""
     view = _watch.final_view(st, job_id)
     rows = _watch.session_summary(view)

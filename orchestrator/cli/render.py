@@ -16,7 +16,7 @@ from events import payloads as p
 from events.digests import ProofReport
 from events.envelope import Event
 from events.projections import Projections
-from events.store import SqlEventStore
+from events.store import EventStore
 from events.verify import VerifyReport
 from orchestrator.errors import InfraUnavailable
 from orchestrator.run.watch import JobView
@@ -54,7 +54,7 @@ def _describe(e: Event) -> str | None:
 
 
 def follow(
-    store: SqlEventStore,
+    store: EventStore,
     job_id: str,
     name: str,
     steps: int,

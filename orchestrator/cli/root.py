@@ -21,7 +21,7 @@ from orchestrator.ops import workers
 from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
 
 if TYPE_CHECKING:
-    from events.store import SqlEventStore
+    from events.store import EventStore
 
 # SQLAlchemy is imported by the commands that open a store, not by `--help`.
 _store = lazy.module("events.store")
@@ -38,7 +38,7 @@ class Root:
     def settings(self) -> Settings:
         return self._settings if self._settings is not None else get_settings()
 
-    def store(self, *, for_writing: bool = False) -> SqlEventStore:
+    def store(self, *, for_writing: bool = False) -> EventStore:
         """The configured store. The embedded SQLite store is migrated on first
         use; a server store must be upgraded explicitly (`orchestrator db upgrade`)."""
         s = self.settings

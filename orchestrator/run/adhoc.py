@@ -12,7 +12,7 @@ from pathlib import Path
 
 from events.projections import Projections
 from events.replay import replay
-from events.store import SqlEventStore
+from events.store import EventStore
 from orchestrator.guard.policy import PolicyDoc, Tier
 from orchestrator.run import jobs
 from orchestrator.run.jobspec import JobSpec
@@ -42,7 +42,7 @@ class Outcome:
 
 
 def run_one(
-    store: SqlEventStore,
+    store: EventStore,
     workspace: Path,
     step: Step,
     *,

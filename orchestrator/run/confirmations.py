@@ -19,7 +19,7 @@ from events import payloads as p
 from events.envelope import Event, NewEvent
 from events.projections import JobState, Projections, SessionState, apply_job
 from events.replay import replay
-from events.store import SqlEventStore
+from events.store import EventStore
 from orchestrator.errors import NotFound, UserError
 from orchestrator.run.jobspec import JobSpec
 from orchestrator.run.runner import Ticket
@@ -59,7 +59,7 @@ def unanswered(events: Iterable[Event]) -> dict[str, Event]:
     return {c: e for c, e in asked.items() if c not in answered}
 
 
-def pending(store: SqlEventStore) -> list[Waiting]:
+def pending(store: EventStore) -> list[Waiting]:
     """Every unanswered confirmation, oldest first. Reads only the three
     confirmation types (an index, not the whole log) and replays only the
     sessions that still wait."""
@@ -94,7 +94,7 @@ def pending(store: SqlEventStore) -> list[Waiting]:
     return sorted(out, key=lambda w: w.asked_at)
 
 
-def find(store: SqlEventStore, ident: str) -> Waiting:
+def find(store: EventStore, ident: str) -> Waiting:
     """The waiting confirmation `ident` names (its call id, or a unique prefix)."""
     waiting = pending(store)
     exact = [w for w in waiting if w.call_id == ident]
@@ -113,7 +113,7 @@ def find(store: SqlEventStore, ident: str) -> Waiting:
 
 
 def answer(
-    store: SqlEventStore, w: Waiting, *, grant: bool, by: str, reason: str
+    store: EventStore, w: Waiting, *, grant: bool, by: str, reason: str
 ) -> tuple[bool, Ticket, int, tuple[Step, ...]]:
     """Record the answer. Returns (whether ours is the answer that counts,
     the session's ticket, the step index to continue from, the job's steps)."""
@@ -129,7 +129,7 @@ def answer(
     return ours, ticket, w.turn - 1, steps
 
 
-def continuation(store: SqlEventStore, session_id: str) -> tuple[Ticket, tuple[Step, ...]]:
+def continuation(store: EventStore, session_id: str) -> tuple[Ticket, tuple[Step, ...]]:
     """The ticket and steps that continue a session, from its events alone."""
     s: SessionState = replay(store, session_id).session
     job = JobState()

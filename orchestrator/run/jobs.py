@@ -13,7 +13,7 @@ from pathlib import Path
 
 from events import payloads as p
 from events.envelope import NewEvent, new_id
-from events.store import SqlEventStore
+from events.store import EventStore
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.guard.policy import PolicyDoc, Tier, combine, strictest_tier
 from orchestrator.run.jobspec import JobSpec, resolve
@@ -61,7 +61,7 @@ def prepare(
 
 
 def record(
-    store: SqlEventStore, spec: JobSpec, job_id: str, tickets: list[Ticket], actor: str
+    store: EventStore, spec: JobSpec, job_id: str, tickets: list[Ticket], actor: str
 ) -> None:
     """Append JobSubmitted: the job's stream starts with the full spec and its sessions."""
     event = NewEvent.create(
@@ -107,7 +107,7 @@ class Cancellation:
         }
 
 
-def cancel(store: SqlEventStore, job_id: str, *, by: str, reason: str) -> Cancellation:
+def cancel(store: EventStore, job_id: str, *, by: str, reason: str) -> Cancellation:
     """Record JobCancelRequested on the job's stream (once: a second request
     returns the first), and end the sessions that wait for a confirmation.
     The CLI's `cancel` and the API's `POST /jobs/{id}/cancel` both come here."""

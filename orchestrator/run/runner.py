@@ -35,7 +35,7 @@ from events.envelope import Event, NewEvent, utcnow
 from events.errors import SequenceConflict
 from events.projections import JobState, Projections, SessionState, apply_job, fold
 from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
-from events.store import SqlEventStore
+from events.store import EventStore
 from orchestrator.errors import ToolError
 from orchestrator.guard import decision, policy
 from orchestrator.guard.decision import Verdict
@@ -73,7 +73,7 @@ MEMO_SESSIONS = 1024  # folds kept per runner (one per worker process)
 
 @dataclass
 class Runner:
-    store: SqlEventStore
+    store: EventStore
     actor: str
     policy: Policy = policy.DEFAULT_POLICY
     # Keyword-only, so `Runner(store, actor[, policy])` keeps working: what
@@ -575,7 +575,7 @@ class Runner:
             )
 
 
-def job_state(store: SqlEventStore, job_id: str) -> JobState:
+def job_state(store: EventStore, job_id: str) -> JobState:
     state = JobState()
     for e in store.read_stream(job_id):
         state = apply_job(state, e)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from events.envelope import Event
 from events.projections import JobState, SessionState, apply_job, apply_session
 from events.replay import replay
-from events.store import SqlEventStore
+from events.store import EventStore
 from orchestrator.run.runner import job_state
 
 
@@ -27,7 +27,7 @@ class JobView:
             )
         self.position = max(self.position, e.position)
 
-    def poll(self, store: SqlEventStore) -> list[Event]:
+    def poll(self, store: EventStore) -> list[Event]:
         new = list(store.read_correlation(self.job_id, self.position))
         for e in new:
             self.feed(e)
@@ -54,7 +54,7 @@ class JobView:
         )
 
 
-def final_view(store: SqlEventStore, job_id: str) -> JobView:
+def final_view(store: EventStore, job_id: str) -> JobView:
     """The job rebuilt from its streams (not from what a live poll saw)."""
     view = JobView(job_id, job=job_state(store, job_id))
     for ref in view.job.sessions:
