@@ -536,7 +536,7 @@ def test_a_refused_call_settles_once_its_turn_is_recorded_and_the_model_hears_wh
 
 
 def test_a_persons_answers_and_a_calls_arguments_read_as_written() -> None:
-    from orchestrator.agent.chat import args_summary, parse_answer
+    from orchestrator.agent.chat_view import args_summary, parse_answer
 
     assert parse_answer(" Y ") == ("y", "")
     assert parse_answer("n not that file") == ("n", "not that file")

@@ -9,19 +9,18 @@ confirmations, a cancelled turn, the end) and shows the session's events as
 they land. So `audit replay`, `pending`, `approve` and `deny` work on a chat
 like on any session, and `--session ID` resumes one from its events alone.
 
-The top half is pure (what to show for an event, a state, a command); the
-`Chat` class below does the I/O. It imports nothing from `tasks/`: the CLI
-(`orchestrator.cli.chat`) hands it a `Backend` to enqueue and revoke with.
+Where a session stands is pure and here; what to show for an event, a
+state or a command is in `chat_view`, and killing a task's process on this
+host in `task_process`. The `Chat` class below does the I/O. It imports
+nothing from `tasks/`: the CLI (`orchestrator.cli.chat`) hands it a
+`Backend` to enqueue and revoke with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
-import os
-import shlex
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,18 @@ from events.errors import SequenceConflict
 from events.projections import AgentState, JobState, Projections, apply, apply_job
 from events.store import SqlEventStore
 from orchestrator.agent import core as agent
+from orchestrator.agent.chat_view import (
+    HELP,
+    args_summary,
+    conversation,
+    describe,
+    ledger_args,
+    parse_answer,
+    quota_lines,
+    replay_lines,
+    status_lines,
+)
+from orchestrator.agent.task_process import terminate_task_process
 from orchestrator.errors import InfraUnavailable, UserError
 from orchestrator.guard.masking import mask
 from orchestrator.run import confirmations, jobs
@@ -53,39 +64,17 @@ __all__ = [
     "chat_ticket",
     "phase",
     "in_flight_turn",
-    "args_summary",
-    "describe",
-    "conversation",
-    "status_lines",
-    "quota_lines",
-    "replay_lines",
-    "parse_answer",
-    "terminate_task_process",
-    "HELP",
+    "in_flight_units",
 ]
 
 CHAT_MAX_TURNS = 1000  # model turns in one chat (AgentSpec's ceiling)
 POLL_S = 0.05
 WORKER_CHECK_S = 1.0
-OUTPUT_LINES = 8  # of a tool's output, shown under the call
-LINE_CHARS = 160
 CANCEL_REASON = "Ctrl-C in orchestrator chat"
 CHAT_INSTRUCTION = (
     "(orchestrator chat: no instruction; the person's messages are the "
     "session's UserMessage events)"
 )
-
-HELP = """\
-Type a message for the agent. Commands:
-  /status   the session: status, model turns, files changed
-  /quota    tokens in and out, tool calls by kind, shell time, bytes written
-  /pending  confirmations this session waits for
-  /replay   the session's events, one line each
-  /detach   leave without ending the session (resume with --session ID)
-  /exit     end the session (recorded as completed) and leave; Ctrl-D or
-            Ctrl-C at the prompt do the same
-  /help     this text
-Ctrl-C while the agent works cancels its turn (a running command is killed)."""
 
 Phase = Literal["idle", "busy", "waiting", "finished"]
 
@@ -140,239 +129,6 @@ def in_flight_units(
         ):
             out.append(e)
     return out
-
-
-# -- pure: what the person sees ----------------------------------------------------------
-
-
-def _clip(text: str, limit: int = LINE_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def args_summary(tool: str, args: dict[str, Any]) -> str:
-    """A call's arguments in a few words: the command line, the path, the pattern."""
-
-    def globs() -> str:
-        g = args.get("glob") or ()
-        return f" in {', '.join(g)}" if g else ""
-
-    if tool == "shell":
-        cmd = args.get("command") or ()
-        line = shlex.join(cmd) if isinstance(cmd, (list, tuple)) else str(cmd)
-        cwd = args.get("cwd", ".")
-        text = line + (f" (in {cwd})" if cwd not in (".", "", None) else "")
-    elif tool in ("read", "delete"):
-        text = str(args.get("path", ""))
-    elif tool == "list":
-        text = str(args.get("path", ".")) + globs()
-    elif tool == "search":
-        text = repr(args.get("pattern", "")) + globs()
-    elif tool == "replace":
-        text = f"{args.get('pattern', '')!r} -> {args.get('replacement', '')!r}" + globs()
-    elif tool == "write":
-        text = f"{args.get('path', '')} ({args.get('content_bytes', 0)} bytes)"
-    elif tool == "patch":
-        text = f"({args.get('diff_bytes', 0)} bytes of diff)"
-    else:
-        text = orjson.dumps(args, option=orjson.OPT_SORT_KEYS).decode()
-    return _clip(text, 200)
-
-
-def _output(text: str, lines: int = OUTPUT_LINES) -> list[str]:
-    rows = text.rstrip("\n").splitlines()
-    shown = [f"    [dim]│ {escape(_clip(r))}[/]" for r in rows[:lines]]
-    if len(rows) > lines:
-        shown.append(f"    [dim]│ … {len(rows) - lines} more line(s)[/]")
-    return shown
-
-
-def _ledger_args(state: Projections, call_id: str) -> dict[str, Any]:
-    for x in reversed(state.ledger.entries):
-        if x.call_id == call_id:
-            return dict(x.args)
-    return {}
-
-
-def describe(e: Event, state: Projections) -> list[str]:
-    """Rich markup lines for one event as it lands; `state` is the session
-    before it. Bookkeeping events show nothing."""
-    pl = e.payload
-    a = state.session.agent
-    if isinstance(pl, p.ModelRequested):
-        return [f"[dim]… model turn {pl.model_turn}[/]"]
-    if isinstance(pl, p.ModelResponded):
-        if a is not None and pl.model_turn <= a.cancelled_turn:
-            return [f"[dim]late answer to cancelled turn {pl.model_turn} ignored[/]"]
-        out = []
-        if pl.content:
-            out.append(f"[bold cyan]agent>[/] {escape(pl.content.strip())}")
-        for c in pl.tool_calls:
-            if c.error:
-                out.append(f"  [red]✗ {escape(c.name)}[/]: {escape(_clip(c.error, 300))}")
-        return out
-    if isinstance(pl, p.ToolCallRequested):
-        return [f"  [bold]→ {pl.tool}[/] {escape(args_summary(pl.tool, pl.args))}"]
-    if isinstance(pl, p.PermissionDecided) and pl.decision == "deny":
-        return [f"    [red]denied[/] by rule [bold]{escape(pl.rule_id)}[/]: {escape(pl.reason)}"]
-    if isinstance(pl, p.ConfirmationRequested):
-        return [
-            f"    [yellow]needs confirmation[/] (rule {escape(pl.rule_id)}): {escape(pl.reason)}"
-        ]
-    if isinstance(pl, p.ConfirmationGranted):
-        return [f"    [green]allowed[/] by {escape(pl.by)}"]
-    if isinstance(pl, p.ConfirmationDenied):
-        return [
-            f"    [red]refused[/] by {escape(pl.by)}"
-            + (f": {escape(pl.reason)}" if pl.reason else "")
-        ]
-    if isinstance(pl, p.QuotaExceeded):
-        return [f"    [red]quota[/] {escape(pl.rule_id)}: {escape(pl.detail)}"]
-    if isinstance(pl, p.RateLimited):
-        return [f"    [yellow]rate limited[/] ({pl.rate}); retrying in {pl.retry_after_s:g}s"]
-    if isinstance(pl, p.ToolCallCompleted):
-        code = f"exit {pl.exit_code}, " if pl.tool == "shell" else ""
-        return [f"    [green]ok[/] ({code}{pl.duration_s:.2f}s)", *_output(pl.output)]
-    if isinstance(pl, p.ToolCallFailed):
-        first = (pl.message.splitlines() or [""])[0]
-        return [
-            f"    [red]failed[/] ({escape(pl.error)}): {escape(_clip(first, 300))}",
-            *_output(pl.output),
-        ]
-    if isinstance(pl, p.AgentTurnCancelled):
-        return [f"[yellow]turn {pl.model_turn} cancelled[/] by {escape(pl.by)}"]
-    if isinstance(pl, p.ModelFailed):
-        return [
-            f"[red]model turn {pl.model_turn} failed ({escape(pl.error)}):[/] {escape(pl.message)}"
-        ]
-    if isinstance(pl, p.SessionFailed):
-        return [f"[bold red]session failed ({escape(pl.error)}):[/] {escape(pl.message)}"]
-    return []
-
-
-def conversation(state: Projections) -> list[str]:
-    """The conversation so far, as `--session` prints it on resuming."""
-    s = state.session
-    a = s.agent or AgentState()
-    out: list[str] = []
-    for entry in a.entries:
-        if entry.role == "user":
-            out.append(f"[bold]you>[/] {escape(entry.text or '')}")
-        elif entry.role == "cancelled":
-            out.append(f"[yellow]turn {entry.model_turn} cancelled[/]")
-        else:
-            if entry.text:
-                out.append(f"[bold cyan]agent>[/] {escape(entry.text.strip())}")
-            for c in entry.calls:
-                if c.error:
-                    out.append(f"  [red]✗ {escape(c.name)}[/]: {escape(_clip(c.error, 300))}")
-                    continue
-                call_id = f"{s.session_id}/{c.turn}"
-                tc = s.call(call_id)
-                status = tc.status if tc is not None else "not run"
-                out.append(
-                    f"  [bold]→ {c.name}[/] "
-                    f"{escape(args_summary(c.name, _ledger_args(state, call_id)))}"
-                    f" [dim]({status})[/]"
-                )
-    return out
-
-
-def status_lines(state: Projections) -> list[str]:
-    s = state.session
-    a = s.agent or AgentState()
-    shown = "waiting for a confirmation" if s.waiting and not s.finished else s.status
-    calls = sum(1 for e in a.entries for c in e.calls if c.turn)
-    out = [
-        f"session [bold]{s.session_id}[/] ({shown})  job {s.job_id}",
-        f"  workspace {escape(s.target)}  tier {s.tier or 'exec'}",
-        f"  model {escape(a.provider)}/{escape(a.model)}: {a.model_turns} model turn(s), "
-        f"{calls} tool call(s)",
-    ]
-    if s.policy is not None:
-        out.append(
-            f"  policy {escape(str(s.policy.get('name', '?')))} ({s.policy_hash[:12]})"
-            + (f", elevated by {escape(s.elevated_by)}" if s.elevated_by else "")
-        )
-    if s.error:
-        out.append(f"  [red]{escape(s.error)}[/]")
-    if s.files_changed:
-        out.append(f"  files changed ({len(s.files_changed)}):")
-        out += [
-            f"    {escape(c.path)}"
-            + (" (deleted)" if c.after_hash is None else " (new)" if c.before_hash is None else "")
-            for c in s.files_changed
-        ]
-    else:
-        out.append("  files changed: none")
-    return out
-
-
-def quota_lines(state: Projections) -> list[str]:
-    q = state.quota
-    a = state.session.agent or AgentState()
-    used = q.tokens_in + q.tokens_out
-    budget = f" of a budget of {a.token_budget}" if a.token_budget else ""
-    by_kind = ", ".join(f"{tool} {n}" for tool, n in q.tool_calls) or "none"
-    return [
-        f"tokens: {q.tokens_in} in, {q.tokens_out} out ({used}{budget}), "
-        f"{q.tokens_cached} cached; {q.model_calls} model call(s)",
-        f"tool calls: {by_kind}" + (f"; {q.tool_failures} failed" if q.tool_failures else ""),
-        f"shell: {q.shell_cpu_s:.2f}s cpu, {q.shell_wall_s:.2f}s wall; "
-        f"{q.bytes_written} byte(s) written, {q.output_bytes} byte(s) of output",
-    ]
-
-
-def _brief(pl: Any) -> str:
-    if isinstance(pl, (p.UserMessage,)):
-        return _clip(pl.text or f"(digest {pl.digest[:12]})", 80)
-    if isinstance(pl, p.ModelResponded):
-        calls = ", ".join(c.name for c in pl.tool_calls)
-        return (
-            f"turn {pl.model_turn}: "
-            + _clip((pl.content or "").strip().replace("\n", " "), 60)
-            + (f" -> {calls}" if calls else "")
-        )
-    if isinstance(pl, p.ToolCallRequested):
-        return f"{pl.tool} {args_summary(pl.tool, pl.args)}"
-    if isinstance(pl, p.PermissionDecided):
-        return f"{pl.decision} by {pl.rule_id}"
-    if isinstance(pl, (p.ToolCallCompleted,)):
-        return f"{pl.tool} exit {pl.exit_code}"
-    if isinstance(pl, p.ToolCallFailed):
-        return f"{pl.tool} {pl.error}"
-    if isinstance(pl, (p.ConfirmationGranted, p.ConfirmationDenied)):
-        return f"by {pl.by}"
-    if isinstance(pl, p.ConfirmationRequested):
-        return f"{pl.tool} under {pl.rule_id}"
-    if isinstance(pl, (p.ModelRequested, p.AgentTurnCancelled, p.ModelFailed)):
-        return f"turn {pl.model_turn}"
-    if isinstance(pl, (p.SessionFailed,)):
-        return pl.error
-    if isinstance(pl, p.TurnStarted):
-        return f"{pl.turn} {pl.kind}"
-    if isinstance(pl, p.AgentStarted):
-        return f"{pl.mode}, {pl.provider}/{pl.model}"
-    return ""
-
-
-def replay_lines(events: Iterable[Event]) -> list[str]:
-    return [
-        f"{e.seq:>4} {e.type:<22} [dim]{escape(e.actor)}[/] {escape(_brief(e.payload))}"
-        for e in events
-    ]
-
-
-def parse_answer(text: str) -> tuple[Literal["y", "n", "details"] | None, str]:
-    """An answer to `Allow ...? [y/n/details]`, and a reason after it ("n not that file")."""
-    word, _, reason = text.strip().partition(" ")
-    word = word.lower()
-    if word in ("y", "yes"):
-        return "y", reason.strip()
-    if word in ("n", "no"):
-        return "n", reason.strip()
-    if word in ("d", "details", "?"):
-        return "details", ""
-    return None, ""
 
 
 # -- starting and resuming ---------------------------------------------------------------
@@ -437,107 +193,6 @@ def chat_ticket(store: SqlEventStore, session_id: str) -> Ticket:
         if spec.agent is not None:
             ticket = ticket.model_copy(update={"agent": spec.agent.model_dump(mode="json")})
     return ticket
-
-
-# -- the task's process (Ctrl-C on a broker without remote control) -----------------------
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of a process, None when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[1])
-
-
-def _alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st is not None:
-                children.setdefault(st[1], []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), ()):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def _is_pool_process(pid: int) -> bool:
-    """A Celery pool process: a celery worker whose parent is one too (never
-    the worker's main process)."""
-    st = _stat(pid)
-    if st is None:
-        return False
-    own, parent = _cmdline(pid), _cmdline(st[1])
-    return all(b"celery" in c and b"worker" in c for c in (own, parent))
-
-
-def _in_workspace(pid: int, workspace: str) -> bool:
-    """Whether a process works in the workspace: bubblewrap names it in its
-    arguments, and every process of a call starts in it."""
-    if os.fsencode(workspace) in _cmdline(pid):
-        return True
-    try:
-        cwd = os.readlink(f"/proc/{pid}/cwd")
-    except OSError:
-        return False
-    return cwd == workspace or cwd.startswith(workspace.rstrip("/") + "/")
-
-
-def terminate_task_process(
-    actor: str,
-    workspace: str,
-    still_running: Callable[[], bool],
-    hostname: str | None = None,
-    wait_s: float = 5.0,
-) -> bool:
-    """Kill the worker process a tool call runs in (what `revoke(terminate=True)`
-    does), found by the actor of the events it appended (`worker:HOST:PID`),
-    and every process it started: the sandbox's bubblewrap dies with its
-    parent and takes the command's whole pid namespace with it; in the
-    fallback sandbox the command's process group is killed here.
-
-    Only a Celery pool process on this host, running a process in the
-    session's workspace, while `still_running()`: a pool process that has
-    moved on to other work is left alone."""
-    kind, _, rest = actor.partition(":")
-    host, _, pid_text = rest.rpartition(":")
-    if kind != "worker" or host != (hostname or socket.gethostname()) or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if not _is_pool_process(pid):
-        return False
-    tree = _descendants(pid)
-    if not any(_in_workspace(t, workspace) for t in tree):
-        return False
-    if not still_running():  # re-checked last: the call may have ended meanwhile
-        return False
-    for target in (pid, *tree):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(target, signal.SIGKILL)
-    for target in tree:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(target, signal.SIGKILL)
-    deadline = time.monotonic() + wait_s
-    while any(_alive(t) for t in (pid, *tree)) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return True
 
 
 # -- the REPL ------------------------------------------------------------------------------
@@ -734,7 +389,7 @@ class Chat:
         """Ask about each waiting call: y/n append the answer as `approve` and
         `deny` do and enqueue the continuation; `details` shows the rest."""
         for c in self.state.session.waiting:
-            args = _ledger_args(self.state, c.call_id)
+            args = ledger_args(self.state, c.call_id)
             question = f"Allow {c.tool} {args_summary(c.tool, args)}? [y/n/details] "
             while True:
                 word, reason = parse_answer(self.read_line(question))

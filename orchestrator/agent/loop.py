@@ -18,9 +18,9 @@ from typing import Any
 
 from events import payloads as p
 from events.envelope import Event
-from events.projections import Projections
+from events.projections import AgentState, Projections
 from orchestrator.agent import core as agent
-from orchestrator.agent.providers.base import ModelError, ModelRequest, Provider
+from orchestrator.agent.providers.base import ModelError, ModelReply, ModelRequest, Provider
 from orchestrator.guard.masking import mask
 from orchestrator.ops import logs, tracing
 from orchestrator.run.jobspec import AgentSpec
@@ -127,16 +127,49 @@ class AgentLoop:
         )
 
     def _model_turn(self, ticket: Ticket, state: Projections, n: int, cause: str | None) -> None:
-        r = self.runner
-        sid = ticket.session_id
-        s = state.session
-        a = s.agent
+        """Model turn `n`: record the request, ask the provider, record the reply
+        (or end the session when the call cannot succeed)."""
+        a = state.session.agent
         assert a is not None
-        pol = r.policy_of(s)
+        pol = self.runner.policy_of(state.session)
         msgs = agent.messages(state, pol.doc.network.for_shell)
         request = ModelRequest(model=a.model, messages=msgs, tools=agent.tool_specs(a.tools))
-        stored = r._append(
-            sid,
+        seq = self._record_request(ticket, state, n, msgs, cause)
+        provider = self._provider(ticket)
+        started = time.monotonic()
+        try:
+            reply = self._complete(provider, request, a, n)
+        except ModelError as exc:
+            self.runner.observer.model_call(a.model, "error", time.monotonic() - started)
+            _log.warning(
+                "model call failed",
+                model=a.model,
+                model_turn=n,
+                error=exc.error,
+                transient=exc.transient,
+            )
+            if exc.transient:
+                raise  # the task retries it later (countdown: Retry-After)
+            self.fail_model(ticket, n, exc, cause)
+            return
+        latency = time.monotonic() - started
+        self._observe_reply(a.model, n, reply, latency)
+        self._record_reply(ticket, state, n, reply, latency, seq, cause)
+
+    def _record_request(
+        self,
+        ticket: Ticket,
+        state: Projections,
+        n: int,
+        msgs: list[dict[str, Any]],
+        cause: str | None,
+    ) -> int:
+        """Append ModelRequested before the call, so a crash mid-call is on record;
+        the seq the reply is appended after."""
+        a = state.session.agent
+        assert a is not None
+        stored = self.runner._append(
+            ticket.session_id,
             [
                 p.ModelRequested(
                     model_turn=n,
@@ -152,57 +185,66 @@ class AgentLoop:
             ticket.job_id,
             cause,
         )
-        seq = stored[-1].seq
-        provider = self._provider(ticket)
-        started = time.monotonic()
-        try:
-            with tracing.span(
-                f"model {a.model}",
-                **{
-                    "gen_ai.system": a.provider,
-                    "gen_ai.request.model": a.model,
-                    "orchestrator.model_turn": n,
-                },
-            ) as span:
-                reply = provider.complete(request)
-                if span is not None:
-                    span.set_attributes(
-                        {
-                            "gen_ai.usage.input_tokens": reply.usage.input_tokens,
-                            "gen_ai.usage.output_tokens": reply.usage.output_tokens,
-                        }
-                    )
-        except ModelError as exc:
-            self.runner.observer.model_call(a.model, "error", time.monotonic() - started)
-            _log.warning(
-                "model call failed",
-                model=a.model,
-                model_turn=n,
-                error=exc.error,
-                transient=exc.transient,
-            )
-            if exc.transient:
-                raise  # the task retries it later (countdown: Retry-After)
-            self.fail_model(ticket, n, exc, cause)
-            return
-        latency = time.monotonic() - started
-        self.runner.observer.model_call(a.model, "ok", latency)
-        self.runner.observer.model_tokens(a.model, "input", reply.usage.input_tokens)
-        self.runner.observer.model_tokens(a.model, "output", reply.usage.output_tokens)
-        self.runner.observer.model_tokens(a.model, "cached", reply.usage.cached_tokens or 0)
+        return stored[-1].seq
+
+    def _complete(
+        self, provider: Provider, request: ModelRequest, a: AgentState, n: int
+    ) -> ModelReply:
+        """The provider's answer, inside a GenAI tracing span with its token usage."""
+        with tracing.span(
+            f"model {a.model}",
+            **{
+                "gen_ai.system": a.provider,
+                "gen_ai.request.model": a.model,
+                "orchestrator.model_turn": n,
+            },
+        ) as span:
+            reply = provider.complete(request)
+            if span is not None:
+                span.set_attributes(
+                    {
+                        "gen_ai.usage.input_tokens": reply.usage.input_tokens,
+                        "gen_ai.usage.output_tokens": reply.usage.output_tokens,
+                    }
+                )
+        return reply
+
+    def _observe_reply(self, model: str, n: int, reply: ModelReply, latency: float) -> None:
+        """Metrics and a log line for a model call that answered."""
+        observer = self.runner.observer
+        observer.model_call(model, "ok", latency)
+        observer.model_tokens(model, "input", reply.usage.input_tokens)
+        observer.model_tokens(model, "output", reply.usage.output_tokens)
+        observer.model_tokens(model, "cached", reply.usage.cached_tokens or 0)
         _log.info(
             "model call",
-            model=a.model,
+            model=model,
             model_turn=n,
             seconds=round(latency, 6),
             input_tokens=reply.usage.input_tokens,
             output_tokens=reply.usage.output_tokens,
         )
+
+    def _record_reply(
+        self,
+        ticket: Ticket,
+        state: Projections,
+        n: int,
+        reply: ModelReply,
+        latency: float,
+        seq: int,
+        cause: str | None,
+    ) -> None:
+        """Append ModelResponded: the reply masked, its tool calls numbered after
+        the session's steps and turns so far."""
+        s = state.session
+        a = s.agent
+        assert a is not None
         base = max([len(s.steps), *(t.turn for t in s.turns)])
         calls, _ = agent.tool_calls_of(reply, a.tools, base, self.secrets)
         content = mask(reply.content, self.secrets) if reply.content else None
-        r._append(
-            sid,
+        self.runner._append(
+            ticket.session_id,
             [
                 p.ModelResponded(
                     model_turn=n,

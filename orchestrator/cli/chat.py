@@ -103,24 +103,16 @@ def chat(
     s = root.settings
     key = _factory.api_key(s)
     if session is not None:
-        given = [
-            n
-            for n, v in (
-                ("--model", model),
-                ("--provider", provider),
-                ("--script", script),
-                ("--tier", tier),
-                ("--policy", policy),
-                ("--allow-destructive", allow_destructive or None),
-            )
-            if v is not None
-        ]
-        if given:
-            _fail(
-                f"--session resumes with the session's own model, tier and policy; drop "
-                f"{', '.join(given)}",
-                2,
-            )
+        _refuse_with_resume(
+            {
+                "--model": model,
+                "--provider": provider,
+                "--script": script,
+                "--tier": tier,
+                "--policy": policy,
+                "--allow-destructive": allow_destructive or None,
+            }
+        )
     else:  # bad input fails before anything is opened or recorded
         spec = _agent_spec(s, provider, model, script)
         docs = _policies(s, policy, tier)
@@ -129,44 +121,87 @@ def chat(
     if session is not None:
         ticket = _resumable(st, session, _chat.chat_ticket)
     else:
-        loop = _loop.AgentLoop(
-            runner,
-            _factory.providers_for(s),
-            default_provider=s.model_provider,
-            default_model=s.model_name,
-            secrets=(key,) if key else (),
-            store_content=s.prompt_storage == "masked",
-        )
-        ticket = _chat.start_session(
-            st,
-            runner,
-            loop.started,
-            workspace.resolve(),
-            spec,
-            policy_files=docs,
-            tier=tier or s.tier,
-            elevated_by=s.submitter if allow_destructive else None,
-            actor=s.submitter,
+        ticket = _start(
+            s, st, runner, key, workspace, spec, docs, tier or s.tier, allow_destructive
         )
     proc = root.ensure_worker(err)
-    if sys.stdin.isatty():
-        with contextlib.suppress(ImportError):
-            importlib.import_module("readline")  # line editing and history for input()
+    _line_editing()
     try:
-        code = _chat.Chat(
-            st,
-            runner,
-            _backend(s, root.dispatcher, proc),
-            ticket,
-            s.submitter,
-            Console(soft_wrap=True),
-            secrets=(key,) if key else (),
-            store_content=s.prompt_storage == "masked",
-        ).run(resumed=session is not None)
+        backend = _backend(s, root.dispatcher, proc)
+        code = _repl(s, st, runner, backend, ticket, key).run(resumed=session is not None)
     finally:
         if proc is not None and not keep_worker:
             workers.stop_worker(proc)
     raise typer.Exit(code)
+
+
+def _line_editing() -> None:
+    """Line editing and history for input(), in a terminal where readline exists."""
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            importlib.import_module("readline")
+
+
+def _repl(
+    s: Settings, st: SqlEventStore, runner: Any, backend: Any, ticket: Any, key: str | None
+) -> Any:
+    """The REPL for a session, masking the model key in what it records."""
+    return _chat.Chat(
+        st,
+        runner,
+        backend,
+        ticket,
+        s.submitter,
+        Console(soft_wrap=True),
+        secrets=(key,) if key else (),
+        store_content=s.prompt_storage == "masked",
+    )
+
+
+def _refuse_with_resume(options: dict[str, Any]) -> None:
+    """A resumed chat keeps what it was started with: options that would
+    change it are an error, not silently ignored."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        _fail(
+            f"--session resumes with the session's own model, tier and policy; drop "
+            f"{', '.join(given)}",
+            2,
+        )
+
+
+def _start(
+    s: Settings,
+    st: SqlEventStore,
+    runner: Any,
+    key: str | None,
+    workspace: Path,
+    spec: Any,
+    docs: list[Any],
+    tier: str | None,
+    allow_destructive: bool,
+) -> Any:
+    """Record a new chat session; its ticket. The loop is built only for its
+    AgentStarted event: the worker runs the turns."""
+    loop = _loop.AgentLoop(
+        runner,
+        _factory.providers_for(s),
+        default_provider=s.model_provider,
+        default_model=s.model_name,
+        secrets=(key,) if key else (),
+        store_content=s.prompt_storage == "masked",
+    )
+    return _chat.start_session(
+        st,
+        runner,
+        loop.started,
+        workspace.resolve(),
+        spec,
+        policy_files=docs,
+        tier=tier,
+        elevated_by=s.submitter if allow_destructive else None,
+        actor=s.submitter,
+    )
 
 
 def _resumable(st: SqlEventStore, session_id: str, chat_ticket: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -69,15 +69,7 @@ def policy_check(
     if op not in ("read", "write", "delete"):
         fail(f"--op {op!r}: use read, write or delete", 2)
     s = current().settings
-    docs = [_policy.load_policy(f).doc for f in (policy, s.policy_file) if f is not None]
-    pol = (
-        _policy.parse_policy(
-            _policy.combine(*docs).model_dump(mode="json"),
-            "+".join(str(f) for f in (policy, s.policy_file) if f),
-        )
-        if docs
-        else _policy.DEFAULT_POLICY
-    )
+    pol = _combined_policy(policy, s.policy_file)
     chosen = tier or s.tier
     if path is not None:
         tool, args = op, {"path": path}
@@ -86,17 +78,7 @@ def policy_check(
         tool, args = "shell", {"command": command[0] if len(command) == 1 else list(command)}
     verdict = _decision.decide(tool, args, pol, tier=chosen, elevated=allow_destructive)  # type: ignore[arg-type]
     effective = _policy.strictest_tier(pol.doc.tier, chosen)  # type: ignore[arg-type]
-    matches = list(
-        {
-            (m.rule_id, m.decision.word, m.reason): {
-                "rule_id": m.rule_id,
-                "decision": m.decision.word,
-                "reason": m.reason,
-                "destructive": m.destructive,
-            }
-            for m in verdict.matches
-        }.values()
-    )
+    matches = _distinct_matches(verdict)
     if json:
         emit_json(
             {
@@ -114,24 +96,55 @@ def policy_check(
             }
         )
     else:
-        style = {"allow": "green", "deny": "red", "ask": "yellow"}[verdict.decision]
-        out.print(
-            f"[bold {style}]{verdict.decision}[/] by rule [bold]{verdict.rule_id}[/]: "
-            f"{verdict.reason}",
-            highlight=False,
-        )
-        for m in matches:
-            if m["rule_id"] != verdict.rule_id:
-                out.print(
-                    f"  also {m['decision']} by {m['rule_id']}: {m['reason']}", highlight=False
-                )
-        out.print(
-            f"[dim]policy {pol.name} ({pol.hash[:12]}), tier {effective}"
-            + (", elevated" if allow_destructive else "")
-            + "[/]",
-            highlight=False,
-        )
+        _print_verdict(verdict, matches, pol, effective, allow_destructive)
     raise typer.Exit(0 if verdict.decision == "allow" else 3)
+
+
+def _combined_policy(policy: Path | None, configured: Path | None) -> Any:
+    """The policy a session would get: `--policy` combined with the configured
+    one, or the default when there is neither."""
+    files = [f for f in (policy, configured) if f is not None]
+    if not files:
+        return _policy.DEFAULT_POLICY
+    docs = [_policy.load_policy(f).doc for f in files]
+    return _policy.parse_policy(
+        _policy.combine(*docs).model_dump(mode="json"), "+".join(str(f) for f in files)
+    )
+
+
+def _distinct_matches(verdict: Any) -> list[dict[str, Any]]:
+    """Every rule that matched, once per (rule, decision, reason)."""
+    return list(
+        {
+            (m.rule_id, m.decision.word, m.reason): {
+                "rule_id": m.rule_id,
+                "decision": m.decision.word,
+                "reason": m.reason,
+                "destructive": m.destructive,
+            }
+            for m in verdict.matches
+        }.values()
+    )
+
+
+def _print_verdict(
+    verdict: Any, matches: list[dict[str, Any]], pol: Any, effective: str, elevated: bool
+) -> None:
+    """The deciding rule first, then the others that matched, then the policy."""
+    style = {"allow": "green", "deny": "red", "ask": "yellow"}[verdict.decision]
+    out.print(
+        f"[bold {style}]{verdict.decision}[/] by rule [bold]{verdict.rule_id}[/]: {verdict.reason}",
+        highlight=False,
+    )
+    for m in matches:
+        if m["rule_id"] != verdict.rule_id:
+            out.print(f"  also {m['decision']} by {m['rule_id']}: {m['reason']}", highlight=False)
+    out.print(
+        f"[dim]policy {pol.name} ({pol.hash[:12]}), tier {effective}"
+        + (", elevated" if elevated else "")
+        + "[/]",
+        highlight=False,
+    )
 
 
 def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:

@@ -402,34 +402,7 @@ def check_model_endpoint(s: Settings, timeout_s: float = 5.0) -> Result:
         with urllib.request.urlopen(request, timeout=min(timeout_s, s.model_timeout_s)) as r:
             body = r.read(1_000_000)
     except urllib.error.HTTPError as exc:
-        if exc.code in (401, 403):
-            return Result(
-                "model-endpoint",
-                "fail",
-                True,
-                f"GET {shown}: HTTP {exc.code}, the endpoint refused the key",
-                "check ORCH_MODEL_API_KEY (or its file) and that the key may use this endpoint",
-                2,
-            )
-        if exc.code == 404:
-            return Result(
-                "model-endpoint",
-                "warn",
-                True,
-                f"GET {shown}: HTTP 404; the server "
-                "answers but lists no models (some servers do not), chat "
-                "completions may still work",
-                "check ORCH_MODEL_BASE_URL ends with "
-                "the API's root, e.g. http://127.0.0.1:11434/v1",
-            )
-        return Result(
-            "model-endpoint",
-            "fail",
-            True,
-            f"GET {shown}: HTTP {exc.code}",
-            "the endpoint is up but failing; check its logs",
-            4,
-        )
+        return _http_failure(shown, exc)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         return Result(
@@ -440,6 +413,43 @@ def check_model_endpoint(s: Settings, timeout_s: float = 5.0) -> Result:
             "start the model server or fix ORCH_MODEL_BASE_URL",
             4,
         )
+    return _model_list(s, shown, body)
+
+
+def _http_failure(shown: str, exc: urllib.error.HTTPError) -> Result:
+    """An HTTP error from GET /models: a refused key, a server without the
+    model list (404, may still chat), or a failing endpoint."""
+    if exc.code in (401, 403):
+        return Result(
+            "model-endpoint",
+            "fail",
+            True,
+            f"GET {shown}: HTTP {exc.code}, the endpoint refused the key",
+            "check ORCH_MODEL_API_KEY (or its file) and that the key may use this endpoint",
+            2,
+        )
+    if exc.code == 404:
+        return Result(
+            "model-endpoint",
+            "warn",
+            True,
+            f"GET {shown}: HTTP 404; the server "
+            "answers but lists no models (some servers do not), chat "
+            "completions may still work",
+            "check ORCH_MODEL_BASE_URL ends with the API's root, e.g. http://127.0.0.1:11434/v1",
+        )
+    return Result(
+        "model-endpoint",
+        "fail",
+        True,
+        f"GET {shown}: HTTP {exc.code}",
+        "the endpoint is up but failing; check its logs",
+        4,
+    )
+
+
+def _model_list(s: Settings, shown: str, body: bytes) -> Result:
+    """What GET /models answered: whether the configured model is among them."""
     try:
         ids = [m.get("id") for m in json.loads(body).get("data", []) if isinstance(m, dict)]
     except (ValueError, AttributeError):
