@@ -36,7 +36,7 @@ from events import payloads as p
 from events.envelope import Event
 from events.errors import SequenceConflict
 from events.projections import AgentState, JobState, Projections, apply, apply_job
-from events.store import SqlEventStore
+from events.store import EventStore
 from orchestrator.agent import core as agent
 from orchestrator.agent.chat_view import (
     HELP,
@@ -135,7 +135,7 @@ def in_flight_units(
 
 
 def start_session(
-    store: SqlEventStore,
+    store: EventStore,
     runner: Runner,
     started: Callable[..., p.AgentStarted],
     workspace: Path,
@@ -181,7 +181,7 @@ def start_session(
     return ticket
 
 
-def chat_ticket(store: SqlEventStore, session_id: str) -> Ticket:
+def chat_ticket(store: EventStore, session_id: str) -> Ticket:
     """The ticket that continues a chat, from its events: the job's agent
     block rides along, so the worker finds its provider (and script)."""
     ticket, _ = confirmations.continuation(store, session_id)
@@ -219,7 +219,7 @@ class Hangup(Exception):
 
 @dataclass
 class Chat:
-    store: SqlEventStore
+    store: EventStore
     runner: Runner
     backend: Backend
     ticket: Ticket

@@ -26,7 +26,7 @@ from orchestrator.ops import workers
 from orchestrator.service.dispatch import Dispatcher
 
 if TYPE_CHECKING:
-    from events.store import SqlEventStore
+    from events.store import EventStore
 
 # Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
 # the commands that use them, not for `--help` (bench/cli_startup.py).
@@ -143,7 +143,7 @@ def _line_editing() -> None:
 
 
 def _repl(
-    s: Settings, st: SqlEventStore, runner: Any, backend: Any, ticket: Any, key: str | None
+    s: Settings, st: EventStore, runner: Any, backend: Any, ticket: Any, key: str | None
 ) -> Any:
     """The REPL for a session, masking the model key in what it records."""
     return _chat.Chat(
@@ -172,7 +172,7 @@ def _refuse_with_resume(options: dict[str, Any]) -> None:
 
 def _start(
     s: Settings,
-    st: SqlEventStore,
+    st: EventStore,
     runner: Any,
     key: str | None,
     workspace: Path,
@@ -204,7 +204,7 @@ def _start(
     )
 
 
-def _resumable(st: SqlEventStore, session_id: str, chat_ticket: Any) -> Any:
+def _resumable(st: EventStore, session_id: str, chat_ticket: Any) -> Any:
     state = _replay.replay(st, session_id)
     if state.last_seq == 0:
         _fail(
