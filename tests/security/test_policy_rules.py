@@ -166,7 +166,7 @@ def test_combining_policies_keeps_the_strictest_of_each_setting():
         {
             "name": "job",
             "tier": "exec",
-            "network": {"enabled": True, "allow_hosts": ["pypi.org", "github.com"]},
+            "network": {"enabled": True, "allow_hosts": ["packages.example.org", "github.com"]},
             "rate_limits": {"shell": "10/minute"},
             "allow_destructive": True,
             "limits": {"wall_s": 100},
@@ -177,7 +177,7 @@ def test_combining_policies_keeps_the_strictest_of_each_setting():
             "name": "team",
             "tier": "read-write",
             "commands": {"default": "deny"},
-            "network": {"enabled": True, "allow_hosts": ["pypi.org"]},
+            "network": {"enabled": True, "allow_hosts": ["packages.example.org"]},
             "rate_limits": {"shell": "1/s"},
             "limits": {"cpu_s": 50},
         }
@@ -189,7 +189,7 @@ def test_combining_policies_keeps_the_strictest_of_each_setting():
         "deny",
         False,
     )
-    assert c.network.enabled and c.network.allow_hosts == ("pypi.org",)
+    assert c.network.enabled and c.network.allow_hosts == ("packages.example.org",)
     assert c.rate_limits == {"shell": "10/minute"}
     assert (c.limits.wall_s, c.limits.cpu_s) == (100, 50)
 
@@ -202,12 +202,12 @@ def test_the_policy_hash_changes_with_the_policy():
 def test_an_empty_host_list_means_any_host_so_only_real_lists_narrow():
     anyhost = parse_policy({"name": "a", "network": {"enabled": True}}).doc
     pypi = parse_policy(
-        {"name": "b", "network": {"enabled": True, "allow_hosts": ["pypi.org"]}}
+        {"name": "b", "network": {"enabled": True, "allow_hosts": ["packages.example.org"]}}
     ).doc
     github = parse_policy(
         {"name": "c", "network": {"enabled": True, "allow_hosts": ["github.com"]}}
     ).doc
-    assert combine(anyhost, pypi).network.allow_hosts == ("pypi.org",)
+    assert combine(anyhost, pypi).network.allow_hosts == ("packages.example.org",)
     assert combine(pypi, anyhost).network.enabled
     disjoint = combine(pypi, github).network
     assert not disjoint.enabled, "no host in common must leave no network, not any host"
