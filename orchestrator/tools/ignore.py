@@ -37,6 +37,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,3 +217,29 @@ def _git_dir(here: Path) -> Path:
     except OSError:
         return git_dir
     return git_dir / common
+
+
+def ignored(root: Path, rels: Iterable[str]) -> set[str]:
+    """Which of the workspace-relative file paths `rels` the workspace's ignore
+    files hide (a path under an ignored folder included), as `rg --hidden`
+    decides: hidden names are not ignored, `.gitignore`d ones are. What a
+    shell command writes there (caches, build output, a venv) is not part
+    of the project's patch, as `git diff` does not show it either."""
+    rules = IgnoreRules(root, hidden=True)
+    levels: dict[str, Level] = {"": rules.top()}
+    out: set[str] = set()
+    for rel in rels:
+        parts = rel.split("/")
+        level = levels[""]
+        for i, name in enumerate(parts):
+            is_dir = i < len(parts) - 1
+            here = "/".join(parts[: i + 1])
+            if rules.skips(level, here, name, is_dir):
+                out.add(rel)
+                break
+            if is_dir:
+                key = here + "/"
+                if key not in levels:
+                    levels[key] = rules.enter(level, key)
+                level = levels[key]
+    return out

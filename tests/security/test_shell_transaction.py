@@ -168,3 +168,21 @@ def test_an_interrupted_attempt_runs_again_and_both_are_in_the_log(tmp_path: Pat
     assert types.count("ToolCallStarted") == 1
     assert "ToolCallRetried" in types
     assert types.index("ToolCallRetried") < types.index("ToolCallCompleted")
+
+
+def test_what_the_ignore_files_hide_is_applied_but_not_in_the_patch(tmp_path: Path):
+    """Caches a command leaves (`__pycache__`, build output) reach the
+    workspace, as they would outside the sandbox, but not the recorded
+    changes: the session's patch is what `git diff` would show."""
+    import subprocess
+
+    work = _workspace(tmp_path)
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    (work / ".gitignore").write_text("__pycache__/\nbuild/\n")
+    script = "mkdir -p __pycache__ build && printf x > __pycache__/m.pyc && printf y > build/o && printf z >> keep.txt"
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    sid, status = _run(store, work, ShellStep(command=["sh", "-c", script]), elevated_by="t")
+    assert status == "completed", replay(store, sid).session.error
+    assert (work / "__pycache__" / "m.pyc").read_text() == "x"
+    assert (work / "build" / "o").read_text() == "y"
+    assert [c.path for c in replay(store, sid).session.files_changed] == ["keep.txt"]

@@ -11,6 +11,9 @@ then applied (`commit`, after the runner's append). So:
 - a command that fails (an exit code not in `ok_exit_codes`) is rolled
   back: its writes are discarded with the view, as its ToolCallFailed voids
   any FileChanged;
+- what it writes where the workspace's ignore files point (`__pycache__`,
+  build output, a venv) is applied but not recorded, as `git diff` does not
+  show it either (the whole changeset is judged all the same);
 - a worker killed while the command runs leaves the workspace as it was, so
   a redelivered call simply runs again, recorded as a ToolCallRetried. A
   command with network access may have had outside effects: it still needs
@@ -34,6 +37,7 @@ from orchestrator.sandbox.changeset import Changeset
 from orchestrator.sandbox.plan import GIT_ENV
 from orchestrator.tools import files, shell
 from orchestrator.tools.base import Interrupted, Plan
+from orchestrator.tools.ignore import ignored
 from orchestrator.tools.interface import BaseTool, ToolCall
 from orchestrator.tools.shell import ShellResult
 from orchestrator.tools.web.fetch import Retry
@@ -110,7 +114,9 @@ class ShellTool(BaseTool):
                 reason=verdict.reason,
             )
             raise ChangesetRefused(verdict, replace(result, decided=decided))
-        return replace(result, edits=result.changeset.edits())
+        edits = result.changeset.edits()
+        unrecorded = ignored(call.workspace, [e.path for e in edits])
+        return replace(result, edits=tuple(e for e in edits if e.path not in unrecorded))
 
     def judge(self, call: ToolCall, changes: Changeset) -> Verdict:
         """The changeset's verdict; deleting tracked files asks, as `rm` does,
