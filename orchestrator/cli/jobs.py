@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -70,15 +70,32 @@ def run(
     """Submit a job, start a worker if none runs, show live progress, then the
     summary and one unified diff per target."""
     st, job_id, job_spec, tickets = submit_job(spec, base_dir, policy, tier, allow_destructive)
+    _follow(st, job_id, job_spec, tickets, quiet=json, timeout=timeout, keep_worker=keep_worker)
+    finish(st, job_id, out_dir, json)
+    raise typer.Exit(job_exit(st, job_id))
+
+
+def _follow(
+    st: Any,
+    job_id: str,
+    job_spec: Any,
+    tickets: Any,
+    *,
+    quiet: bool = False,
+    timeout: float | None = None,
+    keep_worker: bool = False,
+) -> Any:
+    """Start a worker if none runs, show the job's live progress until it ends,
+    and stop a worker started here (unless kept); the job's final view."""
     proc = current().ensure_worker(err)
     try:
-        render.follow(
+        return render.follow(
             st,
             job_id,
             job_spec.name,
             len(job_spec.steps),
             {t.session_id: t.target for t in tickets},
-            quiet=json,
+            quiet=quiet,
             console=err,
             worker=proc,
             timeout=timeout,
@@ -86,8 +103,6 @@ def run(
     finally:
         if proc is not None and not keep_worker:
             workers.stop_worker(proc)
-    finish(st, job_id, out_dir, json)
-    raise typer.Exit(job_exit(st, job_id))
 
 
 def status(
@@ -144,22 +159,7 @@ def demo(
     if not spec.exists():
         fail(f"no bundled example {example!r}; see orchestrator/examples/", 2)
     st, job_id, job_spec, tickets = submit_job(spec, directory)
-    proc = current().ensure_worker(err)
-    try:
-        view = render.follow(
-            st,
-            job_id,
-            job_spec.name,
-            len(job_spec.steps),
-            {t.session_id: t.target for t in tickets},
-            quiet=False,
-            console=err,
-            worker=proc,
-            timeout=None,
-        )
-    finally:
-        if proc is not None:
-            workers.stop_worker(proc)
+    view = _follow(st, job_id, job_spec, tickets)
     finish(st, job_id, directory / "patches", False)
     first = tickets[0].session_id
     out.rule(f"orchestrator audit replay {first}")
