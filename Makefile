@@ -30,9 +30,13 @@ COVER_EVENTS ?= 95
 COVER_POLICY ?= 95
 # The policy: its document, rules, built-in rules, decisions, sed/awk analysis, globs.
 POLICY_FILES = orchestrator/guard/policy.py,orchestrator/guard/rules.py,orchestrator/guard/builtin_rules.py,orchestrator/guard/decision.py,orchestrator/guard/sed_awk.py,orchestrator/guard/globs.py
+# Test modules run on TEST_WORKERS processes (pytest-xdist, a module per process:
+# module fixtures and each module's own Redis db stay together); 0 runs them in
+# this process. The slowest tests are listed at the end, to keep the run short.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/coverage erase
-	$(BIN)/coverage run -m pytest -q
+	$(BIN)/coverage run -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 	$(BIN)/coverage combine --quiet
 	$(BIN)/coverage report
 	@echo "events/ (at least $(COVER_EVENTS)%):"
