@@ -13,7 +13,17 @@ What cannot be judged is a `Refusal`, and policy denies any command that has
 one: a syntax error, a program name built at run time (`$CMD`, `$(...)`,
 globs, brace expansion, `$'..'`), `eval`, a shell or interpreter reading code
 from a pipe or here-doc, environment overrides that change what runs
-(`PATH=`, `LD_PRELOAD=`, `BASH_ENV=`...), and nesting deeper than `MAX_DEPTH`.
+(`PATH=`, `LD_PRELOAD=`, `BASH_ENV=`...), text bash evaluates a second time
+(`orchestrator.guard.shell_eval`: arithmetic and subscripts, `${x@P}`,
+here-document bodies), a login or interactive shell in a line that sets
+HOME/ENV/ZDOTDIR..., a line over `MAX_BYTES`, and nesting deeper than
+`MAX_DEPTH` wrappers or `MAX_NESTING` substitutions.
+
+Text is read as bash reads it: backslash-newline is joined first
+(`shell_eval.join_continuations`); when that changes the text, the line as
+written is analysed too and both sets of programs are kept. The walk over a
+tree is a loop (a chain of 1,000 `&&` is one level); only substitutions
+inside words nest, up to `MAX_NESTING`.
 """
 
 from __future__ import annotations
@@ -28,7 +38,15 @@ from typing import Any
 import tree_sitter_bash
 from tree_sitter import Language, Parser
 
-from orchestrator.guard.shell_words import DYNAMIC_NODES, Word, word
+from orchestrator.guard.shell_eval import (
+    STARTUP_VARS,
+    join_continuations,
+    reads_startup,
+    startup_names,
+    tree_problems,
+    word_problem,
+)
+from orchestrator.guard.shell_words import Word, word
 
 __all__ = [
     "Analysis",
@@ -41,7 +59,9 @@ __all__ = [
     "INTERPRETERS",
 ]
 
-MAX_DEPTH = 8
+MAX_DEPTH = 8  # wrappers and `sh -c` inside one another
+MAX_NESTING = 48  # substitutions, strings and assignments inside one another
+MAX_BYTES = 64 * 1024  # a longer line is refused unread (`too-long`)
 SHELLS = frozenset(
     {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash", "tcsh", "csh"}
 )
@@ -69,7 +89,7 @@ DANGEROUS_ENV = re.compile(
     r"BASHOPTS|PROMPT_COMMAND|GIT_\w+|PYTHONPATH|PYTHONSTARTUP|"
     r"PYTHONHOME|PERL5LIB|PERL5OPT|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
     r"DYLD_\w+|GCONV_PATH|HOSTALIASES|LESSOPEN|LESSCLOSE|PAGER|EDITOR|"
-    r"VISUAL|GIT_SSH_COMMAND)$"
+    r"VISUAL|GIT_SSH_COMMAND|PS0|PS1|PS2|PS3)$"
 )
 _STORED_CODE = re.compile(r"\$\(|`|\$\{")
 _RESERVED = frozenset(
@@ -147,7 +167,8 @@ class Redirect:
 @dataclass(frozen=True)
 class Refusal:
     rule: str  # unparseable | dynamic-program | eval | code-from-stdin |
-    # env-override | too-deep | dynamic-shell-code
+    # env-override | stored-code | too-deep | too-long | dynamic-shell-code |
+    # arith-code | prompt-expansion | heredoc-code | startup-env
     detail: str
 
 
@@ -172,16 +193,53 @@ class _Acc:
     invocations: list[Invocation] = field(default_factory=list)
     redirects: list[Redirect] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
+    level: int = 0  # how deep the walk is nested (substitutions in words)
+    startup_shell: str = ""  # a shell that reads startup files, if any
+    startup_vars: set[str] = field(default_factory=set)  # of STARTUP_VARS, set here
 
     def refuse(self, rule: str, detail: str) -> None:
-        self.refusals.append(Refusal(rule, detail))
+        r = Refusal(rule, detail)
+        if r not in self.refusals:
+            self.refusals.append(r)
+
+    def merge(self, other: _Acc, *, unparseable: bool) -> None:
+        self.invocations += other.invocations
+        self.redirects += other.redirects
+        for r in other.refusals:
+            if unparseable or r.rule != "unparseable":
+                self.refuse(r.rule, r.detail)
+        self.startup_shell = self.startup_shell or other.startup_shell
+        self.startup_vars |= other.startup_vars
 
 
 def analyze(command: str) -> Analysis:
     """Every program `command` would run, parsed as bash."""
     acc = _Acc()
-    _analyze_text(command, acc, via=(), depth=0, stdin="inherit")
+    if len(command.encode(errors="replace")) > MAX_BYTES:
+        acc.refuse(
+            "too-long",
+            f"the command is longer than {MAX_BYTES // 1024} KiB, more than the "
+            "analysis reads; put it in a script in the workspace and run that",
+        )
+    else:
+        try:
+            _analyze_text(command, acc, via=(), depth=0, stdin="inherit")
+        except RecursionError:
+            acc.refuse("too-deep", "the command nests deeper than the analysis follows")
+    _startup(acc)
     return Analysis(command, tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals))
+
+
+def _startup(acc: _Acc) -> None:
+    if acc.startup_shell and acc.startup_vars:
+        names = ", ".join(sorted(acc.startup_vars))
+        acc.refuse(
+            "startup-env",
+            f"`{acc.startup_shell}` starts a shell that reads startup files (login, "
+            f"interactive, or one that always does), and the command sets {names}, "
+            "which chooses the files it reads; drop the assignment (the sandbox "
+            "gives every shell a throwaway HOME) or run the shell with -c only",
+        )
 
 
 def analyze_argv(argv: Sequence[str]) -> Analysis:
@@ -191,7 +249,11 @@ def analyze_argv(argv: Sequence[str]) -> Analysis:
     if not argv:
         acc.refuse("unparseable", "the command is empty")
     else:
-        _emit([Word(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
+        try:
+            _emit([Word(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
+        except RecursionError:
+            acc.refuse("too-deep", "the command nests deeper than the analysis follows")
+        _startup(acc)
     return Analysis(
         shlex.join(argv), tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals)
     )
@@ -204,6 +266,19 @@ def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, std
     if "\x00" in text:
         acc.refuse("unparseable", "the command contains a NUL byte")
         return
+    joined = join_continuations(text)
+    if joined != text:
+        # What bash reads, and (in case the join misread a quote) the line as
+        # written: every program either finds is kept.
+        _parse_and_walk(joined, acc, via=via, depth=depth, stdin=stdin)
+        written = _Acc(level=acc.level)
+        _parse_and_walk(text, written, via=via, depth=depth, stdin=stdin)
+        acc.merge(written, unparseable=False)
+        return
+    _parse_and_walk(text, acc, via=via, depth=depth, stdin=stdin)
+
+
+def _parse_and_walk(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     tree = _parser().parse(text.encode())
     root = tree.root_node
     if root.has_error:
@@ -213,6 +288,8 @@ def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, std
             "the command cannot be judged, so it is not run",
         )
         return
+    for rule, detail in tree_problems(root):
+        acc.refuse(rule, detail)
     _walk(root, acc, via=via, depth=depth, stdin=stdin)
 
 
@@ -229,34 +306,64 @@ def _error_excerpt(node: Any) -> str:
 # -- the tree ----------------------------------------------------------------------------
 
 
+_REDIRECTS = ("file_redirect", "heredoc_redirect", "herestring_redirect")
+
+
 def _walk(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+    """Every command under `node`, in order. A loop over the tree (lists,
+    pipelines, compound statements); it recurses only for substitutions and
+    values inside a command's words, at most `MAX_NESTING` deep."""
+    if acc.level >= MAX_NESTING:
+        acc.refuse(
+            "too-deep",
+            f"substitutions nested more than {MAX_NESTING} levels deep; split the command",
+        )
+        return
+    acc.level += 1
+    try:
+        stack: list[tuple[Any, str]] = [(node, stdin)]
+        while stack:
+            n, sin = stack.pop()
+            stack += reversed(_step(n, acc, via=via, depth=depth, stdin=sin))
+    finally:
+        acc.level -= 1
+
+
+def _step(
+    node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str
+) -> list[tuple[Any, str]]:
+    """Handle one node; returns the children still to walk, with their stdin."""
     t = node.type
     if t == "command":
         _command(node, acc, via=via, depth=depth, stdin=stdin)
-        return
+        return []
     if t == "pipeline":
-        stage = 0
-        for c in node.children:
-            if c.is_named:
-                _walk(c, acc, via=via, depth=depth, stdin="pipe" if stage else stdin)
-                stage += 1
-        return
+        stages = [c for c in node.children if c.is_named]
+        return [(c, "pipe" if i else stdin) for i, c in enumerate(stages)]
     if t == "redirected_statement":
         body_stdin = stdin
         for c in node.children_by_field_name("redirect"):
             body_stdin = _redirect(c, acc, via=via, depth=depth) or body_stdin
-        for c in node.children:
-            if c.type not in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
-                _walk(c, acc, via=via, depth=depth, stdin=body_stdin)
-        return
-    if t in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+        return [(c, body_stdin) for c in node.children if c.type not in _REDIRECTS]
+    if t in _REDIRECTS:
         _redirect(node, acc, via=via, depth=depth)
-        return
+        return []
     if t == "variable_assignment":
         _assignment(node, acc, via=via, depth=depth, prefix=False)
-        return
+        return []
+    if t in ("declaration_command", "unset_command"):
+        _declared(node, acc)
+    return [(c, stdin) for c in node.children]
+
+
+def _declared(node: Any, acc: _Acc) -> None:
+    """`export HOME`, `unset HOME`, `declare -x 'HOME=.'`: startup variables
+    named by a declaration (assignments are seen by `_assignment`)."""
     for c in node.children:
-        _walk(c, acc, via=via, depth=depth, stdin=stdin)
+        if c.type in ("variable_name", "word", "raw_string", "string", "concatenation"):
+            name = re.split(r"[=\[+]", word(c).text, maxsplit=1)[0]
+            if name in STARTUP_VARS:
+                acc.startup_vars.add(name)
 
 
 def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str | None:
@@ -291,9 +398,9 @@ def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str 
 def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefix: bool) -> str:
     name_node = node.child_by_field_name("name")
     name = name_node.text.decode(errors="replace") if name_node is not None else ""
-    for c in node.children:
-        if c.type in DYNAMIC_NODES or c.type in ("string", "concatenation", "array"):
-            _walk(c, acc, via=via, depth=depth, stdin="inherit")
+    if name.split("[", 1)[0] in STARTUP_VARS:
+        acc.startup_vars.add(name.split("[", 1)[0])
+    _walk_dynamic(node, acc, via=via, depth=depth)  # the value and any subscript
     if DANGEROUS_ENV.match(name):
         acc.refuse(
             "env-override",
@@ -315,8 +422,8 @@ def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: s
     env: list[str] = []
     words: list[Word] = []
     stdin_here = stdin
-    for c in node.children:
-        field_name = node.field_name_for_child(_index(node, c))
+    for i, c in enumerate(node.children):
+        field_name = node.field_name_for_child(i)
         if c.type == "variable_assignment":
             env.append(_assignment(c, acc, via=via, depth=depth, prefix=True))
         elif c.type == "command_name":
@@ -341,21 +448,16 @@ def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: s
         _emit(words, acc, via=via, depth=depth, stdin=stdin_here, env=tuple(env))
 
 
-def _index(parent: Any, child: Any) -> int:
-    for i, c in enumerate(parent.children):
-        if c.id == child.id:
-            return i
-    return -1
-
-
 def _walk_dynamic(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> None:
     """Commands hidden inside a word: `$(...)`, backticks, `<(...)`."""
-    if node.type in ("command_substitution", "process_substitution"):
-        for c in node.children:
-            _walk(c, acc, via=via, depth=depth, stdin="inherit")
-        return
-    for c in node.children:
-        _walk_dynamic(c, acc, via=via, depth=depth)
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.type in ("command_substitution", "process_substitution"):
+            for c in n.children:
+                _walk(c, acc, via=via, depth=depth, stdin="inherit")
+            continue
+        stack.extend(reversed(n.children))
 
 
 # -- unwrapping ---------------------------------------------------------------------------
@@ -370,6 +472,9 @@ def _emit(
     stdin: str,
     env: tuple[str, ...],
 ) -> None:
+    if depth > MAX_DEPTH:
+        acc.refuse("too-deep", f"commands nested more than {MAX_DEPTH} levels deep")
+        return
     head = words[0]
     if head.dynamic or head.glob or not head.text or head.text.startswith("~"):
         acc.refuse(
@@ -395,6 +500,12 @@ def _emit(
     )
     acc.invocations.append(inv)
     name = inv.name
+    problem = word_problem(name, words)
+    if problem is not None:
+        acc.refuse(*problem)
+    acc.startup_vars.update(startup_names(name, words))
+    if name in SHELLS and reads_startup(name, words, login=False):
+        acc.startup_shell = acc.startup_shell or inv.text()[:60]
     if name == "eval":
         acc.refuse("eval", "`eval` runs a string built at run time; run the command directly")
         return
@@ -526,8 +637,8 @@ def _xargs(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
         }
     )
     i = _skip_options(words, 1, with_value, long_with_value=with_value)
-    if i >= len(words):
-        return  # xargs alone runs echo
+    if i >= len(words):  # xargs alone runs echo
+        words = [*words, Word("echo")]
     _rest(inv, words, i, acc, depth, stdin="inherit", dynamic_args=True)
 
 
@@ -619,6 +730,28 @@ def _interpreter(inv: Invocation, words: list[Word], acc: _Acc) -> None:
         )
 
 
+def _exec(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+    """`exec [-cl] [-a NAME] COMMAND`: -l, or a NAME starting with `-`,
+    starts a shell as a login shell."""
+    i, login = 1, False
+    while i < len(words):
+        w = words[i].text
+        if w == "--":
+            i += 1
+            break
+        if w == "-a":
+            login = login or (i + 1 < len(words) and words[i + 1].literal.startswith("-"))
+            i += 2
+            continue
+        if not w.startswith("-") or w == "-":
+            break
+        login = login or "l" in w
+        i += 1
+    if i < len(words) and login and words[i].text.rsplit("/", 1)[-1] in SHELLS:
+        acc.startup_shell = acc.startup_shell or inv.text()[:60]
+    _rest(inv, words, i, acc, depth)
+
+
 def _watch(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
     """`watch` hands its arguments, joined, to `sh -c`."""
     i = _skip_options(words, 1, frozenset({"-n", "--interval", "-d", "--differences"}))
@@ -649,7 +782,7 @@ _WRAPPERS: dict[str, Callable[[Invocation, list[Word], _Acc, int], None]] = {
     "taskset": _simple(_NONE, positional=1),
     "command": _simple(_NONE),
     "builtin": _simple(_NONE),
-    "exec": _simple(frozenset({"-a"})),
+    "exec": _exec,
     "xargs": _xargs,
     "find": _find,
     "watch": _watch,

@@ -1,0 +1,1 @@
+REGRESSIONS: list[str] = []
