@@ -353,7 +353,7 @@ def _step(
         return []
     if t in ("declaration_command", "unset_command"):
         _declared(node, acc)
-    return [(c, stdin) for c in node.children]
+    return [(c, stdin) for c in node.children if c.child_count]  # a leaf runs nothing
 
 
 def _declared(node: Any, acc: _Acc) -> None:

@@ -49,6 +49,7 @@ ARITH_BUILTINS = frozenset(
         "unset",
     }
 )
+_WORD_CHECKED = ARITH_BUILTINS | {"printf", "wait", "test", "[", "env"}
 TEST_ARITH_OPS = frozenset({"-v", "-R", "-eq", "-ne", "-lt", "-le", "-gt", "-ge"})
 # Variables that name the files a starting shell reads.
 STARTUP_VARS = frozenset(
@@ -181,12 +182,33 @@ def _all(node: Any) -> Iterator[Any]:
         stack.extend(n.children)
 
 
+_EVALUATING = frozenset(
+    {
+        "arithmetic_expansion",
+        "subscript",
+        "declaration_command",
+        "unset_command",
+        "compound_statement",
+        "c_style_for_statement",
+        "test_command",
+        "expansion",
+        "array",
+        "heredoc_redirect",
+    }
+)
+
+
 def tree_problems(root: Any) -> list[tuple[str, str]]:
     """(rule, detail) for every place in a parsed tree where bash evaluates
     text the analysis cannot see into."""
     out: list[tuple[str, str]] = []
-    for node in _all(root):
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        stack.extend(c for c in node.children if c.child_count)
         t = node.type
+        if t not in _EVALUATING:
+            continue
         if t == "expansion" and node.text.endswith(b"@P}"):
             out.append(
                 (
@@ -252,6 +274,8 @@ _BODY_ESCAPE = re.compile(r"\\([$`\\\n])")
 def word_problem(name: str, words: Sequence[Word]) -> tuple[str, str] | None:
     """A builtin run with words bash evaluates as arithmetic (the same rule
     for `builtin let ...`, `command read ...` as for the tree)."""
+    if name not in _WORD_CHECKED:
+        return None
     args = words[1:]
     texts = [w.text for w in args]
     evaluating: Sequence[Word] = ()
@@ -288,7 +312,7 @@ def reads_startup(name: str, words: Sequence[Word], login: bool) -> bool:
 def startup_names(name: str, words: Sequence[Word]) -> list[str]:
     """The startup variables a builtin sets or unsets by name (`read HOME`,
     `printf -v HOME`, `export HOME=...` run through `builtin`...)."""
-    if name not in (*ARITH_BUILTINS, "printf", "wait", "env"):
+    if name not in _WORD_CHECKED:
         return []
     found = []
     for w in words[1:]:
