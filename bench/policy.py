@@ -47,7 +47,7 @@ def long_lines() -> dict[str, str]:
     chain = " && ".join(COMMANDS[i % 7] for i in range(200))
     args = "ls -l " + " ".join(f"src/module_{i}.py" for i in range(600))
     heredoc = (
-        "cat <<EOF > notes.txt\n" + "line $HOME ${USER:-x} $(basename src/x.py)\n" * 330 + "EOF"
+        "cat <<EOF > notes.txt\n" + "line $HOME ${USER:-x} $(basename src/x.py)\n" * 240 + "EOF"
     )
     nested = "echo " + " ".join(f'"$(basename "$(dirname src/{i}/x)")"' for i in range(270))
     continued = " \\\n  ".join(f"--flag-{i}=value" for i in range(550))

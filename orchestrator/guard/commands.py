@@ -31,7 +31,6 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -46,6 +45,21 @@ from orchestrator.guard.shell_eval import (
     tree_problems,
     word_problem,
 )
+from orchestrator.guard.shell_model import (
+    DANGEROUS_ENV,
+    INTERPRETERS,
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_NESTING,
+    RESERVED,
+    SHELLS,
+    STORED_CODE,
+    Acc,
+    Analysis,
+    Invocation,
+    Redirect,
+    Refusal,
+)
 from orchestrator.guard.shell_words import Word, word
 
 __all__ = [
@@ -57,128 +71,11 @@ __all__ = [
     "analyze_argv",
     "SHELLS",
     "INTERPRETERS",
+    "DANGEROUS_ENV",
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_NESTING",
 ]
-
-MAX_DEPTH = 8  # wrappers and `sh -c` inside one another
-MAX_NESTING = 48  # substitutions, strings and assignments inside one another
-MAX_BYTES = 64 * 1024  # a longer line is refused unread (`too-long`)
-SHELLS = frozenset(
-    {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash", "tcsh", "csh"}
-)
-INTERPRETERS = frozenset(
-    {
-        "python",
-        "python2",
-        "python3",
-        "perl",
-        "ruby",
-        "node",
-        "nodejs",
-        "php",
-        "lua",
-        "tclsh",
-        "Rscript",
-        "osascript",
-        "deno",
-        "bun",
-    }
-)
-# Variables that change which program runs or what it loads.
-DANGEROUS_ENV = re.compile(
-    r"^(PATH|LD_\w+|BASH_ENV|ENV|BASH_FUNC_\w+.*|IFS|PS4|SHELLOPTS|"
-    r"BASHOPTS|PROMPT_COMMAND|GIT_\w+|PYTHONPATH|PYTHONSTARTUP|"
-    r"PYTHONHOME|PERL5LIB|PERL5OPT|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
-    r"DYLD_\w+|GCONV_PATH|HOSTALIASES|LESSOPEN|LESSCLOSE|PAGER|EDITOR|"
-    r"VISUAL|GIT_SSH_COMMAND|PS0|PS1|PS2|PS3)$"
-)
-_STORED_CODE = re.compile(r"\$\(|`|\$\{")
-_RESERVED = frozenset(
-    {
-        "{",
-        "}",
-        "(",
-        ")",
-        "!",
-        "[[",
-        "]]",
-        "then",
-        "fi",
-        "do",
-        "done",
-        "esac",
-        "elif",
-        "else",
-        "in",
-        "function",
-        "select",
-        "until",
-        "while",
-        "if",
-        "for",
-        "case",
-        "coproc",
-    }
-)
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One program that would run. `argv[0]` is the name as written (a path
-    when it has a `/`); `dynamic` marks arguments only known at run time."""
-
-    argv: tuple[str, ...]
-    via: tuple[str, ...] = ()  # wrappers it was unwrapped from, outermost first
-    dynamic: frozenset[int] = frozenset()  # indexes of argv built at run time
-    globbed: frozenset[int] = frozenset()  # indexes of argv with unquoted glob characters
-    stdin: str = "inherit"  # inherit | pipe | heredoc | file
-    env: tuple[str, ...] = ()  # NAME=... prefixes (names only)
-
-    @property
-    def program(self) -> str:
-        return self.argv[0]
-
-    @property
-    def name(self) -> str:
-        """The program's base name (what rules are written against)."""
-        return self.argv[0].rsplit("/", 1)[-1]
-
-    def text(self) -> str:
-        return shlex.join(self.argv)
-
-
-@dataclass(frozen=True)
-class Redirect:
-    op: str  # > >> >| &> &>> < <> >& ...
-    target: str | None  # None: built at run time
-    fd: str | None = None
-
-    @property
-    def writes(self) -> bool:
-        """Opens a file for writing (`2>&1` and `>&-` only move descriptors)."""
-        if self.op in (">&", "<&"):
-            return self.target is None or not (self.target.isdigit() or self.target == "-")
-        return ">" in self.op or self.op == "<>"
-
-    @property
-    def truncates(self) -> bool:
-        return self.op in (">", ">|", "&>", "<>")
-
-
-@dataclass(frozen=True)
-class Refusal:
-    rule: str  # unparseable | dynamic-program | eval | code-from-stdin |
-    # env-override | stored-code | too-deep | too-long | dynamic-shell-code |
-    # arith-code | prompt-expansion | heredoc-code | startup-env
-    detail: str
-
-
-@dataclass(frozen=True)
-class Analysis:
-    command: str
-    invocations: tuple[Invocation, ...] = ()
-    redirects: tuple[Redirect, ...] = ()
-    refusals: tuple[Refusal, ...] = ()
-
 
 # -- parsing -------------------------------------------------------------------------
 
@@ -188,33 +85,9 @@ def _parser() -> Any:
     return Parser(Language(tree_sitter_bash.language()))
 
 
-@dataclass
-class _Acc:
-    invocations: list[Invocation] = field(default_factory=list)
-    redirects: list[Redirect] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
-    level: int = 0  # how deep the walk is nested (substitutions in words)
-    startup_shell: str = ""  # a shell that reads startup files, if any
-    startup_vars: set[str] = field(default_factory=set)  # of STARTUP_VARS, set here
-
-    def refuse(self, rule: str, detail: str) -> None:
-        r = Refusal(rule, detail)
-        if r not in self.refusals:
-            self.refusals.append(r)
-
-    def merge(self, other: _Acc, *, unparseable: bool) -> None:
-        self.invocations += other.invocations
-        self.redirects += other.redirects
-        for r in other.refusals:
-            if unparseable or r.rule != "unparseable":
-                self.refuse(r.rule, r.detail)
-        self.startup_shell = self.startup_shell or other.startup_shell
-        self.startup_vars |= other.startup_vars
-
-
 def analyze(command: str) -> Analysis:
     """Every program `command` would run, parsed as bash."""
-    acc = _Acc()
+    acc = Acc()
     if len(command.encode(errors="replace")) > MAX_BYTES:
         acc.refuse(
             "too-long",
@@ -230,7 +103,7 @@ def analyze(command: str) -> Analysis:
     return Analysis(command, tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals))
 
 
-def _startup(acc: _Acc) -> None:
+def _startup(acc: Acc) -> None:
     if acc.startup_shell and acc.startup_vars:
         names = ", ".join(sorted(acc.startup_vars))
         acc.refuse(
@@ -245,7 +118,7 @@ def _startup(acc: _Acc) -> None:
 def analyze_argv(argv: Sequence[str]) -> Analysis:
     """An argv run without a shell (a job's shell step): one invocation,
     unwrapped like any other (so `sh -c '...'` inside it is still parsed)."""
-    acc = _Acc()
+    acc = Acc()
     if not argv:
         acc.refuse("unparseable", "the command is empty")
     else:
@@ -259,7 +132,7 @@ def analyze_argv(argv: Sequence[str]) -> Analysis:
     )
 
 
-def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+def _analyze_text(text: str, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     if depth > MAX_DEPTH:
         acc.refuse("too-deep", f"commands nested more than {MAX_DEPTH} levels deep")
         return
@@ -271,14 +144,14 @@ def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, std
         # What bash reads, and (in case the join misread a quote) the line as
         # written: every program either finds is kept.
         _parse_and_walk(joined, acc, via=via, depth=depth, stdin=stdin)
-        written = _Acc(level=acc.level)
+        written = Acc(level=acc.level)
         _parse_and_walk(text, written, via=via, depth=depth, stdin=stdin)
         acc.merge(written, unparseable=False)
         return
     _parse_and_walk(text, acc, via=via, depth=depth, stdin=stdin)
 
 
-def _parse_and_walk(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+def _parse_and_walk(text: str, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     tree = _parser().parse(text.encode())
     root = tree.root_node
     if root.has_error:
@@ -309,7 +182,7 @@ def _error_excerpt(node: Any) -> str:
 _REDIRECTS = ("file_redirect", "heredoc_redirect", "herestring_redirect")
 
 
-def _walk(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+def _walk(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     """Every command under `node`, in order. A loop over the tree (lists,
     pipelines, compound statements); it recurses only for substitutions and
     values inside a command's words, at most `MAX_NESTING` deep."""
@@ -330,7 +203,7 @@ def _walk(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str)
 
 
 def _step(
-    node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str
+    node: Any, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str
 ) -> list[tuple[Any, str]]:
     """Handle one node; returns the children still to walk, with their stdin."""
     t = node.type
@@ -356,7 +229,7 @@ def _step(
     return [(c, stdin) for c in node.children if c.child_count]  # a leaf runs nothing
 
 
-def _declared(node: Any, acc: _Acc) -> None:
+def _declared(node: Any, acc: Acc) -> None:
     """`export HOME`, `unset HOME`, `declare -x 'HOME=.'`: startup variables
     named by a declaration (assignments are seen by `_assignment`)."""
     for c in node.children:
@@ -366,7 +239,7 @@ def _declared(node: Any, acc: _Acc) -> None:
                 acc.startup_vars.add(name)
 
 
-def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str | None:
+def _redirect(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int) -> str | None:
     """Record a redirect; returns the stdin it gives the command, if any."""
     t = node.type
     for c in node.children:  # substitutions inside targets and here-doc bodies
@@ -395,7 +268,7 @@ def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str 
     return "file" if op == "<" else None
 
 
-def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefix: bool) -> str:
+def _assignment(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int, prefix: bool) -> str:
     name_node = node.child_by_field_name("name")
     name = name_node.text.decode(errors="replace") if name_node is not None else ""
     if name.split("[", 1)[0] in STARTUP_VARS:
@@ -408,7 +281,7 @@ def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefi
             "loads; set it in the step's `env` or the policy instead",
         )
     value = node.child_by_field_name("value")
-    if value is not None and _STORED_CODE.search(word(value).text) and not word(value).dynamic:
+    if value is not None and STORED_CODE.search(word(value).text) and not word(value).dynamic:
         acc.refuse(
             "stored-code",
             f"the value of {name} holds shell code ($(...), `...` or "
@@ -418,7 +291,7 @@ def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefi
     return name
 
 
-def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+def _command(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     env: list[str] = []
     words: list[Word] = []
     stdin_here = stdin
@@ -448,7 +321,7 @@ def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: s
         _emit(words, acc, via=via, depth=depth, stdin=stdin_here, env=tuple(env))
 
 
-def _walk_dynamic(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> None:
+def _walk_dynamic(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int) -> None:
     """Commands hidden inside a word: `$(...)`, backticks, `<(...)`."""
     stack = [node]
     while stack:
@@ -465,7 +338,7 @@ def _walk_dynamic(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> 
 
 def _emit(
     words: list[Word],
-    acc: _Acc,
+    acc: Acc,
     *,
     via: tuple[str, ...],
     depth: int,
@@ -484,7 +357,7 @@ def _emit(
             "program's name literally",
         )
         return
-    if head.text in _RESERVED:
+    if head.text in RESERVED:
         acc.refuse(
             "unparseable",
             f"{head.text!r} is a shell reserved word, not a program; a wrapper cannot run it",
@@ -522,7 +395,7 @@ def _rest(
     inv: Invocation,
     words: list[Word],
     start: int,
-    acc: _Acc,
+    acc: Acc,
     depth: int,
     *,
     stdin: str | None = None,
@@ -571,7 +444,7 @@ def _skip_options(
     return i
 
 
-def _env(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _env(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     i = 1
     while i < len(words):
         w = words[i].text
@@ -604,17 +477,17 @@ def _env(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
 
 def _simple(
     with_value: frozenset[str], positional: int = 0
-) -> Callable[[Invocation, list[Word], _Acc, int], None]:
+) -> Callable[[Invocation, list[Word], Acc, int], None]:
     """A wrapper `NAME [options] [N positional args] COMMAND...`."""
 
-    def handler(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+    def handler(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
         i = _skip_options(words, 1, with_value)
         _rest(inv, words, i + positional, acc, depth)
 
     return handler
 
 
-def _xargs(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _xargs(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     with_value = frozenset(
         {
             "-a",
@@ -645,7 +518,7 @@ def _xargs(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
 _FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
 
 
-def _find(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _find(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     i = 1
     while i < len(words):
         if words[i].text in _FIND_EXEC:
@@ -662,7 +535,7 @@ def _find(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
             i += 1
 
 
-def _shell(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _shell(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     """`sh -c CODE` is parsed again; a shell reading code from a pipe is refused."""
     i, code_at, reads_stdin = 1, None, False
     while i < len(words):
@@ -715,7 +588,7 @@ def _shell(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
         )
 
 
-def _interpreter(inv: Invocation, words: list[Word], acc: _Acc) -> None:
+def _interpreter(inv: Invocation, words: list[Word], acc: Acc) -> None:
     args = [w.text for w in words[1:]]
     inline = any(
         a in ("-c", "-e", "-E", "--eval", "-r") or a.startswith(("-c", "-e")) for a in args
@@ -730,7 +603,7 @@ def _interpreter(inv: Invocation, words: list[Word], acc: _Acc) -> None:
         )
 
 
-def _exec(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _exec(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     """`exec [-cl] [-a NAME] COMMAND`: -l, or a NAME starting with `-`,
     starts a shell as a login shell."""
     i, login = 1, False
@@ -752,7 +625,7 @@ def _exec(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
     _rest(inv, words, i, acc, depth)
 
 
-def _watch(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _watch(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     """`watch` hands its arguments, joined, to `sh -c`."""
     i = _skip_options(words, 1, frozenset({"-n", "--interval", "-d", "--differences"}))
     if i < len(words):
@@ -769,7 +642,7 @@ def _watch(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
 
 
 _NONE: frozenset[str] = frozenset()
-_WRAPPERS: dict[str, Callable[[Invocation, list[Word], _Acc, int], None]] = {
+_WRAPPERS: dict[str, Callable[[Invocation, list[Word], Acc, int], None]] = {
     "env": _env,
     "nice": _simple(frozenset({"-n", "--adjustment"})),
     "nohup": _simple(_NONE),
