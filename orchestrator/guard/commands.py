@@ -88,17 +88,10 @@ def _parser() -> Any:
 def analyze(command: str) -> Analysis:
     """Every program `command` would run, parsed as bash."""
     acc = Acc()
-    if len(command.encode(errors="replace")) > MAX_BYTES:
-        acc.refuse(
-            "too-long",
-            f"the command is longer than {MAX_BYTES // 1024} KiB, more than the "
-            "analysis reads; put it in a script in the workspace and run that",
-        )
-    else:
-        try:
-            _analyze_text(command, acc, via=(), depth=0, stdin="inherit")
-        except RecursionError:
-            acc.refuse("too-deep", "the command nests deeper than the analysis follows")
+    try:
+        _analyze_text(command, acc, via=(), depth=0, stdin="inherit")
+    except RecursionError:
+        acc.refuse("too-deep", "the command nests deeper than the analysis follows")
     _startup(acc)
     return Analysis(command, tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals))
 
@@ -121,6 +114,8 @@ def analyze_argv(argv: Sequence[str]) -> Analysis:
     acc = Acc()
     if not argv:
         acc.refuse("unparseable", "the command is empty")
+    elif _too_long(" ".join(argv), acc):
+        pass
     else:
         try:
             _emit([Word(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
@@ -136,6 +131,8 @@ def _analyze_text(text: str, acc: Acc, *, via: tuple[str, ...], depth: int, stdi
     if depth > MAX_DEPTH:
         acc.refuse("too-deep", f"commands nested more than {MAX_DEPTH} levels deep")
         return
+    if _too_long(text, acc):
+        return
     if "\x00" in text:
         acc.refuse("unparseable", "the command contains a NUL byte")
         return
@@ -149,6 +146,17 @@ def _analyze_text(text: str, acc: Acc, *, via: tuple[str, ...], depth: int, stdi
         acc.merge(written, unparseable=False)
         return
     _parse_and_walk(text, acc, via=via, depth=depth, stdin=stdin)
+
+
+def _too_long(text: str, acc: Acc) -> bool:
+    if len(text) <= MAX_BYTES // 4 or len(text.encode(errors="replace")) <= MAX_BYTES:
+        return False
+    acc.refuse(
+        "too-long",
+        f"the command is longer than {MAX_BYTES // 1024} KiB, more than the "
+        "analysis reads; put it in a script in the workspace and run that",
+    )
+    return True
 
 
 def _parse_and_walk(text: str, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:

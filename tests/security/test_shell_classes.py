@@ -235,6 +235,9 @@ def _rule(line: str) -> tuple[str, str]:
 def test_a_line_past_the_size_cap_is_denied_with_its_own_rule():
     assert _rule("echo " + "x" * (100 * 1024)) == ("deny", "shell:too-long")
     assert _rule("echo " + "x" * (MAX_BYTES - 10))[0] == "allow"
+    big = "true && " * 9000 + "sudo id"
+    assert [r.rule for r in analyze_argv(["bash", "-c", big]).refusals] == ["too-long"]
+    assert [r.rule for r in analyze_argv(["python3", "-c", big]).refusals] == ["too-long"]
 
 
 @pytest.mark.parametrize("n", [1000, 5000])
