@@ -240,11 +240,18 @@ def _step(
 def _declared(node: Any, acc: Acc) -> None:
     """`export HOME`, `unset HOME`, `declare -x 'HOME=.'`: startup variables
     named by a declaration (assignments are seen by `_assignment`)."""
-    for c in node.children:
-        if c.type in ("variable_name", "word", "raw_string", "string", "concatenation"):
-            name = re.split(r"[=\[+]", word(c).text, maxsplit=1)[0]
+    run: list[str] = []  # tree-sitter splits `H'OM'E=x` into pieces bash joins
+    end = -1
+    for c in [*node.children, None]:
+        if c is None or c.start_byte != end or c.type == "variable_assignment":
+            name = re.split(r"[=\[+]", "".join(run), maxsplit=1)[0]
             if name in STARTUP_VARS:
                 acc.startup_vars.add(name)
+            run = []
+        if c is not None:
+            if c.type in ("variable_name", "word", "raw_string", "string", "concatenation"):
+                run.append(word(c).text)
+            end = c.end_byte
 
 
 def _redirect(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int) -> str | None:

@@ -247,6 +247,12 @@ def _heredoc(node: Any) -> list[tuple[str, str]]:
         raw = bytearray(body.text)
         base = body.start_byte
         for c in body.children:
+            if c.text.startswith((b"$((", b"$[")) and _HIDDEN_IN_HEREDOC.search(
+                c.text.decode(errors="replace")[2:]
+            ):
+                # `$((..))` in a body is arithmetic, where quotes are literal;
+                # tree-sitter reads it as `$(` and a subshell
+                return [_arith_problem(c.text.decode(errors="replace"))]
             if c.type != "heredoc_content":
                 raw[c.start_byte - base : c.end_byte - base] = b" " * (c.end_byte - c.start_byte)
         text = _unescape(raw.decode(errors="replace"))

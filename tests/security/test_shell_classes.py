@@ -20,8 +20,8 @@ from orchestrator.guard.policy import DEFAULT_POLICY
 from tests.security.differential import grammar
 
 # Lines on which the differential tester saw bash start a program the analysis
-# had not reported (with the rule that now denies them). Seeds 1 and 7 of the
-# grammar, before the fixes in this change.
+# had not reported (with the rule that now decides them). Seed 1 of the
+# grammar before the fixes in this change, then `make fuzz-shell` runs.
 REGRESSIONS: dict[str, str] = {
     'echo "$\\\n(id)" | pwd': "allow-id",  # now seen: `id` is reported
     "i\\\nd || git status": "allow-id",
@@ -51,6 +51,14 @@ REGRESSIONS: dict[str, str] = {
     'bash -c "declare -x HOME=/opt/work; bash -lc true"': "shell:startup-env",
     "x='$(id)'; echo ${x@P}": "shell:prompt-expansion",
     "ls | xargs": "allow-echo",  # xargs alone runs echo
+    # `make fuzz-shell`, seed 1616, 6,113 lines run: 19 escapes, of which these
+    # three kinds were real (the rest: `bash id ...`, bash reading the shim
+    # `id` from PATH as a script, which the tester now tells apart)
+    "export H'OM'E=/opt/work; sh -l -c true | pwd": "shell:startup-env",
+    "bash -c \"declare -x HO'ME=/o'pt/work; bash -lc true\"": "shell:startup-env",
+    "wc -l x | cat <<EOF\necho $(('x[$(id)]+1'))\nEOF": "shell:arith-code",
+    "cat <<EOF\necho $(('b[${x:-$(id)}]'))\nEOF": "shell:arith-code",
+    "cat <<EOF\nbash -c \"echo $(('a[$(id)]'))\"\nEOF": "shell:arith-code",
 }
 
 

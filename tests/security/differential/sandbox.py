@@ -6,9 +6,9 @@ links to them) replaced by a folder of links to one recording shim, so
 nothing a line names does anything. A few programs stay real because they run
 others and the analysis claims to see through them (the shells, `env`,
 `xargs`, `find`, `nice`, `nohup`, `timeout`, `stdbuf`, `setsid`). Each line
-runs as `bash -c LINE` under `strace -f -e trace=execve`, so a program
-started by any path (not only through a shim) is seen; the shim's own log is
-kept as a second witness. No network, no writable folder but the output one;
+runs as `bash -c LINE` under `strace -f -e trace=execve`: what the trace
+shows started (a successful execve, by any path) is what bash ran; the
+shim's own log is kept as a second witness. No network, no writable folder but the output one;
 the system profile files are blanked and HOME is an empty read-only folder,
 while the working folder holds startup files (`.bashrc`, `.profile`, ...)
 that run a canary program, so a line that makes a shell read them is caught.
@@ -74,6 +74,10 @@ def available() -> str | None:
 class Ran:
     line: str
     started: tuple[str, ...]  # base names of every program execve'd, in order
+    # What the shim logged: the programs it stood in for, and also a shim a
+    # shell read as a script (`bash id` finds `id` on PATH and reads it: a
+    # script run, which the analysis reports as `bash`, not a program start).
+    shimmed: tuple[str, ...] = ()
     timed_out: bool = False
 
 
@@ -164,10 +168,9 @@ class Box:
             execs = [m.group(1) for m in map(_EXECVE.match, trace.read_text().splitlines()) if m]
             started = [p.rsplit("/", 1)[-1] for p in execs[1:]]  # [0] is the line's bash
         shim = out / f"{i}.shim"
-        if shim.exists():
-            started += [n for n in shim.read_text().split() if n not in started]
+        shimmed = tuple(shim.read_text().split()) if shim.exists() else ()
         rc = (out / f"{i}.rc").read_text().strip() if (out / f"{i}.rc").exists() else ""
-        return Ran(line, tuple(started), timed_out=rc in ("124", "137"))
+        return Ran(line, tuple(started), shimmed, timed_out=rc in ("124", "137"))
 
 
 def make_box() -> tuple[Box, Path]:
