@@ -71,3 +71,17 @@ def test_the_cli_exits_3_and_names_the_rule(tmp_path: Path):
     assert out.returncode == 3, out.stderr
     assert json.loads(out.stdout)["rule_id"] == "shell:arith-code"
     assert not (ws / "pwned").exists()
+
+
+def test_a_login_shell_reads_the_throwaway_home_not_the_workspace(tmp_path: Path):
+    """Allowed as it is, `bash -l` reads profile files from the sandbox's
+    throwaway HOME: the workspace's `.bash_profile` never runs."""
+    env = shape_env(tmp_path)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / ".bash_profile").write_text("touch pwned\n")
+    (ws / ".profile").write_text("touch pwned\n")
+    out = cli(env, "sandbox", "run", "-w", str(ws), "--", "bash", "-l", "-c", 'echo "$HOME"')
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() not in ("", str(ws))
+    assert not (ws / "pwned").exists()
