@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import REQUIRE
 from tests.security.differential import check, grammar
-from tests.security.differential.sandbox import Box, available, make_box
+from tests.security.differential.sandbox import Box, available, execs, make_box
 
 SEED = 16
 LINES = 2500
@@ -58,3 +58,14 @@ def test_bash_starts_only_programs_the_analysis_reported(box: Box):
     shown = [f"{e.line!r}: bash started {e.missed}, reported {e.reported}" for e in rep.escapes]
     assert not rep.escapes, "\n".join(shown[:20])
     assert rep.generated > LINES * 0.8 and rep.ran > 300, rep.summary()
+
+
+def test_the_trace_reader_joins_calls_that_processes_running_at_once_split():
+    trace = (
+        '5  execve("/opt/real/bash", ["bash", "-c", "ls | wc"], 0x1 /* 3 vars */) = 0\n'
+        '6  execve("/usr/bin/ls", ["ls"], 0x2 /* 3 vars */ <unfinished ...>\n'
+        '7  execve("/usr/bin/wc", ["wc"], 0x3 /* 3 vars */) = 0\n'
+        "6  <... execve resumed>)  = 0\n"
+        '8  execve("/usr/bin/nope", ["nope"], 0x4 /* 3 vars */) = -1 ENOENT (No such file)\n'
+    )
+    assert execs(trace) == ["/opt/real/bash", "/usr/bin/wc", "/usr/bin/ls"]

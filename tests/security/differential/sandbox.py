@@ -59,7 +59,29 @@ SHIM = """#!/opt/real/sh
 [ -n "$SHIM_LOG" ] && printf '%s\\n' "${0##*/}" >> "$SHIM_LOG"
 exit 0
 """
-_EXECVE = re.compile(r'^\d+\s+execve\("((?:[^"\\]|\\.)*)", .*\) = 0$')
+_EXECVE = re.compile(r'^(\d+)\s+execve\("((?:[^"\\]|\\.)*)", (.*)$')
+_RESUMED = re.compile(r"^(\d+)\s+<\.\.\. execve resumed>.*= 0$")
+
+
+def execs(trace: str) -> list[str]:
+    """Every path a successful execve ran, from `strace -f` output, where
+    processes running at once split a call: `execve(...) <unfinished ...>`,
+    then `<... execve resumed>) = 0`."""
+    out: list[str] = []
+    pending: dict[str, str] = {}
+    for line in trace.splitlines():
+        m = _EXECVE.match(line)
+        if m:
+            pid, path, rest = m.groups()
+            if rest.endswith("<unfinished ...>"):
+                pending[pid] = path
+            elif rest.endswith(" = 0"):
+                out.append(path)
+            continue
+        r = _RESUMED.match(line)
+        if r and r.group(1) in pending:
+            out.append(pending.pop(r.group(1)))
+    return out
 
 
 def available() -> str | None:
@@ -165,8 +187,8 @@ class Box:
         trace = out / f"{i}.trace"
         started: list[str] = []
         if trace.exists():
-            execs = [m.group(1) for m in map(_EXECVE.match, trace.read_text().splitlines()) if m]
-            started = [p.rsplit("/", 1)[-1] for p in execs[1:]]  # [0] is the line's bash
+            paths = execs(trace.read_text())
+            started = [p.rsplit("/", 1)[-1] for p in paths[1:]]  # [0] is the line's bash
         shim = out / f"{i}.shim"
         shimmed = tuple(shim.read_text().split()) if shim.exists() else ()
         rc = (out / f"{i}.rc").read_text().strip() if (out / f"{i}.rc").exists() else ""
