@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench install clean deploy-check lint lock release-check runbooks-check
+.PHONY: demo test bench install clean deploy-check lint lock release-check runbooks-check fuzz-shell
 
 $(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,15 @@ deploy-check: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The shell analysis against real bash, longer than the suite's bounded run
+# (tests/security/test_shell_differential.py): generated lines, each run in a
+# bubblewrap box of recording shims under strace (docs/security.md). Needs
+# bubblewrap and strace. Exits 1 on any escape.
+FUZZ_LINES ?= 30000
+FUZZ_SEED ?= 16
+fuzz-shell: $(STAMP)
+	$(BIN)/python -m tests.security.differential --lines $(FUZZ_LINES) --seed $(FUZZ_SEED)
 
 clean:
 	rm -rf $(VENV) .orchestrator demo

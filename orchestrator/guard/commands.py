@@ -13,7 +13,17 @@ What cannot be judged is a `Refusal`, and policy denies any command that has
 one: a syntax error, a program name built at run time (`$CMD`, `$(...)`,
 globs, brace expansion, `$'..'`), `eval`, a shell or interpreter reading code
 from a pipe or here-doc, environment overrides that change what runs
-(`PATH=`, `LD_PRELOAD=`, `BASH_ENV=`...), and nesting deeper than `MAX_DEPTH`.
+(`PATH=`, `LD_PRELOAD=`, `BASH_ENV=`...), text bash evaluates a second time
+(`orchestrator.guard.shell_eval`: arithmetic and subscripts, `${x@P}`,
+here-document bodies), a login or interactive shell in a line that sets
+HOME/ENV/ZDOTDIR..., a line over `MAX_BYTES`, and nesting deeper than
+`MAX_DEPTH` wrappers or `MAX_NESTING` substitutions.
+
+Text is read as bash reads it: backslash-newline is joined first
+(`shell_eval.join_continuations`); when that changes the text, the line as
+written is analysed too and both sets of programs are kept. The walk over a
+tree is a loop (a chain of 1,000 `&&` is one level); only substitutions
+inside words nest, up to `MAX_NESTING`.
 """
 
 from __future__ import annotations
@@ -21,14 +31,36 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 import tree_sitter_bash
 from tree_sitter import Language, Parser
 
-from orchestrator.guard.shell_words import DYNAMIC_NODES, Word, word
+from orchestrator.guard.shell_eval import (
+    STARTUP_VARS,
+    join_continuations,
+    reads_startup,
+    startup_names,
+    tree_problems,
+    word_problem,
+)
+from orchestrator.guard.shell_model import (
+    DANGEROUS_ENV,
+    INTERPRETERS,
+    MAX_BYTES,
+    MAX_DEPTH,
+    MAX_NESTING,
+    RESERVED,
+    SHELLS,
+    STORED_CODE,
+    Acc,
+    Analysis,
+    Invocation,
+    Redirect,
+    Refusal,
+)
+from orchestrator.guard.shell_words import Word, word
 
 __all__ = [
     "Analysis",
@@ -39,125 +71,11 @@ __all__ = [
     "analyze_argv",
     "SHELLS",
     "INTERPRETERS",
+    "DANGEROUS_ENV",
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_NESTING",
 ]
-
-MAX_DEPTH = 8
-SHELLS = frozenset(
-    {"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox", "rbash", "tcsh", "csh"}
-)
-INTERPRETERS = frozenset(
-    {
-        "python",
-        "python2",
-        "python3",
-        "perl",
-        "ruby",
-        "node",
-        "nodejs",
-        "php",
-        "lua",
-        "tclsh",
-        "Rscript",
-        "osascript",
-        "deno",
-        "bun",
-    }
-)
-# Variables that change which program runs or what it loads.
-DANGEROUS_ENV = re.compile(
-    r"^(PATH|LD_\w+|BASH_ENV|ENV|BASH_FUNC_\w+.*|IFS|PS4|SHELLOPTS|"
-    r"BASHOPTS|PROMPT_COMMAND|GIT_\w+|PYTHONPATH|PYTHONSTARTUP|"
-    r"PYTHONHOME|PERL5LIB|PERL5OPT|RUBYOPT|RUBYLIB|NODE_OPTIONS|"
-    r"DYLD_\w+|GCONV_PATH|HOSTALIASES|LESSOPEN|LESSCLOSE|PAGER|EDITOR|"
-    r"VISUAL|GIT_SSH_COMMAND)$"
-)
-_STORED_CODE = re.compile(r"\$\(|`|\$\{")
-_RESERVED = frozenset(
-    {
-        "{",
-        "}",
-        "(",
-        ")",
-        "!",
-        "[[",
-        "]]",
-        "then",
-        "fi",
-        "do",
-        "done",
-        "esac",
-        "elif",
-        "else",
-        "in",
-        "function",
-        "select",
-        "until",
-        "while",
-        "if",
-        "for",
-        "case",
-        "coproc",
-    }
-)
-
-
-@dataclass(frozen=True)
-class Invocation:
-    """One program that would run. `argv[0]` is the name as written (a path
-    when it has a `/`); `dynamic` marks arguments only known at run time."""
-
-    argv: tuple[str, ...]
-    via: tuple[str, ...] = ()  # wrappers it was unwrapped from, outermost first
-    dynamic: frozenset[int] = frozenset()  # indexes of argv built at run time
-    globbed: frozenset[int] = frozenset()  # indexes of argv with unquoted glob characters
-    stdin: str = "inherit"  # inherit | pipe | heredoc | file
-    env: tuple[str, ...] = ()  # NAME=... prefixes (names only)
-
-    @property
-    def program(self) -> str:
-        return self.argv[0]
-
-    @property
-    def name(self) -> str:
-        """The program's base name (what rules are written against)."""
-        return self.argv[0].rsplit("/", 1)[-1]
-
-    def text(self) -> str:
-        return shlex.join(self.argv)
-
-
-@dataclass(frozen=True)
-class Redirect:
-    op: str  # > >> >| &> &>> < <> >& ...
-    target: str | None  # None: built at run time
-    fd: str | None = None
-
-    @property
-    def writes(self) -> bool:
-        """Opens a file for writing (`2>&1` and `>&-` only move descriptors)."""
-        if self.op in (">&", "<&"):
-            return self.target is None or not (self.target.isdigit() or self.target == "-")
-        return ">" in self.op or self.op == "<>"
-
-    @property
-    def truncates(self) -> bool:
-        return self.op in (">", ">|", "&>", "<>")
-
-
-@dataclass(frozen=True)
-class Refusal:
-    rule: str  # unparseable | dynamic-program | eval | code-from-stdin |
-    # env-override | too-deep | dynamic-shell-code
-    detail: str
-
-
-@dataclass(frozen=True)
-class Analysis:
-    command: str
-    invocations: tuple[Invocation, ...] = ()
-    redirects: tuple[Redirect, ...] = ()
-    refusals: tuple[Refusal, ...] = ()
-
 
 # -- parsing -------------------------------------------------------------------------
 
@@ -167,43 +85,81 @@ def _parser() -> Any:
     return Parser(Language(tree_sitter_bash.language()))
 
 
-@dataclass
-class _Acc:
-    invocations: list[Invocation] = field(default_factory=list)
-    redirects: list[Redirect] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
-
-    def refuse(self, rule: str, detail: str) -> None:
-        self.refusals.append(Refusal(rule, detail))
-
-
 def analyze(command: str) -> Analysis:
     """Every program `command` would run, parsed as bash."""
-    acc = _Acc()
-    _analyze_text(command, acc, via=(), depth=0, stdin="inherit")
+    acc = Acc()
+    try:
+        _analyze_text(command, acc, via=(), depth=0, stdin="inherit")
+    except RecursionError:
+        acc.refuse("too-deep", "the command nests deeper than the analysis follows")
+    _startup(acc)
     return Analysis(command, tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals))
+
+
+def _startup(acc: Acc) -> None:
+    if acc.startup_shell and acc.startup_vars:
+        names = ", ".join(sorted(acc.startup_vars))
+        acc.refuse(
+            "startup-env",
+            f"`{acc.startup_shell}` starts a shell that reads startup files (login, "
+            f"interactive, or one that always does), and the command sets {names}, "
+            "which chooses the files it reads; drop the assignment (the sandbox "
+            "gives every shell a throwaway HOME) or run the shell with -c only",
+        )
 
 
 def analyze_argv(argv: Sequence[str]) -> Analysis:
     """An argv run without a shell (a job's shell step): one invocation,
     unwrapped like any other (so `sh -c '...'` inside it is still parsed)."""
-    acc = _Acc()
+    acc = Acc()
     if not argv:
         acc.refuse("unparseable", "the command is empty")
+    elif _too_long(" ".join(argv), acc):
+        pass
     else:
-        _emit([Word(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
+        try:
+            _emit([Word(a) for a in argv], acc, via=(), depth=0, stdin="inherit", env=())
+        except RecursionError:
+            acc.refuse("too-deep", "the command nests deeper than the analysis follows")
+        _startup(acc)
     return Analysis(
         shlex.join(argv), tuple(acc.invocations), tuple(acc.redirects), tuple(acc.refusals)
     )
 
 
-def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+def _analyze_text(text: str, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     if depth > MAX_DEPTH:
         acc.refuse("too-deep", f"commands nested more than {MAX_DEPTH} levels deep")
+        return
+    if _too_long(text, acc):
         return
     if "\x00" in text:
         acc.refuse("unparseable", "the command contains a NUL byte")
         return
+    joined = join_continuations(text)
+    if joined != text:
+        # What bash reads, and (in case the join misread a quote) the line as
+        # written: every program either finds is kept.
+        _parse_and_walk(joined, acc, via=via, depth=depth, stdin=stdin)
+        written = Acc(level=acc.level)
+        _parse_and_walk(text, written, via=via, depth=depth, stdin=stdin)
+        acc.merge(written, unparseable=False)
+        return
+    _parse_and_walk(text, acc, via=via, depth=depth, stdin=stdin)
+
+
+def _too_long(text: str, acc: Acc) -> bool:
+    if len(text) <= MAX_BYTES // 4 or len(text.encode(errors="replace")) <= MAX_BYTES:
+        return False
+    acc.refuse(
+        "too-long",
+        f"the command is longer than {MAX_BYTES // 1024} KiB, more than the "
+        "analysis reads; put it in a script in the workspace and run that",
+    )
+    return True
+
+
+def _parse_and_walk(text: str, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     tree = _parser().parse(text.encode())
     root = tree.root_node
     if root.has_error:
@@ -213,6 +169,8 @@ def _analyze_text(text: str, acc: _Acc, *, via: tuple[str, ...], depth: int, std
             "the command cannot be judged, so it is not run",
         )
         return
+    for rule, detail in tree_problems(root):
+        acc.refuse(rule, detail)
     _walk(root, acc, via=via, depth=depth, stdin=stdin)
 
 
@@ -229,37 +187,74 @@ def _error_excerpt(node: Any) -> str:
 # -- the tree ----------------------------------------------------------------------------
 
 
-def _walk(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+_REDIRECTS = ("file_redirect", "heredoc_redirect", "herestring_redirect")
+
+
+def _walk(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+    """Every command under `node`, in order. A loop over the tree (lists,
+    pipelines, compound statements); it recurses only for substitutions and
+    values inside a command's words, at most `MAX_NESTING` deep."""
+    if acc.level >= MAX_NESTING:
+        acc.refuse(
+            "too-deep",
+            f"substitutions nested more than {MAX_NESTING} levels deep; split the command",
+        )
+        return
+    acc.level += 1
+    try:
+        stack: list[tuple[Any, str]] = [(node, stdin)]
+        while stack:
+            n, sin = stack.pop()
+            stack += reversed(_step(n, acc, via=via, depth=depth, stdin=sin))
+    finally:
+        acc.level -= 1
+
+
+def _step(
+    node: Any, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str
+) -> list[tuple[Any, str]]:
+    """Handle one node; returns the children still to walk, with their stdin."""
     t = node.type
     if t == "command":
         _command(node, acc, via=via, depth=depth, stdin=stdin)
-        return
+        return []
     if t == "pipeline":
-        stage = 0
-        for c in node.children:
-            if c.is_named:
-                _walk(c, acc, via=via, depth=depth, stdin="pipe" if stage else stdin)
-                stage += 1
-        return
+        stages = [c for c in node.children if c.is_named]
+        return [(c, "pipe" if i else stdin) for i, c in enumerate(stages)]
     if t == "redirected_statement":
         body_stdin = stdin
         for c in node.children_by_field_name("redirect"):
             body_stdin = _redirect(c, acc, via=via, depth=depth) or body_stdin
-        for c in node.children:
-            if c.type not in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
-                _walk(c, acc, via=via, depth=depth, stdin=body_stdin)
-        return
-    if t in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+        return [(c, body_stdin) for c in node.children if c.type not in _REDIRECTS]
+    if t in _REDIRECTS:
         _redirect(node, acc, via=via, depth=depth)
-        return
+        return []
     if t == "variable_assignment":
         _assignment(node, acc, via=via, depth=depth, prefix=False)
-        return
-    for c in node.children:
-        _walk(c, acc, via=via, depth=depth, stdin=stdin)
+        return []
+    if t in ("declaration_command", "unset_command"):
+        _declared(node, acc)
+    return [(c, stdin) for c in node.children if c.child_count]  # a leaf runs nothing
 
 
-def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str | None:
+def _declared(node: Any, acc: Acc) -> None:
+    """`export HOME`, `unset HOME`, `declare -x 'HOME=.'`: startup variables
+    named by a declaration (assignments are seen by `_assignment`)."""
+    run: list[str] = []  # tree-sitter splits `H'OM'E=x` into pieces bash joins
+    end = -1
+    for c in [*node.children, None]:
+        if c is None or c.start_byte != end or c.type == "variable_assignment":
+            name = re.split(r"[=\[+]", "".join(run), maxsplit=1)[0]
+            if name in STARTUP_VARS:
+                acc.startup_vars.add(name)
+            run = []
+        if c is not None:
+            if c.type in ("variable_name", "word", "raw_string", "string", "concatenation"):
+                run.append(word(c).text)
+            end = c.end_byte
+
+
+def _redirect(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int) -> str | None:
     """Record a redirect; returns the stdin it gives the command, if any."""
     t = node.type
     for c in node.children:  # substitutions inside targets and here-doc bodies
@@ -288,12 +283,12 @@ def _redirect(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> str 
     return "file" if op == "<" else None
 
 
-def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefix: bool) -> str:
+def _assignment(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int, prefix: bool) -> str:
     name_node = node.child_by_field_name("name")
     name = name_node.text.decode(errors="replace") if name_node is not None else ""
-    for c in node.children:
-        if c.type in DYNAMIC_NODES or c.type in ("string", "concatenation", "array"):
-            _walk(c, acc, via=via, depth=depth, stdin="inherit")
+    if name.split("[", 1)[0] in STARTUP_VARS:
+        acc.startup_vars.add(name.split("[", 1)[0])
+    _walk_dynamic(node, acc, via=via, depth=depth)  # the value and any subscript
     if DANGEROUS_ENV.match(name):
         acc.refuse(
             "env-override",
@@ -301,7 +296,7 @@ def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefi
             "loads; set it in the step's `env` or the policy instead",
         )
     value = node.child_by_field_name("value")
-    if value is not None and _STORED_CODE.search(word(value).text) and not word(value).dynamic:
+    if value is not None and STORED_CODE.search(word(value).text) and not word(value).dynamic:
         acc.refuse(
             "stored-code",
             f"the value of {name} holds shell code ($(...), `...` or "
@@ -311,12 +306,12 @@ def _assignment(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, prefi
     return name
 
 
-def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
+def _command(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int, stdin: str) -> None:
     env: list[str] = []
     words: list[Word] = []
     stdin_here = stdin
-    for c in node.children:
-        field_name = node.field_name_for_child(_index(node, c))
+    for i, c in enumerate(node.children):
+        field_name = node.field_name_for_child(i)
         if c.type == "variable_assignment":
             env.append(_assignment(c, acc, via=via, depth=depth, prefix=True))
         elif c.type == "command_name":
@@ -341,21 +336,16 @@ def _command(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int, stdin: s
         _emit(words, acc, via=via, depth=depth, stdin=stdin_here, env=tuple(env))
 
 
-def _index(parent: Any, child: Any) -> int:
-    for i, c in enumerate(parent.children):
-        if c.id == child.id:
-            return i
-    return -1
-
-
-def _walk_dynamic(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> None:
+def _walk_dynamic(node: Any, acc: Acc, *, via: tuple[str, ...], depth: int) -> None:
     """Commands hidden inside a word: `$(...)`, backticks, `<(...)`."""
-    if node.type in ("command_substitution", "process_substitution"):
-        for c in node.children:
-            _walk(c, acc, via=via, depth=depth, stdin="inherit")
-        return
-    for c in node.children:
-        _walk_dynamic(c, acc, via=via, depth=depth)
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n.type in ("command_substitution", "process_substitution"):
+            for c in n.children:
+                _walk(c, acc, via=via, depth=depth, stdin="inherit")
+            continue
+        stack.extend(reversed(n.children))
 
 
 # -- unwrapping ---------------------------------------------------------------------------
@@ -363,13 +353,16 @@ def _walk_dynamic(node: Any, acc: _Acc, *, via: tuple[str, ...], depth: int) -> 
 
 def _emit(
     words: list[Word],
-    acc: _Acc,
+    acc: Acc,
     *,
     via: tuple[str, ...],
     depth: int,
     stdin: str,
     env: tuple[str, ...],
 ) -> None:
+    if depth > MAX_DEPTH:
+        acc.refuse("too-deep", f"commands nested more than {MAX_DEPTH} levels deep")
+        return
     head = words[0]
     if head.dynamic or head.glob or not head.text or head.text.startswith("~"):
         acc.refuse(
@@ -379,7 +372,7 @@ def _emit(
             "program's name literally",
         )
         return
-    if head.text in _RESERVED:
+    if head.text in RESERVED:
         acc.refuse(
             "unparseable",
             f"{head.text!r} is a shell reserved word, not a program; a wrapper cannot run it",
@@ -395,6 +388,12 @@ def _emit(
     )
     acc.invocations.append(inv)
     name = inv.name
+    problem = word_problem(name, words)
+    if problem is not None:
+        acc.refuse(*problem)
+    acc.startup_vars.update(startup_names(name, words))
+    if name in SHELLS and reads_startup(name, words, login=False):
+        acc.startup_shell = acc.startup_shell or inv.text()[:60]
     if name == "eval":
         acc.refuse("eval", "`eval` runs a string built at run time; run the command directly")
         return
@@ -411,7 +410,7 @@ def _rest(
     inv: Invocation,
     words: list[Word],
     start: int,
-    acc: _Acc,
+    acc: Acc,
     depth: int,
     *,
     stdin: str | None = None,
@@ -460,7 +459,7 @@ def _skip_options(
     return i
 
 
-def _env(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _env(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     i = 1
     while i < len(words):
         w = words[i].text
@@ -493,17 +492,17 @@ def _env(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
 
 def _simple(
     with_value: frozenset[str], positional: int = 0
-) -> Callable[[Invocation, list[Word], _Acc, int], None]:
+) -> Callable[[Invocation, list[Word], Acc, int], None]:
     """A wrapper `NAME [options] [N positional args] COMMAND...`."""
 
-    def handler(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+    def handler(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
         i = _skip_options(words, 1, with_value)
         _rest(inv, words, i + positional, acc, depth)
 
     return handler
 
 
-def _xargs(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _xargs(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     with_value = frozenset(
         {
             "-a",
@@ -526,15 +525,15 @@ def _xargs(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
         }
     )
     i = _skip_options(words, 1, with_value, long_with_value=with_value)
-    if i >= len(words):
-        return  # xargs alone runs echo
+    if i >= len(words):  # xargs alone runs echo
+        words = [*words, Word("echo")]
     _rest(inv, words, i, acc, depth, stdin="inherit", dynamic_args=True)
 
 
 _FIND_EXEC = frozenset({"-exec", "-execdir", "-ok", "-okdir"})
 
 
-def _find(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _find(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     i = 1
     while i < len(words):
         if words[i].text in _FIND_EXEC:
@@ -551,7 +550,7 @@ def _find(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
             i += 1
 
 
-def _shell(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _shell(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     """`sh -c CODE` is parsed again; a shell reading code from a pipe is refused."""
     i, code_at, reads_stdin = 1, None, False
     while i < len(words):
@@ -604,7 +603,7 @@ def _shell(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
         )
 
 
-def _interpreter(inv: Invocation, words: list[Word], acc: _Acc) -> None:
+def _interpreter(inv: Invocation, words: list[Word], acc: Acc) -> None:
     args = [w.text for w in words[1:]]
     inline = any(
         a in ("-c", "-e", "-E", "--eval", "-r") or a.startswith(("-c", "-e")) for a in args
@@ -619,7 +618,29 @@ def _interpreter(inv: Invocation, words: list[Word], acc: _Acc) -> None:
         )
 
 
-def _watch(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
+def _exec(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
+    """`exec [-cl] [-a NAME] COMMAND`: -l, or a NAME starting with `-`,
+    starts a shell as a login shell."""
+    i, login = 1, False
+    while i < len(words):
+        w = words[i].text
+        if w == "--":
+            i += 1
+            break
+        if w == "-a":
+            login = login or (i + 1 < len(words) and words[i + 1].literal.startswith("-"))
+            i += 2
+            continue
+        if not w.startswith("-") or w == "-":
+            break
+        login = login or "l" in w
+        i += 1
+    if i < len(words) and login and words[i].text.rsplit("/", 1)[-1] in SHELLS:
+        acc.startup_shell = acc.startup_shell or inv.text()[:60]
+    _rest(inv, words, i, acc, depth)
+
+
+def _watch(inv: Invocation, words: list[Word], acc: Acc, depth: int) -> None:
     """`watch` hands its arguments, joined, to `sh -c`."""
     i = _skip_options(words, 1, frozenset({"-n", "--interval", "-d", "--differences"}))
     if i < len(words):
@@ -636,7 +657,7 @@ def _watch(inv: Invocation, words: list[Word], acc: _Acc, depth: int) -> None:
 
 
 _NONE: frozenset[str] = frozenset()
-_WRAPPERS: dict[str, Callable[[Invocation, list[Word], _Acc, int], None]] = {
+_WRAPPERS: dict[str, Callable[[Invocation, list[Word], Acc, int], None]] = {
     "env": _env,
     "nice": _simple(frozenset({"-n", "--adjustment"})),
     "nohup": _simple(_NONE),
@@ -649,7 +670,7 @@ _WRAPPERS: dict[str, Callable[[Invocation, list[Word], _Acc, int], None]] = {
     "taskset": _simple(_NONE, positional=1),
     "command": _simple(_NONE),
     "builtin": _simple(_NONE),
-    "exec": _simple(frozenset({"-a"})),
+    "exec": _exec,
     "xargs": _xargs,
     "find": _find,
     "watch": _watch,

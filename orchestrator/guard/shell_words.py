@@ -20,6 +20,13 @@ class Word:
     text: str
     dynamic: bool = False
     glob: bool = False
+    # The text as written, expansions left out: what bash would evaluate
+    # again if the word reached arithmetic (`$` here is quoted, not expanded).
+    static: str | None = None
+
+    @property
+    def literal(self) -> str:
+        return self.text if self.static is None else self.static
 
 
 # Node types whose text is only known at run time.
@@ -46,14 +53,15 @@ def word(node: Any) -> Word:
     if t == "raw_string":
         return Word(text[1:-1])
     if t in ("string", "translated_string"):
-        parts, dynamic = [], False
+        parts, static, dynamic = [], [], False
         for c in node.children:
             if c.type == "string_content":
                 parts.append(_DQ_ESCAPE.sub(r"\1", c.text.decode(errors="replace")))
+                static.append(parts[-1])
             elif c.type in DYNAMIC_NODES:
                 dynamic = True
                 parts.append(c.text.decode(errors="replace"))
-        return Word("".join(parts), dynamic=dynamic)
+        return Word("".join(parts), dynamic=dynamic, static="".join(static))
     if t == "concatenation":
         parts = [word(c) for c in node.children]
         joined = "".join(p.text for p in parts)
@@ -61,8 +69,11 @@ def word(node: Any) -> Word:
             joined,
             dynamic=any(p.dynamic for p in parts),
             glob=any(p.glob for p in parts) or is_brace(joined),
+            static="".join(p.literal for p in parts),
         )
-    return Word(text, dynamic=True)
+    if t == "ansi_c_string":  # decoded at run time: `$'\x24(id)'` is `$(id)`
+        return Word(text, dynamic=True, static=text)
+    return Word(text, dynamic=True, static="")
 
 
 def is_brace(text: str) -> bool:
