@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,13 +13,15 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from events import payloads as p
-from events.digests import ProofReport
 from events.envelope import Event
 from events.projections import Projections
 from events.store import EventStore
 from events.verify import VerifyReport
 from orchestrator.errors import InfraUnavailable
 from orchestrator.run.watch import JobView
+
+if TYPE_CHECKING:
+    from events.digests import ProofReport
 
 POLL_S = 0.1
 MAX_BARS = 12  # more targets than this: one bar per running target only
