@@ -19,7 +19,8 @@ import click
 import typer
 
 from events.errors import EventError
-from orchestrator import __version__, lazy
+import orchestrator
+from orchestrator import lazy
 from orchestrator.cli import api as cli_api
 from orchestrator.cli import audit as cli_audit
 from orchestrator.cli import chat as cli_chat
@@ -53,7 +54,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        out.print(f"orchestrator {__version__}", highlight=False)
+        out.print(f"orchestrator {orchestrator.__version__}", highlight=False)
         raise typer.Exit(0)
 
 
