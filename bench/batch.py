@@ -242,7 +242,7 @@ class Ours:
         t = now()
         job_id, tickets = jobs.prepare(spec, repos)
         jobs.record(self.store, spec, job_id, tickets, "user:bench")
-        enqueue(tickets, spec.steps, app=self.app)
+        enqueue(tickets, spec.steps, app=self.app, sign=self.settings.audit_key_file is not None)
         after, status = 0, None
         deadline = time.monotonic() + timeout
         while status is None:

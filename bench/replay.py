@@ -151,7 +151,11 @@ class PeerSession(Aggregate):
         )
 
     @event("ToolCallStarted")
-    def tool_call_started(self, call_id: str, planned_count: int) -> None:
+    def tool_call_started(
+        self, call_id: str, planned_count: int, trace_id: str | None = None
+    ) -> None:
+        # trace_id (v2) is stored with the event and read back; like our session
+        # fold, the state keeps no copy of it.
         self.calls[call_id].update(status="started", planned_count=planned_count)
 
     @event("FileChanged")

@@ -19,7 +19,7 @@ import orjson
 from pydantic import ValidationError
 
 from events.errors import UnknownEvent
-from events.projections import Folder, Projections, fold_records
+from events.projections import Folder, JobState, Projections, apply_job, fold_records
 from events.store import EventStore
 from events.upcast import current
 from events.verify import Problem, Row, Verifier, VerifyReport
@@ -50,6 +50,14 @@ def load(store: EventStore, stream_id: str) -> Projections:
         store.save_snapshot(
             stream_id, state.last_seq, SNAPSHOT_VERSION, state.model_dump_json().encode()
         )
+    return state
+
+
+def job_state(store: EventStore, job_id: str) -> JobState:
+    """A job's own state (its sessions, status), from its stream."""
+    state = JobState()
+    for e in store.read_stream(job_id):
+        state = apply_job(state, e)
     return state
 
 

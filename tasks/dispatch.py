@@ -27,7 +27,6 @@ from typing import Any
 from celery import Celery, chain, group
 from celery.canvas import Signature
 
-from orchestrator.config.settings import get_settings
 from orchestrator.run.runner import Ticket
 from orchestrator.run.steps import ShellStep, Step
 from tasks.summary import summarized
@@ -51,12 +50,6 @@ def chunk_size(targets: int, steps: Sequence[Step]) -> int:
     return min(MAX_CHUNK, math.ceil(targets / MIN_TASKS_PER_STEP))
 
 
-def signing() -> bool:
-    """Whether chains end with a digest: an audit key is configured (workers
-    sign with their own; one without a key signs nothing)."""
-    return get_settings().audit_key_file is not None
-
-
 def sign_link(app: Celery, tickets: Sequence[Ticket]) -> Signature:
     """The last link of a chain: sign the heads of its sessions and their job."""
     streams = [*(t.session_id for t in tickets), *dict.fromkeys(t.job_id for t in tickets)]
@@ -67,12 +60,11 @@ def enqueue(
     tickets: Sequence[Ticket],
     steps: Sequence[Step],
     app: Celery,
-    sign: bool | None = None,
+    *,
+    sign: bool,
 ) -> None:
-    """Send the job's canvas on `app`; `sign` (default: `signing()`) ends each
-    chain with a digest."""
-    if sign is None:
-        sign = signing()
+    """Send the job's canvas on `app`; `sign` ends each chain with a digest
+    (the caller's settings have an audit key: `CeleryDispatcher.sign`)."""
     agent = any(t.agent for t in tickets)
     # With an agent after the steps, the agent ends the session, not the last step.
     last = -1 if agent else len(steps) - 1
@@ -111,12 +103,10 @@ def agent_link(app: Celery, ticket: Ticket) -> Signature:
 
 
 def continue_session(
-    ticket: Ticket, start: int, steps: Sequence[Step], app: Celery, sign: bool | None = None
+    ticket: Ticket, start: int, steps: Sequence[Step], app: Celery, *, sign: bool
 ) -> None:
     """Enqueue one session's steps from `start` on (after a confirmation was
     answered): the same tasks, keys and limits as the job's own chain."""
-    if sign is None:
-        sign = signing()
     last = -1 if ticket.agent else len(steps) - 1
     links = [
         summarized(

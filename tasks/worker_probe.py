@@ -183,7 +183,7 @@ def _guarded(check: Callable[[Settings], Verdict], settings: Settings) -> Verdic
         return False, f"{type(exc).__name__}: {exc}"
 
 
-def metrics() -> tuple[int, bytes, str]:
+def metrics(settings: Settings) -> tuple[int, bytes, str]:
     """(status, body, content type) of `/metrics`."""
     try:
         from orchestrator.ops.metrics import exposition
@@ -193,7 +193,7 @@ def metrics() -> tuple[int, bytes, str]:
             (f"metrics are not available in this installation: {exc}\n").encode(),
             "text/plain; charset=utf-8",
         )
-    body, content_type = exposition()
+    body, content_type = exposition(settings)
     return 200, body, content_type
 
 
@@ -204,7 +204,7 @@ def serve(probe: Probe, address: str, port: int) -> ThreadingHTTPServer:
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                status, body, ctype = metrics()
+                status, body, ctype = metrics(probe.settings)
                 self._send(status, body, ctype)
                 return
             answer = {"/healthz": probe.healthz, "/readyz": probe.readyz}.get(path)

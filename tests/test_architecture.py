@@ -12,6 +12,12 @@ def test_the_layout_has_no_import_cycle_and_no_upward_import():
     assert report.upward == []  # orchestrator never imports tasks
 
 
+def test_only_the_composition_roots_read_settings():
+    """Below the roots, settings arrive as arguments (tests/architecture.py
+    lists the modules allowed to call get_settings())."""
+    assert measure().settings_calls == []
+
+
 def test_imports_inside_functions_stay_rare():
     assert measure().local_per_kloc <= MAX_LOCAL_IMPORTS_PER_KLOC
 

@@ -33,7 +33,8 @@ def exposition_of(env: dict[str, str]) -> tuple[str, str]:
     """`metrics.exposition()` in a process of its own, as the API or the
     worker's probe would call it."""
     code = (
-        "import sys; from orchestrator.ops import metrics; body, ctype = metrics.exposition(); "
+        "import sys; from orchestrator.config.settings import get_settings; "
+        "from orchestrator.ops import metrics; body, ctype = metrics.exposition(get_settings()); "
         "sys.stdout.write(ctype + '\\n' + body.decode())"
     )
     result = subprocess.run(

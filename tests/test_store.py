@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic.runtime.migration import MigrationContext
 
+from events import migrate
 from events import payloads as p
 from events.db import store_errors
 from events.envelope import canonical_json, chain_hash
@@ -106,6 +108,22 @@ def test_newer_schema_than_known_is_refused(tmp_path: Path):
         conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
     with pytest.raises(SchemaNotReady, match="9999"):
         SqlEventStore(str(tmp_path / "e.sqlite"))
+
+
+def test_the_start_up_check_knows_the_head_alembic_finds(tmp_path: Path):
+    """`migrate.check` compares with `HEAD` and reads the version table itself
+    (no Alembic at start-up): both must agree with Alembic's own answers."""
+    assert migrate.head_revision() == migrate.HEAD
+    s = open_store(str(tmp_path / "e.sqlite"), upgrade=True)
+    try:
+        with s.engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == migrate.HEAD
+        assert migrate.current_revision(s.engine) == migrate.HEAD
+    finally:
+        s.close()
+    assert (
+        migrate.current_revision(sa.create_engine(f"sqlite:///{tmp_path / 'empty.sqlite'}")) is None
+    )
 
 
 def test_replay_from_snapshot_equals_replay_from_scratch(store, stream_id):

@@ -41,6 +41,10 @@ _HANDLERS = {
 }
 
 
+def _ignore(pl: Fields, e: Fields) -> None:
+    """A type no projection reads: it moves `last_seq` only."""
+
+
 class Folder:
     """A fold in progress: `add` events in order, `result()` whenever needed.
     Pure: no I/O, and the result depends on the events only. Events come as
@@ -56,23 +60,42 @@ class Folder:
         self._agent = AgentFold(st.session.agent)
         self._quota = QuotaFold(st.quota)
         self._ledger = LedgerFold(st.ledger)
-        self._on: dict[str, tuple[Callable[[Fields, Fields], None], ...]] = {}
+        self._on: dict[str, Callable[[Fields, Fields], None]] = {}
 
     def add(self, type_: str, pl: Fields, e: Fields) -> None:
         """One event: its type, its payload's field values, and its envelope's
         (`stream_id`, `seq`, `actor`, `occurred_at`: a datetime or its text)."""
-        handlers = self._on.get(type_)
-        if handlers is None:
-            handlers = self._on[type_] = self._bind(type_)
-        for handle in handlers:
-            handle(pl, e)
+        handle = self._on.get(type_)
+        if handle is None:
+            handle = self._on[type_] = self._bind(type_)
+        handle(pl, e)
         self.last_seq = e["seq"]
 
-    def _bind(self, type_: str) -> tuple[Callable[[Fields, Fields], None], ...]:
-        """The handlers of a type, bound to this fold's parts: once per type seen,
-        so a fold of one event (live state) binds one type."""
+    def _bind(self, type_: str) -> Callable[[Fields, Fields], None]:
+        """One callable per type running its handlers, bound to this fold's
+        parts: made once per type seen (a fold of one event, live state, binds
+        one type). Most types have one handler, which is then called directly,
+        with no loop per event."""
         parts = (self._session, self._agent, self._quota, self._ledger)
-        return tuple(MethodType(h, parts[i]) for i, h in _HANDLERS.get(type_, ()))
+        bound = [MethodType(h, parts[i]) for i, h in _HANDLERS.get(type_, ())]
+        if not bound:
+            return _ignore
+        if len(bound) == 1:
+            return bound[0]
+        if len(bound) == 2:
+            first, second = bound
+
+            def both(pl: Fields, e: Fields) -> None:
+                first(pl, e)
+                second(pl, e)
+
+            return both
+
+        def each(pl: Fields, e: Fields) -> None:
+            for handle in bound:
+                handle(pl, e)
+
+        return each
 
     def result(self) -> Projections:
         values = {
@@ -102,12 +125,10 @@ def fold_records(
     on, bind, seq = f._on, f._bind, f.last_seq
     for r in records:  # Folder.add, inlined: replay speed is a product feature
         type_ = r["type"]
-        handlers = on.get(type_)
-        if handlers is None:
-            handlers = on[type_] = bind(type_)
-        pl = r["payload"]
-        for handle in handlers:
-            handle(pl, r)
+        handle = on.get(type_)
+        if handle is None:
+            handle = on[type_] = bind(type_)
+        handle(r["payload"], r)
         seq = r["seq"]
     f.last_seq = seq
     return f.result()

@@ -58,7 +58,14 @@ class Items(Generic[M]):
         at = self._at
         if at is None:
             items, k = self._items, self._key
-            for j in range(len(items) - 1, max(len(items) - _NEAR, 0) - 1, -1):
+            if items:  # the newest item of all: the common case, checked first
+                x = items[-1]
+                if type(x) is dict:
+                    if x[k] == key:
+                        return x
+                elif x.__dict__[k] == key:
+                    return self._mutable(len(items) - 1)
+            for j in range(len(items) - 2, max(len(items) - _NEAR, 0) - 1, -1):
                 x = items[j]
                 if (x if type(x) is dict else x.__dict__)[k] == key:
                     return self._mutable(j)

@@ -54,12 +54,12 @@ def readyz(request: Request) -> JSONResponse:
         },
     },
 )
-def metrics(_: Any = Depends(optional_metrics_auth)) -> Response:
+def metrics(request: Request, _: Any = Depends(optional_metrics_auth)) -> Response:
     """Prometheus metrics of the API and (multiprocess) workers on this host;
     needs a token of any role unless api_metrics_public."""
     try:
         exposition = metrics_mod.exposition
     except AttributeError as exc:
         raise InfraUnavailable(f"metrics are not available in this installation ({exc})") from None
-    body, content_type = exposition()
+    body, content_type = exposition(services(request).settings)
     return Response(body, media_type=content_type)

@@ -117,7 +117,7 @@ def chat(
         spec = _agent_spec(s, provider, model, script)
         docs = _policies(s, policy, tier)
     st = _store.open_store(s.effective_store_url, upgrade=s.embedded_store)
-    runner = _runner.Runner(st, s.submitter)
+    runner = _runner.Runner(st, s.submitter, settings=s)
     if session is not None:
         ticket = _resumable(st, session, _chat.chat_ticket)
     else:

@@ -15,7 +15,6 @@ from typing import Any, NoReturn, Optional
 
 import orjson
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -27,6 +26,7 @@ from orchestrator.ops import workers
 # Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
 # the commands that use them, not for `--help` (bench/cli_startup.py).
 render = lazy.module("orchestrator.cli.render")
+yaml = lazy.module("yaml")
 _policy = lazy.module("orchestrator.guard.policy")
 _replay = lazy.module("events.replay")
 _scripted = lazy.module("orchestrator.agent.providers.scripted")

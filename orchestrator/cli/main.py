@@ -9,6 +9,7 @@ its commands here. Exit codes: 0 ok, 1 job failed, 2 bad input or config, 3 deni
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -18,8 +19,9 @@ from typing import Optional
 import click
 import typer
 
+import orchestrator
 from events.errors import EventError
-from orchestrator import __version__, lazy
+from orchestrator import lazy
 from orchestrator.cli import api as cli_api
 from orchestrator.cli import audit as cli_audit
 from orchestrator.cli import chat as cli_chat
@@ -31,7 +33,7 @@ from orchestrator.cli import ops as cli_ops
 from orchestrator.cli import sandbox as cli_sandbox
 from orchestrator.cli.common import err, masked, out
 from orchestrator.cli.root import begin
-from orchestrator.config.settings import get_settings
+from orchestrator.config.settings import Settings, get_settings
 from orchestrator.errors import OrchestratorError
 
 # Loaded in the commands that use them, not for `--help` (bench/cli_startup.py).
@@ -53,7 +55,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        out.print(f"orchestrator {__version__}", highlight=False)
+        out.print(f"orchestrator {orchestrator.__version__}", highlight=False)
         raise typer.Exit(0)
 
 
@@ -143,12 +145,45 @@ def _observe() -> None:
     """Logs (and traces, when configured) for this process; a bad configuration
     still gets default logging, and the command reports the problem itself."""
     try:
-        s = get_settings()
+        s: Settings | None = get_settings()
     except OrchestratorError:
-        logs.configure()
-        return
-    logs.configure(s)
-    tracing.setup(s, celery=True)
+        s = None
+    _LogsOnFirstRecord.install(s)
+    if s is not None:
+        tracing.setup(s, celery=True)
+
+
+class _LogsOnFirstRecord(logging.Handler):
+    """Holds the root logger's place until a record arrives, then sets up
+    `orchestrator.ops.logs` and hands the record to it: structlog (and the
+    rich tracebacks it loads, a tenth of `status`'s start-up) is paid only by
+    a command that logs. The levels are set now, as `logs.configure` sets them,
+    so the same records get through."""
+
+    def __init__(self, settings: Settings | None) -> None:
+        super().__init__()
+        self.settings = settings
+
+    @classmethod
+    def install(cls, settings: Settings | None) -> None:
+        root = logging.getLogger()
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        root.addHandler(cls(settings))
+        level = (settings or Settings.model_construct()).log_level
+        root.setLevel(logging.getLevelName(level))
+        # As logs.configure: Alembic narrates every migration at INFO.
+        logging.getLogger("alembic").setLevel(
+            logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+        )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self)
+        logs.configure(self.settings)  # replaces the root's handlers with its own
+        for handler in root.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 def _is_unreachable(exc: BaseException) -> bool:

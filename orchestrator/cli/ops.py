@@ -23,13 +23,13 @@ from orchestrator import lazy
 from orchestrator.cli.common import submit_job
 from orchestrator.cli.root import current
 from orchestrator.config.settings import Settings
-from orchestrator.ops import health as health_mod
 from orchestrator.ops import heartbeat
 
 # Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
 # the commands that use them, not for `--help` (bench/cli_startup.py).
 render = lazy.module("orchestrator.cli.render")
 doctor_mod = lazy.module("orchestrator.ops.doctor")
+health_mod = lazy.module("orchestrator.ops.health")  # imports doctor (urllib.request)
 sandbox = lazy.module("orchestrator.sandbox.runtime")
 smoke_mod = lazy.module("orchestrator.ops.smoke")
 workers = lazy.module("orchestrator.ops.workers")

@@ -5,21 +5,27 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.syntax import Syntax
 from rich.table import Table
 
 from events import payloads as p
-from events.digests import ProofReport
 from events.envelope import Event
 from events.projections import Projections
 from events.store import EventStore
 from events.verify import VerifyReport
+from orchestrator import lazy
 from orchestrator.errors import InfraUnavailable
 from orchestrator.run.watch import JobView
+
+if TYPE_CHECKING:
+    from events.digests import ProofReport
+
+# Live progress (`run`) and highlighted diffs (pygments) load where they are
+# shown, not for `status` (bench/cli_startup.py).
+_progress = lazy.module("rich.progress")
+_syntax = lazy.module("rich.syntax")
 
 POLL_S = 0.1
 MAX_BARS = 12  # more targets than this: one bar per running target only
@@ -69,12 +75,12 @@ def follow(
     a confirmation), drawing a bar per target."""
     view = JobView(job_id)
     deadline = None if timeout is None else time.monotonic() + timeout
-    progress = Progress(
-        TextColumn("{task.description}", style="bold"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(),
+    progress = _progress.Progress(
+        _progress.TextColumn("{task.description}", style="bold"),
+        _progress.BarColumn(),
+        _progress.MofNCompleteColumn(),
+        _progress.TextColumn("{task.fields[note]}"),
+        _progress.TimeElapsedColumn(),
         console=console,
         disable=quiet,
         transient=False,
@@ -154,7 +160,9 @@ def summary(
         if r["patch"]:
             console.rule(f"{r['target']}")
             console.print(
-                Syntax(str(r["patch"]), "diff", theme="ansi_dark", background_color="default")
+                _syntax.Syntax(
+                    str(r["patch"]), "diff", theme="ansi_dark", background_color="default"
+                )
             )
 
 
@@ -274,8 +282,8 @@ def verify(console: Console, report: VerifyReport, proof: ProofReport | None = N
             console.print(f"  - {problem}", highlight=False)
     if proof is None:
         return
-    for problem in proof.problems:
-        console.print(f"  - [red]{problem}[/]", highlight=False)
+    for issue in proof.problems:
+        console.print(f"  - [red]{issue}[/]", highlight=False)
     streams = len(proof.proven)
     proven = streams - len(proof.unproven)
     console.print(

@@ -67,6 +67,7 @@ def _one(
         policy_files=docs,
         tier=tier or s.tier,  # type: ignore[arg-type]
         elevated_by=s.submitter if allow_destructive else None,
+        settings=s,
     )
     session = result.state.session
     entry = result.state.ledger.entries[-1] if result.state.ledger.entries else None

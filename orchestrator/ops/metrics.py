@@ -40,7 +40,6 @@ from typing import IO, Any, Literal, Protocol
 import orjson
 
 from orchestrator import lazy
-from orchestrator.config.settings import get_settings
 from orchestrator.ops.logs import get_logger
 
 __all__ = [
@@ -359,10 +358,11 @@ def _multiproc_dir() -> str | None:
 # -- exposition ------------------------------------------------------------------------
 
 
-def exposition() -> tuple[bytes, str]:
+def exposition(settings: Any) -> tuple[bytes, str]:
     """The Prometheus text of this process's metrics, or, in multiprocess mode,
     of every process writing PROMETHEUS_MULTIPROC_DIR; plus the scrape-time
-    gauges. (body, content type) for GET /metrics and the worker's probe."""
+    gauges, read from the store and broker `settings` name. (body, content
+    type) for GET /metrics and the worker's probe."""
     pc = lazy.module("prometheus_client")  # after PROMETHEUS_MULTIPROC_DIR is set
     registry = pc.CollectorRegistry(auto_describe=False)
     path = _multiproc_dir()
@@ -372,7 +372,7 @@ def exposition() -> tuple[bytes, str]:
         own = next((r for r in _reporters if isinstance(r, PrometheusReporter)), None)
         if own is not None:
             registry.register(_Forward(own.registry))
-    registry.register(_Scraped())
+    registry.register(_Scraped(settings))
     return pc.generate_latest(registry), pc.CONTENT_TYPE_LATEST
 
 
@@ -388,9 +388,12 @@ class _Scraped:
     """Confirmations waiting and queue depth, read when scraped. A store or
     broker that cannot be read leaves its gauge out (the scrape still works)."""
 
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+
     def collect(self) -> Any:
         GaugeMetricFamily = lazy.module("prometheus_client.core").GaugeMetricFamily  # noqa: N806
-        settings = get_settings()
+        settings = self.settings
         m = SCRAPED["orch_confirmations_waiting"]
         waiting = _try(lambda: confirmations_waiting(settings))
         if waiting is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from events.projections import Projections
 from events.replay import replay
@@ -50,12 +51,14 @@ def run_one(
     policy_files: list[PolicyDoc],
     tier: Tier | None,
     elevated_by: str | None,
+    settings: Any = None,
 ) -> Outcome:
+    """`settings`: what the network tools read (the CLI's root passes its own)."""
     spec = JobSpec(name=f"adhoc {step.kind}", targets=(str(workspace.resolve()),), steps=(step,))
     job_id, tickets = jobs.prepare(
         spec, Path.cwd(), policy_files=policy_files, tier=tier, elevated_by=elevated_by
     )
     jobs.record(store, spec, job_id, tickets, actor)
     [ticket] = tickets
-    status = Runner(store, actor).run_step(ticket, 0, step, last=True)
+    status = Runner(store, actor, settings=settings).run_step(ticket, 0, step, last=True)
     return Outcome(ticket.session_id, status, replay(store, ticket.session_id))

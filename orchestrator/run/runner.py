@@ -33,8 +33,8 @@ import orjson
 from events import payloads as p
 from events.envelope import Event, NewEvent, utcnow
 from events.errors import SequenceConflict
-from events.projections import JobState, Projections, SessionState, apply_job, fold
-from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, load
+from events.projections import Projections, SessionState, fold
+from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, job_state, load
 from events.store import EventStore
 from orchestrator.errors import ToolError
 from orchestrator.guard import decision, policy
@@ -573,13 +573,6 @@ class Runner:
                 job_id,
                 cause,
             )
-
-
-def job_state(store: EventStore, job_id: str) -> JobState:
-    state = JobState()
-    for e in store.read_stream(job_id):
-        state = apply_job(state, e)
-    return state
 
 
 def plan(workspace: Path, step: Step, hidden: Any = None, tools: Registry = TOOLS) -> Plan:

@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 
 from events.envelope import Event
 from events.projections import JobState, SessionState, apply_job, apply_session
-from events.replay import replay
+from events.replay import job_state, replay
 from events.store import EventStore
-from orchestrator.run.runner import job_state
 
 
 @dataclass

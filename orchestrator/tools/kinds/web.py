@@ -8,7 +8,7 @@ from typing import Any
 
 from events import payloads as p
 from orchestrator import lazy
-from orchestrator.config.settings import get_settings
+from orchestrator.errors import ToolError
 from orchestrator.tools.base import Plan, ToolResult
 from orchestrator.tools.interface import BaseTool, ToolCall
 
@@ -19,10 +19,14 @@ _networks: list[Any] = []  # the last Network made: its breakers live as long as
 
 def network(call: ToolCall) -> Any:
     """The `orchestrator.tools.web.steps.Network` for the call's settings and
-    observer, made once and kept while they stay the same objects. A runner
-    built without settings falls back to this process's (get_settings), the
-    one place below the composition roots that still reads them."""
-    settings = call.settings if call.settings is not None else get_settings()
+    observer, made once and kept while they stay the same objects. The
+    settings come from whoever built the runner (a composition root)."""
+    settings = call.settings
+    if settings is None:
+        raise ToolError(
+            "a network step needs the settings its runner was built with (egress, "
+            "timeouts, the browser); build it as Runner(store, actor, settings=...)"
+        )
     last = _networks[-1] if _networks else None
     if last is None or last.settings is not settings or last.observer is not call.observer:
         last = _web.Network(settings, call.observer)
