@@ -35,6 +35,11 @@ from events.verify import Row
 PAGE = 2000
 INSERT_CHUNK = 1000  # rows per INSERT: 9 parameters each, well under both drivers' limits
 
+EventFilter = Callable[[str, NewEvent], NewEvent]
+"""A step every event passes before it is sealed: (stream id, event) -> the
+event to store (masking, payload encryption). It returns the same object when
+it has nothing to change; the store applies filters in order."""
+
 # Observers of appends: fn(stream_id, events_stored, seconds), called after each
 # append that returned (an idempotent hit stores 0). orchestrator.ops.metrics
 # registers one; events/ itself knows no metrics library.
@@ -97,8 +102,11 @@ class EventStore(Protocol):
 
 
 class SqlEventStore:
-    def __init__(self, url: str, *, check_schema: bool = True) -> None:
+    def __init__(
+        self, url: str, *, check_schema: bool = True, filters: Sequence[EventFilter] = ()
+    ) -> None:
         self.url = normalize_url(url)
+        self.filters = tuple(filters)
         self.engine = create_engine(self.url)
         self._writers = WriterConnections(self.engine)
         p = self._writers.param()
@@ -141,6 +149,8 @@ class SqlEventStore:
         key = batch[0].idempotency_key
         if any(e.idempotency_key != key for e in batch):
             raise ValueError("all events of one append must share its idempotency key")
+        if self.filters:
+            batch = self._filtered(stream_id, batch)
         if not APPEND_HOOKS:
             return self._append_keyed(stream_id, batch, expected_seq, key)
         started = time.perf_counter()
@@ -150,6 +160,14 @@ class SqlEventStore:
         for hook in APPEND_HOOKS:
             hook(stream_id, n, elapsed)
         return stored
+
+    def _filtered(self, stream_id: str, batch: Sequence[NewEvent]) -> list[NewEvent]:
+        out = []
+        for e in batch:
+            for f in self.filters:
+                e = f(stream_id, e)
+            out.append(e)
+        return out
 
     def _append_keyed(
         self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None, key: str | None
@@ -486,11 +504,14 @@ class SqlEventStore:
             conn.execute(stmt)
 
 
-def open_store(url: str, *, upgrade: bool = False) -> SqlEventStore:
-    """Open a store; with `upgrade`, apply pending migrations first (embedded use)."""
+def open_store(
+    url: str, *, upgrade: bool = False, filters: Sequence[EventFilter] = ()
+) -> SqlEventStore:
+    """Open a store; with `upgrade`, apply pending migrations first (embedded use).
+    `filters` see every appended event (`orchestrator.audit.protect.event_filters`)."""
     if upgrade:
-        store = SqlEventStore(url, check_schema=False)
+        store = SqlEventStore(url, check_schema=False, filters=filters)
         migrate.upgrade(store.engine)
         migrate.check(store.engine)
         return store
-    return SqlEventStore(url)
+    return SqlEventStore(url, filters=filters)
