@@ -37,6 +37,7 @@ from events.verify import Row
 PAGE = 2000
 INSERT_CHUNK = 1000  # rows per INSERT: 9 parameters each, well under both drivers' limits
 
+Batch = Sequence[NewEvent]
 EventFilter = Callable[[str, NewEvent], NewEvent]
 """A step every event passes before it is sealed: (stream id, event) -> the
 event to store (masking, payload encryption). It returns the same object when
@@ -220,12 +221,12 @@ class SqlEventStore:
         try:
             with driver_errors(self.url, dbapi):
                 try:
-                    return self._append(stream_id, batch, expected_seq, key, shown)
+                    return self._append(stream_id, batch, expected_seq, shown)
                 except _Reconnect:
                     # The server dropped our idle connection before we sent a
                     # write (pool_pre_ping's job, without its round trip per
                     # append): nothing happened, so try once on a new one.
-                    return self._append(stream_id, batch, expected_seq, key, shown)
+                    return self._append(stream_id, batch, expected_seq, shown)
         except dbapi.IntegrityError as exc:
             # Lost a race for the same seq: either a duplicate delivery of this
             # very batch (same key, now stored) or a real conflict.
@@ -250,12 +251,7 @@ class SqlEventStore:
         return [self._decode(r[0], bytes(r[1]), r[2]) for r in rows]
 
     def _append(
-        self,
-        stream_id: str,
-        batch: Sequence[NewEvent],
-        expected_seq: int | None,
-        key: str | None,
-        shown: Sequence[NewEvent],
+        self, stream_id: str, batch: Batch, expected_seq: int | None, shown: Batch
     ) -> list[Event]:
         """The hot path, on this thread's own DBAPI connection with fixed SQL texts
         (the drivers cache and, on PostgreSQL, prepare them).
@@ -268,7 +264,7 @@ class SqlEventStore:
         it would inside a transaction. SQLite wraps them in BEGIN IMMEDIATE
         (cheap in-process; serializes writers). A batch too big for one INSERT
         takes an explicit transaction on both."""
-        w = self._writers
+        w, key = self._writers, batch[0].idempotency_key
         conn = self._fresh_connection()
         cur = conn.cursor()
         explicit = w.dialect == "sqlite" or len(batch) > INSERT_CHUNK

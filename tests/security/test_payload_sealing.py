@@ -5,6 +5,7 @@ and every chain, signed digest and replay still holds, on both backends."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from orchestrator.audit import digests as audit
 from orchestrator.audit import kek as kek_mod
 from orchestrator.audit.forget import forget
 from orchestrator.errors import ConfigError
+from tests.cli_helpers import cli, cli_json, shape_env
+from tests.conftest import fresh_pg_database
 from tests.factories import new
 
 DIFF_TEXT = "+PLAINTEXT-DIFF-8c1f secret line\n"
@@ -214,3 +217,63 @@ def test_unreadable_key_files_name_the_setting(tmp_path: Path):
     made = tmp_path / "made"
     kek_mod.generate(made)
     assert oct(os.stat(made).st_mode & 0o777) == "0o600"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def deployment(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """CLI environment: the embedded store (its KEK made on first use), or a
+    fresh PostgreSQL database with a KEK file (a server store needs one)."""
+    keys = tmp_path / "keys"
+    cli(shape_env(tmp_path), "audit", "keygen", "--out", str(keys))
+    signer = {"ORCH_AUDIT_KEY_FILE": str(keys / "audit-signing.pem")}
+    if request.param == "sqlite":
+        yield shape_env(tmp_path, **signer)
+        return
+    kek_mod.generate(tmp_path / "kek")
+    with fresh_pg_database("orch_test_seal") as url:
+        yield shape_env(tmp_path, store_url=url, ORCH_DATA_KEK_FILE=str(tmp_path / "kek"), **signer)
+
+
+def test_a_job_leaves_no_plain_output_or_diff_and_forget_keeps_the_audit(deployment, tmp_path):
+    env = deployment
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "src.txt").write_text("BODY-OF-A-FILE-6d0e\n")
+    run = cli(
+        env,
+        "sandbox",
+        "run",
+        "-w",
+        str(ws),
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        "cat src.txt; cat src.txt >> copy.txt",
+    )
+    assert run.returncode == 0, run.stderr
+    assert (ws / "copy.txt").read_text() == "BODY-OF-A-FILE-6d0e\n"
+    sid = json.loads(run.stdout)["session_id"]
+    plain = cli(env, "audit", "export")
+    assert plain.returncode == 0 and plain.stderr == ""  # no masking afterwards, no warning
+    assert "BODY-OF-A-FILE" not in plain.stdout and '"output":"sealed:v1:' in plain.stdout
+    export = tmp_path / "log.jsonl"
+    export.write_text(plain.stdout)
+    assert cli(env, "audit", "verify", "--input", str(export)).returncode == 0
+    opened = cli(env, "audit", "export", "--decrypt", "--stream", sid)
+    assert opened.stdout.count("BODY-OF-A-FILE-6d0e") == 2  # the output and the diff
+    state = cli_json(env, "audit", "replay", sid)
+    assert state["session"]["calls"][0]["output"] == "BODY-OF-A-FILE-6d0e\n"
+
+    gone = cli(env, "audit", "forget", sid, "--reason", "erasure request 7")
+    assert gone.returncode == 0, gone.stderr
+    assert "destroyed 1 data key" in gone.stdout
+    verified = cli(env, "audit", "verify", "--require-proof")  # forget signs its record
+    assert verified.returncode == 0, verified.stdout
+    state = cli_json(env, "audit", "replay", sid)
+    call = state["session"]["calls"][0]
+    assert call["output"].startswith("forgotten on ") and "erasure request 7" in call["output"]
+    assert call["status"] == "completed" and state["session"]["changed_paths"] == ["copy.txt"]
+    assert state["ledger"]["entries"][0]["decision"] == "allow"
+    opened = cli(env, "audit", "export", "--decrypt", "--stream", sid)
+    assert "BODY-OF-A-FILE" not in opened.stdout and "erasure request 7" in opened.stdout
