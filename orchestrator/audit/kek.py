@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives.keywrap import (
@@ -50,11 +51,18 @@ class FileKek:
 
 
 def generate(path: Path) -> None:
-    """Write a new KEK file readable by its owner only (never overwrites)."""
+    """Write a new KEK file readable by its owner only. It appears whole or not
+    at all (written aside, then linked), and never replaces one: FileExistsError."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(base64.b64encode(os.urandom(32)) + b"\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kek-")  # mode 600
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(base64.b64encode(os.urandom(32)) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
 
 
 def load(path: Path, setting: str = SETTING) -> FileKek:
