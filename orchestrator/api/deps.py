@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from events.store import EventStore, open_store
 from orchestrator.api.auth import CAPABILITIES, Principal, TokenTable
+from orchestrator.audit import protect
 from orchestrator.config.settings import Settings
 from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
 
@@ -51,7 +52,11 @@ class Services:
             with self._lock:
                 if self._store is None:
                     s = self.settings
-                    self._store = open_store(s.effective_store_url, upgrade=s.embedded_store)
+                    self._store = open_store(
+                        s.effective_store_url,
+                        upgrade=s.embedded_store,
+                        filters=protect.event_filters(s),
+                    )
         return self._store
 
     def close(self) -> None:

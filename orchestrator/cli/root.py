@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 # SQLAlchemy is imported by the commands that open a store, not by `--help`.
 _store = lazy.module("events.store")
+_protect = lazy.module("orchestrator.audit.protect")
 
 
 class Root:
@@ -42,7 +43,11 @@ class Root:
         """The configured store. The embedded SQLite store is migrated on first
         use; a server store must be upgraded explicitly (`orchestrator db upgrade`)."""
         s = self.settings
-        return _store.open_store(s.effective_store_url, upgrade=s.embedded_store and for_writing)
+        return _store.open_store(
+            s.effective_store_url,
+            upgrade=s.embedded_store and for_writing,
+            filters=_protect.event_filters(s),
+        )
 
     @cached_property
     def dispatcher(self) -> Dispatcher:

@@ -109,13 +109,14 @@ def store_recorder(settings: Any, actor: str | None = None) -> Recorder:
         from events.envelope import NewEvent
         from events.payloads import SecretAccessed
         from events.store import open_store
+        from orchestrator.audit.protect import event_filters
 
         url = settings.effective_store_url
         with _lock:
             store = _stores.get((os.getpid(), url))  # engines do not survive a fork
             if store is None:
                 store = _stores[(os.getpid(), url)] = open_store(
-                    url, upgrade=settings.embedded_store
+                    url, upgrade=settings.embedded_store, filters=event_filters(settings)
                 )
         stream_id = stream or STREAM_PREFIX + socket.gethostname()
         event = NewEvent.create(
