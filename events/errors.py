@@ -50,10 +50,33 @@ class StoreUnavailable(EventError):
     transient = True
 
     def __init__(self, url: str, cause: BaseException) -> None:
-        super().__init__(
-            f"event store at {url} is unavailable: {cause}. Check that the database "
-            "is running and reachable, and the ORCH_STORE_URL setting."
-        )
+        self.cause = named_cause(url, cause)
+        if self.cause is None:
+            remedy = (
+                "Check that the database is running and reachable, and the ORCH_STORE_URL setting."
+            )
+        elif self.cause.startswith("disk full"):
+            remedy = "Free space on that disk: the workers go on by themselves once there is."
+        else:
+            remedy = (
+                "Make the store writable again (a file system remounted read-only, "
+                "a replica, or the file's permissions): the workers go on once it is."
+            )
+        head = f"{self.cause}: " if self.cause else ""
+        super().__init__(f"event store at {url} is unavailable: {head}{cause}. {remedy}")
+
+
+def named_cause(url: str, cause: BaseException) -> str | None:
+    """ "disk full at PATH" or "read-only store at PATH" when the driver's error
+    says so (SQLite's SQLITE_FULL/SQLITE_READONLY, PostgreSQL's ENOSPC), else None:
+    what an operator acts on, instead of a connection pool's symptom."""
+    text = str(cause).lower()
+    where = url.split(":///", 1)[1] if url.startswith("sqlite") and ":///" in url else url
+    if "disk is full" in text or "no space left" in text or "disk full" in text:
+        return f"disk full at {where}"
+    if "readonly database" in text or "read-only" in text or "read only" in text:
+        return f"read-only store at {where}"
+    return None
 
 
 class SchemaNotReady(EventError):

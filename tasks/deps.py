@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from typing import cast
 
 from events.store import EventStore, SqlEventStore
 from orchestrator.agent.loop import AgentLoop
 from orchestrator.agent.providers.factory import api_key, providers_for
 from orchestrator.config.settings import Settings
 from orchestrator.ops import metrics
+from orchestrator.run.recording import PatientStore, Spool
 from orchestrator.run.runner import Runner
 from tasks import app as app_module
 
@@ -30,7 +32,16 @@ class WorkerDeps:
 
     @cached_property
     def store(self) -> EventStore:
-        return SqlEventStore(self.settings.effective_store_url)
+        """The event store; a step's finished result outlasts an outage of it
+        (orchestrator.run.recording)."""
+        return cast(
+            EventStore,
+            PatientStore(
+                SqlEventStore(self.settings.effective_store_url),
+                Spool(self.settings.state / "spool"),
+                self.settings.record_patience_s,
+            ),
+        )
 
     @cached_property
     def runner(self) -> Runner:
