@@ -5,6 +5,7 @@
     ├── UnknownEvent          a type or schema version this code cannot read
     ├── StoreUnavailable      the database cannot be reached (exit code 4)
     ├── SchemaNotReady        unmigrated or newer-than-known schema (exit code 2)
+    │   └── UnknownSchemaRevision  a revision no migration here knows (a rollback)
     └── AppendOnlyViolation   someone tried to change history (refused by the DB)
 
 Every message says what happened, why, and what to do next.
@@ -93,6 +94,21 @@ class SchemaNotReady(EventError):
                 "or upgrade this installation if the database is newer."
             )
         super().__init__(msg)
+        self.found, self.expected = found, expected
+
+
+class UnknownSchemaRevision(SchemaNotReady):
+    """The store is at a revision this release has no migration for: a newer
+    release migrated it, and this one was rolled back to (runbooks/rollback.md)."""
+
+    def __init__(self, url: str, found: str, expected: str) -> None:
+        EventError.__init__(
+            self,
+            f"event store at {url} is at schema revision {found}, which this release does "
+            f"not know (its newest is {expected}): a newer release migrated it. Run the "
+            "release that did (roll forward), or restore the backup taken before that "
+            "upgrade; `orchestrator db upgrade` cannot go back (runbooks/rollback.md).",
+        )
         self.found, self.expected = found, expected
 
 

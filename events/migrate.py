@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from events.db import display_url, store_errors
-from events.errors import SchemaNotReady
+from events.errors import SchemaNotReady, UnknownSchemaRevision
 
 
 def _config() -> Config:
@@ -29,9 +29,17 @@ def current_revision(engine: sa.Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def known_revisions() -> set[str]:
+    return {r.revision for r in ScriptDirectory.from_config(_config()).walk_revisions()}
+
+
 def upgrade(engine: sa.Engine) -> tuple[str | None, str]:
-    """Apply every pending migration; returns (before, after) revisions."""
+    """Apply every pending migration; returns (before, after) revisions.
+    A revision no migration here knows is refused with what to do (Alembic
+    would end in "Can't locate revision")."""
     before = current_revision(engine)
+    if before is not None and before not in known_revisions():
+        raise UnknownSchemaRevision(display_url(str(engine.url)), before, head_revision())
     with store_errors(str(engine.url)), engine.begin() as conn:
         cfg = _config()
         cfg.attributes["connection"] = conn
@@ -42,5 +50,7 @@ def upgrade(engine: sa.Engine) -> tuple[str | None, str]:
 def check(engine: sa.Engine) -> None:
     """Refuse an unmigrated or newer-than-known schema, naming the command to run."""
     found, head = current_revision(engine), head_revision()
+    if found is not None and found != head and found not in known_revisions():
+        raise UnknownSchemaRevision(display_url(str(engine.url)), found, head)
     if found != head:
         raise SchemaNotReady(display_url(str(engine.url)), found, head)

@@ -35,7 +35,7 @@ from celery import signals
 from celery.utils.log import get_logger
 
 from orchestrator.config.settings import Settings, get_settings
-from orchestrator.ops import heartbeat
+from orchestrator.ops import heartbeat, storage
 
 __all__ = ["Probe", "check_store", "check_broker", "serve"]
 
@@ -55,6 +55,10 @@ def check_store(settings: Settings) -> Verdict:
     if settings.embedded_store and not (settings.state / "events.sqlite").exists():
         return True, "embedded store not created yet (the first job creates it)"
     url = normalize_url(settings.effective_store_url)
+    full = storage.write_problem(url)
+    if full is not None:
+        log.error("event store cannot take appends: %s", full)
+        return False, f"{full}: appends fail; free space (or remount read-write)"
     if url.startswith("postgresql"):
         args: dict[str, Any] = {
             "connect_timeout": STORE_TIMEOUT_S,

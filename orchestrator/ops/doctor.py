@@ -30,6 +30,7 @@ from rich.table import Table
 
 from orchestrator.config.settings import Settings
 from orchestrator.errors import OrchestratorError
+from orchestrator.ops import storage
 
 __all__ = ["Result", "run_checks", "report", "render", "CHROMIUM_NAMES"]
 
@@ -129,6 +130,16 @@ def check_store(s: Settings) -> Result:
             "store", True, f"{shown}: not created yet; the first job creates and migrates it"
         )
     norm = normalize_url(url)
+    full = storage.write_problem(norm)
+    if full is not None:
+        return Result(
+            "store",
+            "fail",
+            True,
+            f"{shown}: {full}: appends fail (reads still work)",
+            "free space on that disk (or remount it read-write); workers go on by themselves",
+            4,
+        )
     args: dict[str, Any] = (
         {"connect_timeout": int(CONNECT_TIMEOUT_S)} if norm.startswith("postgresql") else {}
     )

@@ -179,6 +179,12 @@ SCRAPED: dict[str, Metric] = {
             "Tool calls waiting for an operator's answer (the store's confirmation index)",
         ),
         Metric("orch_queue_depth", "gauge", "Messages waiting in the broker, by queue", ("queue",)),
+        Metric(
+            "orch_jobs_stalled",
+            "gauge",
+            "Running jobs with no progress for stall_after_s and no answer awaited "
+            "(`orchestrator resume JOB`)",
+        ),
     )
 }
 QUEUES = ("orchestrator",)
@@ -395,6 +401,10 @@ class _Scraped:
         waiting = _try(lambda: confirmations_waiting(settings))
         if waiting is not None:
             yield GaugeMetricFamily(m.name, m.help, value=waiting)
+        m = SCRAPED["orch_jobs_stalled"]
+        stalled = _try(lambda: len(jobs_stalled(settings)))
+        if stalled is not None:
+            yield GaugeMetricFamily(m.name, m.help, value=stalled)
         m = SCRAPED["orch_queue_depth"]
         depths = _try(lambda: queue_depths(settings))
         if depths is not None:
@@ -426,6 +436,19 @@ def confirmations_waiting(settings: Any) -> int | None:
         _store = (url, lazy.module("events.store").SqlEventStore(url))
     found = _store[1].read_types(confirmations.CONFIRMATION_TYPES)
     return len(confirmations.unanswered(found))
+
+
+def jobs_stalled(settings: Any) -> list[Any]:
+    """The stalled jobs (orchestrator.service.resume), from the same store."""
+    global _store
+    url = settings.effective_store_url
+    if settings.embedded_store and not (settings.state / "events.sqlite").exists():
+        return []
+    if _store is None or _store[0] != url:
+        _store = (url, lazy.module("events.store").SqlEventStore(url))
+    resume = lazy.module("orchestrator.service.resume")
+    now = lazy.module("events.envelope").utcnow()
+    return resume.find_stalled(_store[1], now, settings.stall_after_s)  # type: ignore[no-any-return]
 
 
 def queue_depths(settings: Any) -> dict[str, int]:
