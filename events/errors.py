@@ -13,6 +13,9 @@ Every message says what happened, why, and what to do next.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class EventError(Exception):
     """Base class; `exit_code` is what the CLI returns for it."""
@@ -77,6 +80,26 @@ def named_cause(url: str, cause: BaseException) -> str | None:
         return f"disk full at {where}"
     if "readonly database" in text or "read-only" in text or "read only" in text:
         return f"read-only store at {where}"
+    if where != url and "disk i/o error" in text:  # SQLite's shared memory could not grow
+        return filesystem_problem(Path(where))
+    return None
+
+
+def filesystem_problem(path: Path, min_free: int = 1024 * 1024) -> str | None:
+    """ "disk full at PATH" or "read-only store at PATH" from the file system
+    that holds `path` (an SQLite store), else None."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return f"read-only store at {path} (its file system is mounted read-only)"
+    free = st.f_bavail * st.f_frsize
+    if free < min_free:
+        return f"disk full at {path} ({free // 1024} KiB free)"
     return None
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+import redis as redis_client
 
 from events.store import SqlEventStore
 from orchestrator.config.settings import Settings
@@ -82,3 +83,14 @@ def test_a_job_whose_messages_were_lost_is_stalled_then_resumed(tmp_path: Path) 
         status = json.loads(cli(env, "status", job_id, "--json").stdout)
         assert status["stalled"] is None
         store.close()
+
+
+def test_doctor_warns_when_the_redis_broker_does_not_persist(tmp_path: Path) -> None:
+    with private_redis() as redis:  # started with --appendonly no
+        env = shape_env(tmp_path, broker_url=redis.url)
+        by = {c["name"]: c for c in json.loads(cli(env, "doctor", "--json").stdout)["checks"]}
+        assert by["broker"]["status"] == "warn", by["broker"]
+        assert "appendonly no" in by["broker"]["detail"]
+        redis_client.Redis(port=redis.port).config_set("appendonly", "yes")
+        by = {c["name"]: c for c in json.loads(cli(env, "doctor", "--json").stdout)["checks"]}
+        assert by["broker"]["status"] == "ok" and "AOF" in by["broker"]["detail"], by["broker"]

@@ -14,6 +14,7 @@ one outlasts its patience and its task's retries.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
@@ -93,7 +94,12 @@ def test_a_finished_result_outlasts_a_store_outage(
     (repo / "README").write_text("x\n")
     (tmp_path / "job.yaml").write_text(SPEC)
     with outage_store(backend, tmp_path) as (url, begin, end):
-        env = shape_env(tmp_path, store_url=url, **(SHORT if outage == "short" else LONG))
+        env = shape_env(
+            tmp_path,
+            store_url=url,
+            ORCH_WORKER_HEARTBEAT_INTERVAL_S="1",
+            **(SHORT if outage == "short" else LONG),
+        )
         assert cli(env, "db", "upgrade").returncode == 0
         submitted = cli(env, "submit", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path))
         assert submitted.returncode == 0, submitted.stderr
@@ -125,6 +131,8 @@ def test_a_finished_result_outlasts_a_store_outage(
         events = list(store.read_correlation(job_id))
         types = [e.type for e in events]
         context = (types, log.read_text()[-3000:])
+        if backend == "sqlite":  # the worker's log names the cause, not a pool's symptom
+            assert "disk full at" in log.read_text(), context
         # Never "interrupted: the worker died": nothing died.
         assert "ToolCallFailed" not in types, context
         if outage == "short":
@@ -141,3 +149,35 @@ def test_a_finished_result_outlasts_a_store_outage(
             assert not (repo / "out.txt").exists()
             assert not any((tmp_path / "state" / "spool").glob("*.json"))
         store.close()
+
+
+def test_a_full_disk_under_the_embedded_store_is_named_and_passes(tmp_path: Path) -> None:
+    """`status`, `health` and `doctor` say "disk full at PATH" while it is, and
+    nothing once space is back."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "job.yaml").write_text(SPEC)
+    fs = TmpfsStore(tmp_path / "mnt")
+    try:
+        env = shape_env(tmp_path, store_url=fs.url)
+        assert cli(env, "db", "upgrade").returncode == 0
+        submitted = cli(env, "submit", str(tmp_path / "job.yaml"), "--base-dir", str(tmp_path))
+        job_id = submitted.stdout.strip()
+        fs.fill()
+        # Reads may still work (a warning beside the job) or fail too (SQLite
+        # could not grow its shared memory): either way the cause is named.
+        for args in (("--json",), ()):
+            status = cli(env, "status", job_id, *args)
+            assert "disk full at" in " ".join((status.stdout + status.stderr).split()), status
+            assert "Traceback" not in status.stderr
+        health = json.loads(cli(env, "health", "--json").stdout)
+        assert "store" in health["failed"]
+        store = next(c for c in health["checks"] if c["name"] == "store")
+        assert "disk full at" in store["detail"] and "free space" in store["remedy"]
+        fs.free()
+        status = cli(env, "status", job_id, "--json")
+        assert json.loads(status.stdout)["store_problem"] is None, status
+        health = json.loads(cli(env, "health", "--json").stdout)
+        assert "store" not in health["failed"], health
+    finally:
+        fs.remove()

@@ -232,7 +232,39 @@ def check_broker(s: Settings) -> Result:
                 "start the broker (Redis) or fix ORCH_BROKER_URL / ORCH_RESULT_BACKEND",
                 4,
             )
-    return _ok("broker", True, ", ".join(_hide(u) for u in urls) + ": reachable")
+    shown = ", ".join(_hide(u) for u in urls) + ": reachable"
+    if (s.broker_url or "").startswith(("redis://", "rediss://")):
+        aof = _redis_appendonly(s.broker_url or "")
+        if aof != "yes":
+            return Result(
+                "broker",
+                "warn",
+                True,
+                f"{shown}, but Redis does not persist its queue (appendonly {aof}): a "
+                "restart loses every queued step and leaves their jobs stalled",
+                "turn on AOF: `appendonly yes` in redis.conf (or CONFIG SET appendonly "
+                "yes; CONFIG REWRITE), docs/deployment.md; `orchestrator resume JOB` "
+                "re-enqueues a job it lost",
+            )
+        shown += " (AOF persistence on)"
+    elif (s.broker_url or "").startswith(("amqp://", "amqps://", "pyamqp://")):
+        shown += " (RabbitMQ: durable queues survive a restart)"
+    return _ok("broker", True, shown)
+
+
+def _redis_appendonly(url: str) -> str:
+    """Redis's `appendonly` setting ("yes", "no"), or why it could not be read."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+        )
+        found = client.config_get("appendonly").get("appendonly", "unknown")
+        client.close()
+    except redis.RedisError as exc:  # CONFIG may be renamed or denied (managed Redis)
+        return f"unknown: CONFIG GET refused ({exc})"
+    return found.decode() if isinstance(found, bytes) else str(found)
 
 
 def _ping(url: str) -> str | None:

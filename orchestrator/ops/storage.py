@@ -9,10 +9,11 @@ heartbeat. A server store (PostgreSQL) reports its own disk in its errors:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+
+from events.errors import filesystem_problem
 
 MIN_FREE_BYTES = 1024 * 1024  # below this an append of a large step may not fit
 
@@ -30,18 +31,4 @@ def sqlite_path(url: str) -> Path | None:
 def write_problem(url: str, min_free: int = MIN_FREE_BYTES) -> str | None:
     """ "disk full at PATH (N KiB free)" or "read-only store at PATH", else None."""
     path = sqlite_path(url)
-    if path is None:
-        return None
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        st = os.statvfs(folder)
-    except OSError:
-        return None
-    if st.f_flag & os.ST_RDONLY:
-        return f"read-only store at {path} (its file system is mounted read-only)"
-    free = st.f_bavail * st.f_frsize
-    if free < min_free:
-        return f"disk full at {path} ({free // 1024} KiB free)"
-    return None
+    return None if path is None else filesystem_problem(path, min_free)
