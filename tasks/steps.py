@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 from orchestrator.ops import logs
 from orchestrator.run.runner import Ticket, fail_session
 from orchestrator.run.steps import Step
-from tasks import recording
+from tasks import reaper, recording  # noqa: F401  (reaper: its thread, on worker_ready)
 from tasks.app import app, settings
 from tasks.deps import deps
 

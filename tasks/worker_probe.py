@@ -98,6 +98,7 @@ class Probe:
     store_check: Callable[[Settings], Verdict] = check_store
     broker_check: Callable[[Settings], Verdict] = check_broker
     clock: Callable[[], float] = time.time
+    active: Callable[[], tuple[str, ...]] = lambda: running_sessions()
     store: Verdict = (False, "not checked yet")
     broker: Verdict = (False, "not checked yet")
     last_round: float | None = None
@@ -116,6 +117,7 @@ class Probe:
             broker_ok=self.broker[0],
             detail="; ".join(v[1] for v in (self.store, self.broker) if not v[0]),
             queues=self.queues,
+            active=self.active(),
         )
         try:
             heartbeat.publish(self.settings, beat)
@@ -178,6 +180,21 @@ class Probe:
             "checks": [{"name": n, "ok": ok, "detail": d} for n, (ok, d) in checks.items()],
         }
         return (503 if failed else 200), body
+
+
+def running_sessions() -> tuple[str, ...]:
+    """ "JOB_ID/SESSION_ID" of the sessions this worker's tasks run now (the
+    main process tracks every accepted request), for the in-flight record."""
+    from celery.worker import state as worker_state
+
+    found: dict[str, None] = {}
+    for request in list(worker_state.active_requests):
+        args = request.args or ()
+        first = args[0] if args else None
+        for t in first if isinstance(first, list) else [first]:
+            if isinstance(t, dict) and "job_id" in t and "session_id" in t:
+                found[f"{t['job_id']}/{t['session_id']}"] = None
+    return tuple(found)
 
 
 def _guarded(check: Callable[[Settings], Verdict], settings: Settings) -> Verdict:
