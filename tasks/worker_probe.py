@@ -33,6 +33,7 @@ from typing import Any
 
 from celery import signals
 from celery.utils.log import get_logger
+from celery.worker import state as worker_state
 
 from orchestrator.config.settings import Settings, get_settings
 from orchestrator.ops import heartbeat, storage
@@ -185,8 +186,6 @@ class Probe:
 def running_sessions() -> tuple[str, ...]:
     """ "JOB_ID/SESSION_ID" of the sessions this worker's tasks run now (the
     main process tracks every accepted request), for the in-flight record."""
-    from celery.worker import state as worker_state
-
     found: dict[str, None] = {}
     for request in list(worker_state.active_requests):
         args = request.args or ()
