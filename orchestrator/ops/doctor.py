@@ -568,7 +568,7 @@ def run_checks(
         check_policy_file(s),
         check_store(s),
         broker,
-        check_worker(s, ping if broker.status == "ok" else None),
+        check_worker(s, ping if broker.status in ("ok", "warn") else None),
         check_sandbox(sandbox_report),
         check_chromium(s=s),
         check_model_endpoint(s),

@@ -93,37 +93,24 @@ def workers_check(
     )
 
 
-_stalled_cache: dict[str, tuple[float, Check]] = {}
-STALL_CHECK_EVERY_S = 30.0  # /readyz is probed every few seconds; a stall takes minutes
-
-
-def jobs_check(settings: Settings, now: float) -> Check:
+def jobs_check(settings: Settings) -> Check:
     """Fails while a job is stalled (orchestrator.service.resume): its sessions
-    made no progress for `stall_after_s` and nothing is running them.
-    Computed at most every STALL_CHECK_EVERY_S per store."""
-    url = settings.effective_store_url
-    cached = _stalled_cache.get(url)
-    if cached is not None and now - cached[0] < STALL_CHECK_EVERY_S:
-        return cached[1]
+    made no progress for `stall_after_s` and nothing is running them."""
     try:
         found = metrics.jobs_stalled(settings)
     except Exception as exc:  # noqa: BLE001 - the store check names the store's trouble
-        check = Check("jobs", True, f"not checked: {type(exc).__name__}: {exc}")
-    else:
-        if found:
-            ids = ", ".join(s.job_id for s in found[:5])
-            check = Check(
-                "jobs",
-                False,
-                f"{len(found)} job(s) stalled (no progress for {settings.stall_after_s:g} s, "
-                f"no task running them): {ids}",
-                "the broker lost their messages (a restart without persistence?): "
-                "`orchestrator resume JOB` for each (runbooks/oncall.md)",
-            )
-        else:
-            check = Check("jobs", True, "no stalled job")
-    _stalled_cache[url] = (now, check)
-    return check
+        return Check("jobs", True, f"not checked: {type(exc).__name__}: {exc}")
+    if not found:
+        return Check("jobs", True, "no stalled job")
+    ids = ", ".join(s.job_id for s in found[:5])
+    return Check(
+        "jobs",
+        False,
+        f"{len(found)} job(s) stalled (no progress for {settings.stall_after_s:g} s, "
+        f"no task running them): {ids}",
+        "the broker lost their messages (a restart without persistence?): "
+        "`orchestrator resume JOB` for each (runbooks/oncall.md)",
+    )
 
 
 def _read_beats(settings: Settings) -> tuple[list[heartbeat.Beat] | None, str | None]:
@@ -140,5 +127,5 @@ def readiness(settings: Settings, *, now: float | None = None) -> Report:
     beats, problem = _read_beats(settings)
     at = time.time() if now is None else now
     workers = workers_check(settings, beats, at, problem)
-    checks = (broker, store, workers, jobs_check(settings, at))
+    checks = (broker, store, workers, jobs_check(settings))
     return Report(all(c.ok for c in checks), checks)

@@ -438,17 +438,27 @@ def confirmations_waiting(settings: Any) -> int | None:
     return len(confirmations.unanswered(found))
 
 
+_stalled: dict[str, tuple[float, list[Any]]] = {}
+STALLED_EVERY_S = 30.0  # a stall takes minutes; scrapes and probes come every few seconds
+
+
 def jobs_stalled(settings: Any) -> list[Any]:
-    """The stalled jobs (orchestrator.service.resume), from the same store."""
+    """The stalled jobs (orchestrator.service.resume), from the same store;
+    computed at most every STALLED_EVERY_S (it replays each running job)."""
     global _store
     url = settings.effective_store_url
     if settings.embedded_store and not (settings.state / "events.sqlite").exists():
         return []
+    cached = _stalled.get(url)
+    if cached is not None and time.monotonic() - cached[0] < STALLED_EVERY_S:
+        return cached[1]
     if _store is None or _store[0] != url:
         _store = (url, lazy.module("events.store").SqlEventStore(url))
     resume = lazy.module("orchestrator.service.resume")
     now = lazy.module("events.envelope").utcnow()
-    return resume.find_stalled(_store[1], now, settings.stall_after_s)  # type: ignore[no-any-return]
+    found: list[Any] = resume.find_stalled(_store[1], now, settings.stall_after_s)
+    _stalled[url] = (time.monotonic(), found)
+    return found
 
 
 def queue_depths(settings: Any) -> dict[str, int]:
