@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from events.db import display_url, store_errors
-from events.errors import SchemaNotReady
+from events.errors import SchemaNotReady, UnknownSchemaRevision
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -54,11 +54,22 @@ def current_revision(engine: sa.Engine) -> str | None:
     return found[0] if found else None
 
 
+def known_revisions() -> set[str]:
+    """Every revision the migrations here know (Alembic walks the scripts)."""
+    from alembic.script import ScriptDirectory
+
+    return {r.revision for r in ScriptDirectory.from_config(_config()).walk_revisions()}
+
+
 def upgrade(engine: sa.Engine) -> tuple[str | None, str]:
-    """Apply every pending migration; returns (before, after) revisions."""
+    """Apply every pending migration; returns (before, after) revisions.
+    A revision no migration here knows is refused with what to do (Alembic
+    would end in "Can't locate revision")."""
     from alembic import command
 
     before = current_revision(engine)
+    if before is not None and before not in known_revisions():
+        raise UnknownSchemaRevision(display_url(str(engine.url)), before, head_revision())
     with store_errors(str(engine.url)), engine.begin() as conn:
         cfg = _config()
         cfg.attributes["connection"] = conn
@@ -69,5 +80,8 @@ def upgrade(engine: sa.Engine) -> tuple[str | None, str]:
 def check(engine: sa.Engine) -> None:
     """Refuse an unmigrated or newer-than-known schema, naming the command to run."""
     found = current_revision(engine)
-    if found != HEAD:
-        raise SchemaNotReady(display_url(str(engine.url)), found, HEAD)
+    if found == HEAD:
+        return
+    if found is not None and found not in known_revisions():
+        raise UnknownSchemaRevision(display_url(str(engine.url)), found, HEAD)
+    raise SchemaNotReady(display_url(str(engine.url)), found, HEAD)

@@ -8,6 +8,7 @@ There is no update or delete path, and triggers refuse them in the database.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
@@ -317,7 +318,11 @@ class SqlEventStore:
                 raise _Reconnect from exc
             raise
         finally:
-            cur.close()
+            # The rollback may have closed a broken connection (SQLite's
+            # "disk full" among them): closing its cursor then raises, and
+            # must not hide the error that broke it.
+            with contextlib.suppress(Exception):
+                cur.close()
         return self._placed(stream_id, shown, sealed, prev, positions)
 
     def _fresh_connection(self) -> Any:  # a DB-API connection of the dialect's driver

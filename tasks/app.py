@@ -17,7 +17,9 @@ from tasks.dispatch import CeleryDispatcher
 
 
 def make_app(settings: Settings) -> Celery:
-    if settings.embedded_broker:
+    if settings.embedded_broker or settings.effective_result_backend.startswith("db+sqlite"):
+        # SQLite files in the state folder (a RabbitMQ broker without a
+        # result backend keeps its results there too).
         settings.state.mkdir(parents=True, exist_ok=True)
     app = Celery(
         "orchestrator",

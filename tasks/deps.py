@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import cached_property
+from typing import cast
 
 from events.store import EventStore, SqlEventStore
 from orchestrator.agent.loop import AgentLoop
@@ -19,6 +20,7 @@ from orchestrator.agent.providers.factory import api_key, providers_for
 from orchestrator.audit import protect
 from orchestrator.config.settings import Settings
 from orchestrator.ops import metrics
+from orchestrator.run.recording import PatientStore, Spool
 from orchestrator.run.runner import Runner
 from tasks import app as app_module
 
@@ -31,8 +33,17 @@ class WorkerDeps:
 
     @cached_property
     def store(self) -> EventStore:
+        """The event store, its filters (masking, sealing) in place; a step's
+        finished result outlasts an outage of it (orchestrator.run.recording)."""
         s = self.settings
-        return SqlEventStore(s.effective_store_url, filters=protect.event_filters(s))
+        return cast(
+            EventStore,
+            PatientStore(
+                SqlEventStore(s.effective_store_url, filters=protect.event_filters(s)),
+                Spool(s.state / "spool"),
+                s.record_patience_s,
+            ),
+        )
 
     @cached_property
     def runner(self) -> Runner:

@@ -17,6 +17,7 @@ from pydantic import TypeAdapter
 from orchestrator.ops import logs
 from orchestrator.run.runner import Ticket, fail_session
 from orchestrator.run.steps import Step
+from tasks import reaper, recording  # noqa: F401  (reaper: its thread, on worker_ready)
 from tasks.app import app, settings
 from tasks.deps import deps
 
@@ -28,6 +29,7 @@ def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
     """One session's step; an error that is not transient fails that session only."""
     logs.bind(job_id=t.job_id, session_id=t.session_id)
     try:
+        recording.flush_session(t)  # a result kept through a store outage comes first
         return deps().runner.run_step(t, index, step, last=last, task_id=task.request.id)
     except SoftTimeLimitExceeded:
         raise
@@ -37,12 +39,8 @@ def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
             delay = getattr(exc, "retry_after_s", None) or min(2**task.request.retries, 30)
             raise task.retry(exc=exc, countdown=delay) from exc
         log.exception("step %s of session %s failed: %s", index + 1, t.session_id, exc)
-        fail_session(
-            deps().runner,
-            t,
-            type(exc).__name__,
-            f"step {index + 1} could not run: {exc}",
-            task.request.id,
+        recording.fail_or_spool(
+            t, type(exc).__name__, f"step {index + 1} could not run: {exc}", task.request.id
         )
         return "failed"
 

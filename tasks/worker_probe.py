@@ -33,9 +33,10 @@ from typing import Any
 
 from celery import signals
 from celery.utils.log import get_logger
+from celery.worker import state as worker_state
 
 from orchestrator.config.settings import Settings, get_settings
-from orchestrator.ops import heartbeat
+from orchestrator.ops import heartbeat, storage
 
 __all__ = ["Probe", "check_store", "check_broker", "serve"]
 
@@ -55,6 +56,10 @@ def check_store(settings: Settings) -> Verdict:
     if settings.embedded_store and not (settings.state / "events.sqlite").exists():
         return True, "embedded store not created yet (the first job creates it)"
     url = normalize_url(settings.effective_store_url)
+    full = storage.write_problem(url)
+    if full is not None:
+        log.error("event store cannot take appends: %s", full)
+        return False, f"{full}: appends fail; free space (or remount read-write)"
     if url.startswith("postgresql"):
         args: dict[str, Any] = {
             "connect_timeout": STORE_TIMEOUT_S,
@@ -94,6 +99,7 @@ class Probe:
     store_check: Callable[[Settings], Verdict] = check_store
     broker_check: Callable[[Settings], Verdict] = check_broker
     clock: Callable[[], float] = time.time
+    active: Callable[[], tuple[str, ...]] = lambda: running_sessions()
     store: Verdict = (False, "not checked yet")
     broker: Verdict = (False, "not checked yet")
     last_round: float | None = None
@@ -112,6 +118,7 @@ class Probe:
             broker_ok=self.broker[0],
             detail="; ".join(v[1] for v in (self.store, self.broker) if not v[0]),
             queues=self.queues,
+            active=self.active(),
         )
         try:
             heartbeat.publish(self.settings, beat)
@@ -174,6 +181,19 @@ class Probe:
             "checks": [{"name": n, "ok": ok, "detail": d} for n, (ok, d) in checks.items()],
         }
         return (503 if failed else 200), body
+
+
+def running_sessions() -> tuple[str, ...]:
+    """ "JOB_ID/SESSION_ID" of the sessions this worker's tasks run now (the
+    main process tracks every accepted request), for the in-flight record."""
+    found: dict[str, None] = {}
+    for request in list(worker_state.active_requests):
+        args = request.args or ()
+        first = args[0] if args else None
+        for t in first if isinstance(first, list) else [first]:
+            if isinstance(t, dict) and "job_id" in t and "session_id" in t:
+                found[f"{t['job_id']}/{t['session_id']}"] = None
+    return tuple(found)
 
 
 def _guarded(check: Callable[[Settings], Verdict], settings: Settings) -> Verdict:

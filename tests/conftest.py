@@ -72,6 +72,36 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+RABBITMQ_URL = os.environ.get("ORCH_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """A RabbitMQ virtual host of this test's own (queues are named alike in
+    every test), removed at the end; made with rabbitmqctl on this machine."""
+    import subprocess
+    import uuid
+
+    from kombu import Connection
+
+    vhost = f"orch-test-{uuid.uuid4().hex[:10]}"
+    try:
+        for args in (
+            ["add_vhost", vhost],
+            ["set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+        ):
+            subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+        url = f"{RABBITMQ_URL}/{vhost}"
+        with Connection(url, connect_timeout=5) as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:  # noqa: BLE001
+        unavailable("RabbitMQ", exc)
+    try:
+        yield url
+    finally:
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60)
+
+
 @pytest.fixture(
     params=["embedded", pytest.param("production", marks=[pytest.mark.postgres, pytest.mark.redis])]
 )

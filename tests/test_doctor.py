@@ -249,11 +249,9 @@ def test_a_migrated_postgresql_store_and_a_redis_broker_pass_and_a_missing_worke
     assert done.returncode == 0, done.stderr
     by = checks(json.loads(done.stdout))
     assert by["store"]["status"] == "ok" and "(current)" in by["store"]["detail"]
-    assert by["broker"] == {
-        "name": "broker",
-        "status": "ok",
-        "required": True,
-        "detail": f"{broker}: reachable",
-        "remedy": "",
-    }
+    # The shared Redis may run without AOF: reachable, and a warning saying so.
+    assert by["broker"]["status"] in ("ok", "warn") and by["broker"]["required"]
+    assert by["broker"]["detail"].startswith(f"{broker}: reachable")
+    if by["broker"]["status"] == "warn":
+        assert "appendonly" in by["broker"]["detail"] and "resume" in by["broker"]["remedy"]
     assert by["worker"]["status"] == "warn" and "no worker answered" in by["worker"]["detail"]

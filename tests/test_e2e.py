@@ -1,5 +1,6 @@
 """The example job end to end through a real worker, on both deployment shapes:
-SQLite store + embedded broker, and PostgreSQL store + Redis broker."""
+SQLite store + embedded broker, and PostgreSQL store + Redis broker (and the
+first test on PostgreSQL + RabbitMQ too)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,19 @@ def test_example_job_produces_patches_and_a_replay_that_matches(env, tmp_path: P
     assert verified["ok"] and verified["events"] > 0
     status = cli_json(env, "status", job["job_id"])
     assert status["status"] == "completed"
+
+
+@pytest.mark.postgres
+def test_the_example_job_runs_the_same_on_a_rabbitmq_broker(
+    pg_url: str, rabbitmq_url: str, tmp_path: Path
+) -> None:
+    """RabbitMQ is a first-class broker: the same job, patches and replay."""
+    from tests.cli_helpers import shape_env
+
+    env = shape_env(
+        tmp_path, store_url=pg_url, broker_url=rabbitmq_url, ORCH_WORKER_CONCURRENCY="2"
+    )
+    test_example_job_produces_patches_and_a_replay_that_matches(env, tmp_path)
 
 
 def test_missing_target_fails_alone_and_the_others_still_run(env, tmp_path: Path):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 migrate = lazy.module("events.migrate")
 verify_mod = lazy.module("events.verify")
 _db = lazy.module("events.db")
+_errors = lazy.module("events.errors")
 _replay = lazy.module("events.replay")
 _store = lazy.module("events.store")
 render = lazy.module("orchestrator.cli.render")
@@ -310,12 +311,18 @@ def db_upgrade() -> None:
 
 @db_app.command("status")
 def db_status() -> None:
-    """Show the store's schema revision and the newest this release knows."""
+    """Show the store's schema revision and the newest this release knows.
+    Exits 0 only at the newest: 1 when `db upgrade` is due, 2 when the
+    revision is unknown here (a newer release migrated it)."""
     st = _store.SqlEventStore(current().settings.effective_store_url, check_schema=False)
-    out.print(
-        f"{_db.display_url(st.url)}: at {migrate.current_revision(st.engine) or 'empty'}, "
-        f"head {migrate.head_revision()}"
-    )
+    found, head = migrate.current_revision(st.engine), migrate.head_revision()
+    out.print(f"{_db.display_url(st.url)}: at {found or 'empty'}, head {head}")
+    if found == head:
+        return
+    if found is not None and found not in migrate.known_revisions():
+        raise _errors.UnknownSchemaRevision(_db.display_url(st.url), found, head)
+    out.print("the schema is behind this release: run `orchestrator db upgrade`")
+    raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -34,6 +34,7 @@ _store = lazy.module("events.store")
 render = lazy.module("orchestrator.cli.render")
 _sample_repos = lazy.module("orchestrator.run.sample_repos")
 _watch = lazy.module("orchestrator.run.watch")
+_resume = lazy.module("orchestrator.service.resume")
 
 
 def submit(
@@ -119,6 +120,7 @@ def status(
             2,
         )
     rows = _watch.session_summary(view)
+    trouble = _resume.trouble(st, job_id, current().settings)
     if json:
         emit_json(
             {
@@ -126,10 +128,13 @@ def status(
                 "name": view.job.name,
                 "status": view.job.status,
                 "sessions": [{k: v for k, v in r.items() if k != "patch"} for r in rows],
+                **trouble,
             }
         )
     else:
         render.summary(out, view, rows, diffs=False)
+        for line in _resume.trouble_lines(job_id, trouble):
+            err.print(f"[bold yellow]warning:[/] {line}", highlight=False)
 
 
 def worker(

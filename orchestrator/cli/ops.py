@@ -33,6 +33,8 @@ health_mod = lazy.module("orchestrator.ops.health")  # imports doctor (urllib.re
 sandbox = lazy.module("orchestrator.sandbox.runtime")
 smoke_mod = lazy.module("orchestrator.ops.smoke")
 workers = lazy.module("orchestrator.ops.workers")
+_resume = lazy.module("orchestrator.service.resume")
+_policy = lazy.module("orchestrator.guard.policy")
 
 
 out = Console()
@@ -47,6 +49,7 @@ def register(app: typer.Typer) -> None:
     )(flower)
     app.command("smoke")(smoke)
     app.command("doctor")(doctor)
+    app.command("resume")(resume)
 
 
 def _json(data: Any) -> None:
@@ -299,3 +302,42 @@ def doctor(
     else:
         doctor_mod.render(out, data)
     raise typer.Exit(data["exit_code"])
+
+
+# -- resume ------------------------------------------------------------------------
+
+
+def resume(
+    job_id: str = typer.Argument(..., help="A running job (from `status`, `health`)"),
+    base_dir: Optional[Path] = typer.Option(
+        None,
+        "--base-dir",
+        help="Where the job's targets resolve, for sessions that never started "
+        "(default: the folder its started sessions ran in, else the current one)",
+    ),
+    json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Enqueue a job's unfinished sessions again, each from its next step, as
+    recorded in the event store (after a broker lost their messages). Safe
+    to repeat: a step already recorded is not recorded twice."""
+    root = current()
+    s = root.settings
+    docs = [_policy.load_policy(s.policy_file).doc] if s.policy_file else []
+    found = _resume.resume(
+        root.store(for_writing=True),
+        root.dispatcher,
+        job_id,
+        base_dir=(base_dir or Path.cwd()).resolve(),
+        policy_files=docs,
+        tier=s.tier,
+    )
+    if json:
+        _json({"job_id": job_id, "resumed": [r.to_json() for r in found]})
+        return
+    if not found:
+        out.print(f"job {job_id}: every unfinished session waits for an answer; nothing to resume")
+    for r in found:
+        out.print(
+            f"resumed {r.ticket.target} ({r.ticket.session_id}) from step {r.start + 1}",
+            highlight=False,
+        )

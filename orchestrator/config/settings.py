@@ -167,6 +167,33 @@ class Settings(BaseSettings):
         ),
     )
 
+    # -- store outages and stalled jobs (orchestrator.run.recording, orchestrator.service.resume) --
+    record_patience_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description=(
+            "How long a worker keeps retrying to record a step's finished result while the "
+            "event store is unavailable; past that the result waits in state_dir/spool and "
+            "is recorded once the store is back"
+        ),
+    )
+    spool_sweep_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description=("How often each worker tries to record the results waiting in its spool"),
+    )
+    stall_after_s: float = Field(
+        default=900.0,
+        gt=0,
+        description=(
+            "A running job whose sessions made no progress for this long, with no live "
+            "task, is reported stalled (status, health, the jobs_stalled metric); "
+            "`orchestrator resume JOB` re-enqueues what is unfinished"
+        ),
+    )
+
     # -- workers and Flower (tasks.worker_probe, orchestrator.cli.ops) --------
     worker_probe_address: str = Field(
         default="0.0.0.0",

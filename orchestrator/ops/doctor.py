@@ -30,6 +30,7 @@ from rich.table import Table
 
 from orchestrator.config.settings import Settings
 from orchestrator.errors import OrchestratorError
+from orchestrator.ops import storage
 
 __all__ = ["Result", "run_checks", "report", "render", "CHROMIUM_NAMES"]
 
@@ -129,6 +130,16 @@ def check_store(s: Settings) -> Result:
             "store", True, f"{shown}: not created yet; the first job creates and migrates it"
         )
     norm = normalize_url(url)
+    full = storage.write_problem(norm)
+    if full is not None:
+        return Result(
+            "store",
+            "fail",
+            True,
+            f"{shown}: {full}: appends fail (reads still work)",
+            "free space on that disk (or remount it read-write); workers go on by themselves",
+            4,
+        )
     args: dict[str, Any] = (
         {"connect_timeout": int(CONNECT_TIMEOUT_S)} if norm.startswith("postgresql") else {}
     )
@@ -221,7 +232,39 @@ def check_broker(s: Settings) -> Result:
                 "start the broker (Redis) or fix ORCH_BROKER_URL / ORCH_RESULT_BACKEND",
                 4,
             )
-    return _ok("broker", True, ", ".join(_hide(u) for u in urls) + ": reachable")
+    shown = ", ".join(_hide(u) for u in urls) + ": reachable"
+    if (s.broker_url or "").startswith(("redis://", "rediss://")):
+        aof = _redis_appendonly(s.broker_url or "")
+        if aof != "yes":
+            return Result(
+                "broker",
+                "warn",
+                True,
+                f"{shown}, but Redis does not persist its queue (appendonly {aof}): a "
+                "restart loses every queued step and leaves their jobs stalled",
+                "turn on AOF: `appendonly yes` in redis.conf (or CONFIG SET appendonly "
+                "yes; CONFIG REWRITE), docs/deployment.md; `orchestrator resume JOB` "
+                "re-enqueues a job it lost",
+            )
+        shown += " (AOF persistence on)"
+    elif (s.broker_url or "").startswith(("amqp://", "amqps://", "pyamqp://")):
+        shown += " (RabbitMQ: durable queues survive a restart)"
+    return _ok("broker", True, shown)
+
+
+def _redis_appendonly(url: str) -> str:
+    """Redis's `appendonly` setting ("yes", "no"), or why it could not be read."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=CONNECT_TIMEOUT_S, socket_timeout=CONNECT_TIMEOUT_S
+        )
+        found = client.config_get("appendonly").get("appendonly", "unknown")
+        client.close()
+    except redis.RedisError as exc:  # CONFIG may be renamed or denied (managed Redis)
+        return f"unknown: CONFIG GET refused ({exc})"
+    return found.decode() if isinstance(found, bytes) else str(found)
 
 
 def _ping(url: str) -> str | None:
@@ -525,7 +568,7 @@ def run_checks(
         check_policy_file(s),
         check_store(s),
         broker,
-        check_worker(s, ping if broker.status == "ok" else None),
+        check_worker(s, ping if broker.status in ("ok", "warn") else None),
         check_sandbox(sandbox_report),
         check_chromium(s=s),
         check_model_endpoint(s),

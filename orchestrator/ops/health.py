@@ -3,8 +3,9 @@
 
 Liveness says only that the process answers. Readiness says whether work
 submitted now would run: the broker is reachable, the store is reachable and
-at the schema this release needs, and at least one worker published a fresh
-heartbeat whose own store check passed. The store and broker checks are the
+at the schema this release needs, at least one worker published a fresh
+heartbeat whose own store check passed, and no job is stalled (a broker
+that lost its messages: `orchestrator resume`). The store and broker checks are the
 ones `doctor` runs, so the two never disagree; the JSON names the check that
 failed and what to do.
 """
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from orchestrator.config.settings import Settings
-from orchestrator.ops import doctor, heartbeat
+from orchestrator.ops import doctor, heartbeat, metrics
 
 __all__ = ["Check", "Report", "liveness", "readiness", "workers_check"]
 
@@ -92,6 +93,26 @@ def workers_check(
     )
 
 
+def jobs_check(settings: Settings) -> Check:
+    """Fails while a job is stalled (orchestrator.service.resume): its sessions
+    made no progress for `stall_after_s` and nothing is running them."""
+    try:
+        found = metrics.jobs_stalled(settings)
+    except Exception as exc:  # noqa: BLE001 - the store check names the store's trouble
+        return Check("jobs", True, f"not checked: {type(exc).__name__}: {exc}")
+    if not found:
+        return Check("jobs", True, "no stalled job")
+    ids = ", ".join(s.job_id for s in found[:5])
+    return Check(
+        "jobs",
+        False,
+        f"{len(found)} job(s) stalled (no progress for {settings.stall_after_s:g} s, "
+        f"no task running them): {ids}",
+        "the broker lost their messages (a restart without persistence?): "
+        "`orchestrator resume JOB` for each (runbooks/oncall.md)",
+    )
+
+
 def _read_beats(settings: Settings) -> tuple[list[heartbeat.Beat] | None, str | None]:
     try:
         return heartbeat.read_all(settings), None
@@ -104,6 +125,7 @@ def readiness(settings: Settings, *, now: float | None = None) -> Report:
     broker = _from_doctor(doctor.check_broker(settings))
     store = _from_doctor(doctor.check_store(settings))
     beats, problem = _read_beats(settings)
-    workers = workers_check(settings, beats, time.time() if now is None else now, problem)
-    checks = (broker, store, workers)
+    at = time.time() if now is None else now
+    workers = workers_check(settings, beats, at, problem)
+    checks = (broker, store, workers, jobs_check(settings))
     return Report(all(c.ok for c in checks), checks)

@@ -11,6 +11,15 @@ Each worker publishes a `Beat` every `worker_heartbeat_interval_s`:
 Celery's own worker heartbeats need an event receiver running for a while
 before they say anything; a file and a key with a TTL answer at once.
 `fresh` is pure; `publish`, `read_all` and `withdraw` are the thin I/O.
+
+A beat also lists the sessions the worker is running (`active`). That list
+is kept apart as the worker's in-flight record (`state_dir/inflight/` and,
+on Redis, `orchestrator:inflight:<hostname>`, kept a day): when a worker
+dies without stopping (kill -9, a lost machine) its record stops being
+renewed, and once it is older than `worker_heartbeat_max_age_s` another
+worker `claim_stale`s it (one claim wins: the file's unlink, the key's DEL)
+and re-enqueues those sessions (tasks.reaper) instead of waiting for the
+broker's visibility timeout.
 """
 
 from __future__ import annotations
@@ -33,9 +42,13 @@ __all__ = [
     "fresh",
     "folder",
     "REDIS_PREFIX",
+    "claim_stale",
+    "stale",
 ]
 
 REDIS_PREFIX = "orchestrator:heartbeat:"
+INFLIGHT_PREFIX = "orchestrator:inflight:"
+INFLIGHT_KEEP_S = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -47,10 +60,12 @@ class Beat:
     detail: str = ""  # why not, when store_ok or broker_ok is False
     queues: tuple[str, ...] = ()
     broker_ok: bool = True  # the worker reached its broker at `at`
+    active: tuple[str, ...] = ()  # "JOB_ID/SESSION_ID" of each session it runs now
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["queues"] = list(self.queues)
+        data["active"] = list(self.active)
         return data
 
     @classmethod
@@ -63,6 +78,7 @@ class Beat:
             detail=str(data.get("detail", "")),
             queues=tuple(data.get("queues", ())),
             broker_ok=bool(data.get("broker_ok", True)),
+            active=tuple(data.get("active", ())),
         )
 
 
@@ -71,13 +87,26 @@ def fresh(beats: Iterable[Beat], now: float, max_age_s: float) -> list[Beat]:
     return [b for b in beats if now - b.at <= max_age_s]
 
 
+def stale(beats: Iterable[Beat], now: float, max_age_s: float, me: str) -> list[Beat]:
+    """Other workers' in-flight records that stopped being renewed, with
+    sessions in them (pure)."""
+    return [b for b in beats if b.hostname != me and b.active and now - b.at > max_age_s]
+
+
 def folder(settings: Settings) -> Path:
     return settings.state / "heartbeats"
 
 
-def _file(settings: Settings, hostname: str) -> Path:
+def _file(settings: Settings, hostname: str, kind: str = "heartbeats") -> Path:
     safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in hostname)
-    return folder(settings) / f"{safe}.json"
+    return settings.state / kind / f"{safe}.json"
+
+
+def _write(path: Path, body: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(body)
+    os.replace(tmp, path)
 
 
 def _redis_url(settings: Settings) -> str | None:
@@ -97,11 +126,8 @@ def publish(settings: Settings, beat: Beat) -> None:
     """Write the beat's file (atomically) and, on Redis, its expiring key.
     A Redis that is down is not an error here: readiness reports the broker."""
     body = json.dumps(beat.to_json())
-    path = _file(settings, beat.hostname)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(body)
-    os.replace(tmp, path)
+    _write(_file(settings, beat.hostname), body)
+    _write(_file(settings, beat.hostname, "inflight"), body)
     url = _redis_url(settings)
     if url is not None:
         import redis
@@ -113,6 +139,7 @@ def publish(settings: Settings, beat: Beat) -> None:
                 body,
                 px=int(settings.worker_heartbeat_max_age_s * 1000),
             )
+            client.set(INFLIGHT_PREFIX + beat.hostname, body, ex=INFLIGHT_KEEP_S)
             client.close()
         except redis.RedisError:
             pass
@@ -121,13 +148,14 @@ def publish(settings: Settings, beat: Beat) -> None:
 def withdraw(settings: Settings, hostname: str) -> None:
     """A stopping worker removes its beat, so readiness flips at once."""
     _file(settings, hostname).unlink(missing_ok=True)
+    _file(settings, hostname, "inflight").unlink(missing_ok=True)
     url = _redis_url(settings)
     if url is not None:
         import redis
 
         try:
             client = _redis(url)
-            client.delete(REDIS_PREFIX + hostname)
+            client.delete(REDIS_PREFIX + hostname, INFLIGHT_PREFIX + hostname)
             client.close()
         except redis.RedisError:
             pass
@@ -159,3 +187,36 @@ def read_files(settings: Settings) -> list[Beat]:
         except (OSError, ValueError, KeyError):
             continue  # a half-written or foreign file is not a heartbeat
     return beats
+
+
+def claim_stale(settings: Settings, now: float, me: str) -> list[Beat]:
+    """Take the in-flight records of workers that died (see the module doc):
+    each is returned to exactly one claimant and removed."""
+    max_age = settings.worker_heartbeat_max_age_s
+    url = _redis_url(settings)
+    claimed = []
+    if url is not None:
+        client = _redis(url)
+        try:
+            keys = list(client.scan_iter(match=INFLIGHT_PREFIX + "*", count=500))
+            bodies = client.mget(keys) if keys else []
+            records = [Beat.from_json(json.loads(b)) for b in bodies if b]
+            for beat in stale(records, now, max_age, me):
+                if client.delete(INFLIGHT_PREFIX + beat.hostname) == 1:
+                    claimed.append(beat)
+        finally:
+            client.close()
+        return claimed
+    records = []
+    for path in sorted((settings.state / "inflight").glob("*.json")):
+        try:
+            records.append(Beat.from_json(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError):
+            continue
+    for beat in stale(records, now, max_age, me):
+        try:
+            _file(settings, beat.hostname, "inflight").unlink()
+        except FileNotFoundError:
+            continue  # another worker claimed it first
+        claimed.append(beat)
+    return claimed

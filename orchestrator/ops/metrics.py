@@ -178,6 +178,12 @@ SCRAPED: dict[str, Metric] = {
             "Tool calls waiting for an operator's answer (the store's confirmation index)",
         ),
         Metric("orch_queue_depth", "gauge", "Messages waiting in the broker, by queue", ("queue",)),
+        Metric(
+            "orch_jobs_stalled",
+            "gauge",
+            "Running jobs with no progress for stall_after_s and no answer awaited "
+            "(`orchestrator resume JOB`)",
+        ),
     )
 }
 QUEUES = ("orchestrator",)
@@ -398,6 +404,10 @@ class _Scraped:
         waiting = _try(lambda: confirmations_waiting(settings))
         if waiting is not None:
             yield GaugeMetricFamily(m.name, m.help, value=waiting)
+        m = SCRAPED["orch_jobs_stalled"]
+        stalled = _try(lambda: len(jobs_stalled(settings)))
+        if stalled is not None:
+            yield GaugeMetricFamily(m.name, m.help, value=stalled)
         m = SCRAPED["orch_queue_depth"]
         depths = _try(lambda: queue_depths(settings))
         if depths is not None:
@@ -429,6 +439,29 @@ def confirmations_waiting(settings: Any) -> int | None:
         _store = (url, lazy.module("events.store").SqlEventStore(url))
     found = _store[1].read_types(confirmations.CONFIRMATION_TYPES)
     return len(confirmations.unanswered(found))
+
+
+_stalled: dict[str, tuple[float, list[Any]]] = {}
+STALLED_EVERY_S = 30.0  # a stall takes minutes; scrapes and probes come every few seconds
+
+
+def jobs_stalled(settings: Any) -> list[Any]:
+    """The stalled jobs (orchestrator.service.resume), from the same store;
+    computed at most every STALLED_EVERY_S (it replays each running job)."""
+    global _store
+    url = settings.effective_store_url
+    if settings.embedded_store and not (settings.state / "events.sqlite").exists():
+        return []
+    cached = _stalled.get(url)
+    if cached is not None and time.monotonic() - cached[0] < STALLED_EVERY_S:
+        return cached[1]
+    if _store is None or _store[0] != url:
+        _store = (url, lazy.module("events.store").SqlEventStore(url))
+    resume = lazy.module("orchestrator.service.resume")
+    now = lazy.module("events.envelope").utcnow()
+    found: list[Any] = resume.find_stalled(_store[1], now, settings.stall_after_s)
+    _stalled[url] = (time.monotonic(), found)
+    return found
 
 
 def queue_depths(settings: Any) -> dict[str, int]:
