@@ -96,9 +96,18 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
+# What a store does to each event of an append before it is sealed and hashed
+# (stream id, event -> event): masking, encryption. The composition roots
+# build the list; events/ knows none of them.
+EventFilter = Callable[[str, NewEvent], NewEvent]
+
+
 class SqlEventStore:
-    def __init__(self, url: str, *, check_schema: bool = True) -> None:
+    def __init__(
+        self, url: str, *, check_schema: bool = True, filters: Sequence[EventFilter] = ()
+    ) -> None:
         self.url = normalize_url(url)
+        self.filters = tuple(filters)
         self.engine = create_engine(self.url)
         self._writers = WriterConnections(self.engine)
         p = self._writers.param()
@@ -141,6 +150,8 @@ class SqlEventStore:
         key = batch[0].idempotency_key
         if any(e.idempotency_key != key for e in batch):
             raise ValueError("all events of one append must share its idempotency key")
+        for f in self.filters:
+            batch = [f(stream_id, e) for e in batch]
         if not APPEND_HOOKS:
             return self._append_keyed(stream_id, batch, expected_seq, key)
         started = time.perf_counter()
@@ -486,11 +497,13 @@ class SqlEventStore:
             conn.execute(stmt)
 
 
-def open_store(url: str, *, upgrade: bool = False) -> SqlEventStore:
+def open_store(
+    url: str, *, upgrade: bool = False, filters: Sequence[EventFilter] = ()
+) -> SqlEventStore:
     """Open a store; with `upgrade`, apply pending migrations first (embedded use)."""
     if upgrade:
-        store = SqlEventStore(url, check_schema=False)
+        store = SqlEventStore(url, check_schema=False, filters=filters)
         migrate.upgrade(store.engine)
         migrate.check(store.engine)
         return store
-    return SqlEventStore(url)
+    return SqlEventStore(url, filters=filters)

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from events.store import EventStore, open_store
 from orchestrator.api.auth import CAPABILITIES, Principal, TokenTable
 from orchestrator.config.settings import Settings
+from orchestrator.guard.event_masking import store_filters
 from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `orchestrator api token`")
@@ -51,7 +52,11 @@ class Services:
             with self._lock:
                 if self._store is None:
                     s = self.settings
-                    self._store = open_store(s.effective_store_url, upgrade=s.embedded_store)
+                    self._store = open_store(
+                        s.effective_store_url,
+                        upgrade=s.embedded_store,
+                        filters=store_filters(s),
+                    )
         return self._store
 
     def close(self) -> None:

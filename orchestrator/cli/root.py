@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 # SQLAlchemy is imported by the commands that open a store, not by `--help`.
 _store = lazy.module("events.store")
+_secrets = lazy.module("orchestrator.config.secrets")
+_event_masking = lazy.module("orchestrator.guard.event_masking")
 
 
 class Root:
@@ -36,13 +38,19 @@ class Root:
 
     @cached_property
     def settings(self) -> Settings:
-        return self._settings if self._settings is not None else get_settings()
+        s = self._settings if self._settings is not None else get_settings()
+        _secrets.install(s)  # error messages and log lines mask its secrets
+        return s
 
     def store(self, *, for_writing: bool = False) -> EventStore:
         """The configured store. The embedded SQLite store is migrated on first
         use; a server store must be upgraded explicitly (`orchestrator db upgrade`)."""
         s = self.settings
-        return _store.open_store(s.effective_store_url, upgrade=s.embedded_store and for_writing)
+        return _store.open_store(  # type: ignore[no-any-return]
+            s.effective_store_url,
+            upgrade=s.embedded_store and for_writing,
+            filters=_event_masking.store_filters(s),
+        )
 
     @cached_property
     def dispatcher(self) -> Dispatcher:

@@ -24,9 +24,13 @@ so nothing must serialize on them. A store that cannot be written to is
 logged and the read goes on (a secret read is not refused because the audit
 store is down; the log line still says it happened).
 
-`known_values()` is every secret value read in this process plus every
-`SecretStr` of the settings: what `orchestrator.guard.masking.mask` must hide in
-anything that leaves the process.
+`known_values(settings)` is every secret value read in this process plus every
+`SecretStr` of the settings passed in and the passwords in its service URLs:
+what `orchestrator.guard.masking.mask` must hide in anything that leaves the
+process, and what the event store's masking filter hides in every event. The
+composition roots pass their settings (and call `install(settings)` once, for
+the log and error paths that have no settings of their own); nothing here
+reads `get_settings()` for it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +54,7 @@ __all__ = [
     "SecretStore",
     "get",
     "known_values",
+    "install",
     "process_values",
     "store_recorder",
     "STREAM_PREFIX",
@@ -63,13 +68,25 @@ Recorder = Callable[[str, str, str, str | None], None]  # (name, source, reader,
 _lock = threading.Lock()
 
 
-def known_values() -> list[str]:
-    """Every secret value read in this process, plus every SecretStr setting
-    and the passwords in the store, broker and result backend URLs."""
-    values = set(process_values())
-    try:
-        s = get_settings()
-    except ConfigError:
+_installed: Any = None  # the settings a composition root installed
+
+
+def install(settings: Any) -> None:
+    """The settings whose secrets `known_values()` (no argument) adds: called
+    by each composition root, for code that masks without settings at hand
+    (log lines, error messages)."""
+    global _installed
+    _installed = settings
+
+
+def known_values(settings: Any = None, *, extra: Iterable[str] = ()) -> list[str]:
+    """Every secret value read in this process, plus every SecretStr of
+    `settings` (default: the installed ones, if any) and the passwords in its
+    store, broker and result backend URLs, plus `extra` (a step's own secret
+    env, a key a caller holds)."""
+    values = set(process_values()) | {v for v in extra if v}
+    s = settings if settings is not None else _installed
+    if s is None:
         return sorted(values)
     return sorted(values | _setting_values(s))
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from orchestrator import lazy
 
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 
-def _plugin(module: str) -> object:
+def _plugin(module: str) -> Any:
     """A detect-secrets plugin module, imported on first use."""
     return lazy.module(f"detect_secrets.plugins.{module}")
 
@@ -187,7 +188,7 @@ _SECRET_IN_GROUP = frozenset(
 
 def keywords() -> tuple[str, ...]:
     """The secret-naming words (detect-secrets' and ours), as regex fragments."""
-    return tuple(getattr(_plugin("keyword"), "DENYLIST")) + KEYWORDS_ADDED
+    return tuple(_plugin("keyword").DENYLIST) + KEYWORDS_ADDED
 
 
 @lru_cache(maxsize=1)
