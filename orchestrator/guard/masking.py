@@ -79,6 +79,7 @@ __all__ = [
     "maskable",
     "mask_patterns",
     "holds_known",
+    "mask_spans",
 ]
 
 MASK = "***"
@@ -276,6 +277,12 @@ def _candidate_lines(text: str) -> list[tuple[int, int]]:
 def mask_patterns(text: str) -> str:
     """Only the credential-shaped patterns (no known values)."""
     return _replace(text, pattern_runs(text)) if text else text
+
+
+def mask_spans(text: str, secrets: Iterable[str] = ()) -> list[list[int]]:
+    """The spans of `text` that `mask` replaces (known values and credential
+    shapes, found on the text as it is), merged."""
+    return _merge([*_known_runs(text, frozenset(secrets)), *pattern_runs(text)])
 
 
 def mask(text: str, secrets: Iterable[str] = (), *, patterns: bool = True) -> str:
