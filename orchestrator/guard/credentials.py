@@ -12,7 +12,8 @@ masker would eat ordinary output) and the keyword plugin's per-file-type
 regexes (we mask free text, not a parsed file).
 
 Added here, where detect-secrets stops short of what a log needs:
-  - a whole private key block (detect-secrets finds its header line only);
+  - a whole private key block (detect-secrets finds its header line only),
+    or the header and the key lines after it when the END line is cut off;
   - a whole JWT (its pattern ends lazily after the second part);
   - newer token forms (`sk-proj-`, `sk-ant-`, `github_pat_`, Slack `xox?-`
     without digits);
@@ -91,9 +92,11 @@ KEYWORDS_ADDED = (
 )
 
 EXTRA: tuple[re.Pattern[str], ...] = (
+    # A whole key block; without its END line (a diff's context, a cut
+    # output), the header and every key-like line after it.
     re.compile(
-        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----.*?-----END [A-Z0-9 ]*PRIVATE KEY"
-        r"(?: BLOCK)?-----",
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY"
+        r"(?: BLOCK)?-----|(?:\r?\n[ +-]?[A-Za-z0-9+/=:, -]+)*)",
         re.S,
     ),
     re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),
