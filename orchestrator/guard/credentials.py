@@ -141,12 +141,15 @@ def _keyword_rx(words: tuple[str, ...]) -> re.Pattern[str]:
     secret-naming word anywhere (`DB_PASSWORD`, `x.api_key`): the value (up
     to a quote, space, comma or semicolon, at least 4 characters) is group 1.
     A value that is itself a reference (`$VAR`, `${VAR}`, `%(name)s`,
-    `<placeholder>`, `***`) is not a secret."""
+    `<placeholder>`, `***`), code (a call, `self.attr`, `os.environ[...]`, a
+    type name, `None`) is not a secret."""
     names = "|".join(words)
     return re.compile(
         r"(?i)(?:" + names + r")[\w.-]*[\"']?[ \t]*[:=][ \t]*[\"']?"
         r"(?!(?:bearer|basic|token)\s)(?![$%<*{])(?![\w.\[\]]*\()"
-        r"(?!(?:None|True|False|null|true|false|undefined)\b)([^\s\"',;`]{4,})"
+        r"(?!(?:None|True|False|null|true|false|undefined|str|bytes|int|bool|Optional|Any"
+        r"|string|number|SecretStr)\b)"
+        r"(?![a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+(?:[\[(\s]|$))([^\s\"',;`]{4,})"
     )
 
 
