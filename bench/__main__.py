@@ -28,6 +28,7 @@ BENCHES = (
     "fetch",
     "api",
     "cli_startup",
+    "masking",
 )
 
 
