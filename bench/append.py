@@ -13,6 +13,9 @@ PostgreSQL (synchronous_commit=on, the server default).
   lookup, head read, envelope dump, canonical JSON, sha256 chain, INSERT ...
   RETURNING, commit, decoding the stored events it returns).
   "ours, no key" is the same without an idempotency key (one SELECT less).
+  "ours, sealed" is "ours" with payload sealing on (`events.sealing.Sealer`:
+  FileChanged diffs and tool output AES-GCM encrypted under the stream's data
+  key, made on the stream's first append, in the timed region).
 - eventsourcing: `SQLiteApplicationRecorder` / `PostgresApplicationRecorder`
   `.insert_events([StoredEvent...])` (the recorders with a global order, like
   our `position`), with `StoredEvent.state` = our canonical bytes of the same
@@ -289,13 +292,29 @@ def _es_pg(db: str) -> Any:
 
 # -- the bench --------------------------------------------------------------------
 
-CONTENDERS = ("ours", "ours, no key", "eventsourcing", "raw floor")
+CONTENDERS = ("ours", "ours, no key", "ours, sealed", "eventsourcing", "raw floor")
+OURS = ("ours", "ours, no key", "ours, sealed")
+
+
+def _open_ours(name: str, url: str) -> Any:
+    """Our store; "ours, sealed" seals with a throwaway key-encryption key."""
+    import os
+
+    from events.keyring import SqlKeyRing
+    from events.sealing import Sealer
+    from events.store import open_store
+    from orchestrator.audit.kek import FileKek
+
+    if name != "ours, sealed":
+        return open_store(url, upgrade=True)
+    return open_store(
+        url, upgrade=True, filters=[Sealer(SqlKeyRing(url, FileKek(os.urandom(32), "bench")))]
+    )
 
 
 def bench_sqlite(
     w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
 ) -> dict[str, list[float]]:
-    from events.store import open_store
 
     out: dict[str, list[float]] = {k: [] for k in CONTENDERS}
     with scratch_dir("append") as d:
@@ -309,12 +328,12 @@ def bench_sqlite(
                     out[name].append(run_es(rec, w, per_txn))
                     rec.datastore.close()
                     continue
-                store = open_store(f"sqlite:///{db}", upgrade=True)
+                store = _open_ours(name, f"sqlite:///{db}")
                 if name == "raw floor":
                     store.close()
                     out[name].append(run_floor_sqlite(db, w, per_txn))
                 else:
-                    out[name].append(run_ours(store, w, per_txn, keyed=name == "ours"))
+                    out[name].append(run_ours(store, w, per_txn, keyed=name != "ours, no key"))
                     store.close()
                 rm_sqlite(db)
     return out
@@ -328,13 +347,14 @@ def bench_pg(
     dbs = {
         "ours": "orch_bench_ours",
         "ours, no key": "orch_bench_ours_nokey",
+        "ours, sealed": "orch_bench_ours_sealed",
         "eventsourcing": "orch_bench_es",
         "raw floor": "orch_bench_raw",
     }
     out: dict[str, list[float]] = {k: [] for k in CONTENDERS}
     try:
         urls = {k: pg_recreate(db) for k, db in dbs.items()}
-        stores = {k: open_store(urls[k], upgrade=True) for k in ("ours", "ours, no key")}
+        stores = {k: _open_ours(k, urls[k]) for k in OURS}
         open_store(urls["raw floor"], upgrade=True).close()
         rec = _es_pg(dbs["eventsourcing"])
         for r in range(n_rounds):
@@ -345,7 +365,9 @@ def bench_pg(
                 elif name == "raw floor":
                     out[name].append(run_floor_pg(urls[name], w, per_txn))
                 else:
-                    out[name].append(run_ours(stores[name], w, per_txn, keyed=name == "ours"))
+                    out[name].append(
+                        run_ours(stores[name], w, per_txn, keyed=name != "ours, no key")
+                    )
         for s in stores.values():
             s.close()
         rec.datastore.close()

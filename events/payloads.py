@@ -3,7 +3,9 @@
 The `type` literal is the discriminator of the `Payload` union; it is also the
 envelope's `type`. Adding a type: define the model, add it to `Payload`. Changing
 one: bump `SCHEMA_VERSIONS[type]` and register an upcaster in `events.upcast`.
-Payloads never hold secrets: callers mask before building them.
+Payloads never hold secrets: callers mask before building them. Forgettable
+fields (events.sealing.SEALED_FIELDS) may hold a sealed string instead of
+their text; the models take it as the string it is.
 """
 
 from __future__ import annotations
@@ -321,6 +323,17 @@ class SecretAccessed(_Payload):
     reader: str  # the component that asked, e.g. provider:openai
 
 
+class PayloadsForgotten(_Payload):
+    """On the forgotten stream: its data keys were destroyed, so its sealed
+    fields (events.sealing) read as "forgotten on DATE by WHO: REASON" from now
+    on; hashes, digests and plaintext metadata are untouched."""
+
+    type: Literal["PayloadsForgotten"] = "PayloadsForgotten"
+    by: str
+    reason: str
+    key_ids: tuple[str, ...]
+
+
 class ToolCallRetried(_Payload):
     """A network tool's attempt failed transiently and will be tried again
     after `delay_s` (connect error, timeout, 429, 502-504; Retry-After
@@ -380,6 +393,7 @@ _TYPES = (
     SecretAccessed,
     ToolCallRetried,
     CircuitChanged,
+    PayloadsForgotten,
 )
 
 Payload = Annotated[
@@ -415,6 +429,7 @@ Payload = Annotated[
         SecretAccessed,
         ToolCallRetried,
         CircuitChanged,
+        PayloadsForgotten,
     ],
     Field(discriminator="type"),
 ]

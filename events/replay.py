@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import orjson
 from pydantic import ValidationError
 
 from events.errors import UnknownEvent
@@ -33,7 +32,7 @@ def replay(store: EventStore, stream_id: str, *, use_snapshot: bool = True) -> P
     snap = store.load_snapshot(stream_id) if use_snapshot else None
     if snap is not None and snap[1] == SNAPSHOT_VERSION:
         state, after = Projections.model_validate_json(snap[2]), snap[0]
-    loads = orjson.loads
+    loads = store.loads
     return fold_records(
         (current(loads(body)) for _, body, _ in store.raw_stream(stream_id, after)), state
     )

@@ -36,3 +36,20 @@ snapshots = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     sa.Column("state", sa.LargeBinary, nullable=False),
 )
+
+# 0003: the data keys that encrypt a stream's forgettable payload fields
+# (events.sealing), wrapped by a key-encryption key the database does not hold.
+# Forgetting a stream clears `wrapped` (the only copy) and records who and why.
+data_keys = sa.Table(
+    "data_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("scope", sa.String(200), nullable=False),
+    sa.Column("kek_id", sa.String(64), nullable=False),
+    sa.Column("wrapped", sa.LargeBinary, nullable=True),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("forgotten_at", sa.String(32), nullable=True),
+    sa.Column("forgotten_by", sa.String(200), nullable=True),
+    sa.Column("forgotten_reason", sa.Text, nullable=True),
+    sa.Index("ix_data_keys_scope", "scope"),
+)

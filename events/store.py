@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC
 from typing import Any, Protocol
 
+import orjson
 import sqlalchemy as sa
 
 from events import migrate
@@ -29,11 +30,23 @@ from events.errors import SequenceConflict
 from events.payloads import SCHEMA_VERSIONS
 from events.schema import events as T
 from events.schema import snapshots as S
+from events.sealing import MARK
 from events.upcast import decode
 from events.verify import Row
 
 PAGE = 2000
 INSERT_CHUNK = 1000  # rows per INSERT: 9 parameters each, well under both drivers' limits
+
+Batch = Sequence[NewEvent]
+EventFilter = Callable[[str, NewEvent], NewEvent]
+"""A step every event passes before it is sealed: (stream id, event) -> the
+event to store (masking, payload encryption). It returns the same object when
+it has nothing to change; the store applies filters in order.
+
+A filter that also has `reveal(record) -> record` (`events.sealing.Sealer`)
+changes what is stored but not what readers see: the store opens every body
+it reads with it, and the events `append` returns are the filter's input.
+Such a filter comes last."""
 
 # Observers of appends: fn(stream_id, events_stored, seconds), called after each
 # append that returned (an idempotent hit stores 0). orchestrator.ops.metrics
@@ -79,6 +92,10 @@ class EventStore(Protocol):
 
     def raw_stream(self, stream_id: str, after_seq: int = 0) -> list[tuple[int, bytes, str]]: ...
 
+    def loads(self, body: bytes) -> dict[str, Any]:
+        """A stored body as JSON data, sealed fields opened where keys exist."""
+        ...
+
     def rows(self, stream_id: str | None = None) -> Iterator[Row]:
         """Stored rows exactly as written, for verification."""
         ...
@@ -96,18 +113,15 @@ class EventStore(Protocol):
     def close(self) -> None: ...
 
 
-# What a store does to each event of an append before it is sealed and hashed
-# (stream id, event -> event): masking, encryption. The composition roots
-# build the list; events/ knows none of them.
-EventFilter = Callable[[str, NewEvent], NewEvent]
-
-
 class SqlEventStore:
     def __init__(
         self, url: str, *, check_schema: bool = True, filters: Sequence[EventFilter] = ()
     ) -> None:
         self.url = normalize_url(url)
         self.filters = tuple(filters)
+        self._reveals: tuple[Callable[[dict[str, Any]], dict[str, Any]], ...] = tuple(
+            f.reveal for f in self.filters if hasattr(f, "reveal")
+        )
         self.engine = create_engine(self.url)
         self._writers = WriterConnections(self.engine)
         p = self._writers.param()
@@ -150,31 +164,69 @@ class SqlEventStore:
         key = batch[0].idempotency_key
         if any(e.idempotency_key != key for e in batch):
             raise ValueError("all events of one append must share its idempotency key")
-        for f in self.filters:
-            batch = [f(stream_id, e) for e in batch]
+        shown = batch
+        if self.filters:
+            batch, shown = self._filtered(stream_id, batch)
         if not APPEND_HOOKS:
-            return self._append_keyed(stream_id, batch, expected_seq, key)
+            return self._append_keyed(stream_id, batch, expected_seq, key, shown)
         started = time.perf_counter()
-        stored = self._append_keyed(stream_id, batch, expected_seq, key)
+        stored = self._append_keyed(stream_id, batch, expected_seq, key, shown)
         elapsed = time.perf_counter() - started
         n = len(stored) if stored and stored[0].event_id == batch[0].event_id else 0
         for hook in APPEND_HOOKS:
             hook(stream_id, n, elapsed)
         return stored
 
+    def _filtered(
+        self, stream_id: str, batch: Sequence[NewEvent]
+    ) -> tuple[list[NewEvent], list[NewEvent]]:
+        """(what to store, what readers will see): the latter is each event as
+        it entered the first filter that has a `reveal`."""
+        stored, shown = [], []
+        for e in batch:
+            seen = None
+            for f in self.filters:
+                if seen is None and hasattr(f, "reveal"):
+                    seen = e
+                e = f(stream_id, e)
+            stored.append(e)
+            shown.append(e if seen is None else seen)
+        return stored, shown
+
+    def _decode(self, position: int, body: bytes, hash_: str) -> Event:
+        return decode(position, body, hash_, self._reveal if self._reveals else None)
+
+    def _reveal(self, record: dict[str, Any]) -> dict[str, Any]:
+        for reveal in self._reveals:
+            record = reveal(record)
+        return record
+
+    def loads(self, body: bytes) -> dict[str, Any]:
+        """A stored body as JSON data, its sealed fields opened (or marked as
+        forgotten) when this store has the keys."""
+        record = orjson.loads(body)
+        if self._reveals and MARK in body:
+            return self._reveal(record)
+        return record  # type: ignore[no-any-return]
+
     def _append_keyed(
-        self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None, key: str | None
+        self,
+        stream_id: str,
+        batch: Sequence[NewEvent],
+        expected_seq: int | None,
+        key: str | None,
+        shown: Sequence[NewEvent],
     ) -> list[Event]:
         dbapi = self._writers.dbapi
         try:
             with driver_errors(self.url, dbapi):
                 try:
-                    return self._append(stream_id, batch, expected_seq, key)
+                    return self._append(stream_id, batch, expected_seq, shown)
                 except _Reconnect:
                     # The server dropped our idle connection before we sent a
                     # write (pool_pre_ping's job, without its round trip per
                     # append): nothing happened, so try once on a new one.
-                    return self._append(stream_id, batch, expected_seq, key)
+                    return self._append(stream_id, batch, expected_seq, shown)
         except dbapi.IntegrityError as exc:
             # Lost a race for the same seq: either a duplicate delivery of this
             # very batch (same key, now stored) or a real conflict.
@@ -196,10 +248,10 @@ class SqlEventStore:
                 .where(T.c.stream_id == stream_id, T.c.idempotency_key == key)
                 .order_by(T.c.seq)
             ).all()
-        return [decode(r[0], bytes(r[1]), r[2]) for r in rows]
+        return [self._decode(r[0], bytes(r[1]), r[2]) for r in rows]
 
     def _append(
-        self, stream_id: str, batch: Sequence[NewEvent], expected_seq: int | None, key: str | None
+        self, stream_id: str, batch: Batch, expected_seq: int | None, shown: Batch
     ) -> list[Event]:
         """The hot path, on this thread's own DBAPI connection with fixed SQL texts
         (the drivers cache and, on PostgreSQL, prepare them).
@@ -212,7 +264,7 @@ class SqlEventStore:
         it would inside a transaction. SQLite wraps them in BEGIN IMMEDIATE
         (cheap in-process; serializes writers). A batch too big for one INSERT
         takes an explicit transaction on both."""
-        w = self._writers
+        w, key = self._writers, batch[0].idempotency_key
         conn = self._fresh_connection()
         cur = conn.cursor()
         explicit = w.dialect == "sqlite" or len(batch) > INSERT_CHUNK
@@ -236,7 +288,8 @@ class SqlEventStore:
                         cur.execute("COMMIT")
                     stored.sort()
                     return [
-                        decode(position, bytes(body), hash_) for _, hash_, position, body in stored
+                        self._decode(position, bytes(body), hash_)
+                        for _, hash_, position, body in stored
                     ]
             last_seq, prev = (head[0], head[1]) if head else (0, genesis_hash(stream_id))
             if expected_seq is not None and expected_seq != last_seq:
@@ -272,7 +325,7 @@ class SqlEventStore:
             raise
         finally:
             cur.close()
-        return self._placed(stream_id, batch, sealed, prev, positions)
+        return self._placed(stream_id, shown, sealed, prev, positions)
 
     def _fresh_connection(self) -> Any:  # a DB-API connection of the dialect's driver
         """This thread's writer, replaced first if the server dropped it (the
@@ -360,7 +413,7 @@ class SqlEventStore:
 
     def read_stream(self, stream_id: str, after_seq: int = 0) -> Iterator[Event]:
         for position, body, hash_ in self.raw_stream(stream_id, after_seq):
-            yield decode(position, body, hash_)
+            yield self._decode(position, body, hash_)
 
     def raw_stream(self, stream_id: str, after_seq: int = 0) -> list[tuple[int, bytes, str]]:
         """A stream's rows after `after_seq`, on this thread's own connection
@@ -391,7 +444,7 @@ class SqlEventStore:
 
     def read_all(self, after_position: int = 0) -> Iterator[Event]:
         for position, body, hash_ in self.raw_all(after_position):
-            yield decode(position, body, hash_)
+            yield self._decode(position, body, hash_)
 
     def raw_all(
         self,
@@ -421,12 +474,12 @@ class SqlEventStore:
         """Every event of the given types, in position order: an index range per
         type (ix_events_type_position), not a scan of the whole log."""
         for position, body, hash_ in self.raw_all(after_position, types=types):
-            yield decode(position, body, hash_)
+            yield self._decode(position, body, hash_)
 
     def read_correlation(self, correlation_id: str, after_position: int = 0) -> Iterator[Event]:
         """Every event of one job (all its streams), in position order."""
         for position, body, hash_ in self.raw_all(after_position, correlation_id):
-            yield decode(position, body, hash_)
+            yield self._decode(position, body, hash_)
 
     def rows(self, stream_id: str | None = None) -> Iterator[Row]:
         """Stored rows exactly as written (columns and hashed bytes), for verify."""
@@ -480,9 +533,19 @@ class SqlEventStore:
             row = conn.execute(
                 sa.select(S.c.seq, S.c.version, S.c.state).where(S.c.stream_id == stream_id)
             ).first()
-        return (row[0], row[1], bytes(row[2])) if row else None
+        if not row:
+            return None
+        state: bytes | None = bytes(row[2])
+        for f in self.filters:
+            if state is not None and hasattr(f, "open_blob"):
+                state = f.open_blob(stream_id, state)
+        return (row[0], row[1], state) if state is not None else None
 
     def save_snapshot(self, stream_id: str, seq: int, version: int, state: bytes) -> None:
+        """Replace the stream's snapshot (sealed like its payloads when a filter seals)."""
+        for f in self.filters:
+            if hasattr(f, "seal_blob"):
+                state = f.seal_blob(stream_id, state)
         dialect = self.engine.dialect.name
         from sqlalchemy.dialects import postgresql, sqlite
 
@@ -500,7 +563,8 @@ class SqlEventStore:
 def open_store(
     url: str, *, upgrade: bool = False, filters: Sequence[EventFilter] = ()
 ) -> SqlEventStore:
-    """Open a store; with `upgrade`, apply pending migrations first (embedded use)."""
+    """Open a store; with `upgrade`, apply pending migrations first (embedded use).
+    `filters` see every appended event (`orchestrator.audit.protect.event_filters`)."""
     if upgrade:
         store = SqlEventStore(url, check_schema=False, filters=filters)
         migrate.upgrade(store.engine)

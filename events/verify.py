@@ -9,7 +9,7 @@ replayer, and says exactly where each one is.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,13 +267,18 @@ def verify_jsonl(lines: Iterable[bytes | str]) -> VerifyReport:
     return v.report
 
 
-def export_lines(records: Iterable[tuple[int, bytes, str]]) -> Iterator[bytes]:
-    """JSONL lines for stored (position, body, hash) rows, then the manifest line."""
+def export_lines(
+    records: Iterable[tuple[int, bytes, str]],
+    loads: Callable[[bytes], dict[str, Any]] = orjson.loads,
+) -> Iterator[bytes]:
+    """JSONL lines for stored (position, body, hash) rows, then the manifest line.
+    `loads` may open sealed fields (a decrypted export: for reading, its
+    hashes are of the sealed bodies, so only the plain export verifies)."""
     heads: dict[str, tuple[int, str]] = {}
     positions = hashlib.sha256()
     count = 0
     for position, body, hash_ in records:
-        record = orjson.loads(body)
+        record = loads(body)
         record["position"], record["hash"] = position, hash_
         heads[record["stream_id"]] = (record["seq"], hash_)
         positions.update(f"{position}\n".encode())

@@ -24,6 +24,7 @@ from celery.utils.log import get_logger, get_task_logger
 
 from events.store import EventStore, SqlEventStore
 from orchestrator.audit import digests as audit
+from orchestrator.audit import protect
 from orchestrator.config.settings import Settings
 from orchestrator.errors import ConfigError
 from tasks.app import app, sign_interval
@@ -90,7 +91,7 @@ def _sign_on_stop(**_: Any) -> None:
     if settings.audit_key_file is None:
         return
     try:
-        store = SqlEventStore(settings.effective_store_url)
+        store = SqlEventStore(settings.effective_store_url, filters=protect.event_filters(settings))
         try:
             worker_log.info("digest as the worker stops: %s", _sign(store, settings, ()))
         finally:

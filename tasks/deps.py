@@ -16,8 +16,8 @@ from functools import cached_property
 from events.store import EventStore, SqlEventStore
 from orchestrator.agent.loop import AgentLoop
 from orchestrator.agent.providers.factory import api_key, providers_for
+from orchestrator.audit import protect
 from orchestrator.config.settings import Settings
-from orchestrator.guard.event_masking import store_filters
 from orchestrator.ops import metrics
 from orchestrator.run.runner import Runner
 from tasks import app as app_module
@@ -31,9 +31,8 @@ class WorkerDeps:
 
     @cached_property
     def store(self) -> EventStore:
-        return SqlEventStore(
-            self.settings.effective_store_url, filters=store_filters(self.settings)
-        )
+        s = self.settings
+        return SqlEventStore(s.effective_store_url, filters=protect.event_filters(s))
 
     @cached_property
     def runner(self) -> Runner:

@@ -48,3 +48,16 @@ def cli_json(env: dict[str, str], *args: str, cwd: Path | None = None) -> Any:
     result = cli(env, *args, "--json", cwd=cwd)
     assert result.returncode in (0, 1, 3), result.stderr  # 3: refused or waiting
     return json.loads(result.stdout)
+
+
+def state_store(env: dict[str, str]) -> Any:
+    """The embedded store of a CLI deployment, opened with its key-encryption
+    key, so sealed fields (events.sealing) read as plain text."""
+    from events.keyring import SqlKeyRing
+    from events.sealing import Sealer
+    from events.store import open_store
+    from orchestrator.audit import kek
+
+    state = Path(env["ORCH_STATE_DIR"])
+    url = f"sqlite:///{state / 'events.sqlite'}"
+    return open_store(url, filters=[Sealer(SqlKeyRing(url, kek.load(state / kek.DEFAULT_NAME)))])

@@ -28,7 +28,7 @@ from orchestrator.config.settings import Settings
 from orchestrator.ops import workers
 from orchestrator.run.runner import job_state
 from orchestrator.run.sample_repos import create_sample_repos
-from tests.cli_helpers import cli, shape_env
+from tests.cli_helpers import cli, shape_env, state_store
 from tests.processes import alive, running
 
 SCRIPTS = Path(__file__).parent / "chat_scripts"
@@ -76,7 +76,7 @@ def ended(child: pexpect.spawn) -> int:
 
 
 def store_of(env: dict[str, str]) -> SqlEventStore:
-    return open_store(f"sqlite:///{env['ORCH_STATE_DIR']}/events.sqlite")
+    return state_store(env)  # type: ignore[no-any-return]
 
 
 def events(env: dict[str, str], sid: str) -> list[Event]:

@@ -216,7 +216,7 @@ def test_tool_output_in_events_is_masked_in_every_encoding(tmp_path: Path) -> No
         "cat k.txt; echo; cat k.b64; echo; od -An -tx1 k.txt | tr -d ' \\n'; echo",
     )
     assert run.returncode == 0, run.stderr
-    exported = cli(env, "audit", "export")
+    exported = cli(env, "audit", "export", "--decrypt")  # tool output is sealed: open it
     assert exported.returncode == 0
     stored = exported.stdout
     assert "ToolCallCompleted" in stored and "***" in stored

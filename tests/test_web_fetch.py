@@ -144,8 +144,7 @@ def test_a_job_fetch_step_runs_end_to_end_through_a_real_worker(
 ) -> None:
     import json
 
-    from events.store import open_store
-    from tests.cli_helpers import cli, shape_env
+    from tests.cli_helpers import cli, shape_env, state_store
 
     target = tmp_path / "repo"
     target.mkdir()
@@ -171,7 +170,7 @@ steps:
     assert result.returncode == 0, result.stdout + result.stderr
     job = json.loads(result.stdout)
     session_id = job["sessions"][0]["session_id"]
-    store = open_store(str(tmp_path / "state" / "events.sqlite"))
+    store = state_store(env)
     try:
         events = list(store.read_stream(session_id))
     finally:

@@ -13,8 +13,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from events.store import EventStore, open_store
 from orchestrator.api.auth import CAPABILITIES, Principal, TokenTable
+from orchestrator.audit import protect
 from orchestrator.config.settings import Settings
-from orchestrator.guard.event_masking import store_filters
 from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
 
 _bearer = HTTPBearer(auto_error=False, description="A token from `orchestrator api token`")
@@ -55,7 +55,7 @@ class Services:
                     self._store = open_store(
                         s.effective_store_url,
                         upgrade=s.embedded_store,
-                        filters=store_filters(s),
+                        filters=protect.event_filters(s),
                     )
         return self._store
 

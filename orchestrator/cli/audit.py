@@ -1,4 +1,5 @@
-"""The audit log and its store: `audit replay|verify|keygen|sign|export`, `db upgrade|status`."""
+"""The audit log and its store: `audit replay|verify|keygen|sign|export|forget|rewrap`,
+`db upgrade|status`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import orjson
 import typer
 
 from orchestrator import lazy
-from orchestrator.cli.common import emit_json, err, fail, out
+from orchestrator.cli.common import emit_json, fail, out
 from orchestrator.cli.root import current
 
 if TYPE_CHECKING:
@@ -25,9 +26,10 @@ _replay = lazy.module("events.replay")
 _store = lazy.module("events.store")
 render = lazy.module("orchestrator.cli.render")
 _digests = lazy.module("events.digests")
-_masking = lazy.module("orchestrator.guard.masking")
 _recheck_mod = lazy.module("orchestrator.audit.recheck")
-_secrets = lazy.module("orchestrator.config.secrets")
+_forget = lazy.module("orchestrator.audit.forget")
+_kek = lazy.module("orchestrator.audit.kek")
+_keyring = lazy.module("events.keyring")
 audit = lazy.module("orchestrator.audit.digests")
 policy_mod = lazy.module("orchestrator.guard.policy")
 
@@ -211,32 +213,88 @@ def audit_export(
         Path("-"), "--output", "-o", help="File to write (default: stdout)"
     ),
     stream: Optional[str] = typer.Option(None, "--stream", help="Only this session or job stream"),
+    decrypt: bool = typer.Option(
+        False,
+        "--decrypt",
+        help="Show sealed fields as plain text where their keys still exist (needs "
+        "ORCH_DATA_KEK_FILE; for reading: only the sealed export verifies)",
+    ),
 ) -> None:
-    """Write events as JSONL (plus a closing manifest line) that `verify --input` checks."""
+    """Write events as JSONL (plus a closing manifest line) that `verify --input`
+    checks: exactly the stored bodies, sealed fields included."""
     st = current().store()
+    if decrypt and _forget.sealer_of(st) is None:
+        fail(
+            "--decrypt needs the key-encryption key: set ORCH_DATA_KEK_FILE "
+            "(and seal_payloads) to the file that wrapped this store's data keys",
+            2,
+        )
     rows = st.raw_stream_rows(stream) if stream else st.raw_all()
-    known = _secrets.known_values()
-    leaked = 0
     fh = sys.stdout.buffer if str(output) == "-" else open(output, "wb")
     try:
-        for line in verify_mod.export_lines(rows):
-            if known:  # events are masked when built; this catches what slipped past
-                text = line.decode()
-                safe = _masking.mask(text, known, patterns=False)
-                if safe != text:
-                    leaked += 1
-                    line = safe.encode()
+        lines = (
+            verify_mod.export_lines(rows, st.loads) if decrypt else verify_mod.export_lines(rows)
+        )
+        for line in lines:
             fh.write(line)
     finally:
         if fh is not sys.stdout.buffer:
             fh.close()
-    if leaked:
-        err.print(
-            f"[bold yellow]warning:[/] {leaked} event(s) held a known secret value; it "
-            "is masked in this export, so their hashes no longer verify. The store "
-            "still holds it: rotate the secret.",
-            highlight=False,
+
+
+@audit_app.command("forget")
+def audit_forget(
+    stream_id: str = typer.Argument(..., metavar="SESSION_ID|JOB_ID"),
+    reason: str = typer.Option(..., "--reason", help="Why (recorded, shown wherever the data was)"),
+    json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Erase a session's sealed payloads (file contents and diffs, tool output,
+    prompts, model replies, step env values) by destroying its data key; a job
+    id erases the job's spec values and every session of it. Recorded as
+    PayloadsForgotten with who and why; hashes, digests and metadata stay."""
+    root = current()
+    st = root.store(for_writing=True)
+    sealer = _forget.sealer_of(st)
+    if sealer is None:
+        fail(
+            "this store seals no payloads (no key-encryption key: set "
+            "ORCH_DATA_KEK_FILE, and seal_payloads on), so there is no key to destroy",
+            2,
         )
+    done = _forget.forget(st, sealer, stream_id, root.settings.submitter, reason)
+    key = audit.signing_key(root.settings)
+    if key is not None and any(f.key_ids for f in done):  # the new records, proven at once
+        audit.sign(st, key, root.settings.submitter, None)
+    if json:
+        emit_json(
+            [
+                {"stream": f.stream_id, "keys_destroyed": list(f.key_ids), "already": f.already}
+                for f in done
+            ]
+        )
+        return
+    for f in done:
+        if f.key_ids:
+            out.print(f"{f.stream_id}: destroyed {len(f.key_ids)} data key(s)", highlight=False)
+        else:
+            out.print(f"{f.stream_id}: {f.already or 'nothing sealed'}", highlight=False)
+
+
+@audit_app.command("rewrap")
+def audit_rewrap(
+    old_kek_file: Path = typer.Option(
+        ..., "--old-kek-file", exists=True, dir_okay=False, help="The key-encryption key retired"
+    ),
+) -> None:
+    """Key rotation: wrap every live data key of the old key-encryption key with
+    the one ORCH_DATA_KEK_FILE names now (sealed events are not touched)."""
+    st = current().store(for_writing=True)
+    sealer = _forget.sealer_of(st)
+    if sealer is None or not isinstance(sealer.keys, _keyring.SqlKeyRing):
+        fail("set ORCH_DATA_KEK_FILE to the new key-encryption key first", 2)
+    old = _kek.load(old_kek_file, "--old-kek-file=" + str(old_kek_file))
+    moved = sealer.keys.rewrap(old)
+    out.print(f"{moved} data key(s) moved from {old.id} to {sealer.keys.kek.id}", highlight=False)
 
 
 # -- db ------------------------------------------------------------------------

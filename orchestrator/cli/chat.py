@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 # Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
 # the commands that use them, not for `--help` (bench/cli_startup.py).
 _replay = lazy.module("events.replay")
-_store = lazy.module("events.store")
 
 
 err = Console(stderr=True, soft_wrap=True)
@@ -116,7 +115,7 @@ def chat(
     else:  # bad input fails before anything is opened or recorded
         spec = _agent_spec(s, provider, model, script)
         docs = _policies(s, policy, tier)
-    st = _store.open_store(s.effective_store_url, upgrade=s.embedded_store)
+    st = root.store(for_writing=True)
     runner = _runner.Runner(st, s.submitter)
     if session is not None:
         ticket = _resumable(st, session, _chat.chat_ticket)

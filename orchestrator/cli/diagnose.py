@@ -30,7 +30,6 @@ render = lazy.module("orchestrator.cli.render")
 _policy = lazy.module("orchestrator.guard.policy")
 _replay = lazy.module("events.replay")
 _scripted = lazy.module("orchestrator.agent.providers.scripted")
-_store = lazy.module("events.store")
 confirmations = lazy.module("orchestrator.run.confirmations")
 dg = lazy.module("orchestrator.run.diagnose")
 workflows = lazy.module("orchestrator.service.workflows")
@@ -144,7 +143,7 @@ def _run(
 ) -> dict[str, Any]:
     root = current()
     docs = [_policy.load_policy(s.policy_file).doc] if s.policy_file is not None else []
-    st = _store.open_store(s.effective_store_url, upgrade=s.embedded_store)
+    st = root.store(for_writing=True)
     job_id, tickets = workflows.submit(
         st,
         root.dispatcher,

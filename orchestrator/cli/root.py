@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 # SQLAlchemy is imported by the commands that open a store, not by `--help`.
 _store = lazy.module("events.store")
 _secrets = lazy.module("orchestrator.config.secrets")
-_event_masking = lazy.module("orchestrator.guard.event_masking")
+_protect = lazy.module("orchestrator.audit.protect")
 
 
 class Root:
@@ -46,10 +46,10 @@ class Root:
         """The configured store. The embedded SQLite store is migrated on first
         use; a server store must be upgraded explicitly (`orchestrator db upgrade`)."""
         s = self.settings
-        return _store.open_store(  # type: ignore[no-any-return]
+        return _store.open_store(
             s.effective_store_url,
             upgrade=s.embedded_store and for_writing,
-            filters=_event_masking.store_filters(s),
+            filters=_protect.event_filters(s),
         )
 
     @cached_property

@@ -39,14 +39,14 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
 
 from orchestrator.config.report import gather, origin
-from orchestrator.config.seen import process_values, remember
+from orchestrator.config.seen import install, known_values, process_values, remember
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConfigError
 
@@ -68,57 +68,6 @@ Recorder = Callable[[str, str, str, str | None], None]  # (name, source, reader,
 _lock = threading.Lock()
 
 
-_installed: Any = None  # the settings a composition root installed
-
-
-def install(settings: Any) -> None:
-    """The settings whose secrets `known_values()` (no argument) adds: called
-    by each composition root, for code that masks without settings at hand
-    (log lines, error messages)."""
-    global _installed
-    _installed = settings
-
-
-def known_values(settings: Any = None, *, extra: Iterable[str] = ()) -> list[str]:
-    """Every secret value read in this process, plus every SecretStr of
-    `settings` (default: the installed ones, if any) and the passwords in its
-    store, broker and result backend URLs, plus `extra` (a step's own secret
-    env, a key a caller holds)."""
-    values = set(process_values()) | {v for v in extra if v}
-    s = settings if settings is not None else _installed
-    if s is None:
-        return sorted(values)
-    return sorted(values | _setting_values(s))
-
-
-# The settings object itself (not its id: a new object can reuse a freed id).
-_settings_values: tuple[Any, frozenset[str]] | None = None
-
-
-def _setting_values(s: Any) -> frozenset[str]:
-    """The settings' secrets, worked out once per settings object (every log
-    line asks)."""
-    global _settings_values
-    if _settings_values is not None and _settings_values[0] is s:
-        return _settings_values[1]
-    from urllib.parse import unquote, urlsplit
-
-    found: set[str] = set()
-    for name in type(s).model_fields:
-        v = getattr(s, name)
-        if isinstance(v, SecretStr) and v.get_secret_value():
-            found.add(v.get_secret_value())
-    for url in (s.store_url, s.broker_url, s.result_backend):
-        try:
-            password = urlsplit(url).password if url else None
-        except ValueError:
-            password = None
-        if password:
-            found |= {password, unquote(password)}
-    _settings_values = (s, frozenset(found))
-    return _settings_values[1]
-
-
 def store_recorder(settings: Any, actor: str | None = None) -> Recorder:
     """Records SecretAccessed on the configured event store (opened on first use)."""
 
@@ -126,13 +75,14 @@ def store_recorder(settings: Any, actor: str | None = None) -> Recorder:
         from events.envelope import NewEvent
         from events.payloads import SecretAccessed
         from events.store import open_store
+        from orchestrator.audit.protect import event_filters
 
         url = settings.effective_store_url
         with _lock:
             store = _stores.get((os.getpid(), url))  # engines do not survive a fork
             if store is None:
                 store = _stores[(os.getpid(), url)] = open_store(
-                    url, upgrade=settings.embedded_store
+                    url, upgrade=settings.embedded_store, filters=event_filters(settings)
                 )
         stream_id = stream or STREAM_PREFIX + socket.gethostname()
         event = NewEvent.create(

@@ -120,6 +120,25 @@ class Settings(BaseSettings):
         ),
     )
 
+    seal_payloads: bool = Field(
+        default=True,
+        description=(
+            "Encrypt the forgettable fields of events (file contents and diffs, tool "
+            "output, prompts, model replies, step env values) with a per-stream data key, "
+            "so `orchestrator audit forget` can erase them; needs a key-encryption key "
+            "(data_kek_file; the embedded store makes one)"
+        ),
+    )
+    data_kek_file: Path | None = Field(
+        default=None,
+        description=(
+            "Key-encryption key (base64 of 32 random bytes, mode 600) that wraps the data "
+            "keys of sealed fields; default for the embedded store: data-kek.key in the "
+            "state folder, made on first use. A server store seals only when it is set "
+            "(the same file on every worker); keep it out of the database's backups"
+        ),
+    )
+
     # -- worker heartbeats (orchestrator.ops.heartbeat, orchestrator.ops.health) -------
     worker_heartbeat_interval_s: float = Field(
         default=10.0,

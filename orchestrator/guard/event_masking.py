@@ -1,6 +1,7 @@
 """The masking step every event passes before it is hashed and stored.
 
-    store = SqlEventStore(url, filters=[mask_event(lambda: known_values(settings)), ...])
+    store = SqlEventStore(url, filters=orchestrator.audit.protect.event_filters(settings))
+    # = [mask_event(lambda: known_values(settings)), Sealer(keys)]
 
 The store applies its filters in order to each event of an append, before the
 batch is sealed (`events.store`); masking goes first, so whatever comes after
@@ -32,11 +33,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from events.envelope import NewEvent
-from orchestrator.config.secrets import known_values
 from orchestrator.guard.credentials import secret_name
 from orchestrator.guard.masking import MASK, mask
 
-__all__ = ["EventFilter", "mask_event", "mask_data", "store_filters", "UNMASKED_TYPES"]
+__all__ = ["EventFilter", "mask_event", "mask_data", "UNMASKED_TYPES"]
 
 EventFilter = Callable[[str, NewEvent], NewEvent]
 Known = Iterable[str] | Callable[[], Iterable[str]]
@@ -104,10 +104,3 @@ def mask_event(known_values: Known) -> EventFilter:
         return event.model_copy(update={"payload": payload})
 
     return apply
-
-
-def store_filters(settings: Any) -> list[EventFilter]:
-    """The filters a composition root gives its store, masking first: the
-    secrets of `settings`, those read in this process so far, and the
-    credential shapes. (The crypto-shredding filter goes after it.)"""
-    return [mask_event(lambda: known_values(settings))]

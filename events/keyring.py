@@ -1,0 +1,212 @@
+"""Data keys in the store's `data_keys` table, wrapped by a key-encryption key
+(KEK) the database does not hold.
+
+A stream gets its data key on its first sealed field. The table keeps only
+the wrapped key and which KEK wrapped it; forgetting a stream clears the
+wrapped key (the only copy: it is never logged, exported or snapshotted) and
+records who and why, so readers show "forgotten on DATE by WHO: REASON".
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+import sqlalchemy as sa
+
+from events.db import create_engine, normalize_url, store_errors, writer
+from events.schema import data_keys as K
+from events.schema import snapshots as S
+from events.sealing import CACHE_S, Forgotten, SealError
+
+
+class Kek(Protocol):
+    """A key-encryption key: a local file's key, or a Vault transit key."""
+
+    id: str  # stable for the key's whole life, stored with every key it wrapped
+    setting: str  # where it comes from, for error messages (e.g. ORCH_DATA_KEK_FILE=...)
+
+    def wrap(self, dek: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes) -> bytes: ...
+
+
+class WrongKek(Exception):
+    """Raised by `Kek.unwrap` when the blob was not wrapped by this key."""
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key_id: str
+    scope: str
+    kek_id: str
+    live: bool
+    created_at: str
+    forgotten: Forgotten | None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class SqlKeyRing:
+    """`events.sealing.KeyRing` over the `data_keys` table of the store at `url`."""
+
+    def __init__(self, url: str, kek: Kek) -> None:
+        self.url = normalize_url(url)
+        self.kek = kek
+        self._engine: sa.Engine | None = None
+        self._lock = threading.Lock()
+        self._active: dict[str, tuple[float, str, bytes]] = {}
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = create_engine(self.url)
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def active(self, scope: str) -> tuple[str, bytes]:
+        now = time.monotonic()
+        hit = self._active.get(scope)
+        if hit is not None and now - hit[0] < CACHE_S:
+            return hit[1], hit[2]
+        with self._lock:
+            with store_errors(self.url), self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(K.c.key_id, K.c.kek_id, K.c.wrapped)
+                    .where(K.c.scope == scope, K.c.wrapped.is_not(None))
+                    .order_by(K.c.created_at.desc(), K.c.key_id)
+                    .limit(1)
+                ).first()
+            if row is not None:
+                key_id, dek = row[0], self._unwrap(row[0], row[1], bytes(row[2]))
+            else:
+                key_id, dek = uuid.uuid4().hex, os.urandom(32)
+                with store_errors(self.url), writer(self.engine) as conn, conn.begin():
+                    conn.execute(
+                        K.insert().values(
+                            key_id=key_id,
+                            scope=scope,
+                            kek_id=self.kek.id,
+                            wrapped=self.kek.wrap(dek),
+                            created_at=_now(),
+                        )
+                    )
+            self._active[scope] = (now, key_id, dek)
+            return key_id, dek
+
+    def lookup(self, key_id: str) -> bytes | Forgotten | None:
+        with store_errors(self.url), self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(
+                    K.c.kek_id,
+                    K.c.wrapped,
+                    K.c.forgotten_at,
+                    K.c.forgotten_by,
+                    K.c.forgotten_reason,
+                ).where(K.c.key_id == key_id)
+            ).first()
+        if row is None:
+            return None
+        if row[1] is None:
+            return Forgotten(row[2] or "", row[3] or "", row[4] or "")
+        return self._unwrap(key_id, row[0], bytes(row[1]))
+
+    def _unwrap(self, key_id: str, kek_id: str, wrapped: bytes) -> bytes:
+        if kek_id != self.kek.id:
+            raise SealError(
+                f"data key {key_id} was wrapped by key-encryption key {kek_id}, but "
+                f"{self.kek.setting} is key {self.kek.id}: point the setting at the "
+                "key that wrapped it (after a rotation, `orchestrator audit rewrap "
+                "--old-kek-file OLD` moves every data key to the new one)"
+            )
+        try:
+            return self.kek.unwrap(wrapped)
+        except WrongKek:
+            raise SealError(
+                f"data key {key_id} does not open with {self.kek.setting} (key "
+                f"{self.kek.id}): the key file was replaced or damaged; restore it"
+            ) from None
+
+    def rows(self, scope: str | None = None) -> list[KeyRow]:
+        q = sa.select(
+            K.c.key_id,
+            K.c.scope,
+            K.c.kek_id,
+            K.c.wrapped.is_not(None),
+            K.c.created_at,
+            K.c.forgotten_at,
+            K.c.forgotten_by,
+            K.c.forgotten_reason,
+        ).order_by(K.c.created_at, K.c.key_id)
+        if scope is not None:
+            q = q.where(K.c.scope == scope)
+        with store_errors(self.url), self.engine.connect() as conn:
+            return [
+                KeyRow(
+                    r[0],
+                    r[1],
+                    r[2],
+                    bool(r[3]),
+                    r[4],
+                    None if r[3] else Forgotten(r[5] or "", r[6] or "", r[7] or ""),
+                )
+                for r in conn.execute(q)
+            ]
+
+    def forget(self, scope: str, by: str, reason: str) -> list[str]:
+        """Destroy every live data key of `scope` (and the stream's snapshot,
+        which holds projected plaintext); returns the key ids destroyed."""
+        at = _now()
+        with store_errors(self.url), writer(self.engine) as conn, conn.begin():
+            if self.engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA secure_delete=ON")  # overwrite freed bytes
+            ids = list(
+                conn.execute(
+                    sa.select(K.c.key_id).where(K.c.scope == scope, K.c.wrapped.is_not(None))
+                ).scalars()
+            )
+            conn.execute(
+                K.update()
+                .where(K.c.key_id.in_(ids))
+                .values(wrapped=None, forgotten_at=at, forgotten_by=by, forgotten_reason=reason)
+            )
+            conn.execute(S.delete().where(S.c.stream_id == scope))
+        if self.engine.dialect.name == "sqlite":
+            # The old page stays in the write-ahead log until a checkpoint.
+            raw = self.engine.raw_connection()
+            try:
+                raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
+            finally:
+                raw.close()
+        self._active.pop(scope, None)
+        return ids
+
+    def rewrap(self, old: Kek) -> int:
+        """Wrap every live data key of `old` with this ring's KEK (key rotation);
+        returns how many moved."""
+        moved = 0
+        with store_errors(self.url), writer(self.engine) as conn, conn.begin():
+            rows = conn.execute(
+                sa.select(K.c.key_id, K.c.wrapped).where(
+                    K.c.kek_id == old.id, K.c.wrapped.is_not(None)
+                )
+            ).all()
+            for key_id, wrapped in rows:
+                dek = old.unwrap(bytes(wrapped))
+                conn.execute(
+                    K.update()
+                    .where(K.c.key_id == key_id)
+                    .values(kek_id=self.kek.id, wrapped=self.kek.wrap(dek))
+                )
+                moved += 1
+        return moved
