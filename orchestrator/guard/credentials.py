@@ -84,7 +84,7 @@ DETECTORS: tuple[tuple[str, str], ...] = (
 # Words detect-secrets' keyword plugin lacks that name a secret in env files.
 KEYWORDS_ADDED = (
     "token",
-    "auth",
+    "auth(?![a-z])",  # not `author`, `AuthType`
     "credentials?",
     "access_?key",
     "client_?secret",
