@@ -118,7 +118,7 @@ class SqlEventStore:
         self, url: str, *, check_schema: bool = True, filters: Sequence[EventFilter] = ()
     ) -> None:
         self.url = normalize_url(url)
-        self.filters = tuple(filters)
+        self.filters = tuple(filters)  # fixed for the store's life (reads depend on them)
         self._reveals: tuple[Callable[[dict[str, Any]], dict[str, Any]], ...] = tuple(
             f.reveal for f in self.filters if hasattr(f, "reveal")
         )
@@ -177,9 +177,7 @@ class SqlEventStore:
             hook(stream_id, n, elapsed)
         return stored
 
-    def _filtered(
-        self, stream_id: str, batch: Sequence[NewEvent]
-    ) -> tuple[list[NewEvent], list[NewEvent]]:
+    def _filtered(self, stream_id: str, batch: Batch) -> tuple[list[NewEvent], list[NewEvent]]:
         """(what to store, what readers will see): the latter is each event as
         it entered the first filter that has a `reveal`."""
         stored, shown = [], []
@@ -210,12 +208,7 @@ class SqlEventStore:
         return record  # type: ignore[no-any-return]
 
     def _append_keyed(
-        self,
-        stream_id: str,
-        batch: Sequence[NewEvent],
-        expected_seq: int | None,
-        key: str | None,
-        shown: Sequence[NewEvent],
+        self, stream_id: str, batch: Batch, expected_seq: int | None, key: str | None, shown: Batch
     ) -> list[Event]:
         dbapi = self._writers.dbapi
         try:

@@ -21,7 +21,7 @@ def _suffix(tag: str):
 
 
 def test_filters_run_in_order_before_the_event_is_hashed(store: SqlEventStore, stream_id: str):
-    store.filters = (_suffix("-a"), _suffix("-b"))
+    store = SqlEventStore(store.url, filters=(_suffix("-a"), _suffix("-b")))
     stored = store.append(
         stream_id,
         [new(p.SessionFailed(error="x", message="m")), new(p.SessionCompleted(files_changed=1))],
@@ -31,3 +31,4 @@ def test_filters_run_in_order_before_the_event_is_hashed(store: SqlEventStore, s
     read = list(store.read_stream(stream_id))
     assert read == stored
     assert verify_rows(store.rows(stream_id)).ok
+    store.close()

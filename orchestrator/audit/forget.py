@@ -16,7 +16,7 @@ from events.keyring import SqlKeyRing
 from events.payloads import PayloadsForgotten
 from events.sealing import Sealer
 from events.store import EventStore
-from orchestrator.errors import NotFound
+from orchestrator.errors import NotFound, UserError
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def forget(store: EventStore, sealer: Sealer, stream_id: str, by: str, reason: s
     if not isinstance(keys, SqlKeyRing):
         raise TypeError("forget needs the store's own key ring")
     if not reason.strip():
-        raise ValueError("say why (--reason): the record of a forget is what an auditor reads")
+        raise UserError("say why (--reason): the record of a forget is what an auditor reads")
     done = []
     for sid in streams_of(store, stream_id):
         rows = keys.rows(sid)

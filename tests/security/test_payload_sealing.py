@@ -254,6 +254,12 @@ def test_a_job_leaves_no_plain_output_or_diff_and_forget_keeps_the_audit(deploym
     assert run.returncode == 0, run.stderr
     assert (ws / "copy.txt").read_text() == "BODY-OF-A-FILE-6d0e\n"
     sid = json.loads(run.stdout)["session_id"]
+    url = env.get("ORCH_STORE_URL") or str(tmp_path / "state" / "events.sqlite")
+    raw_store = SqlEventStore(url)
+    try:
+        assert b"BODY-OF-A-FILE" not in _raw_bytes(raw_store, tmp_path)  # output and diff
+    finally:
+        raw_store.close()
     plain = cli(env, "audit", "export")
     assert plain.returncode == 0 and plain.stderr == ""  # no masking afterwards, no warning
     assert "BODY-OF-A-FILE" not in plain.stdout and '"output":"sealed:v1:' in plain.stdout
