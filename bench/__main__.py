@@ -29,6 +29,7 @@ BENCHES = (
     "api",
     "cli_startup",
     "growth",
+    "masking",
 )
 
 

@@ -12,6 +12,7 @@ from celery import Celery
 import tasks.broker  # noqa: F401  (registers the orchsqla transport)
 import tasks.browser_hooks  # noqa: F401  (closes browsers on task end and worker exit)
 import tasks.observe  # noqa: F401  (logs, metrics and traces on Celery's signals)
+from orchestrator.config import secrets
 from orchestrator.config.settings import Settings, get_settings
 from tasks.dispatch import CeleryDispatcher
 
@@ -28,6 +29,9 @@ def make_app(settings: Settings) -> Celery:
         amqp="tasks.summary:SummarizingAMQP",  # masked argument summaries
         include=["tasks.steps", "tasks.audit", "tasks.agent"],
     )
+    secrets.install(settings)  # log lines mask its secrets
+    # What tasks.summary masks in every message's argument summary.
+    app.known_secrets = lambda: secrets.known_values(settings)  # type: ignore[attr-defined]
     transport_options: dict[str, object] = {"visibility_timeout": settings.visibility_timeout_s}
     if settings.embedded_broker:
         transport_options["polling_interval"] = settings.embedded_poll_interval_s

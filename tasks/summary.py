@@ -22,7 +22,6 @@ from typing import Any
 from celery.app.amqp import AMQP
 from celery.canvas import Signature
 
-from orchestrator.config.settings import get_settings
 from orchestrator.guard.masking import mask
 
 __all__ = ["describe", "options", "summarized", "SummarizingAMQP"]
@@ -96,22 +95,27 @@ def describe(
     return " ".join(parts), "{}"
 
 
-def _secrets() -> tuple[str, ...]:
-    key = get_settings().model_api_key
-    return (key.get_secret_value(),) if key is not None else ()
+def _secrets(app: Any) -> tuple[str, ...]:
+    """The secret values the app's composition root (`tasks.app.make_app`)
+    said to mask: its settings' and those read in this process."""
+    known = getattr(app, "known_secrets", None)
+    return tuple(known()) if known is not None else ()
 
 
 def options(
-    name: str, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None = None
+    name: str,
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None = None,
+    secrets: Sequence[str] = (),
 ) -> dict[str, str]:
     """`argsrepr`/`kwargsrepr` options for sending task `name`."""
-    argsrepr, kwargsrepr = describe(name, args, kwargs, _secrets())
+    argsrepr, kwargsrepr = describe(name, args, kwargs, secrets)
     return {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
 
 
 def summarized(sig: Signature) -> Signature:
     """`sig` with its summary in its options (kept through chains and groups)."""
-    return sig.set(**options(sig.task, sig.args, sig.kwargs))
+    return sig.set(**options(sig.task, sig.args, sig.kwargs, _secrets(sig.app)))
 
 
 class SummarizingAMQP(AMQP):
@@ -130,7 +134,7 @@ class SummarizingAMQP(AMQP):
         **more: Any,
     ) -> Any:
         if name.startswith(PREFIX) and (argsrepr is None or kwargsrepr is None):
-            summary = options(name, args, kwargs)
+            summary = options(name, args, kwargs, _secrets(self.app))
             argsrepr = summary["argsrepr"] if argsrepr is None else argsrepr
             kwargsrepr = summary["kwargsrepr"] if kwargsrepr is None else kwargsrepr
         return super().as_task_v2(

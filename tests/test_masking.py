@@ -15,6 +15,7 @@ from orchestrator.guard.masking import (
     MASK,
     MIN_SECRET_LEN,
     StreamMasker,
+    holds_known,
     mask,
     mask_streams,
     maskable,
@@ -155,3 +156,178 @@ def test_credential_patterns_still_apply() -> None:
 
 def test_overlapping_secrets_become_one_mask() -> None:
     assert mask("xx abcdefghij yy", ["abcdefgh", "defghij"]) == f"xx {MASK} yy"
+
+
+# --- issue 15: every encoding, credential shapes, events, policy, files ------------
+
+KEY = "Zq9-known-Secret-4471xYw"
+
+
+def _wrapped(text: str, width: int) -> str:
+    return "\n".join(text[i : i + width] for i in range(0, len(text), width))
+
+
+def test_known_value_in_every_encoding_including_wrapped_and_split() -> None:
+    raw = KEY.encode()
+    forms = {
+        "utf-16 json": "".join(f"\\u{ord(c):04x}" for c in KEY),
+        "utf-16 json upper": "".join(f"\\u{ord(c):04X}" for c in KEY),
+        "\\x escapes": "".join(f"\\x{b:02x}" for b in raw),
+        "python bytes repr": repr(raw),
+        "spaced hex (od -An -tx1)": raw.hex(" "),
+        "od wrapped at 16 bytes": " " + raw[:16].hex(" ") + "\n " + raw[16:].hex(" "),
+        "xxd -p wrapped": _wrapped(raw.hex(), 30),
+        "base32": base64.b32encode(b"abc" + raw).decode(),
+        "split across lines": KEY[:9] + "\n" + KEY[9:],
+        "url, / kept": quote("http://x/" + KEY),
+    }
+    for pad in (b"", b"x", b"xy"):
+        blob = base64.b64encode(pad + raw).decode()
+        forms[f"base64 -w3 at offset {len(pad)}"] = _wrapped(blob, 3)
+        forms[f"base64 -w76 at offset {len(pad)}"] = _wrapped(blob, 76)
+    for name, form in forms.items():
+        out = mask(f"start\n{form}\nend", [KEY], patterns=False)
+        assert out.startswith("start\n") and out.endswith("\nend"), (name, out)
+        assert MASK in out, (name, out)
+        stripped = re.sub(r"\s", "", out)
+        for v in variants(KEY):
+            assert re.sub(r"\s", "", v) not in stripped, (name, v)
+
+
+def test_credential_shapes_from_the_pattern_set() -> None:
+    cases = {
+        "DB_PASSWORD=Hunter2-db-Pass": "DB_PASSWORD=***",
+        "export GITHUB_TOKEN=abcd1234efgh": "export GITHUB_TOKEN=***",
+        "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYzz1234abcd": "AWS_SECRET_ACCESS_KEY=***",
+        "MY_APP_SECRET_KEY: s3cr3tvalue": "MY_APP_SECRET_KEY: ***",
+        '{"api_key": "abcd1234"}': '{"api_key": "***"}',
+        "key AKIAQWERTYUIOPASDFGH here": "key *** here",
+        "t ghp_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8 x": "t *** x",
+        "postgresql://app:urlPass-9931@db/app": "postgresql://app:***@db/app",
+        "Authorization: Bearer abc.def.ghi-123": "Authorization: Bearer ***",
+        "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl": "jwt ***",
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk\n-----END OPENSSH PRIVATE KEY-----\nx": "***\nx",
+        "xoxb-1234567890-abcdefghij": "***",
+        "sk_live_" + "a" * 24: "***",
+    }
+    for text, want in cases.items():
+        assert mask(text) == want, (text, mask(text))
+
+
+def test_ordinary_code_is_left_alone() -> None:
+    code = (
+        "def password_hash(password: str) -> str:\n"
+        "    token_count = len(tokens)\n"
+        "    password = get_password()\n"
+        "    auth = self.auth_backend\n"
+        "    secret_name = os.environ['NAME']\n"
+        "    pwd = None\n"
+        "    key = '${API_KEY}'\n"
+        "    return hashlib.sha256(password.encode()).hexdigest()\n"
+    )
+    assert mask(code) == code
+
+
+code_text = st.text(
+    st.sampled_from(list("abcdefghijklmnopqrstuvwxyz _.,;()[]{}\n\t#'\"")), max_size=300
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=code_text, secret=ascii_secrets)
+def test_masking_never_changes_text_that_holds_no_secret(text: str, secret: str) -> None:
+    flat = re.sub(r"\s", "", text)
+    if any(v in text or re.sub(r"\s", "", v) in flat for v in variants(secret)):
+        return  # (rare) the text happens to hold the secret
+    assert mask(text, [secret]) == text
+
+
+def test_holds_known_sees_every_form() -> None:
+    assert holds_known("https://x/?k=" + quote(KEY), [KEY])
+    assert holds_known(base64.b64encode(b"z" + KEY.encode()).decode(), [KEY])
+    assert not holds_known("https://x/?k=other", [KEY])
+    assert not holds_known("anything", [])
+
+
+def test_mask_event_masks_every_string_and_secret_named_env() -> None:
+    from events.envelope import NewEvent
+    from events.payloads import JobSubmitted, SessionRef, ToolCallCompleted
+    from orchestrator.guard.event_masking import mask_event
+
+    f = mask_event(lambda: [KEY])
+    spec = {
+        "steps": [{"kind": "shell", "env": {"DB_PASSWORD": "plain", "PWD": "/work"}}],
+        "note": f"uses {KEY}",
+        "n": 3,
+    }
+    e = NewEvent.create(
+        JobSubmitted(name="j", spec=spec, sessions=(SessionRef(session_id="s", target="t"),)),
+        actor="a",
+        correlation_id="c",
+    )
+    out = f("job-1", e)
+    assert out.event_id == e.event_id
+    dumped = out.payload.model_dump(mode="json")
+    assert dumped["spec"]["note"] == f"uses {MASK}"
+    assert dumped["spec"]["steps"][0]["env"] == {"DB_PASSWORD": MASK, "PWD": "/work"}
+    assert dumped["spec"]["n"] == 3
+    clean = NewEvent.create(
+        ToolCallCompleted(call_id="s/1", tool="read", output="fine"),
+        actor="a",
+        correlation_id="c",
+    )
+    assert f("s", clean) is clean  # nothing to mask: the same event
+
+
+def test_policy_denies_a_request_whose_arguments_hold_a_known_secret() -> None:
+    from orchestrator.guard.decision import decide
+
+    url = "https://example.com/cb?token=" + quote(KEY)
+    v = decide("web_fetch", {"url": url}, secrets=[KEY])
+    assert (v.decision, v.rule_id) == ("deny", "secret-in-arguments")
+    assert KEY not in v.reason and "url" in v.reason
+    v = decide("shell", {"command": "echo hi", "env": {"X": KEY}}, tier="exec", secrets=[KEY])
+    assert (v.decision, v.rule_id) == ("deny", "secret-in-arguments") and "env.X" in v.reason
+    v = decide("read", {"path": f"notes/{KEY}.txt"}, secrets=[KEY])
+    assert v.rule_id == "secret-in-arguments"
+    assert decide("web_fetch", {"url": "https://example.com/"}, secrets=[KEY]).rule_id != (
+        "secret-in-arguments"
+    )
+
+
+def test_files_keep_their_secrets_when_the_model_writes_back_what_it_saw(tmp_path) -> None:
+    import pytest
+
+    from orchestrator.run.steps import PatchStep, ReplaceStep, WriteStep
+    from orchestrator.tools.files import plan_patch, plan_write
+    from orchestrator.tools.replace import plan_replace
+    from orchestrator.tools.secret_edits import SecretOverwrite, masked_view
+
+    before = f"host: db\napi_key: {KEY}\nurl: postgresql://app:urlPass-9931@db/app\nport: 1\n"
+    (tmp_path / "c.yml").write_text(before)
+    seen = masked_view(before, [KEY])
+    assert seen == "host: db\napi_key: ***\nurl: postgresql://app:***@db/app\nport: 1\n"
+    # written back as seen, with changes around the masks: the real values stay
+    new = seen.replace("port: 1", "port: 2").replace("@db/", "@db2/")
+    (edit,) = plan_write(tmp_path, WriteStep(path="c.yml", content=new), [KEY])
+    assert edit.after == before.replace("port: 1", "port: 2").replace("@db/", "@db2/").encode()
+    # a patch whose context was copied from the masked view applies, secrets kept
+    diff = "--- a/c.yml\n+++ b/c.yml\n@@ -1,3 +1,3 @@\n-host: db\n+host: db3\n api_key: ***\n url: postgresql://app:***@db/app\n"
+    (edit,) = plan_patch(tmp_path, PatchStep(diff=diff), [KEY])
+    assert edit.after == before.replace("host: db\n", "host: db3\n").encode()
+    # replacing a secret by the placeholder is refused, with the rule of it
+    with pytest.raises(SecretOverwrite, match="line 2 would put the mask placeholder"):
+        plan_write(
+            tmp_path,
+            WriteStep(path="c.yml", content=seen.replace("api_key: ***", "api_key: *** ***")),
+            [KEY],
+        )
+    # replacing the secret by the placeholder keeps the original value
+    edits, _ = plan_replace(
+        tmp_path, ReplaceStep(pattern=KEY, replacement=MASK, literal=True), secrets=[KEY]
+    )
+    assert edits == []
+    # a `***` where the file had no secret is ordinary text
+    (tmp_path / "n.md").write_text("a\n")
+    (edit,) = plan_write(tmp_path, WriteStep(path="n.md", content="a\n***\n"), [KEY])
+    assert edit.after == b"a\n***\n"

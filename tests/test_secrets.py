@@ -163,7 +163,8 @@ def test_known_values_include_settings_secrets(monkeypatch) -> None:
     monkeypatch.setenv("ORCH_VAULT_TOKEN", "hvs-known-value-0001")
     get_settings.cache_clear()
     try:
-        assert "hvs-known-value-0001" in secrets.known_values()
+        # The settings are passed in: known_values reads no settings itself.
+        assert "hvs-known-value-0001" in secrets.known_values(get_settings())
     finally:
         monkeypatch.delenv("ORCH_VAULT_TOKEN")
         get_settings.cache_clear()
@@ -234,7 +235,7 @@ def test_passwords_in_service_urls_are_known_secrets(
     monkeypatch.setenv("ORCH_BROKER_URL", "redis://:redispass-4410@cache:6379/0")
     get_settings.cache_clear()
     try:
-        known = secrets.known_values()
+        known = secrets.known_values(get_settings())
         assert {"pg/pass-7781", "redispass-4410"} <= set(known)
         assert "pg/pass-7781" not in mask("connect failed: password pg/pass-7781", known)
     finally:

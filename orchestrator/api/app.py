@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from orchestrator.api import confirmations, jobs, ops, problems, sessions
 from orchestrator.api.deps import Services
+from orchestrator.config import secrets
 from orchestrator.config.settings import Settings, get_settings
 from orchestrator.service.dispatch import Dispatcher, celery_dispatcher
 
@@ -34,6 +35,7 @@ def create_app(
 ) -> FastAPI:
     """The API for one configuration. The store is opened on the first request
     that needs it; token secrets are read now (a missing one fails at start)."""
+    secrets.install(settings)  # problem details mask its secrets
     svc = Services(settings, dispatcher)
 
     @asynccontextmanager

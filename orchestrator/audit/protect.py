@@ -14,7 +14,9 @@ from events.keyring import SqlKeyRing
 from events.sealing import Sealer
 from events.store import EventFilter
 from orchestrator.audit import kek as kek_mod
+from orchestrator.config.seen import known_values
 from orchestrator.config.settings import Settings
+from orchestrator.guard.event_masking import mask_event
 
 
 def keyring(settings: Settings) -> SqlKeyRing | None:
@@ -25,7 +27,9 @@ def keyring(settings: Settings) -> SqlKeyRing | None:
 
 def event_filters(settings: Settings) -> tuple[EventFilter, ...]:
     """The filters an appending store applies, in order, for these settings."""
-    filters: list[EventFilter] = []
+    # Masking first: the known values of these settings (and those read in
+    # this process), the credential shapes, secret-named env entries.
+    filters: list[EventFilter] = [mask_event(lambda: known_values(settings))]
     if settings.seal_payloads:
         keys = keyring(settings)
         if keys is not None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 # SQLAlchemy is imported by the commands that open a store, not by `--help`.
 _store = lazy.module("events.store")
+_secrets = lazy.module("orchestrator.config.secrets")
 _protect = lazy.module("orchestrator.audit.protect")
 
 
@@ -37,7 +38,9 @@ class Root:
 
     @cached_property
     def settings(self) -> Settings:
-        return self._settings if self._settings is not None else get_settings()
+        s = self._settings if self._settings is not None else get_settings()
+        _secrets.install(s)  # error messages and log lines mask its secrets
+        return s
 
     def store(self, *, for_writing: bool = False) -> EventStore:
         """The configured store. The embedded SQLite store is migrated on first

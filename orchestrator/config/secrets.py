@@ -24,9 +24,13 @@ so nothing must serialize on them. A store that cannot be written to is
 logged and the read goes on (a secret read is not refused because the audit
 store is down; the log line still says it happened).
 
-`known_values()` is every secret value read in this process plus every
-`SecretStr` of the settings: what `orchestrator.guard.masking.mask` must hide in
-anything that leaves the process.
+`known_values(settings)` is every secret value read in this process plus every
+`SecretStr` of the settings passed in and the passwords in its service URLs:
+what `orchestrator.guard.masking.mask` must hide in anything that leaves the
+process, and what the event store's masking filter hides in every event. The
+composition roots pass their settings (and call `install(settings)` once, for
+the log and error paths that have no settings of their own); nothing here
+reads `get_settings()` for it.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from orchestrator.config.report import gather, origin
-from orchestrator.config.seen import process_values, remember
+from orchestrator.config.seen import install, known_values, process_values, remember
 from orchestrator.config.settings import get_settings
 from orchestrator.errors import ConfigError
 
@@ -50,6 +54,7 @@ __all__ = [
     "SecretStore",
     "get",
     "known_values",
+    "install",
     "process_values",
     "store_recorder",
     "STREAM_PREFIX",
@@ -61,45 +66,6 @@ STREAM_PREFIX = "secrets:"
 Recorder = Callable[[str, str, str, str | None], None]  # (name, source, reader, stream)
 
 _lock = threading.Lock()
-
-
-def known_values() -> list[str]:
-    """Every secret value read in this process, plus every SecretStr setting
-    and the passwords in the store, broker and result backend URLs."""
-    values = set(process_values())
-    try:
-        s = get_settings()
-    except ConfigError:
-        return sorted(values)
-    return sorted(values | _setting_values(s))
-
-
-# The settings object itself (not its id: a new object can reuse a freed id).
-_settings_values: tuple[Any, frozenset[str]] | None = None
-
-
-def _setting_values(s: Any) -> frozenset[str]:
-    """The settings' secrets, worked out once per settings object (every log
-    line asks)."""
-    global _settings_values
-    if _settings_values is not None and _settings_values[0] is s:
-        return _settings_values[1]
-    from urllib.parse import unquote, urlsplit
-
-    found: set[str] = set()
-    for name in type(s).model_fields:
-        v = getattr(s, name)
-        if isinstance(v, SecretStr) and v.get_secret_value():
-            found.add(v.get_secret_value())
-    for url in (s.store_url, s.broker_url, s.result_backend):
-        try:
-            password = urlsplit(url).password if url else None
-        except ValueError:
-            password = None
-        if password:
-            found |= {password, unquote(password)}
-    _settings_values = (s, frozenset(found))
-    return _settings_values[1]
 
 
 def store_recorder(settings: Any, actor: str | None = None) -> Recorder:

@@ -19,7 +19,10 @@ The layers, in order (all are evaluated; the strictest decision wins):
    names get `commands.default`, untrusted ones ask (`untrusted-program`);
    sed and awk scripts are read too (`orchestrator.guard.sed_awk`);
 5. destructive operations are `ask` in every tier unless the session was
-   elevated (`--allow-destructive`), which turns exactly those asks into allows.
+   elevated (`--allow-destructive`), which turns exactly those asks into allows;
+6. `secret-in-arguments`: a request whose arguments (URL, command line, file
+   path, env, any string) hold a secret value the service knows, in any
+   encoding the masker finds, is denied (the caller passes the values in).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any
 from orchestrator.guard.commands import Analysis, Invocation, analyze, analyze_argv
 from orchestrator.guard.egress import EgressDenied, check_url
 from orchestrator.guard.globs import glob_matcher
+from orchestrator.guard.masking import holds_known
 from orchestrator.guard.policy import (
     DEFAULT_POLICY,
     TIERS,
@@ -535,16 +539,54 @@ def _argument_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match]:
     return out
 
 
+def secret_arguments(args: Any, secrets: Sequence[str], at: str = "") -> list[str]:
+    """Where (`url`, `env.TOKEN`, `command`) `args` hold a known secret value."""
+    if isinstance(args, str):
+        return [at or "argument"] if holds_known(args, secrets) else []
+    if isinstance(args, dict):
+        return [
+            w
+            for k, v in args.items()
+            for w in secret_arguments(v, secrets, f"{at}.{k}".lstrip("."))
+        ]
+    if isinstance(args, list | tuple):
+        return [w for v in args for w in secret_arguments(v, secrets, at)]
+    return []
+
+
 def decide(
     tool: str,
     args: dict[str, Any],
     policy: Policy = DEFAULT_POLICY,
     *,
     extra_paths: Iterable[tuple[str, str]] = (),
+    secrets: Sequence[str] = (),
     **kw: Any,
 ) -> Verdict:
     """The verdict for a job step's request (its recorded arguments), plus the
-    paths its plan would touch (`extra_paths`, (access, path) pairs)."""
+    paths its plan would touch (`extra_paths`, (access, path) pairs); a
+    request whose arguments hold one of `secrets` is denied."""
+    verdict = _decide_args(tool, args, policy, extra_paths, **kw)
+    where = secret_arguments(args, secrets) if secrets else []
+    if not where:
+        return verdict
+    found = Match(
+        "secret-in-arguments",
+        Decision.DENY,
+        f"the request's {', '.join(dict.fromkeys(where))} holds a secret value this service "
+        "knows (shown masked); a secret never goes into a tool's arguments: name it instead "
+        "(the secret store reads it where it is needed), or remove it from the step",
+    )
+    return _verdict([found, *verdict.matches], elevated=False)
+
+
+def _decide_args(
+    tool: str,
+    args: dict[str, Any],
+    policy: Policy,
+    extra_paths: Iterable[tuple[str, str]],
+    **kw: Any,
+) -> Verdict:
     paths: list[tuple[str, str]] = list(extra_paths)
     if tool in ("write", "delete") and "path" in args:
         paths.append(("write", str(args["path"])))

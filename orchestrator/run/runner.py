@@ -36,6 +36,7 @@ from events.errors import SequenceConflict
 from events.projections import Projections, SessionState, fold
 from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, job_state, load
 from events.store import EventStore
+from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolError
 from orchestrator.guard import decision, policy
 from orchestrator.guard.decision import Verdict
@@ -413,6 +414,7 @@ class Runner:
             usage=calls.usage_of(state),
             now=utcnow(),
             extra_paths=calls.touched(call.tool, call.workspace, call.step, planned),
+            secrets=known_values(self.settings),
         )
         self.observer.permission(verdict.decision, verdict.rule_id)
         if verdict.rule_id.startswith(("rate:", "quota:")) and verdict.decision != "allow":

@@ -6,11 +6,16 @@ Planning only reads, so the runner can record the planned hashes first; then
 to a temporary file next to its target, and only then renames them into place.
 A failure before the renames leaves the workspace as it was; a failure during
 them puts back what was already renamed.
+
+Secrets stay in the files: the model reads them masked, so a write or patch
+goes through `secret_edits.keep_secrets` (lines written back as seen keep
+their real values; a changed line that would put `***` over a secret is
+refused), and a patch whose context was copied from the masked view is
+applied to that view and then given the real values back.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import secrets
@@ -19,12 +24,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.run.steps import PatchStep, WriteStep
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
+from orchestrator.tools.diffs import _QUOTE, unified_diff
 from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot
 from orchestrator.tools.paths import iter_files, normalize_rel
 from orchestrator.tools.search import cap_output
+from orchestrator.tools.secret_edits import keep_secrets, masked_view
 
 __all__ = ["plan_write", "plan_patch", "apply_edits", "unified_diff"]
 
@@ -32,8 +40,12 @@ __all__ = ["plan_write", "plan_patch", "apply_edits", "unified_diff"]
 # --- write ---------------------------------------------------------------------------
 
 
-def plan_write(workspace: Path, step: WriteStep) -> list[FileEdit]:
-    """One edit setting `step.path` to `step.content` (none if it already has it)."""
+def plan_write(
+    workspace: Path, step: WriteStep, secrets: Sequence[str] | None = None
+) -> list[FileEdit]:
+    """One edit setting `step.path` to `step.content` (none if it already has
+    it), the file's secrets kept (`secret_edits`; `secrets`: the known values,
+    default those of the installed settings)."""
     rel = normalize_rel(step.path)
     before = _read(workspace, rel)
     if before is not None and not step.overwrite:
@@ -43,7 +55,19 @@ def plan_write(workspace: Path, step: WriteStep) -> list[FileEdit]:
             "or use a patch step to change the file."
         )
     after = step.content.encode("utf-8")
+    after = _kept(rel, before, after, known_values() if secrets is None else secrets)
     return [] if before == after else [FileEdit(rel, before, after)]
+
+
+def _kept(rel: str, before: bytes | None, after: bytes, secrets: Sequence[str]) -> bytes:
+    """`after` with the secrets of `before` kept (text files only)."""
+    if before is None or b"***" not in after:
+        return after
+    try:
+        old = before.decode("utf-8")
+    except UnicodeDecodeError:
+        return after
+    return keep_secrets(rel, old, after.decode("utf-8"), secrets).encode("utf-8")
 
 
 def plan_delete(workspace: Path, rel: str) -> list[FileEdit]:
@@ -277,118 +301,6 @@ def _short(digest: str | None) -> str:
     return "no file" if digest is None else f"sha256 {digest[:12]}"
 
 
-# --- unified diff out ----------------------------------------------------------------
-
-
-def unified_diff(edit: FileEdit) -> str:
-    """A git-style diff of one edit, which `git apply` and `plan_patch` accept."""
-    if edit.before == edit.after:
-        return ""
-    a, b = _git_quote("a/" + edit.path), _git_quote("b/" + edit.path)
-    old = "/dev/null" if edit.before is None else a
-    new = "/dev/null" if edit.after is None else b
-    head = f"diff --git {a} {b}\n"
-    if edit.before is None:
-        head += "new file mode 100644\n"
-    if edit.after is None:
-        head += "deleted file mode 100644\n"
-    before, after = _text(edit.before), _text(edit.after)
-    if before is None or after is None:
-        return head + f"Binary files {old} and {new} differ\n"
-    if not before and not after:
-        return head  # an empty file created or deleted: the header says it all
-    out = [head, f"--- {old}\n", f"+++ {new}\n"]
-    matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
-    if edit.before is not None and edit.after is not None and len(before) == len(after):
-        # An edit that keeps the line count (what a replace within lines
-        # makes): pairing line i with line i is a correct diff, and skips the
-        # matcher, which is quadratic in repeated lines (blank, `return`): 25 ms
-        # on a 2,000-line module, ten times the rest of a replace step.
-        # get_grouped_opcodes reads `opcodes` when it is set.
-        matcher.opcodes = _paired_opcodes(before, after)
-    for group in matcher.get_grouped_opcodes(3):
-        i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
-        out.append(f"@@ -{_range(i1, i2)} +{_range(j1, j2)} @@\n")
-        for tag, a1, a2, b1, b2 in group:
-            if tag == "equal":
-                out += [_line(" ", s) for s in before[a1:a2]]
-                continue
-            out += [_line("-", s) for s in before[a1:a2]]
-            out += [_line("+", s) for s in after[b1:b2]]
-    return "".join(out)
-
-
-def _paired_opcodes(before: list[str], after: list[str]) -> list[tuple[str, int, int, int, int]]:
-    """difflib opcodes for two equally long line lists, line i against line i."""
-    opcodes: list[tuple[str, int, int, int, int]] = []
-    i, n = 0, len(before)
-    while i < n:
-        same = before[i] == after[i]
-        j = i + 1
-        while j < n and (before[j] == after[j]) == same:
-            j += 1
-        opcodes.append(("equal" if same else "replace", i, j, i, j))
-        i = j
-    return opcodes
-
-
-def _text(data: bytes | None) -> list[str] | None:
-    """Lines with their `\\n` (the last may lack it), or None for binary data."""
-    if data is None:
-        return []
-    if b"\0" in data:
-        return None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    parts = text.split("\n")
-    lines = [p + "\n" for p in parts[:-1]]
-    if parts[-1]:
-        lines.append(parts[-1])
-    return lines
-
-
-def _line(tag: str, s: str) -> str:
-    return f"{tag}{s}" if s.endswith("\n") else f"{tag}{s}\n\\ No newline at end of file\n"
-
-
-def _range(lo: int, hi: int) -> str:
-    n = hi - lo
-    if n == 1:
-        return f"{lo + 1}"
-    return f"{lo if n == 0 else lo + 1},{n}"
-
-
-_QUOTE = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\t": "\\t",
-    "\n": "\\n",
-    "\v": "\\v",
-    "\f": "\\f",
-    "\r": "\\r",
-    '"': '\\"',
-    "\\": "\\\\",
-}
-
-
-def _git_quote(name: str) -> str:
-    """Quote a path the way git does when it has to (C escapes, octal bytes)."""
-    if not any(c in _QUOTE or ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return name
-    out = []
-    for byte in os.fsencode(name):
-        c = chr(byte)
-        if c in _QUOTE:
-            out.append(_QUOTE[c])
-        elif byte < 0x20 or byte >= 0x7F:
-            out.append(f"\\{byte:03o}")
-        else:
-            out.append(c)
-    return '"' + "".join(out) + '"'
-
-
 def _git_unquote(s: str) -> str:
     if not (len(s) >= 2 and s.startswith('"') and s.endswith('"')):
         return s
@@ -442,10 +354,14 @@ class _FilePatch:
 _HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 
 
-def plan_patch(workspace: Path, step: PatchStep) -> list[FileEdit]:
+def plan_patch(
+    workspace: Path, step: PatchStep, secrets: Sequence[str] | None = None
+) -> list[FileEdit]:
     """The edits a unified diff makes, computed in memory. Every hunk must match
-    exactly (it may sit at an offset from its stated line); otherwise nothing is
-    planned and ToolInputError names the file and hunk."""
+    exactly (it may sit at an offset from its stated line), in the file or in
+    its masked view (what the model read); otherwise nothing is planned and
+    ToolInputError names the file and hunk."""
+    known = known_values() if secrets is None else secrets
     patches = _parse(step.diff)
     if not patches:
         raise ToolInputError(
@@ -481,7 +397,7 @@ def plan_patch(workspace: Path, step: PatchStep) -> list[FileEdit]:
                 f"the patch {verb} {dst}, which already exists; patch the "
                 "existing file instead, or remove it first."
             )
-        result = _apply_hunks(label, base, fp.hunks)
+        result = _patched(label, base, fp.hunks, known)
         if dst is None and result:
             raise ToolInputError(
                 f"the patch deletes {src}, but the file has content the "
@@ -494,6 +410,24 @@ def plan_patch(workspace: Path, step: PatchStep) -> list[FileEdit]:
     return [
         FileEdit(rel, original[rel], state[rel]) for rel in state if state[rel] != original[rel]
     ]
+
+
+def _patched(label: str, base: bytes, hunks: list[_Hunk], secrets: Sequence[str]) -> bytes:
+    """`base` with `hunks` applied; if they only fit the masked view of it (the
+    model copied context lines it saw masked), applied there and the secrets
+    put back."""
+    try:
+        result = _apply_hunks(label, base, hunks)
+    except ToolInputError:
+        try:
+            text = base.decode("utf-8")
+        except UnicodeDecodeError:
+            raise
+        view = masked_view(text, secrets)
+        if view is None:
+            raise
+        result = _apply_hunks(label, view.encode("utf-8"), hunks)
+    return _kept(label, base, result, secrets)
 
 
 def _paths(fp: _FilePatch) -> tuple[str | None, str | None]:

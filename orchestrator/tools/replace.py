@@ -11,29 +11,38 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolInputError, ToolTimeout
+from orchestrator.guard.masking import MASK
 from orchestrator.run.steps import ReplaceStep
 from orchestrator.tools.base import FileEdit, ToolResult
 from orchestrator.tools.jail import Jail
 from orchestrator.tools.paths import iter_files
 from orchestrator.tools.search import check_count, compile_pattern
+from orchestrator.tools.secret_edits import keep_secrets
 
 __all__ = ["plan_replace", "compile_replace"]
 
 
 def plan_replace(
-    workspace: Path, step: ReplaceStep, hidden: Callable[[str], bool] | None = None
+    workspace: Path,
+    step: ReplaceStep,
+    hidden: Callable[[str], bool] | None = None,
+    secrets: Sequence[str] | None = None,
 ) -> tuple[list[FileEdit], int]:
     """Edits for the files that change, and the number of replacements made.
     Only the files ripgrep would walk are read (`iter_files`: an ignored
     `.venv/` or `node_modules/` is left alone unless the step says
     `no_ignore` / `hidden`). Binary files (a NUL byte) and files that are not
     valid UTF-8 are skipped, and so are the files `hidden` says the policy denies.
-    Raises CountMismatch before anything is written when `expect` is not met."""
+    Raises CountMismatch before anything is written when `expect` is not met.
+    A replacement that would put the mask placeholder over a secret of the
+    file (`secret_edits`; `secrets`: the known values) is refused."""
     deadline = time.monotonic() + step.timeout_s
+    known = known_values() if secrets is None else secrets
     rx, rewrite = compile_replace(step)
     # A cheap byte-level test that rules most files out before decoding them.
     needle = step.pattern.encode("utf-8") if step.literal and not step.ignore_case else None
@@ -69,6 +78,8 @@ def plan_replace(
                 continue
             new, n = rewrite(text)
             total += n
+            if MASK in new and MASK in step.replacement:
+                new = keep_secrets(rel, text, new, known)
             if new != text:
                 edits.append(FileEdit(rel, data, new.encode("utf-8")))
     check_count(
