@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from orchestrator.guard import facts as facts_mod
 from orchestrator.guard.commands import Analysis, Invocation, analyze, analyze_argv
 from orchestrator.guard.egress import EgressDenied, check_url
-from orchestrator.guard.globs import glob_matcher
+from orchestrator.guard.facts import PathFact
 from orchestrator.guard.policy import (
     DEFAULT_POLICY,
     TIERS,
@@ -78,6 +79,9 @@ class Match:
     decision: Decision
     reason: str
     destructive: bool = False
+    # A destructive ask that reaches outside the workspace (or could): the
+    # session's --allow-destructive never turns it into an allow.
+    outside: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,15 @@ class Usage:
 def _verdict(matches: list[Match], elevated: bool, retry_after: float | None = None) -> Verdict:
     final = []
     for m in matches:
-        if elevated and m.destructive and m.decision == Decision.ASK:
+        if elevated and m.destructive and m.decision == Decision.ASK and m.outside:
+            m = Match(
+                m.rule_id,
+                m.decision,
+                m.reason + " (not elevated: --allow-destructive covers the workspace only)",
+                destructive=True,
+                outside=True,
+            )
+        elif elevated and m.destructive and m.decision == Decision.ASK:
             m = Match(
                 m.rule_id,
                 Decision.ALLOW,
@@ -143,12 +155,15 @@ def decide_request(
     elevated: bool = False,
     cwd: str = ".",
     url: str | None = None,
+    facts: Iterable[PathFact] = (),
 ) -> Verdict:
     """Decide one tool request. `paths` are (access, path relative to the
     workspace) pairs the tool will touch; `command` (a bash line) or `argv`
     for the shell tool; `cwd` is relative to the workspace; `url` the
     address a network tool requests (its egress rules, from the URL alone:
-    the tool checks the resolved addresses again when it connects)."""
+    the tool checks the resolved addresses again when it connects);
+    `facts` what the caller's walk found at those paths
+    (`orchestrator.guard.facts`: escapes, special files, hard links)."""
     elevated = elevated or policy.doc.allow_destructive
     matches: list[Match] = []
     effective = strictest_tier(policy.doc.tier, tier)
@@ -171,12 +186,35 @@ def decide_request(
         quota, retry_after = _quota_matches(tool, policy, usage, now)
         matches += quota
     for access, path in paths:
+        if tool != "shell" and normalize(path, cwd) is None:
+            # File tools reach files only through the jail: outside is
+            # impossible, so it is a deny (never an ask an elevation allows).
+            matches.append(
+                Match(
+                    "outside-workspace",
+                    Decision.DENY,
+                    f"{path!r} is outside the workspace; {tool} steps only touch files inside "
+                    "it and no policy rule allows leaving it. Use a path relative to the workspace",
+                )
+            )
+            continue
         matches += path_matches(policy, access, path, cwd=cwd)
+    for fact in facts:
+        matches += [Match(r, Decision.DENY, why) for r, why in facts_mod.fact_refusals(fact)]
     if tool == "delete":
         matches.append(
             Match("destructive-delete", Decision.ASK, "deleting a file", destructive=True)
         )
     if tool == "shell":
+        if normalize(".", cwd) is None:
+            matches.append(
+                Match(
+                    facts_mod.CWD,
+                    Decision.DENY,
+                    f"cwd {cwd!r} is outside the workspace; a shell step runs in a folder of the "
+                    "workspace and no policy rule allows another. Give a path relative to it",
+                )
+            )
         analysis = analyze(command) if command is not None else analyze_argv(argv or ())
         matches += command_matches(policy, analysis, cwd=cwd)
     if tool in NETWORK_TOOLS:
@@ -296,6 +334,7 @@ def path_matches(policy: Policy, access: str, path: str, *, cwd: str = ".") -> l
                     Decision.ASK,
                     f"writing {path!r}, outside the workspace",
                     destructive=True,
+                    outside=True,
                 )
             ]
         return [
@@ -309,7 +348,7 @@ def path_matches(policy: Policy, access: str, path: str, *, cwd: str = ".") -> l
     for rule in policy.path_rules:
         if rule.access not in ("any", access):
             continue
-        if glob_matcher(rule.paths)(rel):
+        if rule.matches(rel):
             out.append(
                 Match(
                     rule.id,
@@ -516,6 +555,17 @@ def _argument_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match]:
     out: list[Match] = []
     writer = inv.name in _WRITERS
     for i, arg in enumerate(inv.argv[1:], start=1):
+        if writer and i in inv.dynamic:
+            out.append(
+                Match(
+                    "outside-workspace-unknown",
+                    Decision.ASK,
+                    f"`{inv.text()}` changes a file named only at run time, which may be "
+                    "outside the workspace; name it literally",
+                    destructive=True,
+                    outside=True,
+                )
+            )
         if i in inv.dynamic or not arg or arg.startswith("-") and "=" not in arg:
             continue
         value = arg.split("=", 1)[1] if arg.startswith("-") else arg
@@ -530,6 +580,7 @@ def _argument_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match]:
                     Decision.ASK,
                     f"`{inv.text()}` changes {value!r}, outside the workspace",
                     destructive=True,
+                    outside=True,
                 )
             )
     return out
