@@ -504,7 +504,12 @@ def _rule_matches(policy: Policy, inv: Invocation, name: str | None, cwd: str) -
                 destructive=rule.destructive,
             )
         )
-    if not named and name is not None:
+    # In an allow-list (`commands.builtins: false`) a program no rule allows
+    # gets the default too, even when a built-in ask rule names it.
+    listed = named and (
+        policy.doc.commands.builtins or any(m.decision == Decision.ALLOW for m in out)
+    )
+    if not listed and name is not None:
         d = Decision[policy.doc.commands.default.upper()]
         out.append(
             Match(
