@@ -185,22 +185,7 @@ def decide_request(
     if usage is not None:
         quota, retry_after = _quota_matches(tool, policy, usage, now)
         matches += quota
-    for access, path in paths:
-        if tool != "shell" and normalize(path, cwd) is None:
-            # File tools reach files only through the jail: outside is
-            # impossible, so it is a deny (never an ask an elevation allows).
-            matches.append(
-                Match(
-                    "outside-workspace",
-                    Decision.DENY,
-                    f"{path!r} is outside the workspace; {tool} steps only touch files inside "
-                    "it and no policy rule allows leaving it. Use a path relative to the workspace",
-                )
-            )
-            continue
-        matches += path_matches(policy, access, path, cwd=cwd)
-    for fact in facts:
-        matches += [Match(r, Decision.DENY, why) for r, why in facts_mod.fact_refusals(fact)]
+    matches += _paths_matches(tool, policy, paths, facts, cwd)
     if tool == "delete":
         matches.append(
             Match("destructive-delete", Decision.ASK, "deleting a file", destructive=True)
@@ -224,6 +209,34 @@ def decide_request(
             Match(f"tier-{effective}", Decision.ALLOW, f"{tool} is allowed at tier {effective}")
         )
     return _verdict(matches, elevated, retry_after)
+
+
+def _paths_matches(
+    tool: str,
+    policy: Policy,
+    paths: Iterable[tuple[str, str]],
+    facts: Iterable[PathFact],
+    cwd: str,
+) -> list[Match]:
+    """The request's paths under the path rules, and what is on disk there."""
+    out: list[Match] = []
+    for access, path in paths:
+        if tool != "shell" and normalize(path, cwd) is None:
+            # File tools reach files only through the jail: outside is
+            # impossible, so it is a deny (never an ask an elevation allows).
+            out.append(
+                Match(
+                    "outside-workspace",
+                    Decision.DENY,
+                    f"{path!r} is outside the workspace; {tool} steps only touch files inside "
+                    "it and no policy rule allows leaving it. Use a path relative to the workspace",
+                )
+            )
+            continue
+        out += path_matches(policy, access, path, cwd=cwd)
+    for fact in facts:
+        out += [Match(r, Decision.DENY, why) for r, why in facts_mod.fact_refusals(fact)]
+    return out
 
 
 def _quota_matches(

@@ -22,7 +22,7 @@ from pathlib import Path
 from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.run.steps import PatchStep, WriteStep
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
-from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, PathRefused, Spot
+from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot, patch_symlink
 from orchestrator.tools.paths import iter_files, normalize_rel
 from orchestrator.tools.search import cap_output
 
@@ -466,14 +466,7 @@ def plan_patch(workspace: Path, step: PatchStep) -> list[FileEdit]:
         src, dst = _paths(fp)
         label = dst or src or "?"
         if fp.symlink:
-            raise PathRefused(
-                f"the patch makes {label} a symlink (mode 120000); patches write "
-                "regular files only, so a link is never applied as a file or followed. "
-                "Create the link with a shell step (`ln -s`), which the changeset judges.",
-                "symlink",
-                "is a symlink the patch adds or changes (mode 120000)",
-                label,
-            )
+            raise patch_symlink(label)
         if fp.binary:
             raise ToolInputError(
                 f"the patch changes {label} as a binary file; binary patches "
@@ -563,8 +556,7 @@ def _parse(diff: str) -> list[_FilePatch]:
 
 
 def _extended_header(line: str, cur: _FilePatch) -> None:
-    if line.startswith(("new file mode", "new mode", "old mode", "deleted file mode")):
-        cur.symlink = cur.symlink or line.rstrip().endswith(" 120000")
+    cur.symlink |= line.rstrip().endswith(" 120000")  # a mode or index line: a symlink
     if line.startswith("new file mode"):
         cur.created = True
     elif line.startswith("deleted file mode"):

@@ -34,6 +34,7 @@ __all__ = [
     "Spot",
     "PathRefused",
     "path_facts",
+    "patch_symlink",
     "MAX_PATH_BYTES",
     "MAX_NAME_BYTES",
     "MAX_SYMLINKS",
@@ -338,6 +339,18 @@ def _require_regular(st: os.stat_result, rel: str) -> None:
         "(reading it could block or mean nothing). Use a regular file.",
         "special",
         f"is {what}",
+        rel,
+    )
+
+
+def patch_symlink(rel: str) -> PathRefused:
+    """A patch that makes `rel` a symlink (git's mode 120000)."""
+    return PathRefused(
+        f"the patch makes {rel} a symlink (mode 120000); patches write regular files "
+        "only, so a link is never applied as a file or followed. Create the link with a "
+        "shell step (`ln -s`), whose changeset is judged.",
+        "symlink",
+        "is a symlink the patch adds or changes (mode 120000)",
         rel,
     )
 
