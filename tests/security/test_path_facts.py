@@ -311,3 +311,21 @@ def test_a_shell_changeset_writing_a_protected_path_in_any_case_is_refused(varia
     change = Change(variant, Kind.CREATED, after=b"#!/bin/sh\n")
     verdict = judge(Changeset((change,)), shell_denials(DEFAULT_POLICY), (), "/ws")
     assert verdict.decision == "deny", (variant, verdict)
+
+
+def test_a_patch_retargeting_an_existing_symlink_is_denied(
+    tmp_path: Path, box: tuple[Path, Path]
+) -> None:
+    """git writes `index a..b 120000` when a link's target changes: the
+    patch would otherwise be applied through the link, to its target."""
+    work, _ = box
+    (work / "ln").symlink_to("f.txt")
+    diff = (
+        "diff --git a/ln b/ln\nindex 1111111..2222222 120000\n--- a/ln\n+++ b/ln\n"
+        "@@ -1 +1 @@\n-f.txt\n\\ No newline at end of file\n+../outside/secret.txt\n"
+        "\\ No newline at end of file\n"
+    )
+    status, state, _ = _run(tmp_path, work, PatchStep(diff=diff))
+    [entry] = state.ledger.entries
+    assert (status, entry.decision, entry.rule_id) == ("failed", "deny", "patch-symlink")
+    assert os.readlink(work / "ln") == "f.txt" and (work / "f.txt").read_text() == "inside\n"
