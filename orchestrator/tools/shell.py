@@ -30,6 +30,7 @@ from typing import Any
 from orchestrator.errors import (
     InfraUnavailable,
     PolicyDenied,
+    ResourceExceeded,
     ToolError,
     ToolInputError,
     ToolTimeout,
@@ -131,8 +132,12 @@ def run_shell(
         else (),
     )
     timeout_s = min(step.timeout_s, lim.wall_s)
-    result, changes, timed_out, planned = _run(root, req, host, view, step, timeout_s)
+    result, changes, timed_out, planned, hits = _run(root, req, host, view, step, timeout_s)
     shown = shlex.join(step.command)
+    over = exceeded(result.exit_code, planned, result.cpu_s, hits, lim)
+    if over is not None:  # before the timeout: a limit that killed it says more
+        over.result = result
+        raise over
     if timed_out:
         err = ToolTimeout(
             f"command `{shown}` ran past its time limit of {timeout_s:g} s "
@@ -162,9 +167,10 @@ def _run(
     view: sandbox.ViewKind,
     step: ShellStep,
     timeout_s: float,
-) -> tuple[ShellResult, Changeset, bool, str]:
+) -> tuple[ShellResult, Changeset, bool, str, dict[str, int]]:
     """Set up the call, run and supervise it, read its changeset; returns
-    (result, changeset, timed out, the sandbox mode)."""
+    (result, changeset, timed out, the sandbox mode, what its cgroups counted
+    against their limits)."""
     with sandbox.prepare(root, host, req.mode, req.limits, view) as prep:
         if prep.cgroup_error:
             host = dataclasses.replace(host, cgroups=sandbox.Cgroups(why=prep.cgroup_error))
@@ -190,6 +196,7 @@ def _run(
         capture = _Capture(min(step.max_output_bytes, req.limits.output_bytes))
         timed_out, status, usage = _supervise(proc, capture, started + timeout_s)
         changes = Changeset() if timed_out else sandbox.changes(prep, root)
+        hits = sandbox.limit_hits(prep)
     result = ShellResult(
         output=capture.text(),
         output_bytes=capture.total,
@@ -197,7 +204,41 @@ def _run(
         cpu_s=usage.ru_utime + usage.ru_stime,
         duration_s=time.monotonic() - started,
     )
-    return result, changes, timed_out, planned.mode
+    return result, changes, timed_out, planned.mode, hits
+
+
+def exceeded(
+    code: int, mode: str, cpu_s: float, hits: dict[str, int], lim: Any
+) -> ResourceExceeded | None:
+    """The limit that stopped a command, if one did: a fork refused at the
+    process limit (a contained fork bomb may still exit 0), an OOM kill, a
+    CPU-time or file-size signal. Nothing the command changed is kept."""
+    sig = -code if code < 0 else code - 128 if mode == "bwrap" and 128 < code <= 192 else 0
+    found: tuple[str, str, str] | None = None
+    if hits.get("oom_kills"):
+        peak = hits.get("memory_peak", 0) / (1 << 20)
+        found = ("memory_mb", f"{lim.memory_mb} MB", f"{peak:.0f} MB used, killed out of memory")
+    elif hits.get("forks_refused"):
+        peak = hits.get("processes_peak", lim.processes)
+        found = (
+            "processes",
+            f"{lim.processes} processes",
+            f"{peak} at once, {hits['forks_refused']} more refused",
+        )
+    elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s >= lim.cpu_s * 0.95):
+        found = ("cpu_s", f"{lim.cpu_s:g} s of CPU", f"{cpu_s:.1f} s used")
+    elif sig == signal.SIGXFSZ:
+        found = ("file_size_mb", f"{lim.file_size_mb} MB per file", "a write past it")
+    if found is None:
+        return None
+    name, limit, value = found
+    return ResourceExceeded(
+        f"the command hit its {name} limit ({limit}; seen: {value}) and was stopped; "
+        "nothing it changed was kept. Make it use less, or raise `limits."
+        f"{name}` in the policy",
+        limit=f"{name}={limit}",
+        value=value,
+    )
 
 
 def _judge_and_apply(root: Path, changes: Changeset, policy: Any, shown: str) -> None:
