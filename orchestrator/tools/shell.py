@@ -94,9 +94,9 @@ def run_shell(
 
     The workspace is not written while the command runs. With `apply` (the
     default, for callers that do not handle changesets) the changeset is
-    judged against the session `policy`'s write denials (`shell_denials`)
-    and, when allowed, applied before returning, also when the command
-    failed; a denied changeset raises PolicyDenied and nothing is applied.
+    judged against the session `policy`'s write denials (`shell_denials`) and,
+    when allowed, applied before returning, also when the command failed
+    (not when a limit stopped it); a denied changeset applies nothing.
     Without `apply`, the caller judges (`guard.changeset.judge`) and applies
     (`sandbox.apply`). After a timeout nothing is applied either way.
 
@@ -105,8 +105,9 @@ def run_shell(
     `limits` (`policy.Limits` or `SandboxLimits`) and the step's caps: the
     smaller wins. `network`: a `policy.Network` or a bool (default off).
     Files the `policy` denies reading are shown empty (bubblewrap only).
-    `toolchains`: folders bound read-only at their own paths. `mode`,
-    `view` and `host` force a mode, a view, machine facts (tests)."""
+    `toolchains`: folders bound read-only at their own paths. `mode`, `view`
+    and `host` force a mode, a view, machine facts (tests). Long because it
+    is the call's one sequence: set up, run, stop at a limit, judge, apply."""
     root = workspace.resolve()
     cwd = resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
@@ -134,10 +135,8 @@ def run_shell(
     timeout_s = min(step.timeout_s, lim.wall_s)
     result, changes, timed_out, planned, hits = _run(root, req, host, view, step, timeout_s)
     shown = shlex.join(step.command)
-    over = exceeded(result.exit_code, planned, result.cpu_s, hits, lim)
-    if over is not None:  # before the timeout: a limit that killed it says more
-        over.result = result
-        raise over
+    if (over := exceeded(result, planned, hits, lim)) is not None:
+        raise over  # before the timeout: the limit that stopped it says more
     if timed_out:
         err = ToolTimeout(
             f"command `{shown}` ran past its time limit of {timeout_s:g} s "
@@ -208,11 +207,12 @@ def _run(
 
 
 def exceeded(
-    code: int, mode: str, cpu_s: float, hits: dict[str, int], lim: Any
+    result: ShellResult, mode: str, hits: dict[str, int], lim: Any
 ) -> ResourceExceeded | None:
     """The limit that stopped a command, if one did: a fork refused at the
     process limit (a contained fork bomb may still exit 0), an OOM kill, a
     CPU-time or file-size signal. Nothing the command changed is kept."""
+    code, cpu_s = result.exit_code, result.cpu_s
     sig = -code if code < 0 else code - 128 if mode == "bwrap" and 128 < code <= 192 else 0
     found: tuple[str, str, str] | None = None
     if hits.get("oom_kills"):
@@ -232,13 +232,15 @@ def exceeded(
     if found is None:
         return None
     name, limit, value = found
-    return ResourceExceeded(
+    err = ResourceExceeded(
         f"the command hit its {name} limit ({limit}; seen: {value}) and was stopped; "
         "nothing it changed was kept. Make it use less, or raise `limits."
         f"{name}` in the policy",
         limit=f"{name}={limit}",
         value=value,
     )
+    err.result = result
+    return err
 
 
 def _judge_and_apply(root: Path, changes: Changeset, policy: Any, shown: str) -> None:

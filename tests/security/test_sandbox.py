@@ -691,11 +691,13 @@ def test_cgroups_of_a_worker_that_died_are_removed_at_the_next_probe() -> None:
 def test_a_limit_that_stopped_a_command_is_named_with_what_was_seen(
     code: int, hits: dict[str, int], limit: str
 ) -> None:
-    from orchestrator.tools.shell import exceeded
+    from orchestrator.tools.shell import ShellResult, exceeded
 
     lim = Limits(cpu_s=5, processes=64, memory_mb=200)
-    over = exceeded(code, "bwrap", 5.0, hits, lim)
+    over = exceeded(ShellResult(exit_code=code, cpu_s=5.0), "bwrap", hits, lim)
     assert isinstance(over, ResourceExceeded) and over.limit.startswith(limit + "=")
     assert f"limits.{limit}" in str(over) and "seen:" in str(over)
-    assert exceeded(0, "bwrap", 0.1, {}, lim) is None
-    assert exceeded(1, "bwrap", 0.1, {"processes_peak": 3}, lim) is None
+    assert over.result.exit_code == code
+    assert exceeded(ShellResult(exit_code=0, cpu_s=0.1), "bwrap", {}, lim) is None
+    quiet = ShellResult(exit_code=1, cpu_s=0.1)
+    assert exceeded(quiet, "bwrap", {"processes_peak": 3}, lim) is None
