@@ -409,6 +409,12 @@ _WRITERS = frozenset(
 )
 
 
+# Programs that remove or overwrite what they are given, and that a built-in
+# rule already asks for: an argument known only at run time (`rm -rf "$HOME"`)
+# may be outside the workspace, so elevation does not lift that ask.
+_DELETERS = frozenset({"rm", "rmdir", "shred", "unlink", "truncate", "dd", "mv"})
+
+
 def command_matches(policy: Policy, analysis: Analysis, *, cwd: str = ".") -> list[Match]:
     out = [Match(f"shell:{r.rule}", Decision.DENY, r.detail) for r in analysis.refusals]
     for inv in analysis.invocations:
@@ -573,7 +579,7 @@ def _argument_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match]:
     out: list[Match] = []
     writer = inv.name in _WRITERS
     for i, arg in enumerate(inv.argv[1:], start=1):
-        if writer and i in inv.dynamic:
+        if inv.name in _DELETERS and i in inv.dynamic:
             out.append(
                 Match(
                     "outside-workspace-unknown",
