@@ -26,7 +26,7 @@ MANIFEST_KEY = "manifest"
 @dataclass(frozen=True)
 class Problem:
     kind: str  # hash_mismatch | broken_link | seq_gap | seq_repeat | stream_mismatch
-    # | unknown_event | undecodable | truncated | manifest_mismatch
+    # | unknown_event | undecodable | truncated | manifest_mismatch | not_canonical
     stream_id: str
     seq: int | None
     position: int | None
@@ -110,6 +110,17 @@ class Verifier:
             body = orjson.loads(row.body)
         except orjson.JSONDecodeError as exc:
             return self._bad(row, "undecodable", f"event body is not JSON: {exc}")
+        if type(body) is dict and canonical_json(body) != row.body:
+            # Bodies are written canonically (sorted keys, no whitespace), so
+            # any other spelling of the same content was made elsewhere: a
+            # duplicate key shows one value to a reader and hides another.
+            return self._bad(
+                row,
+                "not_canonical",
+                "the event's bytes are not the canonical encoding of its own content "
+                "(a duplicate or reordered key, or other whitespace): it was not written "
+                "by the store, even if its hash chain holds",
+            )
         if (
             type(body) is not dict
             or body.get("stream_id") != row.stream_id
@@ -235,6 +246,19 @@ def verify_jsonl(lines: Iterable[bytes | str]) -> VerifyReport:
             if MANIFEST_KEY in record:
                 manifest = record[MANIFEST_KEY]
                 continue
+            raw = line.encode() if isinstance(line, str) else line
+            if raw.rstrip(b"\r\n") != orjson.dumps(record, option=orjson.OPT_SORT_KEYS):
+                v.report.problems.append(
+                    Problem(
+                        "not_canonical",
+                        str(record.get("stream_id", "?")),
+                        record.get("seq"),
+                        record.get("position"),
+                        f"line {lineno} is not the canonical encoding of its own content "
+                        "(a duplicate or reordered key, or other whitespace): export writes "
+                        "each line canonically",
+                    )
+                )
             if manifest is not None:
                 v.report.problems.append(
                     Problem(

@@ -91,5 +91,15 @@ class ToolTimeout(ToolError):
     pass
 
 
+class ResourceExceeded(ToolError):
+    """A command stopped by one of its per-call limits (processes, memory, CPU
+    time, file size): recorded as its own outcome, with the limit and the
+    value seen in the message, never as a completed call."""
+
+    def __init__(self, message: str, limit: str, value: str) -> None:
+        super().__init__(message)
+        self.limit, self.value = limit, value
+
+
 class CountMismatch(ToolError):
     pass

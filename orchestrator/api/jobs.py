@@ -38,6 +38,7 @@ from orchestrator.errors import NotFound, SpecError, UserError
 from orchestrator.guard.policy import TIERS, load_policy
 from orchestrator.run.jobspec import parse_spec
 from orchestrator.run.runner import Ticket
+from orchestrator.run.spec_input import check_size, json_duplicate_keys
 from orchestrator.run.watch import final_view, session_summary
 from orchestrator.service import workflows
 
@@ -55,6 +56,7 @@ def _spec_text(raw: bytes, content_type: str) -> tuple[str, bool]:
         raise HTTPException(
             415, f"a job spec is sent as application/json or application/yaml, not {kind}"
         )
+    check_size(len(raw), SOURCE)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -64,6 +66,9 @@ def _spec_text(raw: bytes, content_type: str) -> tuple[str, bool]:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise SpecError(SOURCE, [f"the body is not JSON: {exc}"]) from None
+        duplicates = json_duplicate_keys(raw)
+        if duplicates:
+            raise SpecError(SOURCE, duplicates)
         # JSON is read through the YAML path, so every message is the CLI's;
         # re-rendered first because JSON allows tabs where YAML does not.
         return orjson.dumps(data, option=orjson.OPT_INDENT_2).decode(), True
@@ -109,7 +114,7 @@ def submit(
     root = Path(os.path.realpath(s.api_workspace_root.expanduser()))
     text, from_json = _spec_text(raw, content_type)
     try:
-        spec = parse_spec(text, SOURCE)
+        spec = parse_spec(text, SOURCE, size=len(raw))
     except SpecError as exc:
         if from_json:  # positions count lines of our rendering: drop them
             raise SpecError(SOURCE, [_no_position(p) for p in exc.problems]) from None

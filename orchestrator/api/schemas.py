@@ -75,7 +75,7 @@ class Patches(BaseModel):
 
 
 class CancelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no coercion: 422 names the field
     reason: str = Field(default="", max_length=2000)
 
 
@@ -111,7 +111,7 @@ class Waiting(BaseModel):
 
 
 class Answer(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     decision: Literal["approve", "deny"]
     reason: str = Field(default="", max_length=2000)
 

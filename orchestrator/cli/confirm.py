@@ -52,6 +52,12 @@ def policy_check(
     tier: Optional[str] = TIER_OPT,
     allow_destructive: bool = ELEVATE_OPT,
     json: bool = typer.Option(False, "--json", help="Print the verdict as JSON"),
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="Also list every rule in force and where it came from (built-in or the "
+        "policy); alone, without a command or --path, only that",
+    ),
 ) -> None:
     """Print the decision, the deciding rule and its reason, and every rule that
     matched, without running anything. Exit 0 when allowed, 3 when denied or
@@ -61,16 +67,22 @@ def policy_check(
       orchestrator policy check -- git push --force origin main
       orchestrator policy check -- 'curl -s https://x.sh | sh'
       orchestrator policy check --path .env --op read --policy team.yaml --json
+      orchestrator policy check --explain --policy allow-list.yaml
     """
     if tier is not None and tier not in _policy.TIERS:
         fail(f"--tier {tier!r} is not a tier; use one of {', '.join(_policy.TIERS)}", 2)
-    if (path is None) == (not command):
-        fail("give a command after -- or a --path, not both and not neither", 2)
+    if path is not None and command:
+        fail("give a command after -- or a --path, not both", 2)
+    if path is None and not command and not explain:
+        fail("give a command after -- or a --path (or --explain to list the rules)", 2)
     if op not in ("read", "write", "delete"):
         fail(f"--op {op!r}: use read, write or delete", 2)
     s = current().settings
     pol = _combined_policy(policy, s.policy_file)
     chosen = tier or s.tier
+    if path is None and not command:
+        _explain(pol, json)
+        raise typer.Exit(0)
     if path is not None:
         tool, args = op, {"path": path}
     else:
@@ -93,11 +105,23 @@ def policy_check(
                 "tier": chosen,
                 "effective_tier": effective,
                 "elevated": allow_destructive,
+                **({"rules": pol.explain()} if explain else {}),
             }
         )
     else:
         _print_verdict(verdict, matches, pol, effective, allow_destructive)
+        if explain:
+            _explain(pol, False)
     raise typer.Exit(0 if verdict.decision == "allow" else 3)
+
+
+def _explain(pol: Any, as_json: bool) -> None:
+    """The rules in force, in the order they apply, and where each came from."""
+    rows = pol.explain()
+    if as_json:
+        emit_json({"policy": pol.name, "policy_hash": pol.hash, "rules": rows})
+        return
+    render.policy_rules(out, pol.name, rows)
 
 
 def _combined_policy(policy: Path | None, configured: Path | None) -> Any:

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from events import payloads as p
 from events.envelope import Event
@@ -26,6 +28,26 @@ if TYPE_CHECKING:
 # shown, not for `status` (bench/cli_startup.py).
 _progress = lazy.module("rich.progress")
 _syntax = lazy.module("rich.syntax")
+
+# Control characters a terminal acts on (ESC starts escape sequences that can
+# move the cursor, rewrite the title or the clipboard; CR overwrites a line;
+# NUL and the C1 range too): everything below 0x20 but newline and tab, DEL,
+# and 0x80-0x9f. Shown escaped, as JSON export shows them.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` (tool output, an error, a model's words) safe to print to a
+    terminal: each control character as a backslash-x escape (ESC as
+    `\\x1b`), newlines and tabs kept."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def shown(text: object) -> str:
+    """Recorded text inside rich markup: printable, and its brackets taken
+    literally (`[bold]` in a tool's output is not a style)."""
+    return escape(printable(str(text)))
+
 
 POLL_S = 0.1
 MAX_BARS = 12  # more targets than this: one bar per running target only
@@ -97,6 +119,7 @@ def follow(
             for e in view.poll(store):
                 sid = e.stream_id
                 note = _describe(e)
+                note = None if note is None else shown(note)
                 if sid in names and note is not None:
                     if sid not in bars and not view.sessions[sid].finished:
                         bars[sid] = progress.add_task(names[sid], total=steps or None, note="")
@@ -185,8 +208,8 @@ def replay(console: Console, state: Projections) -> None:
     s, q = state.session, state.quota
     console.print(
         f"[bold]session[/] {s.session_id}  job {s.job_id}\n"
-        f"  target {s.target}\n  status [bold]{s.status}[/]"
-        + (f"  ({s.error})" if s.error else "")
+        f"  target {shown(s.target)}\n  status [bold]{s.status}[/]"
+        + (f"  ({shown(s.error)})" if s.error else "")
         + f"  events {s.last_seq}",
         highlight=False,
     )
@@ -202,7 +225,7 @@ def replay(console: Console, state: Projections) -> None:
     for col in ("turn", "name", "kind", "status"):
         turns.add_column(col)
     for t in s.turns:
-        turns.add_row(str(t.turn), t.name, t.kind, t.status)
+        turns.add_row(str(t.turn), Text(printable(t.name)), t.kind, t.status)
     console.print(turns)
     if s.files_changed:
         files = Table(title="files changed")
@@ -210,7 +233,9 @@ def replay(console: Console, state: Projections) -> None:
             files.add_column(col)
         for c in s.files_changed:
             files.add_row(
-                c.path, (c.before_hash or "(new)")[:12], (c.after_hash or "(deleted)")[:12]
+                Text(printable(c.path)),
+                (c.before_hash or "(new)")[:12],
+                (c.after_hash or "(deleted)")[:12],
             )
         console.print(files)
     quota = Table(title="quota usage")
@@ -261,10 +286,13 @@ def _conversation(console: Console, a: Any) -> None:
             continue
         who = "user" if entry.role == "user" else f"model {entry.model_turn}"
         text = (entry.text or "").strip()
-        console.print(f"  [bold]{who}[/]: {text[:300] if text else '(no text)'}", highlight=False)
+        said = shown(text[:300]) if text else "(no text)"
+        console.print(f"  [bold]{who}[/]: {said}", highlight=False)
         for c in entry.calls:
-            where = f"turn {c.turn}" if c.turn else f"[red]not run: {c.error}[/]"
-            console.print(f"    -> {c.name} {c.arguments[:120]}  ({where})", highlight=False)
+            where = f"turn {c.turn}" if c.turn else f"[red]not run: {shown(c.error)}[/]"
+            console.print(
+                f"    -> {shown(c.name)} {shown(c.arguments[:120])}  ({where})", highlight=False
+            )
 
 
 def verify(console: Console, report: VerifyReport, proof: ProofReport | None = None) -> None:
@@ -351,3 +379,27 @@ def pending(console: Console, waiting: list[Any]) -> None:
         )
     console.print(table)
     console.print("answer with `orchestrator approve ID` or `orchestrator deny ID --reason ...`")
+
+
+def policy_rules(console: Console, name: str, rows: list[dict[str, Any]]) -> None:
+    """`policy check --explain`: every rule, in the order the policy applies them."""
+    table = Table(title=f"policy {name}: rules in the order they apply")
+    for col in ("rule", "kind", "decision", "in force", "from", "matches"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            Text(r["id"]),
+            r["kind"],
+            r["decision"],
+            "yes" if r["in_force"] else "no",
+            Text(r["source"]),
+            Text(r["matches"]),
+        )
+    console.print(table)
+    off = sum(not r["in_force"] for r in rows)
+    if off:
+        console.print(
+            f"[dim]{off} built-in allow rule(s) switched off by commands.builtins: false: "
+            "only the programs the policy allows run[/]",
+            highlight=False,
+        )

@@ -24,6 +24,7 @@ from orchestrator.cli.root import current
 _policy = lazy.module("orchestrator.guard.policy")
 _steps = lazy.module("orchestrator.run.steps")
 adhoc = lazy.module("orchestrator.run.adhoc")
+render = lazy.module("orchestrator.cli.render")
 
 # -- one call: sandbox run, fs ------------------------------------------------------
 
@@ -84,12 +85,14 @@ def _one(
         )
     else:
         if show_output and result.output:
-            sys.stdout.write(
-                result.output if result.output.endswith("\n") else result.output + "\n"
-            )
+            # the tool's output, never raw: an ESC or CR in it would act on
+            # the terminal (--json gives it exactly)
+            text = render.printable(result.output)
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
         if entry is not None:
             err.print(
-                f"[dim]{entry.decision} by rule {entry.rule_id}: {entry.reason}[/]", highlight=False
+                f"[dim]{entry.decision} by rule {entry.rule_id}: {render.shown(entry.reason)}[/]",
+                highlight=False,
             )
         for c in session.waiting:
             err.print(
@@ -98,7 +101,7 @@ def _one(
                 highlight=False,
             )
         if session.error:
-            err.print(f"[red]{session.error}[/]", highlight=False)
+            err.print(f"[red]{render.shown(session.error)}[/]", highlight=False)
         err.print(
             f"[dim]session {result.session_id} ({result.status}); see "
             f"`orchestrator audit replay {result.session_id}`[/]",

@@ -83,7 +83,7 @@ def judge(
     workspace: str = "/",
 ) -> Verdict:
     """The verdict on the whole changeset (see the module's docstring)."""
-    matchers = [(d, glob_matcher(d.globs)) for d in denials]
+    matchers = [(d, glob_matcher(d.globs, fold_case=True)) for d in denials]
     known = frozenset(tracked)
     worst = ALLOW
     for change in changeset.changes:

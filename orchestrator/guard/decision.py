@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from orchestrator.guard import facts as facts_mod
 from orchestrator.guard.commands import Analysis, Invocation, analyze, analyze_argv
 from orchestrator.guard.egress import EgressDenied, check_url
-from orchestrator.guard.globs import glob_matcher
+from orchestrator.guard.facts import PathFact
 from orchestrator.guard.masking import holds_known
 from orchestrator.guard.policy import (
     DEFAULT_POLICY,
@@ -82,6 +83,9 @@ class Match:
     decision: Decision
     reason: str
     destructive: bool = False
+    # A destructive ask that reaches outside the workspace (or could): the
+    # session's --allow-destructive never turns it into an allow.
+    outside: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,15 @@ class Usage:
 def _verdict(matches: list[Match], elevated: bool, retry_after: float | None = None) -> Verdict:
     final = []
     for m in matches:
-        if elevated and m.destructive and m.decision == Decision.ASK:
+        if elevated and m.destructive and m.decision == Decision.ASK and m.outside:
+            m = Match(
+                m.rule_id,
+                m.decision,
+                m.reason + " (not elevated: --allow-destructive covers the workspace only)",
+                destructive=True,
+                outside=True,
+            )
+        elif elevated and m.destructive and m.decision == Decision.ASK:
             m = Match(
                 m.rule_id,
                 Decision.ALLOW,
@@ -147,12 +159,15 @@ def decide_request(
     elevated: bool = False,
     cwd: str = ".",
     url: str | None = None,
+    facts: Iterable[PathFact] = (),
 ) -> Verdict:
     """Decide one tool request. `paths` are (access, path relative to the
     workspace) pairs the tool will touch; `command` (a bash line) or `argv`
     for the shell tool; `cwd` is relative to the workspace; `url` the
     address a network tool requests (its egress rules, from the URL alone:
-    the tool checks the resolved addresses again when it connects)."""
+    the tool checks the resolved addresses again when it connects);
+    `facts` what the caller's walk found at those paths
+    (`orchestrator.guard.facts`: escapes, special files, hard links)."""
     elevated = elevated or policy.doc.allow_destructive
     matches: list[Match] = []
     effective = strictest_tier(policy.doc.tier, tier)
@@ -174,13 +189,21 @@ def decide_request(
     if usage is not None:
         quota, retry_after = _quota_matches(tool, policy, usage, now)
         matches += quota
-    for access, path in paths:
-        matches += path_matches(policy, access, path, cwd=cwd)
+    matches += _paths_matches(tool, policy, paths, facts, cwd)
     if tool == "delete":
         matches.append(
             Match("destructive-delete", Decision.ASK, "deleting a file", destructive=True)
         )
     if tool == "shell":
+        if normalize(".", cwd) is None:
+            matches.append(
+                Match(
+                    facts_mod.CWD,
+                    Decision.DENY,
+                    f"cwd {cwd!r} is outside the workspace; a shell step runs in a folder of the "
+                    "workspace and no policy rule allows another. Give a path relative to it",
+                )
+            )
         analysis = analyze(command) if command is not None else analyze_argv(argv or ())
         matches += command_matches(policy, analysis, cwd=cwd)
     if tool in NETWORK_TOOLS:
@@ -190,6 +213,34 @@ def decide_request(
             Match(f"tier-{effective}", Decision.ALLOW, f"{tool} is allowed at tier {effective}")
         )
     return _verdict(matches, elevated, retry_after)
+
+
+def _paths_matches(
+    tool: str,
+    policy: Policy,
+    paths: Iterable[tuple[str, str]],
+    facts: Iterable[PathFact],
+    cwd: str,
+) -> list[Match]:
+    """The request's paths under the path rules, and what is on disk there."""
+    out: list[Match] = []
+    for access, path in paths:
+        if tool != "shell" and normalize(path, cwd) is None:
+            # File tools reach files only through the jail: outside is
+            # impossible, so it is a deny (never an ask an elevation allows).
+            out.append(
+                Match(
+                    "outside-workspace",
+                    Decision.DENY,
+                    f"{path!r} is outside the workspace; {tool} steps only touch files inside "
+                    "it and no policy rule allows leaving it. Use a path relative to the workspace",
+                )
+            )
+            continue
+        out += path_matches(policy, access, path, cwd=cwd)
+    for fact in facts:
+        out += [Match(r, Decision.DENY, why) for r, why in facts_mod.fact_refusals(fact)]
+    return out
 
 
 def _quota_matches(
@@ -300,6 +351,7 @@ def path_matches(policy: Policy, access: str, path: str, *, cwd: str = ".") -> l
                     Decision.ASK,
                     f"writing {path!r}, outside the workspace",
                     destructive=True,
+                    outside=True,
                 )
             ]
         return [
@@ -313,7 +365,7 @@ def path_matches(policy: Policy, access: str, path: str, *, cwd: str = ".") -> l
     for rule in policy.path_rules:
         if rule.access not in ("any", access):
             continue
-        if glob_matcher(rule.paths)(rel):
+        if rule.matches(rel):
             out.append(
                 Match(
                     rule.id,
@@ -359,6 +411,12 @@ _WRITERS = frozenset(
         "patch",
     }
 )
+
+
+# Programs that remove or overwrite what they are given, and that a built-in
+# rule already asks for: an argument known only at run time (`rm -rf "$HOME"`)
+# may be outside the workspace, so elevation does not lift that ask.
+_DELETERS = frozenset({"rm", "rmdir", "shred", "unlink", "truncate", "dd", "mv"})
 
 
 def command_matches(policy: Policy, analysis: Analysis, *, cwd: str = ".") -> list[Match]:
@@ -469,7 +527,12 @@ def _rule_matches(policy: Policy, inv: Invocation, name: str | None, cwd: str) -
                 destructive=rule.destructive,
             )
         )
-    if not named and name is not None:
+    # In an allow-list (`commands.builtins: false`) a program no rule allows
+    # gets the default too, even when a built-in ask rule names it.
+    listed = named and (
+        policy.doc.commands.builtins or any(m.decision == Decision.ALLOW for m in out)
+    )
+    if not listed and name is not None:
         d = Decision[policy.doc.commands.default.upper()]
         out.append(
             Match(
@@ -520,6 +583,17 @@ def _argument_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match]:
     out: list[Match] = []
     writer = inv.name in _WRITERS
     for i, arg in enumerate(inv.argv[1:], start=1):
+        if inv.name in _DELETERS and i in inv.dynamic:
+            out.append(
+                Match(
+                    "outside-workspace-unknown",
+                    Decision.ASK,
+                    f"`{inv.text()}` changes a file named only at run time, which may be "
+                    "outside the workspace; name it literally",
+                    destructive=True,
+                    outside=True,
+                )
+            )
         if i in inv.dynamic or not arg or arg.startswith("-") and "=" not in arg:
             continue
         value = arg.split("=", 1)[1] if arg.startswith("-") else arg
@@ -534,6 +608,7 @@ def _argument_matches(policy: Policy, inv: Invocation, cwd: str) -> list[Match]:
                     Decision.ASK,
                     f"`{inv.text()}` changes {value!r}, outside the workspace",
                     destructive=True,
+                    outside=True,
                 )
             )
     return out

@@ -73,13 +73,17 @@ def _translate(glob: str) -> str:
 
 
 @lru_cache(maxsize=256)
-def glob_matcher(globs: tuple[str, ...]) -> Callable[[str], bool]:
+def glob_matcher(globs: tuple[str, ...], *, fold_case: bool = False) -> Callable[[str], bool]:
     """A predicate over relative POSIX paths. Globs starting with `!` exclude;
-    no include glob means every file."""
+    no include glob means every file. With `fold_case` the include globs
+    ignore case and the excludes do not (so folding only ever matches
+    more): protected paths use it, because `.ENV` on a case-insensitive
+    mount is `.env`, and `.Git/hooks` is `.git/hooks`."""
     inc = [g for g in globs if not g.startswith("!")]
     exc = [g[1:] for g in globs if g.startswith("!")]
+    flags = re.IGNORECASE if fold_case else 0
     try:
-        inc_rx = re.compile("|".join(f"(?:{_translate(g)})" for g in inc)) if inc else None
+        inc_rx = re.compile("|".join(f"(?:{_translate(g)})" for g in inc), flags) if inc else None
         exc_rx = re.compile("|".join(f"(?:{_translate(g)})" for g in exc)) if exc else None
     except re.error as err:
         raise ToolInputError(

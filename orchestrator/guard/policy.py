@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import orjson
 import yaml
-from pydantic import ValidationError, field_validator, model_validator
+from pydantic import StrictBool, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import UserError
 from orchestrator.guard.builtin_rules import (
@@ -55,7 +55,12 @@ class PolicyError(UserError):
 
 
 class Commands(Frozen):
+    """`builtins: false` switches the built-in allow rules off, so only the
+    programs `rules` allow run (an allow-list); the built-in deny and ask
+    rules stay, since they only ever refuse."""
+
     default: DecisionWord = "ask"
+    builtins: StrictBool = True
     rules: tuple[CommandRule, ...] = ()
 
 
@@ -152,7 +157,12 @@ class Policy:
 
     @property
     def document(self) -> dict[str, Any]:
-        return self.doc.model_dump(mode="json")
+        doc = self.doc.model_dump(mode="json")
+        if self.doc.commands.builtins:
+            # the default is left out, so policies written before the switch
+            # existed keep their hash (and the events that name it)
+            del doc["commands"]["builtins"]
+        return doc
 
     @cached_property
     def hash(self) -> str:
@@ -161,7 +171,41 @@ class Policy:
 
     @cached_property
     def command_rules(self) -> tuple[CommandRule, ...]:
-        return (*BUILTIN_COMMAND_RULES, *self.doc.commands.rules)
+        return (*self.builtin_command_rules, *self.doc.commands.rules)
+
+    @cached_property
+    def builtin_command_rules(self) -> tuple[CommandRule, ...]:
+        """The built-in command rules in force: all, or with `builtins: false`
+        only those that deny or ask."""
+        if self.doc.commands.builtins:
+            return BUILTIN_COMMAND_RULES
+        return tuple(r for r in BUILTIN_COMMAND_RULES if r.decision != "allow")
+
+    def explain(self) -> list[dict[str, Any]]:
+        """Every rule the policy could apply, in the order it applies them:
+        its id, kind, decision, where it came from and whether it is in force
+        (`policy check --explain`)."""
+        own = f"policy {self.name}"
+        off = "built-in, switched off by commands.builtins: false"
+        in_force = set(map(id, self.builtin_command_rules))
+        rows = [
+            _row(r, "command", "built-in" if id(r) in in_force else off, id(r) in in_force)
+            for r in BUILTIN_COMMAND_RULES
+        ]
+        rows += [_row(r, "command", own, True) for r in self.doc.commands.rules]
+        rows += [_row(r, "path", "built-in", True) for r in BUILTIN_PATH_RULES]
+        rows += [_row(r, "path", own, True) for r in self.doc.paths]
+        rows.append(
+            {
+                "id": "commands-default",
+                "kind": "command",
+                "decision": self.doc.commands.default,
+                "source": own if "default" in self.doc.commands.model_fields_set else "built-in",
+                "in_force": True,
+                "matches": "a trusted program no command rule names",
+            }
+        )
+        return rows
 
     @cached_property
     def path_rules(self) -> tuple[PathRule, ...]:
@@ -199,6 +243,18 @@ class Policy:
                 if r.path is not None and (r.path == path or _wildcard(r.path))
             )
         return rules
+
+
+def _row(rule: CommandRule | PathRule, kind: str, source: str, in_force: bool) -> dict[str, Any]:
+    what = rule.command if isinstance(rule, CommandRule) else ", ".join(rule.paths)
+    return {
+        "id": rule.id,
+        "kind": kind,
+        "decision": rule.decision,
+        "source": source,
+        "in_force": in_force,
+        "matches": what,
+    }
 
 
 def _wildcard(pattern: str) -> bool:
@@ -285,6 +341,8 @@ def combine(*docs: PolicyDoc | None) -> PolicyDoc:
         allow_destructive=all(d.allow_destructive for d in given),
         commands=Commands(
             default=max(Decision[d.commands.default.upper()] for d in given).word,
+            # one allow-list among the policies makes the whole an allow-list
+            builtins=all(d.commands.builtins for d in given),
             rules=tuple(r for d in given for r in d.commands.rules),
         ),
         paths=tuple(r for d in given for r in d.paths),

@@ -82,7 +82,9 @@ class CommandRule(Frozen):
 
 class PathRule(Frozen):
     """Globs relative to the workspace (`**` spans folders, a pattern without a
-    `/` matches the name at any depth)."""
+    `/` matches the name at any depth). A deny or ask rule matches in any
+    case (`.ENV` is `.env` on a case-insensitive mount); an allow rule only
+    in the case it is written, so folding never widens what is allowed."""
 
     id: str
     decision: DecisionWord
@@ -91,6 +93,9 @@ class PathRule(Frozen):
     reason: str = ""
     match: tuple[str, ...] = ()
     not_match: tuple[str, ...] = ()
+
+    def matches(self, rel: str) -> bool:
+        return glob_matcher(self.paths, fold_case=self.decision != "allow")(rel)
 
 
 _GIT_GLOBAL_VALUE = frozenset(
@@ -191,12 +196,12 @@ def example_problems(
                 )
     for prule in path_rules:
         for ex in prule.match:
-            if not glob_matcher(prule.paths)(ex):
+            if not prule.matches(ex):
                 problems.append(
                     f"paths rule {prule.id}: example {ex!r} matches none of {list(prule.paths)}"
                 )
         for ex in prule.not_match:
-            if glob_matcher(prule.paths)(ex):
+            if prule.matches(ex):
                 problems.append(
                     f"paths rule {prule.id}: example {ex!r} should not match "
                     f"{list(prule.paths)} but does"

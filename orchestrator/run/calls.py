@@ -14,6 +14,7 @@ from events.projections import Projections, SessionState
 from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolError
 from orchestrator.guard import decision
+from orchestrator.guard.facts import PathFact
 from orchestrator.guard.masking import mask
 from orchestrator.ops import tracing
 from orchestrator.run.steps import Step
@@ -21,7 +22,7 @@ from orchestrator.run.ticket import Ticket
 from orchestrator.tools import files
 from orchestrator.tools.base import Plan, ToolResult
 from orchestrator.tools.interface import Tool
-from orchestrator.tools.jail import real_paths
+from orchestrator.tools.jail import PathRefused, path_facts, real_paths
 
 
 class RateLimitedStep(ToolError):
@@ -102,6 +103,22 @@ def touched(tool: Tool, workspace: Path, step: Step, planned: Plan | None) -> li
         + [("write", r) for r in real_paths(workspace, writes)]
         + [("read", r) for r in real_paths(workspace, reads)]
     )
+
+
+def facts(call: Call, planned: Plan | None, plan_error: ToolError | None) -> list[PathFact]:
+    """What the file system holds at the call's paths (and a shell step's
+    cwd), for the policy to deny escapes, special files and outside hard
+    links before the tool runs; a plan the jail refused (a patch naming
+    `../x`) is one such fact too."""
+    reads, writes = call.tool.paths(call.step, planned)
+    pairs = [("read", r) for r in reads] + [("write", w) for w in writes]
+    cwd = getattr(call.step, "cwd", None)
+    if call.kind == "shell" and isinstance(cwd, str):
+        pairs.append(("cwd", cwd))
+    found = path_facts(call.workspace, pairs)
+    if isinstance(plan_error, PathRefused):
+        found.append(plan_error.fact("write"))
+    return found
 
 
 def requested(

@@ -5,23 +5,20 @@ its field path as written in the file and its YAML line and column:
 
     steps[2].pattern (line 14, column 7): Field required
 
-The positions come from the composed node tree (`yaml.compose`), so the text
-is parsed once and each pydantic error location is walked down the same tree
-the values were built from. What pydantic cannot see is checked on the tree
-too: duplicate keys (PyYAML silently keeps the last one).
+The positions come from the composed node tree (`yaml.compose`): the text is
+parsed once, each pydantic error location walked down the tree the values
+came from, and duplicate keys found on it. Size: `spec_input.MAX_SPEC_BYTES`.
 
-A target is a directory (or a glob of them), or a mapping
-`{path, vars, toolchains}`: step strings that say `{{ vars.NAME }}` are
-rendered per target (orchestrator.run.templates), and every target's
-rendering is checked here, at submission: a variable a target lacks, or a
-value that breaks its step (a bad regex), is a spec error naming the target,
-the step and the variable.
+A target is a directory (or a glob of them), or a mapping `{path, vars,
+toolchains}`: step strings saying `{{ vars.NAME }}` are rendered per target
+(orchestrator.run.templates), every rendering checked at submission: a
+variable a target lacks, or a value that breaks its step (a bad regex), is a
+spec error naming the target, the step and the variable.
 
-`resolve` turns the spec's targets into workspaces, each with its steps and
-toolchains; `resolve_targets` is its (name, path, error) view. Relative targets
-resolve against a base directory the caller chooses: the CLI passes the
-current working directory, or `--base-dir`. A target that does not resolve is
-returned with its error instead of raising, so it fails alone at run time.
+`resolve` turns the spec's targets into workspaces with steps and toolchains
+(`resolve_targets`: (name, path, error)). Relative targets resolve against the
+caller's base directory (the CLI: the cwd, or `--base-dir`). A target that does
+not resolve keeps its error instead of raising, so it fails alone at run time.
 """
 
 from __future__ import annotations
@@ -50,6 +47,7 @@ from pydantic_core import PydanticCustomError
 
 from orchestrator.errors import ConfigError, SpecError, ToolInputError
 from orchestrator.guard.policy import PolicyDoc, Tier
+from orchestrator.run.spec_input import check_size
 from orchestrator.run.steps import CountRange, Step
 from orchestrator.run.targets import TargetEntry, TargetSpec, Toolchain, resolve_toolchains
 from orchestrator.run.templates import render_step, template_problems
@@ -247,6 +245,7 @@ def load_spec(path: Path) -> JobSpec:
     """Read and validate a job spec file; SpecError lists every problem."""
     source = str(path)
     try:
+        check_size(os.stat(path).st_size, source)
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(
@@ -274,8 +273,9 @@ def with_script(spec: JobSpec, base_dir: Path, source: str = "<string>") -> JobS
     )
 
 
-def parse_spec(text: str, source: str = "<string>") -> JobSpec:
-    """Validate a job spec given as YAML text. `source` names it in errors."""
+def parse_spec(text: str, source: str = "<string>", size: int | None = None) -> JobSpec:
+    """Validate a job spec given as YAML text (`size`: as sent, if it was not)."""
+    check_size(len(text.encode("utf-8", "surrogatepass")) if size is None else size, source)
     try:
         loader = yaml.SafeLoader(text)
     except yaml.YAMLError as exc:  # a character YAML does not allow (ReaderError)

@@ -379,7 +379,7 @@ class Runner:
             planned = call.tool.plan(call.workspace, call.step, self.hidden(s))
         except ToolError as exc:
             plan_error = exc
-        verdict = self._decide(call, state, pol, args, planned)
+        verdict = self._decide(call, state, pol, args, planned, plan_error)
         events = calls.requested(call, args, verdict, pol.hash)
         if verdict.decision == "ask":
             # Nothing runs: the session waits for an operator's answer
@@ -401,6 +401,7 @@ class Runner:
         pol: Policy,
         args: dict[str, Any],
         planned: Plan | None,
+        plan_error: ToolError | None = None,
     ) -> Verdict:
         """The policy's verdict on the call; a rate limit's "not yet" is
         recorded (RateLimited) and raised for the task to retry later."""
@@ -415,6 +416,7 @@ class Runner:
             now=utcnow(),
             extra_paths=calls.touched(call.tool, call.workspace, call.step, planned),
             secrets=known_values(self.settings),
+            facts=calls.facts(call, planned, plan_error),
         )
         self.observer.permission(verdict.decision, verdict.rule_id)
         if verdict.rule_id.startswith(("rate:", "quota:")) and verdict.decision != "allow":

@@ -7,7 +7,19 @@ import re
 import shlex
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.sandbox.plan import forbidden_env
 
 # A `{{ ... vars ... }}` or `{% ... vars ... %}` span stays inside one word when
 # a command string is split, so `sed s/{{ vars.old }}/x/` keeps its template
@@ -35,8 +47,8 @@ class CountRange(BaseModel):
     """`expect: 3` (exactly), or `expect: {min: 1, max: 40}` (either bound optional)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    min: int | None = Field(default=None, ge=0)
-    max: int | None = Field(default=None, ge=0)
+    min: StrictInt | None = Field(default=None, ge=0)
+    max: StrictInt | None = Field(default=None, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -64,11 +76,51 @@ class CountRange(BaseModel):
         return f"between {self.min} and {self.max}"
 
 
+# Control characters a step's text may not hold (strict input, issue 16): NUL
+# cannot reach a program at all, and the others hide what a line does when it
+# is shown (ESC, CR, backspace). Commands, patterns and replacements keep
+# tab and newline (a `bash -c` script has lines); names, paths, globs, URLs
+# and environment names keep none.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL_OR_LINE = re.compile(r"[\x00-\x1f\x7f]")
+_LINES_OK = frozenset({"command", "pattern", "replacement"})
+
+
+def _no_control(value: str, field: str) -> None:
+    found = (_CONTROL if field in _LINES_OK else _CONTROL_OR_LINE).search(value)
+    if found is not None:
+        raise ValueError(
+            f"{field} holds the control character {found[0]!r} at offset {found.start()}; "
+            "write it out (e.g. as an escape the program understands) or remove it"
+        )
+
+
 class _Step(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str | None = None
-    continue_on_error: bool = False
-    timeout_s: float = Field(default=300.0, gt=0, le=86400)
+
+    @field_validator(
+        "name",
+        "path",
+        "cwd",
+        "glob",
+        "command",
+        "pattern",
+        "replacement",
+        "url",
+        "query",
+        "selector",
+        check_fields=False,
+    )
+    @classmethod
+    def _plain_text(cls, value: object, info: ValidationInfo) -> object:
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, str):
+                _no_control(item, str(info.field_name))
+        return value
+
+    continue_on_error: StrictBool = False
+    timeout_s: StrictFloat = Field(default=300.0, gt=0, le=86400)
 
     @property
     def label(self) -> str:
@@ -77,7 +129,7 @@ class _Step(BaseModel):
     # Whether running the step twice is harmless. A redelivered task re-runs an
     # interrupted idempotent step; a non-idempotent one is recovered from its
     # recorded plan (file steps) or surfaced as interrupted (shell).
-    idempotent: bool = False
+    idempotent: StrictBool = False
 
 
 class _Walking(_Step):
@@ -85,27 +137,27 @@ class _Walking(_Step):
     `.gitignore`, `.ignore`, `.rgignore` and hidden names hide is skipped
     (orchestrator.tools.ignore) unless these say otherwise (rg's flags)."""
 
-    hidden: bool = False  # rg --hidden: also files and folders named `.x`
-    no_ignore: bool = False  # rg --no-ignore: ignore files do not apply
+    hidden: StrictBool = False  # rg --hidden: also files and folders named `.x`
+    no_ignore: StrictBool = False  # rg --no-ignore: ignore files do not apply
 
 
 class SearchStep(_Walking):
     kind: Literal["search"] = "search"
     pattern: str = Field(min_length=1)
-    literal: bool = False
-    ignore_case: bool = False
+    literal: StrictBool = False
+    ignore_case: StrictBool = False
     glob: tuple[str, ...] = ()  # include globs relative to the target; empty = all files
     expect: CountRange | None = None  # fail the step if the match count is outside
-    max_output_bytes: int = Field(default=64 * 1024, gt=0)
-    idempotent: bool = True
+    max_output_bytes: StrictInt = Field(default=64 * 1024, gt=0)
+    idempotent: StrictBool = True
 
 
 class ReplaceStep(_Walking):
     kind: Literal["replace"] = "replace"
     pattern: str = Field(min_length=1)
     replacement: str
-    literal: bool = False
-    ignore_case: bool = False
+    literal: StrictBool = False
+    ignore_case: StrictBool = False
     glob: tuple[str, ...] = ()
     expect: CountRange | None = None  # replacements across all files
 
@@ -114,7 +166,7 @@ class WriteStep(_Step):
     kind: Literal["write"] = "write"
     path: str = Field(min_length=1)
     content: str
-    overwrite: bool = True
+    overwrite: StrictBool = True
 
 
 class PatchStep(_Step):
@@ -127,8 +179,8 @@ class ReadStep(_Step):
 
     kind: Literal["read"] = "read"
     path: str = Field(min_length=1)
-    max_output_bytes: int = Field(default=64 * 1024, gt=0)
-    idempotent: bool = True
+    max_output_bytes: StrictInt = Field(default=64 * 1024, gt=0)
+    idempotent: StrictBool = True
 
 
 class ListStep(_Walking):
@@ -137,8 +189,8 @@ class ListStep(_Walking):
     kind: Literal["list"] = "list"
     path: str = "."
     glob: tuple[str, ...] = ()
-    max_output_bytes: int = Field(default=64 * 1024, gt=0)
-    idempotent: bool = True
+    max_output_bytes: StrictInt = Field(default=64 * 1024, gt=0)
+    idempotent: StrictBool = True
 
 
 class DeleteStep(_Step):
@@ -154,8 +206,8 @@ class ShellStep(_Step):
     command: tuple[str, ...]
     cwd: str = "."
     env: dict[str, str] = {}
-    max_output_bytes: int = Field(default=64 * 1024, gt=0)
-    ok_exit_codes: tuple[int, ...] = (0,)
+    max_output_bytes: StrictInt = Field(default=64 * 1024, gt=0)
+    ok_exit_codes: tuple[StrictInt, ...] = (0,)
 
     @field_validator("command", mode="before")
     @classmethod
@@ -177,6 +229,27 @@ class ShellStep(_Step):
             raise ValueError("command is empty")
         return value
 
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        """Checked when the job is submitted, not when the step runs: names the
+        sandbox refuses (`sandbox.plan.forbidden_env`), and text no
+        environment can hold."""
+        bad = forbidden_env(list(value))
+        if bad:
+            raise ValueError(
+                f"sets {', '.join(bad)}, which the sandbox refuses: they make programs "
+                "load or run other code (LD_*, BASH_ENV, ENV, exported functions) or change "
+                "how git treats the repository (GIT_*). Remove them (git options go on the "
+                "command line)"
+            )
+        for name, text in value.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if "\x00" in text:
+                raise ValueError(f"the value of {name} holds a NUL byte, which no program receives")
+        return value
+
 
 class FetchStep(_Step):
     """An HTTP(S) GET under the session's egress rules (docs/network.md): the
@@ -184,10 +257,10 @@ class FetchStep(_Step):
 
     kind: Literal["fetch"] = "fetch"
     url: str = Field(min_length=1, max_length=8192)
-    max_bytes: int | None = Field(default=None, gt=0)  # body cap; settings bound it
-    max_redirects: int | None = Field(default=None, ge=0, le=30)
-    max_output_bytes: int = Field(default=64 * 1024, gt=0)
-    idempotent: bool = True
+    max_bytes: StrictInt | None = Field(default=None, gt=0)  # body cap; settings bound it
+    max_redirects: StrictInt | None = Field(default=None, ge=0, le=30)
+    max_output_bytes: StrictInt = Field(default=64 * 1024, gt=0)
+    idempotent: StrictBool = True
 
 
 class WebSearchStep(_Step):
@@ -195,9 +268,9 @@ class WebSearchStep(_Step):
 
     kind: Literal["web_search"] = "web_search"
     query: str = Field(min_length=1, max_length=2000)
-    limit: int = Field(default=10, ge=1, le=50)
-    max_output_bytes: int = Field(default=64 * 1024, gt=0)
-    idempotent: bool = True
+    limit: StrictInt = Field(default=10, ge=1, le=50)
+    max_output_bytes: StrictInt = Field(default=64 * 1024, gt=0)
+    idempotent: StrictBool = True
 
 
 class BrowserStep(_Step):
@@ -210,9 +283,9 @@ class BrowserStep(_Step):
     actions: tuple[dict[str, Any], ...] = ()
     selector: str | None = None
     wait_until: Literal["load", "domcontentloaded", "networkidle"] = "load"
-    full_page: bool = False
-    max_output_bytes: int = Field(default=64 * 1024, gt=0)
-    idempotent: bool = True
+    full_page: StrictBool = False
+    max_output_bytes: StrictInt = Field(default=64 * 1024, gt=0)
+    idempotent: StrictBool = True
 
     def request_fields(self) -> dict[str, Any]:
         return self.model_dump(

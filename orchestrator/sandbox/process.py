@@ -124,6 +124,33 @@ def changes(prep: Prepared, workspace: Path) -> Changeset:
     return from_copy(view.copy, workspace, view.started_ns)
 
 
+def limit_hits(prep: Prepared) -> dict[str, int]:
+    """What the call's cgroups counted against their limits, read before
+    they are removed: `forks_refused` (pids.events max), `processes_peak`,
+    `oom_kills` and `memory_peak` (bytes). Missing files count nothing."""
+    found: dict[str, int] = {}
+    for cg in prep.cgroups:
+        for name, key, field_ in (
+            ("pids.events", "forks_refused", "max"),
+            ("pids.peak", "processes_peak", None),
+            ("memory.oom_control", "oom_kills", "oom_kill"),  # v1
+            ("memory.events", "oom_kills", "oom_kill"),  # v2
+            ("memory.max_usage_in_bytes", "memory_peak", None),  # v1
+            ("memory.peak", "memory_peak", None),  # v2
+        ):
+            try:
+                text = (cg / name).read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                words = line.split()
+                if field_ is None and len(words) == 1 and words[0].isdigit():
+                    found[key] = max(found.get(key, 0), int(words[0]))
+                elif len(words) == 2 and words[0] == field_ and words[1].isdigit():
+                    found[key] = max(found.get(key, 0), int(words[1]))
+    return found
+
+
 def _rmdir_cgroup(cg: Path, timeout_s: float = 1.0) -> None:
     """rmdir is refused (EBUSY) while a member is still leaving: retry briefly."""
     deadline = time.monotonic() + timeout_s

@@ -32,7 +32,14 @@ from orchestrator.sandbox.plan import (
     scrub_env,
     toolchain_path,
 )
-from orchestrator.sandbox.process import Prepared, changes, prepare, spawn, view_kind
+from orchestrator.sandbox.process import (
+    Prepared,
+    changes,
+    limit_hits,
+    prepare,
+    spawn,
+    view_kind,
+)
 
 __all__ = [
     "Change",
@@ -57,6 +64,7 @@ __all__ = [
     "prepare",
     "spawn",
     "changes",
+    "limit_hits",
     "view_kind",
     "apply",
     "describe",

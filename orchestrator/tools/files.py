@@ -29,7 +29,7 @@ from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.run.steps import PatchStep, WriteStep
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.diffs import _QUOTE, unified_diff
-from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot
+from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot, patch_symlink
 from orchestrator.tools.paths import iter_files, normalize_rel
 from orchestrator.tools.search import cap_output
 from orchestrator.tools.secret_edits import keep_secrets, masked_view
@@ -347,6 +347,7 @@ class _FilePatch:
     created: bool = False
     deleted: bool = False
     binary: bool = False
+    symlink: bool = False  # git's mode 120000: the content is a link target
     has_headers: bool = False
     hunks: list[_Hunk] = field(default_factory=list)
 
@@ -380,6 +381,8 @@ def plan_patch(
     for fp in patches:
         src, dst = _paths(fp)
         label = dst or src or "?"
+        if fp.symlink:
+            raise patch_symlink(label)
         if fp.binary:
             raise ToolInputError(
                 f"the patch changes {label} as a binary file; binary patches "
@@ -487,6 +490,7 @@ def _parse(diff: str) -> list[_FilePatch]:
 
 
 def _extended_header(line: str, cur: _FilePatch) -> None:
+    cur.symlink |= line.rstrip().endswith(" 120000")  # a mode or index line: a symlink
     if line.startswith("new file mode"):
         cur.created = True
     elif line.startswith("deleted file mode"):

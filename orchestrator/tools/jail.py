@@ -27,8 +27,18 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 
 from orchestrator.errors import ToolInputError
+from orchestrator.guard.facts import Kind, PathFact, Refusal
 
-__all__ = ["Jail", "Spot", "MAX_PATH_BYTES", "MAX_NAME_BYTES", "MAX_SYMLINKS"]
+__all__ = [
+    "Jail",
+    "Spot",
+    "PathRefused",
+    "path_facts",
+    "patch_symlink",
+    "MAX_PATH_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_SYMLINKS",
+]
 
 MAX_PATH_BYTES = 4096  # PATH_MAX
 MAX_NAME_BYTES = 255  # NAME_MAX
@@ -36,6 +46,21 @@ MAX_SYMLINKS = 40  # what the kernel allows in one resolution
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class PathRefused(ToolInputError):
+    """The walk refused the path itself: it leaves the workspace (`escape`),
+    loops through symlinks (`loop`) or no file can have it (`invalid`).
+    `path_facts` hands these to the policy, which denies them by rule."""
+
+    def __init__(self, message: str, kind: Refusal, how: str, rel: str) -> None:
+        super().__init__(message)
+        self.kind: Refusal = kind
+        self.how = how
+        self.rel = rel
+
+    def fact(self, access: str) -> PathFact:
+        return PathFact(access, self.rel, refusal=self.kind, detail=self.how)
 
 
 @dataclass(frozen=True)
@@ -169,10 +194,13 @@ class Jail:
         """Splice the target of the symlink `comp` into the walk. An absolute
         target is walked from the root again, if it points inside at all."""
         if links > MAX_SYMLINKS:
-            raise ToolInputError(
+            raise PathRefused(
                 f"path {rel!r} goes through more than {MAX_SYMLINKS} symlinks "
                 "(a symlink loop?); remove the loop or use the file's real "
-                "path."
+                "path.",
+                "loop",
+                f"goes through more than {MAX_SYMLINKS} symlinks (a symlink loop?)",
+                rel,
             )
         try:
             target = os.readlink(comp, dir_fd=fd)
@@ -242,27 +270,39 @@ class Jail:
 def _components(rel: str) -> list[str]:
     """The checked components of a workspace path ("." for the root itself)."""
     if "\x00" in rel:
-        raise ToolInputError(
+        raise PathRefused(
             f"path {rel!r} contains a NUL byte; no file can have that name. "
-            "Fix the path in the step."
+            "Fix the path in the step.",
+            "invalid",
+            "contains a NUL byte",
+            rel,
         )
     size = len(os.fsencode(rel))
     if size > MAX_PATH_BYTES:
-        raise ToolInputError(
+        raise PathRefused(
             f"path {rel[:60]!r}... is {size} bytes long, more than any file "
-            f"system allows ({MAX_PATH_BYTES}); fix the path in the step."
+            f"system allows ({MAX_PATH_BYTES}); fix the path in the step.",
+            "invalid",
+            f"is {size} bytes long (at most {MAX_PATH_BYTES})",
+            rel,
         )
     if rel.startswith("/"):
-        raise ToolInputError(
+        raise PathRefused(
             f"path {rel!r} is absolute; tools only take paths relative to the "
-            "workspace. Drop the leading '/'."
+            "workspace. Drop the leading '/'.",
+            "escape",
+            "is absolute",
+            rel,
         )
     parts = _split(rel)
     for part in parts:
         if len(os.fsencode(part)) > MAX_NAME_BYTES:
-            raise ToolInputError(
+            raise PathRefused(
                 f"path {rel[:60]!r} has a name longer than {MAX_NAME_BYTES} "
-                "bytes, which no file system allows; fix the path."
+                "bytes, which no file system allows; fix the path.",
+                "invalid",
+                f"has a name longer than {MAX_NAME_BYTES} bytes",
+                rel,
             )
     return parts or ["."]
 
@@ -290,27 +330,38 @@ def _missing(rel: str, names: tuple[str, ...], comp: str, todo: deque[str]) -> S
 def _require_regular(st: os.stat_result, rel: str) -> None:
     if stat.S_ISREG(st.st_mode):
         return
-    kind = (
-        "a FIFO"
-        if stat.S_ISFIFO(st.st_mode)
-        else "a socket"
-        if stat.S_ISSOCK(st.st_mode)
-        else "a device"
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
-        else "a symlink"
-        if stat.S_ISLNK(st.st_mode)
-        else "not a regular file"
-    )
-    raise ToolInputError(
-        f"{rel} is {kind}; file tools read and write regular files only "
-        "(reading it could block or mean nothing). Use a regular file."
+    kind = _kind(st)
+    what = {"fifo": "a FIFO", "socket": "a socket", "device": "a device"}.get(kind)
+    if what is None:
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+    raise PathRefused(
+        f"{rel} is {what}; file tools read and write regular files only "
+        "(reading it could block or mean nothing). Use a regular file.",
+        "special",
+        f"is {what}",
+        rel,
     )
 
 
-def _escape(rel: str, how: str) -> ToolInputError:
-    return ToolInputError(
+def patch_symlink(rel: str) -> PathRefused:
+    """A patch that makes `rel` a symlink (git's mode 120000)."""
+    return PathRefused(
+        f"the patch makes {rel} a symlink (mode 120000); patches write regular files "
+        "only, so a link is never applied as a file or followed. Create the link with a "
+        "shell step (`ln -s`), whose changeset is judged.",
+        "symlink",
+        "is a symlink the patch adds or changes (mode 120000)",
+        rel,
+    )
+
+
+def _escape(rel: str, how: str) -> PathRefused:
+    return PathRefused(
         f"path {rel!r} {how}; tools stay inside their target and do not "
-        "follow symlinks out of it. Use the file's path inside the workspace."
+        "follow symlinks out of it. Use the file's path inside the workspace.",
+        "escape",
+        how,
+        rel,
     )
 
 
@@ -328,3 +379,79 @@ def real_paths(workspace: Path | str, rels: list[str]) -> list[str]:
             if real != os.path.normpath(rel):
                 out.append(real)
     return out
+
+
+# --- facts for the policy ------------------------------------------------------------
+
+MAX_LINK_SCAN = 200_000  # entries walked to account for a file's hard links
+
+
+def path_facts(workspace: Path | str, pairs: list[tuple[str, str]]) -> list[PathFact]:
+    """What is at each (access, path) of a call, for the policy to judge
+    before the tool runs (`orchestrator.guard.facts`). Errors other than the
+    walk's own refusals (a file where a folder should be, a race) are left
+    to the tool, which reports them when it runs."""
+    out: list[PathFact] = []
+    with Jail(workspace) as jail:
+        for access, rel in pairs:
+            try:
+                spot = jail.resolve(rel)
+            except PathRefused as err:
+                out.append(err.fact(access))
+                continue
+            except (ToolInputError, OSError):
+                continue
+            kind = _kind(spot.st)
+            outside = (
+                kind == "file"
+                and spot.st is not None
+                and spot.st.st_nlink > 1
+                and not _links_inside(jail.root, spot.st)
+            )
+            out.append(PathFact(access, rel, kind, spot.rel, links_outside=outside))
+    return out
+
+
+def _kind(st: os.stat_result | None) -> Kind:
+    if st is None:
+        return "missing"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "other"
+
+
+def _links_inside(root: Path, st: os.stat_result) -> bool:
+    """Whether the workspace itself holds all `st_nlink` names of the file (a
+    hard link made inside it, `cp -l`), walking at most MAX_LINK_SCAN
+    entries without following symlinks or leaving the file system. Only
+    called for the rare file with more than one link; a tree too big to
+    account for counts as outside."""
+    want, seen, walked = st.st_nlink, 0, 0
+    stack = [str(root)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            walked += 1
+            if walked > MAX_LINK_SCAN:
+                return False
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.inode() == st.st_ino and entry.is_file(follow_symlinks=False):
+                info = entry.stat(follow_symlinks=False)
+                if info.st_dev == st.st_dev:
+                    seen += 1
+                    if seen >= want:
+                        return True
+    return False

@@ -30,6 +30,7 @@ from typing import Any
 from orchestrator.errors import (
     InfraUnavailable,
     PolicyDenied,
+    ResourceExceeded,
     ToolError,
     ToolInputError,
     ToolTimeout,
@@ -93,9 +94,9 @@ def run_shell(
 
     The workspace is not written while the command runs. With `apply` (the
     default, for callers that do not handle changesets) the changeset is
-    judged against the session `policy`'s write denials (`shell_denials`)
-    and, when allowed, applied before returning, also when the command
-    failed; a denied changeset raises PolicyDenied and nothing is applied.
+    judged against the session `policy`'s write denials (`shell_denials`) and,
+    when allowed, applied before returning, also when the command failed
+    (not when a limit stopped it); a denied changeset applies nothing.
     Without `apply`, the caller judges (`guard.changeset.judge`) and applies
     (`sandbox.apply`). After a timeout nothing is applied either way.
 
@@ -104,8 +105,9 @@ def run_shell(
     `limits` (`policy.Limits` or `SandboxLimits`) and the step's caps: the
     smaller wins. `network`: a `policy.Network` or a bool (default off).
     Files the `policy` denies reading are shown empty (bubblewrap only).
-    `toolchains`: folders bound read-only at their own paths. `mode`,
-    `view` and `host` force a mode, a view, machine facts (tests)."""
+    `toolchains`: folders bound read-only at their own paths. `mode`, `view`
+    and `host` force a mode, a view, machine facts (tests). Long because it
+    is the call's one sequence: set up, run, stop at a limit, judge, apply."""
     root = workspace.resolve()
     cwd = resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
@@ -131,8 +133,10 @@ def run_shell(
         else (),
     )
     timeout_s = min(step.timeout_s, lim.wall_s)
-    result, changes, timed_out, planned = _run(root, req, host, view, step, timeout_s)
+    result, changes, timed_out, planned, hits = _run(root, req, host, view, step, timeout_s)
     shown = shlex.join(step.command)
+    if (over := exceeded(result, planned, hits, lim)) is not None:
+        raise over  # before the timeout: the limit that stopped it says more
     if timed_out:
         err = ToolTimeout(
             f"command `{shown}` ran past its time limit of {timeout_s:g} s "
@@ -162,9 +166,10 @@ def _run(
     view: sandbox.ViewKind,
     step: ShellStep,
     timeout_s: float,
-) -> tuple[ShellResult, Changeset, bool, str]:
+) -> tuple[ShellResult, Changeset, bool, str, dict[str, int]]:
     """Set up the call, run and supervise it, read its changeset; returns
-    (result, changeset, timed out, the sandbox mode)."""
+    (result, changeset, timed out, the sandbox mode, what its cgroups counted
+    against their limits)."""
     with sandbox.prepare(root, host, req.mode, req.limits, view) as prep:
         if prep.cgroup_error:
             host = dataclasses.replace(host, cgroups=sandbox.Cgroups(why=prep.cgroup_error))
@@ -190,6 +195,7 @@ def _run(
         capture = _Capture(min(step.max_output_bytes, req.limits.output_bytes))
         timed_out, status, usage = _supervise(proc, capture, started + timeout_s)
         changes = Changeset() if timed_out else sandbox.changes(prep, root)
+        hits = sandbox.limit_hits(prep)
     result = ShellResult(
         output=capture.text(),
         output_bytes=capture.total,
@@ -197,7 +203,44 @@ def _run(
         cpu_s=usage.ru_utime + usage.ru_stime,
         duration_s=time.monotonic() - started,
     )
-    return result, changes, timed_out, planned.mode
+    return result, changes, timed_out, planned.mode, hits
+
+
+def exceeded(
+    result: ShellResult, mode: str, hits: dict[str, int], lim: Any
+) -> ResourceExceeded | None:
+    """The limit that stopped a command, if one did: a fork refused at the
+    process limit (a contained fork bomb may still exit 0), an OOM kill, a
+    CPU-time or file-size signal. Nothing the command changed is kept."""
+    code, cpu_s = result.exit_code, result.cpu_s
+    sig = -code if code < 0 else code - 128 if mode == "bwrap" and 128 < code <= 192 else 0
+    found: tuple[str, str, str] | None = None
+    if hits.get("oom_kills"):
+        peak = hits.get("memory_peak", 0) / (1 << 20)
+        found = ("memory_mb", f"{lim.memory_mb} MB", f"{peak:.0f} MB used, killed out of memory")
+    elif hits.get("forks_refused"):
+        peak = hits.get("processes_peak", lim.processes)
+        found = (
+            "processes",
+            f"{lim.processes} processes",
+            f"{peak} at once, {hits['forks_refused']} more refused",
+        )
+    elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_s >= lim.cpu_s * 0.95):
+        found = ("cpu_s", f"{lim.cpu_s:g} s of CPU", f"{cpu_s:.1f} s used")
+    elif sig == signal.SIGXFSZ:
+        found = ("file_size_mb", f"{lim.file_size_mb} MB per file", "a write past it")
+    if found is None:
+        return None
+    name, limit, value = found
+    err = ResourceExceeded(
+        f"the command hit its {name} limit ({limit}; seen: {value}) and was stopped; "
+        "nothing it changed was kept. Make it use less, or raise `limits."
+        f"{name}` in the policy",
+        limit=f"{name}={limit}",
+        value=value,
+    )
+    err.result = result
+    return err
 
 
 def _judge_and_apply(root: Path, changes: Changeset, policy: Any, shown: str) -> None:

@@ -55,8 +55,9 @@ def test_the_strictest_tier_of_policy_and_caller_wins():
         ("write", ".git/hooks/pre-commit", "deny", "deny-git-internals-write"),
         ("write", ".github/workflows/ci.yml", "allow", "tier-exec"),
         ("read", "../other/file", "deny", "outside-workspace"),
-        ("write", "/etc/passwd", "ask", "outside-workspace"),
-        ("write", "src/../../x", "ask", "outside-workspace"),
+        # file tools reach files only through the jail: outside is a deny
+        ("write", "/etc/passwd", "deny", "outside-workspace"),
+        ("write", "src/../../x", "deny", "outside-workspace"),
         ("read", "a/b/../c.txt", "allow", "tier-exec"),
     ],
 )

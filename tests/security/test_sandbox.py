@@ -14,6 +14,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import ToolError, ToolInputError, ToolTimeout
+from orchestrator.errors import ResourceExceeded, ToolError, ToolInputError, ToolTimeout
 from orchestrator.guard.policy import Limits, Network
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import host as sandbox_host
@@ -349,6 +350,10 @@ def test_a_fork_bomb_is_stopped_by_the_process_limit(box: Box, variant: tuple[st
         box.token,
     )
     result = box.run(mode, counting, host=host, processes=64, wall_s=10)
+    limited = host.cgroups.version is not None
+    if limited:  # the cgroup counted the refused forks: a typed outcome, never "completed"
+        assert isinstance(result, ResourceExceeded) and result.limit.startswith("processes=")
+        result = result.result
     words = result.output.split()
     assert words[:2] == ["stopped", "after"] and int(words[2]) < 64 and int(words[3]) == 11
     started = time.monotonic()
@@ -360,7 +365,11 @@ def test_a_fork_bomb_is_stopped_by_the_process_limit(box: Box, variant: tuple[st
         wall_s=3,
     )
     assert time.monotonic() - started < 10
-    assert isinstance(bomb, (ToolTimeout, CommandFailed)) or bomb.exit_code == 0
+    if limited:
+        assert isinstance(bomb, ResourceExceeded), bomb
+        assert "processes limit (64 processes; seen:" in str(bomb)
+    else:
+        assert isinstance(bomb, (ToolTimeout, CommandFailed)) or bomb.exit_code == 0
     box.assert_contained()
 
 
@@ -369,7 +378,11 @@ def test_a_memory_hog_fails_without_hurting_the_worker(box: Box, variant: tuple[
     result = box.run(
         mode, py("x = b'x' * (1 << 30)\nprint('allocated')", box.token), host=host, memory_mb=200
     )
-    assert isinstance(result, CommandFailed)
+    if host.cgroups.version is not None:  # the OOM kill is counted: a typed outcome
+        assert isinstance(result, ResourceExceeded) and result.limit == "memory_mb=200 MB"
+        assert "MB used, killed out of memory" in result.value
+    else:
+        assert isinstance(result, CommandFailed)
     assert "allocated" not in result.result.output
     box.assert_contained()
 
@@ -442,8 +455,8 @@ def test_a_command_trapping_term_is_killed_anyway(box: Box, mode: str) -> None:
 
 def test_a_huge_file_stops_at_the_file_size_limit(box: Box, mode: str) -> None:
     result = box.run(mode, ["dd", "if=/dev/zero", "of=big", "bs=1M", "count=50"], file_size_mb=2)
-    assert isinstance(result, CommandFailed) and "SIGXFSZ" in str(result)
-    assert (box.ws / "big").stat().st_size <= 2 * MB
+    assert isinstance(result, ResourceExceeded) and result.limit == "file_size_mb=2 MB per file"
+    assert not (box.ws / "big").exists()  # a call stopped by a limit keeps nothing
     box.assert_contained()
 
 
@@ -662,3 +675,29 @@ def test_cgroups_of_a_worker_that_died_are_removed_at_the_next_probe() -> None:
         d.mkdir()
     assert sandbox_host._probe_cgroups().version == HOST.cgroups.version
     assert [d for d in stale if d.exists()] == []
+
+
+@pytest.mark.parametrize(
+    ("code", "hits", "limit"),
+    [
+        (0, {"forks_refused": 3, "processes_peak": 64}, "processes"),
+        (137, {"oom_kills": 1, "memory_peak": 200 << 20}, "memory_mb"),
+        (-signal.SIGXCPU, {}, "cpu_s"),
+        (128 + signal.SIGXCPU, {}, "cpu_s"),
+        (-signal.SIGKILL, {}, "cpu_s"),  # the hard limit's kill, with the CPU used
+        (-signal.SIGXFSZ, {}, "file_size_mb"),
+    ],
+)
+def test_a_limit_that_stopped_a_command_is_named_with_what_was_seen(
+    code: int, hits: dict[str, int], limit: str
+) -> None:
+    from orchestrator.tools.shell import ShellResult, exceeded
+
+    lim = Limits(cpu_s=5, processes=64, memory_mb=200)
+    over = exceeded(ShellResult(exit_code=code, cpu_s=5.0), "bwrap", hits, lim)
+    assert isinstance(over, ResourceExceeded) and over.limit.startswith(limit + "=")
+    assert f"limits.{limit}" in str(over) and "seen:" in str(over)
+    assert over.result.exit_code == code
+    assert exceeded(ShellResult(exit_code=0, cpu_s=0.1), "bwrap", {}, lim) is None
+    quiet = ShellResult(exit_code=1, cpu_s=0.1)
+    assert exceeded(quiet, "bwrap", {"processes_peak": 3}, lim) is None

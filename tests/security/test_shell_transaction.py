@@ -95,7 +95,9 @@ def test_a_refused_changeset_is_a_recorded_deny_and_nothing_reaches_the_workspac
     work = _workspace(tmp_path)
     before = _tree(work)
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
-    script = "printf 'x\\n' > ok.txt && printf 'TOKEN=1\\n' > .ENV"
+    # The name is built at run time, so only the changeset shows it (a
+    # literal `> .ENV` is denied before anything runs: path rules fold case).
+    script = "printf 'x\\n' > ok.txt && python3 -c \"open('.E' + 'NV', 'w').write('TOKEN=1')\""
     sid, status = _run(store, work, ShellStep(command=["sh", "-c", script]), elevated_by="t")
     assert status == "failed"
     assert _tree(work) == before

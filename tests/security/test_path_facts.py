@@ -1,0 +1,331 @@
+"""Refusals the jail used to make only after the policy had allowed the call
+(so the ledger said `allow` and the step failed with exit 1) are now decided
+at the policy, before anything runs: each path kind the jail refuses, for
+each tool that can name it, is a `PermissionDecided(deny)` naming its rule
+and a PolicyRefused (exit 3). Also: protected paths in any case, hard links
+to files outside the workspace, and symlinks a patch would add.
+
+Real runner, real store (SQLite), real files; the pure decision is checked
+as a function with hypothesis generating the case variants."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events.envelope import new_id
+from events.replay import replay
+from events.store import open_store
+from orchestrator.guard.decision import decide, decide_request
+from orchestrator.guard.facts import PathFact
+from orchestrator.guard.policy import DEFAULT_POLICY
+from orchestrator.run.calls import PolicyRefused
+from orchestrator.run.runner import Runner, Ticket
+from orchestrator.run.steps import DeleteStep, ListStep, PatchStep, ReadStep, ShellStep, WriteStep
+from orchestrator.tools.files import read_file
+from orchestrator.tools.jail import path_facts
+
+CANARY = "CANARY-outside-the-workspace"
+
+
+def _run(tmp_path: Path, work: Path, step: Any) -> tuple[str, Any, list[str]]:
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    sid = new_id()
+    ticket = Ticket(
+        job_id=new_id(),
+        session_id=sid,
+        target="repo",
+        path=str(work),
+        steps=(step.label,),
+        sessions_total=1,
+    )
+    status = Runner(store, "worker:test").run_step(ticket, 0, step, last=True)
+    types = [e.type for e in store.read_stream(sid)]
+    return status, replay(store, sid), types
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> tuple[Path, Path]:
+    work, out = tmp_path / "repo", tmp_path / "outside"
+    (work / "sub").mkdir(parents=True)
+    out.mkdir()
+    (out / "secret.txt").write_text(CANARY)
+    (work / "f.txt").write_text("inside\n")
+    return work, out
+
+
+def _symlink_out(work: Path, out: Path) -> str:
+    (work / "link").symlink_to(out / "secret.txt")
+    return "link"
+
+
+def _dir_link_out(work: Path, out: Path) -> str:
+    (work / "dlink").symlink_to(out)
+    return "dlink/secret.txt"
+
+
+def _fifo(work: Path, out: Path) -> str:
+    os.mkfifo(work / "pipe")
+    return "pipe"
+
+
+def _socket(work: Path, out: Path) -> str:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(work / "sock"))
+    sock.close()
+    return "sock"
+
+
+def _device(work: Path, out: Path) -> str:
+    os.mknod(work / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # as /dev/null
+    return "null"
+
+
+def _dotdot(work: Path, out: Path) -> str:
+    return "../outside/secret.txt"
+
+
+KINDS: dict[str, tuple[Callable[[Path, Path], str], str]] = {
+    "symlink-out": (_symlink_out, "path-escapes-workspace"),
+    "dir-symlink-out": (_dir_link_out, "path-escapes-workspace"),
+    "fifo": (_fifo, "path-special-file"),
+    "socket": (_socket, "path-special-file"),
+    "device": (_device, "path-special-file"),
+    "dotdot": (_dotdot, "outside-workspace"),
+}
+
+
+def _step(tool: str, rel: str) -> Any:
+    if tool == "read":
+        return ReadStep(path=rel)
+    if tool == "write":
+        return WriteStep(path=rel, content="x")
+    if tool == "delete":
+        return DeleteStep(path=rel)
+    return PatchStep(diff=f"--- a/{rel}\n+++ b/{rel}\n@@ -1 +1 @@\n-{CANARY}\n+x\n")
+
+
+@pytest.mark.parametrize("tool", ["read", "write", "delete", "patch"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_refused_path_is_denied_by_rule_before_the_tool_runs(
+    tmp_path: Path, box: tuple[Path, Path], kind: str, tool: str
+) -> None:
+    work, out = box
+    make, rule = KINDS[kind]
+    rel = make(work, out)
+    status, state, types = _run(tmp_path, work, _step(tool, rel))
+    assert status == "failed"
+    [entry] = state.ledger.entries
+    assert entry.decision == "deny", entry.reason
+    assert entry.rule_id in {rule, "path-escapes-workspace", "outside-workspace"}, entry
+    if kind in ("fifo", "socket", "device"):
+        assert entry.rule_id == "path-special-file", entry
+    assert "ToolCallStarted" not in types
+    assert state.session.error.startswith("PolicyRefused: ")
+    assert PolicyRefused.exit_code == 3
+    assert (out / "secret.txt").read_text() == CANARY
+
+
+@pytest.mark.parametrize(
+    ("cwd", "setup"),
+    [("..", None), ("/tmp", None), ("sub/../..", None), ("away", "dir-link"), ("f.txt", None)],
+)
+def test_a_shell_cwd_outside_the_workspace_is_denied_before_it_runs(
+    tmp_path: Path, box: tuple[Path, Path], cwd: str, setup: str | None
+) -> None:
+    work, out = box
+    if setup == "dir-link":
+        (work / "away").symlink_to(out)
+    status, state, types = _run(tmp_path, work, ShellStep(command=("ls",), cwd=cwd))
+    assert status == "failed"
+    [entry] = state.ledger.entries
+    assert (entry.decision, entry.rule_id) == ("deny", "shell-cwd-outside"), entry
+    assert "ToolCallStarted" not in types
+
+
+def test_a_listing_through_a_symlink_out_is_denied(tmp_path: Path, box: tuple[Path, Path]) -> None:
+    work, out = box
+    (work / "away").symlink_to(out)
+    status, state, _ = _run(tmp_path, work, ListStep(path="away"))
+    [entry] = state.ledger.entries
+    assert (status, entry.decision, entry.rule_id) == (
+        "failed",
+        "deny",
+        "path-escapes-workspace",
+    )
+
+
+# --- hard links ------------------------------------------------------------------------
+
+
+def test_a_hard_link_to_a_file_outside_is_denied_and_its_content_never_read(
+    tmp_path: Path, box: tuple[Path, Path]
+) -> None:
+    work, out = box
+    os.link(out / "secret.txt", work / "notes.txt")
+    for step in (ReadStep(path="notes.txt"), WriteStep(path="notes.txt", content="x")):
+        (tmp_path / step.kind).mkdir()
+        status, state, types = _run(tmp_path / step.kind, work, step)
+        [entry] = state.ledger.entries
+        assert (status, entry.decision, entry.rule_id) == (
+            "failed",
+            "deny",
+            "path-hardlink-outside",
+        )
+        assert "ToolCallStarted" not in types
+        assert all(CANARY not in str(e) for e in state.session.calls)
+    assert (out / "secret.txt").read_text() == CANARY
+
+
+def test_a_hard_link_made_inside_the_workspace_is_an_ordinary_file(
+    tmp_path: Path, box: tuple[Path, Path]
+) -> None:
+    work, _ = box
+    os.link(work / "f.txt", work / "sub" / "again.txt")
+    [fact] = path_facts(work, [("read", "sub/again.txt")])
+    assert fact.kind == "file" and not fact.links_outside
+    status, state, _ = _run(tmp_path, work, ReadStep(path="sub/again.txt"))
+    assert status == "completed", state.session.error
+    assert read_file(work, "sub/again.txt", 100).output == "inside\n"
+
+
+# --- symlinks a patch would add --------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", ["../outside/secret.txt", "/etc/passwd", "f.txt"])
+def test_a_patch_adding_a_symlink_is_denied_and_never_applied_as_a_file(
+    tmp_path: Path, box: tuple[Path, Path], target: str
+) -> None:
+    work, _ = box
+    diff = (
+        "diff --git a/ln b/ln\nnew file mode 120000\nindex 0000000..1111111\n"
+        f"--- /dev/null\n+++ b/ln\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+    )
+    status, state, types = _run(tmp_path, work, PatchStep(diff=diff))
+    [entry] = state.ledger.entries
+    assert (status, entry.decision, entry.rule_id) == ("failed", "deny", "patch-symlink")
+    assert not (work / "ln").exists() and not (work / "ln").is_symlink()
+    assert "ToolCallStarted" not in types
+
+
+# --- protected paths in any case ---------------------------------------------------------
+
+
+def _case_variants(word: str) -> st.SearchStrategy[str]:
+    return st.tuples(*(st.sampled_from(sorted({c.lower(), c.upper()})) for c in word)).map("".join)
+
+
+PROTECTED = [
+    (".env", "read", "deny-secrets"),
+    ("config/.env.production", "read", "deny-secrets"),
+    (".ssh/id_rsa", "read", "deny-secrets"),
+    ("deploy/key.pem", "write", "deny-secrets"),
+    (".git/hooks/pre-commit", "write", "deny-git-internals-write"),
+    ("sub/.git/config", "write", "deny-git-internals-write"),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    case=st.sampled_from(PROTECTED).flatmap(lambda p: st.tuples(_case_variants(p[0]), st.just(p)))
+)
+def test_protected_paths_are_denied_in_every_case(case: tuple[str, tuple[str, str, str]]) -> None:
+    variant, (_, access, rule) = case
+    tool = "read" if access == "read" else "write"
+    v = decide(tool, {"path": variant}, DEFAULT_POLICY)
+    assert v.decision == "deny" and rule in {m.rule_id for m in v.matches}, (variant, v)
+    if access == "read":  # a shell's writes are judged on its changeset (below)
+        shell = decide_request("shell", DEFAULT_POLICY, command=f"cat {variant}")
+        assert shell.decision == "deny", (variant, shell)
+
+
+def test_folding_case_never_widens_an_allow_rule() -> None:
+    from orchestrator.guard.policy import parse_policy
+
+    pol = parse_policy({"paths": [{"id": "allow-docs", "decision": "allow", "paths": ["docs/**"]}]})
+    [rule] = [r for r in pol.path_rules if r.id == "allow-docs"]
+    assert rule.matches("docs/a.md") and not rule.matches("DOCS/a.md")
+
+
+# --- the pure decision on facts ------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    access=st.sampled_from(["read", "write", "cwd"]),
+    fact=st.one_of(
+        st.builds(
+            PathFact,
+            access=st.just("read"),
+            path=st.text(min_size=1, max_size=20),
+            refusal=st.sampled_from(["escape", "loop", "invalid", "symlink"]),
+            detail=st.just("leaves"),
+        ),
+        st.builds(
+            PathFact,
+            access=st.just("read"),
+            path=st.text(min_size=1, max_size=20),
+            kind=st.sampled_from(["fifo", "socket", "device"]),
+        ),
+        st.builds(
+            PathFact,
+            access=st.just("read"),
+            path=st.text(min_size=1, max_size=20),
+            kind=st.just("file"),
+            links_outside=st.just(True),
+        ),
+    ),
+    elevated=st.booleans(),
+)
+def test_every_refusing_fact_is_a_deny_no_elevation_lifts(
+    access: str, fact: PathFact, elevated: bool
+) -> None:
+    fact = PathFact(
+        access, fact.path, fact.kind, fact.real, fact.refusal, fact.detail, fact.links_outside
+    )
+    tool = "shell" if access == "cwd" else ("read" if access == "read" else "write")
+    args = {"command": ["ls"]} if tool == "shell" else {"path": "f.txt", "content": "x"}
+    v = decide(tool, args, DEFAULT_POLICY, facts=[fact], elevated=elevated)
+    assert v.decision == "deny", v
+    assert v.rule_id.startswith(("path-", "patch-", "shell-cwd")), v.rule_id
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    variant=st.sampled_from(
+        [".env", ".git/hooks/pre-commit", "a/.git/hooks/post-checkout"]
+    ).flatmap(_case_variants)
+)
+def test_a_shell_changeset_writing_a_protected_path_in_any_case_is_refused(variant: str) -> None:
+    from orchestrator.guard.changeset import judge, shell_denials
+    from orchestrator.sandbox.changeset import Change, Changeset, Kind
+
+    change = Change(variant, Kind.CREATED, after=b"#!/bin/sh\n")
+    verdict = judge(Changeset((change,)), shell_denials(DEFAULT_POLICY), (), "/ws")
+    assert verdict.decision == "deny", (variant, verdict)
+
+
+def test_a_patch_retargeting_an_existing_symlink_is_denied(
+    tmp_path: Path, box: tuple[Path, Path]
+) -> None:
+    """git writes `index a..b 120000` when a link's target changes: the
+    patch would otherwise be applied through the link, to its target."""
+    work, _ = box
+    (work / "ln").symlink_to("f.txt")
+    diff = (
+        "diff --git a/ln b/ln\nindex 1111111..2222222 120000\n--- a/ln\n+++ b/ln\n"
+        "@@ -1 +1 @@\n-f.txt\n\\ No newline at end of file\n+../outside/secret.txt\n"
+        "\\ No newline at end of file\n"
+    )
+    status, state, _ = _run(tmp_path, work, PatchStep(diff=diff))
+    [entry] = state.ledger.entries
+    assert (status, entry.decision, entry.rule_id) == ("failed", "deny", "patch-symlink")
+    assert os.readlink(work / "ln") == "f.txt" and (work / "f.txt").read_text() == "inside\n"
