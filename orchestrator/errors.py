@@ -91,5 +91,10 @@ class ToolTimeout(ToolError):
     pass
 
 
+class JobCancelled(ToolError):
+    """The call's job was cancelled while it ran: the command was killed with
+    everything it started and nothing it changed was kept."""
+
+
 class CountMismatch(ToolError):
     pass

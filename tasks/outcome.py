@@ -10,7 +10,8 @@ Raising must not change what runs:
 - `StepFailed` is not transient, so `tasks.steps` never retries it, and the
   app acks a failed task (`task_acks_on_failure_or_timeout`): no redelivery.
   A redelivery for another reason finds the session finished before it ran
-  and returns quietly: only the task in which a session *ended* fails.
+  and returns quietly: only the task in which a session *ended* fails, and
+  not when its job's cancel ended it (the operator asked for that).
 - Celery stops a chain at a failed link. The links this task's sessions no
   longer need are dropped; what still has work is sent on: the rest of the
   chain when another session of a chunk goes on, else only the chain's
@@ -25,6 +26,7 @@ from typing import Any
 
 from celery.canvas import signature
 
+from orchestrator.run.runner import CANCELLED
 from orchestrator.run.ticket import Ticket
 
 # Links of a chain that run a step: dropped once their sessions ended.
@@ -62,20 +64,16 @@ def settle(
     """Raise `StepFailed` when a session of `tickets` ended failed in this
     task (`statuses` after it, `before`: those finished already); first send
     on what of the chain still has work. `what` names the step ("step 2")."""
-    failed = [
-        t for t, st in zip(tickets, statuses) if st == "failed" and t.session_id not in before
-    ]
+    ended = [t for t, st in zip(tickets, statuses) if st == "failed" and t.session_id not in before]
+    errors = {t.session_id: runner.load(t.session_id).session.error or "failed" for t in ended}
+    # A session its job's cancel ended is what the operator asked for: no alert.
+    failed = [t for t in ended if not errors[t.session_id].startswith(CANCELLED)]
     if not failed:
         return
     going_on = any(st not in ENDED for st in statuses)
     _forward(task, keep_steps=going_on)
-    why = "; ".join(f"session {t.session_id} ({t.target}): {_error(runner, t)}" for t in failed)
+    why = "; ".join(f"session {t.session_id} ({t.target}): {errors[t.session_id]}" for t in failed)
     raise StepFailed(f"{what} of job {failed[0].job_id} failed: {why}")
-
-
-def _error(runner: Any, t: Ticket) -> str:
-    s = runner.load(t.session_id).session
-    return s.error or "failed"
 
 
 def _forward(task: Any, *, keep_steps: bool) -> None:

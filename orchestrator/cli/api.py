@@ -117,8 +117,9 @@ def cancel(
     ),
     json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Stop a job: each session ends before its next step ("cancelled by YOU:
-    REASON"); sessions waiting for a confirmation end now."""
+    """Stop a job: a running shell step is killed within a few seconds, each
+    session ends ("cancelled by YOU: REASON") and the job ends `cancelled`;
+    sessions waiting for a confirmation end now."""
     root = current()
     done = workflows.cancel(
         root.store(for_writing=True), job_id, by=root.settings.submitter, reason=reason
@@ -129,7 +130,8 @@ def cancel(
     first = "" if done.ours else f" (already requested by {done.by}: {done.reason})"
     err.print(
         f"cancelling job {job_id}{first}: {len(done.stopped)} waiting session(s) "
-        f"ended, {len(done.running)} end before their next step; follow with "
+        f"ended, {len(done.running)} stop within seconds (a running shell step is "
+        "killed); follow with "
         f"`orchestrator status {job_id}`",
         highlight=False,
     )

@@ -123,7 +123,7 @@ def job_exit(st: EventStore, job_id: str) -> int:
     """0 completed; 3 when policy holds or refused what did not complete
     (confirmations waiting, refused sessions); else 1."""
     view = _watch.final_view(st, job_id)
-    if view.job.status == "completed":
+    if view.job.outcome == "completed":
         return 0
     waiting = [c for s in view.sessions.values() if not s.finished for c in s.waiting]
     for c in waiting:
@@ -149,7 +149,7 @@ def finish(st: EventStore, job_id: str, out_dir: Path | None, as_json: bool) -> 
             err.print(f"wrote {len(written)} patch file(s) to {out_dir}")
     if as_json:
         emit_json(
-            {"job_id": job_id, "name": view.job.name, "status": view.job.status, "sessions": rows}
+            {"job_id": job_id, "name": view.job.name, "status": view.job.outcome, "sessions": rows}
         )
     else:
         render.summary(out, view, rows)

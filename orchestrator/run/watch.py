@@ -10,6 +10,8 @@ from events.replay import replay
 from events.store import EventStore
 from orchestrator.run.runner import job_state
 
+ENDED = ("completed", "failed", "cancelled")
+
 
 @dataclass
 class JobView:
@@ -35,7 +37,7 @@ class JobView:
 
     @property
     def done(self) -> bool:
-        return self.job.status in ("completed", "failed")
+        return self.job.outcome in ENDED
 
     @property
     def waiting(self) -> list[str]:
@@ -55,10 +57,19 @@ class JobView:
 
 
 def final_view(store: EventStore, job_id: str) -> JobView:
-    """The job rebuilt from its streams (not from what a live poll saw)."""
-    view = JobView(job_id, job=job_state(store, job_id))
-    for ref in view.job.sessions:
-        view.sessions[ref.session_id] = replay(store, ref.session_id).session
+    """The job rebuilt from its streams (not from what a live poll saw), as of
+    one point: the job stream is read again after its sessions, and a session
+    it says finished but that was read before its end is read again. (A
+    session's end is appended before its SessionFinished, and the job's
+    completion after the last of those, so no reader sees a finished job as
+    running, or a completed job with a running session.)"""
+    job = job_state(store, job_id)
+    sessions = {ref.session_id: replay(store, ref.session_id).session for ref in job.sessions}
+    view = JobView(job_id, job=job_state(store, job_id) if job.sessions else job)
+    for sid, _ in view.job.finished:
+        if sid in sessions and not sessions[sid].finished:
+            sessions[sid] = replay(store, sid).session
+    view.sessions = sessions
     return view
 
 

@@ -22,13 +22,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import (
     InfraUnavailable,
+    JobCancelled,
     PolicyDenied,
     ToolError,
     ToolInputError,
@@ -54,6 +55,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHUNK = 64 * 1024
 _CWD_HINT = "use an existing directory relative to the target."
 _DRAIN_AFTER_EXIT_S = 0.5  # output still in flight from children once the command exits
+CANCEL_POLL_S = 1.0  # how often a running command asks whether its job was cancelled
+# Asked while the command runs: why it must stop now (its job was cancelled), or None.
+Cancelled = Callable[[], "str | None"]
 
 
 class CommandFailed(ToolError):
@@ -87,6 +91,7 @@ def run_shell(
     toolchains: Sequence[str] = (),
     view: sandbox.ViewKind = "auto",
     apply: bool = True,
+    cancelled: Cancelled | None = None,
 ) -> ShellResult:
     """Run `step.command` in `step.cwd` inside the sandbox, against a
     copy-on-write view of the workspace, and return what it changed.
@@ -105,7 +110,10 @@ def run_shell(
     smaller wins. `network`: a `policy.Network` or a bool (default off).
     Files the `policy` denies reading are shown empty (bubblewrap only).
     `toolchains`: folders bound read-only at their own paths. `mode`,
-    `view` and `host` force a mode, a view, machine facts (tests)."""
+    `view` and `host` force a mode, a view, machine facts (tests).
+    `cancelled` is asked every CANCEL_POLL_S while the command runs: a
+    reason stops it (the process group is killed, nothing is kept) and
+    raises JobCancelled."""
     root = workspace.resolve()
     cwd = resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
@@ -131,15 +139,23 @@ def run_shell(
         else (),
     )
     timeout_s = min(step.timeout_s, lim.wall_s)
-    result, changes, timed_out, planned = _run(root, req, host, view, step, timeout_s)
+    result, changes, stopped, planned = _run(root, req, host, view, step, timeout_s, cancelled)
+    timed_out = stopped is True
     shown = shlex.join(step.command)
+    if isinstance(stopped, str):
+        err: ToolError = JobCancelled(
+            f"command `{shown}` was stopped: {stopped}. It was killed with everything it "
+            "started; nothing it changed was kept."
+        )
+        err.result = result
+        raise err
     if timed_out:
         err = ToolTimeout(
             f"command `{shown}` ran past its time limit of {timeout_s:g} s "
             "and was killed with everything it started; nothing it changed was kept. "
             "Make it faster, or raise `timeout_s` on the step (or the policy's `limits.wall_s`)."
         )
-        err.result = result  # type: ignore[attr-defined]
+        err.result = result
         raise err
     if apply and changes:
         _judge_and_apply(root, changes, policy, shown)
@@ -162,9 +178,11 @@ def _run(
     view: sandbox.ViewKind,
     step: ShellStep,
     timeout_s: float,
-) -> tuple[ShellResult, Changeset, bool, str]:
+    cancelled: Cancelled | None = None,
+) -> tuple[ShellResult, Changeset, bool | str, str]:
     """Set up the call, run and supervise it, read its changeset; returns
-    (result, changeset, timed out, the sandbox mode)."""
+    (result, changeset, why it was stopped (True: timed out, a str: the
+    cancel's reason, False: it ended), the sandbox mode)."""
     with sandbox.prepare(root, host, req.mode, req.limits, view) as prep:
         if prep.cgroup_error:
             host = dataclasses.replace(host, cgroups=sandbox.Cgroups(why=prep.cgroup_error))
@@ -188,8 +206,8 @@ def _run(
                 "the sandbox needs."
             ) from None
         capture = _Capture(min(step.max_output_bytes, req.limits.output_bytes))
-        timed_out, status, usage = _supervise(proc, capture, started + timeout_s)
-        changes = Changeset() if timed_out else sandbox.changes(prep, root)
+        stopped, status, usage = _supervise(proc, capture, started + timeout_s, cancelled)
+        changes = Changeset() if stopped else sandbox.changes(prep, root)
     result = ShellResult(
         output=capture.text(),
         output_bytes=capture.total,
@@ -197,7 +215,7 @@ def _run(
         cpu_s=usage.ru_utime + usage.ru_stime,
         duration_s=time.monotonic() - started,
     )
-    return result, changes, timed_out, planned.mode
+    return result, changes, stopped, planned.mode
 
 
 def _judge_and_apply(root: Path, changes: Changeset, policy: Any, shown: str) -> None:
@@ -291,10 +309,14 @@ def _check_program(program: str, cwd: Path, path: str, toolchains: Sequence[str]
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], capture: _Capture, deadline: float
-) -> tuple[bool, int, resource.struct_rusage]:
-    """Read output until EOF and the command's exit (or the deadline), kill the
-    process group, then reap; returns (timed_out, wait status, resource usage).
+    proc: subprocess.Popen[bytes],
+    capture: _Capture,
+    deadline: float,
+    cancelled: Cancelled | None = None,
+) -> tuple[bool | str, int, resource.struct_rusage]:
+    """Read output until EOF and the command's exit (or the deadline, or a
+    cancel), kill the process group, then reap; returns (True when timed out,
+    the cancel's reason, else False; wait status; resource usage).
     The command is reaped only after the kill, so its pid (the group id) cannot
     be reused by an unrelated process while we signal the group."""
     assert proc.stdout is not None
@@ -305,15 +327,25 @@ def _supervise(
     pidfd = _pidfd(proc.pid)
     if pidfd is not None:
         sel.register(pidfd, selectors.EVENT_READ)
-    eof = exited = timed_out = False
+    eof = exited = False
+    stopped: bool | str = False
     drain_until = deadline
+    ask_at = time.monotonic() + CANCEL_POLL_S
     try:
         while not (eof and exited):
             now = time.monotonic()
             if now >= drain_until:
-                timed_out = not exited  # after an exit: a leftover child holds the pipe
+                stopped = not exited  # after an exit: a leftover child holds the pipe
                 break
+            if cancelled is not None and not exited and now >= ask_at:
+                ask_at = now + CANCEL_POLL_S
+                reason = cancelled()
+                if reason:
+                    stopped = reason
+                    break
             wait = drain_until - now if pidfd is not None else min(drain_until - now, 0.05)
+            if cancelled is not None:
+                wait = min(wait, max(ask_at - now, 0.0))
             for key, _ in sel.select(wait):
                 if key.fd == out and _read_available(out, capture):
                     eof = True
@@ -333,7 +365,7 @@ def _supervise(
     if not eof:
         _read_available(out, capture)  # what was already in the pipe
     proc.stdout.close()
-    return timed_out, status, usage
+    return stopped, status, usage
 
 
 def _has_exited(pid: int) -> bool:
