@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from events import payloads as p
-from events.projections import JobState, apply_job
 from events.envelope import NewEvent
+from events.projections import JobState, apply_job
 from events.replay import replay
 from events.store import SqlEventStore, open_store
 from orchestrator.agent.loop import AgentLoop

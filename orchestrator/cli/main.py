@@ -145,9 +145,9 @@ def _observe() -> None:
     try:
         s = get_settings()
     except OrchestratorError:
-        logs.configure()
+        logs.configure(human=True)
         return
-    logs.configure(s)
+    logs.configure(s, human=True)
     tracing.setup(s, celery=True)
 
 

@@ -73,6 +73,27 @@ def final_view(store: EventStore, job_id: str) -> JobView:
     return view
 
 
+def counts(rows: list[dict[str, object]]) -> dict[str, int]:
+    """How many targets succeeded, failed, wait for a confirmation, and still
+    run (a `--timeout` that gave up), from `session_summary` rows."""
+    statuses = [r["status"] for r in rows]
+    return {
+        "succeeded": statuses.count("completed"),
+        "failed": statuses.count("failed"),
+        "waiting": statuses.count("waiting"),
+        "running": len(statuses)
+        - statuses.count("completed")
+        - statuses.count("failed")
+        - statuses.count("waiting"),
+    }
+
+
+def counts_line(c: dict[str, int]) -> str:
+    """`run`'s last line: "N succeeded, M failed, K waiting" (and R running)."""
+    line = f"{c['succeeded']} succeeded, {c['failed']} failed, {c['waiting']} waiting"
+    return line + (f", {c['running']} running" if c["running"] else "")
+
+
 def session_summary(view: JobView) -> list[dict[str, object]]:
     rows = []
     for ref in view.job.sessions:
