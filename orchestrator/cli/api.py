@@ -17,6 +17,7 @@ from orchestrator.config.settings import ApiToken
 # Loaded in the commands that use them, not for `--help` (bench/cli_startup.py).
 _api = lazy.module("orchestrator.api")
 uvicorn = lazy.module("uvicorn")
+metrics = lazy.module("orchestrator.ops.metrics")
 _auth = lazy.module("orchestrator.api.auth")
 workflows = lazy.module("orchestrator.service.workflows")
 
@@ -57,6 +58,8 @@ def serve(
     if s.api_workspace_root is None:
         err.print("[yellow]api_workspace_root is not set: POST /jobs is refused[/]")
     level = (log_level or s.log_level).lower()
+    # The workers' metrics of this state folder (inherited by uvicorn's workers).
+    metrics.share_dir(s)
     if workers > 1:
         uvicorn.run(
             "orchestrator.api.app:from_environment",
