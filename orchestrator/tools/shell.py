@@ -140,23 +140,9 @@ def run_shell(
     )
     timeout_s = min(step.timeout_s, lim.wall_s)
     result, changes, stopped, planned = _run(root, req, host, view, step, timeout_s, cancelled)
-    timed_out = stopped is True
     shown = shlex.join(step.command)
-    if isinstance(stopped, str):
-        err: ToolError = JobCancelled(
-            f"command `{shown}` was stopped: {stopped}. It was killed with everything it "
-            "started; nothing it changed was kept."
-        )
-        err.result = result
-        raise err
-    if timed_out:
-        err = ToolTimeout(
-            f"command `{shown}` ran past its time limit of {timeout_s:g} s "
-            "and was killed with everything it started; nothing it changed was kept. "
-            "Make it faster, or raise `timeout_s` on the step (or the policy's `limits.wall_s`)."
-        )
-        err.result = result
-        raise err
+    if stopped:
+        raise _stopped(stopped, shown, timeout_s, result)
     if apply and changes:
         _judge_and_apply(root, changes, policy, shown)
     result = dataclasses.replace(result, changeset=changes, applied=apply and bool(changes))
@@ -169,6 +155,25 @@ def run_shell(
             result,
         )
     return result
+
+
+def _stopped(why: bool | str, shown: str, timeout_s: float, result: ShellResult) -> ToolError:
+    """The error of a command killed before it ended: its time limit (`why`
+    is True) or a cancel (`why` says by whom); it carries what it printed."""
+    err: ToolError
+    if isinstance(why, str):
+        err = JobCancelled(
+            f"command `{shown}` was stopped: {why}. It was killed with everything it "
+            "started; nothing it changed was kept."
+        )
+    else:
+        err = ToolTimeout(
+            f"command `{shown}` ran past its time limit of {timeout_s:g} s "
+            "and was killed with everything it started; nothing it changed was kept. "
+            "Make it faster, or raise `timeout_s` on the step (or the policy's `limits.wall_s`)."
+        )
+    err.result = result
+    return err
 
 
 def _run(
