@@ -241,7 +241,9 @@ def _job(client: httpx.Client, job_id: str, role: str = "submitter") -> dict[str
 
 
 def _done(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    return wait_for(lambda: (j := _job(client, job_id))["status"] in ("completed", "failed", "cancelled") and j)
+    return wait_for(
+        lambda: (j := _job(client, job_id))["status"] in ("completed", "failed", "cancelled") and j
+    )
 
 
 @pytest.mark.slow
