@@ -25,10 +25,11 @@ COPY tasks ./tasks
 # read, so CI and release.yml pass the tag's version (docs/releasing.md).
 ARG VERSION=0.0.0
 ENV SETUPTOOLS_SCM_PRETEND_VERSION_FOR_AGENT_ORCHESTRATOR=${VERSION}
-# EXTRAS: optional-dependency groups of pyproject.toml to include (comma-separated).
-ARG EXTRAS=""
-# Playwright's Python package drives the system Chromium (browser tools).
-ARG EXTRA_PACKAGES="playwright>=1.45"
+# EXTRAS: optional-dependency groups of pyproject.toml to include (comma-separated):
+# by default what production runs, the browser tools (Playwright driving the
+# system Chromium) and Vault secrets; `orchestrator doctor` checks both.
+ARG EXTRAS="browser,vault"
+ARG EXTRA_PACKAGES=""
 RUN pip install --upgrade pip \
  && if [ -n "$EXTRAS" ]; then pip install ".[${EXTRAS}]" $EXTRA_PACKAGES; \
     else pip install . $EXTRA_PACKAGES; fi \

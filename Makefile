@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements/dev.lock -e '.[dev,bench,lint,release]'
+	$(BIN)/pip install --quiet -c requirements/dev.lock -e '.[dev,bench,lint,release,browser,vault]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -57,8 +57,9 @@ lint: $(STAMP)
 LOCK := $(BIN)/uv pip compile --quiet pyproject.toml --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock"
 lock: $(STAMP)
-	$(LOCK) --upgrade -o requirements/runtime.lock
-	$(LOCK) --upgrade --extra dev --extra bench --extra lint --extra release -o requirements/dev.lock
+	$(LOCK) --upgrade --extra browser --extra vault -o requirements/runtime.lock
+	$(LOCK) --upgrade --extra dev --extra bench --extra lint --extra release \
+		--extra browser --extra vault -o requirements/dev.lock
 
 # Everything a release does except publishing (docs/releasing.md).
 release-check: $(STAMP)

@@ -40,15 +40,17 @@ class JobSubmitted(_Payload):
 
 class JobCompleted(_Payload):
     type: Literal["JobCompleted"] = "JobCompleted"
-    status: Literal["completed", "failed"]
+    # "cancelled": a cancel was requested before the job's last session ended.
+    status: Literal["completed", "failed", "cancelled"]
     sessions_completed: int
     sessions_failed: int
 
 
 class JobCancelRequested(_Payload):
     """On the job stream: someone asked the job to stop. Workers end each of
-    its sessions before that session's next step (a step already running
-    finishes first); sessions waiting for a confirmation end at once."""
+    its sessions before that session's next step, and a running shell step
+    is killed (it polls for this event); sessions waiting for a confirmation
+    end at once. The job then ends `cancelled`."""
 
     type: Literal["JobCancelRequested"] = "JobCancelRequested"
     by: str

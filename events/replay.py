@@ -54,10 +54,15 @@ def load(store: EventStore, stream_id: str) -> Projections:
 
 def job_state(store: EventStore, job_id: str) -> JobState:
     """A job's own state (its sessions, status), from its stream."""
-    state = JobState()
+    return job_state_at(store, job_id)[0]
+
+
+def job_state_at(store: EventStore, job_id: str) -> tuple[JobState, int]:
+    """The job's state and the seq it was read up to (to append after it)."""
+    state, seq = JobState(), 0
     for e in store.read_stream(job_id):
-        state = apply_job(state, e)
-    return state
+        state, seq = apply_job(state, e), e.seq
+    return state, seq
 
 
 # -- the whole store -------------------------------------------------------------

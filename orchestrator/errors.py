@@ -101,5 +101,10 @@ class ResourceExceeded(ToolError):
         self.limit, self.value = limit, value
 
 
+class JobCancelled(ToolError):
+    """The call's job was cancelled while it ran: the command was killed with
+    everything it started and nothing it changed was kept."""
+
+
 class CountMismatch(ToolError):
     pass

@@ -21,6 +21,7 @@ from orchestrator.run.runner import Ticket, fail_session
 from tasks.app import app, settings
 from tasks.deps import deps
 from tasks.dispatch import AGENT_ADVANCE, sign_link
+from tasks.outcome import StepFailed, finished_before, settle
 
 # A unit is one model call (its retries included) or one tool call.
 SOFT_LIMIT_S, HARD_LIMIT_S = 900, 960
@@ -35,10 +36,12 @@ _loop: tuple[int, AgentLoop] | None = None
     soft_time_limit=SOFT_LIMIT_S,
     time_limit=HARD_LIMIT_S,
     max_retries=settings.task_max_retries,
+    throws=(StepFailed,),  # the session ended failed, recorded (tasks.outcome)
 )
 def agent_advance(self: Any, ticket: dict[str, Any]) -> str:
     t = Ticket.model_validate(ticket)
     logs.bind(job_id=t.job_id, session_id=t.session_id)
+    before = finished_before(deps().runner, [t])
     try:
         outcome = deps().loop.advance(t, task_id=self.request.id)
     except Exception as exc:
@@ -63,4 +66,5 @@ def agent_advance(self: Any, ticket: dict[str, Any]) -> str:
         agent_advance.apply_async((ticket,))
     elif outcome in ("completed", "failed") and deps().signing:
         sign_link(app, [t]).apply_async()
+    settle(self, deps().runner, [t], [outcome], before, "the agent's turn")
     return outcome

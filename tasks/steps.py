@@ -20,6 +20,7 @@ from orchestrator.run.steps import Step
 from tasks import reaper, recording  # noqa: F401  (reaper: its thread, on worker_ready)
 from tasks.app import app, settings
 from tasks.deps import deps
+from tasks.outcome import StepFailed, finished_before, settle
 
 STEP = TypeAdapter(Step)
 log = get_task_logger(__name__)
@@ -61,16 +62,22 @@ def _time_limit(t: Ticket, index: int, task_id: str, chunk: int = 1) -> None:
     name="orchestrator.run_step",
     acks_late=True,
     max_retries=settings.task_max_retries,
+    throws=(StepFailed,),  # an expected end: Celery logs it without a traceback
 )
 def run_step(
     self: Any, ticket: dict[str, Any], index: int, step: dict[str, Any], last: bool
 ) -> str:
+    """One session's step; a session that fails here makes the task a
+    FAILURE once recorded (tasks.outcome)."""
     t = Ticket.model_validate(ticket)
+    before = finished_before(deps().runner, [t])
     try:
-        return _run_one(self, t, index, STEP.validate_python(step), last)
+        status = _run_one(self, t, index, STEP.validate_python(step), last)
     except SoftTimeLimitExceeded:
         _time_limit(t, index, self.request.id)
-        return "failed"
+        status = "failed"
+    settle(self, deps().runner, [t], [status], before, f"step {index + 1}")
+    return status
 
 
 @app.task(
@@ -78,6 +85,7 @@ def run_step(
     name="orchestrator.run_steps",
     acks_late=True,
     max_retries=settings.task_max_retries,
+    throws=(StepFailed,),
 )
 def run_steps(
     self: Any, tickets: list[dict[str, Any]], index: int, step: dict[str, Any], last: bool
@@ -87,9 +95,12 @@ def run_steps(
     Chunked fan-out (`tasks.dispatch`) for fast steps: one message, one
     worker-side setup and one result for several sessions. Each session is
     still its own stream with its own events and idempotency keys, so a retry
-    or redelivery of the whole chunk re-runs nothing that was recorded."""
+    or redelivery of the whole chunk re-runs nothing that was recorded.
+    A session that fails here makes the task a FAILURE once the chunk is
+    done; the chain goes on for the others (tasks.outcome)."""
     parsed = STEP.validate_python(step)
     ts = [Ticket.model_validate(raw) for raw in tickets]
+    before = finished_before(deps().runner, ts)
     out: list[str] = []
     for k, t in enumerate(ts):
         try:
@@ -99,5 +110,7 @@ def run_steps(
             # limit follows soon, so fail this session and those not yet run.
             for rest in ts[k:]:
                 _time_limit(rest, index, self.request.id, len(ts))
-            return out + ["failed"] * (len(ts) - k)
+            out += ["failed"] * (len(ts) - k)
+            break
+    settle(self, deps().runner, ts, out, before, f"step {index + 1}")
     return out

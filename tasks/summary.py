@@ -5,7 +5,8 @@ Celery puts `argsrepr`/`kwargsrepr` in every message, in the `task-sent` and
 `repr` of the arguments, which for this project's tasks means the ticket's
 whole policy, an agent's scripted turns and a write step's file content.
 Instead each `orchestrator.*` task shows a short, masked summary: the job,
-the session (or how many), the target and the step or tool.
+the target, the step or tool, then the session (or how many): what an
+operator looks for comes before Flower's column cuts the line off.
 
 Two places set it: the signatures `tasks.dispatch` builds (`summarized`),
 and `SummarizingAMQP`, the app's message factory, for every message sent
@@ -38,13 +39,17 @@ def _short(value: object, secrets: Sequence[str] = ()) -> str:
     return text if len(text) <= MAX_FIELD else text[: MAX_FIELD - 1] + "…"
 
 
-def _ticket(t: Any, secrets: Sequence[str]) -> list[str]:
+def _ticket(t: Any, secrets: Sequence[str], what: str) -> list[str]:
+    """Job, target and `what` (the step) first, the session last: Flower's
+    column shows the start of the line and an operator looks for the job,
+    the target and the step."""
     if not isinstance(t, Mapping):
-        return ["ticket=?"]
+        return ["ticket=?", what]
     return [
         f"job={_short(t.get('job_id'))}",
-        f"session={_short(t.get('session_id'))}",
         f"target={_short(t.get('target'), secrets)}",
+        what,
+        f"session={_short(t.get('session_id'))}",
     ]
 
 
@@ -56,8 +61,9 @@ def _step(index: Any, step: Any, secrets: Sequence[str]) -> str:
 
 
 def _run_steps(tickets: Any) -> list[str]:
+    """[job, sessions] of a chunk."""
     if not isinstance(tickets, Sequence) or not tickets:
-        return ["sessions=?"]
+        return ["job=?", "sessions=?"]
     ids = [_short(t.get("session_id")) if isinstance(t, Mapping) else "?" for t in tickets]
     shown = ", ".join(ids[:MAX_SESSIONS_SHOWN]) + (", …" if len(ids) > MAX_SESSIONS_SHOWN else "")
     job = tickets[0].get("job_id") if isinstance(tickets[0], Mapping) else "?"
@@ -69,11 +75,12 @@ def _parts(
 ) -> list[str] | None:
     a = list(args)
     if name == "orchestrator.run_step" and len(a) >= 3:
-        return [*_ticket(a[0], secrets), _step(a[1], a[2], secrets)]
+        return _ticket(a[0], secrets, _step(a[1], a[2], secrets))
     if name == "orchestrator.run_steps" and len(a) >= 3:
-        return [*_run_steps(a[0]), _step(a[1], a[2], secrets)]
+        job, sessions = _run_steps(a[0])
+        return [job, _step(a[1], a[2], secrets), sessions]
     if name == "orchestrator.agent_advance" and a:
-        return [*_ticket(a[0], secrets), "agent turn"]
+        return _ticket(a[0], secrets, "agent turn")
     if name == "orchestrator.audit.sign_heads":
         streams = a[0] if a else kwargs.get("streams")
         return [f"streams={len(streams) if isinstance(streams, Sequence) else 'changed'}"]

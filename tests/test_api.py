@@ -241,7 +241,9 @@ def _job(client: httpx.Client, job_id: str, role: str = "submitter") -> dict[str
 
 
 def _done(client: httpx.Client, job_id: str) -> dict[str, Any]:
-    return wait_for(lambda: (j := _job(client, job_id))["status"] in ("completed", "failed") and j)
+    return wait_for(
+        lambda: (j := _job(client, job_id))["status"] in ("completed", "failed", "cancelled") and j
+    )
 
 
 @pytest.mark.slow
@@ -304,14 +306,14 @@ def test_a_submitted_job_runs_on_a_worker_and_its_log_verifies(served):
 
 
 @pytest.mark.slow
-def test_cancel_stops_a_job_before_its_next_step(served):
+def test_cancel_stops_a_job_and_its_running_step(served):
     c, tmp = served["client"], served["tmp"]
     spec = {
         "name": "slow",
         "targets": ["alpha"],
         "tier": "exec",
         "steps": [
-            {"kind": "shell", "name": "nap", "command": "sleep 5"},
+            {"kind": "shell", "name": "nap", "command": "sleep 120"},
             {"kind": "search", "name": "after", "pattern": "x"},
         ],
     }
@@ -340,20 +342,26 @@ def test_cancel_stops_a_job_before_its_next_step(served):
         assert r.json()["cancelled_by"] == "api:ope" and r.json()["first_request"]
         assert r.json()["running"] == [sid]
         first, second = _done(c, queued["job_id"]), _done(c, running["job_id"])
-    assert first["status"] == "failed"
+    assert first["status"] == "cancelled"
     assert first["cancel"]["reason"] == "wrong target"
     error = first["sessions"][0]["error"]
     assert error.startswith("JobCancelled: cancelled by user:") and error.endswith(": wrong target")
     assert first["sessions"][0]["steps_ok"] == 0
-    # The step that was running finished; the next one never started.
-    assert second["cancel"] == {"by": "api:ope", "reason": "enough"}
-    assert second["sessions"][0]["error"] == "JobCancelled: cancelled by api:ope: enough"
-    assert second["sessions"][0]["steps_ok"] == 1
+    # The step that was running was stopped (its command killed, recorded);
+    # the next one never started.
+    assert (second["status"], second["cancel"]) == (
+        "cancelled",
+        {"by": "api:ope", "reason": "enough"},
+    )
+    error = second["sessions"][0]["error"]
+    assert error.startswith("JobCancelled: step 1 (nap) failed: command `sleep 120` was stopped")
+    assert "its job was cancelled by api:ope: enough" in error
+    assert second["sessions"][0]["steps_ok"] == 0
     events = c.get(f"/sessions/{sid}/events", headers=auth("auditor")).json()["events"]
     assert [e["payload"]["turn"] for e in events if e["type"] == "TurnStarted"] == [1]
     assert events[-1]["actor"].startswith("worker:")
     late = c.post(f"/jobs/{running['job_id']}/cancel", headers=auth("operator"))
-    assert late.status_code == 409 and "already failed" in late.json()["detail"]
+    assert late.status_code == 409 and "already cancelled" in late.json()["detail"]
 
 
 DELETE = {

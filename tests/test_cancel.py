@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from events import payloads as p
+from events.envelope import NewEvent
 from events.projections import JobState, apply_job
 from events.replay import replay
 from events.store import SqlEventStore, open_store
@@ -72,8 +73,8 @@ def test_a_cancelled_job_stops_before_the_next_step(store, tmp_path) -> None:
     assert s.error == "JobCancelled: cancelled by api:ops: enough"
     assert [turn.turn for turn in s.turns] == [1]
     job = job_state(store, job_id)
-    assert job.status == "failed" and job.cancelled_by == "api:ops"
-    with pytest.raises(Conflict, match="already failed"):
+    assert job.status == "cancelled" and job.cancelled_by == "api:ops"
+    with pytest.raises(Conflict, match="already cancelled"):
         jobs.cancel(store, job_id, by="api:ops", reason="twice")
 
 
@@ -107,7 +108,7 @@ steps: [{kind: delete, path: a.py}]
     assert pending(store) == []
     last = list(store.read_stream(t.session_id))[-1]
     assert last.type == "SessionFailed" and last.actor == "api:ops"
-    assert job_state(store, job_id).status == "failed"
+    assert job_state(store, job_id).status == "cancelled"
     assert (tmp_path / "repo" / "a.py").exists()
 
 
@@ -132,7 +133,7 @@ agent: {instruction: look around, turns: [{content: done}]}
     assert (
         replay(store, t.session_id).session.error == "JobCancelled: cancelled by api:ops: not today"
     )
-    assert job_state(store, job_id).status == "failed"
+    assert job_state(store, job_id).status == "cancelled"
 
 
 def test_a_runner_reads_only_the_job_streams_new_events(store, tmp_path) -> None:
@@ -143,3 +144,59 @@ def test_a_runner_reads_only_the_job_streams_new_events(store, tmp_path) -> None
     jobs.cancel(store, job_id, by="api:ops", reason="")
     assert runner.cancellation(job_id) == ("api:ops", "")
     assert isinstance(list(store.read_stream(job_id))[-1].payload, p.JobCancelRequested)
+
+
+def test_a_cancel_between_the_last_session_and_the_jobs_end_ends_it_cancelled(
+    store, tmp_path
+) -> None:
+    """The cancel lands after the last SessionFinished and before JobCompleted:
+    the job ends cancelled with the reason, not "completed" beside a cancel."""
+    _, job_id, [t] = submitted(store, tmp_path)
+    store.append(
+        job_id,
+        [
+            NewEvent.create(
+                p.SessionFinished(session_id=t.session_id, status="completed"),
+                actor="worker:a",
+                correlation_id=job_id,
+                idempotency_key=f"finished:{t.session_id}",
+            )
+        ],
+        None,
+    )
+    jobs.cancel(store, job_id, by="api:ops", reason="stop it")
+    Runner(store, "worker:a").report(job_id, t.session_id, "completed", None, 1)
+    job = job_state(store, job_id)
+    assert (job.status, job.cancelled_by, job.cancel_reason) == ("cancelled", "api:ops", "stop it")
+    ended = list(store.read_stream(job_id))[-1].payload
+    assert isinstance(ended, p.JobCompleted) and ended.status == "cancelled"
+
+
+def test_a_job_that_completed_cannot_be_cancelled_after_the_fact(store, tmp_path) -> None:
+    spec, job_id, [t] = submitted(store, tmp_path)
+    runner = Runner(store, "worker:a")
+    runner.run_step(t, 0, spec.steps[0], last=False)
+    runner.run_step(t, 1, spec.steps[1], last=True)
+    job = job_state(store, job_id)
+    assert job.status == "completed"
+    with pytest.raises(Conflict, match="already completed"):
+        jobs.cancel(store, job_id, by="api:ops", reason="too late")
+    assert not any(e.type == "JobCancelRequested" for e in store.read_stream(job_id))
+
+
+def test_a_job_whose_sessions_all_ended_reads_as_ended_before_its_completion() -> None:
+    events = place(
+        "job",
+        [
+            p.JobSubmitted(
+                name="j", spec={}, sessions=(p.SessionRef(session_id="s1", target="a"),)
+            ),
+            p.SessionFinished(session_id="s1", status="completed"),
+        ],
+    )
+    state = JobState()
+    for e in events:
+        state = apply_job(state, e)
+    assert (state.status, state.outcome) == ("running", "completed")
+    cancelled = state.model_copy(update={"cancelled_by": "api:ops"})
+    assert cancelled.outcome == "cancelled"

@@ -124,3 +124,29 @@ def test_generated_reference_files_are_fresh() -> None:
     for name in Settings.model_fields:
         assert f"#ORCH_{name.upper()}=" in env_example
     assert SECRET not in env_example
+
+
+def test_a_list_setting_takes_json_or_commas_and_bad_json_is_a_listed_problem(
+    tmp_path: Path,
+) -> None:
+    """ORCH_METRICS_REPORTERS=prometheus used to crash every command with a
+    traceback (the settings source decoded it as JSON before validation)."""
+    for value, want in (
+        ("prometheus", ["prometheus"]),
+        ("prometheus, otlp", ["prometheus", "otlp"]),
+        ('["stdout"]', ["stdout"]),
+        ("", []),
+    ):
+        result = cli(_env(tmp_path, ORCH_METRICS_REPORTERS=value), "config", "show", "--json")
+        assert result.returncode == 0, result.stderr
+        got = json.loads(result.stdout)["settings"]["metrics_reporters"]["value"]
+        assert got == want, value
+    for value in ('["prometheus"', "prometheus,bogus"):
+        env = _env(tmp_path, ORCH_METRICS_REPORTERS=value)
+        checked = cli(env, "config", "check", "--json")
+        assert checked.returncode == 2, checked.stderr
+        [problem] = json.loads(checked.stdout)["problems"]
+        assert problem["variable"] == "ORCH_METRICS_REPORTERS"
+        status = cli(env, "status", "some-job")
+        assert status.returncode == 2 and "Traceback" not in status.stderr
+        assert "ORCH_METRICS_REPORTERS" in status.stderr

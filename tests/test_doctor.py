@@ -38,6 +38,7 @@ NAMES = [
     "chromium",
     "model-endpoint",
     "model-script",
+    "secret-sources",
 ]
 
 
@@ -255,3 +256,20 @@ def test_a_migrated_postgresql_store_and_a_redis_broker_pass_and_a_missing_worke
     if by["broker"]["status"] == "warn":
         assert "appendonly" in by["broker"]["detail"] and "resume" in by["broker"]["remedy"]
     assert by["worker"]["status"] == "warn" and "no worker answered" in by["worker"]["detail"]
+
+
+def test_chromium_without_playwrights_package_is_a_warning_naming_the_extra() -> None:
+    found = doctor.check_chromium(lambda n: "/usr/bin/chromium", installed=lambda m: False)
+    assert found.status == "warn"
+    assert "playwright is not installed" in found.detail
+    assert "agent-orchestrator[browser]" in found.remedy
+
+
+def test_a_secret_source_whose_package_is_missing_fails_with_exit_2(tmp_path: Path) -> None:
+    s = Settings(state_dir=tmp_path, secret_sources=("env", "vault"))
+    missing = doctor.check_secret_sources(s, present=lambda m: m != "hvac")
+    assert (missing.status, missing.required, missing.exit_code) == ("fail", True, 2)
+    assert "hvac" in missing.detail and "agent-orchestrator[vault]" in missing.remedy
+    assert doctor.check_secret_sources(s, present=lambda m: True).status == "ok"
+    plain = Settings(state_dir=tmp_path, secret_sources=("env", "file"))
+    assert doctor.check_secret_sources(plain, present=lambda m: False).status == "ok"

@@ -128,7 +128,7 @@ def test_flower_lists_the_jobs_tasks_with_masked_summaries_only(env, flower, tmp
     finally:
         stop(worker)
     for step in ("step=1 replace (rename token=***)", "step=2 read (read-back)"):
-        assert f"job={job_id} session={session_id} target=ws {step}" in table, table
+        assert f"job={job_id} target=ws {step} session={session_id}" in table, table
     shown = json.dumps(api)
     for secret in (MARKER, SECRET, NAME_SECRET, "old_name", "policy"):
         assert secret not in html and secret not in table and secret not in shown, secret
@@ -185,3 +185,55 @@ def test_flower_gets_basic_auth_in_its_environment_never_on_its_command_line(tmp
         "--purge_offline_workers=60",
     ]
     assert PASSWORD not in " ".join(cmd) and env["FLOWER_BASIC_AUTH"] == f"{USER}:{PASSWORD}"
+
+
+FAILING_SPEC = """\
+name: flower-failed
+tier: read-write
+targets: [ws, broken]
+steps:
+  - {kind: read, name: first-read, path: mod.py}
+  - {kind: read, name: second-read, path: mod.py}
+"""
+
+
+def test_a_failed_step_is_a_celery_failure_and_its_chain_stops(env, flower, tmp_path):
+    """The step that failed is FAILURE in Flower with the recorded reason; the
+    other target's steps are SUCCESS; the failed session's second step is
+    never sent, nothing is retried, and the job's record is unchanged."""
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "mod.py").write_text("x = 1\n")
+    (tmp_path / "broken").mkdir()  # no mod.py: step 1 fails
+    spec = tmp_path / "job.yaml"
+    spec.write_text(FAILING_SPEC)
+    worker = start_worker(env, tmp_path / "worker.log", name="flower-fail")
+    try:
+        result = cli(
+            env, "run", str(spec), "--base-dir", str(tmp_path), "--json", "--timeout", "120"
+        )
+        assert result.returncode == 1, result.stdout + result.stderr
+        job = json.loads(result.stdout)
+        assert job["status"] == "failed"
+        broken = next(s for s in job["sessions"] if s["target"] == "broken")
+
+        def seen() -> list[dict[str, object]] | None:
+            tasks = [t for t in _api_tasks(flower).values() if t["name"] == "orchestrator.run_step"]
+            done = [t for t in tasks if t["state"] in ("SUCCESS", "FAILURE")]
+            return done if len(done) >= 3 else None
+
+        tasks = wait_until("Flower's view of the job's tasks", seen, timeout=90, every=1)
+    finally:
+        stop(worker)
+    by_args = {str(t["args"]): t for t in tasks}
+    failed = [t for t in tasks if t["state"] == "FAILURE"]
+    assert len(failed) == 1, by_args
+    assert f"target=broken step=1 read (first-read) session={broken['session_id']}" in str(
+        failed[0]["args"]
+    )
+    assert "StepFailed" in str(failed[0]["exception"]) and "mod.py" in str(failed[0]["exception"])
+    assert not any("target=broken step=2" in a for a in by_args), by_args
+    assert sorted(t["state"] for t in tasks if "target=ws " in str(t["args"])) == ["SUCCESS"] * 2
+    assert not any(t.get("retries") for t in tasks)
+    log = (tmp_path / "worker.log").read_text()
+    assert "raised expected: StepFailed" in log  # a recorded end, not a crash
+    assert "Retry in" not in log and "raised unexpected" not in log

@@ -31,7 +31,7 @@ TICKET = {
 # -- summaries (pure) ----------------------------------------------------------------
 
 
-def test_a_step_task_shows_job_session_target_and_step_but_no_step_body() -> None:
+def test_a_step_task_shows_job_target_and_step_before_its_session_but_no_step_body() -> None:
     step = {
         "kind": "write",
         "name": "license",
@@ -40,7 +40,7 @@ def test_a_step_task_shows_job_session_target_and_step_but_no_step_body() -> Non
     }
     argsrepr, kwargsrepr = describe("orchestrator.run_step", [TICKET, 1, step, True], {})
     assert (argsrepr, kwargsrepr) == (
-        "job=job-1 session=sess-1 target=repos/a step=2 write (license)",
+        "job=job-1 target=repos/a step=2 write (license) session=sess-1",
         "{}",
     )
 
@@ -48,7 +48,7 @@ def test_a_step_task_shows_job_session_target_and_step_but_no_step_body() -> Non
 def test_a_chunk_names_its_first_sessions_and_how_many() -> None:
     tickets = [{**TICKET, "session_id": f"s{i}"} for i in range(5)]
     argsrepr, _ = describe("orchestrator.run_steps", [tickets, 0, {"kind": "replace"}, False], {})
-    assert argsrepr == "job=job-1 sessions=5 [s0, s1, s2, …] step=1 replace"
+    assert argsrepr == "job=job-1 step=1 replace sessions=5 [s0, s1, s2, …]"
 
 
 def test_secrets_in_a_target_or_step_name_are_masked() -> None:
@@ -57,7 +57,9 @@ def test_secrets_in_a_target_or_step_name_are_masked() -> None:
     argsrepr, _ = describe(
         "orchestrator.run_step", [ticket, 0, step, True], {}, secrets=("hunter22",)
     )
-    assert argsrepr == "job=job-1 session=sess-1 target=token=*** repo-*** step=1 shell (with ***)"
+    assert argsrepr == (
+        "job=job-1 target=token=*** repo-*** step=1 shell (with ***) session=sess-1"
+    )
 
 
 def test_an_unknown_orchestrator_task_shows_only_how_many_arguments_it_got() -> None:
@@ -69,7 +71,7 @@ def test_an_unknown_orchestrator_task_shows_only_how_many_arguments_it_got() -> 
 
 def test_agent_and_signing_tasks_have_their_own_summaries() -> None:
     assert describe("orchestrator.agent_advance", [TICKET], {})[0] == (
-        "job=job-1 session=sess-1 target=repos/a agent turn"
+        "job=job-1 target=repos/a agent turn session=sess-1"
     )
     assert describe("orchestrator.audit.sign_heads", [["a", "b", "c"]], {})[0] == "streams=3"
 
@@ -78,7 +80,7 @@ def test_messages_sent_without_a_summary_get_one_from_the_app() -> None:
     from tasks.app import app
 
     message = app.amqp.create_task_message("id-1", "orchestrator.agent_advance", (TICKET,), {})
-    assert message.headers["argsrepr"] == "job=job-1 session=sess-1 target=repos/a agent turn"
+    assert message.headers["argsrepr"] == "job=job-1 target=repos/a agent turn session=sess-1"
     assert "hello model" not in json.dumps(message.headers)
     other = app.amqp.create_task_message("id-2", "celery.ping", (1,), {})
     assert other.headers["argsrepr"] == "(1,)"

@@ -17,7 +17,7 @@ class JobState(Frozen):
     name: str = ""
     sessions: tuple[p.SessionRef, ...] = ()
     finished: tuple[tuple[str, str], ...] = ()  # (session_id, status) in finishing order
-    status: Literal["new", "running", "completed", "failed"] = "new"
+    status: Literal["new", "running", "completed", "failed", "cancelled"] = "new"
     spec: dict[str, object] = {}
     cancelled_by: str | None = None  # JobCancelRequested: who, and why
     cancel_reason: str = ""
@@ -29,6 +29,24 @@ class JobState(Frozen):
     @property
     def failed(self) -> int:
         return sum(1 for _, st in self.finished if st == "failed")
+
+    @property
+    def ending(self) -> Literal["completed", "failed", "cancelled"]:
+        """The status the job ends with once its sessions have: cancelled when
+        a cancel was requested before that, else failed when one failed."""
+        if self.cancelled_by is not None:
+            return "cancelled"
+        return "failed" if self.failed else "completed"
+
+    @property
+    def outcome(self) -> str:
+        """Its status, with the end it is bound to once every session ended
+        though JobCompleted (appended after the last SessionFinished) is not
+        read yet: a reader between the two never reports a finished job as
+        running."""
+        if self.status == "running" and self.all_finished:
+            return self.ending
+        return self.status
 
 
 def apply_job(s: JobState, e: Event) -> JobState:

@@ -220,7 +220,7 @@ def get_job(
     return {
         "job_id": job_id,
         "name": job.name,
-        "status": job.status,
+        "status": job.outcome,
         "cancel": {"by": job.cancelled_by, "reason": job.cancel_reason}
         if job.cancelled_by
         else None,
@@ -264,8 +264,9 @@ def cancel_job(
     body: CancelRequest = Body(default_factory=CancelRequest),
     who: Principal = Depends(need("cancel")),
 ) -> dict[str, Any]:
-    """Stop a job: each session ends before its next step, with the status
-    "cancelled by <you>: <reason>"; sessions waiting for a confirmation end
-    now. 409 when the job already ended."""
+    """Stop a job: a running shell step is killed within a few seconds and
+    each session ends with "cancelled by <you>: <reason>"; sessions waiting
+    for a confirmation end now; the job ends `cancelled`. 409 when the job
+    already ended."""
     done = workflows.cancel(services(request).store, job_id, by=who.actor, reason=body.reason)
     return done.to_json()

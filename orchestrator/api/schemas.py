@@ -56,7 +56,7 @@ class Cancel(BaseModel):
 class JobStatus(BaseModel):
     job_id: str
     name: str
-    status: Literal["new", "running", "completed", "failed"]
+    status: Literal["new", "running", "completed", "failed", "cancelled"]
     cancel: Cancel | None = Field(default=None, description="Set once a cancel was requested")
     sessions: list[SessionRow]
 

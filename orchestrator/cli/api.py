@@ -17,6 +17,7 @@ from orchestrator.config.settings import ApiToken
 # Loaded in the commands that use them, not for `--help` (bench/cli_startup.py).
 _api = lazy.module("orchestrator.api")
 uvicorn = lazy.module("uvicorn")
+metrics = lazy.module("orchestrator.ops.metrics")
 _auth = lazy.module("orchestrator.api.auth")
 workflows = lazy.module("orchestrator.service.workflows")
 
@@ -57,6 +58,8 @@ def serve(
     if s.api_workspace_root is None:
         err.print("[yellow]api_workspace_root is not set: POST /jobs is refused[/]")
     level = (log_level or s.log_level).lower()
+    # The workers' metrics of this state folder (inherited by uvicorn's workers).
+    metrics.share_dir(s)
     if workers > 1:
         uvicorn.run(
             "orchestrator.api.app:from_environment",
@@ -117,8 +120,9 @@ def cancel(
     ),
     json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Stop a job: each session ends before its next step ("cancelled by YOU:
-    REASON"); sessions waiting for a confirmation end now."""
+    """Stop a job: a running shell step is killed within a few seconds, each
+    session ends ("cancelled by YOU: REASON") and the job ends `cancelled`;
+    sessions waiting for a confirmation end now."""
     root = current()
     done = workflows.cancel(
         root.store(for_writing=True), job_id, by=root.settings.submitter, reason=reason
@@ -129,7 +133,8 @@ def cancel(
     first = "" if done.ours else f" (already requested by {done.by}: {done.reason})"
     err.print(
         f"cancelling job {job_id}{first}: {len(done.stopped)} waiting session(s) "
-        f"ended, {len(done.running)} end before their next step; follow with "
+        f"ended, {len(done.running)} stop within seconds (a running shell step is "
+        "killed); follow with "
         f"`orchestrator status {job_id}`",
         highlight=False,
     )

@@ -8,6 +8,7 @@ groups to register them).
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -40,7 +41,28 @@ _masking = lazy.module("orchestrator.guard.masking")
 _logs = lazy.module("orchestrator.ops.logs")
 _tracing = lazy.module("orchestrator.ops.tracing")
 
-out = Console()
+# Output piped to a file or a program is not cut to 80 columns: tables take
+# the width their content needs (a script reads whole lines) and rules are a
+# short plain line. COLUMNS, when set, still decides.
+PIPED_WIDTH = 10_000
+
+
+class PipedConsole(Console):
+    """stdout when it is not a terminal: wide, and plain rules."""
+
+    def rule(self, title: Any = "", **_: Any) -> None:  # type: ignore[override]
+        self.print(f"-- {title} --" if title else "--", markup=False, highlight=False)
+
+
+def stdout_console() -> Console:
+    """The console for a command's output (see PIPED_WIDTH)."""
+    console = Console()
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return PipedConsole(width=PIPED_WIDTH)
+
+
+out = stdout_console()
 err = Console(stderr=True)
 
 POLICY_OPT = typer.Option(
@@ -123,7 +145,7 @@ def job_exit(st: EventStore, job_id: str) -> int:
     """0 completed; 3 when policy holds or refused what did not complete
     (confirmations waiting, refused sessions); else 1."""
     view = _watch.final_view(st, job_id)
-    if view.job.status == "completed":
+    if view.job.outcome == "completed":
         return 0
     waiting = [c for s in view.sessions.values() if not s.finished for c in s.waiting]
     for c in waiting:
@@ -147,9 +169,17 @@ def finish(st: EventStore, job_id: str, out_dir: Path | None, as_json: bool) -> 
         written = render.write_patches(out_dir, rows)
         if not as_json:
             err.print(f"wrote {len(written)} patch file(s) to {out_dir}")
+    counts = _watch.counts(rows)
     if as_json:
         emit_json(
-            {"job_id": job_id, "name": view.job.name, "status": view.job.status, "sessions": rows}
+            {
+                "job_id": job_id,
+                "name": view.job.name,
+                "status": view.job.outcome,
+                "counts": counts,
+                "sessions": rows,
+            }
         )
     else:
         render.summary(out, view, rows)
+        out.print(_watch.counts_line(counts), highlight=False, markup=False)

@@ -126,7 +126,10 @@ def status(
             {
                 "job_id": job_id,
                 "name": view.job.name,
-                "status": view.job.status,
+                "status": view.job.outcome,
+                "cancel": {"by": view.job.cancelled_by, "reason": view.job.cancel_reason}
+                if view.job.cancelled_by
+                else None,
                 "sessions": [{k: v for k, v in r.items() if k != "patch"} for r in rows],
                 **trouble,
             }
@@ -172,7 +175,7 @@ def demo(
     report = verify_mod.verify_rows(st.rows())
     out.rule("orchestrator audit verify")
     render.verify(out, report)
-    raise typer.Exit(0 if view.job.status == "completed" and report.ok else 1)
+    raise typer.Exit(0 if view.job.outcome == "completed" and report.ok else 1)
 
 
 def register(app: typer.Typer) -> None:

@@ -180,7 +180,8 @@ class _LogsOnFirstRecord(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         root = logging.getLogger()
         root.removeHandler(self)
-        logs.configure(self.settings)  # replaces the root's handlers with its own
+        # Console lines for people (opsviews): JSON only with ORCH_LOG_FORMAT=json.
+        logs.configure(self.settings, human=True)  # replaces the root's handlers
         for handler in root.handlers:
             if record.levelno >= handler.level:
                 handler.handle(record)

@@ -158,7 +158,7 @@ def follow(
 def summary(
     console: Console, view: JobView, rows: list[dict[str, Any]], diffs: bool = True
 ) -> None:
-    table = Table(title=f"job {view.job.name} ({view.job_id}): {view.job.status}")
+    table = Table(title=f"job {view.job.name} ({view.job_id}): {view.job.outcome}")
     for col in ("target", "status", "steps", "files", "session", "error"):
         table.add_column(col, overflow="fold")
     for r in rows:

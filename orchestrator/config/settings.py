@@ -9,21 +9,63 @@ files under `state_dir` and a worker the CLI starts on demand.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import socket
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
 from orchestrator.config import report
+
+
+def _list_value(value: Any) -> Any:
+    """A list setting as written in the environment or .env: a JSON list
+    (`["prometheus", "otlp"]`) or comma-separated words (`prometheus,otlp`;
+    "" is the empty list). Bad JSON is a validation error like any other bad
+    value, listed by `config check`, not a crash before validation."""
+    if not isinstance(value, str):
+        return value  # TOML and keyword arguments give lists already
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not a JSON list ({exc}); write a JSON list or a,b,c") from None
+    return [word.strip() for word in text.split(",") if word.strip()]
+
+
+# The list settings below are `NoDecode`: the settings source would otherwise
+# json-decode them itself and raise outside validation on a value that is not
+# JSON (`ORCH_METRICS_REPORTERS=prometheus`), so every command crashed with a
+# traceback instead of `config check` listing the problem.
+
+
+def _json_value(value: Any) -> Any:
+    """A list of objects (api_tokens) from the environment: JSON only, and
+    bad JSON a validation error like any other."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc}); write a JSON list of objects") from None
 
 
 class ApiToken(BaseModel):
@@ -112,10 +154,10 @@ class Settings(BaseSettings):
             "embedded one); 0 = only when sessions end and workers stop"
         ),
     )
-    audit_public_keys: tuple[Path, ...] = Field(
+    audit_public_keys: Annotated[tuple[Path, ...], NoDecode, BeforeValidator(_list_value)] = Field(
         default=(),
         description=(
-            "Public keys (PEM) whose digests `audit verify` trusts, as a JSON list; the "
+            "Public keys (PEM) whose digests `audit verify` trusts, as a JSON list or comma-separated; the "
             "signing key's own public key is always trusted"
         ),
     )
@@ -272,10 +314,14 @@ class Settings(BaseSettings):
     )
 
     # -- secrets (orchestrator.config.secrets, docs/security.md) ----------------------
-    secret_sources: tuple[Literal["env", "file", "keyring", "vault"], ...] = Field(
+    secret_sources: Annotated[
+        tuple[Literal["env", "file", "keyring", "vault"], ...],
+        NoDecode,
+        BeforeValidator(_list_value),
+    ] = Field(
         default=("env", "file"),
         description=(
-            "Where a named secret is looked for, in order, as a JSON list: env (a "
+            "Where a named secret is looked for, in order, as a JSON list or comma-separated: env (a "
             "SecretStr setting, or ORCH_SECRET_<NAME>), file (secrets_dir/<name>), "
             "keyring (the OS keychain; pip install 'agent-orchestrator[keyring]'), vault "
             "(HashiCorp Vault KV v2; pip install 'agent-orchestrator[vault]')"
@@ -317,10 +363,14 @@ class Settings(BaseSettings):
             "terminal, JSON otherwise (files, pipes, containers)"
         ),
     )
-    metrics_reporters: tuple[Literal["prometheus", "otlp", "stdout"], ...] = Field(
+    metrics_reporters: Annotated[
+        tuple[Literal["prometheus", "otlp", "stdout"], ...],
+        NoDecode,
+        BeforeValidator(_list_value),
+    ] = Field(
         default=("prometheus",),
         description=(
-            "Where metrics go, as a JSON list: prometheus (GET /metrics and the worker's "
+            "Where metrics go, as a JSON list or comma-separated: prometheus (GET /metrics and the worker's "
             "probe port; multiprocess files under metrics_dir), otlp (pushed to "
             "otlp_endpoint), stdout (JSON lines every metrics_interval_s); [] = off"
         ),
@@ -456,7 +506,7 @@ class Settings(BaseSettings):
     search_max_results: int = Field(default=10, ge=1, le=50)
 
     # -- HTTP API (orchestrator.api, docs/api.md) ------------------------------
-    api_tokens: tuple[ApiToken, ...] = Field(
+    api_tokens: Annotated[tuple[ApiToken, ...], NoDecode, BeforeValidator(_json_value)] = Field(
         default=(),
         description=(
             "Bearer tokens, a JSON list of {principal, roles, sha256 | secret}; "

@@ -15,6 +15,7 @@ so this module does not import `tasks`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -376,19 +377,63 @@ def check_sandbox(sandbox_report: dict[str, Any]) -> Result:
     )
 
 
+# What runs in production outside the runtime dependencies: the named extras
+# of pyproject.toml (the image, compose, Helm and `make install` install them),
+# by the module each one brings.
+EXTRAS = {"browser": "playwright", "vault": "hvac", "keyring": "keyring"}
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _missing_extra(extra: str, present: Callable[[str], bool]) -> tuple[str, str] | None:
+    """(what is missing, the remedy) when extra's module is not importable."""
+    module = EXTRAS[extra]
+    if present(module):
+        return None
+    return (
+        f"the Python package {module} is not installed (the `{extra}` extra)",
+        f"pip install 'agent-orchestrator[{extra}]' (the image installs it)",
+    )
+
+
+def check_secret_sources(s: Settings, present: Callable[[str], bool] = installed) -> Result:
+    """The packages the configured secret sources need (vault: hvac, keyring:
+    keyring): without them every secret read from there fails at run time."""
+    wanted = [src for src in s.secret_sources if src in EXTRAS]
+    missing = [m for m in (_missing_extra(src, present) for src in wanted) if m is not None]
+    if missing:
+        return Result(
+            "secret-sources",
+            "fail",
+            True,
+            "secret_sources lists " + "; ".join(what for what, _ in missing),
+            "; ".join(fix for _, fix in missing) + ", or drop it from ORCH_SECRET_SOURCES",
+            exit_code=2,
+        )
+    return _ok("secret-sources", False, ", ".join(s.secret_sources) or "none")
+
+
 def check_chromium(
     which: Callable[[str], str | None] = shutil.which,
     exists: Callable[[str], bool] | None = None,
     s: Settings | None = None,
+    installed: Callable[[str], bool] = installed,
 ) -> Result:
     """With settings, also the browser pools of the workers under state_dir
-    (orchestrator.tools.web.browser_pool) and any browser left behind by a dead worker."""
+    (orchestrator.tools.web.browser_pool) and any browser left behind by a dead
+    worker. Chromium without Playwright's package (the `browser` extra) is a
+    warning: the browser tool cannot drive it."""
     exists = exists or os.path.exists
     found = next((p for p in map(which, CHROMIUM_NAMES) if p), None) or next(
         (p for p in CHROMIUM_PATHS if exists(p)), None
     )
     if found:
         detail = f"found at {found} (for the browser tool)"
+        missing = _missing_extra("browser", installed)
+        if missing is not None:
+            return Result("chromium", "warn", False, f"{detail}, but {missing[0]}", missing[1])
         if s is not None:
             from orchestrator.tools.web import browser_pool
 
@@ -561,6 +606,7 @@ def run_checks(
             check_chromium(),
             skipped("model-endpoint"),
             skipped("model-script"),
+            skipped("secret-sources"),
         ]
     broker = check_broker(s)
     return [
@@ -573,6 +619,7 @@ def run_checks(
         check_chromium(s=s),
         check_model_endpoint(s),
         check_model_script(s),
+        check_secret_sources(s),
     ]
 
 

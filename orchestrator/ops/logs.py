@@ -153,13 +153,14 @@ def _pre_chain() -> list[Processor]:
     ]
 
 
-def formatter(fmt: str) -> logging.Formatter:
-    """The ProcessorFormatter rendering both kinds of record: `fmt` is json or console."""
+def formatter(fmt: str, colors: bool = True) -> logging.Formatter:
+    """The ProcessorFormatter rendering both kinds of record: `fmt` is json or
+    console (`colors`: ANSI colours, for a terminal)."""
     renderer: Processor = (
         structlog.processors.JSONRenderer(serializer=_json)
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(
-            colors=True, exception_formatter=structlog.dev.plain_traceback
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
         )
     )
     return structlog.stdlib.ProcessorFormatter(
@@ -180,11 +181,16 @@ def configure(
     level: str | int | None = None,
     stream: IO[str] | None = None,
     force: bool = False,
+    human: bool = False,
 ) -> None:
     """Set up structlog and the root logger for this process.
 
     Lines go to `logfile` (appended, as Celery's `--logfile`) or else to
-    `stream` (stderr). `level` overrides `settings.log_level`. Called again
+    `stream` (stderr). `level` overrides `settings.log_level`. `human`: the
+    stream is read by a person (the CLI's stderr, beside its own messages),
+    so `log_format = auto` renders console lines there even when it is not a
+    terminal (a JSON line in the middle of a command's output helps nobody;
+    `log_format = json` still asks for JSON). Called again
     in the same process with the same target it does nothing, unless
     `force` (a prefork child re-opens its file after the fork)."""
     global _configured
@@ -196,15 +202,17 @@ def configure(
 
         settings = Settings.model_construct()  # defaults: a bad config still logs
     fmt = settings.log_format
+    tty = False
     if logfile:
         handler: logging.Handler = logging.handlers.WatchedFileHandler(logfile, encoding="utf-8")
         fmt = "json" if fmt == "auto" else fmt
     else:
         out = stream or sys.stderr
         handler = logging.StreamHandler(out)
+        tty = getattr(out, "isatty", lambda: False)()
         if fmt == "auto":
-            fmt = "console" if getattr(out, "isatty", lambda: False)() else "json"
-    handler.setFormatter(formatter(fmt))
+            fmt = "console" if tty or human else "json"
+    handler.setFormatter(formatter(fmt, colors=tty))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

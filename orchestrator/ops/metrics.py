@@ -337,6 +337,20 @@ def prepare_dir(path: Path) -> Path:
     return path
 
 
+def share_dir(settings: Any) -> None:
+    """Make this process read (and write) the workers' multiprocess folder of
+    the same configuration (`metrics_dir`, default state_dir/metrics), so the
+    API's /metrics shows the workers of its state folder with no variable to
+    set. Before prometheus_client is imported, and only when nothing chose a
+    folder already (PROMETHEUS_MULTIPROC_DIR wins: prometheus-client's own)."""
+    if "prometheus" not in settings.metrics_reporters or "prometheus_client" in sys.modules:
+        return
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = settings.effective_metrics_dir
+        path.mkdir(parents=True, exist_ok=True)  # a reader prunes nothing: workers do
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

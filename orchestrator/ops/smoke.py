@@ -289,11 +289,11 @@ def _guarded(name: str, check: Callable[[], Row], remedy: str) -> Row:
 
 
 def _job_row(job_id: str, live: Any, session: Any, took: float) -> Row:
-    if live.job.status == "completed" and session is not None and session.status == "completed":
+    if live.job.outcome == "completed" and session is not None and session.status == "completed":
         return Row(
             "job", True, f"job {job_id} completed in {took:.1f} s ({len(session.turns)} steps)"
         )
-    why = (session.error if session is not None else None) or f"job status {live.job.status}"
+    why = (session.error if session is not None else None) or f"job status {live.job.outcome}"
     return Row(
         "job",
         False,

@@ -2,7 +2,8 @@
 
 `trace_exporter` picks where spans go: `otlp` (OTLP/HTTP protobuf to
 `otlp_endpoint` + /v1/traces, batched), `console` (printed to stderr, for
-debugging) or `none` (no provider, and `span` costs one attribute read).
+debugging: stdout is the command's output, `--json` holds only JSON) or
+`none` (no provider, and `span` costs one attribute read).
 `setup(settings, celery=True)` also instruments Celery
 (`opentelemetry-instrumentation-celery`): a publish span in whoever sends a
 task, the trace context in the message headers, and a run span in the worker
@@ -22,6 +23,7 @@ its lines.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -70,7 +72,7 @@ def setup(settings: Any, *, celery: bool = False) -> None:
             )
         )
     else:
-        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     # The global provider can be set once per process; a forked child has its
     # parent's, whose exporter thread did not survive: replace it outright.
     trace._TRACER_PROVIDER_SET_ONCE._done = False  # type: ignore[attr-defined]

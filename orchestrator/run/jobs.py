@@ -13,6 +13,7 @@ from pathlib import Path
 
 from events import payloads as p
 from events.envelope import NewEvent, new_id
+from events.errors import SequenceConflict
 from events.store import EventStore
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.guard.policy import PolicyDoc, Tier, combine, strictest_tier
@@ -107,25 +108,37 @@ class Cancellation:
         }
 
 
+CANCEL_ATTEMPTS = 20  # reads and appends racing the job's own events
+
+
 def cancel(store: EventStore, job_id: str, *, by: str, reason: str) -> Cancellation:
     """Record JobCancelRequested on the job's stream (once: a second request
     returns the first), and end the sessions that wait for a confirmation.
     The CLI's `cancel` and the API's `POST /jobs/{id}/cancel` both come here."""
     from events.replay import replay
-    from orchestrator.run.runner import Runner, job_state
+    from orchestrator.run.runner import Runner, job_state_at
 
-    job = job_state(store, job_id)
-    if not job.sessions:
-        raise NotFound(f"no job {job_id} in the event store; check the id (from `submit`)")
-    if job.status in ("completed", "failed"):
-        raise Conflict(f"job {job_id} already {job.status}; there is nothing left to cancel")
     event = NewEvent.create(
         p.JobCancelRequested(by=by, reason=reason),
         actor=by,
         correlation_id=job_id,
         idempotency_key="job:cancel",
     )
-    stored = store.append(job_id, [event], None)
+    for _ in range(CANCEL_ATTEMPTS):
+        job, seq = job_state_at(store, job_id)
+        if not job.sessions:
+            raise NotFound(f"no job {job_id} in the event store; check the id (from `submit`)")
+        if job.status in ("completed", "failed", "cancelled"):
+            raise Conflict(f"job {job_id} already {job.status}; there is nothing left to cancel")
+        try:
+            # After what was read: a job that completed in between is not
+            # cancelled after the fact (it would read "completed, cancel: X").
+            stored = store.append(job_id, [event], seq)
+            break
+        except SequenceConflict:
+            continue
+    else:
+        raise Conflict(f"job {job_id} kept changing while cancelling it; try again")
     first = stored[0].payload
     assert isinstance(first, p.JobCancelRequested)
     runner = Runner(store, by)

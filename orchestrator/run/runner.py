@@ -34,7 +34,7 @@ from events import payloads as p
 from events.envelope import Event, NewEvent, utcnow
 from events.errors import SequenceConflict
 from events.projections import Projections, SessionState, fold
-from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, job_state, load
+from events.replay import SNAPSHOT_EVERY, SNAPSHOT_VERSION, job_state, job_state_at, load
 from events.store import EventStore
 from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolError
@@ -529,7 +529,28 @@ class Runner:
             observer=self.observer,
             settings=self.settings,
             toolchains=call.ticket.toolchains,
+            cancelled=lambda: self.stop_reason(
+                call.ticket.job_id, call.ticket.session_id, call.call_id
+            ),
         )
+
+    def stop_reason(self, job_id: str, session_id: str, call_id: str) -> str | None:
+        """Why a running call must stop now, asked while it runs: its job was
+        cancelled (`orchestrator cancel`, the API), or its end was recorded
+        by someone else (a chat's Ctrl-C). Each is a read of a stream's tail;
+        a store that cannot answer stops nothing."""
+        try:
+            cancel = self.cancellation(job_id)
+            if cancel is not None:
+                by, reason = cancel
+                return f"its job was cancelled by {by}: {reason or 'no reason given'}"
+            recorded = self.load(session_id).session.call(call_id)
+        except Exception as exc:  # the call goes on; its own end is recorded later
+            _log.warning("could not read whether to stop", call_id=call_id, error=str(exc))
+            return None
+        if recorded is not None and recorded.status != "started":
+            return f"its end was recorded while it ran ({recorded.status}, e.g. a chat's Ctrl-C)"
+        return None
 
     def _observed(self, tool: str, outcome: str, seconds: float, error: str | None = None) -> None:
         """A tool call ran (or failed to): its metrics and its log line."""
@@ -560,19 +581,21 @@ class Runner:
         )
         if total and stored[-1].seq < total + 1:
             return
-        job = job_state(self.store, job_id)
+        # After what was read (a cancel request landing in between is a
+        # conflict: `_retrying` reads again and the job ends cancelled).
+        job, seq = job_state_at(self.store, job_id)
         if job.all_finished and job.status == "running":
             failed = job.failed
             self._append(
                 job_id,
                 [
                     p.JobCompleted(
-                        status="failed" if failed else "completed",
+                        status=job.ending,
                         sessions_completed=len(job.finished) - failed,
                         sessions_failed=failed,
                     )
                 ],
-                None,
+                seq,
                 "job:completed",
                 job_id,
                 cause,

@@ -9,6 +9,8 @@ from events.projections import JobState, SessionState, apply_job, apply_session
 from events.replay import job_state, replay
 from events.store import EventStore
 
+ENDED = ("completed", "failed", "cancelled")
+
 
 @dataclass
 class JobView:
@@ -34,7 +36,7 @@ class JobView:
 
     @property
     def done(self) -> bool:
-        return self.job.status in ("completed", "failed")
+        return self.job.outcome in ENDED
 
     @property
     def waiting(self) -> list[str]:
@@ -54,11 +56,41 @@ class JobView:
 
 
 def final_view(store: EventStore, job_id: str) -> JobView:
-    """The job rebuilt from its streams (not from what a live poll saw)."""
-    view = JobView(job_id, job=job_state(store, job_id))
-    for ref in view.job.sessions:
-        view.sessions[ref.session_id] = replay(store, ref.session_id).session
+    """The job rebuilt from its streams (not from what a live poll saw), as of
+    one point: the job stream is read again after its sessions, and a session
+    it says finished but that was read before its end is read again. (A
+    session's end is appended before its SessionFinished, and the job's
+    completion after the last of those, so no reader sees a finished job as
+    running, or a completed job with a running session.)"""
+    job = job_state(store, job_id)
+    sessions = {ref.session_id: replay(store, ref.session_id).session for ref in job.sessions}
+    view = JobView(job_id, job=job_state(store, job_id) if job.sessions else job)
+    for sid, _ in view.job.finished:
+        if sid in sessions and not sessions[sid].finished:
+            sessions[sid] = replay(store, sid).session
+    view.sessions = sessions
     return view
+
+
+def counts(rows: list[dict[str, object]]) -> dict[str, int]:
+    """How many targets succeeded, failed, wait for a confirmation, and still
+    run (a `--timeout` that gave up), from `session_summary` rows."""
+    statuses = [r["status"] for r in rows]
+    return {
+        "succeeded": statuses.count("completed"),
+        "failed": statuses.count("failed"),
+        "waiting": statuses.count("waiting"),
+        "running": len(statuses)
+        - statuses.count("completed")
+        - statuses.count("failed")
+        - statuses.count("waiting"),
+    }
+
+
+def counts_line(c: dict[str, int]) -> str:
+    """`run`'s last line: "N succeeded, M failed, K waiting" (and R running)."""
+    line = f"{c['succeeded']} succeeded, {c['failed']} failed, {c['waiting']} waiting"
+    return line + (f", {c['running']} running" if c["running"] else "")
 
 
 def session_summary(view: JobView) -> list[dict[str, object]]:

@@ -87,7 +87,9 @@ def answer(
 
 def cancel(store: EventStore, job_id: str, *, by: str, reason: str) -> Cancellation:
     """Request a job's end; sessions waiting for an answer end now, running
-    ones before their next step (nothing to enqueue)."""
+    ones before their next step, and a running shell step is killed: the
+    call polls its job stream every second (`Runner.stop_reason`), so this
+    reaches a worker on any host with no broker broadcast."""
     return jobs.cancel(store, job_id, by=by, reason=reason)
 
 

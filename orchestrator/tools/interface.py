@@ -47,6 +47,9 @@ class ToolCall:
     observer: Observer = NO_OBSERVER
     settings: Any = None  # the settings values the network tools need (None: the process's)
     toolchains: tuple[str, ...] = ()  # read-only directories the shell puts first on PATH
+    # Asked while a long call runs (the shell, every second): why it must stop
+    # now (its job was cancelled), or None. Never raises.
+    cancelled: Callable[[], str | None] | None = None
 
 
 class Tool(Protocol):

@@ -22,13 +22,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import (
     InfraUnavailable,
+    JobCancelled,
     PolicyDenied,
     ResourceExceeded,
     ToolError,
@@ -55,6 +56,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHUNK = 64 * 1024
 _CWD_HINT = "use an existing directory relative to the target."
 _DRAIN_AFTER_EXIT_S = 0.5  # output still in flight from children once the command exits
+CANCEL_POLL_S = 1.0  # how often a running command asks whether its job was cancelled
+# Asked while the command runs: why it must stop now (its job was cancelled), or None.
+Cancelled = Callable[[], "str | None"]
 
 
 class CommandFailed(ToolError):
@@ -88,6 +92,7 @@ def run_shell(
     toolchains: Sequence[str] = (),
     view: sandbox.ViewKind = "auto",
     apply: bool = True,
+    cancelled: Cancelled | None = None,
 ) -> ShellResult:
     """Run `step.command` in `step.cwd` inside the sandbox, against a
     copy-on-write view of the workspace, and return what it changed.
@@ -106,8 +111,11 @@ def run_shell(
     smaller wins. `network`: a `policy.Network` or a bool (default off).
     Files the `policy` denies reading are shown empty (bubblewrap only).
     `toolchains`: folders bound read-only at their own paths. `mode`, `view`
-    and `host` force a mode, a view, machine facts (tests). Long because it
-    is the call's one sequence: set up, run, stop at a limit, judge, apply."""
+    and `host` force a mode, a view, machine facts (tests).
+    `cancelled` is asked every CANCEL_POLL_S while the command runs: a
+    reason stops it (the process group is killed, nothing is kept) and
+    raises JobCancelled. Long because it is the call's one sequence: set up,
+    run, stop at a limit or a cancel, judge, apply."""
     root = workspace.resolve()
     cwd = resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
@@ -133,18 +141,14 @@ def run_shell(
         else (),
     )
     timeout_s = min(step.timeout_s, lim.wall_s)
-    result, changes, timed_out, planned, hits = _run(root, req, host, view, step, timeout_s)
+    result, changes, stopped, planned, hits = _run(
+        root, req, host, view, step, timeout_s, cancelled
+    )
     shown = shlex.join(step.command)
     if (over := exceeded(result, planned, hits, lim)) is not None:
         raise over  # before the timeout: the limit that stopped it says more
-    if timed_out:
-        err = ToolTimeout(
-            f"command `{shown}` ran past its time limit of {timeout_s:g} s "
-            "and was killed with everything it started; nothing it changed was kept. "
-            "Make it faster, or raise `timeout_s` on the step (or the policy's `limits.wall_s`)."
-        )
-        err.result = result  # type: ignore[attr-defined]
-        raise err
+    if stopped:
+        raise _stopped(stopped, shown, timeout_s, result)
     if apply and changes:
         _judge_and_apply(root, changes, policy, shown)
     result = dataclasses.replace(result, changeset=changes, applied=apply and bool(changes))
@@ -159,6 +163,25 @@ def run_shell(
     return result
 
 
+def _stopped(why: bool | str, shown: str, timeout_s: float, result: ShellResult) -> ToolError:
+    """The error of a command killed before it ended: its time limit (`why`
+    is True) or a cancel (`why` says by whom); it carries what it printed."""
+    err: ToolError
+    if isinstance(why, str):
+        err = JobCancelled(
+            f"command `{shown}` was stopped: {why}. It was killed with everything it "
+            "started; nothing it changed was kept."
+        )
+    else:
+        err = ToolTimeout(
+            f"command `{shown}` ran past its time limit of {timeout_s:g} s "
+            "and was killed with everything it started; nothing it changed was kept. "
+            "Make it faster, or raise `timeout_s` on the step (or the policy's `limits.wall_s`)."
+        )
+    err.result = result
+    return err
+
+
 def _run(
     root: Path,
     req: sandbox.Request,
@@ -166,10 +189,12 @@ def _run(
     view: sandbox.ViewKind,
     step: ShellStep,
     timeout_s: float,
-) -> tuple[ShellResult, Changeset, bool, str, dict[str, int]]:
+    cancelled: Cancelled | None = None,
+) -> tuple[ShellResult, Changeset, bool | str, str, dict[str, int]]:
     """Set up the call, run and supervise it, read its changeset; returns
-    (result, changeset, timed out, the sandbox mode, what its cgroups counted
-    against their limits)."""
+    (result, changeset, why it was stopped (True: timed out, a str: the
+    cancel's reason, False: it ended), the sandbox mode, what its cgroups
+    counted against their limits)."""
     with sandbox.prepare(root, host, req.mode, req.limits, view) as prep:
         if prep.cgroup_error:
             host = dataclasses.replace(host, cgroups=sandbox.Cgroups(why=prep.cgroup_error))
@@ -193,8 +218,8 @@ def _run(
                 "the sandbox needs."
             ) from None
         capture = _Capture(min(step.max_output_bytes, req.limits.output_bytes))
-        timed_out, status, usage = _supervise(proc, capture, started + timeout_s)
-        changes = Changeset() if timed_out else sandbox.changes(prep, root)
+        stopped, status, usage = _supervise(proc, capture, started + timeout_s, cancelled)
+        changes = Changeset() if stopped else sandbox.changes(prep, root)
         hits = sandbox.limit_hits(prep)
     result = ShellResult(
         output=capture.text(),
@@ -203,7 +228,7 @@ def _run(
         cpu_s=usage.ru_utime + usage.ru_stime,
         duration_s=time.monotonic() - started,
     )
-    return result, changes, timed_out, planned.mode, hits
+    return result, changes, stopped, planned.mode, hits
 
 
 def exceeded(
@@ -334,10 +359,14 @@ def _check_program(program: str, cwd: Path, path: str, toolchains: Sequence[str]
 
 
 def _supervise(
-    proc: subprocess.Popen[bytes], capture: _Capture, deadline: float
-) -> tuple[bool, int, resource.struct_rusage]:
-    """Read output until EOF and the command's exit (or the deadline), kill the
-    process group, then reap; returns (timed_out, wait status, resource usage).
+    proc: subprocess.Popen[bytes],
+    capture: _Capture,
+    deadline: float,
+    cancelled: Cancelled | None = None,
+) -> tuple[bool | str, int, resource.struct_rusage]:
+    """Read output until EOF and the command's exit (or the deadline, or a
+    cancel), kill the process group, then reap; returns (True when timed out,
+    the cancel's reason, else False; wait status; resource usage).
     The command is reaped only after the kill, so its pid (the group id) cannot
     be reused by an unrelated process while we signal the group."""
     assert proc.stdout is not None
@@ -348,15 +377,25 @@ def _supervise(
     pidfd = _pidfd(proc.pid)
     if pidfd is not None:
         sel.register(pidfd, selectors.EVENT_READ)
-    eof = exited = timed_out = False
+    eof = exited = False
+    stopped: bool | str = False
     drain_until = deadline
+    ask_at = time.monotonic() + CANCEL_POLL_S
     try:
         while not (eof and exited):
             now = time.monotonic()
             if now >= drain_until:
-                timed_out = not exited  # after an exit: a leftover child holds the pipe
+                stopped = not exited  # after an exit: a leftover child holds the pipe
                 break
+            if cancelled is not None and not exited and now >= ask_at:
+                ask_at = now + CANCEL_POLL_S
+                reason = cancelled()
+                if reason:
+                    stopped = reason
+                    break
             wait = drain_until - now if pidfd is not None else min(drain_until - now, 0.05)
+            if cancelled is not None:
+                wait = min(wait, max(ask_at - now, 0.0))
             for key, _ in sel.select(wait):
                 if key.fd == out and _read_available(out, capture):
                     eof = True
@@ -376,7 +415,7 @@ def _supervise(
     if not eof:
         _read_available(out, capture)  # what was already in the pipe
     proc.stdout.close()
-    return timed_out, status, usage
+    return stopped, status, usage
 
 
 def _has_exited(pid: int) -> bool:

@@ -102,6 +102,7 @@ class ShellTool(BaseTool):
             policy=pol,
             toolchains=call.toolchains,
             apply=False,
+            cancelled=call.cancelled,
         )
         result = ShellCallResult(**vars(ran), retries=retries)
         verdict = self.judge(call, result.changeset)
