@@ -268,10 +268,13 @@ class Runner:
             state = self.absorb(sid, state, self._start(ticket, state, cause))
         state = self.stop_if_cancelled(ticket, state, cause)
         s = state.session
+        turn = index + 1
+        step = render_step(step, ticket.vars)
+        call = Call(ticket, turn, step, self.tools[step.kind], Path(s.target), last, cause)
+        self._settle(call, s)
         if s.finished:
             self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
             return s.status
-        turn = index + 1
         if any(c.turn < turn for c in s.waiting) or any(
             c.turn < turn and c.status == "asked" for c in s.calls
         ):
@@ -280,8 +283,6 @@ class Runner:
             # continuation goes on from there. (This chain's later links may
             # run after the answer but before the continuation.)
             return "waiting"
-        step = render_step(step, ticket.vars)
-        call = Call(ticket, turn, step, self.tools[step.kind], Path(s.target), last, cause)
         logs.bind(job_id=ticket.job_id, session_id=sid, turn_id=turn, tool_call_id=call.call_id)
         called = self._run_call(call, state)
         if called is None:
@@ -328,8 +329,32 @@ class Runner:
             state = self.absorb(sid, state, appended)
             recorded = state.session.call(call.call_id)
         if recorded is not None and recorded.status == "started":
+            if planned is None:  # not started by this delivery: a new attempt
+                state = self.absorb(sid, state, self._redelivered(call, state))
             state = self.absorb(sid, state, self._phase2(call, state, planned))
         return state
+
+    def _redelivered(self, call: Call, state: Projections) -> list[Event]:
+        """ToolCallRedelivered: this delivery runs the call again, as attempt
+        n (the count kept in the log), after attempt n-1 never finished."""
+        recorded = state.session.call(call.call_id)
+        before = recorded.attempts if recorded is not None else ()
+        n = (before[-1].attempt if before else 1) + 1
+        by = before[-1].worker if before else "a worker"
+        event = p.ToolCallRedelivered(
+            call_id=call.call_id,
+            attempt=n,
+            reason=f"attempt {n - 1} ({by}) did not finish; {self.actor} runs the call again",
+        )
+        return self._append_call(call, state, f"attempt:{n}", [event])[0]
+
+    def _settle(self, call: Call, s: SessionState) -> None:
+        """A call whose completion is stored: let its tool finish what it held
+        back, in case an earlier delivery died between recording the
+        completion and committing (the shell's kept changeset; idempotent)."""
+        recorded = s.call(call.call_id)
+        if recorded is not None and recorded.status == "completed":
+            call.tool.commit(self._tool_call(call, s), None)
 
     def _start(self, ticket: Ticket, state: Projections, cause: str | None) -> list[Event]:
         workspace = ticket.path or ticket.target
@@ -489,8 +514,9 @@ class Runner:
         commits nothing: its own changeset is the one recorded."""
         events, result = self._outcome(call, state.session, planned)
         appended, fresh = self._append_call(call, state, "end", events)
-        if fresh and result is not None:
-            call.tool.commit(self._tool_call(call, state.session), result)
+        if result is not None:
+            done = call.tool.commit if fresh else call.tool.discard
+            done(self._tool_call(call, state.session), result)
         return appended
 
     def _outcome(
