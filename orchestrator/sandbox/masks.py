@@ -525,6 +525,8 @@ def _git_config_copy(path: str) -> str | None:
     key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
     with _mask_lock:
         known = _git_copies.get(key)
+        if known == "":
+            return None  # git could not read it, or nothing is kept: asked once
         if known is not None and os.path.isfile(known):
             return known
     try:  # parsing only: --file reads no includes, runs nothing
@@ -539,6 +541,8 @@ def _git_config_copy(path: str) -> str | None:
         return None
     text = git_format_config(out.stdout) if out.returncode == 0 else ""
     if not text:
+        with _mask_lock:
+            _git_copies[key] = ""
         return None
     data = text.encode()
     with _mask_lock:
