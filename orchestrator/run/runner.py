@@ -15,7 +15,11 @@ Idempotency keys are derived from the session and the step, so a redelivered
 task finds its batches stored and appends nothing twice. A task redelivered
 after phase 1 but before phase 2 (the worker died mid-call) compares the
 recorded file hashes with the disk: it finishes what was planned, re-runs a
-step marked idempotent, and otherwise fails the call as interrupted.
+step marked idempotent, and otherwise fails the call as interrupted; either
+way it first records ToolCallRedelivered (attempt n, counted in the log). A
+shell call runs again on its untouched workspace. A task redelivered after
+phase 2 was stored lets the tool finish its commit (`_settle`: the shell's
+changeset kept on disk until applied).
 """
 
 from __future__ import annotations
@@ -269,9 +273,20 @@ class Runner:
         state = self.stop_if_cancelled(ticket, state, cause)
         s = state.session
         turn = index + 1
-        step = render_step(step, ticket.vars)
-        call = Call(ticket, turn, step, self.tools[step.kind], Path(s.target), last, cause)
-        self._settle(call, s)
+        done = s.call(f"{sid}/{turn}")
+        if done is not None and done.status == "completed":
+            self._settle(
+                Call(
+                    ticket,
+                    turn,
+                    render_step(step, ticket.vars),
+                    self.tools[step.kind],
+                    Path(s.target),
+                    last,
+                    cause,
+                ),
+                s,
+            )
         if s.finished:
             self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
             return s.status
@@ -283,6 +298,8 @@ class Runner:
             # continuation goes on from there. (This chain's later links may
             # run after the answer but before the continuation.)
             return "waiting"
+        step = render_step(step, ticket.vars)
+        call = Call(ticket, turn, step, self.tools[step.kind], Path(s.target), last, cause)
         logs.bind(job_id=ticket.job_id, session_id=sid, turn_id=turn, tool_call_id=call.call_id)
         called = self._run_call(call, state)
         if called is None:
@@ -352,9 +369,7 @@ class Runner:
         """A call whose completion is stored: let its tool finish what it held
         back, in case an earlier delivery died between recording the
         completion and committing (the shell's kept changeset; idempotent)."""
-        recorded = s.call(call.call_id)
-        if recorded is not None and recorded.status == "completed":
-            call.tool.commit(self._tool_call(call, s), None)
+        call.tool.commit(self._tool_call(call, s), None)
 
     def _start(self, ticket: Ticket, state: Projections, cause: str | None) -> list[Event]:
         workspace = ticket.path or ticket.target
