@@ -28,8 +28,9 @@ kernel's RCU grace period costs, with the host setting `doctor` reports.
 Masks: on a tree of 8,000 files cut from the installed Python's lib folder
 (with `.env`, keys, `.ssh/` and `.git/config` planted), what finding the
 policy's denied files costs: the first walk (cold: a new worker), a kept walk
-of the unchanged tree, a kept walk after one folder changed, and one `true`
-call through `run_shell` there.
+of the unchanged tree (inotify reported nothing: no folder is read), a kept
+walk after one folder changed (that folder alone is read again), and one
+`true` call through `run_shell` there.
 """
 
 from __future__ import annotations

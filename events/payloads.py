@@ -349,6 +349,19 @@ class ToolCallRetried(_Payload):
     host: str = ""
 
 
+class ToolCallRedelivered(_Payload):
+    """A delivery of the step found its call started and not finished: the
+    attempt before was interrupted (its worker died mid-call, or ran past
+    the broker's visibility timeout). This delivery runs attempt `attempt`
+    (2, 3, ...: the delivery count, kept in the log); the event's actor is
+    the worker that runs it, as ToolCallStarted's is the first attempt's."""
+
+    type: Literal["ToolCallRedelivered"] = "ToolCallRedelivered"
+    call_id: str
+    attempt: int
+    reason: str = ""
+
+
 class CircuitChanged(_Payload):
     """A destination host's circuit breaker changed state, on the host's
     `circuit:<host>` stream (shared by every worker). `retry_at` is when an
@@ -394,6 +407,7 @@ _TYPES = (
     AgentTurnCancelled,
     SecretAccessed,
     ToolCallRetried,
+    ToolCallRedelivered,
     CircuitChanged,
     PayloadsForgotten,
 )
@@ -430,6 +444,7 @@ Payload = Annotated[
         AgentTurnCancelled,
         SecretAccessed,
         ToolCallRetried,
+        ToolCallRedelivered,
         CircuitChanged,
         PayloadsForgotten,
     ],

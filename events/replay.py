@@ -24,7 +24,7 @@ from events.upcast import current
 from events.verify import Problem, Row, Verifier, VerifyReport
 
 # Bump when a projection model changes shape: older snapshots are then ignored.
-SNAPSHOT_VERSION = 4
+SNAPSHOT_VERSION = 5
 SNAPSHOT_EVERY = 200
 
 

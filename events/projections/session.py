@@ -17,6 +17,15 @@ class Turn(Frozen):
     status: Literal["running", "ok", "failed", "skipped"] = "running"
 
 
+class Attempt(Frozen):
+    """One delivery's run of a call: who ran it and how it ended (an
+    attempt a redelivery took over from is `interrupted`)."""
+
+    attempt: int
+    worker: str
+    outcome: Literal["running", "interrupted", "completed", "failed"] = "running"
+
+
 class ToolCall(Frozen):
     call_id: str
     turn: int
@@ -29,6 +38,7 @@ class ToolCall(Frozen):
     message: str = ""  # a failure's message (what an agent is told)
     output: str = ""
     planned_count: int = 0
+    attempts: tuple[Attempt, ...] = ()  # one per delivery that ran it, from its start
 
 
 class FileChange(Frozen):
@@ -105,6 +115,20 @@ class SessionState(Frozen):
 
 
 _DECIDED = {"allow": "allowed", "deny": "denied", "ask": "asked"}
+
+
+def _attempt(number: int, e: Fields) -> Attempt:
+    a: Attempt = construct_trusted(
+        Attempt, {"attempt": number, "worker": e["actor"], "outcome": "running"}
+    )
+    return a
+
+
+def _ended(attempts: tuple[Attempt, ...], outcome: str) -> tuple[Attempt, ...]:
+    """`attempts` with the last one, if still running, ended as `outcome`."""
+    if not attempts or attempts[-1].outcome != "running":
+        return attempts
+    return (*attempts[:-1], attempts[-1].model_copy(update={"outcome": outcome}))
 
 
 class SessionFold:
@@ -212,6 +236,7 @@ class SessionFold:
                 "message": "",
                 "output": "",
                 "planned_count": 0,
+                "attempts": (),
             }
         )
 
@@ -223,12 +248,31 @@ class SessionFold:
     def call_started(self, pl: Fields, e: Fields) -> None:
         call = self._calls.newest(pl["call_id"])
         if call is not None:
-            call.update(status="started", planned_count=pl["planned_count"])
+            call.update(
+                status="started",
+                planned_count=pl["planned_count"],
+                attempts=(_attempt(1, e),),
+            )
+
+    def redelivered(self, pl: Fields, e: Fields) -> None:
+        """Another delivery runs the call again: the attempt before it ends
+        as interrupted."""
+        call = self._calls.newest(pl["call_id"])
+        if call is not None:
+            call["attempts"] = (
+                *_ended(call["attempts"], "interrupted"),
+                _attempt(pl["attempt"], e),
+            )
 
     def call_completed(self, pl: Fields, e: Fields) -> None:
         call = self._calls.newest(pl["call_id"])
         if call is not None:
-            call.update(status="completed", exit_code=pl["exit_code"], output=pl["output"])
+            call.update(
+                status="completed",
+                exit_code=pl["exit_code"],
+                output=pl["output"],
+                attempts=_ended(call["attempts"], "completed"),
+            )
         if self._pending:
             self._confirm(pl["call_id"])
 
@@ -238,7 +282,11 @@ class SessionFold:
         call = self._calls.newest(call_id)
         if call is not None:
             call.update(
-                status="failed", error=pl["error"], message=pl["message"], output=pl["output"]
+                status="failed",
+                error=pl["error"],
+                message=pl["message"],
+                output=pl["output"],
+                attempts=_ended(call["attempts"], "failed"),
             )
         if self._pending:
             self._pending = [c for c in self._pending if c.call_id != call_id]
@@ -317,6 +365,7 @@ ON: dict[str, Handler] = {
     "ToolCallRequested": SessionFold.requested,
     "PermissionDecided": SessionFold.decided,
     "ToolCallStarted": SessionFold.call_started,
+    "ToolCallRedelivered": SessionFold.redelivered,
     "FileChanged": SessionFold.file_changed,
     "ToolCallCompleted": SessionFold.call_completed,
     "ToolCallFailed": SessionFold.call_failed,

@@ -227,6 +227,15 @@ def replay(console: Console, state: Projections) -> None:
     for t in s.turns:
         turns.add_row(str(t.turn), Text(printable(t.name)), t.kind, t.status)
     console.print(turns)
+    retried = [c for c in s.calls if len(c.attempts) > 1]
+    if retried:
+        attempts = Table(title="attempts (calls a redelivery ran again)")
+        for col in ("call", "attempt", "worker", "outcome"):
+            attempts.add_column(col)
+        for c in retried:
+            for a in c.attempts:
+                attempts.add_row(c.call_id, str(a.attempt), a.worker, a.outcome)
+        console.print(attempts)
     if s.files_changed:
         files = Table(title="files changed")
         for col in ("path", "before", "after"):

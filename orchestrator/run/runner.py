@@ -15,7 +15,11 @@ Idempotency keys are derived from the session and the step, so a redelivered
 task finds its batches stored and appends nothing twice. A task redelivered
 after phase 1 but before phase 2 (the worker died mid-call) compares the
 recorded file hashes with the disk: it finishes what was planned, re-runs a
-step marked idempotent, and otherwise fails the call as interrupted.
+step marked idempotent, and otherwise fails the call as interrupted; either
+way it first records ToolCallRedelivered (attempt n, counted in the log). A
+shell call runs again on its untouched workspace. A task redelivered after
+phase 2 was stored lets the tool finish its commit (`_settle`: the shell's
+changeset kept on disk until applied).
 """
 
 from __future__ import annotations
@@ -269,10 +273,24 @@ class Runner:
             state = self.absorb(sid, state, self._start(ticket, state, cause))
         state = self.stop_if_cancelled(ticket, state, cause)
         s = state.session
+        turn = index + 1
+        done = s.call(f"{sid}/{turn}")
+        if done is not None and done.status == "completed":
+            self._settle(
+                Call(
+                    ticket,
+                    turn,
+                    render_step(step, ticket.vars),
+                    self.tools[step.kind],
+                    Path(s.target),
+                    last,
+                    cause,
+                ),
+                s,
+            )
         if s.finished:
             self.report(ticket.job_id, sid, s.status, cause, ticket.sessions_total)
             return s.status
-        turn = index + 1
         if any(c.turn < turn for c in s.waiting) or any(
             c.turn < turn and c.status == "asked" for c in s.calls
         ):
@@ -329,8 +347,30 @@ class Runner:
             state = self.absorb(sid, state, appended)
             recorded = state.session.call(call.call_id)
         if recorded is not None and recorded.status == "started":
+            if planned is None:  # not started by this delivery: a new attempt
+                state = self.absorb(sid, state, self._redelivered(call, state))
             state = self.absorb(sid, state, self._phase2(call, state, planned))
         return state
+
+    def _redelivered(self, call: Call, state: Projections) -> list[Event]:
+        """ToolCallRedelivered: this delivery runs the call again, as attempt
+        n (the count kept in the log), after attempt n-1 never finished."""
+        recorded = state.session.call(call.call_id)
+        before = recorded.attempts if recorded is not None else ()
+        n = (before[-1].attempt if before else 1) + 1
+        by = before[-1].worker if before else "a worker"
+        event = p.ToolCallRedelivered(
+            call_id=call.call_id,
+            attempt=n,
+            reason=f"attempt {n - 1} ({by}) did not finish; {self.actor} runs the call again",
+        )
+        return self._append_call(call, state, f"attempt:{n}", [event])[0]
+
+    def _settle(self, call: Call, s: SessionState) -> None:
+        """A call whose completion is stored: let its tool finish what it held
+        back, in case an earlier delivery died between recording the
+        completion and committing (the shell's kept changeset; idempotent)."""
+        call.tool.commit(self._tool_call(call, s), None)
 
     def _start(self, ticket: Ticket, state: Projections, cause: str | None) -> list[Event]:
         workspace = ticket.path or ticket.target
@@ -493,8 +533,9 @@ class Runner:
         commits nothing: its own changeset is the one recorded."""
         events, result = self._outcome(call, state.session, planned)
         appended, fresh = self._append_call(call, state, "end", events)
-        if fresh and result is not None:
-            call.tool.commit(self._tool_call(call, state.session), result)
+        if result is not None:
+            done = call.tool.commit if fresh else call.tool.discard
+            done(self._tool_call(call, state.session), result)
         return appended
 
     def _outcome(

@@ -19,13 +19,14 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from orchestrator.guard.globs import glob_matcher
+from orchestrator.sandbox.watch import EVERYTHING, DirWatch
 
 __all__ = [
     "Mask",
@@ -306,18 +307,23 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
     any difference (a folder renamed, replaced, gone) drops the kept walk."""
     top = str(root)
     key = (top, rules)
+    match = masker(rules)
     with _mask_lock:
         old = _mask_cache.get(key, {})
-    match = masker(rules)
-    try:
-        walked = _walk(top, old, match)
-    except _Stale:
-        walked = _walk(top, {}, match)
-    with _mask_lock:
+        watch = _watcher()
+        dirty = watch.changed(key) if old else EVERYTHING
+        if dirty is EVERYTHING:
+            watch.forget(key)  # watched again as this walk reads each folder
+        try:
+            walked = _walk(top, old, match, (watch, key, dirty))
+        except _Stale:
+            watch.forget(key)
+            walked = _walk(top, {}, match, (watch, key, EVERYTHING))
         _mask_cache[key] = walked
         _mask_cache.move_to_end(key)
         while len(_mask_cache) > _MASK_CACHE_SIZE:
-            _mask_cache.popitem(last=False)
+            gone, _ = _mask_cache.popitem(last=False)
+            watch.forget(gone)
     masks = tidy_masks([m for d in walked.values() for m in d.masks])
     linked = _linked(masks)  # asked every call: a link can be made in another folder
     if linked:
@@ -325,14 +331,47 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
     return tuple(_with_source(m) for m in masks)
 
 
-def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
+_watches: list[DirWatch] = []
+
+
+def _watcher() -> DirWatch:
+    """This process's folder watch (a forked child makes its own)."""
+    if not _watches or _watches[0].pid != os.getpid():
+        _mask_cache.clear()  # a parent's walks were kept with the parent's watch
+        _watches[:] = [DirWatch()]
+    return _watches[0]
+
+
+def _walk(
+    top: str,
+    old: Mapping[str, _Dir],
+    match: Masker,
+    watched: tuple[DirWatch, Hashable, set[str] | None] | None = None,
+) -> dict[str, _Dir]:
+    """The walk, reusing `old`'s folders: without a watch (or when it says
+    EVERYTHING), each one whose inode and mtime are unchanged; with one,
+    each watched folder it did not report changed, without even an lstat."""
     now = time.time_ns()
     walked: dict[str, _Dir] = {}
     stack: list[tuple[str, bool]] = [("", False)]  # (path, listed by a kept parent)
+    watch, key, dirty = watched or (None, None, EVERYTHING)
     while stack:
         rel, vouched = stack.pop()
-        path = os.path.join(top, rel) if rel else top
         before = old.get(rel)
+        if (
+            dirty is not EVERYTHING
+            and before is not None
+            and before.kept
+            and rel not in dirty
+            and watch is not None
+            and watch.watching(key, rel)
+        ):
+            walked[rel] = before
+            stack.extend((sub, True) for sub in before.subdirs)
+            continue
+        path = os.path.join(top, rel) if rel else top
+        if watch is not None:
+            watch.add(key, rel, path)  # before the lstat and the listing: no change missed
         try:
             st = os.lstat(path)
         except OSError:
@@ -346,6 +385,7 @@ def _walk(top: str, old: Mapping[str, _Dir], match: Masker) -> dict[str, _Dir]:
         keep = (
             before is not None
             and before.kept
+            and (dirty is EVERYTHING or rel not in dirty)  # reported: its mtime may lie
             and (before.ino, before.mtime_ns) == (st.st_ino, st.st_mtime_ns)
         )
         d = before if keep and before is not None else _read_dir(top, rel, st, match, now)
@@ -485,6 +525,8 @@ def _git_config_copy(path: str) -> str | None:
     key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
     with _mask_lock:
         known = _git_copies.get(key)
+        if known == "":
+            return None  # git could not read it, or nothing is kept: asked once
         if known is not None and os.path.isfile(known):
             return known
     try:  # parsing only: --file reads no includes, runs nothing
@@ -499,6 +541,8 @@ def _git_config_copy(path: str) -> str | None:
         return None
     text = git_format_config(out.stdout) if out.returncode == 0 else ""
     if not text:
+        with _mask_lock:
+            _git_copies[key] = ""
         return None
     data = text.encode()
     with _mask_lock:

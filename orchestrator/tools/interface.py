@@ -10,7 +10,10 @@ in order:
     effect_free(step, planned)     whether running it can leave nothing half done
     run(call, step, planned)       do it (planned is None on a redelivery)
     record(call_id, result)        events that precede its ToolCallCompleted/Failed
-    commit(call, result)           after that append: apply what was recorded (shell)
+    commit(call, result)           after that append: apply what was recorded (shell);
+                                   result None: a redelivery found the completion
+                                   stored, so finish a commit a dead worker left undone
+    discard(call, result)          instead, when another delivery stored the end first
 
 `BaseTool` gives the answers of a read-only tool; a tool overrides what it
 does differently. The implementations stay in the tool modules
@@ -62,6 +65,7 @@ class Tool(Protocol):
     def run(self, call: ToolCall, step: Any, planned: Plan | None) -> ToolResult: ...
     def record(self, call_id: str, result: Any) -> list[Any]: ...
     def commit(self, call: ToolCall, result: Any) -> None: ...
+    def discard(self, call: ToolCall, result: Any) -> None: ...
 
 
 def summarize(step: Any) -> dict[str, Any]:
@@ -104,3 +108,7 @@ class BaseTool:
     def commit(self, call: ToolCall, result: Any) -> None:
         """After the call's completion is stored: effects held back until
         they were recorded (the shell's changeset). Nothing for most tools."""
+
+    def discard(self, call: ToolCall, result: Any) -> None:
+        """Another delivery recorded the call's end: drop what this one held
+        back. Nothing for most tools."""

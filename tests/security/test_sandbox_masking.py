@@ -333,6 +333,45 @@ def test_a_kept_walk_sees_every_change_of_names(tmp_path: Path) -> None:
     assert _rels(ws, workspace_masks(root, BUILTIN)) == ["a/b/new.pem", "moved/id_rsa", "x/y2/.env"]
 
 
+def test_a_watched_walk_sees_a_change_whose_folder_mtime_was_set_back(tmp_path: Path) -> None:
+    """A kept walk trusts the folders inotify did not report, without an
+    lstat each (the per-call cost stays flat in the workspace's size): a
+    secret made in a folder whose mtime is then set back (a restore, a
+    checkout) is still masked on the next call, which mtimes alone miss."""
+    ws = tmp_path / "ws"
+    _tree(ws, {"a/b/c.txt": "ok", "x/y.txt": "ok"})
+    _age(ws)
+    root = ws.resolve()
+    assert workspace_masks(root, BUILTIN) == ()
+    watch = masks._watcher()
+    key = (str(root), BUILTIN)
+    assert watch.usable and all(watch.watching(key, rel) for rel in ("", "a", "a/b", "x"))
+    st = os.stat(ws / "a/b")
+    (ws / "a/b/.env").write_text("S")
+    os.utime(ws / "a/b", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _rels(ws, workspace_masks(root, BUILTIN)) == ["a/b/.env"]
+    assert watch.changed(key) == set()  # drained: the next call reads nothing again
+
+
+def test_the_folder_watch_reports_names_changed_and_moves_as_everything(tmp_path: Path) -> None:
+    from orchestrator.sandbox.watch import EVERYTHING, DirWatch
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    watch = DirWatch()
+    for rel in ("", "a", "a/b"):
+        watch.add("k", rel, str(tmp_path / rel) if rel else str(tmp_path))
+    assert watch.changed("k") == set()
+    (tmp_path / "a" / "b" / "f").write_text("x")
+    (tmp_path / "a" / "b" / "f").write_text("y")  # content: not a change of names
+    assert watch.changed("k") == {"a/b"}
+    os.remove(tmp_path / "a" / "b" / "f")
+    assert watch.changed("k") == {"a/b"}
+    (tmp_path / "a" / "b").rename(tmp_path / "a" / "c")
+    assert watch.changed("k") is EVERYTHING
+    watch.forget("k")
+    assert watch.changed("k") is EVERYTHING and not watch.watching("k", "a")
+
+
 def test_a_hard_link_made_later_in_another_folder_is_masked(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     _tree(ws, {"conf/.env": "S", "docs/readme.md": "ok"})

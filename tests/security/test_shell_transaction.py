@@ -168,8 +168,12 @@ def test_an_interrupted_attempt_runs_again_and_both_are_in_the_log(tmp_path: Pat
     assert (work / "keep.txt").read_text() == "kept\nonce\n"
     types = [e.type for e in store.read_stream(sid)]
     assert types.count("ToolCallStarted") == 1
-    assert "ToolCallRetried" in types
-    assert types.index("ToolCallRetried") < types.index("ToolCallCompleted")
+    assert types.index("ToolCallRedelivered") < types.index("ToolCallCompleted")
+    [call] = replay(store, sid).session.calls
+    assert [(a.attempt, a.worker, a.outcome) for a in call.attempts] == [
+        (1, "worker:dead", "interrupted"),
+        (2, "worker:second", "completed"),
+    ]
 
 
 def test_what_the_ignore_files_hide_is_applied_but_not_in_the_patch(tmp_path: Path):

@@ -15,23 +15,29 @@ then applied (`commit`, after the runner's append). So:
   build output, a venv) is applied but not recorded, as `git diff` does not
   show it either (the whole changeset is judged all the same);
 - a worker killed while the command runs leaves the workspace as it was, so
-  a redelivered call simply runs again, recorded as a ToolCallRetried. A
-  command with network access may have had outside effects: it still needs
-  `idempotent: true` to be run again.
+  a redelivered call simply runs again (the runner records the new attempt,
+  ToolCallRedelivered). A command with network access may have had outside
+  effects: it still needs `idempotent: true` to be run again;
+- a worker killed after the completion is stored but before the changeset
+  is applied loses nothing: the changeset was kept on disk first
+  (orchestrator.sandbox.kept, keyed by the call), and the redelivery, which
+  finds the completion in the log, applies what was kept (`commit(call, None)`).
 """
 
 from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from events import payloads as p
 from orchestrator.errors import ToolError
 from orchestrator.guard.changeset import Verdict, judge, shell_denials
+from orchestrator.ops import logs
 from orchestrator.run.steps import ShellStep
+from orchestrator.sandbox import kept
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.changeset import Changeset
 from orchestrator.sandbox.plan import GIT_ENV
@@ -40,15 +46,16 @@ from orchestrator.tools.base import Interrupted, Plan
 from orchestrator.tools.ignore import ignored
 from orchestrator.tools.interface import BaseTool, ToolCall
 from orchestrator.tools.shell import ShellResult
-from orchestrator.tools.web.fetch import Retry
+
+_log = logs.get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class ShellCallResult(ShellResult):
     """A judged shell call: what to record before its completion."""
 
-    retries: tuple[Retry, ...] = field(default=())
     decided: p.PermissionDecided | None = None  # the changeset's refusal
+    kept: Path | None = None  # where the changeset waits until it is applied
 
 
 class ChangesetRefused(ToolError):
@@ -75,24 +82,13 @@ class ShellTool(BaseTool):
     def run(self, call: ToolCall, step: ShellStep, planned: Plan | None) -> ShellCallResult:
         pol = call.policy
         network = pol.doc.network.for_shell
-        retries: tuple[Retry, ...] = ()
-        if planned is None:
+        if planned is None and getattr(network, "enabled", False) and not step.idempotent:
             # A redelivery: an earlier attempt started and never finished.
-            if getattr(network, "enabled", False) and not step.idempotent:
-                raise Interrupted(
-                    "the worker died while this command was running with network access, so "
-                    "it may have had effects outside the workspace (the workspace itself is "
-                    "untouched); inspect them and resubmit, or mark the step `idempotent: true` "
-                    "to let a redelivered task run it again"
-                )
-            retries = (
-                Retry(
-                    attempt=1,
-                    reason=f"interrupted: the worker died mid-call; {call.actor} runs it again "
-                    "on an untouched workspace",
-                    delay_s=0.0,
-                    host="",
-                ),
+            raise Interrupted(
+                "the worker died while this command was running with network access, so "
+                "it may have had effects outside the workspace (the workspace itself is "
+                "untouched); inspect them and resubmit, or mark the step `idempotent: true` "
+                "to let a redelivered task run it again"
             )
         ran = shell.run_shell(
             call.workspace,
@@ -104,7 +100,7 @@ class ShellTool(BaseTool):
             apply=False,
             cancelled=call.cancelled,
         )
-        result = ShellCallResult(**vars(ran), retries=retries)
+        result = ShellCallResult(**vars(ran))
         verdict = self.judge(call, result.changeset)
         if verdict.decision != "allow":
             decided = p.PermissionDecided(
@@ -117,7 +113,10 @@ class ShellTool(BaseTool):
             raise ChangesetRefused(verdict, replace(result, decided=decided))
         edits = result.changeset.edits()
         unrecorded = ignored(call.workspace, [e.path for e in edits])
-        return replace(result, edits=tuple(e for e in edits if e.path not in unrecorded))
+        # Kept before the runner records it, so a crash after that append
+        # still finds what to apply.
+        held = kept.keep(_base(call), call.call_id, result.changeset) if result.changeset else None
+        return replace(result, edits=tuple(e for e in edits if e.path not in unrecorded), kept=held)
 
     def judge(self, call: ToolCall, changes: Changeset) -> Verdict:
         """The changeset's verdict; deleting tracked files asks, as `rm` does,
@@ -140,20 +139,13 @@ class ShellTool(BaseTool):
         )
 
     def record(self, call_id: str, result: Any) -> list[Any]:
-        """ToolCallRetried for an interrupted earlier attempt; the changeset's
-        refusal, or one FileChanged per file it changes."""
+        """The changeset's refusal, or one FileChanged per file it changes."""
         if result is None:
             return []
-        events: list[Any] = [
-            p.ToolCallRetried(
-                call_id=call_id, attempt=r.attempt, reason=r.reason, delay_s=r.delay_s
-            )
-            for r in getattr(result, "retries", ())
-        ]
         decided = getattr(result, "decided", None)
         if decided is not None:
-            return [*events, decided]
-        return events + [
+            return [decided]
+        return [
             p.FileChanged(
                 call_id=call_id,
                 path=e.path,
@@ -165,10 +157,64 @@ class ShellTool(BaseTool):
         ]
 
     def commit(self, call: ToolCall, result: Any) -> None:
-        """After the completion is stored: make the recorded changeset real."""
+        """After the completion is stored: make the recorded changeset real,
+        then forget the kept copy. `result` None: a redelivery found the
+        completion stored; apply what is still kept (a worker died between
+        the append and the apply), idempotently."""
+        base = _base(call)
+        if result is None:
+            _settle(call, base)
+            return
+        kept.crash_point()
         changes = getattr(result, "changeset", None)
         if changes is not None and changes.changes and not getattr(result, "applied", False):
             sandbox.apply(call.workspace, changes)
+        kept.drop(kept.held(base, call.call_id))
+        kept.sweep(base)
+
+    def discard(self, call: ToolCall, result: Any) -> None:
+        """Another delivery recorded the call's end: this one's changeset is
+        not the recorded one, so its kept copy goes."""
+        folder = getattr(result, "kept", None)
+        if folder is not None:
+            kept.drop([folder])
+
+
+def _base(call: ToolCall) -> Path:
+    return kept.default_base(getattr(call.settings, "state", None))
+
+
+def _settle(call: ToolCall, base: Path) -> None:
+    """Apply the kept changeset whose files are those the log records for
+    the call (several deliveries may each have kept one), then drop them all."""
+    folders = kept.held(base, call.call_id)
+    if not folders:
+        return
+    recorded = _recorded(call)
+    for folder in folders:
+        changes = kept.load(folder)
+        made = {(e.path, e.after_hash) for e in changes.edits()}
+        if recorded <= made:
+            sandbox.apply(call.workspace, changes)
+            kept.drop(folders)
+            kept.sweep(base)
+            return
+    _log.warning(
+        "kept changeset does not match the record; left in place",
+        call_id=call.call_id,
+        folders=[str(f) for f in folders],
+    )
+
+
+def _recorded(call: ToolCall) -> set[tuple[str, str | None]]:
+    """(path, after hash) of the FileChanged events the log holds for the call."""
+    if call.store is None:
+        return set()
+    return {
+        (e.payload.path, e.payload.after_hash)
+        for e in call.store.read_stream(call.session.session_id)
+        if isinstance(e.payload, p.FileChanged) and e.payload.call_id == call.call_id
+    }
 
 
 def _tracked(workspace: Path, paths: Iterable[str]) -> tuple[str, ...]:
