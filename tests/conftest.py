@@ -14,6 +14,12 @@ import pytest
 
 from events.store import SqlEventStore, open_store
 
+# pytest-xdist's workers (make test) start with COLUMNS=80 and LINES=24 set;
+# the CLI runs a test starts must see what they see under plain pytest.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 REQUIRE = os.environ.get("ORCH_REQUIRE_SERVICES") == "1"
 PG_ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
@@ -52,9 +58,11 @@ def fresh_pg_database(prefix: str = "orch_test", migrate: bool = True) -> Iterat
         admin.dispose()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    """A database of its own for this test run, dropped at the end."""
+    """A database of this test module's own, dropped at its end: modules run in
+    any order and on two processes (make test), so one module's events (an
+    unknown type, a tampered row) never reach another's whole-store reads."""
     with fresh_pg_database() as url:
         yield url
 

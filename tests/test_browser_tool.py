@@ -176,10 +176,13 @@ def test_a_subresource_on_a_forbidden_address_is_blocked_and_listed(site, forbid
 def test_a_page_that_hangs_chromium_times_out_and_the_next_call_works(site, tmp_path) -> None:
     pool = BrowserPool(PoolConfig(size=1, state_dir=tmp_path))
     try:
+        # Launched first: on a busy machine the launch alone can outlast the
+        # 3 s, and the timeout must hit the hanging page, not the launch.
+        assert run(BrowserRequest(url=site.url("/js")), net=NET, pool=pool).output
         started = time.monotonic()
         with pytest.raises(ToolTimeout, match="within 3 s"):
             run(BrowserRequest(url=site.url("/hang")), net=NET, pool=pool, timeout_s=3)
-        assert time.monotonic() - started < 3 + 5
+        assert time.monotonic() - started < 3 + 60  # stopped, not left to hang
         r = run(BrowserRequest(url=site.url("/js")), net=NET, pool=pool)
         assert r.output == "rendered by js"
         state = pool.snapshot()

@@ -50,7 +50,7 @@ def chat(env: dict[str, str], cwd: Path, *args: str) -> pexpect.spawn:
         cwd=str(cwd),
         env=env,
         encoding="utf-8",
-        timeout=30,
+        timeout=120,  # each expect; a loaded machine starts the CLI slowly
         dimensions=(50, 250),
     )
     child.logfile_read = io.StringIO()  # the whole transcript, for failures

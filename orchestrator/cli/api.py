@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from orchestrator import lazy
+from orchestrator.cli.common import err
 from orchestrator.cli.root import current
 from orchestrator.config.settings import ApiToken
 
@@ -22,7 +23,6 @@ _auth = lazy.module("orchestrator.api.auth")
 workflows = lazy.module("orchestrator.service.workflows")
 
 out = Console()
-err = Console(stderr=True)
 api_app = typer.Typer(
     help="The HTTP API (docs/api.md): run with no subcommand to serve it.",
     invoke_without_command=True,

@@ -54,16 +54,17 @@ class PipedConsole(Console):
         self.print(f"-- {title} --" if title else "--", markup=False, highlight=False)
 
 
-def stdout_console() -> Console:
-    """The console for a command's output (see PIPED_WIDTH)."""
-    console = Console()
+def stdout_console(stderr: bool = False) -> Console:
+    """The console for a command's output, or its errors with `stderr` (see
+    PIPED_WIDTH): a message read by a script or a log is never cut in lines."""
+    console = Console(stderr=stderr)
     if console.is_terminal or os.environ.get("COLUMNS"):
         return console
-    return PipedConsole(width=PIPED_WIDTH)
+    return PipedConsole(width=PIPED_WIDTH, stderr=stderr)
 
 
 out = stdout_console()
-err = Console(stderr=True)
+err = stdout_console(stderr=True)
 
 POLICY_OPT = typer.Option(
     None,

@@ -16,10 +16,10 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
+from orchestrator.cli.common import err
 from orchestrator.config import report as cr
 
 out = Console()
-err = Console(stderr=True)
 
 config_app = typer.Typer(
     help="Validate, show and document the configuration.", no_args_is_help=True

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import lazy
+from orchestrator.cli.common import err
 from orchestrator.cli.root import current
 from orchestrator.config.settings import Settings
 from orchestrator.ops import workers
@@ -36,7 +37,6 @@ workflows = lazy.module("orchestrator.service.workflows")
 
 
 out = Console()
-err = Console(stderr=True)
 MAX_AUTO_DENIALS = 20  # a model that keeps asking for approval is stopped by max_turns
 
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import lazy
-from orchestrator.cli.common import submit_job
+from orchestrator.cli.common import err, submit_job
 from orchestrator.cli.root import current
 from orchestrator.config.settings import Settings
 from orchestrator.ops import heartbeat
@@ -38,7 +38,6 @@ _policy = lazy.module("orchestrator.guard.policy")
 
 
 out = Console()
-err = Console(stderr=True)
 
 
 def register(app: typer.Typer) -> None:
