@@ -492,12 +492,15 @@ def test_every_error_type_has_its_status_code():
         "ToolError": 500,
         "ToolInputError": 500,
         "ToolTimeout": 500,
+        "ResourceExceeded": 500,  # a tool's outcome, recorded; never an API answer
+        "JobCancelled": 500,  # the same
         "CountMismatch": 500,
         "EventError": 500,
         "SequenceConflict": 409,
         "UnknownEvent": 500,
         "StoreUnavailable": 503,
         "SchemaNotReady": 503,
+        "UnknownSchemaRevision": 503,
         "AppendOnlyViolation": 500,
     }
     found = {
