@@ -104,12 +104,17 @@ class Probe:
     broker: Verdict = (False, "not checked yet")
     last_round: float | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
+    _wake: threading.Event = field(default_factory=threading.Event)
+    _fresh: set[str] = field(default_factory=set)  # sessions received since the last beat
     _thread: threading.Thread | None = None
 
-    def round(self) -> heartbeat.Beat:
-        """Check the store and the broker once and publish the beat."""
-        self.store = _guarded(self.store_check, self.settings)
-        self.broker = _guarded(self.broker_check, self.settings)
+    def round(self, check: bool = True) -> heartbeat.Beat:
+        """Check the store and the broker once (unless `check` is False: a
+        nudge) and publish the beat, with the sessions in flight."""
+        if check:
+            self.store = _guarded(self.store_check, self.settings)
+            self.broker = _guarded(self.broker_check, self.settings)
+        fresh, self._fresh = self._fresh, set()
         beat = heartbeat.Beat(
             hostname=self.hostname,
             pid=os.getpid(),
@@ -118,7 +123,7 @@ class Probe:
             broker_ok=self.broker[0],
             detail="; ".join(v[1] for v in (self.store, self.broker) if not v[0]),
             queues=self.queues,
-            active=self.active(),
+            active=tuple(dict.fromkeys((*self.active(), *sorted(fresh)))),
         )
         try:
             heartbeat.publish(self.settings, beat)
@@ -134,16 +139,34 @@ class Probe:
         )
         self._thread.start()
 
+    def nudge(self, sessions: tuple[str, ...] = ()) -> None:
+        """A task arrived: publish the in-flight record now, not at the next
+        beat, so a worker that dies in the first seconds of a step is reaped
+        too (without this, a kill within one interval of the step's start
+        left a record that named no session)."""
+        self._fresh.update(sessions)
+        self._wake.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.settings.worker_heartbeat_interval_s):
+        every = self.settings.worker_heartbeat_interval_s
+        next_check = time.monotonic() + every
+        while not self._stop.is_set():
+            nudged = self._wake.wait(max(0.0, next_check - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            due = time.monotonic() >= next_check
             try:
-                self.round()
+                self.round(check=due or not nudged)
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one round
                 log.exception("heartbeat round failed: %s", exc)
+            if due or not nudged:
+                next_check = time.monotonic() + every
 
     def stop(self) -> None:
         """Stop beating and withdraw the beat: this worker takes no more work."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=2 * STORE_TIMEOUT_S + 1)
         heartbeat.withdraw(self.settings, self.hostname)
@@ -187,13 +210,21 @@ def running_sessions() -> tuple[str, ...]:
     """ "JOB_ID/SESSION_ID" of the sessions this worker's tasks run now (the
     main process tracks every accepted request), for the in-flight record."""
     found: dict[str, None] = {}
-    for request in list(worker_state.active_requests):
-        args = request.args or ()
-        first = args[0] if args else None
-        for t in first if isinstance(first, list) else [first]:
-            if isinstance(t, dict) and "job_id" in t and "session_id" in t:
-                found[f"{t['job_id']}/{t['session_id']}"] = None
+    # Reserved: received and not yet done (prefetched or running): a worker
+    # that dies holds all of them unacknowledged.
+    for request in list(worker_state.reserved_requests):
+        found.update(dict.fromkeys(sessions_of(request.args)))
     return tuple(found)
+
+
+def sessions_of(args: Any) -> tuple[str, ...]:
+    """ "JOB_ID/SESSION_ID" of the tickets a step task's arguments carry."""
+    first = args[0] if args else None
+    return tuple(
+        f"{t['job_id']}/{t['session_id']}"
+        for t in (first if isinstance(first, list) else [first])
+        if isinstance(t, dict) and "job_id" in t and "session_id" in t
+    )
 
 
 def _guarded(check: Callable[[Settings], Verdict], settings: Settings) -> Verdict:
@@ -284,6 +315,13 @@ def _start(sender: Any, **_: Any) -> None:
                 settings.worker_probe_port,
                 exc,
             )
+
+
+@signals.task_received.connect
+def _received(request: Any = None, **_: Any) -> None:
+    probe = _running.get("probe")
+    if probe is not None and request is not None:
+        probe.nudge(sessions_of(getattr(request, "args", None)))
 
 
 @signals.worker_shutdown.connect
