@@ -176,9 +176,10 @@ class PrivatePostgres:
     """A PostgreSQL cluster of this test's own: initdb'd into a temporary
     folder as the `postgres` OS user (initdb refuses root), on a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen: tuple[str, ...] = ()) -> None:
         if not (PG_BIN / "initdb").exists():
             pytest.skip("PostgreSQL's initdb is not installed")
+        self.listen = ("127.0.0.1", *listen)  # addresses it listens on
         self.port = free_port()
         # Not under pytest's tmp_path: its parents are closed to other users.
         self.dir = Path(tempfile.mkdtemp(prefix="orch-pg-"))
@@ -223,7 +224,8 @@ class PrivatePostgres:
             "-t",
             "30",
             "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            f"-p {self.port} -k {self.dir} -c listen_addresses={','.join(self.listen)} "
+            "-c fsync=off",
             "start",
         )
 

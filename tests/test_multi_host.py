@@ -73,26 +73,9 @@ class ReachablePostgres(PrivatePostgres):
     """The private cluster, listening on the hosts' links too."""
 
     def __init__(self, addresses: list[str]) -> None:
-        super().__init__()
-        self.addresses = addresses
+        super().__init__(listen=tuple(addresses))
         hba = Path(self.data) / "pg_hba.conf"
         hba.write_text(hba.read_text() + f"host all all {NET}.0.0/16 trust\n")
-
-    def start(self) -> None:
-        listen = ",".join(["127.0.0.1", *self.addresses])
-        self._as_postgres(
-            "/usr/local/bin/pg_ctl",
-            "-D",
-            self.data,
-            "-l",
-            self.dir / "log",
-            "-w",
-            "-t",
-            "30",
-            "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses={listen} -c fsync=off",
-            "start",
-        )
 
 
 def _worker(ns: str, env: dict[str, str], log: Path, name: str) -> subprocess.Popen[bytes]:
