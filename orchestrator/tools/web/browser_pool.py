@@ -383,6 +383,11 @@ class BrowserPool:
         return bool(self._idle)
 
     async def _take(self, inst: _Instance, deadline: float) -> Lease:
+        if inst.browser is not None and not _runs(inst):
+            # Its processes are gone (killed, out of memory) and the disconnect
+            # event has not come yet: a spare context on it would hang the
+            # call until its timeout.
+            inst.tainted = True
         if not _connected(inst):
             if inst.browser is not None:  # died while idle
                 self.state.crashes += 1
@@ -529,6 +534,11 @@ class BrowserPool:
         self.state.updated_at = time.time()
         _write_state(self.config.state_dir, self.state)
         _report(self.observer, self.state)
+
+
+def _runs(inst: _Instance) -> bool:
+    """Whether a process of the instance's own still runs (one /proc scan)."""
+    return inst.marker in marked_processes(inst.marker).values()
 
 
 def _alive(inst: _Instance) -> bool:
