@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["file", "dir", "fifo", "socket", "device", "other", "missing"]
-Refusal = Literal["escape", "loop", "invalid", "special", "symlink"]
+Refusal = Literal["escape", "loop", "invalid", "special", "symlink", "hardlink"]
 
 # The rule ids, and how to get past each (every refusal names both).
 ESCAPE = "path-escapes-workspace"
@@ -46,6 +46,7 @@ _REFUSAL_RULE = {
     "invalid": INVALID,
     "special": SPECIAL,
     "symlink": SYMLINK,
+    "hardlink": HARDLINK,
 }
 
 
@@ -62,6 +63,8 @@ def fact_refusals(fact: PathFact) -> list[tuple[str, str]]:
         ]
     if fact.refusal == "special":
         return [(SPECIAL, _special(shown, fact.detail))]
+    if fact.refusal == "hardlink":
+        return [(HARDLINK, _hardlink(shown))]
     if fact.refusal is not None:
         escape = fact.access == "cwd" and fact.refusal == "escape"
         return [
@@ -78,16 +81,17 @@ def fact_refusals(fact: PathFact) -> list[tuple[str, str]]:
     if fact.kind in ("fifo", "socket", "device"):
         out.append((SPECIAL, _special(shown, f"is a {fact.kind}")))
     if fact.kind == "file" and fact.links_outside:
-        out.append(
-            (
-                HARDLINK,
-                f"{shown} is a hard link to a file that also lives outside the workspace (its "
-                "link count is higher than the names the workspace holds), so reading or "
-                "writing it reaches that file; no policy rule allows it. Replace it with a copy "
-                "(`cp --remove-destination`) if its content belongs in the workspace",
-            )
-        )
+        out.append((HARDLINK, _hardlink(shown)))
     return out
+
+
+def _hardlink(shown: str) -> str:
+    return (
+        f"{shown} is a hard link to a file that also lives outside the workspace (its "
+        "link count is higher than the names the workspace holds), so reading or "
+        "writing it reaches that file; no policy rule allows it. Replace it with a copy "
+        "(`cp --remove-destination`) if its content belongs in the workspace"
+    )
 
 
 def _special(shown: str, what: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events.envelope import new_id
@@ -29,9 +29,19 @@ from orchestrator.guard.facts import PathFact
 from orchestrator.guard.policy import DEFAULT_POLICY
 from orchestrator.run.calls import PolicyRefused
 from orchestrator.run.runner import Runner, Ticket
-from orchestrator.run.steps import DeleteStep, ListStep, PatchStep, ReadStep, ShellStep, WriteStep
+from orchestrator.run.steps import (
+    DeleteStep,
+    ListStep,
+    PatchStep,
+    ReadStep,
+    ReplaceStep,
+    SearchStep,
+    ShellStep,
+    WriteStep,
+)
 from orchestrator.tools.files import read_file
 from orchestrator.tools.jail import path_facts
+from orchestrator.tools.search import search
 
 CANARY = "CANARY-outside-the-workspace"
 
@@ -183,6 +193,77 @@ def test_a_hard_link_to_a_file_outside_is_denied_and_its_content_never_read(
         assert "ToolCallStarted" not in types
         assert all(CANARY not in str(e) for e in state.session.calls)
     assert (out / "secret.txt").read_text() == CANARY
+
+
+def _hardlink_step(tool: str, rel: str) -> Any:
+    if tool == "search":
+        return SearchStep(pattern="CANARY")
+    if tool == "replace":
+        return ReplaceStep(pattern="CANARY", replacement="x")
+    if tool == "patch":
+        return PatchStep(diff=f"--- a/{rel}\n+++ b/{rel}\n@@ -1 +1 @@\n-{CANARY}\n+x\n")
+    return _step(tool, rel)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    folder=st.lists(st.sampled_from(["a", "Src", "sub", "deep"]), max_size=3).map("/".join),
+    name=st.sampled_from(["notes.txt", "x.py", "README", "data.json"]),
+    more_inside=st.integers(0, 2),
+    outside=st.booleans(),
+    tool=st.sampled_from(["read", "write", "delete", "patch", "replace", "search"]),
+)
+def test_no_file_tool_reaches_a_file_outside_through_a_hard_link(
+    tmp_path_factory: pytest.TempPathFactory,
+    folder: str,
+    name: str,
+    more_inside: int,
+    outside: bool,
+    tool: str,
+) -> None:
+    """The class: a regular file of the workspace, at any depth and name,
+    with any number of other names inside the workspace, one of whose links
+    is outside it. Every file tool is denied by rule before it runs (search
+    skips it: nothing of it reaches the result); with all its links inside,
+    it is an ordinary file."""
+    tmp = tmp_path_factory.mktemp("hl")
+    work, out = tmp / "repo", tmp / "outside"
+    (work / "other").mkdir(parents=True)
+    out.mkdir()
+    (out / "secret.txt").write_text(CANARY + "\n")
+    rel = f"{folder}/{name}" if folder else name
+    (work / rel).parent.mkdir(parents=True, exist_ok=True)
+    os.link(out / "secret.txt", work / rel)
+    for i in range(more_inside):
+        os.link(work / rel, work / "other" / f"alias{i}.txt")
+    if not outside:
+        (out / "secret.txt").unlink()
+    status, state, types = _run(tmp, work, _hardlink_step(tool, rel))
+    [entry] = state.ledger.entries
+    if outside:
+        assert (out / "secret.txt").read_text() == CANARY + "\n"
+        assert os.stat(out / "secret.txt").st_nlink == 2 + more_inside
+        store = open_store(str(tmp / "events.sqlite"))
+        recorded = [
+            e.payload.model_dump_json() for e in store.read_stream(state.session.session_id)
+        ]
+        assert not any(CANARY in text for text in recorded), tool
+        if tool == "search":
+            assert (status, entry.decision) == ("completed", "allow")
+            for rg in (True, False):
+                assert search(work, SearchStep(pattern="CANARY"), use_rg=rg).count == 0
+        else:
+            assert (status, entry.decision, entry.rule_id) == (
+                "failed",
+                "deny",
+                "path-hardlink-outside",
+            ), (tool, entry)
+            assert "ToolCallStarted" not in types
+    else:  # an ordinary file: deleting it asks, as deleting any file does
+        done = ("waiting", "ask") if tool == "delete" else ("completed", "allow")
+        assert (status, entry.decision) == done, (tool, state.session.error)
 
 
 def test_a_hard_link_made_inside_the_workspace_is_an_ordinary_file(
