@@ -34,6 +34,7 @@ from orchestrator.api.schemas import (
     Submitted,
     error_responses,
 )
+from orchestrator.api.strict import StrictRoute
 from orchestrator.errors import NotFound, SpecError, UserError
 from orchestrator.guard.policy import TIERS, load_policy
 from orchestrator.run.jobspec import parse_spec
@@ -42,7 +43,7 @@ from orchestrator.run.spec_input import check_size, json_duplicate_keys
 from orchestrator.run.watch import final_view, session_summary
 from orchestrator.service import workflows
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=StrictRoute)
 JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="A job id from POST /jobs")]
 SOURCE = "request body"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")

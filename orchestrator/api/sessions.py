@@ -27,10 +27,11 @@ from events.replay import replay
 from orchestrator.api.auth import Principal
 from orchestrator.api.deps import Services, need, services
 from orchestrator.api.schemas import ID_PATTERN, EventPage, error_responses
+from orchestrator.api.strict import StrictRoute
 from orchestrator.audit import digests as audit
 from orchestrator.errors import NotFound
 
-router = APIRouter(tags=["sessions", "audit"])
+router = APIRouter(tags=["sessions", "audit"], route_class=StrictRoute)
 SessionId = Annotated[
     str, PathParam(pattern=ID_PATTERN, description="A session id (GET /jobs/{id} lists them)")
 ]
