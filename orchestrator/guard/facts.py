@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["file", "dir", "fifo", "socket", "device", "other", "missing"]
-Refusal = Literal["escape", "loop", "invalid", "special", "symlink", "hardlink"]
+Refusal = Literal["escape", "loop", "invalid", "special", "symlink", "hardlink", "link-escape"]
 
 # The rule ids, and how to get past each (every refusal names both).
 ESCAPE = "path-escapes-workspace"
@@ -20,6 +20,7 @@ HARDLINK = "path-hardlink-outside"
 LOOP = "path-symlink-loop"
 INVALID = "path-invalid"
 SYMLINK = "patch-symlink"
+LINK_ESCAPE = "symlink-escape"  # also the shell changeset's rule (guard.changeset)
 CWD = "shell-cwd-outside"
 
 
@@ -47,6 +48,7 @@ _REFUSAL_RULE = {
     "special": SPECIAL,
     "symlink": SYMLINK,
     "hardlink": HARDLINK,
+    "link-escape": LINK_ESCAPE,
 }
 
 
@@ -57,8 +59,17 @@ def fact_refusals(fact: PathFact) -> list[tuple[str, str]]:
         return [
             (
                 SYMLINK,
-                f"{shown} {fact.detail}: patch steps write regular files only and never "
-                "apply a link. Create it with a shell step (`ln -s`), whose changeset is judged",
+                f"{shown} {fact.detail}: a patch may add a new symlink, but never changes, "
+                "deletes or writes through one. Do that with a shell step (`ln -sf`), whose "
+                "changeset is judged",
+            )
+        ]
+    if fact.refusal == "link-escape":
+        return [
+            (
+                LINK_ESCAPE,
+                f"the symlink {shown} {fact.detail}; a link may only lead to a place inside "
+                "the workspace, and no policy rule allows another. Point it inside",
             )
         ]
     if fact.refusal == "special":

@@ -11,8 +11,10 @@ as a function with hypothesis generating the case variants."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,7 @@ from orchestrator.run.steps import (
     ShellStep,
     WriteStep,
 )
-from orchestrator.tools.files import read_file
+from orchestrator.tools.files import apply_edits, plan_patch, read_file
 from orchestrator.tools.jail import path_facts
 from orchestrator.tools.search import search
 
@@ -281,20 +283,98 @@ def test_a_hard_link_made_inside_the_workspace_is_an_ordinary_file(
 # --- symlinks a patch would add --------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["../outside/secret.txt", "/etc/passwd", "f.txt"])
-def test_a_patch_adding_a_symlink_is_denied_and_never_applied_as_a_file(
-    tmp_path: Path, box: tuple[Path, Path], target: str
-) -> None:
-    work, _ = box
-    diff = (
-        "diff --git a/ln b/ln\nnew file mode 120000\nindex 0000000..1111111\n"
-        f"--- /dev/null\n+++ b/ln\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+LINK_PARTS = [
+    "..",
+    ".",
+    "sub",
+    "f.txt",
+    "away",
+    "outside",
+    "secret.txt",
+    "missing",
+    ".env",
+    "alias",
+    ".git",
+    "hooks",
+    "pre-commit",
+    "repo",
+]
+
+
+def _link_diff(name: str, target: str) -> str:
+    return (
+        f"diff --git a/{name} b/{name}\nnew file mode 120000\nindex 0000000..1111111\n"
+        f"--- /dev/null\n+++ b/{name}\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
     )
-    status, state, types = _run(tmp_path, work, PatchStep(diff=diff))
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(["ln", "sub/ln", "new/deeper/ln"]),
+    parts=st.lists(st.sampled_from(LINK_PARTS), min_size=1, max_size=4),
+    absolute=st.booleans(),
+)
+def test_a_patch_adding_a_symlink_is_decided_by_where_it_leads(
+    tmp_path_factory: pytest.TempPathFactory, name: str, parts: list[str], absolute: bool
+) -> None:
+    """The class: a new symlink at any depth, its target any mix of `..`,
+    folders, files, symlinks already there (one leading out, one to `.env`)
+    and protected names, relative or absolute. Inside the workspace and not
+    protected: applied as a link, recorded, and the recorded diff rebuilds
+    it (`git apply`, and a patch step on a fresh copy). Leading out (or
+    absolute): denied by `symlink-escape`, the shell changeset's rule; to a
+    protected path: denied by that path's rule. Never a regular file."""
+    tmp = tmp_path_factory.mktemp("ln")
+    work, out = tmp / "repo", tmp / "outside"
+    (work / "sub").mkdir(parents=True)
+    out.mkdir()
+    (out / "secret.txt").write_text(CANARY)
+    (work / "f.txt").write_text("inside\n")
+    (work / ".env").write_text("KEY=1\n")
+    (work / "away").symlink_to(out)
+    (work / "alias").symlink_to(".env")
+    fresh = tmp / "fresh"
+    shutil.copytree(work, fresh, symlinks=True)
+    target = (str(work) + "/" if absolute else "") + "/".join(parts)
+    status, state, types = _run(tmp, work, PatchStep(diff=_link_diff(name, target)))
     [entry] = state.ledger.entries
-    assert (status, entry.decision, entry.rule_id) == ("failed", "deny", "patch-symlink")
-    assert not (work / "ln").exists() and not (work / "ln").is_symlink()
-    assert "ToolCallStarted" not in types
+    real = os.path.realpath(work / os.path.dirname(name) / target)
+    inside = not absolute and (real + "/").startswith(str(work.resolve()) + "/")
+    if not inside:
+        assert (entry.decision, entry.rule_id) == ("deny", "symlink-escape"), (target, entry)
+    elif (
+        decide("write", {"path": os.path.relpath(real, work.resolve())}, DEFAULT_POLICY).decision
+        == "deny"
+    ):
+        assert entry.decision == "deny" and entry.rule_id != "symlink-escape", (target, entry)
+    else:
+        assert (status, entry.decision) == ("completed", "allow"), (target, state.session.error)
+        assert os.readlink(work / name) == target
+        diff = _recorded_diff(tmp, state)
+        again = tmp / "again"
+        shutil.copytree(fresh, again, symlinks=True)
+        subprocess.run(["git", "apply", "-"], input=diff.encode(), cwd=again, check=True)
+        assert os.readlink(again / name) == target
+        patched = tmp / "patched"
+        shutil.copytree(fresh, patched, symlinks=True)
+        apply_edits(patched, plan_patch(patched, PatchStep(diff=diff)))
+        assert os.readlink(patched / name) == target
+        return
+    assert status == "failed" and "ToolCallStarted" not in types
+    assert not os.path.lexists(work / name)
+    assert (out / "secret.txt").read_text() == CANARY
+
+
+def _recorded_diff(tmp: Path, state: Any) -> str:
+    store = open_store(str(tmp / "events.sqlite"))
+    [diff] = [
+        e.payload.diff
+        for e in store.read_stream(state.session.session_id)
+        if e.type == "FileChanged"
+    ]
+    return diff
 
 
 # --- protected paths in any case ---------------------------------------------------------
