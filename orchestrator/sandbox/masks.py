@@ -198,9 +198,10 @@ class Masker:
     def file(self, rel: str) -> bool:
         """Whether file `rel` (outside the directories `whole_dir` masks) is denied."""
         name = rel.rpartition("/")[2]
-        if self._name is not None and self._name(name):
+        folded = name.lower() if name.isascii() else _fold(name)  # folded once, for both tests
+        if self._name is not None and self._name(name, folded):
             return True
-        if self._gate is not None and self._gate(name) and self._gated(rel):  # type: ignore[misc]
+        if self._gate is not None and self._gate(name, folded) and self._gated(rel):  # type: ignore[misc]
             return True
         return bool(self._whole) and any(m(rel) for m in self._whole)
 
@@ -244,7 +245,7 @@ def _literals(glob: str) -> tuple[str, str, str] | None:
     return runs[0], runs[-1], max(runs, key=len)
 
 
-def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[[str], bool]:
+def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[[str, str], bool]:
     """`full` (name globs), asked only for names that have some glob's literal
     prefix, suffix or middle: two C string calls reject almost every name.
     Compared folded (`_fold`), since `full` ignores case; a glob with a
@@ -261,11 +262,11 @@ def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[
         else:
             middles.append(lit[2])
     if always:
-        return full
+        return lambda name, folded: full(name)
     pre, suf = tuple(prefixes), tuple(suffixes)
 
-    def match(name: str) -> bool:
-        folded = _fold(name)
+    def match(name: str, folded: str) -> bool:
+        """`folded`: `name` as `_fold` makes it."""
         if not (
             folded.startswith(pre)
             or folded.endswith(suf)
