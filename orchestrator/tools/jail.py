@@ -378,13 +378,13 @@ def outside_link(rel: str) -> PathRefused:
 
 
 def patch_symlink(rel: str) -> PathRefused:
-    """A patch that makes `rel` a symlink (git's mode 120000)."""
+    """A patch that changes or deletes the symlink `rel` (git's mode 120000)."""
     return PathRefused(
-        f"the patch makes {rel} a symlink (mode 120000); patches write regular files "
-        "only, so a link is never applied as a file or followed. Create the link with a "
-        "shell step (`ln -s`), whose changeset is judged.",
+        f"the patch changes or deletes {rel}, a symlink (mode 120000); a patch may add a "
+        "new link, but never changes, deletes or writes through one. Do that with a shell "
+        "step (`ln -sf`, `rm`), whose changeset is judged.",
         "symlink",
-        "is a symlink the patch adds or changes (mode 120000)",
+        "is a symlink the patch changes or deletes (mode 120000)",
         rel,
     )
 
