@@ -364,3 +364,62 @@ def test_a_value_of_another_json_type_is_never_coerced(
         raw,
         fields,
     )
+
+
+def _routes(client: Any) -> list[Any]:
+    from fastapi.routing import APIRoute
+
+    out, todo = [], list(client.app.routes)
+    while todo:
+        route = todo.pop()
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            todo += inner.routes
+        elif isinstance(route, APIRoute):
+            out.append(route)
+    return out
+
+
+def test_every_number_or_flag_in_a_query_takes_one_spelling(client: Any) -> None:
+    from orchestrator.api.strict import QueryBool, QueryInt
+
+    wanted = {int: QueryInt, bool: QueryBool}
+    for route in _routes(client):
+        for param in route.dependant.query_params:
+            kind = param.field_info.annotation
+            if kind in wanted:
+                strict = wanted[kind].__metadata__[0]  # type: ignore[attr-defined]
+                assert strict in param.field_info.metadata, (route.path, param.name)
+
+
+SLOPPY_NUMBERS = ["1.0", "+5", " 5", "5_0", "0x10", "5 ", "٥", "1e2", ""]
+SLOPPY_FLAGS = ["yes", "on", "1", "t", "TRUE", "True", "no", "0", ""]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(["after_seq", "limit", "follow"]),
+    number=st.sampled_from(SLOPPY_NUMBERS),
+    flag=st.sampled_from(SLOPPY_FLAGS),
+)
+def test_a_query_number_or_flag_in_another_spelling_is_a_422_naming_it(
+    client: Any, name: str, number: str, flag: str
+) -> None:
+    from tests.api_helpers import auth
+
+    value = flag if name == "follow" else number
+    r = client.get(
+        "/sessions/01a00000-0000-7000-8000-000000000000/events",
+        params={name: value},
+        headers=auth("admin"),
+    )
+    assert r.status_code == 422, (name, value, r.text)
+    assert [p["field"] for p in r.json()["problems"]] == [f"query.{name}"]
+    r = client.post(
+        f"/jobs?allow_destructive={flag}",
+        content=b'{"name": "j", "targets": ["repo"], "steps": [{"kind": "read", "path": "a"}]}',
+        headers={**auth("admin"), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "query.allow_destructive"
