@@ -16,6 +16,7 @@ import pytest
 
 from orchestrator.errors import ToolInputError, ToolTimeout
 from orchestrator.run.steps import ShellStep
+from orchestrator.sandbox.limits import SandboxLimits
 from orchestrator.sandbox.runtime import GIT_ENV, probe
 from orchestrator.tools.shell import CommandFailed, run_shell
 from tests.processes import running
@@ -144,8 +145,13 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
 
 def test_timeout_holds_for_a_command_that_never_stops_printing(tmp_path: Path) -> None:
     started = time.monotonic()
+    endless = SandboxLimits(output_bytes=1 << 40)  # the time limit comes first
     with pytest.raises(ToolTimeout) as info:
-        run_shell(tmp_path, ShellStep(command=["yes"], timeout_s=0.5, max_output_bytes=10))
+        run_shell(
+            tmp_path,
+            ShellStep(command=["yes"], timeout_s=0.5, max_output_bytes=10),
+            limits=endless,
+        )
     assert time.monotonic() - started < 5
     assert info.value.result.output.startswith("y\ny\ny\n")
     assert info.value.result.output_bytes > 10
@@ -180,9 +186,14 @@ def test_huge_output_does_not_use_memory(tmp_path: Path) -> None:
         import re
         from pathlib import Path
         from orchestrator.run.steps import ShellStep
+        from orchestrator.sandbox.limits import SandboxLimits
         from orchestrator.tools.shell import run_shell
         code = "import sys\\nfor _ in range(100): sys.stdout.buffer.write(b'x' * (1 << 20))"
-        r = run_shell(Path({str(tmp_path)!r}), ShellStep(command=[{PY!r}, "-c", code]))
+        r = run_shell(
+            Path({str(tmp_path)!r}),
+            ShellStep(command=[{PY!r}, "-c", code]),
+            limits=SandboxLimits(output_bytes=200 << 20),  # under the limit: all printed
+        )
         status = Path("/proc/self/status").read_text()
         rss_mb = int(re.search(r"VmHWM:\\s+(\\d+) kB", status)[1]) // 1024
         print(r.output_bytes, len(r.output.encode()), rss_mb)

@@ -16,11 +16,12 @@ from fastapi import Path as PathParam
 from orchestrator.api.auth import Principal
 from orchestrator.api.deps import need, services
 from orchestrator.api.schemas import CALL_ID_PATTERN, Answer, Answered, Waiting, error_responses
+from orchestrator.api.strict import StrictRoute
 from orchestrator.errors import Conflict
 from orchestrator.run import confirmations
 from orchestrator.service import workflows
 
-router = APIRouter(tags=["confirmations"])
+router = APIRouter(tags=["confirmations"], route_class=StrictRoute)
 CallId = Annotated[
     str,
     PathParam(

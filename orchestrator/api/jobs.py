@@ -34,6 +34,7 @@ from orchestrator.api.schemas import (
     Submitted,
     error_responses,
 )
+from orchestrator.api.strict import QueryBool, StrictRoute
 from orchestrator.errors import NotFound, SpecError, UserError
 from orchestrator.guard.policy import TIERS, load_policy
 from orchestrator.run.jobspec import parse_spec
@@ -42,7 +43,7 @@ from orchestrator.run.spec_input import check_size, json_duplicate_keys
 from orchestrator.run.watch import final_view, session_summary
 from orchestrator.service import workflows
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=StrictRoute)
 JobId = Annotated[str, PathParam(pattern=ID_PATTERN, description="A job id from POST /jobs")]
 SOURCE = "request body"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
@@ -180,12 +181,13 @@ async def post_job(
     tier: str | None = Query(
         None, description="read-only | read-write | exec: the highest tier this job gets"
     ),
-    allow_destructive: bool = Query(
-        False,
-        description="Run destructive "
-        "operations without confirmation (operators"
-        " only; recorded with your identity)",
-    ),
+    allow_destructive: Annotated[
+        QueryBool,
+        Query(
+            description="Run destructive operations without confirmation (operators only; "
+            "recorded with your identity)"
+        ),
+    ] = False,
 ) -> Submitted:
     """Submit a job spec (docs/jobs: the YAML `orchestrator submit` reads, or
     the same as JSON); workers run it. 422 lists each problem with its field."""

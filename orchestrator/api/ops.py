@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse, Response
 
 from orchestrator.api.deps import optional_metrics_auth, services
 from orchestrator.api.schemas import Liveness, Readiness, error_responses
+from orchestrator.api.strict import StrictRoute
 from orchestrator.errors import InfraUnavailable
 from orchestrator.ops import health
 from orchestrator.ops import metrics as metrics_mod
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=StrictRoute)
 
 
 @router.get("/healthz", response_model=Liveness)

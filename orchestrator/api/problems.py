@@ -33,6 +33,7 @@ from orchestrator.errors import (
     UserError,
 )
 from orchestrator.guard.masking import mask
+from orchestrator.run.spec_input import field_name
 
 __all__ = ["problem", "status_of", "install", "BodyLimit", "spec_problems"]
 
@@ -101,13 +102,6 @@ def spec_problems(exc: SpecError, *, positions: bool = True) -> list[dict[str, s
     return out
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def install(app: FastAPI) -> None:
     @app.exception_handler(SpecError)
     async def _spec(request: Request, exc: SpecError) -> JSONResponse:
@@ -123,7 +117,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [{"field": _loc(tuple(e["loc"])), "reason": e["msg"]} for e in exc.errors()]
+        problems = [
+            {"field": field_name(tuple(map(_part, e["loc"]))), "reason": e["msg"]}
+            for e in exc.errors()
+        ]
         return problem(
             422,
             "RequestInvalid",
@@ -159,6 +156,10 @@ def install(app: FastAPI) -> None:
             "InternalError",
             f"{type(exc).__name__}: {exc}. This is a bug; the server log has the traceback.",
         )
+
+
+def _part(part: Any) -> str | int:
+    return part if isinstance(part, int) else str(part)
 
 
 def _unreachable(exc: BaseException) -> bool:

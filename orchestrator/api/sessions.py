@@ -27,10 +27,11 @@ from events.replay import replay
 from orchestrator.api.auth import Principal
 from orchestrator.api.deps import Services, need, services
 from orchestrator.api.schemas import ID_PATTERN, EventPage, error_responses
+from orchestrator.api.strict import QueryBool, QueryInt, StrictRoute
 from orchestrator.audit import digests as audit
 from orchestrator.errors import NotFound
 
-router = APIRouter(tags=["sessions", "audit"])
+router = APIRouter(tags=["sessions", "audit"], route_class=StrictRoute)
 SessionId = Annotated[
     str, PathParam(pattern=ID_PATTERN, description="A session id (GET /jobs/{id} lists them)")
 ]
@@ -115,11 +116,14 @@ def _sse(e: Event) -> bytes:
 async def get_events(
     session_id: SessionId,
     request: Request,
-    after_seq: int = Query(0, ge=0, le=MAX_SEQ, description="Only events after this seq"),
-    limit: int = Query(100, ge=1, le=1000, description="Page size"),
-    follow: bool = Query(
-        False, description="Stream live (SSE) until the session ends or you disconnect"
-    ),
+    after_seq: Annotated[
+        QueryInt, Query(ge=0, le=MAX_SEQ, description="Only events after this seq")
+    ] = 0,
+    limit: Annotated[QueryInt, Query(ge=1, le=1000, description="Page size")] = 100,
+    follow: Annotated[
+        QueryBool,
+        Query(description="Stream live (SSE) until the session ends or you disconnect"),
+    ] = False,
     accept: str = Header("application/json", include_in_schema=False),
     last_event_id: str | None = Header(None, include_in_schema=False),
     who: Principal = Depends(need("read_audit")),

@@ -23,10 +23,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from orchestrator.guard.facts import LINK_ESCAPE
 from orchestrator.guard.globs import glob_matcher
 from orchestrator.sandbox.changeset import Change, Changeset, Kind
 
-__all__ = ["PathDenial", "Verdict", "judge", "shell_denials", "DELETE_RULE", "GIT_HOOKS"]
+__all__ = [
+    "PathDenial",
+    "Verdict",
+    "judge",
+    "shell_denials",
+    "link_escapes",
+    "DELETE_RULE",
+    "GIT_HOOKS",
+]
 
 DELETE_RULE = "destructive-rm"  # the rule `rm` asks under: a delete needs the same confirmation
 _RANK = {"allow": 0, "ask": 1, "deny": 2}
@@ -104,11 +113,11 @@ def _verdicts(
         if match(c.path) or match(c.path.lower()):
             why = denial.reason or f"matched {denial.rule_id}"
             out.append(Verdict("deny", denial.rule_id, f"{_verb(c)} {c.path}: {why}", c.path))
-    if c.kind is Kind.SYMLINK and _escapes(c.path, c.target or "", workspace):
+    if c.kind is Kind.SYMLINK and link_escapes(c.path, c.target or "", workspace):
         out.append(
             Verdict(
                 "deny",
-                "symlink-escape",
+                LINK_ESCAPE,
                 f"the symlink {c.path} -> {c.target} leads out of the workspace",
                 c.path,
             )
@@ -150,7 +159,7 @@ def _verb(c: Change) -> str:
     }[c.kind]
 
 
-def _escapes(path: str, target: str, workspace: str) -> bool:
+def link_escapes(path: str, target: str, workspace: str) -> bool:
     """Whether `target` of the symlink at `path` leads out, read lexically
     (a target through another symlink is refused later by the jail when
     anything is read or written through it)."""

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["file", "dir", "fifo", "socket", "device", "other", "missing"]
-Refusal = Literal["escape", "loop", "invalid", "special", "symlink"]
+Refusal = Literal["escape", "loop", "invalid", "special", "symlink", "hardlink", "link-escape"]
 
 # The rule ids, and how to get past each (every refusal names both).
 ESCAPE = "path-escapes-workspace"
@@ -20,6 +20,7 @@ HARDLINK = "path-hardlink-outside"
 LOOP = "path-symlink-loop"
 INVALID = "path-invalid"
 SYMLINK = "patch-symlink"
+LINK_ESCAPE = "symlink-escape"  # also the shell changeset's rule (guard.changeset)
 CWD = "shell-cwd-outside"
 
 
@@ -46,6 +47,8 @@ _REFUSAL_RULE = {
     "invalid": INVALID,
     "special": SPECIAL,
     "symlink": SYMLINK,
+    "hardlink": HARDLINK,
+    "link-escape": LINK_ESCAPE,
 }
 
 
@@ -56,12 +59,23 @@ def fact_refusals(fact: PathFact) -> list[tuple[str, str]]:
         return [
             (
                 SYMLINK,
-                f"{shown} {fact.detail}: patch steps write regular files only and never "
-                "apply a link. Create it with a shell step (`ln -s`), whose changeset is judged",
+                f"{shown} {fact.detail}: a patch may add a new symlink, but never changes, "
+                "deletes or writes through one. Do that with a shell step (`ln -sf`), whose "
+                "changeset is judged",
+            )
+        ]
+    if fact.refusal == "link-escape":
+        return [
+            (
+                LINK_ESCAPE,
+                f"the symlink {shown} {fact.detail}; a link may only lead to a place inside "
+                "the workspace, and no policy rule allows another. Point it inside",
             )
         ]
     if fact.refusal == "special":
         return [(SPECIAL, _special(shown, fact.detail))]
+    if fact.refusal == "hardlink":
+        return [(HARDLINK, _hardlink(shown))]
     if fact.refusal is not None:
         escape = fact.access == "cwd" and fact.refusal == "escape"
         return [
@@ -78,16 +92,17 @@ def fact_refusals(fact: PathFact) -> list[tuple[str, str]]:
     if fact.kind in ("fifo", "socket", "device"):
         out.append((SPECIAL, _special(shown, f"is a {fact.kind}")))
     if fact.kind == "file" and fact.links_outside:
-        out.append(
-            (
-                HARDLINK,
-                f"{shown} is a hard link to a file that also lives outside the workspace (its "
-                "link count is higher than the names the workspace holds), so reading or "
-                "writing it reaches that file; no policy rule allows it. Replace it with a copy "
-                "(`cp --remove-destination`) if its content belongs in the workspace",
-            )
-        )
+        out.append((HARDLINK, _hardlink(shown)))
     return out
+
+
+def _hardlink(shown: str) -> str:
+    return (
+        f"{shown} is a hard link to a file that also lives outside the workspace (its "
+        "link count is higher than the names the workspace holds), so reading or "
+        "writing it reaches that file; no policy rule allows it. Replace it with a copy "
+        "(`cp --remove-destination`) if its content belongs in the workspace"
+    )
 
 
 def _special(shown: str, what: str) -> str:

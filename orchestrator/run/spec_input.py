@@ -24,20 +24,43 @@ def check_size(size: int, source: str) -> None:
         )
 
 
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as parsed, every key kept (a dict would keep the last)."""
+
+
+def json_duplicates(raw: bytes | str) -> list[tuple[tuple[str | int, ...], str]]:
+    """(where, key) for each key a JSON object names twice: where as the keys
+    and list indexes leading to it, the key as written. ValueError for text
+    that is not JSON."""
+    tree = json.loads(raw, object_pairs_hook=_Pairs)
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), tree)]
+    while stack:
+        at, node = stack.pop()
+        if isinstance(node, _Pairs):
+            seen: set[str] = set()
+            for key, value in node:
+                if key in seen:
+                    found.append(((*at, key), key))
+                seen.add(key)
+                stack.append(((*at, key), value))
+        elif isinstance(node, list):
+            stack.extend(((*at, i), item) for i, item in enumerate(node))
+    return sorted(dict.fromkeys(found), key=lambda f: field_name(f[0]))
+
+
+def field_name(loc: tuple[str | int, ...]) -> str:
+    """`("steps", 0, "path")` -> `steps[0].path`, as problems name fields."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def duplicate_reason(key: str) -> str:
+    return f"duplicate key {key!r}: JSON keeps only the last value, so remove or rename one"
+
+
 def json_duplicate_keys(raw: bytes | str) -> list[str]:
-    """Each key a JSON object names twice, as `path.to.key` (lists as [i])."""
-    found: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-        for key, value in items:
-            if key in seen:
-                found.append(key)
-            seen[key] = value
-        return seen
-
-    json.loads(raw, object_pairs_hook=pairs)
-    return [
-        f"duplicate key {key!r}: JSON keeps only the last value, so remove or rename one"
-        for key in dict.fromkeys(found)
-    ]
+    """Each key a JSON object names twice, as `path.to.key: duplicate key ...`."""
+    return [f"{field_name(loc)}: {duplicate_reason(key)}" for loc, key in json_duplicates(raw)]

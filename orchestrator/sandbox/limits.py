@@ -21,6 +21,7 @@ class SandboxLimits(BaseModel):
     open_files: int = Field(default=1024, gt=0)
     file_size_mb: int = Field(default=512, gt=0)
     output_bytes: int = Field(default=1_000_000, gt=0)
+    disk_mb: int = Field(default=4096, gt=0)  # what a call may write into its view, in all
 
     @classmethod
     def of(cls, limits: object | None) -> SandboxLimits:

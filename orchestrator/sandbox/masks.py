@@ -150,8 +150,10 @@ class Masker:
     - other globs run on the whole path, but only for names matching their
       last component (a cheap gate), when they have one.
 
-    Each answer is exactly `glob_matcher(rule)(rel)` of some rule (files below
-    a masked directory aside); rules with `!` exclusions are run whole."""
+    Each answer is exactly `glob_matcher(rule, fold_case=True)(rel)` of some
+    rule (files below a masked directory aside): what the policy's deny rules
+    match (`PathRule.matches`), in any case, since `.ENV` is `.env` on a
+    case-insensitive mount; rules with `!` exclusions are run whole."""
 
     def __init__(self, rules: MaskRules) -> None:
         dirs: list[str] = []
@@ -161,7 +163,7 @@ class Masker:
         whole: list[Callable[[str], bool]] = []
         for rule in rules:
             if any(g.startswith("!") for g in rule):
-                whole.append(glob_matcher(tuple(rule)))
+                whole.append(glob_matcher(tuple(rule), fold_case=True))
                 continue
             for g in rule:
                 g = g + "**" if g.endswith("/") else g
@@ -182,11 +184,11 @@ class Masker:
                     gates.append(last)
                     gated.append(g)
                 else:
-                    whole.append(glob_matcher((g,)))
-        self._dir = glob_matcher(tuple(dirs)) if dirs else None
-        self._name = _prefiltered(names, glob_matcher(tuple(names))) if names else None
-        self._gate = _prefiltered(gates, glob_matcher(tuple(gates))) if gates else None
-        self._gated = glob_matcher(tuple(gated)) if gated else None
+                    whole.append(glob_matcher((g,), fold_case=True))
+        self._dir = glob_matcher(tuple(dirs), fold_case=True) if dirs else None
+        self._name = _prefiltered(names, _folded(names)) if names else None
+        self._gate = _prefiltered(gates, _folded(gates)) if gates else None
+        self._gated = _folded(gated) if gated else None
         self._whole = tuple(whole)
 
     def whole_dir(self, rel: str) -> bool:
@@ -196,11 +198,27 @@ class Masker:
     def file(self, rel: str) -> bool:
         """Whether file `rel` (outside the directories `whole_dir` masks) is denied."""
         name = rel.rpartition("/")[2]
-        if self._name is not None and self._name(name):
+        folded = name.lower() if name.isascii() else _fold(name)  # folded once, for both tests
+        if self._name is not None and self._name(name, folded):
             return True
-        if self._gate is not None and self._gate(name) and self._gated(rel):  # type: ignore[misc]
+        if self._gate is not None and self._gate(name, folded) and self._gated(rel):  # type: ignore[misc]
             return True
         return bool(self._whole) and any(m(rel) for m in self._whole)
+
+
+def _folded(globs: Sequence[str]) -> Callable[[str], bool]:
+    return glob_matcher(tuple(globs), fold_case=True)
+
+
+# The only non-ASCII characters Python's re.IGNORECASE equates with ASCII
+# letters (İ and ı ~ i, ſ ~ s, K ~ k); `str.lower` leaves them be.
+_TO_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+
+
+def _fold(name: str) -> str:
+    """`name` as the prefilter compares it: lower case, with the characters
+    re.IGNORECASE equates with ASCII letters made those letters."""
+    return name.translate(_TO_ASCII).lower()
 
 
 def _literals(glob: str) -> tuple[str, str, str] | None:
@@ -227,13 +245,15 @@ def _literals(glob: str) -> tuple[str, str, str] | None:
     return runs[0], runs[-1], max(runs, key=len)
 
 
-def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[[str], bool]:
+def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[[str, str], bool]:
     """`full` (name globs), asked only for names that have some glob's literal
-    prefix, suffix or middle: two C string calls reject almost every name."""
+    prefix, suffix or middle: two C string calls reject almost every name.
+    Compared folded (`_fold`), since `full` ignores case; a glob with a
+    non-ASCII literal is always asked."""
     prefixes, suffixes, middles, always = [], [], [], False
     for g in globs:
-        lit = _literals(g)
-        if lit is None or not any(lit):
+        lit = _literals(g.lower())
+        if lit is None or not any(lit) or not g.isascii():
             always = True
         elif lit[0]:
             prefixes.append(lit[0])
@@ -242,15 +262,16 @@ def _prefiltered(globs: Sequence[str], full: Callable[[str], bool]) -> Callable[
         else:
             middles.append(lit[2])
     if always:
-        return full
+        return lambda name, folded: full(name)
     pre, suf = tuple(prefixes), tuple(suffixes)
 
-    def match(name: str) -> bool:
+    def match(name: str, folded: str) -> bool:
+        """`folded`: `name` as `_fold` makes it."""
         if not (
-            name.startswith(pre)
-            or name.endswith(suf)
+            folded.startswith(pre)
+            or folded.endswith(suf)
             or middles
-            and any(m in name for m in middles)
+            and any(m in folded for m in middles)
         ):
             return False
         return full(name)
@@ -396,7 +417,7 @@ def _walk(
 
 def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -> _Dir:
     prefix = rel + "/" if rel else ""
-    in_git = rel.rpartition("/")[2] == ".git"  # the repository: its own files only
+    in_git = rel.rpartition("/")[2].lower() == ".git"  # the repository: its own files only
     masks: list[Mask] = []
     subdirs: list[str] = []
     files: list[str] = []
@@ -553,6 +574,6 @@ def _git_config_copy(path: str) -> str | None:
 
 def _with_source(m: Mask) -> Mask:
     parent, _, name = m.path.rpartition("/")
-    if m.dir or name != "config" or not parent.endswith("/.git"):
+    if m.dir or name.lower() != "config" or not parent.lower().endswith("/.git"):
         return m
     return m._replace(source=_git_config_copy(m.path))

@@ -27,9 +27,9 @@ from orchestrator.sandbox.changeset import Changeset, from_copy, from_upper
 from orchestrator.sandbox.host import Cgroups, Host, Mode, ViewKind
 from orchestrator.sandbox.limits import SandboxLimits
 from orchestrator.sandbox.plan import CALL_ID_VAR, MB, Plan
-from orchestrator.sandbox.view import View, close_view, open_view, overlay_refused
+from orchestrator.sandbox.view import View, close_view, disk_used, open_view, overlay_refused
 
-__all__ = ["Prepared", "prepare", "spawn", "changes", "view_kind"]
+__all__ = ["Prepared", "prepare", "spawn", "changes", "view_kind", "written"]
 
 
 @dataclass
@@ -122,6 +122,11 @@ def changes(prep: Prepared, workspace: Path) -> Changeset:
             )
         return from_upper(view.upper, workspace)
     return from_copy(view.copy, workspace, view.started_ns)
+
+
+def written(prep: Prepared) -> int:
+    """The bytes the command has written into its view so far (its disk use)."""
+    return 0 if prep.view is None else disk_used(prep.view)
 
 
 def limit_hits(prep: Prepared) -> dict[str, int]:

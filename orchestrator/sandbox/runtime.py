@@ -39,6 +39,7 @@ from orchestrator.sandbox.process import (
     prepare,
     spawn,
     view_kind,
+    written,
 )
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "changes",
     "limit_hits",
     "view_kind",
+    "written",
     "apply",
     "describe",
     "migration_note",

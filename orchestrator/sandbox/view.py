@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -68,6 +69,7 @@ class View:
     kind: Literal["overlay", "copy"]
     root: Path
     started_ns: int  # copy: a file in the copy whose ctime is older is unchanged
+    base_bytes: int = 0  # copy: what the copy held before the command ran
 
     @property
     def upper(self) -> Path:
@@ -129,7 +131,36 @@ def open_view(workspace: Path, kind: Literal["overlay", "copy"], base: str | Non
         shutil.rmtree(root, ignore_errors=True)
         raise
     # ctime cannot be set: anything the command touches gets a later one.
-    return View("copy", root, time.time_ns())
+    return View("copy", root, time.time_ns(), _bytes_in(root / "copy"))
+
+
+def disk_used(view: View) -> int:
+    """What the command has written into its view so far: the bytes of the
+    overlay's upper directory (every file it made or changed), or what the
+    copy grew by. A file counts its size or its blocks, whichever is more
+    (the changeset reads a sparse file whole)."""
+    if view.kind == "overlay":
+        return _bytes_in(view.upper)
+    return max(0, _bytes_in(view.copy) - view.base_bytes)
+
+
+def _bytes_in(top: Path) -> int:
+    total = 0
+    stack = [str(top)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += max(st.st_blocks * 512, st.st_size if stat.S_ISREG(st.st_mode) else 0)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+    return total
 
 
 def close_view(view: View) -> None:

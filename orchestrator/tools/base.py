@@ -24,6 +24,9 @@ class FileEdit:
     path: str  # relative to the workspace, POSIX separators
     before: bytes | None  # None: the file did not exist
     after: bytes | None  # None: the file is deleted
+    link: bool = (
+        False  # a new symlink (a patch's mode 120000): `after` is its target, as git keeps it
+    )
 
     @property
     def before_hash(self) -> str | None:

@@ -20,7 +20,7 @@ def unified_diff(edit: FileEdit) -> str:
     new = "/dev/null" if edit.after is None else b
     head = f"diff --git {a} {b}\n"
     if edit.before is None:
-        head += "new file mode 100644\n"
+        head += f"new file mode {'120000' if edit.link else '100644'}\n"
     if edit.after is None:
         head += "deleted file mode 100644\n"
     before, after = _text(edit.before), _text(edit.after)

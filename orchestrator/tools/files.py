@@ -30,6 +30,7 @@ from orchestrator.run.steps import PatchStep, WriteStep
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.diffs import _QUOTE, unified_diff
 from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot, patch_symlink
+from orchestrator.tools.patch_links import exists, plan_link, stage_link
 from orchestrator.tools.paths import iter_files, normalize_rel
 from orchestrator.tools.search import cap_output
 from orchestrator.tools.secret_edits import keep_secrets, masked_view
@@ -188,7 +189,8 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                         f"the folder of {edit.path} changed while it was being "
                         "written; nothing was changed. Run the step again."
                     )
-                staged.append((_stage(spot, edit.after), spot, edit))
+                stage = stage_link if edit.link else _stage
+                staged.append((stage(spot, edit.after), spot, edit))
     except OSError as err:
         undo_staging()
         raise ToolError(
@@ -372,6 +374,7 @@ def plan_patch(
         )
     original: dict[str, bytes | None] = {}
     state: dict[str, bytes | None] = {}
+    links: dict[str, FileEdit] = {}  # new symlinks (mode 120000), by path
 
     def load(rel: str) -> bytes | None:
         if rel not in state:
@@ -381,6 +384,16 @@ def plan_patch(
     for fp in patches:
         src, dst = _paths(fp)
         label = dst or src or "?"
+        if fp.symlink and src is None and dst is not None and not fp.binary:
+            if load(dst) is not None or exists(workspace, dst):
+                raise ToolInputError(
+                    f"the patch creates the symlink {dst}, but something exists there; "
+                    "remove it first."
+                )
+            edit = plan_link(workspace, dst, _apply_hunks(label, b"", fp.hunks))
+            state[dst] = edit.after
+            links[dst] = edit
+            continue
         if fp.symlink:
             raise patch_symlink(label)
         if fp.binary:
@@ -411,7 +424,9 @@ def plan_patch(
         if dst is not None:
             state[dst] = result
     return [
-        FileEdit(rel, original[rel], state[rel]) for rel in state if state[rel] != original[rel]
+        links.get(rel) or FileEdit(rel, original[rel], state[rel])
+        for rel in state
+        if state[rel] != original[rel]
     ]
 
 

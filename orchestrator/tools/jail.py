@@ -12,8 +12,10 @@ The final name is acted on relative to its parent's descriptor (`openat`,
 refused (reads) or replaced as a link (writes), never followed.
 
 Refused with a typed error (ToolInputError): NUL bytes, absolute paths,
-absurd lengths, `..` or symlinks that leave the workspace, symlink loops, and
-reading FIFOs, sockets and devices.
+absurd lengths, `..` or symlinks that leave the workspace, symlink loops,
+reading FIFOs, sockets and devices, and reading a regular file with hard
+links the workspace does not hold (its content is a file outside: `ln
+/etc/shadow ws/notes` would read it through the workspace).
 """
 
 from __future__ import annotations
@@ -50,8 +52,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 
 class PathRefused(ToolInputError):
     """The walk refused the path itself: it leaves the workspace (`escape`),
-    loops through symlinks (`loop`) or no file can have it (`invalid`).
-    `path_facts` hands these to the policy, which denies them by rule."""
+    loops through symlinks (`loop`), no file can have it (`invalid`), it is
+    no regular file (`special`) or a file with hard links outside the
+    workspace (`hardlink`). `path_facts` and a plan refused with one hand
+    these to the policy, which denies them by rule."""
 
     def __init__(self, message: str, kind: Refusal, how: str, rel: str) -> None:
         super().__init__(message)
@@ -91,6 +95,7 @@ class Jail:
         # Directories already walked, by their lexical path: a replace over a
         # thousand files in one folder walks that folder once.
         self._dirs: dict[str, tuple[int, tuple[str, ...], tuple[tuple[int, str], ...]]] = {}
+        self._census: dict[int, int] | None = None  # names per inode, made when first asked
 
     def __enter__(self) -> Jail:
         return self
@@ -106,6 +111,21 @@ class Jail:
                 pass
         self._fds.clear()
         self._dirs.clear()
+        self._census = None
+
+    def links_inside(self, st: os.stat_result) -> bool:
+        """Whether the workspace holds every one of the `st_nlink` names of
+        the file `st` (a file with one link, or hard links made inside it,
+        `cp -l`). The first file with more than one link costs one walk of
+        the workspace (at most MAX_LINK_SCAN entries, not following symlinks
+        or leaving its file system); a tree too big to account for counts as
+        outside."""
+        if st.st_nlink <= 1:
+            return True
+        if self._census is None:
+            self._census = _census(self.root)
+        root_dev = os.fstat(self._root_fd).st_dev
+        return st.st_dev == root_dev and self._census.get(st.st_ino, 0) >= st.st_nlink
 
     # --- resolving --------------------------------------------------------------
 
@@ -255,6 +275,8 @@ class Jail:
                 raise ToolInputError(
                     f"{rel} was replaced while it was being opened; refused. Run the step again."
                 )
+            if not self.links_inside(now):
+                raise outside_link(rel)
             os.set_blocking(fd, True)
             chunks = []
             while chunk := os.read(fd, 1 << 20):
@@ -343,14 +365,26 @@ def _require_regular(st: os.stat_result, rel: str) -> None:
     )
 
 
-def patch_symlink(rel: str) -> PathRefused:
-    """A patch that makes `rel` a symlink (git's mode 120000)."""
+def outside_link(rel: str) -> PathRefused:
+    """A regular file whose link count the workspace does not account for."""
     return PathRefused(
-        f"the patch makes {rel} a symlink (mode 120000); patches write regular files "
-        "only, so a link is never applied as a file or followed. Create the link with a "
-        "shell step (`ln -s`), whose changeset is judged.",
+        f"{rel} is a hard link to a file that also lives outside the workspace; file tools "
+        "never read or write it (that would reach the file outside). Replace it with a "
+        "copy (`cp --remove-destination`) if its content belongs in the workspace.",
+        "hardlink",
+        "is a hard link to a file that also lives outside the workspace",
+        rel,
+    )
+
+
+def patch_symlink(rel: str) -> PathRefused:
+    """A patch that changes or deletes the symlink `rel` (git's mode 120000)."""
+    return PathRefused(
+        f"the patch changes or deletes {rel}, a symlink (mode 120000); a patch may add a "
+        "new link, but never changes, deletes or writes through one. Do that with a shell "
+        "step (`ln -sf`, `rm`), whose changeset is judged.",
         "symlink",
-        "is a symlink the patch adds or changes (mode 120000)",
+        "is a symlink the patch changes or deletes (mode 120000)",
         rel,
     )
 
@@ -402,12 +436,7 @@ def path_facts(workspace: Path | str, pairs: list[tuple[str, str]]) -> list[Path
             except (ToolInputError, OSError):
                 continue
             kind = _kind(spot.st)
-            outside = (
-                kind == "file"
-                and spot.st is not None
-                and spot.st.st_nlink > 1
-                and not _links_inside(jail.root, spot.st)
-            )
+            outside = kind == "file" and spot.st is not None and not jail.links_inside(spot.st)
             out.append(PathFact(access, rel, kind, spot.rel, links_outside=outside))
     return out
 
@@ -429,13 +458,14 @@ def _kind(st: os.stat_result | None) -> Kind:
     return "other"
 
 
-def _links_inside(root: Path, st: os.stat_result) -> bool:
-    """Whether the workspace itself holds all `st_nlink` names of the file (a
-    hard link made inside it, `cp -l`), walking at most MAX_LINK_SCAN
-    entries without following symlinks or leaving the file system. Only
-    called for the rare file with more than one link; a tree too big to
-    account for counts as outside."""
-    want, seen, walked = st.st_nlink, 0, 0
+def _census(root: Path) -> dict[int, int]:
+    """How many names each inode of a regular file has in the tree at `root`
+    (its own file system only, symlinks not followed); empty when the tree
+    has more than MAX_LINK_SCAN entries, so nothing counts as held inside.
+    Counts come from the directory entries (d_ino): one stat per directory."""
+    dev = os.stat(root).st_dev
+    counts: dict[int, int] = {}
+    walked = 0
     stack = [str(root)]
     while stack:
         try:
@@ -445,13 +475,14 @@ def _links_inside(root: Path, st: os.stat_result) -> bool:
         for entry in entries:
             walked += 1
             if walked > MAX_LINK_SCAN:
-                return False
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
-            elif entry.inode() == st.st_ino and entry.is_file(follow_symlinks=False):
-                info = entry.stat(follow_symlinks=False)
-                if info.st_dev == st.st_dev:
-                    seen += 1
-                    if seen >= want:
-                        return True
-    return False
+                return {}
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.stat(follow_symlinks=False).st_dev == dev:
+                        stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    ino = entry.inode()
+                    counts[ino] = counts.get(ino, 0) + 1
+            except OSError:
+                continue
+    return counts

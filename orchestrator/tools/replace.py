@@ -19,7 +19,7 @@ from orchestrator.errors import ToolInputError, ToolTimeout
 from orchestrator.guard.masking import MASK
 from orchestrator.run.steps import ReplaceStep
 from orchestrator.tools.base import FileEdit, ToolResult
-from orchestrator.tools.jail import Jail
+from orchestrator.tools.jail import Jail, PathRefused
 from orchestrator.tools.paths import iter_files
 from orchestrator.tools.search import check_count, compile_pattern
 from orchestrator.tools.secret_edits import keep_secrets
@@ -38,7 +38,9 @@ def plan_replace(
     `.venv/` or `node_modules/` is left alone unless the step says
     `no_ignore` / `hidden`). Binary files (a NUL byte) and files that are not
     valid UTF-8 are skipped, and so are the files `hidden` says the policy denies.
-    Raises CountMismatch before anything is written when `expect` is not met.
+    Raises CountMismatch before anything is written when `expect` is not met,
+    and PathRefused (`hardlink`, before reading it) for a walked file hard-linked
+    to one outside the workspace: the runner's policy denies the call by rule.
     A replacement that would put the mask placeholder over a secret of the
     file (`secret_edits`; `secrets`: the known values) is refused."""
     deadline = time.monotonic() + step.timeout_s
@@ -62,8 +64,12 @@ def plan_replace(
                 )
             try:
                 data = jail.read(rel)
+            except PathRefused as err:
+                if err.kind == "hardlink":
+                    raise  # the policy denies the call by rule: its content is a file outside
+                continue  # swapped for a symlink out since listing
             except (OSError, ToolInputError):
-                continue  # vanished, or swapped for a symlink out, since listing
+                continue  # vanished since listing
             if data is None:
                 continue
             if needle is not None and needle not in data:

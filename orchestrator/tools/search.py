@@ -54,7 +54,9 @@ def search(
     line. `use_rg=None` uses ripgrep when installed; the result is identical:
     both scan the one file list of `iter_files` (the files `rg --files` walks,
     widened by the step's `hidden` / `no_ignore`). Files `hidden` says the
-    policy denies are not searched."""
+    policy denies are not searched, nor is a file hard-linked to one outside
+    the workspace (the jail refuses to read it; ripgrep, which may open it,
+    only narrows the list, so nothing of it reaches the result)."""
     started = time.monotonic()
     deadline = started + step.timeout_s
     rx = search_pattern(step)
@@ -179,7 +181,7 @@ def _scan_in(
         try:
             data = jail.read(rel)
         except (OSError, ToolInputError):
-            continue  # vanished, swapped for a symlink out, or unreadable since listing
+            continue  # hard-linked out, vanished, swapped for a symlink out, unreadable
         if data is None:
             continue
         if b"\0" in data:

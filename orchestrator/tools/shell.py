@@ -54,6 +54,7 @@ __all__ = [
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _CHUNK = 64 * 1024
+_MB = 1 << 20
 _CWD_HINT = "use an existing directory relative to the target."
 _DRAIN_AFTER_EXIT_S = 0.5  # output still in flight from children once the command exits
 CANCEL_POLL_S = 1.0  # how often a running command asks whether its job was cancelled
@@ -217,10 +218,21 @@ def _run(
                 f"{err.strerror}. Run `orchestrator doctor` to see what "
                 "the sandbox needs."
             ) from None
-        capture = _Capture(min(step.max_output_bytes, req.limits.output_bytes))
-        stopped, status, usage = _supervise(proc, capture, started + timeout_s, cancelled)
-        changes = Changeset() if stopped else sandbox.changes(prep, root)
+        lim = req.limits
+        capture = _Capture(min(step.max_output_bytes, lim.output_bytes), lim.output_bytes)
+        disk_cap = lim.disk_mb * _MB
+        stopped, status, usage = _supervise(
+            proc, capture, started + timeout_s, cancelled, _disk_watch(prep, disk_cap)
+        )
         hits = sandbox.limit_hits(prep)
+        if not stopped and capture.limit != "output_bytes":
+            used = sandbox.written(prep)  # also what it wrote just before it ended
+            if capture.limit == "disk_mb" or used > disk_cap:
+                capture.limit, hits["disk_bytes"] = "disk_mb", used
+        if capture.limit == "output_bytes":
+            hits["output_over"] = capture.total
+        # A call a limit stopped keeps nothing: its changeset is not even read.
+        changes = Changeset() if stopped or capture.limit else sandbox.changes(prep, root)
     result = ShellResult(
         output=capture.text(),
         output_bytes=capture.total,
@@ -231,16 +243,50 @@ def _run(
     return result, changes, stopped, planned.mode, hits
 
 
+def _disk_watch(prep: Any, cap: int) -> Callable[[], bool]:
+    """Whether the command has written more than `cap` bytes into its view,
+    for `_supervise` to ask every second. Measuring walks what it wrote, so a
+    command making many files is measured less often: at most a tenth of
+    the time goes to it (the check when it ends catches what this misses)."""
+    due = 0.0
+
+    def over() -> bool:
+        nonlocal due
+        start = time.monotonic()
+        if start < due:
+            return False
+        used = sandbox.written(prep)
+        due = start + 10 * (time.monotonic() - start)
+        return used > cap
+
+    return over
+
+
 def exceeded(
     result: ShellResult, mode: str, hits: dict[str, int], lim: Any
 ) -> ResourceExceeded | None:
-    """The limit that stopped a command, if one did: a fork refused at the
-    process limit (a contained fork bomb may still exit 0), an OOM kill, a
-    CPU-time or file-size signal. Nothing the command changed is kept."""
+    """The limit that stopped a command, if one did: its writes into the
+    view past `disk_mb`, its output past `output_bytes` (both stop it at
+    once), a fork refused at the process limit (a contained fork bomb may
+    still exit 0), an OOM kill, a CPU-time or file-size signal. Nothing the
+    command changed is kept."""
     code, cpu_s = result.exit_code, result.cpu_s
     sig = -code if code < 0 else code - 128 if mode == "bwrap" and 128 < code <= 192 else 0
     found: tuple[str, str, str] | None = None
-    if hits.get("oom_kills"):
+    if "disk_bytes" in hits:
+        found = (
+            "disk_mb",
+            f"{lim.disk_mb} MB written",
+            f"{hits['disk_bytes'] / _MB:.0f} MB written into the view",
+        )
+    elif "output_over" in hits:
+        found = (
+            "output_bytes",
+            f"{lim.output_bytes} bytes of output",
+            f"more than {lim.output_bytes} bytes printed ({hits['output_over']} read before "
+            "it was stopped)",
+        )
+    elif hits.get("oom_kills"):
         peak = hits.get("memory_peak", 0) / (1 << 20)
         found = ("memory_mb", f"{lim.memory_mb} MB", f"{peak:.0f} MB used, killed out of memory")
     elif hits.get("forks_refused"):
@@ -363,10 +409,13 @@ def _supervise(
     capture: _Capture,
     deadline: float,
     cancelled: Cancelled | None = None,
+    disk_over: Callable[[], bool] | None = None,
 ) -> tuple[bool | str, int, resource.struct_rusage]:
-    """Read output until EOF and the command's exit (or the deadline, or a
-    cancel), kill the process group, then reap; returns (True when timed out,
-    the cancel's reason, else False; wait status; resource usage).
+    """Read output until EOF and the command's exit (or the deadline, a
+    cancel, output past the capture's `stop_at`, or `disk_over()`, asked
+    every CANCEL_POLL_S: the limit goes to `capture.limit`), kill the process
+    group, then reap; returns (True when timed out, the cancel's reason, else
+    False; wait status; resource usage).
     The command is reaped only after the kill, so its pid (the group id) cannot
     be reused by an unrelated process while we signal the group."""
     assert proc.stdout is not None
@@ -387,19 +436,24 @@ def _supervise(
             if now >= drain_until:
                 stopped = not exited  # after an exit: a leftover child holds the pipe
                 break
-            if cancelled is not None and not exited and now >= ask_at:
+            if not exited and now >= ask_at:
                 ask_at = now + CANCEL_POLL_S
-                reason = cancelled()
+                reason = cancelled() if cancelled is not None else None
                 if reason:
                     stopped = reason
                     break
+                if disk_over is not None and disk_over():
+                    capture.limit = "disk_mb"
+                    break
             wait = drain_until - now if pidfd is not None else min(drain_until - now, 0.05)
-            if cancelled is not None:
+            if not exited:
                 wait = min(wait, max(ask_at - now, 0.0))
             for key, _ in sel.select(wait):
                 if key.fd == out and _read_available(out, capture):
                     eof = True
                     sel.unregister(out)
+            if capture.limit is not None:
+                break
             if not exited and _has_exited(proc.pid):
                 exited = True
                 drain_until = min(deadline, time.monotonic() + _DRAIN_AFTER_EXIT_S)
@@ -434,6 +488,8 @@ def _read_available(fd: int, capture: _Capture) -> bool:
         if not chunk:
             return True
         capture.add(chunk)
+        if capture.limit is not None:
+            return False
     return False
 
 
@@ -452,17 +508,23 @@ def _kill_group(pgid: int) -> None:
 
 
 class _Capture:
-    """Keeps the first and last `limit/2` bytes of a stream and counts the rest."""
+    """Keeps the first and last `limit/2` bytes of a stream and counts the
+    rest; past `stop_at` bytes in all it names the limit (`limit`) that
+    stops the command."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, stop_at: int | None = None) -> None:
         self.head_cap = (limit + 1) // 2
         self.tail_cap = limit - self.head_cap
         self.head = bytearray()
         self.tail = bytearray()
         self.total = 0
+        self.stop_at = stop_at
+        self.limit: str | None = None  # the limit that stopped the command: output_bytes, disk_mb
 
     def add(self, chunk: bytes) -> None:
         self.total += len(chunk)
+        if self.stop_at is not None and self.total > self.stop_at:
+            self.limit = "output_bytes"
         room = self.head_cap - len(self.head)
         if room > 0:
             self.head += chunk[:room]

@@ -11,14 +11,16 @@ as a function with hypothesis generating the case variants."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events.envelope import new_id
@@ -29,9 +31,19 @@ from orchestrator.guard.facts import PathFact
 from orchestrator.guard.policy import DEFAULT_POLICY
 from orchestrator.run.calls import PolicyRefused
 from orchestrator.run.runner import Runner, Ticket
-from orchestrator.run.steps import DeleteStep, ListStep, PatchStep, ReadStep, ShellStep, WriteStep
-from orchestrator.tools.files import read_file
+from orchestrator.run.steps import (
+    DeleteStep,
+    ListStep,
+    PatchStep,
+    ReadStep,
+    ReplaceStep,
+    SearchStep,
+    ShellStep,
+    WriteStep,
+)
+from orchestrator.tools.files import apply_edits, plan_patch, read_file
 from orchestrator.tools.jail import path_facts
+from orchestrator.tools.search import search
 
 CANARY = "CANARY-outside-the-workspace"
 
@@ -185,6 +197,77 @@ def test_a_hard_link_to_a_file_outside_is_denied_and_its_content_never_read(
     assert (out / "secret.txt").read_text() == CANARY
 
 
+def _hardlink_step(tool: str, rel: str) -> Any:
+    if tool == "search":
+        return SearchStep(pattern="CANARY")
+    if tool == "replace":
+        return ReplaceStep(pattern="CANARY", replacement="x")
+    if tool == "patch":
+        return PatchStep(diff=f"--- a/{rel}\n+++ b/{rel}\n@@ -1 +1 @@\n-{CANARY}\n+x\n")
+    return _step(tool, rel)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    folder=st.lists(st.sampled_from(["a", "Src", "sub", "deep"]), max_size=3).map("/".join),
+    name=st.sampled_from(["notes.txt", "x.py", "README", "data.json"]),
+    more_inside=st.integers(0, 2),
+    outside=st.booleans(),
+    tool=st.sampled_from(["read", "write", "delete", "patch", "replace", "search"]),
+)
+def test_no_file_tool_reaches_a_file_outside_through_a_hard_link(
+    tmp_path_factory: pytest.TempPathFactory,
+    folder: str,
+    name: str,
+    more_inside: int,
+    outside: bool,
+    tool: str,
+) -> None:
+    """The class: a regular file of the workspace, at any depth and name,
+    with any number of other names inside the workspace, one of whose links
+    is outside it. Every file tool is denied by rule before it runs (search
+    skips it: nothing of it reaches the result); with all its links inside,
+    it is an ordinary file."""
+    tmp = tmp_path_factory.mktemp("hl")
+    work, out = tmp / "repo", tmp / "outside"
+    (work / "other").mkdir(parents=True)
+    out.mkdir()
+    (out / "secret.txt").write_text(CANARY + "\n")
+    rel = f"{folder}/{name}" if folder else name
+    (work / rel).parent.mkdir(parents=True, exist_ok=True)
+    os.link(out / "secret.txt", work / rel)
+    for i in range(more_inside):
+        os.link(work / rel, work / "other" / f"alias{i}.txt")
+    if not outside:
+        (out / "secret.txt").unlink()
+    status, state, types = _run(tmp, work, _hardlink_step(tool, rel))
+    [entry] = state.ledger.entries
+    if outside:
+        assert (out / "secret.txt").read_text() == CANARY + "\n"
+        assert os.stat(out / "secret.txt").st_nlink == 2 + more_inside
+        store = open_store(str(tmp / "events.sqlite"))
+        recorded = [
+            e.payload.model_dump_json() for e in store.read_stream(state.session.session_id)
+        ]
+        assert not any(CANARY in text for text in recorded), tool
+        if tool == "search":
+            assert (status, entry.decision) == ("completed", "allow")
+            for rg in (True, False):
+                assert search(work, SearchStep(pattern="CANARY"), use_rg=rg).count == 0
+        else:
+            assert (status, entry.decision, entry.rule_id) == (
+                "failed",
+                "deny",
+                "path-hardlink-outside",
+            ), (tool, entry)
+            assert "ToolCallStarted" not in types
+    else:  # an ordinary file: deleting it asks, as deleting any file does
+        done = ("waiting", "ask") if tool == "delete" else ("completed", "allow")
+        assert (status, entry.decision) == done, (tool, state.session.error)
+
+
 def test_a_hard_link_made_inside_the_workspace_is_an_ordinary_file(
     tmp_path: Path, box: tuple[Path, Path]
 ) -> None:
@@ -200,20 +283,98 @@ def test_a_hard_link_made_inside_the_workspace_is_an_ordinary_file(
 # --- symlinks a patch would add --------------------------------------------------------
 
 
-@pytest.mark.parametrize("target", ["../outside/secret.txt", "/etc/passwd", "f.txt"])
-def test_a_patch_adding_a_symlink_is_denied_and_never_applied_as_a_file(
-    tmp_path: Path, box: tuple[Path, Path], target: str
-) -> None:
-    work, _ = box
-    diff = (
-        "diff --git a/ln b/ln\nnew file mode 120000\nindex 0000000..1111111\n"
-        f"--- /dev/null\n+++ b/ln\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
+LINK_PARTS = [
+    "..",
+    ".",
+    "sub",
+    "f.txt",
+    "away",
+    "outside",
+    "secret.txt",
+    "missing",
+    ".env",
+    "alias",
+    ".git",
+    "hooks",
+    "pre-commit",
+    "repo",
+]
+
+
+def _link_diff(name: str, target: str) -> str:
+    return (
+        f"diff --git a/{name} b/{name}\nnew file mode 120000\nindex 0000000..1111111\n"
+        f"--- /dev/null\n+++ b/{name}\n@@ -0,0 +1 @@\n+{target}\n\\ No newline at end of file\n"
     )
-    status, state, types = _run(tmp_path, work, PatchStep(diff=diff))
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(["ln", "sub/ln", "new/deeper/ln"]),
+    parts=st.lists(st.sampled_from(LINK_PARTS), min_size=1, max_size=4),
+    absolute=st.booleans(),
+)
+def test_a_patch_adding_a_symlink_is_decided_by_where_it_leads(
+    tmp_path_factory: pytest.TempPathFactory, name: str, parts: list[str], absolute: bool
+) -> None:
+    """The class: a new symlink at any depth, its target any mix of `..`,
+    folders, files, symlinks already there (one leading out, one to `.env`)
+    and protected names, relative or absolute. Inside the workspace and not
+    protected: applied as a link, recorded, and the recorded diff rebuilds
+    it (`git apply`, and a patch step on a fresh copy). Leading out (or
+    absolute): denied by `symlink-escape`, the shell changeset's rule; to a
+    protected path: denied by that path's rule. Never a regular file."""
+    tmp = tmp_path_factory.mktemp("ln")
+    work, out = tmp / "repo", tmp / "outside"
+    (work / "sub").mkdir(parents=True)
+    out.mkdir()
+    (out / "secret.txt").write_text(CANARY)
+    (work / "f.txt").write_text("inside\n")
+    (work / ".env").write_text("KEY=1\n")
+    (work / "away").symlink_to(out)
+    (work / "alias").symlink_to(".env")
+    fresh = tmp / "fresh"
+    shutil.copytree(work, fresh, symlinks=True)
+    target = (str(work) + "/" if absolute else "") + "/".join(parts)
+    status, state, types = _run(tmp, work, PatchStep(diff=_link_diff(name, target)))
     [entry] = state.ledger.entries
-    assert (status, entry.decision, entry.rule_id) == ("failed", "deny", "patch-symlink")
-    assert not (work / "ln").exists() and not (work / "ln").is_symlink()
-    assert "ToolCallStarted" not in types
+    real = os.path.realpath(work / os.path.dirname(name) / target)
+    inside = not absolute and (real + "/").startswith(str(work.resolve()) + "/")
+    if not inside:
+        assert (entry.decision, entry.rule_id) == ("deny", "symlink-escape"), (target, entry)
+    elif (
+        decide("write", {"path": os.path.relpath(real, work.resolve())}, DEFAULT_POLICY).decision
+        == "deny"
+    ):
+        assert entry.decision == "deny" and entry.rule_id != "symlink-escape", (target, entry)
+    else:
+        assert (status, entry.decision) == ("completed", "allow"), (target, state.session.error)
+        assert os.readlink(work / name) == target
+        diff = _recorded_diff(tmp, state)
+        again = tmp / "again"
+        shutil.copytree(fresh, again, symlinks=True)
+        subprocess.run(["git", "apply", "-"], input=diff.encode(), cwd=again, check=True)
+        assert os.readlink(again / name) == target
+        patched = tmp / "patched"
+        shutil.copytree(fresh, patched, symlinks=True)
+        apply_edits(patched, plan_patch(patched, PatchStep(diff=diff)))
+        assert os.readlink(patched / name) == target
+        return
+    assert status == "failed" and "ToolCallStarted" not in types
+    assert not os.path.lexists(work / name)
+    assert (out / "secret.txt").read_text() == CANARY
+
+
+def _recorded_diff(tmp: Path, state: Any) -> str:
+    store = open_store(str(tmp / "events.sqlite"))
+    [diff] = [
+        e.payload.diff
+        for e in store.read_stream(state.session.session_id)
+        if e.type == "FileChanged"
+    ]
+    return diff
 
 
 # --- protected paths in any case ---------------------------------------------------------

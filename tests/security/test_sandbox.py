@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from orchestrator.errors import ResourceExceeded, ToolError, ToolInputError, ToolTimeout
 from orchestrator.guard.policy import Limits, Network
@@ -387,15 +389,80 @@ def test_a_memory_hog_fails_without_hurting_the_worker(box: Box, variant: tuple[
     box.assert_contained()
 
 
-def test_infinite_output_is_capped_and_the_command_stopped(box: Box, mode: str) -> None:
-    started = time.monotonic()
-    # wall_s leaves a loaded machine time to start the sandbox and print
-    # (with 1 s, a busy box killed `yes` before its first line).
-    result = box.run(mode, ["sh", "-c", f"yes {box.token}"], output_bytes=1000, wall_s=5)
-    assert isinstance(result, ToolTimeout) and time.monotonic() - started < 60
+def test_infinite_output_is_stopped_at_the_output_limit(box: Box, mode: str) -> None:
+    result = box.run(mode, ["sh", "-c", f"yes {box.token}"], output_bytes=1000, wall_s=60)
+    assert isinstance(result, ResourceExceeded), result  # stopped at the limit, not the wall
+    assert result.limit == "output_bytes=1000 bytes of output"
     out = result.result
     assert "... [truncated " in out.output and len(out.output.encode()) < 1100
-    assert out.output_bytes > 100_000
+    assert out.output_bytes > 1000
+    box.assert_contained()
+
+
+# Programs printing without end or past a limit, on stdout or stderr, from
+# the command itself or a child it left running.
+WRITERS = {
+    "yes": "yes {t}",
+    "printf loop": "while :; do printf '%s\\n' {t}; done",
+    "stderr": "yes {t} >&2",
+    "child": "(yes {t} &) ; sleep 30",
+    "one burst": "head -c {n} /dev/zero | tr '\\0' x",
+}
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(writer=st.sampled_from(sorted(WRITERS)), limit=st.integers(1, 300_000))
+def test_output_past_the_limit_is_a_typed_outcome_and_keeps_nothing(
+    box: Box, mode: str, writer: str, limit: int
+) -> None:
+    """The class: any way of printing more than `limits.output_bytes` ends as
+    ResourceExceeded naming the limit and what was seen, never completed,
+    and what the command wrote is not kept."""
+    script = "echo made > made.txt; " + WRITERS[writer].format(t=box.token, n=limit + 4096)
+    result = box.run(mode, ["sh", "-c", script], output_bytes=limit, wall_s=60)
+    assert isinstance(result, ResourceExceeded), (writer, limit, result)
+    assert result.limit == f"output_bytes={limit} bytes of output"
+    assert f"more than {limit} bytes printed" in result.value
+    assert result.result.output_bytes > limit
+    assert not (box.ws / "made.txt").exists()
+    box.assert_contained()
+
+
+WRITES = {
+    "dd files": "for i in $(seq {k}); do dd if=/dev/zero of=f$i bs=64K count={c} 2>/dev/null; done",
+    "python": "python3 -c \"[open(f'p{{i}}', 'wb').write(b'x' * {c} * 65536) for i in range({k})]\"",
+    "fallocate": "for i in $(seq {k}); do fallocate -l $(({c} * 65536)) a$i; done",
+    "nested dirs": "for i in $(seq {k}); do mkdir -p d$i/e && head -c $(({c} * 65536)) /dev/zero > d$i/e/x; done",
+}
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    how=st.sampled_from(sorted(WRITES)),
+    files=st.integers(2, 12),
+    chunks=st.integers(4, 16),
+    linger=st.booleans(),
+)
+def test_writing_past_the_disk_limit_is_a_typed_outcome_and_keeps_nothing(
+    box: Box, mode: str, how: str, files: int, chunks: int, linger: bool
+) -> None:
+    """The class: many files, each within `file_size_mb`, together past
+    `limits.disk_mb`, made by any program, ending at once or staying on:
+    ResourceExceeded with the limit and the megabytes seen; nothing kept."""
+    size = files * chunks * 65536
+    limit_mb = max(1, size // (1 << 20) - 1)
+    if size <= limit_mb << 20:
+        files += 8  # make sure it passes the limit
+    script = WRITES[how].format(k=files, c=chunks) + ("; sleep 30" if linger else "")
+    result = box.run(mode, ["sh", "-c", script], disk_mb=limit_mb, file_size_mb=2, wall_s=60)
+    assert isinstance(result, ResourceExceeded), (how, files, chunks, result)
+    assert result.limit == f"disk_mb={limit_mb} MB written"
+    assert "MB written into the view" in result.value
+    assert sorted(p.name for p in box.ws.iterdir()) == ["README"], "nothing kept"
     box.assert_contained()
 
 
@@ -688,6 +755,8 @@ def test_cgroups_of_a_worker_that_died_are_removed_at_the_next_probe() -> None:
         (128 + signal.SIGXCPU, {}, "cpu_s"),
         (-signal.SIGKILL, {}, "cpu_s"),  # the hard limit's kill, with the CPU used
         (-signal.SIGXFSZ, {}, "file_size_mb"),
+        (-signal.SIGKILL, {"output_over": 70_000}, "output_bytes"),
+        (0, {"disk_bytes": 300 << 20}, "disk_mb"),
     ],
 )
 def test_a_limit_that_stopped_a_command_is_named_with_what_was_seen(
@@ -703,3 +772,51 @@ def test_a_limit_that_stopped_a_command_is_named_with_what_was_seen(
     assert exceeded(ShellResult(exit_code=0, cpu_s=0.1), "bwrap", {}, lim) is None
     quiet = ShellResult(exit_code=1, cpu_s=0.1)
     assert exceeded(quiet, "bwrap", {"processes_peak": 3}, lim) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "limits", "limit"),
+    [
+        ("yes", {"output_bytes": 5000}, "output_bytes limit (5000 bytes of output;"),
+        (
+            "; ".join(f"head -c 700000 /dev/zero >> f{i}" for i in range(4)),
+            {"disk_mb": 2},
+            "disk_mb limit (2 MB written;",
+        ),
+    ],
+)
+def test_a_run_stopped_by_output_or_disk_is_recorded_as_resource_exceeded(
+    tmp_path: Path, command: str, limits: dict[str, int], limit: str
+) -> None:
+    """Through the runner: ToolCallFailed with error ResourceExceeded, the
+    limit and the value seen in its message, the session failed (never
+    completed), nothing applied; the one ResourceExceeded type, so the exit
+    code of every other limit."""
+    from events.envelope import new_id
+    from events.replay import replay
+    from events.store import open_store
+    from orchestrator.run.runner import Runner, Ticket
+
+    work = tmp_path / "repo"
+    work.mkdir()
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    sid = new_id()
+    step = ShellStep(command=["sh", "-c", command], timeout_s=60)
+    ticket = Ticket(
+        job_id=new_id(),
+        session_id=sid,
+        target="repo",
+        path=str(work),
+        steps=(step.label,),
+        sessions_total=1,
+        policy={"commands": {"default": "allow"}, "limits": limits},
+    )
+    status = Runner(store, "worker:test").run_step(ticket, 0, step, last=True)
+    events = list(store.read_stream(sid))
+    failures = [e.payload for e in events if e.type == "ToolCallFailed"]
+    assert len(failures) == 1, [str(e.payload)[:400] for e in events]
+    failed = failures[0]
+    assert status == "failed" and failed.error == "ResourceExceeded", failed
+    assert limit in failed.message and "seen:" in failed.message
+    assert replay(store, sid).session.status == "failed"
+    assert list(work.iterdir()) == []

@@ -151,7 +151,20 @@ def _masked(masker: Masker, rel: str) -> bool:
 
 
 def _denied(rules: sandbox.MaskRules, rel: str) -> bool:
-    return any(glob_matcher(r)(rel) for r in rules)
+    """What the policy denies: its deny rules match in any case (`PathRule`)."""
+    return any(glob_matcher(r, fold_case=True)(rel) for r in rules)
+
+
+def _any_case(word: str) -> st.SearchStrategy[str]:
+    """`word` in every spelling a case-insensitive mount takes for it, and
+    the non-ASCII letters re.IGNORECASE equates with ASCII ones."""
+    twins = {"i": "\u0130\u0131", "s": "\u017f", "k": "\u212a"}
+    return st.tuples(
+        *(
+            st.sampled_from(sorted({c, c.lower(), c.upper(), *twins.get(c.lower(), "")}))
+            for c in word
+        )
+    ).map("".join)
 
 
 COMPONENTS = [
@@ -189,17 +202,21 @@ EXTRA_RULES: sandbox.MaskRules = (
 
 @settings(max_examples=400, deadline=None)
 @given(
-    st.lists(st.sampled_from(COMPONENTS), min_size=1, max_size=5),
+    st.lists(st.sampled_from(COMPONENTS).flatmap(_any_case), min_size=1, max_size=5),
     st.sampled_from([BUILTIN, BUILTIN + EXTRA_RULES, EXTRA_RULES]),
 )
 def test_the_masker_hides_exactly_what_the_policy_denies(
     parts: list[str], rules: sandbox.MaskRules
 ) -> None:
+    """In any case: `.ENV`, `.Env`, `.SSH/id_rsa`, `Deploy/KEY.PEM` are
+    hidden as the policy denies them (a case-insensitive mount opens `.env`)."""
     rel = "/".join(parts)
     masker = sandbox.masker(rules)
     assert _masked(masker, rel) == _denied(rules, rel), rel
     if masker.file(rel):  # never a file the policy lets the command read
         assert _denied(rules, rel)
+    if _denied(rules, rel.lower()):  # every spelling of a denied path is hidden
+        assert _masked(masker, rel), rel
 
 
 def test_whole_folders_are_only_those_everything_below_is_denied() -> None:
@@ -275,6 +292,15 @@ def test_the_walk_finds_denied_files_folders_links_and_repository_config(tmp_pat
         "keys/",
         "vendor/lib/.git/config",
     ]
+
+
+def test_the_walk_hides_denied_paths_in_any_case(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    spelled = [".ENV", ".Env", "Config/.eNv.Production", "Deploy/KEY.PEM", ".Git/config"]
+    _tree(ws, {**{rel: "S" for rel in spelled}, ".SSH/id_rsa": "S", "src/App.py": "ok"})
+    (ws / ".Env.local").symlink_to("src/App.py")  # a denied name: where it leads is hidden
+    masks = workspace_masks(ws.resolve(), BUILTIN)
+    assert _rels(ws, masks) == sorted([*spelled, ".SSH/", "src/App.py"])
 
 
 def test_policy_rules_of_its_own_are_walked_too(tmp_path: Path) -> None:
@@ -411,6 +437,9 @@ SECRETS = {
     ".ssh/id_rsa": f"{CANARY}\n",
     "config/.env.production": f"TOKEN={CANARY}\n",
     "data/private/dump.csv": f"{CANARY}\n",
+    ".ENV": f"SECRET={CANARY}\n",  # spelled as a case-insensitive mount takes them
+    "Deploy/KEY.PEM": f"{CANARY}\n",
+    "Data/Private/dump.csv": f"{CANARY}\n",
 }
 POLICY = parse_policy(
     {

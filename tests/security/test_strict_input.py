@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.errors import SpecError
@@ -220,3 +220,206 @@ def test_the_api_refuses_a_cancel_reason_that_is_not_text(client: Any) -> None:
         headers=auth("operator"),
     )
     assert r.status_code == 422 and r.json()["problems"][0]["field"] == "body.reason"
+
+
+# --- every route: duplicate keys and no coercion ---------------------------------------
+
+# Each route taking a JSON body, with a body it accepts as far as validation
+# goes, and the role that may call it. The test below fails when a route with
+# a body is added and not listed here.
+BODY_ROUTES = {
+    ("POST", "/jobs"): (
+        "/jobs",
+        "submitter",
+        {"name": "j", "targets": ["repo"], "steps": [{"kind": "read", "path": "a"}]},
+    ),
+    ("POST", "/jobs/{job_id}/cancel"): (
+        "/jobs/01a00000-0000-7000-8000-000000000000/cancel",
+        "operator",
+        {"reason": "enough"},
+    ),
+    ("POST", "/confirmations/{call_id:path}"): (
+        "/confirmations/01a00000-0000-7000-8000-000000000000/1",
+        "operator",
+        {"decision": "deny", "reason": "no"},
+    ),
+}
+
+
+def _body_routes(client: Any) -> set[tuple[str, str]]:
+    from fastapi.routing import APIRoute
+
+    from orchestrator.api.strict import StrictRoute
+
+    found = set()
+    routes = list(client.app.routes)
+    while routes:
+        route = routes.pop()
+        inner = getattr(route, "original_router", None)  # an included router (FastAPI 0.16x)
+        if inner is not None:
+            routes += inner.routes
+            continue
+        if not isinstance(route, APIRoute):
+            continue
+        assert isinstance(route, StrictRoute), route.path  # every route checks its body
+        if route.body_field is not None or "requestBody" in (route.openapi_extra or {}):
+            found |= {(m, route.path) for m in route.methods}
+    return found
+
+
+def test_every_route_with_a_body_is_listed_and_strict(client: Any) -> None:
+    assert _body_routes(client) == set(BODY_ROUTES)
+
+
+def _paths(value: Any, at: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every object in `value`, by where it is."""
+    out = [at] if isinstance(value, dict) else []
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for k, v in items:
+        out += _paths(v, (*at, k))
+    return out
+
+
+def _with_duplicate(body: Any, where: tuple[Any, ...], key: str, value: Any) -> bytes:
+    """`body` as JSON text, the object at `where` naming `key` a second time."""
+    marker = "__dup_marker__"
+    node = body
+    for part in where:
+        node = node[part]
+    node[marker] = value
+    text = json.dumps(body)
+    return text.replace(f'"{marker}"', json.dumps(key))
+
+
+def _field(where: tuple[Any, ...], key: str) -> str:
+    out = ""
+    for part in (*where, key):
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    route=st.sampled_from(sorted(BODY_ROUTES)),
+    pick=st.integers(0, 1000),
+    value=st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5), st.just("deny")),
+)
+def test_a_duplicate_key_anywhere_in_any_body_is_a_422_naming_it(
+    client: Any, route: tuple[str, str], pick: int, value: Any
+) -> None:
+    from tests.api_helpers import auth
+
+    url, role, good = BODY_ROUTES[route]
+    body = json.loads(json.dumps(good))
+    where = _paths(body)[pick % len(_paths(body))]
+    node = body
+    for part in where:
+        node = node[part]
+    key = sorted(node)[pick % len(node)]
+    raw = _with_duplicate(body, where, key, value)
+    r = client.post(url, content=raw, headers={**auth(role), "Content-Type": "application/json"})
+    assert r.status_code == 422, (raw, r.text)
+    fields = [p["field"] for p in r.json()["problems"]]
+    named = _field(where, key)
+    assert named in fields or f"body.{named}" in fields, (raw, fields)
+    assert "duplicate key" in r.text
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    route=st.sampled_from(sorted(BODY_ROUTES)),
+    pick=st.integers(0, 1000),
+    wrong=st.sampled_from(["5", "1.5", "true", "null", "[]", "{}", "5e3"]),
+)
+def test_a_value_of_another_json_type_is_never_coerced(
+    client: Any, route: tuple[str, str], pick: int, wrong: str
+) -> None:
+    """Each top-level scalar field of each body, given a value of another JSON
+    type (a number as text, text as a number, ...): 422 naming that field.
+    (The spec's own numbers and booleans: the tests at the top; `targets`
+    takes one glob as text by design.)"""
+    from tests.api_helpers import auth
+
+    url, role, good = BODY_ROUTES[route]
+    scalars = sorted(k for k, v in good.items() if isinstance(v, (str, int, float, bool)))
+    key = scalars[pick % len(scalars)]
+    value = json.loads(wrong)
+    if type(value) is type(good[key]) or (value is None and key == "reason"):
+        value = 5 if isinstance(good[key], str) else "5"
+    raw = json.dumps({**good, key: value}).encode()
+    r = client.post(url, content=raw, headers={**auth(role), "Content-Type": "application/json"})
+    assert r.status_code == 422, (raw, r.text)
+    fields = [p["field"] for p in r.json()["problems"]]
+    assert key in fields or f"body.{key}" in fields or any(f.startswith(key) for f in fields), (
+        raw,
+        fields,
+    )
+
+
+def _routes(client: Any) -> list[Any]:
+    from fastapi.routing import APIRoute
+
+    out, todo = [], list(client.app.routes)
+    while todo:
+        route = todo.pop()
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            todo += inner.routes
+        elif isinstance(route, APIRoute):
+            out.append(route)
+    return out
+
+
+def test_every_number_or_flag_in_a_query_takes_one_spelling(client: Any) -> None:
+    from orchestrator.api.strict import QueryBool, QueryInt
+
+    wanted = {int: QueryInt, bool: QueryBool}
+    for route in _routes(client):
+        for param in route.dependant.query_params:
+            kind = param.field_info.annotation
+            if kind in wanted:
+                strict = wanted[kind].__metadata__[0]  # type: ignore[attr-defined]
+                assert strict in param.field_info.metadata, (route.path, param.name)
+
+
+SLOPPY_NUMBERS = ["1.0", "+5", " 5", "5_0", "0x10", "5 ", "٥", "1e2", ""]
+SLOPPY_FLAGS = ["yes", "on", "1", "t", "TRUE", "True", "no", "0", ""]
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(["after_seq", "limit", "follow"]),
+    number=st.sampled_from(SLOPPY_NUMBERS),
+    flag=st.sampled_from(SLOPPY_FLAGS),
+)
+def test_a_query_number_or_flag_in_another_spelling_is_a_422_naming_it(
+    client: Any, name: str, number: str, flag: str
+) -> None:
+    from tests.api_helpers import auth
+
+    value = flag if name == "follow" else number
+    r = client.get(
+        "/sessions/01a00000-0000-7000-8000-000000000000/events",
+        params={name: value},
+        headers=auth("admin"),
+    )
+    assert r.status_code == 422, (name, value, r.text)
+    assert [p["field"] for p in r.json()["problems"]] == [f"query.{name}"]
+    r = client.post(
+        f"/jobs?allow_destructive={flag}",
+        content=b'{"name": "j", "targets": ["repo"], "steps": [{"kind": "read", "path": "a"}]}',
+        headers={**auth("admin"), "Content-Type": "application/json"},
+    )
+    assert r.status_code == 422 and r.json()["problems"][0]["field"] == "query.allow_destructive"

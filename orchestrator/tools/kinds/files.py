@@ -4,6 +4,7 @@ record their hashes when the call starts and apply them all-or-nothing."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from orchestrator.run.steps import DeleteStep, ListStep, PatchStep, ReadStep, Re
 from orchestrator.tools import files, replace
 from orchestrator.tools.base import FileEdit, Interrupted, Plan, ToolResult, content_hash
 from orchestrator.tools.interface import BaseTool, Hidden, ToolCall
+from orchestrator.tools.patch_links import link_target
 
 
 class ReadTool(BaseTool):
@@ -85,7 +87,10 @@ class EditTool(BaseTool):
         todo = []
         for c in recorded:
             target = workspace / c.path
-            current = content_hash(target.read_bytes()) if target.is_file() else None
+            if target.is_symlink():  # a link a patch adds: its content is its target
+                current = content_hash(os.fsencode(os.readlink(target)))
+            else:
+                current = content_hash(target.read_bytes()) if target.is_file() else None
             if current == c.after_hash:
                 continue
             edit = fresh.get(c.path)
@@ -116,6 +121,13 @@ class PatchTool(EditTool):
     def plan(self, workspace: Path, step: PatchStep, hidden: Hidden | None) -> Plan:
         edits = files.plan_patch(workspace, step)
         return Plan(edits, len(edits))
+
+    def paths(self, step: PatchStep, planned: Plan | None) -> tuple[list[str], list[str]]:
+        """A new symlink's target is judged as a path the call writes: a link
+        to `.env` or `.git/hooks/x` is denied as writing there would be."""
+        reads, writes = super().paths(step, planned)
+        edits = planned.edits if planned else []
+        return reads, writes + [link_target(e.path, e.after) for e in edits if e.link and e.after]
 
 
 class DeleteTool(EditTool):
