@@ -100,7 +100,7 @@ class SqlKeyRing:
                     K.c.forgotten_reason,
                 ).where(K.c.key_id == key_id)
             ).first()
-        return None if row is None else stored_key(self.kek, key_id, tuple(row))  # type: ignore[arg-type]
+        return None if row is None else stored_key(self.kek, key_id, tuple(row))
 
     def rows(self, scope: str | None = None) -> list[KeyRow]:
         q = sa.select(

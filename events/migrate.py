@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 
-
 def _config() -> Config:
     # Alembic is imported here, not at the top: opening a store never needs it.
     from alembic.config import Config

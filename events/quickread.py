@@ -31,9 +31,7 @@ from events.urls import libpq_url, normalize_url, sqlite_path
 
 Row = tuple[int, bytes, str]  # position, body as stored, hash
 
-_SQL_ROWS = (
-    "SELECT position, body, hash FROM events WHERE correlation_id = {p} ORDER BY position"
-)
+_SQL_ROWS = "SELECT position, body, hash FROM events WHERE correlation_id = {p} ORDER BY position"
 _SQL_KEYS = (
     "SELECT key_id, kek_id, wrapped, forgotten_at, forgotten_by, forgotten_reason "
     "FROM data_keys WHERE key_id IN ({ps})"
@@ -46,9 +44,9 @@ class JobRows:
     rows: list[Row]
     keys: dict[str, KeyRecord] = field(default_factory=dict)  # by key id
 
-    def loads(self, reveal: Callable[[dict[str, Any]], dict[str, Any]] | None) -> Callable[
-        [bytes], dict[str, Any]
-    ]:
+    def loads(
+        self, reveal: Callable[[dict[str, Any]], dict[str, Any]] | None
+    ) -> Callable[[bytes], dict[str, Any]]:
         """`SqlEventStore.loads` for these rows: a stored body as JSON data,
         its sealed fields opened with `reveal` (None: left as stored, as a
         store without a sealing filter leaves them)."""

@@ -102,7 +102,9 @@ def view_of(
         record = current(loads(body))
         sid = record["stream_id"]
         if sid == job_id:
-            job = apply_job(job, Event.model_validate({**record, "position": position, "hash": hash_}))
+            job = apply_job(
+                job, Event.model_validate({**record, "position": position, "hash": hash_})
+            )
         streams.setdefault(sid, []).append(record)
     view = JobView(job_id, job=job)
     view.sessions = {

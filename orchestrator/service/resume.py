@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from events.envelope import Event, utcnow
+from events.envelope import Event
 from events.projections import JobState, SessionState, apply_job
 from events.replay import replay
 from events.store import EventStore
-from orchestrator.config.settings import Settings
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.guard.policy import PolicyDoc, combine
 from orchestrator.run.jobspec import JobSpec, resolve
