@@ -18,15 +18,15 @@ from orchestrator import lazy
 from orchestrator.audit import kek as kek_mod
 from orchestrator.config.seen import known_values
 from orchestrator.config.settings import Settings
-from orchestrator.guard.event_masking import mask_event
 
 if TYPE_CHECKING:
     from events.keyring import SqlKeyRing
     from events.store import EventFilter
 
-# SQLAlchemy loads with the store that uses the key ring, not with `status`'s
-# reader (bench/cli_startup.py).
+# SQLAlchemy and the masking rules load with the store that writes, not with
+# `status`'s reader (bench/cli_startup.py).
 _keyring = lazy.module("events.keyring")
+_event_masking = lazy.module("orchestrator.guard.event_masking")
 
 
 def keyring(settings: Settings) -> SqlKeyRing | None:
@@ -50,7 +50,7 @@ def event_filters(settings: Settings) -> tuple[EventFilter, ...]:
     """The filters an appending store applies, in order, for these settings."""
     # Masking first: the known values of these settings (and those read in
     # this process), the credential shapes, secret-named env entries.
-    filters: list[EventFilter] = [mask_event(lambda: known_values(settings))]
+    filters: list[EventFilter] = [_event_masking.mask_event(lambda: known_values(settings))]
     if settings.seal_payloads:
         keys = keyring(settings)
         if keys is not None:
