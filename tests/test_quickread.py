@@ -6,6 +6,7 @@ cannot be sure. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -20,8 +21,16 @@ from events.keyring import SqlKeyRing
 from events.sealing import Sealer
 from events.store import SqlEventStore, open_store
 from events.urls import normalize_url, sqlite_path
+from orchestrator.agent.loop import AgentLoop
+from orchestrator.agent.providers.scripted import ScriptedProvider
 from orchestrator.audit import kek as kek_mod
-from orchestrator.run.watch import final_view, view_of
+from orchestrator.audit.protect import event_filters
+from orchestrator.config.settings import Settings
+from orchestrator.run import jobs
+from orchestrator.run.jobspec import parse_spec
+from orchestrator.run.runner import Runner
+from orchestrator.run.watch import final_view, session_summary, view_of
+from tests.cli_helpers import cli_json, shape_env
 from tests.factories import new
 
 SECRET_DIFF = "+PLAINTEXT-DIFF-77c1\n"
@@ -162,3 +171,53 @@ def test_sqlite_paths_are_sqlalchemys() -> None:
     ):
         assert sqlite_path(url) == Path(make_url(url).database or "")
     assert sqlite_path("postgresql+psycopg://u@h/db") is None
+
+
+AGENT_JOB = """
+name: agent
+targets: [repo]
+steps: []
+agent: {instruction: look around, turns: [{content: done}]}
+"""
+WAITING_JOB = """
+name: tidy
+targets: [repo]
+steps: [{kind: delete, path: a.py}]
+"""
+
+
+def test_status_shows_what_the_stores_view_shows(tmp_path: Path) -> None:
+    """`orchestrator status --json` (this reader) against the store's own
+    view of the same jobs: an agent job whose model reply is sealed, and a
+    job waiting for a confirmation."""
+    env = shape_env(tmp_path)
+    get = Settings.model_validate({"state_dir": tmp_path / "state"})
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "a.py").write_text("x = 1\n")
+    store = open_store(get.effective_store_url, upgrade=True, filters=event_filters(get))
+    try:
+        ids = []
+        for text in (AGENT_JOB, WAITING_JOB):
+            spec = parse_spec(text)
+            job_id, [t] = jobs.prepare(spec, tmp_path)
+            jobs.record(store, spec, job_id, [t], "user:test")
+            runner = Runner(store, "worker:test")
+            if spec.agent is not None:
+                provider = ScriptedProvider([{"content": "all done, PLAINTEXT-REPLY-5e1a"}])
+                AgentLoop(runner, lambda _: provider).advance(t)
+            else:
+                runner.run_step(t, 0, spec.steps[0], last=True)
+            ids.append(job_id)
+        raw = b"".join(body for _, body, _ in store.raw_all())
+        assert b"PLAINTEXT-REPLY" not in raw  # sealed where it is stored
+        for job_id in ids:
+            got = cli_json(env, "status", job_id)
+            view = final_view(store, job_id)
+            rows = [{k: v for k, v in r.items() if k != "patch"} for r in session_summary(view)]
+            assert (got["name"], got["status"]) == (view.job.name, view.job.outcome)
+            assert got["sessions"] == json.loads(json.dumps(rows))
+        agent = cli_json(env, "status", ids[0])["sessions"][0]["agent"]
+        assert agent["message"] == "all done, PLAINTEXT-REPLY-5e1a"
+        assert cli_json(env, "status", ids[1])["sessions"][0]["status"] == "waiting"
+    finally:
+        store.close()
