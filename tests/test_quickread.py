@@ -204,7 +204,7 @@ def test_status_shows_what_the_stores_view_shows(tmp_path: Path) -> None:
             runner = Runner(store, "worker:test")
             if spec.agent is not None:
                 provider = ScriptedProvider([{"content": "all done, PLAINTEXT-REPLY-5e1a"}])
-                AgentLoop(runner, lambda _: provider).advance(t)
+                AgentLoop(runner, lambda _, p=provider: p).advance(t)
             else:
                 runner.run_step(t, 0, spec.steps[0], last=True)
             ids.append(job_id)
