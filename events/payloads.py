@@ -29,6 +29,10 @@ class SessionRef(_Payload):
     # continuation rebuilds the same ticket from the job's stream alone.
     vars: dict[str, str] = {}
     toolchains: tuple[str, ...] = ()
+    # The absolute folder `submit` resolved the target to (None: it did not
+    # resolve, or an event from before this field), so a session whose
+    # worker died before it started is resumed in the same folder.
+    workspace: str | None = None
 
 
 class JobSubmitted(_Payload):
@@ -36,6 +40,13 @@ class JobSubmitted(_Payload):
     name: str
     spec: dict[str, Any]
     sessions: tuple[SessionRef, ...]
+    # What every session runs under, as `submit` combined it (the spec's
+    # policy with `--policy` files and the configured one; `--tier`;
+    # `--allow-destructive`): a session resumed before it started gets the
+    # same. None in events from before these fields.
+    policy: dict[str, Any] | None = None
+    tier: str | None = None
+    elevated_by: str | None = None
 
 
 class JobCompleted(_Payload):

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.cli_helpers import ROOT
+from tests.processes import dies_with_us
 
 TOKENS = {
     role: f"test-{role}-token-0123456789" for role in ("submitter", "operator", "auditor", "admin")
@@ -87,6 +88,7 @@ def api_server(env: dict[str, str], log: Path) -> Iterator[str]:
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -115,6 +117,7 @@ def worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
     try:
         yield proc

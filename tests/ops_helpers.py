@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.cli_helpers import ROOT
+from tests.processes import dies_with_us
 
 REDIS_SERVER = "/usr/bin/redis-server"
 PG_BIN = Path("/usr/local/bin")
@@ -101,6 +102,7 @@ def start_worker(env: dict[str, str], log: Path, name: str = "probe") -> subproc
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
 
 
@@ -146,6 +148,7 @@ class PrivateRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=dies_with_us(),
         )
         import redis
 

@@ -29,7 +29,7 @@ from orchestrator.ops import workers
 from orchestrator.run.runner import job_state
 from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import cli, shape_env, state_store
-from tests.processes import alive, running
+from tests.processes import alive, dies_with_us, running
 
 SCRIPTS = Path(__file__).parent / "chat_scripts"
 PROMPT = "you> "
@@ -155,6 +155,7 @@ class _Worker:
             stdout=subprocess.DEVNULL,
             stderr=log,
             start_new_session=True,
+            preexec_fn=dies_with_us(),
         )
         log.close()
 

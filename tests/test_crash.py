@@ -17,6 +17,7 @@ from events.store import SqlEventStore
 from events.verify import verify_rows
 from orchestrator.run.runner import job_state
 from tests.cli_helpers import cli, shape_env
+from tests.processes import dies_with_us
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +47,7 @@ def _worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
 
 

@@ -43,6 +43,7 @@ from orchestrator.run import diagnose as dg
 from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.fake_chat_server import FakeChatServer, Reply, tool_call
+from tests.processes import dies_with_us
 
 SCHEMA = json.loads((ROOT / "docs" / "schemas" / "diagnose.schema.json").read_text())
 SANDBOX_PATH = "/usr/bin:/bin"
@@ -515,6 +516,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         stdout=subprocess.DEVNULL,
         stderr=log,
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
     try:
         deadline = time.monotonic() + 60

@@ -17,7 +17,7 @@ import pytest
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.conftest import unavailable
 from tests.ops_helpers import free_port, get, start_worker, stop, wait_until
-from tests.processes import running
+from tests.processes import dies_with_us, running
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 REDIS_DB = 7
@@ -79,6 +79,7 @@ def flower(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         stdout=open(tmp_path / "flower.log", "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
     base = f"http://127.0.0.1:{port}"
     try:

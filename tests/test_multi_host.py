@@ -24,6 +24,7 @@ from events.verify import verify_rows
 from orchestrator.run.runner import job_state
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.ops_helpers import REDIS_SERVER, PrivatePostgres, free_port, stop, wait_until
+from tests.processes import dies_with_us
 
 pytestmark = [pytest.mark.slow]
 
@@ -91,6 +92,7 @@ def _worker(ns: str, env: dict[str, str], log: Path, name: str) -> subprocess.Po
         stdout=open(log, "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
 
 

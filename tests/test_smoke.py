@@ -14,6 +14,7 @@ import pytest
 from orchestrator.ops.smoke import Row, exit_code
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.ops_helpers import free_port, get, stop, wait_until
+from tests.processes import dies_with_us
 
 REDIS_DB = 7
 ROWS = [
@@ -46,6 +47,7 @@ def api(deployment_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         stdout=open(tmp_path / "api.log", "ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
     base = f"http://127.0.0.1:{port}"
     try:

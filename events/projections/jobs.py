@@ -19,6 +19,9 @@ class JobState(Frozen):
     finished: tuple[tuple[str, str], ...] = ()  # (session_id, status) in finishing order
     status: Literal["new", "running", "completed", "failed", "cancelled"] = "new"
     spec: dict[str, object] = {}
+    policy: dict[str, object] | None = None  # as submitted (None: recorded before the field)
+    tier: str | None = None
+    elevated_by: str | None = None
     cancelled_by: str | None = None  # JobCancelRequested: who, and why
     cancel_reason: str = ""
 
@@ -58,6 +61,9 @@ def apply_job(s: JobState, e: Event) -> JobState:
                 "name": pl.name,
                 "spec": pl.spec,
                 "sessions": pl.sessions,
+                "policy": pl.policy,
+                "tier": pl.tier,
+                "elevated_by": pl.elevated_by,
                 "status": "running",
             }
         )

@@ -71,10 +71,17 @@ def record(
             spec=spec.model_dump(mode="json"),
             sessions=tuple(
                 p.SessionRef(
-                    session_id=t.session_id, target=t.target, vars=t.vars, toolchains=t.toolchains
+                    session_id=t.session_id,
+                    target=t.target,
+                    vars=t.vars,
+                    toolchains=t.toolchains,
+                    workspace=t.path,
                 )
                 for t in tickets
             ),
+            policy=tickets[0].policy if tickets else None,
+            tier=tickets[0].tier if tickets else None,
+            elevated_by=tickets[0].elevated_by if tickets else None,
         ),
         actor=actor,
         correlation_id=job_id,

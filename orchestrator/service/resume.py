@@ -114,10 +114,12 @@ def plan(
     """What `resume` would enqueue: every session its job has no end for.
 
     A session that started is rebuilt from its own events (workspace,
-    policy, tier). One that never started is rebuilt from the job's spec:
-    its workspace is the job's target resolved against the folder a started
-    sibling ran in (else `base_dir`, as `submit` resolved it) and its policy
-    the siblings' (else the spec's combined with `policy_files`)."""
+    policy, tier). One that never started (its worker may have died between
+    receiving the step and starting it) is rebuilt from the job's stream: its
+    workspace is the folder `submit` recorded for it (for jobs recorded
+    before that field: the target resolved against the folder a started
+    sibling ran in, else `base_dir`) and its policy the siblings' (else the
+    spec's combined with `policy_files`)."""
     job, sessions, _ = job_record(store, job_id)
     if job.status != "running":
         raise Conflict(f"job {job_id} already {job.status}; there is nothing to resume")
@@ -127,7 +129,9 @@ def plan(
     sibling = next(iter(started.values()), None)
     base = _base_dir(job, sibling) or base_dir
     paths = {t.name: t for t in resolve(spec, base)}
-    doc = sibling.policy if sibling else combine(spec.policy, *policy_files).model_dump(mode="json")
+    doc = job.policy or (
+        sibling.policy if sibling else combine(spec.policy, *policy_files).model_dump(mode="json")
+    )
     agent = spec.agent.model_dump(mode="json") if spec.agent else None
     out = []
     for ref in job.sessions:
@@ -137,17 +141,26 @@ def plan(
         if s is not None and s.waiting:
             continue  # it waits for an answer: `approve`/`deny` continues it
         target = paths.get(ref.target)
+        path = (
+            s.target
+            if s
+            else ref.workspace or (str(target.path) if target and target.path else None)
+        )
         ticket = Ticket(
             job_id=job_id,
             session_id=ref.session_id,
             target=ref.target,
-            path=s.target if s else (str(target.path) if target and target.path else None),
-            error=None if s or (target and target.error is None) else _lost(ref.target, target),
+            path=path,
+            error=None
+            if s or ref.workspace or (target and target.error is None)
+            else _lost(ref.target, target),
             steps=tuple(st.label for st in spec.steps),
             sessions_total=len(job.sessions),
             policy=s.policy if s else doc,
-            tier=(s.tier if s else sibling.tier if sibling else tier),
-            elevated_by=s.elevated_by if s else sibling.elevated_by if sibling else None,
+            tier=(s.tier if s else sibling.tier if sibling else job.tier or tier),
+            elevated_by=(
+                s.elevated_by if s else sibling.elevated_by if sibling else job.elevated_by
+            ),
             agent=agent,
             vars=ref.vars,
             toolchains=ref.toolchains,

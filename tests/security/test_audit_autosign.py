@@ -28,6 +28,7 @@ from orchestrator.ops import workers
 from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, cli_json, shape_env
 from tests.conftest import fresh_pg_database
+from tests.processes import dies_with_us
 from tests.security.test_audit_digests import _recompute, _tamper
 
 # A Redis db no other test or bench uses (11 conftest, 12 e2e, 13 agent jobs and
@@ -208,6 +209,7 @@ def _foreground_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=open(Path(env["ORCH_STATE_DIR"]) / "fg-worker.log", "ab"),
         start_new_session=True,
+        preexec_fn=dies_with_us(),
     )
 
 
@@ -316,6 +318,7 @@ def test_celery_beat_schedules_the_periodic_digest_on_a_server_broker(keys, redi
             stdout=subprocess.DEVNULL,
             stderr=open(tmp_path / "state" / "beat.log", "ab"),
             start_new_session=True,
+            preexec_fn=dies_with_us(),
         )
         try:
             store = SqlEventStore(url)
