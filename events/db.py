@@ -16,15 +16,7 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
 from events.errors import AppendOnlyViolation, StoreUnavailable
-
-
-def normalize_url(url: str) -> str:
-    """`postgresql://` means psycopg 3 here; a bare path means SQLite."""
-    if "://" not in url:
-        return f"sqlite:///{Path(url).expanduser().resolve()}"
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
+from events.urls import normalize_url as normalize_url  # where callers have found it
 
 
 def display_url(url: str) -> str:

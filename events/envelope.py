@@ -80,7 +80,7 @@ def construct_trusted(model: type[Any], values: dict[str, Any]) -> Any:
 class NewEvent(BaseModel):
     """An event before the store has placed it in a stream."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     payload: Payload
     event_id: str
@@ -153,7 +153,7 @@ def seal(
 class Event(BaseModel):
     """A stored event: the envelope plus its place (`position`) and `hash`."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     position: int
     stream_id: str

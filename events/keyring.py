@@ -15,29 +15,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
 
 import sqlalchemy as sa
 
 from events.db import create_engine, normalize_url, store_errors, writer
 from events.schema import data_keys as K
 from events.schema import snapshots as S
-from events.sealing import CACHE_S, Forgotten, SealError
-
-
-class Kek(Protocol):
-    """A key-encryption key: a local file's key, or a Vault transit key."""
-
-    id: str  # stable for the key's whole life, stored with every key it wrapped
-    setting: str  # where it comes from, for error messages (e.g. ORCH_DATA_KEK_FILE=...)
-
-    def wrap(self, dek: bytes) -> bytes: ...
-
-    def unwrap(self, wrapped: bytes) -> bytes: ...
-
-
-class WrongKek(Exception):
-    """Raised by `Kek.unwrap` when the blob was not wrapped by this key."""
+from events.sealing import CACHE_S, Forgotten, Kek, stored_key, unwrap_key
+from events.sealing import WrongKek as WrongKek  # where callers have found it
 
 
 @dataclass(frozen=True)
@@ -88,7 +73,7 @@ class SqlKeyRing:
                     .limit(1)
                 ).first()
             if row is not None:
-                key_id, dek = row[0], self._unwrap(row[0], row[1], bytes(row[2]))
+                key_id, dek = row[0], unwrap_key(self.kek, row[0], row[1], bytes(row[2]))
             else:
                 key_id, dek = uuid.uuid4().hex, os.urandom(32)
                 with store_errors(self.url), writer(self.engine) as conn, conn.begin():
@@ -115,27 +100,7 @@ class SqlKeyRing:
                     K.c.forgotten_reason,
                 ).where(K.c.key_id == key_id)
             ).first()
-        if row is None:
-            return None
-        if row[1] is None:
-            return Forgotten(row[2] or "", row[3] or "", row[4] or "")
-        return self._unwrap(key_id, row[0], bytes(row[1]))
-
-    def _unwrap(self, key_id: str, kek_id: str, wrapped: bytes) -> bytes:
-        if kek_id != self.kek.id:
-            raise SealError(
-                f"data key {key_id} was wrapped by key-encryption key {kek_id}, but "
-                f"{self.kek.setting} is key {self.kek.id}: point the setting at the "
-                "key that wrapped it (after a rotation, `orchestrator audit rewrap "
-                "--old-kek-file OLD` moves every data key to the new one)"
-            )
-        try:
-            return self.kek.unwrap(wrapped)
-        except WrongKek:
-            raise SealError(
-                f"data key {key_id} does not open with {self.kek.setting} (key "
-                f"{self.kek.id}): the key file was replaced or damaged; restore it"
-            ) from None
+        return None if row is None else stored_key(self.kek, key_id, tuple(row))
 
     def rows(self, scope: str | None = None) -> list[KeyRow]:
         q = sa.select(

@@ -14,14 +14,11 @@ import sqlalchemy as sa
 
 from events.db import display_url, store_errors
 from events.errors import SchemaNotReady, UnknownSchemaRevision
+from events.revision import HEAD as HEAD
+from events.revision import VERSION_TABLE as VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
-
-# The newest revision under events/migrations/versions; a new migration bumps
-# it (tests/test_store.py holds it equal to the head Alembic finds there).
-HEAD = "0003"
-VERSION_TABLE = "alembic_version"  # Alembic's default, which env.py keeps
 
 
 def _config() -> Config:

@@ -67,6 +67,51 @@ class Forgotten:
         return f"forgotten on {self.at[:10]} by {self.by}: {self.reason}"
 
 
+class Kek(Protocol):
+    """A key-encryption key: a local file's key, or a Vault transit key."""
+
+    id: str  # stable for the key's whole life, stored with every key it wrapped
+    setting: str  # where it comes from, for error messages (e.g. ORCH_DATA_KEK_FILE=...)
+
+    def wrap(self, dek: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes) -> bytes: ...
+
+
+class WrongKek(Exception):
+    """Raised by `Kek.unwrap` when the blob was not wrapped by this key."""
+
+
+# A data key as the `data_keys` table keeps it: (kek_id, wrapped or None once
+# forgotten, forgotten_at, forgotten_by, forgotten_reason).
+KeyRecord = tuple[str, bytes | None, str | None, str | None, str | None]
+
+
+def stored_key(kek: Kek, key_id: str, row: KeyRecord) -> bytes | Forgotten:
+    """The data key of a `data_keys` row, unwrapped with `kek`, or why it is gone."""
+    kek_id, wrapped, at, by, reason = row
+    if wrapped is None:
+        return Forgotten(at or "", by or "", reason or "")
+    return unwrap_key(kek, key_id, kek_id, bytes(wrapped))
+
+
+def unwrap_key(kek: Kek, key_id: str, kek_id: str, wrapped: bytes) -> bytes:
+    if kek_id != kek.id:
+        raise SealError(
+            f"data key {key_id} was wrapped by key-encryption key {kek_id}, but "
+            f"{kek.setting} is key {kek.id}: point the setting at the "
+            "key that wrapped it (after a rotation, `orchestrator audit rewrap "
+            "--old-kek-file OLD` moves every data key to the new one)"
+        )
+    try:
+        return kek.unwrap(wrapped)
+    except WrongKek:
+        raise SealError(
+            f"data key {key_id} does not open with {kek.setting} (key "
+            f"{kek.id}): the key file was replaced or damaged; restore it"
+        ) from None
+
+
 class KeyRing(Protocol):
     def active(self, scope: str) -> tuple[str, bytes]:
         """The (key id, data key) new fields of `scope` are sealed with (made on first use)."""

@@ -20,7 +20,7 @@ from events.envelope import construct_trusted
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
 
 Fields = Mapping[str, Any]  # an event's payload or envelope: JSON data or a model's __dict__

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.keywrap import (
     aes_key_wrap,
 )
 
-from events.keyring import WrongKek
+from events.sealing import WrongKek
 from orchestrator.config.settings import Settings
 from orchestrator.errors import ConfigError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from importlib import resources
 from pathlib import Path
@@ -29,12 +30,17 @@ from orchestrator.ops import workers
 # the commands that use them, not for `--help` (bench/cli_startup.py).
 verify_mod = lazy.module("events.verify")
 _db = lazy.module("events.db")
+_urls = lazy.module("events.urls")
 _replay = lazy.module("events.replay")
 _store = lazy.module("events.store")
+_quickread = lazy.module("events.quickread")
+_envelope = lazy.module("events.envelope")
+_protect = lazy.module("orchestrator.audit.protect")
+_storage = lazy.module("orchestrator.ops.storage")
 render = lazy.module("orchestrator.cli.render")
 _sample_repos = lazy.module("orchestrator.run.sample_repos")
 _watch = lazy.module("orchestrator.run.watch")
-_resume = lazy.module("orchestrator.service.resume")
+_stalls = lazy.module("orchestrator.service.stalls")
 
 
 def submit(
@@ -111,16 +117,24 @@ def status(
     json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Where a job stands: each target's status, steps and files changed."""
-    st = current().store()
-    view = _watch.final_view(st, job_id)
+    s = current().settings
+    url = _urls.normalize_url(s.effective_store_url)
+    view, last = _watch.view_of(job_id, *_job_rows(url, job_id))
     if not view.job.sessions:
         fail(
-            f"no job {job_id} in the event store at {_db.display_url(st.url)}; check the id "
+            f"no job {job_id} in the event store at {_db.display_url(url)}; check the id "
             "and ORCH_STORE_URL",
             2,
         )
     rows = _watch.session_summary(view)
-    trouble = _resume.trouble(st, job_id, current().settings)
+    trouble = _stalls.trouble(
+        view.job,
+        view.sessions.values(),
+        last,
+        _envelope.utcnow(),
+        s.stall_after_s,
+        _storage.write_problem(url),
+    )
     if json:
         emit_json(
             {
@@ -136,8 +150,20 @@ def status(
         )
     else:
         render.summary(out, view, rows, diffs=False)
-        for line in _resume.trouble_lines(job_id, trouble):
+        for line in _stalls.trouble_lines(job_id, trouble):
             err.print(f"[bold yellow]warning:[/] {line}", highlight=False)
+
+
+def _job_rows(url: str, job_id: str) -> tuple[list[tuple[int, bytes, str]], Any]:
+    """Every row of the job and how to open them: read with the database's
+    own driver (no SQLAlchemy: `status` starts as fast as `celery --help`),
+    else through the store, which also says why the first could not."""
+    read = _quickread.job_rows(url, job_id)
+    if read is not None:
+        keys = functools.partial(_quickread.StoredKeys, read.keys)
+        return read.rows, read.loads(_protect.reveal(current().settings, keys))
+    st = current().store()
+    return list(st.raw_all(correlation_id=job_id)), st.loads
 
 
 def worker(

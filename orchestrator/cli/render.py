@@ -14,15 +14,15 @@ from rich.text import Text
 
 from events import payloads as p
 from events.envelope import Event
-from events.projections import Projections
-from events.store import EventStore
-from events.verify import VerifyReport
 from orchestrator import lazy
 from orchestrator.errors import InfraUnavailable
 from orchestrator.run.watch import JobView
 
 if TYPE_CHECKING:
     from events.digests import ProofReport
+    from events.projections import Projections
+    from events.store import EventStore
+    from events.verify import VerifyReport
 
 # Live progress (`run`) and highlighted diffs (pygments) load where they are
 # shown, not for `status` (bench/cli_startup.py).

@@ -9,23 +9,10 @@ heartbeat. A server store (PostgreSQL) reports its own disk in its errors:
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from sqlalchemy.engine import make_url
-
 from events.errors import filesystem_problem
+from events.urls import sqlite_path
 
 MIN_FREE_BYTES = 1024 * 1024  # below this an append of a large step may not fit
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of an SQLite URL (None for a server store or memory)."""
-    if "://" not in url:
-        return Path(url).expanduser()
-    if not url.startswith("sqlite"):
-        return None
-    db = make_url(url).database
-    return Path(db) if db and db != ":memory:" else None
 
 
 def write_problem(url: str, min_free: int = MIN_FREE_BYTES) -> str | None:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from events.envelope import Event
-from events.projections import JobState, SessionState, apply_job, apply_session
-from events.replay import job_state, replay
-from events.store import EventStore
+from events.envelope import Event, construct_trusted
+from events.payloads import PAYLOAD_TYPES
+from events.projections import JobState, SessionState, apply_job, apply_session, fold_records
+from events.projections.frozen import timestamp
+from events.upcast import current
+from orchestrator import lazy
+
+if TYPE_CHECKING:
+    from events.store import EventStore
+
+# SQLAlchemy loads with a store; `status` folds rows it read without one
+# (`view_of`, bench/cli_startup.py).
+_replay = lazy.module("events.replay")
 
 ENDED = ("completed", "failed", "cancelled")
 
@@ -62,14 +74,64 @@ def final_view(store: EventStore, job_id: str) -> JobView:
     session's end is appended before its SessionFinished, and the job's
     completion after the last of those, so no reader sees a finished job as
     running, or a completed job with a running session.)"""
-    job = job_state(store, job_id)
-    sessions = {ref.session_id: replay(store, ref.session_id).session for ref in job.sessions}
-    view = JobView(job_id, job=job_state(store, job_id) if job.sessions else job)
+    job = _replay.job_state(store, job_id)
+    sessions = {
+        ref.session_id: _replay.replay(store, ref.session_id).session for ref in job.sessions
+    }
+    view = JobView(job_id, job=_replay.job_state(store, job_id) if job.sessions else job)
     for sid, _ in view.job.finished:
         if sid in sessions and not sessions[sid].finished:
-            sessions[sid] = replay(store, sid).session
+            sessions[sid] = _replay.replay(store, sid).session
     view.sessions = sessions
     return view
+
+
+def view_of(
+    job_id: str,
+    rows: Iterable[tuple[int, bytes, str]],
+    loads: Callable[[bytes], dict[str, Any]],
+) -> tuple[JobView, datetime | None]:
+    """What `final_view` gives, from one read of all the job's rows
+    ((position, body, hash) in position order, as `SqlEventStore.raw_all`
+    and `events.quickread` give them, opened by `loads`), and the time of the
+    newest event of the job's stream and its sessions' (a stall's measure).
+    The same folds: `apply_job` over the job's events, the session fold
+    (`fold_records`, as replay) over each session's records."""
+    job = JobState()
+    streams: dict[str, list[dict[str, Any]]] = {}
+    for position, body, hash_ in rows:
+        record = current(loads(body))
+        sid = record["stream_id"]
+        if sid == job_id:
+            job = apply_job(job, _event(record, position, hash_))
+        streams.setdefault(sid, []).append(record)
+    view = JobView(job_id, job=job)
+    view.sessions = {
+        ref.session_id: fold_records(streams.get(ref.session_id, ())).session
+        for ref in job.sessions
+    }
+    ends = [
+        timestamp(streams[sid][-1]["occurred_at"])
+        for sid in (job_id, *view.sessions)
+        if streams.get(sid)
+    ]
+    return view, max(ends, default=None)
+
+
+def _event(record: dict[str, Any], position: int, hash_: str) -> Event:
+    """A job stream's record as the `Event` `apply_job` reads: its payload
+    validated by its own model, the envelope taken as stored (hash-chained,
+    written from a validated model), so the union of every payload type is
+    not built for a few job events (`status`'s start-up)."""
+    values = {
+        **record,
+        "payload": PAYLOAD_TYPES[record["type"]].model_validate(record["payload"]),
+        "occurred_at": timestamp(record["occurred_at"]),
+        "position": position,
+        "hash": hash_,
+    }
+    event: Event = construct_trusted(Event, values)
+    return event
 
 
 def counts(rows: list[dict[str, object]]) -> dict[str, int]:

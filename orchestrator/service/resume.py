@@ -4,12 +4,9 @@ A broker that loses messages (Redis restarted without persistence, a queue
 purged) leaves sessions that no task will ever run: the job says `running`
 forever. The store knows what is unfinished, so:
 
-- `stalled` is the pure verdict: a running job with an unfinished session
-  that waits for no answer, and no event on any of its streams for
-  `stall_after_s`. Running steps append nothing until they end, so keep
-  `stall_after_s` above the longest step's timeout;
-- `running_jobs` / `find_stalled` read it from the store (`status`,
-  `health`, the `orch_jobs_stalled` metric);
+- `stalled` (`orchestrator.service.stalls`) is the pure verdict;
+- `running_jobs` / `find_stalled` read it from the store (`health`, the
+  `orch_jobs_stalled` metric; `status` reads it from its own read of the job);
 - `resume` re-enqueues each unfinished session from its next step, rebuilt
   from the job's and the session's events (as a confirmation's answer
   does). Idempotent: a step already recorded is found by its idempotency
@@ -24,61 +21,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from events.db import normalize_url
-from events.envelope import Event, utcnow
+from events.envelope import Event
 from events.projections import JobState, SessionState, apply_job
 from events.replay import replay
 from events.store import EventStore
-from orchestrator.config.settings import Settings
 from orchestrator.errors import Conflict, NotFound
 from orchestrator.guard.policy import PolicyDoc, combine
-from orchestrator.ops import storage
 from orchestrator.run.jobspec import JobSpec, resolve
 from orchestrator.run.steps import Step
 from orchestrator.run.ticket import Ticket
 from orchestrator.service.dispatch import Dispatcher
+from orchestrator.service.stalls import Stall, stalled
 
 __all__ = ["Resumed", "Stall", "find_stalled", "plan", "resume", "running_jobs", "stalled"]
-
-
-@dataclass(frozen=True)
-class Stall:
-    """A running job that made no progress for `idle_s` seconds."""
-
-    job_id: str
-    name: str
-    idle_s: float
-    unfinished: int
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "job_id": self.job_id,
-            "name": self.name,
-            "idle_s": round(self.idle_s, 1),
-            "unfinished_sessions": self.unfinished,
-        }
-
-
-def stalled(
-    job: JobState,
-    sessions: Sequence[SessionState],
-    last_event_at: datetime,
-    now: datetime,
-    after_s: float,
-) -> Stall | None:
-    """Pure: the job's stall, or None (finished, waiting for an answer, or recent)."""
-    if job.status != "running":
-        return None
-    reported = {sid for sid, _ in job.finished}
-    unfinished = [s for s in sessions if s.session_id not in reported]
-    if not unfinished and len(reported) >= len(job.sessions):
-        return None
-    if any(s.waiting for s in unfinished):
-        return None  # an operator's answer is what it waits for, not a task
-    idle = (now - last_event_at).total_seconds()
-    if idle < after_s:
-        return None
-    return Stall(job.job_id, job.name, idle, len(job.sessions) - len(reported))
 
 
 def job_record(store: EventStore, job_id: str) -> tuple[JobState, list[SessionState], datetime]:
@@ -249,30 +204,3 @@ def resume(
     for r in found:
         dispatcher.continue_session(r.ticket, r.start, r.steps)
     return found
-
-
-def trouble(store: EventStore, job_id: str, settings: Settings) -> dict[str, object]:
-    """What `status` adds about a running job: `stalled` (a Stall's JSON or
-    None) and `store_problem` (disk full, read-only store, or None)."""
-    problem = storage.write_problem(normalize_url(settings.effective_store_url))
-    stall = None
-    job, sessions, last = job_record(store, job_id)
-    found = stalled(job, sessions, last, utcnow(), settings.stall_after_s)
-    if found is not None:
-        stall = found.to_json()
-    return {"stalled": stall, "store_problem": problem}
-
-
-def trouble_lines(job_id: str, trouble: dict[str, object]) -> list[str]:
-    lines = []
-    if trouble.get("store_problem"):
-        lines.append(
-            f"{trouble['store_problem']}: workers cannot record progress until it is fixed"
-        )
-    stall = trouble.get("stalled")
-    if isinstance(stall, dict):
-        lines.append(
-            f"stalled: no progress for {stall['idle_s']:.0f} s and no task is recording any; "
-            f"run `orchestrator resume {job_id}` (runbooks/oncall.md)"
-        )
-    return lines
