@@ -28,6 +28,7 @@ from events.db import (
 )
 from events.envelope import Event, NewEvent, construct_trusted, genesis_hash, seal
 from events.errors import SequenceConflict
+from events.heads import Heads, guarded_insert
 from events.payloads import SCHEMA_VERSIONS
 from events.schema import events as T
 from events.schema import snapshots as S
@@ -148,10 +149,13 @@ class SqlEventStore:
             + " ORDER BY seq"
         )
         self._insert_sql: dict[int, str] = {}
+        self._guarded_sql: dict[tuple[int, bool, bool], str] = {}
+        self._heads = Heads()
         if check_schema:
             migrate.check(self.engine)
 
     def close(self) -> None:
+        self._heads.clear()
         self._writers.close()
         self.engine.dispose()
 
@@ -250,6 +254,97 @@ class SqlEventStore:
         """The hot path, on this thread's own DBAPI connection with fixed SQL texts
         (the drivers cache and, on PostgreSQL, prepare them).
 
+        When the head is known (remembered from this store's last write or read
+        of the stream, or seq 0 for `expected_seq=0`): one guarded INSERT ...
+        RETURNING, one round trip, its own transaction (`events.heads`). Else,
+        or when that inserted nothing: `_append_read`."""
+        head = self._known_head(stream_id, expected_seq, len(batch))
+        if head is not None:
+            placed = self._insert_after(stream_id, batch, head)
+            if placed is not None:
+                sealed, positions = placed
+                return self._placed(stream_id, shown, sealed, head[1], positions)
+            self._heads.forget(stream_id)
+        return self._append_read(stream_id, batch, expected_seq, shown)
+
+    def _known_head(
+        self, stream_id: str, expected_seq: int | None, n: int
+    ) -> tuple[int, str] | None:
+        if n > INSERT_CHUNK:
+            return None
+        if expected_seq == 0:
+            return 0, genesis_hash(stream_id)
+        head = self._heads.get(stream_id)
+        if head is None or (expected_seq is not None and expected_seq != head[0]):
+            return None  # a caller behind may be a redelivery: the read path decides
+        return head
+
+    def _insert_after(
+        self, stream_id: str, batch: Batch, head: tuple[int, str]
+    ) -> tuple[list[tuple[int, bytes, str]], dict[int, int]] | None:
+        """Seal `batch` after `head` and insert it guarded; None when the
+        database refused the head (moved on, not there, or the key is stored)."""
+        w, key = self._writers, batch[0].idempotency_key
+        last_seq, prev = head
+        sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
+        params = self._rows(stream_id, batch, sealed, key, prev)
+        if last_seq > 0:
+            params += (stream_id, last_seq, prev)
+        if key is not None:
+            params += (stream_id, key)
+        sql_key = (len(batch), last_seq > 0, key is not None)
+        sql = self._guarded_sql.get(sql_key)
+        if sql is None:
+            sql = self._guarded_sql[sql_key] = guarded_insert(w.param(), *sql_key)
+        conn = self._fresh_connection()
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        except w.dbapi.IntegrityError:
+            return None  # UNIQUE(stream_id, seq): someone placed seq n+1 first
+        except BaseException as exc:
+            if self._rollback(conn, cur, False) and isinstance(exc, w.dbapi.OperationalError):
+                raise _Reconnect from exc  # the statement never ran: nothing written
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cur.close()
+        if not rows:
+            return None
+        self._heads.put(stream_id, sealed[-1][0], sealed[-1][2])
+        return sealed, {s: p for p, s in rows}
+
+    @staticmethod
+    def _rows(
+        stream_id: str,
+        batch: Batch,
+        sealed: list[tuple[int, bytes, str]],
+        key: str | None,
+        prev: str,
+    ) -> tuple[object, ...]:
+        """The INSERT parameters of a sealed batch, 9 per event."""
+        params: list[object] = []
+        for e, (seq, body, digest) in zip(batch, sealed):
+            params += (
+                stream_id,
+                seq,
+                e.event_id,
+                e.payload.type,
+                e.correlation_id,
+                key,
+                prev,
+                digest,
+                body,
+            )
+            prev = digest
+        return tuple(params)
+
+    def _append_read(
+        self, stream_id: str, batch: Batch, expected_seq: int | None, shown: Batch
+    ) -> list[Event]:
+        """Read the head (and the rows of `key`, if it was seen), then INSERT.
+
         Round trips: one SELECT (head, and the rows of `key` if it was seen) and
         one multi-row INSERT ... RETURNING. On PostgreSQL they run in autocommit:
         a read-committed transaction around them would add BEGIN and COMMIT and
@@ -289,27 +384,14 @@ class SqlEventStore:
             if expected_seq is not None and expected_seq != last_seq:
                 raise SequenceConflict(stream_id, expected_seq, last_seq)
             sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
+            params = self._rows(stream_id, batch, sealed, key, prev)
             positions: dict[int, int] = {}
-            before = prev
-            params: list[object] = []
-            for i, (e, (seq, body, digest)) in enumerate(zip(batch, sealed), start=1):
-                params += (
-                    stream_id,
-                    seq,
-                    e.event_id,
-                    e.type,
-                    e.correlation_id,
-                    key,
-                    before,
-                    digest,
-                    body,
-                )
-                before = digest
-                if i % INSERT_CHUNK == 0 or i == len(batch):
-                    wrote = True
-                    cur.execute(self._sql_insert(len(params) // 9), params)
-                    positions.update((s, p) for p, s in cur.fetchall())
-                    params = []
+            step = INSERT_CHUNK * 9
+            for i in range(0, len(params), step):
+                wrote = True
+                chunk = params[i : i + step]
+                cur.execute(self._sql_insert(len(chunk) // 9), chunk)
+                positions.update((s, p) for p, s in cur.fetchall())
             if explicit:
                 cur.execute("COMMIT")
         except BaseException as exc:
@@ -323,6 +405,7 @@ class SqlEventStore:
             # must not hide the error that broke it.
             with contextlib.suppress(Exception):
                 cur.close()
+        self._heads.put(stream_id, sealed[-1][0], sealed[-1][2])
         return self._placed(stream_id, shown, sealed, prev, positions)
 
     def _fresh_connection(self) -> Any:  # a DB-API connection of the dialect's driver
