@@ -15,7 +15,7 @@ events = sa.Table(
     sa.Column("position", POSITION, primary_key=True, autoincrement=True),
     sa.Column("stream_id", sa.String(200), nullable=False),
     sa.Column("seq", sa.Integer, nullable=False),
-    sa.Column("event_id", sa.String(36), nullable=False, unique=True),
+    sa.Column("event_id", sa.String(36), nullable=False),  # 0004: not unique
     sa.Column("type", sa.String(100), nullable=False),
     sa.Column("correlation_id", sa.String(200), nullable=False),
     sa.Column("idempotency_key", sa.String(300), nullable=True),
