@@ -148,6 +148,7 @@ class SqlEventStore:
             + p
             + " ORDER BY seq"
         )
+        self._sql_snapshot = "SELECT seq, version, state FROM snapshots WHERE stream_id = " + p
         self._insert_sql: dict[int, str] = {}
         self._guarded_sql: dict[tuple[int, bool, bool], str] = {}
         self._heads = Heads()
@@ -513,7 +514,10 @@ class SqlEventStore:
         cur = conn.cursor()
         try:
             cur.execute(self._sql_stream, (stream_id, after_seq))
-            return [(r[0], bytes(r[1]), r[2]) for r in cur.fetchall()]
+            rows = [(r[0], bytes(r[1]), r[2]) for r in cur.fetchall()]
+            if rows:  # seqs are gapless: a hint for the next append (events.heads)
+                self._heads.put(stream_id, after_seq + len(rows), rows[-1][2])
+            return rows
         except BaseException as exc:
             if self._rollback(conn, cur, False) and isinstance(
                 exc, self._writers.dbapi.OperationalError
@@ -522,6 +526,24 @@ class SqlEventStore:
             raise
         finally:
             cur.close()
+
+    def _own_query(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        """Rows of one query on this thread's writer connection (autocommit on
+        PostgreSQL); `_Reconnect` when it was dead before the query ran."""
+        conn = self._fresh_connection()
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+        except BaseException as exc:
+            if self._rollback(conn, cur, False) and isinstance(
+                exc, self._writers.dbapi.OperationalError
+            ):
+                raise _Reconnect from exc
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cur.close()
 
     def read_all(self, after_position: int = 0) -> Iterator[Event]:
         for position, body, hash_ in self.raw_all(after_position):
@@ -610,12 +632,17 @@ class SqlEventStore:
     # -- snapshots (derived data: may be replaced, never trusted over events) --
 
     def load_snapshot(self, stream_id: str) -> tuple[int, int, bytes] | None:
-        with store_errors(self.url), self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(S.c.seq, S.c.version, S.c.state).where(S.c.stream_id == stream_id)
-            ).first()
-        if not row:
+        """On this thread's own connection, like `raw_stream`: one round trip
+        (a pool checkout adds pre-ping, BEGIN and ROLLBACK: three more)."""
+        dbapi = self._writers.dbapi
+        with driver_errors(self.url, dbapi):
+            try:
+                found = self._own_query(self._sql_snapshot, (stream_id,))
+            except _Reconnect:
+                found = self._own_query(self._sql_snapshot, (stream_id,))
+        if not found:
             return None
+        row = found[0]
         state: bytes | None = bytes(row[2])
         for f in self.filters:
             if state is not None and hasattr(f, "open_blob"):
