@@ -9,6 +9,20 @@ metadata = sa.MetaData()
 
 POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+# The event types `read_types` finds through an index (0004): the pending
+# confirmations, and the job list and resume. A partial index holds only
+# these rare rows, so other appends do not write it; `SqlEventStore.raw_all`
+# repeats this exact clause so both backends can use it. Another type is read
+# by a scan in position order. Changing the list takes a migration.
+INDEXED_TYPES = (
+    "ConfirmationRequested",
+    "ConfirmationGranted",
+    "ConfirmationDenied",
+    "JobSubmitted",
+    "JobCompleted",
+)
+INDEXED_TYPES_SQL = sa.text("type IN (" + ", ".join(f"'{t}'" for t in INDEXED_TYPES) + ")")
+
 events = sa.Table(
     "events",
     metadata,
@@ -25,7 +39,14 @@ events = sa.Table(
     sa.UniqueConstraint("stream_id", "seq", name="uq_events_stream_seq"),
     sa.Index("ix_events_correlation", "correlation_id", "position"),
     sa.Index("ix_events_idempotency", "stream_id", "idempotency_key"),
-    sa.Index("ix_events_type_position", "type", "position"),  # 0002
+    # 0002, partial since 0004: only the rare types `read_types` is asked for.
+    sa.Index(
+        "ix_events_type_position",
+        "type",
+        "position",
+        sqlite_where=INDEXED_TYPES_SQL,
+        postgresql_where=INDEXED_TYPES_SQL,
+    ),
 )
 
 snapshots = sa.Table(

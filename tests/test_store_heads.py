@@ -1,8 +1,8 @@
 """The one-statement append after a remembered head (events.heads): a head
 that is wrong in any way costs a round trip, never a wrong row, a gap, a
-broken chain or a second copy of a keyed batch. And 0004 (no unique event_id)
-upgrades a store with events in place, keeping its rows and its triggers.
-Both backends."""
+broken chain or a second copy of a keyed batch. And 0004 (no unique event_id,
+a partial type index) upgrades a store with events in place, keeping its
+rows and its triggers. Both backends."""
 
 from __future__ import annotations
 
@@ -124,10 +124,47 @@ def test_0004_upgrades_a_store_with_events_keeping_rows_and_triggers(own_url: st
     assert store.append("s-old", [done(9, "k")], None) == before  # the key survived
     [after] = store.append("s-old", [done(4)], 3)
     assert after.position > before[-1].position
-    uniques = sa.inspect(store.engine).get_unique_constraints("events")
+    inspector = sa.inspect(store.engine)
+    uniques = inspector.get_unique_constraints("events")
     assert [u["column_names"] for u in uniques] == [["stream_id", "seq"]]
+    [types] = [i for i in inspector.get_indexes("events") if i["name"] == "ix_events_type_position"]
+    options = types["dialect_options"]
+    where = options.get("sqlite_where", options.get("postgresql_where"))
+    assert "ConfirmationGranted" in str(getattr(where, "text", where))  # partial: rare types
     for sql in ("UPDATE events SET seq = 7", "DELETE FROM events"):
         with pytest.raises(AppendOnlyViolation):
             with store_errors(store.url), store.engine.begin() as conn:
                 conn.exec_driver_sql(sql)
+    store.close()
+
+
+def test_read_types_callers_ask_only_for_types_the_partial_index_holds():
+    from events.schema import INDEXED_TYPES
+    from orchestrator.run.confirmations import CONFIRMATION_TYPES
+
+    assert set(CONFIRMATION_TYPES) | {"JobSubmitted", "JobCompleted"} <= set(INDEXED_TYPES)
+
+
+def test_read_types_reads_indexed_types_through_the_partial_index_and_others_too(
+    own_url: str,
+):
+    store = open_store(own_url, upgrade=True)
+    store.append("s-t", [new(p.TurnStarted(turn=1, name="x", kind="shell")), done(1)], 0)
+    store.append("s-u", [new(p.ConfirmationGranted(call_id="c", by="user:ops"))], 0)
+    assert [e.type for e in store.read_types(["ConfirmationGranted"])] == ["ConfirmationGranted"]
+    assert [e.stream_id for e in store.read_types(["TurnStarted"])] == ["s-t"]
+    assert [e.type for e in store.read_types(["SessionCompleted", "ConfirmationGranted"])] == [
+        "SessionCompleted",
+        "ConfirmationGranted",
+    ]
+    if own_url.startswith("sqlite"):
+        from events.schema import INDEXED_TYPES_SQL
+
+        sql = (
+            "EXPLAIN QUERY PLAN SELECT position FROM events WHERE position > 0"
+            " AND type IN ('ConfirmationGranted') AND " + INDEXED_TYPES_SQL.text
+        )
+        with store.engine.connect() as conn:
+            plan = " ".join(r[-1] for r in conn.exec_driver_sql(sql))
+        assert "ix_events_type_position" in plan
     store.close()
