@@ -1,5 +1,6 @@
 """The query plan of every query that reads the events table, on both backends,
-at a given schema revision: `python -m bench.plans [REVISION]` (default: head).
+at a given schema revision: `python -m bench.plans [REVISION]` (default: head;
+at head it also counts the SQLite WAL pages each append commit writes).
 
 Fills a scratch store with 20,000 realistic events (200 sessions of 100, one
 job per 20 sessions), ANALYZEs it on PostgreSQL (as autovacuum would; nothing
@@ -17,6 +18,7 @@ from typing import Any
 
 from bench.common import new_events, pg_available, pg_drop, pg_recreate, rm_sqlite, scratch_dir
 from bench.common import session_payloads as payloads
+from events.schema import INDEXED_TYPES_SQL
 
 HEAD = "SELECT seq, hash FROM events WHERE stream_id = :s ORDER BY seq DESC LIMIT 1"
 QUERIES: dict[str, str] = {
@@ -45,10 +47,14 @@ QUERIES: dict[str, str] = {
         "SELECT position, body, hash FROM events WHERE position > 0 AND correlation_id = :c"
         " ORDER BY position LIMIT 2000"
     ),
-    "read_types: a page of a few types": (
+    "read_types: a page of a few types (with the partial index's clause, as raw_all adds it)": (
         "SELECT position, body, hash FROM events WHERE position > 0"
         " AND type IN ('ConfirmationRequested', 'ConfirmationGranted', 'ConfirmationDenied')"
-        " ORDER BY position LIMIT 2000"
+        f" AND {INDEXED_TYPES_SQL.text} ORDER BY position LIMIT 2000"
+    ),
+    "read_types: a type the partial index does not hold": (
+        "SELECT position, body, hash FROM events WHERE position > 0"
+        " AND type IN ('TurnStarted') ORDER BY position LIMIT 2000"
     ),
     "rows(stream): one stream's rows for verify": (
         "SELECT position, stream_id, seq, prev_hash, hash, body FROM events WHERE position > 0"
@@ -107,6 +113,55 @@ def plans(url: str, revision: str) -> dict[str, list[str]]:
     return out
 
 
+def wal_pages(d: Any) -> list[str]:
+    """SQLite WAL pages written per commit (auto-checkpoint off), ours at head
+    vs a bare single-row insert of the same bodies: pages, not time, so a
+    busy machine does not move them. Each commit fsyncs its pages."""
+    import sqlite3
+
+    from bench.append import Workload, run_ours
+    from events.store import open_store
+
+    def frames(path: Any) -> int:
+        return int(path.with_name(path.name + "-wal").stat().st_size // (4096 + 24))
+
+    out = []
+    for per, n in ((1, 200), (100, 2000)):
+        w, ours, bare = (
+            Workload(seed=11, n_events=n),
+            d / f"wal-ours-{per}.sqlite",
+            d / "wal-bare.sqlite",
+        )
+        rm_sqlite(ours)
+        rm_sqlite(bare)
+        store = open_store(f"sqlite:///{ours}", upgrade=True)
+        store.engine.dispose()
+        store._writers.get().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store._writers.get().execute("PRAGMA wal_autocheckpoint=0")
+        run_ours(store, w, per)
+        mine = frames(ours)
+        store.close()
+        c = sqlite3.connect(str(bare), isolation_level=None)
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "wal_autocheckpoint=0"):
+            c.execute(f"PRAGMA {pragma}")
+        c.execute("CREATE TABLE bare (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for bodies in w.bodies:
+            for i in range(0, len(bodies), per):
+                c.execute("BEGIN")
+                c.executemany(
+                    "INSERT INTO bare (body) VALUES (?)", [(b,) for b in bodies[i : i + per]]
+                )
+                c.execute("COMMIT")
+        theirs = frames(bare)
+        c.close()
+        out.append(
+            f"{per} event(s) per transaction: ours {mine / (n // per):.1f}, "
+            f"bare insert {theirs / (n // per):.1f} WAL pages per commit"
+        )
+    return out
+
+
 def main() -> None:
     from events import migrate
 
@@ -126,6 +181,10 @@ def main() -> None:
                     print(f"{query}:")
                     for line in lines:
                         print(f"    {line}")
+            if revision == migrate.HEAD:
+                print("\n## SQLite WAL pages per commit (this code, head schema)\n")
+                for line in wal_pages(d):
+                    print(line)
         finally:
             if len(backends) > 1:
                 pg_drop(name)
