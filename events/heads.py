@@ -19,6 +19,10 @@ that reads it, which decides between an idempotent hit, a conflict and a
 retry exactly as before. A wrong head therefore costs a round trip, never a
 wrong row. Seq 0 (a new stream) needs no EXISTS: its predecessor is the
 genesis value, and UNIQUE refuses seq 1 when the stream is not empty.
+
+An append with neither an idempotency key nor an expected seq always reads
+the head: if the link dies during its INSERT, nothing could tell a retry
+that the first attempt committed.
 """
 
 from __future__ import annotations

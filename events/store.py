@@ -261,7 +261,7 @@ class SqlEventStore:
         of the stream, or seq 0 for `expected_seq=0`): one guarded INSERT ...
         RETURNING, one round trip, its own transaction (`events.heads`). Else,
         or when that inserted nothing: `_append_read`."""
-        head = self._known_head(stream_id, expected_seq, len(batch))
+        head = self._known_head(stream_id, expected_seq, len(batch), batch[0].idempotency_key)
         if head is not None:
             placed = self._insert_after(stream_id, batch, head)
             if placed is not None:
@@ -271,9 +271,12 @@ class SqlEventStore:
         return self._append_read(stream_id, batch, expected_seq, shown)
 
     def _known_head(
-        self, stream_id: str, expected_seq: int | None, n: int
+        self, stream_id: str, expected_seq: int | None, n: int, key: str | None
     ) -> tuple[int, str] | None:
-        if n > INSERT_CHUNK:
+        if n > INSERT_CHUNK or (key is None and expected_seq is None):
+            # Unkeyed and unchecked: nothing would stop a retry after a link
+            # lost mid-INSERT from storing the batch twice; the read path
+            # fails before it writes, or raises without retrying.
             return None
         if expected_seq == 0:
             return 0, genesis_hash(stream_id)
@@ -308,7 +311,11 @@ class SqlEventStore:
             return None  # UNIQUE(stream_id, seq): someone placed seq n+1 first
         except BaseException as exc:
             if self._rollback(conn, cur, False) and isinstance(exc, w.dbapi.OperationalError):
-                raise _Reconnect from exc  # the statement never ran: nothing written
+                # The link died during the INSERT: maybe before it ran (an idle
+                # connection the server dropped), maybe after its commit. Once
+                # more cannot store a second copy (`_known_head`): the key
+                # returns the first, or the expected seq makes it a conflict.
+                raise _Reconnect from exc
             raise
         finally:
             with contextlib.suppress(Exception):

@@ -33,7 +33,7 @@ def test_a_second_writer_moving_the_head_makes_the_first_reread_not_conflict(
     other = SqlEventStore(store.url)  # another process's store: its own remembered heads
     store.append(stream_id, [done(1)], 0)  # `store` now remembers seq 1
     other.append(stream_id, [done(2), done(3)], None)
-    stored = store.append(stream_id, [done(4)], None)  # remembered head is stale
+    stored = store.append(stream_id, [done(4, "k4")], None)  # remembered head is stale
     assert [e.seq for e in stored] == [4]
     assert stored[0].prev_hash == list(store.read_stream(stream_id))[2].hash
     assert other.append(stream_id, [done(5)], 4)[0].prev_hash == stored[0].hash
@@ -52,7 +52,7 @@ def test_a_remembered_head_the_stream_does_not_have_inserts_nothing(
     placed after it; the reading path appends where the stream really ends."""
     store.append(stream_id, [done(1)], 0)
     store._heads.put(stream_id, 7, "0" * 64)
-    [stored] = store.append(stream_id, [done(2)], None)
+    [stored] = store.append(stream_id, [done(2, "k2")], None)
     assert stored.seq == 2
     store._heads.put(stream_id, 2, "0" * 64)  # right seq, wrong hash
     [stored] = store.append(stream_id, [done(3)], 2)
@@ -89,6 +89,15 @@ def test_a_new_stream_at_expected_zero_needs_no_head_and_still_conflicts(
         store.append(stream_id, [done(1)], 0)
     assert info.value.actual_seq == 1
     other.close()
+
+
+def test_an_unkeyed_append_at_the_end_reads_the_head(store: SqlEventStore, stream_id: str):
+    """Neither key nor expected seq: nothing would stop a retry after a link
+    lost mid-INSERT from storing a second copy, so it takes the reading path."""
+    store.append(stream_id, [done(1)], 0)
+    assert store._known_head(stream_id, None, 1, None) is None
+    assert store._known_head(stream_id, None, 1, "k") == store._heads.get(stream_id)
+    assert [e.seq for e in store.append(stream_id, [done(2)], None)] == [2]
 
 
 def test_the_head_memory_is_bounded(store: SqlEventStore):
