@@ -28,7 +28,9 @@ from events.db import (
 )
 from events.envelope import Event, NewEvent, construct_trusted, genesis_hash, seal
 from events.errors import SequenceConflict
+from events.heads import Heads, guarded_insert
 from events.payloads import SCHEMA_VERSIONS
+from events.schema import INDEXED_TYPES, INDEXED_TYPES_SQL
 from events.schema import events as T
 from events.schema import snapshots as S
 from events.sealing import MARK
@@ -36,6 +38,7 @@ from events.upcast import decode
 from events.verify import Row
 
 PAGE = 2000
+INDEXED = frozenset(INDEXED_TYPES)
 INSERT_CHUNK = 1000  # rows per INSERT: 9 parameters each, well under both drivers' limits
 
 Batch = Sequence[NewEvent]
@@ -147,11 +150,15 @@ class SqlEventStore:
             + p
             + " ORDER BY seq"
         )
+        self._sql_snapshot = "SELECT seq, version, state FROM snapshots WHERE stream_id = " + p
         self._insert_sql: dict[int, str] = {}
+        self._guarded_sql: dict[tuple[int, bool, bool], str] = {}
+        self._heads = Heads()
         if check_schema:
             migrate.check(self.engine)
 
     def close(self) -> None:
+        self._heads.clear()
         self._writers.close()
         self.engine.dispose()
 
@@ -250,6 +257,104 @@ class SqlEventStore:
         """The hot path, on this thread's own DBAPI connection with fixed SQL texts
         (the drivers cache and, on PostgreSQL, prepare them).
 
+        When the head is known (remembered from this store's last write or read
+        of the stream, or seq 0 for `expected_seq=0`): one guarded INSERT ...
+        RETURNING, one round trip, its own transaction (`events.heads`). Else,
+        or when that inserted nothing: `_append_read`."""
+        head = self._known_head(stream_id, expected_seq, len(batch), batch[0].idempotency_key)
+        if head is not None:
+            placed = self._insert_after(stream_id, batch, head)
+            if placed is not None:
+                sealed, positions = placed
+                return self._placed(stream_id, shown, sealed, head[1], positions)
+            self._heads.forget(stream_id)
+        return self._append_read(stream_id, batch, expected_seq, shown)
+
+    def _known_head(
+        self, stream_id: str, expected_seq: int | None, n: int, key: str | None
+    ) -> tuple[int, str] | None:
+        if n > INSERT_CHUNK or (key is None and expected_seq is None):
+            # Unkeyed and unchecked: nothing would stop a retry after a link
+            # lost mid-INSERT from storing the batch twice; the read path
+            # fails before it writes, or raises without retrying.
+            return None
+        if expected_seq == 0:
+            return 0, genesis_hash(stream_id)
+        head = self._heads.get(stream_id)
+        if head is None or (expected_seq is not None and expected_seq != head[0]):
+            return None  # a caller behind may be a redelivery: the read path decides
+        return head
+
+    def _insert_after(
+        self, stream_id: str, batch: Batch, head: tuple[int, str]
+    ) -> tuple[list[tuple[int, bytes, str]], dict[int, int]] | None:
+        """Seal `batch` after `head` and insert it guarded; None when the
+        database refused the head (moved on, not there, or the key is stored)."""
+        w, key = self._writers, batch[0].idempotency_key
+        last_seq, prev = head
+        sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
+        params = self._rows(stream_id, batch, sealed, key, prev)
+        if last_seq > 0:
+            params += (stream_id, last_seq, prev)
+        if key is not None:
+            params += (stream_id, key)
+        sql_key = (len(batch), last_seq > 0, key is not None)
+        sql = self._guarded_sql.get(sql_key)
+        if sql is None:
+            sql = self._guarded_sql[sql_key] = guarded_insert(w.param(), *sql_key)
+        conn = self._fresh_connection()
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, params)
+            rows = cur.fetchall()
+        except w.dbapi.IntegrityError:
+            return None  # UNIQUE(stream_id, seq): someone placed seq n+1 first
+        except BaseException as exc:
+            if self._rollback(conn, cur, False) and isinstance(exc, w.dbapi.OperationalError):
+                # The link died during the INSERT: maybe before it ran (an idle
+                # connection the server dropped), maybe after its commit. Once
+                # more cannot store a second copy (`_known_head`): the key
+                # returns the first, or the expected seq makes it a conflict.
+                raise _Reconnect from exc
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cur.close()
+        if not rows:
+            return None
+        self._heads.put(stream_id, sealed[-1][0], sealed[-1][2])
+        return sealed, {s: p for p, s in rows}
+
+    @staticmethod
+    def _rows(
+        stream_id: str,
+        batch: Batch,
+        sealed: list[tuple[int, bytes, str]],
+        key: str | None,
+        prev: str,
+    ) -> tuple[object, ...]:
+        """The INSERT parameters of a sealed batch, 9 per event."""
+        params: list[object] = []
+        for e, (seq, body, digest) in zip(batch, sealed):
+            params += (
+                stream_id,
+                seq,
+                e.event_id,
+                e.payload.type,
+                e.correlation_id,
+                key,
+                prev,
+                digest,
+                body,
+            )
+            prev = digest
+        return tuple(params)
+
+    def _append_read(
+        self, stream_id: str, batch: Batch, expected_seq: int | None, shown: Batch
+    ) -> list[Event]:
+        """Read the head (and the rows of `key`, if it was seen), then INSERT.
+
         Round trips: one SELECT (head, and the rows of `key` if it was seen) and
         one multi-row INSERT ... RETURNING. On PostgreSQL they run in autocommit:
         a read-committed transaction around them would add BEGIN and COMMIT and
@@ -289,27 +394,14 @@ class SqlEventStore:
             if expected_seq is not None and expected_seq != last_seq:
                 raise SequenceConflict(stream_id, expected_seq, last_seq)
             sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
+            params = self._rows(stream_id, batch, sealed, key, prev)
             positions: dict[int, int] = {}
-            before = prev
-            params: list[object] = []
-            for i, (e, (seq, body, digest)) in enumerate(zip(batch, sealed), start=1):
-                params += (
-                    stream_id,
-                    seq,
-                    e.event_id,
-                    e.type,
-                    e.correlation_id,
-                    key,
-                    before,
-                    digest,
-                    body,
-                )
-                before = digest
-                if i % INSERT_CHUNK == 0 or i == len(batch):
-                    wrote = True
-                    cur.execute(self._sql_insert(len(params) // 9), params)
-                    positions.update((s, p) for p, s in cur.fetchall())
-                    params = []
+            step = INSERT_CHUNK * 9
+            for i in range(0, len(params), step):
+                wrote = True
+                chunk = params[i : i + step]
+                cur.execute(self._sql_insert(len(chunk) // 9), chunk)
+                positions.update((s, p) for p, s in cur.fetchall())
             if explicit:
                 cur.execute("COMMIT")
         except BaseException as exc:
@@ -323,6 +415,7 @@ class SqlEventStore:
             # must not hide the error that broke it.
             with contextlib.suppress(Exception):
                 cur.close()
+        self._heads.put(stream_id, sealed[-1][0], sealed[-1][2])
         return self._placed(stream_id, shown, sealed, prev, positions)
 
     def _fresh_connection(self) -> Any:  # a DB-API connection of the dialect's driver
@@ -430,7 +523,10 @@ class SqlEventStore:
         cur = conn.cursor()
         try:
             cur.execute(self._sql_stream, (stream_id, after_seq))
-            return [(r[0], bytes(r[1]), r[2]) for r in cur.fetchall()]
+            rows = [(r[0], bytes(r[1]), r[2]) for r in cur.fetchall()]
+            if rows:  # seqs are gapless: a hint for the next append (events.heads)
+                self._heads.put(stream_id, after_seq + len(rows), rows[-1][2])
+            return rows
         except BaseException as exc:
             if self._rollback(conn, cur, False) and isinstance(
                 exc, self._writers.dbapi.OperationalError
@@ -439,6 +535,24 @@ class SqlEventStore:
             raise
         finally:
             cur.close()
+
+    def _own_query(self, sql: str, params: tuple[object, ...]) -> list[Any]:
+        """Rows of one query on this thread's writer connection (autocommit on
+        PostgreSQL); `_Reconnect` when it was dead before the query ran."""
+        conn = self._fresh_connection()
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+        except BaseException as exc:
+            if self._rollback(conn, cur, False) and isinstance(
+                exc, self._writers.dbapi.OperationalError
+            ):
+                raise _Reconnect from exc
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                cur.close()
 
     def read_all(self, after_position: int = 0) -> Iterator[Event]:
         for position, body, hash_ in self.raw_all(after_position):
@@ -460,6 +574,8 @@ class SqlEventStore:
                 q = q.where(T.c.correlation_id == correlation_id)
             if types is not None:
                 q = q.where(T.c.type.in_(types))
+                if set(types) <= INDEXED:  # the partial index's own clause, word for word
+                    q = q.where(INDEXED_TYPES_SQL)
             with store_errors(self.url), self.engine.connect() as conn:
                 page = conn.execute(q.order_by(T.c.position).limit(PAGE)).all()
             if not page:
@@ -470,7 +586,8 @@ class SqlEventStore:
 
     def read_types(self, types: Sequence[str], after_position: int = 0) -> Iterator[Event]:
         """Every event of the given types, in position order: an index range per
-        type (ix_events_type_position), not a scan of the whole log."""
+        type (ix_events_type_position) for `events.schema.INDEXED_TYPES`, a
+        scan in position order for any other."""
         for position, body, hash_ in self.raw_all(after_position, types=types):
             yield self._decode(position, body, hash_)
 
@@ -527,12 +644,17 @@ class SqlEventStore:
     # -- snapshots (derived data: may be replaced, never trusted over events) --
 
     def load_snapshot(self, stream_id: str) -> tuple[int, int, bytes] | None:
-        with store_errors(self.url), self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(S.c.seq, S.c.version, S.c.state).where(S.c.stream_id == stream_id)
-            ).first()
-        if not row:
+        """On this thread's own connection, like `raw_stream`: one round trip
+        (a pool checkout adds pre-ping, BEGIN and ROLLBACK: three more)."""
+        dbapi = self._writers.dbapi
+        with driver_errors(self.url, dbapi):
+            try:
+                found = self._own_query(self._sql_snapshot, (stream_id,))
+            except _Reconnect:
+                found = self._own_query(self._sql_snapshot, (stream_id,))
+        if not found:
             return None
+        row = found[0]
         state: bytes | None = bytes(row[2])
         for f in self.filters:
             if state is not None and hasattr(f, "open_blob"):

@@ -45,12 +45,18 @@ def finished_before(runner: Any, tickets: Sequence[Ticket]) -> frozenset[str]:
     """The sessions among `tickets` that had ended before this task ran
     (none when the store cannot say: the step's own read meets the same
     error and retries it; at worst a leftover link fails visibly)."""
+    return states_before(runner, tickets)[0]
+
+
+def states_before(runner: Any, tickets: Sequence[Ticket]) -> tuple[frozenset[str], dict[str, Any]]:
+    """`finished_before`, and each session's state as that read found it: the
+    step starts from it rather than reading the stream again a moment later
+    (a stale one only makes its first append conflict, and the runner reloads)."""
     try:
-        return frozenset(
-            t.session_id for t in tickets if runner.load(t.session_id).session.finished
-        )
+        states = {t.session_id: runner.load(t.session_id) for t in tickets}
     except Exception:
-        return frozenset()
+        return frozenset(), {}
+    return frozenset(sid for sid, s in states.items() if s.session.finished), states
 
 
 def settle(

@@ -36,12 +36,14 @@ def _fail(entry: dict[str, Any]) -> None:
     fail_session(deps().runner, t, entry["error"], entry["message"])
 
 
-def flush_session(t: Ticket) -> None:
-    """Record the session's spooled failure (StoreUnavailable: not yet)."""
+def flush_session(t: Ticket) -> int:
+    """Record the session's spooled failure (StoreUnavailable: not yet);
+    returns how many entries it recorded."""
     d = deps()
     spool = spool_of(d.settings)
     if spool.folder.is_dir():
-        recording.flush(spool, _fail, stream=t.session_id)
+        return recording.flush(spool, _fail, stream=t.session_id)
+    return 0
 
 
 def fail_or_spool(t: Ticket, error: str, message: str, task_id: str | None) -> None:

@@ -20,18 +20,22 @@ from orchestrator.run.steps import Step
 from tasks import reaper, recording  # noqa: F401  (reaper: its thread, on worker_ready)
 from tasks.app import app, settings
 from tasks.deps import deps
-from tasks.outcome import StepFailed, finished_before, settle
+from tasks.outcome import StepFailed, settle, states_before
 
 STEP = TypeAdapter(Step)
 log = get_task_logger(__name__)
 
 
-def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool) -> str:
-    """One session's step; an error that is not transient fails that session only."""
+def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool, state: Any = None) -> str:
+    """One session's step (from `state`, the session as this task loaded it,
+    when given); an error that is not transient fails that session only."""
     logs.bind(job_id=t.job_id, session_id=t.session_id)
     try:
-        recording.flush_session(t)  # a result kept through a store outage comes first
-        return deps().runner.run_step(t, index, step, last=last, task_id=task.request.id)
+        if recording.flush_session(t):  # a result kept through a store outage comes first
+            state = None  # it appended: read the stream again
+        return deps().runner.run_step(
+            t, index, step, last=last, task_id=task.request.id, state=state
+        )
     except SoftTimeLimitExceeded:
         raise
     except Exception as exc:
@@ -70,9 +74,11 @@ def run_step(
     """One session's step; a session that fails here makes the task a
     FAILURE once recorded (tasks.outcome)."""
     t = Ticket.model_validate(ticket)
-    before = finished_before(deps().runner, [t])
+    before, states = states_before(deps().runner, [t])
     try:
-        status = _run_one(self, t, index, STEP.validate_python(step), last)
+        status = _run_one(
+            self, t, index, STEP.validate_python(step), last, states.get(t.session_id)
+        )
     except SoftTimeLimitExceeded:
         _time_limit(t, index, self.request.id)
         status = "failed"
@@ -100,11 +106,11 @@ def run_steps(
     done; the chain goes on for the others (tasks.outcome)."""
     parsed = STEP.validate_python(step)
     ts = [Ticket.model_validate(raw) for raw in tickets]
-    before = finished_before(deps().runner, ts)
+    before, states = states_before(deps().runner, ts)
     out: list[str] = []
     for k, t in enumerate(ts):
         try:
-            out.append(_run_one(self, t, index, parsed, last))
+            out.append(_run_one(self, t, index, parsed, last, states.get(t.session_id)))
         except SoftTimeLimitExceeded:
             # The backstop fired (the tools' own limits did not): the hard
             # limit follows soon, so fail this session and those not yet run.

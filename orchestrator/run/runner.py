@@ -257,17 +257,37 @@ class Runner:
     # -- the step ------------------------------------------------------------
 
     def run_step(
-        self, ticket: Ticket, index: int, step: Step, *, last: bool, task_id: str | None = None
+        self,
+        ticket: Ticket,
+        index: int,
+        step: Step,
+        *,
+        last: bool,
+        task_id: str | None = None,
+        state: Projections | None = None,
     ) -> str:
-        """Run step `index` of the session; returns the session status after it."""
-        return self._retrying(self._run_step, ticket, index, step, last, task_id)  # type: ignore[no-any-return]
+        """Run step `index` of the session; returns the session status after it.
+        `state`: the session as the caller loaded it a moment ago (the first
+        attempt starts from it; a lost race reloads)."""
+        given = [state] if state is not None else []
+        return self._retrying(  # type: ignore[no-any-return]
+            lambda: self._run_step(
+                ticket, index, step, last, task_id, given.pop() if given else None
+            )
+        )
 
     def _run_step(
-        self, ticket: Ticket, index: int, step: Step, last: bool, task_id: str | None
+        self,
+        ticket: Ticket,
+        index: int,
+        step: Step,
+        last: bool,
+        task_id: str | None,
+        loaded: Projections | None,
     ) -> str:
         sid = ticket.session_id
         cause = f"task:{task_id}" if task_id else None
-        state = self.load(sid)
+        state = self.load(sid) if loaded is None else loaded
 
         if state.session.status == "new":
             state = self.absorb(sid, state, self._start(ticket, state, cause))
