@@ -64,15 +64,20 @@ def prepare(
     try:
         if host.mode(mode) == "fallback":
             prep.home = Path(tempfile.mkdtemp(prefix="orch-sandbox-home-"))
-        prep.view = open_view(workspace, view_kind(host, view, workspace), view_base)
+        prep.view = open_view(
+            workspace,
+            view_kind(host, view, workspace),
+            view_base,
+            inplace=host.mode(mode) == "bwrap" and host.is_root,
+        )
         try:
-            prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits)
+            extra = _MONITOR if host.mode(mode) == "bwrap" else 0
+            prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits, extra)
         except OSError as err:
             prep.cgroup_error = f"cannot create the call's cgroup: {err}"
         if host.mode(mode) == "bwrap":
             prep.info = os.pipe()
-            if prep.cgroups:
-                prep.block = os.pipe()
+            prep.block = os.pipe()  # the init joins the cgroups and gets its rlimits
         yield prep
     finally:
         _sweep(prep)
@@ -114,7 +119,7 @@ def changes(prep: Prepared, workspace: Path) -> Changeset:
     if view is None:
         return Changeset()
     if view.kind == "overlay":
-        if not view.marker.exists():
+        if not view.inplace and not view.marker.exists():
             raise InfraUnavailable(
                 f"the overlay over {workspace} could not be mounted, so the command "
                 "did not run. Run `orchestrator doctor` to see which view the "
@@ -166,7 +171,10 @@ def _rmdir_cgroup(cg: Path, timeout_s: float = 1.0) -> None:
             time.sleep(0.001)
 
 
-def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path]:
+_MONITOR = 1  # bubblewrap's own process is in the call's cgroups too, beside the command's
+
+
+def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits, extra: int) -> list[Path]:
     made: list[Path] = []
     try:
         name = f"{os.getpid()}-{call_id}"
@@ -174,7 +182,7 @@ def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path
             d = Path(cg.pids, name)
             d.mkdir()
             made.append(d)
-            (d / "pids.max").write_text(str(limits.processes))
+            (d / "pids.max").write_text(str(limits.processes + extra))
             (d / "memory.max").write_text(str(limits.memory_mb * MB))
             with contextlib.suppress(OSError):
                 (d / "memory.swap.max").write_text("0")
@@ -182,7 +190,7 @@ def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path
             p = Path(cg.pids, name)
             p.mkdir()
             made.append(p)
-            (p / "pids.max").write_text(str(limits.processes))
+            (p / "pids.max").write_text(str(limits.processes + extra))
             m = Path(cg.memory, name)
             m.mkdir()
             made.append(m)
@@ -202,7 +210,8 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
     new session. Every process of the command is in the call's cgroups from
     its first instruction: bubblewrap's init is moved in while it waits on
     its block fd, before it starts the command; the fallback joins in the
-    child before exec. Without `prlimit` the child also sets the rlimits."""
+    child before exec. bubblewrap's init also gets the rlimits then
+    (`prlimit(2)`); in the fallback, without `prlimit`, the child sets them."""
     procs = [os.fsencode(cg / "cgroup.procs") for cg in prep.cgroups] if p.preexec_cgroups else []
     limits = p.rlimits if p.preexec_rlimits else ()
 
@@ -239,6 +248,13 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
             os.close(fd)
         prep.info = (prep.info[0], -1) if prep.info else None
         prep.block = (-1, prep.block[1]) if prep.block else None
+    if prep.block is not None:
+        # Move bubblewrap itself at once: the kernel's wait for a grace period
+        # before the first migration then overlaps bwrap's own set-up, and the
+        # init's move below (it may have been cloned before this) is cheap.
+        for cg in prep.cgroups:
+            with contextlib.suppress(OSError):
+                (cg / "cgroup.procs").write_text(str(proc.pid))
     if prep.info is not None:
         init = _read_child_pid(prep.info[0])
         if init is not None:
@@ -247,6 +263,14 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
             if prep.block is not None:
                 for cg in prep.cgroups:
                     (cg / "cgroup.procs").write_text(str(init))
+            if p.init_rlimits:
+                try:
+                    for res, value in p.rlimits:
+                        resource.prlimit(init, res, (value, value))
+                except OSError:  # never run the command unlimited
+                    proc.kill()
+                    proc.wait()
+                    raise
     if prep.block is not None:
         with contextlib.suppress(OSError):
             os.write(prep.block[1], b"go")

@@ -21,19 +21,25 @@ workspace was never opened for writing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import queue
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from orchestrator.sandbox import mountns
+
 __all__ = [
     "View",
     "open_view",
     "close_view",
+    "settle",
     "overlay_argv",
     "overlay_problem",
     "overlay_refused",
@@ -68,6 +74,13 @@ class View:
     kind: Literal["overlay", "copy"]
     root: Path
     started_ns: int  # copy: a file in the copy whose ctime is older is unchanged
+    # overlay: mounted by the worker at `merged`, in its own namespace
+    # (`mountns`), for bubblewrap to bind; False: the chain mounts it.
+    inplace: bool = False
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "merged"
 
     @property
     def upper(self) -> Path:
@@ -114,14 +127,30 @@ def overlay_argv(
     ]
 
 
-def open_view(workspace: Path, kind: Literal["overlay", "copy"], base: str | None = None) -> View:
-    """Make the call's private folder: upper+work for an overlay, or a copy of
-    the workspace (symlinks as symlinks, hard links as separate files)."""
+def open_view(
+    workspace: Path,
+    kind: Literal["overlay", "copy"],
+    base: str | None = None,
+    inplace: bool = False,
+) -> View:
+    """Make the call's private folder: upper+work for an overlay (with
+    `inplace`, also mounted here at `merged`, in the worker's own mount
+    namespace, when it can be), or a copy of the workspace (symlinks as
+    symlinks, hard links as separate files)."""
     root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
     if kind == "overlay":
         view = View("overlay", root, time.time_ns())
         view.upper.mkdir()
         view.work.mkdir()
+        if inplace and mountns.private_namespace() is None:
+            view.merged.mkdir()
+            try:
+                mountns.mount_overlay(
+                    str(workspace), str(view.upper), str(view.work), str(view.merged), _OPTIONS
+                )
+            except OSError:
+                return view  # the chain mounts it (and reports why it cannot)
+            return dataclasses.replace(view, inplace=True)
         return view
     try:
         shutil.copytree(workspace, root / "copy", symlinks=True, copy_function=shutil.copy2)
@@ -133,7 +162,40 @@ def open_view(workspace: Path, kind: Literal["overlay", "copy"], base: str | Non
 
 
 def close_view(view: View) -> None:
-    shutil.rmtree(view.root, ignore_errors=True)
+    """Take the view down off the call's critical path: a thread of the
+    worker unmounts it (the kernel waits for an RCU grace period there) and
+    removes its folder. The call's changeset was read before; nothing reads
+    the view afterwards. A worker gone first leaves the folder to
+    `remove_stale_views()`, and no mount (its namespace went with it)."""
+    _teardown.put(view)
+    if _reaper.get(os.getpid()) is None:
+        mountns.private_namespace()  # decided while this is the only thread
+        thread = threading.Thread(target=_reap, name="sandbox-view-reaper", daemon=True)
+        _reaper[os.getpid()] = thread
+        thread.start()
+
+
+def settle(timeout_s: float = 10.0) -> None:
+    """Wait until every view closed so far is taken down (tests; exit)."""
+    done = threading.Event()
+    _teardown.put(done)
+    if _reaper.get(os.getpid()) is not None:
+        done.wait(timeout_s)
+
+
+_teardown: queue.SimpleQueue[View | threading.Event] = queue.SimpleQueue()
+_reaper: dict[int, threading.Thread] = {}  # pid -> its thread (a forked child starts its own)
+
+
+def _reap() -> None:
+    while True:
+        item = _teardown.get()
+        if isinstance(item, threading.Event):
+            item.set()
+            continue
+        if item.inplace:
+            mountns.unmount(str(item.merged))
+        shutil.rmtree(item.root, ignore_errors=True)
 
 
 def remove_stale_views(base: str | None = None) -> None:

@@ -102,25 +102,34 @@ def test_bwrap_plan_binds_the_system_read_only_then_the_workspace_read_write() -
     assert "--uid" not in box and "setpriv" not in " ".join(p.argv)
 
 
-def test_with_prlimit_the_rlimits_are_set_in_the_chain_not_in_a_forked_child() -> None:
+def test_bubblewraps_init_gets_the_rlimits_while_it_waits_no_prlimit_exec_no_forked_child() -> None:
     host = dataclasses.replace(ROOT_HOST, prlimit="/usr/bin/prlimit")
     lim = SandboxLimits(cpu_s=2, file_size_mb=1, open_files=64)
     p = plan(request(limits=lim, info_fd=7, block_fd=8), host)
     rest = p.argv[p.argv.index("--") + 1 :]
-    assert rest == [
-        "/usr/bin/prlimit",
-        "--cpu=2:2",
-        f"--fsize={MB}:{MB}",
-        "--nofile=64:64",
-        "--core=0:0",
-        "--",
-        "make",
-        "test",
-    ]
+    assert rest == ["make", "test"]  # set on the init by prlimit(2) before it starts these
+    assert p.init_rlimits and p.rlimits == (
+        (resource.RLIMIT_CPU, 2),
+        (resource.RLIMIT_FSIZE, MB),
+        (resource.RLIMIT_NOFILE, 64),
+        (resource.RLIMIT_CORE, 0),
+    )
     assert pairs(p.argv, "--info-fd") == ["7"] and pairs(p.argv, "--block-fd") == ["8"]
     assert (p.preexec_rlimits, p.preexec_cgroups) == (False, False)  # a vfork spawn
     fallback = plan(request(mode="fallback", home="/h"), host)
-    assert (fallback.preexec_rlimits, fallback.preexec_cgroups) == (False, True)
+    assert fallback.argv[:6] == [
+        "/usr/bin/setpriv",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+        "/usr/bin/prlimit",
+    ]  # no init to set them on: prlimit in the chain
+    assert (fallback.preexec_rlimits, fallback.preexec_cgroups, fallback.init_rlimits) == (
+        False,
+        True,
+        False,
+    )
 
 
 def test_network_enabled_keeps_the_hosts_network_namespace() -> None:
