@@ -3,9 +3,12 @@
 One `true` call through `run_shell` (plan, the copy-on-write view, cgroups,
 bubblewrap, supervision, reading the changeset, sweep) on workspaces of
 1,000, 10,000 and 100,000 files (100 files a folder), next to bare
-bubblewrap running the same command on the 1k workspace (`bwrap --ro-bind /
-/ --bind WS WS --dev /dev --proc /proc --unshare-pid --unshare-net
---die-with-parent true`) and a bare `subprocess.run` (for scale).
+bubblewrap running the same command on the 1k workspace with the same
+mounts and namespaces as the call's (its argv from the sandbox's own
+`bwrap_argv`: the system read-only, private /tmp, /run, /dev/shm, the
+workspace bound read-write, pid, ipc and net namespaces, no capabilities),
+the call without its cgroups (what the kernel's wait before the first cgroup
+migration after a quiet spell costs) and a bare `subprocess.run` (for scale).
 
 Rounds: each round runs every contender `CALLS` times, interleaved (the
 order rotates each round, so a slow phase of the machine hurts all alike),
@@ -35,6 +38,7 @@ walk after one folder changed (that folder alone is read again), and one
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -96,10 +100,18 @@ def run(opts: Options) -> Result:
             for n, ws in wss.items()
         }
         if host.bwrap:
-            bare_bwrap = [host.bwrap, "--ro-bind", "/", "/", "--bind", str(small), str(small)]
-            bare_bwrap += ["--dev", "/dev", "--proc", "/proc", "--unshare-pid"]
-            bare_bwrap += ["--unshare-net", "--die-with-parent", "true"]
-            contenders["bare bwrap true"] = quiet(bare_bwrap, small)
+            # The same mounts and namespaces as the call's bubblewrap (built by
+            # the same function), on the workspace itself: what the call adds
+            # is the view, the cgroups, the rlimits, supervision and the changeset.
+            req = sandbox.Request(argv=("true",), workspace=str(small), cwd=str(small))
+            contenders["bare bwrap true"] = quiet(
+                sandbox.bwrap_argv(host.bwrap, req) + ["true"], small
+            )
+        if host.cgroups.version:
+            no_cg = dataclasses.replace(host, cgroups=sandbox.Cgroups(why="the bench's row"))
+            contenders[f"run_shell true, {SIZES[0]:,} files, no cgroup"] = lambda: run_shell(
+                small, true, host=no_cg
+            )
         contenders["bare subprocess.run true"] = quiet(["true"], small)
         contenders[f"run_shell python -c pass (toolchain {venv})"] = lambda: run_shell(
             small, py, host=host, toolchains=(venv,)
