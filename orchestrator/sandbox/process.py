@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.errors import InfraUnavailable, ToolInputError
+from orchestrator.sandbox import standby
 from orchestrator.sandbox.changeset import Changeset, from_copy, from_upper
 from orchestrator.sandbox.host import Cgroups, Host, Mode, ViewKind
 from orchestrator.sandbox.limits import SandboxLimits
 from orchestrator.sandbox.plan import CALL_ID_VAR, MB, Plan
+from orchestrator.sandbox.standby import Standby
 from orchestrator.sandbox.view import View, close_view, open_view, overlay_refused
 
 __all__ = ["Prepared", "prepare", "spawn", "changes", "view_kind"]
@@ -45,6 +47,21 @@ class Prepared:
     info: tuple[int, int] | None = None  # pipe (read, write): bwrap's --info-fd
     block: tuple[int, int] | None = None  # pipe (read, write): bwrap's --block-fd
     init_pidfd: int | None = None  # bwrap's sandbox init, once started
+    standby: Standby | None = None  # the process that becomes bwrap, in the cgroups already
+    started: bool = False
+
+    @property
+    def info_fd(self) -> int | None:
+        """bwrap's --info-fd: the write end's number in the process that runs bwrap."""
+        if self.standby is not None:
+            return self.standby.info[1]
+        return self.info[1] if self.info else None
+
+    @property
+    def block_fd(self) -> int | None:
+        if self.standby is not None:
+            return self.standby.block[0]
+        return self.block[0] if self.block else None
 
 
 @contextlib.contextmanager
@@ -61,6 +78,8 @@ def prepare(
     `view_base`), the cgroups, the throwaway home. Nothing here writes the
     workspace or changes who owns it."""
     prep = Prepared(call_id=uuid.uuid4().hex)
+    bwrap = host.mode(mode) == "bwrap"
+    parents = tuple(p for p in (host.cgroups.pids, host.cgroups.memory) if p)
     try:
         if host.mode(mode) == "fallback":
             prep.home = Path(tempfile.mkdtemp(prefix="orch-sandbox-home-"))
@@ -70,16 +89,23 @@ def prepare(
             view_base,
             inplace=host.mode(mode) == "bwrap" and host.is_root,
         )
-        try:
-            extra = _MONITOR if host.mode(mode) == "bwrap" else 0
-            prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits, extra)
-        except OSError as err:
-            prep.cgroup_error = f"cannot create the call's cgroup: {err}"
-        if host.mode(mode) == "bwrap":
-            prep.info = os.pipe()
-            prep.block = os.pipe()  # the init joins the cgroups and gets its rlimits
+        if bwrap and host.cgroups.version:
+            _take_standby(prep, host.cgroups, parents, limits)
+        if prep.standby is None:
+            try:
+                prep.cgroups = _make_cgroups(host.cgroups, prep.call_id)
+                _limit(host.cgroups, prep.cgroups, limits, _MONITOR if bwrap else 0)
+            except OSError as err:
+                _remove_cgroups(prep.cgroups)
+                prep.cgroups = []
+                prep.cgroup_error = f"cannot create the call's cgroup: {err}"
+            if bwrap:
+                prep.info = os.pipe()
+                prep.block = os.pipe()  # the init joins the cgroups and gets its rlimits
         yield prep
     finally:
+        if prep.standby is not None and not prep.started:
+            prep.standby.discard()
         _sweep(prep)
         for fd in [
             *(prep.info or ()),
@@ -94,6 +120,8 @@ def prepare(
             shutil.rmtree(prep.home, ignore_errors=True)
         if prep.view is not None:
             close_view(prep.view)
+        if bwrap and host.cgroups.version:
+            standby.refill(parents, lambda call_id: _make_cgroups(host.cgroups, call_id))
 
 
 def view_kind(host: Host, wanted: ViewKind, workspace: Path) -> Literal["overlay", "copy"]:
@@ -174,35 +202,61 @@ def _rmdir_cgroup(cg: Path, timeout_s: float = 1.0) -> None:
 _MONITOR = 1  # bubblewrap's own process is in the call's cgroups too, beside the command's
 
 
-def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits, extra: int) -> list[Path]:
+def _make_cgroups(cg: Cgroups, call_id: str) -> list[Path]:
+    """The call's empty cgroups (`<worker pid>-<call_id>`), or OSError."""
     made: list[Path] = []
+    name = f"{os.getpid()}-{call_id}"
+    parents = [cg.pids] if cg.version == "v2" else [cg.pids, cg.memory]
     try:
-        name = f"{os.getpid()}-{call_id}"
-        if cg.version == "v2" and cg.pids:
-            d = Path(cg.pids, name)
-            d.mkdir()
-            made.append(d)
-            (d / "pids.max").write_text(str(limits.processes + extra))
-            (d / "memory.max").write_text(str(limits.memory_mb * MB))
-            with contextlib.suppress(OSError):
-                (d / "memory.swap.max").write_text("0")
-        elif cg.version == "v1" and cg.pids and cg.memory:
-            p = Path(cg.pids, name)
-            p.mkdir()
-            made.append(p)
-            (p / "pids.max").write_text(str(limits.processes + extra))
-            m = Path(cg.memory, name)
-            m.mkdir()
-            made.append(m)
-            (m / "memory.limit_in_bytes").write_text(str(limits.memory_mb * MB))
-            with contextlib.suppress(OSError):
-                (m / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_mb * MB))
+        for parent in parents:
+            if parent:
+                d = Path(parent, name)
+                d.mkdir()
+                made.append(d)
     except OSError:
-        for d in reversed(made):
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        _remove_cgroups(made)
         raise
     return made
+
+
+def _remove_cgroups(made: list[Path]) -> None:
+    for d in reversed(made):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _limit(cg: Cgroups, made: list[Path], limits: SandboxLimits, extra: int) -> None:
+    """Write the call's limits into its cgroups (`extra`: processes of ours
+    beside the command's, bubblewrap's own)."""
+    if not made:
+        return
+    memory = str(limits.memory_mb * MB)
+    (made[0] / "pids.max").write_text(str(limits.processes + extra))
+    if cg.version == "v2":
+        (made[0] / "memory.max").write_text(memory)
+        with contextlib.suppress(OSError):
+            (made[0] / "memory.swap.max").write_text("0")
+    else:
+        (made[1] / "memory.limit_in_bytes").write_text(memory)
+        with contextlib.suppress(OSError):
+            (made[1] / "memory.memsw.limit_in_bytes").write_text(memory)
+
+
+def _take_standby(
+    prep: Prepared, cg: Cgroups, parents: tuple[str, ...], limits: SandboxLimits
+) -> None:
+    """Run the call in this worker's standby, when one is ready (`standby`)."""
+    ready = standby.take(parents)
+    if ready is None:
+        return
+    try:
+        _limit(cg, ready.cgroups, limits, _MONITOR)
+    except OSError:
+        ready.discard()
+        _remove_cgroups(ready.cgroups)
+        return
+    prep.standby, prep.call_id, prep.cgroups = ready, ready.call_id, ready.cgroups
+    prep.info, prep.block = (ready.info[0], -1), (-1, ready.block[1])  # our ends only
 
 
 def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
@@ -225,6 +279,8 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
         for res, value in limits:
             resource.setrlimit(res, (value, value))
 
+    if prep.standby is not None:
+        return _start_standby(p, prep, prep.standby)
     keep = tuple(
         fd
         for fd in (prep.info[1] if prep.info else None, prep.block[0] if prep.block else None)
@@ -255,12 +311,28 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
         for cg in prep.cgroups:
             with contextlib.suppress(OSError):
                 (cg / "cgroup.procs").write_text(str(proc.pid))
+    prep.started = True
+    _release_init(p, prep, proc, move=True)
+    return proc
+
+
+def _start_standby(p: Plan, prep: Prepared, ready: Standby) -> subprocess.Popen[bytes]:
+    """The standby becomes bubblewrap; its init is forked in the cgroups."""
+    prep.started = True
+    ready.start(p.argv, p.env, p.cwd)
+    _release_init(p, prep, ready.proc, move=False)
+    return ready.proc
+
+
+def _release_init(p: Plan, prep: Prepared, proc: subprocess.Popen[bytes], move: bool) -> None:
+    """Once bubblewrap's init waits on its block fd: move it into the call's
+    cgroups (unless it was forked there), set its rlimits, let it go."""
     if prep.info is not None:
         init = _read_child_pid(prep.info[0])
         if init is not None:
             with contextlib.suppress(OSError):
                 prep.init_pidfd = os.pidfd_open(init)
-            if prep.block is not None:
+            if prep.block is not None and move:
                 for cg in prep.cgroups:
                     (cg / "cgroup.procs").write_text(str(init))
             if p.init_rlimits:
@@ -274,7 +346,6 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
     if prep.block is not None:
         with contextlib.suppress(OSError):
             os.write(prep.block[1], b"go")
-    return proc
 
 
 def _read_child_pid(fd: int) -> int | None:

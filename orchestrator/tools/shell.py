@@ -203,8 +203,8 @@ def _run(
             view=prep.view,
             home=str(prep.home) if prep.home else None,
             call_id=prep.call_id,
-            info_fd=prep.info[1] if prep.info else None,
-            block_fd=prep.block[0] if prep.block else None,
+            info_fd=prep.info_fd,
+            block_fd=prep.block_fd,
             empty_file=sandbox.empty_file() if req.masks else None,
         )
         planned = sandbox.plan(req, host)

@@ -32,6 +32,7 @@ from orchestrator.guard.policy import Limits, Network
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import host as sandbox_host
 from orchestrator.sandbox import runtime as sandbox
+from orchestrator.sandbox import standby as sandbox_standby
 from orchestrator.sandbox.runtime import (
     GIT_ENV,
     SANDBOX_HOME,
@@ -657,9 +658,19 @@ def test_no_cgroup_is_left_behind(box: Box, mode: str) -> None:
 
     def ours() -> dict[str, list[str]]:
         # Calls of this process only (`<pid>-<call>`): other runs on the machine
-        # have cgroups of their own under the same parent.
+        # have cgroups of their own under the same parent. The standby's are
+        # the next call's, holding the standby alone.
         mine = f"{os.getpid()}-"
-        return {p: sorted(e for e in os.listdir(p) if e.startswith(mine)) for p in parents}
+        sandbox_standby.settle()
+        ready = sandbox_standby._ready.get(os.getpid())
+        next_call = f"{mine}{ready[1].call_id}" if ready else None
+        if ready:
+            for cg in ready[1].cgroups:
+                assert (cg / "cgroup.procs").read_text().split() == [str(ready[1].proc.pid)]
+        return {
+            p: sorted(e for e in os.listdir(p) if e.startswith(mine) and e != next_call)
+            for p in parents
+        }
 
     before = ours()
     box.run(mode, ["sh", "-c", "sleep 100 & sleep 100"], wall_s=0.5)
