@@ -678,6 +678,24 @@ def test_no_cgroup_is_left_behind(box: Box, mode: str) -> None:
     box.assert_contained()
 
 
+def test_a_call_runs_in_the_standby_made_in_its_cgroups_between_calls(box: Box) -> None:
+    _need_bwrap()
+    if HOST.cgroups.version is None or sandbox_standby.PERL is None:
+        pytest.skip(f"no standby here: {HOST.cgroups.why}, perl {sandbox_standby.PERL}")
+    box.run("bwrap", ["true"])
+    sandbox_standby.settle()
+    ready = sandbox_standby._ready[os.getpid()][1]
+    for cg in ready.cgroups:  # made and joined between calls
+        assert (cg / "cgroup.procs").read_text().split() == [str(ready.proc.pid)]
+    # The command sees itself in the standby's cgroups (forked there by
+    # bubblewrap's init, never moved) and the limits the call wrote.
+    result = box.run("bwrap", ["sh", "-c", "cat /proc/self/cgroup"], processes=77)
+    assert f"{os.getpid()}-{ready.call_id}" in result.output
+    assert ready.proc.returncode is not None  # it became the call's bubblewrap and was reaped
+    assert not any(cg.exists() for cg in ready.cgroups)
+    box.assert_contained()
+
+
 def test_doctor_says_which_sandbox_is_active(tmp_path: Path) -> None:
     env = shape_env(tmp_path)
     report = json.loads(cli(env, "doctor", "--json").stdout)
