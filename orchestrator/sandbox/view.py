@@ -77,10 +77,11 @@ class View:
     # overlay: mounted by the worker at `merged`, in its own namespace
     # (`mountns`), for bubblewrap to bind; False: the chain mounts it.
     inplace: bool = False
+    merged_in: str = ""  # the unbindable folder `merged` is in (`mountns.mounts_folder`)
 
     @property
     def merged(self) -> Path:
-        return self.root / "merged"
+        return Path(self.merged_in, self.root.name)
 
     @property
     def upper(self) -> Path:
@@ -137,19 +138,25 @@ def open_view(
     `inplace`, also mounted here at `merged`, in the worker's own mount
     namespace, when it can be), or a copy of the workspace (symlinks as
     symlinks, hard links as separate files)."""
+    mounts = None
+    if inplace and mountns.private_namespace(_mounts_folder(base)) is None:
+        mounts = mountns.mounts_folder()
     root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
     if kind == "overlay":
-        view = View("overlay", root, time.time_ns())
+        # upper and work stay outside the unbindable folder: overlayfs
+        # refuses an upper directory it cannot clone a private mount of.
+        view = View("overlay", root, time.time_ns(), merged_in=mounts or "")
         view.upper.mkdir()
         view.work.mkdir()
-        if inplace and mountns.private_namespace() is None:
+        if mounts:
             view.merged.mkdir()
             try:
                 mountns.mount_overlay(
                     str(workspace), str(view.upper), str(view.work), str(view.merged), _OPTIONS
                 )
             except OSError:
-                return view  # the chain mounts it (and reports why it cannot)
+                view.merged.rmdir()
+                return dataclasses.replace(view, merged_in="")  # the chain mounts it
             return dataclasses.replace(view, inplace=True)
         return view
     try:
@@ -169,10 +176,16 @@ def close_view(view: View) -> None:
     `remove_stale_views()`, and no mount (its namespace went with it)."""
     _teardown.put(view)
     if _reaper.get(os.getpid()) is None:
-        mountns.private_namespace()  # decided while this is the only thread
+        mountns.private_namespace(_mounts_folder(None))  # decided while this is the only thread
         thread = threading.Thread(target=_reap, name="sandbox-view-reaper", daemon=True)
         _reaper[os.getpid()] = thread
         thread.start()
+
+
+def _mounts_folder(base: str | None) -> str:
+    """This process's folder for overlays it mounts itself (removed with the
+    other leftovers of a dead worker by `remove_stale_views`)."""
+    return os.path.join(base or tempfile.gettempdir(), f"{_PREFIX}{os.getpid()}-mounts")
 
 
 def settle(timeout_s: float = 10.0) -> None:
@@ -195,6 +208,8 @@ def _reap() -> None:
             continue
         if item.inplace:
             mountns.unmount(str(item.merged))
+            with contextlib.suppress(OSError):
+                item.merged.rmdir()
         shutil.rmtree(item.root, ignore_errors=True)
 
 
