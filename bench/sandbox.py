@@ -10,6 +10,10 @@ workspace bound read-write, pid, ipc and net namespaces, no capabilities),
 the call without its cgroups (what the kernel's wait before the first cgroup
 migration after a quiet spell costs) and a bare `subprocess.run` (for scale).
 
+Calls are 50 ms apart (untimed), every contender alike, as an agent's shell
+calls are (a model turn is far longer): the kernel's state between calls is
+the one a real call meets (a cold cgroup migration, the standby made).
+
 Rounds: each round runs every contender `CALLS` times, interleaved (the
 order rotates each round, so a slow phase of the machine hurts all alike),
 and keeps each contender's median; the ratios are taken per round, and the
@@ -54,6 +58,7 @@ MASK_TREE_FILES = 8000
 SIZES = (1_000, 10_000, 100_000)
 PER_FOLDER = 100
 LIMIT = 1.2
+GAP_S = 0.05  # between calls, as between an agent's shell calls (a model turn is far longer)
 
 
 def _workspace(root: Path, files: int) -> Path:
@@ -124,6 +129,7 @@ def run(opts: Options) -> Result:
             for k in names[r % len(names) :] + names[: r % len(names)]:
                 times = []
                 for _ in range(calls):
+                    time.sleep(GAP_S)  # untimed, for every contender alike
                     t = time.perf_counter()
                     contenders[k]()
                     times.append((time.perf_counter() - t) * 1000)

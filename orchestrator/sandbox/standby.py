@@ -47,7 +47,6 @@ for (1 .. $n) { my ($k, $v) = split /=/, shift(@f), 2; $ENV{$k} = $v; }
 chdir $cwd or die "cannot enter $cwd: $!\n";
 exec { $f[0] } @f or die "cannot run $f[0]: $!\n";
 """
-_WAIT_S = 1.0  # a call waits this long for a standby being made (it shares its grace period)
 
 
 @dataclass
@@ -92,13 +91,10 @@ _making: dict[int, threading.Event] = {}  # worker pid -> set once the one being
 
 
 def take(parents: tuple[str, ...]) -> Standby | None:
-    """This worker's standby for cgroups under `parents`, if one is ready (or
-    being made: waiting for it costs no more than a move of our own)."""
+    """This worker's standby for cgroups under `parents`, if one is ready
+    (one still being made is left for the next call: calls back to back
+    take every other one, and a call never waits for it)."""
     pid = os.getpid()
-    with _lock:
-        making = _making.get(pid)
-    if making is not None:
-        making.wait(_WAIT_S)
     with _lock:
         found = _ready.pop(pid, None)
     if found is None:
