@@ -26,12 +26,12 @@ import threading
 __all__ = ["private_namespace", "mounts_folder", "mount_overlay", "unmount"]
 
 _CLONE_NEWNS = 0x00020000
-_MS_BIND, _MS_REC, _MS_SLAVE, _MS_UNBINDABLE = 0x1000, 0x4000, 0x80000, 0x20000
+_MS_REC, _MS_SLAVE = 0x4000, 0x80000
 _MNT_DETACH = 2
 
 _libc: ctypes.CDLL | None = None
 _state: dict[int, str | None] = {}  # pid -> why the namespace is not ours (None: it is)
-_mounts: dict[int, str] = {}  # pid -> the unbindable folder its overlays are mounted in
+_mounts: dict[int, str] = {}  # pid -> the folder its overlays are mounted in
 _lock = threading.Lock()
 
 
@@ -45,10 +45,8 @@ def _c() -> ctypes.CDLL:
 def private_namespace(folder: str | None = None) -> str | None:
     """Put this process in a mount namespace of its own, once per process
     (a forked child asks again: its parent's answer is not its own); None
-    when it is, else why not. `folder` (made here) is bound over itself and
-    made unbindable: overlays mounted in it (`mounts_folder()`) are left out
-    of every recursive bind, so bubblewrap's `--ro-bind / /` never copies
-    them (another call's overlay unmounted meanwhile would fail its set-up)."""
+    when it is, else why not. `folder` (made here) is where its overlays
+    are mounted (`mounts_folder()`)."""
     pid = os.getpid()
     with _lock:
         if pid in _state:
@@ -68,20 +66,18 @@ def private_namespace(folder: str | None = None) -> str | None:
             elif libc.mount(b"none", b"/", None, _MS_REC | _MS_SLAVE, None) != 0:
                 why = f"making / a slave mount failed: {os.strerror(ctypes.get_errno())}"
             else:
-                why = _unbindable(libc, folder)
+                why = _folder(folder)
         if why is None:
             _mounts[pid] = folder
         _state[pid] = why
         return why
 
 
-def _unbindable(libc: ctypes.CDLL, folder: str) -> str | None:
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    path = os.fsencode(folder)
-    if libc.mount(path, path, None, _MS_BIND, None) != 0:
-        return f"binding {folder} failed: {os.strerror(ctypes.get_errno())}"
-    if libc.mount(b"none", path, None, _MS_UNBINDABLE, None) != 0:
-        return f"making {folder} unbindable failed: {os.strerror(ctypes.get_errno())}"
+def _folder(folder: str) -> str | None:
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+    except OSError as err:
+        return f"cannot make {folder}: {err.strerror}"
     return None
 
 

@@ -90,6 +90,7 @@ class Request:
     call_id: str = "call"
     info_fd: int | None = None  # bwrap writes its sandbox init's pid here
     block_fd: int | None = None  # bwrap waits on it (until the init joined the cgroups)
+    standby: bool = False  # bwrap is exec'd by a standby the rlimits are set on (`standby`)
     masks: tuple[Mask, ...] = ()  # bwrap: denied workspace paths, shown empty and read-only
     empty_file: str | None = None  # bwrap: the empty read-only file bound over masked files
 
@@ -108,8 +109,9 @@ class Plan:
     # joins them while it waits on `block_fd`).
     preexec_rlimits: bool = False
     preexec_cgroups: bool = False
-    # bubblewrap: the rlimits are set on its sandbox init (`prlimit(2)`, while
-    # it waits on `block_fd`, before it starts the command), not by an exec.
+    # bubblewrap: the rlimits are set by `prlimit(2)` on its sandbox init
+    # (while it waits on `block_fd`, before it starts the command) or on the
+    # standby that execs it, not by an exec of `prlimit`.
     init_rlimits: bool = False
 
 
@@ -237,7 +239,7 @@ def plan(req: Request, host: Host) -> Plan:
     if cg.memory:
         cgroup_limits["memory"] = req.limits.memory_mb * MB
     limits = rlimits(req.limits, cgroup_limits)
-    init_rlimits = mode == "bwrap" and req.block_fd is not None
+    init_rlimits = mode == "bwrap" and (req.block_fd is not None or req.standby)
     chain = prlimit_argv(host.prlimit, limits) if host.prlimit and not init_rlimits else []
     cwd = req.cwd
     if mode == "bwrap":

@@ -50,19 +50,6 @@ class Prepared:
     standby: Standby | None = None  # the process that becomes bwrap, in the cgroups already
     started: bool = False
 
-    @property
-    def info_fd(self) -> int | None:
-        """bwrap's --info-fd: the write end's number in the process that runs bwrap."""
-        if self.standby is not None:
-            return self.standby.info[1]
-        return self.info[1] if self.info else None
-
-    @property
-    def block_fd(self) -> int | None:
-        if self.standby is not None:
-            return self.standby.block[0]
-        return self.block[0] if self.block else None
-
 
 @contextlib.contextmanager
 def prepare(
@@ -256,7 +243,6 @@ def _take_standby(
         _remove_cgroups(ready.cgroups)
         return
     prep.standby, prep.call_id, prep.cgroups = ready, ready.call_id, ready.cgroups
-    prep.info, prep.block = (ready.info[0], -1), (-1, ready.block[1])  # our ends only
 
 
 def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
@@ -312,27 +298,33 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
             with contextlib.suppress(OSError):
                 (cg / "cgroup.procs").write_text(str(proc.pid))
     prep.started = True
-    _release_init(p, prep, proc, move=True)
+    _release_init(p, prep, proc)
     return proc
 
 
 def _start_standby(p: Plan, prep: Prepared, ready: Standby) -> subprocess.Popen[bytes]:
-    """The standby becomes bubblewrap; its init is forked in the cgroups."""
+    """The standby gets the rlimits and becomes bubblewrap; everything it
+    forks starts in the cgroups (the sweep empties them: no init to wait for)."""
     prep.started = True
+    try:
+        for res, value in p.rlimits:
+            resource.prlimit(ready.proc.pid, res, (value, value))
+    except OSError:  # never run the command unlimited
+        ready.discard()
+        raise
     ready.start(p.argv, p.env, p.cwd)
-    _release_init(p, prep, ready.proc, move=False)
     return ready.proc
 
 
-def _release_init(p: Plan, prep: Prepared, proc: subprocess.Popen[bytes], move: bool) -> None:
+def _release_init(p: Plan, prep: Prepared, proc: subprocess.Popen[bytes]) -> None:
     """Once bubblewrap's init waits on its block fd: move it into the call's
-    cgroups (unless it was forked there), set its rlimits, let it go."""
+    cgroups, set its rlimits, let it go."""
     if prep.info is not None:
         init = _read_child_pid(prep.info[0])
         if init is not None:
             with contextlib.suppress(OSError):
                 prep.init_pidfd = os.pidfd_open(init)
-            if prep.block is not None and move:
+            if prep.block is not None:
                 for cg in prep.cgroups:
                     (cg / "cgroup.procs").write_text(str(init))
             if p.init_rlimits:

@@ -7,12 +7,13 @@ machine, unless the host sets `rcu_expedited=1` or `favordynmods`). A
 process forked by one already in a cgroup is in it from the start, with no
 move. So after each bubblewrap call, a thread of the worker starts the next
 call's standby: a tiny `perl` (Debian's perl-base is essential) that waits
-on a pipe, with the pipes of the call (output, bubblewrap's info and block
-fds) already in place, and moves it into a fresh pair of cgroups; the wait
-happens there, between calls. The call writes its limits into the cgroups,
-then the standby's cwd, environment and argv into the pipe; the standby
-execs them (it is the worker's child, so the worker reaps it as usual), and
-bubblewrap's init, forked in the cgroups, starts there.
+on a pipe, with the call's output pipe already in place, and moves it into
+a fresh pair of cgroups; the wait happens there, between calls. The call
+writes its limits into the cgroups and its rlimits onto the standby
+(`prlimit(2)`: bubblewrap and all it starts inherit them), then the
+standby's cwd, environment and argv into the pipe; the standby execs them
+(it is the worker's child, so the worker reaps it as usual), and everything
+bubblewrap forks starts in the cgroups: no block fd to wait on.
 
 No standby (none ready, the machine has no `perl`, another thread took it):
 the call makes its cgroups and moves bubblewrap itself, as before. A standby
@@ -52,15 +53,12 @@ exec { $f[0] } @f or die "cannot run $f[0]: $!\n";
 @dataclass
 class Standby:
     """One waiting process, its cgroups (named `<worker pid>-<call_id>`) and
-    the parent's ends of its pipes; `info_fd` and `block_fd` are the numbers
-    the child holds, to name in bubblewrap's argv."""
+    the write end of the pipe it reads its command from."""
 
     proc: subprocess.Popen[bytes]
     call_id: str
     cgroups: list[Path]
-    info: tuple[int, int]  # (read end here, the child's write end number)
-    block: tuple[int, int]  # (the child's read end number, write end here)
-    message: int  # write end here
+    message: int
 
     def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> None:
         """Hand the standby its command (it execs it at once)."""
@@ -80,9 +78,6 @@ class Standby:
         self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-        for fd in (self.info[0], self.block[1]):
-            with contextlib.suppress(OSError):
-                os.close(fd)
 
 
 _lock = threading.Lock()
@@ -146,8 +141,7 @@ def _launch(make: Callable[[str], list[Path]]) -> Standby | None:
         cgroups = make(call_id)
     except OSError:
         return None
-    info, block, message = os.pipe(), os.pipe(), os.pipe()
-    child_ends = (info[1], block[0], message[0])
+    message = os.pipe()
     try:
         proc = subprocess.Popen(
             [PERL, "-e", _SCRIPT, str(message[0])],
@@ -156,17 +150,16 @@ def _launch(make: Callable[[str], list[Path]]) -> Standby | None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
-            pass_fds=child_ends,
+            pass_fds=(message[0],),
             env={},
         )
     except OSError:
-        for fd in (*info, *block, *message):
+        for fd in message:
             os.close(fd)
         _remove(cgroups)
         return None
-    for fd in child_ends:
-        os.close(fd)
-    standby = Standby(proc, call_id, cgroups, (info[0], info[1]), (block[0], block[1]), message[1])
+    os.close(message[0])
+    standby = Standby(proc, call_id, cgroups, message[1])
     try:
         for cg in cgroups:  # the grace-period wait, here between calls
             (cg / "cgroup.procs").write_text(str(proc.pid))

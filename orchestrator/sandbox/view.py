@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,7 @@ __all__ = [
     "open_view",
     "close_view",
     "settle",
+    "stable_mounts",
     "overlay_argv",
     "overlay_problem",
     "overlay_refused",
@@ -77,7 +79,7 @@ class View:
     # overlay: mounted by the worker at `merged`, in its own namespace
     # (`mountns`), for bubblewrap to bind; False: the chain mounts it.
     inplace: bool = False
-    merged_in: str = ""  # the unbindable folder `merged` is in (`mountns.mounts_folder`)
+    merged_in: str = ""  # the folder `merged` is in (`mountns.mounts_folder`)
 
     @property
     def merged(self) -> Path:
@@ -143,8 +145,6 @@ def open_view(
         mounts = mountns.mounts_folder()
     root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
     if kind == "overlay":
-        # upper and work stay outside the unbindable folder: overlayfs
-        # refuses an upper directory it cannot clone a private mount of.
         view = View("overlay", root, time.time_ns(), merged_in=mounts or "")
         view.upper.mkdir()
         view.work.mkdir()
@@ -170,10 +170,13 @@ def open_view(
 
 def close_view(view: View) -> None:
     """Take the view down off the call's critical path: a thread of the
-    worker unmounts it (the kernel waits for an RCU grace period there) and
-    removes its folder. The call's changeset was read before; nothing reads
-    the view afterwards. A worker gone first leaves the folder to
-    `remove_stale_views()`, and no mount (its namespace went with it)."""
+    worker unmounts it (the kernel waits for an RCU grace period there) when
+    no call is between starting bubblewrap and its end (`stable_mounts`:
+    bubblewrap's `--ro-bind / /` copies the worker's mounts and fails on
+    one unmounted meanwhile), and removes its folder. The call's changeset
+    was read before; nothing reads the view afterwards. A worker gone first
+    leaves the folder to `remove_stale_views()`, and no mount (its namespace
+    went with it)."""
     _teardown.put(view)
     if _reaper.get(os.getpid()) is None:
         mountns.private_namespace(_mounts_folder(None))  # decided while this is the only thread
@@ -200,6 +203,24 @@ _teardown: queue.SimpleQueue[View | threading.Event] = queue.SimpleQueue()
 _reaper: dict[int, threading.Thread] = {}  # pid -> its thread (a forked child starts its own)
 
 
+_calls = threading.Condition()
+_running = [0]  # calls of this process between starting bubblewrap and their end
+
+
+@contextlib.contextmanager
+def stable_mounts() -> Iterator[None]:
+    """Hold off the view thread's unmounts while bubblewrap starts and runs
+    (it waits for one in progress to finish)."""
+    with _calls:
+        _running[0] += 1
+    try:
+        yield
+    finally:
+        with _calls:
+            _running[0] -= 1
+            _calls.notify_all()
+
+
 def _reap() -> None:
     while True:
         item = _teardown.get()
@@ -207,7 +228,10 @@ def _reap() -> None:
             item.set()
             continue
         if item.inplace:
-            mountns.unmount(str(item.merged))
+            with _calls:
+                while _running[0]:
+                    _calls.wait()
+                mountns.unmount(str(item.merged))
             with contextlib.suppress(OSError):
                 item.merged.rmdir()
         shutil.rmtree(item.root, ignore_errors=True)
