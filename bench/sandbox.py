@@ -3,9 +3,16 @@
 One `true` call through `run_shell` (plan, the copy-on-write view, cgroups,
 bubblewrap, supervision, reading the changeset, sweep) on workspaces of
 1,000, 10,000 and 100,000 files (100 files a folder), next to bare
-bubblewrap running the same command on the 1k workspace (`bwrap --ro-bind /
-/ --bind WS WS --dev /dev --proc /proc --unshare-pid --unshare-net
---die-with-parent true`) and a bare `subprocess.run` (for scale).
+bubblewrap running the same command on the 1k workspace with the same
+mounts and namespaces as the call's (its argv from the sandbox's own
+`bwrap_argv`: the system read-only, private /tmp, /run, /dev/shm, the
+workspace bound read-write, pid, ipc and net namespaces, no capabilities),
+the call without its cgroups (what the kernel's wait before the first cgroup
+migration after a quiet spell costs) and a bare `subprocess.run` (for scale).
+
+Calls are 50 ms apart (untimed), every contender alike, as an agent's shell
+calls are (a model turn is far longer): the kernel's state between calls is
+the one a real call meets (a cold cgroup migration, the standby made).
 
 Rounds: each round runs every contender `CALLS` times, interleaved (the
 order rotates each round, so a slow phase of the machine hurts all alike),
@@ -35,6 +42,7 @@ walk after one folder changed (that folder alone is read again), and one
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -50,6 +58,7 @@ MASK_TREE_FILES = 8000
 SIZES = (1_000, 10_000, 100_000)
 PER_FOLDER = 100
 LIMIT = 1.2
+GAP_S = 0.05  # between calls, as between an agent's shell calls (a model turn is far longer)
 
 
 def _workspace(root: Path, files: int) -> Path:
@@ -72,6 +81,7 @@ def _spread(rs: list[float]) -> str:
 def run(opts: Options) -> Result:
     from orchestrator.run.steps import ShellStep
     from orchestrator.sandbox import runtime as sandbox
+    from orchestrator.sandbox.view import stable_mounts
     from orchestrator.tools.shell import run_shell
 
     res = Result("sandbox")
@@ -96,10 +106,22 @@ def run(opts: Options) -> Result:
             for n, ws in wss.items()
         }
         if host.bwrap:
-            bare_bwrap = [host.bwrap, "--ro-bind", "/", "/", "--bind", str(small), str(small)]
-            bare_bwrap += ["--dev", "/dev", "--proc", "/proc", "--unshare-pid"]
-            bare_bwrap += ["--unshare-net", "--die-with-parent", "true"]
-            contenders["bare bwrap true"] = quiet(bare_bwrap, small)
+            # The same mounts and namespaces as the call's bubblewrap (built by
+            # the same function), on the workspace itself: what the call adds
+            # is the view, the cgroups, the rlimits, supervision and the changeset.
+            req = sandbox.Request(argv=("true",), workspace=str(small), cwd=str(small))
+            bare = quiet(sandbox.bwrap_argv(host.bwrap, req) + ["true"], small)
+
+            def bare_bwrap() -> object:
+                with stable_mounts():  # run_shell's views are unmounted around it
+                    return bare()
+
+            contenders["bare bwrap true"] = bare_bwrap
+        if host.cgroups.version:
+            no_cg = dataclasses.replace(host, cgroups=sandbox.Cgroups(why="the bench's row"))
+            contenders[f"run_shell true, {SIZES[0]:,} files, no cgroup"] = lambda: run_shell(
+                small, true, host=no_cg
+            )
         contenders["bare subprocess.run true"] = quiet(["true"], small)
         contenders[f"run_shell python -c pass (toolchain {venv})"] = lambda: run_shell(
             small, py, host=host, toolchains=(venv,)
@@ -112,6 +134,7 @@ def run(opts: Options) -> Result:
             for k in names[r % len(names) :] + names[: r % len(names)]:
                 times = []
                 for _ in range(calls):
+                    time.sleep(GAP_S)  # untimed, for every contender alike
                     t = time.perf_counter()
                     contenders[k]()
                     times.append((time.perf_counter() - t) * 1000)

@@ -11,10 +11,12 @@ A `Policy` is a checked document plus the built-in rules
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import orjson
@@ -129,6 +131,10 @@ class PolicyDoc(Frozen):
     limits: Limits = Limits()
     session_limits: SessionLimits = SessionLimits()
     rate_limits: dict[str, str] = {}
+    # The folders a job's `toolchains:` may name (a toolchain must be one of
+    # them or inside one; a relative entry means that folder inside each
+    # target, e.g. `.venv`). None: any folder; empty: no toolchain at all.
+    toolchains: tuple[str, ...] | None = None
 
     @field_validator("rate_limits")
     @classmethod
@@ -162,6 +168,8 @@ class Policy:
             # the default is left out, so policies written before the switch
             # existed keep their hash (and the events that name it)
             del doc["commands"]["builtins"]
+        if self.doc.toolchains is None:
+            del doc["toolchains"]  # likewise: unset, the hash is the one before the field
         return doc
 
     @cached_property
@@ -355,7 +363,43 @@ def combine(*docs: PolicyDoc | None) -> PolicyDoc:
         limits=Limits(**limits),
         session_limits=SessionLimits(tool_calls=calls, **session),
         rate_limits=rates,
+        toolchains=allowed_in_all([d.toolchains for d in given if d.toolchains is not None]),
     )
+
+
+def allowed_in_all(lists: list[tuple[str, ...]]) -> tuple[str, ...] | None:
+    """The toolchain folders every list allows: each entry of a list that is
+    inside (or equal to) an entry of every other list. None: no list."""
+    if not lists:
+        return None
+    keep = [
+        e for lst in lists for e in lst if all(any(_inside(e, o) for o in other) for other in lists)
+    ]
+    return tuple(dict.fromkeys(keep))
+
+
+def _inside(path: str, root: str) -> bool:
+    p, r = PurePosixPath(os.path.normpath(path)), PurePosixPath(os.path.normpath(root))
+    return p.is_absolute() == r.is_absolute() and (p == r or p.is_relative_to(r))
+
+
+def toolchain_refusal(
+    allowed: tuple[str, ...] | None, toolchains: Sequence[str], target: str
+) -> str | None:
+    """Why a target's toolchains (absolute, resolved) break the policy's
+    `toolchains:` list (rule TOOLCHAIN_RULE), or None. Relative entries of
+    the list are folders inside `target` (resolved, like the toolchains)."""
+    if allowed is None:
+        return None
+    roots = [a if os.path.isabs(a) else os.path.join(target, a) for a in allowed]
+    for tool in toolchains:
+        if not any(_inside(tool, r) for r in roots):
+            listed = ", ".join(allowed) if allowed else "none"
+            return (
+                f"toolchain {tool} is not in a folder the policy's `toolchains:` allows "
+                f"({listed}); use one of those, or ask the operator to list it"
+            )
+    return None
 
 
 def _min_all(values: list[Any]) -> Any:
@@ -381,4 +425,5 @@ def load_policy(path: Path) -> Policy:
     return parse_policy(data, str(path))
 
 
+TOOLCHAIN_RULE = "toolchains-allowed"
 DEFAULT_POLICY = parse_policy({"name": "default"}, "<built-in default>")

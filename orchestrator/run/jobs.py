@@ -7,6 +7,7 @@ CLI, the API and `diagnose`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +16,15 @@ from events import payloads as p
 from events.envelope import NewEvent, new_id
 from events.errors import SequenceConflict
 from events.store import EventStore
-from orchestrator.errors import Conflict, NotFound
-from orchestrator.guard.policy import PolicyDoc, Tier, combine, strictest_tier
+from orchestrator.errors import Conflict, NotFound, PolicyDenied
+from orchestrator.guard.policy import (
+    TOOLCHAIN_RULE,
+    PolicyDoc,
+    Tier,
+    combine,
+    strictest_tier,
+    toolchain_refusal,
+)
 from orchestrator.run.jobspec import JobSpec, resolve
 from orchestrator.run.runner import Ticket
 
@@ -34,11 +42,22 @@ def prepare(
     Each session runs under one policy: the job spec's combined with
     `policy_files` (a `--policy` file, the configured one), the strictest
     setting of each winning; `tier` is the caller's (`--tier`, config), and
-    `elevated_by` names who passed `--allow-destructive`."""
+    `elevated_by` names who passed `--allow-destructive`. A target whose
+    toolchains the policy's `toolchains:` list does not allow is refused
+    (PolicyDenied, rule `toolchains-allowed`): nothing is recorded."""
     job_id = new_id()
     labels = tuple(s.label for s in spec.steps)
     targets = resolve(spec, base_dir)
     doc = combine(spec.policy, *policy_files)
+    allowed = doc.toolchains and tuple(
+        os.path.realpath(a) if os.path.isabs(a) else a for a in doc.toolchains
+    )
+    for t in targets:
+        why = toolchain_refusal(allowed, t.toolchains, os.path.realpath(t.path or "."))
+        if why is not None:
+            raise PolicyDenied(
+                f"submitting job {spec.name!r} (target {t.name})", TOOLCHAIN_RULE, why
+            )
     chosen = strictest_tier(spec.tier, tier) if (spec.tier or tier) else None
     tickets = [
         Ticket(

@@ -335,21 +335,42 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
         dirty = watch.changed(key) if old else EVERYTHING
         if dirty is EVERYTHING:
             watch.forget(key)  # watched again as this walk reads each folder
-        try:
-            walked = _walk(top, old, match, (watch, key, dirty))
-        except _Stale:
-            watch.forget(key)
-            walked = _walk(top, {}, match, (watch, key, EVERYTHING))
+        settled = _settled.get(key)
+        if dirty == set() and settled is not None and settled[0] is old:
+            walked, masks = settled  # nothing reported, every folder kept and watched
+        else:
+            try:
+                walked = _walk(top, old, match, (watch, key, dirty))
+            except _Stale:
+                watch.forget(key)
+                walked = _walk(top, {}, match, (watch, key, EVERYTHING))
+            masks = tidy_masks([m for d in walked.values() for m in d.masks])
+            _settle(key, walked, masks, watch)
         _mask_cache[key] = walked
         _mask_cache.move_to_end(key)
         while len(_mask_cache) > _MASK_CACHE_SIZE:
             gone, _ = _mask_cache.popitem(last=False)
+            _settled.pop(gone, None)
             watch.forget(gone)
-    masks = tidy_masks([m for d in walked.values() for m in d.masks])
     linked = _linked(masks)  # asked every call: a link can be made in another folder
     if linked:
         masks = tidy_masks([*masks, *_other_links(top, walked, linked)])
     return tuple(_with_source(m) for m in masks)
+
+
+# Per kept walk whose every folder is kept and watched: the walk and its
+# masks, so a call on a tree inotify reported unchanged costs no per-folder
+# step at all (the kept walk alone still visits each folder).
+_settled: dict[Hashable, tuple[dict[str, _Dir], tuple[Mask, ...]]] = {}
+
+
+def _settle(
+    key: Hashable, walked: dict[str, _Dir], masks: tuple[Mask, ...], watch: DirWatch
+) -> None:
+    if watch.available(key) and all(d.kept and watch.watching(key, r) for r, d in walked.items()):
+        _settled[key] = (walked, masks)
+    else:
+        _settled.pop(key, None)
 
 
 _watches: list[DirWatch] = []
@@ -359,6 +380,7 @@ def _watcher() -> DirWatch:
     """This process's folder watch (a forked child makes its own)."""
     if not _watches or _watches[0].pid != os.getpid():
         _mask_cache.clear()  # a parent's walks were kept with the parent's watch
+        _settled.clear()
         _watches[:] = [DirWatch()]
     return _watches[0]
 

@@ -90,6 +90,7 @@ class Request:
     call_id: str = "call"
     info_fd: int | None = None  # bwrap writes its sandbox init's pid here
     block_fd: int | None = None  # bwrap waits on it (until the init joined the cgroups)
+    standby: bool = False  # bwrap is exec'd by a standby the rlimits are set on (`standby`)
     masks: tuple[Mask, ...] = ()  # bwrap: denied workspace paths, shown empty and read-only
     empty_file: str | None = None  # bwrap: the empty read-only file bound over masked files
 
@@ -108,6 +109,10 @@ class Plan:
     # joins them while it waits on `block_fd`).
     preexec_rlimits: bool = False
     preexec_cgroups: bool = False
+    # bubblewrap: the rlimits are set by `prlimit(2)` on its sandbox init
+    # (while it waits on `block_fd`, before it starts the command) or on the
+    # standby that execs it, not by an exec of `prlimit`.
+    init_rlimits: bool = False
 
 
 # -- pure planning --------------------------------------------------------------------
@@ -146,7 +151,12 @@ def bwrap_argv(bwrap: str, req: Request) -> list[str]:
     /tmp and /run, the workspace path (bound from the copy in the copy view),
     the masks, the toolchains read-only, then every capability dropped (a
     root worker's command keeps root's uid, not its powers)."""
-    source = str(req.view.copy) if req.view is not None and req.view.kind == "copy" else None
+    view = req.view
+    source = None
+    if view is not None and view.kind == "copy":
+        source = str(view.copy)
+    elif view is not None and view.inplace:
+        source = str(view.merged)
     args = [bwrap, "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp"]
     args += ["--perms", "0755", "--tmpfs", "/run"]
     args += ["--bind", source or req.workspace, req.workspace]
@@ -229,7 +239,8 @@ def plan(req: Request, host: Host) -> Plan:
     if cg.memory:
         cgroup_limits["memory"] = req.limits.memory_mb * MB
     limits = rlimits(req.limits, cgroup_limits)
-    chain = prlimit_argv(host.prlimit, limits) if host.prlimit else []
+    init_rlimits = mode == "bwrap" and (req.block_fd is not None or req.standby)
+    chain = prlimit_argv(host.prlimit, limits) if host.prlimit and not init_rlimits else []
     cwd = req.cwd
     if mode == "bwrap":
         assert host.bwrap is not None
@@ -253,7 +264,7 @@ def plan(req: Request, host: Host) -> Plan:
             # Nothing can be mounted: the command runs in the copy, at its own path.
             rel = PurePosixPath(req.cwd).relative_to(req.workspace)
             cwd = str(PurePosixPath(req.view.copy, rel))
-    if req.view is not None and req.view.kind == "overlay":
+    if req.view is not None and req.view.kind == "overlay" and not req.view.inplace:
         if host.unshare is None:
             raise ValueError("the overlay view needs `unshare`")
         prefix = overlay_argv(
@@ -273,6 +284,7 @@ def plan(req: Request, host: Host) -> Plan:
         cwd=cwd,
         rlimits=limits,
         cgroup_limits=cgroup_limits,
-        preexec_rlimits=host.prlimit is None,
+        preexec_rlimits=host.prlimit is None and not init_rlimits,
+        init_rlimits=init_rlimits,
         preexec_cgroups=bool(cgroup_limits) and (mode == "fallback" or req.block_fd is None),
     )

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.errors import InfraUnavailable, ToolInputError
+from orchestrator.sandbox import standby
 from orchestrator.sandbox.changeset import Changeset, from_copy, from_upper
 from orchestrator.sandbox.host import Cgroups, Host, Mode, ViewKind
 from orchestrator.sandbox.limits import SandboxLimits
 from orchestrator.sandbox.plan import CALL_ID_VAR, MB, Plan
+from orchestrator.sandbox.standby import Standby
 from orchestrator.sandbox.view import View, close_view, disk_used, open_view, overlay_refused
 
 __all__ = ["Prepared", "prepare", "spawn", "changes", "view_kind", "written"]
@@ -45,6 +47,8 @@ class Prepared:
     info: tuple[int, int] | None = None  # pipe (read, write): bwrap's --info-fd
     block: tuple[int, int] | None = None  # pipe (read, write): bwrap's --block-fd
     init_pidfd: int | None = None  # bwrap's sandbox init, once started
+    standby: Standby | None = None  # the process that becomes bwrap, in the cgroups already
+    started: bool = False
 
 
 @contextlib.contextmanager
@@ -61,20 +65,34 @@ def prepare(
     `view_base`), the cgroups, the throwaway home. Nothing here writes the
     workspace or changes who owns it."""
     prep = Prepared(call_id=uuid.uuid4().hex)
+    bwrap = host.mode(mode) == "bwrap"
+    parents = tuple(p for p in (host.cgroups.pids, host.cgroups.memory) if p)
     try:
         if host.mode(mode) == "fallback":
             prep.home = Path(tempfile.mkdtemp(prefix="orch-sandbox-home-"))
-        prep.view = open_view(workspace, view_kind(host, view, workspace), view_base)
-        try:
-            prep.cgroups = _make_cgroups(host.cgroups, prep.call_id, limits)
-        except OSError as err:
-            prep.cgroup_error = f"cannot create the call's cgroup: {err}"
-        if host.mode(mode) == "bwrap":
-            prep.info = os.pipe()
-            if prep.cgroups:
-                prep.block = os.pipe()
+        prep.view = open_view(
+            workspace,
+            view_kind(host, view, workspace),
+            view_base,
+            inplace=host.mode(mode) == "bwrap" and host.is_root,
+        )
+        if bwrap and host.cgroups.version:
+            _take_standby(prep, host.cgroups, parents, limits)
+        if prep.standby is None:
+            try:
+                prep.cgroups = _make_cgroups(host.cgroups, prep.call_id)
+                _limit(host.cgroups, prep.cgroups, limits, _MONITOR if bwrap else 0)
+            except OSError as err:
+                _remove_cgroups(prep.cgroups)
+                prep.cgroups = []
+                prep.cgroup_error = f"cannot create the call's cgroup: {err}"
+            if bwrap:
+                prep.info = os.pipe()
+                prep.block = os.pipe()  # the init joins the cgroups and gets its rlimits
         yield prep
     finally:
+        if prep.standby is not None and not prep.started:
+            prep.standby.discard()
         _sweep(prep)
         for fd in [
             *(prep.info or ()),
@@ -89,6 +107,8 @@ def prepare(
             shutil.rmtree(prep.home, ignore_errors=True)
         if prep.view is not None:
             close_view(prep.view)
+        if bwrap and host.cgroups.version:
+            standby.refill(parents, lambda call_id: _make_cgroups(host.cgroups, call_id))
 
 
 def view_kind(host: Host, wanted: ViewKind, workspace: Path) -> Literal["overlay", "copy"]:
@@ -114,7 +134,7 @@ def changes(prep: Prepared, workspace: Path) -> Changeset:
     if view is None:
         return Changeset()
     if view.kind == "overlay":
-        if not view.marker.exists():
+        if not view.inplace and not view.marker.exists():
             raise InfraUnavailable(
                 f"the overlay over {workspace} could not be mounted, so the command "
                 "did not run. Run `orchestrator doctor` to see which view the "
@@ -171,35 +191,63 @@ def _rmdir_cgroup(cg: Path, timeout_s: float = 1.0) -> None:
             time.sleep(0.001)
 
 
-def _make_cgroups(cg: Cgroups, call_id: str, limits: SandboxLimits) -> list[Path]:
+_MONITOR = 1  # bubblewrap's own process is in the call's cgroups too, beside the command's
+
+
+def _make_cgroups(cg: Cgroups, call_id: str) -> list[Path]:
+    """The call's empty cgroups (`<worker pid>-<call_id>`), or OSError."""
     made: list[Path] = []
+    name = f"{os.getpid()}-{call_id}"
+    parents = [cg.pids] if cg.version == "v2" else [cg.pids, cg.memory]
     try:
-        name = f"{os.getpid()}-{call_id}"
-        if cg.version == "v2" and cg.pids:
-            d = Path(cg.pids, name)
-            d.mkdir()
-            made.append(d)
-            (d / "pids.max").write_text(str(limits.processes))
-            (d / "memory.max").write_text(str(limits.memory_mb * MB))
-            with contextlib.suppress(OSError):
-                (d / "memory.swap.max").write_text("0")
-        elif cg.version == "v1" and cg.pids and cg.memory:
-            p = Path(cg.pids, name)
-            p.mkdir()
-            made.append(p)
-            (p / "pids.max").write_text(str(limits.processes))
-            m = Path(cg.memory, name)
-            m.mkdir()
-            made.append(m)
-            (m / "memory.limit_in_bytes").write_text(str(limits.memory_mb * MB))
-            with contextlib.suppress(OSError):
-                (m / "memory.memsw.limit_in_bytes").write_text(str(limits.memory_mb * MB))
+        for parent in parents:
+            if parent:
+                d = Path(parent, name)
+                d.mkdir()
+                made.append(d)
     except OSError:
-        for d in reversed(made):
-            with contextlib.suppress(OSError):
-                d.rmdir()
+        _remove_cgroups(made)
         raise
     return made
+
+
+def _remove_cgroups(made: list[Path]) -> None:
+    for d in reversed(made):
+        with contextlib.suppress(OSError):
+            d.rmdir()
+
+
+def _limit(cg: Cgroups, made: list[Path], limits: SandboxLimits, extra: int) -> None:
+    """Write the call's limits into its cgroups (`extra`: processes of ours
+    beside the command's, bubblewrap's own)."""
+    if not made:
+        return
+    memory = str(limits.memory_mb * MB)
+    (made[0] / "pids.max").write_text(str(limits.processes + extra))
+    if cg.version == "v2":
+        (made[0] / "memory.max").write_text(memory)
+        with contextlib.suppress(OSError):
+            (made[0] / "memory.swap.max").write_text("0")
+    else:
+        (made[1] / "memory.limit_in_bytes").write_text(memory)
+        with contextlib.suppress(OSError):
+            (made[1] / "memory.memsw.limit_in_bytes").write_text(memory)
+
+
+def _take_standby(
+    prep: Prepared, cg: Cgroups, parents: tuple[str, ...], limits: SandboxLimits
+) -> None:
+    """Run the call in this worker's standby, when one is ready (`standby`)."""
+    ready = standby.take(parents)
+    if ready is None:
+        return
+    try:
+        _limit(cg, ready.cgroups, limits, _MONITOR)
+    except OSError:
+        ready.discard()
+        _remove_cgroups(ready.cgroups)
+        return
+    prep.standby, prep.call_id, prep.cgroups = ready, ready.call_id, ready.cgroups
 
 
 def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
@@ -207,7 +255,8 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
     new session. Every process of the command is in the call's cgroups from
     its first instruction: bubblewrap's init is moved in while it waits on
     its block fd, before it starts the command; the fallback joins in the
-    child before exec. Without `prlimit` the child also sets the rlimits."""
+    child before exec. bubblewrap's init also gets the rlimits then
+    (`prlimit(2)`); in the fallback, without `prlimit`, the child sets them."""
     procs = [os.fsencode(cg / "cgroup.procs") for cg in prep.cgroups] if p.preexec_cgroups else []
     limits = p.rlimits if p.preexec_rlimits else ()
 
@@ -221,6 +270,8 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
         for res, value in limits:
             resource.setrlimit(res, (value, value))
 
+    if prep.standby is not None:
+        return _start_standby(p, prep, prep.standby)
     keep = tuple(
         fd
         for fd in (prep.info[1] if prep.info else None, prep.block[0] if prep.block else None)
@@ -244,6 +295,35 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
             os.close(fd)
         prep.info = (prep.info[0], -1) if prep.info else None
         prep.block = (-1, prep.block[1]) if prep.block else None
+    if prep.block is not None:
+        # Move bubblewrap itself at once: the kernel's wait for a grace period
+        # before the first migration then overlaps bwrap's own set-up, and the
+        # init's move below (it may have been cloned before this) is cheap.
+        for cg in prep.cgroups:
+            with contextlib.suppress(OSError):
+                (cg / "cgroup.procs").write_text(str(proc.pid))
+    prep.started = True
+    _release_init(p, prep, proc)
+    return proc
+
+
+def _start_standby(p: Plan, prep: Prepared, ready: Standby) -> subprocess.Popen[bytes]:
+    """The standby gets the rlimits and becomes bubblewrap; everything it
+    forks starts in the cgroups (the sweep empties them: no init to wait for)."""
+    prep.started = True
+    try:
+        for res, value in p.rlimits:
+            resource.prlimit(ready.proc.pid, res, (value, value))
+    except OSError:  # never run the command unlimited
+        ready.discard()
+        raise
+    ready.start(p.argv, p.env, p.cwd)
+    return ready.proc
+
+
+def _release_init(p: Plan, prep: Prepared, proc: subprocess.Popen[bytes]) -> None:
+    """Once bubblewrap's init waits on its block fd: move it into the call's
+    cgroups, set its rlimits, let it go."""
     if prep.info is not None:
         init = _read_child_pid(prep.info[0])
         if init is not None:
@@ -252,10 +332,17 @@ def spawn(p: Plan, prep: Prepared) -> subprocess.Popen[bytes]:
             if prep.block is not None:
                 for cg in prep.cgroups:
                     (cg / "cgroup.procs").write_text(str(init))
+            if p.init_rlimits:
+                try:
+                    for res, value in p.rlimits:
+                        resource.prlimit(init, res, (value, value))
+                except OSError:  # never run the command unlimited
+                    proc.kill()
+                    proc.wait()
+                    raise
     if prep.block is not None:
         with contextlib.suppress(OSError):
             os.write(prep.block[1], b"go")
-    return proc
 
 
 def _read_child_pid(fd: int) -> int | None:

@@ -21,20 +21,28 @@ workspace was never opened for writing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import queue
 import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from orchestrator.sandbox import mountns
 
 __all__ = [
     "View",
     "open_view",
     "close_view",
+    "settle",
+    "stable_mounts",
     "overlay_argv",
     "overlay_problem",
     "overlay_refused",
@@ -70,6 +78,14 @@ class View:
     root: Path
     started_ns: int  # copy: a file in the copy whose ctime is older is unchanged
     base_bytes: int = 0  # copy: what the copy held before the command ran
+    # overlay: mounted by the worker at `merged`, in its own namespace
+    # (`mountns`), for bubblewrap to bind; False: the chain mounts it.
+    inplace: bool = False
+    merged_in: str = ""  # the folder `merged` is in (`mountns.mounts_folder`)
+
+    @property
+    def merged(self) -> Path:
+        return Path(self.merged_in, self.root.name)
 
     @property
     def upper(self) -> Path:
@@ -116,14 +132,34 @@ def overlay_argv(
     ]
 
 
-def open_view(workspace: Path, kind: Literal["overlay", "copy"], base: str | None = None) -> View:
-    """Make the call's private folder: upper+work for an overlay, or a copy of
-    the workspace (symlinks as symlinks, hard links as separate files)."""
+def open_view(
+    workspace: Path,
+    kind: Literal["overlay", "copy"],
+    base: str | None = None,
+    inplace: bool = False,
+) -> View:
+    """Make the call's private folder: upper+work for an overlay (with
+    `inplace`, also mounted here at `merged`, in the worker's own mount
+    namespace, when it can be), or a copy of the workspace (symlinks as
+    symlinks, hard links as separate files)."""
+    mounts = None
+    if inplace and mountns.private_namespace(_mounts_folder(base)) is None:
+        mounts = mountns.mounts_folder()
     root = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=base))
     if kind == "overlay":
-        view = View("overlay", root, time.time_ns())
+        view = View("overlay", root, time.time_ns(), merged_in=mounts or "")
         view.upper.mkdir()
         view.work.mkdir()
+        if mounts:
+            view.merged.mkdir()
+            try:
+                mountns.mount_overlay(
+                    str(workspace), str(view.upper), str(view.work), str(view.merged), _OPTIONS
+                )
+            except OSError:
+                view.merged.rmdir()
+                return dataclasses.replace(view, merged_in="")  # the chain mounts it
+            return dataclasses.replace(view, inplace=True)
         return view
     try:
         shutil.copytree(workspace, root / "copy", symlinks=True, copy_function=shutil.copy2)
@@ -164,7 +200,72 @@ def _bytes_in(top: Path) -> int:
 
 
 def close_view(view: View) -> None:
-    shutil.rmtree(view.root, ignore_errors=True)
+    """Take the view down off the call's critical path: a thread of the
+    worker unmounts it (the kernel waits for an RCU grace period there) when
+    no call is between starting bubblewrap and its end (`stable_mounts`:
+    bubblewrap's `--ro-bind / /` copies the worker's mounts and fails on
+    one unmounted meanwhile), and removes its folder. The call's changeset
+    was read before; nothing reads the view afterwards. A worker gone first
+    leaves the folder to `remove_stale_views()`, and no mount (its namespace
+    went with it)."""
+    _teardown.put(view)
+    if _reaper.get(os.getpid()) is None:
+        mountns.private_namespace(_mounts_folder(None))  # decided while this is the only thread
+        thread = threading.Thread(target=_reap, name="sandbox-view-reaper", daemon=True)
+        _reaper[os.getpid()] = thread
+        thread.start()
+
+
+def _mounts_folder(base: str | None) -> str:
+    """This process's folder for overlays it mounts itself (removed with the
+    other leftovers of a dead worker by `remove_stale_views`)."""
+    return os.path.join(base or tempfile.gettempdir(), f"{_PREFIX}{os.getpid()}-mounts")
+
+
+def settle(timeout_s: float = 10.0) -> None:
+    """Wait until every view closed so far is taken down (tests; exit)."""
+    done = threading.Event()
+    _teardown.put(done)
+    if _reaper.get(os.getpid()) is not None:
+        done.wait(timeout_s)
+
+
+_teardown: queue.SimpleQueue[View | threading.Event] = queue.SimpleQueue()
+_reaper: dict[int, threading.Thread] = {}  # pid -> its thread (a forked child starts its own)
+
+
+_calls = threading.Condition()
+_running = [0]  # calls of this process between starting bubblewrap and their end
+
+
+@contextlib.contextmanager
+def stable_mounts() -> Iterator[None]:
+    """Hold off the view thread's unmounts while bubblewrap starts and runs
+    (it waits for one in progress to finish)."""
+    with _calls:
+        _running[0] += 1
+    try:
+        yield
+    finally:
+        with _calls:
+            _running[0] -= 1
+            _calls.notify_all()
+
+
+def _reap() -> None:
+    while True:
+        item = _teardown.get()
+        if isinstance(item, threading.Event):
+            item.set()
+            continue
+        if item.inplace:
+            with _calls:
+                while _running[0]:
+                    _calls.wait()
+                mountns.unmount(str(item.merged))
+            with contextlib.suppress(OSError):
+                item.merged.rmdir()
+        shutil.rmtree(item.root, ignore_errors=True)
 
 
 def remove_stale_views(base: str | None = None) -> None:

@@ -41,6 +41,7 @@ from orchestrator.guard.policy import DEFAULT_POLICY
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.changeset import Changeset
+from orchestrator.sandbox.view import stable_mounts
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import resolve_in_workspace
 
@@ -206,24 +207,26 @@ def _run(
             call_id=prep.call_id,
             info_fd=prep.info[1] if prep.info else None,
             block_fd=prep.block[0] if prep.block else None,
+            standby=prep.standby is not None,
             empty_file=sandbox.empty_file() if req.masks else None,
         )
         planned = sandbox.plan(req, host)
         started = time.monotonic()
-        try:
-            proc = sandbox.spawn(planned, prep)
-        except OSError as err:
-            raise InfraUnavailable(
-                f"the sandbox could not start `{planned.argv[0]}`: "
-                f"{err.strerror}. Run `orchestrator doctor` to see what "
-                "the sandbox needs."
-            ) from None
-        lim = req.limits
-        capture = _Capture(min(step.max_output_bytes, lim.output_bytes), lim.output_bytes)
-        disk_cap = lim.disk_mb * _MB
-        stopped, status, usage = _supervise(
-            proc, capture, started + timeout_s, cancelled, _disk_watch(prep, disk_cap)
-        )
+        with stable_mounts():
+            try:
+                proc = sandbox.spawn(planned, prep)
+            except OSError as err:
+                raise InfraUnavailable(
+                    f"the sandbox could not start `{planned.argv[0]}`: "
+                    f"{err.strerror}. Run `orchestrator doctor` to see what "
+                    "the sandbox needs."
+                ) from None
+            lim = req.limits
+            capture = _Capture(min(step.max_output_bytes, lim.output_bytes), lim.output_bytes)
+            disk_cap = lim.disk_mb * _MB
+            stopped, status, usage = _supervise(
+                proc, capture, started + timeout_s, cancelled, _disk_watch(prep, disk_cap)
+            )
         hits = sandbox.limit_hits(prep)
         if not stopped and capture.limit != "output_bytes":
             used = sandbox.written(prep)  # also what it wrote just before it ended

@@ -34,6 +34,7 @@ from orchestrator.guard.policy import Limits, Network
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import host as sandbox_host
 from orchestrator.sandbox import runtime as sandbox
+from orchestrator.sandbox import standby as sandbox_standby
 from orchestrator.sandbox.runtime import (
     GIT_ENV,
     SANDBOX_HOME,
@@ -104,25 +105,34 @@ def test_bwrap_plan_binds_the_system_read_only_then_the_workspace_read_write() -
     assert "--uid" not in box and "setpriv" not in " ".join(p.argv)
 
 
-def test_with_prlimit_the_rlimits_are_set_in_the_chain_not_in_a_forked_child() -> None:
+def test_bubblewraps_init_gets_the_rlimits_while_it_waits_no_prlimit_exec_no_forked_child() -> None:
     host = dataclasses.replace(ROOT_HOST, prlimit="/usr/bin/prlimit")
     lim = SandboxLimits(cpu_s=2, file_size_mb=1, open_files=64)
     p = plan(request(limits=lim, info_fd=7, block_fd=8), host)
     rest = p.argv[p.argv.index("--") + 1 :]
-    assert rest == [
-        "/usr/bin/prlimit",
-        "--cpu=2:2",
-        f"--fsize={MB}:{MB}",
-        "--nofile=64:64",
-        "--core=0:0",
-        "--",
-        "make",
-        "test",
-    ]
+    assert rest == ["make", "test"]  # set on the init by prlimit(2) before it starts these
+    assert p.init_rlimits and p.rlimits == (
+        (resource.RLIMIT_CPU, 2),
+        (resource.RLIMIT_FSIZE, MB),
+        (resource.RLIMIT_NOFILE, 64),
+        (resource.RLIMIT_CORE, 0),
+    )
     assert pairs(p.argv, "--info-fd") == ["7"] and pairs(p.argv, "--block-fd") == ["8"]
     assert (p.preexec_rlimits, p.preexec_cgroups) == (False, False)  # a vfork spawn
     fallback = plan(request(mode="fallback", home="/h"), host)
-    assert (fallback.preexec_rlimits, fallback.preexec_cgroups) == (False, True)
+    assert fallback.argv[:6] == [
+        "/usr/bin/setpriv",
+        "--no-new-privs",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--",
+        "/usr/bin/prlimit",
+    ]  # no init to set them on: prlimit in the chain
+    assert (fallback.preexec_rlimits, fallback.preexec_cgroups, fallback.init_rlimits) == (
+        False,
+        True,
+        False,
+    )
 
 
 def test_network_enabled_keeps_the_hosts_network_namespace() -> None:
@@ -715,13 +725,41 @@ def test_no_cgroup_is_left_behind(box: Box, mode: str) -> None:
 
     def ours() -> dict[str, list[str]]:
         # Calls of this process only (`<pid>-<call>`): other runs on the machine
-        # have cgroups of their own under the same parent.
+        # have cgroups of their own under the same parent. The standby's are
+        # the next call's, holding the standby alone.
         mine = f"{os.getpid()}-"
-        return {p: sorted(e for e in os.listdir(p) if e.startswith(mine)) for p in parents}
+        sandbox_standby.settle()
+        ready = sandbox_standby._ready.get(os.getpid())
+        next_call = f"{mine}{ready[1].call_id}" if ready else None
+        if ready:
+            for cg in ready[1].cgroups:
+                assert (cg / "cgroup.procs").read_text().split() == [str(ready[1].proc.pid)]
+        return {
+            p: sorted(e for e in os.listdir(p) if e.startswith(mine) and e != next_call)
+            for p in parents
+        }
 
     before = ours()
     box.run(mode, ["sh", "-c", "sleep 100 & sleep 100"], wall_s=0.5)
     assert ours() == before
+    box.assert_contained()
+
+
+def test_a_call_runs_in_the_standby_made_in_its_cgroups_between_calls(box: Box) -> None:
+    _need_bwrap()
+    if HOST.cgroups.version is None or sandbox_standby.PERL is None:
+        pytest.skip(f"no standby here: {HOST.cgroups.why}, perl {sandbox_standby.PERL}")
+    box.run("bwrap", ["true"])
+    sandbox_standby.settle()
+    ready = sandbox_standby._ready[os.getpid()][1]
+    for cg in ready.cgroups:  # made and joined between calls
+        assert (cg / "cgroup.procs").read_text().split() == [str(ready.proc.pid)]
+    # The command sees itself in the standby's cgroups (forked there by
+    # bubblewrap's init, never moved) and the limits the call wrote.
+    result = box.run("bwrap", ["sh", "-c", "cat /proc/self/cgroup"], processes=77)
+    assert f"{os.getpid()}-{ready.call_id}" in result.output
+    assert ready.proc.returncode is not None  # it became the call's bubblewrap and was reaped
+    assert not any(cg.exists() for cg in ready.cgroups)
     box.assert_contained()
 
 
