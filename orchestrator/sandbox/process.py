@@ -376,13 +376,18 @@ def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
         if not prep.cgroups:
             return
     marker = f"{CALL_ID_VAR}={prep.call_id}".encode()
+    killed: set[int] = set()
     while True:
         pids = _cgroup_members(prep.cgroups) if prep.cgroups else _marked(marker)
-        if not pids or time.monotonic() > deadline:
+        # A killed process drops its environment before it is a zombie: wait
+        # for each to finish dying, so none is still running when we return.
+        exiting = {pid for pid in killed - pids if not _zombie(str(pid))}
+        if not (pids or exiting) or time.monotonic() > deadline:
             return
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
         time.sleep(0.001)
 
 
