@@ -73,7 +73,7 @@ __all__ = [
 CONFLICT_RETRIES = 20
 _log = logs.get_logger(__name__)
 CANCELLED = "JobCancelled"  # the error of a session its job's cancellation ended
-MEMO_SESSIONS = 1024  # folds kept per runner (one per worker process)
+MEMO_SESSIONS = 1024  # folds of running sessions kept per runner (one per worker process)
 
 
 @dataclass
@@ -249,6 +249,11 @@ class Runner:
                 session_id, state.last_seq, SNAPSHOT_VERSION, state.model_dump_json().encode()
             )
             self._snapshot_at[session_id] = state.last_seq
+        if state.session.finished:
+            # Nothing runs for it any more: a worker that keeps the folds of
+            # ended sessions grows with every job until the bound (bench/memory.py).
+            del memo[session_id]
+            self._snapshot_at.pop(session_id, None)
         return state
 
     def _retrying(self, fn: Any, *args: Any) -> Any:
