@@ -262,7 +262,8 @@ class SqlEventStore:
                     raise SequenceConflict(stream_id, expected_seq, last_seq)
                 sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
                 positions: dict[int, int] = {}
-                before, params = prev, []
+                before = prev
+                params: list[object] = []
                 for i, (e, (seq, body, digest)) in enumerate(zip(batch, sealed), start=1):
                     params += (stream_id, seq, e.event_id, e.type, e.correlation_id, key)
                     params += (before, digest, body)

@@ -188,9 +188,7 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
             targets.append((edit, spot))
 
     staged: list[tuple[str, Spot, FileEdit]] = []  # (temp name, target, edit)
-    # One sync of the file system for all the staged contents (and another for
-    # the renames), or an fsync per file and folder where syncfs is missing.
-    whole_fs = SYNCFS is not None
+    whole_fs = SYNCFS is not None  # else an fsync per staged file and per folder
     made_dirs: list[tuple[int, str]] = []
 
     def undo_staging() -> None:
@@ -211,10 +209,7 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                         "written; nothing was changed. Run the step again."
                     )
                 staged.append((_stage(spot, edit.after, fsync=whole_fs is False), spot, edit))
-        if staged and whole_fs and not syncfs(staged[0][1].dirfd):
-            whole_fs = False  # fsync each staged file and (below) each folder
-            for tmp, spot, _ in staged:
-                _fsync_at(spot.dirfd, tmp)
+        whole_fs = _staged_durable(staged, whole_fs)
     except OSError as err:
         undo_staging()
         raise ToolError(
@@ -250,6 +245,19 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                     break
     _renames_durable(jail, done, whole_fs)
     return sum(len(e.after) for e, _ in targets if e.after is not None)
+
+
+def _staged_durable(staged: list[tuple[str, Spot, FileEdit]], whole_fs: bool) -> bool:
+    """Make the staged contents durable before any rename: one sync of the file
+    system (`tools.durable`), or where that fails an fsync per staged file.
+    Returns whether the renames can be made durable by a sync too."""
+    if not staged or not whole_fs:
+        return whole_fs
+    if syncfs(staged[0][1].dirfd):
+        return True
+    for tmp, spot, _ in staged:
+        _fsync_at(spot.dirfd, tmp)
+    return False
 
 
 def _renames_durable(jail: Jail, done: list[tuple[Spot, FileEdit]], whole_fs: bool) -> None:
