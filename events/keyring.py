@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from events.db import create_engine, normalize_url, store_errors, writer
 from events.schema import data_keys as K
 from events.schema import snapshots as S
-from events.sealing import CACHE_S, Forgotten, SealError
+from events.sealing import CACHE_S, Forgotten, SealError, remember
 
 
 class Kek(Protocol):
@@ -101,7 +101,7 @@ class SqlKeyRing:
                             created_at=_now(),
                         )
                     )
-            self._active[scope] = (now, key_id, dek)
+            remember(self._active, scope, (now, key_id, dek))
             return key_id, dek
 
     def lookup(self, key_id: str) -> bytes | Forgotten | None:

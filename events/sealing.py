@@ -35,6 +35,21 @@ from events.payloads import PAYLOAD_TYPES
 PREFIX = "sealed:v1:"
 MARK = b'"' + PREFIX.encode()  # a sealed value in a stored body starts so
 CACHE_S = 60.0  # how long a process trusts a key it looked up (a forget elsewhere shows after)
+CACHE_KEYS = 1024  # keys a process keeps at most (each stream has its own)
+
+
+def remember(cache: dict[Any, Any], key: Any, value: Any, limit: int = CACHE_KEYS) -> None:
+    """`cache[key] = value`, dropping the oldest entries past `limit`: a cache of
+    per-stream keys would otherwise grow with every session a worker sealed
+    for (bench/memory.py); a dropped key is looked up again when needed."""
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > limit:
+        try:
+            del cache[next(iter(cache))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread got there
+            break
+
 
 _STEP_TEXT = (("content",), ("replacement",), ("diff",), ("env", "*"))
 
@@ -131,7 +146,8 @@ class Sealer:
         key_id, dek = self.keys.active(stream_id)
         aead = self._aead.get(key_id)
         if aead is None:
-            aead = self._aead[key_id] = AESGCM(dek)
+            aead = AESGCM(dek)
+            remember(self._aead, key_id, aead)
 
         def seal(text: str) -> str:
             return seal_text(aead, key_id, stream_id, text)
@@ -153,7 +169,8 @@ class Sealer:
         hit = self._opened.get(key_id)
         if hit is None or now - hit[0] > CACHE_S:
             key = self.keys.lookup(key_id)
-            hit = self._opened[key_id] = (now, AESGCM(key) if isinstance(key, bytes) else key)
+            hit = (now, AESGCM(key) if isinstance(key, bytes) else key)
+            remember(self._opened, key_id, hit)
         aead = hit[1]
         if isinstance(aead, Forgotten):
             return aead.text()

@@ -283,3 +283,16 @@ def test_a_job_leaves_no_plain_output_or_diff_and_forget_keeps_the_audit(deploym
     assert state["ledger"]["entries"][0]["decision"] == "allow"
     opened = cli(env, "audit", "export", "--decrypt", "--stream", sid)
     assert "BODY-OF-A-FILE" not in opened.stdout and "erasure request 7" in opened.stdout
+
+
+def test_per_stream_key_caches_stay_bounded():
+    """A worker seals for every session it runs: its key caches keep the
+    newest `limit` entries, not one per session ever sealed."""
+    from events.sealing import remember
+
+    cache: dict[int, object] = {}
+    for i in range(10):
+        remember(cache, i, i, limit=4)
+    assert list(cache) == [6, 7, 8, 9]
+    remember(cache, 7, "again", limit=4)  # a refreshed entry is the newest
+    assert list(cache) == [6, 8, 9, 7]
