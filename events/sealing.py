@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,6 +137,17 @@ class Sealer:
         self._aead: dict[str, AESGCM] = {}  # sealing: the stream's active keys
         # opening: what a key id gave, and when (a forget elsewhere shows after CACHE_S)
         self._opened: dict[str, tuple[float, AESGCM | Forgotten | None]] = {}
+
+    def prepare(self, batches: Iterable[tuple[str, Sequence[NewEvent]]]) -> None:
+        """Ready the keys of every stream whose batch has a field to seal, at
+        once (`EventStore.append_many`: a group of new sessions)."""
+        prepare = getattr(self.keys, "prepare", None)
+        if prepare is not None:
+            prepare(
+                stream_id
+                for stream_id, batch in batches
+                if any(e.payload.type in SEALED_FIELDS for e in batch)
+            )
 
     def __call__(self, stream_id: str, event: NewEvent) -> NewEvent:
         paths = SEALED_FIELDS.get(event.payload.type)

@@ -196,6 +196,10 @@ class SqlEventStore:
         it. All or nothing: a SequenceConflict on any item stores none of
         them. Returns the stored events of each item, in order."""
         work: list[tuple[str, Batch, int | None, str | None, Batch]] = []
+        for f in self.filters:  # e.g. the sealer makes the group's new data keys at once
+            prepare = getattr(f, "prepare", None)
+            if prepare is not None:
+                prepare([(stream_id, batch) for stream_id, batch, _ in items])
         for stream_id, batch, expected in items:
             key = batch[0].idempotency_key if batch else None
             if any(e.idempotency_key != key for e in batch):
