@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +22,14 @@ import sqlalchemy as sa
 from events.db import create_engine, normalize_url, store_errors, writer
 from events.schema import data_keys as K
 from events.schema import snapshots as S
-from events.sealing import CACHE_S, Forgotten, Kek, stored_key, unwrap_key
+from events.sealing import (
+    CACHE_S,
+    Forgotten,
+    Kek,
+    remember,
+    stored_key,
+    unwrap_key,
+)
 from events.sealing import WrongKek as WrongKek  # where callers have found it
 
 
@@ -86,8 +94,52 @@ class SqlKeyRing:
                             created_at=_now(),
                         )
                     )
-            self._active[scope] = (now, key_id, dek)
+            remember(self._active, scope, (now, key_id, dek))
             return key_id, dek
+
+    def prepare(self, scopes: Iterable[str]) -> None:
+        """The active keys of many scopes, found or made at once: the keys that
+        do not exist yet are stored in ONE transaction (a chunk of new sessions
+        otherwise makes one fsynced transaction each, 9 ms apiece on SQLite).
+        Picks what `active` would pick: the newest live key of each scope."""
+        now = time.monotonic()
+        todo = [
+            s
+            for s in dict.fromkeys(scopes)
+            if (hit := self._active.get(s)) is None or now - hit[0] >= CACHE_S
+        ]
+        if not todo:
+            return
+        with self._lock:
+            with store_errors(self.url), self.engine.connect() as conn:
+                rows = conn.execute(
+                    sa.select(K.c.scope, K.c.key_id, K.c.kek_id, K.c.wrapped, K.c.created_at)
+                    .where(K.c.scope.in_(todo), K.c.wrapped.is_not(None))
+                    .order_by(K.c.created_at.desc(), K.c.key_id)
+                ).all()
+            found: dict[str, tuple[str, bytes]] = {}
+            for scope, key_id, kek_id, wrapped, _ in rows:
+                if scope not in found:
+                    found[scope] = (key_id, self._unwrap(key_id, kek_id, bytes(wrapped)))
+            made = [(s, uuid.uuid4().hex, os.urandom(32)) for s in todo if s not in found]
+            if made:
+                with store_errors(self.url), writer(self.engine) as conn, conn.begin():
+                    conn.execute(
+                        K.insert(),
+                        [
+                            {
+                                "key_id": key_id,
+                                "scope": scope,
+                                "kek_id": self.kek.id,
+                                "wrapped": self.kek.wrap(dek),
+                                "created_at": _now(),
+                            }
+                            for scope, key_id, dek in made
+                        ],
+                    )
+                found.update((scope, (key_id, dek)) for scope, key_id, dek in made)
+            for scope, (key_id, dek) in found.items():
+                remember(self._active, scope, (now, key_id, dek))
 
     def lookup(self, key_id: str) -> bytes | Forgotten | None:
         with store_errors(self.url), self.engine.connect() as conn:

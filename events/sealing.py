@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +35,21 @@ from events.payloads import PAYLOAD_TYPES
 PREFIX = "sealed:v1:"
 MARK = b'"' + PREFIX.encode()  # a sealed value in a stored body starts so
 CACHE_S = 60.0  # how long a process trusts a key it looked up (a forget elsewhere shows after)
+CACHE_KEYS = 1024  # keys a process keeps at most (each stream has its own)
+
+
+def remember(cache: dict[Any, Any], key: Any, value: Any, limit: int = CACHE_KEYS) -> None:
+    """`cache[key] = value`, dropping the oldest entries past `limit`: a cache of
+    per-stream keys would otherwise grow with every session a worker sealed
+    for (bench/memory.py); a dropped key is looked up again when needed."""
+    cache.pop(key, None)
+    cache[key] = value
+    while len(cache) > limit:
+        try:
+            del cache[next(iter(cache))]
+        except (KeyError, RuntimeError, StopIteration):  # another thread got there
+            break
+
 
 _STEP_TEXT = (("content",), ("replacement",), ("diff",), ("env", "*"))
 
@@ -168,6 +183,17 @@ class Sealer:
         # opening: what a key id gave, and when (a forget elsewhere shows after CACHE_S)
         self._opened: dict[str, tuple[float, AESGCM | Forgotten | None]] = {}
 
+    def prepare(self, batches: Iterable[tuple[str, Sequence[NewEvent]]]) -> None:
+        """Ready the keys of every stream whose batch has a field to seal, at
+        once (`EventStore.append_many`: a group of new sessions)."""
+        prepare = getattr(self.keys, "prepare", None)
+        if prepare is not None:
+            prepare(
+                stream_id
+                for stream_id, batch in batches
+                if any(e.payload.type in SEALED_FIELDS for e in batch)
+            )
+
     def __call__(self, stream_id: str, event: NewEvent) -> NewEvent:
         paths = SEALED_FIELDS.get(event.payload.type)
         if paths is None:
@@ -176,7 +202,8 @@ class Sealer:
         key_id, dek = self.keys.active(stream_id)
         aead = self._aead.get(key_id)
         if aead is None:
-            aead = self._aead[key_id] = AESGCM(dek)
+            aead = AESGCM(dek)
+            remember(self._aead, key_id, aead)
 
         def seal(text: str) -> str:
             return seal_text(aead, key_id, stream_id, text)
@@ -198,7 +225,8 @@ class Sealer:
         hit = self._opened.get(key_id)
         if hit is None or now - hit[0] > CACHE_S:
             key = self.keys.lookup(key_id)
-            hit = self._opened[key_id] = (now, AESGCM(key) if isinstance(key, bytes) else key)
+            hit = (now, AESGCM(key) if isinstance(key, bytes) else key)
+            remember(self._opened, key_id, hit)
         aead = hit[1]
         if isinstance(aead, Forgotten):
             return aead.text()

@@ -5,7 +5,13 @@ passes transport options straight to `create_engine`, so the interval cannot
 be set by options. It also never deletes a delivered message and loses any
 message whose worker died without a clean shutdown. This subclass:
 
-- polls every `polling_interval` (5 ms by default) when queues are empty;
+- wakes on work instead of polling: every publish (from any process on the
+  host) and every ack or reject (a pool process is free again) writes a byte
+  to a FIFO beside the database (`broker.sqlite.wake`), and a consumer with
+  nothing to take waits on it, at most `WAKE_MAX_S` (messages whose
+  visibility timeout expired are found then, and messages
+  another consumer on the same FIFO was woken for); where there is no FIFO (not
+  SQLite, not POSIX) it polls every `polling_interval` (5 ms by default);
 - opens SQLite in WAL mode with a long busy timeout (several processes share it);
 - deletes a message when it is acknowledged or rejected (on its own
   connection: Celery's prefork pool acks from its result thread, and the
@@ -19,7 +25,11 @@ Registered as `orchsqla`: broker URL `orchsqla+sqlite:///PATH`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
+import select
+import stat
 import time
 from typing import Any
 
@@ -27,9 +37,57 @@ import sqlalchemy as sa
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import sqlalchemy as kombu_sqla
 from sqlalchemy import event as sa_event
+from sqlalchemy.engine import make_url
 
 _OWN_OPTIONS = ("polling_interval", "visibility_timeout")
 RESTORE_CHECK_EVERY_S = 1.0
+# The longest an idle consumer waits without a wake-up: the bound on how late
+# it sees a message another consumer's wake-up woke first, or one redelivered.
+WAKE_MAX_S = 0.25
+
+
+def wake_path(url: str) -> str | None:
+    """The FIFO of the SQLite broker database at `url` (None: not SQLite)."""
+    if not url.startswith("sqlite") or not hasattr(os, "mkfifo"):
+        return None
+    db = make_url(url).database
+    return f"{db}.wake" if db and db != ":memory:" else None
+
+
+def wake(path: str | None) -> None:
+    """Tell the consumers waiting on `path` that there may be work (never
+    blocks; nobody waiting, or a FIFO already full of wake-ups, is fine)."""
+    if path is None:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # ENXIO: no consumer has it open; ENOENT: none made it yet
+        return
+    try:
+        os.write(fd, b"\0")
+    except OSError:  # EAGAIN: full, so every waiter wakes anyway
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Waker:
+    """A consumer's end of the FIFO: `wait(timeout)` returns on a wake-up."""
+
+    def __init__(self, path: str) -> None:
+        with contextlib.suppress(FileExistsError):
+            os.mkfifo(path, 0o600)
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            raise OSError(f"{path} is not a FIFO")
+        # Read-write: the FIFO never reads as closed (EOF) when no writer has it.
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wait(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.fd, 4096):
+                    pass
 
 
 class Channel(kombu_sqla.Channel):
@@ -39,6 +97,11 @@ class Channel(kombu_sqla.Channel):
         self.visibility_timeout = float(opts.get("visibility_timeout", 3600.0))
         self._taken: dict[str, int] = {}  # delivery tag -> message row id
         self._next_restore_check = 0.0
+        self.wake_path = wake_path(connection.client.hostname or "")
+
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        super()._put(queue, payload, **kwargs)
+        wake(self.wake_path)  # stored and committed: a waiting consumer takes it
 
     def _engine_from_config(self) -> sa.Engine:
         conninfo = self.connection.client
@@ -136,11 +199,13 @@ class Channel(kombu_sqla.Channel):
     def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
         super().basic_ack(delivery_tag, multiple)
         self._forget(delivery_tag)
+        wake(self.wake_path)  # a pool process is free: the consumer may take more
 
     def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
         super().basic_reject(delivery_tag, requeue=requeue)
         if not requeue:
             self._forget(delivery_tag)
+        wake(self.wake_path)
 
     def _restore(self, message: Any) -> None:
         row_id = self._taken.pop(message.delivery_tag, None)
@@ -154,6 +219,46 @@ class Channel(kombu_sqla.Channel):
 class Transport(kombu_sqla.Transport):
     Channel = Channel
     polling_interval = 0.005  # kombu's virtual transport reads the option too
+
+    _waker: _Waker | None = None
+    _polls = False  # no FIFO here: kombu's polling loop
+
+    def _consumer_waker(self) -> _Waker | None:
+        """This consumer's end of the FIFO, opened on its first wait (producers,
+        which never wait, do not hold it)."""
+        if self._waker is None and not self._polls:
+            path = wake_path(self.client.hostname or "")
+            try:
+                self._waker = _Waker(path) if path is not None else None
+            except OSError:
+                self._waker = None
+            self._polls = self._waker is None
+        return self._waker
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """kombu's loop, waiting for a wake-up where it would sleep a poll interval."""
+        waker = self._consumer_waker()
+        if waker is None:
+            return super().drain_events(connection, timeout)  # type: ignore[no-any-return]
+        started = time.monotonic()
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+                return
+            except kombu_sqla.Empty:
+                left = WAKE_MAX_S
+                if timeout is not None:
+                    left = min(left, timeout - (time.monotonic() - started))
+                    if left <= 0:
+                        raise TimeoutError() from None
+                waker.wait(left)
+
+    def close_connection(self, connection: Any) -> None:
+        if self._waker is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._waker.fd)
+            self._waker = None
+        super().close_connection(connection)
 
 
 TRANSPORT_ALIASES["orchsqla"] = "tasks.broker:Transport"

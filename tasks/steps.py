@@ -15,6 +15,7 @@ from celery.utils.log import get_task_logger
 from pydantic import TypeAdapter
 
 from orchestrator.ops import logs
+from orchestrator.run.chunk import run_chunk
 from orchestrator.run.runner import Ticket, fail_session
 from orchestrator.run.steps import Step
 from tasks import reaper, recording  # noqa: F401  (reaper: its thread, on worker_ready)
@@ -26,11 +27,22 @@ STEP = TypeAdapter(Step)
 log = get_task_logger(__name__)
 
 
-def _run_one(task: Any, t: Ticket, index: int, step: Step, last: bool, state: Any = None) -> str:
+def _run_one(
+    task: Any,
+    t: Ticket,
+    index: int,
+    step: Step,
+    last: bool,
+    state: Any = None,
+    error: Exception | None = None,
+) -> str:
     """One session's step (from `state`, the session as this task loaded it,
-    when given); an error that is not transient fails that session only."""
+    when given); an error that is not transient fails that session only.
+    `error`: the session's step already met it (in a chunk): handled the same way."""
     logs.bind(job_id=t.job_id, session_id=t.session_id)
     try:
+        if error is not None:
+            raise error
         if recording.flush_session(t):  # a result kept through a store outage comes first
             state = None  # it appended: read the stream again
         return deps().runner.run_step(
@@ -59,6 +71,30 @@ def _time_limit(t: Ticket, index: int, task_id: str, chunk: int = 1) -> None:
         f"step {index + 1} ran past the time limit of {what}; raise the step's timeout_s",
         task_id,
     )
+
+
+def _together(task: Any, ts: list[Ticket], index: int, step: Step, last: bool) -> dict[str, Any]:
+    """The chunk's step stored phase by phase for all its sessions (group
+    commit, `orchestrator.run.chunk`); what it hands back runs one by one."""
+    ready: list[Ticket] = []
+    found: dict[str, Any] = {}
+    for t in ts:
+        try:
+            recording.flush_session(t)  # a result kept through a store outage comes first
+            ready.append(t)
+        except Exception as exc:  # noqa: BLE001 - handled as that session's error
+            found[t.session_id] = exc
+    if ts:
+        logs.bind(job_id=ts[0].job_id)
+    try:
+        found.update(
+            run_chunk(deps().runner, ready, index, step, last=last, task_id=task.request.id)
+        )
+    except SoftTimeLimitExceeded as exc:
+        found = dict.fromkeys((t.session_id for t in ts), exc)  # the loop fails them
+    except Exception:  # noqa: BLE001 - one by one, each meets its own error
+        log.exception("step %s of a chunk could not run together; one by one", index + 1)
+    return found
 
 
 @app.task(
@@ -107,10 +143,15 @@ def run_steps(
     parsed = STEP.validate_python(step)
     ts = [Ticket.model_validate(raw) for raw in tickets]
     before, states = states_before(deps().runner, ts)
+    together = _together(self, ts, index, parsed, last)
     out: list[str] = []
     for k, t in enumerate(ts):
+        done = together.get(t.session_id)
+        if isinstance(done, str):
+            out.append(done)
+            continue
         try:
-            out.append(_run_one(self, t, index, parsed, last, states.get(t.session_id)))
+            out.append(_run_one(self, t, index, parsed, last, states.get(t.session_id), done))
         except SoftTimeLimitExceeded:
             # The backstop fired (the tools' own limits did not): the hard
             # limit follows soon, so fail this session and those not yet run.

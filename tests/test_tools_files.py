@@ -483,3 +483,23 @@ def test_any_text_edit_round_trips_through_its_diff(
         git(root, "apply", "--whitespace=nowarn", "-", stdin=diff)
         path = root / "f.txt"
         assert (path.read_bytes() if path.exists() else None) == edit.after
+
+
+def test_edits_under_deferred_durability_name_their_workspace(tmp_path: Path):
+    from orchestrator.tools import durable
+
+    ws = tmp_path / "ws"
+    (ws / "pkg").mkdir(parents=True)
+    (ws / "pkg" / "a.py").write_text("x = 1\n")
+    edits = plan_write(ws, WriteStep(path="pkg/a.py", content="x = 2\n"))
+    with durable.deferred_durability() as pending:
+        apply_edits(ws, edits)
+        apply_edits(ws, [])  # nothing changed: nothing to make durable
+    if durable.SYNCFS is not None:
+        assert pending == {ws.resolve()}
+    durable.make_durable(pending)
+    assert (ws / "pkg" / "a.py").read_text() == "x = 2\n"
+    assert not [p.name for p in (ws / "pkg").iterdir() if p.name.endswith(".tmp")]
+    # Outside the context the renames are durable when apply_edits returns.
+    apply_edits(ws, plan_write(ws, WriteStep(path="pkg/a.py", content="x = 3\n")))
+    assert (ws / "pkg" / "a.py").read_text() == "x = 3\n"

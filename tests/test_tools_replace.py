@@ -194,3 +194,29 @@ def test_thousands_of_files_are_planned_in_one_pass(tmp_path: Path) -> None:
         tmp_path, ReplaceStep(pattern=r"fetch_(\w+)", replacement=r"load_\1")
     )
     assert (len(edits), count) == (300, 300)
+
+
+def test_the_byte_prefilter_is_text_every_match_contains():
+    import re
+
+    from orchestrator.tools.replace import required_literal
+
+    cases = {
+        r"\bgetattr\(": b"getattr(",
+        r"a+bc": b"bc",
+        r"x\d+yz\b": b"yz",
+        r"^import os$": b"import os",
+        r"é\w": "é".encode(),
+        r"foo|bar": None,
+        r"(?i)abc": None,
+        r"(?i:ab)c": b"c",
+        r"[ab]": None,
+    }
+    texts = ["getattr(x)", "abc abbc", "x12yz", "import os", "éa", "bar", "ABC", "ABc", "b"]
+    for pattern, want in cases.items():
+        rx = re.compile(pattern, re.MULTILINE)
+        assert required_literal(rx) == want, pattern
+        for text in texts:  # never rules out a text that matches
+            if want is not None and want not in text.encode():
+                assert rx.search(text) is None, (pattern, text)
+    assert required_literal(re.compile("abc", re.IGNORECASE)) is None

@@ -37,6 +37,7 @@ from events.store import EventStore
 from orchestrator.ops import logs
 
 _log = logs.get_logger(__name__)
+Batch = Sequence[NewEvent]
 OUTCOMES = frozenset({"ToolCallCompleted", "ToolCallFailed"})
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # then every 5 s
 
@@ -137,25 +138,45 @@ class PatientStore:
     ) -> list[Event]:
         if not batch or batch[0].idempotency_key is None or not records_outcome(batch):
             return self.inner.append(stream_id, batch, expected_seq)
+        return self._patiently(  # type: ignore[no-any-return]
+            lambda: self.inner.append(stream_id, batch, expected_seq), [(stream_id, batch)]
+        )
+
+    def append_many(
+        self, items: Sequence[tuple[str, Sequence[NewEvent], int | None]]
+    ) -> list[list[Event]]:
+        """A group commit (`EventStore.append_many`): patient as `append` when
+        any of its batches records an outcome; past the patience, every
+        session with an outcome in it gets its spooled failure."""
+        outcomes = [
+            (s, b) for s, b, _ in items if b and b[0].idempotency_key and records_outcome(b)
+        ]
+        if not outcomes:
+            return self.inner.append_many(items)
+        return self._patiently(lambda: self.inner.append_many(items), outcomes)  # type: ignore[no-any-return]
+
+    def _patiently(self, write: Callable[[], Any], outcomes: list[tuple[str, Batch]]) -> Any:
+        """`write()`, retried while the store is unavailable, up to the patience."""
         deadline = self.clock() + self.patience_s
         for attempt in range(1_000_000):
             try:
-                return self.inner.append(stream_id, batch, expected_seq)
+                return write()
             except StoreUnavailable as exc:
                 if self.clock() >= deadline:
-                    where = self._give_up(stream_id, batch[0].correlation_id, exc)
-                    _log.error(
-                        "store unavailable: a finished result could not be recorded",
-                        stream=stream_id,
-                        patience_s=self.patience_s,
-                        spool=str(where),
-                        error=str(exc),
-                    )
+                    for stream_id, batch in outcomes:
+                        where = self._give_up(stream_id, batch[0].correlation_id, exc)
+                        _log.error(
+                            "store unavailable: a finished result could not be recorded",
+                            stream=stream_id,
+                            patience_s=self.patience_s,
+                            spool=str(where),
+                            error=str(exc),
+                        )
                     raise
                 if attempt == 0:
                     _log.warning(
                         "store unavailable: retrying to record a finished result",
-                        stream=stream_id,
+                        stream=outcomes[0][0],
                         patience_s=self.patience_s,
                         error=str(exc),
                     )

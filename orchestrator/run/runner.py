@@ -73,7 +73,7 @@ __all__ = [
 CONFLICT_RETRIES = 20
 _log = logs.get_logger(__name__)
 CANCELLED = "JobCancelled"  # the error of a session its job's cancellation ended
-MEMO_SESSIONS = 1024  # folds kept per runner (one per worker process)
+MEMO_SESSIONS = 1024  # folds of running sessions kept per runner (one per worker process)
 
 
 @dataclass
@@ -190,7 +190,15 @@ class Runner:
     ) -> tuple[list[Event], bool]:
         """The stored events, and whether they are ours (False: an idempotent hit
         returned what another delivery of this task stored under the key)."""
-        batch = [
+        batch = self.batch(payloads, key, correlation, causation)
+        stored = self.store.append(stream, batch, expected)
+        return stored, bool(stored) and stored[0].event_id == batch[0].event_id
+
+    def batch(
+        self, payloads: Sequence[Any], key: str | None, correlation: str, causation: str | None
+    ) -> list[NewEvent]:
+        """The events of one append by this runner, sharing its key."""
+        return [
             NewEvent.create(
                 pl,
                 actor=self.actor,
@@ -200,8 +208,6 @@ class Runner:
             )
             for pl in payloads
         ]
-        stored = self.store.append(stream, batch, expected)
-        return stored, bool(stored) and stored[0].event_id == batch[0].event_id
 
     def load(self, session_id: str) -> Projections:
         """The session's projections: always the whole stream as stored now.
@@ -243,6 +249,11 @@ class Runner:
                 session_id, state.last_seq, SNAPSHOT_VERSION, state.model_dump_json().encode()
             )
             self._snapshot_at[session_id] = state.last_seq
+        if state.session.finished:
+            # Nothing runs for it any more: a worker that keeps the folds of
+            # ended sessions grows with every job until the bound (bench/memory.py).
+            del memo[session_id]
+            self._snapshot_at.pop(session_id, None)
         return state
 
     def _retrying(self, fn: Any, *args: Any) -> Any:
@@ -393,6 +404,18 @@ class Runner:
         call.tool.commit(self._tool_call(call, s), None)
 
     def _start(self, ticket: Ticket, state: Projections, cause: str | None) -> list[Event]:
+        return self._append(
+            ticket.session_id,
+            self.start_events(ticket),
+            state.last_seq,
+            "session:started",
+            ticket.job_id,
+            cause,
+        )
+
+    def start_events(self, ticket: Ticket) -> list[Any]:
+        """SessionStarted and PolicyAttached (and SessionFailed when the target
+        is missing): the session's first append, keyed "session:started"."""
         workspace = ticket.path or ticket.target
         pol = self._policy_doc(ticket.policy, ticket.job_id)
         tier = policy.strictest_tier(pol.doc.tier, ticket.tier)  # type: ignore[arg-type]
@@ -417,9 +440,7 @@ class Runner:
                     error="TargetNotFound", message=f"{error}; fix the job's targets and resubmit"
                 )
             )
-        return self._append(
-            ticket.session_id, events, state.last_seq, "session:started", ticket.job_id, cause
-        )
+        return events
 
     def _phase1(self, call: Call, state: Projections) -> tuple[Plan | None, list[Event], bool]:
         """TurnStarted ... ToolCallStarted and the planned FileChanged events. A
@@ -427,6 +448,12 @@ class Runner:
         plan changes no file) also runs here and its outcome joins the same
         append: one transaction for the whole step, nothing half done to
         recover if the worker dies (the redelivery just runs it again)."""
+        planned, events = self.phase1_events(call, state)
+        return (planned, *self._append_call(call, state, "start", events))
+
+    def phase1_events(self, call: Call, state: Projections) -> tuple[Plan | None, list[Any]]:
+        """The plan (None unless the call is to run) and the events of `_phase1`,
+        appended by the caller under `call.key("start")`."""
         args = call.tool.request(call.step)
         s = state.session
         pol = self.policy_of(s)
@@ -452,7 +479,7 @@ class Runner:
         else:
             planned, begun = self._begin(call, s, planned, plan_error, started)
             events += begun
-        return (planned, *self._append_call(call, state, "start", events))
+        return planned, events
 
     def _decide(
         self,

@@ -29,13 +29,28 @@ from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.run.steps import PatchStep, WriteStep
 from orchestrator.tools.base import FileEdit, ToolResult, content_hash
 from orchestrator.tools.diffs import _QUOTE, unified_diff
+from orchestrator.tools.durable import (
+    DEFERRED,
+    SYNCFS,
+    deferred_durability,
+    fsync_dir,
+    make_durable,
+    syncfs,
+)
 from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot, patch_symlink
 from orchestrator.tools.patch_links import exists, plan_link, stage_link
 from orchestrator.tools.paths import iter_files, normalize_rel
 from orchestrator.tools.search import cap_output
 from orchestrator.tools.secret_edits import keep_secrets, masked_view
 
-__all__ = ["plan_write", "plan_patch", "apply_edits", "unified_diff"]
+__all__ = [
+    "plan_write",
+    "plan_patch",
+    "apply_edits",
+    "deferred_durability",
+    "make_durable",
+    "unified_diff",
+]
 
 
 # --- write ---------------------------------------------------------------------------
@@ -142,7 +157,11 @@ def _read(workspace: Path, rel: str) -> bytes | None:
 def apply_edits(workspace: Path, edits: Sequence[FileEdit]) -> int:
     """Make every edit or none; returns the number of bytes written. Refuses
     (ToolInputError) if any file no longer has its planned `before` content.
-    Every file is reached through the jail's directory descriptors."""
+    Every file is reached through the jail's directory descriptors.
+
+    Durable when it returns (the new contents and the renames), unless called
+    inside `deferred_durability()`: then the renames are durable only once the
+    caller has called `make_durable` on what it collected."""
     with Jail(workspace) as jail:
         return _apply(jail, edits)
 
@@ -170,6 +189,7 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
             targets.append((edit, spot))
 
     staged: list[tuple[str, Spot, FileEdit]] = []  # (temp name, target, edit)
+    whole_fs = SYNCFS is not None  # else an fsync per staged file and per folder
     made_dirs: list[tuple[int, str]] = []
 
     def undo_staging() -> None:
@@ -189,8 +209,11 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                         f"the folder of {edit.path} changed while it was being "
                         "written; nothing was changed. Run the step again."
                     )
-                stage = stage_link if edit.link else _stage
-                staged.append((stage(spot, edit.after), spot, edit))
+                if edit.link:  # durable with its folder, after the rename
+                    staged.append((stage_link(spot, edit.after), spot, edit))
+                else:
+                    staged.append((_stage(spot, edit.after, fsync=whole_fs is False), spot, edit))
+        whole_fs = _staged_durable(staged, whole_fs)
     except OSError as err:
         undo_staging()
         raise ToolError(
@@ -224,14 +247,50 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
             for dirfd, name in reversed(spot.chain):
                 if not _rmdir_quietly(dirfd, name):
                     break
-    for dirfd in {spot.dirfd for spot, _ in done}:
-        _fsync_dir(dirfd)
+    _renames_durable(jail, done, whole_fs)
     return sum(len(e.after) for e, _ in targets if e.after is not None)
 
 
-def _stage(spot: Spot, data: bytes) -> str:
-    """Write `data` to a fresh temp file beside the target (same mode), fsynced;
-    returns its name in the target's directory."""
+def _staged_durable(staged: list[tuple[str, Spot, FileEdit]], whole_fs: bool) -> bool:
+    """Make the staged contents durable before any rename: one sync of the file
+    system (`tools.durable`), or where that fails an fsync per staged file.
+    Returns whether the renames can be made durable by a sync too."""
+    if not staged or not whole_fs:
+        return whole_fs
+    if syncfs(staged[0][1].dirfd):
+        return True
+    for tmp, spot, edit in staged:
+        if not edit.link:  # a link is made durable by its folder's fsync
+            _fsync_at(spot.dirfd, tmp)
+    return False
+
+
+def _renames_durable(jail: Jail, done: list[tuple[Spot, FileEdit]], whole_fs: bool) -> None:
+    """The renames made durable now, or left to the `deferred_durability` caller."""
+    if not done:
+        return
+    pending = DEFERRED.get()
+    if whole_fs and pending is not None:
+        pending.add(jail.root)
+        return
+    if whole_fs and syncfs(done[0][0].dirfd):
+        return
+    for dirfd in {spot.dirfd for spot, _ in done}:
+        fsync_dir(dirfd)
+
+
+def _fsync_at(dirfd: int | None, name: str) -> None:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stage(spot: Spot, data: bytes, *, fsync: bool = True) -> str:
+    """Write `data` to a fresh temp file beside the target (same mode), fsynced
+    unless the caller syncs the file system; returns its name in the target's
+    directory."""
     tmp = f".{spot.name}.{secrets.token_hex(6)}.tmp"[-MAX_NAME_BYTES:]
     mode = stat.S_IMODE(spot.st.st_mode) if spot.st is not None else None
     fd = os.open(
@@ -246,7 +305,8 @@ def _stage(spot: Spot, data: bytes) -> str:
             fh.flush()
             if mode is not None:
                 os.fchmod(fh.fileno(), mode)
-            os.fsync(fh.fileno())
+            if fsync:
+                os.fsync(fh.fileno())
     except BaseException:
         _unlink_quietly(spot.dirfd, tmp)
         raise
@@ -284,19 +344,6 @@ def _rmdir_quietly(dirfd: int, name: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def _fsync_dir(dirfd: int | None) -> None:
-    """Make the renames durable: fsync needs a readable descriptor, not the
-    jail's O_PATH one."""
-    try:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _short(digest: str | None) -> str:

@@ -10,6 +10,8 @@ so `^` and `$` anchor at lines as they do in search.
 from __future__ import annotations
 
 import re
+import re._constants as sre_constants  # the parser's node types
+import re._parser as sre_parse  # what the stdlib compiles patterns with
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,7 +49,11 @@ def plan_replace(
     known = known_values() if secrets is None else secrets
     rx, rewrite = compile_replace(step)
     # A cheap byte-level test that rules most files out before decoding them.
-    needle = step.pattern.encode("utf-8") if step.literal and not step.ignore_case else None
+    needle = (
+        step.pattern.encode("utf-8")
+        if step.literal and not step.ignore_case
+        else required_literal(rx)
+    )
     root = workspace.resolve()
     edits: list[FileEdit] = []
     total = 0
@@ -96,6 +102,32 @@ def plan_replace(
         "occurrences",
     )
     return edits, total
+
+
+def required_literal(rx: re.Pattern[str]) -> bytes | None:
+    """Plain text every match of `rx` contains (UTF-8), or None.
+
+    The longest run of literal characters in the pattern's top-level
+    sequence (zero-width assertions such as `\\b` do not break a run): a file
+    without it has no match, so `bytes.find` rules out most files before they
+    are decoded and searched (`\\bgetattr\\(` needs `getattr(`). None when
+    the pattern ignores case or has no such run."""
+    if rx.flags & re.IGNORECASE:
+        return None
+    try:
+        parsed = sre_parse.parse(rx.pattern, rx.flags)
+    except Exception:  # noqa: BLE001 - no shortcut; `re` compiled it already
+        return None
+    if parsed.state.flags & re.IGNORECASE:
+        return None
+    best, run = "", ""
+    for op, arg in parsed.data:
+        if op is sre_constants.LITERAL:
+            run += chr(arg)
+        elif op is not sre_constants.AT:
+            best, run = max(best, run, key=len), ""
+    best = max(best, run, key=len)
+    return best.encode("utf-8") if best else None
 
 
 def compile_replace(step: ReplaceStep) -> tuple[re.Pattern[str], Callable[[str], tuple[str, int]]]:

@@ -283,3 +283,33 @@ def test_a_job_leaves_no_plain_output_or_diff_and_forget_keeps_the_audit(deploym
     assert state["ledger"]["entries"][0]["decision"] == "allow"
     opened = cli(env, "audit", "export", "--decrypt", "--stream", sid)
     assert "BODY-OF-A-FILE" not in opened.stdout and "erasure request 7" in opened.stdout
+
+
+def test_per_stream_key_caches_stay_bounded():
+    """A worker seals for every session it runs: its key caches keep the
+    newest `limit` entries, not one per session ever sealed."""
+    from events.sealing import remember
+
+    cache: dict[int, object] = {}
+    for i in range(10):
+        remember(cache, i, i, limit=4)
+    assert list(cache) == [6, 7, 8, 9]
+    remember(cache, 7, "again", limit=4)  # a refreshed entry is the newest
+    assert list(cache) == [6, 8, 9, 7]
+
+
+def test_a_group_of_new_streams_gets_its_keys_in_one_go(tmp_path):
+    """`prepare` makes the keys `active` would make, in one transaction, and
+    keeps what exists: a stream sealed before keeps its key."""
+    from events.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    open_store(url, upgrade=True).close()
+    kek = _kek(tmp_path)
+    ring = SqlKeyRing(url, kek)
+    old = ring.active("s-old")
+    fresh = SqlKeyRing(url, kek)  # another process: nothing cached
+    fresh.prepare(["s-old", "s-1", "s-2", "s-1"])
+    assert fresh.active("s-old") == old
+    again = SqlKeyRing(url, kek)
+    assert again.active("s-1") == fresh.active("s-1") != again.active("s-2")
