@@ -249,6 +249,7 @@ class SqlEventStore:
         cur = conn.cursor()
         wrote = False
         out: list[list[Event]] = []
+        advanced: list[tuple[str, int, str]] = []  # the heads to remember once committed
         try:
             cur.execute(w.begin_sql())
             for stream_id, batch, expected_seq, key, shown in work:
@@ -285,6 +286,7 @@ class SqlEventStore:
                         positions.update((s, p) for p, s in cur.fetchall())
                         params = []
                 out.append(self._placed(stream_id, shown, sealed, prev, positions))
+                advanced.append((stream_id, sealed[-1][0], sealed[-1][2]))
             cur.execute("COMMIT")
         except BaseException as exc:
             broken = self._rollback(conn, cur, True)
@@ -294,6 +296,8 @@ class SqlEventStore:
         finally:
             with contextlib.suppress(Exception):
                 cur.close()
+        for stream_id, seq, hash_ in advanced:  # the next append needs no head read
+            self._heads.put(stream_id, seq, hash_)
         return out
 
     def _filtered(self, stream_id: str, batch: Batch) -> tuple[list[NewEvent], list[NewEvent]]:
