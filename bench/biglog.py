@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench.common import new_events, now, session_payloads
@@ -36,16 +36,26 @@ def session_rows(
         prev = digest
 
 
-def log_rows(n_events: int, seed: int = 42) -> Iterator[tuple[Any, ...]]:
-    """`n_events` rows: sessions of STREAM_LEN realistic events, 100 sessions a job.
-    Rows come session by session (position order groups a stream; the audit
-    does not care, and the appended bench logs interleave only 20 at a time)."""
+def sessions(n_events: int, seed: int = 42) -> Iterator[tuple[str, str, list[Any], int]]:
+    """(stream id, job id, payloads, first event number) of `n_events` in
+    sessions of STREAM_LEN realistic events, 100 sessions a job."""
     rng = random.Random(seed)
     for s in range(n_events // STREAM_LEN):
         sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         job = f"job-{s // 100}"
-        payloads = session_payloads(rng, sid, STREAM_LEN, job_id=job)
-        yield from session_rows(sid, payloads, job, start=s * STREAM_LEN)
+        yield sid, job, session_payloads(rng, sid, STREAM_LEN, job_id=job), s * STREAM_LEN
+
+
+def log_rows(
+    n_events: int, seed: int = 42, also: Callable[[list[Any]], Any] | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of `sessions(n_events)`, session by session (position order
+    groups a stream; the audit does not care). `also` sees each session's
+    payloads (to write the same sessions into a peer's store)."""
+    for sid, job, payloads, start in sessions(n_events, seed):
+        if also is not None:
+            also(payloads)
+        yield from session_rows(sid, payloads, job, start=start)
 
 
 def insert_rows(store: Any, rows: Iterator[tuple[Any, ...]], chunk: int = 20_000) -> int:
