@@ -16,14 +16,14 @@ import contextlib
 import gc
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_all_start_methods, get_context
 from typing import Any
 
 import sqlalchemy as sa
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from events import reader
 from events.db import create_engine
@@ -36,10 +36,6 @@ from events.verify import Problem, Row, Verifier, VerifyReport, verify_rows
 # A store holding fewer events is audited in one process: below this, a second
 # process and its share of the merge cost about what they save.
 PARALLEL_MIN = 50_000
-# The share of the events this process folds itself when others fold too:
-# theirs come back pickled (a quarter of the cost of folding them), which
-# this process unpickles after its own share.
-OWN_SHARE = 0.55
 
 
 @dataclass
@@ -48,7 +44,36 @@ class Audit:
     A stream with a problem has no projections: its state cannot be trusted."""
 
     report: VerifyReport
-    projections: dict[str, Projections] = field(default_factory=dict)
+    projections: Mapping[str, Projections] = field(default_factory=dict)
+
+
+_JSON: TypeAdapter[Projections] = TypeAdapter(Projections)
+
+
+class Folded(Mapping[str, Projections]):
+    """Every stream's projections: folded in this process, or folded by another
+    and sent as pydantic's JSON of them (a few times cheaper to send than the
+    pickled models), decoded when first read. Equal to a dict of the same
+    projections."""
+
+    def __init__(self, live: dict[str, Projections], sent: dict[str, bytes]) -> None:
+        self._live = live
+        self._sent = sent
+
+    def __getitem__(self, sid: str) -> Projections:
+        hit = self._live.get(sid)
+        if hit is None:
+            hit = self._live[sid] = Projections.model_validate_json(self._sent.pop(sid))
+        return hit
+
+    def __contains__(self, sid: object) -> bool:
+        return sid in self._live or sid in self._sent
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._live, *self._sent])
+
+    def __len__(self) -> int:
+        return len(self._live) + len(self._sent)
 
 
 @contextlib.contextmanager
@@ -128,27 +153,30 @@ def audit_rows(rows: Iterable[Row]) -> Audit:
     return audit_batches(batches)
 
 
-def _part(url: str, part: reader.Part, fold: bool) -> Audit:
-    """One range of streams, in a process of its own."""
+def _part(url: str, part: reader.Part, fold: bool) -> tuple[VerifyReport, dict[str, bytes]]:
+    """One range of streams, in a process of its own: its report, and the JSON
+    of each stream's projections."""
     engine = create_engine(url)
     try:
         with collector_paused():
-            return audit_batches(reader.row_batches(engine, url, part=part), fold)
+            a = audit_batches(reader.row_batches(engine, url, part=part), fold)
     finally:
         engine.dispose()
+    dump = _JSON.dump_json
+    return a.report, {sid: dump(p) for sid, p in a.projections.items()}
 
 
-def _merge(audits: list[Audit]) -> Audit:
+def _merge(mine: Audit, others: list[tuple[VerifyReport, dict[str, bytes]]]) -> Audit:
     """Audits of disjoint ranges of streams as one."""
-    report = VerifyReport()
-    projections: dict[str, Projections] = {}
-    for a in audits:
-        report.events += a.report.events
-        report.heads.update(a.report.heads)
-        report.problems += a.report.problems
-        projections.update(a.projections)
+    report = mine.report
+    sent: dict[str, bytes] = {}
+    for other, projections in others:
+        report.events += other.events
+        report.heads.update(other.heads)
+        report.problems += other.problems
+        sent.update(projections)
     _in_order(report.problems)
-    return Audit(report, projections)
+    return Audit(report, Folded(dict(mine.projections), sent))
 
 
 def cores() -> int:
@@ -175,15 +203,14 @@ def whole_store(
     # main module), which is safe only while this process runs one thread.
     forkable = "fork" in get_all_start_methods() and threading.active_count() == 1
     if n > 1 and forkable and reader.last_position(engine, url) >= min_events:
-        own = max(OWN_SHARE, 1 / n) if fold else None
-        chunks = reader.parts(reader.stream_sizes(engine, url), n, own)
+        chunks = reader.parts(reader.stream_sizes(engine, url), n)
     with collector_paused():
         if len(chunks) == 1:
             return audit_batches(reader.row_batches(engine, url), fold)
         with ProcessPoolExecutor(len(chunks) - 1, mp_context=get_context("fork")) as pool:
             others = [pool.submit(_part, url, c, fold) for c in chunks[1:]]
             mine = audit_batches(reader.row_batches(engine, url, part=chunks[0]), fold)
-            return _merge([mine, *(f.result() for f in others)])
+            return _merge(mine, [f.result() for f in others])
 
 
 def verify_store(store: EventStore, stream_id: str | None = None) -> VerifyReport:

@@ -136,20 +136,17 @@ def last_position(engine: sa.Engine, url: str) -> int:
             raw.close()
 
 
-def parts(sizes: Sequence[tuple[str, int]], n: int, first: float | None = None) -> list[Part]:
+def parts(sizes: Sequence[tuple[str, int]], n: int) -> list[Part]:
     """`n` (or fewer) contiguous ranges of the sorted stream ids, each with
-    about the same number of events (the first with the share `first` of them
-    when given); together they cover every stream id, ones written after
-    `sizes` was read too."""
+    about the same number of events; together they cover every stream id,
+    ones written after `sizes` was read too."""
     total = sum(size for _, size in sizes)
     if n <= 1 or len(sizes) < n or total == 0:
         return [(None, None)]
-    head = total / n if first is None else total * first
-    cuts = [head + (total - head) * i / (n - 1) for i in range(n - 1)]
     bounds: list[str | None] = [None]
     acc = 0
     for sid, size in sizes:
-        if len(bounds) < n and acc >= cuts[len(bounds) - 1]:
+        if len(bounds) < n and acc >= total * len(bounds) / n:
             bounds.append(sid)
         acc += size
     bounds.append(None)

@@ -22,12 +22,6 @@ from events.envelope import construct_trusted
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as its class and field values, rebuilt without validation (a
-        whole-store audit sends every stream's projections from process to
-        process: pydantic's own pickling costs several times more)."""
-        return (construct_trusted, (type(self), self.__dict__))
-
 
 Fields = Mapping[str, Any]  # an event's payload or envelope: JSON data or a model's __dict__
 Handler = Callable[[Any, Fields, Fields], None]  # (a fold, the payload, the envelope)
