@@ -1,4 +1,4 @@
-"""Large logs for the audit and growth benches, written by a bulk path.
+"""Large logs for the whole-log audit bench (bench/replay.py), written by a bulk path.
 
 `store.append` seals and inserts a batch per call; a million events that way
 take many minutes. Here the same rows are built once (the product's own

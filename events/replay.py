@@ -5,12 +5,12 @@ an older projection version is ignored and rebuilt, never trusted over events.
 Replay reads stored bodies as plain JSON data (`events.upcast.current`) and
 folds them with a `Folder`: no `Event` model is built per event. `audit`
 does the same for a whole store in one pass over its rows, verifying every
-chain on the way.
+chain on the way (`events.audit`).
 """
 
 from __future__ import annotations
 
-from events.audit import Audit, audit_rows, collector_paused, whole_store
+from events.audit import Audit, whole_store
 from events.projections import JobState, Projections, apply_job, fold_records
 from events.store import EventStore, SqlEventStore
 from events.upcast import current
@@ -65,6 +65,3 @@ def audit(store: SqlEventStore, processes: int | None = None) -> Audit:
     one read of each row (`events.audit.whole_store`): what `audit verify`
     reports, plus the projections."""
     return whole_store(store.engine, store.url, processes=processes)
-
-
-__all__ = ["Audit", "audit", "audit_rows", "collector_paused"]
