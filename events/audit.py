@@ -146,11 +146,7 @@ def _in_order(problems: list[Problem]) -> None:
 
 def audit_rows(rows: Iterable[Row]) -> Audit:
     """`audit_batches` over `Row`s."""
-    batch: list[tuple[Any, ...]] = []
-    batches: list[list[tuple[Any, ...]]] = [batch]
-    for r in rows:
-        batch.append((r.position, r.stream_id, r.seq, r.prev_hash, r.hash, r.body))
-    return audit_batches(batches)
+    return audit_batches([list(rows)])
 
 
 def _part(url: str, part: reader.Part, fold: bool) -> tuple[VerifyReport, dict[str, bytes]]:

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -65,9 +65,9 @@ class VerifyReport:
         }
 
 
-@dataclass(frozen=True)
-class Row:
-    """One stored event as verify sees it: the columns and the hashed bytes."""
+class Row(NamedTuple):
+    """One stored event as verify sees it: the columns and the hashed bytes (a
+    tuple: made for every row of a store, at a third of a dataclass's cost)."""
 
     position: int | None
     stream_id: str
