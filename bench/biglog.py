@@ -1,4 +1,5 @@
-"""Large logs for the whole-log audit bench (bench/replay.py), written by a bulk path.
+"""Large logs for the whole-log audit bench (bench/replay.py), written by a bulk
+path, and the bench's contenders that read them.
 
 `store.append` seals and inserts a batch per call; a million events that way
 take many minutes. Here the same rows are built once (the product's own
@@ -12,12 +13,19 @@ Not a cache: logs are built into scratch databases and dropped afterwards.
 
 from __future__ import annotations
 
+import hashlib
 import random
+import resource
+import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bench.common import new_events, now, session_payloads
+import orjson
+
+from bench.common import ROOT, new_events, now, session_payloads
 
 STREAM_LEN = 100  # events per session in a whole log
 COLUMNS = "stream_id, seq, event_id, type, correlation_id, idempotency_key, prev_hash, hash, body"
@@ -99,3 +107,91 @@ def insert_rows(store: Any, rows: Iterator[tuple[Any, ...]], chunk: int = 20_000
     finally:
         raw.close()
     return n
+
+
+# -- contenders of the whole-log audit bench -----------------------------------------
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the audit's forks)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_ours(url: str, what: str, cpu: list[float]) -> Callable[[int], float]:
+    """`audit` (verify + all projections) or `verify` (what `audit verify`
+    runs), on all cores (or `what` ending in "1": one process). Each round
+    runs in a new interpreter, as `orchestrator audit verify` does: forked
+    workers then start from a small heap, not from this process's, whose
+    earlier rounds left a gigabyte of freed memory that every write after a
+    fork would copy. Timed inside that process, from the store's opening to
+    the result."""
+
+    def run(_: int) -> float:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.biglog", url, what],
+            capture_output=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout
+        el, c = orjson.loads(out.splitlines()[-1])
+        cpu.append(c)
+        return float(el)
+
+    return run
+
+
+def _audit_once(url: str, what: str) -> None:
+    """One round of `run_ours`, in its own process: prints [seconds, CPU seconds]."""
+    from events.audit import whole_store
+    from events.store import open_store
+
+    c, t = _cpu(), now()
+    store = open_store(url)
+    a = whole_store(
+        store.engine,
+        store.url,
+        fold=what.startswith("audit"),
+        processes=1 if what.endswith("1") else None,
+    )
+    el, c = now() - t, _cpu() - c
+    store.close()
+    if not a.report.ok or (what.startswith("audit") and len(a.projections) != a.report.streams):
+        raise RuntimeError(f"the bench log did not verify: {a.report.problems[:3]}")
+    print(orjson.dumps([el, c]).decode())
+
+
+def run_floor(url: str) -> Callable[[int], float]:
+    """The driver reading our rows in position order and checking each one's
+    sha256 link (prev_hash + body == hash), nothing else: sqlite3, or psycopg
+    with a server-side cursor."""
+    sql = "SELECT position, prev_hash, hash, body FROM events ORDER BY position"
+
+    def run(_: int) -> float:
+        if url.startswith("sqlite"):
+            conn: Any = sqlite3.connect(url.split("///", 1)[1])
+            cur = conn.execute(sql)
+        else:
+            import psycopg
+
+            conn = psycopg.connect(url.replace("+psycopg", ""))
+            cur = conn.cursor(name="floor")
+            cur.execute(sql, binary=True)
+        sha = hashlib.sha256
+        t, bad = now(), 0
+        while rows := cur.fetchmany(5000):
+            for _pos, prev, digest, body in rows:
+                if sha(prev.encode() + body).hexdigest() != digest:
+                    bad += 1
+        el = now() - t
+        conn.close()
+        if bad:
+            raise RuntimeError(f"{bad} rows of the bench log do not hash")
+        return el
+
+    return run
+
+
+if __name__ == "__main__":
+    _audit_once(sys.argv[1], sys.argv[2])

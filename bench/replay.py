@@ -38,18 +38,16 @@ Other benchmarks may share the machine: compare lines of one run, not runs.
 
 from __future__ import annotations
 
-import hashlib
 import random
-import resource
-import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 from eventsourcing.domain import Aggregate, event
 
-from bench.biglog import insert_rows, log_rows
+from bench.biglog import insert_rows, log_rows, run_floor, run_ours
 from bench.common import (
     PG_HOST,
     PG_PORT,
@@ -295,7 +293,6 @@ class SessionSetup:
     and with a snapshot at 9,900."""
 
     def __init__(self, backend: str, payloads: list[Any], our_url: str, peer_where: str) -> None:
-        import orjson
         from eventsourcing.application import Application
 
         from events.projections import fold_records
@@ -501,38 +498,6 @@ def build_logs(n_events: int, d: Path, pg_db: str | None) -> dict[str, Any]:
     return logs
 
 
-def _cpu() -> float:
-    """CPU seconds of this process and its finished children (the audit's forks)."""
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
-def run_ours(url: str, what: str, cpu: list[float]) -> Callable[[int], float]:
-    """`audit` (verify + all projections) or `verify` (what `audit verify`
-    runs), on all cores (or `what` ending in "1": one process)."""
-    from events.audit import whole_store
-    from events.store import open_store
-
-    def run(_: int) -> float:
-        store = open_store(url)
-        c, t = _cpu(), now()
-        a = whole_store(
-            store.engine,
-            store.url,
-            fold=what.startswith("audit"),
-            processes=1 if what.endswith("1") else None,
-        )
-        el, c = now() - t, _cpu() - c
-        store.close()
-        if not a.report.ok or (what.startswith("audit") and len(a.projections) != a.report.streams):
-            raise RuntimeError(f"the bench log did not verify: {a.report.problems[:3]}")
-        cpu.append(c)
-        return el
-
-    return run
-
-
 def run_peer_read(path: Path, n_events: int) -> Callable[[int], float]:
     from eventsourcing.application import Application
 
@@ -552,37 +517,6 @@ def run_peer_read(path: Path, n_events: int) -> Callable[[int], float]:
         app.close()
         if count != n_events:
             raise RuntimeError(f"peer log has {count} events, expected {n_events}")
-        return el
-
-    return run
-
-
-def run_floor(url: str) -> Callable[[int], float]:
-    """The driver reading our rows in position order and checking each one's
-    sha256 link (prev_hash + body == hash), nothing else: sqlite3, or psycopg
-    with a server-side cursor."""
-    sql = "SELECT position, prev_hash, hash, body FROM events ORDER BY position"
-
-    def run(_: int) -> float:
-        if url.startswith("sqlite"):
-            conn: Any = sqlite3.connect(url.split("///", 1)[1])
-            cur = conn.execute(sql)
-        else:
-            import psycopg
-
-            conn = psycopg.connect(url.replace("+psycopg", ""))
-            cur = conn.cursor(name="floor")
-            cur.execute(sql, binary=True)
-        sha = hashlib.sha256
-        t, bad = now(), 0
-        while rows := cur.fetchmany(5000):
-            for _pos, prev, digest, body in rows:
-                if sha(prev.encode() + body).hexdigest() != digest:
-                    bad += 1
-        el = now() - t
-        conn.close()
-        if bad:
-            raise RuntimeError(f"{bad} rows of the bench log do not hash")
         return el
 
     return run
