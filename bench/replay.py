@@ -38,6 +38,7 @@ Other benchmarks may share the machine: compare lines of one run, not runs.
 
 from __future__ import annotations
 
+import os
 import random
 import uuid
 from collections.abc import Callable
@@ -523,7 +524,7 @@ def run_peer_read(path: Path, n_events: int) -> Callable[[int], float]:
 
 
 def bench_log(res: Result, n_events: int, n_rounds: int) -> list[tuple[Any, ...]]:
-    pg_db = "orch_bench_replay_log" if pg_available() else None
+    pg_db = f"orch_bench_replay_log_{os.getpid()}" if pg_available() else None
     if pg_db is None:
         res.notes.append("PostgreSQL unreachable: its whole-log rows are missing")
     summary = []
