@@ -95,6 +95,20 @@ def _rebuild_seconds(store: Any, sid: str) -> float:
     return now() - t
 
 
+def _snapshot_parts(store: Any, sid: str) -> tuple[float, float]:
+    """Seconds to read the session's snapshot row, and to parse it: the part of
+    a rebuild that grows with history while the snapshot holds all of it."""
+    from events.projections import Projections
+
+    gc.collect()
+    t = now()
+    snap = store.load_snapshot(sid)
+    read = now() - t
+    t = now()
+    Projections.model_validate_json(snap[2])
+    return read, now() - t
+
+
 def run(opts: Options) -> Result:
     from events.store import open_store
 
@@ -121,6 +135,7 @@ def run(opts: Options) -> Result:
         for _ in range(5):
             for name in ("small", "large"):
                 rebuild[name].append(_rebuild_seconds(stores[name], sessions[name]))
+        parts = {name: _snapshot_parts(stores[name], sessions[name]) for name in stores}
         snap_bytes = {
             name: len((stores[name].load_snapshot(sessions[name]) or (0, 0, b""))[2])
             for name in ("small", "large")
@@ -150,16 +165,26 @@ def run(opts: Options) -> Result:
     show(
         "[growth] rebuild from snapshot + 100-event tail against history length "
         "(median of 5, interleaved)",
-        ("session length", "rebuild ms", "min..max ms", "snapshot bytes", "large / small"),
+        (
+            "session length",
+            "rebuild ms",
+            "min..max ms",
+            "snapshot bytes",
+            "of which: read ms",
+            "parse ms",
+            "large / small",
+        ),
         [
-            (f"{small:,} events", med["small"] * 1e3, spread["small"], snap_bytes["small"], ""),
             (
-                f"{large:,} events",
-                med["large"] * 1e3,
-                spread["large"],
-                snap_bytes["large"],
-                x(med["large"] / med["small"]),
-            ),
+                f"{n:,} events",
+                med[k] * 1e3,
+                spread[k],
+                snap_bytes[k],
+                parts[k][0] * 1e3,
+                parts[k][1] * 1e3,
+                x(med[k] / med["small"]) if k == "large" else "",
+            )
+            for k, n in (("small", small), ("large", large))
         ],
     )
     r_append = p50["large"] / p50["small"]
@@ -169,6 +194,8 @@ def run(opts: Options) -> Result:
         "append_latency_s": {k: {"p50": p50[k], "samples": len(v)} for k, v in lat.items()},
         "rebuild_s": rebuild,
         "snapshot_bytes": snap_bytes,
+        "snapshot_read_parse_s": parts,
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
         "sizes": {"small": small, "large": large},
     }
     res.target(

@@ -5,23 +5,15 @@ an older projection version is ignored and rebuilt, never trusted over events.
 Replay reads stored bodies as plain JSON data (`events.upcast.current`) and
 folds them with a `Folder`: no `Event` model is built per event. `audit`
 does the same for a whole store in one pass over its rows, verifying every
-chain on the way.
+chain on the way (`events.audit`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
-
-from pydantic import ValidationError
-
-from events.errors import UnknownEvent
-from events.projections import Folder, JobState, Projections, apply_job, fold_records
-from events.store import EventStore
+from events.audit import Audit, whole_store
+from events.projections import JobState, Projections, apply_job, fold_records
+from events.store import EventStore, SqlEventStore
 from events.upcast import current
-from events.verify import Problem, Row, Verifier, VerifyReport
 
 # Bump when a projection model changes shape: older snapshots are then ignored.
 SNAPSHOT_VERSION = 5
@@ -68,71 +60,8 @@ def job_state_at(store: EventStore, job_id: str) -> tuple[JobState, int]:
 # -- the whole store -------------------------------------------------------------
 
 
-@dataclass
-class Audit:
-    """Every chain verified, and the projections of every stream that verified.
-    A stream with a problem has no projections: its state cannot be trusted."""
-
-    report: VerifyReport
-    projections: dict[str, Projections] = field(default_factory=dict)
-
-
-def audit_rows(rows: Iterable[Row]) -> Audit:
-    """Verify and fold rows in position order, parsing each body once.
-
-    Equal to `verify_rows` over the same rows plus `replay` of each stream that
-    verifies (a body that verifies but does not fit its model is one more
-    problem, "undecodable", which `verify_rows` does not look for)."""
-    v = Verifier()
-    folders: dict[str, Folder] = {}
-    broken: set[str] = set()
-    for row in rows:
-        sid = row.stream_id
-        body = v.add(row)
-        if sid in broken:
-            continue
-        if body is None:
-            broken.add(sid)
-            folders.pop(sid, None)
-            continue
-        f = folders.get(sid)
-        if f is None:
-            f = folders[sid] = Folder()
-        try:
-            r = current(body)
-            f.add(r["type"], r["payload"], r)
-        except (UnknownEvent, ValidationError, KeyError, TypeError, ValueError) as exc:
-            v.report.problems.append(
-                Problem(
-                    "undecodable",
-                    sid,
-                    row.seq,
-                    row.position,
-                    f"the event does not fit its type's model: {exc}".splitlines()[0],
-                )
-            )
-            broken.add(sid)
-            del folders[sid]
-    return Audit(v.report, {sid: f.result() for sid, f in folders.items()})
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off for a whole-store fold: folding creates
-    no cyclic garbage, but the growing heap of projections makes every automatic
-    collection walk more of it (audits ran 1.2-1.6x faster with it off). Left
-    as it was found, so a caller that turned it off keeps it off."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
-def audit(store: EventStore) -> Audit:
-    """`audit_rows` over the whole store: what `audit verify` reports, plus every
-    stream's projections, from one read of each row."""
-    with collector_paused():
-        return audit_rows(store.rows())
+def audit(store: SqlEventStore, processes: int | None = None) -> Audit:
+    """Every chain of the store verified and every stream's projections, from
+    one read of each row (`events.audit.whole_store`): what `audit verify`
+    reports, plus the projections."""
+    return whole_store(store.engine, store.url, processes=processes)

@@ -30,6 +30,7 @@ from events.envelope import Event, NewEvent, construct_trusted, genesis_hash, se
 from events.errors import SequenceConflict
 from events.heads import Heads, guarded_insert
 from events.payloads import SCHEMA_VERSIONS
+from events.reader import row_batches
 from events.schema import INDEXED_TYPES, INDEXED_TYPES_SQL
 from events.schema import events as T
 from events.schema import snapshots as S
@@ -712,20 +713,11 @@ class SqlEventStore:
             yield self._decode(position, body, hash_)
 
     def rows(self, stream_id: str | None = None) -> Iterator[Row]:
-        """Stored rows exactly as written (columns and hashed bytes), for verify."""
-        cols = (T.c.position, T.c.stream_id, T.c.seq, T.c.prev_hash, T.c.hash, T.c.body)
-        after = 0
-        while True:
-            q = sa.select(*cols).where(T.c.position > after)
-            if stream_id is not None:
-                q = q.where(T.c.stream_id == stream_id)
-            with store_errors(self.url), self.engine.connect() as conn:
-                page = conn.execute(q.order_by(T.c.position).limit(PAGE)).all()
-            if not page:
-                return
-            for r in page:
+        """Stored rows exactly as written (columns and hashed bytes), for verify:
+        read in large batches of driver tuples (`events.reader`)."""
+        for batch in row_batches(self.engine, self.url, stream_id):
+            for r in batch:
                 yield Row(r[0], r[1], r[2], r[3], r[4], bytes(r[5]))
-            after = page[-1][0]
 
     def raw_stream_rows(self, stream_id: str) -> Iterator[tuple[int, bytes, str]]:
         for r in self.rows(stream_id):

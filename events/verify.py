@@ -8,10 +8,11 @@ replayer, and says exactly where each one is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -64,9 +65,9 @@ class VerifyReport:
         }
 
 
-@dataclass(frozen=True)
-class Row:
-    """One stored event as verify sees it: the columns and the hashed bytes."""
+class Row(NamedTuple):
+    """One stored event as verify sees it: the columns and the hashed bytes (a
+    tuple: made for every row of a store, at a third of a dataclass's cost)."""
 
     position: int | None
     stream_id: str
@@ -95,6 +96,51 @@ class Verifier:
             r.problems.append(problem)
         r.heads[row.stream_id] = (row.seq, row.hash)
         return body if problem is None else None
+
+    def add_many(
+        self, rows: Sequence[tuple[Any, ...]]
+    ) -> list[tuple[int | None, str, dict[str, Any]]]:
+        """`add` for a batch of plain rows (`Row`'s fields in order, as
+        `events.reader` reads them): (position, stream id, body) of each sound one.
+
+        The same checks as `add`, inlined for the common case of a sound row
+        at today's schema version; any row that fails one goes through `add`'s
+        own checks, so every problem is found and worded in one place."""
+        r, versions, genesis = self.report, SCHEMA_VERSIONS, genesis_hash
+        heads, problems = r.heads, r.problems
+        sha, loads, dumps, sort = hashlib.sha256, orjson.loads, orjson.dumps, orjson.OPT_SORT_KEYS
+        self._positions.update(
+            b"".join([b"%d\n" % row[0] if row[0] is not None else b"None\n" for row in rows])
+        )
+        r.events += len(rows)
+        sound: list[tuple[int | None, str, dict[str, Any]]] = []
+        for row in rows:
+            position, sid, seq, prev, digest, body = row
+            head = heads.get(sid)
+            data: Any = None
+            if sha(prev.encode() + body).hexdigest() == digest:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    data = loads(body)
+            if not (
+                type(data) is dict
+                and data.get("seq") == seq
+                and data.get("stream_id") == sid
+                and data.get("prev_hash") == prev
+                and (
+                    (head[0] + 1 == seq and head[1] == prev)
+                    if head is not None
+                    else (seq == 1 and prev == genesis(sid))
+                )
+                and versions.get(data.get("type", "")) == data.get("schema_version")
+                and dumps(data, option=sort) == body
+            ):
+                problem, data = self._check(Row(*row))
+                if problem is not None:
+                    problems.append(problem)
+            heads[sid] = (seq, digest)
+            if data is not None:
+                sound.append((position, sid, data))
+        return sound
 
     def _check(self, row: Row) -> tuple[Problem | None, Any]:
         digest = hashlib.sha256(row.prev_hash.encode())

@@ -128,7 +128,8 @@ def _ended(attempts: tuple[Attempt, ...], outcome: str) -> tuple[Attempt, ...]:
     """`attempts` with the last one, if still running, ended as `outcome`."""
     if not attempts or attempts[-1].outcome != "running":
         return attempts
-    return (*attempts[:-1], attempts[-1].model_copy(update={"outcome": outcome}))
+    ended: Attempt = construct_trusted(Attempt, {**attempts[-1].__dict__, "outcome": outcome})
+    return (*attempts[:-1], ended)
 
 
 class SessionFold:

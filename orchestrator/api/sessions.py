@@ -20,6 +20,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from events import audit as whole
 from events import payloads as p
 from events import verify as verify_mod
 from events.envelope import Event
@@ -203,7 +204,7 @@ def audit_verify(
     `ok: false` when something does not verify)."""
     svc = services(request)
     trusted = audit.trusted_keys(svc.settings, [])
-    report = verify_mod.verify_rows(svc.store.rows(stream))
+    report = whole.verify_store(svc.store, stream)
     proof = audit.prove_store(svc.store, trusted, [], stream)
     return {**report.to_json(), "proof": proof.to_json()}
 

@@ -14,6 +14,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from events import digests
+from events.audit import chain_heads
 from events.digests import DIGEST_STREAM, ProofReport
 from events.envelope import Event, NewEvent
 from events.errors import SequenceConflict
@@ -191,10 +192,10 @@ def prove_store(
     want = digests.needed(found)
     hashes: dict[tuple[str, int], str] = {}
     current: dict[str, tuple[int, str]] = {}
-    for row in store.rows(stream_id):
-        current[row.stream_id] = (row.seq, row.hash)
-        if (row.stream_id, row.seq) in want:
-            hashes[(row.stream_id, row.seq)] = row.hash
+    for sid, seq, hash_ in chain_heads(store, stream_id):
+        current[sid] = (seq, hash_)
+        if (sid, seq) in want:
+            hashes[(sid, seq)] = hash_
     return digests.check(found, trusted, hashes, current, only=stream_id)
 
 

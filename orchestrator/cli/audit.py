@@ -24,6 +24,7 @@ verify_mod = lazy.module("events.verify")
 _db = lazy.module("events.db")
 _errors = lazy.module("events.errors")
 _replay = lazy.module("events.replay")
+_audit = lazy.module("events.audit")
 _store = lazy.module("events.store")
 render = lazy.module("orchestrator.cli.render")
 _digests = lazy.module("events.digests")
@@ -111,7 +112,7 @@ def audit_verify(
         proof = audit.prove_export(input, trusted, extra)
     else:
         st = current().store()
-        report = verify_mod.verify_rows(st.rows(session_id))
+        report = _audit.verify_store(st, session_id)
         proof = audit.prove_store(st, trusted, extra, session_id)
     rechecked = None
     if recheck_policy is not None:

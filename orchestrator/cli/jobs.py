@@ -28,7 +28,7 @@ from orchestrator.ops import workers
 
 # Heavy parts (SQLAlchemy, Alembic, the runner, the payload models) load in
 # the commands that use them, not for `--help` (bench/cli_startup.py).
-verify_mod = lazy.module("events.verify")
+_audit = lazy.module("events.audit")
 _db = lazy.module("events.db")
 _urls = lazy.module("events.urls")
 _replay = lazy.module("events.replay")
@@ -198,7 +198,7 @@ def demo(
     first = tickets[0].session_id
     out.rule(f"orchestrator audit replay {first}")
     render.replay(out, _replay.replay(st, first, use_snapshot=False))
-    report = verify_mod.verify_rows(st.rows())
+    report = _audit.verify_store(st)
     out.rule("orchestrator audit verify")
     render.verify(out, report)
     raise typer.Exit(0 if view.job.outcome == "completed" and report.ok else 1)

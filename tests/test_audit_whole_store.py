@@ -1,0 +1,177 @@
+"""The fast whole-store audit (events.reader, Verifier.add_many, events.audit)
+finds exactly what the row-by-row verifier finds, and folds exactly what
+replay folds: in one process and split over processes by ranges of streams."""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from events import reader
+from events.audit import audit_batches, chain_heads, verify_store, whole_store
+from events.envelope import canonical_json, chain_hash, genesis_hash
+from events.replay import replay
+from events.verify import Row, Verifier, verify_rows
+from tests.factories import new, place, session_payloads
+
+
+def _rows() -> list[tuple]:
+    """Three interleaved streams as stored rows (position, stream, seq, prev, hash, body)."""
+    streams = [place(f"s{i}", session_payloads(2)) for i in range(3)]
+    merged = [e for group in zip(*streams) for e in group]
+    out = []
+    for position, e in enumerate(merged, start=1):
+        record = e.model_dump(mode="json")
+        del record["position"], record["hash"]
+        out.append((position, e.stream_id, e.seq, e.prev_hash, e.hash, canonical_json(record)))
+    return out
+
+
+def _by_add(rows: list[tuple]):
+    return verify_rows(Row(*r) for r in rows)
+
+
+def _by_add_many(rows: list[tuple], size: int):
+    v = Verifier()
+    for i in range(0, len(rows), size):
+        v.add_many(rows[i : i + size])
+    return v.report
+
+
+def test_batches_of_sound_rows_verify_and_return_every_body():
+    rows = _rows()
+    v = Verifier()
+    sound = v.add_many(rows)
+    assert v.report == _by_add(rows) and v.report.ok
+    assert [(p, s) for p, s, _ in sound] == [(r[0], r[1]) for r in rows]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_any_tampering_is_reported_as_the_row_by_row_verifier_reports_it(data):
+    rows = _rows()
+    i = data.draw(st.integers(0, len(rows) - 1))
+    how = data.draw(st.sampled_from(["byte", "delete", "swap", "resplice", "seq", "prev"]))
+    position, sid, seq, prev, digest, body = rows[i]
+    if how == "byte":
+        j = data.draw(st.integers(0, len(body) - 1))
+        body = body[:j] + bytes([(body[j] + 1) % 256]) + body[j + 1 :]
+        rows[i] = (position, sid, seq, prev, digest, body)
+    elif how == "delete":
+        del rows[i]
+    elif how == "swap" and i + 1 < len(rows):
+        rows[i], rows[i + 1] = rows[i + 1], rows[i]
+    elif how == "resplice":  # the row moved to another stream's column
+        rows[i] = (position, "s9", seq, prev, digest, body)
+    elif how == "seq":
+        rows[i] = (position, sid, seq + 1, prev, digest, body)
+    elif how == "prev":
+        rows[i] = (position, sid, seq, "0" * 64, digest, body)
+    size = data.draw(st.integers(1, len(rows)))
+    assert _by_add_many(rows, size) == _by_add(rows)
+
+
+def test_an_old_schema_version_is_upcast_and_folded_not_reported():
+    """A body written at an older schema version (ToolCallStarted v1, before
+    trace ids) takes the slow path and verifies."""
+    rows = [r for r in _rows() if r[1] == "s0"]
+    prev, out = genesis_hash("s0"), []
+    for position, sid, seq, _, _, body in rows:
+        record = orjson.loads(body)
+        record["prev_hash"] = prev
+        if record["type"] == "ToolCallStarted":
+            record["schema_version"] = 1
+            del record["payload"]["trace_id"]
+        body = canonical_json(record)
+        digest = chain_hash(prev, body)
+        out.append((position, sid, seq, prev, digest, body))
+        prev = digest
+    assert _by_add_many(out, 3) == _by_add(out) and _by_add(out).ok
+    a = audit_batches([out])
+    assert a.report.ok and a.projections["s0"].session.calls
+
+
+def _tamper(store, stream: str, seq: int, body: bytes) -> None:
+    with store.engine.begin() as conn:
+        if store.engine.dialect.name == "sqlite":
+            conn.exec_driver_sql("DROP TRIGGER IF EXISTS events_no_update")
+        else:
+            conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER events_no_update_delete")
+        conn.execute(
+            sa.text("UPDATE events SET body = :b WHERE stream_id = :s AND seq = :q"),
+            {"b": body, "s": stream, "q": seq},
+        )
+        if store.engine.dialect.name != "sqlite":
+            conn.exec_driver_sql("ALTER TABLE events ENABLE TRIGGER events_no_update_delete")
+
+
+def _fill(store) -> list[str]:
+    streams = [f"stream-{i:02d}" for i in range(8)]
+    seqs = dict.fromkeys(streams, 0)
+    for turn in range(1, 4):  # interleaved, as live sessions write
+        for sid in streams:
+            payloads = (
+                session_payloads(2)
+                if turn == 1
+                else [p for p in session_payloads(2)[1:-1] if p.type != "SessionStarted"]
+            )
+            store.append(sid, [new(x, i) for i, x in enumerate(payloads)], seqs[sid])
+            seqs[sid] += len(payloads)
+    return streams
+
+
+def test_a_store_split_over_processes_audits_as_one_pass(own_store):
+    store = own_store
+    streams = _fill(store)
+    _tamper(store, streams[2], 4, b'{"forged": true}')
+    _tamper(store, streams[6], 2, b"not json")
+    assert threading.active_count() == 1  # so the split really forks
+    parts = reader.parts(reader.stream_sizes(store.engine, store.url), 2)
+    assert len(parts) == 2
+    one = whole_store(store.engine, store.url, processes=1)
+    two = whole_store(store.engine, store.url, processes=2, min_events=0)
+    expected = verify_rows(store.rows())
+    assert one.report == two.report == expected
+    assert [(p.kind, p.stream_id) for p in expected.problems] == [
+        ("hash_mismatch", streams[2]),
+        ("hash_mismatch", streams[6]),
+    ]
+    assert set(two.projections) == set(streams) - {streams[2], streams[6]}
+    assert one.projections == two.projections
+    assert two.projections == {
+        sid: replay(store, sid, use_snapshot=False) for sid in two.projections
+    }
+    verify_only = whole_store(store.engine, store.url, fold=False, processes=2, min_events=0)
+    assert verify_only.report == expected and not verify_only.projections
+    assert verify_store(store) == expected
+    assert verify_store(store, streams[2]) == verify_rows(store.rows(streams[2]))
+    assert list(chain_heads(store, streams[1])) == [
+        (r.stream_id, r.seq, r.hash) for r in store.rows(streams[1])
+    ]
+
+
+def test_audit_batches_of_rows_report_undecodable_events_in_row_order(own_store):
+    store = own_store
+    streams = _fill(store)
+    rows = [r for b in reader.row_batches(store.engine, store.url) for r in b]
+    a = audit_batches([rows[i : i + 7] for i in range(0, len(rows), 7)])
+    assert a.report.ok and set(a.projections) == set(streams)
+
+
+def test_parts_cover_every_stream_once_with_about_equal_events():
+    sizes = [(f"s{i:03d}", 10 + (i % 7)) for i in range(100)]
+    parts = reader.parts(sizes, 3)
+    assert parts[0][0] is None and parts[-1][1] is None
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    totals = [
+        sum(n for s, n in sizes if (lo is None or s >= lo) and (hi is None or s < hi))
+        for lo, hi in parts
+    ]
+    assert sum(totals) == sum(n for _, n in sizes)
+    assert max(totals) - min(totals) <= 2 * 16
+    assert reader.parts(sizes[:1], 2) == [(None, None)]
+    assert reader.parts([], 4) == [(None, None)]
