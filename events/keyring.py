@@ -120,7 +120,7 @@ class SqlKeyRing:
             found: dict[str, tuple[str, bytes]] = {}
             for scope, key_id, kek_id, wrapped, _ in rows:
                 if scope not in found:
-                    found[scope] = (key_id, self._unwrap(key_id, kek_id, bytes(wrapped)))
+                    found[scope] = (key_id, unwrap_key(self.kek, key_id, kek_id, bytes(wrapped)))
             made = [(s, uuid.uuid4().hex, os.urandom(32)) for s in todo if s not in found]
             if made:
                 with store_errors(self.url), writer(self.engine) as conn, conn.begin():

@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import orjson
 import sqlalchemy as sa
 
-from events import migrate
+from events import group_commit, migrate
+from events.appending import APPEND_HOOKS, INSERT_CHUNK, Batch, Reconnect
 from events.db import (
     WriterConnections,
     create_engine,
@@ -40,9 +41,6 @@ from events.verify import Row
 
 PAGE = 2000
 INDEXED = frozenset(INDEXED_TYPES)
-INSERT_CHUNK = 1000  # rows per INSERT: 9 parameters each, well under both drivers' limits
-
-Batch = Sequence[NewEvent]
 EventFilter = Callable[[str, NewEvent], NewEvent]
 """A step every event passes before it is sealed: (stream id, event) -> the
 event to store (masking, payload encryption). It returns the same object when
@@ -52,11 +50,6 @@ A filter that also has `reveal(record) -> record` (`events.sealing.Sealer`)
 changes what is stored but not what readers see: the store opens every body
 it reads with it, and the events `append` returns are the filter's input.
 Such a filter comes last."""
-
-# Observers of appends: fn(stream_id, events_stored, seconds), called after each
-# append that returned (an idempotent hit stores 0). orchestrator.ops.metrics
-# registers one; events/ itself knows no metrics library.
-APPEND_HOOKS: list[Callable[[str, int, float], None]] = []
 
 
 def _trusted_event(fields: dict[str, object]) -> Event:
@@ -68,10 +61,6 @@ def _trusted_event(fields: dict[str, object]) -> Event:
 
 # model_construct would also run these; Event has neither, and must stay so for the above.
 assert not Event.__pydantic_post_init__ and not Event.__private_attributes__
-
-
-class _Reconnect(Exception):
-    """The writer connection was dead before anything was written."""
 
 
 class EventStore(Protocol):
@@ -194,112 +183,8 @@ class SqlEventStore:
         return stored
 
     def append_many(self, items: Sequence[tuple[str, Batch, int | None]]) -> list[list[Event]]:
-        """Group commit: append several batches, of one stream or several, in
-        ONE transaction (one COMMIT and its fsync for all of them).
-
-        Each item is `append`'s (stream id, batch, expected seq) and is checked
-        as `append` checks it: its own idempotency key (a key stored before
-        returns those events and writes nothing for that item) and its
-        expected seq against the stream's head as the items before it left
-        it. All or nothing: a SequenceConflict on any item stores none of
-        them. Returns the stored events of each item, in order."""
-        work: list[tuple[str, Batch, int | None, str | None, Batch]] = []
-        for f in self.filters:  # e.g. the sealer makes the group's new data keys at once
-            prepare = getattr(f, "prepare", None)
-            if prepare is not None:
-                prepare([(stream_id, batch) for stream_id, batch, _ in items])
-        for stream_id, batch, expected in items:
-            key = batch[0].idempotency_key if batch else None
-            if any(e.idempotency_key != key for e in batch):
-                raise ValueError("all events of one append must share its idempotency key")
-            shown = batch
-            if self.filters and batch:
-                batch, shown = self._filtered(stream_id, batch)
-            work.append((stream_id, batch, expected, key, shown))
-        dbapi = self._writers.dbapi
-        started = time.perf_counter()
-        with driver_errors(self.url, dbapi):
-            for attempt in range(3):
-                try:
-                    out = self._append_many(work)
-                    break
-                except _Reconnect:
-                    continue
-                except dbapi.IntegrityError as exc:
-                    # Another writer placed a seq between our read and insert
-                    # (PostgreSQL, autocommit reads): read again; a duplicate
-                    # delivery is then an idempotent hit, a real move a conflict.
-                    if attempt == 2:
-                        raise SequenceConflict(work[0][0], -1, -1) from exc
-            else:
-                out = self._append_many(work)
-        if APPEND_HOOKS:
-            per = (time.perf_counter() - started) / max(1, len(work))
-            for (stream_id, batch, *_), stored in zip(work, out):
-                n = len(stored) if stored and stored[0].event_id == batch[0].event_id else 0
-                for hook in APPEND_HOOKS:
-                    hook(stream_id, n, per)
-        return out
-
-    def _append_many(
-        self, work: Sequence[tuple[str, Batch, int | None, str | None, Batch]]
-    ) -> list[list[Event]]:
-        """`append_many` in one explicit transaction on this thread's writer."""
-        w = self._writers
-        conn = self._fresh_connection()
-        cur = conn.cursor()
-        wrote = False
-        out: list[list[Event]] = []
-        advanced: list[tuple[str, int, str]] = []  # the heads to remember once committed
-        try:
-            cur.execute(w.begin_sql())
-            for stream_id, batch, expected_seq, key, shown in work:
-                if not batch:
-                    out.append([])
-                    continue
-                cur.execute(self._sql_head_or_key, (stream_id, stream_id, key))
-                head, stored = None, []
-                for row in cur.fetchall():
-                    if row[2] is None:
-                        head = row
-                    else:
-                        stored.append(row)
-                if key is not None and stored:
-                    stored.sort()
-                    out.append(
-                        [self._decode(pos, bytes(body), hash_) for _, hash_, pos, body in stored]
-                    )
-                    continue
-                last_seq, prev = (head[0], head[1]) if head else (0, genesis_hash(stream_id))
-                if expected_seq is not None and expected_seq != last_seq:
-                    raise SequenceConflict(stream_id, expected_seq, last_seq)
-                sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
-                positions: dict[int, int] = {}
-                before = prev
-                params: list[object] = []
-                for i, (e, (seq, body, digest)) in enumerate(zip(batch, sealed), start=1):
-                    params += (stream_id, seq, e.event_id, e.type, e.correlation_id, key)
-                    params += (before, digest, body)
-                    before = digest
-                    if i % INSERT_CHUNK == 0 or i == len(batch):
-                        wrote = True
-                        cur.execute(self._sql_insert(len(params) // 9), params)
-                        positions.update((s, p) for p, s in cur.fetchall())
-                        params = []
-                out.append(self._placed(stream_id, shown, sealed, prev, positions))
-                advanced.append((stream_id, sealed[-1][0], sealed[-1][2]))
-            cur.execute("COMMIT")
-        except BaseException as exc:
-            broken = self._rollback(conn, cur, True)
-            if broken and not wrote and isinstance(exc, w.dbapi.OperationalError):
-                raise _Reconnect from exc
-            raise
-        finally:
-            with contextlib.suppress(Exception):
-                cur.close()
-        for stream_id, seq, hash_ in advanced:  # the next append needs no head read
-            self._heads.put(stream_id, seq, hash_)
-        return out
+        """Several streams' batches in ONE transaction (`events.group_commit`)."""
+        return group_commit.append_many(self, items)
 
     def _filtered(self, stream_id: str, batch: Batch) -> tuple[list[NewEvent], list[NewEvent]]:
         """(what to store, what readers will see): the latter is each event as
@@ -339,7 +224,7 @@ class SqlEventStore:
             with driver_errors(self.url, dbapi):
                 try:
                     return self._append(stream_id, batch, expected_seq, shown)
-                except _Reconnect:
+                except Reconnect:
                     # The server dropped our idle connection before we sent a
                     # write (pool_pre_ping's job, without its round trip per
                     # append): nothing happened, so try once on a new one.
@@ -431,7 +316,7 @@ class SqlEventStore:
                 # connection the server dropped), maybe after its commit. Once
                 # more cannot store a second copy (`_known_head`): the key
                 # returns the first, or the expected seq makes it a conflict.
-                raise _Reconnect from exc
+                raise Reconnect from exc
             raise
         finally:
             with contextlib.suppress(Exception):
@@ -523,7 +408,7 @@ class SqlEventStore:
         except BaseException as exc:
             broken = self._rollback(conn, cur, explicit)
             if broken and not wrote and isinstance(exc, w.dbapi.OperationalError):
-                raise _Reconnect from exc
+                raise Reconnect from exc
             raise
         finally:
             # The rollback may have closed a broken connection (SQLite's
@@ -631,7 +516,7 @@ class SqlEventStore:
         with driver_errors(self.url, dbapi):
             try:
                 return self._raw_stream(stream_id, after_seq)
-            except _Reconnect:
+            except Reconnect:
                 return self._raw_stream(stream_id, after_seq)
 
     def _raw_stream(self, stream_id: str, after_seq: int) -> list[tuple[int, bytes, str]]:
@@ -647,14 +532,14 @@ class SqlEventStore:
             if self._rollback(conn, cur, False) and isinstance(
                 exc, self._writers.dbapi.OperationalError
             ):
-                raise _Reconnect from exc
+                raise Reconnect from exc
             raise
         finally:
             cur.close()
 
     def _own_query(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         """Rows of one query on this thread's writer connection (autocommit on
-        PostgreSQL); `_Reconnect` when it was dead before the query ran."""
+        PostgreSQL); `Reconnect` when it was dead before the query ran."""
         conn = self._fresh_connection()
         cur = conn.cursor()
         try:
@@ -664,7 +549,7 @@ class SqlEventStore:
             if self._rollback(conn, cur, False) and isinstance(
                 exc, self._writers.dbapi.OperationalError
             ):
-                raise _Reconnect from exc
+                raise Reconnect from exc
             raise
         finally:
             with contextlib.suppress(Exception):
@@ -757,7 +642,7 @@ class SqlEventStore:
         with driver_errors(self.url, dbapi):
             try:
                 found = self._own_query(self._sql_snapshot, (stream_id,))
-            except _Reconnect:
+            except Reconnect:
                 found = self._own_query(self._sql_snapshot, (stream_id,))
         if not found:
             return None

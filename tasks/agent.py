@@ -17,7 +17,8 @@ from celery.utils.log import get_task_logger
 from orchestrator.agent.loop import AgentLoop
 from orchestrator.agent.providers.base import ModelError
 from orchestrator.ops import logs
-from orchestrator.run.runner import Ticket, fail_session
+from orchestrator.run.failing import fail_session
+from orchestrator.run.runner import Ticket
 from tasks.app import app, settings
 from tasks.deps import deps
 from tasks.dispatch import AGENT_ADVANCE, sign_link

@@ -21,7 +21,8 @@ from celery.utils.log import get_logger
 from events.errors import StoreUnavailable
 from orchestrator.config.settings import Settings
 from orchestrator.run import recording
-from orchestrator.run.runner import Ticket, fail_session
+from orchestrator.run.failing import fail_session
+from orchestrator.run.runner import Ticket
 from tasks.deps import deps
 
 log = get_logger(__name__)

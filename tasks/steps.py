@@ -16,7 +16,8 @@ from pydantic import TypeAdapter
 
 from orchestrator.ops import logs
 from orchestrator.run.chunk import run_chunk
-from orchestrator.run.runner import Ticket, fail_session
+from orchestrator.run.failing import fail_session
+from orchestrator.run.runner import Ticket
 from orchestrator.run.steps import Step
 from tasks import reaper, recording  # noqa: F401  (reaper: its thread, on worker_ready)
 from tasks.app import app, settings

@@ -306,9 +306,9 @@ def setup(settings: Any, *, stream: IO[str] | None = None) -> None:
         elif kind == "stdout":
             made.append(StdoutReporter(settings.metrics_interval_s, stream))
     _reporters, _pid = tuple(made), os.getpid()
-    store = lazy.module("events.store")  # SQLAlchemy: not for a CLI that only asks --help
-    if made and _on_append not in store.APPEND_HOOKS:
-        store.APPEND_HOOKS.append(_on_append)
+    hooks = lazy.module("events.appending").APPEND_HOOKS  # pydantic: not for --help
+    if made and _on_append not in hooks:
+        hooks.append(_on_append)
 
 
 def _on_append(stream_id: str, n: int, seconds: float) -> None:

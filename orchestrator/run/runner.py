@@ -64,7 +64,6 @@ __all__ = [
     "RateLimitedStep",
     "Runner",
     "Ticket",
-    "fail_session",
     "job_state",
     "plan",
     "summarize",
@@ -694,27 +693,3 @@ def plan(workspace: Path, step: Step, hidden: Any = None, tools: Registry = TOOL
     """The file edits a step will make (reads only; raises ToolError).
     `hidden`: files the policy denies, which a glob never picks."""
     return tools[step.kind].plan(workspace, step, hidden)
-
-
-def fail_session(
-    runner: Runner, ticket: Ticket, error: str, message: str, task_id: str | None = None
-) -> None:
-    """Record that a session cannot go on (an unexpected error in its task)."""
-
-    def _fail() -> None:
-        state = load(runner.store, ticket.session_id)
-        if state.session.status == "new":
-            runner._start(ticket, state, None)
-            state = load(runner.store, ticket.session_id)
-        if not state.session.finished:
-            runner._append(
-                ticket.session_id,
-                [p.SessionFailed(error=error, message=message)],
-                state.last_seq,
-                "session:failed",
-                ticket.job_id,
-                f"task:{task_id}" if task_id else None,
-            )
-        runner.report(ticket.job_id, ticket.session_id, "failed", None, ticket.sessions_total)
-
-    runner._retrying(_fail)

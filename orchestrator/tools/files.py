@@ -166,7 +166,8 @@ def apply_edits(workspace: Path, edits: Sequence[FileEdit]) -> int:
         return _apply(jail, edits)
 
 
-def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
+def _to_change(jail: Jail, edits: Sequence[FileEdit]) -> list[tuple[FileEdit, Spot]]:
+    """The edits that change a file, with their spots; refuses duplicates and stale plans."""
     targets: list[tuple[FileEdit, Spot]] = []
     seen: dict[tuple[int, int, str], str] = {}
     for edit in edits:
@@ -187,7 +188,11 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
             )
         if edit.before != edit.after:
             targets.append((edit, spot))
+    return targets
 
+
+def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
+    targets = _to_change(jail, edits)
     staged: list[tuple[str, Spot, FileEdit]] = []  # (temp name, target, edit)
     whole_fs = SYNCFS is not None  # else an fsync per staged file and per folder
     made_dirs: list[tuple[int, str]] = []
@@ -209,10 +214,9 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                         f"the folder of {edit.path} changed while it was being "
                         "written; nothing was changed. Run the step again."
                     )
-                if edit.link:  # durable with its folder, after the rename
-                    staged.append((stage_link(spot, edit.after), spot, edit))
-                else:
-                    staged.append((_stage(spot, edit.after, fsync=whole_fs is False), spot, edit))
+                sync = whole_fs is False  # a link is durable with its folder, after the rename
+                tmp = stage_link(spot, edit.after) if edit.link else _stage(spot, edit.after, sync)
+                staged.append((tmp, spot, edit))
         whole_fs = _staged_durable(staged, whole_fs)
     except OSError as err:
         undo_staging()

@@ -1,0 +1,154 @@
+"""Group commit: several streams' batches appended in ONE transaction (one
+COMMIT and its fsync for all of them), for a chunk of sessions that step
+together (`orchestrator.run.chunk`). Each batch is checked exactly as
+`SqlEventStore.append` checks one: its idempotency key, its expected seq,
+the hash chain; all or nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from events.appending import APPEND_HOOKS, INSERT_CHUNK, Batch, Reconnect
+from events.db import WriterConnections, driver_errors
+from events.envelope import Event, NewEvent, genesis_hash, seal
+from events.errors import SequenceConflict
+from events.heads import Heads
+
+__all__ = ["append_many"]
+
+
+class _Store(Protocol):
+    """The parts of `SqlEventStore` a group commit uses."""
+
+    url: str
+    filters: tuple[Any, ...]
+    _writers: WriterConnections
+    _heads: Heads
+    _sql_head_or_key: str
+
+    def _filtered(self, stream_id: str, batch: Batch) -> tuple[list[NewEvent], list[NewEvent]]: ...
+    def _decode(self, position: int, body: bytes, hash_: str) -> Event: ...
+    def _fresh_connection(self) -> Any: ...
+    def _rollback(self, conn: Any, cur: Any, explicit: bool) -> bool: ...
+    def _sql_insert(self, n: int) -> str: ...
+    def _placed(
+        self,
+        stream_id: str,
+        shown: Batch,
+        sealed: list[tuple[int, bytes, str]],
+        prev: str,
+        positions: dict[int, int],
+    ) -> list[Event]: ...
+
+
+def append_many(store: _Store, items: Sequence[tuple[str, Batch, int | None]]) -> list[list[Event]]:
+    """Group commit: append several batches, of one stream or several, in
+    ONE transaction (one COMMIT and its fsync for all of them).
+
+    Each item is `append`'s (stream id, batch, expected seq) and is checked
+    as `append` checks it: its own idempotency key (a key stored before
+    returns those events and writes nothing for that item) and its
+    expected seq against the stream's head as the items before it left
+    it. All or nothing: a SequenceConflict on any item stores none of
+    them. Returns the stored events of each item, in order."""
+    work: list[tuple[str, Batch, int | None, str | None, Batch]] = []
+    for f in store.filters:  # e.g. the sealer makes the group's new data keys at once
+        prepare = getattr(f, "prepare", None)
+        if prepare is not None:
+            prepare([(stream_id, batch) for stream_id, batch, _ in items])
+    for stream_id, batch, expected in items:
+        key = batch[0].idempotency_key if batch else None
+        if any(e.idempotency_key != key for e in batch):
+            raise ValueError("all events of one append must share its idempotency key")
+        shown = batch
+        if store.filters and batch:
+            batch, shown = store._filtered(stream_id, batch)
+        work.append((stream_id, batch, expected, key, shown))
+    dbapi = store._writers.dbapi
+    started = time.perf_counter()
+    with driver_errors(store.url, dbapi):
+        for attempt in range(3):
+            try:
+                out = _transaction(store, work)
+                break
+            except Reconnect:
+                continue
+            except dbapi.IntegrityError as exc:
+                # Another writer placed a seq between our read and insert
+                # (PostgreSQL, autocommit reads): read again; a duplicate
+                # delivery is then an idempotent hit, a real move a conflict.
+                if attempt == 2:
+                    raise SequenceConflict(work[0][0], -1, -1) from exc
+        else:
+            out = _transaction(store, work)
+    if APPEND_HOOKS:
+        per = (time.perf_counter() - started) / max(1, len(work))
+        for (stream_id, batch, *_), stored in zip(work, out):
+            n = len(stored) if stored and stored[0].event_id == batch[0].event_id else 0
+            for hook in APPEND_HOOKS:
+                hook(stream_id, n, per)
+    return out
+
+
+def _transaction(
+    store: _Store, work: Sequence[tuple[str, Batch, int | None, str | None, Batch]]
+) -> list[list[Event]]:
+    """`append_many` in one explicit transaction on this thread's writer."""
+    w = store._writers
+    conn = store._fresh_connection()
+    cur = conn.cursor()
+    wrote = False
+    out: list[list[Event]] = []
+    advanced: list[tuple[str, int, str]] = []  # the heads to remember once committed
+    try:
+        cur.execute(w.begin_sql())
+        for stream_id, batch, expected_seq, key, shown in work:
+            if not batch:
+                out.append([])
+                continue
+            cur.execute(store._sql_head_or_key, (stream_id, stream_id, key))
+            head, stored = None, []
+            for row in cur.fetchall():
+                if row[2] is None:
+                    head = row
+                else:
+                    stored.append(row)
+            if key is not None and stored:
+                stored.sort()
+                out.append(
+                    [store._decode(pos, bytes(body), hash_) for _, hash_, pos, body in stored]
+                )
+                continue
+            last_seq, prev = (head[0], head[1]) if head else (0, genesis_hash(stream_id))
+            if expected_seq is not None and expected_seq != last_seq:
+                raise SequenceConflict(stream_id, expected_seq, last_seq)
+            sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
+            positions: dict[int, int] = {}
+            before = prev
+            params: list[object] = []
+            for i, (e, (seq, body, digest)) in enumerate(zip(batch, sealed), start=1):
+                params += (stream_id, seq, e.event_id, e.type, e.correlation_id, key)
+                params += (before, digest, body)
+                before = digest
+                if i % INSERT_CHUNK == 0 or i == len(batch):
+                    wrote = True
+                    cur.execute(store._sql_insert(len(params) // 9), params)
+                    positions.update((s, p) for p, s in cur.fetchall())
+                    params = []
+            out.append(store._placed(stream_id, shown, sealed, prev, positions))
+            advanced.append((stream_id, sealed[-1][0], sealed[-1][2]))
+        cur.execute("COMMIT")
+    except BaseException as exc:
+        broken = store._rollback(conn, cur, True)
+        if broken and not wrote and isinstance(exc, w.dbapi.OperationalError):
+            raise Reconnect from exc
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            cur.close()
+    for stream_id, seq, hash_ in advanced:  # the next append needs no head read
+        store._heads.put(stream_id, seq, hash_)
+    return out
