@@ -9,18 +9,35 @@ Renames show as a delete and a create. A directory the command replaced
 creates of what it holds now. A regular file with more than one link is a
 `hardlink` change, whatever its content: a hard link in the changeset could
 alias a file the policy hides or protects.
+
+Memory stays bounded: a file bigger than `SPILL_BYTES` is never read whole.
+Its hash is computed in chunks, and the changeset holds it as a `Spilled`
+reference: the file the command wrote is hard-linked (or, across
+filesystems, copied in chunks) into the changeset's own `spill` folder
+beside the view, so it outlives the view; the folder goes with the
+changeset (and, for a worker that died, with its stale views).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from orchestrator.tools.base import FileEdit, content_hash
+from orchestrator.tools.base import (
+    Content,
+    FileEdit,
+    Spilled,
+    content_hash,
+    content_size,
+    read_content,
+)
 
 __all__ = ["Change", "Changeset", "Kind", "from_upper", "from_copy"]
 
@@ -40,13 +57,14 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True)
 class Change:
-    """One path's change. `before`/`after` are the full bytes of a regular
-    file (None: no regular file there); modes are permission bits."""
+    """One path's change. `before`/`after` are the content of a regular
+    file: its bytes, or a `Spilled` reference past SPILL_BYTES (None: no
+    regular file there); modes are permission bits."""
 
     path: str  # relative to the workspace, POSIX separators
     kind: Kind
-    before: bytes | None = None
-    after: bytes | None = None
+    before: Content | None = None
+    after: Content | None = None
     mode_before: int | None = None
     mode_after: int | None = None
     target: str | None = None  # symlink: where it points
@@ -64,12 +82,17 @@ class Change:
 
     @property
     def size(self) -> int:
-        return len(self.after or b"")
+        return content_size(self.after)
 
 
 @dataclass(frozen=True)
 class Changeset:
     changes: tuple[Change, ...] = ()
+    spill: str | None = None  # the folder the Spilled contents are in (removed with it)
+
+    def __post_init__(self) -> None:
+        if self.spill is not None:
+            weakref.finalize(self, shutil.rmtree, self.spill, True)
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -86,21 +109,53 @@ class Changeset:
             for c in self.changes
             if not c.is_dir
             and (c.before is not None or c.after is not None)
-            and c.before != c.after
+            and not same(c.before, c.after)
         )
 
 
 def from_upper(upper: Path, workspace: Path) -> Changeset:
     """The changeset an overlay's upper directory holds, against its lower
     layer (the untouched workspace)."""
-    return Changeset(tuple(sorted(_walk_upper(str(upper), str(workspace), ""), key=_order)))
+    return _held(_walk_upper(str(upper), str(workspace), ""), upper.parent)
 
 
 def from_copy(copy: Path, workspace: Path, since_ns: int) -> Changeset:
     """The changeset between the workspace and a copy of it the command ran
     against. A regular file whose ctime is before `since_ns` (the end of the
     copy) was not touched; others are compared byte for byte."""
-    return Changeset(tuple(sorted(_walk_copy(str(copy), str(workspace), "", since_ns), key=_order)))
+    return _held(_walk_copy(str(copy), str(workspace), "", since_ns), copy.parent)
+
+
+def same(a: Content | None, b: Content | None) -> bool:
+    """Whether two contents are equal (by hash when one is Spilled)."""
+    if isinstance(a, Spilled) or isinstance(b, Spilled):
+        return content_hash(a) == content_hash(b)
+    return a == b
+
+
+def _held(changes: Iterator[Change], view_root: Path) -> Changeset:
+    """The changeset, its Spilled contents moved out of the view (which is
+    removed once the call ends) into a folder of their own beside it."""
+    out: list[Change] = []
+    spill: str | None = None
+    for c in sorted(changes, key=_order):
+        if isinstance(c.after, Spilled) and c.after.path is not None:
+            if spill is None:
+                spill = tempfile.mkdtemp(prefix=f"{view_root.name}-spill-", dir=view_root.parent)
+            kept = os.path.join(spill, str(len(out)))
+            link_or_copy(c.after.path, kept)
+            c = replace(c, after=replace(c.after, path=kept))
+        out.append(c)
+    return Changeset(tuple(out), spill)
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """Make `dst` hold `src`'s bytes: a hard link on the same filesystem,
+    else a copy in chunks."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _order(c: Change) -> tuple[str, int]:
@@ -114,9 +169,10 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _read(path: str, st: os.stat_result, *, keep: bool = False) -> Content:
+    """A regular file's content; past SPILL_BYTES hashed in chunks and held
+    as a reference (`keep`: to this file, for an after side to copy from)."""
+    return read_content(path, st.st_size, keep=keep)
 
 
 def _whiteout(st: os.stat_result) -> bool:
@@ -212,7 +268,7 @@ def _entry(
     if low is not None and stat.S_ISDIR(low.st_mode):
         yield from _deleted(low_path, rel, low)
         low = None
-    before = _read(low_path) if low is not None and stat.S_ISREG(low.st_mode) else None
+    before = _read(low_path, low) if low is not None and stat.S_ISREG(low.st_mode) else None
     was_link = os.readlink(low_path) if low is not None and stat.S_ISLNK(low.st_mode) else None
     mode_before = stat.S_IMODE(low.st_mode) if low is not None else None
     mode = stat.S_IMODE(st.st_mode)
@@ -231,12 +287,12 @@ def _entry(
     if not stat.S_ISREG(st.st_mode):
         yield Change(rel, Kind.SPECIAL, before=before, target_before=was_link, detail=_what(st))
         return
-    after = _read(path)
+    after = _read(path, st, keep=True)
     if st.st_nlink > 1:
         yield Change(rel, Kind.HARDLINK, before=before, after=after, mode_after=mode)
     elif low is None or was_link is not None:
         yield Change(rel, Kind.CREATED, after=after, mode_after=mode, target_before=was_link)
-    elif before != after:
+    elif not same(before, after):
         yield Change(rel, Kind.MODIFIED, before, after, mode_before, mode)
     elif mode_before != mode:
         yield _mode(rel, low, st, before=before)
@@ -248,7 +304,7 @@ def _mode(
     st: os.stat_result,
     *,
     is_dir: bool = False,
-    before: bytes | None = None,
+    before: Content | None = None,
 ) -> Change:
     return Change(
         rel,
@@ -271,7 +327,7 @@ def _deleted(path: str, rel: str, st: os.stat_result) -> Iterator[Change]:
             )
         yield Change(rel, Kind.DELETED, mode_before=stat.S_IMODE(st.st_mode), is_dir=True)
         return
-    before = _read(path) if stat.S_ISREG(st.st_mode) else None
+    before = _read(path, st) if stat.S_ISREG(st.st_mode) else None
     target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
     yield Change(
         rel, Kind.DELETED, before=before, mode_before=stat.S_IMODE(st.st_mode), target_before=target

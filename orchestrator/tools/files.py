@@ -27,7 +27,14 @@ from pathlib import Path
 from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.run.steps import PatchStep, WriteStep
-from orchestrator.tools.base import FileEdit, ToolResult, content_hash
+from orchestrator.tools.base import (
+    Content,
+    FileEdit,
+    Spilled,
+    ToolResult,
+    content_size,
+    copy_content,
+)
 from orchestrator.tools.diffs import _QUOTE, unified_diff
 from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot, patch_symlink
 from orchestrator.tools.patch_links import exists, plan_link, stage_link
@@ -159,11 +166,11 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                 f"edits for {seen[key]} and {edit.path} name the same file; plan one edit per file."
             )
         seen[key] = edit.path
-        current = jail.read_spot(spot, edit.path)
-        if content_hash(current) != edit.before_hash:
+        current = jail.digest_spot(spot, edit.path)
+        if current != edit.before_hash:
             raise ToolInputError(
                 f"{edit.path} changed since planned (expected {_short(edit.before_hash)}, "
-                f"found {_short(content_hash(current))}); nothing was written. Plan the "
+                f"found {_short(current)}); nothing was written. Plan the "
                 "step again against the current files."
             )
         if edit.before != edit.after:
@@ -226,12 +233,15 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                     break
     for dirfd in {spot.dirfd for spot, _ in done}:
         _fsync_dir(dirfd)
-    return sum(len(e.after) for e, _ in targets if e.after is not None)
+    return sum(content_size(e.after) for e, _ in targets)
 
 
-def _stage(spot: Spot, data: bytes) -> str:
-    """Write `data` to a fresh temp file beside the target (same mode), fsynced;
-    returns its name in the target's directory."""
+def _stage(spot: Spot, data: Content) -> str:
+    """Write `data` (a `Spilled` file: copied in chunks) to a fresh temp file
+    beside the target (same mode), fsynced; returns its name in the target's
+    directory."""
+    if isinstance(data, Spilled) and data.path is None:
+        raise ToolError(f"the content of {spot.rel} is not held; it cannot be written back")
     tmp = f".{spot.name}.{secrets.token_hex(6)}.tmp"[-MAX_NAME_BYTES:]
     mode = stat.S_IMODE(spot.st.st_mode) if spot.st is not None else None
     fd = os.open(
@@ -242,7 +252,10 @@ def _stage(spot: Spot, data: bytes) -> str:
     )
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, Spilled):
+                copy_content(str(data.path), fh.fileno(), data.sha256)
+            else:
+                fh.write(data)
             fh.flush()
             if mode is not None:
                 os.fchmod(fh.fileno(), mode)
@@ -258,7 +271,7 @@ def _restore(done: list[tuple[Spot, FileEdit]]) -> None:
         try:
             if edit.before is None:
                 _unlink_quietly(spot.dirfd, spot.name)
-            else:
+            elif not (isinstance(edit.before, Spilled) and edit.before.path is None):
                 os.replace(
                     _stage(spot, edit.before),
                     spot.name,
