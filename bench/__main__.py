@@ -30,6 +30,7 @@ BENCHES = (
     "cli_startup",
     "growth",
     "masking",
+    "spill",
 )
 
 
