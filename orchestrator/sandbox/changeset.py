@@ -31,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from orchestrator.tools.base import (
+    SPILL_BYTES,
     Content,
     FileEdit,
     Spilled,
@@ -40,6 +41,10 @@ from orchestrator.tools.base import (
 )
 
 __all__ = ["Change", "Changeset", "Kind", "from_upper", "from_copy"]
+
+# What one changeset holds in memory in all (files of at most SPILL_BYTES);
+# past it, every further file is held as a reference too.
+HELD_BYTES = 32 << 20
 
 _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
 
@@ -116,14 +121,14 @@ class Changeset:
 def from_upper(upper: Path, workspace: Path) -> Changeset:
     """The changeset an overlay's upper directory holds, against its lower
     layer (the untouched workspace)."""
-    return _held(_walk_upper(str(upper), str(workspace), ""), upper.parent)
+    return _held(_walk_upper(_Budget(), str(upper), str(workspace), ""), upper.parent)
 
 
 def from_copy(copy: Path, workspace: Path, since_ns: int) -> Changeset:
     """The changeset between the workspace and a copy of it the command ran
     against. A regular file whose ctime is before `since_ns` (the end of the
     copy) was not touched; others are compared byte for byte."""
-    return _held(_walk_copy(str(copy), str(workspace), "", since_ns), copy.parent)
+    return _held(_walk_copy(_Budget(), str(copy), str(workspace), "", since_ns), copy.parent)
 
 
 def same(a: Content | None, b: Content | None) -> bool:
@@ -169,10 +174,22 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _read(path: str, st: os.stat_result, *, keep: bool = False) -> Content:
-    """A regular file's content; past SPILL_BYTES hashed in chunks and held
-    as a reference (`keep`: to this file, for an after side to copy from)."""
-    return read_content(path, st.st_size, keep=keep)
+class _Budget:
+    """What one changeset may hold in memory in all: past `left` bytes, even
+    a small file is held as a `Spilled` reference."""
+
+    def __init__(self, left: int = HELD_BYTES) -> None:
+        self.left = left
+
+
+def _read(h: _Budget, path: str, st: os.stat_result, *, keep: bool = False) -> Content:
+    """A regular file's content; past SPILL_BYTES, or past what the budget
+    has left, hashed in chunks and held as a reference (`keep`: to this
+    file, for an after side to copy from)."""
+    data = read_content(path, st.st_size, keep=keep, limit=min(SPILL_BYTES, h.left))
+    if isinstance(data, bytes):
+        h.left -= len(data)
+    return data
 
 
 def _whiteout(st: os.stat_result) -> bool:
@@ -189,7 +206,7 @@ def _opaque(path: str) -> bool:
     return False
 
 
-def _walk_upper(upper: str, lower: str, rel: str) -> Iterator[Change]:
+def _walk_upper(h: _Budget, upper: str, lower: str, rel: str) -> Iterator[Change]:
     for entry in os.scandir(os.path.join(upper, rel)):
         r = f"{rel}/{entry.name}" if rel else entry.name
         st = entry.stat(follow_symlinks=False)
@@ -197,34 +214,34 @@ def _walk_upper(upper: str, lower: str, rel: str) -> Iterator[Change]:
         low = _lstat(low_path)
         if _whiteout(st):
             if low is not None:
-                yield from _deleted(low_path, r, low)
+                yield from _deleted(h, low_path, r, low)
             continue
         if stat.S_ISDIR(st.st_mode):
             if low is not None and stat.S_ISDIR(low.st_mode):
                 if stat.S_IMODE(low.st_mode) != stat.S_IMODE(st.st_mode):
                     yield _mode(r, low, st, is_dir=True)
                 if _opaque(entry.path):
-                    yield from _opaque_deletes(entry.path, low_path, r)
+                    yield from _opaque_deletes(h, entry.path, low_path, r)
             else:
                 if low is not None:
-                    yield from _deleted(low_path, r, low)
+                    yield from _deleted(h, low_path, r, low)
                 yield Change(r, Kind.DIRECTORY, mode_after=stat.S_IMODE(st.st_mode), is_dir=True)
-            yield from _walk_upper(upper, lower, r)
+            yield from _walk_upper(h, upper, lower, r)
             continue
-        yield from _entry(entry.path, st, low_path, low, r)
+        yield from _entry(h, entry.path, st, low_path, low, r)
 
 
-def _opaque_deletes(path: str, low_path: str, rel: str) -> Iterator[Change]:
+def _opaque_deletes(h: _Budget, path: str, low_path: str, rel: str) -> Iterator[Change]:
     """A replaced directory: what the lower one held that the upper one lacks."""
     kept = set(os.listdir(path))
     for entry in os.scandir(low_path):
         if entry.name not in kept:
             yield from _deleted(
-                entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
+                h, entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
             )
 
 
-def _walk_copy(copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Change]:
+def _walk_copy(h: _Budget, copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Change]:
     new_top, old_top = os.path.join(copy, rel), os.path.join(lower, rel)
     seen = set()
     for entry in os.scandir(new_top):
@@ -239,9 +256,9 @@ def _walk_copy(copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Chang
                     yield _mode(r, low, st, is_dir=True)
             else:
                 if low is not None:
-                    yield from _deleted(low_path, r, low)
+                    yield from _deleted(h, low_path, r, low)
                 yield Change(r, Kind.DIRECTORY, mode_after=stat.S_IMODE(st.st_mode), is_dir=True)
-            yield from _walk_copy(copy, lower, r, since_ns)
+            yield from _walk_copy(h, copy, lower, r, since_ns)
             continue
         untouched = (
             low is not None
@@ -251,24 +268,24 @@ def _walk_copy(copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Chang
             and st.st_ctime_ns < since_ns
         )
         if not untouched:
-            yield from _entry(entry.path, st, low_path, low, r)
+            yield from _entry(h, entry.path, st, low_path, low, r)
     low_dir = _lstat(old_top)
     if low_dir is None or not stat.S_ISDIR(low_dir.st_mode):
         return  # a folder the command made: nothing was there before
     for entry in os.scandir(old_top):
         if entry.name not in seen:
             r = f"{rel}/{entry.name}" if rel else entry.name
-            yield from _deleted(entry.path, r, entry.stat(follow_symlinks=False))
+            yield from _deleted(h, entry.path, r, entry.stat(follow_symlinks=False))
 
 
 def _entry(
-    path: str, st: os.stat_result, low_path: str, low: os.stat_result | None, rel: str
+    h: _Budget, path: str, st: os.stat_result, low_path: str, low: os.stat_result | None, rel: str
 ) -> Iterator[Change]:
     """A non-directory in the command's view against what was there before."""
     if low is not None and stat.S_ISDIR(low.st_mode):
-        yield from _deleted(low_path, rel, low)
+        yield from _deleted(h, low_path, rel, low)
         low = None
-    before = _read(low_path, low) if low is not None and stat.S_ISREG(low.st_mode) else None
+    before = _read(h, low_path, low) if low is not None and stat.S_ISREG(low.st_mode) else None
     was_link = os.readlink(low_path) if low is not None and stat.S_ISLNK(low.st_mode) else None
     mode_before = stat.S_IMODE(low.st_mode) if low is not None else None
     mode = stat.S_IMODE(st.st_mode)
@@ -287,7 +304,7 @@ def _entry(
     if not stat.S_ISREG(st.st_mode):
         yield Change(rel, Kind.SPECIAL, before=before, target_before=was_link, detail=_what(st))
         return
-    after = _read(path, st, keep=True)
+    after = _read(h, path, st, keep=True)
     if st.st_nlink > 1:
         yield Change(rel, Kind.HARDLINK, before=before, after=after, mode_after=mode)
     elif low is None or was_link is not None:
@@ -317,17 +334,17 @@ def _mode(
     )
 
 
-def _deleted(path: str, rel: str, st: os.stat_result) -> Iterator[Change]:
+def _deleted(h: _Budget, path: str, rel: str, st: os.stat_result) -> Iterator[Change]:
     """Deletes of `path` and, for a directory, of everything below it
     (deepest last in the sort: apply removes directories bottom-up)."""
     if stat.S_ISDIR(st.st_mode):
         for entry in os.scandir(path):
             yield from _deleted(
-                entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
+                h, entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
             )
         yield Change(rel, Kind.DELETED, mode_before=stat.S_IMODE(st.st_mode), is_dir=True)
         return
-    before = _read(path, st) if stat.S_ISREG(st.st_mode) else None
+    before = _read(h, path, st) if stat.S_ISREG(st.st_mode) else None
     target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
     yield Change(
         rel, Kind.DELETED, before=before, mode_before=stat.S_IMODE(st.st_mode), target_before=target

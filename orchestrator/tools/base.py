@@ -47,13 +47,13 @@ def content_size(data: Content | None) -> int:
     return 0 if data is None else len(data)
 
 
-def read_content(path: str, size: int, *, keep: bool = True) -> Content:
+def read_content(path: str, size: int, *, keep: bool = True, limit: int = SPILL_BYTES) -> Content:
     """The content of the regular file `path` of `size` bytes: its bytes, or
-    past SPILL_BYTES a `Spilled` hashed in chunks (`keep`: naming `path`)."""
+    past `limit` a `Spilled` hashed in chunks (`keep`: naming `path`)."""
     with open(path, "rb") as f:
-        if size <= SPILL_BYTES:
-            data = f.read(SPILL_BYTES + 1)
-            if len(data) <= SPILL_BYTES:
+        if size <= limit:
+            data = f.read(limit + 1)
+            if len(data) <= limit:
                 return data
             h, total = hashlib.sha256(data), len(data)
             del data

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import kept
 from orchestrator.sandbox.apply import apply
+from orchestrator.sandbox.changeset import HELD_BYTES
 from orchestrator.sandbox.view import remove_stale_views
 from orchestrator.tools.base import Spilled
 from orchestrator.tools.kinds.shell import ShellTool
@@ -125,3 +126,21 @@ def test_a_big_write_keeps_memory_bounded_and_survives_a_kill(tmp_path: Path) ->
     assert _sha(work / "big.bin") == _expected(BIG // MB, "bin")
     kept.drop([folder])
     assert kept.held(base, "s/1") == []
+
+
+def test_many_small_files_are_held_in_memory_only_up_to_the_budget(tmp_path: Path) -> None:
+    """Files under SPILL_BYTES each, more than HELD_BYTES in all: the files
+    past the budget are held as references too, and all apply exactly."""
+    work = tmp_path / "w"
+    work.mkdir()
+    files = HELD_BYTES // (MB // 2) + 8
+    code = f"[open(f'f{{i:03}}.bin', 'wb').write(bytes([i % 256]) * {MB // 2}) for i in range({files})]"
+    result = run_shell(work, ShellStep(command=[sys.executable, "-c", code]), apply=False)
+    changes = result.changeset.changes
+    assert len(changes) == files
+    held = sum(len(c.after) for c in changes if isinstance(c.after, bytes))
+    assert held <= HELD_BYTES
+    assert sum(isinstance(c.after, Spilled) for c in changes) >= 8
+    apply(work, result.changeset)
+    for i, c in enumerate(changes):
+        assert (work / c.path).read_bytes() == bytes([i % 256]) * (MB // 2)
