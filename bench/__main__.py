@@ -31,6 +31,7 @@ BENCHES = (
     "growth",
     "masking",
     "memory",
+    "spill",
 )
 
 

@@ -20,7 +20,7 @@ from orchestrator.ops import tracing
 from orchestrator.run.steps import Step
 from orchestrator.run.ticket import Ticket
 from orchestrator.tools import files
-from orchestrator.tools.base import Plan, ToolResult
+from orchestrator.tools.base import Plan, ToolResult, content_size
 from orchestrator.tools.interface import Tool
 from orchestrator.tools.jail import PathRefused, path_facts, real_paths
 
@@ -207,7 +207,7 @@ def completed(
             output=output,
             output_bytes=result.output_bytes,
             output_digest=hashlib.sha256(output.encode()).hexdigest(),
-            bytes_written=sum(len(e.after) for e in result.edits if e.after is not None),
+            bytes_written=sum(content_size(e.after) for e in result.edits),
             count=result.count,
         ),
         p.TurnCompleted(turn=call.turn, status="ok"),

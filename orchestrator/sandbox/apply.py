@@ -28,7 +28,7 @@ from pathlib import Path
 
 from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.sandbox.changeset import Change, Changeset, Kind
-from orchestrator.tools.base import FileEdit, content_hash
+from orchestrator.tools.base import FileEdit
 from orchestrator.tools.files import apply_edits
 from orchestrator.tools.jail import Jail
 
@@ -83,7 +83,7 @@ def _pending(root: Path, edits: tuple[FileEdit, ...]) -> list[FileEdit]:
     with Jail(root) as jail:
         for e in edits:
             try:
-                now = content_hash(jail.read(e.path))
+                now = jail.digest(e.path)
             except ToolInputError:
                 now = "not a regular file"
             if now == e.after_hash:

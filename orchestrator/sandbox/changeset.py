@@ -9,20 +9,42 @@ Renames show as a delete and a create. A directory the command replaced
 creates of what it holds now. A regular file with more than one link is a
 `hardlink` change, whatever its content: a hard link in the changeset could
 alias a file the policy hides or protects.
+
+Memory stays bounded: a file bigger than `SPILL_BYTES` is never read whole.
+Its hash is computed in chunks, and the changeset holds it as a `Spilled`
+reference: the file the command wrote is hard-linked (or, across
+filesystems, copied in chunks) into the changeset's own `spill` folder
+beside the view, so it outlives the view; the folder goes with the
+changeset (and, for a worker that died, with its stale views).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
+import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
-from orchestrator.tools.base import FileEdit, content_hash
+from orchestrator.tools.base import (
+    SPILL_BYTES,
+    Content,
+    FileEdit,
+    Spilled,
+    content_hash,
+    content_size,
+    read_content,
+)
 
 __all__ = ["Change", "Changeset", "Kind", "from_upper", "from_copy"]
+
+# What one changeset holds in memory in all (files of at most SPILL_BYTES);
+# past it, every further file is held as a reference too.
+HELD_BYTES = 32 << 20
 
 _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
 
@@ -40,13 +62,14 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True)
 class Change:
-    """One path's change. `before`/`after` are the full bytes of a regular
-    file (None: no regular file there); modes are permission bits."""
+    """One path's change. `before`/`after` are the content of a regular
+    file: its bytes, or a `Spilled` reference past SPILL_BYTES (None: no
+    regular file there); modes are permission bits."""
 
     path: str  # relative to the workspace, POSIX separators
     kind: Kind
-    before: bytes | None = None
-    after: bytes | None = None
+    before: Content | None = None
+    after: Content | None = None
     mode_before: int | None = None
     mode_after: int | None = None
     target: str | None = None  # symlink: where it points
@@ -64,12 +87,17 @@ class Change:
 
     @property
     def size(self) -> int:
-        return len(self.after or b"")
+        return content_size(self.after)
 
 
 @dataclass(frozen=True)
 class Changeset:
     changes: tuple[Change, ...] = ()
+    spill: str | None = None  # the folder the Spilled contents are in (removed with it)
+
+    def __post_init__(self) -> None:
+        if self.spill is not None:
+            weakref.finalize(self, shutil.rmtree, self.spill, True)
 
     def __bool__(self) -> bool:
         return bool(self.changes)
@@ -86,21 +114,53 @@ class Changeset:
             for c in self.changes
             if not c.is_dir
             and (c.before is not None or c.after is not None)
-            and c.before != c.after
+            and not same(c.before, c.after)
         )
 
 
 def from_upper(upper: Path, workspace: Path) -> Changeset:
     """The changeset an overlay's upper directory holds, against its lower
     layer (the untouched workspace)."""
-    return Changeset(tuple(sorted(_walk_upper(str(upper), str(workspace), ""), key=_order)))
+    return _held(_walk_upper(_Budget(), str(upper), str(workspace), ""), upper.parent)
 
 
 def from_copy(copy: Path, workspace: Path, since_ns: int) -> Changeset:
     """The changeset between the workspace and a copy of it the command ran
     against. A regular file whose ctime is before `since_ns` (the end of the
     copy) was not touched; others are compared byte for byte."""
-    return Changeset(tuple(sorted(_walk_copy(str(copy), str(workspace), "", since_ns), key=_order)))
+    return _held(_walk_copy(_Budget(), str(copy), str(workspace), "", since_ns), copy.parent)
+
+
+def same(a: Content | None, b: Content | None) -> bool:
+    """Whether two contents are equal (by hash when one is Spilled)."""
+    if isinstance(a, Spilled) or isinstance(b, Spilled):
+        return content_hash(a) == content_hash(b)
+    return a == b
+
+
+def _held(changes: Iterator[Change], view_root: Path) -> Changeset:
+    """The changeset, its Spilled contents moved out of the view (which is
+    removed once the call ends) into a folder of their own beside it."""
+    out: list[Change] = []
+    spill: str | None = None
+    for c in sorted(changes, key=_order):
+        if isinstance(c.after, Spilled) and c.after.path is not None:
+            if spill is None:
+                spill = tempfile.mkdtemp(prefix=f"{view_root.name}-spill-", dir=view_root.parent)
+            kept = os.path.join(spill, str(len(out)))
+            link_or_copy(c.after.path, kept)
+            c = replace(c, after=replace(c.after, path=kept))
+        out.append(c)
+    return Changeset(tuple(out), spill)
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """Make `dst` hold `src`'s bytes: a hard link on the same filesystem,
+    else a copy in chunks."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _order(c: Change) -> tuple[str, int]:
@@ -114,9 +174,22 @@ def _lstat(path: str) -> os.stat_result | None:
         return None
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+class _Budget:
+    """What one changeset may hold in memory in all: past `left` bytes, even
+    a small file is held as a `Spilled` reference."""
+
+    def __init__(self, left: int = HELD_BYTES) -> None:
+        self.left = left
+
+
+def _read(h: _Budget, path: str, st: os.stat_result, *, keep: bool = False) -> Content:
+    """A regular file's content; past SPILL_BYTES, or past what the budget
+    has left, hashed in chunks and held as a reference (`keep`: to this
+    file, for an after side to copy from)."""
+    data = read_content(path, st.st_size, keep=keep, limit=min(SPILL_BYTES, h.left))
+    if isinstance(data, bytes):
+        h.left -= len(data)
+    return data
 
 
 def _whiteout(st: os.stat_result) -> bool:
@@ -133,7 +206,7 @@ def _opaque(path: str) -> bool:
     return False
 
 
-def _walk_upper(upper: str, lower: str, rel: str) -> Iterator[Change]:
+def _walk_upper(h: _Budget, upper: str, lower: str, rel: str) -> Iterator[Change]:
     for entry in os.scandir(os.path.join(upper, rel)):
         r = f"{rel}/{entry.name}" if rel else entry.name
         st = entry.stat(follow_symlinks=False)
@@ -141,34 +214,34 @@ def _walk_upper(upper: str, lower: str, rel: str) -> Iterator[Change]:
         low = _lstat(low_path)
         if _whiteout(st):
             if low is not None:
-                yield from _deleted(low_path, r, low)
+                yield from _deleted(h, low_path, r, low)
             continue
         if stat.S_ISDIR(st.st_mode):
             if low is not None and stat.S_ISDIR(low.st_mode):
                 if stat.S_IMODE(low.st_mode) != stat.S_IMODE(st.st_mode):
                     yield _mode(r, low, st, is_dir=True)
                 if _opaque(entry.path):
-                    yield from _opaque_deletes(entry.path, low_path, r)
+                    yield from _opaque_deletes(h, entry.path, low_path, r)
             else:
                 if low is not None:
-                    yield from _deleted(low_path, r, low)
+                    yield from _deleted(h, low_path, r, low)
                 yield Change(r, Kind.DIRECTORY, mode_after=stat.S_IMODE(st.st_mode), is_dir=True)
-            yield from _walk_upper(upper, lower, r)
+            yield from _walk_upper(h, upper, lower, r)
             continue
-        yield from _entry(entry.path, st, low_path, low, r)
+        yield from _entry(h, entry.path, st, low_path, low, r)
 
 
-def _opaque_deletes(path: str, low_path: str, rel: str) -> Iterator[Change]:
+def _opaque_deletes(h: _Budget, path: str, low_path: str, rel: str) -> Iterator[Change]:
     """A replaced directory: what the lower one held that the upper one lacks."""
     kept = set(os.listdir(path))
     for entry in os.scandir(low_path):
         if entry.name not in kept:
             yield from _deleted(
-                entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
+                h, entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
             )
 
 
-def _walk_copy(copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Change]:
+def _walk_copy(h: _Budget, copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Change]:
     new_top, old_top = os.path.join(copy, rel), os.path.join(lower, rel)
     seen = set()
     for entry in os.scandir(new_top):
@@ -183,9 +256,9 @@ def _walk_copy(copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Chang
                     yield _mode(r, low, st, is_dir=True)
             else:
                 if low is not None:
-                    yield from _deleted(low_path, r, low)
+                    yield from _deleted(h, low_path, r, low)
                 yield Change(r, Kind.DIRECTORY, mode_after=stat.S_IMODE(st.st_mode), is_dir=True)
-            yield from _walk_copy(copy, lower, r, since_ns)
+            yield from _walk_copy(h, copy, lower, r, since_ns)
             continue
         untouched = (
             low is not None
@@ -195,24 +268,24 @@ def _walk_copy(copy: str, lower: str, rel: str, since_ns: int) -> Iterator[Chang
             and st.st_ctime_ns < since_ns
         )
         if not untouched:
-            yield from _entry(entry.path, st, low_path, low, r)
+            yield from _entry(h, entry.path, st, low_path, low, r)
     low_dir = _lstat(old_top)
     if low_dir is None or not stat.S_ISDIR(low_dir.st_mode):
         return  # a folder the command made: nothing was there before
     for entry in os.scandir(old_top):
         if entry.name not in seen:
             r = f"{rel}/{entry.name}" if rel else entry.name
-            yield from _deleted(entry.path, r, entry.stat(follow_symlinks=False))
+            yield from _deleted(h, entry.path, r, entry.stat(follow_symlinks=False))
 
 
 def _entry(
-    path: str, st: os.stat_result, low_path: str, low: os.stat_result | None, rel: str
+    h: _Budget, path: str, st: os.stat_result, low_path: str, low: os.stat_result | None, rel: str
 ) -> Iterator[Change]:
     """A non-directory in the command's view against what was there before."""
     if low is not None and stat.S_ISDIR(low.st_mode):
-        yield from _deleted(low_path, rel, low)
+        yield from _deleted(h, low_path, rel, low)
         low = None
-    before = _read(low_path) if low is not None and stat.S_ISREG(low.st_mode) else None
+    before = _read(h, low_path, low) if low is not None and stat.S_ISREG(low.st_mode) else None
     was_link = os.readlink(low_path) if low is not None and stat.S_ISLNK(low.st_mode) else None
     mode_before = stat.S_IMODE(low.st_mode) if low is not None else None
     mode = stat.S_IMODE(st.st_mode)
@@ -231,12 +304,12 @@ def _entry(
     if not stat.S_ISREG(st.st_mode):
         yield Change(rel, Kind.SPECIAL, before=before, target_before=was_link, detail=_what(st))
         return
-    after = _read(path)
+    after = _read(h, path, st, keep=True)
     if st.st_nlink > 1:
         yield Change(rel, Kind.HARDLINK, before=before, after=after, mode_after=mode)
     elif low is None or was_link is not None:
         yield Change(rel, Kind.CREATED, after=after, mode_after=mode, target_before=was_link)
-    elif before != after:
+    elif not same(before, after):
         yield Change(rel, Kind.MODIFIED, before, after, mode_before, mode)
     elif mode_before != mode:
         yield _mode(rel, low, st, before=before)
@@ -248,7 +321,7 @@ def _mode(
     st: os.stat_result,
     *,
     is_dir: bool = False,
-    before: bytes | None = None,
+    before: Content | None = None,
 ) -> Change:
     return Change(
         rel,
@@ -261,17 +334,17 @@ def _mode(
     )
 
 
-def _deleted(path: str, rel: str, st: os.stat_result) -> Iterator[Change]:
+def _deleted(h: _Budget, path: str, rel: str, st: os.stat_result) -> Iterator[Change]:
     """Deletes of `path` and, for a directory, of everything below it
     (deepest last in the sort: apply removes directories bottom-up)."""
     if stat.S_ISDIR(st.st_mode):
         for entry in os.scandir(path):
             yield from _deleted(
-                entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
+                h, entry.path, f"{rel}/{entry.name}", entry.stat(follow_symlinks=False)
             )
         yield Change(rel, Kind.DELETED, mode_before=stat.S_IMODE(st.st_mode), is_dir=True)
         return
-    before = _read(path) if stat.S_ISREG(st.st_mode) else None
+    before = _read(h, path, st) if stat.S_ISREG(st.st_mode) else None
     target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
     yield Change(
         rel, Kind.DELETED, before=before, mode_before=stat.S_IMODE(st.st_mode), target_before=target

@@ -13,7 +13,12 @@ while the log says it happened, so the changeset is written here first:
     sweep()  removes what a dead worker left half written or half dropped
 
 Layout: `<base>/<call>.<token>/manifest.json` (one entry per change, with
-the sha256 of its bytes) and `blobs/<sha256>`. Several deliveries of one call
+the sha256 of its bytes) and `blobs/<sha256>`. A content too big to hold
+(`Spilled`) is hard-linked into `blobs/` from the changeset's spill folder
+(copied in chunks across filesystems) and fsynced there, so the kept folder
+has its own durable copy before the completion is appended; its manifest
+entry is `{"sha256", "size", "held"}` (`held` false: a before side, only its
+hash is needed). Several deliveries of one call
 each keep their own folder (the token); the one whose append was stored
 wins, the others drop theirs.
 """
@@ -30,8 +35,10 @@ import signal
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from orchestrator.sandbox.changeset import Change, Changeset, Kind
+from orchestrator.sandbox.changeset import Change, Changeset, Kind, link_or_copy
+from orchestrator.tools.base import Content, Spilled
 
 __all__ = ["keep", "held", "load", "drop", "sweep", "default_base", "crash_point"]
 
@@ -80,7 +87,15 @@ def keep(base: Path, call_id: str, changes: Changeset) -> Path:
     return final
 
 
-def _blob(folder: Path, data: bytes) -> str:
+def _blob(folder: Path, data: Content) -> str | dict[str, Any]:
+    if isinstance(data, Spilled):
+        held = data.path is not None
+        path = folder / data.sha256
+        if held and not path.exists():
+            link_or_copy(str(data.path), str(path))
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        return {"sha256": data.sha256, "size": data.size, "held": held}
     digest = hashlib.sha256(data).hexdigest()
     path = folder / digest
     if not path.exists():
@@ -121,10 +136,18 @@ def load(folder: Path) -> Changeset:
         values = dict(entry)
         values["kind"] = Kind(values["kind"])
         for side in ("before", "after"):
-            digest = values[side]
-            values[side] = None if digest is None else (folder / "blobs" / digest).read_bytes()
+            values[side] = _content(folder / "blobs", values[side])
         out.append(Change(**values))
     return Changeset(tuple(out))
+
+
+def _content(blobs: Path, ref: str | dict[str, Any] | None) -> Content | None:
+    if ref is None:
+        return None
+    if isinstance(ref, dict):
+        path = str(blobs / ref["sha256"]) if ref["held"] else None
+        return Spilled(ref["size"], ref["sha256"], path)
+    return (blobs / ref).read_bytes()
 
 
 def drop(folders: list[Path]) -> None:

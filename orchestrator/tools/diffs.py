@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 
-from orchestrator.tools.base import FileEdit
+from orchestrator.tools.base import Content, FileEdit, Spilled
 
 __all__ = ["unified_diff"]
 
@@ -66,10 +66,13 @@ def _paired_opcodes(before: list[str], after: list[str]) -> list[tuple[str, int,
     return opcodes
 
 
-def _text(data: bytes | None) -> list[str] | None:
-    """Lines with their `\\n` (the last may lack it), or None for binary data."""
+def _text(data: Content | None) -> list[str] | None:
+    """Lines with their `\\n` (the last may lack it), or None for binary data
+    and for content too big to hold (`Spilled`: as git does for big files)."""
     if data is None:
         return []
+    if isinstance(data, Spilled):
+        return None
     if b"\0" in data:
         return None
     try:

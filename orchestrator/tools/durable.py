@@ -21,6 +21,9 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from orchestrator.tools.base import FileEdit
+from orchestrator.tools.jail import Jail, Spot
+
 
 def _load_syncfs() -> Callable[[int], int] | None:
     if not sys.platform.startswith("linux"):
@@ -88,6 +91,42 @@ def fsync_dir(dirfd: int | None) -> None:
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dirfd)
     except OSError:
         return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def staged_durable(staged: list[tuple[str, Spot, FileEdit]], whole_fs: bool) -> bool:
+    """Make the staged contents durable before any rename: one sync of the file
+    system (`tools.durable`), or where that fails an fsync per staged file.
+    Returns whether the renames can be made durable by a sync too."""
+    if not staged or not whole_fs:
+        return whole_fs
+    if syncfs(staged[0][1].dirfd):
+        return True
+    for tmp, spot, edit in staged:
+        if not edit.link:  # a link is made durable by its folder's fsync
+            _fsync_at(spot.dirfd, tmp)
+    return False
+
+
+def renames_durable(jail: Jail, done: list[tuple[Spot, FileEdit]], whole_fs: bool) -> None:
+    """The renames made durable now, or left to the `deferred_durability` caller."""
+    if not done:
+        return
+    pending = DEFERRED.get()
+    if whole_fs and pending is not None:
+        pending.add(jail.root)
+        return
+    if whole_fs and syncfs(done[0][0].dirfd):
+        return
+    for dirfd in {spot.dirfd for spot, _ in done}:
+        fsync_dir(dirfd)
+
+
+def _fsync_at(dirfd: int | None, name: str) -> None:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     try:
         os.fsync(fd)
     finally:

@@ -27,15 +27,21 @@ from pathlib import Path
 from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.run.steps import PatchStep, WriteStep
-from orchestrator.tools.base import FileEdit, ToolResult, content_hash
+from orchestrator.tools.base import (
+    Content,
+    FileEdit,
+    Spilled,
+    ToolResult,
+    content_size,
+    copy_content,
+)
 from orchestrator.tools.diffs import _QUOTE, unified_diff
 from orchestrator.tools.durable import (
-    DEFERRED,
     SYNCFS,
     deferred_durability,
-    fsync_dir,
     make_durable,
-    syncfs,
+    renames_durable,
+    staged_durable,
 )
 from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot, patch_symlink
 from orchestrator.tools.patch_links import exists, plan_link, stage_link
@@ -179,11 +185,11 @@ def _to_change(jail: Jail, edits: Sequence[FileEdit]) -> list[tuple[FileEdit, Sp
                 f"edits for {seen[key]} and {edit.path} name the same file; plan one edit per file."
             )
         seen[key] = edit.path
-        current = jail.read_spot(spot, edit.path)
-        if content_hash(current) != edit.before_hash:
+        current = jail.digest_spot(spot, edit.path)
+        if current != edit.before_hash:
             raise ToolInputError(
                 f"{edit.path} changed since planned (expected {_short(edit.before_hash)}, "
-                f"found {_short(content_hash(current))}); nothing was written. Plan the "
+                f"found {_short(current)}); nothing was written. Plan the "
                 "step again against the current files."
             )
         if edit.before != edit.after:
@@ -217,7 +223,7 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                 sync = whole_fs is False  # a link is durable with its folder, after the rename
                 tmp = stage_link(spot, edit.after) if edit.link else _stage(spot, edit.after, sync)
                 staged.append((tmp, spot, edit))
-        whole_fs = _staged_durable(staged, whole_fs)
+        whole_fs = staged_durable(staged, whole_fs)
     except OSError as err:
         undo_staging()
         raise ToolError(
@@ -251,50 +257,16 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
             for dirfd, name in reversed(spot.chain):
                 if not _rmdir_quietly(dirfd, name):
                     break
-    _renames_durable(jail, done, whole_fs)
-    return sum(len(e.after) for e, _ in targets if e.after is not None)
+    renames_durable(jail, done, whole_fs)
+    return sum(content_size(e.after) for e, _ in targets if e.after is not None)
 
 
-def _staged_durable(staged: list[tuple[str, Spot, FileEdit]], whole_fs: bool) -> bool:
-    """Make the staged contents durable before any rename: one sync of the file
-    system (`tools.durable`), or where that fails an fsync per staged file.
-    Returns whether the renames can be made durable by a sync too."""
-    if not staged or not whole_fs:
-        return whole_fs
-    if syncfs(staged[0][1].dirfd):
-        return True
-    for tmp, spot, edit in staged:
-        if not edit.link:  # a link is made durable by its folder's fsync
-            _fsync_at(spot.dirfd, tmp)
-    return False
-
-
-def _renames_durable(jail: Jail, done: list[tuple[Spot, FileEdit]], whole_fs: bool) -> None:
-    """The renames made durable now, or left to the `deferred_durability` caller."""
-    if not done:
-        return
-    pending = DEFERRED.get()
-    if whole_fs and pending is not None:
-        pending.add(jail.root)
-        return
-    if whole_fs and syncfs(done[0][0].dirfd):
-        return
-    for dirfd in {spot.dirfd for spot, _ in done}:
-        fsync_dir(dirfd)
-
-
-def _fsync_at(dirfd: int | None, name: str) -> None:
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _stage(spot: Spot, data: bytes, *, fsync: bool = True) -> str:
-    """Write `data` to a fresh temp file beside the target (same mode), fsynced
-    unless the caller syncs the file system; returns its name in the target's
-    directory."""
+def _stage(spot: Spot, data: Content, *, fsync: bool = True) -> str:
+    """Write `data` (a `Spilled` file: copied in chunks) to a fresh temp file
+    beside the target (same mode), fsynced unless the caller syncs the file
+    system; returns its name in the target's directory."""
+    if isinstance(data, Spilled) and data.path is None:
+        raise ToolError(f"the content of {spot.rel} is not held; it cannot be written back")
     tmp = f".{spot.name}.{secrets.token_hex(6)}.tmp"[-MAX_NAME_BYTES:]
     mode = stat.S_IMODE(spot.st.st_mode) if spot.st is not None else None
     fd = os.open(
@@ -305,7 +277,10 @@ def _stage(spot: Spot, data: bytes, *, fsync: bool = True) -> str:
     )
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, Spilled):
+                copy_content(str(data.path), fh.fileno(), data.sha256)
+            else:
+                fh.write(data)
             fh.flush()
             if mode is not None:
                 os.fchmod(fh.fileno(), mode)
@@ -322,7 +297,7 @@ def _restore(done: list[tuple[Spot, FileEdit]]) -> None:
         try:
             if edit.before is None:
                 _unlink_quietly(spot.dirfd, spot.name)
-            else:
+            elif not (isinstance(edit.before, Spilled) and edit.before.path is None):
                 os.replace(
                     _stage(spot, edit.before),
                     spot.name,

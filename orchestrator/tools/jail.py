@@ -21,9 +21,11 @@ links the workspace does not hold (its content is a file outside: `ln
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -250,8 +252,23 @@ class Jail:
         return self.read_spot(spot, rel)
 
     def read_spot(self, spot: Spot, rel: str) -> bytes | None:
+        chunks: list[bytes] = []
+        return b"".join(chunks) if self._stream(spot, rel, chunks.append) else None
+
+    def digest(self, rel: str) -> str | None:
+        """The sha256 of the regular file `rel` (None: it does not exist),
+        read in chunks: a file of any size costs no memory."""
+        return self.digest_spot(self.resolve(rel), rel)
+
+    def digest_spot(self, spot: Spot, rel: str) -> str | None:
+        h = hashlib.sha256()
+        return h.hexdigest() if self._stream(spot, rel, h.update) else None
+
+    def _stream(self, spot: Spot, rel: str, sink: Callable[[bytes], object]) -> bool:
+        """Feed the regular file at `spot` to `sink` in chunks; False when it
+        does not exist."""
         if spot.dirfd is None or spot.st is None:
-            return None
+            return False
         if stat.S_ISDIR(spot.st.st_mode):
             raise ToolInputError(
                 f"{rel} is a directory, not a file; give the path of a file inside it."
@@ -260,7 +277,7 @@ class Jail:
         try:
             fd = os.open(spot.name, _READ_FLAGS, dir_fd=spot.dirfd)
         except FileNotFoundError:
-            return None
+            return False
         except OSError as err:
             if err.errno == errno.ELOOP:
                 raise ToolInputError(
@@ -278,10 +295,9 @@ class Jail:
             if not self.links_inside(now):
                 raise outside_link(rel)
             os.set_blocking(fd, True)
-            chunks = []
             while chunk := os.read(fd, 1 << 20):
-                chunks.append(chunk)
-            return b"".join(chunks)
+                sink(chunk)
+            return True
         finally:
             os.close(fd)
 

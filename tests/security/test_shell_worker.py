@@ -48,6 +48,8 @@ SCRIPTS = {
     "dir-create": "mkdir -p made/empty && printf 'x = 1\\n' > made/mod.py",
     "dir-delete": "rm -r old",
     "binary": "printf '\\000\\377\\001binary' > blob.bin && printf '\\377\\376' >> keep.txt",
+    # 3 MB of text, past SPILL_BYTES: held as a file, recorded as a binary file is
+    "big": "head -c 3145728 /dev/zero | tr '\\000' x > big.txt",
 }
 
 
@@ -151,7 +153,7 @@ def test_a_worker_killed_between_the_record_and_the_apply_loses_nothing(env, tmp
     the workspace yet, but it is in the log and kept on disk. The task is
     redelivered, finds the completion, applies the kept changeset, and the
     job goes on."""
-    kinds = ["binary", "dir-delete", "modify"]
+    kinds = ["big", "binary", "dir-delete", "modify"]
     for k in kinds:
         _target(tmp_path / "t" / k)
     flag = tmp_path / "kill-once"
