@@ -293,7 +293,7 @@ class Runner:
         step: Step,
         last: bool,
         task_id: str | None,
-        loaded: Projections | None,
+        loaded: Projections | None = None,
     ) -> str:
         sid = ticket.session_id
         cause = f"task:{task_id}" if task_id else None
