@@ -20,7 +20,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
@@ -535,10 +535,40 @@ def _other_links(top: str, walked: Mapping[str, _Dir], linked: set[tuple[int, in
     return out
 
 
-# Per kept walk with multiply-linked files: the walk, which files, and how
-# many names the workspace holds for each (`census` of every file's name).
 Key = tuple[int, int]  # (device, inode)
-_counted: dict[Hashable, tuple[dict[str, _Dir], frozenset[Key], dict[Key, int]]] = {}
+
+
+@dataclass
+class _Linked:
+    """A kept walk's files with more than one link when their folder was
+    read, and how many names the workspace holds for some files (`census` of
+    every file's name, made when first needed)."""
+
+    walked: dict[str, _Dir]
+    paths: tuple[str, ...]
+    counted: frozenset[Key] = frozenset()
+    counts: Mapping[Key, int] = field(default_factory=dict)
+
+
+_counted: dict[Hashable, _Linked] = {}
+
+
+def _linked_in(top: str, key: Hashable, walked: dict[str, _Dir]) -> _Linked:
+    """The walk's `_Linked`, kept while the walk is (one step per folder
+    only when it was read again)."""
+    with _mask_lock:
+        kept = _counted.get(key)
+    if kept is not None and kept.walked is walked:
+        return kept
+    paths = tuple(
+        os.path.join(top, rel, name) if rel else os.path.join(top, name)
+        for rel, d in walked.items()
+        for name in d.multi
+    )
+    kept = _Linked(walked, paths)
+    with _mask_lock:
+        _counted[key] = kept
+    return kept
 
 
 def _outside_links(top: str, key: Hashable, walked: dict[str, _Dir]) -> list[Mask]:
@@ -549,33 +579,26 @@ def _outside_links(top: str, key: Hashable, walked: dict[str, _Dir]) -> list[Mas
     more than one link are looked at again each call. Names the workspace
     holds are counted among these first (the usual case: `cp -l`), and only
     when that falls short among every file's name (once per kept walk)."""
+    kept = _linked_in(top, key, walked)
     links: dict[Key, int] = {}
     paths: dict[Key, list[str]] = {}
-    for rel, d in walked.items():
-        for name in d.multi:
-            path = os.path.join(top, rel, name) if rel else os.path.join(top, name)
-            with contextlib.suppress(OSError):
-                st = os.lstat(path)
-                if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                    k = (st.st_dev, st.st_ino)
-                    links[k] = st.st_nlink
-                    paths.setdefault(k, []).append(path)
-    if not links:
-        return []
+    for path in kept.paths:
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                k = (st.st_dev, st.st_ino)
+                links[k] = st.st_nlink
+                paths.setdefault(k, []).append(path)
     short = unaccounted(links, {k: len(p) for k, p in paths.items()})
     if not short:
         return []
-    wanted = frozenset(links)
-    with _mask_lock:
-        kept = _counted.get(key)
-    if kept is not None and kept[0] is walked and wanted <= kept[1]:
-        counts = kept[2]
-    else:
+    if not short <= kept.counted:
+        wanted = frozenset(links)
         names = ((d.dev, ino) for d in walked.values() for ino in d.inos)
-        counts = census(names, only=wanted)
-        with _mask_lock:
-            _counted[key] = (walked, wanted, counts)
-    return [Mask(p) for k in unaccounted({k: links[k] for k in short}, counts) for p in paths[k]]
+        kept.counts, kept.counted = census(names, only=wanted), wanted
+    return [
+        Mask(p) for k in unaccounted({k: links[k] for k in short}, kept.counts) for p in paths[k]
+    ]
 
 
 _private: str | None = None
