@@ -472,9 +472,11 @@ def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -
             inos.append(e.inode())
             if match.file(r):
                 masks.append(Mask(e.path))
-            with contextlib.suppress(OSError):  # gone meanwhile: its folder is reported
+            try:
                 if e.stat(follow_symlinks=False).st_nlink > 1:
                     multi.append(e.name)
+            except OSError:  # gone meanwhile: its folder is reported
+                pass
         elif e.is_symlink() and (match.file(r) or match.whole_dir(r)):
             cacheable = False  # where it leads can change without this folder
             target = _link_target(top, e.path)
