@@ -541,7 +541,7 @@ Key = tuple[int, int]  # (device, inode)
 
 
 @dataclass
-class _Linked:
+class _MultiLinked:
     """A kept walk's files with more than one link when their folder was
     read, and how many names the workspace holds for some files (`census` of
     every file's name, made when first needed)."""
@@ -552,11 +552,11 @@ class _Linked:
     counts: Mapping[Key, int] = field(default_factory=dict)
 
 
-_counted: dict[Hashable, _Linked] = {}
+_counted: dict[Hashable, _MultiLinked] = {}
 
 
-def _linked_in(top: str, key: Hashable, walked: dict[str, _Dir]) -> _Linked:
-    """The walk's `_Linked`, kept while the walk is (one step per folder
+def _multi_linked(top: str, key: Hashable, walked: dict[str, _Dir]) -> _MultiLinked:
+    """The walk's `_MultiLinked`, kept while the walk is (one step per folder
     only when it was read again)."""
     with _mask_lock:
         kept = _counted.get(key)
@@ -567,7 +567,7 @@ def _linked_in(top: str, key: Hashable, walked: dict[str, _Dir]) -> _Linked:
         for rel, d in walked.items()
         for name in d.multi
     )
-    kept = _Linked(walked, paths)
+    kept = _MultiLinked(walked, paths)
     with _mask_lock:
         _counted[key] = kept
     return kept
@@ -581,7 +581,7 @@ def _outside_links(top: str, key: Hashable, walked: dict[str, _Dir]) -> list[Mas
     more than one link are looked at again each call. Names the workspace
     holds are counted among these first (the usual case: `cp -l`), and only
     when that falls short among every file's name (once per kept walk)."""
-    kept = _linked_in(top, key, walked)
+    kept = _multi_linked(top, key, walked)
     links: dict[Key, int] = {}
     paths: dict[Key, list[str]] = {}
     for path in kept.paths:
