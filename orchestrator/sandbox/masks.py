@@ -20,12 +20,13 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 from orchestrator.guard.globs import glob_matcher
+from orchestrator.guard.links import census, unaccounted
 from orchestrator.sandbox.watch import EVERYTHING, DirWatch
 
 __all__ = [
@@ -300,6 +301,9 @@ class _Dir:
     masks: tuple[Mask, ...]
     subdirs: tuple[str, ...]  # relative paths still to walk
     files: tuple[str, ...]  # names of its regular files (for hard links)
+    dev: int = 0  # its file system: with `inos`, the keys of its files' names
+    inos: tuple[int, ...] = ()  # each file's inode (d_ino), as `files`
+    multi: tuple[str, ...] = ()  # its files with more than one link when read
 
 
 _mask_cache: OrderedDict[tuple[str, MaskRules], dict[str, _Dir]] = OrderedDict()
@@ -316,8 +320,10 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
     into `.git` (its own files, such as `.git/config`, are checked); masks a
     directory whole when everything below it is denied; for a symlink with a
     denied name, masks where it leads (when that is inside the workspace);
-    masks other hard links of a denied file. A symlink with an allowed name
-    pointing at a denied file needs nothing: the mount sits on the target.
+    masks other hard links of a denied file, and every file with a hard link
+    the workspace does not hold (a link made into it to a file outside:
+    `_outside_links`). A symlink with an allowed name pointing at a denied
+    file needs nothing: the mount sits on the target.
 
     The walk is kept per workspace and rules, and a directory is read again
     only when its inode or mtime changed (or it changed within the last 2 s,
@@ -351,10 +357,12 @@ def workspace_masks(root: Path, rules: MaskRules) -> tuple[Mask, ...]:
         while len(_mask_cache) > _MASK_CACHE_SIZE:
             gone, _ = _mask_cache.popitem(last=False)
             _settled.pop(gone, None)
+            _counted.pop(gone, None)
             watch.forget(gone)
     linked = _linked(masks)  # asked every call: a link can be made in another folder
-    if linked:
-        masks = tidy_masks([*masks, *_other_links(top, walked, linked)])
+    outside = _outside_links(top, key, walked)
+    if linked or outside:
+        masks = tidy_masks([*masks, *outside, *_other_links(top, walked, linked)])
     return tuple(_with_source(m) for m in masks)
 
 
@@ -381,6 +389,7 @@ def _watcher() -> DirWatch:
     if not _watches or _watches[0].pid != os.getpid():
         _mask_cache.clear()  # a parent's walks were kept with the parent's watch
         _settled.clear()
+        _counted.clear()
         _watches[:] = [DirWatch()]
     return _watches[0]
 
@@ -443,6 +452,8 @@ def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -
     masks: list[Mask] = []
     subdirs: list[str] = []
     files: list[str] = []
+    inos: list[int] = []
+    multi: list[str] = []
     cacheable = st.st_mtime_ns < now - _RACY_NS
     try:
         entries = list(os.scandir(os.path.join(top, rel) if rel else top))
@@ -458,14 +469,30 @@ def _read_dir(top: str, rel: str, st: os.stat_result, match: Masker, now: int) -
                 subdirs.append(r)
         elif e.is_file(follow_symlinks=False):
             files.append(e.name)
+            inos.append(e.inode())
             if match.file(r):
                 masks.append(Mask(e.path))
+            try:
+                if e.stat(follow_symlinks=False).st_nlink > 1:
+                    multi.append(e.name)
+            except OSError:  # gone meanwhile: its folder is reported
+                pass
         elif e.is_symlink() and (match.file(r) or match.whole_dir(r)):
             cacheable = False  # where it leads can change without this folder
             target = _link_target(top, e.path)
             if target is not None:
                 masks.append(target)
-    return _Dir(st.st_ino, st.st_mtime_ns, cacheable, tuple(masks), tuple(subdirs), tuple(files))
+    return _Dir(
+        st.st_ino,
+        st.st_mtime_ns,
+        cacheable,
+        tuple(masks),
+        tuple(subdirs),
+        tuple(files),
+        st.st_dev,
+        tuple(inos),
+        tuple(multi),
+    )
 
 
 def _link_target(top: str, link: str) -> Mask | None:
@@ -508,6 +535,72 @@ def _other_links(top: str, walked: Mapping[str, _Dir], linked: set[tuple[int, in
                 if (st.st_dev, st.st_ino) in linked:
                     out.append(Mask(path))
     return out
+
+
+Key = tuple[int, int]  # (device, inode)
+
+
+@dataclass
+class _MultiLinked:
+    """A kept walk's files with more than one link when their folder was
+    read, and how many names the workspace holds for some files (`census` of
+    every file's name, made when first needed)."""
+
+    walked: dict[str, _Dir]
+    paths: tuple[str, ...]
+    counted: frozenset[Key] = frozenset()
+    counts: Mapping[Key, int] = field(default_factory=dict)
+
+
+_counted: dict[Hashable, _MultiLinked] = {}
+
+
+def _multi_linked(top: str, key: Hashable, walked: dict[str, _Dir]) -> _MultiLinked:
+    """The walk's `_MultiLinked`, kept while the walk is (one step per folder
+    only when it was read again)."""
+    with _mask_lock:
+        kept = _counted.get(key)
+    if kept is not None and kept.walked is walked:
+        return kept
+    paths = tuple(
+        os.path.join(top, rel, name) if rel else os.path.join(top, name)
+        for rel, d in walked.items()
+        for name in d.multi
+    )
+    kept = _MultiLinked(walked, paths)
+    with _mask_lock:
+        _counted[key] = kept
+    return kept
+
+
+def _outside_links(top: str, key: Hashable, walked: dict[str, _Dir]) -> list[Mask]:
+    """Every file with more hard links than the workspace holds: one name is
+    outside it, so what it shows is a file outside. Such a name can only
+    come in by an entry made in a workspace folder (which the walk then reads
+    again), but its link count can change without one, so the few files with
+    more than one link are looked at again each call. Names the workspace
+    holds are counted among these first (the usual case: `cp -l`), and only
+    when that falls short among every file's name (once per kept walk)."""
+    kept = _multi_linked(top, key, walked)
+    links: dict[Key, int] = {}
+    paths: dict[Key, list[str]] = {}
+    for path in kept.paths:
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                k = (st.st_dev, st.st_ino)
+                links[k] = st.st_nlink
+                paths.setdefault(k, []).append(path)
+    short = unaccounted(links, {k: len(p) for k, p in paths.items()})
+    if not short:
+        return []
+    if not short <= kept.counted:
+        wanted = frozenset(links)
+        names = ((d.dev, ino) for d in walked.values() for ino in d.inos)
+        kept.counts, kept.counted = census(names, only=wanted), wanted
+    return [
+        Mask(p) for k in unaccounted({k: links[k] for k in short}, kept.counts) for p in paths[k]
+    ]
 
 
 _private: str | None = None

@@ -32,6 +32,7 @@ from types import TracebackType
 
 from orchestrator.errors import ToolInputError
 from orchestrator.guard.facts import Kind, PathFact, Refusal
+from orchestrator.guard.links import census, held_inside
 
 __all__ = [
     "Jail",
@@ -127,7 +128,7 @@ class Jail:
         if self._census is None:
             self._census = _census(self.root)
         root_dev = os.fstat(self._root_fd).st_dev
-        return st.st_dev == root_dev and self._census.get(st.st_ino, 0) >= st.st_nlink
+        return st.st_dev == root_dev and held_inside(self._census, st.st_ino, st.st_nlink)
 
     # --- resolving --------------------------------------------------------------
 
@@ -476,12 +477,13 @@ def _kind(st: os.stat_result | None) -> Kind:
 
 def _census(root: Path) -> dict[int, int]:
     """How many names each inode of a regular file has in the tree at `root`
-    (its own file system only, symlinks not followed); empty when the tree
-    has more than MAX_LINK_SCAN entries, so nothing counts as held inside.
-    Counts come from the directory entries (d_ino): one stat per directory."""
-    dev = os.stat(root).st_dev
-    counts: dict[int, int] = {}
+    (`census` of its names; its own file system only, symlinks not followed);
+    empty when the tree has more than MAX_LINK_SCAN entries, so nothing
+    counts as held inside. One stat per directory: inodes come from the
+    directory entries (d_ino)."""
+    names: list[int] = []
     walked = 0
+    dev = os.stat(root).st_dev
     stack = [str(root)]
     while stack:
         try:
@@ -497,8 +499,7 @@ def _census(root: Path) -> dict[int, int]:
                     if entry.stat(follow_symlinks=False).st_dev == dev:
                         stack.append(entry.path)
                 elif entry.is_file(follow_symlinks=False):
-                    ino = entry.inode()
-                    counts[ino] = counts.get(ino, 0) + 1
+                    names.append(entry.inode())
             except OSError:
                 continue
-    return counts
+    return census(names)
