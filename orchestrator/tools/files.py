@@ -215,7 +215,11 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                         "written; nothing was changed. Run the step again."
                     )
                 sync = whole_fs is False  # a link is durable with its folder, after the rename
-                tmp = stage_link(spot, edit.after) if edit.link else _stage(spot, edit.after, fsync=sync)
+                tmp = (
+                    stage_link(spot, edit.after)
+                    if edit.link
+                    else _stage(spot, edit.after, fsync=sync)
+                )
                 staged.append((tmp, spot, edit))
         whole_fs = _staged_durable(staged, whole_fs)
     except OSError as err:
