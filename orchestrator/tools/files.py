@@ -215,11 +215,7 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                         "written; nothing was changed. Run the step again."
                     )
                 sync = whole_fs is False  # a link is durable with its folder, after the rename
-                tmp = (
-                    stage_link(spot, edit.after)
-                    if edit.link
-                    else _stage(spot, edit.after, fsync=sync)
-                )
+                tmp = stage_link(spot, edit.after) if edit.link else _stage(spot, edit.after, sync)
                 staged.append((tmp, spot, edit))
         whole_fs = _staged_durable(staged, whole_fs)
     except OSError as err:
@@ -295,7 +291,7 @@ def _fsync_at(dirfd: int | None, name: str) -> None:
         os.close(fd)
 
 
-def _stage(spot: Spot, data: bytes, *, fsync: bool = True) -> str:
+def _stage(spot: Spot, data: bytes, fsync: bool = True) -> str:
     """Write `data` to a fresh temp file beside the target (same mode), fsynced
     unless the caller syncs the file system; returns its name in the target's
     directory."""
