@@ -21,6 +21,7 @@ wins, the others drop theirs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from orchestrator.sandbox import aftercall
 from orchestrator.sandbox.changeset import Change, Changeset, Kind
 
 __all__ = ["keep", "held", "load", "drop", "sweep", "default_base", "crash_point"]
@@ -128,13 +130,14 @@ def load(folder: Path) -> Changeset:
 
 
 def drop(folders: list[Path]) -> None:
-    """Forget kept changesets: first renamed (a crash then leaves nothing a
-    redelivery would apply again), then removed."""
+    """Forget kept changesets: first renamed, here (a crash then leaves
+    nothing a redelivery would apply again), then removed after the call
+    (`aftercall`; what a crash leaves renamed, `sweep()` removes)."""
     for folder in folders:
         gone = folder.with_name(folder.name + _APPLIED)
         with contextlib.suppress(FileNotFoundError):
             os.rename(folder, gone)
-        shutil.rmtree(gone, ignore_errors=True)
+        aftercall.later(functools.partial(shutil.rmtree, gone, ignore_errors=True))
 
 
 def sweep(base: Path) -> int:
