@@ -186,7 +186,7 @@ def _count(
     for cg in cgroups:
         for name, key, field_ in files:
             try:
-                text = (cg / name).read_text()
+                text = _read(cg / name)
             except OSError:
                 continue
             for line in text.splitlines():
@@ -232,6 +232,28 @@ def _make_cgroups(cg: Cgroups, call_id: str) -> list[Path]:
     return made
 
 
+def _read(path: Path) -> str:
+    """A cgroup file's text, read to its end without a text layer (the
+    call's path reads several), or OSError."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write one value into a cgroup file (one write), or OSError."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def _remove_cgroups(made: list[Path]) -> None:
     for d in reversed(made):
         with contextlib.suppress(OSError):
@@ -244,15 +266,15 @@ def _limit(cg: Cgroups, made: list[Path], limits: SandboxLimits, extra: int) -> 
     if not made:
         return
     memory = str(limits.memory_mb * MB)
-    (made[0] / "pids.max").write_text(str(limits.processes + extra))
+    _write(made[0] / "pids.max", str(limits.processes + extra))
     if cg.version == "v2":
-        (made[0] / "memory.max").write_text(memory)
+        _write(made[0] / "memory.max", memory)
         with contextlib.suppress(OSError):
-            (made[0] / "memory.swap.max").write_text("0")
+            _write(made[0] / "memory.swap.max", "0")
     else:
-        (made[1] / "memory.limit_in_bytes").write_text(memory)
+        _write(made[1] / "memory.limit_in_bytes", memory)
         with contextlib.suppress(OSError):
-            (made[1] / "memory.memsw.limit_in_bytes").write_text(memory)
+            _write(made[1] / "memory.memsw.limit_in_bytes", memory)
 
 
 def _take_standby(
@@ -443,7 +465,7 @@ def _cgroup_members(cgroups: list[Path]) -> set[int]:
     pids: set[int] = set()
     for cg in cgroups:
         with contextlib.suppress(OSError):
-            pids.update(int(x) for x in (cg / "cgroup.procs").read_text().split())
+            pids.update(int(x) for x in _read(cg / "cgroup.procs").split())
     return pids
 
 
