@@ -14,6 +14,10 @@ Calls are 50 ms apart (untimed), every contender alike, as an agent's shell
 calls are (a model turn is far longer): the kernel's state between calls is
 the one a real call meets (a cold cgroup migration, the standby made).
 
+CPU ms: the CPU time of the bench process (every thread) and its reaped
+children over a contender's calls, after-call work included (waited for
+before the count is read), divided by the calls.
+
 Rounds: each round runs every contender `CALLS` times, interleaved (the
 order rotates each round, so a slow phase of the machine hurts all alike),
 and keeps each contender's median; the ratios are taken per round, and the
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -72,6 +77,21 @@ def _workspace(root: Path, files: int) -> Path:
     for dirpath, _, _ in os.walk(ws):
         os.utime(dirpath, (old, old))
     return ws
+
+
+def _cpu_s() -> float:
+    """CPU time of this process (all its threads) and its reaped children."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _settle() -> None:
+    """Wait for the sandbox's after-call work (clean-up, the next standby,
+    unmounting the view), so its CPU time is the calls' that caused it."""
+    from orchestrator.sandbox import standby, view
+
+    standby.settle()
+    view.settle()
 
 
 def _spread(rs: list[float]) -> str:
@@ -130,14 +150,18 @@ def run(opts: Options) -> Result:
             fn()
         names = list(contenders)
         per_round: dict[str, list[float]] = {k: [] for k in names}
+        cpu_round: dict[str, list[float]] = {k: [] for k in names}
         for r in range(n_rounds):
             for k in names[r % len(names) :] + names[: r % len(names)]:
                 times = []
+                cpu0 = _cpu_s()
                 for _ in range(calls):
                     time.sleep(GAP_S)  # untimed, for every contender alike
                     t = time.perf_counter()
                     contenders[k]()
                     times.append((time.perf_counter() - t) * 1000)
+                _settle()  # the work done after a call returned counts in its CPU time
+                cpu_round[k].append((_cpu_s() - cpu0) / calls * 1000)
                 per_round[k].append(median(times))
     big, one = f"run_shell true, {SIZES[-1]:,} files", f"run_shell true, {SIZES[0]:,} files"
     vs_small = [b / s for b, s in zip(per_round[big], per_round[one], strict=True)]
@@ -147,15 +171,23 @@ def run(opts: Options) -> Result:
             f"{median(v):.2f}",
             f"{min(v):.2f}-{max(v):.2f}",
             _spread([a / b for a, b in zip(v, per_round[one], strict=True)]),
+            f"{median(cpu_round[k]):.2f}",
         )
         for k, v in per_round.items()
     ]
     show(
         f"[sandbox] per call, {n_rounds} rounds x {calls} calls, interleaved (ms)",
-        ("contender", "median ms", "round min-max", f"vs {SIZES[0]:,} files: median (min-max)"),
+        (
+            "contender",
+            "median ms",
+            "round min-max",
+            f"vs {SIZES[0]:,} files: median (min-max)",
+            "CPU ms",
+        ),
         rows,
     )
     res.figures["per_call_ms"] = {k: median(v) for k, v in per_round.items()}
+    res.figures["cpu_ms_per_call"] = {k: median(v) for k, v in cpu_round.items()}
     res.figures["rounds"] = n_rounds
     res.target(
         f"{SIZES[-1]:,} vs {SIZES[0]:,} files",

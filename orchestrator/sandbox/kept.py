@@ -26,6 +26,7 @@ wins, the others drop theirs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from orchestrator.sandbox import aftercall
 from orchestrator.sandbox.changeset import Change, Changeset, Kind, link_or_copy
 from orchestrator.tools.base import Content, Spilled
 
@@ -151,13 +153,14 @@ def _content(blobs: Path, ref: str | dict[str, Any] | None) -> Content | None:
 
 
 def drop(folders: list[Path]) -> None:
-    """Forget kept changesets: first renamed (a crash then leaves nothing a
-    redelivery would apply again), then removed."""
+    """Forget kept changesets: first renamed, here (a crash then leaves
+    nothing a redelivery would apply again), then removed after the call
+    (`aftercall`; what a crash leaves renamed, `sweep()` removes)."""
     for folder in folders:
         gone = folder.with_name(folder.name + _APPLIED)
         with contextlib.suppress(FileNotFoundError):
             os.rename(folder, gone)
-        shutil.rmtree(gone, ignore_errors=True)
+        aftercall.later(functools.partial(shutil.rmtree, gone, ignore_errors=True))
 
 
 def sweep(base: Path) -> int:

@@ -7,6 +7,7 @@ changed (`changes`), and make sure nothing of it is left running (`_sweep`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import resource
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.errors import InfraUnavailable, ToolInputError
-from orchestrator.sandbox import standby
+from orchestrator.sandbox import aftercall, standby
 from orchestrator.sandbox.changeset import Changeset, from_copy, from_upper
 from orchestrator.sandbox.host import Cgroups, Host, Mode, ViewKind
 from orchestrator.sandbox.limits import SandboxLimits
@@ -101,14 +102,20 @@ def prepare(
         ]:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        for cg in prep.cgroups:
-            _rmdir_cgroup(cg)
-        if prep.home is not None:
-            shutil.rmtree(prep.home, ignore_errors=True)
+        # Emptied above: removing them, the home and the view waits for no one.
+        aftercall.later(functools.partial(_remove_leftovers, list(prep.cgroups), prep.home))
         if prep.view is not None:
             close_view(prep.view)
         if bwrap and host.cgroups.version:
             standby.refill(parents, lambda call_id: _make_cgroups(host.cgroups, call_id))
+
+
+def _remove_leftovers(cgroups: list[Path], home: Path | None) -> None:
+    """A finished call's empty cgroups and throwaway home (`aftercall`)."""
+    for cg in cgroups:
+        _rmdir_cgroup(cg)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def view_kind(host: Host, wanted: ViewKind, workspace: Path) -> Literal["overlay", "copy"]:
@@ -151,20 +158,35 @@ def written(prep: Prepared) -> int:
 
 def limit_hits(prep: Prepared) -> dict[str, int]:
     """What the call's cgroups counted against their limits, read before
-    they are removed: `forks_refused` (pids.events max), `processes_peak`,
-    `oom_kills` and `memory_peak` (bytes). Missing files count nothing."""
+    they are removed: `forks_refused` (pids.events max) and `oom_kills`;
+    only when one is counted, `processes_peak` and `memory_peak` (bytes), which
+    the error reports. Missing files count nothing."""
     found: dict[str, int] = {}
-    for cg in prep.cgroups:
-        for name, key, field_ in (
-            ("pids.events", "forks_refused", "max"),
-            ("pids.peak", "processes_peak", None),
-            ("memory.oom_control", "oom_kills", "oom_kill"),  # v1
-            ("memory.events", "oom_kills", "oom_kill"),  # v2
-            ("memory.max_usage_in_bytes", "memory_peak", None),  # v1
-            ("memory.peak", "memory_peak", None),  # v2
-        ):
+    _count(prep.cgroups, found, _EVENTS)
+    if found.get("forks_refused") or found.get("oom_kills"):
+        _count(prep.cgroups, found, _PEAKS)  # only what says how far past it went
+    return found
+
+
+_EVENTS = (
+    ("pids.events", "forks_refused", "max"),
+    ("memory.oom_control", "oom_kills", "oom_kill"),  # v1
+    ("memory.events", "oom_kills", "oom_kill"),  # v2
+)
+_PEAKS = (
+    ("pids.peak", "processes_peak", None),
+    ("memory.max_usage_in_bytes", "memory_peak", None),  # v1
+    ("memory.peak", "memory_peak", None),  # v2
+)
+
+
+def _count(
+    cgroups: list[Path], found: dict[str, int], files: tuple[tuple[str, str, str | None], ...]
+) -> None:
+    for cg in cgroups:
+        for name, key, field_ in files:
             try:
-                text = (cg / name).read_text()
+                text = _read(cg / name)
             except OSError:
                 continue
             for line in text.splitlines():
@@ -173,7 +195,6 @@ def limit_hits(prep: Prepared) -> dict[str, int]:
                     found[key] = max(found.get(key, 0), int(words[0]))
                 elif len(words) == 2 and words[0] == field_ and words[1].isdigit():
                     found[key] = max(found.get(key, 0), int(words[1]))
-    return found
 
 
 def _rmdir_cgroup(cg: Path, timeout_s: float = 1.0) -> None:
@@ -211,6 +232,28 @@ def _make_cgroups(cg: Cgroups, call_id: str) -> list[Path]:
     return made
 
 
+def _read(path: Path) -> str:
+    """A cgroup file's text, read to its end without a text layer (the
+    call's path reads several), or OSError."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(fd)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write one value into a cgroup file (one write), or OSError."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def _remove_cgroups(made: list[Path]) -> None:
     for d in reversed(made):
         with contextlib.suppress(OSError):
@@ -223,15 +266,15 @@ def _limit(cg: Cgroups, made: list[Path], limits: SandboxLimits, extra: int) -> 
     if not made:
         return
     memory = str(limits.memory_mb * MB)
-    (made[0] / "pids.max").write_text(str(limits.processes + extra))
+    _write(made[0] / "pids.max", str(limits.processes + extra))
     if cg.version == "v2":
-        (made[0] / "memory.max").write_text(memory)
+        _write(made[0] / "memory.max", memory)
         with contextlib.suppress(OSError):
-            (made[0] / "memory.swap.max").write_text("0")
+            _write(made[0] / "memory.swap.max", "0")
     else:
-        (made[1] / "memory.limit_in_bytes").write_text(memory)
+        _write(made[1] / "memory.limit_in_bytes", memory)
         with contextlib.suppress(OSError):
-            (made[1] / "memory.memsw.limit_in_bytes").write_text(memory)
+            _write(made[1] / "memory.memsw.limit_in_bytes", memory)
 
 
 def _take_standby(
@@ -388,14 +431,41 @@ def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
             killed.add(pid)
-        time.sleep(0.001)
+        _await_exit(pids | exiting, min(deadline, time.monotonic() + 0.05))
+
+
+def _await_exit(pids: set[int], until: float) -> None:
+    """Wait until each of `pids` has exited (its pidfd is readable) or
+    `until`, whichever comes first: no polling sleep. Without pidfds
+    (an old kernel), a millisecond."""
+    fds: list[int] = []
+    try:
+        for pid in pids:
+            try:
+                fds.append(os.pidfd_open(pid))
+            except ProcessLookupError:
+                continue  # gone already
+            except OSError:
+                time.sleep(0.001)
+                return
+        poller = select.poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        pending = len(fds)
+        while pending and (left := until - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending -= 1
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _cgroup_members(cgroups: list[Path]) -> set[int]:
     pids: set[int] = set()
     for cg in cgroups:
         with contextlib.suppress(OSError):
-            pids.update(int(x) for x in (cg / "cgroup.procs").read_text().split())
+            pids.update(int(x) for x in _read(cg / "cgroup.procs").split())
     return pids
 
 

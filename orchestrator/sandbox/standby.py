@@ -5,7 +5,7 @@ Moving a process into a cgroup makes the kernel wait for an RCU grace
 period first when no move happened for a while (several ms, tens on a busy
 machine, unless the host sets `rcu_expedited=1` or `favordynmods`). A
 process forked by one already in a cgroup is in it from the start, with no
-move. So after each bubblewrap call, a thread of the worker starts the next
+move. So after each bubblewrap call, the worker's clean-up thread (`aftercall`) starts the next
 call's standby: a tiny `perl` (Debian's perl-base is essential) that waits
 on a pipe, with the call's output pipe already in place, and moves it into
 a fresh pair of cgroups; the wait happens there, between calls. The call
@@ -33,6 +33,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from orchestrator.sandbox import aftercall
 
 __all__ = ["Standby", "take", "refill", "settle", "PERL"]
 
@@ -102,7 +104,9 @@ def take(parents: tuple[str, ...]) -> Standby | None:
 
 
 def settle(timeout_s: float = 5.0) -> None:
-    """Wait until the standby being made (if any) is ready (tests)."""
+    """Wait until the standby being made (if any) is ready, and every
+    clean-up of the calls before (`aftercall`) is done (tests)."""
+    aftercall.settle(timeout_s)
     with _lock:
         making = _making.get(os.getpid())
     if making is not None:
@@ -117,7 +121,7 @@ def refill(parents: tuple[str, ...], make: Callable[[str], list[Path]]) -> None:
         if PERL is None or pid in _ready or pid in _making:
             return
         event = _making[pid] = threading.Event()
-    threading.Thread(target=_make, args=(parents, make, event), daemon=True).start()
+    aftercall.later(lambda: _make(parents, make, event))
 
 
 def _make(

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.sandbox import kept
+from orchestrator.sandbox import aftercall, kept
 from orchestrator.sandbox.apply import apply
 from orchestrator.sandbox.changeset import Change, Changeset, Kind
 
@@ -40,7 +40,9 @@ def test_dropped_folders_are_gone_and_never_held_again(tmp_path: Path) -> None:
     two = kept.keep(tmp_path, "s1/1", Changeset())
     assert kept.held(tmp_path, "s1/1") == sorted([one, two])
     kept.drop(kept.held(tmp_path, "s1/1"))
-    assert kept.held(tmp_path, "s1/1") == [] and list(tmp_path.iterdir()) == []
+    assert kept.held(tmp_path, "s1/1") == []  # renamed at once
+    aftercall.settle()  # and removed after the call
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_sweep_removes_what_dead_workers_left_and_nothing_held(tmp_path: Path) -> None:

@@ -759,6 +759,7 @@ def test_a_call_runs_in_the_standby_made_in_its_cgroups_between_calls(box: Box) 
     result = box.run("bwrap", ["sh", "-c", "cat /proc/self/cgroup"], processes=77)
     assert f"{os.getpid()}-{ready.call_id}" in result.output
     assert ready.proc.returncode is not None  # it became the call's bubblewrap and was reaped
+    sandbox_standby.settle()  # the emptied cgroups are removed after the call returns
     assert not any(cg.exists() for cg in ready.cgroups)
     box.assert_contained()
 
