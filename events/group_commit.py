@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from events.appending import APPEND_HOOKS, INSERT_CHUNK, Batch, Reconnect
+from events.appending import APPEND_HOOKS, Batch, Reconnect
 from events.db import WriterConnections, driver_errors
 from events.envelope import Event, NewEvent, genesis_hash, seal
 from events.errors import SequenceConflict
@@ -33,7 +33,15 @@ class _Store(Protocol):
     def _decode(self, position: int, body: bytes, hash_: str) -> Event: ...
     def _fresh_connection(self) -> Any: ...
     def _rollback(self, conn: Any, cur: Any, explicit: bool) -> bool: ...
-    def _sql_insert(self, n: int) -> str: ...
+    def _insert(self, cur: Any, params: tuple[object, ...]) -> dict[int, int]: ...
+    def _rows(
+        self,
+        stream_id: str,
+        batch: Batch,
+        sealed: list[tuple[int, bytes, str]],
+        key: str | None,
+        prev: str,
+    ) -> tuple[object, ...]: ...
     def _placed(
         self,
         stream_id: str,
@@ -126,18 +134,8 @@ def _transaction(
             if expected_seq is not None and expected_seq != last_seq:
                 raise SequenceConflict(stream_id, expected_seq, last_seq)
             sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
-            positions: dict[int, int] = {}
-            before = prev
-            params: list[object] = []
-            for i, (e, (seq, body, digest)) in enumerate(zip(batch, sealed), start=1):
-                params += (stream_id, seq, e.event_id, e.type, e.correlation_id, key)
-                params += (before, digest, body)
-                before = digest
-                if i % INSERT_CHUNK == 0 or i == len(batch):
-                    wrote = True
-                    cur.execute(store._sql_insert(len(params) // 9), params)
-                    positions.update((s, p) for p, s in cur.fetchall())
-                    params = []
+            wrote = True
+            positions = store._insert(cur, store._rows(stream_id, batch, sealed, key, prev))
             out.append(store._placed(stream_id, shown, sealed, prev, positions))
             advanced.append((stream_id, sealed[-1][0], sealed[-1][2]))
         cur.execute("COMMIT")

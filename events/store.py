@@ -351,6 +351,16 @@ class SqlEventStore:
             prev = digest
         return tuple(params)
 
+    def _insert(self, cur: Any, params: tuple[object, ...]) -> dict[int, int]:
+        """Insert `_rows`' parameters in chunks; each stored seq's position."""
+        positions: dict[int, int] = {}
+        step = INSERT_CHUNK * 9
+        for i in range(0, len(params), step):
+            chunk = params[i : i + step]
+            cur.execute(self._sql_insert(len(chunk) // 9), chunk)
+            positions.update((s, p) for p, s in cur.fetchall())
+        return positions
+
     def _append_read(
         self, stream_id: str, batch: Batch, expected_seq: int | None, shown: Batch
     ) -> list[Event]:
@@ -395,14 +405,8 @@ class SqlEventStore:
             if expected_seq is not None and expected_seq != last_seq:
                 raise SequenceConflict(stream_id, expected_seq, last_seq)
             sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
-            params = self._rows(stream_id, batch, sealed, key, prev)
-            positions: dict[int, int] = {}
-            step = INSERT_CHUNK * 9
-            for i in range(0, len(params), step):
-                wrote = True
-                chunk = params[i : i + step]
-                cur.execute(self._sql_insert(len(chunk) // 9), chunk)
-                positions.update((s, p) for p, s in cur.fetchall())
+            wrote = bool(batch)
+            positions = self._insert(cur, self._rows(stream_id, batch, sealed, key, prev))
             if explicit:
                 cur.execute("COMMIT")
         except BaseException as exc:
