@@ -524,22 +524,11 @@ class SqlEventStore:
                 return self._raw_stream(stream_id, after_seq)
 
     def _raw_stream(self, stream_id: str, after_seq: int) -> list[tuple[int, bytes, str]]:
-        conn = self._fresh_connection()
-        cur = conn.cursor()
-        try:
-            cur.execute(self._sql_stream, (stream_id, after_seq))
-            rows = [(r[0], bytes(r[1]), r[2]) for r in cur.fetchall()]
-            if rows:  # seqs are gapless: a hint for the next append (events.heads)
-                self._heads.put(stream_id, after_seq + len(rows), rows[-1][2])
-            return rows
-        except BaseException as exc:
-            if self._rollback(conn, cur, False) and isinstance(
-                exc, self._writers.dbapi.OperationalError
-            ):
-                raise Reconnect from exc
-            raise
-        finally:
-            cur.close()
+        found = self._own_query(self._sql_stream, (stream_id, after_seq))
+        rows = [(r[0], bytes(r[1]), r[2]) for r in found]
+        if rows:  # seqs are gapless: a hint for the next append (events.heads)
+            self._heads.put(stream_id, after_seq + len(rows), rows[-1][2])
+        return rows
 
     def _own_query(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         """Rows of one query on this thread's writer connection (autocommit on
