@@ -5,6 +5,8 @@ replay folds: in one process and split over processes by ranges of streams."""
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 
 import orjson
 import sqlalchemy as sa
@@ -15,6 +17,7 @@ from events import reader
 from events.audit import audit_batches, chain_heads, verify_store, whole_store
 from events.envelope import canonical_json, chain_hash, genesis_hash
 from events.replay import replay
+from events.store import SqlEventStore
 from events.verify import Row, Verifier, verify_rows
 from tests.factories import new, place, session_payloads
 
@@ -124,16 +127,31 @@ def _fill(store) -> list[str]:
     return streams
 
 
+def _split_over_processes(url: str):
+    """The two-process audits, run in a spawned interpreter: no thread another
+    test left in this one, so `whole_store` really forks (it refuses to fork a
+    process running threads)."""
+    store = SqlEventStore(url)
+    try:
+        threads = threading.active_count()
+        two = whole_store(store.engine, store.url, processes=2, min_events=0)
+        verify_only = whole_store(store.engine, store.url, fold=False, processes=2, min_events=0)
+        return threads, two, verify_only
+    finally:
+        store.close()
+
+
 def test_a_store_split_over_processes_audits_as_one_pass(own_store):
     store = own_store
     streams = _fill(store)
     _tamper(store, streams[2], 4, b'{"forged": true}')
     _tamper(store, streams[6], 2, b"not json")
-    assert threading.active_count() == 1  # so the split really forks
     parts = reader.parts(reader.stream_sizes(store.engine, store.url), 2)
     assert len(parts) == 2
     one = whole_store(store.engine, store.url, processes=1)
-    two = whole_store(store.engine, store.url, processes=2, min_events=0)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        threads, two, verify_only = pool.submit(_split_over_processes, store.url).result()
+    assert threads == 1  # so the split really forked
     expected = verify_rows(store.rows())
     assert one.report == two.report == expected
     assert [(p.kind, p.stream_id) for p in expected.problems] == [
@@ -145,7 +163,6 @@ def test_a_store_split_over_processes_audits_as_one_pass(own_store):
     assert two.projections == {
         sid: replay(store, sid, use_snapshot=False) for sid in two.projections
     }
-    verify_only = whole_store(store.engine, store.url, fold=False, processes=2, min_events=0)
     assert verify_only.report == expected and not verify_only.projections
     assert verify_store(store) == expected
     assert verify_store(store, streams[2]) == verify_rows(store.rows(streams[2]))
