@@ -27,12 +27,14 @@ class _Store(Protocol):
     filters: tuple[Any, ...]
     _writers: WriterConnections
     _heads: Heads
-    _sql_head_or_key: str
 
     def _filtered(self, stream_id: str, batch: Batch) -> tuple[list[NewEvent], list[NewEvent]]: ...
     def _decode(self, position: int, body: bytes, hash_: str) -> Event: ...
     def _fresh_connection(self) -> Any: ...
     def _rollback(self, conn: Any, cur: Any, explicit: bool) -> bool: ...
+    def _head_or_key(
+        self, cur: Any, stream_id: str, key: str | None
+    ) -> tuple[tuple[int, str] | None, list[Event]]: ...
     def _insert(self, cur: Any, params: tuple[object, ...]) -> dict[int, int]: ...
     def _rows(
         self,
@@ -117,18 +119,9 @@ def _transaction(
             if not batch:
                 out.append([])
                 continue
-            cur.execute(store._sql_head_or_key, (stream_id, stream_id, key))
-            head, stored = None, []
-            for row in cur.fetchall():
-                if row[2] is None:
-                    head = row
-                else:
-                    stored.append(row)
+            head, stored = store._head_or_key(cur, stream_id, key)
             if key is not None and stored:
-                stored.sort()
-                out.append(
-                    [store._decode(pos, bytes(body), hash_) for _, hash_, pos, body in stored]
-                )
+                out.append(stored)
                 continue
             last_seq, prev = (head[0], head[1]) if head else (0, genesis_hash(stream_id))
             if expected_seq is not None and expected_seq != last_seq:

@@ -351,6 +351,21 @@ class SqlEventStore:
             prev = digest
         return tuple(params)
 
+    def _head_or_key(
+        self, cur: Any, stream_id: str, key: str | None
+    ) -> tuple[tuple[int, str] | None, list[Event]]:
+        """The stream's head (seq, hash), and the events already stored under
+        `key` (an idempotent hit: in seq order), in one round trip."""
+        cur.execute(self._sql_head_or_key, (stream_id, stream_id, key))
+        head, stored = None, []
+        for row in cur.fetchall():
+            if row[2] is None:
+                head = (row[0], row[1])
+            else:
+                stored.append(row)
+        stored.sort()
+        return head, [self._decode(pos, bytes(body), hash_) for _, hash_, pos, body in stored]
+
     def _insert(self, cur: Any, params: tuple[object, ...]) -> dict[int, int]:
         """Insert `_rows`' parameters in chunks; each stored seq's position."""
         positions: dict[int, int] = {}
@@ -386,21 +401,11 @@ class SqlEventStore:
                 cur.execute(self._sql_head, (stream_id,))
                 head = cur.fetchone()
             else:
-                cur.execute(self._sql_head_or_key, (stream_id, stream_id, key))
-                head, stored = None, []
-                for row in cur.fetchall():
-                    if row[2] is None:
-                        head = row
-                    else:
-                        stored.append(row)
+                head, stored = self._head_or_key(cur, stream_id, key)
                 if stored:
                     if explicit:
                         cur.execute("COMMIT")
-                    stored.sort()
-                    return [
-                        self._decode(position, bytes(body), hash_)
-                        for _, hash_, position, body in stored
-                    ]
+                    return stored
             last_seq, prev = (head[0], head[1]) if head else (0, genesis_hash(stream_id))
             if expected_seq is not None and expected_seq != last_seq:
                 raise SequenceConflict(stream_id, expected_seq, last_seq)
