@@ -26,6 +26,7 @@ then applied (`commit`, after the runner's append). So:
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -37,7 +38,7 @@ from orchestrator.errors import ToolError
 from orchestrator.guard.changeset import Verdict, judge, shell_denials
 from orchestrator.ops import logs
 from orchestrator.run.steps import ShellStep
-from orchestrator.sandbox import kept
+from orchestrator.sandbox import from_log, kept
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.changeset import Changeset
 from orchestrator.sandbox.plan import GIT_ENV
@@ -189,8 +190,9 @@ def _settle(call: ToolCall, base: Path) -> None:
     the call (several deliveries may each have kept one), then drop them all."""
     folders = kept.held(base, call.call_id)
     if not folders:
+        _from_log(call, base)
         return
-    recorded = _recorded(call)
+    recorded = {(e.path, e.after_hash) for e in _recorded(call)}
     for folder in folders:
         changes = kept.load(folder)
         made = {(e.path, e.after_hash) for e in changes.edits()}
@@ -206,15 +208,32 @@ def _settle(call: ToolCall, base: Path) -> None:
     )
 
 
-def _recorded(call: ToolCall) -> set[tuple[str, str | None]]:
-    """(path, after hash) of the FileChanged events the log holds for the call."""
+def _from_log(call: ToolCall, base: Path) -> None:
+    """No kept copy here (another host ran the call, or another state folder):
+    finish the recorded changes from the log's diffs (`sandbox.from_log`),
+    or refuse, loudly, what it cannot give back."""
+    recorded = _recorded(call)
+    if not recorded:
+        return
+    edits = from_log.plan(call.workspace, recorded, f"{base} on {socket.gethostname()}")
+    if edits:
+        files.apply_edits(call.workspace, edits)
+        _log.warning(
+            "applied a recorded shell changeset from the log (its kept copy is not here)",
+            call_id=call.call_id,
+            files=len(edits),
+        )
+
+
+def _recorded(call: ToolCall) -> list[p.FileChanged]:
+    """The FileChanged events the log holds for the call."""
     if call.store is None:
-        return set()
-    return {
-        (e.payload.path, e.payload.after_hash)
+        return []
+    return [
+        e.payload
         for e in call.store.read_stream(call.session.session_id)
         if isinstance(e.payload, p.FileChanged) and e.payload.call_id == call.call_id
-    }
+    ]
 
 
 def _tracked(workspace: Path, paths: Iterable[str]) -> tuple[str, ...]:
