@@ -13,7 +13,8 @@ then applied (`commit`, after the runner's append). So:
   any FileChanged;
 - what it writes where the workspace's ignore files point (`__pycache__`,
   build output, a venv) is applied but not recorded, as `git diff` does not
-  show it either (the whole changeset is judged all the same);
+  show it either, unless git tracks the file (then `git diff` shows it, and
+  the record does too; the whole changeset is judged all the same);
 - a worker killed while the command runs leaves the workspace as it was, so
   a redelivered call simply runs again (the runner records the new attempt,
   ToolCallRedelivered). A command with network access may have had outside
@@ -27,8 +28,6 @@ then applied (`commit`, after the runner's append). So:
 from __future__ import annotations
 
 import socket
-import subprocess
-from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,12 +40,12 @@ from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import from_log, kept
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.changeset import Changeset
-from orchestrator.sandbox.plan import GIT_ENV
 from orchestrator.tools import files, shell
 from orchestrator.tools.base import Interrupted, Plan
 from orchestrator.tools.ignore import ignored
 from orchestrator.tools.interface import BaseTool, ToolCall
 from orchestrator.tools.shell import ShellResult
+from orchestrator.tools.tracked import tracked as git_tracked
 
 _log = logs.get_logger(__name__)
 
@@ -113,7 +112,10 @@ class ShellTool(BaseTool):
             )
             raise ChangesetRefused(verdict, replace(result, decided=decided))
         edits = result.changeset.edits()
+        # Left out of the record: what an ignored folder holds (caches,
+        # build output), as `git diff` leaves it out; not a tracked file there.
         unrecorded = ignored(call.workspace, [e.path for e in edits])
+        unrecorded -= git_tracked(call.workspace, unrecorded) if unrecorded else set()
         # Kept before the runner records it, so a crash after that append
         # still finds what to apply.
         held = kept.keep(_base(call), call.call_id, result.changeset) if result.changeset else None
@@ -124,7 +126,7 @@ class ShellTool(BaseTool):
         which a changeset cannot do after the fact: it is allowed when the
         call was granted or the session elevated, refused otherwise."""
         deletes = [c.path for c in changes.changes if c.kind == "deleted"]
-        tracked = _tracked(call.workspace, deletes) if deletes else ()
+        tracked = tuple(sorted(git_tracked(call.workspace, deletes))) if deletes else ()
         verdict = judge(changes, shell_denials(call.policy), tracked, str(call.workspace))
         if verdict.decision != "ask":
             return verdict
@@ -234,17 +236,3 @@ def _recorded(call: ToolCall) -> list[p.FileChanged]:
         for e in call.store.read_stream(call.session.session_id)
         if isinstance(e.payload, p.FileChanged) and e.payload.call_id == call.call_id
     ]
-
-
-def _tracked(workspace: Path, paths: Iterable[str]) -> tuple[str, ...]:
-    """Which of `paths` git tracks in `workspace` (none outside a repository)."""
-    if not (workspace / ".git").exists():
-        return ()
-    done = subprocess.run(
-        ["git", "-C", str(workspace), "ls-files", "-z", "--", *paths],
-        capture_output=True,
-        env={"PATH": "/usr/bin:/bin", **GIT_ENV},
-        timeout=60,
-        check=False,
-    )
-    return tuple(x.decode() for x in done.stdout.split(b"\0") if x)
