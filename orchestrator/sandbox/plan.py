@@ -23,7 +23,8 @@ from typing import Literal
 from orchestrator.errors import ToolInputError
 from orchestrator.sandbox.host import Host, Mode
 from orchestrator.sandbox.limits import SandboxLimits
-from orchestrator.sandbox.masks import Mask, mask_args
+from orchestrator.sandbox.masks import Mask, empty_file, mask_args
+from orchestrator.sandbox.system import SYSTEM_DIRS, interpreter_homes, system_args
 from orchestrator.sandbox.view import View, overlay_argv
 
 __all__ = [
@@ -157,8 +158,10 @@ def bwrap_argv(bwrap: str, req: Request) -> list[str]:
         source = str(view.copy)
     elif view is not None and view.inplace:
         source = str(view.merged)
-    args = [bwrap, "--ro-bind", "/", "/", "--perms", "1777", "--tmpfs", "/tmp"]
-    args += ["--perms", "0755", "--tmpfs", "/run"]
+    args = [bwrap, *system_args(req.empty_file or empty_file())]
+    args += ["--perms", "1777", "--tmpfs", "/tmp", "--perms", "0755", "--tmpfs", "/run"]
+    for home in interpreter_homes(req.toolchains, SYSTEM_DIRS):
+        args += ["--ro-bind", home, home]
     args += ["--bind", source or req.workspace, req.workspace]
     # A toolchain is bound over its own path after the masks, so a mask below
     # one would never show: leave it out. A venv `uv` filled from its cache is

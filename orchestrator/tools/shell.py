@@ -41,6 +41,7 @@ from orchestrator.guard.policy import DEFAULT_POLICY
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.changeset import Changeset
+from orchestrator.sandbox.system import in_view, view_roots
 from orchestrator.sandbox.view import stable_mounts
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import resolve_in_workspace
@@ -126,8 +127,13 @@ def run_shell(
     tools = _toolchains(toolchains)
     lim = sandbox.SandboxLimits.of(limits)
     extra = {**(env_base or {}), **step.env}
+    boxed = host.mode(mode) == "bwrap"
     _check_program(
-        step.command[0], cwd, extra.get("PATH") or sandbox.toolchain_path(tools, host.path), tools
+        step.command[0],
+        cwd,
+        extra.get("PATH") or sandbox.toolchain_path(tools, host.path),
+        tools,
+        view_roots(str(root), tools) if boxed else None,
     )
     req = sandbox.Request(
         argv=tuple(step.command),
@@ -379,9 +385,22 @@ def _tail(output: str) -> str:
     return f"\nLast output:\n{tail}" if tail else ""
 
 
-def _check_program(program: str, cwd: Path, path: str, toolchains: Sequence[str]) -> None:
+def _check_program(
+    program: str,
+    cwd: Path,
+    path: str,
+    toolchains: Sequence[str],
+    roots: Sequence[str] | None = None,
+) -> None:
     """Refuse a program that cannot start, with the reason, before any sandbox
-    is set up (inside it, the failure would only be an exit code)."""
+    is set up (inside it, the failure would only be an exit code). `roots`:
+    the host folders bubblewrap shows (None: the fallback shows everything)."""
+    hidden, shown_path = "", path
+    if roots is not None:
+        shown = [d for d in path.split(":") if d and in_view(d, roots)]
+        if len(shown) < len([d for d in path.split(":") if d]):
+            hidden = "; folders on it outside what the sandbox shows are skipped"
+        path = ":".join(shown)
     if "/" in program:
         target = cwd / program
         if not target.exists():
@@ -389,11 +408,18 @@ def _check_program(program: str, cwd: Path, path: str, toolchains: Sequence[str]
                 f"program {program!r} does not exist (relative paths are "
                 "relative to the step's cwd)."
             )
+        if roots is not None and not in_view(os.path.abspath(target), roots):
+            raise ToolInputError(
+                f"program {program!r} is outside what the sandbox shows (the system "
+                "folders, the workspace, the toolchains): name the folder that has it in "
+                "`toolchains:` (a venv, a pyenv version, a node install)"
+                + (f"; the toolchains given are {', '.join(toolchains)}." if toolchains else ".")
+            )
     else:
         found = shutil.which(program, path=path) or shutil.which(program, os.F_OK, path)
         if found is None:
             raise ToolInputError(
-                f"program {program!r} was not found on PATH {path!r}; the environment is "
+                f"program {program!r} was not found on PATH {shown_path!r}{hidden}; the environment is "
                 "scrubbed (PATH, HOME, LANG and the step's `env` only), so only that PATH "
                 "is searched. Use an absolute path, set PATH in the step's `env`, or name "
                 "the folder that has it in `toolchains:` (a venv, a pyenv version)"

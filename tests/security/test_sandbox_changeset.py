@@ -327,3 +327,18 @@ def test_a_venv_hard_linked_from_a_cache_works_as_a_toolchain(tmp_path: Path, vi
     bound = [argv[i + 2] for i, a in enumerate(argv) if a == "--ro-bind"]
     assert str(ws.resolve() / "stray.txt") in bound
     assert not [b for b in bound if b.startswith(venv + "/")]
+
+
+def test_a_program_outside_the_view_is_refused_naming_toolchains(tmp_path: Path) -> None:
+    """The worker's own venv is not in the sandbox's view: its python is
+    refused before anything runs, with the setting that shows it; named as a
+    toolchain, it runs (its base installation shown with it)."""
+    _need_bwrap()
+    venv = Path(sys.prefix)
+    if venv == Path(sys.base_prefix) or str(venv).startswith(("/usr/", "/tmp/")):
+        pytest.skip("the tests run from a venv outside the system folders")
+    step = ShellStep(command=[str(venv / "bin" / "python"), "-c", "print('ran')"])
+    with pytest.raises(ToolInputError, match="outside what the sandbox shows.*toolchains:"):
+        run_shell(tmp_path, step, host=HOST, apply=False)
+    result = run_shell(tmp_path, step, host=HOST, toolchains=(str(venv),), apply=False)
+    assert result.output.strip() == "ran"
