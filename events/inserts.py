@@ -6,7 +6,9 @@ each text compiled). PostgreSQL: the batch's columns as arrays through
 (plus the guard's). psycopg converts and caches a statement's text only up
 to 50 parameters: a 100-event VALUES list (905 parameters) was re-parsed in
 Python on every append, a third of a 100-event append's time, and the server
-planned 900 parameters each time; the array form is prepared once.
+planned 900 parameters each time; the array form is prepared once. The
+arrays go in binary (`%b`): psycopg's text form quotes every element
+through a regex, 10x the cost.
 
 Both forms insert the rows in batch order, so positions rise with seq, and
 `RETURNING position, seq` pairs them either way.
@@ -22,11 +24,12 @@ from events.envelope import NewEvent
 COLUMNS = "stream_id, seq, event_id, type, correlation_id, idempotency_key, prev_hash, hash, body"
 N_COLUMNS = 9
 
-# The columns that differ per event, as PostgreSQL arrays (stream id and key are one value).
+# The columns that differ per event, as PostgreSQL arrays (stream id and key are
+# one value each).
 _UNNEST = (
     "SELECT {p}, v.seq, v.event_id, v.type, v.correlation_id, {p}, v.prev_hash, v.hash, v.body"
-    " FROM unnest({p}::int[], {p}::varchar[], {p}::varchar[], {p}::varchar[], {p}::varchar[],"
-    " {p}::varchar[], {b}::bytea[]) AS v(seq, event_id, type, correlation_id, prev_hash, hash, body)"
+    " FROM unnest({b}::int[], {b}::varchar[], {b}::varchar[], {b}::varchar[], {b}::varchar[],"
+    " {b}::varchar[], {b}::bytea[]) AS v(seq, event_id, type, correlation_id, prev_hash, hash, body)"
 )
 
 
