@@ -12,8 +12,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from events import payloads as p
+from events.appending import INSERT_CHUNK
 from events.envelope import Event, NewEvent, genesis_hash, seal
 from events.store import SqlEventStore
+from events.verify import verify_rows
 
 STREAM = "session-pin"
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -145,3 +147,27 @@ def test_every_append_path_stores_the_pinned_bytes(own_store: SqlEventStore, pat
         own_store._heads.clear()
         assert own_store.append(STREAM, pinned_events(), 0) == stored
         assert own_store.raw_stream(STREAM) == rows
+
+
+def test_a_batch_bigger_than_one_sqlite_insert_is_stored_in_order(own_store: SqlEventStore):
+    # SQLite splits it into INSERTs of INSERT_CHUNK rows; PostgreSQL sends one array each column.
+    n = INSERT_CHUNK + 7
+    batch = [
+        NewEvent(
+            payload=p.TurnStarted(turn=i, name=f"s{i}", kind="shell"),
+            event_id=f"0190f0e0-0000-7000-8000-{i:012d}",
+            occurred_at=TIMES[0] + timedelta(milliseconds=i),
+            actor="runner",
+            correlation_id="job-pin",
+            idempotency_key="big",
+        )
+        for i in range(n)
+    ]
+    stored = own_store.append(STREAM, batch, 0)
+    assert [e.seq for e in stored] == list(range(1, n + 1))
+    assert [e.position for e in stored] == sorted(e.position for e in stored)
+    sealed = seal(STREAM, batch, 0, genesis_hash(STREAM))
+    assert own_store.raw_stream(STREAM) == [
+        (e.position, body, digest) for e, (_, body, digest) in zip(stored, sealed)
+    ]
+    assert verify_rows(own_store.rows(STREAM)).ok
