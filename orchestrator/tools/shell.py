@@ -38,6 +38,7 @@ from orchestrator.errors import (
 )
 from orchestrator.guard.changeset import judge, shell_denials
 from orchestrator.guard.policy import DEFAULT_POLICY
+from orchestrator.ops import logs
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.changeset import Changeset
@@ -45,6 +46,8 @@ from orchestrator.sandbox.system import in_view, view_roots
 from orchestrator.sandbox.view import stable_mounts
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import resolve_in_workspace
+
+_log = logs.get_logger(__name__)
 
 __all__ = [
     "run_shell",
@@ -144,9 +147,7 @@ def run_shell(
         network=bool(getattr(network, "enabled", network)),
         mode=mode,
         toolchains=tools,
-        masks=sandbox.workspace_masks(root, denied_reads(policy))
-        if host.mode(mode) == "bwrap"
-        else (),
+        masks=_masks(root, policy, tools) if boxed else (),
     )
     timeout_s = min(step.timeout_s, lim.wall_s)
     result, changes, stopped, planned, hits = _run(
@@ -383,6 +384,29 @@ def _signame(n: int) -> str:
 def _tail(output: str) -> str:
     tail = output[-800:].strip()
     return f"\nLast output:\n{tail}" if tail else ""
+
+
+# Past this many masks a call's start is slow enough to say so (each is a
+# mount: about 2 s for 600, measured on a uv-filled venv).
+_MANY_MASKS = 100
+
+
+def _masks(root: Path, policy: Any, tools: Sequence[str]) -> tuple[sandbox.Mask, ...]:
+    """The workspace paths to hide; many of them (a package manager's venv or
+    `node_modules`, hard-linked from its cache) are logged with the fix."""
+    masks = sandbox.workspace_masks(root, denied_reads(policy))
+    shown = [m for m in masks if not any(in_view(m.path, (t,)) for t in tools)]
+    if len(shown) > _MANY_MASKS:
+        tops = sorted({os.path.relpath(m.path, root).split("/")[0] for m in shown})
+        _log.warning(
+            "many workspace files are hidden one by one (hard links out of the workspace "
+            "or denied paths), one mount each, which slows every shell call; if a folder "
+            "is a package manager's (a uv venv, pnpm's node_modules), name it in "
+            "`toolchains:` to show it read-only as it is",
+            hidden=len(shown),
+            folders=tops[:10],
+        )
+    return masks
 
 
 def _check_program(
