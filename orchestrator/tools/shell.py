@@ -83,6 +83,7 @@ class ShellResult(ToolResult):
 
     changeset: Changeset = field(default_factory=Changeset)
     applied: bool = False
+    hidden: tuple[str, ...] = ()  # workspace paths the command was not shown (a folder: "x/")
 
 
 def run_shell(
@@ -160,7 +161,12 @@ def run_shell(
         raise _stopped(stopped, shown, timeout_s, result)
     if apply and changes:
         _judge_and_apply(root, changes, policy, shown)
-    result = dataclasses.replace(result, changeset=changes, applied=apply and bool(changes))
+    result = dataclasses.replace(
+        result,
+        changeset=changes,
+        applied=apply and bool(changes),
+        hidden=_hidden(root, req.masks, tools),
+    )
     if result.exit_code not in step.ok_exit_codes:
         raise CommandFailed(
             f"command `{shown}` {_why(result.exit_code, planned)}, not "
@@ -391,11 +397,23 @@ def _tail(output: str) -> str:
 _MANY_MASKS = 100
 
 
+def _hidden(root: Path, masks: Sequence[sandbox.Mask], tools: Sequence[str]) -> tuple[str, ...]:
+    """What the command was not shown, workspace-relative (a toolchain is
+    bound over its masks: shown)."""
+    return tuple(
+        sorted(
+            os.path.relpath(m.path, root) + ("/" if m.dir else "")
+            for m in masks
+            if not in_view(m.path, tools)
+        )
+    )
+
+
 def _masks(root: Path, policy: Any, tools: Sequence[str]) -> tuple[sandbox.Mask, ...]:
     """The workspace paths to hide; many of them (a package manager's venv or
     `node_modules`, hard-linked from its cache) are logged with the fix."""
     masks = sandbox.workspace_masks(root, denied_reads(policy))
-    shown = [m for m in masks if not any(in_view(m.path, (t,)) for t in tools)]
+    shown = [m for m in masks if not in_view(m.path, tools)]
     if len(shown) > _MANY_MASKS:
         tops = sorted({os.path.relpath(m.path, root).split("/")[0] for m in shown})
         _log.warning(

@@ -233,3 +233,20 @@ def test_a_tracked_file_in_an_ignored_folder_is_in_the_patch(tmp_path: Path):
     assert status == "completed", replay(store, sid).session.error
     assert [c.path for c in replay(store, sid).session.files_changed] == ["build/[id].cfg"]
     assert (work / "build" / "i.cfg").read_text() == "again"
+
+
+def test_what_the_sandbox_hid_is_recorded_with_the_call(tmp_path: Path):
+    """A refusal the command never saw (`.env` shown empty) is in the log."""
+    work = _workspace(tmp_path)
+    (work / ".env").write_text("TOKEN=s3cr3t\n")
+    (work / "keys").mkdir()
+    (work / "keys" / "id.pem").write_text("KEY\n")
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    (work / "show.sh").write_text("cat .env keys/id.pem keep.txt\n")  # no name on the command line
+    step = ShellStep(command=["sh", "show.sh"])
+    sid, status = _run(store, work, step, elevated_by="t")
+    assert status == "completed", replay(store, sid).session.error
+    [hid] = [e.payload for e in store.read_stream(sid) if e.type == "PathsHidden"]
+    assert hid.paths == [".env", "keys/id.pem"] and hid.total == 2
+    [call] = replay(store, sid).session.calls
+    assert hid.call_id == call.call_id and "s3cr3t" not in (call.output or "")

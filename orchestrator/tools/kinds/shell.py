@@ -48,6 +48,7 @@ from orchestrator.tools.shell import ShellResult
 from orchestrator.tools.tracked import tracked as git_tracked
 
 _log = logs.get_logger(__name__)
+_HIDDEN_LISTED = 100  # PathsHidden names this many; its `total` counts them all
 
 
 @dataclass(frozen=True)
@@ -142,21 +143,31 @@ class ShellTool(BaseTool):
         )
 
     def record(self, call_id: str, result: Any) -> list[Any]:
-        """The changeset's refusal, or one FileChanged per file it changes."""
+        """The changeset's refusal, or one FileChanged per file it changes; and
+        PathsHidden when the sandbox hid workspace paths from the command."""
         if result is None:
             return []
+        hidden = getattr(result, "hidden", ())
+        shown: list[Any] = (
+            [p.PathsHidden(call_id=call_id, paths=list(hidden[:_HIDDEN_LISTED]), total=len(hidden))]
+            if hidden
+            else []
+        )
         decided = getattr(result, "decided", None)
         if decided is not None:
-            return [decided]
+            return [decided, *shown]
         return [
-            p.FileChanged(
-                call_id=call_id,
-                path=e.path,
-                before_hash=e.before_hash,
-                after_hash=e.after_hash,
-                diff=files.unified_diff(e),
-            )
-            for e in result.edits
+            *(
+                p.FileChanged(
+                    call_id=call_id,
+                    path=e.path,
+                    before_hash=e.before_hash,
+                    after_hash=e.after_hash,
+                    diff=files.unified_diff(e),
+                )
+                for e in result.edits
+            ),
+            *shown,
         ]
 
     def commit(self, call: ToolCall, result: Any) -> None:
