@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from orchestrator.errors import InfraUnavailable, ToolInputError
-from orchestrator.sandbox import aftercall, standby
+from orchestrator.sandbox import aftercall, nextview, standby
 from orchestrator.sandbox.changeset import Changeset, from_copy, from_upper
 from orchestrator.sandbox.host import Cgroups, Host, Mode, ViewKind
 from orchestrator.sandbox.limits import SandboxLimits
@@ -67,16 +67,16 @@ def prepare(
     workspace or changes who owns it."""
     prep = Prepared(call_id=uuid.uuid4().hex)
     bwrap = host.mode(mode) == "bwrap"
+    inplace = bwrap and host.is_root
     parents = tuple(p for p in (host.cgroups.pids, host.cgroups.memory) if p)
     try:
         if host.mode(mode) == "fallback":
             prep.home = Path(tempfile.mkdtemp(prefix="orch-sandbox-home-"))
-        prep.view = open_view(
-            workspace,
-            view_kind(host, view, workspace),
-            view_base,
-            inplace=host.mode(mode) == "bwrap" and host.is_root,
-        )
+        kind = view_kind(host, view, workspace)
+        if kind == "overlay":
+            prep.view = nextview.take(workspace, view_base, inplace)
+        if prep.view is None:
+            prep.view = open_view(workspace, kind, view_base, inplace)
         if bwrap and host.cgroups.version:
             _take_standby(prep, host.cgroups, parents, limits)
         if prep.standby is None:
@@ -106,6 +106,8 @@ def prepare(
         aftercall.later(functools.partial(_remove_leftovers, list(prep.cgroups), prep.home))
         if prep.view is not None:
             close_view(prep.view)
+            if prep.view.kind == "overlay":
+                nextview.refill(workspace, view_base, inplace)
         if bwrap and host.cgroups.version:
             standby.refill(parents, lambda call_id: _make_cgroups(host.cgroups, call_id))
 
