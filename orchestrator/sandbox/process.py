@@ -109,7 +109,7 @@ def prepare(
             if prep.view.kind == "overlay":
                 nextview.refill(workspace, view_base, inplace)
         if bwrap and host.cgroups.version:
-            standby.refill(parents, lambda call_id: _make_cgroups(host.cgroups, call_id))
+            standby.refill(parents, functools.partial(_limited, host.cgroups, limits), limits)
 
 
 def _remove_leftovers(cgroups: list[Path], home: Path | None) -> None:
@@ -170,23 +170,32 @@ def limit_hits(prep: Prepared) -> dict[str, int]:
     return found
 
 
-_EVENTS = (
-    ("pids.events", "forks_refused", "max"),
-    ("memory.oom_control", "oom_kills", "oom_kill"),  # v1
-    ("memory.events", "oom_kills", "oom_kill"),  # v2
-)
-_PEAKS = (
-    ("pids.peak", "processes_peak", None),
-    ("memory.max_usage_in_bytes", "memory_peak", None),  # v1
-    ("memory.peak", "memory_peak", None),  # v2
-)
+_Counter = tuple[str, str, str | None]  # file, key, the field of the file holding it
+# The files of each of a call's cgroups, by how many it has: v2's one, v1's
+# pids and memory cgroups. Only these are opened (the call's path reads them).
+_EVENTS: dict[int, tuple[tuple[_Counter, ...], ...]] = {
+    1: ((("pids.events", "forks_refused", "max"), ("memory.events", "oom_kills", "oom_kill")),),
+    2: (
+        (("pids.events", "forks_refused", "max"),),
+        (("memory.oom_control", "oom_kills", "oom_kill"),),
+    ),
+}
+_PEAKS: dict[int, tuple[tuple[_Counter, ...], ...]] = {
+    1: ((("pids.peak", "processes_peak", None), ("memory.peak", "memory_peak", None)),),
+    2: (
+        (("pids.peak", "processes_peak", None),),
+        (("memory.max_usage_in_bytes", "memory_peak", None),),
+    ),
+}
 
 
 def _count(
-    cgroups: list[Path], found: dict[str, int], files: tuple[tuple[str, str, str | None], ...]
+    cgroups: list[Path],
+    found: dict[str, int],
+    files: dict[int, tuple[tuple[_Counter, ...], ...]],
 ) -> None:
-    for cg in cgroups:
-        for name, key, field_ in files:
+    for cg, counters in zip(cgroups, files.get(len(cgroups), ()), strict=False):
+        for name, key, field_ in counters:
             try:
                 text = _read(cg / name)
             except OSError:
@@ -234,6 +243,17 @@ def _make_cgroups(cg: Cgroups, call_id: str) -> list[Path]:
     return made
 
 
+def _limited(cg: Cgroups, limits: SandboxLimits, call_id: str) -> list[Path]:
+    """A standby's cgroups, with `limits` written (or OSError)."""
+    made = _make_cgroups(cg, call_id)
+    try:
+        _limit(cg, made, limits, _MONITOR)
+    except OSError:
+        _remove_cgroups(made)
+        raise
+    return made
+
+
 def _read(path: Path) -> str:
     """A cgroup file's text, read to its end without a text layer (the
     call's path reads several), or OSError."""
@@ -262,9 +282,13 @@ def _remove_cgroups(made: list[Path]) -> None:
             d.rmdir()
 
 
-def _limit(cg: Cgroups, made: list[Path], limits: SandboxLimits, extra: int) -> None:
+def _limit(
+    cg: Cgroups, made: list[Path], limits: SandboxLimits, extra: int, again: bool = False
+) -> None:
     """Write the call's limits into its cgroups (`extra`: processes of ours
-    beside the command's, bubblewrap's own)."""
+    beside the command's, bubblewrap's own). `again`: they hold other
+    limits already (v1 refuses a memory limit above the memory+swap one,
+    so that one is written first too)."""
     if not made:
         return
     memory = str(limits.memory_mb * MB)
@@ -274,6 +298,9 @@ def _limit(cg: Cgroups, made: list[Path], limits: SandboxLimits, extra: int) -> 
         with contextlib.suppress(OSError):
             _write(made[0] / "memory.swap.max", "0")
     else:
+        if again:
+            with contextlib.suppress(OSError):  # refused when lower than the memory limit
+                _write(made[1] / "memory.memsw.limit_in_bytes", memory)
         _write(made[1] / "memory.limit_in_bytes", memory)
         with contextlib.suppress(OSError):
             _write(made[1] / "memory.memsw.limit_in_bytes", memory)
@@ -287,7 +314,8 @@ def _take_standby(
     if ready is None:
         return
     try:
-        _limit(cg, ready.cgroups, limits, _MONITOR)
+        if ready.limited != limits:  # written when it was made: the last call's
+            _limit(cg, ready.cgroups, limits, _MONITOR, again=ready.limited is not None)
     except OSError:
         ready.discard()
         _remove_cgroups(ready.cgroups)

@@ -61,6 +61,7 @@ class Standby:
     call_id: str
     cgroups: list[Path]
     message: int
+    limited: object = None  # the limits `make` wrote into its cgroups (None: none)
 
     def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> None:
         """Hand the standby its command (it execs it at once)."""
@@ -113,23 +114,32 @@ def settle(timeout_s: float = 5.0) -> None:
         making.wait(timeout_s)
 
 
-def refill(parents: tuple[str, ...], make: Callable[[str], list[Path]]) -> None:
-    """Make the next standby in a thread (`make(call_id)` makes its empty
-    cgroups), unless one is ready or being made, or there is no perl."""
+def refill(
+    parents: tuple[str, ...], make: Callable[[str], list[Path]], limited: object = None
+) -> None:
+    """Make the next standby in a thread (`make(call_id)` makes its cgroups,
+    empty, with the limits `limited` written: the last call's, which the
+    next call most likely has too), unless one is ready or being made, or
+    there is no perl."""
     pid = os.getpid()
     with _lock:
         if PERL is None or pid in _ready or pid in _making:
             return
         event = _making[pid] = threading.Event()
-    aftercall.later(lambda: _make(parents, make, event))
+    aftercall.later(lambda: _make(parents, make, event, limited))
 
 
 def _make(
-    parents: tuple[str, ...], make: Callable[[str], list[Path]], done: threading.Event
+    parents: tuple[str, ...],
+    make: Callable[[str], list[Path]],
+    done: threading.Event,
+    limited: object,
 ) -> None:
     standby = None
     try:
         standby = _launch(make)
+        if standby is not None:
+            standby.limited = limited
     finally:
         with _lock:
             if standby is not None:

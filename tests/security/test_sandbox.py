@@ -764,6 +764,30 @@ def test_a_call_runs_in_the_standby_made_in_its_cgroups_between_calls(box: Box) 
     box.assert_contained()
 
 
+@pytest.mark.parametrize("memory_mb", [64, 8192])
+def test_a_standby_made_with_the_last_calls_limits_gets_the_next_calls_own(
+    box: Box, memory_mb: int
+) -> None:
+    _need_bwrap()
+    if HOST.cgroups.version != "v1" or sandbox_standby.PERL is None:
+        pytest.skip(f"no v1 standby here: {HOST.cgroups.why}, perl {sandbox_standby.PERL}")
+    sandbox_standby.settle()  # one being made for an earlier call is ready first
+    box.run("bwrap", ["true"], memory_mb=512, processes=50)  # the next standby gets these
+    sandbox_standby.settle()
+    ready = sandbox_standby._ready[os.getpid()][1]
+    pids_cg, memory_cg = ready.cgroups
+    assert (pids_cg / "pids.max").read_text() == "51\n"  # written between calls
+    assert (memory_cg / "memory.limit_in_bytes").read_text() == f"{512 * MB}\n"
+    # A call with other limits (lower or higher: v1 orders the memory and
+    # memory+swap limits) writes its own before its command starts.
+    script = f"cat {pids_cg}/pids.max {memory_cg}/memory.limit_in_bytes"
+    script += f" {memory_cg}/memory.memsw.limit_in_bytes"
+    result = box.run("bwrap", ["sh", "-c", script], memory_mb=memory_mb, processes=9)
+    assert result.output.split() == ["10", str(memory_mb * MB), str(memory_mb * MB)]
+    assert ready.proc.returncode is not None  # it was the standby's
+    box.assert_contained()
+
+
 def test_doctor_says_which_sandbox_is_active(tmp_path: Path) -> None:
     env = shape_env(tmp_path)
     report = json.loads(cli(env, "doctor", "--json").stdout)
