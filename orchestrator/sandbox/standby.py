@@ -162,7 +162,7 @@ def _launch(make: Callable[[str], list[Path]]) -> Standby | None:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,  # not a session: see process._group
             close_fds=True,
             pass_fds=(message[0],),
             env={},

@@ -22,6 +22,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -762,6 +763,40 @@ def test_a_call_runs_in_the_standby_made_in_its_cgroups_between_calls(box: Box) 
     sandbox_standby.settle()  # the emptied cgroups are removed after the call returns
     assert not any(cg.exists() for cg in ready.cgroups)
     box.assert_contained()
+
+
+def test_the_command_leads_a_session_of_its_own_and_bubblewrap_a_process_group(
+    box: Box, mode: str
+) -> None:
+    # No controlling terminal for the command to inject keystrokes into, and
+    # no signal sent to the worker's process group reaches the call.
+    # The command's session is bubblewrap's init's (`--new-session`) or its
+    # own (the fallback): no controlling terminal (tty_nr 0).
+    code = (
+        "import os, time; stat = open('/proc/self/stat').read().rsplit(')', 1)[1].split();"
+        "print(os.getsid(0) in (1, os.getpid()), stat[4]); time.sleep(2)"
+    )
+    call = ThreadPoolExecutor(1).submit(box.run, mode, py(code, box.token))
+    first = None
+    deadline = time.monotonic() + 10
+    while first is None and time.monotonic() < deadline:
+        ours = [p for p in running(box.token) if _ppid(p) == os.getpid()]
+        first = ours[0] if ours else None
+    assert first is not None  # the call's first process: bubblewrap, or the fallback's
+    assert os.getpgid(first) == first != os.getpgid(0)
+    if mode == "bwrap":  # in the worker's session (no autogroup of its own)
+        assert os.getsid(first) == os.getsid(0)
+    else:
+        assert os.getsid(first) == first
+    assert call.result().output == "True 0\n"
+    box.assert_contained()
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 @pytest.mark.parametrize("memory_mb", [64, 8192])
