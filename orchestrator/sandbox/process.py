@@ -197,7 +197,7 @@ def _count(
     for cg, counters in zip(cgroups, files.get(len(cgroups), ()), strict=False):
         for name, key, field_ in counters:
             try:
-                text = _read(cg / name)
+                text = _read(f"{cg}/{name}")
             except OSError:
                 continue
             for line in text.splitlines():
@@ -254,7 +254,7 @@ def _limited(cg: Cgroups, limits: SandboxLimits, call_id: str) -> list[Path]:
     return made
 
 
-def _read(path: Path) -> str:
+def _read(path: str | Path) -> str:
     """A cgroup file's text, read to its end without a text layer (the
     call's path reads several), or OSError."""
     fd = os.open(path, os.O_RDONLY)
@@ -267,7 +267,7 @@ def _read(path: Path) -> str:
         os.close(fd)
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: str | Path, text: str) -> None:
     """Write one value into a cgroup file (one write), or OSError."""
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -292,18 +292,18 @@ def _limit(
     if not made:
         return
     memory = str(limits.memory_mb * MB)
-    _write(made[0] / "pids.max", str(limits.processes + extra))
+    _write(f"{made[0]}/pids.max", str(limits.processes + extra))
     if cg.version == "v2":
-        _write(made[0] / "memory.max", memory)
+        _write(f"{made[0]}/memory.max", memory)
         with contextlib.suppress(OSError):
-            _write(made[0] / "memory.swap.max", "0")
+            _write(f"{made[0]}/memory.swap.max", "0")
     else:
         if again:
             with contextlib.suppress(OSError):  # refused when lower than the memory limit
-                _write(made[1] / "memory.memsw.limit_in_bytes", memory)
-        _write(made[1] / "memory.limit_in_bytes", memory)
+                _write(f"{made[1]}/memory.memsw.limit_in_bytes", memory)
+        _write(f"{made[1]}/memory.limit_in_bytes", memory)
         with contextlib.suppress(OSError):
-            _write(made[1] / "memory.memsw.limit_in_bytes", memory)
+            _write(f"{made[1]}/memory.memsw.limit_in_bytes", memory)
 
 
 def _take_standby(
@@ -508,7 +508,7 @@ def _cgroup_members(cgroups: list[Path]) -> set[int]:
     pids: set[int] = set()
     for cg in cgroups:
         with contextlib.suppress(OSError):
-            pids.update(int(x) for x in _read(cg / "cgroup.procs").split())
+            pids.update(int(x) for x in _read(f"{cg}/cgroup.procs").split())
     return pids
 
 

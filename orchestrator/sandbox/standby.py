@@ -65,8 +65,8 @@ class Standby:
 
     def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> None:
         """Hand the standby its command (it execs it at once)."""
-        parts = [cwd, str(len(env)), *(f"{k}={v}" for k, v in env.items()), *argv]
-        data = b"".join(os.fsencode(x) + b"\0" for x in parts)
+        parts = [cwd, str(len(env)), *(f"{k}={v}" for k, v in env.items()), *argv, ""]
+        data = "\0".join(parts).encode("utf-8", "surrogateescape")  # os.fsencode, at once
         try:
             view = memoryview(data)
             while view:
