@@ -503,3 +503,29 @@ def test_edits_under_deferred_durability_name_their_workspace(tmp_path: Path):
     # Outside the context the renames are durable when apply_edits returns.
     apply_edits(ws, plan_write(ws, WriteStep(path="pkg/a.py", content="x = 3\n")))
     assert (ws / "pkg" / "a.py").read_text() == "x = 3\n"
+
+
+def test_diff_lines_end_only_at_newlines_whatever_else_the_text_holds() -> None:
+    """`diffs._text` takes `str.splitlines` where it agrees with git (lines end
+    at \\n only) and splits by hand where the text holds \\r, \\v, \\x85 or
+    U+2028, which `splitlines` would also end a line at."""
+    from orchestrator.tools.diffs import _text
+
+    def by_hand(text: str) -> list[str]:
+        parts = text.split("\n")
+        return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+    for text in [
+        "",
+        "a",
+        "a\n",
+        "\n\n",
+        "a\nb",
+        "a\r\nb\r\n",
+        "a\rb\n",
+        "x\x0by\x0cz\n",
+        "é\x85f\u2028g\n",
+        "\x1c\x1d\x1e\n",
+        "tail\r",
+    ]:
+        assert _text(text.encode()) == by_hand(text), repr(text)

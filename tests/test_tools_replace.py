@@ -220,3 +220,55 @@ def test_the_byte_prefilter_is_text_every_match_contains():
             if want is not None and want not in text.encode():
                 assert rx.search(text) is None, (pattern, text)
     assert required_literal(re.compile("abc", re.IGNORECASE)) is None
+
+
+ANCHORED = [
+    r"\bgetattr\(",
+    r"^import (\w+)$",
+    r"\Afoo",
+    r"\bab?",
+    r"$\nx",
+    r"\bfoo(?=bar)",
+    r"\Bab",
+    r"\b(?P<n>getattr)\(",
+]
+
+
+def test_a_pattern_opening_with_assertions_replaces_as_re_does():
+    """The fast path (`_anchored_subn`: matches tried only where the leading
+    literal occurs) against `re.subn` itself, on the edges where they could part:
+    a match at the start, after a newline, inside a word, back to back, overlapping
+    candidates, group references in the template."""
+
+    from orchestrator.tools.replace import compile_replace
+
+    texts = [
+        "",
+        "getattr(x)",
+        "xgetattr(y) getattr(getattr(z))",
+        "import os\nimport sys\n  import re\nimport os.path",
+        "foo\nfoo foobar",
+        "ab a abab aab b_ab",
+        "x\n\nx\nx",
+        "getattr(getattr(getattr(",
+        "é getattr(é) _getattr( 1getattr(",
+    ]
+    for pattern in ANCHORED:
+        for replacement in ["R", r"<\g<0>>", r"[\\]"]:
+            step = ReplaceStep(kind="replace", name="r", pattern=pattern, replacement=replacement)
+            rx, rewrite = compile_replace(step)
+            for text in texts:
+                assert rewrite(text) == rx.subn(replacement, text), (pattern, replacement, text)
+    step = ReplaceStep(kind="replace", name="r", pattern=r"\b(?P<n>getattr)\(", replacement=r"\1_(")
+    assert compile_replace(step)[1]("getattr(a) xgetattr(b)") == ("getattr_(a) xgetattr(b)", 1)
+
+
+def test_only_a_pattern_that_opens_with_assertions_then_text_takes_the_fast_path():
+    import re
+
+    from orchestrator.tools.replace import _leading_literal
+
+    assert _leading_literal(re.compile(r"\bgetattr\(", re.MULTILINE)) == "getattr("
+    assert _leading_literal(re.compile(r"^\bab?c", re.MULTILINE)) == "a"
+    for pattern in [r"getattr\(", r"\b\w+", r"\b(?i:ab)", r"(?i)\bab", r"\bfoo|bar", r"\b"]:
+        assert _leading_literal(re.compile(pattern, re.MULTILINE)) is None, pattern

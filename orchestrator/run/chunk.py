@@ -11,8 +11,10 @@ idempotency keys as one by one):
     1. the starts of the sessions not yet started;
     2. each call's request, decision and planned edits (ToolCallStarted,
        FileChanged), or its whole outcome when it has nothing to protect;
-    3. the tools run; their renames are made durable by one sync of the file
-       system (`tools.durable`), and only then
+    3. the tools run: the new contents of all the chunk's planned edits are
+       staged first and made durable by one sync of the file system
+       (`tools.applying.prestaged`), then each tool renames its own; the
+       renames are made durable by one more sync (`tools.durable`), and only then
     4. the outcomes (ToolCallCompleted, TurnCompleted, the session's end);
     5. the reports of the ended sessions on the job stream.
 
@@ -41,7 +43,7 @@ from orchestrator.run.runner import Runner
 from orchestrator.run.steps import Step
 from orchestrator.run.templates import render_step
 from orchestrator.run.ticket import Ticket
-from orchestrator.tools import durable
+from orchestrator.tools import applying, durable
 from orchestrator.tools.base import Plan, ToolResult
 
 # Per session: its status after the step, its error, or None (run it alone).
@@ -202,7 +204,8 @@ def _ran(runner: Runner, live: list[_Live], out: dict) -> list[_Live]:
             running.append(s)
         else:
             finished.append(s)  # refused, asked, or done with its plan (effect-free)
-    with durable.deferred_durability() as pending:
+    plans = [(s.call.workspace, s.planned.edits) for s in running if s.call and s.planned]
+    with durable.deferred_durability() as pending, applying.prestaged(plans):
         for s in running:
             assert s.call is not None
             try:

@@ -79,6 +79,12 @@ def _text(data: Content | None) -> list[str] | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    # `splitlines` also ends lines at \r, \v, \x85 and others, which git does
+    # not: its lines are ours when it found exactly one per \n (a \r\n stays
+    # one line ending in \r\n either way); a tenth of the cost of the loop below.
+    lines = text.splitlines(keepends=True)
+    if len(lines) == text.count("\n") + (not text.endswith("\n") and bool(text)):
+        return lines
     parts = text.split("\n")
     lines = [p + "\n" for p in parts[:-1]]
     if parts[-1]:

@@ -5,7 +5,7 @@ Planning only reads, so the runner can record the planned hashes first; then
 `apply_edits` checks that nothing moved underneath, writes every new content
 to a temporary file next to its target, and only then renames them into place.
 A failure before the renames leaves the workspace as it was; a failure during
-them puts back what was already renamed.
+them puts back what was already renamed (`tools.applying`).
 
 Secrets stay in the files: the model reads them masked, so a write or patch
 goes through `secret_edits.keep_secrets` (lines written back as seen keep
@@ -18,34 +18,26 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.config.secrets import known_values
-from orchestrator.errors import ToolError, ToolInputError
+from orchestrator.errors import ToolInputError
 from orchestrator.run.steps import PatchStep, WriteStep
-from orchestrator.tools.aside import Aside, forget, put_back, set_aside
+from orchestrator.tools.applying import apply_edits
 from orchestrator.tools.base import (
-    Content,
     FileEdit,
-    Spilled,
     ToolResult,
-    content_size,
-    copy_content,
 )
 from orchestrator.tools.diffs import _QUOTE, unified_diff
 from orchestrator.tools.durable import (
-    SYNCFS,
     deferred_durability,
     make_durable,
-    renames_durable,
-    staged_durable,
 )
-from orchestrator.tools.jail import MAX_NAME_BYTES, Jail, Spot, patch_symlink
-from orchestrator.tools.patch_links import exists, plan_link, stage_link
+from orchestrator.tools.jail import Jail, patch_symlink
+from orchestrator.tools.patch_links import exists, plan_link
 from orchestrator.tools.paths import iter_files, normalize_rel
 from orchestrator.tools.search import cap_output
 from orchestrator.tools.secret_edits import keep_secrets, masked_view
@@ -156,194 +148,6 @@ def _read(workspace: Path, rel: str) -> bytes | None:
     """A workspace file's bytes, or None if it does not exist."""
     with Jail(workspace) as jail:
         return jail.read(rel)
-
-
-# --- apply ---------------------------------------------------------------------------
-
-
-def apply_edits(workspace: Path, edits: Sequence[FileEdit]) -> int:
-    """Make every edit or none; returns the number of bytes written. Refuses
-    (ToolInputError) if any file no longer has its planned `before` content.
-    Every file is reached through the jail's directory descriptors.
-
-    Durable when it returns (the new contents and the renames), unless called
-    inside `deferred_durability()`: then the renames are durable only once the
-    caller has called `make_durable` on what it collected."""
-    with Jail(workspace) as jail:
-        return _apply(jail, edits)
-
-
-def _to_change(jail: Jail, edits: Sequence[FileEdit]) -> list[tuple[FileEdit, Spot]]:
-    """The edits that change a file, with their spots; refuses duplicates and stale plans."""
-    targets: list[tuple[FileEdit, Spot]] = []
-    seen: dict[tuple[int, int, str], str] = {}
-    for edit in edits:
-        spot = jail.resolve(edit.path)
-        parent = os.fstat(spot.dirfd) if spot.dirfd is not None else None
-        key = (parent.st_dev, parent.st_ino, spot.name) if parent else (-1, -1, spot.rel)
-        if key in seen:
-            raise ToolInputError(
-                f"edits for {seen[key]} and {edit.path} name the same file; plan one edit per file."
-            )
-        seen[key] = edit.path
-        current = jail.digest_spot(spot, edit.path)
-        if current != edit.before_hash:
-            raise ToolInputError(
-                f"{edit.path} changed since planned (expected {_short(edit.before_hash)}, "
-                f"found {_short(current)}); nothing was written. Plan the "
-                "step again against the current files."
-            )
-        if edit.before != edit.after:
-            targets.append((edit, spot))
-    return targets
-
-
-def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
-    targets = _to_change(jail, edits)
-    staged: list[tuple[str, Spot, FileEdit]] = []  # (temp name, target, edit)
-    whole_fs = SYNCFS is not None  # else an fsync per staged file and per folder
-    made_dirs: list[tuple[int, str]] = []
-
-    def undo_staging() -> None:
-        for tmp, spot, _ in staged:
-            _unlink_quietly(spot.dirfd, tmp)
-        for dirfd, name in reversed(made_dirs):
-            _rmdir_quietly(dirfd, name)
-
-    try:
-        for i, (edit, spot) in enumerate(targets):
-            if edit.after is not None:
-                if spot.dirfd is None:  # a new file in a new folder
-                    spot = jail.resolve(edit.path, make_parents=made_dirs)
-                    targets[i] = (edit, spot)
-                if spot.dirfd is None:  # never let dir_fd=None mean "the worker's cwd"
-                    raise ToolError(
-                        f"the folder of {edit.path} changed while it was being "
-                        "written; nothing was changed. Run the step again."
-                    )
-                sync = whole_fs is False  # a link is durable with its folder, after the rename
-                tmp = (
-                    stage_link(spot, edit.after)
-                    if edit.link
-                    else _stage(spot, edit.after, fsync=sync)
-                )
-                staged.append((tmp, spot, edit))
-        whole_fs = staged_durable(staged, whole_fs)
-    except OSError as err:
-        undo_staging()
-        raise ToolError(
-            f"could not stage the new content of {err.filename or edit.path}: "
-            f"{err.strerror}; nothing was changed. Fix the cause (disk space, "
-            "permissions) and run the step again."
-        ) from err
-    except BaseException:
-        undo_staging()
-        raise
-
-    done: list[tuple[Spot, FileEdit]] = []
-    try:
-        aside = set_aside(targets)
-    except OSError as err:
-        undo_staging()
-        raise ToolError(
-            f"could not keep the old content of {err.filename or 'a file'} while applying: "
-            f"{err.strerror}; nothing was changed. Fix the cause and run the step again."
-        ) from err
-    try:
-        for tmp, spot, edit in staged:
-            os.replace(tmp, spot.name, src_dir_fd=spot.dirfd, dst_dir_fd=spot.dirfd)
-            done.append((spot, edit))
-        for edit, spot in targets:
-            if edit.after is None and spot.dirfd is not None:
-                os.unlink(spot.name, dir_fd=spot.dirfd)
-                done.append((spot, edit))
-    except OSError as err:
-        _restore(done, aside)
-        forget(aside)
-        undo_staging()
-        raise ToolError(
-            f"applying the edits failed at {edit.path}: {err.strerror}; the files "
-            "already changed were put back. Fix the cause and run the step "
-            "again."
-        ) from err
-    for edit, spot in targets:
-        if edit.after is None:  # like git: a directory emptied by deletions goes too
-            for dirfd, name in reversed(spot.chain):
-                if not _rmdir_quietly(dirfd, name):
-                    break
-    renames_durable(jail, done, whole_fs)
-    forget(aside)
-    return sum(content_size(e.after) for e, _ in targets if e.after is not None)
-
-
-def _stage(spot: Spot, data: Content, *, fsync: bool = True) -> str:
-    """Write `data` (a `Spilled` file: copied in chunks) to a fresh temp file
-    beside the target (same mode), fsynced unless the caller syncs the file
-    system; returns its name in the target's directory."""
-    if isinstance(data, Spilled) and data.path is None:
-        raise ToolError(f"the content of {spot.rel} is not held; it cannot be written back")
-    tmp = f".{spot.name}.{secrets.token_hex(6)}.tmp"[-MAX_NAME_BYTES:]
-    mode = stat.S_IMODE(spot.st.st_mode) if spot.st is not None else None
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        0o666,
-        dir_fd=spot.dirfd,
-    )
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if isinstance(data, Spilled):
-                copy_content(str(data.path), fh.fileno(), data.sha256)
-            else:
-                fh.write(data)
-            fh.flush()
-            if mode is not None:
-                os.fchmod(fh.fileno(), mode)
-            if fsync:
-                os.fsync(fh.fileno())
-    except BaseException:
-        _unlink_quietly(spot.dirfd, tmp)
-        raise
-    return tmp
-
-
-def _restore(done: list[tuple[Spot, FileEdit]], aside: Aside) -> None:
-    for spot, edit in reversed(done):
-        try:
-            if put_back(aside, edit, spot):
-                continue
-            if edit.before is None:
-                _unlink_quietly(spot.dirfd, spot.name)
-            elif not (isinstance(edit.before, Spilled) and edit.before.path is None):
-                os.replace(
-                    _stage(spot, edit.before),
-                    spot.name,
-                    src_dir_fd=spot.dirfd,
-                    dst_dir_fd=spot.dirfd,
-                )
-        except OSError:
-            pass  # best effort: the original error is the one to report
-
-
-def _unlink_quietly(dirfd: int | None, name: str) -> None:
-    if dirfd is None:  # dir_fd=None would mean the worker's cwd
-        return
-    try:
-        os.unlink(name, dir_fd=dirfd)
-    except OSError:
-        pass
-
-
-def _rmdir_quietly(dirfd: int, name: str) -> bool:
-    try:
-        os.rmdir(name, dir_fd=dirfd)
-        return True
-    except OSError:
-        return False
-
-
-def _short(digest: str | None) -> str:
-    return "no file" if digest is None else f"sha256 {digest[:12]}"
 
 
 def _git_unquote(s: str) -> str:
