@@ -4,6 +4,7 @@ replay folds: in one process and split over processes by ranges of streams."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -14,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import reader
-from events.audit import audit_batches, chain_heads, verify_store, whole_store
+from events.audit import (
+    audit_batches,
+    chain_heads,
+    collector_paused,
+    verify_store,
+    whole_store,
+)
 from events.envelope import canonical_json, chain_hash, genesis_hash
 from events.replay import replay
 from events.store import SqlEventStore
@@ -192,3 +199,35 @@ def test_parts_cover_every_stream_once_with_about_equal_events():
     assert max(totals) - min(totals) <= 2 * 16
     assert reader.parts(sizes[:1], 2) == [(None, None)]
     assert reader.parts([], 4) == [(None, None)]
+
+
+def test_overlapping_pauses_leave_the_collector_as_the_first_found_it():
+    """Two folds at once (two API requests) each pause the collector: it stays
+    off until the last one ends, then is on again, not left off for good."""
+    assert gc.isenabled()
+    first, second = collector_paused(), collector_paused(promote=True)
+    first.__enter__()
+    second.__enter__()
+    assert not gc.isenabled()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        with collector_paused(promote=True):
+            pass
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
+
+
+def test_a_promoting_pause_keeps_the_callers_frozen_objects_frozen():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with collector_paused(promote=True):
+            kept = [{"n": i} for i in range(1000)]
+        assert gc.get_freeze_count() == frozen and len(kept) == 1000
+    finally:
+        gc.unfreeze()
