@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import orjson
+import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -231,3 +232,34 @@ def test_a_promoting_pause_keeps_the_callers_frozen_objects_frozen():
         assert gc.get_freeze_count() == frozen and len(kept) == 1000
     finally:
         gc.unfreeze()
+
+
+def test_a_read_stopped_after_its_first_batch_leaves_no_reader_behind(own_store):
+    """Leaving a whole-store read early (a caller that found what it wanted)
+    ends its read-ahead thread and frees the connection for the next read."""
+    store = own_store
+    streams = _fill(store)
+    rows = list(reader.row_batches(store.engine, store.url, batch=1000))
+    before = threading.active_count()
+    batches = reader.row_batches(store.engine, store.url, batch=5)
+    first = next(batches)
+    batches.close()
+    assert threading.active_count() == before
+    assert first == rows[0][:5]
+    assert [r for b in reader.row_batches(store.engine, store.url, batch=7) for r in b] == rows[0]
+    assert {r[1] for r in rows[0]} == set(streams)
+
+
+def test_an_error_in_the_read_ahead_reaches_the_reader_after_the_batches_before_it():
+    batches = iter([[1, 2], [3]])
+
+    def fetch() -> list:
+        for b in batches:
+            return b
+        raise OSError("connection lost")
+
+    got = []
+    with pytest.raises(OSError, match="connection lost"):
+        for b in reader._read_ahead(fetch):
+            got.append(b)
+    assert got == [[1, 2], [3]]
