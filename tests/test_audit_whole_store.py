@@ -263,3 +263,91 @@ def test_an_error_in_the_read_ahead_reaches_the_reader_after_the_batches_before_
         for b in reader._read_ahead(fetch):
             got.append(b)
     assert got == [[1, 2], [3]]
+
+
+def _chained(sid: str, records: list[dict]) -> list[tuple]:
+    """(stream, seq, type, prev, hash, body) of `records` (envelopes without
+    hash or position) chained as the store chains them, whatever they hold."""
+    prev, out = genesis_hash(sid), []
+    for seq, record in enumerate(records, start=1):
+        record = {**record, "stream_id": sid, "seq": seq, "prev_hash": prev}
+        body = canonical_json(record)
+        digest = chain_hash(prev, body)
+        out.append((sid, seq, record["type"], prev, digest, body))
+        prev = digest
+    return out
+
+
+def _mixed_log() -> list[tuple]:
+    """Five sessions, interleaved as live sessions write: m0 has an event of an
+    older schema version (upcast, folded), m1 one of a type this code does not
+    know (chained and canonical: `unknown_event`), m2 a payload with a field
+    missing (sound chain, does not fit its model: `undecodable`), m3 a byte
+    altered after writing (`hash_mismatch`), m4 nothing wrong."""
+    records = {}
+    for i in range(5):
+        evs = place(f"m{i}", session_payloads(3))
+        records[f"m{i}"] = [
+            {k: v for k, v in e.model_dump(mode="json").items() if k not in ("position", "hash")}
+            for e in evs
+        ]
+    started = next(r for r in records["m0"] if r["type"] == "ToolCallStarted")
+    started["schema_version"] = 1
+    del started["payload"]["trace_id"]
+    records["m1"][4] = {**records["m1"][4], "type": "Mystery", "schema_version": 1}
+    turn = next(r for r in records["m2"] if r["type"] == "TurnStarted")
+    del turn["payload"]["kind"]
+    streams = [_chained(sid, recs) for sid, recs in records.items()]
+    sid, seq, type_, prev, digest, body = streams[3][5]
+    streams[3][5] = (sid, seq, type_, prev, digest, body.replace(b'"seq":6', b'"seq":7'))
+    return [row for group in zip(*streams) for row in group]
+
+
+def _insert(store, rows: list[tuple]) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
+                "idempotency_key, prev_hash, hash, body) VALUES "
+                "(:s, :q, :e, :t, 'job-1', NULL, :p, :h, :b)"
+            ),
+            [
+                {"s": s, "q": q, "e": f"{s}-{q}", "t": t, "p": p, "h": h, "b": b}
+                for s, q, t, p, h, b in rows
+            ],
+        )
+
+
+def test_a_mixed_log_is_audited_exactly_as_verify_then_replay_would(own_store):
+    """Old versions are upcast and folded; an unknown type, a payload that does
+    not fit its model and an altered byte are each reported at their row, in
+    row order; only the sound streams have projections, equal to replay's."""
+    store = own_store
+    _insert(store, _mixed_log())
+    rows = list(store.rows())
+    expected = verify_rows(rows)
+    assert [(p.kind, p.stream_id) for p in expected.problems] == [
+        ("unknown_event", "m1"),
+        ("hash_mismatch", "m3"),
+    ]
+    raw = [tuple(r) for r in rows]
+    for size in (1, 7, len(raw)):
+        a = audit_batches([raw[i : i + size] for i in range(0, len(raw), size)])
+        kinds = [(p.kind, p.stream_id, p.seq) for p in a.report.problems]
+        assert kinds == [
+            ("undecodable", "m2", 2),
+            ("unknown_event", "m1", 5),
+            ("hash_mismatch", "m3", 6),
+        ]
+        assert "does not fit its type's model" in a.report.problems[0].detail
+        assert a.report.events == expected.events and a.report.heads == expected.heads
+        assert set(a.projections) == {"m0", "m4"}
+        assert a.projections == {s: replay(store, s, use_snapshot=False) for s in ("m0", "m4")}
+        assert a.projections["m0"].session.calls[0].status in ("completed", "failed")
+    one = whole_store(store.engine, store.url, processes=1)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        threads, two, verify_only = pool.submit(_split_over_processes, store.url).result()
+    assert threads == 1
+    assert one.report == two.report == a.report
+    assert dict(one.projections) == dict(two.projections) == a.projections
+    assert verify_only.report == expected
