@@ -10,7 +10,7 @@ chain on the way (`events.audit`).
 
 from __future__ import annotations
 
-from events.audit import Audit, whole_store
+from events.audit import Audit, collector_paused, whole_store
 from events.projections import JobState, Projections, apply_job, fold_records
 from events.store import EventStore, SqlEventStore
 from events.upcast import current
@@ -26,10 +26,9 @@ def replay(store: EventStore, stream_id: str, *, use_snapshot: bool = True) -> P
     snap = store.load_snapshot(stream_id) if use_snapshot else None
     if snap is not None and snap[1] == SNAPSHOT_VERSION:
         state, after = Projections.model_validate_json(snap[2]), snap[0]
-    loads = store.loads
-    return fold_records(
-        (current(loads(body)) for _, body, _ in store.raw_stream(stream_id, after)), state
-    )
+    loads, rows = store.loads, store.raw_stream(stream_id, after)
+    with collector_paused():
+        return fold_records((current(loads(body)) for _, body, _ in rows), state)
 
 
 def load(store: EventStore, stream_id: str) -> Projections:

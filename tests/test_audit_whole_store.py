@@ -4,17 +4,25 @@ replay folds: in one process and split over processes by ranges of streams."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
 import orjson
+import pytest
 import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from events import reader
-from events.audit import audit_batches, chain_heads, verify_store, whole_store
+from events.audit import (
+    audit_batches,
+    chain_heads,
+    collector_paused,
+    verify_store,
+    whole_store,
+)
 from events.envelope import canonical_json, chain_hash, genesis_hash
 from events.replay import replay
 from events.store import SqlEventStore
@@ -192,3 +200,154 @@ def test_parts_cover_every_stream_once_with_about_equal_events():
     assert max(totals) - min(totals) <= 2 * 16
     assert reader.parts(sizes[:1], 2) == [(None, None)]
     assert reader.parts([], 4) == [(None, None)]
+
+
+def test_overlapping_pauses_leave_the_collector_as_the_first_found_it():
+    """Two folds at once (two API requests) each pause the collector: it stays
+    off until the last one ends, then is on again, not left off for good."""
+    assert gc.isenabled()
+    first, second = collector_paused(), collector_paused(promote=True)
+    first.__enter__()
+    second.__enter__()
+    assert not gc.isenabled()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        with collector_paused(promote=True):
+            pass
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
+
+
+def test_a_promoting_pause_keeps_the_callers_frozen_objects_frozen():
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        with collector_paused(promote=True):
+            kept = [{"n": i} for i in range(1000)]
+        assert gc.get_freeze_count() == frozen and len(kept) == 1000
+    finally:
+        gc.unfreeze()
+
+
+def test_a_read_stopped_after_its_first_batch_leaves_no_reader_behind(own_store):
+    """Leaving a whole-store read early (a caller that found what it wanted)
+    ends its read-ahead thread and frees the connection for the next read."""
+    store = own_store
+    streams = _fill(store)
+    rows = list(reader.row_batches(store.engine, store.url, batch=1000))
+    before = threading.active_count()
+    batches = reader.row_batches(store.engine, store.url, batch=5)
+    first = next(batches)
+    batches.close()
+    assert threading.active_count() == before
+    assert first == rows[0][:5]
+    assert [r for b in reader.row_batches(store.engine, store.url, batch=7) for r in b] == rows[0]
+    assert {r[1] for r in rows[0]} == set(streams)
+
+
+def test_an_error_in_the_read_ahead_reaches_the_reader_after_the_batches_before_it():
+    batches = iter([[1, 2], [3]])
+
+    def fetch() -> list:
+        for b in batches:
+            return b
+        raise OSError("connection lost")
+
+    got = []
+    with pytest.raises(OSError, match="connection lost"):
+        for b in reader._read_ahead(fetch):
+            got.append(b)
+    assert got == [[1, 2], [3]]
+
+
+def _chained(sid: str, records: list[dict]) -> list[tuple]:
+    """(stream, seq, type, prev, hash, body) of `records` (envelopes without
+    hash or position) chained as the store chains them, whatever they hold."""
+    prev, out = genesis_hash(sid), []
+    for seq, record in enumerate(records, start=1):
+        record = {**record, "stream_id": sid, "seq": seq, "prev_hash": prev}
+        body = canonical_json(record)
+        digest = chain_hash(prev, body)
+        out.append((sid, seq, record["type"], prev, digest, body))
+        prev = digest
+    return out
+
+
+def _mixed_log() -> list[tuple]:
+    """Five sessions, interleaved as live sessions write: m0 has an event of an
+    older schema version (upcast, folded), m1 one of a type this code does not
+    know (chained and canonical: `unknown_event`), m2 a payload with a field
+    missing (sound chain, does not fit its model: `undecodable`), m3 a byte
+    altered after writing (`hash_mismatch`), m4 nothing wrong."""
+    records = {}
+    for i in range(5):
+        evs = place(f"m{i}", session_payloads(3))
+        records[f"m{i}"] = [
+            {k: v for k, v in e.model_dump(mode="json").items() if k not in ("position", "hash")}
+            for e in evs
+        ]
+    started = next(r for r in records["m0"] if r["type"] == "ToolCallStarted")
+    started["schema_version"] = 1
+    del started["payload"]["trace_id"]
+    records["m1"][4] = {**records["m1"][4], "type": "Mystery", "schema_version": 1}
+    turn = next(r for r in records["m2"] if r["type"] == "TurnStarted")
+    del turn["payload"]["kind"]
+    streams = [_chained(sid, recs) for sid, recs in records.items()]
+    sid, seq, type_, prev, digest, body = streams[3][5]
+    streams[3][5] = (sid, seq, type_, prev, digest, body.replace(b'"seq":6', b'"seq":7'))
+    return [row for group in zip(*streams) for row in group]
+
+
+def _insert(store, rows: list[tuple]) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
+                "idempotency_key, prev_hash, hash, body) VALUES "
+                "(:s, :q, :e, :t, 'job-1', NULL, :p, :h, :b)"
+            ),
+            [
+                {"s": s, "q": q, "e": f"{s}-{q}", "t": t, "p": p, "h": h, "b": b}
+                for s, q, t, p, h, b in rows
+            ],
+        )
+
+
+def test_a_mixed_log_is_audited_exactly_as_verify_then_replay_would(own_store):
+    """Old versions are upcast and folded; an unknown type, a payload that does
+    not fit its model and an altered byte are each reported at their row, in
+    row order; only the sound streams have projections, equal to replay's."""
+    store = own_store
+    _insert(store, _mixed_log())
+    rows = list(store.rows())
+    expected = verify_rows(rows)
+    assert [(p.kind, p.stream_id) for p in expected.problems] == [
+        ("unknown_event", "m1"),
+        ("hash_mismatch", "m3"),
+    ]
+    raw = [tuple(r) for r in rows]
+    for size in (1, 7, len(raw)):
+        a = audit_batches([raw[i : i + size] for i in range(0, len(raw), size)])
+        kinds = [(p.kind, p.stream_id, p.seq) for p in a.report.problems]
+        assert kinds == [
+            ("undecodable", "m2", 2),
+            ("unknown_event", "m1", 5),
+            ("hash_mismatch", "m3", 6),
+        ]
+        assert "does not fit its type's model" in a.report.problems[0].detail
+        assert a.report.events == expected.events and a.report.heads == expected.heads
+        assert set(a.projections) == {"m0", "m4"}
+        assert a.projections == {s: replay(store, s, use_snapshot=False) for s in ("m0", "m4")}
+        assert a.projections["m0"].session.calls[0].status in ("completed", "failed")
+    one = whole_store(store.engine, store.url, processes=1)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        threads, two, verify_only = pool.submit(_split_over_processes, store.url).result()
+    assert threads == 1
+    assert one.report == two.report == a.report
+    assert dict(one.projections) == dict(two.projections) == a.projections
+    assert verify_only.report == expected
