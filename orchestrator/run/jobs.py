@@ -169,6 +169,7 @@ def cancel(store: EventStore, job_id: str, *, by: str, reason: str) -> Cancellat
     assert isinstance(first, p.JobCancelRequested)
     runner = Runner(store, by)
     finished = {sid for sid, _ in job.finished}
+    labels = tuple(st.label for st in JobSpec.model_validate(job.spec).steps)
     stopped, running = [], []
     for ref in job.sessions:
         if ref.session_id in finished:
@@ -183,7 +184,7 @@ def cancel(store: EventStore, job_id: str, *, by: str, reason: str) -> Cancellat
                 session_id=ref.session_id,
                 target=ref.target,
                 path=None,
-                steps=s.steps,
+                steps=labels,  # as `prepare` gave them (a live state keeps no names)
                 sessions_total=len(job.sessions),
             )
             ended = runner._retrying(
