@@ -10,9 +10,10 @@ with no snapshot, into the full projections, or only the types they need.
 from __future__ import annotations
 
 from collections.abc import Collection
+from itertools import chain
 from typing import Any
 
-from events.projections import Folder, Projections
+from events.projections import Projections, fold_records
 from events.store import EventStore
 from events.upcast import current
 
@@ -39,17 +40,23 @@ def history(
     `upto`, to match a state read earlier); with `types`, of those events
     only (the rest move `last_seq` only), for a reader that needs part of
     it: the patch is FileChanged, ToolCallCompleted and ToolCallFailed."""
-    f = Folder()
+    rows = store.raw_stream(stream_id)
+    if upto is not None:
+        rows = rows[:upto]  # a stream's seqs are gapless from 1: row n is seq n
     loads = store.loads
-    for _, body, _ in store.raw_stream(stream_id):
-        r = current(loads(body))
-        if upto is not None and r["seq"] > upto:
-            break
-        if types is None or r["type"] in types:
-            f.add(r["type"], r["payload"], r)
-        else:
-            f.last_seq = r["seq"]
-    return f.result()
+    if types is None:
+        return fold_records(current(loads(body)) for _, body, _ in rows)
+    # A stored body is canonical JSON (no spaces), so an event of a type holds
+    # its `"type":"T"`; one that holds it elsewhere (a payload's own "type"
+    # key) is parsed and dropped by the exact check. The rest are not parsed.
+    marks = [f'"type":"{t}"'.encode() for t in types]
+    records = (
+        r
+        for r in (current(loads(b)) for _, b, _ in rows if any(m in b for m in marks))
+        if r["type"] in types
+    )
+    end = [{"type": "", "payload": {}, "seq": len(rows)}] if rows else []  # no handler reads ""
+    return fold_records(chain(records, end))
 
 
 def replay_json(state: Projections) -> dict[str, Any]:

@@ -186,6 +186,10 @@ def test_an_older_or_full_snapshot_is_rebuilt_not_trusted(store, version):
 
 def test_a_history_of_some_types_folds_just_what_they_make(store):
     events = _session(store, 40)
+    odd = p.ToolCallRequested(call_id="cx", turn=99, tool="shell", args={"type": "FileChanged"})
+    events += store.append(
+        "s1", [new(odd, len(events))], len(events)
+    )  # "type":"FileChanged" inside
     full = fold(events)
     assert history(store, "s1") == full
     patch = history(store, "s1", {"FileChanged", "ToolCallCompleted", "ToolCallFailed"})
