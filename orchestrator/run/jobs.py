@@ -169,7 +169,6 @@ def cancel(store: EventStore, job_id: str, *, by: str, reason: str) -> Cancellat
     assert isinstance(first, p.JobCancelRequested)
     runner = Runner(store, by)
     finished = {sid for sid, _ in job.finished}
-    labels = tuple(st.label for st in JobSpec.model_validate(job.spec).steps)
     stopped, running = [], []
     for ref in job.sessions:
         if ref.session_id in finished:
@@ -184,7 +183,8 @@ def cancel(store: EventStore, job_id: str, *, by: str, reason: str) -> Cancellat
                 session_id=ref.session_id,
                 target=ref.target,
                 path=None,
-                steps=labels,  # as `prepare` gave them (a live state keeps no names)
+                # as `prepare` gave them: a live state keeps no step names
+                steps=tuple(st.label for st in JobSpec.model_validate(job.spec).steps),
                 sessions_total=len(job.sessions),
             )
             ended = runner._retrying(
