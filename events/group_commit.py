@@ -16,6 +16,7 @@ from events.db import WriterConnections, driver_errors
 from events.envelope import Event, NewEvent, genesis_hash, seal
 from events.errors import SequenceConflict
 from events.heads import Heads
+from events.inserts import Inserts
 
 __all__ = ["append_many"]
 
@@ -27,6 +28,7 @@ class _Store(Protocol):
     filters: tuple[Any, ...]
     _writers: WriterConnections
     _heads: Heads
+    _inserts: Inserts
 
     def _filtered(self, stream_id: str, batch: Batch) -> tuple[list[NewEvent], list[NewEvent]]: ...
     def _decode(self, position: int, body: bytes, hash_: str) -> Event: ...
@@ -36,14 +38,6 @@ class _Store(Protocol):
         self, cur: Any, stream_id: str, key: str | None
     ) -> tuple[tuple[int, str] | None, list[Event]]: ...
     def _insert(self, cur: Any, params: tuple[object, ...]) -> dict[int, int]: ...
-    def _rows(
-        self,
-        stream_id: str,
-        batch: Batch,
-        sealed: list[tuple[int, bytes, str]],
-        key: str | None,
-        prev: str,
-    ) -> tuple[object, ...]: ...
     def _placed(
         self,
         stream_id: str,
@@ -128,7 +122,9 @@ def _transaction(
                 raise SequenceConflict(stream_id, expected_seq, last_seq)
             sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
             wrote = True
-            positions = store._insert(cur, store._rows(stream_id, batch, sealed, key, prev))
+            positions = store._insert(
+                cur, store._inserts.params(stream_id, batch, sealed, key, prev)
+            )
             out.append(store._placed(stream_id, shown, sealed, prev, positions))
             advanced.append((stream_id, sealed[-1][0], sealed[-1][2]))
         cur.execute("COMMIT")

@@ -9,7 +9,8 @@ just read it, places the batch after it without reading the head again:
       AND NOT EXISTS (SELECT 1 FROM events WHERE stream_id = ? AND idempotency_key = ?)
     RETURNING position, seq
 
-The database checks everything the head read checked, in the same statement:
+(on PostgreSQL the rows come from `unnest` of the batch's columns:
+`events.inserts`). The database checks everything the head read checked, in the same statement:
 row n is there with hash h (so the chain continues from the stored row, and
 a stream that is shorter than remembered, such as one restored from a backup,
 inserts nothing), UNIQUE(stream_id, seq) refuses seq n+1 if anyone placed it
@@ -29,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 
-COLUMNS = "stream_id, seq, event_id, type, correlation_id, idempotency_key, prev_hash, hash, body"
-N_COLUMNS = 9
 HEADS = 4096  # streams whose head one store remembers (about 0.5 MB at most)
 
 
@@ -60,29 +59,3 @@ class Heads:
 
     def clear(self) -> None:
         self._heads.clear()
-
-
-def guarded_insert(param: str, n_rows: int, after_seq: int, keyed: bool) -> str:
-    """The INSERT of `n_rows` events after a known head (module docstring).
-    Its parameters: the rows' 9 values each, then (stream_id, seq, hash) of
-    the head when `after_seq` > 0, then (stream_id, key) when `keyed`."""
-    one = "(" + ",".join([param] * N_COLUMNS) + ")"
-    checks = []
-    if after_seq > 0:
-        checks.append(
-            f"EXISTS (SELECT 1 FROM events WHERE stream_id = {param} AND seq = {param}"
-            f" AND hash = {param})"
-        )
-    if keyed:
-        checks.append(
-            f"NOT EXISTS (SELECT 1 FROM events WHERE stream_id = {param}"
-            f" AND idempotency_key = {param})"
-        )
-    where = (" WHERE " + " AND ".join(checks)) if checks else ""
-    return (
-        f"INSERT INTO events ({COLUMNS}) SELECT * FROM (VALUES "
-        + ",".join([one] * n_rows)
-        + ") AS v"
-        + where
-        + " RETURNING position, seq"
-    )

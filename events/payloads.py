@@ -373,6 +373,21 @@ class ToolCallRedelivered(_Payload):
     reason: str = ""
 
 
+class PathsHidden(_Payload):
+    """Workspace paths a shell call's sandbox hid from its command (a file shown
+    empty and read-only, a folder as an empty read-only one): what the policy
+    denies reading (`.env*`, keys, `.ssh/`, `.git/config` but its format
+    part) and files with a name outside the workspace (hard links). Appended
+    with the call's outcome when it hid anything: the record of a refusal
+    the command never saw. `paths`: the first 100, workspace-relative, a
+    folder with a trailing `/`; `total`: how many."""
+
+    type: Literal["PathsHidden"] = "PathsHidden"
+    call_id: str
+    paths: list[str]
+    total: int
+
+
 class CircuitChanged(_Payload):
     """A destination host's circuit breaker changed state, on the host's
     `circuit:<host>` stream (shared by every worker). `retry_at` is when an
@@ -419,6 +434,7 @@ _TYPES = (
     SecretAccessed,
     ToolCallRetried,
     ToolCallRedelivered,
+    PathsHidden,
     CircuitChanged,
     PayloadsForgotten,
 )
@@ -456,6 +472,7 @@ Payload = Annotated[
         SecretAccessed,
         ToolCallRetried,
         ToolCallRedelivered,
+        PathsHidden,
         CircuitChanged,
         PayloadsForgotten,
     ],

@@ -29,7 +29,8 @@ from events.db import (
 )
 from events.envelope import Event, NewEvent, construct_trusted, genesis_hash, seal
 from events.errors import SequenceConflict
-from events.heads import Heads, guarded_insert
+from events.heads import Heads
+from events.inserts import Inserts
 from events.payloads import SCHEMA_VERSIONS
 from events.reader import row_batches
 from events.schema import INDEXED_TYPES, INDEXED_TYPES_SQL
@@ -148,8 +149,7 @@ class SqlEventStore:
             + " ORDER BY seq"
         )
         self._sql_snapshot = "SELECT seq, version, state FROM snapshots WHERE stream_id = " + p
-        self._insert_sql: dict[int, str] = {}
-        self._guarded_sql: dict[tuple[int, bool, bool], str] = {}
+        self._inserts = Inserts(self._writers.dialect)
         self._heads = Heads()
         if check_schema:
             migrate.check(self.engine)
@@ -294,15 +294,12 @@ class SqlEventStore:
         w, key = self._writers, batch[0].idempotency_key
         last_seq, prev = head
         sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
-        params = self._rows(stream_id, batch, sealed, key, prev)
+        params = self._inserts.params(stream_id, batch, sealed, key, prev)
         if last_seq > 0:
             params += (stream_id, last_seq, prev)
         if key is not None:
             params += (stream_id, key)
-        sql_key = (len(batch), last_seq > 0, key is not None)
-        sql = self._guarded_sql.get(sql_key)
-        if sql is None:
-            sql = self._guarded_sql[sql_key] = guarded_insert(w.param(), *sql_key)
+        sql = self._inserts.sql(len(batch), last_seq > 0, key is not None)
         conn = self._fresh_connection()
         cur = conn.cursor()
         try:
@@ -326,31 +323,6 @@ class SqlEventStore:
         self._heads.put(stream_id, sealed[-1][0], sealed[-1][2])
         return sealed, {s: p for p, s in rows}
 
-    @staticmethod
-    def _rows(
-        stream_id: str,
-        batch: Batch,
-        sealed: list[tuple[int, bytes, str]],
-        key: str | None,
-        prev: str,
-    ) -> tuple[object, ...]:
-        """The INSERT parameters of a sealed batch, 9 per event."""
-        params: list[object] = []
-        for e, (seq, body, digest) in zip(batch, sealed):
-            params += (
-                stream_id,
-                seq,
-                e.event_id,
-                e.payload.type,
-                e.correlation_id,
-                key,
-                prev,
-                digest,
-                body,
-            )
-            prev = digest
-        return tuple(params)
-
     def _head_or_key(
         self, cur: Any, stream_id: str, key: str | None
     ) -> tuple[tuple[int, str] | None, list[Event]]:
@@ -367,12 +339,10 @@ class SqlEventStore:
         return head, [self._decode(pos, bytes(body), hash_) for _, hash_, pos, body in stored]
 
     def _insert(self, cur: Any, params: tuple[object, ...]) -> dict[int, int]:
-        """Insert `_rows`' parameters in chunks; each stored seq's position."""
+        """Insert a batch's parameters (`events.inserts`); each stored seq's position."""
         positions: dict[int, int] = {}
-        step = INSERT_CHUNK * 9
-        for i in range(0, len(params), step):
-            chunk = params[i : i + step]
-            cur.execute(self._sql_insert(len(chunk) // 9), chunk)
+        for sql, chunk in self._inserts.chunks(params):
+            cur.execute(sql, chunk)
             positions.update((s, p) for p, s in cur.fetchall())
         return positions
 
@@ -411,7 +381,7 @@ class SqlEventStore:
                 raise SequenceConflict(stream_id, expected_seq, last_seq)
             sealed = seal(stream_id, batch, last_seq, prev)  # type: ignore[arg-type]
             wrote = bool(batch)
-            positions = self._insert(cur, self._rows(stream_id, batch, sealed, key, prev))
+            positions = self._insert(cur, self._inserts.params(stream_id, batch, sealed, key, prev))
             if explicit:
                 cur.execute("COMMIT")
         except BaseException as exc:
@@ -450,18 +420,6 @@ class SqlEventStore:
             self._writers.discard()
             return True
         return False
-
-    def _sql_insert(self, n: int) -> str:
-        sql = self._insert_sql.get(n)
-        if sql is None:
-            one = "(" + ",".join([self._writers.param()] * 9) + ")"
-            sql = self._insert_sql[n] = (
-                "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, "
-                "idempotency_key, prev_hash, hash, body) VALUES "
-                + ",".join([one] * n)
-                + " RETURNING position, seq"
-            )
-        return sql
 
     @staticmethod
     def _placed(

@@ -4,7 +4,6 @@ kills the whole process group, bounded output, failures carrying their output.""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -20,10 +19,11 @@ from orchestrator.sandbox.limits import SandboxLimits
 from orchestrator.sandbox.runtime import GIT_ENV, probe
 from orchestrator.tools.shell import CommandFailed, run_shell
 from tests.processes import running
+from tests.sandbox_helpers import SANDBOX_PY
 
 # The command runs as an unprivileged uid when the tests run as root, so it gets
 # the python it can reach on the sandbox's PATH (a pyenv under /root is not).
-PY = shutil.which("python3", path=probe().path) or sys.executable
+PY = SANDBOX_PY
 
 
 def token_sleep() -> tuple[str, str]:

@@ -64,8 +64,12 @@ def describe(host: Host) -> dict[str, object]:
         )
     if mode == "bwrap":
         protects += [
-            "writes outside the workspace: the system is read-only, /tmp, /run and "
-            "/dev/shm are private (a fresh writable tmpfs each call)",
+            "writes outside the workspace: the system is read-only, /tmp, /var/tmp, /run "
+            "and /dev/shm are private (a fresh writable tmpfs each call)",
+            "reads of the host: only the system folders (/usr, /etc without its private "
+            "files, /sys, the /bin and /lib links), the workspace and the named toolchains "
+            "are shown; home folders, other checkouts, /var, /opt and the worker's state "
+            "folder (event store, key files) are not",
             "the network (own network namespace) unless the policy enables it",
             "other processes: own pid namespace, killing it kills everything inside "
             "(daemons, TERM-trappers)",
@@ -76,8 +80,8 @@ def describe(host: Host) -> dict[str, object]:
             "symlink or hard link inside the workspace)",
         ]
         gaps += [
-            "reads: every world-readable file on the machine stays readable "
-            "(the system is bound read-only, not hidden)",
+            "reads of the system folders: installed programs and world-readable "
+            "configuration stay readable, and /sys as the worker's uid sees it",
             "a secret committed to git stays readable through the repository's objects "
             "(git show HEAD:.env)",
             "with the network enabled there is no egress filter: allow_hosts is not "

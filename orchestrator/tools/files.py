@@ -27,6 +27,7 @@ from pathlib import Path
 from orchestrator.config.secrets import known_values
 from orchestrator.errors import ToolError, ToolInputError
 from orchestrator.run.steps import PatchStep, WriteStep
+from orchestrator.tools.aside import Aside, forget, put_back, set_aside
 from orchestrator.tools.base import (
     Content,
     FileEdit,
@@ -241,6 +242,14 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
 
     done: list[tuple[Spot, FileEdit]] = []
     try:
+        aside = set_aside(targets)
+    except OSError as err:
+        undo_staging()
+        raise ToolError(
+            f"could not keep the old content of {err.filename or 'a file'} while applying: "
+            f"{err.strerror}; nothing was changed. Fix the cause and run the step again."
+        ) from err
+    try:
         for tmp, spot, edit in staged:
             os.replace(tmp, spot.name, src_dir_fd=spot.dirfd, dst_dir_fd=spot.dirfd)
             done.append((spot, edit))
@@ -249,7 +258,8 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                 os.unlink(spot.name, dir_fd=spot.dirfd)
                 done.append((spot, edit))
     except OSError as err:
-        _restore(done)
+        _restore(done, aside)
+        forget(aside)
         undo_staging()
         raise ToolError(
             f"applying the edits failed at {edit.path}: {err.strerror}; the files "
@@ -262,6 +272,7 @@ def _apply(jail: Jail, edits: Sequence[FileEdit]) -> int:
                 if not _rmdir_quietly(dirfd, name):
                     break
     renames_durable(jail, done, whole_fs)
+    forget(aside)
     return sum(content_size(e.after) for e, _ in targets if e.after is not None)
 
 
@@ -296,9 +307,11 @@ def _stage(spot: Spot, data: Content, *, fsync: bool = True) -> str:
     return tmp
 
 
-def _restore(done: list[tuple[Spot, FileEdit]]) -> None:
+def _restore(done: list[tuple[Spot, FileEdit]], aside: Aside) -> None:
     for spot, edit in reversed(done):
         try:
+            if put_back(aside, edit, spot):
+                continue
             if edit.before is None:
                 _unlink_quietly(spot.dirfd, spot.name)
             elif not (isinstance(edit.before, Spilled) and edit.before.path is None):

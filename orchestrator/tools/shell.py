@@ -38,12 +38,16 @@ from orchestrator.errors import (
 )
 from orchestrator.guard.changeset import judge, shell_denials
 from orchestrator.guard.policy import DEFAULT_POLICY
+from orchestrator.ops import logs
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.changeset import Changeset
+from orchestrator.sandbox.system import in_view, view_roots
 from orchestrator.sandbox.view import stable_mounts
 from orchestrator.tools.base import ToolResult
 from orchestrator.tools.paths import resolve_in_workspace
+
+_log = logs.get_logger(__name__)
 
 __all__ = [
     "run_shell",
@@ -79,6 +83,7 @@ class ShellResult(ToolResult):
 
     changeset: Changeset = field(default_factory=Changeset)
     applied: bool = False
+    hidden: tuple[str, ...] = ()  # workspace paths the command was not shown (a folder: "x/")
 
 
 def run_shell(
@@ -126,8 +131,13 @@ def run_shell(
     tools = _toolchains(toolchains)
     lim = sandbox.SandboxLimits.of(limits)
     extra = {**(env_base or {}), **step.env}
+    boxed = host.mode(mode) == "bwrap"
     _check_program(
-        step.command[0], cwd, extra.get("PATH") or sandbox.toolchain_path(tools, host.path), tools
+        step.command[0],
+        cwd,
+        extra.get("PATH") or sandbox.toolchain_path(tools, host.path),
+        tools,
+        view_roots(str(root), tools) if boxed else None,
     )
     req = sandbox.Request(
         argv=tuple(step.command),
@@ -138,9 +148,7 @@ def run_shell(
         network=bool(getattr(network, "enabled", network)),
         mode=mode,
         toolchains=tools,
-        masks=sandbox.workspace_masks(root, denied_reads(policy))
-        if host.mode(mode) == "bwrap"
-        else (),
+        masks=_masks(root, policy, tools) if boxed else (),
     )
     timeout_s = min(step.timeout_s, lim.wall_s)
     result, changes, stopped, planned, hits = _run(
@@ -153,7 +161,12 @@ def run_shell(
         raise _stopped(stopped, shown, timeout_s, result)
     if apply and changes:
         _judge_and_apply(root, changes, policy, shown)
-    result = dataclasses.replace(result, changeset=changes, applied=apply and bool(changes))
+    result = dataclasses.replace(
+        result,
+        changeset=changes,
+        applied=apply and bool(changes),
+        hidden=_hidden(root, req.masks, tools),
+    )
     if result.exit_code not in step.ok_exit_codes:
         raise CommandFailed(
             f"command `{shown}` {_why(result.exit_code, planned)}, not "
@@ -379,9 +392,57 @@ def _tail(output: str) -> str:
     return f"\nLast output:\n{tail}" if tail else ""
 
 
-def _check_program(program: str, cwd: Path, path: str, toolchains: Sequence[str]) -> None:
+# Past this many masks a call's start is slow enough to say so (each is a
+# mount: about 2 s for 600, measured on a uv-filled venv).
+_MANY_MASKS = 100
+
+
+def _hidden(root: Path, masks: Sequence[sandbox.Mask], tools: Sequence[str]) -> tuple[str, ...]:
+    """What the command was not shown, workspace-relative (a toolchain is
+    bound over its masks: shown)."""
+    return tuple(
+        sorted(
+            os.path.relpath(m.path, root) + ("/" if m.dir else "")
+            for m in masks
+            if not in_view(m.path, tools)
+        )
+    )
+
+
+def _masks(root: Path, policy: Any, tools: Sequence[str]) -> tuple[sandbox.Mask, ...]:
+    """The workspace paths to hide; many of them (a package manager's venv or
+    `node_modules`, hard-linked from its cache) are logged with the fix."""
+    masks = sandbox.workspace_masks(root, denied_reads(policy))
+    shown = [m for m in masks if not in_view(m.path, tools)]
+    if len(shown) > _MANY_MASKS:
+        tops = sorted({os.path.relpath(m.path, root).split("/")[0] for m in shown})
+        _log.warning(
+            "many workspace files are hidden one by one (hard links out of the workspace "
+            "or denied paths), one mount each, which slows every shell call; if a folder "
+            "is a package manager's (a uv venv, pnpm's node_modules), name it in "
+            "`toolchains:` to show it read-only as it is",
+            hidden=len(shown),
+            folders=tops[:10],
+        )
+    return masks
+
+
+def _check_program(
+    program: str,
+    cwd: Path,
+    path: str,
+    toolchains: Sequence[str],
+    roots: Sequence[str] | None = None,
+) -> None:
     """Refuse a program that cannot start, with the reason, before any sandbox
-    is set up (inside it, the failure would only be an exit code)."""
+    is set up (inside it, the failure would only be an exit code). `roots`:
+    the host folders bubblewrap shows (None: the fallback shows everything)."""
+    hidden, shown_path = "", path
+    if roots is not None:
+        shown = [d for d in path.split(":") if d and in_view(d, roots)]
+        if len(shown) < len([d for d in path.split(":") if d]):
+            hidden = "; folders on it outside what the sandbox shows are skipped"
+        path = ":".join(shown)
     if "/" in program:
         target = cwd / program
         if not target.exists():
@@ -389,11 +450,18 @@ def _check_program(program: str, cwd: Path, path: str, toolchains: Sequence[str]
                 f"program {program!r} does not exist (relative paths are "
                 "relative to the step's cwd)."
             )
+        if roots is not None and not in_view(os.path.abspath(target), roots):
+            raise ToolInputError(
+                f"program {program!r} is outside what the sandbox shows (the system "
+                "folders, the workspace, the toolchains): name the folder that has it in "
+                "`toolchains:` (a venv, a pyenv version, a node install)"
+                + (f"; the toolchains given are {', '.join(toolchains)}." if toolchains else ".")
+            )
     else:
         found = shutil.which(program, path=path) or shutil.which(program, os.F_OK, path)
         if found is None:
             raise ToolInputError(
-                f"program {program!r} was not found on PATH {path!r}; the environment is "
+                f"program {program!r} was not found on PATH {shown_path!r}{hidden}; the environment is "
                 "scrubbed (PATH, HOME, LANG and the step's `env` only), so only that PATH "
                 "is searched. Use an absolute path, set PATH in the step's `env`, or name "
                 "the folder that has it in `toolchains:` (a venv, a pyenv version)"

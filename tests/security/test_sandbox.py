@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -46,9 +45,11 @@ from orchestrator.sandbox.runtime import (
     plan,
     scrub_env,
 )
+from orchestrator.sandbox.system import private_entries
 from orchestrator.tools.shell import CommandFailed, run_shell
-from tests.cli_helpers import cli, shape_env
+from tests.cli_helpers import ROOT, cli, shape_env
 from tests.processes import alive, running
+from tests.sandbox_helpers import SANDBOX_PY
 
 REQUIRE = os.environ.get("ORCH_REQUIRE_SERVICES") == "1"
 MB = 1024 * 1024
@@ -84,8 +85,9 @@ def test_bwrap_plan_binds_the_system_read_only_then_the_workspace_read_write() -
     p = plan(request(), ROOT_HOST)
     sep = p.argv.index("--")
     box, rest = p.argv[:sep], p.argv[sep + 1 :]
-    assert box[:4] == ["/usr/bin/bwrap", "--ro-bind", "/", "/"]
-    assert pairs(box, "--tmpfs") == ["/tmp", "/run", "/dev/shm"]
+    assert box[:4] == ["/usr/bin/bwrap", "--ro-bind", "/usr", "/usr"]  # not all of /
+    assert "/" not in pairs(box, "--ro-bind")
+    assert pairs(box, "--tmpfs")[-3:] == ["/tmp", "/run", "/dev/shm"]
     assert pairs(box, "--dir") == [SANDBOX_HOME]
     ws = "/tmp/pytest-of-root/t0/ws"
     assert box[box.index("--bind") : box.index("--bind") + 3] == ["--bind", ws, ws]
@@ -143,7 +145,7 @@ def test_a_worker_that_is_not_root_runs_the_same_chain() -> None:
     p = plan(request(workspace="/home/u/ws", cwd="/home/u/ws"), USER_HOST)
     assert "setpriv" not in " ".join(p.argv)
     assert p.argv[p.argv.index("--") + 1 :] == ["make", "test"]
-    assert pairs(p.argv, "--tmpfs") == ["/tmp", "/run", "/dev/shm"]
+    assert pairs(p.argv, "--tmpfs")[-3:] == ["/tmp", "/run", "/dev/shm"]
 
 
 def test_fallback_plan_drops_capabilities_keeps_the_uid_and_has_a_throwaway_home() -> None:
@@ -245,7 +247,7 @@ def test_doctor_says_what_a_cgroup_migration_costs_and_which_host_setting_helps(
 # -- real processes --------------------------------------------------------------------
 
 HOST = sandbox.probe()
-PY = shutil.which("python3", path=HOST.path) or sys.executable
+PY = SANDBOX_PY
 NO_CGROUP = dataclasses.replace(HOST, cgroups=Cgroups(why="switched off by the test"))
 
 
@@ -577,7 +579,8 @@ def test_nothing_outside_the_workspace_can_be_written(box: Box, mode: str) -> No
         if mode == "bwrap":
             for name in ("etc", "usr"):
                 assert got[name] != "written", name
-            assert got["var-tmp"] == "Read-only file system"
+            # /var/tmp is a private tmpfs, as /tmp is: written there, never on the host
+            assert got["var-tmp"] == "written"
             assert [p for p in shared.values() if p.exists()] == []
             assert not Path("/etc/orch-sandbox-probe").exists()
     finally:
@@ -859,3 +862,37 @@ def test_a_run_stopped_by_output_or_disk_is_recorded_as_resource_exceeded(
     assert limit in failed.message and "seen:" in failed.message
     assert replay(store, sid).session.status == "failed"
     assert list(work.iterdir()) == []
+
+
+def test_a_command_reads_nothing_of_the_host_but_the_system_and_its_workspace(
+    tmp_path: Path,
+) -> None:
+    """The view is an allow-list: the system folders and a world-readable
+    /etc. The worker's home (keys, other checkouts), its state folder (the
+    event store, the key file) and files only root may read are not there."""
+    _need_bwrap()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    secret_dir = Path.home() / f".orch-test-secret-{os.getpid()}"
+    secret_dir.mkdir(mode=0o700)
+    (secret_dir / "id_rsa").write_text("PRIVATE KEY\n")
+    private_etc = [p for p, is_dir in private_entries("/etc", 20_000) if not is_dir][:3]
+    code = f"""
+        import json, os
+        out = {{}}
+        for p in {[str(secret_dir / "id_rsa"), str(ROOT / "pyproject.toml"), *private_etc]!r}:
+            try:
+                out[p] = open(p).read()
+            except OSError as err:
+                out[p] = err.strerror
+        print(json.dumps(out))
+    """
+    try:
+        got = json.loads(
+            run_shell(ws, ShellStep(command=py(code, "t")), host=HOST, apply=False).output
+        )
+    finally:
+        shutil.rmtree(secret_dir)
+    assert got[str(secret_dir / "id_rsa")] == "No such file or directory"
+    assert got[str(ROOT / "pyproject.toml")] == "No such file or directory"
+    assert all(got[p] == "" for p in private_etc), got  # shown empty

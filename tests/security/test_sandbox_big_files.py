@@ -24,6 +24,7 @@ from orchestrator.sandbox.view import remove_stale_views
 from orchestrator.tools.base import Spilled
 from orchestrator.tools.kinds.shell import ShellTool
 from orchestrator.tools.shell import run_shell
+from tests.security.test_sandbox import PY
 
 MB = 1 << 20
 BIG = 50 * MB
@@ -48,7 +49,7 @@ def _sha(path: Path) -> str:
 
 
 def _write(name: str, mb: int, kind: str) -> ShellStep:
-    return ShellStep(command=[sys.executable, "-c", WRITER, name, str(mb), kind])
+    return ShellStep(command=[PY, "-c", WRITER, name, str(mb), kind])
 
 
 def test_a_big_text_file_is_recorded_as_hashes_and_applied_exactly(tmp_path: Path) -> None:
@@ -82,9 +83,10 @@ from pathlib import Path
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import kept
 from orchestrator.tools.shell import run_shell
+from tests.security.test_sandbox import PY
 work, base, code = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 def step(mb):
-    return ShellStep(command=[sys.executable, "-c", code, "big.bin", str(mb), "bin"])
+    return ShellStep(command=[PY, "-c", code, "big.bin", str(mb), "bin"])
 run_shell(work, step(1))
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 result = run_shell(work, step({mb}), apply=False)
@@ -135,7 +137,7 @@ def test_many_small_files_are_held_in_memory_only_up_to_the_budget(tmp_path: Pat
     work.mkdir()
     files = HELD_BYTES // (MB // 2) + 8
     code = f"[open(f'f{{i:03}}.bin', 'wb').write(bytes([i % 256]) * {MB // 2}) for i in range({files})]"
-    result = run_shell(work, ShellStep(command=[sys.executable, "-c", code]), apply=False)
+    result = run_shell(work, ShellStep(command=[PY, "-c", code]), apply=False)
     changes = result.changeset.changes
     assert len(changes) == files
     held = sum(len(c.after) for c in changes if isinstance(c.after, bytes))

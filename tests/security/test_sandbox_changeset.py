@@ -290,3 +290,55 @@ def test_pytest_runs_with_a_toolchain_and_a_usable_tmp(tmp_path: Path, view: str
 def test_a_missing_toolchain_names_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ToolInputError, match="toolchains:"):
         run_shell(tmp_path, ShellStep(command=["true"]), toolchains=("/nowhere/venv",))
+
+
+def test_a_venv_hard_linked_from_a_cache_works_as_a_toolchain(tmp_path: Path, view: str) -> None:
+    """`uv` fills a venv with hard links to its cache: as a declared
+    toolchain it is shown as it is (bound read-only over its own path), while
+    a hard link out of the workspace elsewhere stays hidden; and no mask is
+    mounted below a toolchain (each would be a mount, for nothing)."""
+    cache, ws = tmp_path / "cache", tmp_path / "ws"
+    lib = ws / ".venv" / "lib"
+    lib.mkdir(parents=True)
+    cache.mkdir()
+    for i in range(50):
+        (cache / f"m{i}.py").write_text(f"X = {i}\n")
+        os.link(cache / f"m{i}.py", lib / f"m{i}.py")
+    (cache / "secret.txt").write_text("s3cret\n")
+    os.link(cache / "secret.txt", ws / "stray.txt")
+    venv = str((ws / ".venv").resolve())
+    step = ShellStep(command=["sh", "-c", "cat .venv/lib/m7.py; cat stray.txt; echo end"])
+    result = run_shell(ws, step, host=HOST, view=view, toolchains=(venv,), apply=False)  # type: ignore[arg-type]
+    assert "X = 7" in result.output and "end" in result.output
+    assert "s3cret" not in result.output
+    masks = sandbox.workspace_masks(ws.resolve(), ((".env",),))
+    assert len(masks) == 51  # the 50 venv files and stray.txt are hard-linked out
+    argv = sandbox.bwrap_argv(
+        "bwrap",
+        sandbox.Request(
+            argv=("true",),
+            workspace=str(ws.resolve()),
+            cwd=str(ws.resolve()),
+            toolchains=(venv,),
+            masks=masks,
+            empty_file="/empty",
+        ),
+    )
+    bound = [argv[i + 2] for i, a in enumerate(argv) if a == "--ro-bind"]
+    assert str(ws.resolve() / "stray.txt") in bound
+    assert not [b for b in bound if b.startswith(venv + "/")]
+
+
+def test_a_program_outside_the_view_is_refused_naming_toolchains(tmp_path: Path) -> None:
+    """The worker's own venv is not in the sandbox's view: its python is
+    refused before anything runs, with the setting that shows it; named as a
+    toolchain, it runs (its base installation shown with it)."""
+    _need_bwrap()
+    venv = Path(sys.prefix)
+    if venv == Path(sys.base_prefix) or str(venv).startswith(("/usr/", "/tmp/")):
+        pytest.skip("the tests run from a venv outside the system folders")
+    step = ShellStep(command=[str(venv / "bin" / "python"), "-c", "print('ran')"])
+    with pytest.raises(ToolInputError, match="outside what the sandbox shows.*toolchains:"):
+        run_shell(tmp_path, step, host=HOST, apply=False)
+    result = run_shell(tmp_path, step, host=HOST, toolchains=(str(venv),), apply=False)
+    assert result.output.strip() == "ran"

@@ -192,3 +192,61 @@ def test_what_the_ignore_files_hide_is_applied_but_not_in_the_patch(tmp_path: Pa
     assert (work / "__pycache__" / "m.pyc").read_text() == "x"
     assert (work / "build" / "o").read_text() == "y"
     assert [c.path for c in history(store, sid).session.files_changed] == ["keep.txt"]
+
+
+def test_a_tracked_delete_asks_in_a_repository_another_user_owns(tmp_path: Path):
+    """A root worker on a user's clone: git's "dubious ownership" must not
+    make a tracked file look untracked (its delete would then go through)."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs a worker that is root, to own the repository as another user")
+    work = _workspace(tmp_path)
+    subprocess.run(["git", "init", "-q", str(work)], check=True)
+    subprocess.run(["git", "-C", str(work), "add", "keep.txt"], check=True)
+    subprocess.run(["chown", "-R", "65534:65534", str(work)], check=True)
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    step = ShellStep(command=["python3", "-c", "import os; os.remove('keep.txt')"])
+    sid, status = _run(store, work, step)
+    assert status == "failed" and (work / "keep.txt").exists()
+    assert history(store, sid).ledger.entries[0].rule_id == "destructive-rm"
+
+
+def test_a_tracked_file_in_an_ignored_folder_is_in_the_patch(tmp_path: Path):
+    """`git diff` shows a tracked file's change whatever `.gitignore` says:
+    so does the record (the workspace is a subfolder of the repository, and
+    the file's name is a glob to git unless taken literally)."""
+    import subprocess
+
+    top = tmp_path / "mono"
+    top.mkdir()
+    work = _workspace(top)
+    (work / "build").mkdir()
+    (work / "build" / "[id].cfg").write_text("v1\n")
+    (work / "build" / "i.cfg").write_text("untracked\n")
+    (work / ".gitignore").write_text("build/\n")
+    subprocess.run(["git", "init", "-q", str(top)], check=True)
+    subprocess.run(["git", "-C", str(top), "add", "-f", "repo/build/[id].cfg"], check=True)
+    script = "printf v2 > 'build/[id].cfg' && printf again > build/i.cfg"
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    sid, status = _run(store, work, ShellStep(command=["sh", "-c", script]), elevated_by="t")
+    assert status == "completed", history(store, sid).session.error
+    assert [c.path for c in history(store, sid).session.files_changed] == ["build/[id].cfg"]
+    assert (work / "build" / "i.cfg").read_text() == "again"
+
+
+def test_what_the_sandbox_hid_is_recorded_with_the_call(tmp_path: Path):
+    """A refusal the command never saw (`.env` shown empty) is in the log."""
+    work = _workspace(tmp_path)
+    (work / ".env").write_text("TOKEN=s3cr3t\n")
+    (work / "keys").mkdir()
+    (work / "keys" / "id.pem").write_text("KEY\n")
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    (work / "show.sh").write_text("cat .env keys/id.pem keep.txt\n")  # no name on the command line
+    step = ShellStep(command=["sh", "show.sh"])
+    sid, status = _run(store, work, step, elevated_by="t")
+    assert status == "completed", history(store, sid).session.error
+    [hid] = [e.payload for e in store.read_stream(sid) if e.type == "PathsHidden"]
+    assert hid.paths == [".env", "keys/id.pem"] and hid.total == 2
+    [call] = history(store, sid).session.calls
+    assert hid.call_id == call.call_id and "s3cr3t" not in (call.output or "")

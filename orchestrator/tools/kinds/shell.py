@@ -13,7 +13,8 @@ then applied (`commit`, after the runner's append). So:
   any FileChanged;
 - what it writes where the workspace's ignore files point (`__pycache__`,
   build output, a venv) is applied but not recorded, as `git diff` does not
-  show it either (the whole changeset is judged all the same);
+  show it either, unless git tracks the file (then `git diff` shows it, and
+  the record does too; the whole changeset is judged all the same);
 - a worker killed while the command runs leaves the workspace as it was, so
   a redelivered call simply runs again (the runner records the new attempt,
   ToolCallRedelivered). A command with network access may have had outside
@@ -26,8 +27,7 @@ then applied (`commit`, after the runner's append). So:
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Iterable
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,17 +37,18 @@ from orchestrator.errors import ToolError
 from orchestrator.guard.changeset import Verdict, judge, shell_denials
 from orchestrator.ops import logs
 from orchestrator.run.steps import ShellStep
-from orchestrator.sandbox import kept
+from orchestrator.sandbox import from_log, kept
 from orchestrator.sandbox import runtime as sandbox
 from orchestrator.sandbox.changeset import Changeset
-from orchestrator.sandbox.plan import GIT_ENV
 from orchestrator.tools import files, shell
 from orchestrator.tools.base import Interrupted, Plan
 from orchestrator.tools.ignore import ignored
 from orchestrator.tools.interface import BaseTool, ToolCall
 from orchestrator.tools.shell import ShellResult
+from orchestrator.tools.tracked import tracked as git_tracked
 
 _log = logs.get_logger(__name__)
+_HIDDEN_LISTED = 100  # PathsHidden names this many; its `total` counts them all
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,10 @@ class ShellTool(BaseTool):
             )
             raise ChangesetRefused(verdict, replace(result, decided=decided))
         edits = result.changeset.edits()
+        # Left out of the record: what an ignored folder holds (caches,
+        # build output), as `git diff` leaves it out; not a tracked file there.
         unrecorded = ignored(call.workspace, [e.path for e in edits])
+        unrecorded -= git_tracked(call.workspace, unrecorded) if unrecorded else set()
         # Kept before the runner records it, so a crash after that append
         # still finds what to apply.
         held = kept.keep(_base(call), call.call_id, result.changeset) if result.changeset else None
@@ -123,7 +127,7 @@ class ShellTool(BaseTool):
         which a changeset cannot do after the fact: it is allowed when the
         call was granted or the session elevated, refused otherwise."""
         deletes = [c.path for c in changes.changes if c.kind == "deleted"]
-        tracked = _tracked(call.workspace, deletes) if deletes else ()
+        tracked = tuple(sorted(git_tracked(call.workspace, deletes))) if deletes else ()
         verdict = judge(changes, shell_denials(call.policy), tracked, str(call.workspace))
         if verdict.decision != "ask":
             return verdict
@@ -139,21 +143,31 @@ class ShellTool(BaseTool):
         )
 
     def record(self, call_id: str, result: Any) -> list[Any]:
-        """The changeset's refusal, or one FileChanged per file it changes."""
+        """The changeset's refusal, or one FileChanged per file it changes; and
+        PathsHidden when the sandbox hid workspace paths from the command."""
         if result is None:
             return []
+        hidden = getattr(result, "hidden", ())
+        shown: list[Any] = (
+            [p.PathsHidden(call_id=call_id, paths=list(hidden[:_HIDDEN_LISTED]), total=len(hidden))]
+            if hidden
+            else []
+        )
         decided = getattr(result, "decided", None)
         if decided is not None:
-            return [decided]
+            return [decided, *shown]
         return [
-            p.FileChanged(
-                call_id=call_id,
-                path=e.path,
-                before_hash=e.before_hash,
-                after_hash=e.after_hash,
-                diff=files.unified_diff(e),
-            )
-            for e in result.edits
+            *(
+                p.FileChanged(
+                    call_id=call_id,
+                    path=e.path,
+                    before_hash=e.before_hash,
+                    after_hash=e.after_hash,
+                    diff=files.unified_diff(e),
+                )
+                for e in result.edits
+            ),
+            *shown,
         ]
 
     def commit(self, call: ToolCall, result: Any) -> None:
@@ -189,8 +203,9 @@ def _settle(call: ToolCall, base: Path) -> None:
     the call (several deliveries may each have kept one), then drop them all."""
     folders = kept.held(base, call.call_id)
     if not folders:
+        _from_log(call, base)
         return
-    recorded = _recorded(call)
+    recorded = {(e.path, e.after_hash) for e in _recorded(call)}
     for folder in folders:
         changes = kept.load(folder)
         made = {(e.path, e.after_hash) for e in changes.edits()}
@@ -206,26 +221,29 @@ def _settle(call: ToolCall, base: Path) -> None:
     )
 
 
-def _recorded(call: ToolCall) -> set[tuple[str, str | None]]:
-    """(path, after hash) of the FileChanged events the log holds for the call."""
+def _from_log(call: ToolCall, base: Path) -> None:
+    """No kept copy here (another host ran the call, or another state folder):
+    finish the recorded changes from the log's diffs (`sandbox.from_log`),
+    or refuse, loudly, what it cannot give back."""
+    recorded = _recorded(call)
+    if not recorded:
+        return
+    edits = from_log.plan(call.workspace, recorded, f"{base} on {socket.gethostname()}")
+    if edits:
+        files.apply_edits(call.workspace, edits)
+        _log.warning(
+            "applied a recorded shell changeset from the log (its kept copy is not here)",
+            call_id=call.call_id,
+            files=len(edits),
+        )
+
+
+def _recorded(call: ToolCall) -> list[p.FileChanged]:
+    """The FileChanged events the log holds for the call."""
     if call.store is None:
-        return set()
-    return {
-        (e.payload.path, e.payload.after_hash)
+        return []
+    return [
+        e.payload
         for e in call.store.read_stream(call.session.session_id)
         if isinstance(e.payload, p.FileChanged) and e.payload.call_id == call.call_id
-    }
-
-
-def _tracked(workspace: Path, paths: Iterable[str]) -> tuple[str, ...]:
-    """Which of `paths` git tracks in `workspace` (none outside a repository)."""
-    if not (workspace / ".git").exists():
-        return ()
-    done = subprocess.run(
-        ["git", "-C", str(workspace), "ls-files", "-z", "--", *paths],
-        capture_output=True,
-        env={"PATH": "/usr/bin:/bin", **GIT_ENV},
-        timeout=60,
-        check=False,
-    )
-    return tuple(x.decode() for x in done.stdout.split(b"\0") if x)
+    ]
