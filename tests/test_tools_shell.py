@@ -103,6 +103,23 @@ def test_missing_program_says_path_was_scrubbed(tmp_path: Path) -> None:
         run_shell(tmp_path, ShellStep(command="no-such-tool --version"))
 
 
+def test_a_program_found_before_is_looked_up_again_once_it_is_gone(tmp_path: Path) -> None:
+    tools, ws = tmp_path / "tools", tmp_path / "ws"
+    for d in (tools / "bin", ws):
+        d.mkdir(parents=True)
+    tool = tools / "bin" / "my-tool"
+    tool.write_text("#!/bin/sh\necho first\n")
+    tool.chmod(0o755)
+    step = ShellStep(command=["my-tool"])
+    assert run_shell(ws, step, toolchains=(str(tools),)).output == "first\n"
+    tool.unlink()
+    with pytest.raises(ToolInputError, match="'my-tool' was not found on PATH"):
+        run_shell(ws, step, toolchains=(str(tools),))
+    tool.mkdir()  # a folder by that name is not the program either
+    with pytest.raises(ToolInputError, match="'my-tool' was not found on PATH"):
+        run_shell(ws, step, toolchains=(str(tools),))
+
+
 def test_non_executable_program_is_an_input_error(tmp_path: Path) -> None:
     (tmp_path / "script.sh").write_text("#!/bin/sh\necho hi\n")
     with pytest.raises(ToolInputError, match="not executable"):

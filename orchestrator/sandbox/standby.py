@@ -61,11 +61,12 @@ class Standby:
     call_id: str
     cgroups: list[Path]
     message: int
+    limited: object = None  # the limits `make` wrote into its cgroups (None: none)
 
     def start(self, argv: Sequence[str], env: Mapping[str, str], cwd: str) -> None:
         """Hand the standby its command (it execs it at once)."""
-        parts = [cwd, str(len(env)), *(f"{k}={v}" for k, v in env.items()), *argv]
-        data = b"".join(os.fsencode(x) + b"\0" for x in parts)
+        parts = [cwd, str(len(env)), *(f"{k}={v}" for k, v in env.items()), *argv, ""]
+        data = "\0".join(parts).encode("utf-8", "surrogateescape")  # os.fsencode, at once
         try:
             view = memoryview(data)
             while view:
@@ -113,23 +114,32 @@ def settle(timeout_s: float = 5.0) -> None:
         making.wait(timeout_s)
 
 
-def refill(parents: tuple[str, ...], make: Callable[[str], list[Path]]) -> None:
-    """Make the next standby in a thread (`make(call_id)` makes its empty
-    cgroups), unless one is ready or being made, or there is no perl."""
+def refill(
+    parents: tuple[str, ...], make: Callable[[str], list[Path]], limited: object = None
+) -> None:
+    """Make the next standby in a thread (`make(call_id)` makes its cgroups,
+    empty, with the limits `limited` written: the last call's, which the
+    next call most likely has too), unless one is ready or being made, or
+    there is no perl."""
     pid = os.getpid()
     with _lock:
         if PERL is None or pid in _ready or pid in _making:
             return
         event = _making[pid] = threading.Event()
-    aftercall.later(lambda: _make(parents, make, event))
+    aftercall.later(lambda: _make(parents, make, event, limited))
 
 
 def _make(
-    parents: tuple[str, ...], make: Callable[[str], list[Path]], done: threading.Event
+    parents: tuple[str, ...],
+    make: Callable[[str], list[Path]],
+    done: threading.Event,
+    limited: object,
 ) -> None:
     standby = None
     try:
         standby = _launch(make)
+        if standby is not None:
+            standby.limited = limited
     finally:
         with _lock:
             if standby is not None:
@@ -152,7 +162,7 @@ def _launch(make: Callable[[str], list[Path]]) -> Standby | None:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            process_group=0,  # not a session: see process._group
             close_fds=True,
             pass_fds=(message[0],),
             env={},

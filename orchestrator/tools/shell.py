@@ -124,7 +124,8 @@ def run_shell(
     raises JobCancelled. Long because it is the call's one sequence: set up,
     run, stop at a limit or a cancel, judge, apply."""
     root = workspace.resolve()
-    cwd = resolve_in_workspace(root, step.cwd)
+    # The workspace itself (the usual cwd) needs no walk through the jail.
+    cwd = root if step.cwd in (".", "") else resolve_in_workspace(root, step.cwd)
     if not cwd.is_dir():
         raise ToolInputError(f"cwd {step.cwd!r} is not a directory in the workspace; {_CWD_HINT}")
     host = host or sandbox.probe()
@@ -458,7 +459,7 @@ def _check_program(
                 + (f"; the toolchains given are {', '.join(toolchains)}." if toolchains else ".")
             )
     else:
-        found = shutil.which(program, path=path) or shutil.which(program, os.F_OK, path)
+        found = _found_on_path(program, path)
         if found is None:
             raise ToolInputError(
                 f"program {program!r} was not found on PATH {shown_path!r}{hidden}; the environment is "
@@ -473,6 +474,27 @@ def _check_program(
             f"program {program!r} is not executable; check its mode, or run "
             "it through its interpreter (e.g. `python script.py`)."
         )
+
+
+_FOUND: dict[tuple[str, str], str] = {}  # (program, PATH) -> where it was found last
+
+
+def _found_on_path(program: str, path: str) -> str | None:
+    """Where `program` is on `path` (executable, else only present), or None.
+    The last answer for the same program and PATH is kept while it is still
+    an executable file (a call repeating a program then stats one file, not
+    every PATH folder before it); the caller checks what it returns."""
+    key = (program, path)
+    kept = _FOUND.get(key)
+    if kept is not None and os.access(kept, os.X_OK) and not os.path.isdir(kept):
+        return kept
+    found = shutil.which(program, path=path)
+    if found is not None:
+        if len(_FOUND) > 256:
+            _FOUND.clear()
+        _FOUND[key] = found
+        return found
+    return shutil.which(program, os.F_OK, path)
 
 
 def _supervise(

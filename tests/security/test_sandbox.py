@@ -21,6 +21,7 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -764,6 +765,64 @@ def test_a_call_runs_in_the_standby_made_in_its_cgroups_between_calls(box: Box) 
     assert ready.proc.returncode is not None  # it became the call's bubblewrap and was reaped
     sandbox_standby.settle()  # the emptied cgroups are removed after the call returns
     assert not any(cg.exists() for cg in ready.cgroups)
+    box.assert_contained()
+
+
+def test_the_command_leads_a_session_of_its_own_and_bubblewrap_a_process_group(
+    box: Box, mode: str
+) -> None:
+    # No controlling terminal for the command to inject keystrokes into, and
+    # no signal sent to the worker's process group reaches the call.
+    # The command's session is bubblewrap's init's (`--new-session`) or its
+    # own (the fallback): no controlling terminal (tty_nr 0).
+    code = (
+        "import os, time; stat = open('/proc/self/stat').read().rsplit(')', 1)[1].split();"
+        "print(os.getsid(0) in (1, os.getpid()), stat[4]); time.sleep(2)"
+    )
+    call = ThreadPoolExecutor(1).submit(box.run, mode, py(code, box.token))
+    first = None
+    deadline = time.monotonic() + 10
+    while first is None and time.monotonic() < deadline:
+        ours = [p for p in running(box.token) if _ppid(p) == os.getpid()]
+        first = ours[0] if ours else None
+    assert first is not None  # the call's first process: bubblewrap, or the fallback's
+    assert os.getpgid(first) == first != os.getpgid(0)
+    if mode == "bwrap":  # in the worker's session (no autogroup of its own)
+        assert os.getsid(first) == os.getsid(0)
+    else:
+        assert os.getsid(first) == first
+    assert call.result().output == "True 0\n"
+    box.assert_contained()
+
+
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@pytest.mark.parametrize("memory_mb", [64, 8192])
+def test_a_standby_made_with_the_last_calls_limits_gets_the_next_calls_own(
+    box: Box, memory_mb: int
+) -> None:
+    _need_bwrap()
+    if HOST.cgroups.version != "v1" or sandbox_standby.PERL is None:
+        pytest.skip(f"no v1 standby here: {HOST.cgroups.why}, perl {sandbox_standby.PERL}")
+    sandbox_standby.settle()  # one being made for an earlier call is ready first
+    box.run("bwrap", ["true"], memory_mb=512, processes=50)  # the next standby gets these
+    sandbox_standby.settle()
+    ready = sandbox_standby._ready[os.getpid()][1]
+    pids_cg, memory_cg = ready.cgroups
+    assert (pids_cg / "pids.max").read_text() == "51\n"  # written between calls
+    assert (memory_cg / "memory.limit_in_bytes").read_text() == f"{512 * MB}\n"
+    # A call with other limits (lower or higher: v1 orders the memory and
+    # memory+swap limits) writes its own before its command starts.
+    script = f"cat {pids_cg}/pids.max {memory_cg}/memory.limit_in_bytes"
+    script += f" {memory_cg}/memory.memsw.limit_in_bytes"
+    result = box.run("bwrap", ["sh", "-c", script], memory_mb=memory_mb, processes=9)
+    assert result.output.split() == ["10", str(memory_mb * MB), str(memory_mb * MB)]
+    assert ready.proc.returncode is not None  # it was the standby's
     box.assert_contained()
 
 
