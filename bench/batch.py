@@ -308,11 +308,11 @@ class Ours:
         )
 
     def replacements(self, tickets: Any) -> int:
-        from events.replay import replay
+        from events.history import history
 
         total = 0
         for t in tickets:
-            s = replay(self.store, t.session_id, use_snapshot=False).session
+            s = history(self.store, t.session_id).session
             if s.status != "completed":
                 raise RuntimeError(f"session {t.target} ended {s.status}: {s.error}")
             total += sum(c.planned_count for c in s.calls)

@@ -40,6 +40,10 @@ from bench.common import (
 
 DURABILITY = "SQLite WAL, synchronous=FULL (every commit fsynced)"
 SESSION_LEN = 100  # events per prefilled session
+# Rebuilds per size: a rebuild takes a few ms since snapshots are bounded, and
+# on a shared 2-core machine 5 samples' median was one preempted sample away
+# from either side (1.1x and 3.5x in two runs of the same code).
+REBUILD_ROUNDS = 25
 
 
 def _sid(rng: random.Random) -> str:
@@ -132,7 +136,7 @@ def run(opts: Options) -> Result:
             "large": _long_session(stores["large"], rng, large),
         }
         rebuild: dict[str, list[float]] = {"small": [], "large": []}
-        for _ in range(5):
+        for _ in range(REBUILD_ROUNDS):
             for name in ("small", "large"):
                 rebuild[name].append(_rebuild_seconds(stores[name], sessions[name]))
         parts = {name: _snapshot_parts(stores[name], sessions[name]) for name in stores}
@@ -164,7 +168,7 @@ def run(opts: Options) -> Result:
     spread = {k: f"{min(v) * 1e3:,.1f}..{max(v) * 1e3:,.1f}" for k, v in rebuild.items()}
     show(
         "[growth] rebuild from snapshot + 100-event tail against history length "
-        "(median of 5, interleaved)",
+        f"(median of {REBUILD_ROUNDS}, interleaved)",
         (
             "session length",
             "rebuild ms",

@@ -5,11 +5,14 @@
    session_payloads: ~1,600 steps of TurnStarted / ToolCallRequested /
    PermissionDecided / ToolCallStarted / FileChanged / ToolCallCompleted with
    0.2-2 KB of output / TurnCompleted), rebuilt from SQLite and from PostgreSQL.
-   - ours: `events.replay.replay(store, stream_id, use_snapshot=False)`: read the
-     stream's rows, decode and upcast each body, fold all three projections
-     (SessionState, QuotaUsage, PermissionLedger) into frozen models.
-     "ours, snapshot": `replay(store, stream_id)` with a snapshot at seq 9,900
-     (as `events.replay.load` leaves one): the snapshot plus a 100-event tail.
+   - ours: `events.history.history(store, stream_id)`: read the stream's
+     rows, decode and upcast each body, fold all three projections
+     (SessionState, QuotaUsage, PermissionLedger) into frozen models, whole.
+     "ours, snapshot": `events.replay.replay(store, stream_id)` with a snapshot
+     at seq 9,900 (as `events.replay.load` leaves one): the snapshot plus a
+     100-event tail. Since issue 18 that rebuilds the live part only (what a
+     worker loads; `events.projections.window`), while the peer's snapshot
+     holds its whole aggregate: less work, so that row has no target.
    - eventsourcing: `Application.repository.get(aggregate_id)` of `PeerSession`,
      an aggregate with the same 10,000 events (one `@event` method per event
      type, the same fields as our payloads) that keeps the same state in
@@ -296,7 +299,7 @@ class SessionSetup:
     def __init__(self, backend: str, payloads: list[Any], our_url: str, peer_where: str) -> None:
         from eventsourcing.application import Application
 
-        from events.projections import fold_records
+        from events.projections import Projections, fold_records
         from events.replay import SNAPSHOT_VERSION
         from events.store import open_store
         from events.upcast import current
@@ -309,8 +312,11 @@ class SessionSetup:
             for i in range(0, len(news), STREAM_LEN):
                 self.store.append(sid, news[i : i + STREAM_LEN], i)
         head = fold_records(
-            current(orjson.loads(b))
-            for _, b, _ in self.store.raw_stream(self.snapped)[:SNAPSHOT_AT]
+            (
+                current(orjson.loads(b))
+                for _, b, _ in self.store.raw_stream(self.snapped)[:SNAPSHOT_AT]
+            ),
+            Projections.live(),
         )
         self.store.save_snapshot(
             self.snapped, head.last_seq, SNAPSHOT_VERSION, head.model_dump_json().encode()
@@ -326,6 +332,7 @@ class SessionSetup:
         self.app.close()
 
     def contenders(self) -> dict[str, Callable[[int], float]]:
+        from events.history import history
         from events.replay import replay
 
         store, repo = self.store, self.app.repository
@@ -339,7 +346,7 @@ class SessionSetup:
             return run
 
         return {
-            "ours": timed(lambda: replay(store, self.plain, use_snapshot=False)),
+            "ours": timed(lambda: history(store, self.plain)),
             "ours, snapshot": timed(lambda: replay(store, self.snapped)),
             "eventsourcing": timed(lambda: repo.get(self.peer_plain)),
             "eventsourcing, snapshot": timed(lambda: repo.get(self.peer_snapped)),
@@ -347,10 +354,10 @@ class SessionSetup:
 
     def same_work(self) -> dict[str, Any]:
         """What both rebuilt, side by side: the peer must have done the same work."""
-        from events.replay import replay
+        from events.history import history
 
         ours, peer = (
-            replay(self.store, self.plain, use_snapshot=False),
+            history(self.store, self.plain),
             self.app.repository.get(self.peer_plain),
         )
         return {

@@ -16,26 +16,40 @@ from events.store import EventStore, SqlEventStore
 from events.upcast import current
 
 # Bump when a projection model changes shape: older snapshots are then ignored.
-SNAPSHOT_VERSION = 5
+# 6: snapshots hold the live part only (events.projections.window).
+SNAPSHOT_VERSION = 6
 SNAPSHOT_EVERY = 200
 
 
 def replay(store: EventStore, stream_id: str, *, use_snapshot: bool = True) -> Projections:
-    """State, quota usage and permission ledger of one stream, from its events."""
-    state, after = Projections(), 0
-    snap = store.load_snapshot(stream_id) if use_snapshot else None
-    if snap is not None and snap[1] == SNAPSHOT_VERSION:
-        state, after = Projections.model_validate_json(snap[2]), snap[0]
-    loads, rows = store.loads, store.raw_stream(stream_id, after)
+    """The live part of one stream's state, quota usage and permission ledger
+    (`Projections.live()`), from its snapshot and the events after it. Its
+    whole history is `events.history.history`."""
+    return _replay(store, stream_id, _snapshot(store, stream_id) if use_snapshot else None)
+
+
+def _snapshot(store: EventStore, stream_id: str) -> Projections | None:
+    """The stream's snapshot, if one of this version holds a live state (a
+    full state is never trusted as one: it is rebuilt)."""
+    snap = store.load_snapshot(stream_id)
+    if snap is None or snap[1] != SNAPSHOT_VERSION:
+        return None
+    saved = Projections.model_validate_json(snap[2])
+    return saved if saved.is_live and saved.last_seq == snap[0] else None
+
+
+def _replay(store: EventStore, stream_id: str, start: Projections | None) -> Projections:
+    state = start if start is not None else Projections.live()
+    loads, rows = store.loads, store.raw_stream(stream_id, state.last_seq)
     with collector_paused():
         return fold_records((current(loads(body)) for _, body, _ in rows), state)
 
 
 def load(store: EventStore, stream_id: str) -> Projections:
     """`replay`, then refresh the snapshot when the tail has grown long."""
-    snap = store.load_snapshot(stream_id)
-    state = replay(store, stream_id)
-    base = snap[0] if snap is not None and snap[1] == SNAPSHOT_VERSION else 0
+    start = _snapshot(store, stream_id)
+    state = _replay(store, stream_id, start)
+    base = start.last_seq if start is not None else 0
     if state.last_seq - base >= SNAPSHOT_EVERY:
         store.save_snapshot(
             stream_id, state.last_seq, SNAPSHOT_VERSION, state.model_dump_json().encode()

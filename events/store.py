@@ -617,7 +617,9 @@ class SqlEventStore:
         return (row[0], row[1], state) if state is not None else None
 
     def save_snapshot(self, stream_id: str, seq: int, version: int, state: bytes) -> None:
-        """Replace the stream's snapshot (sealed like its payloads when a filter seals)."""
+        """Replace the stream's snapshot (sealed like its payloads when a filter
+        seals) unless it is newer and of this version: one that replay ignored
+        is replaced, at its own seq too."""
         for f in self.filters:
             if hasattr(f, "seal_blob"):
                 state = f.seal_blob(stream_id, state)
@@ -629,7 +631,7 @@ class SqlEventStore:
         stmt = stmt.on_conflict_do_update(
             index_elements=[S.c.stream_id],
             set_={"seq": seq, "version": version, "state": state},
-            where=S.c.seq < seq,
+            where=(S.c.seq <= seq) | (S.c.version != version),
         )
         with store_errors(self.url), writer(self.engine) as conn, conn.begin():
             conn.execute(stmt)

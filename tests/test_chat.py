@@ -20,6 +20,7 @@ import pytest
 
 from events import payloads as p
 from events.envelope import Event
+from events.history import history
 from events.projections import Projections
 from events.replay import replay
 from events.store import SqlEventStore, open_store
@@ -90,7 +91,7 @@ def events(env: dict[str, str], sid: str) -> list[Event]:
 def state(env: dict[str, str], sid: str) -> Projections:
     st = store_of(env)
     try:
-        return replay(st, sid, use_snapshot=False)
+        return history(st, sid)  # the whole of it: files, conversation
     finally:
         st.close()
 

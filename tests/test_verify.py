@@ -123,8 +123,9 @@ def test_auditing_a_store_equals_verifying_it_and_replaying_each_stream(store, s
     store is shared with other tests: look at this test's streams only.)"""
     import sqlalchemy as sa
 
+    from events.history import history
     from events.projections import fold
-    from events.replay import audit, replay
+    from events.replay import audit
 
     streams = [f"{stream_id}-{i}" for i in range(3)]
     seqs = dict.fromkeys(streams, 0)
@@ -141,7 +142,7 @@ def test_auditing_a_store_equals_verifying_it_and_replaying_each_stream(store, s
     assert result.report == verify_rows(store.rows())
     assert not [pr for pr in result.report.problems if pr.stream_id in streams]
     mine = {sid: result.projections[sid] for sid in streams}
-    assert mine == {sid: replay(store, sid, use_snapshot=False) for sid in streams}
+    assert mine == {sid: history(store, sid) for sid in streams}
     assert mine == {sid: fold(store.read_stream(sid)) for sid in streams}
 
     with store.engine.begin() as conn:  # tamper with one stream

@@ -27,6 +27,7 @@ from events.projections.session import (
     ToolCall,
     Turn,
 )
+from events.projections.window import Window
 
 __all__ = [
     "RATE_WINDOW",
@@ -45,6 +46,7 @@ __all__ = [
     "SessionState",
     "ToolCall",
     "Turn",
+    "Window",
     "apply",
     "apply_job",
     "apply_session",

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from events.envelope import construct_trusted
 from events.projections.frozen import Fields, Frozen, Handler, fields
+from events.projections.window import AGENT_KEEP
 
 
 class AgentCall(Frozen):
@@ -77,13 +78,15 @@ def _call(value: Any) -> AgentCall:
 
 class AgentFold:
     """An AgentState in progress. Until AgentStarted there is no agent, and
-    agent events are ignored; AgentStarted starts a new one."""
+    agent events are ignored; AgentStarted starts a new one. A live fold
+    keeps the conversation's last AGENT_KEEP entries."""
 
-    __slots__ = ("_start", "_values")
+    __slots__ = ("_start", "_values", "_live")
 
-    def __init__(self, start: AgentState | None) -> None:
+    def __init__(self, start: AgentState | None, live: bool = False) -> None:
         self._start = start  # the result, as long as no event changes it
         self._values: dict[str, Any] | None = None  # its fields, entries as a list
+        self._live = live
 
     def _agent(self) -> dict[str, Any] | None:
         if self._values is None and self._start is not None:
@@ -150,6 +153,8 @@ class AgentFold:
         a = self._values
         if a is None:
             return self._start
+        if self._live:
+            del a["entries"][:-AGENT_KEEP]
         state: AgentState = construct_trusted(AgentState, {**a, "entries": tuple(a["entries"])})
         return state
 

@@ -20,9 +20,14 @@ from events.projections.frozen import Fields, Frozen, Handler
 from events.projections.ledger import LedgerFold, PermissionLedger
 from events.projections.quota import QuotaFold, QuotaUsage
 from events.projections.session import SessionFold, SessionState
+from events.projections.window import Window
 
 
 class Projections(Frozen):
+    """A session's projections: full (every call, turn, file and decision), or
+    live (`live()`: bounded, what a worker and a snapshot hold; see
+    `events.projections.window`). A fold goes on in the mode of its start."""
+
     session: SessionState = SessionState()
     quota: QuotaUsage = QuotaUsage()
     ledger: PermissionLedger = PermissionLedger()
@@ -30,6 +35,15 @@ class Projections(Frozen):
     @property
     def last_seq(self) -> int:
         return self.session.last_seq
+
+    @property
+    def is_live(self) -> bool:
+        return self.session.window is not None
+
+    @staticmethod
+    def live() -> Projections:
+        """The empty live state: folds from it keep the live part only."""
+        return _LIVE
 
 
 # For each event type, the handlers that read it: (which part of a Folder, the
@@ -57,9 +71,10 @@ class Folder:
         st = start if start is not None else Projections()
         self.last_seq = st.session.last_seq
         self._session = SessionFold(st.session)
-        self._agent = AgentFold(st.session.agent)
+        live = st.session.window is not None
+        self._agent = AgentFold(st.session.agent, live)
         self._quota = QuotaFold(st.quota)
-        self._ledger = LedgerFold(st.ledger)
+        self._ledger = LedgerFold(st.ledger, live)
         self._on: dict[str, Callable[[Fields, Fields], None]] = {}
 
     def add(self, type_: str, pl: Fields, e: Fields) -> None:
@@ -140,6 +155,7 @@ def apply(state: Projections, e: Event) -> Projections:
 
 
 _NO_QUOTA, _NO_LEDGER = QuotaUsage(), PermissionLedger()
+_LIVE = Projections(session=SessionState(window=Window()))
 
 
 def apply_session(s: SessionState, e: Event) -> SessionState:

@@ -92,15 +92,26 @@ class Items(Generic[M]):
         self._touched.append(i)
         return values
 
-    def freeze(self) -> tuple[M, ...]:
+    def freeze(
+        self, window: int | None = None, keep: Callable[[M], bool] | None = None
+    ) -> tuple[M, ...]:
         """The items as models. Frozen in place too, so the fold can go on after
-        its result was taken without changing that result."""
+        its result was taken without changing that result.
+
+        With a `window` (a live state, `events.projections.window`), only the
+        last `window` items and those `keep` says are still live stay, here
+        and in the fold that goes on."""
         items, model = self._items, self._model
         for i in self._touched:
             x = items[i]
             if type(x) is dict:
                 items[i] = construct_trusted(model, x)
         self._touched.clear()
+        if window is not None and len(items) > window:
+            cut = len(items) - window
+            old = [x for x in items[:cut] if keep is not None and keep(x)]  # type: ignore[arg-type]
+            items[:cut] = old
+            self._at = None  # positions moved: rebuilt when next needed
         return tuple(items)  # type: ignore[arg-type]
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from events import payloads as p
 from events.envelope import construct_trusted
 from events.projections.frozen import Fields, Frozen, Handler, Items
+from events.projections.window import KEEP
 
 
 class LedgerEntry(Frozen):
@@ -30,12 +31,14 @@ class PermissionLedger(Frozen):
 
 class LedgerFold:
     """A PermissionLedger in progress. Decisions and answers go to the newest
-    entry of their call."""
+    entry of their call. A live fold keeps the last KEEP entries and those
+    still waiting for a decision or an answer."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "_window")
 
-    def __init__(self, start: PermissionLedger) -> None:
+    def __init__(self, start: PermissionLedger, live: bool = False) -> None:
         self._entries = Items(LedgerEntry, start.entries, "call_id")
+        self._window = KEEP if live else None
 
     def requested(self, pl: Fields, e: Fields) -> None:
         self._entries.append(
@@ -81,9 +84,13 @@ class LedgerFold:
 
     def result(self) -> PermissionLedger:
         ledger: PermissionLedger = construct_trusted(
-            PermissionLedger, {"entries": self._entries.freeze()}
+            PermissionLedger, {"entries": self._entries.freeze(self._window, _open)}
         )
         return ledger
+
+
+def _open(e: LedgerEntry) -> bool:
+    return e.decision is None or (e.decision == "ask" and e.confirmation is None)
 
 
 ON: dict[str, Handler] = {

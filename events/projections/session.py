@@ -3,11 +3,15 @@ the patch so far, folded by `SessionFold` (its agent part is in `agent`)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal
+
+from pydantic import Field
 
 from events.envelope import construct_trusted
 from events.projections.agent import AgentState
 from events.projections.frozen import Fields, Frozen, Handler, Items
+from events.projections.window import KEEP, Window, merged, new_digests
 
 
 class Turn(Frozen):
@@ -85,6 +89,27 @@ class SessionState(Frozen):
     elevated_by: str | None = None
     confirmations: tuple[Confirmation, ...] = ()
     agent: AgentState | None = None
+    # A live state (events.projections.window): lists cut to what is in play,
+    # no files_changed, changed_paths or patch, and this instead. A full
+    # state's dump has no such key: its JSON is as before the window.
+    window: Window | None = Field(default=None, exclude_if=lambda w: w is None)
+
+    @property
+    def files_count(self) -> int:
+        """How many distinct paths the session changed (what policy limits
+        and SessionCompleted count), in a live state too."""
+        return len(self.changed_paths) if self.window is None else self.window.files
+
+    def files_count_with(self, paths: Collection[str]) -> int:
+        """`files_count` once `paths` are changed too."""
+        if self.window is None:
+            return len(self.changed_paths | set(paths))
+        return self.window.files + len(new_digests(self.window.paths, paths))
+
+    @property
+    def steps_count(self) -> int:
+        """len(steps), in a live state too (which keeps no step names)."""
+        return len(self.steps) if self.window is None else self.window.steps
 
     @property
     def waiting(self) -> tuple[Confirmation, ...]:
@@ -147,10 +172,15 @@ class SessionFold:
         "_changed",
         "_pending",
         "_patch",
+        "_new",
+        "_steps",
     )
 
     def __init__(self, start: SessionState) -> None:
         self._start = start
+        # A live fold's: digests of paths changed since start, and the step count.
+        self._new: set[str] = set()
+        self._steps = start.window.steps if start.window is not None else 0
         self._scalars: dict[str, Any] = {}
         self._turns = Items(Turn, start.turns, "turn")
         self._calls = Items(ToolCall, start.calls, "call_id")
@@ -161,11 +191,13 @@ class SessionFold:
         self._patch = [start.patch]
 
     def started(self, pl: Fields, e: Fields) -> None:
+        live = self._start.window is not None
+        self._steps = len(pl["steps"])
         self._scalars.update(
             session_id=e["stream_id"],
             job_id=pl["job_id"],
             target=pl["target"],
-            steps=tuple(pl["steps"]),
+            steps=() if live else tuple(pl["steps"]),
             status="running",
         )
 
@@ -315,6 +347,12 @@ class SessionFold:
         mine = [c for c in self._pending if c.call_id == call_id]
         if not mine:
             return
+        self._pending = [c for c in self._pending if c.call_id != call_id]
+        window = self._start.window
+        if window is not None:  # live: only the digests of the paths
+            new = new_digests(window.paths, (c.path for c in mine))
+            self._new |= new
+            return
         before, files = self._changed, self._files
         for c in mine:
             change = construct_trusted(
@@ -332,12 +370,13 @@ class SessionFold:
                 files.append(change)
         self._files = files
         self._changed = before | {c.path for c in mine}
-        self._pending = [c for c in self._pending if c.call_id != call_id]
         self._patch.extend(c.diff for c in mine)
 
     # -- the frozen result -----------------------------------------------------
 
     def result(self, last_seq: int, agent: AgentState | None) -> SessionState:
+        if self._start.window is not None:
+            return self._live(last_seq, agent)
         values: dict[str, Any] = {
             **self._start.__dict__,
             **self._scalars,
@@ -353,6 +392,48 @@ class SessionFold:
         }
         state: SessionState = construct_trusted(SessionState, values)
         return state
+
+    def _live(self, last_seq: int, agent: AgentState | None) -> SessionState:
+        """A live state's result: the last KEEP of each list, and what is still
+        in play before them (events.projections.window). The turns the kept
+        conversation names stay with their calls and confirmations: the agent
+        decides from them."""
+        named = {c.turn for e in agent.entries for c in e.calls} if agent is not None else set()
+        confirmations = self._confirmations.freeze(
+            KEEP, lambda c: c.status == "pending" or c.turn in named
+        )
+        asked = {c.call_id for c in confirmations if c.status == "pending"}
+        calls = self._calls.freeze(
+            KEEP,
+            lambda c: (
+                c.status in _UNFINISHED
+                or (c.status == "asked" and c.call_id in asked)
+                or c.turn in named
+            ),
+        )
+        turns = self._turns.freeze(KEEP, lambda t: t.status == "running" or t.turn in named)
+        w = self._start.window
+        assert w is not None
+        if self._new or self._steps != w.steps:
+            w = construct_trusted(
+                Window, {"paths": merged(w.paths, self._new), "steps": self._steps}
+            )
+        values: dict[str, Any] = {
+            **self._start.__dict__,
+            **self._scalars,
+            "turns": turns,
+            "calls": calls,
+            "pending": tuple(self._pending),
+            "confirmations": confirmations,
+            "last_seq": last_seq,
+            "agent": agent,
+            "window": w,
+        }
+        state: SessionState = construct_trusted(SessionState, values)
+        return state
+
+
+_UNFINISHED = ("requested", "allowed", "started")
 
 
 ON: dict[str, Handler] = {

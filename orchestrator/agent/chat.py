@@ -35,6 +35,7 @@ from rich.markup import escape
 from events import payloads as p
 from events.envelope import Event
 from events.errors import SequenceConflict
+from events.history import history
 from events.projections import AgentState, JobState, Projections, apply, apply_job
 from events.store import EventStore
 from orchestrator.agent import core as agent
@@ -270,7 +271,7 @@ class Chat:
             highlight=False,
         )
         if resumed:
-            self.show(conversation(self.state))
+            self.show(conversation(history(self.store, self.sid)))
         while True:
             now = phase(self.state)
             if now in ("busy", "waiting"):
@@ -301,7 +302,8 @@ class Chat:
         if name == "/help":
             self.console.print(HELP, highlight=False, markup=False)
         elif name == "/status":
-            self.show(status_lines(self.fresh()))
+            self.fresh()
+            self.show(status_lines(history(self.store, self.sid)))
         elif name == "/quota":
             self.show(quota_lines(self.fresh()))
         elif name == "/pending":
@@ -511,7 +513,7 @@ class Chat:
                 lambda st: (
                     []
                     if st.session.finished
-                    else [p.SessionCompleted(files_changed=len(st.session.files_changed))]
+                    else [p.SessionCompleted(files_changed=st.session.files_count)]
                 ),
                 key="session:completed",
             )
@@ -527,7 +529,7 @@ class Chat:
         colour = "green" if s.status == "completed" else "red"
         self.console.print(
             f"session {self.sid} [{colour}]{s.status}[/], "
-            f"{len(s.files_changed)} file(s) changed; see `orchestrator audit "
+            f"{s.files_count} file(s) changed; see `orchestrator audit "
             f"replay {self.sid}`",
             highlight=False,
         )

@@ -203,8 +203,33 @@ def system_prompt(s: SessionState, has_network: bool) -> str:
 # -- what the model is shown ---------------------------------------------------------
 
 
+# What `messages` reads: a session's whole history of these (not its diffs).
+PROMPT_TYPES = frozenset(
+    (
+        "SessionStarted",
+        "PolicyAttached",
+        "AgentStarted",
+        "UserMessage",
+        "ModelRequested",
+        "ModelResponded",
+        "ModelFailed",
+        "AgentTurnCancelled",
+        "ToolCallRequested",
+        "PermissionDecided",
+        "ToolCallStarted",
+        "ToolCallCompleted",
+        "ToolCallFailed",
+        "ConfirmationRequested",
+        "ConfirmationGranted",
+        "ConfirmationDenied",
+    )
+)
+
+
 def messages(state: Projections, has_network: bool) -> list[dict[str, Any]]:
-    """The conversation as chat-completions messages, rebuilt from events."""
+    """The conversation as chat-completions messages, rebuilt from events: from
+    the whole history (`events.history.history` of PROMPT_TYPES), not from a
+    live state, which keeps the conversation's end only."""
     s = state.session
     a = s.agent or AgentState()
     out: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(s, has_network)}]

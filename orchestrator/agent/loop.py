@@ -18,6 +18,7 @@ from typing import Any
 
 from events import payloads as p
 from events.envelope import Event
+from events.history import history
 from events.projections import AgentState, Projections
 from orchestrator.agent import core as agent
 from orchestrator.agent.providers.base import ModelError, ModelReply, ModelRequest, Provider
@@ -90,7 +91,7 @@ class AgentLoop:
             self._end(
                 ticket,
                 state,
-                [p.SessionCompleted(files_changed=len(s.files_changed))],
+                [p.SessionCompleted(files_changed=s.files_count)],
                 "session:completed",
                 cause,
             )
@@ -132,7 +133,11 @@ class AgentLoop:
         a = state.session.agent
         assert a is not None
         pol = self.runner.policy_of(state.session)
-        msgs = agent.messages(state, pol.doc.network.for_shell)
+        # The whole conversation, from the stream: the live state keeps its end only.
+        told = history(
+            self.runner.store, ticket.session_id, agent.PROMPT_TYPES, upto=state.last_seq
+        )
+        msgs = agent.messages(told, pol.doc.network.for_shell)
         request = ModelRequest(model=a.model, messages=msgs, tools=agent.tool_specs(a.tools))
         seq = self._record_request(ticket, state, n, msgs, cause)
         provider = self._provider(ticket)
@@ -240,7 +245,7 @@ class AgentLoop:
         s = state.session
         a = s.agent
         assert a is not None
-        base = max([len(s.steps), *(t.turn for t in s.turns)])
+        base = max([s.steps_count, *(t.turn for t in s.turns)])
         calls, _ = agent.tool_calls_of(reply, a.tools, base, self.secrets)
         content = mask(reply.content, self.secrets) if reply.content else None
         self.runner._append(

@@ -24,6 +24,7 @@ from events import audit as whole
 from events import payloads as p
 from events import verify as verify_mod
 from events.envelope import Event
+from events.history import history, replay_json
 from events.replay import replay
 from orchestrator.api.auth import Principal
 from orchestrator.api.deps import Services, need, services
@@ -54,16 +55,11 @@ def _known(svc: Services, session_id: str) -> bool:
 
 
 def _session(svc: Services, session_id: str) -> Any:
-    state = replay(svc.store, session_id)
+    """The session's whole history (`events.history`): its calls, files and patch."""
+    state = history(svc.store, session_id)
     if state.last_seq == 0 or not state.session.session_id:
         raise NotFound(f"no session {session_id}; GET /jobs/{{id}} lists a job's sessions")
     return state
-
-
-def _replay_json(state: Any) -> dict[str, Any]:
-    data = state.model_dump(mode="json")
-    data["session"]["changed_paths"].sort()  # as `audit replay --json`: stable bytes
-    return data  # type: ignore[no-any-return]
 
 
 @router.get("/sessions/{session_id}", responses=error_responses(401, 403, 404, 422, 503))
@@ -72,7 +68,7 @@ def get_session(
 ) -> dict[str, Any]:
     """The session's state rebuilt from its events (the `session` part of
     `orchestrator audit replay --json`)."""
-    data: dict[str, Any] = _replay_json(_session(services(request), session_id))["session"]
+    data: dict[str, Any] = replay_json(_session(services(request), session_id))["session"]
     return data
 
 
@@ -85,7 +81,7 @@ def get_replay(
     --no-snapshot --json`; docs/schemas/audit-replay.schema.json)."""
     svc = services(request)
     _session(svc, session_id)
-    return _replay_json(replay(svc.store, session_id, use_snapshot=False))
+    return replay_json(history(svc.store, session_id))
 
 
 def _page(events: list[Event], limit: int) -> tuple[list[dict[str, Any]], bool]:

@@ -23,7 +23,7 @@ migrate = lazy.module("events.migrate")
 verify_mod = lazy.module("events.verify")
 _db = lazy.module("events.db")
 _errors = lazy.module("events.errors")
-_replay = lazy.module("events.replay")
+_history = lazy.module("events.history")
 _audit = lazy.module("events.audit")
 _store = lazy.module("events.store")
 render = lazy.module("orchestrator.cli.render")
@@ -47,22 +47,22 @@ db_app = typer.Typer(help="Event store schema.", no_args_is_help=True)
 def audit_replay(
     session_id: str,
     json: bool = typer.Option(False, "--json"),
-    no_snapshot: bool = typer.Option(False, help="Fold every event from seq 1"),
+    no_snapshot: bool = typer.Option(
+        False, help="Kept for scripts: the replay always folds every event from seq 1"
+    ),
 ) -> None:
     """Rebuild a session from its events alone: state, quota usage, permissions."""
     st = current().store()
-    state = _replay.replay(st, session_id, use_snapshot=not no_snapshot)
+    # The whole history, from seq 1 either way: snapshots hold the live part
+    # only (events.projections.window), so --no-snapshot changes nothing.
+    state = _history.history(st, session_id)
     if state.last_seq == 0:
         fail(
             f"no events for session {session_id}; list sessions with `orchestrator status JOB_ID`",
             2,
         )
     if json:
-        data = state.model_dump(mode="json")
-        # A frozenset dumps in hash order, which differs from process to
-        # process: sorted, the same store replays to the same bytes.
-        data["session"]["changed_paths"].sort()
-        emit_json(data)
+        emit_json(_history.replay_json(state))
     else:
         render.replay(out, state)
 
@@ -145,7 +145,7 @@ def _recheck(st: EventStore, source: str, session_id: str | None) -> tuple[str, 
     )
     ledgers = []
     for sid in streams:
-        state = _replay.replay(st, sid)
+        state = _history.history(st, sid, _history.LEDGER_TYPES)
         if state.session.session_id:  # job streams have no ledger
             ledgers.append((sid, state.ledger))
     total, changes = _recheck_mod.recheck_all(ledgers, chosen)

@@ -29,7 +29,7 @@ from orchestrator.ops import workers
 render = lazy.module("orchestrator.cli.render")
 yaml = lazy.module("yaml")
 _policy = lazy.module("orchestrator.guard.policy")
-_replay = lazy.module("events.replay")
+_history = lazy.module("events.history")
 _scripted = lazy.module("orchestrator.agent.providers.scripted")
 confirmations = lazy.module("orchestrator.run.confirmations")
 dg = lazy.module("orchestrator.run.diagnose")
@@ -174,7 +174,7 @@ def _run(
         if proc is not None and not keep_worker:
             workers.stop_worker(proc)
     return dg.report(
-        _replay.replay(st, ticket.session_id), job_id=job_id, target=str(target), mode=mode
+        _history.history(st, ticket.session_id), job_id=job_id, target=str(target), mode=mode
     )
 
 

@@ -31,7 +31,7 @@ from orchestrator.ops import workers
 _audit = lazy.module("events.audit")
 _db = lazy.module("events.db")
 _urls = lazy.module("events.urls")
-_replay = lazy.module("events.replay")
+_history = lazy.module("events.history")
 _store = lazy.module("events.store")
 _quickread = lazy.module("events.quickread")
 _envelope = lazy.module("events.envelope")
@@ -197,7 +197,7 @@ def demo(
     finish(st, job_id, directory / "patches", False)
     first = tickets[0].session_id
     out.rule(f"orchestrator audit replay {first}")
-    render.replay(out, _replay.replay(st, first, use_snapshot=False))
+    render.replay(out, _history.history(st, first))
     report = _audit.verify_store(st)
     out.rule("orchestrator audit verify")
     render.verify(out, report)

@@ -89,7 +89,7 @@ def usage_of(state: Projections) -> decision.Usage:
         cpu_s=q.shell_cpu_s,
         wall_s=q.shell_wall_s,
         bytes_written=q.bytes_written,
-        files_changed=len(state.session.files_changed),
+        files_changed=state.session.files_count,
         recent=q.recent_by_tool(),
     )
 
@@ -218,7 +218,7 @@ def completed(
         if planned is not None:
             mine |= {e.path for e in planned.edits}
         mine |= {e.path for e in result.edits}  # recorded with the completion (shell)
-        events.append(p.SessionCompleted(files_changed=len(s.changed_paths | mine)))
+        events.append(p.SessionCompleted(files_changed=s.files_count_with(mine)))
     return events
 
 
@@ -250,5 +250,5 @@ def failed(call: Call, s: SessionState, exc: ToolError, elapsed: float) -> list[
             )
         )
     elif call.last:
-        events.append(p.SessionCompleted(files_changed=len(s.files_changed)))
+        events.append(p.SessionCompleted(files_changed=s.files_count))
     return events

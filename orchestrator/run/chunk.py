@@ -257,7 +257,7 @@ def _reported(runner: Runner, live: list[_Live], last: bool, cause: str | None, 
                     s.state,
                     runner._append(
                         sid,
-                        [p.SessionCompleted(files_changed=len(s.state.session.files_changed))],
+                        [p.SessionCompleted(files_changed=s.state.session.files_count)],
                         s.state.last_seq,
                         "session:completed",
                         s.ticket.job_id,

@@ -183,7 +183,8 @@ def cancel(store: EventStore, job_id: str, *, by: str, reason: str) -> Cancellat
                 session_id=ref.session_id,
                 target=ref.target,
                 path=None,
-                steps=s.steps,
+                # as `prepare` gave them: a live state keeps no step names
+                steps=tuple(st.label for st in JobSpec.model_validate(job.spec).steps),
                 sessions_total=len(job.sessions),
             )
             ended = runner._retrying(

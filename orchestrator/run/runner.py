@@ -343,7 +343,7 @@ class Runner:
                 state,
                 self._append(
                     sid,
-                    [p.SessionCompleted(files_changed=len(s.files_changed))],
+                    [p.SessionCompleted(files_changed=s.files_count)],
                     s.last_seq,
                     "session:completed",
                     ticket.job_id,

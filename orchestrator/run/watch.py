@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 # SQLAlchemy loads with a store; `status` folds rows it read without one
 # (`view_of`, bench/cli_startup.py).
 _replay = lazy.module("events.replay")
+_history = lazy.module("events.history")
 
 ENDED = ("completed", "failed", "cancelled")
 
@@ -73,15 +74,16 @@ def final_view(store: EventStore, job_id: str) -> JobView:
     it says finished but that was read before its end is read again. (A
     session's end is appended before its SessionFinished, and the job's
     completion after the last of those, so no reader sees a finished job as
-    running, or a completed job with a running session.)"""
+    running, or a completed job with a running session.) Each session's whole
+    history: the view lists its files and patch."""
     job = _replay.job_state(store, job_id)
     sessions = {
-        ref.session_id: _replay.replay(store, ref.session_id).session for ref in job.sessions
+        ref.session_id: _history.history(store, ref.session_id).session for ref in job.sessions
     }
     view = JobView(job_id, job=_replay.job_state(store, job_id) if job.sessions else job)
     for sid, _ in view.job.finished:
         if sid in sessions and not sessions[sid].finished:
-            sessions[sid] = _replay.replay(store, sid).session
+            sessions[sid] = _history.history(store, sid).session
     view.sessions = sessions
     return view
 

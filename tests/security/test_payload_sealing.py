@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from events import payloads as p
+from events.history import history
 from events.keyring import SqlKeyRing
-from events.replay import replay
 from events.schema import data_keys as K
 from events.sealing import Sealer, SealError, parse
 from events.store import SqlEventStore
@@ -116,7 +116,7 @@ def test_sealed_fields_are_ciphertext_stored_and_plain_text_read(sealed, stream_
     changed = next(e for e in appended if e.type == "FileChanged")
     assert changed.payload.diff == DIFF_TEXT  # type: ignore[union-attr]
     assert list(store.read_stream(stream_id)) == appended
-    state = replay(store, stream_id)
+    state = history(store, stream_id)
     assert state.session.calls[0].output == OUTPUT_TEXT
     assert state.session.files_changed[0].path == "a.txt"
     stored = {r.seq: r.body for r in store.rows(stream_id)}
@@ -132,7 +132,7 @@ def test_sealed_fields_are_ciphertext_stored_and_plain_text_read(sealed, stream_
 def test_forget_keeps_verify_digests_and_replay_and_leaves_no_key(sealed, stream_id, tmp_path):
     store, sealer = sealed
     _session(store, stream_id)
-    before = replay(store, stream_id)
+    before = history(store, stream_id)
     store.save_snapshot(stream_id, before.last_seq, 99, b"state " + OUTPUT_TEXT.encode())
     assert store.load_snapshot(stream_id) == (before.last_seq, 99, b"state " + OUTPUT_TEXT.encode())
     [row] = sealer.keys.rows(stream_id)  # type: ignore[attr-defined]
@@ -153,7 +153,7 @@ def test_forget_keeps_verify_digests_and_replay_and_leaves_no_key(sealed, stream
     assert proof.ok and list(proof.unproven) == [stream_id]  # the forget record
     audit.sign(store, key, "user:auditor")
     assert not audit.prove_store(store, [key.public_key()]).unproven
-    after = replay(store, stream_id, use_snapshot=False)
+    after = history(store, stream_id)
     marker = "forgotten on "
     assert after.session.calls[0].output.startswith(marker)
     assert "by user:dpo: customer request 42" in after.session.calls[0].output

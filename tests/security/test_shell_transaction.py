@@ -14,7 +14,7 @@ import pytest
 
 from events import payloads as p
 from events.envelope import NewEvent, new_id
-from events.replay import replay
+from events.history import history
 from events.store import SqlEventStore, open_store
 from orchestrator.run.runner import Runner, Ticket
 from orchestrator.run.steps import ShellStep
@@ -74,11 +74,11 @@ def test_every_change_a_command_makes_is_recorded_and_replays_to_the_workspace(
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
     # Elevated: the command-level policy would ask before `rm`/`chmod` run.
     sid, status = _run(store, work, ShellStep(command=["sh", "-c", SCRIPTS[kind]]), elevated_by="t")
-    assert status == "completed", replay(store, sid).session.error
+    assert status == "completed", history(store, sid).session.error
     after = _tree(work)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     content = {k for k in changed if (before.get(k) or (None,))[0] != (after.get(k) or (None,))[0]}
-    state = replay(store, sid)
+    state = history(store, sid)
     recorded = {c.path: c for c in state.session.files_changed}
     assert set(recorded) == content
     for path in content:
@@ -101,7 +101,7 @@ def test_a_refused_changeset_is_a_recorded_deny_and_nothing_reaches_the_workspac
     sid, status = _run(store, work, ShellStep(command=["sh", "-c", script]), elevated_by="t")
     assert status == "failed"
     assert _tree(work) == before
-    state = replay(store, sid)
+    state = history(store, sid)
     [entry] = state.ledger.entries
     assert entry.decision == "deny" and entry.rule_id
     [call] = state.session.calls
@@ -117,7 +117,7 @@ def test_a_failed_command_is_rolled_back(tmp_path: Path):
     sid, status = _run(store, work, step, elevated_by="t")
     assert status == "failed"
     assert _tree(work) == before
-    assert replay(store, sid).session.files_changed == ()
+    assert history(store, sid).session.files_changed == ()
 
 
 def test_deleting_a_tracked_file_needs_elevation(tmp_path: Path):
@@ -130,10 +130,10 @@ def test_deleting_a_tracked_file_needs_elevation(tmp_path: Path):
     step = ShellStep(command=["python3", "-c", "import os; os.remove('keep.txt')"])
     sid, status = _run(store, work, step)
     assert status == "failed" and (work / "keep.txt").exists()
-    assert replay(store, sid).ledger.entries[0].rule_id == "destructive-rm"
+    assert history(store, sid).ledger.entries[0].rule_id == "destructive-rm"
     sid, status = _run(store, work, step, elevated_by="alice")
     assert status == "completed" and not (work / "keep.txt").exists()
-    assert [c.after_hash for c in replay(store, sid).session.files_changed] == [None]
+    assert [c.after_hash for c in history(store, sid).session.files_changed] == [None]
 
 
 def test_an_interrupted_attempt_runs_again_and_both_are_in_the_log(tmp_path: Path):
@@ -169,7 +169,7 @@ def test_an_interrupted_attempt_runs_again_and_both_are_in_the_log(tmp_path: Pat
     types = [e.type for e in store.read_stream(sid)]
     assert types.count("ToolCallStarted") == 1
     assert types.index("ToolCallRedelivered") < types.index("ToolCallCompleted")
-    [call] = replay(store, sid).session.calls
+    [call] = history(store, sid).session.calls
     assert [(a.attempt, a.worker, a.outcome) for a in call.attempts] == [
         (1, "worker:dead", "interrupted"),
         (2, "worker:second", "completed"),
@@ -188,10 +188,10 @@ def test_what_the_ignore_files_hide_is_applied_but_not_in_the_patch(tmp_path: Pa
     script = "mkdir -p __pycache__ build && printf x > __pycache__/m.pyc && printf y > build/o && printf z >> keep.txt"
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
     sid, status = _run(store, work, ShellStep(command=["sh", "-c", script]), elevated_by="t")
-    assert status == "completed", replay(store, sid).session.error
+    assert status == "completed", history(store, sid).session.error
     assert (work / "__pycache__" / "m.pyc").read_text() == "x"
     assert (work / "build" / "o").read_text() == "y"
-    assert [c.path for c in replay(store, sid).session.files_changed] == ["keep.txt"]
+    assert [c.path for c in history(store, sid).session.files_changed] == ["keep.txt"]
 
 
 def test_a_tracked_delete_asks_in_a_repository_another_user_owns(tmp_path: Path):
@@ -209,7 +209,7 @@ def test_a_tracked_delete_asks_in_a_repository_another_user_owns(tmp_path: Path)
     step = ShellStep(command=["python3", "-c", "import os; os.remove('keep.txt')"])
     sid, status = _run(store, work, step)
     assert status == "failed" and (work / "keep.txt").exists()
-    assert replay(store, sid).ledger.entries[0].rule_id == "destructive-rm"
+    assert history(store, sid).ledger.entries[0].rule_id == "destructive-rm"
 
 
 def test_a_tracked_file_in_an_ignored_folder_is_in_the_patch(tmp_path: Path):
@@ -230,8 +230,8 @@ def test_a_tracked_file_in_an_ignored_folder_is_in_the_patch(tmp_path: Path):
     script = "printf v2 > 'build/[id].cfg' && printf again > build/i.cfg"
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
     sid, status = _run(store, work, ShellStep(command=["sh", "-c", script]), elevated_by="t")
-    assert status == "completed", replay(store, sid).session.error
-    assert [c.path for c in replay(store, sid).session.files_changed] == ["build/[id].cfg"]
+    assert status == "completed", history(store, sid).session.error
+    assert [c.path for c in history(store, sid).session.files_changed] == ["build/[id].cfg"]
     assert (work / "build" / "i.cfg").read_text() == "again"
 
 
@@ -245,8 +245,8 @@ def test_what_the_sandbox_hid_is_recorded_with_the_call(tmp_path: Path):
     (work / "show.sh").write_text("cat .env keys/id.pem keep.txt\n")  # no name on the command line
     step = ShellStep(command=["sh", "show.sh"])
     sid, status = _run(store, work, step, elevated_by="t")
-    assert status == "completed", replay(store, sid).session.error
+    assert status == "completed", history(store, sid).session.error
     [hid] = [e.payload for e in store.read_stream(sid) if e.type == "PathsHidden"]
     assert hid.paths == [".env", "keys/id.pem"] and hid.total == 2
-    [call] = replay(store, sid).session.calls
+    [call] = history(store, sid).session.calls
     assert hid.call_id == call.call_id and "s3cr3t" not in (call.output or "")
