@@ -138,7 +138,11 @@ def view_kind(host: Host, wanted: ViewKind, workspace: Path) -> Literal["overlay
 
 
 def changes(prep: Prepared, workspace: Path) -> Changeset:
-    """What the command changed, read from the call's view (still open)."""
+    """What the command changed, read from the call's view (still open) once
+    nothing of the call runs: a leftover process (a daemon, in the fallback)
+    could otherwise write a file while it is read, and a torn read would be
+    recorded and applied. The sweep in `prepare`'s exit then finds none."""
+    _sweep(prep)
     view = prep.view
     if view is None:
         return Changeset()
