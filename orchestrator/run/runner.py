@@ -507,6 +507,7 @@ class Runner:
         """The policy's verdict on the call; a rate limit's "not yet" is
         recorded (RateLimited) and raised for the task to retry later."""
         s = state.session
+        touched, found = calls.judged_paths(call, planned, plan_error)
         verdict = decision.decide(
             call.kind,
             args,
@@ -515,9 +516,9 @@ class Runner:
             elevated=s.elevated_by is not None,
             usage=calls.usage_of(state),
             now=utcnow(),
-            extra_paths=calls.touched(call.tool, call.workspace, call.step, planned),
+            extra_paths=touched,
             secrets=known_values(self.settings),
-            facts=calls.facts(call, planned, plan_error),
+            facts=found,
         )
         self.observer.permission(verdict.decision, verdict.rule_id)
         if verdict.rule_id.startswith(("rate:", "quota:")) and verdict.decision != "allow":
