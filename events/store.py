@@ -37,6 +37,7 @@ from events.schema import INDEXED_TYPES, INDEXED_TYPES_SQL
 from events.schema import events as T
 from events.schema import snapshots as S
 from events.sealing import MARK
+from events.tails import split_tails, tails_sql
 from events.upcast import decode
 from events.verify import Row
 
@@ -83,6 +84,8 @@ class EventStore(Protocol):
         ...
 
     def read_stream(self, stream_id: str, after_seq: int = 0) -> Iterator[Event]: ...
+
+    def read_tails(self, tails: Sequence[tuple[str, int]]) -> list[list[Event]]: ...
 
     def read_all(self, after_position: int = 0) -> Iterator[Event]: ...
 
@@ -494,6 +497,20 @@ class SqlEventStore:
         if rows:  # seqs are gapless: a hint for the next append (events.heads)
             self._heads.put(stream_id, after_seq + len(rows), rows[-1][2])
         return rows
+
+    def read_tails(self, tails: Sequence[tuple[str, int]]) -> list[list[Event]]:
+        """`read_stream` of each (stream, after_seq), in one query (`events.tails`)."""
+        sql, params = tails_sql(len(tails), self._writers.param()), sum(tails, ())
+        with driver_errors(self.url, self._writers.dbapi):
+            try:
+                found = self._own_query(sql, params) if tails else []
+            except Reconnect:
+                found = self._own_query(sql, params)
+        out = split_tails(found, len(tails))
+        for (stream_id, after_seq), got in zip(tails, out):
+            if got:  # seqs are gapless: a hint for the next append (events.heads)
+                self._heads.put(stream_id, after_seq + len(got), got[-1][2])
+        return [[self._decode(*row) for row in got] for got in out]
 
     def _own_query(self, sql: str, params: tuple[object, ...]) -> list[Any]:
         """Rows of one query on this thread's writer connection (autocommit on

@@ -32,6 +32,12 @@ class WorkerDeps:
     settings: Settings
 
     @cached_property
+    def spool(self) -> Spool:
+        """Where results wait through a store outage (tasks.recording); its
+        folder resolved once: each step task looks into it first."""
+        return Spool(self.settings.state / "spool")
+
+    @cached_property
     def store(self) -> EventStore:
         """The event store, its filters (masking, sealing) in place; a step's
         finished result outlasts an outage of it (orchestrator.run.recording)."""
@@ -40,7 +46,7 @@ class WorkerDeps:
             EventStore,
             PatientStore(
                 SqlEventStore(s.effective_store_url, filters=protect.event_filters(s)),
-                Spool(s.state / "spool"),
+                self.spool,
                 s.record_patience_s,
             ),
         )

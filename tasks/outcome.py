@@ -51,9 +51,10 @@ def finished_before(runner: Any, tickets: Sequence[Ticket]) -> frozenset[str]:
 def states_before(runner: Any, tickets: Sequence[Ticket]) -> tuple[frozenset[str], dict[str, Any]]:
     """`finished_before`, and each session's state as that read found it: the
     step starts from it rather than reading the stream again a moment later
-    (a stale one only makes its first append conflict, and the runner reloads)."""
+    (a stale one only makes its first append conflict, and the runner reloads);
+    the same reads bring the job's cancel requests for the step's check."""
     try:
-        states = {t.session_id: runner.load(t.session_id) for t in tickets}
+        states = {t.session_id: runner.load(t.session_id, t.job_id) for t in tickets}
     except Exception:
         return frozenset(), {}
     return frozenset(sid for sid, s in states.items() if s.session.finished), states

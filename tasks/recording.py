@@ -19,17 +19,12 @@ from celery import signals
 from celery.utils.log import get_logger
 
 from events.errors import StoreUnavailable
-from orchestrator.config.settings import Settings
 from orchestrator.run import recording
 from orchestrator.run.failing import fail_session
 from orchestrator.run.runner import Ticket
 from tasks.deps import deps
 
 log = get_logger(__name__)
-
-
-def spool_of(settings: Settings) -> recording.Spool:
-    return recording.Spool(settings.state / "spool")
 
 
 def _fail(entry: dict[str, Any]) -> None:
@@ -40,8 +35,7 @@ def _fail(entry: dict[str, Any]) -> None:
 def flush_session(t: Ticket) -> int:
     """Record the session's spooled failure (StoreUnavailable: not yet);
     returns how many entries it recorded."""
-    d = deps()
-    spool = spool_of(d.settings)
+    spool = deps().spool
     if spool.folder.is_dir():
         return recording.flush(spool, _fail, stream=t.session_id)
     return 0
@@ -53,7 +47,7 @@ def fail_or_spool(t: Ticket, error: str, message: str, task_id: str | None) -> N
     try:
         fail_session(d.runner, t, error, message, task_id)
     except StoreUnavailable as exc:
-        where = spool_of(d.settings).put_failure(
+        where = d.spool.put_failure(
             t.session_id, t.job_id, t.model_dump(mode="json"), error, message
         )
         log.error(
@@ -66,8 +60,7 @@ def fail_or_spool(t: Ticket, error: str, message: str, task_id: str | None) -> N
 
 def sweep() -> int:
     """Flush the whole spool once; 0 when the store is still unavailable."""
-    d = deps()
-    spool = spool_of(d.settings)
+    spool = deps().spool
     if not spool.folder.is_dir():
         return 0
     try:

@@ -106,14 +106,17 @@ class Probe:
     _stop: threading.Event = field(default_factory=threading.Event)
     _wake: threading.Event = field(default_factory=threading.Event)
     _fresh: set[str] = field(default_factory=set)  # sessions received since the last beat
+    _published: frozenset[str] = frozenset()  # the sessions the last in-flight record lists
     _thread: threading.Thread | None = None
 
     def round(self, check: bool = True) -> heartbeat.Beat:
-        """Check the store and the broker once (unless `check` is False: a
-        nudge) and publish the beat, with the sessions in flight."""
+        """Check the store and the broker once and publish the beat, with the
+        sessions in flight; `check` False (a nudge): only the in-flight record,
+        the checks' last verdicts in it."""
         if check:
             self.store = _guarded(self.store_check, self.settings)
             self.broker = _guarded(self.broker_check, self.settings)
+        self._published = frozenset()  # a nudge meanwhile wakes the next round
         fresh, self._fresh = self._fresh, set()
         beat = heartbeat.Beat(
             hostname=self.hostname,
@@ -126,7 +129,8 @@ class Probe:
             active=tuple(dict.fromkeys((*self.active(), *sorted(fresh)))),
         )
         try:
-            heartbeat.publish(self.settings, beat)
+            heartbeat.publish(self.settings, beat, inflight_only=not check)
+            self._published = frozenset(beat.active)
         except OSError as exc:  # a full or read-only state folder
             log.error("cannot write the heartbeat file: %s", exc)
         self.last_round = self.clock()
@@ -145,7 +149,12 @@ class Probe:
         too (without this, a kill within one interval of the step's start
         left a record that named no session)."""
         self._fresh.update(sessions)
-        self._wake.set()
+        # A session the published record lists already (its previous step
+        # arrived here since the last beat) needs no new one. `round` empties
+        # `_published` before it takes `_fresh`, so a session added after
+        # that is either in this round's record or wakes the next.
+        if not self._published.issuperset(sessions):
+            self._wake.set()
 
     def _loop(self) -> None:
         every = self.settings.worker_heartbeat_interval_s

@@ -78,6 +78,31 @@ def test_a_cancelled_job_stops_before_the_next_step(store, tmp_path) -> None:
         jobs.cancel(store, job_id, by="api:ops", reason="twice")
 
 
+def test_a_step_reads_its_session_and_its_jobs_cancel_in_one_query(store, tmp_path) -> None:
+    spec, job_id, [t] = submitted(store, tmp_path)
+    runner = Runner(store, "worker:a")
+    assert runner.run_step(t, 0, spec.steps[0], last=False) == "running"
+    jobs.cancel(store, job_id, by="api:ops", reason="enough")
+    statements: list[str] = []
+    store._writers.get().set_trace_callback(statements.append)
+    state = runner.load(t.session_id, job_id)  # the step task's read (tasks.outcome)
+    assert len(statements) == 1 and " UNION ALL " in statements[0]
+    assert runner.run_step(t, 1, spec.steps[1], last=True, state=state) == "failed"
+    assert statements[1].startswith("INSERT"), statements  # SessionFailed, nothing read first
+    assert replay(store, t.session_id).session.error == "JobCancelled: cancelled by api:ops: enough"
+
+
+def test_a_step_from_a_state_loaded_without_its_job_reads_the_job(store, tmp_path) -> None:
+    spec, job_id, [t] = submitted(store, tmp_path)
+    runner = Runner(store, "worker:a")
+    assert runner.run_step(t, 0, spec.steps[0], last=False) == "running"
+    runner.load(t.session_id, job_id)  # read with the job: no cancel yet
+    jobs.cancel(store, job_id, by="api:ops", reason="later")
+    state = runner.load(t.session_id)  # a later read, the job's not in it
+    assert runner.run_step(t, 1, spec.steps[1], last=True, state=state) == "failed"
+    assert replay(store, t.session_id).session.error == "JobCancelled: cancelled by api:ops: later"
+
+
 def test_a_second_request_returns_the_first(store, tmp_path) -> None:
     _, job_id, _ = submitted(store, tmp_path)
     jobs.cancel(store, job_id, by="api:ops", reason="first")

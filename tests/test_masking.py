@@ -279,6 +279,28 @@ def test_mask_event_masks_every_string_and_secret_named_env() -> None:
     assert f("s", clean) is clean  # nothing to mask: the same event
 
 
+def test_a_string_the_filter_found_clean_is_masked_once_its_secret_is_known() -> None:
+    from events.envelope import NewEvent
+    from events.payloads import ToolCallCompleted
+    from orchestrator.guard.event_masking import mask_event
+
+    known: list[str] = []
+    f = mask_event(lambda: known)
+
+    def completed(output: str) -> NewEvent:
+        payload = ToolCallCompleted(call_id="s/1", tool="read", output=output)
+        return NewEvent.create(payload, actor="a", correlation_id="c")
+
+    e = completed(f"token {KEY} here")
+    for _ in range(2):  # the second time from the filter's memory of clean strings
+        assert f("s", e) is e
+    known.append(KEY)  # a secret read later in the process
+    assert f("s", e).payload.output == f"token {MASK} here"
+    assert f("s", completed(f"token {KEY} here")).payload.output == f"token {MASK} here"
+    known.clear()
+    assert f("s", e) is e
+
+
 def test_policy_denies_a_request_whose_arguments_hold_a_known_secret() -> None:
     from orchestrator.guard.decision import decide
 

@@ -29,6 +29,16 @@ def test_append_numbers_events_from_one_and_chains_them(store: SqlEventStore, st
     assert verify_rows(store.rows(stream_id)).ok
 
 
+def test_read_tails_gives_each_streams_tail_as_read_stream_does(store, stream_id):
+    job = stream_id + "-job"
+    store.append(stream_id, [new(x, i) for i, x in enumerate(session_payloads(2))], 0)
+    store.append(job, [new(p.SessionCompleted(files_changed=n)) for n in range(3)], 0)
+    tails = [(stream_id, 2), (job, 0), (job, 3), (stream_id + "-none", 0)]
+    assert store.read_tails(tails) == [list(store.read_stream(s, after)) for s, after in tails]
+    assert [len(t) for t in store.read_tails(tails)][1:] == [3, 0, 0]
+    assert store.read_tails([]) == []
+
+
 def test_stale_expected_seq_is_a_typed_conflict_and_appends_nothing(store, stream_id):
     store.append(stream_id, [new(p.SessionCompleted(files_changed=0))], 0)
     with pytest.raises(SequenceConflict) as info:

@@ -161,6 +161,45 @@ def test_a_check_that_raises_makes_the_worker_not_ready(tmp_path: Path) -> None:
     assert probe.readyz()[0] == 503
 
 
+def test_a_task_publishes_the_in_flight_record_once_per_session_not_yet_in_it(
+    tmp_path: Path,
+) -> None:
+    s = Settings(state_dir=tmp_path)
+    now = [100.0]
+    probe = Probe(
+        s,
+        "w@t",
+        store_check=lambda _: (True, ""),
+        broker_check=lambda _: (True, ""),
+        clock=lambda: now[0],
+        active=lambda: (),
+    )
+    probe.round()  # the beat before the first task
+    beat_file = tmp_path / "heartbeats" / "w@t.json"
+    record = tmp_path / "inflight" / "w@t.json"
+
+    probe.nudge(("job-1/s-1",))  # a task of a session the record does not list
+    assert probe._wake.is_set()
+    probe._wake.clear()
+    now[0] = 101.0
+    assert probe.round(check=False).active == ("job-1/s-1",)
+    assert json.loads(record.read_text())["active"] == ["job-1/s-1"]
+    assert json.loads(beat_file.read_text())["at"] == 100.0  # a nudge is no beat
+
+    probe.nudge(("job-1/s-1",))  # its next step: listed already
+    assert not probe._wake.is_set()
+    probe.nudge(("job-1/s-2",))
+    assert probe._wake.is_set()
+    now[0] = 110.0
+    assert probe.round().active == ("job-1/s-1", "job-1/s-2")  # received since the last beat
+    assert json.loads(beat_file.read_text())["at"] == 110.0
+    probe._wake.clear()
+    now[0] = 120.0
+    assert probe.round().active == ()  # neither runs any more
+    probe.nudge(("job-1/s-1",))
+    assert probe._wake.is_set()
+
+
 # -- a real worker on the embedded default ---------------------------------------------
 
 

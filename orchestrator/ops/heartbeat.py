@@ -122,27 +122,45 @@ def _redis(url: str) -> Any:
     return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
-def publish(settings: Settings, beat: Beat) -> None:
-    """Write the beat's file (atomically) and, on Redis, its expiring key.
+def publish(settings: Settings, beat: Beat, *, inflight_only: bool = False) -> None:
+    """Write the beat's file (atomically) and, on Redis, its expiring key, and
+    the in-flight record beside them; `inflight_only`: the record alone (a
+    task arrived between beats: readiness needs no new beat for that).
     A Redis that is down is not an error here: readiness reports the broker."""
     body = json.dumps(beat.to_json())
-    _write(_file(settings, beat.hostname), body)
+    if not inflight_only:
+        _write(_file(settings, beat.hostname), body)
     _write(_file(settings, beat.hostname, "inflight"), body)
     url = _redis_url(settings)
     if url is not None:
         import redis
 
         try:
-            client = _redis(url)
-            client.set(
-                REDIS_PREFIX + beat.hostname,
-                body,
-                px=int(settings.worker_heartbeat_max_age_s * 1000),
-            )
-            client.set(INFLIGHT_PREFIX + beat.hostname, body, ex=INFLIGHT_KEEP_S)
-            client.close()
+            pipe = _publisher(url).pipeline(transaction=False)
+            if not inflight_only:
+                pipe.set(
+                    REDIS_PREFIX + beat.hostname,
+                    body,
+                    px=int(settings.worker_heartbeat_max_age_s * 1000),
+                )
+            pipe.set(INFLIGHT_PREFIX + beat.hostname, body, ex=INFLIGHT_KEEP_S)
+            pipe.execute()
         except redis.RedisError:
             pass
+
+
+_publishers: dict[str, tuple[int, Any]] = {}
+
+
+def _publisher(url: str) -> Any:
+    """This process's client for its beats, kept open: a worker publishes its
+    in-flight record as each task arrives, and a new client per beat costs a
+    connection and its handshake every time (bench/README.md, dispatch). It
+    reconnects by itself after an error; a forked child makes its own."""
+    held = _publishers.get(url)
+    if held is None or held[0] != os.getpid():
+        held = _publishers[url] = (os.getpid(), _redis(url))
+    return held[1]
 
 
 def withdraw(settings: Settings, hostname: str) -> None:

@@ -22,7 +22,7 @@ from orchestrator.run.ticket import Ticket
 from orchestrator.tools import files
 from orchestrator.tools.base import Plan, ToolResult, content_size
 from orchestrator.tools.interface import Tool
-from orchestrator.tools.jail import PathRefused, path_facts, real_paths
+from orchestrator.tools.jail import Jail, PathRefused, path_facts, real_paths
 
 
 class RateLimitedStep(ToolError):
@@ -94,7 +94,18 @@ def usage_of(state: Projections) -> decision.Usage:
     )
 
 
-def touched(tool: Tool, workspace: Path, step: Step, planned: Plan | None) -> list[tuple[str, str]]:
+def judged_paths(
+    call: Call, planned: Plan | None, plan_error: ToolError | None
+) -> tuple[list[tuple[str, str]], list[PathFact]]:
+    """`touched` and `facts` of the call, read through one jail of its
+    workspace (each opened its own: the root resolved and opened twice more)."""
+    with Jail(call.workspace) as jail:
+        return touched(call.tool, jail, call.step, planned), facts(call, planned, plan_error, jail)
+
+
+def touched(
+    tool: Tool, workspace: Path | Jail, step: Step, planned: Plan | None
+) -> list[tuple[str, str]]:
     """The paths beyond the step's own arguments that policy must judge: the
     files its plan writes, and where symlinks among them really lead."""
     reads, writes = tool.paths(step, planned)
@@ -105,7 +116,9 @@ def touched(tool: Tool, workspace: Path, step: Step, planned: Plan | None) -> li
     )
 
 
-def facts(call: Call, planned: Plan | None, plan_error: ToolError | None) -> list[PathFact]:
+def facts(
+    call: Call, planned: Plan | None, plan_error: ToolError | None, jail: Jail | None = None
+) -> list[PathFact]:
     """What the file system holds at the call's paths (and a shell step's
     cwd), for the policy to deny escapes, special files and outside hard
     links before the tool runs; a plan the jail refused (a patch naming
@@ -115,7 +128,7 @@ def facts(call: Call, planned: Plan | None, plan_error: ToolError | None) -> lis
     cwd = getattr(call.step, "cwd", None)
     if call.kind == "shell" and isinstance(cwd, str):
         pairs.append(("cwd", cwd))
-    found = path_facts(call.workspace, pairs)
+    found = path_facts(jail or call.workspace, pairs)
     if isinstance(plan_error, PathRefused):
         found.append(plan_error.fact("write"))
     return found

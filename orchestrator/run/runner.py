@@ -47,7 +47,7 @@ from orchestrator.guard.decision import Verdict
 from orchestrator.guard.policy import Policy
 from orchestrator.ops import logs, tracing
 from orchestrator.ops.observer import NO_OBSERVER, Observer
-from orchestrator.run import calls
+from orchestrator.run import calls, job_stream
 from orchestrator.run.calls import Call, PolicyRefused, RateLimitedStep
 from orchestrator.run.steps import Step
 from orchestrator.run.templates import render_step
@@ -65,6 +65,7 @@ __all__ = [
     "Runner",
     "Ticket",
     "job_state",
+    "job_state_at",
     "plan",
     "summarize",
 ]
@@ -126,6 +127,8 @@ class Runner:
     _jobs: dict[str, tuple[int, tuple[str, str] | None]] = field(
         default_factory=dict, init=False, repr=False
     )
+    # (session, job, seq): the last `load` read the job's tail with that state.
+    _read_with: tuple[str, str, int] | None = field(default=None, init=False, repr=False)
 
     def cancellation(self, job_id: str) -> tuple[str, str] | None:
         """(by, reason) when the job's cancellation was requested, else None.
@@ -135,21 +138,25 @@ class Runner:
         cancellation, once seen, is remembered: it cannot be taken back."""
         seen, found = self._jobs.get(job_id, (0, None))
         if found is None:
-            for e in self.store.read_stream(job_id, seen):
-                seen = e.seq
-                if isinstance(e.payload, p.JobCancelRequested) and found is None:
-                    found = (e.payload.by, e.payload.reason)
-            self._jobs[job_id] = (seen, found)
-        return found
+            self._job_tail(job_id, self.store.read_stream(job_id, seen))
+        return self._jobs[job_id][1]
+
+    def _job_tail(self, job_id: str, tail: Any) -> None:
+        """Note a cancellation among the job stream's events after those seen."""
+        self._jobs[job_id] = job_stream.cancel_in(tail, *self._jobs.get(job_id, (0, None)))
 
     def stop_if_cancelled(
         self, ticket: Ticket, state: Projections, cause: str | None
     ) -> Projections:
         """The session ended (SessionFailed "cancelled by X: reason") when its
         job was cancelled and it has not finished; else `state` unchanged."""
+        read_with, self._read_with = self._read_with, None
         if state.session.finished:
             return state
-        cancel = self.cancellation(ticket.job_id)
+        if read_with == (ticket.session_id, ticket.job_id, state.last_seq):
+            cancel = self._jobs[ticket.job_id][1]  # read with this very state, just now
+        else:
+            cancel = self.cancellation(ticket.job_id)
         if cancel is None:
             return state
         by, reason = cancel
@@ -208,21 +215,29 @@ class Runner:
             for pl in payloads
         ]
 
-    def load(self, session_id: str) -> Projections:
+    def load(self, session_id: str, job_id: str | None = None) -> Projections:
         """The session's projections: always the whole stream as stored now.
 
         Events are immutable, so the fold of a stream's first n events never
         changes: the runner keeps the last fold of each session it touched
         (bounded) and reads only the tail after it, one query instead of a
         snapshot lookup plus a replay. Decisions still come from the store:
-        whatever another worker appended is in the tail."""
-        memo = self._memo.get(session_id)
+        whatever another worker appended is in the tail. With `job_id`, that
+        query reads the job's tail too: the step's cancel check
+        (`stop_if_cancelled`) then needs no read of its own."""
+        memo, self._read_with = self._memo.get(session_id), None
         if memo is None:
             state = load(self.store, session_id)
             self._snapshot_at[session_id] = state.last_seq  # load refreshed it if needed
-        else:
+        elif job_id is None or self._jobs.get(job_id, (0, None))[1] is not None:
             tail = list(self.store.read_stream(session_id, memo.last_seq))
             state = fold(tail, memo) if tail else memo
+        else:
+            seen = self._jobs.get(job_id, (0, None))[0]
+            tail, job = self.store.read_tails([(session_id, memo.last_seq), (job_id, seen)])
+            self._job_tail(job_id, job)
+            state = fold(tail, memo) if tail else memo
+            self._read_with = (session_id, job_id, state.last_seq)
         return self._remember(session_id, state)
 
     def absorb(self, session_id: str, state: Projections, appended: list[Event]) -> Projections:
@@ -297,7 +312,7 @@ class Runner:
     ) -> str:
         sid = ticket.session_id
         cause = f"task:{task_id}" if task_id else None
-        state = self.load(sid) if loaded is None else loaded
+        state = self.load(sid, ticket.job_id) if loaded is None else loaded
 
         if state.session.status == "new":
             state = self.absorb(sid, state, self._start(ticket, state, cause))
@@ -492,6 +507,7 @@ class Runner:
         """The policy's verdict on the call; a rate limit's "not yet" is
         recorded (RateLimited) and raised for the task to retry later."""
         s = state.session
+        touched, found = calls.judged_paths(call, planned, plan_error)
         verdict = decision.decide(
             call.kind,
             args,
@@ -500,9 +516,9 @@ class Runner:
             elevated=s.elevated_by is not None,
             usage=calls.usage_of(state),
             now=utcnow(),
-            extra_paths=calls.touched(call.tool, call.workspace, call.step, planned),
+            extra_paths=touched,
             secrets=known_values(self.settings),
-            facts=calls.facts(call, planned, plan_error),
+            facts=found,
         )
         self.observer.permission(verdict.decision, verdict.rule_id)
         if verdict.rule_id.startswith(("rate:", "quota:")) and verdict.decision != "allow":
@@ -650,43 +666,9 @@ class Runner:
         self, job_id: str, session_id: str, status: str, cause: str | None, total: int = 0
     ) -> None:
         """Record on the job stream that a session ended; complete the job after the last."""
-        self._retrying(self._report, job_id, session_id, status, cause, total)
-
-    def _report(
-        self, job_id: str, session_id: str, status: str, cause: str | None, total: int
-    ) -> None:
-        # SessionFinished is keyed by session, so the job stream holds exactly
-        # one per session after JobSubmitted: whoever lands at seq total+1 was
-        # the last to finish and completes the job (no need to read it all).
-        stored = self._append(
-            job_id,
-            [p.SessionFinished(session_id=session_id, status=status)],  # type: ignore[arg-type]
-            None,
-            f"finished:{session_id}",
-            job_id,
-            cause,
+        self._retrying(
+            job_stream.finished, self._append, self.store, job_id, session_id, status, cause, total
         )
-        if total and stored[-1].seq < total + 1:
-            return
-        # After what was read (a cancel request landing in between is a
-        # conflict: `_retrying` reads again and the job ends cancelled).
-        job, seq = job_state_at(self.store, job_id)
-        if job.all_finished and job.status == "running":
-            failed = job.failed
-            self._append(
-                job_id,
-                [
-                    p.JobCompleted(
-                        status=job.ending,
-                        sessions_completed=len(job.finished) - failed,
-                        sessions_failed=failed,
-                    )
-                ],
-                seq,
-                "job:completed",
-                job_id,
-                cause,
-            )
 
 
 def plan(workspace: Path, step: Step, hidden: Any = None, tools: Registry = TOOLS) -> Plan:

@@ -20,12 +20,13 @@ links the workspace does not hold (its content is a file outside: `ln
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import stat
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -416,12 +417,23 @@ def _escape(rel: str, how: str) -> PathRefused:
     )
 
 
-def real_paths(workspace: Path | str, rels: list[str]) -> list[str]:
+@contextlib.contextmanager
+def _opened(where: Path | str | Jail) -> Iterator[Jail]:
+    """`where` when it is a jail already open (its opener closes it), else a
+    jail of that workspace for the call."""
+    if isinstance(where, Jail):
+        yield where
+        return
+    with Jail(where) as jail:
+        yield jail
+
+
+def real_paths(workspace: Path | str | Jail, rels: list[str]) -> list[str]:
     """Where each of `rels` really is (symlinks resolved), for those that are
     elsewhere: policy judges both names, so `notes -> .env` is read as `.env`.
     A path the jail refuses is left out; the tool refuses it when it runs."""
     out: list[str] = []
-    with Jail(workspace) as jail:
+    with _opened(workspace) as jail:
         for rel in rels:
             try:
                 real = jail.resolve(rel).rel
@@ -437,13 +449,13 @@ def real_paths(workspace: Path | str, rels: list[str]) -> list[str]:
 MAX_LINK_SCAN = 200_000  # entries walked to account for a file's hard links
 
 
-def path_facts(workspace: Path | str, pairs: list[tuple[str, str]]) -> list[PathFact]:
+def path_facts(workspace: Path | str | Jail, pairs: list[tuple[str, str]]) -> list[PathFact]:
     """What is at each (access, path) of a call, for the policy to judge
     before the tool runs (`orchestrator.guard.facts`). Errors other than the
     walk's own refusals (a file where a folder should be, a race) are left
     to the tool, which reports them when it runs."""
     out: list[PathFact] = []
-    with Jail(workspace) as jail:
+    with _opened(workspace) as jail:
         for access, rel in pairs:
             try:
                 spot = jail.resolve(rel)
