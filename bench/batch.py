@@ -158,17 +158,23 @@ def tree_digest(root: Path) -> tuple[str, int]:
 _RX = re.compile(PATTERN, re.MULTILINE)
 
 
-def _replace_file(path: str) -> int:
+def _rewritten(path: str) -> tuple[str | None, int]:
+    """The file's new text (None: binary, not UTF-8, or unchanged) and the count."""
     with open(path, "rb") as fh:
         data = fh.read()
     if b"\0" in data:
-        return 0
+        return None, 0
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return 0
+        return None, 0
     new, n = _RX.subn(REPLACEMENT, text)
-    if n and new != text:
+    return (new if n and new != text else None), n
+
+
+def _replace_file(path: str) -> int:
+    new, n = _rewritten(path)
+    if new is not None:
         with open(path, "wb") as fh:
             fh.write(new.encode("utf-8"))
     return n
@@ -177,16 +183,8 @@ def _replace_file(path: str) -> int:
 def _replace_file_durable(path: str) -> int:
     """`_replace_file`, written as ours writes: a temp file beside it, fsynced,
     renamed over it, the folder fsynced (durable and never half written)."""
-    with open(path, "rb") as fh:
-        data = fh.read()
-    if b"\0" in data:
-        return 0
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return 0
-    new, n = _RX.subn(REPLACEMENT, text)
-    if n and new != text:
+    new, n = _rewritten(path)
+    if new is not None:
         tmp = f"{path}.{os.getpid()}.tmp"
         with open(tmp, "wb") as fh:
             fh.write(new.encode("utf-8"))

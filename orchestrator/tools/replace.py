@@ -112,13 +112,8 @@ def required_literal(rx: re.Pattern[str]) -> bytes | None:
     without it has no match, so `bytes.find` rules out most files before they
     are decoded and searched (`\\bgetattr\\(` needs `getattr(`). None when
     the pattern ignores case or has no such run."""
-    if rx.flags & re.IGNORECASE:
-        return None
-    try:
-        parsed = sre_parse.parse(rx.pattern, rx.flags)
-    except Exception:  # noqa: BLE001 - no shortcut; `re` compiled it already
-        return None
-    if parsed.state.flags & re.IGNORECASE:
+    parsed = _case_sensitive_parse(rx)
+    if parsed is None:
         return None
     best, run = "", ""
     for op, arg in parsed.data:
@@ -164,6 +159,18 @@ def _rewriter(rx: re.Pattern[str], step: ReplaceStep) -> Callable[[str], tuple[s
     return _anchored_subn(rx, template, lead)
 
 
+def _case_sensitive_parse(rx: re.Pattern[str]) -> sre_parse.SubPattern | None:
+    """`rx`'s parsed form, or None when it ignores case (no literal shortcut
+    holds then) or cannot be parsed again."""
+    if rx.flags & re.IGNORECASE:
+        return None
+    try:
+        parsed = sre_parse.parse(rx.pattern, rx.flags)
+    except Exception:  # noqa: BLE001 - no shortcut; `re` compiled it already
+        return None
+    return None if parsed.state.flags & re.IGNORECASE else parsed
+
+
 def _leading_literal(rx: re.Pattern[str]) -> str | None:
     """The literal every match of `rx` starts with, when the pattern opens
     with zero-width assertions and then that literal (`\\bgetattr\\(`).
@@ -172,13 +179,8 @@ def _leading_literal(rx: re.Pattern[str]) -> str | None:
     but a leading `\\b` or `^` turns that off and it tries a match at every
     position (2.4 s for the batch bench's 1,600 candidate files, against
     0.1 s this way). None when that is not the pattern's shape."""
-    if rx.flags & re.IGNORECASE:
-        return None
-    try:
-        parsed = sre_parse.parse(rx.pattern, rx.flags)
-    except Exception:  # noqa: BLE001 - no shortcut; `re` compiled it already
-        return None
-    if parsed.state.flags & re.IGNORECASE:
+    parsed = _case_sensitive_parse(rx)
+    if parsed is None:
         return None
     ops = list(parsed.data)
     k = 0
