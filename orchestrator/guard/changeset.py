@@ -160,14 +160,21 @@ def _verb(c: Change) -> str:
 
 
 def link_escapes(path: str, target: str, workspace: str) -> bool:
-    """Whether `target` of the symlink at `path` leads out, read lexically
-    (a target through another symlink is refused later by the jail when
-    anything is read or written through it)."""
+    """Whether `target` of the symlink at `path` leads out, read lexically;
+    a `..` after a name counts as out (the name may be a symlink). A target
+    through another symlink is refused later by the jail when anything is
+    read or written through it."""
     if not target:
         return True
     if target.startswith("/"):
         top = posixpath.normpath(workspace)
         full = posixpath.normpath(target)
         return top == "/" or not (full == top or full.startswith(top.rstrip("/") + "/"))
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    climbs = [i for i, p in enumerate(parts) if p == ".."]
+    if climbs and any(p != ".." for p in parts[: climbs[-1]]):
+        # `a/..` is not `.` when `a` is a symlink (`away/..` with `away`
+        # leading out): where such a target leads cannot be read lexically.
+        return True
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     return joined == ".." or joined.startswith("../")
