@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from events import payloads as p
 from events.envelope import Event, NewEvent
@@ -85,3 +87,22 @@ def place(
         decode(start_position + i, body, digest)
         for i, (_, body, digest) in enumerate(seal(stream_id, batch, 0, genesis_hash(stream_id)))
     ]
+
+
+def run_one_step(store: Any, work: Path, step: Any, **ticket: Any) -> tuple[str, str]:
+    """One step of a new one-step session on `work` through a real Runner:
+    (session id, the step's status). `ticket`: more Ticket fields (policy...)."""
+    from events.envelope import new_id
+    from orchestrator.run.runner import Runner, Ticket
+
+    sid = new_id()
+    t = Ticket(
+        job_id=new_id(),
+        session_id=sid,
+        target="repo",
+        path=str(work),
+        steps=(step.label,),
+        sessions_total=1,
+        **ticket,
+    )
+    return sid, Runner(store, "worker:test").run_step(t, 0, step, last=True)

@@ -23,14 +23,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events.envelope import new_id
 from events.replay import replay
 from events.store import open_store
 from orchestrator.guard.decision import decide, decide_request
 from orchestrator.guard.facts import PathFact
 from orchestrator.guard.policy import DEFAULT_POLICY
 from orchestrator.run.calls import PolicyRefused
-from orchestrator.run.runner import Runner, Ticket
 from orchestrator.run.steps import (
     DeleteStep,
     ListStep,
@@ -44,22 +42,14 @@ from orchestrator.run.steps import (
 from orchestrator.tools.files import apply_edits, plan_patch, read_file
 from orchestrator.tools.jail import path_facts
 from orchestrator.tools.search import search
+from tests.factories import run_one_step
 
 CANARY = "CANARY-outside-the-workspace"
 
 
 def _run(tmp_path: Path, work: Path, step: Any) -> tuple[str, Any, list[str]]:
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
-    sid = new_id()
-    ticket = Ticket(
-        job_id=new_id(),
-        session_id=sid,
-        target="repo",
-        path=str(work),
-        steps=(step.label,),
-        sessions_total=1,
-    )
-    status = Runner(store, "worker:test").run_step(ticket, 0, step, last=True)
+    sid, status = run_one_step(store, work, step)
     types = [e.type for e in store.read_stream(sid)]
     return status, replay(store, sid), types
 

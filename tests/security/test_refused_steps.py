@@ -12,6 +12,7 @@ from events.replay import replay
 from events.store import open_store
 from orchestrator.run.runner import Runner, Ticket
 from orchestrator.run.steps import ShellStep
+from tests.factories import run_one_step
 
 
 @pytest.mark.parametrize(
@@ -27,17 +28,7 @@ def test_refused_step_runs_nothing_and_is_in_the_ledger(tmp_path: Path, command,
     (work / "canary.txt").write_text("still here")
     (work / ".env").write_text("TOKEN=hunter2")
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
-    step = ShellStep(command=command)
-    sid = new_id()
-    ticket = Ticket(
-        job_id=new_id(),
-        session_id=sid,
-        target="repo",
-        path=str(work),
-        steps=(step.label,),
-        sessions_total=1,
-    )
-    status = Runner(store, "worker:test").run_step(ticket, 0, step, last=True)
+    sid, status = run_one_step(store, work, ShellStep(command=command))
     assert status == "failed"
     state = replay(store, sid)
     [entry] = state.ledger.entries

@@ -893,26 +893,17 @@ def test_a_run_stopped_by_output_or_disk_is_recorded_as_resource_exceeded(
     limit and the value seen in its message, the session failed (never
     completed), nothing applied; the one ResourceExceeded type, so the exit
     code of every other limit."""
-    from events.envelope import new_id
     from events.replay import replay
     from events.store import open_store
-    from orchestrator.run.runner import Runner, Ticket
+    from tests.factories import run_one_step
 
     work = tmp_path / "repo"
     work.mkdir()
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
-    sid = new_id()
     step = ShellStep(command=["sh", "-c", command], timeout_s=60)
-    ticket = Ticket(
-        job_id=new_id(),
-        session_id=sid,
-        target="repo",
-        path=str(work),
-        steps=(step.label,),
-        sessions_total=1,
-        policy={"commands": {"default": "allow"}, "limits": limits},
+    sid, status = run_one_step(
+        store, work, step, policy={"commands": {"default": "allow"}, "limits": limits}
     )
-    status = Runner(store, "worker:test").run_step(ticket, 0, step, last=True)
     events = list(store.read_stream(sid))
     failures = [e.payload for e in events if e.type == "ToolCallFailed"]
     assert len(failures) == 1, [str(e.payload)[:400] for e in events]
