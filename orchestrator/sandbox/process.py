@@ -50,6 +50,7 @@ class Prepared:
     init_pidfd: int | None = None  # bwrap's sandbox init, once started
     standby: Standby | None = None  # the process that becomes bwrap, in the cgroups already
     started: bool = False
+    emptied: bool = False  # a sweep found nothing of the call left (none can come back)
 
 
 @contextlib.contextmanager
@@ -94,7 +95,8 @@ def prepare(
     finally:
         if prep.standby is not None and not prep.started:
             prep.standby.discard()
-        _sweep(prep)
+        if not prep.emptied:
+            _sweep(prep)
         for fd in [
             *(prep.info or ()),
             *(prep.block or ()),
@@ -141,8 +143,8 @@ def changes(prep: Prepared, workspace: Path) -> Changeset:
     """What the command changed, read from the call's view (still open) once
     nothing of the call runs: a leftover process (a daemon, in the fallback)
     could otherwise write a file while it is read, and a torn read would be
-    recorded and applied. The sweep in `prepare`'s exit then finds none."""
-    _sweep(prep)
+    recorded and applied. `prepare`'s exit then needs no sweep."""
+    prep.emptied = _sweep(prep)
     view = prep.view
     if view is None:
         return Changeset()
@@ -449,13 +451,15 @@ def _read_child_pid(fd: int) -> int | None:
         return None
 
 
-def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
+def _sweep(prep: Prepared, timeout_s: float = 5.0) -> bool:
     """Make sure no process of the call is left. bubblewrap: wait for its
     sandbox init to be gone (the kernel kills and reaps everything in a pid
     namespace before its init finishes exiting; bwrap itself may exit a
     moment earlier). Then SIGKILL the cgroup's members until none is left
     (exact), or, in the fallback without a cgroup, every process whose
-    environment carries the call's marker (a process can erase it)."""
+    environment carries the call's marker (a process can erase it).
+    True when it saw none left (a cgroup stays empty: nothing of the
+    sandbox can write `cgroup.procs`); False past the timeout."""
     deadline = time.monotonic() + timeout_s
     if prep.init_pidfd is not None:
         ready, _, _ = select.select([prep.init_pidfd], [], [], timeout_s)
@@ -464,7 +468,7 @@ def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
                 signal.pidfd_send_signal(prep.init_pidfd, signal.SIGKILL)
             select.select([prep.init_pidfd], [], [], timeout_s)
         if not prep.cgroups:
-            return
+            return True  # its pid namespace died with it
     marker = f"{CALL_ID_VAR}={prep.call_id}".encode()
     killed: set[int] = set()
     while True:
@@ -472,8 +476,10 @@ def _sweep(prep: Prepared, timeout_s: float = 5.0) -> None:
         # A killed process drops its environment before it is a zombie: wait
         # for each to finish dying, so none is still running when we return.
         exiting = {pid for pid in killed - pids if not _zombie(str(pid))}
-        if not (pids or exiting) or time.monotonic() > deadline:
-            return
+        if not (pids or exiting):
+            return bool(prep.cgroups)  # a marker can be erased: sweep again later
+        if time.monotonic() > deadline:
+            return False
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)

@@ -35,6 +35,11 @@ def system_args(empty_file: str) -> list[str]:
     folder read-only (or its link), then `/etc`'s private entries hidden
     (a file: `empty_file` bound over it; a folder: an empty read-only tmpfs),
     and a private `/var/tmp`."""
+    return list(_system_args(empty_file))
+
+
+@lru_cache(maxsize=4)
+def _system_args(empty_file: str) -> tuple[str, ...]:
     args: list[str] = []
     for kind, a, b in _system_entries():
         args += [f"--{kind}", a, b]
@@ -44,7 +49,7 @@ def system_args(empty_file: str) -> list[str]:
         else:
             args += ["--ro-bind", empty_file, path]
     args += ["--perms", "1777", "--tmpfs", "/var/tmp"]
-    return args
+    return tuple(args)
 
 
 @lru_cache(maxsize=1)
@@ -146,7 +151,7 @@ def _below(path: str, top: str) -> bool:
 def view_roots(workspace: str, toolchains: Sequence[str]) -> tuple[str, ...]:
     """The host folders a command sees at their own paths: the system's, the
     workspace, the toolchains and their interpreters' installations."""
-    shown = tuple(d for d in SYSTEM_DIRS if os.path.lexists(d))
+    shown = tuple(b for _, _, b in _system_entries())
     return (*shown, workspace, *toolchains, *interpreter_homes(toolchains, SYSTEM_DIRS))
 
 

@@ -14,6 +14,7 @@ gigabytes costs no memory; `output_bytes` still counts every byte.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import resource
 import selectors
@@ -440,10 +441,9 @@ def _check_program(
     the host folders bubblewrap shows (None: the fallback shows everything)."""
     hidden, shown_path = "", path
     if roots is not None:
-        shown = [d for d in path.split(":") if d and in_view(d, roots)]
-        if len(shown) < len([d for d in path.split(":") if d]):
+        path, skipped = _path_in_view(path, tuple(roots))
+        if skipped:
             hidden = "; folders on it outside what the sandbox shows are skipped"
-        path = ":".join(shown)
     if "/" in program:
         target = cwd / program
         if not target.exists():
@@ -474,6 +474,15 @@ def _check_program(
             f"program {program!r} is not executable; check its mode, or run "
             "it through its interpreter (e.g. `python script.py`)."
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _path_in_view(path: str, roots: tuple[str, ...]) -> tuple[str, bool]:
+    """PATH without the folders the sandbox does not show, and whether any
+    was left out (kept: a worker's calls repeat one PATH and one view)."""
+    folders = [d for d in path.split(":") if d]
+    shown = [d for d in folders if in_view(d, roots)]
+    return ":".join(shown), len(shown) < len(folders)
 
 
 _FOUND: dict[tuple[str, str], str] = {}  # (program, PATH) -> where it was found last
