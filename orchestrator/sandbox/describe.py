@@ -67,9 +67,11 @@ def describe(host: Host) -> dict[str, object]:
             "writes outside the workspace: the system is read-only, /tmp, /var/tmp, /run "
             "and /dev/shm are private (a fresh writable tmpfs each call)",
             "reads of the host: only the system folders (/usr, /etc without its private "
-            "files, /sys, the /bin and /lib links), the workspace and the named toolchains "
-            "are shown; home folders, other checkouts, /var, /opt and the worker's state "
-            "folder (event store, key files) are not",
+            "files, the /bin and /lib links, and of /sys only the CPU, NUMA, cgroup and "
+            "huge-page folders runtimes read), the workspace and the named toolchains are "
+            "shown; home folders, other checkouts, /var, /opt, the rest of /sys (firmware "
+            "tables, serial numbers) and the worker's state folder (event store, key "
+            "files) are not",
             "the network (own network namespace) unless the policy enables it",
             "other processes: own pid namespace, killing it kills everything inside "
             "(daemons, TERM-trappers)",
@@ -81,7 +83,8 @@ def describe(host: Host) -> dict[str, object]:
         ]
         gaps += [
             "reads of the system folders: installed programs and world-readable "
-            "configuration stay readable, and /sys as the worker's uid sees it",
+            "configuration stay readable, and the shown parts of /sys as the worker's uid "
+            "sees them",
             "a secret committed to git stays readable through the repository's objects "
             "(git show HEAD:.env)",
             "with the network enabled there is no egress filter: allow_hosts is not "

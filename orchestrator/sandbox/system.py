@@ -7,7 +7,7 @@ the worker can: the event store and its key file under the state folder,
 other jobs' workspaces and kept changesets, `~/.ssh`, `/etc/shadow` (a root
 worker's command keeps root's uid: owner permissions still apply). So the
 view is an allow-list: the system folders that exist (a merged-/usr link
-stays a link), `/etc` without what only its owner or group may read (files
+stays a link), the few parts of `/sys` runtimes read, `/etc` without what only its owner or group may read (files
 shown empty, folders as empty read-only tmpfs), and what the call adds
 itself (the workspace, toolchains, private /tmp). Any other host folder a
 command needs (a toolchain, data) is named in the job's or policy's
@@ -23,10 +23,21 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["SYSTEM_DIRS", "system_args", "interpreter_homes", "view_roots", "in_view"]
+__all__ = ["SYSTEM_DIRS", "SYSFS_SHOWN", "system_args", "interpreter_homes", "view_roots", "in_view"]
 
 # Read-only, at their own paths, when they exist.
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/sys")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+# Of /sys, what runtimes read to size themselves (CPUs and NUMA nodes, the
+# cgroup limits a JVM, Go or Node reads, huge-page settings allocators read).
+# The rest is not shown: a root worker's command keeps uid 0, so owner
+# permissions would let it read root-only files there (firmware and ACPI
+# tables, the machine's serial numbers and UUID).
+SYSFS_SHOWN = (
+    "/sys/devices/system/cpu",
+    "/sys/devices/system/node",
+    "/sys/fs/cgroup",
+    "/sys/kernel/mm/transparent_hugepage",
+)
 _ETC_WALK_LIMIT = 20_000  # entries; past it the rest of /etc is not looked at
 
 
@@ -55,12 +66,12 @@ def _system_args(empty_file: str) -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def _system_entries() -> tuple[tuple[str, str, str], ...]:
     out = []
-    for d in SYSTEM_DIRS:
+    for d in (*SYSTEM_DIRS, *SYSFS_SHOWN):
         try:
             st = os.lstat(d)
         except OSError:
             continue
-        if stat.S_ISLNK(st.st_mode):
+        if stat.S_ISLNK(st.st_mode) and d in SYSTEM_DIRS:
             out.append(("symlink", os.readlink(d), d))
         elif stat.S_ISDIR(st.st_mode):
             out.append(("ro-bind", d, d))

@@ -46,7 +46,7 @@ from orchestrator.sandbox.runtime import (
     plan,
     scrub_env,
 )
-from orchestrator.sandbox.system import private_entries
+from orchestrator.sandbox.system import SYSFS_SHOWN, private_entries
 from orchestrator.tools.shell import CommandFailed, run_shell
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.processes import alive, running
@@ -946,3 +946,32 @@ def test_a_command_reads_nothing_of_the_host_but_the_system_and_its_workspace(
     assert got[str(secret_dir / "id_rsa")] == "No such file or directory"
     assert got[str(ROOT / "pyproject.toml")] == "No such file or directory"
     assert all(got[p] == "" for p in private_etc), got  # shown empty
+
+
+def test_of_sys_a_command_sees_only_what_runtimes_read(tmp_path: Path) -> None:
+    """Of /sys, the CPU, NUMA, cgroup and huge-page folders are shown (a
+    runtime counts its CPUs and reads its cgroup's limits); the rest (firmware
+    tables, serial numbers, which a root worker's command could read by owner
+    permission) is not there."""
+    _need_bwrap()
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    hidden = [p for p in ("/sys/firmware", "/sys/class", "/sys/kernel/mm") if os.path.exists(p)]
+    code = f"""
+        import json, os
+        print(json.dumps({{
+            "cpus": os.cpu_count(),
+            "online": open("/sys/devices/system/cpu/online").read().strip(),
+            "cgroup": os.path.isdir("/sys/fs/cgroup"),
+            "hidden": {{p: os.path.exists(p) for p in {hidden!r}}},
+            "sys": sorted(os.listdir("/sys")),
+        }}))
+    """
+    got = json.loads(run_shell(ws, ShellStep(command=py(code, "t")), host=HOST, apply=False).output)
+    assert got["cpus"] == os.cpu_count()
+    assert got["online"] == Path("/sys/devices/system/cpu/online").read_text().strip()
+    assert got["cgroup"] is os.path.isdir("/sys/fs/cgroup")
+    shown = [d for d in SYSFS_SHOWN if os.path.isdir(d)]
+    # A folder above a shown one is there, holding only the way to it.
+    assert got["hidden"] == {p: any(d.startswith(p + "/") for d in shown) for p in hidden}
+    assert set(got["sys"]) <= {"devices", "fs", "kernel"}
