@@ -23,7 +23,14 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["SYSTEM_DIRS", "SYSFS_SHOWN", "system_args", "interpreter_homes", "view_roots", "in_view"]
+__all__ = [
+    "SYSTEM_DIRS",
+    "SYSFS_SHOWN",
+    "system_args",
+    "interpreter_homes",
+    "view_roots",
+    "in_view",
+]
 
 # Read-only, at their own paths, when they exist.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
