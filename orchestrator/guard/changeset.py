@@ -12,6 +12,9 @@ ask > allow), the first such change in path order deciding:
 - a symlink whose target leads out of the workspace (`symlink-escape`), a
   hard link (`hardlink`: it could alias a protected or hidden file), a
   device, FIFO or socket (`special-file`): deny;
+- a file given the set-user-ID or set-group-ID bit (`setid-bits`): deny.
+  Applied by a root worker, it would be a program that runs as root for
+  whoever starts it (a folder's set-group-ID, group inheritance, is allowed);
 - a delete of a tracked file: ask, under rm's rule (`destructive-rm`);
 - anything else: allow.
 """
@@ -19,6 +22,7 @@ ask > allow), the first such change in path order deciding:
 from __future__ import annotations
 
 import posixpath
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -34,9 +38,11 @@ __all__ = [
     "shell_denials",
     "link_escapes",
     "DELETE_RULE",
+    "SETID_RULE",
     "GIT_HOOKS",
 ]
 
+SETID_RULE = "setid-bits"
 DELETE_RULE = "destructive-rm"  # the rule `rm` asks under: a delete needs the same confirmation
 _RANK = {"allow": 0, "ask": 1, "deny": 2}
 
@@ -141,9 +147,27 @@ def _verdicts(
                 c.path,
             )
         )
+    if _setid(c):
+        out.append(
+            Verdict(
+                "deny",
+                SETID_RULE,
+                f"{_verb(c)} {c.path} with mode {c.mode_after:o}: a set-user-ID or "
+                "set-group-ID file runs as its owner for whoever starts it; clear the bit "
+                "in the step (chmod u-s,g-s)",
+                c.path,
+            )
+        )
     if c.kind is Kind.DELETED and c.path in tracked:
         out.append(Verdict("ask", DELETE_RULE, f"deletes the tracked file {c.path}", c.path))
     return out
+
+
+def _setid(c: Change) -> bool:
+    """Whether the change leaves set-user-ID on anything, or set-group-ID on
+    anything but a folder (there it only passes the group on)."""
+    mode = c.mode_after or 0
+    return bool(mode & stat.S_ISUID or (mode & stat.S_ISGID and not c.is_dir))
 
 
 def _verb(c: Change) -> str:

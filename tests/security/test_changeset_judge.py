@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from orchestrator.guard.changeset import (
     DELETE_RULE,
     GIT_HOOKS,
+    SETID_RULE,
     PathDenial,
     Verdict,
     judge,
@@ -180,3 +181,29 @@ def test_git_may_write_its_own_files_and_hook_samples_but_not_hooks() -> None:
     assert judge(commit, DENIALS, (), WS).decision == "allow"
     assert GIT_HOOKS in DENIALS
     assert all(d.rule_id != "deny-git-internals-write" for d in DENIALS)
+
+
+@settings(max_examples=100, **LOADED)
+@given(
+    changes=st.lists(harmless(), max_size=6),
+    name=names,
+    at=st.integers(0, 6),
+    kind=st.sampled_from([Kind.CREATED, Kind.MODIFIED, Kind.MODE, Kind.DIRECTORY]),
+    bits=st.sampled_from([0o4000, 0o2000, 0o6000]),
+    perms=st.integers(0, 0o1777),
+)
+def test_set_id_bits_are_denied_except_a_folders_group_inheritance(
+    changes: list[Change], name: str, at: int, kind: Kind, bits: int, perms: int
+) -> None:
+    """A root worker applying a set-user-ID file would plant a program that
+    runs as root for anyone: denied, whatever else the changeset holds. A
+    folder's set-group-ID only passes its group on (mkdir in such a folder
+    inherits it): allowed."""
+    mode = bits | perms
+    bad = Change(f"bin/{name}", kind, None, b"x", None, mode, is_dir=kind is Kind.DIRECTORY)
+    verdict = judge(_with(changes, bad, at), DENIALS, (), WS)
+    if kind is Kind.DIRECTORY and not mode & 0o4000:
+        assert verdict.decision == "allow"
+    else:
+        assert (verdict.decision, verdict.rule_id, verdict.path) == ("deny", SETID_RULE, bad.path)
+        assert f"{mode:o}" in verdict.reason and "chmod u-s,g-s" in verdict.reason

@@ -194,6 +194,8 @@ def test_apply_refuses_a_file_changed_meanwhile(tmp_path: Path, view: str) -> No
         ("ln -s /etc/passwd pw", "symlink-escape"),
         ("ln src/app.py hl", "hardlink"),
         ("mkfifo fifo", "special-file"),
+        ("cp /bin/true own && chmod 4755 own", "setid-bits"),
+        ("chmod g+s src/app.py", "setid-bits"),
     ],
 )
 def test_a_refused_changeset_leaves_the_workspace_untouched(
