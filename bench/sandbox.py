@@ -130,7 +130,7 @@ def run(opts: Options) -> Result:
             # the same function), on the workspace itself: what the call adds
             # is the view, the cgroups, the rlimits, supervision and the changeset.
             req = sandbox.Request(argv=("true",), workspace=str(small), cwd=str(small))
-            bare = quiet(sandbox.bwrap_argv(host.bwrap, req) + ["true"], small)
+            bare = quiet(sandbox.bwrap_argv(host.bwrap, req, host.is_root) + ["true"], small)
 
             def bare_bwrap() -> object:
                 with stable_mounts():  # run_shell's views are unmounted around it

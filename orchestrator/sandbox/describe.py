@@ -8,6 +8,12 @@ from orchestrator.sandbox.plan import CALL_ID_VAR
 
 __all__ = ["describe", "migration_note"]
 
+# What a root worker's command keeps of root's powers, by mode (`plan.FILE_CAPS`).
+_ROOT_CAPS = {
+    "bwrap": " with only the file capabilities kept (chown, mode override, owner "
+    "checks: it works a checkout another user owns as the file tools do)",
+}
+
 
 def describe(host: Host) -> dict[str, object]:
     """What `orchestrator doctor` reports: the active mode, its tools, and in
@@ -26,7 +32,8 @@ def describe(host: Host) -> dict[str, object]:
         "output capped (head and tail kept), stdin closed",
         "CPU seconds, file size and open files per process (rlimits)",
         "workspace ownership: nothing changes who owns a workspace file; the command runs "
-        "as the worker's own uid" + (" with every capability dropped" if host.is_root else ""),
+        "as the worker's own uid"
+        + (_ROOT_CAPS.get(mode, " with every capability dropped") if host.is_root else ""),
     ]
     gaps: list[str] = []
     if view == "overlay":
@@ -123,7 +130,11 @@ def describe(host: Host) -> dict[str, object]:
             "read, judged and applied afterwards"
             + ("" if view == "overlay" else " (the copy view costs a copy per call)"),
         },
-        "runs_as": "root, no capabilities" if host.is_root else "the worker's user",
+        "runs_as": (
+            ("root, file capabilities only" if mode == "bwrap" else "root, no capabilities")
+            if host.is_root
+            else "the worker's user"
+        ),
         "cgroups": {
             "usable": cg.version is not None,
             "version": cg.version,

@@ -44,20 +44,32 @@ SANDBOX_HOME = "/tmp/sandbox-home"  # inside bwrap's private /tmp
 CALL_ID_VAR = "SANDBOX_CALL_ID"  # marks the call's processes for the sweep
 MB = 1024 * 1024
 
+# What a root worker's command keeps of root's powers: to act on its
+# workspace as the worker's own file tools do, whoever owns the files (a
+# user's checkout, an archive unpacked with its owners by `tar`). Only the
+# workspace and private folders are writable in the view, the policy's
+# denied files are masks, and what the command changes is judged before it
+# is applied; mounting, tracing, the network and the rest stay dropped.
+FILE_CAPS = ("CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER")
+
 # git reads neither the machine's nor a user's configuration, runs no hooks and
-# no fsmonitor, whatever the repository's own config says (command-line
+# no fsmonitor, trusts every directory, whatever the repository's own config says (command-line
 # config, which GIT_CONFIG_COUNT is, wins over .git/config).
 GIT_ENV: dict[str, str] = {
     "GIT_CONFIG_NOSYSTEM": "1",
     "GIT_CONFIG_GLOBAL": "/dev/null",
     "GIT_TERMINAL_PROMPT": "0",
-    "GIT_CONFIG_COUNT": "3",
+    "GIT_CONFIG_COUNT": "4",
     "GIT_CONFIG_KEY_0": "core.hooksPath",
     "GIT_CONFIG_VALUE_0": "/dev/null",
     "GIT_CONFIG_KEY_1": "core.fsmonitor",
     "GIT_CONFIG_VALUE_1": "false",
     "GIT_CONFIG_KEY_2": "protocol.ext.allow",
     "GIT_CONFIG_VALUE_2": "never",
+    # A root worker on a user's checkout would get "dubious ownership": what
+    # that check guards against (a repository's config running code) is off.
+    "GIT_CONFIG_KEY_3": "safe.directory",
+    "GIT_CONFIG_VALUE_3": "*",
 }
 
 # Names a step may not set: they make a program load or run code it was not
@@ -147,11 +159,11 @@ def scrub_env(path: str, home: str, extra: Mapping[str, str], call_id: str) -> d
     }
 
 
-def bwrap_argv(bwrap: str, req: Request) -> list[str]:
+def bwrap_argv(bwrap: str, req: Request, as_root: bool = False) -> list[str]:
     """bubblewrap's arguments, in mount order: the system read-only, private
     /tmp and /run, the workspace path (bound from the copy in the copy view),
-    the masks, the toolchains read-only, then every capability dropped (a
-    root worker's command keeps root's uid, not its powers)."""
+    the masks, the toolchains read-only, then every capability dropped but,
+    for a root worker (`as_root`), the file powers (`FILE_CAPS`)."""
     view = req.view
     source = None
     if view is not None and view.kind == "copy":
@@ -174,6 +186,9 @@ def bwrap_argv(bwrap: str, req: Request) -> list[str]:
     args += ["--perms", "0777", "--dir", SANDBOX_HOME, "--dev", "/dev"]
     args += ["--perms", "1777", "--tmpfs", "/dev/shm", "--proc", "/proc"]
     args += ["--unshare-pid", "--unshare-ipc", "--cap-drop", "ALL"]
+    if as_root:
+        for cap in FILE_CAPS:
+            args += ["--cap-add", cap]
     if not req.network:
         args.append("--unshare-net")
     if req.info_fd is not None:
@@ -257,7 +272,7 @@ def plan(req: Request, host: Host) -> Plan:
     if mode == "bwrap":
         assert host.bwrap is not None
         home = SANDBOX_HOME
-        argv = bwrap_argv(host.bwrap, req) + chain + list(req.argv)
+        argv = bwrap_argv(host.bwrap, req, host.is_root) + chain + list(req.argv)
     else:
         if req.home is None:
             raise ValueError("the fallback sandbox needs a throwaway home directory")

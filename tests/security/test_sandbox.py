@@ -101,7 +101,8 @@ def test_bwrap_plan_binds_the_system_read_only_then_the_workspace_read_write() -
         "--unshare-ipc",
     ):
         assert flag in box
-    assert pairs(box, "--cap-drop") == ["ALL"]  # root's uid, none of its powers
+    assert pairs(box, "--cap-drop") == ["ALL"]  # root's uid, of its powers only the file ones
+    assert pairs(box, "--cap-add") == ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]
     assert pairs(box, "--chdir") == ["/tmp/pytest-of-root/t0/ws/src"]
     assert pairs(box, "--dev") == ["/dev"] and pairs(box, "--proc") == ["/proc"]
     assert rest == ["make", "test"]  # no uid switch: the cgroup holds the limits
@@ -702,8 +703,11 @@ def test_ownership_never_changes_and_new_files_take_their_folders_owner(
     other.write_text("x")
     sub = box.ws / "theirs"
     sub.mkdir()
-    other.chmod(0o666)  # a root worker's command has no capability to override modes
-    sub.chmod(0o777)
+    # Their modes: only the owner may write. The command writes as the
+    # worker's file tools do (bubblewrap: root's file powers kept; the
+    # fallback: no capability, so it needs the modes to allow it).
+    other.chmod(0o644 if mode == "bwrap" else 0o666)
+    sub.chmod(0o755 if mode == "bwrap" else 0o777)
     for p in (other, sub):
         os.chown(p, 1234, 1234)
     before = {p: (p.lstat().st_uid, p.lstat().st_gid) for p in box.ws.rglob("*")}
@@ -975,3 +979,38 @@ def test_of_sys_a_command_sees_only_what_runtimes_read(tmp_path: Path) -> None:
     # A folder above a shown one is there, holding only the way to it.
     assert got["hidden"] == {p: any(d.startswith(p + "/") for d in shown) for p in hidden}
     assert set(got["sys"]) <= {"devices", "fs", "kernel"}
+
+
+def test_a_root_workers_command_works_a_checkout_another_user_owns(tmp_path: Path) -> None:
+    """A user's clone under a root worker: the command edits files only their
+    owner may write, unpacks an archive with its owners (`tar` as root keeps
+    them) and runs git there (no "dubious ownership"), as the worker's own
+    file tools could. What it changed is applied; no owner changes hands."""
+    _need_bwrap()
+    if not HOST.is_root:
+        pytest.skip("the worker is not root: it cannot own files of other users")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "app.py").write_text("x = 1\n")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t", "-C", str(ws)]
+    subprocess.run([*git[:-2], "init", "-q", str(ws)], check=True)
+    subprocess.run([*git, "add", "app.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data.txt").write_text("packed\n")
+    os.chown(src / "data.txt", 4321, 4321)
+    subprocess.run(["tar", "-C", str(tmp_path), "-cf", str(ws / "pack.tar"), "src"], check=True)
+    subprocess.run(["chown", "-R", "1234:1234", str(ws)], check=True)
+    (ws / "app.py").chmod(0o644)
+    script = (
+        "echo 'x = 2' > app.py && tar -xf pack.tar && rm pack.tar "
+        "&& git status --porcelain && echo done"
+    )
+    result = run_shell(ws, ShellStep(command=["sh", "-c", script], timeout_s=60), host=HOST)
+    assert "dubious" not in result.output and result.output.endswith("done\n"), result.output
+    assert " M app.py" in result.output
+    assert (ws / "app.py").read_text() == "x = 2\n"
+    assert (ws / "src/data.txt").read_text() == "packed\n"
+    assert (ws / "app.py").stat().st_uid == 1234  # rewritten, still theirs
+    assert (ws / "src").stat().st_uid == 1234  # made in their folder: theirs
