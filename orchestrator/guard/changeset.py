@@ -40,6 +40,7 @@ __all__ = [
     "DELETE_RULE",
     "SETID_RULE",
     "GIT_HOOKS",
+    "GIT_CONFIG",
 ]
 
 SETID_RULE = "setid-bits"
@@ -68,16 +69,39 @@ class Verdict:
 GIT_INTERNALS = "deny-git-internals-write"
 GIT_HOOKS = PathDenial(
     "deny-git-hooks",
-    (".git/hooks/**", "**/.git/hooks/**", "!.git/hooks/*.sample", "!**/.git/hooks/*.sample"),
-    "a git hook runs code at the next git command",
+    (
+        *(f"{top}.git/{d}hooks/**" for top in ("", "**/") for d in ("", "modules/**/")),
+        *(f"!{top}.git/{d}hooks/*.sample" for top in ("", "**/") for d in ("", "modules/**/")),
+    ),
+    "a git hook runs code at the next git command (a submodule's hooks too)",
+)
+# git's configuration, wherever git reads one: a repository's, a nested
+# repository's, a submodule's (under .git/modules/) and per-worktree ones. A
+# key there can make the next git command run a program (core.fsmonitor,
+# core.hooksPath, core.sshCommand, a filter or diff driver).
+GIT_CONFIG = PathDenial(
+    "deny-git-config",
+    tuple(
+        f"{top}.git/{where}"
+        for top in ("", "**/")
+        for where in (
+            "config",
+            "config.worktree",
+            "modules/**/config",
+            "modules/**/config.worktree",
+            "worktrees/*/config.worktree",
+        )
+    ),
+    "git's configuration can make the next git command run any program; change it "
+    "outside the job (git config), not in a step",
 )
 
 
 def shell_denials(policy: Any) -> tuple[PathDenial, ...]:
     """What a shell changeset may not write, from a policy's path rules: every
     rule denying writes, except that git's own writes into `.git/` (a commit,
-    a fetch) are allowed and only its hooks refused (a hook runs code at the
-    next git command; git init's `*.sample` files run nothing)."""
+    a fetch) are allowed and only its hooks and configuration refused (either
+    runs code at the next git command; git init's `*.sample` files run nothing)."""
     return (
         *(
             PathDenial(r.id, tuple(r.paths), r.reason)
@@ -85,6 +109,7 @@ def shell_denials(policy: Any) -> tuple[PathDenial, ...]:
             if r.decision == "deny" and r.access in ("write", "any") and r.id != GIT_INTERNALS
         ),
         GIT_HOOKS,
+        GIT_CONFIG,
     )
 
 

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from orchestrator.guard.changeset import (
     DELETE_RULE,
+    GIT_CONFIG,
     GIT_HOOKS,
     SETID_RULE,
     PathDenial,
@@ -179,7 +180,7 @@ def test_git_may_write_its_own_files_and_hook_samples_but_not_hooks() -> None:
         )
     )
     assert judge(commit, DENIALS, (), WS).decision == "allow"
-    assert GIT_HOOKS in DENIALS
+    assert GIT_HOOKS in DENIALS and GIT_CONFIG in DENIALS
     assert all(d.rule_id != "deny-git-internals-write" for d in DENIALS)
 
 
@@ -207,3 +208,43 @@ def test_set_id_bits_are_denied_except_a_folders_group_inheritance(
     else:
         assert (verdict.decision, verdict.rule_id, verdict.path) == ("deny", SETID_RULE, bad.path)
         assert f"{mode:o}" in verdict.reason and "chmod u-s,g-s" in verdict.reason
+
+
+@pytest.mark.parametrize("top", ["", "vendor/lib/"])
+@pytest.mark.parametrize(
+    ("path", "rule"),
+    [
+        (".git/hooks/post-checkout", "deny-git-hooks"),
+        (".git/modules/sub/hooks/post-checkout", "deny-git-hooks"),
+        (".git/modules/a/modules/b/hooks/pre-push", "deny-git-hooks"),
+        (".git/config.worktree", "deny-git-config"),
+        (".git/modules/sub/config", "deny-git-config"),
+        (".git/modules/a/modules/b/config", "deny-git-config"),
+        (".git/worktrees/wt/config.worktree", "deny-git-config"),
+        (".git/modules/sub/hooks/pre-commit.sample", None),
+        (".git/modules/sub/index", None),
+        (".git/refs/heads/config", None),  # a branch named config
+        (".git/refs/heads/hooks/x", None),  # a branch named hooks/x
+    ],
+)
+def test_every_git_hook_and_config_is_denied_where_git_reads_one(
+    top: str, path: str, rule: str | None
+) -> None:
+    """A hook or a config key (core.fsmonitor, core.hooksPath) runs a program
+    at the next git command: in the repository, a nested one, a submodule's
+    git folder (.git/modules/, nested), a worktree's. git's other writes there
+    (objects, refs, the index, hook samples) are its own work."""
+    for kind in (Kind.CREATED, Kind.MODIFIED, Kind.MODE):
+        verdict = judge(Changeset((Change(top + path, kind, b"a", b"b", 0o644, 0o755),)), DENIALS)
+        if rule is None:
+            assert verdict.decision == "allow", verdict
+        else:
+            assert (verdict.decision, verdict.path) == ("deny", top + path)
+            # the policy's own rule may name .git/config first; the built-in one always holds
+            assert verdict.rule_id in (rule, "deny-secrets")
+            assert (
+                judge(
+                    Changeset((Change(top + path, kind, b"a", b"b"),)), (GIT_HOOKS, GIT_CONFIG)
+                ).rule_id
+                == rule
+            )

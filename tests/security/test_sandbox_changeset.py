@@ -194,6 +194,15 @@ def test_apply_refuses_a_file_changed_meanwhile(tmp_path: Path, view: str) -> No
         ("ln -s /etc/passwd pw", "symlink-escape"),
         ("ln src/app.py hl", "hardlink"),
         ("mkfifo fifo", "special-file"),
+        (
+            "mkdir -p .git/modules/lib && printf '[core]\\n\\tfsmonitor = touch /tmp/x\\n' "
+            "> .git/modules/lib/config",
+            "deny-git-config",
+        ),
+        (
+            "mkdir -p .git/modules/lib/hooks && echo x > .git/modules/lib/hooks/post-checkout",
+            "deny-git-hooks",
+        ),
         ("cp /bin/true own && chmod 4755 own", "setid-bits"),
         ("chmod g+s src/app.py", "setid-bits"),
     ],
