@@ -38,6 +38,7 @@ from orchestrator.guard.rules import (
     PathRule,
     example_problems,
 )
+from orchestrator.sandbox.limits import FILES_DEFAULT
 from orchestrator.sandbox.limits import SandboxLimits as Limits  # one definition: the sandbox's
 
 Tier = Literal["read-only", "read-write", "exec"]
@@ -170,6 +171,8 @@ class Policy:
             del doc["commands"]["builtins"]
         if self.doc.toolchains is None:
             del doc["toolchains"]  # likewise: unset, the hash is the one before the field
+        if self.doc.limits.files == FILES_DEFAULT:
+            del doc["limits"]["files"]  # likewise
         return doc
 
     @cached_property

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+FILES_DEFAULT = 100_000
+
 
 class SandboxLimits(BaseModel):
     """Per-call limits: the policy's `limits:` (orchestrator.guard.policy.Limits is
@@ -22,6 +24,10 @@ class SandboxLimits(BaseModel):
     file_size_mb: int = Field(default=512, gt=0)
     output_bytes: int = Field(default=1_000_000, gt=0)
     disk_mb: int = Field(default=4096, gt=0)  # what a call may write into its view, in all
+    # Files, folders, links and deletes a call may make in its view: a
+    # million empty files hold no bytes but exhaust inodes, the worker's
+    # memory when the changeset is read and the log when it is recorded.
+    files: int = Field(default=FILES_DEFAULT, gt=0)
 
     @classmethod
     def of(cls, limits: object | None) -> SandboxLimits:

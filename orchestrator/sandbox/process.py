@@ -30,7 +30,14 @@ from orchestrator.sandbox.host import Cgroups, Host, Mode, ViewKind
 from orchestrator.sandbox.limits import SandboxLimits
 from orchestrator.sandbox.plan import CALL_ID_VAR, MB, Plan
 from orchestrator.sandbox.standby import Standby
-from orchestrator.sandbox.view import View, close_view, disk_used, open_view, overlay_refused
+from orchestrator.sandbox.view import (
+    Usage,
+    View,
+    close_view,
+    disk_used,
+    open_view,
+    overlay_refused,
+)
 
 __all__ = ["Prepared", "prepare", "spawn", "changes", "view_kind", "written"]
 
@@ -159,9 +166,9 @@ def changes(prep: Prepared, workspace: Path) -> Changeset:
     return from_copy(view.copy, workspace, view.started_ns)
 
 
-def written(prep: Prepared) -> int:
-    """The bytes the command has written into its view so far (its disk use)."""
-    return 0 if prep.view is None else disk_used(prep.view)
+def written(prep: Prepared) -> Usage:
+    """What the command has written into its view so far (bytes, entries)."""
+    return Usage(0, 0) if prep.view is None else disk_used(prep.view)
 
 
 def limit_hits(prep: Prepared) -> dict[str, int]:

@@ -33,7 +33,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from orchestrator.sandbox import mountns
 
@@ -69,6 +69,13 @@ _OPTIONS = ",redirect_dir=off,metacopy=off,index=off"
 _USER_OPTIONS = ",userxattr"  # unprivileged overlay (kernel 5.11+): user.overlay.* xattrs
 
 
+class Usage(NamedTuple):
+    """What a view holds: bytes, and entries (files, folders, links)."""
+
+    bytes: int
+    entries: int
+
+
 @dataclass(frozen=True)
 class View:
     """One call's private folder (mode 0700, outside the workspace) and what
@@ -77,7 +84,7 @@ class View:
     kind: Literal["overlay", "copy"]
     root: Path
     started_ns: int  # copy: a file in the copy whose ctime is older is unchanged
-    base_bytes: int = 0  # copy: what the copy held before the command ran
+    base: Usage = Usage(0, 0)  # copy: what the copy held before the command ran
     # overlay: mounted by the worker at `merged`, in its own namespace
     # (`mountns`), for bubblewrap to bind; False: the chain mounts it.
     inplace: bool = False
@@ -167,27 +174,31 @@ def open_view(
         shutil.rmtree(root, ignore_errors=True)
         raise
     # ctime cannot be set: anything the command touches gets a later one.
-    return View("copy", root, time.time_ns(), _bytes_in(root / "copy"))
+    return View("copy", root, time.time_ns(), _usage(root / "copy"))
 
 
-def disk_used(view: View) -> int:
-    """What the command has written into its view so far: the bytes of the
-    overlay's upper directory (every file it made or changed), or what the
-    copy grew by. A file counts its size or its blocks, whichever is more
-    (the changeset reads a sparse file whole)."""
+def disk_used(view: View) -> Usage:
+    """What the command has written into its view so far: the overlay's
+    upper directory (every file it made or changed, every delete), or what
+    the copy grew by. A file counts its size or its blocks, whichever is
+    more (the changeset reads a sparse file whole); entries count apart, as
+    a million empty files hold no bytes but exhaust inodes, the worker's
+    memory when the changeset is read and the log when it is recorded."""
     if view.kind == "overlay":
-        return _bytes_in(view.upper)
-    return max(0, _bytes_in(view.copy) - view.base_bytes)
+        return _usage(view.upper)
+    now = _usage(view.copy)
+    return Usage(max(0, now.bytes - view.base.bytes), max(0, now.entries - view.base.entries))
 
 
-def _bytes_in(top: Path) -> int:
-    total = 0
+def _usage(top: Path) -> Usage:
+    total = count = 0
     stack = [str(top)]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))
         except OSError:
             continue
+        count += len(entries)
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -196,7 +207,7 @@ def _bytes_in(top: Path) -> int:
             total += max(st.st_blocks * 512, st.st_size if stat.S_ISREG(st.st_mode) else 0)
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)
-    return total
+    return Usage(total, count)
 
 
 def close_view(view: View) -> None:

@@ -238,15 +238,17 @@ def _run(
                 ) from None
             lim = req.limits
             capture = _Capture(min(step.max_output_bytes, lim.output_bytes), lim.output_bytes)
-            disk_cap = lim.disk_mb * _MB
             stopped, status, usage = _supervise(
-                proc, capture, started + timeout_s, cancelled, _disk_watch(prep, disk_cap)
+                proc, capture, started + timeout_s, cancelled, _disk_watch(prep, lim)
             )
         hits = sandbox.limit_hits(prep)
         if not stopped and capture.limit != "output_bytes":
             used = sandbox.written(prep)  # also what it wrote just before it ended
-            if capture.limit == "disk_mb" or used > disk_cap:
-                capture.limit, hits["disk_bytes"] = "disk_mb", used
+            over = _over(used, lim) or (capture.limit if capture.limit in _VIEW_LIMITS else None)
+            if over == "disk_mb":
+                capture.limit, hits["disk_bytes"] = over, used.bytes
+            elif over == "files":
+                capture.limit, hits["files_written"] = over, used.entries
         if capture.limit == "output_bytes":
             hits["output_over"] = capture.total
         # A call a limit stopped keeps nothing: its changeset is not even read.
@@ -261,21 +263,31 @@ def _run(
     return result, changes, stopped, planned.mode, hits
 
 
-def _disk_watch(prep: Any, cap: int) -> Callable[[], bool]:
-    """Whether the command has written more than `cap` bytes into its view,
-    for `_supervise` to ask every second. Measuring walks what it wrote, so a
+_VIEW_LIMITS = ("disk_mb", "files")  # what a command writes into its view
+
+
+def _over(used: Any, lim: Any) -> str | None:
+    """The view limit `used` (bytes, entries) is past, if any."""
+    if used.bytes > lim.disk_mb * _MB:
+        return "disk_mb"
+    return "files" if used.entries > lim.files else None
+
+
+def _disk_watch(prep: Any, lim: Any) -> Callable[[], str | None]:
+    """The view limit (`disk_mb`, `files`) the command has gone past, for
+    `_supervise` to ask every second. Measuring walks what it wrote, so a
     command making many files is measured less often: at most a tenth of
     the time goes to it (the check when it ends catches what this misses)."""
     due = 0.0
 
-    def over() -> bool:
+    def over() -> str | None:
         nonlocal due
         start = time.monotonic()
         if start < due:
-            return False
+            return None
         used = sandbox.written(prep)
         due = start + 10 * (time.monotonic() - start)
-        return used > cap
+        return _over(used, lim)
 
     return over
 
@@ -296,6 +308,12 @@ def exceeded(
             "disk_mb",
             f"{lim.disk_mb} MB written",
             f"{hits['disk_bytes'] / _MB:.0f} MB written into the view",
+        )
+    elif "files_written" in hits:
+        found = (
+            "files",
+            f"{lim.files} files, folders and deletes",
+            f"{hits['files_written']} made or changed in the view",
         )
     elif "output_over" in hits:
         found = (
@@ -511,7 +529,7 @@ def _supervise(
     capture: _Capture,
     deadline: float,
     cancelled: Cancelled | None = None,
-    disk_over: Callable[[], bool] | None = None,
+    disk_over: Callable[[], str | None] | None = None,
 ) -> tuple[bool | str, int, resource.struct_rusage]:
     """Read output until EOF and the command's exit (or the deadline, a
     cancel, output past the capture's `stop_at`, or `disk_over()`, asked
@@ -544,8 +562,8 @@ def _supervise(
                 if reason:
                     stopped = reason
                     break
-                if disk_over is not None and disk_over():
-                    capture.limit = "disk_mb"
+                if disk_over is not None and (crossed := disk_over()):
+                    capture.limit = crossed
                     break
             wait = drain_until - now if pidfd is not None else min(drain_until - now, 0.05)
             if not exited:
@@ -621,7 +639,9 @@ class _Capture:
         self.tail = bytearray()
         self.total = 0
         self.stop_at = stop_at
-        self.limit: str | None = None  # the limit that stopped the command: output_bytes, disk_mb
+        self.limit: str | None = (
+            None  # the limit that stopped the command: output_bytes, disk_mb, files
+        )
 
     def add(self, chunk: bytes) -> None:
         self.total += len(chunk)

@@ -480,6 +480,25 @@ def test_writing_past_the_disk_limit_is_a_typed_outcome_and_keeps_nothing(
     box.assert_contained()
 
 
+@pytest.mark.parametrize("linger", [False, True])
+def test_making_more_files_than_the_limit_is_a_typed_outcome_and_keeps_nothing(
+    box: Box, mode: str, linger: bool
+) -> None:
+    """Empty files hold no bytes: past `limits.files` entries (files,
+    folders, links, deletes) the command is stopped, while it runs or when it
+    ends, and nothing is kept; deletes count, as each is a change to read."""
+    script = (
+        "mkdir -p a/b && for i in $(seq 150); do : > a/b/f$i; ln -s f$i a/l$i; done; rm README"
+        + ("; sleep 30" if linger else "")
+    )
+    result = box.run(mode, ["sh", "-c", script], files=250, wall_s=60)
+    assert isinstance(result, ResourceExceeded), result
+    assert result.limit == "files=250 files, folders and deletes"
+    assert int(result.value.split()[0]) > 250
+    assert sorted(p.name for p in box.ws.iterdir()) == ["README"], "nothing kept"
+    box.assert_contained()
+
+
 def test_a_command_sleeping_forever_is_killed_at_the_wall_limit(box: Box, mode: str) -> None:
     started = time.monotonic()
     result = box.run(mode, py("import time; time.sleep(10 ** 6)", box.token), wall_s=1)
@@ -862,6 +881,7 @@ def test_cgroups_of_a_worker_that_died_are_removed_at_the_next_probe() -> None:
         (-signal.SIGXFSZ, {}, "file_size_mb"),
         (-signal.SIGKILL, {"output_over": 70_000}, "output_bytes"),
         (0, {"disk_bytes": 300 << 20}, "disk_mb"),
+        (0, {"files_written": 200_001}, "files"),
     ],
 )
 def test_a_limit_that_stopped_a_command_is_named_with_what_was_seen(
@@ -887,6 +907,11 @@ def test_a_limit_that_stopped_a_command_is_named_with_what_was_seen(
             "; ".join(f"head -c 700000 /dev/zero >> f{i}" for i in range(4)),
             {"disk_mb": 2},
             "disk_mb limit (2 MB written;",
+        ),
+        (
+            "python3 -c \"import os; os.mkdir('m'); [open(f'm/{i}', 'w') for i in range(300)]\"",
+            {"files": 200},
+            "files limit (200 files, folders and deletes;",
         ),
     ],
 )
