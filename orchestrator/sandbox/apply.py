@@ -32,7 +32,7 @@ from orchestrator.tools.base import FileEdit
 from orchestrator.tools.files import apply_edits
 from orchestrator.tools.jail import Jail
 
-__all__ = ["apply"]
+__all__ = ["apply", "give_exec_bits"]
 
 _DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NODE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -44,7 +44,11 @@ def apply(workspace: Path, changeset: Changeset) -> int:
     it nor as it left it."""
     root = Path(workspace).resolve()
     changes = changeset.changes
-    edits = _pending(root, changeset.edits())
+    # A file made where a symlink was: the link goes first (as a deleted one does).
+    relinked = {
+        c.path: c.target_before for c in changes if c.kind is Kind.CREATED and c.target_before
+    }
+    edits = _pending(root, changeset.edits(), relinked)
     owners = _owners(root, [e.path for e in edits if e.before is not None])
     deletes = [e for e in edits if e.after is None]
     writes = [e for e in edits if e.after is not None]
@@ -53,6 +57,8 @@ def apply(workspace: Path, changeset: Changeset) -> int:
         apply_edits(root, deletes)
     for c in changes:
         if c.kind is Kind.DELETED and not c.is_dir and c.before is None:
+            _at(root, c.path, _unlink)
+        elif c.path in relinked and any(e.path == c.path for e in writes):
             _at(root, c.path, _unlink)
     for c in sorted((c for c in changes if c.kind is Kind.DELETED and c.is_dir), key=_depth):
         _at(root, c.path, _rmdir)
@@ -77,11 +83,17 @@ def _depth(c: Change) -> int:
     return -c.path.count("/")
 
 
-def _pending(root: Path, edits: tuple[FileEdit, ...]) -> list[FileEdit]:
-    """The edits not yet made; a file in neither state is a conflict."""
+def _pending(
+    root: Path, edits: tuple[FileEdit, ...], relinked: dict[str, str | None]
+) -> list[FileEdit]:
+    """The edits not yet made; a file in neither state is a conflict. A path
+    in `relinked` was the symlink it maps to (its target) before the call."""
     out = []
     with Jail(root) as jail:
         for e in edits:
+            if e.path in relinked and _link_target(root, e.path) == relinked[e.path]:
+                out.append(e)  # still the link the command replaced
+                continue
             try:
                 now = jail.digest(e.path)
             except ToolInputError:
@@ -96,6 +108,15 @@ def _pending(root: Path, edits: tuple[FileEdit, ...]) -> list[FileEdit]:
                 )
             out.append(e)
     return out
+
+
+def _link_target(root: Path, rel: str) -> str | None:
+    """Where the symlink `rel` points (None: not a symlink, or missing)."""
+    with _parent(root, rel) as (fd, name):
+        try:
+            return os.readlink(name, dir_fd=fd)
+        except OSError:
+            return None
 
 
 @contextlib.contextmanager
@@ -175,6 +196,25 @@ def _symlink(fd: int, name: str, c: Change) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=fd)
         raise
+
+
+def give_exec_bits(workspace: Path, wanted: dict[str, bool]) -> None:
+    """Set or clear the execute bits of regular files (path -> executable),
+    as git does on checkout: where the file is readable, for whom it is."""
+    root = Path(workspace).resolve()
+    for rel, executable in wanted.items():
+        _at(root, rel, lambda fd, name, x=executable: _exec_bit(fd, name, x))
+
+
+def _exec_bit(fd: int, name: str, executable: bool) -> None:
+    node = os.open(name, _NODE, dir_fd=fd)  # a symlink swapped in: ELOOP, not followed
+    try:
+        mode = stat.S_IMODE(os.fstat(node).st_mode)
+        want = mode | (mode & 0o444) >> 2 if executable else mode & ~0o111
+        if want != mode:
+            os.fchmod(node, want)
+    finally:
+        os.close(node)
 
 
 def _chmod(fd: int, name: str, mode: int | None) -> None:

@@ -47,6 +47,15 @@ __all__ = ["Change", "Changeset", "Kind", "from_upper", "from_copy"]
 HELD_BYTES = 32 << 20
 
 _OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+_LINK = 0o120000
+
+
+def git_mode(mode: int | None) -> int | None:
+    """The mode git records for a regular file with permission bits `mode`:
+    executable (100755) when its owner may execute it, else 100644."""
+    if mode is None:
+        return None
+    return 0o100755 if mode & stat.S_IXUSR else 0o100644
 
 
 class Kind(StrEnum):
@@ -105,6 +114,33 @@ class Changeset:
     @property
     def paths(self) -> tuple[str, ...]:
         return tuple(c.path for c in self.changes)
+
+    def recorded(self) -> tuple[FileEdit, ...]:
+        """What the log records and patches show, as `git diff` does: every
+        regular file's content change, an executable bit set or cleared, a
+        symlink made, retargeted or removed (its target is its content, mode
+        120000), a file turned into a link or back. Not in it, as not in git's:
+        folders, and permission bits other than the owner's execute bit."""
+        out = []
+        for c in self.changes:
+            if c.is_dir or c.kind in (Kind.HARDLINK, Kind.SPECIAL):  # refused, never recorded
+                continue
+            was_link = c.target_before is not None
+            before = os.fsencode(c.target_before) if was_link else c.before  # type: ignore[arg-type]
+            was = _LINK if was_link else git_mode(c.mode_before) if before is not None else None
+            if c.kind is Kind.SYMLINK:
+                after, now = os.fsencode(c.target or ""), _LINK
+            elif c.kind is Kind.DELETED:
+                after, now = None, None
+            else:
+                after, now = (
+                    c.after,
+                    git_mode(c.mode_after if c.mode_after is not None else c.mode_before),
+                )
+            if (before is None and after is None) or (same(before, after) and was == now):
+                continue
+            out.append(FileEdit(c.path, before, after, c.kind is Kind.SYMLINK, was, now))
+        return tuple(out)
 
     def edits(self) -> tuple[FileEdit, ...]:
         """The regular-file content changes as FileEdits (what diffs, hashes and

@@ -92,6 +92,10 @@ class FileEdit:
     link: bool = (
         False  # a new symlink (a patch's mode 120000): `after` is its target, as git keeps it
     )
+    # git's modes (0o100644, 0o100755, 0o120000), when the edit knows them (a
+    # shell changeset does): a symlink's content is its target, as git keeps it.
+    mode_before: int | None = None
+    mode_after: int | None = None
 
     @property
     def before_hash(self) -> str | None:

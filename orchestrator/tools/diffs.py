@@ -11,18 +11,35 @@ from orchestrator.tools.base import Content, FileEdit, Spilled
 __all__ = ["unified_diff"]
 
 
+_FILE, _LINK = 0o100644, 0o120000
+
+
 def unified_diff(edit: FileEdit) -> str:
-    """A git-style diff of one edit, which `git apply` and `plan_patch` accept."""
-    if edit.before == edit.after:
+    """A git-style diff of one edit, which `git apply` and `plan_patch` accept:
+    a mode change as `old mode`/`new mode`, a file turned into a symlink (or
+    back) as git shows it, a delete and a create."""
+    was = edit.mode_before if edit.mode_before is not None else _FILE
+    now = edit.mode_after if edit.mode_after is not None else _LINK if edit.link else _FILE
+    if edit.before is not None and edit.after is not None and (was == _LINK) != (now == _LINK):
+        gone = FileEdit(edit.path, edit.before, None, mode_before=was)
+        return unified_diff(gone) + unified_diff(
+            FileEdit(edit.path, None, edit.after, mode_after=now)
+        )
+    moved = edit.before is not None and edit.after is not None and was != now
+    if edit.before == edit.after and not moved:
         return ""
     a, b = _git_quote("a/" + edit.path), _git_quote("b/" + edit.path)
     old = "/dev/null" if edit.before is None else a
     new = "/dev/null" if edit.after is None else b
     head = f"diff --git {a} {b}\n"
     if edit.before is None:
-        head += f"new file mode {'120000' if edit.link else '100644'}\n"
+        head += f"new file mode {now:o}\n"
     if edit.after is None:
-        head += "deleted file mode 100644\n"
+        head += f"deleted file mode {was:o}\n"
+    if moved:
+        head += f"old mode {was:o}\nnew mode {now:o}\n"
+    if edit.before == edit.after:
+        return head  # the mode alone
     before, after = _text(edit.before), _text(edit.after)
     if before is None or after is None:
         return head + f"Binary files {old} and {new} differ\n"

@@ -162,3 +162,54 @@ def test_a_failed_apply_puts_a_big_file_back_from_its_second_name(
         files.apply_edits(ws, edits)
     monkeypatch.undo()
     assert _tree(ws) == {"big.bin": b"x" * 4096, "small.txt": b"a\n"}
+
+
+def test_the_log_gives_back_executable_bits_and_refuses_symlinks(tmp_path: Path) -> None:
+    """A recorded executable bit (alone, or with new content) is given back;
+    a symlink the log records (by its target, as git does) is refused as
+    lost, naming it, and nothing is written."""
+    before = {"run.sh": b"echo 1\n", "tool.sh": b"echo a\n"}
+    ws = _workspace(tmp_path / "ws", before)
+    mode_only = FileEdit("run.sh", before["run.sh"], before["run.sh"], False, 0o100644, 0o100755)
+    both = FileEdit("tool.sh", before["tool.sh"], b"echo b\n", False, 0o100644, 0o100755)
+    recorded = [
+        p.FileChanged(
+            call_id="c1",
+            path=e.path,
+            before_hash=e.before_hash,
+            after_hash=e.after_hash,
+            diff=files.unified_diff(e),
+        )
+        for e in (mode_only, both)
+    ]
+    assert "old mode 100644\nnew mode 100755\n" in recorded[0].diff
+    store = open_store(f"sqlite:///{tmp_path / 'events.sqlite'}", upgrade=True)
+    store.append("s-1", [new(e, i) for i, e in enumerate(recorded)], 0)
+
+    class Settings:
+        state = tmp_path / "other-host-state"
+
+    call = ToolCall(
+        workspace=ws,
+        call_id="c1",
+        session=SessionState(session_id="s-1"),
+        policy=None,  # type: ignore[arg-type]  # commit reads no policy
+        store=store,
+        settings=Settings(),
+    )
+    ShellTool().commit(call, None)
+    assert os.access(ws / "run.sh", os.X_OK) and os.access(ws / "tool.sh", os.X_OK)
+    assert (ws / "tool.sh").read_bytes() == b"echo b\n"
+    assert from_log.plan(ws, recorded, "here") == []  # done is done
+    store.close()
+    link = FileEdit("link.txt", None, b"run.sh", True, None, 0o120000)
+    fc = p.FileChanged(
+        call_id="c2",
+        path=link.path,
+        before_hash=None,
+        after_hash=link.after_hash,
+        diff=files.unified_diff(link),
+    )
+    with pytest.raises(ToolError, match=r"link\.txt"):
+        from_log.plan(ws, [fc], "here")
+    assert not (ws / "link.txt").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,14 @@ SCRIPTS = {
     "nested": "mkdir -p pkg/sub && printf 'x = 1\\n' > pkg/sub/mod.py",
     "binary": "printf '\\000\\001\\002' > blob.bin",
     "many": "printf 1 > f1.txt; printf 2 > f2.txt; printf 3 > f3.txt; rm scratch.txt",
+    "new-script": "printf '#!/bin/sh\\n' > run.sh && chmod +x run.sh",
+    "mode-and-content": "printf 'more\\n' >> keep.txt && chmod +x keep.txt",
+    "mode-invisible-to-git": "chmod 600 keep.txt",
+    "symlink": "ln -s keep.txt link.txt",
+    "retarget": "ln -sfn scratch.txt old-link",
+    "unlink": "rm old-link",
+    "file-to-link": "rm scratch.txt && ln -s keep.txt scratch.txt",
+    "link-to-file": "rm old-link && printf 'now a file\\n' > old-link",
 }
 
 
@@ -35,6 +44,7 @@ def _workspace(tmp_path: Path) -> Path:
     work.mkdir()
     (work / "keep.txt").write_text("kept\n")
     (work / "scratch.txt").write_text("scratch\n")
+    (work / "old-link").symlink_to("keep.txt")
     return work
 
 
@@ -55,13 +65,24 @@ def _run(store: SqlEventStore, work: Path, step: ShellStep, **extra: object) -> 
     return t.session_id, Runner(store, "worker:test").run_step(t, 0, step, last=True)
 
 
-def _tree(root: Path) -> dict[str, tuple[str, int]]:
+def _tree(root: Path) -> dict[str, tuple[str, str]]:
+    """Each file as git sees it: its content's hash (a symlink's: its
+    target's) and its git mode (100644, 100755 or 120000)."""
     out = {}
     for dirpath, _, names in os.walk(root):
         for name in names:
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
-            out[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode)
+            if rel.startswith(".git/"):
+                continue
+            if path.is_symlink():
+                data, mode = os.fsencode(os.readlink(path)), "120000"
+            else:
+                data, mode = (
+                    path.read_bytes(),
+                    "100755" if path.stat().st_mode & 0o100 else "100644",
+                )
+            out[rel] = (hashlib.sha256(data).hexdigest(), mode)
     return out
 
 
@@ -69,24 +90,36 @@ def _tree(root: Path) -> dict[str, tuple[str, int]]:
 def test_every_change_a_command_makes_is_recorded_and_replays_to_the_workspace(
     tmp_path: Path, kind: str
 ):
+    """Every change `git diff` would show is recorded: content, an executable
+    bit, a symlink made, retargeted or removed, a file turned into a link or
+    back (a permission bit git does not show is not). The recorded patch,
+    applied by git to the workspace as it was, gives the workspace as the
+    call left it."""
     work = _workspace(tmp_path)
     before = _tree(work)
+    copy = tmp_path / "replayed"
+    subprocess.run(["cp", "-a", str(work), str(copy)], check=True)
     store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
     # Elevated: the command-level policy would ask before `rm`/`chmod` run.
     sid, status = _run(store, work, ShellStep(command=["sh", "-c", SCRIPTS[kind]]), elevated_by="t")
     assert status == "completed", history(store, sid).session.error
     after = _tree(work)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
-    content = {k for k in changed if (before.get(k) or (None,))[0] != (after.get(k) or (None,))[0]}
     state = history(store, sid)
     recorded = {c.path: c for c in state.session.files_changed}
-    assert set(recorded) == content
-    for path in content:
+    assert set(recorded) == changed
+    assert (kind == "mode-invisible-to-git") is not bool(changed)
+    for path in changed:
         want = after[path][0] if path in after else None
         assert recorded[path].after_hash == want
+    if "\nBinary files " not in state.session.patch:  # binary: recorded by hash only
+        if state.session.patch:
+            (tmp_path / "p.diff").write_text(state.session.patch)
+            subprocess.run(["git", "apply", str(tmp_path / "p.diff")], cwd=copy, check=True)
+        assert _tree(copy) == after
     assert state.session.status == "completed"
     assert os.stat(work).st_uid == os.getuid()
-    assert {os.stat(work / k).st_uid for k in after} <= {os.getuid()}
+    assert {os.lstat(work / k).st_uid for k in after} <= {os.getuid()}
 
 
 def test_a_refused_changeset_is_a_recorded_deny_and_nothing_reaches_the_workspace(

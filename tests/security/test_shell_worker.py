@@ -128,23 +128,26 @@ def test_every_kind_of_change_reaches_the_workspace_the_log_and_the_replay(env, 
         assert _tree(work) == after, k  # as the same script leaves a plain copy
         replayed = cli_json(env, "audit", "replay", by_target[k]["session_id"])
         recorded = {c["path"]: c["after_hash"] for c in replayed["session"]["files_changed"]}
-        content = {
-            p
-            for p in before.keys() | after.keys()
-            if _content(before.get(p)) != _content(after.get(p))
+        shown = {
+            p for p in before.keys() | after.keys() if _git(before.get(p)) != _git(after.get(p))
         }
-        assert set(recorded) == content, k
+        assert set(recorded) == shown, k  # what `git diff` would show
         for path, after_hash in recorded.items():
-            assert after_hash == _content(after.get(path)), (k, path)
+            assert after_hash == (_git(after.get(path)) or (None,))[0], (k, path)
         assert replayed["session"]["patch"] == by_target[k]["patch"], k
         assert os.stat(work).st_uid == os.getuid()
     kept = Path(env["ORCH_STATE_DIR"]) / "kept-changesets"
     assert not kept.exists() or not any(kept.iterdir())
 
 
-def _content(entry: tuple[str, ...] | None) -> str | None:
-    """A regular file's content hash (None: no regular file there)."""
-    return entry[2] if entry and entry[0] == "file" else None
+def _git(entry: tuple[str, ...] | None) -> tuple[str | None, str] | None:
+    """An entry as git sees it: its content's hash (a symlink's: its
+    target's) and its mode; None for a folder or nothing."""
+    if entry is None or entry[0] == "dir":
+        return None
+    if entry[0] == "link":
+        return content_hash(os.fsencode(entry[1])), "120000"
+    return entry[2], "100755" if int(entry[1], 8) & 0o100 else "100644"
 
 
 def test_a_worker_killed_between_the_record_and_the_apply_loses_nothing(env, tmp_path: Path):

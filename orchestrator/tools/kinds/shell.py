@@ -39,6 +39,7 @@ from orchestrator.ops import logs
 from orchestrator.run.steps import ShellStep
 from orchestrator.sandbox import from_log, kept
 from orchestrator.sandbox import runtime as sandbox
+from orchestrator.sandbox.apply import give_exec_bits
 from orchestrator.sandbox.changeset import Changeset
 from orchestrator.tools import files, shell
 from orchestrator.tools.base import Interrupted, Plan
@@ -112,7 +113,7 @@ class ShellTool(BaseTool):
                 reason=verdict.reason,
             )
             raise ChangesetRefused(verdict, replace(result, decided=decided))
-        edits = result.changeset.edits()
+        edits = result.changeset.recorded()
         # Left out of the record: what an ignored folder holds (caches,
         # build output), as `git diff` leaves it out; not a tracked file there.
         unrecorded = ignored(call.workspace, [e.path for e in edits])
@@ -208,7 +209,7 @@ def _settle(call: ToolCall, base: Path) -> None:
     recorded = {(e.path, e.after_hash) for e in _recorded(call)}
     for folder in folders:
         changes = kept.load(folder)
-        made = {(e.path, e.after_hash) for e in changes.edits()}
+        made = {(e.path, e.after_hash) for e in changes.recorded()}
         if recorded <= made:
             sandbox.apply(call.workspace, changes)
             kept.drop(folders)
@@ -230,7 +231,13 @@ def _from_log(call: ToolCall, base: Path) -> None:
         return
     edits = from_log.plan(call.workspace, recorded, f"{base} on {socket.gethostname()}")
     if edits:
-        files.apply_edits(call.workspace, edits)
+        writes = [e for e in edits if e.before_hash != e.after_hash]
+        if writes:
+            files.apply_edits(call.workspace, writes)
+        give_exec_bits(
+            call.workspace,
+            {e.path: bool(e.mode_after & 0o100) for e in edits if e.mode_after and e.after},
+        )
         _log.warning(
             "applied a recorded shell changeset from the log (its kept copy is not here)",
             call_id=call.call_id,
