@@ -388,6 +388,20 @@ class PathsHidden(_Payload):
     total: int
 
 
+class IgnoredFilesChanged(_Payload):
+    """Files a shell call made, changed or deleted where the workspace's
+    ignore files point (`__pycache__`, build output, a venv): applied, but
+    left out of FileChanged and the patch, as `git diff` leaves them out.
+    Listed so the log holds every effect of the call (a planted `.pyc` runs
+    code too). `paths`: the first 100, workspace-relative, sorted; `total`:
+    how many."""
+
+    type: Literal["IgnoredFilesChanged"] = "IgnoredFilesChanged"
+    call_id: str
+    paths: list[str]
+    total: int
+
+
 class CircuitChanged(_Payload):
     """A destination host's circuit breaker changed state, on the host's
     `circuit:<host>` stream (shared by every worker). `retry_at` is when an
@@ -435,6 +449,7 @@ _TYPES = (
     ToolCallRetried,
     ToolCallRedelivered,
     PathsHidden,
+    IgnoredFilesChanged,
     CircuitChanged,
     PayloadsForgotten,
 )
@@ -473,6 +488,7 @@ Payload = Annotated[
         ToolCallRetried,
         ToolCallRedelivered,
         PathsHidden,
+        IgnoredFilesChanged,
         CircuitChanged,
         PayloadsForgotten,
     ],

@@ -212,7 +212,8 @@ def test_an_interrupted_attempt_runs_again_and_both_are_in_the_log(tmp_path: Pat
 def test_what_the_ignore_files_hide_is_applied_but_not_in_the_patch(tmp_path: Path):
     """Caches a command leaves (`__pycache__`, build output) reach the
     workspace, as they would outside the sandbox, but not the recorded
-    changes: the session's patch is what `git diff` would show."""
+    changes: the session's patch is what `git diff` would show. The log
+    still lists them (IgnoredFilesChanged): a planted `.pyc` runs code too."""
     import subprocess
 
     work = _workspace(tmp_path)
@@ -225,6 +226,9 @@ def test_what_the_ignore_files_hide_is_applied_but_not_in_the_patch(tmp_path: Pa
     assert (work / "__pycache__" / "m.pyc").read_text() == "x"
     assert (work / "build" / "o").read_text() == "y"
     assert [c.path for c in history(store, sid).session.files_changed] == ["keep.txt"]
+    [listed] = [e.payload for e in store.read_stream(sid) if e.type == "IgnoredFilesChanged"]
+    assert (listed.paths, listed.total) == (["__pycache__/m.pyc", "build/o"], 2)
+    assert listed.call_id == f"{sid}/1"
 
 
 def test_a_tracked_delete_asks_in_a_repository_another_user_owns(tmp_path: Path):

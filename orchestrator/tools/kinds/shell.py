@@ -49,7 +49,7 @@ from orchestrator.tools.shell import ShellResult
 from orchestrator.tools.tracked import tracked as git_tracked
 
 _log = logs.get_logger(__name__)
-_HIDDEN_LISTED = 100  # PathsHidden names this many; its `total` counts them all
+_HIDDEN_LISTED = 100  # PathsHidden and IgnoredFilesChanged name this many; `total` counts all
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class ShellCallResult(ShellResult):
 
     decided: p.PermissionDecided | None = None  # the changeset's refusal
     kept: Path | None = None  # where the changeset waits until it is applied
+    ignored: tuple[str, ...] = ()  # changed where the ignore files point: listed, not diffed
 
 
 class ChangesetRefused(ToolError):
@@ -121,7 +122,12 @@ class ShellTool(BaseTool):
         # Kept before the runner records it, so a crash after that append
         # still finds what to apply.
         held = kept.keep(_base(call), call.call_id, result.changeset) if result.changeset else None
-        return replace(result, edits=tuple(e for e in edits if e.path not in unrecorded), kept=held)
+        return replace(
+            result,
+            edits=tuple(e for e in edits if e.path not in unrecorded),
+            kept=held,
+            ignored=tuple(sorted(unrecorded)),
+        )
 
     def judge(self, call: ToolCall, changes: Changeset) -> Verdict:
         """The changeset's verdict; deleting tracked files asks, as `rm` does,
@@ -144,8 +150,10 @@ class ShellTool(BaseTool):
         )
 
     def record(self, call_id: str, result: Any) -> list[Any]:
-        """The changeset's refusal, or one FileChanged per file it changes; and
-        PathsHidden when the sandbox hid workspace paths from the command."""
+        """The changeset's refusal, or one FileChanged per file it changes and
+        IgnoredFilesChanged listing what it changed where the ignore files
+        point; and PathsHidden when the sandbox hid workspace paths from the
+        command."""
         if result is None:
             return []
         hidden = getattr(result, "hidden", ())
@@ -157,6 +165,10 @@ class ShellTool(BaseTool):
         decided = getattr(result, "decided", None)
         if decided is not None:
             return [decided, *shown]
+        ignored = getattr(result, "ignored", ())
+        if ignored:
+            listed = list(ignored[:_HIDDEN_LISTED])
+            shown.append(p.IgnoredFilesChanged(call_id=call_id, paths=listed, total=len(ignored)))
         return [
             *(
                 p.FileChanged(
