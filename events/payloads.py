@@ -390,8 +390,10 @@ class PathsHidden(_Payload):
 
 class IgnoredFilesChanged(_Payload):
     """Files a shell call made, changed or deleted where the workspace's
-    ignore files point (`__pycache__`, build output, a venv): applied, but
-    left out of FileChanged and the patch, as `git diff` leaves them out.
+    ignore files point (`__pycache__`, build output, a venv) or in a
+    repository's own `.git/` folder (a commit's objects, refs, index):
+    applied, but left out of FileChanged and the patch, as `git diff` leaves
+    them out.
     Listed so the log holds every effect of the call (a planted `.pyc` runs
     code too). `paths`: the first 100, workspace-relative, sorted; `total`:
     how many."""

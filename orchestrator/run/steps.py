@@ -240,8 +240,8 @@ class ShellStep(_Step):
             raise ValueError(
                 f"sets {', '.join(bad)}, which the sandbox refuses: they make programs "
                 "load or run other code (LD_*, BASH_ENV, ENV, exported functions) or change "
-                "how git treats the repository (GIT_*). Remove them (git options go on the "
-                "command line)"
+                "how git treats the repository (GIT_*, but for GIT_AUTHOR_* and "
+                "GIT_COMMITTER_* NAME, EMAIL and DATE). Remove them"
             )
         for name, text in value.items():
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):

@@ -78,6 +78,11 @@ _FORBIDDEN_PREFIXES = ("LD_", "GIT_", "BASH_FUNC_")
 _FORBIDDEN_NAMES = frozenset(
     {"BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", CALL_ID_VAR}
 )
+# git's identity and dates: text git writes into a commit, never a path or a
+# program (the sandbox has no user config, so a step committing needs them).
+GIT_IDENTITY = frozenset(
+    f"GIT_{who}_{what}" for who in ("AUTHOR", "COMMITTER") for what in ("NAME", "EMAIL", "DATE")
+)
 
 
 # -- inputs -------------------------------------------------------------------------
@@ -132,7 +137,11 @@ class Plan:
 
 
 def forbidden_env(names: Sequence[str]) -> list[str]:
-    return sorted(n for n in names if n in _FORBIDDEN_NAMES or n.startswith(_FORBIDDEN_PREFIXES))
+    return sorted(
+        n
+        for n in names
+        if n in _FORBIDDEN_NAMES or (n.startswith(_FORBIDDEN_PREFIXES) and n not in GIT_IDENTITY)
+    )
 
 
 def scrub_env(path: str, home: str, extra: Mapping[str, str], call_id: str) -> dict[str, str]:

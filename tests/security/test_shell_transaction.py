@@ -287,3 +287,27 @@ def test_what_the_sandbox_hid_is_recorded_with_the_call(tmp_path: Path):
     assert hid.paths == [".env", "keys/id.pem"] and hid.total == 2
     [call] = history(store, sid).session.calls
     assert hid.call_id == call.call_id and "s3cr3t" not in (call.output or "")
+
+
+def test_a_commit_in_a_step_is_applied_and_only_the_worktree_is_diffed(tmp_path: Path):
+    """A step that commits (git's identity in its env: the sandbox has no
+    user config): the commit reaches the repository; the patch holds the
+    worktree's change as `git diff` would, and git's own folder (objects,
+    refs, index) is listed, not diffed."""
+    work = _workspace(tmp_path)
+    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "keep.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    who = {f"GIT_{w}_{f}": "bot" for w in ("AUTHOR", "COMMITTER") for f in ("NAME", "EMAIL")}
+    step = ShellStep(
+        command=["sh", "-c", "printf 'more\\n' >> keep.txt && git commit -qam step"], env=who
+    )
+    store = open_store(str(tmp_path / "events.sqlite"), upgrade=True)
+    sid, status = _run(store, work, step)
+    assert status == "completed", history(store, sid).session.error
+    log = subprocess.run([*git, "log", "--format=%an %s"], capture_output=True, text=True)
+    assert log.stdout.splitlines() == ["bot step", "t init"]
+    assert [c.path for c in history(store, sid).session.files_changed] == ["keep.txt"]
+    [listed] = [e.payload for e in store.read_stream(sid) if e.type == "IgnoredFilesChanged"]
+    assert ".git/index" in listed.paths and all(x.startswith(".git/") for x in listed.paths)

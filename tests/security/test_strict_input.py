@@ -127,6 +127,16 @@ def test_an_env_the_sandbox_refuses_is_refused_at_submission(name: str) -> None:
     assert any(p.startswith("steps[0].env ") and name in p for p in problems), problems
 
 
+def test_git_identity_is_the_one_git_env_a_step_may_set() -> None:
+    """The sandbox has no user configuration: a step that commits names its
+    author and committer (text in the commit, never a path or a program)."""
+    env = {f"GIT_{w}_{f}": "x" for w in ("AUTHOR", "COMMITTER") for f in ("NAME", "EMAIL", "DATE")}
+    ok = parse_spec(_spec({"kind": "shell", "command": "git commit -qm x", "env": env}))
+    assert ok.steps[0].env == env
+    problems = _problems(_spec({"kind": "shell", "command": "ls", "env": {"GIT_EDITOR": "x"}}))
+    assert any("GIT_EDITOR" in p for p in problems), problems
+
+
 def test_an_env_value_with_nul_or_a_bad_name_is_refused() -> None:
     assert _problems(_spec({"kind": "shell", "command": "ls", "env": {"A": "x\x00"}}))
     assert _problems(_spec({"kind": "shell", "command": "ls", "env": {"A=B": "x"}}))

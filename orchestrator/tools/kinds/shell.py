@@ -115,10 +115,12 @@ class ShellTool(BaseTool):
             )
             raise ChangesetRefused(verdict, replace(result, decided=decided))
         edits = result.changeset.recorded()
-        # Left out of the record: what an ignored folder holds (caches,
-        # build output), as `git diff` leaves it out; not a tracked file there.
+        # Left out of the diffs: what an ignored folder holds (caches, build
+        # output), as `git diff` leaves it out, not a tracked file there; and
+        # git's own folder (a commit's objects, refs, index). Listed instead.
         unrecorded = ignored(call.workspace, [e.path for e in edits])
         unrecorded -= git_tracked(call.workspace, unrecorded) if unrecorded else set()
+        unrecorded |= {e.path for e in edits if _in_git_folder(e.path)}
         # Kept before the runner records it, so a crash after that append
         # still finds what to apply.
         held = kept.keep(_base(call), call.call_id, result.changeset) if result.changeset else None
@@ -205,6 +207,11 @@ class ShellTool(BaseTool):
         folder = getattr(result, "kept", None)
         if folder is not None:
             kept.drop([folder])
+
+
+def _in_git_folder(path: str) -> bool:
+    """Whether `path` is in a repository's own folder (`.git/`, at any depth)."""
+    return ".git" in path.lower().split("/")[:-1]
 
 
 def _base(call: ToolCall) -> Path:
