@@ -13,6 +13,7 @@ from collections.abc import Collection
 from itertools import chain
 from typing import Any
 
+from events.audit import collector_paused
 from events.projections import Projections, fold_records
 from events.store import EventStore
 from events.upcast import current
@@ -45,7 +46,8 @@ def history(
         rows = rows[:upto]  # a stream's seqs are gapless from 1: row n is seq n
     loads = store.loads
     if types is None:
-        return fold_records(current(loads(body)) for _, body, _ in rows)
+        with collector_paused(promote=True):
+            return fold_records(current(loads(body)) for _, body, _ in rows)
     # A stored body is canonical JSON (no spaces), so an event of a type holds
     # its `"type":"T"`; one that holds it elsewhere (a payload's own "type"
     # key) is parsed and dropped by the exact check. The rest are not parsed.
@@ -56,7 +58,8 @@ def history(
         if r["type"] in types
     )
     end = [{"type": "", "payload": {}, "seq": len(rows)}] if rows else []  # no handler reads ""
-    return fold_records(chain(records, end))
+    with collector_paused(promote=True):
+        return fold_records(chain(records, end))
 
 
 def replay_json(state: Projections) -> dict[str, Any]:
