@@ -75,8 +75,8 @@ _fields_set, _extra, _private = (
 
 def construct_trusted(model: type[Any], values: dict[str, Any]) -> Any:
     """`model.model_construct(**values)` for values that are complete and of the
-    right types (every field, as our own code built them), at a fifth of its
-    cost: what pydantic's `model_construct` and `model_copy` store, directly.
+    right types (every field, as our own code built them), at a quarter of its
+    cost or less: what pydantic's `model_construct` and `model_copy` store, directly.
     Only for models without validators, post-init or private attributes."""
     m = _new(model)  # no validation, no __init__
     _set(m, "__dict__", values)

@@ -12,7 +12,7 @@ the fold runs with the cyclic collector paused (`events.audit`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
 from events import reader
@@ -59,7 +59,9 @@ def _bodies(store: EventStore, stream_id: str, upto: int | None) -> Iterable[lis
 
 
 def _records(
-    batches: Iterable[list[Any]], loads: Any, types: Collection[str] | None
+    batches: Iterable[list[Any]],
+    loads: Callable[[bytes], dict[str, Any]],
+    types: Collection[str] | None,
 ) -> Iterator[dict[str, Any]]:
     """The stored bodies as records at today's schema version; with `types`,
     only theirs, then one that no handler reads at the last seq (so the fold
