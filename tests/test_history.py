@@ -20,6 +20,7 @@ from events.envelope import canonical_json, chain_hash, genesis_hash
 from events.errors import UnknownEvent
 from events.history import LEDGER_TYPES, history
 from events.projections import fold
+from orchestrator.run.recording import PatientStore, Spool
 from tests.factories import place
 from tests.projection_streams import random_session
 
@@ -76,7 +77,7 @@ def _insert(store, sid: str, records: list[dict[str, object]]) -> None:
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(st.randoms(use_true_random=False), st.data())
-def test_history_equals_the_model_fold_of_the_stored_events(store, rng, data):
+def test_history_equals_the_model_fold_of_the_stored_events(store, tmp_path, rng, data):
     sid = f"h-{uuid.uuid4().hex}"
     records = _records(sid, rng)
     _insert(store, sid, records)
@@ -86,6 +87,9 @@ def test_history_equals_the_model_fold_of_the_stored_events(store, rng, data):
     ]  # every event at today's version once read
     whole = fold(events)
     assert history(store, sid) == whole
+    # A worker's store wraps the SQL store (PatientStore): read through the
+    # EventStore protocol's raw_stream instead of events.reader.
+    assert history(PatientStore(store, Spool(tmp_path / "spool"), 0.0), sid) == whole
     upto = data.draw(st.integers(1, len(events)))
     assert history(store, sid, upto=upto) == fold(events[:upto])
     ledger = history(store, sid, LEDGER_TYPES)
