@@ -5,16 +5,20 @@ The state a worker keeps and snapshots is the live part
 show or reason over the whole history (`audit replay`, the API, `watch`,
 the agent's prompt, the diagnosis) fold it here: every event from seq 1,
 with no snapshot, into the full projections, or only the types they need.
+Rows come as the audit reads them (`events.reader`: driver tuples in large
+batches, the next one read ahead on PostgreSQL while this one folds), and
+the fold runs with the cyclic collector paused (`events.audit`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from itertools import chain
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
+from events import reader
+from events.audit import collector_paused
 from events.projections import Projections, fold_records
-from events.store import EventStore
+from events.store import EventStore, SqlEventStore
 from events.upcast import current
 
 # What the permission ledger is folded from (and the session's id).
@@ -40,23 +44,47 @@ def history(
     `upto`, to match a state read earlier); with `types`, of those events
     only (the rest move `last_seq` only), for a reader that needs part of
     it: the patch is FileChanged, ToolCallCompleted and ToolCallFailed."""
+    with collector_paused(promote=True):
+        return fold_records(_records(_bodies(store, stream_id, upto), store.loads, types))
+
+
+def _bodies(store: EventStore, stream_id: str, upto: int | None) -> Iterable[list[Any]]:
+    """Batches of (seq, body) in seq order."""
+    if isinstance(store, SqlEventStore):
+        return reader.stream_batches(store.engine, store.url, stream_id, upto)
     rows = store.raw_stream(stream_id)
     if upto is not None:
         rows = rows[:upto]  # a stream's seqs are gapless from 1: row n is seq n
-    loads = store.loads
+    return [[(seq, body) for seq, (_, body, _) in enumerate(rows, start=1)]]
+
+
+def _records(
+    batches: Iterable[list[Any]],
+    loads: Callable[[bytes], dict[str, Any]],
+    types: Collection[str] | None,
+) -> Iterator[dict[str, Any]]:
+    """The stored bodies as records at today's schema version; with `types`,
+    only theirs, then one that no handler reads at the last seq (so the fold
+    ends there, as a fold of every event would)."""
     if types is None:
-        return fold_records(current(loads(body)) for _, body, _ in rows)
+        for batch in batches:
+            for _, body in batch:
+                yield current(loads(body))
+        return
     # A stored body is canonical JSON (no spaces), so an event of a type holds
     # its `"type":"T"`; one that holds it elsewhere (a payload's own "type"
     # key) is parsed and dropped by the exact check. The rest are not parsed.
     marks = [f'"type":"{t}"'.encode() for t in types]
-    records = (
-        r
-        for r in (current(loads(b)) for _, b, _ in rows if any(m in b for m in marks))
-        if r["type"] in types
-    )
-    end = [{"type": "", "payload": {}, "seq": len(rows)}] if rows else []  # no handler reads ""
-    return fold_records(chain(records, end))
+    last = 0
+    for batch in batches:
+        for seq, body in batch:
+            last = seq
+            if any(m in body for m in marks):
+                r = current(loads(body))
+                if r["type"] in types:
+                    yield r
+    if last:
+        yield {"type": "", "payload": {}, "seq": last}  # no handler reads ""
 
 
 def replay_json(state: Projections) -> dict[str, Any]:

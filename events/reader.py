@@ -1,5 +1,6 @@
-"""Reading the stored log fast, for whole-store audits: rows as plain tuples
-in large batches, straight from the driver's cursor (no ORM rows, no models).
+"""Reading the stored log fast, for whole-store audits and whole-history
+folds: rows as plain tuples in large batches, straight from the driver's
+cursor (no ORM rows, no models).
 
 SQLite reads the table in one statement, in position order, on a connection
 of its own: one read transaction, so the audit sees one consistent log.
@@ -70,8 +71,34 @@ def row_batches(
     """The stored rows in position order, `batch` at a time, as `RawRow`s: the
     whole store, one stream, or the streams of one `part`. `url`: for errors.
     `columns`: other columns instead (then the tuples hold those)."""
+    sql, params = _select(engine.dialect.name, stream_id, part, columns)
+    return _batches(engine, url, sql, params, batch)
+
+
+def stream_batches(
+    engine: sa.Engine, url: str, stream_id: str, upto: int | None = None, batch: int = 1000
+) -> Iterator[list[tuple[int, bytes]]]:
+    """(seq, body) of one stream's rows in seq order (up to seq `upto`),
+    `batch` at a time: what a fold of its whole history reads. Through the
+    same cursor as the audit's scan: on PostgreSQL a cursor is planned for its
+    first rows, so the (stream_id, seq) index gives the order even where the
+    statistics say the stream is short (a long stream in a table of short
+    ones; a new table), rather than a bitmap scan and a sort that spills to
+    disk (3x the server's time for 10,000 events)."""
+    p = "%s" if engine.dialect.name == "postgresql" else "?"
+    sql = f"SELECT seq, body FROM events WHERE stream_id = {p}"
+    params: list[Any] = [stream_id]
+    if upto is not None:
+        sql += f" AND seq <= {p}"
+        params.append(upto)
+    return _batches(engine, url, sql + " ORDER BY seq", params, batch)
+
+
+def _batches(
+    engine: sa.Engine, url: str, sql: str, params: list[Any], batch: int
+) -> Iterator[list[Any]]:
+    """The rows of query `sql`, `batch` at a time, in one read transaction."""
     dialect = engine.dialect.name
-    sql, params = _select(dialect, stream_id, part, columns)
     dbapi = engine.dialect.loaded_dbapi
     with driver_errors(url, dbapi):
         raw = engine.raw_connection()

@@ -157,6 +157,13 @@ def _ended(attempts: tuple[Attempt, ...], outcome: str) -> tuple[Attempt, ...]:
     return (*attempts[:-1], ended)
 
 
+def _change(path: str, before: str | None, after: str | None) -> FileChange:
+    change: FileChange = construct_trusted(
+        FileChange, {"path": path, "before_hash": before, "after_hash": after}
+    )
+    return change
+
+
 class SessionFold:
     """A SessionState in progress: handlers update working copies in place,
     `result` freezes them. Events update the newest turn or call of a number
@@ -169,6 +176,7 @@ class SessionFold:
         "_calls",
         "_confirmations",
         "_files",
+        "_file_at",
         "_changed",
         "_pending",
         "_patch",
@@ -186,6 +194,7 @@ class SessionFold:
         self._calls = Items(ToolCall, start.calls, "call_id")
         self._confirmations = Items(Confirmation, start.confirmations, "call_id")
         self._files = list(start.files_changed)
+        self._file_at: dict[str, list[int]] | None = None  # path -> where in _files
         self._changed = set(start.changed_paths)
         self._pending = list(start.pending)
         self._patch = [start.patch]
@@ -353,23 +362,21 @@ class SessionFold:
             new = new_digests(window.paths, (c.path for c in mine))
             self._new |= new
             return
-        before, files = self._changed, self._files
+        # In place, with an index of where each path's changes are: a copy of
+        # the files and paths per call was quadratic in a long session.
+        before, files, at = self._changed, self._files, self._file_at
+        if at is None:
+            at = self._file_at = {}
+            for i, f in enumerate(files):
+                at.setdefault(f.path, []).append(i)
         for c in mine:
-            change = construct_trusted(
-                FileChange,
-                {"path": c.path, "before_hash": c.before_hash, "after_hash": c.after_hash},
-            )
             if c.path in before:
-                files = [
-                    change.model_copy(update={"before_hash": f.before_hash})
-                    if f.path == c.path
-                    else f
-                    for f in files
-                ]
-            else:
-                files.append(change)
-        self._files = files
-        self._changed = before | {c.path for c in mine}
+                for i in at.get(c.path, ()):
+                    files[i] = _change(c.path, files[i].before_hash, c.after_hash)
+            else:  # a path changed twice by one call is listed twice
+                at.setdefault(c.path, []).append(len(files))
+                files.append(_change(c.path, c.before_hash, c.after_hash))
+        before.update(c.path for c in mine)
         self._patch.extend(c.diff for c in mine)
 
     # -- the frozen result -----------------------------------------------------
