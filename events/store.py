@@ -259,8 +259,9 @@ class SqlEventStore:
         (the drivers cache and, on PostgreSQL, prepare them).
 
         When the head is known (remembered from this store's last write or read
-        of the stream, or seq 0 for `expected_seq=0`): one guarded INSERT ...
-        RETURNING, one round trip, its own transaction (`events.heads`). Else,
+        of the stream, or seq 0 for `expected_seq=0`): one guarded INSERT (with
+        RETURNING on PostgreSQL), one round trip, its own transaction
+        (`events.heads`). Else,
         or when that inserted nothing: `_append_read`."""
         head = self._known_head(stream_id, expected_seq, len(batch), batch[0].idempotency_key)
         if head is not None:
@@ -304,7 +305,7 @@ class SqlEventStore:
         cur = conn.cursor()
         try:
             cur.execute(sql, params)
-            rows = cur.fetchall()
+            positions = self._inserts.positions(cur, params)
         except w.dbapi.IntegrityError:
             return None  # UNIQUE(stream_id, seq): someone placed seq n+1 first
         except BaseException as exc:
@@ -318,10 +319,10 @@ class SqlEventStore:
         finally:
             with contextlib.suppress(Exception):
                 cur.close()
-        if not rows:
+        if not positions:
             return None
         self._heads.put(stream_id, sealed[-1][0], sealed[-1][2])
-        return sealed, {s: p for p, s in rows}
+        return sealed, positions
 
     def _head_or_key(
         self, cur: Any, stream_id: str, key: str | None
@@ -343,7 +344,7 @@ class SqlEventStore:
         positions: dict[int, int] = {}
         for sql, chunk in self._inserts.chunks(params):
             cur.execute(sql, chunk)
-            positions.update((s, p) for p, s in cur.fetchall())
+            positions.update(self._inserts.positions(cur, chunk))
         return positions
 
     def _append_read(
@@ -352,7 +353,8 @@ class SqlEventStore:
         """Read the head (and the rows of `key`, if it was seen), then INSERT.
 
         Round trips: one SELECT (head, and the rows of `key` if it was seen) and
-        one multi-row INSERT ... RETURNING. On PostgreSQL they run in autocommit:
+        one multi-row INSERT (RETURNING on PostgreSQL; `Inserts.positions`).
+        On PostgreSQL they run in autocommit:
         a read-committed transaction around them would add BEGIN and COMMIT and
         lock nothing, so the INSERT (atomic by itself) hitting UNIQUE(stream_id,
         seq) is what catches a writer that moved the head in between, exactly as
