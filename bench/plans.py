@@ -21,23 +21,30 @@ from bench.common import session_payloads as payloads
 from events.schema import INDEXED_TYPES_SQL
 
 HEAD = "SELECT seq, hash FROM events WHERE stream_id = :s ORDER BY seq DESC LIMIT 1"
+# events.inserts.KEY_ROWS: a key's batch, the seq range between its first and last keyed rows.
+KEY_ROWS = (
+    "SELECT seq, hash, position, body FROM events WHERE stream_id = :s AND seq BETWEEN"
+    " (SELECT min(+seq) FROM events WHERE stream_id = :s AND idempotency_key = :k)"
+    " AND (SELECT max(+seq) FROM events WHERE stream_id = :s AND idempotency_key = :k)"
+)
+TAIL = "SELECT {n}, seq, position, body, hash FROM events WHERE stream_id = :s AND seq > 50"
+# {plus}: "+" on SQLite, as events.reader writes it there (keeps the position key).
 QUERIES: dict[str, str] = {
     "append, no key: the head": HEAD,
     "append, keyed: the head and the key's rows (one statement)": (
-        "SELECT seq, hash, NULL, NULL FROM (" + HEAD + ") AS head UNION ALL "
-        "SELECT seq, hash, position, body FROM events WHERE stream_id = :s AND idempotency_key = :k"
+        "SELECT seq, hash, NULL, NULL FROM (" + HEAD + ") AS head UNION ALL " + KEY_ROWS
     ),
     "append after a known head: the guard of the one INSERT": (
         "SELECT 1 WHERE EXISTS (SELECT 1 FROM events WHERE stream_id = :s AND seq = 50"
         " AND hash = :h) AND NOT EXISTS (SELECT 1 FROM events WHERE stream_id = :s"
         " AND idempotency_key = :k)"
     ),
-    "lost race: the key's rows (_by_key)": (
-        "SELECT position, body, hash FROM events WHERE stream_id = :s AND idempotency_key = :k"
-        " ORDER BY seq"
-    ),
+    "lost race: the key's rows (_by_key)": KEY_ROWS,
     "read_stream / raw_stream: a stream's tail": (
         "SELECT position, body, hash FROM events WHERE stream_id = :s AND seq > 50 ORDER BY seq"
+    ),
+    "read_tails: two streams' tails in one query (events.tails)": (
+        TAIL.format(n=0) + " UNION ALL " + TAIL.format(n=1) + " ORDER BY 1, 2"
     ),
     "last_seq": "SELECT coalesce(max(seq), 0) FROM events WHERE stream_id = :s",
     "read_all / raw_all: a page of the log": (
@@ -46,6 +53,9 @@ QUERIES: dict[str, str] = {
     "read_correlation: a page of one job": (
         "SELECT position, body, hash FROM events WHERE position > 0 AND correlation_id = :c"
         " ORDER BY position LIMIT 2000"
+    ),
+    "a job's rows without the store (events.quickread)": (
+        "SELECT position, body, hash FROM events WHERE correlation_id = :c ORDER BY position"
     ),
     "read_types: a page of a few types (with the partial index's clause, as raw_all adds it)": (
         "SELECT position, body, hash FROM events WHERE position > 0"
@@ -56,10 +66,22 @@ QUERIES: dict[str, str] = {
         "SELECT position, body, hash FROM events WHERE position > 0"
         " AND type IN ('TurnStarted') ORDER BY position LIMIT 2000"
     ),
-    "rows(stream): one stream's rows for verify": (
-        "SELECT position, stream_id, seq, prev_hash, hash, body FROM events WHERE position > 0"
-        " AND stream_id = :s ORDER BY position LIMIT 2000"
+    "rows(stream): one stream's rows for verify (events.reader)": (
+        "SELECT position, stream_id, seq, prev_hash, hash, body FROM events"
+        " WHERE stream_id = :s ORDER BY position"
     ),
+    "rows of one part of the stream ids, whole-store audit (events.reader)": (
+        "SELECT position, stream_id, seq, prev_hash, hash, body FROM events"
+        " WHERE {plus}stream_id >= :s AND {plus}stream_id < 'z' ORDER BY position"
+    ),
+    "every stream and its last seq, a loose index scan (events.reader.stream_sizes)": (
+        "WITH RECURSIVE s(id) AS (SELECT min(stream_id) FROM events UNION ALL"
+        " SELECT (SELECT min(stream_id) FROM events WHERE stream_id > s.id) FROM s"
+        " WHERE s.id IS NOT NULL)"
+        " SELECT id, (SELECT max(seq) FROM events WHERE stream_id = s.id) FROM s"
+        " WHERE id IS NOT NULL"
+    ),
+    "last position (events.reader.last_position)": "SELECT max(position) FROM events",
     "heads: every stream's last row after a position": (
         "SELECT e.stream_id, e.seq, e.hash, e.position FROM events e JOIN (SELECT stream_id,"
         " max(seq) AS seq FROM events WHERE position > 19000 GROUP BY stream_id) AS m"
@@ -106,6 +128,7 @@ def plans(url: str, revision: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     with store.engine.connect() as conn:
         for name, sql in QUERIES.items():
+            sql = sql.replace("{plus}", "+" if sqlite else "")
             text = ("EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN (COSTS OFF) ") + sql
             rows = conn.execute(sa.text(text), params).all()
             out[name] = [r[-1] for r in rows]

@@ -18,7 +18,8 @@ import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from types import NoneType, UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, field_serializer
@@ -126,7 +127,8 @@ class NewEvent(BaseModel):
         return self.payload.type
 
     def envelope(self, stream_id: str, seq: int, prev_hash: str) -> dict[str, Any]:
-        """The hashed part of the envelope, as plain JSON data."""
+        """The hashed part of the envelope, as plain JSON data (to dump, not to
+        change: its payload may be the payload model's own dict)."""
         type_ = self.payload.type
         return {
             "stream_id": stream_id,
@@ -139,9 +141,52 @@ class NewEvent(BaseModel):
             "correlation_id": self.correlation_id,
             "causation_id": self.causation_id,
             "idempotency_key": self.idempotency_key,
-            "payload": self.payload.model_dump(mode="json"),
+            "payload": payload_data(self.payload),
             "prev_hash": prev_hash,
         }
+
+
+_SCALARS = (str, int, float, bool, NoneType)
+
+
+def _plain(annotation: Any) -> bool:
+    """A field type whose validated value orjson writes exactly as pydantic's
+    JSON mode would hand it over: a scalar, a string literal, an optional
+    one, or a list, tuple or dict of strings."""
+    if annotation in _SCALARS:
+        return True
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return all(type(a) is str for a in args)
+    if origin is Union or origin is UnionType:
+        return all(_plain(a) for a in args)
+    if origin is tuple:
+        return args == (str, Ellipsis)
+    if origin is list:
+        return args == (str,)
+    if origin is dict:
+        return args == (str, str)
+    return False
+
+
+_PLAIN: dict[type, bool] = {}
+
+
+def payload_data(payload: Any) -> dict[str, Any]:
+    """`payload.model_dump(mode="json")`, or for a payload type whose every
+    field is plain (`_plain`) and that has no serializer or computed field,
+    its own validated `__dict__` (the same canonical bytes, at a tenth of the
+    cost: 2-3 us an event, a fifth of sealing it). Read-only."""
+    cls = type(payload)
+    plain = _PLAIN.get(cls)
+    if plain is None:
+        hooks = cls.__pydantic_decorators__
+        plain = _PLAIN[cls] = (
+            not (hooks.field_serializers or hooks.model_serializers or cls.model_computed_fields)
+            and cls.model_config.get("extra") == "forbid"
+            and all(_plain(f.annotation) and f.exclude is None for f in cls.model_fields.values())
+        )
+    return payload.__dict__ if plain else payload.model_dump(mode="json")  # type: ignore[no-any-return]
 
 
 def canonical_json(data: Any) -> bytes:

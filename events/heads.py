@@ -9,7 +9,8 @@ just read it, places the batch after it without reading the head again:
       AND NOT EXISTS (SELECT 1 FROM events WHERE stream_id = ? AND idempotency_key = ?)
     RETURNING position, seq
 
-(on PostgreSQL the rows come from `unnest` of the batch's columns:
+(on PostgreSQL the rows come from `unnest` of the batch's columns; SQLite
+places them by the statement's last rowid instead of RETURNING:
 `events.inserts`). The database checks everything the head read checked, in the same statement:
 row n is there with hash h (so the chain continues from the stored row, and
 a stream that is shorter than remembered, such as one restored from a backup,

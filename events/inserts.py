@@ -10,13 +10,22 @@ planned 900 parameters each time; the array form is prepared once. The
 arrays go in binary (`%b`): psycopg's text form quotes every element
 through a regex, 10x the cost.
 
-Both forms insert the rows in batch order, so positions rise with seq, and
-`RETURNING position, seq` pairs them either way.
+Both forms insert the rows in batch order, so positions rise with seq. On
+PostgreSQL `RETURNING position, seq` pairs them; on SQLite the statement's
+last rowid and row count do (`Inserts.positions`), without RETURNING's cost.
+
+A keyed batch stores its idempotency key in the `idempotency_key` column of
+its first and last rows only (every body holds it): the partial index on
+that column (0005) then takes two entries per append instead of one per
+event, and the batch stored under a key is the seq range between them
+(`KEY_ROWS`), which also finds batches stored before 0005 with the key on
+every row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from events.appending import INSERT_CHUNK
 from events.envelope import NewEvent
@@ -24,13 +33,33 @@ from events.envelope import NewEvent
 COLUMNS = "stream_id, seq, event_id, type, correlation_id, idempotency_key, prev_hash, hash, body"
 N_COLUMNS = 9
 
-# The columns that differ per event, as PostgreSQL arrays (stream id and key are
-# one value each).
+# The columns that differ per event, as PostgreSQL arrays (the stream id is one
+# value; a NULL key array pads with NULLs, as unnest pads a shorter array).
 _UNNEST = (
-    "SELECT {p}, v.seq, v.event_id, v.type, v.correlation_id, {p}, v.prev_hash, v.hash, v.body"
+    "SELECT {p}, v.seq, v.event_id, v.type, v.correlation_id, v.key, v.prev_hash, v.hash, v.body"
     " FROM unnest({b}::int[], {b}::varchar[], {b}::varchar[], {b}::varchar[], {b}::varchar[],"
-    " {b}::varchar[], {b}::bytea[]) AS v(seq, event_id, type, correlation_id, prev_hash, hash, body)"
+    " {b}::varchar[], {b}::varchar[], {b}::bytea[])"
+    " AS v(seq, event_id, type, correlation_id, key, prev_hash, hash, body)"
 )
+
+# The rows stored under an idempotency key, in any order: the seq range from
+# its first to its last keyed row. Parameters: (stream_id, stream_id, key,
+# stream_id, key). The unary plus keeps SQLite from finding min(seq) by
+# walking the stream in (stream_id, seq) order, from its start, to the first
+# keyed row: the key index holds a stream's few keyed rows.
+KEY_ROWS = (
+    "SELECT seq, hash, position, body FROM events WHERE stream_id = {p} AND seq BETWEEN"
+    " (SELECT min(+seq) FROM events WHERE stream_id = {p} AND idempotency_key = {p})"
+    " AND (SELECT max(+seq) FROM events WHERE stream_id = {p} AND idempotency_key = {p})"
+)
+
+
+def edge_keys(key: str | None, n: int) -> list[str | None]:
+    """The `idempotency_key` column of a batch of `n` rows: the key on its
+    first and last rows, NULL between (and everywhere when unkeyed)."""
+    if key is None or n <= 2:
+        return [key] * n
+    return [key, *([None] * (n - 2)), key]
 
 
 def guard(param: str, after_seq: bool, keyed: bool) -> str:
@@ -72,24 +101,24 @@ class Inserts:
             hashes = [digest for _, _, digest in sealed]
             return (
                 stream_id,
-                key,
                 [seq for seq, _, _ in sealed],
                 [e.event_id for e in batch],
                 [e.payload.type for e in batch],
                 [e.correlation_id for e in batch],
+                None if key is None else edge_keys(key, len(batch)),
                 [prev, *hashes[:-1]],
                 hashes,
                 [body for _, body, _ in sealed],
             )
         params: list[object] = []
-        for e, (seq, body, digest) in zip(batch, sealed):
+        for e, (seq, body, digest), k in zip(batch, sealed, edge_keys(key, len(batch))):
             params += (
                 stream_id,
                 seq,
                 e.event_id,
                 e.payload.type,
                 e.correlation_id,
-                key,
+                k,
                 prev,
                 digest,
                 body,
@@ -113,9 +142,26 @@ class Inserts:
                 f"INSERT INTO events ({COLUMNS}) "
                 + rows
                 + guard(p, after_seq, keyed)
-                + " RETURNING position, seq"
+                + (" RETURNING position, seq" if self.arrays else "")
             )
         return text
+
+    def positions(self, cur: Any, params: Sequence[object]) -> dict[int, int]:
+        """Each seq the INSERT just run on `cur` with `params` stored, and its
+        position ({} when a guard let nothing in). PostgreSQL: RETURNING's rows
+        (a sequence that concurrent writers share need not give one statement
+        consecutive values). SQLite: the statement held the write lock and
+        gave each row the largest rowid plus one (a table without
+        AUTOINCREMENT, never deleted from), so its rows hold consecutive
+        positions ending at its last rowid: no RETURNING, which cost about 2 us
+        an event of SQLite's 13 (100 per INSERT, CPU time)."""
+        if self.arrays:
+            return {s: p for p, s in cur.fetchall()}
+        n = cur.rowcount
+        if n <= 0:
+            return {}
+        first = cur.lastrowid - n + 1
+        return {seq: first + i for i, seq in enumerate(params[1 : n * N_COLUMNS : N_COLUMNS])}  # type: ignore[misc]
 
     def chunks(self, params: tuple[object, ...]) -> list[tuple[str, tuple[object, ...]]]:
         """Unguarded INSERTs of `params`: one on PostgreSQL, a statement per

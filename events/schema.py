@@ -23,6 +23,9 @@ INDEXED_TYPES = (
 )
 INDEXED_TYPES_SQL = sa.text("type IN (" + ", ".join(f"'{t}'" for t in INDEXED_TYPES) + ")")
 
+# 0005: the idempotency index holds only rows that carry a key.
+KEYED_SQL = sa.text("idempotency_key IS NOT NULL")
+
 events = sa.Table(
     "events",
     metadata,
@@ -38,7 +41,14 @@ events = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.UniqueConstraint("stream_id", "seq", name="uq_events_stream_seq"),
     sa.Index("ix_events_correlation", "correlation_id", "position"),
-    sa.Index("ix_events_idempotency", "stream_id", "idempotency_key"),
+    # Partial since 0005: a keyed append's first and last rows (`events.inserts`).
+    sa.Index(
+        "ix_events_idempotency",
+        "stream_id",
+        "idempotency_key",
+        sqlite_where=KEYED_SQL,
+        postgresql_where=KEYED_SQL,
+    ),
     # 0002, partial since 0004: only the rare types `read_types` is asked for.
     sa.Index(
         "ix_events_type_position",

@@ -30,7 +30,7 @@ from events.db import (
 from events.envelope import Event, NewEvent, construct_trusted, genesis_hash, seal
 from events.errors import SequenceConflict
 from events.heads import Heads
-from events.inserts import Inserts
+from events.inserts import KEY_ROWS, Inserts
 from events.payloads import SCHEMA_VERSIONS
 from events.reader import row_batches
 from events.schema import INDEXED_TYPES, INDEXED_TYPES_SQL
@@ -135,14 +135,12 @@ class SqlEventStore:
         )
         # The head and, if the key was seen before, its rows, in one round trip
         # (head rows have no position; a key's rows come with their bodies).
+        self._sql_key_rows = KEY_ROWS.format(p=p)
         self._sql_head_or_key = (
             "SELECT seq, hash, NULL, NULL FROM (SELECT seq, hash FROM events WHERE stream_id = "
             + p
             + " ORDER BY seq DESC LIMIT 1) AS head UNION ALL "
-            "SELECT seq, hash, position, body FROM events WHERE stream_id = "
-            + p
-            + " AND idempotency_key = "
-            + p
+            + self._sql_key_rows
         )
         self._sql_stream = (
             "SELECT position, body, hash FROM events WHERE stream_id = "
@@ -249,12 +247,10 @@ class SqlEventStore:
     def _by_key(self, stream_id: str, key: str) -> list[Event]:
         """The events stored under `key` (after losing a race to their writer)."""
         with store_errors(self.url), self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(T.c.position, T.c.body, T.c.hash)
-                .where(T.c.stream_id == stream_id, T.c.idempotency_key == key)
-                .order_by(T.c.seq)
+            rows = conn.exec_driver_sql(
+                self._sql_key_rows, (stream_id, stream_id, key, stream_id, key)
             ).all()
-        return [self._decode(r[0], bytes(r[1]), r[2]) for r in rows]
+        return [self._decode(r[2], bytes(r[3]), r[1]) for r in sorted(rows)]
 
     def _append(
         self, stream_id: str, batch: Batch, expected_seq: int | None, shown: Batch
@@ -263,8 +259,9 @@ class SqlEventStore:
         (the drivers cache and, on PostgreSQL, prepare them).
 
         When the head is known (remembered from this store's last write or read
-        of the stream, or seq 0 for `expected_seq=0`): one guarded INSERT ...
-        RETURNING, one round trip, its own transaction (`events.heads`). Else,
+        of the stream, or seq 0 for `expected_seq=0`): one guarded INSERT (with
+        RETURNING on PostgreSQL), one round trip, its own transaction
+        (`events.heads`). Else,
         or when that inserted nothing: `_append_read`."""
         head = self._known_head(stream_id, expected_seq, len(batch), batch[0].idempotency_key)
         if head is not None:
@@ -308,7 +305,7 @@ class SqlEventStore:
         cur = conn.cursor()
         try:
             cur.execute(sql, params)
-            rows = cur.fetchall()
+            positions = self._inserts.positions(cur, params)
         except w.dbapi.IntegrityError:
             return None  # UNIQUE(stream_id, seq): someone placed seq n+1 first
         except BaseException as exc:
@@ -322,17 +319,17 @@ class SqlEventStore:
         finally:
             with contextlib.suppress(Exception):
                 cur.close()
-        if not rows:
+        if not positions:
             return None
         self._heads.put(stream_id, sealed[-1][0], sealed[-1][2])
-        return sealed, {s: p for p, s in rows}
+        return sealed, positions
 
     def _head_or_key(
         self, cur: Any, stream_id: str, key: str | None
     ) -> tuple[tuple[int, str] | None, list[Event]]:
         """The stream's head (seq, hash), and the events already stored under
         `key` (an idempotent hit: in seq order), in one round trip."""
-        cur.execute(self._sql_head_or_key, (stream_id, stream_id, key))
+        cur.execute(self._sql_head_or_key, (stream_id, stream_id, stream_id, key, stream_id, key))
         head, stored = None, []
         for row in cur.fetchall():
             if row[2] is None:
@@ -347,7 +344,7 @@ class SqlEventStore:
         positions: dict[int, int] = {}
         for sql, chunk in self._inserts.chunks(params):
             cur.execute(sql, chunk)
-            positions.update((s, p) for p, s in cur.fetchall())
+            positions.update(self._inserts.positions(cur, chunk))
         return positions
 
     def _append_read(
@@ -356,7 +353,8 @@ class SqlEventStore:
         """Read the head (and the rows of `key`, if it was seen), then INSERT.
 
         Round trips: one SELECT (head, and the rows of `key` if it was seen) and
-        one multi-row INSERT ... RETURNING. On PostgreSQL they run in autocommit:
+        one multi-row INSERT (RETURNING on PostgreSQL; `Inserts.positions`).
+        On PostgreSQL they run in autocommit:
         a read-committed transaction around them would add BEGIN and COMMIT and
         lock nothing, so the INSERT (atomic by itself) hitting UNIQUE(stream_id,
         seq) is what catches a writer that moved the head in between, exactly as

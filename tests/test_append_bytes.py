@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime, timedelta, timezone
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
 
 import pytest
 
 from events import payloads as p
 from events.appending import INSERT_CHUNK
-from events.envelope import Event, NewEvent, genesis_hash, seal
+from events.envelope import Event, NewEvent, canonical_json, genesis_hash, payload_data, seal
 from events.store import SqlEventStore
 from events.verify import verify_rows
 
@@ -171,3 +173,29 @@ def test_a_batch_bigger_than_one_sqlite_insert_is_stored_in_order(own_store: Sql
         (e.position, body, digest) for e, (_, body, digest) in zip(stored, sealed)
     ]
     assert verify_rows(own_store.rows(STREAM)).ok
+
+
+def _sample(annotation: object) -> object:
+    """A valid value of a payload field's type, with text that needs escaping."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return args[-1]
+    if origin is Union or origin is UnionType:
+        return _sample(args[0])
+    if origin in (tuple, list):
+        return [_sample(args[0])]
+    if origin is dict:
+        return {"b\u00fc": _sample(args[1]), "a": _sample(args[1])}
+    if isinstance(annotation, type) and issubclass(annotation, p._Payload):
+        return {k: _sample(f.annotation) for k, f in annotation.model_fields.items()}
+    samples: dict[object, object] = {str: 't\u00fc\n"x"', int: -3, float: 0.1, bool: True}
+    return samples.get(annotation, "z")
+
+
+def test_payload_data_is_the_payloads_json_mode_dump_for_every_type():
+    for name, cls in p.PAYLOAD_TYPES.items():
+        payload = cls.model_validate(
+            {k: _sample(f.annotation) for k, f in cls.model_fields.items()}
+        )
+        dumped = payload.model_dump(mode="json")
+        assert canonical_json(payload_data(payload)) == canonical_json(dumped), name

@@ -1,8 +1,9 @@
 """The one-statement append after a remembered head (events.heads): a head
 that is wrong in any way costs a round trip, never a wrong row, a gap, a
 broken chain or a second copy of a keyed batch. And 0004 (no unique event_id,
-a partial type index) upgrades a store with events in place, keeping its
-rows and its triggers. Both backends."""
+a partial type index) and 0005 (an idempotency index of keyed rows only)
+upgrade a store with events in place, keeping its rows, its triggers and
+its keys. Both backends."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from alembic import command
 from events import migrate
 from events import payloads as p
 from events.db import store_errors
+from events.envelope import genesis_hash, seal
 from events.errors import AppendOnlyViolation, SequenceConflict
 from events.store import SqlEventStore, open_store
 from events.verify import verify_rows
@@ -127,7 +129,7 @@ def test_0004_upgrades_a_store_with_events_keeping_rows_and_triggers(own_url: st
     before = old.append("s-old", [done(i, "k") for i in range(3)], 0)
     old.close()
     store = open_store(own_url, upgrade=True)
-    assert migrate.current_revision(store.engine) == "0004"
+    assert migrate.current_revision(store.engine) == migrate.HEAD
     assert list(store.read_stream("s-old")) == before
     assert verify_rows(store.rows("s-old")).ok
     assert store.append("s-old", [done(9, "k")], None) == before  # the key survived
@@ -176,4 +178,73 @@ def test_read_types_reads_indexed_types_through_the_partial_index_and_others_too
         with store.engine.connect() as conn:
             plan = " ".join(r[-1] for r in conn.exec_driver_sql(sql))
         assert "ix_events_type_position" in plan
+    store.close()
+
+
+def _keys_column(store: SqlEventStore, stream_id: str) -> list[str | None]:
+    with store.engine.connect() as conn:
+        sql = "SELECT idempotency_key FROM events WHERE stream_id = :s ORDER BY seq"
+        return list(conn.execute(sa.text(sql), {"s": stream_id}).scalars())
+
+
+def _append_keyed_on_every_row(store: SqlEventStore, stream_id: str, batch: list) -> None:
+    """Store a keyed batch as revisions before 0005 did: the key on every row."""
+    key = batch[0].idempotency_key
+    sealed = seal(stream_id, batch, 0, genesis_hash(stream_id))
+    params = list(store._inserts.params(stream_id, batch, sealed, key, genesis_hash(stream_id)))
+    if store._inserts.arrays:
+        params[5] = [key] * len(batch)
+    else:
+        params[5::9] = [key] * len(batch)
+    conn = store._fresh_connection()
+    cur = conn.cursor()
+    cur.execute(store._inserts.sql(len(batch)), tuple(params))
+    cur.fetchall()
+    if not store._inserts.arrays:
+        conn.commit()
+    cur.close()
+
+
+def test_0005_keys_on_every_row_and_on_a_batch_edges_both_return_the_whole_batch(own_url: str):
+    old = SqlEventStore(own_url, check_schema=False)
+    with old.engine.begin() as conn:
+        cfg = migrate._config()
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0004")
+    _append_keyed_on_every_row(old, "s-old", [done(i, "k") for i in range(4)])
+    before = list(old.read_stream("s-old"))
+    old.close()
+    store = open_store(own_url, upgrade=True)
+    assert _keys_column(store, "s-old") == ["k"] * 4
+    assert store.append("s-old", [done(9, "k")], None) == before  # head read: a hit
+    assert store.append("s-old", [done(9, "k")], None) == before  # head known: a hit
+    assert store._by_key("s-old", "k") == before  # the lost-race path
+    stored = store.append("s-old", [done(i, "k2") for i in range(5)], 4)
+    assert _keys_column(store, "s-old")[4:] == ["k2", None, None, None, "k2"]
+    store._heads.clear()
+    assert store.append("s-old", [done(9, "k2")], 4) == stored
+    assert store._by_key("s-old", "k2") == stored
+    [one] = store.append("s-old", [done(1, "k3")], None)
+    assert store.append("s-old", [done(9, "k3")], None) == [one]
+    assert verify_rows(store.rows("s-old")).ok
+    [idem] = [
+        i
+        for i in sa.inspect(store.engine).get_indexes("events")
+        if i["name"] == "ix_events_idempotency"
+    ]
+    where = idem["dialect_options"].get(
+        "sqlite_where", idem["dialect_options"].get("postgresql_where")
+    )
+    assert "IS NOT NULL" in str(getattr(where, "text", where))
+    if own_url.startswith("sqlite"):
+        guard = (
+            "SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM events"
+            " WHERE stream_id = ? AND idempotency_key = ?)"
+        )
+        for sql, params in ((guard, ("s", "k")), (store._sql_key_rows, ("s", "s", "k", "s", "k"))):
+            with store.engine.connect() as conn:
+                plan = [r[-1] for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+            # The key's terms imply the partial index's; min/max seq do not walk the stream.
+            keyed = [step for step in plan if "idempotency_key=?" in step]
+            assert keyed and all("ix_events_idempotency" in step for step in keyed), plan
     store.close()
