@@ -9,11 +9,19 @@
   reads the file, finds nothing, changes nothing). Sessions are started
   outside the timer and run 8 steps each (`last=False`), so a load reads a
   realistic stream of up to 50 events, never a pathological one.
-- bare Celery: a no-op task (`noop.delay().get()`) on a stock Celery app with
-  the same broker and result backend, served by its own worker process.
+- bare Celery (the target's peer): a no-op task (`noop.delay().get()`) on a
+  stock Celery app with the same broker and result backend, served by its
+  own worker process, with Celery's defaults: no task events, the message
+  acked as the child takes it, prefetch 4 (one task in flight here), JSON,
+  results in Redis.
+- bare Celery, our Celery settings (reference, no target): the same no-op
+  app with the settings our app adds to Celery's defaults (`tasks.conf`:
+  late acks, reject on a lost worker, prefetch 1, task events and the
+  client's `task-sent` for Flower): what those settings cost, told apart from
+  what our task and its signal handlers cost.
 
-Both workers use the same pool (prefork with one child: the production pool,
-its pipe to the child included) and run side by side; the two contenders
+All workers use the same pool (prefork with one child: the production pool,
+its pipe to the child included) and run side by side; the contenders
 alternate round by round. Each round trip is timed from the client's send to
 its result, after a warm-up; the target row gives the p50 ratio and its
 min-max over blocks of 50 consecutive round trips. Configurations: Redis
@@ -33,7 +41,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,25 +76,44 @@ BLOCK = 50  # round trips per contender in each block of the ratio's spread
 # and backend come from the environment the bench starts it with.
 
 import tasks.broker  # noqa: E402,F401  (the orchsqla transport, for the embedded row)
+import tasks.conf  # noqa: E402  (our Celery settings, without tasks.app's signal handlers)
 
-bare = Celery(
-    "bench-bare",
-    broker=os.environ.get("BENCH_BARE_BROKER", REDIS_BROKER),
-    backend=os.environ.get("BENCH_BARE_BACKEND", REDIS_BACKEND),
-)
-bare.conf.update(
-    task_default_queue=QUEUE_BARE,
-    broker_connection_retry_on_startup=True,
-    worker_hijack_root_logger=False,
-    broker_transport_options={"polling_interval": 0.005}
-    if os.environ.get("BENCH_BARE_BROKER", "").startswith("orchsqla")
-    else {},
-)
+QUEUE_SAME = "bench-bare-same"
 
 
-@bare.task(name="bench.noop")
-def noop() -> None:
+def bare_app(queue: str, **conf: object) -> Celery:
+    """A stock Celery app serving the no-op task on `queue`, with `conf` on
+    top of Celery's defaults."""
+    app = Celery(
+        "bench-bare",
+        broker=os.environ.get("BENCH_BARE_BROKER", REDIS_BROKER),
+        backend=os.environ.get("BENCH_BARE_BACKEND", REDIS_BACKEND),
+    )
+    app.conf.update(
+        task_default_queue=queue,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        broker_transport_options={"polling_interval": 0.005}
+        if os.environ.get("BENCH_BARE_BROKER", "").startswith("orchsqla")
+        else {},
+        **conf,
+    )
+    app.task(name="bench.noop")(noop_body)
+    return app
+
+
+def noop_body() -> None:
     return None
+
+
+# The target's peer: Celery's defaults (no task events, early acks, prefetch 4).
+bare = bare_app(QUEUE_BARE)
+# For reference: the same no-op with the Celery settings our app runs with
+# (late acks, prefetch 1, task events for Flower: `tasks.conf`), to tell what
+# those settings cost from what our task costs.
+bare_same = bare_app(QUEUE_SAME, **tasks.conf.CELERY_SETTINGS)
+BARE = "bare Celery"
+SAME = "bare Celery, our Celery settings"
 
 
 # -- worker processes ------------------------------------------------------------
@@ -247,12 +274,18 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
             result_backend=shape.backend,
         )
     )
-    client = Celery("bench-bare", broker=shape.broker, backend=shape.backend)
-    client.conf.update(
-        task_default_queue=QUEUE_BARE,
-        broker_transport_options=({"polling_interval": 0.005} if shape.embedded else {}),
+    options = {"polling_interval": 0.005} if shape.embedded else {}
+    clients = {
+        name: Celery("bench-bare", broker=shape.broker, backend=shape.backend)
+        for name in (QUEUE_BARE, QUEUE_SAME)
+    }
+    clients[QUEUE_BARE].conf.update(task_default_queue=QUEUE_BARE, broker_transport_options=options)
+    clients[QUEUE_SAME].conf.update(
+        task_default_queue=QUEUE_SAME,
+        broker_transport_options=options,
+        **tasks.conf.CELERY_SETTINGS,
     )
-    bare_noop = client.task(name="bench.noop")(noop.run)
+    noops = {q: c.task(name="bench.noop")(noop_body) for q, c in clients.items()}
     sessions = Sessions(shape.store_url, _workspace(shape.dir))
     step = _step()
     log = shape.dir / "workers.log"
@@ -269,26 +302,31 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
             raise RuntimeError(f"step ended {status!r}; see {log}")
         return dt
 
-    def peer(_: int) -> float:
-        t = now()
-        bare_noop.delay().get(timeout=60, interval=poll)
-        return now() - t
+    def peer(queue: str) -> Callable[[int], float]:
+        def one(_: int) -> float:
+            t = now()
+            noops[queue].delay().get(timeout=60, interval=poll)
+            return now() - t
+
+        return one
 
     with (
         celery_worker("tasks.app", "orchestrator", shape.ours_env(), log, pool=pool),
         celery_worker("bench.dispatch:bare", QUEUE_BARE, shape.bare_env(), log, pool=pool),
+        celery_worker("bench.dispatch:bare_same", QUEUE_SAME, shape.bare_env(), log, pool=pool),
     ):
+        fns = {"ours": ours, BARE: peer(QUEUE_BARE), SAME: peer(QUEUE_SAME)}
         for _ in range(warm):
-            ours(0)
-            peer(0)
-        fns = {"ours": ours, "bare Celery": peer}
+            for fn in fns.values():
+                fn(0)
         half = n // 2  # alternate who goes first
         a = rounds(fns, half)
         b = rounds(dict(reversed(fns.items())), n - half)
     sessions.store.close()
     with contextlib.suppress(Exception):
         ours_app.close()
-        client.close()
+        for c in clients.values():
+            c.close()
     return {k: a[k] + b[k] for k in fns}
 
 
@@ -372,9 +410,14 @@ def run(opts: Options) -> Result:
                 samples = bench_shape(shape, n, warm, pool)
                 p50 = {k: median(v) * 1e3 for k, v in samples.items()}
                 p99 = {k: pct(v, 99) * 1e3 for k, v in samples.items()}
-                r = p50["ours"] / p50["bare Celery"]
-                blocks = block_ratios(samples["ours"], samples["bare Celery"])
+                r = p50["ours"] / p50[BARE]
+                blocks = block_ratios(samples["ours"], samples[BARE])
                 spread = f"{x(r)} ({x(min(blocks))}-{x(max(blocks))} over {len(blocks)} blocks)"
+                same = block_ratios(samples["ours"], samples[SAME])
+                res.notes.append(
+                    f"{shape.name}: ours p50 / {SAME} p50 (reference, no target): "
+                    f"{x(p50['ours'] / p50[SAME])} ({x(min(same))}-{x(max(same))})"
+                )
                 res.figures[shape.name] = {
                     "p50_ms": p50,
                     "p99_ms": p99,
@@ -382,14 +425,21 @@ def run(opts: Options) -> Result:
                     "pool": pool,
                     "ratio_p50": r,
                     "ratio_p50_blocks": blocks,
+                    "ratio_p50_same_settings": p50["ours"] / p50[SAME],
                 }
                 rows += [
-                    (f"{shape.name}: {k}", p50[k], p99[k], x(p50[k] / p50["bare Celery"]))
+                    (
+                        f"{shape.name}: {k}",
+                        p50[k],
+                        p99[k],
+                        x(p50[k] / p50[BARE]),
+                        x(p50[k] / p50[SAME]),
+                    )
                     for k in samples
                 ]
                 if not shape.embedded:
                     res.target(
-                        f"{shape.name}: ours p50 vs bare Celery p50",
+                        f"{shape.name}: ours p50 vs {BARE} p50 (Celery's defaults)",
                         f"<= {TARGET_RATIO:.2f}x",
                         spread,
                         r <= TARGET_RATIO,
@@ -404,7 +454,7 @@ def run(opts: Options) -> Result:
     show(
         f"[dispatch] round trip, send to result ({n} per contender after {warm} warm-up, "
         f"{pool} pool with 1 child, interleaved)",
-        ("configuration: contender", "p50 ms", "p99 ms", "p50 / bare"),
+        ("configuration: contender", "p50 ms", "p99 ms", "p50 / bare", "p50 / same settings"),
         rows,
     )
     show(

@@ -14,6 +14,7 @@ import tasks.browser_hooks  # noqa: F401  (closes browsers on task end and worke
 import tasks.observe  # noqa: F401  (logs, metrics and traces on Celery's signals)
 from orchestrator.config import secrets
 from orchestrator.config.settings import Settings, get_settings
+from tasks.conf import CELERY_SETTINGS
 from tasks.dispatch import CeleryDispatcher
 
 
@@ -36,22 +37,13 @@ def make_app(settings: Settings) -> Celery:
     if settings.embedded_broker:
         transport_options["polling_interval"] = settings.embedded_poll_interval_s
     app.conf.update(
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        task_acks_on_failure_or_timeout=True,
-        worker_prefetch_multiplier=1,
-        task_track_started=False,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_expires=24 * 3600,
+        **CELERY_SETTINGS,
         broker_transport_options=transport_options,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,  # Flower shows tasks live
-        task_send_sent_event=True,
         task_default_queue="orchestrator",
+        worker_consumer="tasks.task_events:CoalescingConsumer",  # task events sent together
         database_engine_options={"connect_args": {"timeout": 60}},
         database_short_lived_sessions=True,
     )

@@ -18,11 +18,15 @@ from pydantic import SecretStr
 
 _lock = threading.Lock()
 _read: set[str] = set()
+_grown = 0  # how often `_read` grew: `known_values` reuses its answer until it does
 
 
 def remember(value: str) -> None:
+    global _grown
     with _lock:
-        _read.add(value)
+        if value not in _read:
+            _read.add(value)
+            _grown += 1
 
 
 def process_values() -> list[str]:
@@ -47,11 +51,27 @@ def known_values(settings: Any = None, *, extra: Iterable[str] = ()) -> list[str
     `settings` (default: the installed ones, if any) and the passwords in its
     store, broker and result backend URLs, plus `extra` (a step's own secret
     env, a key a caller holds)."""
-    values = set(process_values()) | {v for v in extra if v}
     s = settings if settings is not None else _installed
-    if s is None:
-        return sorted(values)
-    return sorted(values | _setting_values(s))
+    base = _known(s)
+    more = {v for v in extra if v}
+    return sorted(more.union(base)) if more - base else sorted(base)
+
+
+# (settings, `_grown` then, the values): every event a worker stores asks
+# (the masking filter), and the answer changes only when either does.
+_last: tuple[Any, int, frozenset[str]] | None = None
+
+
+def _known(s: Any) -> frozenset[str]:
+    global _last
+    last, grown = _last, _grown
+    if last is not None and last[0] is s and last[1] == grown:
+        return last[2]
+    with _lock:
+        values = frozenset(_read)
+    found = values | _setting_values(s) if s is not None else values
+    _last = (s, grown, found)
+    return found
 
 
 # The settings object itself (not its id: a new object can reuse a freed id).

@@ -49,6 +49,8 @@ def apply_edits(workspace: Path, edits: Sequence[FileEdit]) -> int:
     ready = (_PRESTAGED.get() or {}).pop(_key(workspace, edits), None)
     if ready is not None:
         return ready.finish()
+    if not edits:
+        return 0  # a plan that changes nothing (most no-op steps): no jail to open
     staged = _Staged(Jail(workspace))
     try:
         staged.stage(edits, whole_fs=SYNCFS is not None)

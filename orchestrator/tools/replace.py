@@ -14,6 +14,7 @@ import re._constants as sre_constants  # the parser's node types
 import re._parser as sre_parse  # what the stdlib compiles patterns with
 import time
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from orchestrator.config.secrets import known_values
@@ -164,8 +165,16 @@ def _case_sensitive_parse(rx: re.Pattern[str]) -> sre_parse.SubPattern | None:
     holds then) or cannot be parsed again."""
     if rx.flags & re.IGNORECASE:
         return None
+    return _parsed(rx.pattern, rx.flags)
+
+
+@lru_cache(maxsize=256)
+def _parsed(pattern: str, flags: int) -> sre_parse.SubPattern | None:
+    """The parse of `_case_sensitive_parse`, once per pattern (`re` caches its
+    compiled patterns, not this; a job's every step and session asks again).
+    Read only: the callers walk it."""
     try:
-        parsed = sre_parse.parse(rx.pattern, rx.flags)
+        parsed = sre_parse.parse(pattern, flags)
     except Exception:  # noqa: BLE001 - no shortcut; `re` compiled it already
         return None
     return None if parsed.state.flags & re.IGNORECASE else parsed
