@@ -12,6 +12,8 @@ ask > allow), the first such change in path order deciding:
 - a symlink whose target leads out of the workspace (`symlink-escape`), a
   hard link (`hardlink`: it could alias a protected or hidden file), a
   device, FIFO or socket (`special-file`): deny;
+- a name (or a symlink's target) that is not UTF-8 (`path-encoding`):
+  deny, as no event can record it;
 - a file given the set-user-ID or set-group-ID bit (`setid-bits`): deny.
   Applied by a root worker, it would be a program that runs as root for
   whoever starts it (a folder's set-group-ID, group inheritance, is allowed);
@@ -39,11 +41,13 @@ __all__ = [
     "link_escapes",
     "DELETE_RULE",
     "SETID_RULE",
+    "ENCODING_RULE",
     "GIT_HOOKS",
     "GIT_CONFIG",
 ]
 
 SETID_RULE = "setid-bits"
+ENCODING_RULE = "path-encoding"
 DELETE_RULE = "destructive-rm"  # the rule `rm` asks under: a delete needs the same confirmation
 _RANK = {"allow": 0, "ask": 1, "deny": 2}
 
@@ -172,6 +176,16 @@ def _verdicts(
                 c.path,
             )
         )
+    if not _utf8(c.path) or not _utf8(c.target or ""):
+        out.append(
+            Verdict(
+                "deny",
+                ENCODING_RULE,
+                f"{_verb(c)} {c.path!r}: the name (or the link's target) is not UTF-8, so "
+                "the log and the patch cannot name it; give it a UTF-8 name in the step",
+                c.path,
+            )
+        )
     if _setid(c):
         out.append(
             Verdict(
@@ -186,6 +200,16 @@ def _verdicts(
     if c.kind is Kind.DELETED and c.path in tracked:
         out.append(Verdict("ask", DELETE_RULE, f"deletes the tracked file {c.path}", c.path))
     return out
+
+
+def _utf8(name: str) -> bool:
+    """Whether a name read from the disk is UTF-8 (os.fsdecode keeps other
+    bytes as lone surrogates, which no JSON event can hold)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _setid(c: Change) -> bool:

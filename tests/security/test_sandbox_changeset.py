@@ -205,6 +205,8 @@ def test_apply_refuses_a_file_changed_meanwhile(tmp_path: Path, view: str) -> No
         ),
         ("cp /bin/true own && chmod 4755 own", "setid-bits"),
         ("chmod g+s src/app.py", "setid-bits"),
+        ("printf x > \"$(printf 'bad\\377')\"", "path-encoding"),
+        ("ln -s \"$(printf 'to\\377')\" odd-link", "path-encoding"),
     ],
 )
 def test_a_refused_changeset_leaves_the_workspace_untouched(
