@@ -55,7 +55,6 @@ def test_append_many_checks_each_stream_and_is_all_or_nothing(store: SqlEventSto
     assert store.last_seq("job") == 2 and store.last_seq("other") == 2
 
 
-
 def test_append_many_sees_what_its_earlier_items_placed(store: SqlEventStore):
     """An item's head and keys are those the items before it in the group left:
     a key repeated within one group is a hit on the first, and an empty batch
