@@ -173,3 +173,48 @@ class Inserts:
             (self.sql(len(params[i : i + step]) // N_COLUMNS), params[i : i + step])
             for i in range(0, len(params), step)
         ]
+
+
+# Several streams' batches in one statement (`events.group_commit` on
+# PostgreSQL): every column an array, the stream id and the key too.
+MANY = (
+    f"INSERT INTO events ({COLUMNS})"
+    " SELECT v.stream_id, v.seq, v.event_id, v.type, v.correlation_id, v.key, v.prev_hash,"
+    " v.hash, v.body FROM unnest(%b::varchar[], %b::int[], %b::varchar[], %b::varchar[],"
+    " %b::varchar[], %b::varchar[], %b::varchar[], %b::varchar[], %b::bytea[])"
+    " AS v(stream_id, seq, event_id, type, correlation_id, key, prev_hash, hash, body)"
+    " RETURNING position, stream_id, seq"
+)
+
+# Each stream's head and the rows already stored under each (stream, key), in
+# one round trip for the whole group. Head rows have no position.
+HEADS_AND_KEYS = (
+    "SELECT h.stream_id, h.seq, h.hash, NULL::bigint, NULL::bytea, NULL::varchar"
+    " FROM unnest(%b::varchar[]) AS s(id) CROSS JOIN LATERAL"
+    " (SELECT stream_id, seq, hash FROM events WHERE stream_id = s.id"
+    " ORDER BY seq DESC LIMIT 1) AS h"
+    " UNION ALL SELECT e.stream_id, e.seq, e.hash, e.position, e.body, e.idempotency_key"
+    " FROM unnest(%b::varchar[], %b::varchar[]) AS k(id, key)"
+    " JOIN events e ON e.stream_id = k.id AND e.idempotency_key = k.key"
+)
+
+
+def many_params(
+    items: Sequence[tuple[str, Sequence[NewEvent], list[tuple[int, bytes, str]], str | None, str]],
+) -> tuple[object, ...]:
+    """`MANY`'s parameters for (stream id, batch, sealed, key, prev) items."""
+    cols: list[list[object]] = [[] for _ in range(N_COLUMNS)]
+    sid, seq, eid, typ, corr, key, prev_c, hash_c, body = cols
+    for stream_id, batch, sealed, k, prev in items:
+        for e, (n, data, digest) in zip(batch, sealed):
+            sid.append(stream_id)
+            seq.append(n)
+            eid.append(e.event_id)
+            typ.append(e.payload.type)
+            corr.append(e.correlation_id)
+            key.append(k)
+            prev_c.append(prev)
+            hash_c.append(digest)
+            body.append(data)
+            prev = digest
+    return tuple(cols)

@@ -4,9 +4,12 @@ cursor (no ORM rows, no models).
 
 SQLite reads the table in one statement, in position order, on a connection
 of its own: one read transaction, so the audit sees one consistent log.
-PostgreSQL reads through a server-side cursor (FETCH of BATCH rows at a time,
-binary, one batch read ahead in a thread), so neither side holds the whole
-log in memory.
+PostgreSQL streams one statement's rows in binary, BATCH at a time (libpq's
+chunked rows mode), one batch read ahead in a thread, so neither side holds
+the whole log in memory. A server-side cursor's FETCHes (the way without
+that mode, libpq < 17) cost the server twice the CPU for the same rows (2.8
+s against 1.5 s for 500,000 rows here, the client 1.25 s against 0.9 s), on
+cores the audit shares with it.
 
 `parts` splits the streams into contiguous ranges of about equal event counts,
 for audits that read one range per process.
@@ -15,6 +18,7 @@ for audits that read one range per process.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -110,15 +114,14 @@ def _batches(
                 # No JIT: a scan of the whole log costs enough for the planner to
                 # compile it, 0.2 s per reading process for nothing.
                 conn.execute("SET LOCAL jit = off")
-                cur = conn.cursor(name="audit_rows")  # server-side: FETCH batch by batch
-                cur.execute(sql, params, binary=True)
+                fetch, cur = _pg_fetch(conn, sql, params, batch)
             else:
                 cur = conn.cursor()
                 cur.execute("BEGIN")  # one snapshot for the whole scan
                 cur.execute(sql, params)
         if dialect == "postgresql":
             with driver_errors(url, dbapi):
-                yield from _read_ahead(lambda: cur.fetchmany(batch))
+                yield from _read_ahead(fetch)
         else:
             while True:
                 with driver_errors(url, dbapi):
@@ -133,6 +136,23 @@ def _batches(
         with contextlib.suppress(Exception):
             conn.rollback() if dialect == "postgresql" else conn.execute("ROLLBACK")
         raw.close()
+
+
+def _pg_fetch(
+    conn: Any, sql: str, params: list[str], batch: int
+) -> tuple[Callable[[], list[Any]], Any]:
+    """(the next `batch` rows of `sql` on each call, binary, an empty list at
+    the end; what to close when done): one streamed statement (closing it
+    cancels and drains what the server still sends), or a server-side
+    cursor's FETCHes."""
+    import psycopg
+
+    if psycopg.capabilities.has_stream_chunked():
+        rows = conn.cursor().stream(sql, params, binary=True, size=batch)
+        return (lambda: list(itertools.islice(rows, batch))), rows
+    cur = conn.cursor(name="audit_rows")
+    cur.execute(sql, params, binary=True)
+    return (lambda: cur.fetchmany(batch)), cur
 
 
 def _read_ahead(fetch: Callable[[], list[Any]]) -> Iterator[list[Any]]:

@@ -86,9 +86,12 @@ def _time_limit(t: Ticket, index: int, task_id: str, chunk: int = 1) -> None:
     )
 
 
-def _together(task: Any, ts: list[Ticket], index: int, step: Step, last: bool) -> dict[str, Any]:
+def _together(
+    task: Any, ts: list[Ticket], index: int, step: Step, last: bool, states: dict[str, Any]
+) -> dict[str, Any]:
     """The chunk's step stored phase by phase for all its sessions (group
-    commit, `orchestrator.run.chunk`); what it hands back runs one by one."""
+    commit, `orchestrator.run.chunk`), from the `states` the task just read;
+    what it hands back runs one by one."""
     ready: list[Ticket] = []
     found: dict[str, Any] = {}
     for t in ts:
@@ -101,7 +104,9 @@ def _together(task: Any, ts: list[Ticket], index: int, step: Step, last: bool) -
         logs.bind(job_id=ts[0].job_id)
     try:
         found.update(
-            run_chunk(deps().runner, ready, index, step, last=last, task_id=task.request.id)
+            run_chunk(
+                deps().runner, ready, index, step, last=last, task_id=task.request.id, states=states
+            )
         )
     except SoftTimeLimitExceeded as exc:
         found = dict.fromkeys((t.session_id for t in ts), exc)  # the loop fails them
@@ -156,7 +161,7 @@ def run_steps(
     parsed = STEP.validate_python(step)
     ts = [Ticket.model_validate(raw) for raw in tickets]
     before, states = states_before(deps().runner, ts)
-    together = _together(self, ts, index, parsed, last)
+    together = _together(self, ts, index, parsed, last, states)
     out: list[str] = []
     for k, t in enumerate(ts):
         done = together.get(t.session_id)

@@ -55,6 +55,32 @@ def test_append_many_checks_each_stream_and_is_all_or_nothing(store: SqlEventSto
     assert store.last_seq("job") == 2 and store.last_seq("other") == 2
 
 
+def test_append_many_sees_what_its_earlier_items_placed(store: SqlEventStore):
+    """An item's head and keys are those the items before it in the group left:
+    a key repeated within one group is a hit on the first, and an empty batch
+    stores nothing (on PostgreSQL all items are read and inserted at once)."""
+    store.append("s", _batch("first", _finished("x")), 0)
+    items = [
+        ("s", _batch("a", _finished("a")), 1),
+        ("t", [], None),
+        ("s", _batch("b", _finished("b"), _finished("c")), 2),
+        ("s", _batch("a", _finished("a2")), None),
+        ("u", _batch("a", _finished("d")), 0),
+    ]
+    stored = store.append_many(items)
+    assert [[e.seq for e in s] for s in stored] == [[2], [], [3, 4], [2], [1]]
+    assert stored[3] == stored[0]
+    assert [e.seq for e in store.read_stream("s")] == [1, 2, 3, 4]
+    assert [e.position for e in store.read_stream("s")][1:] == [
+        e.position for e in stored[0] + stored[2]
+    ]
+    assert verify_rows(store.rows()).ok
+    # The next group starts from the heads this one left.
+    more = store.append_many([("s", _batch("e", _finished("e")), 4), ("u", _batch("f"), 1)])
+    assert [[e.seq for e in s] for s in more] == [[5], []]
+    assert verify_rows(store.rows()).ok
+
+
 SPEC = {
     "name": "group",
     "targets": ["repos/*"],

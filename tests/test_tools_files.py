@@ -529,3 +529,20 @@ def test_diff_lines_end_only_at_newlines_whatever_else_the_text_holds() -> None:
         "tail\r",
     ]:
         assert _text(text.encode()) == by_hand(text), repr(text)
+
+
+@given(pairs=st.lists(st.tuples(st.sampled_from(["a\n", "b\n", "c"]), st.booleans()), max_size=30))
+def test_paired_opcodes_are_maximal_runs_of_equal_and_changed_line_pairs(
+    pairs: list[tuple[str, bool]],
+) -> None:
+    """A replace that keeps the line count pairs line i with line i: the
+    opcodes cover every pair once, in order, in maximal runs of one kind."""
+    from orchestrator.tools.diffs import _paired_opcodes
+
+    before = [line for line, _ in pairs]
+    after = [line if same else line + "x" for line, same in pairs]
+    ops = _paired_opcodes(before, after)
+    flags = [tag == "equal" for tag, lo, hi, _, _ in ops for _ in range(lo, hi)]
+    assert flags == [same for _, same in pairs]
+    assert all(a[2] == b[1] and a[0] != b[0] for a, b in zip(ops, ops[1:]))
+    assert all(lo < hi and (lo, hi) == (j1, j2) for _, lo, hi, j1, j2 in ops)

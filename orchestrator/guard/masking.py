@@ -67,7 +67,13 @@ from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from urllib.parse import quote, quote_plus
 
-from orchestrator.guard.credentials import TRIGGERS_CASED, TRIGGERS_LOWER, Shape, split_shapes
+from orchestrator.guard.credentials import (
+    TRIGGERS_CASED,
+    TRIGGERS_LOWER,
+    WHOLE_TEXT,
+    Shape,
+    split_shapes,
+)
 
 __all__ = [
     "mask",
@@ -231,7 +237,9 @@ def pattern_runs(text: str) -> list[list[int]]:
     spans: list[Sequence[int]] = []
     whole, by_line = split_shapes()
     for shape in whole:
-        spans += _shape_spans(shape, text, 0)
+        opening = _opening(shape)
+        if opening is None or opening in text:
+            spans += _shape_spans(shape, text, 0)
     lines = _candidate_lines(text)
     if lines:
         joined = "\n".join(text[a:b] for a, b in lines)
@@ -245,6 +253,15 @@ def pattern_runs(text: str) -> list[list[int]]:
                 base = lines[i][0] - offsets[i]
                 spans.append((start + base, end + base))
     return _merge(spans)
+
+
+@lru_cache(maxsize=64)
+def _opening(shape: Shape) -> str | None:
+    """The text a whole-text shape's pattern opens with (a `WHOLE_TEXT`
+    prefix, plain text): absent from the text, the shape cannot match, and
+    `in` finds that at C speed where the regex tries every `-` of a diff (a
+    quarter of masking a diff's time)."""
+    return next((p for p in WHOLE_TEXT if shape.rx.pattern.startswith(p)), None)
 
 
 def _shape_spans(shape: Shape, text: str, base: int) -> list[tuple[int, int]]:

@@ -30,7 +30,7 @@ task to handle as it handles one from `run_step`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,8 +70,12 @@ def run_chunk(
     *,
     last: bool,
     task_id: str | None = None,
+    states: Mapping[str, Projections] | None = None,
 ) -> dict[str, Outcome]:
-    """Step `index` of every session of `tickets` (one job), phase by phase."""
+    """Step `index` of every session of `tickets` (one job), phase by phase.
+    `states`: each session's state as the task read it a moment before (no
+    second read; a stale one makes the group conflict, and each session then
+    runs alone from the record)."""
     out: dict[str, Outcome] = {t.session_id: None for t in tickets}
     cause = f"task:{task_id}" if task_id else None
     try:
@@ -79,7 +83,7 @@ def run_chunk(
             return out  # a cancelled job: each session records its end alone
     except Exception:  # noqa: BLE001 - each session meets it again alone
         return out
-    live = _started(runner, tickets, index, cause, out)
+    live = _started(runner, tickets, index, cause, out, states or {})
     live = _planned(runner, live, index, step, last, cause, out)
     live = _ran(runner, live, out)
     _reported(runner, live, last, cause, out)
@@ -108,7 +112,12 @@ def _ours(stored: list[Any], batch: list[Any]) -> bool:
 
 
 def _started(
-    runner: Runner, tickets: Sequence[Ticket], index: int, cause: str | None, out: dict
+    runner: Runner,
+    tickets: Sequence[Ticket],
+    index: int,
+    cause: str | None,
+    out: dict,
+    states: Mapping[str, Projections],
 ) -> list[_Live]:
     """Phase 1: load every session; start those not started (one append)."""
     turn = index + 1
@@ -118,7 +127,7 @@ def _started(
     for t in tickets:
         sid = t.session_id
         try:
-            state = runner.load(sid)
+            state = states.get(sid) or runner.load(sid)
             s = state.session
             if s.status == "new":
                 events = runner.start_events(t)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import difflib
 import os
+from itertools import compress, count
+from operator import ne
 
 from orchestrator.tools.base import Content, FileEdit, Spilled
 
@@ -70,16 +72,23 @@ def unified_diff(edit: FileEdit) -> str:
 
 
 def _paired_opcodes(before: list[str], after: list[str]) -> list[tuple[str, int, int, int, int]]:
-    """difflib opcodes for two equally long line lists, line i against line i."""
+    """difflib opcodes for two equally long line lists, line i against line i.
+    The differing lines are found by C loops (`map`, `compress`): a replace
+    changes a few lines of many, and comparing pairs in Python was a third
+    of rendering its diff."""
     opcodes: list[tuple[str, int, int, int, int]] = []
-    i, n = 0, len(before)
-    while i < n:
-        same = before[i] == after[i]
-        j = i + 1
-        while j < n and (before[j] == after[j]) == same:
-            j += 1
-        opcodes.append(("equal" if same else "replace", i, j, i, j))
-        i = j
+    at = 0  # the first line not yet in an opcode
+    for i in compress(count(), map(ne, before, after)):
+        if opcodes and opcodes[-1][2] == i:  # continues the replaced run
+            _, lo, _, _, _ = opcodes.pop()
+        else:
+            if i > at:
+                opcodes.append(("equal", at, i, at, i))
+            lo = i
+        opcodes.append(("replace", lo, i + 1, lo, i + 1))
+        at = i + 1
+    if at < len(before):
+        opcodes.append(("equal", at, len(before), at, len(before)))
     return opcodes
 
 
