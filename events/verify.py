@@ -298,11 +298,24 @@ def verify_jsonl(lines: Iterable[bytes | str]) -> VerifyReport:
             continue
         try:
             record = orjson.loads(line)
+            raw = line.encode() if isinstance(line, str) else line
+            body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+            canonical = raw in (body + b"\n", body + b"\r\n", body)  # the last may lack one
             if MANIFEST_KEY in record:
                 manifest = record[MANIFEST_KEY]
+                if not canonical:  # the manifest line is written canonically too
+                    v.report.problems.append(
+                        Problem(
+                            "not_canonical",
+                            "*",
+                            None,
+                            None,
+                            f"line {lineno} (the manifest) is not the canonical encoding "
+                            "of its own content: export writes each line canonically",
+                        )
+                    )
                 continue
-            raw = line.encode() if isinstance(line, str) else line
-            if raw.rstrip(b"\r\n") != orjson.dumps(record, option=orjson.OPT_SORT_KEYS):
+            if not canonical:
                 v.report.problems.append(
                     Problem(
                         "not_canonical",

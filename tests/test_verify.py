@@ -49,6 +49,18 @@ def test_any_single_byte_change_is_caught(data):
     assert not check(original[:i] + bytes([value]) + original[i + 1 :]).ok
 
 
+def test_the_manifest_line_and_line_ends_are_checked_too():
+    """The last byte of an export (the manifest line's end) and any line's
+    end are part of what is verified (found by hypothesis: a space for the
+    final newline went through)."""
+    original = exported()
+    for end in (b" ", b"\r", b"\t"):
+        assert not check(original[:-1] + end).ok, end
+    first = original.index(b"\n")
+    assert not check(original[:first] + b"\r" + original[first + 1 :]).ok
+    assert check(original.replace(b"\n", b"\r\n")).ok  # a CRLF copy of the whole file
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.data())
 def test_deleting_any_line_is_caught(data):
