@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import platform
+import signal
 import sys
 import time
 import traceback
@@ -50,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [b for b in chosen if b not in BENCHES]
     if unknown:
         ap.error(f"unknown bench {', '.join(unknown)}; choose from {', '.join(BENCHES)}")
+    # A bench stopped by SIGTERM (`kill`, a timeout) unwinds as on Ctrl-C, so
+    # the Celery workers and servers it started are stopped by their `finally`:
+    # left running, a worker on the bench's Redis db takes the next run's tasks.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # Importing tasks.app reads settings: keep any embedded state out of the cwd.
     os.environ.setdefault("ORCH_STATE_DIR", str(CACHE / "state"))
     opts = Options(quick=args.quick, verbose=args.verbose)
