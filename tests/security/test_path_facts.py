@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from events.replay import replay
@@ -306,6 +306,7 @@ def _link_diff(name: str, target: str) -> str:
     parts=st.lists(st.sampled_from(LINK_PARTS), min_size=1, max_size=4),
     absolute=st.booleans(),
 )
+@example(name="sub/ln", parts=[".", ".."], absolute=False)  # `./..` from sub/: the root, inside
 def test_a_patch_adding_a_symlink_is_decided_by_where_it_leads(
     tmp_path_factory: pytest.TempPathFactory, name: str, parts: list[str], absolute: bool
 ) -> None:
@@ -331,7 +332,8 @@ def test_a_patch_adding_a_symlink_is_decided_by_where_it_leads(
     status, state, types = _run(tmp, work, PatchStep(diff=_link_diff(name, target)))
     [entry] = state.ledger.entries
     real = os.path.realpath(work / os.path.dirname(name) / target)
-    climbs = [i for i, p in enumerate(parts) if p == ".."]
+    named = [p for p in parts if p not in ("", ".")]  # `.` is no name (never a link)
+    climbs = [i for i, p in enumerate(named) if p == ".."]
     lexical = os.path.normpath(os.path.join(os.path.dirname(name), "/".join(parts)))
     inside = (
         not absolute
@@ -339,7 +341,7 @@ def test_a_patch_adding_a_symlink_is_decided_by_where_it_leads(
         # a target that climbs out lexically, or climbs after a name (which
         # may be a symlink: `away/..`), is judged as leading out
         and not (lexical == ".." or lexical.startswith("../"))
-        and not (climbs and any(p != ".." for p in parts[: climbs[-1]]))
+        and not (climbs and any(p != ".." for p in named[: climbs[-1]]))
     )
     if not inside:
         assert (entry.decision, entry.rule_id) == ("deny", "symlink-escape"), (target, entry)
