@@ -38,7 +38,9 @@ class _Store(Protocol):
     def _filtered(self, stream_id: str, batch: Batch) -> tuple[list[NewEvent], list[NewEvent]]: ...
     def _decode(self, position: int, body: bytes, hash_: str) -> Event: ...
     def _fresh_connection(self) -> Any: ...
-    def _rollback(self, conn: Any, cur: Any, explicit: bool) -> bool: ...
+    def _failed(
+        self, conn: Any, cur: Any, explicit: bool, wrote: bool, exc: BaseException
+    ) -> None: ...
     def _head_or_key(
         self, cur: Any, stream_id: str, key: str | None
     ) -> tuple[tuple[int, str] | None, list[Event]]: ...
@@ -136,9 +138,7 @@ def _transaction(
             advanced.append((stream_id, sealed[-1][0], sealed[-1][2]))
         cur.execute("COMMIT")
     except BaseException as exc:
-        broken = store._rollback(conn, cur, True)
-        if broken and not wrote and isinstance(exc, w.dbapi.OperationalError):
-            raise Reconnect from exc
+        store._failed(conn, cur, True, wrote, exc)
         raise
     finally:
         with contextlib.suppress(Exception):
@@ -192,9 +192,7 @@ def _arrays_transaction(
             positions = {(sid, seq): pos for pos, sid, seq in cur.fetchall()}
         cur.execute("COMMIT")
     except BaseException as exc:
-        broken = store._rollback(conn, cur, True)
-        if broken and not wrote and isinstance(exc, w.dbapi.OperationalError):
-            raise Reconnect from exc
+        store._failed(conn, cur, True, wrote, exc)
         raise
     finally:
         with contextlib.suppress(Exception):

@@ -387,9 +387,7 @@ class SqlEventStore:
             if explicit:
                 cur.execute("COMMIT")
         except BaseException as exc:
-            broken = self._rollback(conn, cur, explicit)
-            if broken and not wrote and isinstance(exc, w.dbapi.OperationalError):
-                raise Reconnect from exc
+            self._failed(conn, cur, explicit, wrote, exc)
             raise
         finally:
             # The rollback may have closed a broken connection (SQLite's
@@ -408,6 +406,14 @@ class SqlEventStore:
             self._writers.discard()
             conn = self._writers.get()
         return conn
+
+    def _failed(self, conn, cur, explicit: bool, wrote: bool, exc: BaseException) -> None:  # type: ignore[no-untyped-def]
+        """After a failed write transaction: roll back, and raise Reconnect when
+        the connection died before anything was written (once more is safe);
+        else the caller re-raises `exc`."""
+        broken = self._rollback(conn, cur, explicit)
+        if broken and not wrote and isinstance(exc, self._writers.dbapi.OperationalError):
+            raise Reconnect from exc
 
     def _rollback(self, conn, cur, explicit: bool) -> bool:  # type: ignore[no-untyped-def]
         """Leave the connection idle after a failure, or drop it if it cannot be
