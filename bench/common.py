@@ -326,8 +326,13 @@ def new_events(
 # -- databases --------------------------------------------------------------------
 
 
+# Appended to every scratch database's name, so two bench runs at once (say,
+# two checkouts on one machine) do not drop each other's databases.
+PG_SUFFIX = os.environ.get("BENCH_PG_SUFFIX", "")
+
+
 def pg_url(db: str) -> str:
-    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}"
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{db}{PG_SUFFIX}"
 
 
 def pg_available() -> bool:
@@ -344,8 +349,8 @@ def pg_recreate(db: str) -> str:
     import psycopg
 
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{db}"')
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}{PG_SUFFIX}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{db}{PG_SUFFIX}"')
     return pg_url(db)
 
 
@@ -353,7 +358,7 @@ def pg_drop(db: str) -> None:
     import psycopg
 
     with contextlib.suppress(Exception), psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}{PG_SUFFIX}" WITH (FORCE)')
 
 
 def sqlite_files(path: Path) -> list[Path]:
