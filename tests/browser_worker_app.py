@@ -13,7 +13,9 @@ from celery import Celery
 
 import tasks.browser_hooks  # noqa: F401  (the hooks under test)
 
-app = Celery("browser-test", broker="redis://127.0.0.1:6379/4", backend="redis://127.0.0.1:6379/4")
+REDIS_DB = 4  # its own (tests/test_redis_dbs.py)
+URL = f"redis://127.0.0.1:6379/{REDIS_DB}"
+app = Celery("browser-test", broker=URL, backend=URL)
 app.conf.update(
     task_acks_late=True, worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True
 )

@@ -25,6 +25,14 @@ PG_ADMIN_URL = os.environ.get("ORCH_TEST_PG_URL", "postgresql://postgres@127.0.0
 REDIS_URL = os.environ.get("ORCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 
+def redis_db_url(db: int) -> str:
+    """The test Redis server's db `db`: a module that runs workers or flushes a
+    db names its own as `REDIS_DB` (`tests/test_redis_dbs.py` keeps them apart:
+    two modules on one db, run side by side under xdist, take or flush each
+    other's tasks)."""
+    return f"{REDIS_URL.rsplit('/', 1)[0]}/{db}"
+
+
 def unavailable(what: str, exc: BaseException) -> None:
     msg = f"{what} is not reachable ({exc}); start it (see README, 'Tests')"
     if REQUIRE:
@@ -122,9 +130,9 @@ def deployment_env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, 
     if request.param == "embedded":
         return shape_env(tmp_path)
     pg_url = request.getfixturevalue("pg_url")
-    db = getattr(request.module, "REDIS_DB", 12)
-    redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + f"/{db}"
-    return shape_env(tmp_path, store_url=pg_url, broker_url=redis_url, ORCH_WORKER_CONCURRENCY="2")
+    request.getfixturevalue("redis_url")  # reachable, or fail (not skip) as required
+    broker = redis_db_url(request.module.REDIS_DB)
+    return shape_env(tmp_path, store_url=pg_url, broker_url=broker, ORCH_WORKER_CONCURRENCY="2")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -15,9 +15,11 @@ import pytest
 
 from events.store import open_store
 from tests.cli_helpers import ROOT
+from tests.conftest import redis_db_url
 from tests.netserver import NetServer
 
-REDIS_URL = "redis://127.0.0.1:6379/5"
+REDIS_DB = 5
+REDIS_URL = redis_db_url(REDIS_DB)
 
 WORKER = r"""
 import json, sys

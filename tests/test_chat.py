@@ -30,7 +30,10 @@ from orchestrator.ops import workers
 from orchestrator.run.runner import job_state
 from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import cli, shape_env, state_store
+from tests.conftest import redis_db_url
 from tests.processes import alive, dies_with_us, running
+
+REDIS_DB = 9
 
 SCRIPTS = Path(__file__).parent / "chat_scripts"
 PROMPT = "you> "
@@ -207,7 +210,7 @@ def shared_redis(
     revokes the task through Celery's remote control."""
     import redis
 
-    url = redis_url.rsplit("/", 1)[0] + "/9"
+    url = redis_db_url(REDIS_DB)
     redis.Redis.from_url(url).flushdb()
     yield from _with_worker(
         shape_env(tmp_path_factory.mktemp("chat-redis"), broker_url=url, TERM="dumb")

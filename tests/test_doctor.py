@@ -25,8 +25,10 @@ from orchestrator.config.settings import Settings
 from orchestrator.ops import doctor
 from orchestrator.sandbox.runtime import describe, probe
 from tests.cli_helpers import ROOT, cli, shape_env
+from tests.conftest import redis_db_url
 from tests.test_diagnose import closed
 
+REDIS_DB = 6
 SCHEMA = json.loads((ROOT / "docs" / "schemas" / "doctor.schema.json").read_text())
 NAMES = [
     "config",
@@ -245,7 +247,7 @@ def test_a_missing_state_folder_that_can_be_created_is_fine(tmp_path: Path) -> N
 def test_a_migrated_postgresql_store_and_a_redis_broker_pass_and_a_missing_worker_warns(
     pg_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    broker = redis_url.rsplit("/", 1)[0] + "/6"  # its own db (test_agent_jobs uses 13)
+    broker = redis_db_url(REDIS_DB)
     done = cli(shape_env(tmp_path, store_url=pg_url, broker_url=broker), "doctor", "--json")
     assert done.returncode == 0, done.stderr
     by = checks(json.loads(done.stdout))

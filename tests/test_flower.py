@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import ROOT, cli, shape_env
-from tests.conftest import unavailable
+from tests.conftest import redis_db_url, unavailable
 from tests.ops_helpers import free_port, get, start_worker, stop, wait_until
 from tests.processes import dies_with_us, running
 
@@ -55,7 +55,7 @@ steps:
 def env(tmp_path: Path, redis_url: str) -> dict[str, str]:
     import redis
 
-    url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    url = redis_db_url(REDIS_DB)
     redis.Redis.from_url(url).flushdb()
     return shape_env(tmp_path, broker_url=url, ORCH_FLOWER_BASIC_AUTH=f"{USER}:{PASSWORD}")
 

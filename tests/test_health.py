@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.config.settings import Settings
 from orchestrator.ops import health, heartbeat
+from tests.conftest import redis_db_url
 
 REDIS_DB = 14
 
@@ -62,7 +63,7 @@ def test_heartbeats_on_redis_are_seen_from_any_machine_and_expire(
 ) -> None:
     import redis
 
-    url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    url = redis_db_url(REDIS_DB)
     redis.Redis.from_url(url).flushdb()
     s = Settings(state_dir=tmp_path / "a", broker_url=url, worker_heartbeat_max_age_s=30)
     heartbeat.publish(s, beat("w@a", 1.0))

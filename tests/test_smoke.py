@@ -16,7 +16,7 @@ from tests.cli_helpers import ROOT, cli, shape_env
 from tests.ops_helpers import free_port, get, stop, wait_until
 from tests.processes import dies_with_us
 
-REDIS_DB = 7
+REDIS_DB = 3
 ROWS = [
     "broker",
     "store",

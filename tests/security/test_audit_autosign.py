@@ -27,13 +27,13 @@ from orchestrator.audit import digests as audit
 from orchestrator.ops import workers
 from orchestrator.run.sample_repos import create_sample_repos
 from tests.cli_helpers import ROOT, cli, cli_json, shape_env
-from tests.conftest import fresh_pg_database
+from tests.conftest import fresh_pg_database, redis_db_url
 from tests.processes import dies_with_us
 from tests.security.test_audit_digests import _recompute, _tamper
 
 # A Redis db no other test or bench uses (11 conftest, 12 e2e, 13 agent jobs and
 # bench, 14 bench results): these tests flush it and run workers on it.
-REDIS_DB = "/15"
+REDIS_DB = 15
 
 KEY = digests.load_private(digests.generate_key()[0])
 TRUSTED = [KEY.public_key()]
@@ -151,7 +151,8 @@ def shape(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, 
         return
     import redis
 
-    redis_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + REDIS_DB
+    request.getfixturevalue("redis_url")  # reachable, or fail (not skip) as required
+    redis_url = redis_db_url(REDIS_DB)
     redis.Redis.from_url(redis_url).flushdb()  # nothing left from an earlier run
     with fresh_pg_database("orch_test_autosign") as url:
         yield shape_env(tmp_path, store_url=url, broker_url=redis_url)
@@ -289,7 +290,7 @@ def test_celery_beat_schedules_the_periodic_digest_on_a_server_broker(keys, redi
     import redis
 
     private, public = keys
-    broker = redis_url.rsplit("/", 1)[0] + REDIS_DB
+    broker = redis_db_url(REDIS_DB)
     redis.Redis.from_url(broker).flushdb()
     with fresh_pg_database("orch_test_autosign") as url:
         env = shape_env(

@@ -33,7 +33,7 @@ from tests.cli_helpers import cli, cli_json
 
 pytestmark = pytest.mark.slow
 
-REDIS_DB = 9
+REDIS_DB = 2
 
 # One target per kind; each script runs in the target (a git repository
 # with `tracked.txt` committed and `keep.txt`, `scratch.txt`, `old/` beside).
