@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from orchestrator import lazy
-from orchestrator.cli.common import err
+from orchestrator.cli.common import JSON_OPT, err
 from orchestrator.cli.root import current
 from orchestrator.config.settings import ApiToken
 
@@ -24,6 +24,7 @@ workflows = lazy.module("orchestrator.service.workflows")
 
 out = Console()
 api_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="The HTTP API (docs/api.md): run with no subcommand to serve it.",
     invoke_without_command=True,
 )
@@ -118,7 +119,7 @@ def cancel(
     reason: str = typer.Option(
         "", "--reason", help="Why (recorded, and shown in each session's status)"
     ),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Stop a job: a running shell step is killed within a few seconds, each
     session ends ("cancelled by YOU: REASON") and the job ends `cancelled`;

@@ -11,7 +11,7 @@ import orjson
 import typer
 
 from orchestrator import lazy
-from orchestrator.cli.common import emit_json, fail, out
+from orchestrator.cli.common import JSON_OPT, emit_json, fail, out
 from orchestrator.cli.root import current
 
 if TYPE_CHECKING:
@@ -39,14 +39,18 @@ policy_mod = lazy.module("orchestrator.guard.policy")
 # -- audit ---------------------------------------------------------------------
 
 
-audit_app = typer.Typer(help="Replay, verify and export the audit log.", no_args_is_help=True)
-db_app = typer.Typer(help="Event store schema.", no_args_is_help=True)
+audit_app = typer.Typer(
+    rich_markup_mode="markdown",
+    help="Replay, verify and export the audit log.",
+    no_args_is_help=True,
+)
+db_app = typer.Typer(rich_markup_mode="markdown", help="Event store schema.", no_args_is_help=True)
 
 
 @audit_app.command("replay")
 def audit_replay(
     session_id: str,
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
     no_snapshot: bool = typer.Option(
         False, help="Kept for scripts: the replay always folds every event from seq 1"
     ),
@@ -99,7 +103,7 @@ def audit_verify(
         "`default`, today's built-in policy) and list each decision that would "
         "change",
     ),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Check every hash chain, sequence and stream boundary, and the signed
     digests of stream heads (which catch recomputed chains and truncation);
@@ -178,7 +182,7 @@ def audit_sign(
         "-o",
         help="Also append the digest (JSONL) to this file, to keep a copy outside the database",
     ),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Sign a digest of the current stream heads with ORCH_AUDIT_KEY_FILE and
     append it to the audit-digests stream (run it periodically, e.g. hourly)."""
@@ -248,7 +252,7 @@ def audit_export(
 def audit_forget(
     stream_id: str = typer.Argument(..., metavar="SESSION_ID|JOB_ID"),
     reason: str = typer.Option(..., "--reason", help="Why (recorded, shown wherever the data was)"),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Erase a session's sealed payloads (file contents and diffs, tool output,
     prompts, model replies, step env values) by destroying its data key; a job

@@ -66,6 +66,9 @@ def stdout_console(stderr: bool = False) -> Console:
 out = stdout_console()
 err = stdout_console(stderr=True)
 
+JSON_OPT = typer.Option(
+    False, "--json", help="Print the result as one JSON document (for scripts), not as tables"
+)
 POLICY_OPT = typer.Option(
     None,
     "--policy",

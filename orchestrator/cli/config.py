@@ -22,7 +22,9 @@ from orchestrator.config import report as cr
 out = Console()
 
 config_app = typer.Typer(
-    help="Validate, show and document the configuration.", no_args_is_help=True
+    rich_markup_mode="markdown",
+    help="Validate, show and document the configuration.",
+    no_args_is_help=True,
 )
 
 

@@ -10,6 +10,7 @@ import typer
 from orchestrator import lazy
 from orchestrator.cli.common import (
     ELEVATE_OPT,
+    JSON_OPT,
     POLICY_OPT,
     TIER_OPT,
     emit_json,
@@ -34,7 +35,11 @@ workflows = lazy.module("orchestrator.service.workflows")
 
 # -- confirmations ---------------------------------------------------------------
 
-policy_app = typer.Typer(help="Test a policy without running anything.", no_args_is_help=True)
+policy_app = typer.Typer(
+    rich_markup_mode="markdown",
+    help="Test a policy without running anything.",
+    no_args_is_help=True,
+)
 
 
 @policy_app.command("check", context_settings={"allow_interspersed_args": False})
@@ -171,7 +176,7 @@ def _print_verdict(
     )
 
 
-def pending_cmd(json: bool = typer.Option(False, "--json")) -> None:
+def pending_cmd(json: bool = JSON_OPT) -> None:
     """List the confirmations that wait for an answer, oldest first."""
     waiting = confirmations.pending(current().store())
     if json:

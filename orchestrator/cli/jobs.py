@@ -13,6 +13,7 @@ import typer
 from orchestrator import lazy
 from orchestrator.cli.common import (
     ELEVATE_OPT,
+    JSON_OPT,
     POLICY_OPT,
     TIER_OPT,
     emit_json,
@@ -114,7 +115,7 @@ def _follow(
 
 def status(
     job_id: str = typer.Argument(..., help="A job id from submit or run"),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Where a job stands: each target's status, steps and files changed."""
     s = current().settings

@@ -42,6 +42,7 @@ logs = lazy.module("orchestrator.ops.logs")
 tracing = lazy.module("orchestrator.ops.tracing")
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help=__doc__.split("\n\n")[0]
     + (
         " Submit batch refactor jobs to a Celery queue, watch them, and replay or verify "

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import lazy
-from orchestrator.cli.common import err, submit_job
+from orchestrator.cli.common import JSON_OPT, err, submit_job
 from orchestrator.cli.root import current
 from orchestrator.config.settings import Settings
 from orchestrator.ops import heartbeat
@@ -126,7 +126,7 @@ def worker_probe(
     max_age: Optional[float] = typer.Option(
         None, "--max-age", help="Seconds (default worker_heartbeat_max_age_s)"
     ),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """For exec probes: exit 0 when this machine's worker published a fresh
     heartbeat and reached its store, 1 otherwise. Reads only the local
@@ -314,7 +314,7 @@ def resume(
         help="Where the job's targets resolve, for sessions that never started "
         "(default: the folder its started sessions ran in, else the current one)",
     ),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Enqueue a job's unfinished sessions again, each from its next step, as
     recorded in the event store (after a broker lost their messages). Safe

@@ -12,6 +12,7 @@ import typer
 from orchestrator import lazy
 from orchestrator.cli.common import (
     ELEVATE_OPT,
+    JSON_OPT,
     POLICY_OPT,
     TIER_OPT,
     emit_json,
@@ -29,11 +30,13 @@ render = lazy.module("orchestrator.cli.render")
 # -- one call: sandbox run, fs ------------------------------------------------------
 
 sandbox_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Run one command through policy, sandbox and the event store, "
     "exactly as a job step would.",
     no_args_is_help=True,
 )
 fs_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="The filesystem tool through policy and the event store, exactly as a job step would.",
     no_args_is_help=True,
 )
@@ -118,7 +121,7 @@ def sandbox_run(
     tier: Optional[str] = TIER_OPT,
     allow_destructive: bool = ELEVATE_OPT,
     timeout: float = typer.Option(300.0, help="Wall-clock limit in seconds"),
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Decide and run one command as a job's shell step would, e.g.
     `orchestrator sandbox run -w repo -- python3 -m pytest -q`."""
@@ -138,7 +141,7 @@ def fs_read(
     workspace: Path = WORKSPACE_OPT,
     policy: Optional[Path] = POLICY_OPT,
     tier: Optional[str] = TIER_OPT,
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Print a file of the workspace (policy decides; `.env` and keys are denied)."""
     _one(workspace, _steps.ReadStep(path=path), policy, tier, False, json)
@@ -151,7 +154,7 @@ def fs_list(
     workspace: Path = WORKSPACE_OPT,
     policy: Optional[Path] = POLICY_OPT,
     tier: Optional[str] = TIER_OPT,
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """List the files under a folder (files the policy denies are not shown)."""
     _one(workspace, _steps.ListStep(path=path, glob=tuple(glob)), policy, tier, False, json)
@@ -168,7 +171,7 @@ def fs_write(
     policy: Optional[Path] = POLICY_OPT,
     tier: Optional[str] = TIER_OPT,
     allow_destructive: bool = ELEVATE_OPT,
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Write a file atomically (temp file, fsync, rename), recorded with its diff."""
     if (content is None) == (source is None):
@@ -186,7 +189,7 @@ def fs_delete(
     policy: Optional[Path] = POLICY_OPT,
     tier: Optional[str] = TIER_OPT,
     allow_destructive: bool = ELEVATE_OPT,
-    json: bool = typer.Option(False, "--json"),
+    json: bool = JSON_OPT,
 ) -> None:
     """Delete a file: destructive, so it waits for `orchestrator approve` unless
     --allow-destructive is given."""
