@@ -97,8 +97,23 @@ def test_a_spec_survives_the_json_round_trip_the_job_event_makes():
     assert JobSpec.model_validate(spec.model_dump(mode="json")) == spec
 
 
-def test_a_bad_regular_expression_is_left_for_the_tool_to_report():
-    spec = parse_spec("name: n\ntargets: [a]\nsteps:\n  - kind: search\n    pattern: '(('\n")
+@pytest.mark.parametrize(
+    ("step", "expected"),
+    [
+        ("kind: search\n    pattern: '(('", "pattern '((' is not a valid regular expression"),
+        ('kind: search\n    pattern: "a\\nb"', "contains a newline, but search matches"),
+        ("kind: replace\n    pattern: (a)\n    replacement: '\\2'", "invalid group reference 2"),
+    ],
+)
+def test_a_pattern_that_cannot_run_is_refused_at_submission_not_in_the_worker(step, expected):
+    [found] = problems(f"name: n\ntargets: [a]\nsteps:\n  - {step}\n")
+    assert found.startswith("steps[0] (line 4, column 5): ") and expected in found, found
+
+
+def test_a_literal_pattern_is_never_a_regular_expression_problem():
+    spec = parse_spec(
+        "name: n\ntargets: [a]\nsteps:\n  - kind: search\n    pattern: '(('\n    literal: true\n"
+    )
     assert spec.steps[0].pattern == "(("  # type: ignore[union-attr]
 
 

@@ -184,7 +184,8 @@ def template_problems(
         except TemplateProblem as exc:
             found.append((j, str(exc)))
             continue
-        if not refs:
+        if not refs:  # no variables: its pattern is checked as it stands, once
+            found += [(j, problem) for problem in _rendered_problems(step, {})]
             continue
         for i, target in enumerate(targets):
             where = f"targets[{i}] ({target.path})"
@@ -204,7 +205,7 @@ def template_problems(
 
 def _rendered_problems(step: Step, variables: Mapping[str, str]) -> list[str]:
     try:
-        rendered = render_step(step, variables)
+        rendered = render_step(step, variables) if variables else step
         if isinstance(rendered, SearchStep):
             search_pattern(rendered)
         elif isinstance(rendered, ReplaceStep):
