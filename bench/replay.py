@@ -399,8 +399,9 @@ def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
                 rm_sqlite(ours_db), rm_sqlite(peer_db)
                 setup = SessionSetup(backend, payloads, f"sqlite:///{ours_db}", str(peer_db))
             else:
-                pg_recreate(dbs[1])
-                setup = SessionSetup(backend, payloads, pg_recreate(dbs[0]), dbs[1])
+                # The peer's database by its full name (with BENCH_PG_SUFFIX).
+                peer_db = pg_recreate(dbs[1]).rsplit("/", 1)[1]
+                setup = SessionSetup(backend, payloads, pg_recreate(dbs[0]), peer_db)
             try:
                 fns = setup.contenders()
                 for fn in fns.values():  # warm caches and connections once
