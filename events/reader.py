@@ -237,17 +237,18 @@ def last_position(engine: sa.Engine, url: str) -> int:
             raw.close()
 
 
-def parts(sizes: Sequence[tuple[str, int]], n: int) -> list[Part]:
+def parts(sizes: Sequence[tuple[str, int]], n: int, lead: float = 1.0) -> list[Part]:
     """`n` (or fewer) contiguous ranges of the sorted stream ids, each with
-    about the same number of events; together they cover every stream id,
-    ones written after `sizes` was read too."""
+    about the same number of events (the first `lead` times as many as each
+    other); together they cover every stream id, ones written after `sizes`
+    was read too."""
     total = sum(size for _, size in sizes)
     if n <= 1 or len(sizes) < n or total == 0:
         return [(None, None)]
     bounds: list[str | None] = [None]
-    acc = 0
+    acc, whole = 0, lead + n - 1
     for sid, size in sizes:
-        if len(bounds) < n and acc >= total * len(bounds) / n:
+        if len(bounds) < n and acc >= total * (lead + len(bounds) - 1) / whole:
             bounds.append(sid)
         acc += size
     bounds.append(None)
