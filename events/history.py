@@ -51,7 +51,9 @@ def history(
             # Every event, as one chain of C iterators (no generator frame
             # per event): the bodies alone (each holds its seq), decoded,
             # brought to today's version, folded.
-            batches = reader.stream_batches(store.engine, store.url, stream_id, upto, columns="body")
+            batches = reader.stream_batches(
+                store.engine, store.url, stream_id, upto, columns="body"
+            )
             bodies = map(itemgetter(0), chain.from_iterable(batches))
             return fold_records(map(current, map(store.body_loads(), bodies)))
         return fold_records(_records(_bodies(store, stream_id, upto), store.loads, types))
