@@ -306,7 +306,7 @@ def bench_pg(
     try:
         urls = {k: pg_recreate(db) for k, db in dbs.items()}
         stores = {k: _open_ours(k, urls[k]) for k in OURS}
-        rec = _es_pg(dbs["eventsourcing"])
+        rec = _es_pg(urls["eventsourcing"].rsplit("/", 1)[1])  # with BENCH_PG_SUFFIX
         for r in range(n_rounds):
             w = w_for(r)
             for name in CONTENDERS:

@@ -36,6 +36,9 @@
    CPU-second do not depend on what else the machine runs.
 
 Contenders run interleaved, round by round; figures are medians of rounds.
+The session rows print each rebuild's CPU time in this process beside its
+wall time (the database server's is in neither, for either side): on a
+shared machine the wall ratio is mostly the load's, the CPU ratio is not.
 Other benchmarks may share the machine: compare lines of one run, not runs.
 """
 
@@ -45,6 +48,7 @@ import argparse
 import os
 import random
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -333,25 +337,33 @@ class SessionSetup:
         self.store.close()
         self.app.close()
 
-    def contenders(self) -> dict[str, Callable[[int], float]]:
+    def contenders(self, cpu: dict[str, list[float]]) -> dict[str, Callable[[int], float]]:
+        """Each contender's rebuild, timed (wall seconds returned, this
+        process's CPU seconds appended to `cpu[name]`: the database server's
+        are in neither, for either side)."""
         from events.history import history
         from events.replay import replay
 
         store, repo = self.store, self.app.repository
 
-        def timed(fn: Callable[[], Any]) -> Callable[[int], float]:
-            def run(_: int) -> float:
-                t = now()
+        def timed(name: str, fn: Callable[[], Any]) -> Callable[[int], float]:
+            def run(r: int) -> float:
+                c, t = time.process_time(), now()
                 fn()
-                return now() - t
+                el = now() - t
+                if r >= 0:  # not the warm-up call
+                    cpu.setdefault(name, []).append(time.process_time() - c)
+                return el
 
             return run
 
         return {
-            "ours": timed(lambda: history(store, self.plain)),
-            "ours, snapshot": timed(lambda: replay(store, self.snapped)),
-            "eventsourcing": timed(lambda: repo.get(self.peer_plain)),
-            "eventsourcing, snapshot": timed(lambda: repo.get(self.peer_snapped)),
+            "ours": timed("ours", lambda: history(store, self.plain)),
+            "ours, snapshot": timed("ours, snapshot", lambda: replay(store, self.snapped)),
+            "eventsourcing": timed("eventsourcing", lambda: repo.get(self.peer_plain)),
+            "eventsourcing, snapshot": timed(
+                "eventsourcing, snapshot", lambda: repo.get(self.peer_snapped)
+            ),
         }
 
     def same_work(self) -> dict[str, Any]:
@@ -399,10 +411,12 @@ def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
                 rm_sqlite(ours_db), rm_sqlite(peer_db)
                 setup = SessionSetup(backend, payloads, f"sqlite:///{ours_db}", str(peer_db))
             else:
-                pg_recreate(dbs[1])
-                setup = SessionSetup(backend, payloads, pg_recreate(dbs[0]), dbs[1])
+                # The peer's database by its full name (with BENCH_PG_SUFFIX).
+                peer_db = pg_recreate(dbs[1]).rsplit("/", 1)[1]
+                setup = SessionSetup(backend, payloads, pg_recreate(dbs[0]), peer_db)
+            cpu: dict[str, list[float]] = {}
             try:
-                fns = setup.contenders()
+                fns = setup.contenders(cpu)
                 for fn in fns.values():  # warm caches and connections once
                     fn(-1)
                 samples = rounds(fns, n_rounds)
@@ -414,22 +428,36 @@ def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
                         pg_drop(db)
             med = {k: median(v) for k, v in samples.items()}
             label = f"{backend}, one session of {SESSION_EVENTS:,} events"
+            med_cpu = {k: median(v) for k, v in cpu.items()}
             res.figures[f"session, {backend}"] = {
                 "seconds": med,
                 "samples": samples,
+                "cpu_seconds": med_cpu,
+                "loadavg": Path("/proc/loadavg").read_text().split()[:3],
                 "rounds": n_rounds,
                 "work": work,
             }
             show(
-                f"[replay] {label} x {n_rounds} rounds (median)",
-                ("contender", "ms per rebuild", "events/s", "speedup of ours", "min..max ms"),
+                f"[replay] {label} x {n_rounds} rounds (median; loadavg "
+                f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])})",
+                (
+                    "contender",
+                    "ms per rebuild",
+                    "events/s",
+                    "speedup of ours",
+                    "min..max ms",
+                    "CPU ms",
+                    "CPU: speedup of ours",
+                ),
                 [
                     (
                         k,
                         1e3 * med[k],
                         SESSION_EVENTS / med[k],
-                        x(med[k] / med["ours" if "snapshot" not in k else "ours, snapshot"]),
+                        x(med[k] / med[_ours(k)]),
                         f"{1e3 * min(v):,.1f}..{1e3 * max(v):,.1f}",
+                        1e3 * med_cpu[k],
+                        x(med_cpu[k] / med_cpu[_ours(k)]),
                     )
                     for k, v in samples.items()
                 ],
@@ -459,13 +487,20 @@ def bench_session(res: Result, n_rounds: int) -> list[tuple[Any, ...]]:
                     x(speed_snap),
                 )
             )
+            cpu_speed = med_cpu["eventsourcing"] / med_cpu["ours"]
             res.target(
                 f"{backend}: rebuild {SESSION_EVENTS:,}-event session, ours vs eventsourcing get",
                 f">= {TARGET_SESSION:.0f}x faster",
-                f"{x(speed)} (per round {x(min(per_round))}-{x(max(per_round))})",
+                f"{x(speed)} (per round {x(min(per_round))}-{x(max(per_round))}; "
+                f"CPU {x(cpu_speed)})",
                 speed >= TARGET_SESSION,
             )
     return summary
+
+
+def _ours(contender: str) -> str:
+    """The row of ours that `contender` is compared with."""
+    return "ours, snapshot" if "snapshot" in contender else "ours"
 
 
 # -- 2. the whole log ----------------------------------------------------------------

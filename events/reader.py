@@ -80,17 +80,24 @@ def row_batches(
 
 
 def stream_batches(
-    engine: sa.Engine, url: str, stream_id: str, upto: int | None = None, batch: int = 1000
-) -> Iterator[list[tuple[int, bytes]]]:
+    engine: sa.Engine,
+    url: str,
+    stream_id: str,
+    upto: int | None = None,
+    batch: int = 1000,
+    columns: str = "seq, body",
+) -> Iterator[list[tuple[Any, ...]]]:
     """(seq, body) of one stream's rows in seq order (up to seq `upto`),
-    `batch` at a time: what a fold of its whole history reads. Through the
+    `batch` at a time: what a fold of its whole history reads (`columns`:
+    others instead, "body" alone for a fold that takes the seq from it:
+    15% less of SQLite's time per row). Through the
     same cursor as the audit's scan: on PostgreSQL a cursor is planned for its
     first rows, so the (stream_id, seq) index gives the order even where the
     statistics say the stream is short (a long stream in a table of short
     ones; a new table), rather than a bitmap scan and a sort that spills to
     disk (3x the server's time for 10,000 events)."""
     p = "%s" if engine.dialect.name == "postgresql" else "?"
-    sql = f"SELECT seq, body FROM events WHERE stream_id = {p}"
+    sql = f"SELECT {columns} FROM events WHERE stream_id = {p}"
     params: list[Any] = [stream_id]
     if upto is not None:
         sql += f" AND seq <= {p}"
@@ -230,17 +237,18 @@ def last_position(engine: sa.Engine, url: str) -> int:
             raw.close()
 
 
-def parts(sizes: Sequence[tuple[str, int]], n: int) -> list[Part]:
+def parts(sizes: Sequence[tuple[str, int]], n: int, lead: float = 1.0) -> list[Part]:
     """`n` (or fewer) contiguous ranges of the sorted stream ids, each with
-    about the same number of events; together they cover every stream id,
-    ones written after `sizes` was read too."""
+    about the same number of events (the first `lead` times as many as each
+    other); together they cover every stream id, ones written after `sizes`
+    was read too."""
     total = sum(size for _, size in sizes)
     if n <= 1 or len(sizes) < n or total == 0:
         return [(None, None)]
     bounds: list[str | None] = [None]
-    acc = 0
+    acc, whole = 0, lead + n - 1
     for sid, size in sizes:
-        if len(bounds) < n and acc >= total * len(bounds) / n:
+        if len(bounds) < n and acc >= total * (lead + len(bounds) - 1) / whole:
             bounds.append(sid)
         acc += size
     bounds.append(None)

@@ -53,10 +53,10 @@ def upcast(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "payload": payload, "schema_version": version}
 
 
-# The fields each payload type has today: a stored payload with exactly these
-# keys at today's version was written by today's model.
-_FIELDS: dict[str, frozenset[str]] = {
-    t: frozenset(m.model_fields) for t, m in PAYLOAD_TYPES.items()
+# Each payload type's version and fields today: a stored payload at that
+# version with exactly these keys was written by today's model.
+_TODAY: dict[str, tuple[int, frozenset[str]]] = {
+    t: (SCHEMA_VERSIONS[t], frozenset(m.model_fields)) for t, m in PAYLOAD_TYPES.items()
 }
 
 
@@ -70,14 +70,13 @@ def current(record: dict[str, Any]) -> dict[str, Any]:
     and their bytes are hash-chained. Anything else is upcast and validated by
     its payload model (ValidationError if it does not fit, UnknownEvent for an
     unknown type or version), and its payload becomes the model's field values."""
-    type_ = record["type"]
-    fields = _FIELDS.get(type_)
+    today = _TODAY.get(record["type"])
     payload = record["payload"]
     if (
-        fields is not None
-        and SCHEMA_VERSIONS[type_] == record["schema_version"]
+        today is not None
+        and today[0] == record["schema_version"]
         and type(payload) is dict
-        and payload.keys() == fields
+        and payload.keys() == today[1]
     ):
         return record
     record = upcast(record)

@@ -203,6 +203,15 @@ def test_parts_cover_every_stream_once_with_about_equal_events():
     assert reader.parts([], 4) == [(None, None)]
 
 
+def test_the_first_part_holds_lead_times_the_events_of_each_other():
+    sizes = [(f"s{i:04d}", 10 + (i % 7)) for i in range(1000)]
+    parts = reader.parts(sizes, 2, lead=1.5)
+    assert parts[0][0] is None and parts[-1][1] is None and parts[0][1] == parts[1][0]
+    first = sum(n for s, n in sizes if s < parts[0][1])
+    rest = sum(n for _, n in sizes) - first
+    assert abs(first / rest - 1.5) < 0.01
+
+
 def test_overlapping_pauses_leave_the_collector_as_the_first_found_it():
     """Two folds at once (two API requests) each pause the collector: it stays
     off until the last one ends, then is on again, not left off for good."""

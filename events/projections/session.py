@@ -142,19 +142,28 @@ class SessionState(Frozen):
 _DECIDED = {"allow": "allowed", "deny": "denied", "ask": "asked"}
 
 
-def _attempt(number: int, e: Fields) -> Attempt:
-    a: Attempt = construct_trusted(
-        Attempt, {"attempt": number, "worker": e["actor"], "outcome": "running"}
-    )
-    return a
+class _Attempts(dict[tuple[int, str, str], Attempt]):
+    """Attempts by (number, worker, outcome), each made once per fold: a
+    frozen model can be shared, and nearly every call of a session has the
+    same few (attempt 1 by one of a few workers, running, then completed), so
+    a fold of many calls makes a handful instead of two per call."""
 
+    __slots__ = ()
 
-def _ended(attempts: tuple[Attempt, ...], outcome: str) -> tuple[Attempt, ...]:
-    """`attempts` with the last one, if still running, ended as `outcome`."""
-    if not attempts or attempts[-1].outcome != "running":
-        return attempts
-    ended: Attempt = construct_trusted(Attempt, {**attempts[-1].__dict__, "outcome": outcome})
-    return (*attempts[:-1], ended)
+    def __missing__(self, key: tuple[int, str, str]) -> Attempt:
+        number, worker, outcome = key
+        a: Attempt = construct_trusted(
+            Attempt, {"attempt": number, "worker": worker, "outcome": outcome}
+        )
+        self[key] = a
+        return a
+
+    def ended(self, attempts: tuple[Attempt, ...], outcome: str) -> tuple[Attempt, ...]:
+        """`attempts` with the last one, if still running, ended as `outcome`."""
+        if not attempts or attempts[-1].outcome != "running":
+            return attempts
+        last = attempts[-1]
+        return (*attempts[:-1], self[last.attempt, last.worker, outcome])
 
 
 def _change(path: str, before: str | None, after: str | None) -> FileChange:
@@ -182,6 +191,7 @@ class SessionFold:
         "_patch",
         "_new",
         "_steps",
+        "_attempts",
     )
 
     def __init__(self, start: SessionState) -> None:
@@ -198,6 +208,7 @@ class SessionFold:
         self._changed = set(start.changed_paths)
         self._pending = list(start.pending)
         self._patch = [start.patch]
+        self._attempts = _Attempts()
 
     def started(self, pl: Fields, e: Fields) -> None:
         live = self._start.window is not None
@@ -293,7 +304,7 @@ class SessionFold:
             call.update(
                 status="started",
                 planned_count=pl["planned_count"],
-                attempts=(_attempt(1, e),),
+                attempts=(self._attempts[1, e["actor"], "running"],),
             )
 
     def redelivered(self, pl: Fields, e: Fields) -> None:
@@ -301,9 +312,10 @@ class SessionFold:
         as interrupted."""
         call = self._calls.newest(pl["call_id"])
         if call is not None:
+            made = self._attempts
             call["attempts"] = (
-                *_ended(call["attempts"], "interrupted"),
-                _attempt(pl["attempt"], e),
+                *made.ended(call["attempts"], "interrupted"),
+                made[pl["attempt"], e["actor"], "running"],
             )
 
     def call_completed(self, pl: Fields, e: Fields) -> None:
@@ -313,7 +325,7 @@ class SessionFold:
                 status="completed",
                 exit_code=pl["exit_code"],
                 output=pl["output"],
-                attempts=_ended(call["attempts"], "completed"),
+                attempts=self._attempts.ended(call["attempts"], "completed"),
             )
         if self._pending:
             self._confirm(pl["call_id"])
@@ -328,7 +340,7 @@ class SessionFold:
                 error=pl["error"],
                 message=pl["message"],
                 output=pl["output"],
-                attempts=_ended(call["attempts"], "failed"),
+                attempts=self._attempts.ended(call["attempts"], "failed"),
             )
         if self._pending:
             self._pending = [c for c in self._pending if c.call_id != call_id]
