@@ -86,6 +86,10 @@ class Inserts:
     def __init__(self, dialect: str) -> None:
         self.arrays = dialect == "postgresql"
         self.param = "%s" if self.arrays else "?"
+        if self.arrays:
+            from events import pg_arrays  # noqa: PLC0415  (psycopg: PostgreSQL stores only)
+
+            pg_arrays.register()
         self._sql: dict[tuple[int, bool, bool], str] = {}
 
     def params(
@@ -98,17 +102,19 @@ class Inserts:
     ) -> tuple[object, ...]:
         """The INSERT parameters of a sealed batch (without the guard's)."""
         if self.arrays:
+            from events.pg_arrays import Byteas, Int4s, Texts  # noqa: PLC0415
+
             hashes = [digest for _, _, digest in sealed]
             return (
                 stream_id,
-                [seq for seq, _, _ in sealed],
-                [e.event_id for e in batch],
-                [e.payload.type for e in batch],
-                [e.correlation_id for e in batch],
-                None if key is None else edge_keys(key, len(batch)),
-                [prev, *hashes[:-1]],
-                hashes,
-                [body for _, body, _ in sealed],
+                Int4s([seq for seq, _, _ in sealed]),
+                Texts([e.event_id for e in batch]),
+                Texts([e.payload.type for e in batch]),
+                Texts([e.correlation_id for e in batch]),
+                None if key is None else Texts(edge_keys(key, len(batch))),
+                Texts([prev, *hashes[:-1]]),
+                Texts(hashes),
+                Byteas([body for _, body, _ in sealed]),
             )
         params: list[object] = []
         for e, (seq, body, digest), k in zip(batch, sealed, edge_keys(key, len(batch))):
@@ -217,4 +223,16 @@ def many_params(
             hash_c.append(digest)
             body.append(data)
             prev = digest
-    return tuple(cols)
+    from events.pg_arrays import Byteas, Int4s, Texts  # noqa: PLC0415  (PostgreSQL only)
+
+    return (
+        Texts(sid),
+        Int4s(seq),
+        Texts(eid),
+        Texts(typ),
+        Texts(corr),
+        Texts(key),
+        Texts(prev_c),
+        Texts(hash_c),
+        Byteas(body),
+    )

@@ -8,6 +8,7 @@ error recorded, so the chain, the job and the operator never hang.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from celery import signals
@@ -38,6 +39,20 @@ def _warm(**_: Any) -> None:
     inside the first job it ran."""
     credentials.shapes()
     credentials.secret_name()
+
+
+@signals.worker_before_create_process.connect(weak=False)
+def _freeze(**_: Any) -> None:
+    """Before the pool forks a child: every object the worker holds by now
+    (its imported modules, the app, the compiled shapes: about 200,000)
+    goes into the collector's permanent generation (`gc.freeze`, what the
+    `gc` docs advise before a fork). A child's full collections walked them
+    all, about 65 ms of its CPU every 1,000 or so no-op steps, a step's
+    round trip 30x its usual then; they now walk only what the child made.
+    Nothing is freed by it either way: these objects live as long as the
+    worker. The child also writes less to the pages it shares with its
+    parent (a collection writes to every object it walks)."""
+    gc.freeze()
 
 
 def _run_one(
