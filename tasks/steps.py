@@ -8,6 +8,7 @@ error recorded, so the chain, the job and the operator never hang.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from celery import signals
@@ -38,6 +39,23 @@ def _warm(**_: Any) -> None:
     inside the first job it ran."""
     credentials.shapes()
     credentials.secret_name()
+
+
+@signals.worker_before_create_process.connect(weak=False)
+def _freeze(**_: Any) -> None:
+    """Before the pool forks a child: every object the worker holds by now
+    (its imported modules, the app, the compiled shapes: about 200,000)
+    goes into the collector's permanent generation (`gc.freeze`, what the
+    `gc` docs advise before a fork). A child's full collections walked them
+    all, 65-145 ms of its CPU once every 1,000 or so no-op steps (that
+    step's round trip many times its usual); they now walk only what the
+    child made (about 5,000 objects).
+    Garbage is collected first, so none is frozen; what is frozen lives as
+    long as the worker anyway. The child also writes less to the pages it
+    shares with its parent (a collection writes to every object it walks).
+    Once per child forked: at the pool's start, and when it replaces one."""
+    gc.collect()
+    gc.freeze()
 
 
 def _run_one(
