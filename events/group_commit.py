@@ -212,13 +212,9 @@ def _heads_and_keys(
 ) -> tuple[dict[str, tuple[int, str]], dict[tuple[str, str], list[Event]]]:
     """Every stream's head (seq, hash) and the events already stored under
     each item's key (an idempotent hit: in seq order), in one round trip."""
-    from events.pg_arrays import Texts  # noqa: PLC0415  (PostgreSQL only)
-
     streams = list(dict.fromkeys(sid for sid, batch, *_ in work if batch))
     keys = list(dict.fromkeys((sid, key) for sid, batch, _, key, _ in work if batch and key))
-    cur.execute(
-        HEADS_AND_KEYS, (Texts(streams), Texts([k[0] for k in keys]), Texts([k[1] for k in keys]))
-    )
+    cur.execute(HEADS_AND_KEYS, (streams, [k[0] for k in keys], [k[1] for k in keys]))
     heads: dict[str, tuple[int, str]] = {}
     hits: dict[tuple[str, str], list[tuple[int, int, str, bytes]]] = {}
     for sid, seq, hash_, pos, body, key in cur.fetchall():

@@ -8,10 +8,7 @@ to 50 parameters: a 100-event VALUES list (905 parameters) was re-parsed in
 Python on every append, a third of a 100-event append's time, and the server
 planned 900 parameters each time; the array form is prepared once. The
 arrays go in binary (`%b`): psycopg's text form quotes every element
-through a regex, 10x the cost. Each column is a list of a type
-`events.pg_arrays` packs itself, its element type known (psycopg's list
-dumper searched every list for it on every execute: 35 -> 17 us of CPU for
-a 6-event INSERT's parameters, 132 -> 86 us for 100 events).
+through a regex, 10x the cost.
 
 Both forms insert the rows in batch order, so positions rise with seq. On
 PostgreSQL `RETURNING position, seq` pairs them; on SQLite the statement's
@@ -89,11 +86,6 @@ class Inserts:
     def __init__(self, dialect: str) -> None:
         self.arrays = dialect == "postgresql"
         self.param = "%s" if self.arrays else "?"
-        if self.arrays:
-            from events import pg_arrays  # noqa: PLC0415  (psycopg: PostgreSQL stores only)
-
-            pg_arrays.register()
-            self._pg = pg_arrays  # its column types (`params`)
         self._sql: dict[tuple[int, bool, bool], str] = {}
 
     def params(
@@ -106,17 +98,17 @@ class Inserts:
     ) -> tuple[object, ...]:
         """The INSERT parameters of a sealed batch (without the guard's)."""
         if self.arrays:
-            pg, hashes = self._pg, [digest for _, _, digest in sealed]
+            hashes = [digest for _, _, digest in sealed]
             return (
                 stream_id,
-                pg.Int4s([seq for seq, _, _ in sealed]),
-                pg.Texts([e.event_id for e in batch]),
-                pg.Texts([e.payload.type for e in batch]),
-                pg.Texts([e.correlation_id for e in batch]),
-                None if key is None else pg.Texts(edge_keys(key, len(batch))),
-                pg.Texts([prev, *hashes[:-1]]),
-                pg.Texts(hashes),
-                pg.Byteas([body for _, body, _ in sealed]),
+                [seq for seq, _, _ in sealed],
+                [e.event_id for e in batch],
+                [e.payload.type for e in batch],
+                [e.correlation_id for e in batch],
+                None if key is None else edge_keys(key, len(batch)),
+                [prev, *hashes[:-1]],
+                hashes,
+                [body for _, body, _ in sealed],
             )
         params: list[object] = []
         for e, (seq, body, digest), k in zip(batch, sealed, edge_keys(key, len(batch))):
@@ -225,16 +217,4 @@ def many_params(
             hash_c.append(digest)
             body.append(data)
             prev = digest
-    from events.pg_arrays import Byteas, Int4s, Texts  # noqa: PLC0415  (PostgreSQL only)
-
-    return (
-        Texts(sid),
-        Int4s(seq),
-        Texts(eid),
-        Texts(typ),
-        Texts(corr),
-        Texts(key),
-        Texts(prev_c),
-        Texts(hash_c),
-        Byteas(body),
-    )
+    return tuple(cols)
