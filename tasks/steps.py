@@ -8,13 +8,16 @@ error recorded, so the chain, the job and the operator never hang.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from pydantic import TypeAdapter
+from sqlalchemy.engine import make_url
 
+from events.urls import normalize_url
 from orchestrator.guard import credentials
 from orchestrator.ops import logs
 from orchestrator.run.chunk import run_chunk
@@ -38,6 +41,12 @@ def _warm(**_: Any) -> None:
     inside the first job it ran."""
     credentials.shapes()
     credentials.secret_name()
+    # The store's database driver too (psycopg: 0.1 s under load), which
+    # each child imported when its first task opened the store. Only the
+    # import: a connection opened here would not survive the fork. A URL or
+    # driver that fails here fails the first task's store, as before.
+    with contextlib.suppress(Exception):
+        make_url(normalize_url(settings.effective_store_url)).get_dialect().import_dbapi()
 
 
 def _run_one(
