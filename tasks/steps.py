@@ -8,6 +8,7 @@ error recorded, so the chain, the job and the operator never hang.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from typing import Any
 
@@ -15,7 +16,9 @@ from celery import signals
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from pydantic import TypeAdapter
+from sqlalchemy.engine import make_url
 
+from events.urls import normalize_url
 from orchestrator.guard import credentials
 from orchestrator.ops import logs
 from orchestrator.run.chunk import run_chunk
@@ -39,6 +42,12 @@ def _warm(**_: Any) -> None:
     inside the first job it ran."""
     credentials.shapes()
     credentials.secret_name()
+    # The store's database driver too (psycopg: 0.1 s under load), which
+    # each child imported when its first task opened the store. Only the
+    # import: a connection opened here would not survive the fork. A URL or
+    # driver that fails here fails the first task's store, as before.
+    with contextlib.suppress(Exception):
+        make_url(normalize_url(settings.effective_store_url)).get_dialect().import_dbapi()
 
 
 @signals.worker_before_create_process.connect(weak=False)
@@ -178,7 +187,7 @@ def run_steps(
     done; the chain goes on for the others (tasks.outcome)."""
     parsed = STEP.validate_python(step)
     ts = [Ticket.model_validate(raw) for raw in tickets]
-    before, states = states_before(deps().runner, ts)
+    before, states = states_before(deps().runner, ts, first_step=index == 0)
     together = _together(self, ts, index, parsed, last, states)
     out: list[str] = []
     for k, t in enumerate(ts):
