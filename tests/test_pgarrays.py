@@ -13,7 +13,7 @@ from events import pgarrays
 from events.pgarrays import Byteas, Int4s, Varchars
 
 INTS = [1, 2, 32767, 32768, 2**31 - 1, -5]
-TEXTS = ["a", "", "ü\n\"{x}\\", "0190f0e0-0000-7000-8000-000000000000", "x" * 5000]
+TEXTS = ["a", "", 'ü\n"{x}\\', "0190f0e0-0000-7000-8000-000000000000", "x" * 5000]
 KEYS = ["step:1", None, None, "step:1"]
 BODIES = [b'{"a":1}', b"", bytes(range(256)) * 40]
 
@@ -41,8 +41,7 @@ def test_postgresql_reads_back_what_was_sent(pg_url: str) -> None:
     with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as conn:
         pgarrays.register(conn, psycopg)
         row = conn.execute(
-            "SELECT %b::int[], %b::varchar[], %b::varchar[], %b::bytea[], %b::varchar[],"
-            " %b::int[]",
+            "SELECT %b::int[], %b::varchar[], %b::varchar[], %b::bytea[], %b::varchar[], %b::int[]",
             (Int4s(INTS), Varchars(TEXTS), Varchars(KEYS), Byteas(BODIES), Varchars([]), Int4s([])),
         ).fetchone()
     assert row == (INTS, TEXTS, KEYS, BODIES, [], [])
