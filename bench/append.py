@@ -58,6 +58,7 @@ from typing import Any
 from bench.common import (
     PG_HOST,
     PG_PORT,
+    PG_SUFFIX,
     PG_USER,
     Options,
     Result,
@@ -219,7 +220,8 @@ def _es_sqlite(path: Path) -> Any:
 def _es_pg(db: str) -> Any:
     from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 
-    ds = PostgresDatastore(db, PG_HOST, PG_PORT, PG_USER, "")
+    # The database pg_recreate made: its name carries BENCH_PG_SUFFIX.
+    ds = PostgresDatastore(db + PG_SUFFIX, PG_HOST, PG_PORT, PG_USER, "")
     rec = PostgresApplicationRecorder(ds)
     rec.create_table()
     return rec

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import event as sa_event
 from sqlalchemy.engine import make_url
 
+from events import pgarrays
 from events.errors import AppendOnlyViolation, StoreUnavailable
 from events.urls import normalize_url as normalize_url  # where callers have found it
 
@@ -99,6 +100,7 @@ class WriterConnections:
         assert dbapi_conn is not None  # None only once invalidated; this one is fresh
         if self.dialect == "postgresql":
             dbapi_conn.autocommit = True
+            pgarrays.register(dbapi_conn, self.dbapi)  # the append's array parameters
         self._local.held = (os.getpid(), fairy, dbapi_conn, self._generation)
         with self._lock:
             # Weakly: a finished thread's connection goes (and closes) with its

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC
 from typing import Any, Protocol
 
 import orjson
@@ -27,11 +26,10 @@ from events.db import (
     store_errors,
     writer,
 )
-from events.envelope import Event, NewEvent, construct_trusted, genesis_hash, seal
+from events.envelope import Event, NewEvent, genesis_hash, placed, seal
 from events.errors import SequenceConflict
 from events.heads import Heads
 from events.inserts import KEY_ROWS, Inserts
-from events.payloads import SCHEMA_VERSIONS
 from events.reader import row_batches
 from events.schema import INDEXED_TYPES, INDEXED_TYPES_SQL
 from events.schema import events as T
@@ -52,17 +50,6 @@ A filter that also has `reveal(record) -> record` (`events.sealing.Sealer`)
 changes what is stored but not what readers see: the store opens every body
 it reads with it, and the events `append` returns are the filter's input.
 Such a filter comes last."""
-
-
-def _trusted_event(fields: dict[str, object]) -> Event:
-    """`Event.model_construct(**fields)` for a dict holding every field, without
-    its per-field alias and default walk (5 us an event, more than the rest of
-    the envelope)."""
-    return construct_trusted(Event, fields)  # type: ignore[no-any-return]
-
-
-# model_construct would also run these; Event has neither, and must stay so for the above.
-assert not Event.__pydantic_post_init__ and not Event.__private_attributes__
 
 
 class EventStore(Protocol):
@@ -444,32 +431,8 @@ class SqlEventStore:
     ) -> list[Event]:
         """The stored events, built from what we just wrote: the NewEvents were
         validated when they were made, and `body` is exactly their envelope, so
-        parsing it back would only re-check our own data."""
-        out = []
-        for e, (seq, _, digest) in zip(batch, sealed):
-            type_ = e.type
-            out.append(
-                _trusted_event(
-                    {
-                        "position": positions[seq],
-                        "stream_id": stream_id,
-                        "seq": seq,
-                        "event_id": e.event_id,
-                        "type": type_,
-                        "schema_version": SCHEMA_VERSIONS[type_],
-                        "occurred_at": e.occurred_at.astimezone(UTC),
-                        "actor": e.actor,
-                        "correlation_id": e.correlation_id,
-                        "causation_id": e.causation_id,
-                        "idempotency_key": e.idempotency_key,
-                        "payload": e.payload,
-                        "prev_hash": prev,
-                        "hash": digest,
-                    }
-                )
-            )
-            prev = digest
-        return out
+        parsing it back would only re-check our own data (`events.envelope.placed`)."""
+        return placed(stream_id, batch, sealed, prev, positions)
 
     # -- reading -----------------------------------------------------------
 
