@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from events.appending import APPEND_HOOKS, Batch, Reconnect
 from events.db import WriterConnections, driver_errors
-from events.envelope import Event, NewEvent, genesis_hash, seal
+from events.envelope import Event, NewEvent, genesis_hash, placed, seal
 from events.errors import SequenceConflict
 from events.heads import Heads
 from events.inserts import HEADS_AND_KEYS, MANY, Inserts, many_params
@@ -45,14 +45,6 @@ class _Store(Protocol):
         self, cur: Any, stream_id: str, key: str | None
     ) -> tuple[tuple[int, str] | None, list[Event]]: ...
     def _insert(self, cur: Any, params: tuple[object, ...]) -> dict[int, int]: ...
-    def _placed(
-        self,
-        stream_id: str,
-        shown: Batch,
-        sealed: list[tuple[int, bytes, str]],
-        prev: str,
-        positions: dict[int, int],
-    ) -> list[Event]: ...
 
 
 def append_many(store: _Store, items: Sequence[tuple[str, Batch, int | None]]) -> list[list[Event]]:
@@ -134,7 +126,7 @@ def _transaction(
             positions = store._insert(
                 cur, store._inserts.params(stream_id, batch, sealed, key, prev)
             )
-            out.append(store._placed(stream_id, shown, sealed, prev, positions))
+            out.append(placed(stream_id, shown, sealed, prev, positions))
             advanced.append((stream_id, sealed[-1][0], sealed[-1][2]))
         cur.execute("COMMIT")
     except BaseException as exc:
@@ -199,7 +191,7 @@ def _arrays_transaction(
             cur.close()
     for (i, shown), (stream_id, _, sealed, _, prev) in zip(at, rows):
         where = {seq: positions[(stream_id, seq)] for seq, _, _ in sealed}
-        out[i] = store._placed(stream_id, shown, sealed, prev, where)
+        out[i] = placed(stream_id, shown, sealed, prev, where)
     for i, j in again.items():
         out[i] = out[j]
     for stream_id, (seq, hash_) in heads.items():  # the next append needs no head read

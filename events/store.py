@@ -257,10 +257,10 @@ class SqlEventStore:
         or when that inserted nothing: `_append_read`."""
         head = self._known_head(stream_id, expected_seq, len(batch), batch[0].idempotency_key)
         if head is not None:
-            placed = self._insert_after(stream_id, batch, head)
-            if placed is not None:
-                sealed, positions = placed
-                return self._placed(stream_id, shown, sealed, head[1], positions)
+            stored = self._insert_after(stream_id, batch, head)
+            if stored is not None:
+                sealed, positions = stored
+                return placed(stream_id, shown, sealed, head[1], positions)
             self._heads.forget(stream_id)
         return self._append_read(stream_id, batch, expected_seq, shown)
 
@@ -388,7 +388,7 @@ class SqlEventStore:
             with contextlib.suppress(Exception):
                 cur.close()
         self._heads.put(stream_id, sealed[-1][0], sealed[-1][2])
-        return self._placed(stream_id, shown, sealed, prev, positions)
+        return placed(stream_id, shown, sealed, prev, positions)
 
     def _fresh_connection(self) -> Any:  # a DB-API connection of the dialect's driver
         """This thread's writer, replaced first if the server dropped it (the
@@ -420,19 +420,6 @@ class SqlEventStore:
             self._writers.discard()
             return True
         return False
-
-    @staticmethod
-    def _placed(
-        stream_id: str,
-        batch: Sequence[NewEvent],
-        sealed: list[tuple[int, bytes, str]],
-        prev: str,
-        positions: dict[int, int],
-    ) -> list[Event]:
-        """The stored events, built from what we just wrote: the NewEvents were
-        validated when they were made, and `body` is exactly their envelope, so
-        parsing it back would only re-check our own data (`events.envelope.placed`)."""
-        return placed(stream_id, batch, sealed, prev, positions)
 
     # -- reading -----------------------------------------------------------
 
