@@ -55,7 +55,7 @@ def history(
                 store.engine, store.url, stream_id, upto, columns="body"
             )
             bodies = map(itemgetter(0), chain.from_iterable(batches))
-            return fold_records(map(current, map(store.body_loads(), bodies)))
+            return fold_records(map(store.body_loads(), bodies), stored=True)
         return fold_records(_records(_bodies(store, stream_id, upto), store.loads, types))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from events.audit import Audit, collector_paused, whole_store
 from events.projections import JobState, Projections, apply_job, fold_records
 from events.store import EventStore, SqlEventStore
-from events.upcast import current
 
 # Bump when a projection model changes shape: older snapshots are then ignored.
 # 6: snapshots hold the live part only (events.projections.window).
@@ -42,7 +41,7 @@ def _replay(store: EventStore, stream_id: str, start: Projections | None) -> Pro
     state = start if start is not None else Projections.live()
     loads, rows = store.loads, store.raw_stream(stream_id, state.last_seq)
     with collector_paused():
-        return fold_records((current(loads(body)) for _, body, _ in rows), state)
+        return fold_records((loads(body) for _, body, _ in rows), state, stored=True)
 
 
 def load(store: EventStore, stream_id: str) -> Projections:

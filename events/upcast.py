@@ -55,7 +55,7 @@ def upcast(record: dict[str, Any]) -> dict[str, Any]:
 
 # Each payload type's version and fields today: a stored payload at that
 # version with exactly these keys was written by today's model.
-_TODAY: dict[str, tuple[int, frozenset[str]]] = {
+TODAY: dict[str, tuple[int, frozenset[str]]] = {
     t: (SCHEMA_VERSIONS[t], frozenset(m.model_fields)) for t, m in PAYLOAD_TYPES.items()
 }
 
@@ -70,7 +70,7 @@ def current(record: dict[str, Any]) -> dict[str, Any]:
     and their bytes are hash-chained. Anything else is upcast and validated by
     its payload model (ValidationError if it does not fit, UnknownEvent for an
     unknown type or version), and its payload becomes the model's field values."""
-    today = _TODAY.get(record["type"])
+    today = TODAY.get(record["type"])
     payload = record["payload"]
     if (
         today is not None

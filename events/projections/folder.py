@@ -21,6 +21,7 @@ from events.projections.ledger import LedgerFold, PermissionLedger
 from events.projections.quota import QuotaFold, QuotaUsage
 from events.projections.session import SessionFold, SessionState
 from events.projections.window import Window
+from events.upcast import TODAY, current
 
 
 class Projections(Frozen):
@@ -132,14 +133,28 @@ def fold(events: Iterable[Event], state: Projections | None = None) -> Projectio
 
 
 def fold_records(
-    records: Iterable[dict[str, Any]], state: Projections | None = None
+    records: Iterable[dict[str, Any]], state: Projections | None = None, *, stored: bool = False
 ) -> Projections:
     """`fold` over envelopes as plain JSON data at today's schema version (what
-    `events.upcast.current` returns): no `Event` is built."""
+    `events.upcast.current` returns): no `Event` is built. `stored`: the
+    records are decoded bodies as stored, each brought to today's version
+    here (`current`'s check inline, its call only for a record that fails
+    it: a Python call per event was 8% of a 10,000-event rebuild)."""
     f = Folder(state)
     on, bind, seq = f._on, f._bind, f.last_seq
+    today = TODAY if stored else None
     for r in records:  # Folder.add, inlined: replay speed is a product feature
         type_ = r["type"]
+        if today is not None:
+            t, pl = today.get(type_), r["payload"]
+            if (
+                t is None
+                or t[0] != r["schema_version"]
+                or type(pl) is not dict
+                or pl.keys() != t[1]
+            ):
+                r = current(r)
+                type_ = r["type"]
         handle = on.get(type_)
         if handle is None:
             handle = on[type_] = bind(type_)
