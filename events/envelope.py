@@ -140,25 +140,6 @@ class NewEvent(BaseModel):
     def type(self) -> str:
         return self.payload.type
 
-    def envelope(self, stream_id: str, seq: int, prev_hash: str) -> dict[str, Any]:
-        """The hashed part of the envelope, as plain JSON data (to dump, not to
-        change: its payload may be the payload model's own dict)."""
-        type_ = self.payload.type
-        return {
-            "stream_id": stream_id,
-            "seq": seq,
-            "event_id": self.event_id,
-            "type": type_,
-            "schema_version": SCHEMA_VERSIONS[type_],
-            "occurred_at": format_ts(self.occurred_at),
-            "actor": self.actor,
-            "correlation_id": self.correlation_id,
-            "causation_id": self.causation_id,
-            "idempotency_key": self.idempotency_key,
-            "payload": payload_data(self.payload),
-            "prev_hash": prev_hash,
-        }
-
 
 _SCALARS = (str, int, float, bool, NoneType)
 
@@ -212,8 +193,8 @@ def seal(
 ) -> list[tuple[int, bytes, str]]:
     """Place a batch after (last_seq, prev_hash): (seq, hashed bytes, hash) per event.
 
-    `NewEvent.envelope` and `canonical_json` inlined, with three changes that
-    give the same bytes for less CPU (bench/README.md, append, fifth session;
+    The one place the hashed part of an envelope is built: `canonical_json`
+    of it, inlined, with three changes that give the same bytes for less CPU (bench/README.md, append, fifth session;
     4.1 to 2.9 us an event in 100-event batches):
     - a UTC `occurred_at` with microseconds goes to orjson as the datetime
       (`OPT_UTC_Z` writes exactly `format_ts`'s text then; without
@@ -297,7 +278,7 @@ EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 # model_construct would also run these; Event has neither, and must stay so for `placed`.
 assert not Event.__pydantic_post_init__ and not Event.__private_attributes__
 assert Event.model_config.get("frozen")
-_EVENT_FIELDS = set(Event.model_fields)
+_EVENT_FIELDS = (_EVERY.get(Event) or _every(Event))[1]  # construct_trusted's own
 
 
 def placed(
