@@ -48,20 +48,15 @@ def finished_before(runner: Any, tickets: Sequence[Ticket]) -> frozenset[str]:
     return states_before(runner, tickets)[0]
 
 
-def states_before(
-    runner: Any, tickets: Sequence[Ticket], *, first_step: bool = False
-) -> tuple[frozenset[str], dict[str, Any]]:
+def states_before(runner: Any, tickets: Sequence[Ticket]) -> tuple[frozenset[str], dict[str, Any]]:
     """`finished_before`, and each session's state as that read found it: the
     step starts from it rather than reading the stream again a moment later
     (a stale one only makes its first append conflict, and the runner reloads);
-    the same reads bring the job's cancel requests for the step's check.
-    `first_step`: a chunk's first step, whose new streams are read in one
-    query (`Runner.load_many`) instead of two each."""
+    the same reads bring the job's cancel requests for the step's check. The
+    sessions the runner holds no fold of (a chunk's new streams) are read in
+    one query (`Runner.load_many`)."""
     try:
-        if first_step and len(tickets) > 1:
-            states = runner.load_many([t.session_id for t in tickets], tickets[0].job_id)
-        else:
-            states = {t.session_id: runner.load(t.session_id, t.job_id) for t in tickets}
+        states = runner.load_many([(t.session_id, t.job_id) for t in tickets])
     except Exception:
         return frozenset(), {}
     return frozenset(sid for sid, s in states.items() if s.session.finished), states

@@ -187,7 +187,7 @@ def run_steps(
     done; the chain goes on for the others (tasks.outcome)."""
     parsed = STEP.validate_python(step)
     ts = [Ticket.model_validate(raw) for raw in tickets]
-    before, states = states_before(deps().runner, ts, first_step=index == 0)
+    before, states = states_before(deps().runner, ts)
     together = _together(self, ts, index, parsed, last, states)
     out: list[str] = []
     for k, t in enumerate(ts):

@@ -25,7 +25,7 @@ def test_load_many_equals_load_for_new_short_long_and_held_sessions(store: SqlEv
     runner = Runner(store, "worker:a")
     runner.load("s-held")  # held by this runner: read by its tail, as before
     store.append("s-held", [new(x, 100 + i) for i, x in enumerate(step_payloads(4))], None)
-    got = runner.load_many(ids, "job-1")
+    got = runner.load_many([(sid, "job-1") for sid in ids])
 
     assert list(got) == ids
     for sid in ids:

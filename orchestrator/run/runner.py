@@ -240,24 +240,23 @@ class Runner:
             self._read_with = (session_id, job_id, state.last_seq)
         return self._remember(session_id, state)
 
-    def load_many(
-        self, session_ids: Sequence[str], job_id: str | None = None
-    ) -> dict[str, Projections]:
-        """`load` of each session; those this runner holds no fold of are read
-        in ONE query from their start (`read_tails`) instead of a snapshot
-        lookup and a stream read each: for a chunk's first step, whose streams
-        are new (or hold what a redelivery stored). A stream that has reached
-        SNAPSHOT_EVERY events may have a snapshot, and a fold from its start
-        would not be `load`'s: it is read by `load`, as any warm session is."""
+    def load_many(self, sessions: Sequence[tuple[str, str | None]]) -> dict[str, Projections]:
+        """`load(session_id, job_id)` of each pair; the sessions this runner
+        holds no fold of are read in ONE query from their start (`read_tails`)
+        instead of a snapshot lookup and a stream read each: a chunk's first
+        step, whose streams are new (or hold what a redelivery stored). A
+        stream that has reached SNAPSHOT_EVERY events may have a snapshot, and
+        a fold from its start would not be `load`'s: it is read by `load`, as
+        any warm session is."""
         read: dict[str, Projections] = {}
-        cold = [sid for sid in dict.fromkeys(session_ids) if sid not in self._memo]
+        cold = [sid for sid in dict.fromkeys(sid for sid, _ in sessions) if sid not in self._memo]
         if len(cold) > 1:
             for sid, tail in zip(cold, self.store.read_tails([(sid, 0) for sid in cold])):
                 if len(tail) < SNAPSHOT_EVERY:  # no snapshot can exist yet (`load`, `_remember`)
                     state = fold(tail, Projections.live())
                     self._snapshot_at[sid] = state.last_seq  # as `load` leaves it
                     read[sid] = self._remember(sid, state)
-        return {sid: read[sid] if sid in read else self.load(sid, job_id) for sid in session_ids}
+        return {sid: read[sid] if sid in read else self.load(sid, job) for sid, job in sessions}
 
     def absorb(self, session_id: str, state: Projections, appended: list[Event]) -> Projections:
         """`state` with what we just appended folded in, instead of reading the
