@@ -295,7 +295,10 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
         ticket, index = sessions.next()
         t = now()
         status = ours_app.send_task(
-            "orchestrator.run_step", args=[ticket, index, step, False], queue="orchestrator"
+            "orchestrator.run_step",
+            args=[ticket, index, step, False],
+            queue="orchestrator",
+            ignore_result=False,  # stored, as the peers' results are: the round trip waits on it
         ).get(timeout=60, interval=poll)
         dt = now() - t
         if status != "running":

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 
 from tests.cli_helpers import ROOT, cli, shape_env
 from tests.conftest import redis_db_url, unavailable
@@ -235,6 +236,13 @@ def test_a_failed_step_is_a_celery_failure_and_its_chain_stops(env, flower, tmp_
     assert not any("target=broken step=2" in a for a in by_args), by_args
     assert sorted(t["state"] for t in tasks if "target=ws " in str(t["args"])) == ["SUCCESS"] * 2
     assert not any(t.get("retries") for t in tasks)
+    # The result backend keeps the failure (AsyncResult says FAILURE and why)
+    # and no success: the event store is a step's record (tasks.steps).
+    backend = Celery(broker=env["ORCH_BROKER_URL"], backend=env["ORCH_BROKER_URL"])
+    stored = {t["uuid"]: backend.AsyncResult(t["uuid"]) for t in tasks}
+    assert stored[failed[0]["uuid"]].state == "FAILURE"
+    assert "mod.py" in str(stored[failed[0]["uuid"]].result)
+    assert [r.state for u, r in stored.items() if u != failed[0]["uuid"]] == ["PENDING"] * 2
     log = (tmp_path / "worker.log").read_text()
     assert "raised expected: StepFailed" in log  # a recorded end, not a crash
     assert "Retry in" not in log and "raised unexpected" not in log
