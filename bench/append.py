@@ -36,6 +36,10 @@ PostgreSQL (synchronous_commit=on, the server default).
   what the disk and the driver cost with no framework, no chain, no index and
   no check. Nothing of ours runs in it, so "ours" can only come within some
   fraction of it, never beat it by doing its own work twice.
+- bare insert, our row (SQLite, reference, no target): the same bare insert
+  into our table, its columns and indexes (`events.schema`), the key on a
+  transaction's first and last rows as ours writes it, values computed
+  beforehand: what our row and its indexes cost apart from our CPU.
 
 Contenders run interleaved, round by round, each round on fresh SQLite files;
 the figure is the median of the rounds. Each timed region starts right after a
@@ -93,6 +97,7 @@ class Workload:
         self.streams: list[tuple[str, list[Any]]] = []  # ours: (stream_id, NewEvents)
         self.bodies: list[list[bytes]] = []  # the floor: our canonical bytes
         self.stored: list[list[Any]] = []  # eventsourcing: StoredEvents
+        self.rows: list[list[tuple[Any, ...]]] = []  # the floor with our row: its columns
         from eventsourcing.persistence import StoredEvent
 
         size = 0
@@ -100,9 +105,17 @@ class Workload:
             sid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             news = new_events(session_payloads(rng, sid, STREAM_LEN), start=s * STREAM_LEN)
             self.streams.append((sid, news))
-            bodies = [body for _, body, _ in seal(sid, news, 0, genesis_hash(sid))]
+            sealed = seal(sid, news, 0, genesis_hash(sid))
+            bodies = [body for _, body, _ in sealed]
             size += sum(len(b) for b in bodies)
             self.bodies.append(bodies)
+            prevs = [genesis_hash(sid), *(h for _, _, h in sealed[:-1])]
+            self.rows.append(
+                [
+                    (sid, seq, e.event_id, e.type, e.correlation_id, prev, h, body)
+                    for e, (seq, body, h), prev in zip(news, sealed, prevs, strict=True)
+                ]
+            )
             self.stored.append(
                 [
                     StoredEvent(
@@ -181,6 +194,46 @@ def run_floor_sqlite(path: Path, w: Workload, per_txn: int) -> float:
     return rate
 
 
+def run_floor_sqlite_our_row(path: Path, w: Workload, per_txn: int) -> float:
+    """The bare insert into our table (`events.schema`: its columns, the
+    UNIQUE(stream_id, seq), key and correlation indexes), the key on each
+    transaction's first and last rows as ours writes it: what our row and
+    indexes cost the disk and SQLite, with none of our CPU (no sealing, no
+    chain, no guard, no events built)."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from events.schema import events
+
+    engine = sa.create_engine(f"sqlite:///{path}")
+    events.create(engine)
+    engine.dispose()
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    jobs = []
+    for rows in w.rows:
+        for i in range(0, len(rows), per_txn):
+            chunk, key = rows[i : i + per_txn], f"step:{i}"
+            jobs.append(
+                [(*r, key if k in (0, len(chunk) - 1) else None) for k, r in enumerate(chunk)]
+            )
+    ins = (
+        "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, prev_hash, hash,"
+        " body, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    gc.collect()  # start every contender with no collector debt from the setup
+    t = now()
+    for chunk in jobs:
+        conn.execute("BEGIN")
+        conn.executemany(ins, chunk)
+        conn.execute("COMMIT")
+    rate = w.n / (now() - t)
+    conn.close()
+    return rate
+
+
 def run_floor_pg(url: str, w: Workload, per_txn: int) -> float:
     import psycopg
 
@@ -241,6 +294,8 @@ CONTENDERS = (
     "eventsourcing",
     "bare insert",
 )
+# Reference, SQLite only (no target): the floor writing our row and indexes.
+OUR_ROW = "bare insert, our row"
 OURS = ("ours", "ours, head read", "ours, no key", "ours, sealed")
 
 
@@ -270,11 +325,11 @@ def bench_sqlite(
     w_for: Callable[[int], Workload], per_txn: int, n_rounds: int
 ) -> dict[str, list[float]]:
 
-    out: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    out: dict[str, list[float]] = {k: [] for k in (*CONTENDERS, OUR_ROW)}
     with scratch_dir("append") as d:
         for r in range(n_rounds):
             w = w_for(r)
-            for name in CONTENDERS:
+            for name in out:
                 db = d / f"{name.replace(' ', '_').replace(',', '')}-{r}.sqlite"
                 rm_sqlite(db)
                 if name == "eventsourcing":
@@ -284,6 +339,8 @@ def bench_sqlite(
                     continue
                 if name == "bare insert":
                     out[name].append(run_floor_sqlite(db, w, per_txn))
+                elif name == OUR_ROW:
+                    out[name].append(run_floor_sqlite_our_row(db, w, per_txn))
                 else:
                     store = _open_ours(name, f"sqlite:///{db}")
                     out[name].append(_run_ours(name, store, w, per_txn))
