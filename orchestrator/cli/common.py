@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -110,9 +111,13 @@ def submit_job(
     policy_file: Path | None = None,
     tier: str | None = None,
     allow_destructive: bool = False,
+    store_ready: Callable[[], object] | None = None,
 ) -> tuple[EventStore, str, JobSpec, list[Ticket]]:
     """`submit`, `run` and `smoke`: load the spec, then the application's
-    submit (prepare, record, enqueue) with this command's settings."""
+    submit (prepare, record, enqueue) with this command's settings.
+    `store_ready` is called once the store is open (and migrated, when
+    embedded): `run` starts its worker there, so the worker boots while the
+    job is recorded and enqueued rather than after."""
     spec = _jobspec.load_spec(spec_path)  # SpecError (exit 2) before anything else
     if tier is not None and tier not in _policy.TIERS:
         fail(f"--tier {tier!r} is not a tier; use one of {', '.join(_policy.TIERS)}", 2)
@@ -120,6 +125,8 @@ def submit_job(
     s = root.settings
     docs = [_policy.load_policy(f).doc for f in (policy_file, s.policy_file) if f is not None]
     st = root.store(for_writing=True)
+    if store_ready is not None:
+        store_ready()
     base = (base_dir or Path.cwd()).resolve()
     job_id, tickets = _workflows.submit(
         st,

@@ -77,27 +77,46 @@ def run(
 ) -> None:
     """Submit a job, start a worker if none runs, show live progress, then the
     summary and one unified diff per target."""
-    st, job_id, job_spec, tickets = submit_job(spec, base_dir, policy, tier, allow_destructive)
-    _follow(st, job_id, job_spec, tickets, quiet=json, timeout=timeout, keep_worker=keep_worker)
+    st, job_id, _, _ = _submit_and_follow(
+        spec,
+        base_dir,
+        policy,
+        tier,
+        allow_destructive,
+        quiet=json,
+        timeout=timeout,
+        keep_worker=keep_worker,
+    )
     finish(st, job_id, out_dir, json)
     raise typer.Exit(job_exit(st, job_id))
 
 
-def _follow(
-    st: Any,
-    job_id: str,
-    job_spec: Any,
-    tickets: Any,
+def _submit_and_follow(
+    spec: Path,
+    base_dir: Path | None,
+    policy: Path | None = None,
+    tier: str | None = None,
+    allow_destructive: bool = False,
     *,
     quiet: bool = False,
     timeout: float | None = None,
     keep_worker: bool = False,
-) -> Any:
-    """Start a worker if none runs, show the job's live progress until it ends,
-    and stop a worker started here (unless kept); the job's final view."""
-    proc = current().ensure_worker(err)
+) -> tuple[Any, str, list[Any], Any]:
+    """Submit the job, with a worker started (if none runs) as soon as the
+    store is ready, so that its boot (about 2 s) overlaps the recording and
+    enqueueing; show the job's live progress until it ends, and stop a worker
+    started here (unless kept). The store, the job id, its tickets and its
+    final view."""
+    started: list[Any] = []  # the worker process started here, or None
+
+    def start() -> None:
+        started.append(current().ensure_worker(err))
+
     try:
-        return render.follow(
+        st, job_id, job_spec, tickets = submit_job(
+            spec, base_dir, policy, tier, allow_destructive, store_ready=start
+        )
+        view = render.follow(
             st,
             job_id,
             job_spec.name,
@@ -105,12 +124,13 @@ def _follow(
             {t.session_id: t.target for t in tickets},
             quiet=quiet,
             console=err,
-            worker=proc,
+            worker=started[0],
             timeout=timeout,
         )
     finally:
-        if proc is not None and not keep_worker:
-            workers.stop_worker(proc)
+        if started and started[0] is not None and not keep_worker:
+            workers.stop_worker(started[0])
+    return st, job_id, tickets, view
 
 
 def status(
@@ -193,8 +213,7 @@ def demo(
     spec = Path(str(resources.files("orchestrator") / "examples" / f"{example}.yaml"))
     if not spec.exists():
         fail(f"no bundled example {example!r}; see orchestrator/examples/", 2)
-    st, job_id, job_spec, tickets = submit_job(spec, directory)
-    view = _follow(st, job_id, job_spec, tickets)
+    st, job_id, tickets, view = _submit_and_follow(spec, directory)
     finish(st, job_id, directory / "patches", False)
     first = tickets[0].session_id
     out.rule(f"orchestrator audit replay {first}")
