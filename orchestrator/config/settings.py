@@ -110,7 +110,10 @@ class Settings(BaseSettings):
     )
     result_backend: str | None = Field(
         default=None,
-        description=("Celery result backend: redis://...; unset = embedded SQLite results"),
+        description=(
+            "Celery result backend: redis://...; unset = embedded SQLite results. Step tasks "
+            "store only their failures (their record is the event store)"
+        ),
     )
     worker_concurrency: int = Field(default=2, ge=1, le=256)
     embedded_poll_interval_s: float = Field(default=0.005, gt=0, le=5)
