@@ -5,9 +5,10 @@ The state a worker keeps and snapshots is the live part
 show or reason over the whole history (`audit replay`, the API, `watch`,
 the agent's prompt, the diagnosis) fold it here: every event from seq 1,
 with no snapshot, into the full projections, or only the types they need.
-Rows come as the audit reads them (`events.reader`: driver tuples in large
-batches, the next one read ahead on PostgreSQL while this one folds), and
-the fold runs with the cyclic collector paused (`events.audit`).
+Rows come straight from the driver's cursor (`events.reader`: plain tuples
+in small batches, the stream's index giving their order; on PostgreSQL the
+server sends the next while this one folds), and the fold runs with the
+cyclic collector paused (`events.audit`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import payloads as p
+from events import reader
 from events.envelope import canonical_json, chain_hash, genesis_hash
 from events.errors import UnknownEvent
 from events.history import LEDGER_TYPES, history
@@ -117,3 +118,25 @@ def test_an_event_of_an_unknown_type_is_an_error_as_on_the_model_path(store, typ
         list(store.read_stream(sid))
     with pytest.raises(UnknownEvent, match="FromTheFuture"):
         history(store, sid, types)
+
+
+def test_a_stream_is_read_in_batches_in_seq_order_and_may_be_left_early(store):
+    """`events.reader.stream_batches`, as history reads: the stream's rows in
+    seq order however they are batched (up to `upto` too); leaving after
+    the first batch (an error in the fold) returns the connection."""
+    sid = f"h-{uuid.uuid4().hex}"
+    rng = random.Random(5)
+    records: list[dict[str, object]] = []
+    while len(records) < 40:  # several batches of 7
+        records += [{**r, "seq": len(records) + i + 1} for i, r in enumerate(_records(sid, rng))]
+    _insert(store, sid, records)
+    stored = [(seq, body) for seq, (_, body, _) in enumerate(store.raw_stream(sid), start=1)]
+    read = list(reader.stream_batches(store.engine, store.url, sid, batch=7))
+    assert [r for b in read for r in b] == stored
+    assert {len(b) for b in read[:-1]} == {7}
+    upto = [r for b in reader.stream_batches(store.engine, store.url, sid, 20, batch=7) for r in b]
+    assert upto == stored[:20]
+    batches = reader.stream_batches(store.engine, store.url, sid, batch=7)
+    assert next(batches) == stored[:7]
+    batches.close()
+    assert store.engine.pool.checkedout() == 0
