@@ -101,11 +101,10 @@ class Verifier:
         r.heads[row.stream_id] = (row.seq, row.hash)
         return body if problem is None else None
 
-    def add_many(
-        self, rows: Sequence[tuple[Any, ...]]
-    ) -> list[tuple[int | None, str, dict[str, Any]]]:
+    def add_many(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, list[dict[str, Any]]]:
         """`add` for a batch of plain rows (`Row`'s fields in order, as
-        `events.reader` reads them): (position, stream id, body) of each sound one.
+        `events.reader` reads them): the bodies of the sound ones, by stream,
+        each stream's in row order (what a fold of each stream takes).
 
         The same checks as `add`, inlined for the common case of a sound row
         at today's schema version; any row that fails one goes through `add`'s
@@ -118,7 +117,7 @@ class Verifier:
                 b"".join([b"%d\n" % row[0] if row[0] is not None else b"None\n" for row in rows])
             )
         r.events += len(rows)
-        sound: list[tuple[int | None, str, dict[str, Any]]] = []
+        sound: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             position, sid, seq, prev, digest, body = row
             head = heads.get(sid)
@@ -146,7 +145,10 @@ class Verifier:
                     problems.append(problem)
             heads[sid] = (seq, digest)
             if data is not None:
-                sound.append((position, sid, data))
+                run = sound.get(sid)
+                if run is None:
+                    run = sound[sid] = []
+                run.append(data)
         return sound
 
     def _check(self, row: Row) -> tuple[Problem | None, Any]:
