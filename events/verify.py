@@ -122,24 +122,28 @@ class Verifier:
             position, sid, seq, prev, digest, body = row
             head = heads.get(sid)
             data: Any = None
+            fits = False
             if sha(prev.encode() + body).hexdigest() == digest:
-                try:  # not contextlib.suppress: that costs a call per row
+                # Not contextlib.suppress (a call per row), nor `type(data) is
+                # dict` and data.get (a call per key): a body that is not a dict
+                # or lacks a key raises here and takes `_check` below.
+                try:
                     data = loads(body)
-                except orjson.JSONDecodeError:
+                    fits = (
+                        data["seq"] == seq
+                        and data["stream_id"] == sid
+                        and data["prev_hash"] == prev
+                        and (
+                            (head[0] + 1 == seq and head[1] == prev)
+                            if head is not None
+                            else (seq == 1 and prev == genesis(sid))
+                        )
+                        and versions.get(data["type"]) == data["schema_version"]
+                        and dumps(data, option=sort) == body
+                    )
+                except (orjson.JSONDecodeError, KeyError, TypeError):
                     pass
-            if not (
-                type(data) is dict
-                and data.get("seq") == seq
-                and data.get("stream_id") == sid
-                and data.get("prev_hash") == prev
-                and (
-                    (head[0] + 1 == seq and head[1] == prev)
-                    if head is not None
-                    else (seq == 1 and prev == genesis(sid))
-                )
-                and versions.get(data.get("type", "")) == data.get("schema_version")
-                and dumps(data, option=sort) == body
-            ):
+            if not fits:
                 problem, data = self._check(Row(*row))
                 if problem is not None:
                     problems.append(problem)

@@ -89,6 +89,18 @@ def test_any_tampering_is_reported_as_the_row_by_row_verifier_reports_it(data):
     assert _by_add_many(rows, size) == _by_add(rows)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"[1,2]", b'"text"', b"7", b'{"seq":1}', b'{"prev_hash":null,"seq":1,"stream_id":"s0"}'],
+)
+def test_a_hashed_body_that_is_no_envelope_is_reported_as_row_by_row(body):
+    """Valid JSON under a valid hash, but not a dict or without an envelope's
+    keys: the batch check hands it to the row-by-row checks."""
+    prev = genesis_hash("s0")
+    rows = [(1, "s0", 1, prev, chain_hash(prev, body), body)]
+    assert _by_add_many(rows, 1) == _by_add(rows)
+
+
 def test_an_old_schema_version_is_upcast_and_folded_not_reported():
     """A body written at an older schema version (ToolCallStarted v1, before
     trace ids) takes the slow path and verifies."""
