@@ -30,7 +30,6 @@ from events.db import create_engine
 from events.errors import UnknownEvent
 from events.projections import Folder, Projections
 from events.store import EventStore, SqlEventStore
-from events.upcast import current
 from events.verify import Problem, Row, Verifier, VerifyReport, verify_rows
 
 # A store holding fewer events is audited in one process: below this, a second
@@ -135,32 +134,34 @@ def audit_batches(batches: Iterable[Sequence[tuple[Any, ...]]], fold: bool = Tru
     for rows in batches:
         seen = len(problems)
         sound = v.add_many(rows)
-        if not fold:
-            continue
-        for p in problems[seen:]:
-            broken.add(p.stream_id)
-            folders.pop(p.stream_id, None)
-        for position, sid, body in sound:
-            if sid in broken:
-                continue
-            f = folders.get(sid)
-            if f is None:
-                f = folders[sid] = Folder()
-            try:
-                r = current(body)
-                f.add(r["type"], r["payload"], r)
-            except (UnknownEvent, ValidationError, KeyError, TypeError, ValueError) as exc:
-                undecodable.append(
-                    Problem(
-                        "undecodable",
-                        sid,
-                        body.get("seq"),
-                        position,
-                        f"the event does not fit its type's model: {exc}".splitlines()[0],
+        if fold:
+            for p in problems[seen:]:
+                broken.add(p.stream_id)
+                folders.pop(p.stream_id, None)
+            for sid, run in sound.items():  # each stream's in one call
+                if sid in broken:
+                    continue
+                f = folders.get(sid)
+                if f is None:
+                    f = folders[sid] = Folder()
+                try:
+                    f.add_records(run, stored=True)
+                except (UnknownEvent, ValidationError, KeyError, TypeError, ValueError) as exc:
+                    seq = next(body["seq"] for body in run if body["seq"] > f.last_seq)
+                    position = next(r[0] for r in rows if r[1] == sid and r[2] == seq)
+                    undecodable.append(
+                        Problem(
+                            "undecodable",
+                            sid,
+                            seq,
+                            position,
+                            f"the event does not fit its type's model: {exc}".splitlines()[0],
+                        )
                     )
-                )
-                broken.add(sid)
-                del folders[sid]
+                    broken.add(sid)
+                    del folders[sid]
+        # Freed now, while still in cache, not once the next batch is parsed.
+        del sound
     if undecodable:
         problems += undecodable
         _in_order(problems)

@@ -101,11 +101,10 @@ class Verifier:
         r.heads[row.stream_id] = (row.seq, row.hash)
         return body if problem is None else None
 
-    def add_many(
-        self, rows: Sequence[tuple[Any, ...]]
-    ) -> list[tuple[int | None, str, dict[str, Any]]]:
+    def add_many(self, rows: Sequence[tuple[Any, ...]]) -> dict[str, list[dict[str, Any]]]:
         """`add` for a batch of plain rows (`Row`'s fields in order, as
-        `events.reader` reads them): (position, stream id, body) of each sound one.
+        `events.reader` reads them): the bodies of the sound ones, by stream,
+        each stream's in row order (what a fold of each stream takes).
 
         The same checks as `add`, inlined for the common case of a sound row
         at today's schema version; any row that fails one goes through `add`'s
@@ -118,35 +117,42 @@ class Verifier:
                 b"".join([b"%d\n" % row[0] if row[0] is not None else b"None\n" for row in rows])
             )
         r.events += len(rows)
-        sound: list[tuple[int | None, str, dict[str, Any]]] = []
+        sound: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             position, sid, seq, prev, digest, body = row
             head = heads.get(sid)
             data: Any = None
+            fits = False
             if sha(prev.encode() + body).hexdigest() == digest:
-                try:  # not contextlib.suppress: that costs a call per row
+                # Not contextlib.suppress (a call per row), nor `type(data) is
+                # dict` and data.get (a call per key): a body that is not a dict
+                # or lacks a key raises here and takes `_check` below.
+                try:
                     data = loads(body)
-                except orjson.JSONDecodeError:
+                    fits = (
+                        data["seq"] == seq
+                        and data["stream_id"] == sid
+                        and data["prev_hash"] == prev
+                        and (
+                            (head[0] + 1 == seq and head[1] == prev)
+                            if head is not None
+                            else (seq == 1 and prev == genesis(sid))
+                        )
+                        and versions.get(data["type"]) == data["schema_version"]
+                        and dumps(data, option=sort) == body
+                    )
+                except (orjson.JSONDecodeError, KeyError, TypeError):
                     pass
-            if not (
-                type(data) is dict
-                and data.get("seq") == seq
-                and data.get("stream_id") == sid
-                and data.get("prev_hash") == prev
-                and (
-                    (head[0] + 1 == seq and head[1] == prev)
-                    if head is not None
-                    else (seq == 1 and prev == genesis(sid))
-                )
-                and versions.get(data.get("type", "")) == data.get("schema_version")
-                and dumps(data, option=sort) == body
-            ):
+            if not fits:
                 problem, data = self._check(Row(*row))
                 if problem is not None:
                     problems.append(problem)
             heads[sid] = (seq, digest)
             if data is not None:
-                sound.append((position, sid, data))
+                run = sound.get(sid)
+                if run is None:
+                    run = sound[sid] = []
+                run.append(data)
         return sound
 
     def _check(self, row: Row) -> tuple[Problem | None, Any]:
