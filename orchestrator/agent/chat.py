@@ -250,6 +250,11 @@ class Chat:
         """Talk until /exit, Ctrl-D, Ctrl-C at the prompt, or the session ends;
         the exit code (0, or 1 when the session failed)."""
         old = {sig: signal.signal(sig, self._hangup) for sig in (signal.SIGHUP, signal.SIGTERM)}
+        # Ctrl-C at the prompt ends the chat even when the chat was started
+        # with SIGINT ignored (a shell's `&` without job control, some CI
+        # runners): Python keeps an inherited SIG_IGN, and turn() would
+        # restore it after each turn.
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return self._run(resumed)
         except Hangup:
