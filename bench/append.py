@@ -55,7 +55,7 @@ from __future__ import annotations
 import gc
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,24 +174,34 @@ def _bodies(w: Workload, per_txn: int) -> list[list[bytes]]:
     return [b[i : i + per_txn] for b in w.bodies for i in range(0, len(b), per_txn)]
 
 
-def run_floor_sqlite(path: Path, w: Workload, per_txn: int) -> float:
+def _sqlite_floor(path: Path, ins: str, jobs: Sequence[Iterable[tuple[Any, ...]]], n: int) -> float:
+    """Events/s of `jobs` (each one transaction's rows for `ins`) on a fresh
+    sqlite3 connection with our durability: WAL, synchronous=FULL."""
     import sqlite3
 
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("CREATE TABLE IF NOT EXISTS bare (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
-    jobs = _bodies(w, per_txn)
-    ins = "INSERT INTO bare (body) VALUES (?)"
     gc.collect()  # start every contender with no collector debt from the setup
     t = now()
-    for chunk in jobs:
+    for rows in jobs:
         conn.execute("BEGIN")
-        conn.executemany(ins, [(body,) for body in chunk])
+        conn.executemany(ins, rows)
         conn.execute("COMMIT")
-    rate = w.n / (now() - t)
+    rate = n / (now() - t)
     conn.close()
     return rate
+
+
+def run_floor_sqlite(path: Path, w: Workload, per_txn: int) -> float:
+    import sqlite3
+
+    with sqlite3.connect(str(path)) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bare (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+    conn.close()
+    # Each transaction's row tuples are made inside the timer, as a script would.
+    jobs = [((body,) for body in chunk) for chunk in _bodies(w, per_txn)]
+    return _sqlite_floor(path, "INSERT INTO bare (body) VALUES (?)", jobs, w.n)
 
 
 def run_floor_sqlite_our_row(path: Path, w: Workload, per_txn: int) -> float:
@@ -200,8 +210,6 @@ def run_floor_sqlite_our_row(path: Path, w: Workload, per_txn: int) -> float:
     transaction's first and last rows as ours writes it: what our row and
     indexes cost the disk and SQLite, with none of our CPU (no sealing, no
     chain, no guard, no events built)."""
-    import sqlite3
-
     import sqlalchemy as sa
 
     from events.schema import events
@@ -209,10 +217,7 @@ def run_floor_sqlite_our_row(path: Path, w: Workload, per_txn: int) -> float:
     engine = sa.create_engine(f"sqlite:///{path}")
     events.create(engine)
     engine.dispose()
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    jobs = []
+    jobs: list[Iterable[tuple[Any, ...]]] = []
     for rows in w.rows:
         for i in range(0, len(rows), per_txn):
             chunk, key = rows[i : i + per_txn], f"step:{i}"
@@ -223,15 +228,7 @@ def run_floor_sqlite_our_row(path: Path, w: Workload, per_txn: int) -> float:
         "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, prev_hash, hash,"
         " body, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
-    gc.collect()  # start every contender with no collector debt from the setup
-    t = now()
-    for chunk in jobs:
-        conn.execute("BEGIN")
-        conn.executemany(ins, chunk)
-        conn.execute("COMMIT")
-    rate = w.n / (now() - t)
-    conn.close()
-    return rate
+    return _sqlite_floor(path, ins, jobs, w.n)
 
 
 def run_floor_pg(url: str, w: Workload, per_txn: int) -> float:
