@@ -47,7 +47,9 @@ pytestmark = pytest.mark.slow
 # -- helpers --------------------------------------------------------------------------
 
 
-def chat(env: dict[str, str], cwd: Path, *args: str) -> pexpect.spawn:
+def chat(env: dict[str, str], cwd: Path, *args: str, sigint_ignored: bool = False) -> pexpect.spawn:
+    """`sigint_ignored`: the chat starts with SIGINT ignored, as from a shell's
+    `&` without job control; its Ctrl-C must work all the same."""
     child = pexpect.spawn(
         sys.executable,
         ["-m", "orchestrator.cli.main", "chat", *args],
@@ -56,6 +58,9 @@ def chat(env: dict[str, str], cwd: Path, *args: str) -> pexpect.spawn:
         encoding="utf-8",
         timeout=120,  # each expect; a loaded machine starts the CLI slowly
         dimensions=(50, 250),
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if sigint_ignored
+        else None,
     )
     child.logfile_read = io.StringIO()  # the whole transcript, for failures
     return child
@@ -379,7 +384,15 @@ def test_ctrl_c_cancels_a_running_command_and_leaves_no_process_behind(
 ) -> None:
     shared = any_broker
     assert not running(SLEEP), "a sleep 29.123 from elsewhere would confuse this test"
-    child = chat(shared, repo(tmp_path), "--script", str(SCRIPTS / "sleeps.yaml"), "--tier", "exec")
+    child = chat(
+        shared,
+        repo(tmp_path),
+        "--script",
+        str(SCRIPTS / "sleeps.yaml"),
+        "--tier",
+        "exec",
+        sigint_ignored=True,  # the harder case: the default handler comes from the chat
+    )
     children.append(child)
     sid = session_id(child)
     child.expect(PROMPT)
