@@ -36,13 +36,17 @@ PostgreSQL (synchronous_commit=on, the server default).
   what the disk and the driver cost with no framework, no chain, no index and
   no check. Nothing of ours runs in it, so "ours" can only come within some
   fraction of it, never beat it by doing its own work twice.
-- bare insert, our row (SQLite, reference, no target): the same bare insert
-  into our table, its columns and indexes (`events.schema`), the key on a
-  transaction's first and last rows as ours writes it, values computed
-  beforehand: what our row and its indexes cost apart from our CPU.
+- bare insert, our row (reference, no target): the same bare insert into our
+  table, its columns and indexes (`events.schema`; on PostgreSQL made by our
+  migrations in a database of its own), the key on a transaction's first and
+  last rows as ours writes it, values computed beforehand: what our row and
+  its indexes cost apart from our CPU.
 
-Contenders run interleaved, round by round, each round on fresh SQLite files;
-the figure is the median of the rounds. Each timed region starts right after a
+Contenders run interleaved, round by round (5 rounds, 3 with `--quick`),
+each round on fresh SQLite files and in an order rotated by one (`rotated`:
+PostgreSQL's WAL and checkpoints are shared, so a fixed order would always
+seat the same contender behind the heaviest writer); the figure is the
+median of the rounds. Each timed region starts right after a
 `gc.collect()`: otherwise objects a contender's setup allocated (ours re-keys
 its NewEvents just before the timer) leave a pending full collection of the
 whole bench heap (70 ms measured, 14 us an event at 5,000 events) that lands in
@@ -204,6 +208,25 @@ def run_floor_sqlite(path: Path, w: Workload, per_txn: int) -> float:
     return _sqlite_floor(path, "INSERT INTO bare (body) VALUES (?)", jobs, w.n)
 
 
+def _our_rows(w: Workload, per_txn: int) -> list[list[tuple[Any, ...]]]:
+    """Each transaction's rows of our table, computed beforehand, the key on
+    its first and last rows as ours writes it."""
+    jobs = []
+    for rows in w.rows:
+        for i in range(0, len(rows), per_txn):
+            chunk, key = rows[i : i + per_txn], f"step:{i}"
+            jobs.append(
+                [(*r, key if k in (0, len(chunk) - 1) else None) for k, r in enumerate(chunk)]
+            )
+    return jobs
+
+
+OUR_INSERT = (
+    "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, prev_hash, hash,"
+    " body, idempotency_key) VALUES ({0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}, {0})"
+)
+
+
 def run_floor_sqlite_our_row(path: Path, w: Workload, per_txn: int) -> float:
     """The bare insert into our table (`events.schema`: its columns, the
     UNIQUE(stream_id, seq), key and correlation indexes), the key on each
@@ -217,35 +240,39 @@ def run_floor_sqlite_our_row(path: Path, w: Workload, per_txn: int) -> float:
     engine = sa.create_engine(f"sqlite:///{path}")
     events.create(engine)
     engine.dispose()
-    jobs: list[Iterable[tuple[Any, ...]]] = []
-    for rows in w.rows:
-        for i in range(0, len(rows), per_txn):
-            chunk, key = rows[i : i + per_txn], f"step:{i}"
-            jobs.append(
-                [(*r, key if k in (0, len(chunk) - 1) else None) for k, r in enumerate(chunk)]
-            )
-    ins = (
-        "INSERT INTO events (stream_id, seq, event_id, type, correlation_id, prev_hash, hash,"
-        " body, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
-    return _sqlite_floor(path, ins, jobs, w.n)
+    return _sqlite_floor(path, OUR_INSERT.format("?"), _our_rows(w, per_txn), w.n)
 
 
 def run_floor_pg(url: str, w: Workload, per_txn: int) -> float:
-    import psycopg
-
-    conn = psycopg.connect(url)
+    conn = _pg_conn(url)
     conn.execute("CREATE TABLE IF NOT EXISTS bare (id bigserial PRIMARY KEY, body bytea NOT NULL)")
     conn.commit()
-    jobs = _bodies(w, per_txn)
-    ins = "INSERT INTO bare (body) VALUES (%s)"
+    jobs = [[(body,) for body in chunk] for chunk in _bodies(w, per_txn)]
+    return _pg_floor(conn, "INSERT INTO bare (body) VALUES (%s)", jobs, w.n)
+
+
+def run_floor_pg_our_row(url: str, w: Workload, per_txn: int) -> float:
+    """The PostgreSQL floor writing our table (made by our migrations, in the
+    database ours does not use): `run_floor_sqlite_our_row`'s reference."""
+    return _pg_floor(_pg_conn(url), OUR_INSERT.format("%s"), _our_rows(w, per_txn), w.n)
+
+
+def _pg_conn(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url)
+
+
+def _pg_floor(conn: Any, ins: str, jobs: Sequence[list[tuple[Any, ...]]], n: int) -> float:
+    """Events/s of `jobs` (each one transaction's rows for `ins`): one
+    pipelined `executemany` and a commit per transaction."""
     gc.collect()  # start every contender with no collector debt from the setup
     t = now()
     with conn.cursor() as cur:
-        for chunk in jobs:
-            cur.executemany(ins, [(body,) for body in chunk])  # one pipeline
+        for rows in jobs:
+            cur.executemany(ins, rows)  # one pipeline
             conn.commit()
-    rate = w.n / (now() - t)
+    rate = n / (now() - t)
     conn.close()
     return rate
 
@@ -291,9 +318,18 @@ CONTENDERS = (
     "eventsourcing",
     "bare insert",
 )
-# Reference, SQLite only (no target): the floor writing our row and indexes.
+# Reference (no target): the floor writing our row and indexes.
 OUR_ROW = "bare insert, our row"
+
 OURS = ("ours", "ours, head read", "ours, no key", "ours, sealed")
+
+
+def rotated(names: Sequence[str], r: int) -> list[str]:
+    """The contenders in round `r`'s order: each round starts one further
+    along, so none always runs first on a fresh file or right after the
+    heaviest writer (PostgreSQL's WAL and checkpoints are shared by all)."""
+    k = r % len(names)
+    return [*names[k:], *names[:k]]
 
 
 def _open_ours(name: str, url: str) -> Any:
@@ -326,7 +362,7 @@ def bench_sqlite(
     with scratch_dir("append") as d:
         for r in range(n_rounds):
             w = w_for(r)
-            for name in out:
+            for name in rotated(list(out), r):
                 db = d / f"{name.replace(' ', '_').replace(',', '')}-{r}.sqlite"
                 rm_sqlite(db)
                 if name == "eventsourcing":
@@ -357,19 +393,23 @@ def bench_pg(
         "ours, sealed": "orch_bench_ours_sealed",
         "eventsourcing": "orch_bench_es",
         "bare insert": "orch_bench_raw",
+        OUR_ROW: "orch_bench_raw_our_row",
     }
-    out: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    out: dict[str, list[float]] = {k: [] for k in (*CONTENDERS, OUR_ROW)}
     try:
         urls = {k: pg_recreate(db) for k, db in dbs.items()}
         stores = {k: _open_ours(k, urls[k]) for k in OURS}
+        _open_ours(OUR_ROW, urls[OUR_ROW]).close()  # our migrations make its table
         rec = _es_pg(urls["eventsourcing"].rsplit("/", 1)[1])  # with BENCH_PG_SUFFIX
         for r in range(n_rounds):
             w = w_for(r)
-            for name in CONTENDERS:
+            for name in rotated(list(out), r):
                 if name == "eventsourcing":
                     out[name].append(run_es(rec, w, per_txn))
                 elif name == "bare insert":
                     out[name].append(run_floor_pg(urls[name], w, per_txn))
+                elif name == OUR_ROW:
+                    out[name].append(run_floor_pg_our_row(urls[name], w, per_txn))
                 else:
                     out[name].append(_run_ours(name, stores[name], w, per_txn))
         for s in stores.values():
@@ -383,7 +423,7 @@ def bench_pg(
 
 def run(opts: Options) -> Result:
     res = Result("append")
-    n_rounds = 3
+    n_rounds = 3 if opts.quick else 5
     sizes = {1: 500 if opts.quick else 2000, 100: 5000 if opts.quick else 20000}
     cache: dict[tuple[int, int], Workload] = {}
 

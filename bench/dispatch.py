@@ -19,6 +19,11 @@
   late acks, reject on a lost worker, prefetch 1, task events and the
   client's `task-sent` for Flower): what those settings cost, told apart from
   what our task and its signal handlers cost.
+- ours, no-op task (reference, no target): a no-op task on our app, served by
+  the same worker as ours (`bench.dispatch_worker`: our settings, signal
+  handlers, task-events consumer), alternating with our steps: ours minus
+  this is what the step itself costs; this minus the bare peers is what our
+  framework around a task costs.
 
 All workers use the same pool (prefork with one child: the production pool,
 its pipe to the child included) and run side by side; the contenders
@@ -114,6 +119,7 @@ bare = bare_app(QUEUE_BARE)
 bare_same = bare_app(QUEUE_SAME, **tasks.conf.CELERY_SETTINGS)
 BARE = "bare Celery"
 SAME = "bare Celery, our Celery settings"
+OURS_NOOP = "ours, no-op task"
 
 
 # -- worker processes ------------------------------------------------------------
@@ -305,6 +311,13 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
             raise RuntimeError(f"step ended {status!r}; see {log}")
         return dt
 
+    def ours_noop(_: int) -> float:
+        t = now()
+        ours_app.send_task("bench.ours_noop", queue="orchestrator", ignore_result=False).get(
+            timeout=60, interval=poll
+        )
+        return now() - t
+
     def peer(queue: str) -> Callable[[int], float]:
         def one(_: int) -> float:
             t = now()
@@ -314,11 +327,16 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
         return one
 
     with (
-        celery_worker("tasks.app", "orchestrator", shape.ours_env(), log, pool=pool),
+        celery_worker("bench.dispatch_worker", "orchestrator", shape.ours_env(), log, pool=pool),
         celery_worker("bench.dispatch:bare", QUEUE_BARE, shape.bare_env(), log, pool=pool),
         celery_worker("bench.dispatch:bare_same", QUEUE_SAME, shape.bare_env(), log, pool=pool),
     ):
-        fns = {"ours": ours, BARE: peer(QUEUE_BARE), SAME: peer(QUEUE_SAME)}
+        fns = {
+            "ours": ours,
+            BARE: peer(QUEUE_BARE),
+            SAME: peer(QUEUE_SAME),
+            OURS_NOOP: ours_noop,
+        }
         for _ in range(warm):
             for fn in fns.values():
                 fn(0)
@@ -421,6 +439,11 @@ def run(opts: Options) -> Result:
                     f"{shape.name}: ours p50 / {SAME} p50 (reference, no target): "
                     f"{x(p50['ours'] / p50[SAME])} ({x(min(same))}-{x(max(same))})"
                 )
+                res.notes.append(
+                    f"{shape.name}: {OURS_NOOP} p50 / {SAME} p50 (our framework around "
+                    f"a task): {x(p50[OURS_NOOP] / p50[SAME])}; ours - {OURS_NOOP} "
+                    f"(the step itself): {p50['ours'] - p50[OURS_NOOP]:.2f} ms"
+                )
                 res.figures[shape.name] = {
                     "p50_ms": p50,
                     "p99_ms": p99,
@@ -429,6 +452,8 @@ def run(opts: Options) -> Result:
                     "ratio_p50": r,
                     "ratio_p50_blocks": blocks,
                     "ratio_p50_same_settings": p50["ours"] / p50[SAME],
+                    "ratio_p50_ours_noop_vs_same_settings": p50[OURS_NOOP] / p50[SAME],
+                    "step_ms": p50["ours"] - p50[OURS_NOOP],
                 }
                 rows += [
                     (
