@@ -30,6 +30,7 @@ Registered as `orchsqla`: broker URL `orchsqla+sqlite:///PATH`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import errno
@@ -115,6 +116,9 @@ class _Waker:
             with contextlib.suppress(OSError):
                 os.unlink(hidden)
             raise
+        self._owner = os.getpid()
+        # Celery's warm shutdown does not always close the broker connection.
+        atexit.register(self.close)
 
     def wait(self, timeout: float) -> bool:
         ready, _, _ = select.select([self.fd], [], [], timeout)
@@ -125,10 +129,16 @@ class _Waker:
         return bool(ready)
 
     def close(self) -> None:
+        """Remove the FIFO (only the process that made it: a forked child
+        holds a copy of the descriptor, not the consumer)."""
+        if os.getpid() != self._owner or self.fd < 0:
+            return
+        atexit.unregister(self.close)
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         with contextlib.suppress(OSError):
             os.close(self.fd)
+        self.fd = -1
 
 
 def _stopping() -> bool:

@@ -83,3 +83,24 @@ def test_a_message_reaches_its_consumer_while_others_wait_on_the_same_broker(
     for t in threads:
         t.join(60)
     assert got == {f"q{i}": [{"to": i}] for i in range(3)}
+
+
+def test_a_consumer_that_exits_without_closing_removes_its_fifo(tmp_path: Path) -> None:
+    """Celery's warm shutdown does not always close the broker connection:
+    the FIFO goes at the process's exit (and not when a forked child exits)."""
+    import subprocess
+    import sys
+
+    folder = _folder(tmp_path)
+    code = (
+        "import os, sys; from tasks import broker\n"
+        "w = broker._Waker(sys.argv[1])\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    sys.exit(0)  # a child's exit leaves the consumer's FIFO\n"
+        "os.waitpid(pid, 0)\n"
+        "assert os.listdir(sys.argv[1]) == [os.path.basename(w.path)]\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", code, folder], check=True, timeout=60, cwd=root)
+    assert os.listdir(folder) == []
