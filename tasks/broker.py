@@ -64,6 +64,9 @@ def wake_path(url: str) -> str | None:
     return f"{db}.wake.d" if db and db != ":memory:" else None
 
 
+_WAKE_OPEN = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+
+
 def wake(path: str | None) -> None:
     """Tell every consumer waiting in the folder `path` that there may be work
     (never blocks; nobody waiting, or a FIFO already full of wake-ups, is
@@ -80,14 +83,15 @@ def wake(path: str | None) -> None:
             if entry.name.startswith("."):
                 continue  # a consumer's FIFO before it holds it open (`_Waker`)
             try:
-                fd = os.open(entry.path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                fd = os.open(entry.path, _WAKE_OPEN)
             except OSError as exc:
                 if exc.errno == errno.ENXIO:  # no reader: its consumer is gone
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
-                continue
+                continue  # ELOOP: a symlink, never followed
             try:
-                os.write(fd, b"\0")
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):  # nothing else is written to
+                    os.write(fd, b"\0")
             except OSError:  # EAGAIN: full, so that consumer wakes anyway
                 pass
             finally:

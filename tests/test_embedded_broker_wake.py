@@ -104,3 +104,17 @@ def test_a_consumer_that_exits_without_closing_removes_its_fifo(tmp_path: Path) 
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code, folder], check=True, timeout=60, cwd=root)
     assert os.listdir(folder) == []
+
+
+def test_a_wake_up_writes_to_fifos_only(tmp_path: Path) -> None:
+    """Whatever else lands in the wake folder (a file, a symlink to one) is
+    neither written to nor followed."""
+    folder = _folder(tmp_path)
+    os.makedirs(folder)
+    target = tmp_path / "precious.txt"
+    target.write_bytes(b"keep me")
+    (Path(folder) / "file").write_bytes(b"keep me too")
+    os.symlink(target, os.path.join(folder, "link"))
+    broker.wake(folder)
+    assert target.read_bytes() == b"keep me"
+    assert (Path(folder) / "file").read_bytes() == b"keep me too"
