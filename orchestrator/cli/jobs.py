@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -77,7 +79,7 @@ def run(
 ) -> None:
     """Submit a job, start a worker if none runs, show live progress, then the
     summary and one unified diff per target."""
-    st, job_id, _, _ = _submit_and_follow(
+    with _submit_and_follow(
         spec,
         base_dir,
         policy,
@@ -86,11 +88,12 @@ def run(
         quiet=json,
         timeout=timeout,
         keep_worker=keep_worker,
-    )
-    finish(st, job_id, out_dir, json)
+    ) as (st, job_id, _, _):
+        finish(st, job_id, out_dir, json)
     raise typer.Exit(job_exit(st, job_id))
 
 
+@contextlib.contextmanager
 def _submit_and_follow(
     spec: Path,
     base_dir: Path | None,
@@ -101,13 +104,16 @@ def _submit_and_follow(
     quiet: bool = False,
     timeout: float | None = None,
     keep_worker: bool = False,
-) -> tuple[Any, str, list[Any], Any]:
+) -> Iterator[tuple[Any, str, list[Any], Any]]:
     """Submit the job, with a worker started (if none runs) as soon as the
     store is ready, so that its boot (about 2 s) overlaps the recording and
     enqueueing; show the job's live progress until it ends, and stop a worker
-    started here (unless kept). The store, the job id, its tickets and its
-    final view."""
+    started here (unless kept). Yields the store, the job id, its tickets and
+    its final view. A worker started here begins its warm shutdown as soon as
+    the job has ended, so the 2 s it takes (billiard's threads wake once a
+    second) overlap what the caller prints; it is waited for on leaving."""
     started: list[Any] = []  # the worker process started here, or None
+    stopping = False
 
     def start() -> None:
         started.append(current().ensure_worker(err))
@@ -127,10 +133,13 @@ def _submit_and_follow(
             worker=started[0],
             timeout=timeout,
         )
+        if started[0] is not None and not keep_worker:
+            workers.request_stop(started[0])
+            stopping = True
+        yield st, job_id, tickets, view
     finally:
         if started and started[0] is not None and not keep_worker:
-            workers.stop_worker(started[0])
-    return st, job_id, tickets, view
+            workers.stop_worker(started[0], requested=stopping)
 
 
 def status(
@@ -213,14 +222,14 @@ def demo(
     spec = Path(str(resources.files("orchestrator") / "examples" / f"{example}.yaml"))
     if not spec.exists():
         fail(f"no bundled example {example!r}; see orchestrator/examples/", 2)
-    st, job_id, tickets, view = _submit_and_follow(spec, directory)
-    finish(st, job_id, directory / "patches", False)
-    first = tickets[0].session_id
-    out.rule(f"orchestrator audit replay {first}")
-    render.replay(out, _history.history(st, first))
-    report = _audit.verify_store(st)
-    out.rule("orchestrator audit verify")
-    render.verify(out, report)
+    with _submit_and_follow(spec, directory) as (st, job_id, tickets, view):
+        finish(st, job_id, directory / "patches", False)
+        first = tickets[0].session_id
+        out.rule(f"orchestrator audit replay {first}")
+        render.replay(out, _history.history(st, first))
+        report = _audit.verify_store(st)
+        out.rule("orchestrator audit verify")
+        render.verify(out, report)
     raise typer.Exit(0 if view.job.outcome == "completed" and report.ok else 1)
 
 

@@ -109,11 +109,23 @@ def server_worker_running(ping: Callable[[], list[object]]) -> bool:
         return False
 
 
-def stop_worker(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    """Warm shutdown (finish current tasks), then kill if it will not stop."""
+def request_stop(proc: subprocess.Popen[bytes]) -> None:
+    """Begin the worker's warm shutdown (it finishes its current tasks)
+    without waiting for it: `stop_worker` waits."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+
+
+def stop_worker(
+    proc: subprocess.Popen[bytes], timeout_s: float = 30.0, *, requested: bool = False
+) -> None:
+    """Warm shutdown (finish current tasks), then kill if it will not stop.
+    `requested`: `request_stop` began it already (Celery would run its
+    shutdown handlers again on a second SIGTERM)."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    if not requested:
+        request_stop(proc)
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
