@@ -123,14 +123,10 @@ def chat(
         ticket = _start(
             s, st, runner, key, workspace, spec, docs, tier or s.tier, allow_destructive
         )
-    proc = root.ensure_worker(err)
-    _line_editing()
-    try:
-        backend = _backend(s, root.dispatcher, proc)
+    with workers.StartedWorker(root.ensure_worker(err), keep=keep_worker) as worker:
+        _line_editing()
+        backend = _backend(s, root.dispatcher, worker.proc)
         code = _repl(s, st, runner, backend, ticket, key).run(resumed=session is not None)
-    finally:
-        if proc is not None and not keep_worker:
-            workers.stop_worker(proc)
     raise typer.Exit(code)
 
 

@@ -212,8 +212,7 @@ def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
         )
         return
     view = _watch.final_view(st, w.job_id)
-    proc = current().ensure_worker(err)
-    try:
+    with workers.StartedWorker(current().ensure_worker(err)) as worker:
         render.follow(
             st,
             w.job_id,
@@ -222,13 +221,11 @@ def _answer(ident: str, grant: bool, reason: str, wait: bool) -> None:
             {r.session_id: r.target for r in view.job.sessions},
             quiet=False,
             console=err,
-            worker=proc,
+            worker=worker.proc,
             timeout=None,
         )
-    finally:
-        if proc is not None:
-            workers.stop_worker(proc)
-    finish(st, w.job_id, None, False)
+        worker.wind_down()
+        finish(st, w.job_id, None, False)
     raise typer.Exit(job_exit(st, w.job_id))
 
 

@@ -154,8 +154,7 @@ def _run(
         tier=s.tier,  # type: ignore[arg-type]
     )
     ticket = tickets[0]
-    proc = root.ensure_worker(err)
-    try:
+    with workers.StartedWorker(root.ensure_worker(err), keep=keep_worker) as worker:
         for _ in range(MAX_AUTO_DENIALS + 1):
             view = render.follow(
                 st,
@@ -165,17 +164,15 @@ def _run(
                 {ticket.session_id: str(target)},
                 quiet=quiet,
                 console=err,
-                worker=proc,
+                worker=worker.proc,
                 timeout=timeout,
             )
             if view.done or not _deny_waiting(st, s, ticket.session_id):
                 break
-    finally:
-        if proc is not None and not keep_worker:
-            workers.stop_worker(proc)
-    return dg.report(
-        _history.history(st, ticket.session_id), job_id=job_id, target=str(target), mode=mode
-    )
+        worker.wind_down()
+        return dg.report(
+            _history.history(st, ticket.session_id), job_id=job_id, target=str(target), mode=mode
+        )
 
 
 def _deny_waiting(st: Any, s: Settings, session_id: str) -> bool:

@@ -109,16 +109,14 @@ def _submit_and_follow(
     store is ready, so that its boot (about 2 s) overlaps the recording and
     enqueueing; show the job's live progress until it ends, and stop a worker
     started here (unless kept). Yields the store, the job id, its tickets and
-    its final view. A worker started here begins its warm shutdown as soon as
-    the job has ended, so the 2 s it takes (billiard's threads wake once a
-    second) overlap what the caller prints; it is waited for on leaving."""
-    started: list[Any] = []  # the worker process started here, or None
-    stopping = False
+    its final view; a worker started here winds down while the caller prints
+    (`workers.StartedWorker`) and is waited for on leaving."""
+    worker = workers.StartedWorker(keep=keep_worker)
 
     def start() -> None:
-        started.append(current().ensure_worker(err))
+        worker.proc = current().ensure_worker(err)
 
-    try:
+    with worker:
         st, job_id, job_spec, tickets = submit_job(
             spec, base_dir, policy, tier, allow_destructive, store_ready=start
         )
@@ -130,16 +128,11 @@ def _submit_and_follow(
             {t.session_id: t.target for t in tickets},
             quiet=quiet,
             console=err,
-            worker=started[0],
+            worker=worker.proc,
             timeout=timeout,
         )
-        if started[0] is not None and not keep_worker:
-            workers.request_stop(started[0])
-            stopping = True
+        worker.wind_down()
         yield st, job_id, tickets, view
-    finally:
-        if started and started[0] is not None and not keep_worker:
-            workers.stop_worker(started[0], requested=stopping)
 
 
 def status(
