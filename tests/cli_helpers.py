@@ -61,3 +61,17 @@ def state_store(env: dict[str, str]) -> Any:
     state = Path(env["ORCH_STATE_DIR"])
     url = f"sqlite:///{state / 'events.sqlite'}"
     return open_store(url, filters=[Sealer(SqlKeyRing(url, kek.load(state / kek.DEFAULT_NAME)))])
+
+
+def with_env(needle: str) -> list[int]:
+    """Live processes whose environment holds `needle` (VAR=value)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    if needle.encode() + b"\0" in f.read() + b"\0":
+                        found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

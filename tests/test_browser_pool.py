@@ -26,6 +26,7 @@ from orchestrator.tools.web.browser_pool import (
     reap_orphans,
 )
 from tests.browser_helpers import html, serve
+from tests.cli_helpers import with_env
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/usr/bin/chromium"), reason="needs the system Chromium"
@@ -42,20 +43,6 @@ def until(cond: Callable[[], Any], timeout_s: float, what: str) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def with_env(needle: str) -> list[int]:
-    """Live processes whose environment holds `needle` (VAR=value)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    if needle.encode() + b"\0" in f.read() + b"\0":
-                        found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 async def _title(lease: Any) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import cli, shape_env
+from tests.cli_helpers import cli, shape_env, with_env
 
 pytestmark = pytest.mark.slow
 
@@ -46,22 +46,7 @@ def test_run_ends_with_its_counts_and_keeps_table_rows_whole_in_a_pipe(tmp_path,
     assert not [line for line in result.stderr.splitlines() if line.lstrip().startswith("{")]
     # The worker run started (its warm shutdown begun before the summary
     # was printed) has exited by the time run returns.
-    assert _processes_with(f"ORCH_STATE_DIR={env['ORCH_STATE_DIR']}") == []
-
-
-def _processes_with(setting: str) -> list[int]:
-    """The processes whose environment holds `setting` exactly."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            environ = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue  # gone, or not ours to read
-        if setting.encode() in environ:
-            found.append(int(proc.name))
-    return found
+    assert with_env(f"ORCH_STATE_DIR={env['ORCH_STATE_DIR']}") == []
 
 
 def test_run_json_holds_only_json_with_its_counts_while_spans_go_to_stderr(tmp_path, job) -> None:
