@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
 from kombu import Connection, Queue
 
 from tasks import broker
@@ -118,3 +119,23 @@ def test_a_wake_up_writes_to_fifos_only(tmp_path: Path) -> None:
     broker.wake(folder)
     assert target.read_bytes() == b"keep me"
     assert (Path(folder) / "file").read_bytes() == b"keep me too"
+
+
+@pytest.mark.parametrize("consumers", [1, 3, 8])
+def test_every_consumer_finds_each_wake_up_whenever_it_next_waits(
+    tmp_path: Path, consumers: int
+) -> None:
+    """Any number of consumers, each waiting at its own moment after a series
+    of wake-ups: each finds one (however many came), then none."""
+    folder = _folder(tmp_path)
+    wakers = [broker._Waker(folder) for _ in range(consumers)]
+    try:
+        for _ in range(5):
+            broker.wake(folder)
+        for waker in reversed(wakers):  # the last made is the first to look
+            assert waker.wait(5)
+            assert not waker.wait(0)
+    finally:
+        for waker in wakers:
+            waker.close()
+    assert os.listdir(folder) == []
