@@ -24,6 +24,13 @@
   handlers, task-events consumer), alternating with our steps: ours minus
   this is what the step itself costs; this minus the bare peers is what our
   framework around a task costs.
+- bare Celery + a durable commit (reference, no target): the bare peer's
+  worker running a task that stores what a step records (its six events'
+  worth of rows, of their mean size) in one statement, with our durability
+  (SQLite WAL + synchronous=FULL in a file beside the store; PostgreSQL's
+  default synchronous_commit=on, in the store's database): the least any
+  durable step costs, so "it / bare Celery" is how much of the target the
+  durable record alone takes on this machine, and "ours / it" is the rest.
 
 All workers use the same pool (prefork with one child: the production pool,
 its pipe to the child included) and run side by side; the contenders
@@ -41,6 +48,7 @@ directly, no Celery) and its parts, to show where a worker's time goes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -104,11 +112,48 @@ def bare_app(queue: str, **conf: object) -> Celery:
         **conf,
     )
     app.task(name="bench.noop")(noop_body)
+    app.task(name="bench.commit")(commit_body)
     return app
 
 
 def noop_body() -> None:
     return None
+
+
+# A step records six events (TurnStarted ... TurnCompleted) of about 615
+# bytes each (measured on this bench's store).
+COMMIT_ROWS, COMMIT_BODY = 6, b"x" * 615
+
+
+@functools.cache
+def _commit_db() -> tuple[Any, str]:
+    """This process's connection to BENCH_COMMIT_URL (opened on first use, in
+    the pool child) and the one INSERT a commit runs."""
+    url = os.environ["BENCH_COMMIT_URL"]
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn: Any = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit (id INTEGER PRIMARY KEY, body BLOB)")
+        mark = "?"
+    else:
+        import psycopg
+
+        conn = psycopg.connect(url, autocommit=True)
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_commit (id bigserial PRIMARY KEY, body bytea)"
+        )
+        mark = "%s"
+    return conn, "INSERT INTO bench_commit (body) VALUES " + ", ".join([f"({mark})"] * COMMIT_ROWS)
+
+
+def commit_body() -> None:
+    """One durable commit of a step's worth of rows: one statement, its own
+    transaction (as our append is)."""
+    conn, sql = _commit_db()
+    conn.execute(sql, (COMMIT_BODY,) * COMMIT_ROWS)
 
 
 # The target's peer: Celery's defaults (no task events, early acks, prefetch 4).
@@ -120,6 +165,7 @@ bare_same = bare_app(QUEUE_SAME, **tasks.conf.CELERY_SETTINGS)
 BARE = "bare Celery"
 SAME = "bare Celery, our Celery settings"
 OURS_NOOP = "ours, no-op task"
+COMMIT = "bare Celery + a durable commit"
 
 
 # -- worker processes ------------------------------------------------------------
@@ -218,7 +264,19 @@ class Shape:
         )
 
     def bare_env(self) -> dict[str, str]:
-        return clean_env(BENCH_BARE_BROKER=self.broker, BENCH_BARE_BACKEND=self.backend)
+        return clean_env(
+            BENCH_BARE_BROKER=self.broker,
+            BENCH_BARE_BACKEND=self.backend,
+            BENCH_COMMIT_URL=self.commit_url,
+        )
+
+    @property
+    def commit_url(self) -> str:
+        """Where the durable-commit peer writes: a file beside the SQLite store,
+        or the PostgreSQL store's own database (a table of its own)."""
+        if self.store_url.startswith("sqlite"):
+            return f"sqlite:///{self.dir / 'bare-commit.sqlite'}"
+        return self.store_url
 
 
 def _workspace(d: Path) -> Path:
@@ -326,6 +384,13 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
 
         return one
 
+    def commit(_: int) -> float:
+        t = now()
+        clients[QUEUE_BARE].send_task("bench.commit", queue=QUEUE_BARE).get(
+            timeout=60, interval=poll
+        )
+        return now() - t
+
     with (
         celery_worker("bench.dispatch_worker", "orchestrator", shape.ours_env(), log, pool=pool),
         celery_worker("bench.dispatch:bare", QUEUE_BARE, shape.bare_env(), log, pool=pool),
@@ -336,6 +401,7 @@ def bench_shape(shape: Shape, n: int, warm: int, pool: str) -> dict[str, list[fl
             BARE: peer(QUEUE_BARE),
             SAME: peer(QUEUE_SAME),
             OURS_NOOP: ours_noop,
+            COMMIT: commit,
         }
         for _ in range(warm):
             for fn in fns.values():
@@ -444,6 +510,12 @@ def run(opts: Options) -> Result:
                     f"a task): {x(p50[OURS_NOOP] / p50[SAME])}; ours - {OURS_NOOP} "
                     f"(the step itself): {p50['ours'] - p50[OURS_NOOP]:.2f} ms"
                 )
+                res.notes.append(
+                    f"{shape.name}: {COMMIT} p50 / {BARE} p50 (the durable record alone, "
+                    f"{COMMIT_ROWS} rows of {len(COMMIT_BODY)} bytes): "
+                    f"{x(p50[COMMIT] / p50[BARE])}, {p50[COMMIT] - p50[BARE]:.2f} ms; "
+                    f"ours / {COMMIT}: {x(p50['ours'] / p50[COMMIT])}"
+                )
                 res.figures[shape.name] = {
                     "p50_ms": p50,
                     "p99_ms": p99,
@@ -454,6 +526,8 @@ def run(opts: Options) -> Result:
                     "ratio_p50_same_settings": p50["ours"] / p50[SAME],
                     "ratio_p50_ours_noop_vs_same_settings": p50[OURS_NOOP] / p50[SAME],
                     "step_ms": p50["ours"] - p50[OURS_NOOP],
+                    "ratio_p50_commit_vs_bare": p50[COMMIT] / p50[BARE],
+                    "commit_ms": p50[COMMIT] - p50[BARE],
                 }
                 rows += [
                     (
