@@ -83,6 +83,11 @@ STEPS_PER_SESSION = 8
 QUEUE_BARE = "bench-bare"
 TARGET_RATIO = 1.4
 BLOCK = 50  # round trips per contender in each block of the ratio's spread
+DURABILITY = (
+    "event store and the durable-commit peer: SQLite WAL + synchronous=FULL (every commit "
+    "fsynced), PostgreSQL synchronous_commit=on (the server default); Celery's messages and "
+    "results as each broker and backend keeps them"
+)
 
 # -- the bare peer: a stock Celery app and its no-op task ----------------------
 # The worker imports this module (`celery -A bench.dispatch:bare`); its broker
@@ -555,7 +560,7 @@ def run(opts: Options) -> Result:
             pg_drop("orch_bench_dispatch")
     show(
         f"[dispatch] round trip, send to result ({n} per contender after {warm} warm-up, "
-        f"{pool} pool with 1 child, interleaved)",
+        f"{pool} pool with 1 child, interleaved); durability: {DURABILITY}",
         ("configuration: contender", "p50 ms", "p99 ms", "p50 / bare", "p50 / same settings"),
         rows,
     )
@@ -564,6 +569,7 @@ def run(opts: Options) -> Result:
         ("configuration: part", "p50 ms", "p99 ms"),
         parts,
     )
+    res.figures["durability"] = DURABILITY
     res.figures["in_process_ms"] = {name: {"p50": a, "p99": b} for name, a, b in parts}
     res.print_targets()
     return res
