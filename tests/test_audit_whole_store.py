@@ -5,6 +5,8 @@ replay folds: in one process and split over processes by ranges of streams."""
 from __future__ import annotations
 
 import gc
+import os
+import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -150,21 +152,32 @@ def _fill(store) -> list[str]:
     return streams
 
 
-def _split_over_processes(url: str):
+def _split_over_processes(url: str, tmp: str):
     """The two-process audits, run in a spawned interpreter: no thread another
     test left in this one, so `whole_store` really forks (it refuses to fork a
-    process running threads)."""
+    process running threads). Temporary files go to `tmp`, and what is left
+    there after both is returned too. Half the projections are read here
+    (from the file the other process wrote), half stay undecoded when `two`
+    is pickled back."""
+    tempfile.tempdir = tmp
     store = SqlEventStore(url)
     try:
         threads = threading.active_count()
         two = whole_store(store.engine, store.url, processes=2, min_events=0)
         verify_only = whole_store(store.engine, store.url, fold=False, processes=2, min_events=0)
-        return threads, two, verify_only
+        for sid in list(two.projections)[::2]:
+            two.projections[sid]
+        return threads, two, verify_only, os.listdir(tmp)
     finally:
         store.close()
 
 
-def test_a_store_split_over_processes_audits_as_one_pass(own_store):
+def _empty(d):
+    d.mkdir()
+    return d
+
+
+def test_a_store_split_over_processes_audits_as_one_pass(own_store, tmp_path):
     store = own_store
     streams = _fill(store)
     _tamper(store, streams[2], 4, b'{"forged": true}')
@@ -173,8 +186,11 @@ def test_a_store_split_over_processes_audits_as_one_pass(own_store):
     assert len(parts) == 2
     one = whole_store(store.engine, store.url, processes=1)
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        threads, two, verify_only = pool.submit(_split_over_processes, store.url).result()
+        threads, two, verify_only, left = pool.submit(
+            _split_over_processes, store.url, str(_empty(tmp_path / "tmp"))
+        ).result()
     assert threads == 1  # so the split really forked
+    assert left == []  # the other process's projections came in a file, now gone
     expected = verify_rows(store.rows())
     assert one.report == two.report == expected
     assert [(p.kind, p.stream_id) for p in expected.problems] == [
@@ -343,7 +359,7 @@ def _insert(store, rows: list[tuple]) -> None:
         )
 
 
-def test_a_mixed_log_is_audited_exactly_as_verify_then_replay_would(own_store):
+def test_a_mixed_log_is_audited_exactly_as_verify_then_replay_would(own_store, tmp_path):
     """Old versions are upcast and folded; an unknown type, a payload that does
     not fit its model and an altered byte are each reported at their row, in
     row order; only the sound streams have projections, equal to replay's."""
@@ -371,8 +387,10 @@ def test_a_mixed_log_is_audited_exactly_as_verify_then_replay_would(own_store):
         assert a.projections["m0"].session.calls[0].status in ("completed", "failed")
     one = whole_store(store.engine, store.url, processes=1)
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        threads, two, verify_only = pool.submit(_split_over_processes, store.url).result()
-    assert threads == 1
+        threads, two, verify_only, left = pool.submit(
+            _split_over_processes, store.url, str(_empty(tmp_path / "tmp"))
+        ).result()
+    assert threads == 1 and left == []
     assert one.report == two.report == a.report
     assert dict(one.projections) == dict(two.projections) == a.projections
     assert verify_only.report == expected
