@@ -129,8 +129,11 @@ class IgnoreRules:
         self.hidden = hidden
         self.no_ignore = no_ignore
         # rg looks for a repository above the search root even when it reads
-        # no ignore file there (`--no-ignore-parent`).
-        self._git_above = not no_ignore and any((p / ".git").exists() for p in root.parents)
+        # no ignore file there (`--no-ignore-parent`). Plain strings here and
+        # in `enter`: every step that walks a workspace runs them, and
+        # pathlib's objects cost more than the system calls.
+        self._base = str(root).rstrip("/")  # "" for the file system's root
+        self._git_above = not no_ignore and _git_in_parents(str(root))
 
     def top(self, rel: str = "") -> Level:
         """The level of directory `rel` ("" or "a/b/"), its ancestors read first."""
@@ -142,15 +145,15 @@ class IgnoreRules:
 
     def enter(self, parent: Level | None, rel: str) -> Level:
         """The level of directory `rel` below `parent`: reads its ignore files."""
-        here = self.root / rel if rel else self.root
         if self.no_ignore:
             return Level(rel, parent, (None, None, None, None), False, False)
-        has_git = os.path.exists(here / ".git")
+        here = f"{self._base}/{rel}" if rel else f"{self._base}/"
+        has_git = os.path.exists(here + ".git")
         files = (
-            _read(here / ".rgignore", rel),
-            _read(here / ".ignore", rel),
-            _read(here / ".gitignore", rel),
-            _read(_git_dir(here) / "info" / "exclude", rel) if has_git else None,
+            _read(here + ".rgignore", rel),
+            _read(here + ".ignore", rel),
+            _read(here + ".gitignore", rel),
+            _read(_git_dir(Path(here)) / "info" / "exclude", rel) if has_git else None,
         )
         any_git = has_git or self._git_above or (parent is not None and parent.any_git)
         return Level(rel, parent, files, has_git, any_git)
@@ -181,7 +184,17 @@ def _decide(level: Level, rel: str, is_dir: bool) -> bool | None:
     return next((v for v in found if v is not None), None)
 
 
-def _read(path: Path, base: str) -> _File | None:
+def _git_in_parents(path: str) -> bool:
+    """Whether a folder above `path` (absolute) holds a `.git`."""
+    parent = os.path.dirname(path)
+    while parent != path:
+        if os.path.exists(os.path.join(parent, ".git")):
+            return True
+        path, parent = parent, os.path.dirname(parent)
+    return False
+
+
+def _read(path: Path | str, base: str) -> _File | None:
     """An ignore file's rules; None when absent, not a regular file, or unreadable."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -58,6 +58,7 @@ def iter_files(
     listed or followed. Files for which `hidden(rel)` is true (the policy's
     denied paths) are left out."""
     root = workspace.resolve()
+    base = str(root).rstrip("/") + "/"  # folders as strings: cheaper than Paths here
     match = glob_matcher(tuple(globs))
     rules = IgnoreRules(root, hidden=show_hidden, no_ignore=no_ignore)
     start = "" if under in ("", ".") else under.strip("/") + "/"
@@ -66,7 +67,7 @@ def iter_files(
     while stack:
         level = stack.pop()
         try:
-            entries = list(os.scandir(root / level.rel if level.rel else root))
+            entries = list(os.scandir(base + level.rel))
         except (NotADirectoryError, FileNotFoundError, PermissionError):
             continue
         for entry in entries:

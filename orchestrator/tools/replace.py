@@ -55,12 +55,11 @@ def plan_replace(
         if step.literal and not step.ignore_case
         else required_literal(rx)
     )
-    root = workspace.resolve()
     edits: list[FileEdit] = []
     total = 0
-    with Jail(root) as jail:
+    with Jail(workspace) as jail:  # jail.root: the workspace resolved
         walk = iter_files(
-            root, step.glob, hidden, show_hidden=step.hidden, no_ignore=step.no_ignore
+            jail.root, step.glob, hidden, show_hidden=step.hidden, no_ignore=step.no_ignore
         )
         for rel in walk:
             if time.monotonic() > deadline:
