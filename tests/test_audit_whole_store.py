@@ -172,6 +172,31 @@ def _split_over_processes(url: str, tmp: str):
         store.close()
 
 
+def _split_without_a_temporary_folder(url: str):
+    """A two-process audit where no temporary folder can be made (a missing
+    `TMPDIR`; a full disk fails the same way): the projections come back
+    through the pool's pipe."""
+    tempfile.tempdir = "/nonexistent/orchestrator-test-tmp"
+    store = SqlEventStore(url)
+    try:
+        return threading.active_count(), whole_store(
+            store.engine, store.url, processes=2, min_events=0
+        )
+    finally:
+        store.close()
+
+
+def test_an_audit_without_a_temporary_folder_is_slower_not_lost(own_store):
+    store = own_store
+    _fill(store)
+    one = whole_store(store.engine, store.url, processes=1)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        threads, two = pool.submit(_split_without_a_temporary_folder, store.url).result()
+    assert threads == 1
+    assert two.report == one.report and two.report.ok
+    assert dict(two.projections) == dict(one.projections)
+
+
 def _empty(d):
     d.mkdir()
     return d
