@@ -125,7 +125,6 @@ class IgnoreRules:
     `--hidden` and `--no-ignore`."""
 
     def __init__(self, root: Path, *, hidden: bool = False, no_ignore: bool = False) -> None:
-        self.root = root
         self.hidden = hidden
         self.no_ignore = no_ignore
         # rg looks for a repository above the search root even when it reads
