@@ -98,7 +98,12 @@ def judged_paths(
     call: Call, planned: Plan | None, plan_error: ToolError | None
 ) -> tuple[list[tuple[str, str]], list[PathFact]]:
     """`touched` and `facts` of the call, read through one jail of its
-    workspace (each opened its own: the root resolved and opened twice more)."""
+    workspace (each opened its own: the root resolved and opened twice more),
+    or none for a call that names no path (a replace or search that plans no
+    edit): nothing there to walk."""
+    reads, writes = call.tool.paths(call.step, planned)
+    if not reads and not writes and _cwd(call) is None:
+        return [], facts(call, planned, plan_error)
     with Jail(call.workspace) as jail:
         return touched(call.tool, jail, call.step, planned), facts(call, planned, plan_error, jail)
 
@@ -116,6 +121,12 @@ def touched(
     )
 
 
+def _cwd(call: Call) -> str | None:
+    """The folder a shell step runs in, which policy judges as a path."""
+    cwd = getattr(call.step, "cwd", None)
+    return cwd if call.kind == "shell" and isinstance(cwd, str) else None
+
+
 def facts(
     call: Call, planned: Plan | None, plan_error: ToolError | None, jail: Jail | None = None
 ) -> list[PathFact]:
@@ -125,10 +136,10 @@ def facts(
     `../x`) is one such fact too."""
     reads, writes = call.tool.paths(call.step, planned)
     pairs = [("read", r) for r in reads] + [("write", w) for w in writes]
-    cwd = getattr(call.step, "cwd", None)
-    if call.kind == "shell" and isinstance(cwd, str):
+    cwd = _cwd(call)
+    if cwd is not None:
         pairs.append(("cwd", cwd))
-    found = path_facts(jail or call.workspace, pairs)
+    found = path_facts(jail or call.workspace, pairs) if pairs else []
     if isinstance(plan_error, PathRefused):
         found.append(plan_error.fact("write"))
     return found

@@ -50,17 +50,17 @@ def iter_files(
     show_hidden: bool = False,
     no_ignore: bool = False,
 ) -> list[str]:
-    """Sorted relative POSIX paths of the regular files under `workspace` (or
-    its folder `under`, paths then relative to it) that match `globs`: the
+    """Sorted relative POSIX paths of the regular files under `workspace` (the
+    workspace resolved, as `Jail.root` holds it: every caller has one open;
+    or its folder `under`, paths then relative to it) that match `globs`: the
     files `rg --files` lists there (orchestrator.tools.ignore says which:
     ignore files and hidden names apply unless `show_hidden` / `no_ignore`).
     `.git` is never entered and, as rg without `--follow`, no symlink is
     listed or followed. Files for which `hidden(rel)` is true (the policy's
     denied paths) are left out."""
-    root = workspace.resolve()
-    base = str(root).rstrip("/") + "/"  # folders as strings: cheaper than Paths here
+    base = str(workspace).rstrip("/") + "/"  # folders as strings: cheaper than Paths here
     match = glob_matcher(tuple(globs))
-    rules = IgnoreRules(root, hidden=show_hidden, no_ignore=no_ignore)
+    rules = IgnoreRules(workspace, hidden=show_hidden, no_ignore=no_ignore)
     start = "" if under in ("", ".") else under.strip("/") + "/"
     found: list[str] = []
     stack = [rules.top(start)]
