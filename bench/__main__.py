@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import CACHE, Options, banner, show
+from bench.common import CACHE, Options, banner, idle_setup, show
 
 BENCHES = (
     "append",
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{started:%Y-%m-%d %H:%M} UTC",
         flush=True,
     )
+    idle = idle_setup()
+    if idle:
+        print("idle vCPUs: " + ", ".join(f"{k} {v}" for k, v in idle.items()), flush=True)
     results = {}
     for name in chosen:
         banner(f"bench: {name}")
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 "node": platform.node(),
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
+                "idle": idle,
             },
             "benches": {n: r.to_json() for n, r in results.items()},
         }

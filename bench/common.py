@@ -45,6 +45,21 @@ def now() -> float:
     return time.perf_counter()
 
 
+def idle_setup() -> dict[str, str]:
+    """How this machine's idle vCPUs wait, which moves every latency here:
+    code that runs right after a process waited runs slower, and more so the
+    longer the wait, when an idle vCPU halts at once (docs/performance.md,
+    "Virtual machines"). Read from sysfs; empty where it says nothing."""
+    found = {}
+    for name, path in (
+        ("cpuidle driver", "/sys/devices/system/cpu/cpuidle/current_driver"),
+        ("guest_halt_poll_ns", "/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+    ):
+        with contextlib.suppress(OSError):
+            found[name] = Path(path).read_text().strip()
+    return found
+
+
 def pct(samples: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by nearest rank on sorted samples."""
     s = sorted(samples)

@@ -42,7 +42,11 @@ commit fsynced) and on PostgreSQL; and, for reference, the embedded default
 (our `orchsqla` SQLite broker, SQLite results, SQLite store).
 
 "in-process" rows time the step body alone (`Runner.run_step` called
-directly, no Celery) and its parts, to show where a worker's time goes.
+directly, no Celery) and its parts, to show where a worker's time goes; one
+of them runs each step right after a 4 ms sleep, as a pool child runs its
+task after waiting for it, because on a VM whose idle vCPUs halt at once the
+same step then costs up to twice its CPU (the header prints the machine's
+idle setup).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -431,8 +436,18 @@ def block_ratios(ours: list[float], bare: list[float]) -> list[float]:
     ]
 
 
+# About what a pool child waits between two round trips here: the rest of
+# the round trip (client, broker, worker's main process, result).
+WAIT_S = 0.004
+AFTER_WAIT = f"run_step right after a {WAIT_S * 1e3:g} ms wait"
+
+
 def in_process(store_url: str, ws: Path, n: int) -> dict[str, list[float]]:
-    """The worker's step body without Celery, and its parts."""
+    """The worker's step body without Celery, and its parts. Every other step
+    runs right after a sleep of WAIT_S, as a pool child's does after waiting
+    for its next task: on a VM whose idle vCPUs halt at once, the same code
+    runs slower after a wait (docs/performance.md), which the loop's own
+    figure hides and every round trip pays."""
     from events.replay import load
     from orchestrator.run.runner import Runner, Ticket
     from orchestrator.run.steps import ReplaceStep
@@ -440,15 +455,23 @@ def in_process(store_url: str, ws: Path, n: int) -> dict[str, list[float]]:
     sessions = Sessions(store_url, ws)
     runner = Runner(sessions.store, "worker:bench:inproc")
     step = ReplaceStep.model_validate(_step())
-    out: dict[str, list[float]] = {"run_step": [], "load (full replay)": []}
-    for _ in range(n):
+    out: dict[str, list[float]] = {"run_step": [], AFTER_WAIT: [], "load (full replay)": []}
+    seen: list[str] = []
+    for i in range(n):
         ticket, index = sessions.next()
         t = Ticket.model_validate(ticket)
+        seen.append(t.session_id)
+        waited = i % 2 == 1
+        if waited:
+            time.sleep(WAIT_S)
         s = now()
         runner.run_step(t, index, step, last=False)
-        out["run_step"].append(now() - s)
+        out[AFTER_WAIT if waited else "run_step"].append(now() - s)
+    # Apart from the steps: a replay between two steps would leave the second
+    # as cold as a wait does.
+    for sid in seen:
         s = now()
-        load(sessions.store, t.session_id)
+        load(sessions.store, sid)
         out["load (full replay)"].append(now() - s)
     sessions.store.close()
     return out
@@ -551,7 +574,7 @@ def run(opts: Options) -> Result:
                         spread,
                         r <= TARGET_RATIO,
                     )
-                inproc = in_process(shape.store_url, _workspace(shape.dir), n // 2)
+                inproc = in_process(shape.store_url, _workspace(shape.dir), n)
                 parts += [
                     (f"{shape.name}: {k}", median(v) * 1e3, pct(v, 99) * 1e3)
                     for k, v in inproc.items()
