@@ -51,7 +51,7 @@ def iter_files(
     no_ignore: bool = False,
 ) -> list[str]:
     """Sorted relative POSIX paths of the regular files under `workspace` (the
-    workspace resolved, as `Jail.root` holds it: every caller has one open;
+    workspace already resolved: the callers pass `Jail.root` or resolve it;
     or its folder `under`, paths then relative to it) that match `globs`: the
     files `rg --files` lists there (orchestrator.tools.ignore says which:
     ignore files and hidden names apply unless `show_hidden` / `no_ignore`).
